@@ -1,0 +1,108 @@
+"""One dataclass per script: its fields are the CLI flags and the YAML keys (a recipe is a YAML file of overrides).
+
+Precedence: dataclass default < ``--config FILE.yaml`` < command-line flag. An unknown key, a bad type or a missing
+required value is a one-line ``SystemExit`` that names the flag/key and the file it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+REQUIRED = None  # a field whose default is None and whose type is not Optional must be given
+
+
+def _base_type(tp):
+    """(python type, optional?) of a field annotation like ``int``, ``float | None``, ``Optional[str]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _convert(value, tp, where: str):
+    base, optional = _base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise SystemExit(f"error: {where} needs a {base.__name__}, got nothing")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise SystemExit(f"error: {where}: unsupported field type {tp!r}")
+    raise SystemExit(f"error: {where} must be a {base.__name__}, got {value!r}")
+
+
+def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
+    """Build ``cls`` from ``--config YAML`` and ``--field value`` flags (``--flag`` alone sets a bool to true)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file of overrides (a recipe); flags override it")
+    for name, f in fields.items():
+        base, _ = _base_type(hints[name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = (f.metadata or {}).get("help", "")
+        if base is bool:
+            parser.add_argument(f"--{name}", nargs="?", const="true", default=argparse.SUPPRESS,
+                                metavar="BOOL", help=f"{help_text} (default: {default})")
+        else:
+            parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=base.__name__.upper(),
+                                help=f"{help_text} (default: {default})")
+    args = parser.parse_args(argv)
+    values: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"error: --config {path}: no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"error: --config {path}: expected a mapping of keys to values")
+        for key, value in loaded.items():
+            if key not in fields:
+                raise SystemExit(f"error: --config {path}: unknown key '{key}' "
+                                 f"(known: {', '.join(sorted(fields))})")
+            values[key] = _convert(value, hints[key], f"key '{key}' in {path}")
+    for key, value in vars(args).items():
+        if key != "config":
+            values[key] = _convert(value, hints[key], f"--{key}")
+    for name, f in fields.items():
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SystemExit(f"error: --{name} is required")
+    return cls(**values)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("import this module")

@@ -1,0 +1,78 @@
+"""Atomic writes and the self-description every run leaves beside its outputs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+LIBRARIES = ("torch", "torchvision", "timm", "accelerate", "datasets", "transformers", "huggingface_hub",
+             "safetensors", "pillow", "numpy", "pyarrow")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(tmp_dir, final_dir) -> None:
+    """Move a finished temp folder into place; an older folder of that name is removed only once the new one is in."""
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    old = None
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def git_sha() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_run_info(out_dir, cfg, extra: dict | None = None) -> None:
+    """config.yaml (re-runnable with --config), and run_info.json: command line, git SHA, library versions."""
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    info = {"command": [sys.executable, *sys.argv], "git_sha": git_sha(), "versions": library_versions(),
+            **(extra or {})}
+    atomic_write_text(out_dir / "run_info.json", json.dumps(info, indent=2, default=str))
