@@ -60,11 +60,16 @@ def _convert(value, tp, where: str):
     raise SystemExit(f"error: {where} must be a {base.__name__}, got {value!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage dump
+        raise SystemExit(f"error: {message} (see --help)")
+
+
 def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
     """Build ``cls`` from ``--config YAML`` and ``--field value`` flags (``--flag`` alone sets a bool to true)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+    parser = _Parser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of overrides (a recipe); flags override it")
     for name, f in fields.items():

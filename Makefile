@@ -1,0 +1,25 @@
+# The two set-up commands of the README:
+#   make demo   install, then preprocess -> train (accelerate launch, CPU) -> validate -> export on a generated tree
+#   make test   install, then run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo_run
+
+.PHONY: demo test install
+install: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m imagenet_trainer.demo --output $(DEMO)/ILSVRC-demo --source digits
+	$(PY) preprocess.py --data_dir $(DEMO)/ILSVRC-demo --output_dir $(DEMO)/dataset --num_proc 2
+	$(VENV)/bin/accelerate launch --config_file accelerate_configs/cpu.yaml train.py --config recipes/demo.yaml \
+		--dataset $(DEMO)/dataset --output_dir $(DEMO)/run
+	$(PY) validate.py --model $(DEMO)/run/final --dataset $(DEMO)/dataset --output $(DEMO)/validate.json
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests

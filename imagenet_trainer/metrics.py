@@ -1,0 +1,51 @@
+"""Top-k accuracy without the Hub: `evaluate.load("accuracy")` downloads its script and fails offline
+(huggingface/evaluate #456, #567), and it has no top-5. Counts accumulate on the device; one sync at `compute()`."""
+from __future__ import annotations
+
+import torch
+
+
+class TopK:
+    """Top-1/top-5 (percent) plus per-class correct/total counts, fed with already-gathered logits and labels."""
+
+    def __init__(self, ks: tuple[int, ...] = (1, 5)):
+        self.ks = ks
+        self.correct = None  # (len(ks),) correct counts
+        self.n = 0
+        self.class_correct = None  # (num_classes,) top-1 correct per true class
+        self.class_total = None
+        self.confusion = None  # (num_classes, num_classes) true x predicted, int64
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        num_classes = logits.shape[1]
+        if self.correct is None:
+            self.correct = torch.zeros(len(self.ks), dtype=torch.long, device=logits.device)
+            self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=logits.device)
+        top = logits.topk(min(max(self.ks), num_classes), dim=1).indices
+        hit = top == labels[:, None]
+        for i, k in enumerate(self.ks):
+            self.correct[i] += hit[:, :k].any(dim=1).sum()
+        self.confusion.view(-1).index_add_(0, labels * num_classes + top[:, 0],
+                                           torch.ones_like(labels, dtype=torch.long))
+        self.n += labels.numel()
+
+    def compute(self) -> dict:
+        if self.n == 0:
+            return {**{f"top{k}": 0.0 for k in self.ks}, "n": 0}
+        return {**{f"top{k}": 100.0 * c / self.n for k, c in zip(self.ks, self.correct.tolist())}, "n": self.n}
+
+    def per_class(self) -> list[dict]:
+        """Top-1 accuracy (percent) and count per true class, in label order."""
+        cm = self.confusion.cpu()
+        total, correct = cm.sum(1), cm.diagonal()
+        return [{"label": i, "n": int(t), "top1": (100.0 * float(c) / float(t)) if t else None}
+                for i, (c, t) in enumerate(zip(correct.tolist(), total.tolist()))]
+
+    def most_confused(self, k: int = 20) -> list[dict]:
+        """The k largest off-diagonal (true, predicted) counts."""
+        cm = self.confusion.cpu().clone()
+        cm.fill_diagonal_(0)
+        values, flat = cm.view(-1).topk(min(k, cm.numel()))
+        n = cm.shape[0]
+        return [{"true": int(i) // n, "predicted": int(i) % n, "count": int(v)}
+                for v, i in zip(values.tolist(), flat.tolist()) if v > 0]

@@ -1,0 +1,359 @@
+"""Train a backbone on ImageNet-1k (or any image-classification dataset) with one Accelerate loop.
+
+    accelerate launch train.py --model convnext_tiny --dataset OUT --output_dir runs/cnt [--config recipes/convnext_tiny.yaml]
+
+Device, DDP/FSDP, nodes and mixed precision come from `accelerate config` / `accelerate_configs/*.yaml`; this file has no
+branches for them. Read top to bottom, it is the recipe: config -> Accelerator -> data -> model -> optimizer/schedule ->
+prepare -> loop -> eval/checkpoint -> export/push.
+
+Exact resume: the training stream is a pure function of position. The sampler's permutation comes from (seed, epoch), each
+sample's augmentation from (seed, epoch, index), and the step's own randomness (mixup/cutmix, erasing, drop-path) from
+(seed, step, rank). Resuming sets the sampler to the saved (epoch, batch) and never reads the skipped samples, which is
+what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and what makes resume take seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from timm.data import resolve_data_config
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+import modeling
+from imagenet_trainer.config import parse_config
+from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, collate, load_image_dataset, mixup_cutmix,
+                                   normalize, random_erasing)
+from imagenet_trainer.ilsvrc import class_descriptions
+from imagenet_trainer.metrics import TopK
+from imagenet_trainer.runinfo import atomic_write_text, write_run_info
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet18"  # any modeling.create_model name: our designs first, then the timm zoo
+    dataset: str = ""  # preprocess.py output folder or a Parquet-backed Hub dataset id with image/label columns
+    output_dir: str = ""  # run folder; empty means runs/<model>
+    # schedule
+    epochs: int = 90  # full passes over train; the cosine schedule spans epochs * steps_per_epoch
+    max_train_steps: int = 0  # optimizer steps; > 0 stops early (smoke tests), the schedule still spans it
+    batch_size: int = 128  # images per device per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch * accum * processes)
+    lr: float = 0.1  # peak LR per 256 images of global batch, scaled linearly (Goyal et al. 2017)
+    warmup_epochs: float = 5.0  # linear warmup from 0, applied per step (Goyal et al. 2017)
+    min_lr: float = 0.0  # cosine floor (Loshchilov & Hutter 2017), absolute
+    optimizer: str = "sgd"  # timm name: sgd (Nesterov), adamw, lamb, ...
+    momentum: float = 0.9  # SGD momentum / Adam beta1 is left at its default
+    weight_decay: float = 5e-5  # not applied to norm weights or biases (timm filter_bias_and_bn)
+    clip_grad: float = 0.0  # max global grad norm; 0 disables
+    label_smoothing: float = 0.1  # Szegedy et al. 2016; torchvision/timm recipes use 0.1
+    # augmentation
+    image_size: int = 224  # train crop side in px; eval uses the same side with the model's crop_pct
+    scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015); FFCV low-res uses 0.35
+    auto_augment: str = ""  # "" none, "ra" RandAugment (Cubuk et al. 2020), "ta" TrivialAugmentWide (Mueller 2021)
+    mixup_alpha: float = 0.0  # Beta(a, a) mixup (Zhang et al. 2018); 0 disables
+    cutmix_alpha: float = 0.0  # Beta(a, a) cutmix (Yun et al. 2019); 0 disables
+    random_erase: float = 0.0  # per-image probability of random erasing (Zhong et al. 2020)
+    drop_path: float = 0.0  # stochastic depth rate for models that have it (Huang et al. 2016)
+    # model and speed
+    ema_decay: float = 0.0  # EMA of weights per optimizer step, evaluated too; 0 disables (timm uses 0.9998)
+    channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want
+    compile: bool = False  # torch.compile the model (minutes of compile time for ~1.3x steady-state speed)
+    sync_bn: bool = False  # SyncBatchNorm across processes; needs an accelerator backend (NCCL), not gloo
+    num_workers: int = 8  # DataLoader processes per device; the JPEG decode is the CPU bottleneck
+    seed: int = 0  # seeds init, sampler order, augmentation and per-step randomness
+    # checkpoints, logging, sharing
+    save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
+    keep_last: int = 2  # checkpoints kept besides the best one
+    resume_from_checkpoint: str = ""  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
+    log_every_steps: int = 50  # progress-bar/tracker update and NaN check interval, in optimizer steps
+    report_to: str = "none"  # accelerate tracker: none, tensorboard, wandb, trackio, all
+    push_to_hub: bool = False  # upload output_dir/final with its model card when training ends
+    hub_model_id: str = ""  # e.g. user/resnet50-in1k; required with --push_to_hub
+    hub_private: bool = False  # create the Hub repo private
+
+
+class TrainState:
+    """Position in the run, saved with every checkpoint (accelerate's register_for_checkpointing)."""
+
+    def __init__(self):
+        self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_step = 0, 0, 0, -1.0, -1
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+def main(argv=None):
+    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])
+    if not cfg.dataset:
+        raise SystemExit("error: --dataset is required (a preprocess.py output folder or a Hub dataset id)")
+    if cfg.push_to_hub and not cfg.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id USER/NAME")
+    run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
+    ckpt_dir = run_dir / "checkpoints"
+
+    # Accelerate owns device, precision and distribution. With no accelerator present, ask for the CPU explicitly:
+    # under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine reports DistributedType.NO in every rank
+    # (accelerate 1.15), so N processes would train N independent copies; cpu=True gives real MULTI_CPU DDP over gloo.
+    accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir)),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise SystemExit(f"error: the launcher started {launched} processes but Accelerate sees "
+                         f"{accelerator.num_processes}; they would race on {run_dir}. Check `accelerate env`.")
+    if cfg.push_to_hub:  # fail now, not after days of training
+        try:
+            modeling.check_hub_ready(cfg.hub_model_id)
+        except ValueError as e:
+            raise SystemExit(f"error: --push_to_hub: {e}") from None
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_info(run_dir, cfg, extra={"num_processes": accelerator.num_processes,
+                                            "distributed_type": str(accelerator.distributed_type),
+                                            "mixed_precision": accelerator.mixed_precision,
+                                            "device": str(accelerator.device)})
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+
+    # data
+    try:
+        ds = load_image_dataset(cfg.dataset)
+    except ValueError as e:
+        raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
+    label_names = ds["train"].features["label"].names
+    model = modeling.create_model(cfg.model, num_classes=len(label_names),
+                                  **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
+    data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
+    train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0),
+                         auto_augment=cfg.auto_augment or None)
+    eval_set = EvalSet(ds["validation"], cfg.image_size, crop_pct=data_cfg["crop_pct"],
+                       interpolation=data_cfg["interpolation"])
+    sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
+                               rank=accelerator.process_index)
+    loader_kw = dict(num_workers=cfg.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
+                     persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers else None,
+                     generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
+    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw)
+    eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
+    steps_per_epoch = len(sampler) // cfg.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
+                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_set)} train images")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_train_steps:
+        total_steps = min(total_steps, cfg.max_train_steps)
+
+    # model, optimizer, schedule
+    if cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
+    peak_lr = cfg.lr * global_batch / 256
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:  # plain floats: a numpy scalar in param_groups breaks weights_only loading
+        if step < warmup_steps:
+            return peak_lr * (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return cfg.min_lr + 0.5 * (peak_lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
+    state = TrainState()
+    accelerator.register_for_checkpointing(state, *([ema] if ema else []))
+    mean = torch.tensor(data_cfg["mean"], device=accelerator.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(data_cfg["std"], device=accelerator.device).view(1, 3, 1, 1) * 255
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    if cfg.resume_from_checkpoint:
+        # "latest" with nothing saved yet starts fresh, so a preempted job can be requeued with the same command
+        path = latest_checkpoint(ckpt_dir) if cfg.resume_from_checkpoint == "latest" else Path(cfg.resume_from_checkpoint)
+        if path is not None and not path.is_dir():
+            raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
+        if path is not None:
+            accelerator.load_state(str(path))
+            accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
+        else:
+            accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
+    accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
+
+    def evaluate(net) -> dict:
+        net.eval()
+        topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
+        with torch.no_grad():
+            for x, y in eval_loader:
+                x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+                with accelerator.autocast():
+                    logits = net(x)
+                logits, y = accelerator.gather_for_metrics((logits.float(), y))  # drops DDP's padded duplicates
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                topk.update(logits, y)
+        net.train()
+        result = topk.compute()
+        return {"top1": result["top1"], "top5": result["top5"], "loss": loss_sum.item() / max(1, result["n"]),
+                "n": result["n"]}
+
+    def save_checkpoint():
+        """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'."""
+        final = ckpt_dir / f"step_{state.step:08d}"
+        tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+            keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
+            for old in done:
+                if old not in keep:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def export(net, results: dict):
+        """The best weights so far, in the Hub format modeling/ defines, at run_dir/final."""
+        weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
+        if accelerator.is_main_process:
+            clean = modeling.create_model(cfg.model, num_classes=len(label_names))
+            clean.load_state_dict(weights)
+            modeling.save_pretrained(
+                clean, run_dir / "final", label_names=label_names, label_descriptions=class_descriptions(ds),
+                pretrained_cfg={**data_cfg, "input_size": (3, cfg.image_size, cfg.image_size)},
+                model_card={"dataset": cfg.dataset, "recipe": asdict(cfg), "results": results,
+                            "epochs": state.step / steps_per_epoch, "hardware": hardware(accelerator)})
+
+    # the loop
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    step_rng = torch.Generator(device=accelerator.device)
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+    while state.step < total_steps:
+        sampler.set_position(state.epoch, state.batch_in_epoch)
+        epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
+        for x, y in train_loader:
+            data_wait += time.perf_counter() - t
+            # the step's randomness is a function of (seed, micro-batch position, rank) only
+            position = (state.epoch * len(sampler) + state.batch_in_epoch) * accelerator.num_processes
+            step_rng.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+            torch.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+            x = x.to(accelerator.device, non_blocking=True)
+            y = y.to(accelerator.device, non_blocking=True)
+            x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+            x, target = mixup_cutmix(x, y, len(label_names), cfg.mixup_alpha, cfg.cutmix_alpha,
+                                     cfg.label_smoothing, generator=step_rng)
+            x = random_erasing(x, cfg.random_erase, generator=step_rng)
+            with accelerator.accumulate(model):
+                loss = F.cross_entropy(model(x), target)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.clip_grad:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(state.step)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_count += 1
+            images += x.shape[0] * accelerator.num_processes
+            state.batch_in_epoch += 1
+            if accelerator.sync_gradients:
+                state.step += 1
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model), step=state.step)
+                bar.update(1)
+                if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
+                    check_finite(loss_sum, state, ckpt_dir)
+                    bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", lr=f"{lr_at(state.step - 1):.3g}")
+                if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+                    check_finite(loss_sum, state, ckpt_dir)
+                    save_checkpoint()
+                if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
+                    break
+            t = time.perf_counter()
+        # end of epoch (or of the run): evaluate, log, checkpoint, export the best
+        check_finite(loss_sum, state, ckpt_dir)
+        elapsed = time.perf_counter() - epoch_start
+        epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
+        row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
+               "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
+               "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed}
+        metrics = evaluate(model)
+        row.update({f"val_{k}": v for k, v in metrics.items()})
+        best_net, best = model, metrics
+        if ema is not None:
+            ema_metrics = evaluate(ema.module)
+            row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
+            if ema_metrics["top1"] > metrics["top1"]:
+                best_net, best = ema.module, ema_metrics
+        if epoch_done:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+        improved = best["top1"] > state.best_top1
+        if improved:
+            state.best_top1, state.best_step = best["top1"], state.step
+            export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": "validation", "n": best["n"],
+                              "ema": best_net is not model})
+        save_checkpoint()
+        accelerator.log(row, step=state.step)
+        if accelerator.is_main_process:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    bar.close()
+    accelerator.end_training()
+
+    if accelerator.is_main_process:
+        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); model in {run_dir / 'final'}")
+        if cfg.push_to_hub:
+            try:
+                url = modeling.push_to_hub(run_dir / "final", cfg.hub_model_id, private=cfg.hub_private)
+                accelerator.print(f"pushed to {url}")
+            except (ValueError, OSError) as e:
+                raise SystemExit(f"error: push to {cfg.hub_model_id} failed: {e}\n{run_dir / 'final'} is kept; retry "
+                                 f"with: python -c \"import modeling; modeling.push_to_hub('{run_dir / 'final'}', "
+                                 f"'{cfg.hub_model_id}')\"") from None
+
+
+def check_finite(loss_sum: torch.Tensor, state: TrainState, ckpt_dir: Path):
+    """Stop before a NaN/inf reaches a checkpoint: the last one on disk stays the last good one."""
+    if not torch.isfinite(loss_sum).item():
+        last = latest_checkpoint(ckpt_dir)
+        raise SystemExit(f"error: loss is {loss_sum.item()} at step {state.step}; stopping. Last good checkpoint: "
+                         f"{last or 'none'}. Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())  # .tmp_* folders are unfinished saves
+    return done[-1] if done else None
+
+
+def hardware(accelerator: Accelerator) -> str:
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else accelerator.device.type
+    return f"{accelerator.num_processes} x {device} ({accelerator.distributed_type}, {accelerator.mixed_precision})"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
