@@ -1,0 +1,69 @@
+"""The config contract shared by every script, and the offline top-k metric."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from imagenet_trainer.config import parse_config
+from imagenet_trainer.metrics import TopK
+
+
+@dataclass
+class Cfg:
+    model: str = "resnet18"
+    epochs: int = 90
+    lr: float = 0.1
+    ema: bool = False
+    hub_model_id: str | None = None
+
+
+def test_precedence_default_yaml_cli(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 16\nlr: 0.5\nema: true\n")
+    cfg = parse_config(Cfg, ["--config", str(recipe), "--lr", "0.25"])
+    assert cfg == Cfg(model="resnet18", epochs=16, lr=0.25, ema=True)
+    assert parse_config(Cfg, ["--ema"]).ema is True
+    assert parse_config(Cfg, ["--ema", "false"]).ema is False
+    assert parse_config(Cfg, ["--hub_model_id", "none"]).hub_model_id is None
+
+
+@pytest.mark.parametrize("yaml_text, argv, message", [
+    ("learning_rate: 0.1\n", [], "unknown key 'learning_rate'"),
+    ("epochs: ten\n", [], "key 'epochs'"),
+    ("epochs: 1.5\n", [], "key 'epochs'"),
+    ("", ["--lr", "fast"], "--lr must be a float"),
+    ("", ["--ema", "maybe"], "--ema must be a bool"),
+    ("", ["--nope", "1"], "unrecognized arguments: --nope"),
+    ("- a\n- b\n", [], "expected a mapping"),
+])
+def test_errors_are_one_line(tmp_path, yaml_text, argv, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml_text)
+    with pytest.raises(SystemExit) as err:
+        parse_config(Cfg, ["--config", str(recipe), *argv])
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        parse_config(Cfg, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_topk_counts_and_confusions():
+    logits = torch.tensor([[9., 1, 2, 3, 4, 5, 0],   # true 0: top-1 hit
+                           [1., 9, 8, 0, 0, 0, 0],   # true 2: top-1 miss (pred 1), top-5 hit
+                           [0., 1, 2, 3, 4, 5, 9]])  # true 0: miss in top-5 (0 is the smallest)
+    labels = torch.tensor([0, 2, 0])
+    metric = TopK()
+    metric.update(logits[:2], labels[:2])
+    metric.update(logits[2:], labels[2:])
+    result = metric.compute()
+    assert result["n"] == 3
+    assert result["top1"] == pytest.approx(100 / 3) and result["top5"] == pytest.approx(200 / 3)
+    per_class = metric.per_class()
+    assert per_class[0]["n"] == 2 and per_class[0]["top1"] == 50.0 and per_class[2]["top1"] == 0.0
+    assert per_class[3]["top1"] is None
+    assert sorted((d["true"], d["predicted"], d["count"]) for d in metric.most_confused()) == [(0, 6, 1), (2, 1, 1)]
