@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
@@ -119,6 +119,9 @@ def main(argv=None):
     if launched != accelerator.num_processes:
         raise SystemExit(f"error: the launcher started {launched} processes but Accelerate sees "
                          f"{accelerator.num_processes}; they would race on {run_dir}. Check `accelerate env`.")
+    if cfg.ema_decay and accelerator.distributed_type == DistributedType.FSDP:
+        raise SystemExit("error: --ema_decay is not supported under FSDP (the EMA copy would be a full replica per "
+                         "rank); use DDP (accelerate_configs/multi_gpu.yaml) or --ema_decay 0")
     if cfg.push_to_hub:  # fail now, not after days of training
         try:
             modeling.check_hub_ready(cfg.hub_model_id)

@@ -1,0 +1,153 @@
+"""train.py end to end on CPU: real subprocesses, real accelerate launches, real Arrow data."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+TINY = "blocknet_tiny"  # our smallest design: a step takes milliseconds on CPU
+
+
+def train_cmd(dataset, out, *extra, launcher=("python",)):
+    base = [sys.executable] if launcher == ("python",) else [ACCELERATE, "launch", *launcher]
+    return [*base, str(ROOT / "train.py"), "--model", TINY, "--dataset", str(dataset), "--output_dir", str(out),
+            "--image_size", "32", "--batch_size", "8", "--num_workers", "0", "--warmup_epochs", "0.5",
+            "--log_every_steps", "1", *map(str, extra)]
+
+
+def run(cmd, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+    return proc
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_few_steps_end_to_end(preprocessed, tmp_path):
+    out = tmp_path / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "1",
+                     "--ema_decay", "0.9")))
+    metrics = rows(out)
+    assert [r["epoch"] for r in metrics] == [1, 2]
+    for key in ("epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "images_per_sec", "data_wait_frac",
+                "ema_val_top1"):
+        assert key in metrics[-1], key
+    assert 0 <= metrics[-1]["val_top1"] <= metrics[-1]["val_top5"] <= 100
+    assert 0 <= metrics[-1]["data_wait_frac"] <= 1
+    # self-describing run folder
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == TINY and config["epochs"] == 2
+    info = json.loads((out / "run_info.json").read_text())
+    assert "train.py" in " ".join(info["command"]) and info["versions"]["torch"]
+    # keep-last-1 plus the best checkpoint; no unfinished temp folders
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(ckpts) in (1, 2) and not any(n.startswith(".tmp") for n in ckpts)
+    assert f"step_{metrics[-1]['step']:08d}" in ckpts
+    # the exported backbone
+    final = out / "final"
+    assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+    card = (final / "README.md").read_text()
+    assert "top1" in card.lower() or "top-1" in card.lower()
+
+
+def test_cli_errors_are_one_line(preprocessed, tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    for extra, expected in ((["--config", bad_yaml], "unknown key 'learning_rate'"),
+                            (["--epochs", "two"], "--epochs must be a int"),
+                            (["--push_to_hub"], "--hub_model_id")):
+        proc = run(train_cmd(preprocessed, tmp_path / "r", *extra))
+        assert proc.returncode != 0
+        assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    proc = run(train_cmd(tmp_path / "nope", tmp_path / "r"))
+    assert proc.returncode != 0 and "nope" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_push_without_token_fails_at_startup(preprocessed, tmp_path):
+    proc = run(train_cmd(preprocessed, tmp_path / "r", "--push_to_hub", "--hub_model_id", "me/tiny"))
+    assert proc.returncode != 0
+    assert "--push_to_hub" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # refused before training
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(preprocessed, tmp_path):
+    out = tmp_path / "run"
+    proc = run(train_cmd(preprocessed, out, "--epochs", "3", "--lr", "1e30", "--warmup_epochs", "0",
+                         "--save_every_steps", "1", "--optimizer", "sgd"))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "loss is" in last and ("nan" in last or "inf" in last), proc.stderr[-2000:]
+    for ckpt in (out / "checkpoints").glob("step_*"):
+        weights = load_file(ckpt / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
+    common = ("--epochs", "3", "--save_every_steps", "2", "--keep_last", "10", "--auto_augment", "ta",
+              "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--random_erase", "0.25", "--ema_decay", "0.9",
+              "--num_workers", "2")
+    ok(run(train_cmd(preprocessed, tmp_path / "straight", *common)))
+    reference = rows(tmp_path / "straight")
+    last_step = reference[-1]["step"]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(train_cmd(preprocessed, out, *common), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = out / "checkpoints" / "step_00000004"  # mid-epoch-2 (3 steps per epoch)
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run ended before the checkpoint to kill at"
+    assert not (out / "checkpoints" / f"step_{last_step:08d}").exists(), "killed too late to test anything"
+
+    resumed = ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest")))
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a = load_file(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}" / "model.safetensors")
+    b = load_file(out / "checkpoints" / f"step_{last_step:08d}" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert rows(out)[-1]["val_top1"] == reference[-1]["val_top1"]
+
+
+def test_two_process_ddp_on_cpu(preprocessed, tmp_path):
+    single, double = tmp_path / "one", tmp_path / "two"
+    ok(run(train_cmd(preprocessed, single, "--epochs", "1")))
+    ok(run(train_cmd(preprocessed, double, "--epochs", "1",
+                     launcher=("--multi_gpu", "--num_processes", "2", "--main_process_port", "29517"))))
+    info = json.loads((double / "run_info.json").read_text())
+    assert info["num_processes"] == 2 and "MULTI_CPU" in info["distributed_type"]
+    # the ranks split the data: an epoch takes half the optimizer steps, and one process writes the outputs
+    assert rows(double)[-1]["step"] * 2 == rows(single)[-1]["step"]
+    assert len(rows(double)) == 1
+    # evaluation saw every validation image exactly once (gather_for_metrics drops the padded duplicates)
+    assert rows(double)[-1]["val_n"] == rows(single)[-1]["val_n"]
+
+
+def test_it_learns_digits(digits_dataset, tmp_path):
+    out = tmp_path / "digits"
+    ok(run(train_cmd(digits_dataset, out, "--epochs", "6", "--batch_size", "32", "--lr", "0.8",
+                     "--warmup_epochs", "1", "--label_smoothing", "0.0", "--weight_decay", "5e-4",
+                     "--num_workers", "2")))
+    assert rows(out)[-1]["val_top1"] >= 90.0, rows(out)
