@@ -1,0 +1,129 @@
+"""preprocess.py vs the usual route, ``load_dataset("imagefolder")`` + ``save_to_disk``, on one generated tree.
+
+    python benchmarks/preprocess.py --images 2000 --num_proc 2 --output benchmarks/results/preprocess.json
+
+Both run as fresh subprocesses of the same Python (imports and start-up included, caches cold: the baseline gets
+an empty cache_dir). The baseline only sees the train folder (imagefolder cannot read Kaggle's flat val + CSV), so
+each method's images/s counts the images it stored. Peak RSS is the largest single process (os.wait4's ru_maxrss,
+which covers waited-for workers). Disk is what each leaves: the baseline's save_to_disk folder plus the Arrow cache
+load_dataset writes first. Prints a table and writes the numbers as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imagenet_trainer import ilsvrc  # noqa: E402
+from imagenet_trainer.config import parse_config  # noqa: E402
+from imagenet_trainer.demo import make_ilsvrc_tree  # noqa: E402
+from imagenet_trainer.runinfo import atomic_write_text, library_versions  # noqa: E402
+
+BASELINE = """
+import sys, datasets
+ds = datasets.load_dataset("imagefolder", data_dir=sys.argv[1], split="train", cache_dir=sys.argv[2],
+                           num_proc=int(sys.argv[4]) if int(sys.argv[4]) > 1 else None)
+ds.save_to_disk(sys.argv[3], num_proc=int(sys.argv[4]) if int(sys.argv[4]) > 1 else None)
+print(ds.num_rows)
+"""
+
+
+@dataclass
+class BenchConfig:
+    images: int = 2000  # train images in the generated tree (plus one val image per class and a few test images)
+    num_classes: int = 20  # classes; images are split evenly
+    source: str = "photos"  # demo tree source: "photos" (60-400 px JPEGs) or "digits" (32-64 px)
+    num_proc: int = 2  # worker processes for both methods
+    shorter_side: int | None = None  # passed to preprocess.py (None: lossless default)
+    work_dir: str | None = None  # where the tree and outputs go; None: a temp folder, deleted afterwards
+    output: str = "benchmarks/results/preprocess.json"  # the JSON written
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def run(cmd: list[str]) -> tuple[float, int, str]:
+    """(seconds, peak RSS bytes, stdout): Popen + os.wait4 so the rusage is this child's alone."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: {' '.join(cmd[:3])} exited {proc.returncode}:\n{err.read()[-2000:]}")
+        return seconds, usage.ru_maxrss * 1024, out.read()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}"
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0])
+    work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
+    try:
+        start = time.perf_counter()
+        tree = make_ilsvrc_tree(work / "kaggle", source=cfg.source, num_classes=cfg.num_classes,
+                                train_per_class=max(1, cfg.images // cfg.num_classes), val_per_class=1, num_test=4)
+        print(f"generated {tree} in {time.perf_counter() - start:.1f} s ({du(tree) / 1e6:.1f} MB)")
+        train_dir = tree / ilsvrc.SPLIT_DIRS["train"]
+        train_bytes = du(train_dir)
+
+        sec, rss, stdout = run([sys.executable, "-c", BASELINE, str(train_dir), str(work / "hf_cache"),
+                                str(work / "baseline"), str(cfg.num_proc)])
+        baseline = {"images": int(stdout.split()[-1]), "seconds": sec, "peak_rss": rss,
+                    "bytes": du(work / "baseline"), "cache_bytes": du(work / "hf_cache")}
+
+        cmd = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir",
+               str(work / "ours"), "--num_proc", str(cfg.num_proc)]
+        if cfg.shorter_side:
+            cmd += ["--shorter_side", str(cfg.shorter_side)]
+        sec, rss, _ = run(cmd)
+        report = json.loads((work / "ours" / "preprocess_report.json").read_text())
+        ours = {"images": sum(report["counts"].values()), "seconds": sec, "peak_rss": rss,
+                "bytes": du(work / "ours"), "cache_bytes": 0}
+    finally:
+        if not cfg.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    for r in (baseline, ours):
+        r["images_per_s"] = r["images"] / r["seconds"]
+    ratio = {"images_per_s": ours["images_per_s"] / baseline["images_per_s"],
+             "bytes": ours["bytes"] / baseline["bytes"],
+             "disk_incl_cache": ours["bytes"] / (baseline["bytes"] + baseline["cache_bytes"]),
+             "peak_rss": ours["peak_rss"] / baseline["peak_rss"]}
+    print(f"\nmachine: {machine()}; num_proc={cfg.num_proc}; {cfg.source} tree, {train_bytes / 1e6:.1f} MB of train "
+          f"JPEGs")
+    print(f"{'':<34}{'images':>8}{'seconds':>9}{'img/s':>9}{'MB out':>9}{'MB cache':>10}{'peak RSS MB':>13}")
+    for name, r in (("imagefolder + save_to_disk (train)", baseline), ("preprocess.py (all splits)", ours)):
+        print(f"{name:<34}{r['images']:>8}{r['seconds']:>9.1f}{r['images_per_s']:>9.0f}{r['bytes'] / 1e6:>9.1f}"
+              f"{r['cache_bytes'] / 1e6:>10.1f}{r['peak_rss'] / 1e6:>13.0f}")
+    print(f"{'ratio ours / baseline':<34}{'':>8}{'':>9}{ratio['images_per_s']:>8.2f}x{ratio['bytes']:>8.2f}x"
+          f"{'':>10}{ratio['peak_rss']:>12.2f}x")
+    result = {"config": asdict(cfg), "machine": machine(), "versions": library_versions(),
+              "train_jpeg_bytes": train_bytes, "baseline": baseline, "ours": ours, "ratio": ratio}
+    atomic_write_text(cfg.output, json.dumps(result, indent=1))
+    print(f"wrote {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()

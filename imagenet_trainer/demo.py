@@ -1,0 +1,330 @@
+"""A small ILSVRC-2012 tree in Kaggle's layout, built offline from real images that PyPI wheels ship.
+
+- ``source="photos"``: scikit-image's bundled colour photos (astronaut, chelsea, coffee, rocket, ...). Class k uses
+  one photo; each instance is a random crop, resize (60-400 px sides, not square) and flip of it, saved as JPEG at a
+  random quality, some progressive, so sizes and encodings vary like ImageNet's. More classes than photos reuse
+  the photos with the colour channels permuted / rotated.
+- ``source="digits"``: scikit-learn's 1797 handwritten 8x8 digits, upscaled to 32-64 px and coloured. At most 10
+  classes; the split is stratified (``train_per_class`` / ``val_per_class`` per digit), so a small net can learn it.
+
+Class k is the k-th real ImageNet wnid in sorted order (n01440764 "tench" is 0), named from timm's offline lists.
+Layout written (all of it, as Kaggle's ``imagenet-object-localization-challenge`` unzips)::
+
+    LOC_synset_mapping.txt  LOC_train_solution.csv  LOC_val_solution.csv  LOC_sample_submission.csv
+    ILSVRC/Data/CLS-LOC/{train/<wnid>/<wnid>_<n>.JPEG, val/ILSVRC2012_val_%08d.JPEG, test/ILSVRC2012_test_%08d.JPEG}
+    ILSVRC/Annotations/CLS-LOC/{train/<wnid>/<stem>.xml (half of train), val/<stem>.xml (all of val)}
+    ILSVRC/ImageSets/CLS-LOC/{train_cls,train_loc,val,test}.txt   (<path without extension> <line number>)
+    demo_manifest.json      (not Kaggle's: what was planted, for tests; see below)
+
+``faults=True`` also plants ImageNet's real quirks (shared/FIELD_NOTES.md) in place of some normal images:
+``cmyk`` / ``val_cmyk`` (like n01739381_1309, ILSVRC2012_val_00019877), ``grayscale``, ``png_named_jpeg`` (like
+n02105855_2933), ``exif_orientation_6`` (stored rotated, with a pure-red rectangle painted over its box), which must
+all come out as RGB JPEGs; broken files that must be skipped: ``truncated`` (train), ``empty`` (val), ``garbage``
+(test); and box faults in the XML: ``box_float``, ``box_past_edge`` (right edge 37 px past the image),
+``box_inverted`` (a second object with xmin > xmax), ``box_filename_placeholder`` (``<filename>%s</filename>``),
+``box_human_name`` (the class's description instead of its wnid), ``box_unknown_name`` (a name of no class), and
+``box_several`` (a val image with three boxes).
+
+``demo_manifest.json`` holds: ``wnids``, ``descriptions``, ``files`` (files per split on disk), ``broken`` (fault
+kinds that must be skipped), ``planted`` (kind -> {split, stem, path}), ``val_labels`` (stem -> label),
+``xml_objects`` (stem -> [[name, xmin, ymin, xmax, ymax], ...] as written) and ``image_sizes`` (stem -> [w, h] of
+the stored pixels, before any EXIF rotation). ``python -m imagenet_trainer.demo --output DIR`` writes one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imagenet_trainer import ilsvrc
+from imagenet_trainer.config import parse_config
+
+MANIFEST = "demo_manifest.json"
+# skimage.data photos that load without the network (pooch) in scikit-image 0.26; 'logo' is RGBA, channels [:3].
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry",
+          "stereo_motorcycle", "colorwheel", "logo")
+CHANNEL_ORDERS = ((0, 1, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1), (0, 2, 1), (1, 0, 2))
+BROKEN = ("truncated", "empty", "garbage")
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class DemoConfig:
+    output: str  # folder to create (replaced if it exists); it becomes preprocess.py's --data_dir
+    source: str = "photos"  # "photos" (scikit-image colour photos) or "digits" (scikit-learn 8x8 digits)
+    num_classes: int = 10  # the first N ImageNet wnids in sorted order; digits allow at most 10
+    train_per_class: int = 12  # train images per class
+    val_per_class: int = 4  # val images per class (val labels come from LOC_val_solution.csv)
+    num_test: int = 10  # unlabeled test images
+    faults: bool = False  # plant ImageNet's odd files and bad boxes (see the module docstring)
+    seed: int = 0  # same seed, same files
+
+
+def _photo(k: int) -> np.ndarray:
+    """The HxWx3 uint8 source photo of class k."""
+    import skimage.data  # imported here: it takes ~0.4 s and the digits source does not need it
+
+    name = PHOTOS[k % len(PHOTOS)]
+    img = getattr(skimage.data, name)()
+    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle returns (left, right, disparity)
+    variant = k // len(PHOTOS)  # more classes than photos: same photo, other channel order / quarter turn
+    img = img[..., list(CHANNEL_ORDERS[variant % len(CHANNEL_ORDERS)])]
+    return np.ascontiguousarray(np.rot90(img, variant // len(CHANNEL_ORDERS) % 4))
+
+
+def _photo_instance(src: np.ndarray, rng) -> Image.Image:
+    """A random crop of 35-100% of each side, resized to 60-400 px sides (aspect 0.5-2), maybe mirrored."""
+    h, w = src.shape[:2]
+    cw, ch = int(w * rng.uniform(0.35, 1.0)), int(h * rng.uniform(0.35, 1.0))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    out_w = int(rng.integers(60, 401))
+    out_h = int(np.clip(out_w * rng.uniform(0.5, 2.0), 60, 400))
+    img = Image.fromarray(src[y:y + ch, x:x + cw]).resize((out_w, out_h), Image.Resampling.BILINEAR)
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
+
+
+def _digit_instance(pixels: np.ndarray, rng) -> tuple[Image.Image, tuple]:
+    """An 8x8 digit (values 0-16) as a 32-64 px RGB image: bright ink on a dark background; and its ink box."""
+    w, h = int(rng.integers(32, 65)), int(rng.integers(32, 65))
+    ink, paper = rng.uniform(150, 255, 3), rng.uniform(0, 80, 3)
+    alpha = pixels[..., None] / 16.0
+    small = (paper * (1 - alpha) + ink * alpha).astype(np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+    rows, cols = np.nonzero(pixels)
+    box = (cols.min() * w / 8, rows.min() * h / 8, (cols.max() + 1) * w / 8, (rows.max() + 1) * h / 8)
+    return img, tuple(round(v, 1) for v in box)
+
+
+def _random_box(w: int, h: int, rng) -> tuple:
+    """An integer box covering 30-90% of each side, inside the image."""
+    bw, bh = int(w * rng.uniform(0.3, 0.9)), int(h * rng.uniform(0.3, 0.9))
+    x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+    return (x, y, x + bw, y + bh)
+
+
+def _jpeg(img: Image.Image, rng) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=int(rng.integers(75, 96)), progressive=bool(rng.random() < 0.2))
+    return buf.getvalue()
+
+
+def _voc_xml(folder: str, stem: str, size: tuple, objects: list, filename: str | None = None) -> str:
+    objs = "".join(
+        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+        f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for name, x0, y0, x1, y1 in objects)
+    return (f"<annotation><folder>{folder}</folder><filename>{filename or stem}</filename>"
+            f"<source><database>ILSVRC_2012</database></source><size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>\n")
+
+
+def _prediction_string(objects: list) -> str:
+    # the real files end each row with a space
+    return "".join(f"{name} {x0:g} {y0:g} {x1:g} {y1:g} " for name, x0, y0, x1, y1 in objects)
+
+
+def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_per_class: int = 12,
+                     val_per_class: int = 4, num_test: int = 10, faults: bool = False, seed: int = 0) -> Path:
+    """Write the tree described in the module docstring under ``root`` (replaced if present); returns ``root``."""
+    if source not in ("photos", "digits"):
+        raise ValueError(f"source must be 'photos' or 'digits', got {source!r}")
+    wnids = ilsvrc.imagenet_wnids()
+    if not 1 <= num_classes <= (10 if source == "digits" else len(wnids)):
+        raise ValueError(f"num_classes={num_classes}: {source} allows 1-{10 if source == 'digits' else len(wnids)}")
+    if min(train_per_class, val_per_class, num_test) < 1:
+        raise ValueError("train_per_class, val_per_class and num_test must be at least 1 (an empty split is an error)")
+    if faults and (num_classes < 3 or train_per_class < 4 or num_classes * val_per_class < 5 or num_test < 2):
+        raise ValueError("faults=True needs num_classes >= 3, train_per_class >= 4, >= 5 val and >= 2 test images")
+    rng = np.random.default_rng(seed)
+    wnids = wnids[:num_classes]
+    lemmas = ilsvrc.imagenet_lemmas()
+    descriptions = [lemmas[w] for w in wnids]
+
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    data = {split: root / d for split, d in ilsvrc.SPLIT_DIRS.items()}
+    ann = {split: root / d for split, d in ilsvrc.ANNOTATION_DIRS.items()}
+    for d in [*data.values(), *ann.values(), root / ilsvrc.IMAGESETS_DIR]:
+        d.mkdir(parents=True)
+
+    # The pool of (image, ink box or None) per class, and which indices go to train / val / test (stratified).
+    if source == "digits":
+        from sklearn.datasets import load_digits  # imported here: ~1 s, photos do not need it
+
+        digits = load_digits()
+        by_class = [rng.permutation(np.flatnonzero(digits.target == k)) for k in range(num_classes)]
+        if min(len(ix) for ix in by_class) < train_per_class + val_per_class:
+            raise ValueError(f"digits has only {min(len(ix) for ix in by_class)} images of some digit; "
+                             f"train_per_class + val_per_class={train_per_class + val_per_class} is too many")
+        spare = np.concatenate([ix[train_per_class + val_per_class:] for ix in by_class])
+        if len(spare) < num_test:
+            raise ValueError(f"digits has {len(spare)} images left for test, num_test={num_test} is too many")
+        test_pool = rng.permutation(spare)[:num_test]
+
+        def instance(label, i, split):  # i: index within the class (train/val) or the split (test)
+            idx = {"train": lambda: by_class[label][i], "validation": lambda: by_class[label][train_per_class + i],
+                   "test": lambda: test_pool[i]}[split]()
+            return _digit_instance(digits.images[idx], rng)
+    else:
+        photos = {}
+
+        def instance(label, i, split):
+            if label not in photos:
+                photos[label] = _photo(label)
+            img = _photo_instance(photos[label], rng)
+            return img, _random_box(*img.size, rng)
+
+    manifest = {"source": source, "seed": seed, "wnids": wnids, "descriptions": descriptions,
+                "files": {}, "broken": list(BROKEN) if faults else [], "planted": {}, "val_labels": {},
+                "xml_objects": {}, "image_sizes": {}}
+
+    def plant(kind, split, stem, path):
+        manifest["planted"][kind] = {"split": split, "stem": stem, "path": str(path.relative_to(root))}
+
+    def write_image(split, path, stem, img, kind=None):
+        """Save img at path, as ImageNet's quirk ``kind`` when given; returns the stored (width, height)."""
+        if kind == "cmyk" or kind == "val_cmyk":
+            img.convert("CMYK").save(path, "JPEG", quality=90)
+        elif kind == "grayscale":
+            img.convert("L").save(path, "JPEG", quality=90)
+        elif kind == "png_named_jpeg":
+            img.save(path, "PNG")
+        elif kind == "exif_orientation_6":
+            # Stored turned a quarter to the left with Orientation=6, so viewers turn it back upright.
+            img = img.transpose(Image.Transpose.ROTATE_90)
+            exif = Image.Exif()
+            exif[EXIF_ORIENTATION] = 6
+            img.save(path, "JPEG", quality=95, exif=exif)
+        elif kind == "truncated":
+            path.write_bytes(_jpeg(img, rng)[:-600])  # no EOI marker, the last scan cut short
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "garbage":
+            path.write_bytes(rng.bytes(2048))
+        else:
+            path.write_bytes(_jpeg(img, rng))
+        if kind:
+            plant(kind, split, stem, path)
+        manifest["image_sizes"][stem] = list(img.size)
+        return img.size
+
+    # ---- train: <wnid>/<wnid>_<n>.JPEG, XML for every other image (and for the box faults) ----
+    train_faults = {(0, 0): "cmyk", (0, 1): "exif_orientation_6", (1, 0): "grayscale", (1, 1): "truncated",
+                    (2, 1): "png_named_jpeg"} if faults else {}
+    box_faults = {(0, 2): "box_float", (1, 2): "box_past_edge", (2, 2): "box_inverted",
+                  (0, 3): "box_filename_placeholder", (1, 3): "box_human_name", (2, 3): "box_unknown_name"
+                  } if faults else {}
+    train_rows, train_cls, train_loc = [], [], []
+    for label, wnid in enumerate(wnids):
+        (data["train"] / wnid).mkdir()
+        numbers = sorted(rng.choice(np.arange(1, 40000), train_per_class, replace=False), key=str)  # as listed
+        for i, n in enumerate(numbers):
+            stem = f"{wnid}_{n}"
+            path = data["train"] / wnid / f"{stem}.JPEG"
+            img, box = instance(label, i, "train")
+            kind = train_faults.get((label, i))
+            w, h = write_image("train", path, stem, img, kind)
+            train_cls.append(f"{wnid}/{stem}")
+            box_kind = box_faults.get((label, i))
+            if kind == "truncated" or (i % 2 and not box_kind and kind != "exif_orientation_6"):
+                continue
+            if kind == "exif_orientation_6":
+                # The box is in stored-pixel coordinates (ImageNet's annotation tool showed raw pixels); paint it
+                # red so a test can check that preprocess.py turns box and pixels the same way.
+                box = _random_box(w, h, rng)
+                raw = np.asarray(Image.open(path).convert("RGB")).copy()
+                raw[box[1]:box[3], box[0]:box[2]] = (255, 0, 0)
+                exif = Image.Exif()
+                exif[EXIF_ORIENTATION] = 6
+                Image.fromarray(raw).save(path, "JPEG", quality=95, exif=exif)
+            objects = [(wnid, *box)]
+            xml_objects, filename = list(objects), None
+            if box_kind:
+                plant(box_kind, "train", stem, path)
+            if box_kind == "box_float":
+                xml_objects = [(wnid, box[0] + 0.5, box[1] + 0.25, box[2] - 0.5, box[3] - 0.75)]
+            elif box_kind == "box_past_edge":
+                xml_objects = [(wnid, box[0], box[1], w + 37, box[3])]
+            elif box_kind == "box_inverted":
+                xml_objects = [objects[0], (wnid, box[2], box[1], box[0], box[3])]
+            elif box_kind == "box_filename_placeholder":
+                filename = "%s"
+            elif box_kind == "box_human_name":
+                xml_objects = [(descriptions[label], *box)]
+            elif box_kind == "box_unknown_name":
+                xml_objects = [("not a synset", *box)]
+            manifest["xml_objects"][stem] = [list(o) for o in xml_objects]
+            (ann["train"] / wnid).mkdir(exist_ok=True)
+            (ann["train"] / wnid / f"{stem}.xml").write_text(_voc_xml(wnid, stem, (w, h), xml_objects, filename))
+            train_rows.append((stem, _prediction_string(objects)))
+            train_loc.append(f"{wnid}/{stem}")
+
+    # ---- val: flat, labels in a shuffled order, every image with XML and a CSV row ----
+    val_labels = rng.permutation(np.repeat(np.arange(num_classes), val_per_class))
+    val_faults = {0: "val_cmyk", 1: "empty", 3: "box_several"} if faults else {}
+    seen = np.zeros(num_classes, dtype=int)
+    val_rows, val_ids = [], []
+    for j, label in enumerate(val_labels):
+        stem = f"ILSVRC2012_val_{j + 1:08d}"
+        path = data["validation"] / f"{stem}.JPEG"
+        img, box = instance(int(label), int(seen[label]), "validation")
+        seen[label] += 1
+        kind = val_faults.get(j)
+        w, h = write_image("validation", path, stem, img, None if kind == "box_several" else kind)
+        objects = [(wnids[label], *box)]
+        if kind == "box_several":
+            plant(kind, "validation", stem, path)
+            objects += [(wnids[label], *_random_box(w, h, rng)), (wnids[label], *_random_box(w, h, rng))]
+        manifest["val_labels"][stem] = int(label)
+        manifest["xml_objects"][stem] = [list(o) for o in objects]
+        (ann["validation"] / f"{stem}.xml").write_text(_voc_xml("val", stem, (w, h), objects))
+        val_rows.append((stem, _prediction_string(objects)))
+        val_ids.append(stem)
+
+    # ---- test: flat, no labels ----
+    test_ids = []
+    for j in range(num_test):
+        stem = f"ILSVRC2012_test_{j + 1:08d}"
+        img, _ = instance(int(rng.integers(num_classes)), j, "test")
+        write_image("test", data["test"] / f"{stem}.JPEG", stem, img, "garbage" if faults and j == 1 else None)
+        test_ids.append(stem)
+
+    # ---- the text files ----
+    (root / ilsvrc.SYNSET_MAPPING).write_text("".join(f"{w} {d}\n" for w, d in zip(wnids, descriptions)))
+    for name, rows in ((ilsvrc.TRAIN_SOLUTION, train_rows), (ilsvrc.VAL_SOLUTION, val_rows)):
+        order = rng.permutation(len(rows))  # Kaggle's CSVs are not sorted; nothing may rely on row order
+        with open(root / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["ImageId", "PredictionString"])
+            writer.writerows(rows[i] for i in order)
+    with open(root / "LOC_sample_submission.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["ImageId", "PredictionString"], *([s, f"{wnids[0]} 0 0 100 100"] for s in test_ids)])
+    for name, lines in (("train_cls.txt", train_cls), ("train_loc.txt", train_loc), ("val.txt", val_ids),
+                        ("test.txt", test_ids)):
+        (root / ilsvrc.IMAGESETS_DIR / name).write_text("".join(f"{p} {n}\n" for n, p in enumerate(lines, 1)))
+    manifest["files"] = {"train": len(train_cls), "validation": len(val_ids), "test": len(test_ids)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(DemoConfig, argv, description="Write a small ILSVRC-2012 tree in Kaggle's layout.")
+    try:
+        root = make_ilsvrc_tree(cfg.output, cfg.source, cfg.num_classes, cfg.train_per_class, cfg.val_per_class,
+                                cfg.num_test, cfg.faults, cfg.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    files = json.loads((root / MANIFEST).read_text())["files"]
+    print(f"wrote {root}: {files['train']} train, {files['validation']} val, {files['test']} test images "
+          f"of {cfg.num_classes} classes ({cfg.source}{', with faults' if cfg.faults else ''})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,459 @@
+"""Turn ILSVRC-2012 as Kaggle ships it into a memory-mapped Hugging Face DatasetDict.
+
+    python preprocess.py --data_dir ~/imagenet-object-localization-challenge --output_dir ~/data/imagenet \
+        [--num_proc 16] [--shorter_side 256] [--quality 90] [--shard_size 1000]
+
+Input: the folder Kaggle's ``imagenet-object-localization-challenge`` zip unzips to (ILSVRC/Data/CLS-LOC/{train,val,
+test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py).
+Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test and columns
+
+    image     datasets.Image, JPEG bytes as stored (never decoded pixel arrays)
+    label     ClassLabel whose names are the wnids in sorted order (n01440764 = 0); -1 in test
+    image_id  the file stem (n01440764_10026, ILSVRC2012_val_00000001)
+    objects   list of {bbox: [xmin, ymin, xmax, ymax] float pixels of the stored image, label}; [] where none
+
+and beside it class_descriptions.json (the human names of LOC_synset_mapping.txt in label order, also kept in
+DatasetInfo.description; they are not unique, "crane" twice, so they cannot be ClassLabel names; read them with
+``imagenet_trainer.ilsvrc.class_descriptions``), preprocess_report.json (skipped files with reasons, re-encodes,
+box fixes), config.yaml and run_info.json.
+
+Choices:
+- Lossless and fast by default: a file that already is an RGB JPEG (baseline or progressive) without EXIF rotation
+  is stored byte for byte, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data) shows it
+  is whole.
+- Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) and grayscale become RGB, the
+  PNG named .JPEG becomes a JPEG. EXIF orientation is applied here: the pixels are transposed, the image re-encoded
+  and the tag dropped, so no stored image has an orientation other than 1 and PIL, datasets.Image (which would
+  apply the tag) and torchvision.io (which by default would not) all see the same upright pixels. Boxes turn with
+  the pixels; they are taken to be in stored-pixel coordinates, as ImageNet's annotation tool showed raw pixels.
+- --shorter_side PX (FFCV-style low-resolution storage): shrink so the shorter side is PX, never enlarge, re-encode.
+- A file that does not fully decode (truncated, empty, not an image) is skipped, never a crash, and listed with the
+  reason in preprocess_report.json.
+- Labels: train from the folder, val from LOC_val_solution.csv (the first wnid of PredictionString). The train list
+  is the folder listing (os.scandir, not datasets' imagefolder, which spends ~50 min resolving ImageNet's files,
+  datasets #6359): LOC_train_solution.csv only covers the ~545k images with boxes and is not read. Boxes come from
+  the per-image XML, for val from the CSV where an image has no XML. They are clipped to the image; boxes with
+  min > max or no area left, or whose name is no class, are dropped; all counted in the report.
+- The sorted file list is cut into shards of --shard_size images; --num_proc processes each write a shard as one
+  Arrow file in OUT.tmp/, in the very layout ``save_to_disk`` uses, so assembling OUT moves no data. A killed run
+  resumes from OUT.tmp without redoing finished shards and gives the same dataset; OUT appears by one rename when
+  complete. Memory is flat in the number of images: a worker holds at most one Arrow batch of encoded images.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import datasets
+import pyarrow as pa
+from PIL import ExifTags, Image, ImageOps
+from tqdm.auto import tqdm
+
+from imagenet_trainer import ilsvrc
+from imagenet_trainer.config import parse_config
+from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
+
+SPLITS = ("train", "validation", "test")
+BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
+FORMAT_VERSION = 1  # bump when shard contents change, so an old OUT.tmp is rebuilt rather than resumed
+WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
+
+
+@dataclass
+class PreprocessConfig:
+    data_dir: str  # the folder Kaggle's imagenet-object-localization-challenge zip unzips to (ILSVRC/, LOC_*.csv)
+    output_dir: str  # where the DatasetDict goes; built in <output_dir>.tmp and renamed into place when complete
+    num_proc: int = 0  # worker processes; 0 = one per CPU core (decoding is CPU-bound)
+    shorter_side: int | None = None  # px; shrink so the shorter side is at most this and re-encode; None keeps size
+    quality: int = 90  # JPEG quality (1-100; PIL advises <= 95) of re-encoded images (odd files, --shorter_side)
+    shard_size: int = 1000  # images per shard: the unit of parallel work and of resume (~110 MB of ImageNet)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Listing: which files, which labels. Runs in the main process, reads folders and the CSV, decodes nothing.
+# ---------------------------------------------------------------------------------------------------------------
+
+class Split(NamedTuple):
+    image_dir: str  # relative to data_dir
+    annotation_dir: str | None  # relative to data_dir; None when there are no XML files for this split
+    items: list  # [(path relative to image_dir, label), ...] sorted
+    csv_boxes: dict  # stem -> [(wnid, xmin, ymin, xmax, ymax)], the fallback for images without XML (val)
+
+
+def list_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
+    """(wnids, descriptions, {split: Split}, warnings). Bad or missing input raises ValueError naming the path."""
+    if not data_dir.is_dir():
+        raise ValueError(f"--data_dir {data_dir}: no such folder")
+    hint = "is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?"
+    for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *ilsvrc.SPLIT_DIRS.values()):
+        if not (data_dir / rel).exists():
+            raise ValueError(f"{data_dir / rel}: not found ({hint})")
+    wnids, descriptions = ilsvrc.read_synset_mapping(data_dir / ilsvrc.SYNSET_MAPPING)
+    warnings = []
+    annotation_dirs = {}
+    for split, rel in ilsvrc.ANNOTATION_DIRS.items():
+        if (data_dir / rel).is_dir():
+            annotation_dirs[split] = rel
+        else:
+            warnings.append(f"{data_dir / rel}: not found, {split} boxes come from the CSV only")
+
+    train, missing = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
+    if missing:
+        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train folder, e.g. {missing[0]}")
+
+    val_dir = data_dir / ilsvrc.SPLIT_DIRS["validation"]
+    val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
+    index = {w: i for i, w in enumerate(wnids)}
+    val = []
+    for name in ilsvrc.list_images(val_dir):
+        stem = os.path.splitext(name)[0]
+        if stem not in val_csv:
+            raise ValueError(f"{val_dir / name}: no row {stem!r} in {data_dir / ilsvrc.VAL_SOLUTION}, so no label")
+        val.append((name, index[val_csv[stem][0][0]]))  # the label is the first box's wnid
+    if len(val_csv) > len(val):
+        warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {val_dir}")
+
+    test = [(name, -1) for name in ilsvrc.list_images(data_dir / ilsvrc.SPLIT_DIRS["test"])]
+    splits = {
+        "train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train, {}),
+        "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
+        "test": Split(ilsvrc.SPLIT_DIRS["test"], None, test, {}),
+    }
+    for split, s in splits.items():
+        if not s.items:
+            raise ValueError(f"{data_dir / s.image_dir}: no images, the {split} split would be empty")
+    return wnids, descriptions, splits, warnings
+
+
+def make_features(wnids: list[str]) -> datasets.Features:
+    return datasets.Features({
+        "image": datasets.Image(),
+        "label": datasets.ClassLabel(names=wnids),
+        "image_id": datasets.Value("string"),
+        "objects": datasets.List({"bbox": datasets.List(datasets.Value("float32"), length=4),
+                                  "label": datasets.ClassLabel(names=wnids)}),
+    })
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One image: verify, maybe convert; its boxes follow the pixels. Runs in the workers.
+# ---------------------------------------------------------------------------------------------------------------
+
+class BadImage(Exception):
+    """A file that does not fully decode: skipped and reported, never stored."""
+
+
+class Encoded(NamedTuple):
+    data: bytes  # the JPEG to store
+    orientation: int  # EXIF orientation applied to the pixels (1: none)
+    stored_size: tuple  # (w, h) of the input's pixels before any rotation
+    size: tuple  # (w, h) of the output
+    why: str | None  # why it was re-encoded; None when the input bytes are stored unchanged
+
+
+def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded:
+    if not data:
+        raise BadImage("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # a full decode: a truncated or corrupt file fails here
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image (no known format)") from None
+    except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error... on bad data
+        raise BadImage(f"does not decode: {type(e).__name__}: {e}") from None
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)  # Pillow also reads XMP's tiff:Orientation
+    except Exception:  # a corrupt EXIF block: re-encoding drops it
+        orientation = None
+    stored_size = img.size
+    resize = shorter_side is not None and min(stored_size) > shorter_side
+    why = [reason for reason, applies in ((f"{img.format} file", img.format != "JPEG"),
+                                          (f"mode {img.mode}", img.mode != "RGB"),
+                                          (f"EXIF orientation {orientation}", orientation != 1),
+                                          ("resized", resize)) if applies]
+    if not why:
+        return Encoded(data, 1, stored_size, stored_size, None)
+    applied = orientation if orientation in range(2, 9) else 1  # others are not rotations; the tag just goes
+    icc = img.info.get("icc_profile") if img.mode == "RGB" else None  # a CMYK/gray profile is wrong for RGB
+    try:
+        if applied != 1:
+            img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if resize:
+            w, h = img.size
+            scale = shorter_side / min(w, h)
+            size = (shorter_side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), shorter_side)
+            # reducing_gap: box-reduce first, then bicubic; same look, several times faster on big shrinks
+            img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality, icc_profile=icc)  # no exif= : the orientation tag is gone
+    except Exception as e:  # e.g. a mode Pillow cannot turn into RGB
+        raise BadImage(f"cannot convert to an RGB JPEG: {type(e).__name__}: {e}") from None
+    return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why))
+
+
+def fix_boxes(raw_boxes, labels: dict, enc: Encoded, counts: Counter) -> list[dict]:
+    """Boxes as read (name, xmin, ymin, xmax, ymax in stored pixels) -> objects of the output image."""
+    upright = enc.stored_size if enc.orientation < 5 else enc.stored_size[::-1]  # 5-8 swap width and height
+    sx, sy = enc.size[0] / upright[0], enc.size[1] / upright[1]
+    objects = []
+    for name, *box in raw_boxes:
+        wnid = ilsvrc.is_wnid(name)
+        label = labels.get(name if wnid else name.strip().lower())
+        if label is None:
+            counts["dropped_unknown_name"] += 1
+            continue
+        if not wnid:
+            counts["renamed"] += 1  # a human name instead of a wnid, resolved through LOC_synset_mapping.txt
+        if enc.orientation != 1:
+            box = ilsvrc.orient_box(box, enc.orientation, *enc.stored_size)
+        box, status = ilsvrc.clip_box(box, *upright)
+        if box is None:
+            counts[f"dropped_{status}"] += 1
+            continue
+        counts[status] += 1
+        objects.append({"bbox": [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], "label": label})
+    return objects
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One shard: a slice of a split's sorted list -> one Arrow file and a small JSON report. Runs in the workers.
+# ---------------------------------------------------------------------------------------------------------------
+
+class Shard(NamedTuple):
+    split: str
+    index: int
+    data_dir: str
+    image_dir: str  # relative to data_dir
+    annotation_dir: str | None  # relative to data_dir
+    items: list  # [(path relative to image_dir, label), ...]
+    csv_boxes: dict  # stem -> boxes, only the stems of this shard
+    path: str  # the finished Arrow file; it exists only once the shard is done
+    report: str  # its JSON report, written just before the Arrow file is renamed into place
+
+
+def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality: int, schema: pa.Schema) -> dict:
+    summary = {"split": shard.split, "index": shard.index, "files": len(shard.items), "rows": 0, "skipped": [],
+               "reencoded": Counter(), "boxes": Counter(), "annotation_errors": [], "bytes_in": 0, "bytes_out": 0}
+    tmp = shard.path + ".tmp"
+    rows = []
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for rel, label in shard.items:
+            src = os.path.join(shard.image_dir, rel)
+            stem = os.path.splitext(os.path.basename(rel))[0]
+            try:
+                with open(os.path.join(shard.data_dir, src), "rb") as f:
+                    data = f.read()
+                enc = encode_image(data, shorter_side, quality)
+            except (BadImage, OSError) as e:
+                summary["skipped"].append({"path": src, "reason": str(e)})
+                continue
+            raw_boxes = shard.csv_boxes.get(stem, [])
+            if shard.annotation_dir:
+                xml = os.path.join(shard.data_dir, shard.annotation_dir, os.path.splitext(rel)[0] + ".xml")
+                try:
+                    raw_boxes = ilsvrc.read_voc_xml(xml)
+                except FileNotFoundError:
+                    pass  # most train images have no boxes
+                except ValueError as e:
+                    summary["annotation_errors"].append(str(e))
+            summary["bytes_in"] += len(data)
+            summary["bytes_out"] += len(enc.data)
+            if enc.why:
+                summary["reencoded"][enc.why] += 1
+            rows.append({"image": {"bytes": enc.data, "path": os.path.basename(rel)}, "label": label,
+                         "image_id": stem, "objects": fix_boxes(raw_boxes, labels, enc, summary["boxes"])})
+            if len(rows) == BATCH_ROWS:
+                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+                rows = []
+        if rows:
+            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())  # the rename below must not publish a file whose data is still in the page cache
+    summary["rows"] = summary["files"] - len(summary["skipped"])
+    atomic_write_text(shard.report, json.dumps(summary))
+    os.replace(tmp, shard.path)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline.
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_config(cfg: PreprocessConfig) -> None:
+    if cfg.num_proc < 0:
+        raise SystemExit(f"error: --num_proc must be >= 0 (0 = all cores), got {cfg.num_proc}")
+    if cfg.shorter_side is not None and cfg.shorter_side < 1:
+        raise SystemExit(f"error: --shorter_side must be >= 1 px (or none), got {cfg.shorter_side}")
+    if not 1 <= cfg.quality <= 100:
+        raise SystemExit(f"error: --quality must be 1-100, got {cfg.quality}")
+    if cfg.shard_size < 1:
+        raise SystemExit(f"error: --shard_size must be >= 1, got {cfg.shard_size}")
+
+
+def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size: int) -> list[Shard]:
+    shards = []
+    for split, s in splits.items():
+        (work / split).mkdir(parents=True, exist_ok=True)
+        count = math.ceil(len(s.items) / shard_size)
+        for i in range(count):
+            items = s.items[i * shard_size:(i + 1) * shard_size]
+            stems = {os.path.splitext(os.path.basename(rel))[0] for rel, _ in items}
+            shards.append(Shard(split, i, str(data_dir), s.image_dir, s.annotation_dir, items,
+                                {k: v for k, v in s.csv_boxes.items() if k in stems},
+                                str(work / split / f"data-{i:05d}-of-{count:05d}.arrow"),
+                                str(work / WORK / f"{split}-{i:05d}.json")))
+    return shards
+
+
+def start_or_resume(work: Path, job: dict) -> None:
+    """Keep OUT.tmp when it holds shards of this very job, else start it afresh."""
+    job_file = work / WORK / "job.json"
+    if work.exists():
+        try:
+            same = json.loads(job_file.read_text()) == job
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        print(f"{work}: left by a run with other inputs or settings; starting over")
+        shutil.rmtree(work)
+    (work / WORK).mkdir(parents=True)
+    atomic_write_text(job_file, json.dumps(job, indent=1))
+
+
+def write_split_metadata(work: Path, split: str, shards: list[Shard], info: datasets.DatasetInfo,
+                         fingerprint: str) -> None:
+    """state.json and dataset_info.json exactly as ``Dataset.save_to_disk`` writes them, over our Arrow files."""
+    info.write_to_directory(str(work / split))
+    state = {"_data_files": [{"filename": os.path.basename(s.path)} for s in shards],
+             "_fingerprint": fingerprint, "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+             "_output_all_columns": False, "_split": split}
+    atomic_write_text(work / split / "state.json", json.dumps(state, indent=2, sort_keys=True))
+
+
+def print_summary(report: dict, out: Path) -> None:
+    print(f"wrote {out} in {report['seconds']:.0f} s")
+    print(f"  {'split':<11}{'files':>11}{'images':>11}{'skipped':>9}{'re-encoded':>12}{'boxes':>9}{'dropped':>9}")
+    skipped = report["skipped"]
+    for split in SPLITS:
+        boxes = report["boxes"][split]
+        print(f"  {split:<11}{report['files'][split]:>11,}{report['counts'][split]:>11,}"
+              f"{sum(s['split'] == split for s in skipped):>9,}{sum(report['reencoded'][split].values()):>12,}"
+              f"{boxes.get('ok', 0) + boxes.get('clipped', 0):>9,}"
+              f"{sum(v for k, v in boxes.items() if k.startswith('dropped')):>9,}")
+    for s in skipped[:20]:
+        print(f"  skipped {s['path']}: {s['reason']}")
+    if len(skipped) > 20:
+        print(f"  ... {len(skipped) - 20} more skipped files")
+    if skipped or report["annotation_errors"]:
+        print(f"  details: {out / 'preprocess_report.json'}")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
+    check_config(cfg)
+    started = time.time()
+    data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
+    work = out.with_name(out.name + ".tmp")
+    if out.exists() and not (out / "preprocess_report.json").is_file():
+        # it will be replaced at the end: never a folder this script did not write
+        raise SystemExit(f"error: --output_dir {out} exists and is not a preprocess.py output; "
+                         "remove it or choose another folder")
+    try:
+        wnids, descriptions, splits, warnings = list_splits(data_dir)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{data_dir}: {len(wnids)} classes; "
+          + ", ".join(f"{len(s.items):,} {split} files" for split, s in splits.items()))
+
+    features = make_features(wnids)
+    job = {"format": FORMAT_VERSION, "data_dir": str(data_dir), "shorter_side": cfg.shorter_side,
+           "quality": cfg.quality, "shard_size": cfg.shard_size, "wnids": wnids,
+           "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
+                     for split, s in splits.items()}}
+    start_or_resume(work, job)
+    shards = plan_shards(data_dir, splits, work, cfg.shard_size)
+    pending = [s for s in shards if not os.path.exists(s.path)]
+    total = sum(len(s.items) for s in shards)
+    if len(pending) < len(shards):
+        print(f"resuming {work}: {len(shards) - len(pending)} of {len(shards)} shards already done")
+
+    num_proc = min(cfg.num_proc or os.cpu_count() or 1, max(1, len(pending)))
+    work_fn = functools.partial(process_shard, labels=ilsvrc.label_lookup(wnids, descriptions),
+                                shorter_side=cfg.shorter_side, quality=cfg.quality, schema=features.arrow_schema)
+    bar = tqdm(total=total, initial=total - sum(len(s.items) for s in pending), unit="img", desc="preprocess",
+               smoothing=0.05)
+    try:
+        if num_proc == 1:
+            for summary in map(work_fn, pending):  # in-process: simplest to debug and profile
+                bar.update(summary["files"])
+        else:
+            # spawn, not fork: the parent has library threads (pyarrow, tqdm's monitor) that fork would copy
+            with mp.get_context("spawn").Pool(num_proc) as pool:
+                for summary in pool.imap_unordered(work_fn, pending):
+                    bar.update(summary["files"])
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted: finished shards are kept in {work}; run the same command to resume")
+    bar.close()
+
+    # ---- assemble: per-split metadata over the finished shards, the report, then one rename ----
+    reports = [json.loads(Path(s.report).read_text()) for s in shards]
+    counts = {split: sum(r["rows"] for r in reports if r["split"] == split) for split in SPLITS}
+    description = json.dumps({
+        ilsvrc.DESCRIPTIONS_KEY: descriptions,
+        "source": "ILSVRC-2012 CLS-LOC, Kaggle imagenet-object-localization-challenge, via preprocess.py",
+        "labels": "ClassLabel names are the wnids in sorted order; class_descriptions are the human names",
+    })
+    for split in SPLITS:
+        split_shards = [s for s in shards if s.split == split]
+        info = datasets.DatasetInfo(description=description, features=features, splits=datasets.SplitDict(
+            {split: datasets.SplitInfo(name=split, num_examples=counts[split])}))
+        write_split_metadata(work, split, split_shards, info,
+                             hashlib.sha1(json.dumps([job, split]).encode()).hexdigest()[:16])
+    atomic_write_text(work / "dataset_dict.json", json.dumps({"splits": list(SPLITS)}))
+    loaded = datasets.load_from_disk(str(work))  # memory-mapped, cheap; proves OUT will load before it exists
+    if {split: loaded[split].num_rows for split in SPLITS} != counts:
+        raise SystemExit(f"error: {work}: the Arrow files do not hold the rows the shard reports count; "
+                         f"delete {work} and run again")
+
+    if len(wnids) == 1000:
+        warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
+                     for split, full in ilsvrc.FULL_COUNTS.items() if counts[split] != full]
+    skipped = [dict(split=r["split"], **s) for r in reports for s in r["skipped"]]
+    report = {
+        "config": asdict(cfg), "seconds": round(time.time() - started, 1), "warnings": warnings,
+        "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
+        "skipped": skipped,
+        "reencoded": {split: sum((Counter(r["reencoded"]) for r in reports if r["split"] == split), Counter())
+                      for split in SPLITS},
+        "boxes": {split: sum((Counter(r["boxes"]) for r in reports if r["split"] == split), Counter())
+                  for split in SPLITS},
+        "annotation_errors": [e for r in reports for e in r["annotation_errors"]],
+        "bytes_in": sum(r["bytes_in"] for r in reports), "bytes_out": sum(r["bytes_out"] for r in reports),
+    }
+    atomic_write_text(work / "preprocess_report.json", json.dumps(report, indent=1))
+    atomic_write_text(work / ilsvrc.DESCRIPTIONS_FILE, json.dumps(descriptions, indent=0))
+    write_run_info(work, cfg)
+    replace_dir(work, out)
+    shutil.rmtree(out / WORK)
+
+    print_summary(report, out)
+
+
+if __name__ == "__main__":
+    main()

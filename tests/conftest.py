@@ -1,0 +1,47 @@
+"""Shared fixtures: small real ILSVRC trees in Kaggle's layout and preprocess.py's output on them.
+
+- ``ilsvrc_tree``: photos, every planted fault (see imagenet_trainer/demo.py; ``demo_manifest.json`` in the tree
+  says what was planted where), 4 classes x 6 train, 8 val, 4 test files.
+- ``preprocessed``: path of ``preprocess.py``'s output on ``ilsvrc_tree`` (2 processes, shards of 5 images), a
+  DatasetDict folder: ``datasets.load_from_disk(preprocessed)``.
+- ``digits_dataset``: path of ``preprocess.py``'s output on a digits tree, 10 classes x 100 train and 20 val
+  (stratified), 20 test; for "does it learn" tests.
+
+All are session-scoped: treat them as read-only.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # preprocess.py and train.py are top-level scripts
+
+import preprocess  # noqa: E402
+from imagenet_trainer.demo import make_ilsvrc_tree  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ilsvrc_tree(tmp_path_factory) -> Path:
+    return make_ilsvrc_tree(tmp_path_factory.mktemp("ilsvrc") / "kaggle", source="photos", num_classes=4,
+                            train_per_class=6, val_per_class=2, num_test=4, faults=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def preprocessed(ilsvrc_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("preprocessed") / "imagenet"
+    preprocess.main(["--data_dir", str(ilsvrc_tree), "--output_dir", str(out), "--num_proc", "2",
+                     "--shard_size", "5"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_dataset(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("digits")
+    tree = make_ilsvrc_tree(base / "kaggle", source="digits", num_classes=10, train_per_class=100,
+                            val_per_class=20, num_test=20, seed=0)
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(base / "digits"), "--num_proc", "1"])
+    return base / "digits"

@@ -1,0 +1,428 @@
+"""preprocess.py's contract on real JPEGs (imagenet_trainer/demo.py trees), plus the parsing in ilsvrc.py."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageOps
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+import preprocess
+from imagenet_trainer import ilsvrc
+from imagenet_trainer.demo import MANIFEST, make_ilsvrc_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVERTED = ("cmyk", "grayscale", "png_named_jpeg", "exif_orientation_6", "val_cmyk")
+
+
+def manifest(tree: Path) -> dict:
+    return json.loads((tree / MANIFEST).read_text())
+
+
+def raw_rows(path) -> dict:
+    """split -> image_id -> row with the image as stored ({bytes, path}), nothing decoded."""
+    dd = datasets.load_from_disk(str(path))
+    return {split: {r["image_id"]: r for r in ds.cast_column("image", datasets.Image(decode=False))}
+            for split, ds in dd.items()}
+
+
+def size_of(data: bytes) -> tuple:
+    return Image.open(io.BytesIO(data)).size
+
+
+def run_script(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "preprocess.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+# ---- the dataset ----
+
+def test_splits_counts_and_label_order(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    dd = datasets.load_from_disk(str(preprocessed))
+    assert set(dd) == {"train", "validation", "test"}
+    broken = Counter(m["planted"][kind]["split"] for kind in m["broken"])
+    for split, ds in dd.items():
+        assert ds.num_rows == m["files"][split] - broken[split], split
+        assert list(ds.features) == ["image", "label", "image_id", "objects"]
+        assert isinstance(ds.features["image"], datasets.Image)
+        assert ds.features["label"].names == m["wnids"] == sorted(m["wnids"])
+        assert ds.features["label"].str2int("n01440764") == 0
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    assert report["counts"] == {split: ds.num_rows for split, ds in dd.items()}
+
+
+def test_labels_train_from_folder_val_from_csv_test_minus_one(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    rows = raw_rows(preprocessed)
+    for stem, row in rows["train"].items():
+        assert row["label"] == m["wnids"].index(stem.split("_")[0])
+    expected_val = {s: label for s, label in m["val_labels"].items() if s != m["planted"]["empty"]["stem"]}
+    assert {s: r["label"] for s, r in rows["validation"].items()} == expected_val
+    assert {r["label"] for r in rows["test"].values()} == {-1}
+
+
+def test_skip_report_lists_exactly_the_broken_files(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    skipped = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {m["planted"][kind]["path"] for kind in m["broken"]}
+    assert "truncated" in skipped[m["planted"]["truncated"]["path"]]
+    assert skipped[m["planted"]["empty"]["path"]] == "empty file"
+    assert "not an image" in skipped[m["planted"]["garbage"]["path"]]
+    rows = raw_rows(preprocessed)
+    for kind in m["broken"]:
+        assert m["planted"][kind]["stem"] not in rows[m["planted"][kind]["split"]]
+
+
+def test_every_image_is_an_upright_rgb_jpeg_for_every_reader(preprocessed):
+    dd = datasets.load_from_disk(str(preprocessed))
+    for split, ds in dd.items():
+        for i, row in enumerate(ds.cast_column("image", datasets.Image(decode=False))):
+            data = row["image"]["bytes"]
+            img = Image.open(io.BytesIO(data))
+            assert (img.format, img.mode) == ("JPEG", "RGB"), row["image_id"]
+            assert img.getexif().get(0x0112, 1) == 1, row["image_id"]
+            tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            chw = decode_jpeg(tensor)
+            assert chw.shape == (3, img.height, img.width), row["image_id"]
+            assert decode_image(tensor, mode=ImageReadMode.UNCHANGED).shape == chw.shape
+            decoded = ds[i]["image"]  # datasets.Image, which applies EXIF orientation itself
+            assert decoded.mode == "RGB" and decoded.size == img.size
+
+
+def test_odd_files_are_converted_and_plain_jpegs_kept_byte_for_byte(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    rows = raw_rows(preprocessed)
+    for kind in CONVERTED:
+        p = m["planted"][kind]
+        data = rows[p["split"]][p["stem"]]["image"]["bytes"]
+        assert data[:2] == b"\xff\xd8" and data != (ilsvrc_tree / p["path"]).read_bytes(), kind
+    converted = {m["planted"][kind]["stem"] for kind in CONVERTED}
+    kept = 0
+    for split, by_id in rows.items():
+        for stem, row in by_id.items():
+            if stem not in converted:
+                name = f"{stem.split('_')[0]}/{stem}.JPEG" if split == "train" else f"{stem}.JPEG"
+                assert row["image"]["bytes"] == (ilsvrc_tree / ilsvrc.SPLIT_DIRS[split] / name).read_bytes(), stem
+                kept += 1
+    assert kept > 20
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    assert sum(sum(c.values()) for c in report["reencoded"].values()) == len(CONVERTED)
+
+
+def test_exif_rotation_turns_pixels_and_box_together(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    stem = m["planted"]["exif_orientation_6"]["stem"]
+    (_, *raw_box), = m["xml_objects"][stem]  # stored-pixel coordinates; painted pure red in the file
+    w, h = m["image_sizes"][stem]
+    row = raw_rows(preprocessed)["train"][stem]
+    img = Image.open(io.BytesIO(row["image"]["bytes"]))
+    assert img.size == (h, w)  # turned a quarter
+    x0, y0, x1, y1 = row["objects"][0]["bbox"]
+    assert (x0, y0, x1, y1) == pytest.approx(ilsvrc.orient_box(raw_box, 6, w, h))
+    pixels = np.asarray(img).astype(int)
+    inside = pixels[int(y0) + 3:int(y1) - 3, int(x0) + 3:int(x1) - 3].mean(axis=(0, 1))
+    assert inside[0] > 200 and inside[1] < 60 and inside[2] < 60  # the red rectangle is where the box says
+    mask = np.ones(pixels.shape[:2], bool)
+    mask[max(0, int(y0) - 3):int(y1) + 3, max(0, int(x0) - 3):int(x1) + 3] = False
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    assert red[mask].mean() < 0.01  # and nowhere else
+
+
+def test_box_faults_are_clipped_dropped_and_counted(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    rows = raw_rows(preprocessed)
+    planted, xml = m["planted"], m["xml_objects"]
+
+    def objects(kind):
+        row = rows[planted[kind]["split"]][planted[kind]["stem"]]
+        return [(o["label"], *o["bbox"]) for o in row["objects"]], row["label"]
+
+    (label, *box), = objects("box_float")[0]
+    assert box == pytest.approx(xml[planted["box_float"]["stem"]][0][1:]) and box[0] % 1 == 0.5
+    (label, *box), = objects("box_past_edge")[0]
+    name, x0, y0, x1, y1 = xml[planted["box_past_edge"]["stem"]][0]
+    assert box == pytest.approx([x0, y0, m["image_sizes"][planted["box_past_edge"]["stem"]][0], y1])
+    assert len(objects("box_inverted")[0]) == 1  # the good box stays, the xmin > xmax one goes
+    (label, *box), = objects("box_filename_placeholder")[0]
+    assert box == pytest.approx(xml[planted["box_filename_placeholder"]["stem"]][0][1:])
+    human, image_label = objects("box_human_name")
+    assert xml[planted["box_human_name"]["stem"]][0][0] == m["descriptions"][image_label]
+    assert [o[0] for o in human] == [image_label]
+    assert objects("box_unknown_name")[0] == []
+    several, val_label = objects("box_several")
+    assert len(several) == 3 and {o[0] for o in several} == {val_label}
+    no_xml = [s for s in rows["train"] if s not in xml]
+    assert no_xml and all(rows["train"][s]["objects"] == [] for s in no_xml)
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    boxes = report["boxes"]["train"]
+    assert (boxes["clipped"], boxes["dropped_inverted"], boxes["dropped_unknown_name"], boxes["renamed"]) == (1,) * 4
+
+
+def test_class_descriptions_travel_with_the_dataset(preprocessed, ilsvrc_tree):
+    m = manifest(ilsvrc_tree)
+    dd = datasets.load_from_disk(str(preprocessed))
+    assert ilsvrc.class_descriptions(preprocessed) == m["descriptions"]
+    assert ilsvrc.class_descriptions(dd) == m["descriptions"]
+    assert ilsvrc.class_descriptions(dd["validation"]) == m["descriptions"]
+    assert json.loads(dd["train"].info.description)[ilsvrc.DESCRIPTIONS_KEY] == m["descriptions"]
+    # a copy without our metadata whose names are wnids (a Hub dataset): timm's lemma file
+    hub = datasets.Dataset.from_dict({"label": [0]}, features=datasets.Features(
+        {"label": datasets.ClassLabel(names=["n01440764", "n03126707"])}))
+    assert ilsvrc.class_descriptions(hub) == ["tench, Tinca tinca", "crane"]
+    named = datasets.Dataset.from_dict({"label": [0]}, features=datasets.Features(
+        {"label": datasets.ClassLabel(names=["cat", "dog"])}))
+    assert ilsvrc.class_descriptions(named) == ["cat", "dog"]
+
+
+def test_shorter_side_shrinks_never_enlarges(preprocessed, ilsvrc_tree, tmp_path):
+    side = 100
+    preprocess.main(["--data_dir", str(ilsvrc_tree), "--output_dir", str(tmp_path / "small"), "--num_proc", "1",
+                     "--shorter_side", str(side), "--quality", "80"])
+    full, small = raw_rows(preprocessed), raw_rows(tmp_path / "small")
+    m = manifest(ilsvrc_tree)
+    converted = {m["planted"][kind]["stem"] for kind in CONVERTED}  # re-encoded anyway, at the other quality
+    shrunk = kept = 0
+    for split in full:
+        assert full[split].keys() == small[split].keys()
+        for stem, row in full[split].items():
+            (w, h), (sw, sh) = size_of(row["image"]["bytes"]), size_of(small[split][stem]["image"]["bytes"])
+            assert min(sw, sh) == min(side, w, h) and abs(sw / sh - w / h) < 0.02, stem
+            if min(w, h) <= side and stem not in converted:
+                kept += 1
+                assert small[split][stem]["image"]["bytes"] == row["image"]["bytes"], stem  # not even re-encoded
+            elif min(w, h) > side:
+                shrunk += 1
+            for a, b in zip(row["objects"], small[split][stem]["objects"]):
+                assert b["bbox"] == pytest.approx([a["bbox"][0] * sw / w, a["bbox"][1] * sh / h,
+                                                   a["bbox"][2] * sw / w, a["bbox"][3] * sh / h], rel=1e-4)
+    assert shrunk and kept  # both cases happened
+
+
+# ---- errors: one line naming the path, nothing written ----
+
+@pytest.fixture(scope="module")
+def clean_tree(tmp_path_factory) -> Path:
+    return make_ilsvrc_tree(tmp_path_factory.mktemp("clean") / "kaggle", num_classes=2, train_per_class=3,
+                            val_per_class=2, num_test=2)
+
+
+def break_tree(case: str, tree: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Spoil a copy of a good tree; returns (the --data_dir to pass, the paths the error must name)."""
+    train_dir, val_dir = tree / ilsvrc.SPLIT_DIRS["train"], tree / ilsvrc.SPLIT_DIRS["validation"]
+    if case == "missing_data_dir":
+        return tmp_path / "nowhere", [tmp_path / "nowhere"]
+    if case == "missing_val_csv":
+        (tree / ilsvrc.VAL_SOLUTION).unlink()
+        return tree, [tree / ilsvrc.VAL_SOLUTION]
+    if case == "unknown_val_wnid":
+        text = (tree / ilsvrc.VAL_SOLUTION).read_text()
+        first_wnid = text.splitlines()[1].split(",")[1].split()[0]
+        (tree / ilsvrc.VAL_SOLUTION).write_text(text.replace(first_wnid, "n09999999", 1))
+        return tree, [tree / ilsvrc.VAL_SOLUTION, "n09999999"]
+    if case == "empty_val":
+        for p in val_dir.iterdir():
+            p.unlink()
+        return tree, [val_dir]
+    if case == "missing_train":
+        shutil.rmtree(train_dir)
+        return tree, [train_dir]
+    if case == "unknown_train_folder":
+        (train_dir / "n09999999").mkdir()
+        return tree, [train_dir / "n09999999"]
+    if case == "val_image_without_csv_row":
+        extra = val_dir / "ILSVRC2012_val_00000009.JPEG"
+        extra.write_bytes(next(val_dir.iterdir()).read_bytes())
+        return tree, [extra, tree / ilsvrc.VAL_SOLUTION]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing_data_dir", "missing_val_csv", "unknown_val_wnid", "empty_val",
+                                  "missing_train", "unknown_train_folder", "val_image_without_csv_row"])
+def test_bad_input_is_a_one_line_error_naming_the_path(case, clean_tree, tmp_path):
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    data_dir, named = break_tree(case, tree, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert all(str(n) in message for n in named), message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_refuses_to_replace_a_folder_it_did_not_write(clean_tree, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(SystemExit, match="is not a preprocess.py output"):
+        preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "photos"), "--num_proc", "1"])
+    assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_full_label_space_warns_about_missing_images(clean_tree, tmp_path, capsys):
+    """1000 classes (all of timm's wnids) but a handful of images: the counts must be flagged, not silently used."""
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    lemmas = ilsvrc.imagenet_lemmas()
+    (tree / ilsvrc.SYNSET_MAPPING).write_text("".join(f"{w} {lemmas[w]}\n" for w in ilsvrc.imagenet_wnids()))
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    printed = capsys.readouterr().out
+    assert "warning: train: 6 images, full ILSVRC-2012 has 1,281,167" in printed
+    assert "warning: validation: 4 images, full ILSVRC-2012 has 50,000" in printed
+    assert "warning: 998 classes of LOC_synset_mapping.txt have no train folder" in printed
+    assert datasets.load_from_disk(str(tmp_path / "out"))["train"].features["label"].num_classes == 1000
+
+
+def test_script_error_exit_code_and_no_traceback(clean_tree, tmp_path):
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    (tree / ilsvrc.VAL_SOLUTION).unlink()
+    proc = run_script("--data_dir", tree, "--output_dir", tmp_path / "out")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tree / ilsvrc.VAL_SOLUTION}: not found "
+        "(is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?)")
+    proc = run_script("--data_dir", tree, "--output_dir", tmp_path / "out", "--quality", "0")
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --quality")
+
+
+# ---- resume ----
+
+def test_sigkilled_run_resumes_without_redoing_shards_and_gives_the_same_dataset(tmp_path):
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=50, val_per_class=2, num_test=4)
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir", str(out),
+            "--num_proc", "1", "--shard_size", "2", "--shorter_side", "64"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(list(work.glob("train/*.arrow"))) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in work.glob("train/*.arrow")}
+    assert len(done) >= 4 and len(done) < 75, "the kill must land mid-run"
+    assert not out.exists()
+
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(done)} of 80 shards already done" in rerun.stdout
+    for name, (mtime, inode) in done.items():
+        st = (out / "train" / name).stat()
+        assert (st.st_mtime_ns, st.st_ino) == (mtime, inode), f"{name} was redone"
+    assert not work.exists() and not (out / preprocess.WORK).exists()
+
+    fresh = subprocess.run([*args[:5], str(tmp_path / "fresh"), "--num_proc", "2", *args[8:]], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    resumed, uninterrupted = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(tmp_path / "fresh"))
+    for split in ("train", "validation", "test"):
+        assert resumed[split].features == uninterrupted[split].features
+        assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
+    assert "validation" in rerun.stdout and "wrote" in rerun.stdout
+
+
+def test_work_dir_of_another_job_is_discarded(clean_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    stale = tmp_path / "out.tmp" / "train" / "data-00000-of-00001.arrow"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a run with other settings")
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
+    assert "starting over" in capsys.readouterr().out
+    assert datasets.load_from_disk(str(out))["train"].num_rows == 6
+
+
+# ---- the digits fixture and the demo CLI ----
+
+def test_digits_dataset_is_stratified(digits_dataset):
+    dd = datasets.load_from_disk(str(digits_dataset))
+    assert Counter(dd["train"]["label"]) == {k: 100 for k in range(10)}
+    assert Counter(dd["validation"]["label"]) == {k: 20 for k in range(10)}
+    assert dd["test"].num_rows == 20
+    img = dd["train"][0]["image"]
+    assert img.mode == "RGB" and 32 <= min(img.size) and max(img.size) <= 64
+
+
+def test_demo_cli(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "imagenet_trainer.demo", "--output", str(tmp_path / "d"),
+                           "--source", "digits", "--num_classes", "3", "--train_per_class", "2",
+                           "--val_per_class", "1", "--num_test", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert manifest(tmp_path / "d")["files"] == {"train": 6, "validation": 3, "test": 1}
+    assert sorted(os.listdir(tmp_path / "d" / ilsvrc.SPLIT_DIRS["train"])) == ilsvrc.imagenet_wnids()[:3]
+    proc = subprocess.run([sys.executable, "-m", "imagenet_trainer.demo", "--output", str(tmp_path / "e"),
+                           "--source", "digits", "--num_classes", "11"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: num_classes=11")
+
+
+# ---- ilsvrc.py parsing ----
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_box_matches_pillow_exif_transpose(orientation):
+    w, h, box = 40, 30, (5, 7, 17, 12)
+    img = Image.new("L", (w, h))
+    ImageDraw.Draw(img).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=255)  # pixels 5..16 x 7..11
+    img.getexif()[0x0112] = orientation
+    upright = ImageOps.exif_transpose(img)
+    assert ilsvrc.orient_box(box, orientation, w, h) == upright.getbbox()
+
+
+def test_clip_box():
+    assert ilsvrc.clip_box((1.5, 2, 10, 20), 50, 40) == ((1.5, 2, 10, 20), "ok")
+    assert ilsvrc.clip_box((-3, 2, 60, 20), 50, 40) == ((0, 2, 50, 20), "clipped")
+    assert ilsvrc.clip_box((10, 2, 5, 20), 50, 40) == (None, "inverted")
+    assert ilsvrc.clip_box((55, 2, 70, 20), 50, 40) == (None, "empty")
+
+
+def test_solution_csv_parsing_and_errors(tmp_path):
+    path = tmp_path / "LOC_val_solution.csv"
+    path.write_text("ImageId,PredictionString\n"
+                    "ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295 \n")
+    assert ilsvrc.read_solution_csv(path, ["n02119789"]) == {
+        "ILSVRC2012_val_00008726": [("n02119789", 255, 142, 454, 329), ("n02119789", 44, 21, 322, 295)]}
+    with pytest.raises(ValueError, match=f"{path}:2: unknown wnid 'n02119789'"):
+        ilsvrc.read_solution_csv(path, ["n01440764"])
+    path.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n02119789 1 2 3\n")
+    with pytest.raises(ValueError, match=f"{path}:2: PredictionString"):
+        ilsvrc.read_solution_csv(path, ["n02119789"])
+    path.write_text("id,label\n")
+    with pytest.raises(ValueError, match=f"{path}:1: expected the header"):
+        ilsvrc.read_solution_csv(path, ["n02119789"])
+
+
+def test_synset_mapping_and_label_lookup(tmp_path):
+    path = tmp_path / "LOC_synset_mapping.txt"
+    path.write_text("n03126707 crane\nn01440764 tench, Tinca tinca\nn02012849 crane\n")
+    wnids, descriptions = ilsvrc.read_synset_mapping(path)
+    assert wnids == ["n01440764", "n02012849", "n03126707"]
+    assert descriptions == ["tench, Tinca tinca", "crane", "crane"]
+    lookup = ilsvrc.label_lookup(wnids, descriptions)
+    assert lookup["n03126707"] == 2 and lookup["tench"] == 0 and lookup["tench, tinca tinca"] == 0
+    assert "crane" not in lookup  # ambiguous: a box named "crane" is dropped, never guessed
+    path.write_text("tench n01440764\n")
+    with pytest.raises(ValueError, match=f"{path}:1"):
+        ilsvrc.read_synset_mapping(path)
+
+
+def test_voc_xml_ignores_filename_and_keeps_floats(tmp_path):
+    path = tmp_path / "a.xml"
+    path.write_text("<annotation><filename>%s</filename><object><name>n01440764</name><bndbox><xmin>1.5</xmin>"
+                    "<ymin>2</ymin><xmax>30.25</xmax><ymax>40</ymax></bndbox></object></annotation>")
+    assert ilsvrc.read_voc_xml(path) == [("n01440764", 1.5, 2.0, 30.25, 40.0)]
+    path.write_text("<annotation><object>")
+    with pytest.raises(ValueError, match=str(path)):
+        ilsvrc.read_voc_xml(path)
