@@ -1,0 +1,42 @@
+"""One name space for backbones: our designs sit in timm's registry, so every tool that takes a timm name takes ours."""
+from __future__ import annotations
+
+import difflib
+
+import timm
+from timm.models import register_model
+
+_OURS: set[str] = set()
+
+
+def register(fn):
+    """``@register`` on a variant function: timm's ``register_model`` (which also picks up the module's
+    ``default_cfgs``) plus a record that the name is one of ours, for ``list_models()``."""
+    _OURS.add(fn.__name__)
+    return register_model(fn)
+
+
+def list_models() -> list[str]:
+    """Names of the backbones defined in this package (the timm zoo is ``timm.list_models()``)."""
+    return sorted(_OURS)
+
+
+def create_model(name: str, num_classes: int | None = None, pretrained: bool = False, **kwargs):
+    """A backbone by name: ours first, then the timm zoo (resnet18, resnet50, vgg16, convnext_tiny, ...).
+
+    ``name`` may also be ``local-dir:FOLDER`` or ``hf-hub:OWNER/NAME`` (timm's sources). ``num_classes`` defaults to
+    1000 (the ImageNet-1k head) for an architecture name and to the saved class count for a folder or Hub id; 0 gives
+    the pooled features. Other keyword arguments go to timm (``features_only=True``, ``drop_path_rate=0.1``, ...).
+    """
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    source, _ = timm.models.parse_model_name(name)
+    if source is None:
+        arch = name.split(".")[0]  # a timm pretrained tag ("resnet50.a1_in1k") names weights, not the architecture
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, list_models() + timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown model '{name}'{hint}; see modeling.list_models() and timm.list_models()")
+        if pretrained and arch in _OURS:
+            raise ValueError(f"'{name}' has no published weights; load a saved folder with modeling.load_model(PATH)")
+    return timm.create_model(name, pretrained=pretrained, **kwargs)

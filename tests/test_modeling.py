@@ -1,0 +1,485 @@
+"""modeling/: the registry, our backbones, and the Hub folder format (timm + transformers, offline)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import huggingface_hub
+import matplotlib
+import pytest
+import timm
+import torch
+import torchvision
+import yaml
+from safetensors.torch import save_file
+
+import modeling
+from modeling.blocknet import BlockNet, BlockNetCfg
+from modeling.hub import hub_config
+
+OURS = modeling.list_models()
+ZOO_SMALL = ["resnet18"]  # zoo names cheap enough for every per-model test
+# ImageNet has two classes named "crane": the labels must survive that (label2id, pipeline output)
+WNIDS = ["n02012849", "n03126707", "n01440764", "n02085620"]
+NAMES = ["crane", "crane", "tench, Tinca tinca", "Chihuahua"]
+SHOWN = ["crane (n02012849)", "crane (n03126707)", "tench, Tinca tinca", "Chihuahua"]  # what pipelines print
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real JPEG shipped offline
+CARD = {"dataset": "ImageNet-1k (ILSVRC-2012)", "epochs": 16, "hardware": "1x H100 80GB, 16 CPU cores",
+        "recipe": {"optimizer": "sgd", "lr": 0.8, "batch_size": 1024, "label_smoothing": 0.1},
+        "results": {"top1": 67.12, "top5": 87.45, "split": "validation"}, "repo_id": "me/tiny"}
+
+
+def small_input(batch: int = 2) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(batch, 3, 64, 64)
+
+
+def folder_digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    """blocknet_tiny with 4 classes, saved once; tests read it, never write it."""
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=4).eval()
+    folder = tmp_path_factory.mktemp("hub") / "tiny"
+    modeling.save_pretrained(model, folder, label_names=WNIDS, label_descriptions=NAMES,
+                             pretrained_cfg={"input_size": (3, 64, 64), "crop_pct": 1.0}, model_card=CARD)
+    return model, folder
+
+
+# ---------------------------------------------------------------- registry and backbones
+
+def test_registry_lists_ours_and_timm_takes_the_names():
+    assert {"alexnet", "blocknet_tiny", "blocknet_r18", "blocknet_mobile"} <= set(OURS)
+    for name in OURS:
+        assert timm.is_model(name)
+        assert timm.models.get_pretrained_cfg(name).mean == timm.data.IMAGENET_DEFAULT_MEAN
+    assert isinstance(timm.create_model("blocknet_tiny", num_classes=3), BlockNet)
+    assert type(modeling.create_model("resnet18", num_classes=3)).__name__ == "ResNet"  # falls through to the zoo
+
+
+def test_create_model_errors_are_one_line():
+    with pytest.raises(ValueError, match="did you mean.*blocknet_tiny") as e:
+        modeling.create_model("blocknet_tiyn")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no published weights"):
+        modeling.create_model("blocknet_tiny", pretrained=True)
+    with pytest.raises(ValueError, match="block 'dense'"):
+        BlockNetCfg(block="dense")
+
+
+@pytest.mark.parametrize("name", OURS + ZOO_SMALL + ["convnext_tiny"])
+def test_forward_backward_head_api(name):
+    model = modeling.create_model(name, num_classes=5)
+    x = small_input()
+    logits = model(x)
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    logits.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1] == model.num_features
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (2, getattr(model, "head_hidden_size", model.num_features))
+        assert torch.allclose(model.forward_head(feats), model(x), atol=1e-5)
+        assert model.get_classifier().out_features == 5
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
+        model.reset_classifier(0)
+        assert torch.allclose(model(x), pre, atol=1e-5)  # no classifier: the pre-logits vector
+    cfg = model.pretrained_cfg
+    assert {"mean", "std", "input_size", "crop_pct", "interpolation", "classifier"} <= set(cfg)
+
+
+def test_blocknet_grad_checkpointing_and_drop_path():
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_mobile", num_classes=3, drop_path_rate=0.2)
+    with torch.no_grad():  # undo the zero-init of each block's last BN, or dropping a block would change nothing
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+    x = small_input()
+    model.eval()  # no dropped paths, frozen BatchNorm: both passes compute the same function
+    plain = model(x)
+    plain.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    checkpointed = model(x)
+    checkpointed.sum().backward()
+    assert torch.allclose(plain, checkpointed, atol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, model.parameters()))
+    model.train()
+    assert not torch.allclose(model(x), model(x))  # stochastic depth drops different blocks per call
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: modeling.create_model("alexnet"), 61_100_840),
+    (lambda: torchvision.models.alexnet(), 61_100_840),
+    (lambda: modeling.create_model("blocknet_r18"), 11_689_512),  # torchvision resnet18
+    (lambda: BlockNet(BlockNetCfg(depths=(3, 4, 6, 3), widths=(256, 512, 1024, 2048), block="bottleneck")),
+     25_557_032),  # the bottleneck block is ResNet-50's
+    (lambda: modeling.create_model("resnet50"), 25_557_032),
+    (lambda: modeling.create_model("convnext_tiny"), 28_589_128),
+    (lambda: modeling.create_model("vgg16"), 138_357_544),
+], ids=["alexnet", "tv-alexnet", "blocknet_r18", "blocknet-bottleneck", "resnet50", "convnext_tiny", "vgg16"])
+def test_parameter_counts_match_references(make, expected):
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = make()
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_alexnet_loads_torchvision_state_dict_unchanged():
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet(num_classes=7).eval()
+    ours = modeling.create_model("alexnet", num_classes=7).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", OURS + ZOO_SMALL)
+def test_features_only_gives_advertised_maps(name):
+    x = small_input(batch=1)
+    for create in (modeling.create_model, timm.create_model):
+        backbone = create(name, features_only=True).eval()
+        with torch.no_grad():
+            maps = backbone(x)
+        info = backbone.feature_info
+        assert [m.shape[1] for m in maps] == info.channels()
+        assert len(maps) >= 4 and info.reduction()[-1] == 32
+        for m, reduction in zip(maps, info.reduction()):
+            # AlexNet's unpadded 11x11/4 conv gives 15 px from 64, not 16: allow the off-by-one
+            assert abs(m.shape[-1] - 64 / reduction) <= 1, (name, m.shape, reduction)
+
+
+def test_readme_example_backbone_works(tmp_path, monkeypatch):
+    """The docstring of modeling/__init__.py (copied into the README) is a working one-file backbone."""
+    doc = modeling.__doc__
+    code = doc.split("one import line at the bottom of this file:")[1].split("then ``from . import mynet``")[0]
+    code = textwrap.dedent(code).replace("from ._registry import", "from modeling._registry import")
+    (tmp_path / "mynet_example.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))  # leave list_models() as it was
+    import mynet_example  # noqa: F401
+
+    assert "mynet_small" in modeling.list_models()
+    model = modeling.create_model("mynet_small", num_classes=3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    maps = timm.create_model("mynet_small", features_only=True)(torch.randn(1, 3, 32, 32))
+    assert [tuple(m.shape[1:]) for m in maps] == [(32, 16, 16), (64, 8, 8)]
+
+
+# ---------------------------------------------------------------- saving and loading
+
+@pytest.mark.parametrize("name", OURS + ZOO_SMALL)
+def test_save_load_round_trip(name, tmp_path):
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the buffers must round-trip too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, label_descriptions=NAMES)
+    x = small_input()
+    loaded = modeling.load_model(folder)
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.pretrained_cfg["label_names"] == WNIDS
+    assert modeling.label_info(folder) == (WNIDS, NAMES)
+
+    fresh_head = modeling.load_model(folder, num_classes=3)  # fine-tuning start: saved features, new classifier
+    with torch.no_grad():
+        assert fresh_head(x).shape == (2, 3)
+        assert torch.equal(fresh_head.forward_features(x), model.forward_features(x))
+
+
+def test_config_json_keys(saved_tiny):
+    _, folder = saved_tiny
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "blocknet_tiny" and config["num_classes"] == 4
+    assert config["num_features"] == 128
+    assert "num_classes" not in config["model_args"]  # transformers passes it too and fails on the duplicate
+    assert "label_names" not in config  # a root list would be copied over timm's wnids and printed by transformers
+    pcfg = config["pretrained_cfg"]
+    assert pcfg["label_names"] == WNIDS and pcfg["label_descriptions"] == dict(zip(WNIDS, NAMES))
+    assert pcfg["input_size"] == [3, 64, 64] and pcfg["crop_pct"] == 1.0
+    assert {"mean", "std", "interpolation"} <= set(pcfg) and "tag" not in pcfg
+    assert list(config["id2label"].values()) == SHOWN
+    assert config["label2id"] == {name: i for i, name in enumerate(SHOWN)}
+    assert sorted(p.name for p in folder.iterdir()) == [".eval_results", "README.md", "config.json",
+                                                          "model.safetensors"]
+
+
+def test_1000_class_label_keys_agree_with_transformers():
+    """For 1000 classes transformers substitutes timm's ImageNet names unless a root label_names exists."""
+    from transformers import TimmWrapperConfig
+
+    with torch.device("meta"):
+        model = modeling.create_model("blocknet_tiny", num_classes=1000)
+    info = timm.data.ImageNetInfo("imagenet-1k")
+    wnids, names = info.label_names(), info.label_descriptions()
+    config = hub_config(model, wnids, names)
+    assert "label_names" not in config
+    hf = TimmWrapperConfig.from_dict(json.loads(json.dumps(config)))
+    assert hf.id2label[0] == "tench, Tinca tinca" and hf.id2label[1] == "goldfish, Carassius auratus"
+
+    ids = [f"c{i:04d}" for i in range(1000)]  # 1000 classes that are not ImageNet's
+    config = hub_config(model, ids, [f"thing {i}" for i in range(1000)])
+    hf = TimmWrapperConfig.from_dict(json.loads(json.dumps(config)))
+    assert hf.id2label[0] == "thing 0" and hf.id2label[999] == "thing 999"
+    assert config["pretrained_cfg"]["label_names"][:2] == ["c0000", "c0001"]
+
+
+def test_model_card_and_eval_results(saved_tiny):
+    _, folder = saved_tiny
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "timm" and card.data.license == "apache-2.0"
+    assert card.data.datasets == ["ILSVRC/imagenet-1k"] and "image-classification" in card.data.tags
+    metrics = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert metrics == {"top-1 accuracy (%)": 67.12, "top-5 accuracy (%)": 87.45}
+    body = card.text
+    for fact in ("16", "1x H100 80GB", "| lr | 0.8 |", "| batch_size | 1024 |", "[0.485, 0.456, 0.406]",
+                 "crop_pct 1.0", "| 67.12 | 87.45 |", "| 0 | n02012849 | crane |", "import modeling",
+                 'timm.create_model("hf-hub:me/tiny", pretrained=True', "features_only=True",
+                 'pipeline("image-classification", model="me/tiny")'):
+        assert fact in body, fact
+
+    entries = huggingface_hub.parse_eval_result_entries(
+        yaml.safe_load((folder / ".eval_results" / "imagenet-1k.yaml").read_text()))
+    assert [(e.dataset_id, e.task_id, e.value) for e in entries] == [
+        ("ILSVRC/imagenet-1k", "top1_accuracy", 67.12), ("ILSVRC/imagenet-1k", "top5_accuracy", 87.45)]
+
+
+def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_path):
+    model, _ = saved_tiny
+    # the card train.py writes: float epochs, a recipe with None and lists, results with n and ema
+    recipe = {"model": "blocknet_tiny", "lr": 0.1, "auto_augment": None, "betas": [0.9, 0.999]}
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, label_descriptions=NAMES, model_card={
+        "dataset": "demo_run/dataset", "recipe": recipe, "epochs": 2.5, "hardware": "1 x cpu (NO, no)",
+        "results": {"top1": 50.0, "top5": 100.0, "split": "validation", "n": 8, "ema": True}})
+    text = (folder / "README.md").read_text()
+    assert "| auto_augment | None |" in text and "**Epochs:** 2.5" in text and "EMA" in text
+    assert "| demo_run/dataset | validation | 8 | 50.00 | 100.00 |" in text
+
+    modeling.update_model_card_results(folder, {"top1": 62.5, "top5": 87.5, "split": "val", "n": 16,
+                                                "dataset": "other/dataset"})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert {r.metric_name: (r.metric_value, r.dataset_split) for r in card.data.eval_results} == {
+        "top-1 accuracy (%)": (62.5, "val"), "top-5 accuracy (%)": (87.5, "val")}
+    assert card.text.count("## Results") == 1 and "| other/dataset | val | 16 | 62.50 | 87.50 |" in card.text
+    assert "50.00" not in card.text and "EMA" not in card.text
+    assert "| auto_augment | None |" in card.text and "## Labels" in card.text  # the rest is as written
+    entries = yaml.safe_load((folder / ".eval_results" / "imagenet-1k.yaml").read_text())
+    assert [e["value"] for e in entries] == [62.5, 87.5]
+
+    bare = modeling.save_pretrained(model, tmp_path / "bare", label_names=WNIDS)  # no results section yet
+    modeling.update_model_card_results(bare, {"top1": 10.0, "top5": 40.0})
+    text = (bare / "README.md").read_text()
+    assert text.index("## Results") < text.index("## Training") and "| 10.00 | 40.00 |" in text
+    with pytest.raises(ValueError, match="unknown results keys \\['acc'\\]"):
+        modeling.update_model_card_results(bare, {"acc": 1.0})
+
+
+def test_own_design_loads_through_transformers(saved_tiny):
+    from transformers import AutoModelForImageClassification, pipeline
+
+    model, folder = saved_tiny
+    x = small_input()
+    hf = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.allclose(hf(pixel_values=x).logits, model(x), atol=1e-5)
+    predictions = pipeline("image-classification", model=str(folder))(str(PHOTO), top_k=4)
+    assert sorted(p["label"] for p in predictions) == sorted(SHOWN)
+    backbone = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(backbone(x)[-1], model.forward_features(x), atol=1e-6)
+
+
+def test_save_rejects_bad_input_and_never_leaves_half_a_folder(saved_tiny, tmp_path, monkeypatch):
+    model, _ = saved_tiny
+    with pytest.raises(ValueError, match="label_names has 3 entries but the model has 4 classes"):
+        modeling.save_pretrained(model, tmp_path / "x", label_names=WNIDS[:3])
+    with pytest.raises(ValueError, match="must be unique"):
+        modeling.save_pretrained(model, tmp_path / "x", label_names=["a", "a", "b", "c"])
+    with pytest.raises(ValueError, match="unknown keys"):
+        modeling.save_pretrained(model, tmp_path / "x", label_names=WNIDS, pretrained_cfg={"resize": 256})
+    with pytest.raises(ValueError, match="not a timm classifier"):
+        modeling.save_pretrained(torch.nn.Linear(2, 4), tmp_path / "x", label_names=WNIDS)
+    assert not (tmp_path / "x").exists()
+
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS)
+    before = folder_digest(folder)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        modeling.save_pretrained(model, folder, label_names=WNIDS, label_descriptions=NAMES)
+    assert folder_digest(folder) == before  # the old folder is intact ...
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # ... and no temp folder is left behind
+
+
+def test_load_refuses_pickles_and_missing_folders(saved_tiny, tmp_path):
+    model, _ = saved_tiny
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "blocknet_tiny", "num_classes": 4}))
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        modeling.load_model(folder)
+    with pytest.raises(ValueError, match="no config.json"):
+        modeling.load_model(tmp_path / "missing")
+    with pytest.raises(ValueError, match="neither a folder nor a Hub repo id"):
+        modeling.load_model("not a repo id!")
+
+
+def test_hub_ids_load_offline_from_the_cache(saved_tiny, tmp_path, monkeypatch):
+    model, folder = saved_tiny
+    snapshot = tmp_path / "hub" / "models--me--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    (tmp_path / "hub" / "models--me--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--me--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    x = small_input()
+    for ref in ("hf-hub:me/tiny", "me/tiny"):
+        with torch.no_grad():
+            assert torch.equal(modeling.load_model(ref)(x), model(x))
+    assert modeling.label_info("me/tiny") == (WNIDS, NAMES)
+    with pytest.raises(ValueError, match="no local folder, and fetching config.json.* of Hub repo 'me/absent'") as e:
+        modeling.load_model("me/absent")
+    assert "\n" not in str(e.value)
+
+
+ISOLATED = r"""
+import importlib.util, json, sys
+# the point of this process: no project code can be imported
+assert importlib.util.find_spec("modeling") is None and importlib.util.find_spec("imagenet_trainer") is None
+import torch, timm
+from safetensors.torch import load_file
+folder, tensors, photo = sys.argv[1:]
+io = load_file(tensors)
+out = {"sys_path": sys.path}
+model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+with torch.no_grad():
+    out["timm_equal"] = bool(torch.allclose(model(io["x"]), io["logits"], atol=1e-5))
+out["timm_label_names"] = list(model.pretrained_cfg["label_names"])
+out["timm_label_descriptions"] = model.pretrained_cfg["label_descriptions"]
+backbone = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True).eval()
+with torch.no_grad():
+    out["feature_channels"] = [m.shape[1] for m in backbone(io["x"])]
+    out["features_equal"] = bool(torch.allclose(backbone(io["x"])[-1], io["last_map"], atol=1e-5))
+from transformers import AutoModelForImageClassification, pipeline
+hf = AutoModelForImageClassification.from_pretrained(folder).eval()
+with torch.no_grad():
+    out["transformers_equal"] = bool(torch.allclose(hf(pixel_values=io["x"]).logits, io["logits"], atol=1e-5))
+out["pipeline"] = pipeline("image-classification", model=folder)(photo, top_k=4)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_zoo_folder_loads_with_no_project_code(tmp_path):
+    """timm, transformers' Auto class and pipeline load a saved resnet18 folder in a process that cannot see us."""
+    torch.manual_seed(0)
+    model = modeling.create_model("resnet18", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "resnet18-demo", label_names=WNIDS,
+                                      label_descriptions=NAMES, model_card=CARD)
+    x = small_input()
+    with torch.no_grad():
+        save_file({"x": x, "logits": model(x), "last_map": model.forward_features(x)}, tmp_path / "io.safetensors")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-I", "-c", ISOLATED, str(folder), str(tmp_path / "io.safetensors"),
+                           str(PHOTO)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+    project = str(Path(modeling.__file__).resolve().parent.parent)
+    assert not any(p and Path(p).resolve() == Path(project) for p in out["sys_path"])
+    assert out["timm_equal"] and out["transformers_equal"] and out["features_equal"]
+    assert out["timm_label_names"] == WNIDS
+    assert out["timm_label_descriptions"] == dict(zip(WNIDS, NAMES))
+    assert out["feature_channels"] == [64, 64, 128, 256, 512]
+    labels = [p["label"] for p in out["pipeline"]]
+    assert sorted(labels) == sorted(SHOWN)  # human names, both cranes told apart
+    assert not any(re.fullmatch(r"n\d{8}|LABEL_\d+", label) for label in labels)
+
+
+# ---------------------------------------------------------------- pushing (up to the network boundary)
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch):
+    """Online, no token anywhere; tests add what they need."""
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    return monkeypatch
+
+
+def test_check_hub_ready_fails_fast(hub_env):
+    with pytest.raises(ValueError, match="no Hugging Face token") as e:
+        modeling.check_hub_ready("me/tiny")
+    assert "\n" not in str(e.value)
+    hub_env.setenv("HF_TOKEN", "hf_secretsecret")
+    modeling.check_hub_ready("me/tiny")  # ready
+    hub_env.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1") as e:
+        modeling.check_hub_ready("me/tiny")
+    assert "\n" not in str(e.value) and "hf_secret" not in str(e.value)
+    with pytest.raises(ValueError, match="not a valid Hub repo id"):
+        modeling.check_hub_ready("me/tiny/extra")
+
+
+def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env):
+    _, folder = saved_tiny
+    before = folder_digest(folder)
+    with pytest.raises(ValueError, match="no Hugging Face token"):
+        modeling.push_to_hub(folder, "me/tiny")
+
+    calls = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        calls.append(("create_repo", repo_id, private, exist_ok))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        calls.append(("upload_folder", repo_id, sorted(folder_digest(Path(folder_path))), commit_message))
+
+    hub_env.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    hub_env.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    url = modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret", private=True, commit_message="v1")
+    assert url == "https://huggingface.co/me/tiny"
+    assert calls == [("create_repo", "me/tiny", True, True),
+                     ("upload_folder", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "config.json",
+                                                   "model.safetensors"], "v1")]
+
+    def broken_upload(self, **kwargs):
+        raise OSError("connection reset while sending hf_secretsecret\nlong traceback text")
+    hub_env.setattr(huggingface_hub.HfApi, "upload_folder", broken_upload)
+    with pytest.raises(OSError, match="push of .* to 'me/tiny' failed .*connection reset") as e:
+        modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret")
+    assert "\n" not in str(e.value) and "hf_secretsecret" not in str(e.value)
+    assert folder_digest(folder) == before
