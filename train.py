@@ -186,8 +186,7 @@ def main(argv=None):
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
     state = TrainState()
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
-    mean = torch.tensor(data_cfg["mean"], device=accelerator.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(data_cfg["std"], device=accelerator.device).view(1, 3, 1, 1) * 255
+    mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     if cfg.resume_from_checkpoint:
@@ -217,6 +216,14 @@ def main(argv=None):
         result = topk.compute()
         return {"top1": result["top1"], "top5": result["top5"], "loss": loss_sum.item() / max(1, result["n"]),
                 "n": result["n"]}
+
+    def check_finite(loss_sum: torch.Tensor):
+        """Stop before a NaN/inf reaches a checkpoint, so the last one on disk stays the last good one."""
+        bad = sum((~torch.isfinite(p)).sum() for p in model.parameters()) + (~torch.isfinite(loss_sum)).sum()
+        if accelerator.reduce(bad, "sum").item():
+            raise SystemExit(f"error: loss is {loss_sum.item()} at step {state.step} (weights finite: "
+                             f"{bool(bad == 0)}); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
+                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
 
     def save_checkpoint():
         """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'."""
@@ -251,81 +258,80 @@ def main(argv=None):
 
     # the loop
     model.train()
-    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    step_rng = torch.Generator(device=accelerator.device)
-    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-    while state.step < total_steps:
-        sampler.set_position(state.epoch, state.batch_in_epoch)
-        epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
-        for x, y in train_loader:
-            data_wait += time.perf_counter() - t
-            # the step's randomness is a function of (seed, micro-batch position, rank) only
-            position = (state.epoch * len(sampler) + state.batch_in_epoch) * accelerator.num_processes
-            step_rng.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
-            torch.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
-            x = x.to(accelerator.device, non_blocking=True)
-            y = y.to(accelerator.device, non_blocking=True)
-            x = normalize(x, mean, std).contiguous(memory_format=memory_format)
-            x, target = mixup_cutmix(x, y, len(label_names), cfg.mixup_alpha, cfg.cutmix_alpha,
-                                     cfg.label_smoothing, generator=step_rng)
-            x = random_erasing(x, cfg.random_erase, generator=step_rng)
-            with accelerator.accumulate(model):
-                loss = F.cross_entropy(model(x), target)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(state.step)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            loss_count += 1
-            images += x.shape[0] * accelerator.num_processes
-            state.batch_in_epoch += 1
-            if accelerator.sync_gradients:
-                state.step += 1
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model), step=state.step)
-                bar.update(1)
-                if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
-                    check_finite(loss_sum, state, ckpt_dir)
-                    bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", lr=f"{lr_at(state.step - 1):.3g}")
-                if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
-                    check_finite(loss_sum, state, ckpt_dir)
-                    save_checkpoint()
-                if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
-                    break
-            t = time.perf_counter()
-        # end of epoch (or of the run): evaluate, log, checkpoint, export the best
-        check_finite(loss_sum, state, ckpt_dir)
-        elapsed = time.perf_counter() - epoch_start
-        epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
-        row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
-               "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
-               "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed}
-        metrics = evaluate(model)
-        row.update({f"val_{k}": v for k, v in metrics.items()})
-        best_net, best = model, metrics
-        if ema is not None:
-            ema_metrics = evaluate(ema.module)
-            row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
-            if ema_metrics["top1"] > metrics["top1"]:
-                best_net, best = ema.module, ema_metrics
-        if epoch_done:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
+        step_rng = torch.Generator()  # on the host: drawing mixup/erasing parameters never waits for the device
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-        improved = best["top1"] > state.best_top1
-        if improved:
-            state.best_top1, state.best_step = best["top1"], state.step
-            export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": "validation", "n": best["n"],
-                              "ema": best_net is not model})
-        save_checkpoint()
-        accelerator.log(row, step=state.step)
-        if accelerator.is_main_process:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    bar.close()
+        while state.step < total_steps:
+            sampler.set_position(state.epoch, state.batch_in_epoch)
+            epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
+            for x, y in train_loader:
+                data_wait += time.perf_counter() - t
+                # the step's randomness is a function of (seed, micro-batch position, rank) only
+                position = (state.epoch * len(sampler) + state.batch_in_epoch) * accelerator.num_processes
+                step_rng.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+                torch.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+                x = x.to(accelerator.device, non_blocking=True)
+                y = y.to(accelerator.device, non_blocking=True)
+                x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+                x, target = mixup_cutmix(x, y, len(label_names), cfg.mixup_alpha, cfg.cutmix_alpha,
+                                         cfg.label_smoothing, generator=step_rng)
+                x = random_erasing(x, cfg.random_erase, generator=step_rng)
+                with accelerator.accumulate(model):
+                    loss = F.cross_entropy(model(x), target)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.clip_grad:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(state.step)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                loss_count += 1
+                images += x.shape[0] * accelerator.num_processes
+                state.batch_in_epoch += 1
+                if accelerator.sync_gradients:
+                    state.step += 1
+                    if ema is not None:
+                        ema.update(accelerator.unwrap_model(model), step=state.step)
+                    bar.update(1)
+                    if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
+                        check_finite(loss_sum)
+                        bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", lr=f"{lr_at(state.step - 1):.3g}")
+                    if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+                        check_finite(loss_sum)
+                        save_checkpoint()
+                    if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
+                        break
+                t = time.perf_counter()
+            # end of epoch (or of the run): evaluate, log, checkpoint, export the best
+            check_finite(loss_sum)
+            elapsed = time.perf_counter() - epoch_start
+            epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
+            row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
+                   "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
+                   "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed}
+            metrics = evaluate(model)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+            best_net, best = model, metrics
+            if ema is not None:
+                ema_metrics = evaluate(ema.module)
+                row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
+                if ema_metrics["top1"] > metrics["top1"]:
+                    best_net, best = ema.module, ema_metrics
+            if epoch_done:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+            improved = best["top1"] > state.best_top1
+            if improved:
+                state.best_top1, state.best_step = best["top1"], state.step
+                export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": "validation", "n": best["n"],
+                                  "ema": best_net is not model})
+            save_checkpoint()
+            accelerator.log(row, step=state.step)
+            if accelerator.is_main_process:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -338,14 +344,6 @@ def main(argv=None):
                 raise SystemExit(f"error: push to {cfg.hub_model_id} failed: {e}\n{run_dir / 'final'} is kept; retry "
                                  f"with: python -c \"import modeling; modeling.push_to_hub('{run_dir / 'final'}', "
                                  f"'{cfg.hub_model_id}')\"") from None
-
-
-def check_finite(loss_sum: torch.Tensor, state: TrainState, ckpt_dir: Path):
-    """Stop before a NaN/inf reaches a checkpoint: the last one on disk stays the last good one."""
-    if not torch.isfinite(loss_sum).item():
-        last = latest_checkpoint(ckpt_dir)
-        raise SystemExit(f"error: loss is {loss_sum.item()} at step {state.step}; stopping. Last good checkpoint: "
-                         f"{last or 'none'}. Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -94,8 +94,7 @@ def main(argv=None):
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).eval()
     model, loader = accelerator.prepare(model, loader)
-    mean = torch.tensor(data_cfg["mean"], device=accelerator.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(data_cfg["std"], device=accelerator.device).view(1, 3, 1, 1) * 255
+    mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
 
     topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device, dtype=torch.float64)
     start = time.perf_counter()

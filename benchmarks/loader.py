@@ -1,0 +1,223 @@
+"""Input-pipeline throughput per CPU core: torchvision's classic ImageFolder + PIL pipeline vs imagenet_trainer.data.
+
+    python benchmarks/loader.py --data_dir DIR --dataset OUT [--dataset_small OUT2] [--num_images 1000]
+        [--output loader.json] [--memory_check]
+
+DIR is an ILSVRC tree in Kaggle's layout (DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG), OUT its preprocess.py output
+and OUT2 (optional) a preprocess.py --shorter_side output of the same tree. Both sides read the same train images
+(matched by preprocess.py's image_id column), from the page cache (one untimed pass first), in one process on one
+thread with no DataLoader workers, so the numbers are images/s per core.
+
+  train   baseline: ImageFolder -> PIL RandomResizedCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize ->
+          default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode -> uint8
+          crop-resize -> flip) -> collate. Normalisation is the device's job in ours (train.py), so it is not here.
+  eval    baseline: ImageFolder -> Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize;  ours: EvalSet.
+  *_small ours on OUT2 against the same baseline on the original files (FFCV-style low-resolution storage).
+
+Targets (issue "a data path that never starves the GPU"): train >= 2.5x, train_small >= 4x, eval >= 2x.
+Passes are interleaved and repeated (--repeats); the median is reported, as other jobs may share the machine.
+--memory_check: RSS of one DataLoader worker after reading 1024 rows spread over a 10k-row and a 100k-row dataset
+(rows repeated from OUT): anonymous memory must not grow with the row count (the rows stay memory-mapped).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import pickle
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms as T
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imagenet_trainer.config import parse_config  # noqa: E402
+from imagenet_trainer.data import EvalSet, TrainSet, _row, collate, load_image_dataset  # noqa: E402
+from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TARGETS = {"train": 2.5, "train_small": 4.0, "eval": 2.0, "eval_small": 2.0}
+
+
+@dataclass
+class LoaderBenchConfig:
+    data_dir: str = ""  # ILSVRC tree (Kaggle layout); the baseline reads its train JPEG files
+    dataset: str = ""  # preprocess.py output of --data_dir (images stored as they were)
+    dataset_small: str = ""  # optional preprocess.py --shorter_side output of the same tree
+    output: str = ""  # JSON results path (written atomically); empty: print only
+    num_images: int = 1000  # train images per timed pass, a seeded random subset, the same for every pipeline
+    batch_size: int = 64  # images per collated batch
+    image_size: int = 224  # px, output side of both pipelines
+    repeats: int = 3  # timed passes per pipeline (interleaved); the median is reported
+    seed: int = 0  # subset and augmentation seed
+    memory_check: bool = False  # also measure a DataLoader worker's RSS over 10k vs 100k rows
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    return f"{model}, 1 thread"
+
+
+def rows_by_stem(split: datasets.Dataset) -> dict[str, int]:
+    if "image_id" not in split.column_names:
+        raise SystemExit("error: --dataset has no image_id column; give a preprocess.py output so both pipelines "
+                         "read the same images")
+    return {stem: i for i, stem in enumerate(split.with_format("arrow")["image_id"].to_pylist())}
+
+
+def images_per_s(loader) -> float:
+    count, start = 0, time.perf_counter()
+    for x, _ in loader:
+        count += x.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def batches(keys: list, size: int) -> list[list]:
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
+
+
+def baseline_loader(folder, indices: list[int], transform, batch_size: int, rep: int):
+    folder = copy.copy(folder)  # one directory scan for all passes (ImageNet's takes a minute)
+    folder.transform = transform
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, indices), batch_size=batch_size)
+
+
+def ours_loader(dataset, rows: list[int], batch_size: int, rep: int, with_epoch: bool):
+    keys = [(rep, r) for r in rows] if with_epoch else rows  # TrainSet keys are (epoch, index)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches(keys, batch_size), collate_fn=collate)
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(LoaderBenchConfig, argv, description=__doc__.split("\n")[0])
+    for flag in ("data_dir", "dataset"):
+        if not getattr(cfg, flag):
+            raise SystemExit(f"error: --{flag} is required")
+    train_dir = Path(cfg.data_dir).expanduser() / "ILSVRC/Data/CLS-LOC/train"
+    if not train_dir.is_dir():
+        raise SystemExit(f"error: --data_dir {cfg.data_dir}: no ILSVRC/Data/CLS-LOC/train folder in it")
+    torch.set_num_threads(1)
+    splits = {}
+    for name, flag in (("", "dataset"), ("_small", "dataset_small")):
+        if getattr(cfg, flag):
+            try:
+                splits[name] = load_image_dataset(getattr(cfg, flag))["train"]
+            except (ValueError, KeyError) as e:
+                raise SystemExit(f"error: --{flag} {getattr(cfg, flag)}: {e}") from None
+
+    # the same files on both sides: ImageFolder's sample list matched to the dataset rows by file stem
+    folder = torchvision.datasets.ImageFolder(str(train_dir))
+    files = folder.samples
+    stems = {name: rows_by_stem(split) for name, split in splits.items()}
+    usable = [i for i, (path, _) in enumerate(files) if all(Path(path).stem in s for s in stems.values())]
+    if not usable:
+        raise SystemExit("error: no train file of --data_dir is in --dataset (matched by image_id)")
+    rng = np.random.default_rng(cfg.seed)
+    picked = sorted(rng.choice(usable, size=min(cfg.num_images, len(usable)), replace=False).tolist())
+    rows = {name: [s[Path(files[i][0]).stem] for i in picked] for name, s in stems.items()}
+    for i in picked:  # page cache: every pass then measures CPU work only
+        Path(files[i][0]).read_bytes()
+    for name, split in splits.items():
+        rows_view = split.with_format("arrow")
+        for r in rows[name]:
+            _row(rows_view, r)
+
+    size = cfg.image_size
+    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    eval_tf = T.Compose([T.Resize(math.floor(size / 0.875)), T.CenterCrop(size), T.ToTensor(),
+                         T.Normalize(MEAN, STD)])
+    baseline_train = functools.partial(baseline_loader, folder, picked, train_tf, cfg.batch_size)
+    baseline_eval = functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size)
+    runs = {"train": {"baseline": baseline_train}, "eval": {"baseline": baseline_eval}}
+    for name, split in splits.items():
+        runs.setdefault(f"train{name}", {})["ours"] = functools.partial(
+            ours_loader, TrainSet(split, size, cfg.seed), rows[name], cfg.batch_size, with_epoch=True)
+        runs.setdefault(f"eval{name}", {})["ours"] = functools.partial(
+            ours_loader, EvalSet(split, size), rows[name], cfg.batch_size, with_epoch=False)
+    measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
+    for rep in range(cfg.repeats):
+        for pipeline, sides in runs.items():
+            for side, make in sides.items():
+                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it
+                measured[pipeline][side].append(images_per_s(make(rep)))
+                print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:8s} "
+                      f"{measured[pipeline][side][-1]:8.1f} img/s", flush=True)
+
+    results = {}
+    for pipeline in [p for p in ("train", "train_small", "eval", "eval_small") if p in measured]:
+        base_key = pipeline.removesuffix("_small")
+        baseline = statistics.median(measured[base_key]["baseline"])
+        ours = statistics.median(measured[pipeline]["ours"])
+        results[pipeline] = {"baseline_img_s": round(baseline, 1), "ours_img_s": round(ours, 1),
+                             "ratio": round(ours / baseline, 2), "target_ratio": TARGETS[pipeline],
+                             "baseline_passes": [round(v, 1) for v in measured[base_key]["baseline"]],
+                             "ours_passes": [round(v, 1) for v in measured[pipeline]["ours"]]}
+    mean_bytes = {name: round(statistics.mean(len(_row(split.with_format("arrow"), r)[0]) for r in rows[name]))
+                  for name, split in splits.items()}
+    report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
+              "machine": machine(), "num_images": len(picked), "config": asdict(cfg), "pipelines": results,
+              "mean_file_bytes": round(statistics.mean(Path(files[i][0]).stat().st_size for i in picked)),
+              "mean_stored_bytes": {f"dataset{k}": v for k, v in mean_bytes.items()},
+              "versions": {p: metadata.version(p) for p in ("torch", "torchvision", "pillow", "simplejpeg",
+                                                            "datasets", "numpy")}}
+    if cfg.memory_check:
+        report["memory_check"] = memory_check(splits[""], cfg)
+
+    print(f"\n{'pipeline':12s} {'baseline img/s':>15s} {'ours img/s':>11s} {'ratio':>6s} {'target':>7s}  machine")
+    for pipeline, r in results.items():
+        print(f"{pipeline:12s} {r['baseline_img_s']:15.1f} {r['ours_img_s']:11.1f} {r['ratio']:6.2f} "
+              f"{r['target_ratio']:6.1f}x  {report['machine']}")
+    if cfg.memory_check:
+        for rows_count, m in report["memory_check"]["worker"].items():
+            print(f"worker RSS over {rows_count} rows: anon {m['RssAnon_MiB']} MiB, file {m['RssFile_MiB']} MiB")
+    if cfg.output:
+        atomic_write_text(cfg.output, json.dumps(report, indent=2))
+        print(f"wrote {cfg.output}")
+
+
+def _proc_status_mib() -> dict:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[f"{key}_MiB"] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
+def _collate_with_status(batch):
+    x, y = collate(batch)
+    return x, y, _proc_status_mib()
+
+
+def memory_check(split: datasets.Dataset, cfg: LoaderBenchConfig) -> dict:
+    """A worker's RSS after 1024 samples spread over 10k and 100k rows built by repeating the dataset's rows
+    (concatenated memory-mapped tables: no row is copied into RAM)."""
+    out = {"worker": {}, "pickled_trainset_bytes": {}}
+    for n in (10_000, 100_000):
+        big = datasets.concatenate_datasets([split] * math.ceil(n / len(split))).select(range(n))
+        train_set = TrainSet(big, 64, cfg.seed)
+        keys = [(0, int(i)) for i in np.linspace(0, n - 1, 1024)]
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches(keys, 64), num_workers=1,
+                                             collate_fn=_collate_with_status)
+        status = None
+        for _, _, status in loader:
+            pass
+        out["worker"][n] = status
+        out["pickled_trainset_bytes"][n] = len(pickle.dumps(train_set))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""imagenet_trainer/data.py on real JPEGs (scikit-image's photos) in real memory-mapped Arrow files.
+
+The fast path (header-only crop sampling, DCT-scaled decoding, crop-then-resize in uint8) is checked against
+torchvision's own transforms on the same bytes; speed lives in benchmarks/loader.py."""
+import io
+import math
+import pickle
+
+import datasets
+import numpy as np
+import pytest
+import scipy.stats
+import skimage.data
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, _dct_factor, collate, load_image_dataset,
+                                   mixup_cutmix, normalize, random_erasing, random_resized_crop_params)
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _jpeg(pixels: np.ndarray, size=None, quality=90, **save) -> bytes:
+    image = Image.fromarray(pixels)
+    if size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality, **save)
+    return buf.getvalue()
+
+
+def _rotated_exif_jpeg(pixels: np.ndarray) -> bytes:
+    """Stored turned 90 degrees clockwise with EXIF orientation 6 ("rotate 90 CW to display"): displays upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90)
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def _photos() -> dict[str, bytes]:
+    """Real photos at ImageNet-like and larger sizes, plus ImageNet's odd files (FIELD_NOTES)."""
+    png = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(png, "PNG")  # like n02105855_2933: a PNG named .JPEG
+    cmyk = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).convert("CMYK").save(cmyk, "JPEG", quality=90)
+    return {
+        "astronaut": _jpeg(skimage.data.astronaut()),  # 512x512
+        "chelsea": _jpeg(skimage.data.chelsea(), (500, 333)),
+        "coffee": _jpeg(skimage.data.coffee(), (375, 500)),
+        "rocket_progressive": _jpeg(skimage.data.rocket(), progressive=True),  # 427x640
+        "retina": _jpeg(skimage.data.retina(), (1400, 1050)),  # big: crops decode at 1/2..1/4
+        "hubble_small": _jpeg(skimage.data.hubble_deep_field(), (200, 150)),  # smaller than the crop: upsampled
+        "camera_gray": _jpeg(skimage.data.camera()),
+        "cmyk": cmyk.getvalue(),
+        "png_named_jpeg": png.getvalue(),
+        "exif_rotated": _rotated_exif_jpeg(skimage.data.coffee()),
+        "coffee_upright": _jpeg(skimage.data.coffee(), quality=95),
+    }
+
+
+FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=WNIDS)})
+
+
+def _split(photos: dict[str, bytes]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": f"{name}.JPEG"} for name, b in photos.items()],
+         "label": [k % len(WNIDS) for k in range(len(photos))]}, features=FEATURES)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return _photos()
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory, photos):
+    """preprocess.py's layout: a DatasetDict saved with save_to_disk; the validation split is named "val" here."""
+    path = tmp_path_factory.mktemp("ds") / "imagenet"
+    split = _split(photos)
+    datasets.DatasetDict({"train": split, "val": split}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ds(dataset_dir):
+    return load_image_dataset(str(dataset_dir))
+
+
+def _index(photos, name):
+    return list(photos).index(name)
+
+
+def _pil(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# load_image_dataset
+
+
+def test_load_from_disk_renames_val_and_memory_maps(ds, photos):
+    assert set(ds) == {"train", "validation"}
+    assert ds["validation"].features["label"].names == WNIDS
+    assert len(ds["train"]) == len(photos)
+    assert ds["train"].cache_files, "load_from_disk must give memory-mapped Arrow files, not an in-memory table"
+
+
+def test_load_missing_path_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match="no such folder") as info:
+        load_image_dataset(str(tmp_path / "nope"))
+    assert "\n" not in str(info.value) and str(tmp_path / "nope") in str(info.value)
+
+
+@pytest.mark.parametrize("folder", ["foo", "other"])
+def test_load_script_dataset_points_to_preprocess(tmp_path, folder, monkeypatch):
+    """A Hub-style repo whose only content is a loading script (datasets 5.x no longer runs them)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    repo = tmp_path / folder
+    repo.mkdir()
+    (repo / "foo.py").write_text("import datasets\nclass Foo(datasets.GeneratorBasedBuilder):\n    pass\n")
+    with pytest.raises(ValueError, match="preprocess.py") as info:
+        load_image_dataset(str(repo))
+    assert "foo.py" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_parquet_folder_like_a_hub_clone(tmp_path, photos, monkeypatch):
+    """The load_dataset branch, offline: a Parquet-backed image dataset laid out as on the Hub (data/<split>-*)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    repo = tmp_path / "user__imagenet-mini"
+    (repo / "data").mkdir(parents=True)
+    split = _split(dict(list(photos.items())[:3]))
+    split.to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    split.to_parquet(str(repo / "data" / "val-00000-of-00001.parquet"))
+    ds = load_image_dataset(str(repo))
+    assert set(ds) == {"train", "validation"} and len(ds["train"]) == 3
+    image, label = EvalSet(ds["validation"], 64)[1]
+    assert image.shape == (3, 64, 64) and label == 1
+
+
+def test_load_rejects_missing_label_column(tmp_path, photos):
+    path = tmp_path / "nolabel"
+    datasets.DatasetDict({"train": _split(photos).remove_columns("label")}).save_to_disk(str(path))
+    with pytest.raises(ValueError, match="label"):
+        load_image_dataset(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RandomResizedCrop parameters
+
+
+@pytest.mark.parametrize("height,width", [(375, 500), (640, 427), (50, 400)])
+def test_crop_distribution_matches_torchvision(height, width):
+    """Same rules as T.RandomResizedCrop.get_params: compare area, aspect and position distributions (KS)."""
+    scale, ratio, n = (0.08, 1.0), (3 / 4, 4 / 3), 3000
+    rng = np.random.default_rng(0)
+    ours = np.array([random_resized_crop_params(height, width, scale, ratio, rng) for _ in range(n)], dtype=float)
+    torch.manual_seed(0)
+    dummy = torch.empty(1, height, width)
+    ref = np.array([T.RandomResizedCrop.get_params(dummy, scale, ratio) for _ in range(n)], dtype=float)
+    for name, stat in {"area": lambda p: p[:, 2] * p[:, 3] / (height * width),
+                       "log aspect": lambda p: np.log(p[:, 3] / p[:, 2]),
+                       "centre y": lambda p: (p[:, 0] + p[:, 2] / 2) / height,
+                       "centre x": lambda p: (p[:, 1] + p[:, 3] / 2) / width}.items():
+        assert scipy.stats.ks_2samp(stat(ours), stat(ref)).pvalue > 1e-3, name
+    assert np.all(ours[:, 2] <= height) and np.all(ours[:, 3] <= width) and np.all(ours[:, :2] >= 0)
+    assert np.all(ours[:, 0] + ours[:, 2] <= height) and np.all(ours[:, 1] + ours[:, 3] <= width)
+
+
+@pytest.mark.parametrize("height,width", [(10, 1000), (1000, 10), (10, 12)])
+def test_crop_fallback_is_torchvision_centre_crop(height, width):
+    """Where no try can fit, both fall back to the same deterministic, ratio-clamped centre crop."""
+    ref = T.RandomResizedCrop.get_params(torch.empty(1, height, width), (0.9, 1.0), (3 / 4, 4 / 3))
+    ours = random_resized_crop_params(height, width, (0.9, 1.0), (3 / 4, 4 / 3), np.random.default_rng(1))
+    if (height, width) != (10, 12):  # there random tries can succeed; only check they stay inside
+        assert tuple(ours) == tuple(ref)
+    assert 0 <= ours[0] and ours[0] + ours[2] <= height and 0 <= ours[1] and ours[1] + ours[3] <= width
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TrainSet / EvalSet
+
+
+def test_trainset_matches_torchvision_crop_of_the_same_params(ds, photos):
+    """The DCT-scaled decode + crop-then-resize path gives torchvision's resized_crop of the full image, up to
+    the fast-IDCT and kernel differences (a few grey levels on average)."""
+    train = TrainSet(ds["train"], 224, seed=7)
+    scaled = 0
+    for name in ["astronaut", "chelsea", "coffee", "rocket_progressive", "retina", "hubble_small", "camera_gray",
+                 "cmyk", "png_named_jpeg"]:
+        k = _index(photos, name)
+        for epoch in range(3):
+            x, label = train[(epoch, k)]
+            assert x.dtype == torch.uint8 and x.shape == (3, 224, 224) and label == k % len(WNIDS)
+            full = _pil(photos[name])
+            rng = np.random.default_rng([7, epoch, k])  # the sample's own stream, drawn in the same order
+            top, left, h, w = random_resized_crop_params(full.height, full.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+            scaled += _dct_factor(min(h, w), 224) > 1
+            ref = TF.pil_to_tensor(TF.resized_crop(full, top, left, h, w, [224, 224]))
+            if rng.random() < 0.5:
+                ref = ref.flip(-1)
+            diff = (x.float() - ref.float()).abs().mean().item()
+            assert diff < 4.0, (name, epoch, diff)
+    assert scaled >= 2, "the test photos must exercise the reduced-size decoding"
+
+
+def test_trainset_is_a_pure_function_of_the_key(ds):
+    train = TrainSet(ds["train"], 96, seed=3)
+    a, _ = train[(0, 4)]
+    assert torch.equal(a, train[(0, 4)][0])
+    assert not torch.equal(a, train[(1, 4)][0]), "another epoch must give another crop"
+    assert not torch.equal(a, TrainSet(ds["train"], 96, seed=4)[(0, 4)][0]), "another seed, another crop"
+    torch.manual_seed(123)
+    np.random.seed(123)
+    assert torch.equal(a, train[(0, 4)][0]), "global RNG state must not matter"
+
+
+@pytest.mark.parametrize("policy", ["ra", "ta"])
+def test_auto_augment_is_deterministic_and_leaves_global_rng(ds, policy):
+    train = TrainSet(ds["train"], 64, seed=0, auto_augment=policy)
+    plain = TrainSet(ds["train"], 64, seed=0)
+    state = torch.get_rng_state()
+    outs = [train[(e, 2)][0] for e in range(4)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(outs[0], train[(0, 2)][0])
+    assert any(not torch.equal(o, plain[(e, 2)][0]) for e, o in enumerate(outs)), "the policy changed nothing"
+
+
+def test_trainset_same_samples_through_dataloader_workers(ds):
+    train = TrainSet(ds["train"], 64, seed=1)
+    sampler = ResumableSampler(len(train), 4, seed=1)
+    loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    keys = list(ResumableSampler(len(train), 4, seed=1))
+    for (x, y), batch_keys in zip(loader, keys):
+        expected = collate([train[k] for k in batch_keys])
+        assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
+
+
+def test_trainset_pickles_without_rows(ds, photos):
+    """Workers get the dataset by reference to its memory-mapped files, never a copy of the rows."""
+    size = len(pickle.dumps(TrainSet(ds["train"], 224, seed=0)))
+    assert size < 64_000, size
+    assert size < sum(len(b) for b in photos.values()) / 10
+
+
+def test_exif_orientation_applied_like_datasets_image(ds, photos):
+    """EXIF orientation 6 is applied (as datasets.Image decoding does): same pixels as the upright photo."""
+    evalset = EvalSet(ds["validation"], 224)
+    rotated, _ = evalset[_index(photos, "exif_rotated")]
+    upright, _ = evalset[_index(photos, "coffee_upright")]
+    assert (rotated.float() - upright.float()).abs().mean() < 2.0
+    train = TrainSet(ds["train"], 128, seed=0)
+    assert train[(0, _index(photos, "exif_rotated"))][0].shape == (3, 128, 128)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_evalset_matches_classic_resize_centercrop(ds, photos, interpolation):
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[interpolation]
+    classic = T.Compose([T.Resize(256, interpolation=mode), T.CenterCrop(224), T.PILToTensor()])
+    evalset = EvalSet(ds["validation"], 224, crop_pct=0.875, interpolation=interpolation)
+    for name in ["astronaut", "chelsea", "coffee", "rocket_progressive", "retina", "hubble_small", "camera_gray",
+                 "cmyk", "png_named_jpeg"]:
+        x, label = evalset[_index(photos, name)]
+        ref = classic(_pil(photos[name]))
+        assert x.dtype == torch.uint8 and x.shape == ref.shape == (3, 224, 224)
+        diff = (x.float() - ref.float()).abs().mean().item()
+        assert diff < 1.0, (name, diff)
+
+
+def test_bad_arguments_are_one_line_errors(ds):
+    with pytest.raises(ValueError, match="auto_augment"):
+        TrainSet(ds["train"], 224, 0, auto_augment="aa")
+    with pytest.raises(ValueError, match="interpolation"):
+        EvalSet(ds["validation"], 224, interpolation="lanczos")
+    with pytest.raises(ValueError, match="label"):
+        EvalSet(ds["validation"].remove_columns("label"), 224)
+    garbage = _split({"garbage": b"\xff\xd8 not a jpeg at all", "empty": b"x"})
+    for index in range(2):
+        with pytest.raises(ValueError, match=f"row {index}: the image does not decode"):
+            TrainSet(garbage, 32, 0)[(0, index)]
+        with pytest.raises(ValueError, match=f"row {index}: the image does not decode"):
+            EvalSet(garbage, 32)[index]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ResumableSampler
+
+
+def test_sampler_ranks_are_disjoint_and_cover_full_global_batches():
+    n, b, r = 103, 4, 3
+    per_rank = [list(ResumableSampler(n, b, seed=5, num_replicas=r, rank=k)) for k in range(r)]
+    assert all(len(batches) == len(ResumableSampler(n, b, 5, r, k)) == n // (b * r) for k, batches in
+               enumerate(per_rank))
+    assert all(len(batch) == b for batches in per_rank for batch in batches)
+    keys = [key for batches in per_rank for batch in batches for key in batch]
+    assert len(set(keys)) == len(keys) == (n // (b * r)) * b * r, "ranks must not overlap"
+    order = ResumableSampler(n, b, seed=5).order(0).tolist()
+    assert {i for _, i in keys} == set(order[:len(keys)]), "the dropped tail is the end of the permutation"
+    assert all(epoch == 0 for epoch, _ in keys)
+
+
+def test_sampler_epochs_differ_and_repeat_from_seed():
+    sampler = ResumableSampler(50, 5, seed=0)
+    first, second = list(sampler), list(sampler)  # finishing an epoch moves to the next one
+    assert first[0][0][0] == 0 and second[0][0][0] == 1
+    assert [i for batch in first for _, i in batch] != [i for batch in second for _, i in batch]
+    again = ResumableSampler(50, 5, seed=0)
+    again.set_epoch(1)
+    assert list(again) == second
+    unshuffled = ResumableSampler(10, 5, seed=0, shuffle=False)
+    assert list(unshuffled) == [[(0, i) for i in range(5)], [(0, i) for i in range(5, 10)]]
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    """Records every key it is asked for (the sampler is the only thing under test)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __getitem__(self, key):
+        self.seen.append(key)
+        return torch.zeros(3, 2, 2, dtype=torch.uint8), key[1]
+
+
+def test_set_position_skips_without_reading_and_matches_uninterrupted_run():
+    n, b, r = 64, 4, 2
+    uninterrupted = [list(ResumableSampler(n, b, seed=9, num_replicas=r, rank=1)) for _ in range(1)][0]
+    sampler = ResumableSampler(n, b, seed=9, num_replicas=r, rank=1)
+    sampler.set_epoch(0)
+    data = CountingDataset()
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate)
+    sampler.set_position(0, 5)
+    resumed = [y.tolist() for _, y in loader]
+    assert resumed == [[i for _, i in batch] for batch in uninterrupted[5:]]
+    assert data.seen == [key for batch in uninterrupted[5:] for key in batch], "skipped keys must never be read"
+    # the skip applied to that epoch only: the next one starts at its first batch (accelerate #1451)
+    data.seen.clear()
+    epoch1 = [y.tolist() for _, y in loader]
+    reference = ResumableSampler(n, b, seed=9, num_replicas=r, rank=1)
+    reference.set_epoch(1)
+    assert epoch1 == [[i for _, i in batch] for batch in reference] and len(epoch1) == len(sampler)
+    assert all(epoch == 1 for epoch, _ in data.seen)
+
+
+def test_sampler_rejects_bad_positions():
+    sampler = ResumableSampler(20, 5, seed=0)
+    with pytest.raises(ValueError):
+        sampler.set_position(0, 5)
+    with pytest.raises(ValueError):
+        ResumableSampler(7, 4, seed=0, num_replicas=2)
+    with pytest.raises(ValueError):
+        ResumableSampler(20, 4, seed=0, num_replicas=2, rank=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# collate, normalize, batch augmentations
+
+
+def test_collate_dtype_and_shape(ds):
+    evalset = EvalSet(ds["validation"], 32)
+    x, y = collate([evalset[i] for i in range(5)])
+    assert x.dtype == torch.uint8 and x.shape == (5, 3, 32, 32)
+    assert y.dtype == torch.int64 and y.tolist() == [i % len(WNIDS) for i in range(5)]
+    assert torch.equal(x[3], evalset[3][0])
+
+
+def test_normalize_matches_torchvision_and_keeps_channels_last():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ref = T.Normalize(MEAN, STD)(x.float() / 255)
+    out = normalize(x, MEAN, STD)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
+    cl = normalize(x.contiguous(memory_format=torch.channels_last), MEAN, STD, dtype=torch.bfloat16)
+    assert cl.dtype == torch.bfloat16 and cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(cl.float(), ref, atol=0.03)
+    with pytest.raises(ValueError, match="0..1"):
+        normalize(x, [123.7, 116.3, 103.5], [58.4, 57.1, 57.4])
+
+
+def _generator(seed):
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+@pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.2, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixup_cutmix_targets_and_determinism(mixup_alpha, cutmix_alpha):
+    x = torch.randn(6, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    args = (y, 5, mixup_alpha, cutmix_alpha, 0.1)
+    for seed in range(6):
+        xm, t = mixup_cutmix(x, *args, generator=_generator(seed))
+        assert torch.allclose(t.sum(1), torch.ones(6))
+        xm2, t2 = mixup_cutmix(x, *args, generator=_generator(seed))
+        assert torch.equal(xm, xm2) and torch.equal(t, t2)
+        assert xm.is_contiguous(memory_format=torch.channels_last)
+        # lam is the weight of each sample's own smoothed label (off + lam * (on - off) at its class)
+        lam = (t[1, 1] - 0.1 / 5) / 0.9
+        mixed = x * lam + x.flip(0) * (1 - lam)
+        pasted = (xm == x) | (xm == x.flip(0))
+        if torch.allclose(xm, mixed, atol=1e-5):
+            assert mixup_alpha > 0
+        else:  # cutmix: every pixel comes from x or x.flip(0), and the pasted area fraction is 1 - lam
+            assert cutmix_alpha > 0 and pasted.all()
+            assert math.isclose((xm != x)[1].any(0).float().mean().item(), 1 - lam.item(), abs_tol=1e-5) or \
+                torch.equal(x[1], x.flip(0)[1])
+    assert not torch.equal(mixup_cutmix(x, *args, generator=_generator(0))[1],
+                           mixup_cutmix(x, *args, generator=_generator(1))[1])
+    xs, ts = mixup_cutmix(x, y, 5, 0.0, 0.0, 0.1, generator=_generator(0))
+    assert xs is x and torch.allclose(ts.max(1).values, torch.full((6,), 0.9 + 0.02))
+
+
+def test_random_erasing_rectangles_and_determinism():
+    x = torch.zeros(16, 3, 32, 24).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(random_erasing(x, 0.0, _generator(0)), x)
+    out = random_erasing(x, 1.0, _generator(0))
+    assert torch.equal(out, random_erasing(x, 1.0, _generator(0)))
+    assert not torch.equal(out, random_erasing(x, 1.0, _generator(1)))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for image in out:
+        erased = image != 0
+        assert torch.equal(erased[0], erased[1]) and torch.equal(erased[0], erased[2]), "same box on all channels"
+        rows, cols = erased[0].any(1).nonzero().flatten(), erased[0].any(0).nonzero().flatten()
+        assert len(rows) and len(cols), "prob 1 must erase every image"
+        box = erased[0][rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all(), "the erased region is one rectangle"
+        assert 0.02 * 32 * 24 * 0.8 <= box.numel() <= 32 * 24 / 3 * 1.2
+    some = random_erasing(x, 0.5, _generator(3))
+    erased_images = (some != 0).flatten(1).any(1).sum().item()
+    assert 2 <= erased_images <= 14
