@@ -90,14 +90,16 @@ def _photo_instance(src: np.ndarray, rng) -> Image.Image:
 
 
 def _digit_instance(pixels: np.ndarray, rng) -> tuple[Image.Image, tuple]:
-    """An 8x8 digit (values 0-16) as a 32-64 px RGB image: bright ink on a dark background; and its ink box."""
-    w, h = int(rng.integers(32, 65)), int(rng.integers(32, 65))
+    """An 8x8 digit (values 0-16) as a 32-64 px RGB image: bright ink on a dark background with a one-cell margin,
+    near-square so a center crop keeps the whole digit; and its ink box."""
+    w = int(rng.integers(32, 65))
+    h = int(w * rng.uniform(0.9, 1.1))
     ink, paper = rng.uniform(150, 255, 3), rng.uniform(0, 80, 3)
-    alpha = pixels[..., None] / 16.0
+    alpha = np.pad(pixels, 1)[..., None] / 16.0  # 10x10: the digit plus a margin of paper
     small = (paper * (1 - alpha) + ink * alpha).astype(np.uint8)
     img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
     rows, cols = np.nonzero(pixels)
-    box = (cols.min() * w / 8, rows.min() * h / 8, (cols.max() + 1) * w / 8, (rows.max() + 1) * h / 8)
+    box = ((cols.min() + 1) * w / 10, (rows.min() + 1) * h / 10, (cols.max() + 2) * w / 10, (rows.max() + 2) * h / 10)
     return img, tuple(round(v, 1) for v in box)
 
 

@@ -147,7 +147,7 @@ def test_two_process_ddp_on_cpu(preprocessed, tmp_path):
 
 def test_it_learns_digits(digits_dataset, tmp_path):
     out = tmp_path / "digits"
-    ok(run(train_cmd(digits_dataset, out, "--epochs", "6", "--batch_size", "32", "--lr", "0.8",
+    ok(run(train_cmd(digits_dataset, out, "--epochs", "8", "--batch_size", "32", "--lr", "1.6", "--scale_min", "0.8",
                      "--warmup_epochs", "1", "--label_smoothing", "0.0", "--weight_decay", "5e-4",
                      "--num_workers", "2")))
     assert rows(out)[-1]["val_top1"] >= 90.0, rows(out)
