@@ -82,8 +82,10 @@ def train_py(cfg: BenchConfig, work: Path) -> tuple[float, dict]:
     subprocess.run([sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir",
                     str(work / "ds"), "--num_proc", "2"], check=True, capture_output=True)
     run = work / "run"
+    # accelerate's CPU launcher sets OMP_NUM_THREADS=1 when it counts one physical core: give it the bare loop's threads
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-           str(ROOT / "accelerate_configs" / "cpu.yaml"), str(ROOT / "train.py"), "--model", cfg.model, "--dataset",
+           str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_cpu_threads_per_process", str(torch.get_num_threads()),
+           str(ROOT / "train.py"), "--model", cfg.model, "--dataset",
            str(work / "ds"), "--output_dir", str(run), "--batch_size", str(cfg.batch_size), "--image_size",
            str(cfg.image_size), "--num_workers", "0", "--warmup_epochs", "0", "--epochs", "1", "--lr", "0.01"]
     subprocess.run(cmd, check=True, capture_output=True)
