@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(PY) preprocess.py --data_dir $(DEMO)/ILSVRC-demo --output_dir $(DEMO)/dataset --num_proc 2
 	$(VENV)/bin/accelerate launch --config_file accelerate_configs/cpu.yaml train.py --config recipes/demo.yaml \
 		--dataset $(DEMO)/dataset --output_dir $(DEMO)/run
-	$(PY) validate.py --model $(DEMO)/run/final --dataset $(DEMO)/dataset --output $(DEMO)/validate.json
+	$(PY) validate.py --model $(DEMO)/run/final --dataset $(DEMO)/dataset --output $(DEMO)/validate.json --num_workers 2
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
