@@ -296,7 +296,9 @@ def main(argv=None):
                     bar.update(1)
                     if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
                         check_finite(loss_sum)
-                        bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", lr=f"{lr_at(state.step - 1):.3g}")
+                        running = {"train/loss": loss_sum.item() / loss_count, "train/lr": lr_at(state.step - 1)}
+                        accelerator.log(running, step=state.step)
+                        bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
                     if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
                         check_finite(loss_sum)
                         save_checkpoint()

@@ -44,7 +44,7 @@ def rows(run_dir):
 def test_few_steps_end_to_end(preprocessed, tmp_path):
     out = tmp_path / "run"
     ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "1",
-                     "--ema_decay", "0.9")))
+                     "--ema_decay", "0.9", "--report_to", "tensorboard")))
     metrics = rows(out)
     assert [r["epoch"] for r in metrics] == [1, 2]
     for key in ("epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "images_per_sec", "data_wait_frac",
@@ -57,6 +57,7 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     assert config["model"] == TINY and config["epochs"] == 2
     info = json.loads((out / "run_info.json").read_text())
     assert "train.py" in " ".join(info["command"]) and info["versions"]["torch"]
+    assert list(out.glob("**/events.out.tfevents.*")), "no tensorboard events"
     # keep-last-1 plus the best checkpoint; no unfinished temp folders
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert len(ckpts) in (1, 2) and not any(n.startswith(".tmp") for n in ckpts)
