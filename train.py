@@ -107,8 +107,9 @@ def main(argv=None):
     ckpt_dir = run_dir / "checkpoints"
 
     # Accelerate owns device, precision and distribution. With no accelerator present, ask for the CPU explicitly:
-    # under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine reports DistributedType.NO in every rank
-    # (accelerate 1.15), so N processes would train N independent copies; cpu=True gives real MULTI_CPU DDP over gloo.
+    # under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine either reports DistributedType.NO in
+    # every rank (accelerate 1.15: N independent copies racing on one folder) or fails to start NCCL (torch 2.14);
+    # cpu=True gives real MULTI_CPU DDP over gloo.
     accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=cfg.grad_accum_steps,

@@ -44,6 +44,7 @@ class BenchConfig:
     num_classes: int = 20  # classes; images are split evenly
     source: str = "photos"  # demo tree source: "photos" (60-400 px JPEGs) or "digits" (32-64 px)
     num_proc: int = 2  # worker processes for both methods
+    long_side: int = 500  # photos at ImageNet's typical 500x375 / 375x500 shapes; 0: varied 60-400 px
     shorter_side: int | None = None  # passed to preprocess.py (None: lossless default)
     work_dir: str | None = None  # where the tree and outputs go; None: a temp folder, deleted afterwards
     output: str = "benchmarks/results/preprocess.json"  # the JSON written
@@ -83,7 +84,8 @@ def main(argv=None) -> None:
     try:
         start = time.perf_counter()
         tree = make_ilsvrc_tree(work / "kaggle", source=cfg.source, num_classes=cfg.num_classes,
-                                train_per_class=max(1, cfg.images // cfg.num_classes), val_per_class=1, num_test=4)
+                                train_per_class=max(1, cfg.images // cfg.num_classes), val_per_class=1, num_test=4,
+                                long_side=cfg.long_side)
         print(f"generated {tree} in {time.perf_counter() - start:.1f} s ({du(tree) / 1e6:.1f} MB)")
         train_dir = tree / ilsvrc.SPLIT_DIRS["train"]
         train_bytes = du(train_dir)

@@ -64,6 +64,7 @@ class DemoConfig:
     num_test: int = 10  # unlabeled test images
     faults: bool = False  # plant ImageNet's odd files and bad boxes (see the module docstring)
     seed: int = 0  # same seed, same files
+    long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
 
 
 def _photo(k: int) -> np.ndarray:
@@ -78,13 +79,16 @@ def _photo(k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, variant // len(CHANNEL_ORDERS) % 4))
 
 
-def _photo_instance(src: np.ndarray, rng) -> Image.Image:
-    """A random crop of 35-100% of each side, resized to 60-400 px sides (aspect 0.5-2), maybe mirrored."""
+def _photo_instance(src: np.ndarray, rng, long_side: int = 0) -> Image.Image:
+    """A random crop of 35-100% of each side, resized to 60-400 px sides (aspect 0.5-2), maybe mirrored; with
+    long_side, resized to ImageNet's typical shapes instead: that long side at 4:3 or 3:4 (500x375, 375x500)."""
     h, w = src.shape[:2]
     cw, ch = int(w * rng.uniform(0.35, 1.0)), int(h * rng.uniform(0.35, 1.0))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     out_w = int(rng.integers(60, 401))
     out_h = int(np.clip(out_w * rng.uniform(0.5, 2.0), 60, 400))
+    if long_side:
+        out_w, out_h = (long_side, long_side * 3 // 4) if rng.random() < 0.75 else (long_side * 3 // 4, long_side)
     img = Image.fromarray(src[y:y + ch, x:x + cw]).resize((out_w, out_h), Image.Resampling.BILINEAR)
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
@@ -132,7 +136,8 @@ def _prediction_string(objects: list) -> str:
 
 
 def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_per_class: int = 12,
-                     val_per_class: int = 4, num_test: int = 10, faults: bool = False, seed: int = 0) -> Path:
+                     val_per_class: int = 4, num_test: int = 10, faults: bool = False, seed: int = 0,
+                     long_side: int = 0) -> Path:
     """Write the tree described in the module docstring under ``root`` (replaced if present); returns ``root``."""
     if source not in ("photos", "digits"):
         raise ValueError(f"source must be 'photos' or 'digits', got {source!r}")
@@ -180,7 +185,7 @@ def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_
         def instance(label, i, split):
             if label not in photos:
                 photos[label] = _photo(label)
-            img = _photo_instance(photos[label], rng)
+            img = _photo_instance(photos[label], rng, long_side)
             return img, _random_box(*img.size, rng)
 
     manifest = {"source": source, "seed": seed, "wnids": wnids, "descriptions": descriptions,
@@ -320,7 +325,7 @@ def main(argv=None) -> None:
     cfg = parse_config(DemoConfig, argv, description="Write a small ILSVRC-2012 tree in Kaggle's layout.")
     try:
         root = make_ilsvrc_tree(cfg.output, cfg.source, cfg.num_classes, cfg.train_per_class, cfg.val_per_class,
-                                cfg.num_test, cfg.faults, cfg.seed)
+                                cfg.num_test, cfg.faults, cfg.seed, cfg.long_side)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     files = json.loads((root / MANIFEST).read_text())["files"]

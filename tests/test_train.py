@@ -152,3 +152,38 @@ def test_it_learns_digits(digits_dataset, tmp_path):
                      "--warmup_epochs", "1", "--label_smoothing", "0.0", "--weight_decay", "5e-4",
                      "--num_workers", "2")))
     assert rows(out)[-1]["val_top1"] >= 90.0, rows(out)
+
+
+PATCHED_HUB = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+import modeling
+modeling.check_hub_ready = lambda repo_id, token=None: None   # pretend a token and a network
+def push(folder, repo_id, token=None, private=False, **kw):
+    if {fail!r}:
+        raise OSError("upload failed: network unreachable")
+    open({record!r}, "w").write(str(folder) + " " + repo_id)
+    return "https://huggingface.co/" + repo_id
+modeling.push_to_hub = push
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_push_at_the_end_up_to_the_network(preprocessed, tmp_path, fail):
+    record = tmp_path / "pushed.txt"
+    script = tmp_path / "patched_train.py"
+    script.write_text(PATCHED_HUB.format(root=str(ROOT), fail=fail, record=str(record), train=str(ROOT / "train.py")))
+    out = tmp_path / "run"
+    cmd = train_cmd(preprocessed, out, "--epochs", "1", "--push_to_hub", "--hub_model_id", "me/tiny")
+    proc = run([sys.executable, str(script), *cmd[2:]])
+    assert (out / "final" / "model.safetensors").is_file()  # the export is kept either way
+    if fail:
+        assert proc.returncode != 0
+        assert "network unreachable" in proc.stderr and "retry with" in proc.stderr
+        assert "modeling.push_to_hub" in proc.stderr.strip().splitlines()[-1]
+    else:
+        ok(proc)
+        assert record.read_text() == f"{out / 'final'} me/tiny"
+        assert "pushed to https://huggingface.co/me/tiny" in proc.stdout
