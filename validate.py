@@ -4,8 +4,10 @@
     accelerate launch validate.py --model user/resnet50-in1k --dataset OUT     # same numbers on 1 or N processes
 
 --model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N) or a Hub id (timm's or ours).
-The eval transform is the model's own (resize to image_size / crop_pct, center crop, its mean/std). Works offline:
-top-k is computed here, not by `evaluate.load("accuracy")`, which needs the Hub.
+The eval transform is the model's own (resize to image_size / crop_pct, center crop, its mean/std); for a checkpoint
+it is the one train.py evaluated with (the run's --image_size and the architecture's crop_pct/mean/std), so the
+numbers equal the val_* rows of the run's metrics.jsonl. Works offline: top-k is computed here, not by
+`evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 import yaml
@@ -30,35 +34,79 @@ from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import TopK
 from imagenet_trainer.runinfo import atomic_write_text
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in the order train.py nests them
+
 
 @dataclass
 class ValidateConfig:
-    model: str = ""  # RUN/final folder, RUN/checkpoints/step_N folder, or Hub model id
+    model: str = ""  # RUN/final folder, RUN/checkpoints/step_N folder, or Hub model id (hf-hub:OWNER/NAME)
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
     split: str = "validation"  # dataset split to evaluate
     batch_size: int = 256  # images per device per forward pass
-    image_size: int = 0  # eval crop side in px; 0 uses the model's pretrained_cfg input size
-    num_workers: int = 8  # DataLoader processes per device
+    image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's --image_size)
+    num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
-    output: str = ""  # JSON summary path; per-class accuracy and confusions are written beside it
-    update_model_card: bool = False  # write the results into --model's README.md model-index (local folders only)
+    output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
+    update_model_card: bool = False  # write the results into --model's README.md model-index (local exports only)
 
 
-def load_any(path_or_id: str, num_classes: int) -> torch.nn.Module:
-    """An export folder (config.json), a train.py checkpoint (weights + the run's config.yaml two levels up), or a Hub id."""
-    path = Path(path_or_id)
-    if (path / "config.json").is_file() or not path.exists():
-        return modeling.load_model(path_or_id)
+def load_checkpoint(path: Path) -> torch.nn.Module:
+    """The model of a train.py checkpoint (accelerate save_state folder): architecture and image size from the run's
+    config.yaml two levels up, class count from the saved classifier. Its pretrained_cfg gets the run's input size,
+    as train.py's export does, so the eval transform is the one train.py evaluated with. These are the raw weights:
+    with --ema_decay the EMA copy sits in custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
     run_config = path.parent.parent / "config.yaml"
+    if (path / "checkpoints").is_dir():
+        raise ValueError("this is a run folder: give RUN/final or RUN/checkpoints/step_N")
     if not (path / "model.safetensors").is_file() or not run_config.is_file():
-        raise ValueError(f"{path} is neither an export folder (config.json) nor a train.py checkpoint "
-                         f"(model.safetensors with {run_config})")
-    model = modeling.create_model(yaml.safe_load(run_config.read_text())["model"], num_classes=num_classes)
-    # DDP and torch.compile prefix the saved keys ("module.", "_orig_mod.")
-    weights = {k.replace("module.", "", 1).replace("_orig_mod.", "", 1): v
-               for k, v in load_file(path / "model.safetensors").items()}
-    model.load_state_dict(weights)
-    return model
+        raise ValueError(f"neither an export folder (config.json) nor a train.py checkpoint (model.safetensors with "
+                         f"{run_config}); FSDP sharded checkpoints are not read, use the run's final export")
+    run = yaml.safe_load(run_config.read_text())
+    if not isinstance(run, dict) or not run.get("model"):
+        raise ValueError(f"{run_config} names no model; it is not the config.yaml train.py writes")
+    weights = {}
+    for key, value in load_file(path / "model.safetensors").items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        weights[key] = value
+    model = modeling.create_model(run["model"])
+    head = weights.get(f"{model.pretrained_cfg.get('classifier')}.weight")
+    if head is not None and head.shape[0] != model.num_classes:
+        model = modeling.create_model(run["model"], num_classes=head.shape[0])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # the checkpoint is of another architecture than config.yaml says
+        raise ValueError(f"its weights do not fit {run['model']} from {run_config} "
+                         f"({str(e).strip().splitlines()[0]})") from None
+    size = run.get("image_size") or model.pretrained_cfg["input_size"][-1]
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
+    return model.eval()
+
+
+def load_any(path_or_id: str) -> torch.nn.Module:
+    """An export folder (config.json), a train.py checkpoint, or a Hub id (``modeling.load_model``)."""
+    if path_or_id.startswith(("hf-hub:", "local-dir:")):
+        return modeling.load_model(path_or_id)
+    path = Path(path_or_id).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        return load_checkpoint(path)
+    if not path.exists() and (path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1):
+        raise ValueError("no such folder (give RUN/final, RUN/checkpoints/step_N or a Hub id OWNER/NAME)")
+    return modeling.load_model(path_or_id)
+
+
+def check_labels(model_ref: str, label_names: list[str]) -> str | None:
+    """Same classes in the same index order, or the accuracy is computed against the wrong labels: a ValueError when
+    only the order differs, a warning (returned) when the names cannot be compared. Ids (wnids) are compared and so
+    are human names, since Hub copies of ImageNet may name their ClassLabels by description."""
+    ids, descriptions = modeling.label_info(model_ref)
+    if ids is None or label_names in (ids, descriptions):
+        return None
+    if set(label_names) in (set(ids), set(descriptions or ())):
+        raise ValueError(f"it has the dataset's classes in another index order (model: {ids[:3]}..., dataset: "
+                         f"{label_names[:3]}...); re-export it or preprocess with the same class order")
+    return (f"warning: --model's class names ({ids[:3]}...) are not the dataset's ({label_names[:3]}...); scoring "
+            "by class index")
 
 
 def main(argv=None):
@@ -66,7 +114,11 @@ def main(argv=None):
     for flag in ("model", "dataset"):
         if not getattr(cfg, flag):
             raise SystemExit(f"error: --{flag} is required")
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
+        raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: MULTI_CPU DDP (FIELD_NOTES)
+
+    # data: checked before the model, whose download may be long
     try:
         ds = load_image_dataset(cfg.dataset)
     except ValueError as e:
@@ -74,16 +126,31 @@ def main(argv=None):
     if cfg.split not in ds:
         raise SystemExit(f"error: --split {cfg.split}: the dataset has {', '.join(ds)}")
     split = ds[cfg.split]
+    if not isinstance(split.features["label"], datasets.ClassLabel):
+        raise SystemExit(f"error: --dataset {cfg.dataset}: the label column is {split.features['label']}, not a "
+                         "ClassLabel; preprocess.py writes one")
     label_names = split.features["label"].names
+    if len(split) == 0:
+        raise SystemExit(f"error: --split {cfg.split} of --dataset {cfg.dataset} has no images")
+    labels = split.with_format("arrow")["label"]  # the column alone: no image is decoded
+    unlabelled = pc.sum(pc.less(labels, 0)).as_py() or 0
+    if unlabelled:
+        raise SystemExit(f"error: --split {cfg.split}: {unlabelled} of {len(split)} images have no label (-1); "
+                         "ILSVRC's test split never had public labels, evaluate --split validation")
+
     try:
-        model = load_any(cfg.model, len(label_names))
+        model = load_any(cfg.model)
+        if model.num_classes != len(label_names):
+            raise ValueError(f"it predicts {model.num_classes} classes but --dataset {cfg.dataset} has "
+                             f"{len(label_names)}")
+        local = Path(cfg.model).expanduser()
+        warning = None  # a checkpoint has no labels of its own: its classes are its run's dataset's
+        if not local.is_dir() or (local / "config.json").is_file():
+            warning = check_labels(cfg.model, label_names)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --model {cfg.model}: {e}") from None
-    if model.num_classes != len(label_names):
-        raise SystemExit(f"error: --model {cfg.model} predicts {model.num_classes} classes but --dataset has "
-                         f"{len(label_names)}")
-    if split[0]["label"] < 0:
-        raise SystemExit(f"error: --split {cfg.split} has no labels (ILSVRC's test split never had public labels)")
+    if warning and accelerator.is_main_process:
+        print(warning, file=sys.stderr)
 
     data_cfg = resolve_data_config(model=model)
     image_size = cfg.image_size or data_cfg["input_size"][-1]
@@ -93,23 +160,31 @@ def main(argv=None):
                                          pin_memory=accelerator.device.type == "cuda")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).eval()
-    model, loader = accelerator.prepare(model, loader)
+    # evaluation_mode: device placement and mixed precision, but no DDP/FSDP wrapper (there is nothing to sync);
+    # every rank keeps a full replica and scores its shard of the batches
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    loader = accelerator.prepare_data_loader(loader)
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
 
-    topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    # float32 sums as in train.py's evaluate(), so the loss matches its val_loss (and MPS has no float64)
+    topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
     start = time.perf_counter()
     with torch.no_grad():
         for x, y in tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}"):
             x = normalize(x, mean, std).contiguous(memory_format=memory_format)
             with accelerator.autocast():
                 logits = model(x)
-            logits, y = accelerator.gather_for_metrics((logits.float(), y))  # no duplicated tail samples
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            # every rank gets all logits; the last batch's padding (repeats of the first samples that even out the
+            # ranks' batch counts) is dropped, so n == len(split) on any number of processes
+            logits, y = accelerator.gather_for_metrics((logits.float(), y))
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk.update(logits, y)
     elapsed = time.perf_counter() - start
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss_sum.item() / max(1, topk.n), "images_per_sec": topk.n / elapsed,
-               "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "num_processes": accelerator.num_processes}
+               "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+               "num_processes": accelerator.num_processes}
+    accelerator.end_training()  # destroys the process group under DDP
     if not accelerator.is_main_process:
         return summary
     print(f"{cfg.split}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss {summary['loss']:.4f}  "
@@ -124,9 +199,8 @@ def main(argv=None):
         atomic_write_text(out, json.dumps(summary, indent=2))
         atomic_write_text(out.with_name(out.stem + "_per_class.json"), json.dumps(per_class, indent=1))
         atomic_write_text(out.with_name(out.stem + "_confused.json"), json.dumps(confused, indent=1))
+        print(f"wrote {out} and its _per_class/_confused companions")
     if cfg.update_model_card:
-        if not (Path(cfg.model) / "config.json").is_file():
-            raise SystemExit(f"error: --update_model_card needs a local export folder, not {cfg.model}")
         modeling.update_model_card_results(Path(cfg.model), {"top1": summary["top1"], "top5": summary["top5"],
                                                              "split": cfg.split, "dataset": cfg.dataset,
                                                              "n": summary["n"]})

@@ -1,0 +1,200 @@
+"""validate.py on CPU: a real train.py run, real exports and checkpoints, a real 2-process accelerate launch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import modeling
+import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+TINY = "blocknet_tiny"
+
+
+def run(cmd, **env):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def evaluate(model, dataset, *extra, batch_size=8) -> dict:
+    """validate.py in this process (an import of torch/timm per subprocess costs ~5 s on these cores)."""
+    return validate.main(["--model", str(model), "--dataset", str(dataset), "--batch_size", str(batch_size),
+                          "--num_workers", "0", *map(str, extra)])
+
+
+def error_of(*args) -> str:
+    with pytest.raises(SystemExit) as e:
+        evaluate(*args)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def trained(preprocessed, tmp_path_factory) -> Path:
+    """A train.py run folder: one epoch, its export in final/ (non-EMA) and the checkpoint of the same step."""
+    out = tmp_path_factory.mktemp("validate") / "run"
+    ok(run([sys.executable, str(ROOT / "train.py"), "--model", TINY, "--dataset", str(preprocessed),
+            "--output_dir", str(out), "--image_size", "32", "--batch_size", "8", "--epochs", "1",
+            "--num_workers", "0", "--warmup_epochs", "0.5"]))
+    return out
+
+
+def only_checkpoint(run_dir: Path) -> Path:
+    (ckpt,) = sorted((run_dir / "checkpoints").glob("step_*"))
+    return ckpt
+
+
+def fake_checkpoint(tmp_path: Path, state: dict, prefix: str, image_size: int = 32) -> Path:
+    """What accelerate's save_state leaves for a DDP-wrapped torch.compile'd model, with the run's config.yaml."""
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
+    ckpt.mkdir(parents=True)
+    save_file({prefix + k: v.contiguous() for k, v in state.items()}, ckpt / "model.safetensors")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": TINY, "image_size": image_size}))
+    return ckpt
+
+
+def test_export_and_checkpoint_reproduce_train_logged_val(trained, preprocessed, tmp_path):
+    logged = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    out = tmp_path / "res" / "val.json"
+    exported = evaluate(trained / "final", preprocessed, "--output", out)
+    # the export was made from this very eval (epoch 1 is the best), with the same eval transform and batch size
+    assert exported["top1"] == pytest.approx(logged["val_top1"], abs=1e-9)
+    assert exported["top5"] == pytest.approx(logged["val_top5"], abs=1e-9)
+    assert exported["n"] == logged["val_n"] == datasets.load_from_disk(str(preprocessed))["validation"].num_rows
+    assert exported["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+    assert exported["image_size"] == 32  # from the export's pretrained_cfg, not blocknet_tiny's default 64
+
+    # the checkpoint of the same step: architecture and eval size from the run's config.yaml
+    from_ckpt = evaluate(only_checkpoint(trained), preprocessed)
+    for key in ("top1", "top5", "n", "image_size", "crop_pct"):
+        assert from_ckpt[key] == exported[key], key
+    assert from_ckpt["loss"] == pytest.approx(exported["loss"], rel=1e-6)
+
+    # the summary and its companions
+    summary = json.loads(out.read_text())
+    assert {"top1", "top5", "n", "loss", "images_per_sec"} <= set(summary) and summary["n"] == exported["n"]
+    per_class = json.loads((out.parent / "val_per_class.json").read_text())
+    assert [row["wnid"] for row in per_class] == ["n01440764", "n01443537", "n01484850", "n01491361"]
+    assert per_class[0]["name"].startswith("tench") and sum(row["n"] for row in per_class) == exported["n"]
+    correct = sum(row["top1"] * row["n"] / 100 for row in per_class if row["n"])
+    assert correct == pytest.approx(exported["top1"] * exported["n"] / 100)
+    confused = json.loads((out.parent / "val_confused.json").read_text())
+    assert all(row["true"] != row["predicted"] and row["count"] > 0 for row in confused)
+    assert sum(row["count"] for row in confused) == round(exported["n"] * (1 - exported["top1"] / 100))
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_checkpoint_keys_from_ddp_and_compile_load(trained, preprocessed, tmp_path, prefix):
+    state = load_file(only_checkpoint(trained) / "model.safetensors")
+    ckpt = fake_checkpoint(tmp_path, state, prefix)
+    assert evaluate(ckpt, preprocessed)["top1"] == evaluate(trained / "final", preprocessed)["top1"]
+
+
+def test_hub_id_loads_offline_from_the_cache(trained, preprocessed, tmp_path, monkeypatch):
+    repo = tmp_path / "hub" / "models--me--tiny"
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(trained / "final" / name, repo / "snapshots" / ("a" * 40) / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    from_hub = evaluate("hf-hub:me/tiny", preprocessed)
+    assert from_hub["top1"] == evaluate(trained / "final", preprocessed)["top1"]
+    assert "Hub repo 'me/absent'" in error_of("hf-hub:me/absent", preprocessed)
+
+
+def test_update_model_card(trained, preprocessed, tmp_path):
+    folder = tmp_path / "final"
+    shutil.copytree(trained / "final", folder)
+    result = evaluate(folder, preprocessed, "--update_model_card")
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    values = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert values == {"top-1 accuracy (%)": round(result["top1"], 2), "top-5 accuracy (%)": round(result["top5"], 2)}
+    assert card.data.eval_results[0].dataset_split == "validation"
+    assert f"| {result['n']} |" in card.text  # the Results table
+    assert torch.equal(load_file(folder / "model.safetensors")["fc.weight"],  # the weights are untouched
+                       load_file(trained / "final" / "model.safetensors")["fc.weight"])
+
+
+def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
+    final, ckpt = trained / "final", only_checkpoint(trained)
+    assert "no such folder" in error_of(tmp_path / "missing" / "final", preprocessed)
+    assert "run folder" in error_of(trained, preprocessed)
+    assert "--split test: 3 of 3 images have no label" in error_of(final, preprocessed, "--split", "test")
+    assert "--split nope: the dataset has train, validation, test" in error_of(final, preprocessed, "--split", "nope")
+    assert "--update_model_card needs a local export" in error_of(ckpt, preprocessed, "--update_model_card")
+    assert "--dataset" in error_of(final, tmp_path / "no_dataset")
+
+    # a model for 10 classes on the 4-class dataset: export and checkpoint
+    ten = modeling.create_model(TINY, num_classes=10)
+    modeling.save_pretrained(ten, tmp_path / "ten", label_names=[f"c{i}" for i in range(10)])
+    assert "predicts 10 classes but --dataset" in error_of(tmp_path / "ten", preprocessed)
+    ten_ckpt = fake_checkpoint(tmp_path / "ckpt", ten.state_dict(), "module.")
+    assert "predicts 10 classes but --dataset" in error_of(ten_ckpt, preprocessed)
+
+    # the right classes in another order would score against the wrong labels
+    wnids = datasets.load_from_disk(str(preprocessed))["validation"].features["label"].names
+    modeling.save_pretrained(modeling.create_model(TINY, num_classes=4), tmp_path / "shuffled",
+                             label_names=wnids[::-1])
+    assert "another index order" in error_of(tmp_path / "shuffled", preprocessed)
+
+
+def test_offline_hub_id_fails_in_one_line_from_the_cli(preprocessed, tmp_path):
+    proc = run([sys.executable, str(ROOT / "validate.py"), "--model", "hf-hub:timm/resnet18.a1_in1k",
+                "--dataset", str(preprocessed), "--num_workers", "0"], HF_HUB_CACHE=str(tmp_path / "empty"))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --model hf-hub:timm/resnet18.a1_in1k: ") and "Hub repo" in last
+
+
+def test_two_processes_give_the_same_numbers(trained, preprocessed, tmp_path):
+    batch, n = 3, datasets.load_from_disk(str(preprocessed))["validation"].num_rows
+    assert n % (2 * batch), "the split must leave a padded tail batch across 2 processes, or this proves nothing"
+    one = tmp_path / "one" / "r.json"
+    evaluate(trained / "final", preprocessed, "--output", one, batch_size=batch)
+    two = tmp_path / "two" / "r.json"
+    ok(run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+            str(ROOT / "validate.py"), "--model", str(trained / "final"), "--dataset", str(preprocessed),
+            "--batch_size", str(batch), "--num_workers", "0", "--output", str(two)]))
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert (a["num_processes"], b["num_processes"]) == (1, 2)
+    assert b["n"] == a["n"] == n  # gather_for_metrics dropped the duplicated padding
+    assert (b["top1"], b["top5"]) == (a["top1"], a["top5"])
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    for companion in ("r_per_class.json", "r_confused.json"):
+        assert json.loads((two.parent / companion).read_text()) == json.loads((one.parent / companion).read_text())
+
+
+def test_other_class_names_warn_and_still_score(preprocessed, tmp_path, capsys):
+    modeling.save_pretrained(modeling.create_model(TINY, num_classes=4), tmp_path / "other",
+                             label_names=["cat", "dog", "cow", "owl"])
+    result = evaluate(tmp_path / "other", preprocessed)
+    assert result["n"] > 0
+    assert "warning: --model's class names (['cat', 'dog', 'cow']...) are not the dataset's" in capsys.readouterr().err
