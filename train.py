@@ -245,6 +245,11 @@ def main(argv=None):
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
+    # the Hub dataset the card's results refer to: --dataset itself when it is a Hub id, ILSVRC for a local 1000-class
+    # preprocess.py output, else the local folder's name (the card then names no Hub dataset that was not used)
+    dataset_id = (cfg.dataset if not Path(cfg.dataset).exists() else
+                  "ILSVRC/imagenet-1k" if len(label_names) == 1000 else f"local/{Path(cfg.dataset).resolve().name}")
+
     def export(net, results: dict):
         """The best weights so far, in the Hub format modeling/ defines, at run_dir/final."""
         weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
@@ -254,7 +259,7 @@ def main(argv=None):
             modeling.save_pretrained(
                 clean, run_dir / "final", label_names=label_names, label_descriptions=class_descriptions(ds),
                 pretrained_cfg={**data_cfg, "input_size": (3, cfg.image_size, cfg.image_size)},
-                model_card={"dataset": cfg.dataset, "recipe": asdict(cfg), "results": results,
+                model_card={"dataset": cfg.dataset, "dataset_id": dataset_id, "recipe": asdict(cfg), "results": results,
                             "epochs": state.step / steps_per_epoch, "hardware": hardware(accelerator)})
 
     # the loop
@@ -355,8 +360,13 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def hardware(accelerator: Accelerator) -> str:
+    """e.g. '8 x NVIDIA H100 80GB HBM3, MULTI_GPU, bf16' or '1 x cpu, fp32' for the model card."""
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else accelerator.device.type
-    return f"{accelerator.num_processes} x {device} ({accelerator.distributed_type}, {accelerator.mixed_precision})"
+    parts = [f"{accelerator.num_processes} x {device}"]
+    if accelerator.num_processes > 1:
+        parts.append(accelerator.distributed_type.value)
+    parts.append("fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision)
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":
