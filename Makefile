@@ -15,6 +15,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: $(VENV)/.installed
+	rm -rf $(DEMO)
 	$(PY) -m imagenet_trainer.demo --output $(DEMO)/ILSVRC-demo --source digits --train_per_class 100 --val_per_class 20 --num_test 20
 	$(PY) preprocess.py --data_dir $(DEMO)/ILSVRC-demo --output_dir $(DEMO)/dataset --num_proc 2
 	$(VENV)/bin/accelerate launch --config_file accelerate_configs/cpu.yaml train.py --config recipes/demo.yaml \

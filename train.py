@@ -128,6 +128,9 @@ def main(argv=None):
             modeling.check_hub_ready(cfg.hub_model_id)
         except ValueError as e:
             raise SystemExit(f"error: --push_to_hub: {e}") from None
+    if not cfg.resume_from_checkpoint and ((run_dir / "metrics.jsonl").exists() or ckpt_dir.exists()):
+        raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
+                         "--resume_from_checkpoint latest, or pick a new --output_dir")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, cfg, extra={"num_processes": accelerator.num_processes,

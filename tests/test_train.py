@@ -81,6 +81,9 @@ def test_cli_errors_are_one_line(preprocessed, tmp_path):
         assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     proc = run(train_cmd(tmp_path / "nope", tmp_path / "r"))
     assert proc.returncode != 0 and "nope" in proc.stderr.strip().splitlines()[-1]
+    (tmp_path / "used" / "checkpoints").mkdir(parents=True)  # a fresh run never mixes into an earlier one
+    proc = run(train_cmd(preprocessed, tmp_path / "used"))
+    assert proc.returncode != 0 and "--resume_from_checkpoint latest" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_push_without_token_fails_at_startup(preprocessed, tmp_path):
