@@ -195,3 +195,26 @@ def test_push_at_the_end_up_to_the_network(preprocessed, tmp_path, fail):
         ok(proc)
         assert record.read_text() == f"{out / 'final'} me/tiny"
         assert "pushed to https://huggingface.co/me/tiny" in proc.stdout
+
+
+def test_refuses_when_launcher_and_accelerate_disagree(preprocessed, tmp_path):
+    # what a GPU-less torchrun launch with a plain Accelerator() can give (FIELD_NOTES, accelerate 1.15): the launcher
+    # started 2 processes, Accelerate sees 1. Simulated in-process: WORLD_SIZE is set once Accelerate has looked.
+    script = tmp_path / "disagree.py"
+    script.write_text(f"""
+import os, runpy, sys
+sys.path.insert(0, {str(ROOT)!r})
+import accelerate
+real = accelerate.Accelerator
+def one_process_view(*args, **kwargs):
+    accelerator = real(*args, **kwargs)
+    os.environ["WORLD_SIZE"] = "2"
+    return accelerator
+accelerate.Accelerator = one_process_view
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path({str(ROOT / "train.py")!r}, run_name="__main__")
+""")
+    proc = run([sys.executable, str(script), *train_cmd(preprocessed, tmp_path / "r")[2:]])
+    assert proc.returncode != 0
+    assert "the launcher started 2 processes but Accelerate sees 1" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r").exists()  # nothing written before the refusal
