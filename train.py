@@ -308,11 +308,11 @@ def main(argv=None):
                         running = {"train/loss": loss_sum.item() / loss_count, "train/lr": lr_at(state.step - 1)}
                         accelerator.log(running, step=state.step)
                         bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
+                    if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
+                        break  # the end-of-epoch block below evaluates and checkpoints
                     if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
                         check_finite(loss_sum)
                         save_checkpoint()
-                    if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
-                        break
                 t = time.perf_counter()
             # end of epoch (or of the run): evaluate, log, checkpoint, export the best
             check_finite(loss_sum)

@@ -106,32 +106,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(preprocessed, tmp_path):
 
 
 def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
-    common = ("--epochs", "3", "--save_every_steps", "2", "--keep_last", "10", "--auto_augment", "ta",
+    common = ("--epochs", "3", "--save_every_steps", "1", "--keep_last", "10", "--auto_augment", "ta",
               "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--random_erase", "0.25", "--ema_decay", "0.9",
               "--num_workers", "2")
     ok(run(train_cmd(preprocessed, tmp_path / "straight", *common)))
     reference = rows(tmp_path / "straight")
-    last_step = reference[-1]["step"]
+    steps_per_epoch, last_step = reference[0]["step"], reference[-1]["step"]
+    assert steps_per_epoch >= 2, "the fixture must give a mid-epoch step to resume from"
+    mid_epoch = steps_per_epoch + 1  # the first step of epoch 2 (index 1): a checkpoint inside the epoch
 
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(train_cmd(preprocessed, out, *common), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = out / "checkpoints" / "step_00000004"  # mid-epoch-2 (3 steps per epoch)
+    target = out / "checkpoints" / f"step_{mid_epoch:08d}"
     deadline = time.time() + 300
     while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # from outside, no chance to clean up
     proc.wait()
     assert target.exists(), "the run ended before the checkpoint to kill at"
     assert not (out / "checkpoints" / f"step_{last_step:08d}").exists(), "killed too late to test anything"
-    # the kill may land a save or two after step 4; drop those so "latest" is the mid-epoch one every time
+    # the kill may land a save or two later; drop those so "latest" is the mid-epoch one every time
     for later in (out / "checkpoints").glob("step_*"):
         if later.name > target.name:
             shutil.rmtree(later)
 
     resumed = ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest")))
-    assert "at epoch 1, step 4" in resumed.stdout + resumed.stderr
+    assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
     a = load_file(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}" / "model.safetensors")
     b = load_file(out / "checkpoints" / f"step_{last_step:08d}" / "model.safetensors")
     assert a.keys() == b.keys()
