@@ -187,7 +187,8 @@ def main(argv=None):
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema_decay else None
+    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # same parameters, no DDP/compile wrapper
+    ema = ModelEmaV3(plain_model, decay=cfg.ema_decay) if cfg.ema_decay else None
     state = TrainState()
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
@@ -258,7 +259,7 @@ def main(argv=None):
         weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
         if accelerator.is_main_process:
             clean = modeling.create_model(cfg.model, num_classes=len(label_names))
-            clean.load_state_dict(weights)
+            clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
             modeling.save_pretrained(
                 clean, run_dir / "final", label_names=label_names, label_descriptions=class_descriptions(ds),
                 pretrained_cfg={**data_cfg, "input_size": (3, cfg.image_size, cfg.image_size)},
@@ -301,7 +302,7 @@ def main(argv=None):
                 if accelerator.sync_gradients:
                     state.step += 1
                     if ema is not None:
-                        ema.update(accelerator.unwrap_model(model), step=state.step)
+                        ema.update(plain_model, step=state.step)
                     bar.update(1)
                     if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
                         check_finite(loss_sum)

@@ -220,3 +220,13 @@ runpy.run_path({str(ROOT / "train.py")!r}, run_name="__main__")
     assert proc.returncode != 0
     assert "the launcher started 2 processes but Accelerate sees 1" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "r").exists()  # nothing written before the refusal
+
+
+def test_compiled_model_exports_plain_weights(preprocessed, tmp_path):
+    # torch.compile prefixes every key with "_orig_mod."; the export and the EMA must not carry it
+    out = tmp_path / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1", "--compile", "--ema_decay", "0.9")))
+    import modeling  # noqa: PLC0415  (the project root is on sys.path via pytest.ini)
+    model = modeling.load_model(str(out / "final"))
+    assert not any(k.startswith("_orig_mod.") for k in model.state_dict())
+    assert "ema_val_top1" in rows(out)[-1]
