@@ -6,7 +6,8 @@
 DIR is an ILSVRC tree in Kaggle's layout (DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG), OUT its preprocess.py output
 and OUT2 (optional) a preprocess.py --shorter_side output of the same tree. Both sides read the same train images
 (matched by preprocess.py's image_id column), from the page cache (one untimed pass first), in one process on one
-thread with no DataLoader workers, so the numbers are images/s per core.
+thread with no DataLoader workers, so the numbers are images/s per core; --num_workers N runs both sides through N
+DataLoader worker processes instead (the all-cores figure; each worker uses one thread).
 
   train   baseline: ImageFolder -> PIL RandomResizedCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize ->
           default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode -> uint8
@@ -63,12 +64,13 @@ class LoaderBenchConfig:
     repeats: int = 3  # timed passes per pipeline (interleaved); the median is reported
     seed: int = 0  # subset and augmentation seed
     memory_check: bool = False  # also measure a DataLoader worker's RSS over 10k vs 100k rows
+    num_workers: int = 0  # 0: in-process, one core (the per-core figure); N: N DataLoader workers (all cores)
 
 
-def machine() -> str:
+def machine(num_workers: int) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or platform.machine())
-    return f"{model}, 1 thread"
+    return f"{model}, " + (f"{num_workers} workers" if num_workers else "1 thread")
 
 
 def rows_by_stem(split: datasets.Dataset) -> dict[str, int]:
@@ -89,15 +91,17 @@ def batches(keys: list, size: int) -> list[list]:
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
-def baseline_loader(folder, indices: list[int], transform, batch_size: int, rep: int):
+def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_workers: int, rep: int):
     folder = copy.copy(folder)  # one directory scan for all passes (ImageNet's takes a minute)
     folder.transform = transform
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, indices), batch_size=batch_size)
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, indices), batch_size=batch_size,
+                                       num_workers=num_workers)
 
 
-def ours_loader(dataset, rows: list[int], batch_size: int, rep: int, with_epoch: bool):
+def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, rep: int, with_epoch: bool):
     keys = [(rep, r) for r in rows] if with_epoch else rows  # TrainSet keys are (epoch, index)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches(keys, batch_size), collate_fn=collate)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches(keys, batch_size), collate_fn=collate,
+                                       num_workers=num_workers)
 
 
 def main(argv=None) -> None:
@@ -138,14 +142,14 @@ def main(argv=None) -> None:
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     eval_tf = T.Compose([T.Resize(math.floor(size / 0.875)), T.CenterCrop(size), T.ToTensor(),
                          T.Normalize(MEAN, STD)])
-    baseline_train = functools.partial(baseline_loader, folder, picked, train_tf, cfg.batch_size)
-    baseline_eval = functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size)
+    baseline_train = functools.partial(baseline_loader, folder, picked, train_tf, cfg.batch_size, cfg.num_workers)
+    baseline_eval = functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size, cfg.num_workers)
     runs = {"train": {"baseline": baseline_train}, "eval": {"baseline": baseline_eval}}
     for name, split in splits.items():
         runs.setdefault(f"train{name}", {})["ours"] = functools.partial(
-            ours_loader, TrainSet(split, size, cfg.seed), rows[name], cfg.batch_size, with_epoch=True)
+            ours_loader, TrainSet(split, size, cfg.seed), rows[name], cfg.batch_size, cfg.num_workers, with_epoch=True)
         runs.setdefault(f"eval{name}", {})["ours"] = functools.partial(
-            ours_loader, EvalSet(split, size), rows[name], cfg.batch_size, with_epoch=False)
+            ours_loader, EvalSet(split, size), rows[name], cfg.batch_size, cfg.num_workers, with_epoch=False)
     measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
     for rep in range(cfg.repeats):
         for pipeline, sides in runs.items():
@@ -167,7 +171,7 @@ def main(argv=None) -> None:
     mean_bytes = {name: round(statistics.mean(len(_row(split.with_format("arrow"), r)[0]) for r in rows[name]))
                   for name, split in splits.items()}
     report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
-              "machine": machine(), "num_images": len(picked), "config": asdict(cfg), "pipelines": results,
+              "machine": machine(cfg.num_workers), "num_images": len(picked), "config": asdict(cfg), "pipelines": results,
               "mean_file_bytes": round(statistics.mean(Path(files[i][0]).stat().st_size for i in picked)),
               "mean_stored_bytes": {f"dataset{k}": v for k, v in mean_bytes.items()},
               "versions": {p: metadata.version(p) for p in ("torch", "torchvision", "pillow", "simplejpeg",
