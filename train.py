@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
@@ -59,7 +59,9 @@ class TrainConfig:
     clip_grad: float = 0.0  # max global grad norm; 0 disables
     label_smoothing: float = 0.1  # Szegedy et al. 2016; torchvision/timm recipes use 0.1
     # augmentation
-    image_size: int = 224  # train crop side in px; eval uses the same side with the model's crop_pct
+    image_size: int = 224  # train crop side in px (RandomResizedCrop output)
+    eval_image_size: int = 0  # eval crop side in px, with the model's crop_pct; 0: image_size. Training below the
+    # eval size and testing at it gains accuracy (FixRes, Touvron et al. 2019); the export records this size
     scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015); FFCV low-res uses 0.35
     auto_augment: str = ""  # "" none, "ra" RandAugment (Cubuk et al. 2020), "ta" TrivialAugmentWide (Mueller 2021)
     mixup_alpha: float = 0.0  # Beta(a, a) mixup (Zhang et al. 2018); 0 disables
@@ -87,8 +89,9 @@ class TrainConfig:
 class TrainState:
     """Position in the run, saved with every checkpoint (accelerate's register_for_checkpointing)."""
 
-    def __init__(self):
+    def __init__(self, layout: dict):
         self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_step = 0, 0, 0, -1.0, -1
+        self.layout = layout  # processes/batch/accumulation: positions above count in these units
 
     def state_dict(self):
         return dict(vars(self))
@@ -103,6 +106,12 @@ def main(argv=None):
         raise SystemExit("error: --dataset is required (a preprocess.py output folder or a Hub dataset id)")
     if cfg.push_to_hub and not cfg.hub_model_id:
         raise SystemExit("error: --push_to_hub needs --hub_model_id USER/NAME")
+    for flag in ("epochs", "batch_size", "grad_accum_steps", "image_size", "log_every_steps"):
+        if getattr(cfg, flag) < 1:
+            raise SystemExit(f"error: --{flag} must be at least 1, got {getattr(cfg, flag)}")
+    if cfg.keep_last < 1:
+        raise SystemExit(f"error: --keep_last must be at least 1 (the checkpoint to resume from), got {cfg.keep_last}")
+    eval_size = cfg.eval_image_size or cfg.image_size
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
 
@@ -144,16 +153,29 @@ def main(argv=None):
         ds = load_image_dataset(cfg.dataset)
     except ValueError as e:
         raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
+    if not {"train", "validation"} <= set(ds):
+        raise SystemExit(f"error: --dataset {cfg.dataset} has splits {sorted(ds)}; train.py needs 'train' and "
+                         "'validation' (preprocess.py writes both)")
+    if not hasattr(ds["train"].features.get("label"), "names"):
+        raise SystemExit(f"error: --dataset {cfg.dataset}: the 'label' column must be a ClassLabel")
     label_names = ds["train"].features["label"].names
-    model = modeling.create_model(cfg.model, num_classes=len(label_names),
-                                  **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
+    try:
+        model = modeling.create_model(cfg.model, num_classes=len(label_names),
+                                      **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
+    except TypeError:
+        raise SystemExit(f"error: --drop_path: {cfg.model} has no stochastic depth; use --drop_path 0") from None
+    except ValueError as e:
+        raise SystemExit(f"error: --model {cfg.model}: {e}") from None
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
-    train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0),
-                         auto_augment=cfg.auto_augment or None)
-    eval_set = EvalSet(ds["validation"], cfg.image_size, crop_pct=data_cfg["crop_pct"],
-                       interpolation=data_cfg["interpolation"])
-    sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
-                               rank=accelerator.process_index)
+    try:
+        train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0),
+                             auto_augment=cfg.auto_augment or None)
+        eval_set = EvalSet(ds["validation"], eval_size, crop_pct=data_cfg["crop_pct"],
+                           interpolation=data_cfg["interpolation"])
+        sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed,
+                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    except ValueError as e:
+        raise SystemExit(f"error: {e} (check --batch_size, --grad_accum_steps, --auto_augment, --scale_min)") from None
     loader_kw = dict(num_workers=cfg.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                      persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers else None,
                      generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
@@ -169,13 +191,18 @@ def main(argv=None):
 
     # model, optimizer, schedule
     if cfg.sync_bn:
+        if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
+            raise SystemExit("error: --sync_bn needs GPUs (SyncBatchNorm has no gloo/CPU path); drop it on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
     peak_lr = cfg.lr * global_batch / 256
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum)
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum)
+    except ValueError as e:
+        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
     def lr_at(step: int) -> float:  # plain floats: a numpy scalar in param_groups breaks weights_only loading
@@ -189,7 +216,9 @@ def main(argv=None):
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # same parameters, no DDP/compile wrapper
     ema = ModelEmaV3(plain_model, decay=cfg.ema_decay) if cfg.ema_decay else None
-    state = TrainState()
+    state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
+                        "grad_accum_steps": cfg.grad_accum_steps})
+    layout = dict(state.layout)
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -201,6 +230,9 @@ def main(argv=None):
             raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
         if path is not None:
             accelerator.load_state(str(path))
+            if state.layout != layout:  # the saved position would point at other samples and another schedule
+                raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
+                                 f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")
             accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
         else:
             accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
@@ -224,11 +256,20 @@ def main(argv=None):
 
     def check_finite(loss_sum: torch.Tensor):
         """Stop before a NaN/inf reaches a checkpoint, so the last one on disk stays the last good one."""
-        bad = sum((~torch.isfinite(p)).sum() for p in model.parameters()) + (~torch.isfinite(loss_sum)).sum()
+        bad = (~torch.isfinite(loss_sum)).sum()
+        for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
+            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
         if accelerator.reduce(bad, "sum").item():
             raise SystemExit(f"error: loss is {loss_sum.item()} at step {state.step} (weights finite: "
                              f"{bool(bad == 0)}); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
                              "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
+
+    def sync_ema_buffers():
+        """BatchNorm statistics differ per rank (DDP syncs gradients, not buffers): give every rank's EMA rank 0's,
+        the ones a checkpoint saves, so EMA evaluation, export and resume all see one EMA (timm: distribute_bn)."""
+        if ema is not None:
+            for buffer in ema.module.buffers():
+                buffer.copy_(broadcast(buffer.clone(), from_process=0))
 
     def save_checkpoint():
         """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'."""
@@ -236,6 +277,7 @@ def main(argv=None):
         tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        sync_ema_buffers()
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
@@ -262,7 +304,7 @@ def main(argv=None):
             clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
             modeling.save_pretrained(
                 clean, run_dir / "final", label_names=label_names, label_descriptions=class_descriptions(ds),
-                pretrained_cfg={**data_cfg, "input_size": (3, cfg.image_size, cfg.image_size)},
+                pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
                 model_card={"dataset": cfg.dataset, "dataset_id": dataset_id, "recipe": asdict(cfg), "results": results,
                             "epochs": state.step / steps_per_epoch, "hardware": hardware(accelerator)})
 
@@ -326,6 +368,7 @@ def main(argv=None):
             row.update({f"val_{k}": v for k, v in metrics.items()})
             best_net, best = model, metrics
             if ema is not None:
+                sync_ema_buffers()
                 ema_metrics = evaluate(ema.module)
                 row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
                 if ema_metrics["top1"] > metrics["top1"]:

@@ -75,7 +75,10 @@ def test_cli_errors_are_one_line(preprocessed, tmp_path):
     bad_yaml.write_text("epochs: 1\nlearning_rate: 0.1\n")
     for extra, expected in ((["--config", bad_yaml], "unknown key 'learning_rate'"),
                             (["--epochs", "two"], "--epochs must be a int"),
-                            (["--push_to_hub"], "--hub_model_id")):
+                            (["--push_to_hub"], "--hub_model_id"),
+                            (["--keep_last", "0"], "--keep_last must be at least 1"),
+                            (["--model", "alexnet", "--drop_path", "0.1"], "alexnet has no stochastic depth"),
+                            (["--optimizer", "nope"], "--optimizer nope")):
         proc = run(train_cmd(preprocessed, tmp_path / "r", *extra))
         assert proc.returncode != 0
         assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
@@ -84,6 +87,14 @@ def test_cli_errors_are_one_line(preprocessed, tmp_path):
     (tmp_path / "used" / "checkpoints").mkdir(parents=True)  # a fresh run never mixes into an earlier one
     proc = run(train_cmd(preprocessed, tmp_path / "used"))
     assert proc.returncode != 0 and "--resume_from_checkpoint latest" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
+    out = tmp_path / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1")))
+    proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--batch_size", "4", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode != 0
+    assert "resume with the same processes, --batch_size" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_push_without_token_fails_at_startup(preprocessed, tmp_path):
@@ -145,8 +156,9 @@ def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
 def test_two_process_ddp_on_cpu(preprocessed, tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
     ok(run(train_cmd(preprocessed, single, "--epochs", "1")))
-    ok(run(train_cmd(preprocessed, double, "--epochs", "1",
+    ok(run(train_cmd(preprocessed, double, "--epochs", "1", "--ema_decay", "0.9",
                      launcher=("--multi_gpu", "--num_processes", "2", "--main_process_port", "29517"))))
+    assert "ema_val_top1" in rows(double)[-1]
     info = json.loads((double / "run_info.json").read_text())
     assert info["num_processes"] == 2 and "MULTI_CPU" in info["distributed_type"]
     # the ranks split the data: an epoch takes half the optimizer steps, and one process writes the outputs
