@@ -36,8 +36,8 @@ from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, collate, load_image_dataset, mixup_cutmix,
                                    normalize, random_erasing)
 from imagenet_trainer.ilsvrc import class_descriptions
-from imagenet_trainer.metrics import TopK
-from imagenet_trainer.runinfo import atomic_write_text, write_run_info
+from imagenet_trainer.metrics import evaluate as evaluate_topk
+from imagenet_trainer.runinfo import write_run_info
 
 
 @dataclass
@@ -240,19 +240,9 @@ def main(argv=None):
 
     def evaluate(net) -> dict:
         net.eval()
-        topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
-        with torch.no_grad():
-            for x, y in eval_loader:
-                x = normalize(x, mean, std).contiguous(memory_format=memory_format)
-                with accelerator.autocast():
-                    logits = net(x)
-                logits, y = accelerator.gather_for_metrics((logits.float(), y))  # drops DDP's padded duplicates
-                loss_sum += F.cross_entropy(logits, y, reduction="sum")
-                topk.update(logits, y)
+        topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format)
         net.train()
-        result = topk.compute()
-        return {"top1": result["top1"], "top5": result["top5"], "loss": loss_sum.item() / max(1, result["n"]),
-                "n": result["n"]}
+        return {**topk.compute(), "loss": loss}
 
     def check_finite(loss_sum: torch.Tensor):
         """Stop before a NaN/inf reaches a checkpoint, so the last one on disk stays the last good one."""

@@ -20,7 +20,6 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
@@ -29,9 +28,9 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.data import EvalSet, collate, load_image_dataset, normalize
+from imagenet_trainer.data import EvalSet, collate, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
-from imagenet_trainer.metrics import TopK
+from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in the order train.py nests them
@@ -166,22 +165,12 @@ def main(argv=None):
     loader = accelerator.prepare_data_loader(loader)
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
 
-    # float32 sums as in train.py's evaluate(), so the loss matches its val_loss (and MPS has no float64)
-    topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
     start = time.perf_counter()
-    with torch.no_grad():
-        for x, y in tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}"):
-            x = normalize(x, mean, std).contiguous(memory_format=memory_format)
-            with accelerator.autocast():
-                logits = model(x)
-            # every rank gets all logits; the last batch's padding (repeats of the first samples that even out the
-            # ranks' batch counts) is dropped, so n == len(split) on any number of processes
-            logits, y = accelerator.gather_for_metrics((logits.float(), y))
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            topk.update(logits, y)
+    batches = tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}")
+    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format)  # the same code as train.py's
     elapsed = time.perf_counter() - start
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
-               "loss": loss_sum.item() / max(1, topk.n), "images_per_sec": topk.n / elapsed,
+               "loss": loss, "images_per_sec": topk.n / elapsed,
                "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
                "num_processes": accelerator.num_processes}
     accelerator.end_training()  # destroys the process group under DDP

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from .data import normalize
 
 
 class TopK:
@@ -49,3 +52,20 @@ class TopK:
         n = cm.shape[0]
         return [{"true": int(i) // n, "predicted": int(i) % n, "count": int(v)}
                 for v, i in zip(values.tolist(), flat.tolist()) if v > 0]
+
+
+def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_last) -> tuple[TopK, float]:
+    """Top-k counts and mean cross-entropy of ``net`` over uint8 ``batches`` from an Accelerate-prepared loader.
+
+    Every rank gets all logits; ``gather_for_metrics`` drops the last batch's padding (repeats that even out the
+    ranks' batch counts), so ``n == len(split)`` on any number of processes. Sums stay float32 (MPS has no float64)."""
+    topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
+    with torch.no_grad():
+        for x, y in batches:
+            x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+            with accelerator.autocast():
+                logits = net(x)
+            logits, y = accelerator.gather_for_metrics((logits.float(), y))
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            topk.update(logits, y)
+    return topk, loss_sum.item() / max(1, topk.n)
