@@ -5,6 +5,7 @@ torchvision's own transforms on the same bytes; speed lives in benchmarks/loader
 import io
 import math
 import pickle
+import random
 
 import datasets
 import numpy as np
@@ -17,7 +18,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, _dct_factor, collate, load_image_dataset,
-                                   mixup_cutmix, normalize, random_erasing, random_resized_crop_params)
+                                   mixup_cutmix, normalize, random_erasing, random_resized_crop_params,
+                                   sample_rng)
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -157,7 +159,7 @@ def test_load_rejects_missing_label_column(tmp_path, photos):
 def test_crop_distribution_matches_torchvision(height, width):
     """Same rules as T.RandomResizedCrop.get_params: compare area, aspect and position distributions (KS)."""
     scale, ratio, n = (0.08, 1.0), (3 / 4, 4 / 3), 3000
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     ours = np.array([random_resized_crop_params(height, width, scale, ratio, rng) for _ in range(n)], dtype=float)
     torch.manual_seed(0)
     dummy = torch.empty(1, height, width)
@@ -175,7 +177,7 @@ def test_crop_distribution_matches_torchvision(height, width):
 def test_crop_fallback_is_torchvision_centre_crop(height, width):
     """Where no try can fit, both fall back to the same deterministic, ratio-clamped centre crop."""
     ref = T.RandomResizedCrop.get_params(torch.empty(1, height, width), (0.9, 1.0), (3 / 4, 4 / 3))
-    ours = random_resized_crop_params(height, width, (0.9, 1.0), (3 / 4, 4 / 3), np.random.default_rng(1))
+    ours = random_resized_crop_params(height, width, (0.9, 1.0), (3 / 4, 4 / 3), random.Random(1))
     if (height, width) != (10, 12):  # there random tries can succeed; only check they stay inside
         assert tuple(ours) == tuple(ref)
     assert 0 <= ours[0] and ours[0] + ours[2] <= height and 0 <= ours[1] and ours[1] + ours[3] <= width
@@ -197,7 +199,7 @@ def test_trainset_matches_torchvision_crop_of_the_same_params(ds, photos):
             x, label = train[(epoch, k)]
             assert x.dtype == torch.uint8 and x.shape == (3, 224, 224) and label == k % len(WNIDS)
             full = _pil(photos[name])
-            rng = np.random.default_rng([7, epoch, k])  # the sample's own stream, drawn in the same order
+            rng = sample_rng(7, epoch, k)  # the sample's own stream, drawn in the same order
             top, left, h, w = random_resized_crop_params(full.height, full.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
             scaled += _dct_factor(min(h, w), 224) > 1
             ref = TF.pil_to_tensor(TF.resized_crop(full, top, left, h, w, [224, 224]))
