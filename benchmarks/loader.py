@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from imagenet_trainer.config import parse_config  # noqa: E402
-from imagenet_trainer.data import EvalSet, TrainSet, _row, collate, load_image_dataset  # noqa: E402
+from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -134,9 +134,9 @@ def main(argv=None) -> None:
     for i in picked:  # page cache: every pass then measures CPU work only
         Path(files[i][0]).read_bytes()
     for name, split in splits.items():
-        rows_view = split.with_format("arrow")
+        view = Rows(split)
         for r in rows[name]:
-            _row(rows_view, r)
+            bytes(view[r][0])
 
     size = cfg.image_size
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -168,8 +168,8 @@ def main(argv=None) -> None:
                              "ratio": round(ours / baseline, 2), "target_ratio": TARGETS[pipeline],
                              "baseline_passes": [round(v, 1) for v in measured[base_key]["baseline"]],
                              "ours_passes": [round(v, 1) for v in measured[pipeline]["ours"]]}
-    mean_bytes = {name: round(statistics.mean(len(_row(split.with_format("arrow"), r)[0]) for r in rows[name]))
-                  for name, split in splits.items()}
+    views = {name: Rows(split) for name, split in splits.items()}
+    mean_bytes = {name: round(statistics.mean(len(views[name][r][0]) for r in rows[name])) for name in splits}
     report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
               "machine": machine(cfg.num_workers), "num_images": len(picked), "config": asdict(cfg), "pipelines": results,
               "mean_file_bytes": round(statistics.mean(Path(files[i][0]).stat().st_size for i in picked)),

@@ -65,6 +65,7 @@ class DemoConfig:
     faults: bool = False  # plant ImageNet's odd files and bad boxes (see the module docstring)
     seed: int = 0  # same seed, same files
     long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
+    grain: float = 0.0  # photos: film grain std-dev, grey levels; long_side 500 + grain 32: ~106 KB files (ImageNet)
 
 
 def _photo(k: int) -> np.ndarray:
@@ -79,9 +80,11 @@ def _photo(k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, variant // len(CHANNEL_ORDERS) % 4))
 
 
-def _photo_instance(src: np.ndarray, rng, long_side: int = 0) -> Image.Image:
+def _photo_instance(src: np.ndarray, rng, long_side: int = 0, grain: float = 0.0) -> Image.Image:
     """A random crop of 35-100% of each side, resized to 60-400 px sides (aspect 0.5-2), maybe mirrored; with
-    long_side, resized to ImageNet's typical shapes instead: that long side at 4:3 or 3:4 (500x375, 375x500)."""
+    long_side, resized to ImageNet's typical shapes instead: that long side at 4:3 or 3:4 (500x375, 375x500).
+    grain adds Gaussian noise of that std-dev to luminance and half of it per channel: the high-frequency detail
+    that makes real photos' JPEGs ~3x larger, and their entropy decoding as costly."""
     h, w = src.shape[:2]
     cw, ch = int(w * rng.uniform(0.35, 1.0)), int(h * rng.uniform(0.35, 1.0))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
@@ -90,6 +93,10 @@ def _photo_instance(src: np.ndarray, rng, long_side: int = 0) -> Image.Image:
     if long_side:
         out_w, out_h = (long_side, long_side * 3 // 4) if rng.random() < 0.75 else (long_side * 3 // 4, long_side)
     img = Image.fromarray(src[y:y + ch, x:x + cw]).resize((out_w, out_h), Image.Resampling.BILINEAR)
+    if grain > 0:
+        pixels = np.asarray(img, dtype=np.float32)
+        pixels = pixels + rng.normal(0, grain, (out_h, out_w, 1)) + rng.normal(0, grain / 2, pixels.shape)
+        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
@@ -137,13 +144,15 @@ def _prediction_string(objects: list) -> str:
 
 def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_per_class: int = 12,
                      val_per_class: int = 4, num_test: int = 10, faults: bool = False, seed: int = 0,
-                     long_side: int = 0) -> Path:
+                     long_side: int = 0, grain: float = 0.0) -> Path:
     """Write the tree described in the module docstring under ``root`` (replaced if present); returns ``root``."""
     if source not in ("photos", "digits"):
         raise ValueError(f"source must be 'photos' or 'digits', got {source!r}")
     wnids = ilsvrc.imagenet_wnids()
     if not 1 <= num_classes <= (10 if source == "digits" else len(wnids)):
         raise ValueError(f"num_classes={num_classes}: {source} allows 1-{10 if source == 'digits' else len(wnids)}")
+    if grain < 0:
+        raise ValueError(f"grain={grain}: a noise std-dev must be >= 0")
     if min(train_per_class, val_per_class, num_test) < 1:
         raise ValueError("train_per_class, val_per_class and num_test must be at least 1 (an empty split is an error)")
     if faults and (num_classes < 3 or train_per_class < 4 or num_classes * val_per_class < 5 or num_test < 2):
@@ -185,7 +194,7 @@ def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_
         def instance(label, i, split):
             if label not in photos:
                 photos[label] = _photo(label)
-            img = _photo_instance(photos[label], rng, long_side)
+            img = _photo_instance(photos[label], rng, long_side, grain)
             return img, _random_box(*img.size, rng)
 
     manifest = {"source": source, "seed": seed, "wnids": wnids, "descriptions": descriptions,
@@ -325,7 +334,7 @@ def main(argv=None) -> None:
     cfg = parse_config(DemoConfig, argv, description="Write a small ILSVRC-2012 tree in Kaggle's layout.")
     try:
         root = make_ilsvrc_tree(cfg.output, cfg.source, cfg.num_classes, cfg.train_per_class, cfg.val_per_class,
-                                cfg.num_test, cfg.faults, cfg.seed, cfg.long_side)
+                                cfg.num_test, cfg.faults, cfg.seed, cfg.long_side, cfg.grain)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     files = json.loads((root / MANIFEST).read_text())["files"]

@@ -17,9 +17,9 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, _dct_factor, collate, load_image_dataset,
-                                   mixup_cutmix, normalize, random_erasing, random_resized_crop_params,
-                                   sample_rng)
+from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, _dct_factor, _resize, collate,
+                                   load_image_dataset, mixup_cutmix, normalize, random_erasing,
+                                   random_resized_crop_params, sample_rng)
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -243,10 +243,30 @@ def test_trainset_same_samples_through_dataloader_workers(ds):
 
 
 def test_trainset_pickles_without_rows(ds, photos):
-    """Workers get the dataset by reference to its memory-mapped files, never a copy of the rows."""
-    size = len(pickle.dumps(TrainSet(ds["train"], 224, seed=0)))
+    """Workers get the dataset by reference to its memory-mapped files, never a copy of the rows, also after the
+    row views were built in this process."""
+    train = TrainSet(ds["train"], 224, seed=0)
+    size = len(pickle.dumps(train))
     assert size < 64_000, size
     assert size < sum(len(b) for b in photos.values()) / 10
+    train[(0, 0)]
+    assert len(pickle.dumps(train)) == size
+
+
+def test_rows_read_what_datasets_reads_through_select_and_shuffle(ds):
+    """The zero-copy reader maps rows through select/shuffle indices like Dataset.__getitem__."""
+    split = ds["train"].shuffle(seed=3).select(range(2, len(ds["train"]) - 1))
+    rows, reference = Rows(split), split.with_format("arrow")
+    assert len(rows) == len(split)
+    for i in range(len(split)):
+        data, label = rows[i]
+        row = reference[i]
+        assert bytes(data) == row.column("image")[0]["bytes"].as_py()
+        assert label == row.column("label")[0].as_py()
+    with pytest.raises(IndexError):
+        rows[len(split)]
+    with pytest.raises(ValueError, match="lacks the column"):
+        Rows(split.remove_columns("label"))
 
 
 def test_exif_orientation_applied_like_datasets_image(ds, photos):
@@ -362,12 +382,42 @@ def test_sampler_rejects_bad_positions():
 # collate, normalize, batch augmentations
 
 
-def test_collate_dtype_and_shape(ds):
+def test_collate_dtype_shape_and_layout(ds):
     evalset = EvalSet(ds["validation"], 32)
     x, y = collate([evalset[i] for i in range(5)])
     assert x.dtype == torch.uint8 and x.shape == (5, 3, 32, 32)
+    assert x.is_contiguous(memory_format=torch.channels_last), "NHWC: what the resize writes and train.py wants"
     assert y.dtype == torch.int64 and y.tolist() == [i % len(WNIDS) for i in range(5)]
     assert torch.equal(x[3], evalset[3][0])
+    mixed = [(torch.arange(24, dtype=torch.uint8).view(3, 2, 4), 0), (torch.zeros(2, 4, 3, dtype=torch.uint8)
+                                                                      .permute(2, 0, 1), 1)]
+    assert torch.equal(collate(mixed)[0], torch.stack([m[0] for m in mixed])), "any input layout gives the same values"
+
+
+def _batch_is_shared(batch):
+    x, y = collate(batch)
+    return x, y, x.is_shared()
+
+
+def test_collate_in_a_worker_writes_shared_memory(ds):
+    """In a worker the batch is allocated in shared memory (sent by handle, not copied) and arrives intact."""
+    train = TrainSet(ds["train"], 48, seed=2)
+    keys = [[(0, i) for i in range(4)], [(0, i) for i in range(4, 8)]]
+    loader = torch.utils.data.DataLoader(train, batch_sampler=keys, collate_fn=_batch_is_shared, num_workers=1)
+    for (x, y, shared), batch_keys in zip(loader, keys):
+        assert shared
+        assert torch.equal(x, torch.stack([train[k][0] for k in batch_keys]))
+
+
+def test_resize_layout_does_not_change_values():
+    """The channels_last-contiguous input (for the AVX2 kernel) gives the same pixels as the plain NCHW resize."""
+    pixels = torch.randint(0, 256, (61, 83, 3), dtype=torch.uint8)
+    for crop in (pixels, pixels[5:50, 7:70]):
+        ours = _resize(crop, (40, 52), "bilinear")
+        ref = torch.nn.functional.interpolate(crop.permute(2, 0, 1).contiguous()[None].float(), size=(40, 52),
+                                              mode="bilinear", antialias=True)[0]
+        assert ours.shape == (3, 40, 52)
+        assert (ours.float() - ref.round().clamp(0, 255)).abs().max() <= 1
 
 
 def test_normalize_matches_torchvision_and_keeps_channels_last():

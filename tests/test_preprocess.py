@@ -426,3 +426,19 @@ def test_voc_xml_ignores_filename_and_keeps_floats(tmp_path):
     path.write_text("<annotation><object>")
     with pytest.raises(ValueError, match=str(path)):
         ilsvrc.read_voc_xml(path)
+
+
+def test_demo_grain_makes_imagenet_sized_files(tmp_path):
+    """The benchmark trees: ImageNet's 500x375 shapes, and with grain the ~3x larger files real photos give (the
+    entropy decoding both loader pipelines pay grows with them)."""
+    def mean_train_bytes(grain):
+        root = make_ilsvrc_tree(tmp_path / f"g{grain}", num_classes=2, train_per_class=4, val_per_class=1,
+                                num_test=1, long_side=500, grain=grain)
+        files = list((root / ilsvrc.SPLIT_DIRS["train"]).rglob("*.JPEG"))
+        assert all(sorted(Image.open(f).size) == [375, 500] for f in files)
+        return np.mean([f.stat().st_size for f in files])
+
+    plain, grainy = mean_train_bytes(0), mean_train_bytes(32)
+    assert grainy > 2 * plain and grainy > 60_000, (plain, grainy)
+    with pytest.raises(ValueError, match="grain"):
+        make_ilsvrc_tree(tmp_path / "bad", grain=-1)
