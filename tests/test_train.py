@@ -242,3 +242,16 @@ def test_compiled_model_exports_plain_weights(preprocessed, tmp_path):
     model = modeling.load_model(str(out / "final"))
     assert not any(k.startswith("_orig_mod.") for k in model.state_dict())
     assert "ema_val_top1" in rows(out)[-1]
+
+
+def test_bf16_mixed_precision_trains_and_exports_float32(preprocessed, tmp_path):
+    """The GPU recipes' precision, on the CPU (autocast bf16): finite metrics, the run records it, and the export
+    holds float32 weights (a bf16 export would halve the precision every later fine-tune starts from)."""
+    out = tmp_path / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1", "--ema_decay", "0.9",
+                     launcher=("--cpu", "--mixed_precision", "bf16", "--num_processes", "1"))))
+    assert json.loads((out / "run_info.json").read_text())["mixed_precision"] == "bf16"
+    last = rows(out)[-1]
+    assert all(torch.isfinite(torch.tensor(last[k])) for k in ("train_loss", "val_loss", "ema_val_top1"))
+    weights = load_file(out / "final" / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
