@@ -382,6 +382,17 @@ def test_sampler_rejects_bad_positions():
 # collate, normalize, batch augmentations
 
 
+def test_rows_that_only_reference_a_file(tmp_path, photos):
+    """An unembedded copy (image bytes null, a path set) reads the file; neither bytes nor a path is a clear error."""
+    (tmp_path / "chelsea.JPEG").write_bytes(photos["chelsea"])
+    split = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": str(tmp_path / "chelsea.JPEG")},
+                                                  {"bytes": None, "path": ""}], "label": [1, 2]}, features=FEATURES)
+    assert bytes(Rows(split)[0][0]) == photos["chelsea"] and Rows(split)[0][1] == 1
+    assert EvalSet(split, 32)[0][0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="neither bytes nor a path"):
+        Rows(split)[1]
+
+
 def test_collate_dtype_shape_and_layout(ds):
     evalset = EvalSet(ds["validation"], 32)
     x, y = collate([evalset[i] for i in range(5)])
