@@ -2,6 +2,7 @@
 
     python benchmarks/loader.py --data_dir DIR --dataset OUT [--dataset_small OUT2] [--num_images 1000]
         [--output loader.json] [--memory_check]
+    python benchmarks/loader.py --dataset OUT [--num_workers N] [--feed_img_s 2800]     # self-test, no baseline
 
 DIR is an ILSVRC tree in Kaggle's layout (DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG), OUT its preprocess.py output
 and OUT2 (optional) a preprocess.py --shorter_side output of the same tree. Both sides read the same train images
@@ -14,6 +15,10 @@ DataLoader worker processes instead (the all-cores figure; each worker uses one 
           crop-resize -> flip) -> collate. Normalisation is the device's job in ours (train.py), so it is not here.
   eval    baseline: ImageFolder -> Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize;  ours: EvalSet.
   *_small ours on OUT2 against the same baseline on the original files (FFCV-style low-resolution storage).
+
+Self-test (no --data_dir): only our pipeline, on your own preprocess.py output and machine: img/s, img/s per core
+and the cores it takes to feed --feed_img_s (what your accelerator trains at), i.e. the --num_workers to give
+train.py before the GPU waits on the loader.
 
 Targets (issue "a data path that never starves the GPU"): train >= 2.5x, train_small >= 4x, eval >= 2x.
 One-core runs also time entropy decoding alone (simplejpeg at 1/8 scale): both pipelines pay it in full, so its
@@ -57,7 +62,7 @@ TARGETS = {"train": 2.5, "train_small": 4.0, "eval": 2.0, "eval_small": 2.0}
 
 @dataclass
 class LoaderBenchConfig:
-    data_dir: str = ""  # ILSVRC tree (Kaggle layout); the baseline reads its train JPEG files
+    data_dir: str = ""  # ILSVRC tree (Kaggle layout); the baseline reads its train JPEG files. Empty: self-test
     dataset: str = ""  # preprocess.py output of --data_dir (images stored as they were)
     dataset_small: str = ""  # optional preprocess.py --shorter_side output of the same tree
     output: str = ""  # JSON results path (written atomically); empty: print only
@@ -68,6 +73,7 @@ class LoaderBenchConfig:
     seed: int = 0  # subset and augmentation seed
     memory_check: bool = False  # also measure a DataLoader worker's RSS over 10k vs 100k rows
     num_workers: int = 0  # 0: in-process, one core (the per-core figure); N: N DataLoader workers (all cores)
+    feed_img_s: float = 2800.0  # self-test: img/s the accelerator trains at (ResNet-50, one H100: ~2,800)
 
 
 def machine(num_workers: int) -> str:
@@ -120,14 +126,64 @@ def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, rep
                                        num_workers=num_workers)
 
 
+def measure(runs: dict, cfg: LoaderBenchConfig) -> dict:
+    """{pipeline: {side: [img/s per pass]}}; the passes of all pipelines are interleaved, ``cfg.repeats`` rounds."""
+    measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
+    for rep in range(cfg.repeats):
+        for pipeline, sides in runs.items():
+            for side, make in sides.items():
+                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it
+                measured[pipeline][side].append(images_per_s(make(rep)))
+                print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:8s} "
+                      f"{measured[pipeline][side][-1]:8.1f} img/s", flush=True)
+    return measured
+
+
+def ours_runs(splits: dict, rows: dict, cfg: LoaderBenchConfig) -> dict:
+    runs = {}
+    for name, split in splits.items():
+        runs[f"train{name}"] = {"ours": functools.partial(ours_loader, TrainSet(split, cfg.image_size, cfg.seed),
+                                                          rows[name], cfg.batch_size, cfg.num_workers,
+                                                          with_epoch=True)}
+        runs[f"eval{name}"] = {"ours": functools.partial(ours_loader, EvalSet(split, cfg.image_size), rows[name],
+                                                         cfg.batch_size, cfg.num_workers, with_epoch=False)}
+    return runs
+
+
+def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
+    """--dataset without --data_dir: our pipeline on the user's own data (no baseline), per core, and the cores it
+    takes to feed --feed_img_s: will this machine's loader keep the accelerator busy?"""
+    rng = np.random.default_rng(cfg.seed)
+    rows = {name: sorted(rng.choice(len(split), size=min(cfg.num_images, len(split)), replace=False).tolist())
+            for name, split in splits.items()}
+    for name, split in splits.items():  # page cache: every pass then measures CPU work only
+        view = Rows(split)
+        for r in rows[name]:
+            bytes(view[r][0])
+    measured = measure(ours_runs(splits, rows, cfg), cfg)
+    cores = max(1, cfg.num_workers)
+    results = {}
+    for pipeline, sides in measured.items():
+        img_s = statistics.median(sides["ours"])
+        results[pipeline] = {"ours_img_s": round(img_s, 1), "img_s_per_core": round(img_s / cores, 1),
+                             "cores_to_feed": round(cfg.feed_img_s / (img_s / cores), 1),
+                             "ours_passes": [round(v, 1) for v in sides["ours"]]}
+    report = {"ours_img_s": results["train"]["ours_img_s"], "machine": machine(cfg.num_workers),
+              "num_images": len(rows[""]), "feed_img_s": cfg.feed_img_s, "config": asdict(cfg), "pipelines": results}
+    print(f"\n{'pipeline':12s} {'img/s':>9s} {'per core':>9s} {f'cores to feed {cfg.feed_img_s:g} img/s':>27s}"
+          f"  machine")
+    for pipeline, r in results.items():
+        print(f"{pipeline:12s} {r['ours_img_s']:9.1f} {r['img_s_per_core']:9.1f} {r['cores_to_feed']:27.1f}  "
+              f"{report['machine']}")
+    if cfg.output:
+        atomic_write_text(cfg.output, json.dumps(report, indent=2))
+        print(f"wrote {cfg.output}")
+
+
 def main(argv=None) -> None:
     cfg = parse_config(LoaderBenchConfig, argv, description=__doc__.split("\n")[0])
-    for flag in ("data_dir", "dataset"):
-        if not getattr(cfg, flag):
-            raise SystemExit(f"error: --{flag} is required")
-    train_dir = Path(cfg.data_dir).expanduser() / "ILSVRC/Data/CLS-LOC/train"
-    if not train_dir.is_dir():
-        raise SystemExit(f"error: --data_dir {cfg.data_dir}: no ILSVRC/Data/CLS-LOC/train folder in it")
+    if not cfg.dataset:
+        raise SystemExit("error: --dataset is required (a preprocess.py output)")
     torch.set_num_threads(1)
     splits = {}
     for name, flag in (("", "dataset"), ("_small", "dataset_small")):
@@ -136,6 +192,11 @@ def main(argv=None) -> None:
                 splits[name] = load_image_dataset(getattr(cfg, flag))["train"]
             except (ValueError, KeyError) as e:
                 raise SystemExit(f"error: --{flag} {getattr(cfg, flag)}: {e}") from None
+    if not cfg.data_dir:
+        return self_test(splits, cfg)
+    train_dir = Path(cfg.data_dir).expanduser() / "ILSVRC/Data/CLS-LOC/train"
+    if not train_dir.is_dir():
+        raise SystemExit(f"error: --data_dir {cfg.data_dir}: no ILSVRC/Data/CLS-LOC/train folder in it")
 
     # the same files on both sides: ImageFolder's sample list matched to the dataset rows by file stem
     folder = torchvision.datasets.ImageFolder(str(train_dir))
@@ -160,20 +221,10 @@ def main(argv=None) -> None:
                          T.Normalize(MEAN, STD)])
     baseline_train = functools.partial(baseline_loader, folder, picked, train_tf, cfg.batch_size, cfg.num_workers)
     baseline_eval = functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size, cfg.num_workers)
-    runs = {"train": {"baseline": baseline_train}, "eval": {"baseline": baseline_eval}}
-    for name, split in splits.items():
-        runs.setdefault(f"train{name}", {})["ours"] = functools.partial(
-            ours_loader, TrainSet(split, size, cfg.seed), rows[name], cfg.batch_size, cfg.num_workers, with_epoch=True)
-        runs.setdefault(f"eval{name}", {})["ours"] = functools.partial(
-            ours_loader, EvalSet(split, size), rows[name], cfg.batch_size, cfg.num_workers, with_epoch=False)
-    measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
-    for rep in range(cfg.repeats):
-        for pipeline, sides in runs.items():
-            for side, make in sides.items():
-                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it
-                measured[pipeline][side].append(images_per_s(make(rep)))
-                print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:8s} "
-                      f"{measured[pipeline][side][-1]:8.1f} img/s", flush=True)
+    ours = ours_runs(splits, rows, cfg)
+    runs = {"train": {"baseline": baseline_train, **ours.pop("train")},
+            "eval": {"baseline": baseline_eval, **ours.pop("eval")}, **ours}
+    measured = measure(runs, cfg)
 
     results = {}
     for pipeline in [p for p in ("train", "train_small", "eval", "eval_small") if p in measured]:

@@ -1,0 +1,45 @@
+"""The benchmark scripts run and keep their output contracts (timings are never asserted: they live in
+BENCHMARKS.md). Tiny runs on the session's real ILSVRC tree and its preprocess.py output."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loader(*args):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loader.py"), "--num_images", "12",
+                           "--batch_size", "4", "--image_size", "64", "--repeats", "1", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_loader_benchmark_against_the_baseline(ilsvrc_tree, preprocessed, tmp_path):
+    out = tmp_path / "loader.json"
+    proc = loader("--data_dir", ilsvrc_tree, "--dataset", preprocessed, "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {"baseline_img_s", "ours_img_s", "ratio", "machine"} <= report.keys()  # the issue's JSON contract
+    assert report["ratio"] == round(report["ours_img_s"] / report["baseline_img_s"], 2)
+    assert set(report["pipelines"]) == {"train", "eval"} and report["num_images"] == 12
+    assert report["entropy_decode"]["img_s"] > 0
+    assert "pipeline" in proc.stdout and "ratio" in proc.stdout  # the printed table
+
+
+def test_loader_self_test_on_a_dataset_alone(preprocessed, tmp_path):
+    out = tmp_path / "self.json"
+    proc = loader("--dataset", preprocessed, "--num_workers", "2", "--feed_img_s", "1000", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    train = report["pipelines"]["train"]
+    assert "baseline_img_s" not in train
+    assert abs(train["img_s_per_core"] - train["ours_img_s"] / 2) <= 0.1  # 2 workers: 2 cores
+    assert abs(train["cores_to_feed"] - 1000 / train["img_s_per_core"]) <= 0.1
+    assert "cores to feed 1000 img/s" in proc.stdout
+
+
+def test_loader_benchmark_errors_are_one_line(tmp_path):
+    proc = loader("--data_dir", tmp_path)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --dataset")
