@@ -113,7 +113,9 @@ class Rows:
         table = self.split.data.table  # the pyarrow.Table over the memory map (no copy)
         images, labels = table.column("image"), table.column("label")  # columns may be chunked differently
         indices = self.split._indices  # set by select/shuffle; datasets has no public accessor for it
-        self._arrays = ([c.field("bytes") for c in images.chunks], [c.field("path") for c in images.chunks],
+        # flatten(), not field(): it carries a null image struct down to its fields (field() shows stale bytes)
+        fields = [dict(zip([f.name for f in c.type], c.flatten())) for c in images.chunks]
+        self._arrays = ([f["bytes"] for f in fields], [f["path"] for f in fields],
                         _chunk_starts(images), labels.chunks, _chunk_starts(labels),
                         None if indices is None else indices.column(0))
         return self._arrays
@@ -232,8 +234,9 @@ def _resize(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Ten
 def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     """The random stream of one training sample. Python's Mersenne Twister seeds from an int in ~4 us and draws in
     ~0.1 us, against ~10 us and ~1 us for a numpy Generator: it is a few % of the per-image time. The key is
-    injective for 0 <= epoch < 2**32 and 0 <= index < 2**40."""
-    return random.Random((seed * 2**32 + epoch) * 2**40 + index)
+    injective for |seed| < 2**63, 0 <= epoch < 2**32 and 0 <= index < 2**40 (the seed is taken mod 2**64 because
+    ``random.Random`` seeds from the absolute value: -s and s would collide)."""
+    return random.Random(((seed % 2**64) * 2**32 + epoch) * 2**40 + index)
 
 
 def random_resized_crop_params(height: int, width: int, scale, ratio, rng: random.Random):
@@ -265,7 +268,7 @@ def random_resized_crop_params(height: int, width: int, scale, ratio, rng: rando
 class TrainSet(torch.utils.data.Dataset):
     """Key ``(epoch, index)`` -> (uint8 CHW RandomResizedCrop + flip [+ RandAugment/TrivialAugment], label).
 
-    The sample is a pure function of ``(seed, epoch, index)``: its numpy Generator is seeded with that triple,
+    The sample is a pure function of ``(seed, epoch, index)``: its random stream is seeded with that triple,
     never with global state, so exact resume and any number of workers give the same samples."""
 
     def __init__(self, split: datasets.Dataset, image_size: int, seed: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -405,6 +408,9 @@ def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
     per image), and train.py wants NHWC on the device anyway. Inside a DataLoader worker the batch is allocated
     straight in shared memory, so sending it to the main process copies nothing (as default_collate does)."""
     images, labels = zip(*batch)
+    kinds = {(tuple(image.shape), image.dtype) for image in images}
+    if len(kinds) > 1 or images[0].dtype != torch.uint8 or images[0].dim() != 3:  # copy_ would broadcast or cast
+        raise ValueError(f"collate takes uint8 CHW images of one shape, got {sorted(map(str, kinds))}")
     channels, height, width = images[0].shape
     shape = (len(images), height, width, channels)
     if torch.utils.data.get_worker_info() is None:

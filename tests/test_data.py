@@ -9,6 +9,7 @@ import random
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pytest
 import scipy.stats
 import skimage.data
@@ -403,6 +404,29 @@ def test_collate_dtype_shape_and_layout(ds):
     mixed = [(torch.arange(24, dtype=torch.uint8).view(3, 2, 4), 0), (torch.zeros(2, 4, 3, dtype=torch.uint8)
                                                                       .permute(2, 0, 1), 1)]
     assert torch.equal(collate(mixed)[0], torch.stack([m[0] for m in mixed])), "any input layout gives the same values"
+
+
+def test_collate_refuses_what_it_would_broadcast_or_cast():
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="uint8 CHW images of one shape"):
+        collate([(image, 0), (image[:1], 1)])
+    with pytest.raises(ValueError, match="uint8 CHW images of one shape"):
+        collate([(image.float(), 0)])
+
+
+def test_sample_rng_keys_are_distinct_for_negative_seeds():
+    draws = {sample_rng(seed, epoch, index).random() for seed in (-1, 0, 1) for epoch in (0, 1) for index in (0, 1)}
+    assert len(draws) == 12
+
+
+def test_rows_null_image_struct_is_an_error_not_stale_bytes():
+    """A null image entry can hide bytes under its fields; Rows must not hand them out as the image."""
+    image = pa.StructArray.from_arrays([pa.array([b"real", b"hidden"]), pa.array(["a.JPEG", "b.JPEG"])],
+                                       names=["bytes", "path"], mask=pa.array([False, True]))
+    rows = Rows(datasets.Dataset(pa.table({"image": image, "label": pa.array([0, 1])})))
+    assert bytes(rows[0][0]) == b"real"
+    with pytest.raises(ValueError, match="neither bytes nor a path"):
+        rows[1]
 
 
 def _batch_is_shared(batch):
