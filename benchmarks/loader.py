@@ -126,6 +126,15 @@ def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, rep
                                        num_workers=num_workers)
 
 
+def warm_rows(splits: dict, rows: dict) -> dict:
+    """Touch every picked row once (page cache: the passes then measure CPU work only); returns the row readers."""
+    views = {name: Rows(split) for name, split in splits.items()}
+    for name, view in views.items():
+        for r in rows[name]:
+            bytes(view[r][0])
+    return views
+
+
 def measure(runs: dict, cfg: LoaderBenchConfig) -> dict:
     """{pipeline: {side: [img/s per pass]}}; the passes of all pipelines are interleaved, ``cfg.repeats`` rounds."""
     measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
@@ -156,10 +165,7 @@ def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
     rng = np.random.default_rng(cfg.seed)
     rows = {name: sorted(rng.choice(len(split), size=min(cfg.num_images, len(split)), replace=False).tolist())
             for name, split in splits.items()}
-    for name, split in splits.items():  # page cache: every pass then measures CPU work only
-        view = Rows(split)
-        for r in rows[name]:
-            bytes(view[r][0])
+    warm_rows(splits, rows)
     measured = measure(ours_runs(splits, rows, cfg), cfg)
     cores = max(1, cfg.num_workers)
     results = {}
@@ -210,10 +216,7 @@ def main(argv=None) -> None:
     rows = {name: [s[Path(files[i][0]).stem] for i in picked] for name, s in stems.items()}
     for i in picked:  # page cache: every pass then measures CPU work only
         Path(files[i][0]).read_bytes()
-    for name, split in splits.items():
-        view = Rows(split)
-        for r in rows[name]:
-            bytes(view[r][0])
+    views = warm_rows(splits, rows)
 
     size = cfg.image_size
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -235,7 +238,6 @@ def main(argv=None) -> None:
                              "ratio": round(ours / baseline, 2), "target_ratio": TARGETS[pipeline],
                              "baseline_passes": [round(v, 1) for v in measured[base_key]["baseline"]],
                              "ours_passes": [round(v, 1) for v in measured[pipeline]["ours"]]}
-    views = {name: Rows(split) for name, split in splits.items()}
     mean_bytes = {name: round(statistics.mean(len(views[name][r][0]) for r in rows[name])) for name in splits}
     report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
               "machine": machine(cfg.num_workers), "num_images": len(picked), "config": asdict(cfg),
