@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import datasets
+import numpy as np
 import pyarrow as pa
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
@@ -106,21 +107,31 @@ def list_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split],
         if (data_dir / rel).is_dir():
             annotation_dirs[split] = rel
         else:
-            warnings.append(f"{data_dir / rel}: not found, {split} boxes come from the CSV only")
+            warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
+                                                                 f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
 
     train, missing = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
     if missing:
-        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train folder, e.g. {missing[0]}")
+        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images (no folder, an "
+                        f"empty one, or files only in subfolders), e.g. {missing[0]}")
 
     val_dir = data_dir / ilsvrc.SPLIT_DIRS["validation"]
     val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
     index = {w: i for i, w in enumerate(wnids)}
-    val = []
+    val, strays = [], []
     for name in ilsvrc.list_images(val_dir):
-        stem = os.path.splitext(name)[0]
+        stem, ext = os.path.splitext(name)
+        if stem not in val_csv and ext.lower() not in ilsvrc.IMAGE_EXTENSIONS:
+            strays.append(name)  # a readme.txt: not an image, so not a val image without a label
+            continue
         if stem not in val_csv:
             raise ValueError(f"{val_dir / name}: no row {stem!r} in {data_dir / ilsvrc.VAL_SOLUTION}, so no label")
         val.append((name, index[val_csv[stem][0][0]]))  # the label is the first box's wnid
+    if strays:
+        warnings.append(f"{len(strays)} non-image files in {val_dir} left out, e.g. {strays[0]}")
+    if not val and any(p.is_dir() for p in val_dir.iterdir()):
+        raise ValueError(f"{val_dir}: no images, only subfolders; preprocess.py reads Kaggle's flat val/ with "
+                         f"{ilsvrc.VAL_SOLUTION} (undo a valprep.sh-style sort into class folders)")
     if len(val_csv) > len(val):
         warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {val_dir}")
 
@@ -170,6 +181,9 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
         img.load()  # a full decode: a truncated or corrupt file fails here
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (no known format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"refused by Pillow's decompression-bomb guard ({e}); if the image is genuine, run with a "
+                       "larger PIL.Image.MAX_IMAGE_PIXELS") from None
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error... on bad data
         raise BadImage(f"does not decode: {type(e).__name__}: {e}") from None
     try:
@@ -189,6 +203,8 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     try:
         if applied != 1:
             img = ImageOps.exif_transpose(img)
+        if img.mode in HIGH_DEPTH_MODES:
+            img = to_8bit(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
         if resize:
@@ -202,6 +218,20 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     except Exception as e:  # e.g. a mode Pillow cannot turn into RGB
         raise BadImage(f"cannot convert to an RGB JPEG: {type(e).__name__}: {e}") from None
     return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why))
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel of 16/32-bit ints or floats
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """Mode L from a 16-bit (PNG/TIFF), 32-bit int or float grayscale image, rescaled from its nominal range:
+    Pillow's convert() clips such values at 255, a white image. 16-bit modes span 0-65535; for I and F the range
+    is guessed from the values: 0-1 (floats), 0-255, 0-65535, else 0-max."""
+    a = np.asarray(img, dtype=np.float64)
+    peak = float(a.max(initial=0.0))
+    candidates = (65535.0,) if img.mode.startswith("I;16") else ((1.0,) if img.mode == "F" else ()) + (255.0, 65535.0)
+    top = next((t for t in candidates if peak <= t), peak)
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
 def fix_boxes(raw_boxes, labels: dict, enc: Encoded, counts: Counter) -> list[dict]:
@@ -269,6 +299,8 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
                     pass  # most train images have no boxes
                 except ValueError as e:
                     summary["annotation_errors"].append(str(e))
+                except OSError as e:  # a folder named .xml, no permission...
+                    summary["annotation_errors"].append(f"{xml}: cannot read it ({e.strerror or e})")
             summary["bytes_in"] += len(data)
             summary["bytes_out"] += len(enc.data)
             if enc.why:
@@ -322,6 +354,9 @@ def start_or_resume(work: Path, job: dict) -> None:
     """Keep OUT.tmp when it holds shards of this very job, else start it afresh."""
     job_file = work / WORK / "job.json"
     if work.exists():
+        if not (work / WORK).is_dir():  # never delete a folder this script did not start
+            raise SystemExit(f"error: {work} exists and is not a preprocess.py work folder; remove it or choose "
+                             "another --output_dir")
         try:
             same = json.loads(job_file.read_text()) == job
         except (OSError, ValueError):
@@ -358,6 +393,8 @@ def print_summary(report: dict, out: Path) -> None:
         print(f"  skipped {s['path']}: {s['reason']}")
     if len(skipped) > 20:
         print(f"  ... {len(skipped) - 20} more skipped files")
+    if report["annotation_errors"]:
+        print(f"  {len(report['annotation_errors'])} annotation files could not be read (val images keep their CSV boxes)")
     if skipped or report["annotation_errors"]:
         print(f"  details: {out / 'preprocess_report.json'}")
     for w in report["warnings"]:
@@ -376,7 +413,7 @@ def main(argv=None) -> None:
                          "remove it or choose another folder")
     try:
         wnids, descriptions, splits, warnings = list_splits(data_dir)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
     print(f"{data_dir}: {len(wnids)} classes; "
           + ", ".join(f"{len(s.items):,} {split} files" for split, s in splits.items()))
@@ -386,7 +423,10 @@ def main(argv=None) -> None:
            "quality": cfg.quality, "shard_size": cfg.shard_size, "wnids": wnids,
            "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
                      for split, s in splits.items()}}
-    start_or_resume(work, job)
+    try:
+        start_or_resume(work, job)
+    except OSError as e:
+        raise SystemExit(f"error: --output_dir {out}: cannot create {work} ({e.strerror or e})") from None
     shards = plan_shards(data_dir, splits, work, cfg.shard_size)
     pending = [s for s in shards if not os.path.exists(s.path)]
     total = sum(len(s.items) for s in shards)

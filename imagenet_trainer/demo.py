@@ -163,7 +163,12 @@ def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_
     descriptions = [lemmas[w] for w in wnids]
 
     root = Path(root)
-    if root.exists():
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; give a folder for the tree")
+    if root.exists() and any(root.iterdir()):
+        if not (root / MANIFEST).is_file():  # never delete a folder the demo did not write (e.g. a real download)
+            raise ValueError(f"{root} exists and is not a demo tree (no {MANIFEST}); remove it or choose another "
+                             "folder")
         shutil.rmtree(root)
     data = {split: root / d for split, d in ilsvrc.SPLIT_DIRS.items()}
     ann = {split: root / d for split, d in ilsvrc.ANNOTATION_DIRS.items()}

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,6 +28,7 @@ SYNSET_MAPPING = "LOC_synset_mapping.txt"
 TRAIN_SOLUTION = "LOC_train_solution.csv"
 VAL_SOLUTION = "LOC_val_solution.csv"
 FULL_COUNTS = {"train": 1_281_167, "validation": 50_000, "test": 100_000}  # ILSVRC-2012, 1000 classes
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # val: else a stray file
 DESCRIPTIONS_FILE = "class_descriptions.json"  # written by preprocess.py beside the DatasetDict
 DESCRIPTIONS_KEY = "class_descriptions"  # key in DatasetInfo.description (a JSON object) holding the same list
 
@@ -53,13 +56,23 @@ def imagenet_lemmas() -> dict[str, str]:
     return lemmas
 
 
+def read_text(path) -> str:
+    """A UTF-8 text file (a leading BOM is fine); unreadable or undecodable files are a ValueError naming them."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
 def read_synset_mapping(path) -> tuple[list[str], list[str]]:
     """(wnids, descriptions) from ``LOC_synset_mapping.txt``, sorted by wnid so index = label."""
     pairs = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
-        wnid, _, description = line.strip().partition(" ")
+        wnid, description = (line.split(None, 1) + [""])[:2]  # a space in Kaggle's file; a tab is fine too
         if not is_wnid(wnid):
             raise ValueError(f"{path}:{lineno}: expected 'nXXXXXXXX description', got {line[:60]!r}")
         pairs.append((wnid, description.strip()))
@@ -67,7 +80,8 @@ def read_synset_mapping(path) -> tuple[list[str], list[str]]:
         raise ValueError(f"{path}: no synsets in it")
     wnids = [w for w, _ in pairs]
     if len(set(wnids)) != len(wnids):
-        raise ValueError(f"{path}: a wnid is listed twice")
+        twice = next(w for w in wnids if wnids.count(w) > 1)
+        raise ValueError(f"{path}: {twice} is listed twice")
     pairs.sort()
     return [w for w, _ in pairs], [d for _, d in pairs]
 
@@ -76,29 +90,30 @@ def read_solution_csv(path, known_wnids) -> dict[str, list[tuple]]:
     """ImageId -> [(wnid, xmin, ymin, xmax, ymax), ...] from ``LOC_{train,val}_solution.csv``, in file order."""
     known = set(known_wnids)
     rows = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != ["ImageId", "PredictionString"]:
-            raise ValueError(f"{path}:1: expected the header 'ImageId,PredictionString', got {header}")
-        for lineno, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 2 columns, got {len(row)}")
-            tokens = row[1].split()
-            if not tokens or len(tokens) % 5:
-                raise ValueError(f"{path}:{lineno}: PredictionString must be groups of 'wnid xmin ymin xmax ymax'")
-            boxes = []
-            for i in range(0, len(tokens), 5):
-                wnid = tokens[i]
-                if wnid not in known:
-                    raise ValueError(f"{path}:{lineno}: unknown wnid {wnid!r} (not in {SYNSET_MAPPING})")
-                try:
-                    boxes.append((wnid, *(float(t) for t in tokens[i + 1:i + 5])))
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: non-numeric box coordinate in {row[1][:60]!r}") from None
-            rows[row[0]] = boxes
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    header = next(reader, None)
+    if header != ["ImageId", "PredictionString"]:
+        raise ValueError(f"{path}:1: expected the header 'ImageId,PredictionString', got {header}")
+    for lineno, row in enumerate(reader, 2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise ValueError(f"{path}:{lineno}: expected 2 columns, got {len(row)}")
+        tokens = row[1].split()
+        if not tokens or len(tokens) % 5:
+            raise ValueError(f"{path}:{lineno}: PredictionString must be groups of 'wnid xmin ymin xmax ymax'")
+        boxes = []
+        for i in range(0, len(tokens), 5):
+            wnid = tokens[i]
+            if wnid not in known:
+                raise ValueError(f"{path}:{lineno}: unknown wnid {wnid!r} (not in {SYNSET_MAPPING})")
+            try:
+                boxes.append((wnid, *(float(t) for t in tokens[i + 1:i + 5])))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: non-numeric box coordinate in {row[1][:60]!r}") from None
+        if rows.get(row[0], boxes) != boxes:  # the label is the first wnid: which row would be right is a guess
+            raise ValueError(f"{path}:{lineno}: {row[0]} is listed twice with different boxes; keep one row")
+        rows[row[0]] = boxes
     return rows
 
 
@@ -145,13 +160,26 @@ def label_lookup(wnids, descriptions) -> dict[str, int]:
 
 def list_images(folder) -> list[str]:
     """Sorted names of the files in ``folder`` (hidden files left out). os.scandir, not datasets' imagefolder: the
-    latter spends ~50 min resolving ImageNet's files (datasets #6359)."""
+    latter spends ~50 min resolving ImageNet's files (datasets #6359). File names must be UTF-8 (they are stored as
+    Arrow strings) and stems unique (the stem is the image id); either failing is a ValueError naming the file."""
     with os.scandir(folder) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+        names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+    stems = {}
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{Path(folder) / name!r}: the file name is not valid UTF-8; rename it") from None
+        stem = os.path.splitext(name)[0]
+        if stem in stems:
+            raise ValueError(f"{Path(folder) / stems[stem]} and {name}: two files with one image id; remove one")
+        stems[stem] = name
+    return names
 
 
 def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str]]:
-    """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder]) for the per-class train folders."""
+    """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder or with no file in it]) for the per-class
+    train folders (files in nested folders are not read: that class counts as empty)."""
     index = {w: i for i, w in enumerate(wnids)}
     with os.scandir(train_dir) as it:
         folders = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
@@ -160,7 +188,8 @@ def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str
         raise ValueError(f"{Path(train_dir) / unknown[0]}: folder of unknown wnid {unknown[0]!r} "
                          f"(not in {SYNSET_MAPPING}; {len(unknown)} such folders)")
     items = [(f"{wnid}/{name}", index[wnid]) for wnid in folders for name in list_images(Path(train_dir) / wnid)]
-    return items, [w for w in wnids if w not in set(folders)]
+    found = {rel.split("/", 1)[0] for rel, _ in items}
+    return items, [w for w in wnids if w not in found]
 
 
 def orient_box(box, orientation: int, width: int, height: int) -> tuple:
@@ -186,8 +215,10 @@ def orient_box(box, orientation: int, width: int, height: int) -> tuple:
 
 def clip_box(box, width: int, height: int) -> tuple[tuple | None, str]:
     """(box or None, status): status is "ok", "clipped" (moved inside the image), "inverted" (min > max, dropped:
-    swapping would guess) or "empty" (no area left inside the image, dropped)."""
+    swapping would guess), "empty" (no area left inside the image, dropped) or "nan" (a NaN coordinate, dropped)."""
     x0, y0, x1, y1 = box
+    if any(math.isnan(v) for v in box):  # every comparison with NaN is False: it would pass the checks below
+        return None, "nan"
     if x0 > x1 or y0 > y1:
         return None, "inverted"
     clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),

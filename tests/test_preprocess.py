@@ -247,11 +247,41 @@ def break_tree(case: str, tree: Path, tmp_path: Path) -> tuple[Path, list[Path]]
         extra = val_dir / "ILSVRC2012_val_00000009.JPEG"
         extra.write_bytes(next(val_dir.iterdir()).read_bytes())
         return tree, [extra, tree / ilsvrc.VAL_SOLUTION]
+    if case == "mapping_is_a_folder":
+        (tree / ilsvrc.SYNSET_MAPPING).unlink()
+        (tree / ilsvrc.SYNSET_MAPPING).mkdir()
+        return tree, [tree / ilsvrc.SYNSET_MAPPING]
+    if case == "csv_not_utf8":
+        csv_path = tree / ilsvrc.VAL_SOLUTION
+        csv_path.write_bytes(csv_path.read_bytes() + b"ILSVRC2012_val_0000000\xe9,n0\n")
+        return tree, [csv_path, "UTF-8"]
+    if case == "conflicting_val_rows":
+        csv_path = tree / ilsvrc.VAL_SOLUTION
+        first = csv_path.read_text().splitlines()[1].split(",")[0]
+        other = manifest(tree)["wnids"][-1]
+        csv_path.write_text(csv_path.read_text() + f"{first},{other} 1 2 3 4\n")
+        return tree, [csv_path, first]
+    if case == "val_sorted_into_class_folders":
+        for p in list(val_dir.iterdir()):
+            (val_dir / "n01440764").mkdir(exist_ok=True)
+            p.rename(val_dir / "n01440764" / p.name)
+        return tree, [val_dir, "valprep"]
+    if case == "two_files_one_image_id":
+        first = sorted(val_dir.iterdir())[0]
+        twin = first.with_suffix(".jpg")
+        twin.write_bytes(first.read_bytes())
+        return tree, [first, twin.name]
+    if case == "file_name_not_utf8":
+        odd = val_dir / "ILSVRC2012_val_\udcff.JPEG"  # a byte that is not UTF-8, as Linux hands it to Python
+        odd.write_bytes(b"x")
+        return tree, [repr(odd)]
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["missing_data_dir", "missing_val_csv", "unknown_val_wnid", "empty_val",
-                                  "missing_train", "unknown_train_folder", "val_image_without_csv_row"])
+                                  "missing_train", "unknown_train_folder", "val_image_without_csv_row",
+                                  "mapping_is_a_folder", "csv_not_utf8", "conflicting_val_rows",
+                                  "val_sorted_into_class_folders", "two_files_one_image_id", "file_name_not_utf8"])
 def test_bad_input_is_a_one_line_error_naming_the_path(case, clean_tree, tmp_path):
     tree = tmp_path / "kaggle"
     shutil.copytree(clean_tree, tree)
@@ -282,7 +312,7 @@ def test_full_label_space_warns_about_missing_images(clean_tree, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "warning: train: 6 images, full ILSVRC-2012 has 1,281,167" in printed
     assert "warning: validation: 4 images, full ILSVRC-2012 has 50,000" in printed
-    assert "warning: 998 classes of LOC_synset_mapping.txt have no train folder" in printed
+    assert "warning: 998 classes of LOC_synset_mapping.txt have no train images" in printed
     assert datasets.load_from_disk(str(tmp_path / "out"))["train"].features["label"].num_classes == 1000
 
 
@@ -339,9 +369,56 @@ def test_work_dir_of_another_job_is_discarded(clean_tree, tmp_path, capsys):
     stale = tmp_path / "out.tmp" / "train" / "data-00000-of-00001.arrow"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left by a run with other settings")
+    (tmp_path / "out.tmp" / preprocess.WORK).mkdir()
+    (tmp_path / "out.tmp" / preprocess.WORK / "job.json").write_text('{"quality": 75}')
     preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
     assert "starting over" in capsys.readouterr().out
     assert datasets.load_from_disk(str(out))["train"].num_rows == 6
+
+
+@pytest.mark.parametrize("kind", ["foreign_folder", "file"])
+def test_never_deletes_a_work_dir_it_did_not_start(kind, clean_tree, tmp_path):
+    work = tmp_path / "out.tmp"
+    if kind == "file":
+        work.write_bytes(b"precious")
+    else:
+        work.mkdir()
+        (work / "thesis.tex").write_bytes(b"precious")
+    with pytest.raises(SystemExit, match="is not a preprocess.py work folder"):
+        preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    assert (work if kind == "file" else work / "thesis.tex").read_bytes() == b"precious"
+
+
+def test_output_that_cannot_be_created_is_a_one_line_error(clean_tree, tmp_path):
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "a_file" / "out"),
+                         "--num_proc", "1"])
+    assert str(e.value.code).startswith(f"error: --output_dir {tmp_path / 'a_file' / 'out'}: cannot create")
+
+
+def test_strays_empty_classes_and_unreadable_xml_are_reported_not_fatal(clean_tree, tmp_path, capsys):
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    val_dir, train_dir = tree / ilsvrc.SPLIT_DIRS["validation"], tree / ilsvrc.SPLIT_DIRS["train"]
+    (val_dir / "readme.txt").write_text("not an image")
+    wnid = sorted(os.listdir(train_dir))[0]
+    nested = train_dir / wnid / wnid  # an extra folder level: the class's files are not where they belong
+    nested.mkdir()
+    for p in (train_dir / wnid).glob("*.JPEG"):
+        p.rename(nested / p.name)
+    xml = tree / ilsvrc.ANNOTATION_DIRS["validation"] / (sorted(val_dir.glob("*.JPEG"))[0].stem + ".xml")
+    xml.unlink(missing_ok=True)
+    xml.mkdir()  # unreadable as a file
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    printed = capsys.readouterr().out
+    assert "warning: 1 non-image files in" in printed and "readme.txt" in printed
+    assert "1 classes of LOC_synset_mapping.txt have no train images" in printed and wnid in printed
+    assert "1 annotation files could not be read" in printed
+    report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
+    assert any(str(xml) in e for e in report["annotation_errors"])
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert dd["train"].num_rows == 3 and dd["validation"].num_rows == 4
 
 
 # ---- the digits fixture and the demo CLI ----
@@ -353,6 +430,19 @@ def test_digits_dataset_is_stratified(digits_dataset):
     assert dd["test"].num_rows == 20
     img = dd["train"][0]["image"]
     assert img.mode == "RGB" and 32 <= min(img.size) and max(img.size) <= 64
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "ilsvrc" / "mine").mkdir(parents=True)
+    (tmp_path / "ilsvrc" / "mine" / "thesis.tex").write_bytes(b"precious")
+    with pytest.raises(ValueError, match="is not a demo tree"):
+        make_ilsvrc_tree(tmp_path / "ilsvrc", source="digits", num_classes=1, train_per_class=1, val_per_class=1,
+                         num_test=1)
+    assert (tmp_path / "ilsvrc" / "mine" / "thesis.tex").read_bytes() == b"precious"
+    for _ in range(2):  # its own tree is replaced
+        tree = make_ilsvrc_tree(tmp_path / "demo", source="digits", num_classes=1, train_per_class=1,
+                                val_per_class=1, num_test=1)
+    assert manifest(tree)["files"]["train"] == 1
 
 
 def test_demo_cli(tmp_path):
@@ -386,6 +476,32 @@ def test_clip_box():
     assert ilsvrc.clip_box((-3, 2, 60, 20), 50, 40) == ((0, 2, 50, 20), "clipped")
     assert ilsvrc.clip_box((10, 2, 5, 20), 50, 40) == (None, "inverted")
     assert ilsvrc.clip_box((55, 2, 70, 20), 50, 40) == (None, "empty")
+    assert ilsvrc.clip_box((float("nan"), 2, 10, 20), 50, 40) == (None, "nan")
+    assert ilsvrc.clip_box((0, 2, float("inf"), 20), 50, 40) == ((0, 2, 50, 20), "clipped")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_high_bit_depth_grayscale_is_rescaled_not_clipped(mode):
+    ramp = np.tile(np.linspace(0, 1, 64), (16, 1))  # black to white, left to right
+    if mode == "I;16":
+        img, fmt = Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)), "PNG"  # a 16-bit grayscale PNG
+    else:
+        img, fmt = Image.fromarray(ramp.astype(np.float32), "F"), "TIFF"  # floats in 0..1
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
+    enc = preprocess.encode_image(buf.getvalue(), None, 95)
+    assert enc.why == f"{fmt} file, mode {mode}"
+    pixels = np.asarray(Image.open(io.BytesIO(enc.data)).convert("L"), dtype=float)
+    assert np.abs(pixels - ramp * 255).mean() < 2  # Pillow's convert alone gives white (I;16) or black (F)
+
+
+def test_decompression_bomb_guard_is_its_own_skip_reason(monkeypatch):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(preprocess.BadImage, match="decompression-bomb guard"):
+        preprocess.encode_image(buf.getvalue(), None, 90)
 
 
 def test_solution_csv_parsing_and_errors(tmp_path):
@@ -402,6 +518,11 @@ def test_solution_csv_parsing_and_errors(tmp_path):
     path.write_text("id,label\n")
     with pytest.raises(ValueError, match=f"{path}:1: expected the header"):
         ilsvrc.read_solution_csv(path, ["n02119789"])
+    path.write_text("\ufeffImageId,PredictionString\r\nA,n02119789 1 2 3 4\r\nA,n02119789 1 2 3 4\r\n")  # BOM, CRLF
+    assert ilsvrc.read_solution_csv(path, ["n02119789"]) == {"A": [("n02119789", 1, 2, 3, 4)]}  # a repeat is fine
+    path.write_text("ImageId,PredictionString\nA,n02119789 1 2 3 4\nA,n01440764 1 2 3 4\n")
+    with pytest.raises(ValueError, match=f"{path}:3: A is listed twice with different boxes"):
+        ilsvrc.read_solution_csv(path, ["n02119789", "n01440764"])
 
 
 def test_synset_mapping_and_label_lookup(tmp_path):
@@ -415,6 +536,9 @@ def test_synset_mapping_and_label_lookup(tmp_path):
     assert "crane" not in lookup  # ambiguous: a box named "crane" is dropped, never guessed
     path.write_text("tench n01440764\n")
     with pytest.raises(ValueError, match=f"{path}:1"):
+        ilsvrc.read_synset_mapping(path)
+    path.write_text("n01440764\ttench, Tinca tinca\nn01440764 tench\n")
+    with pytest.raises(ValueError, match=f"{path}: n01440764 is listed twice"):
         ilsvrc.read_synset_mapping(path)
 
 
