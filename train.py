@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
@@ -43,6 +44,7 @@ from imagenet_trainer.runinfo import write_run_info
 @dataclass
 class TrainConfig:
     model: str = "resnet18"  # any modeling.create_model name: our designs first, then the timm zoo
+    pretrained: bool = False  # start from the weights --model names (a timm tag, local-dir:PATH, hf-hub:ID)
     dataset: str = ""  # preprocess.py output folder or a Parquet-backed Hub dataset id with image/label columns
     output_dir: str = ""  # run folder; empty means runs/<model>
     # schedule
@@ -60,8 +62,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # Szegedy et al. 2016; torchvision/timm recipes use 0.1
     # augmentation
     image_size: int = 224  # train crop side in px (RandomResizedCrop output)
-    eval_image_size: int = 0  # eval crop side in px, with the model's crop_pct; 0: image_size. Training below the
-    # eval size and testing at it gains accuracy (FixRes, Touvron et al. 2019); the export records this size
+    eval_image_size: int = 0  # eval crop px (0: image_size); train below it, test at it: FixRes (Touvron 2019)
     scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015); FFCV low-res uses 0.35
     auto_augment: str = ""  # "" none, "ra" RandAugment (Cubuk et al. 2020), "ta" TrivialAugmentWide (Mueller 2021)
     mixup_alpha: float = 0.0  # Beta(a, a) mixup (Zhang et al. 2018); 0 disables
@@ -85,6 +86,30 @@ class TrainConfig:
     hub_model_id: str = ""  # e.g. user/resnet50-in1k; required with --push_to_hub
     hub_private: bool = False  # create the Hub repo private
 
+    def __post_init__(self):  # every flag's range, before anything starts; NaN fails every comparison below
+        if self.auto_augment.lower() == "none":
+            self.auto_augment = ""
+        trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
+        for flag, ok, need in (
+                ("dataset", self.dataset, "given (a preprocess.py output folder or a Hub dataset id)"),
+                ("hub_model_id", self.hub_model_id or not self.push_to_hub, "USER/NAME with --push_to_hub"),
+                *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
+                                                                       "image_size", "log_every_steps")),
+                ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
+                *((f, getattr(self, f) >= 0, ">= 0 (0: off)") for f in ("max_train_steps", "save_every_steps",
+                                                                          "eval_image_size", "num_workers",
+                                                                          "weight_decay", "clip_grad", "min_lr",
+                                                                          "warmup_epochs", "mixup_alpha",
+                                                                          "cutmix_alpha")),
+                ("lr", 0 < self.lr < math.inf, "a positive number"),
+                ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+                ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),
+                ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
+                ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: off; timm uses 0.9998)"),
+                ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}")):
+            if not ok:
+                raise SystemExit(f"error: --{flag} must be {need}, got {getattr(self, flag)!r}")
+
 
 class TrainState:
     """Position in the run, saved with every checkpoint (accelerate's register_for_checkpointing)."""
@@ -101,16 +126,7 @@ class TrainState:
 
 
 def main(argv=None):
-    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])
-    if not cfg.dataset:
-        raise SystemExit("error: --dataset is required (a preprocess.py output folder or a Hub dataset id)")
-    if cfg.push_to_hub and not cfg.hub_model_id:
-        raise SystemExit("error: --push_to_hub needs --hub_model_id USER/NAME")
-    for flag in ("epochs", "batch_size", "grad_accum_steps", "image_size", "log_every_steps"):
-        if getattr(cfg, flag) < 1:
-            raise SystemExit(f"error: --{flag} must be at least 1, got {getattr(cfg, flag)}")
-    if cfg.keep_last < 1:
-        raise SystemExit(f"error: --keep_last must be at least 1 (the checkpoint to resume from), got {cfg.keep_last}")
+    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])  # ranges: TrainConfig.__post_init__
     eval_size = cfg.eval_image_size or cfg.image_size
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
@@ -140,9 +156,10 @@ def main(argv=None):
     if not cfg.resume_from_checkpoint and ((run_dir / "metrics.jsonl").exists() or ckpt_dir.exists()):
         raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
                          "--resume_from_checkpoint latest, or pick a new --output_dir")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # a resume keeps the first launch's record and adds its own
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(run_dir, cfg, extra={"num_processes": accelerator.num_processes,
+        resumed = cfg.resume_from_checkpoint and (run_dir / "run_info.json").exists()
+        write_run_info(run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%S") if resumed else run_dir, cfg, extra={"num_processes": accelerator.num_processes,
                                             "distributed_type": str(accelerator.distributed_type),
                                             "mixed_precision": accelerator.mixed_precision,
                                             "device": str(accelerator.device)})
@@ -159,13 +176,17 @@ def main(argv=None):
     if not hasattr(ds["train"].features.get("label"), "names"):
         raise SystemExit(f"error: --dataset {cfg.dataset}: the 'label' column must be a ClassLabel")
     label_names = ds["train"].features["label"].names
+    if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
+        raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
+                         "(or give the architecture name for a random init)")
     try:
-        model = modeling.create_model(cfg.model, num_classes=len(label_names),
+        model = modeling.create_model(cfg.model, num_classes=len(label_names), pretrained=cfg.pretrained,
                                       **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
     except TypeError:
         raise SystemExit(f"error: --drop_path: {cfg.model} has no stochastic depth; use --drop_path 0") from None
-    except ValueError as e:
-        raise SystemExit(f"error: --model {cfg.model}: {e}") from None
+    except (ValueError, OSError, RuntimeError) as e:  # unknown name, offline Hub, missing or mismatched weights
+        raise SystemExit(f"error: --model {cfg.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                         ) from None
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     try:
         train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0),
@@ -229,7 +250,12 @@ def main(argv=None):
         if path is not None and not path.is_dir():
             raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
         if path is not None:
-            accelerator.load_state(str(path))
+            try:
+                accelerator.load_state(str(path))
+            except (RuntimeError, KeyError, ValueError, OSError) as e:  # another model, EMA on/off, optimizer...
+                raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
+                                 f"({str(e).splitlines()[0][:200]}); resume with the flags of {run_dir}/config.yaml"
+                                 ) from None
             if state.layout != layout:  # the saved position would point at other samples and another schedule
                 raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
                                  f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")

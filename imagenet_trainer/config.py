@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
+import re
 import sys
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -28,6 +32,8 @@ def _base_type(tp):
 
 def _convert(value, tp, where: str):
     base, optional = _base_type(tp)
+    if value is None and base is str and not optional:
+        return ""  # YAML's null for a text field: our text fields all use "" for "not set"
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
@@ -60,6 +66,21 @@ def _convert(value, tp, where: str):
     raise SystemExit(f"error: {where} must be a {base.__name__}, got {value!r}")
 
 
+def field_comments(cls) -> dict[str, str]:
+    """{field: its trailing ``#`` comment} from the dataclass source: the units and the why, shown by --help, so
+    the help and the code never disagree."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (frozen app, REPL): flags still work, without help text
+        return {}
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        field = re.match(r"\s+(\w+)\s*:", tok.line) if tok.type == tokenize.COMMENT else None
+        if field and tok.start[1] > field.end():
+            comments.setdefault(field.group(1), tok.string.lstrip("#").strip())
+    return comments
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of argparse's usage dump
         raise SystemExit(f"error: {message} (see --help)")
@@ -69,13 +90,14 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     """Build ``cls`` from ``--config YAML`` and ``--field value`` flags (``--flag`` alone sets a bool to true)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    comments = field_comments(cls)
     parser = _Parser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of overrides (a recipe); flags override it")
     for name, f in fields.items():
         base, _ = _base_type(hints[name])
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = (f.metadata or {}).get("help", "")
+        help_text = (f.metadata or {}).get("help", comments.get(name, "")).replace("%", "%%")  # argparse formats %
         if base is bool:
             parser.add_argument(f"--{name}", nargs="?", const="true", default=argparse.SUPPRESS,
                                 metavar="BOOL", help=f"{help_text} (default: {default})")

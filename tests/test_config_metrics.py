@@ -13,7 +13,7 @@ from imagenet_trainer.metrics import TopK
 @dataclass
 class Cfg:
     model: str = "resnet18"
-    epochs: int = 90
+    epochs: int = 90  # full passes over train, 100% of it
     lr: float = 0.1
     ema: bool = False
     hub_model_id: str | None = None
@@ -45,6 +45,21 @@ def test_errors_are_one_line(tmp_path, yaml_text, argv, message):
         parse_config(Cfg, ["--config", str(recipe), *argv])
     text = str(err.value)
     assert message in text and "\n" not in text
+
+
+def test_help_shows_each_fields_comment(capsys):
+    with pytest.raises(SystemExit) as err:
+        parse_config(Cfg, ["--help"])
+    assert err.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--epochs INT full passes over train, 100% of it (default: 90)" in text
+
+
+def test_yaml_null_for_a_text_field_means_not_set(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: null\nhub_model_id: null\n")
+    cfg = parse_config(Cfg, ["--config", str(recipe)])
+    assert cfg.model == "" and cfg.hub_model_id is None
 
 
 def test_missing_config_file(tmp_path):

@@ -15,6 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from imagenet_trainer.config import parse_config
+from train import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 TINY = "blocknet_tiny"  # our smallest design: a step takes milliseconds on CPU
@@ -95,6 +98,42 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
     proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--batch_size", "4", "--resume_from_checkpoint", "latest"))
     assert proc.returncode != 0
     assert "resume with the same processes, --batch_size" in proc.stderr.strip().splitlines()[-1]
+    for extra in (("--ema_decay", "0.9"), ("--model", "blocknet_small")):  # objects or shapes the checkpoint lacks
+        proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest", *extra))
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert "does not fit this run" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ema_decay", "1.5"], "--ema_decay must be in [0, 1)"),
+    (["--max_train_steps", "-3"], "--max_train_steps must be >= 0"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--random_erase", "2"], "--random_erase must be a probability in [0, 1]"),
+    (["--mixup_alpha", "-1"], "--mixup_alpha must be >= 0"),
+    (["--report_to", "foo"], "--report_to must be one of none, all, "),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--dataset", ""], "--dataset must be given"),
+])
+def test_flag_ranges_are_checked_before_anything_starts(argv, message):
+    with pytest.raises(SystemExit) as err:
+        parse_config(TrainConfig, ["--dataset", "ds", *argv])
+    assert message in str(err.value.code) and "\n" not in str(err.value.code)
+    assert parse_config(TrainConfig, ["--dataset", "ds", "--auto_augment", "none"]).auto_augment == ""
+
+
+def test_pretrained_starts_from_the_saved_weights(preprocessed, tmp_path):
+    ok(run(train_cmd(preprocessed, tmp_path / "first", "--epochs", "1")))
+    export = tmp_path / "first" / "final"
+    proc = run(train_cmd(preprocessed, tmp_path / "x", "--model", f"local-dir:{export}"))
+    assert proc.returncode != 0 and "add --pretrained" in proc.stderr.strip().splitlines()[-1]
+    # one step at a negligible LR: the parameters must still be the export's (random init would be far off)
+    ok(run(train_cmd(preprocessed, tmp_path / "tuned", "--model", f"local-dir:{export}", "--pretrained",
+                     "--lr", "1e-12", "--warmup_epochs", "0", "--max_train_steps", "1")))
+    import modeling  # noqa: PLC0415
+    before, after = modeling.load_model(str(export)), modeling.load_model(str(tmp_path / "tuned" / "final"))
+    after_params = dict(after.named_parameters())
+    for name, p in before.named_parameters():
+        assert torch.allclose(p, after_params[name], atol=1e-6), name
 
 
 def test_push_without_token_fails_at_startup(preprocessed, tmp_path):
@@ -145,6 +184,10 @@ def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
 
     resumed = ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest")))
     assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
+    # the first launch's record is kept; the resume adds its own
+    assert "--resume_from_checkpoint" not in json.loads((out / "run_info.json").read_text())["command"]
+    (record,) = (out / "resumes").iterdir()
+    assert yaml.safe_load((record / "config.yaml").read_text())["resume_from_checkpoint"] == "latest"
     a = load_file(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}" / "model.safetensors")
     b = load_file(out / "checkpoints" / f"step_{last_step:08d}" / "model.safetensors")
     assert a.keys() == b.keys()
