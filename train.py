@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
@@ -38,7 +40,7 @@ from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, collate,
                                    normalize, random_erasing)
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
-from imagenet_trainer.runinfo import write_run_info
+from imagenet_trainer.runinfo import share_tree, write_run_info
 
 
 @dataclass
@@ -92,7 +94,8 @@ class TrainConfig:
         trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
         for flag, ok, need in (
                 ("dataset", self.dataset, "given (a preprocess.py output folder or a Hub dataset id)"),
-                ("hub_model_id", self.hub_model_id or not self.push_to_hub, "USER/NAME with --push_to_hub"),
+                ("hub_model_id", hub_id_ok(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,
+                 "a Hub repo id USER/NAME (needed with --push_to_hub; the model card links it)"),
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
@@ -109,6 +112,14 @@ class TrainConfig:
                 ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}")):
             if not ok:
                 raise SystemExit(f"error: --{flag} must be {need}, got {getattr(self, flag)!r}")
+
+
+def hub_id_ok(repo_id: str) -> bool:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return "/" in repo_id
 
 
 class TrainState:
@@ -298,6 +309,7 @@ def main(argv=None):
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
@@ -306,11 +318,6 @@ def main(argv=None):
                 if old not in keep:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
-
-    # the Hub dataset the card's results refer to: --dataset itself when it is a Hub id, ILSVRC for a local 1000-class
-    # preprocess.py output, else the local folder's name (the card then names no Hub dataset that was not used)
-    dataset_id = (cfg.dataset if not Path(cfg.dataset).exists() else
-                  "ILSVRC/imagenet-1k" if len(label_names) == 1000 else f"local/{Path(cfg.dataset).resolve().name}")
 
     def export(net, results: dict):
         """The best weights so far, in the Hub format modeling/ defines, at run_dir/final."""
@@ -321,7 +328,9 @@ def main(argv=None):
             modeling.save_pretrained(
                 clean, run_dir / "final", label_names=label_names, label_descriptions=class_descriptions(ds),
                 pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
-                model_card={"dataset": cfg.dataset, "dataset_id": dataset_id, "recipe": asdict(cfg), "results": results,
+                model_card={"dataset": cfg.dataset, "repo_id": cfg.hub_model_id, "recipe": asdict(cfg),
+                            "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
+                                        "interpolation": data_cfg["interpolation"]},
                             "epochs": state.step / steps_per_epoch, "hardware": hardware(accelerator)})
 
     # the loop

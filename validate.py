@@ -5,9 +5,9 @@
 
 --model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N) or a Hub id (timm's or ours).
 The eval transform is the model's own (resize to image_size / crop_pct, center crop, its mean/std); for a checkpoint
-it is the one train.py evaluated with (the run's --image_size and the architecture's crop_pct/mean/std), so the
-numbers equal the val_* rows of the run's metrics.jsonl. Works offline: top-k is computed here, not by
-`evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
+it is the one train.py evaluated with (the run's --eval_image_size, else its --image_size, and the architecture's
+crop_pct/mean/std), so the numbers equal the val_* rows of the run's metrics.jsonl. Works offline: top-k is computed
+here, not by `evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class ValidateConfig:
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
     split: str = "validation"  # dataset split to evaluate
     batch_size: int = 256  # images per device per forward pass
-    image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's --image_size)
+    image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
     num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
@@ -50,9 +50,9 @@ class ValidateConfig:
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
-    """The model of a train.py checkpoint (accelerate save_state folder): architecture and image size from the run's
-    config.yaml two levels up, class count from the saved classifier. Its pretrained_cfg gets the run's input size,
-    as train.py's export does, so the eval transform is the one train.py evaluated with. These are the raw weights:
+    """The model of a train.py checkpoint (accelerate save_state folder): architecture and eval image size from the
+    run's config.yaml two levels up, class count from the saved classifier. Its pretrained_cfg gets that size, as
+    train.py's export does, so the eval transform is the one train.py evaluated with. These are the raw weights:
     with --ema_decay the EMA copy sits in custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
     run_config = path.parent.parent / "config.yaml"
     if (path / "checkpoints").is_dir():
@@ -77,7 +77,9 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     except RuntimeError as e:  # the checkpoint is of another architecture than config.yaml says
         raise ValueError(f"its weights do not fit {run['model']} from {run_config} "
                          f"({str(e).strip().splitlines()[0]})") from None
-    size = run.get("image_size") or model.pretrained_cfg["input_size"][-1]
+    # train.py evaluates at --eval_image_size when it is > 0 (FixRes: train small, test large), else at --image_size
+    size = next((s for s in (run.get("eval_image_size"), run.get("image_size")) if isinstance(s, int) and s > 0),
+                model.pretrained_cfg["input_size"][-1])
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
     return model.eval()
 
@@ -113,6 +115,9 @@ def main(argv=None):
     for flag in ("model", "dataset"):
         if not getattr(cfg, flag):
             raise SystemExit(f"error: --{flag} is required")
+    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0)):  # image_size 0: the model's own
+        if getattr(cfg, flag) < low:
+            raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: MULTI_CPU DDP (FIELD_NOTES)
@@ -190,9 +195,10 @@ def main(argv=None):
         atomic_write_text(out.with_name(out.stem + "_confused.json"), json.dumps(confused, indent=1))
         print(f"wrote {out} and its _per_class/_confused companions")
     if cfg.update_model_card:
-        modeling.update_model_card_results(Path(cfg.model), {"top1": summary["top1"], "top5": summary["top5"],
-                                                             "split": cfg.split, "dataset": cfg.dataset,
-                                                             "n": summary["n"]})
+        # the eval transform goes with the numbers: --image_size may differ from the export's own input size
+        modeling.update_model_card_results(Path(cfg.model), {
+            **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation")},
+            "split": cfg.split, "dataset": cfg.dataset})
         print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
     return summary
 

@@ -37,6 +37,15 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
+def share_tree(folder) -> None:
+    """Give ``folder`` and everything in it the modes a plain mkdir/open would (0777/0666 less the umask): mkdtemp
+    makes 0700 and safetensors writes 0600, which on a shared cluster locks teammates out of exports/checkpoints."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (Path(folder), *Path(folder).rglob("*")):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def replace_dir(tmp_dir, final_dir) -> None:
     """Move a finished temp folder into place; an older folder of that name is removed only once the new one is in."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)

@@ -63,7 +63,8 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
                                     feature_cfg=dict(out_indices=(0, 1)), **kwargs)
 
 then ``from . import mynet`` below. ``tests/test_modeling.py`` runs every registered name through forward/backward,
-features_only, and a save/load round trip, so a new family is tested by being registered.
+features_only (the maps must match ``feature_info``; any number of them, at any stride) and a save/load round trip,
+so a new family is tested by being registered.
 """
 from ._registry import create_model, list_models, register
 from .hub import (check_hub_ready, label_info, load_model, push_to_hub, save_pretrained,

@@ -35,7 +35,7 @@ from pathlib import Path
 import safetensors.torch
 import timm
 import yaml
-from huggingface_hub import (EvalResult, EvalResultEntry, HfApi, ModelCard, ModelCardData,
+from huggingface_hub import (CommitOperationAdd, EvalResult, EvalResultEntry, HfApi, ModelCard, ModelCardData,
                              eval_result_entries_to_yaml, get_token, hf_hub_download)
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError
@@ -43,7 +43,7 @@ from huggingface_hub.utils import validate_repo_id
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.models import PretrainedCfg, get_model_args
 
-from imagenet_trainer.runinfo import atomic_write_text, replace_dir
+from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 
 from ._registry import list_models
 
@@ -59,8 +59,8 @@ _ARCH_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "cr
 _CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "epochs", "hardware",
               "results", "license", "tags"}
-_RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "ema"}
-DEFAULT_DATASET_ID = "ILSVRC/imagenet-1k"  # the Hub's ImageNet-1k, named in the card's datasets and eval results
+_RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "ema", "image_size", "crop_pct", "interpolation"}
+REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub accepts as "true" in HF_HUB_OFFLINE
 
 
@@ -90,6 +90,7 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
     if set(card) - _CARD_KEYS:
         raise ValueError(f"model_card: unknown keys {sorted(set(card) - _CARD_KEYS)} (known: {sorted(_CARD_KEYS)})")
     _check_results(card.get("results") or {}, "model_card")
+    dataset_id = _card_dataset_id(card)
 
     config = hub_config(model, label_names, label_descriptions, pretrained_cfg)
     folder = Path(folder)
@@ -102,17 +103,53 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         num_params = sum(p.numel() for p in model.parameters())
         (tmp / CARD_NAME).write_text(model_card_text(config, card, num_params=num_params))
-        dataset_id = card.get("dataset_id", DEFAULT_DATASET_ID)
-        entries = eval_result_entries(card.get("results") or {}, dataset_id)
+        entries = eval_result_entries(card.get("results") or {}, dataset_id) if dataset_id else []
         if entries:
             (tmp / EVAL_RESULTS_DIR).mkdir()
             (tmp / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml").write_text(
                 yaml.safe_dump(entries, sort_keys=False))
+        share_tree(tmp)  # mkdtemp makes 0700, safetensors writes 0600: teammates must read the export
         replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _is_local(ref: str) -> bool:
+    return ref.startswith(("/", "~", ".")) or os.path.exists(os.path.expanduser(ref))  # False on any OSError
+
+
+def _public(value):
+    """A string that names a local path, shown by its last component only: absolute paths leak user and cluster
+    names into a public card. Other values are returned as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    prefix = "local-dir:" if value.startswith("local-dir:") else ""
+    path = value.removeprefix(prefix)
+    return prefix + (Path(path).expanduser().resolve().name or path) if _is_local(path) else value
+
+
+def _hub_dataset_id(dataset) -> str | None:
+    """``dataset`` when it is a Hub dataset id (OWNER/NAME, not a local folder), else None. A card links only a Hub
+    dataset the weights were trained or scored on: a local folder of 1000 ImageNet wnids may hold other images
+    (a demo tree, a re-split, a subset of ImageNet-21k), so none is guessed from one."""
+    if not isinstance(dataset, str) or dataset.count("/") != 1 or _is_local(dataset):
+        return None
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError:
+        return None
+    return dataset
+
+
+def _card_dataset_id(card: dict) -> str | None:
+    if "dataset_id" not in card:
+        return _hub_dataset_id(card.get("dataset"))
+    if card["dataset_id"] and _hub_dataset_id(card["dataset_id"]) != card["dataset_id"]:
+        raise ValueError(f"model_card: dataset_id '{card['dataset_id']}' is not a Hub dataset id (OWNER/NAME); "
+                         f"leave it out for a local dataset")
+    return card["dataset_id"] or None
 
 
 def _check_model(model) -> str:
@@ -164,12 +201,22 @@ def _metric_name(key: str) -> str:
     return f"{key[:3]}-{key[3:]} accuracy (%)"  # "top1" -> "top-1 accuracy (%)"
 
 
+def _eval_transform(results: dict) -> str:
+    """"48x48 px center crop (crop_pct 0.875, bicubic)": what the numbers were measured at, if recorded."""
+    if not results.get("image_size"):
+        return ""
+    how = [f"crop_pct {results['crop_pct']}"] if results.get("crop_pct") is not None else []
+    how += [str(results["interpolation"])] if results.get("interpolation") else []
+    return f"{results['image_size']}x{results['image_size']} px center crop" + (f" ({', '.join(how)})" if how else "")
+
+
 def eval_result_entries(results: dict, dataset_id: str) -> list[dict]:
     """``results`` in huggingface_hub's ``.eval_results/*.yaml`` format (``EvalResultEntry``), accuracy in %."""
     split = results.get("split", "validation")
     images = f", {results['n']} images" if results.get("n") else ""
+    at = f", at {transform}" if (transform := _eval_transform(results)) else ""
     entries = [EvalResultEntry(dataset_id=dataset_id, task_id=f"{k}_accuracy", value=round(float(results[k]), 2),
-                               notes=f"{_metric_name(k)} on the {split} split{images}")
+                               notes=f"{_metric_name(k)} on the {split} split{images}{at}")
                for k in ("top1", "top5") if results.get(k) is not None]
     return eval_result_entries_to_yaml(entries)
 
@@ -186,8 +233,10 @@ def _results_section(results: dict, dataset: str) -> list[str]:
     def pct(key):
         return f"{results[key]:.2f}" if results.get(key) is not None else "-"
     lines = ["## Results", "", "| dataset | split | images | top-1 (%) | top-5 (%) |", "|---|---|---|---|---|",
-             f"| {_cell(results.get('dataset', dataset))} | {results.get('split', 'validation')} | "
+             f"| {_cell(_public(results.get('dataset') or dataset or '-'))} | {results.get('split', 'validation')} | "
              f"{results.get('n') or '-'} | {pct('top1')} | {pct('top5')} |", ""]
+    if results.get("image_size"):
+        lines += [f"Evaluated at {_eval_transform(results)}.", ""]
     if results.get("ema"):
         lines += ["Weights: the exponential moving average (EMA) of the trained weights.", ""]
     return lines
@@ -202,30 +251,41 @@ def _check_results(results: dict, where: str) -> None:
 def model_card_text(config: dict, card: dict, num_params: int | None = None) -> str:
     """README.md: YAML front matter (library, license, datasets, legacy model-index) and a card body.
 
-    ``card`` keys (all optional): model_name, repo_id (used in the snippets), description, dataset (display name),
-    dataset_id (Hub id, default ILSVRC/imagenet-1k), recipe {hyper-parameter: value}, epochs, hardware,
-    results {top1, top5 (both %), split, n (images), dataset, ema (bool)}, license (default apache-2.0), tags.
+    ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
+    push_to_hub fills in), description, dataset (as given to train.py: a Hub id, a local folder, shown by its name
+    only, or a display name), dataset_id (Hub dataset id for ``datasets:`` and the eval results; default: ``dataset``
+    when that is a Hub id, else none), recipe {hyper-parameter: value; local paths shown by their last component},
+    epochs, hardware, results {top1, top5 (both %), split, n (images), dataset, ema (bool), image_size (px),
+    crop_pct, interpolation}, license (default apache-2.0), tags. Results go into the front matter only with a Hub
+    dataset id: a local folder's numbers are in the Results table alone.
     """
     arch, pcfg = config["architecture"], config["pretrained_cfg"]
     name = card.get("model_name") or arch
-    repo = card.get("repo_id", "OWNER/NAME")
-    dataset = str(card.get("dataset", "ImageNet-1k (ILSVRC-2012)"))
-    dataset_id = card.get("dataset_id", DEFAULT_DATASET_ID)
+    repo = card.get("repo_id") or REPO_PLACEHOLDER
+    if repo != REPO_PLACEHOLDER:
+        try:
+            validate_repo_id(repo)
+        except HFValidationError:
+            raise ValueError(f"model_card: repo_id '{repo}' is not a Hub repo id (OWNER/NAME)") from None
+    dataset = _public(str(card["dataset"])) if card.get("dataset") else None
+    dataset_id = _card_dataset_id(card)
     results = card.get("results") or {}
-    metrics = _model_index(results, dataset, dataset_id)
+    metrics = _model_index(results, dataset or dataset_id, dataset_id) if dataset_id else []
     tags = ["image-classification", "timm", "transformers", "imagenet-trainer", *card.get("tags", [])]
     data = ModelCardData(library_name="timm", pipeline_tag="image-classification", tags=tags,
-                         license=card.get("license", "apache-2.0"), datasets=[dataset_id],
+                         license=card.get("license", "apache-2.0"), datasets=[dataset_id] if dataset_id else None,
                          model_name=name if metrics else None, eval_results=metrics or None)
     ours = arch in list_models()
+    trained_on = f" trained on {dataset}" if dataset else ""
+    shown = f"{dataset} (`{dataset_id}`)" if dataset and dataset_id and dataset != dataset_id else dataset or dataset_id
 
     lines = ["---", data.to_yaml(), "---", "", f"# {name}", "",
-             card.get("description") or f"A `{arch}` image classifier trained on {dataset} with imagenet-trainer.", "",
+             card.get("description") or f"A `{arch}` image classifier{trained_on} with imagenet-trainer.", "",
              "## Model details", "",
              f"- **Architecture:** `{arch}`" + (" (defined in imagenet-trainer's `modeling` package)" if ours else ""),
              *([f"- **Parameters:** {num_params / 1e6:.2f} M"] if num_params else []),
              f"- **Classes:** {config['num_classes']}",
-             f"- **Dataset:** {dataset} (`{dataset_id}`)", ""]
+             *([f"- **Dataset:** {shown}"] if shown else []), ""]
     lines += _results_section(results, dataset) if results else []
     lines += ["## Training", ""]
     epochs = card.get("epochs")
@@ -235,7 +295,7 @@ def model_card_text(config: dict, card: dict, num_params: int | None = None) -> 
         lines.append(f"- **Hardware:** {card['hardware']}")
     if card.get("recipe"):
         lines += ["", "| hyper-parameter | value |", "|---|---|"]
-        lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in card["recipe"].items()]
+        lines += [f"| {_cell(k)} | {_cell(_public(v))} |" for k, v in card["recipe"].items()]
     if epochs is None and not card.get("hardware") and not card.get("recipe"):
         lines.append("No recipe was recorded.")
 
@@ -277,21 +337,26 @@ def model_card_text(config: dict, card: dict, num_params: int | None = None) -> 
 def update_model_card_results(folder, results: dict) -> None:
     """Put new results (e.g. from validate.py) into a saved folder's README.md (front matter ``model-index`` and
     the Results section) and ``.eval_results/``, leaving the rest of the card as written. Each file is replaced
-    atomically. ``results``: top1, top5 (%), split, n (images), dataset (display name), ema."""
+    atomically. ``results``: top1, top5 (%), split, n (images), dataset (a Hub id or local folder; default: the
+    card's), ema (default: as the card said; the weights are unchanged), image_size (px), crop_pct, interpolation.
+    Results on a local folder replace the Results table only: the front matter keeps the Hub dataset's results,
+    which still hold for these weights."""
     folder = Path(folder)
     if not (folder / CARD_NAME).is_file():
         raise ValueError(f"{folder}: no {CARD_NAME}; write the folder with modeling.save_pretrained first")
     _check_results(results, f"update_model_card_results({folder})")
     card = ModelCard.load(folder / CARD_NAME)
-    dataset_id = (card.data.datasets or [DEFAULT_DATASET_ID])[0]
+    body = card.text
+    match = re.search(r"^## Results\n.*?(?=^## )", body, flags=re.S | re.M)
+    results = {"ema": bool(match) and "(EMA)" in match.group(), **results}
+    dataset_id = _hub_dataset_id(results["dataset"]) if results.get("dataset") else (card.data.datasets or [None])[0]
     old = (card.data.eval_results or [None])[0]
-    dataset = str(results.get("dataset") or (old.dataset_name if old else dataset_id))
-    card.data.eval_results = _model_index(results, dataset, dataset_id) or None
+    dataset = _public(str(results.get("dataset") or (old.dataset_name if old else dataset_id) or "-"))
+    if dataset_id:
+        card.data.eval_results = _model_index(results, dataset, dataset_id) or None
     if card.data.eval_results and not card.data.model_name:
         card.data.model_name = json.loads((folder / CONFIG_NAME).read_text())["architecture"]
     section = "\n".join(_results_section(results, dataset))
-    body = card.text
-    match = re.search(r"^## Results\n.*?(?=^## )", body, flags=re.S | re.M)
     if match:
         body = body[:match.start()] + section + "\n" + body[match.end():]
     elif "## Training" in body:
@@ -299,7 +364,7 @@ def update_model_card_results(folder, results: dict) -> None:
     else:
         body = body.rstrip("\n") + "\n\n" + section + "\n"
     atomic_write_text(folder / CARD_NAME, f"---\n{card.data.to_yaml()}\n---\n{body}")
-    entries = eval_result_entries(results, dataset_id)
+    entries = eval_result_entries(results, dataset_id) if dataset_id else []
     if entries:
         atomic_write_text(folder / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml",
                           yaml.safe_dump(entries, sort_keys=False))
@@ -381,17 +446,23 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     """Upload a folder written by ``save_pretrained`` to ``repo_id`` (created if missing); returns the repo URL.
 
     A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors
-    from ``check_hub_ready``); the local folder is never modified, so the push can be retried.
+    from ``check_hub_ready``); the local folder is never modified, so the push can be retried. A card saved without
+    ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place of OWNER/NAME.
     """
     check_hub_ready(repo_id, token)
     folder = Path(folder)
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder}: no {', '.join(missing)}; write it with modeling.save_pretrained first")
+    card = (folder / CARD_NAME).read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
+    # upload_folder's file set (everything but .git/), with the filled-in card in place of the local one
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
+                                     path_or_fileobj=card if p == folder / CARD_NAME else str(p)) for p in files]
     api = HfApi(token=token, library_name="timm", library_version=timm.__version__)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=url.repo_id, folder_path=folder, commit_message=commit_message)
+        api.create_commit(url.repo_id, operations, commit_message=commit_message)
     except Exception as e:  # HTTP, network and auth errors come from several libraries; all end the same way
         message, secret = _first_line(e), token or get_token()
         if secret:

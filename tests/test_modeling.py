@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -24,13 +25,16 @@ from modeling.blocknet import BlockNet, BlockNetCfg
 from modeling.hub import hub_config
 
 OURS = modeling.list_models()
+# the families this package ships (a user's modeling/mynet.py registers into OURS too, and is held to less)
+SHIPPED = [n for n in OURS if timm.models.model_entrypoint(n).__module__ in ("modeling.alexnet", "modeling.blocknet")]
 ZOO_SMALL = ["resnet18"]  # zoo names cheap enough for every per-model test
 # ImageNet has two classes named "crane": the labels must survive that (label2id, pipeline output)
 WNIDS = ["n02012849", "n03126707", "n01440764", "n02085620"]
 NAMES = ["crane", "crane", "tench, Tinca tinca", "Chihuahua"]
 SHOWN = ["crane (n02012849)", "crane (n03126707)", "tench, Tinca tinca", "Chihuahua"]  # what pipelines print
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real JPEG shipped offline
-CARD = {"dataset": "ImageNet-1k (ILSVRC-2012)", "epochs": 16, "hardware": "1x H100 80GB, 16 CPU cores",
+CARD = {"dataset": "ImageNet-1k (ILSVRC-2012)", "dataset_id": "ILSVRC/imagenet-1k", "epochs": 16,
+        "hardware": "1x H100 80GB, 16 CPU cores",
         "recipe": {"optimizer": "sgd", "lr": 0.8, "batch_size": 1024, "label_smoothing": 0.1},
         "results": {"top1": 67.12, "top5": 87.45, "split": "validation"}, "repo_id": "me/tiny"}
 
@@ -152,19 +156,27 @@ def test_alexnet_loads_torchvision_state_dict_unchanged():
         assert torch.allclose(ours(x), reference(x), atol=1e-5)
 
 
+def check_advertised_maps(backbone) -> list[int]:
+    """The maps of a features_only backbone are what its feature_info says (channels, stride from the input), in
+    non-decreasing stride; returns the strides. All any registered design must do, ImageNet-sized or not."""
+    with torch.no_grad():
+        maps = backbone.eval()(small_input(batch=1))  # 64x64 px
+    info = backbone.feature_info
+    assert len(maps) == len(info.channels()) >= 1
+    assert [m.shape[1] for m in maps] == info.channels()
+    assert info.reduction() == sorted(info.reduction())  # equal neighbours allowed: ViT-like designs stay at 16
+    for m, reduction in zip(maps, info.reduction()):
+        # AlexNet's unpadded 11x11/4 conv gives 15 px from 64, not 16: allow the off-by-one
+        assert abs(m.shape[-1] - 64 / reduction) <= 1, (m.shape, reduction)
+    return info.reduction()
+
+
 @pytest.mark.parametrize("name", OURS + ZOO_SMALL)
 def test_features_only_gives_advertised_maps(name):
-    x = small_input(batch=1)
     for create in (modeling.create_model, timm.create_model):
-        backbone = create(name, features_only=True).eval()
-        with torch.no_grad():
-            maps = backbone(x)
-        info = backbone.feature_info
-        assert [m.shape[1] for m in maps] == info.channels()
-        assert len(maps) >= 4 and info.reduction()[-1] == 32
-        for m, reduction in zip(maps, info.reduction()):
-            # AlexNet's unpadded 11x11/4 conv gives 15 px from 64, not 16: allow the off-by-one
-            assert abs(m.shape[-1] - 64 / reduction) <= 1, (name, m.shape, reduction)
+        reductions = check_advertised_maps(create(name, features_only=True))
+        if name in SHIPPED + ZOO_SMALL:  # what detection/segmentation necks (FPN) expect of an ImageNet backbone
+            assert len(reductions) >= 4 and reductions[-1] == 32, reductions
 
 
 def test_readme_example_backbone_works(tmp_path, monkeypatch):
@@ -182,6 +194,8 @@ def test_readme_example_backbone_works(tmp_path, monkeypatch):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     maps = timm.create_model("mynet_small", features_only=True)(torch.randn(1, 3, 32, 32))
     assert [tuple(m.shape[1:]) for m in maps] == [(32, 16, 16), (64, 8, 8)]
+    # what test_features_only_gives_advertised_maps asks of a registered design that is not one of ours
+    assert check_advertised_maps(modeling.create_model("mynet_small", features_only=True)) == [2, 4]
 
 
 # ---------------------------------------------------------------- saving and loading
@@ -267,27 +281,90 @@ def test_model_card_and_eval_results(saved_tiny):
         ("ILSVRC/imagenet-1k", "top1_accuracy", 67.12), ("ILSVRC/imagenet-1k", "top5_accuracy", 87.45)]
 
 
+def test_card_shows_no_local_paths_and_links_only_hub_datasets(tmp_path):
+    model = modeling.create_model("blocknet_tiny", num_classes=1000)
+    info = timm.data.ImageNetInfo("imagenet-1k")
+    labels = {"label_names": info.label_names(), "label_descriptions": info.label_descriptions()}
+    home = tmp_path / "home" / "alice"
+    (home / "imagenet").mkdir(parents=True)
+    results = {"top1": 70.0, "top5": 90.0, "n": 50000}
+    recipe = {"dataset": str(home / "imagenet"), "output_dir": str(home / "runs" / "r50"),
+              "model": f"local-dir:{home / 'start'}", "resume_from_checkpoint": "latest", "lr": 0.1}
+    local = modeling.save_pretrained(model, tmp_path / "local", **labels, model_card={
+        "dataset": str(home / "imagenet"), "recipe": recipe, "results": results})
+    text = (local / "README.md").read_text()
+    assert "alice" not in text  # the card is public, the cluster's paths are not
+    for row in ("| dataset | imagenet |", "| output_dir | r50 |", "| model | local-dir:start |",
+                "| resume_from_checkpoint | latest |", "| imagenet | validation | 50000 | 70.00 | 90.00 |"):
+        assert row in text, row
+    # ILSVRC's 1000 wnids do not make a local folder the Hub's ILSVRC/imagenet-1k (preprocess.py's demo trees have
+    # them too): the card links no dataset and makes no leaderboard claim; the Results table keeps the numbers
+    card = huggingface_hub.ModelCard.load(local / "README.md")
+    assert card.data.datasets is None and card.data.eval_results is None and not (local / ".eval_results").exists()
+    assert 'timm.create_model("hf-hub:OWNER/NAME"' in text  # no repo id yet: push_to_hub fills it in
+
+    # --dataset given as a Hub id is that dataset; a known repo id goes into the snippets
+    hub = modeling.save_pretrained(model, tmp_path / "hub", **labels, model_card={
+        "dataset": "ILSVRC/imagenet-1k", "results": results, "repo_id": "me/r50"})
+    card = huggingface_hub.ModelCard.load(hub / "README.md")
+    assert card.data.datasets == ["ILSVRC/imagenet-1k"]
+    assert card.data.eval_results[0].dataset_type == "ILSVRC/imagenet-1k"
+    assert 'hf-hub:me/r50"' in card.text and 'model="me/r50"' in card.text and "OWNER/NAME" not in card.text
+    for bad, message in (({"dataset_id": "my data"}, "dataset_id 'my data' is not a Hub dataset id"),
+                         ({"repo_id": "me/r50/x"}, "repo_id 'me/r50/x' is not a Hub repo id")):
+        with pytest.raises(ValueError, match=message):
+            modeling.save_pretrained(model, tmp_path / "bad", **labels, model_card=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "hub", "local"]  # no half folder
+
+
+def test_export_follows_the_umask_not_mkdtemp(saved_tiny, tmp_path):
+    """mkdtemp makes 0700 and safetensors 0600: on a shared cluster teammates could not read the export."""
+    model, _ = saved_tiny
+    old = os.umask(0o022)
+    try:
+        folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, model_card=CARD)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in (folder, *folder.rglob("*"))}
+    assert modes == {".": 0o755, ".eval_results": 0o755, ".eval_results/imagenet-1k.yaml": 0o644,
+                     "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
+
+
 def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_path):
     model, _ = saved_tiny
     # the card train.py writes: float epochs, a recipe with None and lists, results with n and ema
     recipe = {"model": "blocknet_tiny", "lr": 0.1, "auto_augment": None, "betas": [0.9, 0.999]}
     folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, label_descriptions=NAMES, model_card={
-        "dataset": "demo_run/dataset", "recipe": recipe, "epochs": 2.5, "hardware": "1 x cpu (NO, no)",
+        "dataset": "me/train-data", "recipe": recipe, "epochs": 2.5, "hardware": "1 x cpu (NO, no)",
         "results": {"top1": 50.0, "top5": 100.0, "split": "validation", "n": 8, "ema": True}})
     text = (folder / "README.md").read_text()
-    assert "| auto_augment | None |" in text and "**Epochs:** 2.5" in text and "EMA" in text
-    assert "| demo_run/dataset | validation | 8 | 50.00 | 100.00 |" in text
+    assert "| auto_augment | None |" in text and "**Epochs:** 2.5" in text and "(EMA)" in text
+    assert "| me/train-data | validation | 8 | 50.00 | 100.00 |" in text
+    after_results = text.split("## Training")[1]
 
+    # validate.py's results at another size on another Hub dataset; it knows nothing of EMA
     modeling.update_model_card_results(folder, {"top1": 62.5, "top5": 87.5, "split": "val", "n": 16,
-                                                "dataset": "other/dataset"})
+                                                "dataset": "other/dataset", "image_size": 80, "crop_pct": 1.0,
+                                                "interpolation": "bicubic"})
     card = huggingface_hub.ModelCard.load(folder / "README.md")
-    assert {r.metric_name: (r.metric_value, r.dataset_split) for r in card.data.eval_results} == {
-        "top-1 accuracy (%)": (62.5, "val"), "top-5 accuracy (%)": (87.5, "val")}
+    assert {r.metric_name: (r.metric_value, r.dataset_split, r.dataset_type) for r in card.data.eval_results} == {
+        "top-1 accuracy (%)": (62.5, "val", "other/dataset"), "top-5 accuracy (%)": (87.5, "val", "other/dataset")}
     assert card.text.count("## Results") == 1 and "| other/dataset | val | 16 | 62.50 | 87.50 |" in card.text
-    assert "50.00" not in card.text and "EMA" not in card.text
-    assert "| auto_augment | None |" in card.text and "## Labels" in card.text  # the rest is as written
-    entries = yaml.safe_load((folder / ".eval_results" / "imagenet-1k.yaml").read_text())
-    assert [e["value"] for e in entries] == [62.5, 87.5]
+    assert "Evaluated at 80x80 px center crop (crop_pct 1.0, bicubic)." in card.text and "50.00" not in card.text
+    assert "Weights: the exponential moving average (EMA)" in card.text  # the same EMA weights were scored
+    assert card.text.split("## Training")[1] == after_results  # the rest is as written
+    entries = yaml.safe_load((folder / ".eval_results" / "dataset.yaml").read_text())
+    assert [e["value"] for e in entries] == [62.5, 87.5] and entries[0]["notes"].endswith("at 80x80 px center crop "
+                                                                                        "(crop_pct 1.0, bicubic)")
+
+    # on a local folder: the table is replaced, the front matter (results on a Hub dataset) still holds
+    (tmp_path / "home" / "mine").mkdir(parents=True)
+    front = card.data.to_dict()
+    modeling.update_model_card_results(folder, {"top1": 30.0, "top5": 60.0, "dataset": str(tmp_path / "home" / "mine"),
+                                                "ema": False})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert card.data.to_dict() == front and "| mine | validation | - | 30.00 | 60.00 |" in card.text
+    assert str(tmp_path) not in card.text and "(EMA)" not in card.text  # ema=False was said explicitly
 
     bare = modeling.save_pretrained(model, tmp_path / "bare", label_names=WNIDS)  # no results section yet
     modeling.update_model_card_results(bare, {"top1": 10.0, "top5": 40.0})
@@ -453,7 +530,7 @@ def test_check_hub_ready_fails_fast(hub_env):
         modeling.check_hub_ready("me/tiny/extra")
 
 
-def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env):
+def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path):
     _, folder = saved_tiny
     before = folder_digest(folder)
     with pytest.raises(ValueError, match="no Hugging Face token"):
@@ -465,20 +542,33 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env):
         calls.append(("create_repo", repo_id, private, exist_ok))
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
-        calls.append(("upload_folder", repo_id, sorted(folder_digest(Path(folder_path))), commit_message))
+    def create_commit(self, repo_id, operations, *, commit_message, **kwargs):
+        uploaded = {op.path_in_repo: op.path_or_fileobj for op in operations}
+        calls.append(("create_commit", repo_id, sorted(uploaded), commit_message))
+        return uploaded
 
     hub_env.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    hub_env.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    hub_env.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
     url = modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret", private=True, commit_message="v1")
     assert url == "https://huggingface.co/me/tiny"
     assert calls == [("create_repo", "me/tiny", True, True),
-                     ("upload_folder", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "config.json",
+                     ("create_commit", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "config.json",
                                                    "model.safetensors"], "v1")]
 
-    def broken_upload(self, **kwargs):
+    # a card saved before the repo id was known: the pushed copy names the repo, the local one is left as it is
+    bare = modeling.save_pretrained(saved_tiny[0], tmp_path / "bare", label_names=WNIDS)
+    local_card = (bare / "README.md").read_text()
+    uploaded = {}
+    hub_env.setattr(huggingface_hub.HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: uploaded.update(
+        {op.path_in_repo: op.path_or_fileobj for op in operations}))
+    modeling.push_to_hub(bare, "me/other", token="hf_secretsecret")
+    card = uploaded["README.md"].decode()
+    assert 'timm.create_model("hf-hub:me/other"' in card and "OWNER/NAME" not in card
+    assert card == local_card.replace("OWNER/NAME", "me/other") and (bare / "README.md").read_text() == local_card
+
+    def broken_upload(self, *args, **kwargs):
         raise OSError("connection reset while sending hf_secretsecret\nlong traceback text")
-    hub_env.setattr(huggingface_hub.HfApi, "upload_folder", broken_upload)
+    hub_env.setattr(huggingface_hub.HfApi, "create_commit", broken_upload)
     with pytest.raises(OSError, match="push of .* to 'me/tiny' failed .*connection reset") as e:
         modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret")
     assert "\n" not in str(e.value) and "hf_secretsecret" not in str(e.value)

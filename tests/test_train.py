@@ -98,7 +98,7 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
     proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--batch_size", "4", "--resume_from_checkpoint", "latest"))
     assert proc.returncode != 0
     assert "resume with the same processes, --batch_size" in proc.stderr.strip().splitlines()[-1]
-    for extra in (("--ema_decay", "0.9"), ("--model", "blocknet_small")):  # objects or shapes the checkpoint lacks
+    for extra in (("--ema_decay", "0.9"), ("--model", "blocknet_mobile")):  # objects or shapes the checkpoint lacks
         proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest", *extra))
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert "does not fit this run" in proc.stderr.strip().splitlines()[-1]

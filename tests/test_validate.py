@@ -56,11 +56,12 @@ def error_of(*args) -> str:
 
 @pytest.fixture(scope="module")
 def trained(preprocessed, tmp_path_factory) -> Path:
-    """A train.py run folder: one epoch, its export in final/ (non-EMA) and the checkpoint of the same step."""
+    """A train.py run folder: one epoch, its export in final/ (non-EMA) and the checkpoint of the same step. It
+    trains at 32 px and evaluates at 48 (FixRes), so an eval at the train size cannot pass for the logged one."""
     out = tmp_path_factory.mktemp("validate") / "run"
     ok(run([sys.executable, str(ROOT / "train.py"), "--model", TINY, "--dataset", str(preprocessed),
-            "--output_dir", str(out), "--image_size", "32", "--batch_size", "8", "--epochs", "1",
-            "--num_workers", "0", "--warmup_epochs", "0.5"]))
+            "--output_dir", str(out), "--image_size", "32", "--eval_image_size", "48", "--batch_size", "8",
+            "--epochs", "1", "--num_workers", "0", "--warmup_epochs", "0.5"]))
     return out
 
 
@@ -69,12 +70,14 @@ def only_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
-def fake_checkpoint(tmp_path: Path, state: dict, prefix: str, image_size: int = 32) -> Path:
-    """What accelerate's save_state leaves for a DDP-wrapped torch.compile'd model, with the run's config.yaml."""
+def fake_checkpoint(tmp_path: Path, state: dict, prefix: str, image_size: int = 32, eval_image_size: int = 48) -> Path:
+    """What accelerate's save_state leaves for a DDP-wrapped torch.compile'd model, with the run's config.yaml (the
+    sizes of the ``trained`` run by default)."""
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
     ckpt.mkdir(parents=True)
     save_file({prefix + k: v.contiguous() for k, v in state.items()}, ckpt / "model.safetensors")
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": TINY, "image_size": image_size}))
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(
+        {"model": TINY, "image_size": image_size, "eval_image_size": eval_image_size}))
     return ckpt
 
 
@@ -87,9 +90,9 @@ def test_export_and_checkpoint_reproduce_train_logged_val(trained, preprocessed,
     assert exported["top5"] == pytest.approx(logged["val_top5"], abs=1e-9)
     assert exported["n"] == logged["val_n"] == datasets.load_from_disk(str(preprocessed))["validation"].num_rows
     assert exported["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
-    assert exported["image_size"] == 32  # from the export's pretrained_cfg, not blocknet_tiny's default 64
+    assert exported["image_size"] == 48  # the run's --eval_image_size from the export's pretrained_cfg, not 32 or 64
 
-    # the checkpoint of the same step: architecture and eval size from the run's config.yaml
+    # the checkpoint of the same step: architecture and eval size (--eval_image_size) from the run's config.yaml
     from_ckpt = evaluate(only_checkpoint(trained), preprocessed)
     for key in ("top1", "top5", "n", "image_size", "crop_pct"):
         assert from_ckpt[key] == exported[key], key
@@ -115,6 +118,14 @@ def test_checkpoint_keys_from_ddp_and_compile_load(trained, preprocessed, tmp_pa
     assert evaluate(ckpt, preprocessed)["top1"] == evaluate(trained / "final", preprocessed)["top1"]
 
 
+def test_checkpoint_validates_at_the_runs_eval_image_size(trained, preprocessed, tmp_path):
+    state = load_file(only_checkpoint(trained) / "model.safetensors")
+    fixres = fake_checkpoint(tmp_path / "fixres", state, "", image_size=32, eval_image_size=40)
+    assert evaluate(fixres, preprocessed)["image_size"] == 40
+    same = fake_checkpoint(tmp_path / "same", state, "", image_size=32, eval_image_size=0)  # 0: --image_size
+    assert evaluate(same, preprocessed)["image_size"] == 32
+
+
 def test_hub_id_loads_offline_from_the_cache(trained, preprocessed, tmp_path, monkeypatch):
     repo = tmp_path / "hub" / "models--me--tiny"
     (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
@@ -132,12 +143,19 @@ def test_hub_id_loads_offline_from_the_cache(trained, preprocessed, tmp_path, mo
 def test_update_model_card(trained, preprocessed, tmp_path):
     folder = tmp_path / "final"
     shutil.copytree(trained / "final", folder)
-    result = evaluate(folder, preprocessed, "--update_model_card")
+    # the card of an EMA export (train.py writes this line when the EMA weights won)
+    modeling.update_model_card_results(folder, {"top1": 1.0, "top5": 2.0, "ema": True})
+    before = huggingface_hub.ModelCard.load(folder / "README.md")
+    result = evaluate(folder, preprocessed, "--update_model_card", "--image_size", 40)  # the export's is 48
     card = huggingface_hub.ModelCard.load(folder / "README.md")
-    values = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert values == {"top-1 accuracy (%)": round(result["top1"], 2), "top-5 accuracy (%)": round(result["top5"], 2)}
-    assert card.data.eval_results[0].dataset_split == "validation"
-    assert f"| {result['n']} |" in card.text  # the Results table
+    # the Results table: the folder's name, not its absolute path; the numbers; the transform they were measured at
+    row = f"| {preprocessed.name} | validation | {result['n']} | {result['top1']:.2f} | {result['top5']:.2f} |"
+    assert row in card.text and str(preprocessed) not in card.text
+    assert f"Evaluated at 40x40 px center crop (crop_pct {result['crop_pct']}, {result['interpolation']})." in card.text
+    assert "Weights: the exponential moving average (EMA)" in card.text  # the weights did not change
+    assert card.text.split("## Training")[1] == before.text.split("## Training")[1]  # the rest is as it was
+    # a local folder is no Hub dataset: the front matter's results (on the training data) are left as they were
+    assert card.data.to_dict() == before.data.to_dict()
     assert torch.equal(load_file(folder / "model.safetensors")["fc.weight"],  # the weights are untouched
                        load_file(trained / "final" / "model.safetensors")["fc.weight"])
 
@@ -150,6 +168,9 @@ def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
     assert "--split nope: the dataset has train, validation, test" in error_of(final, preprocessed, "--split", "nope")
     assert "--update_model_card needs a local export" in error_of(ckpt, preprocessed, "--update_model_card")
     assert "--dataset" in error_of(final, tmp_path / "no_dataset")
+    for flag, value, low in (("batch_size", 0, 1), ("image_size", -5, 0), ("num_workers", -1, 0)):
+        message = error_of(final, preprocessed, f"--{flag}", value)
+        assert message == f"error: --{flag} must be at least {low}, got {value}"
 
     # a model for 10 classes on the 4-class dataset: export and checkpoint
     ten = modeling.create_model(TINY, num_classes=10)
