@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, collate, load_image_dataset, mixup_cutmix,
-                                   normalize, random_erasing)
+from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, load_image_dataset,
+                                   mixup_cutmix, normalize, random_erasing)
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
 from imagenet_trainer.runinfo import share_tree, write_run_info
@@ -48,6 +48,7 @@ class TrainConfig:
     model: str = "resnet18"  # any modeling.create_model name: our designs first, then the timm zoo
     pretrained: bool = False  # start from the weights --model names (a timm tag, local-dir:PATH, hf-hub:ID)
     dataset: str = ""  # preprocess.py output folder or a Parquet-backed Hub dataset id with image/label columns
+    eval_split: str = "validation"  # the split evaluated each epoch (e.g. test, for datasets with only train/test)
     output_dir: str = ""  # run folder; empty means runs/<model>
     # schedule
     epochs: int = 90  # full passes over train; the cosine schedule spans epochs * steps_per_epoch
@@ -71,6 +72,7 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # Beta(a, a) cutmix (Yun et al. 2019); 0 disables
     random_erase: float = 0.0  # per-image probability of random erasing (Zhong et al. 2020)
     drop_path: float = 0.0  # stochastic depth rate for models that have it (Huang et al. 2016)
+    drop_rate: float = 0.0  # dropout before the classifier (timm's drop_rate; torchvision's VGG/AlexNet use 0.5)
     # model and speed
     ema_decay: float = 0.0  # EMA of weights per optimizer step, evaluated too; 0 disables (timm uses 0.9998)
     channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want
@@ -107,7 +109,7 @@ class TrainConfig:
                 ("lr", 0 < self.lr < math.inf, "a positive number"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                 ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),
-                ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
+                *((f, 0 <= getattr(self, f) < 1, "in [0, 1)") for f in ("drop_path", "drop_rate")),
                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: off; timm uses 0.9998)"),
                 ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}")):
             if not ok:
@@ -170,7 +172,8 @@ def main(argv=None):
     if accelerator.is_main_process:  # a resume keeps the first launch's record and adds its own
         run_dir.mkdir(parents=True, exist_ok=True)
         resumed = cfg.resume_from_checkpoint and (run_dir / "run_info.json").exists()
-        write_run_info(run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%S") if resumed else run_dir, cfg, extra={"num_processes": accelerator.num_processes,
+        record_dir = run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%S") if resumed else run_dir
+        write_run_info(record_dir, cfg, extra={"num_processes": accelerator.num_processes,
                                             "distributed_type": str(accelerator.distributed_type),
                                             "mixed_precision": accelerator.mixed_precision,
                                             "device": str(accelerator.device)})
@@ -181,20 +184,24 @@ def main(argv=None):
         ds = load_image_dataset(cfg.dataset)
     except ValueError as e:
         raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
-    if not {"train", "validation"} <= set(ds):
+    if not {"train", cfg.eval_split} <= set(ds):
         raise SystemExit(f"error: --dataset {cfg.dataset} has splits {sorted(ds)}; train.py needs 'train' and "
-                         "'validation' (preprocess.py writes both)")
-    if not hasattr(ds["train"].features.get("label"), "names"):
-        raise SystemExit(f"error: --dataset {cfg.dataset}: the 'label' column must be a ClassLabel")
-    label_names = ds["train"].features["label"].names
+                         f"--eval_split '{cfg.eval_split}' (preprocess.py writes train and validation)")
+    label_names = None
+    for split in ("train", cfg.eval_split):  # every row labelled, the same classes in the same order in both
+        try:
+            label_names = check_labels(ds[split], label_names)
+        except ValueError as e:
+            raise SystemExit(f"error: --dataset {cfg.dataset}, split '{split}': {e}") from None
     if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
         raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
                          "(or give the architecture name for a random init)")
+    dropout = {k: v for k, v in (("drop_path_rate", cfg.drop_path), ("drop_rate", cfg.drop_rate)) if v}
     try:
-        model = modeling.create_model(cfg.model, num_classes=len(label_names), pretrained=cfg.pretrained,
-                                      **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}))
+        model = modeling.create_model(cfg.model, num_classes=len(label_names), pretrained=cfg.pretrained, **dropout)
     except TypeError:
-        raise SystemExit(f"error: --drop_path: {cfg.model} has no stochastic depth; use --drop_path 0") from None
+        raise SystemExit(f"error: --drop_path/--drop_rate: {cfg.model} takes no {' or '.join(dropout)}; set it to 0"
+                         ) from None
     except (ValueError, OSError, RuntimeError) as e:  # unknown name, offline Hub, missing or mismatched weights
         raise SystemExit(f"error: --model {cfg.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                          ) from None
@@ -202,7 +209,7 @@ def main(argv=None):
     try:
         train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0),
                              auto_augment=cfg.auto_augment or None)
-        eval_set = EvalSet(ds["validation"], eval_size, crop_pct=data_cfg["crop_pct"],
+        eval_set = EvalSet(ds[cfg.eval_split], eval_size, crop_pct=data_cfg["crop_pct"],
                            interpolation=data_cfg["interpolation"])
         sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed,
                                    num_replicas=accelerator.num_processes, rank=accelerator.process_index)
@@ -350,9 +357,9 @@ def main(argv=None):
                 x = x.to(accelerator.device, non_blocking=True)
                 y = y.to(accelerator.device, non_blocking=True)
                 x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+                x = random_erasing(x, cfg.random_erase, generator=step_rng)  # per image, before mixing, as timm
                 x, target = mixup_cutmix(x, y, len(label_names), cfg.mixup_alpha, cfg.cutmix_alpha,
                                          cfg.label_smoothing, generator=step_rng)
-                x = random_erasing(x, cfg.random_erase, generator=step_rng)
                 with accelerator.accumulate(model):
                     loss = F.cross_entropy(model(x), target)
                     accelerator.backward(loss)
@@ -404,7 +411,7 @@ def main(argv=None):
             improved = best["top1"] > state.best_top1
             if improved:
                 state.best_top1, state.best_step = best["top1"], state.step
-                export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": "validation", "n": best["n"],
+                export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                                   "ema": best_net is not model})
             save_checkpoint()
             accelerator.log(row, step=state.step)

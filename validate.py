@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
-import pyarrow.compute as pc
 import torch
 import yaml
 from accelerate import Accelerator
@@ -28,7 +26,7 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.data import EvalSet, collate, load_image_dataset
+from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
@@ -96,7 +94,7 @@ def load_any(path_or_id: str) -> torch.nn.Module:
     return modeling.load_model(path_or_id)
 
 
-def check_labels(model_ref: str, label_names: list[str]) -> str | None:
+def check_model_classes(model_ref: str, label_names: list[str]) -> str | None:
     """Same classes in the same index order, or the accuracy is computed against the wrong labels: a ValueError when
     only the order differs, a warning (returned) when the names cannot be compared. Ids (wnids) are compared and so
     are human names, since Hub copies of ImageNet may name their ClassLabels by description."""
@@ -130,17 +128,12 @@ def main(argv=None):
     if cfg.split not in ds:
         raise SystemExit(f"error: --split {cfg.split}: the dataset has {', '.join(ds)}")
     split = ds[cfg.split]
-    if not isinstance(split.features["label"], datasets.ClassLabel):
-        raise SystemExit(f"error: --dataset {cfg.dataset}: the label column is {split.features['label']}, not a "
-                         "ClassLabel; preprocess.py writes one")
-    label_names = split.features["label"].names
     if len(split) == 0:
         raise SystemExit(f"error: --split {cfg.split} of --dataset {cfg.dataset} has no images")
-    labels = split.with_format("arrow")["label"]  # the column alone: no image is decoded
-    unlabelled = pc.sum(pc.less(labels, 0)).as_py() or 0
-    if unlabelled:
-        raise SystemExit(f"error: --split {cfg.split}: {unlabelled} of {len(split)} images have no label (-1); "
-                         "ILSVRC's test split never had public labels, evaluate --split validation")
+    try:
+        label_names = check_labels(split)
+    except ValueError as e:
+        raise SystemExit(f"error: --split {cfg.split}: {e}") from None
 
     try:
         model = load_any(cfg.model)
@@ -150,7 +143,7 @@ def main(argv=None):
         local = Path(cfg.model).expanduser()
         warning = None  # a checkpoint has no labels of its own: its classes are its run's dataset's
         if not local.is_dir() or (local / "config.json").is_file():
-            warning = check_labels(cfg.model, label_names)
+            warning = check_model_classes(cfg.model, label_names)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --model {cfg.model}: {e}") from None
     if warning and accelerator.is_main_process:

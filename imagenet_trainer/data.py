@@ -34,6 +34,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import simplejpeg
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,10 @@ class Rows:
         missing = {"image", "label"} - set(split.column_names)
         if missing:
             raise ValueError(f"the split lacks the column(s) {sorted(missing)} (has {split.column_names})")
+        kind = split.features["image"]
+        if not (isinstance(kind, datasets.Image) or getattr(kind, "dtype", None) in ("binary", "large_binary")
+                or (isinstance(kind, dict) and "bytes" in kind)):  # the last: an Image struct read without features
+            raise ValueError(f"the image column is {kind}: expected encoded images (datasets.Image, or binary bytes)")
         self.split, self._arrays = split, None
 
     def __getstate__(self):
@@ -113,10 +119,13 @@ class Rows:
         table = self.split.data.table  # the pyarrow.Table over the memory map (no copy)
         images, labels = table.column("image"), table.column("label")  # columns may be chunked differently
         indices = self.split._indices  # set by select/shuffle; datasets has no public accessor for it
-        # flatten(), not field(): it carries a null image struct down to its fields (field() shows stale bytes)
-        fields = [dict(zip([f.name for f in c.type], c.flatten())) for c in images.chunks]
-        self._arrays = ([f["bytes"] for f in fields], [f["path"] for f in fields],
-                        _chunk_starts(images), labels.chunks, _chunk_starts(labels),
+        if pa.types.is_struct(images.type):  # datasets.Image: {bytes, path}
+            # flatten(), not field(): it carries a null image struct down to its fields (field() shows stale bytes)
+            fields = [dict(zip([f.name for f in c.type], c.flatten())) for c in images.chunks]
+            data, paths = [f["bytes"] for f in fields], [f["path"] for f in fields]
+        else:  # a plain binary column (Parquet written by pandas, a cast): the bytes themselves
+            data, paths = images.chunks, [None] * images.num_chunks
+        self._arrays = (data, paths, _chunk_starts(images), labels.chunks, _chunk_starts(labels),
                         None if indices is None else indices.column(0))
         return self._arrays
 
@@ -130,12 +139,31 @@ class Rows:
         if image.is_valid:
             image = memoryview(image.as_buffer()).cast("B")  # pyarrow exports signed chars; decoders want bytes
         else:  # rows that only reference a file (e.g. an unembedded imagefolder copy)
-            path = paths[k][row - starts[k]].as_py()
+            path = paths[k][row - starts[k]].as_py() if paths[k] is not None else None
             if not path:
                 raise ValueError(f"row {index}: the image has neither bytes nor a path")
             image = Path(path).read_bytes()
         j = bisect.bisect_right(label_starts, row) - 1
         return image, labels[j][row - label_starts[j]].as_py()
+
+
+def check_labels(split: datasets.Dataset, names: list[str] | None = None) -> list[str]:
+    """The split's class names, once every row is known to have a label: a ClassLabel column (named like ``names``,
+    in the same order, when given), no null and no -1 (unlabelled, as ILSVRC's test split). One-line ValueErrors;
+    reads the label column only."""
+    label = split.features.get("label")
+    if not isinstance(label, datasets.ClassLabel):
+        raise ValueError(f"the label column is {label}, not a ClassLabel (datasets' class_encode_column('label') "
+                         "makes one; preprocess.py writes one)")
+    if names is not None and list(label.names) != list(names):
+        raise ValueError("its class names differ from the train split's (other classes or another order), so its "
+                         "scores would be against the wrong classes")
+    labels = split.with_format("arrow")["label"]
+    missing = labels.null_count + (pc.sum(pc.less(labels, 0)).as_py() or 0)
+    if missing:
+        raise ValueError(f"{missing} of {len(split)} images have no label (null or -1; ILSVRC's test split has "
+                         "none)")
+    return list(label.names)
 
 
 def _chunk_starts(column) -> list[int]:
@@ -155,8 +183,14 @@ def _exif_orientation(data: bytes) -> int:
     files that carry an Exif block pay for PIL's parser; other formats go to PIL directly."""
     if data[:2] == b"\xff\xd8":
         pos = 2
-        while pos + 10 <= len(data) and data[pos] == 0xFF and (0xE0 <= data[pos + 1] <= 0xEF or data[pos + 1] == 0xFE):
-            if data[pos + 1] == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00":
+        while pos + 4 <= len(data) and data[pos] == 0xFF:  # every segment up to the image data (SOS), as PIL reads
+            marker = data[pos + 1]
+            if marker in (0xDA, 0xD9):  # start of scan / end of image: no orientation before it
+                return 1
+            if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte, standalone markers
+                pos += 1 if marker == 0xFF else 2
+                continue
+            if marker == 0xE1 and data[pos + 4:pos + 10] in (b"Exif\x00\x00", b"http:/"):  # Exif, or XMP's tag
                 break
             pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
         else:
@@ -192,13 +226,14 @@ def _decode(data: bytes, height: int, width: int, factor: int, fast_ok: bool,
             # fastdct/fastupsample: ~10% faster, errors of ~1 grey level; FFCV also decodes with TJFLAG_FASTDCT
             pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast_dct, fastupsample=fast_dct,
                                             min_height=-(-height // factor), min_width=-(-width // factor),
-                                            strict=False)  # tolerate ImageNet's "corrupt data" warnings like PIL
+                                            strict=True)  # any libjpeg warning: PIL decides, below
             return pixels, *_scales(pixels, height, width, factor)
         except ValueError:
-            pass  # PIL gives the verdict below
+            pass  # PIL gives the verdict: it tolerates ImageNet's "corrupt data" warnings and refuses truncation
     image = Image.open(io.BytesIO(data))
     if factor > 1:
         image.draft("RGB", (image.width // factor, image.height // factor))  # DCT scaling; no-op for non-JPEG
+    image.load()  # a broken file fails here; inside exif_transpose its error would be taken for a bad EXIF block
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # corrupt EXIF: keep the stored orientation
@@ -280,8 +315,10 @@ class TrainSet(torch.utils.data.Dataset):
             raise ValueError(f"scale={scale}, ratio={ratio}: each must be an increasing pair of positive numbers")
         self.rows = Rows(split)
         self.image_size, self.seed, self.scale, self.ratio, self.hflip = image_size, seed, scale, ratio, hflip
-        # torchvision's v1 ops take uint8 CHW tensors; RandAugment m=9 of 31 bins as in the torchvision recipes
-        self.augment = {None: None, "ra": transforms.RandAugment(num_ops=2, magnitude=9),
+        # torchvision's v1 ops take uint8 CHW tensors. RandAugment: 2 ops at magnitude 9 on timm's 0-10 scale, the
+        # strength of timm's rand-m9 (ConvNeXt, DeiT); torchvision's default 31 bins would make m9 ~3x weaker.
+        # timm's mstd0.5 (magnitude noise) and inc1 (increasing-severity ops) are not reproduced.
+        self.augment = {None: None, "ra": transforms.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=11),
                         "ta": transforms.TrivialAugmentWide()}[auto_augment]
 
     def __len__(self) -> int:
@@ -335,15 +372,15 @@ class EvalSet(torch.utils.data.Dataset):
         data, label = self.rows[index]
         try:
             height, width, fast_ok = _probe(data)
-        except OSError as e:  # PIL's UnidentifiedImageError
+            # torchvision Resize(int): the shorter side becomes resize_size, the longer int(resize_size * long / short)
+            size = self.resize_size
+            new_h, new_w = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
+            # DCT scaling is a sharper (box-like) filter than the antialiased resize: keep at least a 2x resize after
+            # it, so the eval images, and so the accuracy, match the classic pipeline's (mean error < 1 grey level)
+            pixels, _, _ = _decode(data, height, width, _dct_factor(min(height, width), 2 * size), fast_ok,
+                                   fast_dct=False)
+        except OSError as e:  # PIL's UnidentifiedImageError / truncated file
             raise ValueError(f"row {index}: the image does not decode ({e}); rerun preprocess.py") from None
-        # torchvision Resize(int): the shorter side becomes resize_size, the longer int(resize_size * long / short)
-        size = self.resize_size
-        new_h, new_w = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
-        # DCT scaling is a sharper (box-like) filter than the antialiased resize: keep at least a 2x resize after
-        # it, so the eval images, and so the accuracy, match the classic pipeline's (mean error < 1 grey level)
-        pixels, _, _ = _decode(data, height, width, _dct_factor(min(height, width), 2 * size), fast_ok,
-                                 fast_dct=False)
         # Resizing the whole (reduced) image then cropping reproduces the classic pipeline exactly, borders included
         resized = _resize(torch.from_numpy(pixels), (new_h, new_w), self.interpolation)
         top, left = int(round((new_h - self.image_size) / 2.0)), int(round((new_w - self.image_size) / 2.0))
@@ -494,8 +531,8 @@ def mixup_cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_alpha
         cut = math.sqrt(1 - lam)
         cut_h, cut_w = int(height * cut), int(width * cut)
         cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-        y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
-        x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
+        y0, y1 = np.clip([cy - cut_h // 2, cy + (cut_h + 1) // 2], 0, height)  # timm's rand_bbox, odd sizes too
+        x0, x1 = np.clip([cx - cut_w // 2, cx + (cut_w + 1) // 2], 0, width)
         x = x.clone()
         x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]
         lam = 1 - float((y1 - y0) * (x1 - x0)) / (height * width)

@@ -66,11 +66,11 @@ then ``from . import mynet`` below. ``tests/test_modeling.py`` runs every regist
 features_only (the maps must match ``feature_info``; any number of them, at any stride) and a save/load round trip,
 so a new family is tested by being registered.
 """
-from ._registry import create_model, list_models, register
+from ._registry import BLOCK_CLASSES, create_model, list_models, register
 from .hub import (check_hub_ready, label_info, load_model, push_to_hub, save_pretrained,
                   update_model_card_results)
 
 from . import alexnet, blocknet  # noqa: E402,F401  registers the families with timm
 
-__all__ = ["create_model", "list_models", "register", "save_pretrained", "load_model", "label_info", "push_to_hub",
-           "check_hub_ready", "update_model_card_results"]
+__all__ = ["BLOCK_CLASSES", "create_model", "list_models", "register", "save_pretrained", "load_model", "label_info",
+           "push_to_hub", "check_hub_ready", "update_model_card_results"]

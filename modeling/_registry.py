@@ -39,4 +39,25 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
             raise ValueError(f"unknown model '{name}'{hint}; see modeling.list_models() and timm.list_models()")
         if pretrained and arch in _OURS:
             raise ValueError(f"'{name}' has no published weights; load a saved folder with modeling.load_model(PATH)")
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    declare_blocks(model)
+    return model
+
+
+# Residual-block classes of timm's CNN families (ResNet/ResNeXt/RegNet, ConvNeXt, EfficientNet/MobileNet, DenseNet)
+# and ours, plus timm's transformer Block: the units FSDP shards one by one.
+BLOCK_CLASSES = ("BasicBlock", "Bottleneck", "ConvNeXtBlock", "InvertedResidual", "DepthwiseSeparableConv",
+                 "EdgeResidual", "UniversalInvertedResidual", "DenseLayer", "Block")
+
+
+def declare_blocks(model) -> None:
+    """Set ``model._no_split_modules`` to the block classes it contains. Accelerate's FSDP TRANSFORMER_BASED_WRAP
+    shards each instance of those classes separately when the launch config names none (a config that names classes
+    fails on every model lacking one of them; accelerate #3195), so one fsdp.yaml serves every backbone. A model
+    that declares its own list keeps the classes of it that it contains. No block class (VGG, AlexNet): no list,
+    and FSDP shards the model as one unit (use SIZE_BASED_WRAP for those)."""
+    present = {type(m).__name__ for m in model.modules()}
+    declared = getattr(model, "_no_split_modules", None) or []
+    blocks = [c for c in dict.fromkeys([*declared, *BLOCK_CLASSES]) if c in present]
+    if blocks:
+        model._no_split_modules = blocks

@@ -18,9 +18,9 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, _dct_factor, _resize, collate,
-                                   load_image_dataset, mixup_cutmix, normalize, random_erasing,
-                                   random_resized_crop_params, sample_rng)
+from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, _dct_factor, _exif_orientation,
+                                   _resize, check_labels, collate, load_image_dataset, mixup_cutmix, normalize,
+                                   random_erasing, random_resized_crop_params, sample_rng)
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -278,6 +278,66 @@ def test_exif_orientation_applied_like_datasets_image(ds, photos):
     assert (rotated.float() - upright.float()).abs().mean() < 2.0
     train = TrainSet(ds["train"], 128, seed=0)
     assert train[(0, _index(photos, "exif_rotated"))][0].shape == (3, 128, 128)
+
+
+def test_exif_found_after_other_segments_like_pil():
+    """PIL reads markers up to the image data: an Exif block after the quantisation tables still rotates."""
+    data = _rotated_exif_jpeg(skimage.data.coffee())
+    segments, pos = [], 2
+    while data[pos + 1] != 0xDA:  # split the header into its marker segments
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        segments.append(data[pos:end])
+        pos = end
+    exif = next(seg for seg in segments if seg[1] == 0xE1)
+    moved = b"\xff\xd8" + b"".join(seg for seg in segments if seg is not exif) + exif + data[pos:]
+    assert Image.open(io.BytesIO(moved)).getexif()[0x0112] == 6  # still a valid file, as PIL sees it
+    assert _exif_orientation(data) == _exif_orientation(moved) == 6
+
+
+def _broken(photos) -> dict[str, bytes]:
+    png = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(png, "PNG")
+    png = bytearray(png.getvalue())
+    idat = png.index(b"IDAT")
+    png[idat + 200] ^= 0xFF  # one flipped byte in the compressed pixels
+    jpeg = photos["chelsea"]
+    return {"png_bad_idat": bytes(png), "jpeg_truncated": jpeg[:len(jpeg) // 2]}
+
+
+@pytest.mark.parametrize("kind", ["png_bad_idat", "jpeg_truncated"])
+def test_broken_pixels_are_an_error_not_a_blank_or_grey_image(photos, kind):
+    """PIL and datasets refuse these; decoding them as black (PNG) or half grey (JPEG) would train on garbage."""
+    split = _split({kind: _broken(photos)[kind]})
+    with pytest.raises(OSError):
+        _pil(_broken(photos)[kind])
+    for dataset in (TrainSet(split, 64, seed=0), EvalSet(split, 64)):
+        with pytest.raises(ValueError, match="row 0: the image does not decode"):
+            dataset[(0, 0) if isinstance(dataset, TrainSet) else 0]
+
+
+def test_a_plain_binary_image_column_reads_like_an_image_column(ds, photos):
+    table = pa.table({"image": pa.array(list(photos.values()), pa.binary()),
+                      "label": pa.array([k % len(WNIDS) for k in range(len(photos))])})
+    binary = datasets.Dataset(table).cast_column("label", datasets.ClassLabel(names=WNIDS))
+    for a, b in ((TrainSet(binary, 64, seed=3), TrainSet(ds["train"], 64, seed=3)),):
+        assert all(torch.equal(a[(0, i)][0], b[(0, i)][0]) for i in range(len(photos)))
+    with pytest.raises(ValueError, match="expected encoded images"):
+        Rows(datasets.Dataset.from_dict({"image": ["a.jpg"], "label": [0]}))
+
+
+def test_check_labels_wants_every_row_labelled_with_the_same_classes():
+    split = datasets.Dataset.from_dict({"image": [b"x"] * 3, "label": [0, 1, 2]},
+                                       features=datasets.Features({"image": datasets.Value("binary"),
+                                                                   "label": datasets.ClassLabel(names=WNIDS)}))
+    assert check_labels(split) == WNIDS and check_labels(split, WNIDS) == WNIDS
+    with pytest.raises(ValueError, match="differ from the train split's"):
+        check_labels(split, WNIDS[::-1])
+    with pytest.raises(ValueError, match="1 of 3 images have no label"):
+        check_labels(split.cast_column("label", datasets.Value("int64")).map(
+            lambda r, i: {"label": -1 if i == 1 else r["label"]}, with_indices=True).cast_column(
+            "label", datasets.ClassLabel(names=WNIDS)))
+    with pytest.raises(ValueError, match="not a ClassLabel"):
+        check_labels(split.cast_column("label", datasets.Value("int64")))
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])

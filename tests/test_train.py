@@ -80,8 +80,10 @@ def test_cli_errors_are_one_line(preprocessed, tmp_path):
                             (["--epochs", "two"], "--epochs must be a int"),
                             (["--push_to_hub"], "--hub_model_id"),
                             (["--keep_last", "0"], "--keep_last must be at least 1"),
-                            (["--model", "alexnet", "--drop_path", "0.1"], "alexnet has no stochastic depth"),
-                            (["--optimizer", "nope"], "--optimizer nope")):
+                            (["--model", "alexnet", "--drop_path", "0.1"], "alexnet takes no drop_path_rate"),
+                            (["--optimizer", "nope"], "--optimizer nope"),
+                            (["--eval_split", "nope"], "--eval_split 'nope'"),
+                            (["--eval_split", "test"], "split 'test': 3 of 3 images have no label")):
         proc = run(train_cmd(preprocessed, tmp_path / "r", *extra))
         assert proc.returncode != 0
         assert expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
