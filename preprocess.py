@@ -26,7 +26,8 @@ Choices:
   and the tag dropped, so no stored image has an orientation other than 1 and PIL, datasets.Image (which would
   apply the tag) and torchvision.io (which by default would not) all see the same upright pixels. Boxes turn with
   the pixels; they are taken to be in stored-pixel coordinates, as ImageNet's annotation tool showed raw pixels.
-- --shorter_side PX (FFCV-style low-resolution storage): shrink so the shorter side is PX, never enlarge, re-encode.
+- --shorter_side PX (low-resolution storage, as FFCV stores its datasets): shrink so the shorter side is PX,
+  never enlarge, re-encode.
 - A file that does not fully decode (truncated, empty, not an image) is skipped, never a crash, and listed with the
   reason in preprocess_report.json.
 - Labels: train from the folder, val from LOC_val_solution.csv (the first wnid of PredictionString). The train list

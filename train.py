@@ -66,13 +66,13 @@ class TrainConfig:
     # augmentation
     image_size: int = 224  # train crop side in px (RandomResizedCrop output)
     eval_image_size: int = 0  # eval crop px (0: image_size); train below it, test at it: FixRes (Touvron 2019)
-    scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015); FFCV low-res uses 0.35
+    scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015; torchvision, timm, FFCV)
     auto_augment: str = ""  # "" none, "ra" RandAugment (Cubuk et al. 2020), "ta" TrivialAugmentWide (Mueller 2021)
     mixup_alpha: float = 0.0  # Beta(a, a) mixup (Zhang et al. 2018); 0 disables
     cutmix_alpha: float = 0.0  # Beta(a, a) cutmix (Yun et al. 2019); 0 disables
     random_erase: float = 0.0  # per-image probability of random erasing (Zhong et al. 2020)
     drop_path: float = 0.0  # stochastic depth rate for models that have it (Huang et al. 2016)
-    drop_rate: float = 0.0  # dropout before the classifier (timm's drop_rate; torchvision's VGG/AlexNet use 0.5)
+    drop_rate: float = 0.0  # classifier dropout, timm's drop_rate (vgg16: both MLP-head dropouts; torchvision: 0.5)
     # model and speed
     ema_decay: float = 0.0  # EMA of weights per optimizer step, evaluated too; 0 disables (timm uses 0.9998)
     channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want

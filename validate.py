@@ -118,7 +118,7 @@ def main(argv=None):
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: MULTI_CPU DDP (FIELD_NOTES)
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: DDP on GPU-less hosts
 
     # data: checked before the model, whose download may be long
     try:

@@ -14,7 +14,7 @@ DataLoader worker processes instead (the all-cores figure; each worker uses one 
           default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode -> uint8
           crop-resize -> flip) -> collate. Normalisation is the device's job in ours (train.py), so it is not here.
   eval    baseline: ImageFolder -> Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize;  ours: EvalSet.
-  *_small ours on OUT2 against the same baseline on the original files (FFCV-style low-resolution storage).
+  *_small ours on OUT2 against the same baseline on the original files (low-resolution storage, as FFCV does).
 
 Self-test (no --data_dir): only our pipeline, on your own preprocess.py output and machine: img/s, img/s per core
 and the cores it takes to feed --feed_img_s (what your accelerator trains at), i.e. the --num_workers to give

@@ -197,7 +197,7 @@ def _exif_orientation(data: bytes) -> int:
             return 1
     try:
         return int(Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # ImageNet has corrupt EXIF blocks (FIELD_NOTES); they carry no usable orientation
+    except Exception:  # ImageNet has corrupt EXIF blocks; they carry no usable orientation
         return 1
 
 

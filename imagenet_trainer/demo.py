@@ -16,14 +16,16 @@ Layout written (all of it, as Kaggle's ``imagenet-object-localization-challenge`
     ILSVRC/ImageSets/CLS-LOC/{train_cls,train_loc,val,test}.txt   (<path without extension> <line number>)
     demo_manifest.json      (not Kaggle's: what was planted, for tests; see below)
 
-``faults=True`` also plants ImageNet's real quirks (shared/FIELD_NOTES.md) in place of some normal images:
-``cmyk`` / ``val_cmyk`` (like n01739381_1309, ILSVRC2012_val_00019877), ``grayscale``, ``png_named_jpeg`` (like
-n02105855_2933), ``exif_orientation_6`` (stored rotated, with a pure-red rectangle painted over its box), which must
-all come out as RGB JPEGs; broken files that must be skipped: ``truncated`` (train), ``empty`` (val), ``garbage``
-(test); and box faults in the XML: ``box_float``, ``box_past_edge`` (right edge 37 px past the image),
-``box_inverted`` (a second object with xmin > xmax), ``box_filename_placeholder`` (``<filename>%s</filename>``),
-``box_human_name`` (the class's description instead of its wnid), ``box_unknown_name`` (a name of no class), and
-``box_several`` (a val image with three boxes).
+``faults=True`` also plants ImageNet's real quirks in place of some normal images: ``cmyk`` / ``val_cmyk`` (like
+n01739381_1309, one of the 22 CMYK train files listed in cytsai/ilsvrc-cmyk-image-list, and the CMYK val file
+ILSVRC2012_val_00019877), ``grayscale``, ``png_named_jpeg`` (like n02105855_2933, the PNG that tensorflow/models
+research/inception/inception/data/build_imagenet_data.py converts), ``exif_orientation_6`` (stored rotated, with a
+pure-red rectangle painted over its box), which must all come out as RGB JPEGs; broken files that must be skipped:
+``truncated`` (train), ``empty`` (val), ``garbage`` (test); and box faults in the XML, the kinds tensorflow/models
+research/inception/inception/data/process_bounding_boxes.py works around: ``box_float``, ``box_past_edge`` (right
+edge 37 px past the image), ``box_inverted`` (a second object with xmin > xmax), ``box_filename_placeholder``
+(``<filename>%s</filename>``), ``box_human_name`` (the class's description instead of its wnid),
+``box_unknown_name`` (a name of no class), and ``box_several`` (a val image with three boxes).
 
 ``demo_manifest.json`` holds: ``wnids``, ``descriptions``, ``files`` (files per split on disk), ``broken`` (fault
 kinds that must be skipped), ``planted`` (kind -> {split, stem, path}), ``val_labels`` (stem -> label),

@@ -1,7 +1,8 @@
 """Reading ILSVRC-2012 CLS-LOC as Kaggle ships it (``imagenet-object-localization-challenge``): folders, CSVs, XML.
 
-Pure parsing, no image decoding; preprocess.py and the demo tree builder share it. Facts it relies on (see
-shared/FIELD_NOTES.md): labels are the sorted wnids (n01440764 = 0); ``LOC_synset_mapping.txt`` lines are
+Pure parsing, no image decoding; preprocess.py and the demo tree builder share it. Facts it relies on (read from
+the Kaggle files unless cited): labels are the sorted wnids (n01440764 = 0, as torchvision's ImageFolder and timm's
+``timm/data/_info/imagenet_synsets.txt`` number them); ``LOC_synset_mapping.txt`` lines are
 ``n01440764 tench, Tinca tinca`` and the names are not unique ("crane" twice); ``LOC_*_solution.csv`` rows are
 ``ImageId,PredictionString`` with repeated ``wnid xmin ymin xmax ymax`` groups; the val label is the first wnid;
 the per-image PASCAL VOC XML files have float coordinates, boxes past the image edge or with min > max,

@@ -15,7 +15,7 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg
 
 from ._registry import register
 
@@ -219,6 +219,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, cfg: BlockNetCfg, pretrained: bool = False, **kwargs) -> BlockNet:
+    if get_pretrained_cfg(variant) is None and kwargs.get("pretrained_cfg") is None:  # a variant added without a
+        kwargs["pretrained_cfg"] = _cfg()  # default_cfgs entry (README's blocknet_wide): the family's, not timm's
+        # fallback, which names no classifier (validate.py finds a checkpoint's head by it)
     # flatten_sequential lets feature_info name layers inside Sequentials ("stem.2") for features_only=True
     return build_model_with_cfg(BlockNet, variant, pretrained, model_cfg=cfg,
                                 feature_cfg=dict(flatten_sequential=True), **kwargs)

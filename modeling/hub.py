@@ -12,7 +12,8 @@ Label keys in config.json (worked out against timm 1.0.31 and transformers 5.24,
   {id: human name}: timm's own fields, so ``model.pretrained_cfg`` exposes both.
 * No root ``label_names``: timm copies a root list over ``pretrained_cfg.label_names``, and transformers'
   ``TimmWrapperConfig`` turns a root list into ``id2label`` as written, so wnids there make the pipeline print
-  "n01440764" (FIELD_NOTES; timm #1646, transformers PR #34637).
+  "n01440764" (TimmWrapperConfig.from_dict in transformers/models/timm_wrapper/configuration_timm_wrapper.py;
+  timm #1646, transformers PR #34637).
 * Root ``id2label``/``label2id`` = human names, which the pipeline prints. A name that occurs twice (ImageNet has
   two "crane") gets its id appended ("crane (n02012849)") so ``label2id`` stays one-to-one.
 * Exception: for class counts timm maps to an ImageNet subset (1000, 11821, 21841, ...) transformers replaces

@@ -46,7 +46,8 @@ def _rotated_exif_jpeg(pixels: np.ndarray) -> bytes:
 
 
 def _photos() -> dict[str, bytes]:
-    """Real photos at ImageNet-like and larger sizes, plus ImageNet's odd files (FIELD_NOTES)."""
+    """Real photos at ImageNet-like and larger sizes, plus ImageNet's odd files (a PNG named .JPEG, CMYK JPEGs,
+    EXIF-rotated photos)."""
     png = io.BytesIO()
     Image.fromarray(skimage.data.coffee()).save(png, "PNG")  # like n02105855_2933: a PNG named .JPEG
     cmyk = io.BytesIO()

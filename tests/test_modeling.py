@@ -198,6 +198,19 @@ def test_readme_example_backbone_works(tmp_path, monkeypatch):
     assert check_advertised_maps(modeling.create_model("mynet_small", features_only=True)) == [2, 4]
 
 
+def test_readme_three_line_variant_gets_the_family_cfg(monkeypatch):
+    """README's new-variant snippet (no default_cfgs entry): it must get BlockNet's cfg (classifier, crop, mean/std),
+    not timm's fallback, or validate.py cannot find the head of its checkpoints."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("def blocknet_wide", 1)[1].split("```", 1)[0]
+    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))
+    namespace = vars(modeling.blocknet).copy()
+    exec(("@register\ndef blocknet_wide" + snippet).replace("blocknet_wide", "blocknet_readme_wide"), namespace)
+    model = modeling.create_model("blocknet_readme_wide", num_classes=5)
+    assert model.pretrained_cfg["classifier"] == "fc" and model.pretrained_cfg["crop_pct"] == 0.875
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
 # ---------------------------------------------------------------- saving and loading
 
 @pytest.mark.parametrize("name", OURS + ZOO_SMALL)
