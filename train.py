@@ -64,8 +64,12 @@ class TrainConfig:
     clip_grad: float = 0.0  # max global grad norm; 0 disables
     label_smoothing: float = 0.1  # Szegedy et al. 2016; torchvision/timm recipes use 0.1
     # augmentation
-    image_size: int = 224  # train crop side in px (RandomResizedCrop output)
+    image_size: int = 224  # train crop side in px (RandomResizedCrop output); the last size when progressive
+    min_image_size: int = 0  # progressive resizing (FFCV): px of the first epochs, ramped to image_size; 0 disables
+    ramp_start_epoch: int = 0  # progressive resizing: the epoch (0-based) the ramp leaves min_image_size
+    ramp_end_epoch: int = 0  # progressive resizing: the epoch image_size is reached (FFCV rn18 88 ep: 65 -> 76)
     eval_image_size: int = 0  # eval crop px (0: image_size); train below it, test at it: FixRes (Touvron 2019)
+    eval_flip: bool = False  # eval on the mean logits of each image and its mirror (FFCV's lr_tta); 2x eval compute
     scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015; torchvision, timm, FFCV)
     auto_augment: str = ""  # "" none, "ra" RandAugment (Cubuk et al. 2020), "ta" TrivialAugmentWide (Mueller 2021)
     mixup_alpha: float = 0.0  # Beta(a, a) mixup (Zhang et al. 2018); 0 disables
@@ -101,7 +105,10 @@ class TrainConfig:
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
+                ("min_image_size", self.min_image_size <= self.image_size, "at most --image_size (0: no ramp)"),
+                ("ramp_end_epoch", self.ramp_start_epoch <= self.ramp_end_epoch, ">= --ramp_start_epoch"),
                 *((f, getattr(self, f) >= 0, ">= 0 (0: off)") for f in ("max_train_steps", "save_every_steps",
+                                                                          "min_image_size", "ramp_start_epoch",
                                                                           "eval_image_size", "num_workers",
                                                                           "weight_decay", "clip_grad", "min_lr",
                                                                           "warmup_epochs", "mixup_alpha",
@@ -207,7 +214,8 @@ def main(argv=None):
                          ) from None
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     try:
-        train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0),
+        ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
+        train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0), progressive=ramp,
                              auto_augment=cfg.auto_augment or None)
         eval_set = EvalSet(ds[cfg.eval_split], eval_size, crop_pct=data_cfg["crop_pct"],
                            interpolation=data_cfg["interpolation"])
@@ -284,7 +292,7 @@ def main(argv=None):
 
     def evaluate(net) -> dict:
         net.eval()
-        topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format)
+        topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=cfg.eval_flip)
         net.train()
         return {**topk.compute(), "loss": loss}
 
@@ -395,7 +403,8 @@ def main(argv=None):
             epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
             row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
                    "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
-                   "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed}
+                   "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed,
+                   "image_size": train_set.size_at(state.epoch)}
             metrics = evaluate(model)
             row.update({f"val_{k}": v for k, v in metrics.items()})
             best_net, best = model, metrics

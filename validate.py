@@ -43,6 +43,7 @@ class ValidateConfig:
     image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
     num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
+    flip: bool = False  # mean logits of each image and its mirror (to reproduce a train.py --eval_flip run's numbers)
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
     update_model_card: bool = False  # write the results into --model's README.md model-index (local exports only)
 
@@ -165,12 +166,12 @@ def main(argv=None):
 
     start = time.perf_counter()
     batches = tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}")
-    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format)  # the same code as train.py's
+    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=cfg.flip)  # train.py's code
     elapsed = time.perf_counter() - start
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,
                "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
-               "num_processes": accelerator.num_processes}
+               "flip": cfg.flip, "num_processes": accelerator.num_processes}
     accelerator.end_training()  # destroys the process group under DDP
     if not accelerator.is_main_process:
         return summary

@@ -307,12 +307,15 @@ class TrainSet(torch.utils.data.Dataset):
     never with global state, so exact resume and any number of workers give the same samples."""
 
     def __init__(self, split: datasets.Dataset, image_size: int, seed: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 hflip: float = 0.5, auto_augment: str | None = None):
+                 hflip: float = 0.5, auto_augment: str | None = None, progressive: tuple[int, int, int] | None = None):
         if auto_augment not in (None, "ra", "ta"):
             raise ValueError(f"auto_augment={auto_augment!r}: use None, 'ra' (RandAugment n=2 m=9) or 'ta' "
                              "(TrivialAugmentWide)")
         if not (0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]):
             raise ValueError(f"scale={scale}, ratio={ratio}: each must be an increasing pair of positive numbers")
+        if progressive is not None and not (0 < progressive[0] <= image_size and 0 <= progressive[1] <= progressive[2]):
+            raise ValueError(f"progressive={progressive}: want (min size <= image_size, start epoch <= end epoch)")
+        self.progressive = progressive
         self.rows = Rows(split)
         self.image_size, self.seed, self.scale, self.ratio, self.hflip = image_size, seed, scale, ratio, hflip
         # torchvision's v1 ops take uint8 CHW tensors. RandAugment: 2 ops at magnitude 9 on timm's 0-10 scale, the
@@ -324,20 +327,32 @@ class TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def size_at(self, epoch: int) -> int:
+        """The crop side (px) of an epoch. With ``progressive=(min_size, start, end)`` (progressive resizing, FFCV;
+        fast.ai's DAWNBench entry): min_size up to epoch ``start``, then a linear ramp in 32 px steps that reaches
+        ``image_size`` at epoch ``end``. Low-resolution epochs cost ~(size / image_size)^2 of the compute."""
+        if self.progressive is None:
+            return self.image_size
+        low, start, end = self.progressive
+        if epoch >= end:
+            return self.image_size
+        t = max((epoch - start) / max(1, end - start), 0.0)
+        return min(self.image_size, low + round(t * (self.image_size - low) / 32) * 32)
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
+        size = self.size_at(epoch)
         rng = sample_rng(self.seed, epoch, index)
         data, label = self.rows[index]
         try:
             height, width, fast_ok = _probe(data)
             top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, rng)
-            pixels, sy, sx = _decode(data, height, width, _dct_factor(min(h, w), self.image_size), fast_ok,
-                                     fast_dct=True)
+            pixels, sy, sx = _decode(data, height, width, _dct_factor(min(h, w), size), fast_ok, fast_dct=True)
         except OSError as e:  # PIL's UnidentifiedImageError / truncated file
             raise ValueError(f"row {index}: the image does not decode ({e}); rerun preprocess.py") from None
         y0, x0 = min(round(top * sy), pixels.shape[0] - 1), min(round(left * sx), pixels.shape[1] - 1)
         y1, x1 = max(y0 + 1, round((top + h) * sy)), max(x0 + 1, round((left + w) * sx))
-        out = _resize(torch.from_numpy(pixels)[y0:y1, x0:x1], (self.image_size, self.image_size), "bilinear")
+        out = _resize(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
         if rng.random() < self.hflip:
             out = out.flip(-1)
         if self.augment is not None:

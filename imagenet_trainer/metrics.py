@@ -54,8 +54,10 @@ class TopK:
                 for v, i in zip(values.tolist(), flat.tolist()) if v > 0]
 
 
-def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_last) -> tuple[TopK, float]:
-    """Top-k counts and mean cross-entropy of ``net`` over uint8 ``batches`` from an Accelerate-prepared loader.
+def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_last,
+             flip: bool = False) -> tuple[TopK, float]:
+    """Top-k counts and mean cross-entropy of ``net`` over uint8 ``batches`` from an Accelerate-prepared loader;
+    ``flip`` averages the logits of each image and its mirror (test-time augmentation, FFCV's lr_tta).
 
     Every rank gets all logits; ``gather_for_metrics`` drops the last batch's padding (repeats that even out the
     ranks' batch counts), so ``n == len(split)`` on any number of processes. Sums stay float32 (MPS has no float64)."""
@@ -65,6 +67,8 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
             x = normalize(x, mean, std).contiguous(memory_format=memory_format)
             with accelerator.autocast():
                 logits = net(x)
+                if flip:
+                    logits = (logits + net(x.flip(3))) / 2
             logits, y = accelerator.gather_for_metrics((logits.float(), y))
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk.update(logits, y)

@@ -1,6 +1,7 @@
 """The config contract shared by every script, and the offline top-k metric."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -82,3 +83,23 @@ def test_topk_counts_and_confusions():
     assert per_class[0]["n"] == 2 and per_class[0]["top1"] == 50.0 and per_class[2]["top1"] == 0.0
     assert per_class[3]["top1"] is None
     assert sorted((d["true"], d["predicted"], d["count"]) for d in metric.most_confused()) == [(0, 6, 1), (2, 1, 1)]
+
+
+def test_evaluate_flip_averages_each_image_with_its_mirror():
+    from accelerate import Accelerator  # noqa: PLC0415
+
+    from imagenet_trainer.metrics import evaluate  # noqa: PLC0415
+
+    class LeftRight(torch.nn.Module):  # logit 0: brightness of the left half, logit 1: of the right half
+        def forward(self, x):
+            half = x.shape[3] // 2
+            return torch.stack([x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))], 1)
+
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    x[..., :2] = 255  # bright on the left: logits (1, 0); mirrored (0, 1)
+    y = torch.tensor([0, 1])
+    accelerator = Accelerator(cpu=True)
+    _, plain = evaluate(accelerator, LeftRight(), [(x, y)], (0, 0, 0), (1, 1, 1))
+    _, flipped = evaluate(accelerator, LeftRight(), [(x, y)], (0, 0, 0), (1, 1, 1), flip=True)
+    assert plain == pytest.approx((math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2)
+    assert flipped == pytest.approx(math.log(2))  # the mean logits (0.5, 0.5)

@@ -212,6 +212,18 @@ def test_trainset_matches_torchvision_crop_of_the_same_params(ds, photos):
     assert scaled >= 2, "the test photos must exercise the reduced-size decoding"
 
 
+def test_progressive_resizing_follows_ffcvs_ramp(ds):
+    """FFCV rn18 88 epochs: 160 px to epoch 65, 32 px steps, 192 px from epoch 76; each sample has its epoch's size."""
+    train = TrainSet(ds["train"], 192, seed=0, progressive=(160, 65, 76))
+    sizes = [train.size_at(epoch) for epoch in range(88)]
+    assert sizes[:66] == [160] * 66 and sizes[76:] == [192] * 12 and sorted(sizes) == sizes
+    assert set(sizes) == {160, 192}
+    assert train[(0, 0)][0].shape == (3, 160, 160) and train[(80, 0)][0].shape == (3, 192, 192)
+    assert TrainSet(ds["train"], 32, seed=0, progressive=(16, 0, 1)).size_at(1) == 32  # reaches it whatever the step
+    with pytest.raises(ValueError, match="progressive"):
+        TrainSet(ds["train"], 128, seed=0, progressive=(160, 0, 1))
+
+
 def test_trainset_is_a_pure_function_of_the_key(ds):
     train = TrainSet(ds["train"], 96, seed=3)
     a, _ = train[(0, 4)]

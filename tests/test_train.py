@@ -48,9 +48,11 @@ def rows(run_dir):
 def test_few_steps_end_to_end(preprocessed, tmp_path):
     out = tmp_path / "run"
     ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "1",
-                     "--ema_decay", "0.9", "--report_to", "tensorboard")))
+                     "--ema_decay", "0.9", "--report_to", "tensorboard", "--eval_flip",
+                     "--min_image_size", "16", "--ramp_start_epoch", "0", "--ramp_end_epoch", "1")))
     metrics = rows(out)
     assert [r["epoch"] for r in metrics] == [1, 2]
+    assert [r["image_size"] for r in metrics] == [16, 32]  # progressive resizing: 16 px first, 32 from epoch 1
     for key in ("epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "images_per_sec", "data_wait_frac",
                 "ema_val_top1"):
         assert key in metrics[-1], key
