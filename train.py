@@ -136,6 +136,8 @@ class TrainState:
 
     def __init__(self, layout: dict):
         self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_step = 0, 0, 0, -1.0, -1
+        self.epoch_loss = (0.0, 0)  # (loss sum, rank mean; micro-batches) of the epoch so far: a resumed epoch's
+        # train_loss then covers the whole epoch, not only the part after the resume
         self.layout = layout  # processes/batch/accumulation: positions above count in these units
 
     def state_dict(self):
@@ -313,8 +315,9 @@ def main(argv=None):
             for buffer in ema.module.buffers():
                 buffer.copy_(broadcast(buffer.clone(), from_process=0))
 
-    def save_checkpoint():
+    def save_checkpoint(loss_sum: torch.Tensor, loss_count: int):
         """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'."""
+        state.epoch_loss = (accelerator.reduce(loss_sum, "mean").item(), loss_count)
         final = ckpt_dir / f"step_{state.step:08d}"
         tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
         if accelerator.is_main_process:
@@ -352,7 +355,7 @@ def main(argv=None):
     model.train()
     with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
         step_rng = torch.Generator()  # on the host: drawing mixup/erasing parameters never waits for the device
-        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+        loss_sum, loss_count = torch.tensor(state.epoch_loss[0], device=accelerator.device), state.epoch_loss[1]
         while state.step < total_steps:
             sampler.set_position(state.epoch, state.batch_in_epoch)
             epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
@@ -395,7 +398,7 @@ def main(argv=None):
                         break  # the end-of-epoch block below evaluates and checkpoints
                     if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
                         check_finite(loss_sum)
-                        save_checkpoint()
+                        save_checkpoint(loss_sum, loss_count)
                 t = time.perf_counter()
             # end of epoch (or of the run): evaluate, log, checkpoint, export the best
             check_finite(loss_sum)
@@ -422,7 +425,7 @@ def main(argv=None):
                 state.best_top1, state.best_step = best["top1"], state.step
                 export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                                   "ema": best_net is not model})
-            save_checkpoint()
+            save_checkpoint(loss_sum, loss_count)
             accelerator.log(row, step=state.step)
             if accelerator.is_main_process:
                 with open(run_dir / "metrics.jsonl", "a") as f:

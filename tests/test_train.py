@@ -198,6 +198,8 @@ def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert rows(out)[-1]["val_top1"] == reference[-1]["val_top1"]
+    # the resumed epoch's train_loss covers the whole epoch, not only the part after the resume
+    assert [r["train_loss"] for r in rows(out)] == pytest.approx([r["train_loss"] for r in reference], rel=1e-5)
 
 
 def test_two_process_ddp_on_cpu(preprocessed, tmp_path):
