@@ -13,6 +13,7 @@ what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -76,7 +77,8 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # Beta(a, a) cutmix (Yun et al. 2019); 0 disables
     random_erase: float = 0.0  # per-image probability of random erasing (Zhong et al. 2020)
     drop_path: float = 0.0  # stochastic depth rate for models that have it (Huang et al. 2016)
-    drop_rate: float = 0.0  # classifier dropout, timm's drop_rate (vgg16: both MLP-head dropouts; torchvision: 0.5)
+    drop_rate: float | None = None  # classifier dropout, timm's drop_rate (vgg16: both MLP-head ones); None: the
+    # model's own default (alexnet 0.5, timm's models 0)
     # model and speed
     ema_decay: float = 0.0  # EMA of weights per optimizer step, evaluated too; 0 disables (timm uses 0.9998)
     channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want
@@ -106,7 +108,9 @@ class TrainConfig:
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
                 ("min_image_size", self.min_image_size <= self.image_size, "at most --image_size (0: no ramp)"),
-                ("ramp_end_epoch", self.ramp_start_epoch <= self.ramp_end_epoch, ">= --ramp_start_epoch"),
+                ("ramp_end_epoch", not self.min_image_size or self.ramp_start_epoch <= self.ramp_end_epoch
+                 <= self.epochs and self.ramp_end_epoch >= 1,
+                 "in [max(1, --ramp_start_epoch), --epochs] with --min_image_size (the epoch --image_size is reached)"),
                 *((f, getattr(self, f) >= 0, ">= 0 (0: off)") for f in ("max_train_steps", "save_every_steps",
                                                                           "min_image_size", "ramp_start_epoch",
                                                                           "eval_image_size", "num_workers",
@@ -116,9 +120,13 @@ class TrainConfig:
                 ("lr", 0 < self.lr < math.inf, "a positive number"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                 ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),
-                *((f, 0 <= getattr(self, f) < 1, "in [0, 1)") for f in ("drop_path", "drop_rate")),
+                ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
+                ("drop_rate", self.drop_rate is None or 0 <= self.drop_rate < 1, "in [0, 1) or none"),
                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: off; timm uses 0.9998)"),
-                ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}")):
+                ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}"),
+                ("report_to", self.report_to in ("none", "all") or importlib.util.find_spec(self.report_to) or (
+                    self.report_to == "tensorboard" and importlib.util.find_spec("tensorboardX")),
+                 "a tracker whose package is installed (pip install it)")):
             if not ok:
                 raise SystemExit(f"error: --{flag} must be {need}, got {getattr(self, flag)!r}")
 
@@ -178,14 +186,18 @@ def main(argv=None):
     if not cfg.resume_from_checkpoint and ((run_dir / "metrics.jsonl").exists() or ckpt_dir.exists()):
         raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
                          "--resume_from_checkpoint latest, or pick a new --output_dir")
-    if accelerator.is_main_process:  # a resume keeps the first launch's record and adds its own
+    def record_launch(folder: Path):
+        """config.yaml + run_info.json: the run's first launch in run_dir, each resume in run_dir/resumes/<time>/."""
+        if accelerator.is_main_process:
+            write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
+                                               "distributed_type": str(accelerator.distributed_type),
+                                               "mixed_precision": accelerator.mixed_precision,
+                                               "device": str(accelerator.device)})
+
+    if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = cfg.resume_from_checkpoint and (run_dir / "run_info.json").exists()
-        record_dir = run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%S") if resumed else run_dir
-        write_run_info(record_dir, cfg, extra={"num_processes": accelerator.num_processes,
-                                            "distributed_type": str(accelerator.distributed_type),
-                                            "mixed_precision": accelerator.mixed_precision,
-                                            "device": str(accelerator.device)})
+    if not cfg.resume_from_checkpoint:
+        record_launch(run_dir)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     # data
@@ -205,12 +217,15 @@ def main(argv=None):
     if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
         raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
                          "(or give the architecture name for a random init)")
-    dropout = {k: v for k, v in (("drop_path_rate", cfg.drop_path), ("drop_rate", cfg.drop_rate)) if v}
+    dropout = {**({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}),
+               **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {})}
     try:
         model = modeling.create_model(cfg.model, num_classes=len(label_names), pretrained=cfg.pretrained, **dropout)
-    except TypeError:
-        raise SystemExit(f"error: --drop_path/--drop_rate: {cfg.model} takes no {' or '.join(dropout)}; set it to 0"
-                         ) from None
+    except TypeError as e:
+        if not dropout or not any(k in str(e) for k in dropout):
+            raise SystemExit(f"error: --model {cfg.model}: {e}") from None
+        raise SystemExit(f"error: --drop_path/--drop_rate: {cfg.model} takes no {' or '.join(dropout)}; leave them "
+                         "unset") from None
     except (ValueError, OSError, RuntimeError) as e:  # unknown name, offline Hub, missing or mismatched weights
         raise SystemExit(f"error: --model {cfg.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                          ) from None
@@ -288,8 +303,10 @@ def main(argv=None):
                 raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
                                  f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")
             accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
+            record_launch(run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%S"))  # only a resume that took
         else:
             accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
+            record_launch(run_dir)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
 
     def evaluate(net) -> dict:
@@ -348,7 +365,7 @@ def main(argv=None):
                 pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
                 model_card={"dataset": cfg.dataset, "repo_id": cfg.hub_model_id, "recipe": asdict(cfg),
                             "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
-                                        "interpolation": data_cfg["interpolation"]},
+                                        "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
                             "epochs": state.step / steps_per_epoch, "hardware": hardware(accelerator)})
 
     # the loop

@@ -43,7 +43,7 @@ class ValidateConfig:
     image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
     num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
-    flip: bool = False  # mean logits of each image and its mirror (to reproduce a train.py --eval_flip run's numbers)
+    flip: bool = False  # mean logits of each image and its mirror (a checkpoint of an --eval_flip run: always)
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
     update_model_card: bool = False  # write the results into --model's README.md model-index (local exports only)
 
@@ -53,7 +53,8 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     run's config.yaml two levels up, class count from the saved classifier. Its pretrained_cfg gets that size, as
     train.py's export does, so the eval transform is the one train.py evaluated with. These are the raw weights:
     with --ema_decay the EMA copy sits in custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
-    run_config = path.parent.parent / "config.yaml"
+    run_dir = path.parent.parent  # the newest launch's config: a resume may have changed the eval settings
+    run_config = ([run_dir / "config.yaml"] + sorted((run_dir / "resumes").glob("*/config.yaml")))[-1]
     if (path / "checkpoints").is_dir():
         raise ValueError("this is a run folder: give RUN/final or RUN/checkpoints/step_N")
     if not (path / "model.safetensors").is_file() or not run_config.is_file():
@@ -80,6 +81,7 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     size = next((s for s in (run.get("eval_image_size"), run.get("image_size")) if isinstance(s, int) and s > 0),
                 model.pretrained_cfg["input_size"][-1])
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
+    model.eval_flip = bool(run.get("eval_flip"))  # the run's --eval_flip: metrics.jsonl's numbers used it
     return model.eval()
 
 
@@ -166,12 +168,13 @@ def main(argv=None):
 
     start = time.perf_counter()
     batches = tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}")
-    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=cfg.flip)  # train.py's code
+    flip = cfg.flip or getattr(model, "eval_flip", False)
+    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=flip)  # train.py's code
     elapsed = time.perf_counter() - start
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,
                "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
-               "flip": cfg.flip, "num_processes": accelerator.num_processes}
+               "flip": flip, "num_processes": accelerator.num_processes}
     accelerator.end_training()  # destroys the process group under DDP
     if not accelerator.is_main_process:
         return summary
@@ -191,7 +194,7 @@ def main(argv=None):
     if cfg.update_model_card:
         # the eval transform goes with the numbers: --image_size may differ from the export's own input size
         modeling.update_model_card_results(Path(cfg.model), {
-            **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation")},
+            **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
             "split": cfg.split, "dataset": cfg.dataset})
         print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
     return summary

@@ -38,7 +38,8 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown model '{name}'{hint}; see modeling.list_models() and timm.list_models()")
         if pretrained and arch in _OURS:
-            raise ValueError(f"'{name}' has no published weights; load a saved folder with modeling.load_model(PATH)")
+            raise ValueError(f"'{name}' has no published weights; start from a saved export with "
+                             "--model local-dir:PATH --pretrained (or modeling.load_model(PATH))")
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     declare_blocks(model)
     return model

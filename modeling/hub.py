@@ -60,7 +60,7 @@ _ARCH_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "cr
 _CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "epochs", "hardware",
               "results", "license", "tags"}
-_RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "ema", "image_size", "crop_pct", "interpolation"}
+_RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "ema", "image_size", "crop_pct", "interpolation", "flip"}
 REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub accepts as "true" in HF_HUB_OFFLINE
 
@@ -208,7 +208,9 @@ def _eval_transform(results: dict) -> str:
         return ""
     how = [f"crop_pct {results['crop_pct']}"] if results.get("crop_pct") is not None else []
     how += [str(results["interpolation"])] if results.get("interpolation") else []
-    return f"{results['image_size']}x{results['image_size']} px center crop" + (f" ({', '.join(how)})" if how else "")
+    flip = ", logits averaged with the mirrored image's (flip TTA)" if results.get("flip") else ""
+    return (f"{results['image_size']}x{results['image_size']} px center crop" + (f" ({', '.join(how)})" if how else "")
+            + flip)
 
 
 def eval_result_entries(results: dict, dataset_id: str) -> list[dict]:

@@ -364,6 +364,13 @@ def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_pat
         "top-1 accuracy (%)": (62.5, "val", "other/dataset"), "top-5 accuracy (%)": (87.5, "val", "other/dataset")}
     assert card.text.count("## Results") == 1 and "| other/dataset | val | 16 | 62.50 | 87.50 |" in card.text
     assert "Evaluated at 80x80 px center crop (crop_pct 1.0, bicubic)." in card.text and "50.00" not in card.text
+    modeling.update_model_card_results(folder, {"top1": 62.5, "top5": 87.5, "split": "val", "n": 16, "image_size": 80,
+                                                "flip": True})  # flip TTA numbers say so
+    assert "px center crop, logits averaged with the mirrored image's (flip TTA)." in (folder / "README.md").read_text()
+    modeling.update_model_card_results(folder, {"top1": 62.5, "top5": 87.5, "split": "val", "n": 16,
+                                                "dataset": "other/dataset", "image_size": 80, "crop_pct": 1.0,
+                                                "interpolation": "bicubic"})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
     assert "Weights: the exponential moving average (EMA)" in card.text  # the same EMA weights were scored
     assert card.text.split("## Training")[1] == after_results  # the rest is as written
     entries = yaml.safe_load((folder / ".eval_results" / "dataset.yaml").read_text())

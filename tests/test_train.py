@@ -117,6 +117,10 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
     (["--report_to", "foo"], "--report_to must be one of none, all, "),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--dataset", ""], "--dataset must be given"),
+    (["--min_image_size", "16"], "--ramp_end_epoch must be in [max(1, --ramp_start_epoch), --epochs]"),
+    (["--min_image_size", "16", "--ramp_end_epoch", "80", "--epochs", "16"], "--ramp_end_epoch must be in"),
+    (["--report_to", "comet_ml"], "--report_to must be a tracker whose package is installed"),
+    (["--drop_rate", "1"], "--drop_rate must be in [0, 1) or none"),
 ])
 def test_flag_ranges_are_checked_before_anything_starts(argv, message):
     with pytest.raises(SystemExit) as err:
