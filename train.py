@@ -124,8 +124,9 @@ class TrainConfig:
                 ("drop_rate", self.drop_rate is None or 0 <= self.drop_rate < 1, "in [0, 1) or none"),
                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: off; timm uses 0.9998)"),
                 ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}"),
-                ("report_to", self.report_to in ("none", "all") or importlib.util.find_spec(self.report_to) or (
-                    self.report_to == "tensorboard" and importlib.util.find_spec("tensorboardX")),
+                ("report_to", self.report_to in ("none", "all") or self.report_to not in trackers  # said above
+                 or importlib.util.find_spec(self.report_to)
+                 or (self.report_to == "tensorboard" and importlib.util.find_spec("tensorboardX")),
                  "a tracker whose package is installed (pip install it)")):
             if not ok:
                 raise SystemExit(f"error: --{flag} must be {need}, got {getattr(self, flag)!r}")

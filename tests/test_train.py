@@ -115,6 +115,8 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
     (["--random_erase", "2"], "--random_erase must be a probability in [0, 1]"),
     (["--mixup_alpha", "-1"], "--mixup_alpha must be >= 0"),
     (["--report_to", "foo"], "--report_to must be one of none, all, "),
+    (["--report_to", ""], "--report_to must be one of none, all, "),
+    (["--report_to", "foo.bar"], "--report_to must be one of none, all, "),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--dataset", ""], "--dataset must be given"),
     (["--min_image_size", "16"], "--ramp_end_epoch must be in [max(1, --ramp_start_epoch), --epochs]"),
