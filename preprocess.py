@@ -5,7 +5,8 @@
 
 Input: the folder Kaggle's ``imagenet-object-localization-challenge`` zip unzips to (ILSVRC/Data/CLS-LOC/{train,val,
 test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py).
-Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test and columns
+Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test (test only when
+CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 
     image     datasets.Image, JPEG bytes as stored (never decoded pixel arrays)
     label     ClassLabel whose names are the wnids in sorted order (n01440764 = 0); -1 in test
@@ -66,7 +67,6 @@ from imagenet_trainer import ilsvrc
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
 
-SPLITS = ("train", "validation", "test")
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
 FORMAT_VERSION = 1  # bump when shard contents change, so an old OUT.tmp is rebuilt rather than resumed
 WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
@@ -98,7 +98,7 @@ def list_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split],
     if not data_dir.is_dir():
         raise ValueError(f"--data_dir {data_dir}: no such folder")
     hint = "is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?"
-    for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *ilsvrc.SPLIT_DIRS.values()):
+    for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *(ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation"))):
         if not (data_dir / rel).exists():
             raise ValueError(f"{data_dir / rel}: not found ({hint})")
     wnids, descriptions = ilsvrc.read_synset_mapping(data_dir / ilsvrc.SYNSET_MAPPING)
@@ -136,12 +136,16 @@ def list_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split],
     if len(val_csv) > len(val):
         warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {val_dir}")
 
-    test = [(name, -1) for name in ilsvrc.list_images(data_dir / ilsvrc.SPLIT_DIRS["test"])]
     splits = {
         "train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train, {}),
         "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
-        "test": Split(ilsvrc.SPLIT_DIRS["test"], None, test, {}),
     }
+    test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
+    test = [(name, -1) for name in ilsvrc.list_images(test_dir)] if test_dir.is_dir() else []
+    if test:
+        splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
+    else:  # unlabelled anyway; people delete its 13 GB
+        warnings.append(f"{test_dir}: no images; the dataset has train and validation only")
     for split, s in splits.items():
         if not s.items:
             raise ValueError(f"{data_dir / s.image_dir}: no images, the {split} split would be empty")
@@ -384,7 +388,7 @@ def print_summary(report: dict, out: Path) -> None:
     print(f"wrote {out} in {report['seconds']:.0f} s")
     print(f"  {'split':<11}{'files':>11}{'images':>11}{'skipped':>9}{'re-encoded':>12}{'boxes':>9}{'dropped':>9}")
     skipped = report["skipped"]
-    for split in SPLITS:
+    for split in report["counts"]:
         boxes = report["boxes"][split]
         print(f"  {split:<11}{report['files'][split]:>11,}{report['counts'][split]:>11,}"
               f"{sum(s['split'] == split for s in skipped):>9,}{sum(report['reencoded'][split].values()):>12,}"
@@ -454,36 +458,36 @@ def main(argv=None) -> None:
 
     # ---- assemble: per-split metadata over the finished shards, the report, then one rename ----
     reports = [json.loads(Path(s.report).read_text()) for s in shards]
-    counts = {split: sum(r["rows"] for r in reports if r["split"] == split) for split in SPLITS}
+    counts = {split: sum(r["rows"] for r in reports if r["split"] == split) for split in splits}
     description = json.dumps({
         ilsvrc.DESCRIPTIONS_KEY: descriptions,
         "source": "ILSVRC-2012 CLS-LOC, Kaggle imagenet-object-localization-challenge, via preprocess.py",
         "labels": "ClassLabel names are the wnids in sorted order; class_descriptions are the human names",
     })
-    for split in SPLITS:
+    for split in splits:
         split_shards = [s for s in shards if s.split == split]
         info = datasets.DatasetInfo(description=description, features=features, splits=datasets.SplitDict(
             {split: datasets.SplitInfo(name=split, num_examples=counts[split])}))
         write_split_metadata(work, split, split_shards, info,
                              hashlib.sha1(json.dumps([job, split]).encode()).hexdigest()[:16])
-    atomic_write_text(work / "dataset_dict.json", json.dumps({"splits": list(SPLITS)}))
+    atomic_write_text(work / "dataset_dict.json", json.dumps({"splits": list(splits)}))
     loaded = datasets.load_from_disk(str(work))  # memory-mapped, cheap; proves OUT will load before it exists
-    if {split: loaded[split].num_rows for split in SPLITS} != counts:
+    if {split: loaded[split].num_rows for split in splits} != counts:
         raise SystemExit(f"error: {work}: the Arrow files do not hold the rows the shard reports count; "
                          f"delete {work} and run again")
 
     if len(wnids) == 1000:
         warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
-                     for split, full in ilsvrc.FULL_COUNTS.items() if counts[split] != full]
+                     for split, full in ilsvrc.FULL_COUNTS.items() if split in counts and counts[split] != full]
     skipped = [dict(split=r["split"], **s) for r in reports for s in r["skipped"]]
     report = {
         "config": asdict(cfg), "seconds": round(time.time() - started, 1), "warnings": warnings,
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
         "skipped": skipped,
         "reencoded": {split: sum((Counter(r["reencoded"]) for r in reports if r["split"] == split), Counter())
-                      for split in SPLITS},
+                      for split in splits},
         "boxes": {split: sum((Counter(r["boxes"]) for r in reports if r["split"] == split), Counter())
-                  for split in SPLITS},
+                  for split in splits},
         "annotation_errors": [e for r in reports for e in r["annotation_errors"]],
         "bytes_in": sum(r["bytes_in"] for r in reports), "bytes_out": sum(r["bytes_out"] for r in reports),
     }

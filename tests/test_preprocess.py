@@ -376,6 +376,20 @@ def test_work_dir_of_another_job_is_discarded(clean_tree, tmp_path, capsys):
     assert datasets.load_from_disk(str(out))["train"].num_rows == 6
 
 
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_test_split_is_optional(how, clean_tree, tmp_path, capsys):
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    test_dir = tree / ilsvrc.SPLIT_DIRS["test"]
+    shutil.rmtree(test_dir)
+    if how == "emptied":
+        test_dir.mkdir()
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    assert f"warning: {test_dir}: no images; the dataset has train and validation only" in capsys.readouterr().out
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert set(dd) == {"train", "validation"} and dd["train"].num_rows == 6 and dd["validation"].num_rows == 4
+
+
 @pytest.mark.parametrize("kind", ["foreign_folder", "file"])
 def test_never_deletes_a_work_dir_it_did_not_start(kind, clean_tree, tmp_path):
     work = tmp_path / "out.tmp"
