@@ -77,8 +77,7 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # Beta(a, a) cutmix (Yun et al. 2019); 0 disables
     random_erase: float = 0.0  # per-image probability of random erasing (Zhong et al. 2020)
     drop_path: float = 0.0  # stochastic depth rate for models that have it (Huang et al. 2016)
-    drop_rate: float | None = None  # classifier dropout, timm's drop_rate (vgg16: both MLP-head ones); None: the
-    # model's own default (alexnet 0.5, timm's models 0)
+    drop_rate: float | None = None  # head dropout (timm's drop_rate; vgg16: both MLP ones); none: model's own
     # model and speed
     ema_decay: float = 0.0  # EMA of weights per optimizer step, evaluated too; 0 disables (timm uses 0.9998)
     channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want

@@ -103,3 +103,31 @@ def test_evaluate_flip_averages_each_image_with_its_mirror():
     _, flipped = evaluate(accelerator, LeftRight(), [(x, y)], (0, 0, 0), (1, 1, 1), flip=True)
     assert plain == pytest.approx((math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2)
     assert flipped == pytest.approx(math.log(2))  # the mean logits (0.5, 0.5)
+
+
+def test_every_script_flag_has_a_comment_for_help(monkeypatch):
+    """Every field of every script's config carries its trailing comment (units, why): --help shows exactly that."""
+    import dataclasses  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from imagenet_trainer.config import field_comments  # noqa: PLC0415
+
+    classes = [getattr(importlib.import_module(module), name) for module, name in (
+        ("train", "TrainConfig"), ("validate", "ValidateConfig"), ("preprocess", "PreprocessConfig"),
+        ("imagenet_trainer.demo", "DemoConfig"))]
+    root = Path(__file__).resolve().parents[1]
+    for script, name in (("loader", "LoaderBenchConfig"), ("preprocess", "BenchConfig"), ("train_loop", None)):
+        spec = importlib.util.spec_from_file_location(f"bench_{script}", root / "benchmarks" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve annotations through it
+        spec.loader.exec_module(module)  # by path: benchmarks/preprocess.py must not shadow preprocess.py
+        classes += [c for c in vars(module).values() if dataclasses.is_dataclass(c) and c.__module__ == module.__name__
+                    and (name is None or c.__name__ == name)]
+    assert len(classes) >= 7
+    for cls in classes:
+        comments = field_comments(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)]
+        assert not missing, f"{cls.__name__}: no comment on {missing}"
