@@ -303,11 +303,12 @@ def main(argv=None):
                 raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
                                  f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")
             accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
-            record_launch(run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%S"))  # only a resume that took
         else:
             accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
-            record_launch(run_dir)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
+    if cfg.resume_from_checkpoint:  # a launch that got this far; UTC names sort in launch order
+        first = not (run_dir / "run_info.json").exists() or path is None
+        record_launch(run_dir if first else run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()))
 
     def evaluate(net) -> dict:
         net.eval()
@@ -343,6 +344,7 @@ def main(argv=None):
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
+        record_launch(tmp)  # each checkpoint says how it was made: validate.py scores it with its own eval settings
         if accelerator.is_main_process:
             share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
             shutil.rmtree(final, ignore_errors=True)

@@ -43,18 +43,18 @@ class ValidateConfig:
     image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
     num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
-    flip: bool = False  # mean logits of each image and its mirror (a checkpoint of an --eval_flip run: always)
+    flip: bool | None = None  # mean logits of each image and its mirror; none: a checkpoint's own --eval_flip, else off
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
     update_model_card: bool = False  # write the results into --model's README.md model-index (local exports only)
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
-    """The model of a train.py checkpoint (accelerate save_state folder): architecture and eval image size from the
-    run's config.yaml two levels up, class count from the saved classifier. Its pretrained_cfg gets that size, as
+    """The model of a train.py checkpoint (accelerate save_state folder): architecture and eval settings from the
+    config.yaml train.py saves in it (checkpoints of older versions: the run's, two levels up), class count from the
+    saved classifier. Its pretrained_cfg gets that size, as
     train.py's export does, so the eval transform is the one train.py evaluated with. These are the raw weights:
     with --ema_decay the EMA copy sits in custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
-    run_dir = path.parent.parent  # the newest launch's config: a resume may have changed the eval settings
-    run_config = ([run_dir / "config.yaml"] + sorted((run_dir / "resumes").glob("*/config.yaml")))[-1]
+    run_config = path / "config.yaml" if (path / "config.yaml").is_file() else path.parent.parent / "config.yaml"
     if (path / "checkpoints").is_dir():
         raise ValueError("this is a run folder: give RUN/final or RUN/checkpoints/step_N")
     if not (path / "model.safetensors").is_file() or not run_config.is_file():
@@ -168,7 +168,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     batches = tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}")
-    flip = cfg.flip or getattr(model, "eval_flip", False)
+    flip = getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip
     topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=flip)  # train.py's code
     elapsed = time.perf_counter() - start
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),

@@ -6,11 +6,12 @@ required value is a one-line ``SystemExit`` that names the flag/key and the file
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
 import io
-import re
 import sys
+import textwrap
 import tokenize
 import types
 import typing
@@ -70,14 +71,17 @@ def field_comments(cls) -> dict[str, str]:
     """{field: its trailing ``#`` comment} from the dataclass source: the units and the why, shown by --help, so
     the help and the code never disagree."""
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):  # no source (frozen app, REPL): flags still work, without help text
         return {}
+    by_line = {tok.start[0]: tok.string.lstrip("#").strip()
+               for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
     comments = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        field = re.match(r"\s+(\w+)\s*:", tok.line) if tok.type == tokenize.COMMENT else None
-        if field and tok.start[1] > field.end():
-            comments.setdefault(field.group(1), tok.string.lstrip("#").strip())
+    for node in ast.parse(source).body[0].body:  # the class body's own annotated fields, not lines in methods
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            found = [by_line[n] for n in range(node.lineno, node.end_lineno + 1) if n in by_line]
+            if found:
+                comments[node.target.id] = found[0]
     return comments
 
 

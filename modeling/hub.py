@@ -259,7 +259,7 @@ def model_card_text(config: dict, card: dict, num_params: int | None = None) -> 
     only, or a display name), dataset_id (Hub dataset id for ``datasets:`` and the eval results; default: ``dataset``
     when that is a Hub id, else none), recipe {hyper-parameter: value; local paths shown by their last component},
     epochs, hardware, results {top1, top5 (both %), split, n (images), dataset, ema (bool), image_size (px),
-    crop_pct, interpolation}, license (default apache-2.0), tags. Results go into the front matter only with a Hub
+    crop_pct, interpolation, flip (bool: flip TTA)}, license (default apache-2.0), tags. Results go into the front matter only with a Hub
     dataset id: a local folder's numbers are in the Results table alone.
     """
     arch, pcfg = config["architecture"], config["pretrained_cfg"]
@@ -341,7 +341,8 @@ def update_model_card_results(folder, results: dict) -> None:
     """Put new results (e.g. from validate.py) into a saved folder's README.md (front matter ``model-index`` and
     the Results section) and ``.eval_results/``, leaving the rest of the card as written. Each file is replaced
     atomically. ``results``: top1, top5 (%), split, n (images), dataset (a Hub id or local folder; default: the
-    card's), ema (default: as the card said; the weights are unchanged), image_size (px), crop_pct, interpolation.
+    card's), ema (default: as the card said; the weights are unchanged), image_size (px), crop_pct, interpolation,
+    flip (bool: flip TTA).
     Results on a local folder replace the Results table only: the front matter keeps the Hub dataset's results,
     which still hold for these weights."""
     folder = Path(folder)

@@ -48,6 +48,22 @@ def test_errors_are_one_line(tmp_path, yaml_text, argv, message):
     assert message in text and "\n" not in text
 
 
+@dataclass
+class WithMethod:
+    size: int = 3
+    name: str = "x"  # the name
+
+    def scale(self):  # not a field
+        size: int = 4  # a local in a method, not the field's help
+        return size
+
+
+def test_field_comments_come_from_the_class_body_only():
+    from imagenet_trainer.config import field_comments  # noqa: PLC0415
+
+    assert field_comments(WithMethod) == {"name": "the name"}
+
+
 def test_help_shows_each_fields_comment(capsys):
     with pytest.raises(SystemExit) as err:
         parse_config(Cfg, ["--help"])

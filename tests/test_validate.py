@@ -81,21 +81,22 @@ def fake_checkpoint(tmp_path: Path, state: dict, prefix: str, image_size: int = 
     return ckpt
 
 
-def test_checkpoint_of_a_flip_run_validates_with_flip_as_its_newest_launch_did(trained, preprocessed, tmp_path):
-    """A resume that turned --eval_flip on wrote resumes/<time>/config.yaml: a checkpoint is scored the way the
-    newest launch scored it, so its numbers are metrics.jsonl's."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
-    shutil.copy(trained / "config.yaml", run_dir / "config.yaml")
-    resumed = run_dir / "resumes" / "20990101-000000"
-    resumed.mkdir(parents=True)
-    resumed.joinpath("config.yaml").write_text(yaml.safe_dump(
-        {**yaml.safe_load((trained / "config.yaml").read_text()), "eval_flip": True}))
-    flipped, plain = evaluate(only_checkpoint(run_dir), preprocessed), evaluate(only_checkpoint(trained), preprocessed)
+def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocessed, tmp_path):
+    """Each checkpoint carries the config.yaml of the launch that wrote it: an --eval_flip launch's checkpoint is
+    scored with flip (its metrics.jsonl numbers), whatever later launches of the run changed; --flip overrides."""
+    ckpt = only_checkpoint(trained)
+    assert yaml.safe_load((ckpt / "config.yaml").read_text())["model"] == TINY
+    assert (ckpt / "run_info.json").is_file()
+    flipped_ckpt = tmp_path / "run" / "checkpoints" / ckpt.name
+    shutil.copytree(ckpt, flipped_ckpt)
+    flipped_ckpt.joinpath("config.yaml").write_text(yaml.safe_dump(
+        {**yaml.safe_load((ckpt / "config.yaml").read_text()), "eval_flip": True}))
+    flipped, plain = evaluate(flipped_ckpt, preprocessed), evaluate(ckpt, preprocessed)
     assert flipped["flip"] is True and plain["flip"] is False
     assert flipped["loss"] != pytest.approx(plain["loss"], rel=1e-6)
-    asked = evaluate(only_checkpoint(trained), preprocessed, "--flip")
+    asked = evaluate(ckpt, preprocessed, "--flip")
     assert asked["flip"] is True and asked["loss"] == pytest.approx(flipped["loss"], rel=1e-6)
+    assert evaluate(flipped_ckpt, preprocessed, "--flip", "false")["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
 def test_export_and_checkpoint_reproduce_train_logged_val(trained, preprocessed, tmp_path):
