@@ -28,8 +28,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
@@ -101,7 +99,7 @@ class TrainConfig:
         trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
         for flag, ok, need in (
                 ("dataset", self.dataset, "given (a preprocess.py output folder or a Hub dataset id)"),
-                ("hub_model_id", hub_id_ok(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,
+                ("hub_model_id", modeling.is_repo_id(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,
                  "a Hub repo id USER/NAME (needed with --push_to_hub; the model card links it)"),
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
@@ -129,14 +127,6 @@ class TrainConfig:
                  "a tracker whose package is installed (pip install it)")):
             if not ok:
                 raise SystemExit(f"error: --{flag} must be {need}, got {getattr(self, flag)!r}")
-
-
-def hub_id_ok(repo_id: str) -> bool:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return False
-    return "/" in repo_id
 
 
 class TrainState:
@@ -187,7 +177,8 @@ def main(argv=None):
         raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
                          "--resume_from_checkpoint latest, or pick a new --output_dir")
     def record_launch(folder: Path):
-        """config.yaml + run_info.json: the run's first launch in run_dir, each resume in run_dir/resumes/<time>/."""
+        """config.yaml + run_info.json of this launch: in run_dir for the first, run_dir/resumes/<time>/ for each
+        resume, and in every checkpoint it writes."""
         if accelerator.is_main_process:
             write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
                                                "distributed_type": str(accelerator.distributed_type),

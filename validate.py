@@ -51,8 +51,8 @@ class ValidateConfig:
 def load_checkpoint(path: Path) -> torch.nn.Module:
     """The model of a train.py checkpoint (accelerate save_state folder): architecture and eval settings from the
     config.yaml train.py saves in it (checkpoints of older versions: the run's, two levels up), class count from the
-    saved classifier. Its pretrained_cfg gets that size, as
-    train.py's export does, so the eval transform is the one train.py evaluated with. These are the raw weights:
+    saved classifier. Its pretrained_cfg gets that size, as train.py's export does, so the eval transform is the one
+    train.py evaluated with. These are the raw weights:
     with --ema_decay the EMA copy sits in custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
     run_config = path / "config.yaml" if (path / "config.yaml").is_file() else path.parent.parent / "config.yaml"
     if (path / "checkpoints").is_dir():

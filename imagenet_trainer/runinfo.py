@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -59,6 +60,7 @@ def replace_dir(tmp_dir, final_dir) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@functools.cache  # the code this process was launched with; train.py records it in every checkpoint
 def git_sha() -> str | None:
     try:
         root = Path(__file__).resolve().parent.parent
@@ -72,6 +74,11 @@ def git_sha() -> str | None:
 
 
 def library_versions() -> dict:
+    return dict(_library_versions())  # a copy: callers may add to it
+
+
+@functools.cache  # fixed for the process; metadata lookups scan site-packages
+def _library_versions() -> dict:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in LIBRARIES:
         try:

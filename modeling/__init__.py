@@ -67,10 +67,10 @@ features_only (the maps must match ``feature_info``; any number of them, at any 
 so a new family is tested by being registered.
 """
 from ._registry import BLOCK_CLASSES, create_model, list_models, register
-from .hub import (check_hub_ready, label_info, load_model, push_to_hub, save_pretrained,
+from .hub import (check_hub_ready, is_repo_id, label_info, load_model, push_to_hub, save_pretrained,
                   update_model_card_results)
 
 from . import alexnet, blocknet  # noqa: E402,F401  registers the families with timm
 
 __all__ = ["BLOCK_CLASSES", "create_model", "list_models", "register", "save_pretrained", "load_model", "label_info",
-           "push_to_hub", "check_hub_ready", "update_model_card_results"]
+           "push_to_hub", "check_hub_ready", "is_repo_id", "update_model_card_results"]

@@ -131,15 +131,20 @@ def _public(value):
     return prefix + (Path(path).expanduser().resolve().name or path) if _is_local(path) else value
 
 
+def is_repo_id(ref: str) -> bool:
+    """``ref`` has the form of a Hub repo id with its owner, OWNER/NAME (huggingface_hub's rules)."""
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return "/" in ref
+
+
 def _hub_dataset_id(dataset) -> str | None:
     """``dataset`` when it is a Hub dataset id (OWNER/NAME, not a local folder), else None. A card links only a Hub
     dataset the weights were trained or scored on: a local folder of 1000 ImageNet wnids may hold other images
     (a demo tree, a re-split, a subset of ImageNet-21k), so none is guessed from one."""
-    if not isinstance(dataset, str) or dataset.count("/") != 1 or _is_local(dataset):
-        return None
-    try:
-        validate_repo_id(dataset)
-    except HFValidationError:
+    if not isinstance(dataset, str) or _is_local(dataset) or not is_repo_id(dataset):
         return None
     return dataset
 
@@ -259,8 +264,8 @@ def model_card_text(config: dict, card: dict, num_params: int | None = None) -> 
     only, or a display name), dataset_id (Hub dataset id for ``datasets:`` and the eval results; default: ``dataset``
     when that is a Hub id, else none), recipe {hyper-parameter: value; local paths shown by their last component},
     epochs, hardware, results {top1, top5 (both %), split, n (images), dataset, ema (bool), image_size (px),
-    crop_pct, interpolation, flip (bool: flip TTA)}, license (default apache-2.0), tags. Results go into the front matter only with a Hub
-    dataset id: a local folder's numbers are in the Results table alone.
+    crop_pct, interpolation, flip (bool: flip TTA)}, license (default apache-2.0), tags. Results go into the front
+    matter only with a Hub dataset id: a local folder's numbers are in the Results table alone.
     """
     arch, pcfg = config["architecture"], config["pretrained_cfg"]
     name = card.get("model_name") or arch
