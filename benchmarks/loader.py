@@ -11,8 +11,8 @@ thread with no DataLoader workers, so the numbers are images/s per core; --num_w
 DataLoader worker processes instead (the all-cores figure; each worker uses one thread).
 
   train   baseline: ImageFolder -> PIL RandomResizedCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize ->
-          default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode -> uint8
-          crop-resize -> flip) -> collate. Normalisation is the device's job in ours (train.py), so it is not here.
+          default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode of the
+          tiles under the box (preprocess.py's default --restart_tile) -> uint8 crop-resize -> flip) -> collate. Normalisation is the device's job in ours (train.py), so it is not here.
   eval    baseline: ImageFolder -> Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize;  ours: EvalSet.
   *_small ours on OUT2 against the same baseline on the original files (low-resolution storage, as FFCV does).
 
@@ -21,8 +21,10 @@ and the cores it takes to feed --feed_img_s (what your accelerator trains at), i
 train.py before the GPU waits on the loader.
 
 Targets (issue "a data path that never starves the GPU"): train >= 2.5x, train_small >= 4x, eval >= 2x.
-One-core runs also time entropy decoding alone (simplejpeg at 1/8 scale): both pipelines pay it in full, so its
-ratio to the baseline bounds the train ratio on those files (dense, ImageNet-sized files leave little room).
+One-core runs also time entropy decoding of the whole original files alone (simplejpeg at 1/8 scale): its ratio to
+the baseline bounds the train ratio of any pipeline that decodes whole files (on dense, ImageNet-sized files it is
+~2.7x); decoding only the tiles under the crop is how ours goes past it. --coding baseline / progressive restricts
+the comparison to sequential / progressive source JPEGs (progressive ones decode ~2x slower, ours re-codes them).
 Passes are interleaved and repeated (--repeats); the median is reported, as other jobs may share the machine.
 --memory_check: RSS of one DataLoader worker after reading 1024 rows spread over a 10k-row and a 100k-row dataset
 (rows repeated from OUT): anonymous memory must not grow with the row count (the rows stay memory-mapped).
@@ -48,6 +50,7 @@ import simplejpeg
 import torch
 import torchvision
 import torchvision.transforms as T
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,6 +76,7 @@ class LoaderBenchConfig:
     seed: int = 0  # subset and augmentation seed
     memory_check: bool = False  # also measure a DataLoader worker's RSS over 10k vs 100k rows
     num_workers: int = 0  # 0: in-process, one core (the per-core figure); N: N DataLoader workers (all cores)
+    coding: str = "all"  # source JPEGs compared: all, baseline (sequential) or progressive
     feed_img_s: float = 2800.0  # self-test: img/s the accelerator trains at (ResNet-50, one H100: ~2,800)
 
 
@@ -80,6 +84,10 @@ def machine(num_workers: int) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or platform.machine())
     return f"{model}, " + (f"{num_workers} workers" if num_workers else "1 thread")
+
+
+def is_progressive(path) -> bool:
+    return bool(Image.open(path).info.get("progressive"))
 
 
 def rows_by_stem(split: datasets.Dataset) -> dict[str, int]:
@@ -190,6 +198,8 @@ def main(argv=None) -> None:
     cfg = parse_config(LoaderBenchConfig, argv, description=__doc__.split("\n")[0])
     if not cfg.dataset:
         raise SystemExit("error: --dataset is required (a preprocess.py output)")
+    if cfg.coding not in ("all", "baseline", "progressive"):
+        raise SystemExit(f"error: --coding {cfg.coding}: use all, baseline or progressive")
     torch.set_num_threads(1)
     splits = {}
     for name, flag in (("", "dataset"), ("_small", "dataset_small")):
@@ -208,9 +218,11 @@ def main(argv=None) -> None:
     folder = torchvision.datasets.ImageFolder(str(train_dir))
     files = folder.samples
     stems = {name: rows_by_stem(split) for name, split in splits.items()}
-    usable = [i for i, (path, _) in enumerate(files) if all(Path(path).stem in s for s in stems.values())]
+    usable = [i for i, (path, _) in enumerate(files) if all(Path(path).stem in s for s in stems.values())
+              and cfg.coding in ("all", "progressive" if is_progressive(path) else "baseline")]
     if not usable:
-        raise SystemExit("error: no train file of --data_dir is in --dataset (matched by image_id)")
+        raise SystemExit(f"error: no {'' if cfg.coding == 'all' else cfg.coding + ' '}train file of --data_dir is "
+                         "in --dataset (matched by image_id)")
     rng = np.random.default_rng(cfg.seed)
     picked = sorted(rng.choice(usable, size=min(cfg.num_images, len(usable)), replace=False).tolist())
     rows = {name: [s[Path(files[i][0]).stem] for i in picked] for name, s in stems.items()}
@@ -243,6 +255,7 @@ def main(argv=None) -> None:
     report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
               "machine": machine(cfg.num_workers), "num_images": len(picked), "config": asdict(cfg),
               "pipelines": results,
+              "progressive_share": round(statistics.mean(is_progressive(files[i][0]) for i in picked), 3),
               "mean_file_bytes": round(statistics.mean(Path(files[i][0]).stat().st_size for i in picked)),
               "mean_stored_bytes": {f"dataset{k}": v for k, v in mean_bytes.items()},
               "versions": {p: metadata.version(p) for p in ("torch", "torchvision", "pillow", "simplejpeg",
@@ -261,7 +274,7 @@ def main(argv=None) -> None:
     if "entropy_decode" in report:
         e = report["entropy_decode"]
         print(f"entropy decoding alone (1/8-scale decode): {e['img_s']:.1f} img/s = {e['bound_ratio']:.2f}x the "
-              "train baseline: the most a whole-file-decoding pipeline can reach on these files")
+              "train baseline: the most a pipeline decoding whole files can reach on these files")
     if cfg.memory_check:
         for rows_count, m in report["memory_check"]["worker"].items():
             print(f"worker RSS over {rows_count} rows: anon {m['RssAnon_MiB']} MiB, file {m['RssFile_MiB']} MiB")

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 import preprocess
-from imagenet_trainer import ilsvrc
+from imagenet_trainer import ilsvrc, jpeg_tiles
 from imagenet_trainer.demo import MANIFEST, make_ilsvrc_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,24 +103,59 @@ def test_every_image_is_an_upright_rgb_jpeg_for_every_reader(preprocessed):
             assert decoded.mode == "RGB" and decoded.size == img.size
 
 
-def test_odd_files_are_converted_and_plain_jpegs_kept_byte_for_byte(preprocessed, ilsvrc_tree):
+def _plain(rows: dict, m: dict, tree: Path):
+    """(split, stem, stored bytes, file bytes) of every image stored from a plain RGB JPEG."""
+    converted = {m["planted"][kind]["stem"] for kind in CONVERTED}
+    for split, by_id in rows.items():
+        for stem, row in by_id.items():
+            if stem not in converted:
+                name = f"{stem.split('_')[0]}/{stem}.JPEG" if split == "train" else f"{stem}.JPEG"
+                yield split, stem, row["image"]["bytes"], (tree / ilsvrc.SPLIT_DIRS[split] / name).read_bytes()
+
+
+def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(preprocessed, ilsvrc_tree):
     m = manifest(ilsvrc_tree)
     rows = raw_rows(preprocessed)
     for kind in CONVERTED:
         p = m["planted"][kind]
         data = rows[p["split"]][p["stem"]]["image"]["bytes"]
         assert data[:2] == b"\xff\xd8" and data != (ilsvrc_tree / p["path"]).read_bytes(), kind
-    converted = {m["planted"][kind]["stem"] for kind in CONVERTED}
+        assert jpeg_tiles.layout(data) is not None, kind  # converted files are tiled too
     kept = 0
-    for split, by_id in rows.items():
-        for stem, row in by_id.items():
-            if stem not in converted:
-                name = f"{stem.split('_')[0]}/{stem}.JPEG" if split == "train" else f"{stem}.JPEG"
-                assert row["image"]["bytes"] == (ilsvrc_tree / ilsvrc.SPLIT_DIRS[split] / name).read_bytes(), stem
-                kept += 1
+    for split, stem, stored, original in _plain(rows, m, ilsvrc_tree):
+        assert stored != original and jpeg_tiles.layout(stored) is not None, stem
+        a, b = Image.open(io.BytesIO(original)), Image.open(io.BytesIO(stored))
+        assert np.array_equal(np.asarray(a), np.asarray(b)), stem  # the same coefficients: the same pixels
+        assert a.info.get("icc_profile") == b.info.get("icc_profile") and a.getexif() == b.getexif(), stem
+        kept += 1
     assert kept > 20
     report = json.loads((preprocessed / "preprocess_report.json").read_text())
     assert sum(sum(c.values()) for c in report["reencoded"].values()) == len(CONVERTED)
+    assert report["tiled"] == report["counts"] and set(report["untiled"].values()) == {0}
+
+
+def test_restart_tile_0_stores_plain_jpegs_byte_for_byte(ilsvrc_tree, tmp_path):
+    preprocess.main(["--data_dir", str(ilsvrc_tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
+                     "--restart_tile", "0"])
+    m = manifest(ilsvrc_tree)
+    rows = raw_rows(tmp_path / "out")
+    plain = list(_plain(rows, m, ilsvrc_tree))
+    assert len(plain) > 20 and all(stored == original for _, _, stored, original in plain)
+    assert all(jpeg_tiles.layout(r["image"]["bytes"]) is None for by_id in rows.values() for r in by_id.values())
+    report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
+    assert set(report["tiled"].values()) == {0}
+
+
+def test_restart_tile_without_libjpeg_turbo_is_one_line(ilsvrc_tree, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "turbojpeg", None)  # as if the wheel were not installed
+    monkeypatch.setattr(jpeg_tiles.ctypes.util, "find_library", lambda name: None)
+    jpeg_tiles.turbojpeg_library.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match=r"--restart_tile 64: .*pip install turbojpeg.*--restart_tile 0"):
+            preprocess.main(["--data_dir", str(ilsvrc_tree), "--output_dir", str(tmp_path / "out")])
+    finally:
+        jpeg_tiles.turbojpeg_library.cache_clear()
+    assert not (tmp_path / "out.tmp").exists()
 
 
 def test_exif_rotation_turns_pixels_and_box_together(preprocessed, ilsvrc_tree):

@@ -1,0 +1,225 @@
+"""Tiled JPEGs: decode only the part of a photo that a random crop keeps.
+
+A baseline JPEG is one Huffman-coded stream: to reach any block a decoder must entropy-decode every block before it,
+and on ImageNet-sized files (~110 KB) that entropy decoding is most of the decode time. Restart markers (ITU T.81
+F.1.2.3: every R MCUs the coder resets, byte-aligns and writes RSTn) cut the stream into pieces that decode alone.
+When each MCU row holds a whole number of pieces, the pieces are tiles (R MCUs wide, one MCU row high), and the tiles
+under a crop, with the file's own header whose frame size is patched, form a smaller JPEG that any decoder reads.
+
+- ``add_restarts`` (preprocess.py, ``--restart_tile``): a lossless transcode, the same DCT coefficients re-coded
+  with restart markers every R MCUs (libjpeg-turbo's lossless crop transform, one per tile, in one call that reads
+  the source once; the tiles' coded data is then joined with RST markers under one header). Progressive files come
+  out baseline, which alone decodes them ~2.5x faster. The caller checks that the pixels are unchanged.
+- ``layout`` / ``region`` (data.py): find the tiles of such a file and cut out the JPEG of the tiles under a crop.
+  With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the region's pixels equal the same
+  rows and columns of a whole-file decode exactly; the tests check it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+SOF_HUFFMAN = (0xC0, 0xC1)  # baseline and extended sequential Huffman frames: one scan, tiles possible
+SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every frame type (0xC4 DHT, 0xC8 JPG, 0xCC DAC)
+TJINIT_TRANSFORM = 2
+TJXOPT_CROP, TJXOPT_COPYNONE = 1 << 2, 1 << 6  # turbojpeg.h (TurboJPEG 3 API)
+
+
+class Layout(NamedTuple):
+    head: bytes  # every byte before the entropy-coded data (SOI ... SOS header)
+    sof: int  # offset of the SOF marker in head (its frame height and width are at +5)
+    height: int  # px
+    width: int  # px
+    tile_h: int  # px
+    tile_w: int  # px
+    tiles_per_row: int
+    starts: list  # offset in the file of each tile's coded data, in raster order
+    ends: list  # offset just past it (its RST marker, or EOI)
+
+
+def _segments(data: bytes):
+    """(marker, start, end) of each header segment up to and including SOS; None if the header is not plain."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, segments = 2, []
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        segments.append((marker, pos, end))
+        if marker == 0xDA:
+            return segments
+        pos = end
+    return None
+
+
+def _mcu(data: bytes, sof: int) -> tuple[int, int, int, int]:
+    """(height, width, MCU height, MCU width) from the SOF segment at ``sof``; one component: 8x8 blocks."""
+    height, width, ncomp = struct.unpack(">HHB", data[sof + 5:sof + 10])
+    if ncomp == 1:
+        return height, width, 8, 8
+    factors = [data[sof + 11 + 3 * i] for i in range(ncomp)]
+    return height, width, 8 * max(f & 15 for f in factors), 8 * max(f >> 4 for f in factors)
+
+
+def layout(data: bytes) -> Layout | None:
+    """The tiles of a single-scan Huffman JPEG whose restart interval fits its MCU rows; None for any other file."""
+    segments = _segments(data)
+    if segments is None:
+        return None
+    sof = [s for m, s, e in segments if m in SOF_ANY]
+    dri = [s for m, s, e in segments if m == 0xDD]
+    if len(sof) != 1 or data[sof[0] + 1] not in SOF_HUFFMAN or not dri:
+        return None
+    interval = int.from_bytes(data[dri[-1] + 4:dri[-1] + 6], "big")
+    height, width, mcu_h, mcu_w = _mcu(data, sof[0])
+    sos = segments[-1][1]
+    if interval == 0 or height == 0 or data[sos + 4] != data[sof[0] + 9]:
+        return None  # no restarts, height set by a DNL marker, or a scan without every component (several scans)
+    per_row, rows = -(-width // mcu_w), -(-height // mcu_h)
+    if per_row % interval and interval % per_row:
+        return None  # pieces straddle MCU rows: not tiles
+    tile_rows = max(1, interval // per_row)
+    scan = segments[-1][2]
+    a = np.frombuffer(data, np.uint8)
+    ff = np.flatnonzero(a[scan:-1] == 0xFF) + scan
+    markers = ff[a[ff + 1] != 0]  # 0xFF00 is a coded 0xFF byte
+    kinds = a[markers + 1]
+    other = np.flatnonzero((kinds < 0xD0) | (kinds > 0xD7))
+    if not len(other) or kinds[other[0]] != 0xD9:
+        return None  # a second scan, fill bytes or no EOI: not this simple layout
+    rst = markers[:other[0]].tolist()
+    if len(rst) + 1 != -(-per_row * rows // interval):
+        return None
+    return Layout(data[:scan], sof[0], height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
+                  max(1, per_row // interval), [scan] + [p + 2 for p in rst], rst + [int(markers[other[0]])])
+
+
+def region(data, tiles: Layout, top: int, left: int, h: int, w: int) -> tuple[bytes, int, int, int, int]:
+    """(JPEG of the tiles under the box, its height, width, and the (top, left) of its first pixel in the file)."""
+    n_rows = -(-len(tiles.starts) // tiles.tiles_per_row)
+    r0, r1 = top // tiles.tile_h, min(n_rows, -(-(top + h) // tiles.tile_h))
+    c0, c1 = left // tiles.tile_w, min(tiles.tiles_per_row, -(-(left + w) // tiles.tile_w))
+    height = min(tiles.height, r1 * tiles.tile_h) - r0 * tiles.tile_h
+    width = min(tiles.width, c1 * tiles.tile_w) - c0 * tiles.tile_w
+    view = memoryview(data)
+    pieces = [tiles.head[:tiles.sof + 5], struct.pack(">HH", height, width), tiles.head[tiles.sof + 9:]]
+    k = 0
+    for r in range(r0, r1):
+        for i in range(r * tiles.tiles_per_row + c0, r * tiles.tiles_per_row + c1):
+            if k:
+                pieces.append(RST[(k - 1) % 8])  # renumbered: decoders check the sequence
+            pieces.append(view[tiles.starts[i]:tiles.ends[i]])
+            k += 1
+    pieces.append(b"\xff\xd9")
+    return b"".join(pieces), height, width, r0 * tiles.tile_h, c0 * tiles.tile_w
+
+
+RST = [bytes((0xFF, 0xD0 + i)) for i in range(8)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transcoding (preprocess.py). libjpeg-turbo >= 3.0's TurboJPEG API through ctypes: the ``turbojpeg`` wheel ships it
+# (its own Python API runs one transform per call, reading the whole source each time); a system library works too.
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
+
+
+class _Transform(ctypes.Structure):
+    _fields_ = [("r", _Region), ("op", ctypes.c_int), ("options", ctypes.c_int), ("data", ctypes.c_void_p),
+                ("customFilter", ctypes.c_void_p)]
+
+
+@functools.lru_cache(maxsize=None)
+def turbojpeg_library():
+    """(library, transform handle), once per process."""
+    candidates = []
+    try:
+        import turbojpeg
+        candidates += sorted((Path(turbojpeg.__file__).parent / "turbojpeg.libs").glob("libturbojpeg*"))
+    except ImportError:
+        pass
+    candidates += [name for name in [ctypes.util.find_library("turbojpeg")] if name]
+    for path in candidates:
+        lib = ctypes.CDLL(str(path))
+        if hasattr(lib, "tj3Transform"):
+            break
+    else:
+        raise RuntimeError("tiled JPEGs need libjpeg-turbo >= 3.0's TurboJPEG library: pip install turbojpeg==0.0.2 "
+                           "(requirements.txt), or run preprocess.py with --restart_tile 0")
+    lib.tj3Init.restype, lib.tj3Init.argtypes = ctypes.c_void_p, [ctypes.c_int]
+    lib.tj3Transform.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+                                 ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
+                                 ctypes.POINTER(_Transform)]
+    lib.tj3Free.argtypes = [ctypes.c_void_p]
+    lib.tj3GetErrorStr.restype, lib.tj3GetErrorStr.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    return lib, lib.tj3Init(TJINIT_TRANSFORM)
+
+
+def add_restarts(data: bytes, tile_px: int) -> bytes | None:
+    """The same JPEG (same coefficients, same markers) re-coded as tiles at most ``tile_px`` wide (a whole number of
+    MCUs that divides the MCU row) and one MCU row high; None where the file is not a Huffman JPEG with a plain header
+    (PNG, arithmetic coding, a DNL height...) or libjpeg-turbo refuses it. The caller must check the pixels."""
+    segments = _segments(data)
+    if segments is None:
+        return None
+    sof = [s for m, s, e in segments if m in SOF_ANY]
+    if len(sof) != 1 or data[sof[0] + 1] not in (0xC0, 0xC1, 0xC2):
+        return None
+    height, width, mcu_h, mcu_w = _mcu(data, sof[0])
+    if height == 0 or width == 0:
+        return None
+    per_row = -(-width // mcu_w)
+    interval = max(d for d in range(1, per_row + 1) if per_row % d == 0 and (d == 1 or d * mcu_w <= tile_px))
+    boxes = [(x, y, min(interval * mcu_w, width - x), min(mcu_h, height - y))
+             for y in range(0, height, mcu_h) for x in range(0, width, interval * mcu_w)]
+    lib, handle = turbojpeg_library()
+    n = len(boxes)
+    transforms = (_Transform * n)(*[_Transform(_Region(*box), 0, TJXOPT_CROP | TJXOPT_COPYNONE, None, None)
+                                    for box in boxes])
+    bufs, sizes = (ctypes.c_void_p * n)(), (ctypes.c_size_t * n)()
+    failed = lib.tj3Transform(handle, data, len(data), n, bufs, sizes, transforms)
+    try:
+        tiles = [] if failed else [ctypes.string_at(bufs[i], sizes[i]) for i in range(n)]
+    finally:
+        for i in range(n):
+            if bufs[i]:
+                lib.tj3Free(bufs[i])
+    if failed:
+        return None
+    first = _segments(tiles[0])
+    if first is None or any(m == 0xDD for m, s, e in first):
+        return None
+    # the file's own APPn/COM segments (EXIF, ICC profile...) after SOI, then the tiles' tables and frame
+    own = [data[s:e] for m, s, e in segments if 0xE0 <= m <= 0xEF or m == 0xFE]
+    header = [b"\xff\xd8", *own]
+    for m, s, e in first:
+        segment = tiles[0][s:e]
+        if m in SOF_ANY:
+            segment = segment[:5] + struct.pack(">HH", height, width) + segment[9:]
+        elif m == 0xDA:
+            header.append(b"\xff\xdd\x00\x04" + interval.to_bytes(2, "big"))  # DRI, just before the scan
+        elif 0xE0 <= m <= 0xEF or m == 0xFE:
+            continue  # the JFIF/Adobe marker libjpeg wrote for the tile: the file's own stands
+        header.append(segment)
+    body = []
+    for k, tile in enumerate(tiles):
+        scan = _segments(tile)[-1][2]
+        if tile[-2:] != b"\xff\xd9":
+            return None
+        if k:
+            body.append(RST[(k - 1) % 8])
+        body.append(tile[scan:-2])
+    return b"".join(header + body) + b"\xff\xd9"

@@ -1,0 +1,134 @@
+"""jpeg_tiles: preprocess.py's lossless tiled re-code, and the region decoding TrainSet does on it, on real JPEGs."""
+from __future__ import annotations
+
+import io
+import random
+
+import datasets
+import numpy as np
+import pytest
+import simplejpeg
+import skimage.data
+import torch
+from PIL import Image, ImageCms
+from torchvision.io import decode_jpeg
+
+from imagenet_trainer import jpeg_tiles
+from imagenet_trainer.data import TrainSet
+
+
+def _save(pixels: np.ndarray, size=None, **save) -> bytes:
+    image = Image.fromarray(pixels)
+    if size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=save.pop("quality", 90), **save)
+    return buf.getvalue()
+
+
+def _with_metadata() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "imagenet-trainer tests"  # Make
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return _save(skimage.data.chelsea(), exif=exif, icc_profile=icc, comment=b"a COM segment")
+
+
+KINDS = {  # JPEG flavours ImageNet holds: 4:2:0 at its shapes, 4:4:4, 4:2:2, gray, progressive, odd sizes
+    "420_landscape": lambda: _save(skimage.data.coffee(), (500, 375)),
+    "420_portrait": lambda: _save(skimage.data.coffee(), (375, 500)),
+    "444": lambda: _save(skimage.data.astronaut(), (333, 250), subsampling=0),
+    "422": lambda: _save(skimage.data.astronaut(), (250, 333), subsampling=1),
+    "gray": lambda: _save(skimage.data.camera(), (301, 199)),
+    "progressive": lambda: _save(skimage.data.rocket(), progressive=True),
+    "prime_mcu_row": lambda: _save(skimage.data.coffee(), (368, 120)),  # 23 MCUs a row: 16 px tiles only
+    "one_pixel": lambda: _save(skimage.data.coffee(), (1, 1)),
+    "smaller_than_a_tile": lambda: _save(skimage.data.coffee(), (17, 9)),
+    "metadata": _with_metadata,
+    "restart_rows_already": lambda: _save(skimage.data.coffee(), (500, 375), restart_marker_rows=2),
+}
+
+
+@pytest.fixture(scope="module")
+def files():
+    return {name: make() for name, make in KINDS.items()}
+
+
+def _pixels(data: bytes) -> dict[str, np.ndarray]:
+    return {"PIL": np.asarray(Image.open(io.BytesIO(data))),
+            "torchvision": decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy(),
+            "simplejpeg": simplejpeg.decode_jpeg(data, colorspace="GRAY" if Image.open(io.BytesIO(data)).mode == "L"
+                                                  else "RGB")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tile_px", [64, 10_000])
+def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, tile_px):
+    data = files[kind]
+    tiled = jpeg_tiles.add_restarts(data, tile_px)
+    assert tiled is not None and tiled != data
+    before, after = _pixels(data), _pixels(tiled)
+    for decoder in before:
+        assert np.array_equal(before[decoder], after[decoder]), decoder
+    tiles = jpeg_tiles.layout(tiled)
+    assert tiles is not None and (tiles.height, tiles.width) == Image.open(io.BytesIO(data)).size[::-1]
+    assert tiles.tile_w <= max(tile_px, 16) and tiles.tile_h in (8, 16)
+    if tile_px == 10_000:
+        assert tiles.tiles_per_row == 1  # the whole MCU row is one tile
+    assert len(tiled) < 1.1 * len(data) + 600
+    if kind == "progressive":
+        assert not Image.open(io.BytesIO(tiled)).info.get("progressive")  # re-coded baseline: decodes faster
+    if kind == "metadata":
+        a, b = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(tiled))
+        assert a.info["icc_profile"] == b.info["icc_profile"] and a.getexif() == b.getexif()
+        assert b.info.get("comment") == b"a COM segment"
+
+
+def test_layout_only_for_files_cut_into_tiles(files):
+    for kind, data in files.items():
+        # Pillow's restart_marker_rows makes whole-row tiles: such files decode by region as they are
+        assert (jpeg_tiles.layout(data) is not None) == (kind == "restart_rows_already"), kind
+    misaligned = _save(skimage.data.coffee(), restart_marker_blocks=5)  # 38 MCUs a row: pieces straddle rows
+    assert jpeg_tiles.layout(misaligned) is None
+    png = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(png, "PNG")
+    for other in (png.getvalue(), b"", b"\xff\xd8\xff", misaligned[:len(misaligned) // 2]):
+        assert jpeg_tiles.layout(other) is None
+        assert jpeg_tiles.add_restarts(other, 64) is None
+
+
+@pytest.mark.parametrize("kind", ["420_landscape", "444", "422", "gray", "progressive", "prime_mcu_row"])
+def test_region_decodes_exactly_those_pixels_of_the_whole_file(files, kind):
+    tiled = jpeg_tiles.add_restarts(files[kind], 64)
+    tiles = jpeg_tiles.layout(tiled)
+    rng = random.Random(kind)
+    for factor in (1, 2, 4, 8):
+        # TrainSet's decode: fast IDCT and fast (per-MCU) upsampling, DCT-scaled by 1/factor
+        decode = dict(fastdct=True, fastupsample=True, colorspace="GRAY" if kind == "gray" else "RGB")
+        whole = simplejpeg.decode_jpeg(tiled, min_height=-(-tiles.height // factor),
+                                       min_width=-(-tiles.width // factor), **decode)
+        for _ in range(8):
+            top, left = rng.randrange(tiles.height), rng.randrange(tiles.width)
+            h, w = rng.randint(1, tiles.height - top), rng.randint(1, tiles.width - left)
+            sub, height, width, y, x = jpeg_tiles.region(tiled, tiles, top, left, h, w)
+            assert y <= top and x <= left and y + height >= top + h and x + width >= left + w  # covers the box
+            part = simplejpeg.decode_jpeg(sub, min_height=-(-height // factor), min_width=-(-width // factor),
+                                          **decode)
+            assert part.shape[:2] == (-(-height // factor), -(-width // factor))
+            ref = whole[y // factor:y // factor + part.shape[0], x // factor:x // factor + part.shape[1]]
+            assert np.array_equal(part, ref), (factor, top, left, h, w)
+
+
+def test_trainset_gives_the_same_samples_from_tiled_and_untiled_rows(files):
+    names = list(KINDS)
+    plain = [files[k] for k in names]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=2)})
+
+    def split(images):
+        return datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images],
+                                           "label": [0] * len(images)}, features=features)
+
+    a = TrainSet(split(plain), 64, seed=5)
+    b = TrainSet(split([jpeg_tiles.add_restarts(d, 64) for d in plain]), 64, seed=5)
+    for epoch in range(4):
+        for i in range(len(plain)):
+            assert torch.equal(a[(epoch, i)][0], b[(epoch, i)][0]), (names[i], epoch)
