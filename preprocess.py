@@ -26,7 +26,8 @@ Choices:
   (imagenet_trainer/jpeg_tiles.py). Training then entropy-decodes only the tiles under its random crop, about half
   of each file, and progressive files become baseline (~2.5x faster to decode). Any decoder reads the result as
   before; it is kept only where libjpeg-turbo decodes it to exactly the pixels of the untiled file (~0.7% more
-  bytes at 64 px), else the untiled bytes are (counted in the report as "untiled").
+  bytes at 64 px), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing. The report
+  counts both ("untiled").
 - Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) and grayscale become RGB, the
   PNG named .JPEG becomes a JPEG. EXIF orientation is applied here: the pixels are transposed, the image re-encoded
   and the tag dropped, so no stored image has an orientation other than 1 and PIL, datasets.Image (which would
@@ -232,6 +233,11 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why))
 
 
+# Below this a file's entropy decoding takes ~0.1 ms and the tile bookkeeping costs about what skipping saves
+# (BENCHMARKS.md: 24 KB files break even, 13-17 KB ones lose 5-10%, 32-46 KB ones gain 12-35% a sample).
+TILE_MIN_BYTES = 24_000
+
+
 def tile(data: bytes, tile_px: int) -> bytes | None:
     """The tiled re-code of a stored JPEG, if libjpeg-turbo decodes it to exactly the pixels of ``data``."""
     tiled = jpeg_tiles.add_restarts(data, tile_px)
@@ -301,7 +307,7 @@ class Shard(NamedTuple):
 def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality: int, restart_tile: int,
                   schema: pa.Schema) -> dict:
     summary = {"split": shard.split, "index": shard.index, "files": len(shard.items), "rows": 0, "skipped": [],
-               "tiled": 0, "untiled": 0, "reencoded": Counter(), "boxes": Counter(), "annotation_errors": [],
+               "tiled": 0, "untiled": Counter(), "reencoded": Counter(), "boxes": Counter(), "annotation_errors": [],
                "bytes_in": 0, "bytes_out": 0}
     tmp = shard.path + ".tmp"
     rows = []
@@ -327,10 +333,15 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
                     summary["annotation_errors"].append(str(e))
                 except OSError as e:  # a folder named .xml, no permission...
                     summary["annotation_errors"].append(f"{xml}: cannot read it ({e.strerror or e})")
-            if restart_tile:
-                tiled = tile(enc.data, restart_tile)
-                summary["tiled" if tiled else "untiled"] += 1
-                enc = enc._replace(data=tiled or enc.data)
+            if not restart_tile:
+                pass
+            elif len(enc.data) < TILE_MIN_BYTES:
+                summary["untiled"]["smaller than 24 KB"] += 1
+            elif (tiled := tile(enc.data, restart_tile)) is None:
+                summary["untiled"]["no lossless tiling"] += 1
+            else:
+                enc = enc._replace(data=tiled)
+                summary["tiled"] += 1
             summary["bytes_in"] += len(data)
             summary["bytes_out"] += len(enc.data)
             if enc.why:
@@ -520,7 +531,8 @@ def main(argv=None) -> None:
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
         "skipped": skipped,
         "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},
-        "untiled": {split: sum(r["untiled"] for r in reports if r["split"] == split) for split in splits},
+        "untiled": {split: sum((Counter(r["untiled"]) for r in reports if r["split"] == split), Counter())
+                    for split in splits},
         "reencoded": {split: sum((Counter(r["reencoded"]) for r in reports if r["split"] == split), Counter())
                       for split in splits},
         "boxes": {split: sum((Counter(r["boxes"]) for r in reports if r["split"] == split), Counter())

@@ -39,8 +39,7 @@ class Layout(NamedTuple):
     tile_h: int  # px
     tile_w: int  # px
     tiles_per_row: int
-    starts: list  # offset in the file of each tile's coded data, in raster order
-    ends: list  # offset just past it (its RST marker, or EOI)
+    markers: list  # tile i's coded data is file[markers[i] + 2:markers[i + 1]] (RST/EOI offsets; [0]: scan - 2)
 
 
 def _segments(data: bytes):
@@ -90,24 +89,21 @@ def layout(data: bytes) -> Layout | None:
     if per_row % interval and interval % per_row:
         return None  # pieces straddle MCU rows: not tiles
     tile_rows = max(1, interval // per_row)
-    scan = segments[-1][2]
+    scan, count = segments[-1][2], -(-per_row * rows // interval)
     a = np.frombuffer(data, np.uint8)
     ff = np.flatnonzero(a[scan:-1] == 0xFF) + scan
-    markers = ff[a[ff + 1] != 0]  # 0xFF00 is a coded 0xFF byte
+    markers = ff[a[ff + 1] != 0][:count]  # 0xFF00 is a coded 0xFF byte
     kinds = a[markers + 1]
-    other = np.flatnonzero((kinds < 0xD0) | (kinds > 0xD7))
-    if not len(other) or kinds[other[0]] != 0xD9:
-        return None  # a second scan, fill bytes or no EOI: not this simple layout
-    rst = markers[:other[0]].tolist()
-    if len(rst) + 1 != -(-per_row * rows // interval):
+    # count - 1 RSTn (0xD0-0xD7), then EOI; anything else (a second scan, fill bytes, no EOI): not this layout
+    if len(markers) < count or kinds[-1] != 0xD9 or np.any((kinds[:-1] & 0xF8) != 0xD0):
         return None
     return Layout(data[:scan], sof[0], height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
-                  max(1, per_row // interval), [scan] + [p + 2 for p in rst], rst + [int(markers[other[0]])])
+                  max(1, per_row // interval), [scan - 2] + markers.tolist())
 
 
 def region(data, tiles: Layout, top: int, left: int, h: int, w: int) -> tuple[bytes, int, int, int, int]:
     """(JPEG of the tiles under the box, its height, width, and the (top, left) of its first pixel in the file)."""
-    n_rows = -(-len(tiles.starts) // tiles.tiles_per_row)
+    n_rows = -(-(len(tiles.markers) - 1) // tiles.tiles_per_row)
     r0, r1 = top // tiles.tile_h, min(n_rows, -(-(top + h) // tiles.tile_h))
     c0, c1 = left // tiles.tile_w, min(tiles.tiles_per_row, -(-(left + w) // tiles.tile_w))
     height = min(tiles.height, r1 * tiles.tile_h) - r0 * tiles.tile_h
@@ -119,7 +115,7 @@ def region(data, tiles: Layout, top: int, left: int, h: int, w: int) -> tuple[by
         for i in range(r * tiles.tiles_per_row + c0, r * tiles.tiles_per_row + c1):
             if k:
                 pieces.append(RST[(k - 1) % 8])  # renumbered: decoders check the sequence
-            pieces.append(view[tiles.starts[i]:tiles.ends[i]])
+            pieces.append(view[tiles.markers[i] + 2:tiles.markers[i + 1]])
             k += 1
     pieces.append(b"\xff\xd9")
     return b"".join(pieces), height, width, r0 * tiles.tile_h, c0 * tiles.tile_w
