@@ -234,7 +234,7 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
 
 
 # Below this a file's entropy decoding takes ~0.1 ms and the tile bookkeeping costs about what skipping saves
-# (BENCHMARKS.md: 24 KB files break even, 13-17 KB ones lose 5-10%, 32-46 KB ones gain 12-35% a sample).
+# (BENCHMARKS.md: 24 KB files break even, 13-17 KB ones lose 5-13%, 46 KB ones gain 12-23% a sample).
 TILE_MIN_BYTES = 24_000
 
 

@@ -46,6 +46,7 @@ class BenchConfig:
     num_proc: int = 2  # worker processes for both methods
     long_side: int = 500  # photos at ImageNet's typical 500x375 / 375x500 shapes; 0: varied 60-400 px
     shorter_side: int | None = None  # passed to preprocess.py (None: lossless default)
+    restart_tile: int = 64  # passed to preprocess.py: px width of the tiles (0: files stored as read)
     work_dir: str | None = None  # where the tree and outputs go; None: a temp folder, deleted afterwards
     output: str = "benchmarks/results/preprocess.json"  # the JSON written
 
@@ -99,6 +100,7 @@ def main(argv=None) -> None:
                str(work / "ours"), "--num_proc", str(cfg.num_proc)]
         if cfg.shorter_side:
             cmd += ["--shorter_side", str(cfg.shorter_side)]
+        cmd += ["--restart_tile", str(cfg.restart_tile)]
         sec, rss, _ = run(cmd)
         report = json.loads((work / "ours" / "preprocess_report.json").read_text())
         ours = {"images": sum(report["counts"].values()), "seconds": sec, "peak_rss": rss,

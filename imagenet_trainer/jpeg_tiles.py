@@ -210,10 +210,13 @@ def add_restarts(data: bytes, tile_px: int) -> bytes | None:
         elif 0xE0 <= m <= 0xEF or m == 0xFE:
             continue  # the JFIF/Adobe marker libjpeg wrote for the tile: the file's own stands
         header.append(segment)
+    # every tile has the same header but for its frame size, so its coded data starts where the first tile's does;
+    # a tile whose scan header differs, or that does not end in EOI, fails here (the caller's pixel check is the net)
+    scan = first[-1][2]
+    sos = tiles[0][first[-1][1]:scan]
     body = []
     for k, tile in enumerate(tiles):
-        scan = _segments(tile)[-1][2]
-        if tile[-2:] != b"\xff\xd9":
+        if tile[scan - len(sos):scan] != sos or tile[-2:] != b"\xff\xd9":
             return None
         if k:
             body.append(RST[(k - 1) % 8])

@@ -26,6 +26,16 @@ def test_loader_benchmark_against_the_baseline(ilsvrc_tree, preprocessed, tmp_pa
     assert set(report["pipelines"]) == {"train", "eval"} and report["num_images"] == 12
     assert report["entropy_decode"]["img_s"] > 0
     assert "pipeline" in proc.stdout and "ratio" in proc.stdout  # the printed table
+    assert 0 <= report["progressive_share"] <= 1
+
+
+def test_loader_benchmark_coding_filter(ilsvrc_tree, preprocessed, tmp_path):
+    out = tmp_path / "loader.json"
+    proc = loader("--data_dir", ilsvrc_tree, "--dataset", preprocessed, "--coding", "baseline", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["progressive_share"] == 0
+    proc = loader("--data_dir", ilsvrc_tree, "--dataset", preprocessed, "--coding", "arithmetic")
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --coding arithmetic")
 
 
 def test_loader_self_test_on_a_dataset_alone(preprocessed, tmp_path):
