@@ -24,7 +24,7 @@ Choices:
 - Tiled for speed (--restart_tile PX, default 64; 0 stores such files byte for byte): every stored JPEG is re-coded
   losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone
   (imagenet_trainer/jpeg_tiles.py). Training then entropy-decodes only the tiles under its random crop, about half
-  of each file, and progressive files become baseline (~2.5x faster to decode). Any decoder reads the result as
+  of each file, and progressive files become baseline (~2.7x faster to decode). Any decoder reads the result as
   before; it is kept only where libjpeg-turbo decodes it to exactly the pixels of the untiled file (~0.7% more
   bytes at 64 px), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing. The report
   counts both ("untiled").
