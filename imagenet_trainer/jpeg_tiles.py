@@ -144,7 +144,9 @@ def turbojpeg_library():
     candidates = []
     try:
         import turbojpeg
-        candidates += sorted((Path(turbojpeg.__file__).parent / "turbojpeg.libs").glob("libturbojpeg*"))
+        where = Path(turbojpeg.__file__).parent  # the wheel's vendored copy: Linux, macOS, Windows layouts
+        for pattern in ("turbojpeg.libs/libturbojpeg*", "turbojpeg.dylibs/libturbojpeg*", "turbojpeg-*.dll"):
+            candidates += sorted(where.glob(pattern))
     except ImportError:
         pass
     candidates += [name for name in [ctypes.util.find_library("turbojpeg")] if name]
