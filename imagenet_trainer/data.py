@@ -213,7 +213,7 @@ def _probe(data: bytes) -> tuple[int, int, bool]:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if colorspace not in ("CMYK", "YCCK"):  # libjpeg-turbo cannot convert these to RGB
                 return height, width, True
-        except ValueError:
+        except (ValueError, KeyError):  # KeyError: simplejpeg 1.9 on subsamplings it has no name for (4:4:1)
             pass  # let PIL judge it
     width, height = Image.open(io.BytesIO(data)).size
     if orientation in (5, 6, 7, 8):  # transposed: width and height swap
@@ -232,7 +232,7 @@ def _decode(data: bytes, height: int, width: int, factor: int, fast_ok: bool,
                                             min_height=-(-height // factor), min_width=-(-width // factor),
                                             strict=True)  # any libjpeg warning: PIL decides, below
             return pixels, *_scales(pixels, height, width, factor)
-        except ValueError:
+        except (ValueError, KeyError):
             pass  # PIL gives the verdict: it tolerates ImageNet's "corrupt data" warnings and refuses truncation
     image = Image.open(io.BytesIO(data))
     if factor > 1:
@@ -352,14 +352,18 @@ class TrainSet(torch.utils.data.Dataset):
             height, width, fast_ok = _probe(data)
             top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, rng)
             tiles = jpeg_tiles.layout(data) if fast_ok else None
+            oy = ox = 0  # where the decoded part starts in the file (full-resolution px)
             if tiles is not None:  # a tiled JPEG (preprocess.py --restart_tile): decode the tiles under the crop
-                data, height, width, y, x = jpeg_tiles.region(data, tiles, top, left, h, w)
-                top, left = top - y, left - x
+                data, height, width, oy, ox = jpeg_tiles.region(data, tiles, top, left, h, w)
             pixels, sy, sx = _decode(data, height, width, _dct_factor(min(h, w), size), fast_ok, fast_dct=True)
         except OSError as e:  # PIL's UnidentifiedImageError / truncated file
             raise ValueError(f"row {index}: the image does not decode ({e}); rerun preprocess.py") from None
-        y0, x0 = min(round(top * sy), pixels.shape[0] - 1), min(round(left * sx), pixels.shape[1] - 1)
-        y1, x1 = max(y0 + 1, round((top + h) * sy)), max(x0 + 1, round((left + w) * sx))
+        # Rounded in the whole image's decoded pixels, then shifted to the part's (tile origins are whole decoded
+        # pixels): rounding after the shift would round halves to even differently, a one-pixel-off crop
+        dy, dx = round(oy * sy), round(ox * sx)
+        y0 = min(round(top * sy), dy + pixels.shape[0] - 1) - dy
+        x0 = min(round(left * sx), dx + pixels.shape[1] - 1) - dx
+        y1, x1 = max(y0 + 1, round((top + h) * sy) - dy), max(x0 + 1, round((left + w) * sx) - dx)
         out = _resize(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
         if rng.random() < self.hflip:
             out = out.flip(-1)

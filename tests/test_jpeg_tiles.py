@@ -37,6 +37,7 @@ KINDS = {  # JPEG flavours ImageNet holds: 4:2:0 at its shapes, 4:4:4, 4:2:2, gr
     "420_landscape": lambda: _save(skimage.data.coffee(), (500, 375)),
     "420_portrait": lambda: _save(skimage.data.coffee(), (375, 500)),
     "444": lambda: _save(skimage.data.astronaut(), (333, 250), subsampling=0),
+    "444_big": lambda: _save(skimage.data.astronaut(), (1500, 1001), subsampling=0),  # 8 px MCU rows, 1/8 decodes
     "422": lambda: _save(skimage.data.astronaut(), (250, 333), subsampling=1),
     "gray": lambda: _save(skimage.data.camera(), (301, 199)),
     "progressive": lambda: _save(skimage.data.rocket(), progressive=True),
@@ -127,8 +128,30 @@ def test_trainset_gives_the_same_samples_from_tiled_and_untiled_rows(files):
         return datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images],
                                            "label": [0] * len(images)}, features=features)
 
-    a = TrainSet(split(plain), 64, seed=5)
-    b = TrainSet(split([jpeg_tiles.add_restarts(d, 64) for d in plain]), 64, seed=5)
-    for epoch in range(4):
-        for i in range(len(plain)):
-            assert torch.equal(a[(epoch, i)][0], b[(epoch, i)][0]), (names[i], epoch)
+    tiled = split([jpeg_tiles.add_restarts(d, 64) for d in plain])
+    for size in (16, 64):  # small sizes: 1/8-scale decodes, where the crop box rounds at odd multiples of 8 px
+        a, b = TrainSet(split(plain), size, seed=5), TrainSet(tiled, size, seed=5)
+        for epoch in range(25):
+            for i in range(len(plain)):
+                assert torch.equal(a[(epoch, i)][0], b[(epoch, i)][0]), (names[i], size, epoch)
+
+
+def test_recode_in_chunks_of_tiles_gives_the_same_file(files, monkeypatch):
+    whole = jpeg_tiles.add_restarts(files["444"], 64)
+    monkeypatch.setattr(jpeg_tiles, "CHUNK", 7)  # several tj3Transform calls, the last one partial
+    assert jpeg_tiles.add_restarts(files["444"], 64) == whole
+
+
+def test_malformed_headers_are_none_not_errors(files):
+    tiled = jpeg_tiles.add_restarts(files["420_landscape"], 64)
+    assert jpeg_tiles.add_restarts(memoryview(files["420_landscape"]), 64) == tiled  # rows arrive as memoryviews
+    sof = next(s for m, s, e in jpeg_tiles._segments(tiled) if m in jpeg_tiles.SOF_ANY)
+    sos = jpeg_tiles._segments(tiled)[-1][1]
+
+    def patched(data, offset, value):
+        return data[:offset] + value + data[offset + len(value):]
+
+    for bad in (patched(tiled, sof + 9, b"\0"), patched(tiled, sof + 7, b"\0\0"), tiled[:sos + 4], tiled[:sof + 6],
+                patched(tiled, sof + 2, b"\xff\xff")):  # no components, width 0, cut in SOS / SOF, length past end
+        assert jpeg_tiles.layout(bad) is None
+        assert jpeg_tiles.add_restarts(bad, 64) is None
