@@ -12,7 +12,8 @@ DataLoader worker processes instead (the all-cores figure; each worker uses one 
 
   train   baseline: ImageFolder -> PIL RandomResizedCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize ->
           default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode of the
-          tiles under the box (preprocess.py's default --restart_tile) -> uint8 crop-resize -> flip) -> collate. Normalisation is the device's job in ours (train.py), so it is not here.
+          tiles under the box (preprocess.py's default --restart_tile) -> uint8 crop-resize -> flip) -> collate.
+          Normalisation is the device's job in ours (train.py), so it is not here.
   eval    baseline: ImageFolder -> Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize;  ours: EvalSet.
   *_small ours on OUT2 against the same baseline on the original files (low-resolution storage, as FFCV does).
 

@@ -7,9 +7,9 @@ When each MCU row holds a whole number of pieces, the pieces are tiles (R MCUs w
 under a crop, with the file's own header whose frame size is patched, form a smaller JPEG that any decoder reads.
 
 - ``add_restarts`` (preprocess.py, ``--restart_tile``): a lossless transcode, the same DCT coefficients re-coded
-  with restart markers every R MCUs (libjpeg-turbo's lossless crop transform, one per tile, in one call that reads
-  the source once; the tiles' coded data is then joined with RST markers under one header). Progressive files come
-  out baseline, which alone decodes them ~2.7x faster. The caller checks that the pixels are unchanged.
+  with restart markers every R MCUs (libjpeg-turbo's lossless crop transform, one per tile, up to 8,192 to a call
+  that reads the source once; the tiles' coded data is then joined with RST markers under one header).
+  Progressive files come out baseline, which alone decodes them ~2.7x faster. The caller checks the pixels.
 - ``layout`` / ``region`` (data.py): find the tiles of such a file and cut out the JPEG of the tiles under a crop.
   With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the region's pixels equal the same
   rows and columns of a whole-file decode exactly; the tests check it.
