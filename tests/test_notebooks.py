@@ -126,6 +126,8 @@ def test_inspect_dataset(preprocessed, ilsvrc_tree, monkeypatch, jupyter_home):
     for skipped in report["skipped"]:
         assert f"{skipped['path']}: {skipped['reason']}" in summary
     assert "empty file" in summary and "mode CMYK" in summary and "EXIF orientation 6" in summary
+    for split, tiled in report["tiled"].items():  # the table's last column: tiled JPEGs
+        assert any(line.split()[:1] == [split] and line.split()[-1] == f"{tiled:,}" for line in summary.splitlines())
 
     boxes = cell(nb, "Rectangle((x0, y0)")
     assert pngs(boxes) == 1
