@@ -183,22 +183,12 @@ def _chunk_starts(column) -> list[int]:
 
 
 def _exif_orientation(data: bytes) -> int:
-    """EXIF orientation tag (1 = upright). Walks the JPEG's APPn/COM segments (they precede the image data) so only
-    files that carry an Exif block pay for PIL's parser; other formats go to PIL directly."""
-    if data[:2] == b"\xff\xd8":
-        pos = 2
-        while pos + 4 <= len(data) and data[pos] == 0xFF:  # every segment up to the image data (SOS), as PIL reads
-            marker = data[pos + 1]
-            if marker in (0xDA, 0xD9):  # start of scan / end of image: no orientation before it
-                return 1
-            if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte, standalone markers
-                pos += 1 if marker == 0xFF else 2
-                continue
-            if marker == 0xE1 and data[pos + 4:pos + 10] in (b"Exif\x00\x00", b"http:/"):  # Exif, or XMP's tag
-                break
-            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        else:
-            return 1
+    """EXIF orientation tag (1 = upright). A JPEG's header segments are walked first, so only files that carry an
+    Exif block (or XMP's tag) pay for PIL's parser; other files go to PIL directly."""
+    segments = jpeg_tiles.header_segments(data)
+    if segments is not None and not any(m == 0xE1 and data[s + 4:s + 10] in (b"Exif\x00\x00", b"http:/")
+                                        for m, s, e in segments):  # Exif, or XMP's tiff:Orientation
+        return 1
     try:
         return int(Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # ImageNet has corrupt EXIF blocks; they carry no usable orientation

@@ -42,8 +42,9 @@ class Layout(NamedTuple):
     markers: list  # tile i's coded data is file[markers[i] + 2:markers[i + 1]] (RST/EOI offsets; [0]: scan - 2)
 
 
-def _segments(data: bytes):
-    """(marker, start, end) of each header segment up to and including SOS; None if the header is not plain."""
+def header_segments(data: bytes):
+    """(marker, start, end) of each header segment of a JPEG, up to and including SOS (the image data), as PIL reads
+    them; None for a file that is not a JPEG or whose header is not plain."""
     if data[:2] != b"\xff\xd8":
         return None
     pos, segments = 2, []
@@ -51,9 +52,11 @@ def _segments(data: bytes):
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte; standalone markers (no length)
+            pos += 1 if marker == 0xFF else 2
             continue
+        if marker == 0xD9:  # end of image before any image data
+            return None
         end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
         if end > len(data) or end < pos + 4:
             return None
@@ -85,7 +88,7 @@ def _frame(data: bytes, segments) -> tuple[int, int, int, int, int] | None:
 
 def layout(data: bytes) -> Layout | None:
     """The tiles of a single-scan Huffman JPEG whose restart interval fits its MCU rows; None for any other file."""
-    segments = _segments(data)
+    segments = header_segments(data)
     if segments is None:
         return None
     frame = _frame(data, segments)
@@ -218,7 +221,7 @@ def add_restarts(data: bytes, tile_px: int) -> bytes | None:
     plain header (PNG, arithmetic coding, a DNL height...) or libjpeg-turbo refuses it. Data after EOI is dropped.
     The caller must check the pixels."""
     data = bytes(data)
-    segments = _segments(data)
+    segments = header_segments(data)
     frame = None if segments is None else _frame(data, segments)
     if frame is None or data[frame[0] + 1] not in (0xC0, 0xC1, 0xC2) or frame[1] == 0:
         return None
@@ -227,7 +230,7 @@ def add_restarts(data: bytes, tile_px: int) -> bytes | None:
     interval = max(d for d in range(1, per_row + 1) if per_row % d == 0 and (d == 1 or d * mcu_w <= tile_px))
     tiles = _crop_tiles(data, [(x, y, min(interval * mcu_w, width - x), min(mcu_h, height - y))
                                for y in range(0, height, mcu_h) for x in range(0, width, interval * mcu_w)])
-    first = None if not tiles else _segments(tiles[0])
+    first = None if not tiles else header_segments(tiles[0])
     tile_frame = None if first is None else _frame(tiles[0], first)
     if tile_frame is None or any(m == 0xDD for m, s, e in first):
         return None

@@ -147,8 +147,8 @@ def test_recode_in_chunks_of_tiles_gives_the_same_file(files, monkeypatch):
 def test_malformed_headers_are_none_not_errors(files):
     tiled = jpeg_tiles.add_restarts(files["420_landscape"], 64)
     assert jpeg_tiles.add_restarts(memoryview(files["420_landscape"]), 64) == tiled  # rows arrive as memoryviews
-    sof = next(s for m, s, e in jpeg_tiles._segments(tiled) if m in jpeg_tiles.SOF_ANY)
-    sos = jpeg_tiles._segments(tiled)[-1][1]
+    sof = next(s for m, s, e in jpeg_tiles.header_segments(tiled) if m in jpeg_tiles.SOF_ANY)
+    sos = jpeg_tiles.header_segments(tiled)[-1][1]
 
     def patched(data, offset, value):
         return data[:offset] + value + data[offset + len(value):]
