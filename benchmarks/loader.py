@@ -220,7 +220,7 @@ def main(argv=None) -> None:
     files = folder.samples
     stems = {name: rows_by_stem(split) for name, split in splits.items()}
     usable = [i for i, (path, _) in enumerate(files) if all(Path(path).stem in s for s in stems.values())
-              and cfg.coding in ("all", "progressive" if is_progressive(path) else "baseline")]
+              and (cfg.coding == "all" or cfg.coding == ("progressive" if is_progressive(path) else "baseline"))]
     if not usable:
         raise SystemExit(f"error: no {'' if cfg.coding == 'all' else cfg.coding + ' '}train file of --data_dir is "
                          "in --dataset (matched by image_id)")
