@@ -333,13 +333,14 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
                     summary["annotation_errors"].append(str(e))
                 except OSError as e:  # a folder named .xml, no permission...
                     summary["annotation_errors"].append(f"{xml}: cannot read it ({e.strerror or e})")
-            if restart_tile and len(enc.data) < TILE_MIN_BYTES:
-                summary["untiled"][f"smaller than {TILE_MIN_BYTES // 1000} KB"] += 1
-            elif restart_tile and (tiled := tile(enc.data, restart_tile)) is None:
-                summary["untiled"]["no lossless tiling"] += 1
-            elif restart_tile:
-                enc = enc._replace(data=tiled)
-                summary["tiled"] += 1
+            if restart_tile:
+                if len(enc.data) < TILE_MIN_BYTES:
+                    summary["untiled"][f"smaller than {TILE_MIN_BYTES // 1000} KB"] += 1
+                elif (tiled := tile(enc.data, restart_tile)) is None:
+                    summary["untiled"]["no lossless tiling"] += 1
+                else:
+                    enc = enc._replace(data=tiled)
+                    summary["tiled"] += 1
             summary["bytes_in"] += len(data)
             summary["bytes_out"] += len(enc.data)
             if enc.why:
