@@ -250,8 +250,10 @@ def test_config_json_keys(saved_tiny):
     assert {"mean", "std", "interpolation"} <= set(pcfg) and "tag" not in pcfg
     assert list(config["id2label"].values()) == SHOWN
     assert config["label2id"] == {name: i for i, name in enumerate(SHOWN)}
-    assert sorted(p.name for p in folder.iterdir()) == [".eval_results", "README.md", "config.json",
-                                                          "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".eval_results", "README.md", "blocknet.py", "config.json",
+                                                          "model.safetensors", "modeling_blocknet.py"]
+    assert config["auto_map"] == {"AutoModelForImageClassification":
+                                  "modeling_blocknet.TimmWrapperForImageClassification"}
 
 
 def test_1000_class_label_keys_agree_with_transformers():
@@ -285,7 +287,8 @@ def test_model_card_and_eval_results(saved_tiny):
     for fact in ("16", "1x H100 80GB", "| lr | 0.8 |", "| batch_size | 1024 |", "[0.485, 0.456, 0.406]",
                  "crop_pct 1.0", "| 67.12 | 87.45 |", "| 0 | n02012849 | crane |", "import modeling",
                  'timm.create_model("hf-hub:me/tiny", pretrained=True', "features_only=True",
-                 'pipeline("image-classification", model="me/tiny")'):
+                 'pipeline("image-classification", model="me/tiny", trust_remote_code=True)', "topk(4)",
+                 "num_classes=0", "Params (M): 0.31", "GMACs", "Activations (M)", "@misc{rw2019timm"):
         assert fact in body, fact
 
     entries = huggingface_hub.parse_eval_result_entries(
@@ -307,13 +310,16 @@ def test_card_shows_no_local_paths_and_links_only_hub_datasets(tmp_path):
         "dataset": str(home / "imagenet"), "recipe": recipe, "results": results})
     text = (local / "README.md").read_text()
     assert "alice" not in text  # the card is public, the cluster's paths are not
-    for row in ("| dataset | imagenet |", "| output_dir | r50 |", "| model | local-dir:start |",
-                "| resume_from_checkpoint | latest |", "| imagenet | validation | 50000 | 70.00 | 90.00 |"):
+    for row in ("| model | local-dir:start |", "| lr | 0.1 |", "| imagenet | validation | 50000 | 70.00 | 90.00 |"):
         assert row in text, row
+    for plumbing in ("| dataset | imagenet |", "| output_dir |", "| resume_from_checkpoint |"):  # not how the weights were made
+        assert plumbing not in text, plumbing
     # ILSVRC's 1000 wnids do not make a local folder the Hub's ILSVRC/imagenet-1k (preprocess.py's demo trees have
-    # them too): the card links no dataset and makes no leaderboard claim; the Results table keeps the numbers
+    # them too): the results are in the metadata under the folder's own name, with no Hub dataset linked
     card = huggingface_hub.ModelCard.load(local / "README.md")
-    assert card.data.datasets is None and card.data.eval_results is None and not (local / ".eval_results").exists()
+    assert card.data.datasets is None and not (local / ".eval_results").exists()
+    assert {(r.dataset_name, r.dataset_type, r.metric_value) for r in card.data.eval_results} == {
+        ("imagenet", "imagenet", 70.0), ("imagenet", "imagenet", 90.0)}
     assert 'timm.create_model("hf-hub:OWNER/NAME"' in text  # no repo id yet: push_to_hub fills it in
 
     # --dataset given as a Hub id is that dataset; a known repo id goes into the snippets
@@ -340,7 +346,8 @@ def test_export_follows_the_umask_not_mkdtemp(saved_tiny, tmp_path):
         os.umask(old)
     modes = {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in (folder, *folder.rglob("*"))}
     assert modes == {".": 0o755, ".eval_results": 0o755, ".eval_results/imagenet-1k.yaml": 0o644,
-                     "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
+                     "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644, "blocknet.py": 0o644,
+                     "modeling_blocknet.py": 0o644}
 
 
 def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_path):
@@ -377,13 +384,16 @@ def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_pat
     assert [e["value"] for e in entries] == [62.5, 87.5] and entries[0]["notes"].endswith("at 80x80 px center crop "
                                                                                         "(crop_pct 1.0, bicubic)")
 
-    # on a local folder: the table is replaced, the front matter (results on a Hub dataset) still holds
+    # on a local folder: the table is replaced, the metadata gains the folder's entry and keeps the Hub dataset's
     (tmp_path / "home" / "mine").mkdir(parents=True)
-    front = card.data.to_dict()
+    before = [(r.dataset_type, r.dataset_split, r.metric_value) for r in card.data.eval_results]
     modeling.update_model_card_results(folder, {"top1": 30.0, "top5": 60.0, "dataset": str(tmp_path / "home" / "mine"),
                                                 "ema": False})
     card = huggingface_hub.ModelCard.load(folder / "README.md")
-    assert card.data.to_dict() == front and "| mine | validation | - | 30.00 | 60.00 |" in card.text
+    assert [(r.dataset_type, r.dataset_split, r.metric_value) for r in card.data.eval_results] == before + [
+        ("mine", "validation", 30.0), ("mine", "validation", 60.0)]
+    assert card.data.datasets == ["me/train-data", "other/dataset"]
+    assert "| mine | validation | - | 30.00 | 60.00 |" in card.text
     assert str(tmp_path) not in card.text and "(EMA)" not in card.text  # ema=False was said explicitly
 
     bare = modeling.save_pretrained(model, tmp_path / "bare", label_names=WNIDS)  # no results section yet
@@ -572,8 +582,8 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path
     url = modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret", private=True, commit_message="v1")
     assert url == "https://huggingface.co/me/tiny"
     assert calls == [("create_repo", "me/tiny", True, True),
-                     ("create_commit", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "config.json",
-                                                   "model.safetensors"], "v1")]
+                     ("create_commit", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "blocknet.py",
+                                                   "config.json", "model.safetensors", "modeling_blocknet.py"], "v1")]
 
     # a card saved before the repo id was known: the pushed copy names the repo, the local one is left as it is
     bare = modeling.save_pretrained(saved_tiny[0], tmp_path / "bare", label_names=WNIDS)
