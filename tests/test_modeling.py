@@ -329,7 +329,7 @@ def test_card_shows_no_local_paths_and_links_only_hub_datasets(tmp_path):
     assert card.data.datasets == ["ILSVRC/imagenet-1k"]
     assert card.data.eval_results[0].dataset_type == "ILSVRC/imagenet-1k"
     assert 'hf-hub:me/r50"' in card.text and 'model="me/r50"' in card.text and "OWNER/NAME" not in card.text
-    for bad, message in (({"dataset_id": "my data"}, "dataset_id 'my data' is not a Hub dataset id"),
+    for bad, message in (({"dataset_id": "my data"}, "dataset id 'my data' is not a Hub dataset id"),
                          ({"repo_id": "me/r50/x"}, "repo_id 'me/r50/x' is not a Hub repo id")):
         with pytest.raises(ValueError, match=message):
             modeling.save_pretrained(model, tmp_path / "bad", **labels, model_card=bad)
