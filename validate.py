@@ -45,7 +45,8 @@ class ValidateConfig:
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
     flip: bool | None = None  # mean logits of each image and its mirror; none: a checkpoint's own --eval_flip, else off
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
-    update_model_card: bool = False  # write the results into --model's README.md model-index (local exports only)
+    update_model_card: bool = False  # write the results into --model's README.md and metadata (local exports only)
+    hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME) for the card's metadata; full ILSVRC: automatic
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -121,6 +122,8 @@ def main(argv=None):
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
+    if cfg.hub_dataset_id and not modeling.is_repo_id(cfg.hub_dataset_id):
+        raise SystemExit(f"error: --hub_dataset_id must be a Hub dataset id OWNER/NAME, got {cfg.hub_dataset_id!r}")
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: DDP on GPU-less hosts
 
     # data: checked before the model, whose download may be long
@@ -195,7 +198,7 @@ def main(argv=None):
         # the eval transform goes with the numbers: --image_size may differ from the export's own input size
         modeling.update_model_card_results(Path(cfg.model), {
             **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
-            "split": cfg.split, "dataset": cfg.dataset})
+            "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
         print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
     return summary
 
