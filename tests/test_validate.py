@@ -283,6 +283,7 @@ def test_train_export_card_has_results_the_hub_reads(trained, preprocessed):
     assert card.data.datasets is None  # no source.json saying it is the full ILSVRC-2012, no --hub_dataset_id
     assert "| output_dir |" not in card.text and "| num_workers |" not in card.text  # run plumbing is no recipe
     assert "topk(4)" in card.text  # 4 classes: top-5 would fail
+    assert "**Training time:**" in card.text and "**Epochs:** 1\n" in card.text
 
 
 ISOLATED_REMOTE_CODE = r"""
