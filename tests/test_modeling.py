@@ -1,6 +1,7 @@
 """modeling/: the registry, our backbones, and the Hub folder format (timm + transformers, offline)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -179,31 +180,154 @@ def test_features_only_gives_advertised_maps(name):
             assert len(reductions) >= 4 and reductions[-1] == 32, reductions
 
 
-def test_readme_example_backbone_works(tmp_path, monkeypatch):
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Names registered inside a test are gone after it: timm's registry and list_models() are restored, so a
+    later test of a user's family of the same name tests that family, not a toy."""
+    reg = timm.models._registry
+    saved = {name: copy.deepcopy(value) if name != "_model_entrypoints" else dict(value)
+             for name, value in vars(reg).items() if name.startswith(("_model", "_module")) and
+             isinstance(value, (dict, set))}
+    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))
+    yield
+    for name, value in saved.items():
+        setattr(reg, name, value)
+
+
+DOC_FAMILY = "mynet_doc_example"  # not the README's mynet_small: that name is the user's
+
+
+def docstring_family_source(name: str = DOC_FAMILY) -> str:
+    """The one-file backbone of modeling/__init__.py's docstring (copied into the README), as a module outside
+    the package, its variant renamed."""
+    code = modeling.__doc__.split("one import line at the bottom of this file:")[1].split("then ``from . import")[0]
+    return textwrap.dedent(code).replace("from ._registry import", "from modeling._registry import").replace(
+        "mynet_small", name)
+
+
+def test_readme_example_backbone_works(tmp_path, monkeypatch, scratch_registry):
     """The docstring of modeling/__init__.py (copied into the README) is a working one-file backbone."""
-    doc = modeling.__doc__
-    code = doc.split("one import line at the bottom of this file:")[1].split("then ``from . import mynet``")[0]
-    code = textwrap.dedent(code).replace("from ._registry import", "from modeling._registry import")
-    (tmp_path / "mynet_example.py").write_text(code)
+    (tmp_path / "mynet_example.py").write_text(docstring_family_source())
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))  # leave list_models() as it was
+    monkeypatch.delitem(sys.modules, "mynet_example", raising=False)
     import mynet_example  # noqa: F401
 
-    assert "mynet_small" in modeling.list_models()
-    model = modeling.create_model("mynet_small", num_classes=3)
+    assert DOC_FAMILY in modeling.list_models()
+    model = modeling.create_model(DOC_FAMILY, num_classes=3)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    maps = timm.create_model("mynet_small", features_only=True)(torch.randn(1, 3, 32, 32))
+    maps = timm.create_model(DOC_FAMILY, features_only=True)(torch.randn(1, 3, 32, 32))
     assert [tuple(m.shape[1:]) for m in maps] == [(32, 16, 16), (64, 8, 8)]
     # what test_features_only_gives_advertised_maps asks of a registered design that is not one of ours
-    assert check_advertised_maps(modeling.create_model("mynet_small", features_only=True)) == [2, 4]
+    assert check_advertised_maps(modeling.create_model(DOC_FAMILY, features_only=True)) == [2, 4]
 
 
-def test_readme_three_line_variant_gets_the_family_cfg(monkeypatch):
+def test_scratch_registry_restores_timm(scratch_registry):
+    assert not timm.is_model(DOC_FAMILY) and DOC_FAMILY not in modeling.list_models()  # the test above left none
+
+
+def test_variant_without_its_cfg_fails_at_import(tmp_path, monkeypatch, scratch_registry):
+    source = docstring_family_source().replace('generate_default_cfgs({"mynet_doc_example"',
+                                               'generate_default_cfgs({"mynet_doc_exampel"')  # a typo in the key
+    (tmp_path / "mynet_typo.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=r"mynet_typo.py: variant 'mynet_doc_example' has no default_cfgs entry "
+                                          r"\(entries: mynet_doc_exampel\)") as e:
+        import mynet_typo  # noqa: F401
+    assert "\n" not in str(e.value) and not timm.is_model(DOC_FAMILY)
+
+
+def test_unknown_model_names_the_family_files_not_imported():
+    probe = Path(modeling.__file__).parent / "mynet_not_imported.py"  # a family file whose import line is missing
+    probe.write_text(docstring_family_source("mynet_pico"))
+    try:
+        with pytest.raises(ValueError, match=r"not imported: modeling/mynet_not_imported.py \(add `from \. import "
+                                             r"mynet_not_imported` to modeling/__init__.py\)") as e:
+            modeling.create_model("mynet_pico")
+    finally:
+        probe.unlink()
+    assert "\n" not in str(e.value)
+
+
+USERS_FAMILIES = r"""
+# a pytest plugin (-p): registers what README section 6 has a user add before the suite collects its tests
+import re
+from pathlib import Path
+
+import modeling
+import modeling.blocknet
+import mynet  # noqa: F401  a plain-CNN family of the user's, the docstring's example as written
+
+readme = (Path(modeling.__file__).resolve().parents[1] / "README.md").read_text()
+snippet = re.search(r"```python\n(@register\ndef blocknet_wide.*?)```", readme, flags=re.S).group(1)
+exec(snippet, vars(modeling.blocknet))  # as if pasted at the end of modeling/blocknet.py
+"""
+
+
+def test_a_users_families_pass_the_registry_suite_as_written(tmp_path):
+    """README section 6's three-line blocknet_wide and the docstring's plain-CNN mynet_small (no residual blocks, two
+    feature maps at strides 2 and 4, 32 px-sized) registered as a user would, then the registry tests of this file
+    and tests/test_recipes.py on them: nothing in the suite may ask more of a family than every family needs."""
+    (tmp_path / "mynet.py").write_text(docstring_family_source("mynet_small"))
+    (tmp_path / "users_families.py").write_text(USERS_FAMILIES)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "users_families", "-p", "no:cacheprovider",
+                           "tests/test_modeling.py", "tests/test_recipes.py", "-k",
+                           "mynet_small or blocknet_wide or test_registry_lists"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    ran = re.findall(r"(\d+) passed", proc.stdout)
+    # forward/backward, features_only, save/load, FSDP wrap for each of the two, plus the registry test
+    assert ran and int(ran[0]) >= 9, proc.stdout[-2000:]
+    assert " skipped" not in proc.stdout.splitlines()[-1]
+
+
+def test_users_family_exports_its_file_and_loads_with_trust_remote_code(tmp_path, monkeypatch, scratch_registry):
+    """A plain-CNN family defined outside this package exports with its own file and loads in transformers in a
+    process that cannot import modeling."""
+    (tmp_path / "mynet_remote.py").write_text(docstring_family_source("mynet_remote_small"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynet_remote  # noqa: F401
+
+    torch.manual_seed(0)
+    model = modeling.create_model("mynet_remote_small", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=WNIDS, label_descriptions=NAMES,
+                                      pretrained_cfg={"input_size": (3, 32, 32)})
+    assert sorted(p.name for p in folder.glob("*.py")) == ["modeling_mynet_remote.py", "mynet_remote.py"]
+    copied = (folder / "mynet_remote.py").read_text()
+    assert "from timm.models import register_model as register" in copied and "import modeling" not in copied
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        save_file({"x": x, "logits": model(x)}, tmp_path / "io.safetensors")
+    script = (
+        "import importlib.util, sys, json, torch\n"
+        "assert importlib.util.find_spec('modeling') is None and importlib.util.find_spec('mynet_remote') is None\n"
+        "from safetensors.torch import load_file\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        "folder, tensors, photo = sys.argv[1:]\n"
+        "io = load_file(tensors)\n"
+        "hf = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
+        "with torch.no_grad():\n"
+        "    equal = bool(torch.allclose(hf(pixel_values=io['x']).logits, io['logits'], atol=1e-5))\n"
+        "labels = [p['label'] for p in pipeline('image-classification', model=folder, trust_remote_code=True)"
+        "(photo, top_k=4)]\n"
+        "print('RESULT ' + json.dumps({'equal': equal, 'labels': labels}))\n")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(folder), str(tmp_path / "io.safetensors"),
+                           str(PHOTO)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert out["equal"] and sorted(out["labels"]) == sorted(SHOWN)
+
+
+def test_readme_three_line_variant_gets_the_family_cfg(scratch_registry):
     """README's new-variant snippet (no default_cfgs entry): it must get BlockNet's cfg (classifier, crop, mean/std),
     not timm's fallback, or validate.py cannot find the head of its checkpoints."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     snippet = readme.split("def blocknet_wide", 1)[1].split("```", 1)[0]
-    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))
     namespace = vars(modeling.blocknet).copy()
     exec(("@register\ndef blocknet_wide" + snippet).replace("blocknet_wide", "blocknet_readme_wide"), namespace)
     model = modeling.create_model("blocknet_readme_wide", num_classes=5)
