@@ -104,3 +104,53 @@ def test_every_card_block_of_a_zoo_export_runs_with_no_project_code(tmp_path):
     assert out["n"] == 4 and out["modeling"] is None
     assert re.search(r"\[64, 64, 128, 256, 512\] \[2, 4, 8, 16, 32\]", out["outputs"][1])
     assert all(name in out["outputs"][-1] for name in NAMES)
+
+
+def test_demo_tree_describes_what_its_images_show(tmp_path):
+    """Real ILSVRC wnids (the layout and ids are ImageNet's), honest names: a digits model never answers "tench"."""
+    from imagenet_trainer import ilsvrc
+    from imagenet_trainer.demo import make_ilsvrc_tree
+
+    tree = make_ilsvrc_tree(tmp_path / "digits", source="digits", num_classes=3, train_per_class=1, val_per_class=1,
+                            num_test=1)
+    wnids, descriptions = ilsvrc.read_synset_mapping(tree / ilsvrc.SYNSET_MAPPING)
+    assert wnids == ilsvrc.imagenet_wnids()[:3] and descriptions == ["digit 0", "digit 1", "digit 2"]
+    photos = make_ilsvrc_tree(tmp_path / "photos", source="photos", num_classes=12, train_per_class=1,
+                              val_per_class=1, num_test=1)
+    _, descriptions = ilsvrc.read_synset_mapping(photos / ilsvrc.SYNSET_MAPPING)
+    assert descriptions[:2] == ["astronaut", "chelsea"] and descriptions[10] == "astronaut (variant 1)"
+    assert len(set(descriptions)) == 12
+
+
+# used without an import statement: tensorboard (accelerate's --report_to tracker), turbojpeg (its libturbojpeg is
+# loaded through ctypes), ipykernel (runs the notebooks), pytest and the notebook runners (the tests themselves)
+NOT_IMPORTED = {"tensorboard", "turbojpeg", "ipykernel", "pytest", "nbclient", "nbformat"}
+
+
+def test_every_requirement_is_used():
+    """requirements.txt lists no dependency that nothing uses (the project once installed `evaluate` for nothing)."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    dists = {d.lower().replace("_", "-") for mods in packages_distributions().values() for d in mods}
+    by_module = {m: {d.lower().replace("_", "-") for d in ds} for m, ds in packages_distributions().items()}
+    imported = set()
+    files = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for line in "".join(cell["source"]).splitlines():
+                match = re.match(r"\s*(?:from|import)\s+([A-Za-z_]\w*)", line)
+                if match:
+                    imported.add(match.group(1))
+    used = {d for m in imported for d in by_module.get(m, ())}
+    requirements = [line.split("==")[0].strip().lower().replace("_", "-") for line in
+                    (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert "evaluate" not in requirements
+    unused = [r for r in requirements if r in dists and r not in used and r not in NOT_IMPORTED]
+    assert unused == [], f"requirements.txt lists {unused}, which nothing imports"
