@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -74,9 +75,28 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         if pretrained and arch in _OURS:
             raise ValueError(f"'{name}' has no published weights; start from a saved export with "
                              "--model local-dir:PATH --pretrained (or modeling.load_model(PATH))")
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as e:  # huggingface_hub's LocalEntryNotFoundError when offline without a cached copy, HTTP errors
+        if not pretrained or source is not None:
+            raise
+        raise ValueError(_weights_missing(name, e)) from None
     declare_blocks(model)
     return model
+
+
+def _weights_missing(name: str, error: BaseException) -> str:
+    """One line for timm weights that could not be fetched: which Hub files, and what HF_HUB_OFFLINE says."""
+    from huggingface_hub import constants
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) or "(no Hub id)"
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    why = (f"HF_HUB_OFFLINE=1 is set and the local Hub cache ({constants.HF_HUB_CACHE}) has no copy of Hub repo "
+           f"'{repo}' (model.safetensors); fetch it once online, e.g. python -c \"import timm; "
+           f"timm.create_model('{name}', pretrained=True)\", or copy the cache over" if offline else
+           f"fetching Hub repo '{repo}' failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})")
+    return f"timm's pretrained weights for '{name}' are not available: {why}"
 
 
 # Residual-block classes of timm's CNN families (ResNet/ResNeXt/RegNet, ConvNeXt, EfficientNet/MobileNet, DenseNet)

@@ -332,3 +332,36 @@ def test_own_design_export_loads_in_transformers_without_project_code(trained, p
     assert out["class"].startswith("transformers_modules.")  # the folder's own modeling_blocknet.py
     assert out["top1"] == pytest.approx(summary["top1"], abs=1e-9)
     assert sorted(out["labels"]) == sorted(class_descriptions(preprocessed))  # human names, not wnids
+
+
+def test_a_timm_tag_resolves_as_timm_does_from_the_offline_cache(preprocessed, tmp_path, monkeypatch):
+    """--model test_resnet.r160_in1k is timm's name for timm/test_resnet.r160_in1k's weights, not a Hub repo of
+    ours: read from the local Hub cache offline; missing there, the one-line error names HF_HUB_OFFLINE and the repo."""
+    import timm
+    from imagenet_trainer.ilsvrc import imagenet_wnids
+
+    name = "test_resnet.r160_in1k"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert "HF_HUB_OFFLINE=1" in error_of(name, preprocessed) and "timm/test_resnet.r160_in1k" in error_of(
+        name, preprocessed)
+    with pytest.raises(ValueError, match=r"HF_HUB_OFFLINE=1 is set .* no copy of Hub repo 'timm/test_resnet"):
+        modeling.create_model(name, pretrained=True)
+
+    torch.manual_seed(0)
+    weights = timm.create_model("test_resnet").state_dict()
+    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / ("b" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, snapshot / "model.safetensors")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = modeling.create_model(name, pretrained=True)  # what train.py --model NAME --pretrained calls
+    assert torch.equal(model.state_dict()["fc.weight"], weights["fc.weight"])
+
+    # ILSVRC's 1000 classes, the fixture's 8 validation images (labels 0-3 are the first four wnids)
+    split = datasets.load_from_disk(str(preprocessed))["validation"]
+    split = split.cast_column("label", datasets.ClassLabel(names=imagenet_wnids()))
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "in1k"))
+    summary = evaluate(name, tmp_path / "in1k")
+    assert summary["n"] == len(split) and summary["image_size"] == 160  # timm's cfg for the tag
