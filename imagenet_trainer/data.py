@@ -76,6 +76,7 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
                                  f"{SCRIPT_HINT}") from None
             raise ValueError(f"{path_or_id}: neither a preprocess.py output nor a folder of Parquet/image files "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        _attach_descriptions(ds, path)
     elif path.exists() or path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
         raise ValueError(f"{path_or_id}: no such folder (give preprocess.py's --output_dir or a Hub dataset id)")
     else:
@@ -86,6 +87,7 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
                 raise ValueError(f"Hub dataset {path_or_id} is script-based; {SCRIPT_HINT}") from None
             raise ValueError(f"{path_or_id}: no such local folder, and the Hub dataset could not be loaded "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        _attach_descriptions(ds, path_or_id)
     if "val" in ds and "validation" not in ds:
         ds["validation"] = ds.pop("val")
     for name, split in ds.items():
@@ -94,6 +96,32 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
             raise ValueError(f"{path_or_id}: split '{name}' lacks the column(s) {sorted(missing)} "
                              f"(has {split.column_names}); an image-classification dataset needs image and label")
     return ds
+
+
+def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
+    """Human names from the ``class_descriptions.json`` beside Parquet files (a local folder or a Hub dataset repo
+    written by imagenet_trainer.hub_dataset) into each split's DatasetInfo, where ``ilsvrc.class_descriptions``
+    finds them: Parquet keeps the ClassLabel names (wnids), not the description preprocess.py keeps them in."""
+    import json
+
+    from imagenet_trainer.ilsvrc import DESCRIPTIONS_FILE, DESCRIPTIONS_KEY
+
+    if isinstance(folder_or_repo, Path):
+        path = folder_or_repo / DESCRIPTIONS_FILE
+    else:
+        from huggingface_hub import hf_hub_download  # here: local datasets need no Hub client
+
+        try:  # from the Hub, or with HF_HUB_OFFLINE=1 from its cache
+            path = Path(hf_hub_download(folder_or_repo, DESCRIPTIONS_FILE, repo_type="dataset"))
+        except Exception:  # no such file (another tool's repo), not cached: ClassLabel names or timm's lemmas
+            return
+    if not path.is_file():
+        return
+    names = json.loads(path.read_text())
+    for split in ds.values():
+        label = split.features.get("label")
+        if isinstance(label, datasets.ClassLabel) and isinstance(names, list) and len(names) == label.num_classes:
+            split.info.description = json.dumps({DESCRIPTIONS_KEY: names})
 
 
 class Rows:

@@ -154,3 +154,84 @@ def test_every_requirement_is_used():
     assert "evaluate" not in requirements
     unused = [r for r in requirements if r in dists and r not in used and r not in NOT_IMPORTED]
     assert unused == [], f"requirements.txt lists {unused}, which nothing imports"
+
+
+@pytest.fixture(scope="module")
+def parquet_copy(preprocessed, tmp_path_factory) -> Path:
+    """imagenet_trainer.hub_dataset's Hub layout of the preprocess.py fixture (with the provenance preprocess.py
+    records beside its output)."""
+    from imagenet_trainer.hub_dataset import export_parquet
+
+    base = tmp_path_factory.mktemp("parquet")
+    data = base / "imagenet"
+    shutil.copytree(preprocessed, data)
+    (data / "source.json").write_text(json.dumps({
+        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": False, "num_classes": 4,
+        "counts": {"train": 24, "validation": 8}, "val_fraction": None, "split_seed": None}))
+    return export_parquet(data, base / "imagenet-parquet", shard_bytes=20_000)  # several shards per split
+
+
+def test_parquet_copy_keeps_labels_and_human_names(preprocessed, parquet_copy):
+    import datasets
+    import huggingface_hub
+
+    from imagenet_trainer.data import Rows, load_image_dataset
+    from imagenet_trainer.ilsvrc import class_descriptions
+
+    original = datasets.load_from_disk(str(preprocessed))
+    copy = load_image_dataset(str(parquet_copy))  # what train.py/validate.py --dataset FOLDER read
+    assert sorted(copy) == sorted(original)
+    assert len(list((parquet_copy / "data").glob("train-*.parquet"))) > 1
+    for name in original:
+        assert copy[name].features["label"].names == original[name].features["label"].names
+        assert len(copy[name]) == len(original[name])
+        rows, before = Rows(copy[name]), Rows(original[name])
+        assert [(bytes(rows[i][0]), rows[i][1]) for i in range(len(rows))] == [
+            (bytes(before[i][0]), before[i][1]) for i in range(len(before))]
+    names = class_descriptions(copy)
+    assert names == class_descriptions(preprocessed) and names[0] == "astronaut"  # not the wnid's "tench"
+
+    card = huggingface_hub.DatasetCard.load(parquet_copy / "README.md")
+    assert card.data.pretty_name == "ILSVRC-2012" and card.data.task_categories == ["image-classification"]
+    assert "| 0 | n01440764 | astronaut |" in card.text and "24 train" in card.text
+    assert "forbid redistributing" in card.text  # ImageNet's terms, said where the push happens
+    assert json.loads((parquet_copy / "source.json").read_text())["name"] == "ILSVRC-2012"
+
+
+def test_train_runs_on_the_parquet_copy_with_its_human_names(parquet_copy, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "blocknet_tiny", "--dataset",
+                           str(parquet_copy), "--output_dir", str(out), "--image_size", "32", "--batch_size", "8",
+                           "--epochs", "1", "--max_train_steps", "1", "--num_workers", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = list(json.loads((out / "final" / "config.json").read_text())["id2label"].values())
+    assert labels[:2] == ["astronaut", "chelsea"]
+
+
+def test_dataset_push_uploads_the_parquet_folder(parquet_copy, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from imagenet_trainer import hub_dataset
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(ValueError, match="no Hugging Face token"):
+        hub_dataset.push_dataset(parquet_copy, "me/imagenet")
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(
+        ("create_repo", repo_id, kw["repo_type"], kw["private"])) or huggingface_hub.RepoUrl(
+        f"https://huggingface.co/datasets/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(
+        ("upload_folder", kw["repo_id"], kw["repo_type"], sorted(p.relative_to(kw["folder_path"]).as_posix() for p in
+                                                               Path(kw["folder_path"]).rglob("*") if p.is_file()))))
+    monkeypatch.setenv("HF_TOKEN", "hf_secretsecret")
+    hub_dataset.main(["--dataset", str(parquet_copy.parent / "imagenet"), "--output_dir", str(tmp_path / "pq"),
+                      "--push_to_hub", "me/imagenet"])
+    assert calls[0] == ("create_repo", "me/imagenet", "dataset", True)  # private: ImageNet's terms
+    kind, repo, repo_type, files = calls[1]
+    assert (kind, repo, repo_type) == ("upload_folder", "me/imagenet", "dataset")
+    assert {"README.md", "class_descriptions.json", "source.json"} <= set(files)
+    assert any(f.startswith("data/validation-") and f.endswith(".parquet") for f in files)
