@@ -3,8 +3,9 @@
 A saved folder of a zoo architecture loads with no project code installed:
 ``timm.create_model("local-dir:PATH", pretrained=True)`` (also ``features_only=True``),
 ``transformers.AutoModelForImageClassification.from_pretrained(PATH)`` and
-``transformers.pipeline("image-classification", model=PATH)``; our own designs load the same way after
-``import modeling``. Weights are safetensors only: nothing here unpickles.
+``transformers.pipeline("image-classification", model=PATH)``. An architecture timm does not ship (ours, a user's)
+carries its defining file (``modeling.remote_code``): transformers loads it with ``trust_remote_code=True``, timm
+after ``import modeling`` of an installed copy (``pip install``). Weights are safetensors only: nothing here unpickles.
 
 Label keys in config.json (worked out against timm 1.0.31 and transformers 5.24, see tests/test_modeling.py):
 
@@ -286,6 +287,15 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
     in eval mode. ``num_classes`` different from the saved count gives a fresh classifier on the saved features."""
     folder = _resolve_folder(path_or_hub_id, (CONFIG_NAME, WEIGHTS_NAME))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    arch = str(json.loads((folder / CONFIG_NAME).read_text()).get("architecture", ""))
+    if arch and not timm.is_model(arch.split(".")[0]):
+        bundled = sorted(p.name for p in folder.glob("*.py") if not p.name.startswith("modeling_"))
+        hint = (f"; the export carries its source ({', '.join(bundled)}): load it with transformers' "
+                f"AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)" if bundled else "")
+        raise ValueError(f"architecture '{arch}' of {path_or_hub_id} is not registered with timm: install the package "
+                         f"that defines it (imagenet-trainer: pip install git+<its repository url>, or pip install -e . "
+                         f"in a checkout) and import it (import modeling; a family file of your own: import it too)"
+                         f"{hint}")
     # local-dir: reads config.json and model.safetensors (timm prefers it over pickles, which _resolve_folder
     # has made sure exists)
     return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()

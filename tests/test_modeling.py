@@ -727,3 +727,18 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path
         modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret")
     assert "\n" not in str(e.value) and "hf_secretsecret" not in str(e.value)
     assert folder_digest(folder) == before
+
+
+def test_load_of_an_unregistered_architecture_says_what_to_install(saved_tiny, tmp_path):
+    _, folder = saved_tiny
+    copy_dir = tmp_path / "export"
+    copy_dir.mkdir()
+    for p in folder.iterdir():
+        if p.is_file():
+            (copy_dir / p.name).write_bytes(p.read_bytes())
+    config = json.loads((copy_dir / "config.json").read_text())
+    (copy_dir / "config.json").write_text(json.dumps({**config, "architecture": "mynet_unregistered"}))
+    with pytest.raises(ValueError, match=r"'mynet_unregistered' .* is not registered with timm: install the package "
+                                         r".*pip install -e \..*\(blocknet.py\).*trust_remote_code=True") as e:
+        modeling.load_model(copy_dir)
+    assert "\n" not in str(e.value)
