@@ -257,11 +257,17 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
     """The card's code blocks; each one runs on its own (tests execute every one against the saved folder)."""
     register = []
     lines = ["## Model usage", ""]
-    if defined_in:
+    if defined_in and defined_in.startswith("modeling/"):
         lines += [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
                   "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
                   "```bash", INSTALL, "```", ""]
         register = ["import modeling  # registers " + arch + " with timm"]
+    elif defined_in:  # a family module outside the package: the copy in this repository is the one to import
+        module = Path(defined_in).stem
+        lines += [f"`{arch}` is not one of timm's architectures: it is defined in `{defined_in}`, which this "
+                  f"repository holds a copy of. For timm, put that file on your Python path and import it (it "
+                  f"registers the name with timm).", ""]
+        register = [f"import {module}  # registers {arch} with timm"]
     image = ['image = Image.open("photo.jpg").convert("RGB")']
     lines += ["### Image classification", "", "```python", "import timm", "import torch", "from PIL import Image",
               *register, "",

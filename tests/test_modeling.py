@@ -295,6 +295,8 @@ def test_users_family_exports_its_file_and_loads_with_trust_remote_code(tmp_path
                                       pretrained_cfg={"input_size": (3, 32, 32)})
     assert sorted(p.name for p in folder.glob("*.py")) == ["modeling_mynet_remote.py", "mynet_remote.py"]
     copied = (folder / "mynet_remote.py").read_text()
+    card = (folder / "README.md").read_text()
+    assert "import mynet_remote  # registers mynet_remote_small" in card and "import modeling" not in card
     assert "from timm.models import register_model as register" in copied and "import modeling" not in copied
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
