@@ -744,3 +744,22 @@ def test_load_of_an_unregistered_architecture_says_what_to_install(saved_tiny, t
                                          r".*pip install -e \..*\(blocknet.py\).*trust_remote_code=True") as e:
         modeling.load_model(copy_dir)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full-ilsvrc", "subset"])
+def test_card_of_a_preprocess_dataset_names_ilsvrc_only_when_full(saved_tiny, tmp_path, full):
+    """train.py passes its --dataset folder; preprocess.py's source.json there says what the images are."""
+    model, _ = saved_tiny
+    data = tmp_path / "imagenet"
+    data.mkdir()
+    (data / "source.json").write_text(json.dumps({
+        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": full, "num_classes": 1000 if full else 4,
+        "counts": {"train": 1281167, "validation": 50000}, "val_fraction": None, "split_seed": None}))
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, label_descriptions=NAMES, model_card={
+        "dataset": str(data), "results": {"top1": 60.0, "top5": 80.0, "split": "validation", "n": 50000}})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("ILSVRC-2012", 60.0),
+                                                                                   ("ILSVRC-2012", 80.0)]
+    assert card.data.datasets == (["ILSVRC/imagenet-1k"] if full else None)
+    assert (folder / ".eval_results" / "imagenet-1k.yaml").exists() == full
+    assert ("(the full ILSVRC-2012)" in card.text) == full and "1,281,167 train" in card.text
