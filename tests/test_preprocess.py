@@ -621,3 +621,168 @@ def test_demo_grain_makes_imagenet_sized_files(tmp_path):
     assert grainy > 2 * plain and grainy > 60_000, (plain, grainy)
     with pytest.raises(ValueError, match="grain"):
         make_ilsvrc_tree(tmp_path / "bad", grain=-1)
+
+
+# ---- a user's files are never lost: refuse, report done, --overwrite ----
+
+def arrow_files(out: Path) -> dict:
+    return {p.relative_to(out): (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.rglob("*.arrow")}
+
+
+@pytest.fixture
+def finished(clean_tree, tmp_path) -> Path:
+    out = tmp_path / "pp"
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
+    return out
+
+
+def test_rerun_keeps_a_users_file_and_is_reported_done(clean_tree, finished):
+    """The issue's scenario: preprocess, `echo x > pp/notes.txt`, the same command again."""
+    (finished / "notes.txt").write_text("x\n")
+    before = arrow_files(finished)
+    proc = run_script("--data_dir", clean_tree, "--output_dir", finished, "--num_proc", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{finished}: already done (same inputs and settings" in proc.stdout and "wrote" not in proc.stdout
+    assert (finished / "notes.txt").read_text() == "x\n"
+    assert arrow_files(finished) == before  # not one shard rewritten
+    assert not (finished.parent / "pp.tmp").exists()
+
+
+def test_other_settings_need_overwrite_which_never_deletes_a_users_file(clean_tree, finished):
+    (finished / "notes.txt").write_text("x\n")
+    before = arrow_files(finished)
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1", "--quality", "75"]
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(args)
+    message = str(e.value.code)
+    assert message == (f"error: --output_dir: {finished} holds a preprocess.py output of other inputs or settings "
+                       "(quality 90 -> 75); add --overwrite to replace it, or choose another folder")
+    with pytest.raises(SystemExit) as e:
+        preprocess.main([*args, "--overwrite"])
+    assert str(e.value.code) == (f"error: --overwrite: {finished / 'notes.txt'} is not preprocess.py's (1 such paths "
+                                 f"in {finished}); move them out, then run again")
+    assert (finished / "notes.txt").read_text() == "x\n" and arrow_files(finished) == before
+    assert not (finished.parent / "pp.tmp").exists()  # refused before any work
+
+    (finished / "notes.txt").unlink()
+    preprocess.main([*args, "--overwrite"])
+    assert json.loads((finished / "preprocess_manifest.json").read_text())["job"]["quality"] == 75
+    assert set(arrow_files(finished)) == set(before) and arrow_files(finished) != before
+    assert not (finished.parent / ".pp.old").exists() and not (finished.parent / "pp.tmp").exists()
+
+
+def test_an_output_without_manifest_needs_overwrite(clean_tree, finished):
+    """An interrupted copy without the manifest, or an output of an older preprocess.py: never taken as done."""
+    (finished / "preprocess_manifest.json").unlink()
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1"]
+    with pytest.raises(SystemExit, match="from before preprocess_manifest.json; add --overwrite"):
+        preprocess.main(args)
+    preprocess.main([*args, "--overwrite"])
+    assert (finished / "preprocess_manifest.json").is_file()
+
+
+def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tmp_path):
+    out = tmp_path / "made_with_mkdir"
+    out.mkdir()
+    (tmp_path / "made_with_mkdir.tmp").mkdir()  # what a start that failed before its first file leaves
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"]
+    preprocess.main(args)
+    assert datasets.load_from_disk(str(out))["train"].num_rows == 6
+
+    broken = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, broken)
+    (broken / ilsvrc.VAL_SOLUTION).unlink()
+    with pytest.raises(SystemExit):
+        preprocess.main(["--data_dir", str(broken), "--output_dir", str(tmp_path / "again"), "--num_proc", "1"])
+    assert not (tmp_path / "again").exists() and not (tmp_path / "again.tmp").exists()
+    shutil.copy(clean_tree / ilsvrc.VAL_SOLUTION, broken / ilsvrc.VAL_SOLUTION)
+    preprocess.main(["--data_dir", str(broken), "--output_dir", str(tmp_path / "again"), "--num_proc", "1"])
+    assert (tmp_path / "again" / "preprocess_manifest.json").is_file()
+
+
+# ---- damaged copies: sizes checked at load, checksums with --verify ----
+
+def test_manifest_lists_every_file_with_size_and_sha256(preprocessed):
+    import hashlib
+    m = json.loads((preprocessed / "preprocess_manifest.json").read_text())
+    on_disk = {str(p.relative_to(preprocessed)) for p in preprocessed.rglob("*") if p.is_file()}
+    assert set(m["files"]) == on_disk - {"preprocess_manifest.json"}
+    for rel, entry in m["files"].items():
+        data = (preprocessed / rel).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, rel
+
+
+@pytest.fixture
+def damaged(preprocessed, tmp_path) -> tuple[Path, Path]:
+    """A copy of the dataset with one Arrow file cut short, as an interrupted copy to a node's disk leaves it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(preprocessed, copy)
+    victim = sorted(copy.glob("train/*.arrow"))[1]
+    victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+    return copy, victim
+
+
+def test_truncated_arrow_file_is_named_at_load_and_by_verify(damaged):
+    from imagenet_trainer.data import load_image_dataset
+    copy, victim = damaged
+    with pytest.raises(ValueError) as e:
+        load_image_dataset(str(copy))
+    message = str(e.value)
+    assert message.startswith(f"{victim} has ") and "\n" not in message
+    assert f"preprocess.py --verify {copy}" in message
+
+    proc = run_script("--verify", copy)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    listed = json.loads((copy / "preprocess_manifest.json").read_text())["files"]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("BAD")] == [
+        f"BAD {victim}: {victim.stat().st_size:,} bytes, expected {listed[str(victim.relative_to(copy))]['bytes']:,}"
+        " (truncated or damaged)"]
+    assert proc.stderr.strip().splitlines() == [f"error: --verify {copy}: 1 of {len(listed)} files damaged or "
+                                                "missing; copy them again from where the dataset was made"]
+
+
+def test_verify_catches_a_flipped_byte_and_passes_a_good_copy(preprocessed, tmp_path):
+    proc = run_script("--verify", preprocessed)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith(f"ok: {preprocessed}: all ")
+    copy = tmp_path / "copy"
+    shutil.copytree(preprocessed, copy)
+    victim = sorted(copy.glob("validation/*.arrow"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    victim.write_bytes(bytes(data))
+    (copy / "notes.txt").write_text("a user's file is not the dataset's business")
+    proc = run_script("--verify", copy)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"BAD {victim}: SHA-256 differs from preprocess_manifest.json (damaged)"]
+    proc = run_script("--verify", tmp_path)
+    assert proc.returncode == 1 and "preprocess_manifest.json: not found" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_missing_file_and_no_manifest_are_one_line_at_load(damaged, preprocessed):
+    from imagenet_trainer.data import load_image_dataset
+    copy, victim = damaged
+    names = copy / ilsvrc.DESCRIPTIONS_FILE
+    names.unlink()
+    with pytest.raises(ValueError, match=f"^{names} is missing .listed in preprocess_manifest.json.; copy it again"):
+        load_image_dataset(str(copy))
+    shutil.copy(preprocessed / ilsvrc.DESCRIPTIONS_FILE, names)
+    (copy / "preprocess_manifest.json").unlink()  # an older output: pyarrow's error turned into the file's name
+    with pytest.raises(ValueError) as e:
+        load_image_dataset(str(copy))
+    assert str(e.value) == f"{victim}: damaged or truncated Arrow file; copy it again, or rerun preprocess.py"
+
+
+def test_train_and_validate_scripts_name_the_damaged_file_in_one_line(damaged, tmp_path):
+    copy, victim = damaged
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "blocknet_tiny", "--dataset", str(copy),
+                            "--output_dir", str(tmp_path / "run"), "--image_size", "32", "--batch_size", "8",
+                            "--num_workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode != 0 and "Traceback" not in train.stderr, train.stderr[-3000:]
+    last = train.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --dataset {copy}: {victim} has ") and "preprocess.py --verify" in last
+    validate = subprocess.run([sys.executable, str(ROOT / "validate.py"), "--model", "blocknet_tiny", "--dataset",
+                               str(copy), "--num_workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert validate.returncode != 0 and "Traceback" not in validate.stderr, validate.stderr[-3000:]
+    assert validate.stderr.strip().splitlines()[-1].startswith(f"error: --dataset {copy}: {victim} has ")
