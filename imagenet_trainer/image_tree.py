@@ -13,6 +13,7 @@ reported. Library code: bad input is a ``ValueError`` that names the folder and 
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -98,13 +99,13 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
 
 
 def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
-    """({class: train files}, {class: val files}): round(n x fraction) of each class's files, at least one and
-    never all when it has two or more, drawn by a generator seeded with (seed, class), so adding a class leaves the
+    """({class: train files}, {class: val files}): n x fraction of each class's n files, rounded half up, at least
+    one and never all when it has two or more, drawn by a generator seeded with (seed, class), so adding a class leaves the
     others' splits as they were."""
     train, val = {}, {}
     for name, files in classes.items():
         n = len(files)
-        k = min(n - 1, max(1, round(n * fraction))) if n >= 2 else 0
+        k = min(n - 1, max(1, math.floor(n * fraction + 0.5))) if n >= 2 else 0
         chosen = set(random.Random(f"{seed}/{name}").sample(files, k))
         train[name] = [f for f in files if f not in chosen]
         val[name] = [f for f in files if f in chosen]

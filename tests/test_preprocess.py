@@ -786,3 +786,172 @@ def test_train_and_validate_scripts_name_the_damaged_file_in_one_line(damaged, t
                               timeout=300)
     assert validate.returncode != 0 and "Traceback" not in validate.stderr, validate.stderr[-3000:]
     assert validate.stderr.strip().splitlines()[-1].startswith(f"error: --dataset {copy}: {victim} has ")
+
+
+# ---- a user's own tree: class folders ----
+
+def class_tree(kaggle: Path, root: Path, names: list[str], layout: str) -> Path:
+    """The images of a demo Kaggle tree, faults included, re-sorted as a user's tree: folders named ``names``
+    (the i-th sorted wnid's images go to names[i]), as train/ + validation/ + test/ or as one tree (<class>/)."""
+    m = manifest(kaggle)
+    wnids = m["wnids"]
+    for wnid in wnids:
+        dest = root / ("train" if layout == "train_val" else "") / names[wnids.index(wnid)]
+        shutil.copytree(kaggle / ilsvrc.SPLIT_DIRS["train"] / wnid, dest, dirs_exist_ok=True)
+    for p in (kaggle / ilsvrc.SPLIT_DIRS["validation"]).iterdir():
+        folder = root / ("validation" if layout == "train_val" else "") / names[m["val_labels"][p.stem]]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    if layout == "train_val":
+        shutil.copytree(kaggle / ilsvrc.SPLIT_DIRS["test"], root / "test")  # loose files: unlabelled
+    return root
+
+
+NAMES = ["zebra", "apple", "mango", "kiwi"]  # the 1st..4th wnid's images: label order is the sorted names
+
+
+def test_class_folder_tree_gets_the_same_contract(ilsvrc_tree, tmp_path):
+    tree = class_tree(ilsvrc_tree, tmp_path / "my photos", NAMES, "train_val")
+    out = tmp_path / "mine"
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "2", "--shard_size", "5"])
+    m = manifest(ilsvrc_tree)
+    dd = datasets.load_from_disk(str(out))
+    assert set(dd) == {"train", "validation", "test"}
+    broken = Counter(m["planted"][kind]["split"] for kind in m["broken"])
+    names = sorted(NAMES)
+    for split, ds in dd.items():
+        assert list(ds.features) == ["image", "label", "image_id", "objects"]
+        assert ds.features["label"].names == names and ds.num_rows == m["files"][split] - broken[split]
+    rows = raw_rows(out)
+    for image_id, row in rows["train"].items():
+        folder, stem = image_id.split("/")
+        assert row["label"] == names.index(folder) and NAMES.index(folder) == m["wnids"].index(stem.split("_")[0])
+        assert row["objects"] == []
+    for image_id, row in rows["validation"].items():
+        assert NAMES[m["val_labels"][image_id.split("/")[1]]] == names[row["label"]]
+    assert {r["label"] for r in rows["test"].values()} == {-1}
+    assert ilsvrc.class_descriptions(out) == names == ilsvrc.class_descriptions(dd)
+
+    report = json.loads((out / "preprocess_report.json").read_text())  # the same quirk handling and tiles
+    skipped = {s["path"] for s in report["skipped"]}
+    assert len(skipped) == sum(broken.values()) and all(p.split("/")[0] in ("train", "validation", "test")
+                                                        for p in skipped)
+    assert sum(sum(c.values()) for c in report["reencoded"].values()) == len(CONVERTED)
+    assert sum(report["tiled"].values()) >= 3
+    for p in (m["planted"][kind] for kind in CONVERTED if m["planted"][kind]["split"] == "train"):
+        data = rows["train"][f"{NAMES[m['wnids'].index(p['stem'].split('_')[0])]}/{p['stem']}"]["image"]["bytes"]
+        assert Image.open(io.BytesIO(data)).mode == "RGB"
+    assert json.loads((out / "source.json").read_text()) == {
+        "layout": "class-folders", "name": "my photos", "ilsvrc2012_full": False, "num_classes": 4,
+        "counts": report["counts"], "val_fraction": None, "split_seed": None}
+
+
+def test_one_tree_with_val_fraction_is_a_seeded_stratified_split(ilsvrc_tree, tmp_path):
+    tree = class_tree(ilsvrc_tree, tmp_path / "flat", NAMES, "one_tree")
+    files = Counter(p.parent.name for p in tree.rglob("*") if p.is_file())
+
+    def split_of(seed, name):
+        out = tmp_path / name
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1",
+                         "--val_fraction", "0.25", "--split_seed", str(seed), "--restart_tile", "0"])
+        report = json.loads((out / "preprocess_report.json").read_text())
+        ids = {split: set(ds["image_id"]) for split, ds in datasets.load_from_disk(str(out)).items()}
+        for s in report["skipped"]:  # undecodable files count in the split they were drawn into
+            ids[s["split"]].add(os.path.splitext(s["path"])[0])
+        return ids, json.loads((out / "source.json").read_text())
+
+    ids, source = split_of(0, "a")
+    assert set(ids) == {"train", "validation"} and not ids["train"] & ids["validation"]
+    assert ids["train"] | ids["validation"] == {f"{p.parent.name}/{p.stem}" for p in tree.rglob("*") if p.is_file()}
+    for name, n in files.items():  # stratified: 25% of each class rounded half up, at least one, never all
+        assert sum(i.startswith(f"{name}/") for i in ids["validation"]) == min(n - 1, max(1, int(n / 4 + 0.5))), name
+    dd = datasets.load_from_disk(str(tmp_path / "a"))
+    assert source == {"layout": "class-folders-split", "name": "flat", "ilsvrc2012_full": False, "num_classes": 4,
+                      "counts": {split: ds.num_rows for split, ds in dd.items()}, "val_fraction": 0.25,
+                      "split_seed": 0}
+    assert split_of(0, "b")[0] == ids  # seeded: the same split again
+    assert split_of(1, "c")[0]["validation"] != ids["validation"]
+
+
+def spoil_class_tree(case: str, tree: Path) -> tuple[list[str], list]:
+    """A user's train/validation/test tree spoiled; returns (extra flags, what the one-line error must say)."""
+    if case == "flat_without_val_fraction":
+        for split in ("validation", "test"):
+            shutil.rmtree(tree / split)
+        for cls in (tree / "train").iterdir():
+            cls.rename(tree / cls.name)
+        (tree / "train").rmdir()
+        return [], [tree, "add --val_fraction 0.1"]
+    if case == "train_only":
+        for split in ("validation", "test"):
+            shutil.rmtree(tree / split)
+        return [], [tree / "train", "no val/, validation/ or test/", "--val_fraction"]
+    if case == "unrecognised":
+        for p in list(tree.iterdir()):
+            shutil.rmtree(p)
+        (tree / "photo.jpg").write_bytes(b"loose")
+        return [], [tree, ilsvrc.SYNSET_MAPPING, "train/ and val/", "--val_fraction"]
+    if case == "val_fraction_beside_validation":
+        return ["--val_fraction", "0.1"], [tree, "already has validation/", "drop --val_fraction"]
+    if case == "val_class_not_in_train":
+        (tree / "validation" / "pear").mkdir()
+        return [], [tree / "validation" / "pear", "not in train/"]
+    if case == "loose_val_images":
+        shutil.copy(next((tree / "validation" / "zebra").iterdir()), tree / "validation" / "loose.JPEG")
+        return [], [tree / "validation", "have no label"]
+    if case == "val_and_validation":
+        shutil.copytree(tree / "validation", tree / "val")
+        return [], [tree, "both val/ and validation/"]
+    if case == "val_fraction_out_of_range":
+        return ["--val_fraction", "1.5"], ["--val_fraction must be between 0 and 1"]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["flat_without_val_fraction", "train_only", "unrecognised",
+                                  "val_fraction_beside_validation", "val_class_not_in_train", "loose_val_images",
+                                  "val_and_validation", "val_fraction_out_of_range"])
+def test_class_tree_errors_say_what_to_do(case, clean_tree, tmp_path):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    extra, named = spoil_class_tree(case, tree)
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", *extra])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert all(str(n) in message for n in named), message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_train_folder_alone_splits_with_val_fraction(clean_tree, tmp_path, capsys):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    for split in ("validation", "test"):
+        shutil.rmtree(tree / split)
+    (tree / "train" / "zebra" / "notes.txt").write_text("not an image")
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
+                     "--val_fraction", "0.5"])
+    assert "1 files without an image extension" in capsys.readouterr().out
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 2, "validation": 4}  # 3 per class: 1.5 -> 2
+    assert json.loads((tmp_path / "out" / "source.json").read_text())["layout"] == "class-folders-split"
+
+
+# ---- provenance ----
+
+def test_source_json_of_the_demo_tree(preprocessed):
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    assert json.loads((preprocessed / "source.json").read_text()) == {
+        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": False, "num_classes": 4,
+        "counts": report["counts"], "val_fraction": None, "split_seed": None}
+
+
+@pytest.mark.parametrize("train_files, full", [(1_281_167, True), (1_281_166, False)])
+def test_ilsvrc2012_full_needs_all_classes_and_every_file(train_files, full):
+    """Counted on the files found (a skipped undecodable one does not matter), never on a subset."""
+    wnids = ilsvrc.imagenet_wnids()
+    listing = preprocess.Listing("ilsvrc-kaggle", wnids, wnids, {
+        "train": preprocess.Split("t", None, [None] * train_files, {}),
+        "validation": preprocess.Split("v", None, [None] * 50_000, {})}, [])
+    cfg = preprocess.PreprocessConfig("d", "o")
+    info = preprocess.source_info(listing, Path("kaggle"), cfg, {"train": train_files - 1, "validation": 50_000})
+    assert info["ilsvrc2012_full"] is full and info["name"] == "ILSVRC-2012" and info["num_classes"] == 1000
+    few = listing._replace(names=wnids[:999])
+    assert preprocess.source_info(few, Path("kaggle"), cfg, {})["ilsvrc2012_full"] is False
