@@ -955,3 +955,25 @@ def test_ilsvrc2012_full_needs_all_classes_and_every_file(train_files, full):
     assert info["ilsvrc2012_full"] is full and info["name"] == "ILSVRC-2012" and info["num_classes"] == 1000
     few = listing._replace(names=wnids[:999])
     assert preprocess.source_info(few, Path("kaggle"), cfg, {})["ilsvrc2012_full"] is False
+
+
+def test_own_tree_run_interrupted_resumes_its_shards(clean_tree, tmp_path, monkeypatch, capsys):
+    tree = class_tree(clean_tree, tmp_path / "flat", NAMES[:2], "one_tree")
+    args = ["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", "--shard_size", "2",
+            "--val_fraction", "0.2"]
+    real, done = preprocess.process_shard, []
+
+    def stop_after_two(shard, **kw):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(real(shard, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(preprocess, "process_shard", stop_after_two)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main(args)
+    monkeypatch.setattr(preprocess, "process_shard", real)
+    preprocess.main(args)
+    assert "2 of 5 shards already done" in capsys.readouterr().out
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 8, "validation": 2}
