@@ -101,7 +101,7 @@ class PreprocessConfig:
     shard_size: int = 1000  # images per shard: the unit of parallel work and of resume (~110 MB of ImageNet)
     val_fraction: float | None = None  # one <class>/* tree: share of each class held out as validation (0-1)
     split_seed: int = 0  # seed of the --val_fraction split; the same seed and files give the same split
-    overwrite: bool = False  # replace an output of this script made with other inputs or settings
+    overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
 
 
@@ -679,6 +679,8 @@ def main(argv=None) -> None:
     started = time.time()
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
     work = out.with_name(out.name + ".tmp")
+    if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
+        raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     try:
         listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed)

@@ -143,10 +143,10 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
             if split == "test" and not _subfolders(data_dir / folder):  # loose files: unlabelled, as ILSVRC's
                 held[split] = (folder, None)
                 continue
-            found, more = list_classes(data_dir / folder)
-            if split == "validation" and any("directly in" in w for w in more):
+            if split == "validation" and _has_images(data_dir / folder):
                 raise ValueError(f"{data_dir / folder}: images outside class folders have no label; move them into "
                                  f"{data_dir / folder}/<class>/")
+            found, more = list_classes(data_dir / folder)
             held[split] = (folder, found)
             warnings += more
     splits = {"train": Split(root, None, _items(classes, index, data_dir / root), {}, True)}

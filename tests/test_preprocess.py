@@ -921,6 +921,13 @@ def test_class_tree_errors_say_what_to_do(case, clean_tree, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
+def test_output_inside_the_input_tree_is_refused(clean_tree, tmp_path):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    with pytest.raises(SystemExit, match=f"^error: --output_dir {tree / 'pp'} is inside --data_dir {tree}; "):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tree / "pp"), "--num_proc", "1"])
+    assert not (tree / "pp").exists() and not (tree / "pp.tmp").exists()
+
+
 def test_train_folder_alone_splits_with_val_fraction(clean_tree, tmp_path, capsys):
     tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
     for split in ("validation", "test"):
