@@ -86,7 +86,7 @@ from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
-FORMAT_VERSION = 3  # bump when shard contents change, so an old OUT.tmp is rebuilt rather than resumed
+FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
 WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
 
 

@@ -100,8 +100,8 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
 
 def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
     """({class: train files}, {class: val files}): n x fraction of each class's n files, rounded half up, at least
-    one and never all when it has two or more, drawn by a generator seeded with (seed, class), so adding a class leaves the
-    others' splits as they were."""
+    one and never all when it has two or more, drawn by a generator seeded with (seed, class), so adding a class
+    leaves the others' splits as they were."""
     train, val = {}, {}
     for name, files in classes.items():
         n = len(files)
