@@ -928,6 +928,16 @@ def test_output_inside_the_input_tree_is_refused(clean_tree, tmp_path):
     assert not (tree / "pp").exists() and not (tree / "pp.tmp").exists()
 
 
+def test_val_folder_is_the_validation_split(clean_tree, tmp_path):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    (tree / "validation").rename(tree / "val")
+    shutil.rmtree(tree / "test")
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 6, "validation": 4}
+    assert sorted(dd["validation"]["image_id"])[0].split("/")[0] in NAMES[:2]
+
+
 def test_train_folder_alone_splits_with_val_fraction(clean_tree, tmp_path, capsys):
     tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
     for split in ("validation", "test"):
