@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from imagenet_trainer import jpeg_tiles
+from imagenet_trainer import jpeg_tiles, manifest
 
 DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5/8... exist but decode slower here
 EXIF_ORIENTATION = 0x0112
@@ -59,10 +59,10 @@ SCRIPT_HINT = ("datasets 5.x no longer runs loading scripts: convert the images 
 def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
     """A preprocess.py output folder (``load_from_disk``) or a Parquet-backed Hub dataset id / local clone with
     ``image`` and ``label`` columns. A split named ``val`` is renamed ``validation``. Errors are one-line
-    ValueErrors."""
+    ValueErrors; a preprocess.py output is first checked against its manifest (file sizes, no reading)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        ds = datasets.load_from_disk(str(path))
+        ds = _load_saved(path)
         if not isinstance(ds, datasets.DatasetDict):
             raise ValueError(f"{path_or_id} holds a single Dataset, not the DatasetDict of splits preprocess.py "
                              "writes; rerun preprocess.py")
@@ -122,6 +122,26 @@ def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
         label = split.features.get("label")
         if isinstance(label, datasets.ClassLabel) and isinstance(names, list) and len(names) == label.num_classes:
             split.info.description = json.dumps({DESCRIPTIONS_KEY: names})
+
+
+def _load_saved(path: Path) -> datasets.DatasetDict | datasets.Dataset:
+    """``load_from_disk`` of a checked folder; a damaged Arrow file is a ValueError naming it, not pyarrow's
+    traceback (which names no file)."""
+    listed = manifest.read(path)
+    if listed is not None and (problem := manifest.check_sizes(path, listed["files"])):
+        raise ValueError(problem)
+    try:
+        return datasets.load_from_disk(str(path))
+    except (OSError, pa.ArrowException, ValueError, KeyError) as e:  # no manifest (older or foreign): find the file
+        for arrow in sorted(path.rglob("*.arrow")):
+            try:
+                with pa.memory_map(str(arrow)) as source:
+                    pa.ipc.open_stream(source).read_all()
+            except (OSError, pa.ArrowException):
+                raise ValueError(f"{arrow}: damaged or truncated Arrow file; copy it again, or rerun "
+                                 "preprocess.py") from None
+        raise ValueError(f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
 
 
 class Rows:
