@@ -531,14 +531,16 @@ def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts:
         imagenet_classes = len(listing.names) == 1000 and listing.names == ilsvrc.imagenet_wnids()
     except (ValueError, OSError):  # timm's synset list absent: the class count has to do
         imagenet_classes = len(listing.names) == 1000
+    # The full release: the 1000 classes, and every source file of train and val found. Files are counted as found,
+    # before undecodable ones are skipped, so a complete download with a file its decoder rejects is still
+    # ILSVRC-2012 (its report lists the skip); a subset or a trimmed tree is not, and goes by its folder's name so
+    # that no model card calls a 10-class subset "ILSVRC-2012".
+    full = bool(is_ilsvrc and imagenet_classes
+                and all(found.get(s) == ilsvrc.FULL_COUNTS[s] for s in ("train", "validation")))
     return {
         "layout": listing.layout,
-        "name": "ILSVRC-2012" if is_ilsvrc else data_dir.name,
-        # The full release: the 1000 classes, and every source file of train and val found. Files are counted as
-        # found, before undecodable ones are skipped, so a complete download with a file its decoder rejects is
-        # still ILSVRC-2012 (its report lists the skip); a subset or a trimmed tree is not.
-        "ilsvrc2012_full": bool(is_ilsvrc and imagenet_classes
-                                and all(found.get(s) == ilsvrc.FULL_COUNTS[s] for s in ("train", "validation"))),
+        "name": "ILSVRC-2012" if full else data_dir.resolve().name,
+        "ilsvrc2012_full": full,
         "num_classes": len(listing.names),
         "counts": counts,
         "val_fraction": cfg.val_fraction if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,

@@ -956,7 +956,7 @@ def test_train_folder_alone_splits_with_val_fraction(clean_tree, tmp_path, capsy
 def test_source_json_of_the_demo_tree(preprocessed):
     report = json.loads((preprocessed / "preprocess_report.json").read_text())
     assert json.loads((preprocessed / "source.json").read_text()) == {
-        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": False, "num_classes": 4,
+        "layout": "ilsvrc-kaggle", "name": "kaggle", "ilsvrc2012_full": False, "num_classes": 4,
         "counts": report["counts"], "val_fraction": None, "split_seed": None}
 
 
@@ -969,7 +969,8 @@ def test_ilsvrc2012_full_needs_all_classes_and_every_file(train_files, full):
         "validation": preprocess.Split("v", None, [None] * 50_000, {})}, [])
     cfg = preprocess.PreprocessConfig("d", "o")
     info = preprocess.source_info(listing, Path("kaggle"), cfg, {"train": train_files - 1, "validation": 50_000})
-    assert info["ilsvrc2012_full"] is full and info["name"] == "ILSVRC-2012" and info["num_classes"] == 1000
+    assert info["ilsvrc2012_full"] is full and info["num_classes"] == 1000
+    assert info["name"] == ("ILSVRC-2012" if full else "kaggle")  # a subset never borrows the release's name
     few = listing._replace(names=wnids[:999])
     assert preprocess.source_info(few, Path("kaggle"), cfg, {})["ilsvrc2012_full"] is False
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import modeling
 import validate
+from imagenet_trainer import manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -167,16 +168,18 @@ def test_update_model_card(trained, preprocessed, tmp_path):
     before = huggingface_hub.ModelCard.load(folder / "README.md")
     result = evaluate(folder, preprocessed, "--update_model_card", "--image_size", 40)  # the export's is 48
     card = huggingface_hub.ModelCard.load(folder / "README.md")
-    # the Results table: the folder's name, not its absolute path; the numbers; the transform they were measured at
-    row = f"| {preprocessed.name} | validation | {result['n']} | {result['top1']:.2f} | {result['top5']:.2f} |"
+    # the Results table: the source tree's name (source.json; a subset is never called ILSVRC-2012), not a path; the
+    # numbers; the transform they were measured at
+    name = json.loads((preprocessed / "source.json").read_text())["name"]
+    assert name == "kaggle"
+    row = f"| {name} | validation | {result['n']} | {result['top1']:.2f} | {result['top5']:.2f} |"
     assert row in card.text and str(preprocessed) not in card.text
     assert f"Evaluated at 40x40 px center crop (crop_pct {result['crop_pct']}, {result['interpolation']})." in card.text
     assert "Weights: the exponential moving average (EMA)" in card.text  # the weights did not change
     assert card.text.split("## Training")[1] == before.text.split("## Training")[1]  # the rest is as it was
     # the metadata too: the training data's entry now holds validate.py's numbers (no Hub dataset: its own name)
     assert [(r.dataset_name, r.dataset_split, r.metric_value) for r in card.data.eval_results] == [
-        (preprocessed.name, "validation", round(result["top1"], 2)),
-        (preprocessed.name, "validation", round(result["top5"], 2))]
+        (name, "validation", round(result["top1"], 2)), (name, "validation", round(result["top5"], 2))]
     assert card.data.datasets is None and not (folder / ".eval_results").exists()
     assert torch.equal(load_file(folder / "model.safetensors")["fc.weight"],  # the weights are untouched
                        load_file(trained / "final" / "model.safetensors")["fc.weight"])
@@ -197,6 +200,9 @@ def test_update_model_card_names_the_hub_dataset_only_for_full_ilsvrc(trained, p
     data = tmp_path / "imagenet"
     shutil.copytree(preprocessed, data)
     (data / "source.json").write_text(json.dumps(source_json(data, full)))
+    listed = json.loads((data / manifest.MANIFEST).read_text())  # the manifest checks every file's size at load
+    listed["files"]["source.json"] = manifest.file_entry(data / "source.json")
+    (data / manifest.MANIFEST).write_text(json.dumps(listed))
     folder = tmp_path / "final"
     shutil.copytree(trained / "final", folder)
     result = evaluate(folder, data, "--update_model_card", *(["--hub_dataset_id", hub_id] if hub_id else []))
@@ -277,9 +283,10 @@ def test_other_class_names_warn_and_still_score(preprocessed, tmp_path, capsys):
 def test_train_export_card_has_results_the_hub_reads(trained, preprocessed):
     card = huggingface_hub.ModelCard.load(trained / "final" / "README.md")
     logged = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    name = json.loads((preprocessed / "source.json").read_text())["name"]  # the tree's: a subset, not ILSVRC-2012
     assert [(r.dataset_name, r.metric_name, r.metric_value) for r in card.data.eval_results] == [
-        (preprocessed.name, "top-1 accuracy (%)", round(logged["val_top1"], 2)),
-        (preprocessed.name, "top-5 accuracy (%)", round(logged["val_top5"], 2))]
+        (name, "top-1 accuracy (%)", round(logged["val_top1"], 2)),
+        (name, "top-5 accuracy (%)", round(logged["val_top5"], 2))]
     assert card.data.datasets is None  # no source.json saying it is the full ILSVRC-2012, no --hub_dataset_id
     assert "| output_dir |" not in card.text and "| num_workers |" not in card.text  # run plumbing is no recipe
     assert "topk(4)" in card.text  # 4 classes: top-5 would fail
