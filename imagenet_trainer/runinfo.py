@@ -73,6 +73,36 @@ def git_sha() -> str | None:
         return None
 
 
+@functools.cache
+def git_install_url(root: Path | None = None) -> str | None:
+    """``git+URL@SHA`` of the code in ``root`` (default: this checkout), for the model card's pip line: the exact
+    code that made the weights. None without a remote ``origin``, with uncommitted changes (that code is nowhere to
+    install from) or for a local-path remote. Credentials in the URL (``https://user:token@host/...``) are dropped:
+    a card is public."""
+    root = root or Path(__file__).resolve().parent.parent
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha, url = git("rev-parse", "HEAD"), git("remote", "get-url", "origin")
+    if not sha or not url or git("status", "--porcelain", "--untracked-files=no") != "":
+        return None
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        host, _, path = rest.partition("/")
+        url = f"{scheme}://{host.rpartition('@')[2]}/{path}"
+    elif ":" in url and not url.startswith(("/", ".")):  # scp-like git@host:owner/repo.git (no secret in it)
+        user_host, path = url.split(":", 1)
+        url = f"ssh://{user_host}/{path}"
+    else:
+        return None
+    return f"git+{url}@{sha}"
+
+
 def library_versions() -> dict:
     return dict(_library_versions())  # a copy: callers may add to it
 

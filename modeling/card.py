@@ -19,7 +19,8 @@ from huggingface_hub.utils import validate_repo_id
 REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
 ILSVRC_HUB_ID = "ILSVRC/imagenet-1k"  # the Hub's ILSVRC-2012 classification data (train/validation/test)
 SOURCE_FILE = "source.json"  # written by preprocess.py next to its dataset: layout, name, counts, split seed
-INSTALL = ("pip install git+<url of the imagenet-trainer repository>  # or, in a checkout: pip install -e .")
+INSTALL = ("pip install git+<url of the imagenet-trainer repository>  # or, in a checkout: pip install -e .")  # when
+# the run's code has no public origin (otherwise the card names git+URL@SHA: the code that trained it)
 # TrainConfig fields that say where a run reads, writes and reports, not how the weights were made: left out of
 # the card's hyper-parameter table (the dataset, split and epochs have their own lines)
 PLUMBING = {"dataset", "eval_split", "output_dir", "num_workers", "save_every_steps", "keep_last",
@@ -253,6 +254,13 @@ def card_text(config: dict, card: dict, stats: dict | None = None, remote_code: 
     return "\n".join(lines)
 
 
+def _install_line() -> str:
+    from imagenet_trainer.runinfo import git_install_url  # modeling.hub imports imagenet_trainer the same way
+
+    url = git_install_url()
+    return f"pip install '{url}'" if url else INSTALL
+
+
 def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None) -> list[str]:
     """The card's code blocks; each one runs on its own (tests execute every one against the saved folder)."""
     register = []
@@ -260,7 +268,7 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
     if defined_in and defined_in.startswith("modeling/"):
         lines += [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
                   "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
-                  "```bash", INSTALL, "```", ""]
+                  "```bash", _install_line(), "```", ""]
         register = ["import modeling  # registers " + arch + " with timm"]
     elif defined_in:  # a family module outside the package: the copy in this repository is the one to import
         module = Path(defined_in).stem

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import modeling
+from imagenet_trainer import runinfo
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -235,3 +236,25 @@ def test_dataset_push_uploads_the_parquet_folder(parquet_copy, monkeypatch, tmp_
     assert (kind, repo, repo_type) == ("upload_folder", "me/imagenet", "dataset")
     assert {"README.md", "class_descriptions.json", "source.json"} <= set(files)
     assert any(f.startswith("data/validation-") and f.endswith(".parquet") for f in files)
+
+
+@pytest.mark.parametrize("remote, expected", [
+    ("https://user:hf_secret@github.com/me/imagenet-trainer.git", "git+https://github.com/me/imagenet-trainer.git"),
+    ("git@github.com:me/imagenet-trainer.git", "git+ssh://git@github.com/me/imagenet-trainer.git"),
+    ("/srv/git/imagenet-trainer", None)])  # a local path installs nowhere else
+def test_card_pip_line_names_the_code_that_trained_it_without_credentials(tmp_path, remote, expected):
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("x")
+    git("add", "f.txt")
+    git("-c", "user.name=u", "-c", "user.email=u@e", "commit", "-qm", "c")
+    git("remote", "add", "origin", remote)
+    sha = git("rev-parse", "HEAD").strip()
+    url = runinfo.git_install_url(tmp_path)
+    assert url == (f"{expected}@{sha}" if expected else None)
+    assert url is None or "secret" not in url
+    (tmp_path / "f.txt").write_text("changed")  # uncommitted code is nowhere to install from
+    runinfo.git_install_url.cache_clear()
+    assert runinfo.git_install_url(tmp_path) is None
