@@ -1,0 +1,169 @@
+"""Clusters on one CPU machine: slurm/train.sbatch with stand-ins for srun/scontrol, two machines on loopback, the
+pre-timeout signal and its requeue, and a checkpoint of 2 processes resumed on 1 (elastic resume).
+
+The stand-in srun runs the script's per-node command once per node, in parallel, on this machine (SLURM_NODEID
+0..N-1); the stand-in scontrol expands a comma-separated node list and records requeues. Everything else is real:
+`accelerate launch` per "node", gloo over 127.0.0.1, train.py, its checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train import ACCELERATE, ROOT, ok, rows, run, train_cmd
+
+SBATCH = ROOT / "slurm" / "train.sbatch"
+# 23 train images of the fixture: 2 processes x 4 = 2 steps an epoch, 8 steps; every step checkpointed, so a
+# resume can start anywhere; every step-level randomness on (mixup/cutmix, erasing, drop-path, TrivialAugment)
+COMMON = ("--batch_size", "4", "--epochs", "4", "--save_every_steps", "1", "--keep_last", "20", "--auto_augment", "ta",
+          "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--random_erase", "0.25", "--drop_path", "0.1")
+LAST = 8
+
+SRUN = r"""#!/bin/bash
+# srun --ntasks-per-node=1 on one machine: the command once per node, in parallel, each with its SLURM_NODEID;
+# the highest exit status, as srun returns it
+while [[ "$1" == --* ]]; do shift; done
+printf '%s\n' "$*" >> "$STUB_LOG/srun"
+pids=()
+for ((node = 0; node < SLURM_NNODES; node++)); do
+    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || { code=$?; if ((code > status)); then status=$code; fi; }
+done
+exit "$status"
+"""
+SCONTROL = r"""#!/bin/bash
+case "$1" in
+    show) tr ',' '\n' <<< "$3" ;;               # show hostnames a,b -> one name a line
+    requeue) echo "$2" >> "$STUB_LOG/requeue" ;;
+    *) exit 1 ;;
+esac
+"""
+# an `accelerate` that records how it was called on each node, whether it ignores SIGUSR1 (bit 10 of SigIgn), and
+# exits with FAKE_STATUS, leaving train.py's stop record first when FAKE_STOPPED is set
+FAKE_ACCELERATE = r"""#!/bin/bash
+ignored=$(( 0x$(awk '/^SigIgn/ {print $2}' /proc/$$/status) >> 9 & 1 ))
+echo "node=$SLURM_NODEID usr1_ignored=$ignored $*" >> "$STUB_LOG/accelerate"
+if [ -n "${FAKE_STOPPED:-}" ]; then echo '{"exit_status": 75}' > "$FAKE_STOPPED"; fi
+exit "${FAKE_STATUS:-0}"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    """(environment of a 2-node allocation on this machine, folder of the stand-ins' records)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("fake-accelerate", FAKE_ACCELERATE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), "SLURM_JOB_ID": "4242",
+           "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1",
+           "GPUS_PER_NODE": "1", "ACCELERATE": ACCELERATE, "ACCELERATE_CONFIG": "accelerate_configs/cpu_ddp.yaml",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("SLURM_RESTART_COUNT", None)
+    return env, log
+
+
+def sbatch(env, *args, popen=False):
+    cmd = ["bash", str(SBATCH), *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def train_args(dataset, out, *extra):
+    """train.py's arguments (what follows the script's path) of the runs here."""
+    cmd = train_cmd(dataset, out, *COMMON, *extra)
+    return cmd[cmd.index(str(ROOT / "train.py")) + 1:]
+
+
+def two_process_cmd(dataset, out, *extra):
+    return [ACCELERATE, "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml", "--main_process_port",
+            str(free_port()), str(ROOT / "train.py"), *train_args(dataset, out, *extra)]
+
+
+def weights(run_dir, step=LAST):
+    return load_file(Path(run_dir) / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(preprocessed, tmp_path_factory):
+    """An uninterrupted 2-process run on one machine."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    ok(run(two_process_cmd(preprocessed, out)))
+    assert rows(out)[-1]["step"] == LAST
+    return out
+
+
+def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(slurm, tmp_path):
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_JOB_NODELIST": "gpu-a,gpu-b", "SLURM_GPUS_ON_NODE": "4"}
+    del env["GPUS_PER_NODE"], env["ACCELERATE_CONFIG"]
+    out = tmp_path / "run"
+    out.mkdir()
+    ok(sbatch(env, "--dataset", "d", "--output_dir", out))
+    calls = sorted((log / "accelerate").read_text().splitlines())
+    tail = (f"--config_file accelerate_configs/multi_node.yaml --num_machines 2 --num_processes 8 --main_process_ip "
+            f"gpu-a --main_process_port 29742 train.py --dataset d --output_dir {out}")
+    assert calls == [f"node={n} usr1_ignored=1 launch --machine_rank {n} {tail}" for n in (0, 1)]
+    assert not (log / "requeue").exists()
+
+    (log / "accelerate").unlink()  # a requeued job resumes; --output_dir=X is understood too
+    ok(sbatch({**env, "SLURM_RESTART_COUNT": "1"}, f"--output_dir={out}"))
+    assert all(c.endswith(f"train.py --output_dir={out} --resume_from_checkpoint latest")
+               for c in (log / "accelerate").read_text().splitlines())
+
+    # train.py's status 75 directly, or (through a launcher, which reports 1) its stop record: requeue
+    for status, stopped in ((75, False), (1, True)):
+        (log / "requeue").unlink(missing_ok=True)
+        fake = {"FAKE_STATUS": str(status), **({"FAKE_STOPPED": str(out / "stopped_on_signal.json")} if stopped else {})}
+        proc = ok(sbatch({**env, **fake}, "--output_dir", out))
+        assert (log / "requeue").read_text().split() == ["4242"], proc.stdout
+    # any other failure is the job's status; a record left by an earlier launch does not requeue it
+    (log / "requeue").unlink()
+    (out / "stopped_on_signal.json").write_text("{}")
+    proc = sbatch({**env, "FAKE_STATUS": "1"}, "--output_dir", out)
+    assert proc.returncode == 1 and not (log / "requeue").exists()
+
+    proc = sbatch(env, "--dataset", "d")
+    assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_two_machines_on_loopback_train_as_one_machine_of_two_processes(slurm, reference, preprocessed, tmp_path):
+    """Two `accelerate launch --num_machines 2 --machine_rank 0|1 --main_process_ip 127.0.0.1` (one process each,
+    gloo), started by slurm/train.sbatch: the same weights as one machine's 2 processes, bit for bit."""
+    env, log = slurm
+    out = tmp_path / "two_nodes"
+    proc = ok(sbatch({**env, "MAIN_PROCESS_PORT": str(free_port())}, *train_args(preprocessed, out)))
+    (srun,) = (log / "srun").read_text().splitlines()
+    assert "--num_machines 2 --num_processes 2 --main_process_ip 127.0.0.1" in srun, srun
+    assert "rendezvous 127.0.0.1" in proc.stdout
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    assert len(rows(out)) == len(rows(reference))  # one main process wrote the metrics
+    assert_bitwise_equal(weights(reference), weights(out))
