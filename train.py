@@ -13,6 +13,7 @@ what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -147,20 +148,111 @@ class TrainState:
 
 def main(argv=None):
     cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])  # ranges: TrainConfig.__post_init__
-    eval_size = cfg.eval_image_size or cfg.image_size
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
+    accelerator = make_accelerator(cfg, run_dir)
+    check_launch(cfg, accelerator, run_dir, ckpt_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume_from_checkpoint:
+        record_launch(accelerator, cfg, run_dir)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
-    # Accelerate owns device, precision and distribution. With no accelerator present, ask for the CPU explicitly:
-    # under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine either reports DistributedType.NO in
-    # every rank (accelerate 1.15: N independent copies racing on one folder) or fails to start NCCL (torch 2.14);
-    # cpu=True gives real MULTI_CPU DDP over gloo.
-    accelerator = Accelerator(
+    # data and model
+    ds, label_names = load_data(cfg.dataset, cfg.eval_split)
+    model = build_model(cfg, num_classes=len(label_names))
+    data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
+    mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator)
+    steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
+                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_loader.dataset)} train images")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_train_steps:
+        total_steps = min(total_steps, cfg.max_train_steps)
+
+    # model layout, optimizer, schedule
+    model = set_layout(model, cfg, accelerator)
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
+    peak_lr = cfg.lr * global_batch / 256
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum)
+    except ValueError as e:
+        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
+    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                              total_steps=total_steps, min_lr=cfg.min_lr)
+
+    # prepare, EMA, resume
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # same parameters, no DDP/compile wrapper
+    ema = ModelEmaV3(plain_model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
+                        "grad_accum_steps": cfg.grad_accum_steps})
+    accelerator.register_for_checkpointing(state, *([ema] if ema else []))
+    resumed_from = resume(accelerator, state, cfg.resume_from_checkpoint, ckpt_dir) if cfg.resume_from_checkpoint \
+        else None
+    accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
+    if cfg.resume_from_checkpoint:  # a launch that got this far; UTC names sort in launch order
+        first = not (run_dir / "run_info.json").exists() or resumed_from is None
+        record_launch(accelerator, cfg,
+                      run_dir if first else run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()))
+
+    # the loop: an epoch (or the part of it left), then evaluate, export the best, checkpoint, log
+    model.train()
+    label_descriptions = class_descriptions(ds)
+    with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
+        while state.step < total_steps:
+            row = train_one_epoch(accelerator, model, optimizer, train_loader, state, ema, cfg, ckpt_dir,
+                                  lr_at=lr_at, total_steps=total_steps, num_classes=len(label_names), mean=mean,
+                                  std=std, memory_format=memory_format, bar=bar)
+            metrics = evaluate(accelerator, model, eval_loader, mean, std, memory_format, flip=cfg.eval_flip)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+            best_net, best = model, metrics
+            if ema is not None:
+                sync_ema_buffers(ema)
+                ema_metrics = evaluate(accelerator, ema.module, eval_loader, mean, std, memory_format,
+                                       flip=cfg.eval_flip)
+                row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
+                if ema_metrics["top1"] > metrics["top1"]:
+                    best_net, best = ema.module, ema_metrics
+            if best["top1"] > state.best_top1:
+                state.best_top1, state.best_step = best["top1"], state.step
+                export(accelerator, best_net, run_dir / "final", cfg, label_names, label_descriptions, data_cfg,
+                       results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
+                                "ema": best_net is not model},
+                       epochs=state.step / steps_per_epoch)
+            save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, torch.zeros((), device=accelerator.device), 0)
+            log_epoch(accelerator, row, run_dir, bar)
+    accelerator.end_training()
+
+    if accelerator.is_main_process:
+        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); model in {run_dir / 'final'}")
+        if cfg.push_to_hub:
+            push(run_dir / "final", cfg.hub_model_id, cfg.hub_private, accelerator)
+
+
+# -- set-up ------------------------------------------------------------------------------------------------------------
+
+def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+    """Accelerate owns device, precision and distribution. With no accelerator present, ask for the CPU explicitly:
+    under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine either reports DistributedType.NO in
+    every rank (accelerate 1.15: N independent copies racing on one folder) or fails to start NCCL (torch 2.14);
+    cpu=True gives real MULTI_CPU DDP over gloo."""
+    return Accelerator(
         cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir)),
     )
+
+
+def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt_dir: Path) -> None:
+    """Refuse what would fail later (or race, or mix two runs) before anything is written."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise SystemExit(f"error: the launcher started {launched} processes but Accelerate sees "
@@ -176,42 +268,45 @@ def main(argv=None):
     if not cfg.resume_from_checkpoint and ((run_dir / "metrics.jsonl").exists() or ckpt_dir.exists()):
         raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
                          "--resume_from_checkpoint latest, or pick a new --output_dir")
-    def record_launch(folder: Path):
-        """config.yaml + run_info.json of this launch: in run_dir for the first, run_dir/resumes/<time>/ for each
-        resume, and in every checkpoint it writes."""
-        if accelerator.is_main_process:
-            write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
-                                               "distributed_type": str(accelerator.distributed_type),
-                                               "mixed_precision": accelerator.mixed_precision,
-                                               "device": str(accelerator.device)})
 
+
+def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> None:
+    """config.yaml + run_info.json of this launch: in run_dir for the first, run_dir/resumes/<time>/ for each
+    resume, and in every checkpoint it writes."""
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume_from_checkpoint:
-        record_launch(run_dir)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
+                                           "distributed_type": str(accelerator.distributed_type),
+                                           "mixed_precision": accelerator.mixed_precision,
+                                           "device": str(accelerator.device)})
 
-    # data
+
+def load_data(dataset: str, eval_split: str):
+    """The DatasetDict and its class names; every row labelled, the same classes in the same order in both splits."""
     try:
-        ds = load_image_dataset(cfg.dataset)
+        ds = load_image_dataset(dataset)
     except ValueError as e:
-        raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
-    if not {"train", cfg.eval_split} <= set(ds):
-        raise SystemExit(f"error: --dataset {cfg.dataset} has splits {sorted(ds)}; train.py needs 'train' and "
-                         f"--eval_split '{cfg.eval_split}' (preprocess.py writes train and validation)")
+        raise SystemExit(f"error: --dataset {dataset}: {e}") from None
+    if not {"train", eval_split} <= set(ds):
+        raise SystemExit(f"error: --dataset {dataset} has splits {sorted(ds)}; train.py needs 'train' and "
+                         f"--eval_split '{eval_split}' (preprocess.py writes train and validation)")
     label_names = None
-    for split in ("train", cfg.eval_split):  # every row labelled, the same classes in the same order in both
+    for split in ("train", eval_split):
         try:
             label_names = check_labels(ds[split], label_names)
         except ValueError as e:
-            raise SystemExit(f"error: --dataset {cfg.dataset}, split '{split}': {e}") from None
+            raise SystemExit(f"error: --dataset {dataset}, split '{split}': {e}") from None
+    return ds, label_names
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """--model with --pretrained/--drop_path/--drop_rate; a bad name or weights are a one-line error."""
     if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
         raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
                          "(or give the architecture name for a random init)")
     dropout = {**({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}),
                **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {})}
     try:
-        model = modeling.create_model(cfg.model, num_classes=len(label_names), pretrained=cfg.pretrained, **dropout)
+        return modeling.create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **dropout)
     except TypeError as e:
         if not dropout or not any(k in str(e) for k in dropout):
             raise SystemExit(f"error: --model {cfg.model}: {e}") from None
@@ -220,7 +315,12 @@ def main(argv=None):
     except (ValueError, OSError, RuntimeError) as e:  # unknown name, offline Hub, missing or mismatched weights
         raise SystemExit(f"error: --model {cfg.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                          ) from None
-    data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
+
+
+def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator):
+    """(train loader over a ResumableSampler, eval loader). The train loader stays unprepared: its sampler already
+    shards by rank and is positioned by the loop, which is what makes resume exact."""
+    eval_size = cfg.eval_image_size or cfg.image_size
     try:
         ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
         train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0), progressive=ramp,
@@ -236,223 +336,209 @@ def main(argv=None):
                      generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
-    steps_per_epoch = len(sampler) // cfg.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
-                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_set)} train images")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_train_steps:
-        total_steps = min(total_steps, cfg.max_train_steps)
+    return train_loader, eval_loader
 
-    # model, optimizer, schedule
+
+def set_layout(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator) -> torch.nn.Module:
+    """--sync_bn and --channels_last, before the optimizer sees the parameters."""
     if cfg.sync_bn:
         if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
             raise SystemExit("error: --sync_bn needs GPUs (SyncBatchNorm has no gloo/CPU path); drop it on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
-    peak_lr = cfg.lr * global_batch / 256
-    try:
-        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
-                                        momentum=cfg.momentum)
-    except ValueError as e:
-        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    return model
 
-    def lr_at(step: int) -> float:  # plain floats: a numpy scalar in param_groups breaks weights_only loading
-        if step < warmup_steps:
-            return peak_lr * (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return cfg.min_lr + 0.5 * (peak_lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    if cfg.compile:
-        model = torch.compile(model)
-    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # same parameters, no DDP/compile wrapper
-    ema = ModelEmaV3(plain_model, decay=cfg.ema_decay) if cfg.ema_decay else None
-    state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
-                        "grad_accum_steps": cfg.grad_accum_steps})
+def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
+    """LR of optimizer step `step` (0-based): linear warmup from 0 (Goyal et al. 2017), then cosine to min_lr
+    (Loshchilov & Hutter 2017). Plain floats: a numpy scalar in param_groups breaks weights_only loading."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_dir: Path) -> Path | None:
+    """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
+    None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command)."""
+    path = latest_checkpoint(ckpt_dir) if resume_from == "latest" else Path(resume_from)
+    if path is None:
+        accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
+        return None
+    if not path.is_dir():
+        raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
     layout = dict(state.layout)
-    accelerator.register_for_checkpointing(state, *([ema] if ema else []))
-    mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, KeyError, ValueError, OSError) as e:  # another model, EMA on/off, optimizer...
+        raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
+                         f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
+                         ) from None
+    if state.layout != layout:  # the saved position would point at other samples and another schedule
+        raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
+                         f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")
+    accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
+    return path
 
-    if cfg.resume_from_checkpoint:
-        # "latest" with nothing saved yet starts fresh, so a preempted job can be requeued with the same command
-        path = latest_checkpoint(ckpt_dir) if cfg.resume_from_checkpoint == "latest" else Path(cfg.resume_from_checkpoint)
-        if path is not None and not path.is_dir():
-            raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
-        if path is not None:
-            try:
-                accelerator.load_state(str(path))
-            except (RuntimeError, KeyError, ValueError, OSError) as e:  # another model, EMA on/off, optimizer...
-                raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
-                                 f"({str(e).splitlines()[0][:200]}); resume with the flags of {run_dir}/config.yaml"
-                                 ) from None
-            if state.layout != layout:  # the saved position would point at other samples and another schedule
-                raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
-                                 f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")
-            accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
-        else:
-            accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
-    accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
-    if cfg.resume_from_checkpoint:  # a launch that got this far; UTC names sort in launch order
-        first = not (run_dir / "run_info.json").exists() or path is None
-        record_launch(run_dir if first else run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()))
 
-    def evaluate(net) -> dict:
-        net.eval()
-        topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=cfg.eval_flip)
-        net.train()
-        return {**topk.compute(), "loss": loss}
+# -- the loop ----------------------------------------------------------------------------------------------------------
 
-    def check_finite(loss_sum: torch.Tensor):
-        """Stop before a NaN/inf reaches a checkpoint, so the last one on disk stays the last good one."""
-        bad = (~torch.isfinite(loss_sum)).sum()
-        for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
-            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
-        if accelerator.reduce(bad, "sum").item():
-            raise SystemExit(f"error: loss is {loss_sum.item()} at step {state.step} (weights finite: "
-                             f"{bool(bad == 0)}); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
-                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
-
-    def sync_ema_buffers():
-        """BatchNorm statistics differ per rank (DDP syncs gradients, not buffers): give every rank's EMA rank 0's,
-        the ones a checkpoint saves, so EMA evaluation, export and resume all see one EMA (timm: distribute_bn)."""
-        if ema is not None:
-            for buffer in ema.module.buffers():
-                buffer.copy_(broadcast(buffer.clone(), from_process=0))
-
-    def save_checkpoint(loss_sum: torch.Tensor, loss_count: int):
-        """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'."""
-        state.epoch_loss = (accelerator.reduce(loss_sum, "mean").item(), loss_count)
-        final = ckpt_dir / f"step_{state.step:08d}"
-        tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        sync_ema_buffers()
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        record_launch(tmp)  # each checkpoint says how it was made: validate.py scores it with its own eval settings
-        if accelerator.is_main_process:
-            share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
-            keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
-            for old in done:
-                if old not in keep:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-    def export(net, results: dict):
-        """The best weights so far, in the Hub format modeling/ defines, at run_dir/final."""
-        weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
-        if accelerator.is_main_process:
-            clean = modeling.create_model(cfg.model, num_classes=len(label_names))
-            clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
-            modeling.save_pretrained(
-                clean, run_dir / "final", label_names=label_names, label_descriptions=class_descriptions(ds),
-                pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
-                model_card={"dataset": cfg.dataset, "repo_id": cfg.hub_model_id, "recipe": asdict(cfg),
-                            "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
-                                        "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
-                            "epochs": state.step / steps_per_epoch, "hardware": hardware(accelerator)})
-
-    # the loop
-    model.train()
-    with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
-        step_rng = torch.Generator()  # on the host: drawing mixup/erasing parameters never waits for the device
-        loss_sum, loss_count = torch.tensor(state.epoch_loss[0], device=accelerator.device), state.epoch_loss[1]
-        while state.step < total_steps:
-            sampler.set_position(state.epoch, state.batch_in_epoch)
-            epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
-            for x, y in train_loader:
-                data_wait += time.perf_counter() - t
-                # the step's randomness is a function of (seed, micro-batch position, rank) only
-                position = (state.epoch * len(sampler) + state.batch_in_epoch) * accelerator.num_processes
-                step_rng.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
-                torch.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
-                x = x.to(accelerator.device, non_blocking=True)
-                y = y.to(accelerator.device, non_blocking=True)
-                x = normalize(x, mean, std).contiguous(memory_format=memory_format)
-                x = random_erasing(x, cfg.random_erase, generator=step_rng)  # per image, before mixing, as timm
-                x, target = mixup_cutmix(x, y, len(label_names), cfg.mixup_alpha, cfg.cutmix_alpha,
-                                         cfg.label_smoothing, generator=step_rng)
-                with accelerator.accumulate(model):
-                    loss = F.cross_entropy(model(x), target)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.clip_grad:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(state.step)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.detach()
-                loss_count += 1
-                images += x.shape[0] * accelerator.num_processes
-                state.batch_in_epoch += 1
-                if accelerator.sync_gradients:
-                    state.step += 1
-                    if ema is not None:
-                        ema.update(plain_model, step=state.step)
-                    bar.update(1)
-                    if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
-                        check_finite(loss_sum)
-                        running = {"train/loss": loss_sum.item() / loss_count, "train/lr": lr_at(state.step - 1)}
-                        accelerator.log(running, step=state.step)
-                        bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
-                    if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
-                        break  # the end-of-epoch block below evaluates and checkpoints
-                    if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
-                        check_finite(loss_sum)
-                        save_checkpoint(loss_sum, loss_count)
-                t = time.perf_counter()
-            # end of epoch (or of the run): evaluate, log, checkpoint, export the best
-            check_finite(loss_sum)
-            elapsed = time.perf_counter() - epoch_start
-            epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
-            row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
-                   "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
-                   "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed,
-                   "image_size": train_set.size_at(state.epoch)}
-            metrics = evaluate(model)
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-            best_net, best = model, metrics
+def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, state: TrainState, ema, cfg: TrainConfig,
+                    ckpt_dir: Path, *, lr_at, total_steps: int, num_classes: int, mean, std, memory_format,
+                    bar) -> dict:
+    """Optimizer steps from `state`'s position to the end of its epoch (or to total_steps), checkpointing every
+    --save_every_steps; advances `state` and returns the epoch's train row for metrics.jsonl."""
+    sampler = train_loader.batch_sampler
+    steps_per_epoch = len(sampler) // cfg.grad_accum_steps
+    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # what the EMA averages
+    step_rng = torch.Generator()  # on the host: drawing mixup/erasing parameters never waits for the device
+    loss_sum, loss_count = torch.tensor(state.epoch_loss[0], device=accelerator.device), state.epoch_loss[1]
+    sampler.set_position(state.epoch, state.batch_in_epoch)
+    epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
+    for x, y in train_loader:
+        data_wait += time.perf_counter() - t
+        # the step's randomness is a function of (seed, micro-batch position, rank) only
+        position = (state.epoch * len(sampler) + state.batch_in_epoch) * accelerator.num_processes
+        step_rng.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+        torch.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+        x = x.to(accelerator.device, non_blocking=True)
+        y = y.to(accelerator.device, non_blocking=True)
+        x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+        x = random_erasing(x, cfg.random_erase, generator=step_rng)  # per image, before mixing, as timm
+        x, target = mixup_cutmix(x, y, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing,
+                                 generator=step_rng)
+        with accelerator.accumulate(model):
+            loss = F.cross_entropy(model(x), target)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state.step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        loss_count += 1
+        images += x.shape[0] * accelerator.num_processes
+        state.batch_in_epoch += 1
+        if accelerator.sync_gradients:
+            state.step += 1
             if ema is not None:
-                sync_ema_buffers()
-                ema_metrics = evaluate(ema.module)
-                row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
-                if ema_metrics["top1"] > metrics["top1"]:
-                    best_net, best = ema.module, ema_metrics
-            if epoch_done:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-            improved = best["top1"] > state.best_top1
-            if improved:
-                state.best_top1, state.best_step = best["top1"], state.step
-                export(best_net, {"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
-                                  "ema": best_net is not model})
-            save_checkpoint(loss_sum, loss_count)
-            accelerator.log(row, step=state.step)
-            if accelerator.is_main_process:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    accelerator.end_training()
+                ema.update(plain_model, step=state.step)
+            bar.update(1)
+            if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
+                check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
+                running = {"train/loss": loss_sum.item() / loss_count, "train/lr": lr_at(state.step - 1)}
+                accelerator.log(running, step=state.step)
+                bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
+            if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
+                break  # the caller evaluates and checkpoints
+            if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+                check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
+                save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, loss_sum, loss_count)
+        t = time.perf_counter()
+    check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
+    elapsed = time.perf_counter() - epoch_start
+    epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
+    row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
+           "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
+           "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed,
+           "image_size": train_loader.dataset.size_at(state.epoch)}
+    if epoch_done:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    return row
 
+
+def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_format, flip: bool) -> dict:
+    """top1/top5/n/loss of `net` on the eval split (every image once, on any number of processes)."""
+    net.eval()
+    topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=flip)
+    net.train()
+    return {**topk.compute(), "loss": loss}
+
+
+def check_finite(accelerator: Accelerator, model, loss_sum: torch.Tensor, step: int, ckpt_dir: Path) -> None:
+    """Stop before a NaN/inf reaches a checkpoint, so the last one on disk stays the last good one."""
+    bad = (~torch.isfinite(loss_sum)).sum()
+    for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
+        bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
+    if accelerator.reduce(bad, "sum").item():
+        raise SystemExit(f"error: loss is {loss_sum.item()} at step {step} (weights finite: "
+                         f"{bool(bad == 0)}); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
+                         "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
+
+
+def sync_ema_buffers(ema) -> None:
+    """BatchNorm statistics differ per rank (DDP syncs gradients, not buffers): give every rank's EMA rank 0's,
+    the ones a checkpoint saves, so EMA evaluation, export and resume all see one EMA (timm: distribute_bn)."""
+    if ema is not None:
+        for buffer in ema.module.buffers():
+            buffer.copy_(broadcast(buffer.clone(), from_process=0))
+
+
+def save_checkpoint(accelerator: Accelerator, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path,
+                    loss_sum: torch.Tensor, loss_count: int) -> None:
+    """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'.
+    Keeps the newest --keep_last and the best; (loss_sum, loss_count) is the epoch's train loss so far."""
+    state.epoch_loss = (accelerator.reduce(loss_sum, "mean").item(), loss_count)
+    final = ckpt_dir / f"step_{state.step:08d}"
+    tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
     if accelerator.is_main_process:
-        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); model in {run_dir / 'final'}")
-        if cfg.push_to_hub:
-            try:
-                url = modeling.push_to_hub(run_dir / "final", cfg.hub_model_id, private=cfg.hub_private)
-                accelerator.print(f"pushed to {url}")
-            except (ValueError, OSError) as e:
-                raise SystemExit(f"error: push to {cfg.hub_model_id} failed: {e}\n{run_dir / 'final'} is kept; retry "
-                                 f"with: python -c \"import modeling; modeling.push_to_hub('{run_dir / 'final'}', "
-                                 f"'{cfg.hub_model_id}')\"") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+    sync_ema_buffers(ema)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    record_launch(accelerator, cfg, tmp)  # each checkpoint says how it was made: validate.py scores it with its own
+    if accelerator.is_main_process:       # eval settings
+        share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+        keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
+        for old in done:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
+    """One row to the trackers, run_dir/metrics.jsonl and the console."""
+    accelerator.log(row, step=row["step"])
+    if accelerator.is_main_process:
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------------
+
+def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
+           label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float) -> None:
+    """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final)."""
+    eval_size = cfg.eval_image_size or cfg.image_size
+    weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
+    if accelerator.is_main_process:
+        clean = modeling.create_model(cfg.model, num_classes=len(label_names))
+        clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
+        modeling.save_pretrained(
+            clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
+            pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
+            model_card={"dataset": cfg.dataset, "repo_id": cfg.hub_model_id, "recipe": asdict(cfg),
+                        "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
+                                    "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
+                        "epochs": epochs, "hardware": hardware(accelerator)})
+
+
+def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) -> None:
+    """Upload the export; on failure the folder stays and the error says how to retry."""
+    try:
+        url = modeling.push_to_hub(folder, repo_id, private=private)
+        accelerator.print(f"pushed to {url}")
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: push to {repo_id} failed: {e}\n{folder} is kept; retry "
+                         f"with: python -c \"import modeling; modeling.push_to_hub('{folder}', "
+                         f"'{repo_id}')\"") from None
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
