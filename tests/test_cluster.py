@@ -112,11 +112,46 @@ def assert_bitwise_equal(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+# train.py with each micro-batch's final training input recorded: labels and a digest of the images after
+# augmentation, erasing and mixup/cutmix and of the soft targets, one line per micro-batch in {trace}/rank<R>.jsonl
+TRACED_TRAIN = """
+import hashlib, json, os, runpy, sys
+sys.path.insert(0, {root!r})
+import imagenet_trainer.data as data
+mix = data.mixup_cutmix
+trace = open(os.path.join({trace!r}, "rank" + os.environ.get("RANK", "0") + ".jsonl"), "a")
+def traced(x, y, *args, **kwargs):
+    x, target = mix(x, y, *args, **kwargs)
+    digest = hashlib.sha1(x.cpu().contiguous().numpy().tobytes() + target.cpu().numpy().tobytes()).hexdigest()
+    trace.write(json.dumps({{"labels": y.tolist(), "digest": digest}}) + "\\n")
+    trace.flush()
+    return x, target
+data.mixup_cutmix = traced
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def traced_train(folder) -> Path:
+    """A train.py that traces into `folder`."""
+    folder.mkdir()
+    (folder / "train.py").write_text(TRACED_TRAIN.format(root=str(ROOT), train=str(ROOT / "train.py"),
+                                                         trace=str(folder)))
+    return folder / "train.py"
+
+
+def trace(folder, rank=0):
+    return [json.loads(line) for line in (Path(folder) / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def reference(preprocessed, tmp_path_factory):
-    """An uninterrupted 2-process run on one machine."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    ok(run(two_process_cmd(preprocessed, out)))
+    """An uninterrupted 2-process run on one machine, its data stream traced (in ../trace)."""
+    base = tmp_path_factory.mktemp("reference")
+    out = base / "run"
+    cmd = two_process_cmd(preprocessed, out)
+    cmd[cmd.index(str(ROOT / "train.py"))] = str(traced_train(base / "trace"))
+    ok(run(cmd))
     assert rows(out)[-1]["step"] == LAST
     return out
 
@@ -167,3 +202,97 @@ def test_two_machines_on_loopback_train_as_one_machine_of_two_processes(slurm, r
     assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
     assert len(rows(out)) == len(rows(reference))  # one main process wrote the metrics
     assert_bitwise_equal(weights(reference), weights(out))
+
+
+def worker_pids(out) -> dict:
+    """{"launchers": [pid, ...], rank: pid} of the processes running train.py into `out`."""
+    found = {"launchers": []}
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if str(out).encode() not in argv or len(argv) < 2:
+                continue
+            if argv[1].endswith(b"accelerate"):
+                found["launchers"].append(int(proc.name))
+            elif any(a.endswith(b"train.py") for a in argv[1:3]):  # python [-u] train.py
+                env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+                found[int(env[b"RANK"])] = int(proc.name)
+        except (OSError, ValueError, KeyError):  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+def test_pre_timeout_signal_checkpoints_requeues_and_the_requeued_job_resumes_exactly(slurm, reference, preprocessed,
+                                                                                      tmp_path):
+    """SIGUSR1 to ONE rank (and to both launchers, which must ignore it), as SLURM's --signal sends it: both ranks
+    checkpoint at the same step and exit 75, the script requeues; the requeued job ends bit-equal to the reference."""
+    env, log = slurm
+    out = tmp_path / "run"
+    args = train_args(preprocessed, out)
+    job = sbatch({**env, "MAIN_PROCESS_PORT": str(free_port())}, *args, popen=True)
+    first = out / "checkpoints" / "step_00000002"
+    deadline = time.time() + 300
+    while not first.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    pids = worker_pids(out)
+    assert 1 in pids and len(pids["launchers"]) == 2, pids
+    for pid in (*pids["launchers"], pids[1]):
+        os.kill(pid, signal.SIGUSR1)
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, output[-5000:]
+    assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
+    record = json.loads((out / "stopped_on_signal.json").read_text())
+    assert record["exit_status"] == 75 and record["signal"] == "SIGUSR1"
+    stopped_at = record["step"]
+    assert 2 <= stopped_at < LAST, "stopped too late to test anything"
+    assert record["checkpoint"] == str(out / "checkpoints" / f"step_{stopped_at:08d}")
+    assert max(p.name for p in (out / "checkpoints").glob("step_*")) == f"step_{stopped_at:08d}"
+    assert output.count("exitcode  : 75") == 2, output[-3000:]  # both ranks, in torch elastic's report
+
+    requeued = sbatch({**env, "SLURM_RESTART_COUNT": "1", "MAIN_PROCESS_PORT": str(free_port())}, *args)
+    ok(requeued)
+    assert f"resumed from {out / 'checkpoints' / f'step_{stopped_at:08d}'}" in requeued.stdout
+    assert (log / "srun").read_text().splitlines()[-1].endswith("--resume_from_checkpoint latest")
+    assert (log / "requeue").read_text().split() == ["4242"] and not (out / "stopped_on_signal.json").exists()
+    assert_bitwise_equal(weights(reference), weights(out))
+    assert [r["step"] for r in rows(out)] == [r["step"] for r in rows(reference)]
+
+
+BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def test_two_process_checkpoint_resumes_on_one_process_with_the_same_global_batches(reference, preprocessed, tmp_path):
+    """Elastic resume: step 3 of the 2-process reference (mid-epoch) continued by 1 process x --grad_accum_steps 2.
+
+    The data stream is asserted exactly: every micro-batch's labels and final input (crop, flip, TrivialAugment,
+    erasing, mixup/cutmix, targets) equal the reference's micro-batch at the same place. The weights are equal up to
+    float reduction order (DDP averages the ranks' gradients, accumulation sums their shares): rtol 1e-4, atol 1e-6
+    after 5 steps (with 2 processes they come out bit-equal, as halving is exact; 4 -> 2 x 2 sums in another order). BatchNorm running statistics are not compared: each rank keeps its own (DDP broadcasts rank 0's), so the
+    reference's saved ones come from rank 0's micro-batches only, the 1-process run's from both."""
+    resume_at, out = 3, tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "run_info.json"):
+        shutil.copy(reference / name, out / name)
+    shutil.copytree(reference / "checkpoints" / f"step_{resume_at:08d}", out / "checkpoints" / f"step_{resume_at:08d}")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(reference) if r["step"] <= resume_at))
+    script = traced_train(tmp_path / "trace")
+    cmd = train_cmd(preprocessed, out, *COMMON, "--grad_accum_steps", "2", "--resume_from_checkpoint", "latest")
+    cmd[cmd.index(str(ROOT / "train.py"))] = str(script)
+    proc = ok(run(cmd))
+    assert f"at epoch 1, step {resume_at}" in proc.stdout + proc.stderr
+    assert "saved on 2 processes, resumed on 1 with --grad_accum_steps 2" in proc.stdout + proc.stderr
+
+    # rank r's i-th micro-batch is the run's micro-batch 2 i + r; the resumed process's i-th is 2 * resume_at + i
+    ranks = [trace(reference.parent / "trace", r) for r in (0, 1)]
+    stream = [batch for pair in zip(*ranks) for batch in pair]
+    resumed = trace(tmp_path / "trace")
+    assert len(stream) == 2 * LAST and len(resumed) == 2 * (LAST - resume_at)
+    assert resumed == stream[2 * resume_at:]
+
+    a, b = weights(reference), weights(out)
+    assert a.keys() == b.keys()
+    compared = [k for k in a if not k.endswith(BATCHNORM_STATS)]
+    for k in compared:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    # the resumed epoch's train_loss covers the whole epoch, counted in the new layout's micro-batches
+    assert [r["train_loss"] for r in rows(out)] == pytest.approx([r["train_loss"] for r in rows(reference)], rel=1e-4)
