@@ -296,3 +296,31 @@ def test_two_process_checkpoint_resumes_on_one_process_with_the_same_global_batc
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
     # the resumed epoch's train_loss covers the whole epoch, counted in the new layout's micro-batches
     assert [r["train_loss"] for r in rows(out)] == pytest.approx([r["train_loss"] for r in rows(reference)], rel=1e-4)
+
+
+def test_output_dir_takes_a_new_or_empty_folder_and_a_failed_start_blocks_nothing(preprocessed, tmp_path):
+    """Requeued jobs and reruns repeat their command: what a failed start leaves must not block it; and a run never
+    writes into a folder of the user's."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x\n")
+    proc = run(train_cmd(preprocessed, mine))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: --output_dir {mine} is not empty and holds no train.py "
+                                                    "run (notes.txt); give a new or empty folder (train.py writes only "
+                                                    "into its own)")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "x\n"
+
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # the same failing command twice: the same error, nothing written
+        proc = run(train_cmd(preprocessed, fresh, "--model", "no_such_model"))
+        assert proc.returncode != 0 and "--model no_such_model" in proc.stderr.strip().splitlines()[-1]
+        assert not fresh.exists()
+
+    # what an earlier start writes before its first checkpoint (a crash, a pre-emption): the same command starts over
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in ("config.yaml", "run_info.json", ".run_info.json.x1.tmp"):
+        (earlier / name).write_text("{}\n")
+    proc = run(train_cmd(preprocessed, earlier, "--model", "no_such_model"))
+    assert proc.returncode != 0 and "--model no_such_model" in proc.stderr.strip().splitlines()[-1]
