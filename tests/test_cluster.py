@@ -324,3 +324,13 @@ def test_output_dir_takes_a_new_or_empty_folder_and_a_failed_start_blocks_nothin
         (earlier / name).write_text("{}\n")
     proc = run(train_cmd(preprocessed, earlier, "--model", "no_such_model"))
     assert proc.returncode != 0 and "--model no_such_model" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_accelerate_launch_quiet_leaves_the_one_error_line(preprocessed, tmp_path):
+    """What the README's troubleshooting says: one process under `accelerate launch -q` ends with train.py's line,
+    without the launcher's CalledProcessError traceback."""
+    proc = run([ACCELERATE, "launch", "-q", "--config_file", "accelerate_configs/cpu.yaml", str(ROOT / "train.py"),
+                "--dataset", str(preprocessed), "--output_dir", str(tmp_path / "r"), "--epochs", "two"])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "error: --epochs must be a int, got 'two'"
+    assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
