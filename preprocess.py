@@ -1,10 +1,15 @@
-"""Turn ILSVRC-2012 as Kaggle ships it into a memory-mapped Hugging Face DatasetDict.
+"""Turn ILSVRC-2012 as Kaggle ships it, or any class-per-folder image tree, into a memory-mapped DatasetDict.
 
     python preprocess.py --data_dir ~/imagenet-object-localization-challenge --output_dir ~/data/imagenet \
         [--num_proc 16] [--shorter_side 256] [--quality 90] [--restart_tile 64] [--shard_size 1000]
+    python preprocess.py --data_dir ~/my_images --output_dir ~/data/mine [--val_fraction 0.1 --split_seed 0]
+    python preprocess.py --verify ~/data/imagenet   # every file's SHA-256 against the manifest (after a copy)
 
 Input: the folder Kaggle's ``imagenet-object-localization-challenge`` zip unzips to (ILSVRC/Data/CLS-LOC/{train,val,
-test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py).
+test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py); or a
+class-per-folder tree: train/<class>/* with val/ or validation/ and/or test/ of class folders, or one <class>/*
+tree split by --val_fraction (seeded, stratified; imagenet_trainer/image_tree.py). For those the label names and
+the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty.
 Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test (test only when
 CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 
@@ -16,7 +21,12 @@ CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 and beside it class_descriptions.json (the human names of LOC_synset_mapping.txt in label order, also kept in
 DatasetInfo.description; they are not unique, "crane" twice, so they cannot be ClassLabel names; read them with
 ``imagenet_trainer.ilsvrc.class_descriptions``), preprocess_report.json (skipped files with reasons, re-encodes,
-box fixes), config.yaml and run_info.json.
+box fixes), source.json (where the data came from, for model cards), config.yaml, run_info.json and, written last,
+preprocess_manifest.json (every file's size and SHA-256, and the inputs and settings that made it).
+
+Safety: OUT must be new, empty, or this script's own complete output (it has the manifest); anything else is
+refused, and nothing in OUT but the files of the manifest is ever replaced. The same command on a finished OUT
+reports it done; other inputs or settings need --overwrite, which still refuses while OUT holds files not its own.
 
 Choices:
 - Lossless by default: a file that already is an RGB JPEG (baseline or progressive) without EXIF rotation keeps its
@@ -70,41 +80,57 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import ilsvrc, jpeg_tiles
+from imagenet_trainer import ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
-FORMAT_VERSION = 2  # bump when shard contents change, so an old OUT.tmp is rebuilt rather than resumed
+FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
 WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
 
 
 @dataclass
 class PreprocessConfig:
-    data_dir: str  # the folder Kaggle's imagenet-object-localization-challenge zip unzips to (ILSVRC/, LOC_*.csv)
-    output_dir: str  # where the DatasetDict goes; built in <output_dir>.tmp and renamed into place when complete
+    data_dir: str = ""  # required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or a class-per-folder image tree
+    output_dir: str = ""  # required: where the DatasetDict goes; a new or empty folder (built in <output_dir>.tmp)
     num_proc: int = 0  # worker processes; 0 = one per CPU core (decoding is CPU-bound)
     shorter_side: int | None = None  # px; shrink so the shorter side is at most this and re-encode; None keeps size
     quality: int = 90  # JPEG quality (1-100; PIL advises <= 95) of re-encoded images (odd files, --shorter_side)
     restart_tile: int = 64  # px; lossless re-code into tiles <= this wide that decode alone (fast crops); 0 = as read
     shard_size: int = 1000  # images per shard: the unit of parallel work and of resume (~110 MB of ImageNet)
+    val_fraction: float | None = None  # one <class>/* tree: share of each class held out as validation (0-1)
+    split_seed: int = 0  # seed of the --val_fraction split; the same seed and files give the same split
+    overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
+    verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Listing: which files, which labels. Runs in the main process, reads folders and the CSV, decodes nothing.
 # ---------------------------------------------------------------------------------------------------------------
 
-class Split(NamedTuple):
-    image_dir: str  # relative to data_dir
-    annotation_dir: str | None  # relative to data_dir; None when there are no XML files for this split
-    items: list  # [(path relative to image_dir, label), ...] sorted
-    csv_boxes: dict  # stem -> [(wnid, xmin, ymin, xmax, ymax)], the fallback for images without XML (val)
+class Listing(NamedTuple):
+    layout: str  # image_tree.ILSVRC, CLASS_FOLDERS or CLASS_FOLDERS_SPLIT
+    names: list  # ClassLabel names in label order: sorted wnids, or sorted class-folder names
+    descriptions: list  # human names in label order (the folder names for a class-per-folder tree)
+    splits: dict  # {split: Split}
+    warnings: list
 
 
-def list_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
-    """(wnids, descriptions, {split: Split}, warnings). Bad or missing input raises ValueError naming the path."""
-    if not data_dir.is_dir():
-        raise ValueError(f"--data_dir {data_dir}: no such folder")
+def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int) -> Listing:
+    """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
+    layout = image_tree.detect_layout(data_dir, val_fraction)
+    if layout == image_tree.ILSVRC:
+        if val_fraction is not None:
+            raise ValueError(f"--val_fraction: {data_dir} is Kaggle's ILSVRC tree, which has its own validation "
+                             "split; drop --val_fraction")
+        return Listing(layout, *list_ilsvrc_splits(data_dir))
+    names, splits, warnings = image_tree.list_splits(data_dir, layout, val_fraction, split_seed)
+    return Listing(layout, names, list(names), splits, warnings)
+
+
+def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
+    """(wnids, descriptions, {split: Split}, warnings) of Kaggle's tree."""
     hint = "is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?"
     for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *(ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation"))):
         if not (data_dir / rel).exists():
@@ -302,6 +328,7 @@ class Shard(NamedTuple):
     csv_boxes: dict  # stem -> boxes, only the stems of this shard
     path: str  # the finished Arrow file; it exists only once the shard is done
     report: str  # its JSON report, written just before the Arrow file is renamed into place
+    ids_with_folder: bool  # image_id = "<class>/<stem>" (see image_tree.Split)
 
 
 def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality: int, restart_tile: int,
@@ -315,6 +342,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
         for rel, label in shard.items:
             src = os.path.join(shard.image_dir, rel)
             stem = os.path.splitext(os.path.basename(rel))[0]
+            image_id = os.path.splitext(rel)[0] if shard.ids_with_folder else stem
             try:
                 with open(os.path.join(shard.data_dir, src), "rb") as f:
                     data = f.read()
@@ -346,7 +374,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
             if enc.why:
                 summary["reencoded"][enc.why] += 1
             rows.append({"image": {"bytes": enc.data, "path": os.path.basename(rel)}, "label": label,
-                         "image_id": stem, "objects": fix_boxes(raw_boxes, labels, enc, summary["boxes"])})
+                         "image_id": image_id, "objects": fix_boxes(raw_boxes, labels, enc, summary["boxes"])})
             if len(rows) == BATCH_ROWS:
                 writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
                 rows = []
@@ -355,6 +383,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())  # the rename below must not publish a file whose data is still in the page cache
     summary["rows"] = summary["files"] - len(summary["skipped"])
+    summary["file"] = manifest.file_entry(tmp)  # hashed here, in parallel, while the file is in the page cache
     atomic_write_text(shard.report, json.dumps(summary))
     os.replace(tmp, shard.path)
     return summary
@@ -365,6 +394,11 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
 # ---------------------------------------------------------------------------------------------------------------
 
 def check_config(cfg: PreprocessConfig) -> None:
+    if not cfg.data_dir or not cfg.output_dir:
+        raise SystemExit("error: --data_dir and --output_dir are required (or --verify OUT to check an output)")
+    if cfg.val_fraction is not None and not 0 < cfg.val_fraction < 1:
+        raise SystemExit(f"error: --val_fraction must be between 0 and 1 (0.1 = 10% of each class), got "
+                         f"{cfg.val_fraction}")
     if cfg.num_proc < 0:
         raise SystemExit(f"error: --num_proc must be >= 0 (0 = all cores), got {cfg.num_proc}")
     if cfg.shorter_side is not None and cfg.shorter_side < 1:
@@ -393,13 +427,15 @@ def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size
             shards.append(Shard(split, i, str(data_dir), s.image_dir, s.annotation_dir, items,
                                 {k: v for k, v in s.csv_boxes.items() if k in stems},
                                 str(work / split / f"data-{i:05d}-of-{count:05d}.arrow"),
-                                str(work / WORK / f"{split}-{i:05d}.json")))
+                                str(work / WORK / f"{split}-{i:05d}.json"), s.ids_with_folder))
     return shards
 
 
 def start_or_resume(work: Path, job: dict) -> None:
     """Keep OUT.tmp when it holds shards of this very job, else start it afresh."""
     job_file = work / WORK / "job.json"
+    if work.is_dir() and not any(work.iterdir()):  # a start that failed before its first file: nothing to lose
+        work.rmdir()
     if work.exists():
         if not (work / WORK).is_dir():  # never delete a folder this script did not start
             raise SystemExit(f"error: {work} exists and is not a preprocess.py work folder; remove it or choose "
@@ -414,6 +450,133 @@ def start_or_resume(work: Path, job: dict) -> None:
         shutil.rmtree(work)
     (work / WORK).mkdir(parents=True)
     atomic_write_text(job_file, json.dumps(job, indent=1))
+
+
+SOURCE_FILE = "source.json"  # where the data came from: read by model cards
+OWN_FILES = ("dataset_dict.json", "preprocess_report.json", ilsvrc.DESCRIPTIONS_FILE, "config.yaml", "run_info.json",
+             SOURCE_FILE)  # beside the split folders; with these, a pre-manifest output of this script is recognised
+
+
+def not_ours(out: Path, own: set[str]) -> list[str]:
+    """Paths in ``out`` (relative, sorted) that this script did not write: a user's notes, a folder of theirs."""
+    own_dirs = {str(Path(rel).parent) for rel in own}
+    found = []
+    for root, dirs, files in os.walk(out):
+        rel_root = os.path.relpath(root, out)
+        if rel_root == ".":
+            dirs[:] = [d for d in dirs if d != WORK]  # a finished run's work notes, removed right after the rename
+        found += [os.path.normpath(os.path.join(rel_root, d)) for d in dirs
+                  if os.path.normpath(os.path.join(rel_root, d)) not in own_dirs]
+        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel_root, d)) in own_dirs]
+        found += [rel for f in files if (rel := os.path.normpath(os.path.join(rel_root, f))) not in own]
+    return sorted(found)
+
+
+def pre_manifest_files(out: Path) -> set[str]:
+    """The files of an output written before manifests existed: OWN_FILES and the split folders' contents."""
+    try:
+        splits = json.loads((out / "dataset_dict.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        splits = []
+    return {*OWN_FILES, *(f"{split}/{p.name}" for split in splits if (out / split).is_dir()
+                          for p in (out / split).iterdir() if p.is_file())}
+
+
+def job_changes(old: dict, new: dict) -> str:
+    """What differs between two jobs, for the refusal: 'quality 90 -> 75, the files in --data_dir'."""
+    said = {"files": "the files in --data_dir", "names": "the classes", "data_dir": "--data_dir"}
+    return ", ".join(said.get(k) or f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted({*old, *new})
+                     if old.get(k) != new.get(k))
+
+
+def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
+    """True when ``out`` already is this job's complete, intact output. A SystemExit for every ``out`` this run must
+    not replace: not this script's, or its own of another job without --overwrite, or one holding a user's files.
+    With job None, only the checks that need no listing of the inputs (seconds, before any work)."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise SystemExit(f"error: --output_dir {out} is a file; choose a folder")
+    if not any(out.iterdir()):  # an empty folder (made with mkdir beforehand): nothing in it to lose
+        return False
+    m = manifest.read(out)
+    if m is None and not all((out / f).is_file() for f in ("dataset_dict.json", "preprocess_report.json")):
+        raise SystemExit(f"error: --output_dir {out} exists and is not a preprocess.py output (no "
+                         f"{manifest.MANIFEST}); it writes only into a new or empty folder: choose another one")
+    if job is None:
+        return False
+    damaged = manifest.check_sizes(out, m["files"]) if m is not None else None
+    if m is not None and m.get("job") == job and damaged is None and not overwrite:
+        return True
+    if not overwrite:
+        if m is None:
+            why = f"{out} is a preprocess.py output from before {manifest.MANIFEST}"
+        elif m.get("job") != job:
+            why = f"{out} holds a preprocess.py output of other inputs or settings ({job_changes(m['job'], job)})"
+        else:
+            why = damaged
+        raise SystemExit(f"error: --output_dir: {why}; add --overwrite to replace it, or choose another folder")
+    foreign = not_ours(out, {*m["files"], manifest.MANIFEST} if m is not None else pre_manifest_files(out))
+    if foreign:
+        raise SystemExit(f"error: --overwrite: {out / foreign[0]} is not preprocess.py's ({len(foreign)} such "
+                         f"paths in {out}); move them out, then run again")
+    return False
+
+
+def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts: dict) -> dict:
+    """source.json: the provenance a model card states (which dataset, whole or not, how it was split)."""
+    found = {split: len(s.items) for split, s in listing.splits.items()}
+    is_ilsvrc = listing.layout == image_tree.ILSVRC
+    try:
+        imagenet_classes = len(listing.names) == 1000 and listing.names == ilsvrc.imagenet_wnids()
+    except (ValueError, OSError):  # timm's synset list absent: the class count has to do
+        imagenet_classes = len(listing.names) == 1000
+    return {
+        "layout": listing.layout,
+        "name": "ILSVRC-2012" if is_ilsvrc else data_dir.name,
+        # The full release: the 1000 classes, and every source file of train and val found. Files are counted as
+        # found, before undecodable ones are skipped, so a complete download with a file its decoder rejects is
+        # still ILSVRC-2012 (its report lists the skip); a subset or a trimmed tree is not.
+        "ilsvrc2012_full": bool(is_ilsvrc and imagenet_classes
+                                and all(found.get(s) == ilsvrc.FULL_COUNTS[s] for s in ("train", "validation"))),
+        "num_classes": len(listing.names),
+        "counts": counts,
+        "val_fraction": cfg.val_fraction if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
+        "split_seed": cfg.split_seed if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
+    }
+
+
+def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
+    """Move the finished ``work`` to ``out`` (checked again: a user may have put files there meanwhile). False when
+    ``out`` turned out to be this very dataset already (another run of the same command finished first)."""
+    try:
+        if check_output(out, job, overwrite):
+            shutil.rmtree(work)
+            return False
+    except SystemExit as e:
+        raise SystemExit(f"{e.code} (the finished dataset waits in {work}: the same command then only moves it)")
+    if out.is_dir() and not any(out.iterdir()):
+        try:
+            out.rmdir()  # fails if a file arrived since: then nothing is lost either
+        except OSError:
+            raise SystemExit(f"error: --output_dir {out} is no longer empty; the finished dataset waits in {work}: "
+                             "run the same command again") from None
+    replace_dir(work, out)
+    return True
+
+
+def verify_output(folder: str) -> None:
+    """--verify: every file of a finished output against its manifest; one line per bad file, exit status 0/1."""
+    try:
+        bad, total = manifest.verify(Path(folder).expanduser())
+    except ValueError as e:
+        raise SystemExit(f"error: --verify {e}") from None
+    for line in bad:
+        print(f"BAD {line}")
+    if bad:
+        raise SystemExit(f"error: --verify {folder}: {len(bad)} of {total} files damaged or missing; copy them again "
+                         "from where the dataset was made")
+    print(f"ok: {folder}: all {total} files match {manifest.MANIFEST}")
 
 
 def write_split_metadata(work: Path, split: str, shards: list[Shard], info: datasets.DatasetInfo,
@@ -450,28 +613,93 @@ def print_summary(report: dict, out: Path) -> None:
         print(f"warning: {w}")
 
 
+def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, cfg: PreprocessConfig, job: dict,
+             started: float) -> dict:
+    """Per-split metadata over the finished shards, the report, source.json and, last, the manifest; the report."""
+    reports = [json.loads(Path(s.report).read_text()) for s in shards]
+    for s, r in zip(shards, reports):
+        if os.path.getsize(s.path) != r["file"]["bytes"]:
+            raise SystemExit(f"error: {s.path} is not the size its shard report says (damaged since it was "
+                             f"written?); delete it and run the same command again")
+    splits, names = listing.splits, listing.names
+    features = make_features(names)
+    counts = {split: sum(r["rows"] for r in reports if r["split"] == split) for split in splits}
+    is_ilsvrc = listing.layout == image_tree.ILSVRC
+    description = json.dumps({
+        ilsvrc.DESCRIPTIONS_KEY: listing.descriptions,
+        "source": ("ILSVRC-2012 CLS-LOC, Kaggle imagenet-object-localization-challenge, via preprocess.py"
+                   if is_ilsvrc else f"{data_dir.name}, a class-per-folder image tree, via preprocess.py"),
+        "labels": ("ClassLabel names are the wnids in sorted order; class_descriptions are the human names"
+                   if is_ilsvrc else "ClassLabel names are the class folders' names in sorted order"),
+    })
+    for split in splits:
+        info = datasets.DatasetInfo(description=description, features=features, splits=datasets.SplitDict(
+            {split: datasets.SplitInfo(name=split, num_examples=counts[split])}))
+        write_split_metadata(work, split, [s for s in shards if s.split == split], info,
+                             hashlib.sha1(json.dumps([job, split]).encode()).hexdigest()[:16])
+    atomic_write_text(work / "dataset_dict.json", json.dumps({"splits": list(splits)}))
+    loaded = datasets.load_from_disk(str(work))  # memory-mapped, cheap; proves OUT will load before it exists
+    if {split: loaded[split].num_rows for split in splits} != counts:
+        raise SystemExit(f"error: {work}: the Arrow files do not hold the rows the shard reports count; "
+                         f"delete {work} and run again")
+
+    warnings = list(listing.warnings)
+    if is_ilsvrc and len(names) == 1000:
+        warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
+                     for split, full in ilsvrc.FULL_COUNTS.items() if split in counts and counts[split] != full]
+    report = {
+        "config": asdict(cfg), "seconds": round(time.time() - started, 1), "warnings": warnings,
+        "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
+        "skipped": [dict(split=r["split"], **s) for r in reports for s in r["skipped"]],
+        **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())
+                 for split in splits} for key in ("untiled", "reencoded", "boxes")},
+        "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},
+        "annotation_errors": [e for r in reports for e in r["annotation_errors"]],
+        "bytes_in": sum(r["bytes_in"] for r in reports), "bytes_out": sum(r["bytes_out"] for r in reports),
+    }
+    atomic_write_text(work / "preprocess_report.json", json.dumps(report, indent=1))
+    atomic_write_text(work / ilsvrc.DESCRIPTIONS_FILE, json.dumps(listing.descriptions, indent=0))
+    atomic_write_text(work / SOURCE_FILE, json.dumps(source_info(listing, data_dir, cfg, counts), indent=1))
+    write_run_info(work, cfg)
+    files = {os.path.relpath(s.path, work): r["file"] for s, r in zip(shards, reports)}
+    for split in splits:
+        files.update({f"{split}/{n}": manifest.file_entry(work / split / n) for n in ("state.json",
+                                                                                      "dataset_info.json")})
+    files.update({n: manifest.file_entry(work / n) for n in OWN_FILES})
+    atomic_write_text(work / manifest.MANIFEST, json.dumps({"format": manifest.FORMAT, "job": job,
+                                                            "files": dict(sorted(files.items()))}, indent=1))
+    return report
+
+
 def main(argv=None) -> None:
     cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
+    if cfg.verify:
+        return verify_output(cfg.verify)
     check_config(cfg)
     started = time.time()
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
     work = out.with_name(out.name + ".tmp")
-    if out.exists() and not (out / "preprocess_report.json").is_file():
-        # it will be replaced at the end: never a folder this script did not write
-        raise SystemExit(f"error: --output_dir {out} exists and is not a preprocess.py output; "
-                         "remove it or choose another folder")
+    if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
+        raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
+    check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     try:
-        wnids, descriptions, splits, warnings = list_splits(data_dir)
+        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
-    print(f"{data_dir}: {len(wnids)} classes; "
+    splits = listing.splits
+    print(f"{data_dir}: {len(listing.names)} classes; "
           + ", ".join(f"{len(s.items):,} {split} files" for split, s in splits.items()))
 
-    features = make_features(wnids)
-    job = {"format": FORMAT_VERSION, "data_dir": str(data_dir), "shorter_side": cfg.shorter_side,
-           "quality": cfg.quality, "restart_tile": cfg.restart_tile, "shard_size": cfg.shard_size, "wnids": wnids,
+    # the job: everything the output depends on (files by name and label, not contents; num_proc does not count)
+    job = {"format": FORMAT_VERSION, "data_dir": str(data_dir), "layout": listing.layout,
+           "shorter_side": cfg.shorter_side, "quality": cfg.quality, "restart_tile": cfg.restart_tile,
+           "shard_size": cfg.shard_size, "val_fraction": cfg.val_fraction,
+           "split_seed": cfg.split_seed if cfg.val_fraction is not None else None, "names": listing.names,
            "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
                      for split, s in splits.items()}}
+    if check_output(out, job, cfg.overwrite):
+        print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
+        return
     try:
         start_or_resume(work, job)
     except OSError as e:
@@ -483,9 +711,9 @@ def main(argv=None) -> None:
         print(f"resuming {work}: {len(shards) - len(pending)} of {len(shards)} shards already done")
 
     num_proc = min(cfg.num_proc or os.cpu_count() or 1, max(1, len(pending)))
-    work_fn = functools.partial(process_shard, labels=ilsvrc.label_lookup(wnids, descriptions),
+    work_fn = functools.partial(process_shard, labels=ilsvrc.label_lookup(listing.names, listing.descriptions),
                                 shorter_side=cfg.shorter_side, quality=cfg.quality, restart_tile=cfg.restart_tile,
-                                schema=features.arrow_schema)
+                                schema=make_features(listing.names).arrow_schema)
     bar = tqdm(total=total, initial=total - sum(len(s.items) for s in pending), unit="img", desc="preprocess",
                smoothing=0.05)
     try:
@@ -501,50 +729,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"interrupted: finished shards are kept in {work}; run the same command to resume")
     bar.close()
 
-    # ---- assemble: per-split metadata over the finished shards, the report, then one rename ----
-    reports = [json.loads(Path(s.report).read_text()) for s in shards]
-    counts = {split: sum(r["rows"] for r in reports if r["split"] == split) for split in splits}
-    description = json.dumps({
-        ilsvrc.DESCRIPTIONS_KEY: descriptions,
-        "source": "ILSVRC-2012 CLS-LOC, Kaggle imagenet-object-localization-challenge, via preprocess.py",
-        "labels": "ClassLabel names are the wnids in sorted order; class_descriptions are the human names",
-    })
-    for split in splits:
-        split_shards = [s for s in shards if s.split == split]
-        info = datasets.DatasetInfo(description=description, features=features, splits=datasets.SplitDict(
-            {split: datasets.SplitInfo(name=split, num_examples=counts[split])}))
-        write_split_metadata(work, split, split_shards, info,
-                             hashlib.sha1(json.dumps([job, split]).encode()).hexdigest()[:16])
-    atomic_write_text(work / "dataset_dict.json", json.dumps({"splits": list(splits)}))
-    loaded = datasets.load_from_disk(str(work))  # memory-mapped, cheap; proves OUT will load before it exists
-    if {split: loaded[split].num_rows for split in splits} != counts:
-        raise SystemExit(f"error: {work}: the Arrow files do not hold the rows the shard reports count; "
-                         f"delete {work} and run again")
-
-    if len(wnids) == 1000:
-        warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
-                     for split, full in ilsvrc.FULL_COUNTS.items() if split in counts and counts[split] != full]
-    skipped = [dict(split=r["split"], **s) for r in reports for s in r["skipped"]]
-    report = {
-        "config": asdict(cfg), "seconds": round(time.time() - started, 1), "warnings": warnings,
-        "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
-        "skipped": skipped,
-        "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},
-        "untiled": {split: sum((Counter(r["untiled"]) for r in reports if r["split"] == split), Counter())
-                    for split in splits},
-        "reencoded": {split: sum((Counter(r["reencoded"]) for r in reports if r["split"] == split), Counter())
-                      for split in splits},
-        "boxes": {split: sum((Counter(r["boxes"]) for r in reports if r["split"] == split), Counter())
-                  for split in splits},
-        "annotation_errors": [e for r in reports for e in r["annotation_errors"]],
-        "bytes_in": sum(r["bytes_in"] for r in reports), "bytes_out": sum(r["bytes_out"] for r in reports),
-    }
-    atomic_write_text(work / "preprocess_report.json", json.dumps(report, indent=1))
-    atomic_write_text(work / ilsvrc.DESCRIPTIONS_FILE, json.dumps(descriptions, indent=0))
-    write_run_info(work, cfg)
-    replace_dir(work, out)
+    report = assemble(work, shards, listing, data_dir, cfg, job, started)
+    if not put_in_place(work, out, job, cfg.overwrite):
+        print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
+        return
     shutil.rmtree(out / WORK)
-
     print_summary(report, out)
 
 

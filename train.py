@@ -105,6 +105,7 @@ class TrainConfig:
     push_to_hub: bool = False  # upload output_dir/final with its model card when training ends
     hub_model_id: str = ""  # e.g. user/resnet50-in1k; required with --push_to_hub
     hub_private: bool = False  # create the Hub repo private
+    hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME), linked in the card; full ILSVRC: automatic
 
     def __post_init__(self):  # every flag's range, before anything starts; NaN fails every comparison below
         if self.auto_augment.lower() == "none":
@@ -114,6 +115,8 @@ class TrainConfig:
                 ("dataset", self.dataset, "given (a preprocess.py output folder or a Hub dataset id)"),
                 ("hub_model_id", modeling.is_repo_id(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,
                  "a Hub repo id USER/NAME (needed with --push_to_hub; the model card links it)"),
+                ("hub_dataset_id", not self.hub_dataset_id or modeling.is_repo_id(self.hub_dataset_id),
+                 "a Hub dataset id OWNER/NAME (or empty)"),
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
@@ -150,6 +153,7 @@ class TrainState:
         self.epoch_loss = (0.0, 0)  # (loss sum, rank mean; micro-batches) of the epoch so far: a resumed epoch's
         # train_loss then covers the whole epoch, not only the part after the resume
         self.layout = layout  # processes/batch/accumulation: positions above count in these units
+        self.train_seconds = 0.0  # wall-clock of the epochs and evaluations so far, over all launches (model card)
 
     def state_dict(self):
         return dict(vars(self))
@@ -213,6 +217,7 @@ def main(argv=None):
     label_descriptions = class_descriptions(ds)
     with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
         while state.step < total_steps:
+            started = time.perf_counter()
             row = train_one_epoch(accelerator, model, optimizer, train_loader, state, ema, cfg, ckpt_dir, stop,
                                   lr_at=lr_at, total_steps=total_steps, num_classes=len(label_names), mean=mean,
                                   std=std, memory_format=memory_format, bar=bar)
@@ -226,12 +231,13 @@ def main(argv=None):
                 row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
                 if ema_metrics["top1"] > metrics["top1"]:
                     best_net, best = ema.module, ema_metrics
+            state.train_seconds += time.perf_counter() - started
             if best["top1"] > state.best_top1:
                 state.best_top1, state.best_step = best["top1"], state.step
                 export(accelerator, best_net, run_dir / "final", cfg, label_names, label_descriptions, data_cfg,
                        results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                                 "ema": best_net is not model},
-                       epochs=state.step / steps_per_epoch)
+                       epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
             save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, torch.zeros((), device=accelerator.device), 0)
             log_epoch(accelerator, row, run_dir, bar)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
@@ -598,7 +604,7 @@ def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
 # -- outputs -----------------------------------------------------------------------------------------------------------
 
 def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
-           label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float) -> None:
+           label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, train_seconds: float) -> None:
     """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final)."""
     eval_size = cfg.eval_image_size or cfg.image_size
     weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
@@ -608,7 +614,8 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
         modeling.save_pretrained(
             clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
             pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
-            model_card={"dataset": cfg.dataset, "repo_id": cfg.hub_model_id, "recipe": asdict(cfg),
+            model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None, "repo_id": cfg.hub_model_id,
+                        "recipe": asdict(cfg), "train_time": train_seconds,
                         "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
                                     "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
                         "epochs": epochs, "hardware": hardware(accelerator)})

@@ -3,7 +3,8 @@
     python validate.py --model runs/r50/final --dataset OUT [--split validation] [--batch_size 256] [--output r.json]
     accelerate launch validate.py --model user/resnet50-in1k --dataset OUT     # same numbers on 1 or N processes
 
---model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N) or a Hub id (timm's or ours).
+--model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N), a Hub id (timm's or ours) or
+a timm name with its pretrained tag (resnet50.a1_in1k: timm's weights, from the local Hub cache when offline).
 The eval transform is the model's own (resize to image_size / crop_pct, center crop, its mean/std); for a checkpoint
 it is the one train.py evaluated with (the run's --eval_image_size, else its --image_size, and the architecture's
 crop_pct/mean/std), so the numbers equal the val_* rows of the run's metrics.jsonl. Works offline: top-k is computed
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 import yaml
 from accelerate import Accelerator
@@ -36,7 +38,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in th
 
 @dataclass
 class ValidateConfig:
-    model: str = ""  # RUN/final folder, RUN/checkpoints/step_N folder, or Hub model id (hf-hub:OWNER/NAME)
+    model: str = ""  # RUN/final, RUN/checkpoints/step_N, a Hub model id (OWNER/NAME) or a timm name (resnet50.a1_in1k)
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
     split: str = "validation"  # dataset split to evaluate
     batch_size: int = 256  # images per device per forward pass
@@ -45,7 +47,8 @@ class ValidateConfig:
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
     flip: bool | None = None  # mean logits of each image and its mirror; none: a checkpoint's own --eval_flip, else off
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
-    update_model_card: bool = False  # write the results into --model's README.md model-index (local exports only)
+    update_model_card: bool = False  # write the results into --model's README.md and metadata (local exports only)
+    hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME) for the card's metadata; full ILSVRC: automatic
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -85,10 +88,18 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def is_timm_name(ref: str) -> bool:
+    """``resnet50`` or ``resnet50.a1_in1k``: a timm architecture (with a pretrained tag), not a path or Hub repo."""
+    return "/" not in ref and not Path(ref).expanduser().exists() and timm.is_model(ref.split(".")[0])
+
+
 def load_any(path_or_id: str) -> torch.nn.Module:
-    """An export folder (config.json), a train.py checkpoint, or a Hub id (``modeling.load_model``)."""
+    """An export folder (config.json), a train.py checkpoint, a Hub id (``modeling.load_model``) or a timm name
+    with its pretrained tag (timm's weights, as ``timm.create_model(name, pretrained=True)`` resolves them)."""
     if path_or_id.startswith(("hf-hub:", "local-dir:")):
         return modeling.load_model(path_or_id)
+    if is_timm_name(path_or_id):
+        return modeling.create_model(path_or_id, pretrained=True).eval()
     path = Path(path_or_id).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         return load_checkpoint(path)
@@ -101,7 +112,13 @@ def check_model_classes(model_ref: str, label_names: list[str]) -> str | None:
     """Same classes in the same index order, or the accuracy is computed against the wrong labels: a ValueError when
     only the order differs, a warning (returned) when the names cannot be compared. Ids (wnids) are compared and so
     are human names, since Hub copies of ImageNet may name their ClassLabels by description."""
-    ids, descriptions = modeling.label_info(model_ref)
+    if is_timm_name(model_ref):  # timm's ImageNet weights: their classes are its ImageNet subset's, if any
+        pretrained_cfg = timm.models.get_pretrained_cfg(model_ref)
+        subset = timm.data.infer_imagenet_subset(pretrained_cfg.to_dict() if pretrained_cfg else {})
+        info = timm.data.ImageNetInfo(subset) if subset else None
+        ids, descriptions = (info.label_names(), info.label_descriptions()) if info else (None, None)
+    else:
+        ids, descriptions = modeling.label_info(model_ref)
     if ids is None or label_names in (ids, descriptions):
         return None
     if set(label_names) in (set(ids), set(descriptions or ())):
@@ -121,6 +138,8 @@ def main(argv=None):
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
+    if cfg.hub_dataset_id and not modeling.is_repo_id(cfg.hub_dataset_id):
+        raise SystemExit(f"error: --hub_dataset_id must be a Hub dataset id OWNER/NAME, got {cfg.hub_dataset_id!r}")
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: DDP on GPU-less hosts
 
     # data: checked before the model, whose download may be long
@@ -195,7 +214,7 @@ def main(argv=None):
         # the eval transform goes with the numbers: --image_size may differ from the export's own input size
         modeling.update_model_card_results(Path(cfg.model), {
             **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
-            "split": cfg.split, "dataset": cfg.dataset})
+            "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
         print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
     return summary
 

@@ -97,7 +97,7 @@ def main(argv=None) -> None:
                     "bytes": du(work / "baseline"), "cache_bytes": du(work / "hf_cache")}
 
         cmd = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir",
-               str(work / "ours"), "--num_proc", str(cfg.num_proc)]
+               str(work / "ours"), "--num_proc", str(cfg.num_proc), "--overwrite"]  # a reused --work_dir: redo
         if cfg.shorter_side:
             cmd += ["--shorter_side", str(cfg.shorter_side)]
         cmd += ["--restart_tile", str(cfg.restart_tile)]

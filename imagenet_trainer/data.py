@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from imagenet_trainer import jpeg_tiles
+from imagenet_trainer import jpeg_tiles, manifest
 
 DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5/8... exist but decode slower here
 EXIF_ORIENTATION = 0x0112
@@ -60,10 +60,10 @@ SCRIPT_HINT = ("datasets 5.x no longer runs loading scripts: convert the images 
 def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
     """A preprocess.py output folder (``load_from_disk``) or a Parquet-backed Hub dataset id / local clone with
     ``image`` and ``label`` columns. A split named ``val`` is renamed ``validation``. Errors are one-line
-    ValueErrors."""
+    ValueErrors; a preprocess.py output is first checked against its manifest (file sizes, no reading)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        ds = datasets.load_from_disk(str(path))
+        ds = _load_saved(path)
         if not isinstance(ds, datasets.DatasetDict):
             raise ValueError(f"{path_or_id} holds a single Dataset, not the DatasetDict of splits preprocess.py "
                              "writes; rerun preprocess.py")
@@ -77,6 +77,7 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
                                  f"{SCRIPT_HINT}") from None
             raise ValueError(f"{path_or_id}: neither a preprocess.py output nor a folder of Parquet/image files "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        _attach_descriptions(ds, path)
     elif path.exists() or path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
         raise ValueError(f"{path_or_id}: no such folder (give preprocess.py's --output_dir or a Hub dataset id)")
     else:
@@ -87,6 +88,7 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
                 raise ValueError(f"Hub dataset {path_or_id} is script-based; {SCRIPT_HINT}") from None
             raise ValueError(f"{path_or_id}: no such local folder, and the Hub dataset could not be loaded "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        _attach_descriptions(ds, path_or_id)
     if "val" in ds and "validation" not in ds:
         ds["validation"] = ds.pop("val")
     for name, split in ds.items():
@@ -95,6 +97,52 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
             raise ValueError(f"{path_or_id}: split '{name}' lacks the column(s) {sorted(missing)} "
                              f"(has {split.column_names}); an image-classification dataset needs image and label")
     return ds
+
+
+def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
+    """Human names from the ``class_descriptions.json`` beside Parquet files (a local folder or a Hub dataset repo
+    written by imagenet_trainer.hub_dataset) into each split's DatasetInfo, where ``ilsvrc.class_descriptions``
+    finds them: Parquet keeps the ClassLabel names (wnids), not the description preprocess.py keeps them in."""
+    import json
+
+    from imagenet_trainer.ilsvrc import DESCRIPTIONS_FILE, DESCRIPTIONS_KEY
+
+    if isinstance(folder_or_repo, Path):
+        path = folder_or_repo / DESCRIPTIONS_FILE
+    else:
+        from huggingface_hub import hf_hub_download  # here: local datasets need no Hub client
+
+        try:  # from the Hub, or with HF_HUB_OFFLINE=1 from its cache
+            path = Path(hf_hub_download(folder_or_repo, DESCRIPTIONS_FILE, repo_type="dataset"))
+        except Exception:  # no such file (another tool's repo), not cached: ClassLabel names or timm's lemmas
+            return
+    if not path.is_file():
+        return
+    names = json.loads(path.read_text())
+    for split in ds.values():
+        label = split.features.get("label")
+        if isinstance(label, datasets.ClassLabel) and isinstance(names, list) and len(names) == label.num_classes:
+            split.info.description = json.dumps({DESCRIPTIONS_KEY: names})
+
+
+def _load_saved(path: Path) -> datasets.DatasetDict | datasets.Dataset:
+    """``load_from_disk`` of a checked folder; a damaged Arrow file is a ValueError naming it, not pyarrow's
+    traceback (which names no file)."""
+    listed = manifest.read(path)
+    if listed is not None and (problem := manifest.check_sizes(path, listed["files"])):
+        raise ValueError(problem)
+    try:
+        return datasets.load_from_disk(str(path))
+    except (OSError, pa.ArrowException, ValueError, KeyError) as e:  # no manifest (older or foreign): find the file
+        for arrow in sorted(path.rglob("*.arrow")):
+            try:
+                with pa.memory_map(str(arrow)) as source:
+                    pa.ipc.open_stream(source).read_all()
+            except (OSError, pa.ArrowException):
+                raise ValueError(f"{arrow}: damaged or truncated Arrow file; copy it again, or rerun "
+                                 "preprocess.py") from None
+        raise ValueError(f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
 
 
 class Rows:

@@ -7,7 +7,10 @@
 - ``source="digits"``: scikit-learn's 1797 handwritten 8x8 digits, upscaled to 32-64 px and coloured. At most 10
   classes; the split is stratified (``train_per_class`` / ``val_per_class`` per digit), so a small net can learn it.
 
-Class k is the k-th real ImageNet wnid in sorted order (n01440764 "tench" is 0), named from timm's offline lists.
+Class k is the k-th real ImageNet wnid in sorted order (n01440764 is 0), so the tree has ILSVRC's layout and ids,
+but ``LOC_synset_mapping.txt`` describes what the images show: "digit 0" ... "digit 9", or the photo's name
+("astronaut", "chelsea", ...; "astronaut (variant 1)" for a reused photo in other colours), never the fish or dog that
+the wnid stands for in ImageNet, which would reach a trained model's card and its pipeline's answers.
 Layout written (all of it, as Kaggle's ``imagenet-object-localization-challenge`` unzips)::
 
     LOC_synset_mapping.txt  LOC_train_solution.csv  LOC_val_solution.csv  LOC_sample_submission.csv
@@ -68,6 +71,14 @@ class DemoConfig:
     seed: int = 0  # same seed, same files
     long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
     grain: float = 0.0  # photos: film grain std-dev, grey levels; long_side 500 + grain 32: ~106 KB files (ImageNet)
+
+
+def _description(source: str, k: int) -> str:
+    """What class k's images show (unique per class; no comma: ImageNet's descriptions list synonyms after one)."""
+    if source == "digits":
+        return f"digit {k}"
+    variant = k // len(PHOTOS)
+    return PHOTOS[k % len(PHOTOS)].replace("_", " ") + (f" (variant {variant})" if variant else "")
 
 
 def _photo(k: int) -> np.ndarray:
@@ -161,8 +172,7 @@ def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_
         raise ValueError("faults=True needs num_classes >= 3, train_per_class >= 4, >= 5 val and >= 2 test images")
     rng = np.random.default_rng(seed)
     wnids = wnids[:num_classes]
-    lemmas = ilsvrc.imagenet_lemmas()
-    descriptions = [lemmas[w] for w in wnids]
+    descriptions = [_description(source, k) for k in range(num_classes)]
 
     root = Path(root)
     if root.exists() and not root.is_dir():

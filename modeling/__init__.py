@@ -8,7 +8,9 @@
     modeling.push_to_hub("out/model", "OWNER/NAME")
 
 Importing ``modeling`` registers our designs with timm, so ``timm.create_model("blocknet_tiny")``, timm's scripts
-and transformers' ``TimmWrapper`` classes take their names too.
+and transformers' ``TimmWrapper`` classes take their names too: ``pip install -e .`` (or ``pip install git+URL`` of
+this repository) makes ``import modeling`` work anywhere. An export of an architecture timm does not ship also
+carries the file that defines it, so transformers loads it with ``trust_remote_code=True`` and no project code.
 
 Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at the bottom of this file:
 
@@ -29,9 +31,10 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
             self.stage = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU())
             self.head_drop = nn.Dropout(drop_rate)
             self.fc = nn.Linear(2 * width, num_classes) if num_classes else nn.Identity()
-            # where features_only=True taps the network: channels, stride from the input, module name
-            self.feature_info = [dict(num_chs=width, reduction=2, module="stem"),
-                                 dict(num_chs=2 * width, reduction=4, module="stage")]
+            # where features_only=True taps the network: channels, stride from the input, module name (a layer
+            # inside a Sequential, "stem.2", needs flatten_sequential=True below)
+            self.feature_info = [dict(num_chs=width, reduction=2, module="stem.2"),
+                                 dict(num_chs=2 * width, reduction=4, module="stage.2")]
 
         def get_classifier(self):
             return self.fc
@@ -51,7 +54,8 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
             return self.forward_head(self.forward_features(x))
 
 
-    # preprocessing the weights expect; save_pretrained(pretrained_cfg=...) overrides it for trained weights
+    # preprocessing the weights expect, one entry per variant name (a variant without one fails at import);
+    # save_pretrained(pretrained_cfg=...) overrides it for trained weights
     default_cfgs = generate_default_cfgs({"mynet_small": dict(
         num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.0", classifier="fc")})
@@ -60,11 +64,13 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
     @register                                               # timm's register_model + modeling.list_models()
     def mynet_small(pretrained=False, **kwargs):
         return build_model_with_cfg(MyNet, "mynet_small", pretrained, width=32,
-                                    feature_cfg=dict(out_indices=(0, 1)), **kwargs)
+                                    feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1)), **kwargs)
 
-then ``from . import mynet`` below. ``tests/test_modeling.py`` runs every registered name through forward/backward,
-features_only (the maps must match ``feature_info``; any number of them, at any stride) and a save/load round trip,
-so a new family is tested by being registered.
+then ``from . import mynet`` below (without it, ``create_model("mynet_small")`` says which files are not imported).
+Keep the file to torch, timm and the standard library (plus the ``register`` import): the export copies it as the
+architecture's source. ``tests/test_modeling.py`` runs every registered name through forward/backward,
+features_only (the maps must match ``feature_info``; any number of them, at any stride), a save/load round trip
+and the FSDP wrap (residual blocks are not required), so a new family is tested by being registered.
 """
 from ._registry import BLOCK_CLASSES, create_model, list_models, register
 from .hub import (check_hub_ready, is_repo_id, label_info, load_model, push_to_hub, save_pretrained,

@@ -2,18 +2,49 @@
 from __future__ import annotations
 
 import difflib
+import inspect
+import os
+import sys
+from pathlib import Path
 
 import timm
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 
 _OURS: set[str] = set()
+# modules of this package that define no backbones (the unknown-model error lists the other files not imported)
+_SUPPORT = {"__init__", "_registry", "hub", "card", "remote_code"}
 
 
 def register(fn):
     """``@register`` on a variant function: timm's ``register_model`` (which also picks up the module's
-    ``default_cfgs``) plus a record that the name is one of ours, for ``list_models()``."""
+    ``default_cfgs``) plus a record that the name is one of ours, for ``list_models()``.
+
+    Every variant needs its preprocessing cfg (mean/std, input size, crop_pct, interpolation, classifier name):
+    a ``default_cfgs`` entry of its own name, or the family's ``FAMILY_CFG`` dict, defined above the variants
+    (BlockNet's lets a new variant be three lines). Without either the import fails, naming the variant and file:
+    timm's fallback cfg names no classifier and trains with bicubic resizing."""
+    module = sys.modules[fn.__module__]
+    cfgs = getattr(module, "default_cfgs", None)
+    if cfgs is None or fn.__name__ not in cfgs:
+        family = getattr(module, "FAMILY_CFG", None)
+        if family is None:
+            where = inspect.getsourcefile(fn) or fn.__module__
+            known = sorted(cfgs) if cfgs else []
+            raise ImportError(f"{Path(where).name}: variant '{fn.__name__}' has no default_cfgs entry (entries: "
+                              f"{', '.join(known) or 'none'}); add one named '{fn.__name__}', or a FAMILY_CFG dict "
+                              f"above the variants")
+        if cfgs is None:
+            cfgs = module.default_cfgs = {}
+        cfgs.update(generate_default_cfgs({fn.__name__: dict(family)}))
     _OURS.add(fn.__name__)
     return register_model(fn)
+
+
+def _not_imported() -> list[str]:
+    """modeling/*.py files that define no module in sys.modules yet (a family whose import line is missing)."""
+    here = Path(__file__).resolve().parent
+    return [f"modeling/{p.name}" for p in sorted(here.glob("*.py"))
+            if p.stem not in _SUPPORT and f"{__package__}.{p.stem}" not in sys.modules]
 
 
 def list_models() -> list[str]:
@@ -36,13 +67,36 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         if not timm.is_model(arch):
             close = difflib.get_close_matches(arch, list_models() + timm.list_models(), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown model '{name}'{hint}; see modeling.list_models() and timm.list_models()")
+            missing = _not_imported()
+            imports = (f"; not imported: {', '.join(missing)} (add `from . import "
+                       f"{', '.join(Path(m).stem for m in missing)}` to modeling/__init__.py)" if missing else "")
+            raise ValueError(f"unknown model '{name}'{hint}{imports}; see modeling.list_models() and "
+                             f"timm.list_models()")
         if pretrained and arch in _OURS:
             raise ValueError(f"'{name}' has no published weights; start from a saved export with "
                              "--model local-dir:PATH --pretrained (or modeling.load_model(PATH))")
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as e:  # huggingface_hub's LocalEntryNotFoundError when offline without a cached copy, HTTP errors
+        if not pretrained or source is not None:
+            raise
+        raise ValueError(_weights_missing(name, e)) from None
     declare_blocks(model)
     return model
+
+
+def _weights_missing(name: str, error: BaseException) -> str:
+    """One line for timm weights that could not be fetched: which Hub files, and what HF_HUB_OFFLINE says."""
+    from huggingface_hub import constants
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) or "(no Hub id)"
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    why = (f"HF_HUB_OFFLINE=1 is set and the local Hub cache ({constants.HF_HUB_CACHE}) has no copy of Hub repo "
+           f"'{repo}' (model.safetensors); fetch it once online, e.g. python -c \"import timm; "
+           f"timm.create_model('{name}', pretrained=True)\", or copy the cache over" if offline else
+           f"fetching Hub repo '{repo}' failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})")
+    return f"timm's pretrained weights for '{name}' are not available: {why}"
 
 
 # Residual-block classes of timm's CNN families (ResNet/ResNeXt/RegNet, ConvNeXt, EfficientNet/MobileNet, DenseNet)

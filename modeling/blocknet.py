@@ -211,6 +211,9 @@ def _cfg(**kwargs):
     return {**defaults, **kwargs}
 
 
+# the cfg of a variant with no default_cfgs entry (README's three-line blocknet_wide): the family's, not timm's
+# fallback, which names no classifier (validate.py finds a checkpoint's head by it); read by modeling.register
+FAMILY_CFG = _cfg()
 default_cfgs = generate_default_cfgs({
     "blocknet_tiny": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), notes="CPU demos and tests"),
     "blocknet_r18": _cfg(),

@@ -3,8 +3,9 @@
 A saved folder of a zoo architecture loads with no project code installed:
 ``timm.create_model("local-dir:PATH", pretrained=True)`` (also ``features_only=True``),
 ``transformers.AutoModelForImageClassification.from_pretrained(PATH)`` and
-``transformers.pipeline("image-classification", model=PATH)``; our own designs load the same way after
-``import modeling``. Weights are safetensors only: nothing here unpickles.
+``transformers.pipeline("image-classification", model=PATH)``. An architecture timm does not ship (ours, a user's)
+carries its defining file (``modeling.remote_code``): transformers loads it with ``trust_remote_code=True``, timm
+after ``import modeling`` of an installed copy (``pip install``). Weights are safetensors only: nothing here unpickles.
 
 Label keys in config.json (worked out against timm 1.0.31 and transformers 5.24, see tests/test_modeling.py):
 
@@ -30,14 +31,14 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import safetensors.torch
 import timm
 import yaml
-from huggingface_hub import (CommitOperationAdd, EvalResult, EvalResultEntry, HfApi, ModelCard, ModelCardData,
-                             eval_result_entries_to_yaml, get_token, hf_hub_download)
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token, hf_hub_download
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -46,7 +47,9 @@ from timm.models import PretrainedCfg, get_model_args
 
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 
-from ._registry import list_models
+from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
+                   model_index, public, resolve_dataset, results_section)
+from .remote_code import NotBundleable, defining_module, remote_code_files
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -58,10 +61,8 @@ EVAL_RESULTS_DIR = ".eval_results"  # huggingface_hub 2.x eval-results format, b
 _ARCH_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
               "pool_size", "first_conv", "classifier")
 _CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
-_CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "epochs", "hardware",
-              "results", "license", "tags"}
-_RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "ema", "image_size", "crop_pct", "interpolation", "flip"}
-REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
+_CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "epochs", "train_time",
+              "hardware", "results", "license", "tags"}
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub accepts as "true" in HF_HUB_OFFLINE
 
 
@@ -69,10 +70,13 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
                     pretrained_cfg: dict | None = None, model_card: dict | None = None) -> Path:
     """Write ``folder`` (config.json, model.safetensors, README.md, .eval_results/) in one atomic step.
 
+    An architecture timm does not ship also gets its defining file and a ``modeling_*.py`` for transformers'
+    ``trust_remote_code`` load (``modeling.remote_code``).
+
     ``label_names``: one unique id per class in index order (ImageNet wnids); ``label_descriptions``: the human names
     in the same order (duplicates allowed). ``pretrained_cfg``: the preprocessing the weights were trained/evaluated
     with (mean, std, input_size, crop_pct, interpolation, ...), over the architecture's defaults. ``model_card``: see
-    ``model_card_text``. An older folder of that name is replaced only once the new one is complete.
+    ``modeling.card.card_text``. An older folder of that name is replaced only once the new one is complete.
     """
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every state_dict key
     _check_model(model)
@@ -90,10 +94,22 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
     card = dict(model_card or {})
     if set(card) - _CARD_KEYS:
         raise ValueError(f"model_card: unknown keys {sorted(set(card) - _CARD_KEYS)} (known: {sorted(_CARD_KEYS)})")
-    _check_results(card.get("results") or {}, "model_card")
-    dataset_id = _card_dataset_id(card)
+    results = card.get("results") or {}
+    check_results(results, "model_card")
+    try:
+        _, dataset_id = resolve_dataset(card.get("dataset"), card.get("dataset_id"), results.get("split", "validation"))
+    except ValueError as e:
+        raise ValueError(f"model_card: {e}; leave dataset_id out for a local dataset") from None
 
     config = hub_config(model, label_names, label_descriptions, pretrained_cfg)
+    try:
+        code, auto_map = remote_code_files(model)
+    except NotBundleable as e:  # still a valid timm folder; it loads wherever the package defining it is installed
+        warnings.warn(f"{config['architecture']}: the export carries no code for transformers' trust_remote_code "
+                      f"load ({e})", stacklevel=2)
+        code, auto_map = {}, {}
+    if auto_map:
+        config["auto_map"] = auto_map
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
@@ -102,9 +118,13 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        num_params = sum(p.numel() for p in model.parameters())
-        (tmp / CARD_NAME).write_text(model_card_text(config, card, num_params=num_params))
-        entries = eval_result_entries(card.get("results") or {}, dataset_id) if dataset_id else []
+        for name, text in code.items():
+            (tmp / name).write_text(text)
+        module = defining_module(model)
+        defined_in = module and (module.__name__.replace(".", "/") + ".py")
+        (tmp / CARD_NAME).write_text(card_text(config, card, stats=model_stats(model, config), defined_in=defined_in,
+                                               remote_code=bool(code)))
+        entries = eval_result_entries(results, dataset_id) if dataset_id else []
         if entries:
             (tmp / EVAL_RESULTS_DIR).mkdir()
             (tmp / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml").write_text(
@@ -115,47 +135,6 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _is_local(ref: str) -> bool:
-    return ref.startswith(("/", "~", ".")) or os.path.exists(os.path.expanduser(ref))  # False on any OSError
-
-
-def _public(value):
-    """A string that names a local path, shown by its last component only: absolute paths leak user and cluster
-    names into a public card. Other values are returned as they are."""
-    if not isinstance(value, str) or not value:
-        return value
-    prefix = "local-dir:" if value.startswith("local-dir:") else ""
-    path = value.removeprefix(prefix)
-    return prefix + (Path(path).expanduser().resolve().name or path) if _is_local(path) else value
-
-
-def is_repo_id(ref: str) -> bool:
-    """``ref`` has the form of a Hub repo id with its owner, OWNER/NAME (huggingface_hub's rules)."""
-    try:
-        validate_repo_id(ref)
-    except HFValidationError:
-        return False
-    return "/" in ref
-
-
-def _hub_dataset_id(dataset) -> str | None:
-    """``dataset`` when it is a Hub dataset id (OWNER/NAME, not a local folder), else None. A card links only a Hub
-    dataset the weights were trained or scored on: a local folder of 1000 ImageNet wnids may hold other images
-    (a demo tree, a re-split, a subset of ImageNet-21k), so none is guessed from one."""
-    if not isinstance(dataset, str) or _is_local(dataset) or not is_repo_id(dataset):
-        return None
-    return dataset
-
-
-def _card_dataset_id(card: dict) -> str | None:
-    if "dataset_id" not in card:
-        return _hub_dataset_id(card.get("dataset"))
-    if card["dataset_id"] and _hub_dataset_id(card["dataset_id"]) != card["dataset_id"]:
-        raise ValueError(f"model_card: dataset_id '{card['dataset_id']}' is not a Hub dataset id (OWNER/NAME); "
-                         f"leave it out for a local dataset")
-    return card["dataset_id"] or None
 
 
 def _check_model(model) -> str:
@@ -203,169 +182,35 @@ def hub_config(model, label_names: list[str], label_descriptions: list[str] | No
     return config
 
 
-def _metric_name(key: str) -> str:
-    return f"{key[:3]}-{key[3:]} accuracy (%)"  # "top1" -> "top-1 accuracy (%)"
-
-
-def _eval_transform(results: dict) -> str:
-    """"48x48 px center crop (crop_pct 0.875, bicubic)": what the numbers were measured at, if recorded."""
-    if not results.get("image_size"):
-        return ""
-    how = [f"crop_pct {results['crop_pct']}"] if results.get("crop_pct") is not None else []
-    how += [str(results["interpolation"])] if results.get("interpolation") else []
-    flip = ", logits averaged with the mirrored image's (flip TTA)" if results.get("flip") else ""
-    return (f"{results['image_size']}x{results['image_size']} px center crop" + (f" ({', '.join(how)})" if how else "")
-            + flip)
-
-
-def eval_result_entries(results: dict, dataset_id: str) -> list[dict]:
-    """``results`` in huggingface_hub's ``.eval_results/*.yaml`` format (``EvalResultEntry``), accuracy in %."""
-    split = results.get("split", "validation")
-    images = f", {results['n']} images" if results.get("n") else ""
-    at = f", at {transform}" if (transform := _eval_transform(results)) else ""
-    entries = [EvalResultEntry(dataset_id=dataset_id, task_id=f"{k}_accuracy", value=round(float(results[k]), 2),
-                               notes=f"{_metric_name(k)} on the {split} split{images}{at}")
-               for k in ("top1", "top5") if results.get(k) is not None]
-    return eval_result_entries_to_yaml(entries)
-
-
-def _model_index(results: dict, dataset: str, dataset_id: str) -> list[EvalResult]:
-    """The legacy ``model-index`` entries of the card's front matter (still read by the Hub and papers-with-code)."""
-    return [EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_id,
-                       dataset_name=dataset, dataset_split=results.get("split", "validation"),
-                       metric_type="accuracy", metric_name=_metric_name(k), metric_value=round(float(results[k]), 2))
-            for k in ("top1", "top5") if results.get(k) is not None]
-
-
-def _results_section(results: dict, dataset: str) -> list[str]:
-    def pct(key):
-        return f"{results[key]:.2f}" if results.get(key) is not None else "-"
-    lines = ["## Results", "", "| dataset | split | images | top-1 (%) | top-5 (%) |", "|---|---|---|---|---|",
-             f"| {_cell(_public(results.get('dataset') or dataset or '-'))} | {results.get('split', 'validation')} | "
-             f"{results.get('n') or '-'} | {pct('top1')} | {pct('top5')} |", ""]
-    if results.get("image_size"):
-        lines += [f"Evaluated at {_eval_transform(results)}.", ""]
-    if results.get("ema"):
-        lines += ["Weights: the exponential moving average (EMA) of the trained weights.", ""]
-    return lines
-
-
-def _check_results(results: dict, where: str) -> None:
-    unknown = set(results) - _RESULT_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown results keys {sorted(unknown)} (known: {sorted(_RESULT_KEYS)})")
-
-
-def model_card_text(config: dict, card: dict, num_params: int | None = None) -> str:
-    """README.md: YAML front matter (library, license, datasets, legacy model-index) and a card body.
-
-    ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
-    push_to_hub fills in), description, dataset (as given to train.py: a Hub id, a local folder, shown by its name
-    only, or a display name), dataset_id (Hub dataset id for ``datasets:`` and the eval results; default: ``dataset``
-    when that is a Hub id, else none), recipe {hyper-parameter: value; local paths shown by their last component},
-    epochs, hardware, results {top1, top5 (both %), split, n (images), dataset, ema (bool), image_size (px),
-    crop_pct, interpolation, flip (bool: flip TTA)}, license (default apache-2.0), tags. Results go into the front
-    matter only with a Hub dataset id: a local folder's numbers are in the Results table alone.
-    """
-    arch, pcfg = config["architecture"], config["pretrained_cfg"]
-    name = card.get("model_name") or arch
-    repo = card.get("repo_id") or REPO_PLACEHOLDER
-    if repo != REPO_PLACEHOLDER:
-        try:
-            validate_repo_id(repo)
-        except HFValidationError:
-            raise ValueError(f"model_card: repo_id '{repo}' is not a Hub repo id (OWNER/NAME)") from None
-    dataset = _public(str(card["dataset"])) if card.get("dataset") else None
-    dataset_id = _card_dataset_id(card)
-    results = card.get("results") or {}
-    metrics = _model_index(results, dataset or dataset_id, dataset_id) if dataset_id else []
-    tags = ["image-classification", "timm", "transformers", "imagenet-trainer", *card.get("tags", [])]
-    data = ModelCardData(library_name="timm", pipeline_tag="image-classification", tags=tags,
-                         license=card.get("license", "apache-2.0"), datasets=[dataset_id] if dataset_id else None,
-                         model_name=name if metrics else None, eval_results=metrics or None)
-    ours = arch in list_models()
-    trained_on = f" trained on {dataset}" if dataset else ""
-    shown = f"{dataset} (`{dataset_id}`)" if dataset and dataset_id and dataset != dataset_id else dataset or dataset_id
-
-    lines = ["---", data.to_yaml(), "---", "", f"# {name}", "",
-             card.get("description") or f"A `{arch}` image classifier{trained_on} with imagenet-trainer.", "",
-             "## Model details", "",
-             f"- **Architecture:** `{arch}`" + (" (defined in imagenet-trainer's `modeling` package)" if ours else ""),
-             *([f"- **Parameters:** {num_params / 1e6:.2f} M"] if num_params else []),
-             f"- **Classes:** {config['num_classes']}",
-             *([f"- **Dataset:** {shown}"] if shown else []), ""]
-    lines += _results_section(results, dataset) if results else []
-    lines += ["## Training", ""]
-    epochs = card.get("epochs")
-    if epochs is not None:
-        lines.append(f"- **Epochs:** {epochs:g}" if isinstance(epochs, (int, float)) else f"- **Epochs:** {epochs}")
-    if card.get("hardware"):
-        lines.append(f"- **Hardware:** {card['hardware']}")
-    if card.get("recipe"):
-        lines += ["", "| hyper-parameter | value |", "|---|---|"]
-        lines += [f"| {_cell(k)} | {_cell(_public(v))} |" for k, v in card["recipe"].items()]
-    if epochs is None and not card.get("hardware") and not card.get("recipe"):
-        lines.append("No recipe was recorded.")
-
-    size = pcfg["input_size"][-1]
-    resize = int(size / pcfg.get("crop_pct", 1.0))  # timm's eval transform: resize the shorter side, center-crop
-    lines += ["", "## Preprocessing", "",
-              f"- Evaluation: resize the shorter side to {resize} px ({pcfg.get('interpolation', 'bilinear')}), "
-              f"center-crop {size}x{size} (crop_pct {pcfg.get('crop_pct')})",
-              f"- Normalize: mean {list(pcfg.get('mean', []))}, std {list(pcfg.get('std', []))} (RGB, 0-1 scale)",
-              "", "## How to load", ""]
-    if ours:
-        lines += [f"`{arch}` is defined in imagenet-trainer's `modeling` package: run `import modeling` first "
-                  "(it registers the architecture with timm), then every snippet below works.", ""]
-    lines += ["```python", "import timm", "from PIL import Image",
-              *(["import modeling  # registers the architecture with timm"] if ours else []),
-              f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()  # or "local-dir:PATH"',
-              "cfg = timm.data.resolve_data_config({}, model=model)  # the preprocessing above",
-              "transform = timm.data.create_transform(**cfg)",
-              'image = Image.open("photo.jpg").convert("RGB")',
-              "top5 = model(transform(image).unsqueeze(0)).softmax(-1).topk(5)",
-              "ids = model.pretrained_cfg['label_names']  # class index -> wnid",
-              "names = model.pretrained_cfg['label_descriptions']  # wnid -> human name",
-              "", "# multi-scale feature maps (detection, segmentation)",
-              f'backbone = timm.create_model("hf-hub:{repo}", pretrained=True, features_only=True)',
-              "", "# transformers: the pipeline prints the human names",
-              "from transformers import AutoModelForImageClassification, pipeline",
-              f'classifier = pipeline("image-classification", model="{repo}")',
-              f'model = AutoModelForImageClassification.from_pretrained("{repo}")',
-              "```", "", "## Labels", "",
-              f"<details><summary>{config['num_classes']} classes (index, id, name)</summary>", "",
-              "| index | id | name |", "|---|---|---|"]
-    descriptions = pcfg.get("label_descriptions") or {}
-    lines += [f"| {i} | {_cell(label)} | {_cell(descriptions.get(label, label))} |"
-              for i, label in enumerate(pcfg["label_names"])]
-    lines += ["", "</details>", ""]
-    return "\n".join(lines)
-
-
 def update_model_card_results(folder, results: dict) -> None:
-    """Put new results (e.g. from validate.py) into a saved folder's README.md (front matter ``model-index`` and
-    the Results section) and ``.eval_results/``, leaving the rest of the card as written. Each file is replaced
-    atomically. ``results``: top1, top5 (%), split, n (images), dataset (a Hub id or local folder; default: the
-    card's), ema (default: as the card said; the weights are unchanged), image_size (px), crop_pct, interpolation,
-    flip (bool: flip TTA).
-    Results on a local folder replace the Results table only: the front matter keeps the Hub dataset's results,
-    which still hold for these weights."""
+    """Put new results (e.g. from validate.py) into a saved folder's README.md (front matter ``model-index``, and
+    ``datasets:`` for a Hub dataset, and the Results section) and ``.eval_results/``, leaving the rest of the card
+    as written. Each file is replaced atomically. ``results``: top1, top5 (%), split, n (images), dataset (a Hub
+    id or local folder; default: the card's), dataset_id (its Hub id, ``--hub_dataset_id``), ema (default: as
+    the card said; the weights are unchanged), image_size (px), crop_pct, interpolation, flip (bool: flip TTA).
+    The metadata's entries for other datasets or splits stay: they still hold for these weights."""
     folder = Path(folder)
     if not (folder / CARD_NAME).is_file():
         raise ValueError(f"{folder}: no {CARD_NAME}; write the folder with modeling.save_pretrained first")
-    _check_results(results, f"update_model_card_results({folder})")
+    check_results(results, f"update_model_card_results({folder})")
     card = ModelCard.load(folder / CARD_NAME)
     body = card.text
     match = re.search(r"^## Results\n.*?(?=^## )", body, flags=re.S | re.M)
     results = {"ema": bool(match) and "(EMA)" in match.group(), **results}
-    dataset_id = _hub_dataset_id(results["dataset"]) if results.get("dataset") else (card.data.datasets or [None])[0]
-    old = (card.data.eval_results or [None])[0]
-    dataset = _public(str(results.get("dataset") or (old.dataset_name if old else dataset_id) or "-"))
-    if dataset_id:
-        card.data.eval_results = _model_index(results, dataset, dataset_id) or None
+    split = results.get("split", "validation")
+    if results.get("dataset") or results.get("dataset_id"):
+        name, dataset_id = resolve_dataset(results.get("dataset"), results.get("dataset_id"), split)
+    else:  # the card's own dataset
+        old = (card.data.eval_results or [None])[0]
+        dataset_id = (card.data.datasets or [None])[0]
+        name = old.dataset_name if old else dataset_id
+    if name:
+        card.data.eval_results = merge_model_index(card.data.eval_results, model_index(results, name, dataset_id))
+    if dataset_id and dataset_id not in (card.data.datasets or []):
+        card.data.datasets = [*(card.data.datasets or []), dataset_id]
     if card.data.eval_results and not card.data.model_name:
         card.data.model_name = json.loads((folder / CONFIG_NAME).read_text())["architecture"]
-    section = "\n".join(_results_section(results, dataset))
+    section = "\n".join(results_section(results, name))
     if match:
         body = body[:match.start()] + section + "\n" + body[match.end():]
     elif "## Training" in body:
@@ -379,8 +224,37 @@ def update_model_card_results(folder, results: dict) -> None:
                           yaml.safe_dump(entries, sort_keys=False))
 
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|")  # a "|" inside a markdown table cell would split it
+def model_stats(model, config: dict) -> dict | None:
+    """Params (M), GMACs and activations (M) of one image at the saved input size, counted the way timm's model
+    cards count them (fvcore: a multiply-add per weight use in convolutions and linear layers; activations = their
+    output elements). Runs one forward pass on the CPU; None if the model cannot run on a random image."""
+    import torch
+
+    macs, activations = [0], [0]
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            macs[0] += output.numel() * module.in_channels // module.groups * module.kernel_size[0] * \
+                module.kernel_size[1]
+        else:
+            macs[0] += output.numel() * module.in_features
+        activations[0] += output.numel()
+
+    size = config["pretrained_cfg"]["input_size"]
+    device = next(model.parameters()).device
+    was_training = model.training
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *size, device=device))  # eval: BatchNorm statistics stay as they are
+    except Exception:  # an architecture that needs another input: the card leaves the stats out
+        return None
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return {"params": sum(p.numel() for p in model.parameters()) / 1e6, "gmacs": macs[0] / 1e9,
+            "activations": activations[0] / 1e6}
 
 
 def _resolve_folder(ref: str, filenames: tuple[str, ...]) -> Path:
@@ -413,6 +287,15 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
     in eval mode. ``num_classes`` different from the saved count gives a fresh classifier on the saved features."""
     folder = _resolve_folder(path_or_hub_id, (CONFIG_NAME, WEIGHTS_NAME))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    arch = str(json.loads((folder / CONFIG_NAME).read_text()).get("architecture", ""))
+    if arch and not timm.is_model(arch.split(".")[0]):
+        bundled = sorted(p.name for p in folder.glob("*.py") if not p.name.startswith("modeling_"))
+        hint = (f"; the export carries its source ({', '.join(bundled)}): load it with transformers' "
+                f"AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)" if bundled else "")
+        raise ValueError(f"architecture '{arch}' of {path_or_hub_id} is not registered with timm: install the package "
+                         f"that defines it (imagenet-trainer: pip install git+<its repository url>, or pip install -e . "
+                         f"in a checkout) and import it (import modeling; a family file of your own: import it too)"
+                         f"{hint}")
     # local-dir: reads config.json and model.safetensors (timm prefers it over pickles, which _resolve_folder
     # has made sure exists)
     return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()

@@ -1,6 +1,7 @@
 """modeling/: the registry, our backbones, and the Hub folder format (timm + transformers, offline)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -179,31 +180,156 @@ def test_features_only_gives_advertised_maps(name):
             assert len(reductions) >= 4 and reductions[-1] == 32, reductions
 
 
-def test_readme_example_backbone_works(tmp_path, monkeypatch):
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Names registered inside a test are gone after it: timm's registry and list_models() are restored, so a
+    later test of a user's family of the same name tests that family, not a toy."""
+    reg = timm.models._registry
+    saved = {name: copy.deepcopy(value) if name != "_model_entrypoints" else dict(value)
+             for name, value in vars(reg).items() if name.startswith(("_model", "_module")) and
+             isinstance(value, (dict, set))}
+    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))
+    yield
+    for name, value in saved.items():
+        setattr(reg, name, value)
+
+
+DOC_FAMILY = "mynet_doc_example"  # not the README's mynet_small: that name is the user's
+
+
+def docstring_family_source(name: str = DOC_FAMILY) -> str:
+    """The one-file backbone of modeling/__init__.py's docstring (copied into the README), as a module outside
+    the package, its variant renamed."""
+    code = modeling.__doc__.split("one import line at the bottom of this file:")[1].split("then ``from . import")[0]
+    return textwrap.dedent(code).replace("from ._registry import", "from modeling._registry import").replace(
+        "mynet_small", name)
+
+
+def test_readme_example_backbone_works(tmp_path, monkeypatch, scratch_registry):
     """The docstring of modeling/__init__.py (copied into the README) is a working one-file backbone."""
-    doc = modeling.__doc__
-    code = doc.split("one import line at the bottom of this file:")[1].split("then ``from . import mynet``")[0]
-    code = textwrap.dedent(code).replace("from ._registry import", "from modeling._registry import")
-    (tmp_path / "mynet_example.py").write_text(code)
+    (tmp_path / "mynet_example.py").write_text(docstring_family_source())
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))  # leave list_models() as it was
+    monkeypatch.delitem(sys.modules, "mynet_example", raising=False)
     import mynet_example  # noqa: F401
 
-    assert "mynet_small" in modeling.list_models()
-    model = modeling.create_model("mynet_small", num_classes=3)
+    assert DOC_FAMILY in modeling.list_models()
+    model = modeling.create_model(DOC_FAMILY, num_classes=3)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    maps = timm.create_model("mynet_small", features_only=True)(torch.randn(1, 3, 32, 32))
+    maps = timm.create_model(DOC_FAMILY, features_only=True)(torch.randn(1, 3, 32, 32))
     assert [tuple(m.shape[1:]) for m in maps] == [(32, 16, 16), (64, 8, 8)]
     # what test_features_only_gives_advertised_maps asks of a registered design that is not one of ours
-    assert check_advertised_maps(modeling.create_model("mynet_small", features_only=True)) == [2, 4]
+    assert check_advertised_maps(modeling.create_model(DOC_FAMILY, features_only=True)) == [2, 4]
 
 
-def test_readme_three_line_variant_gets_the_family_cfg(monkeypatch):
+def test_scratch_registry_restores_timm(scratch_registry):
+    assert not timm.is_model(DOC_FAMILY) and DOC_FAMILY not in modeling.list_models()  # the test above left none
+
+
+def test_variant_without_its_cfg_fails_at_import(tmp_path, monkeypatch, scratch_registry):
+    source = docstring_family_source().replace('generate_default_cfgs({"mynet_doc_example"',
+                                               'generate_default_cfgs({"mynet_doc_exampel"')  # a typo in the key
+    (tmp_path / "mynet_typo.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=r"mynet_typo.py: variant 'mynet_doc_example' has no default_cfgs entry "
+                                          r"\(entries: mynet_doc_exampel\)") as e:
+        import mynet_typo  # noqa: F401
+    assert "\n" not in str(e.value) and not timm.is_model(DOC_FAMILY)
+
+
+def test_unknown_model_names_the_family_files_not_imported():
+    probe = Path(modeling.__file__).parent / "mynet_not_imported.py"  # a family file whose import line is missing
+    probe.write_text(docstring_family_source("mynet_pico"))
+    try:
+        with pytest.raises(ValueError, match=r"not imported: modeling/mynet_not_imported.py \(add `from \. import "
+                                             r"mynet_not_imported` to modeling/__init__.py\)") as e:
+            modeling.create_model("mynet_pico")
+    finally:
+        probe.unlink()
+    assert "\n" not in str(e.value)
+
+
+USERS_FAMILIES = r"""
+# a pytest plugin (-p): registers what README section 6 has a user add before the suite collects its tests
+import re
+from pathlib import Path
+
+import modeling
+import modeling.blocknet
+import mynet  # noqa: F401  a plain-CNN family of the user's, the docstring's example as written
+
+readme = (Path(modeling.__file__).resolve().parents[1] / "README.md").read_text()
+snippet = re.search(r"```python\n(@register\ndef blocknet_wide.*?)```", readme, flags=re.S).group(1)
+exec(snippet, vars(modeling.blocknet))  # as if pasted at the end of modeling/blocknet.py
+"""
+
+
+def test_a_users_families_pass_the_registry_suite_as_written(tmp_path):
+    """README section 6's three-line blocknet_wide and the docstring's plain-CNN mynet_small (no residual blocks, two
+    feature maps at strides 2 and 4, 32 px-sized) registered as a user would, then the registry tests of this file
+    and tests/test_recipes.py on them: nothing in the suite may ask more of a family than every family needs."""
+    (tmp_path / "mynet.py").write_text(docstring_family_source("mynet_small"))
+    (tmp_path / "users_families.py").write_text(USERS_FAMILIES)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "users_families", "-p", "no:cacheprovider",
+                           "tests/test_modeling.py", "tests/test_recipes.py", "-k",
+                           "mynet_small or blocknet_wide or test_registry_lists"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    ran = re.findall(r"(\d+) passed", proc.stdout)
+    # forward/backward, features_only, save/load, FSDP wrap for each of the two, plus the registry test
+    assert ran and int(ran[0]) >= 9, proc.stdout[-2000:]
+    assert " skipped" not in proc.stdout.splitlines()[-1]
+
+
+def test_users_family_exports_its_file_and_loads_with_trust_remote_code(tmp_path, monkeypatch, scratch_registry):
+    """A plain-CNN family defined outside this package exports with its own file and loads in transformers in a
+    process that cannot import modeling."""
+    (tmp_path / "mynet_remote.py").write_text(docstring_family_source("mynet_remote_small"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynet_remote  # noqa: F401
+
+    torch.manual_seed(0)
+    model = modeling.create_model("mynet_remote_small", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=WNIDS, label_descriptions=NAMES,
+                                      pretrained_cfg={"input_size": (3, 32, 32)})
+    assert sorted(p.name for p in folder.glob("*.py")) == ["modeling_mynet_remote.py", "mynet_remote.py"]
+    copied = (folder / "mynet_remote.py").read_text()
+    card = (folder / "README.md").read_text()
+    assert "import mynet_remote  # registers mynet_remote_small" in card and "import modeling" not in card
+    assert "from timm.models import register_model as register" in copied and "import modeling" not in copied
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        save_file({"x": x, "logits": model(x)}, tmp_path / "io.safetensors")
+    script = (
+        "import importlib.util, sys, json, torch\n"
+        "assert importlib.util.find_spec('modeling') is None and importlib.util.find_spec('mynet_remote') is None\n"
+        "from safetensors.torch import load_file\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        "folder, tensors, photo = sys.argv[1:]\n"
+        "io = load_file(tensors)\n"
+        "hf = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
+        "with torch.no_grad():\n"
+        "    equal = bool(torch.allclose(hf(pixel_values=io['x']).logits, io['logits'], atol=1e-5))\n"
+        "labels = [p['label'] for p in pipeline('image-classification', model=folder, trust_remote_code=True)"
+        "(photo, top_k=4)]\n"
+        "print('RESULT ' + json.dumps({'equal': equal, 'labels': labels}))\n")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(folder), str(tmp_path / "io.safetensors"),
+                           str(PHOTO)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert out["equal"] and sorted(out["labels"]) == sorted(SHOWN)
+
+
+def test_readme_three_line_variant_gets_the_family_cfg(scratch_registry):
     """README's new-variant snippet (no default_cfgs entry): it must get BlockNet's cfg (classifier, crop, mean/std),
     not timm's fallback, or validate.py cannot find the head of its checkpoints."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     snippet = readme.split("def blocknet_wide", 1)[1].split("```", 1)[0]
-    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))
     namespace = vars(modeling.blocknet).copy()
     exec(("@register\ndef blocknet_wide" + snippet).replace("blocknet_wide", "blocknet_readme_wide"), namespace)
     model = modeling.create_model("blocknet_readme_wide", num_classes=5)
@@ -250,8 +376,10 @@ def test_config_json_keys(saved_tiny):
     assert {"mean", "std", "interpolation"} <= set(pcfg) and "tag" not in pcfg
     assert list(config["id2label"].values()) == SHOWN
     assert config["label2id"] == {name: i for i, name in enumerate(SHOWN)}
-    assert sorted(p.name for p in folder.iterdir()) == [".eval_results", "README.md", "config.json",
-                                                          "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".eval_results", "README.md", "blocknet.py", "config.json",
+                                                          "model.safetensors", "modeling_blocknet.py"]
+    assert config["auto_map"] == {"AutoModelForImageClassification":
+                                  "modeling_blocknet.TimmWrapperForImageClassification"}
 
 
 def test_1000_class_label_keys_agree_with_transformers():
@@ -285,7 +413,8 @@ def test_model_card_and_eval_results(saved_tiny):
     for fact in ("16", "1x H100 80GB", "| lr | 0.8 |", "| batch_size | 1024 |", "[0.485, 0.456, 0.406]",
                  "crop_pct 1.0", "| 67.12 | 87.45 |", "| 0 | n02012849 | crane |", "import modeling",
                  'timm.create_model("hf-hub:me/tiny", pretrained=True', "features_only=True",
-                 'pipeline("image-classification", model="me/tiny")'):
+                 'pipeline("image-classification", model="me/tiny", trust_remote_code=True)', "topk(4)",
+                 "num_classes=0", "Params (M): 0.31", "GMACs", "Activations (M)", "@misc{rw2019timm"):
         assert fact in body, fact
 
     entries = huggingface_hub.parse_eval_result_entries(
@@ -307,13 +436,16 @@ def test_card_shows_no_local_paths_and_links_only_hub_datasets(tmp_path):
         "dataset": str(home / "imagenet"), "recipe": recipe, "results": results})
     text = (local / "README.md").read_text()
     assert "alice" not in text  # the card is public, the cluster's paths are not
-    for row in ("| dataset | imagenet |", "| output_dir | r50 |", "| model | local-dir:start |",
-                "| resume_from_checkpoint | latest |", "| imagenet | validation | 50000 | 70.00 | 90.00 |"):
+    for row in ("| model | local-dir:start |", "| lr | 0.1 |", "| imagenet | validation | 50000 | 70.00 | 90.00 |"):
         assert row in text, row
+    for plumbing in ("| dataset | imagenet |", "| output_dir |", "| resume_from_checkpoint |"):  # not how the weights were made
+        assert plumbing not in text, plumbing
     # ILSVRC's 1000 wnids do not make a local folder the Hub's ILSVRC/imagenet-1k (preprocess.py's demo trees have
-    # them too): the card links no dataset and makes no leaderboard claim; the Results table keeps the numbers
+    # them too): the results are in the metadata under the folder's own name, with no Hub dataset linked
     card = huggingface_hub.ModelCard.load(local / "README.md")
-    assert card.data.datasets is None and card.data.eval_results is None and not (local / ".eval_results").exists()
+    assert card.data.datasets is None and not (local / ".eval_results").exists()
+    assert {(r.dataset_name, r.dataset_type, r.metric_value) for r in card.data.eval_results} == {
+        ("imagenet", "imagenet", 70.0), ("imagenet", "imagenet", 90.0)}
     assert 'timm.create_model("hf-hub:OWNER/NAME"' in text  # no repo id yet: push_to_hub fills it in
 
     # --dataset given as a Hub id is that dataset; a known repo id goes into the snippets
@@ -323,7 +455,7 @@ def test_card_shows_no_local_paths_and_links_only_hub_datasets(tmp_path):
     assert card.data.datasets == ["ILSVRC/imagenet-1k"]
     assert card.data.eval_results[0].dataset_type == "ILSVRC/imagenet-1k"
     assert 'hf-hub:me/r50"' in card.text and 'model="me/r50"' in card.text and "OWNER/NAME" not in card.text
-    for bad, message in (({"dataset_id": "my data"}, "dataset_id 'my data' is not a Hub dataset id"),
+    for bad, message in (({"dataset_id": "my data"}, "dataset id 'my data' is not a Hub dataset id"),
                          ({"repo_id": "me/r50/x"}, "repo_id 'me/r50/x' is not a Hub repo id")):
         with pytest.raises(ValueError, match=message):
             modeling.save_pretrained(model, tmp_path / "bad", **labels, model_card=bad)
@@ -340,7 +472,8 @@ def test_export_follows_the_umask_not_mkdtemp(saved_tiny, tmp_path):
         os.umask(old)
     modes = {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in (folder, *folder.rglob("*"))}
     assert modes == {".": 0o755, ".eval_results": 0o755, ".eval_results/imagenet-1k.yaml": 0o644,
-                     "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
+                     "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644, "blocknet.py": 0o644,
+                     "modeling_blocknet.py": 0o644}
 
 
 def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_path):
@@ -377,13 +510,16 @@ def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_pat
     assert [e["value"] for e in entries] == [62.5, 87.5] and entries[0]["notes"].endswith("at 80x80 px center crop "
                                                                                         "(crop_pct 1.0, bicubic)")
 
-    # on a local folder: the table is replaced, the front matter (results on a Hub dataset) still holds
+    # on a local folder: the table is replaced, the metadata gains the folder's entry and keeps the Hub dataset's
     (tmp_path / "home" / "mine").mkdir(parents=True)
-    front = card.data.to_dict()
+    before = [(r.dataset_type, r.dataset_split, r.metric_value) for r in card.data.eval_results]
     modeling.update_model_card_results(folder, {"top1": 30.0, "top5": 60.0, "dataset": str(tmp_path / "home" / "mine"),
                                                 "ema": False})
     card = huggingface_hub.ModelCard.load(folder / "README.md")
-    assert card.data.to_dict() == front and "| mine | validation | - | 30.00 | 60.00 |" in card.text
+    assert [(r.dataset_type, r.dataset_split, r.metric_value) for r in card.data.eval_results] == before + [
+        ("mine", "validation", 30.0), ("mine", "validation", 60.0)]
+    assert card.data.datasets == ["me/train-data", "other/dataset"]
+    assert "| mine | validation | - | 30.00 | 60.00 |" in card.text
     assert str(tmp_path) not in card.text and "(EMA)" not in card.text  # ema=False was said explicitly
 
     bare = modeling.save_pretrained(model, tmp_path / "bare", label_names=WNIDS)  # no results section yet
@@ -572,8 +708,8 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path
     url = modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret", private=True, commit_message="v1")
     assert url == "https://huggingface.co/me/tiny"
     assert calls == [("create_repo", "me/tiny", True, True),
-                     ("create_commit", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "config.json",
-                                                   "model.safetensors"], "v1")]
+                     ("create_commit", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "blocknet.py",
+                                                   "config.json", "model.safetensors", "modeling_blocknet.py"], "v1")]
 
     # a card saved before the repo id was known: the pushed copy names the repo, the local one is left as it is
     bare = modeling.save_pretrained(saved_tiny[0], tmp_path / "bare", label_names=WNIDS)
@@ -593,3 +729,37 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path
         modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret")
     assert "\n" not in str(e.value) and "hf_secretsecret" not in str(e.value)
     assert folder_digest(folder) == before
+
+
+def test_load_of_an_unregistered_architecture_says_what_to_install(saved_tiny, tmp_path):
+    _, folder = saved_tiny
+    copy_dir = tmp_path / "export"
+    copy_dir.mkdir()
+    for p in folder.iterdir():
+        if p.is_file():
+            (copy_dir / p.name).write_bytes(p.read_bytes())
+    config = json.loads((copy_dir / "config.json").read_text())
+    (copy_dir / "config.json").write_text(json.dumps({**config, "architecture": "mynet_unregistered"}))
+    with pytest.raises(ValueError, match=r"'mynet_unregistered' .* is not registered with timm: install the package "
+                                         r".*pip install -e \..*\(blocknet.py\).*trust_remote_code=True") as e:
+        modeling.load_model(copy_dir)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full-ilsvrc", "subset"])
+def test_card_of_a_preprocess_dataset_names_ilsvrc_only_when_full(saved_tiny, tmp_path, full):
+    """train.py passes its --dataset folder; preprocess.py's source.json there says what the images are."""
+    model, _ = saved_tiny
+    data = tmp_path / "imagenet"
+    data.mkdir()
+    (data / "source.json").write_text(json.dumps({
+        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": full, "num_classes": 1000 if full else 4,
+        "counts": {"train": 1281167, "validation": 50000}, "val_fraction": None, "split_seed": None}))
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, label_descriptions=NAMES, model_card={
+        "dataset": str(data), "results": {"top1": 60.0, "top5": 80.0, "split": "validation", "n": 50000}})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("ILSVRC-2012", 60.0),
+                                                                                   ("ILSVRC-2012", 80.0)]
+    assert card.data.datasets == (["ILSVRC/imagenet-1k"] if full else None)
+    assert (folder / ".eval_results" / "imagenet-1k.yaml").exists() == full
+    assert ("(the full ILSVRC-2012)" in card.text) == full and "1,281,167 train" in card.text

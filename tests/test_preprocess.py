@@ -621,3 +621,376 @@ def test_demo_grain_makes_imagenet_sized_files(tmp_path):
     assert grainy > 2 * plain and grainy > 60_000, (plain, grainy)
     with pytest.raises(ValueError, match="grain"):
         make_ilsvrc_tree(tmp_path / "bad", grain=-1)
+
+
+# ---- a user's files are never lost: refuse, report done, --overwrite ----
+
+def arrow_files(out: Path) -> dict:
+    return {p.relative_to(out): (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.rglob("*.arrow")}
+
+
+@pytest.fixture
+def finished(clean_tree, tmp_path) -> Path:
+    out = tmp_path / "pp"
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
+    return out
+
+
+def test_rerun_keeps_a_users_file_and_is_reported_done(clean_tree, finished):
+    """The issue's scenario: preprocess, `echo x > pp/notes.txt`, the same command again."""
+    (finished / "notes.txt").write_text("x\n")
+    before = arrow_files(finished)
+    proc = run_script("--data_dir", clean_tree, "--output_dir", finished, "--num_proc", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{finished}: already done (same inputs and settings" in proc.stdout and "wrote" not in proc.stdout
+    assert (finished / "notes.txt").read_text() == "x\n"
+    assert arrow_files(finished) == before  # not one shard rewritten
+    assert not (finished.parent / "pp.tmp").exists()
+
+
+def test_other_settings_need_overwrite_which_never_deletes_a_users_file(clean_tree, finished):
+    (finished / "notes.txt").write_text("x\n")
+    before = arrow_files(finished)
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1", "--quality", "75"]
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(args)
+    message = str(e.value.code)
+    assert message == (f"error: --output_dir: {finished} holds a preprocess.py output of other inputs or settings "
+                       "(quality 90 -> 75); add --overwrite to replace it, or choose another folder")
+    with pytest.raises(SystemExit) as e:
+        preprocess.main([*args, "--overwrite"])
+    assert str(e.value.code) == (f"error: --overwrite: {finished / 'notes.txt'} is not preprocess.py's (1 such paths "
+                                 f"in {finished}); move them out, then run again")
+    assert (finished / "notes.txt").read_text() == "x\n" and arrow_files(finished) == before
+    assert not (finished.parent / "pp.tmp").exists()  # refused before any work
+
+    (finished / "notes.txt").unlink()
+    preprocess.main([*args, "--overwrite"])
+    assert json.loads((finished / "preprocess_manifest.json").read_text())["job"]["quality"] == 75
+    assert set(arrow_files(finished)) == set(before) and arrow_files(finished) != before
+    assert not (finished.parent / ".pp.old").exists() and not (finished.parent / "pp.tmp").exists()
+
+
+def test_an_output_without_manifest_needs_overwrite(clean_tree, finished):
+    """An interrupted copy without the manifest, or an output of an older preprocess.py: never taken as done."""
+    (finished / "preprocess_manifest.json").unlink()
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1"]
+    with pytest.raises(SystemExit, match="from before preprocess_manifest.json; add --overwrite"):
+        preprocess.main(args)
+    preprocess.main([*args, "--overwrite"])
+    assert (finished / "preprocess_manifest.json").is_file()
+
+
+def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tmp_path):
+    out = tmp_path / "made_with_mkdir"
+    out.mkdir()
+    (tmp_path / "made_with_mkdir.tmp").mkdir()  # what a start that failed before its first file leaves
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"]
+    preprocess.main(args)
+    assert datasets.load_from_disk(str(out))["train"].num_rows == 6
+
+    broken = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, broken)
+    (broken / ilsvrc.VAL_SOLUTION).unlink()
+    with pytest.raises(SystemExit):
+        preprocess.main(["--data_dir", str(broken), "--output_dir", str(tmp_path / "again"), "--num_proc", "1"])
+    assert not (tmp_path / "again").exists() and not (tmp_path / "again.tmp").exists()
+    shutil.copy(clean_tree / ilsvrc.VAL_SOLUTION, broken / ilsvrc.VAL_SOLUTION)
+    preprocess.main(["--data_dir", str(broken), "--output_dir", str(tmp_path / "again"), "--num_proc", "1"])
+    assert (tmp_path / "again" / "preprocess_manifest.json").is_file()
+
+
+# ---- damaged copies: sizes checked at load, checksums with --verify ----
+
+def test_manifest_lists_every_file_with_size_and_sha256(preprocessed):
+    import hashlib
+    m = json.loads((preprocessed / "preprocess_manifest.json").read_text())
+    on_disk = {str(p.relative_to(preprocessed)) for p in preprocessed.rglob("*") if p.is_file()}
+    assert set(m["files"]) == on_disk - {"preprocess_manifest.json"}
+    for rel, entry in m["files"].items():
+        data = (preprocessed / rel).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, rel
+
+
+@pytest.fixture
+def damaged(preprocessed, tmp_path) -> tuple[Path, Path]:
+    """A copy of the dataset with one Arrow file cut short, as an interrupted copy to a node's disk leaves it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(preprocessed, copy)
+    victim = sorted(copy.glob("train/*.arrow"))[1]
+    victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+    return copy, victim
+
+
+def test_truncated_arrow_file_is_named_at_load_and_by_verify(damaged):
+    from imagenet_trainer.data import load_image_dataset
+    copy, victim = damaged
+    with pytest.raises(ValueError) as e:
+        load_image_dataset(str(copy))
+    message = str(e.value)
+    assert message.startswith(f"{victim} has ") and "\n" not in message
+    assert f"preprocess.py --verify {copy}" in message
+
+    proc = run_script("--verify", copy)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    listed = json.loads((copy / "preprocess_manifest.json").read_text())["files"]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("BAD")] == [
+        f"BAD {victim}: {victim.stat().st_size:,} bytes, expected {listed[str(victim.relative_to(copy))]['bytes']:,}"
+        " (truncated or damaged)"]
+    assert proc.stderr.strip().splitlines() == [f"error: --verify {copy}: 1 of {len(listed)} files damaged or "
+                                                "missing; copy them again from where the dataset was made"]
+
+
+def test_verify_catches_a_flipped_byte_and_passes_a_good_copy(preprocessed, tmp_path):
+    proc = run_script("--verify", preprocessed)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith(f"ok: {preprocessed}: all ")
+    copy = tmp_path / "copy"
+    shutil.copytree(preprocessed, copy)
+    victim = sorted(copy.glob("validation/*.arrow"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    victim.write_bytes(bytes(data))
+    (copy / "notes.txt").write_text("a user's file is not the dataset's business")
+    proc = run_script("--verify", copy)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"BAD {victim}: SHA-256 differs from preprocess_manifest.json (damaged)"]
+    proc = run_script("--verify", tmp_path)
+    assert proc.returncode == 1 and "preprocess_manifest.json: not found" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_missing_file_and_no_manifest_are_one_line_at_load(damaged, preprocessed):
+    from imagenet_trainer.data import load_image_dataset
+    copy, victim = damaged
+    names = copy / ilsvrc.DESCRIPTIONS_FILE
+    names.unlink()
+    with pytest.raises(ValueError, match=f"^{names} is missing .listed in preprocess_manifest.json.; copy it again"):
+        load_image_dataset(str(copy))
+    shutil.copy(preprocessed / ilsvrc.DESCRIPTIONS_FILE, names)
+    (copy / "preprocess_manifest.json").unlink()  # an older output: pyarrow's error turned into the file's name
+    with pytest.raises(ValueError) as e:
+        load_image_dataset(str(copy))
+    assert str(e.value) == f"{victim}: damaged or truncated Arrow file; copy it again, or rerun preprocess.py"
+
+
+def test_train_and_validate_scripts_name_the_damaged_file_in_one_line(damaged, tmp_path):
+    copy, victim = damaged
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "blocknet_tiny", "--dataset", str(copy),
+                            "--output_dir", str(tmp_path / "run"), "--image_size", "32", "--batch_size", "8",
+                            "--num_workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode != 0 and "Traceback" not in train.stderr, train.stderr[-3000:]
+    last = train.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --dataset {copy}: {victim} has ") and "preprocess.py --verify" in last
+    validate = subprocess.run([sys.executable, str(ROOT / "validate.py"), "--model", "blocknet_tiny", "--dataset",
+                               str(copy), "--num_workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert validate.returncode != 0 and "Traceback" not in validate.stderr, validate.stderr[-3000:]
+    assert validate.stderr.strip().splitlines()[-1].startswith(f"error: --dataset {copy}: {victim} has ")
+
+
+# ---- a user's own tree: class folders ----
+
+def class_tree(kaggle: Path, root: Path, names: list[str], layout: str) -> Path:
+    """The images of a demo Kaggle tree, faults included, re-sorted as a user's tree: folders named ``names``
+    (the i-th sorted wnid's images go to names[i]), as train/ + validation/ + test/ or as one tree (<class>/)."""
+    m = manifest(kaggle)
+    wnids = m["wnids"]
+    for wnid in wnids:
+        dest = root / ("train" if layout == "train_val" else "") / names[wnids.index(wnid)]
+        shutil.copytree(kaggle / ilsvrc.SPLIT_DIRS["train"] / wnid, dest, dirs_exist_ok=True)
+    for p in (kaggle / ilsvrc.SPLIT_DIRS["validation"]).iterdir():
+        folder = root / ("validation" if layout == "train_val" else "") / names[m["val_labels"][p.stem]]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    if layout == "train_val":
+        shutil.copytree(kaggle / ilsvrc.SPLIT_DIRS["test"], root / "test")  # loose files: unlabelled
+    return root
+
+
+NAMES = ["zebra", "apple", "mango", "kiwi"]  # the 1st..4th wnid's images: label order is the sorted names
+
+
+def test_class_folder_tree_gets_the_same_contract(ilsvrc_tree, tmp_path):
+    tree = class_tree(ilsvrc_tree, tmp_path / "my photos", NAMES, "train_val")
+    out = tmp_path / "mine"
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "2", "--shard_size", "5"])
+    m = manifest(ilsvrc_tree)
+    dd = datasets.load_from_disk(str(out))
+    assert set(dd) == {"train", "validation", "test"}
+    broken = Counter(m["planted"][kind]["split"] for kind in m["broken"])
+    names = sorted(NAMES)
+    for split, ds in dd.items():
+        assert list(ds.features) == ["image", "label", "image_id", "objects"]
+        assert ds.features["label"].names == names and ds.num_rows == m["files"][split] - broken[split]
+    rows = raw_rows(out)
+    for image_id, row in rows["train"].items():
+        folder, stem = image_id.split("/")
+        assert row["label"] == names.index(folder) and NAMES.index(folder) == m["wnids"].index(stem.split("_")[0])
+        assert row["objects"] == []
+    for image_id, row in rows["validation"].items():
+        assert NAMES[m["val_labels"][image_id.split("/")[1]]] == names[row["label"]]
+    assert {r["label"] for r in rows["test"].values()} == {-1}
+    assert ilsvrc.class_descriptions(out) == names == ilsvrc.class_descriptions(dd)
+
+    report = json.loads((out / "preprocess_report.json").read_text())  # the same quirk handling and tiles
+    skipped = {s["path"] for s in report["skipped"]}
+    assert len(skipped) == sum(broken.values()) and all(p.split("/")[0] in ("train", "validation", "test")
+                                                        for p in skipped)
+    assert sum(sum(c.values()) for c in report["reencoded"].values()) == len(CONVERTED)
+    assert sum(report["tiled"].values()) >= 3
+    for p in (m["planted"][kind] for kind in CONVERTED if m["planted"][kind]["split"] == "train"):
+        data = rows["train"][f"{NAMES[m['wnids'].index(p['stem'].split('_')[0])]}/{p['stem']}"]["image"]["bytes"]
+        assert Image.open(io.BytesIO(data)).mode == "RGB"
+    assert json.loads((out / "source.json").read_text()) == {
+        "layout": "class-folders", "name": "my photos", "ilsvrc2012_full": False, "num_classes": 4,
+        "counts": report["counts"], "val_fraction": None, "split_seed": None}
+
+
+def test_one_tree_with_val_fraction_is_a_seeded_stratified_split(ilsvrc_tree, tmp_path):
+    tree = class_tree(ilsvrc_tree, tmp_path / "flat", NAMES, "one_tree")
+    files = Counter(p.parent.name for p in tree.rglob("*") if p.is_file())
+
+    def split_of(seed, name):
+        out = tmp_path / name
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1",
+                         "--val_fraction", "0.25", "--split_seed", str(seed), "--restart_tile", "0"])
+        report = json.loads((out / "preprocess_report.json").read_text())
+        ids = {split: set(ds["image_id"]) for split, ds in datasets.load_from_disk(str(out)).items()}
+        for s in report["skipped"]:  # undecodable files count in the split they were drawn into
+            ids[s["split"]].add(os.path.splitext(s["path"])[0])
+        return ids, json.loads((out / "source.json").read_text())
+
+    ids, source = split_of(0, "a")
+    assert set(ids) == {"train", "validation"} and not ids["train"] & ids["validation"]
+    assert ids["train"] | ids["validation"] == {f"{p.parent.name}/{p.stem}" for p in tree.rglob("*") if p.is_file()}
+    for name, n in files.items():  # stratified: 25% of each class rounded half up, at least one, never all
+        assert sum(i.startswith(f"{name}/") for i in ids["validation"]) == min(n - 1, max(1, int(n / 4 + 0.5))), name
+    dd = datasets.load_from_disk(str(tmp_path / "a"))
+    assert source == {"layout": "class-folders-split", "name": "flat", "ilsvrc2012_full": False, "num_classes": 4,
+                      "counts": {split: ds.num_rows for split, ds in dd.items()}, "val_fraction": 0.25,
+                      "split_seed": 0}
+    assert split_of(0, "b")[0] == ids  # seeded: the same split again
+    assert split_of(1, "c")[0]["validation"] != ids["validation"]
+
+
+def spoil_class_tree(case: str, tree: Path) -> tuple[list[str], list]:
+    """A user's train/validation/test tree spoiled; returns (extra flags, what the one-line error must say)."""
+    if case == "flat_without_val_fraction":
+        for split in ("validation", "test"):
+            shutil.rmtree(tree / split)
+        for cls in (tree / "train").iterdir():
+            cls.rename(tree / cls.name)
+        (tree / "train").rmdir()
+        return [], [tree, "add --val_fraction 0.1"]
+    if case == "train_only":
+        for split in ("validation", "test"):
+            shutil.rmtree(tree / split)
+        return [], [tree / "train", "no val/, validation/ or test/", "--val_fraction"]
+    if case == "unrecognised":
+        for p in list(tree.iterdir()):
+            shutil.rmtree(p)
+        (tree / "photo.jpg").write_bytes(b"loose")
+        return [], [tree, ilsvrc.SYNSET_MAPPING, "train/ and val/", "--val_fraction"]
+    if case == "val_fraction_beside_validation":
+        return ["--val_fraction", "0.1"], [tree, "already has validation/", "drop --val_fraction"]
+    if case == "val_class_not_in_train":
+        (tree / "validation" / "pear").mkdir()
+        return [], [tree / "validation" / "pear", "not in train/"]
+    if case == "loose_val_images":
+        shutil.copy(next((tree / "validation" / "zebra").iterdir()), tree / "validation" / "loose.JPEG")
+        return [], [tree / "validation", "have no label"]
+    if case == "val_and_validation":
+        shutil.copytree(tree / "validation", tree / "val")
+        return [], [tree, "both val/ and validation/"]
+    if case == "val_fraction_out_of_range":
+        return ["--val_fraction", "1.5"], ["--val_fraction must be between 0 and 1"]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["flat_without_val_fraction", "train_only", "unrecognised",
+                                  "val_fraction_beside_validation", "val_class_not_in_train", "loose_val_images",
+                                  "val_and_validation", "val_fraction_out_of_range"])
+def test_class_tree_errors_say_what_to_do(case, clean_tree, tmp_path):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    extra, named = spoil_class_tree(case, tree)
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", *extra])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert all(str(n) in message for n in named), message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_output_inside_the_input_tree_is_refused(clean_tree, tmp_path):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    with pytest.raises(SystemExit, match=f"^error: --output_dir {tree / 'pp'} is inside --data_dir {tree}; "):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tree / "pp"), "--num_proc", "1"])
+    assert not (tree / "pp").exists() and not (tree / "pp.tmp").exists()
+
+
+def test_val_folder_is_the_validation_split(clean_tree, tmp_path):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    (tree / "validation").rename(tree / "val")
+    shutil.rmtree(tree / "test")
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 6, "validation": 4}
+    assert sorted(dd["validation"]["image_id"])[0].split("/")[0] in NAMES[:2]
+
+
+def test_train_folder_alone_splits_with_val_fraction(clean_tree, tmp_path, capsys):
+    tree = class_tree(clean_tree, tmp_path / "mine", NAMES[:2], "train_val")
+    for split in ("validation", "test"):
+        shutil.rmtree(tree / split)
+    (tree / "train" / "zebra" / "notes.txt").write_text("not an image")
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
+                     "--val_fraction", "0.5"])
+    assert "1 files without an image extension" in capsys.readouterr().out
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 2, "validation": 4}  # 3 per class: 1.5 -> 2
+    assert json.loads((tmp_path / "out" / "source.json").read_text())["layout"] == "class-folders-split"
+
+
+# ---- provenance ----
+
+def test_source_json_of_the_demo_tree(preprocessed):
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    assert json.loads((preprocessed / "source.json").read_text()) == {
+        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": False, "num_classes": 4,
+        "counts": report["counts"], "val_fraction": None, "split_seed": None}
+
+
+@pytest.mark.parametrize("train_files, full", [(1_281_167, True), (1_281_166, False)])
+def test_ilsvrc2012_full_needs_all_classes_and_every_file(train_files, full):
+    """Counted on the files found (a skipped undecodable one does not matter), never on a subset."""
+    wnids = ilsvrc.imagenet_wnids()
+    listing = preprocess.Listing("ilsvrc-kaggle", wnids, wnids, {
+        "train": preprocess.Split("t", None, [None] * train_files, {}),
+        "validation": preprocess.Split("v", None, [None] * 50_000, {})}, [])
+    cfg = preprocess.PreprocessConfig("d", "o")
+    info = preprocess.source_info(listing, Path("kaggle"), cfg, {"train": train_files - 1, "validation": 50_000})
+    assert info["ilsvrc2012_full"] is full and info["name"] == "ILSVRC-2012" and info["num_classes"] == 1000
+    few = listing._replace(names=wnids[:999])
+    assert preprocess.source_info(few, Path("kaggle"), cfg, {})["ilsvrc2012_full"] is False
+
+
+def test_own_tree_run_interrupted_resumes_its_shards(clean_tree, tmp_path, monkeypatch, capsys):
+    tree = class_tree(clean_tree, tmp_path / "flat", NAMES[:2], "one_tree")
+    args = ["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", "--shard_size", "2",
+            "--val_fraction", "0.2"]
+    real, done = preprocess.process_shard, []
+
+    def stop_after_two(shard, **kw):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(real(shard, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(preprocess, "process_shard", stop_after_two)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main(args)
+    monkeypatch.setattr(preprocess, "process_shard", real)
+    preprocess.main(args)
+    assert "2 of 5 shards already done" in capsys.readouterr().out
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 8, "validation": 2}

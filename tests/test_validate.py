@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import huggingface_hub
+import matplotlib
 import pytest
 import torch
 import yaml
@@ -121,7 +122,7 @@ def test_export_and_checkpoint_reproduce_train_logged_val(trained, preprocessed,
     assert {"top1", "top5", "n", "loss", "images_per_sec"} <= set(summary) and summary["n"] == exported["n"]
     per_class = json.loads((out.parent / "val_per_class.json").read_text())
     assert [row["wnid"] for row in per_class] == ["n01440764", "n01443537", "n01484850", "n01491361"]
-    assert per_class[0]["name"].startswith("tench") and sum(row["n"] for row in per_class) == exported["n"]
+    assert per_class[0]["name"] == "astronaut" and sum(row["n"] for row in per_class) == exported["n"]
     correct = sum(row["top1"] * row["n"] / 100 for row in per_class if row["n"])
     assert correct == pytest.approx(exported["top1"] * exported["n"] / 100)
     confused = json.loads((out.parent / "val_confused.json").read_text())
@@ -172,10 +173,44 @@ def test_update_model_card(trained, preprocessed, tmp_path):
     assert f"Evaluated at 40x40 px center crop (crop_pct {result['crop_pct']}, {result['interpolation']})." in card.text
     assert "Weights: the exponential moving average (EMA)" in card.text  # the weights did not change
     assert card.text.split("## Training")[1] == before.text.split("## Training")[1]  # the rest is as it was
-    # a local folder is no Hub dataset: the front matter's results (on the training data) are left as they were
-    assert card.data.to_dict() == before.data.to_dict()
+    # the metadata too: the training data's entry now holds validate.py's numbers (no Hub dataset: its own name)
+    assert [(r.dataset_name, r.dataset_split, r.metric_value) for r in card.data.eval_results] == [
+        (preprocessed.name, "validation", round(result["top1"], 2)),
+        (preprocessed.name, "validation", round(result["top5"], 2))]
+    assert card.data.datasets is None and not (folder / ".eval_results").exists()
     assert torch.equal(load_file(folder / "model.safetensors")["fc.weight"],  # the weights are untouched
                        load_file(trained / "final" / "model.safetensors")["fc.weight"])
+
+
+def source_json(dataset: Path, full: bool) -> dict:
+    """What preprocess.py records beside its output (imagenet_trainer's provenance contract)."""
+    counts = {"train": 1_281_167, "validation": 50_000} if full else {"train": 24, "validation": 8}
+    return {"layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": full,
+            "num_classes": 1000 if full else 4, "counts": counts, "val_fraction": None, "split_seed": None}
+
+
+@pytest.mark.parametrize("full, hub_id, expected", [(True, "", "ILSVRC/imagenet-1k"), (False, "", None),
+                                                    (False, "me/ilsvrc-4", "me/ilsvrc-4")],
+                         ids=["full-ilsvrc", "subset", "subset-with-hub-id"])
+def test_update_model_card_names_the_hub_dataset_only_for_full_ilsvrc(trained, preprocessed, tmp_path, full, hub_id,
+                                                                      expected):
+    data = tmp_path / "imagenet"
+    shutil.copytree(preprocessed, data)
+    (data / "source.json").write_text(json.dumps(source_json(data, full)))
+    folder = tmp_path / "final"
+    shutil.copytree(trained / "final", folder)
+    result = evaluate(folder, data, "--update_model_card", *(["--hub_dataset_id", hub_id] if hub_id else []))
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    entries = {(r.dataset_type, r.dataset_name, r.dataset_split, r.metric_value) for r in card.data.eval_results}
+    assert (expected or "ILSVRC-2012", "ILSVRC-2012", "validation", round(result["top1"], 2)) in entries
+    assert card.data.datasets == ([expected] if expected else None)
+    assert ("ILSVRC/imagenet-1k" in (folder / "README.md").read_text()) == full
+    yamls = sorted(p.name for p in (folder / ".eval_results").glob("*.yaml")) if expected else []
+    assert yamls == ([f"{expected.split('/')[1]}.yaml"] if expected else [])
+    if expected:
+        parsed = huggingface_hub.parse_eval_result_entries(yaml.safe_load((folder / ".eval_results" / yamls[0])
+                                                                          .read_text()))
+        assert [(e.dataset_id, e.value) for e in parsed][0] == (expected, round(result["top1"], 2))
 
 
 def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
@@ -237,3 +272,96 @@ def test_other_class_names_warn_and_still_score(preprocessed, tmp_path, capsys):
     result = evaluate(tmp_path / "other", preprocessed)
     assert result["n"] > 0
     assert "warning: --model's class names (['cat', 'dog', 'cow']...) are not the dataset's" in capsys.readouterr().err
+
+
+def test_train_export_card_has_results_the_hub_reads(trained, preprocessed):
+    card = huggingface_hub.ModelCard.load(trained / "final" / "README.md")
+    logged = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    assert [(r.dataset_name, r.metric_name, r.metric_value) for r in card.data.eval_results] == [
+        (preprocessed.name, "top-1 accuracy (%)", round(logged["val_top1"], 2)),
+        (preprocessed.name, "top-5 accuracy (%)", round(logged["val_top5"], 2))]
+    assert card.data.datasets is None  # no source.json saying it is the full ILSVRC-2012, no --hub_dataset_id
+    assert "| output_dir |" not in card.text and "| num_workers |" not in card.text  # run plumbing is no recipe
+    assert "topk(4)" in card.text  # 4 classes: top-5 would fail
+    assert "**Training time:**" in card.text and "**Epochs:** 1\n" in card.text
+
+
+ISOLATED_REMOTE_CODE = r"""
+import importlib.util, json, sys
+assert importlib.util.find_spec("modeling") is None and importlib.util.find_spec("imagenet_trainer") is None
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, pipeline
+folder, tensors, photo = sys.argv[1:]
+io = load_file(tensors)
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    predicted = model(pixel_values=io["x"]).logits.argmax(-1)
+top1 = 100.0 * (predicted == io["y"]).double().mean().item()
+labels = [p["label"] for p in pipeline("image-classification", model=folder, trust_remote_code=True)(photo, top_k=4)]
+print("RESULT " + json.dumps({"top1": top1, "labels": labels, "class": type(model).__module__}))
+"""
+
+
+def test_own_design_export_loads_in_transformers_without_project_code(trained, preprocessed, tmp_path):
+    """The train.py export of blocknet_tiny (not a timm architecture): transformers' Auto class and pipeline with
+    trust_remote_code=True, in a process that can import neither the repo nor an installed copy, give validate.py's
+    top-1 on the same images and the dataset's human class names."""
+    from timm.data import resolve_data_config
+
+    from imagenet_trainer.data import EvalSet, collate, normalize
+    from imagenet_trainer.ilsvrc import class_descriptions
+
+    final = trained / "final"
+    summary = evaluate(final, preprocessed)
+    model = modeling.load_model(final)
+    data_cfg = resolve_data_config(model=model)
+    split = datasets.load_from_disk(str(preprocessed))["validation"]
+    x, y = collate([EvalSet(split, summary["image_size"], data_cfg["crop_pct"], data_cfg["interpolation"])[i]
+                    for i in range(len(split))])
+    save_file({"x": normalize(x, data_cfg["mean"], data_cfg["std"]).contiguous(), "y": y}, tmp_path / "io.safetensors")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real JPEG shipped offline
+    proc = subprocess.run([sys.executable, "-I", "-c", ISOLATED_REMOTE_CODE, str(final), str(tmp_path / "io.safetensors"),
+                           str(photo)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert out["class"].startswith("transformers_modules.")  # the folder's own modeling_blocknet.py
+    assert out["top1"] == pytest.approx(summary["top1"], abs=1e-9)
+    assert sorted(out["labels"]) == sorted(class_descriptions(preprocessed))  # human names, not wnids
+
+
+def test_a_timm_tag_resolves_as_timm_does_from_the_offline_cache(preprocessed, tmp_path, monkeypatch):
+    """--model test_resnet.r160_in1k is timm's name for timm/test_resnet.r160_in1k's weights, not a Hub repo of
+    ours: read from the local Hub cache offline; missing there, the one-line error names HF_HUB_OFFLINE and the repo."""
+    import timm
+    from imagenet_trainer.ilsvrc import imagenet_wnids
+
+    name = "test_resnet.r160_in1k"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert "HF_HUB_OFFLINE=1" in error_of(name, preprocessed) and "timm/test_resnet.r160_in1k" in error_of(
+        name, preprocessed)
+    with pytest.raises(ValueError, match=r"HF_HUB_OFFLINE=1 is set .* no copy of Hub repo 'timm/test_resnet"):
+        modeling.create_model(name, pretrained=True)
+
+    torch.manual_seed(0)
+    weights = timm.create_model("test_resnet").state_dict()
+    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / ("b" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, snapshot / "model.safetensors")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = modeling.create_model(name, pretrained=True)  # what train.py --model NAME --pretrained calls
+    assert torch.equal(model.state_dict()["fc.weight"], weights["fc.weight"])
+
+    # ILSVRC's 1000 classes, the fixture's 8 validation images (labels 0-3 are the first four wnids)
+    split = datasets.load_from_disk(str(preprocessed))["validation"]
+    split = split.cast_column("label", datasets.ClassLabel(names=imagenet_wnids()))
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "in1k"))
+    summary = evaluate(name, tmp_path / "in1k")
+    assert summary["n"] == len(split) and summary["image_size"] == 160  # timm's cfg for the tag

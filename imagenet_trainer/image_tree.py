@@ -1,0 +1,167 @@
+"""Listing a class-per-folder image tree (a user's own images) for preprocess.py; ILSVRC's reader is ilsvrc.py.
+
+Two layouts, told apart by the top-level folders:
+
+- ``class-folders``: ``train/<class>/<image>`` with ``val/`` or ``validation/`` and/or ``test/`` beside it, each
+  of class folders too (a ``test/`` of loose files is read unlabelled, label -1, as ILSVRC's is);
+- ``class-folders-split``: ``<class>/<image>`` (or ``train/<class>/<image>`` alone) with ``--val_fraction F``: a
+  seeded, stratified split, so every class with two or more images has at least one in each split.
+
+Label names are the sorted class-folder names of the training images (torchvision's ImageFolder numbers them the
+same way). Only files directly in a class folder are read, with an image file extension; others are counted and
+reported. Library code: bad input is a ``ValueError`` that names the folder and what to do.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import NamedTuple
+
+from imagenet_trainer import ilsvrc
+
+ILSVRC = "ilsvrc-kaggle"
+CLASS_FOLDERS = "class-folders"
+CLASS_FOLDERS_SPLIT = "class-folders-split"
+ACCEPTED = ("Kaggle's ILSVRC tree (LOC_synset_mapping.txt, ILSVRC/Data/CLS-LOC/), a class-per-folder tree with "
+            "train/ and val/ (or validation/, test/), or one class-per-folder tree (<class>/<image>) with "
+            "--val_fraction F")
+VAL_NAMES = ("val", "validation")
+
+
+class Split(NamedTuple):
+    image_dir: str  # relative to data_dir ("" = data_dir itself)
+    annotation_dir: str | None  # relative to data_dir; None when there are no XML files for this split
+    items: list  # [(path relative to image_dir, label), ...] sorted
+    csv_boxes: dict  # stem -> [(wnid, xmin, ymin, xmax, ymax)], the fallback for images without XML (val)
+    ids_with_folder: bool = False  # image_id = "<class>/<stem>": a user's file stems repeat across classes
+
+
+def _subfolders(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def _has_images(folder: Path) -> bool:
+    with os.scandir(folder) as it:
+        return any(e.is_file() and e.name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS) for e in it)
+
+
+def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
+    """Which of the accepted layouts ``data_dir`` is; a ValueError naming them when it is none."""
+    if not data_dir.is_dir():
+        raise ValueError(f"--data_dir {data_dir}: no such folder")
+    if (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
+        return ILSVRC
+    folders = _subfolders(data_dir)
+    if "train" in folders:
+        held_out = [f for f in (*VAL_NAMES, "test") if f in folders]
+        if val_fraction is not None:
+            if held_out:
+                raise ValueError(f"--val_fraction: {data_dir} already has {held_out[0]}/; drop --val_fraction")
+            return CLASS_FOLDERS_SPLIT
+        if not held_out:
+            raise ValueError(f"{data_dir / 'train'}: no val/, validation/ or test/ beside it; add one, or add "
+                             "--val_fraction 0.1 to split one off train/")
+        return CLASS_FOLDERS
+    if folders and any(_has_images(data_dir / f) for f in folders):
+        if val_fraction is None:
+            raise ValueError(f"{data_dir}: one class-per-folder tree without train/ and val/; add --val_fraction "
+                             "0.1 to hold out a seeded, stratified 10% of each class for validation")
+        return CLASS_FOLDERS_SPLIT
+    raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; it takes {ACCEPTED}")
+
+
+def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``."""
+    classes = {}
+    strays, nested = [], 0
+    for name in _subfolders(folder):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{folder / name!r}: the folder name is not valid UTF-8; rename it") from None
+        files = ilsvrc.list_images(folder / name)
+        classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+        strays += [f"{name}/{f}" for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+        nested += len(_subfolders(folder / name))
+    loose = ilsvrc.list_images(folder)
+    warnings = []
+    if loose:
+        warnings.append(f"{len(loose)} files directly in {folder} left out (images go in a class folder), "
+                        f"e.g. {loose[0]}")
+    if strays:
+        warnings.append(f"{len(strays)} files without an image extension in {folder} left out, e.g. {strays[0]}")
+    if nested:
+        warnings.append(f"{nested} folders inside the class folders of {folder} not read (one level only)")
+    return classes, warnings
+
+
+def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
+    """({class: train files}, {class: val files}): n x fraction of each class's n files, rounded half up, at least
+    one and never all when it has two or more, drawn by a generator seeded with (seed, class), so adding a class
+    leaves the others' splits as they were."""
+    train, val = {}, {}
+    for name, files in classes.items():
+        n = len(files)
+        k = min(n - 1, max(1, math.floor(n * fraction + 0.5))) if n >= 2 else 0
+        chosen = set(random.Random(f"{seed}/{name}").sample(files, k))
+        train[name] = [f for f in files if f not in chosen]
+        val[name] = [f for f in files if f in chosen]
+    return train, val
+
+
+def _items(classes: dict[str, list[str]], index: dict[str, int], folder: Path) -> list[tuple[str, int]]:
+    unknown = [c for c in classes if c not in index]
+    if unknown:
+        raise ValueError(f"{folder / unknown[0]}: class folder {unknown[0]!r} is not in train/ (the model could "
+                         f"not learn it); rename or remove it ({len(unknown)} such folders)")
+    return [(f"{c}/{f}", index[c]) for c in classes for f in classes[c]]
+
+
+def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int
+                ) -> tuple[list[str], dict[str, Split], list[str]]:
+    """(class names, {split: Split}, warnings) of a ``class-folders`` or ``class-folders-split`` tree."""
+    root = "train" if (data_dir / "train").is_dir() else ""
+    classes, warnings = list_classes(data_dir / root)
+    names = sorted(classes)
+    if not names:
+        raise ValueError(f"{data_dir / root}: no class folders (expected <class>/<image> in it)")
+    index = {c: i for i, c in enumerate(names)}
+    held = {}
+    if layout == CLASS_FOLDERS_SPLIT:
+        classes, val = stratified_split(classes, val_fraction, seed)
+        held["validation"] = (root, val)
+    else:
+        present = [v for v in VAL_NAMES if (data_dir / v).is_dir()]
+        if len(present) > 1:
+            raise ValueError(f"{data_dir}: both val/ and validation/; keep one")
+        for split, folder in (("validation", present[0] if present else None), ("test", "test")):
+            if folder is None or not (data_dir / folder).is_dir():
+                continue
+            if split == "test" and not _subfolders(data_dir / folder):  # loose files: unlabelled, as ILSVRC's
+                held[split] = (folder, None)
+                continue
+            if split == "validation" and _has_images(data_dir / folder):
+                raise ValueError(f"{data_dir / folder}: images outside class folders have no label; move them into "
+                                 f"{data_dir / folder}/<class>/")
+            found, more = list_classes(data_dir / folder)
+            held[split] = (folder, found)
+            warnings += more
+    splits = {"train": Split(root, None, _items(classes, index, data_dir / root), {}, True)}
+    for split, (folder, found) in held.items():
+        if found is None:
+            files = [f for f in ilsvrc.list_images(data_dir / folder) if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+            splits[split] = Split(folder, None, [(f, -1) for f in files], {})
+        elif layout == CLASS_FOLDERS_SPLIT:
+            splits[split] = Split(root, None, _items(found, index, data_dir / root), {}, True)
+        else:
+            splits[split] = Split(folder, None, _items(found, index, data_dir / folder), {}, True)
+    empty = [c for c in names if not classes[c]]
+    if empty:
+        warnings.append(f"{len(empty)} class folders of {data_dir / root} have no train images, e.g. {empty[0]}")
+    for split, s in splits.items():
+        if not s.items:
+            raise ValueError(f"{data_dir / (s.image_dir or root)}: no images, the {split} split would be empty")
+    return names, splits, warnings

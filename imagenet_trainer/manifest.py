@@ -1,0 +1,76 @@
+"""The manifest of a preprocess.py output: every file's size and SHA-256, and the job that made it.
+
+``OUT/preprocess_manifest.json`` is written last, atomically, so its presence means the output is complete and
+preprocess.py's own; the rest of OUT may hold a user's files, which it never lists and never touches.
+``check_sizes`` is the start-up check of train.py/validate.py (one stat per file: seconds, no reading), ``verify``
+the full one (``preprocess.py --verify OUT``, after copying a dataset to another machine: reads every byte).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+MANIFEST = "preprocess_manifest.json"
+FORMAT = 1  # of the manifest itself
+
+
+def file_entry(path) -> dict:
+    """{"bytes", "sha256"} of one file; read in 1 MiB blocks, so memory stays flat on a 500 MB shard."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": digest}
+
+
+def read(folder) -> dict | None:
+    """The manifest of ``folder``, or None when it has none (or an unreadable one: then it is not complete)."""
+    try:
+        m = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+
+def check_sizes(folder, files: dict) -> str | None:
+    """The first missing file or file of the wrong size, as one line saying what to do; None when all are right."""
+    folder = Path(folder)
+    for rel, entry in files.items():
+        try:
+            size = (folder / rel).stat().st_size
+        except FileNotFoundError:
+            return (f"{folder / rel} is missing (listed in {MANIFEST}); copy it again from where the dataset was "
+                    "made, or rerun preprocess.py")
+        if size != entry["bytes"]:
+            return (f"{folder / rel} has {size:,} bytes, {MANIFEST} says {entry['bytes']:,} (a truncated or "
+                    f"interrupted copy?); copy it again, then check with: preprocess.py --verify {folder}")
+    return None
+
+
+def verify(folder, threads: int | None = None) -> tuple[list[str], int]:
+    """([one line per bad file], number of files checked): every listed file re-read and hashed."""
+    folder = Path(folder)
+    m = read(folder)
+    if m is None:
+        raise ValueError(f"{folder / MANIFEST}: not found or unreadable; it is not a complete preprocess.py output "
+                         "(or one made before manifests): nothing to verify against")
+
+    def check(item):
+        rel, entry = item
+        try:
+            got = file_entry(folder / rel)
+        except FileNotFoundError:
+            return f"{folder / rel}: missing"
+        except OSError as e:
+            return f"{folder / rel}: cannot read it ({e.strerror or e})"
+        if got["bytes"] != entry["bytes"]:
+            return f"{folder / rel}: {got['bytes']:,} bytes, expected {entry['bytes']:,} (truncated or damaged)"
+        if got["sha256"] != entry["sha256"]:
+            return f"{folder / rel}: SHA-256 differs from {MANIFEST} (damaged)"
+        return None
+
+    # hashlib releases the GIL on large buffers: threads hash several shards at once
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        bad = [line for line in pool.map(check, sorted(m["files"].items())) if line]
+    return bad, len(m["files"])

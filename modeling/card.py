@@ -1,0 +1,346 @@
+"""The model card (README.md) of an export, laid out like timm's own cards: stats, usage, results, training, labels.
+
+Results go into the metadata whenever the weights were scored: a ``model-index`` entry named after the dataset
+(huggingface_hub's ``ModelCard.load(...).data.eval_results`` reads it) and, when the dataset is on the Hub,
+``datasets:`` and ``.eval_results/`` too. A ``preprocess.py`` folder says where its images came from in
+``source.json``; only a full ILSVRC-2012 tree (Kaggle's, all 1000 classes and 50,000 validation images) is linked
+to the Hub's ``ILSVRC/imagenet-1k``, and only for its validation split, which is that dataset's validation split.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub import EvalResult, EvalResultEntry, ModelCardData, eval_result_entries_to_yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
+ILSVRC_HUB_ID = "ILSVRC/imagenet-1k"  # the Hub's ILSVRC-2012 classification data (train/validation/test)
+SOURCE_FILE = "source.json"  # written by preprocess.py next to its dataset: layout, name, counts, split seed
+INSTALL = ("pip install git+<url of the imagenet-trainer repository>  # or, in a checkout: pip install -e .")
+# TrainConfig fields that say where a run reads, writes and reports, not how the weights were made: left out of
+# the card's hyper-parameter table (the dataset, split and epochs have their own lines)
+PLUMBING = {"dataset", "eval_split", "output_dir", "num_workers", "save_every_steps", "keep_last",
+            "resume_from_checkpoint", "log_every_steps", "report_to", "push_to_hub", "hub_model_id", "hub_private",
+            "hub_dataset_id", "channels_last", "compile", "epochs", "config"}
+RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "dataset_id", "ema", "image_size", "crop_pct",
+               "interpolation", "flip"}
+# recipe fields -> the papers the card cites for them when they are on
+_CITATIONS = {
+    "timm": ("wightman2019timm", "@misc{rw2019timm,\n  author = {Ross Wightman},\n  title = {PyTorch Image Models},\n"
+             "  year = {2019},\n  publisher = {GitHub},\n  howpublished = {\\url{https://github.com/huggingface/"
+             "pytorch-image-models}}\n}"),
+    "goyal": ("goyal2017", "@article{goyal2017accurate,\n  title = {Accurate, Large Minibatch SGD: Training ImageNet"
+              " in 1 Hour},\n  author = {Goyal, Priya and others},\n  journal = {arXiv:1706.02677},\n  year = {2017}\n}"),
+    "label_smoothing": ("szegedy2016", "@inproceedings{szegedy2016rethinking,\n  title = {Rethinking the Inception"
+                        " Architecture for Computer Vision},\n  author = {Szegedy, Christian and others},\n"
+                        "  booktitle = {CVPR},\n  year = {2016}\n}"),
+    "mixup_alpha": ("zhang2018", "@inproceedings{zhang2018mixup,\n  title = {mixup: Beyond Empirical Risk "
+                    "Minimization},\n  author = {Zhang, Hongyi and others},\n  booktitle = {ICLR},\n  year = {2018}\n}"),
+    "cutmix_alpha": ("yun2019", "@inproceedings{yun2019cutmix,\n  title = {CutMix: Regularization Strategy to Train"
+                     " Strong Classifiers with Localizable Features},\n  author = {Yun, Sangdoo and others},\n"
+                     "  booktitle = {ICCV},\n  year = {2019}\n}"),
+    "random_erase": ("zhong2020", "@inproceedings{zhong2020random,\n  title = {Random Erasing Data Augmentation},\n"
+                     "  author = {Zhong, Zhun and others},\n  booktitle = {AAAI},\n  year = {2020}\n}"),
+    "eval_image_size": ("touvron2019", "@inproceedings{touvron2019fixres,\n  title = {Fixing the train-test "
+                        "resolution discrepancy},\n  author = {Touvron, Hugo and others},\n  booktitle = {NeurIPS},\n"
+                        "  year = {2019}\n}"),
+}
+
+
+def is_local(ref: str) -> bool:
+    return ref.startswith(("/", "~", ".")) or os.path.exists(os.path.expanduser(ref))  # False on any OSError
+
+
+def public(value):
+    """A string that names a local path, shown by its last component only: absolute paths leak user and cluster
+    names into a public card. Other values are returned as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    prefix = "local-dir:" if value.startswith("local-dir:") else ""
+    path = value.removeprefix(prefix)
+    return prefix + (Path(path).expanduser().resolve().name or path) if is_local(path) else value
+
+
+def is_repo_id(ref: str) -> bool:
+    """``ref`` has the form of a Hub repo id with its owner, OWNER/NAME (huggingface_hub's rules)."""
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return "/" in ref
+
+
+def dataset_source(dataset) -> dict:
+    """The ``source.json`` preprocess.py wrote beside a local dataset folder; {} for a Hub id or an older folder."""
+    if not isinstance(dataset, str) or not dataset or not is_local(dataset):
+        return {}
+    try:
+        source = json.loads((Path(dataset).expanduser() / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return source if isinstance(source, dict) else {}
+
+
+def resolve_dataset(dataset, dataset_id=None, split: str = "validation") -> tuple[str | None, str | None]:
+    """(display name, Hub dataset id or None) of the data some results were measured on.
+
+    ``dataset_id`` (train.py's/validate.py's ``--hub_dataset_id``) wins; a Hub id given as ``dataset`` is its own;
+    a local folder whose ``source.json`` says it is the full ILSVRC-2012 is ``ILSVRC/imagenet-1k`` for the
+    validation split. Nothing else is guessed: a folder of 1000 wnids may hold other images (a demo tree, a
+    re-split, a subset of ImageNet-21k)."""
+    if dataset_id:
+        if not is_repo_id(dataset_id) or is_local(dataset_id):
+            raise ValueError(f"dataset id '{dataset_id}' is not a Hub dataset id (OWNER/NAME)")
+    source = dataset_source(dataset)
+    name = source.get("name") or (public(str(dataset)) if dataset else None)
+    if not dataset_id and isinstance(dataset, str) and dataset and not is_local(dataset) and is_repo_id(dataset):
+        dataset_id = dataset
+    if not dataset_id and source.get("ilsvrc2012_full") and split == "validation":
+        dataset_id = ILSVRC_HUB_ID
+    return name or dataset_id, dataset_id
+
+
+def check_results(results: dict, where: str) -> None:
+    unknown = set(results) - RESULT_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown results keys {sorted(unknown)} (known: {sorted(RESULT_KEYS)})")
+
+
+def _metric_name(key: str) -> str:
+    return f"{key[:3]}-{key[3:]} accuracy (%)"  # "top1" -> "top-1 accuracy (%)"
+
+
+def eval_transform(results: dict) -> str:
+    """"48x48 px center crop (crop_pct 0.875, bicubic)": what the numbers were measured at, if recorded."""
+    if not results.get("image_size"):
+        return ""
+    how = [f"crop_pct {results['crop_pct']}"] if results.get("crop_pct") is not None else []
+    how += [str(results["interpolation"])] if results.get("interpolation") else []
+    flip = ", logits averaged with the mirrored image's (flip TTA)" if results.get("flip") else ""
+    return (f"{results['image_size']}x{results['image_size']} px center crop" + (f" ({', '.join(how)})" if how else "")
+            + flip)
+
+
+def eval_result_entries(results: dict, dataset_id: str) -> list[dict]:
+    """``results`` in huggingface_hub's ``.eval_results/*.yaml`` format (``EvalResultEntry``), accuracy in %."""
+    split = results.get("split", "validation")
+    images = f", {results['n']} images" if results.get("n") else ""
+    at = f", at {transform}" if (transform := eval_transform(results)) else ""
+    entries = [EvalResultEntry(dataset_id=dataset_id, task_id=f"{k}_accuracy", value=round(float(results[k]), 2),
+                               notes=f"{_metric_name(k)} on the {split} split{images}{at}")
+               for k in ("top1", "top5") if results.get(k) is not None]
+    return eval_result_entries_to_yaml(entries)
+
+
+def model_index(results: dict, name: str, dataset_id: str | None) -> list[EvalResult]:
+    """The ``model-index`` entries of the front matter (the Hub and huggingface_hub's parser read them). Without a
+    Hub id the dataset is named by ``name`` alone (``dataset_type`` is required: it gets the name too)."""
+    return [EvalResult(task_type="image-classification", task_name="Image Classification",
+                       dataset_type=dataset_id or name, dataset_name=name or dataset_id,
+                       dataset_split=results.get("split", "validation"), metric_type="accuracy",
+                       metric_name=_metric_name(k), metric_value=round(float(results[k]), 2))
+            for k in ("top1", "top5") if results.get(k) is not None]
+
+
+def merge_model_index(old: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult] | None:
+    """``old`` with the entries for the same (dataset, split) as ``new`` replaced by ``new``: results on other
+    data (a Hub dataset's, say) still hold for these weights and stay."""
+    keys = {(e.dataset_type, e.dataset_split) for e in new}
+    kept = [e for e in old or [] if (e.dataset_type, e.dataset_split) not in keys]
+    return (kept + new) or None
+
+
+def results_section(results: dict, name: str | None) -> list[str]:
+    def pct(key):
+        return f"{results[key]:.2f}" if results.get(key) is not None else "-"
+    lines = ["## Results", "", "| dataset | split | images | top-1 (%) | top-5 (%) |", "|---|---|---|---|---|",
+             f"| {cell(name or '-')} | {results.get('split', 'validation')} | "
+             f"{results.get('n') or '-'} | {pct('top1')} | {pct('top5')} |", ""]
+    if results.get("image_size"):
+        lines += [f"Evaluated at {eval_transform(results)}.", ""]
+    if results.get("ema"):
+        lines += ["Weights: the exponential moving average (EMA) of the trained weights.", ""]
+    return lines
+
+
+def cell(text) -> str:
+    return str(text).replace("|", "\\|")  # a "|" inside a markdown table cell would split it
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _source_line(source: dict) -> str:
+    counts = ", ".join(f"{n:,} {split}" for split, n in (source.get("counts") or {}).items())
+    how = {"ilsvrc-kaggle": "Kaggle's ILSVRC-2012 tree", "class-folders": "class folders",
+           "class-folders-split": "class folders, validation split carved from train"}.get(source.get("layout"), "")
+    split = (f"; {source['val_fraction']:.0%} of each class held out with seed {source.get('split_seed')}"
+             if source.get("val_fraction") else "")
+    full = " (the full ILSVRC-2012)" if source.get("ilsvrc2012_full") else ""
+    return (f"- **Data:** {source.get('name')}{full}, {source.get('num_classes')} classes" + (f", {counts} images"
+            if counts else "") + (f", from {how}" if how else "") + f"{split}, converted with preprocess.py")
+
+
+def card_text(config: dict, card: dict, stats: dict | None = None, remote_code: bool = False,
+              defined_in: str | None = None) -> str:
+    """README.md for a saved folder: front matter (library, license, datasets, model-index) and a body.
+
+    ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
+    push_to_hub fills in), description, dataset (as given to train.py: a Hub id or a local folder, shown by its
+    ``source.json`` name or its last path component), dataset_id (a Hub dataset id: ``--hub_dataset_id``), recipe
+    {field: value} (run plumbing such as output_dir or num_workers is left out), epochs (trained, for these
+    weights), train_time (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool),
+    image_size (px), crop_pct, interpolation, flip (bool)}, license (default apache-2.0), tags.
+    ``stats``: {params, gmacs, activations} (M, G, M) at the image size; ``remote_code``: the folder carries the
+    architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it.
+    """
+    arch, pcfg = config["architecture"], config["pretrained_cfg"]
+    name = card.get("model_name") or arch
+    repo = card.get("repo_id") or REPO_PLACEHOLDER
+    if repo != REPO_PLACEHOLDER and not is_repo_id(repo):
+        raise ValueError(f"model_card: repo_id '{repo}' is not a Hub repo id (OWNER/NAME)")
+    results = card.get("results") or {}
+    dataset = card.get("dataset")
+    shown, dataset_id = resolve_dataset(dataset, card.get("dataset_id"), results.get("split", "validation"))
+    source = dataset_source(dataset)
+    metrics = model_index(results, shown, dataset_id) if results and shown else []
+    tags = ["image-classification", "timm", "transformers", "imagenet-trainer", *card.get("tags", [])]
+    data = ModelCardData(library_name="timm", pipeline_tag="image-classification", tags=tags,
+                         license=card.get("license", "apache-2.0"), datasets=[dataset_id] if dataset_id else None,
+                         model_name=name if metrics else None, eval_results=metrics or None)
+    num_classes, size = config["num_classes"], pcfg["input_size"][-1]
+    k = min(5, num_classes)
+    trained_on = f" trained on {shown}" if shown else ""
+
+    lines = ["---", data.to_yaml(), "---", "", f"# {name}", "",
+             card.get("description") or f"A `{arch}` image classifier{trained_on} with imagenet-trainer.", "",
+             "## Model details", "",
+             "- **Model type:** image classification / feature backbone",
+             f"- **Architecture:** `{arch}`" + (f", defined in `{defined_in}`" if defined_in else "")]
+    if stats:
+        lines += ["- **Model stats:**", f"  - Params (M): {stats['params']:.2f}", f"  - GMACs: {stats['gmacs']:.3g}",
+                  f"  - Activations (M): {stats['activations']:.3g}", f"  - Image size: {size} x {size}"]
+    else:
+        lines.append(f"- **Image size:** {size} x {size}")
+    lines.append(f"- **Classes:** {num_classes}")
+    if shown:
+        lines.append(f"- **Dataset:** {shown}" + (f" (`{dataset_id}`)" if dataset_id and dataset_id != shown else ""))
+    if source:
+        lines.append(_source_line(source))
+    lines.append("")
+    lines += _usage(arch, repo, k, remote_code, defined_in)
+    if results:
+        lines += results_section(results, shown)
+    lines += _training(card)
+
+    resize = int(size / pcfg.get("crop_pct", 1.0))  # timm's eval transform: resize the shorter side, center-crop
+    lines += ["## Preprocessing", "",
+              f"- Evaluation: resize the shorter side to {resize} px ({pcfg.get('interpolation', 'bilinear')}), "
+              f"center-crop {size}x{size} (crop_pct {pcfg.get('crop_pct')})",
+              f"- Normalize: mean {list(pcfg.get('mean', []))}, std {list(pcfg.get('std', []))} (RGB, 0-1 scale)", ""]
+    lines += _citations(card.get("recipe") or {})
+    lines += ["## Labels", "", f"<details><summary>{num_classes} classes (index, id, name)</summary>", "",
+              "| index | id | name |", "|---|---|---|"]
+    descriptions = pcfg.get("label_descriptions") or {}
+    lines += [f"| {i} | {cell(label)} | {cell(descriptions.get(label, label))} |"
+              for i, label in enumerate(pcfg["label_names"])]
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None) -> list[str]:
+    """The card's code blocks; each one runs on its own (tests execute every one against the saved folder)."""
+    register = []
+    lines = ["## Model usage", ""]
+    if defined_in and defined_in.startswith("modeling/"):
+        lines += [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
+                  "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
+                  "```bash", INSTALL, "```", ""]
+        register = ["import modeling  # registers " + arch + " with timm"]
+    elif defined_in:  # a family module outside the package: the copy in this repository is the one to import
+        module = Path(defined_in).stem
+        lines += [f"`{arch}` is not one of timm's architectures: it is defined in `{defined_in}`, which this "
+                  f"repository holds a copy of. For timm, put that file on your Python path and import it (it "
+                  f"registers the name with timm).", ""]
+        register = [f"import {module}  # registers {arch} with timm"]
+    image = ['image = Image.open("photo.jpg").convert("RGB")']
+    lines += ["### Image classification", "", "```python", "import timm", "import torch", "from PIL import Image",
+              *register, "",
+              f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()  # or "local-dir:PATH"',
+              "config = timm.data.resolve_data_config({}, model=model)  # the preprocessing below",
+              "transform = timm.data.create_transform(**config)", *image, "with torch.no_grad():",
+              "    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)",
+              "ids = model.pretrained_cfg[\"label_names\"]  # class index -> id (wnid)",
+              "names = model.pretrained_cfg.get(\"label_descriptions\") or {}  # id -> human name",
+              f"top = probabilities.topk({k})  # {k}: at most the number of classes",
+              "for p, i in zip(top.values[0].tolist(), top.indices[0].tolist()):",
+              "    print(f\"{names.get(ids[i], ids[i])}: {p:.1%}\")", "```", "",
+              "### Feature maps", "", "```python", "import timm", "import torch", "from PIL import Image", *register, "",
+              f'model = timm.create_model("hf-hub:{repo}", pretrained=True, features_only=True).eval()',
+              "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))", *image,
+              "with torch.no_grad():", "    for feature_map in model(transform(image).unsqueeze(0)):",
+              "        print(feature_map.shape)  # (1, channels, height, width), stride 2, 4, ... from the input",
+              "print(model.feature_info.channels(), model.feature_info.reduction())", "```", "",
+              "### Image embeddings", "", "```python", "import timm", "import torch", "from PIL import Image",
+              *register, "",
+              f'model = timm.create_model("hf-hub:{repo}", pretrained=True, num_classes=0).eval()  # no classifier',
+              "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))", *image,
+              "with torch.no_grad():", "    embedding = model(transform(image).unsqueeze(0))",
+              "print(embedding.shape)  # (1, num_features): the pooled features the classifier reads", "```", ""]
+    trust = ", trust_remote_code=True" if remote_code else ""
+    lines += ["### transformers", ""]
+    if remote_code:
+        lines += [f"`trust_remote_code=True` runs the two Python files of this repository: `{Path(defined_in).name}` "
+                  f"(the architecture: torch and timm only; importing it registers `{arch}` with timm) and "
+                  f"`modeling_{Path(defined_in).stem}.py` (transformers' `TimmWrapperForImageClassification`, "
+                  "unchanged). Read them before you run them; nothing else of imagenet-trainer is needed.", ""]
+    elif defined_in:
+        lines += [f"transformers needs `{arch}` registered first, as above (`import modeling`).", ""]
+    lines += ["```python", *(register if defined_in and not remote_code else []),
+              "from transformers import AutoModelForImageClassification, pipeline", "",
+              f'classifier = pipeline("image-classification", model="{repo}"{trust})',
+              f'print(classifier("photo.jpg", top_k={k}))  # human class names',
+              f'model = AutoModelForImageClassification.from_pretrained("{repo}"{trust})', "```", ""]
+    return lines
+
+
+def _training(card: dict) -> list[str]:
+    lines = ["## Training", ""]
+    recipe = {k: v for k, v in (card.get("recipe") or {}).items() if k not in PLUMBING}
+    scheduled = (card.get("recipe") or {}).get("epochs")
+    epochs = card.get("epochs")
+    if epochs is not None:
+        done = f"{epochs:g}" if isinstance(epochs, (int, float)) else str(epochs)
+        if isinstance(scheduled, (int, float)) and isinstance(epochs, (int, float)) and epochs < scheduled:
+            done += f" of {scheduled:g} (these weights are from the epoch with the best validation top-1)"
+        lines.append(f"- **Epochs:** {done}")
+    elif scheduled is not None:
+        lines.append(f"- **Epochs:** {scheduled}")
+    if card.get("train_time"):
+        lines.append(f"- **Training time:** {_duration(float(card['train_time']))}")
+    if card.get("hardware"):
+        lines.append(f"- **Hardware:** {card['hardware']}")
+    if recipe:
+        lines += ["", "| hyper-parameter | value |", "|---|---|"]
+        lines += [f"| {cell(k)} | {cell(public(v))} |" for k, v in recipe.items()]
+    if len(lines) == 2:
+        lines.append("No recipe was recorded.")
+    return lines + [""]
+
+
+def _citations(recipe: dict) -> list[str]:
+    """BibTeX of timm (the model format and layers) and of the recipe's techniques that were on."""
+    keys = ["timm"]
+    if recipe.get("warmup_epochs") or recipe.get("lr"):
+        keys.append("goyal")  # linear LR scaling and warmup
+    keys += [k for k in ("label_smoothing", "mixup_alpha", "cutmix_alpha", "random_erase", "eval_image_size")
+             if recipe.get(k)]
+    lines = ["## Citation", ""]
+    for key in keys:
+        lines += ["```bibtex", _CITATIONS[key][1], "```", ""]
+    return lines

@@ -1,0 +1,237 @@
+"""Sharing as a user meets it: the package installs with pip, and every code block of a generated model card runs,
+as written, against the exported folder, in a process that sees no checkout."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+import modeling
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+NAMES = ["digit 0", "digit 1", "digit 2", "digit 3"]
+CARD = {"repo_id": "me/tiny", "dataset": "me/digits", "epochs": 2, "recipe": {"lr": 0.1, "epochs": 2},
+        "results": {"top1": 50.0, "top5": 100.0, "n": 8}}
+
+# runs each ```python block of a card in a fresh namespace, the Hub id replaced by the local folder
+RUNNER = r"""
+import contextlib, io, json, sys
+card, folder, repo = sys.argv[1:]
+blocks = __import__("re").findall(r"```python\n(.*?)```", open(card).read(), flags=__import__("re").S)
+outputs = []
+for block in blocks:
+    code = block.replace(f'"hf-hub:{repo}"', repr(f"local-dir:{folder}")).replace(f'"{repo}"', repr(folder))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "<card block>", "exec"), {"__name__": "__main__"})
+    outputs.append(out.getvalue())
+mods = sys.modules
+print("RESULT " + json.dumps({"outputs": outputs, "n": len(blocks),
+                              "modeling": getattr(mods.get("modeling"), "__file__", None)}))
+"""
+
+
+def clean_env(tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """``pip install`` of the project (its pyproject.toml) into a folder of its own, from a copy of the sources so the
+    checkout gets no build/ or egg-info."""
+    base = tmp_path_factory.mktemp("install")
+    src = base / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("modeling", "imagenet_trainer"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(base / "site"), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "site"
+
+
+def run_card(folder: Path, workdir: Path, env: dict, isolated: bool) -> dict:
+    workdir.mkdir()
+    shutil.copy(PHOTO, workdir / "photo.jpg")  # the file name the card's snippets open
+    flags = ["-I"] if isolated else ["-P", "-s"]  # -P: the working folder is not on sys.path either
+    proc = subprocess.run([sys.executable, *flags, "-c", RUNNER, str(folder / "README.md"), str(folder), "me/tiny"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
+def test_pip_install_and_every_card_block_of_our_design_runs(installed, tmp_path):
+    """blocknet_tiny: the card's timm blocks work after `pip install` (local-dir load, features_only, embeddings),
+    its transformers block with trust_remote_code; top-k is clipped to the 4 classes; names are human."""
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "tiny", label_names=WNIDS, label_descriptions=NAMES,
+                                      model_card=CARD)
+    out = run_card(folder, tmp_path / "work", clean_env(tmp_path, PYTHONPATH=str(installed)), isolated=False)
+    assert out["n"] == 4  # classification, feature maps, embeddings, transformers
+    assert out["modeling"].startswith(str(installed))  # the installed copy, not the checkout
+    classification, features, embeddings, *_ = out["outputs"]
+    assert len(classification.splitlines()) == 4 and all(line.split(":")[0] in NAMES
+                                                         for line in classification.splitlines())
+    assert "torch.Size([1, 16, 32, 32])" in features and "[16, 16, 32, 64, 128] [2, 4, 8, 16, 32]" in features
+    assert "torch.Size([1, 128])" in embeddings
+    assert all(name in out["outputs"][-1] for name in NAMES)  # the pipeline's answer: human names
+
+
+def test_every_card_block_of_a_zoo_export_runs_with_no_project_code(tmp_path):
+    torch.manual_seed(0)
+    model = modeling.create_model("resnet18", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "r18", label_names=WNIDS, label_descriptions=NAMES,
+                                      pretrained_cfg={"input_size": (3, 64, 64)}, model_card=CARD)
+    text = (folder / "README.md").read_text()
+    assert "trust_remote_code" not in text and "import modeling" not in text and not list(folder.glob("*.py"))
+    out = run_card(folder, tmp_path / "work", clean_env(tmp_path), isolated=True)
+    assert out["n"] == 4 and out["modeling"] is None
+    assert re.search(r"\[64, 64, 128, 256, 512\] \[2, 4, 8, 16, 32\]", out["outputs"][1])
+    assert all(name in out["outputs"][-1] for name in NAMES)
+
+
+def test_demo_tree_describes_what_its_images_show(tmp_path):
+    """Real ILSVRC wnids (the layout and ids are ImageNet's), honest names: a digits model never answers "tench"."""
+    from imagenet_trainer import ilsvrc
+    from imagenet_trainer.demo import make_ilsvrc_tree
+
+    tree = make_ilsvrc_tree(tmp_path / "digits", source="digits", num_classes=3, train_per_class=1, val_per_class=1,
+                            num_test=1)
+    wnids, descriptions = ilsvrc.read_synset_mapping(tree / ilsvrc.SYNSET_MAPPING)
+    assert wnids == ilsvrc.imagenet_wnids()[:3] and descriptions == ["digit 0", "digit 1", "digit 2"]
+    photos = make_ilsvrc_tree(tmp_path / "photos", source="photos", num_classes=12, train_per_class=1,
+                              val_per_class=1, num_test=1)
+    _, descriptions = ilsvrc.read_synset_mapping(photos / ilsvrc.SYNSET_MAPPING)
+    assert descriptions[:2] == ["astronaut", "chelsea"] and descriptions[10] == "astronaut (variant 1)"
+    assert len(set(descriptions)) == 12
+
+
+# used without an import statement: tensorboard (accelerate's --report_to tracker), turbojpeg (its libturbojpeg is
+# loaded through ctypes), ipykernel (runs the notebooks), pytest and the notebook runners (the tests themselves)
+NOT_IMPORTED = {"tensorboard", "turbojpeg", "ipykernel", "pytest", "nbclient", "nbformat"}
+
+
+def test_every_requirement_is_used():
+    """requirements.txt lists no dependency that nothing uses (the project once installed `evaluate` for nothing)."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    dists = {d.lower().replace("_", "-") for mods in packages_distributions().values() for d in mods}
+    by_module = {m: {d.lower().replace("_", "-") for d in ds} for m, ds in packages_distributions().items()}
+    imported = set()
+    files = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for line in "".join(cell["source"]).splitlines():
+                match = re.match(r"\s*(?:from|import)\s+([A-Za-z_]\w*)", line)
+                if match:
+                    imported.add(match.group(1))
+    used = {d for m in imported for d in by_module.get(m, ())}
+    requirements = [line.split("==")[0].strip().lower().replace("_", "-") for line in
+                    (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert "evaluate" not in requirements
+    unused = [r for r in requirements if r in dists and r not in used and r not in NOT_IMPORTED]
+    assert unused == [], f"requirements.txt lists {unused}, which nothing imports"
+
+
+@pytest.fixture(scope="module")
+def parquet_copy(preprocessed, tmp_path_factory) -> Path:
+    """imagenet_trainer.hub_dataset's Hub layout of the preprocess.py fixture (with the provenance preprocess.py
+    records beside its output)."""
+    from imagenet_trainer.hub_dataset import export_parquet
+
+    base = tmp_path_factory.mktemp("parquet")
+    data = base / "imagenet"
+    shutil.copytree(preprocessed, data)
+    (data / "source.json").write_text(json.dumps({
+        "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": False, "num_classes": 4,
+        "counts": {"train": 24, "validation": 8}, "val_fraction": None, "split_seed": None}))
+    return export_parquet(data, base / "imagenet-parquet", shard_bytes=20_000)  # several shards per split
+
+
+def test_parquet_copy_keeps_labels_and_human_names(preprocessed, parquet_copy):
+    import datasets
+    import huggingface_hub
+
+    from imagenet_trainer.data import Rows, load_image_dataset
+    from imagenet_trainer.ilsvrc import class_descriptions
+
+    original = datasets.load_from_disk(str(preprocessed))
+    copy = load_image_dataset(str(parquet_copy))  # what train.py/validate.py --dataset FOLDER read
+    assert sorted(copy) == sorted(original)
+    assert len(list((parquet_copy / "data").glob("train-*.parquet"))) > 1
+    for name in original:
+        assert copy[name].features["label"].names == original[name].features["label"].names
+        assert len(copy[name]) == len(original[name])
+        rows, before = Rows(copy[name]), Rows(original[name])
+        assert [(bytes(rows[i][0]), rows[i][1]) for i in range(len(rows))] == [
+            (bytes(before[i][0]), before[i][1]) for i in range(len(before))]
+    names = class_descriptions(copy)
+    assert names == class_descriptions(preprocessed) and names[0] == "astronaut"  # not the wnid's "tench"
+
+    card = huggingface_hub.DatasetCard.load(parquet_copy / "README.md")
+    assert card.data.pretty_name == "ILSVRC-2012" and card.data.task_categories == ["image-classification"]
+    assert "| 0 | n01440764 | astronaut |" in card.text and "24 train" in card.text
+    assert "forbid redistributing" in card.text  # ImageNet's terms, said where the push happens
+    assert json.loads((parquet_copy / "source.json").read_text())["name"] == "ILSVRC-2012"
+
+
+def test_train_runs_on_the_parquet_copy_with_its_human_names(parquet_copy, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "blocknet_tiny", "--dataset",
+                           str(parquet_copy), "--output_dir", str(out), "--image_size", "32", "--batch_size", "8",
+                           "--epochs", "1", "--max_train_steps", "1", "--num_workers", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = list(json.loads((out / "final" / "config.json").read_text())["id2label"].values())
+    assert labels[:2] == ["astronaut", "chelsea"]
+
+
+def test_dataset_push_uploads_the_parquet_folder(parquet_copy, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from imagenet_trainer import hub_dataset
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(ValueError, match="no Hugging Face token"):
+        hub_dataset.push_dataset(parquet_copy, "me/imagenet")
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(
+        ("create_repo", repo_id, kw["repo_type"], kw["private"])) or huggingface_hub.RepoUrl(
+        f"https://huggingface.co/datasets/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(
+        ("upload_folder", kw["repo_id"], kw["repo_type"], sorted(p.relative_to(kw["folder_path"]).as_posix() for p in
+                                                               Path(kw["folder_path"]).rglob("*") if p.is_file()))))
+    monkeypatch.setenv("HF_TOKEN", "hf_secretsecret")
+    hub_dataset.main(["--dataset", str(parquet_copy.parent / "imagenet"), "--output_dir", str(tmp_path / "pq"),
+                      "--push_to_hub", "me/imagenet"])
+    assert calls[0] == ("create_repo", "me/imagenet", "dataset", True)  # private: ImageNet's terms
+    kind, repo, repo_type, files = calls[1]
+    assert (kind, repo, repo_type) == ("upload_folder", "me/imagenet", "dataset")
+    assert {"README.md", "class_descriptions.json", "source.json"} <= set(files)
+    assert any(f.startswith("data/validation-") and f.endswith(".parquet") for f in files)
