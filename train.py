@@ -8,8 +8,13 @@ prepare -> loop -> eval/checkpoint -> export/push.
 
 Exact resume: the training stream is a pure function of position. The sampler's permutation comes from (seed, epoch), each
 sample's augmentation from (seed, epoch, index), and the step's own randomness (mixup/cutmix, erasing, drop-path) from
-(seed, step, rank). Resuming sets the sampler to the saved (epoch, batch) and never reads the skipped samples, which is
-what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and what makes resume take seconds.
+(seed, epoch, global micro-batch). Resuming sets the sampler to the saved (epoch, batch) and never reads the skipped
+samples, which is what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and what makes resume take
+seconds. Nothing is keyed by rank, so a checkpoint of N processes resumes on M with the same global micro-batches
+(processes x --grad_accum_steps kept): the same steps from the same samples with the same augmentations.
+
+Pre-emption: STOP_SIGNAL (SIGUSR1; slurm/train.sbatch has SLURM send it before the time limit) to any rank makes all
+ranks checkpoint at the next optimizer step and exit with STOPPED_STATUS (75), leaving STOPPED_RECORD in the run folder.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,11 +42,17 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, load_image_dataset,
-                                   mixup_cutmix, normalize, random_erasing)
+from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
+                                   load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
-from imagenet_trainer.runinfo import share_tree, write_run_info
+from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
+
+STOP_SIGNAL = signal.SIGUSR1  # "checkpoint and exit": what slurm/train.sbatch asks SLURM to send (--signal=USR1@300)
+STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL, "temporary failure, try again"
+STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
+RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
+             STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
 
 
 @dataclass
@@ -152,14 +164,11 @@ class TrainState:
 
 def main(argv=None):
     cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])  # ranges: TrainConfig.__post_init__
+    stop = StopSignal()
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
     accelerator = make_accelerator(cfg, run_dir)
     check_launch(cfg, accelerator, run_dir, ckpt_dir)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume_from_checkpoint:
-        record_launch(accelerator, cfg, run_dir)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     # data and model
@@ -200,11 +209,8 @@ def main(argv=None):
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     resumed_from = resume(accelerator, state, cfg.resume_from_checkpoint, ckpt_dir) if cfg.resume_from_checkpoint \
         else None
+    start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
-    if cfg.resume_from_checkpoint:  # a launch that got this far; UTC names sort in launch order
-        first = not (run_dir / "run_info.json").exists() or resumed_from is None
-        record_launch(accelerator, cfg,
-                      run_dir if first else run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()))
 
     # the loop: an epoch (or the part of it left), then evaluate, export the best, checkpoint, log
     model.train()
@@ -212,7 +218,7 @@ def main(argv=None):
     with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
         while state.step < total_steps:
             started = time.perf_counter()
-            row = train_one_epoch(accelerator, model, optimizer, train_loader, state, ema, cfg, ckpt_dir,
+            row = train_one_epoch(accelerator, model, optimizer, train_loader, state, ema, cfg, ckpt_dir, stop,
                                   lr_at=lr_at, total_steps=total_steps, num_classes=len(label_names), mean=mean,
                                   std=std, memory_format=memory_format, bar=bar)
             metrics = evaluate(accelerator, model, eval_loader, mean, std, memory_format, flip=cfg.eval_flip)
@@ -234,6 +240,8 @@ def main(argv=None):
                        epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
             save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, torch.zeros((), device=accelerator.device), 0)
             log_epoch(accelerator, row, run_dir, bar)
+            if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
+                exit_stopped(accelerator, state, ckpt_dir)
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -271,9 +279,28 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
             modeling.check_hub_ready(cfg.hub_model_id)
         except ValueError as e:
             raise SystemExit(f"error: --push_to_hub: {e}") from None
-    if not cfg.resume_from_checkpoint and ((run_dir / "metrics.jsonl").exists() or ckpt_dir.exists()):
-        raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
-                         "--resume_from_checkpoint latest, or pick a new --output_dir")
+    check_output_dir(run_dir, ckpt_dir, cfg.resume_from_checkpoint)
+
+
+def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
+    """A fresh run goes into a new or empty folder, or one holding only what an earlier start of train.py wrote
+    before it saved anything (a failed start never blocks its own command). A run needs --resume_from_checkpoint;
+    a folder with anything else in it is refused, so a run never mixes with, or overwrites, a user's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SystemExit(f"error: --output_dir {run_dir} is a file; give a new or empty folder")
+    names = {p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
+             } if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write of ours a kill interrupted
+    if (run_dir / "metrics.jsonl").exists() or ckpt_dir.exists():
+        if not resume_from:
+            raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
+                             "--resume_from_checkpoint latest, or pick a new --output_dir")
+        return
+    earlier_start = "run_info.json" in names and names <= RUN_FILES  # of train.py, stopped before it saved
+    if names and not earlier_start:
+        foreign = sorted(names - RUN_FILES) or sorted(names)
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SystemExit(f"error: --output_dir {run_dir} is not empty and holds no train.py run ({shown}); give a "
+                         "new or empty folder (train.py writes only into its own)")
 
 
 def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> None:
@@ -284,6 +311,18 @@ def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> N
                                            "distributed_type": str(accelerator.distributed_type),
                                            "mixed_precision": accelerator.mixed_precision,
                                            "device": str(accelerator.device)})
+
+
+def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, resumed: bool) -> None:
+    """The launch's records, written once the start-up checks have passed (so a failed start leaves nothing that
+    blocks its own command): run_dir's for a fresh start, run_dir/resumes/<UTC time>/ for a resume (names sort in
+    launch order). A stop record of an earlier launch goes: this one is running."""
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOPPED_RECORD).unlink(missing_ok=True)
+    first = not resumed or not (run_dir / "run_info.json").exists()
+    record_launch(accelerator, cfg, run_dir if first else
+                  run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()))
 
 
 def load_data(dataset: str, eval_split: str):
@@ -333,8 +372,8 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
                              auto_augment=cfg.auto_augment or None)
         eval_set = EvalSet(ds[cfg.eval_split], eval_size, crop_pct=data_cfg["crop_pct"],
                            interpolation=data_cfg["interpolation"])
-        sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed,
-                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+        sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
+                                   rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
     except ValueError as e:
         raise SystemExit(f"error: {e} (check --batch_size, --grad_accum_steps, --auto_augment, --scale_min)") from None
     loader_kw = dict(num_workers=cfg.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
@@ -381,9 +420,18 @@ def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_d
         raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
                          f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
                          ) from None
-    if state.layout != layout:  # the saved position would point at other samples and another schedule
-        raise SystemExit(f"error: --resume_from_checkpoint {path} was saved with {state.layout}, this launch "
-                         f"has {layout}; resume with the same processes, --batch_size and --grad_accum_steps")
+    if state.layout != layout:  # elastic: another process count with the same global micro-batches
+        try:
+            state.batch_in_epoch = elastic_position(state.batch_in_epoch, state.layout, layout)
+        except ValueError as e:  # the saved position would point at other samples and another schedule
+            raise SystemExit(f"error: --resume_from_checkpoint {path}: {e}") from None
+        ratio = state.layout["num_processes"] / layout["num_processes"]  # the epoch's loss so far, in this
+        state.epoch_loss = (state.epoch_loss[0] * ratio, round(state.epoch_loss[1] * ratio))  # launch's units
+        accelerator.print(f"saved on {state.layout['num_processes']} processes, resumed on {layout['num_processes']} "
+                          f"with --grad_accum_steps {layout['grad_accum_steps']}: the same global batches")
+        state.layout = layout
+    # accelerate's micro-batch count decides which micro-batch ends an accumulation: in this launch's units
+    accelerator.step = state.step * layout["grad_accum_steps"]
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
     return path
 
@@ -391,10 +439,11 @@ def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_d
 # -- the loop ----------------------------------------------------------------------------------------------------------
 
 def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, state: TrainState, ema, cfg: TrainConfig,
-                    ckpt_dir: Path, *, lr_at, total_steps: int, num_classes: int, mean, std, memory_format,
-                    bar) -> dict:
+                    ckpt_dir: Path, stop: StopSignal, *, lr_at, total_steps: int, num_classes: int, mean, std,
+                    memory_format, bar) -> dict:
     """Optimizer steps from `state`'s position to the end of its epoch (or to total_steps), checkpointing every
-    --save_every_steps; advances `state` and returns the epoch's train row for metrics.jsonl."""
+    --save_every_steps, and at once, then exiting, on `stop`; advances `state` and returns the epoch's train row
+    for metrics.jsonl."""
     sampler = train_loader.batch_sampler
     steps_per_epoch = len(sampler) // cfg.grad_accum_steps
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # what the EMA averages
@@ -404,10 +453,10 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
     epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
     for x, y in train_loader:
         data_wait += time.perf_counter() - t
-        # the step's randomness is a function of (seed, micro-batch position, rank) only
-        position = (state.epoch * len(sampler) + state.batch_in_epoch) * accelerator.num_processes
-        step_rng.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
-        torch.manual_seed(cfg.seed * 1_000_003 + position + accelerator.process_index)
+        # the micro-batch's own randomness comes from its place in the run, whichever rank computes it
+        seed = micro_batch_seed(cfg.seed, state.epoch, sampler.global_micro_batch(state.batch_in_epoch))
+        step_rng.manual_seed(seed)
+        torch.manual_seed(seed)  # drop-path and dropout draw from the global generators
         x = x.to(accelerator.device, non_blocking=True)
         y = y.to(accelerator.device, non_blocking=True)
         x = normalize(x, mean, std).contiguous(memory_format=memory_format)
@@ -439,9 +488,12 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
                 bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
             if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
                 break  # the caller evaluates and checkpoints
-            if cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+            stopping = stop.agreed(accelerator)
+            if stopping or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
                 check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
                 save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, loss_sum, loss_count)
+            if stopping:
+                exit_stopped(accelerator, state, ckpt_dir)
         t = time.perf_counter()
     check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
     elapsed = time.perf_counter() - epoch_start
@@ -453,6 +505,38 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
     if epoch_done:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     return row
+
+
+class StopSignal:
+    """Whether STOP_SIGNAL reached this process. `agreed` asks every rank (a 4-byte all-reduce and one host sync
+    per optimizer step), so all of them stop at the same step even when the signal reached only some."""
+
+    def __init__(self):
+        self.received = False
+        signal.signal(STOP_SIGNAL, self._receive)
+
+    def _receive(self, signum, frame):
+        self.received = True
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        flag = torch.tensor(int(self.received), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item())
+
+
+def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path) -> None:
+    """After the checkpoint STOP_SIGNAL asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
+    accelerate launch and torchrun report any rank's non-zero status as 1, so the record (written before any rank
+    exits) is what tells slurm/train.sbatch to requeue through them."""
+    checkpoint = latest_checkpoint(ckpt_dir)
+    if accelerator.is_main_process:
+        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
+            {"exit_status": STOPPED_STATUS, "signal": STOP_SIGNAL.name, "step": state.step,
+             "checkpoint": str(checkpoint), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        accelerator.print(f"{STOP_SIGNAL.name}: checkpoint {checkpoint} written; exiting with status "
+                          f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    raise SystemExit(STOPPED_STATUS)
 
 
 def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_format, flip: bool) -> dict:

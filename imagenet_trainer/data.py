@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import functools
+import hashlib
 import io
 import math
 import mmap
@@ -458,25 +459,38 @@ class EvalSet(torch.utils.data.Dataset):
 
 
 class ResumableSampler(torch.utils.data.Sampler):
-    """Batch sampler of keys ``(epoch, index)``: per epoch a permutation seeded by (seed, epoch), cut into global
-    batches of ``batch_size * num_replicas``; rank r takes the r-th slice of each. The tail that does not fill a
-    global batch is dropped, so every rank runs the same number of full batches.
+    """Batch sampler of keys ``(epoch, index)``, rank ``rank``'s share of the run's global micro-batches.
+
+    Per epoch a permutation seeded by (seed, epoch) is cut into optimizer steps of ``batch_size * grad_accum_steps
+    * num_replicas`` samples (the tail that fills no step is dropped, so every rank runs the same number of full
+    steps), and those into *global micro-batches* of ``batch_size``, numbered within the epoch. Rank r's b-th batch
+    is global micro-batch ``b * num_replicas + r`` (``global_micro_batch``), so the micro-batches, and so the
+    optimizer steps, depend only on (seed, epoch, batch_size), not on how they are dealt out: N processes x A
+    accumulation and M x A' with N * A = M * A' compute the same steps from the same batches. That is what lets a
+    checkpoint resume on another process count (``elastic_position``; MosaicML streaming's "elastic
+    determinism").
 
     ``set_position(epoch, batch)`` makes the next iteration start at that batch without reading the skipped
     samples (unlike re-iterating, transformers #21934), and only for that epoch (accelerate #1451)."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
-                 shuffle: bool = True):
+                 shuffle: bool = True, grad_accum_steps: int = 1):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        if num_samples < batch_size * num_replicas:
-            raise ValueError(f"{num_samples} samples do not fill one global batch of {batch_size} x {num_replicas}")
+        if num_samples < batch_size * num_replicas * grad_accum_steps:
+            raise ValueError(f"{num_samples} samples do not fill one optimizer step of {batch_size} x "
+                             f"{num_replicas} processes x {grad_accum_steps} accumulation")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.num_replicas, self.rank, self.shuffle = num_replicas, rank, shuffle
+        self.num_replicas, self.rank, self.shuffle, self.accum = num_replicas, rank, shuffle, grad_accum_steps
         self.epoch, self.start = 0, 0
 
     def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.num_replicas)
+        """Batches per epoch on each rank: whole optimizer steps x accumulation."""
+        return self.num_samples // (self.batch_size * self.num_replicas * self.accum) * self.accum
+
+    def global_micro_batch(self, batch_in_epoch: int) -> int:
+        """The number, within its epoch, of the global micro-batch that is this rank's ``batch_in_epoch``-th."""
+        return batch_in_epoch * self.num_replicas + self.rank
 
     def set_epoch(self, epoch: int) -> None:
         self.set_position(epoch, 0)
@@ -498,9 +512,38 @@ class ResumableSampler(torch.utils.data.Sampler):
         epoch, start = self.epoch, self.start
         order = self.order(epoch)
         for b in range(start, len(self)):
-            first = (b * self.num_replicas + self.rank) * self.batch_size
+            first = self.global_micro_batch(b) * self.batch_size
             yield [(epoch, i) for i in order[first:first + self.batch_size].tolist()]
         self.epoch, self.start = epoch + 1, 0  # a finished epoch never leaves its skip behind
+
+
+def micro_batch_seed(seed: int, epoch: int, micro_batch: int) -> int:
+    """The seed of one global micro-batch's own randomness (mixup/cutmix, erasing, drop-path), keyed by its place in
+    the run (``ResumableSampler.global_micro_batch``), not by the rank or accumulation step that computes it: a
+    global batch draws the same however it is split. A 63-bit hash, in ``torch.manual_seed``'s range."""
+    key = f"micro-batch {seed} {epoch} {micro_batch}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+LAYOUT_KEYS = ("num_processes", "batch_size", "grad_accum_steps")
+
+
+def elastic_position(batch_in_epoch: int, saved: dict, now: dict) -> int:
+    """A checkpoint's per-rank batch position (``saved`` layout: ``LAYOUT_KEYS``) as this launch's (``now``).
+
+    The global micro-batches must stay the same, so the same --batch_size and processes x accumulation (hence the
+    same global batch): 16 GPUs x accumulation 1 resume on 8 x 2. --batch_size is kept rather than the global batch
+    alone because a micro-batch is BatchNorm's and mixup's unit: another split would compute other steps. Anything
+    else is a ValueError whose message has the arithmetic and the flags that fit."""
+    n, b, a = (saved[k] for k in LAYOUT_KEYS)
+    m, b2, a2 = (now[k] for k in LAYOUT_KEYS)
+    if b == b2 and n * a == m * a2:
+        return batch_in_epoch * n // m  # a step boundary: n * a * steps global micro-batches, m * a2 per rank
+    fit = (f"--batch_size {b} --grad_accum_steps {n * a // m}" if n * a % m == 0 else
+           f"--batch_size {b} on a process count that divides {n * a}")
+    raise ValueError(f"it was saved with {n} process{'es' if n > 1 else ''} x --batch_size {b} x --grad_accum_steps {a} = {n * b * a} "
+                     f"images per step, this launch has {m} x {b2} x {a2} = {m * b2 * a2}; resume with {fit} "
+                     f"(the same {b}-image micro-batches, processes x accumulation = {n * a})")
 
 
 def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, _dct_factor, _exif_orientation,
-                                   _resize, check_labels, collate, load_image_dataset, mixup_cutmix, normalize,
-                                   random_erasing, random_resized_crop_params, sample_rng)
+                                   _resize, check_labels, collate, elastic_position, load_image_dataset,
+                                   micro_batch_seed, mixup_cutmix, normalize, random_erasing,
+                                   random_resized_crop_params, sample_rng)
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -450,6 +451,56 @@ def test_sampler_rejects_bad_positions():
         ResumableSampler(7, 4, seed=0, num_replicas=2)
     with pytest.raises(ValueError):
         ResumableSampler(20, 4, seed=0, num_replicas=2, rank=2)
+
+
+def global_batches(n, b, seed, replicas, accum, epoch=0):
+    """{step: [global micro-batch keys, in global micro-batch order]} as ``replicas`` ranks x ``accum`` see them."""
+    steps = {}
+    for rank in range(replicas):
+        sampler = ResumableSampler(n, b, seed, num_replicas=replicas, rank=rank, grad_accum_steps=accum)
+        sampler.set_epoch(epoch)
+        for k, batch in enumerate(sampler):
+            steps.setdefault(k // accum, {})[sampler.global_micro_batch(k)] = batch
+    return {s: [mb[g] for g in sorted(mb)] for s, mb in steps.items()}
+
+
+def test_global_batches_do_not_depend_on_how_they_are_split():
+    """4 processes x 1, 2 x 2 and 1 x 4 accumulation: the same steps of the same micro-batches, in the same order."""
+    n, b = 103, 3
+    splits = [global_batches(n, b, 4, replicas, accum, epoch=2) for replicas, accum in ((4, 1), (2, 2), (1, 4))]
+    assert splits[0] == splits[1] == splits[2]
+    assert len(splits[0]) == n // (b * 4) and all(len(step) == 4 for step in splits[0].values())
+    order = ResumableSampler(n, b, 4).order(2).tolist()
+    assert [i for step in splits[0].values() for batch in step for _, i in batch] == order[:len(splits[0]) * 4 * b]
+    # the tail that fills no whole step is dropped on every layout alike: len counts whole steps x accumulation
+    assert len(ResumableSampler(25, 3, 0, num_replicas=1, grad_accum_steps=4)) == 8  # 2 steps of 12, not 25 // 3
+    assert len(ResumableSampler(25, 3, 0, num_replicas=2, grad_accum_steps=2, rank=1)) == 4
+
+
+def test_micro_batch_seed_is_keyed_by_place_not_rank():
+    seeds = {micro_batch_seed(seed, epoch, g) for seed in (-1, 0, 1) for epoch in (0, 1) for g in range(50)}
+    assert len(seeds) == 300 and all(0 <= s < 2**63 for s in seeds)
+    two_ranks = [ResumableSampler(64, 4, 0, num_replicas=2, rank=r) for r in (0, 1)]
+    one_rank = ResumableSampler(64, 4, 0, grad_accum_steps=2)
+    # step 3 on 2 ranks (batch 3 of each) and on 1 rank with accumulation 2 (batches 6 and 7): the same two seeds
+    assert [micro_batch_seed(0, 1, s.global_micro_batch(3)) for s in two_ranks] == \
+        [micro_batch_seed(0, 1, one_rank.global_micro_batch(b)) for b in (6, 7)]
+
+
+def test_elastic_position_keeps_the_global_batch_or_refuses_with_the_arithmetic():
+    layout = lambda n, b, a: {"num_processes": n, "batch_size": b, "grad_accum_steps": a}  # noqa: E731
+    assert elastic_position(10, layout(16, 32, 1), layout(8, 32, 2)) == 20  # 10 steps: 10 batches -> 20 per rank
+    assert elastic_position(20, layout(8, 32, 2), layout(16, 32, 1)) == 10
+    assert elastic_position(6, layout(2, 8, 3), layout(3, 8, 2)) == 4
+    with pytest.raises(ValueError) as err:
+        elastic_position(10, layout(2, 8, 1), layout(1, 8, 1))
+    assert str(err.value) == ("it was saved with 2 processes x --batch_size 8 x --grad_accum_steps 1 = 16 images per "
+                              "step, this launch has 1 x 8 x 1 = 8; resume with --batch_size 8 --grad_accum_steps 2 "
+                              "(the same 8-image micro-batches, processes x accumulation = 2)")
+    with pytest.raises(ValueError, match=r"2 x 16 x 1 = 32; resume with --batch_size 8 --grad_accum_steps 2"):
+        elastic_position(0, layout(4, 8, 1), layout(2, 16, 1))  # same global batch, other micro-batches
+    with pytest.raises(ValueError, match="--batch_size 8 on a process count that divides 4"):
+        elastic_position(0, layout(4, 8, 1), layout(3, 8, 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,336 @@
+"""Clusters on one CPU machine: slurm/train.sbatch with stand-ins for srun/scontrol, two machines on loopback, the
+pre-timeout signal and its requeue, and a checkpoint of 2 processes resumed on 1 (elastic resume).
+
+The stand-in srun runs the script's per-node command once per node, in parallel, on this machine (SLURM_NODEID
+0..N-1); the stand-in scontrol expands a comma-separated node list and records requeues. Everything else is real:
+`accelerate launch` per "node", gloo over 127.0.0.1, train.py, its checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train import ACCELERATE, ROOT, ok, rows, run, train_cmd
+
+SBATCH = ROOT / "slurm" / "train.sbatch"
+# 23 train images of the fixture: 2 processes x 4 = 2 steps an epoch, 8 steps; every step checkpointed, so a
+# resume can start anywhere; every step-level randomness on (mixup/cutmix, erasing, drop-path, TrivialAugment)
+COMMON = ("--batch_size", "4", "--epochs", "4", "--save_every_steps", "1", "--keep_last", "20", "--auto_augment", "ta",
+          "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--random_erase", "0.25", "--drop_path", "0.1")
+LAST = 8
+
+SRUN = r"""#!/bin/bash
+# srun --ntasks-per-node=1 on one machine: the command once per node, in parallel, each with its SLURM_NODEID;
+# the highest exit status, as srun returns it
+while [[ "$1" == --* ]]; do shift; done
+printf '%s\n' "$*" >> "$STUB_LOG/srun"
+pids=()
+for ((node = 0; node < SLURM_NNODES; node++)); do
+    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || { code=$?; if ((code > status)); then status=$code; fi; }
+done
+exit "$status"
+"""
+SCONTROL = r"""#!/bin/bash
+case "$1" in
+    show) tr ',' '\n' <<< "$3" ;;               # show hostnames a,b -> one name a line
+    requeue) echo "$2" >> "$STUB_LOG/requeue" ;;
+    *) exit 1 ;;
+esac
+"""
+# an `accelerate` that records how it was called on each node, whether it ignores SIGUSR1 (bit 10 of SigIgn), and
+# exits with FAKE_STATUS, leaving train.py's stop record first when FAKE_STOPPED is set
+FAKE_ACCELERATE = r"""#!/bin/bash
+ignored=$(( 0x$(awk '/^SigIgn/ {print $2}' /proc/$$/status) >> 9 & 1 ))
+echo "node=$SLURM_NODEID usr1_ignored=$ignored $*" >> "$STUB_LOG/accelerate"
+if [ -n "${FAKE_STOPPED:-}" ]; then echo '{"exit_status": 75}' > "$FAKE_STOPPED"; fi
+exit "${FAKE_STATUS:-0}"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    """(environment of a 2-node allocation on this machine, folder of the stand-ins' records)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("fake-accelerate", FAKE_ACCELERATE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), "SLURM_JOB_ID": "4242",
+           "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1",
+           "GPUS_PER_NODE": "1", "ACCELERATE": ACCELERATE, "ACCELERATE_CONFIG": "accelerate_configs/cpu_ddp.yaml",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("SLURM_RESTART_COUNT", None)
+    return env, log
+
+
+def sbatch(env, *args, popen=False):
+    cmd = ["bash", str(SBATCH), *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def train_args(dataset, out, *extra):
+    """train.py's arguments (what follows the script's path) of the runs here."""
+    cmd = train_cmd(dataset, out, *COMMON, *extra)
+    return cmd[cmd.index(str(ROOT / "train.py")) + 1:]
+
+
+def two_process_cmd(dataset, out, *extra):
+    return [ACCELERATE, "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml", "--main_process_port",
+            str(free_port()), str(ROOT / "train.py"), *train_args(dataset, out, *extra)]
+
+
+def weights(run_dir, step=LAST):
+    return load_file(Path(run_dir) / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# train.py with each micro-batch's final training input recorded: labels and a digest of the images after
+# augmentation, erasing and mixup/cutmix and of the soft targets, one line per micro-batch in {trace}/rank<R>.jsonl
+TRACED_TRAIN = """
+import hashlib, json, os, runpy, sys
+sys.path.insert(0, {root!r})
+import imagenet_trainer.data as data
+mix = data.mixup_cutmix
+trace = open(os.path.join({trace!r}, "rank" + os.environ.get("RANK", "0") + ".jsonl"), "a")
+def traced(x, y, *args, **kwargs):
+    x, target = mix(x, y, *args, **kwargs)
+    digest = hashlib.sha1(x.cpu().contiguous().numpy().tobytes() + target.cpu().numpy().tobytes()).hexdigest()
+    trace.write(json.dumps({{"labels": y.tolist(), "digest": digest}}) + "\\n")
+    trace.flush()
+    return x, target
+data.mixup_cutmix = traced
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def traced_train(folder) -> Path:
+    """A train.py that traces into `folder`."""
+    folder.mkdir()
+    (folder / "train.py").write_text(TRACED_TRAIN.format(root=str(ROOT), train=str(ROOT / "train.py"),
+                                                         trace=str(folder)))
+    return folder / "train.py"
+
+
+def trace(folder, rank=0):
+    return [json.loads(line) for line in (Path(folder) / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(preprocessed, tmp_path_factory):
+    """An uninterrupted 2-process run on one machine, its data stream traced (in ../trace)."""
+    base = tmp_path_factory.mktemp("reference")
+    out = base / "run"
+    cmd = two_process_cmd(preprocessed, out)
+    cmd[cmd.index(str(ROOT / "train.py"))] = str(traced_train(base / "trace"))
+    ok(run(cmd))
+    assert rows(out)[-1]["step"] == LAST
+    return out
+
+
+def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(slurm, tmp_path):
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_JOB_NODELIST": "gpu-a,gpu-b", "SLURM_GPUS_ON_NODE": "4"}
+    del env["GPUS_PER_NODE"], env["ACCELERATE_CONFIG"]
+    out = tmp_path / "run"
+    out.mkdir()
+    ok(sbatch(env, "--dataset", "d", "--output_dir", out))
+    calls = sorted((log / "accelerate").read_text().splitlines())
+    tail = (f"--config_file accelerate_configs/multi_node.yaml --num_machines 2 --num_processes 8 --main_process_ip "
+            f"gpu-a --main_process_port 29742 train.py --dataset d --output_dir {out}")
+    assert calls == [f"node={n} usr1_ignored=1 launch --machine_rank {n} {tail}" for n in (0, 1)]
+    assert not (log / "requeue").exists()
+
+    (log / "accelerate").unlink()  # a requeued job resumes; --output_dir=X is understood too
+    ok(sbatch({**env, "SLURM_RESTART_COUNT": "1"}, f"--output_dir={out}"))
+    assert all(c.endswith(f"train.py --output_dir={out} --resume_from_checkpoint latest")
+               for c in (log / "accelerate").read_text().splitlines())
+
+    # train.py's status 75 directly, or (through a launcher, which reports 1) its stop record: requeue
+    for status, stopped in ((75, False), (1, True)):
+        (log / "requeue").unlink(missing_ok=True)
+        fake = {"FAKE_STATUS": str(status), **({"FAKE_STOPPED": str(out / "stopped_on_signal.json")} if stopped else {})}
+        proc = ok(sbatch({**env, **fake}, "--output_dir", out))
+        assert (log / "requeue").read_text().split() == ["4242"], proc.stdout
+    # any other failure is the job's status; a record left by an earlier launch does not requeue it
+    (log / "requeue").unlink()
+    (out / "stopped_on_signal.json").write_text("{}")
+    proc = sbatch({**env, "FAKE_STATUS": "1"}, "--output_dir", out)
+    assert proc.returncode == 1 and not (log / "requeue").exists()
+
+    proc = sbatch(env, "--dataset", "d")
+    assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_two_machines_on_loopback_train_as_one_machine_of_two_processes(slurm, reference, preprocessed, tmp_path):
+    """Two `accelerate launch --num_machines 2 --machine_rank 0|1 --main_process_ip 127.0.0.1` (one process each,
+    gloo), started by slurm/train.sbatch: the same weights as one machine's 2 processes, bit for bit."""
+    env, log = slurm
+    out = tmp_path / "two_nodes"
+    proc = ok(sbatch({**env, "MAIN_PROCESS_PORT": str(free_port())}, *train_args(preprocessed, out)))
+    (srun,) = (log / "srun").read_text().splitlines()
+    assert "--num_machines 2 --num_processes 2 --main_process_ip 127.0.0.1" in srun, srun
+    assert "rendezvous 127.0.0.1" in proc.stdout
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    assert len(rows(out)) == len(rows(reference))  # one main process wrote the metrics
+    assert_bitwise_equal(weights(reference), weights(out))
+
+
+def worker_pids(out) -> dict:
+    """{"launchers": [pid, ...], rank: pid} of the processes running train.py into `out`."""
+    found = {"launchers": []}
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if str(out).encode() not in argv or len(argv) < 2:
+                continue
+            if argv[1].endswith(b"accelerate"):
+                found["launchers"].append(int(proc.name))
+            elif any(a.endswith(b"train.py") for a in argv[1:3]):  # python [-u] train.py
+                env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+                found[int(env[b"RANK"])] = int(proc.name)
+        except (OSError, ValueError, KeyError):  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+def test_pre_timeout_signal_checkpoints_requeues_and_the_requeued_job_resumes_exactly(slurm, reference, preprocessed,
+                                                                                      tmp_path):
+    """SIGUSR1 to ONE rank (and to both launchers, which must ignore it), as SLURM's --signal sends it: both ranks
+    checkpoint at the same step and exit 75, the script requeues; the requeued job ends bit-equal to the reference."""
+    env, log = slurm
+    out = tmp_path / "run"
+    args = train_args(preprocessed, out)
+    job = sbatch({**env, "MAIN_PROCESS_PORT": str(free_port())}, *args, popen=True)
+    first = out / "checkpoints" / "step_00000002"
+    deadline = time.time() + 300
+    while not first.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    pids = worker_pids(out)
+    assert 1 in pids and len(pids["launchers"]) == 2, pids
+    for pid in (*pids["launchers"], pids[1]):
+        os.kill(pid, signal.SIGUSR1)
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, output[-5000:]
+    assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
+    record = json.loads((out / "stopped_on_signal.json").read_text())
+    assert record["exit_status"] == 75 and record["signal"] == "SIGUSR1"
+    stopped_at = record["step"]
+    assert 2 <= stopped_at < LAST, "stopped too late to test anything"
+    assert record["checkpoint"] == str(out / "checkpoints" / f"step_{stopped_at:08d}")
+    assert max(p.name for p in (out / "checkpoints").glob("step_*")) == f"step_{stopped_at:08d}"
+    assert output.count("exitcode  : 75") == 2, output[-3000:]  # both ranks, in torch elastic's report
+
+    requeued = sbatch({**env, "SLURM_RESTART_COUNT": "1", "MAIN_PROCESS_PORT": str(free_port())}, *args)
+    ok(requeued)
+    assert f"resumed from {out / 'checkpoints' / f'step_{stopped_at:08d}'}" in requeued.stdout
+    assert (log / "srun").read_text().splitlines()[-1].endswith("--resume_from_checkpoint latest")
+    assert (log / "requeue").read_text().split() == ["4242"] and not (out / "stopped_on_signal.json").exists()
+    assert_bitwise_equal(weights(reference), weights(out))
+    assert [r["step"] for r in rows(out)] == [r["step"] for r in rows(reference)]
+
+
+BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def test_two_process_checkpoint_resumes_on_one_process_with_the_same_global_batches(reference, preprocessed, tmp_path):
+    """Elastic resume: step 3 of the 2-process reference (mid-epoch) continued by 1 process x --grad_accum_steps 2.
+
+    The data stream is asserted exactly: every micro-batch's labels and final input (crop, flip, TrivialAugment,
+    erasing, mixup/cutmix, targets) equal the reference's micro-batch at the same place. The weights are equal up to
+    float reduction order (DDP averages the ranks' gradients, accumulation sums their shares): rtol 1e-4, atol 1e-6
+    after 5 steps (with 2 processes they come out bit-equal, as halving is exact; 4 -> 2 x 2 sums in another order). BatchNorm running statistics are not compared: each rank keeps its own (DDP broadcasts rank 0's), so the
+    reference's saved ones come from rank 0's micro-batches only, the 1-process run's from both."""
+    resume_at, out = 3, tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "run_info.json"):
+        shutil.copy(reference / name, out / name)
+    shutil.copytree(reference / "checkpoints" / f"step_{resume_at:08d}", out / "checkpoints" / f"step_{resume_at:08d}")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(reference) if r["step"] <= resume_at))
+    script = traced_train(tmp_path / "trace")
+    cmd = train_cmd(preprocessed, out, *COMMON, "--grad_accum_steps", "2", "--resume_from_checkpoint", "latest")
+    cmd[cmd.index(str(ROOT / "train.py"))] = str(script)
+    proc = ok(run(cmd))
+    assert f"at epoch 1, step {resume_at}" in proc.stdout + proc.stderr
+    assert "saved on 2 processes, resumed on 1 with --grad_accum_steps 2" in proc.stdout + proc.stderr
+
+    # rank r's i-th micro-batch is the run's micro-batch 2 i + r; the resumed process's i-th is 2 * resume_at + i
+    ranks = [trace(reference.parent / "trace", r) for r in (0, 1)]
+    stream = [batch for pair in zip(*ranks) for batch in pair]
+    resumed = trace(tmp_path / "trace")
+    assert len(stream) == 2 * LAST and len(resumed) == 2 * (LAST - resume_at)
+    assert resumed == stream[2 * resume_at:]
+
+    a, b = weights(reference), weights(out)
+    assert a.keys() == b.keys()
+    compared = [k for k in a if not k.endswith(BATCHNORM_STATS)]
+    for k in compared:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    # the resumed epoch's train_loss covers the whole epoch, counted in the new layout's micro-batches
+    assert [r["train_loss"] for r in rows(out)] == pytest.approx([r["train_loss"] for r in rows(reference)], rel=1e-4)
+
+
+def test_output_dir_takes_a_new_or_empty_folder_and_a_failed_start_blocks_nothing(preprocessed, tmp_path):
+    """Requeued jobs and reruns repeat their command: what a failed start leaves must not block it; and a run never
+    writes into a folder of the user's."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x\n")
+    proc = run(train_cmd(preprocessed, mine))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: --output_dir {mine} is not empty and holds no train.py "
+                                                    "run (notes.txt); give a new or empty folder (train.py writes only "
+                                                    "into its own)")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "x\n"
+
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # the same failing command twice: the same error, nothing written
+        proc = run(train_cmd(preprocessed, fresh, "--model", "no_such_model"))
+        assert proc.returncode != 0 and "--model no_such_model" in proc.stderr.strip().splitlines()[-1]
+        assert not fresh.exists()
+
+    # what an earlier start writes before its first checkpoint (a crash, a pre-emption): the same command starts over
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in ("config.yaml", "run_info.json", ".run_info.json.x1.tmp"):
+        (earlier / name).write_text("{}\n")
+    proc = run(train_cmd(preprocessed, earlier, "--model", "no_such_model"))
+    assert proc.returncode != 0 and "--model no_such_model" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_accelerate_launch_quiet_leaves_the_one_error_line(preprocessed, tmp_path):
+    """What the README's troubleshooting says: one process under `accelerate launch -q` ends with train.py's line,
+    without the launcher's CalledProcessError traceback."""
+    proc = run([ACCELERATE, "launch", "-q", "--config_file", "accelerate_configs/cpu.yaml", str(ROOT / "train.py"),
+                "--dataset", str(preprocessed), "--output_dir", str(tmp_path / "r"), "--epochs", "two"])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "error: --epochs must be a int, got 'two'"
+    assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
