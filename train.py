@@ -151,6 +151,7 @@ def main(argv=None):
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
     accelerator = make_accelerator(cfg, run_dir)
+    set_backends(accelerator)
     check_launch(cfg, accelerator, run_dir, ckpt_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -251,13 +252,26 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     )
 
 
+def set_backends(accelerator: Accelerator) -> None:
+    """On CUDA, as timm's train.py: the cuDNN autotuner (input shapes are fixed within an epoch, so each conv's
+    fastest algorithm is searched once per shape) and TF32 matmuls (PyTorch's default for cuDNN convs already).
+    record_launch writes both into run_info.json."""
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt_dir: Path) -> None:
     """Refuse what would fail later (or race, or mix two runs) before anything is written."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise SystemExit(f"error: the launcher started {launched} processes but Accelerate sees "
                          f"{accelerator.num_processes}; they would race on {run_dir}. Check `accelerate env`.")
-    if cfg.ema_decay and accelerator.distributed_type == DistributedType.FSDP:
+    fsdp = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+    if fsdp is not None and fsdp.fsdp_version != 2:
+        raise SystemExit("error: FSDP1 (fsdp_version: 1) is not supported (its mixed precision has no fp32 norm "
+                         "layers here); set fsdp_version: 2 in the launch config, as accelerate_configs/fsdp.yaml does")
+    if cfg.ema_decay and fsdp is not None:
         raise SystemExit("error: --ema_decay is not supported under FSDP (the EMA copy would be a full replica per "
                          "rank); use DDP (accelerate_configs/multi_gpu.yaml) or --ema_decay 0")
     if cfg.push_to_hub:  # fail now, not after days of training
@@ -277,7 +291,10 @@ def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> N
         write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
                                            "distributed_type": str(accelerator.distributed_type),
                                            "mixed_precision": accelerator.mixed_precision,
-                                           "device": str(accelerator.device)})
+                                           "device": str(accelerator.device),
+                                           "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                                           "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                                           "tf32_cudnn": torch.backends.cudnn.allow_tf32})
 
 
 def load_data(dataset: str, eval_split: str):
