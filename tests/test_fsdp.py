@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import modeling
@@ -105,6 +106,36 @@ sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
+
+
+# Every backbone train.py is pointed at by the registry or a recipe, prepared the way train.py prepares it (after
+# --channels_last), then one bf16 training step; the launcher records each one's report.
+SWEEP = '''
+import os, sys
+sys.path.insert(0, {root!r})
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+import modeling
+import train
+
+accelerator = Accelerator(cpu=True)
+for name in sys.argv[1:]:
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4).to(memory_format=torch.channels_last)
+    model = train.prepare_fsdp(model, accelerator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    os.environ["FSDP_CPU_REPORT"] = os.path.join({reports!r}, name + ".json")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    loss = F.cross_entropy(model(x).float(), torch.tensor([0, 1]))
+    accelerator.backward(loss)
+    optimizer.step()
+    assert torch.isfinite(loss), name
+    accelerator.free_memory()
+'''
+RECIPE_MODELS = sorted({yaml.safe_load(p.read_text())["model"] for p in (ROOT / "recipes").glob("*.yaml")})
+BACKBONES = sorted(set(modeling.list_models()) | set(RECIPE_MODELS))
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +269,29 @@ def test_fsdp_fp32(preprocessed, launcher, tmp_path):
     assert seen["sharded"] == seen["params"] and seen["non_contiguous"] == []
     assert {d for s in (*seen["norms"].values(), *seen["convs"].values()) for d in s["params"]} == {"torch.float32"}
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())  # timm's CUDA settings, recorded
+    assert info["cudnn_benchmark"] is info["tf32_matmul"] is torch.cuda.is_available() and "tf32_cudnn" in info
+
+
+@pytest.fixture(scope="module")
+def swept(launcher, tmp_path_factory) -> Path:
+    """One 2-process FSDP launch through every backbone (one launch: each costs ~15 s of start-up here)."""
+    base = tmp_path_factory.mktemp("sweep")
+    (base / "reports").mkdir()
+    script = base / "sweep.py"
+    script.write_text(SWEEP.format(root=str(ROOT), reports=str(base / "reports")))
+    ok([ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2",
+        "--main_process_port", str(free_port()), str(launcher), str(script), *BACKBONES])
+    return base / "reports"
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_shards_with_fp32_norms(swept, name):
+    seen = json.loads((swept / f"{name}.json").read_text())
+    assert seen["sharded"] == seen["params"] and seen["non_contiguous"] == []
+    norms = {n for n, m in modeling.create_model(name, num_classes=4).named_modules()
+             if "Norm" in type(m).__name__ and any(True for _ in m.parameters(recurse=False))}
+    assert set(seen["norms"]) == norms  # every norm layer ran in the training step
+    for norm_name, norm_seen in seen["norms"].items():
+        assert norm_seen["params"] == ["torch.float32"] and norm_seen["input"] == "torch.float32", norm_name
+    assert {c["params"][0] for c in seen["convs"].values()} == {"torch.bfloat16"}
