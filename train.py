@@ -227,12 +227,14 @@ def main(argv=None):
                        results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                                 "ema": best_net is not model},
                        epochs=state.step / steps_per_epoch)
-            save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, torch.zeros((), device=accelerator.device), 0)
+            no_loss_yet = torch.zeros((), device=accelerator.device)  # the next epoch's train loss so far
+            save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, no_loss_yet, 0)
             log_epoch(accelerator, row, run_dir, bar)
     accelerator.end_training()
 
     if accelerator.is_main_process:
-        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); model in {run_dir / 'final'}")
+        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); "
+                          f"model in {run_dir / 'final'}")
         if cfg.push_to_hub:
             push(run_dir / "final", cfg.hub_model_id, cfg.hub_private, accelerator)
 
