@@ -151,10 +151,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16"):
+def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=()):
     """README's FSDP command, on 2 CPU processes: accelerate launch --config_file accelerate_configs/fsdp.yaml ..."""
     return [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
             "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", str(free_port()),
+            *launch,
             str(launcher), str(ROOT / "train.py"), "--model", model, "--dataset", str(dataset),
             "--output_dir", str(out), "--image_size", "32", "--batch_size", "4", "--num_workers", "0",
             "--warmup_epochs", "0.5", "--log_every_steps", "1", *map(str, extra)]
@@ -271,6 +272,19 @@ def test_fsdp_fp32(preprocessed, launcher, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())  # timm's CUDA settings, recorded
     assert info["cudnn_benchmark"] is info["tf32_matmul"] is torch.cuda.is_available() and "tf32_cudnn" in info
+
+
+@pytest.mark.parametrize("launch, extra, expected", [
+    ((), ("--ema_decay", "0.9"), "error: --ema_decay is not supported under FSDP"),
+    # (fsdp_version 1 is refused too, but accelerate's FSDP1 plugin cannot even be built without a GPU)
+])
+def test_what_fsdp_cannot_do_is_refused_at_start_up(preprocessed, launcher, tmp_path, launch, extra, expected):
+    proc = subprocess.run(fsdp_cmd(launcher, preprocessed, tmp_path / "run", BN_MODEL, *extra, launch=launch),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    # each rank says it in one line; the only traceback is torchrun's ChildFailedError, none from train.py
+    assert proc.returncode != 0 and 'train.py", line' not in proc.stderr, proc.stderr[-3000:]
+    assert expected in proc.stderr, proc.stderr[-3000:]  # (the two ranks' lines may interleave)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.fixture(scope="module")
