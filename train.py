@@ -168,6 +168,7 @@ def main(argv=None):
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
     accelerator = make_accelerator(cfg, run_dir)
+    set_backends(accelerator)
     check_launch(cfg, accelerator, run_dir, ckpt_dir)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
@@ -188,6 +189,7 @@ def main(argv=None):
 
     # model layout, optimizer, schedule
     model = set_layout(model, cfg, accelerator)
+    model = prepare_fsdp(model, accelerator)  # a no-op unless the launch config asks for FSDP
     global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
     peak_lr = cfg.lr * global_batch / 256
     try:
@@ -225,7 +227,6 @@ def main(argv=None):
             row.update({f"val_{k}": v for k, v in metrics.items()})
             best_net, best = model, metrics
             if ema is not None:
-                sync_ema_buffers(ema)
                 ema_metrics = evaluate(accelerator, ema.module, eval_loader, mean, std, memory_format,
                                        flip=cfg.eval_flip)
                 row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
@@ -238,14 +239,16 @@ def main(argv=None):
                        results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                                 "ema": best_net is not model},
                        epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
-            save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, torch.zeros((), device=accelerator.device), 0)
+            no_loss_yet = torch.zeros((), device=accelerator.device)  # the next epoch's train loss so far
+            save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, no_loss_yet, 0)
             log_epoch(accelerator, row, run_dir, bar)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
                 exit_stopped(accelerator, state, ckpt_dir)
     accelerator.end_training()
 
     if accelerator.is_main_process:
-        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); model in {run_dir / 'final'}")
+        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); "
+                          f"model in {run_dir / 'final'}")
         if cfg.push_to_hub:
             push(run_dir / "final", cfg.hub_model_id, cfg.hub_private, accelerator)
 
@@ -265,13 +268,26 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     )
 
 
+def set_backends(accelerator: Accelerator) -> None:
+    """On CUDA, as timm's train.py: the cuDNN autotuner (input shapes are fixed within an epoch, so each conv's
+    fastest algorithm is searched once per shape) and TF32 matmuls (PyTorch's default for cuDNN convs already).
+    record_launch writes both into run_info.json."""
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt_dir: Path) -> None:
     """Refuse what would fail later (or race, or mix two runs) before anything is written."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise SystemExit(f"error: the launcher started {launched} processes but Accelerate sees "
                          f"{accelerator.num_processes}; they would race on {run_dir}. Check `accelerate env`.")
-    if cfg.ema_decay and accelerator.distributed_type == DistributedType.FSDP:
+    fsdp = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+    if fsdp is not None and fsdp.fsdp_version != 2:
+        raise SystemExit("error: FSDP1 (fsdp_version: 1) is not supported (its mixed precision has no fp32 norm "
+                         "layers here); set fsdp_version: 2 in the launch config, as accelerate_configs/fsdp.yaml does")
+    if cfg.ema_decay and fsdp is not None:
         raise SystemExit("error: --ema_decay is not supported under FSDP (the EMA copy would be a full replica per "
                          "rank); use DDP (accelerate_configs/multi_gpu.yaml) or --ema_decay 0")
     if cfg.push_to_hub:  # fail now, not after days of training
@@ -310,7 +326,10 @@ def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> N
         write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
                                            "distributed_type": str(accelerator.distributed_type),
                                            "mixed_precision": accelerator.mixed_precision,
-                                           "device": str(accelerator.device)})
+                                           "device": str(accelerator.device),
+                                           "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                                           "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                                           "tf32_cudnn": torch.backends.cudnn.allow_tf32})
 
 
 def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, resumed: bool) -> None:
@@ -395,6 +414,41 @@ def set_layout(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerato
     return model
 
 
+# Gradients are reduce-scattered in fp32 under FSDP mixed precision: the regime of DDP + autocast, whose gradients of
+# the fp32 parameters are all-reduced in fp32. bf16 would halve that traffic at the cost of 8-bit mantissa sums.
+FSDP_REDUCE_DTYPE = torch.float32
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
+
+
+def prepare_fsdp(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """What FSDP2 needs from a CNN before accelerate's prepare shards its blocks and root (a no-op otherwise).
+
+    - Contiguous parameters: fully_shard refuses non-contiguous ones, and a k x k conv weight in channels_last is one.
+      The input stays channels_last, which still selects cuDNN's NHWC kernels (the weight is converted per call).
+    - Norm layers keep fp32 parameters and statistics under bf16/fp16: each is its own FSDP unit with an fp32 policy
+      that casts its input up and its output back down (PyTorch's test_fully_shard_mixed_precision.py,
+      _test_norm_modules); one bf16 policy for all would make BatchNorm's weight bf16 beside fp32 running stats.
+    - The reduction dtype for the rest is FSDP_REDUCE_DTYPE (accelerate's default would reduce in bf16).
+    Call it before the optimizer is built: sharding replaces the parameters."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: PLC0415 (FSDP launches only)
+
+    plugin = accelerator.state.fsdp_plugin
+    model = model.to(memory_format=torch.contiguous_format)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    if compute is None:
+        return model
+    plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=FSDP_REDUCE_DTYPE)
+    norm_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=compute)
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    for module in model.modules():
+        if isinstance(module, NORM_LAYERS) and any(True for _ in module.parameters(recurse=False)):
+            # kept gathered from forward to backward: a norm's parameters are a few KB
+            fully_shard(module, mp_policy=norm_policy, reshard_after_forward=False, mesh=mesh)
+    return model
+
+
 def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
     """LR of optimizer step `step` (0-based): linear warmup from 0 (Goyal et al. 2017), then cosine to min_lr
     (Loshchilov & Hutter 2017). Plain floats: a numpy scalar in param_groups breaks weights_only loading."""
@@ -464,7 +518,8 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
         x, target = mixup_cutmix(x, y, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing,
                                  generator=step_rng)
         with accelerator.accumulate(model):
-            loss = F.cross_entropy(model(x), target)
+            # fp32 loss on every path: DDP's autocast wrapper returns fp32 logits, FSDP2 returns its param dtype
+            loss = F.cross_entropy(model(x).float(), target)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.clip_grad:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -491,7 +546,7 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
             stopping = stop.agreed(accelerator)
             if stopping or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
                 check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
-                save_checkpoint(accelerator, state, ema, cfg, ckpt_dir, loss_sum, loss_count)
+                save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, loss_sum, loss_count)
             if stopping:
                 exit_stopped(accelerator, state, ckpt_dir)
         t = time.perf_counter()
@@ -541,6 +596,7 @@ def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path) ->
 
 def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_format, flip: bool) -> dict:
     """top1/top5/n/loss of `net` on the eval split (every image once, on any number of processes)."""
+    sync_buffers(net)
     net.eval()
     topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=flip)
     net.train()
@@ -558,15 +614,16 @@ def check_finite(accelerator: Accelerator, model, loss_sum: torch.Tensor, step: 
                          "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
 
 
-def sync_ema_buffers(ema) -> None:
-    """BatchNorm statistics differ per rank (DDP syncs gradients, not buffers): give every rank's EMA rank 0's,
-    the ones a checkpoint saves, so EMA evaluation, export and resume all see one EMA (timm: distribute_bn)."""
-    if ema is not None:
-        for buffer in ema.module.buffers():
+def sync_buffers(module) -> None:
+    """BatchNorm statistics differ per rank (DDP and FSDP sync gradients, not buffers; DDP broadcasts the model's
+    only at the next forward, FSDP never): give every rank rank 0's, so evaluation, the export, a checkpoint and the
+    resume from it all see one set (timm: distribute_bn). None (no EMA) is skipped."""
+    if module is not None:
+        for buffer in module.buffers():
             buffer.copy_(broadcast(buffer.clone(), from_process=0))
 
 
-def save_checkpoint(accelerator: Accelerator, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path,
+def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path,
                     loss_sum: torch.Tensor, loss_count: int) -> None:
     """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'.
     Keeps the newest --keep_last and the best; (loss_sum, loss_count) is the epoch's train loss so far."""
@@ -575,7 +632,8 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, ema, cfg: Train
     tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    sync_ema_buffers(ema)
+    sync_buffers(model)
+    sync_buffers(ema.module if ema is not None else None)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()

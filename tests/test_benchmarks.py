@@ -53,3 +53,25 @@ def test_loader_self_test_on_a_dataset_alone(preprocessed, tmp_path):
 def test_loader_benchmark_errors_are_one_line(tmp_path):
     proc = loader("--data_dir", tmp_path)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --dataset")
+
+
+def test_gpu_check_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu: every step of the GPU check runs (tiny), and the JSON has the shape
+    BENCHMARKS.md describes, the GPU-only rows marked not measured."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    report = json.loads(out.read_text())
+    assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
+    assert sorted((r["model"], r["compile"]) for r in report["throughput"]) == [
+        ("convnext_tiny", False), ("convnext_tiny", True), ("resnet50", False), ("resnet50", True)]
+    assert {r["img_s"] for r in report["throughput"]} == {"not measured"}
+    train = report["train_py"]
+    assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
+    assert train["num_workers"] == report["machine"]["cpu_cores"]
+    assert report["fsdp"]["resumed_at_step"] == 2 and report["fsdp"]["final_step"] == 4
+    assert report["fsdp"]["measured"] is False  # accelerate runs an FSDP config as DDP without a GPU
+    assert report["validate"]["matches_card"] is True
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown argument --nope")

@@ -313,3 +313,24 @@ def test_bf16_mixed_precision_trains_and_exports_float32(preprocessed, tmp_path)
     assert all(torch.isfinite(torch.tensor(last[k])) for k in ("train_loss", "val_loss", "ema_val_top1"))
     weights = load_file(out / "final" / "model.safetensors")
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
+@pytest.mark.parametrize("auto_augment", ["ra", "ta"])
+def test_auto_augment_borders_are_the_mean_not_black(preprocessed, auto_augment):
+    """RandAugment/TrivialAugment as torchvision's references and timm build them: rotations, shears and translations
+    of a flat grey image leave borders of the ImageNet mean (timm's fill), never black (torchvision's default)."""
+    import datasets  # noqa: PLC0415
+    from torchvision import transforms  # noqa: PLC0415
+
+    from imagenet_trainer.data import TrainSet  # noqa: PLC0415
+    augment = TrainSet(datasets.load_from_disk(str(preprocessed))["train"], 32, 0, auto_augment=auto_augment).augment
+    assert augment.interpolation == transforms.InterpolationMode.BILINEAR and augment.fill == [124, 116, 104]
+    flat = torch.full((3, 32, 32), 200, dtype=torch.uint8)
+    borders = 0
+    for seed in range(80):
+        torch.manual_seed(seed)
+        out = augment(flat)
+        if auto_augment == "ta":  # one op per image; RandAugment's second op (e.g. Equalize) may make black
+            assert not (out == 0).any(), seed
+        borders += bool(((out[0] == 124) & (out[1] == 116) & (out[2] == 104)).any())
+    assert borders >= 5  # the geometric ops did run and filled with the mean

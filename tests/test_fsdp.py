@@ -1,0 +1,311 @@
+"""train.py's FSDP2 path end to end on CPU: 2 gloo processes through accelerate_configs/fsdp.yaml, real checkpoints,
+a SIGKILL and an exact resume, the export and validate.py on it.
+
+Accelerate takes its FSDP path only for a GPU process group: with ``Accelerator(cpu=True)`` (what train.py asks for on
+a machine without an accelerator) it sets up MULTI_CPU over gloo and drops the FSDP plugin the launch config built.
+FSDP2 itself (``fully_shard``, DTensor, distributed checkpoints) runs on CPU over gloo, so the launcher this file writes
+only turns the distributed type back to FSDP once the process group is up; train.py runs unchanged. The launcher also
+records, in rank 0, what the model looks like after ``prepare`` and what the first training forward saw.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+import modeling
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+BN_MODEL, LN_MODEL = "blocknet_tiny", "convnext_atto"  # BatchNorm, LayerNorm (timm's smallest ConvNeXt)
+
+LAUNCHER = '''
+import json, os, runpy, sys
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+
+init = AcceleratorState.__init__
+
+
+def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    """What accelerate does for a GPU process group (accelerate/state.py), for the CPU one it built instead."""
+    init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        if self._mixed_precision != "no":
+            fsdp_plugin.set_mixed_precision(self._mixed_precision)
+        self.fsdp_plugin = fsdp_plugin
+        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+AcceleratorState.__init__ = fsdp_on_cpu
+prepare = Accelerator.prepare
+
+
+def prepare_and_inspect(self, *args, **kwargs):
+    result = prepare(self, *args, **kwargs)
+    report = os.environ.get("FSDP_CPU_REPORT")
+    model = next((obj for obj in result if isinstance(obj, torch.nn.Module)), None)
+    if not report or model is None or not self.is_main_process:
+        return result
+    local = lambda p: p.to_local() if hasattr(p, "to_local") else p
+    seen = {"distributed_type": str(self.distributed_type),
+            "sharded": [n for n, p in model.named_parameters() if hasattr(p, "to_local")],
+            "params": [n for n, _ in model.named_parameters()],
+            "non_contiguous": [n for n, p in model.named_parameters()
+                               if not (p.is_contiguous() and local(p).is_contiguous())],
+            "norms": {}, "convs": {}}
+    hooks = []
+
+    def record(name, kind):
+        def hook(module, args):  # runs after FSDP's own pre-forward hook: the parameters are the unsharded ones
+            x = args[0] if args and torch.is_tensor(args[0]) else None
+            seen[kind][name] = {
+                "type": type(module).__name__,
+                "params": sorted({str(p.dtype) for p in module.parameters(recurse=False)}),
+                "buffers": sorted({str(b.dtype) for b in module.buffers(recurse=False) if b.is_floating_point()}),
+                "input": str(x.dtype) if x is not None else None,
+                "input_channels_last": bool(x is not None and x.dim() == 4
+                                            and x.is_contiguous(memory_format=torch.channels_last))}
+        return hook
+
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            if "Norm" in type(module).__name__:
+                hooks.append(module.register_forward_pre_hook(record(name, "norms")))
+            elif isinstance(module, torch.nn.Conv2d):
+                hooks.append(module.register_forward_pre_hook(record(name, "convs")))
+
+    def write(module, args, output):
+        seen["logits"] = str(output.dtype)
+        with open(report, "w") as f:
+            json.dump(seen, f)
+        for h in hooks:
+            h.remove()
+
+    hooks.append(model.register_forward_hook(write))
+    return result
+
+
+Accelerator.prepare = prepare_and_inspect
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+# Every backbone train.py is pointed at by the registry or a recipe, prepared the way train.py prepares it (after
+# --channels_last), then one bf16 training step; the launcher records each one's report.
+SWEEP = '''
+import os, sys
+sys.path.insert(0, {root!r})
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+import modeling
+import train
+
+accelerator = Accelerator(cpu=True)
+for name in sys.argv[1:]:
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4).to(memory_format=torch.channels_last)
+    model = train.prepare_fsdp(model, accelerator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    os.environ["FSDP_CPU_REPORT"] = os.path.join({reports!r}, name + ".json")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    loss = F.cross_entropy(model(x).float(), torch.tensor([0, 1]))
+    accelerator.backward(loss)
+    optimizer.step()
+    assert torch.isfinite(loss), name
+    accelerator.free_memory()
+'''
+RECIPE_MODELS = sorted({yaml.safe_load(p.read_text())["model"] for p in (ROOT / "recipes").glob("*.yaml")})
+BACKBONES = sorted(set(modeling.list_models()) | set(RECIPE_MODELS))
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("fsdp") / "fsdp_on_cpu.py"
+    path.write_text(LAUNCHER)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=()):
+    """README's FSDP command, on 2 CPU processes: accelerate launch --config_file accelerate_configs/fsdp.yaml ..."""
+    return [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
+            "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", str(free_port()),
+            *launch,
+            str(launcher), str(ROOT / "train.py"), "--model", model, "--dataset", str(dataset),
+            "--output_dir", str(out), "--image_size", "32", "--batch_size", "4", "--num_workers", "0",
+            "--warmup_epochs", "0.5", "--log_every_steps", "1", *map(str, extra)]
+
+
+def env(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+
+
+def ok(cmd, **extra_env):
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def sharded_weights(ckpt: Path, tmp_path: Path) -> dict:
+    """The full model state of an FSDP SHARDED_STATE_DICT checkpoint, gathered from its shards in one process."""
+    out = tmp_path / f"{ckpt.parent.parent.name}_{ckpt.name}.pt"
+    dcp_to_torch_save(ckpt / "pytorch_model_fsdp_0", out)
+    return torch.load(out, weights_only=True)["model"]
+
+
+def card_results(final: Path) -> tuple[str, float, float]:
+    """(images, top-1, top-5) of the Results table of an export's model card."""
+    text = (final / "README.md").read_text()
+    row = re.search(r"^\| [^|]+ \| validation \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    assert row, text
+    return row.group(1), float(row.group(2)), float(row.group(3))
+
+
+@pytest.mark.parametrize("model, norm", [(BN_MODEL, "BatchNorm2d"), (LN_MODEL, "LayerNorm")])
+def test_fsdp_bf16_kill_resume_export_validate(preprocessed, launcher, tmp_path, model, norm):
+    common = ("--epochs", "2", "--save_every_steps", "1", "--keep_last", "10")  # channels_last: the default, true
+    report = tmp_path / "prepared.json"
+    ok(fsdp_cmd(launcher, preprocessed, tmp_path / "straight", model, *common), FSDP_CPU_REPORT=str(report))
+    reference = rows(tmp_path / "straight")
+    steps_per_epoch, last_step = reference[0]["step"], reference[-1]["step"]
+    assert steps_per_epoch >= 2, "the fixture must give a mid-epoch step to resume from"
+
+    # what prepare made of the model, and what the first training forward ran with
+    seen = json.loads(report.read_text())
+    assert seen["distributed_type"] == "DistributedType.FSDP"
+    assert seen["sharded"] == seen["params"]  # every parameter is a DTensor shard: fully_shard ran on all
+    assert seen["non_contiguous"] == []  # channels_last is on, yet no parameter was converted
+    assert any(norm in s["type"] for s in seen["norms"].values())
+    for name, norm_seen in seen["norms"].items():  # norm layers: fp32 parameters, statistics and compute
+        assert norm_seen["params"] == ["torch.float32"], name
+        assert norm_seen["buffers"] in ([], ["torch.float32"]), name
+        assert norm_seen["input"] == "torch.float32", name
+    assert {c["params"][0] for c in seen["convs"].values()} == {"torch.bfloat16"}  # the rest computes in bf16
+    first_conv = next(iter(seen["convs"].values()))
+    assert first_conv["input_channels_last"]  # the NHWC input still selects the channels_last kernels
+    info = json.loads((tmp_path / "straight" / "run_info.json").read_text())
+    assert info["distributed_type"] == "DistributedType.FSDP" and info["mixed_precision"] == "bf16"
+
+    # SIGKILL mid-epoch, then resume from the latest checkpoint
+    out = tmp_path / "killed"
+    mid_epoch = steps_per_epoch + 1
+    proc = subprocess.Popen(fsdp_cmd(launcher, preprocessed, out, model, *common), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = out / "checkpoints" / f"step_{mid_epoch:08d}"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # the launcher and both ranks (torchrun starts them in sessions of their own), with no chance to clean up
+    if proc.poll() is None:
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            p.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run ended before the checkpoint to kill at"
+    assert not (out / "checkpoints" / f"step_{last_step:08d}").exists(), "killed too late to test anything"
+    for later in (out / "checkpoints").glob("step_*"):
+        if later.name > target.name:
+            shutil.rmtree(later)
+    resumed = ok(fsdp_cmd(launcher, preprocessed, out, model, *common, "--resume_from_checkpoint", "latest"))
+    assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
+
+    a = sharded_weights(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}", tmp_path)
+    b = sharded_weights(out / "checkpoints" / f"step_{last_step:08d}", tmp_path)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_top1"] for r in rows(out)] == [r["val_top1"] for r in reference]
+
+    # the export loads as a DDP run's does: the plain architecture's keys, float32 weights
+    exported = modeling.load_model(str(out / "final"))
+    plain = modeling.create_model(model, num_classes=exported.num_classes)
+    assert exported.state_dict().keys() == plain.state_dict().keys()
+    assert {v.dtype for v in exported.state_dict().values() if v.is_floating_point()} == {torch.float32}
+
+    # validate.py on the export, in the run's precision: the card's numbers
+    summary = tmp_path / "val.json"
+    ok([ACCELERATE, "launch", "--cpu", "--mixed_precision", "bf16", "--num_processes", "1", str(ROOT / "validate.py"),
+        "--model", str(out / "final"), "--dataset", str(preprocessed), "--batch_size", "4", "--num_workers", "0",
+        "--output", str(summary)])
+    val = json.loads(summary.read_text())
+    best = max(rows(out), key=lambda r: r["val_top1"])  # the export is the first epoch with the best top-1
+    assert card_results(out / "final") == (str(val["n"]), round(val["top1"], 2), round(val["top5"], 2))
+    assert (val["top1"], val["top5"], val["n"]) == (best["val_top1"], best["val_top5"], best["val_n"])
+
+
+def test_fsdp_fp32(preprocessed, launcher, tmp_path):
+    """Without mixed precision every parameter stays fp32 and contiguous, and a run trains and exports."""
+    report = tmp_path / "prepared.json"
+    ok(fsdp_cmd(launcher, preprocessed, tmp_path / "run", BN_MODEL, "--max_train_steps", "1", mixed_precision="no"),
+       FSDP_CPU_REPORT=str(report))
+    seen = json.loads(report.read_text())
+    assert seen["sharded"] == seen["params"] and seen["non_contiguous"] == []
+    assert {d for s in (*seen["norms"].values(), *seen["convs"].values()) for d in s["params"]} == {"torch.float32"}
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())  # timm's CUDA settings, recorded
+    assert info["cudnn_benchmark"] is info["tf32_matmul"] is torch.cuda.is_available() and "tf32_cudnn" in info
+
+
+@pytest.mark.parametrize("launch, extra, expected", [
+    ((), ("--ema_decay", "0.9"), "error: --ema_decay is not supported under FSDP"),
+    # (fsdp_version 1 is refused too, but accelerate's FSDP1 plugin cannot even be built without a GPU)
+])
+def test_what_fsdp_cannot_do_is_refused_at_start_up(preprocessed, launcher, tmp_path, launch, extra, expected):
+    proc = subprocess.run(fsdp_cmd(launcher, preprocessed, tmp_path / "run", BN_MODEL, *extra, launch=launch),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    # each rank says it in one line; the only traceback is torchrun's ChildFailedError, none from train.py
+    assert proc.returncode != 0 and 'train.py", line' not in proc.stderr, proc.stderr[-3000:]
+    assert expected in proc.stderr, proc.stderr[-3000:]  # (the two ranks' lines may interleave)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.fixture(scope="module")
+def swept(launcher, tmp_path_factory) -> Path:
+    """One 2-process FSDP launch through every backbone (one launch: each costs ~15 s of start-up here)."""
+    base = tmp_path_factory.mktemp("sweep")
+    (base / "reports").mkdir()
+    script = base / "sweep.py"
+    script.write_text(SWEEP.format(root=str(ROOT), reports=str(base / "reports")))
+    ok([ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2",
+        "--main_process_port", str(free_port()), str(launcher), str(script), *BACKBONES])
+    return base / "reports"
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_shards_with_fp32_norms(swept, name):
+    seen = json.loads((swept / f"{name}.json").read_text())
+    assert seen["sharded"] == seen["params"] and seen["non_contiguous"] == []
+    norms = {n for n, m in modeling.create_model(name, num_classes=4).named_modules()
+             if "Norm" in type(m).__name__ and any(True for _ in m.parameters(recurse=False))}
+    assert set(seen["norms"]) == norms  # every norm layer ran in the training step
+    for norm_name, norm_seen in seen["norms"].items():
+        assert norm_seen["params"] == ["torch.float32"] and norm_seen["input"] == "torch.float32", norm_name
+    assert {c["params"][0] for c in seen["convs"].values()} == {"torch.bfloat16"}
