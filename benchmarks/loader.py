@@ -150,17 +150,37 @@ def batches(keys: list, size: int) -> list[list]:
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
-def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_workers: int, rep: int):
+class EpochBatches:
+    """Batches of dataset keys; TrainSet's keys are (epoch, index), with ``epoch`` set before each pass, so one
+    persistent DataLoader draws new crops every pass."""
+
+    def __init__(self, rows: list[int], batch_size: int, with_epoch: bool):
+        self.batches, self.with_epoch, self.epoch = batches(rows, batch_size), with_epoch, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [(self.epoch, r) for r in batch] if self.with_epoch else batch
+
+
+def loader_kw(num_workers: int) -> dict:
+    # workers as train.py keeps them: persistent (started once, not per epoch), 4 batches ahead each
+    return dict(num_workers=num_workers, persistent_workers=num_workers > 0,
+                prefetch_factor=4 if num_workers else None)
+
+
+def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_workers: int):
     folder = copy.copy(folder)  # one directory scan for all passes (ImageNet's takes a minute)
     folder.transform = transform
     return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, indices), batch_size=batch_size,
-                                       num_workers=num_workers)
+                                       **loader_kw(num_workers))
 
 
-def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, rep: int, with_epoch: bool):
-    keys = [(rep, r) for r in rows] if with_epoch else rows  # TrainSet keys are (epoch, index)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches(keys, batch_size), collate_fn=collate,
-                                       num_workers=num_workers)
+def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, with_epoch: bool):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=EpochBatches(rows, batch_size, with_epoch),
+                                       collate_fn=collate, **loader_kw(num_workers))
 
 
 def warm_rows(splits: dict, rows: dict) -> dict:
@@ -177,11 +197,19 @@ def measure(runs: dict, cfg: LoaderBenchConfig, peers: list | None = None) -> tu
     interleaved, ``cfg.repeats`` rounds, each round ending with one pass of every peer (``Peer``)."""
     measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
     cpu = copy.deepcopy(measured)
+    loaders = {}  # one DataLoader per pipeline and side; with workers, started by an untimed first pass
     for rep in range(cfg.repeats):
         for pipeline, sides in runs.items():
             for side, make in sides.items():
-                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it
-                img_s, cpu_us = images_per_s(make(rep))
+                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it (in-process)
+                if (pipeline, side) not in loaders:
+                    loaders[pipeline, side] = make()
+                    if cfg.num_workers:
+                        images_per_s(loaders[pipeline, side])  # worker start-up: once, as in train.py
+                loader = loaders[pipeline, side]
+                if isinstance(loader.batch_sampler, EpochBatches):
+                    loader.batch_sampler.epoch = rep + 1
+                img_s, cpu_us = images_per_s(loader)
                 measured[pipeline][side].append(img_s)
                 cpu[pipeline][side].append(cpu_us)
                 print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:13s} {img_s:8.1f} img/s", flush=True)
@@ -192,6 +220,7 @@ def measure(runs: dict, cfg: LoaderBenchConfig, peers: list | None = None) -> tu
                     cpu[pipeline].setdefault(peer.name, []).append(r["cpu_us"])
                     print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {peer.name:13s} {r['img_s']:8.1f} img/s",
                           flush=True)
+    loaders.clear()  # persistent workers stop here
     return measured, cpu
 
 
@@ -418,6 +447,8 @@ def main(argv=None) -> None:
             for (name, pipeline), target in PEER_TARGETS.items()
             if pipeline in report["peers"].get(name, {}).get("pipelines", {})}
         report["load_average"] = list(os.getloadavg())  # other jobs on the machine disturb wall-clock figures
+    if cfg.num_workers:
+        report["collate_cpu_us"] = collate_check(splits[""], rows[""], cfg)
     if cfg.memory_check:
         report["memory_check"] = memory_check(splits[""], cfg)
 
@@ -431,6 +462,10 @@ def main(argv=None) -> None:
         e = report["entropy_decode"]
         print(f"entropy decoding alone (1/8-scale decode): {e['img_s']:.1f} img/s = {e['bound_ratio']:.2f}x the "
               "train baseline: the most a pipeline decoding whole files can reach on these files")
+    if "collate_cpu_us" in report:
+        c = report["collate_cpu_us"]
+        print(f"collate CPU per image: {c['in_process']:.1f} us in-process, {c['worker']:.1f} us in a worker (fresh "
+              "shared memory per batch)")
     if cfg.memory_check:
         for rows_count, m in report["memory_check"]["worker"].items():
             print(f"worker RSS over {rows_count} rows: anon {m['RssAnon_MiB']} MiB, file {m['RssFile_MiB']} MiB")
@@ -445,7 +480,7 @@ def print_peers(report: dict, order: list[str]) -> None:
     print(f"{'torchvision ImageFolder + PIL':42s}" + "".join(f"{results[p]['baseline_img_s']:20.1f}" for p in order))
     print(f"{'ours':42s}" + "".join(f"{results[p]['ours_img_s']:12.1f} {results[p]['ratio']:6.2f}x" for p in order))
     for name, peer in report["peers"].items():
-        label = f"{name} ({peer.get('version', '')})"
+        label = f"{name} ({peer['version']})" if "version" in peer else name
         if peer["status"] != "measured":
             print(f"{label:42s} {peer['status']}" + (f" ({peer['install']})" if peer["status"] == "not installed"
                                                      else ""))
@@ -469,6 +504,24 @@ def _proc_status_mib() -> dict:
 def _collate_with_status(batch):
     x, y = collate(batch)
     return x, y, _proc_status_mib()
+
+
+def _timed_collate(batch):
+    start = time.process_time()
+    x, y = collate(batch)
+    return x, y, time.process_time() - start
+
+
+def collate_check(split: datasets.Dataset, rows: list[int], cfg: LoaderBenchConfig) -> dict:
+    """CPU us per image of ``collate`` in-process and inside one DataLoader worker, on our train samples: in a worker
+    every batch is fresh shared memory, which the kernel zero-fills and maps page by page before the images are
+    copied in; in-process the allocator hands back the last batch's pages. Medians over the batches."""
+    train_set = TrainSet(split, cfg.image_size, cfg.seed)
+    keys = batches([(0, r) for r in rows], cfg.batch_size)
+    out = {"in_process": statistics.median(_timed_collate([train_set[k] for k in b])[2] / len(b) for b in keys)}
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=keys, collate_fn=_timed_collate, num_workers=1)
+    out["worker"] = statistics.median(t / x.shape[0] for x, _, t in loader)
+    return {k: round(1e6 * v, 1) for k, v in out.items()}
 
 
 def memory_check(split: datasets.Dataset, cfg: LoaderBenchConfig) -> dict:
