@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from imagenet_trainer.config import parse_config  # noqa: E402
+from imagenet_trainer import data as pipeline_steps, jpeg_tiles  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
@@ -449,6 +450,8 @@ def main(argv=None) -> None:
         report["load_average"] = list(os.getloadavg())  # other jobs on the machine disturb wall-clock figures
     if cfg.num_workers:
         report["collate_cpu_us"] = collate_check(splits[""], rows[""], cfg)
+    elif cfg.peers:
+        report["train_profile_us"] = {s: train_profile(splits[""], rows[""], s, cfg) for s in train_sizes(cfg)}
     if cfg.memory_check:
         report["memory_check"] = memory_check(splits[""], cfg)
 
@@ -462,6 +465,10 @@ def main(argv=None) -> None:
         e = report["entropy_decode"]
         print(f"entropy decoding alone (1/8-scale decode): {e['img_s']:.1f} img/s = {e['bound_ratio']:.2f}x the "
               "train baseline: the most a pipeline decoding whole files can reach on these files")
+    for s, profile in report.get("train_profile_us", {}).items():
+        print(f"\nours, train at {s} px, CPU us per sample:")
+        for step, us in profile.items():
+            print(f"  {step:52s} {us:8.1f}")
     if "collate_cpu_us" in report:
         c = report["collate_cpu_us"]
         print(f"collate CPU per image: {c['in_process']:.1f} us in-process, {c['worker']:.1f} us in a worker (fresh "
@@ -504,6 +511,63 @@ def _proc_status_mib() -> dict:
 def _collate_with_status(batch):
     x, y = collate(batch)
     return x, y, _proc_status_mib()
+
+
+def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: LoaderBenchConfig) -> dict:
+    """CPU us per sample of each step of TrainSet.__getitem__ at ``size`` px (its steps, one by one, in-process;
+    every sample checked equal to TrainSet's), then collate. "entropy decode" is the same region decoded again at
+    1/8 scale, which leaves libjpeg-turbo little but the Huffman decoding: a part of "decode", timed apart."""
+    train_set, view = TrainSet(split, size, cfg.seed), Rows(split)
+    steps: dict[str, float] = {}
+    clock = time.process_time
+
+    def tick(name: str, start: float) -> float:
+        now = clock()
+        steps[name] = steps.get(name, 0.0) + now - start
+        return clock()
+
+    for batch in batches(rows, cfg.batch_size):
+        images = []
+        for r in batch:
+            t = clock()
+            data, label = view[r]
+            t = tick("row bytes (zero-copy view)", t)
+            rng = pipeline_steps.sample_rng(cfg.seed, 0, r)
+            height, width, fast_ok = pipeline_steps._probe(data)
+            top, left, h, w = pipeline_steps.random_resized_crop_params(height, width, train_set.scale,
+                                                                        train_set.ratio, rng)
+            t = tick("header walk + crop box", t)
+            tiles = jpeg_tiles.layout(data) if fast_ok else None
+            t = tick("tile layout (marker scan)", t)
+            oy = ox = 0
+            if tiles is not None:
+                data, height, width, oy, ox = jpeg_tiles.region(data, tiles, top, left, h, w)
+            t = tick("region cut", t)
+            factor = pipeline_steps._dct_factor(min(h, w), size)
+            pixels, sy, sx = pipeline_steps._decode(data, height, width, factor, fast_ok, fast_dct=True)
+            t = tick("decode (entropy + IDCT at scale + colour)", t)
+            if fast_ok:
+                simplejpeg.decode_jpeg(data, min_height=1, min_width=1, strict=False)
+            t = tick("  of which entropy decode (1/8-scale decode alone)", t)
+            dy, dx = round(oy * sy), round(ox * sx)
+            y0 = min(round(top * sy), dy + pixels.shape[0] - 1) - dy
+            x0 = min(round(left * sx), dx + pixels.shape[1] - 1) - dx
+            y1, x1 = max(y0 + 1, round((top + h) * sy) - dy), max(x0 + 1, round((left + w) * sx) - dx)
+            out = pipeline_steps._resize(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
+            t = tick("crop copy + resize", t)
+            if rng.random() < train_set.hflip:
+                out = out.flip(-1)
+            t = tick("flip", t)
+            images.append((out, label))
+        t = clock()
+        collate(images)
+        tick("collate (in-process)", t)
+        for (out, _), r in zip(images, batch):
+            if not torch.equal(out, train_set[(0, r)][0]):
+                raise RuntimeError(f"train_profile: row {r} differs from TrainSet's sample; update the profile")
+    profile = {name: round(1e6 * v / len(rows), 1) for name, v in steps.items()}
+    profile["total"] = round(sum(v for k, v in profile.items() if not k.startswith(" ")), 1)
+    return profile
 
 
 def _timed_collate(batch):
