@@ -3,6 +3,7 @@
     python benchmarks/loader.py --data_dir DIR --dataset OUT [--dataset_small OUT2] [--num_images 1000]
         [--output loader.json] [--memory_check]
     python benchmarks/loader.py --dataset OUT [--num_workers N] [--feed_img_s 2800]     # self-test, no baseline
+    python benchmarks/loader.py --data_dir DIR --dataset OUT --peers dali,ffcv [--peer_python PY]  # + DALI, FFCV
 
 DIR is an ILSVRC tree in Kaggle's layout (DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG), OUT its preprocess.py output
 and OUT2 (optional) a preprocess.py --shorter_side output of the same tree. Both sides read the same train images
@@ -27,6 +28,13 @@ the baseline bounds the train ratio of any pipeline that decodes whole files (on
 ~2.7x); decoding only the tiles under the crop is how ours goes past it. --coding baseline / progressive restricts
 the comparison to sequential / progressive source JPEGs (progressive ones decode ~2x slower, ours re-codes them).
 Passes are interleaved and repeated (--repeats); the median is reported, as other jobs may share the machine.
+--peers dali,ffcv: NVIDIA DALI's and FFCV's ImageNet pipelines on the same files in the same run, interleaved with
+ours, train at --image_size and --peer_size (FFCV's training resolution) and eval (benchmarks/loader_peers.py says
+which settings). Each is timed only where it imports in --peer_python (default: this interpreter); one that does not
+is reported as "not installed". Install them (into their own environment if they want other versions of this
+project's pins): pip install nvidia-dali-cuda120; apt-get install libopencv-dev libturbojpeg0-dev pkg-config, then
+pip install ffcv. One core: the whole run is pinned to one CPU (DALI num_threads=1, FFCV num_workers=1, so their
+helper threads share that core); --num_workers N: N threads each, on all CPUs.
 --memory_check: RSS of one DataLoader worker after reading 1024 rows spread over a 10k-row and a 100k-row dataset
 (rows repeated from OUT): anonymous memory must not grow with the row count (the rows stay memory-mapped).
 """
@@ -36,10 +44,14 @@ import copy
 import functools
 import json
 import math
+import os
 import pickle
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -57,11 +69,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from imagenet_trainer.config import parse_config  # noqa: E402
+from imagenet_trainer import data as pipeline_steps, jpeg_tiles  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TARGETS = {"train": 2.5, "train_small": 4.0, "eval": 2.0, "eval_small": 2.0}
+PEERS_SCRIPT = Path(__file__).resolve().parent / "loader_peers.py"
+PEER_NAMES = {"dali": ["dali"], "ffcv": ["ffcv_jpg", "ffcv_imagenet"]}  # --peers word -> settings timed
+PEER_INSTALL = {"dali": "pip install nvidia-dali-cuda120",
+                "ffcv": "apt-get install libopencv-dev libturbojpeg0-dev pkg-config; pip install ffcv"}
+PEER_SETTINGS = {
+    "dali": "fn.decoders.image_random_crop (CPU, ROI decode, default area/aspect) + fn.resize + crop_mirror_normalize"
+            " uint8, original files",
+    "ffcv_jpg": "FFCV JPEG mode (write_mode=jpg, full resolution, quality 90), RandomResizedCropRGBImageDecoder",
+    "ffcv_imagenet": "FFCV ImageNet writer settings (max_resolution 500, proportion, compress_probability 0.5 "
+                     "= half raw pixels, quality 90), RandomResizedCropRGBImageDecoder",
+}
+PEER_TARGETS = {("ffcv_imagenet", "train_192"): 1.2, ("dali", "train"): 2.5}  # ours / peer, one core
 
 
 @dataclass
@@ -79,6 +104,9 @@ class LoaderBenchConfig:
     num_workers: int = 0  # 0: in-process, one core (the per-core figure); N: N DataLoader workers (all cores)
     coding: str = "all"  # source JPEGs compared: all, baseline (sequential) or progressive
     feed_img_s: float = 2800.0  # self-test: img/s the accelerator trains at (ResNet-50, one H100: ~2,800)
+    peers: str = ""  # comma list of dali, ffcv (its JPEG mode and its ImageNet settings): timed beside ours
+    peer_python: str = ""  # interpreter that has the peers installed (e.g. their own venv); empty: this one
+    peer_size: int = 192  # px, with --peers train is also timed at it: FFCV's ResNet recipes train at 160-192 px
 
 
 def machine(num_workers: int) -> str:
@@ -98,11 +126,12 @@ def rows_by_stem(split: datasets.Dataset) -> dict[str, int]:
     return {stem: i for i, stem in enumerate(split.with_format("arrow")["image_id"].to_pylist())}
 
 
-def images_per_s(loader) -> float:
-    count, start = 0, time.perf_counter()
+def images_per_s(loader) -> tuple[float, float]:
+    """(img/s, CPU us of this process per image: the figure that other jobs on the machine disturb least)."""
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     for x, _ in loader:
         count += x.shape[0]
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), 1e6 * (time.process_time() - cpu) / count
 
 
 def entropy_decode_img_s(encoded: list[bytes], repeats: int) -> float:
@@ -122,17 +151,37 @@ def batches(keys: list, size: int) -> list[list]:
     return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
-def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_workers: int, rep: int):
+class EpochBatches:
+    """Batches of dataset keys; TrainSet's keys are (epoch, index), with ``epoch`` set before each pass, so one
+    persistent DataLoader draws new crops every pass."""
+
+    def __init__(self, rows: list[int], batch_size: int, with_epoch: bool):
+        self.batches, self.with_epoch, self.epoch = batches(rows, batch_size), with_epoch, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [(self.epoch, r) for r in batch] if self.with_epoch else batch
+
+
+def loader_kw(num_workers: int) -> dict:
+    # workers as train.py keeps them: persistent (started once, not per epoch), 4 batches ahead each
+    return dict(num_workers=num_workers, persistent_workers=num_workers > 0,
+                prefetch_factor=4 if num_workers else None)
+
+
+def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_workers: int):
     folder = copy.copy(folder)  # one directory scan for all passes (ImageNet's takes a minute)
     folder.transform = transform
     return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, indices), batch_size=batch_size,
-                                       num_workers=num_workers)
+                                       **loader_kw(num_workers))
 
 
-def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, rep: int, with_epoch: bool):
-    keys = [(rep, r) for r in rows] if with_epoch else rows  # TrainSet keys are (epoch, index)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches(keys, batch_size), collate_fn=collate,
-                                       num_workers=num_workers)
+def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, with_epoch: bool):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=EpochBatches(rows, batch_size, with_epoch),
+                                       collate_fn=collate, **loader_kw(num_workers))
 
 
 def warm_rows(splits: dict, rows: dict) -> dict:
@@ -144,28 +193,130 @@ def warm_rows(splits: dict, rows: dict) -> dict:
     return views
 
 
-def measure(runs: dict, cfg: LoaderBenchConfig) -> dict:
-    """{pipeline: {side: [img/s per pass]}}; the passes of all pipelines are interleaved, ``cfg.repeats`` rounds."""
+def measure(runs: dict, cfg: LoaderBenchConfig, peers: list | None = None) -> tuple[dict, dict]:
+    """({pipeline: {side: [img/s per pass]}}, the same of CPU us per image); the passes of all pipelines are
+    interleaved, ``cfg.repeats`` rounds, each round ending with one pass of every peer (``Peer``)."""
     measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
+    cpu = copy.deepcopy(measured)
+    loaders = {}  # one DataLoader per pipeline and side; with workers, started by an untimed first pass
     for rep in range(cfg.repeats):
         for pipeline, sides in runs.items():
             for side, make in sides.items():
-                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it
-                measured[pipeline][side].append(images_per_s(make(rep)))
-                print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:8s} "
-                      f"{measured[pipeline][side][-1]:8.1f} img/s", flush=True)
-    return measured
+                torch.manual_seed(cfg.seed + rep)  # the baseline's RandomResizedCrop draws from it (in-process)
+                if (pipeline, side) not in loaders:
+                    loaders[pipeline, side] = make()
+                    if cfg.num_workers:
+                        images_per_s(loaders[pipeline, side])  # worker start-up: once, as in train.py
+                loader = loaders[pipeline, side]
+                if isinstance(loader.batch_sampler, EpochBatches):
+                    loader.batch_sampler.epoch = rep + 1
+                img_s, cpu_us = images_per_s(loader)
+                measured[pipeline][side].append(img_s)
+                cpu[pipeline][side].append(cpu_us)
+                print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:13s} {img_s:8.1f} img/s", flush=True)
+        for peer in peers or []:
+            for pipeline, r in peer.measure(rep).items():
+                if pipeline in measured:
+                    measured[pipeline].setdefault(peer.name, []).append(r["img_s"])
+                    cpu[pipeline].setdefault(peer.name, []).append(r["cpu_us"])
+                    print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {peer.name:13s} {r['img_s']:8.1f} img/s",
+                          flush=True)
+    loaders.clear()  # persistent workers stop here
+    return measured, cpu
+
+
+class Peer:
+    """One peer setting (benchmarks/loader_peers.py) run in a subprocess of ``python``: every pass is a fresh
+    process (FFCV's loader threads can keep an interpreter alive), pinned to ``cpus`` when given."""
+
+    def __init__(self, name: str, python: str, files: list[str], labels: list[int], work_dir: str,
+                 cfg: LoaderBenchConfig, cpus: list[int] | None):
+        self.name, self.python, self.status = name, python, "measured"
+        self.request = {"peer": name, "files": files, "labels": labels, "work_dir": work_dir,
+                        "train_sizes": sorted({cfg.image_size, cfg.peer_size}, key=lambda s: s != cfg.image_size),
+                        "eval_size": cfg.image_size, "batch_size": cfg.batch_size,
+                        "threads": max(1, cfg.num_workers), "cpus": cpus, "seed": cfg.seed}
+        self.version = self.stored_bytes = None
+
+    def ask(self, action: str, **extra) -> dict:
+        try:
+            proc = subprocess.run([self.python, str(PEERS_SCRIPT)], capture_output=True, text=True, timeout=3600,
+                                  input=json.dumps({**self.request, **extra, "action": action}))
+            reply = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as e:
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        return reply
+
+    def start(self) -> bool:
+        """Version check, then the peer's own preprocessing (FFCV writes its .beton); False if it cannot run."""
+        reply = self.ask("version")
+        if "missing" in reply or "error" in reply:
+            self.status = "not installed"
+            return False
+        self.version = reply["version"]
+        reply = self.ask("prepare")
+        if "error" in reply:
+            self.status = f"failed: {reply['error']}"[:300]
+            return False
+        self.stored_bytes = reply["stored_bytes"]
+        return True
+
+    def measure(self, rep: int) -> dict:
+        reply = self.ask("measure", seed=self.request["seed"] + rep)
+        if "error" in reply:
+            self.status = f"failed: {reply['error']}"[:300]
+            return {}
+        return reply
+
+
+def start_peers(cfg: LoaderBenchConfig, files: list[str], labels: list[int], work_dir: str) -> list[Peer]:
+    python = cfg.peer_python or sys.executable
+    cpus = [max(os.sched_getaffinity(0))] if not cfg.num_workers and hasattr(os, "sched_getaffinity") else None
+    peers = [Peer(name, python, files, labels, work_dir, cfg, cpus)
+             for word in cfg.peers.split(",") for name in PEER_NAMES[word.strip()]]
+    for peer in peers:
+        print(f"peer {peer.name}: {'ready' if peer.start() else peer.status}", flush=True)
+    return peers
+
+
+def peers_report(peers: list[Peer], measured: dict, cpu: dict, results: dict, num_images: int) -> dict:
+    report = {}
+    for peer in peers:
+        word = next(w for w, names in PEER_NAMES.items() if peer.name in names)
+        entry = {"status": peer.status, "setting": PEER_SETTINGS[peer.name], "install": PEER_INSTALL[word]}
+        if peer.status == "measured":
+            entry.update(version=peer.version, mean_stored_bytes=round(peer.stored_bytes / num_images),
+                         pipelines={})
+            for pipeline, sides in measured.items():
+                if peer.name in sides:
+                    img_s = round(statistics.median(sides[peer.name]), 1)
+                    entry["pipelines"][pipeline] = {
+                        "img_s": img_s, "passes": [round(v, 1) for v in sides[peer.name]],
+                        "cpu_us": round(statistics.median(cpu[pipeline][peer.name])),
+                        "ours_over_peer": round(results[pipeline]["ours_img_s"] / img_s, 2),
+                        "vs_baseline": round(img_s / results[pipeline]["baseline_img_s"], 2)}
+        report[peer.name] = entry
+    return report
 
 
 def ours_runs(splits: dict, rows: dict, cfg: LoaderBenchConfig) -> dict:
     runs = {}
     for name, split in splits.items():
-        runs[f"train{name}"] = {"ours": functools.partial(ours_loader, TrainSet(split, cfg.image_size, cfg.seed),
-                                                          rows[name], cfg.batch_size, cfg.num_workers,
-                                                          with_epoch=True)}
+        for size in train_sizes(cfg):
+            runs[train_key(size, cfg) + name] = {
+                "ours": functools.partial(ours_loader, TrainSet(split, size, cfg.seed), rows[name], cfg.batch_size,
+                                          cfg.num_workers, with_epoch=True)}
         runs[f"eval{name}"] = {"ours": functools.partial(ours_loader, EvalSet(split, cfg.image_size), rows[name],
                                                          cfg.batch_size, cfg.num_workers, with_epoch=False)}
     return runs
+
+
+def train_sizes(cfg: LoaderBenchConfig) -> list[int]:
+    return [cfg.image_size] + ([cfg.peer_size] if cfg.peers and cfg.peer_size != cfg.image_size else [])
+
+
+def train_key(size: int, cfg: LoaderBenchConfig) -> str:
+    return "train" if size == cfg.image_size else f"train_{size}"
 
 
 def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
@@ -175,7 +326,7 @@ def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
     rows = {name: sorted(rng.choice(len(split), size=min(cfg.num_images, len(split)), replace=False).tolist())
             for name, split in splits.items()}
     warm_rows(splits, rows)
-    measured = measure(ours_runs(splits, rows, cfg), cfg)
+    measured, _ = measure(ours_runs(splits, rows, cfg), cfg)
     cores = max(1, cfg.num_workers)
     results = {}
     for pipeline, sides in measured.items():
@@ -201,6 +352,11 @@ def main(argv=None) -> None:
         raise SystemExit("error: --dataset is required (a preprocess.py output)")
     if cfg.coding not in ("all", "baseline", "progressive"):
         raise SystemExit(f"error: --coding {cfg.coding}: use all, baseline or progressive")
+    unknown = [w for w in cfg.peers.split(",") if cfg.peers and w.strip() not in PEER_NAMES]
+    if unknown:
+        raise SystemExit(f"error: --peers {cfg.peers}: unknown {', '.join(unknown)}; use {', '.join(PEER_NAMES)}")
+    if cfg.peers and not cfg.data_dir:
+        raise SystemExit("error: --peers needs --data_dir (the peers read the original files)")
     torch.set_num_threads(1)
     splits = {}
     for name, flag in (("", "dataset"), ("_small", "dataset_small")):
@@ -232,26 +388,45 @@ def main(argv=None) -> None:
     views = warm_rows(splits, rows)
 
     size = cfg.image_size
-    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     eval_tf = T.Compose([T.Resize(math.floor(size / 0.875)), T.CenterCrop(size), T.ToTensor(),
                          T.Normalize(MEAN, STD)])
-    baseline_train = functools.partial(baseline_loader, folder, picked, train_tf, cfg.batch_size, cfg.num_workers)
-    baseline_eval = functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size, cfg.num_workers)
     ours = ours_runs(splits, rows, cfg)
-    runs = {"train": {"baseline": baseline_train, **ours.pop("train")},
-            "eval": {"baseline": baseline_eval, **ours.pop("eval")}, **ours}
-    measured = measure(runs, cfg)
+    runs = {}
+    for s in train_sizes(cfg):
+        train_tf = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+        runs[train_key(s, cfg)] = {"baseline": functools.partial(baseline_loader, folder, picked, train_tf,
+                                                                 cfg.batch_size, cfg.num_workers),
+                                   **ours.pop(train_key(s, cfg))}
+    runs["eval"] = {"baseline": functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size,
+                                                  cfg.num_workers), **ours.pop("eval")}
+    runs.update(ours)  # the _small pipelines
+    peers, work_dir = [], None
+    if cfg.peers:
+        if not cfg.num_workers and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core for every side, peers included
+        work_dir = tempfile.mkdtemp(prefix="loader_peers_")
+        peers = start_peers(cfg, [files[i][0] for i in picked], [files[i][1] for i in picked], work_dir)
+    try:
+        measured, cpu = measure(runs, cfg, [p for p in peers if p.status == "measured"])
+    finally:
+        if work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
 
     results = {}
-    for pipeline in [p for p in ("train", "train_small", "eval", "eval_small") if p in measured]:
+    order = [train_key(s, cfg) for s in train_sizes(cfg)] + ["eval"]
+    for pipeline in [p + small for small in ("", "_small") for p in order if p + small in measured]:
         base_key = pipeline.removesuffix("_small")
         # the ratio of the figures as reported, so the JSON checks out against itself at every rounding boundary
         baseline = round(statistics.median(measured[base_key]["baseline"]), 1)
         ours = round(statistics.median(measured[pipeline]["ours"]), 1)
+        kind = base_key.split("_")[0] + pipeline.removeprefix(base_key)  # train_192_small -> train_small
         results[pipeline] = {"baseline_img_s": baseline, "ours_img_s": ours,
-                             "ratio": round(ours / baseline, 2), "target_ratio": TARGETS[pipeline],
+                             "ratio": round(ours / baseline, 2), "target_ratio": TARGETS[kind],
                              "baseline_passes": [round(v, 1) for v in measured[base_key]["baseline"]],
                              "ours_passes": [round(v, 1) for v in measured[pipeline]["ours"]]}
+        if not cfg.num_workers:
+            results[pipeline]["cpu_us"] = {"baseline": round(statistics.median(cpu[base_key]["baseline"])),
+                                           "ours": round(statistics.median(cpu[pipeline]["ours"]))}
     mean_bytes = {name: round(statistics.mean(len(views[name][r][0]) for r in rows[name])) for name in splits}
     report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
               "machine": machine(cfg.num_workers), "num_images": len(picked), "config": asdict(cfg),
@@ -265,6 +440,18 @@ def main(argv=None) -> None:
         floor = entropy_decode_img_s([Path(files[i][0]).read_bytes() for i in picked], cfg.repeats)
         report["entropy_decode"] = {"img_s": round(floor, 1),
                                     "bound_ratio": round(floor / results["train"]["baseline_img_s"], 2)}
+    if cfg.peers:
+        report["peers"] = peers_report(peers, measured, cpu, results, len(picked))
+        report["peer_targets"] = {
+            f"ours_over_{name}_{pipeline}": {"ratio": report["peers"][name]["pipelines"][pipeline]["ours_over_peer"],
+                                             "target": target}
+            for (name, pipeline), target in PEER_TARGETS.items()
+            if pipeline in report["peers"].get(name, {}).get("pipelines", {})}
+        report["load_average"] = list(os.getloadavg())  # other jobs on the machine disturb wall-clock figures
+    if cfg.num_workers:
+        report["collate_cpu_us"] = collate_check(splits[""], rows[""], cfg)
+    elif cfg.peers:
+        report["train_profile_us"] = {s: train_profile(splits[""], rows[""], s, cfg) for s in train_sizes(cfg)}
     if cfg.memory_check:
         report["memory_check"] = memory_check(splits[""], cfg)
 
@@ -272,16 +459,44 @@ def main(argv=None) -> None:
     for pipeline, r in results.items():
         print(f"{pipeline:12s} {r['baseline_img_s']:15.1f} {r['ours_img_s']:11.1f} {r['ratio']:6.2f} "
               f"{r['target_ratio']:6.1f}x  {report['machine']}")
+    if cfg.peers:
+        print_peers(report, order)
     if "entropy_decode" in report:
         e = report["entropy_decode"]
         print(f"entropy decoding alone (1/8-scale decode): {e['img_s']:.1f} img/s = {e['bound_ratio']:.2f}x the "
               "train baseline: the most a pipeline decoding whole files can reach on these files")
+    for s, profile in report.get("train_profile_us", {}).items():
+        print(f"\nours, train at {s} px, CPU us per sample:")
+        for step, us in profile.items():
+            print(f"  {step:52s} {us:8.1f}")
+    if "collate_cpu_us" in report:
+        c = report["collate_cpu_us"]
+        print(f"collate CPU per image: {c['in_process']:.1f} us in-process, {c['worker']:.1f} us in a worker (fresh "
+              "shared memory per batch)")
     if cfg.memory_check:
         for rows_count, m in report["memory_check"]["worker"].items():
             print(f"worker RSS over {rows_count} rows: anon {m['RssAnon_MiB']} MiB, file {m['RssFile_MiB']} MiB")
     if cfg.output:
         atomic_write_text(cfg.output, json.dumps(report, indent=2))
         print(f"wrote {cfg.output}")
+
+
+def print_peers(report: dict, order: list[str]) -> None:
+    results = report["pipelines"]
+    print(f"\n{'pipeline (img/s, vs torchvision)':42s}" + "".join(f"{p:>20s}" for p in order))
+    print(f"{'torchvision ImageFolder + PIL':42s}" + "".join(f"{results[p]['baseline_img_s']:20.1f}" for p in order))
+    print(f"{'ours':42s}" + "".join(f"{results[p]['ours_img_s']:12.1f} {results[p]['ratio']:6.2f}x" for p in order))
+    for name, peer in report["peers"].items():
+        label = f"{name} ({peer['version']})" if "version" in peer else name
+        if peer["status"] != "measured":
+            print(f"{label:42s} {peer['status']}" + (f" ({peer['install']})" if peer["status"] == "not installed"
+                                                     else ""))
+            continue
+        cells = [peer["pipelines"].get(p) for p in order]
+        print(f"{label:42s}" + "".join(f"{c['img_s']:12.1f} {c['vs_baseline']:6.2f}x" if c else f"{'-':>20s}"
+                                       for c in cells))
+    for key, t in report["peer_targets"].items():
+        print(f"{key}: {t['ratio']:.2f}x (target >= {t['target']}x)")
 
 
 def _proc_status_mib() -> dict:
@@ -296,6 +511,81 @@ def _proc_status_mib() -> dict:
 def _collate_with_status(batch):
     x, y = collate(batch)
     return x, y, _proc_status_mib()
+
+
+def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: LoaderBenchConfig) -> dict:
+    """CPU us per sample of each step of TrainSet.__getitem__ at ``size`` px (its steps, one by one, in-process;
+    every sample checked equal to TrainSet's), then collate. "entropy decode" is the same region decoded again at
+    1/8 scale, which leaves libjpeg-turbo little but the Huffman decoding: a part of "decode", timed apart."""
+    train_set, view = TrainSet(split, size, cfg.seed), Rows(split)
+    steps: dict[str, float] = {}
+    clock = time.process_time
+
+    def tick(name: str, start: float) -> float:
+        now = clock()
+        steps[name] = steps.get(name, 0.0) + now - start
+        return clock()
+
+    for batch in batches(rows, cfg.batch_size):
+        images = []
+        for r in batch:
+            t = clock()
+            data, label = view[r]
+            t = tick("row bytes (zero-copy view)", t)
+            rng = pipeline_steps.sample_rng(cfg.seed, 0, r)
+            height, width, fast_ok = pipeline_steps._probe(data)
+            top, left, h, w = pipeline_steps.random_resized_crop_params(height, width, train_set.scale,
+                                                                        train_set.ratio, rng)
+            t = tick("header walk + crop box", t)
+            tiles = jpeg_tiles.layout(data) if fast_ok else None
+            t = tick("tile layout (marker scan)", t)
+            oy = ox = 0
+            if tiles is not None:
+                data, height, width, oy, ox = jpeg_tiles.region(data, tiles, top, left, h, w)
+            t = tick("region cut", t)
+            factor = pipeline_steps._dct_factor(min(h, w), size)
+            pixels, sy, sx = pipeline_steps._decode(data, height, width, factor, fast_ok, fast_dct=True)
+            t = tick("decode (entropy + IDCT at scale + colour)", t)
+            if fast_ok:
+                simplejpeg.decode_jpeg(data, min_height=1, min_width=1, strict=False)
+            t = tick("  of which entropy decode (1/8-scale decode alone)", t)
+            dy, dx = round(oy * sy), round(ox * sx)
+            y0 = min(round(top * sy), dy + pixels.shape[0] - 1) - dy
+            x0 = min(round(left * sx), dx + pixels.shape[1] - 1) - dx
+            y1, x1 = max(y0 + 1, round((top + h) * sy) - dy), max(x0 + 1, round((left + w) * sx) - dx)
+            out = pipeline_steps._resize(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
+            t = tick("crop copy + resize", t)
+            if rng.random() < train_set.hflip:
+                out = out.flip(-1)
+            t = tick("flip", t)
+            images.append((out, label))
+        t = clock()
+        collate(images)
+        tick("collate (in-process)", t)
+        for (out, _), r in zip(images, batch):
+            if not torch.equal(out, train_set[(0, r)][0]):
+                raise RuntimeError(f"train_profile: row {r} differs from TrainSet's sample; update the profile")
+    profile = {name: round(1e6 * v / len(rows), 1) for name, v in steps.items()}
+    profile["total"] = round(sum(v for k, v in profile.items() if not k.startswith(" ")), 1)
+    return profile
+
+
+def _timed_collate(batch):
+    start = time.process_time()
+    x, y = collate(batch)
+    return x, y, time.process_time() - start
+
+
+def collate_check(split: datasets.Dataset, rows: list[int], cfg: LoaderBenchConfig) -> dict:
+    """CPU us per image of ``collate`` in-process and inside one DataLoader worker, on our train samples: in a worker
+    every batch is fresh shared memory, which the kernel zero-fills and maps page by page before the images are
+    copied in; in-process the allocator hands back the last batch's pages. Medians over the batches."""
+    train_set = TrainSet(split, cfg.image_size, cfg.seed)
+    keys = batches([(0, r) for r in rows], cfg.batch_size)
+    out = {"in_process": statistics.median(_timed_collate([train_set[k] for k in b])[2] / len(b) for b in keys)}
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=keys, collate_fn=_timed_collate, num_workers=1)
+    out["worker"] = statistics.median(t / x.shape[0] for x, _, t in loader)
+    return {k: round(1e6 * v, 1) for k, v in out.items()}
 
 
 def memory_check(split: datasets.Dataset, cfg: LoaderBenchConfig) -> dict:

@@ -2,6 +2,7 @@
 BENCHMARKS.md). Tiny runs on the session's real ILSVRC tree and its preprocess.py output."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -75,3 +76,25 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert report["validate"]["matches_card"] is True
     bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown argument --nope")
+
+
+def test_loader_benchmark_peers_are_timed_where_installed(ilsvrc_tree, preprocessed, tmp_path):
+    """--peers dali,ffcv: a peer that does not import (as in CI) is reported "not installed", never an error;
+    one that does is timed on the same files; train is also timed at --peer_size; unknown names are an error."""
+    out = tmp_path / "peers.json"
+    proc = loader("--data_dir", ilsvrc_tree, "--dataset", preprocessed, "--peers", "dali,ffcv", "--peer_size", 48,
+                  "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["pipelines"]) == {"train", "train_48", "eval"}
+    assert set(report["peers"]) == {"dali", "ffcv_jpg", "ffcv_imagenet"}
+    for name, peer in report["peers"].items():
+        module = "nvidia.dali" if name == "dali" else "ffcv"
+        installed = importlib.util.find_spec(module) is not None
+        assert peer["status"] == ("measured" if installed else "not installed"), (name, peer["status"])
+        if installed:
+            assert peer["pipelines"]["train_48"]["img_s"] > 0
+    assert "not installed" in proc.stdout or all(p["status"] == "measured" for p in report["peers"].values())
+    assert len(report["load_average"]) == 3
+    proc = loader("--data_dir", ilsvrc_tree, "--dataset", preprocessed, "--peers", "dali,nvjpeg")
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --peers dali,nvjpeg")
