@@ -174,7 +174,7 @@ def main(argv=None):
 
     # data and model
     ds, label_names = load_data(cfg.dataset, cfg.eval_split)
-    model = build_model(cfg, num_classes=len(label_names))
+    model = build_model(cfg, num_classes=len(label_names), say=accelerator.print)
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -362,15 +362,16 @@ def load_data(dataset: str, eval_split: str):
     return ds, label_names
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """--model with --pretrained/--drop_path/--drop_rate; a bad name or weights are a one-line error."""
+def build_model(cfg: TrainConfig, num_classes: int, say=print) -> torch.nn.Module:
+    """--model with --pretrained/--drop_path/--drop_rate; a bad name or weights are a one-line error. Fine-tuning
+    weights made for another class count gets a new head, and ``say`` states it: timm drops the old one silently."""
     if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
         raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
                          "(or give the architecture name for a random init)")
     dropout = {**({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}),
                **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {})}
     try:
-        return modeling.create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **dropout)
+        model = modeling.create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained, **dropout)
     except TypeError as e:
         if not dropout or not any(k in str(e) for k in dropout):
             raise SystemExit(f"error: --model {cfg.model}: {e}") from None
@@ -379,6 +380,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     except (ValueError, OSError, RuntimeError) as e:  # unknown name, offline Hub, missing or mismatched weights
         raise SystemExit(f"error: --model {cfg.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                          ) from None
+    weights_classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    if cfg.pretrained and weights_classes and weights_classes != num_classes:
+        say(f"--model {cfg.model}: new {num_classes}-class head (random init); the {weights_classes}-class head of "
+            "the pretrained weights is dropped")
+    return model
 
 
 def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator):
