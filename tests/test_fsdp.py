@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import yaml
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import modeling
+from test_train import kill_at_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -218,22 +215,7 @@ def test_fsdp_bf16_kill_resume_export_validate(preprocessed, launcher, tmp_path,
     # SIGKILL mid-epoch, then resume from the latest checkpoint
     out = tmp_path / "killed"
     mid_epoch = steps_per_epoch + 1
-    proc = subprocess.Popen(fsdp_cmd(launcher, preprocessed, out, model, *common), cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = out / "checkpoints" / f"step_{mid_epoch:08d}"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    # the launcher and both ranks (torchrun starts them in sessions of their own), with no chance to clean up
-    if proc.poll() is None:
-        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-            p.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert target.exists(), "the run ended before the checkpoint to kill at"
-    assert not (out / "checkpoints" / f"step_{last_step:08d}").exists(), "killed too late to test anything"
-    for later in (out / "checkpoints").glob("step_*"):
-        if later.name > target.name:
-            shutil.rmtree(later)
+    kill_at_checkpoint(fsdp_cmd(launcher, preprocessed, out, model, *common), env(), out, mid_epoch, last_step)
     resumed = ok(fsdp_cmd(launcher, preprocessed, out, model, *common, "--resume_from_checkpoint", "latest"))
     assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -39,6 +40,26 @@ def run(cmd, **kw):
 def ok(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def kill_at_checkpoint(cmd, env: dict, out: Path, step: int, last_step: int) -> None:
+    """Start ``cmd``, SIGKILL it and every process under it (launcher, ranks, DataLoader workers: torchrun starts
+    ranks in sessions of their own) once ``out``'s checkpoint of ``step`` exists, with no chance to clean up; then
+    drop the saves the kill let land after it, so that "latest" is that checkpoint every time."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = out / "checkpoints" / f"step_{step:08d}"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            p.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run ended before the checkpoint to kill at"
+    assert not (out / "checkpoints" / f"step_{last_step:08d}").exists(), "killed too late to test anything"
+    for later in (out / "checkpoints").glob("step_*"):
+        if later.name > target.name:
+            shutil.rmtree(later)
 
 
 def rows(run_dir):
@@ -179,22 +200,8 @@ def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
     mid_epoch = steps_per_epoch + 1  # the first step of epoch 2 (index 1): a checkpoint inside the epoch
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(train_cmd(preprocessed, out, *common), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = out / "checkpoints" / f"step_{mid_epoch:08d}"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # from outside, no chance to clean up
-    proc.wait()
-    assert target.exists(), "the run ended before the checkpoint to kill at"
-    assert not (out / "checkpoints" / f"step_{last_step:08d}").exists(), "killed too late to test anything"
-    # the kill may land a save or two later; drop those so "latest" is the mid-epoch one every time
-    for later in (out / "checkpoints").glob("step_*"):
-        if later.name > target.name:
-            shutil.rmtree(later)
-
+    kill_at_checkpoint(train_cmd(preprocessed, out, *common), {**os.environ, "OMP_NUM_THREADS": "1",
+                                                               "HF_HUB_OFFLINE": "1"}, out, mid_epoch, last_step)
     resumed = ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest")))
     assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
     # the first launch's record is kept; the resume adds its own
