@@ -570,7 +570,8 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
 
 class StopSignal:
     """Whether STOP_SIGNAL reached this process. `agreed` asks every rank (a 4-byte all-reduce and one host sync
-    per optimizer step), so all of them stop at the same step even when the signal reached only some."""
+    per optimizer step), so all of them stop at the same step even when the signal reached only some; one process
+    has no one to ask, and skips the device round trip that would stall its queue of kernels every step."""
 
     def __init__(self):
         self.received = False
@@ -580,6 +581,8 @@ class StopSignal:
         self.received = True
 
     def agreed(self, accelerator: Accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.received
         flag = torch.tensor(int(self.received), device=accelerator.device)
         return bool(accelerator.reduce(flag, "sum").item())
 

@@ -334,3 +334,21 @@ def test_accelerate_launch_quiet_leaves_the_one_error_line(preprocessed, tmp_pat
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "error: --epochs must be a int, got 'two'"
     assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
+
+
+def test_one_process_stops_on_the_signal_at_the_next_step(preprocessed, tmp_path):
+    """One process asks no other rank: the signal alone stops it at the next step boundary, checkpointed, status 75."""
+    out = tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(train_cmd(preprocessed, out, *COMMON), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first = out / "checkpoints" / "step_00000002"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 75
+    record = json.loads((out / "stopped_on_signal.json").read_text())
+    assert 2 <= record["step"] < LAST, "stopped too late to test anything"
+    assert max(p.name for p in (out / "checkpoints").glob("step_*")) == f"step_{record['step']:08d}"
