@@ -550,7 +550,8 @@ def elastic_position(batch_in_epoch: int, saved: dict, now: dict) -> int:
         return batch_in_epoch * n // m  # a step boundary: n * a * steps global micro-batches, m * a2 per rank
     fit = (f"--batch_size {b} --grad_accum_steps {n * a // m}" if n * a % m == 0 else
            f"--batch_size {b} on a process count that divides {n * a}")
-    raise ValueError(f"it was saved with {n} process{'es' if n > 1 else ''} x --batch_size {b} x --grad_accum_steps {a} = {n * b * a} "
+    processes = f"{n} process{'es' if n > 1 else ''}"
+    raise ValueError(f"it was saved with {processes} x --batch_size {b} x --grad_accum_steps {a} = {n * b * a} "
                      f"images per step, this launch has {m} x {b2} x {a2} = {m * b2 * a2}; resume with {fit} "
                      f"(the same {b}-image micro-batches, processes x accumulation = {n * a})")
 
