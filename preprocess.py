@@ -32,12 +32,13 @@ Choices:
 - Lossless by default: a file that already is an RGB JPEG (baseline or progressive) without EXIF rotation keeps its
   DCT coefficients, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data) shows it is whole.
 - Tiled for speed (--restart_tile PX, default 64; 0 stores such files byte for byte): every stored JPEG is re-coded
-  losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone
+  losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone, as
+  narrow as keeps ~100 coded bytes a tile (one 16 px MCU on ImageNet-sized photos), indexed in an APP9 segment
   (imagenet_trainer/jpeg_tiles.py). Training then entropy-decodes only the tiles under its random crop, about half
   of each file, and progressive files become baseline (~2.7x faster to decode). Any decoder reads the result as
-  before; it is kept only where libjpeg-turbo decodes it to exactly the pixels of the untiled file (~0.7% more
-  bytes at 64 px), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing. The report
-  counts both ("untiled").
+  before; it is kept only where libjpeg-turbo decodes it to exactly the pixels of the untiled file (~3% more
+  bytes on ImageNet-sized photos), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing.
+  The report counts both ("untiled").
 - Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) and grayscale become RGB, the
   PNG named .JPEG becomes a JPEG. EXIF orientation is applied here: the pixels are transposed, the image re-encoded
   and the tag dropped, so no stored image has an orientation other than 1 and PIL, datasets.Image (which would

@@ -63,7 +63,7 @@ def _pixels(data: bytes) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("tile_px", [64, 10_000])
+@pytest.mark.parametrize("tile_px", [16, 64, 10_000])
 def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, tile_px):
     data = files[kind]
     tiled = jpeg_tiles.add_restarts(data, tile_px)
@@ -74,9 +74,11 @@ def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, ti
     tiles = jpeg_tiles.layout(tiled)
     assert tiles is not None and (tiles.height, tiles.width) == Image.open(io.BytesIO(data)).size[::-1]
     assert tiles.tile_w <= max(tile_px, 16) and tiles.tile_h in (8, 16)
-    if tile_px == 10_000:
-        assert tiles.tiles_per_row == 1  # the whole MCU row is one tile
-    assert len(tiled) < 1.1 * len(data) + 600
+    index = sum(len(s) for s in jpeg_tiles.index_segments(np.diff(tiles.markers)))  # 2 bytes a tile
+    assert index == 2 * (len(tiles.markers) - 1) + 4 + len(jpeg_tiles.INDEX_ID)
+    # narrow tiles forced on smooth files (~15 coded bytes an MCU: 444_big) cost more markers; by default they grow
+    # by at most ~10%, and the index by 2 bytes a tile
+    assert len(tiled) - index < (1.25 if tile_px == 16 else 1.1) * len(data) + 600
     if kind == "progressive":
         assert not Image.open(io.BytesIO(tiled)).info.get("progressive")  # re-coded baseline: decodes faster
     if kind == "metadata":
@@ -157,3 +159,68 @@ def test_malformed_headers_are_none_not_errors(files):
                 patched(tiled, sof + 2, b"\xff\xff")):  # no components, width 0, cut in SOS / SOF, length past end
         assert jpeg_tiles.layout(bad) is None
         assert jpeg_tiles.add_restarts(bad, 64) is None
+
+
+def _without_index(tiled: bytes) -> bytes:
+    segments = jpeg_tiles.header_segments(tiled)
+    index = [(s, e) for m, s, e in segments if m == jpeg_tiles.INDEX_MARKER]
+    assert index and all(tiled[s + 4:s + 4 + len(jpeg_tiles.INDEX_ID)] == jpeg_tiles.INDEX_ID for s, e in index)
+    keep = zip([0] + [e for s, e in index], [s for s, e in index] + [len(tiled)])
+    return b"".join(tiled[a:b] for a, b in keep)
+
+
+@pytest.mark.parametrize("kind", ["420_landscape", "444_big", "gray", "progressive", "metadata", "one_pixel"])
+def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
+    tiled = jpeg_tiles.add_restarts(files[kind], 64)
+    plain = _without_index(tiled)  # a tiled file as written before the index existed: found by scanning
+    indexed, scanned = jpeg_tiles.layout(tiled), jpeg_tiles.layout(plain)
+    assert scanned is not None and indexed._replace(markers=None) == scanned._replace(markers=None)
+    assert np.array_equal(indexed.markers - indexed.markers[0], scanned.markers - scanned.markers[0])
+    assert np.array_equal(simplejpeg.decode_jpeg(tiled), simplejpeg.decode_jpeg(plain))
+    rng = random.Random(kind)
+    for _ in range(20):
+        top, left = rng.randrange(indexed.height), rng.randrange(indexed.width)
+        box = top, left, rng.randint(1, indexed.height - top), rng.randint(1, indexed.width - left)
+        assert jpeg_tiles.region(tiled, indexed, *box) == jpeg_tiles.region(plain, scanned, *box)
+    again = jpeg_tiles.add_restarts(tiled, 64)  # re-tiling keeps one index, not the old one beside the new
+    assert jpeg_tiles.layout(again)._replace(head=None, sof=None, markers=None) == indexed._replace(
+        head=None, sof=None, markers=None) or kind == "progressive"  # its baseline re-code may pick other tiles
+    assert sum(m == jpeg_tiles.INDEX_MARKER for m, s, e in jpeg_tiles.header_segments(again)) == 1
+    assert np.array_equal(simplejpeg.decode_jpeg(again), simplejpeg.decode_jpeg(tiled))
+
+
+def test_an_index_that_does_not_match_the_data_is_ignored(files):
+    tiled = jpeg_tiles.add_restarts(files["420_landscape"], 64)
+    scanned = jpeg_tiles.layout(_without_index(tiled))
+    (s, e), = [(s, e) for m, s, e in jpeg_tiles.header_segments(tiled) if m == jpeg_tiles.INDEX_MARKER]
+    first = s + 4 + len(jpeg_tiles.INDEX_ID)
+    wrong_length = tiled[:first] + (int.from_bytes(tiled[first:first + 2], "little") + 1).to_bytes(2, "little") \
+        + tiled[first + 2:]
+    too_short = tiled[:s + 2] + (e - s - 4).to_bytes(2, "big") + tiled[s + 4:e - 2] + tiled[e:]  # one tile missing
+    for bad in (wrong_length, too_short):
+        tiles = jpeg_tiles.layout(bad)
+        assert tiles is not None and np.array_equal(tiles.markers - tiles.markers[0],
+                                                    scanned.markers - scanned.markers[0])
+
+
+def test_an_index_of_many_tiles_spans_several_segments(files, monkeypatch):
+    whole = jpeg_tiles.layout(jpeg_tiles.add_restarts(files["444_big"], 64))
+    monkeypatch.setattr(jpeg_tiles, "INDEX_PER_SEGMENT", 1000)  # 5,922 tiles: 6 segments
+    tiled = jpeg_tiles.add_restarts(files["444_big"], 64)
+    assert sum(m == jpeg_tiles.INDEX_MARKER for m, s, e in jpeg_tiles.header_segments(tiled)) == 6
+    tiles = jpeg_tiles.layout(tiled)
+    assert tiles._replace(markers=None) == whole._replace(markers=None)
+    assert np.array_equal(tiles.markers - tiles.markers[0], whole.markers - whole.markers[0])
+
+
+def test_tiles_are_as_narrow_as_hold_min_tile_bytes(files):
+    grain = np.random.default_rng(0).normal(0, 24, (375, 500, 3))
+    photo = _save(np.clip(np.asarray(Image.fromarray(skimage.data.coffee()).resize((500, 375))) + grain, 0, 255)
+                  .astype(np.uint8))  # ImageNet-sized: ~110 KB, ~140 coded bytes a 4:2:0 MCU
+    assert 90_000 < len(photo) < 140_000
+    tiles = jpeg_tiles.layout(jpeg_tiles.add_restarts(photo, 64))
+    assert tiles.tile_w == 16  # one MCU
+    assert (tiles.markers[-1] - tiles.markers[0]) / (len(tiles.markers) - 1) >= jpeg_tiles.MIN_TILE_BYTES
+    smooth = jpeg_tiles.layout(jpeg_tiles.add_restarts(files["444_big"], 64))  # ~13 coded bytes an 8 px MCU
+    assert smooth.tile_w == 32  # 188 MCUs a row = 4 x 47: 4 MCUs is the widest tile within 64 px
+    assert jpeg_tiles.layout(jpeg_tiles.add_restarts(photo, 10_000)).tile_w == 16  # the width asked is a maximum

@@ -126,7 +126,9 @@ def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(prep
             assert stored == original and jpeg_tiles.layout(stored) is None, stem
             small += 1
             continue
-        assert stored != original and jpeg_tiles.layout(stored) is not None, stem
+        tiles = jpeg_tiles.layout(stored)
+        assert stored != original and tiles is not None and tiles.tile_w <= 64, stem  # default --restart_tile 64
+        assert jpeg_tiles.INDEX_ID in stored[:tiles.markers[0]], stem  # the tiles are indexed: no marker scan
         a, b = Image.open(io.BytesIO(original)), Image.open(io.BytesIO(stored))
         assert np.array_equal(np.asarray(a), np.asarray(b)), stem  # the same coefficients: the same pixels
         assert a.info.get("icc_profile") == b.info.get("icc_profile") and a.getexif() == b.getexif(), stem
