@@ -193,9 +193,20 @@ def warm_rows(splits: dict, rows: dict) -> dict:
     return views
 
 
-def measure(runs: dict, cfg: LoaderBenchConfig, peers: list | None = None) -> tuple[dict, dict]:
+def warm_files(paths) -> None:
+    """Read the files into the page cache. Before every pass, not once: a kernel that reclaims idle pages (DAMON's
+    pageout scheme, a memory cgroup's limit) would otherwise put disk reads into whichever pass comes after a long
+    one (measured here: pages idle for 80 s came back through ~190 major faults per 640 rows)."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def measure(runs: dict, cfg: LoaderBenchConfig, peers: list | None = None, warm=lambda: None) -> tuple[dict, dict]:
     """({pipeline: {side: [img/s per pass]}}, the same of CPU us per image); the passes of all pipelines are
-    interleaved, ``cfg.repeats`` rounds, each round ending with one pass of every peer (``Peer``)."""
+    interleaved, ``cfg.repeats`` rounds, each round ending with one pass of every peer (``Peer``); ``warm()``
+    (untimed) puts every side's files back in the page cache before each pass."""
     measured = {pipeline: {side: [] for side in sides} for pipeline, sides in runs.items()}
     cpu = copy.deepcopy(measured)
     loaders = {}  # one DataLoader per pipeline and side; with workers, started by an untimed first pass
@@ -210,11 +221,13 @@ def measure(runs: dict, cfg: LoaderBenchConfig, peers: list | None = None) -> tu
                 loader = loaders[pipeline, side]
                 if isinstance(loader.batch_sampler, EpochBatches):
                     loader.batch_sampler.epoch = rep + 1
+                warm()
                 img_s, cpu_us = images_per_s(loader)
                 measured[pipeline][side].append(img_s)
                 cpu[pipeline][side].append(cpu_us)
                 print(f"pass {rep + 1}/{cfg.repeats} {pipeline:12s} {side:13s} {img_s:8.1f} img/s", flush=True)
         for peer in peers or []:
+            warm()
             for pipeline, r in peer.measure(rep).items():
                 if pipeline in measured:
                     measured[pipeline].setdefault(peer.name, []).append(r["img_s"])
@@ -383,8 +396,6 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(cfg.seed)
     picked = sorted(rng.choice(usable, size=min(cfg.num_images, len(usable)), replace=False).tolist())
     rows = {name: [s[Path(files[i][0]).stem] for i in picked] for name, s in stems.items()}
-    for i in picked:  # page cache: every pass then measures CPU work only
-        Path(files[i][0]).read_bytes()
     views = warm_rows(splits, rows)
 
     size = cfg.image_size
@@ -406,8 +417,14 @@ def main(argv=None) -> None:
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core for every side, peers included
         work_dir = tempfile.mkdtemp(prefix="loader_peers_")
         peers = start_peers(cfg, [files[i][0] for i in picked], [files[i][1] for i in picked], work_dir)
+
+    def warm():  # the picked original files and Arrow rows, the peers' own files (FFCV's .beton)
+        warm_rows(splits, rows)
+        warm_files([files[i][0] for i in picked] + ([p for p in Path(work_dir).rglob("*") if p.is_file()]
+                                                     if work_dir else []))
+
     try:
-        measured, cpu = measure(runs, cfg, [p for p in peers if p.status == "measured"])
+        measured, cpu = measure(runs, cfg, [p for p in peers if p.status == "measured"], warm)
     finally:
         if work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -533,12 +550,13 @@ def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: Load
             data, label = view[r]
             t = tick("row bytes (zero-copy view)", t)
             rng = pipeline_steps.sample_rng(cfg.seed, 0, r)
-            height, width, fast_ok = pipeline_steps._probe(data)
+            segments = jpeg_tiles.header_segments(data)
+            height, width, fast_ok = pipeline_steps._probe(data, segments)
             top, left, h, w = pipeline_steps.random_resized_crop_params(height, width, train_set.scale,
                                                                         train_set.ratio, rng)
             t = tick("header walk + crop box", t)
-            tiles = jpeg_tiles.layout(data) if fast_ok else None
-            t = tick("tile layout (marker scan)", t)
+            tiles = jpeg_tiles.layout(data, segments) if fast_ok and segments is not None else None
+            t = tick("tile layout (index)", t)
             oy = ox = 0
             if tiles is not None:
                 data, height, width, oy, ox = jpeg_tiles.region(data, tiles, top, left, h, w)
