@@ -284,6 +284,20 @@ def test_rows_read_what_datasets_reads_through_select_and_shuffle(ds):
         Rows(split.remove_columns("label"))
 
 
+@pytest.mark.parametrize("kind", [pa.binary(), pa.large_binary()])
+def test_rows_read_sliced_chunks_straight_from_the_buffers(photos, kind):
+    """Rows reads the bytes from Arrow's offset and data buffers: chunks that are slices (a non-zero offset) of other
+    arrays, chunked differently from the labels, 32- and 64-bit offsets, give each row's own bytes."""
+    values = [photos[name] for name in sorted(photos)] * 2
+    whole = pa.array(values, kind)
+    images = pa.chunked_array([whole.slice(0, 3), whole.slice(3, 4), whole.slice(7)])
+    labels = pa.chunked_array([pa.array(range(5)), pa.array(range(5, len(values)))])
+    rows = Rows(datasets.Dataset(pa.table({"image": images, "label": labels})))
+    assert [bytes(rows[i][0]) for i in range(len(values))] == values
+    assert [rows[i][1] for i in range(len(values))] == list(range(len(values)))
+    assert all(isinstance(rows[i][1], int) for i in range(len(values)))
+
+
 def test_exif_orientation_applied_like_datasets_image(ds, photos):
     """EXIF orientation 6 is applied (as datasets.Image decoding does): same pixels as the upright photo."""
     evalset = EvalSet(ds["validation"], 224)

@@ -258,3 +258,35 @@ def test_card_pip_line_names_the_code_that_trained_it_without_credentials(tmp_pa
     (tmp_path / "f.txt").write_text("changed")  # uncommitted code is nowhere to install from
     runinfo.git_install_url.cache_clear()
     assert runinfo.git_install_url(tmp_path) is None
+
+
+def test_a_parquet_folder_exported_anew_is_not_read_from_a_stale_cache(tmp_path, monkeypatch):
+    """datasets keys its Arrow cache of a local folder whose README lists configs (the Hub layout) by the folder's
+    name and README alone; load_image_dataset must give the rows now on disk: after a re-export into the same
+    folder, and for another folder of the same name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imagenet_trainer.data import Rows, load_image_dataset
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    readme = ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+              "    path: data/train-*.parquet\n---\n")
+
+    def export(folder: Path, payload: bytes) -> Path:
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"image": [payload, payload + b"!"], "label": [0, 1]}),
+                       folder / "data" / "train-00000-of-00001.parquet")
+        (folder / "README.md").write_text(readme)
+        return folder
+
+    def first_image(folder: Path) -> bytes:
+        return bytes(Rows(load_image_dataset(str(folder))["train"])[0][0])
+
+    first = export(tmp_path / "a" / "imagenet-parquet", b"old export")
+    assert first_image(first) == b"old export"
+    export(first, b"new export, same folder")
+    assert first_image(first) == b"new export, same folder"
+    other = export(tmp_path / "b" / "imagenet-parquet", b"another folder of that name")
+    assert first_image(other) == b"another folder of that name"
