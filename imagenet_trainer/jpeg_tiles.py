@@ -114,7 +114,7 @@ def layout(data: bytes, segments=None) -> Layout | None:
         return None  # pieces straddle MCU rows: not tiles
     tile_rows = max(1, interval // per_row)
     count = -(-per_row * rows // interval)
-    index = [(s, e) for m, s, e in segments if m == INDEX_MARKER and data[s + 4:s + 4 + len(INDEX_ID)] == INDEX_ID]
+    index = index_spans(data, segments)
     markers = _indexed_markers(data, index, scan, count) if index else None
     if markers is None:
         markers = _scanned_markers(data, scan, count)
@@ -125,6 +125,11 @@ def layout(data: bytes, segments=None) -> Layout | None:
     sof -= sum(e - s for s, e in index if s < sof)
     return Layout(head, sof, height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
                   max(1, per_row // interval), markers)
+
+
+def index_spans(data, segments) -> list[tuple[int, int]]:
+    """(start, end) of the file's tile-index segments (APP9 with ``INDEX_ID``), in file order."""
+    return [(s, e) for m, s, e in segments if m == INDEX_MARKER and data[s + 4:s + 4 + len(INDEX_ID)] == INDEX_ID]
 
 
 def _check_markers(a: np.ndarray, markers: np.ndarray) -> bool:
@@ -324,8 +329,9 @@ def add_restarts(data: bytes, tile_px: int) -> bytes | None:
         body.append(tile[scan:-2])
     # the file's own APPn/COM segments (EXIF, ICC profile...; not an index of earlier tiles) after SOI, then the
     # tiles' tables and frame, DRI, and the index of the new tiles just before the scan
-    header = [b"\xff\xd8", *(data[s:e] for m, s, e in segments if (0xE0 <= m <= 0xEF or m == 0xFE)
-                               and not (m == INDEX_MARKER and data[s + 4:s + 4 + len(INDEX_ID)] == INDEX_ID))]
+    old_index = index_spans(data, segments)
+    header = [b"\xff\xd8", *(data[s:e] for m, s, e in segments
+                               if (0xE0 <= m <= 0xEF or m == 0xFE) and (s, e) not in old_index)]
     for m, s, e in first:
         segment = tiles[0][s:e]
         if m in SOF_ANY:

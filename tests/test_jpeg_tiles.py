@@ -163,8 +163,8 @@ def test_malformed_headers_are_none_not_errors(files):
 
 def _without_index(tiled: bytes) -> bytes:
     segments = jpeg_tiles.header_segments(tiled)
-    index = [(s, e) for m, s, e in segments if m == jpeg_tiles.INDEX_MARKER]
-    assert index and all(tiled[s + 4:s + 4 + len(jpeg_tiles.INDEX_ID)] == jpeg_tiles.INDEX_ID for s, e in index)
+    index = jpeg_tiles.index_spans(tiled, segments)
+    assert index and index == [(s, e) for m, s, e in segments if m == jpeg_tiles.INDEX_MARKER]
     keep = zip([0] + [e for s, e in index], [s for s, e in index] + [len(tiled)])
     return b"".join(tiled[a:b] for a, b in keep)
 
