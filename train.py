@@ -200,10 +200,9 @@ def main(argv=None):
     lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                               total_steps=total_steps, min_lr=cfg.min_lr)
 
-    # prepare, EMA, resume
-    if cfg.compile:
-        model = torch.compile(model)
+    # prepare, compile, EMA, resume
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    model = compile_model(model, cfg.compile, accelerator)
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # same parameters, no DDP/compile wrapper
     ema = ModelEmaV3(plain_model, decay=cfg.ema_decay) if cfg.ema_decay else None
     state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
@@ -418,6 +417,20 @@ def set_layout(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerato
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def compile_model(model, compile: bool, accelerator: Accelerator):
+    """torch.compile after prepare: compiling the DDP module lets dynamo split the graph at DDP's gradient buckets, so
+    their all-reduce overlaps the backward (torch/_dynamo/backends/distributed.py); DDP around a compiled module
+    reduces only after the whole fused backward. Static shapes: one graph per train size (progressive resizing has a
+    few) and one for eval, whose last, smaller batch runs eagerly (metrics.evaluate), never a dynamic-shape graph.
+    FSDP2's hooks are not traced by dynamo, so compiling its root captures almost nothing: refused."""
+    if not compile:
+        return model
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise SystemExit("error: --compile with FSDP compiles almost nothing (FSDP2's hooks are not traced); "
+                         "drop --compile, or use a DDP launch config (accelerate_configs/multi_gpu.yaml)")
+    return torch.compile(model, dynamic=False)
 
 
 # Gradients are reduce-scattered in fp32 under FSDP mixed precision: the regime of DDP + autocast, whose gradients of

@@ -62,13 +62,17 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
     Every rank gets all logits; ``gather_for_metrics`` drops the last batch's padding (repeats that even out the
     ranks' batch counts), so ``n == len(split)`` on any number of processes. Sums stay float32 (MPS has no float64)."""
     topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
+    full_batch = None
     with torch.no_grad():
         for x, y in batches:
             x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+            full_batch = full_batch or x.shape[0]
+            # a compiled net (static shapes) runs the smaller last batch eagerly instead of compiling another graph
+            run = net if x.shape[0] == full_batch else getattr(net, "_orig_mod", net)
             with accelerator.autocast():
-                logits = net(x)
+                logits = run(x)
                 if flip:
-                    logits = (logits + net(x.flip(3))) / 2
+                    logits = (logits + run(x.flip(3))) / 2
             logits, y = accelerator.gather_for_metrics((logits.float(), y))
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk.update(logits, y)

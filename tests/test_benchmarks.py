@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,25 +59,36 @@ def test_loader_benchmark_errors_are_one_line(tmp_path):
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.sh --cpu: every step of the GPU check runs (tiny), and the JSON has the shape
-    BENCHMARKS.md describes, the GPU-only rows marked not measured."""
+    """benchmarks/gpu_check.sh --cpu: every stage runs (tiny) and reports in the shape BENCHMARKS.md describes, the
+    GPU-only rows marked not measured; a stage that fails is reported with its log and the others still report."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "GPU_CHECK_FAIL_STAGE": "fsdp"})
+    assert proc.returncode == 1, proc.stderr[-5000:]  # the failed stage makes the run's status non-zero
     report = json.loads(out.read_text())
+    stages = report["stages"]
     assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
-    assert sorted((r["model"], r["compile"]) for r in report["throughput"]) == [
-        ("convnext_tiny", False), ("convnext_tiny", True), ("resnet50", False), ("resnet50", True)]
-    assert {r["img_s"] for r in report["throughput"]} == {"not measured"}
-    train = report["train_py"]
-    assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
-    assert train["num_workers"] == report["machine"]["cpu_cores"]
-    assert report["fsdp"]["resumed_at_step"] == 2 and report["fsdp"]["final_step"] == 4
-    assert report["fsdp"]["measured"] is False  # accelerate runs an FSDP config as DDP without a GPU
-    assert report["validate"]["matches_card"] is True
-    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--nope"], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown argument --nope")
+    assert list(stages) == ["tree", "throughput", "train_eager", "train_recipe", "workers", "fsdp", "validate"]
+    assert {k for k, v in stages.items() if v["status"] != 0} == {"fsdp"}, proc.stderr[-5000:]
+    assert stages["fsdp"]["log_tail"] == ["failing on purpose: GPU_CHECK_FAIL_STAGE=fsdp"]
+    assert stages["tree"]["images"]["train"] > 0 and stages["tree"]["skipped"] == 0
+    assert sorted((r["model"], r["image_size"]) for r in stages["throughput"]["runs"]) == [
+        ("convnext_tiny", 224), ("resnet50", 32), ("resnet50", 224)]
+    assert {r["img_s"] for r in stages["throughput"]["runs"]} == {"not measured"}
+    for name in ("train_eager", "train_recipe"):
+        train = stages[name]
+        assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
+        assert train["num_workers"] == max(1, report["machine"]["cpu_cores"] - 1)
+    sweep = stages["workers"]["sweep"]
+    assert sweep and sweep[0]["workers"] == 1 and sweep[0]["img_s"] > 0 and stages["workers"]["cores_per_gpu"] > 1
+    assert stages["validate"]["matches_card"] is True
+    with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
+        assert {Path(n).name for n in logs.getnames()} >= {"tree.log", "train_eager.log", "validate.log"}
+    for args, message in ((["--nope"], "error: unknown argument --nope"),
+                          (["--stages", "tree,warp"], "error: --stages: unknown stage warp")):
+        bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], capture_output=True,
+                             text=True)
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(message)
 
 
 def test_loader_benchmark_peers_are_timed_where_installed(ilsvrc_tree, preprocessed, tmp_path):
