@@ -396,6 +396,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
     summary["file"] = manifest.file_entry(tmp)  # hashed here, in parallel, while the file is in the page cache
     atomic_write_text(shard.report, json.dumps(summary))
     os.replace(tmp, shard.path)
+    archives.release(shard.source)
     return summary
 
 
@@ -720,7 +721,7 @@ def main(argv=None) -> None:
            "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
                      for split, s in splits.items()}}
     if listing.archives:  # the same paths from other archive files are other data
-        job["archives"] = {p: os.path.getsize(p) for p in listing.archives["archives"]}
+        job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
     if check_output(out, job, cfg.overwrite):
         print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
         return
@@ -740,6 +741,7 @@ def main(argv=None) -> None:
                                 schema=make_features(listing.names).arrow_schema)
     bar = tqdm(total=total, initial=total - sum(len(s.items) for s in pending), unit="img", desc="preprocess",
                smoothing=0.05)
+    pending = archives.spool(pending, work / WORK / "spool", 2 * num_proc)  # archives read as one stream
     try:
         if num_proc == 1:
             for summary in map(work_fn, pending):  # in-process: simplest to debug and profile

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import ast
 import json
 import tarfile
 import zipfile
@@ -15,12 +16,14 @@ import zlib
 from pathlib import Path
 
 from imagenet_trainer import archives, ilsvrc
-from imagenet_trainer.archives import TAR, Found
+from imagenet_trainer.archives import INSIDE, STREAM, TAR, Found
 from imagenet_trainer.image_tree import Split
 
-KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET = "kaggle-zip", "image-net.org", "webdataset"
+KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET, HUB = "kaggle-zip", "image-net.org", "webdataset", "hub-imagenet-1k"
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 BBOX_ARCHIVES = ("ILSVRC2012_bbox_train_v2.tar.gz", "ILSVRC2012_bbox_val_v3.tgz")  # optional: boxes as VOC XML
+HUB_SPLITS = {"train": "train_images", "validation": "val_images", "test": "test_images"}  # data/<prefix>*.tar.gz
+HUB_CLASSES = "classes.py"  # IMAGENET2012_CLASSES = OrderedDict({"n01440764": "tench, Tinca tinca", ...})
 WDS_SPLITS = {"train": ("-train-",), "validation": ("-validation-", "-val-")}  # in shard names: timm's naming
 
 
@@ -39,6 +42,10 @@ def detect(data_dir: Path) -> Found | None:
         read += [n for n in BBOX_ARCHIVES if n in names]
         return Found(IMAGENET_ORG, [str(data_dir / n) for n in read], str(data_dir),
                      "image-net.org's archives, read in place: " + ", ".join(read))
+    hub = sorted(p for p in data_dir.glob("data/*.tar.gz") if p.name.startswith(tuple(HUB_SPLITS.values())))
+    if hub and (data_dir / HUB_CLASSES).is_file():
+        return Found(HUB, [str(p) for p in hub], str(data_dir), "a snapshot of the Hub's ILSVRC/imagenet-1k, read "
+                     f"as a stream: {', '.join(p.name for p in hub)} and {HUB_CLASSES}")
     zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
     if len(zips) == 1:
         return Found(KAGGLE_ZIP, [str(data_dir / zips[0])], str(data_dir), f"Kaggle's zip, read in place: {zips[0]}")
@@ -69,6 +76,9 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     size = os.path.getsize(path)
     members = {i.filename[len(prefix):]: (0, i.header_offset, i.compress_size, i.compress_type, i.CRC)
                for i in infos if i.filename.startswith(prefix)}
+    inner = [p for p in members if p.endswith((".tar.gz", ".tgz"))]
+    if inner and not any(p.startswith(ilsvrc.SPLIT_DIRS["train"] + "/") for p in members):
+        return list_kaggle_stream(found._replace(archives=[f"{path}{INSIDE}{prefix}{inner[0]}"]), texts)
     late = [p for p, loc in members.items() if loc[1] + loc[2] > size]
     if late:
         raise ValueError(f"{path}: truncated ({len(late)} members lie past its end, e.g. {late[0]}); download it again")
@@ -82,6 +92,34 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source))
 
 
+def list_kaggle_stream(found: Found, texts: dict) -> tuple[list, list, dict, list]:
+    """Kaggle's older zip: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``, which holds
+    the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second."""
+    path = found.archives[0]
+    members, xml_boxes, errors = {}, {}, []
+    for m, data in archives.stream_tar(path):
+        rel = m.name[2:] if m.name.startswith("./") else m.name
+        if rel.endswith(".xml") and rel.startswith(tuple(ilsvrc.ANNOTATION_DIRS.values())):
+            try:
+                xml_boxes[os.path.splitext(os.path.basename(rel))[0]] = ilsvrc.read_voc_xml(f"{path}/{rel}",
+                                                                                             data.read())
+            except ValueError as e:
+                errors.append(str(e))
+        elif rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
+            texts.setdefault(rel, data.read().decode("utf-8-sig"))
+        else:
+            members[rel] = (0, m.name, m.size, STREAM, None)
+    for name in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
+        if name not in texts:
+            raise ValueError(f"{path}: no {name} in it or beside it; is it Kaggle's ImageNet archive?")
+    wnids, descriptions = ilsvrc.read_synset_mapping(f"{path}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
+    val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
+    splits, warnings = kaggle_splits(path, members, wnids, val_csv, {"archives": found.archives, "members": members},
+                                     xml_boxes)
+    warnings += [f"{len(errors)} XML files in {path} unreadable, e.g. {errors[0]}"] if errors else []
+    return wnids, descriptions, splits, warnings
+
+
 def _files_in(members, folder: str, depth: int) -> list[str]:
     """Sorted paths below ``folder/`` (relative to it) with exactly ``depth`` parts, hidden files left out."""
     start = folder + "/"
@@ -89,11 +127,17 @@ def _files_in(members, folder: str, depth: int) -> list[str]:
                   and not os.path.basename(rel).startswith("."))
 
 
-def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict) -> tuple[dict, list]:
-    """({split: Split}, warnings) from the paths of Kaggle's tree inside an archive, as the tree gives them."""
+def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict,
+                  xml_boxes: dict | None = None) -> tuple[dict, list]:
+    """({split: Split}, warnings) from the paths of Kaggle's tree inside an archive, as the tree gives them. With
+    ``xml_boxes`` (stem -> boxes, read while listing) the XML files are not read again, per image."""
     index = {w: i for i, w in enumerate(wnids)}
     warnings = []
     annotation_dirs = {s: d for s, d in ilsvrc.ANNOTATION_DIRS.items() if any(p.startswith(d + "/") for p in members)}
+    read_boxes = {"train": {}, "validation": val_csv}
+    if xml_boxes is not None:
+        annotation_dirs = {}
+        read_boxes = {"train": xml_boxes, "validation": {**val_csv, **xml_boxes}}  # the XML first, as in the tree
     train_files = _files_in(members, ilsvrc.SPLIT_DIRS["train"], 2)
     unknown = sorted({rel.split("/")[0] for rel in train_files} - set(index))
     if unknown:
@@ -118,9 +162,10 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
     if len(val_csv) > len(val):
         warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {where}")
     test = [(name, -1) for name in _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)]
-    splits = {"train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train, {}, False, source),
-              "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv,
-                                  False, source)}
+    splits = {"train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train,
+                             _boxes_of(read_boxes["train"], train), False, source),
+              "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val,
+                                  _boxes_of(read_boxes["validation"], val), False, source)}
     if test:
         splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {}, False, source)
     else:
@@ -296,4 +341,52 @@ def list_webdataset(found: Found) -> tuple[list, list, dict, list]:
     return wnids, [lemmas.get(w, w) for w in wnids], splits, []
 
 
-LISTERS = {KAGGLE_ZIP: list_kaggle_zip, IMAGENET_ORG: list_imagenet_org, WEBDATASET: list_webdataset}
+# ---------------------------------------------------------------------------------------------------------------
+# A local snapshot of the Hub's ILSVRC/imagenet-1k: data/{train_images_N,val_images,test_images}.tar.gz, flat,
+# train and val files named <original stem>_<wnid>.JPEG; the classes in classes.py.
+# ---------------------------------------------------------------------------------------------------------------
+
+def read_hub_classes(path: Path) -> dict[str, str]:
+    """{wnid: description} from the snapshot's classes.py, parsed (never run)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        node = next(n.value for n in tree.body if isinstance(n, ast.Assign))
+        if isinstance(node, ast.Call):  # OrderedDict({...})
+            node = node.args[0]
+        classes = ast.literal_eval(node)
+    except (OSError, SyntaxError, ValueError, StopIteration, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: expected IMAGENET2012_CLASSES = OrderedDict({{wnid: name, ...}}) ({e})") from None
+    if not isinstance(classes, dict) or not all(ilsvrc.is_wnid(w) for w in classes):
+        raise ValueError(f"{path}: expected a dict of wnid -> class name")
+    return classes
+
+
+def list_hub(found: Found) -> tuple[list, list, dict, list]:
+    classes = read_hub_classes(Path(found.root) / HUB_CLASSES)
+    wnids = sorted(classes)
+    index = {w: i for i, w in enumerate(wnids)}
+    members, items = {}, {split: [] for split in HUB_SPLITS}
+    for at, path in enumerate(found.archives):
+        split = next(s for s, prefix in HUB_SPLITS.items() if os.path.basename(path).startswith(prefix))
+        for m, _ in archives.stream_tar(path):
+            stem, ext = os.path.splitext(os.path.basename(m.name))
+            image, _, wnid = stem.rpartition("_")
+            if split == "test":
+                rel, label = stem + ext, -1
+            elif wnid in index:
+                rel, label = (f"{wnid}/{image}{ext}" if split == "train" else image + ext), index[wnid]
+            else:
+                raise ValueError(f"{path}: {m.name} does not end in the wnid of a class of {HUB_CLASSES}")
+            members[rel] = (at, m.name, m.size, STREAM, None)
+            items[split].append((rel, label))
+    for split in ("train", "validation"):
+        if not items[split]:
+            raise ValueError(f"{found.root}: no data/{HUB_SPLITS[split]}*.tar.gz with images; download them too")
+    source = {"archives": found.archives, "members": members}
+    splits = {split: Split("", None, sorted(found_items), {}, False, source)
+              for split, found_items in items.items() if found_items}
+    warnings = [] if "test" in splits else [f"{found.root}: no test images; the dataset has train and validation only"]
+    return wnids, [classes[w] for w in wnids], splits, warnings
+
+
+LISTERS = {KAGGLE_ZIP: list_kaggle_zip, IMAGENET_ORG: list_imagenet_org, WEBDATASET: list_webdataset, HUB: list_hub}

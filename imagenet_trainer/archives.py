@@ -14,9 +14,19 @@ Packagings, told apart by what ``--data_dir`` holds (archive_layouts.py lists ea
   ``ILSVRC2012_devkit_t12.tar.gz`` (val labels as ILSVRC2012_IDs, mapped to wnids by ``data/meta.mat``), and
   optionally ``ILSVRC2012_img_test*.tar``, ``ILSVRC2012_bbox_train_v2.tar.gz`` and ``ILSVRC2012_bbox_val_v3.tgz``.
   These tars are uncompressed, so every JPEG is a byte range of the file.
+- ``kaggle-zip`` of Kaggle's older release: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``,
+  which holds the ILSVRC tree; a compressed tar has no offsets, so it is read as a stream (below).
+- ``hub-imagenet-1k``: a local snapshot of the Hub's ``ILSVRC/imagenet-1k`` as its loading script reads it:
+  ``classes.py`` (``IMAGENET2012_CLASSES``, wnid -> name) and ``data/train_images_N.tar.gz``, ``val_images.tar.gz``,
+  ``test_images.tar.gz`` of flat files named ``<original stem>_<wnid>.JPEG`` (test: ``<stem>.JPEG``); no boxes.
+  Read as a stream.
 - ``webdataset``: a folder of WebDataset shards as ``timm/imagenet-1k-wds`` ships them (``*-train-*.tar``,
   ``*-validation-*.tar``; ``<key>.jpg`` with ``<key>.cls``, the label, and ``<key>.json``, whose ``filename`` is
   the original file name), uncompressed too.
+
+A compressed tar is read twice, front to back: once to list it, once to process it; while it streams, each shard's
+members are copied into one spool file in the work folder, handed to a worker when complete and deleted when done
+(``spool``), so the work folder holds a few shards, not an extracted copy, when the archive is in sorted order.
 
 Library code: an incomplete or damaged set is a ValueError naming the file and what is missing.
 """
@@ -25,8 +35,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import struct
 import tarfile
+import time
+import zipfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +49,8 @@ PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
                  "ILSVRC2012_img_val.tar": "29b22e2961454d5413ddabcf34fc5622",
                  "ILSVRC2012_devkit_t12.tar.gz": "fa75699e90414af021442c21a62c3abf"}
 TAR = -1  # the ``method`` of a member stored as is in a tar (zip members carry zip's method numbers: 0, 8)
+STREAM = -2  # a member of a compressed tar: no offset to read it at; its ``offset`` slot holds its member name
+INSIDE = "::"  # "outer.zip::inner.tar.gz": an archive stored in a zip, read as a stream of that zip's member
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (skipped fields), name and extra-field lengths
 
 
@@ -145,6 +160,81 @@ def tar_members(path: Path, start: int = 0, end: int | None = None) -> list[tarf
         raise ValueError(f"{where}: truncated, it stops {'inside' if last > end else 'after'} its last member "
                          f"{members[-1].name if members else ''}; download it again")
     return [m for m in members if m.isfile()]
+
+
+def archive_size(path: str) -> int:
+    """Bytes of an archive file, or of the zip holding it (an ``INSIDE`` path)."""
+    return os.path.getsize(path.split(INSIDE)[0])
+
+
+def open_stream(path: str):
+    """A binary file object reading ``path`` from its start: a file, or a member of a zip (``INSIDE``)."""
+    if INSIDE not in path:
+        return open(path, "rb")
+    outer, inner = path.split(INSIDE)
+    return zipfile.ZipFile(outer).open(inner)
+
+
+def stream_tar(path: str):
+    """(TarInfo, file object of its data) of each regular file of a compressed tar, in one sequential read; a
+    truncated or damaged archive is a ValueError naming ``path``."""
+    try:
+        with open_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for m in tar:
+                if m.isfile():
+                    yield m, tar.extractfile(m)
+    except (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again") from None
+
+
+def spool(shards, folder: Path, in_flight: int):
+    """Shards as they become readable. A shard whose members lie in a compressed tar (``STREAM``) gets them copied
+    into one spool file while the tar is read once, front to back, and is yielded, located in that file, once the
+    last of them has passed; the worker deletes the file when the shard is done (``release``). Other shards pass
+    through first. At most ``in_flight`` full spool files wait for workers; the spool also holds the members of
+    shards not complete yet, so it stays small when the archive is in the listing's sorted order, as tars of a
+    folder are, and grows towards the split's size when an archive's order is shuffled."""
+    streamed = [s for s in shards if s.source and any(loc[3] == STREAM for loc in s.source["members"].values())]
+    yield from (s for s in shards if not (s.source and any(loc[3] == STREAM for loc in s.source["members"].values())))
+    if not streamed:
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial spool: its shards are redone
+    folder.mkdir(parents=True)
+    need, left, files, waiting = {}, {}, {}, []
+    for i, s in enumerate(streamed):
+        for path, (at, name, _, _, _) in s.source["members"].items():
+            need[(at, name)] = (i, path)
+        left[i] = len(s.source["members"])
+        files[i] = (folder / f"{s.split}-{s.index:05d}.bin", {})
+    archive_paths = streamed[0].source["archives"]
+    for at in sorted({at for at, _ in need}):
+        for m, data in stream_tar(archive_paths[at]):
+            if (at, m.name) not in need:
+                continue
+            i, path = need[(at, m.name)]
+            spool_file, located = files[i]
+            with open(spool_file, "ab") as f:
+                located[path] = (0, f.tell(), m.size, TAR, None)
+                shutil.copyfileobj(data, f)
+            left[i] -= 1
+            if left[i] == 0:
+                while sum(p.exists() for p in waiting) >= in_flight:
+                    time.sleep(0.05)
+                waiting.append(spool_file)
+                yield _spooled(streamed[i], spool_file, located)
+    for i in (i for i, n in left.items() if n):  # members the listing saw but the archive no longer has
+        yield _spooled(streamed[i], *files[i])
+
+
+def _spooled(shard, spool_file: Path, located: dict):
+    spool_file.touch()
+    return shard._replace(source={"archives": [str(spool_file)], "members": located, "spool": True})
+
+
+def release(source: dict | None) -> None:
+    """After a shard is done: delete its spool file."""
+    if source and source.get("spool"):
+        os.remove(source["archives"][0])
 
 
 def verify_md5(found: Found) -> list[str]:

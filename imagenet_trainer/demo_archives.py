@@ -5,6 +5,11 @@
   ``ILSVRC2012_img_test_v10102019.tar``, ``ILSVRC2012_devkit_t12.tar.gz`` whose ``data/meta.mat`` numbers the
   classes in reverse wnid order (as the real devkit's ILSVRC2012_IDs differ from the sorted order) and holds one
   synset with children (the real one has 860 such non-leaves), and the two bbox archives of the tree's XML files.
+- ``kaggle_zip_of_tgz``: Kaggle's older zip, the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``
+  (which holds ``ILSVRC/``).
+- ``hub``: a snapshot of the Hub's ``ILSVRC/imagenet-1k``: ``data/train_images_{0,1}.tar.gz`` (train in sorted
+  halves), ``data/val_images.tar.gz``, ``data/test_images.tar.gz``, files named ``<stem>_<wnid>.JPEG`` (test:
+  ``<stem>.JPEG``), and ``classes.py``.
 - ``webdataset``: ``imagenet1k-{train,validation}-NNNN.tar`` shards of ``<stem>.jpg``, ``<stem>.cls`` and
   ``<stem>.json`` (``filename``, ``label``), the samples shuffled across shards.
 """
@@ -110,4 +115,34 @@ def webdataset(tree: Path, dest: Path, shards: int = 2, seed: int = 0) -> Path:
                 files += [(f"{path.stem}.jpg", path.read_bytes()), (f"{path.stem}.cls", f"{cls}".encode()),
                           (f"{path.stem}.json", json.dumps({"filename": path.name, "label": cls}).encode())]
             (dest / f"imagenet1k-{split}-{k:04d}.tar").write_bytes(_tar_bytes(files))
+    return dest
+
+
+def kaggle_zip_of_tgz(tree: Path, dest: Path) -> Path:
+    files = _tree_files(tree)
+    inner = _tar_bytes([(rel, (tree / rel).read_bytes()) for rel in files if rel.startswith("ILSVRC/")], "w:gz")
+    with zipfile.ZipFile(dest, "w") as zf:
+        for rel in files:
+            if not rel.startswith("ILSVRC/"):
+                zf.write(tree / rel, rel, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("imagenet_object_localization_patched2019.tar.gz", inner)
+    return dest
+
+
+def hub(tree: Path, dest: Path) -> Path:
+    m = json.loads((tree / MANIFEST).read_text())
+    (dest / "data").mkdir(parents=True)
+    train = sorted((tree / ilsvrc.SPLIT_DIRS["train"]).glob("*/*"))
+    half = len(train) // 2
+    for k, part in enumerate((train[:half], train[half:])):
+        files = [(f"{p.stem}_{p.parent.name}{p.suffix}", p.read_bytes()) for p in part]
+        (dest / "data" / f"train_images_{k}.tar.gz").write_bytes(_tar_bytes(files, "w:gz"))
+    val = sorted((tree / ilsvrc.SPLIT_DIRS["validation"]).iterdir())
+    files = [(f"{p.stem}_{m['wnids'][m['val_labels'][p.stem]]}{p.suffix}", p.read_bytes()) for p in val]
+    (dest / "data" / "val_images.tar.gz").write_bytes(_tar_bytes(files, "w:gz"))
+    test = sorted((tree / ilsvrc.SPLIT_DIRS["test"]).iterdir())
+    (dest / "data" / "test_images.tar.gz").write_bytes(_tar_bytes([(p.name, p.read_bytes()) for p in test], "w:gz"))
+    classes = ", ".join(f"{w!r}: {d!r}" for w, d in zip(m["wnids"], m["descriptions"]))
+    (dest / "classes.py").write_text(f"from collections import OrderedDict\n\nIMAGENET2012_CLASSES = "
+                                     f"OrderedDict({{{classes}}})\n")
     return dest

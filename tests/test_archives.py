@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def packaged(ilsvrc_tree, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("packaged")
     return {"kaggle-zip": demo_archives.kaggle_zip(ilsvrc_tree, base / "kaggle.zip"),
+            "kaggle-zip-of-tgz": demo_archives.kaggle_zip_of_tgz(ilsvrc_tree, base / "kaggle-2019.zip"),
+            "hub-imagenet-1k": demo_archives.hub(ilsvrc_tree, base / "hub"),
             "image-net.org": demo_archives.imagenet_org(ilsvrc_tree, base / "imagenet-org"),
             "webdataset": demo_archives.webdataset(ilsvrc_tree, base / "wds")}
 
@@ -49,11 +52,11 @@ def report_counts(out: Path, keys=("counts", "files", "reencoded", "tiled", "unt
     return {k: report[k] for k in keys}
 
 
-@pytest.mark.parametrize("packaging", ["kaggle-zip", "image-net.org"])
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-zip-of-tgz", "image-net.org"])
 def test_archives_give_the_trees_output_row_for_row(packaging, packaged, preprocessed, tmp_path, capsys):
     out = run(packaged[packaging], tmp_path / "out")
     said = capsys.readouterr().out
-    assert f"{'Kaggle' if packaging == 'kaggle-zip' else 'image-net.org'}" in said.splitlines()[0]
+    assert ("image-net.org" if packaging == "image-net.org" else "Kaggle") in said.splitlines()[0]
     mine, tree = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(preprocessed))
     assert list(mine) == list(tree) == ["train", "validation", "test"]
     for split in tree:
@@ -67,8 +70,9 @@ def test_archives_give_the_trees_output_row_for_row(packaging, packaged, preproc
         assert (out / split / "dataset_info.json").read_text() == (preprocessed / split / "dataset_info.json"
                                                                    ).read_text()
     source, tree_source = (json.loads((p / "source.json").read_text()) for p in (out, preprocessed))
-    assert source.pop("packaging") == packaging and source.pop("archives")
-    assert source.pop("name") == {"kaggle-zip": "kaggle", "image-net.org": "imagenet-org"}[packaging]  # a subset
+    assert source.pop("packaging") == packaging.removesuffix("-of-tgz") and source.pop("archives")
+    assert source.pop("name") == {"kaggle-zip": "kaggle", "kaggle-zip-of-tgz": "kaggle-2019",
+                                  "image-net.org": "imagenet-org"}[packaging]  # a subset
     assert source == {k: v for k, v in tree_source.items() if k != "name"}  # goes by its file's or folder's name
 
 
@@ -83,17 +87,22 @@ def test_image_net_org_labels_go_through_meta_mat_not_its_id_order(packaged, ils
     assert [wnids.index(id_to_wnid[t]) for t in truth] == [m["val_labels"][s] for s in sorted(m["val_labels"])]
 
 
-def test_webdataset_shards_give_the_trees_rows(packaged, preprocessed, tmp_path):
-    out = run(packaged["webdataset"], tmp_path / "out")
+@pytest.mark.parametrize("packaging", ["webdataset", "hub-imagenet-1k"])
+def test_webdataset_and_hub_archives_give_the_trees_rows(packaging, packaged, preprocessed, tmp_path):
+    out = run(packaged[packaging], tmp_path / "out")
     mine, tree = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(preprocessed))
-    assert list(mine) == ["train", "validation"]  # timm's shards hold no test split
+    assert list(mine) == (["train", "validation"] if packaging == "webdataset"  # timm's shards: no test split
+                          else ["train", "validation", "test"])
     for split in mine:
         assert mine[split].num_rows == tree[split].num_rows
         for column in ("image", "label", "image_id"):  # no boxes in WebDataset shards
             assert mine[split].data.table[column].equals(tree[split].data.table[column]), (split, column)
         assert all(o == [] for o in mine[split]["objects"])
-    assert skipped(out) == [s for s in skipped(preprocessed) if s[1] != "test"]
-    assert json.loads((out / "source.json").read_text())["packaging"] == "webdataset"
+    assert skipped(out) == [s for s in skipped(preprocessed) if s[1] in mine]
+    assert json.loads((out / "source.json").read_text())["packaging"] == packaging
+    if packaging == "hub-imagenet-1k":  # classes.py names the classes; WebDataset shards leave that to timm's list
+        assert (out / "class_descriptions.json").read_text() == (preprocessed / "class_descriptions.json").read_text()
+        assert not (out / preprocess.WORK).exists() and not list(tmp_path.rglob("*.bin"))  # the spool is gone
 
 
 def error_of(data_dir: Path, out: Path, *extra: str) -> str:
@@ -124,6 +133,13 @@ def test_truncated_archives_are_one_line_errors(packaged, tmp_path):
     train.write_bytes(data[:len(data) * 2 // 3])
     message = error_of(cut, tmp_path / "b")
     assert "ILSVRC2012_img_train.tar" in message and "truncated" in message and "download it again" in message
+
+    hub = tmp_path / "hub"
+    shutil.copytree(packaged["hub-imagenet-1k"], hub)
+    val = hub / "data" / "val_images.tar.gz"
+    val.write_bytes(val.read_bytes()[:-2000])
+    message = error_of(hub, tmp_path / "c")
+    assert "val_images.tar.gz: not a complete archive" in message and "download it again" in message
 
 
 def test_incomplete_image_net_org_sets_name_what_is_missing(packaged, tmp_path):
