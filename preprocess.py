@@ -9,7 +9,9 @@ Input: the folder Kaggle's ``imagenet-object-localization-challenge`` zip unzips
 test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py); or a
 class-per-folder tree: train/<class>/* with val/ or validation/ and/or test/ of class folders, or one <class>/*
 tree split by --val_fraction (seeded, stratified; imagenet_trainer/image_tree.py). For those the label names and
-the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty.
+the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty. Or ImageNet as
+distributed, read in place: Kaggle's zip, image-net.org's tars + devkit, a Hub snapshot of ILSVRC/imagenet-1k,
+WebDataset shards (imagenet_trainer/archives.py), giving the unpacked tree's output.
 Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test (test only when
 CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 

@@ -251,10 +251,10 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
     flat = {}
     for split, name in (("validation", VAL_TAR), *(("test", n) for n in paths if n.startswith("ILSVRC2012_img_test"))):
-        at = found.archives.index(paths[name])
-        flat[split] = (name, sorted(os.path.basename(m.name) for m in archives.tar_members(paths[name])))
+        at, found_members = found.archives.index(paths[name]), archives.tar_members(paths[name])
+        flat[split] = (name, sorted(os.path.basename(m.name) for m in found_members))
         members.update({f"{name}/{os.path.basename(m.name)}": (at, m.offset_data, m.size, TAR, None)
-                        for m in archives.tar_members(paths[name])})
+                        for m in found_members})
     val = []
     for name in flat["validation"][1]:
         number = int(os.path.splitext(name)[0].rsplit("_", 1)[-1]) if name.startswith("ILSVRC2012_val_") else 0
