@@ -170,9 +170,10 @@ def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypat
     assert "ILSVRC2012_img_val.tar: MD5" in message and "published 000" in message
 
 
-def test_sigkilled_run_from_a_zip_resumes_and_gives_the_same_dataset(tmp_path):
+@pytest.mark.parametrize("packaging", ["kaggle_zip", "hub"])  # random access; a tar.gz streamed through the spool
+def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packaging, tmp_path):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
-    zipped = demo_archives.kaggle_zip(tree, tmp_path / "kaggle.zip")
+    zipped = getattr(demo_archives, packaging)(tree, tmp_path / {"kaggle_zip": "kaggle.zip", "hub": "hub"}[packaging])
     out, work = tmp_path / "out", tmp_path / "out.tmp"
     args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(zipped), "--output_dir", str(out),
             "--num_proc", "1", "--shard_size", "2", "--shorter_side", "64"]
@@ -182,13 +183,14 @@ def test_sigkilled_run_from_a_zip_resumes_and_gives_the_same_dataset(tmp_path):
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in work.glob("train/*.arrow")}
+    done = {f"{p.parent.name}/{p.name}": p.stat().st_mtime_ns for p in work.glob("*/*.arrow")}  # streamed: test first
     assert 4 <= len(done) < 45, "the kill must land mid-run"
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(done)} of 50 shards already done" in rerun.stdout
-    assert all((out / "train" / n).stat().st_mtime_ns == t for n, t in done.items()), "finished shards redone"
-    run(tree, tmp_path / "from_tree", "--shard_size", "2", "--shorter_side", "64")
-    resumed, unpacked = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(tmp_path / "from_tree"))
-    for split in unpacked:
-        assert resumed[split].data.table.equals(unpacked[split].data.table), split
+    assert all((out / n).stat().st_mtime_ns == t for n, t in done.items()), "finished shards redone"
+    run(zipped, tmp_path / "fresh", "--shard_size", "2", "--shorter_side", "64")
+    resumed, uninterrupted = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(tmp_path / "fresh"))
+    assert list(resumed) == list(uninterrupted) == ["train", "validation", "test"]
+    for split in uninterrupted:
+        assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
