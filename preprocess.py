@@ -9,7 +9,9 @@ Input: the folder Kaggle's ``imagenet-object-localization-challenge`` zip unzips
 test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py); or a
 class-per-folder tree: train/<class>/* with val/ or validation/ and/or test/ of class folders, or one <class>/*
 tree split by --val_fraction (seeded, stratified; imagenet_trainer/image_tree.py). For those the label names and
-the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty.
+the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty. Or ImageNet as
+distributed, read in place: Kaggle's zip, image-net.org's tars + devkit, a Hub snapshot of ILSVRC/imagenet-1k,
+WebDataset shards (imagenet_trainer/archives.py), giving the unpacked tree's output.
 Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test (test only when
 CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 
@@ -81,7 +83,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import archives, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -104,6 +106,7 @@ class PreprocessConfig:
     split_seed: int = 0  # seed of the --val_fraction split; the same seed and files give the same split
     overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
+    verify_archives: bool = False  # MD5 of image-net.org's tars/devkit vs the published sums first: reads all again
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,10 +119,16 @@ class Listing(NamedTuple):
     descriptions: list  # human names in label order (the folder names for a class-per-folder tree)
     splits: dict  # {split: Split}
     warnings: list
+    archives: dict | None = None  # read from archives, not a tree: what was found (archives.Found._asdict())
 
 
 def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int) -> Listing:
     """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
+    found = archives.detect(data_dir)
+    if found is not None:
+        if val_fraction is not None:
+            raise ValueError(f"--val_fraction: {data_dir} holds ImageNet's own validation split; drop --val_fraction")
+        return Listing(image_tree.ILSVRC, *archives.list_splits(found), archives=found._asdict())
     layout = image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
         if val_fraction is not None:
@@ -330,6 +339,7 @@ class Shard(NamedTuple):
     path: str  # the finished Arrow file; it exists only once the shard is done
     report: str  # its JSON report, written just before the Arrow file is renamed into place
     ids_with_folder: bool  # image_id = "<class>/<stem>" (see image_tree.Split)
+    source: dict | None = None  # where this shard's paths lie inside archives; None: files under data_dir
 
 
 def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality: int, restart_tile: int,
@@ -339,29 +349,30 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
                "bytes_in": 0, "bytes_out": 0}
     tmp = shard.path + ".tmp"
     rows = []
+    read = archives.MemberReader(shard.data_dir, shard.source)
     with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for rel, label in shard.items:
             src = os.path.join(shard.image_dir, rel)
             stem = os.path.splitext(os.path.basename(rel))[0]
             image_id = os.path.splitext(rel)[0] if shard.ids_with_folder else stem
             try:
-                with open(os.path.join(shard.data_dir, src), "rb") as f:
-                    data = f.read()
+                data = read(src)
                 enc = encode_image(data, shorter_side, quality)
             except (BadImage, OSError) as e:
                 summary["skipped"].append({"path": src, "reason": str(e)})
                 continue
             raw_boxes = shard.csv_boxes.get(stem, [])
             if shard.annotation_dir:
-                xml = os.path.join(shard.data_dir, shard.annotation_dir, os.path.splitext(rel)[0] + ".xml")
+                xml = os.path.join(shard.annotation_dir, os.path.splitext(rel)[0] + ".xml")
                 try:
-                    raw_boxes = ilsvrc.read_voc_xml(xml)
+                    raw_boxes = ilsvrc.read_voc_xml(os.path.join(shard.data_dir, xml), read(xml))
                 except FileNotFoundError:
                     pass  # most train images have no boxes
                 except ValueError as e:
                     summary["annotation_errors"].append(str(e))
                 except OSError as e:  # a folder named .xml, no permission...
-                    summary["annotation_errors"].append(f"{xml}: cannot read it ({e.strerror or e})")
+                    summary["annotation_errors"].append(f"{os.path.join(shard.data_dir, xml)}: cannot read it "
+                                                        f"({e.strerror or e})")
             if restart_tile:
                 if len(enc.data) < TILE_MIN_BYTES:
                     summary["untiled"][f"smaller than {TILE_MIN_BYTES // 1000} KB"] += 1
@@ -387,6 +398,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
     summary["file"] = manifest.file_entry(tmp)  # hashed here, in parallel, while the file is in the page cache
     atomic_write_text(shard.report, json.dumps(summary))
     os.replace(tmp, shard.path)
+    archives.release(shard.source)
     return summary
 
 
@@ -428,7 +440,8 @@ def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size
             shards.append(Shard(split, i, str(data_dir), s.image_dir, s.annotation_dir, items,
                                 {k: v for k, v in s.csv_boxes.items() if k in stems},
                                 str(work / split / f"data-{i:05d}-of-{count:05d}.arrow"),
-                                str(work / WORK / f"{split}-{i:05d}.json"), s.ids_with_folder))
+                                str(work / WORK / f"{split}-{i:05d}.json"), s.ids_with_folder,
+                                archives.for_shard(s.source, s.image_dir, s.annotation_dir, items)))
     return shards
 
 
@@ -540,12 +553,14 @@ def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts:
                 and all(found.get(s) == ilsvrc.FULL_COUNTS[s] for s in ("train", "validation")))
     return {
         "layout": listing.layout,
-        "name": "ILSVRC-2012" if full else data_dir.resolve().name,
+        "name": "ILSVRC-2012" if full else archives.dataset_name(data_dir.resolve()),
         "ilsvrc2012_full": full,
         "num_classes": len(listing.names),
         "counts": counts,
         "val_fraction": cfg.val_fraction if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
         "split_seed": cfg.split_seed if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
+        **({"packaging": listing.archives["packaging"],
+            "archives": [os.path.basename(p) for p in listing.archives["archives"]]} if listing.archives else {}),
     }
 
 
@@ -690,6 +705,13 @@ def main(argv=None) -> None:
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
     splits = listing.splits
+    if listing.archives:
+        print(f"{data_dir}: {listing.archives['describe']}")
+        try:
+            for line in archives.verify_md5(archives.Found(**listing.archives)) if cfg.verify_archives else ():
+                print(line)
+        except ValueError as e:
+            raise SystemExit(f"error: --verify_archives: {e}") from None
     print(f"{data_dir}: {len(listing.names)} classes; "
           + ", ".join(f"{len(s.items):,} {split} files" for split, s in splits.items()))
 
@@ -700,6 +722,8 @@ def main(argv=None) -> None:
            "split_seed": cfg.split_seed if cfg.val_fraction is not None else None, "names": listing.names,
            "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
                      for split, s in splits.items()}}
+    if listing.archives:  # the same paths from other archive files are other data
+        job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
     if check_output(out, job, cfg.overwrite):
         print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
         return
@@ -719,6 +743,7 @@ def main(argv=None) -> None:
                                 schema=make_features(listing.names).arrow_schema)
     bar = tqdm(total=total, initial=total - sum(len(s.items) for s in pending), unit="img", desc="preprocess",
                smoothing=0.05)
+    pending = archives.spool(pending, work / WORK / "spool", 2 * num_proc)  # archives read as one stream
     try:
         if num_proc == 1:
             for summary in map(work_fn, pending):  # in-process: simplest to debug and profile

@@ -1,6 +1,8 @@
-"""preprocess.py vs the usual route, ``load_dataset("imagefolder")`` + ``save_to_disk``, on one generated tree.
+"""preprocess.py vs the usual route, ``load_dataset("imagefolder")`` + ``save_to_disk``, on one generated tree;
+or (``--compare zip``) Kaggle's zip read in place vs ``unzip`` then preprocess.py on the unpacked tree.
 
     python benchmarks/preprocess.py --images 2000 --num_proc 2 --output benchmarks/results/preprocess.json
+    python benchmarks/preprocess.py --compare zip --images 2000 --num_proc 2 --output benchmarks/results/preprocess_zip.json
 
 Both run as fresh subprocesses of the same Python (imports and start-up included, caches cold: the baseline gets
 an empty cache_dir). The baseline only sees the train folder (imagefolder cannot read Kaggle's flat val + CSV), so
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from imagenet_trainer import ilsvrc  # noqa: E402
 from imagenet_trainer.config import parse_config  # noqa: E402
+from imagenet_trainer import demo_archives  # noqa: E402
 from imagenet_trainer.demo import make_ilsvrc_tree  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text, library_versions  # noqa: E402
 
@@ -49,6 +53,7 @@ class BenchConfig:
     restart_tile: int = 64  # passed to preprocess.py: px width of the tiles (0: files stored as read)
     work_dir: str | None = None  # where the tree and outputs go; None: a temp folder, deleted afterwards
     output: str = "benchmarks/results/preprocess.json"  # the JSON written
+    compare: str = "imagefolder"  # "imagefolder": vs load_dataset + save_to_disk; "zip": the zip in place vs unzip
 
 
 def du(path: Path) -> int:
@@ -70,6 +75,60 @@ def run(cmd: list[str]) -> tuple[float, int, str]:
         return seconds, usage.ru_maxrss * 1024, out.read()
 
 
+def run_watching_disk(cmd: list[str], folders: list[Path]) -> tuple[float, int, int]:
+    """run(cmd) -> (seconds, peak RSS, peak bytes in ``folders`` together, sampled every 50 ms)."""
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], sum(du(f) for f in folders if f.exists()))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        seconds, rss, _ = run(cmd)
+    finally:
+        done.set()
+        watcher.join()
+    return seconds, rss, max(peak[0], sum(du(f) for f in folders if f.exists()))
+
+
+def zip_vs_unzip(tree: Path, work: Path, cfg: BenchConfig) -> dict:
+    """Kaggle's zip read in place against unzip + preprocess.py: seconds, and the disk each needs besides the zip
+    (peak, sampled while it runs: the output and its work folder, plus the unzipped tree for the second)."""
+    zipped = demo_archives.kaggle_zip(tree, work / "kaggle.zip")
+    settings = ["--num_proc", str(cfg.num_proc), "--restart_tile", str(cfg.restart_tile), "--overwrite",
+                *(["--shorter_side", str(cfg.shorter_side)] if cfg.shorter_side else [])]
+    outs = {name: work / name for name in ("from_zip", "from_tree", "unzipped")}
+    for p in outs.values():
+        shutil.rmtree(p, ignore_errors=True)
+    watched = [outs["from_zip"], outs["from_zip"].with_name("from_zip.tmp")]
+    sec, rss, disk = run_watching_disk([sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(zipped),
+                                        "--output_dir", str(outs["from_zip"]), *settings], watched)
+    in_place = {"seconds": sec, "peak_rss": rss, "peak_disk": disk, "bytes": du(outs["from_zip"])}
+    watched = [outs["unzipped"], outs["from_tree"], outs["from_tree"].with_name("from_tree.tmp")]
+    unzip_sec, _, unzip_disk = run_watching_disk(["unzip", "-q", str(zipped), "-d", str(outs["unzipped"])], watched)
+    sec, rss, disk = run_watching_disk([sys.executable, str(ROOT / "preprocess.py"), "--data_dir",
+                                        str(outs["unzipped"]), "--output_dir", str(outs["from_tree"]), *settings],
+                                       watched)
+    unzipped = {"seconds": unzip_sec + sec, "unzip_seconds": unzip_sec, "peak_rss": rss,
+                "peak_disk": max(unzip_disk, disk), "bytes": du(outs["from_tree"])}
+    report = json.loads((outs["from_zip"] / "preprocess_report.json").read_text())
+    return {"zip_bytes": zipped.stat().st_size, "images": sum(report["counts"].values()), "in_place": in_place,
+            "unzip_then_preprocess": unzipped,
+            "ratio": {"seconds": in_place["seconds"] / unzipped["seconds"],
+                      "peak_disk": in_place["peak_disk"] / unzipped["peak_disk"]}}
+
+
+def print_zip_table(r: dict) -> None:
+    print(f"{'':<28}{'images':>8}{'seconds':>9}{'img/s':>8}{'peak disk MB':>14}  (besides the {r['zip_bytes'] / 1e6:.1f}"
+          " MB zip)")
+    for name, m in (("zip read in place", r["in_place"]), ("unzip + preprocess.py", r["unzip_then_preprocess"])):
+        print(f"{name:<28}{r['images']:>8}{m['seconds']:>9.1f}{r['images'] / m['seconds']:>8.0f}"
+              f"{m['peak_disk'] / 1e6:>14.1f}")
+    print(f"{'ratio in place / unzip':<28}{'':>8}{r['ratio']['seconds']:>8.2f}x{'':>8}{r['ratio']['peak_disk']:>13.2f}x")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -81,6 +140,8 @@ def machine() -> str:
 
 def main(argv=None) -> None:
     cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0])
+    if cfg.compare not in ("imagefolder", "zip"):
+        raise SystemExit(f"error: --compare must be imagefolder or zip, got {cfg.compare!r}")
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
         start = time.perf_counter()
@@ -88,6 +149,13 @@ def main(argv=None) -> None:
                                 train_per_class=max(1, cfg.images // cfg.num_classes), val_per_class=1, num_test=4,
                                 long_side=cfg.long_side)
         print(f"generated {tree} in {time.perf_counter() - start:.1f} s ({du(tree) / 1e6:.1f} MB)")
+        if cfg.compare == "zip":
+            result = zip_vs_unzip(tree, work, cfg)
+            print_zip_table(result)
+            result.update(config=asdict(cfg), machine=machine(), versions=library_versions())
+            atomic_write_text(cfg.output, json.dumps(result, indent=1))
+            print(f"machine: {machine()}; num_proc={cfg.num_proc}\nwrote {cfg.output}")
+            return
         train_dir = tree / ilsvrc.SPLIT_DIRS["train"]
         train_bytes = du(train_dir)
 

@@ -67,10 +67,11 @@ def read_text(path) -> str:
         raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
-def read_synset_mapping(path) -> tuple[list[str], list[str]]:
-    """(wnids, descriptions) from ``LOC_synset_mapping.txt``, sorted by wnid so index = label."""
+def read_synset_mapping(path, text: str | None = None) -> tuple[list[str], list[str]]:
+    """(wnids, descriptions) from ``LOC_synset_mapping.txt``, sorted by wnid so index = label. ``text``: its
+    contents when read from an archive (``path`` then only names it in errors)."""
     pairs = []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+    for lineno, line in enumerate((read_text(path) if text is None else text).splitlines(), 1):
         if not line.strip():
             continue
         wnid, description = (line.split(None, 1) + [""])[:2]  # a space in Kaggle's file; a tab is fine too
@@ -87,11 +88,12 @@ def read_synset_mapping(path) -> tuple[list[str], list[str]]:
     return [w for w, _ in pairs], [d for _, d in pairs]
 
 
-def read_solution_csv(path, known_wnids) -> dict[str, list[tuple]]:
-    """ImageId -> [(wnid, xmin, ymin, xmax, ymax), ...] from ``LOC_{train,val}_solution.csv``, in file order."""
+def read_solution_csv(path, known_wnids, text: str | None = None) -> dict[str, list[tuple]]:
+    """ImageId -> [(wnid, xmin, ymin, xmax, ymax), ...] from ``LOC_{train,val}_solution.csv``, in file order.
+    ``text``: its contents when read from an archive (``path`` then only names it in errors)."""
     known = set(known_wnids)
     rows = {}
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path) if text is None else text, newline=""))
     header = next(reader, None)
     if header != ["ImageId", "PredictionString"]:
         raise ValueError(f"{path}:1: expected the header 'ImageId,PredictionString', got {header}")
@@ -118,14 +120,15 @@ def read_solution_csv(path, known_wnids) -> dict[str, list[tuple]]:
     return rows
 
 
-def read_voc_xml(path) -> list[tuple]:
-    """[(name, xmin, ymin, xmax, ymax), ...] of a PASCAL VOC annotation, coordinates as floats.
+def read_voc_xml(path, data: bytes | None = None) -> list[tuple]:
+    """[(name, xmin, ymin, xmax, ymax), ...] of a PASCAL VOC annotation, coordinates as floats; ``data``: the
+    file's bytes when read from an archive (``path`` then only names it in errors).
 
     ``<filename>`` is ignored (some files say ``%s``): the XML's own file name is the image id. ``name`` is what the
     file says, usually a wnid, sometimes a human name (see ``label_lookup``).
     """
     try:
-        root = ET.parse(path).getroot()
+        root = ET.parse(path if data is None else io.BytesIO(data)).getroot()
     except ET.ParseError as e:
         raise ValueError(f"{path}: not valid XML ({e})") from None
     boxes = []

@@ -36,6 +36,7 @@ class Split(NamedTuple):
     items: list  # [(path relative to image_dir, label), ...] sorted
     csv_boxes: dict  # stem -> [(wnid, xmin, ymin, xmax, ymax)], the fallback for images without XML (val)
     ids_with_folder: bool = False  # image_id = "<class>/<stem>": a user's file stems repeat across classes
+    source: dict | None = None  # paths inside archives -> where their bytes lie (imagenet_trainer/archives.py)
 
 
 def _subfolders(folder: Path) -> list[str]:

@@ -111,3 +111,17 @@ def test_loader_benchmark_peers_are_timed_where_installed(ilsvrc_tree, preproces
     assert len(report["load_average"]) == 3
     proc = loader("--data_dir", ilsvrc_tree, "--dataset", preprocessed, "--peers", "dali,nvjpeg")
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --peers dali,nvjpeg")
+
+
+def test_preprocess_benchmark_zip_in_place_against_unzip(tmp_path):
+    out = tmp_path / "zip.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "preprocess.py"), "--compare", "zip",
+                           "--images", "8", "--num_classes", "2", "--long_side", "0", "--num_proc", "1",
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    in_place, unzipped = report["in_place"], report["unzip_then_preprocess"]
+    assert report["images"] == 8 + 2 + 4  # train, one val image per class, test
+    assert in_place["seconds"] > 0 and unzipped["seconds"] > unzipped["unzip_seconds"] > 0
+    assert 0 < in_place["peak_disk"] < unzipped["peak_disk"]  # the unzipped tree is disk the zip route never uses
+    assert "zip read in place" in proc.stdout and "unzip + preprocess.py" in proc.stdout

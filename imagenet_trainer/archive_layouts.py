@@ -1,0 +1,392 @@
+"""The listing of each archive packaging of ILSVRC-2012 (see archives.py): the splits preprocess.py stores.
+
+Each lister returns what preprocess.list_ilsvrc_splits returns for the unpacked tree, ``(wnids, descriptions,
+{split: Split}, warnings)``, with the tree's relative paths, labels (sorted-wnid order), image ids and boxes, and
+``Split.source`` locating every path in the archives. Reads headers, CSVs and XML only; decodes no image.
+"""
+from __future__ import annotations
+
+import io
+import os
+import ast
+import json
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+from imagenet_trainer import archives, ilsvrc
+from imagenet_trainer.archives import INSIDE, STREAM, TAR, Found
+from imagenet_trainer.image_tree import Split
+
+KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET, HUB = "kaggle-zip", "image-net.org", "webdataset", "hub-imagenet-1k"
+TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
+BBOX_ARCHIVES = ("ILSVRC2012_bbox_train_v2.tar.gz", "ILSVRC2012_bbox_val_v3.tgz")  # optional: boxes as VOC XML
+HUB_SPLITS = {"train": "train_images", "validation": "val_images", "test": "test_images"}  # data/<prefix>*.tar.gz
+HUB_CLASSES = "classes.py"  # IMAGENET2012_CLASSES = OrderedDict({"n01440764": "tench, Tinca tinca", ...})
+WDS_SPLITS = {"train": ("-train-",), "validation": ("-validation-", "-val-")}  # in shard names: timm's naming
+
+
+def detect(data_dir: Path) -> Found | None:
+    if data_dir.is_file():
+        if data_dir.suffix.lower() == ".zip":
+            return Found(KAGGLE_ZIP, [str(data_dir)], str(data_dir), f"Kaggle's zip, read in place: {data_dir.name}")
+        raise ValueError(f"--data_dir {data_dir}: a file preprocess.py does not read; it takes Kaggle's .zip, a "
+                         "folder of image-net.org's tars, a folder of WebDataset shards, or an image tree")
+    if not data_dir.is_dir() or (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
+        return None  # an unpacked tree, read as files
+    names = sorted(os.listdir(data_dir))
+    if any(n.startswith(("ILSVRC2012_img_", "ILSVRC2012_devkit")) for n in names):
+        read = [n for n in (TRAIN_TAR, VAL_TAR, DEVKIT) if n in names]
+        read += [n for n in names if n.startswith("ILSVRC2012_img_test") and n.endswith(".tar")]
+        read += [n for n in BBOX_ARCHIVES if n in names]
+        return Found(IMAGENET_ORG, [str(data_dir / n) for n in read], str(data_dir),
+                     "image-net.org's archives, read in place: " + ", ".join(read))
+    hub = sorted(p for p in data_dir.glob("data/*.tar.gz") if p.name.startswith(tuple(HUB_SPLITS.values())))
+    if hub and (data_dir / HUB_CLASSES).is_file():
+        return Found(HUB, [str(p) for p in hub], str(data_dir), "a snapshot of the Hub's ILSVRC/imagenet-1k, read "
+                     f"as a stream: {', '.join(p.name for p in hub)} and {HUB_CLASSES}")
+    zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
+    if len(zips) == 1:
+        return Found(KAGGLE_ZIP, [str(data_dir / zips[0])], str(data_dir), f"Kaggle's zip, read in place: {zips[0]}")
+    shards = [n for n in names if n.endswith(".tar") and any(k in n for ks in WDS_SPLITS.values() for k in ks)]
+    if shards:
+        return Found(WEBDATASET, [str(data_dir / n) for n in shards], str(data_dir),
+                     f"WebDataset shards, read in place: {len(shards)} tar files")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kaggle's zip: the tree's paths, found in the central directory.
+# ---------------------------------------------------------------------------------------------------------------
+
+def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
+    path = found.archives[0]
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            mapping = [i.filename for i in infos if os.path.basename(i.filename) == ilsvrc.SYNSET_MAPPING]
+            prefix = min(mapping, key=len)[:-len(ilsvrc.SYNSET_MAPPING)] if mapping else ""
+            texts = {n: zf.read(prefix + n).decode("utf-8-sig") for n in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION)
+                     if prefix + n in zf.NameToInfo}
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a complete zip ({type(e).__name__}: {e}); download it again") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: a text file in it is not UTF-8 ({e.reason})") from None
+    size = os.path.getsize(path)
+    members = {i.filename[len(prefix):]: (0, i.header_offset, i.compress_size, i.compress_type, i.CRC)
+               for i in infos if i.filename.startswith(prefix)}
+    inner = [p for p in members if p.endswith((".tar.gz", ".tgz"))]
+    if inner and not any(p.startswith(ilsvrc.SPLIT_DIRS["train"] + "/") for p in members):
+        return list_kaggle_stream(found._replace(archives=[f"{path}{INSIDE}{prefix}{inner[0]}"]), texts)
+    late = [p for p, loc in members.items() if loc[1] + loc[2] > size]
+    if late:
+        raise ValueError(f"{path}: truncated ({len(late)} members lie past its end, e.g. {late[0]}); download it again")
+    hint = f"is {path} Kaggle's imagenet-object-localization-challenge zip?"
+    for name in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
+        if name not in texts:
+            raise ValueError(f"{path}: no {name} in it ({hint})")
+    wnids, descriptions = ilsvrc.read_synset_mapping(f"{path}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
+    val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
+    source = {"archives": found.archives, "members": members}
+    return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source))
+
+
+def list_kaggle_stream(found: Found, texts: dict) -> tuple[list, list, dict, list]:
+    """Kaggle's older zip: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``, which holds
+    the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second."""
+    path = found.archives[0]
+    members, xml_boxes, errors = {}, {}, []
+    for m, data in archives.stream_tar(path):
+        rel = m.name[2:] if m.name.startswith("./") else m.name
+        if rel.endswith(".xml") and rel.startswith(tuple(ilsvrc.ANNOTATION_DIRS.values())):
+            try:
+                xml_boxes[os.path.splitext(os.path.basename(rel))[0]] = ilsvrc.read_voc_xml(f"{path}/{rel}",
+                                                                                             data.read())
+            except ValueError as e:
+                errors.append(str(e))
+        elif rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
+            texts.setdefault(rel, data.read().decode("utf-8-sig"))
+        else:
+            members[rel] = (0, m.name, m.size, STREAM, None)
+    for name in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
+        if name not in texts:
+            raise ValueError(f"{path}: no {name} in it or beside it; is it Kaggle's ImageNet archive?")
+    wnids, descriptions = ilsvrc.read_synset_mapping(f"{path}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
+    val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
+    splits, warnings = kaggle_splits(path, members, wnids, val_csv, {"archives": found.archives, "members": members},
+                                     xml_boxes)
+    warnings += [f"{len(errors)} XML files in {path} unreadable, e.g. {errors[0]}"] if errors else []
+    return wnids, descriptions, splits, warnings
+
+
+def _files_in(members, folder: str, depth: int) -> list[str]:
+    """Sorted paths below ``folder/`` (relative to it) with exactly ``depth`` parts, hidden files left out."""
+    start = folder + "/"
+    return sorted(rel for p in members if p.startswith(start) and (rel := p[len(start):]).count("/") == depth - 1
+                  and not os.path.basename(rel).startswith("."))
+
+
+def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict,
+                  xml_boxes: dict | None = None) -> tuple[dict, list]:
+    """({split: Split}, warnings) from the paths of Kaggle's tree inside an archive, as the tree gives them. With
+    ``xml_boxes`` (stem -> boxes, read while listing) the XML files are not read again, per image."""
+    index = {w: i for i, w in enumerate(wnids)}
+    warnings = []
+    annotation_dirs = {s: d for s, d in ilsvrc.ANNOTATION_DIRS.items() if any(p.startswith(d + "/") for p in members)}
+    read_boxes = {"train": {}, "validation": val_csv}
+    if xml_boxes is not None:
+        annotation_dirs = {}
+        read_boxes = {"train": xml_boxes, "validation": {**val_csv, **xml_boxes}}  # the XML first, as in the tree
+    train_files = _files_in(members, ilsvrc.SPLIT_DIRS["train"], 2)
+    unknown = sorted({rel.split("/")[0] for rel in train_files} - set(index))
+    if unknown:
+        raise ValueError(f"{where}: train folder of unknown wnid {unknown[0]!r} (not in {ilsvrc.SYNSET_MAPPING}; "
+                         f"{len(unknown)} such folders)")
+    train = [(rel, index[rel.split("/")[0]]) for rel in train_files]
+    missing = sorted(set(wnids) - {rel.split("/")[0] for rel in train_files})
+    if missing:
+        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images in {where}, "
+                        f"e.g. {missing[0]}")
+    val, strays = [], []
+    for name in _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1):
+        stem, ext = os.path.splitext(name)
+        if stem in val_csv:
+            val.append((name, index[val_csv[stem][0][0]]))  # the label is the first box's wnid
+        elif ext.lower() in ilsvrc.IMAGE_EXTENSIONS:
+            raise ValueError(f"{where}: {name} has no row in {ilsvrc.VAL_SOLUTION}, so no label")
+        else:
+            strays.append(name)
+    if strays:
+        warnings.append(f"{len(strays)} non-image files in the val folder of {where} left out, e.g. {strays[0]}")
+    if len(val_csv) > len(val):
+        warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {where}")
+    test = [(name, -1) for name in _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)]
+    splits = {"train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train,
+                             _boxes_of(read_boxes["train"], train), False, source),
+              "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val,
+                                  _boxes_of(read_boxes["validation"], val), False, source)}
+    if test:
+        splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {}, False, source)
+    else:
+        warnings.append(f"{where}: no test images; the dataset has train and validation only")
+    for split in ("train", "validation"):
+        if not splits[split].items:
+            raise ValueError(f"{where}: no {split} images in {splits[split].image_dir}/")
+    return splits, warnings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image-net.org: a tar of per-class tars, a flat val tar, the devkit's labels, optional box archives.
+# ---------------------------------------------------------------------------------------------------------------
+
+def read_devkit(path: str) -> tuple[list, list, dict, list]:
+    """(wnids sorted, their descriptions, {ILSVRC2012_ID: wnid}, [ILSVRC2012_ID of val image 1, 2, ...]) from
+    ``ILSVRC2012_devkit_t12.tar.gz``: ``data/meta.mat`` (the 1,000 classes are the synsets with no children) and
+    ``data/ILSVRC2012_validation_ground_truth.txt``."""
+    import scipy.io  # imported here: only this packaging needs it
+
+    wanted = {"meta.mat": None, "ILSVRC2012_validation_ground_truth.txt": None}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                if m.isfile() and os.path.basename(m.name) in wanted and "/data/" in "/" + m.name:
+                    wanted[os.path.basename(m.name)] = tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: not a complete tar.gz ({type(e).__name__}: {e}); download it again") from None
+    for name, data in wanted.items():
+        if data is None:
+            raise ValueError(f"{path}: no data/{name} in it; is it ILSVRC2012_devkit_t12.tar.gz?")
+    try:
+        synsets = scipy.io.loadmat(io.BytesIO(wanted["meta.mat"]), squeeze_me=True)["synsets"]
+        leaves = sorted((str(s["WNID"]), str(s["words"]), int(s["ILSVRC2012_ID"])) for s in synsets.ravel()
+                        if int(s["num_children"]) == 0)
+        truth = [int(t) for t in wanted["ILSVRC2012_validation_ground_truth.txt"].decode().split()]
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"{path}: data/meta.mat or the ground truth is not as the devkit has them ({e})") from None
+    return [w for w, _, _ in leaves], [d for _, d, _ in leaves], {i: w for w, _, i in leaves}, truth
+
+
+def read_box_archive(path: str) -> tuple[dict, list]:
+    """({image stem: [(name, xmin, ymin, xmax, ymax)]}, unreadable XML messages) from a tar.gz of VOC XML files."""
+    boxes, errors = {}, []
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith(".xml"):
+                    where = f"{path}/{m.name}"
+                    try:
+                        boxes[os.path.splitext(os.path.basename(m.name))[0]] = ilsvrc.read_voc_xml(
+                            where, tar.extractfile(m).read())
+                    except ValueError as e:
+                        errors.append(str(e))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again") from None
+    return boxes, errors
+
+
+def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
+    folder = Path(found.root)
+    paths = {os.path.basename(p): p for p in found.archives}
+    for name, what in ((TRAIN_TAR, "the train images"), (VAL_TAR, "the validation images"),
+                       (DEVKIT, "the validation labels and the class list, data/meta.mat")):
+        if name not in paths:
+            raise ValueError(f"{folder}: no {name} ({what}); put image-net.org's file there (or a link to it)")
+    wnids, descriptions, id_to_wnid, truth = read_devkit(paths[DEVKIT])
+    index = {w: i for i, w in enumerate(wnids)}
+    members, warnings = {}, []
+    class_tars = {m.name: m for m in archives.tar_members(paths[TRAIN_TAR])}
+    unknown = sorted(n for n in class_tars if n.removesuffix(".tar") not in index)
+    missing = [w for w in wnids if f"{w}.tar" not in class_tars]
+    if unknown or missing:
+        raise ValueError(f"{paths[TRAIN_TAR]}: holds {len(class_tars)} class tars for the {len(wnids)} classes of "
+                         f"{DEVKIT}: " + (f"{len(missing)} missing, e.g. {missing[0]}.tar" if missing else
+                                          f"{len(unknown)} of no class, e.g. {unknown[0]}") + "; download it again")
+    train_index = found.archives.index(paths[TRAIN_TAR])
+    for wnid in wnids:
+        outer = class_tars[f"{wnid}.tar"]
+        for m in archives.tar_members(paths[TRAIN_TAR], outer.offset_data, outer.offset_data + outer.size):
+            members[f"{TRAIN_TAR}/{wnid}.tar/{os.path.basename(m.name)}"] = (train_index, m.offset_data, m.size, TAR,
+                                                                             None)
+    train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
+    flat = {}
+    for split, name in (("validation", VAL_TAR), *(("test", n) for n in paths if n.startswith("ILSVRC2012_img_test"))):
+        at, found_members = found.archives.index(paths[name]), archives.tar_members(paths[name])
+        flat[split] = (name, sorted(os.path.basename(m.name) for m in found_members))
+        members.update({f"{name}/{os.path.basename(m.name)}": (at, m.offset_data, m.size, TAR, None)
+                        for m in found_members})
+    val = []
+    for name in flat["validation"][1]:
+        number = int(os.path.splitext(name)[0].rsplit("_", 1)[-1]) if name.startswith("ILSVRC2012_val_") else 0
+        if not 1 <= number <= len(truth):
+            raise ValueError(f"{paths[VAL_TAR]}: {name} has no line in {DEVKIT}'s ground truth, so no label")
+        val.append((name, index[id_to_wnid[truth[number - 1]]]))
+    if len(truth) > len(val):
+        warnings.append(f"{len(truth) - len(val)} lines of {DEVKIT}'s ground truth have no image in {VAL_TAR}")
+    boxes = {}
+    for name in BBOX_ARCHIVES:
+        if name in paths:
+            found_boxes, errors = read_box_archive(paths[name])
+            boxes.update(found_boxes)
+            warnings += [f"{len(errors)} XML files of {name} unreadable, e.g. {errors[0]}"] if errors else []
+    if not any(n in paths for n in BBOX_ARCHIVES):
+        warnings.append(f"no {' or '.join(BBOX_ARCHIVES)} in {folder}: the images get no boxes")
+    source = {"archives": found.archives, "members": members}
+    splits = {"train": Split(TRAIN_TAR, None, train, _boxes_of(boxes, train), False, source),
+              "validation": Split(VAL_TAR, None, val, _boxes_of(boxes, val), False, source)}
+    if "test" in flat:
+        splits["test"] = Split(flat["test"][0], None, [(n, -1) for n in flat["test"][1]], {}, False, source)
+    return wnids, descriptions, splits, warnings
+
+
+def _boxes_of(boxes: dict, items: list) -> dict:
+    stems = (os.path.splitext(os.path.basename(rel))[0] for rel, _ in items)
+    return {s: boxes[s] for s in stems if s in boxes}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# WebDataset shards (timm/imagenet-1k-wds): <key>.jpg + <key>.cls (+ <key>.json with the original file name).
+# ---------------------------------------------------------------------------------------------------------------
+
+def read_wds_shard(path: str) -> list[tuple[int, str, tarfile.TarInfo]]:
+    """[(class index, original file name, image member)] of one shard, in its order."""
+    by_key = {}
+    for m in archives.tar_members(path):
+        key, _, ext = os.path.basename(m.name).partition(".")  # WebDataset: the key ends at the first dot
+        by_key.setdefault(os.path.join(os.path.dirname(m.name), key), {})[ext] = m
+    samples = []
+    with open(path, "rb") as f:
+        def read(m):
+            f.seek(m.offset_data)
+            return f.read(m.size)
+
+        for key, parts in by_key.items():
+            image = next((parts[e] for e in ("jpg", "jpeg", "JPEG", "png", "webp") if e in parts), None)
+            if image is None or "cls" not in parts:
+                raise ValueError(f"{path}: sample {key} has no {'image' if image is None else '.cls label'}")
+            try:
+                cls = int(read(parts["cls"]).decode().strip())
+                meta = json.loads(read(parts["json"])) if "json" in parts else {}
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: sample {key}: unreadable .cls or .json ({e})") from None
+            samples.append((cls, meta.get("filename") or f"{os.path.basename(key)}.JPEG", image))
+    return samples
+
+
+def list_webdataset(found: Found) -> tuple[list, list, dict, list]:
+    all_wnids = ilsvrc.imagenet_wnids()  # .cls is the index in ImageNet-1k's sorted wnids
+    samples = {split: [] for split in WDS_SPLITS}  # (wnid, file name, location of the image)
+    for at, path in enumerate(found.archives):
+        split = next(s for s, keys in WDS_SPLITS.items() if any(k in os.path.basename(path) for k in keys))
+        for cls, name, m in read_wds_shard(path):
+            if not 0 <= cls < len(all_wnids):
+                raise ValueError(f"{path}: {name}: class {cls} is not one of ImageNet's {len(all_wnids)}")
+            samples[split].append((all_wnids[cls], name, (at, m.offset_data, m.size, TAR, None)))
+    if not samples["train"] or not samples["validation"]:
+        raise ValueError(f"{found.root}: WebDataset shards of train and validation are both needed "
+                         f"(names with {WDS_SPLITS['train'][0]} and {WDS_SPLITS['validation'][0]})")
+    wnids = sorted({w for w, _, _ in samples["train"]})  # the classes train has, as a tree's train folders
+    index = {w: i for i, w in enumerate(wnids)}
+    stray = next((n for w, n, _ in samples["validation"] if w not in index), None)
+    if stray:
+        raise ValueError(f"{found.root}: validation image {stray} is of a class no train shard has")
+    members = {}
+    source = {"archives": found.archives, "members": members}
+    splits = {}
+    for split, found_samples in samples.items():
+        paths = [(f"{w}/{n}" if split == "train" else n, w, loc) for w, n, loc in found_samples]  # the tree's paths
+        members.update({p: loc for p, _, loc in paths})
+        splits[split] = Split("", None, sorted((p, index[w]) for p, w, _ in paths), {}, False, source)
+    lemmas = ilsvrc.imagenet_lemmas()
+    return wnids, [lemmas.get(w, w) for w in wnids], splits, []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A local snapshot of the Hub's ILSVRC/imagenet-1k: data/{train_images_N,val_images,test_images}.tar.gz, flat,
+# train and val files named <original stem>_<wnid>.JPEG; the classes in classes.py.
+# ---------------------------------------------------------------------------------------------------------------
+
+def read_hub_classes(path: Path) -> dict[str, str]:
+    """{wnid: description} from the snapshot's classes.py, parsed (never run)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        node = next(n.value for n in tree.body if isinstance(n, ast.Assign))
+        if isinstance(node, ast.Call):  # OrderedDict({...})
+            node = node.args[0]
+        classes = ast.literal_eval(node)
+    except (OSError, SyntaxError, ValueError, StopIteration, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: expected IMAGENET2012_CLASSES = OrderedDict({{wnid: name, ...}}) ({e})") from None
+    if not isinstance(classes, dict) or not all(ilsvrc.is_wnid(w) for w in classes):
+        raise ValueError(f"{path}: expected a dict of wnid -> class name")
+    return classes
+
+
+def list_hub(found: Found) -> tuple[list, list, dict, list]:
+    classes = read_hub_classes(Path(found.root) / HUB_CLASSES)
+    wnids = sorted(classes)
+    index = {w: i for i, w in enumerate(wnids)}
+    members, items = {}, {split: [] for split in HUB_SPLITS}
+    for at, path in enumerate(found.archives):
+        split = next(s for s, prefix in HUB_SPLITS.items() if os.path.basename(path).startswith(prefix))
+        for m, _ in archives.stream_tar(path):
+            stem, ext = os.path.splitext(os.path.basename(m.name))
+            image, _, wnid = stem.rpartition("_")
+            if split == "test":
+                rel, label = stem + ext, -1
+            elif wnid in index:
+                rel, label = (f"{wnid}/{image}{ext}" if split == "train" else image + ext), index[wnid]
+            else:
+                raise ValueError(f"{path}: {m.name} does not end in the wnid of a class of {HUB_CLASSES}")
+            members[rel] = (at, m.name, m.size, STREAM, None)
+            items[split].append((rel, label))
+    for split in ("train", "validation"):
+        if not items[split]:
+            raise ValueError(f"{found.root}: no data/{HUB_SPLITS[split]}*.tar.gz with images; download them too")
+    source = {"archives": found.archives, "members": members}
+    splits = {split: Split("", None, sorted(found_items), {}, False, source)
+              for split, found_items in items.items() if found_items}
+    warnings = [] if "test" in splits else [f"{found.root}: no test images; the dataset has train and validation only"]
+    return wnids, [classes[w] for w in wnids], splits, warnings
+
+
+LISTERS = {KAGGLE_ZIP: list_kaggle_zip, IMAGENET_ORG: list_imagenet_org, WEBDATASET: list_webdataset, HUB: list_hub}

@@ -1,0 +1,257 @@
+"""ILSVRC-2012 read in place from the archives it is distributed in: nothing is extracted.
+
+preprocess.py lists an unpacked tree as splits of ``(path, label)`` items (image_tree.Split) and its workers read
+each path's bytes. Here an archive gives the same listing (the same paths relative to the image folder, labels,
+image ids and boxes) plus ``Split.source``: where each path's bytes lie, ``{path: (archive, offset, size, method,
+crc)}``. A worker then reads an image with one positioned read (``os.pread``) of one large file, never a small-file
+open, so the tiles, the report, resume and the manifest are those of the tree, byte for byte.
+
+Packagings, told apart by what ``--data_dir`` holds (archive_layouts.py lists each):
+
+- ``kaggle-zip``: ``imagenet-object-localization-challenge.zip`` (the file, or a folder holding it), read by
+  random access through the zip's central directory; stored and deflated members, checked against their CRC-32.
+- ``image-net.org``: a folder with ``ILSVRC2012_img_train.tar`` (1,000 per-class tars), ``ILSVRC2012_img_val.tar``,
+  ``ILSVRC2012_devkit_t12.tar.gz`` (val labels as ILSVRC2012_IDs, mapped to wnids by ``data/meta.mat``), and
+  optionally ``ILSVRC2012_img_test*.tar``, ``ILSVRC2012_bbox_train_v2.tar.gz`` and ``ILSVRC2012_bbox_val_v3.tgz``.
+  These tars are uncompressed, so every JPEG is a byte range of the file.
+- ``kaggle-zip`` of Kaggle's older release: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``,
+  which holds the ILSVRC tree; a compressed tar has no offsets, so it is read as a stream (below).
+- ``hub-imagenet-1k``: a local snapshot of the Hub's ``ILSVRC/imagenet-1k`` as its loading script reads it:
+  ``classes.py`` (``IMAGENET2012_CLASSES``, wnid -> name) and ``data/train_images_N.tar.gz``, ``val_images.tar.gz``,
+  ``test_images.tar.gz`` of flat files named ``<original stem>_<wnid>.JPEG`` (test: ``<stem>.JPEG``); no boxes.
+  Read as a stream.
+- ``webdataset``: a folder of WebDataset shards as ``timm/imagenet-1k-wds`` ships them (``*-train-*.tar``,
+  ``*-validation-*.tar``; ``<key>.jpg`` with ``<key>.cls``, the label, and ``<key>.json``, whose ``filename`` is
+  the original file name), uncompressed too.
+
+A compressed tar is read twice, front to back: once to list it, once to process it; while it streams, each shard's
+members are copied into one spool file in the work folder, handed to a worker when complete and deleted when done
+(``spool``), so the work folder holds a few shards, not an extracted copy, when the archive is in sorted order.
+
+Library code: an incomplete or damaged set is a ValueError naming the file and what is missing.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import struct
+import tarfile
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+# MD5s of the image-net.org files as torchvision's ImageNet class publishes them (torchvision/datasets/imagenet.py).
+PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
+                 "ILSVRC2012_img_val.tar": "29b22e2961454d5413ddabcf34fc5622",
+                 "ILSVRC2012_devkit_t12.tar.gz": "fa75699e90414af021442c21a62c3abf"}
+TAR = -1  # the ``method`` of a member stored as is in a tar (zip members carry zip's method numbers: 0, 8)
+STREAM = -2  # a member of a compressed tar: no offset to read it at; its ``offset`` slot holds its member name
+INSIDE = "::"  # "outer.zip::inner.tar.gz": an archive stored in a zip, read as a stream of that zip's member
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (skipped fields), name and extra-field lengths
+
+
+class Found(NamedTuple):
+    packaging: str  # kaggle-zip, image-net.org, webdataset
+    archives: list  # absolute paths of the archive files read, in the order locations index them
+    root: str  # --data_dir as given (the zip file or the folder), for messages and the dataset's name
+    describe: str  # one line: what was found
+
+
+def detect(data_dir: Path) -> Found | None:
+    """The packaging of ``data_dir``, or None when it is a tree preprocess.py reads as files."""
+    from imagenet_trainer import archive_layouts  # the listings import this module's readers
+
+    return archive_layouts.detect(data_dir)
+
+
+def list_splits(found: Found) -> tuple[list, list, dict, list]:
+    """(wnids, descriptions, {split: Split}, warnings), as preprocess.list_ilsvrc_splits gives for a tree."""
+    from imagenet_trainer import archive_layouts
+
+    return archive_layouts.LISTERS[found.packaging](found)
+
+
+def dataset_name(data_dir: Path) -> str:
+    """The name a model card gives a subset: the folder's name, or the archive's without its extensions."""
+    name = data_dir.name
+    for ext in (".zip", ".tar.gz", ".tgz", ".tar"):
+        if data_dir.is_file() and name.endswith(ext):
+            return name[:-len(ext)]
+    return name
+
+
+def for_shard(source: dict | None, image_dir: str, annotation_dir: str | None, items: list) -> dict | None:
+    """The part of a split's ``source`` one shard reads: its images and, where present, their XML files."""
+    if source is None:
+        return None
+    members = source["members"]
+    wanted = [os.path.join(image_dir, rel) for rel, _ in items]
+    if annotation_dir:
+        wanted += [os.path.join(annotation_dir, os.path.splitext(rel)[0] + ".xml") for rel, _ in items]
+    return {"archives": source["archives"], "members": {p: members[p] for p in wanted if p in members}}
+
+
+class MemberReader:
+    """``read(path) -> bytes`` for one shard: a file under ``data_dir``, or a member of an archive by its location.
+    A damaged member is an OSError, like an unreadable file, so the image is skipped and reported."""
+
+    def __init__(self, data_dir: str, source: dict | None):
+        self.data_dir, self.source, self.fds = data_dir, source, {}
+
+    def __call__(self, path: str) -> bytes:
+        if self.source is None:
+            with open(os.path.join(self.data_dir, path), "rb") as f:
+                return f.read()
+        loc = self.source["members"].get(path)
+        if loc is None:
+            raise FileNotFoundError(errno.ENOENT, "not in the archive", os.path.join(self.data_dir, path))
+        archive, offset, size, method, crc = loc
+        if archive not in self.fds:
+            self.fds[archive] = os.open(self.source["archives"][archive], os.O_RDONLY)
+        fd = self.fds[archive]
+        if method != TAR:
+            signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(_pread(fd, ZIP_LOCAL_HEADER.size, offset))
+            if signature != b"PK\x03\x04":
+                raise OSError(f"no zip entry at byte {offset} of the archive (damaged?)")
+            offset += ZIP_LOCAL_HEADER.size + name_len + extra_len
+        data = _pread(fd, size, offset)
+        if method == 8:
+            try:
+                data = zlib.decompress(data, -15)  # raw deflate, as zip stores it
+            except zlib.error as e:
+                raise OSError(f"damaged in the archive (deflate: {e})") from None
+        elif method not in (0, TAR):
+            raise OSError(f"zip compression method {method} is not supported (store or deflate)")
+        if crc is not None and zlib.crc32(data) != crc:
+            raise OSError("damaged in the archive (CRC-32 mismatch)")
+        return data
+
+    def __del__(self):
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise OSError(f"the archive ends at byte {offset + len(data)}, inside this member (truncated)")
+    return data
+
+
+def tar_members(path: Path, start: int = 0, end: int | None = None) -> list[tarfile.TarInfo]:
+    """The regular files of the uncompressed tar in bytes [start, end) of ``path`` (the whole file by default; a
+    per-class tar inside image-net.org's train tar otherwise), from the headers alone: tarfile seeks past the data.
+    Offsets are those of ``path``. A truncated tar is a ValueError naming ``path``."""
+    end = os.path.getsize(path) if end is None else end
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)  # tarfile counts offsets from where the file object stands
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a complete tar ({type(e).__name__}: {e}); download it again") from None
+    last = max((m.offset_data + -(-m.size // 512) * 512 for m in members), default=start)
+    if last + 1024 > end:  # a tar ends with two zero blocks; tarfile stops quietly where the file stops
+        where = f"{path}" + (f" (the tar at byte {start})" if start else "")
+        raise ValueError(f"{where}: truncated, it stops {'inside' if last > end else 'after'} its last member "
+                         f"{members[-1].name if members else ''}; download it again")
+    return [m for m in members if m.isfile()]
+
+
+def archive_size(path: str) -> int:
+    """Bytes of an archive file, or of the zip holding it (an ``INSIDE`` path)."""
+    return os.path.getsize(path.split(INSIDE)[0])
+
+
+def open_stream(path: str):
+    """A binary file object reading ``path`` from its start: a file, or a member of a zip (``INSIDE``)."""
+    if INSIDE not in path:
+        return open(path, "rb")
+    outer, inner = path.split(INSIDE)
+    return zipfile.ZipFile(outer).open(inner)
+
+
+def stream_tar(path: str):
+    """(TarInfo, file object of its data) of each regular file of a compressed tar, in one sequential read; a
+    truncated or damaged archive is a ValueError naming ``path``."""
+    try:
+        with open_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for m in tar:
+                if m.isfile():
+                    yield m, tar.extractfile(m)
+    except (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again") from None
+
+
+def spool(shards, folder: Path, in_flight: int):
+    """Shards as they become readable. A shard whose members lie in a compressed tar (``STREAM``) gets them copied
+    into one spool file while the tar is read once, front to back, and is yielded, located in that file, once the
+    last of them has passed; the worker deletes the file when the shard is done (``release``). Other shards pass
+    through first. At most ``in_flight`` full spool files wait for workers; the spool also holds the members of
+    shards not complete yet, so it stays small when the archive is in the listing's sorted order, as tars of a
+    folder are, and grows towards the split's size when an archive's order is shuffled."""
+    streamed = [s for s in shards if s.source and any(loc[3] == STREAM for loc in s.source["members"].values())]
+    yield from (s for s in shards if not (s.source and any(loc[3] == STREAM for loc in s.source["members"].values())))
+    if not streamed:
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial spool: its shards are redone
+    folder.mkdir(parents=True)
+    need, left, files, waiting = {}, {}, {}, []
+    for i, s in enumerate(streamed):
+        for path, (at, name, _, _, _) in s.source["members"].items():
+            need[(at, name)] = (i, path)
+        left[i] = len(s.source["members"])
+        files[i] = (folder / f"{s.split}-{s.index:05d}.bin", {})
+    archive_paths = streamed[0].source["archives"]
+    for at in sorted({at for at, _ in need}):
+        for m, data in stream_tar(archive_paths[at]):
+            if (at, m.name) not in need:
+                continue
+            i, path = need[(at, m.name)]
+            spool_file, located = files[i]
+            with open(spool_file, "ab") as f:
+                located[path] = (0, f.tell(), m.size, TAR, None)
+                shutil.copyfileobj(data, f)
+            left[i] -= 1
+            if left[i] == 0:
+                while sum(p.exists() for p in waiting) >= in_flight:
+                    time.sleep(0.05)
+                waiting.append(spool_file)
+                yield _spooled(streamed[i], spool_file, located)
+    for i in (i for i, n in left.items() if n):  # members the listing saw but the archive no longer has
+        yield _spooled(streamed[i], *files[i])
+
+
+def _spooled(shard, spool_file: Path, located: dict):
+    spool_file.touch()
+    return shard._replace(source={"archives": [str(spool_file)], "members": located, "spool": True})
+
+
+def release(source: dict | None) -> None:
+    """After a shard is done: delete its spool file."""
+    if source and source.get("spool"):
+        os.remove(source["archives"][0])
+
+
+def verify_md5(found: Found) -> list[str]:
+    """--verify_archives: each archive with a published MD5 against it (reads every byte); lines to print.
+    A mismatch is a ValueError naming the file."""
+    lines = []
+    for path in found.archives:
+        want = PUBLISHED_MD5.get(os.path.basename(path))
+        if want is None:
+            lines.append(f"{path}: no published checksum (members are checked as read: zip CRC-32, tar sizes)")
+            continue
+        md5 = hashlib.md5()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                md5.update(chunk)
+        if md5.hexdigest() != want:
+            raise ValueError(f"{path}: MD5 {md5.hexdigest()}, published {want}: damaged or another file; "
+                             "download it again")
+        lines.append(f"{path}: MD5 ok")
+    return lines

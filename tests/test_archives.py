@@ -1,0 +1,196 @@
+"""preprocess.py on ImageNet as it is distributed: Kaggle's zip, image-net.org's tars + devkit, WebDataset shards.
+
+One generated set (the ``ilsvrc_tree`` fixture, with its broken and odd files) is packaged each way by
+imagenet_trainer/demo_archives.py; each packaging must give the unpacked tree's output (``preprocessed``) row for
+row, with the same report, and fail in one line, before any work, when incomplete or damaged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+
+import preprocess
+from imagenet_trainer import archives, demo_archives
+from imagenet_trainer.demo import make_ilsvrc_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def packaged(ilsvrc_tree, tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("packaged")
+    return {"kaggle-zip": demo_archives.kaggle_zip(ilsvrc_tree, base / "kaggle.zip"),
+            "kaggle-zip-of-tgz": demo_archives.kaggle_zip_of_tgz(ilsvrc_tree, base / "kaggle-2019.zip"),
+            "hub-imagenet-1k": demo_archives.hub(ilsvrc_tree, base / "hub"),
+            "image-net.org": demo_archives.imagenet_org(ilsvrc_tree, base / "imagenet-org"),
+            "webdataset": demo_archives.webdataset(ilsvrc_tree, base / "wds")}
+
+
+def run(data_dir: Path, out: Path, *extra: str) -> Path:
+    preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "5",
+                     *extra])
+    return out
+
+
+def skipped(out: Path) -> list:
+    """(image file name, reason) of each skipped file: the folder part names where it was read from."""
+    report = json.loads((out / "preprocess_report.json").read_text())
+    return sorted((Path(s["path"]).name, s["split"], s["reason"]) for s in report["skipped"])
+
+
+def report_counts(out: Path, keys=("counts", "files", "reencoded", "tiled", "untiled", "boxes")) -> dict:
+    report = json.loads((out / "preprocess_report.json").read_text())
+    return {k: report[k] for k in keys}
+
+
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-zip-of-tgz", "image-net.org"])
+def test_archives_give_the_trees_output_row_for_row(packaging, packaged, preprocessed, tmp_path, capsys):
+    out = run(packaged[packaging], tmp_path / "out")
+    said = capsys.readouterr().out
+    assert ("image-net.org" if packaging == "image-net.org" else "Kaggle") in said.splitlines()[0]
+    mine, tree = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(preprocessed))
+    assert list(mine) == list(tree) == ["train", "validation", "test"]
+    for split in tree:
+        assert mine[split].features == tree[split].features
+        assert mine[split].data.table.equals(tree[split].data.table), split  # images, labels, ids and boxes
+    assert skipped(out) == skipped(preprocessed) and len(skipped(out)) == 3
+    assert report_counts(out) == report_counts(preprocessed)
+    for name in ("class_descriptions.json", "dataset_dict.json"):
+        assert (out / name).read_text() == (preprocessed / name).read_text()
+    for split in tree:
+        assert (out / split / "dataset_info.json").read_text() == (preprocessed / split / "dataset_info.json"
+                                                                   ).read_text()
+    source, tree_source = (json.loads((p / "source.json").read_text()) for p in (out, preprocessed))
+    assert source.pop("packaging") == packaging.removesuffix("-of-tgz") and source.pop("archives")
+    assert source.pop("name") == {"kaggle-zip": "kaggle", "kaggle-zip-of-tgz": "kaggle-2019",
+                                  "image-net.org": "imagenet-org"}[packaging]  # a subset
+    assert source == {k: v for k, v in tree_source.items() if k != "name"}  # goes by its file's or folder's name
+
+
+def test_image_net_org_labels_go_through_meta_mat_not_its_id_order(packaged, ilsvrc_tree):
+    from imagenet_trainer import archive_layouts
+
+    wnids, descriptions, id_to_wnid, truth = archive_layouts.read_devkit(
+        str(packaged["image-net.org"] / archive_layouts.DEVKIT))
+    m = json.loads((ilsvrc_tree / "demo_manifest.json").read_text())
+    assert wnids == m["wnids"] and descriptions == m["descriptions"]  # the non-leaf synset is not a class
+    assert [id_to_wnid[i] for i in range(1, 5)] == wnids[::-1]  # ILSVRC2012_ID 1 is the last wnid here
+    assert [wnids.index(id_to_wnid[t]) for t in truth] == [m["val_labels"][s] for s in sorted(m["val_labels"])]
+
+
+@pytest.mark.parametrize("packaging", ["webdataset", "hub-imagenet-1k"])
+def test_webdataset_and_hub_archives_give_the_trees_rows(packaging, packaged, preprocessed, tmp_path):
+    out = run(packaged[packaging], tmp_path / "out")
+    mine, tree = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(preprocessed))
+    assert list(mine) == (["train", "validation"] if packaging == "webdataset"  # timm's shards: no test split
+                          else ["train", "validation", "test"])
+    for split in mine:
+        assert mine[split].num_rows == tree[split].num_rows
+        for column in ("image", "label", "image_id"):  # no boxes in WebDataset shards
+            assert mine[split].data.table[column].equals(tree[split].data.table[column]), (split, column)
+        assert all(o == [] for o in mine[split]["objects"])
+    assert skipped(out) == [s for s in skipped(preprocessed) if s[1] in mine]
+    assert json.loads((out / "source.json").read_text())["packaging"] == packaging
+    if packaging == "hub-imagenet-1k":  # classes.py names the classes; WebDataset shards leave that to timm's list
+        assert (out / "class_descriptions.json").read_text() == (preprocessed / "class_descriptions.json").read_text()
+        assert not (out / preprocess.WORK).exists() and not list(tmp_path.rglob("*.bin"))  # the spool is gone
+
+
+def error_of(data_dir: Path, out: Path, *extra: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        run(data_dir, out, *extra)
+    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()  # refused before any work
+    message = str(e.value.code)
+    assert "\n" not in message and message.startswith("error: ")
+    return message
+
+
+def copy_set(src: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for p in src.iterdir():
+        (dest / p.name).symlink_to(p)
+    return dest
+
+
+def test_truncated_archives_are_one_line_errors(packaged, tmp_path):
+    data = packaged["kaggle-zip"].read_bytes()
+    (tmp_path / "cut.zip").write_bytes(data[:len(data) * 2 // 3])
+    assert "cut.zip: not a complete zip" in error_of(tmp_path / "cut.zip", tmp_path / "a")
+
+    cut = copy_set(packaged["image-net.org"], tmp_path / "org")
+    train = cut / "ILSVRC2012_img_train.tar"
+    data = train.read_bytes()
+    train.unlink()
+    train.write_bytes(data[:len(data) * 2 // 3])
+    message = error_of(cut, tmp_path / "b")
+    assert "ILSVRC2012_img_train.tar" in message and "truncated" in message and "download it again" in message
+
+    hub = tmp_path / "hub"
+    shutil.copytree(packaged["hub-imagenet-1k"], hub)
+    val = hub / "data" / "val_images.tar.gz"
+    val.write_bytes(val.read_bytes()[:-2000])
+    message = error_of(hub, tmp_path / "c")
+    assert "val_images.tar.gz: not a complete archive" in message and "download it again" in message
+
+
+def test_incomplete_image_net_org_sets_name_what_is_missing(packaged, tmp_path):
+    no_devkit = copy_set(packaged["image-net.org"], tmp_path / "no_devkit")
+    (no_devkit / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    message = error_of(no_devkit, tmp_path / "a")
+    assert "no ILSVRC2012_devkit_t12.tar.gz" in message and "validation labels" in message
+
+    fewer = copy_set(packaged["image-net.org"], tmp_path / "fewer")
+    (fewer / "ILSVRC2012_img_train.tar").unlink()
+    with __import__("tarfile").open(packaged["image-net.org"] / "ILSVRC2012_img_train.tar") as full, \
+            __import__("tarfile").open(fewer / "ILSVRC2012_img_train.tar", "w") as part:
+        for m in full.getmembers()[1:]:
+            part.addfile(m, full.extractfile(m))
+    message = error_of(fewer, tmp_path / "b")
+    assert "holds 3 class tars for the 4 classes" in message and "1 missing, e.g. n01440764.tar" in message
+
+
+def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypatch, capsys):
+    folder = packaged["image-net.org"]
+    sums = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in archives.PUBLISHED_MD5}
+    monkeypatch.setattr(archives, "PUBLISHED_MD5", sums)
+    run(folder, tmp_path / "ok", "--verify_archives")
+    said = capsys.readouterr().out
+    assert said.count("MD5 ok") == 3 and "ILSVRC2012_bbox_val_v3.tgz: no published checksum" in said
+    monkeypatch.setattr(archives, "PUBLISHED_MD5", {**sums, "ILSVRC2012_img_val.tar": "0" * 32})
+    message = error_of(folder, tmp_path / "bad", "--verify_archives")
+    assert "ILSVRC2012_img_val.tar: MD5" in message and "published 000" in message
+
+
+@pytest.mark.parametrize("packaging", ["kaggle_zip", "hub"])  # random access; a tar.gz streamed through the spool
+def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packaging, tmp_path):
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
+    zipped = getattr(demo_archives, packaging)(tree, tmp_path / {"kaggle_zip": "kaggle.zip", "hub": "hub"}[packaging])
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(zipped), "--output_dir", str(out),
+            "--num_proc", "1", "--shard_size", "2", "--shorter_side", "64"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(list(work.glob("train/*.arrow"))) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {f"{p.parent.name}/{p.name}": p.stat().st_mtime_ns for p in work.glob("*/*.arrow")}  # streamed: test first
+    assert 4 <= len(done) < 45, "the kill must land mid-run"
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(done)} of 50 shards already done" in rerun.stdout
+    assert all((out / n).stat().st_mtime_ns == t for n, t in done.items()), "finished shards redone"
+    run(zipped, tmp_path / "fresh", "--shard_size", "2", "--shorter_side", "64")
+    resumed, uninterrupted = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(tmp_path / "fresh"))
+    assert list(resumed) == list(uninterrupted) == ["train", "validation", "test"]
+    for split in uninterrupted:
+        assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
