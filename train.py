@@ -13,10 +13,20 @@ samples, which is what accelerate's `skip_first_batches` gets wrong (accelerate 
 seconds. Nothing is keyed by rank, so a checkpoint of N processes resumes on M with the same global micro-batches
 (processes x --grad_accum_steps kept): the same steps from the same samples with the same augmentations.
 
-Pre-emption: STOP_SIGNAL (SIGUSR1; slurm/train.sbatch has SLURM send it before the time limit) to any rank makes all
-ranks checkpoint at the next optimizer step and exit with STOPPED_STATUS (75), leaving STOPPED_RECORD in the run folder.
+Pre-emption: SIGUSR1 (slurm/train.sbatch has SLURM send it before the time limit) or SIGTERM (preemption, spot
+reclaims) to any rank makes all ranks checkpoint at the same optimizer step and exit with STOPPED_STATUS (75),
+leaving STOPPED_RECORD in the run folder (imagenet_trainer/stop_signals.py). One process stops at the next step;
+several agree at the next --log_every_steps boundary, the one point per interval where the ranks talk to the host.
+A checkpoint every --save_every_minutes bounds what a SIGKILL can cost.
 """
 from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":  # before the heavy imports: a stop signal in the first seconds is remembered, not fatal
+    from imagenet_trainer import stop_signals
+
+    stop_signals.install()
 
 import functools
 import importlib.util
@@ -24,8 +34,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,10 +55,9 @@ from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_la
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
 from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
+from imagenet_trainer import stop_signals
+from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
 
-STOP_SIGNAL = signal.SIGUSR1  # "checkpoint and exit": what slurm/train.sbatch asks SLURM to send (--signal=USR1@300)
-STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL, "temporary failure, try again"
-STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
 RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
              STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
 
@@ -94,10 +101,15 @@ class TrainConfig:
     channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want
     compile: bool = False  # torch.compile the model (minutes of compile time for ~1.3x steady-state speed)
     sync_bn: bool = False  # SyncBatchNorm across processes; needs an accelerator backend (NCCL), not gloo
-    num_workers: int = 8  # DataLoader processes per device; the JPEG decode is the CPU bottleneck
+    num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one for
+    # itself (loader_workers). JPEG decoding is the CPU bottleneck: BENCHMARKS.md's GPU check gives the cores a GPU needs
     seed: int = 0  # seeds init, sampler order, augmentation and per-step randomness
     # checkpoints, logging, sharing
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
+    save_every_minutes: float = 30.0  # also checkpoint when this many minutes passed since the last one (0: off):
+    # what a SIGKILL (host crash, OOM kill, preemption without grace) costs at most; a ResNet-50 checkpoint (~200 MB
+    # with SGD momentum) takes seconds to write, under 0.5% of 30 minutes, while one ImageNet epoch on one GPU is
+    # ~6 min (ResNet-50) to hours (bigger nets, slower GPUs). Checked at --log_every_steps boundaries.
     keep_last: int = 2  # checkpoints kept besides the best one
     resume_from_checkpoint: str = ""  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
     log_every_steps: int = 50  # progress-bar/tracker update and NaN check interval, in optimizer steps
@@ -125,11 +137,13 @@ class TrainConfig:
                  <= self.epochs and self.ramp_end_epoch >= 1,
                  "in [max(1, --ramp_start_epoch), --epochs] with --min_image_size (the epoch --image_size is reached)"),
                 *((f, getattr(self, f) >= 0, ">= 0 (0: off)") for f in ("max_train_steps", "save_every_steps",
+                                                                          "save_every_minutes",
                                                                           "min_image_size", "ramp_start_epoch",
-                                                                          "eval_image_size", "num_workers",
+                                                                          "eval_image_size",
                                                                           "weight_decay", "clip_grad", "min_lr",
                                                                           "warmup_epochs", "mixup_alpha",
                                                                           "cutmix_alpha")),
+                ("num_workers", self.num_workers >= -1, ">= 0, or -1 (the cores this process may use, less one)"),
                 ("lr", 0 < self.lr < math.inf, "a positive number"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                 ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),
@@ -164,7 +178,7 @@ class TrainState:
 
 def main(argv=None):
     cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])  # ranges: TrainConfig.__post_init__
-    stop = StopSignal()
+    stop = StopSignal(cfg.save_every_minutes)
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
     accelerator = make_accelerator(cfg, run_dir)
@@ -240,9 +254,10 @@ def main(argv=None):
                        epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
             no_loss_yet = torch.zeros((), device=accelerator.device)  # the next epoch's train loss so far
             save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, no_loss_yet, 0)
+            stop.saved()
             log_epoch(accelerator, row, run_dir, bar)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
-                exit_stopped(accelerator, state, ckpt_dir)
+                exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -400,12 +415,50 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
                                    rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
     except ValueError as e:
         raise SystemExit(f"error: {e} (check --batch_size, --grad_accum_steps, --auto_augment, --scale_min)") from None
-    loader_kw = dict(num_workers=cfg.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
-                     persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers else None,
+    workers = loader_workers(cfg.num_workers, say=accelerator.print)
+    largest = max(cfg.image_size, eval_size) ** 2 * 3 * cfg.batch_size  # bytes of a uint8 batch
+    check_shm(workers, largest, local_processes())
+    loader_kw = dict(num_workers=workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
+                     persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers else None,
                      generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
     return train_loader, eval_loader
+
+
+PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
+SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
+
+
+def local_processes() -> int:
+    """Processes launched on this machine: torchrun (and accelerate launch through it) sets LOCAL_WORLD_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def loader_workers(requested: int, say=print) -> int:
+    """--num_workers, or for -1 the cores this process may run on (its affinity: taskset, SLURM's cpuset, a
+    container's --cpus) shared among this machine's processes, less one for the process itself (it runs the step);
+    says what it chose."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(0, cores // local_processes() - 1)
+    say(f"--num_workers {workers}: {cores} cores for {local_processes()} process(es) on this machine, one each for "
+        "the process itself")
+    return workers
+
+
+def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
+    """Refuse to start when `shm` cannot hold the batches the workers of this machine's processes keep in flight
+    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
+    if not workers or not os.path.isdir(shm):
+        return
+    need, free = processes * workers * PREFETCH_FACTOR * batch_bytes, shutil.disk_usage(shm).free
+    if free < need:
+        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
+                         f"DataLoader workers x {PREFETCH_FACTOR} batches of {batch_bytes / 2**20:.1f} MiB need "
+                         f"{need / 2**20:.0f} MiB: give the container more (docker run --shm-size={need // 2**30 + 1}g)"
+                         f" or lower --num_workers / --batch_size")
 
 
 def set_layout(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator) -> torch.nn.Module:
@@ -515,8 +568,9 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
                     ckpt_dir: Path, stop: StopSignal, *, lr_at, total_steps: int, num_classes: int, mean, std,
                     memory_format, bar) -> dict:
     """Optimizer steps from `state`'s position to the end of its epoch (or to total_steps), checkpointing every
-    --save_every_steps, and at once, then exiting, on `stop`; advances `state` and returns the epoch's train row
-    for metrics.jsonl."""
+    --save_every_steps / --save_every_minutes, and at once, then exiting, on a stop signal; advances `state` and
+    returns the epoch's train row for metrics.jsonl. The host waits for the device only in `stop.check`, once per
+    --log_every_steps (and before a checkpoint): the rest of a step only queues work."""
     sampler = train_loader.batch_sampler
     steps_per_epoch = len(sampler) // cfg.grad_accum_steps
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # what the EMA averages
@@ -524,14 +578,12 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
     loss_sum, loss_count = torch.tensor(state.epoch_loss[0], device=accelerator.device), state.epoch_loss[1]
     sampler.set_position(state.epoch, state.batch_in_epoch)
     epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
-    for x, y in train_loader:
+    for x, y in on_device(train_loader, accelerator.device):
         data_wait += time.perf_counter() - t
         # the micro-batch's own randomness comes from its place in the run, whichever rank computes it
         seed = micro_batch_seed(cfg.seed, state.epoch, sampler.global_micro_batch(state.batch_in_epoch))
         step_rng.manual_seed(seed)
         torch.manual_seed(seed)  # drop-path and dropout draw from the global generators
-        x = x.to(accelerator.device, non_blocking=True)
-        y = y.to(accelerator.device, non_blocking=True)
         x = normalize(x, mean, std).contiguous(memory_format=memory_format)
         x = random_erasing(x, cfg.random_erase, generator=step_rng)  # per image, before mixing, as timm
         x, target = mixup_cutmix(x, y, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing,
@@ -556,60 +608,114 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
                 ema.update(plain_model, step=state.step)
             bar.update(1)
             if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
-                check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
-                running = {"train/loss": loss_sum.item() / loss_count, "train/lr": lr_at(state.step - 1)}
+                running = {"train/loss": stop.check(accelerator, model, loss_sum, loss_count, state.step, ckpt_dir),
+                           "train/lr": lr_at(state.step - 1)}
                 accelerator.log(running, step=state.step)
                 bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
             if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
                 break  # the caller evaluates and checkpoints
-            stopping = stop.agreed(accelerator)
-            if stopping or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
-                check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
+            stopping = stop.requested(accelerator.num_processes)
+            if stopping or stop.save_due or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+                stop.check(accelerator, model, loss_sum, loss_count, state.step, ckpt_dir)  # no NaN into a checkpoint
                 save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, loss_sum, loss_count)
+                stop.saved()
             if stopping:
-                exit_stopped(accelerator, state, ckpt_dir)
+                exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
         t = time.perf_counter()
-    check_finite(accelerator, model, loss_sum, state.step, ckpt_dir)
+    train_loss = stop.check(accelerator, model, loss_sum, loss_count, state.step, ckpt_dir)
     elapsed = time.perf_counter() - epoch_start
     epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
     row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
-           "train_loss": accelerator.reduce(loss_sum, "mean").item() / max(1, loss_count),
-           "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed, "data_wait_frac": data_wait / elapsed,
-           "image_size": train_loader.dataset.size_at(state.epoch)}
+           "train_loss": train_loss, "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed,
+           "data_wait_frac": data_wait / elapsed, "image_size": train_loader.dataset.size_at(state.epoch)}
     if epoch_done:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     return row
 
 
+def on_device(batches, device: torch.device):
+    """The loader's (images, labels) on `device`. On CUDA the next batch's copy is issued on a side stream as soon as
+    the current one is handed out, so it overlaps the step's compute (pinned batches: a true async copy) instead of
+    queueing behind it; the compute stream waits for it only when it uses it."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield tuple(t.to(device) for t in batch)
+        return
+    stream = torch.cuda.Stream(device)
+
+    def copy(batch):
+        with torch.cuda.stream(stream):
+            return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    batches = iter(batches)
+    pending = copy(next(batches, None) or ())
+    while pending:
+        current = torch.cuda.current_stream(device)
+        current.wait_stream(stream)
+        for t in pending:
+            t.record_stream(current)  # its memory is the compute stream's to free, not the side stream's
+        ready, pending = pending, copy(next(batches, None) or ())
+        yield ready
+
+
 class StopSignal:
-    """Whether STOP_SIGNAL reached this process. `agreed` asks every rank (a 4-byte all-reduce and one host sync
-    per optimizer step), so all of them stop at the same step even when the signal reached only some; one process
-    has no one to ask, and skips the device round trip that would stall its queue of kernels every step."""
+    """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
+    and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
+    [non-finite count, loss sum, stop flag, save-due flag], read once. One process also reads its own signal flag
+    every step (no device round trip); several act on it at the next check, so all stop at the same step."""
 
-    def __init__(self):
-        self.received = False
-        signal.signal(STOP_SIGNAL, self._receive)
+    def __init__(self, save_every_minutes: float):
+        stop_signals.install()
+        self.save_every_s = save_every_minutes * 60
+        self.last_save = time.monotonic()
+        self.stop = self.save_due = False  # what the ranks agreed at the last check
 
-    def _receive(self, signum, frame):
-        self.received = True
+    def requested(self, num_processes: int) -> bool:
+        return bool(stop_signals.received) if num_processes == 1 else self.stop
+
+    def signal_name(self) -> str:
+        return stop_signals.received[0].name if stop_signals.received else "a stop signal on another rank"
+
+    def saved(self) -> None:
+        self.last_save, self.save_due = time.monotonic(), False
+
+    def check(self, accelerator: Accelerator, model, loss_sum: torch.Tensor, loss_count: int, step: int,
+              ckpt_dir: Path) -> float:
+        """The mean train loss so far (over ranks); updates `stop`/`save_due`; stops the run, before a NaN/inf reaches
+        a checkpoint, when the loss or a weight is not finite (the last checkpoint on disk stays the last good one)."""
+        bad = (~torch.isfinite(loss_sum)).sum()
+        for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
+            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
+        due = 0 < self.save_every_s <= time.monotonic() - self.last_save
+        host = torch.tensor([float(bool(stop_signals.received)), float(due)])
+        flags = torch.cat([bad.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
+        nonfinite, total_loss, stop, save_due = accelerator.reduce(flags, "sum").tolist()
+        loss = total_loss / accelerator.num_processes / max(1, loss_count)
+        if nonfinite:
+            raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
+                             f"and weights); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
+                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
+        self.stop, self.save_due = stop > 0, save_due > 0
+        return loss
 
     def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any rank got a stop signal, asked of all of them now (a collective: once an epoch)."""
         if accelerator.num_processes == 1:
-            return self.received
-        flag = torch.tensor(int(self.received), device=accelerator.device)
+            return bool(stop_signals.received)
+        flag = torch.tensor(float(bool(stop_signals.received)), device=accelerator.device)
         return bool(accelerator.reduce(flag, "sum").item())
 
 
-def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path) -> None:
-    """After the checkpoint STOP_SIGNAL asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
+def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path, signal_name: str) -> None:
+    """After the checkpoint a stop signal asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
     accelerate launch and torchrun report any rank's non-zero status as 1, so the record (written before any rank
     exits) is what tells slurm/train.sbatch to requeue through them."""
     checkpoint = latest_checkpoint(ckpt_dir)
     if accelerator.is_main_process:
         atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
-            {"exit_status": STOPPED_STATUS, "signal": STOP_SIGNAL.name, "step": state.step,
+            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": state.step,
              "checkpoint": str(checkpoint), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
-        accelerator.print(f"{STOP_SIGNAL.name}: checkpoint {checkpoint} written; exiting with status "
+        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written; exiting with status "
                           f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -623,17 +729,6 @@ def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_forma
     topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=flip)
     net.train()
     return {**topk.compute(), "loss": loss}
-
-
-def check_finite(accelerator: Accelerator, model, loss_sum: torch.Tensor, step: int, ckpt_dir: Path) -> None:
-    """Stop before a NaN/inf reaches a checkpoint, so the last one on disk stays the last good one."""
-    bad = (~torch.isfinite(loss_sum)).sum()
-    for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
-        bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
-    if accelerator.reduce(bad, "sum").item():
-        raise SystemExit(f"error: loss is {loss_sum.item()} at step {step} (weights finite: "
-                         f"{bool(bad == 0)}); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
-                         "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
 
 
 def sync_buffers(module) -> None:
