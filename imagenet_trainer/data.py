@@ -550,7 +550,7 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         epoch, start = self.epoch, self.start
-        order = self.order(epoch)
+        order = self.order(epoch).numpy()  # sliced per batch as numpy: no torch op between the steps
         for b in range(start, len(self)):
             first = self.global_micro_batch(b) * self.batch_size
             yield [(epoch, i) for i in order[first:first + self.batch_size].tolist()]
@@ -647,11 +647,15 @@ def _stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor,
     return torch.tensor(mean, **to).view(1, -1, 1, 1) * 255, torch.tensor(std, **to).view(1, -1, 1, 1) * 255
 
 
+def _floats(values) -> tuple[float, ...]:
+    """mean/std as a hashable tuple; a plain sequence (timm's data config) never becomes a tensor on the step's path."""
+    return tuple(values.flatten().tolist()) if torch.is_tensor(values) else tuple(map(float, values))
+
+
 def normalize(x_uint8: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(x - mean) / std of a uint8 NCHW batch, computed in float32 on x's device (cast to ``dtype`` after, e.g. the
     autocast dtype); the memory format of x (channels_last included) is kept. mean/std in 0..1 units (timm)."""
-    m, s = _stats(tuple(torch.as_tensor(mean).flatten().tolist()), tuple(torch.as_tensor(std).flatten().tolist()),
-                  x_uint8.device)
+    m, s = _stats(_floats(mean), _floats(std), x_uint8.device)
     return (x_uint8.float() - m).div_(s).to(dtype)
 
 

@@ -1,0 +1,160 @@
+"""What keeps a GPU busy, checked on the CPU: host syncs and collectives per log interval on 2 processes, graphs
+compiled across progressive resizing and evaluation, SIGTERM as a stop signal (also before the heavy imports), the
+DataLoader worker default and the shared-memory check."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import train
+from test_fsdp import free_port
+from test_train import ROOT, ok, run, train_cmd
+
+# Runs train.py's main() with probes: counts host syncs (a tensor read by the host) and collectives made inside
+# train_one_epoch, outside checkpointing, and the graphs torch.compile builds (backend "eager": the graphs dynamo
+# captures are the ones Inductor would compile); one JSON per rank.
+PROBE = '''
+import json, os, runpy, sys
+import torch, torch.distributed as dist
+from torch._dynamo.utils import counters
+
+counts = {"host_syncs": 0, "collectives": 0, "steps": 0}
+active = [False]
+
+
+def counting(fn, key):
+    def wrapper(*args, **kwargs):
+        if active[0]:
+            counts[key] += 1
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+for name in ("item", "tolist", "cpu", "__bool__"):
+    setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name), "host_syncs"))
+for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "barrier"):
+    setattr(dist, name, counting(getattr(dist, name), "collectives"))
+compile_ = torch.compile
+torch.compile = lambda model, **kw: compile_(model, **{**kw, "backend": "eager"})
+
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # train.py's own imports, as when run as a script
+module = runpy.run_path(script, run_name="probed")  # defines, does not run main()
+train_one_epoch, save_checkpoint = module["train_one_epoch"], module["save_checkpoint"]
+
+
+def probed_epoch(*args, **kwargs):
+    state = args[4]
+    before, active[0] = state.step, True
+    try:
+        return train_one_epoch(*args, **kwargs)
+    finally:
+        active[0] = False
+        counts["steps"] += state.step - before
+
+
+def unprobed_save(*args, **kwargs):
+    was, active[0] = active[0], False
+    try:
+        return save_checkpoint(*args, **kwargs)
+    finally:
+        active[0] = was
+
+
+module["main"].__globals__.update(train_one_epoch=probed_epoch, save_checkpoint=unprobed_save)
+module["main"](sys.argv[1:])
+counts["graphs"] = counters["stats"]["unique_graphs"]
+rank = os.environ.get("RANK", "0")
+with open(os.path.join(os.environ["PROBE_DIR"], f"rank{rank}.json"), "w") as f:
+    json.dump(counts, f)
+'''
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("probe") / "probe.py"
+    path.write_text(PROBE)
+    return path
+
+
+def probed(probe: Path, tmp_path: Path, cmd: list[str]) -> list[dict]:
+    """Run train.py's `cmd` (from train_cmd) under the probe; the counts of each rank."""
+    script = cmd.index(str(ROOT / "train.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
+    ok(subprocess.run([*cmd[:script], str(probe), *cmd[script:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                      timeout=600))
+    return [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+
+
+def test_one_host_sync_per_log_interval_on_two_processes(probe, digits_dataset, tmp_path):
+    """2 gloo processes, 40 optimizer steps logged every 10: the stop agreement, the NaN guard and the running loss
+    share one all-reduce and one read per interval (+1 at the epoch's end), where there was one of each per step.
+    The loading runs in a worker process, as on a GPU, where its reads of host tensors wait for no device."""
+    steps, every = 40, 10
+    launch = ("--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    counts = probed(probe, tmp_path, train_cmd(digits_dataset, tmp_path / "run", "--max_train_steps", steps,
+                                               "--log_every_steps", every, "--epochs", 5, "--num_workers", 1,
+                                               launcher=launch))
+    assert len(counts) == 2
+    for rank in counts:
+        assert rank["steps"] == steps
+        # + the epoch's end, + the DataLoader iterator's base seed (a host tensor, read once an epoch)
+        assert 0 < rank["host_syncs"] <= steps // every + 2, rank
+        assert 0 < rank["collectives"] <= steps // every + 1, rank
+
+
+def test_compiled_graphs_are_bounded_across_progressive_resizing(probe, preprocessed, tmp_path):
+    """--compile with a 16 -> 32 px ramp over 3 epochs: one static graph per train size and one for evaluation
+    (its smaller last batch runs eagerly), never a dynamic-shape graph or one per eval batch size."""
+    out = tmp_path / "run"
+    counts = probed(probe, tmp_path, train_cmd(preprocessed, out, "--compile", "--epochs", 3, "--min_image_size", 16,
+                                               "--ramp_start_epoch", 0, "--ramp_end_epoch", 2, "--batch_size", 5))
+    sizes = {row["image_size"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    assert len(sizes) >= 2, sizes
+    assert counts[0]["graphs"] == len(sizes) + 1
+
+
+def test_sigterm_checkpoints_and_exits_75_then_resumes(preprocessed, tmp_path):
+    """SIGTERM (preemption) like SIGUSR1: checkpoint at the next step, the stop record names it, status 75; and a
+    SIGTERM while train.py is still importing is remembered, not fatal."""
+    out = tmp_path / "run"
+    cmd = train_cmd(preprocessed, out, "--epochs", 50)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # python is up, torch is still importing
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == train.STOPPED_STATUS, stderr[-3000:]
+    record = json.loads((out / train.STOPPED_RECORD).read_text())
+    assert record["signal"] == "SIGTERM" and record["exit_status"] == 75 and record["step"] >= 1
+    assert Path(record["checkpoint"]).name == f"step_{record['step']:08d}"
+    ok(run(train_cmd(preprocessed, out, "--epochs", 1, "--resume_from_checkpoint", "latest")))
+
+
+def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
+    said = []
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert train.loader_workers(-1, say=said.append) == max(0, cores - 1)
+    assert said and said[0].startswith(f"--num_workers {max(0, cores - 1)}: {cores} cores")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert train.loader_workers(-1, say=said.append) == 0  # one core each: load in the process itself
+    assert train.loader_workers(3, say=said.append) == 3 and len(said) == 2  # an explicit count is kept, silently
+
+
+def test_shared_memory_too_small_is_one_line(tmp_path):
+    batch = 128 * 3 * 224 * 224
+    with pytest.raises(SystemExit) as e:
+        train.check_shm(8, 10**15, 1, shm=str(tmp_path))  # more than any disk holds
+    message = str(e.value)
+    assert message.startswith(f"error: {tmp_path} has ") and "--shm-size=" in message and "--num_workers" in message
+    assert "\n" not in message
+    train.check_shm(0, 10**15, 1, shm=str(tmp_path))  # no workers: nothing to check
+    train.check_shm(1, batch, 1, shm=str(tmp_path))  # ~77 MiB fits
