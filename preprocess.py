@@ -9,7 +9,9 @@ Input: the folder Kaggle's ``imagenet-object-localization-challenge`` zip unzips
 test}, ILSVRC/Annotations, LOC_synset_mapping.txt, LOC_val_solution.csv; see imagenet_trainer/ilsvrc.py); or a
 class-per-folder tree: train/<class>/* with val/ or validation/ and/or test/ of class folders, or one <class>/*
 tree split by --val_fraction (seeded, stratified; imagenet_trainer/image_tree.py). For those the label names and
-the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty.
+the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty. ImageNet-V2,
+-Sketch, -R, -A and -C as their authors distribute them are read too, labelled in ImageNet-1k's 1000 classes, with
+what they are in source.json (imagenet_trainer/eval_sets.py; --eval_set when the folder has another name).
 Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test (test only when
 CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 
@@ -81,7 +83,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -104,6 +106,7 @@ class PreprocessConfig:
     split_seed: int = 0  # seed of the --val_fraction split; the same seed and files give the same split
     overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
+    eval_set: str = ""  # imagenet-v2|-sketch|-r|-a|-c: read --data_dir as that set; "" = known by its name/layout
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,15 +114,19 @@ class PreprocessConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 class Listing(NamedTuple):
-    layout: str  # image_tree.ILSVRC, CLASS_FOLDERS or CLASS_FOLDERS_SPLIT
+    layout: str  # image_tree.ILSVRC, CLASS_FOLDERS, CLASS_FOLDERS_SPLIT or an eval_sets kind (imagenet-r...)
     names: list  # ClassLabel names in label order: sorted wnids, or sorted class-folder names
     descriptions: list  # human names in label order (the folder names for a class-per-folder tree)
     splits: dict  # {split: Split}
     warnings: list
+    eval_set: dict | None = None  # what source.json records about an evaluation set (eval_sets.list_splits)
 
 
-def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int) -> Listing:
+def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "") -> Listing:
     """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
+    kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None else None
+    if kind:
+        return Listing(kind, *eval_sets.list_splits(data_dir, kind))
     layout = image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
         if val_fraction is not None:
@@ -546,6 +553,7 @@ def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts:
         "counts": counts,
         "val_fraction": cfg.val_fraction if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
         "split_seed": cfg.split_seed if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
+        **(eval_sets.source_fields(listing.layout, listing.eval_set, counts, data_dir) if listing.eval_set else {}),
     }
 
 
@@ -686,7 +694,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     try:
-        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed)
+        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.eval_set)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
     splits = listing.splits
