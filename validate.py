@@ -2,6 +2,8 @@
 
     python validate.py --model runs/r50/final --dataset OUT [--split validation] [--batch_size 256] [--output r.json]
     accelerate launch validate.py --model user/resnet50-in1k --dataset OUT     # same numbers on 1 or N processes
+    python validate.py --model runs/r50/final --dataset OUT --real_labels real.json --eval_sets V2,SKETCH,R,A,C \
+        --image_sizes 192,224,256 --benchmark_batch_sizes 1,256 --output r.json   # the papers' suite, one run
 
 --model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N), a Hub id (timm's or ours) or
 a timm name with its pretrained tag (resnet50.a1_in1k: timm's weights, from the local Hub cache when offline).

@@ -60,6 +60,9 @@ def load_target(path: str, flag: str, split: str | None) -> Target:
         raise SystemExit(f"error: {flag} {path}: {e}") from None
     source = dataset_source(path)
     kind = source.get("eval_set")
+    if flag == "--eval_sets" and not kind:
+        raise SystemExit(f"error: --eval_sets {path}: not an evaluation set made by preprocess.py (its source.json "
+                         "names none); score other data with --dataset")
     names = [split] if split and not kind else list(ds) if kind == eval_sets.C else [split or "validation"]
     missing = [s for s in names if s not in ds]
     if missing:
@@ -145,6 +148,7 @@ def run(cfg, accelerator, load_model) -> dict:
     """Score everything asked for; ``load_model(cfg, label_names, flag)`` is validate.py's checked loader."""
     targets = ([load_target(cfg.dataset, "--dataset", cfg.split)] if cfg.dataset else []) + [
         load_target(p.strip(), "--eval_sets", None) for p in cfg.eval_sets.split(",") if p.strip()]
+    real_scorer(cfg, targets[0] if cfg.dataset else None)  # bad --real_labels fail before the model loads
     try:
         reference = robustness.reference_errors(cfg.mce_reference) if cfg.mce_reference else None
     except ValueError as e:
@@ -167,7 +171,7 @@ def run(cfg, accelerator, load_model) -> dict:
     rows = []
     for size in sizes:
         for t in targets:
-            real = real_scorer(cfg, t) if t is targets[0] and cfg.dataset else None
+            real = real_scorer(cfg, t) if t is targets[0] and cfg.dataset else None  # fresh counts per size
             new = score_target(accelerator, model, t, size, transform, cfg, real, reference)
             if accelerator.is_main_process:
                 print("\n".join(map(format_row, new)))

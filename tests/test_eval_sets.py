@@ -293,3 +293,34 @@ def test_card_metadata_round_trip_merges_and_keeps_earlier_entries(sets, in1k_mo
     assert {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}[
         (name, "top-1 accuracy (%)")] == round(result["results"][0]["top1"], 2)
     assert len(card.data.eval_results) == len(found) + 2
+
+
+def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preprocessed, tmp_path):
+    """mCE relative to a reference run with the same errors is 100; --dataset of an evaluation set is scored the
+    way its paper does; params and GMACs are the card's own count; bad flags are one-line errors."""
+    c = str(sets[eval_sets.C])
+    evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32, "--output", tmp_path / "ref.json")
+    again = evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32, "--mce_reference", tmp_path / "ref.json")
+    assert again["imagenet_c"]["relative_to_reference"]["mce"] == pytest.approx(100.0)
+    masked = evaluate(in1k_model, sets[eval_sets.R], "--image_sizes", "32,48", "--crop_pct", 1.0,
+                      "--benchmark_batch_sizes", "1,2", "--benchmark_steps", 2)
+    assert [(r["kind"], r["image_size"], r["crop_pct"]) for r in masked["results"]] == [
+        (eval_sets.R, 32, 1.0), (eval_sets.R, 48, 1.0)]
+    assert masked["results"][0]["top1"] == pytest.approx(0.5)  # over the 200 classes
+    model = modeling.load_model(str(in1k_model))
+    stats = modeling.hub.model_stats(model, {"pretrained_cfg": {"input_size": (3, 32, 32)}})
+    assert masked["params_m"] == pytest.approx(stats["params"], rel=1e-3)
+    assert masked["gmacs"] == pytest.approx(stats["gmacs"], rel=0.05)
+    assert [r["batch_size"] for r in masked["throughput"]] == [1, 2]
+    assert all(r["infer_samples_per_sec"] > 0 and r["img_size"] == 32 for r in masked["throughput"])
+
+    def error(*args):
+        with pytest.raises(SystemExit) as e:
+            evaluate(in1k_model, *args)
+        assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
+        return str(e.value.code)
+    assert "--image_sizes takes whole numbers" in error("", "--eval_sets", c, "--image_sizes", "224px")
+    assert "--dataset is required (or --eval_sets)" in error("")
+    assert "not an evaluation set made by preprocess.py" in error("", "--eval_sets", preprocessed)
+    assert "--real_labels scores --dataset's" in error("", "--eval_sets", c, "--real_labels", tmp_path / "r.json")
+    assert "--mce_reference" in error("", "--eval_sets", c, "--mce_reference", sets[eval_sets.R] / "source.json")
