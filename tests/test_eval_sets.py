@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import huggingface_hub
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ from imagenet_trainer import eval_sets, robustness
 from imagenet_trainer.data import EvalSet, collate, normalize
 from imagenet_trainer.ilsvrc import imagenet_wnids
 from modeling.card_sets import update_card_sets
+from test_notebooks import execute, jupyter_home, pngs, stdout  # noqa: F401  (jupyter_home: a fixture)
 from test_validate import ACCELERATE, ROOT, TINY, evaluate, free_port, ok, run
 
 WNIDS = imagenet_wnids()
@@ -324,3 +326,38 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
     assert "not an evaluation set made by preprocess.py" in error("", "--eval_sets", preprocessed)
     assert "--real_labels scores --dataset's" in error("", "--eval_sets", c, "--real_labels", tmp_path / "r.json")
     assert "--mce_reference" in error("", "--eval_sets", c, "--mce_reference", sets[eval_sets.R] / "source.json")
+
+
+def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch, jupyter_home):
+    """Three models (each answering one class first: one of 2 validation images, 1 of them, none) scored on
+    ImageNet's val and ImageNet-R by validate.py; the notebook plots R against ImageNet in logit space and prints
+    each model's distance above the line fitted to them."""
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    counts = np.bincount(datasets.load_from_disk(str(val))["validation"]["label"], minlength=1000)
+    classes = (int(np.flatnonzero(counts == 2)[0]), int(np.flatnonzero(counts == 1)[0]), 999)
+    results = tmp_path / "results"
+    for k in classes:
+        torch.manual_seed(k)
+        model = modeling.create_model(TINY, num_classes=1000)
+        with torch.no_grad():
+            model.get_classifier().bias[k] += 100.0
+        modeling.save_pretrained(model, tmp_path / f"m{k}", label_names=WNIDS)
+        evaluate(tmp_path / f"m{k}", val, "--eval_sets", sets[eval_sets.R], "--image_size", 32, "--output",
+                 results / f"model{k}.json")
+    assert len(set(counts[list(classes)])) == 3  # three ImageNet accuracies: a line to fit
+    nb = execute("05_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "3 models in" in stdout(code[0]) and pngs(code[1]) == 1
+    scored = {f"model{k}": {r["kind"]: r["top1"] for r in json.loads((results / f"model{k}.json").read_text())
+                            ["results"]} for k in classes}
+    logit = lambda v: np.log(np.clip(v / 100, 0.005, 0.995) / (1 - np.clip(v / 100, 0.005, 0.995)))  # noqa: E731
+    x = np.array([logit(s["imagenet"]) for s in scored.values()])
+    y = np.array([logit(s[eval_sets.R]) for s in scored.values()])
+    slope, intercept = np.polyfit(x, y, 1)
+    for (m, s), xi in zip(scored.items(), x):
+        above = s[eval_sets.R] - 100 / (1 + np.exp(-(slope * xi + intercept)))
+        assert f"imagenet-r: {m}: top-1 {s[eval_sets.R]:.2f}% at ImageNet {s['imagenet']:.2f}%, effective " \
+               f"robustness {above:+.2f} points" in stdout(code[1])
+    stored = nbformat.read(ROOT / "notebooks" / "05_effective_robustness.ipynb", as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")
+    assert 'os.environ.get("IMAGENET_RESULTS"' in [c for c in stored.cells if c.cell_type == "code"][0].source
