@@ -87,12 +87,14 @@ def detect(data_dir: Path, eval_set: str) -> str | None:
         if eval_set not in SETS:
             raise ValueError(f"--eval_set {eval_set!r}: not one of {', '.join(SETS)}")
         return eval_set
+    folders = image_tree._subfolders(data_dir)
+    if "train" in folders or "ILSVRC" in folders or (data_dir / ilsvrc.SYNSET_MAPPING).exists():
+        return None  # a training tree (Kaggle's or class folders), whatever its folder is called
     name = data_dir.name.lower().replace("_", "-")
     if name.startswith(("imagenetv2", "imagenet-v2")):
         return V2
     if name in DISTRIBUTED_NAMES:
         return DISTRIBUTED_NAMES[name]
-    folders = image_tree._subfolders(data_dir)
     if _c_root(data_dir, folders):
         return C
     if len(folders) == 1000 and all(f.isdigit() for f in folders):
@@ -104,7 +106,8 @@ def _check_wnids(folder: Path, classes: list[str], known: set[str]) -> None:
     unknown = [c for c in classes if c not in known]
     if unknown:
         raise ValueError(f"{folder / unknown[0]}: {unknown[0]!r} is not an ImageNet-1k wnid ({len(unknown)} such "
-                         "folders); an evaluation set's class folders are ImageNet-1k's wnids")
+                         "folders); an evaluation set's class folders are ImageNet-1k's wnids (for your own "
+                         "class tree add --val_fraction 0.1)")
 
 
 def _missing_warning(folder: Path, title: str, found: int, expected: int) -> list[str]:

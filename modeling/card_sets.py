@@ -10,12 +10,13 @@ import json
 import re
 from pathlib import Path
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard
 
 from imagenet_trainer.runinfo import atomic_write_text
 
-from .card import cell
-from .hub import CARD_NAME, CONFIG_NAME
+from .card import cell, eval_result_entries
+from .hub import CARD_NAME, CONFIG_NAME, EVAL_RESULTS_DIR
 
 SECTION = "## Results by dataset"
 TOP1, TOP5, MCE = "top-1 accuracy (%)", "top-5 accuracy (%)", "mCE (%)"  # top-k names as card.py's _metric_name
@@ -61,7 +62,8 @@ def section(results: list[EvalResult]) -> str:
 
 
 def update_card_sets(folder, rows: list[dict]) -> None:
-    """Merge ``rows`` (see ``entries``) into ``folder``'s README.md: metadata and the Results-by-dataset table."""
+    """Merge ``rows`` (see ``entries``) into ``folder``'s README.md (metadata and the Results-by-dataset table)
+    and, for sets on the Hub, their ``.eval_results/`` files (huggingface_hub 2.x's format)."""
     folder = Path(folder)
     if not (folder / CARD_NAME).is_file():
         raise ValueError(f"{folder}: no {CARD_NAME}; write the folder with modeling.save_pretrained first")
@@ -80,3 +82,8 @@ def update_card_sets(folder, rows: list[dict]) -> None:
     else:
         body = body.rstrip("\n") + "\n\n" + text + "\n"
     atomic_write_text(folder / CARD_NAME, f"---\n{card.data.to_yaml()}\n---\n{body}")
+    for row in rows:
+        if row.get("dataset_id"):
+            results = {k: row[k] for k in ("top1", "top5", "split", "n", "image_size") if row.get(k) is not None}
+            atomic_write_text(folder / EVAL_RESULTS_DIR / f"{row['dataset_id'].split('/')[-1]}.yaml",
+                              yaml.safe_dump(eval_result_entries(results, row["dataset_id"]), sort_keys=False))

@@ -14,6 +14,7 @@ import nbformat
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from timm.data import resolve_data_config
 
@@ -280,6 +281,9 @@ def test_card_metadata_round_trip_merges_and_keeps_earlier_entries(sets, in1k_mo
         ("ImageNet-C", "ImageNet-C", "top-1 accuracy (%)"): 40.0, ("ImageNet-C", "ImageNet-C", "top-5 accuracy (%)"): 60.0,
         ("ImageNet-C", "ImageNet-C", "mCE (%)"): 77.7}
     assert card.data.datasets == ["ILSVRC/imagenet-1k", "songweig/imagenet_sketch"]
+    listed = yaml.safe_load((folder / ".eval_results" / "imagenet_sketch.yaml").read_text())
+    assert [(e.dataset_id, e.value) for e in huggingface_hub.parse_eval_result_entries(listed)] == [
+        ("songweig/imagenet_sketch", 20.0), ("songweig/imagenet_sketch", 40.0)]
     for line in ("| ILSVRC-2012 | validation | 70.00 | 90.00 | - |", "| ImageNet-R | validation | 31.00 | 51.00 | - |",
                  "| ImageNet-C | all | 40.00 | 60.00 | 77.70 |"):
         assert line in card.text
@@ -361,3 +365,14 @@ def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch
     stored = nbformat.read(ROOT / "notebooks" / "05_effective_robustness.ipynb", as_version=4)
     assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")
     assert 'os.environ.get("IMAGENET_RESULTS"' in [c for c in stored.cells if c.cell_type == "code"][0].source
+
+
+def test_training_trees_named_like_a_set_are_read_as_before(tmp_path):
+    """A class-folder tree with train/ and val/ in a folder called sketch is a user's dataset, not ImageNet-Sketch."""
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            jpeg(tmp_path / "sketch" / split / c / f"{c}.jpg", len(c))
+    preprocess.main(["--data_dir", str(tmp_path / "sketch"), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    source = json.loads((tmp_path / "out" / "source.json").read_text())
+    assert source["layout"] == "class-folders" and "eval_set" not in source
+    assert datasets.load_from_disk(str(tmp_path / "out"))["train"].features["label"].names == ["cat", "dog"]
