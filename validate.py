@@ -60,6 +60,7 @@ class ValidateConfig:
     mce_reference: str = ""  # validate.py --output JSON of a reference model on ImageNet-C: mCE relative to it too
     benchmark_batch_sizes: str = ""  # e.g. 1,256: inference images/s at each on random input (timm's benchmark.py)
     benchmark_steps: int = 20  # timed forward passes per batch size (a quarter as many warm-up passes first)
+    benchmark_train: bool = False  # also time a training step (forward, backward, SGD update) at those batch sizes
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -256,7 +257,8 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator) -> dict:
         best = summary["best_image_size"]
         print(f"best image size on {best['dataset']}: {best['image_size']} px (top-1 {best['top1']:.2f}%)")
     for row in summary.get("throughput", []):
-        print(f"throughput at batch {row['batch_size']}: {row['infer_samples_per_sec']:.1f} img/s "
+        train = f", train {row['train_samples_per_sec']:.1f} img/s" if row.get("train_samples_per_sec") else ""
+        print(f"throughput at batch {row['batch_size']}: inference {row['infer_samples_per_sec']:.1f} img/s{train} "
               f"({summary['params_m']:.2f} M params, {summary['gmacs']:.3g} GMACs)")
     if cfg.output:
         eval_suite.write_outputs(summary, cfg.output)

@@ -43,7 +43,8 @@ def int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"error: {flag} takes whole numbers separated by commas (e.g. 160,224), got {text!r}") from None
+        raise SystemExit(f"error: {flag} takes whole numbers separated by commas (e.g. 160,224), "
+                         f"got {text!r}") from None
     if any(v < 1 for v in values):
         raise SystemExit(f"error: {flag} values must be at least 1, got {text!r}")
     return values
@@ -188,9 +189,10 @@ def run(cfg, accelerator, load_model) -> dict:
         best = max((r for r in rows if r["dataset"] == first), key=lambda r: r["top1"])
         summary["best_image_size"] = {"dataset": first, "image_size": best["image_size"], "top1": best["top1"]}
     if cfg.benchmark_batch_sizes:
-        summary["throughput"] = robustness.throughput(model, sizes[0], int_list(cfg.benchmark_batch_sizes,
-                                                      "--benchmark_batch_sizes"), accelerator.device,
-                                                      cfg.benchmark_steps, memory_format)
+        batch_sizes = int_list(cfg.benchmark_batch_sizes, "--benchmark_batch_sizes")
+        summary["throughput"] = robustness.throughput(accelerator.unwrap_model(model), sizes[0], batch_sizes,
+                                                      accelerator.device, cfg.benchmark_steps, accelerator.autocast,
+                                                      memory_format, train=cfg.benchmark_train)
     return summary
 
 

@@ -11,6 +11,7 @@ plus timm's results columns and benchmark numbers (throughput, params, GMACs).
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -55,7 +56,8 @@ def read_real_labels(path: str) -> list[list[int]]:
     try:
         real = json.loads(Path(path).expanduser().read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"--real_labels {path}: cannot read it as JSON ({getattr(e, 'strerror', None) or e})") from None
+        why = getattr(e, "strerror", None) or e
+        raise ValueError(f"--real_labels {path}: cannot read it as JSON ({why})") from None
     if not isinstance(real, list) or not all(isinstance(r, list) and all(isinstance(i, int) and 0 <= i < 1000
                                                                          for i in r) for r in real):
         raise ValueError(f"--real_labels {path}: expected ReaL's real.json, a list of lists of class indices 0-999")
@@ -133,24 +135,51 @@ def gmacs(model: torch.nn.Module, image_size: int, device) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def throughput(model: torch.nn.Module, image_size: int, batch_sizes: list[int], device, steps: int,
-               memory_format=torch.channels_last) -> list[dict]:
-    """Inference images/s per batch size on random input (timm's benchmark.py: warm-up, then timed steps)."""
+def throughput(model: torch.nn.Module, image_size: int, batch_sizes: list[int], device, steps: int, autocast,
+               memory_format=torch.channels_last, train: bool = False) -> list[dict]:
+    """Images/s per batch size on random input, as timm's benchmark.py measures them (warm-up, then timed steps,
+    under ``autocast``, the run's mixed precision): inference, and with ``train`` a training step too (forward,
+    cross-entropy, backward, SGD update; batches of 2 or more) on a copy of the model, so the scored weights stay
+    as they are."""
+    trainee = copy.deepcopy(model).train() if train else None
+    optimizer = torch.optim.SGD(trainee.parameters(), lr=1e-4) if train else None
     rows = []
     for batch_size in batch_sizes:
         x = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+        row = {"batch_size": batch_size, "img_size": image_size}
         with torch.no_grad():
-            for _ in range(max(1, steps // 4)):  # warm-up: allocator, cuDNN autotuning
-                model(x)
-            _synchronize(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                model(x)
-            _synchronize(device)
-        seconds = time.perf_counter() - start
-        rows.append({"batch_size": batch_size, "infer_samples_per_sec": round(steps * batch_size / seconds, 2),
-                     "infer_step_time_ms": round(1000 * seconds / steps, 3), "img_size": image_size})
+            seconds = _timed(lambda: model(x), steps, device, autocast)
+        row.update(infer_samples_per_sec=round(steps * batch_size / seconds, 2),
+                   infer_step_time_ms=round(1000 * seconds / steps, 3))
+        if train and batch_size < 2:  # BatchNorm cannot train on one image
+            row.update(train_samples_per_sec=None, train_step_time_ms=None)
+        elif train:
+            y = torch.randint(0, 2, (batch_size,), device=device)
+            seconds = _timed(lambda: _train_step(trainee, optimizer, x, y), steps, device, autocast)
+            row.update(train_samples_per_sec=round(steps * batch_size / seconds, 2),
+                       train_step_time_ms=round(1000 * seconds / steps, 3))
+        rows.append(row)
     return rows
+
+
+def _train_step(model, optimizer, x, y) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+    optimizer.step()
+
+
+def _timed(step, steps: int, device, autocast) -> float:
+    """Seconds for ``steps`` calls of ``step`` after a quarter as many warm-up calls (allocator, cuDNN autotuning);
+    the device is synchronised around the timed ones."""
+    with autocast():
+        for _ in range(max(1, steps // 4)):
+            step()
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+    return time.perf_counter() - start
 
 
 def _synchronize(device) -> None:

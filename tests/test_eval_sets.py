@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import datasets
@@ -205,10 +204,19 @@ def test_eval_sets_scores_like_the_papers(sets, in1k_model, tmp_path):
     assert {t["crop_pct"] for t in table if t["dataset"] == "imagenet-c"} == {"1.0"}
 
 
-def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in1k_model, tmp_path):
+def imagenet_val(preprocessed: Path, folder: Path) -> Path:
+    """The fixture's validation images labelled in ImageNet-1k's 1000 classes (its 4 classes are the first 4)."""
     split = datasets.load_from_disk(str(preprocessed))["validation"]
-    split = split.cast_column("label", datasets.ClassLabel(names=WNIDS))
-    datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "in1k"))
+    features = split.features.copy()
+    features["label"] = datasets.ClassLabel(names=WNIDS)
+    # in memory: a cast on disk would leave a cache file in the shared, read-only fixture
+    split = split.cast(features, keep_in_memory=True)
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(folder))
+    return folder
+
+
+def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in1k_model, tmp_path):
+    split = datasets.load_from_disk(str(imagenet_val(preprocessed, tmp_path / "in1k")))["validation"]
     top5 = logits_of(in1k_model, split, 32).topk(5).indices.tolist()
     real = [[] for _ in range(max(int(i.rsplit("_", 1)[1]) for i in split["image_id"]))]
     expected = []  # (top-1 right, top-5 right) of the images with labels
@@ -229,14 +237,6 @@ def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in
     (tmp_path / "bad.json").write_text(json.dumps({"not": "a list"}))
     with pytest.raises(SystemExit, match="expected ReaL's real.json"):
         evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "bad.json")
-
-
-def imagenet_val(preprocessed: Path, folder: Path) -> Path:
-    """The fixture's validation images labelled in ImageNet-1k's 1000 classes (its 4 classes are the first 4)."""
-    split = datasets.load_from_disk(str(preprocessed))["validation"]
-    split = split.cast_column("label", datasets.ClassLabel(names=WNIDS))
-    datasets.DatasetDict({"validation": split}).save_to_disk(str(folder))
-    return folder
 
 
 def test_two_processes_give_the_same_numbers(sets, in1k_model, preprocessed, tmp_path):
@@ -275,10 +275,12 @@ def test_card_metadata_round_trip_merges_and_keeps_earlier_entries(sets, in1k_mo
     assert found == {
         ("ILSVRC/imagenet-1k", "ILSVRC-2012", "top-1 accuracy (%)"): 70.0,
         ("ILSVRC/imagenet-1k", "ILSVRC-2012", "top-5 accuracy (%)"): 90.0,
-        ("ImageNet-R", "ImageNet-R", "top-1 accuracy (%)"): 31.0, ("ImageNet-R", "ImageNet-R", "top-5 accuracy (%)"): 51.0,
+        ("ImageNet-R", "ImageNet-R", "top-1 accuracy (%)"): 31.0,
+        ("ImageNet-R", "ImageNet-R", "top-5 accuracy (%)"): 51.0,
         ("songweig/imagenet_sketch", "ImageNet-Sketch", "top-1 accuracy (%)"): 20.0,
         ("songweig/imagenet_sketch", "ImageNet-Sketch", "top-5 accuracy (%)"): 40.0,
-        ("ImageNet-C", "ImageNet-C", "top-1 accuracy (%)"): 40.0, ("ImageNet-C", "ImageNet-C", "top-5 accuracy (%)"): 60.0,
+        ("ImageNet-C", "ImageNet-C", "top-1 accuracy (%)"): 40.0,
+        ("ImageNet-C", "ImageNet-C", "top-5 accuracy (%)"): 60.0,
         ("ImageNet-C", "ImageNet-C", "mCE (%)"): 77.7}
     assert card.data.datasets == ["ILSVRC/imagenet-1k", "songweig/imagenet_sketch"]
     listed = yaml.safe_load((folder / ".eval_results" / "imagenet_sketch.yaml").read_text())
@@ -309,7 +311,7 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
     again = evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32, "--mce_reference", tmp_path / "ref.json")
     assert again["imagenet_c"]["relative_to_reference"]["mce"] == pytest.approx(100.0)
     masked = evaluate(in1k_model, sets[eval_sets.R], "--image_sizes", "32,48", "--crop_pct", 1.0,
-                      "--benchmark_batch_sizes", "1,2", "--benchmark_steps", 2)
+                      "--benchmark_batch_sizes", "1,2", "--benchmark_steps", 2, "--benchmark_train")
     assert [(r["kind"], r["image_size"], r["crop_pct"]) for r in masked["results"]] == [
         (eval_sets.R, 32, 1.0), (eval_sets.R, 48, 1.0)]
     assert masked["results"][0]["top1"] == pytest.approx(0.5)  # over the 200 classes
@@ -319,6 +321,8 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
     assert masked["gmacs"] == pytest.approx(stats["gmacs"], rel=0.05)
     assert [r["batch_size"] for r in masked["throughput"]] == [1, 2]
     assert all(r["infer_samples_per_sec"] > 0 and r["img_size"] == 32 for r in masked["throughput"])
+    assert [r["train_samples_per_sec"] is None for r in masked["throughput"]] == [True, False]  # BatchNorm: 2+
+    assert masked["throughput"][1]["train_samples_per_sec"] > 0
 
     def error(*args):
         with pytest.raises(SystemExit) as e:
