@@ -124,6 +124,8 @@ class Listing(NamedTuple):
 
 def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "") -> Listing:
     """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
+    if eval_set and val_fraction is not None:
+        raise ValueError(f"--eval_set {eval_set}: an evaluation set is scored whole; drop --val_fraction")
     kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None else None
     if kind:
         return Listing(kind, *eval_sets.list_splits(data_dir, kind))

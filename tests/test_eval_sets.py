@@ -146,6 +146,7 @@ def test_layout_errors_are_one_line(tmp_path):
     mine = shutil.copytree(make_tree(tmp_path / "rr", eval_sets.R), tmp_path / "mine")
     assert "--val_fraction" in preprocess_error(mine)
     assert "not one of imagenet-v2" in preprocess_error(mine, "--eval_set", "imagenet-x")
+    assert "drop --val_fraction" in preprocess_error(mine, "--eval_set", "imagenet-r", "--val_fraction", "0.1")
     preprocess.main(["--data_dir", str(mine), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
                      "--eval_set", "imagenet-r"])
     assert json.loads((tmp_path / "out" / "source.json").read_text())["eval_set"] == "imagenet-r"
