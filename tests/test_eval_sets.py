@@ -235,6 +235,9 @@ def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in
     assert real_row["n"] == len(expected) < len(split)
     assert real_row["top1"] == pytest.approx(100 * sum(e[0] for e in expected) / len(expected))
     assert real_row["top5"] == pytest.approx(100 * sum(e[1] for e in expected) / len(expected))
+    # without the suite's flags: the single-split summary, as before, with --crop_pct applied
+    single = evaluate(in1k_model, tmp_path / "in1k", "--image_size", 32, "--crop_pct", 1.0)
+    assert (single["crop_pct"], single["n"], single["top1"]) == (1.0, len(split), plain["top1"])
     (tmp_path / "bad.json").write_text(json.dumps({"not": "a list"}))
     with pytest.raises(SystemExit, match="expected ReaL's real.json"):
         evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "bad.json")
