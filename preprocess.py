@@ -11,7 +11,9 @@ class-per-folder tree: train/<class>/* with val/ or validation/ and/or test/ of 
 tree split by --val_fraction (seeded, stratified; imagenet_trainer/image_tree.py). For those the label names and
 the descriptions are the sorted folder names, image_id is "<class>/<stem>" and objects is empty. Or ImageNet as
 distributed, read in place: Kaggle's zip, image-net.org's tars + devkit, a Hub snapshot of ILSVRC/imagenet-1k,
-WebDataset shards (imagenet_trainer/archives.py), giving the unpacked tree's output.
+WebDataset shards (imagenet_trainer/archives.py), giving the unpacked tree's output. ImageNet-V2,
+-Sketch, -R, -A and -C as their authors distribute them are read too, labelled in ImageNet-1k's 1000 classes, with
+what they are in source.json (imagenet_trainer/eval_sets.py; --eval_set when the folder has another name).
 Output: ``datasets.load_from_disk(OUT)`` is a DatasetDict with splits train / validation / test (test only when
 CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 
@@ -83,7 +85,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import archives, ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import archives, eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -107,6 +109,7 @@ class PreprocessConfig:
     overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
     verify_archives: bool = False  # MD5 of image-net.org's tars/devkit vs the published sums first: reads all again
+    eval_set: str = ""  # imagenet-v2|-sketch|-r|-a|-c: read --data_dir as that set; "" = known by its name/layout
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,21 +117,28 @@ class PreprocessConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 class Listing(NamedTuple):
-    layout: str  # image_tree.ILSVRC, CLASS_FOLDERS or CLASS_FOLDERS_SPLIT
+    layout: str  # image_tree.ILSVRC, CLASS_FOLDERS, CLASS_FOLDERS_SPLIT or an eval_sets kind (imagenet-r...)
     names: list  # ClassLabel names in label order: sorted wnids, or sorted class-folder names
     descriptions: list  # human names in label order (the folder names for a class-per-folder tree)
     splits: dict  # {split: Split}
     warnings: list
     archives: dict | None = None  # read from archives, not a tree: what was found (archives.Found._asdict())
+    eval_set: dict | None = None  # what source.json records about an evaluation set (eval_sets.list_splits)
 
 
-def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int) -> Listing:
+def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "") -> Listing:
     """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
-    found = archives.detect(data_dir)
+    if eval_set and val_fraction is not None:
+        raise ValueError(f"--eval_set {eval_set}: an evaluation set is scored whole; drop --val_fraction")
+    found = None if eval_set else archives.detect(data_dir)
     if found is not None:
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} holds ImageNet's own validation split; drop --val_fraction")
         return Listing(image_tree.ILSVRC, *archives.list_splits(found), archives=found._asdict())
+    kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None else None
+    if kind:
+        *listed, record = eval_sets.list_splits(data_dir, kind)
+        return Listing(kind, *listed, eval_set=record)
     layout = image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
         if val_fraction is not None:
@@ -561,6 +571,7 @@ def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts:
         "split_seed": cfg.split_seed if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
         **({"packaging": listing.archives["packaging"],
             "archives": [os.path.basename(p) for p in listing.archives["archives"]]} if listing.archives else {}),
+        **(eval_sets.source_fields(listing.layout, listing.eval_set, counts, data_dir) if listing.eval_set else {}),
     }
 
 
@@ -701,7 +712,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     try:
-        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed)
+        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.eval_set)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
     splits = listing.splits

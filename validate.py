@@ -2,6 +2,8 @@
 
     python validate.py --model runs/r50/final --dataset OUT [--split validation] [--batch_size 256] [--output r.json]
     accelerate launch validate.py --model user/resnet50-in1k --dataset OUT     # same numbers on 1 or N processes
+    python validate.py --model runs/r50/final --dataset OUT --real_labels real.json --eval_sets V2,SKETCH,R,A,C \
+        --image_sizes 192,224,256 --benchmark_batch_sizes 1,256 --output r.json   # the papers' suite, one run
 
 --model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N), a Hub id (timm's or ours) or
 a timm name with its pretrained tag (resnet50.a1_in1k: timm's weights, from the local Hub cache when offline).
@@ -28,7 +30,8 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
+from imagenet_trainer import eval_suite
+from imagenet_trainer.data import check_labels, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
@@ -49,6 +52,15 @@ class ValidateConfig:
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
     update_model_card: bool = False  # write the results into --model's README.md and metadata (local exports only)
     hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME) for the card's metadata; full ILSVRC: automatic
+    # Scoring like the papers (imagenet_trainer/eval_suite.py): any of these scores every set in one run
+    eval_sets: str = ""  # comma-separated preprocess.py outputs of ImageNet-V2/-Sketch/-R/-A/-C, scored after --dataset
+    real_labels: str = ""  # ReaL's real.json (Beyer et al. 2020): --dataset's ILSVRC-2012 val also scored against it
+    image_sizes: str = ""  # px, comma-separated (160,192,224): each scored, the best named (FixRes, Touvron 2019)
+    crop_pct: float = 0.0  # centre crop / resized side (0.875: resize 256, crop 224); 0 = the model's own
+    mce_reference: str = ""  # validate.py --output JSON of a reference model on ImageNet-C: mCE relative to it too
+    benchmark_batch_sizes: str = ""  # e.g. 1,256: inference images/s at each on random input (timm's benchmark.py)
+    benchmark_steps: int = 20  # timed forward passes per batch size (a quarter as many warm-up passes first)
+    benchmark_train: bool = False  # also time a training step (forward, backward, SGD update) at those batch sizes
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -128,19 +140,43 @@ def check_model_classes(model_ref: str, label_names: list[str]) -> str | None:
             "by class index")
 
 
+def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool) -> torch.nn.Module:
+    """--model, checked against the classes of the data ``flag`` names; a one-line SystemExit when it cannot
+    score them, a warning on stderr when its class names are not the data's."""
+    try:
+        model = load_any(cfg.model)
+        if model.num_classes != len(label_names):
+            raise ValueError(f"it predicts {model.num_classes} classes but {flag} "
+                             f"{cfg.dataset if flag == '--dataset' else cfg.eval_sets} has {len(label_names)}")
+        local = Path(cfg.model).expanduser()
+        warning = None  # a checkpoint has no labels of its own: its classes are its run's dataset's
+        if not local.is_dir() or (local / "config.json").is_file():
+            warning = check_model_classes(cfg.model, label_names)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: --model {cfg.model}: {e}") from None
+    if warning and main_process:
+        print(warning, file=sys.stderr)
+    return model
+
+
 def main(argv=None):
     cfg = parse_config(ValidateConfig, argv, description=__doc__.split("\n")[0])
-    for flag in ("model", "dataset"):
-        if not getattr(cfg, flag):
-            raise SystemExit(f"error: --{flag} is required")
-    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0)):  # image_size 0: the model's own
-        if getattr(cfg, flag) < low:
+    if not cfg.model:
+        raise SystemExit("error: --model is required")
+    if not cfg.dataset and not cfg.eval_sets:
+        raise SystemExit("error: --dataset is required (or --eval_sets)")
+    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0), ("benchmark_steps", 1)):
+        if getattr(cfg, flag) < low:  # image_size 0: the model's own
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
+    if not 0 <= cfg.crop_pct <= 1:
+        raise SystemExit(f"error: --crop_pct must be in (0, 1] (0 = the model's own), got {cfg.crop_pct}")
     if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
     if cfg.hub_dataset_id and not modeling.is_repo_id(cfg.hub_dataset_id):
         raise SystemExit(f"error: --hub_dataset_id must be a Hub dataset id OWNER/NAME, got {cfg.hub_dataset_id!r}")
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: DDP on GPU-less hosts
+    if eval_suite.wanted(cfg) or is_eval_set(cfg.dataset):
+        return score_suite(cfg, accelerator)
 
     # data: checked before the model, whose download may be long
     try:
@@ -157,32 +193,18 @@ def main(argv=None):
     except ValueError as e:
         raise SystemExit(f"error: --split {cfg.split}: {e}") from None
 
-    try:
-        model = load_any(cfg.model)
-        if model.num_classes != len(label_names):
-            raise ValueError(f"it predicts {model.num_classes} classes but --dataset {cfg.dataset} has "
-                             f"{len(label_names)}")
-        local = Path(cfg.model).expanduser()
-        warning = None  # a checkpoint has no labels of its own: its classes are its run's dataset's
-        if not local.is_dir() or (local / "config.json").is_file():
-            warning = check_model_classes(cfg.model, label_names)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: --model {cfg.model}: {e}") from None
-    if warning and accelerator.is_main_process:
-        print(warning, file=sys.stderr)
-
+    model = load_scored_model(cfg, label_names, "--dataset", accelerator.is_main_process)
     data_cfg = resolve_data_config(model=model)
+    if cfg.crop_pct:
+        data_cfg["crop_pct"] = cfg.crop_pct
     image_size = cfg.image_size or data_cfg["input_size"][-1]
-    eval_set = EvalSet(split, image_size, crop_pct=data_cfg["crop_pct"], interpolation=data_cfg["interpolation"])
-    loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False,
-                                         num_workers=cfg.num_workers, collate_fn=collate,
-                                         pin_memory=accelerator.device.type == "cuda")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).eval()
     # evaluation_mode: device placement and mixed precision, but no DDP/FSDP wrapper (there is nothing to sync);
     # every rank keeps a full replica and scores its shard of the batches
     model = accelerator.prepare_model(model, evaluation_mode=True)
-    loader = accelerator.prepare_data_loader(loader)
+    loader = eval_suite.eval_loader(accelerator, split, image_size, data_cfg["crop_pct"], data_cfg["interpolation"],
+                                    cfg.batch_size, cfg.num_workers)
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
 
     start = time.perf_counter()
@@ -215,6 +237,33 @@ def main(argv=None):
         modeling.update_model_card_results(Path(cfg.model), {
             **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
             "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
+        print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
+    return summary
+
+
+def is_eval_set(dataset: str) -> bool:
+    """A preprocess.py output of ImageNet-R, -C, ...: scored the way its paper does (mask, mCE) by the suite."""
+    return bool(modeling.card.dataset_source(dataset).get("eval_set"))
+
+
+def score_suite(cfg: ValidateConfig, accelerator: Accelerator) -> dict:
+    """--eval_sets, --real_labels, --image_sizes, --benchmark_batch_sizes: every set and size in one run, into the
+    summary, <stem>_results.csv and the card (imagenet_trainer/eval_suite.py)."""
+    summary = eval_suite.run(cfg, accelerator, load_scored_model)
+    accelerator.end_training()
+    if not accelerator.is_main_process:
+        return summary
+    if "best_image_size" in summary:
+        best = summary["best_image_size"]
+        print(f"best image size on {best['dataset']}: {best['image_size']} px (top-1 {best['top1']:.2f}%)")
+    for row in summary.get("throughput", []):
+        train = f", train {row['train_samples_per_sec']:.1f} img/s" if row.get("train_samples_per_sec") else ""
+        print(f"throughput at batch {row['batch_size']}: inference {row['infer_samples_per_sec']:.1f} img/s{train} "
+              f"({summary['params_m']:.2f} M params, {summary['gmacs']:.3g} GMACs)")
+    if cfg.output:
+        eval_suite.write_outputs(summary, cfg.output)
+    if cfg.update_model_card:
+        eval_suite.update_card(Path(cfg.model), summary, cfg)
         print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
     return summary
 

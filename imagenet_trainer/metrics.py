@@ -55,12 +55,13 @@ class TopK:
 
 
 def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_last,
-             flip: bool = False) -> tuple[TopK, float]:
+             flip: bool = False, on_logits=None) -> tuple[TopK, float]:
     """Top-k counts and mean cross-entropy of ``net`` over uint8 ``batches`` from an Accelerate-prepared loader;
     ``flip`` averages the logits of each image and its mirror (test-time augmentation, FFCV's lr_tta).
 
     Every rank gets all logits; ``gather_for_metrics`` drops the last batch's padding (repeats that even out the
-    ranks' batch counts), so ``n == len(split)`` on any number of processes. Sums stay float32 (MPS has no float64)."""
+    ranks' batch counts), so ``n == len(split)`` on any number of processes. Sums stay float32 (MPS has no float64).
+    ``on_logits(logits, labels)`` sees every gathered batch, in the loader's order (ReaL labels score by position)."""
     topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
     full_batch = None
     with torch.no_grad():
@@ -76,4 +77,6 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
             logits, y = accelerator.gather_for_metrics((logits.float(), y))
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk.update(logits, y)
+            if on_logits is not None:
+                on_logits(logits, y)
     return topk, loss_sum.item() / max(1, topk.n)

@@ -1,0 +1,244 @@
+"""validate.py's multi-set run: --dataset and every --eval_sets set, at every --image_sizes size, plus ReaL labels,
+ImageNet-C's mCE and a throughput benchmark, into one summary, a results.csv in timm's columns and the model card.
+
+Each set is a preprocess.py output; what it is (ImageNet-R, -C, ...) comes from its ``source.json``
+(imagenet_trainer/eval_sets.py), which also gives R/A's 200-class mask. The numbers are the same on 1 or N
+processes: every split goes through metrics.evaluate, whose gather drops the padding of the last batch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from timm.data import resolve_data_config
+
+from imagenet_trainer import eval_sets, robustness
+from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
+from imagenet_trainer.ilsvrc import imagenet_wnids
+from imagenet_trainer.metrics import evaluate
+from imagenet_trainer.runinfo import atomic_write_text
+
+
+class Target(NamedTuple):
+    path: str  # as given on the command line
+    name: str  # shown in tables and the card: source.json's name, else the folder's
+    timm_name: str  # results.csv's dataset column: timm's name of the set ("imagenet-r"), else the name
+    kind: str | None  # an eval_sets kind, or None for any other dataset (ImageNet's validation split)
+    splits: dict  # {split: datasets.Dataset}
+    label_names: list
+    source: dict  # source.json ({} for a Hub dataset)
+
+
+def wanted(cfg) -> bool:
+    """Whether validate.py runs the multi-set scoring rather than its single-split one."""
+    return bool(cfg.eval_sets or cfg.real_labels or cfg.image_sizes or cfg.benchmark_batch_sizes
+                or cfg.mce_reference)
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {flag} takes whole numbers separated by commas (e.g. 160,224), "
+                         f"got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise SystemExit(f"error: {flag} values must be at least 1, got {text!r}")
+    return values
+
+
+def load_target(path: str, flag: str, split: str | None) -> Target:
+    """A dataset to score: ``split`` of it, or (``None``) every split of an evaluation set (``validation``
+    elsewhere). Errors are one line naming ``flag``."""
+    from modeling.card import dataset_source, public  # modeling imports imagenet_trainer, not the other way round
+
+    try:
+        ds = load_image_dataset(path)
+    except ValueError as e:
+        raise SystemExit(f"error: {flag} {path}: {e}") from None
+    source = dataset_source(path)
+    kind = source.get("eval_set")
+    if flag == "--eval_sets" and not kind:
+        raise SystemExit(f"error: --eval_sets {path}: not an evaluation set made by preprocess.py (its source.json "
+                         "names none); score other data with --dataset")
+    names = [split] if split and not kind else list(ds) if kind == eval_sets.C else [split or "validation"]
+    missing = [s for s in names if s not in ds]
+    if missing:
+        raise SystemExit(f"error: {flag} {path}: no split {missing[0]!r}; it has {', '.join(ds)}")
+    try:
+        label_names = [check_labels(ds[s]) for s in names][0]
+    except ValueError as e:
+        raise SystemExit(f"error: {flag} {path}: {e}") from None
+    name = source.get("name") or public(path)
+    timm_name = source.get("timm_name") if source.get("complete") else None
+    if not kind and source.get("ilsvrc2012_full"):
+        timm_name = "imagenet"
+    return Target(path, name, timm_name or name, kind, {s: ds[s] for s in names}, label_names, source)
+
+
+def real_scorer(cfg, target: Target | None) -> robustness.RealLabels | None:
+    if not cfg.real_labels:
+        return None
+    if target is None or target.kind:
+        raise SystemExit("error: --real_labels scores --dataset's ILSVRC-2012 validation split; give --dataset")
+    if target.label_names != imagenet_wnids():
+        raise SystemExit(f"error: --real_labels: --dataset {target.path} does not have ImageNet-1k's 1000 classes "
+                         "(ReaL's labels are 1k indices)")
+    try:
+        real = robustness.read_real_labels(cfg.real_labels)
+        (split,) = target.splits.values()
+        return robustness.RealLabels(real, split["image_id"])
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def eval_loader(accelerator, split, image_size: int, crop_pct: float, interpolation: str, batch_size: int,
+                num_workers: int):
+    """The Accelerate-prepared loader of ``split`` in the model's eval transform (resize, centre crop, uint8)."""
+    eval_set = EvalSet(split, image_size, crop_pct=crop_pct, interpolation=interpolation)
+    loader = torch.utils.data.DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate, pin_memory=accelerator.device.type == "cuda")
+    return accelerator.prepare_data_loader(loader)
+
+
+def score_split(accelerator, model, split, size: int, transform: dict, cfg, subset=None, on_logits=None) -> dict:
+    """top1, top5 (%), n, loss of one split; ``subset``: the 1k indices the logits are restricted to (R/A)."""
+    batches = eval_loader(accelerator, split, size, transform["crop_pct"], transform["interpolation"],
+                          cfg.batch_size, cfg.num_workers)
+    net = model
+    if subset:
+        net = robustness.ClassSubset(model, subset, accelerator.device)
+        batches = robustness.subset_labels(batches, subset, len(split.features["label"].names), accelerator.device)
+    topk, loss = evaluate(accelerator, net, batches, transform["mean"], transform["std"], transform["memory_format"],
+                          flip=transform["flip"], on_logits=on_logits)
+    return {**topk.compute(), "loss": loss}
+
+
+def score_target(accelerator, model, target: Target, size: int, transform: dict, cfg, real,
+                 reference: dict | None) -> list[dict]:
+    """The rows of one set at one size: one per set (C: the mean over its splits, with its mCE, and relative to
+    ``reference``'s errors when given), plus ReaL's when ``real`` is a scorer."""
+    if target.kind == eval_sets.C:  # its images are 224 px centre crops already: the authors resize no further
+        transform = {**transform, "crop_pct": 1.0}
+    by_split = {s: score_split(accelerator, model, ds, size, transform, cfg, target.source.get("class_subset"),
+                               real.update if real else None)
+                for s, ds in target.splits.items()}
+    row = {"dataset": target.timm_name, "name": target.name, "kind": target.kind or "imagenet", "image_size": size,
+           "crop_pct": transform["crop_pct"], "dataset_id": target.source.get("hub_id"),
+           **{k: sum(r[k] for r in by_split.values()) / len(by_split) for k in ("top1", "top5", "loss")},
+           "n": sum(r["n"] for r in by_split.values())}
+    if target.kind != eval_sets.C:
+        row["split"] = next(iter(by_split))
+        rows = [row]
+    else:
+        errors = robustness.corruption_errors({s: r["top1"] for s, r in by_split.items()})
+        row.update(split="all", errors=errors, **robustness.mean_corruption_error(errors))
+        if reference:
+            row["relative_to_reference"] = robustness.mean_corruption_error(errors, reference)
+        rows = [row]
+    if real:
+        rows.append({"dataset": "imagenet-real", "name": f"{target.name} (ReaL labels)", "kind": "imagenet-real",
+                     "image_size": size, "crop_pct": transform["crop_pct"], "split": row["split"], **real.compute()})
+    return rows
+
+
+def run(cfg, accelerator, load_model) -> dict:
+    """Score everything asked for; ``load_model(cfg, label_names, flag)`` is validate.py's checked loader."""
+    targets = ([load_target(cfg.dataset, "--dataset", cfg.split)] if cfg.dataset else []) + [
+        load_target(p.strip(), "--eval_sets", None) for p in cfg.eval_sets.split(",") if p.strip()]
+    real_scorer(cfg, targets[0] if cfg.dataset else None)  # bad --real_labels fail before the model loads
+    try:
+        reference = robustness.reference_errors(cfg.mce_reference) if cfg.mce_reference else None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    model = load_model(cfg, targets[0].label_names, "--dataset" if cfg.dataset else "--eval_sets",
+                       accelerator.is_main_process)
+    for t in targets[1:]:
+        if len(t.label_names) != model.num_classes:
+            raise SystemExit(f"error: --eval_sets {t.path}: it has {len(t.label_names)} classes, --model predicts "
+                             f"{model.num_classes}")
+    data_cfg = resolve_data_config(model=model)
+    sizes = int_list(cfg.image_sizes, "--image_sizes") or [cfg.image_size or data_cfg["input_size"][-1]]
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    transform = {"crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+                 "mean": data_cfg["mean"], "std": data_cfg["std"], "memory_format": memory_format,
+                 "flip": getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip}
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    gmacs = robustness.gmacs(model.eval(), sizes[0], "cpu")
+    model = accelerator.prepare_model(model.to(memory_format=memory_format).eval(), evaluation_mode=True)
+    rows = []
+    for size in sizes:
+        for t in targets:
+            real = real_scorer(cfg, t) if t is targets[0] and cfg.dataset else None  # fresh counts per size
+            new = score_target(accelerator, model, t, size, transform, cfg, real, reference)
+            if accelerator.is_main_process:
+                print("\n".join(map(format_row, new)))
+            rows += new
+    summary = {"model": cfg.model, "results": rows, "params_m": round(params_m, 3), "gmacs": round(gmacs, 4),
+               "crop_pct": transform["crop_pct"], "interpolation": transform["interpolation"],
+               "flip": transform["flip"], "num_processes": accelerator.num_processes}
+    c_row = next((r for r in rows if r["kind"] == eval_sets.C), None)  # at the first size
+    if c_row:
+        summary["imagenet_c"] = {k: c_row.get(k) for k in ("errors", "ce", "mce", "corruptions",
+                                                           "relative_to_reference")}
+    if len(sizes) > 1:
+        first = rows[0]["dataset"]
+        best = max((r for r in rows if r["dataset"] == first), key=lambda r: r["top1"])
+        summary["best_image_size"] = {"dataset": first, "image_size": best["image_size"], "top1": best["top1"]}
+    if cfg.benchmark_batch_sizes:
+        batch_sizes = int_list(cfg.benchmark_batch_sizes, "--benchmark_batch_sizes")
+        summary["throughput"] = robustness.throughput(accelerator.unwrap_model(model), sizes[0], batch_sizes,
+                                                      accelerator.device, cfg.benchmark_steps, accelerator.autocast,
+                                                      memory_format, train=cfg.benchmark_train)
+    return summary
+
+
+def format_row(row: dict) -> str:
+    extra = f"  mCE {row['mce']:.2f} ({row['corruptions']} corruptions)" if row.get("mce") is not None else ""
+    return (f"{row['name']} [{row['split']}] @{row['image_size']}px: top-1 {row['top1']:.2f}%  "
+            f"top-5 {row['top5']:.2f}%  n={row['n']}{extra}")
+
+
+def results_csv(summary: dict) -> str:
+    """results.csv: timm's results columns (diff against its tables), one row per set and image size; the diffs
+    are to the ImageNet row at the same size when there is one."""
+    from modeling.card import public
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=robustness.RESULTS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    base = {r["image_size"]: r for r in summary["results"] if r["kind"] == "imagenet"}
+    for r in summary["results"]:
+        baseline = base.get(r["image_size"]) if r["kind"] != "imagenet" else None
+        writer.writerow(robustness.results_row(r["dataset"], public(summary["model"]), r, summary["params_m"],
+                                               r["image_size"], r["crop_pct"], summary["interpolation"], baseline))
+    return out.getvalue()
+
+
+def write_outputs(summary: dict, output: str) -> None:
+    """The JSON summary at ``output`` and ``<stem>_results.csv`` beside it, each replaced atomically."""
+    out = Path(output)
+    atomic_write_text(out, json.dumps(summary, indent=2))
+    atomic_write_text(out.with_name(out.stem + "_results.csv"), results_csv(summary))
+    print(f"wrote {out} and {out.with_name(out.stem + '_results.csv')}")
+
+
+def update_card(folder: Path, summary: dict, cfg) -> None:
+    """The export's card: the rows at the first image size, --dataset's through the single-set update (its Results
+    section), every set's as a model-index entry and a row of the Results-by-dataset table."""
+    import modeling
+    from modeling.card_sets import update_card_sets
+
+    size = summary["results"][0]["image_size"]
+    rows = [r for r in summary["results"] if r["image_size"] == size]
+    main = rows[0] if cfg.dataset and rows[0]["kind"] == "imagenet" else None
+    if main:
+        modeling.update_model_card_results(folder, {
+            **{k: main[k] for k in ("top1", "top5", "n", "image_size", "split")}, "crop_pct": summary["crop_pct"],
+            "interpolation": summary["interpolation"], "flip": summary["flip"], "dataset": cfg.dataset,
+            "dataset_id": cfg.hub_dataset_id or None})
+    update_card_sets(folder, [{**r, "mce": r.get("mce") if r.get("corruptions") == 15 else None}
+                              for r in rows if r is not main])

@@ -1,0 +1,386 @@
+"""Robustness sets in their distributed layouts (real folder names, image counts scaled down, generated JPEGs) through
+preprocess.py and validate.py --eval_sets: labels, R/A masks, ReaL, mCE, sweeps, results.csv, the card, 2 processes."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import nbformat
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from timm.data import resolve_data_config
+
+import modeling
+import preprocess
+from imagenet_trainer import eval_sets, robustness
+from imagenet_trainer.data import EvalSet, collate, normalize
+from imagenet_trainer.ilsvrc import imagenet_wnids
+from modeling.card_sets import update_card_sets
+from test_notebooks import execute, jupyter_home, pngs, stdout  # noqa: F401  (jupyter_home: a fixture)
+from test_validate import ACCELERATE, ROOT, TINY, evaluate, free_port, ok, run
+
+WNIDS = imagenet_wnids()
+
+
+def jpeg(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=85)
+
+
+def make_tree(base: Path, kind: str, **change) -> Path:
+    """A scaled-down copy of ``kind`` as its authors distribute it: all class folders, a few images in them."""
+    if kind == eval_sets.V2:
+        root = base / "imagenetv2-matched-frequency-format-val"
+        for i in range(1000):
+            (root / str(i)).mkdir(parents=True, exist_ok=True)
+        for i in (0, 1, 7, 999):
+            jpeg(root / str(i) / f"{i:040x}.jpeg", i)
+    elif kind == eval_sets.SKETCH:
+        root = base / "sketch"
+        for i in (0, 3, 500):
+            jpeg(root / WNIDS[i] / f"sketch_{WNIDS[i]}_1.JPEG", i)
+    elif kind in (eval_sets.R, eval_sets.A):
+        root = base / kind
+        for i, wnid in enumerate(change.get("wnids") or eval_sets.subset_wnids(kind)):
+            jpeg(root / wnid / f"{kind}_{i}.jpg", i)
+    else:  # ImageNet-C: the tarballs' category level for noise, none for fog
+        root = base / "imagenet-c"
+        for corruption, parent in (("gaussian_noise", "noise/"), ("fog", "")):
+            for severity in change.get("severities", "12345"):
+                for i in (1, 4):
+                    jpeg(root / f"{parent}{corruption}" / severity / WNIDS[i] / f"ILSVRC2012_val_{i:08d}.JPEG", i)
+    return root
+
+
+def preprocessed_set(root: Path) -> Path:
+    out = root.parent / f"{root.name}-out"
+    preprocess.main(["--data_dir", str(root), "--output_dir", str(out), "--num_proc", "1"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("evalsets")
+    return {kind: preprocessed_set(make_tree(base, kind)) for kind in eval_sets.SETS}
+
+
+@pytest.fixture(scope="module")
+def in1k_model(tmp_path_factory) -> Path:
+    """A 1000-class export with ImageNet's wnids, random weights but for a classifier bias that makes class 1
+    (n01443537, one of ImageNet-R's 200) its top-1 answer for every image and class 4 its second."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("in1k") / "final"
+    model = modeling.create_model(TINY, num_classes=1000)
+    with torch.no_grad():
+        model.get_classifier().bias[1] += 100.0
+        model.get_classifier().bias[4] += 50.0
+    modeling.save_pretrained(model, folder, label_names=WNIDS)
+    return folder
+
+
+def logits_of(model_dir: Path, split: datasets.Dataset, size: int, crop_pct: float | None = None) -> torch.Tensor:
+    """The model's logits on every image of ``split`` in validate.py's eval transform, computed here."""
+    model = modeling.load_model(str(model_dir)).eval()
+    cfg = resolve_data_config(model=model)
+    x, _ = collate([EvalSet(split, size, crop_pct or cfg["crop_pct"], cfg["interpolation"])[i]
+                    for i in range(len(split))])
+    with torch.no_grad():
+        return model(normalize(x, cfg["mean"], cfg["std"]))
+
+
+def test_layouts_are_labelled_in_imagenet_1k_index_space(sets):
+    v2 = datasets.load_from_disk(str(sets[eval_sets.V2]))["validation"]
+    assert v2.features["label"].names == WNIDS
+    assert sorted(zip(v2["image_id"], v2["label"])) == sorted((f"{i}/{i:040x}", i) for i in (0, 1, 7, 999))
+    sketch = datasets.load_from_disk(str(sets[eval_sets.SKETCH]))["validation"]
+    assert [(i.split("/")[0], WNIDS[label]) for i, label in zip(sketch["image_id"], sketch["label"])] == [
+        (WNIDS[i], WNIDS[i]) for i in (0, 3, 500)]
+    for kind in (eval_sets.R, eval_sets.A):
+        source = json.loads((sets[kind] / "source.json").read_text())
+        timm_indices = [WNIDS.index(w) for w in eval_sets.subset_wnids(kind)]
+        assert source["eval_set"] == kind and source["class_subset"] == timm_indices
+        split = datasets.load_from_disk(str(sets[kind]))["validation"]
+        assert len(split) == 200 and sorted(set(split["label"])) == timm_indices
+        assert all(WNIDS[label] == image_id.split("/")[0] for label, image_id in zip(split["label"], split["image_id"]))
+    c = datasets.load_from_disk(str(sets[eval_sets.C]))
+    assert sorted(c) == sorted(f"{name}_{s}" for name in ("gaussian_noise", "fog") for s in "12345")
+    assert sorted(c["fog_3"]["label"]) == [1, 4] and c["gaussian_noise_5"]["image_id"][0] == f"{WNIDS[1]}/" \
+        "ILSVRC2012_val_00000001"
+    # a scaled-down copy is not called by the published name; a complete one would be
+    source = json.loads((sets[eval_sets.V2] / "source.json").read_text())
+    assert (source["variant"], source["complete"], source["hub_id"]) == ("matched-frequency", False, None)
+    assert source["name"] == "imagenetv2-matched-frequency-format-val"
+
+
+def preprocess_error(root: Path, *extra) -> str:
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(root), "--output_dir", str(root.parent / "never"), "--num_proc", "1",
+                         *extra])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def test_layout_errors_are_one_line(tmp_path):
+    r = make_tree(tmp_path / "r199", eval_sets.R, wnids=eval_sets.subset_wnids(eval_sets.R)[1:])
+    assert "199 class folders where ImageNet-R has its 200 (missing n01443537)" in preprocess_error(r)
+    a = make_tree(tmp_path / "a", eval_sets.A, wnids=[*eval_sets.subset_wnids(eval_sets.A)[:-1], WNIDS[0]])
+    assert f"{WNIDS[0]} is not one of its 200 classes" in preprocess_error(a)
+    sketch = make_tree(tmp_path / "s", eval_sets.SKETCH)
+    jpeg(sketch / "n99999999" / "x.jpg", 0)
+    assert "'n99999999' is not an ImageNet-1k wnid" in preprocess_error(sketch)
+    v2 = make_tree(tmp_path / "v2", eval_sets.V2)
+    jpeg(v2 / "1000" / "x.jpeg", 0)
+    assert "named by class index 0..999, not '1000'" in preprocess_error(v2)
+    c = make_tree(tmp_path / "c", eval_sets.C, severities="1234")
+    assert "expected the severity folders 1 2 3 4 5, found 1 2 3 4" in preprocess_error(c)
+    # a renamed folder: --eval_set says what it is; a plain class tree without it still asks for --val_fraction
+    mine = shutil.copytree(make_tree(tmp_path / "rr", eval_sets.R), tmp_path / "mine")
+    assert "--val_fraction" in preprocess_error(mine)
+    assert "not one of imagenet-v2" in preprocess_error(mine, "--eval_set", "imagenet-x")
+    assert "drop --val_fraction" in preprocess_error(mine, "--eval_set", "imagenet-r", "--val_fraction", "0.1")
+    preprocess.main(["--data_dir", str(mine), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
+                     "--eval_set", "imagenet-r"])
+    assert json.loads((tmp_path / "out" / "source.json").read_text())["eval_set"] == "imagenet-r"
+
+
+def test_mce_against_hand_computed_values():
+    """Errors equal to AlexNet's give CE 100 on each corruption; half of them on one corruption gives CE 50 there:
+    mCE = (14 x 100 + 50) / 15."""
+    errors = {c: [100 * e] * 5 for c, e in robustness.ALEXNET_ERRORS.items()}
+    errors["fog"] = [100 * robustness.ALEXNET_ERRORS["fog"] / 2] * 5
+    result = robustness.mean_corruption_error(errors)
+    assert result["ce"]["fog"] == pytest.approx(50.0) and result["ce"]["snow"] == pytest.approx(100.0)
+    assert result["mce"] == pytest.approx((14 * 100 + 50) / 15) and result["corruptions"] == 15
+    # by severity: CE sums the five errors, so (10+20+30+40+50)/5 = 30% against AlexNet's 60.65% jpeg error
+    errors = robustness.corruption_errors({f"jpeg_compression_{s}": 100 - 10 * s for s in range(1, 6)})
+    assert errors == {"jpeg_compression": [10, 20, 30, 40, 50]}
+    assert robustness.mean_corruption_error(errors)["mce"] == pytest.approx(100 * 0.30 / 0.606500)
+    # a reference run (our AlexNet, say) instead of the published numbers
+    assert robustness.mean_corruption_error(errors, {"jpeg_compression": 0.6})["mce"] == pytest.approx(50.0)
+
+
+def test_eval_sets_scores_like_the_papers(sets, in1k_model, tmp_path):
+    out = tmp_path / "res" / "r.json"
+    summary = evaluate(in1k_model, "", "--eval_sets", ",".join(str(sets[k]) for k in eval_sets.SETS), "--output",
+                       out, "--image_sizes", "32,40")
+    rows = {(r["kind"], r["image_size"]): r for r in summary["results"]}
+    assert len(rows) == 10 and json.loads(out.read_text())["results"] == summary["results"]
+    # R and A: top-1/top-5 over their 200 classes, as computed here from the model's own logits
+    for kind in (eval_sets.R, eval_sets.A):
+        split = datasets.load_from_disk(str(sets[kind]))["validation"]
+        subset = eval_sets.subset_wnids(kind)
+        masked = logits_of(in1k_model, split, 32)[:, [WNIDS.index(w) for w in subset]]
+        target = torch.tensor([subset.index(WNIDS[label]) for label in split["label"]])
+        assert rows[kind, 32]["top1"] == pytest.approx(100 * (masked.argmax(1) == target).double().mean().item())
+        top5 = (masked.topk(5).indices == target[:, None]).any(1).double().mean().item()
+        assert rows[kind, 32]["top5"] == pytest.approx(100 * top5) and rows[kind, 32]["n"] == 200
+    # C: the error per corruption and severity, at crop_pct 1 (its images are crops already), and its mCE
+    c = datasets.load_from_disk(str(sets[eval_sets.C]))
+    hits = {s: (logits_of(in1k_model, c[s], 32, 1.0).argmax(1) == torch.tensor(c[s]["label"])).double().mean()
+            for s in c}
+    assert {s: h.item() for s, h in hits.items()} == {s: 0.5 for s in c}  # class 1 right, class 4 wrong
+    assert rows[eval_sets.C, 32]["errors"] == {"gaussian_noise": [50.0] * 5, "fog": [50.0] * 5}
+    alexnet = robustness.ALEXNET_ERRORS
+    assert summary["imagenet_c"]["mce"] == pytest.approx((50 / alexnet["gaussian_noise"] + 50 / alexnet["fog"]) / 2)
+    assert summary["imagenet_c"]["corruptions"] == 2 and rows[eval_sets.C, 32]["top1"] == 50.0
+    assert rows[eval_sets.R, 32]["top1"] == pytest.approx(100 / 200)  # the one image of class 1 among 200
+    assert rows[eval_sets.V2, 32]["top1"] == pytest.approx(25.0) and rows[eval_sets.V2, 32]["top5"] == 25.0
+    # the sweep names the best size of the first set; results.csv has timm's columns, one row per set and size
+    best = max((32, 40), key=lambda s: rows[eval_sets.V2, s]["top1"])
+    assert summary["best_image_size"]["image_size"] == best
+    with open(out.with_name("r_results.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(robustness.RESULTS_COLUMNS) and len(table) == 10
+    row = next(t for t in table if t["dataset"] == "imagenet-r" and t["img_size"] == "32")
+    assert float(row["top1"]) + float(row["top1_err"]) == pytest.approx(100) and row["model"] == "final"
+    assert {t["crop_pct"] for t in table if t["dataset"] == "imagenet-c"} == {"1.0"}
+
+
+def imagenet_val(preprocessed: Path, folder: Path) -> Path:
+    """The fixture's validation images labelled in ImageNet-1k's 1000 classes (its 4 classes are the first 4)."""
+    split = datasets.load_from_disk(str(preprocessed))["validation"]
+    features = split.features.copy()
+    features["label"] = datasets.ClassLabel(names=WNIDS)
+    # in memory: a cast on disk would leave a cache file in the shared, read-only fixture
+    split = split.cast(features, keep_in_memory=True)
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(folder))
+    return folder
+
+
+def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in1k_model, tmp_path):
+    split = datasets.load_from_disk(str(imagenet_val(preprocessed, tmp_path / "in1k")))["validation"]
+    top5 = logits_of(in1k_model, split, 32).topk(5).indices.tolist()
+    real = [[] for _ in range(max(int(i.rsplit("_", 1)[1]) for i in split["image_id"]))]
+    expected = []  # (top-1 right, top-5 right) of the images with labels
+    for k, (image_id, top) in enumerate(zip(split["image_id"], top5)):
+        if k % 4 == 0:
+            continue  # an empty list: left out
+        other = next(c for c in range(1000) if c not in top)
+        # right among two labels; wrong at top-1 but right at top-5 (the 3rd guess); not in the top 5
+        real[int(image_id.rsplit("_", 1)[1]) - 1] = {1: [other, top[0]], 2: [top[2]], 3: [other]}[k % 4]
+        expected.append((k % 4 == 1, k % 4 != 3))
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    summary = evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "real.json", "--image_size", 32)
+    plain, real_row = summary["results"]
+    assert plain["kind"] == "imagenet" and plain["n"] == len(split)
+    assert real_row["n"] == len(expected) < len(split)
+    assert real_row["top1"] == pytest.approx(100 * sum(e[0] for e in expected) / len(expected))
+    assert real_row["top5"] == pytest.approx(100 * sum(e[1] for e in expected) / len(expected))
+    # without the suite's flags: the single-split summary, as before, with --crop_pct applied
+    single = evaluate(in1k_model, tmp_path / "in1k", "--image_size", 32, "--crop_pct", 1.0)
+    assert (single["crop_pct"], single["n"], single["top1"]) == (1.0, len(split), plain["top1"])
+    (tmp_path / "bad.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(SystemExit, match="expected ReaL's real.json"):
+        evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "bad.json")
+
+
+def test_two_processes_give_the_same_numbers(sets, in1k_model, preprocessed, tmp_path):
+    """R's 200 images, C's 2-image splits and ReaL's positions, in batches of 7: ranks get padded tails."""
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    real = [[i % 1000, (i * 7) % 1000] if i % 2 else [] for i in range(8)]
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    args = ["--model", str(in1k_model), "--dataset", str(val), "--real_labels", str(tmp_path / "real.json"),
+            "--eval_sets", f"{sets[eval_sets.R]},{sets[eval_sets.C]}", "--image_size", "32", "--batch_size", "7",
+            "--num_workers", "0"]
+    one = evaluate(args[1], args[3], *args[4:-4], "--output", tmp_path / "one.json", batch_size=7)
+    ok(run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+            str(ROOT / "validate.py"), *args, "--output", str(tmp_path / "two.json")]))
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert [r["kind"] for r in two["results"]] == ["imagenet", "imagenet-real", eval_sets.R, eval_sets.C]
+    for a, b in zip(one["results"], two["results"]):
+        assert {k: a[k] for k in ("top1", "top5", "n")} == {k: b[k] for k in ("top1", "top5", "n")}, a["kind"]
+    assert two["imagenet_c"]["errors"] == one["imagenet_c"]["errors"]
+    assert (tmp_path / "two_results.csv").read_text() == (tmp_path / "one_results.csv").read_text()
+
+
+def test_card_metadata_round_trip_merges_and_keeps_earlier_entries(sets, in1k_model, tmp_path):
+    folder = Path(shutil.copytree(in1k_model, tmp_path / "final"))
+    modeling.update_model_card_results(folder, {"top1": 70.0, "top5": 90.0, "dataset": "ILSVRC-2012",
+                                                "dataset_id": "ILSVRC/imagenet-1k"})
+    update_card_sets(folder, [
+        {"name": "ImageNet-R", "dataset_id": None, "split": "validation", "top1": 30.0, "top5": 50.0,
+         "image_size": 224},
+        {"name": "ImageNet-Sketch", "dataset_id": "songweig/imagenet_sketch", "split": "validation", "top1": 20.0,
+         "top5": 40.0, "image_size": 224},
+        {"name": "ImageNet-C", "dataset_id": None, "split": "all", "top1": 40.0, "top5": 60.0, "mce": 77.7}])
+    update_card_sets(folder, [{"name": "ImageNet-R", "split": "validation", "top1": 31.0, "top5": 51.0}])
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    found = {(r.dataset_type, r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert found == {
+        ("ILSVRC/imagenet-1k", "ILSVRC-2012", "top-1 accuracy (%)"): 70.0,
+        ("ILSVRC/imagenet-1k", "ILSVRC-2012", "top-5 accuracy (%)"): 90.0,
+        ("ImageNet-R", "ImageNet-R", "top-1 accuracy (%)"): 31.0,
+        ("ImageNet-R", "ImageNet-R", "top-5 accuracy (%)"): 51.0,
+        ("songweig/imagenet_sketch", "ImageNet-Sketch", "top-1 accuracy (%)"): 20.0,
+        ("songweig/imagenet_sketch", "ImageNet-Sketch", "top-5 accuracy (%)"): 40.0,
+        ("ImageNet-C", "ImageNet-C", "top-1 accuracy (%)"): 40.0,
+        ("ImageNet-C", "ImageNet-C", "top-5 accuracy (%)"): 60.0,
+        ("ImageNet-C", "ImageNet-C", "mCE (%)"): 77.7}
+    assert card.data.datasets == ["ILSVRC/imagenet-1k", "songweig/imagenet_sketch"]
+    listed = yaml.safe_load((folder / ".eval_results" / "imagenet_sketch.yaml").read_text())
+    assert [(e.dataset_id, e.value) for e in huggingface_hub.parse_eval_result_entries(listed)] == [
+        ("songweig/imagenet_sketch", 20.0), ("songweig/imagenet_sketch", 40.0)]
+    for line in ("| ILSVRC-2012 | validation | 70.00 | 90.00 | - |", "| ImageNet-R | validation | 31.00 | 51.00 | - |",
+                 "| ImageNet-C | all | 40.00 | 60.00 | 77.70 |"):
+        assert line in card.text
+    # the single-set update (validate.py without --eval_sets) replaces its own entries and keeps the others
+    modeling.update_model_card_results(folder, {"top1": 71.0, "top5": 91.0, "dataset": "ILSVRC-2012",
+                                                "dataset_id": "ILSVRC/imagenet-1k"})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert len(card.data.eval_results) == len(found) and card.text.count("## Results by dataset") == 1
+    # validate.py --eval_sets --update_model_card: ImageNet-R's row replaced by the measured one, the rest kept
+    result = evaluate(folder, "", "--eval_sets", sets[eval_sets.R], "--update_model_card", "--image_size", 32)
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    name = result["results"][0]["name"]
+    assert {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}[
+        (name, "top-1 accuracy (%)")] == round(result["results"][0]["top1"], 2)
+    assert len(card.data.eval_results) == len(found) + 2
+
+
+def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preprocessed, tmp_path):
+    """mCE relative to a reference run with the same errors is 100; --dataset of an evaluation set is scored the
+    way its paper does; params and GMACs are the card's own count; bad flags are one-line errors."""
+    c = str(sets[eval_sets.C])
+    evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32, "--output", tmp_path / "ref.json")
+    again = evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32, "--mce_reference", tmp_path / "ref.json")
+    assert again["imagenet_c"]["relative_to_reference"]["mce"] == pytest.approx(100.0)
+    masked = evaluate(in1k_model, sets[eval_sets.R], "--image_sizes", "32,48", "--crop_pct", 1.0,
+                      "--benchmark_batch_sizes", "1,2", "--benchmark_steps", 2, "--benchmark_train")
+    assert [(r["kind"], r["image_size"], r["crop_pct"]) for r in masked["results"]] == [
+        (eval_sets.R, 32, 1.0), (eval_sets.R, 48, 1.0)]
+    assert masked["results"][0]["top1"] == pytest.approx(0.5)  # over the 200 classes
+    model = modeling.load_model(str(in1k_model))
+    stats = modeling.hub.model_stats(model, {"pretrained_cfg": {"input_size": (3, 32, 32)}})
+    assert masked["params_m"] == pytest.approx(stats["params"], rel=1e-3)
+    assert masked["gmacs"] == pytest.approx(stats["gmacs"], rel=0.05)
+    assert [r["batch_size"] for r in masked["throughput"]] == [1, 2]
+    assert all(r["infer_samples_per_sec"] > 0 and r["img_size"] == 32 for r in masked["throughput"])
+    assert [r["train_samples_per_sec"] is None for r in masked["throughput"]] == [True, False]  # BatchNorm: 2+
+    assert masked["throughput"][1]["train_samples_per_sec"] > 0
+
+    def error(*args):
+        with pytest.raises(SystemExit) as e:
+            evaluate(in1k_model, *args)
+        assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
+        return str(e.value.code)
+    assert "--image_sizes takes whole numbers" in error("", "--eval_sets", c, "--image_sizes", "224px")
+    assert "--dataset is required (or --eval_sets)" in error("")
+    assert "not an evaluation set made by preprocess.py" in error("", "--eval_sets", preprocessed)
+    assert "--real_labels scores --dataset's" in error("", "--eval_sets", c, "--real_labels", tmp_path / "r.json")
+    assert "--mce_reference" in error("", "--eval_sets", c, "--mce_reference", sets[eval_sets.R] / "source.json")
+
+
+def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch, jupyter_home):
+    """Three models (each answering one class first: one of 2 validation images, 1 of them, none) scored on
+    ImageNet's val and ImageNet-R by validate.py; the notebook plots R against ImageNet in logit space and prints
+    each model's distance above the line fitted to them."""
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    counts = np.bincount(datasets.load_from_disk(str(val))["validation"]["label"], minlength=1000)
+    classes = (int(np.flatnonzero(counts == 2)[0]), int(np.flatnonzero(counts == 1)[0]), 999)
+    results = tmp_path / "results"
+    for k in classes:
+        torch.manual_seed(k)
+        model = modeling.create_model(TINY, num_classes=1000)
+        with torch.no_grad():
+            model.get_classifier().bias[k] += 100.0
+        modeling.save_pretrained(model, tmp_path / f"m{k}", label_names=WNIDS)
+        evaluate(tmp_path / f"m{k}", val, "--eval_sets", sets[eval_sets.R], "--image_size", 32, "--output",
+                 results / f"model{k}.json")
+    assert len(set(counts[list(classes)])) == 3  # three ImageNet accuracies: a line to fit
+    nb = execute("05_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "3 models in" in stdout(code[0]) and pngs(code[1]) == 1
+    scored = {f"model{k}": {r["kind"]: r["top1"] for r in json.loads((results / f"model{k}.json").read_text())
+                            ["results"]} for k in classes}
+    logit = lambda v: np.log(np.clip(v / 100, 0.005, 0.995) / (1 - np.clip(v / 100, 0.005, 0.995)))  # noqa: E731
+    x = np.array([logit(s["imagenet"]) for s in scored.values()])
+    y = np.array([logit(s[eval_sets.R]) for s in scored.values()])
+    slope, intercept = np.polyfit(x, y, 1)
+    for (m, s), xi in zip(scored.items(), x):
+        above = s[eval_sets.R] - 100 / (1 + np.exp(-(slope * xi + intercept)))
+        assert f"imagenet-r: {m}: top-1 {s[eval_sets.R]:.2f}% at ImageNet {s['imagenet']:.2f}%, effective " \
+               f"robustness {above:+.2f} points" in stdout(code[1])
+    stored = nbformat.read(ROOT / "notebooks" / "05_effective_robustness.ipynb", as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")
+    assert 'os.environ.get("IMAGENET_RESULTS"' in [c for c in stored.cells if c.cell_type == "code"][0].source
+
+
+def test_training_trees_named_like_a_set_are_read_as_before(tmp_path):
+    """A class-folder tree with train/ and val/ in a folder called sketch is a user's dataset, not ImageNet-Sketch."""
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            jpeg(tmp_path / "sketch" / split / c / f"{c}.jpg", len(c))
+    preprocess.main(["--data_dir", str(tmp_path / "sketch"), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    source = json.loads((tmp_path / "out" / "source.json").read_text())
+    assert source["layout"] == "class-folders" and "eval_set" not in source
+    assert datasets.load_from_disk(str(tmp_path / "out"))["train"].features["label"].names == ["cat", "dog"]
