@@ -52,6 +52,7 @@ import modeling
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
+from imagenet_trainer.fsdp import fsdp_mesh, shard_norm_layers
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
 from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
@@ -489,7 +490,6 @@ def compile_model(model, compile: bool, accelerator: Accelerator):
 # Gradients are reduce-scattered in fp32 under FSDP mixed precision: the regime of DDP + autocast, whose gradients of
 # the fp32 parameters are all-reduced in fp32. bf16 would halve that traffic at the cost of 8-bit mantissa sums.
 FSDP_REDUCE_DTYPE = torch.float32
-NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
 
 
 def prepare_fsdp(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
@@ -497,14 +497,15 @@ def prepare_fsdp(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.M
 
     - Contiguous parameters: fully_shard refuses non-contiguous ones, and a k x k conv weight in channels_last is one.
       The input stays channels_last, which still selects cuDNN's NHWC kernels (the weight is converted per call).
-    - Norm layers keep fp32 parameters and statistics under bf16/fp16: each is its own FSDP unit with an fp32 policy
-      that casts its input up and its output back down (PyTorch's test_fully_shard_mixed_precision.py,
-      _test_norm_modules); one bf16 policy for all would make BatchNorm's weight bf16 beside fp32 running stats.
+    - Norm layers keep fp32 parameters and statistics under bf16/fp16: all of them form one FSDP unit with an fp32
+      policy that casts each one's input up and its output back down (imagenet_trainer/fsdp.py); one bf16 policy for
+      all would make BatchNorm's weight bf16 beside fp32 running stats. It uses accelerate's own FSDP sub-mesh, so
+      HSDP (--parallelism_config_dp_replicate_size) replicates and shards it as it does the blocks.
     - The reduction dtype for the rest is FSDP_REDUCE_DTYPE (accelerate's default would reduce in bf16).
     Call it before the optimizer is built: sharding replaces the parameters."""
     if accelerator.distributed_type != DistributedType.FSDP:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: PLC0415 (FSDP launches only)
+    from torch.distributed.fsdp import MixedPrecisionPolicy  # noqa: PLC0415 (FSDP launches only)
 
     plugin = accelerator.state.fsdp_plugin
     model = model.to(memory_format=torch.contiguous_format)
@@ -512,12 +513,7 @@ def prepare_fsdp(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.M
     if compute is None:
         return model
     plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=FSDP_REDUCE_DTYPE)
-    norm_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=compute)
-    mesh = getattr(accelerator, "torch_device_mesh", None)
-    for module in model.modules():
-        if isinstance(module, NORM_LAYERS) and any(True for _ in module.parameters(recurse=False)):
-            # kept gathered from forward to backward: a norm's parameters are a few KB
-            fully_shard(module, mp_policy=norm_policy, reshard_after_forward=False, mesh=mesh)
+    shard_norm_layers(model, compute, fsdp_mesh(accelerator))
     return model
 
 

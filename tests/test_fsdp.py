@@ -5,7 +5,9 @@ Accelerate takes its FSDP path only for a GPU process group: with ``Accelerator(
 a machine without an accelerator) it sets up MULTI_CPU over gloo and drops the FSDP plugin the launch config built.
 FSDP2 itself (``fully_shard``, DTensor, distributed checkpoints) runs on CPU over gloo, so the launcher this file writes
 only turns the distributed type back to FSDP once the process group is up; train.py runs unchanged. The launcher also
-records, in rank 0, what the model looks like after ``prepare`` and what the first training forward saw.
+records, in rank 0, what the model looks like after ``prepare`` (and on which device mesh) and what the first training
+forward saw. HSDP runs the same way on 4 processes: accelerate 1.15 builds its parallelism config's 2 x 2 mesh on CPU
+over gloo, and FSDP2's replicate all-reduce runs there.
 """
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ def prepare_and_inspect(self, *args, **kwargs):
             "params": [n for n, _ in model.named_parameters()],
             "non_contiguous": [n for n, p in model.named_parameters()
                                if not (p.is_contiguous() and local(p).is_contiguous())],
+            "meshes": sorted({(tuple(p.device_mesh.mesh_dim_names or ()), tuple(map(repr, p.placements)))
+                              for p in model.parameters() if hasattr(p, "to_local")}),
             "norms": {}, "convs": {}}
     hooks = []
 
@@ -106,29 +110,56 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 # Every backbone train.py is pointed at by the registry or a recipe, prepared the way train.py prepares it (after
-# --channels_last), then one bf16 training step; the launcher records each one's report.
+# --channels_last), then two bf16 training steps; the launcher records each one's report, and this script the
+# collectives FSDP issued in the second step (the first also runs FSDP's lazy initialisation): FSDP2 calls them as
+# attributes of torch.distributed (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py), so wrapping those sees
+# each one with the size of its full, unsharded buffer.
 SWEEP = '''
-import os, sys
+import json, os, sys
 sys.path.insert(0, {root!r})
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
 import modeling
 import train
 
+CALLS = []
+
+
+def counted(name, collective):
+    def call(*args, **kwargs):
+        full = kwargs.get("input") if name == "reduce_scatter_single" else (args[0] if args else kwargs["output"])
+        CALLS.append([name, full.numel() * full.element_size()])
+        return collective(*args, **kwargs)
+    return call
+
+
+for name in ("all_gather_single", "reduce_scatter_single", "all_reduce"):
+    setattr(dist, name, counted(name, getattr(dist, name)))
 accelerator = Accelerator(cpu=True)
+plugin = accelerator.state.fsdp_plugin
+wrap = plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap
 for name in sys.argv[1:]:
+    # accelerate fixes the block classes to wrap at the first model it prepares; train.py prepares one per launch
+    plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = wrap
     torch.manual_seed(0)
     model = modeling.create_model(name, num_classes=4).to(memory_format=torch.channels_last)
     model = train.prepare_fsdp(model, accelerator)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     os.environ["FSDP_CPU_REPORT"] = os.path.join({reports!r}, name + ".json")
     model, optimizer = accelerator.prepare(model, optimizer)
-    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    loss = F.cross_entropy(model(x).float(), torch.tensor([0, 1]))
-    accelerator.backward(loss)
-    optimizer.step()
-    assert torch.isfinite(loss), name
+    for step in range(2):
+        CALLS.clear()
+        x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x).float(), torch.tensor([0, 1]))
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        assert torch.isfinite(loss), name
+    if accelerator.is_main_process:
+        with open(os.path.join({reports!r}, name + ".collectives.json"), "w") as f:
+            json.dump(CALLS, f)
     accelerator.free_memory()
 '''
 RECIPE_MODELS = sorted({yaml.safe_load(p.read_text())["model"] for p in (ROOT / "recipes").glob("*.yaml")})
@@ -148,10 +179,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=()):
+def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=(), processes=2):
     """README's FSDP command, on 2 CPU processes: accelerate launch --config_file accelerate_configs/fsdp.yaml ..."""
     return [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
-            "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", str(free_port()),
+            "--num_processes", str(processes), "--mixed_precision", mixed_precision, "--main_process_port", str(free_port()),
             *launch,
             str(launcher), str(ROOT / "train.py"), "--model", model, "--dataset", str(dataset),
             "--output_dir", str(out), "--image_size", "32", "--batch_size", "4", "--num_workers", "0",
@@ -201,6 +232,7 @@ def test_fsdp_bf16_kill_resume_export_validate(preprocessed, launcher, tmp_path,
     assert seen["distributed_type"] == "DistributedType.FSDP"
     assert seen["sharded"] == seen["params"]  # every parameter is a DTensor shard: fully_shard ran on all
     assert seen["non_contiguous"] == []  # channels_last is on, yet no parameter was converted
+    assert seen["meshes"] == [[[], ["Shard(dim=0)"]]]  # no parallelism config: one unnamed dimension, all sharded
     assert any(norm in s["type"] for s in seen["norms"].values())
     for name, norm_seen in seen["norms"].items():  # norm layers: fp32 parameters, statistics and compute
         assert norm_seen["params"] == ["torch.float32"], name
@@ -291,3 +323,68 @@ def test_every_backbone_shards_with_fp32_norms(swept, name):
     for norm_name, norm_seen in seen["norms"].items():
         assert norm_seen["params"] == ["torch.float32"] and norm_seen["input"] == "torch.float32", norm_name
     assert {c["params"][0] for c in seen["convs"].values()} == {"torch.bfloat16"}
+
+
+
+def block_units(name: str) -> int:
+    """How many residual blocks of `name` accelerate's TRANSFORMER_BASED_WRAP makes FSDP units (_no_split_modules)."""
+    model = modeling.create_model(name, num_classes=4)
+    classes = set(getattr(model, "_no_split_modules", None) or ())
+    return sum(type(m).__name__ in classes for m in model.modules())
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_a_step_issues_a_few_collectives_per_block(swept, name):
+    """A block unit all-gathers in forward, again in backward (it reshards after forward) and reduce-scatters; the
+    norm unit, the root and the unit accelerate carves for a direct child named like a norm (its "final norm":
+    convnext's NormMlpClassifierHead) all-gather once and reduce-scatter once. A unit per norm layer added two
+    collectives of a few KB per layer: resnet50 issued 156 a step (107 under 64 KB), convnext_tiny 104 (BENCHMARKS.md,
+    FSDP)."""
+    calls = json.loads((swept / f"{name}.collectives.json").read_text())
+    kinds = {kind for kind, _ in calls}
+    assert kinds <= {"all_gather_single", "reduce_scatter_single"}  # FSDP, not HSDP: no all-reduce
+    assert 2 <= len(calls) <= 3 * block_units(name) + 6, calls
+    if name == "resnet50":  # 16 bottlenecks: 48 + 2 (norms) + 2 (root)
+        assert len(calls) == 52
+        assert sum(size < 64 * 1024 for _, size in calls) <= 2  # the root's (stem conv, 4-class head)
+
+
+# HSDP as accelerate builds it: a (dp_replicate, dp_shard) mesh from its parallelism config, shards inside a replica
+# group, an all-reduce across the groups. The flags are accelerate launch's own; a config file can hold the same keys
+# under `parallelism_config:` (parallelism_config_dp_replicate_size, parallelism_config_dp_shard_size).
+HSDP_2x2 = ("--use_fsdp", "--use_parallelism_config", "--parallelism_config_dp_replicate_size", "2",
+            "--parallelism_config_dp_shard_size", "2")
+
+
+def test_hsdp_2x2_mesh_trains_and_resumes_exactly(preprocessed, launcher, tmp_path):
+    """4 gloo processes on a 2 x 2 mesh: every unit (the blocks, the root and the norm unit train.py adds) sits on
+    accelerate's FSDP sub-mesh, replicated over the first dimension and sharded over the second; a SIGKILL mid-epoch
+    and a resume give the uninterrupted run's weights bit for bit."""
+    common = ("--epochs", "2", "--save_every_steps", "1", "--keep_last", "10", "--batch_size", "2")
+    report = tmp_path / "prepared.json"
+    ok(fsdp_cmd(launcher, preprocessed, tmp_path / "straight", BN_MODEL, *common, launch=HSDP_2x2, processes=4),
+       FSDP_CPU_REPORT=str(report))
+    seen = json.loads(report.read_text())
+    assert seen["sharded"] == seen["params"]
+    assert seen["meshes"] == [[["dp_replicate", "dp_shard_cp"], ["Replicate()", "Shard(dim=0)"]]]
+    for name, norm_seen in seen["norms"].items():
+        assert norm_seen["params"] == ["torch.float32"] and norm_seen["input"] == "torch.float32", name
+    assert json.loads((tmp_path / "straight" / "run_info.json").read_text())["num_processes"] == 4
+    reference = rows(tmp_path / "straight")
+    steps_per_epoch, last_step = reference[0]["step"], reference[-1]["step"]
+    assert steps_per_epoch >= 2, "the fixture must give a mid-epoch step to resume from"
+
+    out = tmp_path / "killed"
+    mid_epoch = steps_per_epoch + 1
+    kill_at_checkpoint(fsdp_cmd(launcher, preprocessed, out, BN_MODEL, *common, launch=HSDP_2x2, processes=4), env(),
+                       out, mid_epoch, last_step)
+    resumed = ok(fsdp_cmd(launcher, preprocessed, out, BN_MODEL, *common, "--resume_from_checkpoint", "latest",
+                          launch=HSDP_2x2, processes=4))
+    assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
+    a = sharded_weights(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}", tmp_path)
+    b = sharded_weights(out / "checkpoints" / f"step_{last_step:08d}", tmp_path)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_top1"] for r in rows(out)] == [r["val_top1"] for r in reference]
+    assert (out / "final" / "model.safetensors").is_file()
