@@ -260,25 +260,31 @@ import mynet  # noqa: F401  a plain-CNN family of the user's, the docstring's ex
 readme = (Path(modeling.__file__).resolve().parents[1] / "README.md").read_text()
 snippet = re.search(r"```python\n(@register\ndef blocknet_wide.*?)```", readme, flags=re.S).group(1)
 exec(snippet, vars(modeling.blocknet))  # as if pasted at the end of modeling/blocknet.py
+three = snippet.replace("blocknet_wide", "blocknet_three").replace(
+    "depths=(2, 2, 2, 2), widths=(96, 192, 384, 768)", "depths=(1, 1, 1), widths=(16, 32, 64), strides=(2, 2, 2)")
+assert "strides=(2, 2, 2)" in three
+exec(three, vars(modeling.blocknet))  # a three-stage variant: four feature taps, timm's default asks for five
 """
 
 
 def test_a_users_families_pass_the_registry_suite_as_written(tmp_path):
-    """README section 6's three-line blocknet_wide and the docstring's plain-CNN mynet_small (no residual blocks, two
-    feature maps at strides 2 and 4, 32 px-sized) registered as a user would, then the registry tests of this file
-    and tests/test_recipes.py on them: nothing in the suite may ask more of a family than every family needs."""
+    """README section 6's three-line blocknet_wide, a three-stage variant of it and the docstring's plain-CNN
+    mynet_small (no residual blocks, two feature maps at strides 2 and 4, 32 px-sized) registered as a user would,
+    then the registry tests of this file, tests/test_timm_contract.py and tests/test_recipes.py on them: nothing in
+    the suite may ask more of a family than every family needs, and timm's contract holds for each."""
     (tmp_path / "mynet.py").write_text(docstring_family_source("mynet_small"))
     (tmp_path / "users_families.py").write_text(USERS_FAMILIES)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "users_families", "-p", "no:cacheprovider",
-                           "tests/test_modeling.py", "tests/test_recipes.py", "-k",
-                           "mynet_small or blocknet_wide or test_registry_lists"],
+                           "tests/test_modeling.py", "tests/test_timm_contract.py", "tests/test_recipes.py", "-k",
+                           "mynet_small or blocknet_wide or blocknet_three or test_registry_lists"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     ran = re.findall(r"(\d+) passed", proc.stdout)
-    # forward/backward, features_only, save/load, FSDP wrap for each of the two, plus the registry test
-    assert ran and int(ran[0]) >= 9, proc.stdout[-2000:]
+    # forward/backward, features_only, save/load, FSDP wrap and timm's contract (7) for each of the three, plus the
+    # registry test
+    assert ran and int(ran[0]) >= 3 * (4 + 7) + 1, proc.stdout[-2000:]
     assert " skipped" not in proc.stdout.splitlines()[-1]
 
 
