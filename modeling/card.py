@@ -303,10 +303,12 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
     trust = ", trust_remote_code=True" if remote_code else ""
     lines += ["### transformers", ""]
     if remote_code:
-        lines += [f"`trust_remote_code=True` runs the two Python files of this repository: `{Path(defined_in).name}` "
-                  f"(the architecture: torch and timm only; importing it registers `{arch}` with timm) and "
-                  f"`modeling_{Path(defined_in).stem}.py` (transformers' `TimmWrapperForImageClassification`, "
-                  "unchanged). Read them before you run them; nothing else of imagenet-trainer is needed.", ""]
+        lines += [f"`trust_remote_code=True` runs the Python files of this repository: `{Path(defined_in).name}` "
+                  f"(the architecture: torch and timm only, with any module of its own it imports; importing it "
+                  f"registers `{arch}` with timm) and `modeling_{Path(defined_in).stem}.py` (transformers' "
+                  "`TimmWrapperForImageClassification`, unchanged, and a `TimmBackbone` for `AutoBackbone` that keeps "
+                  "the BatchNorm statistics). Read them before you run them; nothing else of imagenet-trainer is "
+                  "needed.", ""]
     elif defined_in:
         lines += [f"transformers needs `{arch}` registered first, as above (`import modeling`).", ""]
     lines += ["```python", *(register if defined_in and not remote_code else []),
