@@ -4,8 +4,10 @@ code (auto_map's AutoBackbone) in an interpreter that cannot import this project
 behaviour the README blames, so the README is rewritten when transformers changes it."""
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -173,3 +175,36 @@ def test_auto_backbone_entry_of_the_remote_code_in_a_clean_interpreter(export, t
     assert not any(torch.equal(v, torch.ones_like(v)) for k, v in out.items() if k.endswith("running_var"))
     assert sorted(v.sum().item() for k, v in out.items() if k.endswith("running_var")) == sorted(
         v.sum().item() for k, v in saved_vars.items() if not k.startswith("head"))
+
+
+def readme_backbone_blocks() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## 8. Use it as a backbone", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.parametrize("block", [0, 1, 2], ids=["timm", "torchvision-detection", "transformers"])
+def test_readme_backbone_routes_run_as_written(export, block):
+    """README section 8's blocks, on the saved folder in place of runs/blocknet/final: the maps are the export's."""
+    folder, model = export
+    blocks = readme_backbone_blocks()
+    assert len(blocks) == 3
+    namespace = {}
+    exec(compile(blocks[block].replace("runs/blocknet/final", str(folder)), f"README block {block}", "exec"),
+         namespace)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        first = model.forward_intermediates(x, indices=[1], intermediates_only=True)[0]  # before any dilation
+        if block == 0:
+            backbone = namespace["backbone"]
+            assert backbone.feature_info.reduction() == [4, 8, 16, 16]
+            assert torch.equal(backbone(x)[0], first)
+        elif block == 1:
+            body = namespace["detector"].backbone.body
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in body.parameters())
+            assert torch.equal(namespace["TimmFPN"](f"local-dir:{folder}").body.eval()(x)[0], first)
+        else:
+            assert torch.equal(namespace["backbone"](x).feature_maps[0], first)
+            assert torch.equal(namespace["upernet"].eval().backbone(x).feature_maps[0], first)
+            detr_first = namespace["detr"].eval().model.backbone(x, torch.ones(1, 224, 224, dtype=torch.long))[0][0]
+            assert torch.allclose(detr_first, first, atol=1e-5)
