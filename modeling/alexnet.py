@@ -161,9 +161,15 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    # weights saved through transformers' TimmWrapper (a Trainer fine-tune of a trust_remote_code load) carry the
+    # wrapper's "timm_model." prefix: timm's local-dir:/hf-hub: loads apply this to every checkpoint
+    return {k.removeprefix("timm_model."): v for k, v in state_dict.items()}
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> AlexNet:
     # flatten_sequential lets feature_info name layers inside `features` ("features.4") for features_only=True.
-    return build_model_with_cfg(AlexNet, variant, pretrained,
+    return build_model_with_cfg(AlexNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)), **kwargs)
 
 

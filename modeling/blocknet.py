@@ -301,6 +301,12 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    # weights saved through transformers' TimmWrapper (a Trainer fine-tune of a trust_remote_code load) carry the
+    # wrapper's "timm_model." prefix: timm's local-dir:/hf-hub: loads apply this to every checkpoint
+    return {k.removeprefix("timm_model."): v for k, v in state_dict.items()}
+
+
 def _create(variant: str, cfg: BlockNetCfg, pretrained: bool = False, **kwargs) -> BlockNet:
     if get_pretrained_cfg(variant) is None and kwargs.get("pretrained_cfg") is None:  # a variant added without a
         kwargs["pretrained_cfg"] = _cfg()  # default_cfgs entry (README's blocknet_wide): the family's, not timm's
@@ -309,7 +315,8 @@ def _create(variant: str, cfg: BlockNetCfg, pretrained: bool = False, **kwargs) 
     # tap by default (the stem's and one per stage: timm's default of five would not fit a three-stage variant)
     taps = tuple(range(len(cfg.depths) + 1))
     return build_model_with_cfg(BlockNet, variant, pretrained, model_cfg=cfg,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=taps), **kwargs)
+                                feature_cfg=dict(flatten_sequential=True, out_indices=taps),
+                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 @register
