@@ -81,7 +81,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import demo, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -546,6 +546,8 @@ def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts:
         "counts": counts,
         "val_fraction": cfg.val_fraction if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
         "split_seed": cfg.split_seed if listing.layout == image_tree.CLASS_FOLDERS_SPLIT else None,
+        # a demo tree: what its images really are (the cards say it); absent for real data
+        **({"generated": demo.demo_origin(data_dir)} if demo.demo_origin(data_dir) else {}),
     }
 
 
