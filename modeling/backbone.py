@@ -89,3 +89,22 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
     model = TimmBackbone(config)
     load_backbone_weights(model, export)
     return model.eval()
+
+
+class TimmFPN(torch.nn.Module):
+    """An export's ``features_only`` maps through torchvision's ``FeaturePyramidNetwork``: the backbone torchvision's
+    detectors (FasterRCNN, RetinaNet, MaskRCNN) take, an ordered dict of maps plus ``out_channels``. torchvision's own
+    ``BackboneWithFPN`` reaches only a model's direct children (ResNet's ``layer1``), not BlockNet's ``stages.0``;
+    timm's ``feature_info`` knows every family's taps."""
+
+    def __init__(self, export, out_channels: int = 64, out_indices: tuple[int, ...] = (1, 2, 3, 4)):
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+        super().__init__()
+        self.body = timm.create_model(timm_name(export), pretrained=True, features_only=True, out_indices=out_indices)
+        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fpn({str(i): m for i, m in enumerate(self.body(x))})

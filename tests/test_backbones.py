@@ -202,7 +202,7 @@ def test_readme_backbone_routes_run_as_written(export, block):
         elif block == 1:
             body = namespace["detector"].backbone.body
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in body.parameters())
-            assert torch.equal(namespace["TimmFPN"](f"local-dir:{folder}").body.eval()(x)[0], first)
+            assert torch.equal(namespace["TimmFPN"](folder).body.eval()(x)[0], first)
         else:
             assert torch.equal(namespace["backbone"](x).feature_maps[0], first)
             assert torch.equal(namespace["upernet"].eval().backbone(x).feature_maps[0], first)
