@@ -107,6 +107,20 @@ def test_upernet_and_detr_get_the_exports_backbone(export):
     assert upernet(pixel_values=X).logits.shape == (1, 3, 64, 64)
 
 
+def test_detr_dc5_dilates_the_last_stage(export):
+    """DetrConfig(dilation=True) asks timm for output_stride=16: BlockNet takes it (DETR-DC5)."""
+    folder, model = export
+    detr = transformers.DetrForObjectDetection(transformers.DetrConfig(
+        use_timm_backbone=True, backbone=modeling.timm_name(folder), dilation=True, encoder_layers=1,
+        decoder_layers=1, d_model=16, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+        decoder_ffn_dim=16, num_queries=4, num_labels=3)).eval()
+    modeling.load_backbone_weights(detr, folder)
+    with torch.no_grad():
+        maps = [m for m, _ in detr.model.backbone(X, torch.ones(1, 64, 64, dtype=torch.long))]
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 4]
+    assert torch.allclose(maps[0], expected_maps(model)[0], atol=1e-5)
+
+
 def test_load_backbone_weights_refuses_what_does_not_fit(export, tmp_path):
     folder, _ = export
     with pytest.raises(ValueError, match="holds no timm backbone") as e:
