@@ -6,6 +6,7 @@
     modeling.save_pretrained(model, "out/model", label_names=wnids, label_descriptions=names)
     model = modeling.load_model("out/model")                          # or "hf-hub:OWNER/NAME"
     modeling.push_to_hub("out/model", "OWNER/NAME")
+    backbone = modeling.timm_backbone("out/model")                    # transformers' TimmBackbone, exact weights
 
 Importing ``modeling`` registers our designs with timm, so ``timm.create_model("blocknet_tiny")``, timm's scripts
 and transformers' ``TimmWrapper`` classes take their names too: ``pip install -e .`` (or ``pip install git+URL`` of
