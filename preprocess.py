@@ -85,7 +85,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import archives, eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import archives, demo, eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -572,6 +572,8 @@ def source_info(listing: Listing, data_dir: Path, cfg: PreprocessConfig, counts:
         **({"packaging": listing.archives["packaging"],
             "archives": [os.path.basename(p) for p in listing.archives["archives"]]} if listing.archives else {}),
         **(eval_sets.source_fields(listing.layout, listing.eval_set, counts, data_dir) if listing.eval_set else {}),
+        # a demo tree: what its images really are (the cards say it); absent for real data
+        **({"generated": demo.demo_origin(data_dir)} if demo.demo_origin(data_dir) else {}),
     }
 
 

@@ -395,6 +395,10 @@ def build_model(cfg: TrainConfig, num_classes: int, say=print) -> torch.nn.Modul
     except (ValueError, OSError, RuntimeError) as e:  # unknown name, offline Hub, missing or mismatched weights
         raise SystemExit(f"error: --model {cfg.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                          ) from None
+    try:  # an export that could not carry the family's code would be found out only after the last step
+        modeling.check_exportable(model)
+    except ValueError as e:
+        raise SystemExit(f"error: --model {cfg.model}: {e}") from None
     weights_classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
     if cfg.pretrained and weights_classes and weights_classes != num_classes:
         say(f"--model {cfg.model}: new {num_classes}-class head (random init); the {weights_classes}-class head of "

@@ -58,6 +58,19 @@ from imagenet_trainer import ilsvrc
 from imagenet_trainer.config import parse_config
 
 MANIFEST = "demo_manifest.json"
+# what a demo tree's images are, for source.json and the cards: ILSVRC's layout and wnids, none of ImageNet's images
+ORIGINS = {"digits": "scikit-learn's handwritten digits (8x8, upscaled and coloured) laid out as ILSVRC-2012 by "
+                     "imagenet_trainer.demo, not ImageNet images",
+           "photos": "scikit-image's bundled photos (random crops) laid out as ILSVRC-2012 by imagenet_trainer.demo, "
+                     "not ImageNet images"}
+
+
+def demo_origin(root) -> str | None:
+    """What the images of a tree this module wrote really are; None for any other tree (a real download)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    return ORIGINS.get(json.loads(path.read_text()).get("source"), "imagenet_trainer.demo's generated images")
 # skimage.data photos that load without the network (pooch) in scikit-image 0.26; 'logo' is RGBA, channels [:3].
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry",
           "stereo_motorcycle", "colorwheel", "logo")

@@ -80,8 +80,9 @@ def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict
     info = {"features": first.features._to_yaml_list(),
             "splits": [{"name": n, "num_examples": len(s)} for n, s in ds.items()]}
     pretty = source.get("name") or "image classification data"
+    imagenet_images = source.get("layout") == "ilsvrc-kaggle" and not source.get("generated")  # a demo tree: none
     data = DatasetCardData(pretty_name=pretty, task_categories=["image-classification"], tags=["imagenet-trainer"],
-                           license="other" if source.get("layout") == "ilsvrc-kaggle" else None,
+                           license="other" if imagenet_images else None,
                            configs=[{"config_name": "default", "data_files": data_files}], dataset_info=info)
     counts = ", ".join(f"{len(s):,} {n}" for n, s in ds.items())
     lines = ["---", data.to_yaml(), "---", "", f"# {pretty}", "",
@@ -95,12 +96,13 @@ def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict
                                                                                   source.get("layout"))
         lines += [f"- **Data:** {source.get('name')}" + (" (the full ILSVRC-2012)" if source.get("ilsvrc2012_full")
                                                          else ""),
-                  f"- **Layout converted:** {layout}",
+                  f"- **Layout converted:** {layout}", *([f"- **Images:** {source['generated']}"]
+                                                          if source.get("generated") else []),
                   f"- **Counts at conversion:** " + ", ".join(f"{n:,} {k}" for k, n in source.get("counts", {}).items())]
         if source.get("val_fraction"):
             lines.append(f"- **Validation split:** {source['val_fraction']:.0%} of each class, seed "
                          f"{source.get('split_seed')}")
-        if source.get("layout") == "ilsvrc-kaggle":
+        if imagenet_images:
             lines += ["", "ImageNet's terms of access (image-net.org) allow non-commercial research use and forbid "
                       "redistributing the images: keep this repository private to those who accepted them."]
     else:

@@ -76,8 +76,8 @@ def git_sha() -> str | None:
 @functools.cache
 def git_install_url(root: Path | None = None) -> str | None:
     """``git+URL@SHA`` of the code in ``root`` (default: this checkout), for the model card's pip line: the exact
-    code that made the weights. None without a remote ``origin``, with uncommitted changes (that code is nowhere to
-    install from) or for a local-path remote. Credentials in the URL (``https://user:token@host/...``) are dropped:
+    code that made the weights. None without a remote ``origin``, with uncommitted changes or a commit no remote
+    branch contains (that code is nowhere to install from) or for a local-path remote. Credentials in the URL (``https://user:token@host/...``) are dropped:
     a card is public."""
     root = root or Path(__file__).resolve().parent.parent
 
@@ -90,6 +90,8 @@ def git_install_url(root: Path | None = None) -> str | None:
 
     sha, url = git("rev-parse", "HEAD"), git("remote", "get-url", "origin")
     if not sha or not url or git("status", "--porcelain", "--untracked-files=no") != "":
+        return None
+    if not git("branch", "-r", "--contains", sha):  # never pushed (as far as the last fetch knows): not installable
         return None
     if "://" in url:
         scheme, rest = url.split("://", 1)

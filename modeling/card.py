@@ -180,6 +180,7 @@ def _source_line(source: dict) -> str:
     counts = ", ".join(f"{n:,} {split}" for split, n in (source.get("counts") or {}).items())
     how = {"ilsvrc-kaggle": "Kaggle's ILSVRC-2012 tree", "class-folders": "class folders",
            "class-folders-split": "class folders, validation split carved from train"}.get(source.get("layout"), "")
+    how = source.get("generated") or how  # a demo tree has ILSVRC's layout, not its images
     split = (f"; {source['val_fraction']:.0%} of each class held out with seed {source.get('split_seed')}"
              if source.get("val_fraction") else "")
     full = " (the full ILSVRC-2012)" if source.get("ilsvrc2012_full") else ""
@@ -268,7 +269,10 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
     if defined_in and defined_in.startswith("modeling/"):
         lines += [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
                   "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
-                  "```bash", _install_line(), "```", ""]
+                  "```bash", _install_line(), "```", "",
+                  *([f"Or, without the package: this repository holds a copy of `{Path(defined_in).name}` (torch "
+                     f"and timm only); put it on your Python path and `import {Path(defined_in).stem}` instead."]
+                    if remote_code else []), ""]
         register = ["import modeling  # registers " + arch + " with timm"]
     elif defined_in:  # a family module outside the package: the copy in this repository is the one to import
         module = Path(defined_in).stem
@@ -303,10 +307,12 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
     trust = ", trust_remote_code=True" if remote_code else ""
     lines += ["### transformers", ""]
     if remote_code:
-        lines += [f"`trust_remote_code=True` runs the two Python files of this repository: `{Path(defined_in).name}` "
-                  f"(the architecture: torch and timm only; importing it registers `{arch}` with timm) and "
-                  f"`modeling_{Path(defined_in).stem}.py` (transformers' `TimmWrapperForImageClassification`, "
-                  "unchanged). Read them before you run them; nothing else of imagenet-trainer is needed.", ""]
+        lines += [f"`trust_remote_code=True` runs the Python files of this repository: `{Path(defined_in).name}` "
+                  f"(the architecture: torch and timm only, with any module of its own it imports; importing it "
+                  f"registers `{arch}` with timm) and `modeling_{Path(defined_in).stem}.py` (transformers' "
+                  "`TimmWrapperForImageClassification`, unchanged, and a `TimmBackbone` for `AutoBackbone` that keeps "
+                  "the BatchNorm statistics). Read them before you run them; nothing else of imagenet-trainer is "
+                  "needed.", ""]
     elif defined_in:
         lines += [f"transformers needs `{arch}` registered first, as above (`import modeling`).", ""]
     lines += ["```python", *(register if defined_in and not remote_code else []),

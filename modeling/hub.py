@@ -50,6 +50,7 @@ from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
                    model_index, public, resolve_dataset, results_section)
 from .remote_code import NotBundleable, defining_module, remote_code_files
+from .transformers_saved import head_labels, saved_by_transformers, wrapper_saved_state
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -298,7 +299,16 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
                          f"{hint}")
     # local-dir: reads config.json and model.safetensors (timm prefers it over pickles, which _resolve_folder
     # has made sure exists)
-    return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()
+    state = wrapper_saved_state(folder / WEIGHTS_NAME)
+    if state is None:
+        return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()
+    model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False, **kwargs)
+    head = model.pretrained_cfg.get("classifier") or ""
+    new_head = bool(head) and f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != model.num_classes
+    if new_head:  # another class count: a fresh classifier, as timm's own loader gives
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    model.load_state_dict(state, strict=not new_head)
+    return model.eval()
 
 
 def label_info(path_or_hub_id) -> tuple[list[str] | None, list[str] | None]:
@@ -311,7 +321,11 @@ def label_info(path_or_hub_id) -> tuple[list[str] | None, list[str] | None]:
     if names is None:
         return None, None
     names = list(names.values()) if isinstance(names, dict) else list(names)
-    return names, [descriptions.get(n, n) for n in names] if descriptions else None
+    described = [descriptions.get(n, n) for n in names] if descriptions else None
+    head = head_labels(config) if saved_by_transformers(config) else None
+    if head and head not in (names, display_names(names, described)):  # a fine-tune's head: its own labels
+        return head, None
+    return names, described
 
 
 def _hub_offline() -> bool:

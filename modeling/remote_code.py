@@ -4,12 +4,15 @@ config.json, so ``AutoModelForImageClassification.from_pretrained(PATH, trust_re
 ``pipeline(..., trust_remote_code=True)`` work with only timm and transformers installed.
 
 What that load runs: the copied family file (it builds the network and registers its variant names with timm's
-registry) and the wrapper, a subclass of transformers' ``TimmWrapperForImageClassification`` that adds nothing.
-transformers' dynamic-module loader copies the files a repo's ``modeling_*.py`` imports in the form
-``from .family import Name`` (it follows no ``from . import family``), so the wrapper imports the model class that
-way. The copy must stand alone: it may import torch, timm and the standard library, and the registry import of a
+registry), the modules of the user's own it imports as ``from .mylayers import MyBlock`` (copied too: transformers'
+dynamic-module loader follows that form, recursively; it follows no ``from . import mylayers``), and the wrapper, a
+subclass of transformers' ``TimmWrapperForImageClassification`` that adds nothing, plus ``<Class>Backbone``, a
+``TimmBackbone`` named in ``auto_map`` for ``AutoBackbone`` whose ``from_pretrained`` keeps the export's weights and
+BatchNorm statistics (``TimmBackbone.from_pretrained`` resets the statistics; see modeling/backbone.py). The copies
+must stand alone: they may import torch, timm, the standard library and each other, and the registry import of a
 family file (``from ._registry import register``) is replaced by timm's own ``register_model``, which is all that
-``register`` adds to (besides ``modeling.list_models()``).
+``register`` adds to (besides ``modeling.list_models()``). ``check_exportable`` applies these rules to a model at
+start-up, so a family that cannot travel is refused before training, not after.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ _REGISTER_IMPORT = re.compile(r"^from\s+(?:\._registry|modeling\._registry|model
 _TIMM_REGISTER = "from timm.models import register_model as register  # standalone copy: timm's registry decorator"
 _STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 _ALLOWED_TOP = {"torch", "timm"} | _STDLIB
+# this package's own modules: project code, never copied (a family imports only _registry's register, replaced above)
+_PROJECT = {"_registry", "hub", "card", "remote_code", "backbone", "transformers_saved", "__init__"}
 
 
 class NotBundleable(ValueError):
@@ -47,54 +52,80 @@ def defining_module(model):
     return module
 
 
-def standalone_source(module) -> str:
-    """The source of ``module`` with its registry import replaced by timm's; raises NotBundleable naming the import
-    that keeps it from standing alone."""
-    path = inspect.getsourcefile(module)
-    if not path:
-        raise NotBundleable(f"module {module.__name__} has no source file to copy")
-    text = _REGISTER_IMPORT.sub(_TIMM_REGISTER, Path(path).read_text())
-    for node in ast.walk(ast.parse(text, filename=path)):
-        if isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-            if node.level:
-                raise NotBundleable(f"{Path(path).name} line {node.lineno} imports '.{node.module or ''}': a copied "
-                                    f"architecture file may import only torch, timm and the standard library")
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
+def _refusal(path: Path, lineno: int, what: str) -> NotBundleable:
+    return NotBundleable(f"{path.name} line {lineno} imports '{what}': an exported architecture file may import only "
+                         f"torch, timm, the standard library and modules of its own folder as `from .module import "
+                         f"Name`")
+
+
+def standalone_sources(path: Path, files: dict[str, str] | None = None) -> dict[str, str]:
+    """{file name: text} of the architecture file at ``path`` (its registry import replaced by timm's) and of the
+    modules of its folder it imports with ``from .module import Name``, recursively; raises NotBundleable naming
+    the first import that keeps them from standing alone."""
+    files = {} if files is None else files
+    text = _REGISTER_IMPORT.sub(_TIMM_REGISTER, path.read_text())
+    files[path.name] = text
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            local = path.parent / f"{node.module}.py" if node.level == 1 and node.module else None
+            if local is None or node.module in _PROJECT or node.module.startswith("modeling_") \
+                    or not local.is_file():
+                raise _refusal(path, node.lineno, "." * node.level + (node.module or ""))
+            if local.name not in files:
+                standalone_sources(local, files)
             continue
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
         for name in names:
             if name.split(".")[0] not in _ALLOWED_TOP:
-                raise NotBundleable(f"{Path(path).name} line {node.lineno} imports '{name}': a copied architecture "
-                                    f"file may import only torch, timm and the standard library")
-    return text
+                raise _refusal(path, node.lineno, name)
+    return files
+
+
+def check_exportable(model) -> None:
+    """Raise ValueError (one line, naming the file and import) when the export of ``model`` could not carry the
+    code that defines it; nothing for timm's own architectures."""
+    remote_code_files(model)
 
 
 def remote_code_files(model) -> tuple[dict[str, str], dict]:
     """({file name: text}, auto_map) for an architecture timm does not ship; ({}, {}) for one it does. Raises
-    NotBundleable when the defining file imports project code."""
+    NotBundleable when the defining files import project code."""
     module = defining_module(model)
     if module is None:
         return {}, {}
     cls = type(model)
-    if inspect.getmodule(cls) is not module:
-        raise NotBundleable(f"{cls.__name__} is defined in {cls.__module__}, its variant in {module.__name__}: put the "
-                            f"class and its registered variants in one file")
-    stem = Path(inspect.getsourcefile(module)).stem
+    path = inspect.getsourcefile(module)
+    if not path:
+        raise NotBundleable(f"module {module.__name__} has no source file to copy")
+    stem = Path(path).stem
     wrapper = f"modeling_{stem}"
     if stem.startswith("modeling_"):
         raise NotBundleable(f"{stem}.py: a family file named modeling_* would collide with the wrapper file")
     name = "TimmWrapperForImageClassification"  # pipeline() checks the class name: transformers' own, no warning
-    files = {
-        f"{stem}.py": f"# {stem}.py, the architecture of these weights (torch + timm only).\n" + standalone_source(module),
-        f"{wrapper}.py": WRAPPER.format(stem=stem, cls=cls.__name__, name=name),
-    }
-    return files, {"AutoModelForImageClassification": f"{wrapper}.{name}"}
+    sources = standalone_sources(Path(path))
+    class_file = inspect.getsourcefile(cls) or ""
+    if Path(class_file).name not in sources or Path(class_file).parent != Path(path).parent:
+        raise NotBundleable(f"{cls.__name__} is defined in {cls.__module__}, its variant in {module.__name__}, which "
+                            f"does not import it as `from .module import {cls.__name__}`: put the class next to its "
+                            f"registered variants")
+    roles = {f"{stem}.py": "the architecture of these weights"}
+    files = {fname: f"# {fname}, {roles.get(fname, f'imported by {stem}.py')} (torch + timm only).\n" + text
+             for fname, text in sources.items()}
+    files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name)
+    return files, {"AutoModelForImageClassification": f"{wrapper}.{name}",
+                   "AutoBackbone": f"{wrapper}.{cls.__name__}Backbone"}
 
 
-WRAPPER = '''"""transformers entry point for these weights: importing {stem}.py registers its variants with timm, then
-transformers' TimmWrapper builds the network by name from config.json as it does for timm's own architectures."""
+WRAPPER = '''"""transformers entry points for these weights: importing {stem}.py registers its variants with timm, then
+transformers' TimmWrapper builds the network by name from config.json as it does for timm's own architectures;
+{cls}Backbone serves AutoBackbone."""
+import os
+
+import timm
+import torch
+from huggingface_hub import hf_hub_download
+from transformers import TimmBackbone, TimmBackboneConfig
 from transformers import TimmWrapperForImageClassification as TimmWrapper
 
 from .{stem} import {cls}  # noqa: F401  this form is what transformers' loader follows to copy {stem}.py
@@ -102,4 +133,28 @@ from .{stem} import {cls}  # noqa: F401  this form is what transformers' loader 
 
 class {name}(TimmWrapper):  # transformers' name: pipeline() knows it as an image classifier
     pass
+
+
+class {cls}Backbone(TimmBackbone):
+    """The feature maps of these weights, for DETR/UperNet-style models. TimmBackbone.from_pretrained resets every
+    BatchNorm's running statistics to 0/1 (transformers 5.24); this one loads them with the weights, from timm's own
+    features_only load. out_indices: feature_info taps (default: every one after the stem's); output_stride: 8 or 16
+    for dilated last stages."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, out_indices=None, output_stride=None,
+                        revision=None, cache_dir=None, token=None, **kwargs):
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):  # a Hub id: the two files timm's local-dir: reads
+            for fname in ("config.json", "model.safetensors"):
+                path = hf_hub_download(folder, fname, revision=revision, cache_dir=cache_dir, token=token)
+            folder = os.path.dirname(path)
+        name = "local-dir:" + os.path.abspath(folder)
+        if out_indices is None:
+            with torch.device("meta"):  # shapes only: the number of taps
+                out_indices = tuple(range(1, len(timm.create_model(name).feature_info)))
+        exported = timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices))
+        model = cls(TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride))
+        model._backbone.load_state_dict(exported.state_dict())
+        return model.eval()
 '''

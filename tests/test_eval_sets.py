@@ -357,7 +357,7 @@ def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch
         evaluate(tmp_path / f"m{k}", val, "--eval_sets", sets[eval_sets.R], "--image_size", 32, "--output",
                  results / f"model{k}.json")
     assert len(set(counts[list(classes)])) == 3  # three ImageNet accuracies: a line to fit
-    nb = execute("05_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
+    nb = execute("06_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "3 models in" in stdout(code[0]) and pngs(code[1]) == 1
     scored = {f"model{k}": {r["kind"]: r["top1"] for r in json.loads((results / f"model{k}.json").read_text())
@@ -370,7 +370,7 @@ def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch
         above = s[eval_sets.R] - 100 / (1 + np.exp(-(slope * xi + intercept)))
         assert f"imagenet-r: {m}: top-1 {s[eval_sets.R]:.2f}% at ImageNet {s['imagenet']:.2f}%, effective " \
                f"robustness {above:+.2f} points" in stdout(code[1])
-    stored = nbformat.read(ROOT / "notebooks" / "05_effective_robustness.ipynb", as_version=4)
+    stored = nbformat.read(ROOT / "notebooks" / "06_effective_robustness.ipynb", as_version=4)
     assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")
     assert 'os.environ.get("IMAGENET_RESULTS"' in [c for c in stored.cells if c.cell_type == "code"][0].source
 

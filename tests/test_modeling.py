@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -260,26 +261,64 @@ import mynet  # noqa: F401  a plain-CNN family of the user's, the docstring's ex
 readme = (Path(modeling.__file__).resolve().parents[1] / "README.md").read_text()
 snippet = re.search(r"```python\n(@register\ndef blocknet_wide.*?)```", readme, flags=re.S).group(1)
 exec(snippet, vars(modeling.blocknet))  # as if pasted at the end of modeling/blocknet.py
+three = snippet.replace("blocknet_wide", "blocknet_three").replace(
+    "depths=(2, 2, 2, 2), widths=(96, 192, 384, 768)", "depths=(1, 1, 1), widths=(16, 32, 64), strides=(2, 2, 2)")
+assert "strides=(2, 2, 2)" in three
+exec(three, vars(modeling.blocknet))  # a three-stage variant: four feature taps, timm's default asks for five
 """
 
 
 def test_a_users_families_pass_the_registry_suite_as_written(tmp_path):
-    """README section 6's three-line blocknet_wide and the docstring's plain-CNN mynet_small (no residual blocks, two
-    feature maps at strides 2 and 4, 32 px-sized) registered as a user would, then the registry tests of this file
-    and tests/test_recipes.py on them: nothing in the suite may ask more of a family than every family needs."""
+    """README section 6's three-line blocknet_wide, a three-stage variant of it and the docstring's plain-CNN
+    mynet_small (no residual blocks, two feature maps at strides 2 and 4, 32 px-sized) registered as a user would,
+    then the registry tests of this file, tests/test_timm_contract.py and tests/test_recipes.py on them: nothing in
+    the suite may ask more of a family than every family needs, and timm's contract holds for each."""
     (tmp_path / "mynet.py").write_text(docstring_family_source("mynet_small"))
     (tmp_path / "users_families.py").write_text(USERS_FAMILIES)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "users_families", "-p", "no:cacheprovider",
-                           "tests/test_modeling.py", "tests/test_recipes.py", "-k",
-                           "mynet_small or blocknet_wide or test_registry_lists"],
+                           "tests/test_modeling.py", "tests/test_timm_contract.py", "tests/test_recipes.py", "-k",
+                           "mynet_small or blocknet_wide or blocknet_three or test_registry_lists"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     ran = re.findall(r"(\d+) passed", proc.stdout)
-    # forward/backward, features_only, save/load, FSDP wrap for each of the two, plus the registry test
-    assert ran and int(ran[0]) >= 9, proc.stdout[-2000:]
+    # forward/backward, features_only, save/load, FSDP wrap and timm's contract (7) for each of the three, plus the
+    # registry test
+    assert ran and int(ran[0]) >= 3 * (4 + 7) + 1, proc.stdout[-2000:]
     assert " skipped" not in proc.stdout.splitlines()[-1]
+
+
+CLEAN_LOAD = (
+    "import importlib.util, sys, json, torch\n"
+    "assert importlib.util.find_spec('modeling') is None\n"
+    "from safetensors.torch import load_file\n"
+    "from transformers import AutoModelForImageClassification, pipeline\n"
+    "folder, tensors, photo = sys.argv[1:]\n"
+    "io = load_file(tensors)\n"
+    "hf = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
+    "with torch.no_grad():\n"
+    "    equal = bool(torch.allclose(hf(pixel_values=io['x']).logits, io['logits'], atol=1e-5))\n"
+    "labels = [p['label'] for p in pipeline('image-classification', model=folder, trust_remote_code=True)"
+    "(photo, top_k=4)]\n"
+    "print('RESULT ' + json.dumps({'equal': equal, 'labels': labels}))\n")
+
+
+def load_in_clean_interpreter(model, folder: Path, tmp_path: Path) -> dict:
+    """transformers' trust_remote_code load of ``folder`` in a process that cannot import this project or any
+    module next to the family's file (``-I``, no PYTHON* variables, another working directory): whether its logits
+    equal ``model``'s, and the labels its pipeline prints."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        save_file({"x": x, "logits": model(x)}, tmp_path / "io.safetensors")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-I", "-c", CLEAN_LOAD, str(folder), str(tmp_path / "io.safetensors"),
+                           str(PHOTO)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
 
 
 def test_users_family_exports_its_file_and_loads_with_trust_remote_code(tmp_path, monkeypatch, scratch_registry):
@@ -298,31 +337,70 @@ def test_users_family_exports_its_file_and_loads_with_trust_remote_code(tmp_path
     card = (folder / "README.md").read_text()
     assert "import mynet_remote  # registers mynet_remote_small" in card and "import modeling" not in card
     assert "from timm.models import register_model as register" in copied and "import modeling" not in copied
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        save_file({"x": x, "logits": model(x)}, tmp_path / "io.safetensors")
-    script = (
-        "import importlib.util, sys, json, torch\n"
-        "assert importlib.util.find_spec('modeling') is None and importlib.util.find_spec('mynet_remote') is None\n"
-        "from safetensors.torch import load_file\n"
-        "from transformers import AutoModelForImageClassification, pipeline\n"
-        "folder, tensors, photo = sys.argv[1:]\n"
-        "io = load_file(tensors)\n"
-        "hf = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
-        "with torch.no_grad():\n"
-        "    equal = bool(torch.allclose(hf(pixel_values=io['x']).logits, io['logits'], atol=1e-5))\n"
-        "labels = [p['label'] for p in pipeline('image-classification', model=folder, trust_remote_code=True)"
-        "(photo, top_k=4)]\n"
-        "print('RESULT ' + json.dumps({'equal': equal, 'labels': labels}))\n")
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    proc = subprocess.run([sys.executable, "-I", "-c", script, str(folder), str(tmp_path / "io.safetensors"),
-                           str(PHOTO)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    out = load_in_clean_interpreter(model, folder, tmp_path)
     assert out["equal"] and sorted(out["labels"]) == sorted(SHOWN)
+
+
+TWO_FILE_LAYERS = """from torch import nn
+
+
+class ConvBnAct(nn.Sequential):  # a layer of the family's own second file
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__(nn.Conv2d(in_chs, out_chs, 3, stride, 1), nn.BatchNorm2d(out_chs), nn.ReLU())
+"""
+
+
+def import_two_file_family(root: Path, monkeypatch, import_line: str) -> None:
+    """Package ``userfamilies`` under ``root``, imported: the docstring's family in ``twofile.py``, its stem built by
+    a class of ``twolayers.py`` that ``import_line`` brings in."""
+    for name in ("userfamilies", "userfamilies.twofile", "userfamilies.twolayers"):  # another test's copy
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    package = root / "userfamilies"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "twolayers.py").write_text(TWO_FILE_LAYERS)
+    stem = "self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU())"
+    source = docstring_family_source("mynet_two_small")
+    assert stem in source
+    source = source.replace(stem, "self.stem = twolayers_stem(in_chans, width, 2)").replace(
+        "from modeling._registry import register", f"from modeling._registry import register\n{import_line}")
+    (package / "twofile.py").write_text(source)
+    importlib.import_module("userfamilies.twofile")
+
+
+def test_two_file_family_exports_both_files_and_loads_in_a_clean_interpreter(tmp_path, monkeypatch,
+                                                                            scratch_registry):
+    import_two_file_family(tmp_path, monkeypatch, "from .twolayers import ConvBnAct as twolayers_stem")
+
+    torch.manual_seed(0)
+    model = modeling.create_model("mynet_two_small", num_classes=4).eval()
+    modeling.check_exportable(model)
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=WNIDS, label_descriptions=NAMES,
+                                      pretrained_cfg={"input_size": (3, 32, 32)})
+    assert sorted(p.name for p in folder.glob("*.py")) == ["modeling_twofile.py", "twofile.py", "twolayers.py"]
+    assert "class ConvBnAct" in (folder / "twolayers.py").read_text()
+    out = load_in_clean_interpreter(model, folder, tmp_path)
+    assert out["equal"] and sorted(out["labels"]) == sorted(SHOWN)
+
+
+@pytest.mark.parametrize("import_line, named", [
+    ("from . import twolayers; twolayers_stem = twolayers.ConvBnAct", "'.'"),  # transformers follows no such import
+    ("import imagenet_trainer.metrics  # noqa: F401\nfrom .twolayers import ConvBnAct as twolayers_stem",
+     "'imagenet_trainer.metrics'"),  # this project's code: not in the export
+], ids=["from-dot-import", "project-code"])
+def test_family_that_cannot_travel_is_refused_before_training(tmp_path, monkeypatch, scratch_registry, import_line,
+                                                             named):
+    import_two_file_family(tmp_path, monkeypatch, import_line)
+
+    model = modeling.create_model("mynet_two_small", num_classes=4)
+    with pytest.raises(ValueError, match=f"twofile.py line \\d+ imports {named}") as e:
+        modeling.check_exportable(model)
+    assert "\n" not in str(e.value)
+    import train  # train.py's model step, before any data is read: the same line, as an error
+
+    with pytest.raises(SystemExit, match=f"error: --model mynet_two_small: twofile.py line \\d+ imports {named}"):
+        train.build_model(train.TrainConfig(model="mynet_two_small", dataset="unused"), num_classes=4)
 
 
 def test_readme_three_line_variant_gets_the_family_cfg(scratch_registry):
@@ -379,7 +457,8 @@ def test_config_json_keys(saved_tiny):
     assert sorted(p.name for p in folder.iterdir()) == [".eval_results", "README.md", "blocknet.py", "config.json",
                                                           "model.safetensors", "modeling_blocknet.py"]
     assert config["auto_map"] == {"AutoModelForImageClassification":
-                                  "modeling_blocknet.TimmWrapperForImageClassification"}
+                                  "modeling_blocknet.TimmWrapperForImageClassification",
+                                  "AutoBackbone": "modeling_blocknet.BlockNetBackbone"}
 
 
 def test_1000_class_label_keys_agree_with_transformers():

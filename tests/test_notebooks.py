@@ -24,7 +24,7 @@ from imagenet_trainer.ilsvrc import class_descriptions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_inspect_dataset", "02_augmentations", "03_training_curves", "04_backbone_features")
+NAMES = ("01_inspect_dataset", "02_augmentations", "03_training_curves", "04_backbone_features", "05_downstream")
 KERNEL = "imagenet-trainer-tests"
 WNID = re.compile(r"\bn\d{8}\b")
 
@@ -94,7 +94,7 @@ def test_notebooks_are_stored_clean_and_read_their_inputs_from_the_environment()
         assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: outputs not cleared"
         assert nb.cells[0].cell_type == "markdown", f"{name}: starts without an explanation"
         assert "os.environ.get(\"IMAGENET_DATASET\"" in code[0].source, name
-        assert ("os.environ.get(\"IMAGENET_RUN\"" in code[0].source) == (name[:2] in ("03", "04")), name
+        assert ("os.environ.get(\"IMAGENET_RUN\"" in code[0].source) == (name[:2] in ("03", "04", "05")), name
 
 
 def test_inspect_dataset(preprocessed, ilsvrc_tree, monkeypatch, jupyter_home):
@@ -194,3 +194,24 @@ def test_backbone_features(trained_run, digits_dataset, monkeypatch, jupyter_hom
     assert (int(n), int(dim), float(chance)) == (200, 128, 10.0)
     assert float(agreement) > 3 * float(chance)  # trained features group the digits well beyond chance
     assert pngs(neighbours) == 1
+
+
+def test_downstream(trained_run, digits_dataset, monkeypatch, jupyter_home):
+    """The export in torchvision's FasterRCNN (every backbone parameter trained), as a transformers TimmBackbone with
+    the export's exact weights inside DETR, and a linear probe of its frozen features well above chance."""
+    nb = execute("05_downstream", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run, IMAGENET_DATASET=digits_dataset)
+    detection = stdout(cell(nb, "FasterRCNN(TimmFPN"))
+    first, last, reached, total = re.search(r"loss ([\d.]+) -> ([\d.]+) over 6 steps; gradients reached (\d+) of "
+                                            r"(\d+) backbone parameters", detection).groups()
+    assert int(reached) == int(total) > 0 and np.isfinite([float(first), float(last)]).all()
+    assert re.search(r"^FasterRCNN: 24 training images with boxes", detection, re.M)
+
+    transformers_route = stdout(cell(nb, "DetrForObjectDetection"))
+    assert "weights and BatchNorm statistics equal the export's: True" in transformers_route
+    assert "loaded into ['model.backbone.model']" in transformers_route
+    detr_losses = re.search(r"DETR: loss ([\d.]+) -> ([\d.]+)", transformers_route).groups()
+    assert np.isfinite([float(v) for v in detr_losses]).all()
+
+    probe = stdout(cell(nb, "LogisticRegression"))
+    top1, chance = re.search(r"val top-1 ([\d.]+)% \(chance ([\d.]+)%\)", probe).groups()
+    assert float(chance) == 10.0 and float(top1) > 3 * float(chance)  # trained features separate the digits

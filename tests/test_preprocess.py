@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 import preprocess
 from imagenet_trainer import ilsvrc, jpeg_tiles
-from imagenet_trainer.demo import MANIFEST, make_ilsvrc_tree
+from imagenet_trainer.demo import MANIFEST, ORIGINS, make_ilsvrc_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTED = ("cmyk", "grayscale", "png_named_jpeg", "exif_orientation_6", "val_cmyk")
@@ -959,7 +959,8 @@ def test_source_json_of_the_demo_tree(preprocessed):
     report = json.loads((preprocessed / "preprocess_report.json").read_text())
     assert json.loads((preprocessed / "source.json").read_text()) == {
         "layout": "ilsvrc-kaggle", "name": "kaggle", "ilsvrc2012_full": False, "num_classes": 4,
-        "counts": report["counts"], "val_fraction": None, "split_seed": None}
+        "counts": report["counts"], "val_fraction": None, "split_seed": None,
+        "generated": ORIGINS["photos"]}  # ILSVRC's layout, not its images
 
 
 @pytest.mark.parametrize("train_files, full", [(1_281_167, True), (1_281_166, False)])

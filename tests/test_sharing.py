@@ -252,6 +252,10 @@ def test_card_pip_line_names_the_code_that_trained_it_without_credentials(tmp_pa
     git("-c", "user.name=u", "-c", "user.email=u@e", "commit", "-qm", "c")
     git("remote", "add", "origin", remote)
     sha = git("rev-parse", "HEAD").strip()
+    runinfo.git_install_url.cache_clear()
+    assert runinfo.git_install_url(tmp_path) is None  # committed, never pushed: nowhere to install it from
+    git("update-ref", "refs/remotes/origin/main", sha)  # what a push (or a fetch of a pushed branch) records
+    runinfo.git_install_url.cache_clear()
     url = runinfo.git_install_url(tmp_path)
     assert url == (f"{expected}@{sha}" if expected else None)
     assert url is None or "secret" not in url

@@ -1,0 +1,110 @@
+"""An export (a folder or a Hub id) as a transformers backbone whose weights, BatchNorm statistics included, are the
+export's.
+
+transformers 5.24 builds timm backbones with the wrong weights and says nothing (read in its
+``models/timm_backbone/modeling_timm_backbone.py``, ``backbone_utils.py`` and ``models/auto/auto_factory.py``):
+
+- ``TimmBackbone.from_pretrained(name)`` and ``AutoBackbone.from_pretrained(timm name)`` create the timm model with
+  its weights, then ``post_init`` runs ``_init_weights``, which sets every ``BatchNorm2d``'s running mean and
+  variance to 0 and 1 (the convolutions stay loaded): features of a network that never saw its data's statistics.
+- The config routes (``DetrConfig(use_timm_backbone=True, use_pretrained_backbone=True)``, ``UperNetConfig(
+  backbone_config=TimmBackboneConfig(...))``, ``AutoBackbone.from_config``) drop ``use_pretrained_backbone``
+  (``consolidate_backbone_kwargs_to_config`` pops it) and build a randomly initialised backbone.
+- ``AutoBackbone.from_pretrained(local folder)`` asks the Hub whether the path is a repository (``repo_exists``) and
+  fails with ``HFValidationError`` before any ``auto_map`` is read.
+
+The route around them: build the transformers model as usual, then ``load_backbone_weights(model, export)`` copies
+the state dict of timm's own ``features_only`` model of the export (which timm loads exactly) into every timm feature
+extractor inside it: ``TimmBackbone._backbone``, DETR's ``conv_encoder.model`` after its BatchNorms became frozen
+ones, UperNet's ``backbone``. ``timm_backbone(export)`` does both for a bare ``TimmBackbone``.
+"""
+from __future__ import annotations
+
+import json
+
+import timm
+import torch
+from timm.models._features import FeatureDictNet, FeatureGetterNet
+
+from .hub import CONFIG_NAME, WEIGHTS_NAME, _resolve_folder
+
+# timm's feature extractors: FeatureListNet (features_only's default, what TimmBackbone holds) is a FeatureDictNet
+FEATURE_NETS = (FeatureDictNet, FeatureGetterNet)
+# buffers a frozen BatchNorm (DETR's, timm's FrozenBatchNorm2d) does not keep: the only keys allowed to differ
+_BN_COUNTER = "num_batches_tracked"
+
+
+def timm_name(export) -> str:
+    """timm's name for an export folder or Hub id (``local-dir:ABSOLUTE_PATH``, the Hub copy read from its cache),
+    checked to be loadable: what ``TimmBackboneConfig(backbone=...)`` and ``DetrConfig(backbone=...)`` take."""
+    folder = _resolve_folder(export, (CONFIG_NAME, WEIGHTS_NAME)).resolve()
+    arch = str(json.loads((folder / CONFIG_NAME).read_text()).get("architecture", ""))
+    if not timm.is_model(arch.split(".")[0]):
+        raise ValueError(f"architecture '{arch}' of {export} is not registered with timm: import the module that "
+                         f"defines it first (import modeling; a family file of your own: import it too)")
+    return f"local-dir:{folder}"
+
+
+def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
+    """Copy the export's weights and BatchNorm statistics into every timm feature extractor inside ``model`` (a
+    transformers model or any module); returns their module names. Raises ValueError when there is none, or when
+    its layers do not match the export's (another architecture or width)."""
+    name = timm_name(export)
+    loaded = []
+    for path, module in model.named_modules():
+        if not isinstance(module, FEATURE_NETS):
+            continue
+        getter = isinstance(module, FeatureGetterNet)
+        reference = timm.create_model(name, pretrained=True, features_only=True,
+                                      out_indices=tuple(module.feature_info.out_indices),
+                                      **({"feature_cls": "getter"} if getter else {}))
+        try:
+            result = module.load_state_dict(reference.state_dict(), strict=False)
+            wrong = [k for k in (*result.missing_keys, *result.unexpected_keys) if not k.endswith(_BN_COUNTER)]
+        except RuntimeError as e:  # shapes differ: torch lists every tensor, one line names the first
+            wrong = [str(e).split("\n")[1].strip()]
+        if wrong:
+            raise ValueError(f"{export} does not fit {type(model).__name__}.{path or 'self'} "
+                             f"({', '.join(wrong[:3])}): build the model with backbone='{name}'")
+        loaded.append(path)
+    if not loaded:
+        raise ValueError(f"{type(model).__name__} holds no timm backbone (build it with a TimmBackboneConfig, or "
+                         f"DetrConfig(use_timm_backbone=True, backbone=...))")
+    return loaded
+
+
+def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_stride: int | None = None,
+                  freeze_batch_norm_2d: bool = False):
+    """transformers' ``TimmBackbone`` of an export with its exact weights, in eval mode. ``out_indices``: the
+    ``feature_info`` taps returned (default every tap after the stem's, the strides FPN-style necks take);
+    ``output_stride`` 8 or 16: dilated last stages (DeepLab, DETR-DC5)."""
+    from transformers import TimmBackbone, TimmBackboneConfig
+
+    name = timm_name(export)
+    if out_indices is None:
+        with torch.device("meta"):  # shapes only: the number of taps
+            out_indices = tuple(range(1, len(timm.create_model(name).feature_info)))
+    config = TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
+                                freeze_batch_norm_2d=freeze_batch_norm_2d)
+    model = TimmBackbone(config)
+    load_backbone_weights(model, export)
+    return model.eval()
+
+
+class TimmFPN(torch.nn.Module):
+    """An export's ``features_only`` maps through torchvision's ``FeaturePyramidNetwork``: the backbone torchvision's
+    detectors (FasterRCNN, RetinaNet, MaskRCNN) take, an ordered dict of maps plus ``out_channels``. torchvision's own
+    ``BackboneWithFPN`` reaches only a model's direct children (ResNet's ``layer1``), not BlockNet's ``stages.0``;
+    timm's ``feature_info`` knows every family's taps."""
+
+    def __init__(self, export, out_channels: int = 64, out_indices: tuple[int, ...] = (1, 2, 3, 4)):
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+        super().__init__()
+        self.body = timm.create_model(timm_name(export), pretrained=True, features_only=True, out_indices=out_indices)
+        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fpn({str(i): m for i, m in enumerate(self.body(x))})

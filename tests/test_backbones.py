@@ -1,0 +1,224 @@
+"""Exports as transformers backbones: the export's weights and BatchNorm statistics, exactly, through
+modeling.timm_backbone / load_backbone_weights (TimmBackbone, UperNet, DETR) and through the export's own remote
+code (auto_map's AutoBackbone) in an interpreter that cannot import this project. Also pins the transformers
+behaviour the README blames, so the README is rewritten when transformers changes it."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import TimmBackbone, TimmBackboneConfig
+
+import modeling
+
+LABELS = ["n01440764", "n02012849", "n02085620", "n03126707"]
+X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Running statistics far from the 0/1 a reset leaves, so a reset cannot pass unnoticed."""
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["blocknet_tiny", "resnet18"])
+def export(request, tmp_path_factory):
+    """(folder, the model saved there): one of our designs (remote code) and one of timm's (none)."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model(request.param, num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path_factory.mktemp("export") / request.param, label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    return folder, model
+
+
+def expected_maps(model, indices=(1, 2, 3, 4)) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return model.forward_intermediates(X, indices=list(indices), intermediates_only=True)
+
+
+def batchnorm_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_timm_backbone_has_the_exports_weights_and_statistics(export):
+    folder, model = export
+    backbone = modeling.timm_backbone(folder)
+    reference = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True, out_indices=(1, 2, 3, 4))
+    ours, theirs = backbone._backbone.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert len(batchnorm_buffers(backbone)) >= 8
+    with torch.no_grad():
+        maps = backbone(X).feature_maps
+    assert backbone.channels == [m.shape[1] for m in maps]
+    assert all(torch.equal(a, b) for a, b in zip(maps, expected_maps(model)))
+
+
+def test_transformers_resets_the_statistics_it_loads(export):
+    """The upstream fault README section "Use it as a backbone" names: weights loaded, BatchNorm statistics 0/1."""
+    folder, model = export
+    upstream = TimmBackbone.from_pretrained(f"local-dir:{folder}", out_indices=(1, 2, 3, 4))
+    variances = [v for k, v in batchnorm_buffers(upstream).items() if k.endswith("running_var")]
+    assert variances and all(torch.equal(v, torch.ones_like(v)) for v in variances)
+    conv = next(v for k, v in upstream._backbone.state_dict().items() if k.endswith("weight") and v.ndim == 4)
+    assert torch.equal(conv, next(v for k, v in model.state_dict().items() if k.endswith("weight") and v.ndim == 4))
+
+
+def test_output_stride_16_backbone(export):
+    folder, model = export
+    backbone = modeling.timm_backbone(folder, output_stride=16)
+    with torch.no_grad():
+        maps = backbone(X).feature_maps
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 4]  # the last stage dilated, not strided
+    assert torch.equal(maps[0], expected_maps(model)[0])
+
+
+def test_upernet_and_detr_get_the_exports_backbone(export):
+    """The config routes build a random backbone (pinned here); load_backbone_weights puts the export's in."""
+    folder, model = export
+    name = modeling.timm_name(folder)
+    upernet = transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+        backbone_config=TimmBackboneConfig(backbone=name, out_indices=(1, 2, 3, 4)), hidden_size=16,
+        auxiliary_in_channels=model.feature_info[3]["num_chs"], num_labels=3)).eval()
+    detr = transformers.DetrForObjectDetection(transformers.DetrConfig(
+        use_timm_backbone=True, backbone=name, use_pretrained_backbone=True, encoder_layers=1, decoder_layers=1,
+        d_model=16, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+        num_queries=4, num_labels=3)).eval()
+    mask = torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        before = upernet.backbone(X).feature_maps[-1]
+        assert not torch.allclose(before, expected_maps(model)[-1], atol=1e-3)  # random, whatever the config says
+        assert modeling.load_backbone_weights(upernet, folder) == ["backbone._backbone"]
+        assert all(torch.equal(a, b) for a, b in zip(upernet.backbone(X).feature_maps, expected_maps(model)))
+        assert modeling.load_backbone_weights(detr, folder) == ["model.backbone.model"]
+        detr_maps = [m for m, _ in detr.model.backbone(X, mask)]  # DETR's frozen BatchNorm: rsqrt(var + eps)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(detr_maps, expected_maps(model)))
+    assert upernet(pixel_values=X).logits.shape == (1, 3, 64, 64)
+
+
+def test_detr_dc5_dilates_the_last_stage(export):
+    """DetrConfig(dilation=True) asks timm for output_stride=16: BlockNet takes it (DETR-DC5)."""
+    folder, model = export
+    detr = transformers.DetrForObjectDetection(transformers.DetrConfig(
+        use_timm_backbone=True, backbone=modeling.timm_name(folder), dilation=True, encoder_layers=1,
+        decoder_layers=1, d_model=16, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+        decoder_ffn_dim=16, num_queries=4, num_labels=3)).eval()
+    modeling.load_backbone_weights(detr, folder)
+    with torch.no_grad():
+        maps = [m for m, _ in detr.model.backbone(X, torch.ones(1, 64, 64, dtype=torch.long))]
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 4]
+    assert torch.allclose(maps[0], expected_maps(model)[0], atol=1e-5)
+
+
+def test_load_backbone_weights_refuses_what_does_not_fit(export, tmp_path):
+    folder, _ = export
+    with pytest.raises(ValueError, match="holds no timm backbone") as e:
+        modeling.load_backbone_weights(torch.nn.Linear(2, 2), folder)
+    assert "\n" not in str(e.value)
+    other = modeling.save_pretrained(modeling.create_model("blocknet_mobile", num_classes=4), tmp_path / "other",
+                                     label_names=LABELS)
+    with pytest.raises(ValueError, match="does not fit"):
+        modeling.load_backbone_weights(modeling.timm_backbone(folder), other)
+
+
+def test_hidden_states_through_transformers_classifier(export):
+    """transformers' output_hidden_states calls forward_intermediates: every feature_info map, the export's."""
+    folder, model = export
+    classifier = transformers.AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        hidden = classifier(pixel_values=X, output_hidden_states=True).hidden_states
+    assert len(hidden) == len(model.feature_info)
+    assert all(torch.equal(a, b) for a, b in zip(hidden[1:], expected_maps(model)))
+
+
+CLEAN = r"""
+import importlib.util, json, sys, torch
+assert importlib.util.find_spec("modeling") is None
+from safetensors.torch import load_file, save_file
+from transformers import AutoBackbone, AutoConfig
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+folder, tensors, out = sys.argv[1:]
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+cls = get_class_from_dynamic_module(config.auto_map["AutoBackbone"], folder)
+backbone = cls.from_pretrained(folder, out_indices=(1, 2, 3, 4))
+with torch.no_grad():
+    maps = backbone(load_file(tensors)["x"]).feature_maps
+save_file({f"map{i}": m.contiguous() for i, m in enumerate(maps)} | {
+    k: v.contiguous() for k, v in backbone._backbone.state_dict().items() if k.endswith("running_var")}, out)
+try:
+    AutoBackbone.from_pretrained(folder, trust_remote_code=True)
+    upstream = "loaded"
+except Exception as e:
+    upstream = type(e).__name__
+print("RESULT " + json.dumps({"class": cls.__name__, "upstream": upstream}))
+"""
+
+
+def test_auto_backbone_entry_of_the_remote_code_in_a_clean_interpreter(export, tmp_path):
+    folder, model = export
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
+    if model.pretrained_cfg["architecture"] == "resnet18":
+        assert not auto_map  # timm ships it: transformers' own TimmBackbone route, no remote code
+        return
+    assert auto_map["AutoBackbone"] == "modeling_blocknet.BlockNetBackbone"
+    save_file({"x": X}, tmp_path / "x.safetensors")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-I", "-c", CLEAN, str(folder), str(tmp_path / "x.safetensors"),
+                           str(tmp_path / "out.safetensors")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["class"] == "BlockNetBackbone"
+    assert result["upstream"] == "HFValidationError"  # AutoBackbone.from_pretrained(local folder): transformers' fault
+    out = load_file(tmp_path / "out.safetensors")
+    assert all(torch.equal(out[f"map{i}"], m) for i, m in enumerate(expected_maps(model)))
+    saved_vars = {k: v for k, v in model.state_dict().items() if k.endswith("running_var")}
+    assert len([k for k in out if k.endswith("running_var")]) >= 8
+    assert not any(torch.equal(v, torch.ones_like(v)) for k, v in out.items() if k.endswith("running_var"))
+    assert sorted(v.sum().item() for k, v in out.items() if k.endswith("running_var")) == sorted(
+        v.sum().item() for k, v in saved_vars.items() if not k.startswith("head"))
+
+
+def readme_backbone_blocks() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## 8. Use it as a backbone", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.parametrize("block", [0, 1, 2], ids=["timm", "torchvision-detection", "transformers"])
+def test_readme_backbone_routes_run_as_written(export, block):
+    """README section 8's blocks, on the saved folder in place of runs/blocknet/final: the maps are the export's."""
+    folder, model = export
+    blocks = readme_backbone_blocks()
+    assert len(blocks) == 3
+    namespace = {}
+    exec(compile(blocks[block].replace("runs/blocknet/final", str(folder)), f"README block {block}", "exec"),
+         namespace)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        first = model.forward_intermediates(x, indices=[1], intermediates_only=True)[0]  # before any dilation
+        if block == 0:
+            backbone = namespace["backbone"]
+            assert backbone.feature_info.reduction() == [4, 8, 16, 16]
+            assert torch.equal(backbone(x)[0], first)
+        elif block == 1:
+            body = namespace["detector"].backbone.body
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in body.parameters())
+            assert torch.equal(namespace["TimmFPN"](folder).body.eval()(x)[0], first)
+        else:
+            assert torch.equal(namespace["backbone"](x).feature_maps[0], first)
+            assert torch.equal(namespace["upernet"].eval().backbone(x).feature_maps[0], first)
+            detr_first = namespace["detr"].eval().model.backbone(x, torch.ones(1, 224, 224, dtype=torch.long))[0][0]
+            assert torch.allclose(detr_first, first, atol=1e-5)
