@@ -661,49 +661,57 @@ def on_device(batches, device: torch.device):
 class StopSignal:
     """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
     and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
-    [non-finite count, loss sum, stop flag, save-due flag], read once. One process also reads its own signal flag
-    every step (no device round trip); several act on it at the next check, so all stop at the same step."""
+    [non-finite count, loss sum, one count per stop signal, save-due flag], read once. One process also reads its own
+    signal flag every step (no device round trip); several act on it at the next check, so all stop at the same
+    step, and every rank knows which signal it was, wherever it arrived."""
 
     def __init__(self, save_every_minutes: float):
         stop_signals.install()
         self.save_every_s = save_every_minutes * 60
         self.last_save = time.monotonic()
-        self.stop = self.save_due = False  # what the ranks agreed at the last check
+        self.signals, self.save_due = [], False  # what the ranks agreed at the last check
 
     def requested(self, num_processes: int) -> bool:
-        return bool(stop_signals.received) if num_processes == 1 else self.stop
+        return bool(stop_signals.received) if num_processes == 1 else bool(self.signals)
 
     def signal_name(self) -> str:
-        return stop_signals.received[0].name if stop_signals.received else "a stop signal on another rank"
+        return "+".join(sig.name for sig in self.signals or dict.fromkeys(stop_signals.received))
 
     def saved(self) -> None:
         self.last_save, self.save_due = time.monotonic(), False
 
     def check(self, accelerator: Accelerator, model, loss_sum: torch.Tensor, loss_count: int, step: int,
               ckpt_dir: Path) -> float:
-        """The mean train loss so far (over ranks); updates `stop`/`save_due`; stops the run, before a NaN/inf reaches
-        a checkpoint, when the loss or a weight is not finite (the last checkpoint on disk stays the last good one)."""
+        """The mean train loss so far (over ranks); updates `signals`/`save_due`; stops the run, before a NaN/inf
+        reaches a checkpoint, when the loss or a weight is not finite (the last checkpoint stays the last good one)."""
         bad = (~torch.isfinite(loss_sum)).sum()
         for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
             bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
         due = 0 < self.save_every_s <= time.monotonic() - self.last_save
-        host = torch.tensor([float(bool(stop_signals.received)), float(due)])
+        host = torch.tensor([*self._local_counts(), float(due)])
         flags = torch.cat([bad.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
-        nonfinite, total_loss, stop, save_due = accelerator.reduce(flags, "sum").tolist()
+        nonfinite, total_loss, *counts, save_due = accelerator.reduce(flags, "sum").tolist()
         loss = total_loss / accelerator.num_processes / max(1, loss_count)
         if nonfinite:
             raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
                              f"and weights); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
                              "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
-        self.stop, self.save_due = stop > 0, save_due > 0
+        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS, counts) if n]
+        self.save_due = save_due > 0
         return loss
 
     def agreed(self, accelerator: Accelerator) -> bool:
         """Whether any rank got a stop signal, asked of all of them now (a collective: once an epoch)."""
         if accelerator.num_processes == 1:
             return bool(stop_signals.received)
-        flag = torch.tensor(float(bool(stop_signals.received)), device=accelerator.device)
-        return bool(accelerator.reduce(flag, "sum").item())
+        counts = torch.tensor(self._local_counts(), device=accelerator.device)
+        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS,
+                                              accelerator.reduce(counts, "sum").tolist()) if n]
+        return bool(self.signals)
+
+    @staticmethod
+    def _local_counts() -> list[float]:
+        return [float(sig in stop_signals.received) for sig in stop_signals.STOP_SIGNALS]
 
 
 def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path, signal_name: str) -> None:
