@@ -35,12 +35,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
+from safetensors import SafetensorError
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 import modeling
+from imagenet_trainer import checkpoints
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
@@ -209,7 +211,7 @@ def main(argv=None):
     state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
                         "grad_accum_steps": cfg.grad_accum_steps})
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
-    resumed_from = resume(accelerator, state, cfg.resume_from_checkpoint, ckpt_dir) if cfg.resume_from_checkpoint \
+    resumed_from = resume(accelerator, state, cfg.resume_from_checkpoint, ckpt_dir, cfg) if cfg.resume_from_checkpoint \
         else None
     start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
@@ -464,19 +466,26 @@ def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int,
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_dir: Path) -> Path | None:
+def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_dir: Path,
+           cfg: TrainConfig) -> Path | None:
     """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
     None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command)."""
-    path = latest_checkpoint(ckpt_dir) if resume_from == "latest" else Path(resume_from)
+    try:
+        path = checkpoints.pick(resume_from, ckpt_dir, say=accelerator.print)
+    except ValueError as e:
+        raise SystemExit(f"error: --resume_from_checkpoint {e}") from None
     if path is None:
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
         return None
-    if not path.is_dir():
-        raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
+    if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
+        raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
     layout = dict(state.layout)
     try:
         accelerator.load_state(str(path))
-    except (RuntimeError, KeyError, ValueError, OSError) as e:  # another model, EMA on/off, optimizer...
+    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as e:
+        if isinstance(e, SafetensorError) or "PytorchStreamReader" in str(e):  # a file that lost its end
+            raise SystemExit(f"error: --resume_from_checkpoint {path} is damaged ({str(e).splitlines()[0][:200]}); "
+                             "--resume_from_checkpoint latest takes the newest complete one") from None
         raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
                          f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
                          ) from None
@@ -634,8 +643,9 @@ def sync_buffers(module) -> None:
 
 def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path,
                     loss_sum: torch.Tensor, loss_count: int) -> None:
-    """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'.
-    Keeps the newest --keep_last and the best; (loss_sum, loss_count) is the epoch's train loss so far."""
+    """save_state into a temp folder, fsync it, list its files' sizes in it, then rename: a kill or a host crash
+    mid-save never leaves a half checkpoint as 'latest'. Keeps the newest --keep_last and the best, deleting older
+    ones only once the new one is on disk; (loss_sum, loss_count) is the epoch's train loss so far."""
     state.epoch_loss = (accelerator.reduce(loss_sum, "mean").item(), loss_count)
     final = ckpt_dir / f"step_{state.step:08d}"
     tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
@@ -644,14 +654,28 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     sync_buffers(model)
     sync_buffers(ema.module if ema is not None else None)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    record_launch(accelerator, cfg, tmp)  # each checkpoint says how it was made: validate.py scores it with its own
-    if accelerator.is_main_process:       # eval settings
-        share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        checkpoints.fsync_tree(tmp)  # every rank: on a shared filesystem each flushes the files it wrote
+        accelerator.wait_for_everyone()
+        record_launch(accelerator, cfg, tmp)  # each checkpoint says how it was made: validate.py scores it with its
+        if accelerator.is_main_process:       # own eval settings
+            share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
+            checkpoints.seal(tmp)  # the file sizes, last: a folder without them is an unfinished save
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError for a full disk)
+        if not checkpoints.is_disk_full(e):
+            raise
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        raise SystemExit(f"error: checkpoint {final.name}: no space left on {ckpt_dir} "
+                         f"({checkpoints.free_bytes(ckpt_dir) / 1e9:.1f} GB free); {latest_checkpoint(ckpt_dir)} "
+                         "is intact: free space, then --resume_from_checkpoint latest") from None
+    if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+        checkpoints.fsync_dir(ckpt_dir)  # the rename is on disk before any older checkpoint goes
+        done = checkpoints.step_folders(ckpt_dir)
         keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
         for old in done:
             if old not in keep:
@@ -700,8 +724,8 @@ def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) ->
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())  # .tmp_* folders are unfinished saves
-    return done[-1] if done else None
+    """The newest complete checkpoint (imagenet_trainer/checkpoints.py checks its files' sizes)."""
+    return checkpoints.newest_complete(ckpt_dir)[0]
 
 
 def hardware(accelerator: Accelerator) -> str:

@@ -22,11 +22,13 @@ import timm
 import torch
 import yaml
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 import modeling
+from imagenet_trainer import checkpoints
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
@@ -66,8 +68,14 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     run = yaml.safe_load(run_config.read_text())
     if not isinstance(run, dict) or not run.get("model"):
         raise ValueError(f"{run_config} names no model; it is not the config.yaml train.py writes")
+    if (damaged := checkpoints.problem(path)) is not None:
+        raise ValueError(f"damaged checkpoint: {damaged}; give another step_N of the run")
+    try:
+        saved = load_file(path / "model.safetensors")
+    except SafetensorError as e:
+        raise ValueError(f"{path / 'model.safetensors'} is damaged ({e}); give another step_N of the run") from None
     weights = {}
-    for key, value in load_file(path / "model.safetensors").items():
+    for key, value in saved.items():
         for prefix in WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
         weights[key] = value
