@@ -43,6 +43,8 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer import checkpoints
+from imagenet_trainer.bad_samples import RECORD as BAD_SAMPLES_RECORD
+from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
@@ -54,7 +56,7 @@ STOP_SIGNAL = signal.SIGUSR1  # "checkpoint and exit": what slurm/train.sbatch a
 STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL, "temporary failure, try again"
 STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
 RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
-             STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
+             STOPPED_RECORD, BAD_SAMPLES_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
 
 
 @dataclass
@@ -98,6 +100,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes; needs an accelerator backend (NCCL), not gloo
     num_workers: int = 8  # DataLoader processes per device; the JPEG decode is the CPU bottleneck
     seed: int = 0  # seeds init, sampler order, augmentation and per-step randomness
+    # a flipped byte costs one image; more than a few mean a damaged copy, which preprocess.py --verify names
+    max_bad_samples: int = 10  # undecodable images (train: replaced, eval: left out) tolerated before the run stops
     # checkpoints, logging, sharing
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
     keep_last: int = 2  # checkpoints kept besides the best one
@@ -122,6 +126,7 @@ class TrainConfig:
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
+                ("max_bad_samples", self.max_bad_samples >= 0, ">= 0 (0: stop at the first undecodable image)"),
                 ("min_image_size", self.min_image_size <= self.image_size, "at most --image_size (0: no ramp)"),
                 ("ramp_end_epoch", not self.min_image_size or self.ramp_start_epoch <= self.ramp_end_epoch
                  <= self.epochs and self.ramp_end_epoch >= 1,
@@ -180,7 +185,8 @@ def main(argv=None):
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator)
+    bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples, run_dir)
+    train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
     steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
@@ -243,7 +249,7 @@ def main(argv=None):
                        epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
             no_loss_yet = torch.zeros((), device=accelerator.device)  # the next epoch's train loss so far
             save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, no_loss_yet, 0)
-            log_epoch(accelerator, row, run_dir, bar)
+            log_epoch(accelerator, row, run_dir, bar, train_loader.bad, cfg.eval_split)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
                 exit_stopped(accelerator, state, ckpt_dir)
     accelerator.end_training()
@@ -389,9 +395,10 @@ def build_model(cfg: TrainConfig, num_classes: int, say=print) -> torch.nn.Modul
     return model
 
 
-def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator):
+def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator, bad: BadSamples):
     """(train loader over a ResumableSampler, eval loader). The train loader stays unprepared: its sampler already
-    shards by rank and is positioned by the loop, which is what makes resume exact."""
+    shards by rank and is positioned by the loop, which is what makes resume exact; it hands the rows it replaced
+    (images that do not decode) to `bad`."""
     eval_size = cfg.eval_image_size or cfg.image_size
     try:
         ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
@@ -406,7 +413,7 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     loader_kw = dict(num_workers=cfg.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                      persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers else None,
                      generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
-    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw)
+    train_loader = RecordingLoader(train_set, batch_sampler=sampler, bad=bad, **loader_kw)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
     return train_loader, eval_loader
 
@@ -618,7 +625,7 @@ def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_forma
     net.eval()
     topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=flip)
     net.train()
-    return {**topk.compute(), "loss": loss}
+    return {**topk.compute(), "loss": loss, "left_out_rows": topk.left_out}  # log_epoch records the rows
 
 
 def check_finite(accelerator: Accelerator, model, loss_sum: torch.Tensor, step: int, ckpt_dir: Path) -> None:
@@ -683,13 +690,20 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     accelerator.wait_for_everyone()
 
 
-def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
-    """One row to the trackers, run_dir/metrics.jsonl and the console."""
+def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadSamples, eval_split: str) -> None:
+    """One row to the trackers, run_dir/metrics.jsonl and the console, with `bad_samples`: the run's undecodable
+    images so far, listed in run_dir/bad_samples.json (every rank's); past --max_bad_samples the run stops here,
+    after its checkpoint."""
+    for key in [k for k in row if k.endswith("left_out_rows")]:
+        bad.add_left_out(eval_split, row.pop(key), say=accelerator.is_main_process)
+    bad.share(accelerator)
+    row["bad_samples"] = len(bad.shared)
     accelerator.log(row, step=row["step"])
     if accelerator.is_main_process:
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    bad.check()
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer import checkpoints
+from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
@@ -51,6 +52,8 @@ class ValidateConfig:
     output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
     update_model_card: bool = False  # write the results into --model's README.md and metadata (local exports only)
     hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME) for the card's metadata; full ILSVRC: automatic
+    # a flipped byte costs one image; more than a few mean a damaged copy, which preprocess.py --verify names
+    max_bad_samples: int = 10  # undecodable images left out of the scores (and named) before it fails instead
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -141,7 +144,8 @@ def main(argv=None):
     for flag in ("model", "dataset"):
         if not getattr(cfg, flag):
             raise SystemExit(f"error: --{flag} is required")
-    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0)):  # image_size 0: the model's own
+    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0),  # image_size 0: the model's own
+                      ("max_bad_samples", 0)):
         if getattr(cfg, flag) < low:
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
@@ -198,6 +202,9 @@ def main(argv=None):
     flip = getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip
     topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=flip)  # train.py's code
     elapsed = time.perf_counter() - start
+    bad = BadSamples({cfg.split: split}, cfg.max_bad_samples)
+    bad.add_left_out(cfg.split, topk.left_out, say=accelerator.is_main_process)
+    bad.check()
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,
                "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
@@ -206,7 +213,8 @@ def main(argv=None):
     if not accelerator.is_main_process:
         return summary
     print(f"{cfg.split}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss {summary['loss']:.4f}  "
-          f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s")
+          f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s"
+          + (f"  ({summary['left_out']} left out: they do not decode)" if summary["left_out"] else ""))
     if cfg.output:
         out = Path(cfg.output)
         descriptions = class_descriptions(ds)

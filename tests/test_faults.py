@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
+
+import datasets
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from safetensors.torch import load_file
 
 import validate
 from imagenet_trainer import checkpoints
+from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
+from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
 from test_train import ok, rows, run, train_cmd
 
 
@@ -115,6 +120,82 @@ def test_resume_with_another_optimizer_model_or_ema_is_named_as_such(finished, p
     assert said in last_line(proc)
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2, "a refused resume changes nothing"
     assert len(rows(out)) == 2
+
+
+# -- undecodable images -----------------------------------------------------------------------------------------------
+
+def break_image(dataset: Path, split: str, row: int) -> tuple[str, str]:
+    """Overwrite the first two bytes of ``row``'s JPEG inside its Arrow file: the same size, so the start-up size check
+    passes, and no decoder takes it (what a flipped byte in a header does). Returns (image_id, Arrow file)."""
+    part = datasets.load_from_disk(str(dataset))[split]
+    jpeg, image_id = part.cast_column("image", datasets.Image(decode=False))[row]["image"]["bytes"], part[row]["image_id"]
+    for name in (f["filename"] for f in part.cache_files):
+        content = bytearray(Path(name).read_bytes())
+        at = content.find(jpeg)
+        if at >= 0:
+            assert content.find(jpeg, at + 1) < 0, "the row's bytes must be unique to find them"
+            content[at:at + 2] = b"\x00\x00"
+            Path(name).write_bytes(bytes(content))
+            return image_id, name
+    raise AssertionError(f"{split} row {row} not found in its Arrow files")
+
+
+def test_a_bad_row_is_replaced_by_the_same_row_in_every_epoch_worker_and_launch(preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    image_id, arrow = break_image(data, "train", 3)
+    split = datasets.load_from_disk(str(data))["train"]
+    n = len(split)
+    choice = replacement_row(0, 3, 1, n)
+    assert choice != 3 and [replacement_row(0, 3, 1, n) for _ in range(3)] == [choice] * 3
+    first = TrainSet(split, 32, seed=0).sample((0, 3))
+    assert first[2][:2] == (3, choice) and "row 3: the image does not decode" in first[2][2]
+    again = TrainSet(split, 32, seed=0).sample((0, 3))  # another process: the same image, crop and label
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] == split[choice]["label"]
+    assert TrainSet(split, 32, seed=0).sample((5, 3))[2][1] == choice, "any epoch: the same stand-in"
+    # through worker processes: the batch carries the news to the main process, which names the image
+    bad = BadSamples({"train": split}, limit=10, folder=tmp_path)
+    sampler = [[(0, 2), (0, 3)], [(1, 3), (1, 4)]]
+    loader = RecordingLoader(TrainSet(split, 32, seed=0), batch_sampler=sampler, collate_fn=collate, num_workers=2,
+                             bad=bad)
+    for x, y in loader:
+        assert x.shape == (2, 3, 32, 32) and y.shape == (2,)
+    (entry,) = bad.seen.values()
+    assert entry.pop("error").startswith("row 3: the image does not decode (cannot identify image file")
+    assert entry == {"split": "train", "row": 3, "image_id": image_id, "arrow_file": arrow, "replaced_by": choice}
+    with pytest.raises(SystemExit, match=r"error: 1 images do not decode, more than --max_bad_samples 0 .*"
+                                         r"preprocess.py --verify"):
+        BadSamples({"train": split}, limit=0).add_batch([first[2]])
+
+
+def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    n_train = len(datasets.load_from_disk(str(data))["train"])
+    row = ResumableSampler(n_train, 8, seed=0).order(0)[0].item()  # read in the first step of the run
+    train_id, train_file = break_image(data, "train", row)
+    val_id, val_file = break_image(data, "validation", 1)
+    out = tmp_path / "run"
+    proc = ok(run(train_cmd(data, out, "--epochs", "2")))
+    assert f"train row {row} (image_id {train_id}, {train_file}) does not decode: replaced by row" in proc.stderr
+    assert f"validation row 1 (image_id {val_id}, {val_file}) does not decode: left out" in proc.stdout + proc.stderr
+    record = json.loads((out / "bad_samples.json").read_text())
+    assert [(e["split"], e["row"], e["image_id"], e["arrow_file"]) for e in record] == [
+        ("train", row, train_id, train_file), ("validation", 1, val_id, val_file)]
+    n_val = len(datasets.load_from_disk(str(data))["validation"])
+    assert [(r["bad_samples"], r["val_left_out"], r["val_n"]) for r in rows(out)] == [(2, 1, n_val - 1)] * 2
+    summary = validate.main(["--model", str(out / "final"), "--dataset", str(data), "--num_workers", "0"])
+    assert summary["left_out"] == 1 and summary["n"] == n_val - 1
+    with pytest.raises(SystemExit) as e:
+        validate.main(["--model", str(out / "final"), "--dataset", str(data), "--num_workers", "0",
+                       "--max_bad_samples", "0"])
+    assert "more than --max_bad_samples 0" in str(e.value.code) and "preprocess.py --verify" in str(e.value.code)
+    # past the limit the run stops after its checkpoint, in one line naming the check that finds every bad file
+    proc = run(train_cmd(data, tmp_path / "strict", "--epochs", "2", "--max_bad_samples", "1"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "2 images do not decode, more than --max_bad_samples 1" in line and "preprocess.py --verify" in line
+    assert (tmp_path / "strict" / "bad_samples.json").is_file() and len(rows(tmp_path / "strict")) == 1
 
 
 if __name__ == "__main__":  # pragma: no cover
