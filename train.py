@@ -56,7 +56,8 @@ STOP_SIGNAL = signal.SIGUSR1  # "checkpoint and exit": what slurm/train.sbatch a
 STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL, "temporary failure, try again"
 STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
 RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
-             STOPPED_RECORD, BAD_SAMPLES_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
+             STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
+RUN_FILES |= {BAD_SAMPLES_RECORD}
 
 
 @dataclass

@@ -128,7 +128,8 @@ def break_image(dataset: Path, split: str, row: int) -> tuple[str, str]:
     """Overwrite the first two bytes of ``row``'s JPEG inside its Arrow file: the same size, so the start-up size check
     passes, and no decoder takes it (what a flipped byte in a header does). Returns (image_id, Arrow file)."""
     part = datasets.load_from_disk(str(dataset))[split]
-    jpeg, image_id = part.cast_column("image", datasets.Image(decode=False))[row]["image"]["bytes"], part[row]["image_id"]
+    image_id = part[row]["image_id"]
+    jpeg = part.cast_column("image", datasets.Image(decode=False))[row]["image"]["bytes"]
     for name in (f["filename"] for f in part.cache_files):
         content = bytearray(Path(name).read_bytes())
         at = content.find(jpeg)
