@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
 from safetensors import SafetensorError
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
@@ -50,6 +50,7 @@ from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_la
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
+from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
 
 STOP_SIGNAL = signal.SIGUSR1  # "checkpoint and exit": what slurm/train.sbatch asks SLURM to send (--signal=USR1@300)
@@ -57,7 +58,7 @@ STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL
 STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
 RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
              STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
-RUN_FILES |= {BAD_SAMPLES_RECORD}
+RUN_FILES |= {BAD_SAMPLES_RECORD, LOCK_FILE}
 
 
 @dataclass
@@ -304,7 +305,35 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
             modeling.check_hub_ready(cfg.hub_model_id)
         except ValueError as e:
             raise SystemExit(f"error: --push_to_hub: {e}") from None
+    # a live run in the folder is the news, more than that the folder "already holds a run"
+    holder = in_use(run_dir) if accelerator.is_main_process else None
+    refuse_together(accelerator, holder and f"error: --output_dir {run_dir} is in use by {holder}; wait for it to "
+                    "end or give another --output_dir")
     check_output_dir(run_dir, ckpt_dir, cfg.resume_from_checkpoint)
+    hold_output_dir(accelerator, run_dir)
+
+
+def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
+    """One run per folder, fresh or resumed, from its first second: the main process locks run_dir for its lifetime
+    (imagenet_trainer/runlock.py), once check_output_dir has found it new, empty or a run's."""
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            lock = FolderLock(run_dir, "--output_dir").acquire()
+        except ValueError as e:
+            refusal = f"error: {e}"
+        else:
+            if lock.took_over:
+                accelerator.print(lock.took_over)
+    refuse_together(accelerator, refusal)
+
+
+def refuse_together(accelerator: Accelerator, refusal: str | None) -> None:
+    """The main process's refusal (or None) on every rank, so all of them exit with it."""
+    if accelerator.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise SystemExit(refusal)
 
 
 def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
@@ -314,7 +343,7 @@ def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise SystemExit(f"error: --output_dir {run_dir} is a file; give a new or empty folder")
     names = {p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-             } if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write of ours a kill interrupted
+             and p.name != LOCK_FILE} if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write a kill cut
     if (run_dir / "metrics.jsonl").exists() or ckpt_dir.exists():
         if not resume_from:
             raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "

@@ -3,8 +3,13 @@ undecodable images, a second launch into a busy folder; each costs minutes, neve
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -17,8 +22,9 @@ from safetensors.torch import load_file
 import validate
 from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
+from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
-from test_train import ok, rows, run, train_cmd
+from test_train import ROOT, ok, rows, run, train_cmd
 
 
 def last_line(proc) -> str:
@@ -197,6 +203,64 @@ def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(pre
     line = last_line(proc)
     assert "2 images do not decode, more than --max_bad_samples 1" in line and "preprocess.py --verify" in line
     assert (tmp_path / "strict" / "bad_samples.json").is_file() and len(rows(tmp_path / "strict")) == 1
+
+
+# -- one run per folder ------------------------------------------------------------------------------------------------
+
+HOLD = ("import sys, time; from imagenet_trainer.runlock import FolderLock; "
+        "FolderLock(sys.argv[1], '--output_dir').acquire(); print('held', flush=True); time.sleep(600)")
+
+
+def test_a_folder_lock_names_its_holder_and_is_taken_over_only_when_the_holder_is_gone(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"--output_dir {folder} is in use by pid {holder.pid} on host "
+                                             rf"{socket.gethostname()} since 20"):
+            FolderLock(folder, "--output_dir").acquire()
+        assert in_use(folder).startswith(f"pid {holder.pid} on host")
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, the record still says held
+        holder.wait()
+    assert json.loads((folder / LOCK_FILE).read_text())["held"] is True
+    lock = FolderLock(folder, "--output_dir").acquire()  # the kernel dropped the dead holder's flock
+    assert lock.took_over and f"pid {holder.pid}" in lock.took_over
+    lock.release()
+    assert json.loads((folder / LOCK_FILE).read_text())["held"] is False and in_use(folder) is None
+    # a record of another host: its holder may live on; explained, not taken over, unless it is this SLURM job
+    (folder / LOCK_FILE).write_text(json.dumps({"host": "node-b", "pid": 4242, "start": "2026-01-01T00:00:00Z",
+                                                "slurm_job_id": "77", "held": True}))
+    with pytest.raises(ValueError, match=rf"locked by pid 4242 on host node-b since 2026-01-01T00:00:00Z, SLURM job "
+                                         rf"77, another host: .* delete {folder / LOCK_FILE} and launch again"):
+        FolderLock(folder, "--output_dir").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the requeued job, on another node
+    lock = FolderLock(folder, "--output_dir").acquire()
+    assert "node-b" in lock.took_over
+    lock.release()
+
+
+def test_a_second_launch_into_a_busy_output_dir_is_refused_from_the_first_seconds(preprocessed, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", "1000", "--seed", "1"), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and in_use(out) is None:
+            time.sleep(0.01)
+        assert in_use(out) is not None and not (out / "checkpoints").exists(), "the lock comes before any save"
+        for extra in ((), ("--resume_from_checkpoint", "latest")):
+            second = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "2", *extra))
+            assert second.returncode != 0
+            assert f"--output_dir {out} is in use by pid {first.pid} on host" in last_line(second)
+        assert first.poll() is None, "the first run goes on"
+        first.send_signal(signal.SIGUSR1)  # checkpoint and stop (status 75)
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 75, err[-3000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1 and not (out / "resumes").exists()
+    assert in_use(out) is None and json.loads((out / LOCK_FILE).read_text())["held"] is False
 
 
 if __name__ == "__main__":  # pragma: no cover
