@@ -219,8 +219,11 @@ def main(argv=None):
     state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
                         "grad_accum_steps": cfg.grad_accum_steps})
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
-    resumed_from = resume(accelerator, state, cfg.resume_from_checkpoint, ckpt_dir, cfg) if cfg.resume_from_checkpoint \
-        else None
+    resumed_from = resume(accelerator, state, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
+    if state.step >= total_steps:  # resumed at or past the end this launch's flags set
+        accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
+        accelerator.end_training()
+        return
     start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
 
@@ -503,12 +506,11 @@ def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int,
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_dir: Path,
-           cfg: TrainConfig) -> Path | None:
+def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
     """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
     None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command)."""
     try:
-        path = checkpoints.pick(resume_from, ckpt_dir, say=accelerator.print)
+        path = checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, say=accelerator.print)
     except ValueError as e:
         raise SystemExit(f"error: --resume_from_checkpoint {e}") from None
     if path is None:
@@ -540,6 +542,16 @@ def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_d
     accelerator.step = state.step * layout["grad_accum_steps"]
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
     return path
+
+
+def nothing_to_do(state: TrainState, cfg: TrainConfig, total_steps: int, run_dir: Path) -> str:
+    """What a launch resumed at or past its end says before it exits 0, training nothing."""
+    end = f"--max_train_steps {cfg.max_train_steps}" if cfg.max_train_steps and total_steps == cfg.max_train_steps \
+        else f"--epochs {cfg.epochs}"
+    final = run_dir / "final"
+    model = f"the best model is in {final}" if final.is_dir() else f"no model was exported yet ({final} is absent)"
+    return (f"nothing to do: the checkpoint is at step {state.step} (epoch {state.epoch}), and {end} ends this run at "
+            f"step {total_steps}; raise {end.split()[0]} to train on. {model[0].upper()}{model[1:]}")
 
 
 # -- the loop ----------------------------------------------------------------------------------------------------------

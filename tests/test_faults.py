@@ -128,6 +128,21 @@ def test_resume_with_another_optimizer_model_or_ema_is_named_as_such(finished, p
     assert len(rows(out)) == 2
 
 
+def test_a_resume_with_nothing_left_to_do_says_so_and_claims_no_export_it_lacks(finished, preprocessed, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    last = rows(out)[-1]["step"]
+    for epochs in (2, 1):  # the run's own end (a requeue after it finished), and an end it has passed
+        proc = ok(run(train_cmd(preprocessed, out, "--epochs", epochs, "--resume_from_checkpoint", "latest")))
+        said = proc.stdout + proc.stderr
+        assert (f"nothing to do: the checkpoint is at step {last} (epoch 2), and --epochs {epochs} ends this run at "
+                f"step {last * epochs // 2}; raise --epochs to train on. The best model is in {out / 'final'}") in said
+    shutil.rmtree(out / "final")
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    assert f"No model was exported yet ({out / 'final'} is absent)" in proc.stdout and "model in" not in proc.stdout
+    assert len(rows(out)) == 2 and not (out / "resumes").exists(), "nothing trained, nothing recorded"
+
+
 # -- undecodable images -----------------------------------------------------------------------------------------------
 
 def break_image(dataset: Path, split: str, row: int) -> tuple[str, str]:
