@@ -24,6 +24,7 @@ from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
+from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
 from test_train import ROOT, ok, rows, run, train_cmd
 
 
@@ -276,6 +277,44 @@ def test_a_second_launch_into_a_busy_output_dir_is_refused_from_the_first_second
     assert first.returncode == 75, err[-3000:]
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1 and not (out / "resumes").exists()
     assert in_use(out) is None and json.loads((out / LOCK_FILE).read_text())["held"] is False
+
+
+# -- SLURM: the signal reaches train.py whatever the process tracking ---------------------------------------------------
+
+def node_tasks(out) -> list[int]:
+    """The pids of slurm/train.sbatch's per-node tasks (bash -c ... train.py ... --output_dir out)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"bash", b"-c"] and str(out).encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def test_the_pre_timeout_signal_to_the_node_tasks_alone_reaches_train_py(slurm, preprocessed, tmp_path):
+    """ProctrackType=proctrack/pgid: SLURM signals each node task's process group, and torchrun's ranks, in sessions
+    of their own, are not in it. Here only the tasks get SIGUSR1: they pass it on, train.py checkpoints, the job
+    requeues."""
+    env, log = slurm
+    out = tmp_path / "run"
+    job = sbatch({**env, "MAIN_PROCESS_PORT": str(free_port())}, *train_args(preprocessed, out, "--epochs", "40"),
+                 popen=True)  # 80 steps: the signal lands long before the end
+    first = out / "checkpoints" / "step_00000002"
+    deadline = time.time() + 300
+    while not first.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    tasks = node_tasks(out)
+    assert len(tasks) == 2, tasks
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR1)
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, output[-5000:]
+    assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
+    stopped = json.loads((out / "stopped_on_signal.json").read_text())
+    assert stopped["exit_status"] == 75 and 2 <= stopped["step"] < 80
 
 
 if __name__ == "__main__":  # pragma: no cover
