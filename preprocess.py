@@ -68,6 +68,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -81,10 +82,11 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import checkpoints, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
+from imagenet_trainer.runlock import FolderLock, release_all
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
 FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
@@ -568,6 +570,24 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
     return True
 
 
+def hold_output(out: Path) -> None:
+    """One run per OUT: a lock beside it (OUT appears by a rename) for this process's lifetime."""
+    path = out.with_name(out.name + ".lock")
+    try:
+        lock = FolderLock(out, "--output_dir", path=path).acquire()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: --output_dir {out}: cannot create {path} ({e.strerror or e})") from None
+    if lock.took_over:
+        print(lock.took_over)
+
+
+def interrupt(signum, frame):
+    """SIGTERM (a batch system's stop, `kill`) ends the run as Ctrl-C does: finished shards kept, one line."""
+    raise KeyboardInterrupt
+
+
 def verify_output(folder: str) -> None:
     """--verify: every file of a finished output against its manifest; one line per bad file, exit status 0/1."""
     try:
@@ -675,6 +695,13 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
 
 
 def main(argv=None) -> None:
+    try:
+        return run(argv)
+    finally:
+        release_all()  # OUT's lock, for a caller that goes on
+
+
+def run(argv=None) -> None:
     cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.verify:
         return verify_output(cfg.verify)
@@ -685,6 +712,7 @@ def main(argv=None) -> None:
     if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
+    hold_output(out)
     try:
         listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
@@ -729,7 +757,15 @@ def main(argv=None) -> None:
                 for summary in pool.imap_unordered(work_fn, pending):
                     bar.update(summary["files"])
     except KeyboardInterrupt:
+        bar.close()  # its last state first, then the one line
         raise SystemExit(f"interrupted: finished shards are kept in {work}; run the same command to resume")
+    except OSError as e:
+        if not checkpoints.is_disk_full(e):
+            raise
+        bar.close()
+        raise SystemExit(f"error: no space left on the disk of {work} ({checkpoints.free_bytes(work) / 1e9:.1f} GB "
+                         "free); finished shards are kept there: free space (or --output_dir on a larger disk), "
+                         "then run the same command to resume") from None
     bar.close()
 
     report = assemble(work, shards, listing, data_dir, cfg, job, started)
@@ -741,4 +777,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:  # outside the shard pool, which says where the finished shards are
+        raise SystemExit("interrupted: run the same command to resume") from None

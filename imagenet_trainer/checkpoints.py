@@ -143,8 +143,12 @@ def is_disk_full(error: BaseException) -> bool:
     """ENOSPC, or a library's wrapping of it (safetensors' SafetensorError carries only the text)."""
     import errno  # noqa: PLC0415
 
-    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) \
-        or "Disk quota exceeded" in str(error)
+    while error is not None:  # or the error raised while handling it (a clean-up that failed too)
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) \
+                or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def free_bytes(folder: Path) -> int:

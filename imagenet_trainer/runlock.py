@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 LOCK_FILE = "run.lock"
+_HELD: dict[Path, "FolderLock"] = {}  # this process's locks, by file
 LINGER_SECONDS = 15  # s to retry while the record says its holder is gone but the flock is still held
 
 
@@ -45,14 +46,19 @@ class FolderLock:
     """``acquire`` takes ``folder``/LOCK_FILE or raises ValueError (one line naming the holder); the lock lasts
     until ``release`` or the process's end."""
 
-    def __init__(self, folder: Path, flag: str):
-        self.folder, self.flag, self.path, self.fd = Path(folder), flag, Path(folder) / LOCK_FILE, None
+    def __init__(self, folder: Path, flag: str, path: Path | None = None):
+        """``path``: the lock file, when not ``folder``/LOCK_FILE (preprocess.py's OUT appears by a rename, so its
+        lock sits beside it, and goes at release: a launch that opened it in that instant is the only loser)."""
+        self.folder, self.flag, self.fd, self.beside = Path(folder), flag, None, path is not None
+        self.path = Path(path) if path is not None else self.folder / LOCK_FILE
         self.took_over: str | None = None  # the stale holder this launch replaced, for the log
         self.created = False  # whether acquire made the folder
 
     def acquire(self) -> FolderLock:
-        self.created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if (mine := _HELD.pop(self.path, None)) is not None:  # this process runs its job again (a caller's loop)
+            mine.release()
+        self.created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         flocked = self._flock(fd)
         record = self._read(fd)
@@ -68,6 +74,7 @@ class FolderLock:
             os.close(fd)
             raise
         self.fd = fd
+        _HELD[self.path] = self
         os.register_at_fork(after_in_child=self._forget)  # DataLoader workers must not keep the lock alive
         self._write({"host": socket.gethostname(), "pid": os.getpid(),
                      "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -132,17 +139,18 @@ class FolderLock:
             self.fd = None
 
     def release(self) -> None:
-        """Mark the record released (the file stays: unlinking it would let a launch that opened it lock a file
-        no one else sees) and drop the flock. A folder this lock created and nothing else wrote into (a start that
-        failed) goes, so that the failure leaves nothing behind."""
+        """Mark the record released and drop the flock. A lock file in its folder stays (unlinking it would let a
+        launch that opened it lock a file no one else sees), one beside its folder goes; a folder this lock created
+        and nothing else wrote into (a start that failed) goes, so that the failure leaves nothing behind."""
         if self.fd is None:
             return
         try:
             record = self._read(self.fd)
             self._write({**record, "held": False, "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            if self.created and os.listdir(self.folder) == [LOCK_FILE]:
+            if self.beside or (self.created and os.listdir(self.path.parent) == [self.path.name]):
                 self.path.unlink()
-                self.folder.rmdir()
+            if self.created and not os.listdir(self.path.parent):
+                self.path.parent.rmdir()
         except OSError:
             pass
         finally:
@@ -165,3 +173,10 @@ def in_use(folder: Path) -> str | None:
         return _holder(FolderLock._read(fd)) if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
     finally:
         os.close(fd)  # and with it a lock taken just now
+
+
+def release_all() -> None:
+    """Release this process's locks (a script's main() returning to a caller that goes on)."""
+    for lock in list(_HELD.values()):
+        _HELD.pop(lock.path, None)
+        lock.release()

@@ -23,6 +23,7 @@ import validate
 from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
+from imagenet_trainer.demo import make_ilsvrc_tree
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
 from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
 from test_train import ROOT, ok, rows, run, train_cmd
@@ -315,6 +316,89 @@ def test_the_pre_timeout_signal_to_the_node_tasks_alone_reaches_train_py(slurm, 
     assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
     stopped = json.loads((out / "stopped_on_signal.json").read_text())
     assert stopped["exit_status"] == 75 and 2 <= stopped["step"] < 80
+
+
+# -- preprocess.py --------------------------------------------------------------------------------------------------------
+
+def preprocess_cmd(tree, out, *extra):
+    return [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir", str(out), *extra]
+
+
+def test_a_second_preprocess_into_the_same_output_is_refused(ilsvrc_tree, tmp_path):
+    out = tmp_path / "pp"
+    hold_beside = HOLD.replace("'--output_dir')", "'--output_dir', sys.argv[2])")  # the lock file beside OUT
+    holder = subprocess.Popen([sys.executable, "-c", hold_beside, str(out), str(tmp_path / "pp.lock")], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run(preprocess_cmd(ilsvrc_tree, out, "--num_proc", "1"))
+        assert proc.returncode != 0
+        assert last_line(proc) == (f"error: --output_dir {out} is in use by pid {holder.pid} on host "
+                                   f"{socket.gethostname()} since {json.loads((tmp_path / 'pp.lock').read_text())['start']}"
+                                   "; wait for it to end or give another --output_dir")
+        assert not out.exists() and not (tmp_path / "pp.tmp").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    ok(run(preprocess_cmd(ilsvrc_tree, out, "--num_proc", "1")))  # the holder is gone: its lock is taken over
+    assert (out / "dataset_dict.json").is_file() and not (tmp_path / "pp.lock").exists(), "the lock goes with it"
+
+
+def test_sigterm_ends_preprocess_in_one_line_and_the_rerun_resumes(tmp_path):
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", source="digits", num_classes=10, train_per_class=40,
+                            val_per_class=4, num_test=1, seed=0)
+    out = tmp_path / "pp"
+    proc = subprocess.Popen(preprocess_cmd(tree, out, "--num_proc", "1", "--shard_size", "10"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "pp.tmp").rglob("*.arrow")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before the signal: nothing to test"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"interrupted: finished shards are kept in {tmp_path / 'pp.tmp'}; run the "
+                                            "same command to resume")
+    again = ok(run(preprocess_cmd(tree, out, "--num_proc", "1", "--shard_size", "10")))
+    assert f"resuming {tmp_path / 'pp.tmp'}" in again.stdout and (out / "dataset_dict.json").is_file()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root and mount(8) needed, else the test is skipped)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small disk needs root to mount a tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_ends_preprocess_in_one_line(tmp_path, small_disk):
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", source="photos", num_classes=4, train_per_class=12,
+                            val_per_class=2, num_test=1, seed=0)
+    proc = run(preprocess_cmd(tree, small_disk / "pp", "--num_proc", "1", "--shard_size", "4"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert line.startswith(f"error: no space left on the disk of {small_disk / 'pp.tmp'} (") and "resume" in line
+
+
+def test_verify_fails_on_a_file_missing_from_the_manifest(preprocessed, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(preprocessed, copy)
+    listed = json.loads((copy / "preprocess_manifest.json").read_text())
+    victim = sorted(k for k in listed["files"] if k.endswith(".arrow"))[0]
+    del listed["files"][victim]
+    (copy / "preprocess_manifest.json").write_text(json.dumps(listed))
+    truncate(copy / victim, 100)
+    proc = run([sys.executable, str(ROOT / "preprocess.py"), "--verify", str(copy)])
+    assert proc.returncode != 0
+    assert f"BAD {copy / victim}: not in preprocess_manifest.json" in proc.stdout
+    assert "1 of" in last_line(proc)
 
 
 if __name__ == "__main__":  # pragma: no cover
