@@ -280,6 +280,25 @@ def test_a_second_launch_into_a_busy_output_dir_is_refused_from_the_first_second
     assert in_use(out) is None and json.loads((out / LOCK_FILE).read_text())["held"] is False
 
 
+def test_two_processes_refuse_a_busy_output_dir_together(preprocessed, tmp_path):
+    """Rank 0 asks for the lock, every rank hears the answer: both exit with the holder's name, none hangs."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run(train_cmd(preprocessed, out, "--epochs", "1", launcher=("--multi_gpu", "--num_processes", "2",
+                                                                            "--main_process_port", str(free_port()))))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said == [f"error: --output_dir {out} is in use by pid {holder.pid} on host {socket.gethostname()} since "
+                    f"{json.loads((out / LOCK_FILE).read_text())['start']}; wait for it to end or give another "
+                    "--output_dir"] * 2, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE], "nothing written"
+
+
 # -- SLURM: the signal reaches train.py whatever the process tracking ---------------------------------------------------
 
 def node_tasks(out) -> list[int]:
