@@ -76,12 +76,19 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
 def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
     """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``."""
     classes = {}
-    strays, nested = [], 0
+    strays, nested, seen, links = [], 0, {}, []
+    dangling = _dangling(folder)
     for name in _subfolders(folder):
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{folder / name!r}: the folder name is not valid UTF-8; rename it") from None
+        real = os.path.realpath(folder / name)
+        if real in seen:  # a link to a class folder listed already: the same images under a second label
+            links.append(f"{name} -> {seen[real]}")
+            continue
+        seen[real] = name
+        dangling += [f"{name}/{d}" for d in _dangling(folder / name)]
         files = ilsvrc.list_images(folder / name)
         classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
         strays += [f"{name}/{f}" for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
@@ -95,7 +102,19 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
         warnings.append(f"{len(strays)} files without an image extension in {folder} left out, e.g. {strays[0]}")
     if nested:
         warnings.append(f"{nested} folders inside the class folders of {folder} not read (one level only)")
+    if links:
+        warnings.append(f"{len(links)} folders in {folder} are the same folder as a class listed already, not "
+                        f"listed twice: {', '.join(links[:3])}")
+    if dangling:
+        warnings.append(f"{len(dangling)} broken links (their target is gone) in {folder} left out, e.g. "
+                        f"{dangling[0]}")
     return classes, warnings
+
+
+def _dangling(folder: Path) -> list[str]:
+    """Names of the links in ``folder`` whose target does not exist (scandir drops them from files and folders)."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_symlink() and not os.path.exists(e.path))
 
 
 def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import datasets
+from PIL import Image
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
+import preprocess
 import validate
 from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
@@ -418,6 +420,23 @@ def test_verify_fails_on_a_file_missing_from_the_manifest(preprocessed, tmp_path
     assert proc.returncode != 0
     assert f"BAD {copy / victim}: not in preprocess_manifest.json" in proc.stdout
     assert "1 of" in last_line(proc)
+
+
+def test_a_linked_class_folder_is_reported_not_duplicated_and_broken_links_are_counted(tmp_path, capsys):
+    tree = tmp_path / "photos"
+    for split, n in (("train", 3), ("val", 1)):
+        for k, name in enumerate(("bus", "car")):
+            (tree / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (24, 16), (40 * k, 90, 20 * i)).save(tree / split / name / f"{name}{i}.jpg")
+    (tree / "train" / "lorry").symlink_to(tree / "train" / "bus")  # the same images under a second name
+    (tree / "train" / "car" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "pp"), "--num_proc", "1"])
+    report = json.loads((tmp_path / "pp" / "preprocess_report.json").read_text())
+    assert datasets.load_from_disk(str(tmp_path / "pp"))["train"].features["label"].names == ["bus", "car"]
+    assert (f"1 folders in {tree / 'train'} are the same folder as a class listed already, not listed twice: "
+            "lorry -> bus") in report["warnings"]
+    assert f"1 broken links (their target is gone) in {tree / 'train'} left out, e.g. car/gone.jpg" in report["warnings"]
 
 
 if __name__ == "__main__":  # pragma: no cover
