@@ -106,6 +106,8 @@ class PreprocessConfig:
     split_seed: int = 0  # seed of the --val_fraction split; the same seed and files give the same split
     overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
+    # detection reads a folder named train/ as the train split; a tree whose classes include "train" needs saying so
+    layout: str = ""  # "" detects it; ilsvrc: Kaggle's tree; folders: --data_dir's folders are the classes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,9 +122,17 @@ class Listing(NamedTuple):
     warnings: list
 
 
-def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int) -> Listing:
-    """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
-    layout = image_tree.detect_layout(data_dir, val_fraction)
+def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, forced: str = "") -> Listing:
+    """What to store, from any accepted layout (``forced``: --layout). Bad or missing input raises ValueError
+    naming the path."""
+    if forced == "folders":
+        if val_fraction is None:
+            raise ValueError(f"--layout folders: {data_dir}'s folders are the classes, so the validation images "
+                             "come from them too: add --val_fraction 0.1")
+        names, splits, warnings = image_tree.list_splits(data_dir, image_tree.CLASS_FOLDERS_SPLIT, val_fraction,
+                                                         split_seed, one_tree=True)
+        return Listing(image_tree.CLASS_FOLDERS_SPLIT, names, list(names), splits, warnings)
+    layout = image_tree.ILSVRC if forced == "ilsvrc" else image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} is Kaggle's ILSVRC tree, which has its own validation "
@@ -408,6 +418,8 @@ def check_config(cfg: PreprocessConfig) -> None:
         raise SystemExit(f"error: --shorter_side must be >= 1 px (or none), got {cfg.shorter_side}")
     if not 1 <= cfg.quality <= 100:
         raise SystemExit(f"error: --quality must be 1-100, got {cfg.quality}")
+    if cfg.layout not in ("", "ilsvrc", "folders"):
+        raise SystemExit(f"error: --layout must be ilsvrc or folders (or empty: detected), got {cfg.layout!r}")
     if cfg.shard_size < 1:
         raise SystemExit(f"error: --shard_size must be >= 1, got {cfg.shard_size}")
     if cfg.restart_tile < 0:
@@ -714,7 +726,7 @@ def run(argv=None) -> None:
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     hold_output(out)
     try:
-        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed)
+        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.layout)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
     splits = listing.splits

@@ -139,10 +139,11 @@ def _items(classes: dict[str, list[str]], index: dict[str, int], folder: Path) -
     return [(f"{c}/{f}", index[c]) for c in classes for f in classes[c]]
 
 
-def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int
+def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int, one_tree: bool = False
                 ) -> tuple[list[str], dict[str, Split], list[str]]:
-    """(class names, {split: Split}, warnings) of a ``class-folders`` or ``class-folders-split`` tree."""
-    root = "train" if (data_dir / "train").is_dir() else ""
+    """(class names, {split: Split}, warnings) of a ``class-folders`` or ``class-folders-split`` tree;
+    ``one_tree`` (--layout folders): data_dir's folders are the classes, a ``train`` among them too."""
+    root = "train" if (data_dir / "train").is_dir() and not one_tree else ""
     classes, warnings = list_classes(data_dir / root)
     names = sorted(classes)
     if not names:

@@ -439,5 +439,26 @@ def test_a_linked_class_folder_is_reported_not_duplicated_and_broken_links_are_c
     assert f"1 broken links (their target is gone) in {tree / 'train'} left out, e.g. car/gone.jpg" in report["warnings"]
 
 
+def test_layout_folders_reads_a_class_named_train_as_a_class(tmp_path):
+    tree = tmp_path / "vehicles"
+    for k, name in enumerate(("bus", "car", "train", "truck")):
+        (tree / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24, 16), (60 * k, 90, 30 * i)).save(tree / name / f"{name}{i}.jpg")
+    with pytest.raises(SystemExit) as detected:  # train/ taken for the train split: its images are no classes
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "a"), "--num_proc", "1",
+                         "--val_fraction", "0.34"])
+    assert "no class folders" in str(detected.value.code)
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "pp"), "--num_proc", "1",
+                     "--val_fraction", "0.34", "--layout", "folders"])
+    ds = datasets.load_from_disk(str(tmp_path / "pp"))
+    assert ds["train"].features["label"].names == ["bus", "car", "train", "truck"]
+    assert len(ds["train"]) == 8 and len(ds["validation"]) == 4
+    with pytest.raises(SystemExit, match="--layout folders: .* add --val_fraction 0.1"):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "b"), "--layout", "folders"])
+    with pytest.raises(SystemExit, match="--layout must be ilsvrc or folders"):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "c"), "--layout", "flat"])
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
