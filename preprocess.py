@@ -96,7 +96,7 @@ WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; re
 @dataclass
 class PreprocessConfig:
     data_dir: str = ""  # required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or a class-per-folder image tree
-    output_dir: str = ""  # required: where the DatasetDict goes; a new or empty folder (built in <output_dir>.tmp)
+    output_dir: str = ""  # required: where the DatasetDict goes; a new (built in <output_dir>.tmp) or empty folder
     num_proc: int = 0  # worker processes; 0 = one per CPU core (decoding is CPU-bound)
     shorter_side: int | None = None  # px; shrink so the shorter side is at most this and re-encode; None keeps size
     quality: int = 90  # JPEG quality (1-100; PIL advises <= 95) of re-encoded images (odd files, --shorter_side)
@@ -512,7 +512,7 @@ def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
         return False
     if not out.is_dir():
         raise SystemExit(f"error: --output_dir {out} is a file; choose a folder")
-    if not any(out.iterdir()):  # an empty folder (made with mkdir beforehand): nothing in it to lose
+    if not any(p.name != INSIDE for p in out.iterdir()):  # an empty folder (mkdir, a mount point): nothing to lose
         return False
     m = manifest.read(out)
     if m is None and not all((out / f).is_file() for f in ("dataset_dict.json", "preprocess_report.json")):
@@ -572,6 +572,11 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
             return False
     except SystemExit as e:
         raise SystemExit(f"{e.code} (the finished dataset waits in {work}: the same command then only moves it)")
+    if work.parent == out:  # built inside: move its entries up, the manifest (which says "complete") last
+        for entry in sorted(work.iterdir(), key=lambda p: p.name == manifest.MANIFEST):
+            os.replace(entry, out / entry.name)
+        work.rmdir()
+        return True
     if out.is_dir() and not any(out.iterdir()):
         try:
             out.rmdir()  # fails if a file arrived since: then nothing is lost either
@@ -580,6 +585,19 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
                              "run the same command again") from None
     replace_dir(work, out)
     return True
+
+
+INSIDE = ".preprocess.tmp"  # the work folder inside an OUT that exists empty (a mount point cannot be renamed over)
+
+
+def work_folder(out: Path) -> Path:
+    """Where the dataset is built: OUT.tmp beside a new OUT, renamed into place at the end; inside an OUT that
+    already exists empty (made with mkdir, or a mount point: rmdir fails with EBUSY), so the work is on OUT's
+    own filesystem and its entries move up at the end. An OUT.tmp left by an interrupted run is resumed."""
+    beside = out.with_name(out.name + ".tmp")
+    if not beside.exists() and ((out / INSIDE).is_dir() or out.is_dir() and not any(out.iterdir())):
+        return out / INSIDE
+    return beside
 
 
 def hold_output(out: Path) -> None:
@@ -720,7 +738,7 @@ def run(argv=None) -> None:
     check_config(cfg)
     started = time.time()
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
-    work = out.with_name(out.name + ".tmp")
+    work = work_folder(out)
     if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing

@@ -384,19 +384,37 @@ def test_sigterm_ends_preprocess_in_one_line_and_the_rerun_resumes(tmp_path):
     assert f"resuming {tmp_path / 'pp.tmp'}" in again.stdout and (out / "dataset_dict.json").is_file()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs (root and mount(8) needed, else the test is skipped)."""
-    mnt = tmp_path / "disk"
+def mounted_tmpfs(mnt: Path, size: str):
+    """A tmpfs of ``size`` at ``mnt`` for the test's duration (root and mount(8) needed, else the test is skipped)."""
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a small disk needs root to mount a tmpfs")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("a separate small disk needs root to mount a tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("mount -t tmpfs is not allowed here")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", "256k")
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "mnt", "64m")
+
+
+def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, mount_point):
+    proc = ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1")))
+    assert "Traceback" not in proc.stderr
+    assert not mount_point.with_name("mnt.tmp").exists(), "nothing built on the parent's disk"
+    assert sorted(p.name for p in mount_point.iterdir() if p.name.startswith(".")) == []
+    assert len(datasets.load_from_disk(str(mount_point))["train"]) > 0
+    assert "already done" in ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1"))).stdout
+    assert run([sys.executable, str(ROOT / "preprocess.py"), "--verify", str(mount_point)]).returncode == 0
 
 
 def test_a_full_disk_ends_preprocess_in_one_line(tmp_path, small_disk):
