@@ -72,6 +72,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -85,10 +86,11 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import archives, demo, eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
+from imagenet_trainer.runlock import FolderLock, release_all
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
 FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
@@ -98,7 +100,7 @@ WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; re
 @dataclass
 class PreprocessConfig:
     data_dir: str = ""  # required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or a class-per-folder image tree
-    output_dir: str = ""  # required: where the DatasetDict goes; a new or empty folder (built in <output_dir>.tmp)
+    output_dir: str = ""  # required: where the DatasetDict goes; a new (built in <output_dir>.tmp) or empty folder
     num_proc: int = 0  # worker processes; 0 = one per CPU core (decoding is CPU-bound)
     shorter_side: int | None = None  # px; shrink so the shorter side is at most this and re-encode; None keeps size
     quality: int = 90  # JPEG quality (1-100; PIL advises <= 95) of re-encoded images (odd files, --shorter_side)
@@ -110,6 +112,8 @@ class PreprocessConfig:
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
     verify_archives: bool = False  # MD5 of image-net.org's tars/devkit vs the published sums first: reads all again
     eval_set: str = ""  # imagenet-v2|-sketch|-r|-a|-c: read --data_dir as that set; "" = known by its name/layout
+    # detection reads a folder named train/ as the train split; a tree whose classes include "train" needs saying so
+    layout: str = ""  # "" detects it; ilsvrc: Kaggle's tree; folders: --data_dir's folders are the classes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,20 +130,29 @@ class Listing(NamedTuple):
     eval_set: dict | None = None  # what source.json records about an evaluation set (eval_sets.list_splits)
 
 
-def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "") -> Listing:
-    """What to store, from any accepted layout. Bad or missing input raises ValueError naming the path."""
+def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "",
+                forced: str = "") -> Listing:
+    """What to store, from any accepted layout (``eval_set``: --eval_set; ``forced``: --layout). Bad or missing input
+    raises ValueError naming the path."""
     if eval_set and val_fraction is not None:
         raise ValueError(f"--eval_set {eval_set}: an evaluation set is scored whole; drop --val_fraction")
-    found = None if eval_set else archives.detect(data_dir)
+    if forced == "folders":
+        if val_fraction is None:
+            raise ValueError(f"--layout folders: {data_dir}'s folders are the classes, so the validation images "
+                             "come from them too: add --val_fraction 0.1")
+        names, splits, warnings = image_tree.list_splits(data_dir, image_tree.CLASS_FOLDERS_SPLIT, val_fraction,
+                                                         split_seed, one_tree=True)
+        return Listing(image_tree.CLASS_FOLDERS_SPLIT, names, list(names), splits, warnings)
+    found = None if eval_set or forced else archives.detect(data_dir)
     if found is not None:
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} holds ImageNet's own validation split; drop --val_fraction")
         return Listing(image_tree.ILSVRC, *archives.list_splits(found), archives=found._asdict())
-    kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None else None
+    kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None and not forced else None
     if kind:
         *listed, record = eval_sets.list_splits(data_dir, kind)
         return Listing(kind, *listed, eval_set=record)
-    layout = image_tree.detect_layout(data_dir, val_fraction)
+    layout = image_tree.ILSVRC if forced == "ilsvrc" else image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} is Kaggle's ILSVRC tree, which has its own validation "
@@ -428,6 +441,8 @@ def check_config(cfg: PreprocessConfig) -> None:
         raise SystemExit(f"error: --shorter_side must be >= 1 px (or none), got {cfg.shorter_side}")
     if not 1 <= cfg.quality <= 100:
         raise SystemExit(f"error: --quality must be 1-100, got {cfg.quality}")
+    if cfg.layout not in ("", "ilsvrc", "folders"):
+        raise SystemExit(f"error: --layout must be ilsvrc or folders (or empty: detected), got {cfg.layout!r}")
     if cfg.shard_size < 1:
         raise SystemExit(f"error: --shard_size must be >= 1, got {cfg.shard_size}")
     if cfg.restart_tile < 0:
@@ -521,7 +536,7 @@ def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
         return False
     if not out.is_dir():
         raise SystemExit(f"error: --output_dir {out} is a file; choose a folder")
-    if not any(out.iterdir()):  # an empty folder (made with mkdir beforehand): nothing in it to lose
+    if not any(p.name != INSIDE for p in out.iterdir()):  # an empty folder (mkdir, a mount point): nothing to lose
         return False
     m = manifest.read(out)
     if m is None and not all((out / f).is_file() for f in ("dataset_dict.json", "preprocess_report.json")):
@@ -586,6 +601,11 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
             return False
     except SystemExit as e:
         raise SystemExit(f"{e.code} (the finished dataset waits in {work}: the same command then only moves it)")
+    if work.parent == out:  # built inside: move its entries up, the manifest (which says "complete") last
+        for entry in sorted(work.iterdir(), key=lambda p: p.name == manifest.MANIFEST):
+            os.replace(entry, out / entry.name)
+        work.rmdir()
+        return True
     if out.is_dir() and not any(out.iterdir()):
         try:
             out.rmdir()  # fails if a file arrived since: then nothing is lost either
@@ -594,6 +614,37 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
                              "run the same command again") from None
     replace_dir(work, out)
     return True
+
+
+INSIDE = ".preprocess.tmp"  # the work folder inside an OUT that exists empty (a mount point cannot be renamed over)
+
+
+def work_folder(out: Path) -> Path:
+    """Where the dataset is built: OUT.tmp beside a new OUT, renamed into place at the end; inside an OUT that
+    already exists empty (made with mkdir, or a mount point: rmdir fails with EBUSY), so the work is on OUT's
+    own filesystem and its entries move up at the end. An OUT.tmp left by an interrupted run is resumed."""
+    beside = out.with_name(out.name + ".tmp")
+    if not beside.exists() and ((out / INSIDE).is_dir() or out.is_dir() and not any(out.iterdir())):
+        return out / INSIDE
+    return beside
+
+
+def hold_output(out: Path) -> None:
+    """One run per OUT: a lock beside it (OUT appears by a rename) for this process's lifetime."""
+    path = out.with_name(out.name + ".lock")
+    try:
+        lock = FolderLock(out, "--output_dir", path=path).acquire()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: --output_dir {out}: cannot create {path} ({e.strerror or e})") from None
+    if lock.took_over:
+        print(lock.took_over)
+
+
+def interrupt(signum, frame):
+    """SIGTERM (a batch system's stop, `kill`) ends the run as Ctrl-C does: finished shards kept, one line."""
+    raise KeyboardInterrupt
 
 
 def verify_output(folder: str) -> None:
@@ -703,18 +754,26 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
 
 
 def main(argv=None) -> None:
+    try:
+        return run(argv)
+    finally:
+        release_all()  # OUT's lock, for a caller that goes on
+
+
+def run(argv=None) -> None:
     cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.verify:
         return verify_output(cfg.verify)
     check_config(cfg)
     started = time.time()
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
-    work = out.with_name(out.name + ".tmp")
+    work = work_folder(out)
     if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
+    hold_output(out)
     try:
-        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.eval_set)
+        listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.eval_set, cfg.layout)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)
         raise SystemExit(f"error: {e}") from None
     splits = listing.splits
@@ -767,7 +826,15 @@ def main(argv=None) -> None:
                 for summary in pool.imap_unordered(work_fn, pending):
                     bar.update(summary["files"])
     except KeyboardInterrupt:
+        bar.close()  # its last state first, then the one line
         raise SystemExit(f"interrupted: finished shards are kept in {work}; run the same command to resume")
+    except OSError as e:
+        if not checkpoints.is_disk_full(e):
+            raise
+        bar.close()
+        raise SystemExit(f"error: no space left on the disk of {work} ({checkpoints.free_bytes(work) / 1e9:.1f} GB "
+                         "free); finished shards are kept there: free space (or --output_dir on a larger disk), "
+                         "then run the same command to resume") from None
     bar.close()
 
     report = assemble(work, shards, listing, data_dir, cfg, job, started)
@@ -779,4 +846,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:  # outside the shard pool, which says where the finished shards are
+        raise SystemExit("interrupted: run the same command to resume") from None

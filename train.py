@@ -42,25 +42,31 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
+from safetensors import SafetensorError
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 import modeling
+from imagenet_trainer import checkpoints
+from imagenet_trainer.bad_samples import RECORD as BAD_SAMPLES_RECORD
+from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
 from imagenet_trainer.fsdp import fsdp_mesh, shard_norm_layers
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate as evaluate_topk
+from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
 from imagenet_trainer import stop_signals
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
 
 RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
              STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
+RUN_FILES |= {BAD_SAMPLES_RECORD, LOCK_FILE}
 
 
 @dataclass
@@ -105,6 +111,8 @@ class TrainConfig:
     num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one for
     # itself (loader_workers). JPEG decoding is the CPU bottleneck: BENCHMARKS.md's GPU check gives the cores a GPU needs
     seed: int = 0  # seeds init, sampler order, augmentation and per-step randomness
+    # a flipped byte costs one image; more than a few mean a damaged copy, which preprocess.py --verify names
+    max_bad_samples: int = 10  # undecodable images (train: replaced, eval: left out) tolerated before the run stops
     # checkpoints, logging, sharing
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
     save_every_minutes: float = 30.0  # also checkpoint when this many minutes passed since the last one (0: off):
@@ -133,6 +141,7 @@ class TrainConfig:
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
+                ("max_bad_samples", self.max_bad_samples >= 0, ">= 0 (0: stop at the first undecodable image)"),
                 ("min_image_size", self.min_image_size <= self.image_size, "at most --image_size (0: no ramp)"),
                 ("ramp_end_epoch", not self.min_image_size or self.ramp_start_epoch <= self.ramp_end_epoch
                  <= self.epochs and self.ramp_end_epoch >= 1,
@@ -193,7 +202,8 @@ def main(argv=None):
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator)
+    bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples, run_dir)
+    train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
     steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
@@ -223,8 +233,11 @@ def main(argv=None):
     state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
                         "grad_accum_steps": cfg.grad_accum_steps})
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
-    resumed_from = resume(accelerator, state, cfg.resume_from_checkpoint, ckpt_dir) if cfg.resume_from_checkpoint \
-        else None
+    resumed_from = resume(accelerator, state, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
+    if state.step >= total_steps:  # resumed at or past the end this launch's flags set
+        accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
+        accelerator.end_training()
+        return
     start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
 
@@ -256,7 +269,7 @@ def main(argv=None):
             no_loss_yet = torch.zeros((), device=accelerator.device)  # the next epoch's train loss so far
             save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, no_loss_yet, 0)
             stop.saved()
-            log_epoch(accelerator, row, run_dir, bar)
+            log_epoch(accelerator, row, run_dir, bar, train_loader.bad, cfg.eval_split)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
                 exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
     accelerator.end_training()
@@ -310,7 +323,35 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
             modeling.check_hub_ready(cfg.hub_model_id)
         except ValueError as e:
             raise SystemExit(f"error: --push_to_hub: {e}") from None
+    # a live run in the folder is the news, more than that the folder "already holds a run"
+    holder = in_use(run_dir) if accelerator.is_main_process else None
+    refuse_together(accelerator, holder and f"error: --output_dir {run_dir} is in use by {holder}; wait for it to "
+                    "end or give another --output_dir")
     check_output_dir(run_dir, ckpt_dir, cfg.resume_from_checkpoint)
+    hold_output_dir(accelerator, run_dir)
+
+
+def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
+    """One run per folder, fresh or resumed, from its first second: the main process locks run_dir for its lifetime
+    (imagenet_trainer/runlock.py), once check_output_dir has found it new, empty or a run's."""
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            lock = FolderLock(run_dir, "--output_dir").acquire()
+        except ValueError as e:
+            refusal = f"error: {e}"
+        else:
+            if lock.took_over:
+                accelerator.print(lock.took_over)
+    refuse_together(accelerator, refusal)
+
+
+def refuse_together(accelerator: Accelerator, refusal: str | None) -> None:
+    """The main process's refusal (or None) on every rank, so all of them exit with it."""
+    if accelerator.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise SystemExit(refusal)
 
 
 def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
@@ -320,7 +361,7 @@ def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise SystemExit(f"error: --output_dir {run_dir} is a file; give a new or empty folder")
     names = {p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-             } if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write of ours a kill interrupted
+             and p.name != LOCK_FILE} if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write a kill cut
     if (run_dir / "metrics.jsonl").exists() or ckpt_dir.exists():
         if not resume_from:
             raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
@@ -406,9 +447,10 @@ def build_model(cfg: TrainConfig, num_classes: int, say=print) -> torch.nn.Modul
     return model
 
 
-def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator):
+def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator, bad: BadSamples):
     """(train loader over a ResumableSampler, eval loader). The train loader stays unprepared: its sampler already
-    shards by rank and is positioned by the loop, which is what makes resume exact."""
+    shards by rank and is positioned by the loop, which is what makes resume exact; it hands the rows it replaced
+    (images that do not decode) to `bad`."""
     eval_size = cfg.eval_image_size or cfg.image_size
     try:
         ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
@@ -426,7 +468,7 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     loader_kw = dict(num_workers=workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                      persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers else None,
                      generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
-    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw)
+    train_loader = RecordingLoader(train_set, batch_sampler=sampler, bad=bad, **loader_kw)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
     return train_loader, eval_loader
 
@@ -530,19 +572,25 @@ def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int,
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_dir: Path) -> Path | None:
+def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
     """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
     None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command)."""
-    path = latest_checkpoint(ckpt_dir) if resume_from == "latest" else Path(resume_from)
+    try:
+        path = checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, say=accelerator.print)
+    except ValueError as e:
+        raise SystemExit(f"error: --resume_from_checkpoint {e}") from None
     if path is None:
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
         return None
-    if not path.is_dir():
-        raise SystemExit(f"error: --resume_from_checkpoint {path}: no such checkpoint folder")
+    if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
+        raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
     layout = dict(state.layout)
     try:
         accelerator.load_state(str(path))
-    except (RuntimeError, KeyError, ValueError, OSError) as e:  # another model, EMA on/off, optimizer...
+    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as e:
+        if isinstance(e, SafetensorError) or "PytorchStreamReader" in str(e):  # a file that lost its end
+            raise SystemExit(f"error: --resume_from_checkpoint {path} is damaged ({str(e).splitlines()[0][:200]}); "
+                             "--resume_from_checkpoint latest takes the newest complete one") from None
         raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
                          f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
                          ) from None
@@ -560,6 +608,16 @@ def resume(accelerator: Accelerator, state: TrainState, resume_from: str, ckpt_d
     accelerator.step = state.step * layout["grad_accum_steps"]
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
     return path
+
+
+def nothing_to_do(state: TrainState, cfg: TrainConfig, total_steps: int, run_dir: Path) -> str:
+    """What a launch resumed at or past its end says before it exits 0, training nothing."""
+    end = f"--max_train_steps {cfg.max_train_steps}" if cfg.max_train_steps and total_steps == cfg.max_train_steps \
+        else f"--epochs {cfg.epochs}"
+    final = run_dir / "final"
+    model = f"the best model is in {final}" if final.is_dir() else f"no model was exported yet ({final} is absent)"
+    return (f"nothing to do: the checkpoint is at step {state.step} (epoch {state.epoch}), and {end} ends this run at "
+            f"step {total_steps}; raise {end.split()[0]} to train on. {model[0].upper()}{model[1:]}")
 
 
 # -- the loop ----------------------------------------------------------------------------------------------------------
@@ -736,7 +794,7 @@ def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_forma
     net.eval()
     topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=flip)
     net.train()
-    return {**topk.compute(), "loss": loss}
+    return {**topk.compute(), "loss": loss, "left_out_rows": topk.left_out}  # log_epoch records the rows
 
 
 def sync_buffers(module) -> None:
@@ -750,8 +808,9 @@ def sync_buffers(module) -> None:
 
 def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path,
                     loss_sum: torch.Tensor, loss_count: int) -> None:
-    """save_state into a temp folder, then rename: a kill mid-save never leaves a half checkpoint as 'latest'.
-    Keeps the newest --keep_last and the best; (loss_sum, loss_count) is the epoch's train loss so far."""
+    """save_state into a temp folder, fsync it, list its files' sizes in it, then rename: a kill or a host crash
+    mid-save never leaves a half checkpoint as 'latest'. Keeps the newest --keep_last and the best, deleting older
+    ones only once the new one is on disk; (loss_sum, loss_count) is the epoch's train loss so far."""
     state.epoch_loss = (accelerator.reduce(loss_sum, "mean").item(), loss_count)
     final = ckpt_dir / f"step_{state.step:08d}"
     tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
@@ -760,14 +819,28 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     sync_buffers(model)
     sync_buffers(ema.module if ema is not None else None)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    record_launch(accelerator, cfg, tmp)  # each checkpoint says how it was made: validate.py scores it with its own
-    if accelerator.is_main_process:       # eval settings
-        share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        checkpoints.fsync_tree(tmp)  # every rank: on a shared filesystem each flushes the files it wrote
+        accelerator.wait_for_everyone()
+        record_launch(accelerator, cfg, tmp)  # each checkpoint says how it was made: validate.py scores it with its
+        if accelerator.is_main_process:       # own eval settings
+            share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
+            checkpoints.seal(tmp)  # the file sizes, last: a folder without them is an unfinished save
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError for a full disk)
+        if not checkpoints.is_disk_full(e):
+            raise
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        raise SystemExit(f"error: checkpoint {final.name}: no space left on {ckpt_dir} "
+                         f"({checkpoints.free_bytes(ckpt_dir) / 1e9:.1f} GB free); {latest_checkpoint(ckpt_dir)} "
+                         "is intact: free space, then --resume_from_checkpoint latest") from None
+    if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+        checkpoints.fsync_dir(ckpt_dir)  # the rename is on disk before any older checkpoint goes
+        done = checkpoints.step_folders(ckpt_dir)
         keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
         for old in done:
             if old not in keep:
@@ -775,13 +848,20 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     accelerator.wait_for_everyone()
 
 
-def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
-    """One row to the trackers, run_dir/metrics.jsonl and the console."""
+def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadSamples, eval_split: str) -> None:
+    """One row to the trackers, run_dir/metrics.jsonl and the console, with `bad_samples`: the run's undecodable
+    images so far, listed in run_dir/bad_samples.json (every rank's); past --max_bad_samples the run stops here,
+    after its checkpoint."""
+    for key in [k for k in row if k.endswith("left_out_rows")]:
+        bad.add_left_out(eval_split, row.pop(key), say=accelerator.is_main_process)
+    bad.share(accelerator)
+    row["bad_samples"] = len(bad.shared)
     accelerator.log(row, step=row["step"])
     if accelerator.is_main_process:
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    bad.check()
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------------
@@ -816,8 +896,8 @@ def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) ->
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())  # .tmp_* folders are unfinished saves
-    return done[-1] if done else None
+    """The newest complete checkpoint (imagenet_trainer/checkpoints.py checks its files' sizes)."""
+    return checkpoints.newest_complete(ckpt_dir)[0]
 
 
 def hardware(accelerator: Accelerator) -> str:

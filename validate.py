@@ -24,11 +24,14 @@ import timm
 import torch
 import yaml
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 import modeling
+from imagenet_trainer import checkpoints
+from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.config import parse_config
 from imagenet_trainer import eval_suite
 from imagenet_trainer.data import check_labels, load_image_dataset
@@ -61,6 +64,8 @@ class ValidateConfig:
     benchmark_batch_sizes: str = ""  # e.g. 1,256: inference images/s at each on random input (timm's benchmark.py)
     benchmark_steps: int = 20  # timed forward passes per batch size (a quarter as many warm-up passes first)
     benchmark_train: bool = False  # also time a training step (forward, backward, SGD update) at those batch sizes
+    # a flipped byte costs one image; more than a few mean a damaged copy, which preprocess.py --verify names
+    max_bad_samples: int = 10  # undecodable images left out of the scores (and named) before it fails instead
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -78,8 +83,14 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     run = yaml.safe_load(run_config.read_text())
     if not isinstance(run, dict) or not run.get("model"):
         raise ValueError(f"{run_config} names no model; it is not the config.yaml train.py writes")
+    if (damaged := checkpoints.problem(path)) is not None:
+        raise ValueError(f"damaged checkpoint: {damaged}; give another step_N of the run")
+    try:
+        saved = load_file(path / "model.safetensors")
+    except SafetensorError as e:
+        raise ValueError(f"{path / 'model.safetensors'} is damaged ({e}); give another step_N of the run") from None
     weights = {}
-    for key, value in load_file(path / "model.safetensors").items():
+    for key, value in saved.items():
         for prefix in WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
         weights[key] = value
@@ -165,7 +176,8 @@ def main(argv=None):
         raise SystemExit("error: --model is required")
     if not cfg.dataset and not cfg.eval_sets:
         raise SystemExit("error: --dataset is required (or --eval_sets)")
-    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0), ("benchmark_steps", 1)):
+    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0), ("benchmark_steps", 1),
+                      ("max_bad_samples", 0)):
         if getattr(cfg, flag) < low:  # image_size 0: the model's own
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if not 0 <= cfg.crop_pct <= 1:
@@ -212,6 +224,9 @@ def main(argv=None):
     flip = getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip
     topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=flip)  # train.py's code
     elapsed = time.perf_counter() - start
+    bad = BadSamples({cfg.split: split}, cfg.max_bad_samples)
+    bad.add_left_out(cfg.split, topk.left_out, say=accelerator.is_main_process)
+    bad.check()
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,
                "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
@@ -220,7 +235,8 @@ def main(argv=None):
     if not accelerator.is_main_process:
         return summary
     print(f"{cfg.split}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss {summary['loss']:.4f}  "
-          f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s")
+          f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s"
+          + (f"  ({summary['left_out']} left out: they do not decode)" if summary["left_out"] else ""))
     if cfg.output:
         out = Path(cfg.output)
         descriptions = class_descriptions(ds)

@@ -422,9 +422,36 @@ class TrainSet(torch.utils.data.Dataset):
         return min(self.image_size, low + round(t * (self.image_size - low) / 32) * 32)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        image, label, _ = self.sample(key)
+        return image, label
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int, tuple | None]]:
+        """What a DataLoader worker fetches for a batch: ``sample`` of each key, replacements included."""
+        return [self.sample(key) for key in keys]
+
+    def sample(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple | None]:
+        """(image, label, None), or, when the row does not decode, another row's (image, label) with (row,
+        replacement row, error): the replacement is ``replacement_row`` of (seed, row, try), with the row's own
+        random stream, so resume and any process count make the same choice. A ValueError when
+        REPLACEMENT_TRIES rows in a row fail (a dataset that mostly does not decode)."""
         epoch, index = key
+        try:
+            return (*self._load(epoch, index, index), None)
+        except Exception as e:  # noqa: BLE001 (flipped bytes can break any parser on the way: tiles, EXIF, codec)
+            error = e
+        for attempt in range(1, REPLACEMENT_TRIES + 1):
+            other = replacement_row(self.seed, index, attempt, len(self))
+            try:
+                return (*self._load(epoch, other, index), (index, other, str(error)))
+            except Exception:  # noqa: BLE001
+                continue
+        raise ValueError(f"{error}; and {REPLACEMENT_TRIES} rows tried in its place do not decode either") \
+            if not isinstance(error, ValueError) else error
+
+    def _load(self, epoch: int, index: int, stream: int) -> tuple[torch.Tensor, int]:
+        """Row ``index``'s crop, drawn from the random stream of row ``stream`` (itself, unless replacing it)."""
         size = self.size_at(epoch)
-        rng = sample_rng(self.seed, epoch, index)
+        rng = sample_rng(self.seed, epoch, stream)
         data, label = self.rows[index]
         try:
             segments = jpeg_tiles.header_segments(data)  # walked once, for the EXIF check and the tiles
@@ -452,6 +479,19 @@ class TrainSet(torch.utils.data.Dataset):
                 torch.manual_seed(rng.getrandbits(63))
                 out = self.augment(out)
         return out, label
+
+
+REPLACEMENT_TRIES = 8  # rows tried in place of one that does not decode before the batch fails
+
+
+def replacement_row(seed: int, row: int, attempt: int, num_rows: int) -> int:
+    """The row that stands in for ``row`` on its ``attempt``-th try: any other row, a hash of (seed, row,
+    attempt), so the choice depends on neither epoch, rank, worker nor process count."""
+    if num_rows < 2:
+        return row
+    key = f"replace {seed} {row} {attempt}".encode()
+    return (row + 1 + int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % (num_rows - 1)
+            ) % num_rows
 
 
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -485,8 +525,9 @@ class EvalSet(torch.utils.data.Dataset):
             # it, so the eval images, and so the accuracy, match the classic pipeline's (mean error < 1 grey level)
             pixels, _, _ = _decode(data, height, width, _dct_factor(min(height, width), 2 * size), fast_ok,
                                    fast_dct=False)
-        except OSError as e:  # PIL's UnidentifiedImageError / truncated file
-            raise ValueError(f"row {index}: the image does not decode ({e}); rerun preprocess.py") from None
+        except Exception:  # noqa: BLE001 (flipped bytes can break any parser on the way: EXIF, codec)
+            # scored by no one: metrics.evaluate leaves it out and reports the row (bad_samples.py)
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -(index + 1)
         # Resizing the whole (reduced) image then cropping reproduces the classic pipeline exactly, borders included
         resized = _resize(torch.from_numpy(pixels), (new_h, new_w), self.interpolation)
         top, left = int(round((new_h - self.image_size) / 2.0)), int(round((new_w - self.image_size) / 2.0))
@@ -588,12 +629,13 @@ def elastic_position(batch_in_epoch: int, saved: dict, now: dict) -> int:
 
 
 def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(uint8 CHW, label)] -> (uint8 NCHW in channels_last memory, int64 labels).
+    """[(uint8 CHW, label)] -> (uint8 NCHW in channels_last memory, int64 labels); TrainSet.sample's triples give
+    a ``Batch`` of the same two.
 
     NHWC is the layout the resize kernel writes, so each image is one memcpy (an NCHW batch costs a transposing copy
     per image), and train.py wants NHWC on the device anyway. Inside a DataLoader worker the batch is allocated
     straight in shared memory, so sending it to the main process copies nothing (as default_collate does)."""
-    images, labels = zip(*batch)
+    images, labels = zip(*((sample[0], sample[1]) for sample in batch))
     kinds = {(tuple(image.shape), image.dtype) for image in images}
     if len(kinds) > 1 or images[0].dtype != torch.uint8 or images[0].dim() != 3:  # copy_ would broadcast or cast
         raise ValueError(f"collate takes uint8 CHW images of one shape, got {sorted(map(str, kinds))}")
@@ -608,7 +650,23 @@ def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
     out = nhwc.permute(0, 3, 1, 2)
     for i, image in enumerate(images):
         out[i].copy_(image)
+    if len(batch[0]) > 2:  # TrainSet.sample's: (image, label, replaced or None)
+        return Batch((out, torch.tensor(labels, dtype=torch.int64)), [s[2] for s in batch if s[2] is not None])
     return out, torch.tensor(labels, dtype=torch.int64)
+
+
+class Batch(tuple):
+    """(images, labels) of a training batch, and ``replaced``: [(row, replacement row, error)] of its samples that
+    did not decode, the news a DataLoader worker sends the main process (bad_samples.RecordingLoader). A tuple, so
+    ``x, y = batch`` works; torch's pin_memory calls an object's own ``pin_memory`` first, which keeps the news."""
+
+    def __new__(cls, items, replaced=()):
+        batch = super().__new__(cls, items)
+        batch.replaced = list(replaced)
+        return batch
+
+    def pin_memory(self):
+        return Batch((t.pin_memory() for t in self), self.replaced)
 
 
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14: map a range's pages in one call

@@ -77,12 +77,19 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
 def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
     """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``."""
     classes = {}
-    strays, nested = [], 0
+    strays, nested, seen, links = [], 0, {}, []
+    dangling = _dangling(folder)
     for name in _subfolders(folder):
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{folder / name!r}: the folder name is not valid UTF-8; rename it") from None
+        real = os.path.realpath(folder / name)
+        if real in seen:  # a link to a class folder listed already: the same images under a second label
+            links.append(f"{name} -> {seen[real]}")
+            continue
+        seen[real] = name
+        dangling += [f"{name}/{d}" for d in _dangling(folder / name)]
         files = ilsvrc.list_images(folder / name)
         classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
         strays += [f"{name}/{f}" for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
@@ -96,7 +103,19 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
         warnings.append(f"{len(strays)} files without an image extension in {folder} left out, e.g. {strays[0]}")
     if nested:
         warnings.append(f"{nested} folders inside the class folders of {folder} not read (one level only)")
+    if links:
+        warnings.append(f"{len(links)} folders in {folder} are the same folder as a class listed already, not "
+                        f"listed twice: {', '.join(links[:3])}")
+    if dangling:
+        warnings.append(f"{len(dangling)} broken links (their target is gone) in {folder} left out, e.g. "
+                        f"{dangling[0]}")
     return classes, warnings
+
+
+def _dangling(folder: Path) -> list[str]:
+    """Names of the links in ``folder`` whose target does not exist (scandir drops them from files and folders)."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_symlink() and not os.path.exists(e.path))
 
 
 def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
@@ -121,10 +140,11 @@ def _items(classes: dict[str, list[str]], index: dict[str, int], folder: Path) -
     return [(f"{c}/{f}", index[c]) for c in classes for f in classes[c]]
 
 
-def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int
+def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int, one_tree: bool = False
                 ) -> tuple[list[str], dict[str, Split], list[str]]:
-    """(class names, {split: Split}, warnings) of a ``class-folders`` or ``class-folders-split`` tree."""
-    root = "train" if (data_dir / "train").is_dir() else ""
+    """(class names, {split: Split}, warnings) of a ``class-folders`` or ``class-folders-split`` tree;
+    ``one_tree`` (--layout folders): data_dir's folders are the classes, a ``train`` among them too."""
+    root = "train" if (data_dir / "train").is_dir() and not one_tree else ""
     classes, warnings = list_classes(data_dir / root)
     names = sorted(classes)
     if not names:

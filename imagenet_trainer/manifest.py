@@ -73,4 +73,19 @@ def verify(folder, threads: int | None = None) -> tuple[list[str], int]:
     # hashlib releases the GIL on large buffers: threads hash several shards at once
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         bad = [line for line in pool.map(check, sorted(m["files"].items())) if line]
-    return bad, len(m["files"])
+    unlisted = [f"{folder / rel}: not in {MANIFEST} (an edited manifest, or a file added since)"
+                for rel in dataset_files(folder) if rel not in m["files"]]
+    return bad + unlisted, len(m["files"]) + len(unlisted)
+
+
+def dataset_files(folder: Path) -> list[str]:
+    """The files the dataset itself is made of, relative to ``folder``: dataset_dict.json and every file in its
+    split folders. Other files in ``folder`` may be a user's, which the manifest never lists."""
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    found = ["dataset_dict.json"]
+    for split in splits:
+        found += sorted(str(p.relative_to(folder)) for p in (folder / str(split)).rglob("*") if p.is_file())
+    return found

@@ -18,6 +18,7 @@ class TopK:
         self.class_correct = None  # (num_classes,) top-1 correct per true class
         self.class_total = None
         self.confusion = None  # (num_classes, num_classes) true x predicted, int64
+        self.left_out: list[int] = []  # rows whose image does not decode (EvalSet labels them -(row + 1))
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         num_classes = logits.shape[1]
@@ -34,8 +35,9 @@ class TopK:
 
     def compute(self) -> dict:
         if self.n == 0:
-            return {**{f"top{k}": 0.0 for k in self.ks}, "n": 0}
-        return {**{f"top{k}": 100.0 * c / self.n for k, c in zip(self.ks, self.correct.tolist())}, "n": self.n}
+            return {**{f"top{k}": 0.0 for k in self.ks}, "n": 0, "left_out": len(self.left_out)}
+        return {**{f"top{k}": 100.0 * c / self.n for k, c in zip(self.ks, self.correct.tolist())}, "n": self.n,
+                "left_out": len(self.left_out)}
 
     def per_class(self) -> list[dict]:
         """Top-1 accuracy (percent) and count per true class, in label order."""
@@ -60,7 +62,8 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
     ``flip`` averages the logits of each image and its mirror (test-time augmentation, FFCV's lr_tta).
 
     Every rank gets all logits; ``gather_for_metrics`` drops the last batch's padding (repeats that even out the
-    ranks' batch counts), so ``n == len(split)`` on any number of processes. Sums stay float32 (MPS has no float64).
+    ranks' batch counts), so ``n == len(split)`` on any number of processes, less the images that do not decode
+    (``topk.left_out``: their rows). Sums stay float32 (MPS has no float64).
     ``on_logits(logits, labels)`` sees every gathered batch, in the loader's order (ReaL labels score by position)."""
     topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
     full_batch = None
@@ -75,6 +78,10 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
                 if flip:
                     logits = (logits + run(x.flip(3))) / 2
             logits, y = accelerator.gather_for_metrics((logits.float(), y))
+            bad = y < 0  # an image that does not decode: scored by no one, its row reported
+            if bad.any():
+                topk.left_out.extend((-y[bad] - 1).tolist())
+                logits, y = logits[~bad], y[~bad]
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk.update(logits, y)
             if on_logits is not None:

@@ -1,0 +1,131 @@
+"""Images that fail to decode cost one image each, not the run: a training sample is replaced by another row
+(``TrainSet.sample``: the same choice on resume and on any process count), an evaluation image is left out of the
+scores (``EvalSet`` labels it ``-(row + 1)``, ``metrics.evaluate`` drops it). This module records them: which
+split, row, image_id and Arrow file, and stops the run past a limit, since many bad images mean a damaged copy
+that ``preprocess.py --verify`` names file by file.
+
+DataLoader workers cannot write the main process's state: a training batch carries its replaced rows
+(``data.Batch.replaced``), which ``RecordingLoader`` hands to ``BadSamples`` as the batch arrives; evaluation's
+left-out rows arrive through the gathered labels, on every rank.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import torch
+
+from .runinfo import atomic_write_text
+
+RECORD = "bad_samples.json"  # in the run folder: every undecodable image met so far, with where it lives
+
+
+def arrow_file(split: datasets.Dataset, row: int) -> str | None:
+    """The Arrow file that holds ``row`` of ``split`` (through select/shuffle indices); None for in-memory data."""
+    files = [f["filename"] for f in split.cache_files]
+    if not files:
+        return None
+    indices = split._indices  # set by select/shuffle; datasets has no public accessor for it
+    physical = row if indices is None else indices.column(0)[row].as_py()
+    for name in files:
+        with pa.memory_map(name) as source:
+            rows = pa.ipc.open_stream(source).read_all().num_rows
+        if physical < rows:
+            return name
+        physical -= rows
+    return None
+
+
+def describe(split_name: str, split: datasets.Dataset, row: int) -> dict:
+    """split, row, image_id (when the split has one) and Arrow file of one image."""
+    image_id = split.select_columns(["image_id"])[row]["image_id"] if "image_id" in split.column_names else None
+    return {"split": split_name, "row": row, "image_id": image_id, "arrow_file": arrow_file(split, row)}
+
+
+class BadSamples:
+    """The undecodable images of a run (or a validation), keyed by (split, row); ``limit`` is --max_bad_samples.
+    ``add`` takes this process's finds; ``share`` merges every rank's and writes RECORD (main process); ``check``
+    stops past the limit."""
+
+    def __init__(self, splits: dict[str, datasets.Dataset], limit: int, folder: Path | None = None):
+        self.splits, self.limit, self.folder = splits, limit, folder
+        self.shared: dict[tuple[str, int], dict] = {}  # every rank's, this launch's and earlier launches'
+        record = folder / RECORD if folder is not None else None
+        if record is not None and record.is_file():
+            try:
+                self.shared = {(e["split"], e["row"]): e for e in json.loads(record.read_text())}
+            except (ValueError, KeyError, TypeError):
+                print(f"warning: {record} is damaged; it is written anew", file=sys.stderr)
+        self.seen = dict(self.shared)  # and this process's finds since
+        self.unshared: list[dict] = []  # this process's finds since the last share
+
+    def add_left_out(self, split_name: str, rows: list[int], say: bool) -> None:
+        """Evaluation's left-out rows (known on every rank: ``say`` on one)."""
+        for row in rows:
+            self.add(split_name, row, "does not decode", say=say)
+
+    def add(self, split_name: str, row: int, error: str, replaced_by: int | None = None, say: bool = True) -> None:
+        if (split_name, row) in self.seen:
+            return
+        entry = {**describe(split_name, self.splits[split_name], row), "error": error,
+                 **({"replaced_by": replaced_by} if replaced_by is not None else {})}
+        self.seen[split_name, row] = entry
+        self.unshared.append(entry)
+        if say:
+            print(f"warning: {self.line(entry)}", file=sys.stderr)
+
+    def add_batch(self, replaced) -> None:
+        """A training batch's [(row, replacement row, error)]."""
+        for row, other, error in replaced:
+            self.add("train", row, error, replaced_by=other)
+        self.check()
+
+    def share(self, accelerator) -> list[dict]:
+        """Every rank's finds since the last call, on every rank (a collective); the main process rewrites RECORD.
+        Returns those no earlier call returned, for the epoch log."""
+        from accelerate.utils import gather_object  # noqa: PLC0415
+
+        mine, self.unshared = self.unshared, []
+        found = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+        new = {}
+        for entry in (e for part in found for e in part):
+            if (entry["split"], entry["row"]) not in self.shared:
+                new.setdefault((entry["split"], entry["row"]), entry)
+        self.shared.update(new)
+        self.seen.update(new)
+        if accelerator.is_main_process and self.folder is not None and new:
+            atomic_write_text(self.folder / RECORD, json.dumps(sorted(self.shared.values(), key=lambda e: (
+                e["split"], e["row"])), indent=1) + "\n")
+        return list(new.values())
+
+    def check(self) -> None:
+        """SystemExit past the limit: one flipped byte is one image, many are a damaged copy of the dataset."""
+        if len(self.seen) > self.limit:
+            where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
+            raise SystemExit(f"error: {len(self.seen)} images do not decode, more than --max_bad_samples "
+                             f"{self.limit} (e.g. {self.line(next(iter(self.seen.values())))}){where}. The dataset "
+                             "is damaged: `python preprocess.py --verify DATASET` names every bad file; copy them "
+                             "again or rerun preprocess.py")
+
+    @staticmethod
+    def line(entry: dict) -> str:
+        fate = (f"replaced by row {entry['replaced_by']}" if "replaced_by" in entry else "left out of the scores")
+        return (f"{entry['split']} row {entry['row']} (image_id {entry['image_id']}, {entry['arrow_file']}) does "
+                f"not decode: {fate}")
+
+
+class RecordingLoader(torch.utils.data.DataLoader):
+    """A DataLoader over ``TrainSet`` whose batches' replaced rows go to ``bad`` as they arrive."""
+
+    def __init__(self, *args, bad: BadSamples, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad = bad
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if getattr(batch, "replaced", None):
+                self.bad.add_batch(batch.replaced)
+            yield batch

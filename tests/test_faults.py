@@ -1,0 +1,482 @@
+"""Faults of a long job on a shared cluster, reproduced on CPU with real processes and files: damaged checkpoints,
+undecodable images, a second launch into a busy folder; each costs minutes, never the run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+from PIL import Image
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import preprocess
+import validate
+from imagenet_trainer import checkpoints
+from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
+from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
+from imagenet_trainer.demo import make_ilsvrc_tree
+from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
+from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
+from test_train import ROOT, ok, rows, run, train_cmd
+
+
+def last_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert lines and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[-1]
+
+
+def truncate(path, keep: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------------
+
+def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
+    folder = tmp_path / "ckpt" / "step_00000002"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x" * 100)
+    (folder / "sub" / "rng.pkl").write_bytes(b"y" * 10)
+    checkpoints.fsync_tree(folder)
+    checkpoints.seal(folder)
+    assert checkpoints.problem(folder) is None
+    assert json.loads((folder / checkpoints.FILE_LIST).read_text()) == {"model.safetensors": 100, "sub/rng.pkl": 10}
+    older = tmp_path / "ckpt" / "step_00000001"
+    shutil.copytree(folder, older)
+    truncate(folder / "model.safetensors", 40)
+    assert checkpoints.problem(folder) == f"{folder / 'model.safetensors'} has 40 bytes, 100 were saved (truncated)"
+    path, skipped = checkpoints.newest_complete(tmp_path / "ckpt")
+    assert path == older and skipped == [f"skipped step_00000002: {checkpoints.problem(folder)}"]
+    (older / "sub" / "rng.pkl").unlink()
+    assert checkpoints.problem(older) == f"{older / 'sub' / 'rng.pkl'} is missing"
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        checkpoints.pick("latest", tmp_path / "ckpt", say=lambda line: None)
+    assert checkpoints.pick("latest", tmp_path / "empty", say=print) is None  # nothing saved yet: start
+
+
+@pytest.fixture(scope="module")
+def finished(preprocessed, tmp_path_factory):
+    """A 2-epoch run that checkpointed every step (keeping them all) and its last checkpoint's weights."""
+    out = tmp_path_factory.mktemp("faults") / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "10")))
+    return out
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, preprocessed, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    steps = checkpoints.step_folders(out / "checkpoints")
+    assert len(steps) >= 3 and all(checkpoints.problem(s) is None for s in steps)
+    assert all((s / checkpoints.FILE_LIST).is_file() for s in steps), "every checkpoint lists its files"
+    newest, previous = steps[-1], steps[-2]
+    reference = {k: v.clone() for k, v in load_file(newest / "model.safetensors").items()}  # load_file maps the file
+    truncate(newest / "model.safetensors", 64)  # a host crash after the rename, before the data reached the disk
+
+    # named explicitly: one line naming the file, in train.py and validate.py
+    proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", newest))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert f"{newest / 'model.safetensors'} has 64 bytes" in line and "truncated" in line, line
+    with pytest.raises(SystemExit) as e:
+        validate.main(["--model", str(newest), "--dataset", str(preprocessed), "--num_workers", "0"])
+    assert str(e.value.code).startswith("error: --model") and "model.safetensors has 64 bytes" in str(e.value.code)
+
+    # latest: says what it skipped and why, resumes from the one before, and ends on the same weights
+    resumed = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    said = resumed.stdout + resumed.stderr
+    assert f"skipped {newest.name}: {newest / 'model.safetensors'} has 64 bytes" in said, said[-3000:]
+    assert f"resumed from {previous}" in said
+    again = load_file(newest / "model.safetensors")
+    assert reference.keys() == again.keys() and all(torch.equal(reference[k], again[k]) for k in reference)
+
+
+def test_a_checkpoint_without_its_file_list_loads_and_a_damaged_one_is_named(finished, preprocessed, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    newest = checkpoints.step_folders(out / "checkpoints")[-1]
+    (newest / checkpoints.FILE_LIST).unlink()  # another tool's checkpoint: nothing to check it against
+    truncate(newest / "model.safetensors", 64)
+    proc = run(train_cmd(preprocessed, out, "--epochs", "3", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert line.startswith(f"error: --resume_from_checkpoint {newest} is damaged") and "latest" in line, line
+    with pytest.raises(SystemExit) as e:
+        validate.main(["--model", str(newest), "--dataset", str(preprocessed), "--num_workers", "0"])
+    assert f"{newest / 'model.safetensors'} is damaged" in str(e.value.code)
+
+
+@pytest.mark.parametrize("extra, said", [
+    (("--optimizer", "adamw"), "was saved with --optimizer sgd, this launch has --optimizer adamw"),
+    (("--model", "blocknet_mobile"), "was saved with --model blocknet_tiny, this launch has --model blocknet_mobile"),
+    (("--ema_decay", "0.9"), "was saved with EMA off (--ema_decay 0), this launch has EMA on (--ema_decay 0.9)"),
+])
+def test_resume_with_another_optimizer_model_or_ema_is_named_as_such(finished, preprocessed, tmp_path, extra, said):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    proc = run(train_cmd(preprocessed, out, "--epochs", "3", "--resume_from_checkpoint", "latest", *extra))
+    assert proc.returncode != 0
+    assert said in last_line(proc)
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2, "a refused resume changes nothing"
+    assert len(rows(out)) == 2
+
+
+def test_a_resume_with_nothing_left_to_do_says_so_and_claims_no_export_it_lacks(finished, preprocessed, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    last = rows(out)[-1]["step"]
+    for epochs in (2, 1):  # the run's own end (a requeue after it finished), and an end it has passed
+        proc = ok(run(train_cmd(preprocessed, out, "--epochs", epochs, "--resume_from_checkpoint", "latest")))
+        said = proc.stdout + proc.stderr
+        assert (f"nothing to do: the checkpoint is at step {last} (epoch 2), and --epochs {epochs} ends this run at "
+                f"step {last * epochs // 2}; raise --epochs to train on. The best model is in {out / 'final'}") in said
+    shutil.rmtree(out / "final")
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    assert f"No model was exported yet ({out / 'final'} is absent)" in proc.stdout and "model in" not in proc.stdout
+    assert len(rows(out)) == 2 and not (out / "resumes").exists(), "nothing trained, nothing recorded"
+
+
+# -- undecodable images -----------------------------------------------------------------------------------------------
+
+def break_image(dataset: Path, split: str, row: int) -> tuple[str, str]:
+    """Overwrite the first two bytes of ``row``'s JPEG inside its Arrow file: the same size, so the start-up size check
+    passes, and no decoder takes it (what a flipped byte in a header does). Returns (image_id, Arrow file)."""
+    part = datasets.load_from_disk(str(dataset))[split]
+    image_id = part[row]["image_id"]
+    jpeg = part.cast_column("image", datasets.Image(decode=False))[row]["image"]["bytes"]
+    for name in (f["filename"] for f in part.cache_files):
+        content = bytearray(Path(name).read_bytes())
+        at = content.find(jpeg)
+        if at >= 0:
+            assert content.find(jpeg, at + 1) < 0, "the row's bytes must be unique to find them"
+            content[at:at + 2] = b"\x00\x00"
+            Path(name).write_bytes(bytes(content))
+            return image_id, name
+    raise AssertionError(f"{split} row {row} not found in its Arrow files")
+
+
+def test_a_bad_row_is_replaced_by_the_same_row_in_every_epoch_worker_and_launch(preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    image_id, arrow = break_image(data, "train", 3)
+    split = datasets.load_from_disk(str(data))["train"]
+    n = len(split)
+    choice = replacement_row(0, 3, 1, n)
+    assert choice != 3 and [replacement_row(0, 3, 1, n) for _ in range(3)] == [choice] * 3
+    first = TrainSet(split, 32, seed=0).sample((0, 3))
+    assert first[2][:2] == (3, choice) and "row 3: the image does not decode" in first[2][2]
+    again = TrainSet(split, 32, seed=0).sample((0, 3))  # another process: the same image, crop and label
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] == split[choice]["label"]
+    assert TrainSet(split, 32, seed=0).sample((5, 3))[2][1] == choice, "any epoch: the same stand-in"
+    # through worker processes: the batch carries the news to the main process, which names the image
+    bad = BadSamples({"train": split}, limit=10, folder=tmp_path)
+    sampler = [[(0, 2), (0, 3)], [(1, 3), (1, 4)]]
+    loader = RecordingLoader(TrainSet(split, 32, seed=0), batch_sampler=sampler, collate_fn=collate, num_workers=2,
+                             bad=bad)
+    for x, y in loader:
+        assert x.shape == (2, 3, 32, 32) and y.shape == (2,)
+    (entry,) = bad.seen.values()
+    assert entry.pop("error").startswith("row 3: the image does not decode (cannot identify image file")
+    assert entry == {"split": "train", "row": 3, "image_id": image_id, "arrow_file": arrow, "replaced_by": choice}
+    with pytest.raises(SystemExit, match=r"error: 1 images do not decode, more than --max_bad_samples 0 .*"
+                                         r"preprocess.py --verify"):
+        BadSamples({"train": split}, limit=0).add_batch([first[2]])
+
+
+def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    n_train = len(datasets.load_from_disk(str(data))["train"])
+    row = ResumableSampler(n_train, 8, seed=0).order(0)[0].item()  # read in the first step of the run
+    train_id, train_file = break_image(data, "train", row)
+    val_id, val_file = break_image(data, "validation", 1)
+    out = tmp_path / "run"
+    proc = ok(run(train_cmd(data, out, "--epochs", "2")))
+    assert f"train row {row} (image_id {train_id}, {train_file}) does not decode: replaced by row" in proc.stderr
+    assert f"validation row 1 (image_id {val_id}, {val_file}) does not decode: left out" in proc.stdout + proc.stderr
+    record = json.loads((out / "bad_samples.json").read_text())
+    assert [(e["split"], e["row"], e["image_id"], e["arrow_file"]) for e in record] == [
+        ("train", row, train_id, train_file), ("validation", 1, val_id, val_file)]
+    n_val = len(datasets.load_from_disk(str(data))["validation"])
+    assert [(r["bad_samples"], r["val_left_out"], r["val_n"]) for r in rows(out)] == [(2, 1, n_val - 1)] * 2
+    summary = validate.main(["--model", str(out / "final"), "--dataset", str(data), "--num_workers", "0"])
+    assert summary["left_out"] == 1 and summary["n"] == n_val - 1
+    with pytest.raises(SystemExit) as e:
+        validate.main(["--model", str(out / "final"), "--dataset", str(data), "--num_workers", "0",
+                       "--max_bad_samples", "0"])
+    assert "more than --max_bad_samples 0" in str(e.value.code) and "preprocess.py --verify" in str(e.value.code)
+    # past the limit the run stops after its checkpoint, in one line naming the check that finds every bad file
+    proc = run(train_cmd(data, tmp_path / "strict", "--epochs", "2", "--max_bad_samples", "1"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert "2 images do not decode, more than --max_bad_samples 1" in line and "preprocess.py --verify" in line
+    assert (tmp_path / "strict" / "bad_samples.json").is_file() and len(rows(tmp_path / "strict")) == 1
+
+
+# -- one run per folder ------------------------------------------------------------------------------------------------
+
+HOLD = ("import sys, time; from imagenet_trainer.runlock import FolderLock; "
+        "FolderLock(sys.argv[1], '--output_dir').acquire(); print('held', flush=True); time.sleep(600)")
+
+
+def test_a_folder_lock_names_its_holder_and_is_taken_over_only_when_the_holder_is_gone(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"--output_dir {folder} is in use by pid {holder.pid} on host "
+                                             rf"{socket.gethostname()} since 20"):
+            FolderLock(folder, "--output_dir").acquire()
+        assert in_use(folder).startswith(f"pid {holder.pid} on host")
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, the record still says held
+        holder.wait()
+    assert json.loads((folder / LOCK_FILE).read_text())["held"] is True
+    lock = FolderLock(folder, "--output_dir").acquire()  # the kernel dropped the dead holder's flock
+    assert lock.took_over and f"pid {holder.pid}" in lock.took_over
+    lock.release()
+    assert json.loads((folder / LOCK_FILE).read_text())["held"] is False and in_use(folder) is None
+    # a record of another host: its holder may live on; explained, not taken over, unless it is this SLURM job
+    (folder / LOCK_FILE).write_text(json.dumps({"host": "node-b", "pid": 4242, "start": "2026-01-01T00:00:00Z",
+                                                "slurm_job_id": "77", "held": True}))
+    with pytest.raises(ValueError, match=rf"locked by pid 4242 on host node-b since 2026-01-01T00:00:00Z, SLURM job "
+                                         rf"77, another host: .* delete {folder / LOCK_FILE} and launch again"):
+        FolderLock(folder, "--output_dir").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the requeued job, on another node
+    lock = FolderLock(folder, "--output_dir").acquire()
+    assert "node-b" in lock.took_over
+    lock.release()
+
+
+def test_a_second_launch_into_a_busy_output_dir_is_refused_from_the_first_seconds(preprocessed, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", "1000", "--seed", "1"), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and in_use(out) is None:
+            time.sleep(0.01)
+        assert in_use(out) is not None and not (out / "checkpoints").exists(), "the lock comes before any save"
+        for extra in ((), ("--resume_from_checkpoint", "latest")):
+            second = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "2", *extra))
+            assert second.returncode != 0
+            assert f"--output_dir {out} is in use by pid {first.pid} on host" in last_line(second)
+        assert first.poll() is None, "the first run goes on"
+        first.send_signal(signal.SIGUSR1)  # checkpoint and stop (status 75)
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 75, err[-3000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1 and not (out / "resumes").exists()
+    assert in_use(out) is None and json.loads((out / LOCK_FILE).read_text())["held"] is False
+
+
+def test_two_processes_refuse_a_busy_output_dir_together(preprocessed, tmp_path):
+    """Rank 0 asks for the lock, every rank hears the answer: both exit with the holder's name, none hangs."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run(train_cmd(preprocessed, out, "--epochs", "1", launcher=("--multi_gpu", "--num_processes", "2",
+                                                                            "--main_process_port", str(free_port()))))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said == [f"error: --output_dir {out} is in use by pid {holder.pid} on host {socket.gethostname()} since "
+                    f"{json.loads((out / LOCK_FILE).read_text())['start']}; wait for it to end or give another "
+                    "--output_dir"] * 2, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE], "nothing written"
+
+
+# -- SLURM: the signal reaches train.py whatever the process tracking ---------------------------------------------------
+
+def node_tasks(out) -> list[int]:
+    """The pids of slurm/train.sbatch's per-node tasks (bash -c ... train.py ... --output_dir out)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"bash", b"-c"] and str(out).encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def test_the_pre_timeout_signal_to_the_node_tasks_alone_reaches_train_py(slurm, preprocessed, tmp_path):
+    """ProctrackType=proctrack/pgid: SLURM signals each node task's process group, and torchrun's ranks, in sessions
+    of their own, are not in it. Here only the tasks get SIGUSR1: they pass it on, train.py checkpoints, the job
+    requeues."""
+    env, log = slurm
+    out = tmp_path / "run"
+    job = sbatch({**env, "MAIN_PROCESS_PORT": str(free_port())}, *train_args(preprocessed, out, "--epochs", "40"),
+                 popen=True)  # 80 steps: the signal lands long before the end
+    first = out / "checkpoints" / "step_00000002"
+    deadline = time.time() + 300
+    while not first.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    tasks = node_tasks(out)
+    assert len(tasks) == 2, tasks
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR1)
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, output[-5000:]
+    assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
+    stopped = json.loads((out / "stopped_on_signal.json").read_text())
+    assert stopped["exit_status"] == 75 and 2 <= stopped["step"] < 80
+
+
+# -- preprocess.py --------------------------------------------------------------------------------------------------------
+
+def preprocess_cmd(tree, out, *extra):
+    return [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir", str(out), *extra]
+
+
+def test_a_second_preprocess_into_the_same_output_is_refused(ilsvrc_tree, tmp_path):
+    out = tmp_path / "pp"
+    hold_beside = HOLD.replace("'--output_dir')", "'--output_dir', sys.argv[2])")  # the lock file beside OUT
+    holder = subprocess.Popen([sys.executable, "-c", hold_beside, str(out), str(tmp_path / "pp.lock")], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run(preprocess_cmd(ilsvrc_tree, out, "--num_proc", "1"))
+        assert proc.returncode != 0
+        assert last_line(proc) == (f"error: --output_dir {out} is in use by pid {holder.pid} on host "
+                                   f"{socket.gethostname()} since {json.loads((tmp_path / 'pp.lock').read_text())['start']}"
+                                   "; wait for it to end or give another --output_dir")
+        assert not out.exists() and not (tmp_path / "pp.tmp").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    ok(run(preprocess_cmd(ilsvrc_tree, out, "--num_proc", "1")))  # the holder is gone: its lock is taken over
+    assert (out / "dataset_dict.json").is_file() and not (tmp_path / "pp.lock").exists(), "the lock goes with it"
+
+
+def test_sigterm_ends_preprocess_in_one_line_and_the_rerun_resumes(tmp_path):
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", source="digits", num_classes=10, train_per_class=40,
+                            val_per_class=4, num_test=1, seed=0)
+    out = tmp_path / "pp"
+    proc = subprocess.Popen(preprocess_cmd(tree, out, "--num_proc", "1", "--shard_size", "10"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "pp.tmp").rglob("*.arrow")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before the signal: nothing to test"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"interrupted: finished shards are kept in {tmp_path / 'pp.tmp'}; run the "
+                                            "same command to resume")
+    again = ok(run(preprocess_cmd(tree, out, "--num_proc", "1", "--shard_size", "10")))
+    assert f"resuming {tmp_path / 'pp.tmp'}" in again.stdout and (out / "dataset_dict.json").is_file()
+
+
+def mounted_tmpfs(mnt: Path, size: str):
+    """A tmpfs of ``size`` at ``mnt`` for the test's duration (root and mount(8) needed, else the test is skipped)."""
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a separate small disk needs root to mount a tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", "256k")
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "mnt", "64m")
+
+
+def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, mount_point):
+    proc = ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1")))
+    assert "Traceback" not in proc.stderr
+    assert not mount_point.with_name("mnt.tmp").exists(), "nothing built on the parent's disk"
+    assert sorted(p.name for p in mount_point.iterdir() if p.name.startswith(".")) == []
+    assert len(datasets.load_from_disk(str(mount_point))["train"]) > 0
+    assert "already done" in ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1"))).stdout
+    assert run([sys.executable, str(ROOT / "preprocess.py"), "--verify", str(mount_point)]).returncode == 0
+
+
+def test_a_full_disk_ends_preprocess_in_one_line(tmp_path, small_disk):
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", source="photos", num_classes=4, train_per_class=12,
+                            val_per_class=2, num_test=1, seed=0)
+    proc = run(preprocess_cmd(tree, small_disk / "pp", "--num_proc", "1", "--shard_size", "4"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert line.startswith(f"error: no space left on the disk of {small_disk / 'pp.tmp'} (") and "resume" in line
+
+
+def test_verify_fails_on_a_file_missing_from_the_manifest(preprocessed, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(preprocessed, copy)
+    listed = json.loads((copy / "preprocess_manifest.json").read_text())
+    victim = sorted(k for k in listed["files"] if k.endswith(".arrow"))[0]
+    del listed["files"][victim]
+    (copy / "preprocess_manifest.json").write_text(json.dumps(listed))
+    truncate(copy / victim, 100)
+    proc = run([sys.executable, str(ROOT / "preprocess.py"), "--verify", str(copy)])
+    assert proc.returncode != 0
+    assert f"BAD {copy / victim}: not in preprocess_manifest.json" in proc.stdout
+    assert "1 of" in last_line(proc)
+
+
+def test_a_linked_class_folder_is_reported_not_duplicated_and_broken_links_are_counted(tmp_path, capsys):
+    tree = tmp_path / "photos"
+    for split, n in (("train", 3), ("val", 1)):
+        for k, name in enumerate(("bus", "car")):
+            (tree / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (24, 16), (40 * k, 90, 20 * i)).save(tree / split / name / f"{name}{i}.jpg")
+    (tree / "train" / "lorry").symlink_to(tree / "train" / "bus")  # the same images under a second name
+    (tree / "train" / "car" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "pp"), "--num_proc", "1"])
+    report = json.loads((tmp_path / "pp" / "preprocess_report.json").read_text())
+    assert datasets.load_from_disk(str(tmp_path / "pp"))["train"].features["label"].names == ["bus", "car"]
+    assert (f"1 folders in {tree / 'train'} are the same folder as a class listed already, not listed twice: "
+            "lorry -> bus") in report["warnings"]
+    assert f"1 broken links (their target is gone) in {tree / 'train'} left out, e.g. car/gone.jpg" in report["warnings"]
+
+
+def test_layout_folders_reads_a_class_named_train_as_a_class(tmp_path):
+    tree = tmp_path / "vehicles"
+    for k, name in enumerate(("bus", "car", "train", "truck")):
+        (tree / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24, 16), (60 * k, 90, 30 * i)).save(tree / name / f"{name}{i}.jpg")
+    with pytest.raises(SystemExit) as detected:  # train/ taken for the train split: its images are no classes
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "a"), "--num_proc", "1",
+                         "--val_fraction", "0.34"])
+    assert "no class folders" in str(detected.value.code)
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "pp"), "--num_proc", "1",
+                     "--val_fraction", "0.34", "--layout", "folders"])
+    ds = datasets.load_from_disk(str(tmp_path / "pp"))
+    assert ds["train"].features["label"].names == ["bus", "car", "train", "truck"]
+    assert len(ds["train"]) == 8 and len(ds["validation"]) == 4
+    with pytest.raises(SystemExit, match="--layout folders: .* add --val_fraction 0.1"):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "b"), "--layout", "folders"])
+    with pytest.raises(SystemExit, match="--layout must be ilsvrc or folders"):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "c"), "--layout", "flat"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
