@@ -828,8 +828,8 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
         if accelerator.is_main_process:       # own eval settings
             share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
             checkpoints.seal(tmp)  # the file sizes, last: a folder without them is an unfinished save
-    except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError for a full disk)
-        if not checkpoints.is_disk_full(e):
+    except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError, torch.save's RuntimeError: no errno)
+        if not (checkpoints.is_disk_full(e) or checkpoints.nearly_full(ckpt_dir)):
             raise
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back

@@ -151,6 +151,14 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
+def nearly_full(ckpt_dir: Path) -> bool:
+    """Whether a failed save is best explained by the disk: less free than the newest checkpoint takes, or than
+    64 MiB. torch.save reports a full disk as "unexpected pos" or "iostream error", without ENOSPC."""
+    newest = next(iter(reversed(step_folders(ckpt_dir))), None)
+    size = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file()) if newest is not None else 0
+    return free_bytes(ckpt_dir) < max(size, 64 << 20)
+
+
 def free_bytes(folder: Path) -> int:
     """Bytes free to this user on ``folder``'s filesystem (0 when it cannot be read)."""
     try:

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -26,6 +27,7 @@ LINGER_SECONDS = 15  # s to retry while the record says its holder is gone but t
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host: not gone, not a zombie, not dying of a SIGKILL already sent."""
     if pid <= 0:  # no record
         return False
     try:
@@ -34,7 +36,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":" in line)
+    except OSError:  # no /proc (not Linux), or it has just gone
+        return True
+    pending = int(status.get("SigPnd", "0").strip() or "0", 16) | int(status.get("ShdPnd", "0").strip() or "0", 16)
+    return status.get("State", "").strip()[:1] not in ("Z", "X") and not pending & (1 << (signal.SIGKILL - 1))
 
 
 def _holder(record: dict) -> str:
@@ -166,11 +174,8 @@ def in_use(folder: Path) -> str | None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return None
-    except OSError as e:
-        return _holder(FolderLock._read(fd)) if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    try:  # a holder killed a moment ago (its record says it is gone) is waited for, as acquire does
+        return _holder(FolderLock._read(fd)) if FolderLock._flock(fd) is None else None
     finally:
         os.close(fd)  # and with it a lock taken just now
 

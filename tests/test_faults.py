@@ -407,6 +407,22 @@ def mount_point(tmp_path):
     yield from mounted_tmpfs(tmp_path / "mnt", "64m")
 
 
+@pytest.fixture
+def checkpoint_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "ckdisk", "5m")
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(preprocessed, checkpoint_disk):
+    out = checkpoint_disk / "run"  # 5 MB: one checkpoint (~2.5 MB) and the export fit, a second does not
+    proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "10"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert line.startswith("error: checkpoint step_00000002: no space left on") and "is intact" in line, line
+    (kept,) = checkpoints.step_folders(out / "checkpoints")
+    assert kept.name == "step_00000001" and checkpoints.problem(kept) is None and f"{kept} is intact" in line
+    assert not list((out / "checkpoints").glob(".tmp_*")), "the unfinished save gives its space back"
+
+
 def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, mount_point):
     proc = ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1")))
     assert "Traceback" not in proc.stderr
