@@ -158,3 +158,19 @@ def test_shared_memory_too_small_is_one_line(tmp_path):
     assert "\n" not in message
     train.check_shm(0, 10**15, 1, shm=str(tmp_path))  # no workers: nothing to check
     train.check_shm(1, batch, 1, shm=str(tmp_path))  # ~77 MiB fits
+
+
+def test_save_every_minutes_checkpoints_inside_an_epoch(preprocessed, tmp_path):
+    """A time-based checkpoint bounds what a SIGKILL costs: with the clock always due (0.0001 min), every check step
+    (--log_every_steps 1) inside the epoch writes one; with it off, only the epoch ends do."""
+    def steps_saved(out):
+        return sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+
+    timed, untimed = tmp_path / "timed", tmp_path / "untimed"
+    ok(run(train_cmd(preprocessed, timed, "--epochs", 1, "--batch_size", 4, "--save_every_minutes", 0.0001,
+                     "--keep_last", 100)))
+    ok(run(train_cmd(preprocessed, untimed, "--epochs", 1, "--batch_size", 4, "--save_every_minutes", 0,
+                     "--keep_last", 100)))
+    epoch_end = steps_saved(untimed)
+    assert len(epoch_end) == 1 and epoch_end[0] >= 3, "the fixture must give an epoch of several steps"
+    assert steps_saved(timed) == list(range(1, epoch_end[0] + 1))
