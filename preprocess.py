@@ -38,7 +38,7 @@ Choices:
 - Tiled for speed (--restart_tile PX, default 64; 0 stores such files byte for byte): every stored JPEG is re-coded
   losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone, as
   narrow as keeps ~100 coded bytes a tile (one 16 px MCU on ImageNet-sized photos), indexed in an APP9 segment
-  (imagenet_trainer/jpeg_tiles.py). Training then entropy-decodes only the tiles under its random crop, about half
+  (imagenet_trainer/tile_writer.py). Training then entropy-decodes only the tiles under its random crop, about half
   of each file, and progressive files become baseline (~2.7x faster to decode). Any decoder reads the result as
   before; it is kept only where libjpeg-turbo decodes it to exactly the pixels of the untiled file (~3% more
   bytes on ImageNet-sized photos), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing.
@@ -86,7 +86,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
-from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, image_tree, jpeg_tiles, manifest
+from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, image_tree, manifest, tile_writer
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -299,7 +299,7 @@ TILE_MIN_BYTES = 24_000
 
 def tile(data: bytes, tile_px: int) -> bytes | None:
     """The tiled re-code of a stored JPEG, if libjpeg-turbo decodes it to exactly the pixels of ``data``."""
-    tiled = jpeg_tiles.add_restarts(data, tile_px)
+    tiled = tile_writer.add_restarts(data, tile_px)
     if tiled is None:
         return None
     try:
@@ -449,7 +449,7 @@ def check_config(cfg: PreprocessConfig) -> None:
         raise SystemExit(f"error: --restart_tile must be >= 0 px (0 = no tiles), got {cfg.restart_tile}")
     if cfg.restart_tile:
         try:
-            jpeg_tiles.turbojpeg_library()  # fail now, not in every worker
+            tile_writer.turbojpeg_library()  # fail now, not in every worker
         except RuntimeError as e:
             raise SystemExit(f"error: --restart_tile {cfg.restart_tile}: {e}") from None
 

@@ -644,11 +644,10 @@ def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, st
         torch.manual_seed(seed)  # drop-path and dropout draw from the global generators
         x = normalize(x, mean, std).contiguous(memory_format=memory_format)
         x = random_erasing(x, cfg.random_erase, generator=step_rng)  # per image, before mixing, as timm
-        x, target = mixup_cutmix(x, y, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing,
-                                 generator=step_rng)
+        x, target = mixup_cutmix(x, y, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, generator=step_rng)
         with accelerator.accumulate(model):
             # fp32 loss on every path: DDP's autocast wrapper returns fp32 logits, FSDP2 returns its param dtype
-            loss = F.cross_entropy(model(x).float(), target)
+            loss = F.cross_entropy(model(x).float(), target, label_smoothing=cfg.label_smoothing)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.clip_grad:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)

@@ -69,7 +69,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from imagenet_trainer.config import parse_config  # noqa: E402
-from imagenet_trainer import data as pipeline_steps, jpeg_tiles  # noqa: E402
+from imagenet_trainer import data as pipeline_steps  # noqa: E402
+from imagenet_trainer.data import decode  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
@@ -550,19 +551,19 @@ def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: Load
             data, label = view[r]
             t = tick("row bytes (zero-copy view)", t)
             rng = pipeline_steps.sample_rng(cfg.seed, 0, r)
-            segments = jpeg_tiles.header_segments(data)
-            height, width, fast_ok = pipeline_steps._probe(data, segments)
+            segments = decode.header_segments(data)
+            height, width, fast_ok = decode.probe(data, segments)
             top, left, h, w = pipeline_steps.random_resized_crop_params(height, width, train_set.scale,
                                                                         train_set.ratio, rng)
             t = tick("header walk + crop box", t)
-            tiles = jpeg_tiles.layout(data, segments) if fast_ok and segments is not None else None
+            tiles = decode.layout(data, segments) if fast_ok and segments is not None else None
             t = tick("tile layout (index)", t)
             oy = ox = 0
             if tiles is not None:
-                data, height, width, oy, ox = jpeg_tiles.region(data, tiles, top, left, h, w)
+                data, height, width, oy, ox = decode.region(data, tiles, top, left, h, w)
             t = tick("region cut", t)
-            factor = pipeline_steps._dct_factor(min(h, w), size)
-            pixels, sy, sx = pipeline_steps._decode(data, height, width, factor, fast_ok, fast_dct=True)
+            factor = decode.dct_factor(min(h, w), size)
+            pixels, sy, sx = decode.decode_scaled(data, height, width, factor, fast_ok, fast_dct=True)
             t = tick("decode (entropy + IDCT at scale + colour)", t)
             if fast_ok:
                 simplejpeg.decode_jpeg(data, min_height=1, min_width=1, strict=False)
@@ -571,7 +572,7 @@ def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: Load
             y0 = min(round(top * sy), dy + pixels.shape[0] - 1) - dy
             x0 = min(round(left * sx), dx + pixels.shape[1] - 1) - dx
             y1, x1 = max(y0 + 1, round((top + h) * sy) - dy), max(x0 + 1, round((left + w) * sx) - dx)
-            out = pipeline_steps._resize(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
+            out = decode.resize_uint8(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
             t = tick("crop copy + resize", t)
             if rng.random() < train_set.hflip:
                 out = out.flip(-1)

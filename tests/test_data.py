@@ -18,10 +18,10 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, _dct_factor, _exif_orientation,
-                                   _resize, check_labels, collate, elastic_position, load_image_dataset,
-                                   micro_batch_seed, mixup_cutmix, normalize, random_erasing,
+from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
+                                   load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing,
                                    random_resized_crop_params, sample_rng)
+from imagenet_trainer.data.decode import dct_factor, exif_orientation, resize_uint8
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -204,7 +204,7 @@ def test_trainset_matches_torchvision_crop_of_the_same_params(ds, photos):
             full = _pil(photos[name])
             rng = sample_rng(7, epoch, k)  # the sample's own stream, drawn in the same order
             top, left, h, w = random_resized_crop_params(full.height, full.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
-            scaled += _dct_factor(min(h, w), 224) > 1
+            scaled += dct_factor(min(h, w), 224) > 1
             ref = TF.pil_to_tensor(TF.resized_crop(full, top, left, h, w, [224, 224]))
             if rng.random() < 0.5:
                 ref = ref.flip(-1)
@@ -319,7 +319,7 @@ def test_exif_found_after_other_segments_like_pil():
     exif = next(seg for seg in segments if seg[1] == 0xE1)
     moved = b"\xff\xd8" + b"".join(seg for seg in segments if seg is not exif) + exif + data[pos:]
     assert Image.open(io.BytesIO(moved)).getexif()[0x0112] == 6  # still a valid file, as PIL sees it
-    assert _exif_orientation(data) == _exif_orientation(moved) == 6
+    assert exif_orientation(data) == exif_orientation(moved) == 6
 
 
 def _broken(photos) -> dict[str, bytes]:
@@ -586,7 +586,7 @@ def test_resize_layout_does_not_change_values():
     """The channels_last-contiguous input (for the AVX2 kernel) gives the same pixels as the plain NCHW resize."""
     pixels = torch.randint(0, 256, (61, 83, 3), dtype=torch.uint8)
     for crop in (pixels, pixels[5:50, 7:70]):
-        ours = _resize(crop, (40, 52), "bilinear")
+        ours = resize_uint8(crop, (40, 52), "bilinear")
         ref = torch.nn.functional.interpolate(crop.permute(2, 0, 1).contiguous()[None].float(), size=(40, 52),
                                               mode="bilinear", antialias=True)[0]
         assert ours.shape == (3, 40, 52)
@@ -615,15 +615,16 @@ def _generator(seed):
 def test_mixup_cutmix_targets_and_determinism(mixup_alpha, cutmix_alpha):
     x = torch.randn(6, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     y = torch.tensor([0, 1, 2, 3, 4, 0])
-    args = (y, 5, mixup_alpha, cutmix_alpha, 0.1)
+    args = (y, 5, mixup_alpha, cutmix_alpha)
     for seed in range(6):
         xm, t = mixup_cutmix(x, *args, generator=_generator(seed))
         assert torch.allclose(t.sum(1), torch.ones(6))
         xm2, t2 = mixup_cutmix(x, *args, generator=_generator(seed))
         assert torch.equal(xm, xm2) and torch.equal(t, t2)
         assert xm.is_contiguous(memory_format=torch.channels_last)
-        # lam is the weight of each sample's own smoothed label (off + lam * (on - off) at its class)
-        lam = (t[1, 1] - 0.1 / 5) / 0.9
+        # lam is the weight of each sample's own label (y[1] = 1 and its partner y[4] = 4 differ)
+        lam = t[1, 1]
+        assert torch.equal(t[1].nonzero().flatten(), torch.tensor([1, 4]) if lam < 1 else torch.tensor([1]))
         mixed = x * lam + x.flip(0) * (1 - lam)
         pasted = (xm == x) | (xm == x.flip(0))
         if torch.allclose(xm, mixed, atol=1e-5):
@@ -634,8 +635,23 @@ def test_mixup_cutmix_targets_and_determinism(mixup_alpha, cutmix_alpha):
                 torch.equal(x[1], x.flip(0)[1])
     assert not torch.equal(mixup_cutmix(x, *args, generator=_generator(0))[1],
                            mixup_cutmix(x, *args, generator=_generator(1))[1])
-    xs, ts = mixup_cutmix(x, y, 5, 0.0, 0.0, 0.1, generator=_generator(0))
-    assert xs is x and torch.allclose(ts.max(1).values, torch.full((6,), 0.9 + 0.02))
+    xs, ts = mixup_cutmix(x, y, 5, 0.0, 0.0, generator=_generator(0))
+    assert xs is x and torch.equal(ts, torch.nn.functional.one_hot(y, 5).float())
+
+
+@pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.0, 0.0), (0.2, 0.0), (0.0, 1.0)])
+def test_label_smoothing_in_the_loss_equals_smoothing_the_targets_before_mixing(mixup_alpha, cutmix_alpha):
+    """The loss smooths mixup_cutmix's mixed one-hot targets; the numbers are those of mixing smoothed targets
+    (off = eps / C, on = 1 - eps + off; timm's Mixup) up to float rounding."""
+    x, y, eps, classes = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0]), 0.1, 5
+    logits = torch.randn(6, classes, generator=_generator(7))
+    _, mixed = mixup_cutmix(x, y, classes, mixup_alpha, cutmix_alpha, generator=_generator(3))
+    lam = mixed[1, 1].item()
+    smoothed = torch.full((6, classes), eps / classes).scatter_(1, y[:, None], 1 - eps + eps / classes)
+    expected = torch.nn.functional.cross_entropy(logits, smoothed * lam + smoothed.flip(0) * (1 - lam))
+    loss = torch.nn.functional.cross_entropy(logits, mixed, label_smoothing=eps)
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=0)
+    assert not torch.allclose(loss, torch.nn.functional.cross_entropy(logits, mixed))  # smoothing counts
 
 
 def test_random_erasing_rectangles_and_determinism():

@@ -1,4 +1,5 @@
-"""jpeg_tiles: preprocess.py's lossless tiled re-code, and the region decoding TrainSet does on it, on real JPEGs."""
+"""Tiled JPEGs: tile_writer's lossless re-code (preprocess.py) and the region decoding TrainSet does on it
+(data.decode), on real JPEGs."""
 from __future__ import annotations
 
 import io
@@ -14,8 +15,8 @@ import turbojpeg
 from PIL import Image, ImageCms
 from torchvision.io import decode_jpeg
 
-from imagenet_trainer import jpeg_tiles
-from imagenet_trainer.data import TrainSet
+from imagenet_trainer import tile_writer
+from imagenet_trainer.data import TrainSet, decode
 
 
 def _save(pixels: np.ndarray, size=None, **save) -> bytes:
@@ -66,16 +67,16 @@ def _pixels(data: bytes) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("tile_px", [16, 64, 10_000])
 def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, tile_px):
     data = files[kind]
-    tiled = jpeg_tiles.add_restarts(data, tile_px)
+    tiled = tile_writer.add_restarts(data, tile_px)
     assert tiled is not None and tiled != data
     before, after = _pixels(data), _pixels(tiled)
     for decoder in before:
         assert np.array_equal(before[decoder], after[decoder]), decoder
-    tiles = jpeg_tiles.layout(tiled)
+    tiles = decode.layout(tiled)
     assert tiles is not None and (tiles.height, tiles.width) == Image.open(io.BytesIO(data)).size[::-1]
     assert tiles.tile_w <= max(tile_px, 16) and tiles.tile_h in (8, 16)
-    index = sum(len(s) for s in jpeg_tiles.index_segments(np.diff(tiles.markers)))  # 2 bytes a tile
-    assert index == 2 * (len(tiles.markers) - 1) + 4 + len(jpeg_tiles.INDEX_ID)
+    index = sum(len(s) for s in tile_writer.index_segments(np.diff(tiles.markers)))  # 2 bytes a tile
+    assert index == 2 * (len(tiles.markers) - 1) + 4 + len(decode.INDEX_ID)
     # narrow tiles forced on smooth files (~15 coded bytes an MCU: 444_big) cost more markers; by default they grow
     # by at most ~10%, and the index by 2 bytes a tile
     assert len(tiled) - index < (1.25 if tile_px == 16 else 1.1) * len(data) + 600
@@ -90,34 +91,34 @@ def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, ti
 def test_layout_only_for_files_cut_into_tiles(files):
     for kind, data in files.items():
         # Pillow's restart_marker_rows makes whole-row tiles: such files decode by region as they are
-        assert (jpeg_tiles.layout(data) is not None) == (kind == "restart_rows_already"), kind
+        assert (decode.layout(data) is not None) == (kind == "restart_rows_already"), kind
     misaligned = _save(skimage.data.coffee(), restart_marker_blocks=5)  # 38 MCUs a row: pieces straddle rows
-    assert jpeg_tiles.layout(misaligned) is None
+    assert decode.layout(misaligned) is None
     png = io.BytesIO()
     Image.fromarray(skimage.data.coffee()).save(png, "PNG")
     arithmetic = turbojpeg.transform(files["420_landscape"], arithmetic=True)  # SOF9: no Huffman stream to cut
     for other in (png.getvalue(), b"", b"\xff\xd8\xff", misaligned[:len(misaligned) // 2], arithmetic):
-        assert jpeg_tiles.layout(other) is None
-        assert jpeg_tiles.add_restarts(other, 64) is None
+        assert decode.layout(other) is None
+        assert tile_writer.add_restarts(other, 64) is None
 
 
 @pytest.mark.parametrize("kind", ["420_landscape", "444", "422", "gray", "progressive", "prime_mcu_row"])
 def test_region_decodes_exactly_those_pixels_of_the_whole_file(files, kind):
-    tiled = jpeg_tiles.add_restarts(files[kind], 64)
-    tiles = jpeg_tiles.layout(tiled)
+    tiled = tile_writer.add_restarts(files[kind], 64)
+    tiles = decode.layout(tiled)
     rng = random.Random(kind)
     for factor in (1, 2, 4, 8):
         # TrainSet's decode: fast IDCT and fast (per-MCU) upsampling, DCT-scaled by 1/factor
-        decode = dict(fastdct=True, fastupsample=True, colorspace="GRAY" if kind == "gray" else "RGB")
+        options = dict(fastdct=True, fastupsample=True, colorspace="GRAY" if kind == "gray" else "RGB")
         whole = simplejpeg.decode_jpeg(tiled, min_height=-(-tiles.height // factor),
-                                       min_width=-(-tiles.width // factor), **decode)
+                                       min_width=-(-tiles.width // factor), **options)
         for _ in range(8):
             top, left = rng.randrange(tiles.height), rng.randrange(tiles.width)
             h, w = rng.randint(1, tiles.height - top), rng.randint(1, tiles.width - left)
-            sub, height, width, y, x = jpeg_tiles.region(tiled, tiles, top, left, h, w)
+            sub, height, width, y, x = decode.region(tiled, tiles, top, left, h, w)
             assert y <= top and x <= left and y + height >= top + h and x + width >= left + w  # covers the box
             part = simplejpeg.decode_jpeg(sub, min_height=-(-height // factor), min_width=-(-width // factor),
-                                          **decode)
+                                          **options)
             assert part.shape[:2] == (-(-height // factor), -(-width // factor))
             ref = whole[y // factor:y // factor + part.shape[0], x // factor:x // factor + part.shape[1]]
             assert np.array_equal(part, ref), (factor, top, left, h, w)
@@ -132,7 +133,7 @@ def test_trainset_gives_the_same_samples_from_tiled_and_untiled_rows(files):
         return datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images],
                                            "label": [0] * len(images)}, features=features)
 
-    tiled = split([jpeg_tiles.add_restarts(d, 64) for d in plain])
+    tiled = split([tile_writer.add_restarts(d, 64) for d in plain])
     for size in (16, 64):  # small sizes: 1/8-scale decodes, where the crop box rounds at odd multiples of 8 px
         a, b = TrainSet(split(plain), size, seed=5), TrainSet(tiled, size, seed=5)
         for epoch in range(25):
@@ -141,39 +142,39 @@ def test_trainset_gives_the_same_samples_from_tiled_and_untiled_rows(files):
 
 
 def test_recode_in_chunks_of_tiles_gives_the_same_file(files, monkeypatch):
-    whole = jpeg_tiles.add_restarts(files["444"], 64)
-    monkeypatch.setattr(jpeg_tiles, "CHUNK", 7)  # several tj3Transform calls, the last one partial
-    assert jpeg_tiles.add_restarts(files["444"], 64) == whole
+    whole = tile_writer.add_restarts(files["444"], 64)
+    monkeypatch.setattr(tile_writer, "CHUNK", 7)  # several tj3Transform calls, the last one partial
+    assert tile_writer.add_restarts(files["444"], 64) == whole
 
 
 def test_malformed_headers_are_none_not_errors(files):
-    tiled = jpeg_tiles.add_restarts(files["420_landscape"], 64)
-    assert jpeg_tiles.add_restarts(memoryview(files["420_landscape"]), 64) == tiled  # rows arrive as memoryviews
-    sof = next(s for m, s, e in jpeg_tiles.header_segments(tiled) if m in jpeg_tiles.SOF_ANY)
-    sos = jpeg_tiles.header_segments(tiled)[-1][1]
+    tiled = tile_writer.add_restarts(files["420_landscape"], 64)
+    assert tile_writer.add_restarts(memoryview(files["420_landscape"]), 64) == tiled  # rows arrive as memoryviews
+    sof = next(s for m, s, e in decode.header_segments(tiled) if m in decode.SOF_ANY)
+    sos = decode.header_segments(tiled)[-1][1]
 
     def patched(data, offset, value):
         return data[:offset] + value + data[offset + len(value):]
 
     for bad in (patched(tiled, sof + 9, b"\0"), patched(tiled, sof + 7, b"\0\0"), tiled[:sos + 4], tiled[:sof + 6],
                 patched(tiled, sof + 2, b"\xff\xff")):  # no components, width 0, cut in SOS / SOF, length past end
-        assert jpeg_tiles.layout(bad) is None
-        assert jpeg_tiles.add_restarts(bad, 64) is None
+        assert decode.layout(bad) is None
+        assert tile_writer.add_restarts(bad, 64) is None
 
 
 def _without_index(tiled: bytes) -> bytes:
-    segments = jpeg_tiles.header_segments(tiled)
-    index = jpeg_tiles.index_spans(tiled, segments)
-    assert index and index == [(s, e) for m, s, e in segments if m == jpeg_tiles.INDEX_MARKER]
+    segments = decode.header_segments(tiled)
+    index = decode.index_spans(tiled, segments)
+    assert index and index == [(s, e) for m, s, e in segments if m == decode.INDEX_MARKER]
     keep = zip([0] + [e for s, e in index], [s for s, e in index] + [len(tiled)])
     return b"".join(tiled[a:b] for a, b in keep)
 
 
 @pytest.mark.parametrize("kind", ["420_landscape", "444_big", "gray", "progressive", "metadata", "one_pixel"])
 def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
-    tiled = jpeg_tiles.add_restarts(files[kind], 64)
+    tiled = tile_writer.add_restarts(files[kind], 64)
     plain = _without_index(tiled)  # a tiled file as written before the index existed: found by scanning
-    indexed, scanned = jpeg_tiles.layout(tiled), jpeg_tiles.layout(plain)
+    indexed, scanned = decode.layout(tiled), decode.layout(plain)
     assert scanned is not None and indexed._replace(markers=None) == scanned._replace(markers=None)
     assert np.array_equal(indexed.markers - indexed.markers[0], scanned.markers - scanned.markers[0])
     assert np.array_equal(simplejpeg.decode_jpeg(tiled), simplejpeg.decode_jpeg(plain))
@@ -181,34 +182,34 @@ def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
     for _ in range(20):
         top, left = rng.randrange(indexed.height), rng.randrange(indexed.width)
         box = top, left, rng.randint(1, indexed.height - top), rng.randint(1, indexed.width - left)
-        assert jpeg_tiles.region(tiled, indexed, *box) == jpeg_tiles.region(plain, scanned, *box)
-    again = jpeg_tiles.add_restarts(tiled, 64)  # re-tiling keeps one index, not the old one beside the new
-    assert jpeg_tiles.layout(again)._replace(head=None, sof=None, markers=None) == indexed._replace(
+        assert decode.region(tiled, indexed, *box) == decode.region(plain, scanned, *box)
+    again = tile_writer.add_restarts(tiled, 64)  # re-tiling keeps one index, not the old one beside the new
+    assert decode.layout(again)._replace(head=None, sof=None, markers=None) == indexed._replace(
         head=None, sof=None, markers=None) or kind == "progressive"  # its baseline re-code may pick other tiles
-    assert sum(m == jpeg_tiles.INDEX_MARKER for m, s, e in jpeg_tiles.header_segments(again)) == 1
+    assert sum(m == decode.INDEX_MARKER for m, s, e in decode.header_segments(again)) == 1
     assert np.array_equal(simplejpeg.decode_jpeg(again), simplejpeg.decode_jpeg(tiled))
 
 
 def test_an_index_that_does_not_match_the_data_is_ignored(files):
-    tiled = jpeg_tiles.add_restarts(files["420_landscape"], 64)
-    scanned = jpeg_tiles.layout(_without_index(tiled))
-    (s, e), = [(s, e) for m, s, e in jpeg_tiles.header_segments(tiled) if m == jpeg_tiles.INDEX_MARKER]
-    first = s + 4 + len(jpeg_tiles.INDEX_ID)
+    tiled = tile_writer.add_restarts(files["420_landscape"], 64)
+    scanned = decode.layout(_without_index(tiled))
+    (s, e), = [(s, e) for m, s, e in decode.header_segments(tiled) if m == decode.INDEX_MARKER]
+    first = s + 4 + len(decode.INDEX_ID)
     wrong_length = tiled[:first] + (int.from_bytes(tiled[first:first + 2], "little") + 1).to_bytes(2, "little") \
         + tiled[first + 2:]
     too_short = tiled[:s + 2] + (e - s - 4).to_bytes(2, "big") + tiled[s + 4:e - 2] + tiled[e:]  # one tile missing
     for bad in (wrong_length, too_short):
-        tiles = jpeg_tiles.layout(bad)
+        tiles = decode.layout(bad)
         assert tiles is not None and np.array_equal(tiles.markers - tiles.markers[0],
                                                     scanned.markers - scanned.markers[0])
 
 
 def test_an_index_of_many_tiles_spans_several_segments(files, monkeypatch):
-    whole = jpeg_tiles.layout(jpeg_tiles.add_restarts(files["444_big"], 64))
-    monkeypatch.setattr(jpeg_tiles, "INDEX_PER_SEGMENT", 1000)  # 5,922 tiles: 6 segments
-    tiled = jpeg_tiles.add_restarts(files["444_big"], 64)
-    assert sum(m == jpeg_tiles.INDEX_MARKER for m, s, e in jpeg_tiles.header_segments(tiled)) == 6
-    tiles = jpeg_tiles.layout(tiled)
+    whole = decode.layout(tile_writer.add_restarts(files["444_big"], 64))
+    monkeypatch.setattr(tile_writer, "INDEX_PER_SEGMENT", 1000)  # 5,922 tiles: 6 segments
+    tiled = tile_writer.add_restarts(files["444_big"], 64)
+    assert sum(m == decode.INDEX_MARKER for m, s, e in decode.header_segments(tiled)) == 6
+    tiles = decode.layout(tiled)
     assert tiles._replace(markers=None) == whole._replace(markers=None)
     assert np.array_equal(tiles.markers - tiles.markers[0], whole.markers - whole.markers[0])
 
@@ -218,9 +219,9 @@ def test_tiles_are_as_narrow_as_hold_min_tile_bytes(files):
     photo = _save(np.clip(np.asarray(Image.fromarray(skimage.data.coffee()).resize((500, 375))) + grain, 0, 255)
                   .astype(np.uint8))  # ImageNet-sized: ~110 KB, ~140 coded bytes a 4:2:0 MCU
     assert 90_000 < len(photo) < 140_000
-    tiles = jpeg_tiles.layout(jpeg_tiles.add_restarts(photo, 64))
+    tiles = decode.layout(tile_writer.add_restarts(photo, 64))
     assert tiles.tile_w == 16  # one MCU
-    assert (tiles.markers[-1] - tiles.markers[0]) / (len(tiles.markers) - 1) >= jpeg_tiles.MIN_TILE_BYTES
-    smooth = jpeg_tiles.layout(jpeg_tiles.add_restarts(files["444_big"], 64))  # ~13 coded bytes an 8 px MCU
+    assert (tiles.markers[-1] - tiles.markers[0]) / (len(tiles.markers) - 1) >= tile_writer.MIN_TILE_BYTES
+    smooth = decode.layout(tile_writer.add_restarts(files["444_big"], 64))  # ~13 coded bytes an 8 px MCU
     assert smooth.tile_w == 32  # 188 MCUs a row = 4 x 47: 4 MCUs is the widest tile within 64 px
-    assert jpeg_tiles.layout(jpeg_tiles.add_restarts(photo, 10_000)).tile_w == 16  # the width asked is a maximum
+    assert decode.layout(tile_writer.add_restarts(photo, 10_000)).tile_w == 16  # the width asked is a maximum

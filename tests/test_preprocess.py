@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageOps
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 import preprocess
-from imagenet_trainer import ilsvrc, jpeg_tiles
+from imagenet_trainer import ilsvrc, tile_writer
+from imagenet_trainer.data import decode
 from imagenet_trainer.demo import MANIFEST, ORIGINS, make_ilsvrc_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,12 +124,12 @@ def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(prep
     tiled = small = 0
     for split, stem, stored, original in _plain(rows, m, ilsvrc_tree):
         if len(original) < preprocess.TILE_MIN_BYTES:  # nothing to gain: stored byte for byte
-            assert stored == original and jpeg_tiles.layout(stored) is None, stem
+            assert stored == original and decode.layout(stored) is None, stem
             small += 1
             continue
-        tiles = jpeg_tiles.layout(stored)
+        tiles = decode.layout(stored)
         assert stored != original and tiles is not None and tiles.tile_w <= 64, stem  # default --restart_tile 64
-        assert jpeg_tiles.INDEX_ID in stored[:tiles.markers[0]], stem  # the tiles are indexed: no marker scan
+        assert decode.INDEX_ID in stored[:tiles.markers[0]], stem  # the tiles are indexed: no marker scan
         a, b = Image.open(io.BytesIO(original)), Image.open(io.BytesIO(stored))
         assert np.array_equal(np.asarray(a), np.asarray(b)), stem  # the same coefficients: the same pixels
         assert a.info.get("icc_profile") == b.info.get("icc_profile") and a.getexif() == b.getexif(), stem
@@ -136,7 +137,7 @@ def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(prep
     assert tiled >= 3 and small >= 10
     report = json.loads((preprocessed / "preprocess_report.json").read_text())
     assert sum(sum(c.values()) for c in report["reencoded"].values()) == len(CONVERTED)
-    with_tiles = sum(jpeg_tiles.layout(r["image"]["bytes"]) is not None for by in rows.values() for r in by.values())
+    with_tiles = sum(decode.layout(r["image"]["bytes"]) is not None for by in rows.values() for r in by.values())
     assert sum(report["tiled"].values()) == with_tiles >= tiled
     assert sum(sum(c.values()) for c in report["untiled"].values()) == sum(report["counts"].values()) - with_tiles
     assert all(set(c) <= {"smaller than 24 KB"} for c in report["untiled"].values())
@@ -149,20 +150,20 @@ def test_restart_tile_0_stores_plain_jpegs_byte_for_byte(ilsvrc_tree, tmp_path):
     rows = raw_rows(tmp_path / "out")
     plain = list(_plain(rows, m, ilsvrc_tree))
     assert len(plain) > 20 and all(stored == original for _, _, stored, original in plain)
-    assert all(jpeg_tiles.layout(r["image"]["bytes"]) is None for by_id in rows.values() for r in by_id.values())
+    assert all(decode.layout(r["image"]["bytes"]) is None for by_id in rows.values() for r in by_id.values())
     report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
     assert set(report["tiled"].values()) == {0}
 
 
 def test_restart_tile_without_libjpeg_turbo_is_one_line(ilsvrc_tree, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "turbojpeg", None)  # as if the wheel were not installed
-    monkeypatch.setattr(jpeg_tiles.ctypes.util, "find_library", lambda name: None)
-    jpeg_tiles.turbojpeg_library.cache_clear()
+    monkeypatch.setattr(tile_writer.ctypes.util, "find_library", lambda name: None)
+    tile_writer.turbojpeg_library.cache_clear()
     try:
         with pytest.raises(SystemExit, match=r"--restart_tile 64: .*pip install turbojpeg.*--restart_tile 0"):
             preprocess.main(["--data_dir", str(ilsvrc_tree), "--output_dir", str(tmp_path / "out")])
     finally:
-        jpeg_tiles.turbojpeg_library.cache_clear()
+        tile_writer.turbojpeg_library.cache_clear()
     assert not (tmp_path / "out.tmp").exists()
 
 

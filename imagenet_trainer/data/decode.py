@@ -1,0 +1,288 @@
+"""Stage 3 of the input pipeline: encoded bytes -> RGB pixels, decoding no more than the crop needs.
+
+In: one row's encoded bytes (``rows``) and, from ``samples``, the box it keeps in full-resolution pixels. Out: HWC
+uint8 RGB pixels of that part of the image, at a reduced DCT scale, with the scales that map full-resolution
+coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW uint8 crop. Next stage: ``samples``.
+
+- ``probe`` reads the size (as displayed, after EXIF rotation) from the JPEG header alone, so the crop box is
+  drawn before any decoding.
+- Tiled JPEGs (written by ``imagenet_trainer.tile_writer``, preprocess.py's ``--restart_tile``): a baseline JPEG is
+  one Huffman-coded stream, and on ImageNet-sized files (~110 KB) that entropy decoding is most of the decode time.
+  Restart markers (ITU T.81 F.1.2.3: every R MCUs the coder resets, byte-aligns and writes RSTn) cut the stream into
+  pieces that decode alone; when each MCU row holds a whole number of pieces they are tiles (R MCUs wide, one MCU
+  row high). ``layout`` finds the tiles of such a file, from the tile index in its APP9 segments (``INDEX_ID``)
+  where present, else by scanning the coded data for the markers (a file tiled by another tool); ``region`` cuts out
+  the tiles under a crop as a smaller JPEG (the file's own header with its frame size patched) that any decoder
+  reads. With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the region's pixels equal the
+  same rows and columns of a whole-file decode exactly; tests/test_jpeg_tiles.py checks it.
+- ``decode_scaled`` decodes at the smallest DCT scale (1/2, 1/4, 1/8; ``dct_factor``) that still leaves the crop
+  at least the output size: libjpeg-turbo skips most of the IDCT and colour conversion work (FFCV decodes the same
+  way). simplejpeg (libjpeg-turbo) decodes straight into a numpy array, faster than PIL, which also unpacks RGB from
+  4-byte pixels. Images simplejpeg cannot take (PNG named .JPEG, CMYK/YCCK JPEGs, EXIF-rotated photos) go through
+  PIL with the same scales, EXIF orientation applied as ``datasets.Image`` decoding does.
+- ``resize_uint8`` copies the crop into the channels_last layout that torch's vectorised uint8 antialiased kernel
+  needs (vision #7497; any other layout silently takes a slower kernel) and resizes once. No float tensor ever
+  exists on the CPU: normalisation is the device's job (``device.normalize``).
+"""
+from __future__ import annotations
+
+import io
+import struct
+from typing import NamedTuple
+
+import numpy as np
+import simplejpeg
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+SOF_HUFFMAN = (0xC0, 0xC1)  # baseline and extended sequential Huffman frames: one scan, tiles possible
+SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every frame type (0xC4 DHT, 0xC8 JPG, 0xCC DAC)
+INDEX_MARKER = 0xE9  # APP9: no common format uses it (JFIF APP0, Exif/XMP APP1, ICC/MPF APP2, Adobe APP14)
+INDEX_ID = b"imagenet-trainer tile index\x00"  # then uint16 little-endian: tile i's bytes, its data + next marker
+DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5/8... exist but decode slower here
+EXIF_ORIENTATION = 0x0112
+
+
+class Layout(NamedTuple):
+    head: bytes  # every byte before the entropy-coded data (SOI ... SOS header)
+    sof: int  # offset of the SOF marker in head (its frame height and width are at +5)
+    height: int  # px
+    width: int  # px
+    tile_h: int  # px
+    tile_w: int  # px
+    tiles_per_row: int
+    markers: np.ndarray  # tile i's coded data is file[markers[i] + 2:markers[i + 1]] (RST/EOI offsets; [0]: scan - 2)
+
+
+def header_segments(data: bytes):
+    """(marker, start, end) of each header segment of a JPEG, up to and including SOS (the image data), as PIL reads
+    them; None for a file that is not a JPEG or whose header is not plain."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, segments = 2, []
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte; standalone markers (no length)
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:  # end of image before any image data
+            return None
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if end > len(data) or end < pos + 4:
+            return None
+        segments.append((marker, pos, end))
+        if marker == 0xDA:
+            return segments
+        pos = end
+    return None
+
+
+def frame_info(data: bytes, segments) -> tuple[int, int, int, int, int] | None:
+    """(SOF offset, height, width, MCU height, MCU width) of the file's one frame (one component: 8x8 blocks); None
+    for no frame, several, or a malformed one."""
+    sof = [(s, e) for m, s, e in segments if m in SOF_ANY]
+    if len(sof) != 1:
+        return None
+    (start, end), = sof
+    if end - start < 10:
+        return None
+    height, width, ncomp = struct.unpack(">HHB", data[start + 5:start + 10])
+    if width == 0 or ncomp == 0 or end - start < 10 + 3 * ncomp:
+        return None
+    if ncomp == 1:
+        return start, height, width, 8, 8
+    factors = [data[start + 11 + 3 * i] for i in range(ncomp)]
+    mcu_h, mcu_w = 8 * max(f & 15 for f in factors), 8 * max(f >> 4 for f in factors)
+    return (start, height, width, mcu_h, mcu_w) if mcu_h and mcu_w else None
+
+
+def layout(data: bytes, segments=None) -> Layout | None:
+    """The tiles of a single-scan Huffman JPEG whose restart interval fits its MCU rows; None for any other file.
+    ``segments``: the file's ``header_segments``, where the caller has them already."""
+    segments = header_segments(data) if segments is None else segments
+    if segments is None:
+        return None
+    frame = frame_info(data, segments)
+    dri = [s for m, s, e in segments if m == 0xDD]
+    if frame is None or data[frame[0] + 1] not in SOF_HUFFMAN or not dri:
+        return None
+    sof, height, width, mcu_h, mcu_w = frame
+    interval = int.from_bytes(data[dri[-1] + 4:dri[-1] + 6], "big")
+    sos, scan = segments[-1][1:]
+    if interval == 0 or height == 0 or scan - sos < 5 or data[sos + 4] != data[sof + 9] or scan >= len(data):
+        return None  # no restarts, height set by a DNL marker, or a scan without every component (several scans)
+    per_row, rows = -(-width // mcu_w), -(-height // mcu_h)
+    if per_row % interval and interval % per_row:
+        return None  # pieces straddle MCU rows: not tiles
+    tile_rows = max(1, interval // per_row)
+    count = -(-per_row * rows // interval)
+    index = index_spans(data, segments)
+    markers = _indexed_markers(data, index, scan, count) if index else None
+    if markers is None:
+        markers = _scanned_markers(data, scan, count)
+    if markers is None:
+        return None
+    head = data[:scan] if not index else b"".join(  # the index stays out of the regions' headers
+        [data[a:b] for a, b in zip([0] + [e for s, e in index], [s for s, e in index] + [scan])])
+    sof -= sum(e - s for s, e in index if s < sof)
+    return Layout(head, sof, height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
+                  max(1, per_row // interval), markers)
+
+
+def index_spans(data, segments) -> list[tuple[int, int]]:
+    """(start, end) of the file's tile-index segments (APP9 with ``INDEX_ID``), in file order."""
+    return [(s, e) for m, s, e in segments if m == INDEX_MARKER and data[s + 4:s + 4 + len(INDEX_ID)] == INDEX_ID]
+
+
+def _check_markers(a: np.ndarray, markers: np.ndarray) -> bool:
+    """markers[1:] are count - 1 RSTn (0xFFD0-0xFFD7), then EOI: anything else (a second scan, fill bytes, no EOI, an
+    index that does not match the data) is not this layout."""
+    ends = markers[1:]
+    ff, kinds = a[ends], a[ends + 1]
+    return bool(kinds[-1] == 0xD9 and ff.min() == 0xFF
+                and (len(kinds) == 1 or (kinds[:-1].min() >= 0xD0 and kinds[:-1].max() <= 0xD7)))
+
+
+def _scanned_markers(data, scan: int, count: int) -> np.ndarray | None:
+    a = np.frombuffer(data, np.uint8)
+    ff = np.flatnonzero(a[scan:-1] == 0xFF) + scan
+    found = ff[a[ff + 1] != 0][:count]  # 0xFF00 is a coded 0xFF byte
+    if len(found) < count:
+        return None
+    markers = np.concatenate([[scan - 2], found])
+    return markers if _check_markers(a, markers) else None
+
+
+def _indexed_markers(data, index: list, scan: int, count: int) -> np.ndarray | None:
+    skip = 4 + len(INDEX_ID)
+    parts = [np.frombuffer(data, "<u2", (e - s - skip) // 2, s + skip) for s, e in index]
+    lengths = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if len(lengths) != count or lengths.min() < 2:
+        return None
+    markers = np.empty(count + 1, np.int64)
+    markers[0] = scan - 2
+    np.cumsum(lengths, out=markers[1:])
+    markers[1:] += scan - 2
+    # The lengths must add up to the coded data exactly, EOI last: an index left stale by a rewrite of the data
+    # (which keeps APPn segments, as jpegtran -copy all does) fails here. The RST markers themselves are not read:
+    # one cache miss per tile (~770 of them on a 16 px tiled photo) for bytes most of which no crop needs.
+    return markers if markers[-1] == len(data) - 2 and data[-2:] == b"\xff\xd9" else None
+
+
+def region(data, tiles: Layout, top: int, left: int, h: int, w: int) -> tuple[bytearray, int, int, int, int]:
+    """(JPEG of the tiles under the box, its height, width, and the (top, left) of its first pixel in the file)."""
+    n_rows = -(-(len(tiles.markers) - 1) // tiles.tiles_per_row)
+    r0, r1 = top // tiles.tile_h, min(n_rows, -(-(top + h) // tiles.tile_h))
+    c0, c1 = left // tiles.tile_w, min(tiles.tiles_per_row, -(-(left + w) // tiles.tile_w))
+    height = min(tiles.height, r1 * tiles.tile_h) - r0 * tiles.tile_h
+    width = min(tiles.width, c1 * tiles.tile_w) - c0 * tiles.tile_w
+    before = tiles.markers[:-1].reshape(-1, tiles.tiles_per_row)[r0:r1, c0:c1]  # the marker before each tile
+    starts = before[:, 0] + 2  # a row's tiles under the box are contiguous in the file, RSTs between them included
+    ends = tiles.markers[1:].reshape(-1, tiles.tiles_per_row)[r0:r1, c1 - 1]
+    pieces = [tiles.head[:tiles.sof + 5], struct.pack(">HH", height, width), tiles.head[tiles.sof + 9:]]
+    view = memoryview(data)
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        pieces += (view[s:e], RST[0])  # RST[0]: a placeholder between rows, numbered below
+    pieces[-1] = b"\xff\xd9"
+    out = bytearray().join(pieces)
+    # Renumber every marker: the one before the part's tile q (q >= 1) must be RST (q - 1) % 8 (decoders check the
+    # sequence). Tile c of output row j has its marker at the row's output offset + (file offset - row start);
+    # for c = 0 that is the placeholder after row j - 1.
+    lengths = ends - starts + 2
+    rows_at = len(pieces[0]) + 4 + len(pieces[2]) + np.cumsum(lengths) - lengths
+    codes_at = (before + (rows_at - starts + 1)[:, None]).ravel()[1:]
+    np.frombuffer(out, np.uint8)[codes_at] = _rst_codes(len(codes_at))
+    return out, height, width, r0 * tiles.tile_h, c0 * tiles.tile_w
+
+
+RST = [bytes((0xFF, 0xD0 + i)) for i in range(8)]
+RST_CYCLE = np.resize(np.arange(0xD0, 0xD8, dtype=np.uint8), 1 << 16)  # RST0..RST7, RST0..: the marker codes in order
+
+
+def _rst_codes(n: int) -> np.ndarray:
+    return RST_CYCLE[:n] if n <= len(RST_CYCLE) else np.resize(RST_CYCLE[:8], n)
+
+
+def exif_orientation(data: bytes, segments=None) -> int:
+    """EXIF orientation tag (1 = upright). A JPEG's header segments are walked first (or given: ``header_segments``),
+    so only files that carry an Exif block (or XMP's tag) pay for PIL's parser; other files go to PIL directly."""
+    segments = header_segments(data) if segments is None else segments
+    if segments is not None and not any(m == 0xE1 and data[s + 4:s + 10] in (b"Exif\x00\x00", b"http:/")
+                                        for m, s, e in segments):  # Exif, or XMP's tiff:Orientation
+        return 1
+    try:
+        return int(Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # ImageNet has corrupt EXIF blocks; they carry no usable orientation
+        return 1
+
+
+def probe(data: bytes, segments=None) -> tuple[int, int, bool]:
+    """(height, width, simplejpeg can decode it) of the image as displayed (after EXIF rotation), header only."""
+    orientation = exif_orientation(data, segments)
+    if data[:2] == b"\xff\xd8" and orientation == 1:
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            if colorspace not in ("CMYK", "YCCK"):  # libjpeg-turbo cannot convert these to RGB
+                return height, width, True
+        except (ValueError, KeyError):  # KeyError: simplejpeg 1.9 on subsamplings it has no name for (4:4:1)
+            pass  # let PIL judge it
+    width, height = Image.open(io.BytesIO(data)).size
+    if orientation in (5, 6, 7, 8):  # transposed: width and height swap
+        width, height = height, width
+    return height, width, False
+
+
+def decode_scaled(data: bytes, height: int, width: int, factor: int, fast_ok: bool,
+            fast_dct: bool) -> tuple[np.ndarray, float, float]:
+    """HWC uint8 RGB pixels decoded at 1/factor scale where the codec allows (JPEG), and the (y, x) scales that map
+    full-resolution coordinates (``height`` x ``width``, as ``probe`` gave them) onto the returned array."""
+    if fast_ok:
+        try:
+            # fastdct/fastupsample: ~10% faster, errors of ~1 grey level; FFCV also decodes with TJFLAG_FASTDCT
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast_dct, fastupsample=fast_dct,
+                                            min_height=-(-height // factor), min_width=-(-width // factor),
+                                            strict=True)  # any libjpeg warning: PIL decides, below
+            return pixels, *_scales(pixels, height, width, factor)
+        except (ValueError, KeyError):
+            pass  # PIL gives the verdict: it tolerates ImageNet's "corrupt data" warnings and refuses truncation
+    image = Image.open(io.BytesIO(data))
+    if factor > 1:
+        image.draft("RGB", (image.width // factor, image.height // factor))  # DCT scaling; no-op for non-JPEG
+    image.load()  # a broken file fails here; inside exif_transpose its error would be taken for a bad EXIF block
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # corrupt EXIF: keep the stored orientation
+        pass
+    pixels = np.array(image.convert("RGB"))
+    return pixels, *_scales(pixels, height, width, factor)
+
+
+def _scales(pixels: np.ndarray, height: int, width: int, factor: int) -> tuple[float, float]:
+    # libjpeg's scaled output is ceil(size / factor) and pixel i covers source pixels [i*factor, (i+1)*factor)
+    if pixels.shape[:2] == (-(-height // factor), -(-width // factor)):
+        return 1 / factor, 1 / factor
+    return pixels.shape[0] / height, pixels.shape[1] / width
+
+
+def dct_factor(shorter: float, needed: float) -> int:
+    """Largest DCT reduction that keeps ``shorter`` (full-resolution pixels) at least ``needed`` pixels."""
+    return next(f for f in DCT_FACTORS if shorter >= f * needed or f == 1)
+
+
+def resize_uint8(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """HWC uint8 (a view is fine) -> CHW uint8 of ``size`` in HWC memory, antialiased like PIL.
+
+    Only a channels_last-contiguous NCHW input takes torch's uint8 AVX2 kernel (vision #7497); a crop view, or a
+    size-1 batch dim with a stride other than H*W*C, silently takes the generic kernel, ~1.6x slower. So the input
+    is laid out exactly so (a copy for a crop: cheaper than what it saves; numpy's row-by-row copy of a crop view
+    takes a quarter of the time of torch's strided 4-D copy)."""
+    if not pixels.is_contiguous():
+        pixels = torch.from_numpy(np.ascontiguousarray(pixels.numpy()))
+    x = pixels[None].permute(0, 3, 1, 2)  # channels_last-contiguous NCHW over the HWC pixels
+    if tuple(x.shape[2:]) == tuple(size):
+        return x[0]
+    return F.interpolate(x, size=size, mode=mode, antialias=True)[0]
+

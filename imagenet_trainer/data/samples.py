@@ -1,0 +1,210 @@
+"""Stage 4 of the input pipeline: one training or evaluation sample.
+
+In: a sampler key (``sampling``): ``(epoch, index)`` for ``TrainSet``, ``index`` for ``EvalSet``. Out: (uint8 CHW
+crop, label); ``TrainSet.sample`` adds which row stood in for one that does not decode. Next stage: ``batch``.
+
+- ``TrainSet``: RandomResizedCrop (the box drawn on the full-resolution frame from the JPEG header, then only that
+  part decoded: ``decode``) + horizontal flip [+ RandAugment / TrivialAugment]. Every random draw comes from the
+  sample's own stream, ``sampling.sample_rng(seed, epoch, index)``, so a resumed run and any number of workers or
+  processes see exactly the samples an uninterrupted run would.
+- A row that does not decode is replaced by another row (``replacement_row``), chosen by a hash of (seed, row, try)
+  and cropped with the failed row's own random stream: the same choice on resume and on any process count. The
+  main process records it (``bad_samples.py``).
+- ``EvalSet``: the classic Resize(shorter side to image_size / crop_pct) + CenterCrop; a row that does not decode
+  comes back with label ``-(index + 1)``, left out of the scores and reported (``metrics.evaluate``).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+import datasets
+import torch
+from torchvision import transforms
+
+from imagenet_trainer.data.decode import (decode_scaled, dct_factor, header_segments, layout, probe, region,
+                                          resize_uint8)
+from imagenet_trainer.data.rows import Rows
+from imagenet_trainer.data.sampling import sample_rng
+
+def random_resized_crop_params(height: int, width: int, scale, ratio, rng: random.Random):
+    """(top, left, h, w) with torchvision ``RandomResizedCrop.get_params``' rules: 10 tries of area ~ U(scale),
+    log-aspect ~ U(log ratio), then a centre crop clamped to ``ratio`` as the fallback; the draws come from ``rng``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """Key ``(epoch, index)`` -> (uint8 CHW RandomResizedCrop + flip [+ RandAugment/TrivialAugment], label).
+
+    The sample is a pure function of ``(seed, epoch, index)``: its random stream is seeded with that triple,
+    never with global state, so exact resume and any number of workers give the same samples."""
+
+    def __init__(self, split: datasets.Dataset, image_size: int, seed: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 hflip: float = 0.5, auto_augment: str | None = None, progressive: tuple[int, int, int] | None = None):
+        if auto_augment not in (None, "ra", "ta"):
+            raise ValueError(f"auto_augment={auto_augment!r}: use None, 'ra' (RandAugment n=2 m=9) or 'ta' "
+                             "(TrivialAugmentWide)")
+        if not (0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"scale={scale}, ratio={ratio}: each must be an increasing pair of positive numbers")
+        if progressive is not None and not (0 < progressive[0] <= image_size and 0 <= progressive[1] <= progressive[2]):
+            raise ValueError(f"progressive={progressive}: want (min size <= image_size, start epoch <= end epoch)")
+        self.progressive = progressive
+        self.rows = Rows(split)
+        self.image_size, self.seed, self.scale, self.ratio, self.hflip = image_size, seed, scale, ratio, hflip
+        # torchvision's v1 ops take uint8 CHW tensors. RandAugment: 2 ops at magnitude 9 on timm's 0-10 scale, the
+        # strength of timm's rand-m9 (ConvNeXt, DeiT); torchvision's default 31 bins would make m9 ~3x weaker.
+        # timm's mstd0.5 (magnitude noise) and inc1 (increasing-severity ops) are not reproduced. Rotations, shears
+        # and translations resample bilinear (torchvision's references; torchvision's default NEAREST leaves jagged
+        # edges) and fill the uncovered border with the ImageNet mean in 0..255 (timm's img_mean fill; the default
+        # black border is a strong artificial edge at magnitude 9: 27 degrees, ~30 % of the side).
+        geometry = dict(interpolation=transforms.InterpolationMode.BILINEAR,
+                        fill=[round(255 * m) for m in (0.485, 0.456, 0.406)])  # timm IMAGENET_DEFAULT_MEAN
+        self.augment = {None: None,
+                        "ra": transforms.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=11, **geometry),
+                        "ta": transforms.TrivialAugmentWide(**geometry)}[auto_augment]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def size_at(self, epoch: int) -> int:
+        """The crop side (px) of an epoch. With ``progressive=(min_size, start, end)`` (progressive resizing, FFCV;
+        fast.ai's DAWNBench entry): min_size up to epoch ``start``, then a linear ramp in 32 px steps that reaches
+        ``image_size`` at epoch ``end``. Low-resolution epochs cost ~(size / image_size)^2 of the compute."""
+        if self.progressive is None:
+            return self.image_size
+        low, start, end = self.progressive
+        if epoch >= end:
+            return self.image_size
+        t = max((epoch - start) / max(1, end - start), 0.0)
+        return min(self.image_size, low + round(t * (self.image_size - low) / 32) * 32)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        image, label, _ = self.sample(key)
+        return image, label
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int, tuple | None]]:
+        """What a DataLoader worker fetches for a batch: ``sample`` of each key, replacements included."""
+        return [self.sample(key) for key in keys]
+
+    def sample(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple | None]:
+        """(image, label, None), or, when the row does not decode, another row's (image, label) with (row,
+        replacement row, error): the replacement is ``replacement_row`` of (seed, row, try), with the row's own
+        random stream, so resume and any process count make the same choice. A ValueError when
+        REPLACEMENT_TRIES rows in a row fail (a dataset that mostly does not decode)."""
+        epoch, index = key
+        try:
+            return (*self._load(epoch, index, index), None)
+        except Exception as e:  # noqa: BLE001 (flipped bytes can break any parser on the way: tiles, EXIF, codec)
+            error = e
+        for attempt in range(1, REPLACEMENT_TRIES + 1):
+            other = replacement_row(self.seed, index, attempt, len(self))
+            try:
+                return (*self._load(epoch, other, index), (index, other, str(error)))
+            except Exception:  # noqa: BLE001
+                continue
+        raise ValueError(f"{error}; and {REPLACEMENT_TRIES} rows tried in its place do not decode either") \
+            if not isinstance(error, ValueError) else error
+
+    def _load(self, epoch: int, index: int, stream: int) -> tuple[torch.Tensor, int]:
+        """Row ``index``'s crop, drawn from the random stream of row ``stream`` (itself, unless replacing it)."""
+        size = self.size_at(epoch)
+        rng = sample_rng(self.seed, epoch, stream)
+        data, label = self.rows[index]
+        try:
+            segments = header_segments(data)  # walked once, for the EXIF check and the tiles
+            height, width, fast_ok = probe(data, segments)
+            top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, rng)
+            tiles = layout(data, segments) if fast_ok and segments is not None else None
+            oy = ox = 0  # where the decoded part starts in the file (full-resolution px)
+            if tiles is not None:  # a tiled JPEG (preprocess.py --restart_tile): decode the tiles under the crop
+                data, height, width, oy, ox = region(data, tiles, top, left, h, w)
+            pixels, sy, sx = decode_scaled(data, height, width, dct_factor(min(h, w), size), fast_ok, fast_dct=True)
+        except OSError as e:  # PIL's UnidentifiedImageError / truncated file
+            raise ValueError(f"row {index}: the image does not decode ({e}); rerun preprocess.py") from None
+        # Rounded in the whole image's decoded pixels, then shifted to the part's (tile origins are whole decoded
+        # pixels): rounding after the shift would round halves to even differently, a one-pixel-off crop
+        dy, dx = round(oy * sy), round(ox * sx)
+        y0 = min(round(top * sy), dy + pixels.shape[0] - 1) - dy
+        x0 = min(round(left * sx), dx + pixels.shape[1] - 1) - dx
+        y1, x1 = max(y0 + 1, round((top + h) * sy) - dy), max(x0 + 1, round((left + w) * sx) - dx)
+        out = resize_uint8(torch.from_numpy(pixels)[y0:y1, x0:x1], (size, size), "bilinear")
+        if rng.random() < self.hflip:
+            out = out.flip(-1)
+        if self.augment is not None:
+            # torchvision's ops draw from torch's global RNG: fork it and seed it from this sample's key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(rng.getrandbits(63))
+                out = self.augment(out)
+        return out, label
+
+
+REPLACEMENT_TRIES = 8  # rows tried in place of one that does not decode before the batch fails
+
+
+def replacement_row(seed: int, row: int, attempt: int, num_rows: int) -> int:
+    """The row that stands in for ``row`` on its ``attempt``-th try: any other row, a hash of (seed, row,
+    attempt), so the choice depends on neither epoch, rank, worker nor process count."""
+    if num_rows < 2:
+        return row
+    key = f"replace {seed} {row} {attempt}".encode()
+    return (row + 1 + int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % (num_rows - 1)
+            ) % num_rows
+
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+class EvalSet(torch.utils.data.Dataset):
+    """index -> (uint8 CHW: shorter side resized to floor(image_size / crop_pct), centre crop, label), the classic
+    ``Resize + CenterCrop`` (timm's ``scale_size``); big photos decode at a DCT reduction first."""
+
+    def __init__(self, split: datasets.Dataset, image_size: int, crop_pct: float = 0.875,
+                 interpolation: str = "bilinear"):
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={interpolation!r}: use one of {INTERPOLATIONS}")
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct={crop_pct}: must be in (0, 1]")
+        self.rows = Rows(split)
+        self.image_size, self.interpolation = image_size, interpolation
+        self.resize_size = math.floor(image_size / crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        data, label = self.rows[index]
+        try:
+            height, width, fast_ok = probe(data)
+            # torchvision Resize(int): the shorter side becomes resize_size, the longer int(resize_size * long / short)
+            size = self.resize_size
+            new_h, new_w = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
+            # DCT scaling is a sharper (box-like) filter than the antialiased resize: keep at least a 2x resize after
+            # it, so the eval images, and so the accuracy, match the classic pipeline's (mean error < 1 grey level)
+            pixels, _, _ = decode_scaled(data, height, width, dct_factor(min(height, width), 2 * size), fast_ok,
+                                   fast_dct=False)
+        except Exception:  # noqa: BLE001 (flipped bytes can break any parser on the way: EXIF, codec)
+            # scored by no one: metrics.evaluate leaves it out and reports the row (bad_samples.py)
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -(index + 1)
+        # Resizing the whole (reduced) image then cropping reproduces the classic pipeline exactly, borders included
+        resized = resize_uint8(torch.from_numpy(pixels), (new_h, new_w), self.interpolation)
+        top, left = int(round((new_h - self.image_size) / 2.0)), int(round((new_w - self.image_size) / 2.0))
+        crop = resized.permute(1, 2, 0)[top:top + self.image_size, left:left + self.image_size]
+        return crop.contiguous().permute(2, 0, 1), label  # compact, still HWC in memory (collate's layout)
+
