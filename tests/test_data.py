@@ -593,6 +593,20 @@ def test_resize_layout_does_not_change_values():
         assert (ours.float() - ref.round().clamp(0, 255)).abs().max() <= 1
 
 
+def test_resize_is_f_interpolate_bit_for_bit():
+    """resize_uint8 calls F.interpolate's antialiased kernels directly: the same uint8 pixels, for crop views too; an
+    image already at the size is returned as it is."""
+    pixels = torch.randint(0, 256, (61, 83, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for crop in (pixels, pixels[5:50, 7:70]):
+        for mode in ("bilinear", "bicubic"):
+            for size in ((40, 52), (90, 30)):
+                ref = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None].contiguous(
+                    memory_format=torch.channels_last), size=size, mode=mode, antialias=True)[0]
+                assert torch.equal(resize_uint8(crop, size, mode), ref), (mode, size)
+    same = resize_uint8(pixels[:40, :52], (40, 52), "bilinear")
+    assert torch.equal(same, pixels[:40, :52].permute(2, 0, 1))
+
+
 def test_normalize_matches_torchvision_and_keeps_channels_last():
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     ref = T.Normalize(MEAN, STD)(x.float() / 255)

@@ -33,7 +33,6 @@ from typing import NamedTuple
 import numpy as np
 import simplejpeg
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 SOF_HUFFMAN = (0xC0, 0xC1)  # baseline and extended sequential Huffman frames: one scan, tiles possible
@@ -70,7 +69,7 @@ def header_segments(data: bytes):
             continue
         if marker == 0xD9:  # end of image before any image data
             return None
-        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        end = pos + 2 + (data[pos + 2] << 8 | data[pos + 3])
         if end > len(data) or end < pos + 4:
             return None
         segments.append((marker, pos, end))
@@ -159,13 +158,11 @@ def _scanned_markers(data, scan: int, count: int) -> np.ndarray | None:
 def _indexed_markers(data, index: list, scan: int, count: int) -> np.ndarray | None:
     skip = 4 + len(INDEX_ID)
     parts = [np.frombuffer(data, "<u2", (e - s - skip) // 2, s + skip) for s, e in index]
-    lengths = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    if len(lengths) != count or lengths.min() < 2:
+    # In a training sample this runs between a decode and a resize that evict the caches, where each numpy call
+    # costs several us whatever its size: the first marker and the lengths go through one concatenate and one cumsum
+    markers = np.concatenate([[scan - 2], *parts]).cumsum()
+    if len(markers) != count + 1 or min(part.min(initial=0xFFFF) for part in parts) < 2:
         return None
-    markers = np.empty(count + 1, np.int64)
-    markers[0] = scan - 2
-    np.cumsum(lengths, out=markers[1:])
-    markers[1:] += scan - 2
     # The lengths must add up to the coded data exactly, EOI last: an index left stale by a rewrite of the data
     # (which keeps APPn segments, as jpegtran -copy all does) fails here. The RST markers themselves are not read:
     # one cache miss per tile (~770 of them on a 16 px tiled photo) for bytes most of which no crop needs.
@@ -174,26 +171,28 @@ def _indexed_markers(data, index: list, scan: int, count: int) -> np.ndarray | N
 
 def region(data, tiles: Layout, top: int, left: int, h: int, w: int) -> tuple[bytearray, int, int, int, int]:
     """(JPEG of the tiles under the box, its height, width, and the (top, left) of its first pixel in the file)."""
-    n_rows = -(-(len(tiles.markers) - 1) // tiles.tiles_per_row)
-    r0, r1 = top // tiles.tile_h, min(n_rows, -(-(top + h) // tiles.tile_h))
-    c0, c1 = left // tiles.tile_w, min(tiles.tiles_per_row, -(-(left + w) // tiles.tile_w))
+    per, markers = tiles.tiles_per_row, tiles.markers
+    r0, r1 = top // tiles.tile_h, min(-(-(len(markers) - 1) // per), -(-(top + h) // tiles.tile_h))
+    c0, c1 = left // tiles.tile_w, min(per, -(-(left + w) // tiles.tile_w))
     height = min(tiles.height, r1 * tiles.tile_h) - r0 * tiles.tile_h
     width = min(tiles.width, c1 * tiles.tile_w) - c0 * tiles.tile_w
-    before = tiles.markers[:-1].reshape(-1, tiles.tiles_per_row)[r0:r1, c0:c1]  # the marker before each tile
-    starts = before[:, 0] + 2  # a row's tiles under the box are contiguous in the file, RSTs between them included
-    ends = tiles.markers[1:].reshape(-1, tiles.tiles_per_row)[r0:r1, c1 - 1]
+    # Every tile row has ``per`` tiles (layout), so the markers of rows r0..r1 are one slice of them, and a row's
+    # tiles under the box are contiguous in the file, RSTs between them included: one piece per row
+    block = markers[r0 * per:r1 * per + 1]
+    before = block[:-1].reshape(r1 - r0, per)[:, c0:c1]  # the marker before each tile under the box
     pieces = [tiles.head[:tiles.sof + 5], struct.pack(">HH", height, width), tiles.head[tiles.sof + 9:]]
-    view = memoryview(data)
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        pieces += (view[s:e], RST[0])  # RST[0]: a placeholder between rows, numbered below
+    at = len(pieces[0]) + 4 + len(pieces[2])  # where the next row's data goes in the output
+    view, shifts = memoryview(data), []
+    for start, end in zip(block[c0:-1:per].tolist(), block[c1::per].tolist()):
+        pieces += (view[start + 2:end], RST[0])  # RST[0]: a placeholder between rows, numbered below
+        shifts.append(at - start - 1)  # file offset of a byte of this row + shift = its output offset
+        at += end - start
     pieces[-1] = b"\xff\xd9"
     out = bytearray().join(pieces)
     # Renumber every marker: the one before the part's tile q (q >= 1) must be RST (q - 1) % 8 (decoders check the
-    # sequence). Tile c of output row j has its marker at the row's output offset + (file offset - row start);
-    # for c = 0 that is the placeholder after row j - 1.
-    lengths = ends - starts + 2
-    rows_at = len(pieces[0]) + 4 + len(pieces[2]) + np.cumsum(lengths) - lengths
-    codes_at = (before + (rows_at - starts + 1)[:, None]).ravel()[1:]
+    # sequence). Its code byte follows the 0xFF at the file offset in ``before``; for a row's first tile that is the
+    # placeholder after the row above (the first row's: inside the header, left out).
+    codes_at = (before + np.array(shifts)[:, None]).ravel()[1:]
     np.frombuffer(out, np.uint8)[codes_at] = _rst_codes(len(codes_at))
     return out, height, width, r0 * tiles.tile_h, c0 * tiles.tile_w
 
@@ -279,10 +278,15 @@ def resize_uint8(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torc
     size-1 batch dim with a stride other than H*W*C, silently takes the generic kernel, ~1.6x slower. So the input
     is laid out exactly so (a copy for a crop: cheaper than what it saves; numpy's row-by-row copy of a crop view
     takes a quarter of the time of torch's strided 4-D copy)."""
-    if not pixels.is_contiguous():
-        pixels = torch.from_numpy(np.ascontiguousarray(pixels.numpy()))
-    x = pixels[None].permute(0, 3, 1, 2)  # channels_last-contiguous NCHW over the HWC pixels
-    if tuple(x.shape[2:]) == tuple(size):
-        return x[0]
-    return F.interpolate(x, size=size, mode=mode, antialias=True)[0]
+    pixels = np.ascontiguousarray(pixels.numpy())  # a copy only for a crop view
+    if pixels.shape[:2] == tuple(size):
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+    x = torch.from_numpy(pixels)[None].permute(0, 3, 1, 2)  # channels_last-contiguous NCHW over the HWC pixels
+    return RESIZE_AA[mode](x, size, False)[0]
+
+
+# The bindings F.interpolate(antialias=True, align_corners=False) calls, called directly: the same pixels without its
+# Python argument checks. They are torch's private names, stable within the torch that requirements.txt pins;
+# tests/test_data.py checks the pixels against F.interpolate's.
+RESIZE_AA = {"bilinear": torch._C._nn._upsample_bilinear2d_aa, "bicubic": torch._C._nn._upsample_bicubic2d_aa}
 
