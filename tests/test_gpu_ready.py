@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import train
 from test_fsdp import free_port
@@ -121,13 +123,15 @@ def test_compiled_graphs_are_bounded_across_progressive_resizing(probe, preproce
     assert counts[0]["graphs"] == len(sizes) + 1
 
 
-def test_sigterm_checkpoints_and_exits_75_then_resumes(preprocessed, tmp_path):
-    """SIGTERM (preemption) like SIGUSR1: checkpoint at the next step, the stop record names it, status 75; and a
-    SIGTERM while train.py is still importing is remembered, not fatal."""
-    out = tmp_path / "run"
-    cmd = train_cmd(preprocessed, out, "--epochs", 50)
+def test_sigterm_checkpoints_and_exits_75_then_resumes_bitwise(preprocessed, tmp_path):
+    """SIGTERM (preemption) like SIGUSR1: checkpoint at the next step, the stop record names it, status 75, and the
+    resumed run ends on the uninterrupted run's weights bit for bit; the SIGTERM is sent while train.py is still
+    importing, and is remembered, not fatal."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    common = ("--epochs", 2, "--save_every_steps", 1, "--keep_last", 100)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_cmd(preprocessed, out, *common), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # python is up, torch is still importing
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
@@ -135,7 +139,12 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(preprocessed, tmp_path):
     record = json.loads((out / train.STOPPED_RECORD).read_text())
     assert record["signal"] == "SIGTERM" and record["exit_status"] == 75 and record["step"] >= 1
     assert Path(record["checkpoint"]).name == f"step_{record['step']:08d}"
-    ok(run(train_cmd(preprocessed, out, "--epochs", 1, "--resume_from_checkpoint", "latest")))
+    ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest")))
+    ok(run(train_cmd(preprocessed, straight, *common)))
+    last = max(p.name for p in (straight / "checkpoints").glob("step_*"))
+    assert last > Path(record["checkpoint"]).name, "stopped too late to test anything"
+    mine, reference = (load_file(run_dir / "checkpoints" / last / "model.safetensors") for run_dir in (out, straight))
+    assert mine.keys() == reference.keys() and all(torch.equal(mine[k], reference[k]) for k in mine)
 
 
 def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
