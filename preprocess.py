@@ -491,9 +491,8 @@ def start_or_resume(work: Path, job: dict) -> None:
     atomic_write_text(job_file, json.dumps(job, indent=1))
 
 
-SOURCE_FILE = "source.json"  # where the data came from: read by model cards
 OWN_FILES = ("dataset_dict.json", "preprocess_report.json", ilsvrc.DESCRIPTIONS_FILE, "config.yaml", "run_info.json",
-             SOURCE_FILE)  # beside the split folders; with these, a pre-manifest output of this script is recognised
+             manifest.SOURCE_FILE)  # beside the split folders: how an output that lost its manifest is recognised
 
 
 def not_ours(out: Path, own: set[str]) -> list[str]:
@@ -511,8 +510,8 @@ def not_ours(out: Path, own: set[str]) -> list[str]:
     return sorted(found)
 
 
-def pre_manifest_files(out: Path) -> set[str]:
-    """The files of an output written before manifests existed: OWN_FILES and the split folders' contents."""
+def files_without_manifest(out: Path) -> set[str]:
+    """The files of an output without its manifest (an interrupted copy): OWN_FILES and the split folders' contents."""
     try:
         splits = json.loads((out / "dataset_dict.json").read_text())["splits"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -549,13 +548,13 @@ def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
         return True
     if not overwrite:
         if m is None:
-            why = f"{out} is a preprocess.py output from before {manifest.MANIFEST}"
+            why = f"{out} is a preprocess.py output without its {manifest.MANIFEST} (an interrupted copy?)"
         elif m.get("job") != job:
             why = f"{out} holds a preprocess.py output of other inputs or settings ({job_changes(m['job'], job)})"
         else:
             why = damaged
         raise SystemExit(f"error: --output_dir: {why}; add --overwrite to replace it, or choose another folder")
-    foreign = not_ours(out, {*m["files"], manifest.MANIFEST} if m is not None else pre_manifest_files(out))
+    foreign = not_ours(out, {*m["files"], manifest.MANIFEST} if m is not None else files_without_manifest(out))
     if foreign:
         raise SystemExit(f"error: --overwrite: {out / foreign[0]} is not preprocess.py's ({len(foreign)} such "
                          f"paths in {out}); move them out, then run again")
@@ -741,7 +740,7 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
     }
     atomic_write_text(work / "preprocess_report.json", json.dumps(report, indent=1))
     atomic_write_text(work / ilsvrc.DESCRIPTIONS_FILE, json.dumps(listing.descriptions, indent=0))
-    atomic_write_text(work / SOURCE_FILE, json.dumps(source_info(listing, data_dir, cfg, counts), indent=1))
+    atomic_write_text(work / manifest.SOURCE_FILE, json.dumps(source_info(listing, data_dir, cfg, counts), indent=1))
     write_run_info(work, cfg)
     files = {os.path.relpath(s.path, work): r["file"] for s, r in zip(shards, reports)}
     for split in splits:
