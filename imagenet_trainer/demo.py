@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -52,10 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import Image
 
 from imagenet_trainer import ilsvrc
 from imagenet_trainer.config import parse_config
+from imagenet_trainer.demo_quirks import BOX_FAULTS, BOX_XML, SAVE, TRAIN_FAULTS, VAL_FAULTS, jpeg_bytes, random_box
 
 MANIFEST = "demo_manifest.json"
 # what a demo tree's images are, for source.json and the cards: ILSVRC's layout and wnids, none of ImageNet's images
@@ -148,19 +148,6 @@ def _digit_instance(pixels: np.ndarray, rng) -> tuple[Image.Image, tuple]:
     return img, tuple(round(v, 1) for v in box)
 
 
-def _random_box(w: int, h: int, rng) -> tuple:
-    """An integer box covering 30-90% of each side, inside the image."""
-    bw, bh = int(w * rng.uniform(0.3, 0.9)), int(h * rng.uniform(0.3, 0.9))
-    x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-    return (x, y, x + bw, y + bh)
-
-
-def _jpeg(img: Image.Image, rng) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=int(rng.integers(75, 96)), progressive=bool(rng.random() < 0.2))
-    return buf.getvalue()
-
-
 def _voc_xml(folder: str, stem: str, size: tuple, objects: list, filename: str | None = None) -> str:
     objs = "".join(
         f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
@@ -174,105 +161,6 @@ def _voc_xml(folder: str, stem: str, size: tuple, objects: list, filename: str |
 def _prediction_string(objects: list) -> str:
     # the real files end each row with a space
     return "".join(f"{name} {x0:g} {y0:g} {x1:g} {y1:g} " for name, x0, y0, x1, y1 in objects)
-
-
-# -- the planted quirks: each saves `img` at `path` as ImageNet has it and returns the pixels stored ------------------
-
-def _save_cmyk(path: Path, img: Image.Image, rng) -> Image.Image:
-    img.convert("CMYK").save(path, "JPEG", quality=90)
-    return img
-
-
-def _save_grayscale(path: Path, img: Image.Image, rng) -> Image.Image:
-    img.convert("L").save(path, "JPEG", quality=90)
-    return img
-
-
-def _save_png_named_jpeg(path: Path, img: Image.Image, rng) -> Image.Image:
-    img.save(path, "PNG")
-    return img
-
-
-def _save_exif_orientation_6(path: Path, img: Image.Image, rng) -> Image.Image:
-    """Stored turned a quarter to the left with Orientation=6, so viewers turn it back upright; its box is drawn in
-    stored-pixel coordinates (ImageNet's annotation tool showed raw pixels) and painted pure red, so a test can check
-    that preprocess.py turns box and pixels the same way. The box is ``img.info["box"]``."""
-    stored = img.transpose(Image.Transpose.ROTATE_90)
-    box = _random_box(*stored.size, rng)
-    raw = np.asarray(stored.convert("RGB")).copy()
-    raw[box[1]:box[3], box[0]:box[2]] = (255, 0, 0)
-    exif = Image.Exif()
-    exif[ExifTags.Base.Orientation] = 6
-    stored = Image.fromarray(raw)
-    stored.save(path, "JPEG", quality=95, exif=exif)
-    stored.info["box"] = box
-    return stored
-
-
-def _save_truncated(path: Path, img: Image.Image, rng) -> Image.Image:
-    path.write_bytes(_jpeg(img, rng)[:-600])  # no EOI marker, the last scan cut short
-    return img
-
-
-def _save_empty(path: Path, img: Image.Image, rng) -> Image.Image:
-    path.write_bytes(b"")
-    return img
-
-
-def _save_garbage(path: Path, img: Image.Image, rng) -> Image.Image:
-    path.write_bytes(rng.bytes(2048))
-    return img
-
-
-def _save_jpeg(path: Path, img: Image.Image, rng) -> Image.Image:
-    path.write_bytes(_jpeg(img, rng))
-    return img
-
-
-SAVE = {"cmyk": _save_cmyk, "val_cmyk": _save_cmyk, "grayscale": _save_grayscale,
-        "png_named_jpeg": _save_png_named_jpeg, "exif_orientation_6": _save_exif_orientation_6,
-        "truncated": _save_truncated, "empty": _save_empty, "garbage": _save_garbage, None: _save_jpeg}
-
-
-# -- the box quirks in a train image's XML: (wnid, box, width, description) -> (objects, <filename> or None) ----------
-
-def _box_float(wnid, box, w, description):
-    return [(wnid, box[0] + 0.5, box[1] + 0.25, box[2] - 0.5, box[3] - 0.75)], None
-
-
-def _box_past_edge(wnid, box, w, description):
-    return [(wnid, box[0], box[1], w + 37, box[3])], None
-
-
-def _box_inverted(wnid, box, w, description):
-    return [(wnid, *box), (wnid, box[2], box[1], box[0], box[3])], None
-
-
-def _box_filename_placeholder(wnid, box, w, description):
-    return [(wnid, *box)], "%s"
-
-
-def _box_human_name(wnid, box, w, description):
-    return [(description, *box)], None
-
-
-def _box_unknown_name(wnid, box, w, description):
-    return [("not a synset", *box)], None
-
-
-def _box_plain(wnid, box, w, description):
-    return [(wnid, *box)], None
-
-
-BOX_XML = {"box_float": _box_float, "box_past_edge": _box_past_edge, "box_inverted": _box_inverted,
-           "box_filename_placeholder": _box_filename_placeholder, "box_human_name": _box_human_name,
-           "box_unknown_name": _box_unknown_name, None: _box_plain}
-# where faults=True plants them: (class, index in class) of train, index of val
-TRAIN_FAULTS = {(0, 0): "cmyk", (0, 1): "exif_orientation_6", (1, 0): "grayscale", (1, 1): "truncated",
-                (2, 1): "png_named_jpeg"}
-BOX_FAULTS = {(0, 2): "box_float", (1, 2): "box_past_edge", (2, 2): "box_inverted", (0, 3): "box_filename_placeholder",
-              (1, 3): "box_human_name", (2, 3): "box_unknown_name"}
-VAL_FAULTS = {0: "val_cmyk", 1: "empty", 3: "box_several"}
 
 
 class _Instances:
@@ -310,7 +198,7 @@ class _Instances:
         if label not in self.photos:
             self.photos[label] = _photo(label)
         img = _photo_instance(self.photos[label], self.rng, self.long_side, self.grain)
-        return img, _random_box(*img.size, self.rng)
+        return img, random_box(*img.size, self.rng)
 
 
 class _Tree:
@@ -431,7 +319,7 @@ def _write_val(tree: _Tree, instance: _Instances, per_class: int, faults: bool):
         objects = [(wnids[label], *box)]
         if kind == "box_several":
             tree.plant(kind, "validation", stem, path)
-            objects += [(wnids[label], *_random_box(*size, rng)), (wnids[label], *_random_box(*size, rng))]
+            objects += [(wnids[label], *random_box(*size, rng)), (wnids[label], *random_box(*size, rng))]
         tree.manifest["val_labels"][stem] = int(label)
         tree.manifest["xml_objects"][stem] = [list(o) for o in objects]
         (tree.ann["validation"] / f"{stem}.xml").write_text(_voc_xml("val", stem, size, objects))
@@ -476,7 +364,7 @@ def _folder_image(task: tuple) -> None:
     """Worker of make_folder_tree: write one photo instance to its path."""
     path, label, key, long_side, grain = task
     rng = np.random.default_rng(key)
-    Path(path).write_bytes(_jpeg(_photo_instance(_class_photo(label), rng, long_side, grain), rng))
+    Path(path).write_bytes(jpeg_bytes(_photo_instance(_class_photo(label), rng, long_side, grain), rng))
 
 
 @functools.lru_cache(maxsize=16)
