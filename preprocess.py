@@ -239,7 +239,7 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why))
 
 
-# Below this a file's entropy decoding takes ~0.1 ms and the tile bookkeeping costs about what skipping saves
+# Below this the tile bookkeeping costs about what skipping the tiles outside the crop saves
 # (BENCHMARKS.md: 24 KB files break even, 13-17 KB ones lose 5-13%, 46 KB ones gain 12-23% a sample).
 TILE_MIN_BYTES = 24_000
 

@@ -18,6 +18,11 @@ reclaims) to any rank makes all ranks checkpoint at the same optimizer step and 
 leaving STOPPED_RECORD in the run folder (imagenet_trainer/stop_signals.py). One process stops at the next step;
 several agree at the next --log_every_steps boundary, the one point per interval where the ranks talk to the host.
 A checkpoint every --save_every_minutes bounds what a SIGKILL can cost.
+
+Longer than 400 lines because the recipe and the steps only training takes stay in the one file a reader follows:
+set-up, data, model, resume, the epoch (EpochTrainer), evaluation, checkpoint, export. What other scripts share or
+what stands on its own lives in imagenet_trainer/: the run folder (run_folder.py), stopping (stopping.py), the
+loaders' host side (loader_setup.py), FSDP (fsdp.py), checkpoints on disk (checkpoints.py).
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
 from safetensors import SafetensorError
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
@@ -53,22 +58,18 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer import checkpoints, metrics
-from imagenet_trainer.bad_samples import RECORD as BAD_SAMPLES_RECORD
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
-from imagenet_trainer.fsdp import fsdp_mesh, shard_norm_layers
+from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
-from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
-from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
-from imagenet_trainer import stop_signals
-from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
-
-RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
-             STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
-RUN_FILES |= {BAD_SAMPLES_RECORD, LOCK_FILE}
-
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, check_shm, loader_workers, local_processes, on_device
+from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together
+from imagenet_trainer.runlock import in_use
+from imagenet_trainer.runinfo import share_tree, write_run_info
+from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
+from imagenet_trainer.stopping import StopSignal, exit_stopped
 
 @dataclass(kw_only=True)  # kw_only: --dataset, required, stands among fields with defaults
 class TrainConfig:
@@ -117,9 +118,9 @@ class TrainConfig:
     # checkpoints, logging, sharing
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
     save_every_minutes: float = 30.0  # also checkpoint when this many minutes passed since the last one (0: off):
-    # what a SIGKILL (host crash, OOM kill, preemption without grace) costs at most; a ResNet-50 checkpoint (~200 MB
-    # with SGD momentum) takes seconds to write, under 0.5% of 30 minutes, while one ImageNet epoch on one GPU is
-    # ~6 min (ResNet-50) to hours (bigger nets, slower GPUs). Checked at --log_every_steps boundaries.
+    # what a SIGKILL (host crash, OOM kill, preemption without grace) costs at most, while the checkpoint writes
+    # take a small share of the run; an epoch-end checkpoint alone can be hours apart for big nets on one GPU.
+    # Checked at --log_every_steps boundaries.
     keep_last: int = 2  # checkpoints kept besides the best one
     resume_from_checkpoint: str = ""  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
     log_every_steps: int = 50  # progress-bar/tracker update and NaN check interval, in optimizer steps
@@ -257,7 +258,7 @@ def main(argv=None):
                 save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
                 stop.saved()
                 if stopped is Stopped.STOP_SIGNAL:
-                    exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
+                    exit_stopped(accelerator, state.step, ckpt_dir, stop.signal_name())
             row = trainer.finish()
             row.update(evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, started,
                                            run_dir / "final", labels, data_cfg, steps_per_epoch))
@@ -266,7 +267,7 @@ def main(argv=None):
             stop.saved()
             log_epoch(accelerator, row, run_dir, bar, train_loader.bad, cfg.eval_split)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
-                exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
+                exit_stopped(accelerator, state.step, ckpt_dir, stop.signal_name())
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -324,50 +325,6 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
                     "end or give another --output_dir")
     check_output_dir(run_dir, ckpt_dir, cfg.resume_from_checkpoint)
     hold_output_dir(accelerator, run_dir)
-
-
-def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
-    """One run per folder, fresh or resumed, from its first second: the main process locks run_dir for its lifetime
-    (imagenet_trainer/runlock.py), once check_output_dir has found it new, empty or a run's."""
-    refusal = None
-    if accelerator.is_main_process:
-        try:
-            lock = FolderLock(run_dir, "--output_dir").acquire()
-        except ValueError as e:
-            refusal = f"error: {e}"
-        else:
-            if lock.took_over:
-                accelerator.print(lock.took_over)
-    refuse_together(accelerator, refusal)
-
-
-def refuse_together(accelerator: Accelerator, refusal: str | None) -> None:
-    """The main process's refusal (or None) on every rank, so all of them exit with it."""
-    if accelerator.num_processes > 1:
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal:
-        raise SystemExit(refusal)
-
-
-def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
-    """A fresh run goes into a new or empty folder, or one holding only what an earlier start of train.py wrote
-    before it saved anything (a failed start never blocks its own command). A run needs --resume_from_checkpoint;
-    a folder with anything else in it is refused, so a run never mixes with, or overwrites, a user's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SystemExit(f"error: --output_dir {run_dir} is a file; give a new or empty folder")
-    names = {p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-             and p.name != LOCK_FILE} if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write a kill cut
-    if (run_dir / "metrics.jsonl").exists() or ckpt_dir.exists():
-        if not resume_from:
-            raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
-                             "--resume_from_checkpoint latest, or pick a new --output_dir")
-        return
-    earlier_start = "run_info.json" in names and names <= RUN_FILES  # of train.py, stopped before it saved
-    if names and not earlier_start:
-        foreign = sorted(names - RUN_FILES) or sorted(names)
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise SystemExit(f"error: --output_dir {run_dir} is not empty and holds no train.py run ({shown}); give a "
-                         "new or empty folder (train.py writes only into its own)")
 
 
 def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> None:
@@ -469,41 +426,6 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     return train_loader, eval_loader
 
 
-PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
-SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
-
-
-def local_processes() -> int:
-    """Processes launched on this machine: torchrun (and accelerate launch through it) sets LOCAL_WORLD_SIZE."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-
-
-def loader_workers(requested: int, print_fn=print) -> int:
-    """--num_workers, or for -1 the cores this process may run on (its affinity: taskset, SLURM's cpuset, a
-    container's --cpus) shared among this machine's processes, less one for the process itself (it runs the step);
-    says what it chose."""
-    if requested >= 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(0, cores // local_processes() - 1)
-    print_fn(f"--num_workers {workers}: {cores} cores for {local_processes()} process(es) on this machine, one each "
-             "for the process itself")
-    return workers
-
-
-def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
-    """Refuse to start when `shm` cannot hold the batches the workers of this machine's processes keep in flight
-    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
-    if not workers or not os.path.isdir(shm):
-        return
-    need, free = processes * workers * PREFETCH_FACTOR * batch_bytes, shutil.disk_usage(shm).free
-    if free < need:
-        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
-                         f"DataLoader workers x {PREFETCH_FACTOR} batches of {batch_bytes / 2**20:.1f} MiB need "
-                         f"{need / 2**20:.0f} MiB: give the container more (docker run --shm-size={need // 2**30 + 1}g)"
-                         f" or lower --num_workers / --batch_size")
-
-
 def convert_norm_and_memory_format(model: torch.nn.Module, cfg: TrainConfig,
                                    accelerator: Accelerator) -> torch.nn.Module:
     """--sync_bn and --channels_last, before the optimizer sees the parameters."""
@@ -528,36 +450,6 @@ def compile_model(model, compile: bool, accelerator: Accelerator):
         raise SystemExit("error: --compile with FSDP compiles almost nothing (FSDP2's hooks are not traced); "
                          "drop --compile, or use a DDP launch config (accelerate_configs/multi_gpu.yaml)")
     return torch.compile(model, dynamic=False)
-
-
-# Gradients are reduce-scattered in fp32 under FSDP mixed precision: the regime of DDP + autocast, whose gradients of
-# the fp32 parameters are all-reduced in fp32. bf16 would halve that traffic at the cost of 8-bit mantissa sums.
-FSDP_REDUCE_DTYPE = torch.float32
-
-
-def prepare_fsdp(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
-    """What FSDP2 needs from a CNN before accelerate's prepare shards its blocks and root (a no-op otherwise).
-
-    - Contiguous parameters: fully_shard refuses non-contiguous ones, and a k x k conv weight in channels_last is one.
-      The input stays channels_last, which still selects cuDNN's NHWC kernels (the weight is converted per call).
-    - Norm layers keep fp32 parameters and statistics under bf16/fp16: all of them form one FSDP unit with an fp32
-      policy that casts each one's input up and its output back down (imagenet_trainer/fsdp.py); one bf16 policy for
-      all would make BatchNorm's weight bf16 beside fp32 running stats. It uses accelerate's own FSDP sub-mesh, so
-      HSDP (--parallelism_config_dp_replicate_size) replicates and shards it as it does the blocks.
-    - The reduction dtype for the rest is FSDP_REDUCE_DTYPE (accelerate's default would reduce in bf16).
-    Call it before the optimizer is built: sharding replaces the parameters."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy  # noqa: PLC0415 (FSDP launches only)
-
-    plugin = accelerator.state.fsdp_plugin
-    model = model.to(memory_format=torch.contiguous_format)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
-    if compute is None:
-        return model
-    plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=FSDP_REDUCE_DTYPE)
-    shard_norm_layers(model, compute, fsdp_mesh(accelerator))
-    return model
 
 
 def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
@@ -737,103 +629,6 @@ class EpochTrainer:
         if epoch_done:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         return row
-
-
-def on_device(batches, device: torch.device):
-    """The loader's (images, labels) on `device`. On CUDA the next batch's copy is issued on a side stream as soon as
-    the current one is handed out, so it overlaps the step's compute (pinned batches: a true async copy) instead of
-    queueing behind it; the compute stream waits for it only when it uses it."""
-    if device.type != "cuda":
-        for batch in batches:
-            yield tuple(t.to(device) for t in batch)
-        return
-    stream = torch.cuda.Stream(device)
-
-    def copy(batch):
-        with torch.cuda.stream(stream):
-            return tuple(t.to(device, non_blocking=True) for t in batch)
-
-    batches = iter(batches)
-    pending = copy(next(batches, None) or ())
-    while pending:
-        current = torch.cuda.current_stream(device)
-        current.wait_stream(stream)
-        for t in pending:
-            t.record_stream(current)  # its memory is the compute stream's to free, not the side stream's
-        ready, pending = pending, copy(next(batches, None) or ())
-        yield ready
-
-
-class StopSignal:
-    """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
-    and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
-    [non-finite count, loss sum, one count per stop signal, save-due flag], read once. One process also reads its own
-    signal flag every step (no device round trip); several act on it at the next check, so all stop at the same
-    step, and every rank knows which signal it was, wherever it arrived."""
-
-    def __init__(self, save_every_minutes: float):
-        stop_signals.install()
-        self.save_every_s = save_every_minutes * 60
-        self.last_save = time.monotonic()
-        self.signals, self.save_due = [], False  # what the ranks agreed at the last check
-
-    def requested(self, num_processes: int) -> bool:
-        return bool(stop_signals.received) if num_processes == 1 else bool(self.signals)
-
-    def signal_name(self) -> str:
-        return "+".join(sig.name for sig in self.signals or dict.fromkeys(stop_signals.received))
-
-    def saved(self) -> None:
-        self.last_save, self.save_due = time.monotonic(), False
-
-    def check(self, accelerator: Accelerator, model, loss_sum: torch.Tensor, loss_count: int, step: int,
-              ckpt_dir: Path) -> float:
-        """The mean train loss so far (over ranks); updates `signals`/`save_due`; stops the run, before a NaN/inf
-        reaches a checkpoint, when the loss or a weight is not finite (the last checkpoint stays the last good one)."""
-        bad = (~torch.isfinite(loss_sum)).sum()
-        for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
-            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
-        due = 0 < self.save_every_s <= time.monotonic() - self.last_save
-        host = torch.tensor([*self._local_counts(), float(due)])
-        flags = torch.cat([bad.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
-        nonfinite, total_loss, *counts, save_due = accelerator.reduce(flags, "sum").tolist()
-        loss = total_loss / accelerator.num_processes / max(1, loss_count)
-        if nonfinite:
-            raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
-                             f"and weights); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
-                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
-        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS, counts) if n]
-        self.save_due = save_due > 0
-        return loss
-
-    def agreed(self, accelerator: Accelerator) -> bool:
-        """Whether any rank got a stop signal, asked of all of them now (a collective: once an epoch)."""
-        if accelerator.num_processes == 1:
-            return bool(stop_signals.received)
-        counts = torch.tensor(self._local_counts(), device=accelerator.device)
-        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS,
-                                              accelerator.reduce(counts, "sum").tolist()) if n]
-        return bool(self.signals)
-
-    @staticmethod
-    def _local_counts() -> list[float]:
-        return [float(sig in stop_signals.received) for sig in stop_signals.STOP_SIGNALS]
-
-
-def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path, signal_name: str) -> None:
-    """After the checkpoint a stop signal asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
-    accelerate launch and torchrun report any rank's non-zero status as 1, so the record (written before any rank
-    exits) is what tells slurm/train.sbatch to requeue through them."""
-    checkpoint = latest_checkpoint(ckpt_dir)
-    if accelerator.is_main_process:
-        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
-            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": state.step,
-             "checkpoint": str(checkpoint), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
-        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written; exiting with status "
-                          f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    raise SystemExit(STOPPED_STATUS)
 
 
 def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan: StepPlan, cfg: TrainConfig,

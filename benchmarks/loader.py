@@ -37,6 +37,9 @@ pip install ffcv. One core: the whole run is pinned to one CPU (DALI num_threads
 helper threads share that core); --num_workers N: N threads each, on all CPUs.
 --memory_check: RSS of one DataLoader worker after reading 1024 rows spread over a 10k-row and a 100k-row dataset
 (rows repeated from OUT): anonymous memory must not grow with the row count (the rows stay memory-mapped).
+
+Longer than 400 lines: one benchmark, its two sides, its peers' runner and its optional checks, in the file its
+report comes from; benchmarks/loader_peers.py is what runs inside a peer's interpreter.
 """
 from __future__ import annotations
 

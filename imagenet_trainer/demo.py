@@ -91,7 +91,7 @@ class DemoConfig:
     long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
     grain: float = 0.0  # photos: film grain std-dev, grey levels; long_side 500 + grain 32: ~106 KB files (ImageNet)
     layout: str = "ilsvrc"  # "ilsvrc" (Kaggle's tree, everything above) or "folders" (photos in class folders)
-    num_proc: int = 1  # processes for --layout folders (one image is ~60 ms at 500 px with grain)
+    num_proc: int = 1  # processes for --layout folders (ImageNet-sized images with grain are slow to make)
 
 
 def _description(source: str, k: int) -> str:
@@ -104,7 +104,7 @@ def _description(source: str, k: int) -> str:
 
 def _photo(k: int) -> np.ndarray:
     """The HxWx3 uint8 source photo of class k."""
-    import skimage.data  # imported here: it takes ~0.4 s and the digits source does not need it
+    import skimage.data  # imported here: a slow import the digits source does not need
 
     name = PHOTOS[k % len(PHOTOS)]
     img = getattr(skimage.data, name)()
@@ -177,7 +177,7 @@ class _Instances:
     def _pick_digits(self, num_classes: int, per_class: int, num_test: int) -> None:
         """The stratified split: per digit, the first train_per_class + val_per_class of a permutation; test from
         the rest."""
-        from sklearn.datasets import load_digits  # imported here: ~1 s, photos do not need it
+        from sklearn.datasets import load_digits  # imported here: a slow import the photos do not need
 
         self.digits = load_digits()
         self.by_class = [self.rng.permutation(np.flatnonzero(self.digits.target == k)) for k in range(num_classes)]
