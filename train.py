@@ -208,26 +208,12 @@ def main(argv=None):
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples, run_dir)
     train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
-    steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
-                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_loader.dataset)} train images")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_train_steps:
-        total_steps = min(total_steps, cfg.max_train_steps)
+    steps_per_epoch, total_steps = count_steps(cfg, train_loader, accelerator.num_processes)
 
     # SyncBatchNorm/channels_last, FSDP, optimizer, schedule
     model = convert_norm_and_memory_format(model, cfg, accelerator)
     model = prepare_fsdp(model, accelerator)  # a no-op unless the launch config asks for FSDP
-    global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
-    peak_lr = cfg.lr * global_batch / 256
-    try:
-        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
-                                        momentum=cfg.momentum)
-    except ValueError as e:
-        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
-    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                              total_steps=total_steps, min_lr=cfg.min_lr)
+    optimizer, lr_at = build_optimizer(model, cfg, accelerator.num_processes, steps_per_epoch, total_steps)
 
     # prepare, compile, EMA, resume
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
@@ -424,6 +410,31 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     train_loader = RecordingLoader(train_set, batch_sampler=sampler, bad=bad, **loader_kw)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
     return train_loader, eval_loader
+
+
+def count_steps(cfg: TrainConfig, train_loader, num_processes: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, optimizer steps of the run: --epochs of them, or --max_train_steps if fewer)."""
+    steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {num_processes} processes x "
+                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_loader.dataset)} train images")
+    total_steps = cfg.epochs * steps_per_epoch
+    return steps_per_epoch, min(total_steps, cfg.max_train_steps) if cfg.max_train_steps else total_steps
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int, steps_per_epoch: int,
+                    total_steps: int):
+    """(--optimizer over `model`'s parameters, the LR of each optimizer step): --lr scaled to the global batch."""
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * num_processes
+    peak_lr = cfg.lr * global_batch / 256
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum)
+    except ValueError as e:
+        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
+    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                              total_steps=total_steps, min_lr=cfg.min_lr)
+    return optimizer, lr_at
 
 
 def convert_norm_and_memory_format(model: torch.nn.Module, cfg: TrainConfig,
