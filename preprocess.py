@@ -61,6 +61,10 @@ Choices:
   Arrow file in OUT.tmp/, in the very layout ``save_to_disk`` uses, so assembling OUT moves no data. A killed run
   resumes from OUT.tmp without redoing finished shards and gives the same dataset; OUT appears by one rename when
   complete. Memory is flat in the number of images: a worker holds at most one Arrow batch of encoded images.
+
+Longer than 400 lines because the recipe and the steps only this script takes stay in the file a reader follows
+(listing, encoding, shards, the output's safety, assembly); the input trees are listed in imagenet_trainer/
+(image_tree.py, archives.py, eval_sets.py) and the output's manifest is manifest.py.
 """
 from __future__ import annotations
 
@@ -157,66 +161,9 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} is Kaggle's ILSVRC tree, which has its own validation "
                              "split; drop --val_fraction")
-        return Listing(layout, *list_ilsvrc_splits(data_dir))
+        return Listing(layout, *image_tree.list_ilsvrc_splits(data_dir))
     names, splits, warnings = image_tree.list_splits(data_dir, layout, val_fraction, split_seed)
     return Listing(layout, names, list(names), splits, warnings)
-
-
-def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
-    """(wnids, descriptions, {split: Split}, warnings) of Kaggle's tree."""
-    hint = "is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?"
-    for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *(ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation"))):
-        if not (data_dir / rel).exists():
-            raise ValueError(f"{data_dir / rel}: not found ({hint})")
-    wnids, descriptions = ilsvrc.read_synset_mapping(data_dir / ilsvrc.SYNSET_MAPPING)
-    warnings = []
-    annotation_dirs = {}
-    for split, rel in ilsvrc.ANNOTATION_DIRS.items():
-        if (data_dir / rel).is_dir():
-            annotation_dirs[split] = rel
-        else:
-            warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
-                                                                 f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
-
-    train, missing = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
-    if missing:
-        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images (no folder, an "
-                        f"empty one, or files only in subfolders), e.g. {missing[0]}")
-
-    val_dir = data_dir / ilsvrc.SPLIT_DIRS["validation"]
-    val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
-    index = {w: i for i, w in enumerate(wnids)}
-    val, strays = [], []
-    for name in ilsvrc.list_images(val_dir):
-        stem, ext = os.path.splitext(name)
-        if stem not in val_csv and ext.lower() not in ilsvrc.IMAGE_EXTENSIONS:
-            strays.append(name)  # a readme.txt: not an image, so not a val image without a label
-            continue
-        if stem not in val_csv:
-            raise ValueError(f"{val_dir / name}: no row {stem!r} in {data_dir / ilsvrc.VAL_SOLUTION}, so no label")
-        val.append((name, index[val_csv[stem][0][0]]))  # the label is the first box's wnid
-    if strays:
-        warnings.append(f"{len(strays)} non-image files in {val_dir} left out, e.g. {strays[0]}")
-    if not val and any(p.is_dir() for p in val_dir.iterdir()):
-        raise ValueError(f"{val_dir}: no images, only subfolders; preprocess.py reads Kaggle's flat val/ with "
-                         f"{ilsvrc.VAL_SOLUTION} (undo a valprep.sh-style sort into class folders)")
-    if len(val_csv) > len(val):
-        warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {val_dir}")
-
-    splits = {
-        "train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train, {}),
-        "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
-    }
-    test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
-    test = [(name, -1) for name in ilsvrc.list_images(test_dir)] if test_dir.is_dir() else []
-    if test:
-        splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
-    else:  # unlabelled anyway; people delete its 13 GB
-        warnings.append(f"{test_dir}: no images; the dataset has train and validation only")
-    for split, s in splits.items():
-        if not s.items:
-            raise ValueError(f"{data_dir / s.image_dir}: no images, the {split} split would be empty")
-    return wnids, descriptions, splits, warnings
 
 
 def make_features(wnids: list[str]) -> datasets.Features:
@@ -292,7 +239,7 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why))
 
 
-# Below this a file's entropy decoding takes ~0.1 ms and the tile bookkeeping costs about what skipping saves
+# Below this the tile bookkeeping costs about what skipping the tiles outside the crop saves
 # (BENCHMARKS.md: 24 KB files break even, 13-17 KB ones lose 5-13%, 46 KB ones gain 12-23% a sample).
 TILE_MIN_BYTES = 24_000
 
@@ -491,9 +438,8 @@ def start_or_resume(work: Path, job: dict) -> None:
     atomic_write_text(job_file, json.dumps(job, indent=1))
 
 
-SOURCE_FILE = "source.json"  # where the data came from: read by model cards
 OWN_FILES = ("dataset_dict.json", "preprocess_report.json", ilsvrc.DESCRIPTIONS_FILE, "config.yaml", "run_info.json",
-             SOURCE_FILE)  # beside the split folders; with these, a pre-manifest output of this script is recognised
+             manifest.SOURCE_FILE)  # beside the split folders: how an output that lost its manifest is recognised
 
 
 def not_ours(out: Path, own: set[str]) -> list[str]:
@@ -511,8 +457,8 @@ def not_ours(out: Path, own: set[str]) -> list[str]:
     return sorted(found)
 
 
-def pre_manifest_files(out: Path) -> set[str]:
-    """The files of an output written before manifests existed: OWN_FILES and the split folders' contents."""
+def files_without_manifest(out: Path) -> set[str]:
+    """The files of an output without its manifest (an interrupted copy): OWN_FILES and the split folders' contents."""
     try:
         splits = json.loads((out / "dataset_dict.json").read_text())["splits"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -549,13 +495,13 @@ def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
         return True
     if not overwrite:
         if m is None:
-            why = f"{out} is a preprocess.py output from before {manifest.MANIFEST}"
+            why = f"{out} is a preprocess.py output without its {manifest.MANIFEST} (an interrupted copy?)"
         elif m.get("job") != job:
             why = f"{out} holds a preprocess.py output of other inputs or settings ({job_changes(m['job'], job)})"
         else:
             why = damaged
         raise SystemExit(f"error: --output_dir: {why}; add --overwrite to replace it, or choose another folder")
-    foreign = not_ours(out, {*m["files"], manifest.MANIFEST} if m is not None else pre_manifest_files(out))
+    foreign = not_ours(out, {*m["files"], manifest.MANIFEST} if m is not None else files_without_manifest(out))
     if foreign:
         raise SystemExit(f"error: --overwrite: {out / foreign[0]} is not preprocess.py's ({len(foreign)} such "
                          f"paths in {out}); move them out, then run again")
@@ -741,7 +687,7 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
     }
     atomic_write_text(work / "preprocess_report.json", json.dumps(report, indent=1))
     atomic_write_text(work / ilsvrc.DESCRIPTIONS_FILE, json.dumps(listing.descriptions, indent=0))
-    atomic_write_text(work / SOURCE_FILE, json.dumps(source_info(listing, data_dir, cfg, counts), indent=1))
+    atomic_write_text(work / manifest.SOURCE_FILE, json.dumps(source_info(listing, data_dir, cfg, counts), indent=1))
     write_run_info(work, cfg)
     files = {os.path.relpath(s.path, work): r["file"] for s, r in zip(shards, reports)}
     for split in splits:

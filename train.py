@@ -18,6 +18,11 @@ reclaims) to any rank makes all ranks checkpoint at the same optimizer step and 
 leaving STOPPED_RECORD in the run folder (imagenet_trainer/stop_signals.py). One process stops at the next step;
 several agree at the next --log_every_steps boundary, the one point per interval where the ranks talk to the host.
 A checkpoint every --save_every_minutes bounds what a SIGKILL can cost.
+
+Longer than 400 lines because the recipe and the steps only training takes stay in the one file a reader follows:
+set-up, data, model, resume, the epoch (EpochTrainer), evaluation, checkpoint, export. What other scripts share or
+what stands on its own lives in imagenet_trainer/: the run folder (run_folder.py), stopping (stopping.py), the
+loaders' host side (loader_setup.py), FSDP (fsdp.py), checkpoints on disk (checkpoints.py).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ if __name__ == "__main__":  # before the heavy imports: a stop signal in the fir
 
     stop_signals.install()
 
+import enum
 import functools
 import importlib.util
 import json
@@ -37,12 +43,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
 from safetensors import SafetensorError
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
@@ -50,30 +57,25 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 import modeling
-from imagenet_trainer import checkpoints
-from imagenet_trainer.bad_samples import RECORD as BAD_SAMPLES_RECORD
+from imagenet_trainer import checkpoints, metrics
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
-from imagenet_trainer.fsdp import fsdp_mesh, shard_norm_layers
+from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
-from imagenet_trainer.metrics import evaluate as evaluate_topk
-from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
-from imagenet_trainer.runinfo import atomic_write_text, share_tree, write_run_info
-from imagenet_trainer import stop_signals
-from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, check_shm, loader_workers, local_processes, on_device
+from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together
+from imagenet_trainer.runlock import in_use
+from imagenet_trainer.runinfo import share_tree, write_run_info
+from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
+from imagenet_trainer.stopping import StopSignal, exit_stopped
 
-RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", "final", "resumes", "imagenet-trainer",
-             STOPPED_RECORD}  # what train.py writes into --output_dir (imagenet-trainer/: the trackers' logs)
-RUN_FILES |= {BAD_SAMPLES_RECORD, LOCK_FILE}
-
-
-@dataclass
+@dataclass(kw_only=True)  # kw_only: --dataset, required, stands among fields with defaults
 class TrainConfig:
     model: str = "resnet18"  # any modeling.create_model name: our designs first, then the timm zoo
     pretrained: bool = False  # start from the weights --model names (a timm tag, local-dir:PATH, hf-hub:ID)
-    dataset: str = ""  # preprocess.py output folder or a Parquet-backed Hub dataset id with image/label columns
+    dataset: str  # preprocess.py output folder or a Parquet-backed Hub dataset id with image/label columns
     eval_split: str = "validation"  # the split evaluated each epoch (e.g. test, for datasets with only train/test)
     output_dir: str = ""  # run folder; empty means runs/<model>
     # schedule
@@ -116,9 +118,9 @@ class TrainConfig:
     # checkpoints, logging, sharing
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
     save_every_minutes: float = 30.0  # also checkpoint when this many minutes passed since the last one (0: off):
-    # what a SIGKILL (host crash, OOM kill, preemption without grace) costs at most; a ResNet-50 checkpoint (~200 MB
-    # with SGD momentum) takes seconds to write, under 0.5% of 30 minutes, while one ImageNet epoch on one GPU is
-    # ~6 min (ResNet-50) to hours (bigger nets, slower GPUs). Checked at --log_every_steps boundaries.
+    # what a SIGKILL (host crash, OOM kill, preemption without grace) costs at most, while the checkpoint writes
+    # take a small share of the run; an epoch-end checkpoint alone can be hours apart for big nets on one GPU.
+    # Checked at --log_every_steps boundaries.
     keep_last: int = 2  # checkpoints kept besides the best one
     resume_from_checkpoint: str = ""  # "latest" (newest in output_dir/checkpoints) or a checkpoint folder
     log_every_steps: int = 50  # progress-bar/tracker update and NaN check interval, in optimizer steps
@@ -133,7 +135,6 @@ class TrainConfig:
             self.auto_augment = ""
         trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
         for flag, ok, need in (
-                ("dataset", self.dataset, "given (a preprocess.py output folder or a Hub dataset id)"),
                 ("hub_model_id", modeling.is_repo_id(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,
                  "a Hub repo id USER/NAME (needed with --push_to_hub; the model card links it)"),
                 ("hub_dataset_id", not self.hub_dataset_id or modeling.is_repo_id(self.hub_dataset_id),
@@ -172,17 +173,20 @@ class TrainConfig:
 class TrainState:
     """Position in the run, saved with every checkpoint (accelerate's register_for_checkpointing)."""
 
-    def __init__(self, layout: dict):
+    def __init__(self, batching: dict):
         self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_step = 0, 0, 0, -1.0, -1
         self.epoch_loss = (0.0, 0)  # (loss sum, rank mean; micro-batches) of the epoch so far: a resumed epoch's
         # train_loss then covers the whole epoch, not only the part after the resume
-        self.layout = layout  # processes/batch/accumulation: positions above count in these units
+        self.batching = batching  # processes/batch/accumulation: positions above count in these units
         self.train_seconds = 0.0  # wall-clock of the epochs and evaluations so far, over all launches (model card)
 
     def state_dict(self):
         return dict(vars(self))
 
     def load_state_dict(self, state):
+        state = dict(state)
+        if "layout" in state:  # the key imagenet-trainer 0.1.0 saved `batching` under
+            state["batching"] = state.pop("layout")
         vars(self).update(state)
 
 
@@ -198,32 +202,18 @@ def main(argv=None):
 
     # data and model
     ds, label_names = load_data(cfg.dataset, cfg.eval_split)
-    model = build_model(cfg, num_classes=len(label_names), say=accelerator.print)
+    model = build_model(cfg, num_classes=len(label_names), print_fn=accelerator.print)
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples, run_dir)
     train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
-    steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {accelerator.num_processes} processes x "
-                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_loader.dataset)} train images")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_train_steps:
-        total_steps = min(total_steps, cfg.max_train_steps)
+    steps_per_epoch, total_steps = count_steps(cfg, train_loader, accelerator.num_processes)
 
-    # model layout, optimizer, schedule
-    model = set_layout(model, cfg, accelerator)
+    # SyncBatchNorm/channels_last, FSDP, optimizer, schedule
+    model = convert_norm_and_memory_format(model, cfg, accelerator)
     model = prepare_fsdp(model, accelerator)  # a no-op unless the launch config asks for FSDP
-    global_batch = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
-    peak_lr = cfg.lr * global_batch / 256
-    try:
-        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
-                                        momentum=cfg.momentum)
-    except ValueError as e:
-        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
-    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                              total_steps=total_steps, min_lr=cfg.min_lr)
+    optimizer, lr_at = build_optimizer(model, cfg, accelerator.num_processes, steps_per_epoch, total_steps)
 
     # prepare, compile, EMA, resume
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
@@ -241,37 +231,29 @@ def main(argv=None):
     start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
 
-    # the loop: an epoch (or the part of it left), then evaluate, export the best, checkpoint, log
+    # the loop: an epoch (or the part of it left), checkpoints when due; then evaluate, export the best, checkpoint, log
     model.train()
-    label_descriptions = class_descriptions(ds)
+    plan = StepPlan(lr_at, total_steps, len(label_names), mean, std, memory_format)
+    labels = (label_names, class_descriptions(ds))
     with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
         while state.step < total_steps:
             started = time.perf_counter()
-            row = train_one_epoch(accelerator, model, optimizer, train_loader, state, ema, cfg, ckpt_dir, stop,
-                                  lr_at=lr_at, total_steps=total_steps, num_classes=len(label_names), mean=mean,
-                                  std=std, memory_format=memory_format, bar=bar)
-            metrics = evaluate(accelerator, model, eval_loader, mean, std, memory_format, flip=cfg.eval_flip)
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-            best_net, best = model, metrics
-            if ema is not None:
-                ema_metrics = evaluate(accelerator, ema.module, eval_loader, mean, std, memory_format,
-                                       flip=cfg.eval_flip)
-                row.update({f"ema_val_{k}": v for k, v in ema_metrics.items()})
-                if ema_metrics["top1"] > metrics["top1"]:
-                    best_net, best = ema.module, ema_metrics
-            state.train_seconds += time.perf_counter() - started
-            if best["top1"] > state.best_top1:
-                state.best_top1, state.best_step = best["top1"], state.step
-                export(accelerator, best_net, run_dir / "final", cfg, label_names, label_descriptions, data_cfg,
-                       results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
-                                "ema": best_net is not model},
-                       epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
-            no_loss_yet = torch.zeros((), device=accelerator.device)  # the next epoch's train loss so far
-            save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, no_loss_yet, 0)
+            trainer = EpochTrainer(accelerator, model, optimizer, train_loader, state, ema, cfg, plan, stop, ckpt_dir)
+            while (stopped := trainer.train(bar)) in (Stopped.STOP_SIGNAL, Stopped.CHECKPOINT_DUE):
+                state.epoch_loss = trainer.loss_so_far()  # a resumed epoch's train_loss covers the whole epoch
+                save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
+                stop.saved()
+                if stopped is Stopped.STOP_SIGNAL:
+                    exit_stopped(accelerator, state.step, ckpt_dir, stop.signal_name())
+            row = trainer.finish()
+            row.update(evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, started,
+                                           run_dir / "final", labels, data_cfg, steps_per_epoch))
+            state.epoch_loss = (0.0, 0)  # the next epoch's train loss so far
+            save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
             stop.saved()
             log_epoch(accelerator, row, run_dir, bar, train_loader.bad, cfg.eval_split)
             if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
-                exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
+                exit_stopped(accelerator, state.step, ckpt_dir, stop.signal_name())
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -331,50 +313,6 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
     hold_output_dir(accelerator, run_dir)
 
 
-def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
-    """One run per folder, fresh or resumed, from its first second: the main process locks run_dir for its lifetime
-    (imagenet_trainer/runlock.py), once check_output_dir has found it new, empty or a run's."""
-    refusal = None
-    if accelerator.is_main_process:
-        try:
-            lock = FolderLock(run_dir, "--output_dir").acquire()
-        except ValueError as e:
-            refusal = f"error: {e}"
-        else:
-            if lock.took_over:
-                accelerator.print(lock.took_over)
-    refuse_together(accelerator, refusal)
-
-
-def refuse_together(accelerator: Accelerator, refusal: str | None) -> None:
-    """The main process's refusal (or None) on every rank, so all of them exit with it."""
-    if accelerator.num_processes > 1:
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal:
-        raise SystemExit(refusal)
-
-
-def check_output_dir(run_dir: Path, ckpt_dir: Path, resume_from: str) -> None:
-    """A fresh run goes into a new or empty folder, or one holding only what an earlier start of train.py wrote
-    before it saved anything (a failed start never blocks its own command). A run needs --resume_from_checkpoint;
-    a folder with anything else in it is refused, so a run never mixes with, or overwrites, a user's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SystemExit(f"error: --output_dir {run_dir} is a file; give a new or empty folder")
-    names = {p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))
-             and p.name != LOCK_FILE} if run_dir.is_dir() else set()  # .NAME.*.tmp: an atomic write a kill cut
-    if (run_dir / "metrics.jsonl").exists() or ckpt_dir.exists():
-        if not resume_from:
-            raise SystemExit(f"error: --output_dir {run_dir} already holds a run; continue it with "
-                             "--resume_from_checkpoint latest, or pick a new --output_dir")
-        return
-    earlier_start = "run_info.json" in names and names <= RUN_FILES  # of train.py, stopped before it saved
-    if names and not earlier_start:
-        foreign = sorted(names - RUN_FILES) or sorted(names)
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise SystemExit(f"error: --output_dir {run_dir} is not empty and holds no train.py run ({shown}); give a "
-                         "new or empty folder (train.py writes only into its own)")
-
-
 def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> None:
     """config.yaml + run_info.json of this launch: in run_dir for the first, run_dir/resumes/<time>/ for each
     resume, and in every checkpoint it writes."""
@@ -418,9 +356,10 @@ def load_data(dataset: str, eval_split: str):
     return ds, label_names
 
 
-def build_model(cfg: TrainConfig, num_classes: int, say=print) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int, print_fn=print) -> torch.nn.Module:
     """--model with --pretrained/--drop_path/--drop_rate; a bad name or weights are a one-line error. Fine-tuning
-    weights made for another class count gets a new head, and ``say`` states it: timm drops the old one silently."""
+    weights made for another class count gets a new head, and ``print_fn`` states it (timm drops the old one
+    silently)."""
     if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
         raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
                          "(or give the architecture name for a random init)")
@@ -442,8 +381,8 @@ def build_model(cfg: TrainConfig, num_classes: int, say=print) -> torch.nn.Modul
         raise SystemExit(f"error: --model {cfg.model}: {e}") from None
     weights_classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
     if cfg.pretrained and weights_classes and weights_classes != num_classes:
-        say(f"--model {cfg.model}: new {num_classes}-class head (random init); the {weights_classes}-class head of "
-            "the pretrained weights is dropped")
+        print_fn(f"--model {cfg.model}: new {num_classes}-class head (random init); the {weights_classes}-class head "
+                 "of the pretrained weights is dropped")
     return model
 
 
@@ -462,7 +401,7 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
                                    rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
     except ValueError as e:
         raise SystemExit(f"error: {e} (check --batch_size, --grad_accum_steps, --auto_augment, --scale_min)") from None
-    workers = loader_workers(cfg.num_workers, say=accelerator.print)
+    workers = loader_workers(cfg.num_workers, print_fn=accelerator.print)
     largest = max(cfg.image_size, eval_size) ** 2 * 3 * cfg.batch_size  # bytes of a uint8 batch
     check_shm(workers, largest, local_processes())
     loader_kw = dict(num_workers=workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
@@ -473,42 +412,33 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     return train_loader, eval_loader
 
 
-PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
-SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
+def count_steps(cfg: TrainConfig, train_loader, num_processes: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, optimizer steps of the run: --epochs of them, or --max_train_steps if fewer)."""
+    steps_per_epoch = len(train_loader.batch_sampler) // cfg.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch_size {cfg.batch_size} x {num_processes} processes x "
+                         f"{cfg.grad_accum_steps} accumulation exceeds the {len(train_loader.dataset)} train images")
+    total_steps = cfg.epochs * steps_per_epoch
+    return steps_per_epoch, min(total_steps, cfg.max_train_steps) if cfg.max_train_steps else total_steps
 
 
-def local_processes() -> int:
-    """Processes launched on this machine: torchrun (and accelerate launch through it) sets LOCAL_WORLD_SIZE."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int, steps_per_epoch: int,
+                    total_steps: int):
+    """(--optimizer over `model`'s parameters, the LR of each optimizer step): --lr scaled to the global batch."""
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * num_processes
+    peak_lr = cfg.lr * global_batch / 256
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum)
+    except ValueError as e:
+        raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
+    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                              total_steps=total_steps, min_lr=cfg.min_lr)
+    return optimizer, lr_at
 
 
-def loader_workers(requested: int, say=print) -> int:
-    """--num_workers, or for -1 the cores this process may run on (its affinity: taskset, SLURM's cpuset, a
-    container's --cpus) shared among this machine's processes, less one for the process itself (it runs the step);
-    says what it chose."""
-    if requested >= 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(0, cores // local_processes() - 1)
-    say(f"--num_workers {workers}: {cores} cores for {local_processes()} process(es) on this machine, one each for "
-        "the process itself")
-    return workers
-
-
-def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
-    """Refuse to start when `shm` cannot hold the batches the workers of this machine's processes keep in flight
-    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
-    if not workers or not os.path.isdir(shm):
-        return
-    need, free = processes * workers * PREFETCH_FACTOR * batch_bytes, shutil.disk_usage(shm).free
-    if free < need:
-        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
-                         f"DataLoader workers x {PREFETCH_FACTOR} batches of {batch_bytes / 2**20:.1f} MiB need "
-                         f"{need / 2**20:.0f} MiB: give the container more (docker run --shm-size={need // 2**30 + 1}g)"
-                         f" or lower --num_workers / --batch_size")
-
-
-def set_layout(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator) -> torch.nn.Module:
+def convert_norm_and_memory_format(model: torch.nn.Module, cfg: TrainConfig,
+                                   accelerator: Accelerator) -> torch.nn.Module:
     """--sync_bn and --channels_last, before the optimizer sees the parameters."""
     if cfg.sync_bn:
         if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
@@ -533,36 +463,6 @@ def compile_model(model, compile: bool, accelerator: Accelerator):
     return torch.compile(model, dynamic=False)
 
 
-# Gradients are reduce-scattered in fp32 under FSDP mixed precision: the regime of DDP + autocast, whose gradients of
-# the fp32 parameters are all-reduced in fp32. bf16 would halve that traffic at the cost of 8-bit mantissa sums.
-FSDP_REDUCE_DTYPE = torch.float32
-
-
-def prepare_fsdp(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
-    """What FSDP2 needs from a CNN before accelerate's prepare shards its blocks and root (a no-op otherwise).
-
-    - Contiguous parameters: fully_shard refuses non-contiguous ones, and a k x k conv weight in channels_last is one.
-      The input stays channels_last, which still selects cuDNN's NHWC kernels (the weight is converted per call).
-    - Norm layers keep fp32 parameters and statistics under bf16/fp16: all of them form one FSDP unit with an fp32
-      policy that casts each one's input up and its output back down (imagenet_trainer/fsdp.py); one bf16 policy for
-      all would make BatchNorm's weight bf16 beside fp32 running stats. It uses accelerate's own FSDP sub-mesh, so
-      HSDP (--parallelism_config_dp_replicate_size) replicates and shards it as it does the blocks.
-    - The reduction dtype for the rest is FSDP_REDUCE_DTYPE (accelerate's default would reduce in bf16).
-    Call it before the optimizer is built: sharding replaces the parameters."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy  # noqa: PLC0415 (FSDP launches only)
-
-    plugin = accelerator.state.fsdp_plugin
-    model = model.to(memory_format=torch.contiguous_format)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
-    if compute is None:
-        return model
-    plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=FSDP_REDUCE_DTYPE)
-    shard_norm_layers(model, compute, fsdp_mesh(accelerator))
-    return model
-
-
 def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
     """LR of optimizer step `step` (0-based): linear warmup from 0 (Goyal et al. 2017), then cosine to min_lr
     (Loshchilov & Hutter 2017). Plain floats: a numpy scalar in param_groups breaks weights_only loading."""
@@ -576,7 +476,7 @@ def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_d
     """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
     None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command)."""
     try:
-        path = checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, say=accelerator.print)
+        path = checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, print_fn=accelerator.print)
     except ValueError as e:
         raise SystemExit(f"error: --resume_from_checkpoint {e}") from None
     if path is None:
@@ -584,7 +484,7 @@ def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_d
         return None
     if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
         raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
-    layout = dict(state.layout)
+    batching = dict(state.batching)
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as e:
@@ -594,18 +494,19 @@ def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_d
         raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
                          f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
                          ) from None
-    if state.layout != layout:  # elastic: another process count with the same global micro-batches
+    if state.batching != batching:  # elastic: another process count with the same global micro-batches
         try:
-            state.batch_in_epoch = elastic_position(state.batch_in_epoch, state.layout, layout)
+            state.batch_in_epoch = elastic_position(state.batch_in_epoch, state.batching, batching)
         except ValueError as e:  # the saved position would point at other samples and another schedule
             raise SystemExit(f"error: --resume_from_checkpoint {path}: {e}") from None
-        ratio = state.layout["num_processes"] / layout["num_processes"]  # the epoch's loss so far, in this
+        ratio = state.batching["num_processes"] / batching["num_processes"]  # the epoch's loss so far, in this
         state.epoch_loss = (state.epoch_loss[0] * ratio, round(state.epoch_loss[1] * ratio))  # launch's units
-        accelerator.print(f"saved on {state.layout['num_processes']} processes, resumed on {layout['num_processes']} "
-                          f"with --grad_accum_steps {layout['grad_accum_steps']}: the same global batches")
-        state.layout = layout
+        accelerator.print(f"saved on {state.batching['num_processes']} processes, resumed on "
+                          f"{batching['num_processes']} with --grad_accum_steps {batching['grad_accum_steps']}: the "
+                          "same global batches")
+        state.batching = batching
     # accelerate's micro-batch count decides which micro-batch ends an accumulation: in this launch's units
-    accelerator.step = state.step * layout["grad_accum_steps"]
+    accelerator.step = state.step * batching["grad_accum_steps"]
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
     return path
 
@@ -622,176 +523,152 @@ def nothing_to_do(state: TrainState, cfg: TrainConfig, total_steps: int, run_dir
 
 # -- the loop ----------------------------------------------------------------------------------------------------------
 
-def train_one_epoch(accelerator: Accelerator, model, optimizer, train_loader, state: TrainState, ema, cfg: TrainConfig,
-                    ckpt_dir: Path, stop: StopSignal, *, lr_at, total_steps: int, num_classes: int, mean, std,
-                    memory_format, bar) -> dict:
-    """Optimizer steps from `state`'s position to the end of its epoch (or to total_steps), checkpointing every
-    --save_every_steps / --save_every_minutes, and at once, then exiting, on a stop signal; advances `state` and
-    returns the epoch's train row for metrics.jsonl. The host waits for the device only in `stop.check`, once per
+class Stopped(enum.Enum):
+    """Why `EpochTrainer.train` returned: main checkpoints on the last two and exits on STOP_SIGNAL."""
+    EPOCH_END = "epoch end"
+    STEP_CAP = "step cap"  # total_steps reached (--epochs or --max_train_steps)
+    STOP_SIGNAL = "stop signal"
+    CHECKPOINT_DUE = "checkpoint due"  # --save_every_steps or --save_every_minutes
+
+
+@dataclass
+class StepPlan:
+    """What every optimizer step of the run needs besides the model: fixed once the run is set up."""
+    lr_at: Callable[[int], float]  # LR of a 0-based optimizer step
+    total_steps: int
+    num_classes: int
+    mean: tuple  # the model's normalization, 0..1 units
+    std: tuple
+    memory_format: torch.memory_format
+
+
+class EpochTrainer:
+    """Optimizer steps from `state`'s position to the end of its epoch. `train` runs until a reason to stop
+    (Stopped) and can be called again to go on with the same loader iterator after a mid-epoch checkpoint; it
+    advances `state`'s position and nothing else. The host waits for the device only in `stop.check`, once per
     --log_every_steps (and before a checkpoint): the rest of a step only queues work."""
-    sampler = train_loader.batch_sampler
-    steps_per_epoch = len(sampler) // cfg.grad_accum_steps
-    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # what the EMA averages
-    step_rng = torch.Generator()  # on the host: drawing mixup/erasing parameters never waits for the device
-    loss_sum, loss_count = torch.tensor(state.epoch_loss[0], device=accelerator.device), state.epoch_loss[1]
-    sampler.set_position(state.epoch, state.batch_in_epoch)
-    epoch_start, data_wait, images, t = time.perf_counter(), 0.0, 0, time.perf_counter()
-    for x, y in on_device(train_loader, accelerator.device):
-        data_wait += time.perf_counter() - t
+
+    def __init__(self, accelerator: Accelerator, model, optimizer, train_loader, state: TrainState, ema,
+                 cfg: TrainConfig, plan: StepPlan, stop: StopSignal, ckpt_dir: Path):
+        self.accelerator, self.model, self.optimizer, self.loader = accelerator, model, optimizer, train_loader
+        self.state, self.ema, self.cfg, self.plan, self.stop, self.ckpt_dir = state, ema, cfg, plan, stop, ckpt_dir
+        self.sampler = train_loader.batch_sampler
+        self.micro_batches = len(self.sampler) // cfg.grad_accum_steps * cfg.grad_accum_steps  # of a whole epoch
+        self.plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # what the EMA averages
+        self.step_rng = torch.Generator()  # on the host: drawing mixup/erasing parameters never waits for the device
+        self.loss_sum = torch.tensor(state.epoch_loss[0], device=accelerator.device)
+        self.loss_count = state.epoch_loss[1]
+        self.sampler.set_position(state.epoch, state.batch_in_epoch)
+        self.started, self.data_wait, self.images = time.perf_counter(), 0.0, 0
+        self.batches = on_device(train_loader, accelerator.device)
+
+    def train(self, bar) -> Stopped:
+        state, cfg = self.state, self.cfg
+        t = time.perf_counter()
+        for x, y in self.batches:
+            self.data_wait += time.perf_counter() - t
+            self.micro_batch(x, y)
+            if self.accelerator.sync_gradients:
+                state.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.plain_model, step=state.step)
+                bar.update(1)
+                if state.step % cfg.log_every_steps == 0 or state.step == self.plan.total_steps:
+                    self.log_progress(bar)
+                if state.step >= self.plan.total_steps:
+                    return Stopped.STEP_CAP
+                if state.batch_in_epoch >= self.micro_batches:
+                    return Stopped.EPOCH_END
+                stopping = self.stop.requested(self.accelerator.num_processes)
+                if stopping or self.stop.save_due or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+                    self.train_loss()  # no NaN into a checkpoint
+                    return Stopped.STOP_SIGNAL if stopping else Stopped.CHECKPOINT_DUE
+            t = time.perf_counter()
+        return Stopped.EPOCH_END
+
+    def micro_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Forward and backward of one micro-batch; the optimizer steps at the end of an accumulation."""
+        state, cfg, plan, accelerator = self.state, self.cfg, self.plan, self.accelerator
         # the micro-batch's own randomness comes from its place in the run, whichever rank computes it
-        seed = micro_batch_seed(cfg.seed, state.epoch, sampler.global_micro_batch(state.batch_in_epoch))
-        step_rng.manual_seed(seed)
+        seed = micro_batch_seed(cfg.seed, state.epoch, self.sampler.global_micro_batch(state.batch_in_epoch))
+        self.step_rng.manual_seed(seed)
         torch.manual_seed(seed)  # drop-path and dropout draw from the global generators
-        x = normalize(x, mean, std).contiguous(memory_format=memory_format)
-        x = random_erasing(x, cfg.random_erase, generator=step_rng)  # per image, before mixing, as timm
-        x, target = mixup_cutmix(x, y, num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, generator=step_rng)
-        with accelerator.accumulate(model):
+        x = normalize(x, plan.mean, plan.std).contiguous(memory_format=plan.memory_format)
+        x = random_erasing(x, cfg.random_erase, generator=self.step_rng)  # per image, before mixing, as timm
+        x, target = mixup_cutmix(x, y, plan.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, generator=self.step_rng)
+        with accelerator.accumulate(self.model):
             # fp32 loss on every path: DDP's autocast wrapper returns fp32 logits, FSDP2 returns its param dtype
-            loss = F.cross_entropy(model(x).float(), target, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(self.model(x).float(), target, label_smoothing=cfg.label_smoothing)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.clip_grad:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(state.step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        loss_count += 1
-        images += x.shape[0] * accelerator.num_processes
+                accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            for group in self.optimizer.param_groups:
+                group["lr"] = plan.lr_at(state.step)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.loss_sum += loss.detach()
+        self.loss_count += 1
+        self.images += x.shape[0] * accelerator.num_processes
         state.batch_in_epoch += 1
-        if accelerator.sync_gradients:
-            state.step += 1
-            if ema is not None:
-                ema.update(plain_model, step=state.step)
-            bar.update(1)
-            if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
-                running = {"train/loss": stop.check(accelerator, model, loss_sum, loss_count, state.step, ckpt_dir),
-                           "train/lr": lr_at(state.step - 1)}
-                accelerator.log(running, step=state.step)
-                bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
-            if state.step >= total_steps or state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps:
-                break  # the caller evaluates and checkpoints
-            stopping = stop.requested(accelerator.num_processes)
-            if stopping or stop.save_due or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
-                stop.check(accelerator, model, loss_sum, loss_count, state.step, ckpt_dir)  # no NaN into a checkpoint
-                save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir, loss_sum, loss_count)
-                stop.saved()
-            if stopping:
-                exit_stopped(accelerator, state, ckpt_dir, stop.signal_name())
-        t = time.perf_counter()
-    train_loss = stop.check(accelerator, model, loss_sum, loss_count, state.step, ckpt_dir)
-    elapsed = time.perf_counter() - epoch_start
-    epoch_done = state.batch_in_epoch >= steps_per_epoch * cfg.grad_accum_steps
-    row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(sampler)), "step": state.step,
-           "train_loss": train_loss, "lr": lr_at(state.step - 1), "images_per_sec": images / elapsed,
-           "data_wait_frac": data_wait / elapsed, "image_size": train_loader.dataset.size_at(state.epoch)}
-    if epoch_done:
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    def train_loss(self) -> float:
+        """The epoch's mean train loss so far over ranks (a collective, and the NaN guard: StopSignal.check)."""
+        return self.stop.check(self.accelerator, self.model, self.loss_sum, self.loss_count, self.state.step,
+                               self.ckpt_dir)
+
+    def log_progress(self, bar) -> None:
+        running = {"train/loss": self.train_loss(), "train/lr": self.plan.lr_at(self.state.step - 1)}
+        self.accelerator.log(running, step=self.state.step)
+        bar.set_postfix(loss=f"{running['train/loss']:.4f}", lr=f"{running['train/lr']:.3g}")
+
+    def loss_so_far(self) -> tuple[float, int]:
+        """(loss sum, rank mean; micro-batches) of the epoch so far, as TrainState.epoch_loss keeps it (a
+        collective)."""
+        return self.accelerator.reduce(self.loss_sum, "mean").item(), self.loss_count
+
+    def finish(self) -> dict:
+        """The epoch's train row for metrics.jsonl; a finished epoch moves `state` to the start of the next."""
+        state = self.state
+        train_loss = self.train_loss()
+        elapsed = time.perf_counter() - self.started
+        epoch_done = state.batch_in_epoch >= self.micro_batches
+        row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(self.sampler)),
+               "step": state.step, "train_loss": train_loss, "lr": self.plan.lr_at(state.step - 1),
+               "images_per_sec": self.images / elapsed, "data_wait_frac": self.data_wait / elapsed,
+               "image_size": self.loader.dataset.size_at(state.epoch)}
+        if epoch_done:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        return row
+
+
+def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan: StepPlan, cfg: TrainConfig,
+                        state: TrainState, started: float, final_dir: Path, labels: tuple[list[str], list[str]],
+                        data_cfg: dict, steps_per_epoch: int) -> dict:
+    """The epoch's val_ (and ema_val_) scores; the better net goes to final_dir when it beats the run's best so far
+    (state.best_top1/best_step). `started`: when the epoch began, for state.train_seconds."""
+    scores = eval_scores(accelerator, model, eval_loader, plan, flip=cfg.eval_flip)
+    row = {f"val_{k}": v for k, v in scores.items()}
+    best_net, best = model, scores
+    if ema is not None:
+        ema_scores = eval_scores(accelerator, ema.module, eval_loader, plan, flip=cfg.eval_flip)
+        row.update({f"ema_val_{k}": v for k, v in ema_scores.items()})
+        if ema_scores["top1"] > scores["top1"]:
+            best_net, best = ema.module, ema_scores
+    state.train_seconds += time.perf_counter() - started
+    if best["top1"] > state.best_top1:
+        state.best_top1, state.best_step = best["top1"], state.step
+        export(accelerator, best_net, final_dir, cfg, *labels, data_cfg,
+               results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
+                        "ema": best_net is not model},
+               epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
     return row
 
 
-def on_device(batches, device: torch.device):
-    """The loader's (images, labels) on `device`. On CUDA the next batch's copy is issued on a side stream as soon as
-    the current one is handed out, so it overlaps the step's compute (pinned batches: a true async copy) instead of
-    queueing behind it; the compute stream waits for it only when it uses it."""
-    if device.type != "cuda":
-        for batch in batches:
-            yield tuple(t.to(device) for t in batch)
-        return
-    stream = torch.cuda.Stream(device)
-
-    def copy(batch):
-        with torch.cuda.stream(stream):
-            return tuple(t.to(device, non_blocking=True) for t in batch)
-
-    batches = iter(batches)
-    pending = copy(next(batches, None) or ())
-    while pending:
-        current = torch.cuda.current_stream(device)
-        current.wait_stream(stream)
-        for t in pending:
-            t.record_stream(current)  # its memory is the compute stream's to free, not the side stream's
-        ready, pending = pending, copy(next(batches, None) or ())
-        yield ready
-
-
-class StopSignal:
-    """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
-    and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
-    [non-finite count, loss sum, one count per stop signal, save-due flag], read once. One process also reads its own
-    signal flag every step (no device round trip); several act on it at the next check, so all stop at the same
-    step, and every rank knows which signal it was, wherever it arrived."""
-
-    def __init__(self, save_every_minutes: float):
-        stop_signals.install()
-        self.save_every_s = save_every_minutes * 60
-        self.last_save = time.monotonic()
-        self.signals, self.save_due = [], False  # what the ranks agreed at the last check
-
-    def requested(self, num_processes: int) -> bool:
-        return bool(stop_signals.received) if num_processes == 1 else bool(self.signals)
-
-    def signal_name(self) -> str:
-        return "+".join(sig.name for sig in self.signals or dict.fromkeys(stop_signals.received))
-
-    def saved(self) -> None:
-        self.last_save, self.save_due = time.monotonic(), False
-
-    def check(self, accelerator: Accelerator, model, loss_sum: torch.Tensor, loss_count: int, step: int,
-              ckpt_dir: Path) -> float:
-        """The mean train loss so far (over ranks); updates `signals`/`save_due`; stops the run, before a NaN/inf
-        reaches a checkpoint, when the loss or a weight is not finite (the last checkpoint stays the last good one)."""
-        bad = (~torch.isfinite(loss_sum)).sum()
-        for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
-            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
-        due = 0 < self.save_every_s <= time.monotonic() - self.last_save
-        host = torch.tensor([*self._local_counts(), float(due)])
-        flags = torch.cat([bad.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
-        nonfinite, total_loss, *counts, save_due = accelerator.reduce(flags, "sum").tolist()
-        loss = total_loss / accelerator.num_processes / max(1, loss_count)
-        if nonfinite:
-            raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
-                             f"and weights); stopping. Last good checkpoint: {latest_checkpoint(ckpt_dir)}. "
-                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
-        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS, counts) if n]
-        self.save_due = save_due > 0
-        return loss
-
-    def agreed(self, accelerator: Accelerator) -> bool:
-        """Whether any rank got a stop signal, asked of all of them now (a collective: once an epoch)."""
-        if accelerator.num_processes == 1:
-            return bool(stop_signals.received)
-        counts = torch.tensor(self._local_counts(), device=accelerator.device)
-        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS,
-                                              accelerator.reduce(counts, "sum").tolist()) if n]
-        return bool(self.signals)
-
-    @staticmethod
-    def _local_counts() -> list[float]:
-        return [float(sig in stop_signals.received) for sig in stop_signals.STOP_SIGNALS]
-
-
-def exit_stopped(accelerator: Accelerator, state: TrainState, ckpt_dir: Path, signal_name: str) -> None:
-    """After the checkpoint a stop signal asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
-    accelerate launch and torchrun report any rank's non-zero status as 1, so the record (written before any rank
-    exits) is what tells slurm/train.sbatch to requeue through them."""
-    checkpoint = latest_checkpoint(ckpt_dir)
-    if accelerator.is_main_process:
-        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
-            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": state.step,
-             "checkpoint": str(checkpoint), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
-        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written; exiting with status "
-                          f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    raise SystemExit(STOPPED_STATUS)
-
-
-def evaluate(accelerator: Accelerator, net, eval_loader, mean, std, memory_format, flip: bool) -> dict:
+def eval_scores(accelerator: Accelerator, net, eval_loader, plan: StepPlan, flip: bool) -> dict:
     """top1/top5/n/loss of `net` on the eval split (every image once, on any number of processes)."""
     sync_buffers(net)
     net.eval()
-    topk, loss = evaluate_topk(accelerator, net, eval_loader, mean, std, memory_format, flip=flip)
+    topk, loss = metrics.evaluate(accelerator, net, eval_loader, plan.mean, plan.std, plan.memory_format, flip=flip)
     net.train()
     return {**topk.compute(), "loss": loss, "left_out_rows": topk.left_out}  # log_epoch records the rows
 
@@ -805,12 +682,10 @@ def sync_buffers(module) -> None:
             buffer.copy_(broadcast(buffer.clone(), from_process=0))
 
 
-def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path,
-                    loss_sum: torch.Tensor, loss_count: int) -> None:
+def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path) -> None:
     """save_state into a temp folder, fsync it, list its files' sizes in it, then rename: a kill or a host crash
     mid-save never leaves a half checkpoint as 'latest'. Keeps the newest --keep_last and the best, deleting older
-    ones only once the new one is on disk; (loss_sum, loss_count) is the epoch's train loss so far."""
-    state.epoch_loss = (accelerator.reduce(loss_sum, "mean").item(), loss_count)
+    ones only once the new one is on disk."""
     final = ckpt_dir / f"step_{state.step:08d}"
     tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
     if accelerator.is_main_process:
@@ -852,7 +727,7 @@ def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadS
     images so far, listed in run_dir/bad_samples.json (every rank's); past --max_bad_samples the run stops here,
     after its checkpoint."""
     for key in [k for k in row if k.endswith("left_out_rows")]:
-        bad.add_left_out(eval_split, row.pop(key), say=accelerator.is_main_process)
+        bad.add_left_out(eval_split, row.pop(key), warn=accelerator.is_main_process)
     bad.share(accelerator)
     row["bad_samples"] = len(bad.shared)
     accelerator.log(row, step=row["step"])

@@ -42,9 +42,9 @@ from imagenet_trainer.runinfo import atomic_write_text
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in the order train.py nests them
 
 
-@dataclass
+@dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
 class ValidateConfig:
-    model: str = ""  # RUN/final, RUN/checkpoints/step_N, a Hub model id (OWNER/NAME) or a timm name (resnet50.a1_in1k)
+    model: str  # RUN/final, RUN/checkpoints/step_N, a Hub model id (OWNER/NAME) or a timm name (resnet50.a1_in1k)
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
     split: str = "validation"  # dataset split to evaluate
     batch_size: int = 256  # images per device per forward pass
@@ -70,10 +70,10 @@ class ValidateConfig:
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
     """The model of a train.py checkpoint (accelerate save_state folder): architecture and eval settings from the
-    config.yaml train.py saves in it (checkpoints of older versions: the run's, two levels up), class count from the
-    saved classifier. Its pretrained_cfg gets that size, as train.py's export does, so the eval transform is the one
-    train.py evaluated with. These are the raw weights:
-    with --ema_decay the EMA copy sits in custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
+    config.yaml train.py saves in it (imagenet-trainer 0.1.0's may lack it: then the run's, two levels up), class
+    count from the saved classifier. Its pretrained_cfg gets that size, as train.py's export does, so the eval
+    transform is the one train.py evaluated with. These are the raw weights: with --ema_decay the EMA copy sits in
+    custom_checkpoint_*.pkl (pickled, not read here); its export is RUN/final."""
     run_config = path / "config.yaml" if (path / "config.yaml").is_file() else path.parent.parent / "config.yaml"
     if (path / "checkpoints").is_dir():
         raise ValueError("this is a run folder: give RUN/final or RUN/checkpoints/step_N")
@@ -172,8 +172,6 @@ def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool
 
 def main(argv=None):
     cfg = parse_config(ValidateConfig, argv, description=__doc__.split("\n")[0])
-    if not cfg.model:
-        raise SystemExit("error: --model is required")
     if not cfg.dataset and not cfg.eval_sets:
         raise SystemExit("error: --dataset is required (or --eval_sets)")
     for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0), ("benchmark_steps", 1),
@@ -225,7 +223,7 @@ def main(argv=None):
     topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=flip)  # train.py's code
     elapsed = time.perf_counter() - start
     bad = BadSamples({cfg.split: split}, cfg.max_bad_samples)
-    bad.add_left_out(cfg.split, topk.left_out, say=accelerator.is_main_process)
+    bad.add_left_out(cfg.split, topk.left_out, warn=accelerator.is_main_process)
     bad.check()
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,

@@ -37,6 +37,9 @@ pip install ffcv. One core: the whole run is pinned to one CPU (DALI num_threads
 helper threads share that core); --num_workers N: N threads each, on all CPUs.
 --memory_check: RSS of one DataLoader worker after reading 1024 rows spread over a 10k-row and a 100k-row dataset
 (rows repeated from OUT): anonymous memory must not grow with the row count (the rows stay memory-mapped).
+
+Longer than 400 lines: one benchmark, its two sides, its peers' runner and its optional checks, in the file its
+report comes from; benchmarks/loader_peers.py is what runs inside a peer's interpreter.
 """
 from __future__ import annotations
 
@@ -90,10 +93,10 @@ PEER_SETTINGS = {
 PEER_TARGETS = {("ffcv_imagenet", "train_192"): 1.2, ("dali", "train"): 2.5}  # ours / peer, one core
 
 
-@dataclass
+@dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
 class LoaderBenchConfig:
     data_dir: str = ""  # ILSVRC tree (Kaggle layout); the baseline reads its train JPEG files. Empty: self-test
-    dataset: str = ""  # preprocess.py output of --data_dir (images stored as they were)
+    dataset: str  # preprocess.py output of --data_dir (images stored as they were)
     dataset_small: str = ""  # optional preprocess.py --shorter_side output of the same tree
     output: str = ""  # JSON results path (written atomically); empty: print only
     num_images: int = 1000  # train images per timed pass, a seeded random subset, the same for every pipeline
@@ -362,8 +365,38 @@ def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
 
 def main(argv=None) -> None:
     cfg = parse_config(LoaderBenchConfig, argv, description=__doc__.split("\n")[0])
-    if not cfg.dataset:
-        raise SystemExit("error: --dataset is required (a preprocess.py output)")
+    check_flags(cfg)
+    torch.set_num_threads(1)
+    splits = load_splits(cfg)
+    if not cfg.data_dir:
+        return self_test(splits, cfg)
+    folder, picked, rows = pick_files(cfg, splits)
+    files = [folder.samples[i][0] for i in picked]
+    views = warm_rows(splits, rows)
+    runs = pipelines(cfg, folder, picked, splits, rows)
+    peers, work_dir = [], None
+    if cfg.peers:
+        if not cfg.num_workers and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core for every side, peers included
+        work_dir = tempfile.mkdtemp(prefix="loader_peers_")
+        peers = start_peers(cfg, files, [folder.samples[i][1] for i in picked], work_dir)
+    try:
+        measured, cpu = measure(runs, cfg, [p for p in peers if p.status == "measured"],
+                                functools.partial(warm_inputs, splits, rows, files, work_dir))
+    finally:
+        if work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    order = [train_key(s, cfg) for s in train_sizes(cfg)] + ["eval"]
+    results = pipeline_results(measured, cpu, order, cfg)
+    report = make_report(cfg, results, files, {name: [len(views[name][r][0]) for r in rows[name]] for name in splits})
+    add_checks(report, cfg, splits, rows, files, peers, (measured, cpu, results))
+    print_report(report, results, order, cfg)
+    if cfg.output:
+        atomic_write_text(cfg.output, json.dumps(report, indent=2))
+        print(f"wrote {cfg.output}")
+
+
+def check_flags(cfg: LoaderBenchConfig) -> None:
     if cfg.coding not in ("all", "baseline", "progressive"):
         raise SystemExit(f"error: --coding {cfg.coding}: use all, baseline or progressive")
     unknown = [w for w in cfg.peers.split(",") if cfg.peers and w.strip() not in PEER_NAMES]
@@ -371,7 +404,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: --peers {cfg.peers}: unknown {', '.join(unknown)}; use {', '.join(PEER_NAMES)}")
     if cfg.peers and not cfg.data_dir:
         raise SystemExit("error: --peers needs --data_dir (the peers read the original files)")
-    torch.set_num_threads(1)
+
+
+def load_splits(cfg: LoaderBenchConfig) -> dict:
+    """{"": --dataset's train split, "_small": --dataset_small's when given}."""
     splits = {}
     for name, flag in (("", "dataset"), ("_small", "dataset_small")):
         if getattr(cfg, flag):
@@ -379,13 +415,15 @@ def main(argv=None) -> None:
                 splits[name] = load_image_dataset(getattr(cfg, flag))["train"]
             except (ValueError, KeyError) as e:
                 raise SystemExit(f"error: --{flag} {getattr(cfg, flag)}: {e}") from None
-    if not cfg.data_dir:
-        return self_test(splits, cfg)
+    return splits
+
+
+def pick_files(cfg: LoaderBenchConfig, splits: dict):
+    """(ImageFolder of --data_dir's train files, the picked indices in it, {split: the picked files' rows}): the same
+    files on both sides, ImageFolder's sample list matched to the dataset rows by file stem."""
     train_dir = Path(cfg.data_dir).expanduser() / "ILSVRC/Data/CLS-LOC/train"
     if not train_dir.is_dir():
         raise SystemExit(f"error: --data_dir {cfg.data_dir}: no ILSVRC/Data/CLS-LOC/train folder in it")
-
-    # the same files on both sides: ImageFolder's sample list matched to the dataset rows by file stem
     folder = torchvision.datasets.ImageFolder(str(train_dir))
     files = folder.samples
     stems = {name: rows_by_stem(split) for name, split in splits.items()}
@@ -396,70 +434,75 @@ def main(argv=None) -> None:
                          "in --dataset (matched by image_id)")
     rng = np.random.default_rng(cfg.seed)
     picked = sorted(rng.choice(usable, size=min(cfg.num_images, len(usable)), replace=False).tolist())
-    rows = {name: [s[Path(files[i][0]).stem] for i in picked] for name, s in stems.items()}
-    views = warm_rows(splits, rows)
+    return folder, picked, {name: [s[Path(files[i][0]).stem] for i in picked] for name, s in stems.items()}
 
+
+def pipelines(cfg: LoaderBenchConfig, folder, picked: list[int], splits: dict, rows: dict) -> dict:
+    """{pipeline: {"baseline": make its loader, "ours": make ours}}: each train size and eval, and the _small ones."""
     size = cfg.image_size
     eval_tf = T.Compose([T.Resize(math.floor(size / 0.875)), T.CenterCrop(size), T.ToTensor(),
                          T.Normalize(MEAN, STD)])
-    ours = ours_runs(splits, rows, cfg)
+    our_loaders = ours_runs(splits, rows, cfg)
     runs = {}
     for s in train_sizes(cfg):
         train_tf = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
         runs[train_key(s, cfg)] = {"baseline": functools.partial(baseline_loader, folder, picked, train_tf,
                                                                  cfg.batch_size, cfg.num_workers),
-                                   **ours.pop(train_key(s, cfg))}
+                                   **our_loaders.pop(train_key(s, cfg))}
     runs["eval"] = {"baseline": functools.partial(baseline_loader, folder, picked, eval_tf, cfg.batch_size,
-                                                  cfg.num_workers), **ours.pop("eval")}
-    runs.update(ours)  # the _small pipelines
-    peers, work_dir = [], None
-    if cfg.peers:
-        if not cfg.num_workers and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core for every side, peers included
-        work_dir = tempfile.mkdtemp(prefix="loader_peers_")
-        peers = start_peers(cfg, [files[i][0] for i in picked], [files[i][1] for i in picked], work_dir)
+                                                  cfg.num_workers), **our_loaders.pop("eval")}
+    runs.update(our_loaders)  # the _small pipelines
+    return runs
 
-    def warm():  # the picked original files and Arrow rows, the peers' own files (FFCV's .beton)
-        warm_rows(splits, rows)
-        warm_files([files[i][0] for i in picked] + ([p for p in Path(work_dir).rglob("*") if p.is_file()]
-                                                     if work_dir else []))
 
-    try:
-        measured, cpu = measure(runs, cfg, [p for p in peers if p.status == "measured"], warm)
-    finally:
-        if work_dir:
-            shutil.rmtree(work_dir, ignore_errors=True)
+def warm_inputs(splits: dict, rows: dict, files: list[str], work_dir: str | None) -> None:
+    """The picked original files and Arrow rows, and the peers' own files (FFCV's .beton), into the page cache."""
+    warm_rows(splits, rows)
+    warm_files(files + ([p for p in Path(work_dir).rglob("*") if p.is_file()] if work_dir else []))
 
+
+def pipeline_results(measured: dict, cpu: dict, order: list[str], cfg: LoaderBenchConfig) -> dict:
+    """Per pipeline: the medians of both sides' img/s, their ratio against its target, and every pass."""
     results = {}
-    order = [train_key(s, cfg) for s in train_sizes(cfg)] + ["eval"]
     for pipeline in [p + small for small in ("", "_small") for p in order if p + small in measured]:
         base_key = pipeline.removesuffix("_small")
         # the ratio of the figures as reported, so the JSON checks out against itself at every rounding boundary
-        baseline = round(statistics.median(measured[base_key]["baseline"]), 1)
-        ours = round(statistics.median(measured[pipeline]["ours"]), 1)
+        baseline_img_s = round(statistics.median(measured[base_key]["baseline"]), 1)
+        ours_img_s = round(statistics.median(measured[pipeline]["ours"]), 1)
         kind = base_key.split("_")[0] + pipeline.removeprefix(base_key)  # train_192_small -> train_small
-        results[pipeline] = {"baseline_img_s": baseline, "ours_img_s": ours,
-                             "ratio": round(ours / baseline, 2), "target_ratio": TARGETS[kind],
+        results[pipeline] = {"baseline_img_s": baseline_img_s, "ours_img_s": ours_img_s,
+                             "ratio": round(ours_img_s / baseline_img_s, 2), "target_ratio": TARGETS[kind],
                              "baseline_passes": [round(v, 1) for v in measured[base_key]["baseline"]],
                              "ours_passes": [round(v, 1) for v in measured[pipeline]["ours"]]}
         if not cfg.num_workers:
             results[pipeline]["cpu_us"] = {"baseline": round(statistics.median(cpu[base_key]["baseline"])),
                                            "ours": round(statistics.median(cpu[pipeline]["ours"]))}
-    mean_bytes = {name: round(statistics.mean(len(views[name][r][0]) for r in rows[name])) for name in splits}
-    report = {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
-              "machine": machine(cfg.num_workers), "num_images": len(picked), "config": asdict(cfg),
-              "pipelines": results,
-              "progressive_share": round(statistics.mean(is_progressive(files[i][0]) for i in picked), 3),
-              "mean_file_bytes": round(statistics.mean(Path(files[i][0]).stat().st_size for i in picked)),
-              "mean_stored_bytes": {f"dataset{k}": v for k, v in mean_bytes.items()},
-              "versions": {p: metadata.version(p) for p in ("torch", "torchvision", "pillow", "simplejpeg",
-                                                            "datasets", "numpy")}}
+    return results
+
+
+def make_report(cfg: LoaderBenchConfig, results: dict, files: list[str], stored_bytes: dict) -> dict:
+    """The JSON report's figures and the conditions they were measured in (`stored_bytes`: {split: row sizes})."""
+    return {**{k: results["train"][k] for k in ("baseline_img_s", "ours_img_s", "ratio")},
+            "machine": machine(cfg.num_workers), "num_images": len(files), "config": asdict(cfg),
+            "pipelines": results,
+            "progressive_share": round(statistics.mean(is_progressive(f) for f in files), 3),
+            "mean_file_bytes": round(statistics.mean(Path(f).stat().st_size for f in files)),
+            "mean_stored_bytes": {f"dataset{k}": round(statistics.mean(v)) for k, v in stored_bytes.items()},
+            "versions": {p: metadata.version(p) for p in ("torch", "torchvision", "pillow", "simplejpeg",
+                                                          "datasets", "numpy")}}
+
+
+def add_checks(report: dict, cfg: LoaderBenchConfig, splits: dict, rows: dict, files: list[str], peers: list,
+               timings: tuple) -> None:
+    """The report's optional parts: the entropy-decoding bound, the peers, collate, profile and memory checks
+    (`timings`: measure's (measured, cpu) and pipeline_results)."""
+    measured, cpu, results = timings
     if not cfg.num_workers:
-        floor = entropy_decode_img_s([Path(files[i][0]).read_bytes() for i in picked], cfg.repeats)
+        floor = entropy_decode_img_s([Path(f).read_bytes() for f in files], cfg.repeats)
         report["entropy_decode"] = {"img_s": round(floor, 1),
                                     "bound_ratio": round(floor / results["train"]["baseline_img_s"], 2)}
     if cfg.peers:
-        report["peers"] = peers_report(peers, measured, cpu, results, len(picked))
+        report["peers"] = peers_report(peers, measured, cpu, results, len(files))
         report["peer_targets"] = {
             f"ours_over_{name}_{pipeline}": {"ratio": report["peers"][name]["pipelines"][pipeline]["ours_over_peer"],
                                              "target": target}
@@ -473,6 +516,8 @@ def main(argv=None) -> None:
     if cfg.memory_check:
         report["memory_check"] = memory_check(splits[""], cfg)
 
+
+def print_report(report: dict, results: dict, order: list[str], cfg: LoaderBenchConfig) -> None:
     print(f"\n{'pipeline':12s} {'baseline img/s':>15s} {'ours img/s':>11s} {'ratio':>6s} {'target':>7s}  machine")
     for pipeline, r in results.items():
         print(f"{pipeline:12s} {r['baseline_img_s']:15.1f} {r['ours_img_s']:11.1f} {r['ratio']:6.2f} "
@@ -494,9 +539,6 @@ def main(argv=None) -> None:
     if cfg.memory_check:
         for rows_count, m in report["memory_check"]["worker"].items():
             print(f"worker RSS over {rows_count} rows: anon {m['RssAnon_MiB']} MiB, file {m['RssFile_MiB']} MiB")
-    if cfg.output:
-        atomic_write_text(cfg.output, json.dumps(report, indent=2))
-        print(f"wrote {cfg.output}")
 
 
 def print_peers(report: dict, order: list[str]) -> None:

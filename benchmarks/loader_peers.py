@@ -40,7 +40,6 @@ FFCV_SETTINGS = {  # RGBImageField arguments
     "ffcv_imagenet": dict(write_mode="proportion", max_resolution=500, compress_probability=0.5, jpeg_quality=90),
 }
 PEERS = ("dali", *FFCV_SETTINGS)
-DISTRIBUTIONS = {"dali": "nvidia-dali-cuda120", "ffcv": "ffcv"}
 
 
 def version(peer: str) -> dict:

@@ -1,6 +1,6 @@
 """The listing of each archive packaging of ILSVRC-2012 (see archives.py): the splits preprocess.py stores.
 
-Each lister returns what preprocess.list_ilsvrc_splits returns for the unpacked tree, ``(wnids, descriptions,
+Each lister returns what image_tree.list_ilsvrc_splits returns for the unpacked tree, ``(wnids, descriptions,
 {split: Split}, warnings)``, with the tree's relative paths, labels (sorted-wnid order), image ids and boxes, and
 ``Split.source`` locating every path in the archives. Reads headers, CSVs and XML only; decodes no image.
 """

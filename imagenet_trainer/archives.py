@@ -69,7 +69,7 @@ def detect(data_dir: Path) -> Found | None:
 
 
 def list_splits(found: Found) -> tuple[list, list, dict, list]:
-    """(wnids, descriptions, {split: Split}, warnings), as preprocess.list_ilsvrc_splits gives for a tree."""
+    """(wnids, descriptions, {split: Split}, warnings), as image_tree.list_ilsvrc_splits gives for a tree."""
     from imagenet_trainer import archive_layouts
 
     return archive_layouts.LISTERS[found.packaging](found)

@@ -62,19 +62,19 @@ class BadSamples:
         self.seen = dict(self.shared)  # and this process's finds since
         self.unshared: list[dict] = []  # this process's finds since the last share
 
-    def add_left_out(self, split_name: str, rows: list[int], say: bool) -> None:
-        """Evaluation's left-out rows (known on every rank: ``say`` on one)."""
+    def add_left_out(self, split_name: str, rows: list[int], warn: bool) -> None:
+        """Evaluation's left-out rows (known on every rank: ``warn`` on one)."""
         for row in rows:
-            self.add(split_name, row, "does not decode", say=say)
+            self.add(split_name, row, "does not decode", warn=warn)
 
-    def add(self, split_name: str, row: int, error: str, replaced_by: int | None = None, say: bool = True) -> None:
+    def add(self, split_name: str, row: int, error: str, replaced_by: int | None = None, warn: bool = True) -> None:
         if (split_name, row) in self.seen:
             return
         entry = {**describe(split_name, self.splits[split_name], row), "error": error,
                  **({"replaced_by": replaced_by} if replaced_by is not None else {})}
         self.seen[split_name, row] = entry
         self.unshared.append(entry)
-        if say:
+        if warn:
             print(f"warning: {self.line(entry)}", file=sys.stderr)
 
     def add_batch(self, replaced) -> None:

@@ -94,13 +94,13 @@ def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
-def pick(resume_from: str, ckpt_dir: Path, say=print) -> Path | None:
+def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: "latest" is the newest complete one (each newer one
     skipped is said, with why; None when nothing was saved yet), a folder must be complete. ValueError otherwise."""
     if resume_from == "latest":
         path, skipped = newest_complete(ckpt_dir)
         for line in skipped:
-            say(line)
+            print_fn(line)
         if path is None and skipped:
             raise ValueError(f"latest: no complete checkpoint in {ckpt_dir} ({'; '.join(skipped)}); resume from a "
                              "copy or start a new --output_dir")

@@ -1,7 +1,9 @@
 """One dataclass per script: its fields are the CLI flags and the YAML keys (a recipe is a YAML file of overrides).
 
-Precedence: dataclass default < ``--config FILE.yaml`` < command-line flag. An unknown key, a bad type or a missing
-required value is a one-line ``SystemExit`` that names the flag/key and the file it came from.
+Precedence: dataclass default < ``--config FILE.yaml`` < command-line flag. A field without a default is a required
+flag (declare the dataclass ``kw_only`` so it may stand among fields with defaults); given empty, it counts as
+missing. An unknown key, a bad type or a missing required value is a one-line ``SystemExit`` that names the
+flag/key and the file it came from.
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import ast
 import dataclasses
 import inspect
 import io
-import sys
 import textwrap
 import tokenize
 import types
@@ -18,9 +19,6 @@ import typing
 from pathlib import Path
 
 import yaml
-
-REQUIRED = None  # a field whose default is None and whose type is not Optional must be given
-
 
 def _base_type(tp):
     """(python type, optional?) of a field annotation like ``int``, ``float | None``, ``Optional[str]``."""
@@ -100,7 +98,7 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     parser.add_argument("--config", default=None, help="YAML file of overrides (a recipe); flags override it")
     for name, f in fields.items():
         base, _ = _base_type(hints[name])
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = f.default if f.default is not dataclasses.MISSING else "required"
         help_text = (f.metadata or {}).get("help", comments.get(name, "")).replace("%", "%%")  # argparse formats %
         if base is bool:
             parser.add_argument(f"--{name}", nargs="?", const="true", default=argparse.SUPPRESS,
@@ -126,14 +124,7 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
         if key != "config":
             values[key] = _convert(value, hints[key], f"--{key}")
     for name, f in fields.items():
-        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SystemExit(f"error: --{name} is required")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and values.get(name) in (None, ""):
+            raise SystemExit(f"error: --{name} is required ({comments.get(name) or 'see --help'})")
     return cls(**values)
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("import this module")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +55,7 @@ from PIL import Image
 
 from imagenet_trainer import ilsvrc
 from imagenet_trainer.config import parse_config
+from imagenet_trainer.demo_quirks import BOX_FAULTS, BOX_XML, SAVE, TRAIN_FAULTS, VAL_FAULTS, jpeg_bytes, random_box
 
 MANIFEST = "demo_manifest.json"
 # what a demo tree's images are, for source.json and the cards: ILSVRC's layout and wnids, none of ImageNet's images
@@ -76,7 +76,6 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_fie
           "stereo_motorcycle", "colorwheel", "logo")
 CHANNEL_ORDERS = ((0, 1, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1), (0, 2, 1), (1, 0, 2))
 BROKEN = ("truncated", "empty", "garbage")
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -92,7 +91,7 @@ class DemoConfig:
     long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
     grain: float = 0.0  # photos: film grain std-dev, grey levels; long_side 500 + grain 32: ~106 KB files (ImageNet)
     layout: str = "ilsvrc"  # "ilsvrc" (Kaggle's tree, everything above) or "folders" (photos in class folders)
-    num_proc: int = 1  # processes for --layout folders (one image is ~60 ms at 500 px with grain)
+    num_proc: int = 1  # processes for --layout folders (ImageNet-sized images with grain are slow to make)
 
 
 def _description(source: str, k: int) -> str:
@@ -105,7 +104,7 @@ def _description(source: str, k: int) -> str:
 
 def _photo(k: int) -> np.ndarray:
     """The HxWx3 uint8 source photo of class k."""
-    import skimage.data  # imported here: it takes ~0.4 s and the digits source does not need it
+    import skimage.data  # imported here: a slow import the digits source does not need
 
     name = PHOTOS[k % len(PHOTOS)]
     img = getattr(skimage.data, name)()
@@ -149,19 +148,6 @@ def _digit_instance(pixels: np.ndarray, rng) -> tuple[Image.Image, tuple]:
     return img, tuple(round(v, 1) for v in box)
 
 
-def _random_box(w: int, h: int, rng) -> tuple:
-    """An integer box covering 30-90% of each side, inside the image."""
-    bw, bh = int(w * rng.uniform(0.3, 0.9)), int(h * rng.uniform(0.3, 0.9))
-    x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-    return (x, y, x + bw, y + bh)
-
-
-def _jpeg(img: Image.Image, rng) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=int(rng.integers(75, 96)), progressive=bool(rng.random() < 0.2))
-    return buf.getvalue()
-
-
 def _voc_xml(folder: str, stem: str, size: tuple, objects: list, filename: str | None = None) -> str:
     objs = "".join(
         f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
@@ -177,196 +163,198 @@ def _prediction_string(objects: list) -> str:
     return "".join(f"{name} {x0:g} {y0:g} {x1:g} {y1:g} " for name, x0, y0, x1, y1 in objects)
 
 
+class _Instances:
+    """(image, box) of class `label`'s i-th train/val image, or the i-th test image, from the demo's source."""
+
+    def __init__(self, source: str, rng, num_classes: int, train_per_class: int, val_per_class: int, num_test: int,
+                 long_side: int, grain: float):
+        self.source, self.rng, self.train_per_class, self.long_side, self.grain = source, rng, train_per_class, \
+            long_side, grain
+        self.photos: dict[int, np.ndarray] = {}
+        if source == "digits":
+            self._pick_digits(num_classes, train_per_class + val_per_class, num_test)
+
+    def _pick_digits(self, num_classes: int, per_class: int, num_test: int) -> None:
+        """The stratified split: per digit, the first train_per_class + val_per_class of a permutation; test from
+        the rest."""
+        from sklearn.datasets import load_digits  # imported here: a slow import the photos do not need
+
+        self.digits = load_digits()
+        self.by_class = [self.rng.permutation(np.flatnonzero(self.digits.target == k)) for k in range(num_classes)]
+        if min(len(ix) for ix in self.by_class) < per_class:
+            raise ValueError(f"digits has only {min(len(ix) for ix in self.by_class)} images of some digit; "
+                             f"train_per_class + val_per_class={per_class} is too many")
+        spare = np.concatenate([ix[per_class:] for ix in self.by_class])
+        if len(spare) < num_test:
+            raise ValueError(f"digits has {len(spare)} images left for test, num_test={num_test} is too many")
+        self.test_pool = self.rng.permutation(spare)[:num_test]
+
+    def __call__(self, label: int, i: int, split: str) -> tuple[Image.Image, tuple]:
+        if self.source == "digits":
+            idx = {"train": lambda: self.by_class[label][i],
+                   "validation": lambda: self.by_class[label][self.train_per_class + i],
+                   "test": lambda: self.test_pool[i]}[split]()
+            return _digit_instance(self.digits.images[idx], self.rng)
+        if label not in self.photos:
+            self.photos[label] = _photo(label)
+        img = _photo_instance(self.photos[label], self.rng, self.long_side, self.grain)
+        return img, random_box(*img.size, self.rng)
+
+
+class _Tree:
+    """The files of one demo tree as they are written, and demo_manifest.json's record of them."""
+
+    def __init__(self, root: Path, rng, manifest: dict):
+        self.root, self.rng, self.manifest = root, rng, manifest
+        self.data = {split: root / d for split, d in ilsvrc.SPLIT_DIRS.items()}
+        self.ann = {split: root / d for split, d in ilsvrc.ANNOTATION_DIRS.items()}
+        for d in [*self.data.values(), *self.ann.values(), root / ilsvrc.IMAGESETS_DIR]:
+            d.mkdir(parents=True)
+
+    def plant(self, kind: str, split: str, stem: str, path: Path) -> None:
+        self.manifest["planted"][kind] = {"split": split, "stem": stem, "path": str(path.relative_to(self.root))}
+
+    def image(self, split: str, path: Path, stem: str, img: Image.Image, kind: str | None = None) -> Image.Image:
+        """`img` saved at `path`, as ImageNet's quirk `kind` when given; the pixels as stored."""
+        stored = SAVE[kind](path, img, self.rng)
+        if kind:
+            self.plant(kind, split, stem, path)
+        self.manifest["image_sizes"][stem] = list(stored.size)
+        return stored
+
+
 def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_per_class: int = 12,
                      val_per_class: int = 4, num_test: int = 10, faults: bool = False, seed: int = 0,
                      long_side: int = 0, grain: float = 0.0) -> Path:
     """Write the tree described in the module docstring under ``root`` (replaced if present); returns ``root``."""
+    _check_tree_args(source, num_classes, train_per_class, val_per_class, num_test, faults, grain)
+    rng = np.random.default_rng(seed)
+    wnids = ilsvrc.imagenet_wnids()[:num_classes]
+    descriptions = [_description(source, k) for k in range(num_classes)]
+    root = _empty_root(Path(root))
+    manifest = {"source": source, "seed": seed, "wnids": wnids, "descriptions": descriptions,
+                "files": {}, "broken": list(BROKEN) if faults else [], "planted": {}, "val_labels": {},
+                "xml_objects": {}, "image_sizes": {}}
+    tree = _Tree(root, rng, manifest)
+    instance = _Instances(source, rng, num_classes, train_per_class, val_per_class, num_test, long_side, grain)
+    train_cls, train_loc, train_rows = _write_train(tree, instance, train_per_class, faults)
+    val_ids, val_rows = _write_val(tree, instance, val_per_class, faults)
+    test_ids = _write_test(tree, instance, num_test, faults)
+    _write_lists(tree, train_rows, val_rows, {"train_cls.txt": train_cls, "train_loc.txt": train_loc,
+                                              "val.txt": val_ids, "test.txt": test_ids})
+    manifest["files"] = {"train": len(train_cls), "validation": len(val_ids), "test": len(test_ids)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+def _check_tree_args(source: str, num_classes: int, train_per_class: int, val_per_class: int, num_test: int,
+                     faults: bool, grain: float) -> None:
     if source not in ("photos", "digits"):
         raise ValueError(f"source must be 'photos' or 'digits', got {source!r}")
-    wnids = ilsvrc.imagenet_wnids()
-    if not 1 <= num_classes <= (10 if source == "digits" else len(wnids)):
-        raise ValueError(f"num_classes={num_classes}: {source} allows 1-{10 if source == 'digits' else len(wnids)}")
+    most = 10 if source == "digits" else len(ilsvrc.imagenet_wnids())
+    if not 1 <= num_classes <= most:
+        raise ValueError(f"num_classes={num_classes}: {source} allows 1-{most}")
     if grain < 0:
         raise ValueError(f"grain={grain}: a noise std-dev must be >= 0")
     if min(train_per_class, val_per_class, num_test) < 1:
         raise ValueError("train_per_class, val_per_class and num_test must be at least 1 (an empty split is an error)")
     if faults and (num_classes < 3 or train_per_class < 4 or num_classes * val_per_class < 5 or num_test < 2):
         raise ValueError("faults=True needs num_classes >= 3, train_per_class >= 4, >= 5 val and >= 2 test images")
-    rng = np.random.default_rng(seed)
-    wnids = wnids[:num_classes]
-    descriptions = [_description(source, k) for k in range(num_classes)]
 
-    root = Path(root)
+
+def _empty_root(root: Path) -> Path:
+    """`root`, emptied when a demo tree is there; never a folder the demo did not write (e.g. a real download)."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file; give a folder for the tree")
     if root.exists() and any(root.iterdir()):
-        if not (root / MANIFEST).is_file():  # never delete a folder the demo did not write (e.g. a real download)
+        if not (root / MANIFEST).is_file():
             raise ValueError(f"{root} exists and is not a demo tree (no {MANIFEST}); remove it or choose another "
                              "folder")
         shutil.rmtree(root)
-    data = {split: root / d for split, d in ilsvrc.SPLIT_DIRS.items()}
-    ann = {split: root / d for split, d in ilsvrc.ANNOTATION_DIRS.items()}
-    for d in [*data.values(), *ann.values(), root / ilsvrc.IMAGESETS_DIR]:
-        d.mkdir(parents=True)
+    return root
 
-    # The pool of (image, ink box or None) per class, and which indices go to train / val / test (stratified).
-    if source == "digits":
-        from sklearn.datasets import load_digits  # imported here: ~1 s, photos do not need it
 
-        digits = load_digits()
-        by_class = [rng.permutation(np.flatnonzero(digits.target == k)) for k in range(num_classes)]
-        if min(len(ix) for ix in by_class) < train_per_class + val_per_class:
-            raise ValueError(f"digits has only {min(len(ix) for ix in by_class)} images of some digit; "
-                             f"train_per_class + val_per_class={train_per_class + val_per_class} is too many")
-        spare = np.concatenate([ix[train_per_class + val_per_class:] for ix in by_class])
-        if len(spare) < num_test:
-            raise ValueError(f"digits has {len(spare)} images left for test, num_test={num_test} is too many")
-        test_pool = rng.permutation(spare)[:num_test]
-
-        def instance(label, i, split):  # i: index within the class (train/val) or the split (test)
-            idx = {"train": lambda: by_class[label][i], "validation": lambda: by_class[label][train_per_class + i],
-                   "test": lambda: test_pool[i]}[split]()
-            return _digit_instance(digits.images[idx], rng)
-    else:
-        photos = {}
-
-        def instance(label, i, split):
-            if label not in photos:
-                photos[label] = _photo(label)
-            img = _photo_instance(photos[label], rng, long_side, grain)
-            return img, _random_box(*img.size, rng)
-
-    manifest = {"source": source, "seed": seed, "wnids": wnids, "descriptions": descriptions,
-                "files": {}, "broken": list(BROKEN) if faults else [], "planted": {}, "val_labels": {},
-                "xml_objects": {}, "image_sizes": {}}
-
-    def plant(kind, split, stem, path):
-        manifest["planted"][kind] = {"split": split, "stem": stem, "path": str(path.relative_to(root))}
-
-    def write_image(split, path, stem, img, kind=None):
-        """Save img at path, as ImageNet's quirk ``kind`` when given; returns the stored (width, height)."""
-        if kind == "cmyk" or kind == "val_cmyk":
-            img.convert("CMYK").save(path, "JPEG", quality=90)
-        elif kind == "grayscale":
-            img.convert("L").save(path, "JPEG", quality=90)
-        elif kind == "png_named_jpeg":
-            img.save(path, "PNG")
-        elif kind == "exif_orientation_6":
-            # Stored turned a quarter to the left with Orientation=6, so viewers turn it back upright.
-            img = img.transpose(Image.Transpose.ROTATE_90)
-            exif = Image.Exif()
-            exif[EXIF_ORIENTATION] = 6
-            img.save(path, "JPEG", quality=95, exif=exif)
-        elif kind == "truncated":
-            path.write_bytes(_jpeg(img, rng)[:-600])  # no EOI marker, the last scan cut short
-        elif kind == "empty":
-            path.write_bytes(b"")
-        elif kind == "garbage":
-            path.write_bytes(rng.bytes(2048))
-        else:
-            path.write_bytes(_jpeg(img, rng))
-        if kind:
-            plant(kind, split, stem, path)
-        manifest["image_sizes"][stem] = list(img.size)
-        return img.size
-
-    # ---- train: <wnid>/<wnid>_<n>.JPEG, XML for every other image (and for the box faults) ----
-    train_faults = {(0, 0): "cmyk", (0, 1): "exif_orientation_6", (1, 0): "grayscale", (1, 1): "truncated",
-                    (2, 1): "png_named_jpeg"} if faults else {}
-    box_faults = {(0, 2): "box_float", (1, 2): "box_past_edge", (2, 2): "box_inverted",
-                  (0, 3): "box_filename_placeholder", (1, 3): "box_human_name", (2, 3): "box_unknown_name"
-                  } if faults else {}
-    train_rows, train_cls, train_loc = [], [], []
-    for label, wnid in enumerate(wnids):
-        (data["train"] / wnid).mkdir()
-        numbers = sorted(rng.choice(np.arange(1, 40000), train_per_class, replace=False), key=str)  # as listed
+def _write_train(tree: _Tree, instance: _Instances, per_class: int, faults: bool):
+    """train/<wnid>/<wnid>_<n>.JPEG, XML for every other image (and for the box faults and the EXIF-rotated one);
+    returns the train_cls and train_loc lists and LOC_train_solution.csv's rows."""
+    train_cls, train_loc, rows = [], [], []
+    for label, wnid in enumerate(tree.manifest["wnids"]):
+        (tree.data["train"] / wnid).mkdir()
+        numbers = sorted(tree.rng.choice(np.arange(1, 40000), per_class, replace=False), key=str)  # as listed
         for i, n in enumerate(numbers):
             stem = f"{wnid}_{n}"
-            path = data["train"] / wnid / f"{stem}.JPEG"
+            path = tree.data["train"] / wnid / f"{stem}.JPEG"
             img, box = instance(label, i, "train")
-            kind = train_faults.get((label, i))
-            w, h = write_image("train", path, stem, img, kind)
+            kind = TRAIN_FAULTS.get((label, i)) if faults else None
+            stored = tree.image("train", path, stem, img, kind)
             train_cls.append(f"{wnid}/{stem}")
-            box_kind = box_faults.get((label, i))
+            box_kind = BOX_FAULTS.get((label, i)) if faults else None
             if kind == "truncated" or (i % 2 and not box_kind and kind != "exif_orientation_6"):
                 continue
-            if kind == "exif_orientation_6":
-                # The box is in stored-pixel coordinates (ImageNet's annotation tool showed raw pixels); paint it
-                # red so a test can check that preprocess.py turns box and pixels the same way.
-                box = _random_box(w, h, rng)
-                raw = np.asarray(Image.open(path).convert("RGB")).copy()
-                raw[box[1]:box[3], box[0]:box[2]] = (255, 0, 0)
-                exif = Image.Exif()
-                exif[EXIF_ORIENTATION] = 6
-                Image.fromarray(raw).save(path, "JPEG", quality=95, exif=exif)
-            objects = [(wnid, *box)]
-            xml_objects, filename = list(objects), None
+            box = stored.info.get("box", box)  # the EXIF-rotated image's box is in its stored pixels
             if box_kind:
-                plant(box_kind, "train", stem, path)
-            if box_kind == "box_float":
-                xml_objects = [(wnid, box[0] + 0.5, box[1] + 0.25, box[2] - 0.5, box[3] - 0.75)]
-            elif box_kind == "box_past_edge":
-                xml_objects = [(wnid, box[0], box[1], w + 37, box[3])]
-            elif box_kind == "box_inverted":
-                xml_objects = [objects[0], (wnid, box[2], box[1], box[0], box[3])]
-            elif box_kind == "box_filename_placeholder":
-                filename = "%s"
-            elif box_kind == "box_human_name":
-                xml_objects = [(descriptions[label], *box)]
-            elif box_kind == "box_unknown_name":
-                xml_objects = [("not a synset", *box)]
-            manifest["xml_objects"][stem] = [list(o) for o in xml_objects]
-            (ann["train"] / wnid).mkdir(exist_ok=True)
-            (ann["train"] / wnid / f"{stem}.xml").write_text(_voc_xml(wnid, stem, (w, h), xml_objects, filename))
-            train_rows.append((stem, _prediction_string(objects)))
+                tree.plant(box_kind, "train", stem, path)
+            objects, filename = BOX_XML[box_kind](wnid, box, stored.size[0], tree.manifest["descriptions"][label])
+            tree.manifest["xml_objects"][stem] = [list(o) for o in objects]
+            (tree.ann["train"] / wnid).mkdir(exist_ok=True)
+            (tree.ann["train"] / wnid / f"{stem}.xml").write_text(_voc_xml(wnid, stem, stored.size, objects, filename))
+            rows.append((stem, _prediction_string([(wnid, *box)])))
             train_loc.append(f"{wnid}/{stem}")
+    return train_cls, train_loc, rows
 
-    # ---- val: flat, labels in a shuffled order, every image with XML and a CSV row ----
-    val_labels = rng.permutation(np.repeat(np.arange(num_classes), val_per_class))
-    val_faults = {0: "val_cmyk", 1: "empty", 3: "box_several"} if faults else {}
-    seen = np.zeros(num_classes, dtype=int)
-    val_rows, val_ids = [], []
+
+def _write_val(tree: _Tree, instance: _Instances, per_class: int, faults: bool):
+    """val/: flat, labels in a shuffled order, every image with XML and a CSV row; returns the ids and the rows."""
+    wnids, rng = tree.manifest["wnids"], tree.rng
+    val_labels = rng.permutation(np.repeat(np.arange(len(wnids)), per_class))
+    seen = np.zeros(len(wnids), dtype=int)
+    rows, ids = [], []
     for j, label in enumerate(val_labels):
         stem = f"ILSVRC2012_val_{j + 1:08d}"
-        path = data["validation"] / f"{stem}.JPEG"
+        path = tree.data["validation"] / f"{stem}.JPEG"
         img, box = instance(int(label), int(seen[label]), "validation")
         seen[label] += 1
-        kind = val_faults.get(j)
-        w, h = write_image("validation", path, stem, img, None if kind == "box_several" else kind)
+        kind = VAL_FAULTS.get(j) if faults else None
+        size = tree.image("validation", path, stem, img, None if kind == "box_several" else kind).size
         objects = [(wnids[label], *box)]
         if kind == "box_several":
-            plant(kind, "validation", stem, path)
-            objects += [(wnids[label], *_random_box(w, h, rng)), (wnids[label], *_random_box(w, h, rng))]
-        manifest["val_labels"][stem] = int(label)
-        manifest["xml_objects"][stem] = [list(o) for o in objects]
-        (ann["validation"] / f"{stem}.xml").write_text(_voc_xml("val", stem, (w, h), objects))
-        val_rows.append((stem, _prediction_string(objects)))
-        val_ids.append(stem)
+            tree.plant(kind, "validation", stem, path)
+            objects += [(wnids[label], *random_box(*size, rng)), (wnids[label], *random_box(*size, rng))]
+        tree.manifest["val_labels"][stem] = int(label)
+        tree.manifest["xml_objects"][stem] = [list(o) for o in objects]
+        (tree.ann["validation"] / f"{stem}.xml").write_text(_voc_xml("val", stem, size, objects))
+        rows.append((stem, _prediction_string(objects)))
+        ids.append(stem)
+    return ids, rows
 
-    # ---- test: flat, no labels ----
-    test_ids = []
+
+def _write_test(tree: _Tree, instance: _Instances, num_test: int, faults: bool) -> list[str]:
+    """test/: flat, no labels; returns the ids."""
+    ids = []
     for j in range(num_test):
         stem = f"ILSVRC2012_test_{j + 1:08d}"
-        img, _ = instance(int(rng.integers(num_classes)), j, "test")
-        write_image("test", data["test"] / f"{stem}.JPEG", stem, img, "garbage" if faults and j == 1 else None)
-        test_ids.append(stem)
+        img, _ = instance(int(tree.rng.integers(len(tree.manifest["wnids"]))), j, "test")
+        tree.image("test", tree.data["test"] / f"{stem}.JPEG", stem, img, "garbage" if faults and j == 1 else None)
+        ids.append(stem)
+    return ids
 
-    # ---- the text files ----
-    (root / ilsvrc.SYNSET_MAPPING).write_text("".join(f"{w} {d}\n" for w, d in zip(wnids, descriptions)))
+
+def _write_lists(tree: _Tree, train_rows: list, val_rows: list, image_sets: dict[str, list[str]]) -> None:
+    """The text files: synset mapping, the LOC_*.csv files, the ImageSets lists."""
+    root, wnids = tree.root, tree.manifest["wnids"]
+    (root / ilsvrc.SYNSET_MAPPING).write_text("".join(f"{w} {d}\n" for w, d in zip(wnids,
+                                                                                    tree.manifest["descriptions"])))
     for name, rows in ((ilsvrc.TRAIN_SOLUTION, train_rows), (ilsvrc.VAL_SOLUTION, val_rows)):
-        order = rng.permutation(len(rows))  # Kaggle's CSVs are not sorted; nothing may rely on row order
+        order = tree.rng.permutation(len(rows))  # Kaggle's CSVs are not sorted; nothing may rely on row order
         with open(root / name, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["ImageId", "PredictionString"])
             writer.writerows(rows[i] for i in order)
+    test_ids = image_sets["test.txt"]
     with open(root / "LOC_sample_submission.csv", "w", newline="") as f:
         csv.writer(f).writerows([["ImageId", "PredictionString"], *([s, f"{wnids[0]} 0 0 100 100"] for s in test_ids)])
-    for name, lines in (("train_cls.txt", train_cls), ("train_loc.txt", train_loc), ("val.txt", val_ids),
-                        ("test.txt", test_ids)):
+    for name, lines in image_sets.items():
         (root / ilsvrc.IMAGESETS_DIR / name).write_text("".join(f"{p} {n}\n" for n, p in enumerate(lines, 1)))
-    manifest["files"] = {"train": len(train_cls), "validation": len(val_ids), "test": len(test_ids)}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return root
 
 
 FOLDER_SPLITS = ("train", "val")  # the split folders make_folder_tree writes (preprocess.py's class-folder layout)
@@ -376,7 +364,7 @@ def _folder_image(task: tuple) -> None:
     """Worker of make_folder_tree: write one photo instance to its path."""
     path, label, key, long_side, grain = task
     rng = np.random.default_rng(key)
-    Path(path).write_bytes(_jpeg(_photo_instance(_class_photo(label), rng, long_side, grain), rng))
+    Path(path).write_bytes(jpeg_bytes(_photo_instance(_class_photo(label), rng, long_side, grain), rng))
 
 
 @functools.lru_cache(maxsize=16)

@@ -26,16 +26,16 @@ from huggingface_hub import DatasetCardData, HfApi, get_token
 
 from imagenet_trainer import ilsvrc
 from imagenet_trainer.config import parse_config
+from imagenet_trainer.manifest import SOURCE_FILE
 from imagenet_trainer.runinfo import replace_dir, share_tree
 
-SOURCE_FILE = "source.json"  # preprocess.py's provenance record beside its DatasetDict
 SHARD_BYTES = 500 * 2**20  # Parquet shard size: the Hub's dataset viewer and datasets' streaming like ~500 MB files
 
 
-@dataclass
+@dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
 class HubDatasetConfig:
-    dataset: str = ""  # preprocess.py output folder (a saved DatasetDict)
-    output_dir: str = ""  # the Parquet repo folder to write (replaced once complete)
+    dataset: str  # preprocess.py output folder (a saved DatasetDict)
+    output_dir: str  # the Parquet repo folder to write (replaced once complete)
     push_to_hub: str = ""  # Hub dataset id OWNER/NAME to upload output_dir to; empty: write it only
     public: bool = False  # create the Hub repo public; ImageNet's terms forbid redistributing its images
 
@@ -134,9 +134,6 @@ def push_dataset(folder, repo_id: str, private: bool = True, token: str | None =
 
 def main(argv=None) -> None:
     cfg = parse_config(HubDatasetConfig, argv, description=__doc__.split("\n")[0])
-    for flag in ("dataset", "output_dir"):
-        if not getattr(cfg, flag):
-            raise SystemExit(f"error: --{flag} is required")
     try:
         folder = export_parquet(cfg.dataset, cfg.output_dir)
         print(f"wrote {folder}")

@@ -1,6 +1,9 @@
-"""Listing a class-per-folder image tree (a user's own images) for preprocess.py; ILSVRC's reader is ilsvrc.py.
+"""Listing the input trees preprocess.py reads: Kaggle's ILSVRC tree (list_ilsvrc_splits, over ilsvrc.py's file
+readers) and a class-per-folder image tree of a user's own images (list_splits). In: a folder. Out: the class names
+and, per split, the image files with their labels (Split), plus warnings. Archives (archives.py) and evaluation sets
+(eval_sets.py) give the same.
 
-Two layouts, told apart by the top-level folders:
+Two class-folder layouts, told apart by the top-level folders:
 
 - ``class-folders``: ``train/<class>/<image>`` with ``val/`` or ``validation/`` and/or ``test/`` beside it, each
   of class folders too (a ``test/`` of loose files is read unlabelled, label -1, as ILSVRC's is);
@@ -186,3 +189,60 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
         if not s.items:
             raise ValueError(f"{data_dir / (s.image_dir or root)}: no images, the {split} split would be empty")
     return names, splits, warnings
+
+
+def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
+    """(wnids, descriptions, {split: Split}, warnings) of Kaggle's tree."""
+    hint = "is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?"
+    for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *(ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation"))):
+        if not (data_dir / rel).exists():
+            raise ValueError(f"{data_dir / rel}: not found ({hint})")
+    wnids, descriptions = ilsvrc.read_synset_mapping(data_dir / ilsvrc.SYNSET_MAPPING)
+    warnings = []
+    annotation_dirs = {}
+    for split, rel in ilsvrc.ANNOTATION_DIRS.items():
+        if (data_dir / rel).is_dir():
+            annotation_dirs[split] = rel
+        else:
+            warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
+                                                                 f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
+
+    train, missing = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
+    if missing:
+        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images (no folder, an "
+                        f"empty one, or files only in subfolders), e.g. {missing[0]}")
+
+    val_dir = data_dir / ilsvrc.SPLIT_DIRS["validation"]
+    val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
+    index = {w: i for i, w in enumerate(wnids)}
+    val, strays = [], []
+    for name in ilsvrc.list_images(val_dir):
+        stem, ext = os.path.splitext(name)
+        if stem not in val_csv and ext.lower() not in ilsvrc.IMAGE_EXTENSIONS:
+            strays.append(name)  # a readme.txt: not an image, so not a val image without a label
+            continue
+        if stem not in val_csv:
+            raise ValueError(f"{val_dir / name}: no row {stem!r} in {data_dir / ilsvrc.VAL_SOLUTION}, so no label")
+        val.append((name, index[val_csv[stem][0][0]]))  # the label is the first box's wnid
+    if strays:
+        warnings.append(f"{len(strays)} non-image files in {val_dir} left out, e.g. {strays[0]}")
+    if not val and any(p.is_dir() for p in val_dir.iterdir()):
+        raise ValueError(f"{val_dir}: no images, only subfolders; preprocess.py reads Kaggle's flat val/ with "
+                         f"{ilsvrc.VAL_SOLUTION} (undo a valprep.sh-style sort into class folders)")
+    if len(val_csv) > len(val):
+        warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {val_dir}")
+
+    splits = {
+        "train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train, {}),
+        "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
+    }
+    test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
+    test = [(name, -1) for name in ilsvrc.list_images(test_dir)] if test_dir.is_dir() else []
+    if test:
+        splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
+    else:  # unlabelled anyway; people delete its 13 GB
+        warnings.append(f"{test_dir}: no images; the dataset has train and validation only")
+    for split, s in splits.items():
+        if not s.items:
+            raise ValueError(f"{data_dir / s.image_dir}: no images, the {split} split would be empty")
+    return wnids, descriptions, splits, warnings

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MANIFEST = "preprocess_manifest.json"
+SOURCE_FILE = "source.json"  # beside the DatasetDict: where the data came from (layout, name, counts, split seed)
 FORMAT = 1  # of the manifest itself
 
 

@@ -9,14 +9,12 @@ from .data import normalize
 
 
 class TopK:
-    """Top-1/top-5 (percent) plus per-class correct/total counts, fed with already-gathered logits and labels."""
+    """Top-1/top-5 (percent) plus the confusion matrix, fed with already-gathered logits and labels."""
 
     def __init__(self, ks: tuple[int, ...] = (1, 5)):
         self.ks = ks
         self.correct = None  # (len(ks),) correct counts
         self.n = 0
-        self.class_correct = None  # (num_classes,) top-1 correct per true class
-        self.class_total = None
         self.confusion = None  # (num_classes, num_classes) true x predicted, int64
         self.left_out: list[int] = []  # rows whose image does not decode (EvalSet labels them -(row + 1))
 

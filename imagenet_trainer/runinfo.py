@@ -29,20 +29,24 @@ def atomic_write_text(path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; other users of a shared dataset must read it
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; other users of a shared dataset must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def current_umask() -> int:
+    """The process's umask: reading it means setting it, so it is set back at once."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def share_tree(folder) -> None:
     """Give ``folder`` and everything in it the modes a plain mkdir/open would (0777/0666 less the umask): mkdtemp
     makes 0700 and safetensors writes 0600, which on a shared cluster locks teammates out of exports/checkpoints."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for path in (Path(folder), *Path(folder).rglob("*")):
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
@@ -60,17 +64,24 @@ def replace_dir(tmp_dir, final_dir) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@functools.cache  # the code this process was launched with; train.py records it in every checkpoint
-def git_sha() -> str | None:
+CHECKOUT = Path(__file__).resolve().parent.parent  # the code this process runs
+
+
+def git(root: Path, *args) -> str | None:
+    """stdout of ``git -C root ARGS`` (stripped), or None when git is missing, slow (10 s) or fails."""
     try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.cache  # the code this process was launched with; train.py records it in every checkpoint
+def git_sha() -> str | None:
+    sha = git(CHECKOUT, "rev-parse", "HEAD")
+    if sha is None:
+        return None
+    return sha + ("-dirty" if git(CHECKOUT, "status", "--porcelain", "--untracked-files=no") else "")
 
 
 @functools.cache
@@ -79,19 +90,11 @@ def git_install_url(root: Path | None = None) -> str | None:
     code that made the weights. None without a remote ``origin``, with uncommitted changes or a commit no remote
     branch contains (that code is nowhere to install from) or for a local-path remote. Credentials in the URL (``https://user:token@host/...``) are dropped:
     a card is public."""
-    root = root or Path(__file__).resolve().parent.parent
-
-    def git(*args) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    sha, url = git("rev-parse", "HEAD"), git("remote", "get-url", "origin")
-    if not sha or not url or git("status", "--porcelain", "--untracked-files=no") != "":
+    root = root or CHECKOUT
+    sha, url = git(root, "rev-parse", "HEAD"), git(root, "remote", "get-url", "origin")
+    if not sha or not url or git(root, "status", "--porcelain", "--untracked-files=no") != "":
         return None
-    if not git("branch", "-r", "--contains", sha):  # never pushed (as far as the last fetch knows): not installable
+    if not git(root, "branch", "-r", "--contains", sha):  # never pushed (as the last fetch knows): not installable
         return None
     if "://" in url:
         scheme, rest = url.split("://", 1)

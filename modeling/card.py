@@ -16,9 +16,10 @@ from huggingface_hub import EvalResult, EvalResultEntry, ModelCardData, eval_res
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from imagenet_trainer.manifest import SOURCE_FILE
+
 REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
 ILSVRC_HUB_ID = "ILSVRC/imagenet-1k"  # the Hub's ILSVRC-2012 classification data (train/validation/test)
-SOURCE_FILE = "source.json"  # written by preprocess.py next to its dataset: layout, name, counts, split seed
 INSTALL = ("pip install git+<url of the imagenet-trainer repository>  # or, in a checkout: pip install -e .")  # when
 # the run's code has no public origin (otherwise the card names git+URL@SHA: the code that trained it)
 # TrainConfig fields that say where a run reads, writes and reports, not how the weights were made: left out of

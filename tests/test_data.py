@@ -252,7 +252,9 @@ def test_trainset_same_samples_through_dataloader_workers(ds):
     sampler = ResumableSampler(len(train), 4, seed=1)
     loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=2)
     keys = list(ResumableSampler(len(train), 4, seed=1))
-    for (x, y), batch_keys in zip(loader, keys):
+    batches = list(loader)
+    assert len(batches) == len(keys) > 0  # every batch the sampler lists arrives, and there are some
+    for (x, y), batch_keys in zip(batches, keys, strict=True):
         expected = collate([train[k] for k in batch_keys])
         assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
 
@@ -577,7 +579,9 @@ def test_collate_in_a_worker_writes_shared_memory(ds):
     train = TrainSet(ds["train"], 48, seed=2)
     keys = [[(0, i) for i in range(4)], [(0, i) for i in range(4, 8)]]
     loader = torch.utils.data.DataLoader(train, batch_sampler=keys, collate_fn=_batch_is_shared, num_workers=1)
-    for (x, y, shared), batch_keys in zip(loader, keys):
+    batches = list(loader)
+    assert len(batches) == len(keys)
+    for (x, y, shared), batch_keys in zip(batches, keys, strict=True):
         assert shared
         assert torch.equal(x, torch.stack([train[k][0] for k in batch_keys]))
 

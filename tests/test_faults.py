@@ -62,8 +62,8 @@ def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
     (older / "sub" / "rng.pkl").unlink()
     assert checkpoints.problem(older) == f"{older / 'sub' / 'rng.pkl'} is missing"
     with pytest.raises(ValueError, match="no complete checkpoint"):
-        checkpoints.pick("latest", tmp_path / "ckpt", say=lambda line: None)
-    assert checkpoints.pick("latest", tmp_path / "empty", say=print) is None  # nothing saved yet: start
+        checkpoints.pick("latest", tmp_path / "ckpt", print_fn=lambda line: None)
+    assert checkpoints.pick("latest", tmp_path / "empty", print_fn=print) is None  # nothing saved yet: start
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import train
 from test_fsdp import free_port
 from test_train import ROOT, ok, run, train_cmd
 
-# Runs train.py's main() with probes: counts host syncs (a tensor read by the host) and collectives made inside
-# train_one_epoch, outside checkpointing, and the graphs torch.compile builds (backend "eager": the graphs dynamo
-# captures are the ones Inductor would compile); one JSON per rank.
+# Runs train.py's main() with probes: counts host syncs (a tensor read by the host) and collectives made while
+# EpochTrainer trains (checkpoints and evaluation are main's, outside), and the graphs torch.compile builds
+# (backend "eager": the graphs dynamo captures are the ones Inductor would compile); one JSON per rank.
 PROBE = '''
 import json, os, runpy, sys
 import torch, torch.distributed as dist
@@ -49,28 +49,21 @@ script = sys.argv[1]
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # train.py's own imports, as when run as a script
 module = runpy.run_path(script, run_name="probed")  # defines, does not run main()
-train_one_epoch, save_checkpoint = module["train_one_epoch"], module["save_checkpoint"]
+trainer = module["EpochTrainer"]
 
 
-def probed_epoch(*args, **kwargs):
-    state = args[4]
-    before, active[0] = state.step, True
-    try:
-        return train_one_epoch(*args, **kwargs)
-    finally:
-        active[0] = False
-        counts["steps"] += state.step - before
+def probed(method):
+    def wrapper(self, *args, **kwargs):
+        before, active[0] = self.state.step, True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            active[0] = False
+            counts["steps"] += self.state.step - before
+    return wrapper
 
 
-def unprobed_save(*args, **kwargs):
-    was, active[0] = active[0], False
-    try:
-        return save_checkpoint(*args, **kwargs)
-    finally:
-        active[0] = was
-
-
-module["main"].__globals__.update(train_one_epoch=probed_epoch, save_checkpoint=unprobed_save)
+trainer.train, trainer.finish = probed(trainer.train), probed(trainer.finish)
 module["main"](sys.argv[1:])
 counts["graphs"] = counters["stats"]["unique_graphs"]
 rank = os.environ.get("RANK", "0")
@@ -151,11 +144,11 @@ def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
     said = []
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert train.loader_workers(-1, say=said.append) == max(0, cores - 1)
+    assert train.loader_workers(-1, print_fn=said.append) == max(0, cores - 1)
     assert said and said[0].startswith(f"--num_workers {max(0, cores - 1)}: {cores} cores")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
-    assert train.loader_workers(-1, say=said.append) == 0  # one core each: load in the process itself
-    assert train.loader_workers(3, say=said.append) == 3 and len(said) == 2  # an explicit count is kept, silently
+    assert train.loader_workers(-1, print_fn=said.append) == 0  # one core each: load in the process itself
+    assert train.loader_workers(3, print_fn=said.append) == 3 and len(said) == 2  # an explicit count is kept, silently
 
 
 def test_shared_memory_too_small_is_one_line(tmp_path):

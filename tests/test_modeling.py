@@ -1,6 +1,7 @@
 """modeling/: the registry, our backbones, and the Hub folder format (timm + transformers, offline)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -182,17 +183,28 @@ def test_features_only_gives_advertised_maps(name):
 
 
 @pytest.fixture
-def scratch_registry(monkeypatch):
+def scratch_registry():
     """Names registered inside a test are gone after it: timm's registry and list_models() are restored, so a
     later test of a user's family of the same name tests that family, not a toy."""
+    with restored_registry():
+        yield
+
+
+@contextlib.contextmanager
+def restored_registry():
+    """timm's registry and modeling's list of our names as they were on entry, again on exit."""
     reg = timm.models._registry
     saved = {name: copy.deepcopy(value) if name != "_model_entrypoints" else dict(value)
              for name, value in vars(reg).items() if name.startswith(("_model", "_module")) and
              isinstance(value, (dict, set))}
-    monkeypatch.setattr(modeling._registry, "_OURS", set(modeling._registry._OURS))
-    yield
-    for name, value in saved.items():
-        setattr(reg, name, value)
+    ours = modeling._registry._OURS
+    modeling._registry._OURS = set(ours)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(reg, name, value)
+        modeling._registry._OURS = ours
 
 
 DOC_FAMILY = "mynet_doc_example"  # not the README's mynet_small: that name is the user's
@@ -222,8 +234,18 @@ def test_readme_example_backbone_works(tmp_path, monkeypatch, scratch_registry):
     assert check_advertised_maps(modeling.create_model(DOC_FAMILY, features_only=True)) == [2, 4]
 
 
-def test_scratch_registry_restores_timm(scratch_registry):
-    assert not timm.is_model(DOC_FAMILY) and DOC_FAMILY not in modeling.list_models()  # the test above left none
+def test_scratch_registry_restores_timm(tmp_path, monkeypatch):
+    """A family registered inside restored_registry (what the scratch_registry fixture runs) is gone after it."""
+    (tmp_path / "mynet_example.py").write_text(docstring_family_source())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mynet_example", raising=False)
+    assert not timm.is_model(DOC_FAMILY)
+    with restored_registry():
+        import mynet_example  # noqa: F401
+
+        assert timm.is_model(DOC_FAMILY) and DOC_FAMILY in modeling.list_models()
+    assert not timm.is_model(DOC_FAMILY) and DOC_FAMILY not in modeling.list_models()
+    monkeypatch.delitem(sys.modules, "mynet_example")
 
 
 def test_variant_without_its_cfg_fails_at_import(tmp_path, monkeypatch, scratch_registry):

@@ -142,7 +142,7 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
     (["--report_to", ""], "--report_to must be one of none, all, "),
     (["--report_to", "foo.bar"], "--report_to must be one of none, all, "),
     (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--dataset", ""], "--dataset must be given"),
+    (["--dataset", ""], "--dataset is required (preprocess.py output folder"),
     (["--min_image_size", "16"], "--ramp_end_epoch must be in [max(1, --ramp_start_epoch), --epochs]"),
     (["--min_image_size", "16", "--ramp_end_epoch", "80", "--epochs", "16"], "--ramp_end_epoch must be in"),
     (["--report_to", "comet_ml"], "--report_to must be a tracker whose package is installed"),

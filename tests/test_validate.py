@@ -366,8 +366,10 @@ def test_a_timm_tag_resolves_as_timm_does_from_the_offline_cache(preprocessed, t
     model = modeling.create_model(name, pretrained=True)  # what train.py --model NAME --pretrained calls
     assert torch.equal(model.state_dict()["fc.weight"], weights["fc.weight"])
 
-    # ILSVRC's 1000 classes, the fixture's 8 validation images (labels 0-3 are the first four wnids)
-    split = datasets.load_from_disk(str(preprocessed))["validation"]
+    # ILSVRC's 1000 classes, the fixture's 8 validation images (labels 0-3 are the first four wnids); cast on a copy:
+    # the cast writes a cache file beside the Arrow files it reads, which the shared fixture's manifest does not list
+    shutil.copytree(preprocessed, tmp_path / "copy")
+    split = datasets.load_from_disk(str(tmp_path / "copy"))["validation"]
     split = split.cast_column("label", datasets.ClassLabel(names=imagenet_wnids()))
     datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "in1k"))
     summary = evaluate(name, tmp_path / "in1k")

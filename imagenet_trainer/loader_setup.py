@@ -1,0 +1,68 @@
+"""The host side of train.py's DataLoaders: how many worker processes (loader_workers), whether /dev/shm holds
+their batches (check_shm), and the batches' copy to the device, overlapped with the step (on_device).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+
+PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
+SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
+
+
+def local_processes() -> int:
+    """Processes launched on this machine: torchrun (and accelerate launch through it) sets LOCAL_WORLD_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def loader_workers(requested: int, print_fn=print) -> int:
+    """--num_workers, or for -1 the cores this process may run on (its affinity: taskset, SLURM's cpuset, a
+    container's --cpus) shared among this machine's processes, less one for the process itself (it runs the step);
+    says what it chose."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(0, cores // local_processes() - 1)
+    print_fn(f"--num_workers {workers}: {cores} cores for {local_processes()} process(es) on this machine, one each "
+             "for the process itself")
+    return workers
+
+
+def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
+    """Refuse to start when `shm` cannot hold the batches the workers of this machine's processes keep in flight
+    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
+    if not workers or not os.path.isdir(shm):
+        return
+    need, free = processes * workers * PREFETCH_FACTOR * batch_bytes, shutil.disk_usage(shm).free
+    if free < need:
+        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
+                         f"DataLoader workers x {PREFETCH_FACTOR} batches of {batch_bytes / 2**20:.1f} MiB need "
+                         f"{need / 2**20:.0f} MiB: give the container more (docker run --shm-size={need // 2**30 + 1}g)"
+                         f" or lower --num_workers / --batch_size")
+
+
+def on_device(batches, device: torch.device):
+    """The loader's (images, labels) on `device`. On CUDA the next batch's copy is issued on a side stream as soon as
+    the current one is handed out, so it overlaps the step's compute (pinned batches: a true async copy) instead of
+    queueing behind it; the compute stream waits for it only when it uses it."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield tuple(t.to(device) for t in batch)
+        return
+    stream = torch.cuda.Stream(device)
+
+    def copy(batch):
+        with torch.cuda.stream(stream):
+            return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    batches = iter(batches)
+    pending = copy(next(batches, None) or ())
+    while pending:
+        current = torch.cuda.current_stream(device)
+        current.wait_stream(stream)
+        for t in pending:
+            t.record_stream(current)  # its memory is the compute stream's to free, not the side stream's
+        ready, pending = pending, copy(next(batches, None) or ())
+        yield ready

@@ -1,0 +1,90 @@
+"""When train.py checkpoints and stops, decided alike on every rank: a stop signal (stop_signals.py), the
+--save_every_minutes clock and the NaN guard (StopSignal), and the stop itself after its checkpoint (exit_stopped).
+In: the ranks' signal flags, the loss so far and the weights, once per --log_every_steps. Out: whether to
+checkpoint, whether to stop, and the mean train loss.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from imagenet_trainer import checkpoints, stop_signals
+from imagenet_trainer.runinfo import atomic_write_text
+from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
+
+
+class StopSignal:
+    """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
+    and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
+    [non-finite count, loss sum, one count per stop signal, save-due flag], read once. One process also reads its own
+    signal flag every step (no device round trip); several act on it at the next check, so all stop at the same
+    step, and every rank knows which signal it was, wherever it arrived."""
+
+    def __init__(self, save_every_minutes: float):
+        stop_signals.install()
+        self.save_every_s = save_every_minutes * 60
+        self.last_save = time.monotonic()
+        self.signals, self.save_due = [], False  # what the ranks agreed at the last check
+
+    def requested(self, num_processes: int) -> bool:
+        return bool(stop_signals.received) if num_processes == 1 else bool(self.signals)
+
+    def signal_name(self) -> str:
+        return "+".join(sig.name for sig in self.signals or dict.fromkeys(stop_signals.received))
+
+    def saved(self) -> None:
+        self.last_save, self.save_due = time.monotonic(), False
+
+    def check(self, accelerator: Accelerator, model, loss_sum: torch.Tensor, loss_count: int, step: int,
+              ckpt_dir: Path) -> float:
+        """The mean train loss so far (over ranks); updates `signals`/`save_due`; stops the run, before a NaN/inf
+        reaches a checkpoint, when the loss or a weight is not finite (the last checkpoint stays the last good one)."""
+        bad = (~torch.isfinite(loss_sum)).sum()
+        for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
+            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
+        due = 0 < self.save_every_s <= time.monotonic() - self.last_save
+        host = torch.tensor([*self._local_counts(), float(due)])
+        flags = torch.cat([bad.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
+        nonfinite, total_loss, *counts, save_due = accelerator.reduce(flags, "sum").tolist()
+        loss = total_loss / accelerator.num_processes / max(1, loss_count)
+        if nonfinite:
+            last_good = checkpoints.newest_complete(ckpt_dir)[0]
+            raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
+                             f"and weights); stopping. Last good checkpoint: {last_good}. "
+                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
+        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS, counts) if n]
+        self.save_due = save_due > 0
+        return loss
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any rank got a stop signal, asked of all of them now (a collective: once an epoch)."""
+        if accelerator.num_processes == 1:
+            return bool(stop_signals.received)
+        counts = torch.tensor(self._local_counts(), device=accelerator.device)
+        self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS,
+                                              accelerator.reduce(counts, "sum").tolist()) if n]
+        return bool(self.signals)
+
+    @staticmethod
+    def _local_counts() -> list[float]:
+        return [float(sig in stop_signals.received) for sig in stop_signals.STOP_SIGNALS]
+
+
+def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_name: str) -> None:
+    """After the checkpoint a stop signal asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
+    accelerate launch and torchrun report any rank's non-zero status as 1, so the record (written before any rank
+    exits) is what tells slurm/train.sbatch to requeue through them."""
+    checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
+    if accelerator.is_main_process:
+        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
+            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": step,
+             "checkpoint": str(checkpoint), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written; exiting with status "
+                          f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    raise SystemExit(STOPPED_STATUS)
