@@ -90,6 +90,9 @@ class DemoConfig:
     seed: int = 0  # same seed, same files
     long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
     grain: float = 0.0  # photos: film grain std-dev, grey levels; long_side 500 + grain 32: ~106 KB files (ImageNet)
+    # photos: 0 = JPEG quality drawn from 75-95 and ~20% progressive (ImageNet's mix); 1-95 = every photo sequential
+    # at that quality, as photos re-encoded by a camera app or a resizing script (90 + grain 11: ~85 KB files)
+    quality: int = 0
     layout: str = "ilsvrc"  # "ilsvrc" (Kaggle's tree, everything above) or "folders" (photos in class folders)
     num_proc: int = 1  # processes for --layout folders (ImageNet-sized images with grain are slow to make)
 
@@ -204,8 +207,8 @@ class _Instances:
 class _Tree:
     """The files of one demo tree as they are written, and demo_manifest.json's record of them."""
 
-    def __init__(self, root: Path, rng, manifest: dict):
-        self.root, self.rng, self.manifest = root, rng, manifest
+    def __init__(self, root: Path, rng, manifest: dict, quality: int = 0):
+        self.root, self.rng, self.manifest, self.quality = root, rng, manifest, quality
         self.data = {split: root / d for split, d in ilsvrc.SPLIT_DIRS.items()}
         self.ann = {split: root / d for split, d in ilsvrc.ANNOTATION_DIRS.items()}
         for d in [*self.data.values(), *self.ann.values(), root / ilsvrc.IMAGESETS_DIR]:
@@ -216,7 +219,11 @@ class _Tree:
 
     def image(self, split: str, path: Path, stem: str, img: Image.Image, kind: str | None = None) -> Image.Image:
         """`img` saved at `path`, as ImageNet's quirk `kind` when given; the pixels as stored."""
-        stored = SAVE[kind](path, img, self.rng)
+        if kind is None and self.quality:
+            path.write_bytes(jpeg_bytes(img, self.rng, self.quality))
+            stored = img
+        else:
+            stored = SAVE[kind](path, img, self.rng)
         if kind:
             self.plant(kind, split, stem, path)
         self.manifest["image_sizes"][stem] = list(stored.size)
@@ -225,9 +232,12 @@ class _Tree:
 
 def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_per_class: int = 12,
                      val_per_class: int = 4, num_test: int = 10, faults: bool = False, seed: int = 0,
-                     long_side: int = 0, grain: float = 0.0) -> Path:
-    """Write the tree described in the module docstring under ``root`` (replaced if present); returns ``root``."""
+                     long_side: int = 0, grain: float = 0.0, quality: int = 0) -> Path:
+    """Write the tree described in the module docstring under ``root`` (replaced if present); returns ``root``.
+    ``quality``: DemoConfig's (0: ImageNet's mix of qualities and codings)."""
     _check_tree_args(source, num_classes, train_per_class, val_per_class, num_test, faults, grain)
+    if not 0 <= quality <= 95:
+        raise ValueError(f"quality={quality}: use 1-95 (Pillow's useful range), or 0 for ImageNet's mix")
     rng = np.random.default_rng(seed)
     wnids = ilsvrc.imagenet_wnids()[:num_classes]
     descriptions = [_description(source, k) for k in range(num_classes)]
@@ -235,7 +245,7 @@ def make_ilsvrc_tree(root, source: str = "photos", num_classes: int = 10, train_
     manifest = {"source": source, "seed": seed, "wnids": wnids, "descriptions": descriptions,
                 "files": {}, "broken": list(BROKEN) if faults else [], "planted": {}, "val_labels": {},
                 "xml_objects": {}, "image_sizes": {}}
-    tree = _Tree(root, rng, manifest)
+    tree = _Tree(root, rng, manifest, quality)
     instance = _Instances(source, rng, num_classes, train_per_class, val_per_class, num_test, long_side, grain)
     train_cls, train_loc, train_rows = _write_train(tree, instance, train_per_class, faults)
     val_ids, val_rows = _write_val(tree, instance, val_per_class, faults)
@@ -397,8 +407,8 @@ def main(argv=None) -> None:
     cfg = parse_config(DemoConfig, argv, description="Write a small ILSVRC-2012 tree in Kaggle's layout.")
     try:
         if cfg.layout == "folders":
-            if cfg.source != "photos" or cfg.faults:
-                raise ValueError("--layout folders writes photos only, without faults")
+            if cfg.source != "photos" or cfg.faults or cfg.quality:
+                raise ValueError("--layout folders writes photos only, without faults, in ImageNet's mix of qualities")
             root = make_folder_tree(cfg.output, cfg.num_classes, cfg.train_per_class, cfg.val_per_class, cfg.seed,
                                     cfg.long_side, cfg.grain, cfg.num_proc)
             print(f"wrote {root}: {cfg.num_classes * cfg.train_per_class} train, "
@@ -407,7 +417,7 @@ def main(argv=None) -> None:
         if cfg.layout != "ilsvrc":
             raise ValueError(f"--layout {cfg.layout}: use ilsvrc or folders")
         root = make_ilsvrc_tree(cfg.output, cfg.source, cfg.num_classes, cfg.train_per_class, cfg.val_per_class,
-                                cfg.num_test, cfg.faults, cfg.seed, cfg.long_side, cfg.grain)
+                                cfg.num_test, cfg.faults, cfg.seed, cfg.long_side, cfg.grain, cfg.quality)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     files = json.loads((root / MANIFEST).read_text())["files"]

@@ -626,6 +626,29 @@ def test_demo_grain_makes_imagenet_sized_files(tmp_path):
         make_ilsvrc_tree(tmp_path / "bad", grain=-1)
 
 
+def test_demo_quality_writes_re_encoded_photos(tmp_path):
+    """--quality: every photo sequential at that JPEG quality (the re-encoded photo benchmark set), the same files
+    for the same seed; without it, ImageNet's mix of qualities and progressive files."""
+    def train_files(name, **kw):
+        root = make_ilsvrc_tree(tmp_path / name, num_classes=2, train_per_class=4, val_per_class=1, num_test=1,
+                                long_side=500, **kw)
+        return sorted((root / ilsvrc.SPLIT_DIRS["train"]).rglob("*.JPEG"))
+
+    files = train_files("q90", grain=11, quality=90)
+    again = train_files("q90_again", grain=11, quality=90)
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in again]
+    reference = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(reference, "JPEG", quality=90)
+    q90 = Image.open(reference).quantization
+    for f in files:
+        image = Image.open(f)
+        assert not image.info.get("progressive") and sorted(image.size) == [375, 500]
+        assert image.quantization == q90
+    assert sum(Image.open(f).quantization == q90 for f in train_files("mix", grain=11)) < len(files)
+    with pytest.raises(ValueError, match="quality"):
+        make_ilsvrc_tree(tmp_path / "bad", quality=96)
+
+
 # ---- a user's files are never lost: refuse, report done, --overwrite ----
 
 def arrow_files(out: Path) -> dict:
