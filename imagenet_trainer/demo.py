@@ -90,9 +90,8 @@ class DemoConfig:
     seed: int = 0  # same seed, same files
     long_side: int = 0  # photos: 0 = varied 60-400 px (fast tests); 500 = ImageNet's 500x375 shapes (benchmarks)
     grain: float = 0.0  # photos: film grain std-dev, grey levels; long_side 500 + grain 32: ~106 KB files (ImageNet)
-    # photos: 0 = JPEG quality drawn from 75-95 and ~20% progressive (ImageNet's mix); 1-95 = every photo sequential
+    quality: int = 0  # photos: 0 = ImageNet's mix (quality 75-95, ~20% progressive); 1-95 = every photo sequential
     # at that quality, as photos re-encoded by a camera app or a resizing script (90 + grain 11: ~85 KB files)
-    quality: int = 0
     layout: str = "ilsvrc"  # "ilsvrc" (Kaggle's tree, everything above) or "folders" (photos in class folders)
     num_proc: int = 1  # processes for --layout folders (ImageNet-sized images with grain are slow to make)
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -21,6 +19,7 @@ import pytest
 import preprocess
 from imagenet_trainer import archives, demo_archives
 from imagenet_trainer.demo import make_ilsvrc_tree
+from test_preprocess import kill_after_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,12 +178,7 @@ def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packagin
     out, work = tmp_path / "out", tmp_path / "out.tmp"
     args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(zipped), "--output_dir", str(out),
             "--num_proc", "1", "--shard_size", "2", "--shorter_side", "64"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while len(list(work.glob("train/*.arrow"))) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_shards(args, work, 4)
     done = {f"{p.parent.name}/{p.name}": p.stat().st_mtime_ns for p in work.glob("*/*.arrow")}  # streamed: test first
     assert 4 <= len(done) < 45, "the kill must land mid-run"
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)

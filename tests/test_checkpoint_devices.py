@@ -22,6 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from imagenet_trainer import checkpoints
+
 from test_train import kill_at_checkpoint, ok, rows, run, train_cmd
 
 _TAG_AS = []  # while non-empty, torch.save tags every storage with its last entry
@@ -52,6 +54,7 @@ def as_if_saved_on_cuda(ckpt) -> None:
     states["torch_cuda_manual_seed"] = [torch.tensor([*seed.to_bytes(8, "little"), *offset.to_bytes(8, "little")],
                                                      dtype=torch.uint8)]
     torch.save(states, ckpt / "random_states_0.pkl")
+    checkpoints.seal(ckpt)  # a CUDA save lists its own files' sizes
 
 
 def test_a_checkpoint_saved_on_cuda_resumes_on_cpu_bit_for_bit(preprocessed, tmp_path):

@@ -179,6 +179,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_resumed_like_straight(tmp_path: Path, out: Path, last_step: int, reference: list) -> None:
+    """The resumed run's last sharded checkpoint equals the straight run's (tmp_path/straight) bit for bit, and its
+    validation rows equal `reference`'s."""
+    a = sharded_weights(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}", tmp_path)
+    b = sharded_weights(out / "checkpoints" / f"step_{last_step:08d}", tmp_path)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_top1"] for r in rows(out)] == [r["val_top1"] for r in reference]
+
+
 def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=(), processes=2):
     """README's FSDP command, on 2 CPU processes: accelerate launch --config_file accelerate_configs/fsdp.yaml ..."""
     return [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
@@ -251,12 +262,7 @@ def test_fsdp_bf16_kill_resume_export_validate(preprocessed, launcher, tmp_path,
     resumed = ok(fsdp_cmd(launcher, preprocessed, out, model, *common, "--resume_from_checkpoint", "latest"))
     assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
 
-    a = sharded_weights(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}", tmp_path)
-    b = sharded_weights(out / "checkpoints" / f"step_{last_step:08d}", tmp_path)
-    assert a.keys() == b.keys() and a
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert [r["val_top1"] for r in rows(out)] == [r["val_top1"] for r in reference]
+    assert_resumed_like_straight(tmp_path, out, last_step, reference)
 
     # the export loads as a DDP run's does: the plain architecture's keys, float32 weights
     exported = modeling.load_model(str(out / "final"))
@@ -381,10 +387,5 @@ def test_hsdp_2x2_mesh_trains_and_resumes_exactly(preprocessed, launcher, tmp_pa
     resumed = ok(fsdp_cmd(launcher, preprocessed, out, BN_MODEL, *common, "--resume_from_checkpoint", "latest",
                           launch=HSDP_2x2, processes=4))
     assert f"at epoch 1, step {mid_epoch}" in resumed.stdout + resumed.stderr
-    a = sharded_weights(tmp_path / "straight" / "checkpoints" / f"step_{last_step:08d}", tmp_path)
-    b = sharded_weights(out / "checkpoints" / f"step_{last_step:08d}", tmp_path)
-    assert a.keys() == b.keys() and a
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert [r["val_top1"] for r in rows(out)] == [r["val_top1"] for r in reference]
+    assert_resumed_like_straight(tmp_path, out, last_step, reference)
     assert (out / "final" / "model.safetensors").is_file()

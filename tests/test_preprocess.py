@@ -375,17 +375,22 @@ def test_script_error_exit_code_and_no_traceback(clean_tree, tmp_path):
 
 # ---- resume ----
 
+def kill_after_shards(args: list, work: Path, shards: int) -> None:
+    """Run preprocess.py `args`; SIGKILL it, with no chance to clean up, once `shards` train shards are in `work`."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(list(work.glob("train/*.arrow"))) < shards and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkilled_run_resumes_without_redoing_shards_and_gives_the_same_dataset(tmp_path):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=50, val_per_class=2, num_test=4)
     out, work = tmp_path / "out", tmp_path / "out.tmp"
     args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir", str(out),
             "--num_proc", "1", "--shard_size", "2", "--shorter_side", "64"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while len(list(work.glob("train/*.arrow"))) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_shards(args, work, 4)
     done = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in work.glob("train/*.arrow")}
     assert len(done) >= 4 and len(done) < 75, "the kill must land mid-run"
     assert not out.exists()
