@@ -598,8 +598,8 @@ def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: Load
             top, left, h, w = pipeline_steps.random_resized_crop_params(height, width, train_set.scale,
                                                                         train_set.ratio, rng)
             t = tick("header walk + crop box", t)
-            tiles = decode.layout(data, segments) if fast_ok and segments is not None else None
-            t = tick("tile layout (index)", t)
+            tiles = decode.tile_grid(data, segments) if fast_ok and segments is not None else None
+            t = tick("tile grid (index)", t)
             oy = ox = 0
             if tiles is not None:
                 data, height, width, oy, ox = decode.region(data, tiles, top, left, h, w)

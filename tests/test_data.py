@@ -504,19 +504,19 @@ def test_micro_batch_seed_is_keyed_by_place_not_rank():
 
 
 def test_elastic_position_keeps_the_global_batch_or_refuses_with_the_arithmetic():
-    layout = lambda n, b, a: {"num_processes": n, "batch_size": b, "grad_accum_steps": a}  # noqa: E731
-    assert elastic_position(10, layout(16, 32, 1), layout(8, 32, 2)) == 20  # 10 steps: 10 batches -> 20 per rank
-    assert elastic_position(20, layout(8, 32, 2), layout(16, 32, 1)) == 10
-    assert elastic_position(6, layout(2, 8, 3), layout(3, 8, 2)) == 4
+    batching = lambda n, b, a: {"num_processes": n, "batch_size": b, "grad_accum_steps": a}  # noqa: E731
+    assert elastic_position(10, batching(16, 32, 1), batching(8, 32, 2)) == 20  # 10 steps: 10 batches -> 20 per rank
+    assert elastic_position(20, batching(8, 32, 2), batching(16, 32, 1)) == 10
+    assert elastic_position(6, batching(2, 8, 3), batching(3, 8, 2)) == 4
     with pytest.raises(ValueError) as err:
-        elastic_position(10, layout(2, 8, 1), layout(1, 8, 1))
+        elastic_position(10, batching(2, 8, 1), batching(1, 8, 1))
     assert str(err.value) == ("it was saved with 2 processes x --batch_size 8 x --grad_accum_steps 1 = 16 images per "
                               "step, this launch has 1 x 8 x 1 = 8; resume with --batch_size 8 --grad_accum_steps 2 "
                               "(the same 8-image micro-batches, processes x accumulation = 2)")
     with pytest.raises(ValueError, match=r"2 x 16 x 1 = 32; resume with --batch_size 8 --grad_accum_steps 2"):
-        elastic_position(0, layout(4, 8, 1), layout(2, 16, 1))  # same global batch, other micro-batches
+        elastic_position(0, batching(4, 8, 1), batching(2, 16, 1))  # same global batch, other micro-batches
     with pytest.raises(ValueError, match="--batch_size 8 on a process count that divides 4"):
-        elastic_position(0, layout(4, 8, 1), layout(3, 8, 1))
+        elastic_position(0, batching(4, 8, 1), batching(3, 8, 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------

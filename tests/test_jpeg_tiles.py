@@ -72,7 +72,7 @@ def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, ti
     before, after = _pixels(data), _pixels(tiled)
     for decoder in before:
         assert np.array_equal(before[decoder], after[decoder]), decoder
-    tiles = decode.layout(tiled)
+    tiles = decode.tile_grid(tiled)
     assert tiles is not None and (tiles.height, tiles.width) == Image.open(io.BytesIO(data)).size[::-1]
     assert tiles.tile_w <= max(tile_px, 16) and tiles.tile_h in (8, 16)
     index = sum(len(s) for s in tile_writer.index_segments(np.diff(tiles.markers)))  # 2 bytes a tile
@@ -91,21 +91,21 @@ def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, ti
 def test_layout_only_for_files_cut_into_tiles(files):
     for kind, data in files.items():
         # Pillow's restart_marker_rows makes whole-row tiles: such files decode by region as they are
-        assert (decode.layout(data) is not None) == (kind == "restart_rows_already"), kind
+        assert (decode.tile_grid(data) is not None) == (kind == "restart_rows_already"), kind
     misaligned = _save(skimage.data.coffee(), restart_marker_blocks=5)  # 38 MCUs a row: pieces straddle rows
-    assert decode.layout(misaligned) is None
+    assert decode.tile_grid(misaligned) is None
     png = io.BytesIO()
     Image.fromarray(skimage.data.coffee()).save(png, "PNG")
     arithmetic = turbojpeg.transform(files["420_landscape"], arithmetic=True)  # SOF9: no Huffman stream to cut
     for other in (png.getvalue(), b"", b"\xff\xd8\xff", misaligned[:len(misaligned) // 2], arithmetic):
-        assert decode.layout(other) is None
+        assert decode.tile_grid(other) is None
         assert tile_writer.add_restarts(other, 64) is None
 
 
 @pytest.mark.parametrize("kind", ["420_landscape", "444", "422", "gray", "progressive", "prime_mcu_row"])
 def test_region_decodes_exactly_those_pixels_of_the_whole_file(files, kind):
     tiled = tile_writer.add_restarts(files[kind], 64)
-    tiles = decode.layout(tiled)
+    tiles = decode.tile_grid(tiled)
     rng = random.Random(kind)
     for factor in (1, 2, 4, 8):
         # TrainSet's decode: fast IDCT and fast (per-MCU) upsampling, DCT-scaled by 1/factor
@@ -158,7 +158,7 @@ def test_malformed_headers_are_none_not_errors(files):
 
     for bad in (patched(tiled, sof + 9, b"\0"), patched(tiled, sof + 7, b"\0\0"), tiled[:sos + 4], tiled[:sof + 6],
                 patched(tiled, sof + 2, b"\xff\xff")):  # no components, width 0, cut in SOS / SOF, length past end
-        assert decode.layout(bad) is None
+        assert decode.tile_grid(bad) is None
         assert tile_writer.add_restarts(bad, 64) is None
 
 
@@ -174,7 +174,7 @@ def _without_index(tiled: bytes) -> bytes:
 def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
     tiled = tile_writer.add_restarts(files[kind], 64)
     plain = _without_index(tiled)  # a tiled file as written before the index existed: found by scanning
-    indexed, scanned = decode.layout(tiled), decode.layout(plain)
+    indexed, scanned = decode.tile_grid(tiled), decode.tile_grid(plain)
     assert scanned is not None and indexed._replace(markers=None) == scanned._replace(markers=None)
     assert np.array_equal(indexed.markers - indexed.markers[0], scanned.markers - scanned.markers[0])
     assert np.array_equal(simplejpeg.decode_jpeg(tiled), simplejpeg.decode_jpeg(plain))
@@ -184,7 +184,7 @@ def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
         box = top, left, rng.randint(1, indexed.height - top), rng.randint(1, indexed.width - left)
         assert decode.region(tiled, indexed, *box) == decode.region(plain, scanned, *box)
     again = tile_writer.add_restarts(tiled, 64)  # re-tiling keeps one index, not the old one beside the new
-    assert decode.layout(again)._replace(head=None, sof=None, markers=None) == indexed._replace(
+    assert decode.tile_grid(again)._replace(head=None, sof=None, markers=None) == indexed._replace(
         head=None, sof=None, markers=None) or kind == "progressive"  # its baseline re-code may pick other tiles
     assert sum(m == decode.INDEX_MARKER for m, s, e in decode.header_segments(again)) == 1
     assert np.array_equal(simplejpeg.decode_jpeg(again), simplejpeg.decode_jpeg(tiled))
@@ -192,24 +192,24 @@ def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
 
 def test_an_index_that_does_not_match_the_data_is_ignored(files):
     tiled = tile_writer.add_restarts(files["420_landscape"], 64)
-    scanned = decode.layout(_without_index(tiled))
+    scanned = decode.tile_grid(_without_index(tiled))
     (s, e), = [(s, e) for m, s, e in decode.header_segments(tiled) if m == decode.INDEX_MARKER]
     first = s + 4 + len(decode.INDEX_ID)
     wrong_length = tiled[:first] + (int.from_bytes(tiled[first:first + 2], "little") + 1).to_bytes(2, "little") \
         + tiled[first + 2:]
     too_short = tiled[:s + 2] + (e - s - 4).to_bytes(2, "big") + tiled[s + 4:e - 2] + tiled[e:]  # one tile missing
     for bad in (wrong_length, too_short):
-        tiles = decode.layout(bad)
+        tiles = decode.tile_grid(bad)
         assert tiles is not None and np.array_equal(tiles.markers - tiles.markers[0],
                                                     scanned.markers - scanned.markers[0])
 
 
 def test_an_index_of_many_tiles_spans_several_segments(files, monkeypatch):
-    whole = decode.layout(tile_writer.add_restarts(files["444_big"], 64))
+    whole = decode.tile_grid(tile_writer.add_restarts(files["444_big"], 64))
     monkeypatch.setattr(tile_writer, "INDEX_PER_SEGMENT", 1000)  # 5,922 tiles: 6 segments
     tiled = tile_writer.add_restarts(files["444_big"], 64)
     assert sum(m == decode.INDEX_MARKER for m, s, e in decode.header_segments(tiled)) == 6
-    tiles = decode.layout(tiled)
+    tiles = decode.tile_grid(tiled)
     assert tiles._replace(markers=None) == whole._replace(markers=None)
     assert np.array_equal(tiles.markers - tiles.markers[0], whole.markers - whole.markers[0])
 
@@ -219,9 +219,9 @@ def test_tiles_are_as_narrow_as_hold_min_tile_bytes(files):
     photo = _save(np.clip(np.asarray(Image.fromarray(skimage.data.coffee()).resize((500, 375))) + grain, 0, 255)
                   .astype(np.uint8))  # ImageNet-sized: ~110 KB, ~140 coded bytes a 4:2:0 MCU
     assert 90_000 < len(photo) < 140_000
-    tiles = decode.layout(tile_writer.add_restarts(photo, 64))
+    tiles = decode.tile_grid(tile_writer.add_restarts(photo, 64))
     assert tiles.tile_w == 16  # one MCU
     assert (tiles.markers[-1] - tiles.markers[0]) / (len(tiles.markers) - 1) >= tile_writer.MIN_TILE_BYTES
-    smooth = decode.layout(tile_writer.add_restarts(files["444_big"], 64))  # ~13 coded bytes an 8 px MCU
+    smooth = decode.tile_grid(tile_writer.add_restarts(files["444_big"], 64))  # ~13 coded bytes an 8 px MCU
     assert smooth.tile_w == 32  # 188 MCUs a row = 4 x 47: 4 MCUs is the widest tile within 64 px
-    assert decode.layout(tile_writer.add_restarts(photo, 10_000)).tile_w == 16  # the width asked is a maximum
+    assert decode.tile_grid(tile_writer.add_restarts(photo, 10_000)).tile_w == 16  # the width asked is a maximum

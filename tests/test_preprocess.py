@@ -124,10 +124,10 @@ def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(prep
     tiled = small = 0
     for split, stem, stored, original in _plain(rows, m, ilsvrc_tree):
         if len(original) < preprocess.TILE_MIN_BYTES:  # nothing to gain: stored byte for byte
-            assert stored == original and decode.layout(stored) is None, stem
+            assert stored == original and decode.tile_grid(stored) is None, stem
             small += 1
             continue
-        tiles = decode.layout(stored)
+        tiles = decode.tile_grid(stored)
         assert stored != original and tiles is not None and tiles.tile_w <= 64, stem  # default --restart_tile 64
         assert decode.INDEX_ID in stored[:tiles.markers[0]], stem  # the tiles are indexed: no marker scan
         a, b = Image.open(io.BytesIO(original)), Image.open(io.BytesIO(stored))
@@ -137,7 +137,7 @@ def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(prep
     assert tiled >= 3 and small >= 10
     report = json.loads((preprocessed / "preprocess_report.json").read_text())
     assert sum(sum(c.values()) for c in report["reencoded"].values()) == len(CONVERTED)
-    with_tiles = sum(decode.layout(r["image"]["bytes"]) is not None for by in rows.values() for r in by.values())
+    with_tiles = sum(decode.tile_grid(r["image"]["bytes"]) is not None for by in rows.values() for r in by.values())
     assert sum(report["tiled"].values()) == with_tiles >= tiled
     assert sum(sum(c.values()) for c in report["untiled"].values()) == sum(report["counts"].values()) - with_tiles
     assert all(set(c) <= {"smaller than 24 KB"} for c in report["untiled"].values())
@@ -150,7 +150,7 @@ def test_restart_tile_0_stores_plain_jpegs_byte_for_byte(ilsvrc_tree, tmp_path):
     rows = raw_rows(tmp_path / "out")
     plain = list(_plain(rows, m, ilsvrc_tree))
     assert len(plain) > 20 and all(stored == original for _, _, stored, original in plain)
-    assert all(decode.layout(r["image"]["bytes"]) is None for by_id in rows.values() for r in by_id.values())
+    assert all(decode.tile_grid(r["image"]["bytes"]) is None for by_id in rows.values() for r in by_id.values())
     report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
     assert set(report["tiled"].values()) == {0}
 

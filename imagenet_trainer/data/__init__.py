@@ -24,11 +24,11 @@ from imagenet_trainer.data.device import mixup_cutmix, normalize, random_erasing
 from imagenet_trainer.data.rows import Rows
 from imagenet_trainer.data.samples import (INTERPOLATIONS, REPLACEMENT_TRIES, EvalSet, TrainSet,
                                            random_resized_crop_params, replacement_row)
-from imagenet_trainer.data.sampling import (LAYOUT_KEYS, ResumableSampler, elastic_position, micro_batch_seed,
+from imagenet_trainer.data.sampling import (BATCHING_KEYS, ResumableSampler, elastic_position, micro_batch_seed,
                                             sample_rng)
 from imagenet_trainer.data.sources import check_labels, load_image_dataset
 
-__all__ = ["Batch", "EvalSet", "INTERPOLATIONS", "LAYOUT_KEYS", "REPLACEMENT_TRIES", "ResumableSampler", "Rows",
+__all__ = ["Batch", "EvalSet", "INTERPOLATIONS", "BATCHING_KEYS", "REPLACEMENT_TRIES", "ResumableSampler", "Rows",
            "TrainSet", "check_labels", "collate", "elastic_position", "load_image_dataset", "micro_batch_seed",
            "mixup_cutmix", "normalize", "random_erasing", "random_resized_crop_params", "replacement_row",
            "sample_rng"]

@@ -10,7 +10,7 @@ coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW u
   one Huffman-coded stream, and on ImageNet-sized files (~110 KB) that entropy decoding is most of the decode time.
   Restart markers (ITU T.81 F.1.2.3: every R MCUs the coder resets, byte-aligns and writes RSTn) cut the stream into
   pieces that decode alone; when each MCU row holds a whole number of pieces they are tiles (R MCUs wide, one MCU
-  row high). ``layout`` finds the tiles of such a file, from the tile index in its APP9 segments (``INDEX_ID``)
+  row high). ``tile_grid`` finds the tiles of such a file, from the tile index in its APP9 segments (``INDEX_ID``)
   where present, else by scanning the coded data for the markers (a file tiled by another tool); ``region`` cuts out
   the tiles under a crop as a smaller JPEG (the file's own header with its frame size patched) that any decoder
   reads. With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the region's pixels equal the
@@ -43,7 +43,7 @@ DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5
 EXIF_ORIENTATION = 0x0112
 
 
-class Layout(NamedTuple):
+class TileGrid(NamedTuple):
     head: bytes  # every byte before the entropy-coded data (SOI ... SOS header)
     sof: int  # offset of the SOF marker in head (its frame height and width are at +5)
     height: int  # px
@@ -98,7 +98,7 @@ def frame_info(data: bytes, segments) -> tuple[int, int, int, int, int] | None:
     return (start, height, width, mcu_h, mcu_w) if mcu_h and mcu_w else None
 
 
-def layout(data: bytes, segments=None) -> Layout | None:
+def tile_grid(data: bytes, segments=None) -> TileGrid | None:
     """The tiles of a single-scan Huffman JPEG whose restart interval fits its MCU rows; None for any other file.
     ``segments``: the file's ``header_segments``, where the caller has them already."""
     segments = header_segments(data) if segments is None else segments
@@ -127,7 +127,7 @@ def layout(data: bytes, segments=None) -> Layout | None:
     head = data[:scan] if not index else b"".join(  # the index stays out of the regions' headers
         [data[a:b] for a, b in zip([0] + [e for s, e in index], [s for s, e in index] + [scan])])
     sof -= sum(e - s for s, e in index if s < sof)
-    return Layout(head, sof, height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
+    return TileGrid(head, sof, height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
                   max(1, per_row // interval), markers)
 
 
@@ -138,7 +138,7 @@ def index_spans(data, segments) -> list[tuple[int, int]]:
 
 def _check_markers(a: np.ndarray, markers: np.ndarray) -> bool:
     """markers[1:] are count - 1 RSTn (0xFFD0-0xFFD7), then EOI: anything else (a second scan, fill bytes, no EOI, an
-    index that does not match the data) is not this layout."""
+    index that does not match the data) is not this grid."""
     ends = markers[1:]
     ff, kinds = a[ends], a[ends + 1]
     return bool(kinds[-1] == 0xD9 and ff.min() == 0xFF
@@ -169,7 +169,7 @@ def _indexed_markers(data, index: list, scan: int, count: int) -> np.ndarray | N
     return markers if markers[-1] == len(data) - 2 and data[-2:] == b"\xff\xd9" else None
 
 
-def region(data, tiles: Layout, top: int, left: int, h: int, w: int) -> tuple[bytearray, int, int, int, int]:
+def region(data, tiles: TileGrid, top: int, left: int, h: int, w: int) -> tuple[bytearray, int, int, int, int]:
     """(JPEG of the tiles under the box, its height, width, and the (top, left) of its first pixel in the file)."""
     per, markers = tiles.tiles_per_row, tiles.markers
     r0, r1 = top // tiles.tile_h, min(-(-(len(markers) - 1) // per), -(-(top + h) // tiles.tile_h))

@@ -23,7 +23,7 @@ import datasets
 import torch
 from torchvision import transforms
 
-from imagenet_trainer.data.decode import (decode_scaled, dct_factor, header_segments, layout, probe, region,
+from imagenet_trainer.data.decode import (decode_scaled, dct_factor, header_segments, probe, region, tile_grid,
                                           resize_uint8)
 from imagenet_trainer.data.rows import Rows
 from imagenet_trainer.data.sampling import sample_rng
@@ -131,7 +131,7 @@ class TrainSet(torch.utils.data.Dataset):
             segments = header_segments(data)  # walked once, for the EXIF check and the tiles
             height, width, fast_ok = probe(data, segments)
             top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, rng)
-            tiles = layout(data, segments) if fast_ok and segments is not None else None
+            tiles = tile_grid(data, segments) if fast_ok and segments is not None else None
             oy = ox = 0  # where the decoded part starts in the file (full-resolution px)
             if tiles is not None:  # a tiled JPEG (preprocess.py --restart_tile): decode the tiles under the crop
                 data, height, width, oy, ox = region(data, tiles, top, left, h, w)

@@ -1,6 +1,6 @@
 """The order of the input pipeline, and every seed in it: a pure function of the run's place, never of global state.
 
-In: the split's size, the run's seed and the batch layout (``--batch_size``, processes, accumulation). Out: each
+In: the split's size, the run's seed and the batching (``--batch_size``, processes, accumulation). Out: each
 rank's batches of keys ``(epoch, index)`` for ``samples.TrainSet`` (``ResumableSampler``), the random stream of
 one sample (``sample_rng``), the seed of one global micro-batch's device-side randomness (``micro_batch_seed``, for
 ``device``), and a checkpoint's position on another process count (``elastic_position``). Because everything the
@@ -89,18 +89,18 @@ def micro_batch_seed(seed: int, epoch: int, micro_batch: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-LAYOUT_KEYS = ("num_processes", "batch_size", "grad_accum_steps")
+BATCHING_KEYS = ("num_processes", "batch_size", "grad_accum_steps")
 
 
 def elastic_position(batch_in_epoch: int, saved: dict, now: dict) -> int:
-    """A checkpoint's per-rank batch position (``saved`` layout: ``LAYOUT_KEYS``) as this launch's (``now``).
+    """A checkpoint's per-rank batch position (``saved`` batching: ``BATCHING_KEYS``) as this launch's (``now``).
 
     The global micro-batches must stay the same, so the same --batch_size and processes x accumulation (hence the
     same global batch): 16 GPUs x accumulation 1 resume on 8 x 2. --batch_size is kept rather than the global batch
     alone because a micro-batch is BatchNorm's and mixup's unit: another split would compute other steps. Anything
     else is a ValueError whose message has the arithmetic and the flags that fit."""
-    n, b, a = (saved[k] for k in LAYOUT_KEYS)
-    m, b2, a2 = (now[k] for k in LAYOUT_KEYS)
+    n, b, a = (saved[k] for k in BATCHING_KEYS)
+    m, b2, a2 = (now[k] for k in BATCHING_KEYS)
     if b == b2 and n * a == m * a2:
         return batch_in_epoch * n // m  # a step boundary: n * a * steps global micro-batches, m * a2 per rank
     fit = (f"--batch_size {b} --grad_accum_steps {n * a // m}" if n * a % m == 0 else
