@@ -16,7 +16,6 @@ from test_faults import break_image
 from test_train import ok, rows, run, train_cmd
 
 
-
 def replacements(out) -> dict[int, int]:
     return {e["row"]: e["replaced_by"] for e in json.loads((out / "bad_samples.json").read_text())
             if e["split"] == "train"}
