@@ -560,13 +560,17 @@ class EpochTrainer:
         self.loss_count = state.epoch_loss[1]
         self.sampler.set_position(state.epoch, state.batch_in_epoch)
         self.started, self.data_wait, self.images = time.perf_counter(), 0.0, 0
+        self.first_batch_s = None  # the wait for the epoch's first batch: worker start-up and the prefetch fill
         self.batches = on_device(train_loader, accelerator.device)
 
     def train(self, bar) -> Stopped:
         state, cfg = self.state, self.cfg
         t = time.perf_counter()
         for x, y in self.batches:
-            self.data_wait += time.perf_counter() - t
+            waited = time.perf_counter() - t
+            self.data_wait += waited
+            if self.first_batch_s is None:
+                self.first_batch_s = waited
             self.micro_batch(x, y)
             if self.accelerator.sync_gradients:
                 state.step += 1
@@ -631,10 +635,15 @@ class EpochTrainer:
         state = self.state
         train_loss = self.train_loss()
         elapsed = time.perf_counter() - self.started
+        first = self.first_batch_s or 0.0
         epoch_done = state.batch_in_epoch >= self.micro_batches
+        # data_wait_frac includes the wait for the first batch, which a short epoch (a benchmark's) weighs far more
+        # than an ImageNet one does: the steady share, after it, is the one that says whether the loader keeps up
         row = {"epoch": state.epoch + (1 if epoch_done else state.batch_in_epoch / len(self.sampler)),
                "step": state.step, "train_loss": train_loss, "lr": self.plan.lr_at(state.step - 1),
                "images_per_sec": self.images / elapsed, "data_wait_frac": self.data_wait / elapsed,
+               "first_batch_s": first,
+               "data_wait_steady_frac": (self.data_wait - first) / max(elapsed - first, 1e-9),
                "image_size": self.loader.dataset.size_at(state.epoch)}
         if epoch_done:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
