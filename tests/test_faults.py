@@ -189,9 +189,12 @@ def test_a_bad_row_is_replaced_by_the_same_row_in_every_epoch_worker_and_launch(
     (entry,) = bad.seen.values()
     assert entry.pop("error").startswith("row 3: the image does not decode (cannot identify image file")
     assert entry == {"split": "train", "row": 3, "image_id": image_id, "arrow_file": arrow, "replaced_by": choice}
+    strict = BadSamples({"train": split}, limit=0)
+    strict.add_batch([first[2]])  # recorded; train.py judges the limit once the ranks share their finds
+    assert not strict.over_limit()
     with pytest.raises(SystemExit, match=r"error: 1 images do not decode, more than --max_bad_samples 0 .*"
                                          r"preprocess.py --verify"):
-        BadSamples({"train": split}, limit=0).add_batch([first[2]])
+        strict.check()
 
 
 def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(preprocessed, tmp_path):
@@ -222,6 +225,34 @@ def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(pre
     line = last_line(proc)
     assert "2 images do not decode, more than --max_bad_samples 1" in line and "preprocess.py --verify" in line
     assert (tmp_path / "strict" / "bad_samples.json").is_file() and len(rows(tmp_path / "strict")) == 1
+
+
+def test_too_many_bad_images_mid_epoch_stop_at_a_checkpoint_and_a_resume_with_a_higher_limit_goes_on(
+        preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    order = ResumableSampler(len(datasets.load_from_disk(str(data))["train"]), 4, seed=0).order(0)
+    for row in (order[0].item(), order[4].item()):  # read in the first and the second of 5 steps
+        break_image(data, "train", row)
+    out, small = tmp_path / "run", ("--epochs", "1", "--batch_size", "4")
+    proc = run(train_cmd(data, out, *small, "--max_bad_samples", "1"))
+    assert proc.returncode == 1
+    line = last_line(proc)
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert line.startswith("error: 2 images do not decode, more than --max_bad_samples 1") and \
+        "preprocess.py --verify" in line and line.endswith(f"--max_bad_samples 2 continues from checkpoint {ckpt}"), line
+    assert checkpoints.step_folders(out / "checkpoints") == [ckpt] and checkpoints.problem(ckpt) is None
+    assert not (out / "metrics.jsonl").exists(), "stopped mid-epoch, before the epoch's row"
+    assert len(json.loads((out / "bad_samples.json").read_text())) == 2
+    resumed = ok(run(train_cmd(data, out, *small, "--max_bad_samples", "2",
+                               "--resume_from_checkpoint", "latest")))
+    assert f"resumed from {ckpt} at epoch 0, step 2" in resumed.stdout + resumed.stderr
+    straight = tmp_path / "straight"
+    ok(run(train_cmd(data, straight, *small, "--max_bad_samples", "2")))
+    assert [r["step"] for r in rows(out)] == [r["step"] for r in rows(straight)]
+    assert rows(out)[0]["train_loss"] == pytest.approx(rows(straight)[0]["train_loss"], rel=1e-5)
+    a, b = load_file(out / "final" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resume continues exactly where the stop left off"
 
 
 # -- one run per folder ------------------------------------------------------------------------------------------------
