@@ -756,20 +756,31 @@ def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples
 
 def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
            label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, train_seconds: float) -> None:
-    """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final)."""
+    """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final): written
+    whole or not at all (modeling.save_pretrained); a full disk ends the run on every rank in one line."""
     eval_size = cfg.eval_image_size or cfg.image_size
     weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
+    full_disk = None
     if accelerator.is_main_process:
         clean = modeling.create_model(cfg.model, num_classes=len(label_names))
         clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
-        modeling.save_pretrained(
-            clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
-            pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
-            model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None, "repo_id": cfg.hub_model_id,
-                        "recipe": asdict(cfg), "train_time": train_seconds,
-                        "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
-                                    "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
-                        "epochs": epochs, "hardware": hardware(accelerator)})
+        try:
+            modeling.save_pretrained(
+                clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
+                pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
+                model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None,
+                            "repo_id": cfg.hub_model_id, "recipe": asdict(cfg), "train_time": train_seconds,
+                            "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
+                                        "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
+                            "epochs": epochs, "hardware": hardware(accelerator)})
+        except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError carries no errno)
+            if not checkpoints.is_disk_full(e):
+                raise
+            earlier = "the earlier export there is unchanged" if out_dir.is_dir() else "nothing of it is left"
+            full_disk = (f"error: export {out_dir}: no space left on {out_dir.parent} "
+                         f"({checkpoints.free_bytes(out_dir.parent) / 1e9:.1f} GB free); {earlier}. Free space, "
+                         "then --resume_from_checkpoint latest trains on from the last checkpoint and exports again")
+    refuse_together(accelerator, full_disk)
 
 
 def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) -> None:

@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import modeling
 import preprocess
 import validate
 from imagenet_trainer import checkpoints
@@ -28,7 +29,7 @@ from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.demo import make_ilsvrc_tree
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
 from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
-from test_train import ROOT, ok, rows, run, train_cmd
+from test_train import ROOT, TINY, ok, rows, run, train_cmd
 
 
 def last_line(proc) -> str:
@@ -452,6 +453,41 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(prep
     (kept,) = checkpoints.step_folders(out / "checkpoints")
     assert kept.name == "step_00000001" and checkpoints.problem(kept) is None and f"{kept} is intact" in line
     assert not list((out / "checkpoints").glob(".tmp_*")), "the unfinished save gives its space back"
+
+
+@pytest.fixture
+def export_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "exdisk", "1m")
+
+
+@pytest.fixture
+def two_exports_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", "2m")
+
+
+def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_export_folder(preprocessed, export_disk):
+    out = export_disk / "run"  # 1 MB: the run's records fit, the export (~1.3 MB of weights) does not
+    proc = run(train_cmd(preprocessed, out, "--epochs", "1"))
+    assert proc.returncode == 1
+    line = last_line(proc)
+    assert line.startswith(f"error: export {out / 'final'}: no space left on {out} (") and \
+        "nothing of it is left" in line and line.endswith("--resume_from_checkpoint latest trains on from the last "
+                                                          "checkpoint and exports again"), line
+    assert {p.name for p in out.iterdir()} <= {LOCK_FILE, "config.yaml", "run_info.json"}, \
+        "no final folder, and the unfinished one gives its space back"
+
+
+def test_a_full_disk_while_saving_over_an_export_keeps_the_earlier_one(two_exports_disk):
+    disk = two_exports_disk  # one export (~1.3 MB) fits, a second beside it does not
+    model = modeling.create_model(TINY, num_classes=4)
+    folder = modeling.save_pretrained(model, disk / "final", label_names=list("abcd"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    torch.nn.init.zeros_(next(model.parameters()))
+    with pytest.raises(Exception) as e:
+        modeling.save_pretrained(model, folder, label_names=list("abcd"))
+    assert checkpoints.is_disk_full(e.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in disk.iterdir()) == ["final"], "the unfinished save gives its space back"
 
 
 def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, mount_point):
