@@ -254,6 +254,7 @@ def main(argv=None):
             # a stop signal that came during the epoch's last step or eval
             exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
                              signal=state.step < total_steps and stop.agreed(accelerator))
+    accelerator.wait_for_everyone()  # no rank closes its gloo/NCCL connections while another is still using them
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -809,5 +810,16 @@ def hardware(accelerator: Accelerator) -> str:
     return ", ".join(parts)
 
 
+def close_process_groups() -> None:
+    """Shut the process groups down (their gloo/NCCL threads joined) on the way out of an error, where no
+    end_training ran: left to the interpreter's teardown, a group's threads can outlive it and abort the process
+    (std::terminate) after its output is written. Local, not a collective: the other ranks may be gone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:
+        close_process_groups()
