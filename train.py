@@ -69,7 +69,7 @@ from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refus
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
-from imagenet_trainer.stopping import StopSignal, exit_stopped
+from imagenet_trainer.stopping import StopSignal, exit_bad_samples, exit_stopped
 
 @dataclass(kw_only=True)  # kw_only: --dataset, required, stands among fields with defaults
 class TrainConfig:
@@ -239,21 +239,22 @@ def main(argv=None):
         while state.step < total_steps:
             started = time.perf_counter()
             trainer = EpochTrainer(accelerator, model, optimizer, train_loader, state, ema, cfg, plan, stop, ckpt_dir)
-            while (stopped := trainer.train(bar)) in (Stopped.STOP_SIGNAL, Stopped.CHECKPOINT_DUE):
+            while (stopped := trainer.train(bar)) not in (Stopped.EPOCH_END, Stopped.STEP_CAP):
                 state.epoch_loss = trainer.loss_so_far()  # a resumed epoch's train_loss covers the whole epoch
                 save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
                 stop.saved()
-                if stopped is Stopped.STOP_SIGNAL:
-                    exit_stopped(accelerator, state.step, ckpt_dir, stop.signal_name())
+                exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir, signal=stopped is Stopped.STOP_SIGNAL)
             row = trainer.finish()
             row.update(evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, started,
                                            run_dir / "final", labels, data_cfg, steps_per_epoch))
             state.epoch_loss = (0.0, 0)  # the next epoch's train loss so far
             save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
             stop.saved()
-            log_epoch(accelerator, row, run_dir, bar, train_loader.bad, cfg.eval_split)
-            if state.step < total_steps and stop.agreed(accelerator):  # it came during the epoch's last step or eval
-                exit_stopped(accelerator, state.step, ckpt_dir, stop.signal_name())
+            log_epoch(accelerator, row, run_dir, bar, bad, cfg.eval_split)
+            # a stop signal that came during the epoch's last step or eval
+            exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
+                             signal=state.step < total_steps and stop.agreed(accelerator))
+    accelerator.wait_for_everyone()  # no rank closes its gloo/NCCL connections while another is still using them
     accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -524,10 +525,12 @@ def nothing_to_do(state: TrainState, cfg: TrainConfig, total_steps: int, run_dir
 # -- the loop ----------------------------------------------------------------------------------------------------------
 
 class Stopped(enum.Enum):
-    """Why `EpochTrainer.train` returned: main checkpoints on the last two and exits on STOP_SIGNAL."""
+    """Why `EpochTrainer.train` returned: main checkpoints on all but the first two and then exits on STOP_SIGNAL
+    and BAD_SAMPLES."""
     EPOCH_END = "epoch end"
     STEP_CAP = "step cap"  # total_steps reached (--epochs or --max_train_steps)
     STOP_SIGNAL = "stop signal"
+    BAD_SAMPLES = "bad samples"  # the ranks' shared undecodable images passed --max_bad_samples
     CHECKPOINT_DUE = "checkpoint due"  # --save_every_steps or --save_every_minutes
 
 
@@ -583,6 +586,9 @@ class EpochTrainer:
                     return Stopped.STEP_CAP
                 if state.batch_in_epoch >= self.micro_batches:
                     return Stopped.EPOCH_END
+                if self.loader.bad.over_limit():  # on the finds shared at the last check: alike on every rank
+                    self.train_loss()  # no NaN into a checkpoint
+                    return Stopped.BAD_SAMPLES
                 stopping = self.stop.requested(self.accelerator.num_processes)
                 if stopping or self.stop.save_due or cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
                     self.train_loss()  # no NaN into a checkpoint
@@ -618,7 +624,7 @@ class EpochTrainer:
     def train_loss(self) -> float:
         """The epoch's mean train loss so far over ranks (a collective, and the NaN guard: StopSignal.check)."""
         return self.stop.check(self.accelerator, self.model, self.loss_sum, self.loss_count, self.state.step,
-                               self.ckpt_dir)
+                               self.ckpt_dir, self.loader.bad)
 
     def log_progress(self, bar) -> None:
         running = {"train/loss": self.train_loss(), "train/lr": self.plan.lr_at(self.state.step - 1)}
@@ -733,8 +739,8 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
 
 def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadSamples, eval_split: str) -> None:
     """One row to the trackers, run_dir/metrics.jsonl and the console, with `bad_samples`: the run's undecodable
-    images so far, listed in run_dir/bad_samples.json (every rank's); past --max_bad_samples the run stops here,
-    after its checkpoint."""
+    images so far, listed in run_dir/bad_samples.json (every rank's); past --max_bad_samples the run stops after it
+    (exit_if_stopping)."""
     for key in [k for k in row if k.endswith("left_out_rows")]:
         bad.add_left_out(eval_split, row.pop(key), warn=accelerator.is_main_process)
     bad.share(accelerator)
@@ -744,27 +750,47 @@ def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadS
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    bad.check()
+
+
+def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples, step: int, ckpt_dir: Path,
+                     signal: bool) -> None:
+    """After a checkpoint, every rank alike: past --max_bad_samples (on the finds all ranks share) the run ends with
+    that error; on a stop `signal` it ends with STOPPED_STATUS."""
+    if bad.over_limit():
+        exit_bad_samples(accelerator, bad, ckpt_dir)
+    if signal:
+        exit_stopped(accelerator, step, ckpt_dir, stop.signal_name())
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------------
 
 def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
            label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, train_seconds: float) -> None:
-    """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final)."""
+    """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final): written
+    whole or not at all (modeling.save_pretrained); a full disk ends the run on every rank in one line."""
     eval_size = cfg.eval_image_size or cfg.image_size
     weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
+    full_disk = None
     if accelerator.is_main_process:
         clean = modeling.create_model(cfg.model, num_classes=len(label_names))
         clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
-        modeling.save_pretrained(
-            clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
-            pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
-            model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None, "repo_id": cfg.hub_model_id,
-                        "recipe": asdict(cfg), "train_time": train_seconds,
-                        "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
-                                    "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
-                        "epochs": epochs, "hardware": hardware(accelerator)})
+        try:
+            modeling.save_pretrained(
+                clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
+                pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
+                model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None,
+                            "repo_id": cfg.hub_model_id, "recipe": asdict(cfg), "train_time": train_seconds,
+                            "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
+                                        "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
+                            "epochs": epochs, "hardware": hardware(accelerator)})
+        except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError carries no errno)
+            if not checkpoints.is_disk_full(e):
+                raise
+            earlier = "the earlier export there is unchanged" if out_dir.is_dir() else "nothing of it is left"
+            full_disk = (f"error: export {out_dir}: no space left on {out_dir.parent} "
+                         f"({checkpoints.free_bytes(out_dir.parent) / 1e9:.1f} GB free); {earlier}. Free space, "
+                         "then --resume_from_checkpoint latest trains on from the last checkpoint and exports again")
+    refuse_together(accelerator, full_disk)
 
 
 def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) -> None:
@@ -793,5 +819,16 @@ def hardware(accelerator: Accelerator) -> str:
     return ", ".join(parts)
 
 
+def close_process_groups() -> None:
+    """Shut the process groups down (their gloo/NCCL threads joined) on the way out of an error, where no
+    end_training ran: left to the interpreter's teardown, a group's threads can outlive it and abort the process
+    (std::terminate) after its output is written. Local, not a collective: the other ranks may be gone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:
+        close_process_groups()

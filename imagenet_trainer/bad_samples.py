@@ -6,7 +6,9 @@ that ``preprocess.py --verify`` names file by file.
 
 DataLoader workers cannot write the main process's state: a training batch carries its replaced rows
 (``data.Batch.replaced``), which ``RecordingLoader`` hands to ``BadSamples`` as the batch arrives; evaluation's
-left-out rows arrive through the gathered labels, on every rank.
+left-out rows arrive through the gathered labels, on every rank. Training judges the limit on the finds every rank
+shares (``over_limit``), at the points where the ranks talk anyway, so all of them stop at the same optimizer step,
+after a checkpoint.
 """
 from __future__ import annotations
 
@@ -78,10 +80,9 @@ class BadSamples:
             print(f"warning: {self.line(entry)}", file=sys.stderr)
 
     def add_batch(self, replaced) -> None:
-        """A training batch's [(row, replacement row, error)]."""
+        """A training batch's [(row, replacement row, error)]; the limit is judged once every rank's are shared."""
         for row, other, error in replaced:
             self.add("train", row, error, replaced_by=other)
-        self.check()
 
     def share(self, accelerator) -> list[dict]:
         """Every rank's finds since the last call, on every rank (a collective); the main process rewrites RECORD.
@@ -104,11 +105,18 @@ class BadSamples:
     def check(self) -> None:
         """SystemExit past the limit: one flipped byte is one image, many are a damaged copy of the dataset."""
         if len(self.seen) > self.limit:
-            where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
-            raise SystemExit(f"error: {len(self.seen)} images do not decode, more than --max_bad_samples "
-                             f"{self.limit} (e.g. {self.line(next(iter(self.seen.values())))}){where}. The dataset "
-                             "is damaged: `python preprocess.py --verify DATASET` names every bad file; copy them "
-                             "again or rerun preprocess.py")
+            raise SystemExit(self.error(self.seen))
+
+    def over_limit(self) -> bool:
+        """Whether the finds shared so far pass the limit: the same answer on every rank between two ``share``s."""
+        return len(self.shared) > self.limit
+
+    def error(self, found: dict[tuple[str, int], dict]) -> str:
+        """The one line that stops a run or a validation with ``found`` (more than the limit) undecodable images."""
+        where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
+        return (f"error: {len(found)} images do not decode, more than --max_bad_samples {self.limit} "
+                f"(e.g. {self.line(next(iter(found.values())))}){where}. The dataset is damaged: "
+                "`python preprocess.py --verify DATASET` names every bad file; copy them again or rerun preprocess.py")
 
     @staticmethod
     def line(entry: dict) -> str:

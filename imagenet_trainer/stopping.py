@@ -1,7 +1,8 @@
 """When train.py checkpoints and stops, decided alike on every rank: a stop signal (stop_signals.py), the
---save_every_minutes clock and the NaN guard (StopSignal), and the stop itself after its checkpoint (exit_stopped).
-In: the ranks' signal flags, the loss so far and the weights, once per --log_every_steps. Out: whether to
-checkpoint, whether to stop, and the mean train loss.
+--save_every_minutes clock, the NaN guard and the undecodable images past --max_bad_samples (StopSignal), and the
+stop itself after its checkpoint (exit_stopped, exit_bad_samples). In: the ranks' signal flags, the loss so far, the
+weights and the bad images found, once per --log_every_steps. Out: whether to checkpoint, whether to stop, and the
+mean train loss.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from imagenet_trainer import checkpoints, stop_signals
+from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.runinfo import atomic_write_text
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
 
@@ -20,7 +22,8 @@ from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
 class StopSignal:
     """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
     and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
-    [non-finite count, loss sum, one count per stop signal, save-due flag], read once. One process also reads its own
+    [non-finite count, loss sum, one count per stop signal, save-due flag, ranks with unshared bad images], read
+    once; only when some rank met an undecodable image do the ranks also share them (BadSamples.share). One process also reads its own
     signal flag every step (no device round trip); several act on it at the next check, so all stop at the same
     step, and every rank knows which signal it was, wherever it arrived."""
 
@@ -40,16 +43,19 @@ class StopSignal:
         self.last_save, self.save_due = time.monotonic(), False
 
     def check(self, accelerator: Accelerator, model, loss_sum: torch.Tensor, loss_count: int, step: int,
-              ckpt_dir: Path) -> float:
-        """The mean train loss so far (over ranks); updates `signals`/`save_due`; stops the run, before a NaN/inf
-        reaches a checkpoint, when the loss or a weight is not finite (the last checkpoint stays the last good one)."""
-        bad = (~torch.isfinite(loss_sum)).sum()
+              ckpt_dir: Path, bad: BadSamples) -> float:
+        """The mean train loss so far (over ranks); updates `signals`/`save_due` and `bad`'s shared finds; stops the
+        run, before a NaN/inf reaches a checkpoint, when the loss or a weight is not finite (the last checkpoint stays
+        the last good one)."""
+        nonfinite_count = (~torch.isfinite(loss_sum)).sum()
         for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
-            bad += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
+            nonfinite_count += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
         due = 0 < self.save_every_s <= time.monotonic() - self.last_save
-        host = torch.tensor([*self._local_counts(), float(due)])
-        flags = torch.cat([bad.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
-        nonfinite, total_loss, *counts, save_due = accelerator.reduce(flags, "sum").tolist()
+        host = torch.tensor([*self._local_counts(), float(due), float(bool(bad.unshared))])
+        flags = torch.cat([nonfinite_count.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
+        nonfinite, total_loss, *counts, save_due, new_bad = accelerator.reduce(flags, "sum").tolist()
+        if new_bad:  # every rank learned it from the same sum, so all of them enter the gather
+            bad.share(accelerator)
         loss = total_loss / accelerator.num_processes / max(1, loss_count)
         if nonfinite:
             last_good = checkpoints.newest_complete(ckpt_dir)[0]
@@ -88,3 +94,14 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     accelerator.wait_for_everyone()
     accelerator.end_training()
     raise SystemExit(STOPPED_STATUS)
+
+
+def exit_bad_samples(accelerator: Accelerator, bad: BadSamples, ckpt_dir: Path) -> None:
+    """After the checkpoint of the step where the ranks' shared finds passed --max_bad_samples: every rank exits with
+    BadSamples' error line, which then names that checkpoint. The finds stay in the run's record, so the resume
+    counts them again: it goes on with a --max_bad_samples above their number."""
+    checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    raise SystemExit(f"{bad.error(bad.shared)}; then --resume_from_checkpoint latest --max_bad_samples "
+                     f"{len(bad.shared)} continues from checkpoint {checkpoint}")

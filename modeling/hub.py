@@ -45,6 +45,7 @@ from huggingface_hub.utils import validate_repo_id
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.models import PretrainedCfg, get_model_args
 
+from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
@@ -77,7 +78,9 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
     ``label_names``: one unique id per class in index order (ImageNet wnids); ``label_descriptions``: the human names
     in the same order (duplicates allowed). ``pretrained_cfg``: the preprocessing the weights were trained/evaluated
     with (mean, std, input_size, crop_pct, interpolation, ...), over the architecture's defaults. ``model_card``: see
-    ``modeling.card.card_text``. An older folder of that name is replaced only once the new one is complete.
+    ``modeling.card.card_text``. An older folder of that name is replaced only once the new one is complete and on
+    disk (a host crash never leaves a folder of that name with truncated files); a failed save (a full disk) leaves
+    the older folder as it was and removes its own temp folder.
     """
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every state_dict key
     _check_model(model)
@@ -131,7 +134,9 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
             (tmp / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml").write_text(
                 yaml.safe_dump(entries, sort_keys=False))
         share_tree(tmp)  # mkdtemp makes 0700, safetensors writes 0600: teammates must read the export
+        fsync_tree(tmp)
         replace_dir(tmp, folder)
+        fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import modeling
 import preprocess
 import validate
 from imagenet_trainer import checkpoints
@@ -28,7 +29,7 @@ from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.demo import make_ilsvrc_tree
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
 from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
-from test_train import ROOT, ok, rows, run, train_cmd
+from test_train import ROOT, TINY, ok, rows, run, train_cmd
 
 
 def last_line(proc) -> str:
@@ -189,9 +190,12 @@ def test_a_bad_row_is_replaced_by_the_same_row_in_every_epoch_worker_and_launch(
     (entry,) = bad.seen.values()
     assert entry.pop("error").startswith("row 3: the image does not decode (cannot identify image file")
     assert entry == {"split": "train", "row": 3, "image_id": image_id, "arrow_file": arrow, "replaced_by": choice}
+    strict = BadSamples({"train": split}, limit=0)
+    strict.add_batch([first[2]])  # recorded; train.py judges the limit once the ranks share their finds
+    assert not strict.over_limit()
     with pytest.raises(SystemExit, match=r"error: 1 images do not decode, more than --max_bad_samples 0 .*"
                                          r"preprocess.py --verify"):
-        BadSamples({"train": split}, limit=0).add_batch([first[2]])
+        strict.check()
 
 
 def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(preprocessed, tmp_path):
@@ -222,6 +226,34 @@ def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(pre
     line = last_line(proc)
     assert "2 images do not decode, more than --max_bad_samples 1" in line and "preprocess.py --verify" in line
     assert (tmp_path / "strict" / "bad_samples.json").is_file() and len(rows(tmp_path / "strict")) == 1
+
+
+def test_too_many_bad_images_mid_epoch_stop_at_a_checkpoint_and_a_resume_with_a_higher_limit_goes_on(
+        preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    order = ResumableSampler(len(datasets.load_from_disk(str(data))["train"]), 4, seed=0).order(0)
+    for row in (order[0].item(), order[4].item()):  # read in the first and the second of 5 steps
+        break_image(data, "train", row)
+    out, small = tmp_path / "run", ("--epochs", "1", "--batch_size", "4")
+    proc = run(train_cmd(data, out, *small, "--max_bad_samples", "1"))
+    assert proc.returncode == 1
+    line = last_line(proc)
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert line.startswith("error: 2 images do not decode, more than --max_bad_samples 1") and \
+        "preprocess.py --verify" in line and line.endswith(f"--max_bad_samples 2 continues from checkpoint {ckpt}"), line
+    assert checkpoints.step_folders(out / "checkpoints") == [ckpt] and checkpoints.problem(ckpt) is None
+    assert not (out / "metrics.jsonl").exists(), "stopped mid-epoch, before the epoch's row"
+    assert len(json.loads((out / "bad_samples.json").read_text())) == 2
+    resumed = ok(run(train_cmd(data, out, *small, "--max_bad_samples", "2",
+                               "--resume_from_checkpoint", "latest")))
+    assert f"resumed from {ckpt} at epoch 0, step 2" in resumed.stdout + resumed.stderr
+    straight = tmp_path / "straight"
+    ok(run(train_cmd(data, straight, *small, "--max_bad_samples", "2")))
+    assert [r["step"] for r in rows(out)] == [r["step"] for r in rows(straight)]
+    assert rows(out)[0]["train_loss"] == pytest.approx(rows(straight)[0]["train_loss"], rel=1e-5)
+    a, b = load_file(out / "final" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resume continues exactly where the stop left off"
 
 
 # -- one run per folder ------------------------------------------------------------------------------------------------
@@ -421,6 +453,41 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(prep
     (kept,) = checkpoints.step_folders(out / "checkpoints")
     assert kept.name == "step_00000001" and checkpoints.problem(kept) is None and f"{kept} is intact" in line
     assert not list((out / "checkpoints").glob(".tmp_*")), "the unfinished save gives its space back"
+
+
+@pytest.fixture
+def export_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "exdisk", "1m")
+
+
+@pytest.fixture
+def two_exports_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", "2m")
+
+
+def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_export_folder(preprocessed, export_disk):
+    out = export_disk / "run"  # 1 MB: the run's records fit, the export (~1.3 MB of weights) does not
+    proc = run(train_cmd(preprocessed, out, "--epochs", "1"))
+    assert proc.returncode == 1
+    line = last_line(proc)
+    assert line.startswith(f"error: export {out / 'final'}: no space left on {out} (") and \
+        "nothing of it is left" in line and line.endswith("--resume_from_checkpoint latest trains on from the last "
+                                                          "checkpoint and exports again"), line
+    assert {p.name for p in out.iterdir()} <= {LOCK_FILE, "config.yaml", "run_info.json"}, \
+        "no final folder, and the unfinished one gives its space back"
+
+
+def test_a_full_disk_while_saving_over_an_export_keeps_the_earlier_one(two_exports_disk):
+    disk = two_exports_disk  # one export (~1.3 MB) fits, a second beside it does not
+    model = modeling.create_model(TINY, num_classes=4)
+    folder = modeling.save_pretrained(model, disk / "final", label_names=list("abcd"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    torch.nn.init.zeros_(next(model.parameters()))
+    with pytest.raises(Exception) as e:
+        modeling.save_pretrained(model, folder, label_names=list("abcd"))
+    assert checkpoints.is_disk_full(e.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in disk.iterdir()) == ["final"], "the unfinished save gives its space back"
 
 
 def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, mount_point):
