@@ -162,12 +162,17 @@ stage_train_recipe() {
   train_run train_recipe ds "$(first_cores "$CORES")" "$RECIPE_SIZE" "$RECIPE_EVAL" "${RECIPE_COMPILE[@]}"
 }
 stage_train_8cores() {  # GOAL_CORES cores (all, where fewer), one for the main process and the rest workers
-  local cpus cores
+  local cpus cores cached
   cpus="$(first_cores "$GOAL_CORES")"
   cores="$(pinned "$cpus" "$PY" -c "import os; print(len(os.sched_getaffinity(0)))")" || return 1
-  echo "{\"cpus\": \"$cpus\", \"cores\": $cores}" > "$WORK/train_8cores_cpus.json"
+  cached="$(fx_graphs)"
   train_run train_8cores "ds$SHORT_SIDE" "$cpus" "$RECIPE_SIZE" "$RECIPE_EVAL" "${RECIPE_COMPILE[@]}" \
-    --epochs "$GOAL_EPOCHS" --num_workers $((cores > 1 ? cores - 1 : 1))
+    --epochs "$GOAL_EPOCHS" --num_workers $((cores > 1 ? cores - 1 : 1)) || return 1
+  echo "{\"cpus\": \"$cpus\", \"cores\": $cores, \"graphs_compiled\": $(($(fx_graphs) - cached))}" \
+    > "$WORK/train_8cores_cpus.json"
+}
+fx_graphs() {  # the graphs in Inductor's FX graph cache: one more for each graph compiled rather than loaded
+  find "$TORCHINDUCTOR_CACHE_DIR/fxgraph" -type f 2> /dev/null | wc -l
 }
 
 pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned where taskset is missing)
@@ -260,7 +265,8 @@ def train_8cores():
     met = (run["images_per_sec"] >= goal["img_s"] and run["data_wait_frac"] < goal["wait_frac"]
            and pinned["cores"] <= goal["cores"])
     return {**run, "dataset": f"preprocess.py --shorter_side {short_side}", "cpus": pinned["cpus"],
-            "cores": pinned["cores"], "workers": run["num_workers"], "steps_per_epoch": table[0]["step"],
+            "cores": pinned["cores"], "workers": run["num_workers"], "graphs_compiled": pinned["graphs_compiled"],
+            "steps_per_epoch": table[0]["step"],
             "steady_epochs": len(table) - 1,
             "per_epoch": [{"images_per_sec": round(r["images_per_sec"], 1),
                            "data_wait_frac": round(r["data_wait_frac"], 3)} for r in table],
