@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU paths end to end, in one short run (about 7 minutes on one H100/H200 with 16 cores); writes one JSON.
+# The GPU paths end to end, in one short run (minutes on one H100/H200; the JSON has each stage's seconds).
 #
 #   bash benchmarks/gpu_check.sh [--out benchmarks/results/gpu_check.json]   # on a machine with one GPU
 #   bash benchmarks/gpu_check.sh --cpu [--out F.json]                        # dry run: every stage tiny, on the CPU
@@ -9,14 +9,20 @@
 # others still run; the JSON is rewritten after every stage, so a run stopped early keeps what it measured. Every
 # stage's full log lands beside it in F_logs.tar.gz.
 #   tree        an ImageNet-shaped class-folder tree (500 px photos with grain, ~110 KB JPEGs) generated on every core,
-#               then preprocess.py on every core
+#               then preprocess.py on every core, twice: the originals, and the --shorter_side 256 copy README.md
+#               recommends when the cores per GPU are few (of the tree with every train file in it twice, hard
+#               links, so that train_8cores' epochs are 100 steps)
 #   throughput  the accelerator's ceiling without a loader (benchmarks/train_loop.py --synthetic_only, bf16 autocast,
 #               channels_last, resident batches, eager): resnet50 at 224 px and at the recipe's 192 px, convnext_tiny
 #   train_eager real train.py (resnet50, bf16, 224 px, no compile), every core but one a DataLoader worker:
 #               images/s and data_wait_frac after the first epoch
 #   train_recipe the same at recipes/resnet50.yaml's settings (192 px, --compile), with recompiles logged
-#   workers     the loader alone (benchmarks/loader.py self-test, 192 px) with 1, 2, 4, 8 workers, each run pinned to
-#               workers + 1 cores: img/s per core, and the cores one GPU needs at train_recipe's rate
+#   train_8cores the goal "ResNet-50 >= 4,000 img/s on one GPU with <= 8 cores and data_wait_frac < 5%": the recipe's
+#               settings on the 256 copy, the whole launch pinned to 8 cores with 7 workers, 5 epochs of 100 steps;
+#               images/s and data_wait_frac of the 4 after the first, and goal_met
+#   workers     the loader alone (benchmarks/loader.py self-test, 192 px) with 1, 4, 8 workers on the originals and
+#               1, 8 on the 256 copy, each run pinned to workers + 1 cores: img/s per core, and the cores one GPU
+#               needs at the fastest train.py rate at the recipe's settings and at the goal's 4,000 img/s
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume
 #   validate    validate.py on train_eager's export: its top-1 against the model card's
 # BENCHMARKS.md ("GPU check") says how to read the JSON. With --cpu the throughput rows say "not measured" and the
@@ -30,7 +36,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 ACCELERATE=("$PY" -m accelerate.commands.launch)
 OUT="$ROOT/benchmarks/results/gpu_check.json"
 CPU=0
-ALL_STAGES=(tree throughput train_eager train_recipe workers fsdp validate)
+ALL_STAGES=(tree throughput train_eager train_recipe train_8cores workers fsdp validate)
 STAGES=("${ALL_STAGES[@]}")
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,27 +59,39 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# one Inductor cache for this run: train_recipe compiles cold, as on a fresh machine, and train_8cores (the same
+# graphs: model, batch, sizes, bf16) loads what it compiled instead of compiling again
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor}"
 CORES="$("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")"
 WORKERS=$((CORES > 1 ? CORES - 1 : 1))  # one core stays with the main process
+# the goal train_8cores answers (BENCHMARKS.md, "GPU check"): img/s of one GPU, the share of time it waits on data,
+# the cores the whole launch may use (its DataLoader workers are the cores less one, for the main process)
+GOAL_IMG_S=4000; GOAL_WAIT_FRAC=0.05; GOAL_CORES=8
+SHORT_SIDE=256  # px: preprocess.py --shorter_side of the copy README.md recommends when the cores per GPU are few
 
 if [ "$CPU" = 1 ]; then
   # tiny everything: the point is that each stage runs and the JSON has its shape
   TREE=(--num_classes 4 --train_per_class 16 --val_per_class 4 --long_side 96)
   TRAIN=(--model blocknet_tiny --batch_size 8 --epochs 2)
+  GOAL_EPOCHS=3  # 16 steps each on the doubled tiny tree
   EAGER_SIZE=32; RECIPE_SIZE=32; RECIPE_EVAL=32; RECIPE_COMPILE=()
   FSDP=(--model blocknet_tiny --image_size 32 --batch_size 4)
   FSDP_STEPS=(2 4)
   PRECISION=(--config_file "$ROOT/accelerate_configs/cpu.yaml")
-  SWEEP=(1 2); SWEEP_IMAGES=32; VAL_BATCH=8
+  SWEEP=(1 2); SWEEP_256=(1 2); SWEEP_IMAGES=32; VAL_BATCH=8
 else
   # 10 classes x 640 = 6,400 train images: resnet50 at batch 128 takes 50 steps an epoch, 4 epochs = 200 steps
   TREE=(--num_classes 10 --train_per_class 640 --val_per_class 20 --long_side 500 --grain 32)
   TRAIN=(--model resnet50 --batch_size 128 --epochs 4)
+  # the 256 copy holds 12,800 train rows: 100 steps an epoch, so the refill of the workers' queues at each epoch's
+  # start weighs half as much as in train_recipe's 50; the 4 epochs after the first are 51,200 images (12.8 s at the
+  # goal's 4,000 img/s)
+  GOAL_EPOCHS=5
   EAGER_SIZE=224; RECIPE_SIZE=192; RECIPE_EVAL=224; RECIPE_COMPILE=(--compile)
   FSDP=(--model convnext_tiny --image_size 224 --batch_size 64)
   FSDP_STEPS=(30 60)
   PRECISION=(--config_file "$ROOT/accelerate_configs/single_gpu.yaml")
-  SWEEP=(1 2 4 8); SWEEP_IMAGES=1000; VAL_BATCH=256
+  SWEEP=(1 4 8); SWEEP_256=(1 8); SWEEP_IMAGES=1000; VAL_BATCH=256
 fi
 COMMON=(--num_workers "$WORKERS" --warmup_epochs 1 --log_every_steps 25 --lr 0.1)
 START=$SECONDS
@@ -94,7 +112,27 @@ run_stage() {
 
 stage_tree() {
   "$PY" -m imagenet_trainer.demo --layout folders --output "$WORK/tree" --num_proc "$CORES" "${TREE[@]}" &&
-  "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" --num_proc "$CORES"
+  "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" --num_proc "$CORES" &&
+  train_twice "$WORK/tree" "$WORK/tree2x" &&
+  "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree2x" --output_dir "$WORK/ds$SHORT_SIDE" --num_proc "$CORES" \
+    --shorter_side "$SHORT_SIDE"
+}
+
+# train_twice TREE OUT: TREE's class folders with every train file under two names (hard links, no copy): twice the
+# rows an epoch, each decoded as often as a distinct file of its size would be
+train_twice() {
+  "$PY" - "$1" "$2" <<'PYEOF'
+import os, sys
+from pathlib import Path
+
+tree, out = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+    rel = path.relative_to(tree)
+    (out / rel.parent).mkdir(parents=True, exist_ok=True)
+    os.link(path, out / rel)
+    if rel.parts[0] == "train":
+        os.link(path, out / rel.parent / f"{path.stem}_2{path.suffix}")
+PYEOF
 }
 
 stage_throughput() {
@@ -112,38 +150,60 @@ stage_throughput() {
   done
 }
 
-train_run() {  # train_run OUTPUT_NAME IMAGE_SIZE EVAL_SIZE [more flags]
-  local name="$1" size="$2" eval_size="$3"; shift 3
-  TORCH_LOGS=recompiles "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/train.py" --dataset "$WORK/ds" \
-    --output_dir "$WORK/$name" "${TRAIN[@]}" --image_size "$size" --eval_image_size "$eval_size" "${COMMON[@]}" "$@"
+# train_run OUTPUT_NAME DATASET CPUS IMAGE_SIZE EVAL_SIZE [more flags]: the launch on those cores (later flags win)
+train_run() {
+  local name="$1" data="$2" cpus="$3" size="$4" eval_size="$5"; shift 5
+  TORCH_LOGS=recompiles pinned "$cpus" "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/train.py" \
+    --dataset "$WORK/$data" --output_dir "$WORK/$name" "${TRAIN[@]}" --image_size "$size" \
+    --eval_image_size "$eval_size" "${COMMON[@]}" "$@"
 }
-stage_train_eager() { train_run train_eager "$EAGER_SIZE" "$EAGER_SIZE"; }
-stage_train_recipe() { train_run train_recipe "$RECIPE_SIZE" "$RECIPE_EVAL" "${RECIPE_COMPILE[@]}"; }
+stage_train_eager() { train_run train_eager ds "$(first_cores "$CORES")" "$EAGER_SIZE" "$EAGER_SIZE"; }
+stage_train_recipe() {
+  train_run train_recipe ds "$(first_cores "$CORES")" "$RECIPE_SIZE" "$RECIPE_EVAL" "${RECIPE_COMPILE[@]}"
+}
+stage_train_8cores() {  # GOAL_CORES cores (all, where fewer), one for the main process and the rest workers
+  local cpus cores cached
+  cpus="$(first_cores "$GOAL_CORES")"
+  cores="$(pinned "$cpus" "$PY" -c "import os; print(len(os.sched_getaffinity(0)))")" || return 1
+  cached="$(fx_graphs)"
+  train_run train_8cores "ds$SHORT_SIDE" "$cpus" "$RECIPE_SIZE" "$RECIPE_EVAL" "${RECIPE_COMPILE[@]}" \
+    --epochs "$GOAL_EPOCHS" --num_workers $((cores > 1 ? cores - 1 : 1)) || return 1
+  echo "{\"cpus\": \"$cpus\", \"cores\": $cores, \"graphs_compiled\": $(($(fx_graphs) - cached))}" \
+    > "$WORK/train_8cores_cpus.json"
+}
+fx_graphs() {  # the graphs in Inductor's FX graph cache: one more for each graph compiled rather than loaded
+  find "$TORCHINDUCTOR_CACHE_DIR/fxgraph" -type f 2> /dev/null | wc -l
+}
 
 pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned where taskset is missing)
   if command -v taskset > /dev/null; then taskset -c "$@"; else shift; "$@"; fi
 }
+first_cores() {  # first_cores N: the first N cores this script may use (all, where fewer), as a taskset list
+  "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])))" "$1"
+}
 stage_workers() {
-  local n last=$((CORES - 1)) feed
+  local n feed
   feed="$("$PY" - "$WORK" <<'PYEOF'
 import json, sys
 from pathlib import Path
-for run in ("train_recipe", "train_eager"):  # the rate the GPU trains at: what the loader has to keep up with
-    rows = Path(sys.argv[1], run, "metrics.jsonl")
-    if rows.is_file():
-        rows = [json.loads(line) for line in rows.read_text().splitlines()]
-        print(round(max(r["images_per_sec"] for r in rows), 1))
+# the rate the GPU trains at, what the loader has to keep up with: the fastest at the recipe's settings
+for runs in (("train_recipe", "train_8cores"), ("train_eager",)):
+    tables = [Path(sys.argv[1], run, "metrics.jsonl") for run in runs]
+    rates = [json.loads(line)["images_per_sec"] for t in tables if t.is_file() for line in t.read_text().splitlines()]
+    if rates:
+        print(round(max(rates), 1))
         break
 else:
     print(2800.0)
 PYEOF
 )"
-  for n in "${SWEEP[@]}"; do
-    [ "$n" -le "$last" ] || continue
-    pinned "0-$n" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/ds" --num_workers "$n" \
-      --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --feed_img_s "$feed" \
-      --output "$WORK/workers_$n.json" || return 1
-  done
+  for n in "${SWEEP[@]}"; do sweep_point ds "workers_$n" "$n" "$feed" || return 1; done
+  for n in "${SWEEP_256[@]}"; do sweep_point "ds$SHORT_SIDE" "workers${SHORT_SIDE}_$n" "$n" "$feed" || return 1; done
+}
+sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loader alone on WORKERS + 1 cores
+  [ "$3" -lt "$CORES" ] || return 0  # a point past this machine's cores is left out
+  pinned "$(first_cores $(($3 + 1)))" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/$1" --num_workers "$3" \
+    --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --feed_img_s "$4" --output "$WORK/$2.json"
 }
 
 fsdp() {
@@ -164,7 +224,8 @@ stage_validate() {
 
 # report: every stage's figures that exist so far, to $OUT (atomically)
 report() {
-  "$PY" - "$WORK" "$OUT" "$CPU" "$((SECONDS - START))" <<'PYEOF'
+  "$PY" - "$WORK" "$OUT" "$CPU" "$((SECONDS - START))" "$SHORT_SIDE" "$GOAL_IMG_S" "$GOAL_WAIT_FRAC" "$GOAL_CORES" \
+    <<'PYEOF'
 import json, os, platform, re, sys
 from pathlib import Path
 
@@ -172,6 +233,7 @@ import torch
 import yaml
 
 work, out, cpu, elapsed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+short_side, goal = int(sys.argv[5]), dict(zip(("img_s", "wait_frac", "cores"), map(float, sys.argv[6:9])))
 
 
 def rows(run):
@@ -197,6 +259,22 @@ def train_py(run):
             "val_top1": table[-1]["val_top1"]}
 
 
+def train_8cores():
+    run, table = train_py("train_8cores"), rows("train_8cores")
+    pinned = json.loads((work / "train_8cores_cpus.json").read_text())
+    met = (run["images_per_sec"] >= goal["img_s"] and run["data_wait_frac"] < goal["wait_frac"]
+           and pinned["cores"] <= goal["cores"])
+    return {**run, "dataset": f"preprocess.py --shorter_side {short_side}", "cpus": pinned["cpus"],
+            "cores": pinned["cores"], "workers": run["num_workers"], "graphs_compiled": pinned["graphs_compiled"],
+            "steps_per_epoch": table[0]["step"],
+            "steady_epochs": len(table) - 1,
+            "per_epoch": [{"images_per_sec": round(r["images_per_sec"], 1),
+                           "data_wait_frac": round(r["data_wait_frac"], 3)} for r in table],
+            "goal": {"images_per_sec": goal["img_s"], "data_wait_frac_below": goal["wait_frac"],
+                     "cores_at_most": int(goal["cores"])},
+            "goal_met": None if cpu else met}
+
+
 def throughput():
     runs = []
     for path in sorted(work.glob("throughput_*.json")):
@@ -209,17 +287,29 @@ def throughput():
     return {"runs": runs}
 
 
+def sweep(prefix):
+    """(the loader.py self-test reports of one copy, fewest workers first; its points)."""
+    runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"{prefix}_*.json"),
+                                                     key=lambda p: int(p.stem.split("_")[-1]))]
+    return runs, [{"workers": s["config"]["num_workers"], "img_s": s["pipelines"]["train"]["ours_img_s"],
+                   "img_s_per_worker": s["pipelines"]["train"]["img_s_per_core"]} for s in runs]
+
+
+def cores_for(img_s, points):
+    # that rate over the per-worker rate of the largest run (the most pessimistic: per-worker rates fall as workers
+    # share caches and memory bandwidth), plus one core for the main process
+    return None if not points else round(img_s / points[-1]["img_s_per_worker"] + 1, 1)
+
+
 def workers():
-    sweep = [json.loads(p.read_text()) for p in sorted(work.glob("workers_*.json"),
-                                                      key=lambda p: int(p.stem.split("_")[1]))]
-    points = [{"workers": s["config"]["num_workers"], "img_s": s["pipelines"]["train"]["ours_img_s"],
-               "img_s_per_worker": s["pipelines"]["train"]["img_s_per_core"]} for s in sweep]
-    feed = sweep[0]["feed_img_s"]
-    # the GPU's rate over the per-worker rate of the largest run (the most pessimistic: per-worker rates fall as
-    # workers share caches and memory bandwidth), plus one core for the main process
-    cores = None if not points else round(feed / points[-1]["img_s_per_worker"] + 1, 1)
-    return {"image_size": sweep[0]["config"]["image_size"], "feed_img_s": feed, "sweep": points,
-            "cores_per_gpu": cores}
+    runs, points = sweep("workers")
+    small = sweep(f"workers{short_side}")[1]
+    feed = runs[0]["feed_img_s"]
+    return {"image_size": runs[0]["config"]["image_size"], "feed_img_s": feed, "goal_img_s": goal["img_s"],
+            "sweep": points, "cores_per_gpu": cores_for(feed, points),
+            "cores_at_goal": cores_for(goal["img_s"], points),
+            f"sweep_{short_side}": small, f"cores_per_gpu_{short_side}": cores_for(feed, small),
+            f"cores_at_goal_{short_side}": cores_for(goal["img_s"], small)}
 
 
 def fsdp():
@@ -244,13 +334,21 @@ def validate():
 def tree():
     report = json.loads((work / "ds" / "preprocess_report.json").read_text())
     images = sum(report["counts"].values())
+    small = json.loads((work / f"ds{short_side}" / "preprocess_report.json").read_text())
+    small_images = sum(small["counts"].values())
     return {"images": report["counts"], "skipped": len(report["skipped"]), "tiled": report["tiled"],
             "mean_kb": round(report["bytes_in"] / 1024 / max(1, images), 1),
-            "preprocess_img_s": round(images / max(1e-9, report["seconds"]), 1)}
+            "preprocess_img_s": round(images / max(1e-9, report["seconds"]), 1),
+            f"shorter_side_{short_side}": {  # of the tree with every train file twice
+                "images": small["counts"], "skipped": len(small["skipped"]), "tiled": small["tiled"],
+                "mean_kb_stored": round(small["bytes_out"] / 1024 / max(1, small_images), 1),
+                "preprocess_seconds": small["seconds"],
+                "preprocess_img_s": round(small_images / max(1e-9, small["seconds"]), 1)}}
 
 
 readers = {"tree": tree, "throughput": throughput, "train_eager": lambda: train_py("train_eager"),
-           "train_recipe": lambda: train_py("train_recipe"), "workers": workers, "fsdp": fsdp, "validate": validate}
+           "train_recipe": lambda: train_py("train_recipe"), "train_8cores": train_8cores, "workers": workers,
+           "fsdp": fsdp, "validate": validate}
 stages = {}
 for name, read in readers.items():
     done = work / "stages" / f"{name}.json"

@@ -71,10 +71,14 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     stages = report["stages"]
     assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
-    assert list(stages) == ["tree", "throughput", "train_eager", "train_recipe", "workers", "fsdp", "validate"]
+    assert list(stages) == ["tree", "throughput", "train_eager", "train_recipe", "train_8cores", "workers", "fsdp",
+                            "validate"]
     assert {k for k, v in stages.items() if v["status"] != 0} == {"fsdp"}, proc.stderr[-5000:]
     assert stages["fsdp"]["log_tail"] == ["failing on purpose: GPU_CHECK_FAIL_STAGE=fsdp"]
     assert stages["tree"]["images"]["train"] > 0 and stages["tree"]["skipped"] == 0
+    small = stages["tree"]["shorter_side_256"]  # the copy of the tree with every train file twice
+    assert small["images"]["train"] == 2 * stages["tree"]["images"]["train"] and small["skipped"] == 0
+    assert small["preprocess_seconds"] > 0 and small["preprocess_img_s"] > 0
     assert sorted((r["model"], r["image_size"]) for r in stages["throughput"]["runs"]) == [
         ("convnext_tiny", 224), ("resnet50", 32), ("resnet50", 224)]
     assert {r["img_s"] for r in stages["throughput"]["runs"]} == {"not measured"}
@@ -82,8 +86,24 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         train = stages[name]
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
         assert train["num_workers"] == max(1, report["machine"]["cpu_cores"] - 1)
-    sweep = stages["workers"]["sweep"]
-    assert sweep and sweep[0]["workers"] == 1 and sweep[0]["img_s"] > 0 and stages["workers"]["cores_per_gpu"] > 1
+    goal = stages["train_8cores"]  # the goal's setting, pinned to the first 8 cores (all of a smaller machine)
+    cores = min(8, report["machine"]["cpu_cores"])
+    assert goal["cores"] == cores and len(goal["cpus"].split(",")) == cores
+    assert goal["workers"] == goal["num_workers"] == max(1, cores - 1)
+    assert goal["dataset"] == "preprocess.py --shorter_side 256" and goal["image_size"] == 32
+    assert goal["steady_epochs"] == len(goal["per_epoch"]) - 1 >= 2
+    assert goal["steps_per_epoch"] == small["images"]["train"] // 8  # batch 8
+    assert goal["images_per_sec"] > 0 and 0 <= goal["data_wait_frac"] <= 1
+    assert goal["goal"] == {"images_per_sec": 4000, "data_wait_frac_below": 0.05, "cores_at_most": 8}
+    assert goal["graphs_compiled"] == 0  # no --compile in the dry run
+    assert "goal_met" in goal and goal["goal_met"] is None  # a GPU's figure only
+    workers = stages["workers"]
+    for copy in ("", "_256"):
+        sweep = workers[f"sweep{copy}"]
+        assert sweep and sweep[0]["workers"] == 1 and sweep[0]["img_s"] > 0, copy
+        # the rate over the largest run's rate per worker, plus the main process's core
+        for key, img_s in (("cores_per_gpu", workers["feed_img_s"]), ("cores_at_goal", 4000)):
+            assert workers[f"{key}{copy}"] == round(img_s / sweep[-1]["img_s_per_worker"] + 1, 1) >= 1, key + copy
     assert stages["validate"]["matches_card"] is True
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert {Path(n).name for n in logs.getnames()} >= {"tree.log", "train_eager.log", "validate.log"}
