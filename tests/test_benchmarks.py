@@ -85,6 +85,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     for name in ("train_eager", "train_recipe"):
         train = stages[name]
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
+        assert train["first_batch_s"] > 0 and 0 <= train["data_wait_steady_frac"] < train["data_wait_frac"]
         assert train["num_workers"] == max(1, report["machine"]["cpu_cores"] - 1)
     goal = stages["train_8cores"]  # the goal's setting, pinned to the first 8 cores (all of a smaller machine)
     cores = min(8, report["machine"]["cpu_cores"])
@@ -94,7 +95,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert goal["steady_epochs"] == len(goal["per_epoch"]) - 1 >= 2
     assert goal["steps_per_epoch"] == small["images"]["train"] // 8  # batch 8
     assert goal["images_per_sec"] > 0 and 0 <= goal["data_wait_frac"] <= 1
-    assert goal["goal"] == {"images_per_sec": 4000, "data_wait_frac_below": 0.05, "cores_at_most": 8}
+    assert goal["goal"] == {"images_per_sec": 4000, "data_wait_steady_frac_below": 0.05, "cores_at_most": 8}
+    assert all(e["first_batch_s"] > 0 and e["data_wait_steady_frac"] < e["data_wait_frac"] for e in goal["per_epoch"])
     assert goal["graphs_compiled"] == 0  # no --compile in the dry run
     assert "goal_met" in goal and goal["goal_met"] is None  # a GPU's figure only
     workers = stages["workers"]
