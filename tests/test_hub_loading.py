@@ -42,9 +42,8 @@ result["backbone"] = type(backbone).__name__
 classifier = AutoModelForImageClassification.from_pretrained("me/blocknet", trust_remote_code=True).eval()
 with torch.no_grad():
     maps, logits = backbone(x).feature_maps, classifier(pixel_values=x).logits
-save_file({f"map{i}": m.contiguous() for i, m in enumerate(maps)} | {"logits": logits} | {
-    k: v.contiguous() for k, v in backbone._backbone.state_dict().items() if k.endswith(("running_mean", "running_var"))},
-    out)
+statistics = {k: v for k, v in backbone._backbone.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+save_file({f"map{i}": m.contiguous() for i, m in enumerate(maps)} | {"logits": logits} | statistics, out)
 print("RESULT " + json.dumps(result))
 """
 
@@ -63,7 +62,8 @@ if route == "timm":
     result["label_names"] = list(model.pretrained_cfg["label_names"])
 else:
     with torch.no_grad():
-        tensors = {"logits": modeling.load_model("me/blocknet")(x), "hf_hub": modeling.load_model("hf-hub:me/blocknet")(x)}
+        tensors = {"logits": modeling.load_model("me/blocknet")(x),
+                   "hf_hub": modeling.load_model("hf-hub:me/blocknet")(x)}
     result["label_names"] = modeling.label_info("me/blocknet")[0]
     try:
         modeling.load_model("me/absent")
