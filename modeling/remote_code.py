@@ -125,7 +125,7 @@ import os
 import timm
 import torch
 from huggingface_hub import hf_hub_download
-from transformers import TimmBackbone, TimmBackboneConfig
+from transformers import TimmBackbone, TimmBackboneConfig, TimmWrapperConfig
 from transformers import TimmWrapperForImageClassification as TimmWrapper
 
 from .{stem} import {cls}  # noqa: F401  this form is what transformers' loader follows to copy {stem}.py
@@ -140,6 +140,10 @@ class {cls}Backbone(TimmBackbone):
     BatchNorm's running statistics to 0/1 (transformers 5.24); this one loads them with the weights, from timm's own
     features_only load. out_indices: feature_info taps (default: every one after the stem's); output_stride: 8 or 16
     for dilated last stages."""
+
+    # the class of config.json (model_type timm_wrapper): AutoBackbone.from_pretrained registers this class for it
+    # and refuses a class whose config_class has another name (transformers/models/auto/auto_factory.py, register)
+    config_class = TimmWrapperConfig
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, out_indices=None, output_stride=None,
