@@ -430,22 +430,14 @@ def mounted_tmpfs(mnt: Path, size: str):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    yield from mounted_tmpfs(tmp_path / "disk", "256k")
+def disk(request, tmp_path):
+    """A tmpfs mounted at tmp_path/mnt, of the size the test gives (indirect parametrization), unmounted after it."""
+    yield from mounted_tmpfs(tmp_path / "mnt", request.param)
 
 
-@pytest.fixture
-def mount_point(tmp_path):
-    yield from mounted_tmpfs(tmp_path / "mnt", "64m")
-
-
-@pytest.fixture
-def checkpoint_disk(tmp_path):
-    yield from mounted_tmpfs(tmp_path / "ckdisk", "5m")
-
-
-def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(preprocessed, checkpoint_disk):
-    out = checkpoint_disk / "run"  # 5 MB: one checkpoint (~2.5 MB) and the export fit, a second does not
+@pytest.mark.parametrize("disk", ["5m"], indirect=True)
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(preprocessed, disk):
+    out = disk / "run"  # 5 MB: one checkpoint (~2.5 MB) and the export fit, a second does not
     proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "10"))
     assert proc.returncode != 0
     line = last_line(proc)
@@ -455,18 +447,9 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(prep
     assert not list((out / "checkpoints").glob(".tmp_*")), "the unfinished save gives its space back"
 
 
-@pytest.fixture
-def export_disk(tmp_path):
-    yield from mounted_tmpfs(tmp_path / "exdisk", "1m")
-
-
-@pytest.fixture
-def two_exports_disk(tmp_path):
-    yield from mounted_tmpfs(tmp_path / "disk", "2m")
-
-
-def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_export_folder(preprocessed, export_disk):
-    out = export_disk / "run"  # 1 MB: the run's records fit, the export (~1.3 MB of weights) does not
+@pytest.mark.parametrize("disk", ["1m"], indirect=True)
+def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_export_folder(preprocessed, disk):
+    out = disk / "run"  # 1 MB: the run's records fit, the export (~1.3 MB of weights) does not
     proc = run(train_cmd(preprocessed, out, "--epochs", "1"))
     assert proc.returncode == 1
     line = last_line(proc)
@@ -477,8 +460,8 @@ def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_export_folder(prepr
         "no final folder, and the unfinished one gives its space back"
 
 
-def test_a_full_disk_while_saving_over_an_export_keeps_the_earlier_one(two_exports_disk):
-    disk = two_exports_disk  # one export (~1.3 MB) fits, a second beside it does not
+@pytest.mark.parametrize("disk", ["2m"], indirect=True)  # one export (~1.3 MB) fits, a second beside it does not
+def test_a_full_disk_while_saving_over_an_export_keeps_the_earlier_one(disk):
     model = modeling.create_model(TINY, num_classes=4)
     folder = modeling.save_pretrained(model, disk / "final", label_names=list("abcd"))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -490,23 +473,25 @@ def test_a_full_disk_while_saving_over_an_export_keeps_the_earlier_one(two_expor
     assert sorted(p.name for p in disk.iterdir()) == ["final"], "the unfinished save gives its space back"
 
 
-def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, mount_point):
-    proc = ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1")))
+@pytest.mark.parametrize("disk", ["64m"], indirect=True)
+def test_an_empty_mount_point_as_output_dir_is_built_inside_on_its_own_disk(ilsvrc_tree, disk):
+    proc = ok(run(preprocess_cmd(ilsvrc_tree, disk, "--num_proc", "1")))
     assert "Traceback" not in proc.stderr
-    assert not mount_point.with_name("mnt.tmp").exists(), "nothing built on the parent's disk"
-    assert sorted(p.name for p in mount_point.iterdir() if p.name.startswith(".")) == []
-    assert len(datasets.load_from_disk(str(mount_point))["train"]) > 0
-    assert "already done" in ok(run(preprocess_cmd(ilsvrc_tree, mount_point, "--num_proc", "1"))).stdout
-    assert run([sys.executable, str(ROOT / "preprocess.py"), "--verify", str(mount_point)]).returncode == 0
+    assert not disk.with_name("mnt.tmp").exists(), "nothing built on the parent's disk"
+    assert sorted(p.name for p in disk.iterdir() if p.name.startswith(".")) == []
+    assert len(datasets.load_from_disk(str(disk))["train"]) > 0
+    assert "already done" in ok(run(preprocess_cmd(ilsvrc_tree, disk, "--num_proc", "1"))).stdout
+    assert run([sys.executable, str(ROOT / "preprocess.py"), "--verify", str(disk)]).returncode == 0
 
 
-def test_a_full_disk_ends_preprocess_in_one_line(tmp_path, small_disk):
+@pytest.mark.parametrize("disk", ["256k"], indirect=True)
+def test_a_full_disk_ends_preprocess_in_one_line(tmp_path, disk):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", source="photos", num_classes=4, train_per_class=12,
                             val_per_class=2, num_test=1, seed=0)
-    proc = run(preprocess_cmd(tree, small_disk / "pp", "--num_proc", "1", "--shard_size", "4"))
+    proc = run(preprocess_cmd(tree, disk / "pp", "--num_proc", "1", "--shard_size", "4"))
     assert proc.returncode != 0
     line = last_line(proc)
-    assert line.startswith(f"error: no space left on the disk of {small_disk / 'pp.tmp'} (") and "resume" in line
+    assert line.startswith(f"error: no space left on the disk of {disk / 'pp.tmp'} (") and "resume" in line
 
 
 def test_verify_fails_on_a_file_missing_from_the_manifest(preprocessed, tmp_path):
