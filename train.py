@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 import modeling
 from imagenet_trainer import checkpoints, metrics
-from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
+from imagenet_trainer.bad_samples import BadSamples, RecordingLoader, load_run_record
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
@@ -206,7 +206,8 @@ def main(argv=None):
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples, run_dir)
+    bad = load_run_record(accelerator, {"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples,
+                          run_dir)  # rows repaired since an earlier launch count no more
     train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
     steps_per_epoch, total_steps = count_steps(cfg, train_loader, accelerator.num_processes)
 

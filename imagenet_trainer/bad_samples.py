@@ -9,6 +9,10 @@ DataLoader workers cannot write the main process's state: a training batch carri
 left-out rows arrive through the gathered labels, on every rank. Training judges the limit on the finds every rank
 shares (``over_limit``), at the points where the ranks talk anyway, so all of them stop at the same optimizer step,
 after a checkpoint.
+
+A resume first re-checks the rows its record names (``load_run_record``): once ``preprocess.py --verify`` has named
+the bad files and they were copied again (or preprocess.py rerun), they decode, stop counting against the limit and
+leave the record, and the same --max_bad_samples lets the run go on.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import datasets
 import pyarrow as pa
 import torch
 
+from .data.decode import decode_scaled, probe
+from .data.rows import Rows
 from .runinfo import atomic_write_text
 
 RECORD = "bad_samples.json"  # in the run folder: every undecodable image met so far, with where it lives
@@ -97,10 +103,32 @@ class BadSamples:
                 new.setdefault((entry["split"], entry["row"]), entry)
         self.shared.update(new)
         self.seen.update(new)
-        if accelerator.is_main_process and self.folder is not None and new:
+        if accelerator.is_main_process and new:
+            self.write()
+        return list(new.values())
+
+    def write(self) -> None:
+        """RECORD anew (main process), atomically: a kill never leaves half a list."""
+        if self.folder is not None:
             atomic_write_text(self.folder / RECORD, json.dumps(sorted(self.shared.values(), key=lambda e: (
                 e["split"], e["row"])), indent=1) + "\n")
-        return list(new.values())
+
+    def repaired(self) -> list[tuple[str, int]]:
+        """The recorded rows of the splits this run reads that decode now (whole image, the strictest check):
+        the data was repaired since. Decodes only the recorded rows."""
+        rows = {name: Rows(split) for name, split in self.splits.items()}
+        return [(name, row) for name, row in sorted(self.shared)
+                if name in rows and row < len(rows[name]) and decodes(rows[name][row][0])]
+
+    def forget(self, keys: list[tuple[str, int]], write: bool) -> None:
+        """Rows that decode again count no more; ``write``: one line each and RECORD rewritten (main process)."""
+        for key in keys:
+            entry = self.shared.pop(key)
+            self.seen.pop(key, None)
+            if write:
+                print(self.repaired_line(entry), flush=True)
+        if write and keys:
+            self.write()
 
     def check(self) -> None:
         """SystemExit past the limit: one flipped byte is one image, many are a damaged copy of the dataset."""
@@ -111,18 +139,53 @@ class BadSamples:
         """Whether the finds shared so far pass the limit: the same answer on every rank between two ``share``s."""
         return len(self.shared) > self.limit
 
-    def error(self, found: dict[tuple[str, int], dict]) -> str:
-        """The one line that stops a run or a validation with ``found`` (more than the limit) undecodable images."""
+    def error(self, found: dict[tuple[str, int], dict],
+              remedy: str = "copy them again or rerun preprocess.py") -> str:
+        """The one line that stops a run or a validation with ``found`` (more than the limit) undecodable images,
+        ending with ``remedy``."""
         where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
         return (f"error: {len(found)} images do not decode, more than --max_bad_samples {self.limit} "
                 f"(e.g. {self.line(next(iter(found.values())))}){where}. The dataset is damaged: "
-                "`python preprocess.py --verify DATASET` names every bad file; copy them again or rerun preprocess.py")
+                f"`python preprocess.py --verify DATASET` names every bad file; {remedy}")
 
     @staticmethod
     def line(entry: dict) -> str:
         fate = (f"replaced by row {entry['replaced_by']}" if "replaced_by" in entry else "left out of the scores")
         return (f"{entry['split']} row {entry['row']} (image_id {entry['image_id']}, {entry['arrow_file']}) does "
                 f"not decode: {fate}")
+
+    @staticmethod
+    def repaired_line(entry: dict) -> str:
+        # A train row's stand-in is a function of (seed, row, try) alone (data.samples.replacement_row), so a row
+        # that decodes again is simply no longer replaced: the run's earlier steps saw the stand-in
+        change = (f"from here on it is sampled itself instead of row {entry['replaced_by']}, so this run is not "
+                  "bit-identical to one on the repaired data from the start" if "replaced_by" in entry
+                  else "it is scored again")
+        return (f"{entry['split']} row {entry['row']} (image_id {entry['image_id']}) decodes now: no longer "
+                f"counted; {change}")
+
+
+def decodes(data) -> bool:
+    """Whether an encoded image decodes whole, at full scale, with the decoders training and evaluation use."""
+    try:
+        height, width, fast_ok = probe(data)
+        decode_scaled(data, height, width, 1, fast_ok, fast_dct=False)
+    except Exception:  # noqa: BLE001 (flipped bytes can break any parser on the way: EXIF, codec)
+        return False
+    return True
+
+
+def load_run_record(accelerator, splits: dict[str, datasets.Dataset], limit: int, folder: Path) -> BadSamples:
+    """A run's BadSamples at start-up, from its RECORD: the main process re-checks the recorded rows and every rank
+    forgets those that decode now (so a resume after a repair counts only what is still broken)."""
+    from accelerate.utils import broadcast_object_list  # noqa: PLC0415
+
+    bad = BadSamples(splits, limit, folder)
+    repaired = bad.repaired() if accelerator.is_main_process else None
+    if accelerator.num_processes > 1:
+        repaired = broadcast_object_list([repaired])[0]
+    bad.forget(repaired, write=accelerator.is_main_process)
+    return bad
 
 
 class RecordingLoader(torch.utils.data.DataLoader):

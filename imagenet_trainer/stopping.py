@@ -98,10 +98,13 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
 
 def exit_bad_samples(accelerator: Accelerator, bad: BadSamples, ckpt_dir: Path) -> None:
     """After the checkpoint of the step where the ranks' shared finds passed --max_bad_samples: every rank exits with
-    BadSamples' error line, which then names that checkpoint. The finds stay in the run's record, so the resume
-    counts them again: it goes on with a --max_bad_samples above their number."""
+    BadSamples' error line, which then names that checkpoint and both ways on: repair the files and resume (the resume
+    re-checks the recorded rows and counts only those still broken: bad_samples.load_run_record), or resume with a
+    --max_bad_samples at their number."""
     checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    raise SystemExit(f"{bad.error(bad.shared)}; then --resume_from_checkpoint latest --max_bad_samples "
-                     f"{len(bad.shared)} continues from checkpoint {checkpoint}")
+    raise SystemExit(bad.error(bad.shared, remedy=(
+        "copy them again or rerun preprocess.py, then --resume_from_checkpoint latest counts only the rows still "
+        f"broken; or resume as they are with --max_bad_samples {len(bad.shared)}. Either continues from checkpoint "
+        f"{checkpoint}")))

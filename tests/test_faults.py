@@ -220,6 +220,7 @@ def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(pre
         validate.main(["--model", str(out / "final"), "--dataset", str(data), "--num_workers", "0",
                        "--max_bad_samples", "0"])
     assert "more than --max_bad_samples 0" in str(e.value.code) and "preprocess.py --verify" in str(e.value.code)
+    assert f"validation row 1 (image_id {val_id}" in str(e.value.code) and "\n" not in str(e.value.code)
     # past the limit the run stops after its checkpoint, in one line naming the check that finds every bad file
     proc = run(train_cmd(data, tmp_path / "strict", "--epochs", "2", "--max_bad_samples", "1"))
     assert proc.returncode != 0
@@ -241,7 +242,8 @@ def test_too_many_bad_images_mid_epoch_stop_at_a_checkpoint_and_a_resume_with_a_
     line = last_line(proc)
     ckpt = out / "checkpoints" / "step_00000002"
     assert line.startswith("error: 2 images do not decode, more than --max_bad_samples 1") and \
-        "preprocess.py --verify" in line and line.endswith(f"--max_bad_samples 2 continues from checkpoint {ckpt}"), line
+        "preprocess.py --verify" in line and "then --resume_from_checkpoint latest counts only the rows still " \
+        "broken; or resume as they are with --max_bad_samples 2" in line and line.endswith(ckpt.name), line
     assert checkpoints.step_folders(out / "checkpoints") == [ckpt] and checkpoints.problem(ckpt) is None
     assert not (out / "metrics.jsonl").exists(), "stopped mid-epoch, before the epoch's row"
     assert len(json.loads((out / "bad_samples.json").read_text())) == 2
@@ -254,6 +256,58 @@ def test_too_many_bad_images_mid_epoch_stop_at_a_checkpoint_and_a_resume_with_a_
     assert rows(out)[0]["train_loss"] == pytest.approx(rows(straight)[0]["train_loss"], rel=1e-5)
     a, b = load_file(out / "final" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the resume continues exactly where the stop left off"
+
+
+def test_a_resume_after_the_data_was_repaired_counts_only_what_is_still_broken(preprocessed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    order = ResumableSampler(len(datasets.load_from_disk(str(data))["train"]), 4, seed=0).order(0)
+    broken = [order[0].item(), order[4].item()]  # read in the first and the second of 5 steps
+    image_ids = [break_image(data, "train", row)[0] for row in broken]
+    out, small = tmp_path / "run", ("--epochs", "1", "--batch_size", "4", "--max_bad_samples", "1")
+    proc = run(train_cmd(data, out, *small))
+    assert proc.returncode == 1 and "copy them again or rerun preprocess.py, then --resume_from_checkpoint latest " \
+        "counts only the rows still broken" in last_line(proc)
+    assert sorted(e["row"] for e in json.loads((out / "bad_samples.json").read_text())) == sorted(broken)
+    shutil.copytree(preprocessed, data, dirs_exist_ok=True)  # the repair: the original Arrow files again
+    resumed = ok(run(train_cmd(data, out, *small, "--resume_from_checkpoint", "latest")))  # the same limit
+    log = resumed.stdout + resumed.stderr
+    for row, image_id in zip(broken, image_ids):
+        assert f"train row {row} (image_id {image_id}) decodes now: no longer counted; from here on it is sampled " \
+               "itself instead of row" in log, log[-3000:]
+    assert json.loads((out / "bad_samples.json").read_text()) == []
+    assert [(r["step"], r["bad_samples"]) for r in rows(out)] == [(5, 0)]
+
+
+def test_the_recheck_forgets_repaired_rows_and_keeps_those_still_broken(preprocessed, tmp_path, capsys):
+    from accelerate import Accelerator  # noqa: PLC0415
+
+    from imagenet_trainer.bad_samples import load_run_record  # noqa: PLC0415
+
+    data = tmp_path / "data"
+    shutil.copytree(preprocessed, data)
+    for split, row in (("train", 3), ("train", 5), ("validation", 1)):
+        break_image(data, split, row)
+    ds = datasets.load_from_disk(str(data))
+    accelerator = Accelerator(cpu=True)
+    found = BadSamples({"train": ds["train"], "validation": ds["validation"]}, limit=10, folder=tmp_path)
+    found.add("train", 3, "does not decode", replaced_by=7)
+    found.add("train", 5, "does not decode", replaced_by=8)
+    found.add_left_out("validation", [1], warn=False)
+    found.share(accelerator)
+    shutil.copytree(preprocessed, data, dirs_exist_ok=True)
+    break_image(data, "train", 5)  # train row 3 and validation row 1 repaired, train row 5 still broken
+    ds = datasets.load_from_disk(str(data))
+    splits = {"train": ds["train"], "validation": ds["validation"]}
+    capsys.readouterr()
+    bad = load_run_record(accelerator, splits, limit=0, folder=tmp_path)
+    said = capsys.readouterr().out.splitlines()
+    assert [line.split(" (image_id")[0] for line in said] == ["train row 3", "validation row 1"], said
+    assert "instead of row 7, so this run is not bit-identical" in said[0] and said[1].endswith("it is scored again")
+    assert list(bad.shared) == list(bad.seen) == [("train", 5)] and bad.over_limit()
+    assert [(e["split"], e["row"]) for e in json.loads((tmp_path / "bad_samples.json").read_text())] == [("train", 5)]
+    again = load_run_record(accelerator, splits, limit=0, folder=tmp_path)  # nothing more to forget, nothing said
+    assert list(again.shared) == [("train", 5)] and capsys.readouterr().out == ""
 
 
 # -- one run per folder ------------------------------------------------------------------------------------------------
