@@ -50,6 +50,9 @@ def installed_model(folder: Path, config: dict):
     if not timm.is_model(arch.split(".")[0]):
         raise ValueError(f"architecture '{arch}' is not registered with timm: import the module that defines it "
                          f"(import modeling; a family file of your own: import it too)")
+    if timm.models.model_entrypoint(arch.split(".")[0]).__module__.startswith("transformers_modules."):
+        raise ValueError(f"'{arch}' is registered from a copy transformers loaded with trust_remote_code, not from "
+                         f"the installed project: refresh in a fresh interpreter")
     with torch.device("meta"):
         model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False)
     built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
