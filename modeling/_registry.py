@@ -12,7 +12,8 @@ from timm.models import generate_default_cfgs, register_model
 
 _OURS: set[str] = set()
 # modules of this package that define no backbones (the unknown-model error lists the other files not imported)
-_SUPPORT = {"__init__", "_registry", "hub", "card", "remote_code", "backbone", "transformers_saved"}
+_SUPPORT = {"__init__", "_registry", "hub", "card", "card_sets", "remote_code", "refresh_code", "backbone",
+            "transformers_saved"}
 
 
 def register(fn):

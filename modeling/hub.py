@@ -40,7 +40,7 @@ import timm
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token, hf_hub_download
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.models import PretrainedCfg, get_model_args
@@ -282,7 +282,11 @@ def _resolve_folder(ref: str, filenames: tuple[str, ...]) -> Path:
         raise ValueError(f"'{ref}' is neither a folder nor a Hub repo id (OWNER/NAME)") from None
     try:
         paths = [hf_hub_download(repo_id, name, revision=revision or None) for name in filenames]
-    except Exception as e:  # offline without a cached copy, no such repo or file, network errors: all one message
+    except Exception as e:  # no such repo or file, network errors: all one message
+        if isinstance(e, LocalEntryNotFoundError) and _hub_offline():  # online, it means the Hub was out of reach
+            raise ValueError(f"'{ref}' is no local folder, and with HF_HUB_OFFLINE=1 set Hub repo '{repo_id}' "
+                             f"({', '.join(filenames)}) is not in the Hugging Face cache {hf_constants.HF_HUB_CACHE}: "
+                             f"load it once online, or point HF_HOME at a cache that holds it") from e
         raise ValueError(f"'{ref}' is no local folder, and fetching {', '.join(filenames)} of Hub repo '{repo_id}' "
                          f"failed ({type(e).__name__}: {_first_line(e)})") from e
     return Path(paths[0]).parent
@@ -357,14 +361,19 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     """Upload a folder written by ``save_pretrained`` to ``repo_id`` (created if missing); returns the repo URL.
 
     A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors
-    from ``check_hub_ready``); the local folder is never modified, so the push can be retried. A card saved without
-    ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place of OWNER/NAME.
+    from ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
+    the folder's remote code is brought up to date with the installed project (``modeling.refresh_code``; weights
+    and card untouched). A card saved without ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place
+    of OWNER/NAME.
     """
+    from .refresh_code import refresh_before_upload  # it imports this module
+
     check_hub_ready(repo_id, token)
     folder = Path(folder)
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder}: no {', '.join(missing)}; write it with modeling.save_pretrained first")
+    refresh_before_upload(folder)
     card = (folder / CARD_NAME).read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
     # upload_folder's file set (everything but .git/), with the filled-in card in place of the local one
     files = sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts)

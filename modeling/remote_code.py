@@ -31,7 +31,8 @@ _TIMM_REGISTER = "from timm.models import register_model as register  # standalo
 _STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 _ALLOWED_TOP = {"torch", "timm"} | _STDLIB
 # this package's own modules: project code, never copied (a family imports only _registry's register, replaced above)
-_PROJECT = {"_registry", "hub", "card", "remote_code", "backbone", "transformers_saved", "__init__"}
+_PROJECT = {"_registry", "hub", "card", "card_sets", "remote_code", "refresh_code", "backbone", "transformers_saved",
+            "__init__"}
 
 
 class NotBundleable(ValueError):

@@ -4,6 +4,7 @@ with HF_ENDPOINT pointing at it and an empty HF_HOME, then again from what it do
 the server stopped (the air-gapped cluster). Pins what transformers does there, so README section 8 changes with it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,28 +174,96 @@ def test_project_routes_by_hub_id_online_then_offline(export, hub, io_file, tmp_
             assert torch.equal(tensors["hf_hub"], tensors["logits"])
             absent = result["absent"]
             assert "\n" not in absent and "Hub repo 'me/absent'" in absent
-            assert ("LocalEntryNotFoundError" if offline else "RepositoryNotFoundError") in absent, absent
+            if offline:  # offline mode named, and the cache it looked in
+                assert f"HF_HUB_OFFLINE=1 set Hub repo 'me/absent'" in absent, absent
+                assert f"is not in the Hugging Face cache {home / 'hub'}" in absent, absent
+            else:
+                assert "RepositoryNotFoundError" in absent, absent
     assert not hub.unhandled
 
 
-def test_validate_by_hub_id_and_an_unknown_repo(export, hub, preprocessed, tmp_path):
-    """validate.py --model hf-hub:OWNER/NAME scores what the local Hub serves as the folder scores; an unknown repo
-    ends in one line naming it."""
+def test_validate_by_hub_id_online_then_offline_and_an_unknown_repo(export, hub, preprocessed, tmp_path):
+    """validate.py --model hf-hub:OWNER/NAME scores what the local Hub serves as the folder scores, and again with
+    HF_HUB_OFFLINE=1 and the server stopped from what the online run cached; an unknown repo ends in one line naming
+    it (offline: that offline mode is on and the repo is not in the cache)."""
     repos, _ = export
-    env, results = hub_env(hub, tmp_path / "home"), {}
-    for ref in (f"hf-hub:{REPO}", "hf-hub:me/absent"):
-        proc = subprocess.run([sys.executable, str(ROOT / "validate.py"), "--model", ref, "--dataset",
-                               str(preprocessed), "--num_workers", "0", "--batch_size", "8", "--output",
-                               str(tmp_path / "r.json")], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-        results[ref] = proc
-    assert results[f"hf-hub:{REPO}"].returncode == 0, results[f"hf-hub:{REPO}"].stderr[-4000:]
-    assert not hub.unhandled
-    from_hub = json.loads((tmp_path / "r.json").read_text())
+    home = tmp_path / "home"
     local = validate.main(["--model", str(repos / REPO), "--dataset", str(preprocessed), "--num_workers", "0",
                            "--batch_size", "8"])
-    assert (from_hub["top1"], from_hub["top5"]) == (local["top1"], local["top5"])
-    absent = results["hf-hub:me/absent"]
-    assert absent.returncode != 0 and "Traceback" not in absent.stderr, absent.stderr[-3000:]
-    last = absent.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --model hf-hub:me/absent: ") and "RepositoryNotFoundError" in last, last
+    for offline in (False, True):
+        if offline:
+            hub.stop()
+        env, results = hub_env(hub, home, offline), {}
+        for ref in (f"hf-hub:{REPO}", "hf-hub:me/absent"):
+            results[ref] = subprocess.run(
+                [sys.executable, str(ROOT / "validate.py"), "--model", ref, "--dataset", str(preprocessed),
+                 "--num_workers", "0", "--batch_size", "8", "--output", str(tmp_path / f"{offline}.json")],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert results[f"hf-hub:{REPO}"].returncode == 0, results[f"hf-hub:{REPO}"].stderr[-4000:]
+        scored = json.loads((tmp_path / f"{offline}.json").read_text())
+        assert (scored["top1"], scored["top5"]) == (local["top1"], local["top5"])
+        absent = results["hf-hub:me/absent"]
+        assert absent.returncode != 0 and "Traceback" not in absent.stderr, absent.stderr[-3000:]
+        last = absent.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: --model hf-hub:me/absent: "), last
+        assert ("HF_HUB_OFFLINE=1" in last and str(home / "hub") in last) if offline else \
+            "RepositoryNotFoundError" in last, last
+    assert not hub.unhandled
+
+
+# transformers' AutoBackbone on an export as saved before its Backbone class declared config_class, and on a copy
+# refreshed by modeling.refresh_code; the feature maps of the refreshed one
+AUTO_BACKBONES = r"""
+import json, sys, torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoBackbone
+io, out, *repos = sys.argv[1:]
+result = {}
+for repo in repos:
+    try:
+        backbone = AutoBackbone.from_pretrained(repo, trust_remote_code=True, out_indices=(1, 2, 3, 4))
+        result[repo] = type(backbone).__name__
+        with torch.no_grad():
+            maps = backbone(load_file(io)["x"]).feature_maps
+        save_file({f"map{i}": m.contiguous() for i, m in enumerate(maps)}, out)
+    except Exception as e:
+        result[repo] = f"{type(e).__name__}: {e}"
+print("RESULT " + json.dumps(result))
+"""
+
+
+def saved_by_an_earlier_version(export_folder: Path, folder: Path) -> Path:
+    """A copy of the export whose Backbone class lacks ``config_class``, as exports were once written."""
+    shutil.copytree(export_folder, folder)
+    wrapper = folder / "modeling_blocknet.py"
+    text = wrapper.read_text()
+    old = "".join(line for line in text.splitlines(keepends=True) if "config_class = TimmWrapperConfig" not in line)
+    assert old != text
+    wrapper.write_text(old)
+    return folder
+
+
+def test_an_old_export_refreshed_loads_through_auto_backbone(export, io_file, tmp_path):
+    """python -m modeling.refresh_code rewrites the old remote code from the installed project (weights, config and
+    card as they were); then AutoBackbone.from_pretrained(hub id, trust_remote_code=True) loads it from the local
+    Hub with the export's maps, where the unrefreshed copy is refused."""
+    repos, model = export
+    old = saved_by_an_earlier_version(repos / REPO, tmp_path / "old")
+    refreshed = saved_by_an_earlier_version(repos / REPO, tmp_path / "refreshed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "modeling.refresh_code", "--folder", str(refreshed)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == f"{refreshed}: rewrote modeling_blocknet.py\n", proc
+    assert {p.name: p.read_bytes() for p in refreshed.iterdir() if p.name != "modeling_blocknet.py"} == \
+        {p.name: p.read_bytes() for p in old.iterdir() if p.name != "modeling_blocknet.py"}
+    assert (refreshed / "modeling_blocknet.py").read_text() == (repos / REPO / "modeling_blocknet.py").read_text()
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout == f"{refreshed}: remote code up to date\n", again
+
+    out = tmp_path / "maps.safetensors"
+    with LocalHub({"me/old": old, "me/x": refreshed}) as hub:
+        result = load(AUTO_BACKBONES, [io_file, out, "me/old", "me/x"], tmp_path / "home", hub, isolated=True)
+        assert not hub.unhandled
+    assert result["me/x"] == "BlockNetBackbone", result
+    assert result["me/old"].startswith("ValueError: ") and "config_class" in result["me/old"], result
+    assert same_maps(load_file(out), model)

@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import huggingface_hub
 import matplotlib
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torchvision
@@ -700,9 +702,9 @@ def test_hub_ids_load_offline_from_the_cache(saved_tiny, tmp_path, monkeypatch):
         with torch.no_grad():
             assert torch.equal(modeling.load_model(ref)(x), model(x))
     assert modeling.label_info("me/tiny") == (WNIDS, NAMES)
-    with pytest.raises(ValueError, match="no local folder, and fetching config.json.* of Hub repo 'me/absent'") as e:
+    with pytest.raises(ValueError, match="with HF_HUB_OFFLINE=1 set Hub repo 'me/absent'") as e:
         modeling.load_model("me/absent")
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and f"not in the Hugging Face cache {tmp_path / 'hub'}:" in str(e.value)
 
 
 ISOLATED = r"""
@@ -830,6 +832,42 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path
         modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret")
     assert "\n" not in str(e.value) and "hf_secretsecret" not in str(e.value)
     assert folder_digest(folder) == before
+
+
+def test_push_refreshes_remote_code_an_earlier_version_wrote(saved_tiny, hub_env, tmp_path, capsys):
+    """The uploaded (and local) modeling_blocknet.py and auto_map become the installed project's, one line says
+    so, weights and card stay; with weights the installed code no longer builds, the saved code goes up as it is."""
+    _, folder = saved_tiny
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    wrapper, config_path = old / "modeling_blocknet.py", old / "config.json"
+    old_text = wrapper.read_text().replace("    config_class = TimmWrapperConfig\n", "")
+    wrapper.write_text(old_text)
+    config = json.loads(config_path.read_text())
+    config["auto_map"].pop("AutoBackbone")
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    before, uploaded = folder_digest(old), {}
+    hub_env.setattr(huggingface_hub.HfApi, "create_repo",
+                    lambda self, repo_id, **kwargs: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    hub_env.setattr(huggingface_hub.HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: uploaded.update(
+        {op.path_in_repo: op.path_or_fileobj for op in operations}))
+    modeling.push_to_hub(old, "me/old", token="hf_secretsecret")
+    assert capsys.readouterr().out.splitlines() == [
+        f"{old}: rewrote modeling_blocknet.py, config.json from the installed imagenet-trainer (the code transformers' "
+        f"trust_remote_code loads); weights and card unchanged"]
+    assert Path(uploaded["modeling_blocknet.py"]).read_text() == (folder / "modeling_blocknet.py").read_text()
+    assert json.loads(Path(uploaded["config.json"]).read_text()) == json.loads((folder / "config.json").read_text())
+    after = folder_digest(old)
+    assert sorted(k for k in before if before[k] != after[k]) == ["config.json", "modeling_blocknet.py"]
+
+    state = safetensors.torch.load_file(old / "model.safetensors")
+    safetensors.torch.save_file({k: v for k, v in state.items() if k != "fc.bias"}, old / "model.safetensors")
+    wrapper.write_text(old_text)
+    modeling.push_to_hub(old, "me/old", token="hf_secretsecret")
+    line, = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{old}: remote code uploaded as saved: the installed 'blocknet_tiny' no longer fits "
+                           f"the saved weights (keys or shapes differ: fc.bias)"), line
+    assert wrapper.read_text() == old_text
 
 
 def test_load_of_an_unregistered_architecture_says_what_to_install(saved_tiny, tmp_path):
