@@ -3,6 +3,8 @@
 Each lister returns what image_tree.list_ilsvrc_splits returns for the unpacked tree, ``(wnids, descriptions,
 {split: Split}, warnings)``, with the tree's relative paths, labels (sorted-wnid order), image ids and boxes, and
 ``Split.source`` locating every path in the archives. Reads headers, CSVs and XML only; decodes no image.
+One module over 400 lines: the packagings share their helpers (kaggle_splits, _boxes_of), and LISTERS is the one
+table archives.list_splits dispatches on.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from imagenet_trainer.archives import INSIDE, STREAM, TAR, Found
 from imagenet_trainer.image_tree import Split
 
 KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET, HUB = "kaggle-zip", "image-net.org", "webdataset", "hub-imagenet-1k"
+KAGGLE_TGZ = "kaggle-tar-gz"  # Kaggle's older zip unzipped: the LOC files beside the tar.gz of the ILSVRC tree
+KAGGLE_TGZ_NAME = "imagenet_object_localization_patched2019.tar.gz"
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 BBOX_ARCHIVES = ("ILSVRC2012_bbox_train_v2.tar.gz", "ILSVRC2012_bbox_val_v3.tgz")  # optional: boxes as VOC XML
 HUB_SPLITS = {"train": "train_images", "validation": "val_images", "test": "test_images"}  # data/<prefix>*.tar.gz
@@ -29,10 +33,14 @@ WDS_SPLITS = {"train": ("-train-",), "validation": ("-validation-", "-val-")}  #
 
 def detect(data_dir: Path) -> Found | None:
     if data_dir.is_file():
+        if data_dir.name == KAGGLE_TGZ_NAME:
+            return _kaggle_tgz(data_dir.parent, data_dir)
         if data_dir.suffix.lower() == ".zip":
             return Found(KAGGLE_ZIP, [str(data_dir)], str(data_dir), f"Kaggle's zip, read in place: {data_dir.name}")
         raise ValueError(f"--data_dir {data_dir}: a file preprocess.py does not read; it takes Kaggle's .zip, a "
                          "folder of image-net.org's tars, a folder of WebDataset shards, or an image tree")
+    if data_dir.is_dir() and (data_dir / KAGGLE_TGZ_NAME).is_file() and not (data_dir / "ILSVRC").exists():
+        return _kaggle_tgz(data_dir, data_dir / KAGGLE_TGZ_NAME)
     if not data_dir.is_dir() or (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
         return None  # an unpacked tree, read as files
     names = sorted(os.listdir(data_dir))
@@ -54,6 +62,11 @@ def detect(data_dir: Path) -> Found | None:
         return Found(WEBDATASET, [str(data_dir / n) for n in shards], str(data_dir),
                      f"WebDataset shards, read in place: {len(shards)} tar files")
     return None
+
+
+def _kaggle_tgz(folder: Path, tgz: Path) -> Found:
+    return Found(KAGGLE_TGZ, [str(tgz)], str(folder), f"Kaggle's older release, unzipped: {tgz.name} read as a "
+                 f"stream, with {ilsvrc.SYNSET_MAPPING} and {ilsvrc.VAL_SOLUTION} beside it")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,9 +105,25 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source))
 
 
-def list_kaggle_stream(found: Found, texts: dict) -> tuple[list, list, dict, list]:
+def list_kaggle_tgz(found: Found) -> tuple[list, list, dict, list]:
+    """Kaggle's older zip unzipped: the LOC files read from the folder, the tar.gz as from inside the zip. As for
+    the unpacked tree, both LOC files are needed (the labels are the CSV's, not the XML's); checked before the
+    tar.gz is read, since reading it takes as long as gunzipping it."""
+    folder = Path(found.root)
+    wanted = {ilsvrc.SYNSET_MAPPING: "the class names", ilsvrc.VAL_SOLUTION: "the validation labels"}
+    missing = [n for n in wanted if not (folder / n).is_file()]
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        raise ValueError(f"{folder}: no {' or '.join(missing)} beside {KAGGLE_TGZ_NAME} "
+                         f"({' and '.join(wanted[n] for n in missing)}); put {them} there from Kaggle's zip "
+                         f"(unzip imagenet-object-localization-challenge.zip {' '.join(missing)})")
+    return list_kaggle_stream(found, {n: ilsvrc.read_text(folder / n) for n in wanted}, texts_at=str(folder))
+
+
+def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -> tuple[list, list, dict, list]:
     """Kaggle's older zip: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``, which holds
-    the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second."""
+    the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second.
+    ``texts``: the LOC files' text, read from ``texts_at`` (messages name it; the tar.gz by default)."""
     path = found.archives[0]
     members, xml_boxes, errors = {}, {}, []
     for m, data in archives.stream_tar(path):
@@ -112,8 +141,9 @@ def list_kaggle_stream(found: Found, texts: dict) -> tuple[list, list, dict, lis
     for name in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
         if name not in texts:
             raise ValueError(f"{path}: no {name} in it or beside it; is it Kaggle's ImageNet archive?")
-    wnids, descriptions = ilsvrc.read_synset_mapping(f"{path}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
-    val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
+    at = texts_at or path
+    wnids, descriptions = ilsvrc.read_synset_mapping(f"{at}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
+    val_csv = ilsvrc.read_solution_csv(f"{at}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
     splits, warnings = kaggle_splits(path, members, wnids, val_csv, {"archives": found.archives, "members": members},
                                      xml_boxes)
     warnings += [f"{len(errors)} XML files in {path} unreadable, e.g. {errors[0]}"] if errors else []
@@ -389,4 +419,5 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
     return wnids, [classes[w] for w in wnids], splits, warnings
 
 
-LISTERS = {KAGGLE_ZIP: list_kaggle_zip, IMAGENET_ORG: list_imagenet_org, WEBDATASET: list_webdataset, HUB: list_hub}
+LISTERS = {KAGGLE_ZIP: list_kaggle_zip, KAGGLE_TGZ: list_kaggle_tgz, IMAGENET_ORG: list_imagenet_org,
+           WEBDATASET: list_webdataset, HUB: list_hub}

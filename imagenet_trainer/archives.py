@@ -16,6 +16,8 @@ Packagings, told apart by what ``--data_dir`` holds (archive_layouts.py lists ea
   These tars are uncompressed, so every JPEG is a byte range of the file.
 - ``kaggle-zip`` of Kaggle's older release: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``,
   which holds the ILSVRC tree; a compressed tar has no offsets, so it is read as a stream (below).
+  ``kaggle-tar-gz``: that zip unzipped, the same files side by side in a folder (or the tar.gz named, the LOC files
+  beside it), read through the same lister.
 - ``hub-imagenet-1k``: a local snapshot of the Hub's ``ILSVRC/imagenet-1k`` as its loading script reads it:
   ``classes.py`` (``IMAGENET2012_CLASSES``, wnid -> name) and ``data/train_images_N.tar.gz``, ``val_images.tar.gz``,
   ``test_images.tar.gz`` of flat files named ``<original stem>_<wnid>.JPEG`` (test: ``<stem>.JPEG``); no boxes.
@@ -33,6 +35,7 @@ Library code: an incomplete or damaged set is a ValueError naming the file and w
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
 import shutil
@@ -55,7 +58,7 @@ ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (skipped fields)
 
 
 class Found(NamedTuple):
-    packaging: str  # kaggle-zip, image-net.org, webdataset
+    packaging: str  # kaggle-zip, kaggle-tar-gz, image-net.org, hub-imagenet-1k, webdataset
     archives: list  # absolute paths of the archive files read, in the order locations index them
     root: str  # --data_dir as given (the zip file or the folder), for messages and the dataset's name
     describe: str  # one line: what was found
@@ -177,13 +180,27 @@ def open_stream(path: str):
 
 def stream_tar(path: str):
     """(TarInfo, file object of its data) of each regular file of a compressed tar, in one sequential read; a
-    truncated or damaged archive is a ValueError naming ``path``."""
+    truncated or damaged archive is a ValueError naming ``path``.
+
+    A gzip stream is read by the gzip module, to its end: tarfile's own stream reader takes a cut at a member
+    boundary for the end of the archive, so a truncated download would list fewer images without a word, while
+    gzip checks its trailer (CRC-32 and length) and raises on a missing one; and a tar cut before it was
+    compressed lacks the two zero blocks a tar ends with."""
+    gz = path.endswith((".gz", ".tgz"))
+    last = ""
     try:
-        with open_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        with open_stream(path) as raw, (gzip.GzipFile(fileobj=raw) if gz else raw) as stream, \
+                tarfile.open(fileobj=stream, mode="r|" if gz else "r|*") as tar:
             for m in tar:
+                last = m.name
                 if m.isfile():
                     yield m, tar.extractfile(m)
-    except (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+            while gz and stream.read(1 << 20):  # past the tar's end marker: the rest of the gzip stream
+                pass
+            if gz and stream.tell() < tar.offset + 2 * tarfile.BLOCKSIZE:  # tell(): uncompressed bytes, all read
+                raise ValueError(f"{path}: truncated, the tar in it stops after its member {last or '(none)'} "
+                                 "without the end-of-archive blocks; download it again")
+    except (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile, gzip.BadGzipFile) as e:
         raise ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again") from None
 
 

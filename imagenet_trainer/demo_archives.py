@@ -6,7 +6,7 @@
   classes in reverse wnid order (as the real devkit's ILSVRC2012_IDs differ from the sorted order) and holds one
   synset with children (the real one has 860 such non-leaves), and the two bbox archives of the tree's XML files.
 - ``kaggle_zip_of_tgz``: Kaggle's older zip, the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``
-  (which holds ``ILSVRC/``).
+  (which holds ``ILSVRC/``); ``kaggle_unzipped_tgz``: that zip unzipped, the same files side by side in a folder.
 - ``hub``: a snapshot of the Hub's ``ILSVRC/imagenet-1k``: ``data/train_images_{0,1}.tar.gz`` (train in sorted
   halves), ``data/val_images.tar.gz``, ``data/test_images.tar.gz``, files named ``<stem>_<wnid>.JPEG`` (test:
   ``<stem>.JPEG``), and ``classes.py``.
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from imagenet_trainer import ilsvrc
+from imagenet_trainer.archive_layouts import KAGGLE_TGZ_NAME
 from imagenet_trainer.demo import MANIFEST
 
 
@@ -118,14 +119,28 @@ def webdataset(tree: Path, dest: Path, shards: int = 2, seed: int = 0) -> Path:
     return dest
 
 
-def kaggle_zip_of_tgz(tree: Path, dest: Path) -> Path:
+def _kaggle_2019_parts(tree: Path) -> tuple[list[str], bytes]:
+    """(the LOC files, the tar.gz of ``ILSVRC/``) of Kaggle's older release."""
     files = _tree_files(tree)
     inner = _tar_bytes([(rel, (tree / rel).read_bytes()) for rel in files if rel.startswith("ILSVRC/")], "w:gz")
+    return [rel for rel in files if not rel.startswith("ILSVRC/")], inner
+
+
+def kaggle_zip_of_tgz(tree: Path, dest: Path) -> Path:
+    loc_files, inner = _kaggle_2019_parts(tree)
     with zipfile.ZipFile(dest, "w") as zf:
-        for rel in files:
-            if not rel.startswith("ILSVRC/"):
-                zf.write(tree / rel, rel, compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("imagenet_object_localization_patched2019.tar.gz", inner)
+        for rel in loc_files:
+            zf.write(tree / rel, rel, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr(KAGGLE_TGZ_NAME, inner)
+    return dest
+
+
+def kaggle_unzipped_tgz(tree: Path, dest: Path) -> Path:
+    loc_files, inner = _kaggle_2019_parts(tree)
+    for rel in loc_files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes((tree / rel).read_bytes())
+    (dest / KAGGLE_TGZ_NAME).write_bytes(inner)
     return dest
 
 

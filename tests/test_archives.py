@@ -6,18 +6,20 @@ row, with the same report, and fail in one line, before any work, when incomplet
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import datasets
 import pytest
 
 import preprocess
-from imagenet_trainer import archives, demo_archives
+from imagenet_trainer import archive_layouts, archives, demo_archives, ilsvrc
 from imagenet_trainer.demo import make_ilsvrc_tree
 from test_preprocess import kill_after_shards
 
@@ -29,6 +31,7 @@ def packaged(ilsvrc_tree, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("packaged")
     return {"kaggle-zip": demo_archives.kaggle_zip(ilsvrc_tree, base / "kaggle.zip"),
             "kaggle-zip-of-tgz": demo_archives.kaggle_zip_of_tgz(ilsvrc_tree, base / "kaggle-2019.zip"),
+            "kaggle-tar-gz": demo_archives.kaggle_unzipped_tgz(ilsvrc_tree, base / "kaggle-2019-unzipped"),
             "hub-imagenet-1k": demo_archives.hub(ilsvrc_tree, base / "hub"),
             "image-net.org": demo_archives.imagenet_org(ilsvrc_tree, base / "imagenet-org"),
             "webdataset": demo_archives.webdataset(ilsvrc_tree, base / "wds")}
@@ -51,7 +54,7 @@ def report_counts(out: Path, keys=("counts", "files", "reencoded", "tiled", "unt
     return {k: report[k] for k in keys}
 
 
-@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-zip-of-tgz", "image-net.org"])
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-zip-of-tgz", "kaggle-tar-gz", "image-net.org"])
 def test_archives_give_the_trees_output_row_for_row(packaging, packaged, preprocessed, tmp_path, capsys):
     out = run(packaged[packaging], tmp_path / "out")
     said = capsys.readouterr().out
@@ -71,6 +74,7 @@ def test_archives_give_the_trees_output_row_for_row(packaging, packaged, preproc
     source, tree_source = (json.loads((p / "source.json").read_text()) for p in (out, preprocessed))
     assert source.pop("packaging") == packaging.removesuffix("-of-tgz") and source.pop("archives")
     assert source.pop("name") == {"kaggle-zip": "kaggle", "kaggle-zip-of-tgz": "kaggle-2019",
+                                  "kaggle-tar-gz": "kaggle-2019-unzipped",
                                   "image-net.org": "imagenet-org"}[packaging]  # a subset
     # goes by its file's or folder's name; the tree's demo manifest (what its images really are) is not packed
     assert "generated" in tree_source and "generated" not in source
@@ -171,10 +175,11 @@ def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypat
     assert "ILSVRC2012_img_val.tar: MD5" in message and "published 000" in message
 
 
-@pytest.mark.parametrize("packaging", ["kaggle_zip", "hub"])  # random access; a tar.gz streamed through the spool
+# random access; a tar.gz streamed through the spool; Kaggle's tar.gz with its LOC files read beside it
+@pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz"])
 def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packaging, tmp_path):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
-    zipped = getattr(demo_archives, packaging)(tree, tmp_path / {"kaggle_zip": "kaggle.zip", "hub": "hub"}[packaging])
+    zipped = getattr(demo_archives, packaging)(tree, tmp_path / {"kaggle_zip": "kaggle.zip"}.get(packaging, "set"))
     out, work = tmp_path / "out", tmp_path / "out.tmp"
     args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(zipped), "--output_dir", str(out),
             "--num_proc", "1", "--shard_size", "2", "--shorter_side", "64"]
@@ -190,3 +195,39 @@ def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packagin
     assert list(resumed) == list(uninterrupted) == ["train", "validation", "test"]
     for split in uninterrupted:
         assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
+
+
+def test_unzipped_older_kaggle_release_is_found_and_refused_in_one_line_when_cut(packaged, tmp_path):
+    folder = packaged["kaggle-tar-gz"]
+    tgz = folder / archive_layouts.KAGGLE_TGZ_NAME
+    assert archives.detect(folder).packaging == archives.detect(tgz).packaging == "kaggle-tar-gz"
+    assert archives.detect(tgz).root == str(folder)  # the tar.gz named: the LOC files are looked for beside it
+    extracted = copy_set(folder, tmp_path / "extracted")
+    (extracted / "ILSVRC").mkdir()  # the tar.gz unpacked too: the tree is read, as files
+    assert archives.detect(extracted) is None
+
+    cut = copy_set(folder, tmp_path / "cut")
+    (cut / tgz.name).unlink()
+    (cut / tgz.name).write_bytes(tgz.read_bytes()[:tgz.stat().st_size * 2 // 3])
+    message = error_of(cut, tmp_path / "a")
+    assert f"{tgz.name}: not a complete archive" in message and "download it again" in message
+
+    # the tar cut before its last member (a val image), then compressed whole: tarfile alone reads that as a
+    # complete archive with one image fewer
+    with tarfile.open(tgz) as tar:
+        at = tar.getmembers()[-1].offset
+    short = copy_set(folder, tmp_path / "short")
+    (short / tgz.name).unlink()
+    (short / tgz.name).write_bytes(gzip.compress(gzip.decompress(tgz.read_bytes())[:at]))
+    message = error_of(short, tmp_path / "b")
+    assert f"{tgz.name}: truncated" in message and "download it again" in message
+
+
+@pytest.mark.parametrize("gone", [[ilsvrc.VAL_SOLUTION], [ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION]])
+def test_unzipped_older_kaggle_release_names_the_loc_file_to_put_beside_it(gone, packaged, tmp_path):
+    folder = copy_set(packaged["kaggle-tar-gz"], tmp_path / "set")
+    for name in gone:
+        (folder / name).unlink()
+    message = error_of(folder, tmp_path / "out")  # the tree refuses a missing LOC file too: no labels from XML
+    assert f"no {' or '.join(gone)} beside {archive_layouts.KAGGLE_TGZ_NAME}" in message
+    assert f"unzip imagenet-object-localization-challenge.zip {' '.join(gone)}" in message
