@@ -8,7 +8,11 @@ import shutil
 
 import torch
 
+from .data.ring import RingBatch, device_tensors, host_tensors
+
 PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
+RING_SLOTS = PREFETCH_FACTOR + 2  # batch slots per train worker (data.ring): its prefetched batches, the one the
+# step uses and the one being copied out
 SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
 
 
@@ -31,14 +35,14 @@ def loader_workers(requested: int, print_fn=print) -> int:
 
 
 def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
-    """Refuse to start when `shm` cannot hold the batches the workers of this machine's processes keep in flight
-    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
+    """Refuse to start when `shm` cannot hold the batch slots of the workers of this machine's processes (Docker
+    gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
     if not workers or not os.path.isdir(shm):
         return
-    need, free = processes * workers * PREFETCH_FACTOR * batch_bytes, shutil.disk_usage(shm).free
+    need, free = processes * workers * RING_SLOTS * batch_bytes, shutil.disk_usage(shm).free
     if free < need:
         raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
-                         f"DataLoader workers x {PREFETCH_FACTOR} batches of {batch_bytes / 2**20:.1f} MiB need "
+                         f"DataLoader workers x {RING_SLOTS} batches of {batch_bytes / 2**20:.1f} MiB need "
                          f"{need / 2**20:.0f} MiB: give the container more (docker run --shm-size={need // 2**30 + 1}g)"
                          f" or lower --num_workers / --batch_size")
 
@@ -46,23 +50,28 @@ def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) ->
 def on_device(batches, device: torch.device):
     """The loader's (images, labels) on `device`. On CUDA the next batch's copy is issued on a side stream as soon as
     the current one is handed out, so it overlaps the step's compute (pinned batches: a true async copy) instead of
-    queueing behind it; the compute stream waits for it only when it uses it."""
+    queueing behind it; the compute stream waits for it only when it uses it. A batch in a ring slot (data.ring)
+    frees its slot once its pixels have left it: copied out on the host, or the side-stream copy done on CUDA."""
     if device.type != "cuda":
         for batch in batches:
-            yield tuple(t.to(device) for t in batch)
+            yield tuple(t.to(device) for t in host_tensors(batch))
         return
-    stream = torch.cuda.Stream(device)
+    stream, copying = torch.cuda.Stream(device), []  # copying: ring batches whose slot the side stream may read
 
     def copy(batch):
         with torch.cuda.stream(stream):
-            return tuple(t.to(device, non_blocking=True) for t in batch)
+            if isinstance(batch, RingBatch):
+                copying.append(batch)
+            return device_tensors(batch, device, stream) if batch is not None else ()
 
     batches = iter(batches)
-    pending = copy(next(batches, None) or ())
+    pending = copy(next(batches, None))
     while pending:
         current = torch.cuda.current_stream(device)
         current.wait_stream(stream)
         for t in pending:
             t.record_stream(current)  # its memory is the compute stream's to free, not the side stream's
-        ready, pending = pending, copy(next(batches, None) or ())
+        ready, pending = pending, copy(next(batches, None))
+        while copying and copying[0].event.query():  # the side stream finishes its copies in order
+            copying.pop(0).release()
         yield ready

@@ -151,3 +151,15 @@ def test_preprocess_benchmark_zip_in_place_against_unzip(tmp_path):
     assert in_place["seconds"] > 0 and unzipped["seconds"] > unzipped["unzip_seconds"] > 0
     assert 0 < in_place["peak_disk"] < unzipped["peak_disk"]  # the unzipped tree is disk the zip route never uses
     assert "zip read in place" in proc.stdout and "unzip + preprocess.py" in proc.stdout
+
+
+def test_ring_benchmark_reports_both_hand_offs():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ring.py"), "--batch_size", "4", "--image_size",
+                           "16", "--passes", "1", "--batches", "3"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["ring_fallbacks"] == 0
+    for side in ("ring", "fresh"):
+        for main in ("copies out", "only receives"):
+            assert report[f"{side}, main {main}"]["worker_us_per_image"] > 0

@@ -191,6 +191,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(preprocessed, tmp_path):
         assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
+def test_worker_processes_train_the_same_weights_as_none(preprocessed, tmp_path):
+    # with workers the train batches go through reused shared-memory slots (data.ring); an epoch boundary inside
+    # the run and the progressive-resizing ramp use a prefix of a slot
+    common = ("--epochs", "3", "--min_image_size", "24", "--ramp_start_epoch", "0", "--ramp_end_epoch", "2")
+    for workers in (0, 2):
+        ok(run(train_cmd(preprocessed, tmp_path / str(workers), *common, "--num_workers", workers)))
+    a, b = (load_file(tmp_path / str(w) / "final" / "model.safetensors") for w in (0, 2))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
     common = ("--epochs", "3", "--save_every_steps", "1", "--keep_last", "10", "--auto_augment", "ta",
               "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--random_erase", "0.25", "--ema_decay", "0.9",

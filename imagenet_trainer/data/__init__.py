@@ -10,6 +10,8 @@
 5. ``sampling``: which keys each rank reads, and every seed: ``ResumableSampler`` (exact mid-epoch resume, elastic
    across process counts: ``elastic_position``), ``sample_rng`` (one sample's stream), ``micro_batch_seed``.
 6. ``batch``: samples -> one uint8 NHWC batch in shared memory (``collate``).
+   ``ring``: the same written into shared-memory slots the workers reuse (``BatchRing``, ``RingCollate``),
+   train.py's train loader's hand-off.
 7. ``device``: on the accelerator, ``normalize``, ``random_erasing``, ``mixup_cutmix`` (mixed one-hot targets);
    train.py's loss, ``F.cross_entropy`` with ``label_smoothing``, takes it from there.
 

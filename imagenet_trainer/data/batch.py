@@ -23,24 +23,35 @@ def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
     NHWC is the layout the resize kernel writes, so each image is one memcpy (an NCHW batch costs a transposing copy
     per image), and train.py wants NHWC on the device anyway. Inside a DataLoader worker the batch is allocated
     straight in shared memory, so sending it to the main process copies nothing (as default_collate does)."""
-    images, labels = zip(*((sample[0], sample[1]) for sample in batch))
-    kinds = {(tuple(image.shape), image.dtype) for image in images}
-    if len(kinds) > 1 or images[0].dtype != torch.uint8 or images[0].dim() != 3:  # copy_ would broadcast or cast
-        raise ValueError(f"collate takes uint8 CHW images of one shape, got {sorted(map(str, kinds))}")
-    channels, height, width = images[0].shape
-    shape = (len(images), height, width, channels)
+    shape = nhwc_shape(batch)
     if torch.utils.data.get_worker_info() is None:
         nhwc = torch.empty(shape, dtype=torch.uint8)
     else:
         storage = torch.UntypedStorage._new_shared(math.prod(shape))
         nhwc = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
         _prefault(nhwc)
+    return fill(nhwc, batch)
+
+
+def nhwc_shape(batch) -> tuple[int, int, int, int]:
+    """The (N, H, W, C) of the batch ``collate`` makes of these samples; ValueError unless one uint8 CHW shape."""
+    kinds = {(tuple(sample[0].shape), sample[0].dtype) for sample in batch}
+    image = batch[0][0]
+    if len(kinds) > 1 or image.dtype != torch.uint8 or image.dim() != 3:  # copy_ would broadcast or cast
+        raise ValueError(f"collate takes uint8 CHW images of one shape, got {sorted(map(str, kinds))}")
+    channels, height, width = image.shape
+    return len(batch), height, width, channels
+
+
+def fill(nhwc: torch.Tensor, batch):
+    """Copy the samples' images into ``nhwc`` (one memcpy each): ``collate``'s result, its images viewing ``nhwc``."""
     out = nhwc.permute(0, 3, 1, 2)
-    for i, image in enumerate(images):
-        out[i].copy_(image)
+    for i, sample in enumerate(batch):
+        out[i].copy_(sample[0])
+    labels = torch.tensor([sample[1] for sample in batch], dtype=torch.int64)
     if len(batch[0]) > 2:  # TrainSet.sample's: (image, label, replaced or None)
-        return Batch((out, torch.tensor(labels, dtype=torch.int64)), [s[2] for s in batch if s[2] is not None])
-    return out, torch.tensor(labels, dtype=torch.int64)
+        return Batch((out, labels), [s[2] for s in batch if s[2] is not None])
+    return out, labels
 
 
 class Batch(tuple):
