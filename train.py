@@ -35,6 +35,7 @@ if __name__ == "__main__":  # before the heavy imports: a stop signal in the fir
 
 import enum
 import functools
+import gc
 import importlib.util
 import json
 import math
@@ -48,6 +49,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
 from safetensors import SafetensorError
@@ -826,11 +828,15 @@ def hardware(accelerator: Accelerator) -> str:
 
 
 def close_process_groups() -> None:
-    """Shut the process groups down (their gloo/NCCL threads joined) on the way out of an error, where no
-    end_training ran: left to the interpreter's teardown, a group's threads can outlive it and abort the process
-    (std::terminate) after its output is written. Local, not a collective: the other ranks may be gone."""
+    """On the way out, on every path: shut the process groups down (an error skips end_training) and free them while
+    the interpreter is whole. Left to its teardown, a gloo group's worker threads can outlive it and abort the process
+    (std::terminate) after its output is written; accelerate's state keeps the HSDP DeviceMesh, and with it the
+    groups, alive until then (torch's proposal of the same fix: pytorch/pytorch#179291). Local, not a collective:
+    the other ranks may be gone."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)  # drops its device_mesh
+    gc.collect()  # the model's DTensors and meshes sit in reference cycles: their groups go now, not at teardown
 
 
 if __name__ == "__main__":
