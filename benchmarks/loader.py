@@ -9,7 +9,9 @@ DIR is an ILSVRC tree in Kaggle's layout (DIR/ILSVRC/Data/CLS-LOC/train/<wnid>/*
 and OUT2 (optional) a preprocess.py --shorter_side output of the same tree. Both sides read the same train images
 (matched by preprocess.py's image_id column), from the page cache (one untimed pass first), in one process on one
 thread with no DataLoader workers, so the numbers are images/s per core; --num_workers N runs both sides through N
-DataLoader worker processes instead (the all-cores figure; each worker uses one thread).
+DataLoader worker processes instead (the all-cores figure; each worker uses one thread; ours' train batches go
+through the reused slots of data.ring, as train.py's do, and are counted without being read, as a GPU's copy reads
+them by DMA).
 
   train   baseline: ImageFolder -> PIL RandomResizedCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize ->
           default_collate;  ours: TrainSet (Arrow bytes -> RRC box from the header -> DCT-scaled decode of the
@@ -75,6 +77,8 @@ from imagenet_trainer.config import parse_config  # noqa: E402
 from imagenet_trainer import data as pipeline_steps  # noqa: E402
 from imagenet_trainer.data import decode  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
+from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate  # noqa: E402
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -133,8 +137,12 @@ def rows_by_stem(split: datasets.Dataset) -> dict[str, int]:
 def images_per_s(loader) -> tuple[float, float]:
     """(img/s, CPU us of this process per image: the figure that other jobs on the machine disturb least)."""
     count, start, cpu = 0, time.perf_counter(), time.process_time()
-    for x, _ in loader:
-        count += x.shape[0]
+    for batch in loader:
+        if isinstance(batch, RingBatch):  # a slot of the ring: counted and freed, as the GPU copy would free it
+            count += len(batch.labels)
+            batch.release()
+        else:
+            count += batch[0].shape[0]
     return count / (time.perf_counter() - start), 1e6 * (time.process_time() - cpu) / count
 
 
@@ -173,7 +181,7 @@ class EpochBatches:
 def loader_kw(num_workers: int) -> dict:
     # workers as train.py keeps them: persistent (started once, not per epoch), 4 batches ahead each
     return dict(num_workers=num_workers, persistent_workers=num_workers > 0,
-                prefetch_factor=4 if num_workers else None)
+                prefetch_factor=PREFETCH_FACTOR if num_workers else None)
 
 
 def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_workers: int):
@@ -184,8 +192,13 @@ def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_
 
 
 def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, with_epoch: bool):
+    """Our loader as train.py builds it: with workers, a training set's batches go through the ring's reused slots
+    (data.ring; evaluation's through fresh shared memory)."""
+    ring = None
+    if num_workers and isinstance(dataset, TrainSet):
+        ring = BatchRing(num_workers, RING_SLOTS, (batch_size, dataset.image_size, dataset.image_size, 3))
     return torch.utils.data.DataLoader(dataset, batch_sampler=EpochBatches(rows, batch_size, with_epoch),
-                                       collate_fn=collate, **loader_kw(num_workers))
+                                       collate_fn=RingCollate(ring) if ring else collate, **loader_kw(num_workers))
 
 
 def warm_rows(splits: dict, rows: dict) -> dict:
