@@ -35,16 +35,18 @@ def loader_workers(requested: int, print_fn=print) -> int:
 
 
 def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
-    """Refuse to start when `shm` cannot hold the batch slots of the workers of this machine's processes (Docker
-    gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
+    """Refuse to start when `shm` cannot hold what the workers of this machine's processes keep there: each train
+    worker's ring slots (allocated for the whole run) and, during evaluation, each eval worker's prefetched batches
+    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
     if not workers or not os.path.isdir(shm):
         return
-    need, free = processes * workers * RING_SLOTS * batch_bytes, shutil.disk_usage(shm).free
+    batches = RING_SLOTS + PREFETCH_FACTOR
+    need, free = processes * workers * batches * batch_bytes, shutil.disk_usage(shm).free
     if free < need:
         raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
-                         f"DataLoader workers x {RING_SLOTS} batches of {batch_bytes / 2**20:.1f} MiB need "
-                         f"{need / 2**20:.0f} MiB: give the container more (docker run --shm-size={need // 2**30 + 1}g)"
-                         f" or lower --num_workers / --batch_size")
+                         f"DataLoader workers x {batches} batches ({RING_SLOTS} train slots, {PREFETCH_FACTOR} eval) "
+                         f"of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.0f} MiB: give the container more "
+                         f"(docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / --batch_size")
 
 
 def on_device(batches, device: torch.device):

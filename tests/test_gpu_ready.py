@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -159,7 +160,11 @@ def test_shared_memory_too_small_is_one_line(tmp_path):
     assert message.startswith(f"error: {tmp_path} has ") and "--shm-size=" in message and "--num_workers" in message
     assert "\n" not in message
     train.check_shm(0, 10**15, 1, shm=str(tmp_path))  # no workers: nothing to check
-    train.check_shm(1, batch, 1, shm=str(tmp_path))  # ~77 MiB fits
+    train.check_shm(1, batch, 1, shm=str(tmp_path))  # ~193 MiB fits
+    # the eval workers' prefetched batches count beside the train workers' ring slots, which stay allocated
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(SystemExit, match=r"x 10 batches \(6 train slots, 4 eval\)"):
+        train.check_shm(1, free // 8, 1, shm=str(tmp_path))  # the ring's 6 would fit, 6 + 4 do not
 
 
 def test_save_every_minutes_checkpoints_inside_an_epoch(preprocessed, tmp_path):
