@@ -11,7 +11,8 @@ import timm
 from timm.models import generate_default_cfgs, register_model
 
 _OURS: set[str] = set()
-# modules of this package that define no backbones (the unknown-model error lists the other files not imported)
+# modules of this package that define no backbones: the unknown-model error lists the other files not imported,
+# and remote_code never copies them into an export
 _SUPPORT = {"__init__", "_registry", "hub", "card", "card_sets", "remote_code", "refresh_code", "backbone",
             "transformers_saved"}
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import timm
 
+from ._registry import _SUPPORT
+
 # the lines of a family file that import our registry decorator; in the copy, timm's decorator takes their place
 _REGISTER_IMPORT = re.compile(r"^from\s+(?:\._registry|modeling\._registry|modeling)\s+import\s+register\s*(?:#.*)?$",
                               re.M)
@@ -31,8 +33,7 @@ _TIMM_REGISTER = "from timm.models import register_model as register  # standalo
 _STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 _ALLOWED_TOP = {"torch", "timm"} | _STDLIB
 # this package's own modules: project code, never copied (a family imports only _registry's register, replaced above)
-_PROJECT = {"_registry", "hub", "card", "card_sets", "remote_code", "refresh_code", "backbone", "transformers_saved",
-            "__init__"}
+_PROJECT = _SUPPORT
 
 
 class NotBundleable(ValueError):
