@@ -64,9 +64,9 @@ from imagenet_trainer.bad_samples import BadSamples, RecordingLoader, load_run_r
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
+from imagenet_trainer.data.ring import BatchRing, RingCollate
 from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
-from imagenet_trainer.data.ring import BatchRing, RingCollate
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
                                            on_device)
 from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together

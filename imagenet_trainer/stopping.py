@@ -23,9 +23,9 @@ class StopSignal:
     """When to checkpoint and stop: a stop signal (imagenet_trainer/stop_signals.py), the --save_every_minutes clock,
     and the NaN guard, decided alike on every rank. `check` is the one host sync of a log interval: one all-reduce of
     [non-finite count, loss sum, one count per stop signal, save-due flag, ranks with unshared bad images], read
-    once; only when some rank met an undecodable image do the ranks also share them (BadSamples.share). One process also reads its own
-    signal flag every step (no device round trip); several act on it at the next check, so all stop at the same
-    step, and every rank knows which signal it was, wherever it arrived."""
+    once; only when some rank met an undecodable image do the ranks also share them (BadSamples.share). One process
+    also reads its own signal flag every step (no device round trip); several act on it at the next check, so all
+    stop at the same step, and every rank knows which signal it was, wherever it arrived."""
 
     def __init__(self, save_every_minutes: float):
         stop_signals.install()
