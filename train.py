@@ -657,6 +657,7 @@ class EpochTrainer:
                "step": state.step, "train_loss": train_loss, "lr": self.plan.lr_at(state.step - 1),
                "images_per_sec": self.images / elapsed, "data_wait_frac": self.data_wait / elapsed,
                "first_batch_s": first,
+               "images_per_sec_steady": self.images / max(elapsed - first, 1e-9),
                "data_wait_steady_frac": (self.data_wait - first) / max(elapsed - first, 1e-9),
                "image_size": self.loader.dataset.size_at(state.epoch)}
         if epoch_done:

@@ -170,10 +170,11 @@ stage_workers() {
   feed="$("$PY" - "$WORK" <<'PYEOF'
 import json, sys
 from pathlib import Path
-# the rate the GPU trains at, what the loader has to keep up with: the fastest at the recipe's settings
+# the rate the GPU trains at, what the loader has to keep up with: the fastest steady rate at the recipe's settings
 for runs in (("train_recipe", "train_8cores"), ("train_eager",)):
     tables = [Path(sys.argv[1], run, "metrics.jsonl") for run in runs]
-    rates = [json.loads(line)["images_per_sec"] for t in tables if t.is_file() for line in t.read_text().splitlines()]
+    rates = [json.loads(line)["images_per_sec_steady"] for t in tables if t.is_file()
+             for line in t.read_text().splitlines()]
     if rates:
         print(round(max(rates), 1))
         break
@@ -240,6 +241,8 @@ def train_py(run):
             "mixed_precision": info["mixed_precision"], "steps": table[-1]["step"],
             "images_per_sec": round(mean([r["images_per_sec"] for r in steady]), 1),
             "first_epoch_images_per_sec": round(table[0]["images_per_sec"], 1),
+            # after each epoch's first batch, as the steady wait
+            "images_per_sec_steady": round(mean([r["images_per_sec_steady"] for r in steady]), 1),
             "data_wait_frac": mean([r["data_wait_frac"] for r in steady]),
             # the share after each epoch's first batch (worker refill), which short epochs weigh far more than
             # ImageNet's do: what says whether the loader keeps up
@@ -252,16 +255,18 @@ def train_py(run):
 
 def train_8cores():
     run, table = train_py("train_8cores"), rows("train_8cores")
-    met = (run["images_per_sec"] >= goal["img_s"] and run["data_wait_steady_frac"] < goal["wait_frac"]
+    met = (run["images_per_sec_steady"] >= goal["img_s"] and run["data_wait_steady_frac"] < goal["wait_frac"]
            and run["cores"] <= goal["cores"])
     return {**run, "dataset": f"preprocess.py --shorter_side {short_side}", "workers": run["num_workers"],
             "steps_per_epoch": table[0]["step"],
             "steady_epochs": len(table) - 1,
             "per_epoch": [{"images_per_sec": round(r["images_per_sec"], 1),
+                           "images_per_sec_steady": round(r["images_per_sec_steady"], 1),
                            "data_wait_frac": round(r["data_wait_frac"], 3),
                            "data_wait_steady_frac": round(r["data_wait_steady_frac"], 3),
                            "first_batch_s": round(r["first_batch_s"], 3)} for r in table],
-            "goal": {"images_per_sec": goal["img_s"], "data_wait_steady_frac_below": goal["wait_frac"],
+            "goal": {"images_per_sec_steady_at_least": goal["img_s"],
+                     "data_wait_steady_frac_below": goal["wait_frac"],
                      "cores_at_most": int(goal["cores"])},
             "goal_met": None if cpu else met}
 

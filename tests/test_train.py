@@ -75,12 +75,13 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     assert [r["epoch"] for r in metrics] == [1, 2]
     assert [r["image_size"] for r in metrics] == [16, 32]  # progressive resizing: 16 px first, 32 from epoch 1
     for key in ("epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "images_per_sec", "data_wait_frac",
-                "first_batch_s", "data_wait_steady_frac", "ema_val_top1"):
+                "first_batch_s", "images_per_sec_steady", "data_wait_steady_frac", "ema_val_top1"):
         assert key in metrics[-1], key
     assert 0 <= metrics[-1]["val_top1"] <= metrics[-1]["val_top5"] <= 100
     # the wait for an epoch's first batch is counted apart: what is left is the loader's steady share
     for r in metrics:
         assert r["first_batch_s"] > 0 and 0 <= r["data_wait_steady_frac"] < r["data_wait_frac"] <= 1
+        assert r["images_per_sec_steady"] > r["images_per_sec"] > 0
     # self-describing run folder
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == TINY and config["epochs"] == 2
