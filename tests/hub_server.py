@@ -2,7 +2,8 @@
 by Hub id across a real network boundary (127.0.0.1) where the Hub itself is unreachable.
 
 Point a client at it with ``HF_ENDPOINT=hub.endpoint``; huggingface_hub reads it once, at import
-(huggingface_hub/constants.py), so set it in the environment of a fresh interpreter. Repos are folders,
+(huggingface_hub/constants.py), so set it in the environment of a fresh interpreter (a push from the test's own
+interpreter: ``point_this_process_at``). Repos are folders,
 ``LocalHub(repos={"me/blocknet": folder}, datasets={...})``, each served at one commit (revision ``main`` or that
 commit's hash) until a push adds commits (then every commit's hash is a revision).
 

@@ -20,7 +20,8 @@ reads what was pushed.
 Never xet: huggingface_hub 2.4 uploads through xet whenever the ``hf_xet`` package is importable, whatever the
 server says (``_upload_files`` consults no server field), so clients pushing here set ``HF_HUB_DISABLE_XET=1``;
 without it they ask ``/api/{kind}/{repo}/xet-write-token/{rev}``, which is left unhandled (501).
-Every write route but the storage ``PUT`` wants ``Authorization: Bearer <token>`` (401 without, as the Hub).
+Every write route but validate-yaml and the storage ``PUT`` wants ``Authorization: Bearer <token>`` (401 without,
+as the Hub). ``hub.refuse`` = {route: HTTP status} makes a route fail as a broken Hub would (routes: ``ROUTES``).
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ def lfs_batch(hub: LocalHub, repo: Repo, payload: dict) -> tuple[int, dict, byte
 def storage_put(hub: LocalHub, request: Request) -> tuple[int, dict, bytes]:
     """The storage host's PUT of one LFS object (a presigned URL on the Hub: no credentials asked)."""
     oid = request.path.removeprefix("/upload/")
-    if refused(hub, "upload"):
-        return 500, {"Content-Type": "text/plain"}, b"InternalError"
+    if hub.refuse.get("upload"):  # the storage host words its errors as S3 does, not as the Hub
+        return hub.refuse["upload"], {"Content-Type": "text/plain"}, b"InternalError"
     if hashlib.sha256(request.body).hexdigest() != oid:
         return 400, {"Content-Type": "text/plain"}, b"BadDigest: the content does not match its sha256"
     with hub.lock:
