@@ -119,16 +119,24 @@ def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict
 
 
 def push_dataset(folder, repo_id: str, private: bool = True, token: str | None = None) -> str:
-    """Upload a folder written by ``export_parquet`` to the Hub dataset repo ``repo_id``; returns its URL."""
+    """Upload a folder written by ``export_parquet`` to the Hub dataset repo ``repo_id``; returns its URL. A failed
+    upload raises a one-line OSError naming the push (the folder is left as it was)."""
     folder = Path(folder)
     if not (folder / "README.md").is_file() or not list((folder / "data").glob("*.parquet")):
         raise ValueError(f"{folder}: no README.md and data/*.parquet; write it with export_parquet first")
     if not (token or get_token()):
         raise ValueError(f"cannot push to '{repo_id}': no Hugging Face token; run `hf auth login` or set HF_TOKEN")
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=str(folder),
-                      commit_message="Upload dataset converted with imagenet-trainer")
+    try:
+        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=str(folder),
+                          commit_message="Upload dataset converted with imagenet-trainer")
+    except Exception as e:  # HTTP, network and auth errors come from several libraries; all end the same way
+        message, secret = (str(e).strip().splitlines() or [""])[0][:300], token or get_token()
+        # from None: the chained error's text is not ours to vet for secrets
+        raise OSError(f"push of {folder} to dataset '{repo_id}' failed ({type(e).__name__}: "
+                      f"{message.replace(secret, '***') if secret else message}); the folder is unchanged, retry "
+                      f"the push") from None
     return str(url)
 
 

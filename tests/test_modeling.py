@@ -23,6 +23,7 @@ import timm
 import torch
 import torchvision
 import yaml
+from hub_server import LocalHub, point_this_process_at
 from safetensors.torch import save_file
 
 import modeling
@@ -763,7 +764,7 @@ def test_zoo_folder_loads_with_no_project_code(tmp_path):
     assert not any(re.fullmatch(r"n\d{8}|LABEL_\d+", label) for label in labels)
 
 
-# ---------------------------------------------------------------- pushing (up to the network boundary)
+# ---------------------------------------------------------------- pushing (to a local Hub over HTTP)
 
 @pytest.fixture
 def hub_env(tmp_path, monkeypatch):
@@ -789,52 +790,55 @@ def test_check_hub_ready_fails_fast(hub_env):
         modeling.check_hub_ready("me/tiny/extra")
 
 
-def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, hub_env, tmp_path):
+@pytest.fixture
+def local_hub(hub_env, tmp_path):
+    """tests/hub_server.py's local Hub, read and write side, with this interpreter's huggingface_hub pointed at it."""
+    with LocalHub() as hub:
+        point_this_process_at(hub, hub_env, tmp_path / "hf-home")
+        yield hub
+
+
+def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, local_hub, tmp_path):
+    """To the local Hub: the repo created private as asked, the folder's files in one commit with its message (the
+    weights as LFS through the storage host), the card naming the repo; a wrong token (401) and a refused commit
+    (500) end in one line without the token, the folder and the repo as they were."""
     _, folder = saved_tiny
-    before = folder_digest(folder)
+    hub, before = local_hub, folder_digest(folder)
     with pytest.raises(ValueError, match="no Hugging Face token"):
         modeling.push_to_hub(folder, "me/tiny")
 
-    calls = []
-
-    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
-        calls.append(("create_repo", repo_id, private, exist_ok))
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id, operations, *, commit_message, **kwargs):
-        uploaded = {op.path_in_repo: op.path_or_fileobj for op in operations}
-        calls.append(("create_commit", repo_id, sorted(uploaded), commit_message))
-        return uploaded
-
-    hub_env.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    hub_env.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
-    url = modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret", private=True, commit_message="v1")
-    assert url == "https://huggingface.co/me/tiny"
-    assert calls == [("create_repo", "me/tiny", True, True),
-                     ("create_commit", "me/tiny", [".eval_results/imagenet-1k.yaml", "README.md", "blocknet.py",
-                                                   "config.json", "model.safetensors", "modeling_blocknet.py"], "v1")]
+    url = modeling.push_to_hub(folder, "me/tiny", token=hub.token, private=True, commit_message="v1")
+    repo = hub.repo("me/tiny")
+    assert url == f"{hub.endpoint}/me/tiny" and repo.private
+    assert [summary for _, summary in repo.log] == ["Initial commit", "v1"]
+    assert sorted(repo.files) == [".eval_results/imagenet-1k.yaml", ".gitattributes", "README.md", "blocknet.py",
+                                  "config.json", "model.safetensors", "modeling_blocknet.py"]
+    assert {name: data for name, data in repo.files.items() if name != ".gitattributes"} == \
+        {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert repo.lfs == {"model.safetensors"}  # through the LFS batch API and the storage host
+    assert ("PUT", f"/upload/{repo.oid('model.safetensors')}") in hub.requests
 
     # a card saved before the repo id was known: the pushed copy names the repo, the local one is left as it is
     bare = modeling.save_pretrained(saved_tiny[0], tmp_path / "bare", label_names=WNIDS)
     local_card = (bare / "README.md").read_text()
-    uploaded = {}
-    hub_env.setattr(huggingface_hub.HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: uploaded.update(
-        {op.path_in_repo: op.path_or_fileobj for op in operations}))
-    modeling.push_to_hub(bare, "me/other", token="hf_secretsecret")
-    card = uploaded["README.md"].decode()
+    modeling.push_to_hub(bare, "me/other", token=hub.token)
+    card = hub.repo("me/other").files["README.md"].decode()
     assert 'timm.create_model("hf-hub:me/other"' in card and "OWNER/NAME" not in card
     assert card == local_card.replace("OWNER/NAME", "me/other") and (bare / "README.md").read_text() == local_card
 
-    def broken_upload(self, *args, **kwargs):
-        raise OSError("connection reset while sending hf_secretsecret\nlong traceback text")
-    hub_env.setattr(huggingface_hub.HfApi, "create_commit", broken_upload)
-    with pytest.raises(OSError, match="push of .* to 'me/tiny' failed .*connection reset") as e:
-        modeling.push_to_hub(folder, "me/tiny", token="hf_secretsecret")
-    assert "\n" not in str(e.value) and "hf_secretsecret" not in str(e.value)
-    assert folder_digest(folder) == before
+    head = repo.commit
+    with pytest.raises(OSError, match=r"push of .* to 'me/tiny' failed \(HfHubHTTPError: .*'401 Unauthorized'") as e:
+        modeling.push_to_hub(bare, "me/tiny", token="hf_wrongsecret")
+    assert "\n" not in str(e.value) and "hf_wrongsecret" not in str(e.value) and "retry with" in str(e.value)
+    hub.refuse["commit"] = 500
+    with pytest.raises(OSError, match=r"push of .* to 'me/tiny' failed \(HfHubHTTPError: .*'500 Internal") as e:
+        modeling.push_to_hub(bare, "me/tiny", token=hub.token)
+    assert "\n" not in str(e.value) and hub.token not in str(e.value)
+    assert repo.commit == head and folder_digest(folder) == before
+    assert not hub.unhandled
 
 
-def test_push_refreshes_remote_code_an_earlier_version_wrote(saved_tiny, hub_env, tmp_path, capsys):
+def test_push_refreshes_remote_code_an_earlier_version_wrote(saved_tiny, local_hub, tmp_path, capsys):
     """The uploaded (and local) modeling_blocknet.py and auto_map become the installed project's, one line says
     so, weights and card stay; with weights the installed code no longer builds, the saved code goes up as it is."""
     _, folder = saved_tiny
@@ -846,28 +850,26 @@ def test_push_refreshes_remote_code_an_earlier_version_wrote(saved_tiny, hub_env
     config = json.loads(config_path.read_text())
     config["auto_map"].pop("AutoBackbone")
     config_path.write_text(json.dumps(config, indent=2) + "\n")
-    before, uploaded = folder_digest(old), {}
-    hub_env.setattr(huggingface_hub.HfApi, "create_repo",
-                    lambda self, repo_id, **kwargs: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
-    hub_env.setattr(huggingface_hub.HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: uploaded.update(
-        {op.path_in_repo: op.path_or_fileobj for op in operations}))
-    modeling.push_to_hub(old, "me/old", token="hf_secretsecret")
+    before = folder_digest(old)
+    modeling.push_to_hub(old, "me/old", token=local_hub.token)
     assert capsys.readouterr().out.splitlines() == [
         f"{old}: rewrote modeling_blocknet.py, config.json from the installed imagenet-trainer (the code transformers' "
         f"trust_remote_code loads); weights and card unchanged"]
-    assert Path(uploaded["modeling_blocknet.py"]).read_text() == (folder / "modeling_blocknet.py").read_text()
-    assert json.loads(Path(uploaded["config.json"]).read_text()) == json.loads((folder / "config.json").read_text())
+    uploaded = local_hub.repo("me/old").files
+    assert uploaded["modeling_blocknet.py"] == (folder / "modeling_blocknet.py").read_bytes()
+    assert json.loads(uploaded["config.json"]) == json.loads((folder / "config.json").read_text())
     after = folder_digest(old)
     assert sorted(k for k in before if before[k] != after[k]) == ["config.json", "modeling_blocknet.py"]
 
     state = safetensors.torch.load_file(old / "model.safetensors")
     safetensors.torch.save_file({k: v for k, v in state.items() if k != "fc.bias"}, old / "model.safetensors")
     wrapper.write_text(old_text)
-    modeling.push_to_hub(old, "me/old", token="hf_secretsecret")
+    modeling.push_to_hub(old, "me/old", token=local_hub.token)
     line, = capsys.readouterr().out.splitlines()
     assert line.startswith(f"{old}: remote code uploaded as saved: the installed 'blocknet_tiny' no longer fits "
                            f"the saved weights (keys or shapes differ: fc.bias)"), line
-    assert wrapper.read_text() == old_text
+    assert wrapper.read_text() == old_text == local_hub.repo("me/old").files["modeling_blocknet.py"].decode()
+    assert not local_hub.unhandled
 
 
 def test_load_of_an_unregistered_architecture_says_what_to_install(saved_tiny, tmp_path):

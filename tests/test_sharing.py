@@ -2,6 +2,7 @@
 as written, against the exported folder, in a process that sees no checkout."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -211,31 +212,77 @@ def test_train_runs_on_the_parquet_copy_with_its_human_names(parquet_copy, tmp_p
     assert labels[:2] == ["astronaut", "chelsea"]
 
 
-def test_dataset_push_uploads_the_parquet_folder(parquet_copy, monkeypatch, tmp_path):
-    import huggingface_hub
+# a user on another machine: the pushed dataset by Hub id, through datasets and through train.py's loader
+LOAD_DATASET = r"""
+import hashlib, json, sys
+import datasets
+from imagenet_trainer.data import Rows, load_image_dataset
+from imagenet_trainer.ilsvrc import class_descriptions
+plain, ds = datasets.load_dataset(sys.argv[1]), load_image_dataset(sys.argv[1])
+result = {"plain": {name: len(split) for name, split in plain.items()}, "names": class_descriptions(ds)}
+for name, split in ds.items():
+    rows = Rows(split)
+    result[name] = [split.features["label"].names,
+                    [[hashlib.sha256(bytes(rows[i][0])).hexdigest(), rows[i][1]] for i in range(len(rows))]]
+print("RESULT " + json.dumps(result))
+"""
 
+
+def test_dataset_push_then_load_by_hub_id(preprocessed, parquet_copy, monkeypatch, tmp_path):
+    """python -m imagenet_trainer.hub_dataset --push_to_hub, to tests/hub_server.py's local Hub: a private repo
+    (ImageNet's terms) holding the folder's files, Parquet as LFS; then datasets.load_dataset and load_image_dataset
+    by Hub id in a fresh interpreter give the preprocess.py output's rows, labels and human names. A wrong token and
+    a refused commit end in one line without the token, the folder as it was."""
+    import datasets
+
+    from hub_server import LocalHub, point_this_process_at
     from imagenet_trainer import hub_dataset
+    from imagenet_trainer.data import Rows
 
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    with pytest.raises(ValueError, match="no Hugging Face token"):
-        hub_dataset.push_dataset(parquet_copy, "me/imagenet")
-    calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(
-        ("create_repo", repo_id, kw["repo_type"], kw["private"])) or huggingface_hub.RepoUrl(
-        f"https://huggingface.co/datasets/{repo_id}"))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(
-        ("upload_folder", kw["repo_id"], kw["repo_type"], sorted(p.relative_to(kw["folder_path"]).as_posix() for p in
-                                                               Path(kw["folder_path"]).rglob("*") if p.is_file()))))
-    monkeypatch.setenv("HF_TOKEN", "hf_secretsecret")
-    hub_dataset.main(["--dataset", str(parquet_copy.parent / "imagenet"), "--output_dir", str(tmp_path / "pq"),
-                      "--push_to_hub", "me/imagenet"])
-    assert calls[0] == ("create_repo", "me/imagenet", "dataset", True)  # private: ImageNet's terms
-    kind, repo, repo_type, files = calls[1]
-    assert (kind, repo, repo_type) == ("upload_folder", "me/imagenet", "dataset")
-    assert {"README.md", "class_descriptions.json", "source.json"} <= set(files)
-    assert any(f.startswith("data/validation-") and f.endswith(".parquet") for f in files)
+    home, out = tmp_path / "hf-home", tmp_path / "pq"
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, home)
+        with pytest.raises(ValueError, match="no Hugging Face token"):
+            hub_dataset.push_dataset(parquet_copy, "me/imagenet")
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        hub_dataset.main(["--dataset", str(parquet_copy.parent / "imagenet"), "--output_dir", str(out),
+                          "--push_to_hub", "me/imagenet"])
+        repo = hub.repo("me/imagenet", "dataset")
+        local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert repo.private and {"README.md", "class_descriptions.json", "source.json"} < set(local)
+        assert {name: data for name, data in repo.files.items() if name != ".gitattributes"} == local
+        assert repo.lfs == {name for name in local if name.endswith(".parquet")} and len(repo.lfs) > 2
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_TOKEN=hub.token, OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, "-c", LOAD_DATASET, "me/imagenet"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not hub.unhandled
+
+        head = repo.commit
+        monkeypatch.setenv("HF_TOKEN", "hf_wrongsecret")
+        with pytest.raises(SystemExit) as e:
+            hub_dataset.main(["--dataset", str(parquet_copy.parent / "imagenet"), "--output_dir", str(out),
+                              "--push_to_hub", "me/imagenet"])
+        message = str(e.value.code)
+        assert message.startswith(f"error: push of {out} to dataset 'me/imagenet' failed (HfHubHTTPError: "), message
+        assert "'401 Unauthorized'" in message and "\n" not in message and "hf_wrongsecret" not in message
+        hub.refuse["commit"] = 500
+        before = {p.relative_to(parquet_copy): p.read_bytes() for p in parquet_copy.rglob("*") if p.is_file()}
+        with pytest.raises(OSError, match=r"'500 Internal Server Error'.*; the folder is unchanged") as e:
+            hub_dataset.push_dataset(parquet_copy, "me/imagenet", token=hub.token)  # other shards: a new commit
+        assert "\n" not in str(e.value) and hub.token not in str(e.value) and repo.commit == head
+        assert {p.relative_to(parquet_copy): p.read_bytes() for p in parquet_copy.rglob("*") if p.is_file()} == before
+
+    loaded = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    original = datasets.load_from_disk(str(preprocessed))
+    assert loaded["plain"] == {name: len(split) for name, split in original.items()}
+    assert loaded["names"][0] == "astronaut"  # class_descriptions.json came along, not the wnid's "tench"
+    for name, split in original.items():
+        rows = Rows(split)
+        assert loaded[name] == [split.features["label"].names, [
+            [hashlib.sha256(bytes(rows[i][0])).hexdigest(), rows[i][1]] for i in range(len(rows))]]
 
 
 @pytest.mark.parametrize("remote, expected", [

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch
 import yaml
+from hub_server import LocalHub
 from safetensors.torch import load_file
 
 from imagenet_trainer.config import parse_config
@@ -256,39 +257,31 @@ def test_it_learns_digits(digits_dataset, tmp_path):
     assert rows(out)[-1]["val_top1"] >= 90.0, rows(out)
 
 
-PATCHED_HUB = """
-import runpy, sys
-sys.path.insert(0, {root!r})
-import modeling
-modeling.check_hub_ready = lambda repo_id, token=None: None   # pretend a token and a network
-def push(folder, repo_id, token=None, private=False, **kw):
-    if {fail!r}:
-        raise OSError("upload failed: network unreachable")
-    open({record!r}, "w").write(str(folder) + " " + repo_id)
-    return "https://huggingface.co/" + repo_id
-modeling.push_to_hub = push
-sys.argv = ["train.py", *sys.argv[1:]]
-runpy.run_path({train!r}, run_name="__main__")
-"""
-
-
 @pytest.mark.parametrize("fail", [False, True])
-def test_push_at_the_end_up_to_the_network(preprocessed, tmp_path, fail):
-    record = tmp_path / "pushed.txt"
-    script = tmp_path / "patched_train.py"
-    script.write_text(PATCHED_HUB.format(root=str(ROOT), fail=fail, record=str(record), train=str(ROOT / "train.py")))
+def test_push_at_the_end_to_a_local_hub(preprocessed, tmp_path, fail):
+    """--push_to_hub uploads the final export over HTTP to tests/hub_server.py's local Hub; a refused commit ends
+    in one line naming the retry, the export kept."""
     out = tmp_path / "run"
     cmd = train_cmd(preprocessed, out, "--epochs", "1", "--push_to_hub", "--hub_model_id", "me/tiny")
-    proc = run([sys.executable, str(script), *cmd[2:]])
-    assert (out / "final" / "model.safetensors").is_file()  # the export is kept either way
+    with LocalHub() as hub:
+        hub.refuse = {"commit": 500} if fail else {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", HF_ENDPOINT=hub.endpoint, HF_TOKEN=hub.token,
+                   HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "home"), NO_PROXY="127.0.0.1")
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    final = out / "final"
+    assert (final / "model.safetensors").is_file()  # the export is kept either way
+    assert hub.token not in proc.stdout + proc.stderr and not hub.unhandled
     if fail:
         assert proc.returncode != 0
-        assert "network unreachable" in proc.stderr and "retry with" in proc.stderr
+        assert "'500 Internal Server Error'" in proc.stderr and "retry with" in proc.stderr
         assert "modeling.push_to_hub" in proc.stderr.strip().splitlines()[-1]
+        assert hub.repo("me/tiny").files.keys() == {".gitattributes"}
     else:
         ok(proc)
-        assert record.read_text() == f"{out / 'final'} me/tiny"
-        assert "pushed to https://huggingface.co/me/tiny" in proc.stdout
+        assert f"pushed to {hub.endpoint}/me/tiny" in proc.stdout
+        assert {name: data for name, data in hub.repo("me/tiny").files.items() if name != ".gitattributes"} == \
+            {p.relative_to(final).as_posix(): p.read_bytes() for p in final.rglob("*") if p.is_file()}
 
 
 def test_refuses_when_launcher_and_accelerate_disagree(preprocessed, tmp_path):
