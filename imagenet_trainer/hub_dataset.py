@@ -132,11 +132,11 @@ def push_dataset(folder, repo_id: str, private: bool = True, token: str | None =
         api.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=str(folder),
                           commit_message="Upload dataset converted with imagenet-trainer")
     except Exception as e:  # HTTP, network and auth errors come from several libraries; all end the same way
-        message, secret = (str(e).strip().splitlines() or [""])[0][:300], token or get_token()
+        from modeling.hub import push_failed  # torch and timm load only on this path
+
         # from None: the chained error's text is not ours to vet for secrets
-        raise OSError(f"push of {folder} to dataset '{repo_id}' failed ({type(e).__name__}: "
-                      f"{message.replace(secret, '***') if secret else message}); the folder is unchanged, retry "
-                      f"the push") from None
+        raise push_failed(e, f"{folder} to dataset '{repo_id}'", token,
+                          "python -m imagenet_trainer.hub_dataset --push_to_hub") from None
     return str(url)
 
 

@@ -384,13 +384,23 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.create_commit(url.repo_id, operations, commit_message=commit_message)
     except Exception as e:  # HTTP, network and auth errors come from several libraries; all end the same way
-        message, secret = _first_line(e), token or get_token()
-        if secret:
-            message = message.replace(secret, "***")
         # from None: the chained error's text is not ours to vet for secrets
-        raise OSError(f"push of {folder} to '{repo_id}' failed ({type(e).__name__}: {message}); "
-                      f"the folder is unchanged, retry with modeling.push_to_hub") from None
+        raise push_failed(e, f"{folder} to '{repo_id}'", token, "modeling.push_to_hub") from None
     return str(url)
+
+
+def push_failed(e: BaseException, what: str, token: str | None, retry: str) -> OSError:
+    """The one line a failed upload of ``what`` ends in: the client's error, with the Hub's own reason where it
+    gave one (e.g. "Invalid credentials in Authorization header" behind a 401), every copy of the token masked."""
+    message = _first_line(e)
+    reason = (getattr(e, "server_message", None) or "").strip().splitlines()
+    if reason and reason[0] not in message:
+        message += f"; the Hub says: {reason[0][:200]}"
+    secret = token or get_token()
+    if secret:
+        message = message.replace(secret, "***")
+    return OSError(f"push of {what} failed ({type(e).__name__}: {message}); the folder is unchanged, retry with "
+                   f"{retry}")
 
 
 def _first_line(e: BaseException) -> str:

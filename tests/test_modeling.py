@@ -830,6 +830,7 @@ def test_push_uploads_the_folder_and_fails_cleanly(saved_tiny, local_hub, tmp_pa
     with pytest.raises(OSError, match=r"push of .* to 'me/tiny' failed \(HfHubHTTPError: .*'401 Unauthorized'") as e:
         modeling.push_to_hub(bare, "me/tiny", token="hf_wrongsecret")
     assert "\n" not in str(e.value) and "hf_wrongsecret" not in str(e.value) and "retry with" in str(e.value)
+    assert "the Hub says: Invalid credentials in Authorization header" in str(e.value)  # its reason, kept
     hub.refuse["commit"] = 500
     with pytest.raises(OSError, match=r"push of .* to 'me/tiny' failed \(HfHubHTTPError: .*'500 Internal") as e:
         modeling.push_to_hub(bare, "me/tiny", token=hub.token)
