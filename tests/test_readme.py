@@ -37,6 +37,9 @@ SCRIPTS = {
     "benchmarks/loader.py": ("benchmarks/loader.py", "LoaderBenchConfig"),
     "benchmarks/preprocess.py": ("benchmarks/preprocess.py", "BenchConfig"),
 }
+# programs the README runs that this project does not install (its own come from the environment's bin/)
+OUTSIDE_TOOLS = {"make", "kaggle", "unzip", "sbatch", "srun", "scontrol", "scancel", "kill", "kubectl", "for", "done",
+                 "pip", "apt-get"}
 # flags of the other tools the README's commands call: sbatch/srun, docker, the Hugging Face CLI, argparse
 OTHER_TOOLS_FLAGS = {"nodes", "gpus-per-node", "ntasks-per-node", "time", "signal", "shm-size", "repo-type",
                      "local-dir", "help"}
@@ -125,7 +128,7 @@ def test_every_flag_named_anywhere_exists():
 def test_inline_commands_use_their_scripts_flags():
     """An inline `script --flag ...` (e.g. `preprocess.py --verify OUT`) names a flag of that script."""
     flags = project_flags()
-    spans = re.findall(r"`([^`\n]+)`", FENCED.sub("", README))
+    spans = inline_spans()
     checked = 0
     for span in spans:
         for name, args in script_calls([split_command(span)]):
@@ -133,6 +136,23 @@ def test_inline_commands_use_their_scripts_flags():
                 assert flag in flags[name], f"README: `{span}`: {name} has no --{flag}"
                 checked += 1
     assert checked >= 5
+
+
+def inline_spans() -> list[str]:
+    """The `code` spans of the prose and tables, one line each."""
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", FENCED.sub("", README))]
+
+
+def test_every_program_run_is_installed():
+    """Each fenced command's program, and each inline `tool subcommand` (`hf download ...`, `accelerate env`), is one
+    the environment installs (accelerate, hf, python, torchrun) or one of the outside tools the text names."""
+    installed = {p.name for p in Path(sys.executable).parent.iterdir()}
+    programs = [tokens[0] for tokens in fenced_commands() if tokens]
+    programs += [span.split()[0] for span in inline_spans()
+                 if re.match(r"\S+ (download|upload|launch|auth|config|env)\b", span)]
+    assert len(programs) >= 20
+    missing = {p for p in programs if Path(p).name not in installed and p not in OUTSIDE_TOOLS}
+    assert not missing, f"README runs {sorted(missing)}, which neither requirements.txt nor the text installs"
 
 
 def test_every_repository_path_and_module_named_exists():
