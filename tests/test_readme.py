@@ -20,6 +20,7 @@ from accelerate.commands.launch import launch_command_parser
 from torch.distributed.run import get_args_parser as torchrun_parser
 
 from imagenet_trainer.config import parse_config
+from imagenet_trainer.robustness import RESULTS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -188,3 +189,29 @@ def test_recipe_table_epochs_are_the_recipes():
     assert len(rows) >= 6
     for path, epochs in rows:
         assert yaml.safe_load((ROOT / path).read_text())["epochs"] == int(epochs), path
+
+
+def test_robustness_csv_columns_are_the_ones_written():
+    """RESULTS_COLUMNS is the CSV's header (tests/test_eval_sets.py)."""
+    text = README.split("_results.csv` beside `--output`) has", 1)[1]
+    listed = text.split("columns (`", 1)[1].split("`", 1)[0]
+    assert tuple(c.strip() for c in listed.split(",")) == RESULTS_COLUMNS
+
+
+def test_zip_table_is_benchmarks_measurement_extrapolated():
+    """Section 1's table: BENCHMARKS.md's zip-vs-unzip run on 10,024 images, rounded, and scaled to ImageNet's
+    1,331,167 train + val images and ~155 GB."""
+    bench = (ROOT / "BENCHMARKS.md").read_text()
+    zip_s, zip_mb = map(float, re.search(r"\| `preprocess.py --data_dir kaggle.zip` \(read in place\) \| 10024 \| "
+                                         r"([\d.]+) \| \d+ \| ([\d.]+) ", bench).groups())
+    unzip_s, tree_s, tree_mb = map(float, re.search(r"\| `unzip -q` \(([\d.]+) s\) then `preprocess.py` on the tree "
+                                                    r"\| 10024 \| ([\d.]+) \| \d+ \| ([\d.]+) ", bench).groups())
+    source_mb = float(re.search(r"10,024 images \(500x375 / 375x500 JPEGs, (\d+) MB\)", bench).group(1))
+    row_zip = re.search(r"\| the zip read in place \| (\d+) s \| (\d+) MB .*?\| ~([\d.]+) h \| ~(\d+) GB \|", README)
+    row_tree = re.search(r"\| `unzip`, then preprocess.py on the tree \| (\d+) s \+ (\d+) s \| (\d+) MB .*?\| "
+                         r"~([\d.]+) h \| ~(\d+) GB \|", README)
+    scale, disk_scale = 1_331_167 / 10_024, 155_000 / source_mb
+    assert [float(x) for x in row_zip.groups()] == pytest.approx(
+        [zip_s, zip_mb, zip_s * scale / 3600, zip_mb * disk_scale / 1000], rel=0.02, abs=0.51)
+    assert [float(x) for x in row_tree.groups()] == pytest.approx(
+        [unzip_s, tree_s - unzip_s, tree_mb, tree_s * scale / 3600, tree_mb * disk_scale / 1000], rel=0.02, abs=0.51)
