@@ -199,6 +199,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(preprocessed, tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "loss is" in last and ("nan" in last or "inf" in last), proc.stderr[-2000:]
+    saved = sorted((out / "checkpoints").glob("step_*"))  # README: resume from the checkpoint the line names
+    assert last.endswith(f"then --resume_from_checkpoint {saved[-1]}." if saved else "no checkpoint was saved yet).")
     for ckpt in (out / "checkpoints").glob("step_*"):
         weights = load_file(ckpt / "model.safetensors")
         assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
