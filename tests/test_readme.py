@@ -1,12 +1,15 @@
 """README.md says only what is true, checked where drift is cheap to see: every command of a fenced block that runs
 one of our scripts parses with that script's config; every ``--flag`` anywhere is a field of one of our configs or
-belongs to the launcher, scheduler or CLI the text names; every file, folder, module and ``modeling.`` name exists;
-the Layout lists each module of ``imagenet_trainer/`` and ``imagenet_trainer/data/`` and nothing else; the recipe
-table's epochs are the recipes'. The metrics.jsonl columns and run-folder names are checked against a real run in
-tests/test_train.py; the README's Python blocks run in tests/test_backbones.py and tests/test_modeling.py."""
+belongs to the launcher, scheduler or CLI the text names; every program it runs is installed or named as an outside
+tool; every file, folder, module and ``modeling.`` name exists; the Layout lists each module of
+``imagenet_trainer/`` and ``imagenet_trainer/data/`` and nothing else; the recipe table's epochs are the recipes';
+the robustness CSV's columns are the ones written; section 1's zip table is BENCHMARKS.md's run. The metrics.jsonl
+columns and run-folder names are checked against a real run in tests/test_train.py; the README's Python blocks run
+in tests/test_backbones.py and tests/test_modeling.py."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import re
@@ -47,6 +50,7 @@ OTHER_TOOLS_FLAGS = {"nodes", "gpus-per-node", "ntasks-per-node", "time", "signa
 USER_FILES = {"modeling/mynet.py"}  # what the README has the user write
 
 
+@functools.cache
 def config_class(name: str):
     module, cls = SCRIPTS[name]
     if module.endswith(".py"):  # by path: benchmarks/preprocess.py must not shadow preprocess.py
