@@ -59,9 +59,11 @@ class StopSignal:
         loss = total_loss / accelerator.num_processes / max(1, loss_count)
         if nonfinite:
             last_good = checkpoints.newest_complete(ckpt_dir)[0]
+            then = (f"then --resume_from_checkpoint {last_good}" if last_good else
+                    "then run again (no checkpoint was saved yet)")
             raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
-                             f"and weights); stopping. Last good checkpoint: {last_good}. "
-                             "Lower --lr, raise --warmup_epochs or set --clip_grad, then resume.")
+                             f"and weights); stopping. Last good checkpoint: {last_good or 'none'}. "
+                             f"Lower --lr, raise --warmup_epochs or set --clip_grad, {then}.")
         self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS, counts) if n]
         self.save_due = save_due > 0
         return loss

@@ -67,6 +67,12 @@ def rows(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def readme_metrics_columns() -> list[str]:
+    """The metrics.jsonl columns README.md's run-folder paragraph lists ("one row per epoch: `epoch, step, ...`")."""
+    text = (ROOT / "README.md").read_text().split("`metrics.jsonl` (one row per epoch:", 1)[1]
+    return [column.strip() for column in text.split("`", 2)[1].split(",")]
+
+
 def test_few_steps_end_to_end(preprocessed, tmp_path):
     out = tmp_path / "run"
     ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--save_every_steps", "1", "--keep_last", "1",
@@ -78,6 +84,8 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     for key in ("epoch", "step", "train_loss", "val_top1", "val_top5", "lr", "images_per_sec", "data_wait_frac",
                 "first_batch_s", "images_per_sec_steady", "data_wait_steady_frac", "ema_val_top1"):
         assert key in metrics[-1], key
+    listed = readme_metrics_columns()  # what README.md tells users to read, EMA's columns "when on"
+    assert set(metrics[-1]) == {*listed, *(f"ema_{c}" for c in listed if c.startswith("val_"))}, listed
     assert 0 <= metrics[-1]["val_top1"] <= metrics[-1]["val_top5"] <= 100
     # the wait for an epoch's first batch is counted apart: what is left is the loader's steady share
     for r in metrics:
@@ -92,6 +100,9 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     # keep-last-1 plus the best checkpoint; no unfinished temp folders
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert len(ckpts) in (1, 2) and not any(n.startswith(".tmp") for n in ckpts)
+    for name in ("config.yaml", "run_info.json", "metrics.jsonl", "final", "run.lock"):  # README's run folder
+        assert (out / name).exists(), name
+    assert all((out / "checkpoints" / n / "checkpoint_files.json").is_file() for n in ckpts)
     assert f"step_{metrics[-1]['step']:08d}" in ckpts
     # the exported backbone
     final = out / "final"
@@ -188,6 +199,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(preprocessed, tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "loss is" in last and ("nan" in last or "inf" in last), proc.stderr[-2000:]
+    saved = sorted((out / "checkpoints").glob("step_*"))  # README: resume from the checkpoint the line names
+    assert last.endswith(f"then --resume_from_checkpoint {saved[-1]}." if saved else "no checkpoint was saved yet).")
     for ckpt in (out / "checkpoints").glob("step_*"):
         weights = load_file(ckpt / "model.safetensors")
         assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
