@@ -119,24 +119,25 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
 
 def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     """A run stopped at a time limit (SIGKILL, as a job scheduler's) leaves the JSON and the logs of every stage it
-    finished, and names the stages it did not reach."""
+    finished, and names the stages it did not reach (killed as train_8cores starts, right after the dry run's
+    instant throughput stage)."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out),
-                             "--stages", "tree,train_8cores"], cwd=ROOT, start_new_session=True,
+                             "--stages", "throughput,train_8cores"], cwd=ROOT, start_new_session=True,
                             env={**os.environ, "TMPDIR": str(tmp_path)},  # its work folder, left by the kill
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not (out.is_file() and "tree" in json.loads(out.read_text())["stages"]):
-            assert proc.poll() is None and time.monotonic() < deadline, "the tree stage never reported"
+        while not (out.is_file() and "throughput" in json.loads(out.read_text())["stages"]):
+            assert proc.poll() is None and time.monotonic() < deadline, "the throughput stage never reported"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     report = json.loads(out.read_text())
-    assert report["stages"]["tree"]["status"] == 0 and report["pending"] == ["train_8cores"]
+    assert report["stages"]["throughput"]["status"] == 0 and report["pending"] == ["train_8cores"]
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
-        assert [Path(n).name for n in logs.getnames()] == ["tree.log"]
+        assert [Path(n).name for n in logs.getnames()] == ["throughput.log"]
 
 
 def test_gpu_check_refuses_unknown_arguments():

@@ -114,10 +114,9 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
 def test_cli_errors_are_one_line(preprocessed, tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    # a config error (the rest of them: test_flag_ranges_are_checked_before_anything_starts, in-process), then
+    # errors found once the model and the data are built
     for extra, expected in ((["--config", bad_yaml], "unknown key 'learning_rate'"),
-                            (["--epochs", "two"], "--epochs must be a int"),
-                            (["--push_to_hub"], "--hub_model_id"),
-                            (["--keep_last", "0"], "--keep_last must be at least 1"),
                             (["--model", "alexnet", "--drop_path", "0.1"], "alexnet takes no drop_path_rate"),
                             (["--optimizer", "nope"], "--optimizer nope"),
                             (["--eval_split", "nope"], "--eval_split 'nope'"),
@@ -162,6 +161,9 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
     (["--min_image_size", "16", "--ramp_end_epoch", "80", "--epochs", "16"], "--ramp_end_epoch must be in"),
     (["--report_to", "comet_ml"], "--report_to must be a tracker whose package is installed"),
     (["--drop_rate", "1"], "--drop_rate must be in [0, 1) or none"),
+    (["--epochs", "two"], "--epochs must be a int, got 'two'"),
+    (["--push_to_hub"], "--hub_model_id must be a Hub repo id USER/NAME"),
+    (["--keep_last", "0"], "--keep_last must be at least 1"),
 ])
 def test_flag_ranges_are_checked_before_anything_starts(argv, message):
     with pytest.raises(SystemExit) as err:
