@@ -75,7 +75,8 @@ if [ "$CPU" = 1 ]; then
   TREE=(--num_classes 4 --train_per_class 16 --val_per_class 4 --long_side 96)
   TRAIN=(--model blocknet_tiny --batch_size 8 --epochs 2)
   GOAL_EPOCHS=3  # 8 steps each on the tiny tree
-  EAGER_SIZE=32; RECIPE_SIZE=32; RECIPE_EVAL=32; RECIPE_COMPILE=()
+  # --compile as on the GPU (Inductor on the CPU), so the dry run shows train_recipe loading train_8cores' graphs
+  EAGER_SIZE=32; RECIPE_SIZE=32; RECIPE_EVAL=32; RECIPE_COMPILE=(--compile)
   FSDP=(--model blocknet_tiny --image_size 32 --batch_size 4)
   FSDP_STEPS=(2 4)
   PRECISION=(--config_file "$ROOT/accelerate_configs/cpu.yaml")

@@ -90,7 +90,6 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
         assert train["first_batch_s"] > 0 and 0 <= train["data_wait_steady_frac"] < train["data_wait_frac"]
         assert train["cores"] == report["machine"]["cpu_cores"] and train["num_workers"] == max(1, train["cores"] - 1)
-        assert train["graphs_compiled"] == 0  # no --compile in the dry run
     goal = stages["train_8cores"]  # the goal's setting, pinned to the first 8 cores (all of a smaller machine)
     cores = min(8, report["machine"]["cpu_cores"])
     assert goal["cores"] == cores and len(goal["cpus"].split(",")) == cores
@@ -104,6 +103,11 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert goal["images_per_sec_steady"] > goal["images_per_sec"]  # without each epoch's first-batch wait
     assert all(e["first_batch_s"] > 0 and e["data_wait_steady_frac"] < e["data_wait_frac"] for e in goal["per_epoch"])
     assert "goal_met" in goal and goal["goal_met"] is None  # a GPU's figure only
+    # --compile (Inductor, here on the CPU): the goal's stage compiles cold, train_recipe (the same graphs) loads
+    # every one of them from the run's cache, and the eager run compiles none
+    assert goal["compile"] and goal["graphs_compiled"] >= 2  # train and eval at least
+    assert stages["train_recipe"]["compile"] and stages["train_recipe"]["graphs_compiled"] == 0
+    assert not stages["train_eager"]["compile"] and stages["train_eager"]["graphs_compiled"] == 0
     workers = stages["workers"]
     for copy in ("", "_256"):
         sweep = workers[f"sweep{copy}"]
