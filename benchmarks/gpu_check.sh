@@ -60,9 +60,10 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-# one Inductor cache for this run: train_8cores compiles cold, as on a fresh machine, and train_recipe (the same
-# graphs: model, batch, sizes, bf16) loads what it compiled instead of compiling again
-export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor}"
+# one Inductor cache for this run, whatever the environment names (a process that has imported Inductor exports its
+# default, /tmp/torchinductor_<user>, to its children): train_8cores compiles cold, as on a fresh machine, and
+# train_recipe (the same graphs: model, batch, sizes, bf16) loads what it compiled instead of compiling again
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 CORES="$("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")"
 WORKERS=$((CORES > 1 ? CORES - 1 : 1))  # one core stays with the main process
 # the goal train_8cores answers (BENCHMARKS.md, "GPU check"): img/s of one GPU, the share of time it waits on data,

@@ -67,8 +67,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh --cpu: every stage runs (tiny) and reports in the shape BENCHMARKS.md describes, the
     GPU-only rows marked not measured; a stage that fails is reported with its log and the others still report."""
     out = tmp_path / "gpu_check.json"
+    inherited = tmp_path / "inductor"  # a cache the environment names (any process that imported Inductor does)
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "GPU_CHECK_FAIL_STAGE": "fsdp"})
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "GPU_CHECK_FAIL_STAGE": "fsdp", "TORCHINDUCTOR_CACHE_DIR": str(inherited)})
     assert proc.returncode == 1, proc.stderr[-5000:]  # the failed stage makes the run's status non-zero
     report = json.loads(out.read_text())
     stages = report["stages"]
@@ -103,8 +105,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert goal["images_per_sec_steady"] > goal["images_per_sec"]  # without each epoch's first-batch wait
     assert all(e["first_batch_s"] > 0 and e["data_wait_steady_frac"] < e["data_wait_frac"] for e in goal["per_epoch"])
     assert "goal_met" in goal and goal["goal_met"] is None  # a GPU's figure only
-    # --compile (Inductor, here on the CPU): the goal's stage compiles cold, train_recipe (the same graphs) loads
-    # every one of them from the run's cache, and the eager run compiles none
+    # --compile (Inductor, here on the CPU): the goal's stage compiles cold into the run's own cache (never the one
+    # the environment names), train_recipe (the same graphs) loads every one of them from it, the eager run compiles
+    # none
+    assert not inherited.exists()
     assert goal["compile"] and goal["graphs_compiled"] >= 2  # train and eval at least
     assert stages["train_recipe"]["compile"] and stages["train_recipe"]["graphs_compiled"] == 0
     assert not stages["train_eager"]["compile"] and stages["train_eager"]["graphs_compiled"] == 0
