@@ -27,6 +27,9 @@ loaders' host side (loader_setup.py), FSDP (fsdp.py), checkpoints on disk (check
 from __future__ import annotations
 
 import sys
+import time
+
+STARTED = time.monotonic()  # run_info.json's startup_s counts from here: the imports, then set-up until the loop
 
 if __name__ == "__main__":  # before the heavy imports: a stop signal in the first seconds is remembered, not fatal
     from imagenet_trainer import stop_signals
@@ -41,7 +44,6 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -246,14 +248,14 @@ def main(argv=None):
             trainer = EpochTrainer(accelerator, model, optimizer, train_loader, state, ema, cfg, plan, stop, ckpt_dir)
             while (stopped := trainer.train(bar)) not in (Stopped.EPOCH_END, Stopped.STEP_CAP):
                 state.epoch_loss = trainer.loss_so_far()  # a resumed epoch's train_loss covers the whole epoch
-                save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
+                trainer.checkpoint_s += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
                 stop.saved()
                 exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir, signal=stopped is Stopped.STOP_SIGNAL)
             row = trainer.finish()
             row.update(evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, started,
                                            run_dir / "final", labels, data_cfg, steps_per_epoch))
             state.epoch_loss = (0.0, 0)  # the next epoch's train loss so far
-            save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
+            row["checkpoint_s"] += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
             stop.saved()
             log_epoch(accelerator, row, run_dir, bar, bad, cfg.eval_split)
             # a stop signal that came during the epoch's last step or eval
@@ -319,11 +321,11 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
     hold_output_dir(accelerator, run_dir)
 
 
-def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path) -> None:
+def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path, **more) -> None:
     """config.yaml + run_info.json of this launch: in run_dir for the first, run_dir/resumes/<time>/ for each
-    resume, and in every checkpoint it writes."""
+    resume, and in every checkpoint it writes. `more`: further run_info.json keys."""
     if accelerator.is_main_process:
-        write_run_info(folder, cfg, extra={"num_processes": accelerator.num_processes,
+        write_run_info(folder, cfg, extra={**more, "num_processes": accelerator.num_processes,
                                            "distributed_type": str(accelerator.distributed_type),
                                            "mixed_precision": accelerator.mixed_precision,
                                            "device": str(accelerator.device),
@@ -340,8 +342,10 @@ def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, res
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOPPED_RECORD).unlink(missing_ok=True)
     first = not resumed or not (run_dir / "run_info.json").exists()
+    # startup_s: what a launch costs before its first step (the imports, data, model, prepare, resume), in seconds
     record_launch(accelerator, cfg, run_dir if first else
-                  run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()))
+                  run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()),
+                  startup_s=round(time.monotonic() - STARTED, 2))
 
 
 def load_data(dataset: str, eval_split: str):
@@ -571,6 +575,7 @@ class EpochTrainer:
         self.loss_count = state.epoch_loss[1]
         self.sampler.set_position(state.epoch, state.batch_in_epoch)
         self.started, self.data_wait, self.images = time.perf_counter(), 0.0, 0
+        self.checkpoint_s = 0.0  # the epoch's mid-epoch checkpoints (main adds them): not training time
         self.first_batch_s = None  # the wait for the epoch's first batch: worker start-up and the prefetch fill
         self.batches = on_device(train_loader, accelerator.device)
 
@@ -648,7 +653,7 @@ class EpochTrainer:
         """The epoch's train row for metrics.jsonl; a finished epoch moves `state` to the start of the next."""
         state = self.state
         train_loss = self.train_loss()
-        elapsed = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started - self.checkpoint_s
         first = self.first_batch_s or 0.0
         epoch_done = state.batch_in_epoch >= self.micro_batches
         # data_wait_frac includes the wait for the first batch, which a short epoch (a benchmark's) weighs far more
@@ -659,7 +664,8 @@ class EpochTrainer:
                "first_batch_s": first,
                "images_per_sec_steady": self.images / max(elapsed - first, 1e-9),
                "data_wait_steady_frac": (self.data_wait - first) / max(elapsed - first, 1e-9),
-               "image_size": self.loader.dataset.size_at(state.epoch)}
+               "image_size": self.loader.dataset.size_at(state.epoch),
+               "train_s": elapsed, "checkpoint_s": self.checkpoint_s}
         if epoch_done:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         return row
@@ -669,7 +675,9 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
                         state: TrainState, started: float, final_dir: Path, labels: tuple[list[str], list[str]],
                         data_cfg: dict, steps_per_epoch: int) -> dict:
     """The epoch's val_ (and ema_val_) scores; the better net goes to final_dir when it beats the run's best so far
-    (state.best_top1/best_step). `started`: when the epoch began, for state.train_seconds."""
+    (state.best_top1/best_step). `started`: when the epoch began, for state.train_seconds. With the seconds each
+    took: eval_s, export_s (0 when the epoch is not the best)."""
+    eval_started = time.perf_counter()
     scores = eval_scores(accelerator, model, eval_loader, plan, flip=cfg.eval_flip)
     row = {f"val_{k}": v for k, v in scores.items()}
     best_net, best = model, scores
@@ -679,13 +687,14 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
         if ema_scores["top1"] > scores["top1"]:
             best_net, best = ema.module, ema_scores
     state.train_seconds += time.perf_counter() - started
+    row["eval_s"], export_started = time.perf_counter() - eval_started, time.perf_counter()
     if best["top1"] > state.best_top1:
         state.best_top1, state.best_step = best["top1"], state.step
         export(accelerator, best_net, final_dir, cfg, *labels, data_cfg,
                results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                         "ema": best_net is not model},
                epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
-    return row
+    return {**row, "export_s": time.perf_counter() - export_started}
 
 
 def eval_scores(accelerator: Accelerator, net, eval_loader, plan: StepPlan, flip: bool) -> dict:
@@ -706,10 +715,12 @@ def sync_buffers(module) -> None:
             buffer.copy_(broadcast(buffer.clone(), from_process=0))
 
 
-def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig, ckpt_dir: Path) -> None:
+def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg: TrainConfig,
+                    ckpt_dir: Path) -> float:
     """save_state into a temp folder, fsync it, list its files' sizes in it, then rename: a kill or a host crash
     mid-save never leaves a half checkpoint as 'latest'. Keeps the newest --keep_last and the best, deleting older
-    ones only once the new one is on disk."""
+    ones only once the new one is on disk. Returns the seconds it took."""
+    started = time.perf_counter()
     final = ckpt_dir / f"step_{state.step:08d}"
     tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
     if accelerator.is_main_process:
@@ -744,6 +755,7 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return time.perf_counter() - started
 
 
 def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadSamples, eval_split: str) -> None:

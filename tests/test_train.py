@@ -91,11 +91,18 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     for r in metrics:
         assert r["first_batch_s"] > 0 and 0 <= r["data_wait_steady_frac"] < r["data_wait_frac"] <= 1
         assert r["images_per_sec_steady"] > r["images_per_sec"] > 0
+    # where each epoch's wall time went: --save_every_steps 1 saves mid-epoch, and those saves are not training time
+    steps = [r["step"] for r in metrics]
+    for r, done in zip(metrics, [steps[0], steps[1] - steps[0]]):
+        assert r["train_s"] > 0 and r["eval_s"] > 0 and r["export_s"] >= 0 and r["checkpoint_s"] > 0
+        assert abs(r["images_per_sec"] * r["train_s"] - done * 8) < 1e-6 * done * 8  # --batch_size 8, 1 process
+    assert metrics[0]["export_s"] > 0  # the first epoch is the best so far: final/ is written
     # self-describing run folder
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == TINY and config["epochs"] == 2
     info = json.loads((out / "run_info.json").read_text())
     assert "train.py" in " ".join(info["command"]) and info["versions"]["torch"]
+    assert 0 < info["startup_s"] < 600  # imports, data, model, prepare: the launch's cost before its first step
     assert list(out.glob("**/events.out.tfevents.*")), "no tensorboard events"
     # keep-last-1 plus the best checkpoint; no unfinished temp folders
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
