@@ -676,7 +676,7 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
                      for split, full in ilsvrc.FULL_COUNTS.items() if split in counts and counts[split] != full]
     report = {
-        "config": asdict(cfg), "seconds": round(time.time() - started, 1), "warnings": warnings,
+        "config": asdict(cfg), "seconds": round(time.time() - started, 3), "warnings": warnings,
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
         "skipped": [dict(split=r["split"], **s) for r in reports for s in r["skipped"]],
         **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())

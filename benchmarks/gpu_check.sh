@@ -12,12 +12,13 @@
 #   tree        an ImageNet-shaped class-folder tree (500 px photos with grain, ~110 KB JPEGs) generated on every core,
 #               then preprocess.py on every core, twice: the originals, and the --shorter_side 256 copy README.md
 #               recommends when the cores per GPU are few
+#   throughput  the accelerator's ceiling without a loader (benchmarks/train_loop.py --synthetic_only, bf16 autocast,
+#               channels_last, resident batches, eager): resnet50 at 224 px and at the recipe's 192 px. It needs the
+#               GPU and one core, tree no GPU: run together, it has the last core and tree the others
 #   train_8cores the goal "ResNet-50 >= 4,000 img/s on one GPU with <= 8 cores and data_wait_frac < 5%": real
 #               train.py at recipes/resnet50.yaml's settings (bf16, 192 px, --compile, compiled cold as on a fresh
 #               machine) on the 256 copy, the whole launch pinned to 8 cores with 7 workers, 5 epochs of 50 steps;
 #               images/s and the steady data wait of the 4 after the first, and goal_met
-#   throughput  the accelerator's ceiling without a loader (benchmarks/train_loop.py --synthetic_only, bf16 autocast,
-#               channels_last, resident batches, eager): resnet50 at 224 px and at the recipe's 192 px
 #   train_recipe the recipe's settings on the originals, every core but one a DataLoader worker (its graphs loaded
 #               from what train_8cores compiled): images/s and data_wait_frac after the first epoch, recompiles
 #   workers     the loader alone (benchmarks/loader.py self-test, 192 px), each run pinned to workers + 1 cores: 8
@@ -26,6 +27,8 @@
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
 #   train_eager train_recipe's run at 224 px without --compile
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume
+# Every train.py stage says where its seconds went (seconds_split: start-up, training, evaluation, export,
+# checkpoints, and the rest: the launcher and the exit).
 # BENCHMARKS.md ("GPU check") says how to read the JSON. With --cpu the throughput rows say "not measured" and the
 # other stages run a tiny model on a tiny tree, so the script itself is tested in CI (tests/test_benchmarks.py).
 # GPU_CHECK_FAIL_STAGE=NAME makes that stage fail at its start (how the tests check that the others still report).
@@ -37,7 +40,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 ACCELERATE=("$PY" -m accelerate.commands.launch)
 OUT="$ROOT/benchmarks/results/gpu_check.json"
 CPU=0
-ALL_STAGES=(tree train_8cores throughput train_recipe workers validate train_eager fsdp)
+ALL_STAGES=(tree throughput train_8cores train_recipe workers validate train_eager fsdp)
 STAGES=("${ALL_STAGES[@]}")
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -82,6 +85,7 @@ if [ "$CPU" = 1 ]; then
   FSDP_STEPS=(2 4)
   PRECISION=(--config_file "$ROOT/accelerate_configs/cpu.yaml")
   SWEEP=(1 2); SWEEP_256=(1 2); SWEEP_IMAGES=32; VAL_BATCH=8
+  THROUGHPUT=(--model blocknet_tiny --batch_size 8 --steps 3); THROUGHPUT_SIZES=(48 32)
 else
   # 10 classes x 640 = 6,400 train images: resnet50 at batch 128 takes 50 steps an epoch, 3 epochs = 150 steps
   TREE=(--num_classes 10 --train_per_class 640 --val_per_class 20 --long_side 500 --grain 32)
@@ -94,6 +98,7 @@ else
   FSDP_STEPS=(15 30)
   PRECISION=(--config_file "$ROOT/accelerate_configs/single_gpu.yaml")
   SWEEP=(8); SWEEP_256=(1 8); SWEEP_IMAGES=1000; VAL_BATCH=256
+  THROUGHPUT=(--model resnet50 --batch_size 256 --steps 50 --bf16); THROUGHPUT_SIZES=(224 192)  # 224 and the recipe's
 fi
 COMMON=(--warmup_epochs 1 --log_every_steps 25 --lr 0.1)
 LOGS="${OUT%.json}_logs.tar.gz"
@@ -108,31 +113,38 @@ run_stage() {
   else
     "$2" > "$WORK/$name.log" 2>&1 || status=$?
   fi
-  echo "{\"status\": $status, \"seconds\": $((SECONDS - started))}" > "$WORK/stages/$name.json"
+  # written whole (temp file, rename): a stage running beside another reads every finished stage's file
+  echo "{\"status\": $status, \"seconds\": $((SECONDS - started))}" > "$WORK/stages/.$name.tmp"
+  mv "$WORK/stages/.$name.tmp" "$WORK/stages/$name.json"
   [ "$status" = 0 ] || { echo "   $name failed (status $status); the end of its log:" >&2; tail -n 15 "$WORK/$name.log" >&2; }
-  tar -czf "$LOGS.tmp" -C "$WORK" $(cd "$WORK" && ls ./*.log) && mv "$LOGS.tmp" "$LOGS"
+  logs
   report
 }
-
-stage_tree() {
-  "$PY" -m imagenet_trainer.demo --layout folders --output "$WORK/tree" --num_proc "$CORES" "${TREE[@]}" &&
-  "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" --num_proc "$CORES" &&
-  "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds$SHORT_SIDE" --num_proc "$CORES" \
-    --shorter_side "$SHORT_SIDE"
+logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a log still being written, kept as read)
+  local tmp="$LOGS.$BASHPID.tmp"
+  tar -czf "$tmp" -C "$WORK" $(cd "$WORK" && ls ./*.log) 2> /dev/null
+  if [ $? -le 1 ]; then mv "$tmp" "$LOGS"; else rm -f "$tmp"; fi
 }
 
-stage_throughput() {
-  local model size compile flags
-  for run in "resnet50 224 false" "resnet50 $RECIPE_SIZE false"; do
-    read -r model size compile <<< "$run"
-    json="$WORK/throughput_${model}_${size}_${compile}.json"
-    if [ "$CPU" = 1 ]; then
-      echo "{\"model\": \"$model\", \"image_size\": $size, \"compile\": $compile, \"img_s\": \"not measured\"}" > "$json"
-      continue
-    fi
-    flags=(--synthetic_only --bf16 --model "$model" --batch_size 256 --image_size "$size" --steps 50)
-    [ "$compile" = true ] && flags+=(--compile)
-    "$PY" "$ROOT/benchmarks/train_loop.py" "${flags[@]}" --output "$json" || return 1
+stage_tree() {  # on TREE_CPUS with a process each
+  local procs
+  procs="$(pinned "$TREE_CPUS" "$PY" -c "import os; print(len(os.sched_getaffinity(0)))")" || return 1
+  echo "{\"cpus\": \"$TREE_CPUS\", \"num_proc\": $procs}" > "$WORK/tree_launch.json"
+  pinned "$TREE_CPUS" "$PY" -m imagenet_trainer.demo --layout folders --output "$WORK/tree" --num_proc "$procs" \
+    "${TREE[@]}" &&
+  pinned "$TREE_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" \
+    --num_proc "$procs" &&
+  pinned "$TREE_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds$SHORT_SIDE" \
+    --num_proc "$procs" --shorter_side "$SHORT_SIDE"
+}
+
+stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core
+  local size
+  echo "{\"cpus\": \"$THROUGHPUT_CPUS\", \"beside_tree\": $([ -n "$BESIDE" ] && echo true || echo false)}" \
+    > "$WORK/throughput_launch.json"
+  for size in "${THROUGHPUT_SIZES[@]}"; do
+    pinned "$THROUGHPUT_CPUS" "$PY" "$ROOT/benchmarks/train_loop.py" --synthetic_only "${THROUGHPUT[@]}" \
+      --image_size "$size" --output "$WORK/throughput_$size.json" || return 1
   done
 }
 
@@ -167,6 +179,7 @@ pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned 
 first_cores() {  # first_cores N: the first N cores this script may use (all, where fewer), as a taskset list
   "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])))" "$1"
 }
+last_core() { "$PY" -c "import os; print(sorted(os.sched_getaffinity(0))[-1])"; }
 stage_workers() {
   local n feed
   feed="$("$PY" - "$WORK" <<'PYEOF'
@@ -232,6 +245,14 @@ def mean(values):
     return round(sum(values) / len(values), 3)
 
 
+def split(table, info):
+    """Where a train.py launch's seconds went: from train.py's start to its first step, then its epochs' training,
+    evaluation, export and checkpoints (the loop adds `other`: what is left of the stage, mostly the launcher's
+    start and the exit)."""
+    return {"startup": info["startup_s"],
+            **{part: round(sum(r[f"{part}_s"] for r in table), 2) for part in ("train", "eval", "export", "checkpoint")}}
+
+
 def train_py(run):
     table, cfg = rows(run), yaml.safe_load((work / run / "config.yaml").read_text())
     info = json.loads((work / run / "run_info.json").read_text())
@@ -252,7 +273,8 @@ def train_py(run):
             "first_batch_s": mean([r["first_batch_s"] for r in steady]),
             "recompiles": len(re.findall(r"Recompiling function", log)),
             "cudnn_benchmark": info["cudnn_benchmark"], "tf32_matmul": info["tf32_matmul"],
-            "val_top1": table[-1]["val_top1"]}
+            "val_top1": table[-1]["val_top1"], "first_epoch_train_s": round(table[0]["train_s"], 2),
+            "seconds_split": split(table, info)}
 
 
 def train_8cores():
@@ -266,7 +288,8 @@ def train_8cores():
                            "images_per_sec_steady": round(r["images_per_sec_steady"], 1),
                            "data_wait_frac": round(r["data_wait_frac"], 3),
                            "data_wait_steady_frac": round(r["data_wait_steady_frac"], 3),
-                           "first_batch_s": round(r["first_batch_s"], 3)} for r in table],
+                           "first_batch_s": round(r["first_batch_s"], 3),
+                           "train_s": round(r["train_s"], 2)} for r in table],
             "goal": {"images_per_sec_steady_at_least": goal["img_s"],
                      "data_wait_steady_frac_below": goal["wait_frac"],
                      "cores_at_most": int(goal["cores"])},
@@ -276,13 +299,13 @@ def train_8cores():
 def throughput():
     runs = []
     for path in sorted(work.glob("throughput_*.json")):
-        r = json.loads(path.read_text())
-        if "config" in r:  # benchmarks/train_loop.py's output
-            r = {"model": r["config"]["model"], "image_size": r["config"]["image_size"],
-                 "compile": r["config"]["compile"], "img_s": round(r["bare_img_s"], 1),
-                 "batch_size": r["config"]["batch_size"]}
-        runs.append({**r, "bf16": True, "channels_last": True})
-    return {"runs": runs}
+        if path.name == "throughput_launch.json":
+            continue
+        r = json.loads(path.read_text())  # benchmarks/train_loop.py's output
+        runs.append({"model": r["config"]["model"], "image_size": r["config"]["image_size"],
+                     "compile": r["config"]["compile"], "img_s": round(r["bare_img_s"], 1),
+                     "batch_size": r["config"]["batch_size"], "bf16": r["config"]["bf16"], "channels_last": True})
+    return {**json.loads((work / "throughput_launch.json").read_text()), "runs": runs}
 
 
 def sweep(prefix):
@@ -314,7 +337,9 @@ def fsdp():
     table = rows("fsdp")
     info = json.loads((work / "fsdp" / "run_info.json").read_text())
     resumed = re.search(r"resumed from \S+ at epoch \d+, step (\d+)", (work / "fsdp.log").read_text())
+    launches = [info, *(json.loads(p.read_text()) for p in sorted((work / "fsdp" / "resumes").glob("*/run_info.json")))]
     return {"measured": info["distributed_type"] == "DistributedType.FSDP",
+            "startup_s": [launch["startup_s"] for launch in launches],  # the first launch's, the resumed one's
             "distributed_type": info["distributed_type"], "mixed_precision": info["mixed_precision"],
             "resumed_at_step": int(resumed.group(1)) if resumed else None, "final_step": table[-1]["step"],
             "images_per_sec": round(table[-1]["images_per_sec"], 1), "val_top1": table[-1]["val_top1"]}
@@ -334,17 +359,22 @@ def tree():
     images = sum(report["counts"].values())
     small = json.loads((work / f"ds{short_side}" / "preprocess_report.json").read_text())
     small_images = sum(small["counts"].values())
-    return {"images": report["counts"], "skipped": len(report["skipped"]), "tiled": report["tiled"],
+    return {**json.loads((work / "tree_launch.json").read_text()),
+            "images": report["counts"], "skipped": len(report["skipped"]), "tiled": report["tiled"],
             "mean_kb": round(report["bytes_in"] / 1024 / max(1, images), 1),
-            "preprocess_img_s": round(images / max(1e-9, report["seconds"]), 1),
+            "preprocess_img_s": rate(images, report["seconds"]),
             f"shorter_side_{short_side}": {
                 "images": small["counts"], "skipped": len(small["skipped"]), "tiled": small["tiled"],
                 "mean_kb_stored": round(small["bytes_out"] / 1024 / max(1, small_images), 1),
                 "preprocess_seconds": small["seconds"],
-                "preprocess_img_s": round(small_images / max(1e-9, small["seconds"]), 1)}}
+                "preprocess_img_s": rate(small_images, small["seconds"])}}
 
 
-readers = {"tree": tree, "train_8cores": train_8cores, "throughput": throughput,
+def rate(images, seconds):  # preprocess_report.json's seconds are rounded to the ms
+    return round(images / seconds, 1) if seconds else None
+
+
+readers = {"tree": tree, "throughput": throughput, "train_8cores": train_8cores,
            "train_recipe": lambda: train_py("train_recipe"), "workers": workers, "validate": validate,
            "train_eager": lambda: train_py("train_eager"), "fsdp": fsdp}
 stages = {}
@@ -357,6 +387,8 @@ for name, read in readers.items():
         stage.update(read()) if stage["status"] == 0 else None
     except (OSError, KeyError, IndexError, ValueError, AttributeError) as e:  # ran, but left no usable figures
         stage.update(status="no figures", error=f"{type(e).__name__}: {e}")
+    if "seconds_split" in stage:
+        stage["seconds_split"]["other"] = round(stage["seconds"] - sum(stage["seconds_split"].values()), 2)
     if stage["status"] != 0:
         stage["log_tail"] = (work / f"{name}.log").read_text().splitlines()[-15:]
     stages[name] = stage
@@ -369,14 +401,30 @@ report = {
     "pending": [name for name in asked if name not in stages],  # asked for, not reached (yet)
     "elapsed_s": elapsed,
 }
-tmp = out.with_name(out.name + ".tmp")
+tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two stages side by side may both report
 tmp.write_text(json.dumps(report, indent=2) + "\n")
 os.replace(tmp, out)
 PYEOF
 }
 
+# throughput needs the GPU and one core, tree every core and no GPU: when both are asked for (and there are 2 cores or
+# more), throughput runs beside tree on the last core while tree has the others, so the ceiling costs no time
+TREE_CPUS="$(first_cores "$CORES")"; THROUGHPUT_CPUS="$TREE_CPUS"; BESIDE=""
+if [[ " ${STAGES[*]} " == *" tree "* && " ${STAGES[*]} " == *" throughput "* ]] && [ "$CORES" -gt 1 ]; then
+  TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_core)"; BESIDE=throughput
+fi
 for name in "${STAGES[@]}"; do
-  run_stage "$name" "stage_$name"
+  if [ "$name" = "$BESIDE" ]; then
+    continue  # runs with tree
+  elif [ "$name" = tree ] && [ -n "$BESIDE" ]; then
+    run_stage throughput stage_throughput &
+    beside=$!
+    run_stage tree stage_tree
+    wait "$beside"
+    report  # both stages' figures, whichever finished last
+  else
+    run_stage "$name" "stage_$name"
+  fi
 done
 echo "== done in $((SECONDS - START)) s: $OUT" >&2
 cat "$OUT"

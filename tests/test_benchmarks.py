@@ -12,6 +12,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,8 +77,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     stages = report["stages"]
     assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
-    assert list(stages) == ["tree", "train_8cores", "throughput", "train_recipe", "workers", "validate",
-                            "train_eager", "fsdp"]  # the goal's figures first
+    assert list(stages) == ["tree", "throughput", "train_8cores", "train_recipe", "workers", "validate",
+                            "train_eager", "fsdp"]  # the goal's figures first (throughput runs beside tree)
     assert report["pending"] == []
     assert {k for k, v in stages.items() if v["status"] != 0} == {"fsdp"}, proc.stderr[-5000:]
     assert stages["fsdp"]["log_tail"] == ["failing on purpose: GPU_CHECK_FAIL_STAGE=fsdp"]
@@ -84,9 +86,21 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     small = stages["tree"]["shorter_side_256"]  # the copy README.md recommends when the cores per GPU are few
     assert small["images"] == stages["tree"]["images"] and small["skipped"] == 0
     assert small["preprocess_seconds"] > 0 and small["preprocess_img_s"] > 0
-    assert sorted((r["model"], r["image_size"]) for r in stages["throughput"]["runs"]) == [
-        ("resnet50", 32), ("resnet50", 224)]
-    assert {r["img_s"] for r in stages["throughput"]["runs"]} == {"not measured"}
+    # the bare loop (the GPU's ceiling; here a tiny model on the CPU) beside the tree, on a core the tree does not use
+    throughput, cores = stages["throughput"], report["machine"]["cpu_cores"]
+    assert sorted((r["model"], r["image_size"]) for r in throughput["runs"]) == [("blocknet_tiny", 32),
+                                                                                 ("blocknet_tiny", 48)]
+    assert all(r["img_s"] > 0 for r in throughput["runs"])
+    if cores > 1:
+        tree_cpus, own = stages["tree"]["cpus"].split(","), throughput["cpus"].split(",")
+        assert throughput["beside_tree"] and len(own) == 1 and own[0] not in tree_cpus
+        assert len(tree_cpus) == stages["tree"]["num_proc"] == cores - 1
+    # where each train.py launch's seconds went, all of the stage's accounted for
+    for name in ("train_8cores", "train_recipe", "train_eager"):
+        split = stages[name]["seconds_split"]
+        assert set(split) == {"startup", "train", "eval", "export", "checkpoint", "other"}, name
+        assert all(split[k] > 0 for k in ("startup", "train", "eval", "checkpoint")), (name, split)
+        assert sum(split.values()) == pytest.approx(stages[name]["seconds"], abs=0.05), name
     for name in ("train_eager", "train_recipe"):
         train = stages[name]
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
@@ -128,7 +142,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
 def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     """A run stopped at a time limit (SIGKILL, as a job scheduler's) leaves the JSON and the logs of every stage it
     finished, and names the stages it did not reach (killed as train_8cores starts, right after the dry run's
-    instant throughput stage)."""
+    short throughput stage)."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out),
                              "--stages", "throughput,train_8cores"], cwd=ROOT, start_new_session=True,
