@@ -189,6 +189,39 @@ def _source_line(source: dict) -> str:
             if counts else "") + (f", from {how}" if how else "") + f"{split}, converted with preprocess.py")
 
 
+def model_stats(model, config: dict) -> dict | None:
+    """Params (M), GMACs and activations (M) of one image at the saved input size, counted the way timm's model
+    cards count them (fvcore: a multiply-add per weight use in convolutions and linear layers; activations = their
+    output elements). Runs one forward pass on the CPU; None if the model cannot run on a random image."""
+    import torch
+
+    macs, activations = [0], [0]
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            macs[0] += output.numel() * module.in_channels // module.groups * module.kernel_size[0] * \
+                module.kernel_size[1]
+        else:
+            macs[0] += output.numel() * module.in_features
+        activations[0] += output.numel()
+
+    size = config["pretrained_cfg"]["input_size"]
+    device = next(model.parameters()).device
+    was_training = model.training
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *size, device=device))  # eval: BatchNorm statistics stay as they are
+    except Exception:  # an architecture that needs another input: the card leaves the stats out
+        return None
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return {"params": sum(p.numel() for p in model.parameters()) / 1e6, "gmacs": macs[0] / 1e9,
+            "activations": activations[0] / 1e6}
+
+
 def card_text(config: dict, card: dict, stats: dict | None = None, remote_code: bool = False,
               defined_in: str | None = None) -> str:
     """README.md for a saved folder: front matter (library, license, datasets, model-index) and a body.

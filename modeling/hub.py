@@ -49,7 +49,7 @@ from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
-                   model_index, public, resolve_dataset, results_section)
+                   model_index, model_stats, public, resolve_dataset, results_section)
 from .remote_code import NotBundleable, defining_module, remote_code_files
 from .transformers_saved import head_labels, saved_by_transformers, wrapper_saved_state
 
@@ -228,39 +228,6 @@ def update_model_card_results(folder, results: dict) -> None:
     if entries:
         atomic_write_text(folder / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml",
                           yaml.safe_dump(entries, sort_keys=False))
-
-
-def model_stats(model, config: dict) -> dict | None:
-    """Params (M), GMACs and activations (M) of one image at the saved input size, counted the way timm's model
-    cards count them (fvcore: a multiply-add per weight use in convolutions and linear layers; activations = their
-    output elements). Runs one forward pass on the CPU; None if the model cannot run on a random image."""
-    import torch
-
-    macs, activations = [0], [0]
-
-    def count(module, inputs, output):
-        if isinstance(module, torch.nn.Conv2d):
-            macs[0] += output.numel() * module.in_channels // module.groups * module.kernel_size[0] * \
-                module.kernel_size[1]
-        else:
-            macs[0] += output.numel() * module.in_features
-        activations[0] += output.numel()
-
-    size = config["pretrained_cfg"]["input_size"]
-    device = next(model.parameters()).device
-    was_training = model.training
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *size, device=device))  # eval: BatchNorm statistics stay as they are
-    except Exception:  # an architecture that needs another input: the card leaves the stats out
-        return None
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return {"params": sum(p.numel() for p in model.parameters()) / 1e6, "gmacs": macs[0] / 1e9,
-            "activations": activations[0] / 1e6}
 
 
 def _resolve_folder(ref: str, filenames: tuple[str, ...]) -> Path:

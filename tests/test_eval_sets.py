@@ -320,7 +320,7 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
         (eval_sets.R, 32, 1.0), (eval_sets.R, 48, 1.0)]
     assert masked["results"][0]["top1"] == pytest.approx(0.5)  # over the 200 classes
     model = modeling.load_model(str(in1k_model))
-    stats = modeling.hub.model_stats(model, {"pretrained_cfg": {"input_size": (3, 32, 32)}})
+    stats = modeling.card.model_stats(model, {"pretrained_cfg": {"input_size": (3, 32, 32)}})
     assert masked["params_m"] == pytest.approx(stats["params"], rel=1e-3)
     assert masked["gmacs"] == pytest.approx(stats["gmacs"], rel=0.05)
     assert [r["batch_size"] for r in masked["throughput"]] == [1, 2]
