@@ -20,7 +20,8 @@
 #               machine) on the 256 copy, the whole launch pinned to 8 cores with 7 workers, 5 epochs of 50 steps;
 #               images/s and the steady data wait of the 4 after the first, and goal_met
 #   train_recipe the recipe's settings on the originals, every core but one a DataLoader worker (its graphs loaded
-#               from what train_8cores compiled): images/s and data_wait_frac after the first epoch, recompiles
+#               from what train_8cores compiled): images/s and data_wait_frac after the first epoch, recompiles, and
+#               every wait of the host for the GPU while it trains (benchmarks/sync_probe.py)
 #   workers     the loader alone (benchmarks/loader.py self-test, 192 px), each run pinned to workers + 1 cores: 8
 #               workers on the originals, 1 and 8 on the 256 copy; img/s per core, and the cores one GPU needs at
 #               the fastest train.py rate at the recipe's settings and at the goal's 4,000 img/s
@@ -150,13 +151,13 @@ stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core
 
 # train_run OUTPUT_NAME DATASET CPUS IMAGE_SIZE EVAL_SIZE [more flags]: the launch on those cores (later flags win);
 # OUTPUT_NAME_launch.json records the cores it had (counted inside the pinning) and the graphs Inductor compiled
-# rather than loaded from this run's cache
+# rather than loaded from this run's cache. A caller's PROBE array (a wrapper and its flags) goes before train.py.
 train_run() {
   local name="$1" data="$2" cpus="$3" size="$4" eval_size="$5" cores cached; shift 5
   cores="$(pinned "$cpus" "$PY" -c "import os; print(len(os.sched_getaffinity(0)))")" || return 1
   cached="$(fx_graphs)"
-  TORCH_LOGS=recompiles pinned "$cpus" "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/train.py" \
-    --dataset "$WORK/$data" --output_dir "$WORK/$name" "${TRAIN[@]}" --image_size "$size" \
+  TORCH_LOGS=recompiles pinned "$cpus" "${ACCELERATE[@]}" "${PRECISION[@]}" ${PROBE[@]+"${PROBE[@]}"} \
+    "$ROOT/train.py" --dataset "$WORK/$data" --output_dir "$WORK/$name" "${TRAIN[@]}" --image_size "$size" \
     --eval_image_size "$eval_size" "${COMMON[@]}" --num_workers $((cores > 1 ? cores - 1 : 1)) "$@" || return 1
   echo "{\"cpus\": \"$cpus\", \"cores\": $cores, \"graphs_compiled\": $(($(fx_graphs) - cached))}" \
     > "$WORK/${name}_launch.json"
@@ -165,7 +166,8 @@ stage_train_8cores() {  # GOAL_CORES cores (all, where fewer), one for the main 
   train_run train_8cores "ds$SHORT_SIDE" "$(first_cores "$GOAL_CORES")" "$RECIPE_SIZE" "$RECIPE_EVAL" \
     "${RECIPE_COMPILE[@]}" --epochs "$GOAL_EPOCHS"
 }
-stage_train_recipe() {
+stage_train_recipe() {  # through benchmarks/sync_probe.py: the host's waits for the device, counted
+  local PROBE=("$ROOT/benchmarks/sync_probe.py" --out_dir "$WORK/train_recipe_syncs")
   train_run train_recipe ds "$(first_cores "$CORES")" "$RECIPE_SIZE" "$RECIPE_EVAL" "${RECIPE_COMPILE[@]}"
 }
 stage_train_eager() { train_run train_eager ds "$(first_cores "$CORES")" "$EAGER_SIZE" "$EAGER_SIZE"; }
@@ -250,7 +252,8 @@ def split(table, info):
     evaluation, export and checkpoints (the loop adds `other`: what is left of the stage, mostly the launcher's
     start and the exit)."""
     return {"startup": info["startup_s"],
-            **{part: round(sum(r[f"{part}_s"] for r in table), 2) for part in ("train", "eval", "export", "checkpoint")}}
+            **{part: round(sum(r[f"{part}_s"] for r in table), 2)
+               for part in ("train", "eval", "export", "checkpoint")}}
 
 
 def train_py(run):
@@ -274,7 +277,24 @@ def train_py(run):
             "recompiles": len(re.findall(r"Recompiling function", log)),
             "cudnn_benchmark": info["cudnn_benchmark"], "tf32_matmul": info["tf32_matmul"],
             "val_top1": table[-1]["val_top1"], "first_epoch_train_s": round(table[0]["train_s"], 2),
-            "seconds_split": split(table, info)}
+            "seconds_split": split(table, info), **syncs(run, cfg["log_every_steps"])}
+
+
+def syncs(run, log_every):
+    """benchmarks/sync_probe.py's counts (rank 0) of a run launched through it, or {}: the epochs after the first
+    (whose first step may compile), against train.py's budget of one wait a log interval and one an epoch's end."""
+    path = work / f"{run}_syncs" / "rank0.json"
+    if not path.is_file():
+        return {}
+    probe = json.loads(path.read_text())
+    steady = probe["per_epoch"][1:] or probe["per_epoch"]
+    kind = "host_reads" if probe["cuda_syncs"] is None else "cuda_syncs"  # CUDA's own count where there is one
+    steps, waits = sum(e["steps"] for e in steady), sum(e[kind] for e in steady)
+    # + the epoch's end, + off CUDA the DataLoader iterator's base seed (a host tensor read once an epoch)
+    budget = steps // log_every + len(steady) * (1 if kind == "cuda_syncs" else 2)
+    return {"syncs": {"counted": kind, "steady_steps": steps, "steady_waits": waits, "budget": budget,
+                      "within_budget": waits <= budget, "per_epoch": [e[kind] for e in probe["per_epoch"]],
+                      "collectives": probe["collectives"], "sites": probe["cuda_sync_sites"]}}
 
 
 def train_8cores():

@@ -125,6 +125,12 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert not inherited.exists()
     assert goal["compile"] and goal["graphs_compiled"] >= 2  # train and eval at least
     assert stages["train_recipe"]["compile"] and stages["train_recipe"]["graphs_compiled"] == 0
+    # train_recipe ran through benchmarks/sync_probe.py: its waits for the device, within train.py's budget (off CUDA
+    # the host reads are counted)
+    syncs = stages["train_recipe"]["syncs"]
+    assert syncs["counted"] == "host_reads" and syncs["steady_steps"] > 0 and syncs["within_budget"] is True, syncs
+    assert 0 < syncs["steady_waits"] <= syncs["budget"] and len(syncs["per_epoch"]) == 2  # the dry run: --epochs 2
+    assert "syncs" not in stages["train_eager"]  # launched as train.py alone
     assert not stages["train_eager"]["compile"] and stages["train_eager"]["graphs_compiled"] == 0
     workers = stages["workers"]
     for copy in ("", "_256"):

@@ -19,98 +19,42 @@ import train
 from test_fsdp import free_port
 from test_train import ROOT, ok, run, train_cmd
 
-# Runs train.py's main() with probes: counts host syncs (a tensor read by the host) and collectives made while
-# EpochTrainer trains (checkpoints and evaluation are main's, outside), and the graphs torch.compile builds
-# (backend "eager": the graphs dynamo captures are the ones Inductor would compile); one JSON per rank.
-PROBE = '''
-import json, os, runpy, sys
-import torch, torch.distributed as dist
-from torch._dynamo.utils import counters
-
-counts = {"host_syncs": 0, "collectives": 0, "steps": 0}
-active = [False]
+PROBE = ROOT / "benchmarks" / "sync_probe.py"  # train.py's main() with its host reads and collectives counted
 
 
-def counting(fn, key):
-    def wrapper(*args, **kwargs):
-        if active[0]:
-            counts[key] += 1
-        return fn(*args, **kwargs)
-    return wrapper
-
-
-for name in ("item", "tolist", "cpu", "__bool__"):
-    setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name), "host_syncs"))
-for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "barrier"):
-    setattr(dist, name, counting(getattr(dist, name), "collectives"))
-compile_ = torch.compile
-torch.compile = lambda model, **kw: compile_(model, **{**kw, "backend": "eager"})
-
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # train.py's own imports, as when run as a script
-module = runpy.run_path(script, run_name="probed")  # defines, does not run main()
-trainer = module["EpochTrainer"]
-
-
-def probed(method):
-    def wrapper(self, *args, **kwargs):
-        before, active[0] = self.state.step, True
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            active[0] = False
-            counts["steps"] += self.state.step - before
-    return wrapper
-
-
-trainer.train, trainer.finish = probed(trainer.train), probed(trainer.finish)
-module["main"](sys.argv[1:])
-counts["graphs"] = counters["stats"]["unique_graphs"]
-rank = os.environ.get("RANK", "0")
-with open(os.path.join(os.environ["PROBE_DIR"], f"rank{rank}.json"), "w") as f:
-    json.dump(counts, f)
-'''
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("probe") / "probe.py"
-    path.write_text(PROBE)
-    return path
-
-
-def probed(probe: Path, tmp_path: Path, cmd: list[str]) -> list[dict]:
-    """Run train.py's `cmd` (from train_cmd) under the probe; the counts of each rank."""
+def probed(tmp_path: Path, cmd: list[str]) -> list[dict]:
+    """Run train.py's `cmd` (from train_cmd) under benchmarks/sync_probe.py; the counts of each rank. Its torch.compile
+    backend is "eager": the graphs dynamo captures are the ones Inductor would compile."""
     script = cmd.index(str(ROOT / "train.py"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
-    ok(subprocess.run([*cmd[:script], str(probe), *cmd[script:]], cwd=ROOT, env=env, capture_output=True, text=True,
-                      timeout=600))
-    return [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    ok(subprocess.run([*cmd[:script], str(PROBE), "--out_dir", str(tmp_path / "probe"), "--compile_backend", "eager",
+                       *cmd[script:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600))
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "probe").glob("rank*.json"))]
 
 
-def test_one_host_sync_per_log_interval_on_two_processes(probe, digits_dataset, tmp_path):
+def test_one_host_sync_per_log_interval_on_two_processes(digits_dataset, tmp_path):
     """2 gloo processes, 40 optimizer steps logged every 10: the stop agreement, the NaN guard and the running loss
     share one all-reduce and one read per interval (+1 at the epoch's end), where there was one of each per step.
     The loading runs in a worker process, as on a GPU, where its reads of host tensors wait for no device."""
     steps, every = 40, 10
     launch = ("--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
-    counts = probed(probe, tmp_path, train_cmd(digits_dataset, tmp_path / "run", "--max_train_steps", steps,
+    counts = probed(tmp_path, train_cmd(digits_dataset, tmp_path / "run", "--max_train_steps", steps,
                                                "--log_every_steps", every, "--epochs", 5, "--num_workers", 1,
                                                launcher=launch))
     assert len(counts) == 2
     for rank in counts:
         assert rank["steps"] == steps
         # + the epoch's end, + the DataLoader iterator's base seed (a host tensor, read once an epoch)
-        assert 0 < rank["host_syncs"] <= steps // every + 2, rank
+        assert 0 < rank["host_reads"] <= steps // every + 2, rank
+        assert rank["cuda_syncs"] is None and rank["cuda_sync_sites"] == {}  # counted on CUDA only
         assert 0 < rank["collectives"] <= steps // every + 1, rank
 
 
-def test_compiled_graphs_are_bounded_across_progressive_resizing(probe, preprocessed, tmp_path):
+def test_compiled_graphs_are_bounded_across_progressive_resizing(preprocessed, tmp_path):
     """--compile with a 16 -> 32 px ramp over 3 epochs: one static graph per train size and one for evaluation
     (its smaller last batch runs eagerly), never a dynamic-shape graph or one per eval batch size."""
     out = tmp_path / "run"
-    counts = probed(probe, tmp_path, train_cmd(preprocessed, out, "--compile", "--epochs", 3, "--min_image_size", 16,
+    counts = probed(tmp_path, train_cmd(preprocessed, out, "--compile", "--epochs", 3, "--min_image_size", 16,
                                                "--ramp_start_epoch", 0, "--ramp_end_epoch", 2, "--batch_size", 5))
     sizes = {row["image_size"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     assert len(sizes) >= 2, sizes

@@ -40,6 +40,7 @@ SCRIPTS = {
     "imagenet_trainer.demo": ("imagenet_trainer.demo", "DemoConfig"),
     "benchmarks/loader.py": ("benchmarks/loader.py", "LoaderBenchConfig"),
     "benchmarks/preprocess.py": ("benchmarks/preprocess.py", "BenchConfig"),
+    "benchmarks/sync_probe.py": ("benchmarks/sync_probe.py", "ProbeConfig"),  # its flags, before train.py's
 }
 # programs the README runs that this project does not install (its own come from the environment's bin/)
 OUTSIDE_TOOLS = {"make", "kaggle", "unzip", "sbatch", "srun", "scontrol", "scancel", "kill", "kubectl", "for", "done",
