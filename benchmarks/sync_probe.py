@@ -109,6 +109,13 @@ def project_line(filename: str, lineno: int) -> str:
     return f"{filename}:{lineno}"
 
 
+def count_cuda_warnings(probe: Probe) -> None:
+    """CUDA's sync flags reach Python as warnings: each one to `probe` (the default filter would show a source
+    line's once), the rest printed as before."""
+    warnings.filterwarnings("always", message=CUDA_SYNC_WARNING)
+    warnings.showwarning = probe.cuda_warning(warnings.showwarning)
+
+
 def main(argv: list[str]) -> None:
     at = next((i for i, a in enumerate(argv) if a.endswith(".py")), None)
     if at is None:
@@ -121,8 +128,7 @@ def main(argv: list[str]) -> None:
         setattr(torch.Tensor, name, probe.counting(getattr(torch.Tensor, name), "host_reads"))
     for name in COLLECTIVES:
         setattr(dist, name, probe.counting(getattr(dist, name), "collectives"))
-    warnings.filterwarnings("always", message=CUDA_SYNC_WARNING)  # every one, not once per source line
-    warnings.showwarning = probe.cuda_warning(warnings.showwarning)
+    count_cuda_warnings(probe)
     if cfg.compile_backend:
         compile_ = torch.compile
         torch.compile = lambda model, **kw: compile_(model, **{**kw, "backend": cfg.compile_backend})

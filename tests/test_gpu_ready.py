@@ -3,12 +3,15 @@ compiled across progressive resizing and evaluation, SIGTERM as a stop signal (a
 DataLoader worker default and the shared-memory check."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,30 @@ def test_save_every_minutes_checkpoints_inside_an_epoch(preprocessed, tmp_path):
     epoch_end = steps_saved(untimed)
     assert len(epoch_end) == 1 and epoch_end[0] >= 3, "the fixture must give an epoch of several steps"
     assert steps_saved(timed) == list(range(1, epoch_end[0] + 1))
+
+
+def test_sync_probe_counts_each_cuda_sync_warning_with_its_line():
+    """CUDA's sync flags arrive as warnings: every one is counted while training (not once per source line, as the
+    default filter would show them), with the line of this project that made it; other warnings print as before."""
+    spec = importlib.util.spec_from_file_location("sync_probe", PROBE)
+    sync_probe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = sync_probe  # dataclasses resolve annotations through it
+    spec.loader.exec_module(sync_probe)
+    probe = sync_probe.Probe()
+    probe.counts["cuda_syncs"] = 0  # as on a CUDA machine
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        sync_probe.count_cuda_warnings(probe)
+
+        def flagged():  # what torch raises from C++ when set_sync_debug_mode("warn") meets a sync
+            warnings.warn(f"{sync_probe.CUDA_SYNC_WARNING} (Triggered internally at CUDAFunctions.cpp:1)")
+        flagged()  # not training: not counted
+        probe.active = True
+        for _ in range(3):
+            flagged()
+        warnings.warn("something else")
+        probe.active = False
+    assert probe.counts["cuda_syncs"] == 3
+    line = flagged.__code__.co_firstlineno + 1
+    assert probe.sites == {f"tests/test_gpu_ready.py:{line}": 3}
+    assert [str(w.message) for w in shown] == ["something else"]
