@@ -27,13 +27,16 @@ import json
 import os
 import runpy
 import sys
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
+STARTED = time.monotonic()  # the script's run_info.json startup_s counts from here, torch's import included
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -138,6 +141,7 @@ def main(argv: list[str]) -> None:
     module = runpy.run_path(script, run_name="probed")  # defines, does not run main()
     trainer = module["EpochTrainer"]
     trainer.train, trainer.finish = probe.around_training(trainer.train), probe.around_training(trainer.finish)
+    module["STARTED"] = STARTED  # main() reads its module's globals: this process started before the probe's imports
     module["main"](script_args)
 
     from torch._dynamo.utils import counters
