@@ -56,13 +56,28 @@ for name in "${STAGES[@]}"; do
   [[ " ${ALL_STAGES[*]} " == *" $name "* ]] ||
     { echo "error: --stages: unknown stage $name (stages: ${ALL_STAGES[*]})" >&2; exit 2; }
 done
-if [ "$CPU" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "error: no CUDA GPU visible to $PY; run on a GPU machine, or add --cpu for the dry run" >&2
-  exit 2
-fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
+# the machine, described once (the report written after every stage then needs no torch import: ~2 s each), and the
+# check that there is a GPU
+if ! "$PY" - "$WORK/machine.json" "$CPU" <<'PYEOF'
+import json, os, platform, sys
+
+import torch
+
+if sys.argv[2] == "0" and not torch.cuda.is_available():
+    sys.exit(1)
+machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(), "torch": torch.__version__,
+           "cuda": torch.version.cuda}
+with open(sys.argv[1], "w") as f:
+    json.dump(machine, f)
+PYEOF
+then
+  echo "error: no CUDA GPU visible to $PY; run on a GPU machine, or add --cpu for the dry run" >&2
+  exit 2
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # one Inductor cache for this run, whatever the environment names (a process that has imported Inductor exports its
 # default, /tmp/torchinductor_<user>, to its children): train_8cores compiles cold, as on a fresh machine, and
@@ -228,10 +243,9 @@ stage_validate() {
 report() {
   "$PY" - "$WORK" "$OUT" "$CPU" "$((SECONDS - START))" "$SHORT_SIDE" "$GOAL_IMG_S" "$GOAL_WAIT_FRAC" "$GOAL_CORES" \
     "${STAGES[*]}" <<'PYEOF'
-import json, os, platform, re, sys
+import json, os, re, sys
 from pathlib import Path
 
-import torch
 import yaml
 
 work, out, cpu, elapsed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
@@ -414,9 +428,7 @@ for name, read in readers.items():
     stages[name] = stage
 report = {
     "mode": "cpu dry run: GPU rows not measured, the rest tiny" if cpu else "gpu",
-    "machine": {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                "torch": torch.__version__, "cuda": torch.version.cuda},
+    "machine": json.loads((work / "machine.json").read_text()),
     "stages": stages,
     "pending": [name for name in asked if name not in stages],  # asked for, not reached (yet)
     "elapsed_s": elapsed,

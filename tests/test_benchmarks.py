@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,6 +167,17 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     assert report["stages"]["throughput"]["status"] == 0 and report["pending"] == ["train_8cores"]
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert [Path(n).name for n in logs.getnames()] == ["throughput.log"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the check itself")
+def test_gpu_check_without_a_gpu_says_how_to_dry_run(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no CUDA GPU visible to ")
+    assert proc.stderr.strip().endswith("add --cpu for the dry run")
+    assert [p.name for p in tmp_path.iterdir()] == []  # its work folder is gone
 
 
 def test_gpu_check_refuses_unknown_arguments():
