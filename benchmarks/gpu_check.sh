@@ -220,7 +220,8 @@ PYEOF
 sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loader alone on WORKERS + 1 cores
   [ "$3" -lt "$CORES" ] || return 0  # a point past this machine's cores is left out
   pinned "$(first_cores $(($3 + 1)))" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/$1" --num_workers "$3" \
-    --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --feed_img_s "$4" --output "$WORK/$2.json"
+    --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --train_only --feed_img_s "$4" \
+    --output "$WORK/$2.json"
 }
 
 fsdp() {

@@ -112,6 +112,8 @@ class LoaderBenchConfig:
     num_workers: int = 0  # 0: in-process, one core (the per-core figure); N: N DataLoader workers (all cores)
     coding: str = "all"  # source JPEGs compared: all, baseline (sequential) or progressive
     feed_img_s: float = 2800.0  # self-test: img/s the accelerator trains at (ResNet-50, one H100: ~2,800)
+    train_only: bool = False  # self-test: time the train pipeline only, what feeding an accelerator takes (eval
+    # decodes whole images: ~1.7x a train sample's time, for figures a GPU check does not use)
     peers: str = ""  # comma list of dali, ffcv (its JPEG mode and its ImageNet settings): timed beside ours
     peer_python: str = ""  # interpreter that has the peers installed (e.g. their own venv); empty: this one
     peer_size: int = 192  # px, with --peers train is also timed at it: FFCV's ResNet recipes train at 160-192 px
@@ -356,7 +358,9 @@ def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
     rows = {name: sorted(rng.choice(len(split), size=min(cfg.num_images, len(split)), replace=False).tolist())
             for name, split in splits.items()}
     warm_rows(splits, rows)
-    measured, _ = measure(ours_runs(splits, rows, cfg), cfg)
+    runs = {name: run for name, run in ours_runs(splits, rows, cfg).items()
+            if not (cfg.train_only and name.startswith("eval"))}
+    measured, _ = measure(runs, cfg)
     cores = max(1, cfg.num_workers)
     results = {}
     for pipeline, sides in measured.items():
@@ -417,6 +421,8 @@ def check_flags(cfg: LoaderBenchConfig) -> None:
         raise SystemExit(f"error: --peers {cfg.peers}: unknown {', '.join(unknown)}; use {', '.join(PEER_NAMES)}")
     if cfg.peers and not cfg.data_dir:
         raise SystemExit("error: --peers needs --data_dir (the peers read the original files)")
+    if cfg.train_only and cfg.data_dir:
+        raise SystemExit("error: --train_only is for the self-test: leave out --data_dir (the comparison times both)")
 
 
 def load_splits(cfg: LoaderBenchConfig) -> dict:

@@ -57,6 +57,11 @@ def test_loader_self_test_on_a_dataset_alone(preprocessed, tmp_path):
     assert abs(train["img_s_per_core"] - train["ours_img_s"] / 2) <= 0.1  # 2 workers: 2 cores
     assert abs(train["cores_to_feed"] - 1000 / train["img_s_per_core"]) <= 0.1
     assert "cores to feed 1000 img/s" in proc.stdout
+    assert set(report["pipelines"]) == {"train", "eval"}
+    # --train_only: what feeding an accelerator takes, without the eval pipeline's passes
+    proc = loader("--dataset", preprocessed, "--train_only", "--num_images", "16", "--repeats", "1", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(json.loads(out.read_text())["pipelines"]) == {"train"} and "pass 1/1 eval" not in proc.stdout
 
 
 def test_loader_benchmark_errors_are_one_line(tmp_path):
@@ -64,6 +69,9 @@ def test_loader_benchmark_errors_are_one_line(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("error: --dataset is required (preprocess.py output of --data_dir "
                                                     "(images stored as they were))")
+    proc = loader("--data_dir", tmp_path, "--dataset", tmp_path, "--train_only")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --train_only is for the self-test")
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
