@@ -30,8 +30,8 @@
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume
 # Every train.py stage says where its seconds went (seconds_split: start-up, training, evaluation, export,
 # checkpoints, and the rest: the launcher and the exit).
-# BENCHMARKS.md ("GPU check") says how to read the JSON. With --cpu the throughput rows say "not measured" and the
-# other stages run a tiny model on a tiny tree, so the script itself is tested in CI (tests/test_benchmarks.py).
+# BENCHMARKS.md ("GPU check") says how to read the JSON. With --cpu every stage runs a tiny model on a tiny tree
+# (throughput's bare loop on the CPU), so the script itself is tested in CI (tests/test_benchmarks.py).
 # GPU_CHECK_FAIL_STAGE=NAME makes that stage fail at its start (how the tests check that the others still report).
 set -uo pipefail
 
@@ -428,7 +428,7 @@ for name, read in readers.items():
         stage["log_tail"] = (work / f"{name}.log").read_text().splitlines()[-15:]
     stages[name] = stage
 report = {
-    "mode": "cpu dry run: GPU rows not measured, the rest tiny" if cpu else "gpu",
+    "mode": "cpu dry run: a tiny model on a tiny tree, no GPU figure" if cpu else "gpu",
     "machine": json.loads((work / "machine.json").read_text()),
     "stages": stages,
     "pending": [name for name in asked if name not in stages],  # asked for, not reached (yet)

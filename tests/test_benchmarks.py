@@ -75,8 +75,8 @@ def test_loader_benchmark_errors_are_one_line(tmp_path):
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.sh --cpu: every stage runs (tiny) and reports in the shape BENCHMARKS.md describes, the
-    GPU-only rows marked not measured; a stage that fails is reported with its log and the others still report."""
+    """benchmarks/gpu_check.sh --cpu: every stage runs (tiny, no GPU figure) and reports in the shape BENCHMARKS.md
+    describes; a stage that fails is reported with its log and the others still report."""
     out = tmp_path / "gpu_check.json"
     inherited = tmp_path / "inductor"  # a cache the environment names (any process that imported Inductor does)
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out)], cwd=ROOT,
