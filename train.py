@@ -687,7 +687,8 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
         if ema_scores["top1"] > scores["top1"]:
             best_net, best = ema.module, ema_scores
     state.train_seconds += time.perf_counter() - started
-    row["eval_s"], export_started = time.perf_counter() - eval_started, time.perf_counter()
+    export_started = time.perf_counter()
+    row["eval_s"] = export_started - eval_started
     if best["top1"] > state.best_top1:
         state.best_top1, state.best_step = best["top1"], state.step
         export(accelerator, best_net, final_dir, cfg, *labels, data_cfg,

@@ -83,7 +83,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # default, /tmp/torchinductor_<user>, to its children): train_8cores compiles cold, as on a fresh machine, and
 # train_recipe (the same graphs: model, batch, sizes, bf16) loads what it compiled instead of compiling again
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
-CORES="$("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")"
+COUNT_CORES=("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")  # the cores this process may run on
+CORES="$("${COUNT_CORES[@]}")"
 WORKERS=$((CORES > 1 ? CORES - 1 : 1))  # one core stays with the main process
 # the goal train_8cores answers (BENCHMARKS.md, "GPU check"): img/s of one GPU, the share of time it waits on data,
 # the cores the whole launch may use (its DataLoader workers are the cores less one, for the main process)
@@ -144,7 +145,7 @@ logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a lo
 
 stage_tree() {  # on TREE_CPUS with a process each
   local procs
-  procs="$(pinned "$TREE_CPUS" "$PY" -c "import os; print(len(os.sched_getaffinity(0)))")" || return 1
+  procs="$(pinned "$TREE_CPUS" "${COUNT_CORES[@]}")" || return 1
   echo "{\"cpus\": \"$TREE_CPUS\", \"num_proc\": $procs}" > "$WORK/tree_launch.json"
   pinned "$TREE_CPUS" "$PY" -m imagenet_trainer.demo --layout folders --output "$WORK/tree" --num_proc "$procs" \
     "${TREE[@]}" &&
@@ -169,7 +170,7 @@ stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core
 # rather than loaded from this run's cache. A caller's PROBE array (a wrapper and its flags) goes before train.py.
 train_run() {
   local name="$1" data="$2" cpus="$3" size="$4" eval_size="$5" cores cached; shift 5
-  cores="$(pinned "$cpus" "$PY" -c "import os; print(len(os.sched_getaffinity(0)))")" || return 1
+  cores="$(pinned "$cpus" "${COUNT_CORES[@]}")" || return 1
   cached="$(fx_graphs)"
   TORCH_LOGS=recompiles pinned "$cpus" "${ACCELERATE[@]}" "${PRECISION[@]}" ${PROBE[@]+"${PROBE[@]}"} \
     "$ROOT/train.py" --dataset "$WORK/$data" --output_dir "$WORK/$name" "${TRAIN[@]}" --image_size "$size" \
@@ -372,7 +373,8 @@ def fsdp():
     table = rows("fsdp")
     info = json.loads((work / "fsdp" / "run_info.json").read_text())
     resumed = re.search(r"resumed from \S+ at epoch \d+, step (\d+)", (work / "fsdp.log").read_text())
-    launches = [info, *(json.loads(p.read_text()) for p in sorted((work / "fsdp" / "resumes").glob("*/run_info.json")))]
+    resumes = sorted((work / "fsdp" / "resumes").glob("*/run_info.json"))
+    launches = [info, *(json.loads(p.read_text()) for p in resumes)]
     return {"measured": info["distributed_type"] == "DistributedType.FSDP",
             "startup_s": [launch["startup_s"] for launch in launches],  # the first launch's, the resumed one's
             "distributed_type": info["distributed_type"], "mixed_precision": info["mixed_precision"],

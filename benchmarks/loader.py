@@ -113,7 +113,7 @@ class LoaderBenchConfig:
     coding: str = "all"  # source JPEGs compared: all, baseline (sequential) or progressive
     feed_img_s: float = 2800.0  # self-test: img/s the accelerator trains at (ResNet-50, one H100: ~2,800)
     train_only: bool = False  # self-test: time the train pipeline only, what feeding an accelerator takes (eval
-    # decodes whole images: ~1.7x a train sample's time, for figures a GPU check does not use)
+    # decodes whole images, slower than a train sample's crop, for figures a GPU check does not use)
     peers: str = ""  # comma list of dali, ffcv (its JPEG mode and its ImageNet settings): timed beside ours
     peer_python: str = ""  # interpreter that has the peers installed (e.g. their own venv); empty: this one
     peer_size: int = 192  # px, with --peers train is also timed at it: FFCV's ResNet recipes train at 160-192 px

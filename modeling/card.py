@@ -208,7 +208,8 @@ def model_stats(model, config: dict) -> dict | None:
     size = config["pretrained_cfg"]["input_size"]
     device = next(model.parameters()).device
     was_training = model.training
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *size, device=device))  # eval: BatchNorm statistics stay as they are
