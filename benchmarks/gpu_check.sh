@@ -26,8 +26,10 @@
 #               workers on the originals, 1 and 8 on the 256 copy; img/s per core, and the cores one GPU needs at
 #               the fastest train.py rate at the recipe's settings and at the goal's 4,000 img/s
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
+#   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume.
+#               It and validate need the GPU and a few cores, workers no GPU: run together, workers has the cores
+#               its largest run is pinned to and validate, then fsdp, the others
 #   train_eager train_recipe's run at 224 px without --compile
-#   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume
 # Every train.py stage says where its seconds went (seconds_split: start-up, training, evaluation, export,
 # checkpoints, and the rest: the launcher and the exit).
 # BENCHMARKS.md ("GPU check") says how to read the JSON. With --cpu every stage runs a tiny model on a tiny tree
@@ -41,7 +43,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 ACCELERATE=("$PY" -m accelerate.commands.launch)
 OUT="$ROOT/benchmarks/results/gpu_check.json"
 CPU=0
-ALL_STAGES=(tree throughput train_8cores train_recipe workers validate train_eager fsdp)
+ALL_STAGES=(tree throughput train_8cores train_recipe workers validate fsdp train_eager)
 STAGES=("${ALL_STAGES[@]}")
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -85,7 +87,6 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 COUNT_CORES=("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")  # the cores this process may run on
 CORES="$("${COUNT_CORES[@]}")"
-WORKERS=$((CORES > 1 ? CORES - 1 : 1))  # one core stays with the main process
 # the goal train_8cores answers (BENCHMARKS.md, "GPU check"): img/s of one GPU, the share of time it waits on data,
 # the cores the whole launch may use (its DataLoader workers are the cores less one, for the main process)
 GOAL_IMG_S=4000; GOAL_WAIT_FRAC=0.05; GOAL_CORES=8
@@ -101,7 +102,9 @@ if [ "$CPU" = 1 ]; then
   FSDP=(--model blocknet_tiny --image_size 32 --batch_size 4)
   FSDP_STEPS=(2 4)
   PRECISION=(--config_file "$ROOT/accelerate_configs/cpu.yaml")
-  SWEEP=(1 2); SWEEP_256=(1 2); SWEEP_IMAGES=32; VAL_BATCH=8
+  # one worker, sharing its core with the loader's main process: a 2-core box keeps a core for validate and fsdp
+  # beside it, as a GPU machine does
+  SWEEP=(1); SWEEP_256=(1); SWEEP_MAIN=0; SWEEP_IMAGES=32; VAL_BATCH=8
   THROUGHPUT=(--model blocknet_tiny --batch_size 8 --steps 3); THROUGHPUT_SIZES=(48 32)
 else
   # 10 classes x 640 = 6,400 train images: resnet50 at batch 128 takes 50 steps an epoch, 3 epochs = 150 steps
@@ -114,7 +117,7 @@ else
   FSDP=(--model convnext_tiny --image_size 224 --batch_size 64)
   FSDP_STEPS=(15 30)
   PRECISION=(--config_file "$ROOT/accelerate_configs/single_gpu.yaml")
-  SWEEP=(8); SWEEP_256=(1 8); SWEEP_IMAGES=1000; VAL_BATCH=256
+  SWEEP=(8); SWEEP_256=(1 8); SWEEP_MAIN=1; SWEEP_IMAGES=1000; VAL_BATCH=256  # SWEEP_MAIN: the main process's core
   THROUGHPUT=(--model resnet50 --batch_size 256 --steps 50 --bf16); THROUGHPUT_SIZES=(224 192)  # 224 and the recipe's
 fi
 COMMON=(--warmup_epochs 1 --log_every_steps 25 --lr 0.1)
@@ -157,7 +160,7 @@ stage_tree() {  # on TREE_CPUS with a process each
 
 stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core
   local size
-  echo "{\"cpus\": \"$THROUGHPUT_CPUS\", \"beside_tree\": $([ -n "$BESIDE" ] && echo true || echo false)}" \
+  echo "{\"cpus\": \"$THROUGHPUT_CPUS\", \"beside_tree\": $([ -n "$BESIDE_TREE" ] && echo true || echo false)}" \
     > "$WORK/throughput_launch.json"
   for size in "${THROUGHPUT_SIZES[@]}"; do
     pinned "$THROUGHPUT_CPUS" "$PY" "$ROOT/benchmarks/train_loop.py" --synthetic_only "${THROUGHPUT[@]}" \
@@ -197,9 +200,20 @@ pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned 
 first_cores() {  # first_cores N: the first N cores this script may use (all, where fewer), as a taskset list
   "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])))" "$1"
 }
-last_core() { "$PY" -c "import os; print(sorted(os.sched_getaffinity(0))[-1])"; }
+last_cores() {  # last_cores N: the last N cores this script may use, as a taskset list
+  "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[-int(sys.argv[1]):])))" "$1"
+}
+sweep_cores() {  # the cores of the largest sweep point this machine runs: all the workers stage uses
+  local n most=0
+  for n in "${SWEEP[@]}" "${SWEEP_256[@]}"; do
+    [ $((n + SWEEP_MAIN)) -le "$CORES" ] && [ $((n + SWEEP_MAIN)) -gt "$most" ] && most=$((n + SWEEP_MAIN))
+  done
+  echo "$most"
+}
 stage_workers() {
   local n feed
+  echo "{\"cpus\": \"$(first_cores "$(sweep_cores)")\", \"beside\": \"${BESIDE_WORKERS[*]}\"}" \
+    > "$WORK/workers_launch.json"
   feed="$("$PY" - "$WORK" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -218,27 +232,33 @@ PYEOF
   for n in "${SWEEP[@]}"; do sweep_point ds "workers_$n" "$n" "$feed" || return 1; done
   for n in "${SWEEP_256[@]}"; do sweep_point "ds$SHORT_SIDE" "workers${SHORT_SIDE}_$n" "$n" "$feed" || return 1; done
 }
-sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loader alone on WORKERS + 1 cores
-  [ "$3" -lt "$CORES" ] || return 0  # a point past this machine's cores is left out
-  pinned "$(first_cores $(($3 + 1)))" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/$1" --num_workers "$3" \
-    --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --train_only --feed_img_s "$4" \
-    --output "$WORK/$2.json"
+sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loader alone on WORKERS + SWEEP_MAIN cores
+  [ $(($3 + SWEEP_MAIN)) -le "$CORES" ] || return 0  # a point past this machine's cores is left out
+  pinned "$(first_cores $(($3 + SWEEP_MAIN)))" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/$1" \
+    --num_workers "$3" --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --train_only \
+    --feed_img_s "$4" --output "$WORK/$2.json"
 }
 
+side_launch() {  # side_launch NAME: the cores validate or fsdp has, and whether workers ran beside it
+  echo "{\"cpus\": \"$SIDE_CPUS\", \"beside_workers\": $([ ${#BESIDE_WORKERS[@]} -gt 0 ] && echo true || echo false)}" \
+    > "$WORK/${1}_launch.json"
+}
 fsdp() {
-  "${ACCELERATE[@]}" --config_file "$ROOT/accelerate_configs/fsdp.yaml" --num_processes 1 \
+  pinned "$SIDE_CPUS" "${ACCELERATE[@]}" --config_file "$ROOT/accelerate_configs/fsdp.yaml" --num_processes 1 \
     $([ "$CPU" = 1 ] && echo --mixed_precision no) "$ROOT/train.py" --dataset "$WORK/ds" \
     --output_dir "$WORK/fsdp" --ema_decay 0 --epochs 100 --save_every_steps "${FSDP_STEPS[0]}" "${FSDP[@]}" \
-    --num_workers "$WORKERS" "${COMMON[@]}" "$@"
+    --num_workers "$SIDE_WORKERS" "${COMMON[@]}" "$@"
 }
 stage_fsdp() {
+  side_launch fsdp
   fsdp --max_train_steps "${FSDP_STEPS[0]}" &&
   fsdp --max_train_steps "${FSDP_STEPS[1]}" --resume_from_checkpoint latest
 }
 
 stage_validate() {
-  "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/validate.py" --model "$WORK/train_recipe/final" --dataset "$WORK/ds" \
-    --batch_size "$VAL_BATCH" --num_workers "$WORKERS" --output "$WORK/validate.json"
+  side_launch validate
+  pinned "$SIDE_CPUS" "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/validate.py" --model "$WORK/train_recipe/final" \
+    --dataset "$WORK/ds" --batch_size "$VAL_BATCH" --num_workers "$SIDE_WORKERS" --output "$WORK/validate.json"
 }
 
 # report: every stage's figures that exist so far, to $OUT (atomically)
@@ -346,8 +366,8 @@ def throughput():
 
 def sweep(prefix):
     """(the loader.py self-test reports of one copy, fewest workers first; its points)."""
-    runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"{prefix}_*.json"),
-                                                     key=lambda p: int(p.stem.split("_")[-1]))]
+    points = [p for p in work.glob(f"{prefix}_*.json") if p.stem.split("_")[-1].isdigit()]  # not _launch.json
+    runs = [json.loads(p.read_text()) for p in sorted(points, key=lambda p: int(p.stem.split("_")[-1]))]
     return runs, [{"workers": s["config"]["num_workers"], "img_s": s["pipelines"]["train"]["ours_img_s"],
                    "img_s_per_worker": s["pipelines"]["train"]["img_s_per_core"]} for s in runs]
 
@@ -362,7 +382,9 @@ def workers():
     runs, points = sweep("workers")
     small = sweep(f"workers{short_side}")[1]
     feed = runs[0]["feed_img_s"]
-    return {"image_size": runs[0]["config"]["image_size"], "feed_img_s": feed, "goal_img_s": goal["img_s"],
+    launch = json.loads((work / "workers_launch.json").read_text())
+    return {"cpus": launch["cpus"], "beside": launch["beside"].split(),
+            "image_size": runs[0]["config"]["image_size"], "feed_img_s": feed, "goal_img_s": goal["img_s"],
             "sweep": points, "cores_per_gpu": cores_for(feed, points),
             "cores_at_goal": cores_for(goal["img_s"], points),
             f"sweep_{short_side}": small, f"cores_per_gpu_{short_side}": cores_for(feed, small),
@@ -375,7 +397,8 @@ def fsdp():
     resumed = re.search(r"resumed from \S+ at epoch \d+, step (\d+)", (work / "fsdp.log").read_text())
     resumes = sorted((work / "fsdp" / "resumes").glob("*/run_info.json"))
     launches = [info, *(json.loads(p.read_text()) for p in resumes)]
-    return {"measured": info["distributed_type"] == "DistributedType.FSDP",
+    return {**json.loads((work / "fsdp_launch.json").read_text()),
+            "measured": info["distributed_type"] == "DistributedType.FSDP",
             "startup_s": [launch["startup_s"] for launch in launches],  # the first launch's, the resumed one's
             "distributed_type": info["distributed_type"], "mixed_precision": info["mixed_precision"],
             "resumed_at_step": int(resumed.group(1)) if resumed else None, "final_step": table[-1]["step"],
@@ -386,7 +409,8 @@ def validate():
     card = re.search(r"^\|[^|]+\| validation \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$",
                      (work / "train_recipe" / "final" / "README.md").read_text(), re.M)
     val = json.loads((work / "validate.json").read_text())
-    return {"top1": val["top1"], "top5": val["top5"], "n": val["n"], "images_per_sec": round(val["images_per_sec"], 1),
+    return {**json.loads((work / "validate_launch.json").read_text()), "top1": val["top1"], "top5": val["top5"],
+            "n": val["n"], "images_per_sec": round(val["images_per_sec"], 1),
             "card_top1": float(card.group(2)) if card else None,
             "matches_card": bool(card) and float(card.group(2)) == round(val["top1"], 2)}
 
@@ -412,8 +436,8 @@ def rate(images, seconds):  # preprocess_report.json's seconds are rounded to th
 
 
 readers = {"tree": tree, "throughput": throughput, "train_8cores": train_8cores,
-           "train_recipe": lambda: train_py("train_recipe"), "workers": workers, "validate": validate,
-           "train_eager": lambda: train_py("train_eager"), "fsdp": fsdp}
+           "train_recipe": lambda: train_py("train_recipe"), "workers": workers, "validate": validate, "fsdp": fsdp,
+           "train_eager": lambda: train_py("train_eager")}
 stages = {}
 for name, read in readers.items():
     done = work / "stages" / f"{name}.json"
@@ -442,21 +466,37 @@ os.replace(tmp, out)
 PYEOF
 }
 
-# throughput needs the GPU and one core, tree every core and no GPU: when both are asked for (and there are 2 cores or
-# more), throughput runs beside tree on the last core while tree has the others, so the ceiling costs no time
-TREE_CPUS="$(first_cores "$CORES")"; THROUGHPUT_CPUS="$TREE_CPUS"; BESIDE=""
-if [[ " ${STAGES[*]} " == *" tree "* && " ${STAGES[*]} " == *" throughput "* ]] && [ "$CORES" -gt 1 ]; then
-  TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_core)"; BESIDE=throughput
+# Stages that need the GPU and few cores run beside one that needs cores and no GPU, each on cores of its own, when
+# both are asked for and the cores allow: throughput beside tree (on the last core, tree on the others), and
+# validate, then fsdp, beside workers (on the cores past workers' largest run), so that neither costs time
+asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
+TREE_CPUS="$(first_cores "$CORES")"; THROUGHPUT_CPUS="$TREE_CPUS"; SIDE_CPUS="$TREE_CPUS"; BESIDE_TREE=""
+BESIDE_WORKERS=()
+if asked tree && asked throughput && [ "$CORES" -gt 1 ]; then
+  TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_cores 1)"; BESIDE_TREE=throughput
 fi
+if asked workers && [ "$(sweep_cores)" -gt 0 ] && [ "$CORES" -gt "$(sweep_cores)" ]; then
+  SIDE_CPUS="$(last_cores $((CORES - $(sweep_cores))))"
+  for name in validate fsdp; do asked "$name" && BESIDE_WORKERS+=("$name"); done
+fi
+SIDE_WORKERS="$(pinned "$SIDE_CPUS" "${COUNT_CORES[@]}")"
+SIDE_WORKERS=$((SIDE_WORKERS > 1 ? SIDE_WORKERS - 1 : 1))  # validate's and fsdp's: one core stays with the main process
+
+run_beside() {  # run_beside NAME SIDE...: stage NAME, and beside it the SIDE stages one after another
+  local main="$1" side pid; shift
+  ( for side in "$@"; do run_stage "$side" "stage_$side"; done ) &
+  pid=$!
+  run_stage "$main" "stage_$main"
+  wait "$pid"
+  report  # every stage's figures, whichever finished last
+}
 for name in "${STAGES[@]}"; do
-  if [ "$name" = "$BESIDE" ]; then
-    continue  # runs with tree
-  elif [ "$name" = tree ] && [ -n "$BESIDE" ]; then
-    run_stage throughput stage_throughput &
-    beside=$!
-    run_stage tree stage_tree
-    wait "$beside"
-    report  # both stages' figures, whichever finished last
+  if [[ " $BESIDE_TREE ${BESIDE_WORKERS[*]} " == *" $name "* ]]; then
+    continue  # runs beside tree or workers
+  elif [ "$name" = tree ] && [ -n "$BESIDE_TREE" ]; then
+    run_beside tree throughput
+  elif [ "$name" = workers ] && [ ${#BESIDE_WORKERS[@]} -gt 0 ]; then
+    run_beside workers "${BESIDE_WORKERS[@]}"
   else
     run_stage "$name" "stage_$name"
   fi

@@ -86,8 +86,9 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     stages = report["stages"]
     assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
-    assert list(stages) == ["tree", "throughput", "train_8cores", "train_recipe", "workers", "validate",
-                            "train_eager", "fsdp"]  # the goal's figures first (throughput runs beside tree)
+    assert list(stages) == ["tree", "throughput", "train_8cores", "train_recipe", "workers", "validate", "fsdp",
+                            "train_eager"]  # the goal's figures first (throughput beside tree, validate and fsdp
+    # beside workers)
     assert report["pending"] == []
     assert {k for k, v in stages.items() if v["status"] != 0} == {"fsdp"}, proc.stderr[-5000:]
     assert stages["fsdp"]["log_tail"] == ["failing on purpose: GPU_CHECK_FAIL_STAGE=fsdp"]
@@ -148,6 +149,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         # the rate over the largest run's rate per worker, plus the main process's core
         for key, img_s in (("cores_per_gpu", workers["feed_img_s"]), ("cores_at_goal", 4000)):
             assert workers[f"{key}{copy}"] == round(img_s / sweep[-1]["img_s_per_worker"] + 1, 1) >= 1, key + copy
+    if report["machine"]["cpu_cores"] > 1:  # validate and fsdp (made to fail: reported all the same) beside workers
+        own, side = workers["cpus"].split(","), stages["validate"]["cpus"].split(",")
+        assert workers["beside"] == ["validate", "fsdp"] and stages["validate"]["beside_workers"] is True
+        assert not set(own) & set(side) and len(own) + len(side) == report["machine"]["cpu_cores"]
     assert stages["validate"]["matches_card"] is True
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert {Path(n).name for n in logs.getnames()} >= {"tree.log", "train_eager.log", "validate.log"}
