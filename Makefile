@@ -23,4 +23,6 @@ demo: $(VENV)/.installed
 	$(PY) validate.py --model $(DEMO)/run/final --dataset $(DEMO)/dataset --output $(DEMO)/validate.json --num_workers 2
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	# a process per core, at most 4 (the suite's own launches start 2-4 processes each); a test file's tests stay
+	# in one process, so its module fixtures are built once
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests

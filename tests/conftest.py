@@ -11,10 +11,21 @@ All are session-scoped: treat them as read-only.
 """
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# transformers copies a remote-code model's modules into HF_MODULES_CACHE (by default in the user's
+# ~/.cache/huggingface) and imports them from there: each test process has its own, so the processes `make test` runs
+# side by side never import a file another one is writing, and the suite leaves nothing in the user's cache
+_MODULES = tempfile.mkdtemp(prefix="hf_modules_")
+os.environ["HF_MODULES_CACHE"] = _MODULES
+atexit.register(shutil.rmtree, _MODULES, True)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
