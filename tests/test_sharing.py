@@ -125,8 +125,9 @@ def test_demo_tree_describes_what_its_images_show(tmp_path):
 
 
 # used without an import statement: tensorboard (accelerate's --report_to tracker), turbojpeg (its libturbojpeg is
-# loaded through ctypes), ipykernel (runs the notebooks), pytest and the notebook runners (the tests themselves)
-NOT_IMPORTED = {"tensorboard", "turbojpeg", "ipykernel", "pytest", "nbclient", "nbformat"}
+# loaded through ctypes), ipykernel (runs the notebooks), pytest, its pytest-xdist plugin (make test's -n) and the
+# notebook runners (the tests themselves)
+NOT_IMPORTED = {"tensorboard", "turbojpeg", "ipykernel", "pytest", "pytest-xdist", "nbclient", "nbformat"}
 
 
 def test_every_requirement_is_used():
