@@ -23,8 +23,9 @@
 #               from what train_8cores compiled): images/s and data_wait_frac after the first epoch, recompiles, and
 #               every wait of the host for the GPU while it trains (benchmarks/sync_probe.py)
 #   workers     the loader alone (benchmarks/loader.py self-test, 192 px), each run pinned to workers + 1 cores: 8
-#               workers on the originals, 1 and 8 on the 256 copy; img/s per core, and the cores one GPU needs at
-#               the fastest train.py rate at the recipe's settings and at the goal's 4,000 img/s
+#               workers on the originals, 1 and 8 on the 256 copy (8: at most the cores less one); img/s per core,
+#               and the cores one GPU needs at the fastest train.py rate at the recipe's settings and at the goal's
+#               4,000 img/s
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume.
 #               It and validate need the GPU and a few cores, workers no GPU: run together, workers has the cores
@@ -203,11 +204,16 @@ first_cores() {  # first_cores N: the first N cores this script may use (all, wh
 last_cores() {  # last_cores N: the last N cores this script may use, as a taskset list
   "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[-int(sys.argv[1]):])))" "$1"
 }
-sweep_cores() {  # the cores of the largest sweep point this machine runs: all the workers stage uses
-  local n most=0
-  for n in "${SWEEP[@]}" "${SWEEP_256[@]}"; do
-    [ $((n + SWEEP_MAIN)) -le "$CORES" ] && [ $((n + SWEEP_MAIN)) -gt "$most" ] && most=$((n + SWEEP_MAIN))
+points() {  # points N...: the sweep's worker counts on this machine, each at most its cores less SWEEP_MAIN, once
+  local n seen=" "
+  for n in "$@"; do
+    n=$((n + SWEEP_MAIN <= CORES ? n : CORES - SWEEP_MAIN))
+    if [ "$n" -ge 1 ] && [[ "$seen" != *" $n "* ]]; then seen+="$n "; echo "$n"; fi
   done
+}
+sweep_cores() {  # the cores of the sweep's largest point on this machine: all the workers stage uses
+  local n most=0
+  for n in $(points "${SWEEP[@]}" "${SWEEP_256[@]}"); do most=$((n + SWEEP_MAIN > most ? n + SWEEP_MAIN : most)); done
   echo "$most"
 }
 stage_workers() {
@@ -229,11 +235,12 @@ else:
     print(2800.0)
 PYEOF
 )"
-  for n in "${SWEEP[@]}"; do sweep_point ds "workers_$n" "$n" "$feed" || return 1; done
-  for n in "${SWEEP_256[@]}"; do sweep_point "ds$SHORT_SIDE" "workers${SHORT_SIDE}_$n" "$n" "$feed" || return 1; done
+  for n in $(points "${SWEEP[@]}"); do sweep_point ds "workers_$n" "$n" "$feed" || return 1; done
+  for n in $(points "${SWEEP_256[@]}"); do
+    sweep_point "ds$SHORT_SIDE" "workers${SHORT_SIDE}_$n" "$n" "$feed" || return 1
+  done
 }
 sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loader alone on WORKERS + SWEEP_MAIN cores
-  [ $(($3 + SWEEP_MAIN)) -le "$CORES" ] || return 0  # a point past this machine's cores is left out
   pinned "$(first_cores $(($3 + SWEEP_MAIN)))" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/$1" \
     --num_workers "$3" --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --train_only \
     --feed_img_s "$4" --output "$WORK/$2.json"

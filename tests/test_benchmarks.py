@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,6 +181,23 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     assert report["stages"]["throughput"]["status"] == 0 and report["pending"] == ["train_8cores"]
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert [Path(n).name for n in logs.getnames()] == ["throughput.log"]
+
+
+def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
+    """On a GPU machine with fewer cores than the sweep's largest point needs (8 workers + the main process), that
+    point takes the cores less one rather than being left out (which left the workers stage without figures), and the
+    cores left beside the sweep (for validate and fsdp) follow. The script's own functions, at its GPU settings."""
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    functions = "\n".join(re.search(rf"^{name}\(\) {{.*?^}}", script, re.M | re.S).group(0)
+                          for name in ("points", "sweep_cores"))
+    settings = re.search(r"^  (SWEEP=\(.*?\); SWEEP_256=\(.*?\); SWEEP_MAIN=1);", script, re.M).group(1)
+    assert settings == "SWEEP=(8); SWEEP_256=(1 8); SWEEP_MAIN=1"
+    for cores, originals, copy, used in ((16, "8", "1 8", "9"), (9, "8", "1 8", "9"), (8, "7", "1 7", "8"),
+                                         (2, "1", "1", "2")):
+        shown = subprocess.run(["bash", "-c", f"CORES={cores}; {settings}\n{functions}\n"
+                                'echo $(points "${SWEEP[@]}"); echo $(points "${SWEEP_256[@]}"); sweep_cores'],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        assert shown == [originals, copy, used], cores
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the check itself")
