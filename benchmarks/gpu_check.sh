@@ -218,7 +218,7 @@ sweep_cores() {  # the cores of the sweep's largest point on this machine: all t
 }
 stage_workers() {
   local n feed
-  echo "{\"cpus\": \"$(first_cores "$(sweep_cores)")\", \"beside\": \"${BESIDE_WORKERS[*]}\"}" \
+  echo "{\"cpus\": \"$(first_cores "$SWEEP_CORES")\", \"beside\": \"${BESIDE_WORKERS[*]}\"}" \
     > "$WORK/workers_launch.json"
   feed="$("$PY" - "$WORK" <<'PYEOF'
 import json, sys
@@ -482,8 +482,9 @@ BESIDE_WORKERS=()
 if asked tree && asked throughput && [ "$CORES" -gt 1 ]; then
   TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_cores 1)"; BESIDE_TREE=throughput
 fi
-if asked workers && [ "$(sweep_cores)" -gt 0 ] && [ "$CORES" -gt "$(sweep_cores)" ]; then
-  SIDE_CPUS="$(last_cores $((CORES - $(sweep_cores))))"
+SWEEP_CORES="$(sweep_cores)"
+if asked workers && [ "$SWEEP_CORES" -gt 0 ] && [ "$CORES" -gt "$SWEEP_CORES" ]; then
+  SIDE_CPUS="$(last_cores $((CORES - SWEEP_CORES)))"
   for name in validate fsdp; do asked "$name" && BESIDE_WORKERS+=("$name"); done
 fi
 SIDE_WORKERS="$(pinned "$SIDE_CPUS" "${COUNT_CORES[@]}")"

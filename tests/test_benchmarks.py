@@ -87,9 +87,9 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     stages = report["stages"]
     assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
+    # the goal's figures first (throughput beside tree, validate and fsdp beside workers)
     assert list(stages) == ["tree", "throughput", "train_8cores", "train_recipe", "workers", "validate", "fsdp",
-                            "train_eager"]  # the goal's figures first (throughput beside tree, validate and fsdp
-    # beside workers)
+                            "train_eager"]
     assert report["pending"] == []
     assert {k for k, v in stages.items() if v["status"] != 0} == {"fsdp"}, proc.stderr[-5000:]
     assert stages["fsdp"]["log_tail"] == ["failing on purpose: GPU_CHECK_FAIL_STAGE=fsdp"]
@@ -185,8 +185,8 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
 
 def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
     """On a GPU machine with fewer cores than the sweep's largest point needs (8 workers + the main process), that
-    point takes the cores less one rather than being left out (which left the workers stage without figures), and the
-    cores left beside the sweep (for validate and fsdp) follow. The script's own functions, at its GPU settings."""
+    point takes the cores less one rather than being left out (a workers stage without figures), and the cores left
+    beside the sweep (for validate and fsdp) follow. The script's own functions, at its GPU settings."""
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     functions = "\n".join(re.search(rf"^{name}\(\) {{.*?^}}", script, re.M | re.S).group(0)
                           for name in ("points", "sweep_cores"))

@@ -42,8 +42,8 @@ def test_one_host_sync_per_log_interval_on_two_processes(digits_dataset, tmp_pat
     steps, every = 40, 10
     launch = ("--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
     counts = probed(tmp_path, train_cmd(digits_dataset, tmp_path / "run", "--max_train_steps", steps,
-                                               "--log_every_steps", every, "--epochs", 5, "--num_workers", 1,
-                                               launcher=launch))
+                                        "--log_every_steps", every, "--epochs", 5, "--num_workers", 1,
+                                        launcher=launch))
     assert len(counts) == 2
     for rank in counts:
         assert rank["steps"] == steps
@@ -58,7 +58,7 @@ def test_compiled_graphs_are_bounded_across_progressive_resizing(preprocessed, t
     (its smaller last batch runs eagerly), never a dynamic-shape graph or one per eval batch size."""
     out = tmp_path / "run"
     counts = probed(tmp_path, train_cmd(preprocessed, out, "--compile", "--epochs", 3, "--min_image_size", 16,
-                                               "--ramp_start_epoch", 0, "--ramp_end_epoch", 2, "--batch_size", 5))
+                                        "--ramp_start_epoch", 0, "--ramp_end_epoch", 2, "--batch_size", 5))
     sizes = {row["image_size"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     assert len(sizes) >= 2, sizes
     assert counts[0]["graphs"] == len(sizes) + 1
