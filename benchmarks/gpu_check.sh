@@ -28,8 +28,8 @@
 #               4,000 img/s
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume.
-#               It and validate need the GPU and a few cores, workers no GPU: run together, workers has the cores
-#               its largest run is pinned to and validate, then fsdp, the others
+#               It and validate need the GPU and a few cores, workers no GPU: the three run at once, workers on the
+#               cores its largest run is pinned to, validate on two of the others and fsdp on the rest
 #   train_eager train_recipe's run at 224 px without --compile
 # Every train.py stage says where its seconds went (seconds_split: start-up, training, evaluation, export,
 # checkpoints, and the rest: the launcher and the exit).
@@ -134,8 +134,10 @@ run_stage() {
   else
     "$2" > "$WORK/$name.log" 2>&1 || status=$?
   fi
-  # written whole (temp file, rename): a stage running beside another reads every finished stage's file
-  echo "{\"status\": $status, \"seconds\": $((SECONDS - started))}" > "$WORK/stages/.$name.tmp"
+  # written whole (temp file, rename): a stage running beside another reads every finished stage's file;
+  # started_s: seconds into the run, which shows the stages that ran side by side
+  echo "{\"status\": $status, \"seconds\": $((SECONDS - started)), \"started_s\": $((started - START))}" \
+    > "$WORK/stages/.$name.tmp"
   mv "$WORK/stages/.$name.tmp" "$WORK/stages/$name.json"
   [ "$status" = 0 ] || { echo "   $name failed (status $status); the end of its log:" >&2; tail -n 15 "$WORK/$name.log" >&2; }
   logs
@@ -204,6 +206,18 @@ first_cores() {  # first_cores N: the first N cores this script may use (all, wh
 last_cores() {  # last_cores N: the last N cores this script may use, as a taskset list
   "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[-int(sys.argv[1]):])))" "$1"
 }
+split_side() {  # split_side CPUS: validate's cores, then fsdp's (a line each): the last 2 and the rest, if 3 or more
+  local c v f
+  IFS=, read -r -a c <<< "$1"
+  if [ ${#c[@]} -lt 3 ]; then printf '%s\n' "$1" "$1"; return; fi
+  v="${c[*]: -2}"; f="${c[*]:0:${#c[@]}-2}"
+  printf '%s\n' "${v// /,}" "${f// /,}"
+}
+workers_on() {  # workers_on CPUS: DataLoader workers for a launch on those cores (one stays with the main process)
+  local n
+  n="$(pinned "$1" "${COUNT_CORES[@]}")"
+  echo $((n > 1 ? n - 1 : 1))
+}
 points() {  # points N...: the sweep's worker counts on this machine, each at most its cores less SWEEP_MAIN, once
   local n seen=" "
   for n in "$@"; do
@@ -246,26 +260,27 @@ sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loade
     --feed_img_s "$4" --output "$WORK/$2.json"
 }
 
-side_launch() {  # side_launch NAME: the cores validate or fsdp has, and whether workers ran beside it
-  echo "{\"cpus\": \"$SIDE_CPUS\", \"beside_workers\": $([ ${#BESIDE_WORKERS[@]} -gt 0 ] && echo true || echo false)}" \
+side_launch() {  # side_launch NAME CPUS: the cores validate or fsdp has, and whether workers ran beside it
+  echo "{\"cpus\": \"$2\", \"beside_workers\": $([ ${#BESIDE_WORKERS[@]} -gt 0 ] && echo true || echo false)}" \
     > "$WORK/${1}_launch.json"
 }
 fsdp() {
-  pinned "$SIDE_CPUS" "${ACCELERATE[@]}" --config_file "$ROOT/accelerate_configs/fsdp.yaml" --num_processes 1 \
+  pinned "$FSDP_CPUS" "${ACCELERATE[@]}" --config_file "$ROOT/accelerate_configs/fsdp.yaml" --num_processes 1 \
     $([ "$CPU" = 1 ] && echo --mixed_precision no) "$ROOT/train.py" --dataset "$WORK/ds" \
     --output_dir "$WORK/fsdp" --ema_decay 0 --epochs 100 --save_every_steps "${FSDP_STEPS[0]}" "${FSDP[@]}" \
-    --num_workers "$SIDE_WORKERS" "${COMMON[@]}" "$@"
+    --num_workers "$(workers_on "$FSDP_CPUS")" "${COMMON[@]}" "$@"
 }
 stage_fsdp() {
-  side_launch fsdp
+  side_launch fsdp "$FSDP_CPUS"
   fsdp --max_train_steps "${FSDP_STEPS[0]}" &&
   fsdp --max_train_steps "${FSDP_STEPS[1]}" --resume_from_checkpoint latest
 }
 
 stage_validate() {
-  side_launch validate
-  pinned "$SIDE_CPUS" "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/validate.py" --model "$WORK/train_recipe/final" \
-    --dataset "$WORK/ds" --batch_size "$VAL_BATCH" --num_workers "$SIDE_WORKERS" --output "$WORK/validate.json"
+  side_launch validate "$VALIDATE_CPUS"
+  pinned "$VALIDATE_CPUS" "${ACCELERATE[@]}" "${PRECISION[@]}" "$ROOT/validate.py" \
+    --model "$WORK/train_recipe/final" --dataset "$WORK/ds" --batch_size "$VAL_BATCH" \
+    --num_workers "$(workers_on "$VALIDATE_CPUS")" --output "$WORK/validate.json"
 }
 
 # report: every stage's figures that exist so far, to $OUT (atomically)
@@ -475,27 +490,29 @@ PYEOF
 
 # Stages that need the GPU and few cores run beside one that needs cores and no GPU, each on cores of its own, when
 # both are asked for and the cores allow: throughput beside tree (on the last core, tree on the others), and
-# validate, then fsdp, beside workers (on the cores past workers' largest run), so that neither costs time
+# validate and fsdp beside workers (on the cores past workers' largest run: validate, 200 images, on two of them and
+# fsdp on the rest, or both on all of them where they are fewer than 3), so that none of them costs time
 asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
-TREE_CPUS="$(first_cores "$CORES")"; THROUGHPUT_CPUS="$TREE_CPUS"; SIDE_CPUS="$TREE_CPUS"; BESIDE_TREE=""
+TREE_CPUS="$(first_cores "$CORES")"; THROUGHPUT_CPUS="$TREE_CPUS"; BESIDE_TREE=""
+VALIDATE_CPUS="$TREE_CPUS"; FSDP_CPUS="$TREE_CPUS"
 BESIDE_WORKERS=()
 if asked tree && asked throughput && [ "$CORES" -gt 1 ]; then
   TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_cores 1)"; BESIDE_TREE=throughput
 fi
 SWEEP_CORES="$(sweep_cores)"
 if asked workers && [ "$SWEEP_CORES" -gt 0 ] && [ "$CORES" -gt "$SWEEP_CORES" ]; then
-  SIDE_CPUS="$(last_cores $((CORES - SWEEP_CORES)))"
+  VALIDATE_CPUS="$(last_cores $((CORES - SWEEP_CORES)))"; FSDP_CPUS="$VALIDATE_CPUS"
   for name in validate fsdp; do asked "$name" && BESIDE_WORKERS+=("$name"); done
+  if [ ${#BESIDE_WORKERS[@]} = 2 ]; then
+    { read -r VALIDATE_CPUS; read -r FSDP_CPUS; } <<< "$(split_side "$VALIDATE_CPUS")"
+  fi
 fi
-SIDE_WORKERS="$(pinned "$SIDE_CPUS" "${COUNT_CORES[@]}")"
-SIDE_WORKERS=$((SIDE_WORKERS > 1 ? SIDE_WORKERS - 1 : 1))  # validate's and fsdp's: one core stays with the main process
 
-run_beside() {  # run_beside NAME SIDE...: stage NAME, and beside it the SIDE stages one after another
-  local main="$1" side pid; shift
-  ( for side in "$@"; do run_stage "$side" "stage_$side"; done ) &
-  pid=$!
+run_beside() {  # run_beside NAME SIDE...: stage NAME, and beside it the SIDE stages, all at once
+  local main="$1" side pids=(); shift
+  for side in "$@"; do run_stage "$side" "stage_$side" & pids+=($!); done
   run_stage "$main" "stage_$main"
-  wait "$pid"
+  wait "${pids[@]}"
   report  # every stage's figures, whichever finished last
 }
 for name in "${STAGES[@]}"; do

@@ -154,6 +154,11 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         own, side = workers["cpus"].split(","), stages["validate"]["cpus"].split(",")
         assert workers["beside"] == ["validate", "fsdp"] and stages["validate"]["beside_workers"] is True
         assert not set(own) & set(side) and len(own) + len(side) == report["machine"]["cpu_cores"]
+        # all three at once (started_s: seconds into the run), as throughput and tree
+        started = [stages[n]["started_s"] for n in ("workers", "validate", "fsdp")]
+        assert max(started) - min(started) <= 1
+        assert abs(stages["throughput"]["started_s"] - stages["tree"]["started_s"]) <= 1
+        assert stages["train_8cores"]["started_s"] >= stages["tree"]["started_s"] + stages["tree"]["seconds"]
     assert stages["validate"]["matches_card"] is True
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert {Path(n).name for n in logs.getnames()} >= {"tree.log", "train_eager.log", "validate.log"}
@@ -186,10 +191,11 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
 def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
     """On a GPU machine with fewer cores than the sweep's largest point needs (8 workers + the main process), that
     point takes the cores less one rather than being left out (a workers stage without figures), and the cores left
-    beside the sweep (for validate and fsdp) follow. The script's own functions, at its GPU settings."""
+    beside the sweep (for validate and fsdp, split between them where there are 3 or more) follow. The script's own
+    functions, at its GPU settings."""
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     functions = "\n".join(re.search(rf"^{name}\(\) {{.*?^}}", script, re.M | re.S).group(0)
-                          for name in ("points", "sweep_cores"))
+                          for name in ("points", "sweep_cores", "split_side"))
     settings = re.search(r"^  (SWEEP=\(.*?\); SWEEP_256=\(.*?\); SWEEP_MAIN=1);", script, re.M).group(1)
     assert settings == "SWEEP=(8); SWEEP_256=(1 8); SWEEP_MAIN=1"
     for cores, originals, copy, used in ((16, "8", "1 8", "9"), (9, "8", "1 8", "9"), (8, "7", "1 7", "8"),
@@ -198,6 +204,12 @@ def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
                                 'echo $(points "${SWEEP[@]}"); echo $(points "${SWEEP_256[@]}"); sweep_cores'],
                                capture_output=True, text=True, check=True).stdout.splitlines()
         assert shown == [originals, copy, used], cores
+    # validate (200 images) on the last 2 of the cores beside the sweep and fsdp on the rest; fewer: both on all
+    for side, validate, fsdp in (("9,10,11,12,13,14,15", "14,15", "9,10,11,12,13"), ("6,7,8", "7,8", "6"),
+                                 ("8,9", "8,9", "8,9"), ("1", "1", "1")):
+        shown = subprocess.run(["bash", "-c", f"{functions}\nsplit_side {side}"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        assert shown == [validate, fsdp], side
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the check itself")
