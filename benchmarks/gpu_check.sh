@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_check.sh [--out benchmarks/results/gpu_check.json]   # on a machine with one GPU
 #   bash benchmarks/gpu_check.sh --cpu [--out F.json]                        # dry run: every stage tiny, on the CPU
 #   bash benchmarks/gpu_check.sh --stages tree,train_recipe,workers          # some stages only (tree first)
+#   PYTHON=/opt/env/bin/python bash benchmarks/gpu_check.sh                  # another interpreter (default: .venv's,
+#                                                                            # else python3)
 #
 # Stages, each timed and recorded on its own, most telling first: a stage that fails is reported with the end of
 # its log and the others still run; the JSON (its `pending`: the stages not reached yet) and F_logs.tar.gz (every

@@ -44,7 +44,10 @@ from imagenet_trainer.config import parse_config  # noqa: E402
 
 CUDA_SYNC_WARNING = "called a synchronizing CUDA operation"  # c10/cuda's text for set_sync_debug_mode("warn")
 HOST_READS = ("item", "tolist", "cpu", "__bool__")
-COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "barrier")
+COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "barrier")
+# the single-tensor gather and reduce-scatter (FSDP2's): torch 2.13+ calls *_single, which its deprecated *_tensor
+# names call in turn, torch 2.11 has the *_tensor ones only; the first that exists is counted, each call once
+TENSOR_COLLECTIVES = (("all_gather_single", "all_gather_into_tensor"), ("reduce_scatter_single", "reduce_scatter_tensor"))
 
 
 @dataclass(kw_only=True)
@@ -129,7 +132,7 @@ def main(argv: list[str]) -> None:
     probe = Probe()
     for name in HOST_READS:
         setattr(torch.Tensor, name, probe.counting(getattr(torch.Tensor, name), "host_reads"))
-    for name in COLLECTIVES:
+    for name in (*COLLECTIVES, *(next(n for n in names if hasattr(dist, n)) for names in TENSOR_COLLECTIVES)):
         setattr(dist, name, probe.counting(getattr(dist, name), "collectives"))
     count_cuda_warnings(probe)
     if cfg.compile_backend:

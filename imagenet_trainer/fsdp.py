@@ -8,6 +8,8 @@ meshes cannot share one root.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from accelerate.utils import DistributedType
 
@@ -34,19 +36,32 @@ def shard_norm_layers(model: torch.nn.Module, compute_dtype: torch.dtype, mesh) 
 
     One unit for all norms: an all-gather in forward and a reduce-scatter in backward per step for all of them
     (ResNet-50: 53 BatchNorms, ~0.2 MB of fp32 parameters), where a unit per norm layer issued two collectives of a few
-    KB per layer. fully_shard of a module list casts the input of each module in the group to fp32 and
-    its output back to `compute_dtype` (torch/distributed/fsdp/_fully_shard/_fsdp_state.py,
-    _register_group_forward_hooks), as a unit per norm layer did (PyTorch's test_fully_shard_mixed_precision.py,
-    _test_norm_modules). The parameters stay gathered from forward to backward (reshard_after_forward=False): they are
-    small, and resharding would add an all-gather in backward. Call it before the blocks are sharded, which then
-    leave these parameters to this unit."""
+    KB per layer. Each norm layer's input is cast to fp32 and its output back to `compute_dtype`, as a unit per norm
+    layer did (PyTorch's test_fully_shard_mixed_precision.py, _test_norm_modules). fully_shard of a module list does
+    that itself in torch 2.13 and 2.14 (torch/distributed/fsdp/_fully_shard/_fsdp_state.py,
+    _register_group_forward_hooks); torch 2.11's group hooks cast the first module's input and the last one's output
+    only, which left every other norm computing in bf16, so each layer also gets hooks of our own (`_inputs_to_fp32`,
+    `_output_to`). The parameters stay gathered from forward to backward (reshard_after_forward=False): they are small,
+    and resharding would add an all-gather in backward. Call it before the blocks are sharded, which then leave these
+    parameters to this unit."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: PLC0415 (FSDP launches only)
 
     norms = norm_layers(model)
     if norms:
         policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=compute_dtype)
         fully_shard(norms, mp_policy=policy, reshard_after_forward=False, mesh=mesh)
+        for norm in norms:  # after fully_shard's hooks: on torch 2.13+ these find the dtypes already cast
+            norm.register_forward_pre_hook(_inputs_to_fp32)
+            norm.register_forward_hook(functools.partial(_output_to, compute_dtype))
     return len(norms)
+
+
+def _inputs_to_fp32(module: torch.nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _output_to(dtype: torch.dtype, module: torch.nn.Module, args: tuple, output):
+    return output.to(dtype) if torch.is_tensor(output) and output.is_floating_point() else output
 
 
 # Gradients are reduce-scattered in fp32 under FSDP mixed precision: the regime of DDP + autocast, whose gradients of
