@@ -115,7 +115,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     for name in ("train_eager", "train_recipe"):
         train = stages[name]
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
-        assert train["first_batch_s"] > 0 and 0 <= train["data_wait_steady_frac"] < train["data_wait_frac"]
+        assert train["first_batch_s"] > 0 and 0 <= train["data_wait_steady_frac"] <= train["data_wait_frac"]
         assert train["cores"] == report["machine"]["cpu_cores"] and train["num_workers"] == max(1, train["cores"] - 1)
     goal = stages["train_8cores"]  # the goal's setting, pinned to the first 8 cores (all of a smaller machine)
     cores = min(8, report["machine"]["cpu_cores"])
@@ -127,9 +127,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert goal["images_per_sec"] > 0 and 0 <= goal["data_wait_frac"] <= 1
     assert goal["goal"] == {"images_per_sec_steady_at_least": 4000, "data_wait_steady_frac_below": 0.05,
                             "cores_at_most": 8}
-    # without each epoch's first-batch wait: strictly less waiting (unrounded means), and a rate no lower once both
-    # are rounded to 0.1 img/s (a wait of a few ms in a 10 s epoch leaves the same rounded rate)
-    assert goal["data_wait_steady_frac"] < goal["data_wait_frac"]
+    # without each epoch's first-batch wait: no more waiting and a rate no lower. Not strictly: the report rounds
+    # (shares to 0.001, rates to 0.1 img/s), and a first batch of a few ms in a CPU epoch of seconds leaves the
+    # figures equal; tests/test_train.py checks the unrounded metrics.jsonl rows strictly
+    assert goal["data_wait_steady_frac"] <= goal["data_wait_frac"]
     assert goal["images_per_sec_steady"] >= goal["images_per_sec"]
     assert all(e["first_batch_s"] > 0 and e["data_wait_steady_frac"] <= e["data_wait_frac"] for e in goal["per_epoch"])
     assert "goal_met" in goal and goal["goal_met"] is None  # a GPU's figure only
