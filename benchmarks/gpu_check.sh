@@ -495,8 +495,8 @@ PYEOF
 # validate and fsdp beside workers (on the cores past workers' largest run: validate, 200 images, on two of them and
 # fsdp on the rest, or both on all of them where they are fewer than 3), so that none of them costs time
 asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
-TREE_CPUS="$(first_cores "$CORES")"; THROUGHPUT_CPUS="$TREE_CPUS"; BESIDE_TREE=""
-VALIDATE_CPUS="$TREE_CPUS"; FSDP_CPUS="$TREE_CPUS"
+ALL_CPUS="$(first_cores "$CORES")"  # each stage's cores where it runs alone
+TREE_CPUS="$ALL_CPUS"; THROUGHPUT_CPUS="$ALL_CPUS"; VALIDATE_CPUS="$ALL_CPUS"; FSDP_CPUS="$ALL_CPUS"; BESIDE_TREE=""
 BESIDE_WORKERS=()
 if asked tree && asked throughput && [ "$CORES" -gt 1 ]; then
   TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_cores 1)"; BESIDE_TREE=throughput
