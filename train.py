@@ -70,7 +70,7 @@ from imagenet_trainer.data.ring import BatchRing, RingCollate
 from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
-                                           on_device)
+                                           on_device, worker_context)
 from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
@@ -414,11 +414,14 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     workers = loader_workers(cfg.num_workers, print_fn=accelerator.print)
     largest = max(cfg.image_size, eval_size) ** 2 * 3 * cfg.batch_size  # bytes of a uint8 batch
     check_shm(workers, largest, local_processes())
+    context = worker_context() if workers else None
     loader_kw = dict(num_workers=workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                      persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers else None,
+                     multiprocessing_context=context,
                      generator=torch.Generator())  # own generator: creating an iterator must not consume global RNG
     # the train batches go through slots the workers reuse (data.ring), made before the workers start
-    ring = BatchRing(workers, RING_SLOTS, (cfg.batch_size, cfg.image_size, cfg.image_size, 3)) if workers else None
+    ring = (BatchRing(workers, RING_SLOTS, (cfg.batch_size, cfg.image_size, cfg.image_size, 3), context=context)
+            if workers else None)
     train_loader = RecordingLoader(train_set, batch_sampler=sampler, bad=bad,
                                    **(loader_kw | ({"collate_fn": RingCollate(ring)} if ring else {})))
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)

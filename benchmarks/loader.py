@@ -78,7 +78,7 @@ from imagenet_trainer import data as pipeline_steps  # noqa: E402
 from imagenet_trainer.data import decode  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate  # noqa: E402
-from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS  # noqa: E402
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, worker_context  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -196,11 +196,13 @@ def baseline_loader(folder, indices: list[int], transform, batch_size: int, num_
 def ours_loader(dataset, rows: list[int], batch_size: int, num_workers: int, with_epoch: bool):
     """Our loader as train.py builds it: with workers, a training set's batches go through the ring's reused slots
     (data.ring; evaluation's through fresh shared memory)."""
-    ring = None
+    ring, context = None, worker_context() if num_workers else None
     if num_workers and isinstance(dataset, TrainSet):
-        ring = BatchRing(num_workers, RING_SLOTS, (batch_size, dataset.image_size, dataset.image_size, 3))
+        ring = BatchRing(num_workers, RING_SLOTS, (batch_size, dataset.image_size, dataset.image_size, 3),
+                         context=context)
     return torch.utils.data.DataLoader(dataset, batch_sampler=EpochBatches(rows, batch_size, with_epoch),
-                                       collate_fn=RingCollate(ring) if ring else collate, **loader_kw(num_workers))
+                                       collate_fn=RingCollate(ring) if ring else collate,
+                                       multiprocessing_context=context, **loader_kw(num_workers))
 
 
 def warm_rows(splits: dict, rows: dict) -> dict:

@@ -19,6 +19,7 @@ from timm.data import resolve_data_config
 from imagenet_trainer import eval_sets, robustness
 from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
 from imagenet_trainer.ilsvrc import imagenet_wnids
+from imagenet_trainer.loader_setup import worker_context
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
 
@@ -100,7 +101,8 @@ def eval_loader(accelerator, split, image_size: int, crop_pct: float, interpolat
     """The Accelerate-prepared loader of ``split`` in the model's eval transform (resize, centre crop, uint8)."""
     eval_set = EvalSet(split, image_size, crop_pct=crop_pct, interpolation=interpolation)
     loader = torch.utils.data.DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=collate, pin_memory=accelerator.device.type == "cuda")
+                                         collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
+                                         multiprocessing_context=worker_context() if num_workers else None)
     return accelerator.prepare_data_loader(loader)
 
 

@@ -1,19 +1,32 @@
-"""The host side of train.py's DataLoaders: how many worker processes (loader_workers), whether /dev/shm holds
-their batches (check_shm), and the batches' copy to the device, overlapped with the step (on_device).
+"""The host side of train.py's DataLoaders: how many worker processes (loader_workers), how they start
+(worker_context), whether /dev/shm holds their batches (check_shm), and the batches' copy to the device, overlapped
+with the step (on_device).
 """
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import shutil
+import signal
 
 import torch
 
 from .data.ring import RingBatch, device_tensors, host_tensors
+from .stop_signals import STOP_SIGNALS
 
 PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
 RING_SLOTS = PREFETCH_FACTOR + 2  # batch slots per train worker (data.ring): its prefetched batches, the one the
 # step uses and the one being copied out
 SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
+WORKER_START = "forkserver"  # workers are forked from a server process that runs no other thread, never from the
+# training process: a fork copies each lock as the process's other threads hold it at that instant, and gloo's and
+# NCCL's threads take the interpreter's thread-state lock whenever they drop a tensor Python made; before Python
+# 3.11.10 and 3.12 a worker forked at that instant hangs before it starts, and every rank with it (CPython gh-112275)
+WORKER_PRELOAD = ["imagenet_trainer.data", "accelerate", "timm", "modeling"]  # what the server imports once: the
+# pipeline, and what train.py's and validate.py's imports add, which each worker meets when it runs the main script
+# again as "__mp_main__" (multiprocessing's way for forkserver and spawn)
 
 
 def local_processes() -> int:
@@ -32,6 +45,26 @@ def loader_workers(requested: int, print_fn=print) -> int:
     print_fn(f"--num_workers {workers}: {cores} cores for {local_processes()} process(es) on this machine, one each "
              "for the process itself")
     return workers
+
+
+def worker_context():
+    """The multiprocessing context of every DataLoader with workers, and of the BatchRing they write into: the
+    WORKER_START server where the platform has one (Linux, macOS), else the platform's default (spawn on Windows).
+    The server starts now, so its imports overlap what the caller does before the first worker starts."""
+    if WORKER_START not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context()
+    context = multiprocessing.get_context(WORKER_START)
+    context.set_forkserver_preload(WORKER_PRELOAD)  # for a server not yet started: one process has one server
+    # the server and every worker it forks start with the stop signals blocked (a mask outlives fork and exec):
+    # SLURM's preemption signals every process of the job, and they must load on until train.py has checkpointed
+    # and closes them (torch's own handler ends a worker on a SIGTERM from any process but its parent)
+    multiprocessing.resource_tracker.ensure_running()  # before the mask: starting it unblocks SIGTERM on its way
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal that came meanwhile reaches this process now
+    return context
 
 
 def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:

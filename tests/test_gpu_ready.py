@@ -19,6 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from accelerate import Accelerator
+from imagenet_trainer.bad_samples import BadSamples
+from imagenet_trainer.config import parse_config
+from imagenet_trainer.data.ring import RingBatch, host_tensors
 from test_fsdp import free_port
 from test_train import ROOT, ok, run, train_cmd
 
@@ -88,6 +92,68 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes_bitwise(preprocessed, tmp
     assert mine.keys() == reference.keys() and all(torch.equal(mine[k], reference[k]) for k in mine)
 
 
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # after "pid (name) state"
+
+
+def blocked_signals(pid: int) -> set[signal.Signals]:
+    mask = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("SigBlk:")).split()[1], 16)
+    return {sig for sig in signal.Signals if mask >> (sig - 1) & 1}
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid`, at any depth (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = parent_pid(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found, frontier = found + children, children
+    return found
+
+
+def newest_step(out: Path) -> int:
+    return max((int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")), default=0)
+
+
+def test_sigterm_to_every_process_of_the_job_still_checkpoints_and_exits_75(preprocessed, tmp_path):
+    """SIGTERM to every process of the launch, as SLURM's preemption sends it: the DataLoader workers and the server
+    that forks them have it blocked and load on (here they get it first, and train.py goes on for 10 more steps),
+    then train.py checkpoints at its next step and exits 75 instead of failing on a loader whose workers died under
+    it (torch's own handler ends a worker on a SIGTERM from any process but its parent)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", 200, "--save_every_steps", 1, "--keep_last", 3,
+                                      "--num_workers", 2), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while newest_step(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the workers are loading once a checkpoint after the first step exists
+        below = descendants(proc.pid)  # the server, its train and eval workers, multiprocessing's resource tracker
+        assert len(below) >= 3, below
+        for pid in below:
+            os.kill(pid, signal.SIGTERM)
+        signalled = newest_step(out)
+        while newest_step(out) < signalled + 10 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and newest_step(out) >= signalled + 10, proc.communicate()[1][-3000:]
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == train.STOPPED_STATUS, stderr[-3000:]
+    record = json.loads((out / train.STOPPED_RECORD).read_text())
+    assert record["signal"] == "SIGTERM" and record["step"] > signalled + 10
+    assert Path(record["checkpoint"]).name == f"step_{record['step']:08d}"
+
+
 def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
     said = []
     cores = len(os.sched_getaffinity(0))
@@ -97,6 +163,33 @@ def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
     assert train.loader_workers(-1, print_fn=said.append) == 0  # one core each: load in the process itself
     assert train.loader_workers(3, print_fn=said.append) == 3 and len(said) == 2  # an explicit count is kept, silently
+
+
+def test_loader_workers_start_from_a_server_not_from_the_training_process(preprocessed):
+    """train.py's loaders (train through the ring, and eval) fork their workers from the forkserver, not from the
+    training process: a worker forked there while a gloo or NCCL thread held the interpreter's thread-state lock
+    hung before it ran, and every rank with it (Python < 3.11.10, CPython gh-112275); in 2-process CPU runs, one
+    launch in 20-40 under load hung at the first evaluation."""
+    cfg = parse_config(train.TrainConfig, ["--model", "blocknet_tiny", "--dataset", str(preprocessed),
+                                           "--num_workers", "1", "--batch_size", "4", "--image_size", "32"])
+    ds, _ = train.load_data(cfg.dataset, cfg.eval_split)
+    bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples)
+    loaders = train.build_loaders(cfg, ds, {"crop_pct": 0.875, "interpolation": "bilinear"}, Accelerator(cpu=True),
+                                  bad)
+    for loader, kind in zip(loaders, (RingBatch, tuple)):  # train's through the ring
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
+        batches = iter(loader)
+        batch = next(batches)
+        assert isinstance(batch, kind)
+        images, labels = host_tensors(batch)
+        assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+        (worker,) = loader._iterator._workers  # persistent workers: the loader keeps its iterator
+        server = parent_pid(worker.pid)
+        assert server != os.getpid() and parent_pid(server) == os.getpid()
+        for pid in (server, worker.pid):  # the stop signals are train.py's to act on (SLURM signals every process)
+            assert blocked_signals(pid) >= {signal.SIGTERM, signal.SIGUSR1}
+        assert not blocked_signals(os.getpid()) & {signal.SIGTERM, signal.SIGUSR1}
+        del batches
 
 
 def test_shared_memory_too_small_is_one_line(tmp_path):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import collections
+import multiprocessing
 
 import pytest
 import torch
 
 from imagenet_trainer.data import Batch
 from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate, host_tensors
-from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, on_device
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, on_device, worker_context
 
 BATCH, SIDE = 4, 8
 
@@ -49,10 +50,16 @@ class Epochs(torch.utils.data.Sampler):
         return self.batches
 
 
-def loader(ring: BatchRing, sampler: Epochs) -> torch.utils.data.DataLoader:
+def ring_and_context(workers: int, slots: int, start: str = "train.py's", **kw):
+    """A BatchRing and the context of its loader's workers: train.py's (worker_context), or `start`'s."""
+    context = worker_context() if start == "train.py's" else multiprocessing.get_context(start)
+    return BatchRing(workers, slots, (BATCH, SIDE, SIDE, 3), context=context, **kw), context
+
+
+def loader(ring: BatchRing, context, sampler: Epochs) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(Filled(), batch_sampler=sampler, collate_fn=RingCollate(ring),
                                        num_workers=ring.workers, prefetch_factor=PREFETCH_FACTOR,
-                                       persistent_workers=True)
+                                       persistent_workers=True, multiprocessing_context=context)
 
 
 def check(images: torch.Tensor, labels, keys, replaced) -> None:
@@ -65,11 +72,12 @@ def check(images: torch.Tensor, labels, keys, replaced) -> None:
     assert list(replaced) == [(i, i + 1000, "broken") for _, i in keys if i % 7 == 3]
 
 
-@pytest.mark.parametrize("slots", [RING_SLOTS, 3])  # 3: fewer than the prefetch, workers wait for the consumer
-def test_workers_reuse_their_slots_and_never_overwrite_a_held_one(slots):
-    ring = BatchRing(2, slots, (BATCH, SIDE, SIDE, 3))
+# 3 slots: fewer than the prefetch, workers wait for the consumer; fork: a loader of the user's own, on Linux
+@pytest.mark.parametrize("slots,start", [(RING_SLOTS, "train.py's"), (3, "train.py's"), (3, "fork")])
+def test_workers_reuse_their_slots_and_never_overwrite_a_held_one(slots, start):
+    ring, context = ring_and_context(2, slots, start)
     sampler = Epochs(batches=12)
-    data = loader(ring, sampler)
+    data = loader(ring, context, sampler)
     used = set()
     for epoch in range(4):
         sampler.epoch = epoch
@@ -95,10 +103,10 @@ def test_workers_reuse_their_slots_and_never_overwrite_a_held_one(slots):
 
 
 def test_a_consumer_that_never_lets_go_still_gets_every_batch():
-    ring = BatchRing(2, 2, (BATCH, SIDE, SIDE, 3), wait_s=0.2)
+    ring, context = ring_and_context(2, 2, wait_s=0.2)
     sampler = Epochs(batches=10)
     keys = epoch_keys(0, sampler.batches)
-    kept = list(loader(ring, sampler))  # holds every batch: the slots are never released
+    kept = list(loader(ring, context, sampler))  # holds every batch: the slots are never released
     assert sum(isinstance(b, RingBatch) for b in kept) == 4 and ring.fallbacks.sum() == 6
     for batch, batch_keys in zip(kept, keys):
         if isinstance(batch, RingBatch):
@@ -109,10 +117,10 @@ def test_a_consumer_that_never_lets_go_still_gets_every_batch():
 
 
 def test_on_device_copies_ring_batches_out_on_the_host():
-    ring = BatchRing(1, RING_SLOTS, (BATCH, SIDE, SIDE, 3))
+    ring, context = ring_and_context(1, RING_SLOTS)
     sampler = Epochs(batches=20)
     keys = epoch_keys(0, sampler.batches)
-    out = list(on_device(loader(ring, sampler), torch.device("cpu")))  # every batch kept: each is its own copy
+    out = list(on_device(loader(ring, context, sampler), torch.device("cpu")))  # every batch kept: each is its own copy
     assert len(out) == len(keys) and ring.fallbacks.item() == 0
     for (x, y), batch_keys in zip(out, keys):
         check(x, y, batch_keys, [(i, i + 1000, "broken") for _, i in batch_keys if i % 7 == 3])

@@ -35,15 +35,17 @@ _TOKENS = itertools.count()
 class BatchRing:
     """``workers`` x ``slots_per_worker`` uint8 slots of ``max_shape`` (N, H, W, C) in shared memory; a smaller
     batch (the last one, a progressive-resizing epoch) uses a prefix of its slot. Make it in the main process
-    before the DataLoader starts its workers (they inherit it with the collate_fn)."""
+    before the DataLoader starts its workers (they get it with the collate_fn), with the DataLoader's
+    multiprocessing ``context`` (default: multiprocessing's), whose workers can open its semaphores."""
 
-    def __init__(self, workers: int, slots_per_worker: int, max_shape: tuple[int, ...], wait_s: float = WAIT_S):
+    def __init__(self, workers: int, slots_per_worker: int, max_shape: tuple[int, ...], wait_s: float = WAIT_S,
+                 context=None):
         self.workers, self.slots_per_worker, self.wait_s = workers, slots_per_worker, wait_s
         self.slot_bytes = math.prod(max_shape)
         storage = torch.UntypedStorage._new_shared(workers * slots_per_worker * self.slot_bytes)
         self.memory = torch.empty(0, dtype=torch.uint8).set_(storage).view(workers * slots_per_worker, -1)
         _prefault(self.memory)  # mapped once here, in every process, instead of on each batch
-        context = multiprocessing.get_context()  # the DataLoader's default: its workers can open these
+        context = context or multiprocessing.get_context()
         self.free = [context.BoundedSemaphore(1) for _ in range(workers * slots_per_worker)]
         self.fallbacks = torch.zeros(workers, dtype=torch.int64).share_memory_()  # batches collated without a slot
         self.owner, self.token = os.getpid(), f"{os.getpid()}-{next(_TOKENS)}"
