@@ -168,8 +168,8 @@ def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
 def test_loader_workers_start_from_a_server_not_from_the_training_process(preprocessed):
     """train.py's loaders (train through the ring, and eval) fork their workers from the forkserver, not from the
     training process: a worker forked there while a gloo or NCCL thread held the interpreter's thread-state lock
-    hung before it ran, and every rank with it (Python < 3.11.10, CPython gh-112275); in 2-process CPU runs, one
-    launch in 20-40 under load hung at the first evaluation."""
+    hung before it ran, and every rank with it (Python < 3.11.10, CPython gh-112275): 2 of about 36 2-process CPU
+    launches under load hung at their first evaluation."""
     cfg = parse_config(train.TrainConfig, ["--model", "blocknet_tiny", "--dataset", str(preprocessed),
                                            "--num_workers", "1", "--batch_size", "4", "--image_size", "32"])
     ds, _ = train.load_data(cfg.dataset, cfg.eval_split)
