@@ -124,8 +124,9 @@ def newest_step(out: Path) -> int:
 def test_sigterm_to_every_process_of_the_job_still_checkpoints_and_exits_75(preprocessed, tmp_path):
     """SIGTERM to every process of the launch, as SLURM's preemption sends it: the DataLoader workers and the server
     that forks them have it blocked and load on (here they get it first, and train.py goes on for 10 more steps),
-    then train.py checkpoints at its next step and exits 75 instead of failing on a loader whose workers died under
-    it (torch's own handler ends a worker on a SIGTERM from any process but its parent)."""
+    then train.py checkpoints at its next step (or at the epoch-end checkpoint it is writing) and exits 75 instead of
+    failing on a loader whose workers died under it (torch's own handler ends a worker on a SIGTERM from any process
+    but its parent)."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", 200, "--save_every_steps", 1, "--keep_last", 3,
@@ -150,7 +151,8 @@ def test_sigterm_to_every_process_of_the_job_still_checkpoints_and_exits_75(prep
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == train.STOPPED_STATUS, stderr[-3000:]
     record = json.loads((out / train.STOPPED_RECORD).read_text())
-    assert record["signal"] == "SIGTERM" and record["step"] > signalled + 10
+    # >=, not >: a signal landing while the epoch-end checkpoint (the one seen above) is written stops at its step
+    assert record["signal"] == "SIGTERM" and record["step"] >= signalled + 10
     assert Path(record["checkpoint"]).name == f"step_{record['step']:08d}"
 
 
