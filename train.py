@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shutil
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -277,13 +278,17 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     """Accelerate owns device, precision and distribution. With no accelerator present, ask for the CPU explicitly:
     under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine either reports DistributedType.NO in
     every rank (accelerate 1.15: N independent copies racing on one folder) or fails to start NCCL (torch 2.14);
-    cpu=True gives real MULTI_CPU DDP over gloo."""
-    return Accelerator(
+    cpu=True gives real MULTI_CPU DDP over gloo. The default process group it starts is held in WORLD_GROUP until
+    close_process_groups."""
+    accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir)),
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        WORLD_GROUP.append(torch.distributed.group.WORLD)
+    return accelerator
 
 
 def set_backends(accelerator: Accelerator) -> None:
@@ -849,15 +854,37 @@ def close_process_groups() -> None:
     the interpreter is whole. Left to its teardown, a gloo group's worker threads can outlive it and abort the process
     (std::terminate) after its output is written; accelerate's state keeps the HSDP DeviceMesh, and with it the
     groups, alive until then (torch's proposal of the same fix: pytorch/pytorch#179291). Local, not a collective:
-    the other ranks may be gone."""
+    the other ranks may be gone.
+
+    The default group goes last, through WORLD_GROUP's Python handle, whose release lets the GIL go while the group's
+    destructor joins gloo's worker threads. DDP's C++ reducer holds the group too; had its reference been the last
+    (the model freed after end_training destroyed the group), the join ran with the GIL held, and a worker thread
+    still freeing a finished collective's tensors (a barrier's record of the all-gathers before it) waited for the
+    GIL: the rank hung after writing all its output (torch 2.11, 3 of 12 2-process CPU launches of
+    tests/test_bad_samples_ranks.py; the GIL in such destructors: pytorch/pytorch#56297)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     AcceleratorState._reset_state(reset_partial_state=True)  # drops its device_mesh
     gc.collect()  # the model's DTensors and meshes sit in reference cycles: their groups go now, not at teardown
+    WORLD_GROUP.clear()
+
+
+# The default process group's Python handle, from make_accelerator to close_process_groups (why: there)
+WORLD_GROUP: list = []
+
+
+def run_and_close(entry: Callable[[list[str]], object], argv: list[str]) -> None:
+    """entry(argv), then close_process_groups on every path. An error's frames (SystemExit too: the stop-signal and
+    bad-sample exits) hold main's model, and DDP's reducer with it: they are freed first, so WORLD_GROUP's release
+    stays the group's last."""
+    try:
+        entry(argv)
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        close_process_groups()
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    finally:
-        close_process_groups()
+    run_and_close(main, sys.argv[1:])

@@ -145,7 +145,7 @@ def main(argv: list[str]) -> None:
     trainer = module["EpochTrainer"]
     trainer.train, trainer.finish = probe.around_training(trainer.train), probe.around_training(trainer.finish)
     module["STARTED"] = STARTED  # main() reads its module's globals: this process started before the probe's imports
-    module["main"](script_args)
+    module["run_and_close"](module["main"], script_args)  # as train.py's __main__: its process groups closed in order
 
     from torch._dynamo.utils import counters
     report = {**probe.counts, "graphs": counters["stats"]["unique_graphs"],

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 import modeling
 import preprocess
+import train
 import validate
 from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
@@ -388,6 +389,32 @@ def test_two_processes_refuse_a_busy_output_dir_together(preprocessed, tmp_path)
 
 
 # -- SLURM: the signal reaches train.py whatever the process tracking ---------------------------------------------------
+
+@pytest.mark.parametrize("how", ["return", "exit"])
+def test_a_rank_freeing_ddp_mid_collective_still_exits(how, tmp_path):
+    """train.py's way out (run_and_close) on 2 gloo processes, rank 0 tearing down while its worker thread is still in
+    an all-reduce rank 1 joins 3 s late; after a finished run (`return`) and after a stop (`exit`, status 75, the
+    model still in main's frame). The default group's last reference must be train.WORLD_GROUP's: freed last by DDP's
+    reducer instead, the group's destructor joined that thread with the GIL held while the thread waited for the GIL,
+    and rank 0 never exited (torch 2.11; torch 2.14.1's reducer lets the GIL go itself)."""
+    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "gloo_teardown.py"), how, str(tmp_path / "run")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    try:
+        outputs = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    for rank, (out, err) in zip(ranks, outputs):
+        assert rank.returncode == (0 if how == "return" else train.STOPPED_STATUS), out + err[-3000:]
+    times = [dict(line.rsplit(" ", 1) for line in out.splitlines() if " " in line) for out, _ in outputs]
+    rank0_left, rank1_joined = (float(times[r][f"rank {r} DistributedDataParallel"]) for r in (0, 1))
+    assert rank1_joined - rank0_left > 1.0, "rank 0 began its teardown after the all-reduce ended: nothing was tested"
+    if how == "return":
+        assert float(times[0]["closed"]) >= rank1_joined - 0.5  # its teardown waited for the all-reduce, then ended
+
 
 def node_tasks(out) -> list[int]:
     """The pids of slurm/train.sbatch's per-node tasks (bash -c ... train.py ... --output_dir out)."""
