@@ -82,7 +82,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     inherited = tmp_path / "inductor"  # a cache the environment names (any process that imported Inductor does)
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "GPU_CHECK_FAIL_STAGE": "fsdp", "TORCHINDUCTOR_CACHE_DIR": str(inherited)})
+                          env={**os.environ, "GPU_CHECK_FAIL_STAGE": "fsdp", "TORCHINDUCTOR_CACHE_DIR": str(inherited),
+                                   "PYTHON": sys.executable})  # this suite's interpreter, .venv or not
     assert proc.returncode == 1, proc.stderr[-5000:]  # the failed stage makes the run's status non-zero
     report = json.loads(out.read_text())
     stages = report["stages"]
@@ -176,7 +177,7 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out),
                              "--stages", "throughput,train_8cores"], cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "TMPDIR": str(tmp_path)},  # its work folder, left by the kill
+                            env={**os.environ, "TMPDIR": str(tmp_path), "PYTHON": sys.executable},  # its work folder, left by the kill
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
