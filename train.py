@@ -860,8 +860,8 @@ def close_process_groups() -> None:
     destructor joins gloo's worker threads. DDP's C++ reducer holds the group too; had its reference been the last
     (the model freed after end_training destroyed the group), the join ran with the GIL held, and a worker thread
     still freeing a finished collective's tensors (a barrier's record of the all-gathers before it) waited for the
-    GIL: the rank hung after writing all its output (torch 2.11, 3 of 12 2-process CPU launches of
-    tests/test_bad_samples_ranks.py; the GIL in such destructors: pytorch/pytorch#56297)."""
+    GIL: the rank hung after writing all its output (torch 2.11; tests/test_faults.py makes it certain; the GIL in
+    such destructors: pytorch/pytorch#56297)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     AcceleratorState._reset_state(reset_partial_state=True)  # drops its device_mesh

@@ -177,7 +177,8 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out),
                              "--stages", "throughput,train_8cores"], cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "TMPDIR": str(tmp_path), "PYTHON": sys.executable},  # its work folder, left by the kill
+                            env={**os.environ, "TMPDIR": str(tmp_path),  # its work folder, left by the kill
+                                 "PYTHON": sys.executable},  # this suite's interpreter, .venv or not
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300

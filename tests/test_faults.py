@@ -388,8 +388,6 @@ def test_two_processes_refuse_a_busy_output_dir_together(preprocessed, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE], "nothing written"
 
 
-# -- SLURM: the signal reaches train.py whatever the process tracking ---------------------------------------------------
-
 @pytest.mark.parametrize("how", ["return", "exit"])
 def test_a_rank_freeing_ddp_mid_collective_still_exits(how, tmp_path):
     """train.py's way out (run_and_close) on 2 gloo processes, rank 0 tearing down while its worker thread is still in
@@ -415,6 +413,8 @@ def test_a_rank_freeing_ddp_mid_collective_still_exits(how, tmp_path):
     if how == "return":
         assert float(times[0]["closed"]) >= rank1_joined - 0.5  # its teardown waited for the all-reduce, then ended
 
+
+# -- SLURM: the signal reaches train.py whatever the process tracking ---------------------------------------------------
 
 def node_tasks(out) -> list[int]:
     """The pids of slurm/train.sbatch's per-node tasks (bash -c ... train.py ... --output_dir out)."""
