@@ -27,7 +27,7 @@
 #   workers     the loader alone (benchmarks/loader.py self-test, 192 px), each run pinned to workers + 1 cores: 8
 #               workers on the originals, 1 and 8 on the 256 copy (8: at most the cores less one); img/s per core,
 #               and the cores one GPU needs at the fastest train.py rate at the recipe's settings and at the goal's
-#               4,000 img/s
+#               4,000 img/s; the CPU time of each step of a train sample on this CPU, for each copy (--profile)
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume.
 #               It and validate need the GPU and a few cores, workers no GPU: the three run at once, workers on the
@@ -73,9 +73,12 @@ import torch
 
 if sys.argv[2] == "0" and not torch.cuda.is_available():
     sys.exit(1)
+cpuinfo = open("/proc/cpuinfo").read().splitlines() if os.path.exists("/proc/cpuinfo") else []
 machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(), "torch": torch.__version__,
-           "cuda": torch.version.cuda}
+           "cuda": torch.version.cuda,
+           "cpu_model": next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), None),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # the SIMD torch's CPU kernels run
 with open(sys.argv[1], "w") as f:
     json.dump(machine, f)
 PYEOF
@@ -251,15 +254,19 @@ else:
     print(2800.0)
 PYEOF
 )"
-  for n in $(points "${SWEEP[@]}"); do sweep_point ds "workers_$n" "$n" "$feed" || return 1; done
+  local profile=--profile  # each copy's first point (fewest workers) profiles a sample after its timed passes
+  for n in $(points "${SWEEP[@]}"); do sweep_point ds "workers_$n" "$n" "$feed" $profile || return 1; profile=; done
+  profile=--profile
   for n in $(points "${SWEEP_256[@]}"); do
-    sweep_point "ds$SHORT_SIDE" "workers${SHORT_SIDE}_$n" "$n" "$feed" || return 1
+    sweep_point "ds$SHORT_SIDE" "workers${SHORT_SIDE}_$n" "$n" "$feed" $profile || return 1
+    profile=
   done
 }
-sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S: the loader alone on WORKERS + SWEEP_MAIN cores
+sweep_point() {  # sweep_point DATASET OUTPUT_NAME WORKERS FEED_IMG_S [--profile]: the loader alone on WORKERS +
+  # SWEEP_MAIN cores
   pinned "$(first_cores $(($3 + SWEEP_MAIN)))" "$PY" "$ROOT/benchmarks/loader.py" --dataset "$WORK/$1" \
     --num_workers "$3" --image_size "$RECIPE_SIZE" --num_images "$SWEEP_IMAGES" --repeats 2 --train_only \
-    --feed_img_s "$4" --output "$WORK/$2.json"
+    --feed_img_s "$4" --output "$WORK/$2.json" "${@:5}"
 }
 
 side_launch() {  # side_launch NAME CPUS: the cores validate or fsdp has, and whether workers ran beside it
@@ -404,7 +411,7 @@ def cores_for(img_s, points):
 
 def workers():
     runs, points = sweep("workers")
-    small = sweep(f"workers{short_side}")[1]
+    small_runs, small = sweep(f"workers{short_side}")
     feed = runs[0]["feed_img_s"]
     launch = json.loads((work / "workers_launch.json").read_text())
     return {"cpus": launch["cpus"], "beside": launch["beside"].split(),
@@ -412,7 +419,14 @@ def workers():
             "sweep": points, "cores_per_gpu": cores_for(feed, points),
             "cores_at_goal": cores_for(goal["img_s"], points),
             f"sweep_{short_side}": small, f"cores_per_gpu_{short_side}": cores_for(feed, small),
-            f"cores_at_goal_{short_side}": cores_for(goal["img_s"], small)}
+            f"cores_at_goal_{short_side}": cores_for(goal["img_s"], small),
+            # CPU us a train sample spends in each step, on each copy (its first point's --profile)
+            "train_profile_us": {copy: profile(runs_of_copy) for copy, runs_of_copy in
+                                 (("originals", runs), (str(short_side), small_runs)) if runs_of_copy}}
+
+
+def profile(runs):
+    return next(iter(runs[0].get("train_profile_us", {}).values()), None)
 
 
 def fsdp():

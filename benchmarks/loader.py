@@ -22,7 +22,8 @@ them by DMA).
 
 Self-test (no --data_dir): only our pipeline, on your own preprocess.py output and machine: img/s, img/s per core
 and the cores it takes to feed --feed_img_s (what your accelerator trains at), i.e. the --num_workers to give
-train.py before the GPU waits on the loader.
+train.py before the GPU waits on the loader; --profile adds the CPU time of each step of a train sample on that
+machine (decode, resize, ...), to tell a slow core from a slow step.
 
 Targets (issue "a data path that never starves the GPU"): train >= 2.5x, train_small >= 4x, eval >= 2x.
 One-core runs also time entropy decoding of the whole original files alone (simplejpeg at 1/8 scale): its ratio to
@@ -95,6 +96,7 @@ PEER_SETTINGS = {
                      "= half raw pixels, quality 90), RandomResizedCropRGBImageDecoder",
 }
 PEER_TARGETS = {("ffcv_imagenet", "train_192"): 1.2, ("dali", "train"): 2.5}  # ours / peer, one core
+PROFILE_ROWS = 512  # self-test --profile: samples profiled, ~1-2 s of one core (each is checked against TrainSet)
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
@@ -117,6 +119,8 @@ class LoaderBenchConfig:
     peers: str = ""  # comma list of dali, ffcv (its JPEG mode and its ImageNet settings): timed beside ours
     peer_python: str = ""  # interpreter that has the peers installed (e.g. their own venv); empty: this one
     peer_size: int = 192  # px, with --peers train is also timed at it: FFCV's ResNet recipes train at 160-192 px
+    profile: bool = False  # self-test: also time each step of a train sample at --image_size, in-process after the
+    # timed passes (train_profile_us; at most PROFILE_ROWS samples): where this machine's CPU spends a sample
 
 
 def machine(num_workers: int) -> str:
@@ -371,12 +375,17 @@ def self_test(splits: dict, cfg: LoaderBenchConfig) -> None:
                              "cores_to_feed": round(cfg.feed_img_s / (img_s / cores), 1),
                              "ours_passes": [round(v, 1) for v in sides["ours"]]}
     report = {"ours_img_s": results["train"]["ours_img_s"], "machine": machine(cfg.num_workers),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD torch's kernels run (resize)
               "num_images": len(rows[""]), "feed_img_s": cfg.feed_img_s, "config": asdict(cfg), "pipelines": results}
+    if cfg.profile:
+        report["train_profile_us"] = {cfg.image_size: train_profile(splits[""], rows[""][:PROFILE_ROWS],
+                                                                    cfg.image_size, cfg)}
     print(f"\n{'pipeline':12s} {'img/s':>9s} {'per core':>9s} {f'cores to feed {cfg.feed_img_s:g} img/s':>27s}"
           f"  machine")
     for pipeline, r in results.items():
         print(f"{pipeline:12s} {r['ours_img_s']:9.1f} {r['img_s_per_core']:9.1f} {r['cores_to_feed']:27.1f}  "
               f"{report['machine']}")
+    print_profiles(report)
     if cfg.output:
         atomic_write_text(cfg.output, json.dumps(report, indent=2))
         print(f"wrote {cfg.output}")
@@ -425,6 +434,9 @@ def check_flags(cfg: LoaderBenchConfig) -> None:
         raise SystemExit("error: --peers needs --data_dir (the peers read the original files)")
     if cfg.train_only and cfg.data_dir:
         raise SystemExit("error: --train_only is for the self-test: leave out --data_dir (the comparison times both)")
+    if cfg.profile and cfg.data_dir:
+        raise SystemExit("error: --profile is for the self-test: leave out --data_dir (with --peers the comparison "
+                         "profiles ours at each train size)")
 
 
 def load_splits(cfg: LoaderBenchConfig) -> dict:
@@ -549,10 +561,7 @@ def print_report(report: dict, results: dict, order: list[str], cfg: LoaderBench
         e = report["entropy_decode"]
         print(f"entropy decoding alone (1/8-scale decode): {e['img_s']:.1f} img/s = {e['bound_ratio']:.2f}x the "
               "train baseline: the most a pipeline decoding whole files can reach on these files")
-    for s, profile in report.get("train_profile_us", {}).items():
-        print(f"\nours, train at {s} px, CPU us per sample:")
-        for step, us in profile.items():
-            print(f"  {step:52s} {us:8.1f}")
+    print_profiles(report)
     if "collate_cpu_us" in report:
         c = report["collate_cpu_us"]
         print(f"collate CPU per image: {c['in_process']:.1f} us in-process, {c['worker']:.1f} us in a worker (fresh "
@@ -587,6 +596,13 @@ def _proc_status_mib() -> dict:
         if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
             fields[f"{key}_MiB"] = round(int(value.split()[0]) / 1024, 1)
     return fields
+
+
+def print_profiles(report: dict) -> None:
+    for s, profile in report.get("train_profile_us", {}).items():
+        print(f"\nours, train at {s} px, CPU us per sample:")
+        for step, us in profile.items():
+            print(f"  {step:52s} {us:8.1f}")
 
 
 def _collate_with_status(batch):

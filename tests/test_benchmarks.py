@@ -59,10 +59,18 @@ def test_loader_self_test_on_a_dataset_alone(preprocessed, tmp_path):
     assert abs(train["cores_to_feed"] - 1000 / train["img_s_per_core"]) <= 0.1
     assert "cores to feed 1000 img/s" in proc.stdout
     assert set(report["pipelines"]) == {"train", "eval"}
-    # --train_only: what feeding an accelerator takes, without the eval pipeline's passes
-    proc = loader("--dataset", preprocessed, "--train_only", "--num_images", "16", "--repeats", "1", "--output", out)
+    assert "train_profile_us" not in report
+    # --train_only: what feeding an accelerator takes, without the eval pipeline's passes; --profile: each step's
+    # CPU time of a train sample (train_profile checks every sample against TrainSet's)
+    proc = loader("--dataset", preprocessed, "--train_only", "--num_images", "16", "--repeats", "1", "--profile",
+                  "--image_size", "48", "--output", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(json.loads(out.read_text())["pipelines"]) == {"train"} and "pass 1/1 eval" not in proc.stdout
+    report = json.loads(out.read_text())
+    assert set(report["pipelines"]) == {"train"} and "pass 1/1 eval" not in proc.stdout
+    profile = report["train_profile_us"]["48"]
+    assert profile["total"] > profile["decode (entropy + IDCT at scale + colour)"] > 0
+    assert report["cpu_capability"] in ("DEFAULT", "VSX", "Z VECTOR", "NO AVX", "AVX2", "AVX512", "SVE256")
+    assert "ours, train at 48 px, CPU us per sample:" in proc.stdout
 
 
 def test_loader_benchmark_errors_are_one_line(tmp_path):
@@ -73,6 +81,9 @@ def test_loader_benchmark_errors_are_one_line(tmp_path):
     proc = loader("--data_dir", tmp_path, "--dataset", tmp_path, "--train_only")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --train_only is for the self-test")
+    proc = loader("--data_dir", tmp_path, "--dataset", tmp_path, "--profile")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --profile is for the self-test")
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
@@ -155,6 +166,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         # the rate over the largest run's rate per worker, plus the main process's core
         for key, img_s in (("cores_per_gpu", workers["feed_img_s"]), ("cores_at_goal", 4000)):
             assert workers[f"{key}{copy}"] == round(img_s / sweep[-1]["img_s_per_worker"] + 1, 1) >= 1, key + copy
+    # where a sample's time goes on this CPU, for each copy; and what the CPU is
+    assert set(workers["train_profile_us"]) == {"originals", "256"}
+    assert all(p["total"] > 0 for p in workers["train_profile_us"].values())
+    assert report["machine"]["cpu_capability"] and "cpu_model" in report["machine"]
     if report["machine"]["cpu_cores"] > 1:  # validate and fsdp (made to fail: reported all the same) beside workers
         own, side = workers["cpus"].split(","), stages["validate"]["cpus"].split(",")
         assert workers["beside"] == ["validate", "fsdp"] and stages["validate"]["beside_workers"] is True
