@@ -77,7 +77,8 @@ cpuinfo = open("/proc/cpuinfo").read().splitlines() if os.path.exists("/proc/cpu
 machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(), "torch": torch.__version__,
            "cuda": torch.version.cuda,
-           "cpu_model": next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), None),
+           "cpu_model": next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                             None),
            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # the SIMD torch's CPU kernels run
 with open(sys.argv[1], "w") as f:
     json.dump(machine, f)

@@ -435,8 +435,8 @@ def check_flags(cfg: LoaderBenchConfig) -> None:
     if cfg.train_only and cfg.data_dir:
         raise SystemExit("error: --train_only is for the self-test: leave out --data_dir (the comparison times both)")
     if cfg.profile and cfg.data_dir:
-        raise SystemExit("error: --profile is for the self-test: leave out --data_dir (with --peers the comparison "
-                         "profiles ours at each train size)")
+        raise SystemExit("error: --profile is for the self-test: leave out --data_dir (a one-core comparison with "
+                         "--peers profiles ours at each train size)")
 
 
 def load_splits(cfg: LoaderBenchConfig) -> dict:
