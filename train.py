@@ -277,7 +277,7 @@ def main(argv=None):
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     """Accelerate owns device, precision and distribution. With no accelerator present, ask for the CPU explicitly:
     under torchrun/--multi_gpu a plain Accelerator() on a GPU-less machine either reports DistributedType.NO in
-    every rank (accelerate 1.15: N independent copies racing on one folder) or fails to start NCCL (torch 2.14);
+    every rank (accelerate 1.15, 1.16: N independent copies racing on one folder) or fails to start NCCL (torch 2.14);
     cpu=True gives real MULTI_CPU DDP over gloo. The default process group it starts is held in WORLD_GROUP until
     close_process_groups."""
     accelerator = Accelerator(

@@ -1,7 +1,7 @@
 """An export (a folder or a Hub id) as a transformers backbone whose weights, BatchNorm statistics included, are the
 export's.
 
-transformers 5.24 builds timm backbones with the wrong weights and says nothing (read in its
+transformers 5.24 and 5.25 build timm backbones with the wrong weights and says nothing (read in its
 ``models/timm_backbone/modeling_timm_backbone.py``, ``backbone_utils.py`` and ``models/auto/auto_factory.py``):
 
 - ``TimmBackbone.from_pretrained(name)`` and ``AutoBackbone.from_pretrained(timm name)`` create the timm model with

@@ -7,7 +7,7 @@ A saved folder of a zoo architecture loads with no project code installed:
 carries its defining file (``modeling.remote_code``): transformers loads it with ``trust_remote_code=True``, timm
 after ``import modeling`` of an installed copy (``pip install``). Weights are safetensors only: nothing here unpickles.
 
-Label keys in config.json (worked out against timm 1.0.31 and transformers 5.24, see tests/test_modeling.py):
+Label keys in config.json (worked out against timm 1.0.31 and transformers 5.24-5.25, see tests/test_modeling.py):
 
 * ``pretrained_cfg.label_names`` = class ids (ImageNet wnids) and ``pretrained_cfg.label_descriptions`` =
   {id: human name}: timm's own fields, so ``model.pretrained_cfg`` exposes both.

@@ -139,9 +139,9 @@ class {name}(TimmWrapper):  # transformers' name: pipeline() knows it as an imag
 
 class {cls}Backbone(TimmBackbone):
     """The feature maps of these weights, for DETR/UperNet-style models. TimmBackbone.from_pretrained resets every
-    BatchNorm's running statistics to 0/1 (transformers 5.24); this one loads them with the weights, from timm's own
-    features_only load. out_indices: feature_info taps (default: every one after the stem's); output_stride: 8 or 16
-    for dilated last stages."""
+    BatchNorm's running statistics to 0/1 (transformers 5.24-5.25); this one loads them with the weights, from timm's
+    own features_only load. out_indices: feature_info taps (default: every one after the stem's); output_stride: 8 or
+    16 for dilated last stages."""
 
     # the class of config.json (model_type timm_wrapper): AutoBackbone.from_pretrained registers this class for it
     # and refuses a class whose config_class has another name (transformers/models/auto/auto_factory.py, register)

@@ -1,7 +1,7 @@
 """Folders that transformers wrote (``Trainer``, ``run_image_classification_no_trainer.py``, ``save_pretrained`` of a
 ``TimmWrapperForImageClassification``) back into timm and this project with their weights and labels.
 
-transformers 5.24 writes such a folder in timm's layout with two differences that matter here:
+transformers 5.24 and 5.25 write such a folder in timm's layout with two differences that matter here:
 
 - the weights of a wrapper loaded with ``trust_remote_code=True`` (the remote class is not transformers' own, so its
   key conversion does not apply) are saved under ``timm_model.``: timm's ``local-dir:`` then fails on every key;

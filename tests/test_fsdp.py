@@ -6,7 +6,7 @@ a machine without an accelerator) it sets up MULTI_CPU over gloo and drops the F
 FSDP2 itself (``fully_shard``, DTensor, distributed checkpoints) runs on CPU over gloo, so the launcher this file writes
 only turns the distributed type back to FSDP once the process group is up; train.py runs unchanged. The launcher also
 records, in rank 0, what the model looks like after ``prepare`` (and on which device mesh) and what the first training
-forward saw. HSDP runs the same way on 4 processes: accelerate 1.15 builds its parallelism config's 2 x 2 mesh on CPU
+forward saw. HSDP runs the same way on 4 processes: accelerate 1.16 builds its parallelism config's 2 x 2 mesh on CPU
 over gloo, and FSDP2's replicate all-reduce runs there.
 """
 from __future__ import annotations

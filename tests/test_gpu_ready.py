@@ -3,6 +3,7 @@ compiled across progressive resizing and evaluation, SIGTERM as a stop signal (a
 DataLoader worker default and the shared-memory check."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -117,6 +118,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child whose parent died before reaping it waits for init to do so)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def newest_step(out: Path) -> int:
     return max((int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")), default=0)
 
@@ -154,6 +163,46 @@ def test_sigterm_to_every_process_of_the_job_still_checkpoints_and_exits_75(prep
     # >=, not >: a signal landing while the epoch-end checkpoint (the one seen above) is written stops at its step
     assert record["signal"] == "SIGTERM" and record["step"] >= signalled + 10
     assert Path(record["checkpoint"]).name == f"step_{record['step']:08d}"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_to_the_launcher_alone_checkpoints_and_leaves_nothing_running(preprocessed, tmp_path, processes):
+    """SIGTERM to `accelerate launch` only, as `docker stop` and `kubectl delete` send it to a container's first process
+    and a scheduler to the process it started: the launcher passes it on, train.py checkpoints at its next step and
+    stops, and no process of the launch is left. accelerate 1.15's one-process launcher died of it at once and left
+    train.py training with no one to stop it; 1.16 passes it on and ends what is still running 5 s later."""
+    out = tmp_path / "run"
+    launch = ("--cpu", "--num_processes", "1") if processes == 1 else (
+        "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: waiting for the launcher must not wait for its children
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", 200, "--save_every_steps", 1, "--keep_last",
+                                          3, "--num_workers", 1, launcher=launch), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while newest_step(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        below = descendants(proc.pid)  # train.py (a torchrun agent's ranks), the worker server, its workers
+        assert len(below) >= 3 * processes, below
+        signalled = newest_step(out)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        gone = time.monotonic() + 15  # a worker server or resource tracker sees its parent's exit a moment later
+        while (left := [pid for pid in below if running(pid)]) and time.monotonic() < gone:
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after the launcher exited: {left}"
+    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()[-3000:]  # the launcher's own status: SIGTERM's
+    record = json.loads((out / train.STOPPED_RECORD).read_text())
+    assert record["signal"] == "SIGTERM" and record["exit_status"] == train.STOPPED_STATUS
+    assert record["step"] >= signalled and (out / "checkpoints" / f"step_{record['step']:08d}").is_dir()
 
 
 def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):

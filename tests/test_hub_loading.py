@@ -123,7 +123,7 @@ def io_file(tmp_path) -> Path:
 
 def test_auto_backbone_by_hub_id_online_and_the_class_route_offline(export, hub, io_file, tmp_path):
     """README section 8: AutoBackbone.from_pretrained(hub id, trust_remote_code=True) gives the export's maps and
-    statistics; offline, transformers 5.24 asks the Hub whether the repo exists first (OfflineModeIsEnabled), and
+    statistics; offline, transformers 5.24-5.25 ask the Hub whether the repo exists first (OfflineModeIsEnabled), and
     the class auto_map names loads from the same cache."""
     _, model = export
     home, out = tmp_path / "home", tmp_path / "out.safetensors"

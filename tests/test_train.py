@@ -307,7 +307,7 @@ def test_push_at_the_end_to_a_local_hub(preprocessed, tmp_path, fail):
 
 
 def test_refuses_when_launcher_and_accelerate_disagree(preprocessed, tmp_path):
-    # what a GPU-less torchrun launch with a plain Accelerator() can give (accelerate 1.15): the launcher
+    # what a GPU-less torchrun launch with a plain Accelerator() can give (accelerate 1.15, 1.16): the launcher
     # started 2 processes, Accelerate sees 1. Simulated in-process: WORLD_SIZE is set once Accelerate has looked.
     script = tmp_path / "disagree.py"
     script.write_text(f"""
