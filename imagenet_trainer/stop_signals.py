@@ -8,16 +8,24 @@ installs the handlers before it imports torch, so a signal in the first seconds 
 from __future__ import annotations
 
 import signal
+import time
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL, "temporary failure, try again"
 STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
 
 received: list[signal.Signals] = []  # signals that reached this process, in order
+received_at: list[float] = []  # when each did, time.monotonic() s: how long the stop took after the first
 
 
 def _remember(signum, frame) -> None:
     received.append(signal.Signals(signum))
+    received_at.append(time.monotonic())
+
+
+def seconds_since_first() -> float | None:
+    """Seconds since the first stop signal reached this process (None: none did; it reached another rank)."""
+    return round(time.monotonic() - received_at[0], 2) if received_at else None
 
 
 def install() -> None:

@@ -88,10 +88,13 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     exits) is what tells slurm/train.sbatch to requeue through them."""
     checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
     if accelerator.is_main_process:
+        # the margin a grace time must leave (SLURM's --signal lead, KillWait, accelerate's 5 s on one process)
+        after = stop_signals.seconds_since_first()
         atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
-            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": step,
-             "checkpoint": str(checkpoint), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
-        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written; exiting with status "
+            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": step, "checkpoint": str(checkpoint),
+             "seconds_after_signal": after, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        when = "" if after is None else f" {after} s after the signal"
+        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written{when}; exiting with status "
                           f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -243,6 +243,7 @@ def test_pre_timeout_signal_checkpoints_requeues_and_the_requeued_job_resumes_ex
     assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
     record = json.loads((out / "stopped_on_signal.json").read_text())
     assert record["exit_status"] == 75 and record["signal"] == "SIGUSR1"
+    assert record["seconds_after_signal"] is None  # the record is rank 0's, and the signal reached rank 1 alone
     stopped_at = record["step"]
     assert 2 <= stopped_at < LAST, "stopped too late to test anything"
     assert record["checkpoint"] == str(out / "checkpoints" / f"step_{stopped_at:08d}")
@@ -351,4 +352,5 @@ def test_one_process_stops_on_the_signal_at_the_next_step(preprocessed, tmp_path
     assert proc.returncode == 75
     record = json.loads((out / "stopped_on_signal.json").read_text())
     assert 2 <= record["step"] < LAST, "stopped too late to test anything"
+    assert 0 < record["seconds_after_signal"] < 60  # one step and one checkpoint
     assert max(p.name for p in (out / "checkpoints").glob("step_*")) == f"step_{record['step']:08d}"

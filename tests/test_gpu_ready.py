@@ -84,6 +84,7 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes_bitwise(preprocessed, tmp
     assert proc.returncode == train.STOPPED_STATUS, stderr[-3000:]
     record = json.loads((out / train.STOPPED_RECORD).read_text())
     assert record["signal"] == "SIGTERM" and record["exit_status"] == 75 and record["step"] >= 1
+    assert record["seconds_after_signal"] > 1  # counted from the signal's arrival, during the imports
     assert Path(record["checkpoint"]).name == f"step_{record['step']:08d}"
     ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest")))
     ok(run(train_cmd(preprocessed, straight, *common)))
@@ -202,6 +203,7 @@ def test_sigterm_to_the_launcher_alone_checkpoints_and_leaves_nothing_running(pr
     assert proc.returncode == 128 + signal.SIGTERM, log.read_text()[-3000:]  # the launcher's own status: SIGTERM's
     record = json.loads((out / train.STOPPED_RECORD).read_text())
     assert record["signal"] == "SIGTERM" and record["exit_status"] == train.STOPPED_STATUS
+    assert 0 < record["seconds_after_signal"] < (5 if processes == 1 else 30)  # within the launcher's SIGKILL
     assert record["step"] >= signalled and (out / "checkpoints" / f"step_{record['step']:08d}").is_dir()
 
 
