@@ -1,9 +1,10 @@
 """The signals that ask train.py to checkpoint and stop, and the record it leaves. Imports nothing heavy: train.py
 installs the handlers before it imports torch, so a signal in the first seconds of a launch is remembered, not fatal.
 
-- SIGUSR1: what slurm/train.sbatch asks SLURM to send ahead of the time limit (``--signal=B:USR1@300``).
+- SIGUSR1: what slurm/train.sbatch asks SLURM to send ahead of the time limit (``--signal=USR1@300``).
 - SIGTERM: what SLURM preemption, Kubernetes and cloud spot reclaims send, followed by SIGKILL after a grace time
-  (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by default).
+  (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by default; accelerate 1.16's launcher, passing
+  it on: 5 s on one process, 30 s under torchrun).
 """
 from __future__ import annotations
 
