@@ -181,6 +181,7 @@ def test_sigterm_to_the_launcher_alone_checkpoints_and_leaves_nothing_running(pr
         proc = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", 200, "--save_every_steps", 1, "--keep_last",
                                           3, "--num_workers", 1, launcher=launch), cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    below: list[int] = []
     try:
         deadline = time.monotonic() + 240
         while newest_step(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
