@@ -88,7 +88,7 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     exits) is what tells slurm/train.sbatch to requeue through them."""
     checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
     if accelerator.is_main_process:
-        # the margin a grace time must leave (SLURM's --signal lead, KillWait, accelerate's 5 s on one process)
+        # how long the stop took: what a grace time (--signal's lead, KillWait, the launcher's) must exceed
         after = stop_signals.seconds_since_first()
         atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
             {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": step, "checkpoint": str(checkpoint),
