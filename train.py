@@ -17,7 +17,8 @@ Pre-emption: SIGUSR1 (slurm/train.sbatch has SLURM send it before the time limit
 reclaims) to any rank makes all ranks checkpoint at the same optimizer step and exit with STOPPED_STATUS (75),
 leaving STOPPED_RECORD in the run folder (imagenet_trainer/stop_signals.py). One process stops at the next step;
 several agree at the next --log_every_steps boundary, the one point per interval where the ranks talk to the host.
-A checkpoint every --save_every_minutes bounds what a SIGKILL can cost.
+During an evaluation they stop at its next batch, the trained epoch checkpointed with its evaluation pending (the
+resume runs it first). A checkpoint every --save_every_minutes bounds what a SIGKILL can cost.
 
 Longer than 400 lines because the recipe and the steps only training takes stay in the one file a reader follows:
 set-up, data, model, resume, the epoch (EpochTrainer), evaluation, checkpoint, export. What other scripts share or
@@ -76,7 +77,7 @@ from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refus
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
-from imagenet_trainer.stopping import StopSignal, exit_bad_samples, exit_stopped
+from imagenet_trainer.stopping import StopSignal, StoppedDuringEval, exit_bad_samples, exit_stopped
 
 @dataclass(kw_only=True)  # kw_only: --dataset, required, stands among fields with defaults
 class TrainConfig:
@@ -186,6 +187,8 @@ class TrainState:
         # train_loss then covers the whole epoch, not only the part after the resume
         self.batching = batching  # processes/batch/accumulation: positions above count in these units
         self.train_seconds = 0.0  # wall-clock of the epochs and evaluations so far, over all launches (model card)
+        self.eval_pending = None  # the metrics row of a trained epoch whose evaluation a stop signal cut short: the
+        # resume evaluates it first
 
     def state_dict(self):
         return dict(vars(self))
@@ -232,7 +235,7 @@ def main(argv=None):
                         "grad_accum_steps": cfg.grad_accum_steps})
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     resumed_from = resume(accelerator, state, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
-    if state.step >= total_steps:  # resumed at or past the end this launch's flags set
+    if state.step >= total_steps and not state.eval_pending:  # resumed at or past the end this launch's flags set
         accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
         accelerator.end_training()
         return
@@ -244,22 +247,29 @@ def main(argv=None):
     plan = StepPlan(lr_at, total_steps, len(label_names), mean, std, memory_format)
     labels = (label_names, class_descriptions(ds))
     with tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train") as bar:
-        while state.step < total_steps:
-            started = time.perf_counter()
-            trainer = EpochTrainer(accelerator, model, optimizer, train_loader, state, ema, cfg, plan, stop, ckpt_dir)
-            while (stopped := trainer.train(bar)) not in (Stopped.EPOCH_END, Stopped.STEP_CAP):
-                state.epoch_loss = trainer.loss_so_far()  # a resumed epoch's train_loss covers the whole epoch
-                trainer.checkpoint_s += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
-                stop.saved()
-                exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir, signal=stopped is Stopped.STOP_SIGNAL)
-            row = trainer.finish()
-            row.update(evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, started,
-                                           run_dir / "final", labels, data_cfg, steps_per_epoch))
-            state.epoch_loss = (0.0, 0)  # the next epoch's train loss so far
+        while state.step < total_steps or state.eval_pending:
+            if not state.eval_pending:  # else a resume's first task: the evaluation a stop signal cut short
+                started = time.perf_counter()
+                trainer = EpochTrainer(accelerator, model, optimizer, train_loader, state, ema, cfg, plan, stop,
+                                       ckpt_dir)
+                while (stopped := trainer.train(bar)) not in (Stopped.EPOCH_END, Stopped.STEP_CAP):
+                    state.epoch_loss = trainer.loss_so_far()  # a resumed epoch's train_loss covers the whole epoch
+                    trainer.checkpoint_s += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
+                    stop.saved()
+                    exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
+                                     signal=stopped is Stopped.STOP_SIGNAL)
+                state.eval_pending, state.epoch_loss = trainer.finish(), (0.0, 0)  # the next epoch's loss so far
+                state.train_seconds += time.perf_counter() - started
+            scores = evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, run_dir / "final",
+                                         labels, data_cfg, steps_per_epoch, stop)
+            if scores is None:  # a stop signal came during the evaluation: checkpoint with it pending, and exit
+                save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
+                exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir, signal=True)
+            row, state.eval_pending = {**state.eval_pending, **scores}, None
             row["checkpoint_s"] += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
             stop.saved()
             log_epoch(accelerator, row, run_dir, bar, bad, cfg.eval_split)
-            # a stop signal that came during the epoch's last step or eval
+            # a stop signal that came during the epoch's last step, the export or the checkpoint
             exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
                              signal=state.step < total_steps and stop.agreed(accelerator))
     accelerator.wait_for_everyone()  # no rank closes its gloo/NCCL connections while another is still using them
@@ -528,7 +538,8 @@ def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_d
         state.batching = batching
     # accelerate's micro-batch count decides which micro-batch ends an accumulation: in this launch's units
     accelerator.step = state.step * batching["grad_accum_steps"]
-    accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
+    pending = ", first the evaluation a stop signal cut short there" if state.eval_pending else ""
+    accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}{pending}")
     return path
 
 
@@ -680,21 +691,26 @@ class EpochTrainer:
 
 
 def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan: StepPlan, cfg: TrainConfig,
-                        state: TrainState, started: float, final_dir: Path, labels: tuple[list[str], list[str]],
-                        data_cfg: dict, steps_per_epoch: int) -> dict:
+                        state: TrainState, final_dir: Path, labels: tuple[list[str], list[str]], data_cfg: dict,
+                        steps_per_epoch: int, stop: StopSignal) -> dict | None:
     """The epoch's val_ (and ema_val_) scores; the better net goes to final_dir when it beats the run's best so far
-    (state.best_top1/best_step). `started`: when the epoch began, for state.train_seconds. With the seconds each
-    took: eval_s, export_s (0 when the epoch is not the best)."""
+    (state.best_top1/best_step). With the seconds each took: eval_s, export_s (0 when the epoch is not the best).
+    None when a stop signal came first (every rank asked at each batch): nothing is scored, exported or counted."""
     eval_started = time.perf_counter()
-    scores = eval_scores(accelerator, model, eval_loader, plan, flip=cfg.eval_flip)
+    try:
+        scores = eval_scores(accelerator, model, stop.until_signal(accelerator, eval_loader), plan, cfg.eval_flip)
+        ema_scores = None if ema is None else eval_scores(accelerator, ema.module,
+                                                          stop.until_signal(accelerator, eval_loader), plan,
+                                                          cfg.eval_flip)
+    except StoppedDuringEval:
+        return None
     row = {f"val_{k}": v for k, v in scores.items()}
     best_net, best = model, scores
-    if ema is not None:
-        ema_scores = eval_scores(accelerator, ema.module, eval_loader, plan, flip=cfg.eval_flip)
+    if ema_scores is not None:
         row.update({f"ema_val_{k}": v for k, v in ema_scores.items()})
         if ema_scores["top1"] > scores["top1"]:
             best_net, best = ema.module, ema_scores
-    state.train_seconds += time.perf_counter() - started
+    state.train_seconds += time.perf_counter() - eval_started
     export_started = time.perf_counter()
     row["eval_s"] = export_started - eval_started
     if best["top1"] > state.best_top1:
@@ -706,12 +722,14 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
     return {**row, "export_s": time.perf_counter() - export_started}
 
 
-def eval_scores(accelerator: Accelerator, net, eval_loader, plan: StepPlan, flip: bool) -> dict:
-    """top1/top5/n/loss of `net` on the eval split (every image once, on any number of processes)."""
+def eval_scores(accelerator: Accelerator, net, batches, plan: StepPlan, flip: bool) -> dict:
+    """top1/top5/n/loss of `net` on the eval loader's `batches` (every image once, on any number of processes)."""
     sync_buffers(net)
     net.eval()
-    topk, loss = metrics.evaluate(accelerator, net, eval_loader, plan.mean, plan.std, plan.memory_format, flip=flip)
-    net.train()
+    try:
+        topk, loss = metrics.evaluate(accelerator, net, batches, plan.mean, plan.std, plan.memory_format, flip=flip)
+    finally:
+        net.train()
     return {**topk.compute(), "loss": loss, "left_out_rows": topk.left_out}  # log_epoch records the rows
 
 

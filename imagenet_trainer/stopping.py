@@ -1,8 +1,8 @@
 """When train.py checkpoints and stops, decided alike on every rank: a stop signal (stop_signals.py), the
 --save_every_minutes clock, the NaN guard and the undecodable images past --max_bad_samples (StopSignal), and the
 stop itself after its checkpoint (exit_stopped, exit_bad_samples). In: the ranks' signal flags, the loss so far, the
-weights and the bad images found, once per --log_every_steps. Out: whether to checkpoint, whether to stop, and the
-mean train loss.
+weights and the bad images found, once per --log_every_steps, and the signal flags at each batch of an evaluation
+(StopSignal.until_signal). Out: whether to checkpoint, whether to stop, and the mean train loss.
 """
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from imagenet_trainer import checkpoints, stop_signals
 from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.runinfo import atomic_write_text
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS
+
+
+class StoppedDuringEval(Exception):
+    """A stop signal came during an evaluation (StopSignal.until_signal): every rank left it at the same batch."""
 
 
 class StopSignal:
@@ -69,13 +73,23 @@ class StopSignal:
         return loss
 
     def agreed(self, accelerator: Accelerator) -> bool:
-        """Whether any rank got a stop signal, asked of all of them now (a collective: once an epoch)."""
+        """Whether any rank got a stop signal, asked of all of them now (a collective on several processes)."""
         if accelerator.num_processes == 1:
             return bool(stop_signals.received)
         counts = torch.tensor(self._local_counts(), device=accelerator.device)
         self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS,
                                               accelerator.reduce(counts, "sum").tolist()) if n]
         return bool(self.signals)
+
+    def until_signal(self, accelerator: Accelerator, batches):
+        """`batches` (an evaluation's) for as long as no rank got a stop signal, asked of every rank at each batch,
+        so all of them leave at the same one: StoppedDuringEval. A whole ImageNet evaluation takes tens of seconds,
+        more than a launcher's or a container's grace time (5-30 s) may leave after a SIGTERM. On one process the
+        check reads a flag; on several it is one small all-reduce a batch, beside the batch's own gather."""
+        for batch in batches:
+            if self.agreed(accelerator):
+                raise StoppedDuringEval
+            yield batch
 
     @staticmethod
     def _local_counts() -> list[float]:
