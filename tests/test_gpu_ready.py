@@ -214,31 +214,37 @@ def test_sigterm_to_the_launcher_alone_checkpoints_and_leaves_nothing_running(pr
     assert record["step"] >= signalled and (out / "checkpoints" / f"step_{record['step']:08d}").is_dir()
 
 
-def test_sigterm_during_evaluation_ends_it_at_the_next_batch_and_the_resume_evaluates_first(preprocessed, tmp_path):
+@pytest.mark.parametrize("processes, epochs", [(2, 3), (1, 2)])
+def test_sigterm_during_evaluation_ends_it_at_the_next_batch_and_the_resume_evaluates_first(preprocessed, tmp_path,
+                                                                                          processes, epochs):
     """A stop signal during an evaluation (tens of seconds on ImageNet: past a launcher's or a container's 5-30 s of
     grace) ends it at the next batch on every rank; the trained epoch is checkpointed with its evaluation pending,
     and the resume evaluates it first: the run ends as an uninterrupted one, the same metrics rows and the same
-    weights bit for bit. Rank 1 alone signals itself, before the second batch of its second evaluation."""
-    common = ("--epochs", 3, "--batch_size", 2, "--num_workers", 1)
-    launch = ("--multi_gpu", "--num_processes", "2", "--main_process_port")
+    weights bit for bit. The last rank alone signals itself, before the second batch of the second evaluation: a
+    middle one on 2 processes, the run's last (all steps done) on 1."""
+    common = ("--epochs", epochs, "--batch_size", 2, "--num_workers", 1)
     out, straight = tmp_path / "run", tmp_path / "straight"
-    cmd = train_cmd(preprocessed, out, *common, launcher=(*launch, str(free_port())))
+
+    def launch():
+        return ("--cpu", "--num_processes", "1") if processes == 1 else (
+            "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    cmd = train_cmd(preprocessed, out, *common, launcher=launch())
     cmd[cmd.index(str(ROOT / "train.py"))] = str(ROOT / "tests" / "signal_during_eval.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SIGNAL_DURING_EVAL": "1,2,1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SIGNAL_DURING_EVAL": f"{processes - 1},2,1"}
     stopped = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert (out / train.STOPPED_RECORD).is_file(), stopped.stderr[-3000:]
-    ok(run(train_cmd(preprocessed, straight, *common, launcher=(*launch, str(free_port())))))
+    ok(run(train_cmd(preprocessed, straight, *common, launcher=launch())))
     reference = rows(straight)
     steps_per_epoch = reference[0]["step"]
     record = json.loads((out / train.STOPPED_RECORD).read_text())
     assert record["signal"] == "SIGTERM" and record["exit_status"] == train.STOPPED_STATUS
     assert record["step"] == 2 * steps_per_epoch  # the second epoch's end: trained, checkpointed, not evaluated
     assert Path(record["checkpoint"]).name == f"step_{2 * steps_per_epoch:08d}"
-    used = [json.loads((out / f"eval_batches_rank{r}.json").read_text()) for r in (0, 1)]
-    assert used[0] == used[1] and used[0][1] == 1 and used[0][0] >= 2, used  # both ranks left at rank 1's batch
+    used = [json.loads((out / f"eval_batches_rank{r}.json").read_text()) for r in range(processes)]
+    assert all(u == used[0] for u in used) and used[0][1] == 1 and used[0][0] >= 2, used  # all left at that batch
     assert len(rows(out)) == 1  # the first epoch's row only
     resumed = ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest",
-                               launcher=(*launch, str(free_port())))))
+                               launcher=launch())))
     assert "first the evaluation a stop signal cut short" in resumed.stdout + resumed.stderr
     keys = ("epoch", "step", "val_top1", "val_top5", "val_n", "val_loss", "image_size")
     assert [{k: r[k] for k in keys} for r in rows(out)] == [{k: r[k] for k in keys} for r in reference]
