@@ -15,6 +15,7 @@ here, not by `evaluate.load("accuracy")`, which needs the Hub (huggingface/evalu
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class ValidateConfig:
     num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
     flip: bool | None = None  # mean logits of each image and its mirror; none: a checkpoint's own --eval_flip, else off
-    output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it
+    output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it (a
+    # suite run: <stem>_results.csv, and <stem>_parts/ until the end, so that a rerun scores only what is missing)
     update_model_card: bool = False  # write the results into --model's README.md and metadata (local exports only)
     hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME) for the card's metadata; full ILSVRC: automatic
     # Scoring like the papers (imagenet_trainer/eval_suite.py): any of these scores every set in one run
@@ -279,6 +281,8 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator) -> dict:
     if cfg.update_model_card:
         eval_suite.update_card(Path(cfg.model), summary, cfg)
         print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
+    if cfg.output:
+        shutil.rmtree(eval_suite.parts_folder(cfg.output), ignore_errors=True)  # every split is in the outputs now
     return summary
 
 

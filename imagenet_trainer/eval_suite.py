@@ -3,17 +3,21 @@ ImageNet-C's mCE and a throughput benchmark, into one summary, a results.csv in 
 
 Each set is a preprocess.py output; what it is (ImageNet-R, -C, ...) comes from its ``source.json``
 (imagenet_trainer/eval_sets.py), which also gives R/A's 200-class mask. The numbers are the same on 1 or N
-processes: every split goes through metrics.evaluate, whose gather drops the padding of the last batch.
+processes: every split goes through metrics.evaluate, whose gather drops the padding of the last batch. Each
+split's scores are kept as soon as it is done (SplitParts), so a run that ends early is continued, not redone.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from accelerate.utils import broadcast_object_list
 from timm.data import resolve_data_config
 
 from imagenet_trainer import eval_sets, robustness
@@ -119,15 +123,78 @@ def score_split(accelerator, model, split, size: int, transform: dict, cfg, subs
     return {**topk.compute(), "loss": loss}
 
 
+def parts_folder(output: str) -> Path:
+    """Where a suite run with ``--output`` keeps each split's scores until its outputs are written (SplitParts)."""
+    return Path(output).with_name(Path(output).stem + "_parts")
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes): which weights made a set of scores."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class SplitParts:
+    """Each split's scores as soon as it is scored, in ``parts_folder(output)``: one JSON file a split, written
+    atomically by the main process and named by a digest of all that makes its numbers (the weights, the eval
+    transform and size, the split's data, ReaL's labels file). ImageNet-C alone is 75 splits of 50,000 images: a
+    rerun of the same command after a crash, a time limit or a preemption scores only the splits not there yet.
+    Without --output nothing is kept. The main process reads the folder once and gives every rank the same list."""
+
+    def __init__(self, output: str, accelerator, model: torch.nn.Module, transform: dict, real_labels: str):
+        self.folder = parts_folder(output) if output else None
+        self.main, self.taken = accelerator.is_main_process, 0
+        self.base = {"weights": weights_digest(model) if self.folder else None, "real_labels": real_labels,
+                     "precision": accelerator.mixed_precision, "memory_format": str(transform["memory_format"]),
+                     **{k: transform[k] for k in ("interpolation", "mean", "std", "flip")}}
+        found = {}
+        if self.folder is not None and self.main and self.folder.is_dir():
+            found = {f.stem: json.loads(f.read_text()) for f in self.folder.glob("*.json")}  # whole: atomic writes
+        self.kept = broadcast_object_list([found])[0] if accelerator.num_processes > 1 else found
+
+    def key(self, target: Target, split: str, data, size: int, transform: dict) -> str:
+        where = Path(target.path).expanduser()
+        what = {**self.base, "dataset": str(where.resolve()) if where.exists() else target.path, "split": split,
+                "rows": len(data), "fingerprint": getattr(data, "_fingerprint", None), "image_size": size,
+                "crop_pct": transform["crop_pct"], "subset": target.source.get("class_subset")}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def get(self, key: str, real) -> dict | None:
+        """The kept scores of ``key`` (ReaL's counts after that split restored into ``real``), or None."""
+        part = self.kept.get(key)
+        if part is None or (real is not None) != (part["real"] is not None):
+            return None
+        if real is not None:
+            real.position, real.correct, real.n = part["real"]
+        self.taken += 1
+        return part["scores"]
+
+    def put(self, key: str, scores: dict, real) -> dict:
+        if self.folder is not None and self.main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            counts = None if real is None else [real.position, real.correct, real.n]
+            atomic_write_text(self.folder / f"{key}.json", json.dumps({"scores": scores, "real": counts}))
+        return scores
+
+
 def score_target(accelerator, model, target: Target, size: int, transform: dict, cfg, real,
-                 reference: dict | None) -> list[dict]:
+                 reference: dict | None, parts: SplitParts) -> list[dict]:
     """The rows of one set at one size: one per set (C: the mean over its splits, with its mCE, and relative to
-    ``reference``'s errors when given), plus ReaL's when ``real`` is a scorer."""
+    ``reference``'s errors when given), plus ReaL's when ``real`` is a scorer. A split ``parts`` kept is not scored
+    again."""
     if target.kind == eval_sets.C:  # its images are 224 px centre crops already: the authors resize no further
         transform = {**transform, "crop_pct": 1.0}
-    by_split = {s: score_split(accelerator, model, ds, size, transform, cfg, target.source.get("class_subset"),
-                               real.update if real else None)
-                for s, ds in target.splits.items()}
+    by_split = {}
+    for s, ds in target.splits.items():
+        key = parts.key(target, s, ds, size, transform)
+        by_split[s] = parts.get(key, real)
+        if by_split[s] is None:
+            by_split[s] = parts.put(key, score_split(accelerator, model, ds, size, transform, cfg,
+                                                     target.source.get("class_subset"),
+                                                     real.update if real else None), real)
     row = {"dataset": target.timm_name, "name": target.name, "kind": target.kind or "imagenet", "image_size": size,
            "crop_pct": transform["crop_pct"], "dataset_id": target.source.get("hub_id"),
            **{k: sum(r[k] for r in by_split.values()) / len(by_split) for k in ("top1", "top5", "loss")},
@@ -170,15 +237,19 @@ def run(cfg, accelerator, load_model) -> dict:
                  "flip": getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip}
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = robustness.gmacs(model.eval(), sizes[0], "cpu")
+    parts = SplitParts(cfg.output, accelerator, model, transform, cfg.real_labels)
     model = accelerator.prepare_model(model.to(memory_format=memory_format).eval(), evaluation_mode=True)
     rows = []
     for size in sizes:
         for t in targets:
             real = real_scorer(cfg, t) if t is targets[0] and cfg.dataset else None  # fresh counts per size
-            new = score_target(accelerator, model, t, size, transform, cfg, real, reference)
+            new = score_target(accelerator, model, t, size, transform, cfg, real, reference, parts)
             if accelerator.is_main_process:
                 print("\n".join(map(format_row, new)))
             rows += new
+    if parts.taken and accelerator.is_main_process:
+        print(f"{parts.taken} split(s) not scored again: their scores were kept in {parts.folder} by an earlier run "
+              "of this command")
     summary = {"model": cfg.model, "results": rows, "params_m": round(params_m, 3), "gmacs": round(gmacs, 4),
                "crop_pct": transform["crop_pct"], "interpolation": transform["interpolation"],
                "flip": transform["flip"], "num_processes": accelerator.num_processes}

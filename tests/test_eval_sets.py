@@ -15,11 +15,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from timm.data import resolve_data_config
 
 import modeling
 import preprocess
-from imagenet_trainer import eval_sets, robustness
+from imagenet_trainer import eval_sets, eval_suite, robustness
 from imagenet_trainer.data import EvalSet, collate, normalize
 from imagenet_trainer.ilsvrc import imagenet_wnids
 from modeling.card_sets import update_card_sets
@@ -203,6 +204,51 @@ def test_eval_sets_scores_like_the_papers(sets, in1k_model, tmp_path):
     row = next(t for t in table if t["dataset"] == "imagenet-r" and t["img_size"] == "32")
     assert float(row["top1"]) + float(row["top1_err"]) == pytest.approx(100) and row["model"] == "final"
     assert {t["crop_pct"] for t in table if t["dataset"] == "imagenet-c"} == {"1.0"}
+
+
+def test_a_rerun_scores_only_the_splits_an_interrupted_run_did_not_finish(sets, in1k_model, preprocessed, tmp_path,
+                                                                          monkeypatch):
+    """A suite run ended after 3 splits (as a crash or a preemption would end it) keeps their scores, ReaL's
+    counts with them; the same command again scores only the others and writes what an uninterrupted run writes.
+    Other weights score all."""
+    (tmp_path / "real.json").write_text(json.dumps([[i % 1000, (i * 7) % 1000] if i % 2 else [] for i in range(8)]))
+    args = ["--eval_sets", ",".join(str(sets[k]) for k in eval_sets.SETS), "--image_sizes", "32,40",
+            "--real_labels", tmp_path / "real.json"]
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    scored, end_after, score_split = [], [None], eval_suite.score_split
+
+    def counted(*a, **kw):
+        if len(scored) == end_after[0]:
+            raise KeyboardInterrupt  # the run ends here, its 3 finished splits kept
+        scored.append(a[2])
+        return score_split(*a, **kw)
+
+    def suite(model, out, ends_after=None):
+        scored.clear()
+        end_after[0] = ends_after
+        return evaluate(model, val, *args, "--output", out)
+
+    monkeypatch.setattr(eval_suite, "score_split", counted)
+    straight = suite(in1k_model, tmp_path / "straight.json")
+    total, out = len(scored), tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        suite(in1k_model, out, ends_after=3)
+    assert len(list(eval_suite.parts_folder(str(out)).glob("*.json"))) == 3 and not out.exists()
+    resumed = suite(in1k_model, out)
+    assert len(scored) == total - 3
+    assert resumed["results"] == straight["results"] and resumed["imagenet_c"] == straight["imagenet_c"]
+    assert [r["kind"] for r in resumed["results"][:2]] == ["imagenet", "imagenet-real"]
+    assert out.with_name("r_results.csv").read_text() == (tmp_path / "straight_results.csv").read_text()
+    assert not eval_suite.parts_folder(str(out)).exists()  # gone once the outputs are written
+    # the parts of other weights are not taken, though the output, the sets and the flags are the same
+    with pytest.raises(KeyboardInterrupt):
+        suite(in1k_model, out, ends_after=3)
+    other = tmp_path / "other" / "final"
+    shutil.copytree(in1k_model, other)
+    weights = load_file(other / "model.safetensors")
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, other / "model.safetensors")
+    suite(other, out)
+    assert len(scored) == total
 
 
 def imagenet_val(preprocessed: Path, folder: Path) -> Path:
