@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
