@@ -773,9 +773,15 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
                          f"({checkpoints.free_bytes(ckpt_dir) / 1e9:.1f} GB free); {latest_checkpoint(ckpt_dir)} "
                          "is intact: free space, then --resume_from_checkpoint latest") from None
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        # the step saved again (a resume that ran the evaluation a stop cut short): the earlier save steps aside by a
+        # rename, not a delete, so the step has no checkpoint for the moment between two renames only
+        earlier = ckpt_dir / f".old_{final.name}"
+        if final.is_dir():
+            shutil.rmtree(earlier, ignore_errors=True)
+            os.replace(final, earlier)
         os.replace(tmp, final)
         checkpoints.fsync_dir(ckpt_dir)  # the rename is on disk before any older checkpoint goes
+        shutil.rmtree(earlier, ignore_errors=True)
         done = checkpoints.step_folders(ckpt_dir)
         keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
         for old in done:

@@ -253,6 +253,7 @@ def test_sigterm_during_evaluation_ends_it_at_the_next_batch_and_the_resume_eval
     mine, theirs = (load_file(d / "checkpoints" / last / "model.safetensors") for d in (out, straight))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert (out / "final" / "model.safetensors").is_file()
+    assert not list((out / "checkpoints").glob(".*"))  # the step saved again replaced the earlier save, nothing left
 
 
 def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
