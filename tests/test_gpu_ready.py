@@ -45,10 +45,9 @@ def test_one_host_sync_per_log_interval_on_two_processes(digits_dataset, tmp_pat
     share one all-reduce and one read per interval (+1 at the epoch's end), where there was one of each per step.
     The loading runs in a worker process, as on a GPU, where its reads of host tensors wait for no device."""
     steps, every = 40, 10
-    launch = ("--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
     counts = probed(tmp_path, train_cmd(digits_dataset, tmp_path / "run", "--max_train_steps", steps,
                                         "--log_every_steps", every, "--epochs", 5, "--num_workers", 1,
-                                        launcher=launch))
+                                        launcher=launch_flags(2)))
     assert len(counts) == 2
     for rank in counts:
         assert rank["steps"] == steps
@@ -132,6 +131,12 @@ def running(pid: int) -> bool:
         return False
 
 
+def launch_flags(processes: int) -> tuple[str, ...]:
+    """`accelerate launch` flags for 1 process (its simple launcher) or 2 (torchrun, gloo on a free port)."""
+    return ("--cpu", "--num_processes", "1") if processes == 1 else (
+        "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+
+
 def newest_step(out: Path) -> int:
     return max((int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")), default=0)
 
@@ -178,14 +183,13 @@ def test_sigterm_to_the_launcher_alone_checkpoints_and_leaves_nothing_running(pr
     stops, and no process of the launch is left. accelerate 1.15's one-process launcher dies of it at once and leaves
     train.py training with no one to stop it; 1.16 passes it on and ends what is still running 5 s later."""
     out = tmp_path / "run"
-    launch = ("--cpu", "--num_processes", "1") if processes == 1 else (
-        "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     log = tmp_path / "stderr.txt"  # a file, not a pipe: waiting for the launcher must not wait for its children
     with log.open("w") as stderr:
-        proc = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", 200, "--save_every_steps", 1, "--keep_last",
-                                          3, "--num_workers", 1, launcher=launch), cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        cmd = train_cmd(preprocessed, out, "--epochs", 200, "--save_every_steps", 1, "--keep_last", 3,
+                        "--num_workers", 1, launcher=launch_flags(processes))
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
     below: list[int] = []
     try:
         deadline = time.monotonic() + 240
@@ -224,16 +228,12 @@ def test_sigterm_during_evaluation_ends_it_at_the_next_batch_and_the_resume_eval
     middle one on 2 processes, the run's last (all steps done) on 1."""
     common = ("--epochs", epochs, "--batch_size", 2, "--num_workers", 1)
     out, straight = tmp_path / "run", tmp_path / "straight"
-
-    def launch():
-        return ("--cpu", "--num_processes", "1") if processes == 1 else (
-            "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()))
-    cmd = train_cmd(preprocessed, out, *common, launcher=launch())
+    cmd = train_cmd(preprocessed, out, *common, launcher=launch_flags(processes))
     cmd[cmd.index(str(ROOT / "train.py"))] = str(ROOT / "tests" / "signal_during_eval.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SIGNAL_DURING_EVAL": f"{processes - 1},2,1"}
     stopped = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert (out / train.STOPPED_RECORD).is_file(), stopped.stderr[-3000:]
-    ok(run(train_cmd(preprocessed, straight, *common, launcher=launch())))
+    ok(run(train_cmd(preprocessed, straight, *common, launcher=launch_flags(processes))))
     reference = rows(straight)
     steps_per_epoch = reference[0]["step"]
     record = json.loads((out / train.STOPPED_RECORD).read_text())
@@ -244,7 +244,7 @@ def test_sigterm_during_evaluation_ends_it_at_the_next_batch_and_the_resume_eval
     assert all(u == used[0] for u in used) and used[0][1] == 1 and used[0][0] >= 2, used  # all left at that batch
     assert len(rows(out)) == 1  # the first epoch's row only
     resumed = ok(run(train_cmd(preprocessed, out, *common, "--resume_from_checkpoint", "latest",
-                               launcher=launch())))
+                               launcher=launch_flags(processes))))
     assert "first the evaluation a stop signal cut short" in resumed.stdout + resumed.stderr
     keys = ("epoch", "step", "val_top1", "val_top5", "val_n", "val_loss", "image_size")
     assert [{k: r[k] for k in keys} for r in rows(out)] == [{k: r[k] for k in keys} for r in reference]
