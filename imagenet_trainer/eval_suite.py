@@ -167,14 +167,14 @@ class SplitParts:
         if part is None or (real is not None) != (part["real"] is not None):
             return None
         if real is not None:
-            real.position, real.correct, real.n = part["real"]
+            real.restore(part["real"])
         self.taken += 1
         return part["scores"]
 
     def put(self, key: str, scores: dict, real) -> dict:
         if self.folder is not None and self.main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            counts = None if real is None else [real.position, real.correct, real.n]
+            counts = None if real is None else real.counts()
             atomic_write_text(self.folder / f"{key}.json", json.dumps({"scores": scores, "real": counts}))
         return scores
 

@@ -88,6 +88,13 @@ class RealLabels:
                 self.correct[0] += predicted[0] in labels_here
                 self.correct[1] += any(p in labels_here for p in predicted)
 
+    def counts(self) -> list:
+        """What ``update`` has counted so far, as JSON: the suite keeps it with a scored split (eval_suite)."""
+        return [self.position, self.correct, self.n]
+
+    def restore(self, counts: list) -> None:
+        self.position, self.correct, self.n = counts
+
     def compute(self) -> dict:
         if self.position != len(self.sets):
             raise RuntimeError(f"ReaL: scored {self.position} images of {len(self.sets)}")
