@@ -55,8 +55,8 @@ class StopSignal:
         for p in model.parameters():  # under FSDP2 each rank checks its own shard (DTensor.to_local)
             nonfinite_count += (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
         due = 0 < self.save_every_s <= time.monotonic() - self.last_save
-        host = torch.tensor([*self._local_counts(), float(due), float(bool(bad.unshared))])
-        flags = torch.cat([nonfinite_count.float().view(1), loss_sum.float().view(1), host.to(accelerator.device)])
+        host = queued_copy([*self._local_counts(), float(due), float(bool(bad.unshared))], accelerator.device)
+        flags = torch.cat([nonfinite_count.float().view(1), loss_sum.float().view(1), host])
         nonfinite, total_loss, *counts, save_due, new_bad = accelerator.reduce(flags, "sum").tolist()
         if new_bad:  # every rank learned it from the same sum, so all of them enter the gather
             bad.share(accelerator)
@@ -76,7 +76,7 @@ class StopSignal:
         """Whether any rank got a stop signal, asked of all of them now (a collective on several processes)."""
         if accelerator.num_processes == 1:
             return bool(stop_signals.received)
-        counts = torch.tensor(self._local_counts(), device=accelerator.device)
+        counts = queued_copy(self._local_counts(), accelerator.device)
         self.signals = [sig for sig, n in zip(stop_signals.STOP_SIGNALS,
                                               accelerator.reduce(counts, "sum").tolist()) if n]
         return bool(self.signals)
@@ -94,6 +94,15 @@ class StopSignal:
     @staticmethod
     def _local_counts() -> list[float]:
         return [float(sig in stop_signals.received) for sig in stop_signals.STOP_SIGNALS]
+
+
+def queued_copy(values: list[float], device: torch.device) -> torch.Tensor:
+    """`values` as a float32 tensor on `device`, the copy queued behind the device's work rather than waited for. A
+    copy from pageable host memory to a CUDA device first waits for the stream to drain: in `check` it was a second
+    wait of the host for the GPU beside the `.tolist()` (torch's sync debug mode counted both, on an H100). From
+    pinned memory the copy is queued like a kernel; CUDA's caching host allocator keeps the buffer until it ran."""
+    host = torch.tensor(values, dtype=torch.float32)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
 
 
 def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_name: str) -> None:
