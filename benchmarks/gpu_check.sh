@@ -157,16 +157,20 @@ logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a lo
 
 # preprocess.py's shards of 100 images, not its default 1,000 (ImageNet's 1.28 M files): 66 of them rather than 8 for the
 # tree's 6,600, so that every process of the stage has several (with 8, only 8 of 15 processes worked)
-stage_tree() {  # on TREE_CPUS with a process each
-  local procs
+stage_tree() {  # on TREE_CPUS with a process each; tree_launch.json: its cores and each step's seconds
+  local procs started generate preprocess
   procs="$(pinned "$TREE_CPUS" "${COUNT_CORES[@]}")" || return 1
-  echo "{\"cpus\": \"$TREE_CPUS\", \"num_proc\": $procs}" > "$WORK/tree_launch.json"
+  started=$SECONDS
   pinned "$TREE_CPUS" "$PY" -m imagenet_trainer.demo --layout folders --output "$WORK/tree" --num_proc "$procs" \
-    "${TREE[@]}" &&
+    "${TREE[@]}" || return 1
+  generate=$((SECONDS - started)); started=$SECONDS
   pinned "$TREE_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" \
-    --num_proc "$procs" --shard_size 100 &&
+    --num_proc "$procs" --shard_size 100 || return 1
+  preprocess=$((SECONDS - started)); started=$SECONDS
   pinned "$TREE_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds$SHORT_SIDE" \
-    --num_proc "$procs" --shorter_side "$SHORT_SIDE" --shard_size 100
+    --num_proc "$procs" --shorter_side "$SHORT_SIDE" --shard_size 100 || return 1
+  echo "{\"cpus\": \"$TREE_CPUS\", \"num_proc\": $procs, \"step_seconds\": {\"generate\": $generate, \
+\"preprocess\": $preprocess, \"preprocess_$SHORT_SIDE\": $((SECONDS - started))}}" > "$WORK/tree_launch.json"
 }
 
 stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core

@@ -109,6 +109,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     small = stages["tree"]["shorter_side_256"]  # the copy README.md recommends when the cores per GPU are few
     assert small["images"] == stages["tree"]["images"] and small["skipped"] == 0
     assert small["preprocess_seconds"] > 0 and small["preprocess_img_s"] > 0
+    steps = stages["tree"]["step_seconds"]  # each command's seconds, start-up included: what to cut the stage by
+    assert set(steps) == {"generate", "preprocess", "preprocess_256"}
+    assert sum(steps.values()) <= stages["tree"]["seconds"]
+    assert steps["preprocess_256"] >= int(small["preprocess_seconds"])
     # the bare loop (the GPU's ceiling; here a tiny model on the CPU) beside the tree, on a core the tree does not use
     throughput, cores = stages["throughput"], report["machine"]["cpu_cores"]
     assert sorted((r["model"], r["image_size"]) for r in throughput["runs"]) == [("blocknet_tiny", 32),
