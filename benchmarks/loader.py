@@ -77,6 +77,7 @@ sys.path.insert(0, str(ROOT))
 from imagenet_trainer.config import parse_config  # noqa: E402
 from imagenet_trainer import data as pipeline_steps  # noqa: E402
 from imagenet_trainer.data import decode  # noqa: E402
+from imagenet_trainer import jpeg_markers  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate  # noqa: E402
 from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, worker_context  # noqa: E402
@@ -630,7 +631,7 @@ def train_profile(split: datasets.Dataset, rows: list[int], size: int, cfg: Load
             data, label = view[r]
             t = tick("row bytes (zero-copy view)", t)
             rng = pipeline_steps.sample_rng(cfg.seed, 0, r)
-            segments = decode.header_segments(data)
+            segments = jpeg_markers.header_segments(data)
             height, width, fast_ok = decode.probe(data, segments)
             top, left, h, w = pipeline_steps.random_resized_crop_params(height, width, train_set.scale,
                                                                         train_set.ratio, rng)

@@ -7,7 +7,7 @@ tile index that ``imagenet_trainer.data.decode`` reads (``add_restarts``); None 
 - The transcode is libjpeg-turbo's lossless crop transform, one per tile, up to ``CHUNK`` to a call that reads the
   source once; the tiles' coded data is then joined with RST markers under one header. Progressive files come out
   baseline, which alone makes them decode faster. The caller checks the pixels.
-- The tile index travels in the file: APP9 segments (``decode.INDEX_ID``) before the scan give every tile's
+- The tile index travels in the file: APP9 segments (``jpeg_markers.INDEX_ID``) before the scan give every tile's
   length, so a reader finds the tiles under a crop without scanning the coded data for markers. Decoders skip APPn
   segments they do not know: the file stays a plain JPEG.
 - libjpeg-turbo >= 3.0's TurboJPEG API through ctypes: the ``turbojpeg`` wheel ships it (its own Python API runs
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imagenet_trainer.data.decode import (INDEX_ID, INDEX_MARKER, RST, SOF_ANY, frame_info, header_segments,
-                                          index_spans)
+from imagenet_trainer.jpeg_markers import (INDEX_ID, INDEX_MARKER, RST, SOF_ANY, frame_info, header_segments,
+                                           index_spans)
 
 TJINIT_TRANSFORM = 2
 TJXOPT_CROP, TJXOPT_COPYNONE = 1 << 2, 1 << 6  # turbojpeg.h (TurboJPEG 3 API)

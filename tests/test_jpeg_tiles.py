@@ -15,7 +15,7 @@ import turbojpeg
 from PIL import Image, ImageCms
 from torchvision.io import decode_jpeg
 
-from imagenet_trainer import tile_writer
+from imagenet_trainer import jpeg_markers, tile_writer
 from imagenet_trainer.data import TrainSet, decode
 
 
@@ -76,7 +76,7 @@ def test_recode_is_lossless_for_every_decoder_and_keeps_metadata(files, kind, ti
     assert tiles is not None and (tiles.height, tiles.width) == Image.open(io.BytesIO(data)).size[::-1]
     assert tiles.tile_w <= max(tile_px, 16) and tiles.tile_h in (8, 16)
     index = sum(len(s) for s in tile_writer.index_segments(np.diff(tiles.markers)))  # 2 bytes a tile
-    assert index == 2 * (len(tiles.markers) - 1) + 4 + len(decode.INDEX_ID)
+    assert index == 2 * (len(tiles.markers) - 1) + 4 + len(jpeg_markers.INDEX_ID)
     # narrow tiles forced on smooth files (~15 coded bytes an MCU: 444_big) cost more markers; by default they grow
     # by at most ~10%, and the index by 2 bytes a tile
     assert len(tiled) - index < (1.25 if tile_px == 16 else 1.1) * len(data) + 600
@@ -150,8 +150,8 @@ def test_recode_in_chunks_of_tiles_gives_the_same_file(files, monkeypatch):
 def test_malformed_headers_are_none_not_errors(files):
     tiled = tile_writer.add_restarts(files["420_landscape"], 64)
     assert tile_writer.add_restarts(memoryview(files["420_landscape"]), 64) == tiled  # rows arrive as memoryviews
-    sof = next(s for m, s, e in decode.header_segments(tiled) if m in decode.SOF_ANY)
-    sos = decode.header_segments(tiled)[-1][1]
+    sof = next(s for m, s, e in jpeg_markers.header_segments(tiled) if m in jpeg_markers.SOF_ANY)
+    sos = jpeg_markers.header_segments(tiled)[-1][1]
 
     def patched(data, offset, value):
         return data[:offset] + value + data[offset + len(value):]
@@ -163,9 +163,9 @@ def test_malformed_headers_are_none_not_errors(files):
 
 
 def _without_index(tiled: bytes) -> bytes:
-    segments = decode.header_segments(tiled)
-    index = decode.index_spans(tiled, segments)
-    assert index and index == [(s, e) for m, s, e in segments if m == decode.INDEX_MARKER]
+    segments = jpeg_markers.header_segments(tiled)
+    index = jpeg_markers.index_spans(tiled, segments)
+    assert index and index == [(s, e) for m, s, e in segments if m == jpeg_markers.INDEX_MARKER]
     keep = zip([0] + [e for s, e in index], [s for s, e in index] + [len(tiled)])
     return b"".join(tiled[a:b] for a, b in keep)
 
@@ -186,15 +186,15 @@ def test_the_tile_index_gives_what_a_marker_scan_finds(files, kind):
     again = tile_writer.add_restarts(tiled, 64)  # re-tiling keeps one index, not the old one beside the new
     assert decode.tile_grid(again)._replace(head=None, sof=None, markers=None) == indexed._replace(
         head=None, sof=None, markers=None) or kind == "progressive"  # its baseline re-code may pick other tiles
-    assert sum(m == decode.INDEX_MARKER for m, s, e in decode.header_segments(again)) == 1
+    assert sum(m == jpeg_markers.INDEX_MARKER for m, s, e in jpeg_markers.header_segments(again)) == 1
     assert np.array_equal(simplejpeg.decode_jpeg(again), simplejpeg.decode_jpeg(tiled))
 
 
 def test_an_index_that_does_not_match_the_data_is_ignored(files):
     tiled = tile_writer.add_restarts(files["420_landscape"], 64)
     scanned = decode.tile_grid(_without_index(tiled))
-    (s, e), = [(s, e) for m, s, e in decode.header_segments(tiled) if m == decode.INDEX_MARKER]
-    first = s + 4 + len(decode.INDEX_ID)
+    (s, e), = [(s, e) for m, s, e in jpeg_markers.header_segments(tiled) if m == jpeg_markers.INDEX_MARKER]
+    first = s + 4 + len(jpeg_markers.INDEX_ID)
     wrong_length = tiled[:first] + (int.from_bytes(tiled[first:first + 2], "little") + 1).to_bytes(2, "little") \
         + tiled[first + 2:]
     too_short = tiled[:s + 2] + (e - s - 4).to_bytes(2, "big") + tiled[s + 4:e - 2] + tiled[e:]  # one tile missing
@@ -208,7 +208,7 @@ def test_an_index_of_many_tiles_spans_several_segments(files, monkeypatch):
     whole = decode.tile_grid(tile_writer.add_restarts(files["444_big"], 64))
     monkeypatch.setattr(tile_writer, "INDEX_PER_SEGMENT", 1000)  # 5,922 tiles: 6 segments
     tiled = tile_writer.add_restarts(files["444_big"], 64)
-    assert sum(m == decode.INDEX_MARKER for m, s, e in decode.header_segments(tiled)) == 6
+    assert sum(m == jpeg_markers.INDEX_MARKER for m, s, e in jpeg_markers.header_segments(tiled)) == 6
     tiles = decode.tile_grid(tiled)
     assert tiles._replace(markers=None) == whole._replace(markers=None)
     assert np.array_equal(tiles.markers - tiles.markers[0], whole.markers - whole.markers[0])

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 import preprocess
-from imagenet_trainer import ilsvrc, tile_writer
+from imagenet_trainer import ilsvrc, jpeg_markers, tile_writer
 from imagenet_trainer.data import decode
 from imagenet_trainer.demo import MANIFEST, ORIGINS, make_ilsvrc_tree
 
@@ -49,6 +49,18 @@ def run_script(*args, **kwargs) -> subprocess.CompletedProcess:
 
 
 # ---- the dataset ----
+
+def test_preprocess_and_its_workers_start_without_torch():
+    """Each of preprocess.py's --num_proc workers is a fresh interpreter that imports preprocess.py (spawn) and what a
+    shard needs: torch and torchvision would add seconds to every one's start (on 2 cores, a 5-image tree took 4-5x as
+    long with them)."""
+    worker_imports = "import sys, preprocess, turbojpeg, imagenet_trainer.archive_layouts"
+    proc = subprocess.run([sys.executable, "-c", f"{worker_imports}; print(sorted(set(sys.modules) & "
+                           "{'torch', 'torchvision', 'timm', 'transformers'}))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
 
 def test_splits_counts_and_label_order(preprocessed, ilsvrc_tree):
     m = manifest(ilsvrc_tree)
@@ -129,7 +141,7 @@ def test_odd_files_are_converted_and_plain_jpegs_keep_their_pixels_in_tiles(prep
             continue
         tiles = decode.tile_grid(stored)
         assert stored != original and tiles is not None and tiles.tile_w <= 64, stem  # default --restart_tile 64
-        assert decode.INDEX_ID in stored[:tiles.markers[0]], stem  # the tiles are indexed: no marker scan
+        assert jpeg_markers.INDEX_ID in stored[:tiles.markers[0]], stem  # the tiles are indexed: no marker scan
         a, b = Image.open(io.BytesIO(original)), Image.open(io.BytesIO(stored))
         assert np.array_equal(np.asarray(a), np.asarray(b)), stem  # the same coefficients: the same pixels
         assert a.info.get("icc_profile") == b.info.get("icc_profile") and a.getexif() == b.getexif(), stem

@@ -10,7 +10,7 @@ coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW u
   one Huffman-coded stream, and on ImageNet-sized files (~110 KB) that entropy decoding is most of the decode time.
   Restart markers (ITU T.81 F.1.2.3: every R MCUs the coder resets, byte-aligns and writes RSTn) cut the stream into
   pieces that decode alone; when each MCU row holds a whole number of pieces they are tiles (R MCUs wide, one MCU
-  row high). ``tile_grid`` finds the tiles of such a file, from the tile index in its APP9 segments (``INDEX_ID``)
+  row high). ``tile_grid`` finds the tiles of such a file, from the tile index in its APP9 segments (``jpeg_markers``)
   where present, else by scanning the coded data for the markers (a file tiled by another tool); ``region`` cuts out
   the tiles under a crop as a smaller JPEG (the file's own header with its frame size patched) that any decoder
   reads. With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the region's pixels equal the
@@ -35,10 +35,8 @@ import simplejpeg
 import torch
 from PIL import Image, ImageOps
 
-SOF_HUFFMAN = (0xC0, 0xC1)  # baseline and extended sequential Huffman frames: one scan, tiles possible
-SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every frame type (0xC4 DHT, 0xC8 JPG, 0xCC DAC)
-INDEX_MARKER = 0xE9  # APP9: no common format uses it (JFIF APP0, Exif/XMP APP1, ICC/MPF APP2, Adobe APP14)
-INDEX_ID = b"imagenet-trainer tile index\x00"  # then uint16 little-endian: tile i's bytes, its data + next marker
+from imagenet_trainer.jpeg_markers import INDEX_ID, RST, SOF_HUFFMAN, frame_info, header_segments, index_spans
+
 DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5/8... exist but decode slower here
 EXIF_ORIENTATION = 0x0112
 
@@ -52,50 +50,6 @@ class TileGrid(NamedTuple):
     tile_w: int  # px
     tiles_per_row: int
     markers: np.ndarray  # tile i's coded data is file[markers[i] + 2:markers[i + 1]] (RST/EOI offsets; [0]: scan - 2)
-
-
-def header_segments(data: bytes):
-    """(marker, start, end) of each header segment of a JPEG, up to and including SOS (the image data), as PIL reads
-    them; None for a file that is not a JPEG or whose header is not plain."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    pos, segments = 2, []
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte; standalone markers (no length)
-            pos += 1 if marker == 0xFF else 2
-            continue
-        if marker == 0xD9:  # end of image before any image data
-            return None
-        end = pos + 2 + (data[pos + 2] << 8 | data[pos + 3])
-        if end > len(data) or end < pos + 4:
-            return None
-        segments.append((marker, pos, end))
-        if marker == 0xDA:
-            return segments
-        pos = end
-    return None
-
-
-def frame_info(data: bytes, segments) -> tuple[int, int, int, int, int] | None:
-    """(SOF offset, height, width, MCU height, MCU width) of the file's one frame (one component: 8x8 blocks); None
-    for no frame, several, or a malformed one."""
-    sof = [(s, e) for m, s, e in segments if m in SOF_ANY]
-    if len(sof) != 1:
-        return None
-    (start, end), = sof
-    if end - start < 10:
-        return None
-    height, width, ncomp = struct.unpack(">HHB", data[start + 5:start + 10])
-    if width == 0 or ncomp == 0 or end - start < 10 + 3 * ncomp:
-        return None
-    if ncomp == 1:
-        return start, height, width, 8, 8
-    factors = [data[start + 11 + 3 * i] for i in range(ncomp)]
-    mcu_h, mcu_w = 8 * max(f & 15 for f in factors), 8 * max(f >> 4 for f in factors)
-    return (start, height, width, mcu_h, mcu_w) if mcu_h and mcu_w else None
 
 
 def tile_grid(data: bytes, segments=None) -> TileGrid | None:
@@ -129,11 +83,6 @@ def tile_grid(data: bytes, segments=None) -> TileGrid | None:
     sof -= sum(e - s for s, e in index if s < sof)
     return TileGrid(head, sof, height, width, mcu_h * tile_rows, mcu_w * min(interval, per_row),
                   max(1, per_row // interval), markers)
-
-
-def index_spans(data, segments) -> list[tuple[int, int]]:
-    """(start, end) of the file's tile-index segments (APP9 with ``INDEX_ID``), in file order."""
-    return [(s, e) for m, s, e in segments if m == INDEX_MARKER and data[s + 4:s + 4 + len(INDEX_ID)] == INDEX_ID]
 
 
 def _check_markers(a: np.ndarray, markers: np.ndarray) -> bool:
@@ -197,7 +146,6 @@ def region(data, tiles: TileGrid, top: int, left: int, h: int, w: int) -> tuple[
     return out, height, width, r0 * tiles.tile_h, c0 * tiles.tile_w
 
 
-RST = [bytes((0xFF, 0xD0 + i)) for i in range(8)]
 RST_CYCLE = np.resize(np.arange(0xD0, 0xD8, dtype=np.uint8), 1 << 16)  # RST0..RST7, RST0..: the marker codes in order
 
 
