@@ -98,9 +98,9 @@ class StopSignal:
 
 def queued_copy(values: list[float], device: torch.device) -> torch.Tensor:
     """`values` as a float32 tensor on `device`, the copy queued behind the device's work rather than waited for. A
-    copy from pageable host memory to a CUDA device first waits for the stream to drain: in `check` it was a second
-    wait of the host for the GPU beside the `.tolist()` (torch's sync debug mode counted both, on an H100). From
-    pinned memory the copy is queued like a kernel; CUDA's caching host allocator keeps the buffer until it ran."""
+    copy from pageable host memory to a CUDA device first waits for the stream to drain: a second wait of the host for
+    the GPU at each check, beside the `.tolist()` that reads the reduced flags (torch's sync debug mode counts both).
+    From pinned memory the copy is queued like a kernel; CUDA's caching host allocator keeps the buffer until it ran."""
     host = torch.tensor(values, dtype=torch.float32)
     return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
 
