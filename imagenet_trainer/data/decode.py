@@ -10,11 +10,11 @@ coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW u
   one Huffman-coded stream, and on ImageNet-sized files (~110 KB) that entropy decoding is most of the decode time.
   Restart markers (ITU T.81 F.1.2.3: every R MCUs the coder resets, byte-aligns and writes RSTn) cut the stream into
   pieces that decode alone; when each MCU row holds a whole number of pieces they are tiles (R MCUs wide, one MCU
-  row high). ``tile_grid`` finds the tiles of such a file, from the tile index in its APP9 segments (``jpeg_markers.INDEX_ID``)
-  where present, else by scanning the coded data for the markers (a file tiled by another tool); ``region`` cuts out
-  the tiles under a crop as a smaller JPEG (the file's own header with its frame size patched) that any decoder
-  reads. With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the region's pixels equal the
-  same rows and columns of a whole-file decode exactly; tests/test_jpeg_tiles.py checks it.
+  row high). ``tile_grid`` finds the tiles of such a file, from the tile index in its APP9 segments
+  (``jpeg_markers.INDEX_ID``) where present, else by scanning the coded data for the markers (a file tiled by another
+  tool); ``region`` cuts out the tiles under a crop as a smaller JPEG (the file's own header with its frame size
+  patched) that any decoder reads. With libjpeg's fast (non-fancy) upsampling every MCU decodes on its own, so the
+  region's pixels equal the same rows and columns of a whole-file decode exactly; tests/test_jpeg_tiles.py checks it.
 - ``decode_scaled`` decodes at the smallest DCT scale (1/2, 1/4, 1/8; ``dct_factor``) that still leaves the crop
   at least the output size: libjpeg-turbo skips most of the IDCT and colour conversion work (FFCV decodes the same
   way). simplejpeg (libjpeg-turbo) decodes straight into a numpy array, faster than PIL, which also unpacks RGB from
