@@ -112,7 +112,7 @@ if [ "$CPU" = 1 ]; then
   # one worker, sharing its core with the loader's main process: a 2-core box keeps a core for validate and fsdp
   # beside it, as a GPU machine does
   SWEEP=(1); SWEEP_256=(1); SWEEP_MAIN=0; SWEEP_IMAGES=32; VAL_BATCH=8
-  THROUGHPUT=(--model blocknet_tiny --batch_size 8 --steps 3); THROUGHPUT_SIZES=(48 32)
+  THROUGHPUT=(--model blocknet_tiny --batch_size 16 --steps 3); THROUGHPUT_SIZES=(48 32); RECIPE_BATCH=8
 else
   # 10 classes x 640 = 6,400 train images: resnet50 at batch 128 takes 50 steps an epoch, 3 epochs = 150 steps
   TREE=(--num_classes 10 --train_per_class 640 --val_per_class 20 --long_side 500 --grain 32)
@@ -126,6 +126,7 @@ else
   PRECISION=(--config_file "$ROOT/accelerate_configs/single_gpu.yaml")
   SWEEP=(8); SWEEP_256=(1 8); SWEEP_MAIN=1; SWEEP_IMAGES=1000; VAL_BATCH=256  # SWEEP_MAIN: the main process's core
   THROUGHPUT=(--model resnet50 --batch_size 256 --steps 50 --bf16); THROUGHPUT_SIZES=(224 192)  # 224 and the recipe's
+  RECIPE_BATCH=128  # TRAIN's batch: the bare loop at it too, train.py's like-for-like ceiling
 fi
 COMMON=(--warmup_epochs 1 --log_every_steps 25 --lr 0.1)
 LOGS="${OUT%.json}_logs.tar.gz"
@@ -181,6 +182,10 @@ stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core
     pinned "$THROUGHPUT_CPUS" "$PY" "$ROOT/benchmarks/train_loop.py" --synthetic_only "${THROUGHPUT[@]}" \
       --image_size "$size" --output "$WORK/throughput_$size.json" || return 1
   done
+  # the recipe's size at train.py's batch (later flags win): what train_8cores and train_recipe compare with
+  pinned "$THROUGHPUT_CPUS" "$PY" "$ROOT/benchmarks/train_loop.py" --synthetic_only "${THROUGHPUT[@]}" \
+    --image_size "$RECIPE_SIZE" --batch_size "$RECIPE_BATCH" \
+    --output "$WORK/throughput_${RECIPE_SIZE}_b$RECIPE_BATCH.json"
 }
 
 # train_run OUTPUT_NAME DATASET CPUS IMAGE_SIZE EVAL_SIZE [more flags]: the launch on those cores (later flags win);

@@ -115,8 +115,9 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert steps["preprocess_256"] >= int(small["preprocess_seconds"])
     # the bare loop (the GPU's ceiling; here a tiny model on the CPU) beside the tree, on a core the tree does not use
     throughput, cores = stages["throughput"], report["machine"]["cpu_cores"]
-    assert sorted((r["model"], r["image_size"]) for r in throughput["runs"]) == [("blocknet_tiny", 32),
-                                                                                 ("blocknet_tiny", 48)]
+    # at the batch that fills the device, and at the recipe's size with train.py's batch (its like-for-like ceiling)
+    assert sorted((r["model"], r["image_size"], r["batch_size"]) for r in throughput["runs"]) == [
+        ("blocknet_tiny", 32, 8), ("blocknet_tiny", 32, 16), ("blocknet_tiny", 48, 16)]
     assert all(r["img_s"] > 0 for r in throughput["runs"])
     if cores > 1:
         tree_cpus, own = stages["tree"]["cpus"].split(","), throughput["cpus"].split(",")
