@@ -15,8 +15,9 @@
 #               then preprocess.py on every core, twice: the originals, and the --shorter_side 256 copy README.md
 #               recommends when the cores per GPU are few
 #   throughput  the accelerator's ceiling without a loader (benchmarks/train_loop.py --synthetic_only, bf16 autocast,
-#               channels_last, resident batches, eager): resnet50 at 224 px and at the recipe's 192 px. It needs the
-#               GPU and one core, tree no GPU: run together, it has the last core and tree the others
+#               channels_last, resident batches of 256, eager): resnet50 at 224 px and at the recipe's 192 px, and at
+#               192 px with train.py's batch of 128 (its like-for-like ceiling). It needs the GPU and one core, tree no
+#               GPU: run together, it has the last core and tree the others
 #   train_8cores the goal "ResNet-50 >= 4,000 img/s on one GPU with <= 8 cores and data_wait_frac < 5%": real
 #               train.py at recipes/resnet50.yaml's settings (bf16, 192 px, --compile, compiled cold as on a fresh
 #               machine) on the 256 copy, the whole launch pinned to 8 cores with 7 workers, 5 epochs of 50 steps;
