@@ -2,6 +2,7 @@
 undecodable images, a second launch into a busy folder; each costs minutes, never the run."""
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import shutil
@@ -355,7 +356,13 @@ def test_a_second_launch_into_a_busy_output_dir_is_refused_from_the_first_second
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None and in_use(out) is None:
             time.sleep(0.01)
-        assert in_use(out) is not None and not (out / "checkpoints").exists(), "the lock comes before any save"
+        saved = [p.stat().st_mtime for p in (out / "checkpoints").glob("step_*")]
+        assert in_use(out) is not None, "the first run holds the folder"
+        # the lock comes before any save: no save yet when this poll saw the lock, or (a loaded machine starved the
+        # poll past the first epoch) the lock's start, in whole seconds, no later than each save
+        started = calendar.timegm(time.strptime(json.loads((out / LOCK_FILE).read_text())["start"],
+                                                "%Y-%m-%dT%H:%M:%SZ"))
+        assert all(started <= mtime for mtime in saved), "the lock comes before any save"
         for extra in ((), ("--resume_from_checkpoint", "latest")):
             second = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "2", *extra))
             assert second.returncode != 0
