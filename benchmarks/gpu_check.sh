@@ -157,8 +157,8 @@ logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a lo
   if [ $? -le 1 ]; then mv "$tmp" "$LOGS"; else rm -f "$tmp"; fi
 }
 
-# preprocess.py's shards of 100 images, not its default 1,000 (ImageNet's 1.28 M files): 66 of them rather than 8 for the
-# tree's 6,600, so that every process of the stage has several (with 8, only 8 of 15 processes worked)
+# preprocess.py's shards of 100 images, not its default 1,000 (sized for ImageNet's 1.28 M files): the tree's 6,600 make
+# 66 shards, several for each process, where 1,000 would make 8 and leave the other processes idle
 stage_tree() {  # on TREE_CPUS with a process each; tree_launch.json: its cores and each step's seconds
   local procs started generate preprocess
   procs="$(pinned "$TREE_CPUS" "${COUNT_CORES[@]}")" || return 1

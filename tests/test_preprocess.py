@@ -52,8 +52,7 @@ def run_script(*args, **kwargs) -> subprocess.CompletedProcess:
 
 def test_preprocess_and_its_workers_start_without_torch():
     """Each of preprocess.py's --num_proc workers is a fresh interpreter that imports preprocess.py (spawn) and what a
-    shard needs: torch and torchvision would add seconds to every one's start (on 2 cores, a 5-image tree took 4-5x as
-    long with them)."""
+    shard needs: torch and torchvision would add seconds to every one's start (BENCHMARKS.md, "Start-up")."""
     worker_imports = "import sys, preprocess, turbojpeg, imagenet_trainer.archive_layouts"
     proc = subprocess.run([sys.executable, "-c", f"{worker_imports}; print(sorted(set(sys.modules) & "
                            "{'torch', 'torchvision', 'timm', 'transformers'}))"],
