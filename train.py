@@ -73,6 +73,7 @@ from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
                                            on_device, worker_context)
+from imagenet_trainer.process_exit import exit_now
 from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
@@ -912,3 +913,4 @@ def run_and_close(entry: Callable[[list[str]], object], argv: list[str]) -> None
 
 if __name__ == "__main__":
     run_and_close(main, sys.argv[1:])
+    exit_now()  # everything is written: skip the interpreter's teardown (imagenet_trainer/process_exit.py)

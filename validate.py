@@ -38,6 +38,7 @@ from imagenet_trainer import eval_suite
 from imagenet_trainer.data import check_labels, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate
+from imagenet_trainer.process_exit import exit_now
 from imagenet_trainer.runinfo import atomic_write_text
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in the order train.py nests them
@@ -288,3 +289,4 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    exit_now()  # everything is written: skip the interpreter's teardown (imagenet_trainer/process_exit.py)
