@@ -30,7 +30,8 @@
 #               and the cores one GPU needs at the fastest train.py rate at the recipe's settings and at the goal's
 #               4,000 img/s; the CPU time of each step of a train sample on this CPU, for each copy (--profile)
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
-#   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume.
+#   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume; a
+#               step's seconds and each launch's one-time seconds, from the two launches' lengths and times
 #               It and validate need the GPU and a few cores, workers no GPU: the three run at once, workers on the
 #               cores its largest run is pinned to, validate on two of the others and fsdp on the rest
 #   train_eager train_recipe's run at 224 px without --compile
@@ -108,7 +109,7 @@ if [ "$CPU" = 1 ]; then
   # --compile as on the GPU (Inductor on the CPU), so the dry run shows train_recipe loading train_8cores' graphs
   EAGER_SIZE=32; RECIPE_SIZE=32; RECIPE_EVAL=32; RECIPE_COMPILE=(--compile)
   FSDP=(--model blocknet_tiny --image_size 32 --batch_size 4)
-  FSDP_STEPS=(2 4)
+  FSDP_STEPS=(2 5)  # launches of 2 and 3 steps
   PRECISION=(--config_file "$ROOT/accelerate_configs/cpu.yaml")
   # one worker, sharing its core with the loader's main process: a 2-core box keeps a core for validate and fsdp
   # beside it, as a GPU machine does
@@ -123,7 +124,9 @@ else
   GOAL_EPOCHS=5
   EAGER_SIZE=224; RECIPE_SIZE=192; RECIPE_EVAL=224; RECIPE_COMPILE=(--compile)
   FSDP=(--model convnext_tiny --image_size 224 --batch_size 64)
-  FSDP_STEPS=(15 30)
+  # launches of 5 and 15 steps: their two times give a step's seconds apart from a launch's one-time costs (CUDA and
+  # cuDNN set-up, the first steps), which two launches of equal length cannot separate
+  FSDP_STEPS=(5 20)
   PRECISION=(--config_file "$ROOT/accelerate_configs/single_gpu.yaml")
   SWEEP=(8); SWEEP_256=(1 8); SWEEP_MAIN=1; SWEEP_IMAGES=1000; VAL_BATCH=256  # SWEEP_MAIN: the main process's core
   THROUGHPUT=(--model resnet50 --batch_size 256 --steps 50 --bf16); THROUGHPUT_SIZES=(224 192)  # 224 and the recipe's
@@ -448,12 +451,23 @@ def fsdp():
     resumed = re.search(r"resumed from \S+ at epoch \d+, step (\d+)", (work / "fsdp.log").read_text())
     resumes = sorted((work / "fsdp" / "resumes").glob("*/run_info.json"))
     launches = [info, *(json.loads(p.read_text()) for p in resumes)]
+    # each launch's steps and its training seconds after its first batch came (the workers' start left out)
+    runs = [{"steps": row["step"] - before, "train_s": round(row["train_s"], 2),
+             "first_batch_s": round(row["first_batch_s"], 2), "computing_s": row["train_s"] - row["first_batch_s"]}
+            for row, before in zip(table, [0] + [row["step"] for row in table])]
+    step_s = one_time_s = None
+    if len(runs) == 2 and runs[0]["steps"] != runs[1]["steps"]:  # seconds = one_time + steps x step, per launch
+        step_s = (runs[1]["computing_s"] - runs[0]["computing_s"]) / (runs[1]["steps"] - runs[0]["steps"])
+        one_time_s = runs[0]["computing_s"] - runs[0]["steps"] * step_s
     return {**json.loads((work / "fsdp_launch.json").read_text()),
             "measured": info["distributed_type"] == "DistributedType.FSDP",
             "startup_s": [launch["startup_s"] for launch in launches],  # the first launch's, the resumed one's
             "distributed_type": info["distributed_type"], "mixed_precision": info["mixed_precision"],
             "resumed_at_step": int(resumed.group(1)) if resumed else None, "final_step": table[-1]["step"],
-            "images_per_sec": round(table[-1]["images_per_sec"], 1), "val_top1": table[-1]["val_top1"]}
+            "images_per_sec": round(table[-1]["images_per_sec"], 1), "val_top1": table[-1]["val_top1"],
+            "launches": [{k: v for k, v in run.items() if k != "computing_s"} for run in runs],
+            "step_s": None if step_s is None else round(step_s, 3),
+            "one_time_s": None if one_time_s is None else round(one_time_s, 2)}
 
 
 def validate():

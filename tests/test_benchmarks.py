@@ -190,6 +190,25 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert stages["validate"]["n"] > 0  # of train_recipe's export, the run the recipe's settings made
 
 
+def test_gpu_check_fsdp_stage_separates_a_step_from_a_launch(tmp_path):
+    """The fsdp stage (failed on purpose in the dry run above) run for real: stop at a checkpoint, resume, and from
+    its two launches of different lengths a step's seconds apart from each launch's one-time seconds. Off a GPU
+    accelerate runs fsdp.yaml as CPU DDP: the figures say so (measured false)."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--stages", "tree,fsdp",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    fsdp = json.loads(out.read_text())["stages"]["fsdp"]
+    assert fsdp["status"] == 0 and fsdp["measured"] is False and fsdp["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert fsdp["resumed_at_step"] == 2 and fsdp["final_step"] == 5 and len(fsdp["startup_s"]) == 2
+    assert [launch["steps"] for launch in fsdp["launches"]] == [2, 3]
+    # each launch's time after its first batch = its one-time seconds + its steps x a step's (to the rounding)
+    for launch in fsdp["launches"]:
+        computing = launch["train_s"] - launch["first_batch_s"]
+        assert computing == pytest.approx(fsdp["one_time_s"] + launch["steps"] * fsdp["step_s"], abs=0.03), fsdp
+
+
 def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     """A run stopped at a time limit (SIGKILL, as a job scheduler's) leaves the JSON and the logs of every stage it
     finished, and names the stages it did not reach (killed as train_8cores starts, right after the dry run's
