@@ -80,6 +80,8 @@ from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
 from imagenet_trainer.stopping import StopSignal, StoppedDuringEval, exit_bad_samples, exit_stopped
 
+IMPORTED = time.monotonic()  # the imports' end: run_info.json's startup_split_s starts its set-up phases here
+
 @dataclass(kw_only=True)  # kw_only: --dataset, required, stands among fields with defaults
 class TrainConfig:
     model: str = "resnet18"  # any modeling.create_model name: our designs first, then the timm zoo
@@ -210,10 +212,12 @@ def main(argv=None):
     set_backends(accelerator)
     check_launch(cfg, accelerator, run_dir, ckpt_dir)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    startup = {"accelerator": time.monotonic()}  # each set-up phase's end, for run_info.json's startup_split_s
 
     # data and model
     ds, label_names = load_data(cfg.dataset, cfg.eval_split)
     model = build_model(cfg, num_classes=len(label_names), print_fn=accelerator.print)
+    startup["data_and_model"] = time.monotonic()
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -221,6 +225,7 @@ def main(argv=None):
                           run_dir)  # rows repaired since an earlier launch count no more
     train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
     steps_per_epoch, total_steps = count_steps(cfg, train_loader, accelerator.num_processes)
+    startup["loaders"] = time.monotonic()
 
     # SyncBatchNorm/channels_last, FSDP, optimizer, schedule
     model = convert_norm_and_memory_format(model, cfg, accelerator)
@@ -235,12 +240,13 @@ def main(argv=None):
     state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
                         "grad_accum_steps": cfg.grad_accum_steps})
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
+    startup["prepare"] = time.monotonic()
     resumed_from = resume(accelerator, state, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
     if state.step >= total_steps and not state.eval_pending:  # resumed at or past the end this launch's flags set
         accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
         accelerator.end_training()
         return
-    start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None)
+    start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None, startup=startup)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
 
     # the loop: an epoch (or the part of it left), checkpoints when due; then evaluate, export the best, checkpoint, log
@@ -350,18 +356,26 @@ def record_launch(accelerator: Accelerator, cfg: TrainConfig, folder: Path, **mo
                                            "tf32_cudnn": torch.backends.cudnn.allow_tf32})
 
 
-def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, resumed: bool) -> None:
+def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, resumed: bool,
+                  startup: dict[str, float]) -> None:
     """The launch's records, written once the start-up checks have passed (so a failed start leaves nothing that
     blocks its own command): run_dir's for a fresh start, run_dir/resumes/<UTC time>/ for a resume (names sort in
-    launch order). A stop record of an earlier launch goes: this one is running."""
+    launch order). A stop record of an earlier launch goes: this one is running. `startup`: each set-up phase's
+    end (time.monotonic(), in main's order)."""
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOPPED_RECORD).unlink(missing_ok=True)
     first = not resumed or not (run_dir / "run_info.json").exists()
-    # startup_s: what a launch costs before its first step (the imports, data, model, prepare, resume), in seconds
+    now, ends = time.monotonic(), {"imports": IMPORTED, **startup}
+    # startup_s: what a launch costs before its first step, in seconds; startup_split_s: the same by phase (the
+    # accelerator: its device and process group; loaders: the run record, the loaders and their fork server's start;
+    # prepare: norm layers, FSDP, optimizer, accelerate's prepare, compile's wrapping, EMA; resume: the checkpoint)
+    split = {phase: end - begin for phase, begin, end in zip(ends, [STARTED, *ends.values()], ends.values())}
     record_launch(accelerator, cfg, run_dir if first else
                   run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()),
-                  startup_s=round(time.monotonic() - STARTED, 2))
+                  startup_s=round(now - STARTED, 2),
+                  startup_split_s={**{k: round(v, 2) for k, v in split.items()},
+                                   "resume": round(now - ends[list(ends)[-1]], 2)})
 
 
 def load_data(dataset: str, eval_split: str):

@@ -103,6 +103,10 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert "train.py" in " ".join(info["command"]) and info["versions"]["torch"]
     assert 0 < info["startup_s"] < 600  # imports, data, model, prepare: the launch's cost before its first step
+    split = info["startup_split_s"]  # the same by phase, in main's order, adding up to it (to the rounding)
+    assert list(split) == ["imports", "accelerator", "data_and_model", "loaders", "prepare", "resume"]
+    assert all(v >= 0 for v in split.values()) and split["imports"] > 0
+    assert sum(split.values()) == pytest.approx(info["startup_s"], abs=0.04)
     assert list(out.glob("**/events.out.tfevents.*")), "no tensorboard events"
     # keep-last-1 plus the best checkpoint; no unfinished temp folders
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
