@@ -24,9 +24,10 @@ WORKER_START = "forkserver"  # workers are forked from a server process that run
 # training process: a fork copies each lock as the process's other threads hold it at that instant, and gloo's and
 # NCCL's threads take the interpreter's thread-state lock whenever they drop a tensor Python made; before Python
 # 3.11.10 and 3.12 a worker forked at that instant hangs before it starts, and every rank with it (CPython gh-112275)
-WORKER_PRELOAD = ["imagenet_trainer.data", "accelerate", "timm", "modeling"]  # what the server imports once: the
-# pipeline, and what train.py's and validate.py's imports add, which each worker meets when it runs the main script
-# again as "__mp_main__" (multiprocessing's way for forkserver and spawn)
+WORKER_PRELOAD = ["imagenet_trainer.data", "accelerate", "timm", "modeling",  # what the server imports once: the
+                  # pipeline, and what train.py's and validate.py's imports add, which each worker meets when it runs
+                  # the main script again as "__mp_main__" (multiprocessing's way for forkserver and spawn)
+                  "imagenet_trainer.fork_server"]  # and the server's own quick end (that module says why)
 
 
 def local_processes() -> int:

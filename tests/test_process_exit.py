@@ -84,3 +84,51 @@ def test_train_and_validate_leave_no_process_behind(preprocessed, tmp_path):
         assert left == [], f"{command[:3]}: {left}"
     assert (out / "final" / "model.safetensors").is_file()
     assert "top1" in (tmp_path / "val.json").read_text()
+
+
+SERVER_SCRIPT = """
+import multiprocessing, sys
+sys.path[:0] = [{root!r}, {folder!r}]
+if __name__ == "__main__":  # a worker runs this script again, as "__mp_main__"
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload({preload!r})
+    worker = context.Process(target=print, args=("a worker forked from the server",))
+    worker.start()
+    worker.join()
+    print("exitcode", worker.exitcode)
+"""
+
+TEARDOWN_MODULE = """
+class Teardown:  # its __del__ runs when the interpreter's teardown clears this module
+    def __del__(self, open=open):
+        open({marker!r}, "w").close()
+
+kept = Teardown()
+"""
+
+
+def test_the_fork_server_ends_without_its_teardown(tmp_path):
+    # loader_setup.WORKER_PRELOAD ends with imagenet_trainer.fork_server: the server skips the teardown of what it
+    # preloaded (accelerate launch waits for it: the server holds the launch's stderr); without it, the teardown runs
+    from imagenet_trainer.loader_setup import WORKER_PRELOAD
+
+    assert WORKER_PRELOAD[-1] == "imagenet_trainer.fork_server"
+    for quick in (True, False):
+        marker = tmp_path / f"teardown_{quick}"
+        (tmp_path / f"preloaded_{quick}.py").write_text(TEARDOWN_MODULE.format(marker=str(marker)))
+        preload = [f"preloaded_{quick}", *(["imagenet_trainer.fork_server"] if quick else [])]
+        script = tmp_path / "server.py"
+        script.write_text(SERVER_SCRIPT.format(root=str(ROOT), folder=str(tmp_path), preload=preload))
+        # the server (Python 3.11) imports with the sys.path of `python -c` in the launch's folder: the preloaded
+        # module from there, the project through PYTHONPATH
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True, cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        stdout, stderr = proc.communicate(timeout=120)  # to the pipes' end: the server holds them until it is gone
+        assert proc.returncode == 0, stderr
+        assert stdout.splitlines() == ["a worker forked from the server", "exitcode 0"]
+        deadline = time.monotonic() + 30
+        while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert left == []
+        assert marker.exists() is not quick, quick  # the teardown ran only without the quick end
