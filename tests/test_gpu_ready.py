@@ -214,7 +214,8 @@ def test_sigterm_to_the_launcher_alone_checkpoints_and_leaves_nothing_running(pr
     assert (out / train.STOPPED_RECORD).is_file(), log.read_text()[-3000:]  # none: SIGKILLed before the checkpoint
     record = json.loads((out / train.STOPPED_RECORD).read_text())
     assert record["signal"] == "SIGTERM" and record["exit_status"] == train.STOPPED_STATUS
-    assert 0 < record["seconds_after_signal"] < (5 if processes == 1 else 30)  # within the launcher's SIGKILL
+    # within the launcher's SIGKILL; 0.0 when the signal came as the due checkpoint (every step here) was finishing
+    assert 0 <= record["seconds_after_signal"] < (5 if processes == 1 else 30)
     assert record["step"] >= signalled and (out / "checkpoints" / f"step_{record['step']:08d}").is_dir()
 
 
