@@ -19,6 +19,7 @@ from .stop_signals import STOP_SIGNALS
 PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
 RING_SLOTS = PREFETCH_FACTOR + 2  # batch slots per train worker (data.ring): its prefetched batches, the one the
 # step uses and the one being copied out
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder of imagenet_trainer/ and modeling/
 SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
 WORKER_START = "forkserver"  # workers are forked from a server process that runs no other thread, never from the
 # training process: a fork copies each lock as the process's other threads hold it at that instant, and gloo's and
@@ -60,11 +61,20 @@ def worker_context():
     # SLURM's preemption signals every process of the job, and they must load on until train.py has checkpointed
     # and closes them (torch's own handler ends a worker on a SIGTERM from any process but its parent)
     multiprocessing.resource_tracker.ensure_running()  # before the mask: starting it unblocks SIGTERM on its way
+    # the server imports WORKER_PRELOAD with the sys.path of a fresh `python -c` in the current folder (Python 3.11's
+    # server ignores the sys.path it is sent; later versions apply it): the project's folder goes first on its
+    # PYTHONPATH, so the project's modules load there whichever folder the launch started in
+    environ = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (PROJECT, environ)))
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal that came meanwhile reaches this process now
+        if environ is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = environ
     return context
 
 

@@ -132,3 +132,37 @@ def test_the_fork_server_ends_without_its_teardown(tmp_path):
             time.sleep(0.2)
         assert left == []
         assert marker.exists() is not quick, quick  # the teardown ran only without the quick end
+
+
+PRELOAD_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})  # the project for this process only: not on PYTHONPATH, the server does not inherit it
+from imagenet_trainer.loader_setup import WORKER_PRELOAD, worker_context
+
+
+def preloaded(queue):  # in a worker forked from the server: the modules it holds are the server's
+    queue.put(sorted(name for name in WORKER_PRELOAD if name in sys.modules))
+
+
+if __name__ == "__main__":
+    context = worker_context()
+    queue = context.Queue()
+    worker = context.Process(target=preloaded, args=(queue,))
+    worker.start()
+    print(queue.get(timeout=60))
+    worker.join()
+"""
+
+
+def test_the_fork_server_preloads_the_project_from_any_folder(tmp_path):
+    # launched from a folder other than the project's (a cluster job's, a notebook's): the server still preloads
+    # the pipeline and the project's models, and its quick end
+    from imagenet_trainer.loader_setup import WORKER_PRELOAD
+
+    script = tmp_path / "preload.py"
+    script.write_text(PRELOAD_SCRIPT.format(root=str(ROOT)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(sorted(WORKER_PRELOAD))
