@@ -366,7 +366,8 @@ def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, res
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOPPED_RECORD).unlink(missing_ok=True)
     first = not resumed or not (run_dir / "run_info.json").exists()
-    now, ends = time.monotonic(), {"imports": IMPORTED, **startup}
+    now = time.monotonic()
+    ends = {"imports": IMPORTED, **startup, "resume": now}
     # startup_s: what a launch costs before its first step, in seconds; startup_split_s: the same by phase (the
     # accelerator: its device and process group; loaders: the run record, the loaders and their fork server's start;
     # prepare: norm layers, FSDP, optimizer, accelerate's prepare, compile's wrapping, EMA; resume: the checkpoint)
@@ -374,8 +375,7 @@ def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, res
     record_launch(accelerator, cfg, run_dir if first else
                   run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()),
                   startup_s=round(now - STARTED, 2),
-                  startup_split_s={**{k: round(v, 2) for k, v in split.items()},
-                                   "resume": round(now - ends[list(ends)[-1]], 2)})
+                  startup_split_s={phase: round(seconds, 2) for phase, seconds in split.items()})
 
 
 def load_data(dataset: str, eval_split: str):

@@ -3,22 +3,13 @@ the interpreter's teardown of what it preloaded.
 
 The server leaves once the training process has gone, and `accelerate launch` (1.16) waits for it: the launcher reads
 the child's stderr to its end, and the server and its workers hold a copy of that stderr. The server's teardown (torch,
-timm, accelerate and datasets' modules garbage-collected: ~1.5 s on a fast core) was the last second or two of every
-launch that had workers. Nothing in the server needs it: the workers it forked end on their own (os._exit), and its
-only resources are the training process's, released there.
+timm, accelerate and datasets' modules garbage-collected) was the last second or two of every launch that had workers
+(BENCHMARKS.md, "GPU check"). Nothing in the server needs it: the workers it forked end on their own (os._exit), and
+its only resources are the training process's, released there.
 """
 import atexit
-import os
-import sys
 
+from .process_exit import end_process
 
-def _end() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(0)
-
-
-atexit.register(_end)  # registered after multiprocessing's own handler, so it runs first (atexit runs last-in first)
+# registered after multiprocessing's own handler, so it runs first (atexit runs last-in first)
+atexit.register(end_process, 0)

@@ -1,10 +1,9 @@
 """How train.py and validate.py end once their work is done and written: without the interpreter's teardown.
 
-That teardown garbage-collects every module torch, dynamo, timm, datasets and transformers loaded: ~1 s of a
-launch's wall time on a fast core, more on a GPU host's slower ones, spent after the last file is written, in each
-process of a launch (benchmarks/gpu_check.sh counts it in a stage's `other` seconds). What has to run still does: the
-atexit handlers (multiprocessing's children, Inductor's compile workers, logging's flush) and stdio's flush. Imports
-nothing heavy.
+That teardown garbage-collects every module torch, dynamo, timm, datasets and transformers loaded: seconds of a
+launch's wall time spent after the last file is written, in each process of a launch (BENCHMARKS.md, "GPU check";
+benchmarks/gpu_check.sh counts it in a stage's `other` seconds). What has to run still does: the atexit handlers
+(multiprocessing's children, Inductor's compile workers, logging's flush) and stdio's flush. Imports nothing heavy.
 """
 from __future__ import annotations
 
@@ -20,6 +19,11 @@ def exit_now(status: int = 0) -> None:
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(status)
     atexit._run_exitfuncs()  # in the order Python runs them at exit, last registered first
+    end_process(status)
+
+
+def end_process(status: int) -> None:
+    """Flush stdio and end the process at once: no atexit handler and no teardown runs after this."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
