@@ -32,10 +32,12 @@ import time
 
 STARTED = time.monotonic()  # run_info.json's startup_s counts from here: the imports, then set-up until the loop
 
-if __name__ == "__main__":  # before the heavy imports: a stop signal in the first seconds is remembered, not fatal
-    from imagenet_trainer import stop_signals
+if __name__ == "__main__":  # before the heavy imports: a stop signal in the first seconds is remembered, not fatal,
+    # and the DataLoader workers' fork server imports what they need beside this process's imports, not after them
+    from imagenet_trainer import stop_signals, worker_processes
 
     stop_signals.install()
+    worker_processes.start_early(sys.argv[1:])
 
 import enum
 import functools
@@ -63,7 +65,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 import modeling
-from imagenet_trainer import checkpoints, metrics
+from imagenet_trainer import checkpoints, metrics, worker_processes
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader, load_run_record
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
@@ -375,7 +377,10 @@ def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, res
     record_launch(accelerator, cfg, run_dir if first else
                   run_dir / "resumes" / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime()),
                   startup_s=round(now - STARTED, 2),
-                  startup_split_s={phase: round(seconds, 2) for phase, seconds in split.items()})
+                  startup_split_s={phase: round(seconds, 2) for phase, seconds in split.items()},
+                  # seconds into the launch when the workers' fork server started (null: no workers)
+                  worker_server_started_s=round(worker_processes.started_at[0] - STARTED, 2)
+                  if worker_processes.started_at else None)
 
 
 def load_data(dataset: str, eval_split: str):

@@ -14,9 +14,16 @@ here, not by `evaluate.load("accuracy")`, which needs the Hub (huggingface/evalu
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the heavy imports: the DataLoader workers' fork server imports what they need
+    # beside this process's imports, not after them (imagenet_trainer/worker_processes.py)
+    from imagenet_trainer import worker_processes
+
+    worker_processes.start_early(sys.argv[1:])
+
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

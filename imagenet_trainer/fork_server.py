@@ -1,4 +1,4 @@
-"""Imported by the DataLoader workers' fork server only (loader_setup.WORKER_PRELOAD, last): the server ends without
+"""Imported by the DataLoader workers' fork server only (worker_processes.WORKER_PRELOAD, last): the server ends without
 the interpreter's teardown of what it preloaded.
 
 The server leaves once the training process has gone, and `accelerate launch` (1.16) waits for it: the launcher reads

@@ -4,78 +4,34 @@ with the step (on_device).
 """
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import os
 import shutil
-import signal
 
 import torch
 
 from .data.ring import RingBatch, device_tensors, host_tensors
-from .stop_signals import STOP_SIGNALS
+from .worker_processes import auto_workers, available_cores, local_processes, start_server
 
 PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
 RING_SLOTS = PREFETCH_FACTOR + 2  # batch slots per train worker (data.ring): its prefetched batches, the one the
 # step uses and the one being copied out
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder of imagenet_trainer/ and modeling/
 SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
-WORKER_START = "forkserver"  # workers are forked from a server process that runs no other thread, never from the
-# training process: a fork copies each lock as the process's other threads hold it at that instant, and gloo's and
-# NCCL's threads take the interpreter's thread-state lock whenever they drop a tensor Python made; before Python
-# 3.11.10 and 3.12 a worker forked at that instant hangs before it starts, and every rank with it (CPython gh-112275)
-WORKER_PRELOAD = ["imagenet_trainer.data", "accelerate", "timm", "modeling",  # what the server imports once: the
-                  # pipeline, and what train.py's and validate.py's imports add, which each worker meets when it runs
-                  # the main script again as "__mp_main__" (multiprocessing's way for forkserver and spawn)
-                  "imagenet_trainer.fork_server"]  # and the server's own quick end (that module says why)
-
-
-def local_processes() -> int:
-    """Processes launched on this machine: torchrun (and accelerate launch through it) sets LOCAL_WORLD_SIZE."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def loader_workers(requested: int, print_fn=print) -> int:
-    """--num_workers, or for -1 the cores this process may run on (its affinity: taskset, SLURM's cpuset, a
-    container's --cpus) shared among this machine's processes, less one for the process itself (it runs the step);
-    says what it chose."""
+    """--num_workers, or for -1 auto_workers' count (the cores per local process less one), saying what it chose."""
     if requested >= 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(0, cores // local_processes() - 1)
-    print_fn(f"--num_workers {workers}: {cores} cores for {local_processes()} process(es) on this machine, one each "
-             "for the process itself")
+    workers = auto_workers()
+    print_fn(f"--num_workers {workers}: {available_cores()} cores for {local_processes()} process(es) on this machine, "
+             "one each for the process itself")
     return workers
 
 
 def worker_context():
-    """The multiprocessing context of every DataLoader with workers, and of the BatchRing they write into: the
-    WORKER_START server where the platform has one (Linux, macOS), else the platform's default (spawn on Windows).
-    The server starts now, so its imports overlap what the caller does before the first worker starts."""
-    if WORKER_START not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context()
-    context = multiprocessing.get_context(WORKER_START)
-    context.set_forkserver_preload(WORKER_PRELOAD)  # for a server not yet started: one process has one server
-    # the server and every worker it forks start with the stop signals blocked (a mask outlives fork and exec):
-    # SLURM's preemption signals every process of the job, and they must load on until train.py has checkpointed
-    # and closes them (torch's own handler ends a worker on a SIGTERM from any process but its parent)
-    multiprocessing.resource_tracker.ensure_running()  # before the mask: starting it unblocks SIGTERM on its way
-    # the server imports WORKER_PRELOAD with the sys.path of a fresh `python -c` in the current folder (Python 3.11's
-    # server ignores the sys.path it is sent; later versions apply it): the project's folder goes first on its
-    # PYTHONPATH, so the project's modules load there whichever folder the launch started in
-    environ = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (PROJECT, environ)))
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal that came meanwhile reaches this process now
-        if environ is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = environ
-    return context
+    """The multiprocessing context of every DataLoader with workers, and of the BatchRing they write into, its fork
+    server started unless train.py's first lines started it already (worker_processes.start_early)."""
+    return start_server()
 
 
 def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:

@@ -268,6 +268,37 @@ def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
     assert train.loader_workers(3, print_fn=said.append) == 3 and len(said) == 2  # an explicit count is kept, silently
 
 
+def test_the_early_server_start_reads_the_worker_count_the_script_will_use(monkeypatch, tmp_path, capsys):
+    """train.py and validate.py start the workers' fork server with their first lines, before their config parser
+    exists: when the command line gives workers, as the parser will (a flag over a recipe's key over the default)."""
+    from imagenet_trainer import worker_processes
+
+    starts = []
+    monkeypatch.setattr(worker_processes, "start_server", lambda: starts.append(True))
+
+    def starts_for(argv, local_processes=1):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_processes))
+        starts.clear()
+        worker_processes.start_early(argv)
+        return bool(starts)
+
+    cores = len(os.sched_getaffinity(0))
+    no_workers, broken = tmp_path / "no_workers.yaml", tmp_path / "broken.yaml"
+    no_workers.write_text("model: resnet50\nnum_workers: 0\n")
+    broken.write_text("num_workers: [\n")
+    assert not starts_for(["--model", "resnet50", "--num_workers", "0"])
+    assert starts_for(["--model", "resnet50", "--num_workers=2"])
+    assert not starts_for(["--config", str(no_workers)])
+    assert starts_for(["--config", str(no_workers), "--num_workers", "1"])  # the flag wins over the recipe
+    assert starts_for([]) == (cores > 1)  # the default: the cores less one for the process itself
+    assert not starts_for([], local_processes=cores)  # a core each: no workers
+    # what the script's parser will reject starts nothing and says nothing (the parser says it, once)
+    for argv in (["--num_workers", "two"], ["--num_workers"], ["--config", str(broken)],
+                 ["--config", str(tmp_path / "missing.yaml")]):
+        assert not starts_for(argv), argv
+    assert capsys.readouterr() == ("", "")
+
+
 def test_loader_workers_start_from_a_server_not_from_the_training_process(preprocessed):
     """train.py's loaders (train through the ring, and eval) fork their workers from the forkserver, not from the
     training process: a worker forked there while a gloo or NCCL thread held the interpreter's thread-state lock

@@ -108,9 +108,9 @@ kept = Teardown()
 
 
 def test_the_fork_server_ends_without_its_teardown(tmp_path):
-    # loader_setup.WORKER_PRELOAD ends with imagenet_trainer.fork_server: the server skips the teardown of what it
+    # worker_processes.WORKER_PRELOAD ends with imagenet_trainer.fork_server: the server skips the teardown of what it
     # preloaded (accelerate launch waits for it: the server holds the launch's stderr); without it, the teardown runs
-    from imagenet_trainer.loader_setup import WORKER_PRELOAD
+    from imagenet_trainer.worker_processes import WORKER_PRELOAD
 
     assert WORKER_PRELOAD[-1] == "imagenet_trainer.fork_server"
     for quick in (True, False):
@@ -137,7 +137,8 @@ def test_the_fork_server_ends_without_its_teardown(tmp_path):
 PRELOAD_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})  # the project for this process only: not on PYTHONPATH, the server does not inherit it
-from imagenet_trainer.loader_setup import WORKER_PRELOAD, worker_context
+from imagenet_trainer.loader_setup import worker_context
+from imagenet_trainer.worker_processes import WORKER_PRELOAD
 
 
 def preloaded(queue):  # in a worker forked from the server: the modules it holds are the server's
@@ -157,7 +158,7 @@ if __name__ == "__main__":
 def test_the_fork_server_preloads_the_project_from_any_folder(tmp_path):
     # launched from a folder other than the project's (a cluster job's, a notebook's): the server still preloads
     # the pipeline and the project's models, and its quick end
-    from imagenet_trainer.loader_setup import WORKER_PRELOAD
+    from imagenet_trainer.worker_processes import WORKER_PRELOAD
 
     script = tmp_path / "preload.py"
     script.write_text(PRELOAD_SCRIPT.format(root=str(ROOT)))

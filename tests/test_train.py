@@ -229,6 +229,11 @@ def test_worker_processes_train_the_same_weights_as_none(preprocessed, tmp_path)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # the workers' fork server started with train.py's first lines, its imports beside train.py's own, not after
+    # them (imagenet_trainer/worker_processes.py); no workers, no server
+    none, two = (json.loads((tmp_path / str(w) / "run_info.json").read_text()) for w in (0, 2))
+    assert none["worker_server_started_s"] is None
+    assert 0 <= two["worker_server_started_s"] < two["startup_split_s"]["imports"]
 
 
 def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):

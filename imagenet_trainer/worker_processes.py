@@ -1,0 +1,107 @@
+"""The DataLoader workers' processes, the part that needs no torch: how many a process gets by default
+(auto_workers), the fork server they start from (start_server), and that server's start as a script's first step
+(start_early), before the script's own imports.
+
+Why early: the server imports what the workers run (WORKER_PRELOAD: torch, timm, accelerate, datasets), seconds of
+work. Started with the loaders, after the script's own imports of the same modules, those seconds came on top and the
+first batch waited for them; started first, the two processes import side by side (BENCHMARKS.md, "GPU check").
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import signal
+import time
+from pathlib import Path
+
+import yaml
+
+from .stop_signals import STOP_SIGNALS
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder of imagenet_trainer/ and modeling/
+WORKER_START = "forkserver"  # workers are forked from a server process that runs no other thread, never from the
+# training process: a fork copies each lock as the process's other threads hold it at that instant, and gloo's and
+# NCCL's threads take the interpreter's thread-state lock whenever they drop a tensor Python made; before Python
+# 3.11.10 and 3.12 a worker forked at that instant hangs before it starts, and every rank with it (CPython gh-112275)
+WORKER_PRELOAD = ["imagenet_trainer.data", "accelerate", "timm", "modeling",  # what the server imports once: the
+                  # pipeline, and what train.py's and validate.py's imports add, which each worker meets when it runs
+                  # the main script again as "__mp_main__" (multiprocessing's way for forkserver and spawn)
+                  "imagenet_trainer.fork_server"]  # and the server's own quick end (that module says why)
+
+started_at: list[float] = []  # time.monotonic() when this process started its server (none yet: empty)
+
+
+def local_processes() -> int:
+    """Processes launched on this machine: torchrun (and accelerate launch through it) sets LOCAL_WORLD_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its affinity (taskset, SLURM's cpuset, a container's --cpus)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_workers() -> int:
+    """--num_workers -1: the cores this process may run on shared among this machine's processes, less one for the
+    process itself (it runs the step)."""
+    return max(0, available_cores() // local_processes() - 1)
+
+
+def start_server():
+    """The multiprocessing context of DataLoader workers, its server started (or already running): WORKER_START where
+    the platform has it (Linux, macOS), else the platform's default (spawn on Windows). The server's imports run in
+    the background: the first worker to start waits for them."""
+    if WORKER_START not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context()
+    context = multiprocessing.get_context(WORKER_START)
+    context.set_forkserver_preload(WORKER_PRELOAD)  # for a server not yet started: one process has one server
+    # the server and every worker it forks start with the stop signals blocked (a mask outlives fork and exec):
+    # SLURM's preemption signals every process of the job, and they must load on until train.py has checkpointed
+    # and closes them (torch's own handler ends a worker on a SIGTERM from any process but its parent)
+    multiprocessing.resource_tracker.ensure_running()  # before the mask: starting it unblocks SIGTERM on its way
+    # the server imports WORKER_PRELOAD with the sys.path of a fresh `python -c` in the current folder (Python 3.11's
+    # server ignores the sys.path it is sent; later versions apply it): the project's folder goes first on its
+    # PYTHONPATH, so the project's modules load there whichever folder the launch started in
+    environ = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (PROJECT, environ)))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal that came meanwhile reaches this process now
+        if environ is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = environ
+    if not started_at:
+        started_at.append(time.monotonic())
+    return context
+
+
+def start_early(argv: list[str]) -> None:
+    """start_server, as a script's first step, when its command line gives it DataLoader workers: --num_workers, else
+    a --config YAML's num_workers, else auto_workers' count (the scripts' own parsers come after their imports). A
+    wrong guess costs no more than the guess saves: a server nobody uses idles until the script ends, and a server
+    not started here starts with the loaders, as it would have without this."""
+    parser = _Quiet(add_help=False, allow_abbrev=False)
+    parser.add_argument("--num_workers", type=int)
+    parser.add_argument("--config")
+    try:
+        args, _ = parser.parse_known_args(argv)
+        workers = args.num_workers
+        if workers is None and args.config:
+            workers = (yaml.safe_load(Path(args.config).read_text()) or {}).get("num_workers")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # the script's own parser says what is wrong
+        return
+    if workers is None or workers == -1:
+        workers = auto_workers()
+    if isinstance(workers, int) and workers > 0:
+        start_server()
+
+
+class _Quiet(argparse.ArgumentParser):
+    def error(self, message):  # no usage printed: the script's own parser reports a bad command line
+        raise ValueError(message)
