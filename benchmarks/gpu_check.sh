@@ -361,6 +361,7 @@ def train_py(run):
             "cudnn_benchmark": info["cudnn_benchmark"], "tf32_matmul": info["tf32_matmul"],
             "val_top1": table[-1]["val_top1"], "first_epoch_train_s": round(table[0]["train_s"], 2),
             "seconds_split": split(table, info), "startup_split_s": info["startup_split_s"],
+            "worker_server_started_s": info["worker_server_started_s"],
             **syncs(run, cfg["log_every_steps"])}
 
 

@@ -34,12 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STARTED = time.monotonic()  # the script's run_info.json startup_s counts from here, torch's import included
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+if __name__ == "__main__":  # as train.py's first lines: the workers' fork server imports beside this process
+    from imagenet_trainer import worker_processes
+
+    worker_processes.start_early(next((sys.argv[i + 1:] for i, a in enumerate(sys.argv) if i and a.endswith(".py")),
+                                      []))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from imagenet_trainer.config import parse_config  # noqa: E402
 from imagenet_trainer.process_exit import exit_now  # noqa: E402
 
@@ -145,7 +151,9 @@ def main(argv: list[str]) -> None:
     module = runpy.run_path(script, run_name="probed")  # defines, does not run main()
     trainer = module["EpochTrainer"]
     trainer.train, trainer.finish = probe.around_training(trainer.train), probe.around_training(trainer.finish)
-    module["STARTED"] = STARTED  # main() reads its module's globals: this process started before the probe's imports
+    # main() reads its module's globals (run_path returned a copy of them): this process started before the probe's
+    # imports, and run_info.json's startup_s counts them
+    module["main"].__globals__["STARTED"] = STARTED
     module["run_and_close"](module["main"], script_args)  # as train.py's __main__: its process groups closed in order
 
     from torch._dynamo.utils import counters

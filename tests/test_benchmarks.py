@@ -131,6 +131,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert sum(split.values()) == pytest.approx(stages[name]["seconds"], abs=0.05), name
         phases = stages[name]["startup_split_s"]  # the start-up by phase (run_info.json's)
         assert sum(phases.values()) == pytest.approx(split["startup"], abs=0.04) and phases["imports"] > 0, name
+        # the workers' fork server started with the launch's first lines, through sync_probe.py too
+        assert 0 <= stages[name]["worker_server_started_s"] < phases["imports"], name
     for name in ("train_eager", "train_recipe"):
         train = stages[name]
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
