@@ -83,14 +83,17 @@ def start_server():
 
 def start_early(argv: list[str]) -> None:
     """start_server, as a script's first step, when its command line gives it DataLoader workers: --num_workers, else
-    a --config YAML's num_workers, else auto_workers' count (the scripts' own parsers come after their imports). A
-    wrong guess costs no more than the guess saves: a server nobody uses idles until the script ends, and a server
-    not started here starts with the loaders, as it would have without this."""
+    a --config YAML's num_workers, else auto_workers' count (the scripts' own parsers come after their imports); not
+    for --help. A wrong guess is cheap: a server nobody uses costs its imports' CPU time and idles until the script
+    ends, and one not started here starts with the loaders, as it did before this existed."""
     parser = _Quiet(add_help=False, allow_abbrev=False)
     parser.add_argument("--num_workers", type=int)
     parser.add_argument("--config")
+    parser.add_argument("-h", "--help", action="store_true")  # the script prints its help and ends: no loaders
     try:
         args, _ = parser.parse_known_args(argv)
+        if args.help:
+            return
         workers = args.num_workers
         if workers is None and args.config:
             workers = (yaml.safe_load(Path(args.config).read_text()) or {}).get("num_workers")
