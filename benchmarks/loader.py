@@ -46,6 +46,17 @@ report comes from; benchmarks/loader_peers.py is what runs inside a peer's inter
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+if __name__ == "__main__":  # as train.py's first lines: the workers' fork server imports beside this process
+    from imagenet_trainer import worker_processes
+
+    worker_processes.start_early(sys.argv[1:], default_workers=0)  # 0: --num_workers' default here
+
 import copy
 import functools
 import json
@@ -56,12 +67,10 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -70,9 +79,6 @@ import torch
 import torchvision
 import torchvision.transforms as T
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from imagenet_trainer.config import parse_config  # noqa: E402
 from imagenet_trainer import data as pipeline_steps  # noqa: E402

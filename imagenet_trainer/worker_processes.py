@@ -81,10 +81,10 @@ def start_server():
     return context
 
 
-def start_early(argv: list[str]) -> None:
+def start_early(argv: list[str], default_workers: int = -1) -> None:
     """start_server, as a script's first step, when its command line gives it DataLoader workers: --num_workers, else
-    a --config YAML's num_workers, else auto_workers' count (the scripts' own parsers come after their imports); not
-    for --help. A wrong guess is cheap: a server nobody uses costs its imports' CPU time and idles until the script
+    a --config YAML's num_workers, else `default_workers` (the script's default; -1: auto_workers' count), not for
+    --help (the scripts' own parsers come after their imports). A wrong guess is cheap: a server nobody uses costs its imports' CPU time and idles until the script
     ends, and one not started here starts with the loaders, as it did before this existed."""
     parser = _Quiet(add_help=False, allow_abbrev=False)
     parser.add_argument("--num_workers", type=int)
@@ -99,7 +99,8 @@ def start_early(argv: list[str]) -> None:
             workers = (yaml.safe_load(Path(args.config).read_text()) or {}).get("num_workers")
     except (OSError, ValueError, AttributeError, yaml.YAMLError):  # the script's own parser says what is wrong
         return
-    if workers is None or workers == -1:
+    workers = default_workers if workers is None else workers
+    if workers == -1:
         workers = auto_workers()
     if isinstance(workers, int) and workers > 0:
         start_server()

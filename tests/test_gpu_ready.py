@@ -292,6 +292,9 @@ def test_the_early_server_start_reads_the_worker_count_the_script_will_use(monke
     assert starts_for(["--config", str(no_workers), "--num_workers", "1"])  # the flag wins over the recipe
     assert starts_for([]) == (cores > 1)  # the default: the cores less one for the process itself
     assert not starts_for([], local_processes=cores)  # a core each: no workers
+    starts.clear()
+    worker_processes.start_early([], default_workers=0)  # a script whose default is no workers (loader.py's)
+    assert not starts
     # what the script's parser will reject starts nothing and says nothing (the parser says it, once); nor --help
     for argv in (["--num_workers", "two"], ["--num_workers"], ["--config", str(broken)],
                  ["--config", str(tmp_path / "missing.yaml")], ["--num_workers", "2", "--help"], ["-h"]):
