@@ -83,9 +83,10 @@ def start_server():
 
 def start_early(argv: list[str], default_workers: int = -1) -> None:
     """start_server, as a script's first step, when its command line gives it DataLoader workers: --num_workers, else
-    a --config YAML's num_workers, else `default_workers` (the script's default; -1: auto_workers' count), not for
-    --help (the scripts' own parsers come after their imports). A wrong guess is cheap: a server nobody uses costs its imports' CPU time and idles until the script
-    ends, and one not started here starts with the loaders, as it did before this existed."""
+    a --config YAML's num_workers, else `default_workers` (the script's default; -1: auto_workers' count); not for
+    --help. The scripts' own parsers come after their imports, too late for this. A wrong guess is cheap: a server
+    nobody uses costs its imports' CPU time and idles until the script ends, and one not started here starts with
+    the loaders."""
     parser = _Quiet(add_help=False, allow_abbrev=False)
     parser.add_argument("--num_workers", type=int)
     parser.add_argument("--config")
