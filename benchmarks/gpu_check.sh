@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--out benchmarks/results/gpu_check.json]   # on a machine with one GPU
 #   bash benchmarks/gpu_check.sh --cpu [--out F.json]                        # dry run: every stage tiny, on the CPU
-#   bash benchmarks/gpu_check.sh --stages tree,train_recipe,workers          # some stages only (tree first)
+#   bash benchmarks/gpu_check.sh --stages tree,train_recipe,workers          # some stages only (tree: with originals)
 #   PYTHON=/opt/env/bin/python bash benchmarks/gpu_check.sh                  # another interpreter (default: .venv's,
 #                                                                            # else python3)
 #
@@ -12,8 +12,8 @@
 # finished stage's full log) are rewritten after every stage, so a run stopped early, or killed at a time limit,
 # keeps all that it finished.
 #   tree        an ImageNet-shaped class-folder tree (500 px photos with grain, ~110 KB JPEGs) generated on every core,
-#               then preprocess.py on every core, twice: the originals, and the --shorter_side 256 copy README.md
-#               recommends when the cores per GPU are few
+#               then preprocess.py's --shorter_side 256 copy of it on every core (the copy README.md recommends when
+#               the cores per GPU are few, which train_8cores trains on)
 #   throughput  the accelerator's ceiling without a loader (benchmarks/train_loop.py --synthetic_only, bf16 autocast,
 #               channels_last, resident batches of 256, eager): resnet50 at 224 px and at the recipe's 192 px, and at
 #               192 px with train.py's batch of 128 (its like-for-like ceiling). It needs the GPU and one core, tree no
@@ -22,6 +22,9 @@
 #               train.py at recipes/resnet50.yaml's settings (bf16, 192 px, --compile, compiled cold as on a fresh
 #               machine) on the 256 copy, the whole launch pinned to 8 cores with 7 workers, 5 epochs of 50 steps;
 #               images/s and the steady data wait of the 4 after the first, and goal_met
+#   originals   preprocess.py on the tree's originals, which the later stages train on; asked with tree. Beside
+#               train_8cores, on the cores past its 8 where there are at least 4 of them: it ends during the cold
+#               compile of train_8cores' first epoch, before the epochs the goal is judged on
 #   train_recipe the recipe's settings on the originals, every core but one a DataLoader worker (its graphs loaded
 #               from what train_8cores compiled): images/s and data_wait_frac after the first epoch, recompiles, and
 #               every wait of the host for the GPU while it trains (benchmarks/sync_probe.py)
@@ -48,7 +51,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 ACCELERATE=("$PY" -m accelerate.commands.launch)
 OUT="$ROOT/benchmarks/results/gpu_check.json"
 CPU=0
-ALL_STAGES=(tree throughput train_8cores train_recipe workers validate fsdp train_eager)
+ALL_STAGES=(tree throughput train_8cores originals train_recipe workers validate fsdp train_eager)
 STAGES=("${ALL_STAGES[@]}")
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,6 +66,10 @@ for name in "${STAGES[@]}"; do
   [[ " ${ALL_STAGES[*]} " == *" $name "* ]] ||
     { echo "error: --stages: unknown stage $name (stages: ${ALL_STAGES[*]})" >&2; exit 2; }
 done
+[[ " ${STAGES[*]} " == *" tree "* ]] && STAGES+=(originals)  # the tree's originals, which the later stages read
+ASKED=" ${STAGES[*]} "
+STAGES=()  # in the run's order, whatever the order asked
+for name in "${ALL_STAGES[@]}"; do [[ "$ASKED" == *" $name "* ]] && STAGES+=("$name"); done
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
@@ -99,6 +106,7 @@ CORES="$("${COUNT_CORES[@]}")"
 # the goal train_8cores answers (BENCHMARKS.md, "GPU check"): img/s of one GPU, the share of time it waits on data,
 # the cores the whole launch may use (its DataLoader workers are the cores less one, for the main process)
 GOAL_IMG_S=4000; GOAL_WAIT_FRAC=0.05; GOAL_CORES=8
+GOAL_PIN=$GOAL_CORES  # the cores train_8cores is pinned to (the dry run: fewer)
 SHORT_SIDE=256  # px: preprocess.py --shorter_side of the copy README.md recommends when the cores per GPU are few
 
 if [ "$CPU" = 1 ]; then
@@ -114,6 +122,7 @@ if [ "$CPU" = 1 ]; then
   # one worker, sharing its core with the loader's main process: a 2-core box keeps a core for validate and fsdp
   # beside it, as a GPU machine does
   SWEEP=(1); SWEEP_256=(1); SWEEP_MAIN=0; SWEEP_IMAGES=32; VAL_BATCH=8
+  GOAL_PIN=1  # and train_8cores on one core, with its worker: the originals' preprocess beside it gets the other
   THROUGHPUT=(--model blocknet_tiny --batch_size 16 --steps 3); THROUGHPUT_SIZES=(48 32); RECIPE_BATCH=8
 else
   # 10 classes x 640 = 6,400 train images: resnet50 at batch 128 takes 50 steps an epoch, 3 epochs = 150 steps
@@ -163,19 +172,24 @@ logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a lo
 # preprocess.py's shards of 100 images, not its default 1,000 (sized for ImageNet's 1.28 M files): the tree's 6,600 make
 # 66 shards, several for each process, where 1,000 would make 8 and leave the other processes idle
 stage_tree() {  # on TREE_CPUS with a process each; tree_launch.json: its cores and each step's seconds
-  local procs started generate preprocess
+  local procs started generate
   procs="$(pinned "$TREE_CPUS" "${COUNT_CORES[@]}")" || return 1
   started=$SECONDS
   pinned "$TREE_CPUS" "$PY" -m imagenet_trainer.demo --layout folders --output "$WORK/tree" --num_proc "$procs" \
     "${TREE[@]}" || return 1
   generate=$((SECONDS - started)); started=$SECONDS
-  pinned "$TREE_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" \
-    --num_proc "$procs" --shard_size 100 || return 1
-  preprocess=$((SECONDS - started)); started=$SECONDS
   pinned "$TREE_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds$SHORT_SIDE" \
     --num_proc "$procs" --shorter_side "$SHORT_SIDE" --shard_size 100 || return 1
   echo "{\"cpus\": \"$TREE_CPUS\", \"num_proc\": $procs, \"step_seconds\": {\"generate\": $generate, \
-\"preprocess\": $preprocess, \"preprocess_$SHORT_SIDE\": $((SECONDS - started))}}" > "$WORK/tree_launch.json"
+\"preprocess_$SHORT_SIDE\": $((SECONDS - started))}}" > "$WORK/tree_launch.json"
+}
+stage_originals() {  # on ORIGINALS_CPUS with a process each
+  local procs
+  procs="$(pinned "$ORIGINALS_CPUS" "${COUNT_CORES[@]}")" || return 1
+  echo "{\"cpus\": \"$ORIGINALS_CPUS\", \"num_proc\": $procs, \
+\"beside_train_8cores\": $([ -n "$BESIDE_8CORES" ] && echo true || echo false)}" > "$WORK/originals_launch.json"
+  pinned "$ORIGINALS_CPUS" "$PY" "$ROOT/preprocess.py" --data_dir "$WORK/tree" --output_dir "$WORK/ds" \
+    --num_proc "$procs" --shard_size 100
 }
 
 stage_throughput() {  # on THROUGHPUT_CPUS: the loop's host side needs one core
@@ -205,8 +219,8 @@ train_run() {
   echo "{\"cpus\": \"$cpus\", \"cores\": $cores, \"graphs_compiled\": $(($(fx_graphs) - cached))}" \
     > "$WORK/${name}_launch.json"
 }
-stage_train_8cores() {  # GOAL_CORES cores (all, where fewer), one for the main process and the rest workers
-  train_run train_8cores "ds$SHORT_SIDE" "$(first_cores "$GOAL_CORES")" "$RECIPE_SIZE" "$RECIPE_EVAL" \
+stage_train_8cores() {  # GOAL_PIN cores (all, where fewer), one for the main process and the rest workers
+  train_run train_8cores "ds$SHORT_SIDE" "$(first_cores "$GOAL_PIN")" "$RECIPE_SIZE" "$RECIPE_EVAL" \
     "${RECIPE_COMPILE[@]}" --epochs "$GOAL_EPOCHS"
 }
 stage_train_recipe() {  # through benchmarks/sync_probe.py: the host's waits for the device, counted
@@ -483,26 +497,29 @@ def validate():
 
 
 def tree():
-    report = json.loads((work / "ds" / "preprocess_report.json").read_text())
-    images = sum(report["counts"].values())
     small = json.loads((work / f"ds{short_side}" / "preprocess_report.json").read_text())
-    small_images = sum(small["counts"].values())
+    images = sum(small["counts"].values())
     return {**json.loads((work / "tree_launch.json").read_text()),
-            "images": report["counts"], "skipped": len(report["skipped"]), "tiled": report["tiled"],
-            "mean_kb": round(report["bytes_in"] / 1024 / max(1, images), 1),
-            "preprocess_img_s": rate(images, report["seconds"]),
+            "images": small["counts"], "mean_kb": round(small["bytes_in"] / 1024 / max(1, images), 1),
             f"shorter_side_{short_side}": {
                 "images": small["counts"], "skipped": len(small["skipped"]), "tiled": small["tiled"],
-                "mean_kb_stored": round(small["bytes_out"] / 1024 / max(1, small_images), 1),
-                "preprocess_seconds": small["seconds"],
-                "preprocess_img_s": rate(small_images, small["seconds"])}}
+                "mean_kb_stored": round(small["bytes_out"] / 1024 / max(1, images), 1),
+                "preprocess_seconds": small["seconds"], "preprocess_img_s": rate(images, small["seconds"])}}
+
+
+def originals():
+    report = json.loads((work / "ds" / "preprocess_report.json").read_text())
+    images = sum(report["counts"].values())
+    return {**json.loads((work / "originals_launch.json").read_text()),
+            "images": report["counts"], "skipped": len(report["skipped"]), "tiled": report["tiled"],
+            "preprocess_seconds": report["seconds"], "preprocess_img_s": rate(images, report["seconds"])}
 
 
 def rate(images, seconds):  # preprocess_report.json's seconds are rounded to the ms
     return round(images / seconds, 1) if seconds else None
 
 
-readers = {"tree": tree, "throughput": throughput, "train_8cores": train_8cores,
+readers = {"tree": tree, "throughput": throughput, "train_8cores": train_8cores, "originals": originals,
            "train_recipe": lambda: train_py("train_recipe"), "workers": workers, "validate": validate, "fsdp": fsdp,
            "train_eager": lambda: train_py("train_eager")}
 stages = {}
@@ -536,13 +553,21 @@ PYEOF
 # Stages that need the GPU and few cores run beside one that needs cores and no GPU, each on cores of its own, when
 # both are asked for and the cores allow: throughput beside tree (on the last core, tree on the others), and
 # validate and fsdp beside workers (on the cores past workers' largest run: validate, 200 images, on two of them and
-# fsdp on the rest, or both on all of them where they are fewer than 3), so that none of them costs time
+# fsdp on the rest, or both on all of them where they are fewer than 3), so that none of them costs time; and the
+# originals' preprocess (cores, no GPU) beside train_8cores (8 cores and the GPU)
 asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
 ALL_CPUS="$(first_cores "$CORES")"  # each stage's cores where it runs alone
 TREE_CPUS="$ALL_CPUS"; THROUGHPUT_CPUS="$ALL_CPUS"; VALIDATE_CPUS="$ALL_CPUS"; FSDP_CPUS="$ALL_CPUS"; BESIDE_TREE=""
-BESIDE_WORKERS=()
+ORIGINALS_CPUS="$ALL_CPUS"; BESIDE_8CORES=""; BESIDE_WORKERS=()
 if asked tree && asked throughput && [ "$CORES" -gt 1 ]; then
   TREE_CPUS="$(first_cores $((CORES - 1)))"; THROUGHPUT_CPUS="$(last_cores 1)"; BESIDE_TREE=throughput
+fi
+originals_fit_beside() {  # the cores past train_8cores' are at least half as many as its own: fewer would make the
+  # originals' preprocess outlast the launch (one after the other is then the shorter)
+  [ "$CORES" -gt "$GOAL_PIN" ] && [ $((2 * (CORES - GOAL_PIN))) -ge "$GOAL_PIN" ]
+}
+if asked train_8cores && asked originals && originals_fit_beside; then
+  ORIGINALS_CPUS="$(last_cores $((CORES - GOAL_PIN)))"; BESIDE_8CORES=originals
 fi
 SWEEP_CORES="$(sweep_cores)"
 if asked workers && [ "$SWEEP_CORES" -gt 0 ] && [ "$CORES" -gt "$SWEEP_CORES" ]; then
@@ -561,10 +586,12 @@ run_beside() {  # run_beside NAME SIDE...: stage NAME, and beside it the SIDE st
   report  # every stage's figures, whichever finished last
 }
 for name in "${STAGES[@]}"; do
-  if [[ " $BESIDE_TREE ${BESIDE_WORKERS[*]} " == *" $name "* ]]; then
-    continue  # runs beside tree or workers
+  if [[ " $BESIDE_TREE $BESIDE_8CORES ${BESIDE_WORKERS[*]} " == *" $name "* ]]; then
+    continue  # runs beside tree, train_8cores or workers
   elif [ "$name" = tree ] && [ -n "$BESIDE_TREE" ]; then
     run_beside tree throughput
+  elif [ "$name" = train_8cores ] && [ -n "$BESIDE_8CORES" ]; then
+    run_beside train_8cores originals
   elif [ "$name" = workers ] && [ ${#BESIDE_WORKERS[@]} -gt 0 ]; then
     run_beside workers "${BESIDE_WORKERS[@]}"
   else

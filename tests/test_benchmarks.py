@@ -99,20 +99,24 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     stages = report["stages"]
     assert report["mode"].startswith("cpu dry run") and report["machine"]["cpu_cores"] >= 1
-    # the goal's figures first (throughput beside tree, validate and fsdp beside workers)
-    assert list(stages) == ["tree", "throughput", "train_8cores", "train_recipe", "workers", "validate", "fsdp",
-                            "train_eager"]
+    # the goal's figures first (throughput beside tree, the originals beside train_8cores, validate and fsdp beside
+    # workers)
+    assert list(stages) == ["tree", "throughput", "train_8cores", "originals", "train_recipe", "workers", "validate",
+                            "fsdp", "train_eager"]
     assert report["pending"] == []
     assert {k for k, v in stages.items() if v["status"] != 0} == {"fsdp"}, proc.stderr[-5000:]
     assert stages["fsdp"]["log_tail"] == ["failing on purpose: GPU_CHECK_FAIL_STAGE=fsdp"]
-    assert stages["tree"]["images"]["train"] > 0 and stages["tree"]["skipped"] == 0
+    assert stages["tree"]["images"]["train"] > 0 and stages["tree"]["mean_kb"] > 0
     small = stages["tree"]["shorter_side_256"]  # the copy README.md recommends when the cores per GPU are few
     assert small["images"] == stages["tree"]["images"] and small["skipped"] == 0
     assert small["preprocess_seconds"] > 0 and small["preprocess_img_s"] > 0
     steps = stages["tree"]["step_seconds"]  # each command's seconds, start-up included: what to cut the stage by
-    assert set(steps) == {"generate", "preprocess", "preprocess_256"}
+    assert set(steps) == {"generate", "preprocess_256"}
     assert sum(steps.values()) <= stages["tree"]["seconds"]
     assert steps["preprocess_256"] >= int(small["preprocess_seconds"])
+    originals = stages["originals"]  # every file of the tree, as the later stages read them
+    assert originals["images"] == stages["tree"]["images"] and originals["skipped"] == 0
+    assert originals["preprocess_seconds"] > 0 and originals["preprocess_img_s"] > 0
     # the bare loop (the GPU's ceiling; here a tiny model on the CPU) beside the tree, on a core the tree does not use
     throughput, cores = stages["throughput"], report["machine"]["cpu_cores"]
     # at the batch that fills the device, and at the recipe's size with train.py's batch (its like-for-like ceiling)
@@ -138,8 +142,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert train["steps"] > 0 and train["images_per_sec"] > 0 and 0 <= train["data_wait_frac"] <= 1
         assert train["first_batch_s"] > 0 and 0 <= train["data_wait_steady_frac"] <= train["data_wait_frac"]
         assert train["cores"] == report["machine"]["cpu_cores"] and train["num_workers"] == max(1, train["cores"] - 1)
-    goal = stages["train_8cores"]  # the goal's setting, pinned to the first 8 cores (all of a smaller machine)
-    cores = min(8, report["machine"]["cpu_cores"])
+    goal = stages["train_8cores"]  # the goal's setting: on a GPU machine pinned to its first 8 cores; in the dry
+    cores = 1  # run to one, its worker sharing it, so that a 2-core box has a core for the originals beside it
     assert goal["cores"] == cores and len(goal["cpus"].split(",")) == cores
     assert goal["workers"] == goal["num_workers"] == max(1, cores - 1)
     assert goal["dataset"] == "preprocess.py --shorter_side 256" and goal["image_size"] == 32
@@ -188,6 +192,13 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert max(started) - min(started) <= 1
         assert abs(stages["throughput"]["started_s"] - stages["tree"]["started_s"]) <= 1
         assert stages["train_8cores"]["started_s"] >= stages["tree"]["started_s"] + stages["tree"]["seconds"]
+        # the originals' preprocess beside train_8cores, on the cores it does not use; done before what reads them
+        assert originals["beside_train_8cores"] is True
+        assert abs(originals["started_s"] - goal["started_s"]) <= 1
+        assert not set(originals["cpus"].split(",")) & set(goal["cpus"].split(","))
+        assert originals["num_proc"] == len(originals["cpus"].split(",")) == report["machine"]["cpu_cores"] - 1
+        done = max(originals["started_s"] + originals["seconds"], goal["started_s"] + goal["seconds"])
+        assert stages["train_recipe"]["started_s"] >= done
     assert stages["validate"]["matches_card"] is True
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert {Path(n).name for n in logs.getnames()} >= {"tree.log", "train_eager.log", "validate.log"}
@@ -240,8 +251,9 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
 def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
     """On a GPU machine with fewer cores than the sweep's largest point needs (8 workers + the main process), that
     point takes the cores less one rather than being left out (a workers stage without figures), and the cores left
-    beside the sweep (for validate and fsdp, split between them where there are 3 or more) follow. The script's own
-    functions, at its GPU settings."""
+    beside the sweep (for validate and fsdp, split between them where there are 3 or more) follow; the originals'
+    preprocess runs beside train_8cores only where enough cores are left. The script's own functions, at its GPU
+    settings."""
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     functions = "\n".join(re.search(rf"^{name}\(\) {{.*?^}}", script, re.M | re.S).group(0)
                           for name in ("points", "sweep_cores", "split_side"))
@@ -253,6 +265,12 @@ def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
                                 'echo $(points "${SWEEP[@]}"); echo $(points "${SWEEP_256[@]}"); sweep_cores'],
                                capture_output=True, text=True, check=True).stdout.splitlines()
         assert shown == [originals, copy, used], cores
+    # the originals' preprocess beside train_8cores (8 cores) where at least 4 are left for it, else after it
+    fits = re.search(r"^originals_fit_beside\(\) {.*?^}", script, re.M | re.S).group(0)
+    for cores, pin, beside in ((16, 8, True), (12, 8, True), (11, 8, False), (8, 8, False), (2, 1, True),
+                               (1, 1, False)):
+        shown = subprocess.run(["bash", "-c", f"CORES={cores}; GOAL_PIN={pin}\n{fits}\noriginals_fit_beside"])
+        assert (shown.returncode == 0) is beside, (cores, pin)
     # validate (200 images) on the last 2 of the cores beside the sweep and fsdp on the rest; fewer: both on all
     for side, validate, fsdp in (("9,10,11,12,13,14,15", "14,15", "9,10,11,12,13"), ("6,7,8", "7,8", "6"),
                                  ("8,9", "8,9", "8,9"), ("1", "1", "1")):
