@@ -537,6 +537,17 @@ for name, read in readers.items():
     if stage["status"] != 0:
         stage["log_tail"] = (work / f"{name}.log").read_text().splitlines()[-15:]
     stages[name] = stage
+originals, goal_run = stages.get("originals", {}), stages.get("train_8cores", {})
+if originals.get("beside_train_8cores") and "per_epoch" in goal_run:
+    # whether the preprocess beside train_8cores ended before the epochs the goal is judged on began, in seconds into
+    # the run: its end at the latest (whole seconds, rounded down), their start at the earliest (the launcher's own
+    # start left out)
+    first = rows("train_8cores")[0]
+    epochs_from = goal_run["started_s"] + goal_run["seconds_split"]["startup"] + sum(
+        first[f"{part}_s"] for part in ("train", "eval", "export", "checkpoint"))
+    originals["ended_by_s"] = originals["started_s"] + originals["seconds"] + 1
+    originals["goal_epochs_from_s"] = round(epochs_from, 1)
+    originals["done_before_goal_epochs"] = originals["ended_by_s"] <= epochs_from
 report = {
     "mode": "cpu dry run: a tiny model on a tiny tree, no GPU figure" if cpu else "gpu",
     "machine": json.loads((work / "machine.json").read_text()),

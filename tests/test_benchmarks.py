@@ -199,6 +199,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert originals["num_proc"] == len(originals["cpus"].split(",")) == report["machine"]["cpu_cores"] - 1
         done = max(originals["started_s"] + originals["seconds"], goal["started_s"] + goal["seconds"])
         assert stages["train_recipe"]["started_s"] >= done
+        # and it ended before the epochs the goal is judged on (here: long before, during a one-core compile)
+        assert originals["ended_by_s"] == originals["started_s"] + originals["seconds"] + 1
+        assert originals["goal_epochs_from_s"] > goal["started_s"] + goal["first_epoch_train_s"]
+        assert originals["done_before_goal_epochs"] is True, originals
     assert stages["validate"]["matches_card"] is True
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
         assert {Path(n).name for n in logs.getnames()} >= {"tree.log", "train_eager.log", "validate.log"}
