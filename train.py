@@ -74,13 +74,14 @@ from imagenet_trainer.data.ring import BatchRing, RingCollate
 from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
-                                           on_device, worker_context)
+                                           on_device)
 from imagenet_trainer.process_exit import exit_now
 from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
 from imagenet_trainer.stopping import StopSignal, StoppedDuringEval, exit_bad_samples, exit_stopped
+from imagenet_trainer.worker_processes import worker_context
 
 IMPORTED = time.monotonic()  # the imports' end: run_info.json's startup_split_s starts its set-up phases here
 

@@ -86,7 +86,8 @@ from imagenet_trainer.data import decode  # noqa: E402
 from imagenet_trainer import jpeg_markers  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate  # noqa: E402
-from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, worker_context  # noqa: E402
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS  # noqa: E402
+from imagenet_trainer.worker_processes import worker_context  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -37,11 +37,17 @@ STARTED = time.monotonic()  # the script's run_info.json startup_s counts from h
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+
+def script_at(argv: list[str]) -> int | None:
+    """Where the training script stands in the probe's arguments (the first *.py), or None."""
+    return next((i for i, a in enumerate(argv) if a.endswith(".py")), None)
+
+
 if __name__ == "__main__":  # as train.py's first lines: the workers' fork server imports beside this process
     from imagenet_trainer import worker_processes
 
-    worker_processes.start_early(next((sys.argv[i + 1:] for i, a in enumerate(sys.argv) if i and a.endswith(".py")),
-                                      []))
+    at = script_at(sys.argv[1:])
+    worker_processes.start_early([] if at is None else sys.argv[at + 2:])
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -130,7 +136,7 @@ def count_cuda_warnings(probe: Probe) -> None:
 
 
 def main(argv: list[str]) -> None:
-    at = next((i for i, a in enumerate(argv) if a.endswith(".py")), None)
+    at = script_at(argv)
     if at is None:
         raise SystemExit("error: name the training script after the probe's flags: "
                          "sync_probe.py --out_dir DIR train.py [flags]")

@@ -22,9 +22,9 @@ from timm.data import resolve_data_config
 from imagenet_trainer import eval_sets, robustness
 from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
 from imagenet_trainer.ilsvrc import imagenet_wnids
-from imagenet_trainer.loader_setup import worker_context
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
+from imagenet_trainer.worker_processes import worker_context
 
 
 class Target(NamedTuple):

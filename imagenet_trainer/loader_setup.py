@@ -1,6 +1,6 @@
-"""The host side of train.py's DataLoaders: how many worker processes (loader_workers), how they start
-(worker_context), whether /dev/shm holds their batches (check_shm), and the batches' copy to the device, overlapped
-with the step (on_device).
+"""The host side of train.py's DataLoaders: how many worker processes (loader_workers), whether /dev/shm holds
+their batches (check_shm), and the batches' copy to the device, overlapped with the step (on_device). How the workers
+start: worker_processes.worker_context.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import torch
 
 from .data.ring import RingBatch, device_tensors, host_tensors
-from .worker_processes import auto_workers, available_cores, local_processes, start_server
+from .worker_processes import auto_workers, available_cores, local_processes
 
 PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow sample without idling the step
 RING_SLOTS = PREFETCH_FACTOR + 2  # batch slots per train worker (data.ring): its prefetched batches, the one the
@@ -26,12 +26,6 @@ def loader_workers(requested: int, print_fn=print) -> int:
     print_fn(f"--num_workers {workers}: {available_cores()} cores for {local_processes()} process(es) on this machine, "
              "one each for the process itself")
     return workers
-
-
-def worker_context():
-    """The multiprocessing context of every DataLoader with workers, and of the BatchRing they write into, its fork
-    server started unless train.py's first lines started it already (worker_processes.start_early)."""
-    return start_server()
 
 
 def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:

@@ -1,10 +1,10 @@
 """The DataLoader workers' processes, the part that needs no torch: how many a process gets by default
-(auto_workers), the fork server they start from (start_server), and that server's start as a script's first step
-(start_early), before the script's own imports.
+(auto_workers), the context they start from with its fork server (worker_context), and that server's start as a
+script's first step (start_early), before the script's own imports.
 
 Why early: the server imports what the workers run (WORKER_PRELOAD: torch, timm, accelerate, datasets), seconds of
-work. Started with the loaders, after the script's own imports of the same modules, those seconds came on top and the
-first batch waited for them; started first, the two processes import side by side (BENCHMARKS.md, "GPU check").
+work. A server started with the loaders imports them after the script has imported the same modules, and the first
+batch waits for those seconds; started first, the two processes import side by side (BENCHMARKS.md, "GPU check").
 """
 from __future__ import annotations
 
@@ -50,10 +50,11 @@ def auto_workers() -> int:
     return max(0, available_cores() // local_processes() - 1)
 
 
-def start_server():
-    """The multiprocessing context of DataLoader workers, its server started (or already running): WORKER_START where
-    the platform has it (Linux, macOS), else the platform's default (spawn on Windows). The server's imports run in
-    the background: the first worker to start waits for them."""
+def worker_context():
+    """The multiprocessing context of every DataLoader with workers, and of the BatchRing they write into, its server
+    started (or already running, as start_early leaves it): WORKER_START where the platform has it (Linux, macOS),
+    else the platform's default (spawn on Windows). The server's imports run in the background: the first worker to
+    start waits for them."""
     if WORKER_START not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context()
     context = multiprocessing.get_context(WORKER_START)
@@ -82,7 +83,7 @@ def start_server():
 
 
 def start_early(argv: list[str], default_workers: int = -1) -> None:
-    """start_server, as a script's first step, when its command line gives it DataLoader workers: --num_workers, else
+    """worker_context, as a script's first step, when its command line gives it DataLoader workers: --num_workers, else
     a --config YAML's num_workers, else `default_workers` (the script's default; -1: auto_workers' count); not for
     --help. The scripts' own parsers come after their imports, too late for this. A wrong guess is cheap: a server
     nobody uses costs its imports' CPU time and idles until the script ends, and one not started here starts with
@@ -104,7 +105,7 @@ def start_early(argv: list[str], default_workers: int = -1) -> None:
     if workers == -1:
         workers = auto_workers()
     if isinstance(workers, int) and workers > 0:
-        start_server()
+        worker_context()
 
 
 class _Quiet(argparse.ArgumentParser):

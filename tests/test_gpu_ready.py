@@ -274,7 +274,7 @@ def test_the_early_server_start_reads_the_worker_count_the_script_will_use(monke
     from imagenet_trainer import worker_processes
 
     starts = []
-    monkeypatch.setattr(worker_processes, "start_server", lambda: starts.append(True))
+    monkeypatch.setattr(worker_processes, "worker_context", lambda: starts.append(True))
 
     def starts_for(argv, local_processes=1):
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_processes))

@@ -137,8 +137,7 @@ def test_the_fork_server_ends_without_its_teardown(tmp_path):
 PRELOAD_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})  # the project for this process only: not on PYTHONPATH, the server does not inherit it
-from imagenet_trainer.loader_setup import worker_context
-from imagenet_trainer.worker_processes import WORKER_PRELOAD
+from imagenet_trainer.worker_processes import WORKER_PRELOAD, worker_context
 
 
 def preloaded(queue):  # in a worker forked from the server: the modules it holds are the server's

@@ -9,7 +9,8 @@ import torch
 
 from imagenet_trainer.data import Batch
 from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate, host_tensors
-from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, on_device, worker_context
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, on_device
+from imagenet_trainer.worker_processes import worker_context
 
 BATCH, SIDE = 4, 8
 
