@@ -44,7 +44,8 @@ Choices:
   bytes on ImageNet-sized photos), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing.
   The report counts both ("untiled").
 - Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) and grayscale become RGB, the
-  PNG named .JPEG becomes a JPEG. EXIF orientation is applied here: the pixels are transposed, the image re-encoded
+  PNG named .JPEG becomes a JPEG, and so does a lossless JPEG (not in ImageNet; in a user's own images it would be
+  several times the bytes, and it cannot be decoded at a reduced scale). EXIF orientation is applied here: the pixels are transposed, the image re-encoded
   and the tag dropped, so no stored image has an orientation other than 1 and PIL, datasets.Image (which would
   apply the tag) and torchvision.io (which by default would not) all see the same upright pixels. Boxes turn with
   the pixels; they are taken to be in stored-pixel coordinates, as ImageNet's annotation tool showed raw pixels.
@@ -91,6 +92,7 @@ from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
 from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, image_tree, manifest, tile_writer
+from imagenet_trainer.jpeg_markers import header_segments, lossless
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
@@ -212,6 +214,8 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     stored_size = img.size
     resize = shorter_side is not None and min(stored_size) > shorter_side
     why = [reason for reason, applies in ((f"{img.format} file", img.format != "JPEG"),
+                                          # several times the bytes, and no decoding at a reduced scale
+                                          ("lossless JPEG", img.format == "JPEG" and lossless(header_segments(data))),
                                           (f"mode {img.mode}", img.mode != "RGB"),
                                           (f"EXIF orientation {orientation}", orientation != 1),
                                           ("resized", resize)) if applies]

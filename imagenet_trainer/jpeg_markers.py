@@ -12,6 +12,9 @@ import struct
 
 SOF_HUFFMAN = (0xC0, 0xC1)  # baseline and extended sequential Huffman frames: one scan, tiles possible
 SOF_ANY = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every frame type (0xC4 DHT, 0xC8 JPG, 0xCC DAC)
+# Lossless frames (T.81 H: predictive coding, no DCT): libjpeg-turbo 3 decodes them, but not at a reduced DCT scale;
+# asked to, it writes the full image into a buffer sized for the scaled one (a crash, not an exception)
+SOF_LOSSLESS = frozenset((0xC3, 0xC7, 0xCB, 0xCF))
 INDEX_MARKER = 0xE9  # APP9: no common format uses it (JFIF APP0, Exif/XMP APP1, ICC/MPF APP2, Adobe APP14)
 INDEX_ID = b"imagenet-trainer tile index\x00"  # then uint16 little-endian: tile i's bytes, its data + next marker
 RST = [bytes((0xFF, 0xD0 + i)) for i in range(8)]  # RST0..RST7
@@ -40,6 +43,12 @@ def header_segments(data: bytes):
             return segments
         pos = end
     return None
+
+
+def lossless(segments) -> bool:
+    """Whether a header (``header_segments``; None: not a plain JPEG) has a lossless frame, which must be decoded at
+    full scale (SOF_LOSSLESS)."""
+    return segments is not None and any(m in SOF_LOSSLESS for m, _, _ in segments)
 
 
 def frame_info(data: bytes, segments) -> tuple[int, int, int, int, int] | None:

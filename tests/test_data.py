@@ -16,6 +16,7 @@ import skimage.data
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+import turbojpeg
 from PIL import Image
 
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
@@ -53,6 +54,7 @@ def _photos() -> dict[str, bytes]:
     Image.fromarray(skimage.data.coffee()).save(png, "PNG")  # like n02105855_2933: a PNG named .JPEG
     cmyk = io.BytesIO()
     Image.fromarray(skimage.data.chelsea()).convert("CMYK").save(cmyk, "JPEG", quality=90)
+    big = np.asarray(Image.fromarray(skimage.data.retina()).resize((1400, 1050), Image.Resampling.BICUBIC))
     return {
         "astronaut": _jpeg(skimage.data.astronaut()),  # 512x512
         "chelsea": _jpeg(skimage.data.chelsea(), (500, 333)),
@@ -65,6 +67,9 @@ def _photos() -> dict[str, bytes]:
         "png_named_jpeg": png.getvalue(),
         "exif_rotated": _rotated_exif_jpeg(skimage.data.coffee()),
         "coffee_upright": _jpeg(skimage.data.coffee(), quality=95),
+        # not in ImageNet, but in users' own images: a lossless JPEG (SOF3, no DCT) big enough that its crops and
+        # its evaluation resize would be decoded at a reduced scale, which libjpeg cannot do for it (a crash)
+        "retina_lossless": turbojpeg.compress(big, 100, turbojpeg.SAMP.Y444, lossless=True),
     }
 
 
@@ -196,7 +201,7 @@ def test_trainset_matches_torchvision_crop_of_the_same_params(ds, photos):
     train = TrainSet(ds["train"], 224, seed=7)
     scaled = 0
     for name in ["astronaut", "chelsea", "coffee", "rocket_progressive", "retina", "hubble_small", "camera_gray",
-                 "cmyk", "png_named_jpeg"]:
+                 "cmyk", "png_named_jpeg", "retina_lossless"]:
         k = _index(photos, name)
         for epoch in range(3):
             x, label = train[(epoch, k)]
@@ -376,7 +381,7 @@ def test_evalset_matches_classic_resize_centercrop(ds, photos, interpolation):
     classic = T.Compose([T.Resize(256, interpolation=mode), T.CenterCrop(224), T.PILToTensor()])
     evalset = EvalSet(ds["validation"], 224, crop_pct=0.875, interpolation=interpolation)
     for name in ["astronaut", "chelsea", "coffee", "rocket_progressive", "retina", "hubble_small", "camera_gray",
-                 "cmyk", "png_named_jpeg"]:
+                 "cmyk", "png_named_jpeg", "retina_lossless"]:
         x, label = evalset[_index(photos, name)]
         ref = classic(_pil(photos[name]))
         assert x.dtype == torch.uint8 and x.shape == ref.shape == (3, 224, 224)

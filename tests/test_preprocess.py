@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import turbojpeg
 from PIL import Image, ImageDraw, ImageOps
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
@@ -568,6 +569,24 @@ def test_high_bit_depth_grayscale_is_rescaled_not_clipped(mode):
     assert enc.why == f"{fmt} file, mode {mode}"
     pixels = np.asarray(Image.open(io.BytesIO(enc.data)).convert("L"), dtype=float)
     assert np.abs(pixels - ramp * 255).mean() < 2  # Pillow's convert alone gives white (I;16) or black (F)
+
+
+def test_a_lossless_jpeg_is_re_encoded_and_then_tiled_like_any_photo():
+    """Lossless JPEGs (SOF3: not in ImageNet, but in users' own images) cannot be decoded at a reduced DCT scale and
+    take several times the bytes: stored as a sequential JPEG at --quality, they decode like every other file."""
+    y, x = np.mgrid[0:375, 0:500]
+    pixels = np.stack([x * 255 // 499, y * 255 // 374, (x + y) % 256], -1).astype(np.uint8)
+    lossless = turbojpeg.compress(pixels, 100, turbojpeg.SAMP.Y444, lossless=True)
+    assert jpeg_markers.lossless(jpeg_markers.header_segments(lossless))
+    enc = preprocess.encode_image(lossless, None, 90)
+    assert enc.why == "lossless JPEG" and enc.size == (500, 375)
+    assert not jpeg_markers.lossless(jpeg_markers.header_segments(enc.data)) and len(enc.data) < len(lossless) / 2
+    assert np.abs(np.asarray(Image.open(io.BytesIO(enc.data)), dtype=float) - pixels).mean() < 3
+    tiled = preprocess.tile(enc.data, 64)
+    assert tiled is not None and decode.tile_grid(tiled) is not None
+    plain = io.BytesIO()
+    Image.fromarray(pixels).save(plain, "JPEG", quality=90)
+    assert preprocess.encode_image(plain.getvalue(), None, 90).why is None  # a lossy JPEG is stored as it is
 
 
 def test_decompression_bomb_guard_is_its_own_skip_reason(monkeypatch):

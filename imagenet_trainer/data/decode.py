@@ -19,7 +19,8 @@ coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW u
   at least the output size: libjpeg-turbo skips most of the IDCT and colour conversion work (FFCV decodes the same
   way). simplejpeg (libjpeg-turbo) decodes straight into a numpy array, faster than PIL, which also unpacks RGB from
   4-byte pixels. Images simplejpeg cannot take (PNG named .JPEG, CMYK/YCCK JPEGs, EXIF-rotated photos) go through
-  PIL with the same scales, EXIF orientation applied as ``datasets.Image`` decoding does.
+  PIL with the same scales, EXIF orientation applied as ``datasets.Image`` decoding does; lossless JPEGs (no DCT:
+  ``jpeg_markers.SOF_LOSSLESS``) go through PIL at full scale.
 - ``resize_uint8`` copies the crop into the channels_last layout that torch's vectorised uint8 antialiased kernel
   needs (vision #7497; any other layout silently takes a slower kernel) and resizes once. No float tensor ever
   exists on the CPU: normalisation is the device's job (``device.normalize``).
@@ -35,7 +36,8 @@ import simplejpeg
 import torch
 from PIL import Image, ImageOps
 
-from imagenet_trainer.jpeg_markers import INDEX_ID, RST, SOF_HUFFMAN, frame_info, header_segments, index_spans
+from imagenet_trainer.jpeg_markers import (INDEX_ID, RST, SOF_HUFFMAN, frame_info, header_segments, index_spans,
+                                         lossless)
 
 DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5/8... exist but decode slower here
 EXIF_ORIENTATION = 0x0112
@@ -167,9 +169,11 @@ def exif_orientation(data: bytes, segments=None) -> int:
 
 
 def probe(data: bytes, segments=None) -> tuple[int, int, bool]:
-    """(height, width, simplejpeg can decode it) of the image as displayed (after EXIF rotation), header only."""
+    """(height, width, simplejpeg can decode it at any scale) of the image as displayed (after EXIF rotation), header
+    only."""
+    segments = header_segments(data) if segments is None else segments
     orientation = exif_orientation(data, segments)
-    if data[:2] == b"\xff\xd8" and orientation == 1:
+    if data[:2] == b"\xff\xd8" and orientation == 1 and not lossless(segments):
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if colorspace not in ("CMYK", "YCCK"):  # libjpeg-turbo cannot convert these to RGB
@@ -196,7 +200,7 @@ def decode_scaled(data: bytes, height: int, width: int, factor: int, fast_ok: bo
         except (ValueError, KeyError):
             pass  # PIL gives the verdict: it tolerates ImageNet's "corrupt data" warnings and refuses truncation
     image = Image.open(io.BytesIO(data))
-    if factor > 1:
+    if factor > 1 and not lossless(header_segments(data)):
         image.draft("RGB", (image.width // factor, image.height // factor))  # DCT scaling; no-op for non-JPEG
     image.load()  # a broken file fails here; inside exif_transpose its error would be taken for a bad EXIF block
     try:
