@@ -161,15 +161,13 @@ class TrainConfig:
                 ("ramp_end_epoch", not self.min_image_size or self.ramp_start_epoch <= self.ramp_end_epoch
                  <= self.epochs and self.ramp_end_epoch >= 1,
                  "in [max(1, --ramp_start_epoch), --epochs] with --min_image_size (the epoch --image_size is reached)"),
-                *((f, getattr(self, f) >= 0, ">= 0 (0: off)") for f in ("max_train_steps", "save_every_steps",
-                                                                          "save_every_minutes",
-                                                                          "min_image_size", "ramp_start_epoch",
-                                                                          "eval_image_size",
-                                                                          "weight_decay", "clip_grad", "min_lr",
-                                                                          "warmup_epochs", "mixup_alpha",
-                                                                          "cutmix_alpha")),
+                *((f, 0 <= getattr(self, f) < math.inf, "a finite number >= 0 (0: off)") for f in (
+                    "max_train_steps", "save_every_steps", "save_every_minutes", "min_image_size", "ramp_start_epoch",
+                    "eval_image_size", "weight_decay", "clip_grad", "min_lr", "warmup_epochs", "mixup_alpha",
+                    "cutmix_alpha")),
                 ("num_workers", self.num_workers >= -1, ">= 0, or -1 (the cores this process may use, less one)"),
                 ("lr", 0 < self.lr < math.inf, "a positive number"),
+                ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                 ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),
                 ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
@@ -244,7 +242,7 @@ def main(argv=None):
                         "grad_accum_steps": cfg.grad_accum_steps})
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     startup["prepare"] = time.monotonic()
-    resumed_from = resume(accelerator, state, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
+    resumed_from = resume(accelerator, state, optimizer, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
     if state.step >= total_steps and not state.eval_pending:  # resumed at or past the end this launch's flags set
         accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
         accelerator.end_training()
@@ -268,7 +266,9 @@ def main(argv=None):
                     stop.saved()
                     exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
                                      signal=stopped is Stopped.STOP_SIGNAL)
-                state.eval_pending, state.epoch_loss = trainer.finish(), (0.0, 0)  # the next epoch's loss so far
+                state.eval_pending = trainer.finish()
+                # the next epoch's loss so far; or this one's, cut by --max_train_steps and resumed by a later launch
+                state.epoch_loss = trainer.loss_so_far() if state.batch_in_epoch else (0.0, 0)
                 state.train_seconds += time.perf_counter() - started
             scores = evaluate_and_export(accelerator, model, ema, eval_loader, plan, cfg, state, run_dir / "final",
                                          labels, data_cfg, steps_per_epoch, stop)
@@ -524,9 +524,11 @@ def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int,
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
+def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
     """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
-    None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command)."""
+    None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command). The
+    optimizer's state comes from the checkpoint, its hyper-parameters from this launch's flags (what config.yaml and
+    the model card record); checkpoints past the one resumed from are set aside."""
     try:
         path = checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, print_fn=accelerator.print)
     except ValueError as e:
@@ -537,12 +539,16 @@ def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_d
     if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
         raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
     batching = dict(state.batching)
+    flags = [{k: group[k] for k in OPTIMIZER_FLAGS if k in group} for group in optimizer.param_groups]
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as e:
         if isinstance(e, SafetensorError) or "PytorchStreamReader" in str(e):  # a file that lost its end
+            then = (f"move it out of {ckpt_dir}, then --resume_from_checkpoint latest takes the one before"
+                    if cfg.resume_from_checkpoint == "latest" else
+                    "--resume_from_checkpoint latest takes the newest complete one")  # unsealed: found by the load
             raise SystemExit(f"error: --resume_from_checkpoint {path} is damaged ({str(e).splitlines()[0][:200]}); "
-                             "--resume_from_checkpoint latest takes the newest complete one") from None
+                             f"{then}") from None
         raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
                          f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
                          ) from None
@@ -561,7 +567,29 @@ def resume(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, ckpt_d
     accelerator.step = state.step * batching["grad_accum_steps"]
     pending = ", first the evaluation a stop signal cut short there" if state.eval_pending else ""
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}{pending}")
+    if changed := keep_launch_flags(optimizer, flags):
+        accelerator.print(f"the checkpoint was saved with other optimizer settings; this launch's apply: "
+                          f"{', '.join(changed)}")
+    accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
+    if accelerator.is_main_process:
+        stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
+        if (aside := checkpoints.set_aside_later_steps(ckpt_dir, state.step, stamp)) is not None:
+            accelerator.print(f"the checkpoints past step {state.step} belong to the run this resume leaves: moved to "
+                              f"{aside} (delete it once not needed)")
     return path
+
+
+OPTIMIZER_FLAGS = ("weight_decay", "momentum")  # the optimizer hyper-parameters set from flags (lr: every step)
+
+
+def keep_launch_flags(optimizer, flags: list[dict]) -> list[str]:
+    """Put back each param group's OPTIMIZER_FLAGS as this launch set them (`flags`, read before the load, which
+    restores the saved ones with the state); what differed, as "--flag saved -> now"."""
+    changed = {f"--{k} {group[k]:g} -> {mine[k]:g}" for group, mine in zip(optimizer.param_groups, flags)
+               for k in mine if group[k] != mine[k]}  # the no-decay group's 0 never differs
+    for group, mine in zip(optimizer.param_groups, flags):
+        group.update(mine)
+    return sorted(changed)
 
 
 def nothing_to_do(state: TrainState, cfg: TrainConfig, total_steps: int, run_dir: Path) -> str:
@@ -769,8 +797,8 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     mid-save never leaves a half checkpoint as 'latest'. Keeps the newest --keep_last and the best, deleting older
     ones only once the new one is on disk. Returns the seconds it took."""
     started = time.perf_counter()
-    final = ckpt_dir / f"step_{state.step:08d}"
-    tmp = ckpt_dir / f".tmp_step_{state.step:08d}"
+    final = checkpoints.step_folder(ckpt_dir, state.step)
+    tmp = ckpt_dir / f".tmp_{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     sync_buffers(model)
@@ -804,7 +832,7 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
         checkpoints.fsync_dir(ckpt_dir)  # the rename is on disk before any older checkpoint goes
         shutil.rmtree(earlier, ignore_errors=True)
         done = checkpoints.step_folders(ckpt_dir)
-        keep = set(done[-cfg.keep_last:]) | {ckpt_dir / f"step_{state.best_step:08d}"}
+        keep = {*done[-cfg.keep_last:], final, checkpoints.step_folder(ckpt_dir, state.best_step)}
         for old in done:
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
@@ -832,7 +860,7 @@ def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples
     """After a checkpoint, every rank alike: past --max_bad_samples (on the finds all ranks share) the run ends with
     that error; on a stop `signal` it ends with STOPPED_STATUS."""
     if bad.over_limit():
-        exit_bad_samples(accelerator, bad, ckpt_dir)
+        exit_bad_samples(accelerator, bad, step, ckpt_dir)
     if signal:
         exit_stopped(accelerator, step, ckpt_dir, stop.signal_name())
 

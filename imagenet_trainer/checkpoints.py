@@ -4,17 +4,20 @@ and their sizes sealed inside, and a reader that takes the newest checkpoint who
 A rename is atomic in the namespace, not on the disk: without fsync the kernel may write the new folder's entry
 before the files' data, so a crash can leave ``step_N`` in place with truncated or empty files (ext4's
 ``auto_da_alloc`` covers rename-over-a-file, not a new folder). Hence: fsync each file, then its folder, then the
-rename's parent, and delete older checkpoints only after that.
+rename's parent, and delete older checkpoints only after that. A file can also change without changing size (a
+flipped bit on a disk or in a copy, a tool that rewrote it): neither safetensors nor torch.load would notice every
+such change, so each file's CRC-32 is listed beside its size and checked before a resume.
 """
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 from .runinfo import atomic_write_text
 
-FILE_LIST = "checkpoint_files.json"  # {relative path: size in bytes} of the state files, written last
+FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
 RECORDS = ("config.yaml", "run_info.json")  # the launch's records: written atomically, and readers may edit them
 
 
@@ -47,40 +50,84 @@ def fsync_dir(folder: Path) -> None:
 
 
 def seal(folder: Path) -> None:
-    """Write FILE_LIST (the size of every file but RECORDS) into a finished checkpoint folder, durably."""
+    """Write FILE_LIST (the size and CRC-32 of every file but RECORDS, read back from the disk) into a finished
+    checkpoint folder, durably."""
     folder = Path(folder)
-    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "crc32": crc32(p)}
+             for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != FILE_LIST and str(p.relative_to(folder)) not in RECORDS}
-    atomic_write_text(folder / FILE_LIST, json.dumps(sizes, indent=1) + "\n")
+    atomic_write_text(folder / FILE_LIST, json.dumps(files, indent=1) + "\n")
     fsync_dir(folder)
+
+
+def crc32(path: Path) -> int:
+    """zlib's CRC-32 of a file (~4 GB/s a core: a ResNet-50 checkpoint with its optimizer and EMA in ~0.1 s)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def problem(folder: Path) -> str | None:
     """Why ``folder`` is not a complete checkpoint (naming the file), or None. A folder without FILE_LIST (saved by
-    another tool) is taken as it is: nothing to check it against."""
+    another tool) is taken as it is: nothing to check it against; a list of sizes alone (written before CRCs were)
+    checks the sizes."""
     folder = Path(folder)
     listed = folder / FILE_LIST
     if not listed.is_file():
         return None
     try:
-        sizes = json.loads(listed.read_text())
-        if not isinstance(sizes, dict):
+        files = json.loads(listed.read_text())
+        if not isinstance(files, dict):
+            raise ValueError
+        files = {name: saved if isinstance(saved, dict) else {"bytes": saved} for name, saved in files.items()}
+        if not all(isinstance(saved.get("bytes"), int) for saved in files.values()):
             raise ValueError
     except (ValueError, OSError, UnicodeDecodeError):
         return f"{listed} is damaged"
-    for name, size in sizes.items():
+    for name, saved in files.items():  # every size first: a truncated file is named without reading the others
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
-        actual = path.stat().st_size
+        actual, size = path.stat().st_size, saved["bytes"]
         if actual != size:
             return f"{path} has {actual} bytes, {size} were saved ({'truncated' if actual < size else 'grown'})"
+    for name, saved in files.items():
+        if "crc32" in saved and crc32(folder / name) != saved["crc32"]:
+            return f"{folder / name} has the size it was saved with, but other bytes (its CRC-32 differs)"
     return None
+
+
+def step_folder(ckpt_dir: Path, step: int) -> Path:
+    """The checkpoint of optimizer step ``step``."""
+    return Path(ckpt_dir) / f"step_{step:08d}"
 
 
 def step_folders(ckpt_dir: Path) -> list[Path]:
     """The ``step_N`` folders, oldest first (.tmp_* folders are unfinished saves)."""
     return sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir())
+
+
+SET_ASIDE = "set_aside"  # under the checkpoints folder: the steps past a resume's, out of latest's and rotation's way
+
+
+def set_aside_later_steps(ckpt_dir: Path, step: int, stamp: str) -> Path | None:
+    """Move the ``step_N`` folders past ``step`` (a resume's) to ``SET_ASIDE/<stamp>/``; the folder, or None when
+    there were none. They belong to the run this resume left: a rollback to an older checkpoint, or a newer one that
+    was damaged. Left in place they would count as the newest: latest would go back to them (a rollback silently
+    undone) and rotation would keep them in place of the checkpoints this run writes. Moved, not deleted: a rollback
+    by mistake can be undone by moving them back."""
+    later = [p for p in step_folders(ckpt_dir) if int(p.name.split("_")[1]) > step]
+    if not later:
+        return None
+    folder = Path(ckpt_dir) / SET_ASIDE / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in later:
+        os.replace(path, folder / path.name)
+    fsync_dir(folder)
+    fsync_dir(ckpt_dir)
+    return folder
 
 
 def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:

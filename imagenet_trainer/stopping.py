@@ -109,7 +109,7 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     """After the checkpoint a stop signal asked for: STOPPED_RECORD, then every rank exits with STOPPED_STATUS.
     accelerate launch and torchrun report any rank's non-zero status as 1, so the record (written before any rank
     exits) is what tells slurm/train.sbatch to requeue through them."""
-    checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
+    checkpoint = checkpoints.step_folder(ckpt_dir, step)  # the one just written
     if accelerator.is_main_process:
         # how long the stop took: what a grace time (--signal's lead, KillWait, the launcher's) must exceed
         after = stop_signals.seconds_since_first()
@@ -124,12 +124,12 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     raise SystemExit(STOPPED_STATUS)
 
 
-def exit_bad_samples(accelerator: Accelerator, bad: BadSamples, ckpt_dir: Path) -> None:
+def exit_bad_samples(accelerator: Accelerator, bad: BadSamples, step: int, ckpt_dir: Path) -> None:
     """After the checkpoint of the step where the ranks' shared finds passed --max_bad_samples: every rank exits with
     BadSamples' error line, which then names that checkpoint and both ways on: repair the files and resume (the resume
     re-checks the recorded rows and counts only those still broken: bad_samples.load_run_record), or resume with a
     --max_bad_samples at their number."""
-    checkpoint = checkpoints.newest_complete(ckpt_dir)[0]
+    checkpoint = checkpoints.step_folder(ckpt_dir, step)  # the one just written
     accelerator.wait_for_everyone()
     accelerator.end_training()
     raise SystemExit(bad.error(bad.shared, remedy=(

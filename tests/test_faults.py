@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import datasets
@@ -55,9 +56,16 @@ def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
     checkpoints.fsync_tree(folder)
     checkpoints.seal(folder)
     assert checkpoints.problem(folder) is None
-    assert json.loads((folder / checkpoints.FILE_LIST).read_text()) == {"model.safetensors": 100, "sub/rng.pkl": 10}
+    assert json.loads((folder / checkpoints.FILE_LIST).read_text()) == {
+        "model.safetensors": {"bytes": 100, "crc32": zlib.crc32(b"x" * 100)},
+        "sub/rng.pkl": {"bytes": 10, "crc32": zlib.crc32(b"y" * 10)}}
     older = tmp_path / "ckpt" / "step_00000001"
     shutil.copytree(folder, older)
+    with open(folder / "model.safetensors", "r+b") as f:  # one flipped bit: the same size, other bytes
+        f.seek(57)
+        f.write(bytes([ord("x") ^ 0x04]))
+    assert checkpoints.problem(folder) == (f"{folder / 'model.safetensors'} has the size it was saved with, but other "
+                                           "bytes (its CRC-32 differs)")
     truncate(folder / "model.safetensors", 40)
     assert checkpoints.problem(folder) == f"{folder / 'model.safetensors'} has 40 bytes, 100 were saved (truncated)"
     path, skipped = checkpoints.newest_complete(tmp_path / "ckpt")
@@ -67,6 +75,13 @@ def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
     with pytest.raises(ValueError, match="no complete checkpoint"):
         checkpoints.pick("latest", tmp_path / "ckpt", print_fn=lambda line: None)
     assert checkpoints.pick("latest", tmp_path / "empty", print_fn=print) is None  # nothing saved yet: start
+    # a list of sizes alone, as checkpoints were sealed before their files' CRCs were listed: the sizes are checked
+    (older / checkpoints.FILE_LIST).write_text(json.dumps({"model.safetensors": 100}))
+    assert checkpoints.problem(older) is None
+    (older / checkpoints.FILE_LIST).write_text(json.dumps({"model.safetensors": 99}))
+    assert checkpoints.problem(older) == f"{older / 'model.safetensors'} has 100 bytes, 99 were saved (grown)"
+    (older / checkpoints.FILE_LIST).write_text(json.dumps({"model.safetensors": {"crc32": 1}}))
+    assert checkpoints.problem(older) == f"{older / checkpoints.FILE_LIST} is damaged"
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +116,32 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, pre
     said = resumed.stdout + resumed.stderr
     assert f"skipped {newest.name}: {newest / 'model.safetensors'} has 64 bytes" in said, said[-3000:]
     assert f"resumed from {previous}" in said
+    # the damaged one is moved aside, out of the way of latest and of rotation; this run writes its step again
+    assert [p.relative_to(out / "checkpoints").parts[::2] for p in (out / "checkpoints").glob("set_aside/*/*")] == [
+        (checkpoints.SET_ASIDE, newest.name)]
     again = load_file(newest / "model.safetensors")
     assert reference.keys() == again.keys() and all(torch.equal(reference[k], again[k]) for k in reference)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin"])
+def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_latest_resumes_from_the_previous(finished, preprocessed,
+                                                                                                tmp_path, name):
+    """A file of the size it was saved with but other bytes (a bit flipped on a disk or in a copy): in a weight it
+    would load without an error (wrong weights), in the optimizer's zip it fails the load. Its CRC-32 names it
+    before the load, and latest goes on from the checkpoint before it."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    previous, newest = checkpoints.step_folders(out / "checkpoints")[-2:]
+    path = newest / name
+    with open(path, "r+b") as f:  # a byte in the middle of the file: tensor data
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    resumed = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    said = resumed.stdout + resumed.stderr
+    assert f"skipped {newest.name}: {path} has the size it was saved with, but other bytes" in said, said[-3000:]
+    assert f"resumed from {previous}" in said
 
 
 def test_a_checkpoint_without_its_file_list_loads_and_a_damaged_one_is_named(finished, preprocessed, tmp_path):

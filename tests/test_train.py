@@ -17,6 +17,7 @@ import yaml
 from hub_server import LocalHub
 from safetensors.torch import load_file
 
+from imagenet_trainer import checkpoints
 from imagenet_trainer.config import parse_config
 from train import TrainConfig
 
@@ -157,12 +158,49 @@ def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
         assert f"was saved with {said}" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_a_rollback_resume_applies_its_own_optimizer_flags_and_sets_the_later_checkpoints_aside(preprocessed,
+                                                                                                 tmp_path):
+    """Resumed from an older checkpoint with other --weight_decay and --momentum: the optimizer's state comes from the
+    checkpoint and its settings from the flags (what config.yaml and the card record), and the checkpoints past it,
+    the run it leaves, are moved aside: latest and rotation see this run's own."""
+    out = tmp_path / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "2")))  # --keep_last 2: a checkpoint at each epoch's end
+    first, second = checkpoints.step_folders(out / "checkpoints")
+    left = {k: v.clone() for k, v in load_file(second / "model.safetensors").items()}
+    resumed = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--weight_decay", "0.05", "--momentum", "0.5",
+                               "--resume_from_checkpoint", first)))
+    said = resumed.stdout + resumed.stderr
+    assert "this launch's apply: --momentum 0.9 -> 0.5, --weight_decay 5e-05 -> 0.05" in said, said[-3000:]
+    (aside,) = (out / "checkpoints" / checkpoints.SET_ASIDE).iterdir()
+    assert f"moved to {aside}" in said and [p.name for p in aside.iterdir()] == [second.name]
+    assert checkpoints.step_folders(out / "checkpoints") == [first, second]  # the second written again, by this run
+    for folder, wanted in ((second, [(0.0, 0.5), (0.05, 0.5)]), (aside / second.name, [(0.0, 0.9), (5e-5, 0.9)])):
+        groups = torch.load(folder / "optimizer.bin", weights_only=True)["param_groups"]
+        assert sorted((g["weight_decay"], g["momentum"]) for g in groups) == wanted, folder
+    now = load_file(second / "model.safetensors")
+    assert any(not torch.equal(left[k], now[k]) for k in left), "the new flags changed nothing"
+    assert yaml.safe_load((second / "config.yaml").read_text())["weight_decay"] == 0.05
+
+
+def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_loss(preprocessed, tmp_path):
+    ok(run(train_cmd(preprocessed, tmp_path / "straight", "--epochs", "1")))
+    (reference,) = rows(tmp_path / "straight")
+    out = tmp_path / "cut"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1", "--max_train_steps", reference["step"] // 2)))
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1", "--resume_from_checkpoint", "latest")))
+    cut, whole = rows(out)
+    assert cut["step"] == reference["step"] // 2 and whole["step"] == reference["step"]
+    assert whole["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--ema_decay", "1.5"], "--ema_decay must be in [0, 1)"),
-    (["--max_train_steps", "-3"], "--max_train_steps must be >= 0"),
+    (["--max_train_steps", "-3"], "--max_train_steps must be a finite number >= 0"),
+    (["--warmup_epochs", "inf"], "--warmup_epochs must be a finite number >= 0 (0: off), got inf"),
+    (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--random_erase", "2"], "--random_erase must be a probability in [0, 1]"),
-    (["--mixup_alpha", "-1"], "--mixup_alpha must be >= 0"),
+    (["--mixup_alpha", "-1"], "--mixup_alpha must be a finite number >= 0"),
     (["--report_to", "foo"], "--report_to must be one of none, all, "),
     (["--report_to", ""], "--report_to must be one of none, all, "),
     (["--report_to", "foo.bar"], "--report_to must be one of none, all, "),
