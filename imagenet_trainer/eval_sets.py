@@ -195,7 +195,10 @@ def source_fields(kind: str, record: dict, counts: dict, data_dir: Path) -> dict
     """source.json's fields for an evaluation set: its published name only when the copy is whole."""
     info = SETS[kind]
     title = info.title + (f" {record['variant']}" if record.get("variant") else "")
-    whole = all(n == info.full_images for n in counts.values()) and (kind != C or len(counts) >= 75)
+    # ImageNet-C: every one of the 15 benchmark corruptions at its 5 severities (75 splits of the 19 distributed may
+    # include the 4 extra ones, held out by the authors, and leave a benchmark one out)
+    whole = all(n == info.full_images for n in counts.values()) and (
+        kind != C or {corruption_of(split) for split in counts} >= {(c, s) for c in C_CORRUPTIONS for s in range(1, 6)})
     if kind == V2 and not record.get("variant"):
         whole = False  # which of the three variants it is decides which published numbers compare
     return {**record, "name": title if whole else data_dir.resolve().name, "title": title, "complete": whole,

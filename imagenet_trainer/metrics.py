@@ -62,7 +62,8 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
     Every rank gets all logits; ``gather_for_metrics`` drops the last batch's padding (repeats that even out the
     ranks' batch counts), so ``n == len(split)`` on any number of processes, less the images that do not decode
     (``topk.left_out``: their rows). Sums stay float32 (MPS has no float64).
-    ``on_logits(logits, labels)`` sees every gathered batch, in the loader's order (ReaL labels score by position)."""
+    ``on_logits(logits, labels)`` sees every gathered batch whole, in the loader's order, the rows that do not decode
+    included (label < 0): ReaL's labels are found by position."""
     topk, loss_sum = TopK(), torch.zeros((), device=accelerator.device)
     full_batch = None
     with torch.no_grad():
@@ -76,12 +77,12 @@ def evaluate(accelerator, net, batches, mean, std, memory_format=torch.channels_
                 if flip:
                     logits = (logits + run(x.flip(3))) / 2
             logits, y = accelerator.gather_for_metrics((logits.float(), y))
+            if on_logits is not None:
+                on_logits(logits, y)
             bad = y < 0  # an image that does not decode: scored by no one, its row reported
             if bad.any():
                 topk.left_out.extend((-y[bad] - 1).tolist())
                 logits, y = logits[~bad], y[~bad]
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk.update(logits, y)
-            if on_logits is not None:
-                on_logits(logits, y)
     return topk, loss_sum.item() / max(1, topk.n)

@@ -44,11 +44,13 @@ class ClassSubset(torch.nn.Module):
 
 
 def subset_labels(batches, indices: list[int], num_classes: int, device):
-    """(x, y) batches with y renumbered to its position in ``indices`` (every label must be in it)."""
+    """(x, y) batches with y renumbered to its position in ``indices`` (every label must be in it). A negative label,
+    an image that does not decode (``-(row + 1)``: metrics.evaluate leaves it out and reports its row), stays as it
+    is: as an index it would read the table from its end."""
     lookup = torch.full((num_classes,), -1, dtype=torch.long, device=device)
     lookup[torch.tensor(indices, device=device)] = torch.arange(len(indices), device=device)
     for x, y in batches:
-        yield x, lookup[y]
+        yield x, torch.where(y < 0, y, lookup[y.clamp(min=0)])
 
 
 def read_real_labels(path: str) -> list[list[int]]:
@@ -79,11 +81,13 @@ class RealLabels:
         self.position, self.correct, self.n = 0, [0, 0], 0
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """A gathered batch, whole: a row that does not decode (label < 0) takes its place and is left out, as in
+        metrics.evaluate's own scores."""
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices.tolist()
-        for predicted in top:
+        for predicted, label in zip(top, labels.tolist()):
             labels_here = self.sets[self.position]
             self.position += 1
-            if labels_here:  # an empty list: no label fits (ReaL leaves the image out)
+            if labels_here and label >= 0:  # an empty list: no label fits (ReaL leaves the image out)
                 self.n += 1
                 self.correct[0] += predicted[0] in labels_here
                 self.correct[1] += any(p in labels_here for p in predicted)

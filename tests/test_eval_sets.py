@@ -25,7 +25,7 @@ from imagenet_trainer.data import EvalSet, collate, normalize
 from imagenet_trainer.ilsvrc import imagenet_wnids
 from modeling.card_sets import update_card_sets
 from test_notebooks import execute, jupyter_home, pngs, stdout  # noqa: F401  (jupyter_home: a fixture)
-from test_validate import ACCELERATE, ROOT, TINY, evaluate, free_port, ok, run
+from test_validate import ACCELERATE, ROOT, TINY, error_of, evaluate, free_port, ok, run
 
 WNIDS = imagenet_wnids()
 
@@ -287,6 +287,65 @@ def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in
     (tmp_path / "bad.json").write_text(json.dumps({"not": "a list"}))
     with pytest.raises(SystemExit, match="expected ReaL's real.json"):
         evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "bad.json")
+
+
+def damaged_copy(folder: Path, out: Path, rows: set[int]) -> Path:
+    """``folder`` (a preprocess.py output) with the images of ``rows`` in every split replaced by bytes that do not
+    decode, as a flipped block on a disk would leave them; its source.json kept."""
+    ds = datasets.load_from_disk(str(folder))
+    damaged = {}
+    for name, split in ds.items():
+        raw = split.cast_column("image", datasets.Image(decode=False))
+        damaged[name] = raw.map(lambda ex, i: {"image": {"bytes": b"\xff\xd8 not a JPEG" if i in rows
+                                                         else ex["image"]["bytes"], "path": ex["image"]["path"]}},
+                                with_indices=True, keep_in_memory=True).cast_column("image", datasets.Image())
+    datasets.DatasetDict(damaged).save_to_disk(str(out))
+    if (folder / "source.json").is_file():
+        shutil.copy(folder / "source.json", out / "source.json")
+    return out
+
+
+def test_undecodable_images_in_the_suite_are_left_out_named_and_limited(sets, in1k_model, preprocessed, tmp_path,
+                                                                        capsys):
+    """As validate.py's single split does: each left out of the scores (ImageNet-R's 200-class renumbering and
+    ReaL's positional labels included), named, counted in the row, and past --max_bad_samples an error."""
+    r = damaged_copy(sets[eval_sets.R], tmp_path / "r", {5, 11})  # 999 - 11 = 988 is one of R's 200 classes
+    r_row = evaluate(in1k_model, "", "--eval_sets", r, "--image_size", 32)["results"][0]
+    assert (r_row["n"], r_row["left_out"]) == (198, 2)
+    said = capsys.readouterr().err
+    assert all(f"{r_row['name']} validation row {k} " in said for k in (5, 11)), said
+    split = datasets.load_from_disk(str(sets[eval_sets.R]))["validation"]
+    kept = [label for k, label in enumerate(split["label"]) if k not in (5, 11)]
+    assert r_row["top1"] == pytest.approx(100 * kept.count(1) / 198)  # the model answers class 1, always
+    message = error_of(in1k_model, "", "--eval_sets", r, "--image_size", 32, "--max_bad_samples", 1)
+    assert "2 images do not decode, more than --max_bad_samples 1" in message
+    # ReaL: each image's labels by its position; the damaged one keeps its place and is left out
+    val = damaged_copy(imagenet_val(preprocessed, tmp_path / "in1k"), tmp_path / "val", {0})
+    ids = datasets.load_from_disk(str(val))["validation"]["image_id"]
+    numbers = [int(i.rsplit("_", 1)[1]) for i in ids]
+    real = [[] for _ in range(max(numbers))]
+    for k, number in enumerate(numbers):
+        real[number - 1] = [1] if k % 2 else [2]  # the model's top-1 is right on the odd rows only
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    plain, real_row = evaluate(in1k_model, val, "--real_labels", tmp_path / "real.json", "--image_size", 32)["results"]
+    assert plain["n"] == real_row["n"] == len(ids) - 1 and plain["left_out"] == 1
+    assert real_row["top1"] == pytest.approx(100 * (len(ids) // 2) / (len(ids) - 1))
+
+
+def test_imagenet_c_top1_and_completeness_count_the_15_benchmark_corruptions_only(in1k_model, tmp_path):
+    """The authors hold the 4 extra corruptions out: they are in `errors`, not in the set's top-1 nor in whether a
+    copy is the published ImageNet-C."""
+    root = make_tree(tmp_path, eval_sets.C)
+    for severity in "12345":  # the model answers class 1: right on every image of this extra corruption
+        jpeg(root / "extra" / "speckle_noise" / severity / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG", 1)
+    row = evaluate(in1k_model, "", "--eval_sets", preprocessed_set(root), "--image_size", 32)["results"][0]
+    assert row["errors"]["speckle_noise"] == [0.0] * 5 and row["corruptions"] == 2
+    assert row["top1"] == 50.0 and row["n"] == 2 * 5 * 2  # gaussian_noise and fog, 2 images a split, half right
+    counts = {f"{c}_{s}": 50_000 for c in (*eval_sets.C_CORRUPTIONS[:11], *eval_sets.C_EXTRA) for s in range(1, 6)}
+    assert len(counts) == 75
+    assert not eval_sets.source_fields(eval_sets.C, {}, counts, tmp_path)["complete"]
+    counts = {f"{c}_{s}": 50_000 for c in eval_sets.C_CORRUPTIONS for s in range(1, 6)}
+    assert eval_sets.source_fields(eval_sets.C, {}, counts, tmp_path)["complete"]
 
 
 def test_two_processes_give_the_same_numbers(sets, in1k_model, preprocessed, tmp_path):
