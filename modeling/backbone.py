@@ -73,6 +73,19 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     return loaded
 
 
+def default_taps(name: str) -> tuple[int, ...]:
+    """Every ``feature_info`` tap of timm model ``name`` after the stem's: the strides FPN-style necks take (four
+    for BlockNet and ResNet, three for AlexNet)."""
+    with torch.device("meta"):  # shapes only: the number of taps
+        return tuple(range(1, len(timm.create_model(name).feature_info)))
+
+
+def image_channels(export) -> int:
+    """The image channels the export was built for (its ``model_args``; 3 when it names none)."""
+    folder = _resolve_folder(export, (CONFIG_NAME,))
+    return int(json.loads((folder / CONFIG_NAME).read_text()).get("model_args", {}).get("in_chans", 3))
+
+
 def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_stride: int | None = None,
                   freeze_batch_norm_2d: bool = False):
     """transformers' ``TimmBackbone`` of an export with its exact weights, in eval mode. ``out_indices``: the
@@ -81,11 +94,10 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
     from transformers import TimmBackbone, TimmBackboneConfig
 
     name = timm_name(export)
-    if out_indices is None:
-        with torch.device("meta"):  # shapes only: the number of taps
-            out_indices = tuple(range(1, len(timm.create_model(name).feature_info)))
+    out_indices = default_taps(name) if out_indices is None else out_indices
+    # TimmBackbone passes in_chans=num_channels (default 3) to timm, over the export's own model_args
     config = TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
-                                freeze_batch_norm_2d=freeze_batch_norm_2d)
+                                freeze_batch_norm_2d=freeze_batch_norm_2d, num_channels=image_channels(export))
     model = TimmBackbone(config)
     load_backbone_weights(model, export)
     return model.eval()
@@ -95,14 +107,16 @@ class TimmFPN(torch.nn.Module):
     """An export's ``features_only`` maps through torchvision's ``FeaturePyramidNetwork``: the backbone torchvision's
     detectors (FasterRCNN, RetinaNet, MaskRCNN) take, an ordered dict of maps plus ``out_channels``. torchvision's own
     ``BackboneWithFPN`` reaches only a model's direct children (ResNet's ``layer1``), not BlockNet's ``stages.0``;
-    timm's ``feature_info`` knows every family's taps."""
+    timm's ``feature_info`` knows every family's taps. ``out_indices``: as ``timm_backbone``'s."""
 
-    def __init__(self, export, out_channels: int = 64, out_indices: tuple[int, ...] = (1, 2, 3, 4)):
+    def __init__(self, export, out_channels: int = 64, out_indices: tuple[int, ...] | None = None):
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
         super().__init__()
-        self.body = timm.create_model(timm_name(export), pretrained=True, features_only=True, out_indices=out_indices)
+        name = timm_name(export)
+        out_indices = default_taps(name) if out_indices is None else tuple(out_indices)
+        self.body = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())
         self.out_channels = out_channels
 

@@ -193,8 +193,10 @@ class BlockNet(nn.Module):
             in_chs = cfg.head_width
         else:
             self.head_conv = nn.Identity()
-        self.num_features = self.head_hidden_size = in_chs
+        self.num_features = in_chs
         self.global_pool = make_pool(global_pool, num_classes)
+        # what forward_head(pre_logits=True) returns: a concatenating pool ("catavgmax") doubles it, as in timm's ResNet
+        self.head_hidden_size = in_chs * self.global_pool.feat_mult()
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = self._new_fc(num_classes)
 
@@ -223,9 +225,10 @@ class BlockNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = make_pool(global_pool, num_classes)
+        # the pool first: a refused combination raises before anything changes
+        pool = make_pool(self.global_pool.pool_type if global_pool is None else global_pool, num_classes)
+        self.num_classes, self.global_pool = num_classes, pool
+        self.head_hidden_size = self.num_features * pool.feat_mult()
         self.fc = self._new_fc(num_classes)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
@@ -251,7 +254,9 @@ class BlockNet(nn.Module):
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
-        return self.head_conv(x), intermediates
+        # the head conv takes the last stage's channels: after an early stop x is an earlier map (as timm's
+        # EfficientNet, which applies its head only when the last stage ran)
+        return (x if stop_early and max_index < len(self.stages) else self.head_conv(x)), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
@@ -262,7 +267,7 @@ class BlockNet(nn.Module):
             self.stages = self.stages[:max_index]
             self.stem = self.stem[:3] if max_index == 0 else self.stem  # the max pool follows the stem tap
             self.head_conv = nn.Identity()
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.num_features = self.feature_info[max_index]["num_chs"]
             prune_head = True
         if prune_head:
             self.reset_classifier(0, "")

@@ -20,7 +20,9 @@ Label keys in config.json (worked out against timm 1.0.31 and transformers 5.24-
 * Exception: for class counts timm maps to an ImageNet subset (1000, 11821, 21841, ...) transformers replaces
   ``id2label`` with timm's own ImageNet names unless a root ``label_names`` exists. Those are right for ILSVRC-2012
   in sorted-wnid order; for any other labelling with such a count we write root ``label_names`` = human names, and
-  timm then reports those as its label_names (``label_info()`` still returns the ids).
+  timm then reports those as its label_names (``label_info()`` still returns the ids). A ``save_pretrained`` by
+  transformers writes its substitute as root ``label_names`` (two plain "crane"): ``label_info()`` knows that list
+  as the same classes.
 * ``model_args`` never holds ``num_classes``: transformers passes ``num_classes`` itself and fails on a duplicate.
 """
 from __future__ import annotations
@@ -43,7 +45,8 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from timm.data import ImageNetInfo, infer_imagenet_subset
-from timm.models import PretrainedCfg, get_model_args
+from timm.layers.format import get_spatial_dim
+from timm.models import PretrainedCfg, get_model_args, get_model_input_config
 
 from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
@@ -165,6 +168,10 @@ def hub_config(model, label_names: list[str], label_descriptions: list[str] | No
     arch = _check_model(model)
     cfg = {k: model.pretrained_cfg[k] for k in _ARCH_KEYS if model.pretrained_cfg.get(k) is not None}
     cfg.update(pretrained_cfg or {})
+    if cfg.get("input_size"):  # the channels of the network's first conv (in_chans), as timm's save_config_for_hf
+        cfg["input_size"] = (get_model_input_config(model)["input_size"][0], *cfg["input_size"][1:])
+    if cfg.get("pool_size") and "pool_size" not in (pretrained_cfg or {}):
+        cfg["pool_size"] = feature_map_size(model, cfg["input_size"])
     cfg["custom_load"] = False  # a plain state_dict, whatever the zoo cfg said about its own weights
     cfg["num_classes"] = model.num_classes
     cfg["label_names"] = list(label_names)
@@ -186,6 +193,27 @@ def hub_config(model, label_names: list[str], label_descriptions: list[str] | No
     if subset and list(label_names) != list(ImageNetInfo(subset).label_names()):
         config["label_names"] = names
     return config
+
+
+def feature_map_size(model, input_size) -> tuple[int, int] | None:
+    """``pool_size``: the spatial size of ``forward_features`` at ``input_size``, from one forward pass on the model's
+    device; None when the model cannot run on a blank image.
+
+    The architecture's default describes its default input size and output stride, not an export at another size or
+    dilated. timm's ``save_config_for_hf`` writes None once the size differs; the measured size is as cheap to get
+    and is what a neck or head sized from ``pool_size`` needs."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval().forward_features(torch.zeros(1, *input_size, device=device))
+    except Exception:  # an architecture that needs another input: unknown, as timm leaves it
+        return None
+    finally:
+        model.train(was_training)
+    return tuple(out.shape[i] for i in get_spatial_dim(getattr(model, "output_fmt", "NCHW"))) if out.ndim == 4 else None
 
 
 def update_model_card_results(folder, results: dict) -> None:
@@ -299,9 +327,20 @@ def label_info(path_or_hub_id) -> tuple[list[str] | None, list[str] | None]:
     names = list(names.values()) if isinstance(names, dict) else list(names)
     described = [descriptions.get(n, n) for n in names] if descriptions else None
     head = head_labels(config) if saved_by_transformers(config) else None
-    if head and head not in (names, display_names(names, described)):  # a fine-tune's head: its own labels
-        return head, None
+    if head and head not in (names, display_names(names, described), timm_imagenet_names(names)):
+        return head, None  # a fine-tune's head: its own labels
     return names, described
+
+
+def timm_imagenet_names(label_ids: list[str]) -> list[str] | None:
+    """The ``id2label`` transformers gives classes that are an ImageNet subset's wnids in timm's order when config.json
+    has no root ``label_names`` (``TimmWrapperConfig.from_dict``): timm's descriptions, duplicates as they are; None
+    for other classes."""
+    subset = infer_imagenet_subset({"num_classes": len(label_ids)})
+    if not subset:
+        return None
+    info = ImageNetInfo(subset)
+    return info.label_descriptions() if list(label_ids) == list(info.label_names()) else None
 
 
 def _hub_offline() -> bool:

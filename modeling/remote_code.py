@@ -5,14 +5,15 @@ config.json, so ``AutoModelForImageClassification.from_pretrained(PATH, trust_re
 
 What that load runs: the copied family file (it builds the network and registers its variant names with timm's
 registry), the modules of the user's own it imports as ``from .mylayers import MyBlock`` (copied too: transformers'
-dynamic-module loader follows that form, recursively; it follows no ``from . import mylayers``), and the wrapper, a
-subclass of transformers' ``TimmWrapperForImageClassification`` that adds nothing, plus ``<Class>Backbone``, a
-``TimmBackbone`` named in ``auto_map`` for ``AutoBackbone`` whose ``from_pretrained`` keeps the export's weights and
-BatchNorm statistics (``TimmBackbone.from_pretrained`` resets the statistics; see modeling/backbone.py). The copies
-must stand alone: they may import torch, timm, the standard library and each other, and the registry import of a
-family file (``from ._registry import register``) is replaced by timm's own ``register_model``, which is all that
-``register`` adds to (besides ``modeling.list_models()``). ``check_exportable`` applies these rules to a model at
-start-up, so a family that cannot travel is refused before training, not after.
+dynamic-module loader follows that form, recursively; it follows no ``from . import mylayers``), and the wrapper:
+subclasses of transformers' ``TimmWrapperForImageClassification`` and ``TimmWrapperModel`` (``AutoModel``, the route
+of ``pipeline("image-feature-extraction")``) that add nothing, plus ``<Class>Backbone``, a ``TimmBackbone`` named
+in ``auto_map`` for ``AutoBackbone`` whose ``from_pretrained`` keeps the export's weights and BatchNorm statistics
+(``TimmBackbone.from_pretrained`` resets the statistics; see modeling/backbone.py). The copies must stand alone:
+they may import torch, timm, the standard library and each other, and the registry import of a family file
+(``from ._registry import register``) is replaced by timm's own ``register_model``, which is all that ``register``
+adds to (besides ``modeling.list_models()``). ``check_exportable`` applies these rules to a model at start-up, so a
+family that cannot travel is refused before training, not after.
 """
 from __future__ import annotations
 
@@ -115,13 +116,16 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
     files = {fname: f"# {fname}, {roles.get(fname, f'imported by {stem}.py')} (torch + timm only).\n" + text
              for fname, text in sources.items()}
     files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name)
-    return files, {"AutoModelForImageClassification": f"{wrapper}.{name}",
+    # every Auto class transformers maps timm_wrapper to: one left out falls back to transformers' own class, which
+    # builds the network by name without importing the file that registers it
+    return files, {"AutoModelForImageClassification": f"{wrapper}.{name}", "AutoModel": f"{wrapper}.TimmWrapperModel",
                    "AutoBackbone": f"{wrapper}.{cls.__name__}Backbone"}
 
 
 WRAPPER = '''"""transformers entry points for these weights: importing {stem}.py registers its variants with timm, then
 transformers' TimmWrapper builds the network by name from config.json as it does for timm's own architectures;
 {cls}Backbone serves AutoBackbone."""
+import json
 import os
 
 import timm
@@ -129,11 +133,16 @@ import torch
 from huggingface_hub import hf_hub_download
 from transformers import TimmBackbone, TimmBackboneConfig, TimmWrapperConfig
 from transformers import TimmWrapperForImageClassification as TimmWrapper
+from transformers import TimmWrapperModel as TimmWrapperHeadless
 
 from .{stem} import {cls}  # noqa: F401  this form is what transformers' loader follows to copy {stem}.py
 
 
 class {name}(TimmWrapper):  # transformers' name: pipeline() knows it as an image classifier
+    pass
+
+
+class TimmWrapperModel(TimmWrapperHeadless):  # transformers' name, for AutoModel: the features, no classifier
     pass
 
 
@@ -160,7 +169,10 @@ class {cls}Backbone(TimmBackbone):
             with torch.device("meta"):  # shapes only: the number of taps
                 out_indices = tuple(range(1, len(timm.create_model(name).feature_info)))
         exported = timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices))
-        model = cls(TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride))
+        with open(os.path.join(folder, "config.json")) as f:  # TimmBackbone passes in_chans=num_channels (default 3)
+            channels = json.load(f).get("model_args", {{}}).get("in_chans", 3)
+        model = cls(TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
+                                       num_channels=channels))
         model._backbone.load_state_dict(exported.state_dict())
         return model.eval()
 '''

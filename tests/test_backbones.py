@@ -5,6 +5,7 @@ behaviour the README blames, so the README is rewritten when transformers change
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TimmBackbone, TimmBackboneConfig
 
 import modeling
+from modeling.refresh_code import refresh_remote_code
 
 LABELS = ["n01440764", "n02012849", "n02085620", "n03126707"]
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -189,6 +191,101 @@ def test_auto_backbone_entry_of_the_remote_code_in_a_clean_interpreter(export, t
     assert not any(torch.equal(v, torch.ones_like(v)) for k, v in out.items() if k.endswith("running_var"))
     assert sorted(v.sum().item() for k, v in out.items() if k.endswith("running_var")) == sorted(
         v.sum().item() for k, v in saved_vars.items() if not k.startswith("head"))
+
+
+def run_clean(script: str, args: list, tmp_path: Path) -> dict:
+    """``script`` in an interpreter that cannot import this project (``-I``, no PYTHON* variables, another working
+    directory), offline; its RESULT."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-I", "-c", script, *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
+HEADLESS = r"""
+import importlib.util, json, sys, torch
+assert importlib.util.find_spec("modeling") is None
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, pipeline
+folder, tensors, out = sys.argv[1:]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    hidden = model(pixel_values=load_file(tensors)["x"]).last_hidden_state
+save_file({"hidden": hidden.contiguous()}, out)
+extractor = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
+shape = list(torch.tensor(extractor(Image.new("RGB", (80, 60), "gray"))).shape)
+print("RESULT " + json.dumps({"class": type(model).__name__, "module": type(model).__module__, "shape": shape}))
+"""
+
+
+def test_auto_model_and_feature_extraction_pipeline_in_a_clean_interpreter(export, tmp_path):
+    """transformers' headless route (AutoModel, pipeline("image-feature-extraction")) gives the export's feature map
+    where nothing imports this project. For our designs only auto_map's TimmWrapperModel imports the file that
+    registers the architecture (transformers' own builds it by name and finds none); an export written before that
+    entry existed gets it from modeling.refresh_code."""
+    folder, model = export
+    folders = {"export": folder}
+    remote = (folder / "modeling_blocknet.py").is_file()
+    if remote:
+        old = Path(shutil.copytree(folder, tmp_path / "old"))
+        wrapper, config_path = old / "modeling_blocknet.py", old / "config.json"
+        text = re.sub(r"^class TimmWrapperModel\(.*?\n\n\n", "", wrapper.read_text(), flags=re.M | re.S)
+        assert "TimmWrapperModel(" not in text and "class BlockNetBackbone" in text
+        wrapper.write_text(text)
+        config = json.loads(config_path.read_text())
+        del config["auto_map"]["AutoModel"]
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        assert refresh_remote_code(old) == ["modeling_blocknet.py", "config.json"]
+        assert (old / "config.json").read_text() == (folder / "config.json").read_text()
+        folders["refreshed"] = old
+    save_file({"x": X}, tmp_path / "x.safetensors")
+    pool_size = json.loads((folder / "config.json").read_text())["pretrained_cfg"]["pool_size"]
+    with torch.no_grad():
+        features = model.forward_features(X)
+    for kind, path in folders.items():
+        result = run_clean(HEADLESS, [path, tmp_path / "x.safetensors", tmp_path / f"{kind}.safetensors"], tmp_path)
+        assert result["class"] == "TimmWrapperModel", (kind, result)
+        assert result["module"].startswith("transformers_modules.") == remote, (kind, result)  # resnet18: theirs
+        assert torch.equal(load_file(tmp_path / f"{kind}.safetensors")["hidden"], features), kind
+        assert result["shape"] == [1, model.num_features, *pool_size], (kind, result)  # resized to input_size
+
+
+def test_single_channel_export_loads_as_a_backbone(tmp_path):
+    """An in_chans=1 (grayscale) export: config.json's input_size says 1 channel, as timm's save_config_for_hf writes
+    it, the card counts its GMACs on such an input, and timm_backbone and the remote BlockNetBackbone build a
+    1-channel network for its weights (TimmBackbone asks timm for num_channels, 3 unless told)."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("blocknet_tiny", num_classes=4, in_chans=1))
+    folder = modeling.save_pretrained(model, tmp_path / "gray", label_names=LABELS)
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["input_size"] == [1, 64, 64]
+    assert re.search(r"GMACs: \d", (folder / "README.md").read_text())  # model_stats ran on a 1-channel image
+    x = X[:, :1]
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(modeling.timm_backbone(folder)(x).feature_maps, expected))
+    save_file({"x": x}, tmp_path / "x.safetensors")
+    result = run_clean(CLEAN, [folder, tmp_path / "x.safetensors", tmp_path / "out.safetensors"], tmp_path)
+    assert result["class"] == "BlockNetBackbone"
+    out = load_file(tmp_path / "out.safetensors")
+    assert all(torch.equal(out[f"map{i}"], m) for i, m in enumerate(expected))
+
+
+def test_fpn_takes_every_tap_after_the_stem_of_a_four_tap_family(tmp_path):
+    """AlexNet has four feature_info taps, BlockNet and ResNet five: TimmFPN's default is timm_backbone's, every tap
+    after the stem's."""
+    model = modeling.create_model("alexnet", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "alexnet", label_names=LABELS)
+    fpn = modeling.backbone.TimmFPN(folder).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        maps = fpn(x)
+        taps = model.forward_intermediates(x, indices=[1, 2, 3], intermediates_only=True)
+    assert list(maps) == ["0", "1", "2", "pool"]
+    assert [m.shape[-2:] for m in list(maps.values())[:3]] == [t.shape[-2:] for t in taps]
+    assert all(torch.equal(a, b) for a, b in zip(fpn.body(x), taps))
 
 
 def readme_backbone_blocks() -> list[str]:

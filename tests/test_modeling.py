@@ -136,6 +136,38 @@ def test_blocknet_grad_checkpointing_and_drop_path():
     assert not torch.allclose(model(x), model(x))  # stochastic depth drops different blocks per call
 
 
+@pytest.mark.parametrize("name", ["blocknet_tiny", "blocknet_mobile"])
+def test_blocknet_head_hidden_size_under_a_concatenating_pool(name):
+    """catavgmax concatenates the avg and max pools: head_hidden_size is the pre-logits width, twice num_features, as
+    in timm's ResNet, and follows the pool reset_classifier sets."""
+    model = modeling.create_model(name, num_classes=5, global_pool="catavgmax").eval()
+    x = small_input()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+        assert model.head_hidden_size == 2 * model.num_features
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.head_hidden_size)
+        model.reset_classifier(3, "avg")
+        assert model.head_hidden_size == model.num_features
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+        model.reset_classifier(0, "catavgmax")
+        assert model(x).shape == (2, model.head_hidden_size) == (2, 2 * model.num_features)
+
+
+def test_blocknet_refused_reset_classifier_changes_nothing():
+    """A classifier on an unpooled map is refused before anything is assigned, as AlexNet's: the model predicts
+    as before."""
+    model = modeling.create_model("blocknet_tiny", num_classes=5).eval()
+    x = small_input()
+    with torch.no_grad():
+        before = model(x)
+        with pytest.raises(ValueError, match="needs num_classes=0"):
+            model.reset_classifier(3, "")
+        assert model.num_classes == 5 and model.get_classifier().out_features == 5
+        assert model.global_pool.pool_type == "avg" and torch.equal(model(x), before)
+
+
 @pytest.mark.parametrize("make, expected", [
     (lambda: modeling.create_model("alexnet"), 61_100_840),
     (lambda: torchvision.models.alexnet(), 61_100_840),
@@ -483,7 +515,24 @@ def test_config_json_keys(saved_tiny):
                                                           "model.safetensors", "modeling_blocknet.py"]
     assert config["auto_map"] == {"AutoModelForImageClassification":
                                   "modeling_blocknet.TimmWrapperForImageClassification",
+                                  "AutoModel": "modeling_blocknet.TimmWrapperModel",
                                   "AutoBackbone": "modeling_blocknet.BlockNetBackbone"}
+
+
+@pytest.mark.parametrize("name, kwargs, size", [("blocknet_tiny", {}, 32), ("blocknet_tiny", {"output_stride": 16}, 64),
+                                               ("resnet18", {}, 96)], ids=["32px", "os16", "resnet18-96px"])
+def test_pool_size_is_the_feature_map_at_the_exported_input_size(name, kwargs, size, tmp_path):
+    """pool_size is forward_features' map at input_size (timm's test_model_default_cfgs): at another input size or
+    output stride than the architecture's default cfg, the export measures it."""
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4, **kwargs).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS,
+                                      pretrained_cfg={"input_size": (3, size, size)})
+    for loaded in (modeling.load_model(folder), timm.create_model(f"local-dir:{folder}", pretrained=True).eval()):
+        cfg = loaded.pretrained_cfg
+        with torch.no_grad():
+            fmap = loaded.forward_features(torch.zeros(1, *cfg["input_size"]))
+        assert tuple(cfg["pool_size"]) == tuple(fmap.shape[-2:]) != tuple(model.pretrained_cfg["pool_size"])
 
 
 def test_1000_class_label_keys_agree_with_transformers():

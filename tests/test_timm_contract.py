@@ -69,6 +69,11 @@ def test_forward_intermediates_and_pruning(name):
         assert [torch.equal(a, b) for a, b in zip(last_two, maps[-2:])] == [True, True]
         early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
         assert all(torch.equal(a, b) for a, b in zip(early, maps[:2]))
+        # the final map of an early stop is the last map computed: a head layer sized for the last stage's channels
+        # (BlockNet's head conv, EfficientNet's conv_head) runs only when that stage ran, as in timm's EfficientNet
+        last, early = model.forward_intermediates(x, indices=[0, 1], stop_early=True)
+        assert all(torch.equal(a, b) for a, b in zip(early, maps[:2]))
+        assert torch.equal(last, final if n == 2 else maps[1])
         kept = model.prune_intermediate_layers(indices=[0, 1])
         assert list(kept) == [0, 1]
         pruned = model.forward_intermediates(x, intermediates_only=True, indices=[0, 1])

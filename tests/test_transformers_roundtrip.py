@@ -71,3 +71,23 @@ def test_fine_tune_with_new_classes_keeps_the_new_labels(export, tmp_path):
     assert modeling.label_info(tmp_path / "pets") == (["cat", "dog"], None)
     model = modeling.load_model(tmp_path / "pets")
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_imagenet_1k_export_resaved_by_transformers_keeps_its_wnids(tmp_path):
+    """1000 classes in ILSVRC-2012's sorted-wnid order: the export writes no root label_names, so transformers labels
+    the head with timm's ImageNet names (two plain "crane"), and its save_pretrained writes those at the root. They
+    are the export's classes: label_info gives the wnids, validate.py matches them and still refuses another order."""
+    info = timm.data.ImageNetInfo("imagenet-1k")
+    ids, names = info.label_names(), info.label_descriptions()
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=1000).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "in1k", label_names=ids, label_descriptions=names,
+                                      pretrained_cfg={"input_size": (3, 32, 32)})
+    tuned = fine_tune_and_save(folder, tmp_path / "tuned")
+    assert list(tuned.config.id2label.values()) == names and names.count("crane") == 2  # human, as printed
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["label_names"] == names
+    assert modeling.label_info(tmp_path / "tuned") == (ids, names)
+    assert validate.check_model_classes(str(tmp_path / "tuned"), ids) is None
+    with pytest.raises(ValueError, match="another index order"):
+        validate.check_model_classes(str(tmp_path / "tuned"), ids[1:] + ids[:1])
