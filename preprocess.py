@@ -45,10 +45,11 @@ Choices:
   The report counts both ("untiled").
 - Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) and grayscale become RGB, the
   PNG named .JPEG becomes a JPEG, and so does a lossless JPEG (not in ImageNet; in a user's own images it would be
-  several times the bytes, and it cannot be decoded at a reduced scale). EXIF orientation is applied here: the pixels are transposed, the image re-encoded
-  and the tag dropped, so no stored image has an orientation other than 1 and PIL, datasets.Image (which would
-  apply the tag) and torchvision.io (which by default would not) all see the same upright pixels. Boxes turn with
-  the pixels; they are taken to be in stored-pixel coordinates, as ImageNet's annotation tool showed raw pixels.
+  several times the bytes, and it cannot be decoded at a reduced scale). EXIF orientation is applied here: the
+  pixels are transposed, the image re-encoded and the tag dropped, so no stored image has an orientation other than
+  1 and PIL, datasets.Image (which would apply the tag) and torchvision.io (which by default would not) all see the
+  same upright pixels. Boxes turn with the pixels; they are taken to be in stored-pixel coordinates, as ImageNet's
+  annotation tool showed raw pixels.
 - --shorter_side PX (low-resolution storage, as FFCV stores its datasets): shrink so the shorter side is PX,
   never enlarge, re-encode.
 - A file that does not fully decode (truncated, empty, not an image) is skipped, never a crash, and listed with the
@@ -452,8 +453,8 @@ def not_ours(out: Path, own: set[str]) -> list[str]:
     found = []
     for root, dirs, files in os.walk(out):
         rel_root = os.path.relpath(root, out)
-        if rel_root == ".":
-            dirs[:] = [d for d in dirs if d != WORK]  # a finished run's work notes, removed right after the rename
+        if rel_root == ".":  # a finished run's work notes (removed right after the rename); a build inside OUT
+            dirs[:] = [d for d in dirs if d not in (WORK, INSIDE)]
         found += [os.path.normpath(os.path.join(rel_root, d)) for d in dirs
                   if os.path.normpath(os.path.join(rel_root, d)) not in own_dirs]
         dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel_root, d)) in own_dirs]
@@ -551,10 +552,11 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
             return False
     except SystemExit as e:
         raise SystemExit(f"{e.code} (the finished dataset waits in {work}: the same command then only moves it)")
-    if work.parent == out:  # built inside: move its entries up, the manifest (which says "complete") last
-        for entry in sorted(work.iterdir(), key=lambda p: p.name == manifest.MANIFEST):
-            os.replace(entry, out / entry.name)
-        work.rmdir()
+    if work.parent == out:  # built inside: an --overwrite's earlier output goes (each path checked to be ours)
+        for entry in out.iterdir():
+            if entry.name != INSIDE:
+                remove(entry)
+        move_up(out)
         return True
     if out.is_dir() and not any(out.iterdir()):
         try:
@@ -566,17 +568,45 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
     return True
 
 
-INSIDE = ".preprocess.tmp"  # the work folder inside an OUT that exists empty (a mount point cannot be renamed over)
+INSIDE = ".preprocess.tmp"  # the work folder inside an OUT that exists empty or is a mount point (no rename over it)
 
 
 def work_folder(out: Path) -> Path:
     """Where the dataset is built: OUT.tmp beside a new OUT, renamed into place at the end; inside an OUT that
-    already exists empty (made with mkdir, or a mount point: rmdir fails with EBUSY), so the work is on OUT's
-    own filesystem and its entries move up at the end. An OUT.tmp left by an interrupted run is resumed."""
+    already exists empty (made with mkdir) or is a mount point (a rename of it fails with EBUSY, an --overwrite's
+    too), so the work is on OUT's own filesystem and its entries move up at the end. An OUT.tmp left by an
+    interrupted run is resumed."""
     beside = out.with_name(out.name + ".tmp")
-    if not beside.exists() and ((out / INSIDE).is_dir() or out.is_dir() and not any(out.iterdir())):
+    if not beside.exists() and ((out / INSIDE).is_dir() or out.is_dir() and (not any(out.iterdir())
+                                                                              or os.path.ismount(out))):
         return out / INSIDE
     return beside
+
+
+def move_up(out: Path) -> None:
+    """The entries of the dataset finished in OUT/INSIDE moved up into OUT, the manifest (which says "complete")
+    last; a path already there is a leftover of the output this one replaces (an --overwrite cut short)."""
+    work = out / INSIDE
+    for entry in sorted(work.iterdir(), key=lambda p: p.name == manifest.MANIFEST):
+        if (out / entry.name).exists() or (out / entry.name).is_symlink():
+            remove(out / entry.name)
+        os.replace(entry, out / entry.name)
+    work.rmdir()
+
+
+def finish_move(out: Path) -> None:
+    """A run killed while its finished dataset moved up from OUT/INSIDE (its manifest, written last when the dataset
+    was whole, still there): the rest of the move, before anything else looks at OUT."""
+    if manifest.read(out / INSIDE) is not None:
+        print(f"{out}: a finished dataset was being moved into place from {out / INSIDE}; moving the rest")
+        move_up(out)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def hold_output(out: Path) -> None:
@@ -698,8 +728,8 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         files.update({f"{split}/{n}": manifest.file_entry(work / split / n) for n in ("state.json",
                                                                                       "dataset_info.json")})
     files.update({n: manifest.file_entry(work / n) for n in OWN_FILES})
-    atomic_write_text(work / manifest.MANIFEST, json.dumps({"format": manifest.FORMAT, "job": job,
-                                                            "files": dict(sorted(files.items()))}, indent=1))
+    atomic_write_text(work / manifest.MANIFEST, json.dumps(manifest.sealed(
+        {"format": manifest.FORMAT, "job": job, "files": dict(sorted(files.items()))}), indent=1))
     return report
 
 
@@ -717,11 +747,12 @@ def run(argv=None) -> None:
     check_config(cfg)
     started = time.time()
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
-    work = work_folder(out)
     if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
-    check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     hold_output(out)
+    finish_move(out)
+    work = work_folder(out)
+    check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     try:
         listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.eval_set, cfg.layout)
     except (ValueError, OSError) as e:  # OSError: a folder that cannot be listed (permissions)

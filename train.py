@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
 from safetensors import SafetensorError
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
@@ -529,10 +529,15 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command). The
     optimizer's state comes from the checkpoint, its hyper-parameters from this launch's flags (what config.yaml and
     the model card record); checkpoints past the one resumed from are set aside."""
-    try:
-        path = checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, print_fn=accelerator.print)
-    except ValueError as e:
-        raise SystemExit(f"error: --resume_from_checkpoint {e}") from None
+    picked = [None, None]  # (path, error)
+    if accelerator.is_main_process:  # one process reads the files' CRCs, not every rank (a shared filesystem's load)
+        try:
+            picked = [checkpoints.pick(cfg.resume_from_checkpoint, ckpt_dir, print_fn=accelerator.print), None]
+        except ValueError as e:
+            picked = [None, str(e)]
+    path, error = broadcast_object_list(picked) if accelerator.num_processes > 1 else picked
+    if error is not None:
+        raise SystemExit(f"error: --resume_from_checkpoint {error}")
     if path is None:
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
         return None

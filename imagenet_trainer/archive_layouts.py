@@ -41,9 +41,12 @@ def detect(data_dir: Path) -> Found | None:
                          "folder of image-net.org's tars, a folder of WebDataset shards, or an image tree")
     if data_dir.is_dir() and (data_dir / KAGGLE_TGZ_NAME).is_file() and not (data_dir / "ILSVRC").exists():
         return _kaggle_tgz(data_dir, data_dir / KAGGLE_TGZ_NAME)
-    if not data_dir.is_dir() or (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
+    if not data_dir.is_dir() or (data_dir / "ILSVRC").exists():
         return None  # an unpacked tree, read as files
     names = sorted(os.listdir(data_dir))
+    zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
+    if (data_dir / ilsvrc.SYNSET_MAPPING).exists() and len(zips) != 1:
+        return None  # a tree's LOC files, its ILSVRC/ missing (image_tree says so); beside Kaggle's zip: the zip
     if any(n.startswith(("ILSVRC2012_img_", "ILSVRC2012_devkit")) for n in names):
         read = [n for n in (TRAIN_TAR, VAL_TAR, DEVKIT) if n in names]
         read += [n for n in names if n.startswith("ILSVRC2012_img_test") and n.endswith(".tar")]
@@ -54,7 +57,6 @@ def detect(data_dir: Path) -> Found | None:
     if hub and (data_dir / HUB_CLASSES).is_file():
         return Found(HUB, [str(p) for p in hub], str(data_dir), "a snapshot of the Hub's ILSVRC/imagenet-1k, read "
                      f"as a stream: {', '.join(p.name for p in hub)} and {HUB_CLASSES}")
-    zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
     if len(zips) == 1:
         return Found(KAGGLE_ZIP, [str(data_dir / zips[0])], str(data_dir), f"Kaggle's zip, read in place: {zips[0]}")
     shards = [n for n in names if n.endswith(".tar") and any(k in n for ks in WDS_SPLITS.values() for k in ks)]
@@ -174,10 +176,7 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
         raise ValueError(f"{where}: train folder of unknown wnid {unknown[0]!r} (not in {ilsvrc.SYNSET_MAPPING}; "
                          f"{len(unknown)} such folders)")
     train = [(rel, index[rel.split("/")[0]]) for rel in train_files]
-    missing = sorted(set(wnids) - {rel.split("/")[0] for rel in train_files})
-    if missing:
-        warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images in {where}, "
-                        f"e.g. {missing[0]}")
+    warnings += no_train_images(wnids, train, ilsvrc.SYNSET_MAPPING, where)
     val, strays = [], []
     for name in _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1):
         stem, ext = os.path.splitext(name)
@@ -279,6 +278,7 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
             members[f"{TRAIN_TAR}/{wnid}.tar/{os.path.basename(m.name)}"] = (train_index, m.offset_data, m.size, TAR,
                                                                              None)
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
+    warnings += no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
     flat = {}
     for split, name in (("validation", VAL_TAR), *(("test", n) for n in paths if n.startswith("ILSVRC2012_img_test"))):
         at, found_members = found.archives.index(paths[name]), archives.tar_members(paths[name])
@@ -416,7 +416,16 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
     splits = {split: Split("", None, sorted(found_items), {}, False, source)
               for split, found_items in items.items() if found_items}
     warnings = [] if "test" in splits else [f"{found.root}: no test images; the dataset has train and validation only"]
+    warnings += no_train_images(wnids, items["train"], HUB_CLASSES, found.root)
     return wnids, [classes[w] for w in wnids], splits, warnings
+
+
+def no_train_images(wnids: list[str], train: list[tuple[str, int]], listed_in: str, where) -> list[str]:
+    """The warning every route gives for classes with no train image (a class the model would never see)."""
+    seen = {label for _, label in train}
+    missing = [w for i, w in enumerate(wnids) if i not in seen]
+    return [f"{len(missing)} classes of {listed_in} have no train images in {where}, e.g. {missing[0]}"] if missing \
+        else []
 
 
 LISTERS = {KAGGLE_ZIP: list_kaggle_zip, KAGGLE_TGZ: list_kaggle_tgz, IMAGENET_ORG: list_imagenet_org,

@@ -25,13 +25,30 @@ def file_entry(path) -> dict:
         return {"bytes": os.fstat(f.fileno()).st_size, "sha256": digest}
 
 
+def sealed(m: dict) -> dict:
+    """``m`` with "sha256", the SHA-256 of its own content: a damaged manifest (a flipped byte in its job record or a
+    file entry) is then told from a complete output of another job, and never taken for one."""
+    return {**m, "sha256": _digest(m)}
+
+
+def _digest(m: dict) -> str:
+    content = json.dumps({k: v for k, v in m.items() if k != "sha256"}, sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def read(folder) -> dict | None:
-    """The manifest of ``folder``, or None when it has none (or an unreadable one: then it is not complete)."""
+    """The manifest of ``folder``, or None when it has none, or a damaged one (then the output is not complete): not
+    the JSON preprocess.py writes, or not matching its own SHA-256 (manifests written before it had one: their
+    entries' form is checked)."""
     try:
         m = json.loads((Path(folder) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or ("sha256" in m and m["sha256"] != _digest(m)):
+        return None
+    well_formed = all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+                      and len(e["sha256"]) == 64 for e in m["files"].values())
+    return m if well_formed else None
 
 
 def check_sizes(folder, files: dict) -> str | None:
@@ -53,6 +70,9 @@ def verify(folder, threads: int | None = None) -> tuple[list[str], int]:
     """([one line per bad file], number of files checked): every listed file re-read and hashed."""
     folder = Path(folder)
     m = read(folder)
+    if m is None and (folder / MANIFEST).is_file():
+        raise ValueError(f"{folder / MANIFEST}: damaged (not the JSON preprocess.py writes, or not matching its own "
+                         "SHA-256): nothing to verify against; copy it again from where the dataset was made")
     if m is None:
         raise ValueError(f"{folder / MANIFEST}: not found or unreadable; it is not a complete preprocess.py output "
                          "(or one made before manifests): nothing to verify against")

@@ -163,6 +163,49 @@ def test_incomplete_image_net_org_sets_name_what_is_missing(packaged, tmp_path):
     assert "holds 3 class tars for the 4 classes" in message and "1 missing, e.g. n01440764.tar" in message
 
 
+def test_a_class_without_train_images_is_named_on_every_route(packaged, ilsvrc_tree, tmp_path):
+    """An empty class tar (image-net.org) or a class gone from the Hub's train shards: the warning the tree and
+    Kaggle's zip give, naming the class the model would never see."""
+    wnid = ilsvrc.read_synset_mapping(ilsvrc_tree / ilsvrc.SYNSET_MAPPING)[0][0]
+    org = copy_set(packaged["image-net.org"], tmp_path / "org")
+    (org / archive_layouts.TRAIN_TAR).unlink()
+    with tarfile.open(packaged["image-net.org"] / archive_layouts.TRAIN_TAR) as full, \
+            tarfile.open(org / archive_layouts.TRAIN_TAR, "w") as part:
+        for m in full.getmembers():
+            if m.name == f"{wnid}.tar":  # a class tar with no members
+                empty = tarfile.TarInfo(m.name)
+                empty.size = len(EMPTY_TAR)
+                part.addfile(empty, __import__("io").BytesIO(EMPTY_TAR))
+            else:
+                part.addfile(m, full.extractfile(m))
+    hub = tmp_path / "hub"
+    shutil.copytree(packaged["hub-imagenet-1k"], hub)
+    for shard in (hub / "data").glob("train_images_*.tar.gz"):
+        with tarfile.open(packaged["hub-imagenet-1k"] / "data" / shard.name) as full, \
+                tarfile.open(shard, "w:gz") as part:
+            for m in full.getmembers():
+                if not Path(m.name).stem.endswith(f"_{wnid}"):
+                    part.addfile(m, full.extractfile(m))
+    for folder, listed_in in ((org, archive_layouts.DEVKIT), (hub, archive_layouts.HUB_CLASSES)):
+        *_, warnings = archives.list_splits(archives.detect(folder))
+        assert any(w.startswith(f"1 classes of {listed_in} have no train images") and w.endswith(f"e.g. {wnid}")
+                   for w in warnings), (folder, warnings)
+
+
+EMPTY_TAR = b"\0" * 1024  # a tar with no members: its two zero end-of-archive blocks
+
+
+def test_kaggles_zip_with_its_loc_files_unzipped_beside_it_is_read_as_the_zip(packaged, tmp_path):
+    folder = tmp_path / "download"
+    folder.mkdir()
+    shutil.copy(packaged["kaggle-zip"], folder / "imagenet-object-localization-challenge.zip")
+    with __import__("zipfile").ZipFile(packaged["kaggle-zip"]) as zf:  # unzip -j of the small files, as users do
+        for name in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
+            (folder / name).write_bytes(zf.read(next(n for n in zf.namelist() if n.endswith(name))))
+    found = archives.detect(folder)
+    assert found is not None and found.packaging == archive_layouts.KAGGLE_ZIP
+
+
 def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypatch, capsys):
     folder = packaged["image-net.org"]
     sums = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in archives.PUBLISHED_MD5}

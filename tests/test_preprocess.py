@@ -22,6 +22,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 import preprocess
 from imagenet_trainer import ilsvrc, jpeg_markers, tile_writer
+from imagenet_trainer import manifest as output_manifest
+from imagenet_trainer.manifest import MANIFEST as MANIFEST_NAME
 from imagenet_trainer.data import decode
 from imagenet_trainer.demo import MANIFEST, ORIGINS, make_ilsvrc_tree
 
@@ -761,6 +763,52 @@ def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tm
     assert (tmp_path / "again" / "preprocess_manifest.json").is_file()
 
 
+@pytest.mark.parametrize("moved", [1, 5])
+def test_a_kill_while_the_finished_dataset_moves_up_is_finished_by_the_next_run(clean_tree, tmp_path, monkeypatch,
+                                                                                 moved):
+    """Built inside an OUT made beforehand (mkdir, a mount point), the dataset's entries move up one by one at the
+    end, the manifest last. Killed after some of them, the same command finishes the move; before, it refused OUT
+    as "not a preprocess.py output", and --overwrite refused the work folder as not its own."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"]
+    real, count = os.replace, [0]
+
+    def killed_after(src, dst):
+        if Path(src).parent.name == preprocess.INSIDE and Path(dst).parent == out:
+            if count[0] == moved:
+                raise KeyboardInterrupt  # the process ends here, as a SIGKILL would end it
+            count[0] += 1
+        return real(src, dst)
+
+    monkeypatch.setattr(preprocess.os, "replace", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.main(args)
+    monkeypatch.setattr(preprocess.os, "replace", real)
+    assert (out / preprocess.INSIDE / MANIFEST_NAME).is_file() and len(list(out.iterdir())) == moved + 1
+    preprocess.main(args)
+    assert not (out / preprocess.INSIDE).exists() and output_manifest.verify(out)[0] == []
+    assert datasets.load_from_disk(str(out))["train"].num_rows == 6
+
+
+def test_overwrite_of_an_output_on_its_own_mount_point_builds_inside_it(clean_tree, tmp_path, monkeypatch):
+    """A mount point cannot be renamed (EBUSY): an --overwrite of the dataset on it is built inside it and moved up,
+    as a first run into it is, not beside it (on the parent's filesystem) and renamed over it at the end."""
+    out = tmp_path / "volume"
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
+    monkeypatch.setattr(preprocess.os.path, "ismount", lambda path: Path(path) == out)
+
+    def busy(*args):
+        raise OSError(16, "Device or resource busy")  # os.replace of a mount point
+
+    monkeypatch.setattr(preprocess, "replace_dir", busy)
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1", "--quality", "80",
+                     "--overwrite"])
+    assert output_manifest.read(out)["job"]["quality"] == 80 and output_manifest.verify(out)[0] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]  # nothing built beside it
+    assert not (out / preprocess.INSIDE).exists()
+
+
 # ---- damaged copies: sizes checked at load, checksums with --verify ----
 
 def test_manifest_lists_every_file_with_size_and_sha256(preprocessed):
@@ -817,6 +865,25 @@ def test_verify_catches_a_flipped_byte_and_passes_a_good_copy(preprocessed, tmp_
     assert proc.stdout.splitlines() == [f"BAD {victim}: SHA-256 differs from preprocess_manifest.json (damaged)"]
     proc = run_script("--verify", tmp_path)
     assert proc.returncode == 1 and "preprocess_manifest.json: not found" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("edit", [('"sha256": "', '"sha356": "'), ('"quality": 90', '"quality": 91')],
+                         ids=["a file entry's key", "the job record"])
+def test_a_flipped_byte_in_the_manifest_itself_is_named_by_verify(preprocessed, tmp_path, edit):
+    """A damaged file entry was a KeyError traceback; a damaged job record passed --verify, then the same command
+    refused the output as another job's. The manifest's own SHA-256 tells either from a real output."""
+    copy = tmp_path / "copy"
+    shutil.copytree(preprocessed, copy)
+    listed = copy / output_manifest.MANIFEST
+    text = listed.read_text()
+    assert edit[0] in text
+    listed.write_text(text.replace(edit[0], edit[1], 1))
+    assert output_manifest.read(copy) is None
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--verify", str(copy)])
+    assert str(e.value.code) == (f"error: --verify {listed}: damaged (not the JSON preprocess.py writes, or not "
+                                 "matching its own SHA-256): nothing to verify against; copy it again from where the "
+                                 "dataset was made")
 
 
 def test_missing_file_and_no_manifest_are_one_line_at_load(damaged, preprocessed):

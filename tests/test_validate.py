@@ -202,7 +202,7 @@ def test_update_model_card_names_the_hub_dataset_only_for_full_ilsvrc(trained, p
     (data / "source.json").write_text(json.dumps(source_json(data, full)))
     listed = json.loads((data / manifest.MANIFEST).read_text())  # the manifest checks every file's size at load
     listed["files"]["source.json"] = manifest.file_entry(data / "source.json")
-    (data / manifest.MANIFEST).write_text(json.dumps(listed))
+    (data / manifest.MANIFEST).write_text(json.dumps(manifest.sealed(listed)))  # sealed anew, as preprocess.py does
     folder = tmp_path / "final"
     shutil.copytree(trained / "final", folder)
     result = evaluate(folder, data, "--update_model_card", *(["--hub_dataset_id", hub_id] if hub_id else []))
