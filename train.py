@@ -907,9 +907,10 @@ def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) ->
         url = modeling.push_to_hub(folder, repo_id, private=private)
         accelerator.print(f"pushed to {url}")
     except (ValueError, OSError) as e:
+        private_flag = ", private=True" if private else ""  # a retry must not publish what was asked to be private
         raise SystemExit(f"error: push to {repo_id} failed: {e}\n{folder} is kept; retry "
                          f"with: python -c \"import modeling; modeling.push_to_hub('{folder}', "
-                         f"'{repo_id}')\"") from None
+                         f"'{repo_id}'{private_flag})\"") from None
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

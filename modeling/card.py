@@ -131,8 +131,12 @@ def eval_result_entries(results: dict, dataset_id: str) -> list[dict]:
     split = results.get("split", "validation")
     images = f", {results['n']} images" if results.get("n") else ""
     at = f", at {transform}" if (transform := eval_transform(results)) else ""
-    entries = [EvalResultEntry(dataset_id=dataset_id, task_id=f"{k}_accuracy", value=round(float(results[k]), 2),
-                               notes=f"{_metric_name(k)} on the {split} split{images}{at}")
+    # a split other than the one a benchmark is scored on has task ids of its own: a train-split score never stands in
+    # for the validation one on the dataset's leaderboard, and the two stay side by side in the file
+    suffix = "" if split in ("validation", "all") else f"_{split}"
+    where = f"on the {split} split{images}{at}"
+    entries = [EvalResultEntry(dataset_id=dataset_id, task_id=f"{k}_accuracy{suffix}",
+                               value=round(float(results[k]), 2), notes=f"{_metric_name(k)} {where}")
                for k in ("top1", "top5") if results.get(k) is not None]
     return eval_result_entries_to_yaml(entries)
 

@@ -10,13 +10,12 @@ import json
 import re
 from pathlib import Path
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard
 
 from imagenet_trainer.runinfo import atomic_write_text
 
-from .card import cell, eval_result_entries
-from .hub import CARD_NAME, CONFIG_NAME, EVAL_RESULTS_DIR
+from .card import cell
+from .hub import CARD_NAME, CONFIG_NAME, write_eval_results
 
 SECTION = "## Results by dataset"
 TOP1, TOP5, MCE = "top-1 accuracy (%)", "top-5 accuracy (%)", "mCE (%)"  # top-k names as card.py's _metric_name
@@ -84,6 +83,5 @@ def update_card_sets(folder, rows: list[dict]) -> None:
     atomic_write_text(folder / CARD_NAME, f"---\n{card.data.to_yaml()}\n---\n{body}")
     for row in rows:
         if row.get("dataset_id"):
-            results = {k: row[k] for k in ("top1", "top5", "split", "n", "image_size") if row.get(k) is not None}
-            atomic_write_text(folder / EVAL_RESULTS_DIR / f"{row['dataset_id'].split('/')[-1]}.yaml",
-                              yaml.safe_dump(eval_result_entries(results, row["dataset_id"]), sort_keys=False))
+            write_eval_results(folder, {k: row[k] for k in ("top1", "top5", "split", "n", "image_size")
+                                        if row.get(k) is not None}, row["dataset_id"])

@@ -234,10 +234,12 @@ def update_model_card_results(folder, results: dict) -> None:
     split = results.get("split", "validation")
     if results.get("dataset") or results.get("dataset_id"):
         name, dataset_id = resolve_dataset(results.get("dataset"), results.get("dataset_id"), split)
-    else:  # the card's own dataset
-        old = (card.data.eval_results or [None])[0]
-        dataset_id = (card.data.datasets or [None])[0]
-        name = old.dataset_name if old else dataset_id
+    else:  # the card's own dataset: the one its Results table names (other sets' entries and ids come and go)
+        named = _results_dataset(match.group()) if match else None
+        entries = card.data.eval_results or []
+        old = next((r for r in entries if r.dataset_name == named), None) if named else next(iter(entries), None)
+        dataset_id = old.dataset_type if old and is_repo_id(old.dataset_type) else None
+        name = old.dataset_name if old else named
     if name:
         card.data.eval_results = merge_model_index(card.data.eval_results, model_index(results, name, dataset_id))
     if dataset_id and dataset_id not in (card.data.datasets or []):
@@ -252,10 +254,36 @@ def update_model_card_results(folder, results: dict) -> None:
     else:
         body = body.rstrip("\n") + "\n\n" + section + "\n"
     atomic_write_text(folder / CARD_NAME, f"---\n{card.data.to_yaml()}\n---\n{body}")
-    entries = eval_result_entries(results, dataset_id) if dataset_id else []
-    if entries:
-        atomic_write_text(folder / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml",
-                          yaml.safe_dump(entries, sort_keys=False))
+    if dataset_id:
+        write_eval_results(folder, results, dataset_id)
+
+
+def _results_dataset(section: str) -> str | None:
+    """The dataset the card's Results table names (its first cell below the header), or None."""
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    if len(rows) < 2:
+        return None
+    first = re.split(r"(?<!\\) \| ", rows[1][2:])[0].replace("\\|", "|")
+    return None if first == "-" else first
+
+
+def write_eval_results(folder: Path, results: dict, dataset_id: str) -> None:
+    """``results`` into ``folder``'s ``.eval_results/<dataset>.yaml``, replacing the entries of the same task ids; the
+    file's other entries (other metrics, other splits) stay, as they do in the model-index."""
+    path = folder / EVAL_RESULTS_DIR / f"{dataset_id.split('/')[-1]}.yaml"
+    new = eval_result_entries(results, dataset_id)
+    try:
+        old = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except (OSError, yaml.YAMLError):
+        old = []  # unreadable: written anew
+
+    def key(entry):
+        return (entry.get("dataset") or {}).get("id"), (entry.get("dataset") or {}).get("task_id")
+
+    replaced = {key(e) for e in new}
+    kept = [e for e in (old if isinstance(old, list) else []) if isinstance(e, dict) and key(e) not in replaced]
+    if new or kept:
+        atomic_write_text(path, yaml.safe_dump([*kept, *new], sort_keys=False))
 
 
 def _resolve_folder(ref: str, filenames: tuple[str, ...]) -> Path:

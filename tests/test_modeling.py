@@ -683,6 +683,35 @@ def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_pat
         modeling.update_model_card_results(bare, {"acc": 1.0})
 
 
+def test_a_card_update_without_a_dataset_scores_the_cards_own_and_keeps_other_splits(saved_tiny, tmp_path):
+    """validate.py re-scoring the card's own dataset after other sets were added: the numbers go to the dataset the
+    Results table names, not to whichever the metadata lists first (ImageNet-V2's were overwritten with them); an
+    evaluation of another split adds its entries to .eval_results/ beside the validation ones."""
+    from modeling.card_sets import update_card_sets
+
+    model, _ = saved_tiny
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, label_descriptions=NAMES, model_card={
+        "dataset": "me/mydata", "results": {"top1": 70.0, "top5": 90.0, "split": "validation", "n": 100}})
+    update_card_sets(folder, [{"name": "ImageNet-V2", "dataset_id": "other/imagenet-v2", "split": "validation",
+                               "top1": 55.0, "top5": 80.0}])
+    for _ in range(2):  # the same call twice changes nothing more
+        modeling.update_model_card_results(folder, {"top1": 71.5, "top5": 91.0, "split": "validation", "n": 100})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert sorted((r.dataset_type, r.dataset_name, r.metric_value) for r in card.data.eval_results) == [
+        ("me/mydata", "me/mydata", 71.5), ("me/mydata", "me/mydata", 91.0),
+        ("other/imagenet-v2", "ImageNet-V2", 55.0), ("other/imagenet-v2", "ImageNet-V2", 80.0)]
+
+    def eval_results(name):
+        return [(e.task_id, e.value) for e in huggingface_hub.parse_eval_result_entries(
+            yaml.safe_load((folder / ".eval_results" / f"{name}.yaml").read_text()))]
+
+    assert eval_results("imagenet-v2") == [("top1_accuracy", 55.0), ("top5_accuracy", 80.0)]
+    modeling.update_model_card_results(folder, {"top1": 99.0, "top5": 100.0, "split": "train", "n": 400,
+                                                "dataset": "me/mydata"})
+    assert eval_results("mydata") == [("top1_accuracy", 71.5), ("top5_accuracy", 91.0),
+                                      ("top1_accuracy_train", 99.0), ("top5_accuracy_train", 100.0)]
+
+
 def test_own_design_loads_through_transformers(saved_tiny):
     from transformers import AutoModelForImageClassification, pipeline
 

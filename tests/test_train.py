@@ -333,7 +333,8 @@ def test_push_at_the_end_to_a_local_hub(preprocessed, tmp_path, fail):
     """--push_to_hub uploads the final export over HTTP to tests/hub_server.py's local Hub; a refused commit ends
     in one line naming the retry, the export kept."""
     out = tmp_path / "run"
-    cmd = train_cmd(preprocessed, out, "--epochs", "1", "--push_to_hub", "--hub_model_id", "me/tiny")
+    cmd = train_cmd(preprocessed, out, "--epochs", "1", "--push_to_hub", "--hub_model_id", "me/tiny",
+                    *(["--hub_private"] if fail else []))
     with LocalHub() as hub:
         hub.refuse = {"commit": 500} if fail else {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -346,7 +347,9 @@ def test_push_at_the_end_to_a_local_hub(preprocessed, tmp_path, fail):
     if fail:
         assert proc.returncode != 0
         assert "'500 Internal Server Error'" in proc.stderr and "retry with" in proc.stderr
-        assert "modeling.push_to_hub" in proc.stderr.strip().splitlines()[-1]
+        # the retry it prints keeps the repo private, as it was asked to be
+        retry = proc.stderr.strip().splitlines()[-1]
+        assert retry.endswith(f"modeling.push_to_hub('{final}', 'me/tiny', private=True)\"")
         assert hub.repo("me/tiny").files.keys() == {".gitattributes"}
     else:
         ok(proc)
