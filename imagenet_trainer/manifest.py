@@ -38,8 +38,8 @@ def _digest(m: dict) -> str:
 
 def read(folder) -> dict | None:
     """The manifest of ``folder``, or None when it has none, or a damaged one (then the output is not complete): not
-    the JSON preprocess.py writes, or not matching its own SHA-256 (manifests written before it had one: their
-    entries' form is checked)."""
+    the JSON preprocess.py writes, or not matching its own SHA-256 (a manifest without one: its entries' form is
+    checked)."""
     try:
         m = json.loads((Path(folder) / MANIFEST).read_text())
     except (OSError, ValueError):

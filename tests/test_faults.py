@@ -75,7 +75,7 @@ def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
     with pytest.raises(ValueError, match="no complete checkpoint"):
         checkpoints.pick("latest", tmp_path / "ckpt", print_fn=lambda line: None)
     assert checkpoints.pick("latest", tmp_path / "empty", print_fn=print) is None  # nothing saved yet: start
-    # a list of sizes alone, as checkpoints were sealed before their files' CRCs were listed: the sizes are checked
+    # a list of sizes without CRCs: the sizes are checked
     (older / checkpoints.FILE_LIST).write_text(json.dumps({"model.safetensors": 100}))
     assert checkpoints.problem(older) is None
     (older / checkpoints.FILE_LIST).write_text(json.dumps({"model.safetensors": 99}))

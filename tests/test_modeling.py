@@ -684,9 +684,9 @@ def test_update_model_card_results_rewrites_only_the_results(saved_tiny, tmp_pat
 
 
 def test_a_card_update_without_a_dataset_scores_the_cards_own_and_keeps_other_splits(saved_tiny, tmp_path):
-    """validate.py re-scoring the card's own dataset after other sets were added: the numbers go to the dataset the
-    Results table names, not to whichever the metadata lists first (ImageNet-V2's were overwritten with them); an
-    evaluation of another split adds its entries to .eval_results/ beside the validation ones."""
+    """A card's own dataset scored again, without naming it, after other sets were added: the numbers go to the
+    dataset the Results table names, not to whichever the metadata lists first (ImageNet-V2 here, whose numbers
+    stay); an evaluation of another split adds its entries to .eval_results/ beside the validation ones."""
     from modeling.card_sets import update_card_sets
 
     model, _ = saved_tiny

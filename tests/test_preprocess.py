@@ -767,8 +767,8 @@ def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tm
 def test_a_kill_while_the_finished_dataset_moves_up_is_finished_by_the_next_run(clean_tree, tmp_path, monkeypatch,
                                                                                  moved):
     """Built inside an OUT made beforehand (mkdir, a mount point), the dataset's entries move up one by one at the
-    end, the manifest last. Killed after some of them, the same command finishes the move; before, it refused OUT
-    as "not a preprocess.py output", and --overwrite refused the work folder as not its own."""
+    end, the manifest last. Killed after some of them, the same command finishes the move: OUT is then whole, and
+    neither "not a preprocess.py output" nor, with --overwrite, a work folder that is not its own."""
     out = tmp_path / "out"
     out.mkdir()
     args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"]
@@ -870,8 +870,9 @@ def test_verify_catches_a_flipped_byte_and_passes_a_good_copy(preprocessed, tmp_
 @pytest.mark.parametrize("edit", [('"sha256": "', '"sha356": "'), ('"quality": 90', '"quality": 91')],
                          ids=["a file entry's key", "the job record"])
 def test_a_flipped_byte_in_the_manifest_itself_is_named_by_verify(preprocessed, tmp_path, edit):
-    """A damaged file entry was a KeyError traceback; a damaged job record passed --verify, then the same command
-    refused the output as another job's. The manifest's own SHA-256 tells either from a real output."""
+    """A flipped byte in a file entry's key or in the job record: the manifest's own SHA-256 tells either from a
+    real output, so --verify names the manifest in one line (not a KeyError, and not "ok" for an output the same
+    command would then refuse as another job's)."""
     copy = tmp_path / "copy"
     shutil.copytree(preprocessed, copy)
     listed = copy / output_manifest.MANIFEST
