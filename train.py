@@ -540,6 +540,7 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         raise SystemExit(f"error: --resume_from_checkpoint {error}")
     if path is None:
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
+        set_aside_later(accelerator, ckpt_dir, 0)
         return None
     if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
         raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
@@ -576,12 +577,23 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         accelerator.print(f"the checkpoint was saved with other optimizer settings; this launch's apply: "
                           f"{', '.join(changed)}")
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
-    if accelerator.is_main_process:
-        stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
-        if (aside := checkpoints.set_aside_later_steps(ckpt_dir, state.step, stamp)) is not None:
-            accelerator.print(f"the checkpoints past step {state.step} belong to the run this resume leaves: moved to "
-                              f"{aside} (delete it once not needed)")
+    set_aside_later(accelerator, ckpt_dir, state.step)
     return path
+
+
+def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int) -> None:
+    """What the run a resume leaves wrote past `step`, its checkpoints and its metrics.jsonl rows (a rollback to an
+    older checkpoint, or a newer one that was damaged), moved to ckpt_dir/set_aside/<time>/ by the main process."""
+    if not accelerator.is_main_process:
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
+    folder = ckpt_dir / checkpoints.SET_ASIDE / stamp
+    moved = ["checkpoints"] if checkpoints.set_aside_later_steps(ckpt_dir, step, stamp) else []
+    if rows := checkpoints.set_aside_later_rows(ckpt_dir.parent / "metrics.jsonl", step, folder):  # run_dir's
+        moved.append(f"{rows} metrics.jsonl row{'s' * (rows != 1)}")
+    if moved:
+        accelerator.print(f"the {' and '.join(moved)} past step {step} belong to the run this resume leaves: moved "
+                          f"to {folder} (delete it once not needed)")
 
 
 OPTIMIZER_FLAGS = ("weight_decay", "momentum")  # the optimizer hyper-parameters set from flags (lr: every step)

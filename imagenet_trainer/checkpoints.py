@@ -130,6 +130,30 @@ def set_aside_later_steps(ckpt_dir: Path, step: int, stamp: str) -> Path | None:
     return folder
 
 
+def set_aside_later_rows(metrics: Path, step: int, folder: Path) -> int:
+    """Move the rows of ``metrics`` (a run's metrics.jsonl) past ``step`` (a resume's) to ``folder/metrics.jsonl``;
+    how many. They are the history of the run the resume leaves: kept in place, this run's rows would follow them
+    (curves that run to the abandoned branch's end and back, and its best epoch reported as this run's). A line that
+    is no JSON row (an append a kill cut short) goes with them, so this run's first row starts a line of its own.
+    The set-aside copy is written before the rewrite: a kill between the two leaves a row twice, never none."""
+    metrics = Path(metrics)
+    if not metrics.is_file():
+        return 0
+    keep, later = [], []
+    for line in metrics.read_text().splitlines(keepends=True):
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            row_step = None
+        (keep if isinstance(row_step, int) and row_step <= step else later).append(line)
+    if not later:
+        return 0
+    later[-1] = later[-1].rstrip("\n") + "\n"
+    atomic_write_text(Path(folder) / metrics.name, "".join(later))
+    atomic_write_text(metrics, "".join(keep))
+    return len(later)
+
+
 def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
     """(newest complete checkpoint or None, one line per newer one skipped and why)."""
     skipped = []

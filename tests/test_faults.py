@@ -117,10 +117,25 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, pre
     assert f"skipped {newest.name}: {newest / 'model.safetensors'} has 64 bytes" in said, said[-3000:]
     assert f"resumed from {previous}" in said
     # the damaged one is moved aside, out of the way of latest and of rotation; this run writes its step again
-    assert [p.relative_to(out / "checkpoints").parts[::2] for p in (out / "checkpoints").glob("set_aside/*/*")] == [
-        (checkpoints.SET_ASIDE, newest.name)]
+    aside = (out / "checkpoints").glob("set_aside/*/*")
+    assert sorted(p.relative_to(out / "checkpoints").parts[::2] for p in aside) == [
+        (checkpoints.SET_ASIDE, "metrics.jsonl"), (checkpoints.SET_ASIDE, newest.name)]
     again = load_file(newest / "model.safetensors")
     assert reference.keys() == again.keys() and all(torch.equal(reference[k], again[k]) for k in reference)
+    steps_logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == sorted(set(steps_logged)), "an epoch's row twice: the damaged step's and this run's"
+
+
+def test_the_rows_past_a_resume_and_an_append_a_kill_cut_are_set_aside(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    kept = [json.dumps({"epoch": 1, "step": 10}), json.dumps({"epoch": 2, "step": 20})]
+    later = [json.dumps({"epoch": 3, "step": 30}), '{"epoch": 4, "st']  # the last append cut by a kill
+    metrics.write_text("\n".join(kept + later))
+    assert checkpoints.set_aside_later_rows(metrics, 20, tmp_path / "aside") == 2
+    assert metrics.read_text() == "".join(line + "\n" for line in kept)  # the next append starts its own line
+    assert (tmp_path / "aside" / "metrics.jsonl").read_text() == "".join(line + "\n" for line in later)
+    assert checkpoints.set_aside_later_rows(metrics, 20, tmp_path / "again") == 0
+    assert not (tmp_path / "again").exists()
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin"])

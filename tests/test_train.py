@@ -172,7 +172,11 @@ def test_a_rollback_resume_applies_its_own_optimizer_flags_and_sets_the_later_ch
     said = resumed.stdout + resumed.stderr
     assert "this launch's apply: --momentum 0.9 -> 0.5, --weight_decay 5e-05 -> 0.05" in said, said[-3000:]
     (aside,) = (out / "checkpoints" / checkpoints.SET_ASIDE).iterdir()
-    assert f"moved to {aside}" in said and [p.name for p in aside.iterdir()] == [second.name]
+    assert f"the checkpoints and 1 metrics.jsonl row past step {int(first.name.split('_')[1])} " in said, said[-3000:]
+    assert f"moved to {aside}" in said and sorted(p.name for p in aside.iterdir()) == ["metrics.jsonl", second.name]
+    # the history is this run's alone: each epoch once, the left run's second epoch with its checkpoint
+    assert [r["epoch"] for r in rows(out)] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (aside / "metrics.jsonl").read_text().splitlines()] == [2]
     assert checkpoints.step_folders(out / "checkpoints") == [first, second]  # the second written again, by this run
     for folder, wanted in ((second, [(0.0, 0.5), (0.05, 0.5)]), (aside / second.name, [(0.0, 0.9), (5e-5, 0.9)])):
         groups = torch.load(folder / "optimizer.bin", weights_only=True)["param_groups"]
