@@ -8,8 +8,10 @@ to the Hub's ``ILSVRC/imagenet-1k``, and only for its validation split, which is
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 from pathlib import Path
 
 from huggingface_hub import EvalResult, EvalResultEntry, ModelCardData, eval_result_entries_to_yaml
@@ -301,18 +303,61 @@ def _install_line() -> str:
     return f"pip install '{url}'" if url else INSTALL
 
 
+def carried_files(defined_in: str | None) -> list[str]:
+    """The family files an export of the architecture defined in ``defined_in`` carries: that file first, then the
+    modules of its folder it imports (``modeling.remote_code.standalone_sources``); [] for none."""
+    if not defined_in:
+        return []
+    from .remote_code import standalone_sources  # it imports the registry, which the card needs nowhere else
+
+    module = sys.modules.get(defined_in.removesuffix(".py").replace("/", "."))
+    try:
+        path = module and inspect.getsourcefile(module)
+        return list(standalone_sources(Path(path))) if path else [Path(defined_in).name]
+    except (OSError, TypeError, ValueError):  # no source, or not bundleable: the card names the one file
+        return [Path(defined_in).name]
+
+
+def package_import(repo: str, module: str, arch: str, siblings: list[str]) -> list[str]:
+    """Code that imports ``module`` from this repository's files as a module of their folder, a package: the form
+    that works when the family file imports its neighbours (``from .layers import Block``), which a plain
+    ``import module`` of the file refuses ("attempted relative import with no known parent package")."""
+    return ["import importlib", "import sys", "from pathlib import Path",
+            "from huggingface_hub import snapshot_download", "",
+            f'folder = Path(snapshot_download("{repo}", allow_patterns="*.py"))  # or a local copy\'s folder',
+            f"sys.path.insert(0, str(folder.parent))  # the folder is the package: {module}.py imports "
+            f"{', '.join(siblings)} relative to it",
+            f'importlib.import_module(f"{{folder.name}}.{module}")  # registers {arch} with timm']
+
+
 def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None) -> list[str]:
     """The card's code blocks; each one runs on its own (tests execute every one against the saved folder)."""
     register = []
     lines = ["## Model usage", ""]
+    carried = carried_files(defined_in) if remote_code else []
+    siblings = carried[1:]  # more than one file: the copy imports its neighbours and is imported as a package
     if defined_in and defined_in.startswith("modeling/"):
+        stem = Path(defined_in).stem
         lines += [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
                   "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
-                  "```bash", _install_line(), "```", "",
-                  *([f"Or, without the package: this repository holds a copy of `{Path(defined_in).name}` (torch "
-                     f"and timm only); put it on your Python path and `import {Path(defined_in).stem}` instead."]
-                    if remote_code else []), ""]
+                  "```bash", _install_line(), "```", ""]
+        if remote_code and siblings:
+            lines += [f"Or, without the package: this repository holds a copy of `{stem}.py` and of the modules it "
+                      f"imports ({', '.join(f'`{name}`' for name in siblings)}; torch and timm only). Import it as a "
+                      f"module of the repository's folder: put the folder's parent on your Python path and run "
+                      f'`importlib.import_module(f"{{folder.name}}.{stem}")` instead.', ""]
+        elif remote_code:
+            lines += [f"Or, without the package: this repository holds a copy of `{stem}.py` (torch and timm only); "
+                      f"put it on your Python path and `import {stem}` instead.", ""]
+        else:
+            lines.append("")
         register = ["import modeling  # registers " + arch + " with timm"]
+    elif defined_in and siblings:  # a family of several files outside the package: the copy, imported as a package
+        module = Path(defined_in).stem
+        lines += [f"`{arch}` is not one of timm's architectures: it is defined in `{defined_in}`, which this "
+                  f"repository holds a copy of, with the modules it imports ({', '.join(siblings)}). For timm, import "
+                  f"it as a module of the repository's folder, as below (it registers the name with timm).", ""]
+        register = package_import(repo, module, arch, siblings)
     elif defined_in:  # a family module outside the package: the copy in this repository is the one to import
         module = Path(defined_in).stem
         lines += [f"`{arch}` is not one of timm's architectures: it is defined in `{defined_in}`, which this "

@@ -329,6 +329,9 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
                          f"that defines it (imagenet-trainer: pip install git+<its repository url>, or pip install -e . "
                          f"in a checkout) and import it (import modeling; a family file of your own: import it too)"
                          f"{hint}")
+    from .refresh_code import installed_code_warning  # refresh_code imports this module
+    if (line := installed_code_warning(folder)) is not None:  # the network is built from the installed code
+        warnings.warn(line)
     # local-dir: reads config.json and model.safetensors (timm prefers it over pickles, which _resolve_folder
     # has made sure exists)
     state = wrapper_saved_state(folder / WEIGHTS_NAME)
@@ -397,7 +400,7 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors
     from ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
     the folder's remote code is brought up to date with the installed project (``modeling.refresh_code``; weights
-    and card untouched). A card saved without ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place
+    and card untouched; an architecture file the installed one does not compute alike with is kept). A card saved without ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place
     of OWNER/NAME.
     """
     from .refresh_code import refresh_before_upload  # it imports this module
@@ -409,8 +412,10 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
         raise ValueError(f"{folder}: no {', '.join(missing)}; write it with modeling.save_pretrained first")
     refresh_before_upload(folder)
     card = (folder / CARD_NAME).read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
-    # upload_folder's file set (everything but .git/), with the filled-in card in place of the local one
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts)
+    # upload_folder's file set (everything but .git/), with the filled-in card in place of the local one; no bytecode:
+    # importing the export's family file from the folder itself (as its card says to) leaves __pycache__/ there
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".pyc"
+                   and not {".git", "__pycache__"} & set(p.relative_to(folder).parts))
     operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
                                      path_or_fileobj=card if p == folder / CARD_NAME else str(p)) for p in files]
     api = HfApi(token=token, library_name="timm", library_version=timm.__version__)

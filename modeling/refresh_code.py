@@ -1,32 +1,67 @@
 """Bring an export's remote code up to date with the installed project; its weights and card stay as saved.
 
-An export of an architecture timm does not ship carries a copy of its family's file and a generated
-``modeling_<family>.py`` (``modeling.remote_code``). A fix to either reaches new exports only: a folder saved by an
-earlier version keeps the code it was saved with, e.g. a ``<Class>Backbone`` without ``config_class``, which
-transformers' ``AutoBackbone.from_pretrained(..., trust_remote_code=True)`` refuses. ``refresh_remote_code``
-rewrites those files (and ``auto_map`` in config.json) from the installed project where they differ, once the
-installed code builds a network whose state-dict keys and shapes are those of the saved weights.
-``modeling.push_to_hub`` does it before every upload; without a network:
+An export of an architecture timm does not ship carries a copy of its family's file (the architecture of its
+weights) and a generated ``modeling_<family>.py`` (``modeling.remote_code``). A fix to either reaches new exports
+only: a folder saved by an earlier version keeps the code it was saved with, e.g. a ``<Class>Backbone`` without
+``config_class``, which transformers' ``AutoBackbone.from_pretrained(..., trust_remote_code=True)`` refuses.
+``refresh_remote_code`` rewrites ``modeling_<family>.py`` (and ``auto_map`` in config.json) from the installed project
+where they differ, once the installed code builds a network whose state-dict keys and shapes are those of the saved
+weights. The family file(s) are replaced only where the installed build computes what the saved copy computes from
+those weights (``function_check``): a change that keeps every shape (an activation, a stride, a norm's eps) would
+otherwise change what the published weights predict under the card's old accuracy. ``modeling.push_to_hub`` does
+this before every upload; without a network:
 
     python -m modeling.refresh_code --folder runs/blocknet/final
 """
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text
 
 from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .remote_code import remote_code_files
-from .transformers_saved import PREFIX
+from .transformers_saved import PREFIX, wrapper_saved_state
+
+# outputs of the installed build and of the saved copy count as equal within this fraction of their largest magnitude
+# (float64: rounding differs by ~1e-13 between processes; a BatchNorm eps moved from 1e-5 to 1e-6 changes ~1e-6)
+RTOL = 1e-8
+CHECK_TIMEOUT_S = 600  # the saved copy's forward pass, in a fresh interpreter: importing torch and timm takes seconds
+_PACKAGE = "saved_code"  # the name the saved copy is imported under: its `from .module import` lines need a package
+
+# The saved copy's output in an interpreter of its own: its variants register with timm under the same names as the
+# installed ones, so one process could not hold both. -I: neither this project nor the working folder is importable.
+SAVED_COPY_OUTPUT = r"""
+import importlib, sys
+import timm, torch
+from safetensors.torch import load_file, save_file
+root, package, stem, folder, io, threads = sys.argv[1:]
+torch.set_num_threads(int(threads))  # the caller's: the same summation order as its forward pass
+sys.path.insert(0, root)
+importlib.import_module(f"{package}.{stem}")  # registers the saved copy's variants with timm
+model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+state = load_file(f"{folder}/WEIGHTS_NAME")
+if state and all(k.startswith("PREFIX") for k in state):
+    state = {k[len("PREFIX"):]: v for k, v in state.items()}
+model.load_state_dict(state)
+with torch.no_grad():
+    out = model.double().eval()(load_file(io)["x"])
+save_file({"out": out.contiguous()}, io)
+""".replace("WEIGHTS_NAME", WEIGHTS_NAME).replace("PREFIX", PREFIX)
 
 
 @dataclass(kw_only=True)
@@ -64,18 +99,101 @@ def installed_model(folder: Path, config: dict):
     return model
 
 
-def refresh_remote_code(folder) -> list[str]:
-    """Rewrite ``folder``'s remote-code files and ``auto_map`` from the installed project where they differ (each
-    file replaced atomically); the names rewritten, [] when up to date or the export carries no code (timm's own
-    architectures). ValueError (one line) when the installed code cannot build the saved network."""
+def saved_stem(config: dict) -> str | None:
+    """The family file the export's own ``modeling_<family>.py`` imports (``<family>``), from its ``auto_map``."""
+    entry = (config.get("auto_map") or {}).get("AutoModelForImageClassification", "")
+    return entry.split(".")[0].removeprefix("modeling_") or None
+
+
+def _family(files: dict[str, str]) -> dict[str, str]:
+    # the family's own files; the wrapper is the one modeling_* file (remote_code refuses family files named so)
+    return {name: text for name, text in files.items() if not name.startswith("modeling_")}
+
+
+def _differs(folder: Path, files: dict[str, str]) -> bool:
+    return any(not (folder / name).is_file() or (folder / name).read_text() != text for name, text in files.items())
+
+
+def function_check(folder, config: dict | None = None) -> str | None:
+    """None when the installed build of ``folder``'s architecture and the export's saved copy of its family source
+    give the same outputs from the saved weights: one input of the export's input size (torch.randn, seed 0), float64,
+    eval mode, the saved copy run in a fresh interpreter (``python -I``). Otherwise one line saying why not."""
+    folder = Path(folder)
+    config = config if config is not None else json.loads((folder / CONFIG_NAME).read_text())
+    arch, stem = config.get("architecture"), saved_stem(config)
+    if not stem or not (folder / f"{stem}.py").is_file():
+        return f"the export holds no copy of its family source ({stem}.py) to compare with"
+    size = tuple((config.get("pretrained_cfg") or {}).get("input_size") or (3, 224, 224))
+    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    on = f"a seeded {'x'.join(map(str, x.shape))} input"
+    with tempfile.TemporaryDirectory(prefix="refresh-code-") as tmp:
+        package = Path(tmp) / _PACKAGE
+        package.mkdir()
+        for path in folder.glob("*.py"):  # a copy: importing writes __pycache__/, which the export must not get
+            if not path.name.startswith("modeling_"):
+                shutil.copy(path, package / path.name)
+        io = Path(tmp) / "io.safetensors"
+        save_file({"x": x}, io)
+        try:
+            proc = subprocess.run([sys.executable, "-I", "-c", SAVED_COPY_OUTPUT, tmp, _PACKAGE, stem,
+                                   str(folder.resolve()), str(io), str(torch.get_num_threads())],
+                                  cwd=tmp, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return f"its saved {stem}.py ran past {CHECK_TIMEOUT_S} s on {on}"
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:300]
+            return f"its saved {stem}.py did not run on {on} in a fresh interpreter ({last})"
+        saved = load_file(io)["out"]
+    try:
+        installed = installed_output(folder, x)
+    except Exception as e:  # the installed build's own failure: no evidence that it computes the same
+        return f"the installed '{arch}' did not run on {on} ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+    if installed.shape != saved.shape:
+        return (f"the installed '{arch}' gives outputs of shape {tuple(installed.shape)} from these weights, its saved "
+                f"{stem}.py {tuple(saved.shape)}")
+    scale = max(1.0, saved.abs().max().item())
+    if not torch.allclose(installed, saved, rtol=RTOL, atol=RTOL * scale):
+        return (f"the installed '{arch}' gives other outputs from these weights than its saved {stem}.py (max "
+                f"|difference| {(installed - saved).abs().max().item():.3g} on {on})")
+    return None
+
+
+def installed_output(folder: Path, x: torch.Tensor) -> torch.Tensor:
+    """The installed build's output for ``x`` (float64) with ``folder``'s saved weights, on the CPU."""
+    weights = folder / WEIGHTS_NAME
+    state = wrapper_saved_state(weights) or load_file(weights)
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten; the caller's random stream stays
+        model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return model.double().eval()(x)
+
+
+def refresh(folder) -> tuple[list[str], str | None]:
+    """``refresh_remote_code``'s work: (the names rewritten, one line when the family file(s) were kept as saved
+    and why, else None)."""
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise ValueError(f"no {CONFIG_NAME} and {WEIGHTS_NAME}: need a folder written by modeling.save_pretrained")
     config = json.loads(config_path.read_text())
     if "auto_map" not in config:
-        return []
-    files, auto_map = remote_code_files(installed_model(folder, config))
+        return [], None
+    model = installed_model(folder, config)
+    files, auto_map = remote_code_files(model)
+    stem, kept = saved_stem(config), None
+    if _differs(folder, _family(files)) and stem and (folder / f"{stem}.py").is_file():
+        why = function_check(folder, config)
+        if why:
+            saved = sorted(p.name for p in folder.glob("*.py") if not p.name.startswith("modeling_"))
+            kept = f"kept {' and '.join(saved)} as saved, the architecture of these weights: {why}"
+            files = {name: text for name, text in files.items() if name not in _family(files)}
+            # the installed wrapper imports `from .<family> import <Class>`: only where the saved copy has both
+            same = f"modeling_{stem}.py" in files and re.search(
+                rf"^class {re.escape(type(model).__name__)}\b", (folder / f"{stem}.py").read_text(), re.M)
+            if not same:
+                files, auto_map = {}, config["auto_map"]
+                kept += f" (and modeling_{stem}.py and auto_map, which import it)"
     changed = []
     for name, text in files.items():
         path = folder / name
@@ -85,28 +203,69 @@ def refresh_remote_code(folder) -> list[str]:
     if config["auto_map"] != auto_map:
         atomic_write_text(config_path, json.dumps({**config, "auto_map": auto_map}, indent=2) + "\n")
         changed.append(CONFIG_NAME)
+    return changed, kept
+
+
+def refresh_remote_code(folder) -> list[str]:
+    """Rewrite ``folder``'s remote-code files and ``auto_map`` from the installed project where they differ (each
+    file replaced atomically), its family file(s) only where ``function_check`` passes (otherwise a warning says why);
+    the names rewritten, [] when up to date or the export carries no code (timm's own architectures). ValueError (one
+    line) when the installed code cannot build the saved network."""
+    changed, kept = refresh(folder)
+    if kept:
+        warnings.warn(f"{folder}: {kept}", stacklevel=2)
     return changed
 
 
-def refresh_before_upload(folder: Path) -> None:
-    """What ``push_to_hub`` runs: one line when it rewrote files or could not check them; the upload goes on."""
+def installed_code_warning(folder) -> str | None:
+    """One line when the installed code, which ``modeling.load_model`` (and ``validate.py --model FOLDER``) build
+    ``folder``'s network from, computes other outputs from its weights than the export's own copy of the family
+    source; None when the sources are the same or compute the same, or the export carries none. The sources are
+    compared first (milliseconds); the outputs only where they differ (a fresh interpreter: seconds)."""
+    folder = Path(folder)
     try:
-        changed = refresh_remote_code(folder)
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        stem = saved_stem(config)
+        if not stem or not (folder / f"{stem}.py").is_file():
+            return None
+        files, _ = remote_code_files(installed_model(folder, config))
+    except (OSError, ValueError):  # nothing to compare with, or the installed code cannot build it: loading says so
+        return None
+    if not _differs(folder, _family(files)):
+        return None
+    why = function_check(folder, config)
+    return why and (f"{folder}: the installed code may not be the architecture of these weights ({why}); load the "
+                    f"export's own {stem}.py with transformers' AutoModelForImageClassification.from_pretrained("
+                    f"'{folder}', trust_remote_code=True), or install the imagenet-trainer that saved it")
+
+
+def refresh_before_upload(folder: Path) -> None:
+    """What ``push_to_hub`` runs: one line when it rewrote files, one when it kept the family file(s) or could not
+    check them; the upload goes on."""
+    try:
+        changed, kept = refresh(folder)
     except ValueError as e:
         print(f"{folder}: remote code uploaded as saved: {e}")
         return
     if changed:
         print(f"{folder}: rewrote {', '.join(changed)} from the installed imagenet-trainer (the code transformers' "
               f"trust_remote_code loads); weights and card unchanged")
+    if kept:
+        print(f"{folder}: {kept}; it is uploaded as saved")
 
 
 def main(argv=None) -> None:
     cfg = parse_config(RefreshCodeConfig, argv, description=__doc__.split("\n")[0])
     try:
-        changed = refresh_remote_code(cfg.folder)
+        changed, kept = refresh(cfg.folder)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --folder {cfg.folder}: {e}".splitlines()[0]) from None
-    print(f"{cfg.folder}: rewrote {', '.join(changed)}" if changed else f"{cfg.folder}: remote code up to date")
+    if changed:
+        print(f"{cfg.folder}: rewrote {', '.join(changed)}")
+    if kept:
+        print(f"{cfg.folder}: {kept}")
+    if not changed and not kept:
+        print(f"{cfg.folder}: remote code up to date")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,32 @@
 """Pushing to tests/hub_server.py's local Hub over HTTP, then loading by Hub id as a user elsewhere would: the
 export through transformers (no project installed) and timm, each in a fresh interpreter with an empty HF_HOME;
 and what the stand-in itself answers where the Hub's rules decide (upload modes, tokens, existing repos, xet)."""
+import compileall
+import importlib
 import os
+import py_compile
+import shutil
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
+import timm
 import torch
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from hub_server import LFS_MIN_BYTES, LocalHub, point_this_process_at
 from safetensors.torch import load_file
+from test_backbones import X
 from test_hub_loading import export, io_file  # noqa: F401  (fixtures)
 from test_hub_loading import (PROJECT_ROUTES, REPO, TRANSFORMERS_ROUTES, check_transformers_outputs, load, logits_of,
                               same_maps)
+from test_modeling import restored_registry
 
 import modeling
 from imagenet_trainer import ilsvrc
+from modeling import refresh_code
 
 
 def test_pushed_export_loads_by_hub_id_in_transformers_and_timm(export, io_file, monkeypatch, tmp_path):
@@ -94,3 +104,97 @@ def test_without_disabling_xet_the_client_asks_for_a_xet_token(tmp_path):
         assert proc.returncode == 0 and "RESULT " in proc.stdout, proc.stderr[-3000:]
         assert hub.unhandled == [("GET", "/api/models/me/xet/xet-write-token/main")], hub.unhandled
         assert hub.repo("me/xet").files.keys() == {".gitattributes"}
+
+
+# edits of the export's copy of blocknet.py that keep every key and shape: what a version of the family that saved
+# these weights may have differed in
+SILU = ("self.act = nn.ReLU(inplace=True)", "self.act = nn.SiLU(inplace=True)")  # BasicBlock's activation
+EPS = ("nn.BatchNorm2d(out_chs),", "nn.BatchNorm2d(out_chs, eps=1e-6),")  # conv_bn's (installed: 1e-5)
+NOT_INPLACE = ("self.act = nn.ReLU(inplace=True)", "self.act = nn.ReLU(inplace=False)")  # other text, same function
+
+
+def saved_with(export_folder: Path, folder: Path, edit: tuple[str, str]) -> Path:
+    """A copy of the export whose blocknet.py (the architecture of its weights) has ``edit`` applied once."""
+    shutil.copytree(export_folder, folder)
+    path = folder / "blocknet.py"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(*edit, 1))
+    return folder
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def code_logits(files: dict[str, bytes], where: Path) -> torch.Tensor:
+    """Logits on X of an export's files as its own blocknet.py builds them: the folder imported as a package (its
+    variants replace the installed ones in timm's registry until restored_registry puts those back)."""
+    where.mkdir()
+    for name, data in files.items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(data)
+    sys.path.insert(0, str(where.parent))
+    try:
+        with restored_registry(), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Overwriting blocknet_", UserWarning)  # the point of this import
+            module = importlib.import_module(f"{where.name}.blocknet")
+            model = timm.create_model(f"local-dir:{where}", pretrained=True).eval()
+            assert timm.models.model_entrypoint("blocknet_tiny").__module__ == module.__name__
+            return model(X)
+    finally:
+        sys.path.remove(str(where.parent))
+        for name in [m for m in sys.modules if m == where.name or m.startswith(f"{where.name}.")]:
+            del sys.modules[name]
+
+
+def test_push_keeps_a_family_file_that_computes_otherwise_and_leaves_bytecode_out(export, monkeypatch, tmp_path,
+                                                                                 capsys):
+    """An export whose blocknet.py builds BasicBlock with SiLU (the installed one: ReLU; same keys and shapes) is
+    pushed with that copy: the published code gives the export's logits, not the installed network's, and the push
+    says in one line why it kept the file. __pycache__/ and .pyc files (the card's `import blocknet` leaves them in
+    the folder) stay local; .eval_results/ goes up."""
+    repos, model = export
+    folder = saved_with(repos / REPO, tmp_path / "saved", SILU)
+    modeling.update_model_card_results(folder, {"top1": 50.0, "top5": 100.0, "n": 8, "dataset_id": "me/digits"})
+    compileall.compile_file(str(folder / "blocknet.py"), quiet=1)
+    py_compile.compile(str(folder / "blocknet.py"), cfile=str(folder / "blocknet.pyc"))
+    before = files_of(folder)
+    assert ".eval_results/digits.yaml" in before and any(name.startswith("__pycache__/") for name in before)
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "pusher")
+        modeling.push_to_hub(folder, "me/saved", token=hub.token)
+        published = dict(hub.repo("me/saved").files)
+        assert not hub.unhandled
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith(
+        f"{folder}: kept blocknet.py as saved, the architecture of these weights: the installed 'blocknet_tiny' gives "
+        f"other outputs from these weights than its saved blocknet.py (max |difference| "), printed
+    assert printed[0].endswith(" on a seeded 1x3x64x64 input); it is uploaded as saved"), printed
+    assert files_of(folder) == before  # nothing rewritten
+    source = {name: data for name, data in before.items() if not name.endswith(".pyc")}
+    assert published.keys() == {".gitattributes", *source} and published["blocknet.py"] == before["blocknet.py"]
+    logits = code_logits(source, tmp_path / "as_saved")
+    assert torch.equal(code_logits(published, tmp_path / "as_published"), logits)
+    assert not torch.allclose(logits, logits_of(model), atol=1e-3)  # the installed network's: another function
+
+
+def test_refresh_replaces_a_family_file_only_where_the_installed_one_computes_the_same(export, tmp_path, capsys):
+    """python -m modeling.refresh_code replaces a saved blocknet.py that differs from the installed one in text only;
+    where it differs in function by as little as BatchNorm's eps (1e-6 saved, 1e-5 installed: the logits move by a
+    few 1e-6), what modeling.load_model builds from the installed code is warned of in one line."""
+    repos, _ = export
+    same = saved_with(repos / REPO, tmp_path / "same", NOT_INPLACE)
+    refresh_code.main(["--folder", str(same)])
+    assert capsys.readouterr().out == f"{same}: rewrote blocknet.py\n"
+    assert files_of(same) == files_of(repos / REPO)
+    assert refresh_code.installed_code_warning(same) is None  # the sources are the same now: nothing to run
+
+    eps = saved_with(repos / REPO, tmp_path / "eps", EPS)
+    with pytest.warns(UserWarning) as caught:  # what validate.py --model FOLDER scores is built by load_model
+        modeling.load_model(eps)
+    (warning,) = [str(w.message) for w in caught]
+    assert warning.startswith(f"{eps}: the installed code may not be the architecture of these weights (the "
+                              f"installed 'blocknet_tiny' gives other outputs from these weights than its saved "
+                              f"blocknet.py (max |difference| "), warning
+    assert "\n" not in warning and f"from_pretrained('{eps}', trust_remote_code=True)" in warning

@@ -17,6 +17,7 @@ import torch
 
 import modeling
 from imagenet_trainer import runinfo
+from test_modeling import import_two_file_family, scratch_registry  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -25,14 +26,15 @@ NAMES = ["digit 0", "digit 1", "digit 2", "digit 3"]
 CARD = {"repo_id": "me/tiny", "dataset": "me/digits", "epochs": 2, "recipe": {"lr": 0.1, "epochs": 2},
         "results": {"top1": 50.0, "top5": 100.0, "n": 8}}
 
-# runs each ```python block of a card in a fresh namespace, the Hub id replaced by the local folder
+# runs each ```python block of a card in a fresh namespace, the Hub id replaced by the local folder (repo "-": as is)
 RUNNER = r"""
 import contextlib, io, json, sys
 card, folder, repo = sys.argv[1:]
 blocks = __import__("re").findall(r"```python\n(.*?)```", open(card).read(), flags=__import__("re").S)
 outputs = []
 for block in blocks:
-    code = block.replace(f'"hf-hub:{repo}"', repr(f"local-dir:{folder}")).replace(f'"{repo}"', repr(folder))
+    code = block if repo == "-" else block.replace(f'"hf-hub:{repo}"', repr(f"local-dir:{folder}")).replace(
+        f'"{repo}"', repr(folder))  # "-": as printed, for a Hub (tests/hub_server.py) that serves the repo id
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "<card block>", "exec"), {"__name__": "__main__"})
@@ -67,11 +69,12 @@ def installed(tmp_path_factory) -> Path:
     return base / "site"
 
 
-def run_card(folder: Path, workdir: Path, env: dict, isolated: bool) -> dict:
+def run_card(folder: Path, workdir: Path, env: dict, isolated: bool, card: Path | None = None,
+             repo: str = "me/tiny") -> dict:
     workdir.mkdir()
     shutil.copy(PHOTO, workdir / "photo.jpg")  # the file name the card's snippets open
     flags = ["-I"] if isolated else ["-P", "-s"]  # -P: the working folder is not on sys.path either
-    proc = subprocess.run([sys.executable, *flags, "-c", RUNNER, str(folder / "README.md"), str(folder), "me/tiny"],
+    proc = subprocess.run([sys.executable, *flags, "-c", RUNNER, str(card or folder / "README.md"), str(folder), repo],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.split("RESULT ", 1)[1])
@@ -106,6 +109,33 @@ def test_every_card_block_of_a_zoo_export_runs_with_no_project_code(tmp_path):
     assert out["n"] == 4 and out["modeling"] is None
     assert re.search(r"\[64, 64, 128, 256, 512\] \[2, 4, 8, 16, 32\]", out["outputs"][1])
     assert all(name in out["outputs"][-1] for name in NAMES)
+
+
+def test_timm_blocks_of_a_family_split_over_two_files_run_as_printed(tmp_path, monkeypatch, scratch_registry):
+    """A user family whose file imports its neighbour (`from .twolayers import ConvBnAct`): the card's timm blocks,
+    run as printed against tests/hub_server.py's Hub in an interpreter that sees neither this project nor the
+    family's own folder, fetch the copies and import them as a package (a plain `import twofile` of the copy fails:
+    attempted relative import with no known parent package)."""
+    from hub_server import LocalHub
+
+    import_two_file_family(tmp_path, monkeypatch, "from .twolayers import ConvBnAct as twolayers_stem")
+    torch.manual_seed(0)
+    model = modeling.create_model("mynet_two_small", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=WNIDS, label_descriptions=NAMES,
+                                      pretrained_cfg={"input_size": (3, 32, 32)},
+                                      model_card={**CARD, "repo_id": "me/twofile"})
+    assert sorted(p.name for p in folder.glob("*.py")) == ["modeling_twofile.py", "twofile.py", "twolayers.py"]
+    timm_blocks = tmp_path / "timm_blocks.md"  # the transformers block is another route (trust_remote_code)
+    timm_blocks.write_text((folder / "README.md").read_text().split("### transformers")[0])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+    with LocalHub({"me/twofile": folder}) as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), NO_PROXY="127.0.0.1")
+        out = run_card(folder, tmp_path / "work", env, isolated=True, card=timm_blocks, repo="-")
+        assert not hub.unhandled
+    assert out["n"] == 3 and out["modeling"] is None  # classification, feature maps, embeddings
+    classification, features, embeddings = out["outputs"]
+    assert sorted(line.split(":")[0] for line in classification.splitlines()) == sorted(NAMES)
+    assert "torch.Size([1, 32, 16, 16])" in features and "torch.Size([1, 64])" in embeddings
 
 
 def test_demo_tree_describes_what_its_images_show(tmp_path):
