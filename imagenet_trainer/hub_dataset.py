@@ -10,26 +10,39 @@ labels (ClassLabel names = wnids, in the same order) and the same human names. P
 in its schema but not ``DatasetInfo.description``, where preprocess.py keeps the human names: they travel in
 ``class_descriptions.json``, which ``load_image_dataset`` reads back. ImageNet's terms of access allow research use
 and no redistribution, so the repo is created private unless ``--public`` is given.
+
+The export resumes: shards are written into ``.OUT.tmp`` beside OUT, each under a ``.part`` name until it is
+complete, and a job record ``.OUT.export.json`` (which data, which shard size) lets a rerun of the same command keep
+the finished shards. SIGTERM (a scheduler's preemption) stops it after the shard being written. A rerun once OUT is
+complete writes nothing, so after a failed push the same command only pushes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
+import signal
 import sys
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow
+import pyarrow.parquet as pq
 from huggingface_hub import DatasetCardData, HfApi, get_token
 
-from imagenet_trainer import ilsvrc
+from imagenet_trainer import ilsvrc, stop_signals
+from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.manifest import SOURCE_FILE
-from imagenet_trainer.runinfo import replace_dir, share_tree
+from imagenet_trainer.manifest import MANIFEST, SOURCE_FILE
+from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
+from imagenet_trainer.runlock import FolderLock
 
 SHARD_BYTES = 500 * 2**20  # Parquet shard size: the Hub's dataset viewer and datasets' streaming like ~500 MB files
+JOB_FORMAT = 1  # of the job record
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
@@ -40,36 +53,166 @@ class HubDatasetConfig:
     public: bool = False  # create the Hub repo public; ImageNet's terms forbid redistributing its images
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop signal (imagenet_trainer/stop_signals.py) ended the export between two shards; the message says where
+    the finished ones are kept."""
+
+
+def work_folder(output_dir: Path) -> Path:
+    """Where the export of ``output_dir`` is built: beside it (the same filesystem, so it moves into place by a
+    rename), one fixed name, so a rerun finds the shards a cut run finished."""
+    return output_dir.with_name(f".{output_dir.name}.tmp")
+
+
+def job_record(output_dir: Path) -> Path:
+    """The job record: beside OUT, not in it, because OUT is uploaded as it is."""
+    return output_dir.with_name(f".{output_dir.name}.export.json")
+
+
 def export_parquet(dataset_dir, output_dir, shard_bytes: int = SHARD_BYTES) -> Path:
-    """Write the Hub layout of a preprocess.py DatasetDict into ``output_dir`` (atomically); returns it."""
+    """Write the Hub layout of a preprocess.py DatasetDict into ``output_dir`` (atomically); returns it. A rerun
+    resumes a cut export of the same data and shard size, and leaves a finished one as it is."""
+    return _export(dataset_dir, output_dir, shard_bytes)[0]
+
+
+def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
+    """(``output_dir``, whether this call wrote it: False when it held this export already)."""
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
+    signals_before = len(stop_signals.received)  # a signal that an earlier job in this process took is not ours
     ds = datasets.load_from_disk(str(dataset_dir))
     if not isinstance(ds, datasets.DatasetDict):
         raise ValueError(f"{dataset_dir}: a single Dataset, not preprocess.py's DatasetDict of splits")
     descriptions = ilsvrc.class_descriptions(ds)
     source_path = dataset_dir / SOURCE_FILE
     source = json.loads(source_path.read_text()) if source_path.is_file() else {}
+    job = {"format": JOB_FORMAT, "data": data_identity(dataset_dir, ds), "shard_bytes": shard_bytes,
+           # the Parquet bytes a shard holds depend on the writers' versions too
+           "datasets": datasets.__version__, "pyarrow": pyarrow.__version__}
+    plan = [(name, i, count, f"data/{name}-{i:05d}-of-{count:05d}.parquet") for name, split in ds.items()
+            for count in [max(1, min(len(split), math.ceil(split.data.nbytes / shard_bytes)))] for i in range(count)]
+    data_files = [{"split": name, "path": f"data/{name}-*.parquet"} for name in ds]
+    small = {ilsvrc.DESCRIPTIONS_FILE: json.dumps(descriptions, indent=1) + "\n",
+             **({SOURCE_FILE: json.dumps(source, indent=2) + "\n"} if source else {}),
+             "README.md": dataset_card(ds, descriptions, source, data_files)}
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
+    # one run per OUT: two would write the same shards' .part files
+    lock = FolderLock(output_dir, "--output_dir", path=output_dir.with_name(f".{output_dir.name}.lock")).acquire()
+    if lock.took_over:
+        print(lock.took_over)
     try:
-        (tmp / "data").mkdir()
-        data_files = []
-        for name, split in ds.items():
-            shards = max(1, min(len(split), math.ceil(split.data.nbytes / shard_bytes)))
-            for i in range(shards):
-                part = split.shard(shards, i, contiguous=True)
-                part.to_parquet(str(tmp / "data" / f"{name}-{i:05d}-of-{shards:05d}.parquet"))
-            data_files.append({"split": name, "path": f"data/{name}-*.parquet"})
-        (tmp / ilsvrc.DESCRIPTIONS_FILE).write_text(json.dumps(descriptions, indent=1) + "\n")
-        if source:
-            (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        (tmp / "README.md").write_text(dataset_card(ds, descriptions, source, data_files))
-        share_tree(tmp)
-        replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
+        if is_finished(output_dir, job, small):
+            return output_dir, False
+        remove_stale(output_dir)
+        work = start_or_resume(output_dir, job, {rel for *_, rel in plan})
+        done = [rel for name, i, count, rel in plan if (work / rel).exists()
+                and is_complete(work / rel, len(ds[name].shard(count, i, contiguous=True)))]
+        if done:
+            print(f"resuming {work}: {len(done)} of {len(plan)} shards already done")
+        for name, i, count, rel in plan:
+            if rel in done:
+                continue
+            if len(stop_signals.received) > signals_before:
+                signal_name = stop_signals.received[-1].name
+                raise Stopped(f"{signal_name}: stopped with {len(done)} of {len(plan)} shards done; they are kept in "
+                              f"{work}: run the same command to resume")
+            write_shard(ds[name].shard(count, i, contiguous=True), work / rel)
+            done.append(rel)
+        for rel, text in small.items():
+            (work / rel).write_text(text)
+        share_tree(work)
+        fsync_tree(work)
+        files = {p.relative_to(work).as_posix(): p.stat().st_size for p in sorted(work.rglob("*")) if p.is_file()}
+        # recorded before the move: a run cut between the two finds the same job and moves the finished folder
+        atomic_write_text(job_record(output_dir), json.dumps({"job": job, "done": True, "files": files}, indent=1))
+        replace_dir(work, output_dir)
+        fsync_dir(output_dir.parent)
+    finally:
+        lock.release()
+    return output_dir, True
+
+
+def data_identity(dataset_dir: Path, ds: datasets.DatasetDict) -> dict:
+    """What tells this dataset from another in the job record: the SHA-256 of preprocess.py's manifest (which holds
+    every file's), else each split's fingerprint and Arrow files (name, bytes, mtime in ns)."""
+    manifest = dataset_dir / MANIFEST
+    if manifest.is_file():
+        return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    splits = {}
+    for name, split in ds.items():
+        stats = [(f["filename"], os.stat(f["filename"])) for f in split.cache_files]
+        splits[name] = {"fingerprint": split._fingerprint,
+                        "files": [[os.path.basename(f), st.st_size, st.st_mtime_ns] for f, st in stats]}
+    return {"splits": splits}
+
+
+def read_record(output_dir: Path) -> dict:
+    try:
+        record = json.loads(job_record(output_dir).read_text())
+    except (OSError, ValueError):  # none, or damaged: no job of ours to resume
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def is_finished(output_dir: Path, job: dict, small: dict[str, str]) -> bool:
+    """Whether ``output_dir`` holds this job's finished export: the record says so, every file it lists is there at
+    its size and no other, and the cards and JSON files are what this source gives now (a source.json edited since
+    is written anew)."""
+    record = read_record(output_dir)
+    if not record.get("done") or record.get("job") != job or not output_dir.is_dir():
+        return False
+    present = {p.relative_to(output_dir).as_posix(): p.stat().st_size for p in output_dir.rglob("*") if p.is_file()}
+    return present == record.get("files") and all(
+        (output_dir / rel).read_text() == text for rel, text in small.items())
+
+
+def remove_stale(output_dir: Path) -> None:
+    """Work folders that exports into ``output_dir`` made under random names (``.OUT.tmp-XXXXXXXX``) and never
+    finished: each as large as the dataset, and no run will pick them up."""
+    for stale in sorted(output_dir.parent.glob(f".{output_dir.name}.tmp-*")):
+        if stale.is_dir() and not stale.is_symlink():
+            size = sum(p.stat().st_size for p in stale.rglob("*") if p.is_file())
+            shutil.rmtree(stale)
+            print(f"removed {stale} ({size / 1e9:.1f} GB): the work folder of an export that never finished")
+
+
+def start_or_resume(output_dir: Path, job: dict, planned: set[str]) -> Path:
+    """The work folder, holding only the planned shards (finished or not) a cut run of this job left there; a work
+    folder of another job is removed, and the record says which job the folder now holds."""
+    work = work_folder(output_dir)
+    if work.exists() and read_record(output_dir).get("job") != job:
+        print(f"{work}: left by an export of other data, another shard size or other library versions; starting "
+              f"over")
+        shutil.rmtree(work)
+    for path in sorted(work.rglob("*"), reverse=True) if work.is_dir() else ():
+        if path.is_file() and path.relative_to(work).as_posix() not in planned:
+            path.unlink()  # a cut shard's .part, cards from before the cut: written anew
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job_record(output_dir), json.dumps({"job": job, "done": False}, indent=1))
+    return work
+
+
+def is_complete(path: Path, rows: int) -> bool:
+    """A shard a cut run finished: a Parquet footer that reads, with the rows planned."""
+    try:
+        return pq.read_metadata(path).num_rows == rows
+    except (OSError, pyarrow.ArrowException):
+        return False
+
+
+def write_shard(part: datasets.Dataset, path: Path) -> None:
+    """Write ``part`` to ``path`` under a ``.part`` name, on disk, then rename it: a shard of that name is whole."""
+    tmp = path.with_name(path.name + ".part")
+    try:
+        part.to_parquet(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OSError(f"writing {tmp} failed ({e.strerror or e}); the finished shards are kept in {path.parent.parent}"
+                      f": once that is fixed (space freed), run the same command to resume") from None
+    os.replace(tmp, path)
 
 
 def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict, data_files: list[dict]) -> str:
@@ -136,19 +279,38 @@ def push_dataset(folder, repo_id: str, private: bool = True, token: str | None =
 
         # from None: the chained error's text is not ours to vet for secrets
         raise push_failed(e, f"{folder} to dataset '{repo_id}'", token,
-                          "python -m imagenet_trainer.hub_dataset --push_to_hub") from None
+                          "the same python -m imagenet_trainer.hub_dataset command (it finds the finished export "
+                          "and only pushes)") from None
     return str(url)
 
 
 def main(argv=None) -> None:
     cfg = parse_config(HubDatasetConfig, argv, description=__doc__.split("\n")[0])
+    output_dir = Path(cfg.output_dir)
+    # a scheduler's SIGTERM stops the export between two shards, whose files are then whole
+    handlers = ({sig: signal.getsignal(sig) for sig in stop_signals.STOP_SIGNALS}
+                if threading.current_thread() is threading.main_thread() else {})
+    if handlers:
+        stop_signals.install()
     try:
-        folder = export_parquet(cfg.dataset, cfg.output_dir)
-        print(f"wrote {folder}")
+        if cfg.push_to_hub:  # before hours of export, not after
+            from modeling.hub import check_hub_ready  # torch and timm load only on this path
+
+            check_hub_ready(cfg.push_to_hub)
+        folder, wrote = _export(cfg.dataset, output_dir, SHARD_BYTES)
+        print(f"wrote {folder}" if wrote else f"{folder}: already holds this export of {cfg.dataset} (same data and "
+                                              f"shard size, every file present); nothing to write")
         if cfg.push_to_hub:
             print(f"pushed to {push_dataset(folder, cfg.push_to_hub, private=not cfg.public)}")
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}".splitlines()[0]) from None
+    except KeyboardInterrupt as e:  # Stopped, or Ctrl-C
+        raise SystemExit(str(e) or f"interrupted: finished shards are kept in {work_folder(output_dir)}; run the same "
+                                   f"command to resume") from None
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import inspect
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
+from huggingface_hub.errors import LocalEntryNotFoundError
 from timm.models import generate_default_cfgs, register_model
 
 _OURS: set[str] = set()
@@ -77,28 +79,80 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         if pretrained and arch in _OURS:
             raise ValueError(f"'{name}' has no published weights; start from a saved export with "
                              "--model local-dir:PATH --pretrained (or modeling.load_model(PATH))")
+        url_file = _url_weights(name, kwargs) if pretrained else None
+        # torch.hub fetches a URL with no timeout and obeys no offline flag: behind a firewall that drops packets the
+        # download would hang for good, so offline a file not in torch.hub's cache ends here
+        if url_file and _offline() and not url_file[1].is_file():
+            raise ValueError(_weights_missing(name, None, kwargs))
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except OSError as e:  # huggingface_hub's LocalEntryNotFoundError when offline without a cached copy, HTTP errors
+        # timm reads config.json from the Hub even without pretrained weights
+        if source == "hf-hub" and isinstance(e, LocalEntryNotFoundError) and _offline():
+            raise ValueError(_hub_repo_missing(name, pretrained)) from None
         if not pretrained or source is not None:
             raise
-        raise ValueError(_weights_missing(name, e)) from None
+        raise ValueError(_weights_missing(name, e, kwargs)) from None
     declare_blocks(model)
     return model
 
 
-def _weights_missing(name: str, error: BaseException) -> str:
-    """One line for timm weights that could not be fetched: which Hub files, and what HF_HUB_OFFLINE says."""
+def _offline() -> bool:
+    from .hub import _hub_offline  # modeling.hub imports this module
+
+    return _hub_offline()
+
+
+def _url_weights(name: str, kwargs: dict) -> tuple[str, Path] | None:
+    """(URL, file in torch.hub's cache) for a tag whose weights timm downloads from a URL rather than the Hub; None
+    for Hub-hosted weights, a local file or state dict given through ``pretrained_cfg(_overlay)``, or no weights."""
+    cfg = timm.models.resolve_pretrained_cfg(name, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                             pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    if not cfg.url or cfg.hf_hub_id or cfg.file or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir"):
+        return None
+    import torch.hub
+
+    # where timm's load_pretrained has torch.hub look: its cache_dir, else $TORCH_HOME/hub/checkpoints
+    folder = Path(kwargs["cache_dir"]) if kwargs.get("cache_dir") else Path(torch.hub.get_dir(), "checkpoints")
+    return cfg.url, folder / os.path.basename(urlparse(cfg.url).path)
+
+
+def _weights_missing(name: str, error: BaseException | None, kwargs: dict | None = None) -> str:
+    """One line for timm weights that could not be fetched: where they come from (a Hub repo or a URL), where a
+    copy would have to be, and what HF_HUB_OFFLINE says."""
     from huggingface_hub import constants
 
+    offline = _offline()
+    reason = error and f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    url_file = _url_weights(name, kwargs or {})
+    if url_file:
+        url, path = url_file
+        torch_home = os.environ.get("TORCH_HOME", "unset")
+        where = f"{path} (torch.hub's cache, $TORCH_HOME/hub/checkpoints; TORCH_HOME={torch_home})"
+        why = (f"HF_HUB_OFFLINE=1 is set and there is no copy at {where}; download that file on a connected "
+               f"machine and put it there" if offline else
+               f"saving it to {where} failed ({reason}); download the file by hand and put it there")
+        return (f"timm's pretrained weights for '{name}' are not available: they come from {url}, not from a Hugging "
+                f"Face Hub repo; {why}")
     cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None) or "(no Hub id)"
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
     why = (f"HF_HUB_OFFLINE=1 is set and the local Hub cache ({constants.HF_HUB_CACHE}) has no copy of Hub repo "
            f"'{repo}' (model.safetensors); fetch it once online, e.g. python -c \"import timm; "
            f"timm.create_model('{name}', pretrained=True)\", or copy the cache over" if offline else
-           f"fetching Hub repo '{repo}' failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})")
+           f"fetching Hub repo '{repo}' failed ({reason})")
     return f"timm's pretrained weights for '{name}' are not available: {why}"
+
+
+def _hub_repo_missing(name: str, pretrained: bool) -> str:
+    """One line for ``hf-hub:OWNER/NAME[@REV]`` offline without a cached copy, as modeling.hub says it for
+    load_model: offline mode, the repo, the cache folder, what to do."""
+    from huggingface_hub import constants
+
+    repo = name.removeprefix("hf-hub:").partition("@")[0]
+    files = "config.json, model.safetensors" if pretrained else "config.json"
+    return (f"HF_HUB_OFFLINE=1 is set and Hub repo '{repo}' ({files}) is not in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE}: load it once online (the same HF_HOME), or point HF_HOME at a cache that "
+            f"holds it")
 
 
 # Residual-block classes of timm's CNN families (ResNet/ResNeXt/RegNet, ConvNeXt, EfficientNet/MobileNet, DenseNet)

@@ -5,11 +5,16 @@ the server stopped (the air-gapped cluster). Pins what transformers does there, 
 import json
 import os
 import shutil
+import socketserver
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
+import huggingface_hub
 import pytest
+import timm
 import torch
 from hub_server import LocalHub
 from safetensors.torch import load_file, save_file
@@ -267,3 +272,79 @@ def test_an_old_export_refreshed_loads_through_auto_backbone(export, io_file, tm
     assert result["me/x"] == "BlockNetBackbone", result
     assert result["me/old"].startswith("ValueError: ") and "config_class" in result["me/old"], result
     assert same_maps(load_file(out), model)
+
+
+@contextmanager
+def connection_spy(monkeypatch):
+    """A TCP listener as every proxy of this process: it records each connection and closes it at once, so a download
+    attempt is seen and fails in milliseconds instead of going out (or hanging behind a firewall); yields the list of
+    connections' first bytes."""
+    seen = []
+
+    class Record(socketserver.BaseRequestHandler):
+        def handle(self):
+            seen.append(self.request.recv(200))
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Record) as server:
+        server.daemon_threads = True
+        proxy = f"http://127.0.0.1:{server.server_address[1]}"
+        for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(var, proxy)
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield seen
+        finally:
+            server.shutdown()
+
+
+def offline(monkeypatch, hf_cache: Path) -> None:
+    """HF_HUB_OFFLINE=1 as huggingface_hub read it at import, and an empty Hugging Face cache at ``hf_cache``."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache))
+
+
+def test_timm_weights_at_a_url_load_offline_from_torch_hubs_cache_and_fail_at_once_without(tmp_path, monkeypatch):
+    """A timm tag whose weights timm downloads from a URL (no Hub repo): offline, torch.hub would still fetch it, with
+    no timeout, so without a copy in $TORCH_HOME/hub/checkpoints create_model fails at once, naming the URL and that
+    file, and makes no connection; with the file there it loads it, still without a connection."""
+    name = "legacy_seresnet18.in1k"
+    url = timm.models.get_pretrained_cfg(name).url
+    assert url and not timm.models.get_pretrained_cfg(name).hf_hub_id
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    offline(monkeypatch, tmp_path / "hf")
+    with connection_spy(monkeypatch) as seen:
+        with pytest.raises(ValueError) as e:
+            modeling.create_model(name, pretrained=True)
+        message = str(e.value)
+        assert "\n" not in message and f"come from {url}, not from a Hugging Face Hub repo" in message, message
+        assert f"no copy at {expected} " in message and f"TORCH_HOME={tmp_path / 'torch'}" in message, message
+        assert "Hub repo '" not in message and "model.safetensors" not in message, message
+        assert seen == []
+
+        torch.manual_seed(0)
+        weights = timm.create_model("legacy_seresnet18").state_dict()
+        expected.parent.mkdir(parents=True)
+        torch.save(weights, expected)
+        loaded = modeling.create_model(name, pretrained=True).state_dict()
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    assert seen == []
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_an_hf_hub_name_offline_and_not_cached_is_one_line_naming_the_repo_and_cache(tmp_path, monkeypatch,
+                                                                                    pretrained):
+    """create_model("hf-hub:OWNER/NAME") (train.py --model): timm reads config.json from the Hub, with --pretrained
+    the weights too; offline without a cached copy, the line says offline mode is on and names the repo, the files
+    and the cache folder, as modeling.load_model (validate.py) does."""
+    offline(monkeypatch, tmp_path / "hf")
+    with pytest.raises(ValueError) as e:
+        modeling.create_model("hf-hub:me/absent@v1", pretrained=pretrained)
+    message = str(e.value)
+    files = "config.json, model.safetensors" if pretrained else "config.json"
+    assert message == (f"HF_HUB_OFFLINE=1 is set and Hub repo 'me/absent' ({files}) is not in the Hugging Face cache "
+                       f"{tmp_path / 'hf'}: load it once online (the same HF_HOME), or point HF_HOME at a cache that "
+                       f"holds it"), message

@@ -300,7 +300,8 @@ def test_dataset_push_then_load_by_hub_id(preprocessed, parquet_copy, monkeypatc
         assert message.startswith(f"error: push of {out} to dataset 'me/imagenet' failed (HfHubHTTPError: "), message
         assert "'401 Unauthorized'" in message and "\n" not in message and "hf_wrongsecret" not in message
         assert "the Hub says: Invalid credentials in Authorization header" in message  # its reason, kept
-        assert message.endswith("retry with python -m imagenet_trainer.hub_dataset --push_to_hub")
+        assert message.endswith("retry with the same python -m imagenet_trainer.hub_dataset command (it finds the "
+                                "finished export and only pushes)")
         hub.refuse["commit"] = 500
         before = {p.relative_to(parquet_copy): p.read_bytes() for p in parquet_copy.rglob("*") if p.is_file()}
         with pytest.raises(OSError, match=r"'500 Internal Server Error'.*; the folder is unchanged") as e:

@@ -1,0 +1,180 @@
+"""python -m imagenet_trainer.hub_dataset on ImageNet writes ~150 GB over hours: a scheduler's SIGTERM stops it with
+whole shards kept in the one work folder beside OUT, a rerun resumes them to the bytes an uninterrupted run writes,
+and a push is checked before the export and retried without it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+
+from imagenet_trainer import hub_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARD_BYTES = 20_000  # the fixture's 36 images in many shards (each a few images)
+
+# The CLI as a scheduler runs it, in a process of its own, with a SIGTERM from the kernel once the third shard's bytes
+# are written (before its rename); SHARD_BYTES set small so that the small fixture makes several shards.
+CUT_EXPORT = r"""
+import os, signal, sys
+import datasets
+from imagenet_trainer import hub_dataset
+hub_dataset.SHARD_BYTES = int(sys.argv[1])
+kill_after, written = int(sys.argv[2]), []
+to_parquet = datasets.Dataset.to_parquet
+def to_parquet_then_sigterm(self, *args, **kwargs):
+    result = to_parquet(self, *args, **kwargs)
+    written.append(args)
+    if len(written) == kill_after:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+datasets.Dataset.to_parquet = to_parquet_then_sigterm
+hub_dataset.main(sys.argv[3:])
+"""
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def identities(folder: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime in ns) of each file: the same pair means the file was kept, not written again."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(preprocessed, tmp_path_factory) -> Path:
+    """An uninterrupted export at SHARD_BYTES."""
+    return hub_dataset.export_parquet(preprocessed, tmp_path_factory.mktemp("reference") / "imagenet-parquet",
+                                      shard_bytes=SHARD_BYTES)
+
+
+def test_sigterm_keeps_whole_shards_and_the_rerun_resumes_to_an_uninterrupted_runs_bytes(preprocessed, reference,
+                                                                                         tmp_path, capsys):
+    out = tmp_path / "imagenet-parquet"
+    work = tmp_path / ".imagenet-parquet.tmp"
+    stale = tmp_path / ".imagenet-parquet.tmp-k3x9q0a1"  # what a cut export once left under a random name
+    (stale / "data").mkdir(parents=True)
+    (stale / "data" / "train-00000-of-00009.parquet").write_bytes(b"x" * 1000)
+    shards = sorted(files_of(reference / "data"))
+    train = [f"data/{name}" for name in shards if name.startswith("train-")]  # the split written first
+    assert len(shards) > len(train) > 3
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", CUT_EXPORT, str(SHARD_BYTES), "3", "--dataset", str(preprocessed),
+                           "--output_dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"SIGTERM: stopped with 3 of {len(shards)} shards done; they are kept in {work}: run the same command to "
+        f"resume"), proc.stderr[-3000:]
+    assert f"removed {stale} (0.0 GB): the work folder of an export that never finished" in proc.stdout
+    assert not out.exists() and not stale.exists()
+    kept = identities(work)
+    assert sorted(kept) == train[:3]  # whole shards under their own names, no .part, nothing else
+
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    assert f"resuming {work}: 3 of {len(shards)} shards already done" in capsys.readouterr().out
+    assert files_of(out) == files_of(reference)
+    assert {rel: identities(out)[rel] for rel in kept} == kept  # moved into place, not written again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".imagenet-parquet.export.json", "imagenet-parquet"]
+
+
+def test_a_damaged_shard_is_written_again_and_another_jobs_work_folder_is_started_over(preprocessed, reference,
+                                                                                      tmp_path, monkeypatch, capsys):
+    """A shard cut short on disk (a full disk, a copy) is not taken for a finished one; a work folder left by an
+    export at another shard size is removed, said in one line, and the export is that of an uninterrupted run."""
+    import datasets
+
+    out, work = tmp_path / "imagenet-parquet", tmp_path / ".imagenet-parquet.tmp"
+    to_parquet, written = datasets.Dataset.to_parquet, []
+
+    def to_parquet_then_interrupt(self, *args, **kwargs):  # Ctrl-C after the third shard's bytes
+        result = to_parquet(self, *args, **kwargs)
+        written.append(args)
+        if len(written) % 3 == 0:
+            raise KeyboardInterrupt
+        return result
+
+    def cut_export(shard_bytes: int) -> None:
+        with monkeypatch.context() as m:
+            m.setattr(datasets.Dataset, "to_parquet", to_parquet_then_interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                hub_dataset.export_parquet(preprocessed, out, shard_bytes=shard_bytes)
+
+    cut_export(SHARD_BYTES)
+    finished = sorted(p for p in (work / "data").iterdir() if p.suffix == ".parquet")
+    assert len(finished) == 2 and len(list((work / "data").glob("*.part"))) == 1
+    finished[0].write_bytes(finished[0].read_bytes()[:-100])
+    capsys.readouterr()
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    assert f"resuming {work}: 1 of " in capsys.readouterr().out
+    assert files_of(out) == files_of(reference) and not work.exists()
+
+    cut_export(2 * SHARD_BYTES)
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    said = capsys.readouterr().out.splitlines()
+    assert f"{work}: left by an export of other data, another shard size or other library versions; starting over" \
+        in said, said
+    assert not any(line.startswith("resuming") for line in said), said
+    assert files_of(out) == files_of(reference) and not work.exists()
+
+
+def no_token(monkeypatch, tmp_path: Path) -> None:
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+@pytest.mark.parametrize("why", ["offline", "no token"])
+def test_a_push_that_cannot_work_fails_before_the_export(preprocessed, tmp_path, monkeypatch, why):
+    out = tmp_path / "imagenet-parquet"
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    if why == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_TOKEN", "hf_dummytoken")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        no_token(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", str(out), "--push_to_hub", "me/imagenet"])
+    expected = ("HF_HUB_OFFLINE=1 is set; unset it or do not ask for a push" if why == "offline" else
+                "no Hugging Face token; run `hf auth login` or set HF_TOKEN")
+    assert str(e.value.code) == f"error: cannot push to 'me/imagenet': {expected}"
+    assert list(tmp_path.iterdir()) == []  # nothing exported, no work folder
+
+
+def test_after_a_failed_push_the_same_command_pushes_without_exporting_again(preprocessed, tmp_path, monkeypatch,
+                                                                           capsys):
+    from hub_server import LocalHub, point_this_process_at
+
+    out = tmp_path / "imagenet-parquet"
+    command = ["--dataset", str(preprocessed), "--output_dir", str(out), "--push_to_hub", "me/imagenet"]
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "hf-home")
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        hub.refuse["commit"] = 500
+        with pytest.raises(SystemExit) as e:
+            hub_dataset.main(command)
+        message = str(e.value.code)
+        assert message.startswith(f"error: push of {out} to dataset 'me/imagenet' failed") and "'500 " in message
+        assert message.endswith("retry with the same python -m imagenet_trainer.hub_dataset command (it finds the "
+                                "finished export and only pushes)"), message
+        assert capsys.readouterr().out.splitlines() == [f"wrote {out}"]
+        exported = identities(out)
+
+        del hub.refuse["commit"]
+        hub_dataset.main(command)
+        said = capsys.readouterr().out.splitlines()
+        assert said[0] == (f"{out}: already holds this export of {preprocessed} (same data and shard size, every file "
+                           f"present); nothing to write"), said
+        assert said[1].startswith("pushed to ") and len(said) == 2, said
+        assert identities(out) == exported
+        repo = hub.repo("me/imagenet", "dataset")
+        assert repo.private and {k: v for k, v in repo.files.items() if k != ".gitattributes"} == files_of(out)
+        assert not hub.unhandled
+    record = json.loads((tmp_path / ".imagenet-parquet.export.json").read_text())
+    assert record["done"] and record["files"] == {rel: len(data) for rel, data in files_of(out).items()}
