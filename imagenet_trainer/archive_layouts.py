@@ -2,9 +2,11 @@
 
 Each lister returns what image_tree.list_ilsvrc_splits returns for the unpacked tree, ``(wnids, descriptions,
 {split: Split}, warnings)``, with the tree's relative paths, labels (sorted-wnid order), image ids and boxes, and
-``Split.source`` locating every path in the archives. Reads headers, CSVs and XML only; decodes no image.
-One module over 400 lines: the packagings share their helpers (kaggle_splits, _boxes_of), and LISTERS is the one
-table archives.list_splits dispatches on.
+``Split.source`` locating every path in the archives. Reads headers, CSVs, XML and Parquet's path and label columns
+only; decodes no image. The Hub's ImageNet-1k is recognised by its label names here (``hub_imagenet_wnids``), for
+preprocess.py and for data/sources.py, which reads that Parquet as it is.
+One module over 400 lines: the packagings share their helpers (kaggle_splits, _boxes_of, no_train_images; the two
+Hub layouts read_hub_classes and hub_descriptions), and LISTERS is the one table archives.list_splits dispatches on.
 """
 from __future__ import annotations
 
@@ -12,22 +14,29 @@ import io
 import os
 import ast
 import json
+import re
 import tarfile
 import zipfile
 import zlib
 from pathlib import Path
 
 from imagenet_trainer import archives, ilsvrc
-from imagenet_trainer.archives import INSIDE, STREAM, TAR, Found
+from imagenet_trainer.archives import INSIDE, PARQUET, STREAM, TAR, Found
 from imagenet_trainer.image_tree import Split
 
 KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET, HUB = "kaggle-zip", "image-net.org", "webdataset", "hub-imagenet-1k"
+HUB_PARQUET = "hub-imagenet-1k-parquet"  # the same repo as the Hub holds it now: data/<split>-NNNNN-of-NNNNN.parquet
+PARQUET_SPLITS = ("train", "validation", "test")  # data/<split>-*.parquet
 KAGGLE_TGZ = "kaggle-tar-gz"  # Kaggle's older zip unzipped: the LOC files beside the tar.gz of the ILSVRC tree
 KAGGLE_TGZ_NAME = "imagenet_object_localization_patched2019.tar.gz"
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 BBOX_ARCHIVES = ("ILSVRC2012_bbox_train_v2.tar.gz", "ILSVRC2012_bbox_val_v3.tgz")  # optional: boxes as VOC XML
 HUB_SPLITS = {"train": "train_images", "validation": "val_images", "test": "test_images"}  # data/<prefix>*.tar.gz
 HUB_CLASSES = "classes.py"  # IMAGENET2012_CLASSES = OrderedDict({"n01440764": "tench, Tinca tinca", ...})
+# the Hub's class names are unique, so its second "crane" (the machine; the first is the bird) is "crane2" there; the
+# descriptions every route gives are LOC_synset_mapping.txt's, "crane" twice
+HUB_RENAMED = {"n03126707": ("crane2", "crane")}
+HUB_NAME_WNID = re.compile(r"_(n\d{8})$")  # the Hub names a file <original stem>_<wnid>.JPEG (test: <stem>.JPEG)
 WDS_SPLITS = {"train": ("-train-",), "validation": ("-validation-", "-val-")}  # in shard names: timm's naming
 
 
@@ -57,6 +66,13 @@ def detect(data_dir: Path) -> Found | None:
     if hub and (data_dir / HUB_CLASSES).is_file():
         return Found(HUB, [str(p) for p in hub], str(data_dir), "a snapshot of the Hub's ILSVRC/imagenet-1k, read "
                      f"as a stream: {', '.join(p.name for p in hub)} and {HUB_CLASSES}")
+    parquet = hub_parquet_files(data_dir)
+    if parquet:
+        counts = ", ".join(f"{len(files)} {split}" for split, files in parquet.items())
+        classes = f" and {HUB_CLASSES}" if (data_dir / HUB_CLASSES).is_file() else ""
+        return Found(HUB_PARQUET, [str(p) for files in parquet.values() for p in files], str(data_dir),
+                     f"a snapshot of the Hub's ILSVRC/imagenet-1k in Parquet, read in place: data/*.parquet ({counts})"
+                     + classes)
     if len(zips) == 1:
         return Found(KAGGLE_ZIP, [str(data_dir / zips[0])], str(data_dir), f"Kaggle's zip, read in place: {zips[0]}")
     shards = [n for n in names if n.endswith(".tar") and any(k in n for ks in WDS_SPLITS.values() for k in ks)]
@@ -381,10 +397,11 @@ def read_hub_classes(path: Path) -> dict[str, str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         node = next(n.value for n in tree.body if isinstance(n, ast.Assign))
-        if isinstance(node, ast.Call):  # OrderedDict({...})
+        if isinstance(node, ast.Call):  # OrderedDict({...}), or OrderedDict([(wnid, name), ...])
             node = node.args[0]
         classes = ast.literal_eval(node)
-    except (OSError, SyntaxError, ValueError, StopIteration, IndexError, UnicodeDecodeError) as e:
+        classes = dict(classes) if isinstance(classes, (list, tuple)) else classes
+    except (OSError, SyntaxError, ValueError, StopIteration, IndexError, UnicodeDecodeError, TypeError) as e:
         raise ValueError(f"{path}: expected IMAGENET2012_CLASSES = OrderedDict({{wnid: name, ...}}) ({e})") from None
     if not isinstance(classes, dict) or not all(ilsvrc.is_wnid(w) for w in classes):
         raise ValueError(f"{path}: expected a dict of wnid -> class name")
@@ -417,7 +434,159 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
               for split, found_items in items.items() if found_items}
     warnings = [] if "test" in splits else [f"{found.root}: no test images; the dataset has train and validation only"]
     warnings += no_train_images(wnids, items["train"], HUB_CLASSES, found.root)
-    return wnids, [classes[w] for w in wnids], splits, warnings
+    return wnids, hub_descriptions(wnids, [classes[w] for w in wnids]), splits, warnings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same repo as the Hub holds it now: Parquet files whose rows are (image {bytes, path}, label), the label a
+# ClassLabel of the human names in sorted-wnid order; classes.py may be beside them. Rows are shuffled across files.
+# ---------------------------------------------------------------------------------------------------------------
+
+def hub_parquet_files(folder: Path) -> dict[str, list[Path]]:
+    """{split: sorted data/<split>-*.parquet} of a folder in the Hub's Parquet layout; {} for any other folder."""
+    data = Path(folder) / "data"
+    if not data.is_dir():
+        return {}
+    found = {split: sorted(p for p in data.glob(f"{split}-*.parquet") if p.is_file()) for split in PARQUET_SPLITS}
+    return {split: files for split, files in found.items() if files}
+
+
+def hub_imagenet_wnids(names, classes: dict | None = None) -> list[str] | None:
+    """The wnids (index = label) of the Hub's ILSVRC/imagenet-1k when ``names``, a ClassLabel's names, are that
+    repo's: ``classes``' names (classes.py, {wnid: name}) in sorted-wnid order, or timm's 1000 ImageNet descriptions
+    with the Hub's renames (HUB_RENAMED); None for any other names."""
+    names = list(names)
+    if classes and names == [classes[w] for w in sorted(classes)]:
+        return sorted(classes)
+    try:
+        wnids = ilsvrc.imagenet_wnids() if len(names) == 1000 else []
+        lemmas = ilsvrc.imagenet_lemmas() if wnids else {}
+    except (ValueError, OSError):  # no timm to compare with
+        return None
+    if wnids and all(name in (lemmas.get(w), HUB_RENAMED.get(w, (None,))[0]) for w, name in zip(wnids, names)):
+        return wnids
+    return None
+
+
+def hub_descriptions(wnids: list[str], names: list[str]) -> list[str]:
+    """The Hub's class names as every other route describes the classes: its renames undone."""
+    return [HUB_RENAMED[w][1] if HUB_RENAMED.get(w, (None,))[0] == n else n for w, n in zip(wnids, names)]
+
+
+def hub_image_id(path: str) -> tuple[str, str, str | None]:
+    """(image id, extension, wnid the name ends in or None) of a file name of the Hub's: n01440764_10026_n01440764.JPEG
+    is n01440764_10026, as Kaggle's tree names it; no ImageNet file's own stem ends in _n########."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    found = HUB_NAME_WNID.search(stem)
+    return (stem[:found.start()], ext, found.group(1)) if found else (stem, ext, None)
+
+
+def parquet_label_names(schema) -> list[str] | None:
+    """The label's ClassLabel names that datasets keeps in a Parquet file's schema metadata; None when absent."""
+    try:
+        label = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]["label"]
+    except (KeyError, ValueError, TypeError):
+        return None
+    names = label.get("names") if isinstance(label, dict) and label.get("_type") == "ClassLabel" else None
+    return list(names) if isinstance(names, list) else None
+
+
+def readme_label_names(folder: Path) -> list[str] | None:
+    """The label's ClassLabel names in the dataset card's ``dataset_info`` (README.md's front matter), or None."""
+    import yaml  # here: only this fallback needs it
+
+    try:
+        text = (Path(folder) / "README.md").read_text(encoding="utf-8")
+        info = yaml.safe_load(text.split("---", 2)[1]).get("dataset_info") if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, IndexError, AttributeError, yaml.YAMLError):
+        return None
+    for config in info if isinstance(info, list) else [info]:
+        features = config.get("features") if isinstance(config, dict) else None
+        for feature in features if isinstance(features, list) else []:
+            dtype = feature.get("dtype") if isinstance(feature, dict) and feature.get("name") == "label" else None
+            names = dtype.get("class_label", {}).get("names") if isinstance(dtype, dict) else None
+            if isinstance(names, dict):
+                return [names[k] for k in sorted(names, key=int)]
+    return None
+
+
+def _open_parquet(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a complete Parquet file ({type(e).__name__}: {e}); download it again"
+                         ) from None
+
+
+def list_hub_parquet(found: Found) -> tuple[list, list, dict, list]:
+    """Every row's file name and label, read from the files' path and label columns (not the image bytes); each
+    image located by (file, row group, row). The label is the Hub's index, in sorted-wnid order."""
+    import pyarrow as pa
+
+    root = Path(found.root)
+    classes = read_hub_classes(root / HUB_CLASSES) if (root / HUB_CLASSES).is_file() else None
+    opened, names = [], None
+    for path in found.archives:
+        pf = _open_parquet(path)
+        schema = pf.schema_arrow
+        image = schema.field("image").type if "image" in schema.names else None
+        if "label" not in schema.names or not pa.types.is_struct(image) or \
+                not {"bytes", "path"} <= {image.field(i).name for i in range(image.num_fields)}:
+            raise ValueError(f"{path}: expected the columns image {{bytes, path}} and label, as the Hub's "
+                             f"ILSVRC/imagenet-1k has them; it has {schema.names}")
+        here = parquet_label_names(schema)
+        if here is not None and names is not None and here != names:
+            raise ValueError(f"{path}: its label names differ from {found.archives[0]}'s; download it again")
+        names = here if here is not None else names
+        opened.append(pf)
+    names = names if names is not None else readme_label_names(root)
+    wnids = hub_imagenet_wnids(names or [], classes)
+    if wnids is None:
+        shown = f"label names {names[:2]}..." if names else "no label names (no ClassLabel in the files or README.md)"
+        raise ValueError(f"{root}: Parquet in the Hub's layout, but not ILSVRC/imagenet-1k's ({shown}, not "
+                         f"{'those of ' + HUB_CLASSES if classes else 'its 1000 class names'}); train.py and "
+                         "validate.py --dataset read such a folder as it is, no preprocessing needed")
+    members, items = {}, {split: [] for split in PARQUET_SPLITS}
+    for at, (path, pf) in enumerate(zip(found.archives, opened)):
+        split = next(s for s in PARQUET_SPLITS if os.path.basename(path).startswith(f"{s}-"))
+        for group in range(pf.metadata.num_row_groups):
+            try:
+                table = pf.read_row_group(group, columns=["image.path", "label"])
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{path}: row group {group} does not read ({type(e).__name__}: {e}); download it "
+                                 "again") from None
+            file_names = [c for chunk in table.column("image").chunks for c in chunk.field("path").to_pylist()]
+            labels = table.column("label").to_pylist()
+            for row, (name, label) in enumerate(zip(file_names, labels)):
+                where = f"{path}: row {row} of row group {group}"
+                if not name:
+                    raise ValueError(f"{where} has no image.path (the file name that gives the image id)")
+                image_id, ext, named = hub_image_id(name)
+                if split == "test":
+                    rel, label = image_id + ext, -1
+                elif not isinstance(label, int) or not 0 <= label < len(wnids):
+                    raise ValueError(f"{where} ({name}) has label {label}, not one of the {len(wnids)} classes")
+                elif named is not None and named != wnids[label]:
+                    raise ValueError(f"{where}: {name} is of class {named}, but its label {label} is "
+                                     f"{wnids[label]}; download the file again")
+                else:
+                    rel = f"{wnids[label]}/{image_id}{ext}" if split == "train" else image_id + ext
+                if rel in members:
+                    raise ValueError(f"{where}: a second image {rel} (two rows with one image id)")
+                members[rel] = (at, (group, row), len(labels), PARQUET, None)
+                items[split].append((rel, label))
+    for split in ("train", "validation"):
+        if not items[split]:
+            raise ValueError(f"{root}: no data/{split}-*.parquet with images; download them too")
+    source = {"archives": found.archives, "members": members}
+    splits = {split: Split("", None, sorted(found_items), {}, False, source)
+              for split, found_items in items.items() if found_items}
+    warnings = [] if "test" in splits else [f"{root}: no test images; the dataset has train and validation only"]
+    warnings += no_train_images(wnids, items["train"], HUB_CLASSES if classes else "the label names", root)
+    return wnids, hub_descriptions(wnids, names), splits, warnings
 
 
 def no_train_images(wnids: list[str], train: list[tuple[str, int]], listed_in: str, where) -> list[str]:
@@ -429,4 +598,4 @@ def no_train_images(wnids: list[str], train: list[tuple[str, int]], listed_in: s
 
 
 LISTERS = {KAGGLE_ZIP: list_kaggle_zip, KAGGLE_TGZ: list_kaggle_tgz, IMAGENET_ORG: list_imagenet_org,
-           WEBDATASET: list_webdataset, HUB: list_hub}
+           WEBDATASET: list_webdataset, HUB: list_hub, HUB_PARQUET: list_hub_parquet}

@@ -22,6 +22,11 @@ Packagings, told apart by what ``--data_dir`` holds (archive_layouts.py lists ea
   ``classes.py`` (``IMAGENET2012_CLASSES``, wnid -> name) and ``data/train_images_N.tar.gz``, ``val_images.tar.gz``,
   ``test_images.tar.gz`` of flat files named ``<original stem>_<wnid>.JPEG`` (test: ``<stem>.JPEG``); no boxes.
   Read as a stream.
+- ``hub-imagenet-1k-parquet``: that repo's snapshot as the Hub holds it now, ``data/{train,validation,test}-NNNNN-
+  of-NNNNN.parquet`` with an ``image`` struct (``bytes``, ``path``) and a ``label`` ClassLabel of the human names in
+  sorted-wnid order, ``classes.py`` beside them or not; no boxes. A row is located by (file, row group, row): a
+  shard whose rows lie in a few row groups reads them in place (``PARQUET``), one whose rows are scattered over
+  many (the Hub's train rows are shuffled) is spooled from one sequential read, as a compressed tar is.
 - ``webdataset``: a folder of WebDataset shards as ``timm/imagenet-1k-wds`` ships them (``*-train-*.tar``,
   ``*-validation-*.tar``; ``<key>.jpg`` with ``<key>.cls``, the label, and ``<key>.json``, whose ``filename`` is
   the original file name), uncompressed too.
@@ -29,6 +34,7 @@ Packagings, told apart by what ``--data_dir`` holds (archive_layouts.py lists ea
 A compressed tar is read twice, front to back: once to list it, once to process it; while it streams, each shard's
 members are copied into one spool file in the work folder, handed to a worker when complete and deleted when done
 (``spool``), so the work folder holds a few shards, not an extracted copy, when the archive is in sorted order.
+Scattered Parquet rows go the same way, row group after row group, each read once.
 
 Library code: an incomplete or damaged set is a ValueError naming the file and what is missing.
 """
@@ -44,8 +50,12 @@ import tarfile
 import time
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 # MD5s of the image-net.org files as torchvision's ImageNet class publishes them (torchvision/datasets/imagenet.py).
 PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
@@ -53,12 +63,14 @@ PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
                  "ILSVRC2012_devkit_t12.tar.gz": "fa75699e90414af021442c21a62c3abf"}
 TAR = -1  # the ``method`` of a member stored as is in a tar (zip members carry zip's method numbers: 0, 8)
 STREAM = -2  # a member of a compressed tar: no offset to read it at; its ``offset`` slot holds its member name
+# a row of a Parquet file: its ``offset`` slot holds (row group, row), its ``size`` slot the row group's row count
+PARQUET = -3
 INSIDE = "::"  # "outer.zip::inner.tar.gz": an archive stored in a zip, read as a stream of that zip's member
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (skipped fields), name and extra-field lengths
 
 
 class Found(NamedTuple):
-    packaging: str  # kaggle-zip, kaggle-tar-gz, image-net.org, hub-imagenet-1k, webdataset
+    packaging: str  # kaggle-zip, kaggle-tar-gz, image-net.org, hub-imagenet-1k(-parquet), webdataset
     archives: list  # absolute paths of the archive files read, in the order locations index them
     root: str  # --data_dir as given (the zip file or the folder), for messages and the dataset's name
     describe: str  # one line: what was found
@@ -100,10 +112,16 @@ def for_shard(source: dict | None, image_dir: str, annotation_dir: str | None, i
 
 class MemberReader:
     """``read(path) -> bytes`` for one shard: a file under ``data_dir``, or a member of an archive by its location.
-    A damaged member is an OSError, like an unreadable file, so the image is skipped and reported."""
+    A damaged member is an OSError, like an unreadable file, so the image is skipped and reported. A Parquet row is
+    read with its whole row group, which is kept until the shard has read its last row there: each row group is
+    read once whatever the order of the rows, and a shard read in place holds at most its own images and two row
+    groups more (``_spooled_read``)."""
 
     def __init__(self, data_dir: str, source: dict | None):
         self.data_dir, self.source, self.fds = data_dir, source, {}
+        self.groups = {}  # (archive, row group) -> its images, or the OSError reading it gave
+        self.rows_left = Counter((loc[0], loc[1][0]) for loc in (source or {"members": {}})["members"].values()
+                                 if loc[3] == PARQUET)
 
     def __call__(self, path: str) -> bytes:
         if self.source is None:
@@ -113,6 +131,8 @@ class MemberReader:
         if loc is None:
             raise FileNotFoundError(errno.ENOENT, "not in the archive", os.path.join(self.data_dir, path))
         archive, offset, size, method, crc = loc
+        if method == PARQUET:
+            return self._parquet_row(archive, *offset)
         if archive not in self.fds:
             self.fds[archive] = os.open(self.source["archives"][archive], os.O_RDONLY)
         fd = self.fds[archive]
@@ -133,9 +153,37 @@ class MemberReader:
             raise OSError("damaged in the archive (CRC-32 mismatch)")
         return data
 
+    def _parquet_row(self, archive: int, group: int, row: int) -> bytes:
+        key = (archive, group)
+        if key not in self.groups:
+            try:
+                self.groups[key] = parquet_images(self.source["archives"][archive], group)
+            except OSError as e:
+                self.groups[key] = e
+        images = self.groups[key]
+        self.rows_left[key] -= 1
+        if self.rows_left[key] <= 0:
+            del self.groups[key]
+        if isinstance(images, OSError):
+            raise images
+        if row >= len(images) or images[row] is None:
+            raise OSError(f"no image bytes in row {row} of row group {group} (changed since it was listed?)")
+        return images[row]
+
     def __del__(self):
         for fd in self.fds.values():
             os.close(fd)
+
+
+def parquet_images(path: str, group: int) -> list:
+    """The ``image.bytes`` of one row group of a Parquet file (None where a row has none): one row group's images
+    in memory. A damaged or truncated file is an OSError naming the row group."""
+    try:
+        column = pq.ParquetFile(path).read_row_group(group, columns=["image.bytes"]).column(0)
+        return [b for chunk in column.chunks for b in chunk.field("bytes").to_pylist()]
+    except (pa.ArrowException, OSError, IndexError) as e:
+        raise OSError(f"row group {group} of {os.path.basename(path)} does not read ({type(e).__name__}: {e})"
+                      ) from None
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
@@ -204,35 +252,78 @@ def stream_tar(path: str):
         raise ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again") from None
 
 
+# A shard reads its Parquet rows in place when that costs at most two row groups' rows more than it needs (the
+# partial groups at the ends of a run of rows); scattered rows would read a whole row group per image.
+def _spooled_read(shard) -> bool:
+    """Whether the shard's members reach it through the spool: members of a compressed tar, or Parquet rows
+    scattered over many row groups (a shuffled file order)."""
+    if not shard.source:
+        return False
+    locations = shard.source["members"].values()
+    if any(loc[3] == STREAM for loc in locations):
+        return True
+    groups = {(loc[0], loc[1][0]): loc[2] for loc in locations if loc[3] == PARQUET}
+    return bool(groups) and sum(groups.values()) > len(shard.source["members"]) + 2 * max(groups.values())
+
+
+def _members_of(path: str, wanted: set):
+    """(location name, bytes or a file object, or the OSError a damaged Parquet row group gave) of the members of one
+    archive that ``wanted`` names, in the archive's order: a compressed tar's member names, or Parquet (row group,
+    row) pairs, each row group read once."""
+    if not path.endswith(".parquet"):
+        for m, data in stream_tar(path):
+            if m.name in wanted:
+                yield m.name, data
+        return
+    rows_of = {}
+    for group, row in wanted:
+        rows_of.setdefault(group, []).append(row)
+    for group in sorted(rows_of):
+        try:
+            images = parquet_images(path, group)
+        except OSError as e:
+            images = e
+        for row in sorted(rows_of[group]):
+            yield (group, row), images if isinstance(images, OSError) else (
+                images[row] if row < len(images) else None)
+
+
 def spool(shards, folder: Path, in_flight: int):
-    """Shards as they become readable. A shard whose members lie in a compressed tar (``STREAM``) gets them copied
-    into one spool file while the tar is read once, front to back, and is yielded, located in that file, once the
-    last of them has passed; the worker deletes the file when the shard is done (``release``). Other shards pass
-    through first. At most ``in_flight`` full spool files wait for workers; the spool also holds the members of
-    shards not complete yet, so it stays small when the archive is in the listing's sorted order, as tars of a
-    folder are, and grows towards the split's size when an archive's order is shuffled."""
-    streamed = [s for s in shards if s.source and any(loc[3] == STREAM for loc in s.source["members"].values())]
-    yield from (s for s in shards if not (s.source and any(loc[3] == STREAM for loc in s.source["members"].values())))
+    """Shards as they become readable. A shard whose members lie in a compressed tar (``STREAM``), or in Parquet row
+    groups they are scattered over (``_spooled_read``), gets them copied into one spool file while each archive is
+    read once, front to back, and is yielded, located in that file, once the last of them has passed; the worker
+    deletes the file when the shard is done (``release``). Other shards pass through first. At most ``in_flight``
+    full spool files wait for workers; the spool also holds the members of shards not complete yet, so it stays
+    small when the archive is in the listing's sorted order, as tars of a folder are, and grows towards the split's
+    size when an archive's order is shuffled. A row of a Parquet row group that does not read stays located in its
+    file, where the worker meets the same error and reports the image."""
+    streamed = [s for s in shards if _spooled_read(s)]
+    yield from (s for s in shards if not _spooled_read(s))
     if not streamed:
         return
     shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial spool: its shards are redone
     folder.mkdir(parents=True)
-    need, left, files, waiting = {}, {}, {}, []
+    need, left, files, waiting = {}, {}, {}, []  # need: {archive: {location name: (shard, path)}}
     for i, s in enumerate(streamed):
         for path, (at, name, _, _, _) in s.source["members"].items():
-            need[(at, name)] = (i, path)
+            need.setdefault(at, {})[name] = (i, path)
         left[i] = len(s.source["members"])
         files[i] = (folder / f"{s.split}-{s.index:05d}.bin", {})
     archive_paths = streamed[0].source["archives"]
-    for at in sorted({at for at, _ in need}):
-        for m, data in stream_tar(archive_paths[at]):
-            if (at, m.name) not in need:
-                continue
-            i, path = need[(at, m.name)]
+    for at in sorted(need):
+        for name, data in _members_of(archive_paths[at], set(need[at])):
+            i, path = need[at][name]
             spool_file, located = files[i]
-            with open(spool_file, "ab") as f:
-                located[path] = (0, f.tell(), m.size, TAR, None)
-                shutil.copyfileobj(data, f)
+            if isinstance(data, OSError) or data is None:
+                located[path] = streamed[i].source["members"][path]  # read in place, as an unspooled shard would
+            else:
+                with open(spool_file, "ab") as f:
+                    start = f.tell()
+                    if isinstance(data, bytes):
+                        f.write(data)
+                    else:
+                        shutil.copyfileobj(data, f)
+                    located[path] = (0, start, f.tell() - start, TAR, None)
             left[i] -= 1
             if left[i] == 0:
                 while sum(p.exists() for p in waiting) >= in_flight:
@@ -244,8 +335,12 @@ def spool(shards, folder: Path, in_flight: int):
 
 
 def _spooled(shard, spool_file: Path, located: dict):
+    """The shard located in its spool file (archive 0); rows left in a Parquet file keep their location, its index
+    one up behind the spool file's."""
     spool_file.touch()
-    return shard._replace(source={"archives": [str(spool_file)], "members": located, "spool": True})
+    located = {p: loc if loc[3] != PARQUET else (loc[0] + 1, *loc[1:]) for p, loc in located.items()}
+    return shard._replace(source={"archives": [str(spool_file), *shard.source["archives"]], "members": located,
+                                  "spool": True})
 
 
 def release(source: dict | None) -> None:

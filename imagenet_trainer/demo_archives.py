@@ -7,9 +7,14 @@
   synset with children (the real one has 860 such non-leaves), and the two bbox archives of the tree's XML files.
 - ``kaggle_zip_of_tgz``: Kaggle's older zip, the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``
   (which holds ``ILSVRC/``); ``kaggle_unzipped_tgz``: that zip unzipped, the same files side by side in a folder.
-- ``hub``: a snapshot of the Hub's ``ILSVRC/imagenet-1k``: ``data/train_images_{0,1}.tar.gz`` (train in sorted
-  halves), ``data/val_images.tar.gz``, ``data/test_images.tar.gz``, files named ``<stem>_<wnid>.JPEG`` (test:
-  ``<stem>.JPEG``), and ``classes.py``.
+- ``hub``: a snapshot of the Hub's ``ILSVRC/imagenet-1k`` as its loading script read it: ``data/train_images_{0,1}
+  .tar.gz`` (train in sorted halves), ``data/val_images.tar.gz``, ``data/test_images.tar.gz``, files named
+  ``<stem>_<wnid>.JPEG`` (test: ``<stem>.JPEG``), and ``classes.py``.
+- ``hub_parquet``: that repo as the Hub holds it now: ``data/train-0000{0,1}-of-00002.parquet`` (train shuffled
+  across both), ``data/validation-00000-of-00001.parquet``, ``data/test-00000-of-00001.parquet`` (in sorted order),
+  row groups of a few rows, each row ``image`` {bytes, path: the file name as above} and ``label``, a ClassLabel of
+  human names (the tree's, or the Hub's 1000 with ``crane2``); test labels -1; ``README.md`` with the ``configs``
+  and ``dataset_info`` front matter, and ``classes.py`` unless left out.
 - ``webdataset``: ``imagenet1k-{train,validation}-NNNN.tar`` shards of ``<stem>.jpg``, ``<stem>.cls`` and
   ``<stem>.json`` (``filename``, ``label``), the samples shuffled across shards.
 """
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from imagenet_trainer import ilsvrc
-from imagenet_trainer.archive_layouts import KAGGLE_TGZ_NAME
+from imagenet_trainer.archive_layouts import HUB_RENAMED, KAGGLE_TGZ_NAME
 from imagenet_trainer.demo import MANIFEST
 
 
@@ -160,4 +165,50 @@ def hub(tree: Path, dest: Path) -> Path:
     classes = ", ".join(f"{w!r}: {d!r}" for w, d in zip(m["wnids"], m["descriptions"]))
     (dest / "classes.py").write_text(f"from collections import OrderedDict\n\nIMAGENET2012_CLASSES = "
                                      f"OrderedDict({{{classes}}})\n")
+    return dest
+
+
+def _classes_py(wnids: list[str], names: list[str]) -> str:
+    entries = "".join(f"        {w!r}: {n!r},\n" for w, n in zip(wnids, names))
+    return f"from collections import OrderedDict\n\nIMAGENET2012_CLASSES = OrderedDict(\n    {{\n{entries}    }}\n)\n"
+
+
+def hub_parquet(tree: Path, dest: Path, imagenet_names: bool = False, classes_py: bool = True,
+                rows_per_group: int = 4, seed: int = 0) -> Path:
+    """``imagenet_names``: the label names are the Hub's 1000 (timm's descriptions, ``crane2`` at n03126707) and the
+    labels indices into them, as in the real repo; else the tree's classes and descriptions, as ``hub`` has them.
+    ``rows_per_group``: rows in a Parquet row group, a few, so that one shard's rows span several."""
+    import datasets  # here: the other packagings need no datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import DatasetCardData
+
+    m = json.loads((tree / MANIFEST).read_text())
+    if imagenet_names:
+        wnids, lemmas = ilsvrc.imagenet_wnids(), ilsvrc.imagenet_lemmas()
+        names = [HUB_RENAMED[w][0] if w in HUB_RENAMED else lemmas[w] for w in wnids]
+    else:
+        wnids, names = m["wnids"], m["descriptions"]
+    index = {w: i for i, w in enumerate(wnids)}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    train = [(p, p.parent.name) for p in sorted((tree / ilsvrc.SPLIT_DIRS["train"]).glob("*/*"))]
+    val = [(p, m["wnids"][m["val_labels"][p.stem]]) for p in sorted((tree / ilsvrc.SPLIT_DIRS["validation"]).iterdir())]
+    test = [(p, None) for p in sorted((tree / ilsvrc.SPLIT_DIRS["test"]).iterdir())]
+    order = np.random.default_rng(seed).permutation(len(train))
+    parts = {"train": [[train[i] for i in order[k::2]] for k in range(2)], "validation": [val], "test": [test]}
+    (dest / "data").mkdir(parents=True)
+    for split, files in parts.items():
+        for k, part in enumerate(files):
+            rows = [{"image": {"bytes": p.read_bytes(), "path": f"{p.stem}_{wnid}{p.suffix}" if wnid else p.name},
+                     "label": index[wnid] if wnid else -1} for p, wnid in part]
+            pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema), row_group_size=rows_per_group,
+                           where=dest / "data" / f"{split}-{k:05d}-of-{len(files):05d}.parquet")
+    info = {"features": features._to_yaml_list(),
+            "splits": [{"name": split, "num_bytes": sum(p.stat().st_size for p in (dest / "data").glob(f"{split}-*")),
+                        "num_examples": sum(map(len, files))} for split, files in parts.items()]}
+    card = DatasetCardData(pretty_name="ILSVRC/imagenet-1k", configs=[{"config_name": "default", "data_files": [
+        {"split": split, "path": f"data/{split}-*"} for split in parts]}], dataset_info=info)
+    (dest / "README.md").write_text(f"---\n{card.to_yaml()}\n---\n# ImageNet\n")
+    if classes_py:
+        (dest / "classes.py").write_text(_classes_py(wnids, names))
     return dest

@@ -1,4 +1,5 @@
-"""preprocess.py on ImageNet as it is distributed: Kaggle's zip, image-net.org's tars + devkit, WebDataset shards.
+"""preprocess.py on ImageNet as it is distributed: Kaggle's zip, image-net.org's tars + devkit, WebDataset shards,
+the Hub's ILSVRC/imagenet-1k (its older tar.gz snapshot and today's Parquet).
 
 One generated set (the ``ilsvrc_tree`` fixture, with its broken and odd files) is packaged each way by
 imagenet_trainer/demo_archives.py; each packaging must give the unpacked tree's output (``preprocessed``) row for
@@ -16,10 +17,11 @@ import tarfile
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 
 import preprocess
-from imagenet_trainer import archive_layouts, archives, demo_archives, ilsvrc
+from imagenet_trainer import archive_layouts, archives, demo_archives, ilsvrc, image_tree
 from imagenet_trainer.demo import make_ilsvrc_tree
 from test_preprocess import kill_after_shards
 
@@ -33,6 +35,7 @@ def packaged(ilsvrc_tree, tmp_path_factory) -> dict[str, Path]:
             "kaggle-zip-of-tgz": demo_archives.kaggle_zip_of_tgz(ilsvrc_tree, base / "kaggle-2019.zip"),
             "kaggle-tar-gz": demo_archives.kaggle_unzipped_tgz(ilsvrc_tree, base / "kaggle-2019-unzipped"),
             "hub-imagenet-1k": demo_archives.hub(ilsvrc_tree, base / "hub"),
+            "hub-imagenet-1k-parquet": demo_archives.hub_parquet(ilsvrc_tree, base / "hub-parquet"),
             "image-net.org": demo_archives.imagenet_org(ilsvrc_tree, base / "imagenet-org"),
             "webdataset": demo_archives.webdataset(ilsvrc_tree, base / "wds")}
 
@@ -92,8 +95,10 @@ def test_image_net_org_labels_go_through_meta_mat_not_its_id_order(packaged, ils
     assert [wnids.index(id_to_wnid[t]) for t in truth] == [m["val_labels"][s] for s in sorted(m["val_labels"])]
 
 
-@pytest.mark.parametrize("packaging", ["webdataset", "hub-imagenet-1k"])
+@pytest.mark.parametrize("packaging", ["webdataset", "hub-imagenet-1k", "hub-imagenet-1k-parquet"])
 def test_webdataset_and_hub_archives_give_the_trees_rows(packaging, packaged, preprocessed, tmp_path):
+    """The Parquet snapshot's train rows are shuffled across its files, so its train shards come through the spool;
+    its validation and test rows are in order and are read in place."""
     out = run(packaged[packaging], tmp_path / "out")
     mine, tree = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(preprocessed))
     assert list(mine) == (["train", "validation"] if packaging == "webdataset"  # timm's shards: no test split
@@ -105,9 +110,71 @@ def test_webdataset_and_hub_archives_give_the_trees_rows(packaging, packaged, pr
         assert all(o == [] for o in mine[split]["objects"])
     assert skipped(out) == [s for s in skipped(preprocessed) if s[1] in mine]
     assert json.loads((out / "source.json").read_text())["packaging"] == packaging
-    if packaging == "hub-imagenet-1k":  # classes.py names the classes; WebDataset shards leave that to timm's list
+    if packaging.startswith("hub-"):  # classes.py names the classes; WebDataset shards leave that to timm's list
+        assert mine["train"].features == tree["train"].features
         assert (out / "class_descriptions.json").read_text() == (preprocessed / "class_descriptions.json").read_text()
         assert not (out / preprocess.WORK).exists() and not list(tmp_path.rglob("*.bin"))  # the spool is gone
+
+
+def test_hub_parquet_reads_rows_in_order_in_place_and_spools_shuffled_ones(packaged, tmp_path, monkeypatch):
+    """Rows in their file's order cost a shard at most two row groups more than its images; the shuffled train
+    rows would cost a row group per image, so they are spooled from one read of each row group. In place, a row
+    group is read once, in whatever order its rows come. A row group that no longer reads leaves its rows in place,
+    where the worker reports each image with the reason."""
+    folder = tmp_path / "set"
+    shutil.copytree(packaged["hub-imagenet-1k-parquet"], folder)
+    listing = preprocess.list_splits(folder, None, 0)
+    shards = preprocess.plan_shards(folder, listing.splits, tmp_path / "work", 5)
+    spooled = {(s.split, archives._spooled_read(s)) for s in shards}
+    assert ("train", True) in spooled and not {("validation", True), ("test", True)} & spooled
+
+    val = next(s.source["members"] for s in shards if s.split == "validation")  # 5 rows: row groups 0 and 1
+    real, reads = archives.parquet_images, []
+    monkeypatch.setattr(archives, "parquet_images", lambda path, group: reads.append(group) or real(path, group))
+    read = archives.MemberReader(str(folder), {"archives": listing.archives["archives"], "members": val})
+    for path in sorted(val, key=lambda p: val[p][1][::-1]):  # row 0 of each group, then row 1, ...: alternating
+        read(path)
+    assert sorted(reads) == [0, 1]
+
+    damaged = folder / "data" / "train-00001-of-00002.parquet"
+    data = damaged.read_bytes()
+    damaged.unlink()
+    damaged.write_bytes(data[:len(data) // 2])  # cut after the listing: no footer, no row group reads
+    ready = [s for s in archives.spool(shards, tmp_path / "spool", 100) if s.split == "train"]
+    lost = {(s.index, p): archives.MemberReader(str(folder), s.source) for s in ready
+            for p, loc in s.source["members"].items() if s.source["archives"][loc[0]] == str(damaged)}
+    assert any(s.source.get("spool") and (s.index, p) in lost for s in ready for p in s.source["members"])
+    assert all(archives.MemberReader(str(folder), s.source)(p) for s in ready for p in s.source["members"]
+               if (s.index, p) not in lost)
+    for (_, path), read in lost.items():
+        with pytest.raises(OSError, match=f"row group .* of {damaged.name} does not read"):
+            read(path)
+
+
+def test_the_hubs_1000_names_give_wnid_labels_and_kaggles_descriptions(packaged, ilsvrc_tree, tmp_path):
+    """The Hub's own label names (its 1000 human names in sorted-wnid order, "crane2" for the machine), no
+    classes.py: labels are the Hub's indices, classes the sorted wnids, the descriptions LOC_synset_mapping.txt's
+    ("crane" twice); the older tar.gz snapshot's classes.py says "crane2" too and gives "crane" as well."""
+    parquet = demo_archives.hub_parquet(ilsvrc_tree, tmp_path / "parquet", imagenet_names=True, classes_py=False)
+    wnids, descriptions, splits, _ = archives.list_splits(archives.detect(parquet))
+    tree_wnids, _, tree_splits, _ = image_tree.list_ilsvrc_splits(ilsvrc_tree)
+    assert wnids == ilsvrc.imagenet_wnids() and wnids[:4] == tree_wnids
+    assert descriptions[0] == "tench, Tinca tinca" and descriptions[517] == descriptions[134] == "crane"
+    assert {s: v.items for s, v in splits.items()} == {s: v.items for s, v in tree_splits.items()}
+    bare = tmp_path / "no-metadata"  # written by a tool other than datasets: the names only in README.md
+    shutil.copytree(parquet, bare)
+    for path in (bare / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path, row_group_size=4)
+    assert archives.list_splits(archives.detect(bare))[:2] == (wnids, descriptions)
+
+    tar_gz = tmp_path / "tar-gz"
+    shutil.copytree(packaged["hub-imagenet-1k"], tar_gz)
+    classes = archive_layouts.read_hub_classes(tar_gz / archive_layouts.HUB_CLASSES)
+    pairs = [*classes.items(), ("n03126707", "crane2")]  # one more class, with no images
+    (tar_gz / archive_layouts.HUB_CLASSES).write_text(  # the form of a list of pairs
+        f"from collections import OrderedDict\nIMAGENET2012_CLASSES = OrderedDict({pairs!r})\n")
+    wnids, descriptions, *_ = archives.list_splits(archives.detect(tar_gz))
+    assert wnids[-1] == "n03126707" and descriptions[-1] == "crane"
 
 
 def error_of(data_dir: Path, out: Path, *extra: str) -> str:
@@ -145,6 +212,21 @@ def test_truncated_archives_are_one_line_errors(packaged, tmp_path):
     val.write_bytes(val.read_bytes()[:-2000])
     message = error_of(hub, tmp_path / "c")
     assert "val_images.tar.gz: not a complete archive" in message and "download it again" in message
+
+
+def test_cut_or_other_parquet_in_the_hubs_layout_is_a_one_line_error(packaged, tmp_path):
+    hub = tmp_path / "cut"
+    shutil.copytree(packaged["hub-imagenet-1k-parquet"], hub)
+    val = hub / "data" / "validation-00000-of-00001.parquet"
+    val.write_bytes(val.read_bytes()[:-2000])
+    message = error_of(hub, tmp_path / "a")
+    assert f"{val}: not a complete Parquet file" in message and "download it again" in message
+
+    other = copy_set(packaged["hub-imagenet-1k-parquet"], tmp_path / "other")
+    (other / archive_layouts.HUB_CLASSES).unlink()  # its label names are then no known ImageNet-1k's
+    message = error_of(other, tmp_path / "b")
+    assert "not ILSVRC/imagenet-1k's (label names ['astronaut', 'chelsea']..." in message
+    assert "train.py and validate.py --dataset read such a folder as it is" in message
 
 
 def test_incomplete_image_net_org_sets_name_what_is_missing(packaged, tmp_path):
@@ -218,8 +300,9 @@ def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypat
     assert "ILSVRC2012_img_val.tar: MD5" in message and "published 000" in message
 
 
-# random access; a tar.gz streamed through the spool; Kaggle's tar.gz with its LOC files read beside it
-@pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz"])
+# random access; a tar.gz streamed through the spool; Kaggle's tar.gz with its LOC files read beside it; Parquet rows
+# by (file, row group, row)
+@pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz", "hub_parquet"])
 def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packaging, tmp_path):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
     zipped = getattr(demo_archives, packaging)(tree, tmp_path / {"kaggle_zip": "kaggle.zip"}.get(packaging, "set"))

@@ -3,13 +3,16 @@
 The fast path (header-only crop sampling, DCT-scaled decoding, crop-then-resize in uint8) is checked against
 torchvision's own transforms on the same bytes; speed lives in benchmarks/loader.py."""
 import io
+import json
 import math
 import pickle
 import random
+import shutil
 
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 import skimage.data
@@ -19,10 +22,12 @@ import torchvision.transforms.functional as TF
 import turbojpeg
 from PIL import Image
 
+from imagenet_trainer import demo_archives, ilsvrc
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing,
                                    random_resized_crop_params, sample_rng)
 from imagenet_trainer.data.decode import dct_factor, exif_orientation, resize_uint8
+from imagenet_trainer.robustness import RealLabels
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -150,6 +155,68 @@ def test_load_parquet_folder_like_a_hub_clone(tmp_path, photos, monkeypatch):
     assert set(ds) == {"train", "validation"} and len(ds["train"]) == 3
     image, label = EvalSet(ds["validation"], 64)[1]
     assert image.shape == (3, 64, 64) and label == 1
+
+
+@pytest.fixture(scope="module")
+def hub_imagenet(ilsvrc_tree, tmp_path_factory):
+    """ILSVRC/imagenet-1k as `hf download` gives it today, on the demo tree's images: Parquet labelled by the Hub's
+    1000 human names ("crane2" at 517), test labels -1, no classes.py."""
+    return demo_archives.hub_parquet(ilsvrc_tree, tmp_path_factory.mktemp("hub") / "imagenet-1k",
+                                     imagenet_names=True, classes_py=False)
+
+
+def test_the_hubs_imagenet_loads_labelled_by_wnids_with_descriptions_and_image_ids(hub_imagenet, ilsvrc_tree,
+                                                                                   tmp_path, monkeypatch):
+    """The same label indices, named by the sorted wnids as preprocess.py names them; the human names as the
+    descriptions ("crane" twice, as Kaggle's list has them); the image id ReaL's labels key on; the unlabelled test
+    split not converted to Arrow. A subset with its classes.py is recognised by that file's names."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    ds = load_image_dataset(str(hub_imagenet))
+    assert list(ds) == ["train", "validation"]
+    arrow = sorted(p.name for p in (tmp_path / "cache").rglob("*.arrow"))
+    assert len(arrow) == 2 and not any("test" in name for name in arrow)
+    val, raw = ds["validation"], pq.read_table(hub_imagenet / "data" / "validation-00000-of-00001.parquet")
+    assert check_labels(val) == ilsvrc.imagenet_wnids() and val["label"] == raw.column("label").to_pylist()
+    names = ilsvrc.class_descriptions(ds)
+    assert names[0] == "tench, Tinca tinca" and names[517] == names[134] == "crane"
+    stems = sorted(json.loads((ilsvrc_tree / "demo_manifest.json").read_text())["val_labels"])
+    assert val["image_id"] == stems and stems[0] == "ILSVRC2012_val_00000001"  # the file names end in _<wnid>
+    assert RealLabels([[k] for k in range(len(stems))], val["image_id"]).sets[-1] == {len(stems) - 1}
+    wnids = ilsvrc.imagenet_wnids()
+    assert all(i.count("_") == 1 and i.split("_")[0] == wnids[label]  # n01440764_10026, as Kaggle's tree names it
+               for i, label in zip(ds["train"]["image_id"], ds["train"]["label"]))
+
+    subset = demo_archives.hub_parquet(ilsvrc_tree, tmp_path / "subset")  # the tree's 4 classes in its classes.py
+    manifest = json.loads((ilsvrc_tree / "demo_manifest.json").read_text())
+    ds = load_image_dataset(str(subset))
+    assert check_labels(ds["validation"]) == manifest["wnids"]
+    assert ilsvrc.class_descriptions(ds) == manifest["descriptions"]
+
+
+def test_offline_hub_id_is_read_from_the_hub_cache_or_names_both_caches(hub_imagenet, tmp_path, monkeypatch):
+    """`hf download ILSVRC/imagenet-1k --repo-type dataset` on a connected machine fills the Hub cache
+    (datasets--OWNER--NAME/snapshots/<commit>/, refs/main), not datasets' own: offline, --dataset ILSVRC/imagenet-1k
+    reads that snapshot. A repo in neither cache is one line naming the flag, the repo, both caches and the command
+    that fetches it."""
+    import huggingface_hub.constants as hf_constants
+
+    repo, commit = tmp_path / "hub" / "datasets--ILSVRC--imagenet-1k", "0d2e41ea6f66f65da49f86a668d06efa094374dd"
+    shutil.copytree(hub_imagenet, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for module in (datasets.config, hf_constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    ds = load_image_dataset("ILSVRC/imagenet-1k")
+    assert list(ds) == ["train", "validation"] and check_labels(ds["validation"]) == ilsvrc.imagenet_wnids()
+    with pytest.raises(ValueError) as e:
+        load_image_dataset("someone/elsewhere")
+    assert str(e.value) == (
+        "HF_HUB_OFFLINE=1 is set and Hub dataset someone/elsewhere is in neither datasets' cache (HF_DATASETS_CACHE="
+        f"{tmp_path / 'datasets'}) nor the Hub cache (HF_HUB_CACHE={tmp_path / 'hub'}): on a connected machine run "
+        "`hf download someone/elsewhere --repo-type dataset` (with the same HF_HOME), or give --dataset the folder")
 
 
 def test_load_rejects_missing_label_column(tmp_path, photos):

@@ -4,19 +4,22 @@ In: ``--dataset`` as the user gave it: a preprocess.py output folder, a local fo
 clone), or a Hub dataset id. Out: a ``datasets.DatasetDict`` whose splits have ``image`` (encoded bytes) and
 ``label`` columns (``load_image_dataset``), and a split's class names once every row has a label
 (``check_labels``). A preprocess.py output is checked against its manifest (file sizes, no reading) before it is
-memory-mapped; every failure is a one-line ValueError naming the folder and what to do. Next stage: ``rows``.
+memory-mapped; every failure is a one-line ValueError naming the folder and what to do. The Hub's own ImageNet-1k
+(``ILSVRC/imagenet-1k``, labelled by human names) comes out as preprocess.py's output has it: wnids as class names,
+the human names as descriptions, an ``image_id`` per row. Next stage: ``rows``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagenet_trainer import manifest
+from imagenet_trainer import archive_layouts, manifest
 
 SCRIPT_HINT = ("datasets 5.x no longer runs loading scripts: convert the images with preprocess.py "
                "(or use a Parquet-backed Hub copy)")
@@ -26,7 +29,8 @@ SCRIPT_HINT = ("datasets 5.x no longer runs loading scripts: convert the images 
 def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
     """A preprocess.py output folder (``load_from_disk``) or a Parquet-backed Hub dataset id / local clone with
     ``image`` and ``label`` columns. A split named ``val`` is renamed ``validation``. Errors are one-line
-    ValueErrors; a preprocess.py output is first checked against its manifest (file sizes, no reading)."""
+    ValueErrors; a preprocess.py output is first checked against its manifest (file sizes, no reading). With
+    HF_HUB_OFFLINE=1 a Hub id not in datasets' cache is read from the Hub cache (``hf download``)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         ds = _load_saved(path)
@@ -34,9 +38,10 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
             raise ValueError(f"{path_or_id} holds a single Dataset, not the DatasetDict of splits preprocess.py "
                              "writes; rerun preprocess.py")
     elif path.is_dir():
-        scripts = sorted(p.name for p in path.glob("*.py"))
+        scripts = sorted(p.name for p in path.glob("*.py") if p.name != archive_layouts.HUB_CLASSES)
         try:
-            ds = datasets.load_dataset(str(path), cache_dir=str(_local_cache_dir(path)))
+            ds = datasets.load_dataset(str(path), data_files=_splits_in_use(path),
+                                       cache_dir=str(_local_cache_dir(path)))
         except Exception as e:  # datasets raises RuntimeError/FileNotFoundError/EmptyDatasetError here
             if scripts:
                 raise ValueError(f"{path_or_id} is a loading-script dataset ({', '.join(scripts)}); "
@@ -44,6 +49,7 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
             raise ValueError(f"{path_or_id}: neither a preprocess.py output nor a folder of Parquet/image files "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         _attach_descriptions(ds, path)
+        _as_imagenet(ds, _classes_of(path))
     elif path.exists() or path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
         raise ValueError(f"{path_or_id}: no such folder (give preprocess.py's --output_dir or a Hub dataset id)")
     else:
@@ -52,9 +58,12 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
         except Exception as e:  # offline, not found, gated, script-based: all end in the same one-liner
             if "scripts are no longer supported" in str(e):
                 raise ValueError(f"Hub dataset {path_or_id} is script-based; {SCRIPT_HINT}") from None
+            if datasets.config.HF_HUB_OFFLINE:
+                return load_image_dataset(_cached_snapshot(path_or_id))
             raise ValueError(f"{path_or_id}: no such local folder, and the Hub dataset could not be loaded "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         _attach_descriptions(ds, path_or_id)
+        _as_imagenet(ds, lambda: _classes_of(path_or_id))
     if "val" in ds and "validation" not in ds:
         ds["validation"] = ds.pop("val")
     for name, split in ds.items():
@@ -63,6 +72,102 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
             raise ValueError(f"{path_or_id}: split '{name}' lacks the column(s) {sorted(missing)} "
                              f"(has {split.column_names}); an image-classification dataset needs image and label")
     return ds
+
+
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")  # each makes datasets offline
+
+
+def _cached_snapshot(repo: str) -> str:
+    """The Hub cache's snapshot folder of dataset ``repo`` (what ``hf download REPO --repo-type dataset`` fills),
+    for an offline run whose datasets cache lacks it; a one-line ValueError naming both caches when neither has it."""
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, repo_type="dataset", local_files_only=True)
+    except Exception:  # not in the cache (LocalEntryNotFoundError), or a damaged cache entry
+        flag = next((v for v in OFFLINE_VARS if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")),
+                    OFFLINE_VARS[0])
+        raise ValueError(f"{flag}=1 is set and Hub dataset {repo} is in neither datasets' cache "
+                         f"(HF_DATASETS_CACHE={datasets.config.HF_DATASETS_CACHE}) nor the Hub cache "
+                         f"(HF_HUB_CACHE={hf_constants.HF_HUB_CACHE}): on a connected machine run `hf download "
+                         f"{repo} --repo-type dataset` (with the same HF_HOME), or give --dataset the folder"
+                         ) from None
+
+
+def _splits_in_use(folder: Path) -> dict | None:
+    """data_files of the splits train.py and validate.py can use, for a folder in the Hub's ImageNet-1k layout: all
+    but its test split, whose labels are all -1 (datasets would convert it to Arrow too, 13 GB); None, which lets
+    datasets find the files, for any other folder."""
+    files = archive_layouts.hub_parquet_files(folder)
+    listed = sum(map(len, files.values()))
+    if "test" not in files or len(files) < 2 or listed != sum(p.is_file() for p in (folder / "data").rglob("*")):
+        return None  # not only the three splits' files: datasets decides what the folder holds
+    import pyarrow.parquet as pq
+
+    try:
+        names = archive_layouts.parquet_label_names(pq.read_schema(next(f for s, fs in files.items() if s != "test"
+                                                                         for f in fs)))
+    except Exception:  # not readable as Parquet: datasets says what is wrong
+        return None
+    if names is None or archive_layouts.hub_imagenet_wnids(names, _classes_of(folder)) is None:
+        return None
+    return {split: [str(f) for f in found] for split, found in files.items() if split != "test"}
+
+
+def _classes_of(folder_or_repo) -> dict | None:
+    """classes.py's {wnid: name} of a folder or Hub dataset repo in the Hub's ImageNet-1k layout; None without one."""
+    if isinstance(folder_or_repo, Path):
+        path = folder_or_repo / archive_layouts.HUB_CLASSES
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(folder_or_repo, archive_layouts.HUB_CLASSES, repo_type="dataset"))
+        except Exception:  # no such file, or not cached offline: timm's list decides
+            return None
+    try:
+        return archive_layouts.read_hub_classes(path) if path.is_file() else None
+    except ValueError:  # another dataset's classes.py: not the Hub's ImageNet
+        return None
+
+
+def _as_imagenet(ds: datasets.DatasetDict, classes) -> None:
+    """The Hub's ImageNet-1k (ILSVRC/imagenet-1k) as preprocess.py's output has it, each split in place: its
+    ClassLabel names (human names, "crane2" among them) become the wnids, in the same order, so the label indices
+    stay; the human names ("crane" twice, as every route gives them) go into DatasetInfo.description as
+    ``_attach_descriptions`` puts them; ``image_id`` is the file name's stem without the wnid the Hub appends
+    (ILSVRC2012_val_00000001), which ReaL's labels are keyed by. Zero-copy: the Arrow data is not rewritten.
+    ``classes``: classes.py's {wnid: name}, or a function giving it, called only when timm's names do not match."""
+    from imagenet_trainer.ilsvrc import DESCRIPTIONS_KEY, is_wnid
+
+    for name, split in list(ds.items()):
+        label = split.features.get("label")
+        if not isinstance(label, datasets.ClassLabel) or all(is_wnid(n) for n in label.names):
+            continue
+        wnids = archive_layouts.hub_imagenet_wnids(label.names)
+        if wnids is None and callable(classes) and label.num_classes == 1000:  # a Hub repo: one download, at most
+            classes = classes()
+        if wnids is None and not callable(classes):
+            wnids = archive_layouts.hub_imagenet_wnids(label.names, classes)
+        if wnids is None:
+            continue
+        info = split.info.copy()
+        info.features = split.features.copy()
+        info.features["label"] = datasets.ClassLabel(names=wnids)
+        info.description = json.dumps({DESCRIPTIONS_KEY: archive_layouts.hub_descriptions(wnids, label.names)})
+        fingerprint = hashlib.sha256(f"{split._fingerprint} labelled by wnids".encode()).hexdigest()[:16]
+        split = datasets.Dataset(split.data, info=info, split=split.split, fingerprint=fingerprint)
+        if "image_id" not in split.column_names and _has_paths(split):
+            paths = (p for chunk in split.data.column("image").chunks for p in chunk.field("path").to_pylist())
+            split = split.add_column("image_id", [archive_layouts.hub_image_id(p)[0] if p else None for p in paths],
+                                     feature=datasets.Value("string"))
+        ds[name] = split
+
+
+def _has_paths(split: datasets.Dataset) -> bool:
+    image = split.data.schema.field("image").type if "image" in split.column_names else None
+    return pa.types.is_struct(image) and image.get_field_index("path") >= 0
 
 
 def _local_cache_dir(folder: Path) -> Path:
