@@ -147,6 +147,8 @@ class TrainConfig:
     def __post_init__(self):  # every flag's range, before anything starts; NaN fails every comparison below
         if self.auto_augment.lower() == "none":
             self.auto_augment = ""
+        if self.model.startswith("local-dir:"):  # absolute: config.yaml's copies are read from other folders
+            self.model = "local-dir:" + str(Path(self.model.removeprefix("local-dir:")).expanduser().resolve())
         trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
         for flag, ok, need in (
                 ("hub_model_id", modeling.is_repo_id(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,

@@ -9,8 +9,10 @@
 a timm name with its pretrained tag (resnet50.a1_in1k: timm's weights, from the local Hub cache when offline).
 The eval transform is the model's own (resize to image_size / crop_pct, center crop, its mean/std); for a checkpoint
 it is the one train.py evaluated with (the run's --eval_image_size, else its --image_size, and the architecture's
-crop_pct/mean/std), so the numbers equal the val_* rows of the run's metrics.jsonl. Works offline: top-k is computed
-here, not by `evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
+crop_pct/mean/std), on the run's --eval_split, with its --eval_flip and under its mixed precision (run_info.json), so
+the numbers equal the val_* rows of the run's metrics.jsonl. An export is scored with the flip and precision its model
+card records. The summary says where each came from. Works offline: top-k is computed here, not by
+`evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
 """
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ if __name__ == "__main__":  # before the heavy imports: the DataLoader workers' 
 
     worker_processes.start_early(sys.argv[1:])
 
+import dataclasses
 import json
+import os
+import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ import timm
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
@@ -46,23 +53,30 @@ from imagenet_trainer.data import check_labels, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.process_exit import exit_now
-from imagenet_trainer.runinfo import atomic_write_text
+from imagenet_trainer.runinfo import atomic_write_text, git_sha, library_versions
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in the order train.py nests them
+PRECISIONS = {"no": "no", "fp32": "no", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8"}  # accelerate names fp32 "no"
+# The Training section train.py writes into an export's card (modeling/card.py); validate.py --update_model_card
+# rewrites only the Results section, so these lines keep saying how train.py scored the weights
+CARD_HARDWARE = re.compile(r"^- \*\*Hardware:\*\* .*, (fp32|fp16|bf16|fp8)[ \t]*$", re.M)
+CARD_EVAL_FLIP = re.compile(r"^\| eval_flip \| (True|False) \|[ \t]*$", re.M)
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
 class ValidateConfig:
     model: str  # RUN/final, RUN/checkpoints/step_N, a Hub model id (OWNER/NAME) or a timm name (resnet50.a1_in1k)
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
-    split: str = "validation"  # dataset split to evaluate
+    split: str = ""  # dataset split to evaluate; empty: a checkpoint's run's --eval_split, else validation
     batch_size: int = 256  # images per device per forward pass
     image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
     num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
-    flip: bool | None = None  # mean logits of each image and its mirror; none: a checkpoint's own --eval_flip, else off
-    output: str = ""  # JSON summary path; <stem>_per_class.json and <stem>_confused.json are written beside it (a
-    # suite run: <stem>_results.csv, and <stem>_parts/ until the end, so that a rerun scores only what is missing)
+    flip: bool | None = None  # mean logits of each image and its mirror; none: the run's --eval_flip, else off
+    # autocast of the forward passes; bf16/fp16 logits differ from fp32's in the last digits, enough to move a top-1
+    mixed_precision: str = ""  # no (fp32), bf16, fp16 or fp8; empty: the run's, else the launcher's, else no
+    # the suite keeps each split's scores in <stem>_parts/ until the end, so that a rerun scores only what is missing
+    output: str = ""  # JSON summary; beside it: <stem>_per_class.json, _confused.json (suite: _results.csv, _parts/)
     update_model_card: bool = False  # write the results into --model's README.md and metadata (local exports only)
     hub_dataset_id: str = ""  # Hub id of --dataset's data (OWNER/NAME) for the card's metadata; full ILSVRC: automatic
     # Scoring like the papers (imagenet_trainer/eval_suite.py): any of these scores every set in one run
@@ -76,6 +90,182 @@ class ValidateConfig:
     benchmark_train: bool = False  # also time a training step (forward, backward, SGD update) at those batch sizes
     # a flipped byte costs one image; more than a few mean a damaged copy, which preprocess.py --verify names
     max_bad_samples: int = 10  # undecodable images left out of the scores (and named) before it fails instead
+
+
+@dataclass
+class Recorded:
+    """How train.py scored --model, as far as the files beside its weights say (None: they say nothing)."""
+    split: str | None = None  # the run's --eval_split
+    flip: bool | None = None  # the run's --eval_flip
+    mixed_precision: str | None = None  # accelerate's mode of the launch that evaluated it: no, bf16, fp16, fp8
+    ema_decay: float = 0.0  # a checkpoint's run: > 0 means its EMA copy (not scored here) made the export
+    config: str = ""  # the file the split, flip and EMA come from
+    precision_file: str = ""  # the file the precision comes from
+
+
+def local_folder(ref: str) -> Path | None:
+    """--model's folder on this machine (``local-dir:`` taken off, ``~`` expanded), or None (a Hub id, a timm name)."""
+    path = Path(ref.removeprefix("local-dir:")).expanduser()
+    return path if path.is_dir() else None
+
+
+def first_file(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def recorded_settings(ref: str) -> Recorded:
+    """A checkpoint's config.yaml and run_info.json (its own, else the run's, two levels up, as imagenet-trainer 0.1.0
+    left them); an export's model card. Unreadable records count as none: loading the model names what is wrong."""
+    folder = local_folder(ref)
+    if folder is None:
+        return Recorded()
+    found = Recorded()
+    try:
+        if (folder / "config.json").is_file():
+            card = folder / "README.md"
+            text = card.read_text() if card.is_file() else ""
+            if hardware := CARD_HARDWARE.search(text):
+                found.mixed_precision, found.precision_file = PRECISIONS[hardware[1]], f"{card} (Hardware line)"
+            if flip := CARD_EVAL_FLIP.search(text):
+                found.flip, found.config = flip[1] == "True", f"{card} (eval_flip row)"
+            return found
+        config = first_file(folder / "config.yaml", folder.parent.parent / "config.yaml")
+        run = yaml.safe_load(config.read_text()) if config else None
+        if isinstance(run, dict):
+            found.config = str(config)
+            found.split = run.get("eval_split") if isinstance(run.get("eval_split"), str) else None
+            found.flip = bool(run.get("eval_flip"))
+            found.ema_decay = float(run.get("ema_decay") or 0)
+        info_file = first_file(folder / "run_info.json", folder.parent.parent / "run_info.json")
+        info = json.loads(info_file.read_text()) if info_file else None
+        if isinstance(info, dict) and info.get("mixed_precision") in PRECISIONS:
+            found.mixed_precision, found.precision_file = PRECISIONS[info["mixed_precision"]], str(info_file)
+    except (OSError, ValueError, yaml.YAMLError):
+        pass
+    return found
+
+
+def choose_precision(cfg: ValidateConfig, recorded: Recorded, main_process: bool) -> tuple[str, str]:
+    """(accelerate's mixed_precision, where it comes from): --mixed_precision, else the run's records, else the
+    launcher's (accelerate launch sets ACCELERATE_MIXED_PRECISION from its config), else fp32."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if cfg.mixed_precision:
+        precision, source = PRECISIONS[cfg.mixed_precision.lower()], "--mixed_precision"
+    elif recorded.mixed_precision:
+        precision, source = recorded.mixed_precision, recorded.precision_file
+        if launcher in PRECISIONS and PRECISIONS[launcher] != precision and main_process:
+            shown = {"no": "fp32"}
+            print(f"note: scoring in {shown.get(precision, precision)} as {source} records, not in the launcher's "
+                  f"{shown.get(launcher, launcher)} (--mixed_precision {launcher} to use it)", file=sys.stderr)
+    elif launcher in PRECISIONS:
+        precision, source = PRECISIONS[launcher], "the launcher (ACCELERATE_MIXED_PRECISION)"
+    else:
+        precision, source = "no", "not recorded for --model: fp32"
+    if precision == "fp16" and not torch.accelerator.is_available():  # accelerate autocasts fp16 on devices only
+        if main_process:
+            print(f"warning: fp16 ({source}) needs a GPU: scoring in fp32, which may differ from the run's numbers in "
+                  "the last digits", file=sys.stderr)
+        precision, source = "no", f"{source} says fp16, which needs a GPU: fp32"
+    return precision, source
+
+
+def make_accelerator(precision: str, source: str) -> Accelerator:
+    """The Accelerator scoring under ``precision``. Accelerate keeps one state per process: an earlier main() in this
+    process (a notebook, the tests) with another precision is set aside first."""
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state()  # the process group (PartialState) stays
+    try:
+        return Accelerator(cpu=not torch.accelerator.is_available(),  # cpu=True: DDP on GPU-less hosts
+                           mixed_precision=precision)
+    except ValueError as e:  # fp8 without transformer_engine/torchao
+        raise SystemExit(f"error: --mixed_precision {precision} ({source}): {str(e).rstrip('.')}; give "
+                         "--mixed_precision bf16 or no") from None
+
+
+def check_output(output: str, companions: tuple[str, ...]) -> None:
+    """--output (and the files written beside it) must be writable before the model and data load: a full
+    evaluation (ImageNet-C: 75 splits) must not end in a traceback at the write."""
+    out = Path(output)
+    for path in (out, *(out.with_name(out.stem + c) for c in companions)):
+        if path.is_dir() or output.endswith(os.sep):
+            raise SystemExit(f"error: --output {output}: {path} is a folder; give a file path such as "
+                             f"{(out if out.is_dir() else out.parent) / 'val.json'}")
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise SystemExit(f"error: --output {output}: {above} is a file, not a folder; give a path in a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SystemExit(f"error: --output {output}: cannot write in {out.parent} ({e.strerror or e}); give a path "
+                         "in a writable folder") from None
+
+
+def write_or_exit(output: str, files: dict[Path, str]) -> None:
+    """Each file replaced atomically; an OSError at the end (a full disk) is one line naming --output."""
+    try:
+        for path, text in files.items():
+            atomic_write_text(path, text)
+    except OSError as e:
+        raise SystemExit(f"error: --output {output}: writing {path} failed ({e.strerror or e}); the scores above are "
+                         "all there is of this run") from None
+
+
+def check_input_sizes(model: torch.nn.Module, sizes: list[int], flag: str, ref: str) -> None:
+    """One forward of a blank image at each size other than the model's own, on the CPU before any scoring: a
+    fixed-input-size model (timm's ViTs, DeiT) refuses another size only when its first batch arrives."""
+    own = model.pretrained_cfg["input_size"][-1]
+    for size in sorted(set(sizes) - {own}):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+        except (AssertionError, RuntimeError, ValueError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            takes = (f"takes only {own} px input" if model.pretrained_cfg.get("fixed_input_size") else
+                     f"cannot take {size} px input")
+            raise SystemExit(f"error: {flag} {size}: --model {ref} {takes} ({reason}); give {own}, or leave "
+                             f"{flag} out") from None
+
+
+def results_name(ref: str) -> str:
+    """--model as results.csv's model column names it: a run's name for its export (runs/r50/final -> r50), the
+    run's name and step for a checkpoint (r50.step_00001000), else the folder's name or the id."""
+    folder = local_folder(ref)
+    if folder is None:
+        return ref.removeprefix("hf-hub:")
+    folder = folder.resolve()
+    if folder.name == "final":
+        return folder.parent.name
+    if folder.parent.name == "checkpoints":
+        return f"{folder.parent.parent.name}.{folder.name}"
+    return folder.name
+
+
+def describe(cfg: ValidateConfig, model: torch.nn.Module, data_cfg: dict, precision: tuple[str, str],
+             flip_from: str, recorded: Recorded, num_processes: int) -> dict:
+    """What made a set of scores, for the summary and each file beside it: a file read apart from the others, or
+    one left by an earlier run beside a new summary, still says which weights, data, transform and precision."""
+    folder = local_folder(cfg.model)
+    dataset = Path(cfg.dataset).expanduser() if cfg.dataset else None
+    weights = "as saved"
+    if recorded.ema_decay and folder is not None and not (folder / "config.json").is_file():
+        weights = (f"the raw weights: the run's --ema_decay {recorded.ema_decay} copy is not scored here (its export, "
+                   "RUN/final, holds it when it won)")
+    return {"model": cfg.model, "model_name": results_name(cfg.model),
+            "model_path": str(folder.resolve()) if folder else None,
+            "weights_sha256": eval_suite.weights_digest(model), "weights": weights,
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "dataset": cfg.dataset, "dataset_path": str(dataset.resolve()) if dataset and dataset.exists() else None,
+            "split": cfg.split, "eval_sets": cfg.eval_sets or None,
+            "crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+            "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"]), "channels_last": cfg.channels_last,
+            "flip": cfg.flip, "flip_from": flip_from,
+            "mixed_precision": precision[0], "mixed_precision_from": precision[1],
+            "batch_size": cfg.batch_size, "num_processes": num_processes,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "git_sha": git_sha(), "versions": library_versions()}
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -104,7 +294,12 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
         for prefix in WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
         weights[key] = value
-    model = modeling.create_model(run["model"])
+    try:
+        model = modeling.create_model(run["model"])
+    except (ValueError, OSError) as e:  # a relative local-dir: path is read from the current folder
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{run_config} names --model {run['model']}, which does not load from {Path.cwd()} "
+                         f"({reason}); run validate.py where train.py ran, or make that path reachable") from None
     head = weights.get(f"{model.pretrained_cfg.get('classifier')}.weight")
     if head is not None and head.shape[0] != model.num_classes:
         model = modeling.create_model(run["model"], num_classes=head.shape[0])
@@ -126,18 +321,39 @@ def is_timm_name(ref: str) -> bool:
     return "/" not in ref and not Path(ref).expanduser().exists() and timm.is_model(ref.split(".")[0])
 
 
+def load_timm_name(name: str) -> torch.nn.Module:
+    """timm's weights for ``name``, as ``timm.create_model(name, pretrained=True)`` resolves them; an architecture of
+    this project (it publishes none) and an unknown tag are ValueErrors saying what to give instead."""
+    arch, _, tag = name.partition(".")
+    if arch in modeling.list_models():
+        raise ValueError(f"'{arch}' is one of this project's architectures, with no published weights; score a saved "
+                         "export: --model RUN/final or local-dir:PATH")
+    try:
+        timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm's "Invalid pretrained tag"
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        known = f"known: {', '.join(tags[:6])}{', ...' if len(tags) > 6 else ''}" if tags else "it has none"
+        raise ValueError(f"timm has no pretrained tag '{tag}' for {arch} ({known})") from None
+    return modeling.create_model(name, pretrained=True).eval()
+
+
 def load_any(path_or_id: str) -> torch.nn.Module:
     """An export folder (config.json), a train.py checkpoint, a Hub id (``modeling.load_model``) or a timm name
     with its pretrained tag (timm's weights, as ``timm.create_model(name, pretrained=True)`` resolves them)."""
     if path_or_id.startswith(("hf-hub:", "local-dir:")):
         return modeling.load_model(path_or_id)
     if is_timm_name(path_or_id):
-        return modeling.create_model(path_or_id, pretrained=True).eval()
+        return load_timm_name(path_or_id)
     path = Path(path_or_id).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         return load_checkpoint(path)
     if not path.exists() and (path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1):
         raise ValueError("no such folder (give RUN/final, RUN/checkpoints/step_N or a Hub id OWNER/NAME)")
+    if not path.exists() and "/" not in path_or_id:  # no Hub id either: those are OWNER/NAME
+        try:
+            modeling.create_model(path_or_id)  # only for its message: the closest names timm and modeling know
+        except ValueError as e:
+            raise ValueError(f"no such folder, no Hub id (OWNER/NAME), and {e}") from None
     return modeling.load_model(path_or_id)
 
 
@@ -180,8 +396,9 @@ def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool
     return model
 
 
-def main(argv=None):
-    cfg = parse_config(ValidateConfig, argv, description=__doc__.split("\n")[0])
+def check_flags(cfg: ValidateConfig) -> Path | None:
+    """Every flag that can be checked without the data or the model, so a mistake costs no loading or scoring;
+    returns --model's export folder when the results go into its card."""
     if not cfg.dataset and not cfg.eval_sets:
         raise SystemExit("error: --dataset is required (or --eval_sets)")
     for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0), ("benchmark_steps", 1),
@@ -190,34 +407,67 @@ def main(argv=None):
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     if not 0 <= cfg.crop_pct <= 1:
         raise SystemExit(f"error: --crop_pct must be in (0, 1] (0 = the model's own), got {cfg.crop_pct}")
-    if cfg.update_model_card and not (Path(cfg.model) / "config.json").is_file():  # fail before the long eval
+    if cfg.mixed_precision and cfg.mixed_precision.lower() not in PRECISIONS:
+        raise SystemExit(f"error: --mixed_precision must be one of {', '.join(PRECISIONS)}, "
+                         f"got {cfg.mixed_precision!r}")
+    folder = local_folder(cfg.model)
+    if cfg.update_model_card and not (folder and (folder / "config.json").is_file()):  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
     if cfg.hub_dataset_id and not modeling.is_repo_id(cfg.hub_dataset_id):
         raise SystemExit(f"error: --hub_dataset_id must be a Hub dataset id OWNER/NAME, got {cfg.hub_dataset_id!r}")
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # cpu=True: DDP on GPU-less hosts
+    if cfg.mce_reference:  # its content is checked with the data (eval_suite.run)
+        try:
+            Path(cfg.mce_reference).expanduser().open("rb").close()
+        except OSError as e:
+            raise SystemExit(f"error: --mce_reference {cfg.mce_reference}: cannot read it "
+                             f"({e.strerror or e})") from None
+    if cfg.output:
+        suite = eval_suite.wanted(cfg) or is_eval_set(cfg.dataset)
+        check_output(cfg.output, ("_results.csv",) if suite else ("_per_class.json", "_confused.json"))
+    return folder if cfg.update_model_card else None
+
+
+def main(argv=None):
+    cfg = parse_config(ValidateConfig, argv, description=__doc__.split("\n")[0])
+    if cfg.output:
+        cfg.output = str(Path(cfg.output).expanduser())
+    card_folder = check_flags(cfg)
+    recorded = recorded_settings(cfg.model)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the Accelerator comes after the precision is chosen
+    precision = choose_precision(cfg, recorded, main_process)
+    flip_from = ("--flip" if cfg.flip is not None else recorded.config if recorded.flip is not None
+                 else "not recorded for --model: off")
+    split_from = "--split" if cfg.split else recorded.config if recorded.split else "the default"
+    cfg = dataclasses.replace(cfg, split=cfg.split or recorded.split or "validation",
+                              flip=bool(recorded.flip) if cfg.flip is None else cfg.flip)
+    accelerator = make_accelerator(*precision)
     if eval_suite.wanted(cfg) or is_eval_set(cfg.dataset):
-        return score_suite(cfg, accelerator)
+        return score_suite(cfg, accelerator, card_folder, recorded, precision, flip_from)
 
     # data: checked before the model, whose download may be long
     try:
         ds = load_image_dataset(cfg.dataset)
     except ValueError as e:
         raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
+    came = f" (the run's --eval_split, {split_from})" if split_from not in ("--split", "the default") else ""
     if cfg.split not in ds:
-        raise SystemExit(f"error: --split {cfg.split}: the dataset has {', '.join(ds)}")
+        others = [s for s in ds if s != "train"]
+        hint = f"; pass --split {' or '.join(others)}" if others else ""
+        raise SystemExit(f"error: --split {cfg.split}{came}: the dataset has {', '.join(ds)}{hint}")
     split = ds[cfg.split]
     if len(split) == 0:
-        raise SystemExit(f"error: --split {cfg.split} of --dataset {cfg.dataset} has no images")
+        raise SystemExit(f"error: --split {cfg.split}{came} of --dataset {cfg.dataset} has no images")
     try:
         label_names = check_labels(split)
     except ValueError as e:
-        raise SystemExit(f"error: --split {cfg.split}: {e}") from None
+        raise SystemExit(f"error: --split {cfg.split}{came}: {e}") from None
 
     model = load_scored_model(cfg, label_names, "--dataset", accelerator.is_main_process)
     data_cfg = resolve_data_config(model=model)
     if cfg.crop_pct:
         data_cfg["crop_pct"] = cfg.crop_pct
     image_size = cfg.image_size or data_cfg["input_size"][-1]
+    check_input_sizes(model, [image_size], "--image_size", cfg.model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).eval()
     # evaluation_mode: device placement and mixed precision, but no DDP/FSDP wrapper (there is nothing to sync);
@@ -229,8 +479,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     batches = tqdm(loader, disable=not accelerator.is_main_process, desc=f"validate {cfg.split}")
-    flip = getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip
-    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=flip)  # train.py's code
+    topk, loss = evaluate(accelerator, model, batches, mean, std, memory_format, flip=cfg.flip)  # train.py's code
     elapsed = time.perf_counter() - start
     bad = BadSamples({cfg.split: split}, cfg.max_bad_samples)
     bad.add_left_out(cfg.split, topk.left_out, warn=accelerator.is_main_process)
@@ -238,30 +487,37 @@ def main(argv=None):
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,
                "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
-               "flip": flip, "num_processes": accelerator.num_processes}
+               "flip": cfg.flip, "flip_from": flip_from, "mixed_precision": accelerator.mixed_precision,
+               "mixed_precision_from": precision[1], "num_processes": accelerator.num_processes}
     accelerator.end_training()  # destroys the process group under DDP
     if not accelerator.is_main_process:
         return summary
     print(f"{cfg.split}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss {summary['loss']:.4f}  "
           f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s"
+          + (f"  ({summary['mixed_precision']} autocast)" if summary["mixed_precision"] != "no" else "")
           + (f"  ({summary['left_out']} left out: they do not decode)" if summary["left_out"] else ""))
     if cfg.output:
         out = Path(cfg.output)
+        meta = {**describe(cfg, model, data_cfg, precision, flip_from, recorded, accelerator.num_processes),
+                "image_size": image_size, "split_from": split_from}
+        summary["meta"] = meta
         descriptions = class_descriptions(ds)
         per_class = [{**row, "wnid": label_names[row["label"]], "name": descriptions[row["label"]]}
                      for row in topk.per_class()]
         confused = [{**row, "true_name": descriptions[row["true"]], "predicted_name": descriptions[row["predicted"]]}
                     for row in topk.most_confused(20)]
-        atomic_write_text(out, json.dumps(summary, indent=2))
-        atomic_write_text(out.with_name(out.stem + "_per_class.json"), json.dumps(per_class, indent=1))
-        atomic_write_text(out.with_name(out.stem + "_confused.json"), json.dumps(confused, indent=1))
+        # the companions first: a summary is there only once the files it describes are
+        write_or_exit(cfg.output, {
+            out.with_name(out.stem + "_per_class.json"): json.dumps({"meta": meta, "rows": per_class}, indent=1),
+            out.with_name(out.stem + "_confused.json"): json.dumps({"meta": meta, "rows": confused}, indent=1),
+            out: json.dumps(summary, indent=2)})
         print(f"wrote {out} and its _per_class/_confused companions")
-    if cfg.update_model_card:
+    if card_folder is not None:
         # the eval transform goes with the numbers: --image_size may differ from the export's own input size
-        modeling.update_model_card_results(Path(cfg.model), {
+        modeling.update_model_card_results(card_folder, {
             **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
             "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
-        print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
+        print(f"wrote the results into {card_folder / 'README.md'}")
     return summary
 
 
@@ -270,11 +526,23 @@ def is_eval_set(dataset: str) -> bool:
     return bool(modeling.card.dataset_source(dataset).get("eval_set"))
 
 
-def score_suite(cfg: ValidateConfig, accelerator: Accelerator) -> dict:
+def score_suite(cfg: ValidateConfig, accelerator: Accelerator, card_folder: Path | None, recorded: Recorded,
+                precision: tuple[str, str], flip_from: str) -> dict:
     """--eval_sets, --real_labels, --image_sizes, --benchmark_batch_sizes: every set and size in one run, into the
     summary, <stem>_results.csv and the card (imagenet_trainer/eval_suite.py)."""
-    summary = eval_suite.run(cfg, accelerator, load_scored_model)
+    loaded = {}
+
+    def load(cfg, label_names, flag, main_process):  # every size is tried before the first split is scored
+        model = load_scored_model(cfg, label_names, flag, main_process)
+        own = model.pretrained_cfg["input_size"][-1]
+        sizes = eval_suite.int_list(cfg.image_sizes, "--image_sizes") or [cfg.image_size or own]
+        check_input_sizes(model, sizes, "--image_sizes" if cfg.image_sizes else "--image_size", cfg.model)
+        loaded["model"] = model
+        return model
+
+    summary = eval_suite.run(cfg, accelerator, load)
     accelerator.end_training()
+    summary.update(flip_from=flip_from, mixed_precision=accelerator.mixed_precision, mixed_precision_from=precision[1])
     if not accelerator.is_main_process:
         return summary
     if "best_image_size" in summary:
@@ -285,10 +553,18 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator) -> dict:
         print(f"throughput at batch {row['batch_size']}: inference {row['infer_samples_per_sec']:.1f} img/s{train} "
               f"({summary['params_m']:.2f} M params, {summary['gmacs']:.3g} GMACs)")
     if cfg.output:
-        eval_suite.write_outputs(summary, cfg.output)
-    if cfg.update_model_card:
-        eval_suite.update_card(Path(cfg.model), summary, cfg)
-        print(f"wrote the results into {Path(cfg.model) / 'README.md'}")
+        model = accelerator.unwrap_model(loaded["model"])
+        summary["meta"] = describe(cfg, model, resolve_data_config(model=model), precision, flip_from, recorded,
+                                   accelerator.num_processes)
+        out = Path(cfg.output)
+        csv_path = out.with_name(out.stem + "_results.csv")
+        # the CSV's model column names the run, not the folder: every export is a "final"
+        write_or_exit(cfg.output, {csv_path: eval_suite.results_csv({**summary, "model": results_name(cfg.model)}),
+                                   out: json.dumps(summary, indent=2)})
+        print(f"wrote {out} and {csv_path}")
+    if card_folder is not None:
+        eval_suite.update_card(card_folder, summary, cfg)
+        print(f"wrote the results into {card_folder / 'README.md'}")
     if cfg.output:
         shutil.rmtree(eval_suite.parts_folder(cfg.output), ignore_errors=True)  # every split is in the outputs now
     return summary

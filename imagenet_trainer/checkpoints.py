@@ -199,6 +199,9 @@ def setting_mismatch(folder: Path, cfg) -> str | None:
     if not isinstance(saved, dict):
         return None
     ema = {True: "EMA on (--ema_decay {})", False: "EMA off (--ema_decay 0)"}
+    model = str(saved.get("model", ""))
+    if model.startswith("local-dir:"):  # a launch that recorded it relative: to this launch's folder, the best guess
+        saved["model"] = "local-dir:" + str(Path(model.removeprefix("local-dir:")).expanduser().resolve())
     pairs = [(f"--{k} {saved[k]}", f"--{k} {getattr(cfg, k)}") for k in ("model", "optimizer")
              if k in saved and str(saved[k]).lower() != str(getattr(cfg, k)).lower()]
     if "ema_decay" in saved and bool(saved["ema_decay"]) != bool(cfg.ema_decay):

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from test_train import ACCELERATE, ROOT, ok, rows, run, train_cmd
@@ -30,8 +33,10 @@ LAST = 8
 
 SRUN = r"""#!/bin/bash
 # srun --ntasks-per-node=1 on one machine: the command once per node, in parallel, each with its SLURM_NODEID;
-# the highest exit status, as srun returns it
-while [[ "$1" == --* ]]; do shift; done
+# the highest exit status, as srun returns it. Its own options are recorded apart, one call a line.
+options=()
+while [[ "$1" == --* ]]; do options+=("$1"); shift; done
+printf '%s\n' "${options[*]}" >> "$STUB_LOG/srun_options"
 printf '%s\n' "$*" >> "$STUB_LOG/srun"
 pids=()
 for ((node = 0; node < SLURM_NNODES; node++)); do
@@ -44,9 +49,11 @@ for pid in "${pids[@]}"; do
 done
 exit "$status"
 """
+# STUB_HOSTS=N: an allocation of N nodes, its names written through stdio's buffer as scontrol's C printf writes them
 SCONTROL = r"""#!/bin/bash
 case "$1" in
-    show) tr ',' '\n' <<< "$3" ;;               # show hostnames a,b -> one name a line
+    show) if [ -n "${STUB_HOSTS:-}" ]; then exec seq -f "node-%06g" 1 "$STUB_HOSTS"; fi
+          tr ',' '\n' <<< "$3" ;;               # show hostnames a,b -> one name a line
     requeue) echo "$2" >> "$STUB_LOG/requeue" ;;
     *) exit 1 ;;
 esac
@@ -190,6 +197,39 @@ def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(
     assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_sbatch_reads_every_host_name_passes_the_jobs_cpus_and_takes_output_dir_from_the_config(slurm, tmp_path):
+    """100,000 node names (1.2 MB): a reader that stops after the first name (`| head -n 1`) leaves scontrol to die
+    of SIGPIPE, which set -e and pipefail turn into a silent exit 141. srun gets the job's --cpus-per-task (Slurm
+    22.05-23.02 srun would otherwise bind each node's training to one CPU). output_dir may come from --config's YAML:
+    the stop record is looked for there."""
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "STUB_HOSTS": "100000", "SLURM_CPUS_PER_TASK": "64",
+           "PYTHON": sys.executable}
+    out = tmp_path / "run"
+    out.mkdir()
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 1, "output_dir": str(out)}))
+    stopped = {"FAKE_STATUS": "1", "FAKE_STOPPED": str(out / "stopped_on_signal.json")}
+    proc = ok(sbatch({**env, **stopped}, "--config", config))
+    assert "rendezvous node-000001:" in proc.stdout
+    assert (log / "srun_options").read_text().split() == ["--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                                                          "--cpus-per-task=64"]
+    assert (log / "requeue").read_text().split() == ["4242"]  # the record in the YAML's output_dir was read
+    del env["SLURM_CPUS_PER_TASK"]
+    ok(sbatch(env, f"--config={config}"))
+    assert (log / "srun_options").read_text().splitlines()[-1] == "--ntasks-per-node=1 --kill-on-bad-exit=1"
+
+    proc = sbatch(env, "--config", tmp_path / "missing.yaml")
+    assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sbatch_expands_no_bare_array_under_set_u():
+    """bash before 4.4 (RHEL/CentOS 7: 4.2) calls an empty array unbound under set -u, so a first launch (no
+    --resume_from_checkpoint) would fail before srun: every array is expanded as ${a[@]+"${a[@]}"}. A check of the
+    text: the bash here (5.x) runs both forms alike."""
+    assert re.findall(r'(?<!\+)"\$\{\w+\[[@*]\]\}"', SBATCH.read_text()) == []
+
+
 def test_two_machines_on_loopback_train_as_one_machine_of_two_processes(slurm, reference, preprocessed, tmp_path):
     """Two `accelerate launch --num_machines 2 --machine_rank 0|1 --main_process_ip 127.0.0.1` (one process each,
     gloo), started by slurm/train.sbatch: the same weights as one machine's 2 processes, bit for bit."""
@@ -268,7 +308,8 @@ def test_two_process_checkpoint_resumes_on_one_process_with_the_same_global_batc
     The data stream is asserted exactly: every micro-batch's labels and final input (crop, flip, TrivialAugment,
     erasing, mixup/cutmix, targets) equal the reference's micro-batch at the same place. The weights are equal up to
     float reduction order (DDP averages the ranks' gradients, accumulation sums their shares): rtol 1e-4, atol 1e-6
-    after 5 steps (with 2 processes they come out bit-equal, as halving is exact; 4 -> 2 x 2 sums in another order). BatchNorm running statistics are not compared: each rank keeps its own (DDP broadcasts rank 0's), so the
+    after 5 steps (with 2 processes they come out bit-equal, as halving is exact; 4 -> 2 x 2 sums in another order).
+    BatchNorm running statistics are not compared: each rank keeps its own (DDP broadcasts rank 0's), so the
     reference's saved ones come from rank 0's micro-batches only, the 1-process run's from both."""
     resume_at, out = 3, tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

@@ -202,7 +202,7 @@ def test_eval_sets_scores_like_the_papers(sets, in1k_model, tmp_path):
         table = list(csv.DictReader(f))
     assert list(table[0]) == list(robustness.RESULTS_COLUMNS) and len(table) == 10
     row = next(t for t in table if t["dataset"] == "imagenet-r" and t["img_size"] == "32")
-    assert float(row["top1"]) + float(row["top1_err"]) == pytest.approx(100) and row["model"] == "final"
+    assert float(row["top1"]) + float(row["top1_err"]) == pytest.approx(100) and row["model"] == in1k_model.parent.name
     assert {t["crop_pct"] for t in table if t["dataset"] == "imagenet-c"} == {"1.0"}
 
 

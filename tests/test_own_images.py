@@ -12,6 +12,7 @@ from pathlib import Path
 
 import huggingface_hub
 import timm
+import yaml
 
 import modeling
 from imagenet_trainer.demo import make_ilsvrc_tree
@@ -44,11 +45,14 @@ def test_a_folder_of_jpegs_to_a_fine_tuned_validated_export(tmp_path):
     data, out = tmp_path / "data" / "digits", tmp_path / "runs" / "digits"
     run("preprocess.py", "--data_dir", photos, "--output_dir", data, "--val_fraction", 0.25)
     assert json.loads((data / "source.json").read_text())["layout"] == "class-folders-split"
-    proc = run("train.py", "--model", f"local-dir:{start}", "--pretrained", "--dataset", data, "--output_dir", out,
+    # given relative to the launch's folder, recorded absolute: validate.py reads a checkpoint's config.yaml from others
+    proc = run("train.py", "--model", f"local-dir:{os.path.relpath(start, ROOT)}", "--pretrained", "--dataset", data, "--output_dir", out,
                "--epochs", 2, "--lr", 0.05, "--warmup_epochs", 0.5, "--image_size", 32, "--batch_size", 8,
                "--num_workers", 0)
     assert (f"--model local-dir:{start}: new 2-class head (random init); the 4-class head of the pretrained weights "
             "is dropped") in proc.stdout + proc.stderr
+    for recorded in (out / "config.yaml", *(out / "checkpoints").glob("step_*/config.yaml")):
+        assert yaml.safe_load(recorded.read_text())["model"] == f"local-dir:{start}", recorded
     proc = run("validate.py", "--model", out / "final", "--dataset", data, "--output", tmp_path / "val.json",
                "--num_workers", 0)
     scored = json.loads((tmp_path / "val.json").read_text())

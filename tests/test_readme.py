@@ -46,8 +46,8 @@ SCRIPTS = {
 OUTSIDE_TOOLS = {"make", "kaggle", "unzip", "sbatch", "srun", "scontrol", "scancel", "kill", "kubectl", "for", "done",
                  "pip", "apt-get"}
 # flags of the other tools the README's commands call: sbatch/srun, docker, the Hugging Face CLI, argparse
-OTHER_TOOLS_FLAGS = {"nodes", "gpus-per-node", "ntasks-per-node", "time", "signal", "shm-size", "repo-type",
-                     "local-dir", "help"}
+OTHER_TOOLS_FLAGS = {"nodes", "gpus-per-node", "ntasks-per-node", "cpus-per-task", "time", "signal", "shm-size",
+                     "repo-type", "local-dir", "help"}
 USER_FILES = {"modeling/mynet.py"}  # what the README has the user write
 
 

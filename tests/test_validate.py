@@ -1,6 +1,7 @@
 """validate.py on CPU: a real train.py run, real exports and checkpoints, a real 2-process accelerate launch."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import modeling
 import validate
-from imagenet_trainer import manifest
+from imagenet_trainer import eval_suite, manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -101,6 +102,60 @@ def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocesse
     assert evaluate(flipped_ckpt, preprocessed, "--flip", "false")["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
+def test_checkpoint_and_export_are_scored_under_the_runs_mixed_precision(trained, preprocessed, tmp_path):
+    """train.py evaluates under its launch's mixed precision: a checkpoint's run_info.json and an export's card
+    (Hardware line) record it, and validate.py scores under it (bf16 logits move the loss); --mixed_precision
+    overrides; nothing recorded is fp32. The summary says which, and from where."""
+    ckpt = tmp_path / "run" / "checkpoints" / only_checkpoint(trained).name
+    shutil.copytree(only_checkpoint(trained), ckpt)
+    info = json.loads((ckpt / "run_info.json").read_text())
+    assert info["mixed_precision"] == "no"
+    (ckpt / "run_info.json").write_text(json.dumps({**info, "mixed_precision": "bf16"}))
+    plain, bf16 = evaluate(only_checkpoint(trained), preprocessed), evaluate(ckpt, preprocessed)
+    assert (plain["mixed_precision"], bf16["mixed_precision"]) == ("no", "bf16")
+    assert bf16["mixed_precision_from"] == str(ckpt / "run_info.json")
+    assert bf16["loss"] != pytest.approx(plain["loss"], rel=1e-6)
+    assert evaluate(ckpt, preprocessed, "--mixed_precision", "no")["loss"] == plain["loss"]
+    assert evaluate(only_checkpoint(trained), preprocessed, "--mixed_precision", "bf16")["loss"] == bf16["loss"]
+
+    final = tmp_path / "final"
+    shutil.copytree(trained / "final", final)
+    card = (final / "README.md").read_text()
+    assert "- **Hardware:** 1 x cpu, fp32\n" in card
+    (final / "README.md").write_text(card.replace("- **Hardware:** 1 x cpu, fp32", "- **Hardware:** 1 x cpu, bf16"))
+    exported = evaluate(final, preprocessed)
+    assert exported["mixed_precision"] == "bf16" and exported["loss"] == pytest.approx(bf16["loss"], rel=1e-6)
+    (final / "README.md").unlink()  # an export without its card (a bare save_pretrained)
+    bare = evaluate(final, preprocessed)
+    assert bare["mixed_precision"] == "no" and bare["mixed_precision_from"].startswith("not recorded")
+    assert "--mixed_precision must be one of" in error_of(final, preprocessed, "--mixed_precision", "fp64")
+
+
+def test_export_of_an_eval_flip_run_is_scored_with_flip_and_a_checkpoint_on_its_eval_split(trained, preprocessed,
+                                                                                          tmp_path):
+    """The card's recipe table says --eval_flip, as config.yaml does for a checkpoint; a checkpoint's run evaluated
+    on its --eval_split, which need not be called validation."""
+    final = tmp_path / "final"
+    shutil.copytree(trained / "final", final)
+    card = (final / "README.md").read_text()
+    assert "| eval_flip | False |" in card
+    (final / "README.md").write_text(card.replace("| eval_flip | False |", "| eval_flip | True |"))
+    flipped = evaluate(final, preprocessed)
+    assert flipped["flip"] is True and flipped["flip_from"] == f"{final / 'README.md'} (eval_flip row)"
+    assert flipped["loss"] == evaluate(trained / "final", preprocessed, "--flip")["loss"]
+
+    ds = datasets.load_from_disk(str(preprocessed))
+    datasets.DatasetDict({"train": ds["train"], "holdout": ds["validation"]}).save_to_disk(str(tmp_path / "holdout"))
+    state = load_file(only_checkpoint(trained) / "model.safetensors")
+    ckpt = fake_checkpoint(tmp_path / "ckpt", state, "")
+    config = ckpt.parent.parent / "config.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "eval_split": "holdout"}))
+    scored = evaluate(ckpt, tmp_path / "holdout")
+    assert scored["split"] == "holdout" and scored["n"] == ds["validation"].num_rows
+    assert error_of(trained / "final", tmp_path / "holdout").endswith(
+        "--split validation: the dataset has train, holdout; pass --split holdout")
+
+
 def test_export_and_checkpoint_reproduce_train_logged_val(trained, preprocessed, tmp_path):
     logged = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
     out = tmp_path / "res" / "val.json"
@@ -118,15 +173,21 @@ def test_export_and_checkpoint_reproduce_train_logged_val(trained, preprocessed,
         assert from_ckpt[key] == exported[key], key
     assert from_ckpt["loss"] == pytest.approx(exported["loss"], rel=1e-6)
 
-    # the summary and its companions
+    # the summary and its companions, each saying which weights, data, transform and precision made it
     summary = json.loads(out.read_text())
     assert {"top1", "top5", "n", "loss", "images_per_sec"} <= set(summary) and summary["n"] == exported["n"]
-    per_class = json.loads((out.parent / "val_per_class.json").read_text())
+    assert summary["mixed_precision"] == "no" and summary["meta"]["model_path"] == str((trained / "final").resolve())
+    per_class_file = json.loads((out.parent / "val_per_class.json").read_text())
+    confused_file = json.loads((out.parent / "val_confused.json").read_text())
+    assert per_class_file["meta"] == confused_file["meta"] == summary["meta"]
+    assert summary["meta"]["weights_sha256"] == eval_suite.weights_digest(modeling.load_model(trained / "final"))
+    assert summary["meta"]["model_name"] == trained.name  # the run's name: every export is a "final"
+    per_class = per_class_file["rows"]
     assert [row["wnid"] for row in per_class] == ["n01440764", "n01443537", "n01484850", "n01491361"]
     assert per_class[0]["name"] == "astronaut" and sum(row["n"] for row in per_class) == exported["n"]
     correct = sum(row["top1"] * row["n"] / 100 for row in per_class if row["n"])
     assert correct == pytest.approx(exported["top1"] * exported["n"] / 100)
-    confused = json.loads((out.parent / "val_confused.json").read_text())
+    confused = confused_file["rows"]
     assert all(row["true"] != row["predicted"] and row["count"] > 0 for row in confused)
     assert sum(row["count"] for row in confused) == round(exported["n"] * (1 - exported["top1"] / 100))
 
@@ -166,7 +227,8 @@ def test_update_model_card(trained, preprocessed, tmp_path):
     # the card of an EMA export (train.py writes this line when the EMA weights won)
     modeling.update_model_card_results(folder, {"top1": 1.0, "top5": 2.0, "ema": True})
     before = huggingface_hub.ModelCard.load(folder / "README.md")
-    result = evaluate(folder, preprocessed, "--update_model_card", "--image_size", 40)  # the export's is 48
+    # local-dir: is timm's and modeling's name for the same folder
+    result = evaluate(f"local-dir:{folder}", preprocessed, "--update_model_card", "--image_size", 40)  # its own: 48
     card = huggingface_hub.ModelCard.load(folder / "README.md")
     # the Results table: the source tree's name (source.json; a subset is never called ILSVRC-2012), not a path; the
     # numbers; the transform they were measured at
@@ -244,6 +306,51 @@ def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
                              label_names=wnids[::-1])
     assert "another index order" in error_of(tmp_path / "shuffled", preprocessed)
 
+    # --output is checked before the data (here: none) or the model loads
+    (tmp_path / "a_file").write_text("x")
+    assert error_of(final, tmp_path / "no_dataset", "--output", tmp_path).startswith(
+        f"error: --output {tmp_path}: {tmp_path} is a folder; give a file path such as")
+    assert "a_file is a file, not a folder" in error_of(final, preprocessed, "--output", tmp_path / "a_file" / "r.json")
+    assert "--mce_reference /nonexistent.json: cannot read it (No such file or directory)" in error_of(
+        final, preprocessed, "--mce_reference", "/nonexistent.json")
+    # names that are no model, or no weights, say what to give
+    assert "timm has no pretrained tag 'nosuchtag' for resnet50 (known: a1_in1k" in error_of(
+        "resnet50.nosuchtag", preprocessed)
+    assert "no such folder, no Hub id (OWNER/NAME), and unknown model 'resnet5000'" in error_of("resnet5000",
+                                                                                                preprocessed)
+    message = error_of(TINY, preprocessed)
+    assert "no published weights; score a saved export: --model RUN/final" in message and "--pretrained" not in message
+    # a checkpoint whose run started from an export by a path relative to another folder
+    moved = fake_checkpoint(tmp_path / "moved", ten.state_dict(), "")
+    (moved.parent.parent / "config.yaml").write_text(yaml.safe_dump({"model": "local-dir:../gone/final"}))
+    assert "names --model local-dir:../gone/final, which does not load from" in error_of(moved, preprocessed)
+
+
+def test_a_fixed_input_size_model_refuses_another_size_before_scoring(preprocessed, tmp_path, capsys):
+    """timm's ViTs take only their own size: one line before the first batch, and in a sweep before the first
+    size is scored."""
+    wnids = datasets.load_from_disk(str(preprocessed))["validation"].features["label"].names
+    vit = tmp_path / "vit"
+    modeling.save_pretrained(modeling.create_model("test_vit_relpos", num_classes=4), vit, label_names=wnids)
+    assert error_of(vit, preprocessed, "--image_size", 96) == (
+        f"error: --image_size 96: --model {vit} takes only 160 px input (Input height (96) doesn't match model "
+        "(160).); give 160, or leave --image_size out")
+    assert error_of(vit, preprocessed, "--image_sizes", "160,96").startswith("error: --image_sizes 96: ")
+    assert "@160px" not in capsys.readouterr().out
+
+
+def test_suite_results_name_the_run_and_the_help_names_every_output(trained, preprocessed, tmp_path, capsys):
+    """results.csv rows concatenated across runs stay apart: the model column is the run's name, not "final"."""
+    out = tmp_path / "suite.json"
+    evaluate(trained / "final", preprocessed, "--image_sizes", "32,48", "--output", out)
+    with (tmp_path / "suite_results.csv").open() as f:
+        assert [row["model"] for row in csv.DictReader(f)] == [trained.name] * 2
+    summary = json.loads(out.read_text())
+    assert summary["mixed_precision"] == "no" and summary["meta"]["model_name"] == trained.name
+    with pytest.raises(SystemExit):
+        validate.main(["--help"])
+    assert "(suite: _results.csv, _parts/)" in " ".join(capsys.readouterr().out.split())
+
 
 def test_offline_hub_id_fails_in_one_line_from_the_cli(preprocessed, tmp_path):
     proc = run([sys.executable, str(ROOT / "validate.py"), "--model", "hf-hub:timm/resnet18.a1_in1k",
@@ -269,7 +376,9 @@ def test_two_processes_give_the_same_numbers(trained, preprocessed, tmp_path):
     assert (b["top1"], b["top5"]) == (a["top1"], a["top5"])
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     for companion in ("r_per_class.json", "r_confused.json"):
-        assert json.loads((two.parent / companion).read_text()) == json.loads((one.parent / companion).read_text())
+        a_rows, b_rows = (json.loads((out.parent / companion).read_text()) for out in (one, two))
+        assert b_rows["rows"] == a_rows["rows"] and b_rows["meta"]["num_processes"] == 2
+        assert b_rows["meta"]["weights_sha256"] == a_rows["meta"]["weights_sha256"]
 
 
 def test_other_class_names_warn_and_still_score(preprocessed, tmp_path, capsys):
