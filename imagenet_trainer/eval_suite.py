@@ -311,14 +311,6 @@ def results_csv(summary: dict) -> str:
     return out.getvalue()
 
 
-def write_outputs(summary: dict, output: str) -> None:
-    """The JSON summary at ``output`` and ``<stem>_results.csv`` beside it, each replaced atomically."""
-    out = Path(output)
-    atomic_write_text(out, json.dumps(summary, indent=2))
-    atomic_write_text(out.with_name(out.stem + "_results.csv"), results_csv(summary))
-    print(f"wrote {out} and {out.with_name(out.stem + '_results.csv')}")
-
-
 def update_card(folder: Path, summary: dict, cfg) -> None:
     """The export's card: the rows at the first image size, --dataset's through the single-set update (its Results
     section), every set's as a model-index entry and a row of the Results-by-dataset table."""

@@ -5,11 +5,15 @@ temporary JUPYTER_PATH, so a CI machine with only ``pip install -r requirements.
 kernel), with cwd = notebooks/ as in Jupyter, and its inputs set through the environment variables its first cell
 reads: conftest's ``preprocessed`` (photos with ImageNet's faults), ``digits_dataset``, and a 2-epoch train.py run on
 the digits trained once per module. The assertions read the cells' printed text and check it against the files.
+Small variants of these inputs (a resumed run's metrics.jsonl, a class-sorted dataset without boxes, validate.py
+outputs) check what the notebooks do with real runs and datasets beyond the demo's.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +21,18 @@ from pathlib import Path
 import datasets
 import nbformat
 import numpy as np
+import pyarrow.compute as pc
 import pytest
+import yaml
 from nbclient import NotebookClient
 
 from imagenet_trainer.ilsvrc import class_descriptions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_inspect_dataset", "02_augmentations", "03_training_curves", "04_backbone_features", "05_downstream")
+NAMES = ("01_inspect_dataset", "02_augmentations", "03_training_curves", "04_backbone_features", "05_downstream",
+         "06_effective_robustness")
+INPUTS = ("IMAGENET_DATASET", "IMAGENET_RUN", "IMAGENET_RESULTS")  # what the notebooks read from the environment
 KERNEL = "imagenet-trainer-tests"
 WNID = re.compile(r"\bn\d{8}\b")
 
@@ -56,14 +64,28 @@ def trained_run(digits_dataset, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def sorted_without_boxes(digits_dataset, tmp_path_factory) -> Path:
+    """The digits as a class-folder copy of ImageNet looks to 05: no boxes, and train sorted by class with more rows
+    of its first class (1,100) than the probe embeds (MAX_TRAIN 1,000; ImageNet's first class has 1,300)."""
+    ds = datasets.load_from_disk(str(digits_dataset))
+    labels = np.asarray(ds["train"]["label"])
+    order = np.concatenate([np.tile(np.flatnonzero(labels == 0), 11), np.flatnonzero(labels != 0)])
+    splits = {"train": ds["train"].select(order, keep_in_memory=True), "validation": ds["validation"]}
+    out = tmp_path_factory.mktemp("sorted_without_boxes") / "dataset"
+    datasets.DatasetDict({name: split.map(lambda _: {"objects": []}, features=split.features, keep_in_memory=True)
+                          for name, split in splits.items()}).save_to_disk(str(out))
+    return out
+
+
 def execute(name: str, monkeypatch, jupyter_home: Path, **inputs) -> nbformat.NotebookNode:
     """The executed notebook; a cell that raises fails the test with the cell's traceback (CellExecutionError)."""
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_home))  # the kernelspec lookup happens in this process
     for var, sub in (("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_CONFIG_DIR", "config"), ("IPYTHONDIR", "ipython")):
         monkeypatch.setenv(var, str(jupyter_home / sub))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("IMAGENET_DATASET", raising=False)
-    monkeypatch.delenv("IMAGENET_RUN", raising=False)
+    for var in INPUTS:
+        monkeypatch.delenv(var, raising=False)
     for key, value in inputs.items():
         monkeypatch.setenv(key, str(value))  # the kernel inherits this environment
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
@@ -86,15 +108,31 @@ def pngs(c) -> int:
     return sum("image/png" in o.get("data", {}) for o in c.outputs)
 
 
+def notebook_function(name: str, function: str, **namespace):
+    """A function defined in a notebook's code cell, compiled alone (the rest of the cell is not run)."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    for c in nb.cells:
+        if c.cell_type == "code" and f"def {function}(" in c.source:
+            source = "\n".join(line for line in c.source.splitlines() if not line.startswith("%"))  # IPython magics
+            found = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == function]
+            exec(compile(ast.Module(found, type_ignores=[]), name, "exec"), namespace)
+            return namespace[function]
+    raise AssertionError(f"{name}: no cell defines {function}()")
+
+
 def test_notebooks_are_stored_clean_and_read_their_inputs_from_the_environment():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
+    reads = {"IMAGENET_DATASET": ("01", "02", "03", "04", "05"), "IMAGENET_RUN": ("03", "04", "05"),
+             "IMAGENET_RESULTS": ("06",)}
     for name in NAMES:
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: outputs not cleared"
         assert nb.cells[0].cell_type == "markdown", f"{name}: starts without an explanation"
-        assert "os.environ.get(\"IMAGENET_DATASET\"" in code[0].source, name
-        assert ("os.environ.get(\"IMAGENET_RUN\"" in code[0].source) == (name[:2] in ("03", "04", "05")), name
+        assert nb.cells[0].source.startswith(f"# {int(name[:2])}. "), f"{name}: its title has another number"
+        for var in INPUTS:
+            assert (f"os.environ.get(\"{var}\"" in code[0].source) == (name[:2] in reads[var]), (name, var)
 
 
 def test_inspect_dataset(preprocessed, ilsvrc_tree, monkeypatch, jupyter_home):
@@ -135,6 +173,16 @@ def test_inspect_dataset(preprocessed, ilsvrc_tree, monkeypatch, jupyter_home):
     assert stdout(boxes).splitlines()[0] == f"{several} (validation): boxes 3"
 
 
+def test_inspect_dataset_counts_the_boxes_of_every_row():
+    """01 picks the images with the most boxes from every row's count, read from the `objects` column alone."""
+    box_counts = notebook_function("01_inspect_dataset", "box_counts", np=np, pc=pc)
+    box = {"bbox": [0.0, 0.0, 1.0, 1.0], "label": 0}
+    rows = datasets.Dataset.from_dict({"objects": [[box]] * 6000 + [[box] * 3, None, []], "label": [0] * 6003})
+    assert box_counts(rows).tolist() == [1] * 6000 + [3, 0, 0]  # the most boxes past any prefix a scan might take
+    assert box_counts(rows.select([6000, 2])).tolist() == [3, 1]
+    assert box_counts(rows.remove_columns("objects")).tolist() == [0] * 6003  # a Hub copy has no objects column
+
+
 def test_augmentations(preprocessed, monkeypatch, jupyter_home):
     nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=preprocessed)
     crops = cell(nb, "same key, same pixels")
@@ -144,6 +192,17 @@ def test_augmentations(preprocessed, monkeypatch, jupyter_home):
     assert pngs(eval_crop) == 1 and "resize shorter side to 146 px, centre crop (3, 128, 128)" in stdout(eval_crop)
     mixing = cell(nb, "mixup_cutmix(x, y")
     assert pngs(mixing) == 2 and stdout(mixing).count("targets sum to 1: True") == 2
+    # the targets train.py's loss trains toward: the mix, label-smoothed with the mixup recipe's epsilon
+    recipe = yaml.safe_load((ROOT / "recipes" / "convnext_tiny.yaml").read_text())
+    eps, classes = recipe["label_smoothing"], len(class_descriptions(preprocessed))
+    assert recipe["mixup_alpha"] > 0 and recipe["cutmix_alpha"] > 0 and eps > 0
+    pairs = re.findall(r"image 0 target = ([\d.]+) .+ \+ ([\d.]+) .+; targets sum to 1: True\n"
+                       rf"  label smoothing {eps}: ([\d.]+) .+ \+ ([\d.]+) .+, {eps / classes:.2g} for each other "
+                       r"class; the loss with label_smoothing equals the loss on these: True$", stdout(mixing), re.M)
+    assert len(pairs) == 2
+    for *mixed, first, second in pairs:
+        assert [float(first), float(second)] == pytest.approx(
+            [float(w) * (1 - eps) + eps / classes for w in mixed], abs=0.01)  # each printed to 2 decimals
     erasing = cell(nb, "random_erasing(x")
     fractions = [float(f) for f in stdout(erasing).split(":")[1].split(",")]
     assert pngs(erasing) == 1 and len(fractions) == 8 and all(0 < f < 0.5 for f in fractions)  # prob 1: all erased
@@ -153,7 +212,7 @@ def test_training_curves(trained_run, monkeypatch, jupyter_home):
     nb = execute("03_training_curves", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run)
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and "ema_val_top1" in rows[-1]
-    table = stdout(cell(nb, "rows = [json.loads"))
+    table = stdout(cell(nb, "rows = last_history("))
     assert "ema_val_top1" in table and len(table.strip().splitlines()) == 2 + len(rows)  # title, header, rows
     assert pngs(cell(nb, "plt.subplots(2, 2")) == 1
     summary = stdout(cell(nb, "last = rows[-1]"))
@@ -163,13 +222,54 @@ def test_training_curves(trained_run, monkeypatch, jupyter_home):
     assert f"final EMA: val top-1 {last['ema_val_top1']:.2f}%" in summary
 
 
+def test_training_curves_keep_the_last_history():
+    """A row is superseded when a later row has the same or an earlier step: what a resume from an earlier
+    checkpoint appends after the rows of the run it leaves."""
+    last_history = notebook_function("03_training_curves", "last_history")
+    for steps, kept in (([10, 20, 30], [0, 1, 2]),
+                        ([10, 20, 30, 20, 30, 40], [0, 3, 4, 5]),  # resumed from step 10, with another --lr
+                        ([10, 20, 30, 30, 40], [0, 1, 3, 4]),  # resumed from a mid-epoch checkpoint (step 25)
+                        ([10, 20, 30, 20, 30, 40, 10, 20], [6, 7])):  # then from the first epoch's start
+        assert [r["i"] for r in last_history([{"step": s, "i": i} for i, s in enumerate(steps)])] == kept
+
+
+def test_training_curves_of_a_resumed_run_given_its_export(trained_run, tmp_path, monkeypatch, jupyter_home):
+    """metrics.jsonl still holding the rows of the branch a resume left, and IMAGENET_RUN naming the export
+    RUN/final: the curves and the best epoch are the last history's only."""
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    shutil.copy(trained_run / "config.yaml", run / "config.yaml")
+    shutil.copy(trained_run / "final" / "config.json", run / "final" / "config.json")
+    first, second = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    left = {**second, "val_top1": 99.5, "ema_val_top1": 99.5}  # the run the resume from epoch 1's checkpoint left
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (first, left, second)))
+    nb = execute("03_training_curves", monkeypatch, jupyter_home, IMAGENET_RUN=run / "final")
+    assert stdout(cell(nb, 'print(f"run: {RUN}")')).splitlines()[-1] == f"run: {run}"
+    table = stdout(cell(nb, "rows = last_history("))
+    assert "dropped 1 of 3 rows, superseded by a resume from an earlier checkpoint" in table
+    assert [line.split()[:2] for line in table.splitlines()[-2:]] == [[f"{r['epoch']:g}", str(r["step"])]
+                                                                      for r in (first, second)]
+    summary = stdout(cell(nb, "last = rows[-1]"))
+    best = max((first, second), key=lambda r: max(r["val_top1"], r["ema_val_top1"]))
+    assert (f"best: epoch {best['epoch']:g}: val top-1 {best['val_top1']:.2f}%, "
+            f"EMA {best['ema_val_top1']:.2f}%") in summary
+    assert "99.50" not in table + summary
+
+
 def test_backbone_features(trained_run, digits_dataset, monkeypatch, jupyter_home):
-    nb = execute("04_backbone_features", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run,
-                 IMAGENET_DATASET=digits_dataset)
+    """Given the export RUN/final and no IMAGENET_DATASET: the dataset the run's config.yaml names."""
+    nb = execute("04_backbone_features", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run / "final")
     names = class_descriptions(digits_dataset)
+    inputs = stdout(cell(nb, "def trained_on("))
+    assert f"dataset: {digits_dataset} (from {trained_run / 'config.yaml'})" in inputs
+    assert f"model: {trained_run / 'final'}" in inputs
 
     predictions = cell(nb, "probs.topk")
     assert pngs(predictions) == 1
+    val = datasets.load_from_disk(str(digits_dataset))["validation"]
+    queries = sorted(np.random.default_rng(0).permutation(len(val))[:4].tolist())  # not the first rows: sorted splits
+    assert f"validation rows {queries} (drawn at random, seed 0)" in stdout(predictions)
+    assert re.findall(r"^(\S+) \(true: ", stdout(predictions), re.M) == [val[i]["image_id"] for i in queries]
     blocks = stdout(predictions).split("ILSVRC2012_val_")[1:]
     assert len(blocks) == 4
     for block in blocks:
@@ -199,12 +299,17 @@ def test_backbone_features(trained_run, digits_dataset, monkeypatch, jupyter_hom
 def test_downstream(trained_run, digits_dataset, monkeypatch, jupyter_home):
     """The export in torchvision's FasterRCNN (every backbone parameter trained), as a transformers TimmBackbone with
     the export's exact weights inside DETR, and a linear probe of its frozen features well above chance."""
-    nb = execute("05_downstream", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run, IMAGENET_DATASET=digits_dataset)
+    nb = execute("05_downstream", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run)  # the dataset: config.yaml's
+    assert f"dataset: {digits_dataset} (from {trained_run / 'config.yaml'})" in stdout(cell(nb, "def trained_on("))
     detection = stdout(cell(nb, "FasterRCNN(TimmFPN"))
     first, last, reached, total = re.search(r"loss ([\d.]+) -> ([\d.]+) over 6 steps; gradients reached (\d+) of "
                                             r"(\d+) backbone parameters", detection).groups()
     assert int(reached) == int(total) > 0 and np.isfinite([float(first), float(last)]).all()
-    assert re.search(r"^FasterRCNN: 24 training images with boxes", detection, re.M)
+    # train is sorted by class, so its first 24 images with boxes are all of one digit; a random draw has several
+    train = datasets.load_from_disk(str(digits_dataset))["train"]
+    assert len({row["label"] for row in train.select(range(100)) if row["objects"]}) == 1
+    classes = int(re.search(r"^FasterRCNN: 24 training images with boxes \((\d+) classes\)", detection, re.M).group(1))
+    assert classes >= 5
 
     transformers_route = stdout(cell(nb, "DetrForObjectDetection"))
     assert "weights and BatchNorm statistics equal the export's: True" in transformers_route
@@ -213,5 +318,77 @@ def test_downstream(trained_run, digits_dataset, monkeypatch, jupyter_home):
     assert np.isfinite([float(v) for v in detr_losses]).all()
 
     probe = stdout(cell(nb, "LogisticRegression"))
+    assert "linear probe: 1000 train images of 10 classes / 200 val images" in probe
     top1, chance = re.search(r"val top-1 ([\d.]+)% \(chance ([\d.]+)%\)", probe).groups()
     assert float(chance) == 10.0 and float(top1) > 3 * float(chance)  # trained features separate the digits
+
+
+def test_downstream_on_a_class_sorted_dataset_without_boxes(trained_run, sorted_without_boxes, monkeypatch,
+                                                           jupyter_home):
+    """No boxes (class folders, Hub copies): one line says so, the detector training is skipped, the probe runs on
+    train images of every class although the first 1,100 rows are of one (a prefix would give LogisticRegression
+    one class). The model is given as its export folder."""
+    nb = execute("05_downstream", monkeypatch, jupyter_home, IMAGENET_RUN=trained_run / "final",
+                 IMAGENET_DATASET=sorted_without_boxes)
+    assert stdout(cell(nb, "FasterRCNN(TimmFPN")) == (
+        f"no train image of {sorted_without_boxes} has boxes (its `objects` column is empty or missing): the "
+        "FasterRCNN and DETR training is skipped\n")
+    transformers_route = stdout(cell(nb, "DetrForObjectDetection"))
+    assert "weights and BatchNorm statistics equal the export's: True" in transformers_route
+    assert "DETR: loss" not in transformers_route
+    probe = stdout(cell(nb, "LogisticRegression"))
+    assert "linear probe: 1000 train images of 10 classes / 200 val images" in probe
+    top1, chance = re.search(r"val top-1 ([\d.]+)% \(chance ([\d.]+)%\)", probe).groups()
+    assert float(top1) > 3 * float(chance)
+
+
+@pytest.mark.parametrize("name", ["04_backbone_features", "05_downstream"])
+def test_the_dataset_a_run_was_trained_on(name, tmp_path):
+    """Without IMAGENET_DATASET, 04 and 05 read the `dataset:` of the run's config.yaml; a relative one (as `make
+    demo` writes it) is relative to the folder train.py ran in, which the relative --output_dir also recorded."""
+    root, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    trained_on = notebook_function(name, "trained_on", ROOT=root, Path=Path)
+    for base in (root, elsewhere):
+        (base / "demo_run" / "dataset").mkdir(parents=True)
+        (base / "demo_run" / "run" / "final").mkdir(parents=True)
+        (base / "demo_run" / "run" / "config.yaml").write_text("dataset: demo_run/dataset\noutput_dir: demo_run/run\n")
+    assert trained_on(elsewhere / "demo_run" / "run" / "final") == elsewhere / "demo_run" / "dataset"
+    moved = tmp_path / "moved" / "run"  # --output_dir no longer matches: the repository root's copy
+    shutil.copytree(elsewhere / "demo_run" / "run", moved)
+    assert trained_on(moved / "final") == root / "demo_run" / "dataset"
+    (moved / "config.yaml").write_text("dataset: ILSVRC/imagenet-1k\noutput_dir: runs/r\n")
+    assert trained_on(moved / "final") == "ILSVRC/imagenet-1k"  # no such folder: a Hub id, for load_image_dataset
+    (moved / "config.yaml").write_text(f"dataset: {elsewhere / 'demo_run' / 'dataset'}\noutput_dir: runs/r\n")
+    assert trained_on(moved / "final") == elsewhere / "demo_run" / "dataset"
+    snapshot = tmp_path / "models--org--name" / "snapshots" / "abc"  # a Hub snapshot: no run config beside it
+    snapshot.mkdir(parents=True)
+    with pytest.raises(ValueError, match="set IMAGENET_DATASET"):
+        trained_on(snapshot)
+
+
+def test_effective_robustness(tmp_path, monkeypatch, jupyter_home):
+    """validate.py --output files with and without --eval_sets, then the default folder: results/ in the repository
+    root, where the markdown's loop (run there) writes, whatever the kernel's cwd."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for model, imagenet, shifted in (("resnet18", 69.8, 33.1), ("resnet50", 76.1, 36.2), ("convnext_tiny", 82.1, 47.0)):
+        rows = [{"dataset": kind, "name": kind, "kind": kind, "image_size": 224, "top1": top1, "top5": 95.0,
+                 "split": "validation"} for kind, top1 in (("imagenet", imagenet), ("imagenet-r", shifted))]
+        (results / f"{model}.json").write_text(json.dumps({"model": f"runs/{model}/final", "results": rows}))
+    single = {"model": "runs/vit/final", "dataset": "data/imagenet", "split": "validation", "top1": 80.0, "n": 50000}
+    (results / "vit.json").write_text(json.dumps(single))  # validate.py without --eval_sets
+    (results / "vit_per_class.json").write_text(json.dumps([{"label": 0, "n": 50, "top1": 80.0}]))
+    nb = execute("06_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
+    listing = stdout(cell(nb, "IMAGENET_RESULTS"))
+    assert listing.splitlines()[0] == f"3 models in {results}: convnext_tiny, resnet18, resnet50"
+    assert "vit.json: scored without --eval_sets, so not on the plot" in listing
+    assert (f"python validate.py --model runs/vit/final --dataset data/imagenet --eval_sets "
+            f"~/data/imagenet-r,~/data/imagenet-a --output {results / 'vit.json'}") in listing
+    assert "per_class" not in listing
+    lines = stdout(cell(nb, "np.polyfit")).splitlines()
+    assert [line.split(":")[:2] for line in lines] == [["imagenet-r", f" {m}"] for m in
+                                                       ("convnext_tiny", "resnet18", "resnet50")]
+    assert pngs(cell(nb, "np.polyfit")) == 1
+
+    nb = execute("06_effective_robustness", monkeypatch, jupyter_home)
+    assert re.match(r"\d+ models in (.+?): ", stdout(cell(nb, "IMAGENET_RESULTS"))).group(1) == str(ROOT / "results")
