@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The GPU paths end to end, in one short run (minutes on one H100/H200; the JSON has each stage's seconds).
 #
-#   bash benchmarks/gpu_check.sh [--out benchmarks/results/gpu_check.json]   # on a machine with one GPU
-#   bash benchmarks/gpu_check.sh --cpu [--out F.json]                        # dry run: every stage tiny, on the CPU
-#   bash benchmarks/gpu_check.sh --stages tree,train_recipe,workers          # some stages only (tree: with originals)
-#   PYTHON=/opt/env/bin/python bash benchmarks/gpu_check.sh                  # another interpreter (default: .venv's,
-#                                                                            # else python3)
+#   bash benchmarks/gpu_check.sh [--out F.json]     # on a machine with one GPU (default out:
+#                                                   # benchmarks/results/gpu_check.json)
+#   bash benchmarks/gpu_check.sh --cpu [--out F.json]   # dry run: every stage tiny, on the CPU (default out:
+#                                                   # benchmarks/results/gpu_check_cpu.json, so that a dry run never
+#                                                   # replaces the GPU figures of gpu_check.json)
+#   bash benchmarks/gpu_check.sh --stages tree,train_recipe,workers   # some stages only (tree: with originals)
+#   PYTHON=/opt/env/bin/python bash benchmarks/gpu_check.sh   # another interpreter (default: .venv's, else python3)
+#   bash benchmarks/gpu_check.sh --help             # this text
+#
+# It runs from any directory (a relative --out or PYTHON is the caller's). Each run starts from an empty work folder:
+# every stage but throughput reads the tree that tree makes in the same run, and validate train_recipe's export, so
+# --stages without them is refused. A stop signal (SIGTERM, SIGINT, SIGHUP: a time limit's, Ctrl-C) stops the stage
+# running, and waits for its processes (train.py holding the GPU among them), before the work folder is removed.
 #
 # Stages, each timed and recorded on its own, most telling first: a stage that fails is reported with the end of
 # its log and the others still run; the JSON (its `pending`: the stages not reached yet) and F_logs.tar.gz (every
@@ -21,7 +29,8 @@
 #   train_8cores the goal "ResNet-50 >= 4,000 img/s on one GPU with <= 8 cores and data_wait_frac < 5%": real
 #               train.py at recipes/resnet50.yaml's settings (bf16, 192 px, --compile, compiled cold as on a fresh
 #               machine) on the 256 copy, the whole launch pinned to 8 cores with 7 workers, 5 epochs of 50 steps;
-#               images/s and the steady data wait of the 4 after the first, and goal_met
+#               images/s and the steady data wait of the 4 after the first (taken together: their images over their
+#               seconds), and goal_met
 #   originals   preprocess.py on the tree's originals, which the later stages train on; asked with tree. Beside
 #               train_8cores, on the cores past its 8 where there are at least 4 of them: it ends during the cold
 #               compile of train_8cores' first epoch, before the epochs the goal is judged on
@@ -30,8 +39,9 @@
 #               every wait of the host for the GPU while it trains (benchmarks/sync_probe.py)
 #   workers     the loader alone (benchmarks/loader.py self-test, 192 px), each run pinned to workers + 1 cores: 8
 #               workers on the originals, 1 and 8 on the 256 copy (8: at most the cores less one); img/s per core,
-#               and the cores one GPU needs at the fastest train.py rate at the recipe's settings and at the goal's
-#               4,000 img/s; the CPU time of each step of a train sample on this CPU, for each copy (--profile)
+#               and the cores one GPU needs at the fastest train.py rate at the recipe's settings (train_8cores' or
+#               train_recipe's in the same run; not measured without them) and at the goal's 4,000 img/s; the CPU time
+#               of each step of a train sample on this CPU, for each copy (--profile)
 #   validate    validate.py on train_recipe's export: its top-1 against the model card's
 #   fsdp        FSDP2 on one process (accelerate_configs/fsdp.yaml, convnext_tiny): stop at a checkpoint, resume; a
 #               step's seconds and each launch's one-time seconds, from the two launches' lengths and times
@@ -46,42 +56,138 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY="$(command -v python3)"
-ACCELERATE=("$PY" -m accelerate.commands.launch)
-OUT="$ROOT/benchmarks/results/gpu_check.json"
-CPU=0
 ALL_STAGES=(tree throughput train_8cores originals train_recipe workers validate fsdp train_eager)
+USAGE="use --cpu, --out FILE.json, --stages A,B of: ${ALL_STAGES[*]}; --help"
+fail() { echo "error: $*" >&2; exit 2; }  # one line, status 2: what to change before running again
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+OUT=""
+CPU=0
 STAGES=("${ALL_STAGES[@]}")
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1 ;;
-    --out) OUT="$2"; shift ;;
-    --stages) IFS=, read -r -a STAGES <<< "$2"; shift ;;
-    *) echo "error: unknown argument $1 (use --cpu, --out FILE.json, --stages A,B)" >&2; exit 2 ;;
+    --out|--stages)
+      # a missing value, or the next flag taken for one, would fail later and less clearly
+      [ $# -ge 2 ] && [ -n "$2" ] && [[ "$2" != -* ]] || fail "$1 needs a value ($USAGE)"
+      if [ "$1" = --out ]; then OUT="$2"; else IFS=, read -r -a STAGES <<< "$2"; fi
+      shift ;;
+    -h|--help) sed -n '2,/^set -uo pipefail$/{/^set -uo/d; s/^# \{0,1\}//; p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) fail "unknown argument $1 ($USAGE)" ;;
   esac
   shift
 done
+[ ${#STAGES[@]} -gt 0 ] || fail "--stages: no stage given (stages: ${ALL_STAGES[*]})"
 for name in "${STAGES[@]}"; do
-  [[ " ${ALL_STAGES[*]} " == *" $name "* ]] ||
-    { echo "error: --stages: unknown stage $name (stages: ${ALL_STAGES[*]})" >&2; exit 2; }
+  [ -n "$name" ] || fail "--stages: an empty stage name (stages: ${ALL_STAGES[*]})"
+  [[ " ${ALL_STAGES[*]} " == *" $name "* ]] || fail "--stages: unknown stage $name (stages: ${ALL_STAGES[*]})"
 done
-[[ " ${STAGES[*]} " == *" tree "* ]] && STAGES+=(originals)  # the tree's originals, which the later stages read
+asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
+for name in "${STAGES[@]}"; do
+  case "$name" in
+    tree|throughput) ;;
+    *) asked tree || fail "--stages: $name needs tree in the same run (each run starts from an empty work folder;" \
+      "tree makes what $name reads): add tree" ;;
+  esac
+done
+if asked validate && ! asked train_recipe; then
+  fail "--stages: validate needs train_recipe in the same run (it scores that stage's export): add train_recipe"
+fi
+asked tree && STAGES+=(originals)  # the tree's originals, which the later stages read
 ASKED=" ${STAGES[*]} "
 STAGES=()  # in the run's order, whatever the order asked
 for name in "${ALL_STAGES[@]}"; do [[ "$ASKED" == *" $name "* ]] && STAGES+=("$name"); done
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
+# a dry run never writes where the GPU figures are kept
+[ -n "$OUT" ] || OUT="$ROOT/benchmarks/results/gpu_check$([ "$CPU" = 1 ] && echo _cpu).json"
+OUT="$(absolute "$OUT")"
+if [ -n "${PYTHON:-}" ]; then  # a path, or a command on the PATH
+  PY="$(command -v -- "$PYTHON")" && [ -f "$PY" ] && [ -x "$PY" ] ||
+    fail "PYTHON=$PYTHON is not an executable file or a command (give the interpreter of this project's venv)"
+elif [ -x "$ROOT/.venv/bin/python" ]; then
+  PY="$ROOT/.venv/bin/python"
+else
+  PY="$(command -v python3)" || fail "no $ROOT/.venv/bin/python and no python3 on the PATH: set PYTHON="
+fi
+PY="$(absolute "$PY")"
+REPORT=("$PY" "$ROOT/benchmarks/gpu_check_report.py")
+ACCELERATE=("$PY" -m accelerate.commands.launch)
+WORK="$(absolute "$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")")" || fail "no work folder in ${TMPDIR:-/tmp}"
 trap 'rm -rf "$WORK"' EXIT
+# stop_stages SIGNAL: signal every process under this script (the stages' accelerate, train.py and the rest), wait
+# until they are gone (SIGKILL for what is left after STOP_GRACE_S), then exit, the EXIT trap removing the work
+# folder: a scheduler's SIGTERM, a time limit or Ctrl-C must not end this script alone while a stage's accelerate and
+# train.py run on, holding the GPU, in a folder removed under them. The stages run in the background with this shell
+# in `wait` (run_stage), which a trapped signal interrupts at once.
+STOP_GRACE_S=5
+stop_stages() {
+  local sig="$1" pids=() more=() sig_now waited
+  trap '' TERM INT HUP  # one stop at a time
+  echo "== stopped by SIG$sig: ending the stages running, then removing $WORK" >&2
+  for sig_now in TERM KILL; do
+    mapfile -t more < <(descendants "$$")
+    # and the first round's: a process whose parent has ended is no longer found under this script
+    pids+=(${more[@]+"${more[@]}"})
+    [ ${#pids[@]} -gt 0 ] || break
+    kill "-$sig_now" "${pids[@]}" 2> /dev/null
+    for ((waited = 0; waited < STOP_GRACE_S * 10; waited++)); do
+      alive "${pids[@]}" || break
+      sleep 0.1
+    done
+  done
+  exit $((128 + $(kill -l "$sig")))
+}
+descendants() {  # descendants PID: the processes under PID at any depth, less this lookup's own (/proc, else ps: a
+  # container image may have no ps)
+  "$PY" - "$1" <<'PYEOF'
+import os, subprocess, sys
+
+parents = {}
+if os.path.isdir("/proc/self"):
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+else:
+    for line in subprocess.run(["ps", "-e", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True).stdout \
+            .splitlines():
+        pid, parent = map(int, line.split())
+        parents[pid] = parent
+under, frontier = set(), {int(sys.argv[1])}
+while frontier:
+    frontier = {pid for pid, parent in parents.items() if parent in frontier and pid != os.getpid()} - under
+    under |= frontier
+print(*sorted(under), sep="\n")
+PYEOF
+}
+alive() {  # alive PID...: one of them still runs (an ended process not yet reaped does not)
+  local pid stat
+  for pid in "$@"; do
+    if [ -d /proc/self ]; then
+      { read -r stat < "/proc/$pid/stat"; } 2> /dev/null || continue  # ended
+      stat="${stat##*) }"
+      [ "${stat%% *}" = Z ] || return 0
+    elif kill -0 "$pid" 2> /dev/null; then
+      return 0
+    fi
+  done
+  return 1
+}
+for sig in TERM INT HUP; do trap "stop_stages $sig" "$sig"; done
+cd "$ROOT" || fail "cannot enter $ROOT"  # python -m finds this project's package from any directory
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
 # the machine, described once (the report written after every stage then needs no torch import: ~2 s each), and the
 # check that there is a GPU
-if ! "$PY" - "$WORK/machine.json" "$CPU" <<'PYEOF'
+"$PY" - "$WORK/machine.json" "$CPU" 2> "$WORK/machine.err" <<'PYEOF'
 import json, os, platform, sys
 
-import torch
-
+try:
+    import torch
+except ImportError as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(3)
 if sys.argv[2] == "0" and not torch.cuda.is_available():
-    sys.exit(1)
+    sys.exit(4)
 cpuinfo = open("/proc/cpuinfo").read().splitlines() if os.path.exists("/proc/cpuinfo") else []
 machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(), "torch": torch.__version__,
@@ -92,10 +198,12 @@ machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else
 with open(sys.argv[1], "w") as f:
     json.dump(machine, f)
 PYEOF
-then
-  echo "error: no CUDA GPU visible to $PY; run on a GPU machine, or add --cpu for the dry run" >&2
-  exit 2
-fi
+case $? in
+  0) ;;
+  3) fail "$PY cannot import torch ($(tail -n 1 "$WORK/machine.err")): give PYTHON= this project's venv interpreter" ;;
+  4) fail "no CUDA GPU visible to $PY; run on a GPU machine, or add --cpu for the dry run" ;;
+  *) fail "$PY could not describe the machine: $(tail -n 1 "$WORK/machine.err")" ;;
+esac
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # one Inductor cache for this run, whatever the environment names (a process that has imported Inductor exports its
 # default, /tmp/torchinductor_<user>, to its children): train_8cores compiles cold, as on a fresh machine, and
@@ -152,16 +260,20 @@ run_stage() {
   if [ "${GPU_CHECK_FAIL_STAGE:-}" = "$name" ]; then
     echo "failing on purpose: GPU_CHECK_FAIL_STAGE=$name" > "$WORK/$name.log"; status=1
   else
-    "$2" > "$WORK/$name.log" 2>&1 || status=$?
+    "$2" > "$WORK/$name.log" 2>&1 < /dev/null &  # in the background: a stop signal interrupts `wait` at once
+    wait $! || status=$?
   fi
   # written whole (temp file, rename): a stage running beside another reads every finished stage's file;
   # started_s: seconds into the run, which shows the stages that ran side by side
   echo "{\"status\": $status, \"seconds\": $((SECONDS - started)), \"started_s\": $((started - START))}" \
     > "$WORK/stages/.$name.tmp"
   mv "$WORK/stages/.$name.tmp" "$WORK/stages/$name.json"
-  [ "$status" = 0 ] || { echo "   $name failed (status $status); the end of its log:" >&2; tail -n 15 "$WORK/$name.log" >&2; }
   logs
   report
+  if [ "$status" != 0 ]; then
+    echo "   $name failed (status $status); the end of its log:" >&2
+    "${REPORT[@]}" --tail "$WORK/$name.log" >&2 || tail -n 15 "$WORK/$name.log" >&2
+  fi
 }
 logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a log still being written, kept as read)
   local tmp="$LOGS.$BASHPID.tmp"
@@ -266,24 +378,14 @@ sweep_cores() {  # the cores of the sweep's largest point on this machine: all t
   echo "$most"
 }
 stage_workers() {
-  local n feed
-  echo "{\"cpus\": \"$(first_cores "$SWEEP_CORES")\", \"beside\": \"${BESIDE_WORKERS[*]}\"}" \
+  local n feed feed_source
+  # the rate the GPU trained at in this run, what the loader has to keep up with: none where no train.py stage at
+  # the recipe's settings ran before this one (loader.py then prints the cores for the goal's rate)
+  read -r feed feed_source <<< "$("${REPORT[@]}" --feed "$WORK")"
+  echo "{\"cpus\": \"$(first_cores "$SWEEP_CORES")\", \"beside\": \"${BESIDE_WORKERS[*]}\", \
+\"feed_img_s\": ${feed:-null}, \"feed_source\": $([ -n "$feed_source" ] && echo "\"$feed_source\"" || echo null)}" \
     > "$WORK/workers_launch.json"
-  feed="$("$PY" - "$WORK" <<'PYEOF'
-import json, sys
-from pathlib import Path
-# the rate the GPU trains at, what the loader has to keep up with: the fastest steady rate at the recipe's settings
-for runs in (("train_recipe", "train_8cores"), ("train_eager",)):
-    tables = [Path(sys.argv[1], run, "metrics.jsonl") for run in runs]
-    rates = [json.loads(line)["images_per_sec_steady"] for t in tables if t.is_file()
-             for line in t.read_text().splitlines()]
-    if rates:
-        print(round(max(rates), 1))
-        break
-else:
-    print(2800.0)
-PYEOF
-)"
+  feed="${feed:-$GOAL_IMG_S}"
   local profile=--profile  # each copy's first point (fewest workers) profiles a sample after its timed passes
   for n in $(points "${SWEEP[@]}"); do sweep_point ds "workers_$n" "$n" "$feed" $profile || return 1; profile=; done
   profile=--profile
@@ -322,243 +424,10 @@ stage_validate() {
     --num_workers "$(workers_on "$VALIDATE_CPUS")" --output "$WORK/validate.json"
 }
 
-# report: every stage's figures that exist so far, to $OUT (atomically)
+# report: every stage's figures that exist so far, to $OUT (atomically; benchmarks/gpu_check_report.py)
 report() {
-  "$PY" - "$WORK" "$OUT" "$CPU" "$((SECONDS - START))" "$SHORT_SIDE" "$GOAL_IMG_S" "$GOAL_WAIT_FRAC" "$GOAL_CORES" \
-    "${STAGES[*]}" <<'PYEOF'
-import json, os, re, sys
-from pathlib import Path
-
-import yaml
-
-work, out, cpu, elapsed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-short_side, goal = int(sys.argv[5]), dict(zip(("img_s", "wait_frac", "cores"), map(float, sys.argv[6:9])))
-asked = sys.argv[9].split()
-
-
-def rows(run):
-    return [json.loads(line) for line in (work / run / "metrics.jsonl").read_text().splitlines()]
-
-
-def mean(values):
-    return round(sum(values) / len(values), 3)
-
-
-def split(table, info):
-    """Where a train.py launch's seconds went: from train.py's start to its first step, then its epochs' training,
-    evaluation, export and checkpoints (the loop adds `other`: what is left of the stage, mostly the launcher's
-    start and the exit)."""
-    return {"startup": info["startup_s"],
-            **{part: round(sum(r[f"{part}_s"] for r in table), 2)
-               for part in ("train", "eval", "export", "checkpoint")}}
-
-
-def train_py(run):
-    table, cfg = rows(run), yaml.safe_load((work / run / "config.yaml").read_text())
-    info = json.loads((work / run / "run_info.json").read_text())
-    steady = table[1:] or table  # the first epoch holds cuDNN autotuning, compilation and the workers' start
-    log = (work / f"{run}.log").read_text()
-    launch = json.loads((work / f"{run}_launch.json").read_text())
-    return {**{k: cfg[k] for k in ("model", "batch_size", "image_size", "eval_image_size", "num_workers", "compile")},
-            "cpus": launch["cpus"], "cores": launch["cores"], "graphs_compiled": launch["graphs_compiled"],
-            "mixed_precision": info["mixed_precision"], "steps": table[-1]["step"],
-            "images_per_sec": round(mean([r["images_per_sec"] for r in steady]), 1),
-            "first_epoch_images_per_sec": round(table[0]["images_per_sec"], 1),
-            # after each epoch's first batch, as the steady wait
-            "images_per_sec_steady": round(mean([r["images_per_sec_steady"] for r in steady]), 1),
-            "data_wait_frac": mean([r["data_wait_frac"] for r in steady]),
-            # the share after each epoch's first batch (worker refill), which short epochs weigh far more than
-            # ImageNet's do: what says whether the loader keeps up
-            "data_wait_steady_frac": mean([r["data_wait_steady_frac"] for r in steady]),
-            "first_batch_s": mean([r["first_batch_s"] for r in steady]),
-            "recompiles": len(re.findall(r"Recompiling function", log)),
-            "cudnn_benchmark": info["cudnn_benchmark"], "tf32_matmul": info["tf32_matmul"],
-            "val_top1": table[-1]["val_top1"], "first_epoch_train_s": round(table[0]["train_s"], 2),
-            "seconds_split": split(table, info), "startup_split_s": info["startup_split_s"],
-            "worker_server_started_s": info["worker_server_started_s"],
-            **syncs(run, cfg["log_every_steps"])}
-
-
-def syncs(run, log_every):
-    """benchmarks/sync_probe.py's counts (rank 0) of a run launched through it, or {}: the epochs after the first
-    (whose first step may compile), against train.py's budget of one wait a log interval and one an epoch's end."""
-    path = work / f"{run}_syncs" / "rank0.json"
-    if not path.is_file():
-        return {}
-    probe = json.loads(path.read_text())
-    steady = probe["per_epoch"][1:] or probe["per_epoch"]
-    kind = "host_reads" if probe["cuda_syncs"] is None else "cuda_syncs"  # CUDA's own count where there is one
-    steps, waits = sum(e["steps"] for e in steady), sum(e[kind] for e in steady)
-    # + the epoch's end, + off CUDA the DataLoader iterator's base seed (a host tensor read once an epoch)
-    budget = steps // log_every + len(steady) * (1 if kind == "cuda_syncs" else 2)
-    return {"syncs": {"counted": kind, "steady_steps": steps, "steady_waits": waits, "budget": budget,
-                      "within_budget": waits <= budget, "per_epoch": [e[kind] for e in probe["per_epoch"]],
-                      "collectives": probe["collectives"], "sites": probe["cuda_sync_sites"]}}
-
-
-def train_8cores():
-    run, table = train_py("train_8cores"), rows("train_8cores")
-    met = (run["images_per_sec_steady"] >= goal["img_s"] and run["data_wait_steady_frac"] < goal["wait_frac"]
-           and run["cores"] <= goal["cores"])
-    return {**run, "dataset": f"preprocess.py --shorter_side {short_side}", "workers": run["num_workers"],
-            "steps_per_epoch": table[0]["step"],
-            "steady_epochs": len(table) - 1,
-            "per_epoch": [{"images_per_sec": round(r["images_per_sec"], 1),
-                           "images_per_sec_steady": round(r["images_per_sec_steady"], 1),
-                           "data_wait_frac": round(r["data_wait_frac"], 3),
-                           "data_wait_steady_frac": round(r["data_wait_steady_frac"], 3),
-                           "first_batch_s": round(r["first_batch_s"], 3),
-                           "train_s": round(r["train_s"], 2)} for r in table],
-            "goal": {"images_per_sec_steady_at_least": goal["img_s"],
-                     "data_wait_steady_frac_below": goal["wait_frac"],
-                     "cores_at_most": int(goal["cores"])},
-            "goal_met": None if cpu else met}
-
-
-def throughput():
-    runs = []
-    for path in sorted(work.glob("throughput_*.json")):
-        if path.name == "throughput_launch.json":
-            continue
-        r = json.loads(path.read_text())  # benchmarks/train_loop.py's output
-        runs.append({"model": r["config"]["model"], "image_size": r["config"]["image_size"],
-                     "compile": r["config"]["compile"], "img_s": round(r["bare_img_s"], 1),
-                     "batch_size": r["config"]["batch_size"], "bf16": r["config"]["bf16"], "channels_last": True})
-    return {**json.loads((work / "throughput_launch.json").read_text()), "runs": runs}
-
-
-def sweep(prefix):
-    """(the loader.py self-test reports of one copy, fewest workers first; its points)."""
-    points = [p for p in work.glob(f"{prefix}_*.json") if p.stem.split("_")[-1].isdigit()]  # not _launch.json
-    runs = [json.loads(p.read_text()) for p in sorted(points, key=lambda p: int(p.stem.split("_")[-1]))]
-    return runs, [{"workers": s["config"]["num_workers"], "img_s": s["pipelines"]["train"]["ours_img_s"],
-                   "img_s_per_worker": s["pipelines"]["train"]["img_s_per_core"]} for s in runs]
-
-
-def cores_for(img_s, points):
-    # that rate over the per-worker rate of the largest run (the most pessimistic: per-worker rates fall as workers
-    # share caches and memory bandwidth), plus one core for the main process
-    return None if not points else round(img_s / points[-1]["img_s_per_worker"] + 1, 1)
-
-
-def workers():
-    runs, points = sweep("workers")
-    small_runs, small = sweep(f"workers{short_side}")
-    feed = runs[0]["feed_img_s"]
-    launch = json.loads((work / "workers_launch.json").read_text())
-    return {"cpus": launch["cpus"], "beside": launch["beside"].split(),
-            "image_size": runs[0]["config"]["image_size"], "feed_img_s": feed, "goal_img_s": goal["img_s"],
-            "sweep": points, "cores_per_gpu": cores_for(feed, points),
-            "cores_at_goal": cores_for(goal["img_s"], points),
-            f"sweep_{short_side}": small, f"cores_per_gpu_{short_side}": cores_for(feed, small),
-            f"cores_at_goal_{short_side}": cores_for(goal["img_s"], small),
-            # CPU us a train sample spends in each step, on each copy (its first point's --profile)
-            "train_profile_us": {copy: profile(runs_of_copy) for copy, runs_of_copy in
-                                 (("originals", runs), (str(short_side), small_runs)) if runs_of_copy}}
-
-
-def profile(runs):
-    return next(iter(runs[0].get("train_profile_us", {}).values()), None)
-
-
-def fsdp():
-    table = rows("fsdp")
-    info = json.loads((work / "fsdp" / "run_info.json").read_text())
-    resumed = re.search(r"resumed from \S+ at epoch \d+, step (\d+)", (work / "fsdp.log").read_text())
-    resumes = sorted((work / "fsdp" / "resumes").glob("*/run_info.json"))
-    launches = [info, *(json.loads(p.read_text()) for p in resumes)]
-    # each launch's steps and its training seconds after its first batch came (the workers' start left out)
-    runs = [{"steps": row["step"] - before, "train_s": round(row["train_s"], 2),
-             "first_batch_s": round(row["first_batch_s"], 2), "computing_s": row["train_s"] - row["first_batch_s"]}
-            for row, before in zip(table, [0] + [row["step"] for row in table])]
-    step_s = one_time_s = None
-    if len(runs) == 2 and runs[0]["steps"] != runs[1]["steps"]:  # seconds = one_time + steps x step, per launch
-        step_s = (runs[1]["computing_s"] - runs[0]["computing_s"]) / (runs[1]["steps"] - runs[0]["steps"])
-        one_time_s = runs[0]["computing_s"] - runs[0]["steps"] * step_s
-    return {**json.loads((work / "fsdp_launch.json").read_text()),
-            "measured": info["distributed_type"] == "DistributedType.FSDP",
-            "startup_s": [launch["startup_s"] for launch in launches],  # the first launch's, the resumed one's
-            "distributed_type": info["distributed_type"], "mixed_precision": info["mixed_precision"],
-            "resumed_at_step": int(resumed.group(1)) if resumed else None, "final_step": table[-1]["step"],
-            "images_per_sec": round(table[-1]["images_per_sec"], 1), "val_top1": table[-1]["val_top1"],
-            "launches": [{k: v for k, v in run.items() if k != "computing_s"} for run in runs],
-            "step_s": None if step_s is None else round(step_s, 3),
-            "one_time_s": None if one_time_s is None else round(one_time_s, 2)}
-
-
-def validate():
-    card = re.search(r"^\|[^|]+\| validation \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$",
-                     (work / "train_recipe" / "final" / "README.md").read_text(), re.M)
-    val = json.loads((work / "validate.json").read_text())
-    return {**json.loads((work / "validate_launch.json").read_text()), "top1": val["top1"], "top5": val["top5"],
-            "n": val["n"], "images_per_sec": round(val["images_per_sec"], 1),
-            "card_top1": float(card.group(2)) if card else None,
-            "matches_card": bool(card) and float(card.group(2)) == round(val["top1"], 2)}
-
-
-def tree():
-    small = json.loads((work / f"ds{short_side}" / "preprocess_report.json").read_text())
-    images = sum(small["counts"].values())
-    return {**json.loads((work / "tree_launch.json").read_text()),
-            "images": small["counts"], "mean_kb": round(small["bytes_in"] / 1024 / max(1, images), 1),
-            f"shorter_side_{short_side}": {
-                "images": small["counts"], "skipped": len(small["skipped"]), "tiled": small["tiled"],
-                "mean_kb_stored": round(small["bytes_out"] / 1024 / max(1, images), 1),
-                "preprocess_seconds": small["seconds"], "preprocess_img_s": rate(images, small["seconds"])}}
-
-
-def originals():
-    report = json.loads((work / "ds" / "preprocess_report.json").read_text())
-    images = sum(report["counts"].values())
-    return {**json.loads((work / "originals_launch.json").read_text()),
-            "images": report["counts"], "skipped": len(report["skipped"]), "tiled": report["tiled"],
-            "preprocess_seconds": report["seconds"], "preprocess_img_s": rate(images, report["seconds"])}
-
-
-def rate(images, seconds):  # preprocess_report.json's seconds are rounded to the ms
-    return round(images / seconds, 1) if seconds else None
-
-
-readers = {"tree": tree, "throughput": throughput, "train_8cores": train_8cores, "originals": originals,
-           "train_recipe": lambda: train_py("train_recipe"), "workers": workers, "validate": validate, "fsdp": fsdp,
-           "train_eager": lambda: train_py("train_eager")}
-stages = {}
-for name, read in readers.items():
-    done = work / "stages" / f"{name}.json"
-    if not done.is_file():
-        continue
-    stage = json.loads(done.read_text())
-    try:
-        stage.update(read()) if stage["status"] == 0 else None
-    except (OSError, KeyError, IndexError, ValueError, AttributeError) as e:  # ran, but left no usable figures
-        stage.update(status="no figures", error=f"{type(e).__name__}: {e}")
-    if "seconds_split" in stage:
-        stage["seconds_split"]["other"] = round(stage["seconds"] - sum(stage["seconds_split"].values()), 2)
-    if stage["status"] != 0:
-        stage["log_tail"] = (work / f"{name}.log").read_text().splitlines()[-15:]
-    stages[name] = stage
-originals, goal_run = stages.get("originals", {}), stages.get("train_8cores", {})
-if originals.get("beside_train_8cores") and "per_epoch" in goal_run:
-    # whether the preprocess beside train_8cores ended before the epochs the goal is judged on began, in seconds into
-    # the run: its end at the latest (whole seconds, rounded down), their start at the earliest (the launcher's own
-    # start left out)
-    first = rows("train_8cores")[0]
-    epochs_from = goal_run["started_s"] + goal_run["seconds_split"]["startup"] + sum(
-        first[f"{part}_s"] for part in ("train", "eval", "export", "checkpoint"))
-    originals["ended_by_s"] = originals["started_s"] + originals["seconds"] + 1
-    originals["goal_epochs_from_s"] = round(epochs_from, 1)
-    originals["done_before_goal_epochs"] = originals["ended_by_s"] <= epochs_from
-report = {
-    "mode": "cpu dry run: a tiny model on a tiny tree, no GPU figure" if cpu else "gpu",
-    "machine": json.loads((work / "machine.json").read_text()),
-    "stages": stages,
-    "pending": [name for name in asked if name not in stages],  # asked for, not reached (yet)
-    "elapsed_s": elapsed,
-}
-tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two stages side by side may both report
-tmp.write_text(json.dumps(report, indent=2) + "\n")
-os.replace(tmp, out)
-PYEOF
+  "${REPORT[@]}" "$WORK" "$OUT" "$CPU" "$((SECONDS - START))" "$SHORT_SIDE" "$GOAL_IMG_S" "$GOAL_WAIT_FRAC" \
+    "$GOAL_CORES" "${STAGES[*]}"
 }
 
 # Stages that need the GPU and few cores run beside one that needs cores and no GPU, each on cores of its own, when
@@ -566,7 +435,6 @@ PYEOF
 # validate and fsdp beside workers (on the cores past workers' largest run: validate, 200 images, on two of them and
 # fsdp on the rest, or both on all of them where they are fewer than 3), so that none of them costs time; and the
 # originals' preprocess (cores, no GPU) beside train_8cores (8 cores and the GPU)
-asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
 ALL_CPUS="$(first_cores "$CORES")"  # each stage's cores where it runs alone
 TREE_CPUS="$ALL_CPUS"; THROUGHPUT_CPUS="$ALL_CPUS"; VALIDATE_CPUS="$ALL_CPUS"; FSDP_CPUS="$ALL_CPUS"; BESIDE_TREE=""
 ORIGINALS_CPUS="$ALL_CPUS"; BESIDE_8CORES=""; BESIDE_WORKERS=()
@@ -611,4 +479,5 @@ for name in "${STAGES[@]}"; do
 done
 echo "== done in $((SECONDS - START)) s: $OUT" >&2
 cat "$OUT"
-"$PY" -c "import json, sys; s = json.load(open(sys.argv[1]))['stages']; sys.exit(any(v['status'] != 0 for v in s.values()))" "$OUT"
+"$PY" -c "import json, sys; sys.exit(any(s['status'] != 0 for s in json.load(open(sys.argv[1]))['stages'].values()))" \
+  "$OUT"

@@ -1,12 +1,13 @@
-"""Loop overhead: train.py's compute time per step vs a bare PyTorch loop, same model, batch, size and device.
+"""Loop overhead: train.py's compute time per step vs a bare PyTorch loop, same model, batch, size and device (the CPU).
 
     python benchmarks/train_loop.py [--model resnet18] [--batch_size 32] [--image_size 112] [--steps 30] [--output F.json]
 
 train.py runs for real (accelerate launch, its own data path, one process, no DataLoader workers so the time spent
 producing batches is measured in-thread and excluded via its own `data_wait_frac`). The bare loop is the nanoGPT-style
 minimum: resident uint8 batch -> normalize -> forward -> cross-entropy -> backward -> SGD step. Target: ratio <= 1.05.
-On a GPU machine add --synthetic_only to measure the accelerator's ceiling (bf16 autocast, channels_last, optional
---compile) without any loader.
+train.py's side launches on the CPU (accelerate_configs/cpu.yaml), so where CUDA is visible the comparison is refused:
+add --synthetic_only to measure the accelerator's ceiling (bf16 autocast, channels_last, optional --compile) without
+any loader, or hide the GPU (CUDA_VISIBLE_DEVICES=) to compare the two loops on the CPU.
 """
 from __future__ import annotations
 
@@ -96,8 +97,11 @@ def train_py(cfg: BenchConfig, work: Path) -> tuple[float, dict]:
 
 def main(argv=None):
     cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n")[0])
-    torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not cfg.synthetic_only:  # the bare loop would run on the GPU, train.py on the CPU
+        raise SystemExit("error: train.py's side runs on the CPU: on a GPU machine add --synthetic_only (the GPU's "
+                         "ceiling), or hide the GPU (CUDA_VISIBLE_DEVICES=) to compare the two loops on the CPU")
+    torch.manual_seed(0)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}"
     if device == "cuda":
         machine += f" ({torch.cuda.get_device_name()})"

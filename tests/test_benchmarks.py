@@ -2,10 +2,12 @@
 BENCHMARKS.md). Tiny runs on the session's real ILSVRC tree and its preprocess.py output."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,15 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # dataclasses resolve annotations through it
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 def loader(*args):
@@ -173,6 +184,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert "syncs" not in stages["train_eager"]  # launched as train.py alone
     assert not stages["train_eager"]["compile"] and stages["train_eager"]["graphs_compiled"] == 0
     workers = stages["workers"]
+    # the rate the loader has to keep up with: the fastest steady epoch of a train.py stage at the recipe's settings
+    assert workers["feed_source"] in ("train_8cores", "train_recipe") and workers["feed_img_s"] > 0
     for copy in ("", "_256"):
         sweep = workers[f"sweep{copy}"]
         assert sweep and sweep[0]["workers"] == 1 and sweep[0]["img_s"] > 0, copy
@@ -212,10 +225,13 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
 def test_gpu_check_fsdp_stage_separates_a_step_from_a_launch(tmp_path):
     """The fsdp stage (failed on purpose in the dry run above) run for real: stop at a checkpoint, resume, and from
     its two launches of different lengths a step's seconds apart from each launch's one-time seconds. Off a GPU
-    accelerate runs fsdp.yaml as CPU DDP: the figures say so (measured false)."""
-    out = tmp_path / "gpu_check.json"
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--stages", "tree,fsdp",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    accelerate runs fsdp.yaml as CPU DDP: the figures say so (measured false). Run from another folder than the
+    repository's."""
+    out = tmp_path / "out" / "gpu_check.json"
+    # started elsewhere than the repository (a job script's own folder), its --out relative to there: the tree's
+    # `python -m imagenet_trainer.demo` must find this project's package all the same
+    proc = subprocess.run(["bash", str(GPU_CHECK), "--cpu", "--stages", "tree,fsdp", "--out", "out/gpu_check.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-5000:]
     fsdp = json.loads(out.read_text())["stages"]["fsdp"]
@@ -229,27 +245,27 @@ def test_gpu_check_fsdp_stage_separates_a_step_from_a_launch(tmp_path):
 
 
 def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
-    """A run stopped at a time limit (SIGKILL, as a job scheduler's) leaves the JSON and the logs of every stage it
-    finished, and names the stages it did not reach (killed as train_8cores starts, right after the dry run's
-    short throughput stage)."""
+    """A run stopped at a time limit (SIGKILL to its process group, as a job scheduler's) leaves the JSON and the logs
+    of every stage it finished, and names the stages it did not reach (killed as the originals' preprocess starts,
+    right after the dry run's short tree stage)."""
     out = tmp_path / "gpu_check.json"
-    proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(out),
-                             "--stages", "throughput,train_8cores"], cwd=ROOT, start_new_session=True,
+    proc = subprocess.Popen(["bash", str(GPU_CHECK), "--cpu", "--out", str(out), "--stages", "tree"], cwd=ROOT,
+                            start_new_session=True,
                             env={**os.environ, "TMPDIR": str(tmp_path),  # its work folder, left by the kill
                                  "PYTHON": sys.executable},  # this suite's interpreter, .venv or not
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not (out.is_file() and "throughput" in json.loads(out.read_text())["stages"]):
-            assert proc.poll() is None and time.monotonic() < deadline, "the throughput stage never reported"
+        while not (out.is_file() and "tree" in json.loads(out.read_text())["stages"]):
+            assert proc.poll() is None and time.monotonic() < deadline, "the tree stage never reported"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     report = json.loads(out.read_text())
-    assert report["stages"]["throughput"]["status"] == 0 and report["pending"] == ["train_8cores"]
+    assert report["stages"]["tree"]["status"] == 0 and report["pending"] == ["originals"]
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
-        assert [Path(n).name for n in logs.getnames()] == ["throughput.log"]
+        assert [Path(n).name for n in logs.getnames()] == ["tree.log"]
 
 
 def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
@@ -294,12 +310,225 @@ def test_gpu_check_without_a_gpu_says_how_to_dry_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == []  # its work folder is gone
 
 
-def test_gpu_check_refuses_unknown_arguments():
-    for args, message in ((["--nope"], "error: unknown argument --nope"),
-                          (["--stages", "tree,warp"], "error: --stages: unknown stage warp")):
-        bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], capture_output=True,
-                             text=True)
-        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(message)
+def test_gpu_check_refuses_what_it_cannot_run_in_one_line(tmp_path):
+    """Arguments and an interpreter it cannot run with: status 2 and one line saying what to change, before any
+    stage runs or any file is written; not a shell error, a stage failing late on a tree the run never made, or
+    another python3 taken in silence and then reported as a machine without a GPU."""
+    no_torch = tmp_path / "python_without_torch"  # this interpreter without its site-packages
+    no_torch.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" -S "$@"\n')
+    no_torch.chmod(0o755)
+    typo = tmp_path / "venv" / "bin" / "pyhton"
+    for args, python, message in (
+            (["--nope"], sys.executable, "error: unknown argument --nope"),
+            (["--stages", "tree,warp"], sys.executable, "error: --stages: unknown stage warp"),
+            (["--cpu", "--out"], sys.executable, "error: --out needs a value"),
+            (["--out", "--cpu"], sys.executable, "error: --out needs a value"),
+            (["--cpu", "--stages"], sys.executable, "error: --stages needs a value"),
+            (["--cpu", "--stages", ""], sys.executable, "error: --stages needs a value"),
+            (["--cpu", "--stages", "tree,,fsdp"], sys.executable, "error: --stages: an empty stage name"),
+            (["--cpu", "--stages", "train_recipe"], sys.executable,
+             "error: --stages: train_recipe needs tree in the same run"),
+            (["--cpu", "--stages", "throughput,originals"], sys.executable,
+             "error: --stages: originals needs tree in the same run"),
+            (["--cpu", "--stages", "tree,validate"], sys.executable,
+             "error: --stages: validate needs train_recipe in the same run"),
+            (["--cpu", "--stages", "throughput"], str(typo), f"error: PYTHON={typo} is not an executable file"),
+            (["--cpu", "--stages", "throughput"], str(no_torch), f"error: {no_torch} cannot import torch")):
+        out = [] if "--out" in args else ["--out", str(tmp_path / "gpu_check.json")]  # never the repository's
+        bad = subprocess.run(["bash", str(GPU_CHECK), *out, *args], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHON": python, "TMPDIR": str(tmp_path)})
+        assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, (args, bad.stderr)
+        assert bad.stderr.startswith(message), (args, bad.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["python_without_torch"]  # no JSON, no work folder left
+
+
+# the throughput stage's bare loop (benchmarks/train_loop.py), stood in for: "quick" writes a result at once; "hang"
+# starts a child and waits, and a SIGTERM takes it a second to act on (train.py checkpoints first), after which it
+# notes whether the stage's work folder was still there
+TRAIN_LOOP_STAND_IN = """
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+mode, record, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+out = Path(args[args.index("--output") + 1])
+if mode == "quick":
+    config = {"model": "stand_in", "image_size": 32, "compile": False, "batch_size": 8, "bf16": False}
+    out.write_text(json.dumps({"config": config, "bare_img_s": 1.0}))
+    sys.exit(0)
+child = subprocess.Popen(["sleep", "300"])
+
+
+def stop(signum, frame):
+    time.sleep(1)
+    (record / "stand_in_stopped.json").write_text(json.dumps({"work_folder_there": out.parent.is_dir()}))
+    sys.exit(75)
+
+
+signal.signal(signal.SIGTERM, stop)
+(record / "stand_in_pids.tmp").write_text(f"{os.getpid()} {child.pid}")
+(record / "stand_in_pids.tmp").rename(record / "stand_in_pids")
+time.sleep(300)
+"""
+
+
+def stand_in_python(tmp_path: Path, mode: str) -> Path:
+    """This suite's interpreter, with benchmarks/train_loop.py stood in for (TRAIN_LOOP_STAND_IN)."""
+    (tmp_path / "train_loop_stand_in.py").write_text(TRAIN_LOOP_STAND_IN)
+    python = tmp_path / "python"
+    python.write_text(f"""#!/usr/bin/env bash
+case "${{1:-}}" in
+  */benchmarks/train_loop.py) shift; exec "{sys.executable}" "{tmp_path}/train_loop_stand_in.py" {mode} \\
+    "{tmp_path}" "$@" ;;
+esac
+exec "{sys.executable}" "$@"
+""")
+    python.chmod(0o755)
+    return python
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_gpu_check_stopped_by_a_signal_ends_its_stage_before_removing_its_folder(tmp_path, stop):
+    """SIGTERM to the script alone (a scheduler's, `timeout`'s) or SIGINT (Ctrl-C): the running stage's processes
+    are signalled and waited for, then the work folder is removed, at once rather than when the stage ends; nothing
+    is left running (on a GPU machine: train.py holding the GPU, in a folder removed under it)."""
+    python, work = stand_in_python(tmp_path, "hang"), tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen(["bash", str(GPU_CHECK), "--cpu", "--stages", "throughput", "--out",
+                             str(tmp_path / "gpu_check.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHON": str(python), "TMPDIR": str(work)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "stand_in_pids").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the stage never started"
+            time.sleep(0.1)
+        pids = [int(pid) for pid in (tmp_path / "stand_in_pids").read_text().split()]  # the stage, its child
+        proc.send_signal(stop)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not [pid for pid in pids if running(pid)], stderr
+    assert json.loads((tmp_path / "stand_in_stopped.json").read_text()) == {"work_folder_there": True}
+    assert list(work.iterdir()) == []
+    assert proc.returncode == 128 + stop, stderr
+    assert stderr.splitlines()[-1].startswith(f"== stopped by {stop.name}: ending the stages running"), stderr
+
+
+def test_gpu_check_dry_run_never_writes_over_the_gpu_figures(tmp_path):
+    """`--cpu` without --out writes results/gpu_check_cpu.json: results/gpu_check.json holds the GPU run that
+    BENCHMARKS.md cites (a copy of the script, its bare loop stood in for)."""
+    root = tmp_path / "repo"
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    for name in ("gpu_check.sh", "gpu_check_report.py"):
+        shutil.copy(ROOT / "benchmarks" / name, root / "benchmarks" / name)
+    gpu_figures = root / "benchmarks" / "results" / "gpu_check.json"
+    gpu_figures.write_text('{"mode": "gpu"}\n')
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--cpu", "--stages", "throughput"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": str(stand_in_python(tmp_path, "quick")),
+                               "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert gpu_figures.read_text() == '{"mode": "gpu"}\n'
+    dry = json.loads((root / "benchmarks" / "results" / "gpu_check_cpu.json").read_text())
+    assert dry["mode"].startswith("cpu dry run") and dry["stages"]["throughput"]["status"] == 0
+    shown = subprocess.run(["bash", str(GPU_CHECK), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "benchmarks/results/gpu_check_cpu.json" in shown
+
+
+REPORT = ROOT / "benchmarks" / "gpu_check_report.py"
+LAUNCHER_FAILED = """The following values were not passed to `accelerate launch` and had defaults used instead:
+error: --model /w/train_recipe/final: no such folder (give RUN/final, RUN/checkpoints/step_N or a Hub id OWNER/NAME)
+RuntimeError: error: --model /w/train_recipe/final: no such folder
+
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "<frozen runpy>", line 88, in _run_code
+""" + "".join(f"""  File "/venv/lib/python3.11/site-packages/accelerate/commands/launch.py", line {n}, in f{n}
+    f{n}()
+""" for n in range(1040, 1050)) + """subprocess.CalledProcessError: Command '['/venv/bin/python', 'validate.py']' \
+returned non-zero exit status 1.
+"""
+
+
+def test_gpu_check_log_tail_shows_the_error_not_the_launchers_traceback():
+    """A failed stage's log_tail (and what the script prints): the error of the script accelerate launched, not 15
+    lines of accelerate's own traceback."""
+    tail = module(REPORT).log_tail(LAUNCHER_FAILED)
+    assert tail[1].startswith("error: --model /w/train_recipe/final: no such folder"), tail
+    assert tail[-1] == "(accelerate launch's traceback left out: the command returned non-zero exit status 1)"
+    assert not [line for line in tail if "accelerate/commands/launch.py" in line or "CalledProcessError" in line]
+    other = [f"line {n}" for n in range(40)]  # any other log: its last 15 lines
+    assert module(REPORT).log_tail("\n".join(other)) == other[-15:]
+    shown = subprocess.run([sys.executable, str(REPORT), "--tail", "/dev/stdin"], input=LAUNCHER_FAILED,
+                           capture_output=True, text=True, check=True).stdout  # what the script prints
+    assert shown.splitlines() == tail
+
+
+def test_gpu_check_goal_rate_is_over_the_epochs():
+    """The steady rate the goal is judged on: the epochs' images over their seconds. The mean of the epochs' rates
+    weighs a fast epoch as much as a slow one: 6,400 images in 1 s and in 2 s are 4,267 img/s, not 4,800."""
+    epochs = [{"images_per_sec": 6400 / t, "train_s": t, "first_batch_s": 0.2, "data_wait_frac": w / t,
+               "data_wait_steady_frac": (w - 0.2) / (t - 0.2), "images_per_sec_steady": 6400 / (t - 0.2)}
+              for t, w in ((1.2, 0.3), (2.2, 0.2))]
+    together = module(REPORT).over_epochs(epochs)
+    assert together == {"images_per_sec": round(12800 / 3.4, 1), "images_per_sec_steady": round(12800 / 3.0, 1),
+                        "data_wait_frac": round(0.5 / 3.4, 3), "data_wait_steady_frac": round(0.1 / 3.0, 3)}
+
+
+def test_gpu_check_workers_feed_rate_is_measured_or_marked_not(tmp_path):
+    """workers.feed_img_s is the fastest steady epoch of train_recipe or train_8cores in the same run, with its
+    source; without either it is null and marked not measured, and so are the cores to feed it: no assumed rate."""
+    report = module(REPORT)
+    assert report.feed_rate(tmp_path) == (None, None)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "machine.json").write_text("{}")
+    (tmp_path / "stages" / "workers.json").write_text('{"status": 0, "seconds": 3, "started_s": 0}')
+    (tmp_path / "workers_launch.json").write_text('{"cpus": "0,1", "beside": "", "feed_img_s": null, '
+                                                  '"feed_source": null}')
+    for name, workers in (("workers_1", 1), ("workers256_1", 1)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "config": {"num_workers": workers, "image_size": 32},
+            "pipelines": {"train": {"ours_img_s": 500.0, "img_s_per_core": 500.0}}}))
+    out = tmp_path / "gpu_check.json"
+    report.main([str(tmp_path), str(out), "1", "3", "256", "4000", "0.05", "8", "workers"])
+    stage = json.loads(out.read_text())["stages"]["workers"]
+    assert stage["feed_img_s"] is None and stage["feed_source"] == "not measured", stage
+    assert stage["cores_per_gpu"] is None and stage["cores_per_gpu_256"] is None
+    assert stage["cores_at_goal"] == stage["cores_at_goal_256"] == 4000 / 500 + 1
+    for run, rates in (("train_8cores", (90.0, 410.0, 400.0)), ("train_recipe", (80.0, 405.5))):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.jsonl").write_text("".join(json.dumps({"images_per_sec_steady": r}) + "\n"
+                                                              for r in rates))
+    assert report.feed_rate(tmp_path) == (410.0, "train_8cores")
+
+
+def test_loop_overhead_refuses_to_compare_across_devices(monkeypatch):
+    """Where CUDA is visible the bare loop would run on the GPU and train.py (accelerate_configs/cpu.yaml) on the
+    CPU, and their ratio compare two devices: refused in one line, before anything runs."""
+    train_loop = module(ROOT / "benchmarks" / "train_loop.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train_loop, "bare_loop", lambda *args, **kwargs: pytest.fail("the bare loop ran"))
+    with pytest.raises(SystemExit) as stopped:
+        train_loop.main(["--steps", "1"])
+    assert str(stopped.value).startswith("error: train.py's side runs on the CPU: on a GPU machine add "
+                                         "--synthetic_only")
+    assert "\n" not in str(stopped.value)
 
 
 def test_loader_benchmark_peers_are_timed_where_installed(ilsvrc_tree, preprocessed, tmp_path):
