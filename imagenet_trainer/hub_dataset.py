@@ -100,9 +100,9 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
     if lock.took_over:
         print(lock.took_over)
     try:
+        remove_stale(output_dir)
         if is_finished(output_dir, job, small):
             return output_dir, False
-        remove_stale(output_dir)
         work = start_or_resume(output_dir, job, {rel for *_, rel in plan})
         done = [rel for name, i, count, rel in plan if (work / rel).exists()
                 and is_complete(work / rel, len(ds[name].shard(count, i, contiguous=True)))]
@@ -167,12 +167,15 @@ def is_finished(output_dir: Path, job: dict, small: dict[str, str]) -> bool:
 
 def remove_stale(output_dir: Path) -> None:
     """Work folders that exports into ``output_dir`` made under random names (``.OUT.tmp-XXXXXXXX``) and never
-    finished: each as large as the dataset, and no run will pick them up."""
-    for stale in sorted(output_dir.parent.glob(f".{output_dir.name}.tmp-*")):
+    finished, and the earlier export a run killed inside ``replace_dir`` left as ``.OUT.old``: each as large as the
+    dataset, and no run will pick them up."""
+    older = output_dir.with_name(f".{output_dir.name}.old")
+    for stale in sorted(output_dir.parent.glob(f".{output_dir.name}.tmp-*")) + [older]:
         if stale.is_dir() and not stale.is_symlink():
             size = sum(p.stat().st_size for p in stale.rglob("*") if p.is_file())
             shutil.rmtree(stale)
-            print(f"removed {stale} ({size / 1e9:.1f} GB): the work folder of an export that never finished")
+            what = "an earlier export, replaced" if stale == older else "the work folder of an export that never finished"
+            print(f"removed {stale} ({size / 1e9:.1f} GB): {what}")
 
 
 def start_or_resume(output_dir: Path, job: dict, planned: set[str]) -> Path:

@@ -15,6 +15,7 @@ this before every upload; without a network:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -114,15 +115,21 @@ def _differs(folder: Path, files: dict[str, str]) -> bool:
     return any(not (folder / name).is_file() or (folder / name).read_text() != text for name, text in files.items())
 
 
+class Unchecked(str):
+    """A ``function_check`` reason that is no evidence either way: the saved copy or the installed build did not
+    run (a package the copy imports is missing, a time-out), or the export holds no copy."""
+
+
 def function_check(folder, config: dict | None = None) -> str | None:
     """None when the installed build of ``folder``'s architecture and the export's saved copy of its family source
     give the same outputs from the saved weights: one input of the export's input size (torch.randn, seed 0), float64,
-    eval mode, the saved copy run in a fresh interpreter (``python -I``). Otherwise one line saying why not."""
+    eval mode, the saved copy run in a fresh interpreter. Otherwise one line saying why not: an ``Unchecked`` when
+    the comparison could not be made."""
     folder = Path(folder)
     config = config if config is not None else json.loads((folder / CONFIG_NAME).read_text())
     arch, stem = config.get("architecture"), saved_stem(config)
     if not stem or not (folder / f"{stem}.py").is_file():
-        return f"the export holds no copy of its family source ({stem}.py) to compare with"
+        return Unchecked(f"the export holds no copy of its family source ({stem}.py) to compare with")
     size = tuple((config.get("pretrained_cfg") or {}).get("input_size") or (3, 224, 224))
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     on = f"a seeded {'x'.join(map(str, x.shape))} input"
@@ -135,19 +142,22 @@ def function_check(folder, config: dict | None = None) -> str | None:
         io = Path(tmp) / "io.safetensors"
         save_file({"x": x}, io)
         try:
-            proc = subprocess.run([sys.executable, "-I", "-c", SAVED_COPY_OUTPUT, tmp, _PACKAGE, stem,
+            # not -I: torch and timm may be importable only through PYTHONPATH or the user site, which -I drops; the
+            # installed project stays out of it all the same (the saved copy imports as its own package, from tmp)
+            proc = subprocess.run([sys.executable, "-c", SAVED_COPY_OUTPUT, tmp, _PACKAGE, stem,
                                    str(folder.resolve()), str(io), str(torch.get_num_threads())],
                                   cwd=tmp, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return f"its saved {stem}.py ran past {CHECK_TIMEOUT_S} s on {on}"
+            return Unchecked(f"its saved {stem}.py ran past {CHECK_TIMEOUT_S} s on {on}")
         if proc.returncode:
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:300]
-            return f"its saved {stem}.py did not run on {on} in a fresh interpreter ({last})"
+            return Unchecked(f"its saved {stem}.py did not run on {on} in a fresh interpreter ({last})")
         saved = load_file(io)["out"]
     try:
         installed = installed_output(folder, x)
     except Exception as e:  # the installed build's own failure: no evidence that it computes the same
-        return f"the installed '{arch}' did not run on {on} ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        return Unchecked(f"the installed '{arch}' did not run on {on} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300]})")
     if installed.shape != saved.shape:
         return (f"the installed '{arch}' gives outputs of shape {tuple(installed.shape)} from these weights, its saved "
                 f"{stem}.py {tuple(saved.shape)}")
@@ -233,10 +243,22 @@ def installed_code_warning(folder) -> str | None:
         return None
     if not _differs(folder, _family(files)):
         return None
-    why = function_check(folder, config)
-    return why and (f"{folder}: the installed code may not be the architecture of these weights ({why}); load the "
-                    f"export's own {stem}.py with transformers' AutoModelForImageClassification.from_pretrained("
-                    f"'{folder}', trust_remote_code=True), or install the imagenet-trainer that saved it")
+    weights = (folder / WEIGHTS_NAME).stat()
+    key = (str(folder.resolve()), weights.st_size, weights.st_mtime_ns,  # the same export, and the same two sources
+           *(hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.py"))),
+           *(hashlib.sha256(text.encode()).hexdigest() for _, text in sorted(_family(files).items())))
+    if key not in _WARNINGS:  # a check runs a fresh interpreter (seconds): once a process, not at every load
+        why = function_check(folder, config)
+        own = (f"load the export's own {stem}.py with transformers' AutoModelForImageClassification.from_pretrained("
+               f"'{folder}', trust_remote_code=True), or install the imagenet-trainer that saved it")
+        _WARNINGS[key] = why and (
+            f"{folder}: the installed code differs from the export's {stem}.py and whether it computes the same could "
+            f"not be checked ({why}); to be sure, {own}" if isinstance(why, Unchecked) else
+            f"{folder}: the installed code may not be the architecture of these weights ({why}); {own}")
+    return _WARNINGS[key]
+
+
+_WARNINGS: dict[tuple, str | None] = {}  # installed_code_warning's verdicts in this process
 
 
 def refresh_before_upload(folder: Path) -> None:

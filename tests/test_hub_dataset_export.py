@@ -3,6 +3,7 @@ whole shards kept in the one work folder beside OUT, a rerun resumes them to the
 and a push is checked before the export and retried without it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,13 @@ def test_sigterm_keeps_whole_shards_and_the_rerun_resumes_to_an_uninterrupted_ru
     assert files_of(out) == files_of(reference)
     assert {rel: identities(out)[rel] for rel in kept} == kept  # moved into place, not written again
     assert sorted(p.name for p in tmp_path.iterdir()) == [".imagenet-parquet.export.json", "imagenet-parquet"]
+
+    # a run killed inside replace_dir after the new export went in leaves the earlier one: the next run removes it
+    older = tmp_path / ".imagenet-parquet.old"
+    shutil.copytree(out, older)
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    assert f"removed {older} (0.0 GB): an earlier export, replaced" in capsys.readouterr().out
+    assert not older.exists() and files_of(out) == files_of(reference)
 
 
 def test_a_damaged_shard_is_written_again_and_another_jobs_work_folder_is_started_over(preprocessed, reference,

@@ -179,7 +179,8 @@ def test_push_keeps_a_family_file_that_computes_otherwise_and_leaves_bytecode_ou
     assert not torch.allclose(logits, logits_of(model), atol=1e-3)  # the installed network's: another function
 
 
-def test_refresh_replaces_a_family_file_only_where_the_installed_one_computes_the_same(export, tmp_path, capsys):
+def test_refresh_replaces_a_family_file_only_where_the_installed_one_computes_the_same(export, tmp_path, capsys,
+                                                                                       monkeypatch):
     """python -m modeling.refresh_code replaces a saved blocknet.py that differs from the installed one in text only;
     where it differs in function by as little as BatchNorm's eps (1e-6 saved, 1e-5 installed: the logits move by a
     few 1e-6), what modeling.load_model builds from the installed code is warned of in one line."""
@@ -198,3 +199,15 @@ def test_refresh_replaces_a_family_file_only_where_the_installed_one_computes_th
                               f"installed 'blocknet_tiny' gives other outputs from these weights than its saved "
                               f"blocknet.py (max |difference| "), warning
     assert "\n" not in warning and f"from_pretrained('{eps}', trust_remote_code=True)" in warning
+
+    # the verdict is kept for the process: a second load starts no interpreter
+    monkeypatch.setattr(refresh_code.subprocess, "run", lambda *a, **k: pytest.fail("checked twice"))
+    assert refresh_code.installed_code_warning(eps) == warning
+    monkeypatch.undo()
+    # a saved copy that cannot run here (a package it imports is missing) is no evidence that the code differs in
+    # function: the line says the check could not be made, not that the weights' architecture is another
+    missing = saved_with(repos / REPO, tmp_path / "missing", ("import torch\n", "import torch\nimport not_here\n"))
+    line = refresh_code.installed_code_warning(missing)
+    assert line.startswith(f"{missing}: the installed code differs from the export's blocknet.py and whether it "
+                           "computes the same could not be checked (its saved blocknet.py did not run"), line
+    assert "No module named 'not_here'" in line and "may not be the architecture" not in line
