@@ -174,7 +174,8 @@ def remove_stale(output_dir: Path) -> None:
         if stale.is_dir() and not stale.is_symlink():
             size = sum(p.stat().st_size for p in stale.rglob("*") if p.is_file())
             shutil.rmtree(stale)
-            what = "an earlier export, replaced" if stale == older else "the work folder of an export that never finished"
+            what = ("an earlier export, replaced" if stale == older else
+                    "the work folder of an export that never finished")
             print(f"removed {stale} ({size / 1e9:.1f} GB): {what}")
 
 
