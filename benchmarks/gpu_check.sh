@@ -13,7 +13,8 @@
 # It runs from any directory (a relative --out or PYTHON is the caller's). Each run starts from an empty work folder:
 # every stage but throughput reads the tree that tree makes in the same run, and validate train_recipe's export, so
 # --stages without them is refused. A stop signal (SIGTERM, SIGINT, SIGHUP: a time limit's, Ctrl-C) stops the stage
-# running, and waits for its processes (train.py holding the GPU among them), before the work folder is removed.
+# running, and waits for its processes (train.py holding the GPU among them), before the work folder is removed;
+# the stage is recorded as stopped (its signal's status). Under an outer `timeout`, give it `-k 30` or more.
 #
 # Stages, each timed and recorded on its own, most telling first: a stage that fails is reported with the end of
 # its log and the others still run; the JSON (its `pending`: the stages not reached yet) and F_logs.tar.gz (every
@@ -112,6 +113,7 @@ REPORT=("$PY" "$ROOT/benchmarks/gpu_check_report.py")
 ACCELERATE=("$PY" -m accelerate.commands.launch)
 WORK="$(absolute "$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")")" || fail "no work folder in ${TMPDIR:-/tmp}"
 trap 'rm -rf "$WORK"' EXIT
+export GPU_CHECK_WORK="$WORK"  # every stage process inherits it: found after its parent ended (reparented to init)
 # stop_stages SIGNAL: signal every process under this script (the stages' accelerate, train.py and the rest), wait
 # until they are gone (SIGKILL for what is left after STOP_GRACE_S), then exit, the EXIT trap removing the work
 # folder: a scheduler's SIGTERM, a time limit or Ctrl-C must not end this script alone while a stage's accelerate and
@@ -133,12 +135,25 @@ stop_stages() {
       sleep 0.1
     done
   done
-  exit $((128 + $(kill -l "$sig")))
+  # the stages it cut, with the signal's status, and their logs so far: the JSON tells them from those not reached
+  local marker name status=$((128 + $(kill -l "$sig")))
+  [ -n "${START:-}" ] || exit "$status"  # stopped before any stage started: nothing to record
+  for marker in "$WORK"/stages/*.running; do
+    [ -f "$marker" ] || continue
+    name="$(basename "$marker" .running)"
+    echo "{\"status\": $status, \"seconds\": $((SECONDS - $(cat "$marker"))), \"started_s\": $(($(cat "$marker") - START)), \
+\"stopped_by\": \"SIG$sig\"}" > "$WORK/stages/$name.json"
+    rm -f "$marker"
+  done
+  logs; report > /dev/null 2>&1
+  exit "$status"
 }
 descendants() {  # descendants PID: the processes under PID at any depth, less this lookup's own (/proc, else ps: a
   # container image may have no ps)
-  "$PY" - "$1" <<'PYEOF'
+  "$PY" - "$1" "$WORK" <<'PYEOF'
 import os, subprocess, sys
+
+marker = f"GPU_CHECK_WORK={sys.argv[2]}".encode()
 
 parents = {}
 if os.path.isdir("/proc/self"):
@@ -146,6 +161,9 @@ if os.path.isdir("/proc/self"):
         try:
             with open(f"/proc/{entry}/stat") as f:
                 parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:  # reparented: still this run's
+                if marker in f.read().split(b"\0") and int(entry) not in (os.getpid(), int(sys.argv[1])):
+                    parents[int(entry)] = int(sys.argv[1])
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile
 else:
@@ -174,6 +192,12 @@ alive() {  # alive PID...: one of them still runs (an ended process not yet reap
   return 1
 }
 for sig in TERM INT HUP; do trap "stop_stages $sig" "$sig"; done
+if [ -n "${PYTHONPATH:-}" ]; then  # the caller's relative entries, as the caller meant them, once in $ROOT
+  IFS=: read -r -a entries <<< "$PYTHONPATH"
+  PYTHONPATH=""
+  for entry in "${entries[@]}"; do PYTHONPATH+="${PYTHONPATH:+:}$(absolute "${entry:-.}")"; done
+  export PYTHONPATH
+fi
 cd "$ROOT" || fail "cannot enter $ROOT"  # python -m finds this project's package from any directory
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
 # the machine, described once (the report written after every stage then needs no torch import: ~2 s each), and the
@@ -260,8 +284,10 @@ run_stage() {
   if [ "${GPU_CHECK_FAIL_STAGE:-}" = "$name" ]; then
     echo "failing on purpose: GPU_CHECK_FAIL_STAGE=$name" > "$WORK/$name.log"; status=1
   else
+    echo "$started" > "$WORK/stages/$name.running"  # a stop signal records the stage it cut (stop_stages)
     "$2" > "$WORK/$name.log" 2>&1 < /dev/null &  # in the background: a stop signal interrupts `wait` at once
     wait $! || status=$?
+    rm -f "$WORK/stages/$name.running"
   fi
   # written whole (temp file, rename): a stage running beside another reads every finished stage's file;
   # started_s: seconds into the run, which shows the stages that ran side by side

@@ -394,17 +394,24 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_gpu_check_stopped_by_a_signal_ends_its_stage_before_removing_its_folder(tmp_path, stop):
-    """SIGTERM to the script alone (a scheduler's, `timeout`'s) or SIGINT (Ctrl-C): the running stage's processes
-    are signalled and waited for, then the work folder is removed, at once rather than when the stage ends; nothing
-    is left running (on a GPU machine: train.py holding the GPU, in a folder removed under it)."""
+@pytest.mark.parametrize("stop, group", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_gpu_check_stopped_by_a_signal_ends_its_stage_before_removing_its_folder(tmp_path, stop, group):
+    """SIGTERM to the script alone (a scheduler's), to its whole process group (`timeout`'s: the stage's shell dies
+    at once and its processes are left to init) or SIGINT (Ctrl-C): the running stage's processes are signalled and
+    waited for, the stage is recorded as stopped, then the work folder is removed, at once rather than when the stage
+    ends; nothing is left running (on a GPU machine: train.py holding the GPU, in a folder removed under it)."""
     python, work = stand_in_python(tmp_path, "hang"), tmp_path / "work"
     work.mkdir()
+
+    def as_launched():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a terminal
+        if group:
+            os.setpgid(0, 0)  # a group of its own, as `timeout` gives the command it runs
+
     proc = subprocess.Popen(["bash", str(GPU_CHECK), "--cpu", "--stages", "throughput", "--out",
                              str(tmp_path / "gpu_check.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHON": str(python), "TMPDIR": str(work)},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+                            preexec_fn=as_launched)
     pids: list[int] = []
     try:
         deadline = time.monotonic() + 120
@@ -412,7 +419,7 @@ def test_gpu_check_stopped_by_a_signal_ends_its_stage_before_removing_its_folder
             assert proc.poll() is None and time.monotonic() < deadline, "the stage never started"
             time.sleep(0.1)
         pids = [int(pid) for pid in (tmp_path / "stand_in_pids").read_text().split()]  # the stage, its child
-        proc.send_signal(stop)
+        os.killpg(proc.pid, stop) if group else proc.send_signal(stop)
         _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -424,7 +431,10 @@ def test_gpu_check_stopped_by_a_signal_ends_its_stage_before_removing_its_folder
     assert json.loads((tmp_path / "stand_in_stopped.json").read_text()) == {"work_folder_there": True}
     assert list(work.iterdir()) == []
     assert proc.returncode == 128 + stop, stderr
-    assert stderr.splitlines()[-1].startswith(f"== stopped by {stop.name}: ending the stages running"), stderr
+    assert f"== stopped by {stop.name}: ending the stages running" in stderr, stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["stages"]["throughput"]["status"] == 128 + stop and not report["pending"], report
+    assert report["stages"]["throughput"]["stopped_by"] == stop.name
 
 
 def test_gpu_check_dry_run_never_writes_over_the_gpu_figures(tmp_path):
