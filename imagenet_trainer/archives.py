@@ -57,6 +57,8 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imagenet_trainer import checkpoints
+
 # MD5s of the image-net.org files as torchvision's ImageNet class publishes them (torchvision/datasets/imagenet.py).
 PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
                  "ILSVRC2012_img_val.tar": "29b22e2961454d5413ddabcf34fc5622",
@@ -113,15 +115,18 @@ def for_shard(source: dict | None, image_dir: str, annotation_dir: str | None, i
 class MemberReader:
     """``read(path) -> bytes`` for one shard: a file under ``data_dir``, or a member of an archive by its location.
     A damaged member is an OSError, like an unreadable file, so the image is skipped and reported. A Parquet row is
-    read with its whole row group, which is kept until the shard has read its last row there: each row group is
-    read once whatever the order of the rows, and a shard read in place holds at most its own images and two row
-    groups more (``_spooled_read``)."""
+    read with the shard's other rows in its row group, which are kept until the shard has read its last row there:
+    each row group is read once whatever the order of the rows, and a shard read in place holds at most its own
+    images (``parquet_rows``)."""
 
     def __init__(self, data_dir: str, source: dict | None):
         self.data_dir, self.source, self.fds = data_dir, source, {}
         self.groups = {}  # (archive, row group) -> its images, or the OSError reading it gave
-        self.rows_left = Counter((loc[0], loc[1][0]) for loc in (source or {"members": {}})["members"].values()
-                                 if loc[3] == PARQUET)
+        self.rows_of = {}  # (archive, row group) -> the shard's rows there
+        for loc in (source or {"members": {}})["members"].values():
+            if loc[3] == PARQUET:
+                self.rows_of.setdefault((loc[0], loc[1][0]), []).append(loc[1][1])
+        self.rows_left = Counter({key: len(rows) for key, rows in self.rows_of.items()})
 
     def __call__(self, path: str) -> bytes:
         if self.source is None:
@@ -157,7 +162,8 @@ class MemberReader:
         key = (archive, group)
         if key not in self.groups:
             try:
-                self.groups[key] = parquet_images(self.source["archives"][archive], group)
+                self.groups[key] = dict(parquet_rows(self.source["archives"][archive], group,
+                                                     sorted(self.rows_of[key])))
             except OSError as e:
                 self.groups[key] = e
         images = self.groups[key]
@@ -166,24 +172,44 @@ class MemberReader:
             del self.groups[key]
         if isinstance(images, OSError):
             raise images
-        if row >= len(images) or images[row] is None:
+        if images.get(row) is None:
             raise OSError(f"no image bytes in row {row} of row group {group} (changed since it was listed?)")
-        return images[row]
+        return images.pop(row)
 
     def __del__(self):
         for fd in self.fds.values():
             os.close(fd)
 
 
-def parquet_images(path: str, group: int) -> list:
-    """The ``image.bytes`` of one row group of a Parquet file (None where a row has none): one row group's images
-    in memory. A damaged or truncated file is an OSError naming the row group."""
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file read through a 1 MiB buffer: pyarrow's default pre-buffering reads a whole column chunk (one
+    row group's images, hundreds of MB) into memory before decoding it."""
+    return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+
+
+def parquet_rows(path: str, group: int, rows, opened: pq.ParquetFile | None = None):
+    """(row, its ``image.bytes`` or None) for each of ``rows`` (sorted) of one row group of a Parquet file
+    (``opened``: the file already open), read in batches of 64 rows of which only the wanted ones become Python
+    bytes: memory stays near one batch, not the row group held as Python objects (about 5x its size: 1.1 GB for a
+    220 MB group). A row past the group's end gives None. A damaged or truncated file is an OSError naming the row
+    group, raised where the read fails."""
+    rows, at, start = list(rows), 0, 0
     try:
-        column = pq.ParquetFile(path).read_row_group(group, columns=["image.bytes"]).column(0)
-        return [b for chunk in column.chunks for b in chunk.field("bytes").to_pylist()]
+        batches = (opened or open_parquet(path)).iter_batches(batch_size=64, row_groups=[group],
+                                                              columns=["image.bytes"])
+        for batch in batches:
+            images = batch.column(0).field("bytes")
+            while at < len(rows) and rows[at] < start + len(images):
+                yield rows[at], images[rows[at] - start].as_py()
+                at += 1
+            start += len(images)
+            if at == len(rows):
+                return
     except (pa.ArrowException, OSError, IndexError) as e:
         raise OSError(f"row group {group} of {os.path.basename(path)} does not read ({type(e).__name__}: {e})"
                       ) from None
+    for row in rows[at:]:
+        yield row, None
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
@@ -278,14 +304,20 @@ def _members_of(path: str, wanted: set):
     rows_of = {}
     for group, row in wanted:
         rows_of.setdefault(group, []).append(row)
+    try:
+        opened = open_parquet(path)
+    except (pa.ArrowException, OSError):
+        opened = None  # each row group then gives the OSError naming it
     for group in sorted(rows_of):
+        rows = sorted(rows_of[group])
+        done = 0
         try:
-            images = parquet_images(path, group)
+            for row, data in parquet_rows(path, group, rows, opened):
+                done += 1
+                yield (group, row), data
         except OSError as e:
-            images = e
-        for row in sorted(rows_of[group]):
-            yield (group, row), images if isinstance(images, OSError) else (
-                images[row] if row < len(images) else None)
+            for row in rows[done:]:
+                yield (group, row), e
 
 
 def spool(shards, folder: Path, in_flight: int):
@@ -297,12 +329,48 @@ def spool(shards, folder: Path, in_flight: int):
     small when the archive is in the listing's sorted order, as tars of a folder are, and grows towards the split's
     size when an archive's order is shuffled. A row of a Parquet row group that does not read stays located in its
     file, where the worker meets the same error and reports the image."""
+    shards = list(shards)
     streamed = [s for s in shards if _spooled_read(s)]
+    if streamed:  # here, not in the generator: a pool's feeder thread would swallow a SystemExit
+        shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial spool: its shards are redone
+        folder.mkdir(parents=True)
+        need, free = spool_bytes(streamed), checkpoints.free_bytes(folder)
+        if need > free:
+            raise SystemExit(f"error: the spool in {folder} needs about {need / 1e9:.1f} GB (the images of the "
+                             f"shards read from compressed or shuffled archives), {free / 1e9:.1f} GB is free: free "
+                             "space or give --output_dir on a larger disk")
+    return _spool(shards, streamed, folder, in_flight)
+
+
+def spool_bytes(streamed) -> int:
+    """Bytes the spool files of ``streamed`` shards will hold: a tar member's size; a Parquet row's share of its row
+    group's image column (uncompressed), the listing keeping no per-row size."""
+    total, rows_in = 0, Counter()
+    for s in streamed:
+        for at, name, size, method, _ in s.source["members"].values():
+            if method == PARQUET:
+                rows_in[(at, name[0])] += 1
+            else:
+                total += size
+    paths = streamed[0].source["archives"] if streamed else []
+    for at in sorted({at for at, _ in rows_in}):
+        try:
+            meta = pq.ParquetFile(paths[at]).metadata
+        except (pa.ArrowException, OSError):
+            continue  # the spool meets the same error and leaves the rows in place
+        for (a, group), n in rows_in.items():
+            if a == at and group < meta.num_row_groups:
+                rg = meta.row_group(group)
+                col = next((rg.column(i) for i in range(rg.num_columns)
+                            if rg.column(i).path_in_schema == "image.bytes"), None)
+                total += col.total_uncompressed_size * n // max(rg.num_rows, 1) if col is not None else 0
+    return total
+
+
+def _spool(shards, streamed, folder: Path, in_flight: int):
     yield from (s for s in shards if not _spooled_read(s))
     if not streamed:
         return
-    shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial spool: its shards are redone
-    folder.mkdir(parents=True)
     need, left, files, waiting = {}, {}, {}, []  # need: {archive: {location name: (shard, path)}}
     for i, s in enumerate(streamed):
         for path, (at, name, _, _, _) in s.source["members"].items():

@@ -129,8 +129,9 @@ def test_hub_parquet_reads_rows_in_order_in_place_and_spools_shuffled_ones(packa
     assert ("train", True) in spooled and not {("validation", True), ("test", True)} & spooled
 
     val = next(s.source["members"] for s in shards if s.split == "validation")  # 5 rows: row groups 0 and 1
-    real, reads = archives.parquet_images, []
-    monkeypatch.setattr(archives, "parquet_images", lambda path, group: reads.append(group) or real(path, group))
+    real, reads = archives.parquet_rows, []
+    monkeypatch.setattr(archives, "parquet_rows", lambda path, group, rows, opened=None: reads.append(group) or
+                        real(path, group, rows, opened))
     read = archives.MemberReader(str(folder), {"archives": listing.archives["archives"], "members": val})
     for path in sorted(val, key=lambda p: val[p][1][::-1]):  # row 0 of each group, then row 1, ...: alternating
         read(path)
@@ -302,6 +303,26 @@ def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypat
 
 # random access; a tar.gz streamed through the spool; Kaggle's tar.gz with its LOC files read beside it; Parquet rows
 # by (file, row group, row)
+@pytest.mark.parametrize("packaging", ["hub-imagenet-1k", "hub-imagenet-1k-parquet"])
+def test_the_spool_refuses_in_one_line_when_its_disk_lacks_the_room(packaging, packaged, tmp_path, monkeypatch):
+    """The spool of shuffled rows grows towards the whole split (about 140 GB of ImageNet's train): checked before
+    the first byte is written, against what the listing says the images take."""
+    listing = preprocess.list_splits(Path(packaged[packaging]), None, 0)
+    shards = preprocess.plan_shards(Path(packaged[packaging]), listing.splits, tmp_path / "work", 5)
+    streamed = [s for s in shards if archives._spooled_read(s)]
+    need = archives.spool_bytes(streamed)
+    ready = list(archives.spool(shards, tmp_path / "spool", 100))
+    spooled = sum(sum(loc[2] for loc in s.source["members"].values() if loc[0] == 0) for s in ready
+                  if s.source and s.source.get("spool"))
+    assert streamed and 0.8 * spooled <= need <= 1.2 * spooled
+    monkeypatch.setattr(archives.checkpoints, "free_bytes", lambda folder: need - 1)
+    with pytest.raises(SystemExit) as e:
+        archives.spool(shards, tmp_path / "spool", 100)
+    assert str(e.value) == (f"error: the spool in {tmp_path / 'spool'} needs about {need / 1e9:.1f} GB (the images "
+                            f"of the shards read from compressed or shuffled archives), {(need - 1) / 1e9:.1f} GB is "
+                            "free: free space or give --output_dir on a larger disk")
+
+
 @pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz", "hub_parquet"])
 def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packaging, tmp_path):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)

@@ -193,6 +193,43 @@ def test_the_hubs_imagenet_loads_labelled_by_wnids_with_descriptions_and_image_i
     assert ilsvrc.class_descriptions(ds) == manifest["descriptions"]
 
 
+@pytest.mark.parametrize("kept", [("train", "validation"), ("validation",)])
+def test_the_hubs_imagenet_loads_without_the_splits_hf_download_left_out(kept, hub_imagenet, tmp_path, monkeypatch):
+    """`hf download ILSVRC/imagenet-1k --include "data/validation-*"` (the card still lists all three splits)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    part = tmp_path / "part"
+    shutil.copytree(hub_imagenet, part)
+    for f in (part / "data").iterdir():
+        if not f.name.startswith(kept):
+            f.unlink()
+    ds = load_image_dataset(str(part))
+    assert list(ds) == list(kept) and check_labels(ds["validation"]) == ilsvrc.imagenet_wnids()
+    assert ds["validation"][0]["image_id"] == "ILSVRC2012_val_00000001"
+
+
+def test_hub_names_off_timms_say_so_and_classes_py_is_not_fetched_offline(hub_imagenet, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Names a little off timm's and no classes.py: one line naming the file to add. With HF_DATASETS_OFFLINE=1
+    alone (huggingface_hub still online) classes.py is looked up in the Hub cache only."""
+    import huggingface_hub
+
+    from imagenet_trainer.data import sources
+
+    names = list(datasets.load_dataset(str(hub_imagenet), data_files=sources._splits_in_use(hub_imagenet),
+                                       cache_dir=str(tmp_path / "c"))["validation"].features["label"].names)
+    names[3] = names[3] + " "  # a rename timm does not have
+    ds = datasets.DatasetDict({"validation": datasets.Dataset.from_dict(
+        {"label": [0]}, features=datasets.Features({"label": datasets.ClassLabel(names=names)}))})
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(k) or 1 / 0)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    sources._as_imagenet(ds, lambda: sources._classes_of("ILSVRC/imagenet-1k"))
+    assert calls == [{"repo_type": "dataset", "local_files_only": True}]
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "classes.py beside data/" in out and ds["validation"].features["label"].names[3] \
+        == names[3]
+
+
 def test_offline_hub_id_is_read_from_the_hub_cache_or_names_both_caches(hub_imagenet, tmp_path, monkeypatch):
     """`hf download ILSVRC/imagenet-1k --repo-type dataset` on a connected machine fills the Hub cache
     (datasets--OWNER--NAME/snapshots/<commit>/, refs/main), not datasets' own: offline, --dataset ILSVRC/imagenet-1k

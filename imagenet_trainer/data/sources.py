@@ -96,12 +96,15 @@ def _cached_snapshot(repo: str) -> str:
 
 
 def _splits_in_use(folder: Path) -> dict | None:
-    """data_files of the splits train.py and validate.py can use, for a folder in the Hub's ImageNet-1k layout: all
-    but its test split, whose labels are all -1 (datasets would convert it to Arrow too, 13 GB); None, which lets
-    datasets find the files, for any other folder."""
+    """data_files of the splits train.py and validate.py can use, for a folder in the Hub's ImageNet-1k layout:
+    whichever of train and validation it holds, never its test split, whose labels are all -1 (datasets would
+    convert it to Arrow too, 13 GB) and which `hf download --include` often leaves out (the card's ``configs`` list
+    all three, so datasets alone fails on a snapshot without one); None, which lets datasets find the files, for
+    any other folder."""
     files = archive_layouts.hub_parquet_files(folder)
     listed = sum(map(len, files.values()))
-    if "test" not in files or len(files) < 2 or listed != sum(p.is_file() for p in (folder / "data").rglob("*")):
+    if not files.keys() & {"train", "validation"} or \
+            listed != sum(p.is_file() for p in (folder / "data").rglob("*")):
         return None  # not only the three splits' files: datasets decides what the folder holds
     import pyarrow.parquet as pq
 
@@ -123,7 +126,10 @@ def _classes_of(folder_or_repo) -> dict | None:
         from huggingface_hub import hf_hub_download
 
         try:
-            path = Path(hf_hub_download(folder_or_repo, archive_layouts.HUB_CLASSES, repo_type="dataset"))
+            # HF_DATASETS_OFFLINE=1 makes datasets offline but not huggingface_hub: without local_files_only an
+            # air-gapped node would wait for a connection timeout here
+            path = Path(hf_hub_download(folder_or_repo, archive_layouts.HUB_CLASSES, repo_type="dataset",
+                                        local_files_only=bool(datasets.config.HF_HUB_OFFLINE)))
         except Exception:  # no such file, or not cached offline: timm's list decides
             return None
     try:
@@ -141,6 +147,7 @@ def _as_imagenet(ds: datasets.DatasetDict, classes) -> None:
     ``classes``: classes.py's {wnid: name}, or a function giving it, called only when timm's names do not match."""
     from imagenet_trainer.ilsvrc import DESCRIPTIONS_KEY, is_wnid
 
+    warned = False
     for name, split in list(ds.items()):
         label = split.features.get("label")
         if not isinstance(label, datasets.ClassLabel) or all(is_wnid(n) for n in label.names):
@@ -151,6 +158,12 @@ def _as_imagenet(ds: datasets.DatasetDict, classes) -> None:
         if wnids is None and not callable(classes):
             wnids = archive_layouts.hub_imagenet_wnids(label.names, classes)
         if wnids is None:
+            if classes is None and not warned and _looks_like_hub_imagenet(label.names):
+                warned = True  # one line for the dataset, not one per split
+                print(f"the dataset looks like the Hub's ILSVRC/imagenet-1k, but its 1000 class names are not "
+                      f"timm's ImageNet names and it has no {archive_layouts.HUB_CLASSES}: its labels stay human "
+                      f"names, with no image_id; put that repo's {archive_layouts.HUB_CLASSES} beside data/ (`hf "
+                      f"download ILSVRC/imagenet-1k {archive_layouts.HUB_CLASSES} --repo-type dataset`)")
             continue
         info = split.info.copy()
         info.features = split.features.copy()
@@ -163,6 +176,20 @@ def _as_imagenet(ds: datasets.DatasetDict, classes) -> None:
             split = split.add_column("image_id", [archive_layouts.hub_image_id(p)[0] if p else None for p in paths],
                                      feature=datasets.Value("string"))
         ds[name] = split
+
+
+def _looks_like_hub_imagenet(names) -> bool:
+    """1000 names, most of them timm's ImageNet descriptions in order: the Hub's ImageNet with a few renamed."""
+    from imagenet_trainer import ilsvrc
+
+    if len(names) != 1000:
+        return False
+    try:
+        lemmas = ilsvrc.imagenet_lemmas()
+        wnids = ilsvrc.imagenet_wnids()
+    except (ValueError, OSError):  # no timm to compare with
+        return False
+    return sum(lemmas.get(w) == n for w, n in zip(wnids, names)) >= 900
 
 
 def _has_paths(split: datasets.Dataset) -> bool:
