@@ -34,7 +34,8 @@ Packagings, told apart by what ``--data_dir`` holds (archive_layouts.py lists ea
 A compressed tar is read twice, front to back: once to list it, once to process it; while it streams, each shard's
 members are copied into one spool file in the work folder, handed to a worker when complete and deleted when done
 (``spool``), so the work folder holds a few shards, not an extracted copy, when the archive is in sorted order.
-Scattered Parquet rows go the same way, row group after row group, each read once.
+Scattered Parquet rows go the same way, row group after row group, each read once. After each source file read
+whole, a progress record keeps the spool up to there: a killed run's rerun reads only the files not yet spooled.
 
 Library code: an incomplete or damaged set is a ValueError naming the file and what is missing.
 """
@@ -43,6 +44,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -58,6 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagenet_trainer import checkpoints
+from imagenet_trainer.runinfo import atomic_write_text
 
 # MD5s of the image-net.org files as torchvision's ImageNet class publishes them (torchvision/datasets/imagenet.py).
 PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
@@ -328,18 +331,110 @@ def spool(shards, folder: Path, in_flight: int):
     full spool files wait for workers; the spool also holds the members of shards not complete yet, so it stays
     small when the archive is in the listing's sorted order, as tars of a folder are, and grows towards the split's
     size when an archive's order is shuffled. A row of a Parquet row group that does not read stays located in its
-    file, where the worker meets the same error and reports the image."""
+    file, where the worker meets the same error and reports the image.
+
+    The spool survives a kill: each spool file has an index beside it (``.idx``, a JSON line per member, written
+    after its bytes), and after each archive is read whole, ``progress.json`` records the archives done and every
+    spool and index file's length. A rerun of the same job cuts the files back to those lengths and reads only the
+    archives not done (``_resume``): ImageNet's shuffled train split is about 140 GB of spool, hours of reading."""
     shards = list(shards)
     streamed = [s for s in shards if _spooled_read(s)]
+    job = resumed = None
     if streamed:  # here, not in the generator: a pool's feeder thread would swallow a SystemExit
-        shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial spool: its shards are redone
-        folder.mkdir(parents=True)
-        need, free = spool_bytes(streamed), checkpoints.free_bytes(folder)
+        job = _spool_job(streamed)
+        resumed = _resume(folder, streamed, job)
+        if resumed is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        kept = sum(os.path.getsize(_spool_file(folder, s)) for s in streamed
+                   if resumed and _spool_file(folder, s).exists())
+        need, free = spool_bytes(streamed) - kept, checkpoints.free_bytes(folder)
         if need > free:
             raise SystemExit(f"error: the spool in {folder} needs about {need / 1e9:.1f} GB (the images of the "
                              f"shards read from compressed or shuffled archives), {free / 1e9:.1f} GB is free: free "
                              "space or give --output_dir on a larger disk")
-    return _spool(shards, streamed, folder, in_flight)
+    return _spool(shards, streamed, folder, in_flight, job, resumed)
+
+
+PROGRESS = "progress.json"  # in the spool folder: what a rerun of the same job may keep
+
+
+def _shard_name(shard) -> str:
+    return f"{shard.split}-{shard.index:05d}"
+
+
+def _spool_file(folder: Path, shard) -> Path:
+    return folder / f"{_shard_name(shard)}.bin"
+
+
+def _index_file(spool_file) -> Path:
+    return Path(spool_file).with_suffix(".idx")
+
+
+def _spool_job(streamed) -> dict:
+    """What a spool belongs to: the archive files (path, bytes, mtime in ns) and each spooled shard's members."""
+    stats = [os.stat(p.split(INSIDE)[0]) for p in streamed[0].source["archives"]]
+    return {"archives": [[p, st.st_size, st.st_mtime_ns] for p, st in zip(streamed[0].source["archives"], stats)],
+            "shards": {_shard_name(s): hashlib.sha1(json.dumps(sorted(s.source["members"].items())).encode()
+                                                    ).hexdigest() for s in streamed}}
+
+
+class _Stale(Exception):
+    """Why a spool left in the folder cannot be kept."""
+
+
+def _resume(folder: Path, streamed, job: dict):
+    """(archives done, {shard's position in ``streamed``: {path: location}}) from the spool a killed run of this job
+    left, its files cut back to the lengths recorded after its last whole archive; None when there is none to keep,
+    said in one line where there was one. Files of shards no longer pending (finished by a worker) are deleted."""
+    if not folder.exists():
+        return None
+    try:
+        try:
+            record = json.loads((folder / PROGRESS).read_text())
+        except (OSError, ValueError):
+            raise _Stale("no progress record: killed before its first archive was read whole") from None
+        if record.get("archives") != job["archives"]:
+            raise _Stale("another job: other archive files")
+        if any(record.get("shards", {}).get(name) != h for name, h in job["shards"].items()):
+            raise _Stale("another job: other shards")
+        located, keep = {}, {PROGRESS}
+        for i, s in enumerate(streamed):
+            spool_file = _spool_file(folder, s)
+            index_file = _index_file(spool_file)
+            lengths = record["lengths"].get(_shard_name(s), [0, 0])
+            for path, n in zip((spool_file, index_file), lengths):
+                size = path.stat().st_size if path.exists() else 0
+                if size < n:
+                    raise _Stale(f"{path.name} holds {size} bytes, {n} recorded")
+                if path.exists():
+                    os.truncate(path, n)  # what was written after the last whole archive: that archive is reread
+                keep.add(path.name)
+            located[i] = {}
+            lines = index_file.read_bytes().splitlines() if index_file.exists() else []
+            for line in lines:
+                path, offset, size = json.loads(line)
+                if path not in s.source["members"] or path in located[i] or (
+                        offset is not None and offset + size > lengths[0]):
+                    raise _Stale(f"{index_file.name} does not match its spool file")
+                # None: a member read in place (a row group that does not read), as the first run located it
+                located[i][path] = (s.source["members"][path] if offset is None else (0, offset, size, TAR, None))
+        done = set(record["done"])
+    except _Stale as e:
+        print(f"{folder}: the spool a killed run left is discarded ({e}); its archives are read again", flush=True)
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{folder}: the spool a killed run left is discarded (unreadable: {type(e).__name__}: {e}); its "
+              "archives are read again", flush=True)
+        return None
+    for path in folder.iterdir():
+        if path.name not in keep:  # a finished shard's leftovers, a temp file of an interrupted record
+            path.unlink()
+    total = len(done | {loc[0] for s in streamed for loc in s.source["members"].values()})
+    kept = sum(p.stat().st_size for p in folder.glob("*.bin"))
+    print(f"{folder}: resuming the spool a killed run left, {len(done)} of {total} archives already read "
+          f"({kept / 1e9:.1f} GB kept)", flush=True)
+    return done, located
 
 
 def spool_bytes(streamed) -> int:
@@ -367,23 +462,37 @@ def spool_bytes(streamed) -> int:
     return total
 
 
-def _spool(shards, streamed, folder: Path, in_flight: int):
+def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, resumed=None):
     yield from (s for s in shards if not _spooled_read(s))
     if not streamed:
         return
+    done, kept = resumed or (set(), {})
     need, left, files, waiting = {}, {}, {}, []  # need: {archive: {location name: (shard, path)}}
+    lengths = {}  # shard -> [spool file bytes, index file bytes], as written so far
     for i, s in enumerate(streamed):
         for path, (at, name, _, _, _) in s.source["members"].items():
             need.setdefault(at, {})[name] = (i, path)
-        left[i] = len(s.source["members"])
-        files[i] = (folder / f"{s.split}-{s.index:05d}.bin", {})
+        files[i] = (_spool_file(folder, s), kept.get(i, {}))
+        left[i] = len(s.source["members"]) - len(files[i][1])
+        lengths[i] = [os.path.getsize(p) if p.exists() else 0 for p in (files[i][0], _index_file(files[i][0]))]
+    written = set()  # shards appended to since the last progress record
+
+    def hand_over(i):
+        while sum(p.exists() for p in waiting) >= in_flight:
+            time.sleep(0.05)
+        waiting.append(files[i][0])
+        return _spooled(streamed[i], *files[i])
+
+    for i in [i for i, n in left.items() if n == 0]:  # complete in the spool a killed run left
+        yield hand_over(i)
     archive_paths = streamed[0].source["archives"]
-    for at in sorted(need):
+    for at in sorted(set(need) - done):
         for name, data in _members_of(archive_paths[at], set(need[at])):
             i, path = need[at][name]
             spool_file, located = files[i]
             if isinstance(data, OSError) or data is None:
                 located[path] = streamed[i].source["members"][path]  # read in place, as an unspooled shard would
+                entry = [path, None, None]
             else:
                 with open(spool_file, "ab") as f:
                     start = f.tell()
@@ -392,14 +501,37 @@ def _spool(shards, streamed, folder: Path, in_flight: int):
                     else:
                         shutil.copyfileobj(data, f)
                     located[path] = (0, start, f.tell() - start, TAR, None)
+                    lengths[i][0] = f.tell()
+                entry = [path, start, lengths[i][0] - start]
+            with open(_index_file(spool_file), "ab") as f:  # after the bytes it points at
+                f.write(json.dumps(entry).encode() + b"\n")
+                lengths[i][1] = f.tell()
+            written.add(i)
             left[i] -= 1
             if left[i] == 0:
-                while sum(p.exists() for p in waiting) >= in_flight:
-                    time.sleep(0.05)
-                waiting.append(spool_file)
-                yield _spooled(streamed[i], spool_file, located)
+                yield hand_over(i)
+        done.add(at)
+        _record_progress(folder, job, done, {_shard_name(streamed[i]): n for i, n in lengths.items()},
+                         [files[i][0] for i in written])
+        written.clear()
     for i in (i for i, n in left.items() if n):  # members the listing saw but the archive no longer has
         yield _spooled(streamed[i], *files[i])
+
+
+def _record_progress(folder: Path, job: dict, done: set, lengths: dict, written: list) -> None:
+    """``progress.json`` once an archive is read whole, the spool and index files it wrote synced first: a reboot
+    must not leave a record of bytes that never reached the disk."""
+    for spool_file in written:
+        for path in (spool_file, _index_file(spool_file)):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # its shard is done and its files deleted (``release``)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    atomic_write_text(folder / PROGRESS, json.dumps({**job, "done": sorted(done), "lengths": lengths}))
 
 
 def _spooled(shard, spool_file: Path, located: dict):
@@ -412,8 +544,9 @@ def _spooled(shard, spool_file: Path, located: dict):
 
 
 def release(source: dict | None) -> None:
-    """After a shard is done: delete its spool file."""
+    """After a shard is done: delete its spool file and its index."""
     if source and source.get("spool"):
+        _index_file(source["archives"][0]).unlink(missing_ok=True)
         os.remove(source["archives"][0])
 
 

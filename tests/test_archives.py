@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -316,9 +317,9 @@ def test_the_spool_refuses_in_one_line_when_its_disk_lacks_the_room(packaging, p
                   if s.source and s.source.get("spool"))
     assert streamed and 0.8 * spooled <= need <= 1.2 * spooled
     monkeypatch.setattr(archives.checkpoints, "free_bytes", lambda folder: need - 1)
-    with pytest.raises(SystemExit) as e:
-        archives.spool(shards, tmp_path / "spool", 100)
-    assert str(e.value) == (f"error: the spool in {tmp_path / 'spool'} needs about {need / 1e9:.1f} GB (the images "
+    with pytest.raises(SystemExit) as e:  # a fresh spool: the one above is kept and would need nothing more
+        archives.spool(shards, tmp_path / "fresh", 100)
+    assert str(e.value) == (f"error: the spool in {tmp_path / 'fresh'} needs about {need / 1e9:.1f} GB (the images "
                             f"of the shards read from compressed or shuffled archives), {(need - 1) / 1e9:.1f} GB is "
                             "free: free space or give --output_dir on a larger disk")
 
@@ -378,3 +379,90 @@ def test_unzipped_older_kaggle_release_names_the_loc_file_to_put_beside_it(gone,
     message = error_of(folder, tmp_path / "out")  # the tree refuses a missing LOC file too: no labels from XML
     assert f"no {' or '.join(gone)} beside {archive_layouts.KAGGLE_TGZ_NAME}" in message
     assert f"unzip imagenet-object-localization-challenge.zip {' '.join(gone)}" in message
+
+
+
+# preprocess.py with archives._members_of counting the archives it reads (a line each in $READS) and, given $KILL_AT
+# ("call:member"), SIGKILLing its own process before that member of that archive read: mid-spool, as a kill lands
+COUNTED_RUN = """
+import os, signal, sys
+import preprocess
+from imagenet_trainer import archives
+real, calls = archives._members_of, []
+kill_call, kill_member = map(int, os.environ.get("KILL_AT", "0:0").split(":"))
+def members_of(path, wanted):
+    calls.append(path)
+    with open(os.environ["READS"], "a") as f:
+        f.write(path + "\\n")
+    for k, member in enumerate(real(path, wanted)):
+        if (len(calls), k) == (kill_call, kill_member):
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield member
+archives._members_of = members_of
+preprocess.main(sys.argv[1:])
+"""
+
+
+# hub: killed before the first member of train_images_1, the last shard of train_images_0 still waiting for its
+# second image there; hub_parquet: killed after 3 rows of the second train file, no train shard complete yet (shards
+# of 10 rows: 2 would lie in at most 2 row groups of 4 rows and be read in place)
+@pytest.mark.parametrize("packaging, shard_size, shards, kill_at", [("hub", 2, 50, "3:0"),
+                                                                    ("hub_parquet", 10, 11, "2:3")])
+def test_sigkilled_spool_resumes_without_reading_its_spooled_archives_again(packaging, shard_size, shards, kill_at,
+                                                                            tmp_path):
+    """ImageNet's shuffled train split is about 140 GB of spool before its first shard completes: a kill must not
+    cost that read again. The archives spooled whole are kept; the one cut off is read again from its start."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
+    folder = getattr(demo_archives, packaging)(tree, tmp_path / "set")
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = ["--data_dir", str(folder), "--output_dir", str(out), "--num_proc", "1", "--shard_size", str(shard_size),
+            "--shorter_side", "64"]
+    env = {**os.environ, "READS": str(tmp_path / "killed"), "KILL_AT": kill_at}
+    killed = subprocess.run([sys.executable, "-c", COUNTED_RUN, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert killed.returncode == -9, killed.stderr
+    *spooled, cut = (tmp_path / "killed").read_text().splitlines()
+    done = {f"{p.parent.name}/{p.name}": p.stat().st_mtime_ns for p in work.glob("*/*.arrow")}
+
+    env = {**os.environ, "READS": str(tmp_path / "rerun")}
+    rerun = subprocess.run([sys.executable, "-c", COUNTED_RUN, *args], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    reads = (tmp_path / "rerun").read_text().splitlines()
+    assert reads[0] == cut and not set(spooled) & set(reads), reads
+    assert f"resuming the spool a killed run left, {len(spooled)} of " in rerun.stdout
+    assert f"{len(done)} of {shards} shards already done" in rerun.stdout or not done
+    assert all((out / n).stat().st_mtime_ns == t for n, t in done.items()), "finished shards redone"
+    run(folder, tmp_path / "fresh", "--shard_size", str(shard_size), "--shorter_side", "64")
+    resumed, uninterrupted = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(tmp_path / "fresh"))
+    assert list(resumed) == list(uninterrupted) == ["train", "validation", "test"]
+    for split in uninterrupted:
+        assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
+
+
+def test_a_spool_that_does_not_match_its_progress_record_is_discarded_in_one_line(packaged, tmp_path, monkeypatch,
+                                                                                   capsys):
+    folder = Path(packaged["hub-imagenet-1k-parquet"])
+    listing = preprocess.list_splits(folder, None, 0)
+    shards = preprocess.plan_shards(folder, listing.splits, tmp_path / "work", 5)
+    spool = tmp_path / "spool"
+
+    def spooled():
+        ready = [s for s in archives.spool(shards, spool, 100) if s.source and s.source.get("spool")]
+        return sorted((s.split, s.index, s.source) for s in ready)
+
+    first = spooled()  # not released: as a run killed before its workers got to them leaves them
+    assert first and capsys.readouterr().out == ""
+    real = archives._members_of
+    monkeypatch.setattr(archives, "_members_of", lambda path, wanted: pytest.fail(f"{path} read again"))
+    assert spooled() == first
+    assert f"{spool}: resuming the spool a killed run left, 2 of 2 archives already read" in capsys.readouterr().out
+
+    cut = Path(first[0][2]["archives"][0])
+    size = cut.stat().st_size
+    cut.write_bytes(cut.read_bytes()[:-1])  # a file shorter than recorded: the record is not to be trusted
+    monkeypatch.setattr(archives, "_members_of", real)
+    assert spooled() == first
+    assert capsys.readouterr().out.splitlines() == [
+        f"{spool}: the spool a killed run left is discarded ({cut.name} holds {size - 1} bytes, {size} recorded); its "
+        "archives are read again"]
