@@ -579,13 +579,15 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         accelerator.print(f"the checkpoint was saved with other optimizer settings; this launch's apply: "
                           f"{', '.join(changed)}")
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
-    set_aside_later(accelerator, ckpt_dir, state.step)
+    set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)
     return path
 
 
-def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int) -> None:
+def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int, best_top1: float = -1.0) -> None:
     """What the run a resume leaves wrote past `step`, its checkpoints and its metrics.jsonl rows (a rollback to an
-    older checkpoint, or a newer one that was damaged), moved to ckpt_dir/set_aside/<time>/ by the main process."""
+    older checkpoint, or a newer one that was damaged), moved to ckpt_dir/set_aside/<time>/ by the main process.
+    Where one of those rows beat `best_top1` (the best up to `step`), that run exported it to run_dir/final, which
+    stays until this run's first evaluation above `best_top1`: said in one line."""
     if not accelerator.is_main_process:
         return
     stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
@@ -596,6 +598,12 @@ def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int) -> None
     if moved:
         accelerator.print(f"the {' and '.join(moved)} past step {step} belong to the run this resume leaves: moved "
                           f"to {folder} (delete it once not needed)")
+    top1 = max((row.get(k, -1.0) for row in checkpoints.rows_of(folder / "metrics.jsonl")
+                for k in ("val_top1", "ema_val_top1")), default=-1.0) if rows else -1.0
+    if top1 > best_top1:
+        accelerator.print(f"warning: {ckpt_dir.parent / 'final'} holds the model the run this resume leaves exported "
+                          f"(val top-1 {top1:.2f}%), not this run's: it is replaced at this run's first evaluation "
+                          f"above {best_top1:.2f}% (the best up to step {step})")
 
 
 OPTIMIZER_FLAGS = ("weight_decay", "momentum")  # the optimizer hyper-parameters set from flags (lr: every step)

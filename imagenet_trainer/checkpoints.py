@@ -154,6 +154,19 @@ def set_aside_later_rows(metrics: Path, step: int, folder: Path) -> int:
     return len(later)
 
 
+def rows_of(metrics: Path) -> list[dict]:
+    """The JSON rows of a metrics.jsonl (a line an append a kill cut short is none)."""
+    rows = []
+    for line in Path(metrics).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
     """(newest complete checkpoint or None, one line per newer one skipped and why)."""
     skipped = []

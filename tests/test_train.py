@@ -167,6 +167,9 @@ def test_a_rollback_resume_applies_its_own_optimizer_flags_and_sets_the_later_ch
     ok(run(train_cmd(preprocessed, out, "--epochs", "2")))  # --keep_last 2: a checkpoint at each epoch's end
     first, second = checkpoints.step_folders(out / "checkpoints")
     left = {k: v.clone() for k, v in load_file(second / "model.safetensors").items()}
+    first_row, second_row = rows(out)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (first_row, {**second_row,
+                                                                                         "val_top1": 100.0})))
     resumed = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--weight_decay", "0.05", "--momentum", "0.5",
                                "--resume_from_checkpoint", first)))
     said = resumed.stdout + resumed.stderr
@@ -177,6 +180,10 @@ def test_a_rollback_resume_applies_its_own_optimizer_flags_and_sets_the_later_ch
     # the history is this run's alone: each epoch once, the left run's second epoch with its checkpoint
     assert [r["epoch"] for r in rows(out)] == [1, 2]
     assert [json.loads(line)["epoch"] for line in (aside / "metrics.jsonl").read_text().splitlines()] == [2]
+    # the left run's second epoch beat the first (its row says 100%, as written before the resume): it exported to
+    # final/, which is not this run's until it beats the first epoch, and the log says so
+    assert (f"warning: {out / 'final'} holds the model the run this resume leaves exported (val top-1 100.00%), not "
+            f"this run's: it is replaced at this run's first evaluation above ") in said, said[-3000:]
     assert checkpoints.step_folders(out / "checkpoints") == [first, second]  # the second written again, by this run
     for folder, wanted in ((second, [(0.0, 0.5), (0.05, 0.5)]), (aside / second.name, [(0.0, 0.9), (5e-5, 0.9)])):
         groups = torch.load(folder / "optimizer.bin", weights_only=True)["param_groups"]
