@@ -427,6 +427,27 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
     return folder if cfg.update_model_card else None
 
 
+def load_split(cfg: ValidateConfig, split_from: str):
+    """(--dataset, its --split, the split's class names); each failure one line naming the flag, and the run's
+    --eval_split where --split came from it (``split_from``)."""
+    try:
+        ds = load_image_dataset(cfg.dataset)
+    except ValueError as e:
+        raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
+    came = f" (the run's --eval_split, {split_from})" if split_from not in ("--split", "the default") else ""
+    if cfg.split not in ds:
+        others = [s for s in ds if s != "train"]
+        hint = f"; pass --split {' or '.join(others)}" if others else ""
+        raise SystemExit(f"error: --split {cfg.split}{came}: the dataset has {', '.join(ds)}{hint}")
+    split = ds[cfg.split]
+    if len(split) == 0:
+        raise SystemExit(f"error: --split {cfg.split}{came} of --dataset {cfg.dataset} has no images")
+    try:
+        return ds, split, check_labels(split)
+    except ValueError as e:
+        raise SystemExit(f"error: --split {cfg.split}{came}: {e}") from None
+
+
 def main(argv=None):
     cfg = parse_config(ValidateConfig, argv, description=__doc__.split("\n")[0])
     if cfg.output:
@@ -444,24 +465,7 @@ def main(argv=None):
     if eval_suite.wanted(cfg) or is_eval_set(cfg.dataset):
         return score_suite(cfg, accelerator, card_folder, recorded, precision, flip_from)
 
-    # data: checked before the model, whose download may be long
-    try:
-        ds = load_image_dataset(cfg.dataset)
-    except ValueError as e:
-        raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
-    came = f" (the run's --eval_split, {split_from})" if split_from not in ("--split", "the default") else ""
-    if cfg.split not in ds:
-        others = [s for s in ds if s != "train"]
-        hint = f"; pass --split {' or '.join(others)}" if others else ""
-        raise SystemExit(f"error: --split {cfg.split}{came}: the dataset has {', '.join(ds)}{hint}")
-    split = ds[cfg.split]
-    if len(split) == 0:
-        raise SystemExit(f"error: --split {cfg.split}{came} of --dataset {cfg.dataset} has no images")
-    try:
-        label_names = check_labels(split)
-    except ValueError as e:
-        raise SystemExit(f"error: --split {cfg.split}{came}: {e}") from None
-
+    ds, split, label_names = load_split(cfg, split_from)  # before the model, whose download may be long
     model = load_scored_model(cfg, label_names, "--dataset", accelerator.is_main_process)
     data_cfg = resolve_data_config(model=model)
     if cfg.crop_pct:
