@@ -426,15 +426,24 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
                 raise ValueError(f"{path}: {m.name} does not end in the wnid of a class of {HUB_CLASSES}")
             members[rel] = (at, m.name, m.size, STREAM, None)
             items[split].append((rel, label))
+    return hub_listing(found, items, members, wnids, [classes[w] for w in wnids], HUB_CLASSES,
+                       {split: f"{HUB_SPLITS[split]}*.tar.gz" for split in items})
+
+
+def hub_listing(found: Found, items: dict, members: dict, wnids: list[str], names: list[str], listed_in: str,
+                files: dict[str, str]):
+    """What both Hub layouts' listers return, from their splits' ``items`` and ``members``: train and validation
+    required (``files``: each split's data/ files, for the error), a missing test split and a class without train
+    images warned of, the class descriptions Kaggle's route gives."""
     for split in ("train", "validation"):
         if not items[split]:
-            raise ValueError(f"{found.root}: no data/{HUB_SPLITS[split]}*.tar.gz with images; download them too")
+            raise ValueError(f"{found.root}: no data/{files[split]} with images; download them too")
     source = {"archives": found.archives, "members": members}
     splits = {split: Split("", None, sorted(found_items), {}, False, source)
               for split, found_items in items.items() if found_items}
     warnings = [] if "test" in splits else [f"{found.root}: no test images; the dataset has train and validation only"]
-    warnings += no_train_images(wnids, items["train"], HUB_CLASSES, found.root)
-    return wnids, hub_descriptions(wnids, [classes[w] for w in wnids]), splits, warnings
+    warnings += no_train_images(wnids, items["train"], listed_in, found.root)
+    return wnids, hub_descriptions(wnids, names), splits, warnings
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -578,15 +587,8 @@ def list_hub_parquet(found: Found) -> tuple[list, list, dict, list]:
                     raise ValueError(f"{where}: a second image {rel} (two rows with one image id)")
                 members[rel] = (at, (group, row), len(labels), PARQUET, None)
                 items[split].append((rel, label))
-    for split in ("train", "validation"):
-        if not items[split]:
-            raise ValueError(f"{root}: no data/{split}-*.parquet with images; download them too")
-    source = {"archives": found.archives, "members": members}
-    splits = {split: Split("", None, sorted(found_items), {}, False, source)
-              for split, found_items in items.items() if found_items}
-    warnings = [] if "test" in splits else [f"{root}: no test images; the dataset has train and validation only"]
-    warnings += no_train_images(wnids, items["train"], HUB_CLASSES if classes else "the label names", root)
-    return wnids, hub_descriptions(wnids, names), splits, warnings
+    return hub_listing(found, items, members, wnids, names, HUB_CLASSES if classes else "the label names",
+                       {split: f"{split}-*.parquet" for split in items})
 
 
 def no_train_images(wnids: list[str], train: list[tuple[str, int]], listed_in: str, where) -> list[str]:
