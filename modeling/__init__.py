@@ -20,7 +20,7 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
     import torch
     from torch import nn
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from timm.models import build_model_with_cfg, generate_default_cfgs
+    from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs
     from timm.models._features import feature_take_indices
 
     from ._registry import register
@@ -39,6 +39,7 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
             self.stage = nn.Sequential(nn.Conv2d(width, 2 * width, 3, s, d, d), nn.BatchNorm2d(2 * width), nn.ReLU())
             self.head_drop = nn.Dropout(drop_rate)
             self.fc = nn.Linear(2 * width, num_classes) if num_classes else nn.Identity()
+            self.grad_checkpointing = False
             # where features_only=True taps the network: channels, stride from the input, module name (a layer
             # inside a Sequential, "stem.2", needs flatten_sequential=True below)
             self.feature_info = [dict(num_chs=width, reduction=2, module="stem.2"),
@@ -46,7 +47,7 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
 
         @torch.jit.ignore
         def set_grad_checkpointing(self, enable: bool = True):
-            pass                                            # two layers: nothing worth recomputing
+            self.grad_checkpointing = enable                # each layer keeps its input only, recomputed in backward
 
         @torch.jit.ignore
         def get_classifier(self):
@@ -62,9 +63,10 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
                                   intermediates_only: bool = False):
             # timm's feature API (transformers' backbones call it): the feature_info maps picked by indices
             take, last = feature_take_indices(len(self.feature_info), indices)
-            maps = [self.stem(x)]
-            if not (stop_early and last == 0):
-                maps.append(self.stage(maps[0]))
+            maps = []
+            for layer in (self.stem,) if stop_early and last == 0 else (self.stem, self.stage):
+                x = checkpoint(layer, x) if self.grad_checkpointing and not torch.jit.is_scripting() else layer(x)
+                maps.append(x)
             picked = [maps[i] for i in take]
             return picked if intermediates_only else (maps[-1], picked)
 
@@ -78,6 +80,8 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
             return take
 
         def forward_features(self, x: torch.Tensor) -> torch.Tensor:      # image -> feature map
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                return checkpoint_seq([self.stem, self.stage], x)
             return self.stage(self.stem(x))
 
         def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -97,10 +101,18 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.0", classifier="fc")})
 
 
+    def checkpoint_filter_fn(state_dict, model):
+        # weights saved by transformers (save_pretrained of a trust_remote_code load) carry its wrapper's
+        # "timm_model." prefix: timm's local-dir: and hf-hub: loads pass every checkpoint through this
+        return {k.removeprefix("timm_model."): v for k, v in state_dict.items()}
+
+
     @register                                               # timm's register_model + modeling.list_models()
     def mynet_small(pretrained=False, **kwargs):
-        return build_model_with_cfg(MyNet, "mynet_small", pretrained, width=32,
-                                    feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1)), **kwargs)
+        # a caller's feature_cfg (feature_cls="fx", ...) goes over the family's defaults
+        feature_cfg = {"flatten_sequential": True, "out_indices": (0, 1), **(kwargs.pop("feature_cfg", None) or {})}
+        return build_model_with_cfg(MyNet, "mynet_small", pretrained, width=32, feature_cfg=feature_cfg,
+                                    pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 then ``from . import mynet`` below (without it, ``create_model("mynet_small")`` says which files are not imported).
 Keep the file to torch, timm and the standard library (plus the ``register`` import and modules of your own next

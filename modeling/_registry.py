@@ -1,10 +1,14 @@
 """One name space for backbones: our designs sit in timm's registry, so every tool that takes a timm name takes ours."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
+import socket
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,7 +16,9 @@ import timm
 from huggingface_hub.errors import LocalEntryNotFoundError
 from timm.models import generate_default_cfgs, register_model
 
-_OURS: set[str] = set()
+# name -> the variant function registered here: timm's registry is one mutable name space, and a trust_remote_code
+# load of an export registers the export's copy of the family under the same names (our_names)
+_OURS: dict[str, Callable] = {}
 # modules of this package that define no backbones: the unknown-model error lists the other files not imported,
 # and remote_code never copies them into an export
 _SUPPORT = {"__init__", "_registry", "hub", "card", "card_sets", "remote_code", "refresh_code", "backbone",
@@ -40,8 +46,38 @@ def register(fn):
         if cfgs is None:
             cfgs = module.default_cfgs = {}
         cfgs.update(generate_default_cfgs({fn.__name__: dict(family)}))
-    _OURS.add(fn.__name__)
+    _OURS[fn.__name__] = fn
     return register_model(fn)
+
+
+def _register_quietly(fn: Callable) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", f"Overwriting {fn.__name__} in registry", UserWarning)  # the point here
+        register_model(fn)
+
+
+@contextlib.contextmanager
+def our_names():
+    """Our variant functions under our names in timm's registry for the block's builds, and the registry as it was
+    again after it. A trust_remote_code load of an export, or an ``import blocknet`` of an export's copy, registers
+    that copy (possibly other code) under the same names: what this package builds, loads and exports is the code
+    installed with it, while the copy's own callers (transformers, which imports an export's module once per process
+    and builds by name each load) keep getting the copy."""
+    displaced = {name: current for name, fn in _OURS.items()
+                 if timm.is_model(name) and (current := timm.models.model_entrypoint(name)) is not fn}
+    for name in displaced:
+        _register_quietly(_OURS[name])
+    try:
+        yield
+    finally:
+        for current in displaced.values():
+            _register_quietly(current)
+
+
+def our_entrypoint(name: str) -> Callable | None:
+    """The variant function this package registered as ``name``; None for a name not ours (timm's, or one only
+    an export's copy registered)."""
+    return _OURS.get(name)
 
 
 def _not_imported() -> list[str]:
@@ -79,13 +115,15 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         if pretrained and arch in _OURS:
             raise ValueError(f"'{name}' has no published weights; start from a saved export with "
                              "--model local-dir:PATH --pretrained (or modeling.load_model(PATH))")
-        url_file = _url_weights(name, kwargs) if pretrained else None
-        # torch.hub fetches a URL with no timeout and obeys no offline flag: behind a firewall that drops packets the
-        # download would hang for good, so offline a file not in torch.hub's cache ends here
-        if url_file and _offline() and not url_file[1].is_file():
-            raise ValueError(_weights_missing(name, None, kwargs))
+    url_file = _url_weights(name, kwargs) if pretrained and source is None else None
+    # torch.hub fetches a URL with no timeout and obeys no offline flag: behind a firewall that drops packets the
+    # download would hang for good, so offline a file not in torch.hub's cache ends here, and online a stall ends it
+    fetch = url_file is not None and not url_file[1].is_file()
+    if fetch and _offline():
+        raise ValueError(_weights_missing(name, None, kwargs))
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _url_timeout(fetch), our_names():
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except OSError as e:  # huggingface_hub's LocalEntryNotFoundError when offline without a cached copy, HTTP errors
         # timm reads config.json from the Hub even without pretrained weights
         if source == "hf-hub" and isinstance(e, LocalEntryNotFoundError) and _offline():
@@ -95,6 +133,25 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         raise ValueError(_weights_missing(name, e, kwargs)) from None
     declare_blocks(model)
     return model
+
+
+URL_TIMEOUT_S = 60.0  # s a connect or a read of a URL download may stall: a dropped packet is not a slow server
+
+
+@contextlib.contextmanager
+def _url_timeout(active: bool):
+    """torch.hub's download (urllib.request.urlopen) passes no timeout, so it takes the socket default, None: online
+    behind a firewall that drops packets it would wait for good. Here a stall of URL_TIMEOUT_S is an OSError, which
+    create_model turns into its one line naming the URL and where to put the file."""
+    if not active:
+        yield
+        return
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(URL_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 def _offline() -> bool:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices  # timm's own families import it from here
 
 from ._registry import register
@@ -109,10 +109,16 @@ class AlexNet(nn.Module):
         taps = [int(info["module"].split(".")[1]) for info in self.feature_info]
         last = taps[max_index] if stop_early else len(self.features) - 1
         intermediates = []
-        for i, layer in enumerate(self.features[:last + 1]):
-            x = layer(x)
-            if i in taps and taps.index(i) in take_indices:
+        start = 0
+        # the layers up to each tap as one segment, so grad checkpointing (a segment keeps only its input for
+        # backward and recomputes the rest) still hands out the taps' maps; an in-place ReLU edits its conv's output
+        # inside the segment, never the input the segment saved
+        for end in sorted({*(t for t in taps if t <= last), last}):
+            segment = self.features[start:end + 1]
+            x = checkpoint(segment, x) if self.grad_checkpointing and not torch.jit.is_scripting() else segment(x)
+            if end in taps and taps.index(end) in take_indices:
                 intermediates.append(x)
+            start = end + 1
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -168,9 +174,11 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> AlexNet:
-    # flatten_sequential lets feature_info name layers inside `features` ("features.4") for features_only=True.
+    # flatten_sequential lets feature_info name layers inside `features` ("features.4") for features_only=True;
+    # a caller's feature_cfg (feature_cls="fx", as timm's tests pass it) goes over these defaults
+    feature_cfg = {"flatten_sequential": True, "out_indices": (0, 1, 2, 3), **(kwargs.pop("feature_cfg", None) or {})}
     return build_model_with_cfg(AlexNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)), **kwargs)
+                                feature_cfg=feature_cfg, **kwargs)
 
 
 @register

@@ -14,19 +14,23 @@ transformers 5.24 and 5.25 build timm backbones with the wrong weights and says 
   fails with ``HFValidationError`` before any ``auto_map`` is read.
 
 The route around them: build the transformers model as usual, then ``load_backbone_weights(model, export)`` copies
-the state dict of timm's own ``features_only`` model of the export (which timm loads exactly) into every timm feature
+the state dict of timm's ``features_only`` model of the export, loaded strictly from its ``model.safetensors``
+(``transformers_saved.exported_features``: timm's own features_only load is not strict), into every timm feature
 extractor inside it: ``TimmBackbone._backbone``, DETR's ``conv_encoder.model`` after its BatchNorms became frozen
 ones, UperNet's ``backbone``. ``timm_backbone(export)`` does both for a bare ``TimmBackbone``.
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import timm
 import torch
 from timm.models._features import FeatureDictNet, FeatureGetterNet
 
+from ._registry import our_names
 from .hub import CONFIG_NAME, WEIGHTS_NAME, _resolve_folder
+from .transformers_saved import exported_features
 
 # timm's feature extractors: FeatureListNet (features_only's default, what TimmBackbone holds) is a FeatureDictNet
 FEATURE_NETS = (FeatureDictNet, FeatureGetterNet)
@@ -34,30 +38,35 @@ FEATURE_NETS = (FeatureDictNet, FeatureGetterNet)
 _BN_COUNTER = "num_batches_tracked"
 
 
-def timm_name(export) -> str:
-    """timm's name for an export folder or Hub id (``local-dir:ABSOLUTE_PATH``, the Hub copy read from its cache),
-    checked to be loadable: what ``TimmBackboneConfig(backbone=...)`` and ``DetrConfig(backbone=...)`` take."""
+def export_folder(export) -> Path:
+    """The local folder of an export folder or Hub id (the Hub copy read from its cache), checked to be loadable."""
     folder = _resolve_folder(export, (CONFIG_NAME, WEIGHTS_NAME)).resolve()
     arch = str(json.loads((folder / CONFIG_NAME).read_text()).get("architecture", ""))
     if not timm.is_model(arch.split(".")[0]):
         raise ValueError(f"architecture '{arch}' of {export} is not registered with timm: import the module that "
                          f"defines it first (import modeling; a family file of your own: import it too)")
-    return f"local-dir:{folder}"
+    return folder
+
+
+def timm_name(export) -> str:
+    """timm's name for an export folder or Hub id (``local-dir:ABSOLUTE_PATH``): what ``TimmBackboneConfig(
+    backbone=...)`` and ``DetrConfig(backbone=...)`` take."""
+    return f"local-dir:{export_folder(export)}"
 
 
 def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     """Copy the export's weights and BatchNorm statistics into every timm feature extractor inside ``model`` (a
     transformers model or any module); returns their module names. Raises ValueError when there is none, or when
     its layers do not match the export's (another architecture or width)."""
-    name = timm_name(export)
+    folder = export_folder(export)
     loaded = []
     for path, module in model.named_modules():
         if not isinstance(module, FEATURE_NETS):
             continue
         getter = isinstance(module, FeatureGetterNet)
-        reference = timm.create_model(name, pretrained=True, features_only=True,
-                                      out_indices=tuple(module.feature_info.out_indices),
-                                      **({"feature_cls": "getter"} if getter else {}))
+        with our_names():
+            reference = exported_features(str(folder), out_indices=tuple(module.feature_info.out_indices),
+                                          **({"feature_cls": "getter"} if getter else {}))
         try:
             result = module.load_state_dict(reference.state_dict(), strict=False)
             wrong = [k for k in (*result.missing_keys, *result.unexpected_keys) if not k.endswith(_BN_COUNTER)]
@@ -65,7 +74,7 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
             wrong = [str(e).split("\n")[1].strip()]
         if wrong:
             raise ValueError(f"{export} does not fit {type(model).__name__}.{path or 'self'} "
-                             f"({', '.join(wrong[:3])}): build the model with backbone='{name}'")
+                             f"({', '.join(wrong[:3])}): build the model with backbone='local-dir:{folder}'")
         loaded.append(path)
     if not loaded:
         raise ValueError(f"{type(model).__name__} holds no timm backbone (build it with a TimmBackboneConfig, or "
@@ -76,7 +85,7 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
 def default_taps(name: str) -> tuple[int, ...]:
     """Every ``feature_info`` tap of timm model ``name`` after the stem's: the strides FPN-style necks take (four
     for BlockNet and ResNet, three for AlexNet)."""
-    with torch.device("meta"):  # shapes only: the number of taps
+    with torch.device("meta"), our_names():  # shapes only: the number of taps
         return tuple(range(1, len(timm.create_model(name).feature_info)))
 
 
@@ -98,7 +107,8 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
     # TimmBackbone passes in_chans=num_channels (default 3) to timm, over the export's own model_args
     config = TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
                                 freeze_batch_norm_2d=freeze_batch_norm_2d, num_channels=image_channels(export))
-    model = TimmBackbone(config)
+    with our_names():
+        model = TimmBackbone(config)
     load_backbone_weights(model, export)
     return model.eval()
 
@@ -114,9 +124,10 @@ class TimmFPN(torch.nn.Module):
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
         super().__init__()
-        name = timm_name(export)
-        out_indices = default_taps(name) if out_indices is None else tuple(out_indices)
-        self.body = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
+        folder = export_folder(export)
+        out_indices = default_taps(f"local-dir:{folder}") if out_indices is None else tuple(out_indices)
+        with our_names():
+            self.body = exported_features(str(folder), out_indices=out_indices)
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())
         self.out_channels = out_channels
 

@@ -317,10 +317,11 @@ def _create(variant: str, cfg: BlockNetCfg, pretrained: bool = False, **kwargs) 
         kwargs["pretrained_cfg"] = _cfg()  # default_cfgs entry (README's blocknet_wide): the family's, not timm's
         # fallback, which names no classifier (validate.py finds a checkpoint's head by it)
     # flatten_sequential lets feature_info name layers inside Sequentials ("stem.2") for features_only=True; every
-    # tap by default (the stem's and one per stage: timm's default of five would not fit a three-stage variant)
+    # tap by default (the stem's and one per stage: timm's default of five would not fit a three-stage variant); a
+    # caller's feature_cfg (feature_cls="fx", as timm's tests pass it) goes over these defaults
     taps = tuple(range(len(cfg.depths) + 1))
-    return build_model_with_cfg(BlockNet, variant, pretrained, model_cfg=cfg,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=taps),
+    feature_cfg = {"flatten_sequential": True, "out_indices": taps, **(kwargs.pop("feature_cfg", None) or {})}
+    return build_model_with_cfg(BlockNet, variant, pretrained, model_cfg=cfg, feature_cfg=feature_cfg,
                                 pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 

@@ -229,7 +229,26 @@ def model_stats(model, config: dict) -> dict | None:
             "activations": activations[0] / 1e6}
 
 
-def card_text(config: dict, card: dict, stats: dict | None = None, remote_code: bool = False,
+def output_shapes(model, config: dict) -> dict:
+    """What the card's feature-map and embedding snippets print: ``strides``, the reductions of the maps
+    ``features_only=True`` gives (the family's default taps, built on the meta device from the saved architecture
+    and model_args; None where that build fails), and ``embedding``, the width ``num_classes=0`` gives
+    (``head_hidden_size``: AlexNet's fc7, 4096, not its 256 ``num_features``)."""
+    import timm
+    import torch
+
+    from ._registry import our_names
+
+    try:
+        with torch.device("meta"), our_names():  # shapes only
+            strides = timm.create_model(config["architecture"], features_only=True,
+                                        **config["model_args"]).feature_info.reduction()
+    except Exception:  # an architecture without features_only: the snippet's comment names no strides
+        strides = None
+    return {"strides": strides, "embedding": getattr(model, "head_hidden_size", None) or model.num_features}
+
+
+def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None, remote_code: bool = False,
               defined_in: str | None = None) -> str:
     """README.md for a saved folder: front matter (library, license, datasets, model-index) and a body.
 
@@ -241,6 +260,7 @@ def card_text(config: dict, card: dict, stats: dict | None = None, remote_code: 
     image_size (px), crop_pct, interpolation, flip (bool)}, license (default apache-2.0), tags.
     ``stats``: {params, gmacs, activations} (M, G, M) at the image size; ``remote_code``: the folder carries the
     architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it.
+    ``shapes``: ``output_shapes``, for the snippets' comments.
     """
     arch, pcfg = config["architecture"], config["pretrained_cfg"]
     name = card.get("model_name") or arch
@@ -276,7 +296,7 @@ def card_text(config: dict, card: dict, stats: dict | None = None, remote_code: 
     if source:
         lines.append(_source_line(source))
     lines.append("")
-    lines += _usage(arch, repo, k, remote_code, defined_in)
+    lines += _usage(arch, repo, k, remote_code, defined_in, shapes)
     if results:
         lines += results_section(results, shown)
     lines += _training(card)
@@ -330,8 +350,9 @@ def package_import(repo: str, module: str, arch: str, siblings: list[str]) -> li
             f'importlib.import_module(f"{{folder.name}}.{module}")  # registers {arch} with timm']
 
 
-def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None) -> list[str]:
+def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None, shapes: dict) -> list[str]:
     """The card's code blocks; each one runs on its own (tests execute every one against the saved folder)."""
+    at = f", strides {', '.join(map(str, shapes['strides']))} from the input" if shapes["strides"] else ""
     register = []
     lines = ["## Model usage", ""]
     carried = carried_files(defined_in) if remote_code else []
@@ -380,14 +401,15 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
               f'model = timm.create_model("hf-hub:{repo}", pretrained=True, features_only=True).eval()',
               "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))", *image,
               "with torch.no_grad():", "    for feature_map in model(transform(image).unsqueeze(0)):",
-              "        print(feature_map.shape)  # (1, channels, height, width), stride 2, 4, ... from the input",
+              f"        print(feature_map.shape)  # (1, channels, height, width){at}",
               "print(model.feature_info.channels(), model.feature_info.reduction())", "```", "",
               "### Image embeddings", "", "```python", "import timm", "import torch", "from PIL import Image",
               *register, "",
               f'model = timm.create_model("hf-hub:{repo}", pretrained=True, num_classes=0).eval()  # no classifier',
               "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))", *image,
               "with torch.no_grad():", "    embedding = model(transform(image).unsqueeze(0))",
-              "print(embedding.shape)  # (1, num_features): the pooled features the classifier reads", "```", ""]
+              f"print(embedding.shape)  # (1, {shapes['embedding']}): the features the classifier reads "
+              "(head_hidden_size)", "```", ""]
     trust = ", trust_remote_code=True" if remote_code else ""
     lines += ["### transformers", ""]
     if remote_code:

@@ -51,8 +51,9 @@ from timm.models import PretrainedCfg, get_model_args, get_model_input_config
 from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 
+from ._registry import our_names
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
-                   model_index, model_stats, public, resolve_dataset, results_section)
+                   model_index, model_stats, output_shapes, public, resolve_dataset, results_section)
 from .remote_code import NotBundleable, defining_module, remote_code_files
 from .transformers_saved import head_labels, saved_by_transformers, wrapper_saved_state
 
@@ -130,7 +131,7 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
         module = defining_module(model)
         defined_in = module and (module.__name__.replace(".", "/") + ".py")
         (tmp / CARD_NAME).write_text(card_text(config, card, stats=model_stats(model, config), defined_in=defined_in,
-                                               remote_code=bool(code)))
+                                               remote_code=bool(code), shapes=output_shapes(model, config)))
         entries = eval_result_entries(results, dataset_id) if dataset_id else []
         if entries:
             (tmp / EVAL_RESULTS_DIR).mkdir()
@@ -168,8 +169,13 @@ def hub_config(model, label_names: list[str], label_descriptions: list[str] | No
     arch = _check_model(model)
     cfg = {k: model.pretrained_cfg[k] for k in _ARCH_KEYS if model.pretrained_cfg.get(k) is not None}
     cfg.update(pretrained_cfg or {})
-    if cfg.get("input_size"):  # the channels of the network's first conv (in_chans), as timm's save_config_for_hf
-        cfg["input_size"] = (get_model_input_config(model)["input_size"][0], *cfg["input_size"][1:])
+    channels = get_model_input_config(model)["input_size"][0]  # of the network's first conv (in_chans)
+    if cfg.get("input_size"):  # as timm's save_config_for_hf
+        cfg["input_size"] = (channels, *cfg["input_size"][1:])
+    for key in ("mean", "std"):  # one per channel, their mean where the counts differ, as timm's exporter reduces
+        # them (resolve_input_data_config): transformers' image processor asserts one value or in_chans values
+        if cfg.get(key) is not None and len(cfg[key]) not in (1, channels):
+            cfg[key] = (sum(cfg[key]) / len(cfg[key]),) * channels
     if cfg.get("pool_size") and "pool_size" not in (pretrained_cfg or {}):
         cfg["pool_size"] = feature_map_size(model, cfg["input_size"])
     cfg["custom_load"] = False  # a plain state_dict, whatever the zoo cfg said about its own weights
@@ -335,9 +341,10 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
     # local-dir: reads config.json and model.safetensors (timm prefers it over pickles, which _resolve_folder
     # has made sure exists)
     state = wrapper_saved_state(folder / WEIGHTS_NAME)
-    if state is None:
-        return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()
-    model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False, **kwargs)
+    with our_names():
+        if state is None:
+            return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()
+        model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False, **kwargs)
     head = model.pretrained_cfg.get("classifier") or ""
     new_head = bool(head) and f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != model.num_classes
     if new_head:  # another class count: a fresh classifier, as timm's own loader gives

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text
 
+from ._registry import our_names
 from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .remote_code import remote_code_files
 from .transformers_saved import PREFIX, wrapper_saved_state
@@ -86,11 +87,12 @@ def installed_model(folder: Path, config: dict):
     if not timm.is_model(arch.split(".")[0]):
         raise ValueError(f"architecture '{arch}' is not registered with timm: import the module that defines it "
                          f"(import modeling; a family file of your own: import it too)")
-    if timm.models.model_entrypoint(arch.split(".")[0]).__module__.startswith("transformers_modules."):
-        raise ValueError(f"'{arch}' is registered from a copy transformers loaded with trust_remote_code, not from "
-                         f"the installed project: refresh in a fresh interpreter")
-    with torch.device("meta"):
-        model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False)
+    with our_names():
+        if timm.models.model_entrypoint(arch.split(".")[0]).__module__.startswith("transformers_modules."):
+            raise ValueError(f"'{arch}' is registered from a copy transformers loaded with trust_remote_code, not "
+                             f"from the installed project: refresh in a fresh interpreter")
+        with torch.device("meta"):
+            model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False)
     built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = saved_shapes(folder / WEIGHTS_NAME)
     if built != saved:
@@ -172,7 +174,8 @@ def installed_output(folder: Path, x: torch.Tensor) -> torch.Tensor:
     """The installed build's output for ``x`` (float64) with ``folder``'s saved weights, on the CPU."""
     weights = folder / WEIGHTS_NAME
     state = wrapper_saved_state(weights) or load_file(weights)
-    with torch.random.fork_rng(devices=[]):  # its random init is overwritten; the caller's random stream stays
+    # its random init is overwritten; the caller's random stream stays
+    with torch.random.fork_rng(devices=[]), our_names():
         model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False)
     model.load_state_dict(state)
     with torch.no_grad():

@@ -7,9 +7,11 @@ What that load runs: the copied family file (it builds the network and registers
 registry), the modules of the user's own it imports as ``from .mylayers import MyBlock`` (copied too: transformers'
 dynamic-module loader follows that form, recursively; it follows no ``from . import mylayers``), and the wrapper:
 subclasses of transformers' ``TimmWrapperForImageClassification`` and ``TimmWrapperModel`` (``AutoModel``, the route
-of ``pipeline("image-feature-extraction")``) that add nothing, plus ``<Class>Backbone``, a ``TimmBackbone`` named
-in ``auto_map`` for ``AutoBackbone`` whose ``from_pretrained`` keeps the export's weights and BatchNorm statistics
-(``TimmBackbone.from_pretrained`` resets the statistics; see modeling/backbone.py). The copies must stand alone:
+of ``pipeline("image-feature-extraction")``), plus ``<Class>Backbone``, a ``TimmBackbone`` named in ``auto_map``
+for ``AutoBackbone`` whose ``from_pretrained`` keeps the export's weights and BatchNorm statistics
+(``TimmBackbone.from_pretrained`` resets the statistics; see modeling/backbone.py). Each builds with the copy's
+variant under its name in timm's registry, put back as it was after the build: transformers imports the copy once per
+process, and by a later load another export's copy or this package may hold the name. The copies must stand alone:
 they may import torch, timm, the standard library and each other, and the registry import of a family file
 (``from ._registry import register``) is replaced by timm's own ``register_model``, which is all that ``register``
 adds to (besides ``modeling.list_models()``). ``check_exportable`` applies these rules to a model at start-up, so a
@@ -25,7 +27,8 @@ from pathlib import Path
 
 import timm
 
-from ._registry import _SUPPORT
+from ._registry import _SUPPORT, our_entrypoint
+from .transformers_saved import exported_features
 
 # the lines of a family file that import our registry decorator; in the copy, timm's decorator takes their place
 _REGISTER_IMPORT = re.compile(r"^from\s+(?:\._registry|modeling\._registry|modeling)\s+import\s+register\s*(?:#.*)?$",
@@ -42,16 +45,23 @@ class NotBundleable(ValueError):
 
 
 def defining_module(model):
-    """The module that defines the model's variant function (its timm entrypoint), falling back to the module of
-    the model's class; None for an architecture timm itself ships."""
+    """The module that defines the model's variant function (the one this package registered, else timm's
+    entrypoint), falling back to the module of the model's class; None for an architecture timm itself ships.
+    Raises ValueError for the copy a trust_remote_code load imported (``transformers_modules.*``): its source is an
+    export's file in transformers' module cache, not code to copy into another export or to name on its card."""
     arch = model.pretrained_cfg["architecture"]
     module = None
-    if timm.is_model(arch):
-        module = sys.modules.get(timm.models.model_entrypoint(arch).__module__)
+    entrypoint = our_entrypoint(arch) or (timm.models.model_entrypoint(arch) if timm.is_model(arch) else None)
+    if entrypoint is not None:
+        module = sys.modules.get(entrypoint.__module__)
     if module is None:
         module = inspect.getmodule(type(model))
     if module is None or module.__name__.split(".")[0] in ("timm", "torch", "torchvision"):
         return None
+    if module.__name__.startswith("transformers_modules."):
+        raise ValueError(f"'{arch}' is registered from {module.__name__}, a copy transformers loaded with "
+                         f"trust_remote_code: import the module that defines it (import modeling; a family file of "
+                         f"your own: import it too) before building the model, or export in a fresh interpreter")
     return module
 
 
@@ -115,7 +125,8 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
     roles = {f"{stem}.py": "the architecture of these weights"}
     files = {fname: f"# {fname}, {roles.get(fname, f'imported by {stem}.py')} (torch + timm only).\n" + text
              for fname, text in sources.items()}
-    files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name)
+    files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name,
+                                            features=inspect.getsource(exported_features))
     # every Auto class transformers maps timm_wrapper to: one left out falls back to transformers' own class, which
     # builds the network by name without importing the file that registers it
     return files, {"AutoModelForImageClassification": f"{wrapper}.{name}", "AutoModel": f"{wrapper}.TimmWrapperModel",
@@ -123,56 +134,133 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
 
 
 WRAPPER = '''"""transformers entry points for these weights: importing {stem}.py registers its variants with timm, then
-transformers' TimmWrapper builds the network by name from config.json as it does for timm's own architectures;
-{cls}Backbone serves AutoBackbone."""
+transformers' TimmWrapper builds the network by name from config.json as it does for timm's own architectures, with
+this folder's variant in timm's registry for the build; {cls}Backbone serves AutoBackbone."""
+import contextlib
 import json
 import os
+import warnings
 
 import timm
 import torch
 from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+from timm.models import register_model
 from transformers import TimmBackbone, TimmBackboneConfig, TimmWrapperConfig
 from transformers import TimmWrapperForImageClassification as TimmWrapper
 from transformers import TimmWrapperModel as TimmWrapperHeadless
 
+from . import {stem} as family  # its variants: what own_code registers
 from .{stem} import {cls}  # noqa: F401  this form is what transformers' loader follows to copy {stem}.py
 
+PREFIX = "timm_model."  # TimmWrapperModel/ForImageClassification's attribute holding the timm network
+# what AutoBackbone.from_pretrained passes on by itself besides config and the Hub arguments taken below
+# (transformers/models/auto/auto_factory.py); proxies: huggingface_hub's downloads take none
+AUTO_KWARGS = {{"_from_auto", "trust_remote_code", "adapter_kwargs", "code_revision", "proxies"}}
 
-class {name}(TimmWrapper):  # transformers' name: pipeline() knows it as an image classifier
+
+def _register_quietly(fn):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", f"Overwriting {{fn.__name__}} in registry", UserWarning)  # the point here
+        register_model(fn)
+
+
+@contextlib.contextmanager
+def own_code(architecture):
+    """This folder's variant of ``architecture`` in timm's registry for the block's builds, and the registry as it
+    was again after it: transformers imports this code once per process, and since then another export's copy of the
+    family or an installed one may have registered the same name."""
+    name = architecture.split(".")[0]
+    own = getattr(family, name, None)
+    current = timm.models.model_entrypoint(name) if timm.is_model(name) else None
+    if own is None or current is own:
+        yield
+        return
+    _register_quietly(own)
+    try:
+        yield
+    finally:
+        if current is not None:
+            _register_quietly(current)
+
+
+class OwnCode:
+    """transformers' wrappers build the network by name in __init__: the name is this folder's variant there."""
+
+    def __init__(self, config, *args, **kwargs):
+        with own_code(config.architecture):
+            super().__init__(config, *args, **kwargs)
+
+
+class {name}(OwnCode, TimmWrapper):  # transformers' name: pipeline() knows it as an image classifier
     pass
 
 
-class TimmWrapperModel(TimmWrapperHeadless):  # transformers' name, for AutoModel: the features, no classifier
+class TimmWrapperModel(OwnCode, TimmWrapperHeadless):  # transformers' name, for AutoModel: the features, no classifier
     pass
 
+
+{features}
 
 class {cls}Backbone(TimmBackbone):
     """The feature maps of these weights, for DETR/UperNet-style models. TimmBackbone.from_pretrained resets every
-    BatchNorm's running statistics to 0/1 (transformers 5.24-5.25); this one loads them with the weights, from timm's
-    own features_only load. out_indices: feature_info taps (default: every one after the stem's); output_stride: 8 or
-    16 for dilated last stages."""
+    BatchNorm's running statistics to 0/1 (transformers 5.24-5.25); this one loads them with the weights, strictly.
+    out_indices (or out_features, feature_info's module names): the taps returned (default: every one after the
+    stem's); output_stride: 8 or 16 for dilated last stages; freeze_batch_norm_2d: frozen BatchNorms; config: a
+    TimmBackboneConfig choosing these where the call does not."""
 
     # the class of config.json (model_type timm_wrapper): AutoBackbone.from_pretrained registers this class for it
     # and refuses a class whose config_class has another name (transformers/models/auto/auto_factory.py, register)
     config_class = TimmWrapperConfig
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, out_indices=None, output_stride=None,
-                        revision=None, cache_dir=None, token=None, **kwargs):
-        folder = str(pretrained_model_name_or_path)
-        if not os.path.isdir(folder):  # a Hub id: the two files timm's local-dir: reads
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, out_indices=None,
+                        out_features=None, output_stride=None, freeze_batch_norm_2d=None, revision=None,
+                        cache_dir=None, token=None, force_download=False, local_files_only=False, subfolder="",
+                        **kwargs):
+        unknown = [repr(a) for a in model_args] + sorted(set(kwargs) - AUTO_KWARGS)
+        if not isinstance(config, (type(None), TimmWrapperConfig, TimmBackboneConfig)):
+            unknown.append(f"config of type {{type(config).__name__}}")
+        if unknown:
+            raise TypeError(f"{{cls.__name__}}.from_pretrained: unexpected {{', '.join(unknown)}}; it takes "
+                            f"out_indices, out_features, output_stride, freeze_batch_norm_2d, a TimmBackboneConfig "
+                            f"as config, and the Hub's revision, cache_dir and token")
+        if isinstance(config, TimmBackboneConfig):  # AutoBackbone's own is config.json's TimmWrapperConfig
+            if out_indices is None and out_features is None:
+                out_indices = config.out_indices
+            output_stride = config.output_stride if output_stride is None else output_stride
+            if freeze_batch_norm_2d is None:
+                freeze_batch_norm_2d = config.freeze_batch_norm_2d
+        folder = os.path.join(str(pretrained_model_name_or_path), subfolder)
+        if not os.path.isdir(folder):  # a Hub id: the two files read here
             for fname in ("config.json", "model.safetensors"):
-                path = hf_hub_download(folder, fname, revision=revision, cache_dir=cache_dir, token=token)
+                path = hf_hub_download(str(pretrained_model_name_or_path), fname, subfolder=subfolder or None,
+                                       revision=revision, cache_dir=cache_dir, token=token,
+                                       force_download=force_download, local_files_only=local_files_only)
             folder = os.path.dirname(path)
         name = "local-dir:" + os.path.abspath(folder)
-        if out_indices is None:
-            with torch.device("meta"):  # shapes only: the number of taps
-                out_indices = tuple(range(1, len(timm.create_model(name).feature_info)))
-        exported = timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices))
-        with open(os.path.join(folder, "config.json")) as f:  # TimmBackbone passes in_chans=num_channels (default 3)
-            channels = json.load(f).get("model_args", {{}}).get("in_chans", 3)
-        model = cls(TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
-                                       num_channels=channels))
-        model._backbone.load_state_dict(exported.state_dict())
-        return model.eval()
+        with open(os.path.join(folder, "config.json")) as f:
+            saved = json.load(f)
+        with own_code(saved["architecture"]):  # every build below: this folder's code
+            with torch.device("meta"):  # shapes only: the taps
+                taps = [tap["module"] for tap in timm.create_model(name).feature_info]
+            if out_features is not None:  # TimmBackbone's stage names are feature_info's module names
+                if not set(out_features) <= set(taps):
+                    raise ValueError(f"out_features {{list(out_features)}}: this network's feature maps are {{taps}}")
+                chosen = tuple(taps.index(f) for f in out_features)
+                if out_indices is not None and [taps[i] for i in out_indices] != list(out_features):
+                    raise ValueError(f"out_features {{list(out_features)}} and out_indices {{list(out_indices)}} name "
+                                     f"different maps of {{taps}}: pass one of them")
+                out_indices = chosen
+            out_indices = tuple(range(1, len(taps))) if out_indices is None else tuple(out_indices)
+            exported = exported_features(folder, out_indices=out_indices)
+            # TimmBackbone passes in_chans=num_channels (default 3)
+            channels = saved.get("model_args", {{}}).get("in_chans", 3)
+            model = cls(TimmBackboneConfig(backbone=name, out_indices=out_indices, output_stride=output_stride,
+                                           num_channels=channels))
+            model._backbone.load_state_dict(exported.state_dict())
+            if freeze_batch_norm_2d:  # after the load: a frozen BatchNorm keeps no num_batches_tracked to load into
+                model.config.freeze_batch_norm_2d = True
+                model.freeze_batch_norm_2d()
+            return model.eval()
 '''

@@ -7,12 +7,19 @@ transformers 5.24 and 5.25 write such a folder in timm's layout with two differe
   key conversion does not apply) are saved under ``timm_model.``: timm's ``local-dir:`` then fails on every key;
 - the labels of a fine-tune live in the root ``label_names``/``id2label`` (written from the new head's
   ``id2label``) while ``pretrained_cfg.label_names`` still lists the classes of the weights it started from.
+
+``exported_features`` is timm's ``features_only`` model of such a folder (or of one written here) with every saved
+weight in it, whatever the family's own loader does; the exports' ``modeling_<family>.py`` carries a copy of it.
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+import timm
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 PREFIX = "timm_model."  # TimmWrapperModel/ForImageClassification's attribute holding the timm network
 
@@ -38,3 +45,29 @@ def head_labels(config: dict) -> list[str] | None:
         return list(names)
     id2label = config.get("id2label") or {}
     return [id2label[str(i)] for i in range(len(id2label))] if id2label else None
+
+
+def exported_features(folder: str, **kwargs):
+    """timm's ``features_only`` model of an export folder holding all its weights; ``kwargs``: timm's
+    (``out_indices``, ``feature_cls``, ``output_stride``). timm's own features_only load is not strict: it loads as
+    for 0 classes, so it drops the saved head and then ignores every key that does not fit; a folder transformers
+    saved (keys prefixed "timm_model.") gives a random network unless the family's filter strips the prefix. Here the
+    prefix goes, and timm's loader gets the state as the cfg's own ``state_dict`` with no classifier named: it loads
+    every key into the network that features_only wraps (its head has the saved class count, none when the weights
+    hold no classifier), strictly. The network is what timm's registry holds for the folder's architecture: the
+    caller picks whose code that is."""
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    if state and all(k.startswith(PREFIX) for k in state):
+        state = {k[len(PREFIX):]: v for k, v in state.items()}
+    with open(os.path.join(folder, "config.json")) as f:
+        head = (json.load(f).get("pretrained_cfg") or {}).get("classifier")
+    heads = [head] if isinstance(head, str) else list(head or ())
+    # transformers' AutoModel (TimmWrapperModel, built for 0 classes) saves no classifier while config.json keeps
+    # the class count
+    if heads and not any(f"{name}.weight" in state for name in heads):
+        kwargs = {"num_classes": 0, **kwargs}
+    model = timm.create_model("local-dir:" + os.path.abspath(folder), pretrained=True, features_only=True,
+                              pretrained_cfg_overlay=dict(source="", state_dict=state, classifier=None), **kwargs)
+    for module in model.modules():  # the cfgs would keep a second copy of every weight
+        getattr(module, "pretrained_cfg", {}).pop("state_dict", None)
+    return model

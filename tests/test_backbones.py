@@ -15,6 +15,7 @@ import timm
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from test_modeling import restored_registry
 from transformers import TimmBackbone, TimmBackboneConfig
 
 import modeling
@@ -22,6 +23,14 @@ from modeling.refresh_code import refresh_remote_code
 
 LABELS = ["n01440764", "n02012849", "n02085620", "n03126707"]
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def registry_of_its_own():
+    """A trust_remote_code load registers the export's copy of the family with timm for the rest of the process: a
+    test's loads stay its own, and a later test's timm.create_model builds what ``import modeling`` registered."""
+    with restored_registry():
+        yield
 
 
 def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
@@ -191,6 +200,45 @@ def test_auto_backbone_entry_of_the_remote_code_in_a_clean_interpreter(export, t
     assert not any(torch.equal(v, torch.ones_like(v)) for k, v in out.items() if k.endswith("running_var"))
     assert sorted(v.sum().item() for k, v in out.items() if k.endswith("running_var")) == sorted(
         v.sum().item() for k, v in saved_vars.items() if not k.startswith("head"))
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
+def test_auto_backbone_class_takes_transformers_arguments_and_refuses_others(tmp_path):
+    """The export's <Class>Backbone.from_pretrained does what each argument asks (out_features by feature_info's
+    module names, a TimmBackboneConfig as config, freeze_batch_norm_2d) or says it cannot: nothing is dropped."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("blocknet_tiny", num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    cls = transformers.dynamic_module_utils.get_class_from_dynamic_module(config.auto_map["AutoBackbone"], folder)
+    names = [tap["module"] for tap in model.feature_info]
+    maps = expected_maps(model, range(len(names)))
+
+    def check(backbone, indices, frozen=False):
+        with torch.no_grad():
+            got = backbone(X).feature_maps
+        assert backbone.out_indices == list(indices) and backbone.out_features == [names[i] for i in indices]
+        assert all(torch.allclose(a, maps[i], atol=1e-5) for a, i in zip(got, indices)) and len(got) == len(indices)
+        kinds = {type(m).__name__ for m in backbone.modules() if "BatchNorm" in type(m).__name__}
+        assert kinds == ({"FrozenBatchNorm2d"} if frozen else {"BatchNorm2d"}), kinds
+
+    check(cls.from_pretrained(folder, out_features=["stages.1"]), [2])
+    check(cls.from_pretrained(folder, config=TimmBackboneConfig(out_indices=(3, 4), freeze_batch_norm_2d=True)),
+          [3, 4], frozen=True)
+    check(cls.from_pretrained(folder, freeze_batch_norm_2d=True, out_indices=(1,)), [1], frozen=True)
+    # what AutoBackbone.from_pretrained passes along itself
+    check(cls.from_pretrained(folder, config=config, trust_remote_code=True, _from_auto=True, force_download=False,
+                              local_files_only=True, proxies=None, subfolder="", revision=None, cache_dir=None,
+                              adapter_kwargs=None, out_indices=(1, 2)), [1, 2])
+    with pytest.raises(ValueError, match=r"out_features \['layer9'\]: this network's feature maps are \['stem.2'"):
+        cls.from_pretrained(folder, out_features=["layer9"])
+    with pytest.raises(ValueError, match="name different maps"):
+        cls.from_pretrained(folder, out_features=["stages.1"], out_indices=(1,))
+    for kwargs in ({"num_labels": 3}, {"config": transformers.ResNetConfig()}):
+        with pytest.raises(TypeError, match=r"from_pretrained: unexpected .*; it takes out_indices") as e:
+            cls.from_pretrained(folder, **kwargs)
+        assert "\n" not in str(e.value)
 
 
 def run_clean(script: str, args: list, tmp_path: Path) -> dict:

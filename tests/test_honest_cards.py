@@ -1,6 +1,12 @@
-"""Cards say what the data is: a demo tree has ILSVRC's layout and wnids but none of ImageNet's images, so neither
-the model card nor the Parquet dataset card may call it Kaggle's ILSVRC-2012 or apply ImageNet's terms to it."""
+"""Cards say what is true: a demo tree has ILSVRC's layout and wnids but none of ImageNet's images, so neither
+the model card nor the Parquet dataset card may call it Kaggle's ILSVRC-2012 or apply ImageNet's terms to it; the
+model card's snippets say the shapes the export gives."""
 import json
+import re
+
+import pytest
+import timm
+import torch
 
 import modeling
 from imagenet_trainer import hub_dataset
@@ -21,3 +27,23 @@ def test_demo_source_is_recorded_and_carried_into_both_cards(preprocessed, tmp_p
     dataset_card = (parquet / "README.md").read_text()
     assert "scikit-image's bundled photos" in dataset_card
     assert "ImageNet's terms" not in dataset_card and "license: other" not in dataset_card
+
+
+@pytest.mark.parametrize("name, kwargs", [(n, {}) for n in modeling.list_models()] + [
+    ("blocknet_tiny", {"output_stride": 16}), ("resnet18", {})])
+def test_card_snippets_state_the_strides_and_embedding_width_the_export_gives(name, kwargs, tmp_path):
+    """The feature-map snippet's strides are its features_only maps' (AlexNet's start at 4, a dilated stage repeats
+    16), the embedding snippet's width is what num_classes=0 returns (AlexNet: fc7's 4096, not num_features)."""
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4, **kwargs).eval()
+    folder = modeling.save_pretrained(model, tmp_path / name, label_names=[f"n{i:08d}" for i in range(4)],
+                                      pretrained_cfg={"input_size": (3, 96, 96)})
+    card = (folder / "README.md").read_text()
+    strides = re.search(r"# \(1, channels, height, width\), strides ([\d, ]+) from the input", card)
+    width = re.search(r"print\(embedding.shape\)  # \(1, (\d+)\)", card)
+    assert strides and width, card
+    backbone = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True)
+    assert [int(s) for s in strides.group(1).split(", ")] == backbone.feature_info.reduction()
+    with torch.no_grad():
+        embedding = modeling.load_model(folder, num_classes=0)(torch.randn(1, 3, 96, 96))
+    assert embedding.shape == (1, int(width.group(1)))

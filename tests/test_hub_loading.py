@@ -5,10 +5,12 @@ the server stopped (the air-gapped cluster). Pins what transformers does there, 
 import json
 import os
 import shutil
+import socket
 import socketserver
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -332,6 +334,35 @@ def test_timm_weights_at_a_url_load_offline_from_torch_hubs_cache_and_fail_at_on
         loaded = modeling.create_model(name, pretrained=True).state_dict()
     assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
     assert seen == []
+
+
+def test_timm_weights_at_a_url_behind_a_silent_firewall_end_in_one_line_not_a_hang(tmp_path, monkeypatch):
+    """Online, torch.hub downloads with no timeout: a server (or firewall) that takes the connection and never answers
+    would hold train.py forever. A stall of URL_TIMEOUT_S is one line naming the URL and where to put the file, and
+    leaves no partial file in torch.hub's cache."""
+    from modeling import _registry
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel completes the handshake; nothing ever reads or answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/weights/legacy_seresnet18.pth"
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)  # online, with the local server in reach
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_registry, "URL_TIMEOUT_S", 1.0)
+    before, start = socket.getdefaulttimeout(), time.monotonic()
+    try:
+        with pytest.raises(ValueError) as e:
+            modeling.create_model("legacy_seresnet18.in1k", pretrained=True,
+                                  pretrained_cfg_overlay={"url": url, "hf_hub_id": None})
+    finally:
+        silent.close()
+    message, cache = str(e.value), tmp_path / "torch" / "hub" / "checkpoints"
+    assert time.monotonic() - start < 30 and socket.getdefaulttimeout() == before
+    assert "\n" not in message and f"come from {url}, not from a Hugging Face Hub repo" in message, message
+    assert "timed out" in message and f"{cache / 'legacy_seresnet18.pth'}" in message, message
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 @pytest.mark.parametrize("pretrained", [True, False])

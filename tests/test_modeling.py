@@ -233,7 +233,7 @@ def restored_registry():
              for name, value in vars(reg).items() if name.startswith(("_model", "_module")) and
              isinstance(value, (dict, set))}
     ours = modeling._registry._OURS
-    modeling._registry._OURS = set(ours)
+    modeling._registry._OURS = copy.copy(ours)
     try:
         yield
     finally:
@@ -533,6 +533,32 @@ def test_pool_size_is_the_feature_map_at_the_exported_input_size(name, kwargs, s
         with torch.no_grad():
             fmap = loaded.forward_features(torch.zeros(1, *cfg["input_size"]))
         assert tuple(cfg["pool_size"]) == tuple(fmap.shape[-2:]) != tuple(model.pretrained_cfg["pool_size"])
+
+
+@pytest.mark.parametrize("in_chans", [1, 2])
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
+def test_mean_and_std_of_an_export_fit_its_channels(in_chans, tmp_path):
+    """An export for in_chans != 3 writes one mean and std value per channel, as timm's exporter reduces them
+    (resolve_input_data_config: their mean): transformers' image processor asserts that count, so
+    AutoImageProcessor reads the folder, and a grayscale photo through it gives the export's logits."""
+    from PIL import Image
+    from timm.data.model_config import resolve_input_data_config
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=4, in_chans=in_chans).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "gray", label_names=WNIDS, label_descriptions=NAMES)
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [in_chans, 64, 64]
+    for key in ("mean", "std"):
+        assert cfg[key] == pytest.approx(list(resolve_input_data_config(model)[key])) and len(cfg[key]) == in_chans
+    processor = AutoImageProcessor.from_pretrained(folder)
+    if in_chans == 1:
+        pixels = processor(Image.open(PHOTO).convert("L"), return_tensors="pt")["pixel_values"]
+        assert pixels.shape == (1, 1, 64, 64)
+        classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            assert torch.allclose(classifier(pixel_values=pixels).logits, model(pixels), atol=1e-5)
 
 
 def test_1000_class_label_keys_agree_with_transformers():

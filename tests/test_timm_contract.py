@@ -97,6 +97,19 @@ def test_features_only_by_hooks_getter_and_fx(name):
             assert all(torch.equal(a, b) for a, b in zip(got, expected)), feature_cls
 
 
+def test_feature_cfg_of_the_caller_goes_over_the_familys(name):
+    """features_only=True with a feature_cfg (how timm's tests ask for FX features): the caller's keys win, the
+    family's defaults (flatten_sequential, its taps) fill in the rest."""
+    model = build(name)
+    x = image()
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        backbone = build(name, features_only=True, feature_cfg={"feature_cls": "fx", "out_indices": (0, 1)})
+        got = backbone(x)
+    assert type(backbone).__name__ == "FeatureGraphNet"
+    assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_output_stride_by_dilation(name):
     model = build(name, features_only=True)
     x = image()
@@ -143,15 +156,45 @@ def test_fx_then_torchscript(name):
         assert torch.allclose(next(iter(scripted(x).values())), expected, atol=1e-5)
 
 
+def saved_activation_bytes(model: torch.nn.Module, run) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``run()`` computes, parameters left out: what grad
+    checkpointing is for (it keeps a segment's input and recomputes the rest in backward)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            kept[t.data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(kept.values())
+
+
 def test_grad_checkpointing_changes_memory_not_results(name):
+    """set_grad_checkpointing(True) keeps fewer activations for backward in forward and in forward_intermediates
+    (transformers' gradient_checkpointing_enable() and timm's --grad-checkpointing call it), with the same gradients."""
     model = build(name, num_classes=3)
     x = image()
-    model(x).sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+
+    def intermediates():
+        final, maps = model.forward_intermediates(x)
+        return final.sum() + sum(m.sum() for m in maps)
+
+    runs = {"forward": lambda: model(x).sum(), "forward_intermediates": intermediates}
+    plain = {}
+    for route, run in runs.items():
+        plain[route] = saved_activation_bytes(model, run)
+        model.zero_grad()
+        run().backward()
+        plain[f"{route} grads"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for n, p in model.named_parameters():
-        assert torch.allclose(plain[n], p.grad, atol=1e-6), n
-    final, maps = model.forward_intermediates(x)
-    (final.sum() + sum(m.sum() for m in maps)).backward()  # the checkpointed intermediates backpropagate
+    for route, run in runs.items():
+        assert saved_activation_bytes(model, run) < plain[route], route
+        model.zero_grad()
+        run().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert grads.keys() == plain[f"{route} grads"].keys(), route
+        for n, grad in grads.items():
+            assert torch.allclose(plain[f"{route} grads"][n], grad, atol=1e-6), (route, n)

@@ -1,7 +1,10 @@
 """Round trips through transformers: an export loaded with trust_remote_code, trained a step and saved by
 transformers (its keys prefixed ``timm_model.``, its head's labels at the config's root) comes back into validate.py,
-``modeling.load_model``, ``label_info`` and timm's ``local-dir:`` with its weights and its labels."""
+``modeling.load_model``, ``label_info``, timm's ``local-dir:`` and every backbone route with its weights and its
+labels, for each registered family and for the template family of modeling/__init__.py's docstring."""
+import importlib
 import json
+import sys
 
 import datasets
 import pytest
@@ -9,9 +12,19 @@ import timm
 import torch
 import transformers
 from safetensors.torch import load_file
+from test_modeling import DOC_FAMILY, docstring_family_source, restored_registry
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 import modeling
 import validate
+
+
+@pytest.fixture(autouse=True)
+def registry_of_its_own():
+    """A trust_remote_code load registers the export's copy of the family with timm for the rest of the process: a
+    test's loads stay its own, and a later test's timm.create_model builds what ``import modeling`` registered."""
+    with restored_registry():
+        yield
 
 
 def dataset_labels(dataset) -> tuple[list[str], list[str]]:
@@ -91,3 +104,203 @@ def test_imagenet_1k_export_resaved_by_transformers_keeps_its_wnids(tmp_path):
     assert validate.check_model_classes(str(tmp_path / "tuned"), ids) is None
     with pytest.raises(ValueError, match="another index order"):
         validate.check_model_classes(str(tmp_path / "tuned"), ids[1:] + ids[:1])
+
+
+def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Running statistics far from the 0/1 of a fresh network, so a route that loads none of them fails."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+TEMPLATE, UNFILTERED = "template", "template without its filter"  # the second: a family that leaves the prefix on
+# transformers' classes whose save_pretrained the backbone routes take: a fine-tune's, and AutoModel's (the network
+# built for 0 classes: no classifier weights saved, while config.json keeps the class count)
+SAVERS = {"classifier": transformers.AutoModelForImageClassification, "headless": transformers.AutoModel}
+
+
+@pytest.fixture(params=[(name, saver) for saver in SAVERS for name in modeling.list_models() + [TEMPLATE, UNFILTERED]],
+                ids=lambda param: "-".join(param))
+def resaved(request, tmp_path, monkeypatch):
+    """(folder, model, name, saver): ``model`` exported, loaded with trust_remote_code and saved by transformers.
+    Each registered family, and the docstring's template registered as a user's family file outside the package (it
+    has none of our families' code: what it needs, the template must say), as written and without its checkpoint
+    filter (what the routes that do not run the family's loader must not need)."""
+    with restored_registry():
+        name, saver = request.param
+        if name in (TEMPLATE, UNFILTERED):
+            source = docstring_family_source()
+            if name == UNFILTERED:
+                source = source.replace("pretrained_filter_fn=checkpoint_filter_fn, ", "")
+                assert "pretrained_filter_fn" not in source
+            (tmp_path / "mynet_template.py").write_text(source)
+            monkeypatch.syspath_prepend(str(tmp_path))
+            monkeypatch.delitem(sys.modules, "mynet_template", raising=False)
+            importlib.import_module("mynet_template")
+        torch.manual_seed(0)
+        model = trained_looking(modeling.create_model(DOC_FAMILY if name in (TEMPLATE, UNFILTERED) else name,
+                                                      num_classes=4))
+        folder = modeling.save_pretrained(model, tmp_path / "export", label_names=["a", "b", "c", "d"],
+                                          pretrained_cfg={"input_size": (3, 64, 64)})
+        SAVERS[saver].from_pretrained(folder, trust_remote_code=True).save_pretrained(tmp_path / "resaved")
+        yield tmp_path / "resaved", model, name, saver
+
+
+def test_every_backbone_route_of_a_transformers_saved_family_has_its_weights(resaved):
+    """timm's features_only load of such a folder is not strict (0 classes asked: the head dropped, every key that
+    does not fit ignored), so a family that leaves the prefix on gives a random backbone without a word there; the
+    project's routes and the export's own AutoBackbone class load model.safetensors themselves, for any family, with
+    or without the classifier saved."""
+    folder, model, name, saver = resaved
+    saved = load_file(folder / "model.safetensors")
+    assert all(k.startswith("timm_model.") for k in saved)
+    assert (f"timm_model.{model.pretrained_cfg['classifier']}.weight" in saved) == (saver == "classifier")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_classes"] == 4
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    timm_name = modeling.timm_name(folder)
+    indices = modeling.backbone.default_taps(timm_name)
+    into = transformers.TimmBackbone(transformers.TimmBackboneConfig(backbone=timm_name, out_indices=indices))
+    modeling.load_backbone_weights(into, folder)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        taps = [maps[i] for i in indices]
+        routes = {
+            "modeling.timm_backbone": (modeling.timm_backbone(folder)(x).feature_maps, taps),
+            "modeling.load_backbone_weights": (into.eval()(x).feature_maps, taps),
+            "TimmFPN": (modeling.backbone.TimmFPN(folder).body.eval()(x), taps),
+            "auto_map AutoBackbone": (get_class_from_dynamic_module(
+                config["auto_map"]["AutoBackbone"], folder).from_pretrained(folder)(x).feature_maps, taps),
+        }
+        if name != UNFILTERED:  # timm's own load runs the family's code, and only that
+            routes["timm local-dir: features_only"] = (timm.create_model(
+                f"local-dir:{folder}", pretrained=True, features_only=True).eval()(x), maps)
+    for route, (got, expected) in routes.items():
+        assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected)), route
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # timm's word on the copy's registration
+def test_a_trust_remote_code_load_changes_neither_what_modeling_builds_nor_what_it_exports(tmp_path):
+    """The export's copy of blocknet.py registers its variants with timm on import, over ours: modeling still builds
+    and exports the installed code, and names it on the card."""
+    copy = modeling.save_pretrained(modeling.create_model("blocknet_tiny", num_classes=2), tmp_path / "copy",
+                                    label_names=["a", "b"])  # a folder transformers has not imported yet
+    installed = (copy / "blocknet.py").read_text()
+    transformers.AutoModelForImageClassification.from_pretrained(copy, trust_remote_code=True)
+    assert timm.models.model_entrypoint("blocknet_tiny").__module__.startswith("transformers_modules.")
+    model = modeling.create_model("blocknet_tiny", num_classes=2)
+    assert type(model) is modeling.blocknet.BlockNet
+    folder = modeling.save_pretrained(model, tmp_path / "again", label_names=["a", "b"])
+    assert (folder / "blocknet.py").read_text() == installed
+    card = (folder / "README.md").read_text()
+    assert "defined in imagenet-trainer's `modeling/blocknet.py`" in card and "transformers_modules" not in card
+    assert type(modeling.load_model(folder)) is modeling.blocknet.BlockNet
+
+
+SILU = ("self.act = nn.ReLU(inplace=True)", "self.act = nn.SiLU(inplace=True)")  # BasicBlock's activation
+
+
+def other_code_export(folder, tag: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(installed, copy): an export of blocknet_tiny at ``folder`` whose blocknet.py computes otherwise than the
+    installed one (BasicBlock with SiLU, installed: ReLU; the same keys), the network the installed code builds from
+    its weights and the one its own copy builds. ``tag`` makes the file's text, and so transformers' module of it,
+    new in this process."""
+    torch.manual_seed(0)
+    installed = trained_looking(modeling.create_model("blocknet_tiny", num_classes=2))
+    modeling.save_pretrained(installed, folder, label_names=["a", "b"], pretrained_cfg={"input_size": (3, 32, 32)})
+    text = (folder / "blocknet.py").read_text()
+    assert SILU[0] in text
+    (folder / "blocknet.py").write_text(text.replace(*SILU) + f"# {tag}\n")
+    copy = trained_looking(modeling.create_model("blocknet_tiny", num_classes=2))
+    copy.load_state_dict(installed.state_dict())
+    for block in copy.modules():
+        if isinstance(block, modeling.blocknet.BasicBlock):
+            block.act = torch.nn.SiLU()
+    return installed, copy
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the copies' registration on import
+@pytest.mark.filterwarnings("ignore:.*may not be the architecture of these weights:UserWarning")  # load_model's
+@pytest.mark.parametrize("first", ["transformers", "modeling"])
+def test_each_caller_builds_its_own_code_whatever_ran_before(first, tmp_path):
+    """transformers imports an export's code once per process (its variants register with timm then, not at later
+    loads) and modeling builds the installed code: in one process, in either order, again, and after transformers
+    loaded another export of the family, the export's classes (image classifier, AutoModel, AutoBackbone) run its
+    blocknet.py and modeling's routes the installed one."""
+    folder = tmp_path / f"silu_{first}"
+    installed, copy = other_code_export(folder, first)
+    other_model = modeling.create_model("blocknet_tiny", num_classes=2).eval()
+    other = modeling.save_pretrained(other_model, tmp_path / "relu", label_names=["a", "b"])  # installed code
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def outputs(model):
+        maps = model.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+        return model(x), model.forward_features(x), *maps
+
+    def transformers_routes(export):
+        auto_map = json.loads((export / "config.json").read_text())["auto_map"]
+        classifier = transformers.AutoModelForImageClassification.from_pretrained(export, trust_remote_code=True)
+        headless = transformers.AutoModel.from_pretrained(export, trust_remote_code=True)
+        backbone = get_class_from_dynamic_module(auto_map["AutoBackbone"], export).from_pretrained(export)
+        return (classifier.eval()(pixel_values=x).logits, headless.eval()(pixel_values=x).last_hidden_state,
+                *backbone(x).feature_maps)
+
+    def modeling_routes(export):
+        built = modeling.create_model(f"local-dir:{export}", pretrained=True).eval()
+        return (modeling.load_model(export)(x), built.forward_features(x),
+                *modeling.timm_backbone(export)(x).feature_maps,
+                *modeling.backbone.TimmFPN(export).body.eval()(x))
+
+    with torch.no_grad():
+        mine, theirs = outputs(installed), outputs(copy)
+        assert not torch.allclose(mine[0], theirs[0], atol=1e-3)  # the two codes tell apart
+        expected = {("transformers", folder): theirs, ("transformers", other): outputs(other_model),
+                    ("modeling", folder): (*mine, *mine[2:])}
+        a, m, b = ("transformers", folder), ("modeling", folder), ("transformers", other)
+        for step, (caller, export) in enumerate(([a, m] if first == "transformers" else [m, a]) * 2 + [b, a, m]):
+            got = (transformers_routes if caller == "transformers" else modeling_routes)(export)
+            want = expected[caller, export]
+            assert len(got) == len(want), (step, caller, export.name)
+            assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want)), (step, caller, export.name)
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the copy's registration on import
+@pytest.mark.filterwarnings("ignore:.*may not be the architecture of these weights:UserWarning")  # load_model's
+def test_the_cards_import_of_an_exports_copy_changes_nothing_modeling_builds(tmp_path, monkeypatch):
+    """The card's route without the package (the export's folder on sys.path, ``import blocknet``, then timm) builds
+    the copy; in the same process modeling builds and loads the installed code, and leaves timm the copy."""
+    folder = tmp_path / "export"
+    installed, copy = other_code_export(folder, "imported")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "blocknet", raising=False)
+    try:
+        importlib.import_module("blocknet")
+        with torch.no_grad():
+            assert type(modeling.create_model("blocknet_tiny", num_classes=2)) is modeling.blocknet.BlockNet
+            built = modeling.create_model(f"local-dir:{folder}", pretrained=True).eval()
+            assert torch.allclose(built(x), installed(x), atol=1e-5)
+            assert torch.allclose(modeling.load_model(folder)(x), installed(x), atol=1e-5)
+            theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+            assert torch.allclose(theirs(x), copy(x), atol=1e-5)
+    finally:
+        sys.modules.pop("blocknet", None)
+
+
+def test_a_family_known_only_from_an_exports_copy_is_refused_for_export(tmp_path, monkeypatch):
+    """A network of a family this process has only from transformers' copy of an export's file (a Hub model loaded
+    with trust_remote_code) is not exported with that cached copy: one line says what to do."""
+    with restored_registry():
+        (tmp_path / "mynet_elsewhere.py").write_text(docstring_family_source())
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "mynet_elsewhere", raising=False)
+        importlib.import_module("mynet_elsewhere")
+        folder = modeling.save_pretrained(modeling.create_model(DOC_FAMILY, num_classes=2), tmp_path / "export",
+                                          label_names=["a", "b"], pretrained_cfg={"input_size": (3, 32, 32)})
+    with restored_registry():
+        loaded = transformers.AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+        with pytest.raises(ValueError, match=r"registered from transformers_modules\..*trust_remote_code") as e:
+            modeling.save_pretrained(loaded.timm_model, tmp_path / "again", label_names=["a", "b"])
+    assert "\n" not in str(e.value) and not (tmp_path / "again").exists()
