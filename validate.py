@@ -51,6 +51,7 @@ from imagenet_trainer.config import parse_config
 from imagenet_trainer import eval_suite
 from imagenet_trainer.data import check_labels, load_image_dataset
 from imagenet_trainer.ilsvrc import class_descriptions
+from imagenet_trainer.loader_setup import loader_workers
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.process_exit import exit_now
 from imagenet_trainer.runinfo import atomic_write_text, git_sha, library_versions
@@ -61,6 +62,7 @@ PRECISIONS = {"no": "no", "fp32": "no", "fp16": "fp16", "bf16": "bf16", "fp8": "
 # rewrites only the Results section, so these lines keep saying how train.py scored the weights
 CARD_HARDWARE = re.compile(r"^- \*\*Hardware:\*\* .*, (fp32|fp16|bf16|fp8)[ \t]*$", re.M)
 CARD_EVAL_FLIP = re.compile(r"^\| eval_flip \| (True|False) \|[ \t]*$", re.M)
+CARD_LINES = ("(Hardware line)", "(eval_flip row)")  # how recorded_settings names the card line a setting came from
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
@@ -70,7 +72,8 @@ class ValidateConfig:
     split: str = ""  # dataset split to evaluate; empty: a checkpoint's run's --eval_split, else validation
     batch_size: int = 256  # images per device per forward pass
     image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
-    num_workers: int = 8  # DataLoader processes per device; JPEG decoding is the CPU cost
+    num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one
+    # (train.py's rule: loader_workers). JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
     flip: bool | None = None  # mean logits of each image and its mirror; none: the run's --eval_flip, else off
     # autocast of the forward passes; bf16/fp16 logits differ from fp32's in the last digits, enough to move a top-1
@@ -167,6 +170,28 @@ def choose_precision(cfg: ValidateConfig, recorded: Recorded, main_process: bool
                   "the last digits", file=sys.stderr)
         precision, source = "no", f"{source} says fp16, which needs a GPU: fp32"
     return precision, source
+
+
+def origin(source: str) -> str:
+    """Where a setting came from, as the printed summary names it (the --output JSON has the whole ``source``): the
+    flag, the card, the run's config.yaml or run_info.json, the launcher, or the default."""
+    if "needs a GPU" in source:  # choose_precision's fp32 in place of fp16 on a host without one
+        return "fp16 needs a GPU"
+    if source.startswith("--"):
+        return source
+    if source.endswith(CARD_LINES):
+        return "card"
+    if source.startswith("the launcher"):
+        return "launcher"
+    if source.startswith("not recorded"):
+        return "default"
+    return f"run's {Path(source).name}"
+
+
+def settings_said(flip: bool, flip_from: str, precision: str, precision_from: str) -> str:
+    """The flip and the precision of a score, each with where it came from (``flip on (--flip), bf16 (card)``)."""
+    return (f"flip {'on' if flip else 'off'} ({origin(flip_from)}), {'fp32' if precision == 'no' else precision} "
+            f"({origin(precision_from)})")
 
 
 def make_accelerator(precision: str, source: str) -> Accelerator:
@@ -401,10 +426,12 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
     returns --model's export folder when the results go into its card."""
     if not cfg.dataset and not cfg.eval_sets:
         raise SystemExit("error: --dataset is required (or --eval_sets)")
-    for flag, low in (("batch_size", 1), ("image_size", 0), ("num_workers", 0), ("benchmark_steps", 1),
-                      ("max_bad_samples", 0)):
+    for flag, low in (("batch_size", 1), ("image_size", 0), ("benchmark_steps", 1), ("max_bad_samples", 0)):
         if getattr(cfg, flag) < low:  # image_size 0: the model's own
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
+    if cfg.num_workers < -1:
+        raise SystemExit(f"error: --num_workers must be >= 0, or -1 (the cores this process may use, less one), "
+                         f"got {cfg.num_workers}")
     if not 0 <= cfg.crop_pct <= 1:
         raise SystemExit(f"error: --crop_pct must be in (0, 1] (0 = the model's own), got {cfg.crop_pct}")
     if cfg.mixed_precision and cfg.mixed_precision.lower() not in PRECISIONS:
@@ -459,9 +486,10 @@ def main(argv=None):
     flip_from = ("--flip" if cfg.flip is not None else recorded.config if recorded.flip is not None
                  else "not recorded for --model: off")
     split_from = "--split" if cfg.split else recorded.config if recorded.split else "the default"
-    cfg = dataclasses.replace(cfg, split=cfg.split or recorded.split or "validation",
-                              flip=bool(recorded.flip) if cfg.flip is None else cfg.flip)
     accelerator = make_accelerator(*precision)
+    cfg = dataclasses.replace(cfg, split=cfg.split or recorded.split or "validation",
+                              flip=bool(recorded.flip) if cfg.flip is None else cfg.flip,
+                              num_workers=loader_workers(cfg.num_workers, print_fn=accelerator.print))
     if eval_suite.wanted(cfg) or is_eval_set(cfg.dataset):
         return score_suite(cfg, accelerator, card_folder, recorded, precision, flip_from)
 
@@ -497,8 +525,8 @@ def main(argv=None):
     if not accelerator.is_main_process:
         return summary
     print(f"{cfg.split}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss {summary['loss']:.4f}  "
-          f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s"
-          + (f"  ({summary['mixed_precision']} autocast)" if summary["mixed_precision"] != "no" else "")
+          f"n={summary['n']}  {summary['images_per_sec']:.1f} img/s  "
+          + settings_said(cfg.flip, flip_from, summary["mixed_precision"], precision[1])
           + (f"  ({summary['left_out']} left out: they do not decode)" if summary["left_out"] else ""))
     if cfg.output:
         out = Path(cfg.output)
@@ -549,6 +577,7 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator, card_folder: Path
     summary.update(flip_from=flip_from, mixed_precision=accelerator.mixed_precision, mixed_precision_from=precision[1])
     if not accelerator.is_main_process:
         return summary
+    print(f"every set scored with {settings_said(cfg.flip, flip_from, accelerator.mixed_precision, precision[1])}")
     if "best_image_size" in summary:
         best = summary["best_image_size"]
         print(f"best image size on {best['dataset']}: {best['image_size']} px (top-1 {best['top1']:.2f}%)")

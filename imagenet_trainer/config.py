@@ -62,7 +62,8 @@ def _convert(value, tp, where: str):
         pass
     else:
         raise SystemExit(f"error: {where}: unsupported field type {tp!r}")
-    raise SystemExit(f"error: {where} must be a {base.__name__}, got {value!r}")
+    article = "an" if base.__name__[0] in "aeiou" else "a"
+    raise SystemExit(f"error: {where} must be {article} {base.__name__}, got {value!r}")
 
 
 def field_comments(cls) -> dict[str, str]:

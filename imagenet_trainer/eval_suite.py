@@ -31,11 +31,17 @@ from imagenet_trainer.worker_processes import worker_context
 class Target(NamedTuple):
     path: str  # as given on the command line
     name: str  # shown in tables and the card: source.json's name, else the folder's
-    timm_name: str  # results.csv's dataset column: timm's name of the set ("imagenet-r"), else the name
+    timm_name: str  # results.csv's dataset column: timm's name of a complete set ("imagenet-r"), else the name
     kind: str | None  # an eval_sets kind, or None for any other dataset (ImageNet's validation split)
     splits: dict  # {split: datasets.Dataset}
     label_names: list
     source: dict  # source.json ({} for a Hub dataset)
+
+
+# results.csv's names of complete sets, which rows of other data must not take (timm's tables would be diffed against
+# a few images)
+TIMM_NAMES = {"imagenet", "imagenet-real", *(info.timm_name.format(variant=variant) for info in eval_sets.SETS.values()
+                                            for variant in eval_sets.V2_VARIANTS)}
 
 
 def wanted(cfg) -> bool:
@@ -79,8 +85,10 @@ def load_target(path: str, flag: str, split: str | None) -> Target:
         raise SystemExit(f"error: {flag} {path}: {e}") from None
     name = source.get("name") or public(path)
     timm_name = source.get("timm_name") if source.get("complete") else None
-    if not kind and source.get("ilsvrc2012_full"):
+    if not kind and source.get("ilsvrc2012_full") and names == ["validation"]:
         timm_name = "imagenet"
+    if timm_name is None and name.lower() in TIMM_NAMES:  # a part of a set, in a folder named as the whole is
+        timm_name = f"{name} (subset)"
     return Target(path, name, timm_name or name, kind, {s: ds[s] for s in names}, label_names, source)
 
 
@@ -226,9 +234,11 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
         if reference:
             row["relative_to_reference"] = robustness.mean_corruption_error(errors, reference)
         rows = [row]
-    if real:
-        rows.append({"dataset": "imagenet-real", "name": f"{target.name} (ReaL labels)", "kind": "imagenet-real",
-                     "image_size": size, "crop_pct": transform["crop_pct"], "split": row["split"], **real.compute()})
+    if real:  # timm's name of ReaL's row only for the complete ILSVRC-2012 val, as the ImageNet row's
+        name = f"{target.name} (ReaL labels)"
+        rows.append({"dataset": "imagenet-real" if target.timm_name == "imagenet" else name, "name": name,
+                     "kind": "imagenet-real", "image_size": size, "crop_pct": transform["crop_pct"],
+                     "split": row["split"], **real.compute()})
     return rows
 
 

@@ -374,7 +374,7 @@ def test_accelerate_launch_quiet_leaves_the_one_error_line(preprocessed, tmp_pat
     proc = run([ACCELERATE, "launch", "-q", "--config_file", "accelerate_configs/cpu.yaml", str(ROOT / "train.py"),
                 "--dataset", str(preprocessed), "--output_dir", str(tmp_path / "r"), "--epochs", "two"])
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == "error: --epochs must be a int, got 'two'"
+    assert proc.stderr.strip().splitlines()[-1] == "error: --epochs must be an int, got 'two'"
     assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
 
 

@@ -147,3 +147,21 @@ def test_every_script_flag_has_a_comment_for_help(monkeypatch):
         comments = field_comments(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)]
         assert not missing, f"{cls.__name__}: no comment on {missing}"
+
+
+def test_no_help_text_ends_mid_sentence():
+    """--help shows the comment on the field's own line only: a sentence that goes on in the next comment line would
+    be cut there ("less one for", "(0: off):")."""
+    import dataclasses  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    from imagenet_trainer.config import field_comments  # noqa: PLC0415
+
+    dangling = re.compile(r"(\b(for|of|the|a|and|or)|[:,])$", re.I)
+    for module, name in (("train", "TrainConfig"), ("validate", "ValidateConfig"), ("preprocess", "PreprocessConfig")):
+        cls = getattr(importlib.import_module(module), name)
+        comments = field_comments(cls)
+        cut = {f.name: text for f in dataclasses.fields(cls)
+               if dangling.search(text := (f.metadata or {}).get("help", comments.get(f.name, "")).strip())}
+        assert not cut, f"{name}: help cut mid-sentence: {cut}"

@@ -201,9 +201,11 @@ def test_eval_sets_scores_like_the_papers(sets, in1k_model, tmp_path):
     with open(out.with_name("r_results.csv")) as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == list(robustness.RESULTS_COLUMNS) and len(table) == 10
-    row = next(t for t in table if t["dataset"] == "imagenet-r" and t["img_size"] == "32")
+    # scaled-down copies in folders named as the sets: their own names, never timm's (its tables are the whole sets')
+    row = next(t for t in table if t["dataset"] == "imagenet-r (subset)" and t["img_size"] == "32")
     assert float(row["top1"]) + float(row["top1_err"]) == pytest.approx(100) and row["model"] == in1k_model.parent.name
-    assert {t["crop_pct"] for t in table if t["dataset"] == "imagenet-c"} == {"1.0"}
+    assert {t["crop_pct"] for t in table if t["dataset"] == "imagenet-c (subset)"} == {"1.0"}
+    assert not {t["dataset"] for t in table} & eval_suite.TIMM_NAMES
 
 
 def test_a_rerun_scores_only_the_splits_an_interrupted_run_did_not_finish(sets, in1k_model, preprocessed, tmp_path,
@@ -281,6 +283,17 @@ def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in
     assert real_row["n"] == len(expected) < len(split)
     assert real_row["top1"] == pytest.approx(100 * sum(e[0] for e in expected) / len(expected))
     assert real_row["top5"] == pytest.approx(100 * sum(e[1] for e in expected) / len(expected))
+    # timm's names only for the complete ILSVRC-2012 val, ReaL's row as the ImageNet row, the card's name otherwise
+    assert (plain["dataset"], real_row["dataset"]) == (plain["name"], real_row["name"]) == ("in1k",
+                                                                                         "in1k (ReaL labels)")
+    (tmp_path / "in1k" / "source.json").write_text(json.dumps({"ilsvrc2012_full": True}))
+    full = evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "real.json", "--image_size", 32)
+    assert [r["dataset"] for r in full["results"]] == ["imagenet", "imagenet-real"]
+    # a subset kept in a folder named imagenet, as preprocess.py records it: never timm's names
+    (tmp_path / "in1k" / "source.json").write_text(json.dumps({"name": "imagenet", "ilsvrc2012_full": False}))
+    subset = evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "real.json", "--image_size", 32)
+    assert [r["dataset"] for r in subset["results"]] == ["imagenet (subset)", "imagenet (ReaL labels)"]
+    (tmp_path / "in1k" / "source.json").unlink()
     # without the suite's flags: the single-split summary, as before, with --crop_pct applied
     single = evaluate(in1k_model, tmp_path / "in1k", "--image_size", 32, "--crop_pct", 1.0)
     assert (single["crop_pct"], single["n"], single["top1"]) == (1.0, len(split), plain["top1"])
@@ -473,7 +486,7 @@ def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch
     slope, intercept = np.polyfit(x, y, 1)
     for (m, s), xi in zip(scored.items(), x):
         above = s[eval_sets.R] - 100 / (1 + np.exp(-(slope * xi + intercept)))
-        assert f"imagenet-r: {m}: top-1 {s[eval_sets.R]:.2f}% at ImageNet {s['imagenet']:.2f}%, effective " \
+        assert f"imagenet-r (subset): {m}: top-1 {s[eval_sets.R]:.2f}% at ImageNet {s['imagenet']:.2f}%, effective " \
                f"robustness {above:+.2f} points" in stdout(code[1])
     stored = nbformat.read(ROOT / "notebooks" / "06_effective_robustness.ipynb", as_version=4)
     assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")

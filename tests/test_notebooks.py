@@ -122,7 +122,7 @@ def notebook_function(name: str, function: str, **namespace):
 
 def test_notebooks_are_stored_clean_and_read_their_inputs_from_the_environment():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
-    reads = {"IMAGENET_DATASET": ("01", "02", "03", "04", "05"), "IMAGENET_RUN": ("03", "04", "05"),
+    reads = {"IMAGENET_DATASET": ("01", "02", "03", "04", "05"), "IMAGENET_RUN": ("02", "03", "04", "05"),
              "IMAGENET_RESULTS": ("06",)}
     for name in NAMES:
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
@@ -185,6 +185,7 @@ def test_inspect_dataset_counts_the_boxes_of_every_row():
 
 def test_augmentations(preprocessed, monkeypatch, jupyter_home):
     nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=preprocessed)
+    assert "crops at ImageNet's defaults, no run's: 128 px, scale_min 0.08" in stdout(cell(nb, "IMAGENET_RUN"))
     crops = cell(nb, "same key, same pixels")
     assert pngs(crops) == 1 and "crop shape (3, 128, 128) torch.uint8; same key, same pixels: True" in stdout(crops)
     assert pngs(cell(nb, 'auto_augment=mode')) == 2  # RandAugment and TrivialAugment rows
@@ -206,6 +207,18 @@ def test_augmentations(preprocessed, monkeypatch, jupyter_home):
     erasing = cell(nb, "random_erasing(x")
     fractions = [float(f) for f in stdout(erasing).split(":")[1].split(",")]
     assert pngs(erasing) == 1 and len(fractions) == 8 and all(0 < f < 0.5 for f in fractions)  # prob 1: all erased
+
+
+def test_augmentations_of_a_run_are_the_crops_it_trained_on(trained_run, digits_dataset, monkeypatch, jupyter_home):
+    """Given a run (its export RUN/final stands for it): its config.yaml's --image_size and --scale_min, the demo
+    recipe's 32 px and 0.8, not ImageNet's 128 px and 0.08."""
+    nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=digits_dataset,
+                 IMAGENET_RUN=trained_run / "final")
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert (config["image_size"], config["scale_min"]) == (32, 0.8)
+    assert (f"crops as {trained_run} trains them (its config.yaml): 32 px, scale_min 0.8"
+            in stdout(cell(nb, "IMAGENET_RUN")))
+    assert "crop shape (3, 32, 32) torch.uint8; same key, same pixels: True" in stdout(cell(nb, "same key"))
 
 
 def test_training_curves(trained_run, monkeypatch, jupyter_home):
@@ -371,24 +384,39 @@ def test_effective_robustness(tmp_path, monkeypatch, jupyter_home):
     root, where the markdown's loop (run there) writes, whatever the kernel's cwd."""
     results = tmp_path / "results"
     results.mkdir()
-    for model, imagenet, shifted in (("resnet18", 69.8, 33.1), ("resnet50", 76.1, 36.2), ("convnext_tiny", 82.1, 47.0)):
+    for model, imagenet, shifted in (("resnet18", 69.8, 33.1), ("resnet50", 76.1, 36.2), ("convnext_tiny", 82.1, 47.0),
+                                     ("vgg16", 71.6, None)):
         rows = [{"dataset": kind, "name": kind, "kind": kind, "image_size": 224, "top1": top1, "top5": 95.0,
-                 "split": "validation"} for kind, top1 in (("imagenet", imagenet), ("imagenet-r", shifted))]
+                 "split": "validation"} for kind, top1 in (("imagenet", imagenet), ("imagenet-real", imagenet + 7),
+                                                           ("imagenet-r", shifted)) if top1 is not None]
         (results / f"{model}.json").write_text(json.dumps({"model": f"runs/{model}/final", "results": rows}))
+    # a scaled-down copy of ImageNet-R (and of ImageNet) is another test set, named by its folder: a panel of its own,
+    # where one model gives no line
+    small = [{"dataset": dataset, "name": dataset, "kind": kind, "image_size": 224, "top1": top1, "top5": 95.0,
+              "split": "validation"} for dataset, kind, top1 in (("in1k", "imagenet", 75.0),
+                                                                 ("imagenet-r-small", "imagenet-r", 40.0))]
+    (results / "small_r.json").write_text(json.dumps({"model": "runs/small_r/final", "results": small}))
     single = {"model": "runs/vit/final", "dataset": "data/imagenet", "split": "validation", "top1": 80.0, "n": 50000}
     (results / "vit.json").write_text(json.dumps(single))  # validate.py without --eval_sets
     (results / "vit_per_class.json").write_text(json.dumps([{"label": 0, "n": 50, "top1": 80.0}]))
     nb = execute("06_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
     listing = stdout(cell(nb, "IMAGENET_RESULTS"))
-    assert listing.splitlines()[0] == f"3 models in {results}: convnext_tiny, resnet18, resnet50"
+    assert listing.splitlines()[0] == f"4 models in {results}: convnext_tiny, resnet18, resnet50, small_r"
     assert "vit.json: scored without --eval_sets, so not on the plot" in listing
     assert (f"python validate.py --model runs/vit/final --dataset data/imagenet --eval_sets "
             f"~/data/imagenet-r,~/data/imagenet-a --output {results / 'vit.json'}") in listing
     assert "per_class" not in listing
+    # ReaL relabels ImageNet's own images: not a shifted set, so vgg16 (ImageNet and ReaL only) is not on the plot
+    assert "vgg16.json: scored without --eval_sets, so not on the plot" in listing
     lines = stdout(cell(nb, "np.polyfit")).splitlines()
-    assert [line.split(":")[:2] for line in lines] == [["imagenet-r", f" {m}"] for m in
-                                                       ("convnext_tiny", "resnet18", "resnet50")]
+    assert [line.split(":")[:2] for line in lines[:-1]] == [["imagenet-r", f" {m}"] for m in
+                                                            ("convnext_tiny", "resnet18", "resnet50")]
+    assert lines[-1] == "imagenet-r-small: 1 model: need at least 2 models to fit the line"
     assert pngs(cell(nb, "np.polyfit")) == 1
+
+    (tmp_path / "empty").mkdir()  # nothing scored: said, and no empty figure
+    nb = execute("06_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=tmp_path / "empty")
+    assert stdout(cell(nb, "np.polyfit")).startswith("nothing to plot") and pngs(cell(nb, "np.polyfit")) == 0
 
     nb = execute("06_effective_robustness", monkeypatch, jupyter_home)
     assert re.match(r"\d+ models in (.+?): ", stdout(cell(nb, "IMAGENET_RESULTS"))).group(1) == str(ROOT / "results")

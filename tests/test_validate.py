@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 import modeling
 import validate
 from imagenet_trainer import eval_suite, manifest
+from imagenet_trainer.worker_processes import auto_workers, available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -289,9 +290,11 @@ def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
     assert "--split nope: the dataset has train, validation, test" in error_of(final, preprocessed, "--split", "nope")
     assert "--update_model_card needs a local export" in error_of(ckpt, preprocessed, "--update_model_card")
     assert "--dataset" in error_of(final, tmp_path / "no_dataset")
-    for flag, value, low in (("batch_size", 0, 1), ("image_size", -5, 0), ("num_workers", -1, 0)):
+    for flag, value, low in (("batch_size", 0, 1), ("image_size", -5, 0)):
         message = error_of(final, preprocessed, f"--{flag}", value)
         assert message == f"error: --{flag} must be at least {low}, got {value}"
+    assert error_of(final, preprocessed, "--num_workers", -2) == (
+        "error: --num_workers must be >= 0, or -1 (the cores this process may use, less one), got -2")
 
     # a model for 10 classes on the 4-class dataset: export and checkpoint
     ten = modeling.create_model(TINY, num_classes=10)
@@ -337,6 +340,35 @@ def test_a_fixed_input_size_model_refuses_another_size_before_scoring(preprocess
         "(160).); give 160, or leave --image_size out")
     assert error_of(vit, preprocessed, "--image_sizes", "160,96").startswith("error: --image_sizes 96: ")
     assert "@160px" not in capsys.readouterr().out
+
+
+def test_the_printed_summary_says_the_flip_and_precision_and_where_each_came_from(trained, preprocessed, tmp_path,
+                                                                                 capsys):
+    """An export's card, a checkpoint's config.yaml and run_info.json, a flag, or nothing recorded: the one line a
+    run prints says which flip and precision made its numbers (a flip-TTA number must not pass for a plain one)."""
+    def printed(model, *flags) -> str:
+        capsys.readouterr()
+        evaluate(model, preprocessed, *flags)
+        (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("validation: top-1 ")]
+        return line.split(" img/s  ", 1)[1]
+
+    assert printed(trained / "final") == "flip off (card), fp32 (card)"
+    assert printed(trained / "final", "--flip", "--mixed_precision", "bf16") == \
+        "flip on (--flip), bf16 (--mixed_precision)"
+    assert printed(only_checkpoint(trained)) == "flip off (run's config.yaml), fp32 (run's run_info.json)"
+    bare = tmp_path / "bare"
+    shutil.copytree(trained / "final", bare)
+    (bare / "README.md").unlink()  # a bare save_pretrained: no card records either
+    assert printed(bare) == "flip off (default), fp32 (default)"
+    evaluate(bare, preprocessed, "--image_sizes", "32")  # the suite says it once, for every set
+    assert "every set scored with flip off (default), fp32 (default)" in capsys.readouterr().out.splitlines()
+
+
+def test_num_workers_defaults_to_the_cores_less_one_and_says_so(trained, preprocessed, capsys):
+    """As train.py's: every core this process may use, less one (8 workers on a 2-core machine only contend)."""
+    validate.main(["--model", str(trained / "final"), "--dataset", str(preprocessed), "--batch_size", "8"])
+    assert (f"--num_workers {auto_workers()}: {available_cores()} cores for 1 process(es) on this machine, one "
+            "each for the process itself") in capsys.readouterr().out
 
 
 def test_suite_results_name_the_run_and_the_help_names_every_output(trained, preprocessed, tmp_path, capsys):
