@@ -1,8 +1,12 @@
 """preprocess.py vs the usual route, ``load_dataset("imagefolder")`` + ``save_to_disk``, on one generated tree;
-or (``--compare zip``) Kaggle's zip read in place vs ``unzip`` then preprocess.py on the unpacked tree.
+or (``--compare zip``) Kaggle's zip read in place vs ``unzip`` then preprocess.py on the unpacked tree; or
+(``--compare parquet``) the Hub's ImageNet Parquet (train rows shuffled, so they go through the spool) vs
+preprocess.py on the Kaggle tree of the same images.
 
     python benchmarks/preprocess.py --images 2000 --num_proc 2 --output benchmarks/results/preprocess.json
     python benchmarks/preprocess.py --compare zip --images 2000 --num_proc 2 --output benchmarks/results/preprocess_zip.json
+    python benchmarks/preprocess.py --compare parquet --images 2000 --num_proc 2 \
+        --output benchmarks/results/preprocess_parquet.json
 
 Both run as fresh subprocesses of the same Python (imports and start-up included, caches cold: the baseline gets
 an empty cache_dir). The baseline only sees the train folder (imagefolder cannot read Kaggle's flat val + CSV), so
@@ -53,7 +57,9 @@ class BenchConfig:
     restart_tile: int = 64  # passed to preprocess.py: px width of the tiles (0: files stored as read)
     work_dir: str | None = None  # where the tree and outputs go; None: a temp folder, deleted afterwards
     output: str = "benchmarks/results/preprocess.json"  # the JSON written
-    compare: str = "imagefolder"  # "imagefolder": vs load_dataset + save_to_disk; "zip": the zip in place vs unzip
+    compare: str = "imagefolder"  # "imagefolder": vs load_dataset + save_to_disk; "zip": the zip in place vs unzip;
+    # "parquet": the Hub's Parquet layout vs the Kaggle tree
+    rows_per_group: int = 100  # --compare parquet: rows per Parquet row group (the Hub's: ~2,000 images, 220 MB)
 
 
 def du(path: Path) -> int:
@@ -120,6 +126,34 @@ def zip_vs_unzip(tree: Path, work: Path, cfg: BenchConfig) -> dict:
                       "peak_disk": in_place["peak_disk"] / unzipped["peak_disk"]}}
 
 
+def parquet_vs_tree(tree: Path, work: Path, cfg: BenchConfig) -> dict:
+    """The Hub's Parquet layout (train rows shuffled over 2 files, as the Hub's are over 294) read in place against
+    the Kaggle tree of the same images: seconds, and peak disk besides the input (output + work folder: the spool)."""
+    packed = demo_archives.hub_parquet(tree, work / "hub-parquet", rows_per_group=cfg.rows_per_group)
+    settings = ["--num_proc", str(cfg.num_proc), "--restart_tile", str(cfg.restart_tile), "--overwrite",
+                *(["--shorter_side", str(cfg.shorter_side)] if cfg.shorter_side else [])]
+    measured = {}
+    for name, source in (("in_place", packed), ("tree", tree)):
+        out = work / f"from_{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        sec, rss, disk = run_watching_disk([sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(source),
+                                            "--output_dir", str(out), *settings], [out, out.with_name(out.name + ".tmp")])
+        report = json.loads((out / "preprocess_report.json").read_text())
+        measured[name] = {"seconds": sec, "peak_rss": rss, "peak_disk": disk, "bytes": du(out),
+                          "images": sum(report["counts"].values())}
+    return {"parquet_bytes": du(packed), "images": measured["in_place"]["images"], **measured,
+            "ratio": {"seconds": measured["in_place"]["seconds"] / measured["tree"]["seconds"],
+                      "peak_disk": measured["in_place"]["peak_disk"] / measured["tree"]["peak_disk"]}}
+
+
+def print_parquet_table(r: dict) -> None:
+    print(f"{'':<30}{'images':>8}{'seconds':>9}{'img/s':>8}{'peak disk MB':>14}{'peak RSS MB':>13}")
+    for name, m in (("Hub Parquet read in place", r["in_place"]), ("Kaggle tree", r["tree"])):
+        print(f"{name:<30}{m['images']:>8}{m['seconds']:>9.1f}{m['images'] / m['seconds']:>8.0f}"
+              f"{m['peak_disk'] / 1e6:>14.1f}{m['peak_rss'] / 1e6:>13.0f}")
+    print(f"{'ratio Parquet / tree':<30}{'':>8}{r['ratio']['seconds']:>8.2f}x{'':>8}{r['ratio']['peak_disk']:>13.2f}x")
+
+
 def print_zip_table(r: dict) -> None:
     print(f"{'':<28}{'images':>8}{'seconds':>9}{'img/s':>8}{'peak disk MB':>14}  (besides the {r['zip_bytes'] / 1e6:.1f}"
           " MB zip)")
@@ -140,8 +174,8 @@ def machine() -> str:
 
 def main(argv=None) -> None:
     cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0])
-    if cfg.compare not in ("imagefolder", "zip"):
-        raise SystemExit(f"error: --compare must be imagefolder or zip, got {cfg.compare!r}")
+    if cfg.compare not in ("imagefolder", "zip", "parquet"):
+        raise SystemExit(f"error: --compare must be imagefolder, zip or parquet, got {cfg.compare!r}")
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
         start = time.perf_counter()
@@ -149,9 +183,9 @@ def main(argv=None) -> None:
                                 train_per_class=max(1, cfg.images // cfg.num_classes), val_per_class=1, num_test=4,
                                 long_side=cfg.long_side)
         print(f"generated {tree} in {time.perf_counter() - start:.1f} s ({du(tree) / 1e6:.1f} MB)")
-        if cfg.compare == "zip":
-            result = zip_vs_unzip(tree, work, cfg)
-            print_zip_table(result)
+        if cfg.compare in ("zip", "parquet"):
+            result = (zip_vs_unzip if cfg.compare == "zip" else parquet_vs_tree)(tree, work, cfg)
+            (print_zip_table if cfg.compare == "zip" else print_parquet_table)(result)
             result.update(config=asdict(cfg), machine=machine(), versions=library_versions())
             atomic_write_text(cfg.output, json.dumps(result, indent=1))
             print(f"machine: {machine()}; num_proc={cfg.num_proc}\nwrote {cfg.output}")

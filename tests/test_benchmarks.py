@@ -578,6 +578,22 @@ def test_preprocess_benchmark_zip_in_place_against_unzip(tmp_path):
     assert "zip read in place" in proc.stdout and "unzip + preprocess.py" in proc.stdout
 
 
+def test_preprocess_benchmark_hub_parquet_against_the_tree(tmp_path):
+    """The same images as the Hub's Parquet (shuffled train rows: the spool) and as the Kaggle tree: both stored
+    whole, the spool's disk on the Parquet side."""
+    out = tmp_path / "parquet.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "preprocess.py"), "--compare", "parquet",
+                           "--images", "8", "--num_classes", "2", "--long_side", "0", "--num_proc", "1",
+                           "--rows_per_group", "3", "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["images"] == report["tree"]["images"] == 8 + 2 + 4  # train, one val image per class, test
+    assert report["in_place"]["peak_disk"] > 0 and report["tree"]["peak_disk"] > 0
+    assert report["ratio"]["seconds"] == report["in_place"]["seconds"] / report["tree"]["seconds"] > 0
+    assert "Hub Parquet read in place" in proc.stdout and "ratio Parquet / tree" in proc.stdout
+
+
 def test_ring_benchmark_reports_both_hand_offs():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ring.py"), "--batch_size", "4", "--image_size",
                            "16", "--passes", "1", "--batches", "3"], cwd=ROOT, capture_output=True, text=True,
