@@ -79,6 +79,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -96,7 +97,7 @@ from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, ima
 from imagenet_trainer.jpeg_markers import header_segments, lossless
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.runinfo import atomic_write_text, replace_dir, write_run_info
+from imagenet_trainer.runinfo import atomic_write_text, write_run_info
 from imagenet_trainer.runlock import FolderLock, release_all
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
@@ -564,7 +565,10 @@ def put_in_place(work: Path, out: Path, job: dict, overwrite: bool) -> bool:
         except OSError:
             raise SystemExit(f"error: --output_dir {out} is no longer empty; the finished dataset waits in {work}: "
                              "run the same command again") from None
-    replace_dir(work, out)
+    if out.exists():
+        swap_in(work, out)
+    else:
+        os.replace(work, out)
     return True
 
 
@@ -600,6 +604,93 @@ def finish_move(out: Path) -> None:
     if manifest.read(out / INSIDE) is not None:
         print(f"{out}: a finished dataset was being moved into place from {out / INSIDE}; moving the rest")
         move_up(out)
+
+
+# swap_in's note in the output it moves aside; among its work notes, which a finished output's checks skip and a run
+# finding it done removes, so a run killed before the move leaves nothing in the way
+REPLACED = f"{WORK}/replaced"
+
+
+def replaced_folder(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
+def replaced_note(out: Path) -> str:
+    return f"{out}, moved aside by preprocess.py --overwrite to be deleted\n"
+
+
+def has_note(old: Path, out: Path) -> bool:
+    """Whether ``old`` (a real folder, not a link to one) holds swap_in's note for ``out``: the only proof that
+    preprocess.py put it there, as a user's folder of that name, whatever else it holds, never has it."""
+    note = old / REPLACED
+    try:
+        return (old.is_dir() and not old.is_symlink() and not (old / WORK).is_symlink() and note.is_file()
+                and not note.is_symlink() and note.read_text() == replaced_note(out))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def in_the_way(out: Path) -> str:
+    return (f"error: --output_dir {out}: --overwrite moves the output it replaces to {replaced_folder(out)}, which "
+            "holds something else (a file, link or folder of yours?); move it away or rename it, then run again")
+
+
+def swap_in(work: Path, out: Path) -> None:
+    """--overwrite's swap: ``out`` moved aside as .OUT.old with the note that lets a later run delete it, ``work``
+    renamed into place, then .OUT.old deleted. A kill at any point leaves nothing a later run does not remove."""
+    old = replaced_folder(out)
+    if os.path.lexists(old):  # checked at the start, but a user may have put it there since
+        raise SystemExit(f"{in_the_way(out)} (the finished dataset waits in {work}: the same command then only "
+                         "moves it)")
+    atomic_write_text(out / REPLACED, replaced_note(out))
+    os.replace(out, old)
+    os.replace(work, out)
+    try:
+        delete_replaced(old)
+    except OSError as e:  # the new output is in place: not worth a failed run
+        print(f"warning: {old}, the output this one replaced, could not be deleted ({e}); delete it to free its "
+              "space")
+
+
+def delete_replaced(old: Path) -> None:
+    """The note goes last: a run killed midway leaves a folder the next run still knows to be its own."""
+    for folder in (old, old / WORK):
+        for entry in folder.iterdir():
+            if entry not in (old / WORK, old / REPLACED):
+                remove(entry)
+    (old / REPLACED).unlink()
+    (old / WORK).rmdir()
+    old.rmdir()
+
+
+def clear_replaced(out: Path, swaps: bool) -> None:
+    """.OUT.old, which a run killed inside swap_in left where no later run would look (hidden, as large as the
+    dataset): removed, in one line. Anything else of that name is left alone, and refused now, before any work,
+    when this run's swap will need the name (``swaps``)."""
+    old = replaced_folder(out)
+    if has_note(old, out):
+        size = sum(p.stat().st_size for p in old.rglob("*") if p.is_file() and not p.is_symlink())
+        try:
+            delete_replaced(old)
+        except OSError as e:
+            raise SystemExit(f"error: --output_dir {out}: cannot delete {old}, the output an --overwrite replaced "
+                             f"({e}); delete it, then run again") from None
+        print(f"removed {old} ({size / 1e9:.1f} GB): the output an --overwrite replaced, left by a run killed "
+              "before deleting it")
+    elif swaps and os.path.lexists(old):
+        raise SystemExit(in_the_way(out))
+
+
+def already_done(out: Path) -> None:
+    """The line a finished output gets, once OUT/.work a run killed after its last rename left is gone; and one
+    about the files it skipped as unreadable (permissions, I/O errors), which may read now."""
+    shutil.rmtree(out / WORK, ignore_errors=True)
+    print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
+    skipped = json.loads((out / "preprocess_report.json").read_text())["skipped"]
+    unread = [s for s in skipped if s["reason"].startswith("[Errno ")]  # an OSError's text; a decode's is not
+    if unread:
+        print(f"{out}: {len(unread)} files were skipped as unreadable (e.g. {unread[0]['reason']}); if they read "
+              "now, add --overwrite to rebuild the output with them")
 
 
 def remove(path: Path) -> None:
@@ -651,8 +742,10 @@ def write_split_metadata(work: Path, split: str, shards: list[Shard], info: data
     atomic_write_text(work / split / "state.json", json.dumps(state, indent=2, sort_keys=True))
 
 
-def print_summary(report: dict, out: Path) -> None:
-    print(f"wrote {out} in {report['seconds']:.0f} s")
+def print_summary(report: dict, out: Path, kept: int) -> None:
+    """``kept``: shards an earlier, interrupted run finished, whose time is not in this run's seconds."""
+    print(f"wrote {out} in {report['seconds']:.0f} s"
+          + (f" (this run's time; {kept} shards were done by an earlier run)" if kept else ""))
     print(f"  {'split':<11}{'files':>11}{'images':>11}{'skipped':>9}{'re-encoded':>12}{'tiled':>11}{'boxes':>9}"
           f"{'dropped':>9}")
     skipped = report["skipped"]
@@ -668,7 +761,10 @@ def print_summary(report: dict, out: Path) -> None:
     if len(skipped) > 20:
         print(f"  ... {len(skipped) - 20} more skipped files")
     if report["annotation_errors"]:
-        print(f"  {len(report['annotation_errors'])} annotation files could not be read (val images keep their CSV boxes)")
+        left = {"validation": "those images keep their boxes from the CSV"}  # train has no boxes but its XML's
+        per_split = ", ".join(f"{n} {split} ({left.get(split, 'those images have no boxes')})"
+                              for split, n in report["unread_annotations"].items() if n)
+        print(f"  {len(report['annotation_errors'])} annotation files could not be read: {per_split}")
     if skipped or report["annotation_errors"]:
         print(f"  details: {out / 'preprocess_report.json'}")
     for w in report["warnings"]:
@@ -717,6 +813,8 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
                  for split in splits} for key in ("untiled", "reencoded", "boxes")},
         "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},
         "annotation_errors": [e for r in reports for e in r["annotation_errors"]],
+        "unread_annotations": {split: sum(len(r["annotation_errors"]) for r in reports if r["split"] == split)
+                               for split in splits},
         "bytes_in": sum(r["bytes_in"] for r in reports), "bytes_out": sum(r["bytes_out"] for r in reports),
     }
     atomic_write_text(work / "preprocess_report.json", json.dumps(report, indent=1))
@@ -740,6 +838,31 @@ def main(argv=None) -> None:
         release_all()  # OUT's lock, for a caller that goes on
 
 
+def convert(work_fn, pending, work: Path, num_proc: int, bar) -> None:
+    """Run ``work_fn`` on every pending shard, archives read as one stream (``archives.spool``), in this process or a
+    pool of ``num_proc``; KeyboardInterrupt and OSError (a full disk) reach the caller, the spool stopped first."""
+    stop = threading.Event()
+    pending = archives.spool(pending, work / WORK / "spool", 2 * num_proc, stop)
+    if num_proc == 1:
+        for summary in map(work_fn, pending):  # in-process: simplest to debug and profile
+            bar.update(summary["files"])
+        return
+    # Ctrl-C reaches every process of the terminal's group: the workers ignore it from their start (an ignored
+    # signal is inherited), so the parent alone ends the run, in one line, not one traceback each
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        # spawn, not fork: the parent has library threads (pyarrow, tqdm's monitor) that fork would copy
+        pool = mp.get_context("spawn").Pool(num_proc)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    with pool:
+        try:
+            for summary in pool.imap_unordered(work_fn, pending):
+                bar.update(summary["files"])
+        finally:
+            stop.set()  # before the pool's exit joins the thread feeding it, which may wait in the spool
+
+
 def run(argv=None) -> None:
     cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.verify:
@@ -752,6 +875,7 @@ def run(argv=None) -> None:
     hold_output(out)
     finish_move(out)
     work = work_folder(out)
+    clear_replaced(out, swaps=cfg.overwrite and out.exists() and work.parent != out)
     check_output(out, None, cfg.overwrite)  # a folder that is not ours is refused before any listing
     try:
         listing = list_splits(data_dir, cfg.val_fraction, cfg.split_seed, cfg.eval_set, cfg.layout)
@@ -778,17 +902,16 @@ def run(argv=None) -> None:
     if listing.archives:  # the same paths from other archive files are other data
         job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
     if check_output(out, job, cfg.overwrite):
-        print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
-        return
+        return already_done(out)
     try:
         start_or_resume(work, job)
     except OSError as e:
         raise SystemExit(f"error: --output_dir {out}: cannot create {work} ({e.strerror or e})") from None
     shards = plan_shards(data_dir, splits, work, cfg.shard_size)
     pending = [s for s in shards if not os.path.exists(s.path)]
-    total = sum(len(s.items) for s in shards)
-    if len(pending) < len(shards):
-        print(f"resuming {work}: {len(shards) - len(pending)} of {len(shards)} shards already done")
+    total, kept = sum(len(s.items) for s in shards), len(shards) - len(pending)
+    if kept:
+        print(f"resuming {work}: {kept} of {len(shards)} shards already done")
 
     num_proc = min(cfg.num_proc or os.cpu_count() or 1, max(1, len(pending)))
     work_fn = functools.partial(process_shard, labels=ilsvrc.label_lookup(listing.names, listing.descriptions),
@@ -796,16 +919,8 @@ def run(argv=None) -> None:
                                 schema=make_features(listing.names).arrow_schema)
     bar = tqdm(total=total, initial=total - sum(len(s.items) for s in pending), unit="img", desc="preprocess",
                smoothing=0.05)
-    pending = archives.spool(pending, work / WORK / "spool", 2 * num_proc)  # archives read as one stream
     try:
-        if num_proc == 1:
-            for summary in map(work_fn, pending):  # in-process: simplest to debug and profile
-                bar.update(summary["files"])
-        else:
-            # spawn, not fork: the parent has library threads (pyarrow, tqdm's monitor) that fork would copy
-            with mp.get_context("spawn").Pool(num_proc) as pool:
-                for summary in pool.imap_unordered(work_fn, pending):
-                    bar.update(summary["files"])
+        convert(work_fn, pending, work, num_proc, bar)
     except KeyboardInterrupt:
         bar.close()  # its last state first, then the one line
         raise SystemExit(f"interrupted: finished shards are kept in {work}; run the same command to resume")
@@ -820,10 +935,9 @@ def run(argv=None) -> None:
 
     report = assemble(work, shards, listing, data_dir, cfg, job, started)
     if not put_in_place(work, out, job, cfg.overwrite):
-        print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
-        return
+        return already_done(out)
     shutil.rmtree(out / WORK)
-    print_summary(report, out)
+    print_summary(report, out, kept)
 
 
 if __name__ == "__main__":

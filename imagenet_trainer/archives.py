@@ -49,7 +49,7 @@ import os
 import shutil
 import struct
 import tarfile
-import time
+import threading
 import zipfile
 import zlib
 from collections import Counter
@@ -323,7 +323,7 @@ def _members_of(path: str, wanted: set):
                 yield (group, row), e
 
 
-def spool(shards, folder: Path, in_flight: int):
+def spool(shards, folder: Path, in_flight: int, stop: threading.Event | None = None):
     """Shards as they become readable. A shard whose members lie in a compressed tar (``STREAM``), or in Parquet row
     groups they are scattered over (``_spooled_read``), gets them copied into one spool file while each archive is
     read once, front to back, and is yielded, located in that file, once the last of them has passed; the worker
@@ -336,7 +336,11 @@ def spool(shards, folder: Path, in_flight: int):
     The spool survives a kill: each spool file has an index beside it (``.idx``, a JSON line per member, written
     after its bytes), and after each archive is read whole, ``progress.json`` records the archives done and every
     spool and index file's length. A rerun of the same job cuts the files back to those lengths and reads only the
-    archives not done (``_resume``): ImageNet's shuffled train split is about 140 GB of spool, hours of reading."""
+    archives not done (``_resume``): ImageNet's shuffled train split is about 140 GB of spool, hours of reading.
+
+    ``stop``, once set, ends the generator where it stands, as a kill would (the rerun keeps what the last progress
+    record covers): a pool's feeder thread runs it, and a pool ending on Ctrl-C or a worker's error joins that
+    thread after its workers, which delete the spool files it waits on, are gone."""
     shards = list(shards)
     streamed = [s for s in shards if _spooled_read(s)]
     job = resumed = None
@@ -353,7 +357,7 @@ def spool(shards, folder: Path, in_flight: int):
             raise SystemExit(f"error: the spool in {folder} needs about {need / 1e9:.1f} GB (the images of the "
                              f"shards read from compressed or shuffled archives), {free / 1e9:.1f} GB is free: free "
                              "space or give --output_dir on a larger disk")
-    return _spool(shards, streamed, folder, in_flight, job, resumed)
+    return _spool(shards, streamed, folder, in_flight, job, resumed, stop or threading.Event())
 
 
 PROGRESS = "progress.json"  # in the spool folder: what a rerun of the same job may keep
@@ -462,7 +466,7 @@ def spool_bytes(streamed) -> int:
     return total
 
 
-def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, resumed=None):
+def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, resumed, stop: threading.Event):
     yield from (s for s in shards if not _spooled_read(s))
     if not streamed:
         return
@@ -477,17 +481,27 @@ def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, res
         lengths[i] = [os.path.getsize(p) if p.exists() else 0 for p in (files[i][0], _index_file(files[i][0]))]
     written = set()  # shards appended to since the last progress record
 
-    def hand_over(i):
+    def room() -> bool:
+        """Whether a spool file may go to the workers: fewer than ``in_flight`` wait (each worker deletes its own
+        when done); False once ``stop`` is set."""
         while sum(p.exists() for p in waiting) >= in_flight:
-            time.sleep(0.05)
+            if stop.wait(0.05):
+                return False
+        return not stop.is_set()
+
+    def hand_over(i):
         waiting.append(files[i][0])
         return _spooled(streamed[i], *files[i])
 
     for i in [i for i, n in left.items() if n == 0]:  # complete in the spool a killed run left
+        if not room():
+            return
         yield hand_over(i)
     archive_paths = streamed[0].source["archives"]
     for at in sorted(set(need) - done):
         for name, data in _members_of(archive_paths[at], set(need[at])):
+            if stop.is_set():
+                return
             i, path = need[at][name]
             spool_file, located = files[i]
             if isinstance(data, OSError) or data is None:
@@ -509,6 +523,8 @@ def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, res
             written.add(i)
             left[i] -= 1
             if left[i] == 0:
+                if not room():
+                    return
                 yield hand_over(i)
         done.add(at)
         _record_progress(folder, job, done, {_shard_name(streamed[i]): n for i, n in lengths.items()},

@@ -162,38 +162,73 @@ def label_lookup(wnids, descriptions) -> dict[str, int]:
     return lookup
 
 
-def list_images(folder) -> list[str]:
-    """Sorted names of the files in ``folder`` (hidden files left out). os.scandir, not datasets' imagefolder: the
-    latter spends ~50 min resolving ImageNet's files (datasets #6359). File names must be UTF-8 (they are stored as
-    Arrow strings) and stems unique (the stem is the image id); either failing is a ValueError naming the file."""
+def scan(folder) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(files, folders, broken links) directly in ``folder``, each sorted by name, hidden entries left out. A broken
+    link, (name, why), is a link whose target is gone or cannot be reached (a loop of links): neither a file nor a
+    folder, and never fatal; its caller warns (``broken_link_warnings``)."""
+    files, folders, broken = [], [], []
     with os.scandir(folder) as it:
-        names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_symlink():
+                    os.stat(e.path)  # raises for a link whose target is gone or that loops
+                if e.is_file():
+                    files.append(e.name)
+                elif e.is_dir():
+                    folders.append(e.name)
+            except OSError as err:
+                why = "their target is gone" if isinstance(err, FileNotFoundError) else (err.strerror or str(err))
+                broken.append((e.name, why[0].lower() + why[1:]))
+    return sorted(files), sorted(folders), sorted(broken)
+
+
+def broken_link_warnings(broken, folder) -> list[str]:
+    """One warning per reason for the broken links ``scan`` found, their names relative to ``folder``."""
+    by_why = {}
+    for name, why in broken:
+        by_why.setdefault(why, []).append(name)
+    return [f"{len(names)} broken links ({why}) in {folder} left out, e.g. {names[0]}"
+            for why, names in sorted(by_why.items())]
+
+
+def list_images(folder) -> tuple[list[str], list[tuple[str, str]]]:
+    """(sorted names of the files in ``folder``, hidden files left out; its broken links, as ``scan`` gives them).
+    os.scandir, not datasets' imagefolder: the latter spends ~50 min resolving ImageNet's files (datasets #6359).
+    File names must be UTF-8 (they are stored as Arrow strings) and stems unique (the stem is the image id); either
+    failing is a ValueError naming the file."""
+    names, _, broken = scan(folder)
     stems = {}
     for name in names:
         try:
             name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{Path(folder) / name!r}: the file name is not valid UTF-8; rename it") from None
+        except UnicodeEncodeError:  # repr: the undecodable byte shows as \udcXX, which print() cannot encode
+            raise ValueError(f"{os.path.join(folder, name)!r}: the file name is not valid UTF-8; rename it") from None
         stem = os.path.splitext(name)[0]
         if stem in stems:
             raise ValueError(f"{Path(folder) / stems[stem]} and {name}: two files with one image id; remove one")
         stems[stem] = name
-    return names
+    return names, broken
 
 
-def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str]]:
-    """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder or with no file in it]) for the per-class
-    train folders (files in nested folders are not read: that class counts as empty)."""
+def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
+    """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder or with no file in it], broken links as
+    ``scan`` gives them, named relative to ``train_dir``) for the per-class train folders (files in nested folders
+    are not read: that class counts as empty)."""
     index = {w: i for i, w in enumerate(wnids)}
-    with os.scandir(train_dir) as it:
-        folders = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    _, folders, broken = scan(train_dir)
     unknown = [f for f in folders if f not in index]
     if unknown:
         raise ValueError(f"{Path(train_dir) / unknown[0]}: folder of unknown wnid {unknown[0]!r} "
                          f"(not in {SYNSET_MAPPING}; {len(unknown)} such folders)")
-    items = [(f"{wnid}/{name}", index[wnid]) for wnid in folders for name in list_images(Path(train_dir) / wnid)]
+    items = []
+    for wnid in folders:
+        names, links = list_images(Path(train_dir) / wnid)
+        items += [(f"{wnid}/{name}", index[wnid]) for name in names]
+        broken += [(f"{wnid}/{name}", why) for name, why in links]
     found = {rel.split("/", 1)[0] for rel, _ in items}
-    return items, [w for w in wnids if w not in found]
+    return items, [w for w in wnids if w not in found], broken
 
 
 def orient_box(box, orientation: int, width: int, height: int) -> tuple:

@@ -43,13 +43,11 @@ class Split(NamedTuple):
 
 
 def _subfolders(folder: Path) -> list[str]:
-    with os.scandir(folder) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    return ilsvrc.scan(folder)[1]
 
 
 def _has_images(folder: Path) -> bool:
-    with os.scandir(folder) as it:
-        return any(e.is_file() and e.name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS) for e in it)
+    return any(name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS) for name in ilsvrc.scan(folder)[0])
 
 
 def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
@@ -81,23 +79,22 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
     """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``."""
     classes = {}
     strays, nested, seen, links = [], 0, {}, []
-    dangling = _dangling(folder)
+    loose, broken = ilsvrc.list_images(folder)
     for name in _subfolders(folder):
         try:
             name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{folder / name!r}: the folder name is not valid UTF-8; rename it") from None
+        except UnicodeEncodeError:  # repr: the undecodable byte shows as \udcXX, which print() cannot encode
+            raise ValueError(f"{str(folder / name)!r}: the folder name is not valid UTF-8; rename it") from None
         real = os.path.realpath(folder / name)
         if real in seen:  # a link to a class folder listed already: the same images under a second label
             links.append(f"{name} -> {seen[real]}")
             continue
         seen[real] = name
-        dangling += [f"{name}/{d}" for d in _dangling(folder / name)]
-        files = ilsvrc.list_images(folder / name)
+        files, bad = ilsvrc.list_images(folder / name)
+        broken += [(f"{name}/{file}", why) for file, why in bad]
         classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
         strays += [f"{name}/{f}" for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
         nested += len(_subfolders(folder / name))
-    loose = ilsvrc.list_images(folder)
     warnings = []
     if loose:
         warnings.append(f"{len(loose)} files directly in {folder} left out (images go in a class folder), "
@@ -109,16 +106,7 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
     if links:
         warnings.append(f"{len(links)} folders in {folder} are the same folder as a class listed already, not "
                         f"listed twice: {', '.join(links[:3])}")
-    if dangling:
-        warnings.append(f"{len(dangling)} broken links (their target is gone) in {folder} left out, e.g. "
-                        f"{dangling[0]}")
-    return classes, warnings
-
-
-def _dangling(folder: Path) -> list[str]:
-    """Names of the links in ``folder`` whose target does not exist (scandir drops them from files and folders)."""
-    with os.scandir(folder) as it:
-        return sorted(e.name for e in it if e.is_symlink() and not os.path.exists(e.path))
+    return classes, warnings + ilsvrc.broken_link_warnings(broken, folder)
 
 
 def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
@@ -176,8 +164,10 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
     splits = {"train": Split(root, None, _items(classes, index, data_dir / root), {}, True)}
     for split, (folder, found) in held.items():
         if found is None:
-            files = [f for f in ilsvrc.list_images(data_dir / folder) if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
-            splits[split] = Split(folder, None, [(f, -1) for f in files], {})
+            files, broken = ilsvrc.list_images(data_dir / folder)
+            warnings += ilsvrc.broken_link_warnings(broken, data_dir / folder)
+            splits[split] = Split(folder, None, [(f, -1) for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)],
+                                  {})
         elif layout == CLASS_FOLDERS_SPLIT:
             splits[split] = Split(root, None, _items(found, index, data_dir / root), {}, True)
         else:
@@ -207,7 +197,8 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
             warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
                                                                  f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
 
-    train, missing = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
+    train, missing, broken = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
+    broken = [(f"{ilsvrc.SPLIT_DIRS['train']}/{name}", why) for name, why in broken]
     if missing:
         warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images (no folder, an "
                         f"empty one, or files only in subfolders), e.g. {missing[0]}")
@@ -216,7 +207,9 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
     val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
     index = {w: i for i, w in enumerate(wnids)}
     val, strays = [], []
-    for name in ilsvrc.list_images(val_dir):
+    val_files, links = ilsvrc.list_images(val_dir)
+    broken += [(f"{ilsvrc.SPLIT_DIRS['validation']}/{name}", why) for name, why in links]
+    for name in val_files:
         stem, ext = os.path.splitext(name)
         if stem not in val_csv and ext.lower() not in ilsvrc.IMAGE_EXTENSIONS:
             strays.append(name)  # a readme.txt: not an image, so not a val image without a label
@@ -237,7 +230,10 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
         "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
     }
     test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
-    test = [(name, -1) for name in ilsvrc.list_images(test_dir)] if test_dir.is_dir() else []
+    test_files, links = ilsvrc.list_images(test_dir) if test_dir.is_dir() else ([], [])
+    broken += [(f"{ilsvrc.SPLIT_DIRS['test']}/{name}", why) for name, why in links]
+    warnings += ilsvrc.broken_link_warnings(broken, data_dir)
+    test = [(name, -1) for name in test_files]
     if test:
         splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
     else:  # unlabelled anyway; people delete its 13 GB

@@ -23,6 +23,7 @@ from pathlib import Path
 
 LOCK_FILE = "run.lock"
 _HELD: dict[Path, "FolderLock"] = {}  # this process's locks, by file
+RECORD_START = b'{"host"'  # every record begins so: acquire writes the host first, release keeps the order
 LINGER_SECONDS = 15  # s to retry while the record says its holder is gone but the flock is still held
 
 
@@ -68,6 +69,11 @@ class FolderLock:
         self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if self.beside and not self._is_record(fd):  # beside the folder, in one of the user's: maybe their file
+            os.close(fd)
+            raise ValueError(f"{self.flag} {self.folder}: {self.path} is not a lock record of a run (a file of "
+                             f"yours?), and the run's lock would overwrite it: move it away or give another "
+                             f"{self.flag}")
         flocked = self._flock(fd)
         record = self._read(fd)
         if flocked is None:
@@ -124,6 +130,14 @@ class FolderLock:
                              f"it cannot be told whether that run still lives. If it has ended (its host crashed "
                              f"or was reclaimed), delete {self.path} and launch again")
         self.took_over = f"took over {self.path} from {_holder(record)}, which has ended"
+
+    @staticmethod
+    def _is_record(fd: int) -> bool:
+        """Whether the file is a record of a run, whole or damaged: empty (just created), cut short (its writer
+        died while writing) or NUL bytes (a host crash before the record reached the disk) all are; a user's file
+        does not begin as every record _write makes does."""
+        data = os.pread(fd, 1 << 16, 0).strip(b"\0")
+        return data.startswith(RECORD_START) or RECORD_START.startswith(data)
 
     @staticmethod
     def _read(fd: int) -> dict:

@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import datasets
@@ -438,6 +440,75 @@ def test_sigkilled_spool_resumes_without_reading_its_spooled_archives_again(pack
     assert list(resumed) == list(uninterrupted) == ["train", "validation", "test"]
     for split in uninterrupted:
         assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
+
+
+def assert_same_dataset(out: Path, reference: Path) -> None:
+    mine, theirs = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(reference))
+    assert list(mine) == list(theirs) == ["train", "validation", "test"]
+    for split in theirs:
+        assert mine[split].data.table.equals(theirs[split].data.table), split
+
+
+def ended(proc: subprocess.Popen, seconds: float = 60) -> str:
+    """The stderr of ``proc`` once it has ended; a failure, its process group killed, if it is still running after
+    ``seconds``."""
+    try:
+        return proc.communicate(timeout=seconds)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"still running {seconds} s later")
+
+
+# SIGTERM to the run (a batch system's stop), Ctrl-C (SIGINT to the terminal's process group, workers included)
+@pytest.mark.parametrize("packaging, stop", [("kaggle_unzipped_tgz", "SIGTERM"), ("hub", "SIGINT")])
+def test_a_stop_or_a_workers_error_mid_spool_ends_the_run_and_a_rerun_resumes(packaging, stop, tmp_path):
+    """With --num_proc 2 the spool is read by the pool's feeder thread, which waits while 2 x num_proc shards are
+    spooled for the workers; the pool's end joins it after ending the workers. A stop or a worker's error must
+    still end the run, the stop in its one line (no traceback per worker) with the lock released; the reruns give
+    the uninterrupted run's dataset."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
+    folder = getattr(demo_archives, packaging)(tree, tmp_path / "set")
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(folder), "--output_dir", str(out),
+            "--num_proc", "2", "--shard_size", "2", "--shorter_side", "64"]
+
+    def start():  # its own process group, with Ctrl-C's default action even where this one ignores it
+        return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    proc = start()
+    # the workers at work (a SIGINT before their interpreter is up ends them without a word, fixed or not) and the
+    # spool full of shards for them
+    while (len(list(work.glob("*/*.arrow"))) < 2 or len(list((work / preprocess.WORK / "spool").glob("*.bin"))) < 4
+           ) and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the signal must land mid-run"
+    if stop == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    err = ended(proc)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == f"interrupted: finished shards are kept in {work}; run the same command to resume"
+    assert not (tmp_path / "out.lock").exists() and not out.exists()
+
+    shards = preprocess.plan_shards(folder, preprocess.list_splits(folder, None, 0).splits, work, 2)
+    blocked = [Path(s.path + ".tmp") for s in shards if not os.path.exists(s.path)]
+    for path in blocked:  # where each worker writes its shard: a folder, so every worker raises at once
+        path.unlink(missing_ok=True)  # a shard the stop cut short
+        path.mkdir()
+    proc = start()
+    err = ended(proc)
+    assert proc.returncode == 1 and ".arrow.tmp is a directory" in err, err
+    for path in blocked:
+        path.rmdir()
+
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    run(folder, tmp_path / "fresh", "--shard_size", "2", "--shorter_side", "64")
+    assert_same_dataset(out, tmp_path / "fresh")
 
 
 def test_a_spool_that_does_not_match_its_progress_record_is_discarded_in_one_line(packaged, tmp_path, monkeypatch,

@@ -332,7 +332,7 @@ def break_tree(case: str, tree: Path, tmp_path: Path) -> tuple[Path, list[Path]]
     if case == "file_name_not_utf8":
         odd = val_dir / "ILSVRC2012_val_\udcff.JPEG"  # a byte that is not UTF-8, as Linux hands it to Python
         odd.write_bytes(b"x")
-        return tree, [repr(odd)]
+        return tree, [repr(str(odd))]
     raise AssertionError(case)
 
 
@@ -347,7 +347,7 @@ def test_bad_input_is_a_one_line_error_naming_the_path(case, clean_tree, tmp_pat
     with pytest.raises(SystemExit) as e:
         preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
     message = str(e.value.code)
-    assert message.startswith("error: ") and "\n" not in message
+    assert message.startswith("error: ") and "\n" not in message and "PosixPath" not in message
     assert all(str(n) in message for n in named), message
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
@@ -385,6 +385,8 @@ def test_script_error_exit_code_and_no_traceback(clean_tree, tmp_path):
         "(is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?)")
     proc = run_script("--data_dir", tree, "--output_dir", tmp_path / "out", "--quality", "0")
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --quality")
+    proc = run_script("--data_dir", tree, "--output_dir", tmp_path / "out", "--num_proc", "two")
+    assert proc.stderr.strip().splitlines()[-1] == "error: --num_proc must be an int, got 'two'"
 
 
 # ---- resume ----
@@ -424,7 +426,9 @@ def test_sigkilled_run_resumes_without_redoing_shards_and_gives_the_same_dataset
     for split in ("train", "validation", "test"):
         assert resumed[split].features == uninterrupted[split].features
         assert resumed[split].data.table.equals(uninterrupted[split].data.table), split
-    assert "validation" in rerun.stdout and "wrote" in rerun.stdout
+    assert "validation" in rerun.stdout
+    assert f"wrote {out} in " in rerun.stdout  # the seconds are the rerun's alone, and said to be
+    assert f" s (this run's time; {len(done)} shards were done by an earlier run)" in rerun.stdout
 
 
 def test_work_dir_of_another_job_is_discarded(clean_tree, tmp_path, capsys):
@@ -485,13 +489,16 @@ def test_strays_empty_classes_and_unreadable_xml_are_reported_not_fatal(clean_tr
     for p in (train_dir / wnid).glob("*.JPEG"):
         p.rename(nested / p.name)
     xml = tree / ilsvrc.ANNOTATION_DIRS["validation"] / (sorted(val_dir.glob("*.JPEG"))[0].stem + ".xml")
-    xml.unlink(missing_ok=True)
-    xml.mkdir()  # unreadable as a file
+    train_xml = sorted((tree / ilsvrc.ANNOTATION_DIRS["train"]).glob("n*/*.xml"))[-1]  # of the other class
+    for path in (xml, train_xml):
+        path.unlink(missing_ok=True)
+        path.mkdir()  # unreadable as a file
     preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
     printed = capsys.readouterr().out
     assert "warning: 1 non-image files in" in printed and "readme.txt" in printed
     assert "1 classes of LOC_synset_mapping.txt have no train images" in printed and wnid in printed
-    assert "1 annotation files could not be read" in printed
+    assert ("2 annotation files could not be read: 1 train (those images have no boxes), 1 validation (those "
+            "images keep their boxes from the CSV)") in printed
     report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
     assert any(str(xml) in e for e in report["annotation_errors"])
     dd = datasets.load_from_disk(str(tmp_path / "out"))
@@ -744,6 +751,165 @@ def test_an_output_without_manifest_needs_overwrite(clean_tree, finished):
     assert (finished / "preprocess_manifest.json").is_file()
 
 
+# preprocess.py SIGKILLed inside --overwrite's swap ($KILL_AT): "noted" with the output it replaces marked, not yet
+# moved aside; "between" the two renames (that output moved aside, the new one not yet in); "deleting" midway through
+# deleting the output it replaced (after its first entry)
+KILLED_IN_SWAP = """
+import os, shutil, signal, sys
+from pathlib import Path
+import preprocess
+
+rename, rmtree = os.replace, shutil.rmtree
+
+def replace(src, dst):
+    if str(dst).endswith(".old") and os.environ["KILL_AT"] == "noted":
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst)
+    if str(dst).endswith(".old") and os.environ["KILL_AT"] == "between":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def delete(path, *args, **kwargs):
+    rmtree(path, *args, **kwargs)
+    if Path(path).parent.name.endswith(".old") and os.environ["KILL_AT"] == "deleting":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace, shutil.rmtree = replace, delete
+preprocess.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["noted", "between", "deleting"])
+def test_a_kill_inside_an_overwrites_swap_leaves_nothing_after_the_next_run(kill_at, clean_tree, finished):
+    """--overwrite marks the output it replaces, moves it aside (.OUT.old, hidden, as large as the dataset), renames
+    the new one into place, deletes the old one, then OUT/.work. Killed in between, the next run removes what is
+    left, in one line, whether it finds the new output done or finishes it."""
+    old = finished.with_name(f".{finished.name}.old")
+    args = ["--data_dir", clean_tree, "--output_dir", finished, "--num_proc", "1", "--quality", "80"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_SWAP, *map(str, args), "--overwrite"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "KILL_AT": kill_at})
+    assert killed.returncode == -9 and old.is_dir() == (kill_at != "noted"), killed.stderr
+    assert (finished / preprocess.WORK).is_dir() == (kill_at != "between")
+
+    rerun = run_script(*args, *(["--overwrite"] if kill_at == "noted" else []))
+    assert rerun.returncode == 0, rerun.stderr
+    assert (f"removed {old} (0.0 GB): the output an --overwrite replaced, left by a run killed before deleting it"
+            in rerun.stdout) == (kill_at != "noted")
+    assert (f"{finished}: already done" in rerun.stdout) == (kill_at == "deleting")
+    assert sorted(os.listdir(finished.parent)) == [finished.name] and not (finished / preprocess.WORK).exists()
+    assert output_manifest.read(finished)["job"]["quality"] == 80 and output_manifest.verify(finished)[0] == []
+
+
+def users_folder(old: Path, kind: str) -> None:
+    """Something of a user's named .OUT.old: a folder only the names of its entries tell from an output cut short
+    while it was deleted, an empty one, a link to a folder of theirs, a file."""
+    if kind == "work_notes":
+        (old / preprocess.WORK / "thesis").mkdir(parents=True)
+        (old / preprocess.WORK / "thesis" / "chapter1.tex").write_text("3 years of work\n")
+        (old / "config.yaml").write_text("my: config\n")
+    elif kind == "save_to_disk":
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"x": [1, 2]})}).save_to_disk(str(old))
+    elif kind == "empty":
+        old.mkdir()
+    elif kind == "link":
+        (old.parent / "mine").mkdir()
+        (old.parent / "mine" / "notes.txt").write_text("x\n")
+        old.symlink_to(old.parent / "mine")
+    else:
+        old.write_text("mine\n")
+
+
+def snapshot(path: Path) -> dict:
+    if path.is_symlink() or path.is_file():
+        return {".": os.readlink(path) if path.is_symlink() else path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("kind", ["work_notes", "save_to_disk", "empty", "link", "file"])
+def test_a_users_thing_named_like_the_replaced_output_is_never_deleted(kind, clean_tree, finished, tmp_path):
+    """Only an output an --overwrite of this script moved aside is deleted as .OUT.old; a user's folder, link or file
+    of that name is left alone by every run, and refused before any work by an --overwrite that needs the name."""
+    old = finished.with_name(f".{finished.name}.old")
+    users_folder(old, kind)
+    before, output = snapshot(old), arrow_files(finished)
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1"]
+    with pytest.raises(SystemExit, match="no such folder"):
+        preprocess.main(["--data_dir", str(tmp_path / "does_not_exist"), "--output_dir", str(finished)])
+    preprocess.main(args)  # found done: no swap
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "new"), "--num_proc", "1",
+                     "--overwrite"])  # nothing to replace
+    with pytest.raises(SystemExit) as e:
+        preprocess.main([*args, "--quality", "80", "--overwrite"])
+    assert str(e.value.code) == (
+        f"error: --output_dir {finished}: --overwrite moves the output it replaces to {old}, which holds something "
+        "else (a file, link or folder of yours?); move it away or rename it, then run again")
+    assert snapshot(old) == before and arrow_files(finished) == output
+    assert not (finished.parent / "pp.tmp").exists()  # refused before any work
+
+
+def test_a_users_file_named_like_the_lock_is_refused_not_overwritten(clean_tree, tmp_path):
+    """OUT's lock file sits beside OUT, in a folder of the user's: a file of theirs there is no stale lock."""
+    notes, out = tmp_path / "out.lock", tmp_path / "out"
+    notes.write_text("my notes\n")
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
+    assert str(e.value.code) == (f"error: --output_dir {out}: {notes} is not a lock record of a run (a file of "
+                                 "yours?), and the run's lock would overwrite it: move it away or give another "
+                                 "--output_dir")
+    assert notes.read_text() == "my notes\n" and not out.exists()
+
+
+@pytest.mark.parametrize("record", [b'{"host": "vm", "pid": 12', b'{"ho', b"\0" * 40, b'{"host": "vm"}\n',
+                                    b'{"host": "vm", "pid": 1\0\0\0\0'])
+def test_a_damaged_lock_record_is_taken_over(record, clean_tree, tmp_path):
+    """A lock record cut short while written, or NUL bytes where a host crash lost it, is a run's, not a user's."""
+    lock, out = tmp_path / "out.lock", tmp_path / "out"
+    lock.write_bytes(record)
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"])
+    assert output_manifest.verify(out)[0] == [] and not lock.exists()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None and os.geteuid() == 0, reason="root reads any file without "
+                    "setpriv(1) to drop that capability")
+def test_files_skipped_as_unreadable_are_named_when_the_output_is_found_done(clean_tree, tmp_path):
+    """A file skipped for its permissions (not for its bytes) may read later: a finished output says how many, and
+    that --overwrite reads them again."""
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    locked = sorted((tree / ilsvrc.SPLIT_DIRS["train"]).glob("n*/*.JPEG"))[0]
+    locked.chmod(0)
+    as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    args = [*as_user, sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir",
+            str(tmp_path / "out"), "--num_proc", "1"]
+    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and f"[Errno 13] Permission denied: '{locked}'" in first.stdout, first.stderr
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.stdout.splitlines()[-1] == (
+        f"{tmp_path / 'out'}: 1 files were skipped as unreadable (e.g. [Errno 13] Permission denied: '{locked}'); if "
+        "they read now, add --overwrite to rebuild the output with them")
+
+
+@pytest.mark.parametrize("layout", ["ilsvrc", "own"])
+def test_broken_and_looping_links_are_warned_about_not_fatal(layout, clean_tree, tmp_path, capsys):
+    """A link whose target is gone, and one that points at itself (ELOOP on every read), in a class folder: each is
+    left out with a warning saying why, on Kaggle's tree and on a user's."""
+    if layout == "ilsvrc":
+        root = tmp_path / "kaggle"
+        shutil.copytree(clean_tree, root)
+        rel, extra = f"{ilsvrc.SPLIT_DIRS['train']}/{manifest(clean_tree)['wnids'][0]}", []
+    else:
+        root = class_tree(clean_tree, tmp_path / "photos", NAMES[:2], "one_tree")
+        rel, extra = sorted(NAMES[:2])[0], ["--val_fraction", "0.2"]
+    (root / rel / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    (root / rel / "loop.JPEG").symlink_to(root / rel / "loop.JPEG")
+    preprocess.main(["--data_dir", str(root), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", *extra])
+    printed = capsys.readouterr().out
+    assert f"warning: 1 broken links (their target is gone) in {root} left out, e.g. {rel}/gone.JPEG" in printed
+    assert (f"warning: 1 broken links (too many levels of symbolic links) in {root} left out, e.g. {rel}/loop.JPEG"
+            in printed)
+    dd = datasets.load_from_disk(str(tmp_path / "out"))
+    assert sum(ds.num_rows for ds in dd.values()) == len([p for p in root.rglob("*.JPEG") if p.is_file()])
+
+
 def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tmp_path):
     out = tmp_path / "made_with_mkdir"
     out.mkdir()
@@ -801,7 +967,7 @@ def test_overwrite_of_an_output_on_its_own_mount_point_builds_inside_it(clean_tr
     def busy(*args):
         raise OSError(16, "Device or resource busy")  # os.replace of a mount point
 
-    monkeypatch.setattr(preprocess, "replace_dir", busy)
+    monkeypatch.setattr(preprocess, "swap_in", busy)
     preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1", "--quality", "80",
                      "--overwrite"])
     assert output_manifest.read(out)["job"]["quality"] == 80 and output_manifest.verify(out)[0] == []

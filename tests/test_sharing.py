@@ -375,3 +375,14 @@ def test_a_parquet_folder_exported_anew_is_not_read_from_a_stale_cache(tmp_path,
     assert first_image(first) == b"new export, same folder"
     other = export(tmp_path / "b" / "imagenet-parquet", b"another folder of that name")
     assert first_image(other) == b"another folder of that name"
+
+
+def test_an_export_into_a_new_folder_leaves_a_users_old_folder_beside_it(tmp_path):
+    """runinfo.replace_dir moves FOLDER aside as .FOLDER.old only when it replaces it: an export into a new folder
+    (train.py's final/, hub_dataset's) leaves a folder of the user's of that name alone."""
+    mine = tmp_path / ".final.old"
+    mine.mkdir()
+    (mine / "my_notes.txt").write_text("notes\n")
+    model = modeling.create_model("blocknet_tiny", num_classes=3)
+    modeling.save_pretrained(model, tmp_path / "final", label_names=["n01440764", "n01443537", "n01484850"])
+    assert (mine / "my_notes.txt").read_text() == "notes\n" and (tmp_path / "final" / "model.safetensors").is_file()
