@@ -18,7 +18,8 @@ reclaims) to any rank makes all ranks checkpoint at the same optimizer step and 
 leaving STOPPED_RECORD in the run folder (imagenet_trainer/stop_signals.py). One process stops at the next step;
 several agree at the next --log_every_steps boundary, the one point per interval where the ranks talk to the host.
 During an evaluation they stop at its next batch, the trained epoch checkpointed with its evaluation pending (the
-resume runs it first). A checkpoint every --save_every_minutes bounds what a SIGKILL can cost.
+resume runs it first). Ctrl-C (SIGINT) stops the same way; a second one at once. A checkpoint every
+--save_every_minutes bounds what a SIGKILL can cost.
 
 Longer than 400 lines because the recipe and the steps only training takes stay in the one file a reader follows:
 set-up, data, model, resume, the epoch (EpochTrainer), evaluation, checkpoint, export. What other scripts share or
@@ -36,7 +37,7 @@ if __name__ == "__main__":  # before the heavy imports: a stop signal in the fir
     # and the DataLoader workers' fork server imports what they need beside this process's imports, not after them
     from imagenet_trainer import stop_signals, worker_processes
 
-    stop_signals.install()
+    stop_signals.install(ctrl_c=True)
     worker_processes.start_early(sys.argv[1:])
 
 import enum
@@ -76,7 +77,7 @@ from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
                                            on_device)
 from imagenet_trainer.process_exit import exit_now
-from imagenet_trainer.run_folder import check_output_dir, hold_output_dir, refuse_together
+from imagenet_trainer.run_folder import cannot_write, check_output_dir, hold_output_dir, refuse_together
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
@@ -94,14 +95,14 @@ class TrainConfig:
     output_dir: str = ""  # run folder; empty means runs/<model>
     # schedule
     epochs: int = 90  # full passes over train; the cosine schedule spans epochs * steps_per_epoch
-    max_train_steps: int = 0  # optimizer steps; > 0 stops early (smoke tests), the schedule still spans it
+    max_train_steps: int = 0  # optimizer steps; > 0 stops early (smoke tests), the cosine fitted to it, not the warmup
     batch_size: int = 128  # images per device per micro-batch
     grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch * accum * processes)
     lr: float = 0.1  # peak LR per 256 images of global batch, scaled linearly (Goyal et al. 2017)
     warmup_epochs: float = 5.0  # linear warmup from 0, applied per step (Goyal et al. 2017)
     min_lr: float = 0.0  # cosine floor (Loshchilov & Hutter 2017), absolute
     optimizer: str = "sgd"  # timm name: sgd (Nesterov), adamw, lamb, ...
-    momentum: float = 0.9  # SGD momentum / Adam beta1 is left at its default
+    momentum: float = 0.9  # SGD momentum (Adam's beta1 stays at its default)
     weight_decay: float = 5e-5  # not applied to norm weights or biases (timm filter_bias_and_bn)
     clip_grad: float = 0.0  # max global grad norm; 0 disables
     label_smoothing: float = 0.1  # Szegedy et al. 2016; torchvision/timm recipes use 0.1
@@ -124,15 +125,16 @@ class TrainConfig:
     channels_last: bool = True  # NHWC is what cuDNN's fastest conv kernels and tensor cores want
     compile: bool = False  # torch.compile the model (minutes of compile time for ~1.3x steady-state speed)
     sync_bn: bool = False  # SyncBatchNorm across processes; needs an accelerator backend (NCCL), not gloo
-    num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one for
-    # itself (loader_workers). JPEG decoding is the CPU bottleneck: BENCHMARKS.md's GPU check gives the cores a GPU needs
+    num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one
+    # (the process's own, which runs the step: loader_workers). JPEG decoding is the CPU bottleneck: BENCHMARKS.md's
+    # GPU check gives the cores a GPU needs
     seed: int = 0  # seeds init, sampler order, augmentation and per-step randomness
     # a flipped byte costs one image; more than a few mean a damaged copy, which preprocess.py --verify names
     max_bad_samples: int = 10  # undecodable images (train: replaced, eval: left out) tolerated before the run stops
     # checkpoints, logging, sharing
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
-    save_every_minutes: float = 30.0  # also checkpoint when this many minutes passed since the last one (0: off):
-    # what a SIGKILL (host crash, OOM kill, preemption without grace) costs at most, while the checkpoint writes
+    save_every_minutes: float = 30.0  # also checkpoint when this many minutes passed since the last one (0: off)
+    # This bounds what a SIGKILL (host crash, OOM kill, preemption without grace) costs, while the checkpoint writes
     # take a small share of the run; an epoch-end checkpoint alone can be hours apart for big nets on one GPU.
     # Checked at --log_every_steps boundaries.
     keep_last: int = 2  # checkpoints kept besides the best one
@@ -147,6 +149,8 @@ class TrainConfig:
     def __post_init__(self):  # every flag's range, before anything starts; NaN fails every comparison below
         if self.auto_augment.lower() == "none":
             self.auto_augment = ""
+        if self.auto_augment not in ("", "ra", "ta"):
+            raise SystemExit(f'error: --auto_augment {self.auto_augment!r}: use "" (none), ra or ta')
         if self.model.startswith("local-dir:"):  # absolute: config.yaml's copies are read from other folders
             self.model = "local-dir:" + str(Path(self.model.removeprefix("local-dir:")).expanduser().resolve())
         trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
@@ -175,6 +179,7 @@ class TrainConfig:
                 ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
                 ("drop_rate", self.drop_rate is None or 0 <= self.drop_rate < 1, "in [0, 1) or none"),
                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: off; timm uses 0.9998)"),
+                ("scale_min", 0 < self.scale_min <= 1, "in (0, 1] (a share of the image's area)"),
                 ("report_to", self.report_to in trackers, f"one of {', '.join(trackers)}"),
                 ("report_to", self.report_to in ("none", "all") or self.report_to not in trackers  # said above
                  or importlib.util.find_spec(self.report_to)
@@ -195,6 +200,8 @@ class TrainState:
         self.train_seconds = 0.0  # wall-clock of the epochs and evaluations so far, over all launches (model card)
         self.eval_pending = None  # the metrics row of a trained epoch whose evaluation a stop signal cut short: the
         # resume evaluates it first
+        self.last_row = None  # the last epoch's metrics row, as logged: saved with its checkpoint before the append,
+        # so a launch that ends between the two leaves the row to the resume (log_saved_row)
 
     def state_dict(self):
         return dict(vars(self))
@@ -233,7 +240,8 @@ def main(argv=None):
     # SyncBatchNorm/channels_last, FSDP, optimizer, schedule
     model = convert_norm_and_memory_format(model, cfg, accelerator)
     model = prepare_fsdp(model, accelerator)  # a no-op unless the launch config asks for FSDP
-    optimizer, lr_at = build_optimizer(model, cfg, accelerator.num_processes, steps_per_epoch, total_steps)
+    optimizer, lr_at = build_optimizer(model, cfg, accelerator.num_processes, steps_per_epoch, total_steps,
+                                       print_fn=accelerator.print)
 
     # prepare, compile, EMA, resume
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
@@ -245,6 +253,7 @@ def main(argv=None):
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     startup["prepare"] = time.monotonic()
     resumed_from = resume(accelerator, state, optimizer, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
+    log_saved_row(accelerator, state.last_row, run_dir)
     if state.step >= total_steps and not state.eval_pending:  # resumed at or past the end this launch's flags set
         accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
         accelerator.end_training()
@@ -278,9 +287,12 @@ def main(argv=None):
                 save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
                 exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir, signal=True)
             row, state.eval_pending = {**state.eval_pending, **scores}, None
-            row["checkpoint_s"] += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
+            # the row goes into the checkpoint (a launch ended before log_epoch leaves it to the resume), its
+            # checkpoint_s there without this save's seconds
+            state.last_row = count_bad_samples(accelerator, row, bad, cfg.eval_split)
+            checkpoint_s = save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
             stop.saved()
-            log_epoch(accelerator, row, run_dir, bar, bad, cfg.eval_split)
+            log_epoch(accelerator, {**row, "checkpoint_s": row["checkpoint_s"] + checkpoint_s}, run_dir, bar)
             # a stop signal that came during the epoch's last step, the export or the checkpoint
             exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
                              signal=state.step < total_steps and stop.agreed(accelerator))
@@ -366,10 +378,21 @@ def start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, res
     """The launch's records, written once the start-up checks have passed (so a failed start leaves nothing that
     blocks its own command): run_dir's for a fresh start, run_dir/resumes/<UTC time>/ for a resume (names sort in
     launch order). A stop record of an earlier launch goes: this one is running. `startup`: each set-up phase's
-    end (time.monotonic(), in main's order)."""
+    end (time.monotonic(), in main's order). A folder that refuses the writes ends the launch on every rank."""
+    refusal = None
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / STOPPED_RECORD).unlink(missing_ok=True)
+        try:
+            write_start_records(accelerator, cfg, run_dir, resumed, startup)
+        except OSError as e:  # a disk that filled since the lock was written, a quota
+            refusal = cannot_write(run_dir, e)
+    refuse_together(accelerator, refusal)
+
+
+def write_start_records(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path, resumed: bool,
+                        startup: dict[str, float]) -> None:
+    """start_records' writes, on the main process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STOPPED_RECORD).unlink(missing_ok=True)
     first = not resumed or not (run_dir / "run_info.json").exists()
     now = time.monotonic()
     ends = {"imports": IMPORTED, **startup, "resume": now}
@@ -447,8 +470,8 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
                            interpolation=data_cfg["interpolation"])
         sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
                                    rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
-    except ValueError as e:
-        raise SystemExit(f"error: {e} (check --batch_size, --grad_accum_steps, --auto_augment, --scale_min)") from None
+    except ValueError as e:  # the flags TrainSet takes are checked by TrainConfig: this is the sampler's batching
+        raise SystemExit(f"error: {e} (check --batch_size, --grad_accum_steps)") from None
     workers = loader_workers(cfg.num_workers, print_fn=accelerator.print)
     largest = max(cfg.image_size, eval_size) ** 2 * 3 * cfg.batch_size  # bytes of a uint8 batch
     check_shm(workers, largest, local_processes())
@@ -477,8 +500,9 @@ def count_steps(cfg: TrainConfig, train_loader, num_processes: int) -> tuple[int
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int, steps_per_epoch: int,
-                    total_steps: int):
-    """(--optimizer over `model`'s parameters, the LR of each optimizer step): --lr scaled to the global batch."""
+                    total_steps: int, print_fn=print):
+    """(--optimizer over `model`'s parameters, the LR of each optimizer step): --lr scaled to the global batch.
+    ``print_fn`` says so when the run ends within the warmup, which --max_train_steps does not shorten."""
     global_batch = cfg.batch_size * cfg.grad_accum_steps * num_processes
     peak_lr = cfg.lr * global_batch / 256
     try:
@@ -486,8 +510,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
                                         momentum=cfg.momentum)
     except ValueError as e:
         raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
-    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                              total_steps=total_steps, min_lr=cfg.min_lr)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    lr_at = functools.partial(cosine_lr, peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps,
+                              min_lr=cfg.min_lr)
+    if total_steps <= warmup_steps:
+        ends = f"--max_train_steps {cfg.max_train_steps}" if cfg.max_train_steps else f"--epochs {cfg.epochs}"
+        print_fn(f"note: {ends} ends the run within the {warmup_steps} warmup steps of --warmup_epochs "
+                 f"{cfg.warmup_epochs:g}, which it does not shorten: the LR never leaves warmup (last step "
+                 f"{lr_at(total_steps - 1):.3g}, peak {peak_lr:.3g})")
     return optimizer, lr_at
 
 
@@ -571,12 +601,16 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
                           f"{batching['num_processes']} with --grad_accum_steps {batching['grad_accum_steps']}: the "
                           "same global batches")
         state.batching = batching
+    check_seed(path, cfg.seed, state)
     # accelerate's micro-batch count decides which micro-batch ends an accumulation: in this launch's units
     accelerator.step = state.step * batching["grad_accum_steps"]
     pending = ", first the evaluation a stop signal cut short there" if state.eval_pending else ""
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}{pending}")
     if changed := keep_launch_flags(optimizer, flags):
         accelerator.print(f"the checkpoint was saved with other optimizer settings; this launch's apply: "
+                          f"{', '.join(changed)}")
+    if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
+        accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)
@@ -593,11 +627,15 @@ def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int, best_to
     stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
     folder = ckpt_dir / checkpoints.SET_ASIDE / stamp
     moved = ["checkpoints"] if checkpoints.set_aside_later_steps(ckpt_dir, step, stamp) else []
-    if rows := checkpoints.set_aside_later_rows(ckpt_dir.parent / "metrics.jsonl", step, folder):  # run_dir's
+    rows, damaged = checkpoints.set_aside_later_rows(ckpt_dir.parent / "metrics.jsonl", step, folder)  # run_dir's
+    if rows:
         moved.append(f"{rows} metrics.jsonl row{'s' * (rows != 1)}")
     if moved:
         accelerator.print(f"the {' and '.join(moved)} past step {step} belong to the run this resume leaves: moved "
                           f"to {folder} (delete it once not needed)")
+    if damaged:
+        accelerator.print(f"{damaged} damaged line{'s' * (damaged != 1)} of {ckpt_dir.parent / 'metrics.jsonl'} "
+                          f"(no JSON row: an append a kill cut short, or changed bytes) moved to {folder}")
     top1 = max((row.get(k, -1.0) for row in checkpoints.rows_of(folder / "metrics.jsonl")
                 for k in ("val_top1", "ema_val_top1")), default=-1.0) if rows else -1.0
     if top1 > best_top1:
@@ -607,6 +645,21 @@ def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int, best_to
 
 
 OPTIMIZER_FLAGS = ("weight_decay", "momentum")  # the optimizer hyper-parameters set from flags (lr: every step)
+# the flags a resume refuses or reports on their own, or that say where the run is rather than what it trains:
+# resume's list of the other changed ones leaves them out
+RESUME_CHECKED = {"resume_from_checkpoint", "output_dir", "model", "optimizer", "batch_size", "grad_accum_steps",
+                  *OPTIMIZER_FLAGS}
+
+
+def check_seed(path: Path, seed: int, state: TrainState) -> None:
+    """Refuse another --seed than the checkpoint's mid-epoch: the sampler's order comes from (seed, epoch), so the
+    rest of the epoch would be another permutation's, some images read twice in the epoch and others never."""
+    saved = (checkpoints.saved_config(path) or {}).get("seed", seed)
+    if saved != seed and state.batch_in_epoch:
+        raise SystemExit(f"error: --seed {seed}: --resume_from_checkpoint {path} was saved mid-epoch (epoch "
+                         f"{state.epoch}, batch {state.batch_in_epoch}) with --seed {saved}, and another seed reorders "
+                         f"the rest of the epoch (images seen twice or not at all); resume with --seed {saved}, or "
+                         "from an epoch-end checkpoint")
 
 
 def keep_launch_flags(optimizer, flags: list[dict]) -> list[str]:
@@ -845,9 +898,12 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
             raise
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        intact = latest_checkpoint(ckpt_dir)
+        then = (f"{intact} is intact: free space, then --resume_from_checkpoint latest" if intact else
+                "no checkpoint was saved yet: free space, then run again (--resume_from_checkpoint latest then starts "
+                "from scratch)")
         raise SystemExit(f"error: checkpoint {final.name}: no space left on {ckpt_dir} "
-                         f"({checkpoints.free_bytes(ckpt_dir) / 1e9:.1f} GB free); {latest_checkpoint(ckpt_dir)} "
-                         "is intact: free space, then --resume_from_checkpoint latest") from None
+                         f"({checkpoints.free_space(ckpt_dir)}); {then}") from None
     if accelerator.is_main_process:
         # the step saved again (a resume that ran the evaluation a stop cut short): the earlier save steps aside by a
         # rename, not a delete, so the step has no checkpoint for the moment between two renames only
@@ -867,19 +923,41 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     return time.perf_counter() - started
 
 
-def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar, bad: BadSamples, eval_split: str) -> None:
-    """One row to the trackers, run_dir/metrics.jsonl and the console, with `bad_samples`: the run's undecodable
-    images so far, listed in run_dir/bad_samples.json (every rank's); past --max_bad_samples the run stops after it
-    (exit_if_stopping)."""
+def count_bad_samples(accelerator: Accelerator, row: dict, bad: BadSamples, eval_split: str) -> dict:
+    """`row` with `bad_samples`: the run's undecodable images so far, its evaluation's left-out rows among them,
+    listed in run_dir/bad_samples.json (every rank's: a collective); past --max_bad_samples the run stops after the
+    epoch's checkpoint (exit_if_stopping)."""
     for key in [k for k in row if k.endswith("left_out_rows")]:
         bad.add_left_out(eval_split, row.pop(key), warn=accelerator.is_main_process)
     bad.share(accelerator)
     row["bad_samples"] = len(bad.shared)
+    return row
+
+
+def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
+    """One row to the trackers, run_dir/metrics.jsonl and the console."""
     accelerator.log(row, step=row["step"])
     if accelerator.is_main_process:
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(run_dir, row)
         bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
+def append_row(run_dir: Path, row: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def log_saved_row(accelerator: Accelerator, row: dict | None, run_dir: Path) -> None:
+    """The epoch row a resumed checkpoint carries (TrainState.last_row), appended to run_dir/metrics.jsonl when that
+    lacks its step: the launch that saved it ended before the append. Not sent to --report_to's trackers, which this
+    launch has not started yet (and may never: nothing left to do)."""
+    metrics_file = run_dir / "metrics.jsonl"
+    if not accelerator.is_main_process or row is None or metrics_file.is_file() and any(
+            logged.get("step") == row["step"] for logged in checkpoints.rows_of(metrics_file)):
+        return
+    append_row(run_dir, row)
+    accelerator.print(f"{metrics_file}: appended the row of step {row['step']} from its checkpoint (the launch that "
+                      "saved it ended before writing it; its checkpoint_s lacks that save, trackers do not get it)")
 
 
 def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples, step: int, ckpt_dir: Path,
@@ -918,7 +996,7 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
                 raise
             earlier = "the earlier export there is unchanged" if out_dir.is_dir() else "nothing of it is left"
             full_disk = (f"error: export {out_dir}: no space left on {out_dir.parent} "
-                         f"({checkpoints.free_bytes(out_dir.parent) / 1e9:.1f} GB free); {earlier}. Free space, "
+                         f"({checkpoints.free_space(out_dir.parent)}); {earlier}. Free space, "
                          "then --resume_from_checkpoint latest trains on from the last checkpoint and exports again")
     refuse_together(accelerator, full_disk)
 

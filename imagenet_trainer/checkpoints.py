@@ -130,28 +130,30 @@ def set_aside_later_steps(ckpt_dir: Path, step: int, stamp: str) -> Path | None:
     return folder
 
 
-def set_aside_later_rows(metrics: Path, step: int, folder: Path) -> int:
+def set_aside_later_rows(metrics: Path, step: int, folder: Path) -> tuple[int, int]:
     """Move the rows of ``metrics`` (a run's metrics.jsonl) past ``step`` (a resume's) to ``folder/metrics.jsonl``;
-    how many. They are the history of the run the resume leaves: kept in place, this run's rows would follow them
-    (curves that run to the abandoned branch's end and back, and its best epoch reported as this run's). A line that
-    is no JSON row (an append a kill cut short) goes with them, so this run's first row starts a line of its own.
-    The set-aside copy is written before the rewrite: a kill between the two leaves a row twice, never none."""
+    how many, and how many of the lines moved are damaged. Rows past ``step`` are the history of the run the resume
+    leaves: kept in place, this run's rows would follow them (curves that run to the abandoned branch's end and back,
+    and its best epoch reported as this run's). A line that is no JSON row (an append a kill cut short, a changed
+    byte) goes with them, so this run's first row starts a line of its own. The set-aside copy is written before the
+    rewrite: a kill between the two leaves a row twice, never none."""
     metrics = Path(metrics)
     if not metrics.is_file():
-        return 0
-    keep, later = [], []
+        return 0, 0
+    keep, later, damaged = [], [], 0
     for line in metrics.read_text().splitlines(keepends=True):
         try:
             row_step = json.loads(line)["step"]
         except (ValueError, KeyError, TypeError):
             row_step = None
+        damaged += not isinstance(row_step, int)
         (keep if isinstance(row_step, int) and row_step <= step else later).append(line)
     if not later:
-        return 0
+        return 0, 0
     later[-1] = later[-1].rstrip("\n") + "\n"
     atomic_write_text(Path(folder) / metrics.name, "".join(later))
     atomic_write_text(metrics, "".join(keep))
-    return len(later)
+    return len(later) - damaged, damaged
 
 
 def rows_of(metrics: Path) -> list[dict]:
@@ -199,17 +201,31 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     return path
 
 
-def setting_mismatch(folder: Path, cfg) -> str | None:
-    """How the launch recorded in ``folder``/config.yaml differs from ``cfg`` in what a checkpoint's state cannot
-    follow (the model, the optimizer's kind of state, EMA on or off), as "was saved with ..., this launch has ...";
-    None when they agree or the checkpoint holds no config.yaml."""
+def saved_config(folder: Path) -> dict | None:
+    """The flags of the launch that saved the checkpoint ``folder`` (its config.yaml), or None when it has none."""
     import yaml  # noqa: PLC0415 (only resumes read it)
 
     try:
         saved = yaml.safe_load((Path(folder) / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    if not isinstance(saved, dict):
+    return saved if isinstance(saved, dict) else None
+
+
+def changed_flags(folder: Path, cfg, skip: set[str]) -> list[str]:
+    """The flags of ``cfg`` (a dataclass) whose value differs from the checkpoint ``folder``'s config.yaml, as
+    "--flag saved -> now", but those in ``skip``; none when it has no config.yaml (or lacks the flag: an older one)."""
+    saved = saved_config(folder) or {}
+    return [f"--{k} {saved[k]} -> {v}" for k, v in vars(cfg).items() if k in saved and k not in skip
+            and saved[k] != v]
+
+
+def setting_mismatch(folder: Path, cfg) -> str | None:
+    """How the launch recorded in ``folder``/config.yaml differs from ``cfg`` in what a checkpoint's state cannot
+    follow (the model, the optimizer's kind of state, EMA on or off), as "was saved with ..., this launch has ...";
+    None when they agree or the checkpoint holds no config.yaml."""
+    saved = saved_config(folder)
+    if saved is None:
         return None
     ema = {True: "EMA on (--ema_decay {})", False: "EMA off (--ema_decay 0)"}
     model = str(saved.get("model", ""))
@@ -247,9 +263,22 @@ def nearly_full(ckpt_dir: Path) -> bool:
 
 
 def free_bytes(folder: Path) -> int:
-    """Bytes free to this user on ``folder``'s filesystem (0 when it cannot be read)."""
+    """Bytes free to this user on the filesystem ``folder`` is (or would be made) on: its nearest existing folder's;
+    0 when that cannot be read."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
         st = os.statvfs(folder)
     except OSError:
         return 0
     return st.f_bavail * st.f_frsize
+
+
+def free_space(folder: Path) -> str:
+    """free_bytes for a message: "12.3 GB free", or in MB below 1 GB (a nearly full disk reads "0.0 GB" otherwise),
+    kB below 0.1 MB."""
+    free = free_bytes(folder)
+    if free >= 1e9:
+        return f"{free / 1e9:.1f} GB free"
+    return f"{free / 1e6:.1f} MB free" if free >= 1e5 else f"{free / 1e3:.0f} kB free"

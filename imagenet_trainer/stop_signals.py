@@ -5,13 +5,18 @@ installs the handlers before it imports torch, so a signal in the first seconds 
 - SIGTERM: what SLURM preemption, Kubernetes and cloud spot reclaims send, followed by SIGKILL after a grace time
   (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by default; accelerate 1.16's launcher, passing
   it on: 5 s on one process, 30 s under torchrun).
+- SIGINT (Ctrl-C), in train.py (``install(ctrl_c=True)``): the same, so the work since the last checkpoint is kept; a
+  second one ends the process at once, without that checkpoint. Left alone where the process started with it ignored
+  (``nohup``, a non-interactive shell's background job): whoever started it chose that. Elsewhere Ctrl-C stays a
+  KeyboardInterrupt; DataLoader workers block it with the others (worker_processes), as a terminal sends it to all.
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 STOPPED_STATUS = 75  # exit status after that checkpoint: sysexits.h EX_TEMPFAIL, "temporary failure, try again"
 STOPPED_RECORD = "stopped_on_signal.json"  # the same news in the run folder: launchers turn any rank's status into 1
 
@@ -29,7 +34,22 @@ def seconds_since_first() -> float | None:
     return round(time.monotonic() - received_at[0], 2) if received_at else None
 
 
-def install() -> None:
-    """Remember STOP_SIGNALS instead of dying of them (idempotent)."""
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C: the first is a stop signal; the second ends the process now, as Ctrl-C's default does (status 130)."""
+    if signal.SIGINT in received:
+        os.write(2, b"\nSIGINT again: stopping now, without a checkpoint; --resume_from_checkpoint latest continues "
+                    b"from the last one\n")  # os.write: print is not safe in a handler
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    _remember(signum, frame)
+    os.write(2, b"\nSIGINT: saving a checkpoint, then exiting (Ctrl-C again: stop now, without it)\n")
+
+
+def install(ctrl_c: bool = False) -> None:
+    """Remember STOP_SIGNALS instead of dying of them (idempotent); SIGINT only with ``ctrl_c``, and an ignored one
+    stays ignored."""
     for sig in STOP_SIGNALS:
-        signal.signal(sig, _remember)
+        if sig != signal.SIGINT:
+            signal.signal(sig, _remember)
+        elif ctrl_c and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)

@@ -32,7 +32,7 @@ class StopSignal:
     stop at the same step, and every rank knows which signal it was, wherever it arrived."""
 
     def __init__(self, save_every_minutes: float):
-        stop_signals.install()
+        stop_signals.install(ctrl_c=True)
         self.save_every_s = save_every_minutes * 60
         self.last_save = time.monotonic()
         self.signals, self.save_due = [], False  # what the ranks agreed at the last check

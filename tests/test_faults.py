@@ -5,11 +5,13 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import zlib
 from pathlib import Path
@@ -131,10 +133,10 @@ def test_the_rows_past_a_resume_and_an_append_a_kill_cut_are_set_aside(tmp_path)
     kept = [json.dumps({"epoch": 1, "step": 10}), json.dumps({"epoch": 2, "step": 20})]
     later = [json.dumps({"epoch": 3, "step": 30}), '{"epoch": 4, "st']  # the last append cut by a kill
     metrics.write_text("\n".join(kept + later))
-    assert checkpoints.set_aside_later_rows(metrics, 20, tmp_path / "aside") == 2
+    assert checkpoints.set_aside_later_rows(metrics, 20, tmp_path / "aside") == (1, 1)  # a row past 20, a damaged one
     assert metrics.read_text() == "".join(line + "\n" for line in kept)  # the next append starts its own line
     assert (tmp_path / "aside" / "metrics.jsonl").read_text() == "".join(line + "\n" for line in later)
-    assert checkpoints.set_aside_later_rows(metrics, 20, tmp_path / "again") == 0
+    assert checkpoints.set_aside_later_rows(metrics, 20, tmp_path / "again") == (0, 0)
     assert not (tmp_path / "again").exists()
 
 
@@ -202,6 +204,255 @@ def test_a_resume_with_nothing_left_to_do_says_so_and_claims_no_export_it_lacks(
     proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
     assert f"No model was exported yet ({out / 'final'} is absent)" in proc.stdout and "model in" not in proc.stdout
     assert len(rows(out)) == 2 and not (out / "resumes").exists(), "nothing trained, nothing recorded"
+
+
+# -- kills, full disks and Ctrl-C at known points ---------------------------------------------------------------------
+
+def train_faulting(prelude: str, cmd: list, **kwargs):
+    """``cmd`` (a train_cmd) with train.py's main run after ``prelude``: Python that patches train.py or a module it
+    uses to fault at a known point (a SIGKILL, a full disk, a Ctrl-C), as a real run would meet it there."""
+    script = f"import os, signal, sys, time\nimport train\n{textwrap.dedent(prelude)}\n" \
+             "train.run_and_close(train.main, sys.argv[1:])"
+    return run([cmd[0], "-c", script, *cmd[2:]], **kwargs)
+
+
+def timeless(logged: list[dict]) -> list[dict]:
+    """metrics.jsonl rows without their wall-clock columns."""
+    return [{k: v for k, v in row.items() if not k.endswith("_s") and "per_sec" not in k and "frac" not in k}
+            for row in logged]
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_a_kill_between_an_epochs_checkpoint_and_its_row_loses_no_row(finished, preprocessed, tmp_path, epoch):
+    """The epoch-end checkpoint is sealed before metrics.jsonl gets the epoch's row. The row is saved in the
+    checkpoint, so the resume appends it: after the first epoch, and after the last, where it has nothing to train."""
+    out, flags = tmp_path / "run", ("--epochs", "2", "--save_every_steps", "1", "--keep_last", "10")  # `finished`'s
+    killed = train_faulting(f"""
+        calls, log_epoch = [], train.log_epoch
+        def killed_at_epoch(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == {epoch}:
+                os.kill(os.getpid(), signal.SIGKILL)
+            log_epoch(*args, **kwargs)
+        train.log_epoch = killed_at_epoch
+    """, train_cmd(preprocessed, out, *flags))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    step = rows(finished)[epoch - 1]["step"]
+    assert checkpoints.problem(checkpoints.step_folder(out / "checkpoints", step)) is None
+    assert len(rows(out) if (out / "metrics.jsonl").exists() else []) == epoch - 1, "killed before the row"
+    said = ok(run(train_cmd(preprocessed, out, *flags, "--resume_from_checkpoint", "latest")))
+    said = said.stdout + said.stderr
+    assert f"{out / 'metrics.jsonl'}: appended the row of step {step} from its checkpoint" in said, said[-3000:]
+    assert ("nothing to do" in said) == (epoch == 2)
+    assert timeless(rows(out)) == timeless(rows(finished))
+    ok(run(train_cmd(preprocessed, out, *flags, "--resume_from_checkpoint", "latest")))
+    assert len(rows(out)) == 2, "appended once"
+
+
+def test_a_row_a_kill_cut_short_is_set_aside_as_damaged_and_written_again(finished, preprocessed, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-40])  # the last append, cut by a kill
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    said = proc.stdout + proc.stderr
+    (aside,) = (out / "checkpoints" / checkpoints.SET_ASIDE).iterdir()
+    assert (f"1 damaged line of {metrics} (no JSON row: an append a kill cut short, or changed bytes) moved to "
+            f"{aside}") in said and "past step" not in said, said[-3000:]
+    assert f"appended the row of step {rows(finished)[-1]['step']} from its checkpoint" in said
+    assert timeless(rows(out)) == timeless(rows(finished))
+
+
+def test_a_kill_in_the_first_export_blocks_not_its_own_command(preprocessed, tmp_path):
+    """modeling.save_pretrained builds the export in .final.tmp-* and renames it: killed before the rename, with no
+    checkpoint yet (the first epoch ended before one was due), the folder holds it beside the start records. The
+    same command, with or without latest, starts again and removes it."""
+    killed = tmp_path / "killed"
+    proc = train_faulting("""
+        import modeling.hub
+        modeling.hub.fsync_tree = lambda folder: os.kill(os.getpid(), signal.SIGKILL)  # written, not yet renamed
+    """, train_cmd(preprocessed, killed, "--epochs", "1"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    (temp,) = killed.glob(".final.tmp-*")
+    for extra in ((), ("--resume_from_checkpoint", "latest")):
+        out = tmp_path / f"again{len(extra)}"
+        shutil.copytree(killed, out)
+        proc = ok(run(train_cmd(preprocessed, out, "--epochs", "1", *extra)))
+        assert (f"{out}: cleaned up after an export a kill cut short: removed {temp.name} (never moved into place)"
+                in proc.stdout + proc.stderr)
+        assert (out / "final" / "model.safetensors").is_file() and not list(out.glob(".final*"))
+
+
+def test_an_export_cut_between_its_renames_is_put_back_by_the_next_launch(finished, preprocessed, tmp_path):
+    """runinfo.replace_dir moves final/ to .final.old, then the new export in: killed between the two renames,
+    final/ is missing and .final.old holds the best model; killed after them, .final.old stays beside final/."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    best = (out / "final" / "model.safetensors").read_bytes()
+    os.replace(out / "final", out / ".final.old")
+    shutil.copytree(out / ".final.old", out / ".final.tmp-k1ll3d")  # the new export, never moved into place
+    again = train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")
+    said = ok(run(again))
+    said = said.stdout + said.stderr
+    assert (f"{out}: cleaned up after an export a kill cut short: removed .final.tmp-k1ll3d (never moved into "
+            "place); moved .final.old back to final/ (the export was cut between its renames)") in said, said[-3000:]
+    assert f"The best model is in {out / 'final'}" in said  # nothing to train: final/ is back all the same
+    assert (out / "final" / "model.safetensors").read_bytes() == best and not list(out.glob(".final*"))
+    shutil.copytree(out / "final", out / ".final.old")  # killed while replace_dir deleted it
+    said = ok(run(again))
+    assert "removed .final.old (the export before final/)" in said.stdout + said.stderr
+    assert not (out / ".final.old").exists() and (out / "final" / "model.safetensors").read_bytes() == best
+
+
+def test_a_start_stopped_between_its_two_records_does_not_block_its_command(preprocessed, tmp_path):
+    """write_run_info writes config.yaml, then run_info.json: a start killed (or out of space) between the two
+    leaves config.yaml beside run.lock, and the same command must start again. A config.yaml alone (no run.lock)
+    may be the user's: refused, as before."""
+    out = tmp_path / "run"
+    proc = train_faulting("""
+        from imagenet_trainer import runinfo
+        write = runinfo.atomic_write_text
+        def killed_after_config(path, text):
+            write(path, text)
+            if path.name == "config.yaml":  # the run folder's, the first one written
+                os.kill(os.getpid(), signal.SIGKILL)
+        runinfo.atomic_write_text = killed_after_config
+    """, train_cmd(preprocessed, out, "--epochs", "1"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", LOCK_FILE]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(out / "config.yaml", mine)
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1")))
+    assert len(rows(out)) == 1 and (out / "run_info.json").is_file()
+    proc = run(train_cmd(preprocessed, mine, "--epochs", "1"))
+    assert proc.returncode == 1 and "is not empty and holds no train.py run (config.yaml)" in last_line(proc)
+
+
+def file_size_limit(size: int):
+    """A preexec_fn: the process's writes may not take a file past ``size`` bytes (RLIMIT_FSIZE; such a write fails
+    with EFBIG, SIGXFSZ ignored): a folder that refuses writes, without root or a mount."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+@pytest.mark.parametrize("where", ["lock", "records"])
+def test_an_output_dir_that_refuses_writes_at_start_up_ends_in_one_line(preprocessed, tmp_path, where):
+    """The lock's record (a disk full to its last kB), or the launch's records after it (writes past RLIMIT_FSIZE: a
+    folder that refuses them, without root or a mount)."""
+    out = tmp_path / "run"
+    cmd = train_cmd(preprocessed, out, "--epochs", "1")
+    if where == "lock":
+        proc = train_faulting("""
+            import errno
+            def full(*args):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.pwrite = full  # what runlock writes its holder's record with
+        """, cmd)
+        why = "No space left on device"
+    else:
+        proc = run(cmd, preexec_fn=file_size_limit(512))  # the lock's record fits, config.yaml does not
+        why = "File too large"
+    assert proc.returncode == 1
+    line = last_line(proc)
+    assert line.startswith(f"error: --output_dir {out}: cannot write there ({why}; ") and line.endswith(
+        " free); free space or make it writable, or give another --output_dir"), line
+    ok(run(cmd))  # the same command, once the folder takes writes: the failed start blocks nothing
+    assert len(rows(out)) == 1
+
+
+def test_a_full_disk_at_the_first_checkpoint_says_none_was_saved_yet(preprocessed, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    proc = train_faulting("""
+        import errno
+        from imagenet_trainer import checkpoints
+        def full(folder):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        checkpoints.fsync_tree = full
+        checkpoints.free_bytes = lambda folder: 3 << 20  # what the full disk has left
+    """, train_cmd(preprocessed, out, "--epochs", "1", "--save_every_steps", "1"))
+    assert proc.returncode == 1
+    assert last_line(proc) == (f"error: checkpoint step_00000001: no space left on {out / 'checkpoints'} (3.1 MB free)"
+                               "; no checkpoint was saved yet: free space, then run again (--resume_from_checkpoint "
+                               "latest then starts from scratch)")
+    assert not list((out / "checkpoints").iterdir()), "the unfinished save gives its space back"
+    for free, said in ((5 * 10**9, "5.0 GB free"), (999 * 10**6, "999.0 MB free"), (12 << 10, "12 kB free")):
+        monkeypatch.setattr(checkpoints, "free_bytes", lambda folder, free=free: free)
+        assert checkpoints.free_space(tmp_path) == said
+
+
+def interactive() -> None:
+    """A preexec_fn: SIGINT at its default, as in a terminal (a non-interactive shell's background job, pytest's
+    maybe, starts with it ignored, and a process that starts so keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_checkpoints_and_exits_75_like_sigterm(preprocessed, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(train_cmd(preprocessed, out, "--epochs", "1000", "--save_every_steps", "2"), cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=interactive)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step_00000002").exists() and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run must still be training"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground process group
+    finally:
+        stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == train.STOPPED_STATUS and "Traceback" not in stderr, stderr[-3000:]
+    stopped = json.loads((out / "stopped_on_signal.json").read_text())
+    assert stopped["signal"] == "SIGINT" and checkpoints.problem(Path(stopped["checkpoint"])) is None
+    assert stdout.strip().splitlines()[-1].startswith(f"SIGINT: checkpoint {stopped['checkpoint']} written")
+    ignored = run([sys.executable, "-c", "import signal; from imagenet_trainer import stop_signals; "
+                   "stop_signals.install(ctrl_c=True); print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"],
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert ignored.stdout.strip() == "True", "a SIGINT ignored by whoever started the run stays ignored"
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(preprocessed, tmp_path):
+    out, flags = tmp_path / "run", ("--epochs", "1", "--batch_size", "4", "--save_every_steps", "2")  # 5 steps
+    proc = train_faulting("""
+        from imagenet_trainer import stop_signals
+        save = train.save_checkpoint
+        def save_interrupted(*args, **kwargs):
+            if stop_signals.received:  # the checkpoint the first Ctrl-C asked for: Ctrl-C again while it is written
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(120)
+            seconds = save(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, after the first checkpoint
+            return seconds
+        train.save_checkpoint = save_interrupted
+    """, train_cmd(preprocessed, out, *flags), preexec_fn=interactive)
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("SIGINT again: stopping now, without a checkpoint; "
+                                                    "--resume_from_checkpoint latest continues from the last one")
+    assert [p.name for p in checkpoints.step_folders(out / "checkpoints")] == ["step_00000002"]
+    assert not (out / "stopped_on_signal.json").exists()
+    resumed = ok(run(train_cmd(preprocessed, out, *flags, "--resume_from_checkpoint", "latest")))
+    assert f"resumed from {out / 'checkpoints' / 'step_00000002'}" in resumed.stdout + resumed.stderr
+
+
+def test_a_resume_names_the_flags_it_changes_and_refuses_another_seed_mid_epoch(finished, preprocessed, tmp_path):
+    """The sampler's order comes from (seed, epoch): another --seed mid-epoch would read the rest of the epoch in
+    another order, some images twice and others never. At an epoch's end it only changes what comes next."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    mid = checkpoints.step_folder(out / "checkpoints", 1)  # inside the first epoch
+    proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "1", "--resume_from_checkpoint", mid))
+    assert proc.returncode == 1
+    assert last_line(proc) == (f"error: --seed 1: --resume_from_checkpoint {mid} was saved mid-epoch (epoch 0, batch "
+                               "1) with --seed 0, and another seed reorders the rest of the epoch (images seen twice "
+                               "or not at all); resume with --seed 0, or from an epoch-end checkpoint")
+    assert not (out / "checkpoints" / checkpoints.SET_ASIDE).exists(), "a refused resume moves nothing"
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "1", "--label_smoothing", "0.2",
+                            "--resume_from_checkpoint", "latest")))
+    assert ("flags that differ from the checkpoint's config.yaml, this launch's apply: --label_smoothing 0.1 -> 0.2, "
+            "--seed 0 -> 1") in proc.stdout
 
 
 # -- undecodable images -----------------------------------------------------------------------------------------------

@@ -223,15 +223,42 @@ def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_lo
     (["--min_image_size", "16", "--ramp_end_epoch", "80", "--epochs", "16"], "--ramp_end_epoch must be in"),
     (["--report_to", "comet_ml"], "--report_to must be a tracker whose package is installed"),
     (["--drop_rate", "1"], "--drop_rate must be in [0, 1) or none"),
-    (["--epochs", "two"], "--epochs must be a int, got 'two'"),
+    (["--epochs", "two"], "--epochs must be an int, got 'two'"),
     (["--push_to_hub"], "--hub_model_id must be a Hub repo id USER/NAME"),
     (["--keep_last", "0"], "--keep_last must be at least 1"),
+    (["--scale_min", "0"], "--scale_min must be in (0, 1] (a share of the image's area), got 0.0"),
 ])
 def test_flag_ranges_are_checked_before_anything_starts(argv, message):
     with pytest.raises(SystemExit) as err:
         parse_config(TrainConfig, ["--dataset", "ds", *argv])
     assert message in str(err.value.code) and "\n" not in str(err.value.code)
     assert parse_config(TrainConfig, ["--dataset", "ds", "--auto_augment", "none"]).auto_augment == ""
+
+
+def test_a_bad_auto_augment_names_the_flag_and_its_command_line_spellings():
+    """"none" is "" on the command line (--help says so), not Python's None; the one flag at fault, no list of four."""
+    with pytest.raises(SystemExit) as err:
+        parse_config(TrainConfig, ["--dataset", "ds", "--auto_augment", "xx"])
+    assert str(err.value.code) == 'error: --auto_augment \'xx\': use "" (none), ra or ta'
+
+
+def test_a_run_that_ends_within_the_warmup_says_its_lr_never_leaves_it():
+    """--max_train_steps fits the cosine to the cap but keeps --warmup_epochs: a cap within the warmup ends the run
+    below the peak LR, and the log says so; a cap past it says nothing."""
+    import modeling  # noqa: PLC0415
+    from train import build_optimizer  # noqa: PLC0415
+
+    model = modeling.create_model(TINY, num_classes=4)
+    cfg = parse_config(TrainConfig, ["--dataset", "ds", "--max_train_steps", "4", "--warmup_epochs", "1"])
+    said = []
+    _, lr_at = build_optimizer(model, cfg, num_processes=1, steps_per_epoch=10, total_steps=4, print_fn=said.append)
+    peak = cfg.lr * cfg.batch_size / 256
+    assert lr_at(3) == pytest.approx(peak * 4 / 10)  # the warmup's 4th of 10 steps: not shortened to the cap
+    assert said == [f"note: --max_train_steps 4 ends the run within the 10 warmup steps of --warmup_epochs 1, which "
+                    f"it does not shorten: the LR never leaves warmup (last step {peak * 0.4:.3g}, peak {peak:.3g})"]
+    said.clear()
+    build_optimizer(model, cfg, num_processes=1, steps_per_epoch=2, total_steps=4, print_fn=said.append)
+    assert said == []
 
 
 def test_pretrained_starts_from_the_saved_weights(preprocessed, tmp_path):
