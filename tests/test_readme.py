@@ -45,9 +45,9 @@ SCRIPTS = {
 # programs the README runs that this project does not install (its own come from the environment's bin/)
 OUTSIDE_TOOLS = {"make", "kaggle", "unzip", "sbatch", "srun", "scontrol", "scancel", "kill", "kubectl", "for", "done",
                  "pip", "apt-get"}
-# flags of the other tools the README's commands call: sbatch/srun, docker, the Hugging Face CLI, argparse
+# flags of the other tools the README's commands call: sbatch/srun, docker, the Hugging Face CLI, tensorboard, argparse
 OTHER_TOOLS_FLAGS = {"nodes", "gpus-per-node", "ntasks-per-node", "cpus-per-task", "time", "signal", "shm-size",
-                     "repo-type", "local-dir", "help"}
+                     "repo-type", "local-dir", "logdir", "help"}
 USER_FILES = {"modeling/mynet.py"}  # what the README has the user write
 
 
