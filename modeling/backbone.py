@@ -26,14 +26,19 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models._features import FeatureDictNet, FeatureGetterNet
+from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
+from timm.layers.norm_act import freeze_batch_norm_2d
+from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureInfo, FeatureListNet
+from timm.models._features_fx import FeatureGraphNet
 
 from ._registry import our_names
 from .hub import CONFIG_NAME, WEIGHTS_NAME, _resolve_folder
 from .transformers_saved import exported_features
 
-# timm's feature extractors: FeatureListNet (features_only's default, what TimmBackbone holds) is a FeatureDictNet
-FEATURE_NETS = (FeatureDictNet, FeatureGetterNet)
+# timm's generic feature extractors and the feature_cls that builds each: a family whose features_only default is
+# its own class (EfficientNetFeatures, ...) or another wrapper builds this one only when asked for it by name
+WRAPPER_CLS = ((FeatureGetterNet, "getter"), (FeatureListNet, "list"), (FeatureHookNet, "hook"),
+               (FeatureGraphNet, "fx"), (FeatureDictNet, "dict"))
 # buffers a frozen BatchNorm (DETR's, timm's FrozenBatchNorm2d) does not keep: the only keys allowed to differ
 _BN_COUNTER = "num_batches_tracked"
 
@@ -54,27 +59,77 @@ def timm_name(export) -> str:
     return f"local-dir:{export_folder(export)}"
 
 
+def feature_extractors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(module name, module) of every timm ``features_only`` model inside ``model``, outermost only: what
+    ``timm.create_model(..., features_only=True)`` returned, known by its ``FeatureInfo``. That is timm's
+    FeatureListNet for most families (ResNet, BlockNet: what TimmBackbone holds), a family's own class for others
+    (EfficientNetFeatures for EfficientNet/MNASNet/FBNet, MobileNetV3Features for MobileNetV3/V4 and LCNet,
+    HighResolutionNetFeatures for HRNet), FeatureHookNet or FeatureGetterNet for some."""
+    found: list[tuple[str, torch.nn.Module]] = []
+    for path, module in model.named_modules():
+        if any(path.startswith(f"{outer}." if outer else "") for outer, _ in found):
+            continue  # inside one already found (a FeatureGetterNet's model)
+        if isinstance(getattr(module, "feature_info", None), FeatureInfo):  # a classifier's is a list of dicts
+            found.append((path, module))
+    return found
+
+
+def reference_features(folder: Path, module: torch.nn.Module) -> torch.nn.Module:
+    """The export's ``features_only`` model built as ``module`` was (its class, its taps), holding every saved
+    weight: the family's default for a family class, the named feature_cls for timm's generic wrappers."""
+    kwargs = {"out_indices": tuple(module.feature_info.out_indices)}
+    cls = next((name for wrapper, name in WRAPPER_CLS if type(module) is wrapper), None)
+    with our_names():
+        reference = exported_features(str(folder), **kwargs)
+        if type(reference) is not type(module) and cls is not None:  # e.g. a FeatureListNet of EfficientNet
+            reference = exported_features(str(folder), feature_cls=cls, **kwargs)
+    return reference
+
+
+def restore_norm_activations(module: torch.nn.Module, reference: torch.nn.Module) -> list[str]:
+    """Put back the activations DETR took out; returns the module names replaced.
+
+    DETR's ``replace_batch_norm`` (transformers 5.24-5.25, copied by Conditional/Deformable DETR and Table
+    Transformer) swaps every ``BatchNorm2d`` of the backbone for its frozen BatchNorm, timm's ``BatchNormAct2d``
+    included (a subclass), and the activation that layer applies goes with it: EfficientNet and MobileNetV3 lose the
+    SiLU/ReLU after each norm, with nothing said. Each such layer becomes timm's ``FrozenBatchNormAct2d`` of the
+    reference's layer (what ``TimmBackbone(freeze_batch_norm_2d=True)`` builds): frozen, as DETR wants, and computing
+    what the export computes. Run once ``module`` holds the reference's weights: the layers carry them over."""
+    replaced = []
+    for name, ref in reference.named_modules():
+        if not name or not isinstance(ref, (BatchNormAct2d, SyncBatchNormAct)):
+            continue
+        current = module.get_submodule(name)
+        if isinstance(current, (BatchNormAct2d, SyncBatchNormAct, FrozenBatchNormAct2d)) or hasattr(current, "act"):
+            continue
+        trainable = any(True for _ in current.parameters(recurse=False))  # DETR's frozen norm holds buffers only
+        parent, _, child = name.rpartition(".")
+        module.get_submodule(parent).add_module(child, ref if trainable else freeze_batch_norm_2d(ref))
+        replaced.append(name)
+    return replaced
+
+
 def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     """Copy the export's weights and BatchNorm statistics into every timm feature extractor inside ``model`` (a
     transformers model or any module); returns their module names. Raises ValueError when there is none, or when
-    its layers do not match the export's (another architecture or width)."""
+    its layers do not match the export's (another architecture or width). A norm layer whose activation DETR dropped
+    gets it back (``restore_norm_activations``)."""
     folder = export_folder(export)
     loaded = []
-    for path, module in model.named_modules():
-        if not isinstance(module, FEATURE_NETS):
-            continue
-        getter = isinstance(module, FeatureGetterNet)
-        with our_names():
-            reference = exported_features(str(folder), out_indices=tuple(module.feature_info.out_indices),
-                                          **({"feature_cls": "getter"} if getter else {}))
-        try:
-            result = module.load_state_dict(reference.state_dict(), strict=False)
-            wrong = [k for k in (*result.missing_keys, *result.unexpected_keys) if not k.endswith(_BN_COUNTER)]
-        except RuntimeError as e:  # shapes differ: torch lists every tensor, one line names the first
-            wrong = [str(e).split("\n")[1].strip()]
+    for path, module in feature_extractors(model):
+        reference = reference_features(folder, module)
+        if type(reference) is not type(module):
+            wrong = [f"{type(module).__name__}, the export's features_only model is {type(reference).__name__}"]
+        else:
+            try:
+                result = module.load_state_dict(reference.state_dict(), strict=False)
+                wrong = [k for k in (*result.missing_keys, *result.unexpected_keys) if not k.endswith(_BN_COUNTER)]
+            except RuntimeError as e:  # shapes differ: torch lists every tensor, one line names the first
+                wrong = [str(e).split("\n")[1].strip()]
         if wrong:
             raise ValueError(f"{export} does not fit {type(model).__name__}.{path or 'self'} "
                              f"({', '.join(wrong[:3])}): build the model with backbone='local-dir:{folder}'")
+        restore_norm_activations(module, reference)  # the same modules as the reference's: it fits
         loaded.append(path)
     if not loaded:
         raise ValueError(f"{type(model).__name__} holds no timm backbone (build it with a TimmBackboneConfig, or "
@@ -108,7 +163,13 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
     config = TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
                                 freeze_batch_norm_2d=freeze_batch_norm_2d, num_channels=image_channels(export))
     with our_names():
-        model = TimmBackbone(config)
+        try:
+            model = TimmBackbone(config)
+        except AssertionError:  # timm's families assert what they cannot build (HRNet: output_stride == 32)
+            if output_stride is None:
+                raise
+            raise ValueError(f"{export}: timm cannot build its architecture with output_stride={output_stride} (no "
+                             f"dilated stages); leave output_stride out") from None
     load_backbone_weights(model, export)
     return model.eval()
 

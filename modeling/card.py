@@ -249,7 +249,7 @@ def output_shapes(model, config: dict) -> dict:
 
 
 def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None, remote_code: bool = False,
-              defined_in: str | None = None) -> str:
+              defined_in: str | None = None, one_channel_processor: bool = False) -> str:
     """README.md for a saved folder: front matter (library, license, datasets, model-index) and a body.
 
     ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
@@ -259,7 +259,8 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     weights), train_time (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool),
     image_size (px), crop_pct, interpolation, flip (bool)}, license (default apache-2.0), tags.
     ``stats``: {params, gmacs, activations} (M, G, M) at the image size; ``remote_code``: the folder carries the
-    architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it.
+    architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it;
+    ``one_channel_processor``: the folder carries ``modeling.remote_code``'s image processor for a one-channel network.
     ``shapes``: ``output_shapes``, for the snippets' comments.
     """
     arch, pcfg = config["architecture"], config["pretrained_cfg"]
@@ -296,7 +297,8 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     if source:
         lines.append(_source_line(source))
     lines.append("")
-    lines += _usage(arch, repo, k, remote_code, defined_in, shapes)
+    lines += _usage(arch, repo, k, remote_code, defined_in, shapes, channels=pcfg["input_size"][0],
+                    one_channel_processor=one_channel_processor)
     if results:
         lines += results_section(results, shown)
     lines += _training(card)
@@ -350,8 +352,10 @@ def package_import(repo: str, module: str, arch: str, siblings: list[str]) -> li
             f'importlib.import_module(f"{{folder.name}}.{module}")  # registers {arch} with timm']
 
 
-def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None, shapes: dict) -> list[str]:
-    """The card's code blocks; each one runs on its own (tests execute every one against the saved folder)."""
+def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None, shapes: dict, channels: int = 3,
+           one_channel_processor: bool = False) -> list[str]:
+    """The card's code blocks; each one runs on its own (tests execute every one against the saved folder).
+    ``channels``: the network's image channels (1: photos are opened as grayscale)."""
     at = f", strides {', '.join(map(str, shapes['strides']))} from the input" if shapes["strides"] else ""
     register = []
     lines = ["## Model usage", ""]
@@ -385,7 +389,8 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
                   f"repository holds a copy of. For timm, put that file on your Python path and import it (it "
                   f"registers the name with timm).", ""]
         register = [f"import {module}  # registers {arch} with timm"]
-    image = ['image = Image.open("photo.jpg").convert("RGB")']
+    image = [f'image = Image.open("photo.jpg").convert("{"L" if channels == 1 else "RGB"}")'
+             + ("  # one channel: what the network reads" if channels == 1 else "")]
     lines += ["### Image classification", "", "```python", "import timm", "import torch", "from PIL import Image",
               *register, "",
               f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()  # or "local-dir:PATH"',
@@ -410,7 +415,7 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
               "with torch.no_grad():", "    embedding = model(transform(image).unsqueeze(0))",
               f"print(embedding.shape)  # (1, {shapes['embedding']}): the features the classifier reads "
               "(head_hidden_size)", "```", ""]
-    trust = ", trust_remote_code=True" if remote_code else ""
+    trust = ", trust_remote_code=True" if remote_code or one_channel_processor else ""
     lines += ["### transformers", ""]
     if remote_code:
         lines += [f"`trust_remote_code=True` runs the Python files of this repository: `{Path(defined_in).name}` "
@@ -421,6 +426,12 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
                   "needed.", ""]
     elif defined_in:
         lines += [f"transformers needs `{arch}` registered first, as above (`import modeling`).", ""]
+    if one_channel_processor:
+        lines += ["The network reads one image channel (grayscale), and transformers' pipelines open every image as "
+                  "RGB: with `trust_remote_code=True` transformers takes the image processor `config.json`'s "
+                  "`auto_map` names, in `modeling_one_channel.py` of this repository (its own "
+                  "`TimmWrapperImageProcessor`, each image made one channel first, PIL's \"L\"); without it, its "
+                  "own, and the network gets three channels.", ""]
     lines += ["```python", *(register if defined_in and not remote_code else []),
               "from transformers import AutoModelForImageClassification, pipeline", "",
               f'classifier = pipeline("image-classification", model="{repo}"{trust})',

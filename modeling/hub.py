@@ -54,8 +54,9 @@ from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
 from ._registry import our_names
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
                    model_index, model_stats, output_shapes, public, resolve_dataset, results_section)
-from .remote_code import NotBundleable, defining_module, remote_code_files
-from .transformers_saved import head_labels, saved_by_transformers, wrapper_saved_state
+from .remote_code import PROCESSOR_FILE, NotBundleable, defining_module, remote_code_files
+from .transformers_saved import (classifier_names, head_labels, saved_by_transformers, saved_headless,
+                                 saved_keys, wrapper_saved_state)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -130,8 +131,10 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
             (tmp / name).write_text(text)
         module = defining_module(model)
         defined_in = module and (module.__name__.replace(".", "/") + ".py")
+        family_code = any(not name.startswith("modeling_") for name in code)  # beside the generated files
         (tmp / CARD_NAME).write_text(card_text(config, card, stats=model_stats(model, config), defined_in=defined_in,
-                                               remote_code=bool(code), shapes=output_shapes(model, config)))
+                                               remote_code=family_code, one_channel_processor=PROCESSOR_FILE in code,
+                                               shapes=output_shapes(model, config)))
         entries = eval_result_entries(results, dataset_id) if dataset_id else []
         if entries:
             (tmp / EVAL_RESULTS_DIR).mkdir()
@@ -323,10 +326,13 @@ def _resolve_folder(ref: str, filenames: tuple[str, ...]) -> Path:
 
 def load_model(path_or_hub_id, num_classes: int | None = None):
     """A model with weights and ``pretrained_cfg`` from a saved folder, ``hf-hub:OWNER/NAME`` or ``OWNER/NAME``,
-    in eval mode. ``num_classes`` different from the saved count gives a fresh classifier on the saved features."""
+    in eval mode. ``num_classes`` different from the saved count gives a fresh classifier on the saved features.
+    Weights saved without a classifier (``save_pretrained`` of transformers' ``AutoModel``, whose config.json keeps
+    the class count) give the headless model (``num_classes=0``) unless ``num_classes`` asks for a fresh one."""
     folder = _resolve_folder(path_or_hub_id, (CONFIG_NAME, WEIGHTS_NAME))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    arch = str(json.loads((folder / CONFIG_NAME).read_text()).get("architecture", ""))
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    arch = str(config.get("architecture", ""))
     if arch and not timm.is_model(arch.split(".")[0]):
         bundled = sorted(p.name for p in folder.glob("*.py") if not p.name.startswith("modeling_"))
         hint = (f"; the export carries its source ({', '.join(bundled)}): load it with transformers' "
@@ -338,18 +344,31 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
     from .refresh_code import installed_code_warning  # refresh_code imports this module
     if (line := installed_code_warning(folder)) is not None:  # the network is built from the installed code
         warnings.warn(line)
+    headless = saved_headless(config, saved_keys(folder / WEIGHTS_NAME))
+    if headless and num_classes is None:
+        kwargs["num_classes"] = 0
     # local-dir: reads config.json and model.safetensors (timm prefers it over pickles, which _resolve_folder
     # has made sure exists)
     state = wrapper_saved_state(folder / WEIGHTS_NAME)
     with our_names():
-        if state is None:
+        if state is None and not headless:
             return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval()
         model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False, **kwargs)
-    head = model.pretrained_cfg.get("classifier") or ""
-    new_head = bool(head) and f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != model.num_classes
-    if new_head:  # another class count: a fresh classifier, as timm's own loader gives
-        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
-    model.load_state_dict(state, strict=not new_head)
+    if state is None:  # timm's loader would fill a classifier the weights lack without a word (it loads non-strictly)
+        state = safetensors.torch.load_file(folder / WEIGHTS_NAME)
+    heads = classifier_names(config)
+    in_head = tuple(f"{h}." for h in heads)
+    # no classifier asked for, another class count, or none saved: the saved one goes, a fresh one (if any) stays
+    # as built, as timm's own loader does
+    new_head = bool(heads) and (not model.num_classes or any(
+        f"{h}.weight" not in state or state[f"{h}.weight"].shape[0] != model.num_classes for h in heads))
+    if new_head:
+        state = {k: v for k, v in state.items() if not k.startswith(in_head)}
+    result = model.load_state_dict(state, strict=False)
+    wrong = [k for k in result.missing_keys if not (new_head and k.startswith(in_head))] + result.unexpected_keys
+    if wrong:
+        raise ValueError(f"{path_or_hub_id}: model.safetensors does not fit architecture '{arch}' "
+                         f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''} missing or unexpected)")
     return model.eval()
 
 

@@ -190,7 +190,8 @@ def refresh(folder) -> tuple[list[str], str | None]:
     if not config_path.is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise ValueError(f"no {CONFIG_NAME} and {WEIGHTS_NAME}: need a folder written by modeling.save_pretrained")
     config = json.loads(config_path.read_text())
-    if "auto_map" not in config:
+    one_channel = list((config.get("pretrained_cfg") or {}).get("input_size") or [3])[0] == 1
+    if "auto_map" not in config and not one_channel:  # a timm architecture: no code, unless its processor is due
         return [], None
     model = installed_model(folder, config)
     files, auto_map = remote_code_files(model)
@@ -213,7 +214,7 @@ def refresh(folder) -> tuple[list[str], str | None]:
         if not path.is_file() or path.read_text() != text:
             atomic_write_text(path, text)
             changed.append(name)
-    if config["auto_map"] != auto_map:
+    if config.get("auto_map", {}) != auto_map:
         atomic_write_text(config_path, json.dumps({**config, "auto_map": auto_map}, indent=2) + "\n")
         changed.append(CONFIG_NAME)
     return changed, kept
@@ -222,7 +223,8 @@ def refresh(folder) -> tuple[list[str], str | None]:
 def refresh_remote_code(folder) -> list[str]:
     """Rewrite ``folder``'s remote-code files and ``auto_map`` from the installed project where they differ (each
     file replaced atomically), its family file(s) only where ``function_check`` passes (otherwise a warning says why);
-    the names rewritten, [] when up to date or the export carries no code (timm's own architectures). ValueError (one
+    the names rewritten, [] when up to date or the export carries no code (timm's own architectures, but for the
+    image processor of a one-channel network, which an export saved before it existed gets). ValueError (one
     line) when the installed code cannot build the saved network."""
     changed, kept = refresh(folder)
     if kept:

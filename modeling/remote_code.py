@@ -16,6 +16,14 @@ they may import torch, timm, the standard library and each other, and the regist
 (``from ._registry import register``) is replaced by timm's own ``register_model``, which is all that ``register``
 adds to (besides ``modeling.list_models()``). ``check_exportable`` applies these rules to a model at start-up, so a
 family that cannot travel is refused before training, not after.
+
+A network that reads one channel (``in_chans=1``: grayscale), of any family, timm's included, also gets
+``modeling_one_channel.py`` and ``auto_map["AutoImageProcessor"]``: transformers' pipelines open every image as RGB
+(``load_image``) and ``TimmWrapperImageProcessor`` has no setting for the channel count (transformers 5.24-5.25; a
+grayscale option exists only in SuperPoint-style processors), so the network would get three channels. The processor
+makes every image one channel (PIL's "L", as timm's own scripts open images when ``input_size[0]`` is 1) before
+timm's transforms; ``pipeline(..., trust_remote_code=True)`` picks it up, and without ``trust_remote_code``
+transformers uses its own, as before.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import sys
 from pathlib import Path
 
 import timm
+from timm.models import get_model_input_config
 
 from ._registry import _SUPPORT, our_entrypoint
 from .transformers_saved import exported_features
@@ -38,6 +47,11 @@ _STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 _ALLOWED_TOP = {"torch", "timm"} | _STDLIB
 # this package's own modules: project code, never copied (a family imports only _registry's register, replaced above)
 _PROJECT = _SUPPORT
+
+
+# the one-channel image processor's file and class (generated, as modeling_<family>.py is: never a family file)
+PROCESSOR_FILE = "modeling_one_channel.py"
+PROCESSOR_CLASS = "TimmWrapperOneChannelImageProcessor"
 
 
 class NotBundleable(ValueError):
@@ -101,12 +115,21 @@ def check_exportable(model) -> None:
     remote_code_files(model)
 
 
+def reads_one_channel(model) -> bool:
+    """The network's first layer takes one image channel (in_chans=1)."""
+    return get_model_input_config(model)["input_size"][0] == 1
+
+
 def remote_code_files(model) -> tuple[dict[str, str], dict]:
-    """({file name: text}, auto_map) for an architecture timm does not ship; ({}, {}) for one it does. Raises
+    """({file name: text}, auto_map) for an architecture timm does not ship, plus the one-channel image processor
+    for a network that reads one channel (any architecture); ({}, {}) for a three-channel one timm ships. Raises
     NotBundleable when the defining files import project code."""
+    one_channel = reads_one_channel(model)
+    processor_files = {PROCESSOR_FILE: ONE_CHANNEL_PROCESSOR} if one_channel else {}
+    processor_map = {"AutoImageProcessor": f"{Path(PROCESSOR_FILE).stem}.{PROCESSOR_CLASS}"} if one_channel else {}
     module = defining_module(model)
     if module is None:
-        return {}, {}
+        return processor_files, processor_map
     cls = type(model)
     path = inspect.getsourcefile(module)
     if not path:
@@ -115,6 +138,9 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
     wrapper = f"modeling_{stem}"
     if stem.startswith("modeling_"):
         raise NotBundleable(f"{stem}.py: a family file named modeling_* would collide with the wrapper file")
+    if f"{wrapper}.py" == PROCESSOR_FILE:
+        raise NotBundleable(f"{stem}.py: its wrapper would be {PROCESSOR_FILE}, the one-channel image processor's "
+                            f"file: rename the family file")
     name = "TimmWrapperForImageClassification"  # pipeline() checks the class name: transformers' own, no warning
     sources = standalone_sources(Path(path))
     class_file = inspect.getsourcefile(cls) or ""
@@ -129,8 +155,32 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
                                             features=inspect.getsource(exported_features))
     # every Auto class transformers maps timm_wrapper to: one left out falls back to transformers' own class, which
     # builds the network by name without importing the file that registers it
-    return files, {"AutoModelForImageClassification": f"{wrapper}.{name}", "AutoModel": f"{wrapper}.TimmWrapperModel",
-                   "AutoBackbone": f"{wrapper}.{cls.__name__}Backbone"}
+    return {**files, **processor_files}, {
+        "AutoModelForImageClassification": f"{wrapper}.{name}", "AutoModel": f"{wrapper}.TimmWrapperModel",
+        "AutoBackbone": f"{wrapper}.{cls.__name__}Backbone", **processor_map}
+
+
+ONE_CHANNEL_PROCESSOR = f'''"""transformers' image processor for these weights, which read one image channel
+(grayscale): every image is made one channel before timm's transforms from config.json. transformers' pipelines open
+each image as RGB, and its own TimmWrapperImageProcessor keeps the three channels, which a one-channel network cannot
+take."""
+import torch
+from transformers import TimmWrapperImageProcessor
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import make_flat_list_of_images
+
+
+class {PROCESSOR_CLASS}(TimmWrapperImageProcessor):
+    """TimmWrapperImageProcessor with each image (PIL, numpy or torch; RGB, RGBA, palette or already gray) converted
+    to PIL's "L" (ITU-R 601-2 luma) first: how timm's own train.py and validate.py open images for a network whose
+    input_size has one channel."""
+
+    def preprocess(self, images, return_tensors="pt"):
+        if isinstance(images, torch.Tensor):  # to PIL as a numpy array would go
+            images = images.cpu().numpy()
+        images = [to_pil_image(image).convert("L") for image in make_flat_list_of_images(images)]
+        return super().preprocess(images, return_tensors=return_tensors)
+'''
 
 
 WRAPPER = '''"""transformers entry points for these weights: importing {stem}.py registers its variants with timm, then

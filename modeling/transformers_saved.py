@@ -33,6 +33,27 @@ def wrapper_saved_state(weights: Path) -> dict | None:
         return {k[len(PREFIX):]: f.get_tensor(k) for k in keys}
 
 
+def saved_keys(weights: Path) -> list[str]:
+    """The state-dict keys of a ``model.safetensors`` (no tensor read), transformers' prefix removed."""
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())
+    return [k[len(PREFIX):] for k in keys] if keys and all(k.startswith(PREFIX) for k in keys) else keys
+
+
+def classifier_names(config: dict) -> list[str]:
+    """The classifier modules config.json's ``pretrained_cfg`` names (one name, or several: DeiT's head and
+    head_dist)."""
+    head = (config.get("pretrained_cfg") or {}).get("classifier")
+    return [head] if isinstance(head, str) else list(head or ())
+
+
+def saved_headless(config: dict, keys) -> bool:
+    """The weights hold no classifier while config.json names one and keeps the class count: transformers' AutoModel
+    (TimmWrapperModel, built for 0 classes) saved them."""
+    heads, keys = classifier_names(config), set(keys)
+    return bool(heads) and not any(f"{name}.weight" in keys for name in heads)
+
+
 def saved_by_transformers(config: dict) -> bool:
     return "model_type" in config  # transformers writes it; save_pretrained here does not
 
@@ -54,8 +75,16 @@ def exported_features(folder: str, **kwargs):
     saved (keys prefixed "timm_model.") gives a random network unless the family's filter strips the prefix. Here the
     prefix goes, and timm's loader gets the state as the cfg's own ``state_dict`` with no classifier named: it loads
     every key into the network that features_only wraps (its head has the saved class count, none when the weights
-    hold no classifier), strictly. The network is what timm's registry holds for the folder's architecture: the
-    caller picks whose code that is."""
+    hold no classifier), strictly. A family whose features_only model is a class of its own (EfficientNetFeatures,
+    MobileNetV3Features, HighResolutionNetFeatures) is built with the classifier's key names and loaded non-strictly
+    by its builder, the head's keys left over: here every tensor it holds must have been saved. The network is what
+    timm's registry holds for the folder's architecture: the caller picks whose code that is."""
+    # imported here: this function is copied, alone, into the exports' modeling_<family>.py
+    import logging
+
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
+    from timm.models._features_fx import FeatureGraphNet
+
     state = load_file(os.path.join(folder, "model.safetensors"))
     if state and all(k.startswith(PREFIX) for k in state):
         state = {k[len(PREFIX):]: v for k, v in state.items()}
@@ -66,8 +95,22 @@ def exported_features(folder: str, **kwargs):
     # the class count
     if heads and not any(f"{name}.weight" in state for name in heads):
         kwargs = {"num_classes": 0, **kwargs}
-    model = timm.create_model("local-dir:" + os.path.abspath(folder), pretrained=True, features_only=True,
-                              pretrained_cfg_overlay=dict(source="", state_dict=state, classifier=None), **kwargs)
+    builder_log = logging.getLogger("timm.models._builder")
+
+    def left_over(record):  # the head a family's features class leaves out: what it holds is checked below
+        return not str(record.msg).startswith("Unexpected keys")
+
+    builder_log.addFilter(left_over)
+    try:
+        model = timm.create_model("local-dir:" + os.path.abspath(folder), pretrained=True, features_only=True,
+                                  pretrained_cfg_overlay=dict(source="", state_dict=state, classifier=None), **kwargs)
+    finally:
+        builder_log.removeFilter(left_over)
     for module in model.modules():  # the cfgs would keep a second copy of every weight
         getattr(module, "pretrained_cfg", {}).pop("state_dict", None)
+    if not isinstance(model, (FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureGraphNet)):
+        missing = [k for k in model.state_dict() if k not in state]
+        if missing:
+            raise ValueError(f"{folder}: model.safetensors lacks {len(missing)} of the tensors the features_only "
+                             f"{type(model).__name__} holds ({', '.join(missing[:3])}): another architecture or width")
     return model

@@ -1,7 +1,9 @@
 """Exports as transformers backbones: the export's weights and BatchNorm statistics, exactly, through
 modeling.timm_backbone / load_backbone_weights (TimmBackbone, UperNet, DETR) and through the export's own remote
-code (auto_map's AutoBackbone) in an interpreter that cannot import this project. Also pins the transformers
-behaviour the README blames, so the README is rewritten when transformers changes it."""
+code (auto_map's AutoBackbone) in an interpreter that cannot import this project; timm families whose features_only
+model is a class of their own (EfficientNet, MobileNetV3, HRNet) through the same routes; a one-channel export through
+transformers' pipelines. Also pins the transformers behaviour the README blames, so the README is rewritten when
+transformers changes it."""
 import json
 import os
 import re
@@ -14,8 +16,9 @@ import pytest
 import timm
 import torch
 import transformers
+from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_modeling import restored_registry
+from test_modeling import PHOTO, restored_registry
 from transformers import TimmBackbone, TimmBackboneConfig
 
 import modeling
@@ -367,3 +370,143 @@ def test_readme_backbone_routes_run_as_written(export, block):
             assert torch.equal(namespace["upernet"].eval().backbone(x).feature_maps[0], first)
             detr_first = namespace["detr"].eval().model.backbone(x, torch.ones(1, 224, 224, dtype=torch.long))[0][0]
             assert torch.allclose(detr_first, first, atol=1e-5)
+
+
+# timm families whose features_only model is a class of their own, not timm's FeatureListNet: what TimmBackbone holds
+# for them, so what load_backbone_weights must know as a feature extractor
+OWN_FEATURE_CLASS = {"efficientnet_b0": "EfficientNetFeatures", "mobilenetv3_small_100": "MobileNetV3Features",
+                     "hrnet_w18_small": "HighResolutionNetFeatures"}
+
+
+@pytest.fixture(scope="module", params=sorted(OWN_FEATURE_CLASS))
+def family_export(request, tmp_path_factory):
+    """(folder, the model saved there) of a timm family with a feature class of its own."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model(request.param, num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path_factory.mktemp("family") / request.param, label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    return folder, model
+
+
+def small_detr(name: str) -> transformers.DetrForObjectDetection:
+    return transformers.DetrForObjectDetection(transformers.DetrConfig(
+        use_timm_backbone=True, backbone=name, use_pretrained_backbone=False, encoder_layers=1, decoder_layers=1,
+        d_model=16, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+        num_queries=4, num_labels=3)).eval()
+
+
+def test_families_with_their_own_feature_class_load_as_backbones(family_export, tmp_path):
+    """EfficientNet, MobileNetV3 and HRNet build features_only as EfficientNetFeatures, MobileNetV3Features and
+    HighResolutionNetFeatures: timm_backbone, UperNet and DETR get the export's maps, as does timm's generic
+    FeatureGetterNet of the family (feature_cls="getter"; timm builds no FeatureListNet of these three). DETR's
+    frozen BatchNorm drops the activation of timm's BatchNormAct2d it replaces (EfficientNet, MobileNetV3):
+    load_backbone_weights puts it back."""
+    folder, model = family_export
+    arch = model.pretrained_cfg["architecture"]
+    name = modeling.timm_name(folder)
+    backbone = modeling.timm_backbone(folder)
+    assert type(backbone._backbone).__name__ == OWN_FEATURE_CLASS[arch]
+    upernet = transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+        backbone_config=TimmBackboneConfig(backbone=name, out_indices=(1, 2, 3, 4)), hidden_size=16,
+        auxiliary_in_channels=model.feature_info[3]["num_chs"], num_labels=3)).eval()
+    detr = small_detr(name)
+    getter = timm.create_model(name, features_only=True, feature_cls="getter", out_indices=(1, 2, 3, 4)).eval()
+    assert modeling.load_backbone_weights(upernet, folder) == ["backbone._backbone"]
+    assert modeling.load_backbone_weights(detr, folder) == ["model.backbone.model"]
+    assert modeling.load_backbone_weights(getter, folder) == [""]
+    mask = torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        expected = expected_maps(model)
+        for route, maps in {"timm_backbone": backbone(X).feature_maps, "UperNet": upernet.backbone(X).feature_maps,
+                            "FeatureGetterNet": getter(X)}.items():
+            assert len(maps) == 4 and all(torch.equal(a, b) for a, b in zip(maps, expected)), route
+        detr_maps = [m for m, _ in detr.model.backbone(X, mask)]
+    # DETR's frozen BatchNorm computes rsqrt(var + eps): float rounding of HRNet's maps (values in the hundreds)
+    assert all((a - b).abs().max() <= 1e-5 * b.abs().max() for a, b in zip(detr_maps, expected))
+    # another width of MobileNetV3 (shapes differ), or another feature class
+    other = modeling.save_pretrained(modeling.create_model("mobilenetv3_small_050", num_classes=4),
+                                     tmp_path / "other", label_names=LABELS)
+    with pytest.raises(ValueError, match="does not fit") as e:
+        modeling.load_backbone_weights(backbone, other)
+    assert "\n" not in str(e.value)
+
+
+def test_family_feature_class_loads_strictly_and_refuses_in_one_line(family_export, tmp_path):
+    """The family's own builder loads features_only non-strictly (it leaves the head out): a tensor the export lacks
+    is refused, not left random. output_stride=16 dilates EfficientNet and MobileNetV3; HRNet has no dilation, and
+    says so in one line instead of timm's bare AssertionError."""
+    folder, model = family_export
+    arch = model.pretrained_cfg["architecture"]
+    state = load_file(folder / "model.safetensors")
+    dropped = next(k for k in state if k.endswith("running_var"))  # a stem or first-stage norm: in every tap set
+    broken = Path(shutil.copytree(folder, tmp_path / "broken"))
+    save_file({k: v for k, v in state.items() if k != dropped}, broken / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"model.safetensors lacks 1 of the tensors .*\({re.escape(dropped)}\)") as e:
+        modeling.timm_backbone(broken)
+    assert "\n" not in str(e.value)
+    if arch.startswith("hrnet"):
+        with pytest.raises(ValueError, match="cannot build its architecture with output_stride=16") as e:
+            modeling.timm_backbone(folder, output_stride=16)
+        assert "\n" not in str(e.value)
+        return
+    backbone = modeling.timm_backbone(folder, output_stride=16)
+    with torch.no_grad():
+        maps = backbone(X).feature_maps
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 4] and torch.equal(maps[0], expected_maps(model)[0])
+
+
+# the card's code blocks that run without this project (a block that imports modeling needs it installed:
+# tests/test_sharing.py), then transformers' pipelines on a photo, in a clean interpreter
+ONE_CHANNEL = r"""
+import contextlib, importlib.util, io, json, re, sys, torch
+assert importlib.util.find_spec("modeling") is None
+from PIL import Image
+from transformers import AutoImageProcessor, pipeline
+folder, photo = sys.argv[1:]
+card = open(f"{folder}/README.md").read().replace('"hf-hub:OWNER/NAME"', repr(f"local-dir:{folder}")).replace(
+    '"OWNER/NAME"', repr(folder)).replace('"photo.jpg"', repr(photo))
+blocks = [b for b in re.findall(r"```python\n(.*?)```", card, flags=re.S) if "import modeling" not in b]
+for block in blocks:
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, "<card block>", "exec"), {"__name__": "__main__"})
+classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+scores = {mode: {r["label"]: r["score"] for r in classifier(Image.open(photo).convert(mode), top_k=4)}
+          for mode in ("RGB", "L")}
+extractor = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
+shape = list(torch.tensor(extractor(Image.open(photo))).shape)
+own = AutoImageProcessor.from_pretrained(folder)  # no trust_remote_code: transformers' own
+channels = own(Image.open(photo).convert("RGB"), return_tensors="pt")["pixel_values"].shape[1]
+print("RESULT " + json.dumps({"processor": type(classifier.image_processor).__name__, "scores": scores,
+                              "shape": shape, "own": [type(own).__name__, channels], "blocks": len(blocks)}))
+"""
+
+
+@pytest.mark.parametrize("name", ["blocknet_tiny", "resnet18"])
+def test_one_channel_export_classifies_photos_through_transformers_pipelines(name, tmp_path):
+    """An in_chans=1 export, ours or timm's: transformers' pipelines open every image as RGB and its
+    TimmWrapperImageProcessor keeps three channels (pinned here: when transformers learns one channel, the export's
+    processor can go); the export's modeling_one_channel.py, named in auto_map, makes each image PIL's "L" first, so
+    pipeline(..., trust_remote_code=True) gives what timm's own transforms of the gray photo give. The card opens
+    photos as "L" and says trust_remote_code=True for the pipeline; its blocks run as written."""
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4, in_chans=1).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "gray", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (1, 64, 64)})
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoImageProcessor"] == "modeling_one_channel.TimmWrapperOneChannelImageProcessor"
+    card = (folder / "README.md").read_text()
+    assert 'Image.open("photo.jpg").convert("L")' in card and "modeling_one_channel.py" in card
+    assert 'pipeline("image-classification", model="OWNER/NAME", trust_remote_code=True)' in card
+    result = run_clean(ONE_CHANNEL, [folder, PHOTO], tmp_path)
+    assert result["blocks"] == (4 if name == "resnet18" else 1)  # ours: its timm blocks import modeling
+    assert result["processor"] == "TimmWrapperOneChannelImageProcessor"
+    assert result["own"] == ["TimmWrapperImageProcessor", 3]
+    loaded = modeling.load_model(folder)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=loaded))
+    with torch.no_grad():
+        probabilities = loaded(transform(Image.open(PHOTO).convert("L")).unsqueeze(0)).softmax(-1)[0]
+        features = loaded.forward_features(transform(Image.open(PHOTO).convert("L")).unsqueeze(0))
+    expected = dict(zip(LABELS, probabilities.tolist()))
+    for mode, scores in result["scores"].items():
+        assert scores == pytest.approx(expected, abs=1e-5), mode
+    assert result["shape"] == list(features.shape)

@@ -498,6 +498,43 @@ def test_save_load_round_trip(name, tmp_path):
         assert torch.equal(fresh_head.forward_features(x), model.forward_features(x))
 
 
+@pytest.mark.parametrize("name", ["blocknet_tiny", *ZOO_SMALL])
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
+def test_load_model_of_headless_weights_builds_the_headless_model(name, tmp_path):
+    """transformers' AutoModel (TimmWrapperModel, built for 0 classes) saves no classifier while config.json keeps
+    the class count (keys as timm's for timm's families, under timm_model. for ours, loaded with the export's remote
+    code): load_model without num_classes builds what the weights hold, the headless network; with num_classes, a
+    fresh classifier on those features. save_pretrained of a headless model loads back headless. Weights that lack a
+    tensor of the network are refused in one line, not filled in at random."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=WNIDS)
+    with restored_registry():
+        AutoModel.from_pretrained(folder, trust_remote_code=True).save_pretrained(tmp_path / "auto")
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["num_classes"] == 4
+    x = small_input()
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        headless = modeling.load_model(tmp_path / "auto")
+        assert headless.num_classes == 0 and torch.equal(headless(x), pooled)
+        fresh = modeling.load_model(tmp_path / "auto", num_classes=3)
+        assert fresh(x).shape == (2, 3) and torch.equal(fresh.forward_features(x), model.forward_features(x))
+        assert modeling.load_model(folder, num_classes=0)(x).shape == pooled.shape
+    own = modeling.save_pretrained(modeling.create_model(name, num_classes=0), tmp_path / "own", label_names=[])
+    assert modeling.load_model(own).num_classes == 0
+
+    state = load_file(tmp_path / "auto" / "model.safetensors")
+    dropped = next(k for k in state if k.endswith("running_var"))
+    save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "auto" / "model.safetensors")
+    key = re.escape(dropped.removeprefix("timm_model."))
+    with pytest.raises(ValueError, match=rf"does not fit architecture '{name}' \({key} missing or unexpected\)") as e:
+        modeling.load_model(tmp_path / "auto")
+    assert "\n" not in str(e.value)
+
+
 def test_config_json_keys(saved_tiny):
     _, folder = saved_tiny
     config = json.loads((folder / "config.json").read_text())

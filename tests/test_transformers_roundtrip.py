@@ -152,7 +152,8 @@ def test_every_backbone_route_of_a_transformers_saved_family_has_its_weights(res
     """timm's features_only load of such a folder is not strict (0 classes asked: the head dropped, every key that
     does not fit ignored), so a family that leaves the prefix on gives a random backbone without a word there; the
     project's routes and the export's own AutoBackbone class load model.safetensors themselves, for any family, with
-    or without the classifier saved."""
+    or without the classifier saved. modeling.load_model builds what the weights hold: the classifier, or without
+    one (AutoModel's save, whose config.json keeps the class count) the headless network."""
     folder, model, name, saver = resaved
     saved = load_file(folder / "model.safetensors")
     assert all(k.startswith("timm_model.") for k in saved)
@@ -179,6 +180,12 @@ def test_every_backbone_route_of_a_transformers_saved_family_has_its_weights(res
                 f"local-dir:{folder}", pretrained=True, features_only=True).eval()(x), maps)
     for route, (got, expected) in routes.items():
         assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected)), route
+    # modeling.load_model with no num_classes: the network the weights hold, the headless one for AutoModel's save
+    loaded = modeling.load_model(folder)
+    assert loaded.num_classes == (4 if saver == "classifier" else 0)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x) if saver == "classifier" else model.forward_head(
+            model.forward_features(x), pre_logits=True))
 
 
 @pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # timm's word on the copy's registration
