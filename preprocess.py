@@ -62,25 +62,44 @@ Choices:
 - The sorted file list is cut into shards of --shard_size images; --num_proc processes each write a shard as one
   Arrow file in OUT.tmp/, in the very layout ``save_to_disk`` uses, so assembling OUT moves no data. A killed run
   resumes from OUT.tmp without redoing finished shards and gives the same dataset; OUT appears by one rename when
-  complete. Memory is flat in the number of images: a worker holds at most one Arrow batch of encoded images.
+  complete. Memory is flat in the number of images: a worker holds at most one Arrow batch of encoded images. A
+  worker that dies (the kernel's out-of-memory killer) ends the run at once, in one line; workers leave with a killed
+  run (run_workers).
 
 Longer than 400 lines because the recipe and the steps only this script takes stay in the file a reader follows
-(listing, encoding, shards, the output's safety, assembly); the input trees are listed in imagenet_trainer/
-(image_tree.py, archives.py, eval_sets.py) and the output's manifest is manifest.py.
+(listing, encoding, shards, their worker processes, the output's safety, assembly); the input trees are listed in
+imagenet_trainer/ (image_tree.py, archives.py, eval_sets.py) and the output's manifest is manifest.py.
 """
 from __future__ import annotations
 
+import os
+import signal
+
+
+def interrupted_while_importing(signum, frame):
+    """Ctrl-C while the imports below run (a few seconds: datasets, pyarrow, PIL), before anything is written: one
+    line and Ctrl-C's exit status, not the traceback of whichever library was loading."""
+    os.write(2, b"interrupted while starting (nothing was written yet)\n")  # os.write: print is not safe here
+    os._exit(130)
+
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored one stays
+    signal.signal(signal.SIGINT, interrupted_while_importing)  # until the script starts (the end of this file)
+
+import contextlib
 import functools
 import hashlib
 import io
 import json
 import math
 import multiprocessing as mp
-import os
+import multiprocessing.connection
+import multiprocessing.resource_tracker
+import pickle
 import shutil
-import signal
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -839,28 +858,178 @@ def main(argv=None) -> None:
 
 
 def convert(work_fn, pending, work: Path, num_proc: int, bar) -> None:
-    """Run ``work_fn`` on every pending shard, archives read as one stream (``archives.spool``), in this process or a
-    pool of ``num_proc``; KeyboardInterrupt and OSError (a full disk) reach the caller, the spool stopped first."""
+    """Run ``work_fn`` on every pending shard, archives read as one stream (``archives.spool``), in this process or
+    ``num_proc`` worker processes (``run_workers``); KeyboardInterrupt, WorkerDied and OSError (a full disk) reach the
+    caller, the spool stopped first."""
     stop = threading.Event()
     pending = archives.spool(pending, work / WORK / "spool", 2 * num_proc, stop)
     if num_proc == 1:
         for summary in map(work_fn, pending):  # in-process: simplest to debug and profile
             bar.update(summary["files"])
         return
-    # Ctrl-C reaches every process of the terminal's group: the workers ignore it from their start (an ignored
-    # signal is inherited), so the parent alone ends the run, in one line, not one traceback each
-    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_workers(work_fn, pending, num_proc, stop, lambda summary: bar.update(summary["files"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The --num_proc workers: a pool of our own. multiprocessing.Pool replaces a worker killed from outside (the kernel's
+# out-of-memory killer sends SIGKILL) and then waits forever for the shard it had; concurrent.futures' pool leaves
+# its queues' semaphores to a warning when this run is SIGKILLed. Here each worker has a pipe of its own: a death
+# is seen at once, by its pipe's end, and nothing is left half used by it.
+# ---------------------------------------------------------------------------------------------------------------
+
+class WorkerDied(Exception):
+    """A worker process ended while the run still needed it: killed from outside, or crashed."""
+
+
+class RemoteTraceback(Exception):
+    """A worker's traceback, the cause of the exception it raised (as multiprocessing.Pool shows them)."""
+
+
+def worker_died(p: mp.Process) -> Exception:
+    """What to raise for worker ``p``, whose pipe's end says it has ended: KeyboardInterrupt where a stop meant for
+    the whole run (SIGTERM, SIGINT) ended it."""
+    p.join(5)  # its status comes at once
+    code = p.exitcode
+    if code in (-signal.SIGTERM, -signal.SIGINT):
+        return KeyboardInterrupt()
+    if code == -signal.SIGKILL:
+        how = "was killed by SIGKILL, probably by the kernel's out-of-memory killer: lower --num_proc"
+    elif code is not None and code < 0:
+        how = f"died of signal {-code} ({signal.strsignal(-code)})"
+    else:
+        how = f"exited with status {code}"
+    return WorkerDied(f"worker process {p.pid} {how}")
+
+
+def shard_worker(conn, parent: int, work_fn) -> None:
+    """A worker process: an ``answer`` back for each shard from ``conn``. It started with SIGINT blocked
+    (``starting_workers``) and ignores it: Ctrl-C reaches every process of the terminal's group, and the parent alone
+    ends the run, in one line. It ends quietly once the parent is gone (a SIGKILL): no traceback of a broken pipe,
+    and no orphan left writing the shard that a rerun writes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # one that came meanwhile is dropped
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
     try:
-        # spawn, not fork: the parent has library threads (pyarrow, tqdm's monitor) that fork would copy
-        pool = mp.get_context("spawn").Pool(num_proc)
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    with pool:
+        while True:
+            conn.send(answer(work_fn, conn.recv()))
+    except (EOFError, OSError):  # the parent is gone
+        os._exit(0)
+
+
+def answer(work_fn, shard) -> tuple:
+    """(``work_fn``'s summary, None), or (None, (the exception it raised, its traceback)): the exception as text
+    where it would not reach the parent whole."""
+    try:
+        return work_fn(shard), None
+    except Exception as e:  # raised again in the parent (an OSError: a full disk is said in one line there)
+        remote = traceback.format_exc()
         try:
-            for summary in pool.imap_unordered(work_fn, pending):
-                bar.update(summary["files"])
-        finally:
-            stop.set()  # before the pool's exit joins the thread feeding it, which may wait in the spool
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            e = RuntimeError(f"{type(e).__name__}: {e}")
+        return None, (e, remote)
+
+
+def exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:  # then the worker is handed to init or a subreaper
+        time.sleep(0.2)
+    os._exit(0)
+
+
+@contextlib.contextmanager
+def starting_workers():
+    """While worker processes start: SIGINT blocked in this thread, so each worker starts with it blocked (a
+    process's signal mask outlives fork and exec) until ``shard_worker`` ignores it; and this process's own Ctrl-C
+    and SIGTERM, whichever thread the kernel hands them to, held until the workers have started, then acted on as
+    usual (KeyboardInterrupt): never dropped, never raised inside the start of a process."""
+    held = {sig: h for sig in (signal.SIGINT, signal.SIGTERM) if callable(h := signal.getsignal(sig))}
+    came = []
+    for sig in held:  # a default or ignored signal stays as it is
+        signal.signal(sig, lambda signum, frame: came.append(signum))
+    mp.resource_tracker.ensure_running()  # its start, with the first worker's, would unblock SIGINT here
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGINT pending for this thread reaches `came` here
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(came):
+            held[sig](sig, None)
+
+
+def feed(shards, conn, failed: list) -> None:
+    """The feeder thread: ``shards`` (the spool, which may wait for archives and for room) into ``conn``, then None;
+    an exception into ``failed``, for the main thread to raise."""
+    try:
+        for shard in shards:
+            conn.send(shard)
+    except BaseException as e:  # also the closed pipe of a run that ended first
+        failed.append(e)
+    with contextlib.suppress(OSError):
+        conn.send(None)
+    conn.close()
+
+
+def run_workers(work_fn, shards, num_proc: int, stop: threading.Event, done) -> None:
+    """``work_fn`` on each of ``shards`` in ``num_proc`` worker processes; ``done(summary)`` for each. A worker's
+    exception is raised here; a worker that dies raises WorkerDied (``worker_died``); on any way out the feeder thread
+    stops (``stop``) and every worker is gone."""
+    ctx = mp.get_context("spawn")  # not fork: this process has library threads (pyarrow, tqdm's monitor) fork copies
+    fed, feeding = ctx.Pipe(duplex=False)
+    failed = []
+    feeder = threading.Thread(target=feed, args=(shards, feeding, failed), daemon=True)
+    workers = {}  # our end of each worker's pipe -> its Process
+    try:
+        feeder.start()  # the spool reads on while the workers start
+        with starting_workers():
+            for _ in range(num_proc):
+                mine, theirs = ctx.Pipe()
+                p = ctx.Process(target=shard_worker, args=(theirs, os.getpid(), work_fn), daemon=True)
+                p.start()
+                theirs.close()
+                workers[mine] = p
+        deal(workers, fed, failed, done)
+    finally:
+        stop.set()  # the spool's generator ends where it stands, as a kill would end it
+        fed.close()  # and the feeder's next send fails
+        for p in workers.values():
+            p.kill()  # idle, or in a shard that a rerun redoes
+        for p in workers.values():
+            p.join()
+        feeder.join()
+
+
+def deal(workers: dict, fed, failed: list, done) -> None:
+    """Each shard from ``fed`` to an idle worker and each answer to ``done``, until the feeder's None finds every
+    worker idle."""
+    idle, busy, last = list(workers), set(), False
+    while busy or not last:
+        for ready in mp.connection.wait([*busy, *([fed] if idle and not last else [])]):
+            if ready in busy:
+                busy.remove(ready)
+                idle.append(ready)
+                done(result(ready, workers[ready]))
+            elif (shard := fed.recv()) is not None:
+                conn = idle.pop()
+                with contextlib.suppress(OSError):  # a worker just dead: its pipe's end says so next
+                    conn.send(shard)
+                busy.add(conn)
+            elif failed:
+                raise failed[0]
+            else:
+                last = True
+
+
+def result(conn, p: mp.Process) -> dict:
+    """The summary worker ``p`` sent on ``conn``; the exception it raised, raised here."""
+    try:
+        summary, error = conn.recv()
+    except (EOFError, OSError):
+        raise worker_died(p) from None
+    if error:
+        raise error[0] from RemoteTraceback(f"\n'''\n{error[1]}'''")
+    return summary
 
 
 def run(argv=None) -> None:
@@ -924,6 +1093,9 @@ def run(argv=None) -> None:
     except KeyboardInterrupt:
         bar.close()  # its last state first, then the one line
         raise SystemExit(f"interrupted: finished shards are kept in {work}; run the same command to resume")
+    except WorkerDied as e:
+        bar.close()
+        raise SystemExit(f"error: {e}; finished shards are kept in {work}: run the same command to resume") from None
     except OSError as e:
         if not checkpoints.is_disk_full(e):
             raise
@@ -943,6 +1115,8 @@ def run(argv=None) -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, interrupt)
     try:
+        if signal.getsignal(signal.SIGINT) is interrupted_while_importing:  # the imports are done: Ctrl-C as usual
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         main()
     except KeyboardInterrupt:  # outside the shard pool, which says where the finished shards are
         raise SystemExit("interrupted: run the same command to resume") from None

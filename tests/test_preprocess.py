@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import psutil
 import pytest
 import torch
 import turbojpeg
@@ -429,6 +430,170 @@ def test_sigkilled_run_resumes_without_redoing_shards_and_gives_the_same_dataset
     assert "validation" in rerun.stdout
     assert f"wrote {out} in " in rerun.stdout  # the seconds are the rerun's alone, and said to be
     assert f" s (this run's time; {len(done)} shards were done by an earlier run)" in rerun.stdout
+
+
+# ---- stops and deaths with --num_proc workers ----
+
+@pytest.fixture(scope="module")
+def stop_tree(tmp_path_factory) -> Path:
+    """50 shards of 2 images: a run long enough (seconds) for a signal to land mid-run."""
+    return make_ilsvrc_tree(tmp_path_factory.mktemp("stops") / "kaggle", num_classes=3, train_per_class=30,
+                            val_per_class=2, num_test=4)
+
+
+def stop_args(tree: Path, out: Path) -> list:
+    return [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(tree), "--output_dir", str(out),
+            "--num_proc", "2", "--shard_size", "2", "--shorter_side", "64"]
+
+
+def interactive():
+    """A preexec_fn: SIGINT at its default, as in a terminal (pytest-xdist's workers may ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_run(args: list, stdout=subprocess.PIPE, **kwargs) -> subprocess.Popen:
+    """preprocess.py in a process group of its own (a Ctrl-C to the group reaches this run alone)."""
+    return subprocess.Popen(args, cwd=ROOT, stdout=stdout, text=True, start_new_session=True, preexec_fn=interactive,
+                            **kwargs)
+
+
+def wait_for(condition, seconds: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {seconds} s: {what}"
+        time.sleep(0.01)
+
+
+def is_worker(process: psutil.Process) -> bool:
+    """Whether ``process`` is a running --num_proc worker (spawned: `python -c 'from multiprocessing.spawn ...'`)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(process.cmdline())
+    except psutil.Error:  # gone
+        return False
+
+
+def workers_of(proc: subprocess.Popen) -> list:
+    return [child for child in psutil.Process(proc.pid).children() if is_worker(child)]
+
+
+def ended(proc: subprocess.Popen, seconds: float = 60) -> tuple[str, str]:
+    """(stdout, stderr) of ``proc`` once it has ended; a failure, its process group killed, if it still runs after
+    ``seconds``."""
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"still running {seconds} s later")
+
+
+def test_a_worker_killed_from_outside_ends_the_run_in_one_line_and_a_rerun_resumes(stop_tree, tmp_path):
+    """The kernel's out-of-memory killer SIGKILLs a worker: multiprocessing.Pool would start another and wait forever
+    for the dead one's shard. The run ends within seconds, in one line saying what to do, status 1; the shards done
+    are kept and the same command resumes."""
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = stop_args(stop_tree, out)
+    proc = start_run(args, stderr=subprocess.PIPE)
+    wait_for(lambda: len(list(work.glob("train/*.arrow"))) >= 2 or proc.poll() is not None, what="2 shards")
+    workers = workers_of(proc)
+    assert proc.poll() is None and len(workers) == 2, "the kill must land mid-run"
+    workers[0].kill()
+    killed_at = time.monotonic()
+    _, err = ended(proc)
+    assert time.monotonic() - killed_at < 10, "the run must end within seconds of the kill"
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (
+        f"error: worker process {workers[0].pid} was killed by SIGKILL, probably by the kernel's out-of-memory "
+        f"killer: lower --num_proc; finished shards are kept in {work}: run the same command to resume")
+    assert not psutil.wait_procs(workers, timeout=10)[1], "the other worker must be gone too"
+    assert not (tmp_path / "out.lock").exists() and not out.exists()
+
+    done = {p.name: p.stat().st_mtime_ns for p in work.glob("train/*.arrow")}
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming {work}: {len(done)} of 50 shards already done" in rerun.stdout
+    assert all((out / "train" / n).stat().st_mtime_ns == t for n, t in done.items()), "finished shards redone"
+    assert datasets.load_from_disk(str(out))["train"].num_rows == 90
+
+
+def test_the_workers_of_a_killed_run_leave_at_once_without_a_word(stop_tree, tmp_path):
+    """preprocess.py itself SIGKILLed: its workers end within a second, mid-shard or idle, with no traceback of a
+    broken pipe (multiprocessing.Pool's workers printed one each) and no orphan left to write the shard a rerun
+    writes."""
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    with open(tmp_path / "stderr", "w") as stderr:  # the workers' stderr too, written after the run's death
+        proc = start_run(stop_args(stop_tree, out), stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for(lambda: len(list(work.glob("train/*.arrow"))) >= 2 or proc.poll() is not None, what="2 shards")
+        workers = workers_of(proc)
+        assert proc.poll() is None and len(workers) == 2, "the kill must land mid-run"
+        proc.kill()
+        proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    for p in alive:
+        p.kill()
+    assert not alive, "workers outlived the run"
+    err = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in err and "Error" not in err and "leaked" not in err, err[-3000:]
+
+
+# preprocess.py with a Ctrl-C to its process group (a terminal's) right after its first worker process started: the
+# workers' pids a line each in $PIDS
+CTRL_C_AT_WORKER_START = """
+import os, signal, sys
+import multiprocessing.context
+import preprocess
+real = multiprocessing.context.SpawnProcess.start
+def start(self):
+    real(self)
+    with open(os.environ["PIDS"], "a") as f:
+        f.write(f"{self.pid}\\n")
+    if os.environ.pop("CTRL_C", None):
+        os.killpg(0, signal.SIGINT)
+multiprocessing.context.SpawnProcess.start = start
+preprocess.main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_the_workers_start_ends_the_run_in_one_line(stop_tree, tmp_path):
+    """The workers start with SIGINT blocked, and the run holds its own Ctrl-C until they have started: it was
+    dropped (the run went on to the end), as the run ignored SIGINT while multiprocessing.Pool started."""
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    env = {**os.environ, "PIDS": str(tmp_path / "pids"), "CTRL_C": "1"}
+    proc = start_run([sys.executable, "-c", CTRL_C_AT_WORKER_START, *stop_args(stop_tree, out)[2:]],
+                     stderr=subprocess.PIPE, env=env)
+    _, err = ended(proc)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == f"interrupted: finished shards are kept in {work}; run the same command to resume"
+    pids = [int(line) for line in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2
+    assert not any(psutil.pid_exists(pid) and is_worker(psutil.Process(pid)) for pid in pids), "workers left"
+    assert not (tmp_path / "out.lock").exists() and not out.exists()
+
+
+# preprocess.py run as a script, `import datasets` held (a file in $MARK says so) until a signal ends the process
+CTRL_C_WHILE_IMPORTING = """
+import os, runpy, sys, time
+class Hold:
+    def find_spec(self, name, path=None, target=None):
+        if name == "datasets":
+            open(os.environ["MARK"], "w").close()
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, Hold())
+sys.argv = ["preprocess.py", *sys.argv[1:]]
+runpy.run_path("preprocess.py", run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_importing_is_one_line_and_status_130(stop_tree, tmp_path):
+    mark = tmp_path / "importing"
+    proc = start_run([sys.executable, "-c", CTRL_C_WHILE_IMPORTING, *stop_args(stop_tree, tmp_path / "out")[2:]],
+                     stderr=subprocess.PIPE, env={**os.environ, "MARK": str(mark)})
+    wait_for(lambda: mark.exists() or proc.poll() is not None, what="the imports")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = ended(proc)
+    assert (proc.returncode, err, out) == (130, "interrupted while starting (nothing was written yet)\n", "")
 
 
 def test_work_dir_of_another_job_is_discarded(clean_tree, tmp_path, capsys):
