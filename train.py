@@ -77,7 +77,8 @@ from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
                                            on_device)
 from imagenet_trainer.process_exit import exit_now
-from imagenet_trainer.run_folder import cannot_write, check_output_dir, hold_output_dir, refuse_together
+from imagenet_trainer.run_folder import (cannot_write, check_output_dir, hold_output_dir, refuse_together,
+                                         still_held)
 from imagenet_trainer.runlock import in_use
 from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
@@ -875,9 +876,11 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
                     ckpt_dir: Path) -> float:
     """save_state into a temp folder, fsync it, list its files' sizes in it, then rename: a kill or a host crash
     mid-save never leaves a half checkpoint as 'latest'. Keeps the newest --keep_last and the best, deleting older
-    ones only once the new one is on disk. Returns the seconds it took."""
+    ones only once the new one is on disk. Returns the seconds it took. A run whose run.lock another launch has
+    taken (after a delete by hand) stops before it writes."""
     started = time.perf_counter()
     final = checkpoints.step_folder(ckpt_dir, state.step)
+    still_held(accelerator, ckpt_dir.parent, f"checkpoint {final.name}")
     tmp = ckpt_dir / f".tmp_{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -975,7 +978,9 @@ def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples
 def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
            label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, train_seconds: float) -> None:
     """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final): written
-    whole or not at all (modeling.save_pretrained); a full disk ends the run on every rank in one line."""
+    whole or not at all (modeling.save_pretrained); a full disk ends the run on every rank in one line, as does a
+    run.lock another launch has taken, before the export."""
+    still_held(accelerator, out_dir.parent, f"the export to {out_dir}")
     eval_size = cfg.eval_image_size or cfg.image_size
     weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
     full_disk = None

@@ -6,7 +6,9 @@ before the files' data, so a crash can leave ``step_N`` in place with truncated 
 ``auto_da_alloc`` covers rename-over-a-file, not a new folder). Hence: fsync each file, then its folder, then the
 rename's parent, and delete older checkpoints only after that. A file can also change without changing size (a
 flipped bit on a disk or in a copy, a tool that rewrote it): neither safetensors nor torch.load would notice every
-such change, so each file's CRC-32 is listed beside its size and checked before a resume.
+such change, so each file's CRC-32 is listed beside its size and checked before a resume. That includes the
+launch's config.yaml, which the resume reads the saved settings from (its seed, model, optimizer, EMA): a changed byte
+there would refuse a sound checkpoint with a wrong setting, or fail the resume with a traceback.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from pathlib import Path
 from .runinfo import atomic_write_text
 
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
-RECORDS = ("config.yaml", "run_info.json")  # the launch's records: written atomically, and readers may edit them
+CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py does not check it
+# (a reader may edit a checkpoint's eval settings there), a resume does (problem's config=True)
+UNLISTED = ("run_info.json",)  # where and how the launch ran: no resume reads it, and readers may edit it
 
 
 def fsync_tree(folder: Path) -> None:
@@ -50,12 +54,12 @@ def fsync_dir(folder: Path) -> None:
 
 
 def seal(folder: Path) -> None:
-    """Write FILE_LIST (the size and CRC-32 of every file but RECORDS, read back from the disk) into a finished
-    checkpoint folder, durably."""
+    """Write FILE_LIST (the size and CRC-32 of every file but UNLISTED, read back from the disk; CONFIG included)
+    into a finished checkpoint folder, durably."""
     folder = Path(folder)
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "crc32": crc32(p)}
              for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != FILE_LIST and str(p.relative_to(folder)) not in RECORDS}
+             if p.is_file() and p.name != FILE_LIST and str(p.relative_to(folder)) not in UNLISTED}
     atomic_write_text(folder / FILE_LIST, json.dumps(files, indent=1) + "\n")
     fsync_dir(folder)
 
@@ -70,9 +74,11 @@ def crc32(path: Path) -> int:
     return crc
 
 
-def problem(folder: Path) -> str | None:
+def problem(folder: Path, config: bool = False) -> str | None:
     """Why ``folder`` is not a complete checkpoint (naming the file), or None. A folder without FILE_LIST (saved by
-    another tool) is taken as it is: nothing to check it against; a list of sizes without CRCs checks the sizes."""
+    another tool) is taken as it is: nothing to check it against; a list of sizes without CRCs checks the sizes.
+    ``config``: CONFIG too, where the list has it (a resume's check: it reads its settings from there); without it
+    the state files alone (validate.py, which lets a reader edit a checkpoint's eval settings in CONFIG)."""
     folder = Path(folder)
     listed = folder / FILE_LIST
     if not listed.is_file():
@@ -86,6 +92,8 @@ def problem(folder: Path) -> str | None:
             raise ValueError
     except (ValueError, OSError, UnicodeDecodeError):
         return f"{listed} is damaged"
+    if not config:
+        files.pop(CONFIG, None)
     for name, saved in files.items():  # every size first: a truncated file is named without reading the others
         path = folder / name
         if not path.is_file():
@@ -170,10 +178,10 @@ def rows_of(metrics: Path) -> list[dict]:
 
 
 def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
-    """(newest complete checkpoint or None, one line per newer one skipped and why)."""
+    """(newest complete checkpoint, its config.yaml included, or None; one line per newer one skipped and why)."""
     skipped = []
     for path in reversed(step_folders(ckpt_dir)):
-        why = problem(path)
+        why = problem(path, config=True)
         if why is None:
             return path, skipped
         skipped.append(f"skipped {path.name}: {why}")
@@ -194,7 +202,7 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     path = Path(resume_from)
     if not path.is_dir():
         raise ValueError(f"{path}: no such checkpoint folder")
-    why = problem(path)
+    why = problem(path, config=True)
     if why is not None:
         raise ValueError(f"{path}: damaged checkpoint: {why}; --resume_from_checkpoint latest takes the newest "
                          "complete one")
@@ -202,12 +210,13 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
 
 
 def saved_config(folder: Path) -> dict | None:
-    """The flags of the launch that saved the checkpoint ``folder`` (its config.yaml), or None when it has none."""
+    """The flags of the launch that saved the checkpoint ``folder`` (its config.yaml), or None when it has none or
+    it does not read as YAML (an unlisted one with changed bytes: a sealed one is checked before)."""
     import yaml  # noqa: PLC0415 (only resumes read it)
 
     try:
-        saved = yaml.safe_load((Path(folder) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        saved = yaml.safe_load((Path(folder) / CONFIG).read_text())
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError
         return None
     return saved if isinstance(saved, dict) else None
 

@@ -1,7 +1,7 @@
 """train.py's --output_dir: what a run folder holds (RUN_FILES), which folders a run may start or continue in
-(check_output_dir), and the lock that keeps it one run's (hold_output_dir), under which what a killed export left is
-put back (clean_export_leftovers). A refusal is decided on the main process and raised on every rank
-(refuse_together), so all of them exit with the same line.
+(check_output_dir), and the lock that keeps it one run's (hold_output_dir, and still_held before each checkpoint and
+export), under which what a killed export left is put back (clean_export_leftovers). A refusal is decided on the main
+process and raised on every rank (refuse_together), so all of them exit with the same line.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 
 from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import RECORD as BAD_SAMPLES_RECORD
-from imagenet_trainer.runlock import LOCK_FILE, FolderLock
+from imagenet_trainer.runlock import LOCK_FILE, FolderLock, held
 from imagenet_trainer.stop_signals import STOPPED_RECORD
 
 EXPORT = "final"  # the export's folder; a kill during one leaves modeling.save_pretrained's .final.tmp-* folders, and
@@ -42,6 +42,27 @@ def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
         else:
             for line in filter(None, (lock.took_over, cleaned)):
                 accelerator.print(line)
+    refuse_together(accelerator, refusal)
+
+
+def still_held(accelerator: Accelerator, run_dir: Path, before: str) -> None:
+    """Before a write another run must not mix with (``before``: "checkpoint step_N", "the export"): the main
+    process checks that run_dir's lock is still this run's (FolderLock.check). A run.lock deleted by hand is made and
+    locked again, in one line; one another launch has made and taken since (it found no lock) ends this run on every
+    rank, in one line, before the write: the other run goes on alone."""
+    refusal = None
+    if accelerator.is_main_process and (lock := held(run_dir)) is not None:
+        try:
+            retaken = lock.check()
+        except ValueError as e:
+            refusal = (f"error: --output_dir {run_dir}: {e}; this run stops before {before}, so that two runs do not "
+                       f"write into one folder (never delete the {LOCK_FILE} of a live run)")
+        except OSError as e:
+            refusal = (f"error: --output_dir {run_dir}: {lock.path} was deleted while this run held it and cannot be "
+                       f"made again ({e.strerror or e}); this run stops before {before}")
+        else:
+            if retaken:
+                accelerator.print(f"warning: {retaken}")
     refuse_together(accelerator, refusal)
 
 

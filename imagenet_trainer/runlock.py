@@ -7,6 +7,11 @@ launch gets. A record of another host that is still marked held is not taken ove
 hosts as the filesystem makes it (NFSv4 and GPFS are; Lustre mounted with localflock is not), so this host cannot
 tell a crashed holder from a live one; the message says how to clear it. The same SLURM job (a requeue, which may
 land on other nodes) takes over its own lock.
+
+A lock file deleted by hand while its run goes on locks nothing: the next launch makes a new one and takes the
+folder. ``check`` (train.py calls it before each checkpoint and export) finds that out: a file that is gone is made
+and locked again (no launch can have taken the folder through a file that was not there), one that another launch
+made since ends the check in a ValueError naming its holder.
 """
 from __future__ import annotations
 
@@ -96,6 +101,45 @@ class FolderLock:
         atexit.register(self.release)
         return self
 
+    def check(self) -> str | None:
+        """Whether the file at ``path`` is still the one this lock holds: None when it is; when it was deleted, it is
+        made and locked again, with this holder's record, and a line saying so is returned; ValueError (naming who
+        holds the file there now) when another launch made one since. OSError when the new file cannot be written."""
+        if self._there():
+            return None
+        fd = None
+        if not os.path.lexists(self.path):
+            try:  # exclusive: a launch that makes the file in this instant gets it, and this run stops below
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                pass
+        if fd is not None and self._flock_now(fd):
+            record, old = self._read(self.fd), self.fd
+            self.fd = fd
+            os.close(old)  # the deleted file's flock goes with it
+            self._write({**record, "held": True})
+            return (f"{self.path} was deleted while this run held it: made and locked again (no other launch had "
+                    f"taken {self.folder})")
+        if fd is not None:
+            os.close(fd)
+        try:
+            with open(self.path, "rb") as f:
+                record = self._read(f.fileno())
+        except OSError:
+            record = {}
+        now = f"the lock of {_holder(record)}" if record.get("pid") else "a file that names no run"
+        raise ValueError(f"{self.path} was deleted while this run held it, and is now {now}")
+
+    @staticmethod
+    def _flock_now(fd: int) -> bool:
+        """flock without waiting: False when another process holds it; True when taken, or when the filesystem has
+        no flock (the record alone decides, as in acquire)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
+        return True
+
     @staticmethod
     def _flock(fd: int) -> bool | None:
         """True: locked; False: the filesystem has no flock (the record alone decides); None: another holds it.
@@ -148,10 +192,25 @@ class FolderLock:
         return record if isinstance(record, dict) else {}
 
     def _write(self, record: dict) -> None:
+        """The record, whole: a short pwrite (a file size limit, a signal, a filesystem's own limit) is continued
+        where it stopped; a write that takes no byte raises."""
         data = (json.dumps(record) + "\n").encode()
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        done = 0
+        while done < len(data):  # past a limit the next call raises (EFBIG, ENOSPC) rather than writing nothing
+            written = os.pwrite(self.fd, data[done:], done)
+            if written <= 0:
+                raise OSError(errno.EIO, f"{self.path}: wrote {done} of the record's {len(data)} bytes")
+            done += written
         os.fsync(self.fd)
+
+    def _there(self) -> bool:
+        """Whether the file at ``path`` is the one this lock holds (not one another launch made after a delete)."""
+        try:
+            there, mine = os.stat(self.path), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _forget(self) -> None:
         """In a forked child: close its copy of the descriptor, so the lock ends with the holder, not its children;
@@ -169,7 +228,7 @@ class FolderLock:
         try:
             record = self._read(self.fd)
             self._write({**record, "held": False, "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            if self.beside or (self.created and os.listdir(self.path.parent) == [self.path.name]):
+            if (self.beside or (self.created and os.listdir(self.path.parent) == [self.path.name])) and self._there():
                 self.path.unlink()
             if self.created and not os.listdir(self.path.parent):
                 self.path.parent.rmdir()
@@ -192,6 +251,12 @@ def in_use(folder: Path) -> str | None:
         return _holder(FolderLock._read(fd)) if FolderLock._flock(fd) is None else None
     finally:
         os.close(fd)  # and with it a lock taken just now
+
+
+def held(folder: Path) -> FolderLock | None:
+    """This process's lock of ``folder`` (its LOCK_FILE) while it holds it, or None."""
+    lock = _HELD.get(Path(folder) / LOCK_FILE)
+    return lock if lock is not None and lock.fd is not None else None
 
 
 def release_all() -> None:

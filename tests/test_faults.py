@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -86,6 +87,40 @@ def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
     assert checkpoints.problem(older) == f"{older / checkpoints.FILE_LIST} is damaged"
 
 
+def test_a_checkpoints_config_yaml_is_listed_and_a_resume_checks_it(tmp_path):
+    """config.yaml (the settings a resume reads) is sealed with the state files, run_info.json is not. A resume
+    (latest, or the folder named) takes a changed or cut config.yaml as damage; validate.py's check (problem's
+    default) leaves it to the reader, who may edit a checkpoint's eval settings there."""
+    folder = tmp_path / "ckpt" / "step_00000002"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x" * 100)
+    config = b"model: blocknet_tiny\noptimizer: sgd\nseed: 0\n"
+    (folder / "config.yaml").write_bytes(config)
+    (folder / "run_info.json").write_text("{}\n")
+    checkpoints.seal(folder)
+    assert json.loads((folder / checkpoints.FILE_LIST).read_text())["config.yaml"] == {
+        "bytes": len(config), "crc32": zlib.crc32(config)}
+    assert "run_info.json" not in json.loads((folder / checkpoints.FILE_LIST).read_text())
+    older = tmp_path / "ckpt" / "step_00000001"
+    shutil.copytree(folder, older)
+    (folder / "run_info.json").write_text('{"edited": true}\n')
+    assert checkpoints.problem(folder, config=True) is None
+    with open(folder / "config.yaml", "r+b") as f:  # sgd -> cgd: a setting the resume would refuse the run over
+        f.seek(config.index(b"sgd"))
+        f.write(bytes([ord("s") ^ 0x10]))
+    damaged = f"{folder / 'config.yaml'} has the size it was saved with, but other bytes (its CRC-32 differs)"
+    assert checkpoints.problem(folder) is None and checkpoints.problem(folder, config=True) == damaged
+    assert checkpoints.newest_complete(tmp_path / "ckpt") == (older, [f"skipped {folder.name}: {damaged}"])
+    with pytest.raises(ValueError, match=re.escape(f"damaged checkpoint: {damaged};")):
+        checkpoints.pick(str(folder), tmp_path / "ckpt")
+    truncate(folder / "config.yaml", 10)
+    assert checkpoints.problem(folder, config=True) == (f"{folder / 'config.yaml'} has 10 bytes, {len(config)} were "
+                                                        "saved (truncated)")
+    (folder / "config.yaml").write_bytes(b"\xff" * 10)  # no UTF-8, in a checkpoint that lists nothing: no settings
+    (folder / checkpoints.FILE_LIST).unlink()
+    assert checkpoints.saved_config(folder) is None
+
+
 @pytest.fixture(scope="module")
 def finished(preprocessed, tmp_path_factory):
     """A 2-epoch run that checkpointed every step (keeping them all) and its last checkpoint's weights."""
@@ -140,18 +175,20 @@ def test_the_rows_past_a_resume_and_an_append_a_kill_cut_are_set_aside(tmp_path)
     assert not (tmp_path / "again").exists()
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin"])
+@pytest.mark.parametrize("name, at", [("model.safetensors", None), ("optimizer.bin", None),
+                                      ("config.yaml", b"optimizer: sgd")])
 def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_latest_resumes_from_the_previous(finished, preprocessed,
-                                                                                                tmp_path, name):
+                                                                                                tmp_path, name, at):
     """A file of the size it was saved with but other bytes (a bit flipped on a disk or in a copy): in a weight it
-    would load without an error (wrong weights), in the optimizer's zip it fails the load. Its CRC-32 names it
-    before the load, and latest goes on from the checkpoint before it."""
+    would load without an error (wrong weights), in the optimizer's zip it fails the load, in config.yaml it reads as
+    another setting (--optimizer cgd: the resume refused a sound checkpoint). Its CRC-32 names it before the load,
+    and latest goes on from the checkpoint before it."""
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     previous, newest = checkpoints.step_folders(out / "checkpoints")[-2:]
     path = newest / name
-    with open(path, "r+b") as f:  # a byte in the middle of the file: tensor data
-        f.seek(path.stat().st_size // 2)
+    with open(path, "r+b") as f:  # a byte in the middle of the file (tensor data), or the first of ``at``'s value
+        f.seek(path.stat().st_size // 2 if at is None else path.read_bytes().index(at) + at.index(b":") + 2)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0x10]))
@@ -650,6 +687,56 @@ def test_a_folder_lock_names_its_holder_and_is_taken_over_only_when_the_holder_i
     lock = FolderLock(folder, "--output_dir").acquire()
     assert "node-b" in lock.took_over
     lock.release()
+
+
+def test_a_run_lock_deleted_by_hand_is_made_again_or_the_run_stops_before_a_second_one_writes(preprocessed,
+                                                                                             tmp_path):
+    """run.lock deleted while its run goes on (a clean-up, a user who took it for a stale one) locks nothing: the
+    next launch makes a new one and takes the folder. The run checks it before each checkpoint: deleted (at its 2nd
+    checkpoint) it is made and locked again; deleted and taken by another process (at its 4th, as a second launch
+    takes it) the run stops before it writes, in one line, and leaves the other one's lock alone."""
+    out, holder_pid = tmp_path / "run", tmp_path / "holder.pid"
+    try:
+        proc = train_faulting(f"""
+            import subprocess
+            from pathlib import Path
+            calls, save_checkpoint = [], train.save_checkpoint
+            def lock_deleted(*args):
+                calls.append(1)
+                if len(calls) in (2, 4):
+                    (Path({str(out)!r}) / {LOCK_FILE!r}).unlink()
+                if len(calls) == 4:  # a second launch into the folder, between the delete and this checkpoint
+                    holder = subprocess.Popen([sys.executable, "-c", {HOLD!r}, {str(out)!r}], text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # not train's pipe
+                    Path({str(holder_pid)!r}).write_text(str(holder.pid))
+                    assert holder.stdout.readline().strip() == "held"
+                return save_checkpoint(*args)
+            train.save_checkpoint = lock_deleted
+        """, train_cmd(preprocessed, out, "--epochs", "3", "--save_every_steps", "1", "--keep_last", "10"))
+        holder = json.loads((out / LOCK_FILE).read_text())
+        assert holder["pid"] == int(holder_pid.read_text()) and holder["held"], "the other lock is left alone"
+        assert in_use(out) == f"pid {holder['pid']} on host {socket.gethostname()} since {holder['start']}"
+    finally:
+        if holder_pid.exists():
+            os.kill(int(holder_pid.read_text()), signal.SIGKILL)
+    assert f"warning: {out / LOCK_FILE} was deleted while this run held it: made and locked again" in proc.stdout
+    saved = checkpoints.step_folders(out / "checkpoints")
+    assert proc.returncode == 1 and last_line(proc) == (
+        f"error: --output_dir {out}: {out / LOCK_FILE} was deleted while this run held it, and is now the lock of pid "
+        f"{holder['pid']} on host {socket.gethostname()} since {holder['start']}; this run stops before checkpoint "
+        f"step_{len(saved) + 1:08d}, so that two runs do not write into one folder (never delete the {LOCK_FILE} of "
+        "a live run)")
+    assert len(saved) == 3
+
+
+def test_a_lock_record_the_disk_takes_only_in_part_fails_the_acquire(tmp_path):
+    """A write past RLIMIT_FSIZE writes what fits and returns the count (a short write, as a filesystem near its
+    quota may make): the record's writer goes on, and the next write fails (EFBIG) instead of leaving half a record
+    as the holder's."""
+    acquire = "import sys; from imagenet_trainer.runlock import FolderLock; FolderLock(sys.argv[1], 'x').acquire()"
+    proc = run([sys.executable, "-c", acquire, str(tmp_path)], preexec_fn=file_size_limit(64))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "OSError: [Errno 27] File too large"
+    assert (tmp_path / LOCK_FILE).stat().st_size == 64
 
 
 def test_a_second_launch_into_a_busy_output_dir_is_refused_from_the_first_seconds(preprocessed, tmp_path):
