@@ -102,9 +102,19 @@ def restore_norm_activations(module: torch.nn.Module, reference: torch.nn.Module
         current = module.get_submodule(name)
         if isinstance(current, (BatchNormAct2d, SyncBatchNormAct, FrozenBatchNormAct2d)) or hasattr(current, "act"):
             continue
-        trainable = any(True for _ in current.parameters(recurse=False))  # DETR's frozen norm holds buffers only
+        own = dict(current.named_parameters(recurse=False))  # DETR's frozen norm holds buffers only
+        layer = ref if own else freeze_batch_norm_2d(ref)
+        # the reference is float32 on the CPU and in eval mode: the layer joins a model that may be cast, moved or
+        # training, and must run as the layer it replaces did
+        like = next((t for t in (*own.values(), *current.buffers(recurse=False)) if t.is_floating_point()), None)
+        if like is not None:
+            layer.to(device=like.device, dtype=like.dtype)
+        layer.train(current.training)
+        for key, param in layer.named_parameters():
+            if key in own:
+                param.requires_grad_(own[key].requires_grad)
         parent, _, child = name.rpartition(".")
-        module.get_submodule(parent).add_module(child, ref if trainable else freeze_batch_norm_2d(ref))
+        module.get_submodule(parent).add_module(child, layer)
         replaced.append(name)
     return replaced
 
@@ -150,6 +160,19 @@ def image_channels(export) -> int:
     return int(json.loads((folder / CONFIG_NAME).read_text()).get("model_args", {}).get("in_chans", 3))
 
 
+def _dilations(name: str) -> str:
+    """Which of the dilated output strides (8, 16) timm builds the architecture ``name`` with, in words."""
+    built = []
+    for stride in (8, 16):
+        try:
+            with torch.device("meta"), our_names():  # shapes only: whether it builds
+                timm.create_model(name, features_only=True, output_stride=stride)
+        except AssertionError:
+            continue
+        built.append(str(stride))
+    return f"it takes {' or '.join(built)}" if built else "no dilated stages: it takes neither 8 nor 16"
+
+
 def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_stride: int | None = None,
                   freeze_batch_norm_2d: bool = False):
     """transformers' ``TimmBackbone`` of an export with its exact weights, in eval mode. ``out_indices``: the
@@ -168,8 +191,8 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
         except AssertionError:  # timm's families assert what they cannot build (HRNet: output_stride == 32)
             if output_stride is None:
                 raise
-            raise ValueError(f"{export}: timm cannot build its architecture with output_stride={output_stride} (no "
-                             f"dilated stages); leave output_stride out") from None
+            raise ValueError(f"{export}: timm cannot build its architecture with output_stride={output_stride} "
+                             f"({_dilations(name)}); leave output_stride out") from None
     load_backbone_weights(model, export)
     return model.eval()
 

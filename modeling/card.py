@@ -415,8 +415,14 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
               "with torch.no_grad():", "    embedding = model(transform(image).unsqueeze(0))",
               f"print(embedding.shape)  # (1, {shapes['embedding']}): the features the classifier reads "
               "(head_hidden_size)", "```", ""]
+    return lines + _transformers_usage(arch, repo, k, remote_code, defined_in, register, one_channel_processor)
+
+
+def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None,
+                       register: list[str], one_channel_processor: bool) -> list[str]:
+    """The card's transformers section: ``register``, the lines that register a family timm does not ship."""
+    lines = ["### transformers", ""]
     trust = ", trust_remote_code=True" if remote_code or one_channel_processor else ""
-    lines += ["### transformers", ""]
     if remote_code:
         lines += [f"`trust_remote_code=True` runs the Python files of this repository: `{Path(defined_in).name}` "
                   f"(the architecture: torch and timm only, with any module of its own it imports; importing it "
@@ -431,7 +437,10 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
                   "RGB: with `trust_remote_code=True` transformers takes the image processor `config.json`'s "
                   "`auto_map` names, in `modeling_one_channel.py` of this repository (its own "
                   "`TimmWrapperImageProcessor`, each image made one channel first, PIL's \"L\"); without it, its "
-                  "own, and the network gets three channels.", ""]
+                  "own, and the network gets three channels."
+                  + ("" if defined_in else " The file also holds transformers' `TimmWrapperForImageClassification` "
+                     "and `TimmWrapperModel`, unchanged, which `auto_map` names: the `save_pretrained` of a model "
+                     "loaded with `trust_remote_code=True` then copies the file along."), ""]
     lines += ["```python", *(register if defined_in and not remote_code else []),
               "from transformers import AutoModelForImageClassification, pipeline", "",
               f'classifier = pipeline("image-classification", model="{repo}"{trust})',

@@ -23,7 +23,10 @@ A network that reads one channel (``in_chans=1``: grayscale), of any family, tim
 grayscale option exists only in SuperPoint-style processors), so the network would get three channels. The processor
 makes every image one channel (PIL's "L", as timm's own scripts open images when ``input_size[0]`` is 1) before
 timm's transforms; ``pipeline(..., trust_remote_code=True)`` picks it up, and without ``trust_remote_code``
-transformers uses its own, as before.
+transformers uses its own, as before. transformers' ``save_pretrained`` of a loaded model keeps config.json's
+``auto_map`` but copies only the file of the model's class when it is remote code, and the files that one imports as
+``from .module import Name`` (``custom_object_save``): the family's wrapper imports the processor that way, and for
+timm's architectures the processor's file also holds the model classes ``auto_map`` names, so a re-save carries it.
 """
 from __future__ import annotations
 
@@ -125,11 +128,18 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
     for a network that reads one channel (any architecture); ({}, {}) for a three-channel one timm ships. Raises
     NotBundleable when the defining files import project code."""
     one_channel = reads_one_channel(model)
+    processor = Path(PROCESSOR_FILE).stem
     processor_files = {PROCESSOR_FILE: ONE_CHANNEL_PROCESSOR} if one_channel else {}
-    processor_map = {"AutoImageProcessor": f"{Path(PROCESSOR_FILE).stem}.{PROCESSOR_CLASS}"} if one_channel else {}
+    processor_map = {"AutoImageProcessor": f"{processor}.{PROCESSOR_CLASS}"} if one_channel else {}
     module = defining_module(model)
     if module is None:
-        return processor_files, processor_map
+        if not one_channel:
+            return {}, {}
+        # transformers' save_pretrained copies only the file of a remote-code model class (and what it imports):
+        # with transformers' own class, a re-save would keep the processor's auto_map entry without its file
+        return {PROCESSOR_FILE: ONE_CHANNEL_PROCESSOR + ONE_CHANNEL_MODELS}, {
+            "AutoModelForImageClassification": f"{processor}.TimmWrapperForImageClassification",
+            "AutoModel": f"{processor}.TimmWrapperModel", **processor_map}
     cls = type(model)
     path = inspect.getsourcefile(module)
     if not path:
@@ -151,7 +161,10 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
     roles = {f"{stem}.py": "the architecture of these weights"}
     files = {fname: f"# {fname}, {roles.get(fname, f'imported by {stem}.py')} (torch + timm only).\n" + text
              for fname, text in sources.items()}
-    files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name,
+    # the import makes transformers' save_pretrained of the loaded model copy the processor file as well
+    processor_import = (f"from .{Path(PROCESSOR_FILE).stem} import {PROCESSOR_CLASS}  # noqa: F401  a re-save "
+                        f"(save_pretrained) keeps the image processor auto_map names\n") if one_channel else ""
+    files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name, processor_import=processor_import,
                                             features=inspect.getsource(exported_features))
     # every Auto class transformers maps timm_wrapper to: one left out falls back to transformers' own class, which
     # builds the network by name without importing the file that registers it
@@ -165,6 +178,7 @@ ONE_CHANNEL_PROCESSOR = f'''"""transformers' image processor for these weights, 
 each image as RGB, and its own TimmWrapperImageProcessor keeps the three channels, which a one-channel network cannot
 take."""
 import torch
+import transformers
 from transformers import TimmWrapperImageProcessor
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import make_flat_list_of_images
@@ -180,6 +194,18 @@ class {PROCESSOR_CLASS}(TimmWrapperImageProcessor):
             images = images.cpu().numpy()
         images = [to_pil_image(image).convert("L") for image in make_flat_list_of_images(images)]
         return super().preprocess(images, return_tensors=return_tensors)
+'''
+
+# appended for an architecture timm ships: config.json's auto_map names these, so a model loaded with
+# trust_remote_code is of a class in this file, and its save_pretrained copies the file along
+ONE_CHANNEL_MODELS = '''
+
+class TimmWrapperForImageClassification(transformers.TimmWrapperForImageClassification):
+    """transformers' class, unchanged (its name: pipeline() knows it as an image classifier)."""
+
+
+class TimmWrapperModel(transformers.TimmWrapperModel):
+    """transformers' class, unchanged: AutoModel's, for pipeline("image-feature-extraction")."""
 '''
 
 
@@ -202,7 +228,7 @@ from transformers import TimmWrapperModel as TimmWrapperHeadless
 
 from . import {stem} as family  # its variants: what own_code registers
 from .{stem} import {cls}  # noqa: F401  this form is what transformers' loader follows to copy {stem}.py
-
+{processor_import}
 PREFIX = "timm_model."  # TimmWrapperModel/ForImageClassification's attribute holding the timm network
 # what AutoBackbone.from_pretrained passes on by itself besides config and the Hub arguments taken below
 # (transformers/models/auto/auto_factory.py); proxies: huggingface_hub's downloads take none

@@ -4,6 +4,7 @@ code (auto_map's AutoBackbone) in an interpreter that cannot import this project
 model is a class of their own (EfficientNet, MobileNetV3, HRNet) through the same routes; a one-channel export through
 transformers' pipelines. Also pins the transformers behaviour the README blames, so the README is rewritten when
 transformers changes it."""
+import copy
 import json
 import os
 import re
@@ -18,10 +19,13 @@ import torch
 import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from timm.layers import BatchNormAct2d
+from timm.layers import freeze_batch_norm_2d as freeze_norms
 from test_modeling import PHOTO, restored_registry
 from transformers import TimmBackbone, TimmBackboneConfig
 
 import modeling
+from modeling.backbone import TimmFPN, reference_features, restore_norm_activations
 from modeling.refresh_code import refresh_remote_code
 
 LABELS = ["n01440764", "n02012849", "n02085620", "n03126707"]
@@ -445,7 +449,7 @@ def test_family_feature_class_loads_strictly_and_refuses_in_one_line(family_expo
         modeling.timm_backbone(broken)
     assert "\n" not in str(e.value)
     if arch.startswith("hrnet"):
-        with pytest.raises(ValueError, match="cannot build its architecture with output_stride=16") as e:
+        with pytest.raises(ValueError, match=r"cannot build its architecture with output_stride=16 \(no dilated") as e:
             modeling.timm_backbone(folder, output_stride=16)
         assert "\n" not in str(e.value)
         return
@@ -453,6 +457,68 @@ def test_family_feature_class_loads_strictly_and_refuses_in_one_line(family_expo
     with torch.no_grad():
         maps = backbone(X).feature_maps
     assert [m.shape[-1] for m in maps] == [16, 8, 4, 4] and torch.equal(maps[0], expected_maps(model)[0])
+
+
+def test_restored_norms_take_the_dtype_and_mode_of_the_layers_they_replace(tmp_path):
+    """The layers that get their activation back are built from a float32 CPU reference in eval mode: in a DETR cast
+    to bfloat16 (or moved to the GPU) before the load they take its dtype and device, in a training model its mode, so
+    it runs and gives the maps of the model cast after the load; a trainable norm keeps its requires_grad.
+    MobileNetV3: the smallest family with BatchNormAct2d (bfloat16 convolutions are slow on CPUs)."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("mobilenetv3_small_100", num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path / "mobilenet", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    name = modeling.timm_name(folder)
+    mask = torch.ones(1, 64, 64, dtype=torch.long)
+    cast = small_detr(name).to(torch.bfloat16).train()
+    modeling.load_backbone_weights(cast, folder)
+    backbone = cast.model.backbone.model
+    assert {t.dtype for t in backbone.state_dict().values() if t.is_floating_point()} == {torch.bfloat16}
+    assert all(m.training for m in backbone.modules())
+    after = small_detr(name)
+    modeling.load_backbone_weights(after, folder)
+    with torch.no_grad():
+        maps = [m for m, _ in cast.eval().model.backbone(X.to(torch.bfloat16), mask)]
+        expected = [m for m, _ in after.to(torch.bfloat16).model.backbone(X.to(torch.bfloat16), mask)]
+    assert all(torch.equal(a, b) for a, b in zip(maps, expected))
+    # a norm with parameters in the place of timm's (trainable: the reference's own layer goes in), frozen by its user
+    features = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4))
+    reference = reference_features(folder, features)
+    features.load_state_dict(reference.state_dict())
+    norm = next(n for n, m in features.named_modules() if isinstance(m, BatchNormAct2d))
+    parent, _, child = norm.rpartition(".")
+    plain = torch.nn.BatchNorm2d(features.get_submodule(norm).num_features).requires_grad_(False)
+    features.get_submodule(parent).add_module(child, plain)
+    features.to(torch.bfloat16).train()
+    assert restore_norm_activations(features, reference) == [norm]
+    restored = features.get_submodule(norm)
+    assert isinstance(restored, BatchNormAct2d) and restored.training
+    assert [(p.dtype, p.requires_grad) for p in restored.parameters()] == [(torch.bfloat16, False)] * 2
+
+
+def test_export_with_frozen_batchnorm_loads_as_a_backbone(family_export, tmp_path):
+    """A model fine-tuned with frozen BatchNorms (timm's freeze_batch_norm_2d, as detection recipes do) saves no
+    num_batches_tracked, a counter nothing computes from: the families with a feature class of their own load it
+    strictly all the same, with the export's maps."""
+    folder, model = family_export
+    frozen = modeling.save_pretrained(freeze_norms(copy.deepcopy(model)), tmp_path / "frozen", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    assert not any(k.endswith("num_batches_tracked") for k in load_file(frozen / "model.safetensors"))
+    with torch.no_grad():  # timm_backbone: load_backbone_weights' route too; TimmFPN: exported_features alone
+        expected = expected_maps(model)
+        for route, maps in {"timm_backbone": modeling.timm_backbone(frozen)(X).feature_maps,
+                            "TimmFPN": TimmFPN(frozen).eval().body(X)}.items():
+            assert len(maps) == 4 and all(torch.equal(a, b) for a, b in zip(maps, expected)), route
+
+
+def test_output_stride_the_family_cannot_build_is_named(tmp_path):
+    """timm asserts what it cannot build: ResNet dilates to 8 or 16 but asserts on 4, which is no want of dilated
+    stages; the refusal names the value and the strides the family takes."""
+    folder = modeling.save_pretrained(modeling.create_model("resnet18", num_classes=4), tmp_path / "resnet18",
+                                      label_names=LABELS, pretrained_cfg={"input_size": (3, 64, 64)})
+    with pytest.raises(ValueError, match=r"with output_stride=4 \(it takes 8 or 16\); leave output_stride out") as e:
+        modeling.timm_backbone(folder, output_stride=4)
+    assert "\n" not in str(e.value) and "no dilated" not in str(e.value)
 
 
 # the card's code blocks that run without this project (a block that imports modeling needs it installed:
@@ -510,3 +576,37 @@ def test_one_channel_export_classifies_photos_through_transformers_pipelines(nam
     for mode, scores in result["scores"].items():
         assert scores == pytest.approx(expected, abs=1e-5), mode
     assert result["shape"] == list(features.shape)
+
+
+RESAVED = r"""
+import importlib.util, json, sys
+assert importlib.util.find_spec("modeling") is None
+from PIL import Image
+from transformers import pipeline
+results = {}
+for folder in sys.argv[1:-1]:
+    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+    results[folder] = [type(classifier.image_processor).__name__, classifier(Image.open(sys.argv[-1]), top_k=4)]
+print("RESULT " + json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("name", ["blocknet_tiny", "resnet18"])
+def test_one_channel_export_resaved_by_transformers_keeps_its_processor(name, tmp_path):
+    """transformers' save_pretrained of a one-channel export loaded with trust_remote_code keeps auto_map's
+    AutoImageProcessor entry and copies only the files of a remote model class and what it imports: the re-save holds
+    modeling_one_channel.py, and its pipeline opens photos as the export's does."""
+    torch.manual_seed(0)
+    model = modeling.create_model(name, num_classes=4, in_chans=1).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "gray", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (1, 64, 64)})
+    loaded = transformers.AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+    loaded.save_pretrained(tmp_path / "resaved")
+    auto_map = json.loads((tmp_path / "resaved" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoImageProcessor"] == "modeling_one_channel.TimmWrapperOneChannelImageProcessor"
+    assert (tmp_path / "resaved" / "modeling_one_channel.py").is_file()
+    result = run_clean(RESAVED, [folder, tmp_path / "resaved", PHOTO], tmp_path)
+    export, resaved = result[str(folder)], result[str(tmp_path / "resaved")]
+    assert resaved[0] == "TimmWrapperOneChannelImageProcessor"
+    assert [r["label"] for r in resaved[1]] == [r["label"] for r in export[1]]
+    assert [r["score"] for r in resaved[1]] == pytest.approx([r["score"] for r in export[1]], abs=1e-6)
