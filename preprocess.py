@@ -116,7 +116,8 @@ from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, ima
 from imagenet_trainer.jpeg_markers import header_segments, lossless
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.runinfo import atomic_write_text, write_run_info
+from imagenet_trainer.runinfo import (REPLACED_NOTE, atomic_write_text, delete_replaced, is_replaced, mark_replaced,
+                                      replaced_folder, write_run_info)
 from imagenet_trainer.runlock import FolderLock, release_all
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
@@ -625,28 +626,11 @@ def finish_move(out: Path) -> None:
         move_up(out)
 
 
-# swap_in's note in the output it moves aside; among its work notes, which a finished output's checks skip and a run
-# finding it done removes, so a run killed before the move leaves nothing in the way
-REPLACED = f"{WORK}/replaced"
-
-
-def replaced_folder(out: Path) -> Path:
-    return out.with_name(f".{out.name}.old")
-
-
-def replaced_note(out: Path) -> str:
-    return f"{out}, moved aside by preprocess.py --overwrite to be deleted\n"
-
-
-def has_note(old: Path, out: Path) -> bool:
-    """Whether ``old`` (a real folder, not a link to one) holds swap_in's note for ``out``: the only proof that
-    preprocess.py put it there, as a user's folder of that name, whatever else it holds, never has it."""
-    note = old / REPLACED
-    try:
-        return (old.is_dir() and not old.is_symlink() and not (old / WORK).is_symlink() and note.is_file()
-                and not note.is_symlink() and note.read_text() == replaced_note(out))
-    except (OSError, UnicodeDecodeError):
-        return False
+# swap_in's note in the output it moves aside (runinfo.mark_replaced: REPLACED_NOTE, among the work notes in WORK,
+# which a finished output's checks skip and a run finding it done removes, so a run killed before the move leaves
+# nothing in the way)
+assert REPLACED_NOTE.startswith(f"{WORK}/")
+REPLACED_BY = "preprocess.py --overwrite"  # in the note: a user's folder named .OUT.old, whatever it holds, has none
 
 
 def in_the_way(out: Path) -> str:
@@ -661,7 +645,7 @@ def swap_in(work: Path, out: Path) -> None:
     if os.path.lexists(old):  # checked at the start, but a user may have put it there since
         raise SystemExit(f"{in_the_way(out)} (the finished dataset waits in {work}: the same command then only "
                          "moves it)")
-    atomic_write_text(out / REPLACED, replaced_note(out))
+    mark_replaced(out, REPLACED_BY)
     os.replace(out, old)
     os.replace(work, out)
     try:
@@ -671,23 +655,12 @@ def swap_in(work: Path, out: Path) -> None:
               "space")
 
 
-def delete_replaced(old: Path) -> None:
-    """The note goes last: a run killed midway leaves a folder the next run still knows to be its own."""
-    for folder in (old, old / WORK):
-        for entry in folder.iterdir():
-            if entry not in (old / WORK, old / REPLACED):
-                remove(entry)
-    (old / REPLACED).unlink()
-    (old / WORK).rmdir()
-    old.rmdir()
-
-
 def clear_replaced(out: Path, swaps: bool) -> None:
     """.OUT.old, which a run killed inside swap_in left where no later run would look (hidden, as large as the
     dataset): removed, in one line. Anything else of that name is left alone, and refused now, before any work,
     when this run's swap will need the name (``swaps``)."""
     old = replaced_folder(out)
-    if has_note(old, out):
+    if is_replaced(old, out, REPLACED_BY):
         size = sum(p.stat().st_size for p in old.rglob("*") if p.is_file() and not p.is_symlink())
         try:
             delete_replaced(old)

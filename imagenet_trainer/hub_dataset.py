@@ -14,7 +14,9 @@ and no redistribution, so the repo is created private unless ``--public`` is giv
 The export resumes: shards are written into ``.OUT.tmp`` beside OUT, each under a ``.part`` name until it is
 complete, and a job record ``.OUT.export.json`` (which data, which shard size) lets a rerun of the same command keep
 the finished shards. SIGTERM (a scheduler's preemption) stops it after the shard being written. A rerun once OUT is
-complete writes nothing, so after a failed push the same command only pushes.
+complete writes nothing, so after a failed push the same command only pushes. An earlier OUT that an export replaces
+is moved aside as ``.OUT.old`` with runinfo's note in it (``runinfo.replace_dir(..., by=REPLACED_BY)``, as
+preprocess.py's --overwrite marks its own); a later run deletes a ``.OUT.old`` a kill left only with that note.
 """
 from __future__ import annotations
 
@@ -38,11 +40,15 @@ from imagenet_trainer import ilsvrc, stop_signals
 from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.manifest import MANIFEST, SOURCE_FILE
-from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
+from imagenet_trainer.runinfo import (ReplacedInTheWay, atomic_write_text, delete_replaced, is_replaced,
+                                      replace_dir, replaced_folder, share_tree)
 from imagenet_trainer.runlock import FolderLock
 
 SHARD_BYTES = 500 * 2**20  # Parquet shard size: the Hub's dataset viewer and datasets' streaming like ~500 MB files
 JOB_FORMAT = 1  # of the job record
+# in the note (runinfo.mark_replaced) an OUT this tool replaces holds once moved aside as .OUT.old: a later run deletes
+# a .OUT.old a kill left only with it, so a user's folder of that name is never deleted
+REPLACED_BY = "imagenet_trainer.hub_dataset"
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
@@ -103,6 +109,8 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
         remove_stale(output_dir)
         if is_finished(output_dir, job, small):
             return output_dir, False
+        if output_dir.exists() and os.path.lexists(replaced_folder(output_dir)):  # the name the swap needs: refused
+            raise ValueError(in_the_way(output_dir))                             # now, not after hours of export
         work = start_or_resume(output_dir, job, {rel for *_, rel in plan})
         done = [rel for name, i, count, rel in plan if (work / rel).exists()
                 and is_complete(work / rel, len(ds[name].shard(count, i, contiguous=True)))]
@@ -124,7 +132,11 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
         files = {p.relative_to(work).as_posix(): p.stat().st_size for p in sorted(work.rglob("*")) if p.is_file()}
         # recorded before the move: a run cut between the two finds the same job and moves the finished folder
         atomic_write_text(job_record(output_dir), json.dumps({"job": job, "done": True, "files": files}, indent=1))
-        replace_dir(work, output_dir)
+        try:
+            replace_dir(work, output_dir, by=REPLACED_BY)
+        except ReplacedInTheWay:  # checked at the start, but a user may have put it there since
+            raise ValueError(f"{in_the_way(output_dir)} (the finished export waits in {work}: the same command then "
+                             "only moves it)") from None
         fsync_dir(output_dir.parent)
     finally:
         lock.release()
@@ -166,17 +178,46 @@ def is_finished(output_dir: Path, job: dict, small: dict[str, str]) -> bool:
 
 
 def remove_stale(output_dir: Path) -> None:
-    """Work folders that exports into ``output_dir`` made under random names (``.OUT.tmp-XXXXXXXX``) and never
-    finished, and the earlier export a run killed inside ``replace_dir`` left as ``.OUT.old``: each as large as the
-    dataset, and no run will pick them up."""
-    older = output_dir.with_name(f".{output_dir.name}.old")
-    for stale in sorted(output_dir.parent.glob(f".{output_dir.name}.tmp-*")) + [older]:
-        if stale.is_dir() and not stale.is_symlink():
-            size = sum(p.stat().st_size for p in stale.rglob("*") if p.is_file())
+    """Work folders that exports into ``output_dir`` made under random names (``.OUT.tmp-XXXXXXXX``, earlier versions)
+    and never finished, and the earlier export a run killed inside ``replace_dir`` left as ``.OUT.old``: each as large
+    as the dataset, and no run will pick them up. Only what this tool left goes: a ``.OUT.old`` with the note
+    ``replace_dir`` marks the folder it replaces with, a ``.OUT.tmp-*`` folder holding nothing but an export's files;
+    a user's folder, link or file of either name is left as it is."""
+    older = replaced_folder(output_dir)
+    if is_replaced(older, output_dir, REPLACED_BY):
+        size = folder_bytes(older)
+        delete_replaced(older)
+        print(f"removed {older} ({size / 1e9:.1f} GB): an earlier export, replaced")
+    for stale in sorted(output_dir.parent.glob(f".{output_dir.name}.tmp-*")):
+        if stale.is_dir() and not stale.is_symlink() and is_export_work(stale):
+            size = folder_bytes(stale)
             shutil.rmtree(stale)
-            what = ("an earlier export, replaced" if stale == older else
-                    "the work folder of an export that never finished")
-            print(f"removed {stale} ({size / 1e9:.1f} GB): {what}")
+            print(f"removed {stale} ({size / 1e9:.1f} GB): the work folder of an export that never finished")
+
+
+EXPORT_FILES = {ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, "README.md"}
+
+
+def is_export_work(folder: Path) -> bool:
+    """Whether ``folder`` holds only what an export writes (its cards, ``data/`` and the shards in it, whole or
+    ``.part``), as real files and folders: a user's folder holds something else."""
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink() or not (rel == "data" and path.is_dir() or path.is_file() and (
+                rel in EXPORT_FILES or rel.startswith("data/") and "/" not in rel[5:]
+                and rel.endswith((".parquet", ".parquet.part")))):
+            return False
+    return True
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def in_the_way(output_dir: Path) -> str:
+    return (f"--output_dir {output_dir}: an export replaces it by moving it to {replaced_folder(output_dir)} first, "
+            "which holds something else (a file, link or folder of yours?); move it away or rename it, then run "
+            "again")
 
 
 def start_or_resume(output_dir: Path, job: dict, planned: set[str]) -> Path:

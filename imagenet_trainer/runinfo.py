@@ -51,17 +51,90 @@ def share_tree(folder) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def replace_dir(tmp_dir, final_dir) -> None:
-    """Move a finished temp folder into place; an older folder of that name is removed only once the new one is in."""
+# The note a folder a tool moves aside to delete (``.NAME.old`` beside it) holds, in its own ``.work/`` (preprocess.py's
+# work notes' folder): the only proof that the tool put ``.NAME.old`` there, so that a later run may delete what a kill
+# left, while a user's folder, link or file of that name, whatever it holds, is never deleted
+REPLACED_NOTE = ".work/replaced"
+
+
+def replaced_folder(final_dir) -> Path:
+    """Where ``final_dir`` is moved aside while a new one takes its name: ``.NAME.old`` beside it."""
+    final_dir = Path(final_dir)
+    return final_dir.with_name(f".{final_dir.name}.old")
+
+
+def replaced_note(final_dir, by: str) -> str:
+    return f"{final_dir}, moved aside by {by} to be deleted\n"
+
+
+def mark_replaced(final_dir, by: str) -> None:
+    """Write the note into ``final_dir`` before it is moved aside."""
+    atomic_write_text(Path(final_dir) / REPLACED_NOTE, replaced_note(final_dir, by))
+
+
+def is_replaced(old, final_dir, by: str) -> bool:
+    """Whether ``old`` (a real folder, not a link to one) holds ``by``'s note for ``final_dir``."""
+    old = Path(old)
+    note = old / REPLACED_NOTE
+    try:
+        return (old.is_dir() and not old.is_symlink() and not note.parent.is_symlink() and note.is_file()
+                and not note.is_symlink() and note.read_text() == replaced_note(final_dir, by))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def delete_replaced(old) -> None:
+    """Delete a folder ``is_replaced`` vouched for. The note goes last: a run killed midway leaves a folder the next
+    run still knows to be its own."""
+    old = Path(old)
+    note = old / REPLACED_NOTE
+    for folder in (old, note.parent):
+        for entry in folder.iterdir():
+            if entry not in (note.parent, note):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+    note.unlink()
+    note.parent.rmdir()
+    old.rmdir()
+
+
+class ReplacedInTheWay(FileExistsError):
+    """``replace_dir(..., by=...)`` would move the folder it replaces to ``.NAME.old``, where something else is."""
+
+
+def replace_dir(tmp_dir, final_dir, by: str | None = None) -> None:
+    """Move a finished temp folder into place; an older folder of that name is removed only once the new one is in.
+
+    With ``by`` (the tool's name), the older folder is marked (``mark_replaced``) before it is moved aside to
+    ``.NAME.old``, so a later run can tell a leftover of a kill from a user's folder of that name
+    (``is_replaced``); a ``.NAME.old`` that is not the tool's raises ReplacedInTheWay and is left as it was. Without
+    ``by`` (an export inside a run folder of the tool's own), ``.NAME.old`` is the tool's by where it is."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     old = None
     if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = replaced_folder(final_dir)
+        if by is None:
+            shutil.rmtree(old, ignore_errors=True)
+        elif is_replaced(old, final_dir, by):
+            delete_replaced(old)
+        elif os.path.lexists(old):
+            raise ReplacedInTheWay(f"{final_dir} is replaced by moving it to {old} first, which holds something else "
+                                   "(a file, link or folder of yours?); move it away or rename it, then run again")
+        if by is not None:
+            mark_replaced(final_dir, by)
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if by is None:
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                delete_replaced(old)
+            except OSError as e:  # the new folder is in place: not worth a failed run
+                print(f"warning: {old}, the folder this one replaced, could not be deleted ({e}); delete it to free "
+                      "its space")
 
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the code this process runs

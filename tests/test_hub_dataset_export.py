@@ -11,7 +11,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from imagenet_trainer import hub_dataset
+from imagenet_trainer import hub_dataset, runinfo
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_BYTES = 20_000  # the fixture's 36 images in many shards (each a few images)
@@ -82,9 +82,11 @@ def test_sigterm_keeps_whole_shards_and_the_rerun_resumes_to_an_uninterrupted_ru
     assert {rel: identities(out)[rel] for rel in kept} == kept  # moved into place, not written again
     assert sorted(p.name for p in tmp_path.iterdir()) == [".imagenet-parquet.export.json", "imagenet-parquet"]
 
-    # a run killed inside replace_dir after the new export went in leaves the earlier one: the next run removes it
+    # a run killed inside replace_dir after the new export went in leaves the earlier one, marked: the next run
+    # removes it (tests/test_sharing.py: a user's folder of that name is left alone)
     older = tmp_path / ".imagenet-parquet.old"
     shutil.copytree(out, older)
+    runinfo.atomic_write_text(older / runinfo.REPLACED_NOTE, runinfo.replaced_note(out, hub_dataset.REPLACED_BY))
     hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
     assert f"removed {older} (0.0 GB): an earlier export, replaced" in capsys.readouterr().out
     assert not older.exists() and files_of(out) == files_of(reference)

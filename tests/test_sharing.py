@@ -386,3 +386,68 @@ def test_an_export_into_a_new_folder_leaves_a_users_old_folder_beside_it(tmp_pat
     model = modeling.create_model("blocknet_tiny", num_classes=3)
     modeling.save_pretrained(model, tmp_path / "final", label_names=["n01440764", "n01443537", "n01484850"])
     assert (mine / "my_notes.txt").read_text() == "notes\n" and (tmp_path / "final" / "model.safetensors").is_file()
+
+
+def users_thing(path: Path, kind: str) -> dict:
+    """A user's folder, link to a folder or file named like an export's leftover; returns what it holds."""
+    if kind == "folder":
+        (path / "data").mkdir(parents=True)  # the names an export's folder holds, and a file of theirs
+        (path / "data" / "thesis.parquet").write_bytes(b"3 years of work")
+        (path / "notes.txt").write_text("mine\n")
+    elif kind == "link":
+        target = path.parent / f"mine{path.name}"
+        target.mkdir()
+        (target / "notes.txt").write_text("mine\n")
+        path.symlink_to(target)
+    else:
+        path.write_text("mine\n")
+    return snapshot(path)
+
+
+def snapshot(path: Path) -> dict:
+    if path.is_symlink() or path.is_file():
+        return {".": os.readlink(path) if path.is_symlink() else path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "file"])
+def test_hub_dataset_deletes_only_the_old_export_it_left_itself(kind, preprocessed, tmp_path, monkeypatch, capsys):
+    """.OUT.old is where an export moves the OUT it replaces (runinfo.replace_dir, marked with runinfo's note) until
+    the new one is in: a user's folder, link or file of that name (and of an old version's .OUT.tmp-* name) survives
+    every run, an export that must replace OUT refuses before any work in one line, and the tool's own leftover of a
+    killed run is removed by the next one."""
+    from imagenet_trainer import hub_dataset
+
+    out, old = tmp_path / "imagenet-parquet", tmp_path / ".imagenet-parquet.old"
+    theirs, their_tmp = users_thing(old, kind), users_thing(tmp_path / ".imagenet-parquet.tmp-mine", kind)
+    stale = tmp_path / ".imagenet-parquet.tmp-k3x9q0a1"  # what a cut export of an earlier version left: goes
+    (stale / "data").mkdir(parents=True)
+    (stale / "data" / "train-00000-of-00009.parquet.part").write_bytes(b"x" * 1000)
+    args = ["--dataset", str(preprocessed), "--output_dir", str(out)]
+    hub_dataset.main(args)  # OUT new: nothing to move aside
+    said = capsys.readouterr().out
+    assert f"wrote {out}" in said and f"removed {stale} (0.0 GB)" in said and not stale.exists()
+    assert "imagenet-parquet.old" not in said and "tmp-mine" not in said
+    hub_dataset.main(args)  # done: nothing written
+    assert "nothing to write" in capsys.readouterr().out
+
+    (out / "README.md").write_text("edited\n")  # no longer this export: the rerun replaces OUT, which needs .OUT.old
+    with pytest.raises(SystemExit) as e:
+        hub_dataset.main(args)
+    assert str(e.value.code) == (
+        f"error: --output_dir {out}: an export replaces it by moving it to {old} first, which holds something else (a "
+        "file, link or folder of yours?); move it away or rename it, then run again")
+    assert snapshot(old) == theirs and snapshot(tmp_path / ".imagenet-parquet.tmp-mine") == their_tmp
+    assert (out / "README.md").read_text() == "edited\n" and not (tmp_path / ".imagenet-parquet.tmp").exists()
+
+    # the user moves theirs away; the rerun is killed after the new export went in, before deleting the old one
+    shutil.move(old, tmp_path / "moved")
+    monkeypatch.setattr(runinfo, "delete_replaced", lambda folder: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(SystemExit):
+        hub_dataset.main(args)
+    monkeypatch.undo()
+    assert (old / "README.md").read_text() == "edited\n" and (out / "README.md").read_text() != "edited\n"
+    hub_dataset.main(args)
+    assert f"removed {old} (0.0 GB): an earlier export, replaced" in capsys.readouterr().out
+    assert not old.exists() and not (out / runinfo.REPLACED_NOTE).parent.exists()
+    assert snapshot(tmp_path / "moved") == theirs and snapshot(tmp_path / ".imagenet-parquet.tmp-mine") == their_tmp
