@@ -16,17 +16,32 @@ card records. The summary says where each came from. Works offline: top-k is com
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
-if __name__ == "__main__":  # before the heavy imports: the DataLoader workers' fork server imports what they need
-    # beside this process's imports, not after them (imagenet_trainer/worker_processes.py)
+
+def interrupted_while_starting(signum, frame):
+    """Ctrl-C or SIGTERM while the imports below run (seconds: torch, timm, datasets), before anything is read or
+    written: one line and the shell's status for the signal, not the traceback of whichever library was loading."""
+    os.write(2, f"interrupted ({'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name}) while starting: "
+                "nothing was scored or written\n".encode())  # os.write: print is not safe in a handler
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__":
+    for stop, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(stop) is default:  # an ignored one stays ignored; the end of this file takes over
+            signal.signal(stop, interrupted_while_starting)
+    # before the heavy imports: the DataLoader workers' fork server imports what they need beside this process's
+    # imports, not after them (imagenet_trainer/worker_processes.py)
     from imagenet_trainer import worker_processes
 
     worker_processes.start_early(sys.argv[1:])
 
+import contextlib
 import dataclasses
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -238,6 +253,18 @@ def write_or_exit(output: str, files: dict[Path, str]) -> None:
                          "all there is of this run") from None
 
 
+@contextlib.contextmanager
+def card_errors(folder: Path, output: str):
+    """--update_model_card's write, after the scoring: a card that cannot be written (removed or made read-only
+    meanwhile, a full disk) is one line that says where the scores are."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        kept = f"the scores are in --output {output}" if output else "the scores printed above are all there is"
+        raise SystemExit(f"error: --update_model_card: writing the results into {folder / 'README.md'} failed "
+                         f"({getattr(e, 'strerror', None) or e}); {kept}") from None
+
+
 def check_input_sizes(model: torch.nn.Module, sizes: list[int], flag: str, ref: str) -> None:
     """One forward of a blank image at each size other than the model's own, on the CPU before any scoring: a
     fixed-input-size model (timm's ViTs, DeiT) refuses another size only when its first batch arrives."""
@@ -402,11 +429,60 @@ def check_model_classes(model_ref: str, label_names: list[str]) -> str | None:
             "by class index")
 
 
+def check_export_config(folder: Path) -> list[str]:
+    """An export folder's config.json, read before timm builds from it: a ValueError (one line) for a file that is no
+    timm model config (a cut copy, a transformers model's config, a hand edit that left a field out), else the
+    warnings for what it lacks and what is used instead (the eval transform, the class names)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} does not read ({getattr(e, 'strerror', None) or e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not JSON ({e}): a cut or damaged copy? copy or export it again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not the object a timm config.json is")
+    if not isinstance(config.get("architecture"), str) or not config["architecture"]:
+        other = config.get("architectures") or config.get("model_type")
+        raise ValueError(f"{path} names no timm 'architecture'" + (
+            f" (it is a transformers config: {other}); validate.py scores timm models and this project's exports"
+            if other else "; give a folder written by modeling.save_pretrained (train.py's RUN/final) or timm"))
+    pretrained_cfg = config.get("pretrained_cfg", {})
+    if not isinstance(pretrained_cfg, dict):
+        raise ValueError(f"{path}: 'pretrained_cfg' is a {type(pretrained_cfg).__name__}, not an object")
+    for key, where in (("num_classes", config), ("num_classes", pretrained_cfg), ("num_features", config)):
+        if key in where and (not isinstance(where[key], int) or isinstance(where[key], bool)):
+            raise ValueError(f"{path}: '{key}' is {where[key]!r}, not a whole number")
+    warnings = []
+    if "pretrained_cfg" in config:  # a legacy one-level config keeps these at its top level
+        missing = [k for k in ("input_size", "crop_pct", "interpolation", "mean", "std") if k not in pretrained_cfg]
+        if missing:
+            flags = [f for k, f in (("input_size", "--image_size"), ("crop_pct", "--crop_pct")) if k in missing]
+            warnings.append(f"warning: --model {folder}: its config.json's pretrained_cfg has no {', '.join(missing)}: "
+                            "scored with timm's defaults, which may not be the eval transform of these weights"
+                            + (f" ({' and '.join(flags)} set it)" if flags else ""))
+        if not (pretrained_cfg.get("label_names") or config.get("label_names")):
+            warnings.append(f"warning: --model {folder}: its config.json names no classes: scoring by class index, "
+                            "unchecked against the dataset's class names and order")
+    return warnings
+
+
 def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool) -> torch.nn.Module:
     """--model, checked against the classes of the data ``flag`` names; a one-line SystemExit when it cannot
     score them, a warning on stderr when its class names are not the data's."""
+    notes = []
     try:
-        model = load_any(cfg.model)
+        folder = local_folder(cfg.model)
+        export = folder is not None and (folder / "config.json").is_file()
+        if export:
+            notes = check_export_config(folder)
+        try:
+            model = load_any(cfg.model)
+        except (KeyError, TypeError, AttributeError) as e:  # timm's reading of a config.json that passed the checks
+            if not export:
+                raise
+            raise ValueError(f"{folder / 'config.json'} does not build a timm model ({type(e).__name__}: {e}); give "
+                             "a folder written by modeling.save_pretrained (train.py's RUN/final) or timm") from None
         if model.num_classes != len(label_names):
             raise ValueError(f"it predicts {model.num_classes} classes but {flag} "
                              f"{cfg.dataset if flag == '--dataset' else cfg.eval_sets} has {len(label_names)}")
@@ -416,8 +492,14 @@ def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool
             warning = check_model_classes(cfg.model, label_names)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --model {cfg.model}: {e}") from None
-    if warning and main_process:
-        print(warning, file=sys.stderr)
+    except SafetensorError as e:  # a copy or download cut short, or bytes a disk damaged: the header does not read
+        local = local_folder(cfg.model)
+        weights = local / "model.safetensors" if local is not None else "its model.safetensors"
+        raise SystemExit(f"error: --model {cfg.model}: {weights} does not read ({e}): a cut or damaged copy; copy, "
+                         "download or export it again") from None
+    for line in [*notes, warning] if main_process else []:
+        if line:
+            print(line, file=sys.stderr)
     return model
 
 
@@ -440,6 +522,9 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
     folder = local_folder(cfg.model)
     if cfg.update_model_card and not (folder and (folder / "config.json").is_file()):  # fail before the long eval
         raise SystemExit(f"error: --update_model_card needs a local export folder (RUN/final), not {cfg.model}")
+    if cfg.update_model_card and not (folder / "README.md").is_file():
+        raise SystemExit(f"error: --update_model_card: {folder} has no README.md (model card) to write the results "
+                         "into; export it with modeling.save_pretrained (train.py does), or leave the flag out")
     if cfg.hub_dataset_id and not modeling.is_repo_id(cfg.hub_dataset_id):
         raise SystemExit(f"error: --hub_dataset_id must be a Hub dataset id OWNER/NAME, got {cfg.hub_dataset_id!r}")
     if cfg.mce_reference:  # its content is checked with the data (eval_suite.run)
@@ -475,10 +560,51 @@ def load_split(cfg: ValidateConfig, split_from: str):
         raise SystemExit(f"error: --split {cfg.split}{came}: {e}") from None
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or SIGTERM (a scheduler's stop, ``timeout``, ``docker stop``), ended validate.py before its outputs
+    were written; ``str()``: the one line that says what was kept. A SIGTERM unwinds as Ctrl-C does, so the DataLoader
+    workers are shut down with the process (they block the stop signals: killed by SIGTERM's default action, the
+    process would leave them running)."""
+
+    def __init__(self, line: str = "", signal_name: str = "SIGINT"):
+        super().__init__(line)
+        self.signal_name = signal_name
+        self.status = 128 + signal.Signals[signal_name].value  # as a shell reports a process the signal ended
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM's handler in the script: raised where the main thread is, once (the scheduler's SIGKILL comes next)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signal_name="SIGTERM")
+
+
+def interrupted_line(cfg: ValidateConfig, interrupt: KeyboardInterrupt) -> str:
+    """What an interrupted run leaves: a suite run with --output keeps each split it finished (SplitParts)."""
+    name = getattr(interrupt, "signal_name", "SIGINT")
+    said = f"interrupted ({'Ctrl-C' if name == 'SIGINT' else name}): "
+    if not (eval_suite.wanted(cfg) or is_eval_set(cfg.dataset)):
+        return said + "nothing was written (a split is scored whole): the same command scores it again"
+    parts = eval_suite.parts_folder(cfg.output) if cfg.output else None
+    kept = sum(eval_suite.read_part(f) is not None for f in parts.glob("*.json")) if parts and parts.is_dir() else 0
+    if kept:
+        return (said + f"the scores of the {kept} split(s) finished are kept in {parts}: the same command scores only "
+                "the others")
+    return said + ("no split was finished" if cfg.output else "nothing is kept without --output (with it, each "
+                   "split finished is)") + ": the same command starts over"
+
+
 def main(argv=None):
     cfg = parse_config(ValidateConfig, argv, description=__doc__.split("\n")[0])
     if cfg.output:
         cfg.output = str(Path(cfg.output).expanduser())
+    try:
+        return score(cfg)
+    except KeyboardInterrupt as e:
+        interrupt = Interrupted(interrupted_line(cfg, e), getattr(e, "signal_name", "SIGINT"))
+    raise interrupt  # outside the except block: the scoring's frames (and its loader's workers) are let go
+
+
+def score(cfg: ValidateConfig):
     card_folder = check_flags(cfg)
     recorded = recorded_settings(cfg.model)
     main_process = int(os.environ.get("RANK", "0")) == 0  # the Accelerator comes after the precision is chosen
@@ -546,9 +672,10 @@ def main(argv=None):
         print(f"wrote {out} and its _per_class/_confused companions")
     if card_folder is not None:
         # the eval transform goes with the numbers: --image_size may differ from the export's own input size
-        modeling.update_model_card_results(card_folder, {
-            **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
-            "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
+        with card_errors(card_folder, cfg.output):
+            modeling.update_model_card_results(card_folder, {
+                **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
+                "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
         print(f"wrote the results into {card_folder / 'README.md'}")
     return summary
 
@@ -596,7 +723,8 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator, card_folder: Path
                                    out: json.dumps(summary, indent=2)})
         print(f"wrote {out} and {csv_path}")
     if card_folder is not None:
-        eval_suite.update_card(card_folder, summary, cfg)
+        with card_errors(card_folder, cfg.output):
+            eval_suite.update_card(card_folder, summary, cfg)
         print(f"wrote the results into {card_folder / 'README.md'}")
     if cfg.output:
         shutil.rmtree(eval_suite.parts_folder(cfg.output), ignore_errors=True)  # every split is in the outputs now
@@ -604,5 +732,14 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator, card_folder: Path
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if signal.getsignal(signal.SIGINT) is interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: a KeyboardInterrupt (Interrupted)
+    if signal.getsignal(signal.SIGTERM) is interrupted_while_starting:
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        main(sys.argv[1:])
+    except Interrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"\n{e}", file=sys.stderr)
+        sys.exit(e.status)  # the interpreter's usual exit: its teardown ends what the scoring left running
     exit_now()  # everything is written: skip the interpreter's teardown (imagenet_trainer/process_exit.py)

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -79,6 +80,11 @@ def load_target(path: str, flag: str, split: str | None) -> Target:
     missing = [s for s in names if s not in ds]
     if missing:
         raise SystemExit(f"error: {flag} {path}: no split {missing[0]!r}; it has {', '.join(ds)}")
+    empty = [s for s in names if len(ds[s]) == 0]
+    if empty:  # scored, it would print a top-1 of 0% over n=0 images
+        raise SystemExit(f"error: {flag} {path}: split {empty[0]!r} has no images"
+                         + (f" ({len(empty)} such splits)" if len(empty) > 1 else "")
+                         + "; its preprocess_report.json says which files were skipped and why")
     try:
         label_names = [check_labels(ds[s]) for s in names][0]
     except ValueError as e:
@@ -155,13 +161,13 @@ class SplitParts:
 
     def __init__(self, output: str, accelerator, model: torch.nn.Module, transform: dict, real_labels: str):
         self.folder = parts_folder(output) if output else None
-        self.main, self.taken = accelerator.is_main_process, 0
+        self.main, self.taken, self.unkept = accelerator.is_main_process, 0, 0
         self.base = {"weights": weights_digest(model) if self.folder else None, "real_labels": real_labels,
                      "precision": accelerator.mixed_precision, "memory_format": str(transform["memory_format"]),
                      **{k: transform[k] for k in ("interpolation", "mean", "std", "flip")}}
         found = {}
         if self.folder is not None and self.main and self.folder.is_dir():
-            found = {f.stem: json.loads(f.read_text()) for f in self.folder.glob("*.json")}  # whole: atomic writes
+            found = {f.stem: part for f in self.folder.glob("*.json") if (part := read_part(f)) is not None}
         self.kept = broadcast_object_list([found])[0] if accelerator.num_processes > 1 else found
 
     def key(self, target: Target, split: str, data, size: int, transform: dict) -> str:
@@ -183,10 +189,28 @@ class SplitParts:
 
     def put(self, key: str, scores: dict, real) -> dict:
         if self.folder is not None and self.main:
-            self.folder.mkdir(parents=True, exist_ok=True)
             counts = None if real is None else real.counts()
-            atomic_write_text(self.folder / f"{key}.json", json.dumps({"scores": scores, "real": counts}))
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.folder / f"{key}.json", json.dumps({"scores": scores, "real": counts}))
+            except OSError as e:  # a full disk: the scores are in memory, and the run goes on to its outputs
+                if not self.unkept:
+                    print(f"warning: {self.folder}: cannot keep the splits' scores there ({e.strerror or e}); the "
+                          "run goes on, but a rerun after an early end scores them again", file=sys.stderr)
+                self.unkept += 1
         return scores
+
+
+def read_part(path: Path) -> dict | None:
+    """A split's kept scores (written whole, atomically), or None for a file that is not one: a copy cut short, or
+    something else saved there; that split is scored again."""
+    try:
+        part = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(part, dict) and isinstance(part.get("scores"), dict) and "real" in part
+          and {"top1", "top5", "n", "loss"} <= part["scores"].keys())
+    return part if ok else None
 
 
 def bad_samples(targets: list[Target], limit: int) -> BadSamples:

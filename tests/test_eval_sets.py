@@ -233,9 +233,11 @@ def test_a_rerun_scores_only_the_splits_an_interrupted_run_did_not_finish(sets, 
     monkeypatch.setattr(eval_suite, "score_split", counted)
     straight = suite(in1k_model, tmp_path / "straight.json")
     total, out = len(scored), tmp_path / "r.json"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         suite(in1k_model, out, ends_after=3)
     assert len(list(eval_suite.parts_folder(str(out)).glob("*.json"))) == 3 and not out.exists()
+    assert str(stopped.value) == (f"interrupted (Ctrl-C): the scores of the 3 split(s) finished are kept in "
+                                  f"{eval_suite.parts_folder(str(out))}: the same command scores only the others")
     resumed = suite(in1k_model, out)
     assert len(scored) == total - 3
     assert resumed["results"] == straight["results"] and resumed["imagenet_c"] == straight["imagenet_c"]
@@ -502,3 +504,38 @@ def test_training_trees_named_like_a_set_are_read_as_before(tmp_path):
     source = json.loads((tmp_path / "out" / "source.json").read_text())
     assert source["layout"] == "class-folders" and "eval_set" not in source
     assert datasets.load_from_disk(str(tmp_path / "out"))["train"].features["label"].names == ["cat", "dog"]
+
+
+def test_an_empty_set_a_damaged_kept_split_and_a_full_disk_for_the_kept_ones(sets, in1k_model, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A set preprocess.py wrote with no image (every file skipped) is refused in one line, not scored 0% over n=0; a
+    file in <stem>_parts/ that is no kept split (cut short, or another's) is scored anew, not a traceback; a disk that
+    refuses the kept splits costs a warning, once, not the run."""
+    sketch = make_tree(tmp_path / "junk", eval_sets.SKETCH)
+    for image in sketch.rglob("*.JPEG"):
+        image.write_bytes(b"<html>a download's error page</html>")
+    empty = preprocessed_set(sketch)
+    assert error_of(in1k_model, "", "--eval_sets", f"{sets[eval_sets.R]},{empty}") == (
+        f"error: --eval_sets {empty}: split 'validation' has no images; its preprocess_report.json says which files "
+        "were skipped and why")
+
+    out = tmp_path / "r.json"
+    args = ["--eval_sets", f"{sets[eval_sets.R]},{sets[eval_sets.C]}", "--image_size", 32, "--output", out]
+    straight = evaluate(in1k_model, "", *args)
+    parts = eval_suite.parts_folder(str(out))
+    parts.mkdir()
+    for name, text in (("cut", '{"scores": {"top1": 1'), ("list", "[]"), ("other", '{"scores": {}, "real": null}')):
+        (parts / f"{name}.json").write_text(text)
+    capsys.readouterr()
+    assert evaluate(in1k_model, "", *args)["results"] == straight["results"]
+    assert "not scored again" not in capsys.readouterr().out and not parts.exists()
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(eval_suite, "atomic_write_text", full_disk)
+    assert evaluate(in1k_model, "", *args)["results"] == straight["results"]  # the outputs: validate.py's writes
+    said = capsys.readouterr().err
+    assert said.count(f"warning: {parts}: cannot keep the splits' scores there (No space left on device); the run "
+                      "goes on, but a rerun after an early end scores them again") == 1, said
+    assert json.loads(out.read_text())["results"] == straight["results"]

@@ -5,9 +5,11 @@ import csv
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -515,3 +517,129 @@ def test_a_timm_tag_resolves_as_timm_does_from_the_offline_cache(preprocessed, t
     datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "in1k"))
     summary = evaluate(name, tmp_path / "in1k")
     assert summary["n"] == len(split) and summary["image_size"] == 160  # timm's cfg for the tag
+
+
+def test_a_damaged_or_foreign_export_is_one_line_naming_the_file(preprocessed, tmp_path, capsys):
+    """What a copy cut short, a download of another library's model or a hand edit leaves in --model's folder: one line
+    naming the file (timm and safetensors would raise from deep inside), before any scoring; an export that lacks
+    its eval transform or its class names is scored with a warning saying so."""
+    wnids = datasets.load_from_disk(str(preprocessed))["validation"].features["label"].names
+    good = tmp_path / "good"
+    modeling.save_pretrained(modeling.create_model(TINY, num_classes=4), good, label_names=wnids)
+
+    def broken(name: str, weights: bytes | None = None, config=None) -> Path:
+        folder = shutil.copytree(good, tmp_path / name)
+        if weights is not None:
+            (folder / "model.safetensors").write_bytes(weights)
+        if config is not None:
+            text = config if isinstance(config, str) else json.dumps(config)
+            (folder / "config.json").write_text(text)
+        return folder
+
+    weights, config = (good / "model.safetensors").read_bytes(), json.loads((good / "config.json").read_text())
+    for name, cut in (("half", weights[:len(weights) // 2]), ("empty", b"")):
+        folder = broken(name, weights=cut)
+        message = error_of(folder, preprocessed)
+        assert message.startswith(f"error: --model {folder}: {folder / 'model.safetensors'} does not read (Error "
+                                  "while deserializing header: "), message
+        assert message.endswith("): a cut or damaged copy; copy, download or export it again")
+    cut = broken("cut_config", config=(good / "config.json").read_text()[:100])
+    assert error_of(cut, preprocessed).startswith(f"error: --model {cut}: {cut / 'config.json'} is not JSON (")
+    transformers_config = {"architectures": ["ViTForImageClassification"], "model_type": "vit"}
+    assert error_of(broken("vit", config=transformers_config), preprocessed).endswith(
+        "config.json names no timm 'architecture' (it is a transformers config: ['ViTForImageClassification']); "
+        "validate.py scores timm models and this project's exports")
+    assert error_of(broken("listed", config=[config]), preprocessed).endswith(
+        "config.json holds a JSON list, not the object a timm config.json is")
+    assert error_of(broken("text_count", config={**config, "num_classes": "4"}), preprocessed).endswith(
+        "config.json: 'num_classes' is '4', not a whole number")
+    flat = broken("no_pretrained_cfg", config={k: v for k, v in config.items() if k != "pretrained_cfg"})
+    assert error_of(flat, preprocessed).startswith(
+        f"error: --model {flat}: {flat / 'config.json'} does not build a timm model (TypeError: ")
+    assert "Traceback" not in capsys.readouterr().err
+
+    pretrained_cfg = {k: v for k, v in config["pretrained_cfg"].items() if k not in ("input_size", "label_names")}
+    unnamed = broken("unnamed", config={**{k: v for k, v in config.items() if k not in ("id2label", "label2id")},
+                                        "pretrained_cfg": pretrained_cfg})
+    assert evaluate(unnamed, preprocessed)["n"] > 0
+    said = capsys.readouterr().err
+    assert (f"warning: --model {unnamed}: its config.json's pretrained_cfg has no input_size: scored with timm's "
+            "defaults, which may not be the eval transform of these weights (--image_size set it)") in said
+    assert (f"warning: --model {unnamed}: its config.json names no classes: scoring by class index, unchecked against "
+            "the dataset's class names and order") in said
+    evaluate(good, preprocessed)
+    assert "warning" not in capsys.readouterr().err
+
+    (tmp_path / "no_card").mkdir()
+    for name in ("config.json", "model.safetensors"):  # what a download of only the weights leaves
+        shutil.copy(good / name, tmp_path / "no_card" / name)
+    assert error_of(tmp_path / "no_card", preprocessed, "--update_model_card") == (
+        f"error: --update_model_card: {tmp_path / 'no_card'} has no README.md (model card) to write the results into; "
+        "export it with modeling.save_pretrained (train.py does), or leave the flag out")
+
+
+# validate.py, stopped by a signal the way a terminal (Ctrl-C) or a scheduler (SIGTERM) stops a job: sent to the
+# whole process group, DataLoader workers and their fork server included, before batch 2 of the split is asked for
+SIGNALLED = r"""
+import os, runpy, signal, sys
+from imagenet_trainer import metrics
+evaluate = metrics.evaluate
+def signalled(accelerator, net, batches, *args, **kwargs):
+    def feed():
+        for k, batch in enumerate(batches):
+            if k == 2:
+                os.killpg(0, getattr(signal, os.environ["STOP_SIGNAL"]))
+            yield batch
+    return evaluate(accelerator, net, feed(), *args, **kwargs)
+metrics.evaluate = signalled
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def group_members(pgid: int) -> list[str]:
+    """The live (not zombie) processes of process group ``pgid``: ``pid name``."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except OSError:
+            continue
+        name, fields = rest.rsplit(") ", 1)
+        state, _, group = fields.split()[:3]
+        if int(group) == pgid and state != "Z":
+            alive.append(f"{pid} {name}")
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc")
+@pytest.mark.parametrize("stop, status, said", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_ctrl_c_or_sigterm_mid_evaluation_is_one_line_and_leaves_no_worker(trained, preprocessed, tmp_path, stop,
+                                                                            status, said):
+    """The workers and their fork server block the stop signals (imagenet_trainer/worker_processes.py): killed by
+    SIGTERM's default action, validate.py left them running, holding its stdout and stderr open, until a SIGKILL.
+    Now SIGTERM unwinds as Ctrl-C does: one line, the shell's status, nothing written, no process left."""
+    out = tmp_path / "r.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "STOP_SIGNAL": stop}
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", SIGNALLED, str(ROOT / "validate.py"), "--model",
+                                 str(trained / "final"), "--dataset", str(preprocessed), "--batch_size", "2",
+                                 "--num_workers", "2", "--output", str(out)], cwd=ROOT, env=env, stdout=stdout,
+                                stderr=stderr, start_new_session=True)
+        try:
+            assert proc.wait(timeout=300) == status, (tmp_path / "stderr").read_text()[-3000:]
+            for _ in range(100):  # the fork server and the workers end a moment after the process
+                if not group_members(proc.pid):
+                    break
+                time.sleep(0.1)
+            left = group_members(proc.pid)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # what a failed test would leave
+            except ProcessLookupError:
+                pass
+    err = (tmp_path / "stderr").read_text()
+    assert left == [], (left, err[-3000:])
+    assert err.strip().splitlines()[-1] == (f"interrupted ({said}): nothing was written (a split is scored whole): "
+                                            "the same command scores it again"), err[-3000:]
+    assert "Traceback" not in err and not out.exists()
