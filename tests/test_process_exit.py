@@ -1,8 +1,10 @@
 """imagenet_trainer/process_exit.py: train.py and validate.py end without the interpreter's teardown, and lose nothing
 by it: the exit status, what they printed, the atexit handlers' work, and no process of theirs left behind."""
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,12 +54,13 @@ def test_exit_now_waits_for_a_thread_that_is_not_a_daemon(tmp_path):
 
 
 def session_processes(sid: int) -> list[str]:
-    """The command lines of the processes still in session `sid`."""
+    """The command lines of the processes still in session `sid` (zombies aside: they hold no memory and no file, and
+    whether pid 1 reaps them soon is the container's business)."""
     left = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, session
-            if int(fields[3]) == sid:
+            if int(fields[3]) == sid and fields[0] != "Z":
                 left.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
         except (OSError, IndexError, ValueError):  # gone meanwhile
             pass
@@ -84,6 +87,41 @@ def test_train_and_validate_leave_no_process_behind(preprocessed, tmp_path):
         assert left == [], f"{command[:3]}: {left}"
     assert (out / "final" / "model.safetensors").is_file()
     assert "top1" in (tmp_path / "val.json").read_text()
+
+
+def test_a_sigkilled_train_leaves_no_process_behind(preprocessed, tmp_path):
+    # SIGKILL (the out-of-memory killer, kill -9, a scheduler's hard kill) gives train.py no chance to shut its workers
+    # down: they end on their own, then the fork server and the resource tracker, and the job's output reaches its
+    # end, which a `| tee` or a scheduler waits for; before, the workers and the server ran on for good
+    out = tmp_path / "run"
+    command = train_cmd(preprocessed, out, "--epochs", "1000", "--num_workers", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its session id and process group: its pid
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)  # to the pipe's end
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        # an epoch's row: the persistent train workers run, the evaluation's have run too
+        while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "".join(output)[-3000:]
+        assert len(session_processes(proc.pid)) >= 5, session_processes(proc.pid)  # + tracker, server, 2 workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert left == []
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "the job's output is still held open"
+        assert "Traceback" not in "".join(output), "".join(output)[-3000:]
+    finally:
+        try:  # what a failed run left: the workers keep the process group, blocked signals aside
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 SERVER_SCRIPT = """
