@@ -42,6 +42,7 @@ if __name__ == "__main__":
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import re
 import shutil
 import tempfile
@@ -573,9 +574,19 @@ class Interrupted(KeyboardInterrupt):
 
 
 def stop_on_sigterm(signum, frame) -> None:
-    """SIGTERM's handler in the script: raised where the main thread is, once (the scheduler's SIGKILL comes next)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """SIGTERM's handler in the script: raised where the main thread is, once; a second SIGTERM ends the process at
+    once (its default action), as the scheduler's SIGKILL that comes next would."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Interrupted(signal_name="SIGTERM")
+
+
+def end_workers() -> None:
+    """The DataLoader workers a stop left running: killed. They block the stop signals (worker_processes), and a
+    loader stopped while it started them never tells them to leave; the exit's join would wait for them for good."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    for child in multiprocessing.active_children():
+        child.join(5)
 
 
 def interrupted_line(cfg: ValidateConfig, interrupt: KeyboardInterrupt) -> str:
@@ -601,6 +612,9 @@ def main(argv=None):
         return score(cfg)
     except KeyboardInterrupt as e:
         interrupt = Interrupted(interrupted_line(cfg, e), getattr(e, "signal_name", "SIGINT"))
+        # a loader stopped while it started its workers fails in its __del__ (torch's half-built iterator): "Exception
+        # ignored in", a traceback after the one line, of nothing left to do
+        sys.unraisablehook = lambda unraisable: None
     raise interrupt  # outside the except block: the scoring's frames (and its loader's workers) are let go
 
 
@@ -741,5 +755,6 @@ if __name__ == "__main__":
     except Interrupted as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"\n{e}", file=sys.stderr)
+        end_workers()
         sys.exit(e.status)  # the interpreter's usual exit: its teardown ends what the scoring left running
     exit_now()  # everything is written: skip the interpreter's teardown (imagenet_trainer/process_exit.py)

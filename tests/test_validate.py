@@ -597,6 +597,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+# the same, the signal sent right after the loader started its second worker: the loader, cut while it starts them,
+# never tells them to leave
+SIGNALLED_AT_START = r"""
+import os, runpy, signal, sys
+import multiprocessing.process
+start, started = multiprocessing.process.BaseProcess.start, []
+def signalled(self):
+    start(self)
+    started.append(self)
+    if len(started) == 2:
+        os.killpg(0, getattr(signal, os.environ["STOP_SIGNAL"]))
+multiprocessing.process.BaseProcess.start = signalled
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def group_members(pgid: int) -> list[str]:
     """The live (not zombie) processes of process group ``pgid``: ``pid name``."""
     alive = []
@@ -613,16 +630,20 @@ def group_members(pgid: int) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc")
-@pytest.mark.parametrize("stop, status, said", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+@pytest.mark.parametrize("stop, status, said, script", [("SIGINT", 130, "Ctrl-C", SIGNALLED),
+                                                         ("SIGTERM", 143, "SIGTERM", SIGNALLED),
+                                                         ("SIGTERM", 143, "SIGTERM", SIGNALLED_AT_START)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-as-workers-start"])
 def test_ctrl_c_or_sigterm_mid_evaluation_is_one_line_and_leaves_no_worker(trained, preprocessed, tmp_path, stop,
-                                                                            status, said):
+                                                                            status, said, script):
     """The workers and their fork server block the stop signals (imagenet_trainer/worker_processes.py): killed by
     SIGTERM's default action, validate.py left them running, holding its stdout and stderr open, until a SIGKILL.
-    Now SIGTERM unwinds as Ctrl-C does: one line, the shell's status, nothing written, no process left."""
+    Now SIGTERM unwinds as Ctrl-C does: one line, the shell's status, nothing written, no process left; also when it
+    comes while the loader starts its workers (the exit waited for them for good)."""
     out = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "STOP_SIGNAL": stop}
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-c", SIGNALLED, str(ROOT / "validate.py"), "--model",
+        proc = subprocess.Popen([sys.executable, "-c", script, str(ROOT / "validate.py"), "--model",
                                  str(trained / "final"), "--dataset", str(preprocessed), "--batch_size", "2",
                                  "--num_workers", "2", "--output", str(out)], cwd=ROOT, env=env, stdout=stdout,
                                 stderr=stderr, start_new_session=True)
