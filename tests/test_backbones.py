@@ -54,10 +54,14 @@ def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module", params=["blocknet_tiny", "resnet18"])
 def export(request, tmp_path_factory):
     """(folder, the model saved there): one of our designs (remote code) and one of timm's (none)."""
+    return saved_export(request.param, tmp_path_factory.mktemp("export") / request.param)
+
+
+def saved_export(arch: str, folder):
+    """(folder, the model saved there): `arch` with 4 classes, trained-looking statistics, at 64 px."""
     torch.manual_seed(0)
-    model = trained_looking(modeling.create_model(request.param, num_classes=4))
-    folder = modeling.save_pretrained(model, tmp_path_factory.mktemp("export") / request.param, label_names=LABELS,
-                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    model = trained_looking(modeling.create_model(arch, num_classes=4))
+    folder = modeling.save_pretrained(model, folder, label_names=LABELS, pretrained_cfg={"input_size": (3, 64, 64)})
     return folder, model
 
 
@@ -385,11 +389,7 @@ OWN_FEATURE_CLASS = {"efficientnet_b0": "EfficientNetFeatures", "mobilenetv3_sma
 @pytest.fixture(scope="module", params=sorted(OWN_FEATURE_CLASS))
 def family_export(request, tmp_path_factory):
     """(folder, the model saved there) of a timm family with a feature class of its own."""
-    torch.manual_seed(0)
-    model = trained_looking(modeling.create_model(request.param, num_classes=4))
-    folder = modeling.save_pretrained(model, tmp_path_factory.mktemp("family") / request.param, label_names=LABELS,
-                                      pretrained_cfg={"input_size": (3, 64, 64)})
-    return folder, model
+    return saved_export(request.param, tmp_path_factory.mktemp("family") / request.param)
 
 
 def small_detr(name: str) -> transformers.DetrForObjectDetection:
