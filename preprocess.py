@@ -72,19 +72,13 @@ imagenet_trainer/ (image_tree.py, archives.py, eval_sets.py) and the output's ma
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C in the imports below: one line (until the script starts, at the end of this file)
+    from imagenet_trainer.stop_signals import quit_while_importing
+
+    interrupted_while_importing = quit_while_importing("interrupted while starting (nothing was written yet)")
+
 import os
 import signal
-
-
-def interrupted_while_importing(signum, frame):
-    """Ctrl-C while the imports below run (a few seconds: datasets, pyarrow, PIL), before anything is written: one
-    line and Ctrl-C's exit status, not the traceback of whichever library was loading."""
-    os.write(2, b"interrupted while starting (nothing was written yet)\n")  # os.write: print is not safe here
-    os._exit(130)
-
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored one stays
-    signal.signal(signal.SIGINT, interrupted_while_importing)  # until the script starts (the end of this file)
 
 import contextlib
 import functools

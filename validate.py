@@ -20,19 +20,12 @@ import os
 import signal
 import sys
 
-
-def interrupted_while_starting(signum, frame):
-    """Ctrl-C or SIGTERM while the imports below run (seconds: torch, timm, datasets), before anything is read or
-    written: one line and the shell's status for the signal, not the traceback of whichever library was loading."""
-    os.write(2, f"interrupted ({'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name}) while starting: "
-                "nothing was scored or written\n".encode())  # os.write: print is not safe in a handler
-    os._exit(128 + signum)
-
-
 if __name__ == "__main__":
-    for stop, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-        if signal.getsignal(stop) is default:  # an ignored one stays ignored; the end of this file takes over
-            signal.signal(stop, interrupted_while_starting)
+    from imagenet_trainer.stop_signals import quit_while_importing
+
+    # Ctrl-C or SIGTERM in the imports below: one line (until the end of this file takes over)
+    interrupted_while_starting = quit_while_importing("interrupted ({signal}) while starting: nothing was scored or "
+                                                      "written", (signal.SIGINT, signal.SIGTERM))
     # before the heavy imports: the DataLoader workers' fork server imports what they need beside this process's
     # imports, not after them (imagenet_trainer/worker_processes.py)
     from imagenet_trainer import worker_processes

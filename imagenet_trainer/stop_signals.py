@@ -34,6 +34,23 @@ def seconds_since_first() -> float | None:
     return round(time.monotonic() - received_at[0], 2) if received_at else None
 
 
+def quit_while_importing(line: str, signals=(signal.SIGINT,)):
+    """preprocess.py's and validate.py's first step: a stop signal while their heavy imports run (seconds: torch,
+    datasets, pyarrow), before anything is read or written, prints ``line`` (``{signal}``: Ctrl-C or the signal's name)
+    and ends the process with the shell's status for it, not the traceback of whichever library was loading. A signal
+    started ignored (``nohup``) stays ignored. Returns the handler, which the script replaces once its imports are
+    done."""
+    def quit_now(signum, frame):
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        os.write(2, (line.format(signal=name) + "\n").encode())  # os.write: print is not safe in a handler
+        os._exit(128 + signum)
+
+    for stop in signals:
+        if signal.getsignal(stop) in (signal.default_int_handler, signal.SIG_DFL):
+            signal.signal(stop, quit_now)
+    return quit_now
+
+
 def _interrupt(signum, frame) -> None:
     """Ctrl-C: the first is a stop signal; the second ends the process now, as Ctrl-C's default does (status 130)."""
     if signal.SIGINT in received:
