@@ -101,7 +101,11 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
     """
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    source, _ = timm.models.parse_model_name(name)
+    source, where = timm.models.parse_model_name(name)
+    if pretrained and source == "local-dir" and (Path(where) / "model.safetensors").is_file():
+        from .hub import check_weights  # modeling.hub imports this module
+
+        check_weights(Path(where) / "model.safetensors")  # a damaged copy would start training from other weights
     if source is None:
         arch = name.split(".")[0]  # a timm pretrained tag ("resnet50.a1_in1k") names weights, not the architecture
         if not timm.is_model(arch):

@@ -32,7 +32,7 @@ from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookN
 from timm.models._features_fx import FeatureGraphNet
 
 from ._registry import our_names
-from .hub import CONFIG_NAME, WEIGHTS_NAME, _resolve_folder
+from .hub import CONFIG_NAME, WEIGHTS_NAME, _resolve_folder, check_weights
 from .transformers_saved import exported_features
 
 # timm's generic feature extractors and the feature_cls that builds each: a family whose features_only default is
@@ -122,9 +122,11 @@ def restore_norm_activations(module: torch.nn.Module, reference: torch.nn.Module
 def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     """Copy the export's weights and BatchNorm statistics into every timm feature extractor inside ``model`` (a
     transformers model or any module); returns their module names. Raises ValueError when there is none, or when
-    its layers do not match the export's (another architecture or width). A norm layer whose activation DETR dropped
-    gets it back (``restore_norm_activations``)."""
+    its layers do not match the export's (another architecture or width), or when its ``model.safetensors`` is cut
+    short or differs from the CRC-32 saved with it (``modeling.hub.check_weights``). A norm layer whose activation
+    DETR dropped gets it back (``restore_norm_activations``)."""
     folder = export_folder(export)
+    check_weights(folder / WEIGHTS_NAME)  # exported_features reads it unchecked: it is copied alone into exports
     loaded = []
     for path, module in feature_extractors(model):
         reference = reference_features(folder, module)
@@ -209,6 +211,7 @@ class TimmFPN(torch.nn.Module):
 
         super().__init__()
         folder = export_folder(export)
+        check_weights(folder / WEIGHTS_NAME)
         out_indices = default_taps(f"local-dir:{folder}") if out_indices is None else tuple(out_indices)
         with our_names():
             self.body = exported_features(str(folder), out_indices=out_indices)

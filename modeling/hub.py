@@ -34,16 +34,20 @@ import re
 import shutil
 import tempfile
 import warnings
+import zlib
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import safetensors.torch
 import timm
+import torch
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token, hf_hub_download
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.layers.format import get_spatial_dim
 from timm.models import PretrainedCfg, get_model_args, get_model_input_config
@@ -61,6 +65,7 @@ from .transformers_saved import (classifier_names, head_labels, saved_by_transfo
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+WEIGHTS_CRC_KEY = "crc32"  # model.safetensors header metadata: weights_crc32 of its tensors, beside {"format": "pt"}
 EVAL_RESULTS_DIR = ".eval_results"  # huggingface_hub 2.x eval-results format, beside the legacy model-index
 
 # pretrained_cfg keys that describe the saved weights' architecture and preprocessing; the rest of a zoo cfg (tag,
@@ -125,7 +130,8 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
     try:
         # contiguous copies: safetensors refuses views and tensors that share memory
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        safetensors.torch.save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        safetensors.torch.save_file(state, tmp / WEIGHTS_NAME,
+                                    metadata={"format": "pt", WEIGHTS_CRC_KEY: weights_crc32(state)})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         for name, text in code.items():
             (tmp / name).write_text(text)
@@ -148,6 +154,65 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+# An export's seal. safetensors checks that the header parses and that the sizes add up, not the bytes of the
+# tensors: a bit flipped on a disk or in a copy (to an air-gapped cluster, say) would load as other weights without
+# a word. The CRC-32 sits in the header's metadata, which timm's loader never reads and transformers' reads only for
+# "format": both load a sealed file as before. It covers the tensors, not the file's bytes, so that it is known
+# before the file is written (the header holding it is part of the file) and does not depend on the order
+# safetensors lays tensors out in. A file without it (timm's own Hub weights, a transformers save_pretrained of the
+# loaded model, which writes {"format": "pt"} only, an export from before the seal) is loaded unchecked.
+
+def weights_crc32(state: Mapping[str, torch.Tensor]) -> str:
+    """zlib's CRC-32 (8 lowercase hex digits) of each tensor's key, dtype, shape and raw bytes in sorted key order:
+    what ``save_pretrained`` seals ``model.safetensors`` with (a damaged key name would otherwise pass, and a damaged
+    classifier key quietly give a fresh head). ``state`` may read its tensors lazily: one is held at a time."""
+    crc = 0
+    for key in sorted(state.keys()):
+        tensor = state[key].detach().to("cpu").contiguous()
+        crc = zlib.crc32(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
+class _SavedTensors(Mapping):
+    """An open safetensors file as a mapping that reads each tensor when asked (memory stays at one tensor)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._handle.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handle.keys())
+
+    def __len__(self) -> int:
+        return len(self._handle.keys())
+
+
+def unreadable(weights, e: SafetensorError) -> ValueError:
+    """The one line for a safetensors file whose header does not parse (validate.py says the same)."""
+    return ValueError(f"{weights} does not read ({_first_line(e)}): a cut or damaged copy; copy, download or export "
+                      f"it again")
+
+
+def check_weights(weights) -> None:
+    """A one-line ValueError when ``weights`` (a model.safetensors) does not parse, or when its tensors differ from
+    the CRC-32 saved with them; a file without one passes. The tensors are read once, one at a time (resnet50's
+    98 MiB: ~0.1 s on a warm page cache)."""
+    try:
+        with safe_open(str(weights), "pt") as f:
+            saved = (f.metadata() or {}).get(WEIGHTS_CRC_KEY)
+            if saved is None:
+                return
+            crc = weights_crc32(_SavedTensors(f))
+    except SafetensorError as e:
+        raise unreadable(weights, e) from None
+    if crc != saved:
+        raise ValueError(f"{weights}: its tensors differ from the CRC-32 saved with them (a damaged copy); copy the "
+                         f"export again or re-export it")
 
 
 def _check_model(model) -> str:
@@ -328,7 +393,9 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
     """A model with weights and ``pretrained_cfg`` from a saved folder, ``hf-hub:OWNER/NAME`` or ``OWNER/NAME``,
     in eval mode. ``num_classes`` different from the saved count gives a fresh classifier on the saved features.
     Weights saved without a classifier (``save_pretrained`` of transformers' ``AutoModel``, whose config.json keeps
-    the class count) give the headless model (``num_classes=0``) unless ``num_classes`` asks for a fresh one."""
+    the class count) give the headless model (``num_classes=0``) unless ``num_classes`` asks for a fresh one.
+    A ``model.safetensors`` that is cut short, or whose tensors differ from the CRC-32 saved with them
+    (``check_weights``), is a one-line ValueError naming it."""
     folder = _resolve_folder(path_or_hub_id, (CONFIG_NAME, WEIGHTS_NAME))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     config = json.loads((folder / CONFIG_NAME).read_text())
@@ -341,6 +408,8 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
                          f"that defines it (imagenet-trainer: pip install git+<its repository url>, or pip install -e . "
                          f"in a checkout) and import it (import modeling; a family file of your own: import it too)"
                          f"{hint}")
+    # before anything else reads the file: a cut one would fail deep inside timm, a damaged one load as other weights
+    check_weights(folder / WEIGHTS_NAME)
     from .refresh_code import installed_code_warning  # refresh_code imports this module
     if (line := installed_code_warning(folder)) is not None:  # the network is built from the installed code
         warnings.warn(line)
@@ -427,7 +496,8 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     from ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
     the folder's remote code is brought up to date with the installed project (``modeling.refresh_code``; weights
     and card untouched; an architecture file the installed one does not compute alike with is kept). A card saved without ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place
-    of OWNER/NAME.
+    of OWNER/NAME. Weights that are cut short or differ from their CRC-32 (``check_weights``) are a ValueError before
+    anything is uploaded.
     """
     from .refresh_code import refresh_before_upload  # it imports this module
 
@@ -436,6 +506,7 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder}: no {', '.join(missing)}; write it with modeling.save_pretrained first")
+    check_weights(folder / WEIGHTS_NAME)  # damaged weights are never published, nor their code refreshed
     refresh_before_upload(folder)
     card = (folder / CARD_NAME).read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
     # upload_folder's file set (everything but .git/), with the filled-in card in place of the local one; no bytecode:

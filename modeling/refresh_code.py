@@ -28,14 +28,14 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import atomic_write_text
 
 from ._registry import our_names
-from .hub import CONFIG_NAME, WEIGHTS_NAME
+from .hub import CONFIG_NAME, WEIGHTS_NAME, unreadable
 from .remote_code import remote_code_files
 from .transformers_saved import PREFIX, wrapper_saved_state
 
@@ -72,9 +72,13 @@ class RefreshCodeConfig:
 
 
 def saved_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
-    """{state-dict key: shape} from a safetensors header (no tensor is read); transformers' prefix removed."""
-    with safe_open(str(weights), "pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    """{state-dict key: shape} from a safetensors header (no tensor is read); transformers' prefix removed. A header
+    that does not parse (a cut or damaged copy) is a one-line ValueError naming the file."""
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        raise unreadable(weights, e) from None
     if shapes and all(k.startswith(PREFIX) for k in shapes):
         shapes = {k[len(PREFIX):]: v for k, v in shapes.items()}
     return shapes

@@ -4,6 +4,7 @@ with HF_ENDPOINT pointing at it and an empty HF_HOME, then again from what it do
 the server stopped (the air-gapped cluster). Pins what transformers does there, so README section 8 changes with it."""
 import json
 import os
+import re
 import shutil
 import socket
 import socketserver
@@ -18,13 +19,16 @@ import huggingface_hub
 import pytest
 import timm
 import torch
-from hub_server import LocalHub
+from hub_server import LocalHub, point_this_process_at
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_backbones import X, batchnorm_buffers, expected_maps, trained_looking
 
 import modeling
+import modeling.refresh_code
 import validate
 from imagenet_trainer import ilsvrc
+from modeling.hub import weights_crc32
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "me/blocknet"
@@ -379,3 +383,107 @@ def test_an_hf_hub_name_offline_and_not_cached_is_one_line_naming_the_repo_and_c
     assert message == (f"HF_HUB_OFFLINE=1 is set and Hub repo 'me/absent' ({files}) is not in the Hugging Face cache "
                        f"{tmp_path / 'hf'}: load it once online (the same HF_HOME), or point HF_HOME at a cache that "
                        f"holds it"), message
+
+
+def flip_a_tensor_byte(weights: Path) -> None:
+    """Flip one bit of a safetensors file's last byte, which lies in the data of the tensor stored last (checked from
+    the header: an 8-byte little-endian length, then the JSON): what a bad disk or copy leaves, size and header as
+    they were."""
+    data = bytearray(weights.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    data_end = max(entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__")
+    assert 8 + header_len + data_end == len(data) and data_end > 0
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
+def damaged_line(weights: Path) -> str:
+    return (f"{weights}: its tensors differ from the CRC-32 saved with them (a damaged copy); copy the export again or "
+            f"re-export it")
+
+
+def same_state(loaded: dict, saved: dict) -> bool:
+    return loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_a_bit_flipped_export_is_refused_in_one_line_by_each_loader_and_by_push(export, tmp_path, monkeypatch):
+    """A bit flipped in the tensor data of model.safetensors reads in safetensors as other weights without a word; the
+    CRC-32 save_pretrained writes into the header's metadata makes load_model, timm_backbone, load_backbone_weights
+    and push_to_hub refuse it in one line naming the file, the push before any request. The sound copy loads with the
+    saved tensors and uploads."""
+    repos, model = export
+    good = shutil.copytree(repos / REPO, tmp_path / "good")
+    saved = model.state_dict()
+    with safe_open(str(good / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt", "crc32": weights_crc32(saved)}
+    assert re.fullmatch(r"[0-9a-f]{8}", weights_crc32(saved))
+    assert same_state(modeling.load_model(good).state_dict(), saved)
+    backbone = modeling.timm_backbone(good)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+
+    bad = shutil.copytree(good, tmp_path / "bad")
+    weights = bad / "model.safetensors"
+    flip_a_tensor_byte(weights)
+    damaged = load_file(weights)
+    assert len([k for k in saved if not torch.equal(damaged[k], saved[k])]) == 1  # safetensors itself says nothing
+    for load in (lambda: modeling.load_model(bad), lambda: modeling.load_model(f"local-dir:{bad}"),
+                 lambda: modeling.timm_backbone(bad), lambda: modeling.load_backbone_weights(backbone, bad),
+                 lambda: modeling.create_model(f"local-dir:{bad}", pretrained=True)):  # train.py --pretrained
+        with pytest.raises(ValueError) as e:
+            load()
+        assert str(e.value) == damaged_line(weights)
+    assert same_state(backbone.state_dict(), before)
+
+    # a damaged key name in the header (same length, so the file still parses): the tensor bytes alone would pass
+    renamed = shutil.copytree(good, tmp_path / "renamed")
+    renamed_weights = renamed / "model.safetensors"
+    data = renamed_weights.read_bytes()
+    key = next(k for k in saved if k.endswith(".weight")).encode()
+    assert data.count(b'"' + key + b'"') == 1
+    renamed_weights.write_bytes(data.replace(b'"' + key + b'"', b'"' + key[:-1] + b'X"'))
+    assert key[:-1].decode() + "X" in load_file(renamed_weights)
+    with pytest.raises(ValueError) as e:
+        modeling.load_model(renamed)
+    assert str(e.value) == damaged_line(renamed_weights)
+
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "hf-home")
+        with pytest.raises(ValueError) as e:
+            modeling.push_to_hub(bad, "me/bad", token=hub.token)
+        assert str(e.value) == damaged_line(weights)
+        assert hub.requests == [] and hub.repo("me/bad") is None
+        modeling.push_to_hub(good, "me/good", token=hub.token)
+        assert hub.repo("me/good").files["model.safetensors"] == (good / "model.safetensors").read_bytes()
+        assert not hub.unhandled
+
+
+def test_an_export_without_the_crc_loads_and_a_cut_one_is_one_line(export, tmp_path, monkeypatch):
+    """Weights with no CRC-32 in their metadata (timm's own Hub weights, a transformers re-save, an export older than
+    the seal) load as before. A file cut short, whose header does not parse: one line naming it and what to do from
+    load_model, python -m modeling.refresh_code and push_to_hub (nothing uploaded), not safetensors' traceback."""
+    repos, model = export
+    plain = shutil.copytree(repos / REPO, tmp_path / "plain")
+    save_file(load_file(plain / "model.safetensors"), plain / "model.safetensors", metadata={"format": "pt"})
+    assert same_state(modeling.load_model(plain).state_dict(), model.state_dict())
+    with torch.no_grad():
+        maps = modeling.timm_backbone(plain)(X).feature_maps
+    assert all(torch.equal(a, b) for a, b in zip(maps, expected_maps(model)))
+
+    cut = shutil.copytree(repos / REPO, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    start = f"{weights} does not read (Error while deserializing header: "
+    end = "): a cut or damaged copy; copy, download or export it again"
+    with pytest.raises(ValueError) as e:
+        modeling.load_model(cut)
+    assert str(e.value).startswith(start) and str(e.value).endswith(end) and "\n" not in str(e.value), e.value
+    with pytest.raises(SystemExit) as e:
+        modeling.refresh_code.main(["--folder", str(cut)])
+    assert str(e.value.code).startswith(f"error: --folder {cut}: {start}") and "\n" not in str(e.value.code)
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "hf-home")
+        with pytest.raises(ValueError) as e:
+            modeling.push_to_hub(cut, "me/cut", token=hub.token)
+        assert str(e.value).startswith(start) and str(e.value).endswith(end)
+        assert hub.requests == []

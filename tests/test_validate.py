@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from test_hub_loading import flip_a_tensor_byte
 
 import modeling
 import validate
@@ -576,6 +577,19 @@ def test_a_damaged_or_foreign_export_is_one_line_naming_the_file(preprocessed, t
     assert error_of(tmp_path / "no_card", preprocessed, "--update_model_card") == (
         f"error: --update_model_card: {tmp_path / 'no_card'} has no README.md (model card) to write the results into; "
         "export it with modeling.save_pretrained (train.py does), or leave the flag out")
+
+
+def test_a_bit_flipped_export_is_one_line_before_scoring(preprocessed, tmp_path, capsys):
+    """A bit flipped in the tensor data of an export's model.safetensors (the size and header as saved) reads as other
+    weights: the CRC-32 saved in its header ends validate.py in one line naming the file, before any scoring."""
+    wnids = datasets.load_from_disk(str(preprocessed))["validation"].features["label"].names
+    folder = modeling.save_pretrained(modeling.create_model(TINY, num_classes=4), tmp_path / "export",
+                                      label_names=wnids)
+    flip_a_tensor_byte(folder / "model.safetensors")
+    assert error_of(folder, preprocessed) == (
+        f"error: --model {folder}: {folder / 'model.safetensors'}: its tensors differ from the CRC-32 saved with them "
+        "(a damaged copy); copy the export again or re-export it")
+    assert "Traceback" not in capsys.readouterr().err
 
 
 # validate.py, stopped by a signal the way a terminal (Ctrl-C) or a scheduler (SIGTERM) stops a job: sent to the
