@@ -22,7 +22,7 @@ from pathlib import Path
 
 from imagenet_trainer import archives, ilsvrc
 from imagenet_trainer.archives import INSIDE, PARQUET, STREAM, TAR, Found
-from imagenet_trainer.image_tree import Split
+from imagenet_trainer.image_tree import Split, hidden
 
 KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET, HUB = "kaggle-zip", "image-net.org", "webdataset", "hub-imagenet-1k"
 HUB_PARQUET = "hub-imagenet-1k-parquet"  # the same repo as the Hub holds it now: data/<split>-NNNNN-of-NNNNN.parquet
@@ -52,11 +52,14 @@ def detect(data_dir: Path) -> Found | None:
         return _kaggle_tgz(data_dir, data_dir / KAGGLE_TGZ_NAME)
     if not data_dir.is_dir() or (data_dir / "ILSVRC").exists():
         return None  # an unpacked tree, read as files
-    names = sorted(os.listdir(data_dir))
+    names = sorted(n for n in os.listdir(data_dir) if not hidden(n))  # ._ILSVRC2012_img_val.tar: macOS
     zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
     if (data_dir / ilsvrc.SYNSET_MAPPING).exists() and len(zips) != 1:
         return None  # a tree's LOC files, its ILSVRC/ missing (image_tree says so); beside Kaggle's zip: the zip
-    if any(n.startswith(("ILSVRC2012_img_", "ILSVRC2012_devkit")) for n in names):
+    # image-net.org's files claim the folder unless Kaggle's zip is there and neither of their image tars is: a
+    # devkit kept beside the zip is not a set of image-net.org's missing its tars
+    org = any(n.startswith(("ILSVRC2012_img_", "ILSVRC2012_devkit")) for n in names)
+    if org and (TRAIN_TAR in names or VAL_TAR in names or len(zips) != 1):
         read = [n for n in (TRAIN_TAR, VAL_TAR, DEVKIT) if n in names]
         read += [n for n in names if n.startswith("ILSVRC2012_img_test") and n.endswith(".tar")]
         read += [n for n in BBOX_ARCHIVES if n in names]
@@ -79,6 +82,10 @@ def detect(data_dir: Path) -> Found | None:
     if shards:
         return Found(WEBDATASET, [str(data_dir / n) for n in shards], str(data_dir),
                      f"WebDataset shards, read in place: {len(shards)} tar files")
+    if hub:
+        raise ValueError(f"{data_dir}: the Hub's older ILSVRC/imagenet-1k snapshot (data/*.tar.gz) without its "
+                         f"{HUB_CLASSES}, the class list; put it beside data/ (hf download ILSVRC/imagenet-1k "
+                         f"{HUB_CLASSES} --repo-type dataset --local-dir {data_dir})")
     return None
 
 
@@ -95,7 +102,7 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     path = found.archives[0]
     try:
         with zipfile.ZipFile(path) as zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
+            infos = [i for i in zf.infolist() if not i.is_dir() and not hidden(i.filename)]
             mapping = [i.filename for i in infos if os.path.basename(i.filename) == ilsvrc.SYNSET_MAPPING]
             prefix = min(mapping, key=len)[:-len(ilsvrc.SYNSET_MAPPING)] if mapping else ""
             texts = {n: zf.read(prefix + n).decode("utf-8-sig") for n in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION)
@@ -155,7 +162,7 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
         elif rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
             texts.setdefault(rel, data.read().decode("utf-8-sig"))
         else:
-            members[rel] = (0, m.name, m.size, STREAM, None)
+            members[rel] = (0, m.offset, m.size, STREAM, None)  # a name stored twice: the last, as tar x keeps
     for name in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
         if name not in texts:
             raise ValueError(f"{path}: no {name} in it or beside it; is it Kaggle's ImageNet archive?")
@@ -172,7 +179,7 @@ def _files_in(members, folder: str, depth: int) -> list[str]:
     """Sorted paths below ``folder/`` (relative to it) with exactly ``depth`` parts, hidden files left out."""
     start = folder + "/"
     return sorted(rel for p in members if p.startswith(start) and (rel := p[len(start):]).count("/") == depth - 1
-                  and not os.path.basename(rel).startswith("."))
+                  and not hidden(rel))
 
 
 def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict,
@@ -258,7 +265,7 @@ def read_box_archive(path: str) -> tuple[dict, list]:
     try:
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
-                if m.isfile() and m.name.endswith(".xml"):
+                if m.isfile() and m.name.endswith(".xml") and not hidden(m.name):
                     where = f"{path}/{m.name}"
                     try:
                         boxes[os.path.splitext(os.path.basename(m.name))[0]] = ilsvrc.read_voc_xml(
@@ -355,7 +362,8 @@ def read_wds_shard(path: str) -> list[tuple[int, str, tarfile.TarInfo]]:
                 meta = json.loads(read(parts["json"])) if "json" in parts else {}
             except (ValueError, UnicodeDecodeError) as e:
                 raise ValueError(f"{path}: sample {key}: unreadable .cls or .json ({e})") from None
-            samples.append((cls, meta.get("filename") or f"{os.path.basename(key)}.JPEG", image))
+            # the base name: some shards' filename holds the class folder too (n01440764/ILSVRC2012_val_...)
+            samples.append((cls, os.path.basename(meta.get("filename") or f"{key}.JPEG"), image))
     return samples
 
 
@@ -412,7 +420,7 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
     classes = read_hub_classes(Path(found.root) / HUB_CLASSES)
     wnids = sorted(classes)
     index = {w: i for i, w in enumerate(wnids)}
-    members, items = {}, {split: [] for split in HUB_SPLITS}
+    members, items = {}, {split: {} for split in HUB_SPLITS}  # items: {rel: label}, a name stored twice once
     for at, path in enumerate(found.archives):
         split = next(s for s, prefix in HUB_SPLITS.items() if os.path.basename(path).startswith(prefix))
         for m, _ in archives.stream_tar(path):
@@ -424,8 +432,9 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
                 rel, label = (f"{wnid}/{image}{ext}" if split == "train" else image + ext), index[wnid]
             else:
                 raise ValueError(f"{path}: {m.name} does not end in the wnid of a class of {HUB_CLASSES}")
-            members[rel] = (at, m.name, m.size, STREAM, None)
-            items[split].append((rel, label))
+            members[rel] = (at, m.offset, m.size, STREAM, None)  # the last of a name stored twice, as tar x keeps
+            items[split][rel] = label
+    items = {split: list(found_items.items()) for split, found_items in items.items()}
     return hub_listing(found, items, members, wnids, [classes[w] for w in wnids], HUB_CLASSES,
                        {split: f"{HUB_SPLITS[split]}*.tar.gz" for split in items})
 
@@ -458,6 +467,31 @@ def hub_parquet_files(folder: Path) -> dict[str, list[Path]]:
         return {}
     found = {split: sorted(p for p in data.glob(f"{split}-*.parquet") if p.is_file()) for split in PARQUET_SPLITS}
     return {split: files for split, files in found.items() if files}
+
+
+def check_parquet_set(folder: Path, parquet: dict[str, list[Path]]) -> None:
+    """A ValueError naming what is missing when a split's numbered files (``<split>-NNNNN-of-MMMMM.parquet``, file N
+    of M, as the Hub names them) are not all there: an interrupted or partial ``hf download`` would otherwise give
+    part of a split without a word. Files named otherwise are not checked."""
+    for split, files in parquet.items():
+        numbered = [m for p in files if (m := re.fullmatch(rf"{split}-(\d+)-of-(\d+)\.parquet", p.name))]
+        if not numbered:
+            continue
+        sizes = sorted({int(m[2]) for m in numbered})  # M, as each file gives it
+        if len(sizes) > 1:
+            raise ValueError(f"{folder}: data/{split}-*.parquet are of sets of {' and '.join(map(str, sizes))} files "
+                             "(two downloads mixed); keep one set, downloading it whole")
+        size, width, of = sizes[0], len(numbered[0][1]), numbered[0][2]
+        stray = next((m[0] for m in numbered if int(m[1]) >= size), None)
+        if stray:
+            raise ValueError(f"{folder}: data/{stray} is not one of a set of {size} {split} files; remove it")
+        have = {int(m[1]) for m in numbered}
+        missing = [f"data/{split}-{i:0{width}d}-of-{of}.parquet" for i in range(size) if i not in have]
+        if missing:
+            one = len(missing) == 1
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ValueError(f"{folder}: {', '.join(missing[:3])}{more} {'is' if one else 'are'} missing (the set "
+                             f"has {size} {split} files); download {'it' if one else 'them'}")
 
 
 def hub_imagenet_wnids(names, classes: dict | None = None) -> list[str] | None:
@@ -536,6 +570,7 @@ def list_hub_parquet(found: Found) -> tuple[list, list, dict, list]:
     import pyarrow as pa
 
     root = Path(found.root)
+    check_parquet_set(root, hub_parquet_files(root))
     classes = read_hub_classes(root / HUB_CLASSES) if (root / HUB_CLASSES).is_file() else None
     opened, names = [], None
     for path in found.archives:

@@ -60,6 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagenet_trainer import checkpoints
+from imagenet_trainer.image_tree import hidden
 from imagenet_trainer.runinfo import atomic_write_text
 
 # MD5s of the image-net.org files as torchvision's ImageNet class publishes them (torchvision/datasets/imagenet.py).
@@ -67,7 +68,9 @@ PUBLISHED_MD5 = {"ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
                  "ILSVRC2012_img_val.tar": "29b22e2961454d5413ddabcf34fc5622",
                  "ILSVRC2012_devkit_t12.tar.gz": "fa75699e90414af021442c21a62c3abf"}
 TAR = -1  # the ``method`` of a member stored as is in a tar (zip members carry zip's method numbers: 0, 8)
-STREAM = -2  # a member of a compressed tar: no offset to read it at; its ``offset`` slot holds its member name
+# a member of a compressed tar: no offset to read it at; its ``offset`` slot holds its header's offset in the
+# uncompressed tar (TarInfo.offset), which tells apart two members of one name (a tar appended to, ``tar -r``)
+STREAM = -2
 # a row of a Parquet file: its ``offset`` slot holds (row group, row), its ``size`` slot the row group's row count
 PARQUET = -3
 INSIDE = "::"  # "outer.zip::inner.tar.gz": an archive stored in a zip, read as a stream of that zip's member
@@ -225,7 +228,8 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
 def tar_members(path: Path, start: int = 0, end: int | None = None) -> list[tarfile.TarInfo]:
     """The regular files of the uncompressed tar in bytes [start, end) of ``path`` (the whole file by default; a
     per-class tar inside image-net.org's train tar otherwise), from the headers alone: tarfile seeks past the data.
-    Offsets are those of ``path``. A truncated tar is a ValueError naming ``path``."""
+    Offsets are those of ``path``. One member per name, the last, as ``tar x`` leaves a name stored twice (a tar
+    appended to); hidden files left out (``hidden``). A truncated tar is a ValueError naming ``path``."""
     end = os.path.getsize(path) if end is None else end
     try:
         with open(path, "rb") as f:
@@ -239,7 +243,7 @@ def tar_members(path: Path, start: int = 0, end: int | None = None) -> list[tarf
         where = f"{path}" + (f" (the tar at byte {start})" if start else "")
         raise ValueError(f"{where}: truncated, it stops {'inside' if last > end else 'after'} its last member "
                          f"{members[-1].name if members else ''}; download it again")
-    return [m for m in members if m.isfile()]
+    return list({m.name: m for m in members if m.isfile() and not hidden(m.name)}.values())
 
 
 def archive_size(path: str) -> int:
@@ -256,8 +260,9 @@ def open_stream(path: str):
 
 
 def stream_tar(path: str):
-    """(TarInfo, file object of its data) of each regular file of a compressed tar, in one sequential read; a
-    truncated or damaged archive is a ValueError naming ``path``.
+    """(TarInfo, file object of its data) of each regular file of a compressed tar but hidden ones (``hidden``), in
+    one sequential read; a truncated or damaged archive is a ValueError naming ``path``. A name stored twice comes
+    twice: its listing keeps the last (TarInfo.offset tells them apart).
 
     A gzip stream is read by the gzip module, to its end: tarfile's own stream reader takes a cut at a member
     boundary for the end of the archive, so a truncated download would list fewer images without a word, while
@@ -270,7 +275,7 @@ def stream_tar(path: str):
                 tarfile.open(fileobj=stream, mode="r|" if gz else "r|*") as tar:
             for m in tar:
                 last = m.name
-                if m.isfile():
+                if m.isfile() and not hidden(m.name):
                     yield m, tar.extractfile(m)
             while gz and stream.read(1 << 20):  # past the tar's end marker: the rest of the gzip stream
                 pass
@@ -297,12 +302,12 @@ def _spooled_read(shard) -> bool:
 
 def _members_of(path: str, wanted: set):
     """(location name, bytes or a file object, or the OSError a damaged Parquet row group gave) of the members of one
-    archive that ``wanted`` names, in the archive's order: a compressed tar's member names, or Parquet (row group,
-    row) pairs, each row group read once."""
+    archive that ``wanted`` names, in the archive's order: a compressed tar's header offsets (so of a name stored
+    twice, only the occurrence listed), or Parquet (row group, row) pairs, each row group read once."""
     if not path.endswith(".parquet"):
         for m, data in stream_tar(path):
-            if m.name in wanted:
-                yield m.name, data
+            if m.offset in wanted:
+                yield m.offset, data
         return
     rows_of = {}
     for group, row in wanted:

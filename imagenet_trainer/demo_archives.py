@@ -17,6 +17,8 @@
   and ``dataset_info`` front matter, and ``classes.py`` unless left out.
 - ``webdataset``: ``imagenet1k-{train,validation}-NNNN.tar`` shards of ``<stem>.jpg``, ``<stem>.cls`` and
   ``<stem>.json`` (``filename``, ``label``), the samples shuffled across shards.
+
+``rewrite_tar`` gives a variant of any of these tars (a member stored twice, macOS's ``._*`` files added...).
 """
 from __future__ import annotations
 
@@ -58,6 +60,17 @@ def _tar_bytes(files: list[tuple[str, bytes]], mode: str = "w") -> bytes:
         for name, data in files:
             _add(tar, name, data)
     return buf.getvalue()
+
+
+def rewrite_tar(src: Path, dest: Path, change) -> Path:
+    """A variant of one of these tars: the regular files of ``src`` as [(name, bytes)], passed through ``change``
+    (which may add, drop, reorder or repeat them), written to ``dest`` with ``src``'s compression (gzip or none). A
+    link at ``dest`` is replaced, its target left as it is."""
+    with tarfile.open(src) as tar:
+        files = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    dest.unlink(missing_ok=True)
+    dest.write_bytes(_tar_bytes(change(files), "w:gz" if src.name.endswith((".gz", ".tgz")) else "w"))
+    return dest
 
 
 def meta_mat(wnids: list[str], descriptions: list[str]) -> tuple[bytes, dict]:

@@ -42,6 +42,14 @@ class Split(NamedTuple):
     source: dict | None = None  # paths inside archives -> where their bytes lie (imagenet_trainer/archives.py)
 
 
+def hidden(path: str) -> bool:
+    """Whether the file at ``path`` ("/"-separated, relative: an archive member's name) is one the tree route leaves
+    out: ilsvrc.scan skips every entry whose name starts with ".", so a hidden file, or any file below a hidden
+    folder. That covers macOS's AppleDouble ``._*`` files (all that ``__MACOSX/`` holds) and ``.DS_Store``; "." and
+    ".." (a tar's leading ``./``) are no names."""
+    return any(part.startswith(".") and part not in (".", "..") for part in path.split("/"))
+
+
 def _subfolders(folder: Path) -> list[str]:
     return ilsvrc.scan(folder)[1]
 

@@ -537,3 +537,128 @@ def test_a_spool_that_does_not_match_its_progress_record_is_discarded_in_one_lin
     assert capsys.readouterr().out.splitlines() == [
         f"{spool}: the spool a killed run left is discarded ({cut.name} holds {size - 1} bytes, {size} recorded); its "
         "archives are read again"]
+
+
+def listed(folder: Path) -> tuple:
+    """A set's listing less where the bytes lie: (wnids, descriptions, {split: (items, CSV boxes)}, warnings, the
+    folder's path taken out of them), to compare two sets holding the same images."""
+    wnids, descriptions, splits, warnings = archives.list_splits(archives.detect(folder))
+    return (wnids, descriptions, {split: (s.items, s.csv_boxes) for split, s in splits.items()},
+            [w.replace(str(folder), "<set>") for w in warnings])
+
+
+def test_a_parquet_set_missing_a_file_or_mixing_two_sets_is_refused_naming_it(packaged, tmp_path):
+    """An interrupted `hf download` leaves part of a split: refused before any work, the missing file named."""
+    full = packaged["hub-imagenet-1k-parquet"] / "data"
+
+    def partial(name: str, files: dict) -> Path:  # files: {name in data/: the file of the full set it is}
+        folder = copy_set(full.parent, tmp_path / name)
+        (folder / "data").unlink()
+        (folder / "data").mkdir()
+        for link, target in files.items():
+            (folder / "data" / link).symlink_to(full / target)
+        return folder
+
+    kept = {n: n for n in ("train-00000-of-00002.parquet", "validation-00000-of-00001.parquet",
+                           "test-00000-of-00001.parquet")}
+    missing = partial("missing", kept)
+    assert error_of(missing, tmp_path / "a") == (f"error: {missing}: data/train-00001-of-00002.parquet is missing "
+                                                 "(the set has 2 train files); download it")
+    mixed = partial("mixed", {**kept, "train-00001-of-00003.parquet": "train-00001-of-00002.parquet"})
+    assert error_of(mixed, tmp_path / "b") == (f"error: {mixed}: data/train-*.parquet are of sets of 2 and 3 files "
+                                               "(two downloads mixed); keep one set, downloading it whole")
+
+
+def patched(files: list) -> list:
+    """A tar appended to (``tar -r``, a patch appended): one image stored twice, garbage first, its image last,
+    the copy ``tar x`` leaves."""
+    name, image = next((n, d) for n, d in files if "ILSVRC2012_val_00000003" in n and n.endswith(".JPEG"))
+    return [(n, b"not this one" if n == name else d) for n, d in files] + [(name, image)]
+
+
+# a compressed tar read through the spool (Kaggle's older tar.gz, the Hub's val tar.gz); an uncompressed one read in
+# place (image-net.org's val tar)
+@pytest.mark.parametrize("packaging, tar", [("kaggle-tar-gz", archive_layouts.KAGGLE_TGZ_NAME),
+                                            ("hub-imagenet-1k", "data/val_images.tar.gz"),
+                                            ("image-net.org", archive_layouts.VAL_TAR)])
+def test_a_member_stored_twice_gives_the_image_tar_x_leaves(packaging, tar, packaged, preprocessed, tmp_path):
+    """Of a name stored twice only the last copy is listed and spooled, so the other images of its shard come
+    through whole (counting both copies would hand the shard over one image short) and the output is the tree's."""
+    folder = tmp_path / "set"
+    shutil.copytree(packaged[packaging], folder, symlinks=True)
+    demo_archives.rewrite_tar(packaged[packaging] / tar, folder / tar, patched)
+    out = run(folder, tmp_path / "out")
+    mine, tree = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(preprocessed))
+    assert list(mine) == list(tree)
+    for split in tree:
+        columns = ["image", "label", "image_id"] + ([] if packaging.startswith("hub-") else ["objects"])
+        assert mine[split].select_columns(columns).data.table.equals(tree[split].select_columns(columns).data.table)
+    assert skipped(out) == skipped(preprocessed)
+
+
+def test_kaggles_zip_with_image_net_orgs_devkit_beside_it_is_read_as_the_zip(packaged, tmp_path):
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "imagenet-object-localization-challenge.zip").symlink_to(packaged["kaggle-zip"])
+    (folder / archive_layouts.DEVKIT).symlink_to(packaged["image-net.org"] / archive_layouts.DEVKIT)
+    assert archives.detect(folder).packaging == archive_layouts.KAGGLE_ZIP
+    # with one of image-net.org's image tars there, its set (missing the other tar, which its lister names)
+    (folder / archive_layouts.VAL_TAR).symlink_to(packaged["image-net.org"] / archive_layouts.VAL_TAR)
+    assert archives.detect(folder).packaging == archive_layouts.IMAGENET_ORG
+
+
+def test_the_hubs_older_snapshot_without_classes_py_names_it(packaged, tmp_path):
+    hub = copy_set(packaged["hub-imagenet-1k"], tmp_path / "hub")
+    (hub / archive_layouts.HUB_CLASSES).unlink()
+    assert error_of(hub, tmp_path / "out") == (
+        f"error: {hub}: the Hub's older ILSVRC/imagenet-1k snapshot (data/*.tar.gz) without its classes.py, the "
+        f"class list; put it beside data/ (hf download ILSVRC/imagenet-1k classes.py --repo-type dataset "
+        f"--local-dir {hub})")
+
+
+def test_webdataset_filenames_with_a_class_folder_give_the_same_listing(packaged, tmp_path):
+    """Some derivative shards' json ``filename`` is n01440764/ILSVRC2012_val_...JPEG: its base name is the file
+    name, so paths are the tree's (not wnid/wnid/file) and val rows stay in file-name order."""
+    wnids = ilsvrc.imagenet_wnids()
+
+    def with_folder(files):
+        changed = []
+        for name, data in files:
+            if name.endswith(".json"):
+                meta = json.loads(data)
+                meta["filename"] = f"{wnids[meta['label']]}/{meta['filename']}"
+                data = json.dumps(meta).encode()
+            changed.append((name, data))
+        return changed
+
+    folder = copy_set(packaged["webdataset"], tmp_path / "wds")
+    for shard in packaged["webdataset"].glob("*.tar"):
+        demo_archives.rewrite_tar(shard, folder / shard.name, with_folder)
+    assert listed(folder) == listed(packaged["webdataset"])
+
+
+def apple_double(files: list) -> list:
+    """The tar a Mac makes of the same files: each preceded by its AppleDouble ``._<name>`` (the file's metadata),
+    a ``.DS_Store`` and a ``__MACOSX/`` copy of those as Finder's archives hold them."""
+    def dot(name):
+        return os.path.join(os.path.dirname(name), "._" + os.path.basename(name))
+
+    mac = [(dot(n), b"\0\5\26\7\0\2\0\0Mac OS X") for n, _ in files]
+    return [x for pair in zip(mac, files) for x in pair] + [(".DS_Store", b"\0\0\0\1Bud1"),
+                                                            *(("__MACOSX/" + n, d) for n, d in mac)]
+
+
+@pytest.mark.parametrize("packaging, tar", [("image-net.org", archive_layouts.VAL_TAR),
+                                            ("hub-imagenet-1k", "data/val_images.tar.gz"),
+                                            ("kaggle-tar-gz", archive_layouts.KAGGLE_TGZ_NAME),
+                                            ("webdataset", "imagenet1k-validation-0000.tar")])
+def test_macos_hidden_files_in_an_archive_are_left_out_as_the_tree_leaves_them(packaging, tar, packaged,
+                                                                                tmp_path):
+    """A set re-tarred on a Mac: the listing is the set's own, not a run stopped at ._ILSVRC2012_val_00000001.JPEG
+    (no ground-truth line), nor extra rows, nor a warning per unreadable ._*.xml."""
+    folder = tmp_path / "set"
+    shutil.copytree(packaged[packaging], folder, symlinks=True)
+    demo_archives.rewrite_tar(packaged[packaging] / tar, folder / tar, apple_double)
+    beside = (folder / tar).with_name("._" + Path(tar).name)  # as macOS leaves one on a FAT or exFAT disk
+    beside.write_bytes(b"\0\5\26\7")
+    assert listed(folder) == listed(packaged[packaging])
