@@ -7,12 +7,13 @@
 
 --model is a train.py export (RUN/final), a training checkpoint (RUN/checkpoints/step_N), a Hub id (timm's or ours) or
 a timm name with its pretrained tag (resnet50.a1_in1k: timm's weights, from the local Hub cache when offline).
-The eval transform is the model's own (resize to image_size / crop_pct, center crop, its mean/std); for a checkpoint
-it is the one train.py evaluated with (the run's --eval_image_size, else its --image_size, and the architecture's
-crop_pct/mean/std), on the run's --eval_split, with its --eval_flip and under its mixed precision (run_info.json), so
-the numbers equal the val_* rows of the run's metrics.jsonl. An export is scored with the flip and precision its model
-card records. The summary says where each came from. Works offline: top-k is computed here, not by
-`evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
+The eval transform is the model's own, as timm's create_transform builds it: resize to image_size / crop_pct (the
+shorter side; both for a pretrained_cfg crop_mode of squash; the longer, then pad, for border), center crop, its
+mean/std; for a checkpoint it is the one train.py evaluated with (the run's --eval_image_size, else its --image_size,
+and the architecture's crop_pct/mean/std), on the run's --eval_split, with its --eval_flip and under its mixed
+precision (run_info.json), so the numbers equal the val_* rows of the run's metrics.jsonl. An export is scored with the
+flip and precision its model card records. The summary says where each came from. Works offline: top-k is computed
+here, not by `evaluate.load("accuracy")`, which needs the Hub (huggingface/evaluate #456).
 """
 from __future__ import annotations
 
@@ -305,7 +306,8 @@ def describe(cfg: ValidateConfig, model: torch.nn.Module, data_cfg: dict, precis
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
             "dataset": cfg.dataset, "dataset_path": str(dataset.resolve()) if dataset and dataset.exists() else None,
             "split": cfg.split, "eval_sets": cfg.eval_sets or None,
-            "crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+            "crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "crop_mode": data_cfg.get("crop_mode", "center"),
+            "interpolation": data_cfg["interpolation"],
             "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"]), "channels_last": cfg.channels_last,
             "flip": cfg.flip, "flip_from": flip_from,
             "mixed_precision": precision[0], "mixed_precision_from": precision[1],
@@ -631,6 +633,7 @@ def score(cfg: ValidateConfig):
     data_cfg = resolve_data_config(model=model)
     if cfg.crop_pct:
         data_cfg["crop_pct"] = cfg.crop_pct
+    data_cfg["crop_mode"] = eval_suite.eval_transform(cfg, data_cfg, model)["crop_mode"]  # one line if unknown
     image_size = cfg.image_size or data_cfg["input_size"][-1]
     check_input_sizes(model, [image_size], "--image_size", cfg.model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -639,7 +642,7 @@ def score(cfg: ValidateConfig):
     # every rank keeps a full replica and scores its shard of the batches
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = eval_suite.eval_loader(accelerator, split, image_size, data_cfg["crop_pct"], data_cfg["interpolation"],
-                                    cfg.batch_size, cfg.num_workers)
+                                    cfg.batch_size, cfg.num_workers, data_cfg["crop_mode"], data_cfg["mean"])
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
 
     start = time.perf_counter()
@@ -651,7 +654,8 @@ def score(cfg: ValidateConfig):
     bad.check()
     summary = {"model": cfg.model, "dataset": cfg.dataset, "split": cfg.split, **topk.compute(),
                "loss": loss, "images_per_sec": topk.n / elapsed,
-               "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+               "image_size": image_size, "crop_pct": data_cfg["crop_pct"], "crop_mode": data_cfg["crop_mode"],
+               "interpolation": data_cfg["interpolation"],
                "flip": cfg.flip, "flip_from": flip_from, "mixed_precision": accelerator.mixed_precision,
                "mixed_precision_from": precision[1], "num_processes": accelerator.num_processes}
     accelerator.end_training()  # destroys the process group under DDP
@@ -681,7 +685,8 @@ def score(cfg: ValidateConfig):
         # the eval transform goes with the numbers: --image_size may differ from the export's own input size
         with card_errors(card_folder, cfg.output):
             modeling.update_model_card_results(card_folder, {
-                **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "interpolation", "flip")},
+                **{k: summary[k] for k in ("top1", "top5", "n", "image_size", "crop_pct", "crop_mode", "interpolation",
+                                           "flip")},
                 "split": cfg.split, "dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None})
         print(f"wrote the results into {card_folder / 'README.md'}")
     return summary

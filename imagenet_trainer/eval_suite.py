@@ -23,6 +23,7 @@ from timm.data import resolve_data_config
 from imagenet_trainer import eval_sets, robustness
 from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
+from imagenet_trainer.data.samples import CROP_MODES
 from imagenet_trainer.ilsvrc import imagenet_wnids
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
@@ -106,18 +107,24 @@ def real_scorer(cfg, target: Target | None) -> robustness.RealLabels | None:
     if target.label_names != imagenet_wnids():
         raise SystemExit(f"error: --real_labels: --dataset {target.path} does not have ImageNet-1k's 1000 classes "
                          "(ReaL's labels are 1k indices)")
+    (split,) = target.splits.values()
+    if "image_id" not in split.column_names:
+        raise SystemExit(f"error: --real_labels: --dataset {target.path} has no image_id column, which matches each "
+                         "image to its real.json entry (ILSVRC2012_val_NNNNNNNN); give ILSVRC-2012's validation split "
+                         "as preprocess.py writes it")
     try:
         real = robustness.read_real_labels(cfg.real_labels)
-        (split,) = target.splits.values()
         return robustness.RealLabels(real, split["image_id"])
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 
 
 def eval_loader(accelerator, split, image_size: int, crop_pct: float, interpolation: str, batch_size: int,
-                num_workers: int):
-    """The Accelerate-prepared loader of ``split`` in the model's eval transform (resize, centre crop, uint8)."""
-    eval_set = EvalSet(split, image_size, crop_pct=crop_pct, interpolation=interpolation)
+                num_workers: int, crop_mode: str = "center", mean=(0.485, 0.456, 0.406)):
+    """The Accelerate-prepared loader of ``split`` in the model's eval transform (resize, centre crop, uint8; timm's
+    ``crop_mode``, ``mean`` the padding colour of its border mode)."""
+    eval_set = EvalSet(split, image_size, crop_pct=crop_pct, interpolation=interpolation, crop_mode=crop_mode,
+                       mean=mean)
     loader = torch.utils.data.DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                                          multiprocessing_context=worker_context() if num_workers else None)
@@ -128,7 +135,7 @@ def score_split(accelerator, model, split, size: int, transform: dict, cfg, subs
     """top1, top5 (%), n, loss, left_out and left_out_rows (the images that do not decode) of one split;
     ``subset``: the 1k indices the logits are restricted to (R/A)."""
     batches = eval_loader(accelerator, split, size, transform["crop_pct"], transform["interpolation"],
-                          cfg.batch_size, cfg.num_workers)
+                          cfg.batch_size, cfg.num_workers, transform["crop_mode"], transform["mean"])
     net = model
     if subset:
         net = robustness.ClassSubset(model, subset, accelerator.device)
@@ -152,19 +159,29 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes: real.json replaced in place keeps its path, not its labels."""
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:  # gone since real_scorer read it: its next read says so in one line
+        return f"unreadable {path}"
+
+
 class SplitParts:
     """Each split's scores as soon as it is scored, in ``parts_folder(output)``: one JSON file a split, written
     atomically by the main process and named by a digest of all that makes its numbers (the weights, the eval
-    transform and size, the split's data, ReaL's labels file). ImageNet-C alone is 75 splits of 50,000 images: a
-    rerun of the same command after a crash, a time limit or a preemption scores only the splits not there yet.
+    transform and size, the split's data, the bytes of ReaL's labels file). ImageNet-C alone is 75 splits of 50,000
+    images: a rerun of the same command after a crash, a time limit or a preemption scores only the splits not there
+    yet.
     Without --output nothing is kept. The main process reads the folder once and gives every rank the same list."""
 
     def __init__(self, output: str, accelerator, model: torch.nn.Module, transform: dict, real_labels: str):
         self.folder = parts_folder(output) if output else None
         self.main, self.taken, self.unkept = accelerator.is_main_process, 0, 0
-        self.base = {"weights": weights_digest(model) if self.folder else None, "real_labels": real_labels,
+        self.base = {"weights": weights_digest(model) if self.folder else None,
+                     "real_labels": file_digest(real_labels) if self.folder and real_labels else None,
                      "precision": accelerator.mixed_precision, "memory_format": str(transform["memory_format"]),
-                     **{k: transform[k] for k in ("interpolation", "mean", "std", "flip")}}
+                     **{k: transform[k] for k in ("interpolation", "crop_mode", "mean", "std", "flip")}}
         found = {}
         if self.folder is not None and self.main and self.folder.is_dir():
             found = {f.stem: part for f in self.folder.glob("*.json") if (part := read_part(f)) is not None}
@@ -247,6 +264,7 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
                     if eval_sets.corruption_of(s)[0] in eval_sets.C_CORRUPTIONS} or by_split
     row = {"dataset": target.timm_name, "name": target.name, "kind": target.kind or "imagenet", "image_size": size,
            "crop_pct": transform["crop_pct"], "dataset_id": target.source.get("hub_id"),
+           **({"variant": target.source["variant"]} if target.source.get("variant") else {}),  # V2's three
            **{k: sum(r[k] for r in averaged.values()) / len(averaged) for k in ("top1", "top5", "loss")},
            **{k: sum(r.get(k, 0) for r in averaged.values()) for k in ("n", "left_out")}}
     if target.kind != eval_sets.C:
@@ -272,7 +290,7 @@ def run(cfg, accelerator, load_model) -> dict:
         load_target(p.strip(), "--eval_sets", None) for p in cfg.eval_sets.split(",") if p.strip()]
     real_scorer(cfg, targets[0] if cfg.dataset else None)  # bad --real_labels fail before the model loads
     try:
-        reference = robustness.reference_errors(cfg.mce_reference) if cfg.mce_reference else None
+        reference = reference_errors(cfg.mce_reference) if cfg.mce_reference else None
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     model = load_model(cfg, targets[0].label_names, "--dataset" if cfg.dataset else "--eval_sets",
@@ -283,20 +301,23 @@ def run(cfg, accelerator, load_model) -> dict:
                              f"{model.num_classes}")
     data_cfg = resolve_data_config(model=model)
     sizes = int_list(cfg.image_sizes, "--image_sizes") or [cfg.image_size or data_cfg["input_size"][-1]]
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    transform = {"crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
-                 "mean": data_cfg["mean"], "std": data_cfg["std"], "memory_format": memory_format,
-                 "flip": getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip}
+    headline = headline_size(sizes, data_cfg["input_size"][-1], accelerator.is_main_process)
+    if reference:  # {size: errors}, each size's own; none without ImageNet-C to compare
+        has_c = any(t.kind == eval_sets.C for t in targets)
+        reference = reference_at(reference, sizes, cfg.mce_reference) if has_c else None
+    transform = eval_transform(cfg, data_cfg, model)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = robustness.gmacs(model.eval(), sizes[0], "cpu")
     parts = SplitParts(cfg.output, accelerator, model, transform, cfg.real_labels)
     bad = bad_samples(targets, cfg.max_bad_samples)
-    model = accelerator.prepare_model(model.to(memory_format=memory_format).eval(), evaluation_mode=True)
+    model = accelerator.prepare_model(model.to(memory_format=transform["memory_format"]).eval(),
+                                      evaluation_mode=True)
     rows = []
     for size in sizes:
         for t in targets:
             real = real_scorer(cfg, t) if t is targets[0] and cfg.dataset else None  # fresh counts per size
-            new = score_target(accelerator, model, t, size, transform, cfg, real, reference, parts, bad)
+            new = score_target(accelerator, model, t, size, transform, cfg, real,
+                               reference[size] if reference else None, parts, bad)
             if accelerator.is_main_process:
                 print("\n".join(map(format_row, new)))
             rows += new
@@ -304,11 +325,11 @@ def run(cfg, accelerator, load_model) -> dict:
         print(f"{parts.taken} split(s) not scored again: their scores were kept in {parts.folder} by an earlier run "
               "of this command")
     summary = {"model": cfg.model, "results": rows, "params_m": round(params_m, 3), "gmacs": round(gmacs, 4),
-               "crop_pct": transform["crop_pct"], "interpolation": transform["interpolation"],
-               "flip": transform["flip"], "num_processes": accelerator.num_processes}
-    c_row = next((r for r in rows if r["kind"] == eval_sets.C), None)  # at the first size
-    if c_row:
-        summary["imagenet_c"] = {k: c_row.get(k) for k in ("errors", "ce", "mce", "corruptions",
+               "image_size": headline, **{k: transform[k] for k in ("crop_pct", "crop_mode", "interpolation", "flip")},
+               "num_processes": accelerator.num_processes}
+    c_row = next((r for r in rows if r["kind"] == eval_sets.C and r["image_size"] == headline), None)
+    if c_row:  # what --mce_reference reads, at the size it was scored at
+        summary["imagenet_c"] = {k: c_row.get(k) for k in ("image_size", "errors", "ce", "mce", "corruptions",
                                                            "relative_to_reference")}
     if len(sizes) > 1:
         first = rows[0]["dataset"]
@@ -318,8 +339,66 @@ def run(cfg, accelerator, load_model) -> dict:
         batch_sizes = int_list(cfg.benchmark_batch_sizes, "--benchmark_batch_sizes")
         summary["throughput"] = robustness.throughput(accelerator.unwrap_model(model), sizes[0], batch_sizes,
                                                       accelerator.device, cfg.benchmark_steps, accelerator.autocast,
-                                                      memory_format, train=cfg.benchmark_train)
+                                                      transform["memory_format"], train=cfg.benchmark_train)
     return summary
+
+
+def eval_transform(cfg, data_cfg: dict, model) -> dict:
+    """The model's eval transform (timm's data config) with validate.py's flags applied; a crop mode timm does not
+    have (a hand-edited config.json) is one line."""
+    crop_mode = data_cfg.get("crop_mode") or "center"
+    if crop_mode not in CROP_MODES:
+        raise SystemExit(f"error: --model {cfg.model}: its pretrained_cfg crop_mode {crop_mode!r} is none of timm's "
+                         f"{', '.join(CROP_MODES)}; correct its config.json")
+    return {"crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "crop_mode": crop_mode,
+            "interpolation": data_cfg["interpolation"], "mean": data_cfg["mean"], "std": data_cfg["std"],
+            "memory_format": torch.channels_last if cfg.channels_last else torch.contiguous_format,
+            "flip": getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip}
+
+
+def headline_size(sizes: list[int], own: int, main_process: bool) -> int:
+    """The size whose scores the card and the JSON's imagenet_c block give: the model's own eval size when it is
+    among ``sizes`` (a sweep around it), else the first, which a note names."""
+    if own in sizes:
+        return own
+    if main_process and len(sizes) > 1:
+        print(f"note: the model's own eval size, {own} px, is not in --image_sizes: the card and the imagenet_c block "
+              f"give the scores at {sizes[0]} px, the first size")
+    return sizes[0]
+
+
+def reference_errors(path: str) -> dict:
+    """{image size (px; None where the JSON does not say): {corruption: mean error, fraction}} of a reference run,
+    the JSON validate.py --output wrote with ImageNet-C (e.g. for this repository's own AlexNet): its ImageNet-C
+    row at each size it scored, else its imagenet_c block. A ValueError naming the flag for any other file."""
+    try:
+        summary = json.loads(Path(path).expanduser().read_text())
+        found = {r["image_size"]: r["errors"] for r in summary.get("results") or []
+                 if isinstance(r, dict) and r.get("kind") == eval_sets.C} or {
+            summary["imagenet_c"].get("image_size"): summary["imagenet_c"]["errors"]}
+        return {size: {c: sum(e) / len(e) / 100.0 for c, e in errors.items()} for size, errors in found.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+        raise ValueError(f"--mce_reference {path}: not a validate.py --output JSON of an ImageNet-C run "
+                         "(no imagenet_c.errors in it)") from None
+
+
+def reference_at(by_size: dict, sizes: list[int], path: str) -> dict:
+    """{size: the reference's errors at that size} for every size scored (an entry of unknown size serves all).
+    One line for a size the reference was not scored at (ImageNet-C's errors depend on the resolution) and for a
+    benchmark corruption it makes no error on there (a CE relative to 0% divides by zero)."""
+    found = {}
+    for size in sizes:
+        found[size] = by_size.get(size, by_size.get(None))
+        if found[size] is None:
+            raise SystemExit(f"error: --mce_reference {path}: it scored ImageNet-C at "
+                             f"{', '.join(map(str, sorted(by_size)))} px, not at {size} px as this run does; give a "
+                             "reference scored at the same size (its --image_sizes)")
+        perfect = [c for c in eval_sets.C_CORRUPTIONS if found[size].get(c) == 0]
+        if perfect:
+            raise SystemExit(f"error: --mce_reference {path}: its error on {perfect[0]} at {size} px is 0%, so an "
+                             "error relative to it is undefined (a division by zero); give a reference run that errs "
+                             "on every corruption")
+    return found
 
 
 def format_row(row: dict) -> str:
@@ -346,18 +425,20 @@ def results_csv(summary: dict) -> str:
 
 
 def update_card(folder: Path, summary: dict, cfg) -> None:
-    """The export's card: the rows at the first image size, --dataset's through the single-set update (its Results
-    section), every set's as a model-index entry and a row of the Results-by-dataset table."""
+    """The export's card: the rows at the summary's image size (the model's own in a sweep around it), --dataset's
+    through the single-set update (its Results section), every set's as a model-index entry and a row of the
+    Results-by-dataset table."""
     import modeling
     from modeling.card_sets import update_card_sets
 
-    size = summary["results"][0]["image_size"]
+    size = summary.get("image_size", summary["results"][0]["image_size"])
     rows = [r for r in summary["results"] if r["image_size"] == size]
     main = rows[0] if cfg.dataset and rows[0]["kind"] == "imagenet" else None
     if main:
         modeling.update_model_card_results(folder, {
-            **{k: main[k] for k in ("top1", "top5", "n", "image_size", "split")}, "crop_pct": summary["crop_pct"],
-            "interpolation": summary["interpolation"], "flip": summary["flip"], "dataset": cfg.dataset,
+            **{k: main[k] for k in ("top1", "top5", "n", "image_size", "split")},
+            **{k: summary[k] for k in ("crop_pct", "crop_mode", "interpolation", "flip")}, "dataset": cfg.dataset,
             "dataset_id": cfg.hub_dataset_id or None})
-    update_card_sets(folder, [{**r, "mce": r.get("mce") if r.get("corruptions") == 15 else None}
+    update_card_sets(folder, [{**r, "mce": r.get("mce") if r.get("corruptions") == 15 else None,
+                               "crop_mode": summary["crop_mode"], "interpolation": summary["interpolation"]}
                               for r in rows if r is not main])

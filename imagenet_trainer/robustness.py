@@ -125,17 +125,6 @@ def mean_corruption_error(errors: dict[str, list[float]], reference: dict[str, f
     return {"ce": ce, "mce": sum(ce.values()) / len(ce) if ce else None, "corruptions": len(ce)}
 
 
-def reference_errors(path: str) -> dict[str, float]:
-    """{corruption: mean error (fraction)} of a reference run: the JSON validate.py wrote with --eval_sets on
-    ImageNet-C (e.g. for this repository's own AlexNet)."""
-    try:
-        corruptions = json.loads(Path(path).expanduser().read_text())["imagenet_c"]["errors"]
-        return {c: sum(e) / len(e) / 100.0 for c, e in corruptions.items()}
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        raise ValueError(f"--mce_reference {path}: not a validate.py --output JSON of an ImageNet-C run "
-                         "(no imagenet_c.errors in it)") from None
-
-
 def gmacs(model: torch.nn.Module, image_size: int, device) -> float:
     """Multiply-adds (G) of one image, from torch.utils.flop_counter (FLOPs / 2, as timm's benchmark.py reports)."""
     from torch.utils.flop_counter import FlopCounterMode

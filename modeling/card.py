@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, EvalResultEntry, ModelCardData, eval_res
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from imagenet_trainer.eval_sets import V2_VARIANTS
 from imagenet_trainer.manifest import SOURCE_FILE
 
 REPO_PLACEHOLDER = "OWNER/NAME"  # the card's load snippets until the repo id is known; push_to_hub fills it in
@@ -29,8 +30,9 @@ INSTALL = ("pip install git+<url of the imagenet-trainer repository>  # or, in a
 PLUMBING = {"dataset", "eval_split", "output_dir", "num_workers", "save_every_steps", "keep_last",
             "resume_from_checkpoint", "log_every_steps", "report_to", "push_to_hub", "hub_model_id", "hub_private",
             "hub_dataset_id", "channels_last", "compile", "epochs", "config"}
+HEADLINE_VARIANTS = {V2_VARIANTS[0]}  # of a Hub dataset that holds several: its task ids carry no variant name
 RESULT_KEYS = {"top1", "top5", "split", "n", "dataset", "dataset_id", "ema", "image_size", "crop_pct",
-               "interpolation", "flip"}
+               "crop_mode", "interpolation", "flip"}
 # recipe fields -> the papers the card cites for them when they are on
 _CITATIONS = {
     "timm": ("wightman2019timm", "@misc{rw2019timm,\n  author = {Ross Wightman},\n  title = {PyTorch Image Models},\n"
@@ -118,10 +120,12 @@ def _metric_name(key: str) -> str:
 
 
 def eval_transform(results: dict) -> str:
-    """"48x48 px center crop (crop_pct 0.875, bicubic)": what the numbers were measured at, if recorded."""
+    """"48x48 px center crop (crop_pct 0.875, bicubic)": what the numbers were measured at, if recorded; timm's
+    crop_mode when it is not the classic one (squash: both sides resized, the aspect ratio not kept)."""
     if not results.get("image_size"):
         return ""
     how = [f"crop_pct {results['crop_pct']}"] if results.get("crop_pct") is not None else []
+    how += [f"crop_mode {results['crop_mode']}"] if results.get("crop_mode") not in (None, "center") else []
     how += [str(results["interpolation"])] if results.get("interpolation") else []
     flip = ", logits averaged with the mirrored image's (flip TTA)" if results.get("flip") else ""
     return (f"{results['image_size']}x{results['image_size']} px center crop" + (f" ({', '.join(how)})" if how else "")
@@ -130,13 +134,16 @@ def eval_transform(results: dict) -> str:
 
 def eval_result_entries(results: dict, dataset_id: str) -> list[dict]:
     """``results`` in huggingface_hub's ``.eval_results/*.yaml`` format (``EvalResultEntry``), accuracy in %."""
-    split = results.get("split", "validation")
+    split, variant = results.get("split", "validation"), results.get("variant")
     images = f", {results['n']} images" if results.get("n") else ""
     at = f", at {transform}" if (transform := eval_transform(results)) else ""
     # a split other than the one a benchmark is scored on has task ids of its own: a train-split score never stands in
-    # for the validation one on the dataset's leaderboard, and the two stay side by side in the file
-    suffix = "" if split in ("validation", "all") else f"_{split}"
-    where = f"on the {split} split{images}{at}"
+    # for the validation one on the dataset's leaderboard, and the two stay side by side in the file; so has a
+    # variant other than the Hub dataset's headline one (ImageNet-V2's threshold0.7 and top-images beside
+    # matched-frequency, the one papers report, all three in vaishaal/ImageNetV2)
+    suffix = (("" if split in ("validation", "all") else f"_{split}")
+              + (f"_{variant}" if variant and variant not in HEADLINE_VARIANTS else ""))
+    where = f"on the {split} split" + (f" of the {variant} variant" if variant else "") + f"{images}{at}"
     entries = [EvalResultEntry(dataset_id=dataset_id, task_id=f"{k}_accuracy{suffix}",
                                value=round(float(results[k]), 2), notes=f"{_metric_name(k)} {where}")
                for k in ("top1", "top5") if results.get(k) is not None]
@@ -149,7 +156,8 @@ def model_index(results: dict, name: str, dataset_id: str | None) -> list[EvalRe
     return [EvalResult(task_type="image-classification", task_name="Image Classification",
                        dataset_type=dataset_id or name, dataset_name=name or dataset_id,
                        dataset_split=results.get("split", "validation"), metric_type="accuracy",
-                       metric_name=_metric_name(k), metric_value=round(float(results[k]), 2))
+                       metric_name=_metric_name(k), metric_value=round(float(results[k]), 2),
+                       metric_config=f"{results['image_size']}px" if results.get("image_size") else None)
             for k in ("top1", "top5") if results.get(k) is not None]
 
 
@@ -303,10 +311,7 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
         lines += results_section(results, shown)
     lines += _training(card)
 
-    resize = int(size / pcfg.get("crop_pct", 1.0))  # timm's eval transform: resize the shorter side, center-crop
-    lines += ["## Preprocessing", "",
-              f"- Evaluation: resize the shorter side to {resize} px ({pcfg.get('interpolation', 'bilinear')}), "
-              f"center-crop {size}x{size} (crop_pct {pcfg.get('crop_pct')})",
+    lines += ["## Preprocessing", "", f"- Evaluation: {preprocessing(pcfg)}",
               f"- Normalize: mean {list(pcfg.get('mean', []))}, std {list(pcfg.get('std', []))} (RGB, 0-1 scale)", ""]
     lines += _citations(card.get("recipe") or {})
     lines += ["## Labels", "", f"<details><summary>{num_classes} classes (index, id, name)</summary>", "",
@@ -316,6 +321,18 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
               for i, label in enumerate(pcfg["label_names"])]
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def preprocessing(pcfg: dict) -> str:
+    """The eval transform timm's ``create_transform`` builds from ``pcfg`` (``transforms_imagenet_eval``), in words."""
+    size, mode = pcfg["input_size"][-1], pcfg.get("crop_mode") or "center"
+    resize = int(size / pcfg.get("crop_pct", 1.0))  # timm's scale_size: floor(size / crop_pct)
+    how = {"center": f"resize the shorter side to {resize} px",
+           "squash": f"resize both sides to {resize} px, the aspect ratio not kept",
+           "border": f"resize the longer side to {resize} px, pad to at least {size} px with the mean color"}
+    named = f", crop_mode {mode}" if mode != "center" else ""
+    return (f"{how.get(mode, f'crop_mode {mode}')} ({pcfg.get('interpolation', 'bilinear')}), "
+            f"center-crop {size}x{size} (crop_pct {pcfg.get('crop_pct')}{named})")
 
 
 def _install_line() -> str:

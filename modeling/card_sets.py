@@ -22,13 +22,16 @@ TOP1, TOP5, MCE = "top-1 accuracy (%)", "top-5 accuracy (%)", "mCE (%)"  # top-k
 
 
 def entries(rows: list[dict]) -> list[EvalResult]:
-    """``rows``: {name, dataset_id (Hub id or None), split, top1, top5 (%), mce (%, ImageNet-C), image_size}."""
+    """``rows``: {name, dataset_id (Hub id or None), split, top1, top5 (%), mce (%, ImageNet-C), image_size, variant
+    (ImageNet-V2's)}. The variant is the entry's dataset config: the model-index groups entries by dataset id,
+    config and split, not by name, so the three variants of vaishaal/ImageNetV2 would read back as one."""
     found = []
     for row in rows:
         metrics = [("accuracy", TOP1, row.get("top1")), ("accuracy", TOP5, row.get("top5")),
                    ("mCE", MCE, row.get("mce"))]
         found += [EvalResult(task_type="image-classification", task_name="Image Classification",
                              dataset_type=row.get("dataset_id") or row["name"], dataset_name=row["name"],
+                             dataset_config=row.get("variant"),
                              dataset_split=row.get("split", "validation"), metric_type=kind, metric_name=metric,
                              metric_value=round(float(value), 2),
                              metric_config=f"{row['image_size']}px" if row.get("image_size") else None)
@@ -83,5 +86,10 @@ def update_card_sets(folder, rows: list[dict]) -> None:
     atomic_write_text(folder / CARD_NAME, f"---\n{card.data.to_yaml()}\n---\n{body}")
     for row in rows:
         if row.get("dataset_id"):
-            write_eval_results(folder, {k: row[k] for k in ("top1", "top5", "split", "n", "image_size")
-                                        if row.get(k) is not None}, row["dataset_id"])
+            write_eval_results(folder, eval_results_row(row), row["dataset_id"])
+
+
+def eval_results_row(row: dict) -> dict:
+    """``row`` as ``.eval_results/`` records it, its variant (ImageNet-V2's) and eval transform in the notes."""
+    return {k: row[k] for k in ("top1", "top5", "split", "n", "variant", "image_size", "crop_pct", "crop_mode",
+                                "interpolation") if row.get(k) is not None}

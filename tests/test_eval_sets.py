@@ -3,6 +3,7 @@ preprocess.py and validate.py --eval_sets: labels, R/A masks, ReaL, mCE, sweeps,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -16,11 +17,12 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from timm.data import resolve_data_config
+from timm.data import create_transform, resolve_data_config
+from timm.data.transforms_factory import transforms_imagenet_eval
 
 import modeling
 import preprocess
-from imagenet_trainer import eval_sets, eval_suite, robustness
+from imagenet_trainer import eval_sets, eval_suite, manifest, robustness
 from imagenet_trainer.data import EvalSet, collate, normalize
 from imagenet_trainer.ilsvrc import imagenet_wnids
 from modeling.card_sets import update_card_sets
@@ -539,3 +541,192 @@ def test_an_empty_set_a_damaged_kept_split_and_a_full_disk_for_the_kept_ones(set
     assert said.count(f"warning: {parts}: cannot keep the splits' scores there (No space left on device); the run "
                       "goes on, but a rerun after an early end scores them again") == 1, said
     assert json.loads(out.read_text())["results"] == straight["results"]
+
+
+def jpeg_bytes(height: int, width: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+SHAPES = [(20, 26), (26, 20), (17, 33), (40, 40), (30, 18), (18, 30), (24, 37), (37, 24)]  # small: no DCT reduction
+
+
+def test_evalset_crop_modes_are_timms_eval_transforms():
+    """center, squash and border against timm's transforms_imagenet_eval (uint8, before normalising): the same crop
+    geometry and padding (the mean colour), within the resize kernels' rounding (a crop one pixel off differs by tens
+    of grey levels on these noise images)."""
+    images = [jpeg_bytes(h, w, k) for k, (h, w) in enumerate(SHAPES)]
+    split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in images], "label": [0] * len(images)},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a"])}))
+    mean = (0.5, 0.3, 0.1)  # border mode pads with round(255 * mean)
+    for mode in ("center", "squash", "border"):
+        for size, crop_pct in ((32, 0.9), (30, 1.0)):
+            ours = EvalSet(split, size, crop_pct, "bilinear", crop_mode=mode, mean=mean)
+            timms = transforms_imagenet_eval(size, crop_pct, mode, interpolation="bilinear", mean=mean,
+                                             normalize=False)
+            for k, image in enumerate(images):
+                reference = timms(Image.open(io.BytesIO(image)).convert("RGB"))
+                assert ours[k][0].shape == reference.shape == (3, size, size)
+                assert (ours[k][0].float() - reference.float()).abs().mean() < 0.5, (mode, size, SHAPES[k])
+    with pytest.raises(ValueError, match="crop_mode='crop'"):
+        EvalSet(split, 32, crop_mode="crop")
+
+
+@pytest.fixture(scope="module")
+def squash_model(tmp_path_factory) -> tuple[Path, Path]:
+    """An export whose pretrained_cfg says crop_mode squash (as timm's tf_efficientnetv2_* do), and a set of noise
+    images of several aspect ratios, each labelled with the class the model gives it through timm's own
+    create_transform: timm's pipeline scores 100% top-1 on it."""
+    base = tmp_path_factory.mktemp("squash")
+    torch.manual_seed(0)
+    model = modeling.create_model(TINY, num_classes=1000)
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(50.0)  # logits far apart: a crop of other pixels changes the answer
+    folder = modeling.save_pretrained(model, base / "final", label_names=WNIDS,
+                                      pretrained_cfg={"crop_mode": "squash", "crop_pct": 0.9})
+    model = modeling.load_model(str(folder)).eval()
+    images = [jpeg_bytes(h, w, 10 + k) for k, (h, w) in enumerate(SHAPES)]
+    labels = [int(timm_logits(model, image, "squash").argmax()) for image in images]
+    split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in images], "label": labels},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=WNIDS)}))
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(base / "val"))
+    return folder, base / "val"
+
+
+def timm_logits(model, image: bytes, crop_mode: str) -> torch.Tensor:
+    config = {**resolve_data_config(model=model), "crop_mode": crop_mode}
+    with torch.no_grad():
+        return model(create_transform(**config)(Image.open(io.BytesIO(image)).convert("RGB"))[None])[0]
+
+
+def test_a_squash_export_scores_what_timms_create_transform_gives(squash_model, tmp_path):
+    """Single split and suite alike: top-1 100% on labels timm's own transform gives (a center crop, the classic
+    one, gets some wrong), the crop mode in the summary, and in the card's Preprocessing and Evaluated-at lines."""
+    folder, val = squash_model
+    split = datasets.load_from_disk(str(val))["validation"]
+    model = modeling.load_model(str(folder)).eval()
+    raw = split.cast_column("image", datasets.Image(decode=False))
+    center = [int(timm_logits(model, r["image"]["bytes"], "center").argmax()) for r in raw]
+    assert center != split["label"]  # the crop mode decides answers here
+    card = Path(shutil.copytree(folder, tmp_path / "final"))
+    single = evaluate(card, val, "--update_model_card", "--output", tmp_path / "one.json")
+    assert (single["top1"], single["crop_mode"], single["meta"]["crop_mode"]) == (100.0, "squash", "squash")
+    suite = evaluate(card, val, "--image_sizes", 64, "--output", tmp_path / "suite.json")
+    assert (suite["results"][0]["top1"], suite["crop_mode"]) == (100.0, "squash")
+    text = (card / "README.md").read_text()
+    assert ("- Evaluation: resize both sides to 71 px, the aspect ratio not kept (bilinear), center-crop 64x64 "
+            "(crop_pct 0.9, crop_mode squash)") in text
+    assert "Evaluated at 64x64 px center crop (crop_pct 0.9, crop_mode squash, bilinear)." in text
+
+
+def test_a_sweep_records_the_models_own_size_and_the_reference_is_taken_at_each_size(sets, in1k_model, preprocessed,
+                                                                                    tmp_path):
+    """A sweep around the model's own eval size (64 px, listed second): the card's entries, its Evaluated-at line and
+    the JSON's imagenet_c block are at 64 px and say so. --mce_reference takes the reference's errors at each size
+    scored; a size it lacks, or a 0% error in it, is one line."""
+    card = Path(shutil.copytree(in1k_model, tmp_path / "final"))
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    out = tmp_path / "r.json"
+    summary = evaluate(card, val, "--eval_sets", sets[eval_sets.C], "--image_sizes", "32,64", "--update_model_card",
+                       "--output", out)
+    c64 = next(r for r in summary["results"] if r["kind"] == eval_sets.C and r["image_size"] == 64)
+    assert summary["image_size"] == 64 and summary["imagenet_c"]["image_size"] == 64
+    assert summary["imagenet_c"]["errors"] == c64["errors"]
+    loaded = huggingface_hub.ModelCard.load(card / "README.md")
+    assert {(e.dataset_name, e.metric_config) for e in loaded.data.eval_results} == {("in1k", "64px"),
+                                                                                     (c64["name"], "64px")}
+    assert "Evaluated at 64x64 px center crop" in loaded.text
+    # a reference with other errors at each size: each size's relative CE is against that size's errors
+    reference = json.loads(out.read_text())
+    for row in reference["results"]:
+        if row["kind"] == eval_sets.C:
+            row["errors"] = {c: [e / (2 if row["image_size"] == 32 else 4) for e in errs]
+                             for c, errs in row["errors"].items()}
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    again = evaluate(card, "", "--eval_sets", sets[eval_sets.C], "--image_sizes", "32,64", "--mce_reference",
+                     tmp_path / "ref.json")
+    relative = {r["image_size"]: r["relative_to_reference"]["mce"] for r in again["results"]}
+    assert relative == {32: pytest.approx(200.0), 64: pytest.approx(400.0)}
+    assert error_of(card, "", "--eval_sets", sets[eval_sets.C], "--image_size", 40, "--mce_reference",
+                    tmp_path / "ref.json") == (
+        f"error: --mce_reference {tmp_path / 'ref.json'}: it scored ImageNet-C at 32, 64 px, not at 40 px as this run "
+        "does; give a reference scored at the same size (its --image_sizes)")
+    reference["results"][-1]["errors"]["fog"] = [0.0] * 5  # ImageNet-C at 64 px
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    assert error_of(card, "", "--eval_sets", sets[eval_sets.C], "--image_size", 64, "--mce_reference",
+                    tmp_path / "ref.json") == (
+        f"error: --mce_reference {tmp_path / 'ref.json'}: its error on fog at 64 px is 0%, so an error relative to "
+        "it is undefined (a division by zero); give a reference run that errs on every corruption")
+
+
+def v2_variant(folder: Path, out: Path, variant: str) -> Path:
+    """``folder`` (a preprocess.py output of ImageNet-V2) under ``variant``'s name, its source.json as preprocess.py
+    writes it for a complete copy (eval_sets.source_fields with 10,000 images)."""
+    shutil.copytree(folder, out)
+    source = json.loads((out / "source.json").read_text())
+    record = {k: source[k] for k in ("eval_set", "class_subset")} | {"variant": variant}
+    fields = eval_sets.source_fields(eval_sets.V2, record, {"validation": 10_000}, out)
+    (out / "source.json").write_text(json.dumps({**source, **fields}))
+    sealed = json.loads((out / manifest.MANIFEST).read_text())  # listed as preprocess.py lists what it wrote
+    sealed["files"]["source.json"] = manifest.file_entry(out / "source.json")
+    (out / manifest.MANIFEST).write_text(json.dumps(manifest.sealed(sealed)))
+    return out
+
+
+def test_imagenet_v2_variants_keep_their_own_card_entries(sets, in1k_model, tmp_path):
+    """The three variants are one Hub dataset (vaishaal/ImageNetV2): each keeps its model-index entries (its dataset
+    config) and its .eval_results/ task ids, matched-frequency's the plain ones, through a later update of one."""
+    card = Path(shutil.copytree(in1k_model, tmp_path / "final"))
+    matched = v2_variant(sets[eval_sets.V2], tmp_path / "imagenetv2-matched-frequency-format-val", "matched-frequency")
+    threshold = v2_variant(sets[eval_sets.V2], tmp_path / "imagenetv2-threshold0.7-format-val", "threshold0.7")
+    evaluate(card, "", "--eval_sets", f"{matched},{threshold}", "--image_size", 32, "--update_model_card")
+    evaluate(card, "", "--eval_sets", threshold, "--image_size", 32, "--update_model_card")
+    listed = yaml.safe_load((card / ".eval_results" / "ImageNetV2.yaml").read_text())
+    assert [(e["dataset"]["task_id"], e["value"]) for e in listed] == [
+        ("top1_accuracy", 25.0), ("top5_accuracy", 25.0), ("top1_accuracy_threshold0.7", 25.0),
+        ("top5_accuracy_threshold0.7", 25.0)]
+    assert listed[0]["notes"].startswith("top-1 accuracy (%) on the validation split of the matched-frequency variant")
+    assert listed[2]["notes"].startswith("top-1 accuracy (%) on the validation split of the threshold0.7 variant")
+    loaded = huggingface_hub.ModelCard.load(card / "README.md").data.eval_results
+    assert sorted((e.dataset_name, e.dataset_config, e.metric_name) for e in loaded) == [
+        ("ImageNet-V2 matched-frequency", "matched-frequency", "top-1 accuracy (%)"),
+        ("ImageNet-V2 matched-frequency", "matched-frequency", "top-5 accuracy (%)"),
+        ("ImageNet-V2 threshold0.7", "threshold0.7", "top-1 accuracy (%)"),
+        ("ImageNet-V2 threshold0.7", "threshold0.7", "top-5 accuracy (%)")]
+
+
+def test_a_kept_split_is_scored_again_when_real_json_changes_in_place(in1k_model, preprocessed, tmp_path,
+                                                                      monkeypatch):
+    """The kept ImageNet split carries ReaL's counts: real.json rewritten under the same path gives a fresh count,
+    what a run without kept splits gives. A split without image_id cannot be matched to real.json: one line."""
+    val = imagenet_val(preprocessed, tmp_path / "in1k")  # ILSVRC2012_val_00000001 to _00000008
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps([[1] for _ in range(8)]))  # the model's top-1: every image right
+    score_split, scored = eval_suite.score_split, []
+
+    def ends_after_one(*a, **kw):
+        if scored:
+            raise KeyboardInterrupt  # the run ends here, the 32 px split kept with ReaL's counts
+        scored.append(a[2])
+        return score_split(*a, **kw)
+
+    monkeypatch.setattr(eval_suite, "score_split", ends_after_one)
+    args = ["--real_labels", real, "--image_sizes", "32,40", "--output", tmp_path / "r.json"]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(in1k_model, val, *args)
+    assert len(list(eval_suite.parts_folder(str(tmp_path / "r.json")).glob("*.json"))) == 1
+    monkeypatch.setattr(eval_suite, "score_split", score_split)
+    real.write_text(json.dumps([[2] for _ in range(8)]))  # now every image wrong
+    rerun = evaluate(in1k_model, val, *args)["results"]
+    fresh = evaluate(in1k_model, val, *args[:-1], tmp_path / "fresh.json")["results"]
+    assert rerun == fresh and [r["top1"] for r in rerun if r["kind"] == "imagenet-real"] == [0.0, 0.0]
+    split = datasets.load_from_disk(str(val))["validation"].remove_columns("image_id")
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "no_ids"))
+    assert error_of(in1k_model, tmp_path / "no_ids", "--real_labels", real) == (
+        f"error: --real_labels: --dataset {tmp_path / 'no_ids'} has no image_id column, which matches each image to "
+        "its real.json entry (ILSVRC2012_val_NNNNNNNN); give ILSVRC-2012's validation split as preprocess.py writes "
+        "it")

@@ -10,8 +10,9 @@ crop, label); ``TrainSet.sample`` adds which row stood in for one that does not 
 - A row that does not decode is replaced by another row (``replacement_row``), chosen by a hash of (seed, row, try)
   and cropped with the failed row's own random stream: the same choice on resume and on any process count. The
   main process records it (``bad_samples.py``).
-- ``EvalSet``: the classic Resize(shorter side to image_size / crop_pct) + CenterCrop; a row that does not decode
-  comes back with label ``-(index + 1)``, left out of the scores and reported (``metrics.evaluate``).
+- ``EvalSet``: timm's eval transform, the classic Resize(shorter side to image_size / crop_pct) + CenterCrop or its
+  ``crop_mode`` squash / border; a row that does not decode comes back with label ``-(index + 1)``, left out of the
+  scores and reported (``metrics.evaluate``).
 """
 from __future__ import annotations
 
@@ -169,42 +170,71 @@ def replacement_row(seed: int, row: int, attempt: int, num_rows: int) -> int:
 
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+# timm's eval crop modes (timm.data.transforms_imagenet_eval, pretrained_cfg["crop_mode"]): center for most weights,
+# squash for 131 of timm 1.0's tags (tf_efficientnetv2_*, convnext_*_384, maxvit_*_tf_*), border for 6
+CROP_MODES = ("center", "squash", "border")
 
 
 class EvalSet(torch.utils.data.Dataset):
-    """index -> (uint8 CHW: shorter side resized to floor(image_size / crop_pct), centre crop, label), the classic
-    ``Resize + CenterCrop`` (timm's ``scale_size``); big photos decode at a DCT reduction first."""
+    """index -> (uint8 CHW crop, label) in timm's eval transform (``transforms_imagenet_eval``), with s =
+    floor(image_size / crop_pct) (timm's ``scale_size``), by ``crop_mode``:
+
+    - center: the shorter side resized to s, centre crop (the classic ``Resize + CenterCrop``);
+    - squash: both sides resized to s, the aspect ratio not kept, centre crop;
+    - border: the longer side resized to s, the aspect ratio kept, padded to at least image_size with the mean
+      colour (``round(255 * mean)``, timm's fill), centre crop (timm's ``ResizeKeepRatio(longest=1)`` +
+      ``CenterCropOrPad``).
+
+    Big photos decode at a DCT reduction first."""
 
     def __init__(self, split: datasets.Dataset, image_size: int, crop_pct: float = 0.875,
-                 interpolation: str = "bilinear"):
+                 interpolation: str = "bilinear", crop_mode: str = "center", mean=(0.485, 0.456, 0.406)):
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation={interpolation!r}: use one of {INTERPOLATIONS}")
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode={crop_mode!r}: use one of timm's {', '.join(CROP_MODES)}")
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct={crop_pct}: must be in (0, 1]")
         self.rows = Rows(split)
-        self.image_size, self.interpolation = image_size, interpolation
+        self.image_size, self.interpolation, self.crop_mode = image_size, interpolation, crop_mode
         self.resize_size = math.floor(image_size / crop_pct)
+        self.fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8)  # border mode's padding, 0..255
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of ``height`` x ``width`` px is resized to before the crop."""
+        size = self.resize_size
+        if self.crop_mode == "squash":
+            return size, size
+        if self.crop_mode == "border":  # timm's ResizeKeepRatio.get_params at longest=1: the larger of the ratios
+            ratio = max(height / size, width / size)  # at least 1 px: a strip thinner than ratio / 2 px is not empty
+            return max(1, round(height / ratio)), max(1, round(width / ratio))
+        # torchvision Resize(int): the shorter side becomes size, the longer int(size * long / short)
+        return (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         data, label = self.rows[index]
         try:
             height, width, fast_ok = probe(data)
-            # torchvision Resize(int): the shorter side becomes resize_size, the longer int(resize_size * long / short)
-            size = self.resize_size
-            new_h, new_w = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
+            new_h, new_w = self.resized_shape(height, width)
             # DCT scaling is a sharper (box-like) filter than the antialiased resize: keep at least a 2x resize after
             # it, so the eval images, and so the accuracy, match the classic pipeline's (mean error < 1 grey level)
-            pixels, _, _ = decode_scaled(data, height, width, dct_factor(min(height, width), 2 * size), fast_ok,
-                                   fast_dct=False)
+            pixels, _, _ = decode_scaled(data, height, width, dct_factor(min(height, width), 2 * min(new_h, new_w)),
+                                         fast_ok, fast_dct=False)
         except Exception:  # noqa: BLE001 (flipped bytes can break any parser on the way: EXIF, codec)
             # scored by no one: metrics.evaluate leaves it out and reports the row (bad_samples.py)
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -(index + 1)
         # Resizing the whole (reduced) image then cropping reproduces the classic pipeline exactly, borders included
-        resized = resize_uint8(torch.from_numpy(pixels), (new_h, new_w), self.interpolation)
-        top, left = int(round((new_h - self.image_size) / 2.0)), int(round((new_w - self.image_size) / 2.0))
-        crop = resized.permute(1, 2, 0)[top:top + self.image_size, left:left + self.image_size]
+        resized = resize_uint8(torch.from_numpy(pixels), (new_h, new_w), self.interpolation).permute(1, 2, 0)
+        size = self.image_size
+        if new_h < size or new_w < size:  # border mode only: timm's CenterCropOrPad pads, the smaller half top/left
+            pad_h, pad_w = max(size - new_h, 0), max(size - new_w, 0)
+            canvas = self.fill.expand(new_h + pad_h, new_w + pad_w, 3).clone()
+            canvas[pad_h // 2:pad_h // 2 + new_h, pad_w // 2:pad_w // 2 + new_w] = resized
+            resized, new_h, new_w = canvas, new_h + pad_h, new_w + pad_w
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        crop = resized[top:top + size, left:left + size]
         return crop.contiguous().permute(2, 0, 1), label  # compact, still HWC in memory (collate's layout)
 
