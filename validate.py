@@ -463,6 +463,23 @@ def check_export_config(folder: Path) -> list[str]:
     return warnings
 
 
+def edited_config_note(folder: Path) -> str | None:
+    """A note when a checkpoint's config.yaml is not the one sealed with it (size or CRC-32 in checkpoint_files.json):
+    its eval settings are read as they are now, which an edit means and a damaged byte does not (the state files are
+    checked in full by ``load_checkpoint``; a resume refuses such a config.yaml)."""
+    try:
+        saved = json.loads((folder / checkpoints.FILE_LIST).read_text()).get(checkpoints.CONFIG)
+        config = folder / checkpoints.CONFIG
+        if not isinstance(saved, dict) or not config.is_file():
+            return None
+        if config.stat().st_size == saved.get("bytes") and saved.get("crc32", None) in (None, checkpoints.crc32(config)):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None  # no seal to compare with: load_checkpoint names a damaged list
+    return (f"note: {config} is not the one saved with the checkpoint (its size or CRC-32 differs): scoring with the "
+            "settings it holds now (an edit; if not, a damaged copy: the run's own config.yaml has them)")
+
+
 def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool) -> torch.nn.Module:
     """--model, checked against the classes of the data ``flag`` names; a one-line SystemExit when it cannot
     score them, a warning on stderr when its class names are not the data's."""
@@ -472,6 +489,8 @@ def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool
         export = folder is not None and (folder / "config.json").is_file()
         if export:
             notes = check_export_config(folder)
+        elif folder is not None and (folder / checkpoints.FILE_LIST).is_file():
+            notes = [edited_config_note(folder)]
         try:
             model = load_any(cfg.model)
         except (KeyError, TypeError, AttributeError) as e:  # timm's reading of a config.json that passed the checks

@@ -88,7 +88,7 @@ def fake_checkpoint(tmp_path: Path, state: dict, prefix: str, image_size: int = 
     return ckpt
 
 
-def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocessed, tmp_path):
+def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocessed, tmp_path, capsys):
     """Each checkpoint carries the config.yaml of the launch that wrote it: an --eval_flip launch's checkpoint is
     scored with flip (its metrics.jsonl numbers), whatever later launches of the run changed; --flip overrides."""
     ckpt = only_checkpoint(trained)
@@ -98,8 +98,14 @@ def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocesse
     shutil.copytree(ckpt, flipped_ckpt)
     flipped_ckpt.joinpath("config.yaml").write_text(yaml.safe_dump(
         {**yaml.safe_load((ckpt / "config.yaml").read_text()), "eval_flip": True}))
+    capsys.readouterr()
     flipped, plain = evaluate(flipped_ckpt, preprocessed), evaluate(ckpt, preprocessed)
     assert flipped["flip"] is True and plain["flip"] is False
+    # an edit is taken, and said (a damaged byte that still parses would be taken too: the note says where to look)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {flipped_ckpt / 'config.yaml'} is not the one saved with the checkpoint (its size or "
+                     "CRC-32 differs): scoring with the settings it holds now (an edit; if not, a damaged copy: the "
+                     "run's own config.yaml has them)"], notes
     assert flipped["loss"] != pytest.approx(plain["loss"], rel=1e-6)
     asked = evaluate(ckpt, preprocessed, "--flip")
     assert asked["flip"] is True and asked["loss"] == pytest.approx(flipped["loss"], rel=1e-6)
