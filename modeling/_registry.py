@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import json
 import os
 import socket
 import sys
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 
 import timm
 from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors.torch import load_file
 from timm.models import generate_default_cfgs, register_model
 
 # name -> the variant function registered here: timm's registry is one mutable name space, and a trust_remote_code
@@ -98,6 +100,8 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
     ``name`` may also be ``local-dir:FOLDER`` or ``hf-hub:OWNER/NAME`` (timm's sources). ``num_classes`` defaults to
     1000 (the ImageNet-1k head) for an architecture name and to the saved class count for a folder or Hub id; 0 gives
     the pooled features. Other keyword arguments go to timm (``features_only=True``, ``drop_path_rate=0.1``, ...).
+    A folder transformers saved (keys under "timm_model.", or no classifier: AutoModel's) loads strictly, with a
+    fresh head where the saved one does not fit or is missing.
     """
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -106,6 +110,10 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         from .hub import check_weights  # modeling.hub imports this module
 
         check_weights(Path(where) / "model.safetensors")  # a damaged copy would start training from other weights
+        saved = _transformers_saved(Path(where), kwargs)
+        if saved is not None:
+            declare_blocks(saved)
+            return saved
     if source is None:
         arch = name.split(".")[0]  # a timm pretrained tag ("resnet50.a1_in1k") names weights, not the architecture
         if not timm.is_model(arch):
@@ -136,6 +144,40 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
             raise
         raise ValueError(_weights_missing(name, e, kwargs)) from None
     declare_blocks(model)
+    return model
+
+
+def _transformers_saved(folder: Path, kwargs: dict):
+    """The model of a local folder whose weights transformers saved in its own layout, loaded strictly; None for
+    timm's layout with its classifier, which timm's loader reads strictly itself. timm's loader is not strict for a
+    new class count or features_only: weights a remote-code wrapper saved under "timm_model." would all be skipped
+    and training would start from random ones; and it refuses, in a bare traceback, weights that hold no classifier
+    (transformers' AutoModel) when the class count is the saved one."""
+    from .transformers_saved import (exported_features, load_saved_weights, saved_headless, saved_keys,
+                                     wrapper_saved_state)
+
+    weights, config_file = folder / "model.safetensors", folder / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    state = wrapper_saved_state(weights)
+    headless = saved_headless(config, saved_keys(weights))
+    if state is None and not headless:
+        return None
+    if kwargs.get("features_only"):  # no classifier: its class count does not matter
+        with our_names():
+            return exported_features(str(folder), **{k: v for k, v in kwargs.items()
+                                                     if k not in ("features_only", "num_classes")})
+    if headless and "num_classes" not in kwargs:  # as modeling.load_model: the model that was saved
+        kwargs = {**kwargs, "num_classes": 0}
+    with our_names():
+        model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False, **kwargs)
+    new_head = load_saved_weights(model, state if state is not None else load_file(weights), config,
+                                  f"local-dir:{folder}")
+    # at another class count train.py says itself that the head is new
+    if new_head and headless and model.num_classes == config.get("num_classes"):
+        warnings.warn(f"local-dir:{folder}: model.safetensors holds no classifier (transformers' AutoModel saved "
+                      f"it): new {model.num_classes}-class head (random init)")
     return model
 
 

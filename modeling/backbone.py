@@ -41,6 +41,9 @@ WRAPPER_CLS = ((FeatureGetterNet, "getter"), (FeatureListNet, "list"), (FeatureH
                (FeatureGraphNet, "fx"), (FeatureDictNet, "dict"))
 # buffers a frozen BatchNorm (DETR's, timm's FrozenBatchNorm2d) does not keep: the only keys allowed to differ
 _BN_COUNTER = "num_batches_tracked"
+# the stride (input pixels per map pixel) from which a feature_info tap is a stage's, not a stem's: FPN-style necks
+# take strides 4-32 (C2-C5; torchvision's resnet_fpn_backbone, timm's features_only of ConvNeXt and Swin)
+STEM_STRIDE = 4
 
 
 def export_folder(export) -> Path:
@@ -119,6 +122,11 @@ def restore_norm_activations(module: torch.nn.Module, reference: torch.nn.Module
     return replaced
 
 
+def first_conv_channels(module: torch.nn.Module) -> int | None:
+    """The image channels the first convolution of a network takes (its stem's); None without one."""
+    return next((m.in_channels for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+
+
 def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     """Copy the export's weights and BatchNorm statistics into every timm feature extractor inside ``model`` (a
     transformers model or any module); returns their module names. Raises ValueError when there is none, or when
@@ -130,6 +138,11 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     loaded = []
     for path, module in feature_extractors(model):
         reference = reference_features(folder, module)
+        channels, built = first_conv_channels(reference), first_conv_channels(module)
+        if channels != built:  # transformers' configs build 3 unless told (TimmBackbone's in_chans=num_channels)
+            raise ValueError(f"{export} reads {channels}-channel images, {type(model).__name__}.{path or 'self'} "
+                             f"takes {built}: build it with num_channels={channels} (TimmBackboneConfig(..., "
+                             f"num_channels={channels}), DetrConfig(..., num_channels={channels}))")
         if type(reference) is not type(module):
             wrong = [f"{type(module).__name__}, the export's features_only model is {type(reference).__name__}"]
         else:
@@ -150,10 +163,13 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
 
 
 def default_taps(name: str) -> tuple[int, ...]:
-    """Every ``feature_info`` tap of timm model ``name`` after the stem's: the strides FPN-style necks take (four
-    for BlockNet and ResNet, three for AlexNet)."""
-    with torch.device("meta"), our_names():  # shapes only: the number of taps
-        return tuple(range(1, len(timm.create_model(name).feature_info)))
+    """Every ``feature_info`` tap of timm model ``name`` after the stem's: the strides FPN-style necks take (4 to 32,
+    C2-C5, for BlockNet, ResNet, ConvNeXt and AlexNet). A stem's tap is one at a stride under 4 (ResNet's act1,
+    BlockNet's stem.2, EfficientNet's blocks.0: 2); a family without one (ConvNeXt's stages.0 and AlexNet's
+    features.1 are at 4) keeps every tap, as timm's features_only does."""
+    with torch.device("meta"), our_names():  # shapes only: the taps' strides
+        strides = [tap["reduction"] for tap in timm.create_model(name).feature_info]
+    return tuple(i for i, stride in enumerate(strides) if stride >= STEM_STRIDE) or tuple(range(len(strides)))
 
 
 def image_channels(export) -> int:

@@ -59,8 +59,8 @@ from ._registry import our_names
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
                    model_index, model_stats, output_shapes, public, resolve_dataset, results_section)
 from .remote_code import PROCESSOR_FILE, NotBundleable, defining_module, remote_code_files
-from .transformers_saved import (classifier_names, head_labels, saved_by_transformers, saved_headless,
-                                 saved_keys, wrapper_saved_state)
+from .transformers_saved import (head_labels, load_saved_weights, saved_by_transformers,
+                                 saved_headless, saved_keys, wrapper_saved_state)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -425,19 +425,9 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
         model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=False, **kwargs)
     if state is None:  # timm's loader would fill a classifier the weights lack without a word (it loads non-strictly)
         state = safetensors.torch.load_file(folder / WEIGHTS_NAME)
-    heads = classifier_names(config)
-    in_head = tuple(f"{h}." for h in heads)
     # no classifier asked for, another class count, or none saved: the saved one goes, a fresh one (if any) stays
     # as built, as timm's own loader does
-    new_head = bool(heads) and (not model.num_classes or any(
-        f"{h}.weight" not in state or state[f"{h}.weight"].shape[0] != model.num_classes for h in heads))
-    if new_head:
-        state = {k: v for k, v in state.items() if not k.startswith(in_head)}
-    result = model.load_state_dict(state, strict=False)
-    wrong = [k for k in result.missing_keys if not (new_head and k.startswith(in_head))] + result.unexpected_keys
-    if wrong:
-        raise ValueError(f"{path_or_hub_id}: model.safetensors does not fit architecture '{arch}' "
-                         f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''} missing or unexpected)")
+    load_saved_weights(model, state, config, path_or_hub_id)
     return model.eval()
 
 

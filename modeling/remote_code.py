@@ -27,6 +27,8 @@ transformers uses its own, as before. transformers' ``save_pretrained`` of a loa
 ``auto_map`` but copies only the file of the model's class when it is remote code, and the files that one imports as
 ``from .module import Name`` (``custom_object_save``): the family's wrapper imports the processor that way, and for
 timm's architectures the processor's file also holds the model classes ``auto_map`` names, so a re-save carries it.
+Those classes save timm's key names, as transformers' own class does: transformers applies its timm_wrapper key
+conversion to its own classes only, and timm has no filter that strips the "timm_model." prefix for its families.
 """
 from __future__ import annotations
 
@@ -199,13 +201,34 @@ class {PROCESSOR_CLASS}(TimmWrapperImageProcessor):
 # appended for an architecture timm ships: config.json's auto_map names these, so a model loaded with
 # trust_remote_code is of a class in this file, and its save_pretrained copies the file along
 ONE_CHANNEL_MODELS = '''
+try:  # timm_wrapper's key conversion as transformers declares it (its conversion_mapping.py)
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+except ImportError:  # a transformers that declares none
+    get_checkpoint_conversion_mapping = None
 
-class TimmWrapperForImageClassification(transformers.TimmWrapperForImageClassification):
-    """transformers' class, unchanged (its name: pipeline() knows it as an image classifier)."""
+
+class TimmLayout:
+    """save_pretrained writes timm's key layout, as transformers' own class does. transformers applies timm_wrapper's
+    declared conversion (a PrefixChange: "timm_model." added on load, removed again on save) to its own classes only,
+    never to remote code (conversion_mapping.get_model_conversion_mapping), so a re-save from this class would prefix
+    every key and timm's local-dir: loads (train.py --pretrained, features_only) would match none of them."""
+
+    def save_pretrained(self, *args, **kwargs):
+        # the conversions a load applied are reverted on save (core_model_loading.revert_weight_conversion)
+        used = list(getattr(self, "_weight_conversions", None) or [])
+        declared = (get_checkpoint_conversion_mapping(self.config.model_type)
+                    if get_checkpoint_conversion_mapping is not None else None) or []
+        applied = {repr(c) for c in used}
+        self._weight_conversions = [c for c in declared if repr(c) not in applied] + used
+        return super().save_pretrained(*args, **kwargs)
 
 
-class TimmWrapperModel(transformers.TimmWrapperModel):
-    """transformers' class, unchanged: AutoModel's, for pipeline("image-feature-extraction")."""
+class TimmWrapperForImageClassification(TimmLayout, transformers.TimmWrapperForImageClassification):
+    """transformers' class, saving timm's layout (its name: pipeline() knows it as an image classifier)."""
+
+
+class TimmWrapperModel(TimmLayout, transformers.TimmWrapperModel):
+    """transformers' class, saving timm's layout: AutoModel's, for pipeline("image-feature-extraction")."""
 '''
 
 
@@ -319,7 +342,8 @@ class {cls}Backbone(TimmBackbone):
             saved = json.load(f)
         with own_code(saved["architecture"]):  # every build below: this folder's code
             with torch.device("meta"):  # shapes only: the taps
-                taps = [tap["module"] for tap in timm.create_model(name).feature_info]
+                info = timm.create_model(name).feature_info
+            taps = [tap["module"] for tap in info]
             if out_features is not None:  # TimmBackbone's stage names are feature_info's module names
                 if not set(out_features) <= set(taps):
                     raise ValueError(f"out_features {{list(out_features)}}: this network's feature maps are {{taps}}")
@@ -328,7 +352,10 @@ class {cls}Backbone(TimmBackbone):
                     raise ValueError(f"out_features {{list(out_features)}} and out_indices {{list(out_indices)}} name "
                                      f"different maps of {{taps}}: pass one of them")
                 out_indices = chosen
-            out_indices = tuple(range(1, len(taps))) if out_indices is None else tuple(out_indices)
+            if out_indices is None:  # a stem's tap is at a stride under 4: FPN-style necks take strides 4-32
+                out_indices = tuple(i for i, tap in enumerate(info) if tap["reduction"] >= 4) or tuple(
+                    range(len(taps)))
+            out_indices = tuple(out_indices)
             exported = exported_features(folder, out_indices=out_indices)
             # TimmBackbone passes in_chans=num_channels (default 3)
             channels = saved.get("model_args", {{}}).get("in_chans", 3)

@@ -4,7 +4,9 @@
 transformers 5.24 and 5.25 write such a folder in timm's layout with two differences that matter here:
 
 - the weights of a wrapper loaded with ``trust_remote_code=True`` (the remote class is not transformers' own, so its
-  key conversion does not apply) are saved under ``timm_model.``: timm's ``local-dir:`` then fails on every key;
+  key conversion does not apply) are saved under ``timm_model.``: timm's ``local-dir:`` then fails on every key
+  (a family's ``modeling_<family>.py``; ``modeling_one_channel.py``'s classes save timm's names, as transformers'
+  own class does);
 - the labels of a fine-tune live in the root ``label_names``/``id2label`` (written from the new head's
   ``id2label``) while ``pretrained_cfg.label_names`` still lists the classes of the weights it started from.
 
@@ -52,6 +54,32 @@ def saved_headless(config: dict, keys) -> bool:
     (TimmWrapperModel, built for 0 classes) saved them."""
     heads, keys = classifier_names(config), set(keys)
     return bool(heads) and not any(f"{name}.weight" in keys for name in heads)
+
+
+def load_saved_weights(model, state: dict, config: dict, where) -> bool:
+    """Load ``state`` (timm's key names) into ``model``, built from the folder of config.json ``config``, strictly:
+    every tensor of the network must be saved, with its shape, and nothing else may be. A classifier of another class
+    count, or none saved (AutoModel), leaves the head as built, as timm's loader does for a new class count; returns
+    whether it did. Raises ValueError in one line naming ``where``."""
+    heads = classifier_names(config)
+    in_head = tuple(f"{name}." for name in heads)
+    classes = getattr(model, "num_classes", 0)
+    new_head = bool(heads) and (not classes or any(
+        f"{name}.weight" not in state or state[f"{name}.weight"].shape[0] != classes for name in heads))
+    if new_head:
+        state = {k: v for k, v in state.items() if not k.startswith(in_head)}
+    arch = config.get("architecture")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ: torch lists every tensor, one line names the first
+        lines = str(e).splitlines()
+        raise ValueError(f"{where}: model.safetensors does not fit architecture '{arch}' as built "
+                         f"({(lines[1:] or lines)[0].strip()})") from None
+    wrong = [k for k in result.missing_keys if not (new_head and k.startswith(in_head))] + result.unexpected_keys
+    if wrong:
+        raise ValueError(f"{where}: model.safetensors does not fit architecture '{arch}' ({', '.join(wrong[:3])}"
+                         f"{', ...' if len(wrong) > 3 else ''} missing or unexpected)")
+    return new_head
 
 
 def saved_by_transformers(config: dict) -> bool:

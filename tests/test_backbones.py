@@ -332,19 +332,60 @@ def test_single_channel_export_loads_as_a_backbone(tmp_path):
     assert all(torch.equal(out[f"map{i}"], m) for i, m in enumerate(expected))
 
 
-def test_fpn_takes_every_tap_after_the_stem_of_a_four_tap_family(tmp_path):
-    """AlexNet has four feature_info taps, BlockNet and ResNet five: TimmFPN's default is timm_backbone's, every tap
-    after the stem's."""
-    model = modeling.create_model("alexnet", num_classes=4).eval()
-    folder = modeling.save_pretrained(model, tmp_path / "alexnet", label_names=LABELS)
-    fpn = modeling.backbone.TimmFPN(folder).eval()
-    x = torch.randn(1, 3, 128, 128)
+@pytest.mark.parametrize("name", ["blocknet_tiny", "resnet18"])
+def test_one_channel_export_in_a_three_channel_config_is_told_num_channels(name, tmp_path):
+    """TimmBackboneConfig and DetrConfig build a 3-channel stem unless told (num_channels): load_backbone_weights
+    names num_channels=1 in one line (not the backbone= the config already has), and with it the maps are the
+    export's."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model(name, num_classes=4, in_chans=1))
+    folder = modeling.save_pretrained(model, tmp_path / "gray", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (1, 64, 64)})
+    timm_name = modeling.timm_name(folder)
+    builds = {"TimmBackbone": lambda **channels: TimmBackbone(TimmBackboneConfig(
+        backbone=timm_name, out_indices=(1, 2, 3, 4), **channels)), "DETR": lambda **channels: small_detr(
+        timm_name, **channels)}
+    for route, build in builds.items():
+        with pytest.raises(ValueError, match=r"reads 1-channel images, .* takes 3: build it with num_channels=1") as e:
+            modeling.load_backbone_weights(build(), folder)
+        assert "\n" not in str(e.value) and "backbone=" not in str(e.value), route
+        assert len(modeling.load_backbone_weights(build(num_channels=1), folder)) == 1, route
+    backbone = builds["TimmBackbone"](num_channels=1)
+    modeling.load_backbone_weights(backbone, folder)
+    x = X[:, :1]
     with torch.no_grad():
-        maps = fpn(x)
-        taps = model.forward_intermediates(x, indices=[1, 2, 3], intermediates_only=True)
-    assert list(maps) == ["0", "1", "2", "pool"]
-    assert [m.shape[-2:] for m in list(maps.values())[:3]] == [t.shape[-2:] for t in taps]
-    assert all(torch.equal(a, b) for a, b in zip(fpn.body(x), taps))
+        expected = model.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(backbone.eval()(x).feature_maps, expected))
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting (blocknet_|alexnet):UserWarning")  # the export's copy, imported here
+@pytest.mark.parametrize("arch", ["convnext_atto", "resnet18", "blocknet_tiny", "alexnet"])
+def test_default_taps_are_every_stage_after_the_stem(arch, tmp_path):
+    """ResNet and BlockNet have a stem tap at stride 2 before their four stages; ConvNeXt and AlexNet have none (their
+    first tap is at 4): timm_backbone, TimmFPN and the export's own AutoBackbone class take the taps at strides 4 to 32,
+    the ones timm's features_only gives less any stem's, and the maps are the export's."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model(arch, num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path / arch, label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 128, 128)})
+    strides = [tap["reduction"] for tap in model.feature_info]
+    taps = [i for i, stride in enumerate(strides) if stride >= 4]
+    timm_default = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True).feature_info
+    assert [strides[i] for i in taps] == [s for s in timm_default.reduction() if s >= 4] == [4, 8, 16, 32]
+    assert modeling.backbone.default_taps(modeling.timm_name(folder)) == tuple(taps)
+    x = torch.randn(1, 3, 128, 128)
+    fpn = modeling.backbone.TimmFPN(folder).eval()
+    routes = {"timm_backbone": lambda: modeling.timm_backbone(folder)(x).feature_maps, "TimmFPN": lambda: fpn.body(x)}
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
+    if auto_map:  # our families: the export's own class, for AutoBackbone
+        remote = transformers.dynamic_module_utils.get_class_from_dynamic_module(auto_map["AutoBackbone"], folder)
+        routes["auto_map AutoBackbone"] = lambda: remote.from_pretrained(folder)(x).feature_maps
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=taps, intermediates_only=True)
+        for route, maps in routes.items():
+            got = maps()
+            assert len(got) == 4 and all(torch.equal(a, b) for a, b in zip(got, expected)), route
+        assert list(fpn(x)) == ["0", "1", "2", "3", "pool"]
 
 
 def readme_backbone_blocks() -> list[str]:
@@ -392,11 +433,11 @@ def family_export(request, tmp_path_factory):
     return saved_export(request.param, tmp_path_factory.mktemp("family") / request.param)
 
 
-def small_detr(name: str) -> transformers.DetrForObjectDetection:
+def small_detr(name: str, **config) -> transformers.DetrForObjectDetection:
     return transformers.DetrForObjectDetection(transformers.DetrConfig(
         use_timm_backbone=True, backbone=name, use_pretrained_backbone=False, encoder_layers=1, decoder_layers=1,
         d_model=16, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        num_queries=4, num_labels=3)).eval()
+        num_queries=4, num_labels=3, **config)).eval()
 
 
 def test_families_with_their_own_feature_class_load_as_backbones(family_export, tmp_path):

@@ -2,8 +2,10 @@
 transformers (its keys prefixed ``timm_model.``, its head's labels at the config's root) comes back into validate.py,
 ``modeling.load_model``, ``label_info``, timm's ``local-dir:`` and every backbone route with its weights and its
 labels, for each registered family and for the template family of modeling/__init__.py's docstring."""
+import contextlib
 import importlib
 import json
+import re
 import sys
 
 import datasets
@@ -11,7 +13,7 @@ import pytest
 import timm
 import torch
 import transformers
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_modeling import DOC_FAMILY, docstring_family_source, restored_registry
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
@@ -175,17 +177,104 @@ def test_every_backbone_route_of_a_transformers_saved_family_has_its_weights(res
             "auto_map AutoBackbone": (get_class_from_dynamic_module(
                 config["auto_map"]["AutoBackbone"], folder).from_pretrained(folder)(x).feature_maps, taps),
         }
+        routes["modeling.create_model features_only"] = (modeling.create_model(
+            f"local-dir:{folder}", pretrained=True, features_only=True).eval()(x), maps)
         if name != UNFILTERED:  # timm's own load runs the family's code, and only that
             routes["timm local-dir: features_only"] = (timm.create_model(
                 f"local-dir:{folder}", pretrained=True, features_only=True).eval()(x), maps)
     for route, (got, expected) in routes.items():
         assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected)), route
+    # train.py --pretrained (modeling.create_model): every saved tensor, and a fresh head for another class count (7)
+    # or where none was saved (AutoModel's, at config.json's count, 4)
+    head = f"{model.pretrained_cfg['classifier']}."
+    for classes in (7, 4):
+        fresh = saver == "headless" or classes != 4
+        warns = pytest.warns(UserWarning, match="holds no classifier") if saver == "headless" and classes == 4 \
+            else contextlib.nullcontext()
+        with warns:
+            state = modeling.create_model(f"local-dir:{folder}", pretrained=True, num_classes=classes).state_dict()
+        saved = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in saved.items() if not (fresh and k.startswith(head))), classes
+        assert torch.equal(state[f"{head}weight"], saved[f"{head}weight"]) != fresh, classes
     # modeling.load_model with no num_classes: the network the weights hold, the headless one for AutoModel's save
     loaded = modeling.load_model(folder)
     assert loaded.num_classes == (4 if saver == "classifier" else 0)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x) if saver == "classifier" else model.forward_head(
             model.forward_features(x), pre_logits=True))
+
+
+def test_one_channel_timm_architecture_resaved_by_transformers_keeps_timms_key_names(tmp_path):
+    """A one-channel export of a timm architecture loads with trust_remote_code (as its card says) as the classes of
+    its modeling_one_channel.py, remote code, which transformers' timm_wrapper key conversion skips: their
+    save_pretrained still writes timm's key names, as transformers' own class does, also from a re-save loaded the
+    same way (the file travels with it). timm's local-dir: (not strict for features_only) and train.py --pretrained
+    with another class count (modeling.create_model) then start from every saved tensor."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("resnet18", num_classes=4, in_chans=1))
+    source = modeling.save_pretrained(model, tmp_path / "gray", label_names=["a", "b", "c", "d"],
+                                      pretrained_cfg={"input_size": (1, 64, 64)})
+    folders = []
+    for step in ("resaved", "resaved_again"):
+        for saver, auto in SAVERS.items():
+            loaded = auto.from_pretrained(source, trust_remote_code=True)
+            assert type(loaded).__module__.endswith(".modeling_one_channel"), (step, saver)
+            loaded.save_pretrained(tmp_path / step / saver)
+            folders.append(tmp_path / step / saver)
+        source = tmp_path / step / "classifier"
+    expected, head = model.state_dict(), ("fc.weight", "fc.bias")
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        for folder in folders:
+            saved = load_file(folder / "model.safetensors")
+            assert set(saved) == set(expected) - (set() if folder.name == "classifier" else set(head)), folder
+            assert all(torch.equal(saved[k], expected[k]) for k in saved), folder
+            features = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True).eval()
+            assert all(torch.equal(a, b) for a, b in zip(features(x), maps)), folder
+            state = modeling.create_model(f"local-dir:{folder}", pretrained=True, num_classes=10).state_dict()
+            assert all(torch.equal(state[k], v) for k, v in expected.items() if k not in head), folder
+            assert state["fc.weight"].shape[0] == 10
+        assert torch.equal(timm.create_model(f"local-dir:{source}", pretrained=True).eval()(x), model(x))
+
+
+def test_create_model_takes_an_automodel_save_at_its_saved_class_count(tmp_path):
+    """transformers' AutoModel (its own TimmWrapperModel for a timm architecture: timm's key names) saves no
+    classifier while config.json keeps the class count: train.py --pretrained at that count (timm's loader, strict
+    then, would refuse the missing head in a bare traceback) gets every saved tensor and a fresh head, and says so."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("resnet18", num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=["a", "b", "c", "d"],
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    transformers.AutoModel.from_pretrained(folder).save_pretrained(tmp_path / "headless")
+    assert "fc.weight" not in load_file(tmp_path / "headless" / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"holds no classifier .*: new 4-class head \(random init\)"):
+        built = modeling.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True, num_classes=4)
+    state = built.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if not k.startswith("fc."))
+    assert built.num_classes == 4 and not torch.equal(state["fc.weight"], model.state_dict()["fc.weight"])
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # timm's word on the copy's registration
+def test_create_model_refuses_transformers_saved_weights_that_lack_a_tensor(tmp_path):
+    """train.py --pretrained with another class count: timm's loader is not strict then, so weights saved under
+    "timm_model." (by a family's remote-code wrapper) that lack a tensor would leave it random without a word;
+    modeling.create_model names it in one line."""
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=4).eval()
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=["a", "b", "c", "d"],
+                                      pretrained_cfg={"input_size": (3, 32, 32)})
+    transformers.AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).save_pretrained(
+        tmp_path / "resaved")
+    weights = tmp_path / "resaved" / "model.safetensors"
+    state = load_file(weights)
+    assert all(k.startswith("timm_model.") for k in state)
+    lost = next(k for k, v in state.items() if v.ndim == 4)  # a convolution's: the backbone's, not the head's
+    del state[lost]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(lost.removeprefix("timm_model."))) as e:
+        modeling.create_model(f"local-dir:{tmp_path / 'resaved'}", pretrained=True, num_classes=10)
+    assert "\n" not in str(e.value) and "missing" in str(e.value)
 
 
 @pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # timm's word on the copy's registration
