@@ -193,8 +193,10 @@ class TrainConfig:
 class TrainState:
     """Position in the run, saved with every checkpoint (accelerate's register_for_checkpointing)."""
 
-    def __init__(self, batching: dict):
+    def __init__(self, batching: dict, train_samples: int):
         self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_step = 0, 0, 0, -1.0, -1
+        self.train_samples = train_samples  # rows of the train split: an epoch's order is a permutation of this
+        # many, so a mid-epoch position on a split of another length points at other samples (check_train_set)
         self.epoch_loss = (0.0, 0)  # (loss sum, rank mean; micro-batches) of the epoch so far: a resumed epoch's
         # train_loss then covers the whole epoch, not only the part after the resume
         self.batching = batching  # processes/batch/accumulation: positions above count in these units
@@ -250,7 +252,7 @@ def main(argv=None):
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # same parameters, no DDP/compile wrapper
     ema = ModelEmaV3(plain_model, decay=cfg.ema_decay) if cfg.ema_decay else None
     state = TrainState({"num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
-                        "grad_accum_steps": cfg.grad_accum_steps})
+                        "grad_accum_steps": cfg.grad_accum_steps}, len(train_loader.dataset))
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     startup["prepare"] = time.monotonic()
     resumed_from = resume(accelerator, state, optimizer, cfg, ckpt_dir) if cfg.resume_from_checkpoint else None
@@ -301,10 +303,7 @@ def main(argv=None):
     accelerator.end_training()
 
     if accelerator.is_main_process:
-        accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); "
-                          f"model in {run_dir / 'final'}")
-        if cfg.push_to_hub:
-            push(run_dir / "final", cfg.hub_model_id, cfg.hub_private, accelerator)
+        report_end(accelerator, state, cfg, run_dir / "final")
 
 
 # -- set-up ------------------------------------------------------------------------------------------------------------
@@ -577,7 +576,7 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         return None
     if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
         raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
-    batching = dict(state.batching)
+    batching, samples = dict(state.batching), state.train_samples
     flags = [{k: group[k] for k in OPTIMIZER_FLAGS if k in group} for group in optimizer.param_groups]
     try:
         accelerator.load_state(str(path))
@@ -591,6 +590,7 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
                          f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
                          ) from None
+    check_train_set(path, cfg.dataset, samples, state)
     if state.batching != batching:  # elastic: another process count with the same global micro-batches
         try:
             state.batch_in_epoch = elastic_position(state.batch_in_epoch, state.batching, batching)
@@ -613,9 +613,23 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
         accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
+    forget_best_exported_elsewhere(accelerator, state, ckpt_dir.parent / "final")
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)
     return path
+
+
+def forget_best_exported_elsewhere(accelerator: Accelerator, state: TrainState, final: Path) -> None:
+    """A resumed best score with no final/ in this run folder (a checkpoint copied into a new --output_dir, or
+    final/ deleted) belongs to a model exported elsewhere. Kept, this run would export only above it, perhaps never
+    (leaving nothing to push), and rotation would keep a best step_N this folder lacks: forgotten, in one line, so
+    that this run's first evaluation exports. Decided by the main process for every rank: the export is a
+    collective under FSDP."""
+    absent = [accelerator.is_main_process and state.best_top1 >= 0 and not final.is_dir()]
+    if (broadcast_object_list(absent) if accelerator.num_processes > 1 else absent)[0]:
+        accelerator.print(f"{final} is absent: the checkpoint's best (val top-1 {state.best_top1:.2f}% at step "
+                          f"{state.best_step}) was exported elsewhere; this run's first evaluation exports here")
+        state.best_top1, state.best_step = -1.0, -1
 
 
 def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int, best_top1: float = -1.0) -> None:
@@ -639,7 +653,7 @@ def set_aside_later(accelerator: Accelerator, ckpt_dir: Path, step: int, best_to
                           f"(no JSON row: an append a kill cut short, or changed bytes) moved to {folder}")
     top1 = max((row.get(k, -1.0) for row in checkpoints.rows_of(folder / "metrics.jsonl")
                 for k in ("val_top1", "ema_val_top1")), default=-1.0) if rows else -1.0
-    if top1 > best_top1:
+    if top1 > best_top1 and (ckpt_dir.parent / "final").is_dir():  # absent: best_top1 is forgotten already
         accelerator.print(f"warning: {ckpt_dir.parent / 'final'} holds the model the run this resume leaves exported "
                           f"(val top-1 {top1:.2f}%), not this run's: it is replaced at this run's first evaluation "
                           f"above {best_top1:.2f}% (the best up to step {step})")
@@ -661,6 +675,20 @@ def check_seed(path: Path, seed: int, state: TrainState) -> None:
                          f"{state.epoch}, batch {state.batch_in_epoch}) with --seed {saved}, and another seed reorders "
                          f"the rest of the epoch (images seen twice or not at all); resume with --seed {saved}, or "
                          "from an epoch-end checkpoint")
+
+
+def check_train_set(path: Path, dataset: str, samples: int, state: TrainState) -> None:
+    """Refuse a train split of another length than the checkpoint's (`samples`: this launch's) mid-epoch: the epoch's
+    order is a permutation of the saved length, so the saved position would read the rest of the epoch in another
+    order, or lie past its end. A checkpoint without the length (saved before it was recorded) keeps this launch's:
+    taken as it is. The state then records this launch's length."""
+    if state.train_samples != samples and state.batch_in_epoch:
+        raise SystemExit(f"error: --dataset {dataset}: --resume_from_checkpoint {path} was saved mid-epoch (epoch "
+                         f"{state.epoch}, batch {state.batch_in_epoch}) with {state.train_samples} train images, "
+                         f"this split has {samples}, and another length reorders the rest of the epoch (images seen "
+                         "twice or not at all); resume on the train split it was saved with, or from an epoch-end "
+                         "checkpoint")
+    state.train_samples = samples
 
 
 def keep_launch_flags(optimizer, flags: list[dict]) -> list[str]:
@@ -881,7 +909,7 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
     started = time.perf_counter()
     final = checkpoints.step_folder(ckpt_dir, state.step)
     still_held(accelerator, ckpt_dir.parent, f"checkpoint {final.name}")
-    tmp = ckpt_dir / f".tmp_{final.name}"
+    tmp = ckpt_dir / f"{checkpoints.TEMP}{final.name}"  # a kill's leftovers: checkpoints.clean_leftovers
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     sync_buffers(model)
@@ -909,8 +937,9 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
                          f"({checkpoints.free_space(ckpt_dir)}); {then}") from None
     if accelerator.is_main_process:
         # the step saved again (a resume that ran the evaluation a stop cut short): the earlier save steps aside by a
-        # rename, not a delete, so the step has no checkpoint for the moment between two renames only
-        earlier = ckpt_dir / f".old_{final.name}"
+        # rename, not a delete, so the step has no checkpoint for the moment between two renames only (a kill there:
+        # the next launch puts one back, checkpoints.clean_leftovers)
+        earlier = ckpt_dir / f"{checkpoints.EARLIER}{final.name}"
         if final.is_dir():
             shutil.rmtree(earlier, ignore_errors=True)
             os.replace(final, earlier)
@@ -1004,6 +1033,18 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
                          f"({checkpoints.free_space(out_dir.parent)}); {earlier}. Free space, "
                          "then --resume_from_checkpoint latest trains on from the last checkpoint and exports again")
     refuse_together(accelerator, full_disk)
+
+
+def report_end(accelerator: Accelerator, state: TrainState, cfg: TrainConfig, final: Path) -> None:
+    """The run's last line, on the main process: the best val top-1 and the folder of its model, which --push_to_hub
+    then uploads. A final/ that is absent (deleted while the run went on) is said instead of named, and fails the
+    push in one line."""
+    where = f"model in {final}" if final.is_dir() else f"no model: {final} is absent"
+    accelerator.print(f"best val top-1 {state.best_top1:.2f}% (step {state.best_step}); {where}")
+    if cfg.push_to_hub and not final.is_dir():
+        raise SystemExit(f"error: --push_to_hub: {final} is absent, so there is nothing to push")
+    if cfg.push_to_hub:
+        push(final, cfg.hub_model_id, cfg.hub_private, accelerator)
 
 
 def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) -> None:

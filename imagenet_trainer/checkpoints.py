@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zlib
 from pathlib import Path
 
 from .runinfo import atomic_write_text
 
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
-CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py does not check it
+CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py notes a change
 # (a reader may edit a checkpoint's eval settings there), a resume does (problem's config=True)
 UNLISTED = ("run_info.json",)  # where and how the launch ran: no resume reads it, and readers may edit it
 
@@ -117,6 +118,35 @@ def step_folders(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir())
 
 
+# what train.py's save_checkpoint writes beside step_N: the save in progress (sealed last), and a step saved again
+# (a resume that ran the evaluation a stop cut short) moves the earlier save aside between its two renames
+TEMP, EARLIER = ".tmp_", ".old_"
+
+
+def clean_leftovers(ckpt_dir: Path) -> str | None:
+    """Undo what a kill during a checkpoint left in ``ckpt_dir``, under the run's lock: a step_N cut between its
+    renames is put back, from its sealed and complete new save (newer) or else from the earlier one; every other
+    TEMP folder (unfinished or damaged: checkpoint-sized each, and nothing reads them) and EARLIER folder goes. One
+    line saying what was done, or None."""
+    ckpt_dir = Path(ckpt_dir)
+    done = []
+    for prefix in (TEMP, EARLIER):  # TEMP first: where both are left, the new save is the one put back
+        for path in sorted(ckpt_dir.glob(f"{prefix}step_*")):
+            final = ckpt_dir / path.name.removeprefix(prefix)
+            why = (None if prefix == EARLIER else "never sealed" if not (path / FILE_LIST).is_file()
+                   else problem(path, config=True))  # an EARLIER folder was a step_N: latest checks it
+            if why is None and not final.exists():
+                os.replace(path, final)
+                done.append(f"moved {path.name} to {final.name} ("
+                            f"{'sealed, its rename cut short' if prefix == TEMP else 'the save replacing it was cut'})")
+            else:
+                shutil.rmtree(path)
+                done.append(f"removed {path.name} ({why or f'{final.name} is in place'})")
+    if done:
+        fsync_dir(ckpt_dir)
+    return f"{ckpt_dir}: cleaned up after a checkpoint a kill cut short: {'; '.join(done)}" if done else None
+
+
 SET_ASIDE = "set_aside"  # under the checkpoints folder: the steps past a resume's, out of latest's and rotation's way
 
 
@@ -144,37 +174,46 @@ def set_aside_later_rows(metrics: Path, step: int, folder: Path) -> tuple[int, i
     leaves: kept in place, this run's rows would follow them (curves that run to the abandoned branch's end and back,
     and its best epoch reported as this run's). A line that is no JSON row (an append a kill cut short, a changed
     byte) goes with them, so this run's first row starts a line of its own. The set-aside copy is written before the
-    rewrite: a kill between the two leaves a row twice, never none."""
+    rewrite: a kill between the two leaves a row twice, never none. Read line by line as bytes: a line that is no
+    UTF-8 (a flipped high bit) is one damaged line, kept byte for byte in the set-aside copy."""
     metrics = Path(metrics)
     if not metrics.is_file():
         return 0, 0
     keep, later, damaged = [], [], 0
-    for line in metrics.read_text().splitlines(keepends=True):
-        try:
-            row_step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            row_step = None
+    for line in metrics.read_bytes().splitlines(keepends=True):
+        row_step = (row_of(line) or {}).get("step")
         damaged += not isinstance(row_step, int)
         (keep if isinstance(row_step, int) and row_step <= step else later).append(line)
     if not later:
         return 0, 0
-    later[-1] = later[-1].rstrip("\n") + "\n"
-    atomic_write_text(Path(folder) / metrics.name, "".join(later))
-    atomic_write_text(metrics, "".join(keep))
+    later[-1] = later[-1].rstrip(b"\n") + b"\n"
+    write_durably(Path(folder) / metrics.name, b"".join(later))
+    atomic_write_text(metrics, b"".join(keep).decode())  # every kept line decoded as a row
     return len(later) - damaged, damaged
 
 
+def row_of(line: bytes) -> dict | None:
+    """A metrics.jsonl line's JSON row, or None: an append a kill cut short, changed bytes, no UTF-8."""
+    try:
+        row = json.loads(line.decode())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """``data`` into a new file ``path`` (its folder made), on disk before this returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+
+
 def rows_of(metrics: Path) -> list[dict]:
-    """The JSON rows of a metrics.jsonl (a line an append a kill cut short is none)."""
-    rows = []
-    for line in Path(metrics).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    """The JSON rows of a metrics.jsonl (a damaged line, row_of's None, is none)."""
+    return [row for line in Path(metrics).read_bytes().splitlines() if (row := row_of(line)) is not None]
 
 
 def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:

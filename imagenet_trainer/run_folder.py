@@ -1,7 +1,8 @@
 """train.py's --output_dir: what a run folder holds (RUN_FILES), which folders a run may start or continue in
 (check_output_dir), and the lock that keeps it one run's (hold_output_dir, and still_held before each checkpoint and
-export), under which what a killed export left is put back (clean_export_leftovers). A refusal is decided on the main
-process and raised on every rank (refuse_together), so all of them exit with the same line.
+export), under which what a killed export or checkpoint left is put back (clean_export_leftovers,
+checkpoints.clean_leftovers). A refusal is decided on the main process and raised on every rank (refuse_together), so
+all of them exit with the same line.
 """
 from __future__ import annotations
 
@@ -28,19 +29,19 @@ RUN_FILES |= {BAD_SAMPLES_RECORD, LOCK_FILE}
 def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
     """One run per folder, fresh or resumed, from its first second: the main process locks run_dir for its lifetime
     (imagenet_trainer/runlock.py), once check_output_dir has found it new, empty or a run's, then cleans up after an
-    export a kill cut short. A folder that refuses these writes (a full disk, a read-only mount) ends the launch in
-    one line."""
+    export or a checkpoint a kill cut short. A folder that refuses these writes (a full disk, a read-only mount) ends
+    the launch in one line."""
     refusal = None
     if accelerator.is_main_process:
         try:
             lock = FolderLock(run_dir, "--output_dir").acquire()
-            cleaned = clean_export_leftovers(run_dir)
+            cleaned = [clean_export_leftovers(run_dir), checkpoints.clean_leftovers(run_dir / "checkpoints")]
         except ValueError as e:
             refusal = f"error: {e}"
         except OSError as e:  # a full disk, a read-only mount, a folder of another user
             refusal = cannot_write(run_dir, e)
         else:
-            for line in filter(None, (lock.took_over, cleaned)):
+            for line in filter(None, (lock.took_over, *cleaned)):
                 accelerator.print(line)
     refuse_together(accelerator, refusal)
 

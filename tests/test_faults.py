@@ -243,6 +243,29 @@ def test_a_resume_with_nothing_left_to_do_says_so_and_claims_no_export_it_lacks(
     assert len(rows(out)) == 2 and not (out / "resumes").exists(), "nothing trained, nothing recorded"
 
 
+def test_a_checkpoint_resumed_into_a_new_output_dir_exports_there(finished, preprocessed, tmp_path):
+    """A checkpoint copied elsewhere and resumed into a new --output_dir carries the best score of a model exported
+    into the old folder: forgotten, in one line, so that this run's first evaluation exports into its own final/ (the
+    one --push_to_hub uploads) and rotation keeps a best step this folder has. The copy's best is set to 100%, which
+    no later epoch beats (a run on a plateau at its best), and sealed again."""
+    first_row = rows(finished)[0]
+    copy = tmp_path / "copied"
+    shutil.copytree(checkpoints.step_folder(finished / "checkpoints", first_row["step"]), copy)
+    saved = torch.load(copy / "custom_checkpoint_0.pkl", weights_only=False)  # TrainState's, as accelerate saves it
+    torch.save({**saved, "best_top1": 100.0}, copy / "custom_checkpoint_0.pkl")
+    checkpoints.seal(copy)
+    out = tmp_path / "new"
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", copy)))
+    said = proc.stdout + proc.stderr
+    assert (out / "final" / "model.safetensors").is_file(), said[-3000:]
+    assert (f"{out / 'final'} is absent: the checkpoint's best (val top-1 100.00% at step {first_row['step']}) was "
+            "exported elsewhere; this run's first evaluation exports here") in said, said[-3000:]
+    last = rows(out)[-1]
+    assert proc.stdout.strip().splitlines()[-1] == (f"best val top-1 {last['val_top1']:.2f}% (step {last['step']}); "
+                                                    f"model in {out / 'final'}")
+    assert checkpoints.step_folder(out / "checkpoints", last["step"]).is_dir()
+
+
 # -- kills, full disks and Ctrl-C at known points ---------------------------------------------------------------------
 
 def train_faulting(prelude: str, cmd: list, **kwargs):
@@ -300,6 +323,25 @@ def test_a_row_a_kill_cut_short_is_set_aside_as_damaged_and_written_again(finish
     assert timeless(rows(out)) == timeless(rows(finished))
 
 
+def test_a_flipped_high_bit_in_metrics_jsonl_is_one_damaged_line(finished, preprocessed, tmp_path):
+    """A bit flipped on at the top of a byte (a bad disk or copy) leaves a line that is no UTF-8: one damaged line, as
+    any changed byte, moved aside byte for byte, and the row is written again from its checkpoint."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    metrics = out / "metrics.jsonl"
+    data = bytearray(metrics.read_bytes())
+    data[data.rindex(b'"step"') + 1] ^= 0x80  # in the last row: "s" becomes 0xf3, no UTF-8 start of a 4-byte char
+    metrics.write_bytes(data)
+    damaged = bytes(data[data.rindex(b"\n", 0, len(data) - 1) + 1:])
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    said = proc.stdout + proc.stderr
+    (aside,) = (out / "checkpoints" / checkpoints.SET_ASIDE).iterdir()
+    assert (f"1 damaged line of {metrics} (no JSON row: an append a kill cut short, or changed bytes) moved to "
+            f"{aside}") in said, said[-3000:]
+    assert (aside / "metrics.jsonl").read_bytes() == damaged
+    assert timeless(rows(out)) == timeless(rows(finished))
+
+
 def test_a_kill_in_the_first_export_blocks_not_its_own_command(preprocessed, tmp_path):
     """modeling.save_pretrained builds the export in .final.tmp-* and renames it: killed before the rename, with no
     checkpoint yet (the first epoch ended before one was due), the folder holds it beside the start records. The
@@ -339,6 +381,43 @@ def test_an_export_cut_between_its_renames_is_put_back_by_the_next_launch(finish
     said = ok(run(again))
     assert "removed .final.old (the export before final/)" in said.stdout + said.stderr
     assert not (out / ".final.old").exists() and (out / "final" / "model.safetensors").read_bytes() == best
+
+
+def test_a_checkpoint_cut_between_its_renames_is_put_back_and_unfinished_saves_go(finished, preprocessed, tmp_path):
+    """save_checkpoint seals .tmp_step_N, then renames it to step_N; a step saved again (the resume of an evaluation
+    a stop cut short) first moves the earlier save to .old_step_N. Killed between the two renames, the run has no
+    step_N; killed mid-save, an unsealed .tmp_step_N as large as a checkpoint is left. The next launch puts step_N
+    back (the sealed new save when complete, else the earlier one) and removes the rest, in one line."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    ckpts = out / "checkpoints"
+    previous, newest = checkpoints.step_folders(ckpts)[-2:]
+    new_save, earlier = ckpts / f".tmp_{newest.name}", ckpts / f".old_{newest.name}"
+    unsealed = ckpts / ".tmp_step_00000099"
+    shutil.copytree(previous, unsealed)
+    (unsealed / checkpoints.FILE_LIST).unlink()
+    shutil.copytree(newest, new_save)
+    os.replace(newest, earlier)
+    again = train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")
+    said = ok(run(again))
+    said = said.stdout + said.stderr
+    assert (f"{ckpts}: cleaned up after a checkpoint a kill cut short: moved {new_save.name} to {newest.name} (sealed, "
+            f"its rename cut short); removed {unsealed.name} (never sealed); removed {earlier.name} ({newest.name} is "
+            "in place)") in said, said[-3000:]
+    assert f"resumed from {newest}" in said and not list(ckpts.glob(".*"))
+    shutil.copytree(newest, new_save)  # the new save with a flipped bit: the earlier one goes back
+    with open(new_save / "model.safetensors", "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x10]))
+    os.replace(newest, earlier)
+    said = ok(run(again))
+    said = said.stdout + said.stderr
+    assert (f"removed {new_save.name} ({new_save / 'model.safetensors'} has the size it was saved with, but other "
+            f"bytes (its CRC-32 differs)); moved {earlier.name} to {newest.name} (the save replacing it was cut)"
+            ) in said, said[-3000:]
+    assert f"resumed from {newest}" in said and not list(ckpts.glob(".*"))
 
 
 def test_a_start_stopped_between_its_two_records_does_not_block_its_command(preprocessed, tmp_path):
@@ -490,6 +569,35 @@ def test_a_resume_names_the_flags_it_changes_and_refuses_another_seed_mid_epoch(
                             "--resume_from_checkpoint", "latest")))
     assert ("flags that differ from the checkpoint's config.yaml, this launch's apply: --label_smoothing 0.1 -> 0.2, "
             "--seed 0 -> 1") in proc.stdout
+
+
+def test_a_mid_epoch_resume_onto_a_train_split_of_another_length_is_refused(finished, preprocessed, tmp_path):
+    """An epoch's order is a permutation of the train split's rows: on a split of another length (preprocess.py run
+    again on other files, a subset) the saved position would read the rest of the epoch in another order, or lie past
+    its end (the sampler's ValueError). Refused mid-epoch in one line; from an epoch's end the run goes on with the
+    new split. A checkpoint saved before the length was recorded is taken as it is."""
+    half = tmp_path / "half"
+    ds = datasets.load_from_disk(str(preprocessed))
+    samples = len(ds["train"])
+    ds["train"] = ds["train"].select(range(samples // 2))
+    ds.save_to_disk(str(half))
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    epoch_end = rows(finished)[0]["step"]
+    mid = checkpoints.step_folder(out / "checkpoints", epoch_end + 1)  # epoch 1, batch 1
+    proc = run(train_cmd(half, out, "--epochs", "3", "--resume_from_checkpoint", mid))
+    assert proc.returncode == 1
+    assert last_line(proc) == (f"error: --dataset {half}: --resume_from_checkpoint {mid} was saved mid-epoch (epoch 1, "
+                               f"batch 1) with {samples} train images, this split has {samples // 2}, and another "
+                               "length reorders the rest of the epoch (images seen twice or not at all); resume on the "
+                               "train split it was saved with, or from an epoch-end checkpoint")
+    assert not (out / "checkpoints" / checkpoints.SET_ASIDE).exists(), "a refused resume moves nothing"
+    ok(run(train_cmd(half, out, "--epochs", "3", "--resume_from_checkpoint",
+                     checkpoints.step_folder(out / "checkpoints", epoch_end))))
+    state = train.TrainState({}, samples // 2)
+    state.load_state_dict({"epoch": 1, "batch_in_epoch": 1})  # an older checkpoint's: no train_samples
+    train.check_train_set(mid, str(half), samples // 2, state)
+    assert state.train_samples == samples // 2
 
 
 # -- undecodable images -----------------------------------------------------------------------------------------------
