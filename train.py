@@ -466,8 +466,11 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
         ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
         train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0), progressive=ramp,
                              auto_augment=cfg.auto_augment or None)
+        # the architecture's own eval transform, crop_mode included (squash for tf_efficientnetv2_*, ...): the one its
+        # export's pretrained_cfg names, so validate.py and timm's create_transform score what metrics.jsonl says
         eval_set = EvalSet(ds[cfg.eval_split], eval_size, crop_pct=data_cfg["crop_pct"],
-                           interpolation=data_cfg["interpolation"])
+                           interpolation=data_cfg["interpolation"], crop_mode=data_cfg.get("crop_mode") or "center",
+                           mean=data_cfg["mean"])
         sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
                                    rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
     except ValueError as e:  # the flags TrainSet takes are checked by TrainConfig: this is the sampler's batching
@@ -1023,6 +1026,7 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
                 model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None,
                             "repo_id": cfg.hub_model_id, "recipe": asdict(cfg), "train_time": train_seconds,
                             "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
+                                        "crop_mode": data_cfg.get("crop_mode") or "center",
                                         "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
                             "epochs": epochs, "hardware": hardware(accelerator)})
         except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError carries no errno)

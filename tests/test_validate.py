@@ -112,6 +112,23 @@ def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocesse
     assert evaluate(flipped_ckpt, preprocessed, "--flip", "false")["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
+def test_a_squash_architecture_is_evaluated_by_train_and_validate_alike(preprocessed, tmp_path):
+    """tf_efficientnetv2_b3's pretrained_cfg says crop_mode squash (both sides resized, as timm's create_transform
+    does for it): train.py evaluates with it, so validate.py on the checkpoint and on the export gives metrics.jsonl's
+    numbers, and the card says the transform they were measured with."""
+    out = tmp_path / "run"
+    ok(run([sys.executable, str(ROOT / "train.py"), "--model", "tf_efficientnetv2_b3", "--dataset", str(preprocessed),
+            "--output_dir", str(out), "--image_size", "32", "--batch_size", "8", "--max_train_steps", "1",
+            "--epochs", "1", "--num_workers", "0", "--warmup_epochs", "0"]))
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for model in (only_checkpoint(out), out / "final"):
+        scored = evaluate(model, preprocessed)
+        assert scored["crop_mode"] == "squash" and scored["n"] == logged["val_n"]
+        assert scored["loss"] == pytest.approx(logged["val_loss"], rel=1e-5), model
+    card = (out / "final" / "README.md").read_text()
+    assert "Evaluated at 32x32 px center crop (crop_pct 0.9, crop_mode squash, bicubic)." in card
+
+
 def test_checkpoint_and_export_are_scored_under_the_runs_mixed_precision(trained, preprocessed, tmp_path):
     """train.py evaluates under its launch's mixed precision: a checkpoint's run_info.json and an export's card
     (Hardware line) record it, and validate.py scores under it (bf16 logits move the loss); --mixed_precision
