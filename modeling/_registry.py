@@ -100,17 +100,18 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
     ``name`` may also be ``local-dir:FOLDER`` or ``hf-hub:OWNER/NAME`` (timm's sources). ``num_classes`` defaults to
     1000 (the ImageNet-1k head) for an architecture name and to the saved class count for a folder or Hub id; 0 gives
     the pooled features. Other keyword arguments go to timm (``features_only=True``, ``drop_path_rate=0.1``, ...).
-    A folder transformers saved (keys under "timm_model.", or no classifier: AutoModel's) loads strictly, with a
-    fresh head where the saved one does not fit or is missing.
+    A folder or Hub repo transformers saved (keys under "timm_model.", or no classifier: AutoModel's) loads strictly,
+    with a fresh head where the saved one does not fit or is missing.
     """
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     source, where = timm.models.parse_model_name(name)
-    if pretrained and source == "local-dir" and (Path(where) / "model.safetensors").is_file():
+    folder = _saved_folder(source, where) if pretrained else None
+    if folder is not None:
         from .hub import check_weights  # modeling.hub imports this module
 
-        check_weights(Path(where) / "model.safetensors")  # a damaged copy would start training from other weights
-        saved = _transformers_saved(Path(where), kwargs)
+        check_weights(folder / "model.safetensors")  # a damaged copy would start training from other weights
+        saved = _transformers_saved(folder, kwargs)
         if saved is not None:
             declare_blocks(saved)
             return saved
@@ -145,6 +146,22 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         raise ValueError(_weights_missing(name, e, kwargs)) from None
     declare_blocks(model)
     return model
+
+
+def _saved_folder(source: str | None, where: str) -> Path | None:
+    """The folder holding config.json and model.safetensors of a ``local-dir:`` or ``hf-hub:`` source (a Hub repo's
+    are fetched into the Hugging Face cache, where timm's own load would read them); None for other sources, or when
+    they are not to be had: timm's load then says why, in the words its users know."""
+    if source == "local-dir":
+        return Path(where) if (Path(where) / "model.safetensors").is_file() else None
+    if source != "hf-hub":
+        return None
+    from .hub import _resolve_folder  # modeling.hub imports this module
+
+    try:
+        return _resolve_folder(f"hf-hub:{where}", ("config.json", "model.safetensors"))
+    except ValueError:
+        return None
 
 
 def _transformers_saved(folder: Path, kwargs: dict):

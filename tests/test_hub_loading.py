@@ -487,3 +487,35 @@ def test_an_export_without_the_crc_loads_and_a_cut_one_is_one_line(export, tmp_p
             modeling.push_to_hub(cut, "me/cut", token=hub.token)
         assert str(e.value).startswith(start) and str(e.value).endswith(end)
         assert hub.requests == []
+
+
+FINE_TUNE_FROM_HUB = """
+import json, sys
+import torch
+from safetensors.torch import load_file
+import modeling
+model = modeling.create_model("hf-hub:me/resaved", pretrained=True, num_classes=7)
+saved = {k.removeprefix("timm_model."): v for k, v in load_file(sys.argv[1]).items()}
+body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+print("RESULT " + json.dumps({"classes": model.num_classes, "tensors": len(body),
+                              "equal": sum(torch.equal(v, saved[k]) for k, v in body.items())}))
+"""
+
+
+def test_a_hub_repo_of_transformers_saved_weights_is_fine_tuned_from_them(tmp_path):
+    """An export of a timm architecture re-saved from a remote-code wrapper keeps its weights under "timm_model."
+    (transformers applies no key conversion to classes it does not ship; modeling_one_channel.py's older copies did
+    so); pushed to the Hub, timm's own hf-hub: load would skip every key without a word and train.py --model
+    hf-hub:... --pretrained would start from random weights. create_model loads them strictly from the Hub repo too,
+    with the new head the class count asks for."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("resnet10t", num_classes=4))
+    resaved = modeling.save_pretrained(model, tmp_path / "resaved", label_names=ilsvrc.imagenet_wnids()[:4])
+    state = load_file(resaved / "model.safetensors")
+    save_file({f"timm_model.{k}": v for k, v in state.items()}, resaved / "model.safetensors",
+              metadata={"format": "pt"})
+    assert model.pretrained_cfg["classifier"] == "fc"
+    with LocalHub({"me/resaved": resaved}) as hub:
+        result = load(FINE_TUNE_FROM_HUB, [resaved / "model.safetensors"], tmp_path / "home", hub)
+    backbone = [k for k in model.state_dict() if not k.startswith("fc.")]
+    assert result == {"classes": 7, "tensors": len(backbone), "equal": len(backbone)}, result
