@@ -102,7 +102,7 @@ class TrainConfig:
     lr: float = 0.1  # peak LR per 256 images of global batch, scaled linearly (Goyal et al. 2017)
     warmup_epochs: float = 5.0  # linear warmup from 0, applied per step (Goyal et al. 2017)
     min_lr: float = 0.0  # cosine floor (Loshchilov & Hutter 2017), absolute
-    optimizer: str = "sgd"  # timm name: sgd (Nesterov), adamw, lamb, ...
+    optimizer: str = "sgd"  # timm name: sgd (Nesterov), momentum (plain SGD momentum), adamw, lamb, ...
     momentum: float = 0.9  # SGD momentum (Adam's beta1 stays at its default)
     weight_decay: float = 5e-5  # not applied to norm weights or biases (timm filter_bias_and_bn)
     clip_grad: float = 0.0  # max global grad norm; 0 disables

@@ -330,6 +330,10 @@ def test_progressive_resizing_follows_ffcvs_ramp(ds):
     assert set(sizes) == {160, 192}
     assert train[(0, 0)][0].shape == (3, 160, 160) and train[(80, 0)][0].shape == (3, 192, 192)
     assert TrainSet(ds["train"], 32, seed=0, progressive=(16, 0, 1)).size_at(1) == 32  # reaches it whatever the step
+    # FFCV rn18 16 epochs (start_ramp 11, end_ramp 13): epoch 12 interpolates to 176 px, which FFCV's
+    # np.round(176 / 32) * 32 makes 192 (5.5 rounds to the even 6), not 160
+    fast = TrainSet(ds["train"], 192, seed=0, progressive=(160, 11, 13))
+    assert [fast.size_at(epoch) for epoch in range(16)] == [160] * 12 + [192] * 4
     with pytest.raises(ValueError, match="progressive"):
         TrainSet(ds["train"], 128, seed=0, progressive=(160, 0, 1))
 

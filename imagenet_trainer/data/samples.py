@@ -87,14 +87,18 @@ class TrainSet(torch.utils.data.Dataset):
     def size_at(self, epoch: int) -> int:
         """The crop side (px) of an epoch. With ``progressive=(min_size, start, end)`` (progressive resizing, FFCV;
         fast.ai's DAWNBench entry): min_size up to epoch ``start``, then a linear ramp in 32 px steps that reaches
-        ``image_size`` at epoch ``end``. Low-resolution epochs cost ~(size / image_size)^2 of the compute."""
+        ``image_size`` at epoch ``end``, as FFCV's ``get_resolution`` computes it (the interpolated side rounded to
+        a multiple of 32, halves to even as numpy's round: 176 px -> 192). Low-resolution epochs cost
+        ~(size / image_size)^2 of the compute."""
         if self.progressive is None:
             return self.image_size
         low, start, end = self.progressive
+        if epoch <= start:
+            return low
         if epoch >= end:
             return self.image_size
-        t = max((epoch - start) / max(1, end - start), 0.0)
-        return min(self.image_size, low + round(t * (self.image_size - low) / 32) * 32)
+        side = low + (epoch - start) / (end - start) * (self.image_size - low)
+        return min(self.image_size, max(low, round(side / 32) * 32))
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         image, label, _ = self.sample(key)
