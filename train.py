@@ -616,20 +616,26 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
         accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
-    forget_best_exported_elsewhere(accelerator, state, ckpt_dir.parent / "final")
+    forget_best_exported_elsewhere(accelerator, state, ckpt_dir)
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)
     return path
 
 
-def forget_best_exported_elsewhere(accelerator: Accelerator, state: TrainState, final: Path) -> None:
-    """A resumed best score with no final/ in this run folder (a checkpoint copied into a new --output_dir, or
-    final/ deleted) belongs to a model exported elsewhere. Kept, this run would export only above it, perhaps never
-    (leaving nothing to push), and rotation would keep a best step_N this folder lacks: forgotten, in one line, so
-    that this run's first evaluation exports. Decided by the main process for every rank: the export is a
-    collective under FSDP."""
-    absent = [accelerator.is_main_process and state.best_top1 >= 0 and not final.is_dir()]
-    if (broadcast_object_list(absent) if accelerator.num_processes > 1 else absent)[0]:
+def forget_best_exported_elsewhere(accelerator: Accelerator, state: TrainState, ckpt_dir: Path) -> None:
+    """A resumed best score whose model this run folder holds in neither final/ nor its step_N (a checkpoint copied
+    into a new --output_dir) belongs to a model exported elsewhere. Kept, this run would export only above it,
+    perhaps never (leaving nothing to push), and rotation would keep a best step_N this folder lacks: forgotten, in
+    one line, so that this run's first evaluation exports. With its step_N here (final/ deleted or moved by hand) the
+    best stays, and so does that checkpoint, the only copy of the best model left: said in one line. Decided by the
+    main process for every rank: the export is a collective under FSDP."""
+    final, best = ckpt_dir.parent / "final", checkpoints.step_folder(ckpt_dir, state.best_step)
+    found = [accelerator.is_main_process and state.best_top1 >= 0 and not final.is_dir(), best.is_dir()]
+    absent, kept = broadcast_object_list(found) if accelerator.num_processes > 1 else found
+    if absent and kept:
+        accelerator.print(f"{final} is absent: the best model (val top-1 {state.best_top1:.2f}% at step "
+                          f"{state.best_step}) is in {best}, which rotation keeps; this run exports above it")
+    elif absent:
         accelerator.print(f"{final} is absent: the checkpoint's best (val top-1 {state.best_top1:.2f}% at step "
                           f"{state.best_step}) was exported elsewhere; this run's first evaluation exports here")
         state.best_top1, state.best_step = -1.0, -1

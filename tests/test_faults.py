@@ -266,6 +266,28 @@ def test_a_checkpoint_resumed_into_a_new_output_dir_exports_there(finished, prep
     assert checkpoints.step_folder(out / "checkpoints", last["step"]).is_dir()
 
 
+def test_a_resume_after_final_was_deleted_keeps_the_best_checkpoint(finished, preprocessed, tmp_path):
+    """final/ deleted (or moved) by hand: the best model's only copy left is its step_N. Its score stays the one to
+    beat and rotation keeps that checkpoint (forgetting it, as for a checkpoint copied into a new folder, would let
+    rotation delete it and put a worse model into final/). The latest checkpoint is made the best at 100%, sealed
+    again, so that no later epoch beats it."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    best = checkpoints.step_folders(out / "checkpoints")[-1]
+    saved = torch.load(best / "custom_checkpoint_0.pkl", weights_only=False)  # TrainState's, as accelerate saves it
+    step = int(best.name.removeprefix("step_"))
+    torch.save({**saved, "best_top1": 100.0, "best_step": step}, best / "custom_checkpoint_0.pkl")
+    checkpoints.seal(best)
+    shutil.rmtree(out / "final")
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "3", "--keep_last", "1", "--save_every_steps", "1",
+                            "--resume_from_checkpoint", "latest")))
+    said = proc.stdout + proc.stderr
+    assert (f"{out / 'final'} is absent: the best model (val top-1 100.00% at step {step}) is in {best}, which "
+            "rotation keeps; this run exports above it") in said, said[-3000:]
+    assert best.is_dir() and "exported elsewhere" not in said
+    assert rows(out)[-1]["step"] > step and not (out / "final").exists()
+
+
 # -- kills, full disks and Ctrl-C at known points ---------------------------------------------------------------------
 
 def train_faulting(prelude: str, cmd: list, **kwargs):
