@@ -34,7 +34,9 @@ reports it done; other inputs or settings need --overwrite, which still refuses 
 
 Choices:
 - Lossless by default: a file that already is an RGB JPEG (baseline or progressive) without EXIF rotation keeps its
-  DCT coefficients, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data) shows it is whole.
+  DCT coefficients, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data) shows it is whole;
+  an arithmetic-coded one is transcoded to Huffman coding first, and a multi-picture one keeps its first picture
+  (plain_jpeg).
 - Tiled for speed (--restart_tile PX, default 64; 0 stores such files byte for byte): every stored JPEG is re-coded
   losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone, as
   narrow as keeps ~100 coded bytes a tile (one 16 px MCU on ImageNet-sized photos), indexed in an APP9 segment
@@ -107,7 +109,7 @@ from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
 from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, image_tree, manifest, tile_writer
-from imagenet_trainer.jpeg_markers import header_segments, lossless
+from imagenet_trainer.jpeg_markers import arithmetic, first_picture, header_segments, lossless
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import (REPLACED_NOTE, atomic_write_text, delete_replaced, is_replaced, mark_replaced,
@@ -207,12 +209,31 @@ class Encoded(NamedTuple):
     orientation: int  # EXIF orientation applied to the pixels (1: none)
     stored_size: tuple  # (w, h) of the input's pixels before any rotation
     size: tuple  # (w, h) of the output
-    why: str | None  # why it was re-encoded; None when the input bytes are stored unchanged
+    why: str | None  # why it was re-encoded; None when the input's DCT coefficients are stored unchanged
+
+
+JPEG_FORMATS = ("JPEG", "MPO")  # Pillow's names; MPO: a multi-picture JPEG whose first picture plain_jpeg missed
+
+
+def plain_jpeg(data: bytes) -> bytes:
+    """``data``, or the same DCT coefficients in the form every reader takes: a multi-picture file's first picture
+    alone (``first_picture``), an arithmetic-coded file in Huffman coding (``tile_writer.to_huffman``; Pillow fails
+    on those over 64 KB). Where libjpeg-turbo cannot transcode, ``data`` as it is: Pillow's decode judges it."""
+    segments = header_segments(data)
+    if (first := first_picture(data, segments)) is not None:
+        data, segments = first, header_segments(first)
+    if arithmetic(segments):
+        try:
+            data = tile_writer.to_huffman(data) or data
+        except RuntimeError:  # no libjpeg-turbo 3 (--restart_tile 0 does without it)
+            pass
+    return data
 
 
 def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded:
     if not data:
         raise BadImage("empty file")
+    data = plain_jpeg(data)
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # a full decode: a truncated or corrupt file fails here
@@ -229,9 +250,10 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
         orientation = None
     stored_size = img.size
     resize = shorter_side is not None and min(stored_size) > shorter_side
-    why = [reason for reason, applies in ((f"{img.format} file", img.format != "JPEG"),
+    jpeg = img.format in JPEG_FORMATS
+    why = [reason for reason, applies in ((f"{img.format} file", not jpeg),
                                           # several times the bytes, and no decoding at a reduced scale
-                                          ("lossless JPEG", img.format == "JPEG" and lossless(header_segments(data))),
+                                          ("lossless JPEG", jpeg and lossless(header_segments(data))),
                                           (f"mode {img.mode}", img.mode != "RGB"),
                                           (f"EXIF orientation {orientation}", orientation != 1),
                                           ("resized", resize)) if applies]
@@ -437,6 +459,28 @@ def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size
     return shards
 
 
+ANNOTATIONS = f"{os.path.dirname(ilsvrc.ANNOTATION_DIRS['train'])} and {ilsvrc.VAL_SOLUTION}"  # where boxes come from
+
+
+def annotation_sources(data_dir: Path, splits: dict[str, Split]) -> dict:
+    """The job's record of Kaggle's tree's boxes: each split's XML folder (None where absent) and the SHA-256 of
+    LOC_val_solution.csv (its boxes serve val images without XML)."""
+    return {"xml": {split: s.annotation_dir for split, s in splits.items()},
+            "csv": manifest.file_entry(data_dir / ilsvrc.VAL_SOLUTION)["sha256"]}
+
+
+def unrecorded_annotations(old, new: dict) -> bool:
+    """Whether job record ``old`` is ``new`` but for "annotations": written by a preprocess.py whose jobs did not
+    hold them. Such an output or work folder is kept, with a note (``note_unrecorded``), rather than refused."""
+    return (isinstance(old, dict) and "annotations" in new and "annotations" not in old
+            and old == {k: v for k, v in new.items() if k != "annotations"})
+
+
+def note_unrecorded(where: Path, then: str) -> None:
+    print(f"{where}: its job record does not say which annotations ({ANNOTATIONS}) it was made with; taken as made "
+          f"with the present ones: {then}")
+
+
 def start_or_resume(work: Path, job: dict) -> None:
     """Keep OUT.tmp when it holds shards of this very job, else start it afresh."""
     job_file = work / WORK / "job.json"
@@ -447,10 +491,14 @@ def start_or_resume(work: Path, job: dict) -> None:
             raise SystemExit(f"error: {work} exists and is not a preprocess.py work folder; remove it or choose "
                              "another --output_dir")
         try:
-            same = json.loads(job_file.read_text()) == job
+            old = json.loads(job_file.read_text())
         except (OSError, ValueError):
-            same = False
-        if same:
+            old = None
+        if old == job:
+            return
+        if unrecorded_annotations(old, job):
+            note_unrecorded(work, f"if they changed since its first shards, delete {work} to start over")
+            atomic_write_text(job_file, json.dumps(job, indent=1))  # from now on they are recorded
             return
         print(f"{work}: left by a run with other inputs or settings; starting over")
         shutil.rmtree(work)
@@ -489,9 +537,10 @@ def files_without_manifest(out: Path) -> set[str]:
 
 def job_changes(old: dict, new: dict) -> str:
     """What differs between two jobs, for the refusal: 'quality 90 -> 75, the files in --data_dir'."""
-    said = {"files": "the files in --data_dir", "names": "the classes", "data_dir": "--data_dir"}
+    said = {"files": "the files in --data_dir", "names": "the classes", "data_dir": "--data_dir",
+            "annotations": f"the annotations in {ANNOTATIONS}"}
     return ", ".join(said.get(k) or f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted({*old, *new})
-                     if old.get(k) != new.get(k))
+                     if old.get(k) != new.get(k) and (k != "annotations" or k in old))  # unrecorded: unknown
 
 
 def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
@@ -511,12 +560,16 @@ def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
     if job is None:
         return False
     damaged = manifest.check_sizes(out, m["files"]) if m is not None else None
-    if m is not None and m.get("job") == job and damaged is None and not overwrite:
+    unrecorded = m is not None and unrecorded_annotations(m.get("job"), job)
+    same = m is not None and (m.get("job") == job or unrecorded)
+    if same and damaged is None and not overwrite:
+        if unrecorded:
+            note_unrecorded(out, "if they changed since, add --overwrite to rebuild it")
         return True
     if not overwrite:
         if m is None:
             why = f"{out} is a preprocess.py output without its {manifest.MANIFEST} (an interrupted copy?)"
-        elif m.get("job") != job:
+        elif not same:
             why = f"{out} holds a preprocess.py output of other inputs or settings ({job_changes(m['job'], job)})"
         else:
             why = damaged
@@ -999,6 +1052,12 @@ def result(conn, p: mp.Process) -> dict:
     return summary
 
 
+def disk_full(work: Path) -> SystemExit:
+    return SystemExit(f"error: no space left on the disk of {work} ({checkpoints.free_bytes(work) / 1e9:.1f} GB "
+                      "free); finished shards are kept there: free space (or --output_dir on a larger disk), then "
+                      "run the same command to resume")
+
+
 def run(argv=None) -> None:
     cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.verify:
@@ -1037,6 +1096,8 @@ def run(argv=None) -> None:
                      for split, s in splits.items()}}
     if listing.archives:  # the same paths from other archive files are other data
         job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
+    elif listing.layout == image_tree.ILSVRC:  # boxes unpacked (or changed) since are other inputs too
+        job["annotations"] = annotation_sources(data_dir, splits)
     if check_output(out, job, cfg.overwrite):
         return already_done(out)
     try:
@@ -1067,14 +1128,17 @@ def run(argv=None) -> None:
         if not checkpoints.is_disk_full(e):
             raise
         bar.close()
-        raise SystemExit(f"error: no space left on the disk of {work} ({checkpoints.free_bytes(work) / 1e9:.1f} GB "
-                         "free); finished shards are kept there: free space (or --output_dir on a larger disk), "
-                         "then run the same command to resume") from None
+        raise disk_full(work) from None
     bar.close()
 
-    report = assemble(work, shards, listing, data_dir, cfg, job, started)
-    if not put_in_place(work, out, job, cfg.overwrite):
-        return already_done(out)
+    try:
+        report = assemble(work, shards, listing, data_dir, cfg, job, started)
+        if not put_in_place(work, out, job, cfg.overwrite):
+            return already_done(out)
+    except OSError as e:  # the metadata files, the manifest, --overwrite's note
+        if not checkpoints.is_disk_full(e):
+            raise
+        raise disk_full(work) from None
     shutil.rmtree(out / WORK)
     print_summary(report, out, kept)
 

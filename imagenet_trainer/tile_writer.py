@@ -90,24 +90,37 @@ MIN_TILE_BYTES = 96
 CHUNK = 8192
 
 
+def to_huffman(data: bytes) -> bytes | None:
+    """An arithmetic-coded JPEG (``jpeg_markers.SOF_ARITHMETIC``) losslessly transcoded, as jpegtran does: the same
+    DCT coefficients and APPn/COM segments, Huffman-coded and baseline (libjpeg-turbo's transform writes that unless
+    asked for arithmetic or progressive output). None where libjpeg-turbo refuses or warns (a truncated file)."""
+    out = _transform(bytes(data), [(0, 0, 0, 0)], 0)
+    return out[0] if out else None
+
+
 def _crop_tiles(data: bytes, boxes: list) -> list[bytes] | None:
     """Each (x, y, w, h) box losslessly cropped out of ``data`` as a JPEG of its own; None if libjpeg-turbo refuses."""
+    return _transform(data, boxes, TJXOPT_CROP | TJXOPT_COPYNONE)
+
+
+def _transform(data: bytes, boxes: list, options: int) -> list[bytes] | None:
+    """One lossless transform of ``data`` (no rotation) per (x, y, w, h) box, with TJXOPT_* ``options``; None if
+    libjpeg-turbo refuses, or warns (its return value is then -1 too)."""
     lib = turbojpeg_library()
     handle = lib.tj3Init(TJINIT_TRANSFORM)  # per file: a handle that failed on one keeps state that spoils the next
     if not handle:
         raise MemoryError("tj3Init failed")
-    tiles = []
+    results = []
     try:
         for start in range(0, len(boxes), CHUNK):
             chunk = boxes[start:start + CHUNK]
             n = len(chunk)
-            transforms = (_Transform * n)(*[_Transform(_Region(*box), 0, TJXOPT_CROP | TJXOPT_COPYNONE, None, None)
-                                            for box in chunk])
+            transforms = (_Transform * n)(*[_Transform(_Region(*box), 0, options, None, None) for box in chunk])
             bufs, sizes = (ctypes.c_void_p * n)(), (ctypes.c_size_t * n)()
             failed = lib.tj3Transform(handle, data, len(data), n, bufs, sizes, transforms)
             try:
                 if not failed:
-                    tiles += [ctypes.string_at(bufs[i], sizes[i]) for i in range(n)]
+                    results += [ctypes.string_at(bufs[i], sizes[i]) for i in range(n)]
             finally:
                 for i in range(n):
                     if bufs[i]:
@@ -116,7 +129,7 @@ def _crop_tiles(data: bytes, boxes: list) -> list[bytes] | None:
                 return None
     finally:
         lib.tj3Destroy(handle)
-    return tiles
+    return results
 
 
 def add_restarts(data: bytes, tile_px: int) -> bytes | None:

@@ -15,6 +15,7 @@ import turbojpeg
 from PIL import Image, ImageCms
 from torchvision.io import decode_jpeg
 
+import preprocess
 from imagenet_trainer import jpeg_markers, tile_writer
 from imagenet_trainer.data import TrainSet, decode
 
@@ -225,3 +226,28 @@ def test_tiles_are_as_narrow_as_hold_min_tile_bytes(files):
     smooth = decode.tile_grid(tile_writer.add_restarts(files["444_big"], 64))  # ~13 coded bytes an 8 px MCU
     assert smooth.tile_w == 32  # 188 MCUs a row = 4 x 47: 4 MCUs is the widest tile within 64 px
     assert decode.tile_grid(tile_writer.add_restarts(photo, 10_000)).tile_w == 16  # the width asked is a maximum
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_an_arithmetic_coded_jpeg_over_64_kb_is_kept_losslessly_in_huffman_coding(progressive):
+    """Pillow's libjpeg fails on arithmetic-coded files larger than its 64 KB read blocks; preprocess.py transcodes
+    them to Huffman coding (the same coefficients and metadata), then stores and tiles them like any photo."""
+    coded = turbojpeg.compress(np.ascontiguousarray(skimage.data.astronaut()), 92, turbojpeg.SAMP.Y420,
+                               arithmetic=True, progressive=progressive)
+    comment = b"\xff\xfe\x00\x0fkept as it is"
+    data = coded[:2] + comment + coded[2:]
+
+    def frame(jpeg: bytes) -> int:
+        return next(m for m, _, _ in jpeg_markers.header_segments(jpeg) if m in jpeg_markers.SOF_ANY)
+
+    assert len(data) > 65_536 and frame(data) == (0xCA if progressive else 0xC9)
+    enc = preprocess.encode_image(data, None, 90)
+    assert enc.why is None and enc.size == (512, 512)
+    assert frame(enc.data) == 0xC0 and comment in enc.data  # baseline Huffman, the COM segment kept
+    original = simplejpeg.decode_jpeg(data)
+    assert np.array_equal(simplejpeg.decode_jpeg(enc.data), original)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(enc.data))), original)
+    tiled = preprocess.tile(enc.data, 64)
+    assert tiled is not None and np.array_equal(simplejpeg.decode_jpeg(tiled), original)
+    with pytest.raises(preprocess.BadImage, match="does not decode"):  # a truncated one is still skipped
+        preprocess.encode_image(data[:len(data) // 2], None, 90)

@@ -1,6 +1,7 @@
 """preprocess.py's contract on real JPEGs (imagenet_trainer/demo.py trees), plus the parsing in ilsvrc.py."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import datasets
 import numpy as np
 import psutil
 import pytest
+import skimage.data
 import torch
 import turbojpeg
 from PIL import Image, ImageDraw, ImageOps
@@ -763,6 +765,24 @@ def test_a_lossless_jpeg_is_re_encoded_and_then_tiled_like_any_photo():
     assert preprocess.encode_image(plain.getvalue(), None, 90).why is None  # a lossy JPEG is stored as it is
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_multi_picture_jpeg_keeps_its_first_picture_losslessly(progressive):
+    """A phone's photo with an MPF second picture (Pillow: format MPO) is a JPEG: its first picture is stored with
+    its own coefficients, as a plain JPEG (no MPF offsets into bytes that are gone), not re-encoded at --quality."""
+    photo = Image.fromarray(skimage.data.astronaut())
+    buf = io.BytesIO()
+    photo.save(buf, "MPO", save_all=True, append_images=[photo.resize((64, 64))], quality=92, progressive=progressive)
+    original = Image.open(io.BytesIO(buf.getvalue()))
+    assert (original.format, original.n_frames) == ("MPO", 2)
+    enc = preprocess.encode_image(buf.getvalue(), None, 90)
+    stored = Image.open(io.BytesIO(enc.data))
+    assert enc.why is None and stored.format == "JPEG" and len(enc.data) < len(buf.getvalue())
+    assert np.array_equal(np.asarray(stored), np.asarray(original.convert("RGB")))  # frame 0, to the last bit
+    assert b"MPF\x00" not in enc.data and enc.data.endswith(b"\xff\xd9")
+    tiled = preprocess.tile(enc.data, 64)
+    assert tiled is not None and np.array_equal(np.asarray(Image.open(io.BytesIO(tiled))), np.asarray(stored))
+
+
 def test_decompression_bomb_guard_is_its_own_skip_reason(monkeypatch):
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, "JPEG")
@@ -914,6 +934,96 @@ def test_an_output_without_manifest_needs_overwrite(clean_tree, finished):
         preprocess.main(args)
     preprocess.main([*args, "--overwrite"])
     assert (finished / "preprocess_manifest.json").is_file()
+
+
+def stop_after_one_shard(monkeypatch) -> None:
+    """process_shard, as a Ctrl-C after the first shard finds it."""
+    real, done = preprocess.process_shard, []
+
+    def stop(shard, **kw):
+        if done:
+            raise KeyboardInterrupt
+        done.append(real(shard, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(preprocess, "process_shard", stop)
+
+
+def rows_with_boxes(out: Path) -> int:
+    return sum(bool(objects) for objects in datasets.load_from_disk(str(out))["train"]["objects"])
+
+
+def test_annotations_unpacked_or_changed_since_are_other_inputs(clean_tree, tmp_path, monkeypatch, capsys):
+    """ILSVRC/Annotations unpacked after a run without it: an interrupted run starts over (no mix of shards with and
+    without boxes), a finished one is refused as other inputs, as is an edited LOC_val_solution.csv."""
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    annotations, aside = tree / "ILSVRC" / "Annotations", tmp_path / "Annotations"
+    xml_files = len(list((annotations / "CLS-LOC" / "train").rglob("*.xml")))
+    out = tmp_path / "out"
+    args = ["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "2"]
+    annotations.rename(aside)
+    stop_after_one_shard(monkeypatch)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main(args)
+    monkeypatch.undo()
+    aside.rename(annotations)
+    preprocess.main(args)
+    assert "left by a run with other inputs or settings; starting over" in capsys.readouterr().out
+    assert xml_files and rows_with_boxes(out) == xml_files
+
+    annotations.rename(aside)  # a finished output made without them, then they are unpacked
+    preprocess.main([*args, "--overwrite"])
+    assert rows_with_boxes(out) == 0
+    aside.rename(annotations)
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(args)
+    assert str(e.value.code) == (
+        f"error: --output_dir: {out} holds a preprocess.py output of other inputs or settings (the annotations in "
+        "ILSVRC/Annotations/CLS-LOC and LOC_val_solution.csv); add --overwrite to replace it, or choose another folder")
+    preprocess.main([*args, "--overwrite"])
+    assert rows_with_boxes(out) == xml_files
+
+    csv = tree / ilsvrc.VAL_SOLUTION
+    lines = csv.read_text().splitlines()
+    label, *box = lines[1].split(",")[1].split()[:5]
+    lines[1] = f"{lines[1].split(',')[0]},{label} {' '.join(str(int(v) + 1) for v in box)}"
+    csv.write_text("\n".join(lines) + "\n")  # one val box moved by a pixel: the same labels, other boxes
+    with pytest.raises(SystemExit, match=r"other inputs or settings \(the annotations in "):
+        preprocess.main(args)
+
+
+def test_outputs_whose_job_does_not_record_the_annotations_are_kept_with_a_note(clean_tree, finished, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """A finished output, or an interrupted run's work folder, whose job record has no "annotations": taken as made
+    with the present ones (reported done, or resumed), with one line saying so; neither rebuilt."""
+    recorded = output_manifest.read(finished)
+    old_job = {k: v for k, v in recorded["job"].items() if k != "annotations"}
+    assert old_job != recorded["job"]
+    (finished / MANIFEST_NAME).write_text(json.dumps(output_manifest.sealed(
+        {"format": recorded["format"], "job": old_job, "files": recorded["files"]}), indent=1))
+    before = arrow_files(finished)
+    capsys.readouterr()
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1"])
+    said = capsys.readouterr().out
+    assert (f"{finished}: its job record does not say which annotations (ILSVRC/Annotations/CLS-LOC and "
+            "LOC_val_solution.csv) it was made with; taken as made with the present ones: if they changed since, "
+            "add --overwrite to rebuild it\n") in said and f"{finished}: already done" in said
+    assert arrow_files(finished) == before
+
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "2"]
+    stop_after_one_shard(monkeypatch)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main(args)
+    monkeypatch.undo()
+    job_file = work / preprocess.WORK / "job.json"
+    job_file.write_text(json.dumps({k: v for k, v in json.loads(job_file.read_text()).items() if k != "annotations"}))
+    capsys.readouterr()
+    preprocess.main(args)
+    said = capsys.readouterr().out
+    assert f"{work}: its job record does not say which annotations" in said and "1 of 6 shards already done" in said
+    assert output_manifest.read(out)["job"] == recorded["job"] | {"shard_size": 2}  # recorded from now on
 
 
 # preprocess.py SIGKILLed inside --overwrite's swap ($KILL_AT): "noted" with the output it replaces marked, not yet
@@ -1456,3 +1566,30 @@ def test_own_tree_run_interrupted_resumes_its_shards(clean_tree, tmp_path, monke
     assert "2 of 5 shards already done" in capsys.readouterr().out
     dd = datasets.load_from_disk(str(tmp_path / "out"))
     assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 8, "validation": 2}
+
+
+def test_a_full_disk_while_assembling_is_the_one_line_of_the_shard_stage(clean_tree, tmp_path, monkeypatch):
+    """The disk fills up after the last shard, as the manifest is written: the same one line as a full disk
+    mid-shards (tests/test_faults.py), and the same command then only assembles."""
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "2"]
+    write = preprocess.atomic_write_text
+
+    def full(path, text):
+        if Path(path).name == MANIFEST_NAME:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, text)
+
+    monkeypatch.setattr(preprocess, "atomic_write_text", full)
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(args)
+    line = str(e.value.code)
+    assert line.startswith(f"error: no space left on the disk of {work} (") and line.endswith(
+        " GB free); finished shards are kept there: free space (or --output_dir on a larger disk), then run the same "
+        "command to resume"), line
+    assert not out.exists() and len(list(work.glob("*/*.arrow"))) == 6
+    monkeypatch.undo()
+    before = {p.name: p.stat().st_ino for p in work.glob("*/*.arrow")}
+    preprocess.main(args)
+    assert {p.name: p.stat().st_ino for p in out.glob("*/*.arrow")} == before  # no shard made again
+    assert output_manifest.verify(out)[0] == []
