@@ -347,11 +347,14 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
     if cfg.ema_decay and fsdp is not None:
         raise SystemExit("error: --ema_decay is not supported under FSDP (the EMA copy would be a full replica per "
                          "rank); use DDP (accelerate_configs/multi_gpu.yaml) or --ema_decay 0")
-    if cfg.push_to_hub:  # fail now, not after days of training
+    if cfg.push_to_hub:  # fail now, not after days of training; one request, the main process's, for every rank
+        refusal = None
         try:
-            modeling.check_hub_ready(cfg.hub_model_id)
+            if accelerator.is_main_process:
+                modeling.check_hub_ready(cfg.hub_model_id, private=cfg.hub_private)
         except ValueError as e:
-            raise SystemExit(f"error: --push_to_hub: {e}") from None
+            refusal = f"error: --push_to_hub: {e}"
+        refuse_together(accelerator, refusal)
     # a live run in the folder is the news, more than that the folder "already holds a run"
     holder = in_use(run_dir) if accelerator.is_main_process else None
     refuse_together(accelerator, holder and f"error: --output_dir {run_dir} is in use by {holder}; wait for it to "

@@ -49,6 +49,9 @@ JOB_FORMAT = 1  # of the job record
 # in the note (runinfo.mark_replaced) an OUT this tool replaces holds once moved aside as .OUT.old: a later run deletes
 # a .OUT.old a kill left only with it, so a user's folder of that name is never deleted
 REPLACED_BY = "imagenet_trainer.hub_dataset"
+# what an export writes into the repo (patterns as upload_folder's delete_patterns reads them): a push deletes
+# those of them the pushed folder lacks; a user's other files stay
+HUB_FILES = ("data/*.parquet", "README.md", ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE)
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
@@ -307,20 +310,32 @@ def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict
 
 
 def push_dataset(folder, repo_id: str, private: bool = True, token: str | None = None) -> str:
-    """Upload a folder written by ``export_parquet`` to the Hub dataset repo ``repo_id``; returns its URL. A failed
-    upload raises a one-line OSError naming the push (the folder is left as it was)."""
+    """Upload a folder written by ``export_parquet`` to the Hub dataset repo ``repo_id``; returns its URL. The repo's
+    ``HUB_FILES`` the folder lacks (an earlier export's shards) are deleted in the same commit. ``private`` asked
+    of a repo that exists and is public is a one-line ValueError before any upload; a failed upload (or a stall of
+    ``modeling.hub.HUB_STALL_S`` seconds) raises a one-line OSError naming the push (the folder is left as it
+    was)."""
     folder = Path(folder)
     if not (folder / "README.md").is_file() or not list((folder / "data").glob("*.parquet")):
         raise ValueError(f"{folder}: no README.md and data/*.parquet; write it with export_parquet first")
     if not (token or get_token()):
         raise ValueError(f"cannot push to '{repo_id}': no Hugging Face token; run `hf auth login` or set HF_TOKEN")
+    from modeling.hub import HUB_STALL_S, NotPrivate, push_failed, refuse_public, stall_limit  # torch, timm: here only
+
     api = HfApi(token=token)
     try:
-        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=str(folder),
-                          commit_message="Upload dataset converted with imagenet-trainer")
+        with stall_limit(HUB_STALL_S):
+            url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            if private:
+                refuse_public(api, url.repo_id, "dataset", HUB_STALL_S)
+            # in the same commit, an earlier export's files this folder lacks go: the card's data/ globs would
+            # match old and new shards alike (load_dataset: NonMatchingSplitsSizesError, or every image twice)
+            api.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=str(folder),
+                              commit_message="Upload dataset converted with imagenet-trainer",
+                              delete_patterns=list(HUB_FILES))
+    except NotPrivate:
+        raise
     except Exception as e:  # HTTP, network and auth errors come from several libraries; all end the same way
-        from modeling.hub import push_failed  # torch and timm load only on this path
 
         # from None: the chained error's text is not ours to vet for secrets
         raise push_failed(e, f"{folder} to dataset '{repo_id}'", token,
@@ -341,7 +356,7 @@ def main(argv=None) -> None:
         if cfg.push_to_hub:  # before hours of export, not after
             from modeling.hub import check_hub_ready  # torch and timm load only on this path
 
-            check_hub_ready(cfg.push_to_hub)
+            check_hub_ready(cfg.push_to_hub, private=not cfg.public, repo_type="dataset")
         folder, wrote = _export(cfg.dataset, output_dir, SHARD_BYTES)
         print(f"wrote {folder}" if wrote else f"{folder}: already holds this export of {cfg.dataset} (same data and "
                                               f"shard size, every file present); nothing to write")

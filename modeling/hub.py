@@ -37,15 +37,17 @@ import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import safetensors.torch
 import timm
 import torch
 import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token, hf_hub_download
+from huggingface_hub import (CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, get_session, get_token,
+                             hf_hub_download)
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from timm.data import ImageNetInfo, infer_imagenet_subset
@@ -76,6 +78,10 @@ _CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "epochs", "train_time",
               "hardware", "results", "license", "tags"}
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub accepts as "true" in HF_HUB_OFFLINE
+# seconds without a byte before a Hub call gives up: the start-up check (whoami) and each connect, read or write
+# of an upload (a stall, not the whole transfer: 100 MB of weights take what they take)
+HUB_CHECK_S = 10.0
+HUB_STALL_S = 60.0
 
 
 def save_pretrained(model, folder, *, label_names: list[str], label_descriptions: list[str] | None = None,
@@ -466,8 +472,36 @@ def _hub_offline() -> bool:
     return now.upper() in _TRUE or hf_constants.HF_HUB_OFFLINE
 
 
-def check_hub_ready(repo_id: str, token: str | None = None) -> None:
-    """Raise a one-line ValueError now, before hours of training, if a later push to ``repo_id`` cannot work."""
+def check_hub_ready(repo_id: str, token: str | None = None, *, private: bool = False,
+                    repo_type: str = "model") -> None:
+    """Raise a one-line ValueError now, before hours of training, if a later push to ``repo_id`` cannot work: a bad
+    repo id, HF_HUB_OFFLINE=1, no token, a token the Hub refuses (401), a Hub that gives no answer within
+    ``HUB_CHECK_S`` seconds, or (``private``) a repo that exists and is public. A Hub that cannot be reached otherwise
+    (no DNS, refused, rate limited) is a warning: it may be back when training ends."""
+    _check_push_args(repo_id, token)
+    api = HfApi(token=token)
+    try:
+        with stall_limit(HUB_CHECK_S):
+            api.whoami()
+            if private:
+                refuse_public(api, repo_id, repo_type, HUB_CHECK_S)
+    except NotPrivate:
+        raise
+    except Exception as e:  # HTTP, network and auth errors come from several libraries
+        if getattr(getattr(e, "response", None), "status_code", None) == 401:
+            raise ValueError(f"cannot push to '{repo_id}': the Hub refuses the Hugging Face token (401: invalid or "
+                             f"expired); run `hf auth login --force` or set HF_TOKEN to a token with write "
+                             f"access") from None
+        if _timed_out(e):
+            raise ValueError(f"cannot push to '{repo_id}': the Hub ({hf_constants.ENDPOINT}) gave no answer within "
+                             f"{HUB_CHECK_S:g} s (a firewall or proxy dropping the connection?); fix the network "
+                             f"from this machine or do not ask for a push") from None
+        warnings.warn(f"could not check the Hugging Face token for '{repo_id}' ({type(e).__name__}: "
+                      f"{_masked(_first_line(e), token)}); the push at the end may fail", stacklevel=2)
+
+
+def _check_push_args(repo_id: str, token: str | None) -> None:
+    """What a push needs before any request: a valid repo id, online, a token."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
@@ -478,20 +512,71 @@ def check_hub_ready(repo_id: str, token: str | None = None) -> None:
         raise ValueError(f"cannot push to '{repo_id}': no Hugging Face token; run `hf auth login` or set HF_TOKEN")
 
 
+class NotPrivate(ValueError):
+    """A private push asked of a repo that exists and is public."""
+
+
+def refuse_public(api: HfApi, repo_id: str, repo_type: str, timeout: float) -> None:
+    """Raise NotPrivate if ``repo_id`` exists and is public. ``create_repo(private=True, exist_ok=True)`` leaves an
+    existing repo's visibility as it is, and ImageNet's terms forbid redistributing its images; flipping a user's
+    repo to private unasked would break their links, so the push stops and says what to do."""
+    try:
+        info = api.repo_info(repo_id, repo_type=repo_type, timeout=timeout)  # its timeout=None default waits forever
+    except RepositoryNotFoundError:
+        return
+    if not info.private:
+        dataset = repo_type == "dataset"
+        how = "pass --public (push_dataset: private=False)" if dataset else \
+            "leave out --hub_private (push_to_hub: private=False)"
+        raise NotPrivate(f"'{repo_id}' is a public {'dataset ' if dataset else ''}repo on the Hub and a private one "
+                         f"was asked for; nothing was uploaded: make it private in its settings "
+                         f"({hf_constants.ENDPOINT}/{'datasets/' if dataset else ''}{repo_id}/settings) or {how}")
+
+
+@contextmanager
+def stall_limit(seconds: float):
+    """Within this block, each connect, read and write of huggingface_hub's shared HTTP client gives up after
+    ``seconds`` without progress. The client waits forever by default (``default_client_factory`` in
+    huggingface_hub/utils/_http.py: timeout=None), so a firewall that drops packets after the handshake would hold a
+    push for good. Calls that pass their own timeout (``repo_info``'s None) are not covered: pass one."""
+    session = get_session()
+    before = session.timeout
+    session.timeout = seconds  # httpx: one number is the connect, read, write and pool limit
+    try:
+        yield
+    finally:
+        session.timeout = before
+
+
+def _timed_out(e: BaseException) -> bool:
+    # httpx2's TimeoutException (huggingface_hub 2.x's HTTP client) by name: this module imports no HTTP library
+    return isinstance(e, TimeoutError) or any(c.__name__ == "TimeoutException" for c in type(e).__mro__)
+
+
+def stale_deletions(api: HfApi, repo_id: str, kept: set[str]) -> list[CommitOperationDelete]:
+    """Deletions of the repo files an export owns that are not in ``kept`` (the paths being uploaded): every
+    ``.eval_results/`` file (another model's scores would show beside these weights) and every top-level ``*.py``
+    (remote code of another architecture). A user's other files (images, notes, scripts in folders) stay."""
+    return [CommitOperationDelete(path) for path in api.list_repo_files(repo_id) if path not in kept and
+            (path.startswith(EVAL_RESULTS_DIR + "/") or "/" not in path and path.endswith(".py"))]
+
+
 def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = False,
                 commit_message: str = "Upload model trained with imagenet-trainer") -> str:
     """Upload a folder written by ``save_pretrained`` to ``repo_id`` (created if missing); returns the repo URL.
 
-    A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors
-    from ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
+    A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors,
+    as in ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
     the folder's remote code is brought up to date with the installed project (``modeling.refresh_code``; weights
     and card untouched; an architecture file the installed one does not compute alike with is kept). A card saved without ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place
     of OWNER/NAME. Weights that are cut short or differ from their CRC-32 (``check_weights``) are a ValueError before
-    anything is uploaded.
+    anything is uploaded, and so is ``private`` asked of a repo that exists and is public (``refuse_public``).
+    The same commit deletes the repo's ``.eval_results/`` files and top-level ``*.py`` the folder lacks (another
+    model's scores and code, ``stale_deletions``). A stall of ``HUB_STALL_S`` seconds ends in the OSError.
     """
     from .refresh_code import refresh_before_upload  # it imports this module
 
-    check_hub_ready(repo_id, token)
+    _check_push_args(repo_id, token)
     folder = Path(folder)
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if not (folder / name).is_file()]
     if missing:
@@ -507,8 +592,15 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
                                      path_or_fileobj=card if p == folder / CARD_NAME else str(p)) for p in files]
     api = HfApi(token=token, library_name="timm", library_version=timm.__version__)
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.create_commit(url.repo_id, operations, commit_message=commit_message)
+        with stall_limit(HUB_STALL_S):
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            if private:
+                refuse_public(api, url.repo_id, "model", HUB_STALL_S)
+            kept = {op.path_in_repo for op in operations}
+            api.create_commit(url.repo_id, [*operations, *stale_deletions(api, url.repo_id, kept)],
+                              commit_message=commit_message)
+    except NotPrivate:
+        raise
     except Exception as e:  # HTTP, network and auth errors come from several libraries; all end the same way
         # from None: the chained error's text is not ours to vet for secrets
         raise push_failed(e, f"{folder} to '{repo_id}'", token, "modeling.push_to_hub") from None
@@ -518,15 +610,18 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
 def push_failed(e: BaseException, what: str, token: str | None, retry: str) -> OSError:
     """The one line a failed upload of ``what`` ends in: the client's error, with the Hub's own reason where it
     gave one (e.g. "Invalid credentials in Authorization header" behind a 401), every copy of the token masked."""
-    message = _first_line(e)
+    message = f"no answer for {HUB_STALL_S:g} s" if _timed_out(e) else _first_line(e)
     reason = (getattr(e, "server_message", None) or "").strip().splitlines()
     if reason and reason[0] not in message:
         message += f"; the Hub says: {reason[0][:200]}"
-    secret = token or get_token()
-    if secret:
-        message = message.replace(secret, "***")
+    message = _masked(message, token)
     return OSError(f"push of {what} failed ({type(e).__name__}: {message}); the folder is unchanged, retry with "
                    f"{retry}")
+
+
+def _masked(text: str, token: str | None) -> str:
+    secret = token or get_token()
+    return text.replace(secret, "***") if secret else text
 
 
 def _first_line(e: BaseException) -> str:

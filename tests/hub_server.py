@@ -22,6 +22,7 @@ start with ``/datasets``:
   ``X-Linked-Size`` and ``X-Repo-Commit``: the client stops at a redirect off the Hub's origin, reads the metadata
   from it and downloads from ``Location`` without credentials. The storage host here is a second server on another
   port (another origin). No ``X-Xet-*`` headers, so the client takes the plain HTTP download path.
+* ``GET /api/whoami-v2``: the token's user (``{"type": "user", "name": "me"}``); 401 without a token.
 * ``GET /api/agent-harnesses``: a registry huggingface_hub reads to fill in its User-Agent header; served empty.
 * The write side (create, preupload, LFS batch and storage ``PUT``, commit): see tests/hub_write.py.
 * Errors carry the Hub's ``X-Error-Code`` header (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``), from
@@ -246,6 +247,9 @@ class LocalHub:
             return hub_write.hub_answer(self, request)
         if parts[0] == "api" and parts[1:2] in (["models"], ["datasets"]) and len(parts) >= 4:
             return self._api(request, parts[1][:-1], "/".join(parts[2:4]), parts[4:])
+        if parts == ["api", "whoami-v2"]:  # the token's owner; a wrong token was refused above
+            return answer_json({"type": "user", "name": "me"}) if request.authorization else \
+                error(401, None, "Invalid credentials in Authorization header")
         if parts == ["api", "agent-harnesses"]:  # what huggingface_hub tags its User-Agent from, once a day; empty
             return answer_json({"standardEnvVars": [], "harnesses": {}})
         repo_type, parts = ("dataset", parts[1:]) if parts[0] == "datasets" else ("model", parts)

@@ -188,3 +188,25 @@ def test_after_a_failed_push_the_same_command_pushes_without_exporting_again(pre
         assert not hub.unhandled
     record = json.loads((tmp_path / ".imagenet-parquet.export.json").read_text())
     assert record["done"] and record["files"] == {rel: len(data) for rel, data in files_of(out).items()}
+
+
+def test_a_push_of_a_new_export_deletes_the_old_shards_in_the_same_commit(preprocessed, reference, tmp_path,
+                                                                          monkeypatch):
+    """The card's configs glob data/<split>-*: an earlier export's shards left in the repo would be read beside the
+    new ones (datasets.load_dataset: NonMatchingSplitsSizesError, or every image twice). A push of the same data in
+    other shards leaves exactly the new export's files, in one commit; a user's own file stays."""
+    from hub_server import LocalHub, point_this_process_at
+
+    bigger = hub_dataset.export_parquet(preprocessed, tmp_path / "bigger", shard_bytes=500 * 2**20)
+    new, old = files_of(bigger), files_of(reference)
+    assert {p for p in old if p.startswith("data/")} - set(new)  # other shard names
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        hub_dataset.push_dataset(reference, "me/imagenet", token=hub.token)
+        repo = hub.repo("me/imagenet", "dataset")
+        huggingface_hub.HfApi(token=hub.token).upload_file(path_or_fileobj=b"notes\n", path_in_repo="NOTES.md",
+                                                           repo_id="me/imagenet", repo_type="dataset")
+        commits = len(repo.log)
+        hub_dataset.push_dataset(bigger, "me/imagenet", token=hub.token)
+        assert {p: d for p, d in repo.files.items() if p != ".gitattributes"} == {**new, "NOTES.md": b"notes\n"}
+        assert len(repo.log) == commits + 1 and not hub.unhandled

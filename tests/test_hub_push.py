@@ -8,6 +8,7 @@ import py_compile
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -211,3 +212,119 @@ def test_refresh_replaces_a_family_file_only_where_the_installed_one_computes_th
     assert line.startswith(f"{missing}: the installed code differs from the export's blocknet.py and whether it "
                            "computes the same could not be checked (its saved blocknet.py did not run"), line
     assert "No module named 'not_here'" in line and "may not be the architecture" not in line
+
+
+# ---------------------------------------------------------------- a push over an existing repo, and a Hub that stalls
+
+def tiny_export(folder: Path, seed: int, results: dict | None = None) -> Path:
+    torch.manual_seed(seed)
+    model = modeling.create_model("blocknet_tiny", num_classes=4)
+    card = {"dataset": "me/data", "results": results} if results else {}
+    return modeling.save_pretrained(model, folder, label_names=ilsvrc.imagenet_wnids()[:4], model_card=card)
+
+
+def test_a_private_push_to_an_existing_public_repo_is_refused_before_any_upload(monkeypatch, tmp_path):
+    """create_repo(private=True, exist_ok=True) leaves an existing repo public: push_to_hub(private=True), the
+    start-up check of train.py --hub_private and a dataset push (private unless --public) refuse in one line
+    naming the repo and what to do, nothing uploaded; a private repo, or private=False, pushes."""
+    from imagenet_trainer import hub_dataset
+
+    folder = tiny_export(tmp_path / "m", 0)
+    (tmp_path / "d" / "data").mkdir(parents=True)
+    (tmp_path / "d" / "README.md").write_text("---\nlicense: other\n---\n")
+    (tmp_path / "d" / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        api = HfApi(token=hub.token)
+        api.create_repo("me/tiny")
+        api.create_repo("me/imagenet", repo_type="dataset")
+        with pytest.raises(ValueError) as e:
+            modeling.push_to_hub(folder, "me/tiny", token=hub.token, private=True)
+        assert str(e.value) == (f"'me/tiny' is a public repo on the Hub and a private one was asked for; nothing was "
+                                f"uploaded: make it private in its settings ({hub.endpoint}/me/tiny/settings) or leave "
+                                f"out --hub_private (push_to_hub: private=False)")
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        with pytest.raises(ValueError, match="^'me/tiny' is a public repo on the Hub"):
+            modeling.check_hub_ready("me/tiny", private=True)
+        with pytest.raises(ValueError, match=r"^'me/imagenet' is a public dataset repo .* or pass --public "
+                                             r"\(push_dataset: private=False\)$"):
+            hub_dataset.push_dataset(tmp_path / "d", "me/imagenet", token=hub.token)
+        modeling.check_hub_ready("me/new", private=True)  # no repo yet: created private at the push
+        assert [len(hub.repo(r, t).log) for r, t in [("me/tiny", "model"), ("me/imagenet", "dataset")]] == [1, 1]
+        assert not any(method == "PUT" or path.endswith(("/commit/main", "/preupload/main"))
+                       for method, path in hub.requests)
+        modeling.push_to_hub(folder, "me/tiny", token=hub.token)  # public asked: pushes
+        hub.repo("me/imagenet", "dataset").private = True
+        hub_dataset.push_dataset(tmp_path / "d", "me/imagenet", token=hub.token)
+        assert "data/train-00000-of-00001.parquet" in hub.repo("me/imagenet", "dataset").files
+        assert len(hub.repo("me/tiny").log) == 2 and not hub.unhandled
+
+
+def test_a_model_pushed_over_another_deletes_its_eval_results_and_code_in_the_same_commit(monkeypatch, tmp_path):
+    """Model A's .eval_results/ and a top-level *.py of another architecture would show A's accuracy and code beside
+    B's weights: the push of B deletes them in its one commit; the user's other files (an image, a script in a
+    folder) and B's own files stay."""
+    a = tiny_export(tmp_path / "a", 0, {"top1": 81.5, "top5": 95.0, "n": 100})
+    b = tiny_export(tmp_path / "b", 1)
+    assert (a / ".eval_results").is_dir() and not (b / ".eval_results").exists()
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        modeling.push_to_hub(a, "me/tiny", token=hub.token)
+        user = {"old_family.py": b"# another architecture\n", "assets/logo.png": b"\x89PNG\0",
+                "scripts/demo.py": b"print('demo')\n"}
+        HfApi(token=hub.token).create_commit("me/tiny", [CommitOperationAdd(p, d) for p, d in user.items()],
+                                             commit_message="user files")
+        modeling.push_to_hub(b, "me/tiny", token=hub.token, commit_message="B")
+        repo = hub.repo("me/tiny")
+        assert sorted(repo.files) == sorted({".gitattributes", "assets/logo.png", "scripts/demo.py", *files_of(b)})
+        assert {p: repo.files[p] for p in files_of(b) if p != "README.md"} == \
+            {p: d for p, d in files_of(b).items() if p != "README.md"}  # the card: its repo id filled in
+        assert [summary for _, summary in repo.log][-2:] == ["user files", "B"] and not hub.unhandled
+        modeling.push_to_hub(a, "me/tiny", token=hub.token, commit_message="A again")  # its own files come back
+        assert {p: d for p, d in files_of(a).items() if p != "README.md"}.items() <= repo.files.items()
+
+
+def test_a_bad_token_or_a_silent_hub_is_refused_at_start_up_and_a_stalled_push_ends_in_one_line(monkeypatch,
+                                                                                               tmp_path):
+    """check_hub_ready asks the Hub who the token is: a 401 is one line before training; a Hub behind a firewall
+    that takes the connection and never answers is one line after HUB_CHECK_S. A push to it ends after HUB_STALL_S
+    without progress in the push's one-line error with its retry hint, not a hang; the token is never shown."""
+    import socket
+
+    from huggingface_hub import get_session
+
+    folder = tiny_export(tmp_path / "m", 0)
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        monkeypatch.setenv("HF_TOKEN", "hf_wrongsecret")
+        with pytest.raises(ValueError) as e:
+            modeling.check_hub_ready("me/tiny")
+        assert str(e.value).startswith("cannot push to 'me/tiny': the Hub refuses the Hugging Face token (401")
+        assert "hf_wrongsecret" not in str(e.value) and ("GET", "/api/whoami-v2") in hub.requests
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        modeling.check_hub_ready("me/tiny")
+        assert not hub.unhandled
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    point_this_process_at(type("Silent", (), {"endpoint": endpoint}), monkeypatch, tmp_path / "home")
+    monkeypatch.setenv("HF_TOKEN", "hf_secretsecret")
+    monkeypatch.setattr(modeling.hub, "HUB_CHECK_S", 0.5)
+    monkeypatch.setattr(modeling.hub, "HUB_STALL_S", 0.5)
+    before, start = get_session().timeout, time.monotonic()
+    try:
+        with pytest.raises(ValueError) as e:
+            modeling.check_hub_ready("me/tiny")
+        assert str(e.value) == (f"cannot push to 'me/tiny': the Hub ({endpoint}) gave no answer within 0.5 s (a "
+                                f"firewall or proxy dropping the connection?); fix the network from this machine or "
+                                f"do not ask for a push")
+        with pytest.raises(OSError) as e:
+            modeling.push_to_hub(folder, "me/tiny")
+    finally:
+        silent.close()
+    assert time.monotonic() - start < 30 and get_session().timeout == before
+    message = str(e.value)
+    assert message.startswith(f"push of {folder} to 'me/tiny' failed (ReadTimeout: no answer for 0.5 s); the folder "
+                              f"is unchanged, retry with modeling.push_to_hub"), message
+    assert "\n" not in message and "hf_secretsecret" not in message

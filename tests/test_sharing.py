@@ -293,10 +293,14 @@ def test_dataset_push_then_load_by_hub_id(preprocessed, parquet_copy, monkeypatc
 
         head = repo.commit
         monkeypatch.setenv("HF_TOKEN", "hf_wrongsecret")
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(SystemExit) as e:  # refused by the start-up check (whoami), before any export
             hub_dataset.main(["--dataset", str(parquet_copy.parent / "imagenet"), "--output_dir", str(out),
                               "--push_to_hub", "me/imagenet"])
-        message = str(e.value.code)
+        assert str(e.value.code).startswith("error: cannot push to 'me/imagenet': the Hub refuses the Hugging Face "
+                                            "token (401: invalid or expired)"), e.value.code
+        with pytest.raises(OSError) as e:
+            hub_dataset.push_dataset(out, "me/imagenet", token="hf_wrongsecret")
+        message = f"error: {e.value}"
         assert message.startswith(f"error: push of {out} to dataset 'me/imagenet' failed (HfHubHTTPError: "), message
         assert "'401 Unauthorized'" in message and "\n" not in message and "hf_wrongsecret" not in message
         assert "the Hub says: Invalid credentials in Authorization header" in message  # its reason, kept
