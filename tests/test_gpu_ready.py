@@ -311,8 +311,8 @@ def test_loader_workers_start_from_a_server_not_from_the_training_process(prepro
                                            "--num_workers", "1", "--batch_size", "4", "--image_size", "32"])
     ds, _ = train.load_data(cfg.dataset, cfg.eval_split)
     bad = BadSamples({"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples)
-    loaders = train.build_loaders(cfg, ds, {"crop_pct": 0.875, "interpolation": "bilinear"}, Accelerator(cpu=True),
-                                  bad)
+    data_cfg = {"crop_pct": 0.875, "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406)}  # timm's, as main's
+    loaders = train.build_loaders(cfg, ds, data_cfg, Accelerator(cpu=True), bad)
     for loader, kind in zip(loaders, (RingBatch, tuple)):  # train's through the ring
         assert loader.multiprocessing_context.get_start_method() == "forkserver"
         batches = iter(loader)
