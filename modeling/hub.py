@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 import zlib
 from collections import Counter
@@ -44,8 +45,8 @@ import safetensors.torch
 import timm
 import torch
 import yaml
-from huggingface_hub import (CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, get_session, get_token,
-                             hf_hub_download)
+from huggingface_hub import (CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, get_token, hf_hub_download,
+                             set_client_factory)
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
@@ -533,19 +534,33 @@ def refuse_public(api: HfApi, repo_id: str, repo_type: str, timeout: float) -> N
                          f"({hf_constants.ENDPOINT}/{'datasets/' if dataset else ''}{repo_id}/settings) or {how}")
 
 
+_STALL_LOCK = threading.RLock()  # one stall_limit block at a time in this process (the client factory is global)
+
+
 @contextmanager
 def stall_limit(seconds: float):
-    """Within this block, each connect, read and write of huggingface_hub's shared HTTP client gives up after
-    ``seconds`` without progress. The client waits forever by default (``default_client_factory`` in
-    huggingface_hub/utils/_http.py: timeout=None), so a firewall that drops packets after the handshake would hold a
-    push for good. Calls that pass their own timeout (``repo_info``'s None) are not covered: pass one."""
-    session = get_session()
-    before = session.timeout
-    session.timeout = seconds  # httpx: one number is the connect, read, write and pool limit
-    try:
-        yield
-    finally:
-        session.timeout = before
+    """Within this block, each connect, read and write of huggingface_hub's HTTP client gives up after ``seconds``
+    without progress. Its client waits forever by default (``default_client_factory`` in huggingface_hub/utils/
+    _http.py: timeout=None), so a firewall that drops packets after the handshake would hold a push for good. The
+    limit goes into the client factory, wrapped around the one in place (a user's proxy settings stay): after a
+    connection error huggingface_hub's retries build a new client from it (``close_session``), which a limit set on
+    the old client alone would not reach. Blocks in other threads wait for this one (nested ones in this thread
+    do not). Calls that pass their own timeout (``repo_info``'s None) are not covered: pass one."""
+    from huggingface_hub.utils import _http  # the factory in place: huggingface_hub has no public getter for it
+
+    with _STALL_LOCK:
+        previous = _http._GLOBAL_CLIENT_FACTORY
+
+        def limited():
+            client = previous()
+            client.timeout = seconds  # httpx: one number is the connect, read, write and pool limit
+            return client
+
+        set_client_factory(limited)  # closes the current client: the next call builds a limited one
+        try:
+            yield
+        finally:
+            set_client_factory(previous)
 
 
 def _timed_out(e: BaseException) -> bool:

@@ -328,3 +328,38 @@ def test_a_bad_token_or_a_silent_hub_is_refused_at_start_up_and_a_stalled_push_e
     assert message.startswith(f"push of {folder} to 'me/tiny' failed (ReadTimeout: no answer for 0.5 s); the folder "
                               f"is unchanged, retry with modeling.push_to_hub"), message
     assert "\n" not in message and "hf_secretsecret" not in message
+
+
+def test_the_stall_limit_survives_the_new_client_a_connection_error_brings():
+    """huggingface_hub's retries close their HTTP client after a connection error and build another from the client
+    factory: the stall limit is in the factory, so a Hub that refuses a connect and then takes one and never answers
+    still ends in a timeout, not a hang; after the block the factory is as before."""
+    import socket
+    import threading
+
+    from huggingface_hub.utils import _http, http_backoff
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # closed: the first connect is refused
+    taken = []
+
+    def black_hole():
+        time.sleep(0.3)
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen(8)  # the kernel completes the handshakes; nothing ever answers
+        taken.append(server)
+
+    threading.Thread(target=black_hole, daemon=True).start()
+    factory, start = _http._GLOBAL_CLIENT_FACTORY, time.monotonic()
+    try:
+        with pytest.raises(Exception) as e, modeling.hub.stall_limit(0.5):
+            http_backoff("GET", f"http://127.0.0.1:{port}/api/whoami-v2", max_retries=2, base_wait_time=0.5)
+    finally:
+        for server in taken:
+            server.close()
+    assert taken and modeling.hub._timed_out(e.value), repr(e.value)
+    assert time.monotonic() - start < 10 and _http._GLOBAL_CLIENT_FACTORY is factory
