@@ -18,7 +18,7 @@ import shutil
 import zlib
 from pathlib import Path
 
-from .runinfo import atomic_write_text
+from .runinfo import atomic_write_bytes, atomic_write_text
 
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
 CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py notes a change
@@ -187,8 +187,8 @@ def set_aside_later_rows(metrics: Path, step: int, folder: Path) -> tuple[int, i
     if not later:
         return 0, 0
     later[-1] = later[-1].rstrip(b"\n") + b"\n"
-    write_durably(Path(folder) / metrics.name, b"".join(later))
-    atomic_write_text(metrics, b"".join(keep).decode())  # every kept line decoded as a row
+    atomic_write_bytes(Path(folder) / metrics.name, b"".join(later))
+    atomic_write_bytes(metrics, b"".join(keep))
     return len(later) - damaged, damaged
 
 
@@ -199,16 +199,6 @@ def row_of(line: bytes) -> dict | None:
     except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
         return None
     return row if isinstance(row, dict) else None
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """``data`` into a new file ``path`` (its folder made), on disk before this returns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(path.parent)
 
 
 def rows_of(metrics: Path) -> list[dict]:

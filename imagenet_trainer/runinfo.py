@@ -21,12 +21,17 @@ LIBRARIES = ("torch", "torchvision", "timm", "accelerate", "datasets", "transfor
 
 def atomic_write_text(path, text: str) -> None:
     """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new one, never half."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """``atomic_write_text`` of bytes (a file kept byte for byte, lines that are no UTF-8 included)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; other users of a shared dataset must read it
