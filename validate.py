@@ -467,15 +467,9 @@ def edited_config_note(folder: Path) -> str | None:
     """A note when a checkpoint's config.yaml is not the one sealed with it (size or CRC-32 in checkpoint_files.json):
     its eval settings are read as they are now, which an edit means and a damaged byte does not (the state files are
     checked in full by ``load_checkpoint``; a resume refuses such a config.yaml)."""
-    try:
-        saved = json.loads((folder / checkpoints.FILE_LIST).read_text()).get(checkpoints.CONFIG)
-        config = folder / checkpoints.CONFIG
-        if not isinstance(saved, dict) or not config.is_file():
-            return None
-        if config.stat().st_size == saved.get("bytes") and saved.get("crc32", None) in (None, checkpoints.crc32(config)):
-            return None
-    except (OSError, ValueError, AttributeError):
-        return None  # no seal to compare with: load_checkpoint names a damaged list
+    config = folder / checkpoints.CONFIG
+    if not config.is_file() or checkpoints.problem(folder, config=True, only=checkpoints.CONFIG) is None:
+        return None
     return (f"note: {config} is not the one saved with the checkpoint (its size or CRC-32 differs): scoring with the "
             "settings it holds now (an edit; if not, a damaged copy: the run's own config.yaml has them)")
 

@@ -75,11 +75,12 @@ def crc32(path: Path) -> int:
     return crc
 
 
-def problem(folder: Path, config: bool = False) -> str | None:
+def problem(folder: Path, config: bool = False, only: str | None = None) -> str | None:
     """Why ``folder`` is not a complete checkpoint (naming the file), or None. A folder without FILE_LIST (saved by
     another tool) is taken as it is: nothing to check it against; a list of sizes without CRCs checks the sizes.
     ``config``: CONFIG too, where the list has it (a resume's check: it reads its settings from there); without it
-    the state files alone (validate.py, which lets a reader edit a checkpoint's eval settings in CONFIG)."""
+    the state files alone (validate.py, which lets a reader edit a checkpoint's eval settings in CONFIG).
+    ``only``: that listed file alone (none when unlisted)."""
     folder = Path(folder)
     listed = folder / FILE_LIST
     if not listed.is_file():
@@ -95,6 +96,8 @@ def problem(folder: Path, config: bool = False) -> str | None:
         return f"{listed} is damaged"
     if not config:
         files.pop(CONFIG, None)
+    if only is not None:
+        files = {only: files[only]} if only in files else {}
     for name, saved in files.items():  # every size first: a truncated file is named without reading the others
         path = folder / name
         if not path.is_file():
