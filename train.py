@@ -466,14 +466,17 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     (images that do not decode) to `bad`."""
     eval_size = cfg.eval_image_size or cfg.image_size
     try:
-        ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
-        train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0), progressive=ramp,
-                             auto_augment=cfg.auto_augment or None)
         # the architecture's own eval transform, crop_mode included (squash for tf_efficientnetv2_*, ...): the one its
         # export's pretrained_cfg names, so validate.py and timm's create_transform score what metrics.jsonl says
         eval_set = EvalSet(ds[cfg.eval_split], eval_size, crop_pct=data_cfg["crop_pct"],
                            interpolation=data_cfg["interpolation"], crop_mode=data_cfg.get("crop_mode") or "center",
                            mean=data_cfg["mean"])
+    except ValueError as e:  # the split's columns are checked by load_data: this is the model's crop_pct, ...
+        raise SystemExit(f"error: --model {cfg.model}: its pretrained_cfg eval transform: {e}") from None
+    try:
+        ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
+        train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0), progressive=ramp,
+                             auto_augment=cfg.auto_augment or None)
         sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
                                    rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
     except ValueError as e:  # the flags TrainSet takes are checked by TrainConfig: this is the sampler's batching

@@ -523,8 +523,8 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
     if cfg.num_workers < -1:
         raise SystemExit(f"error: --num_workers must be >= 0, or -1 (the cores this process may use, less one), "
                          f"got {cfg.num_workers}")
-    if not 0 <= cfg.crop_pct <= 1:
-        raise SystemExit(f"error: --crop_pct must be in (0, 1] (0 = the model's own), got {cfg.crop_pct}")
+    if not 0 <= cfg.crop_pct <= 2:  # above 1 the crop is padded, as timm evaluates volo_d5_512 (1.15)
+        raise SystemExit(f"error: --crop_pct must be in (0, 2] (0 = the model's own), got {cfg.crop_pct}")
     if cfg.mixed_precision and cfg.mixed_precision.lower() not in PRECISIONS:
         raise SystemExit(f"error: --mixed_precision must be one of {', '.join(PRECISIONS)}, "
                          f"got {cfg.mixed_precision!r}")

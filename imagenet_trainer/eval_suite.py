@@ -345,12 +345,16 @@ def run(cfg, accelerator, load_model) -> dict:
 
 def eval_transform(cfg, data_cfg: dict, model) -> dict:
     """The model's eval transform (timm's data config) with validate.py's flags applied; a crop mode timm does not
-    have (a hand-edited config.json) is one line."""
+    have or a crop_pct <= 0 (a hand-edited config.json) is one line."""
     crop_mode = data_cfg.get("crop_mode") or "center"
     if crop_mode not in CROP_MODES:
         raise SystemExit(f"error: --model {cfg.model}: its pretrained_cfg crop_mode {crop_mode!r} is none of timm's "
                          f"{', '.join(CROP_MODES)}; correct its config.json")
-    return {"crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "crop_mode": crop_mode,
+    crop_pct = cfg.crop_pct or data_cfg["crop_pct"]  # --crop_pct's range is check_flags'
+    if not crop_pct > 0:  # timm's resolve_data_config already turns 0 into its default 0.875
+        raise SystemExit(f"error: --model {cfg.model}: its pretrained_cfg crop_pct {crop_pct} is not > 0 (0.875 "
+                         "typical); correct its config.json or give --crop_pct")
+    return {"crop_pct": crop_pct, "crop_mode": crop_mode,
             "interpolation": data_cfg["interpolation"], "mean": data_cfg["mean"], "std": data_cfg["std"],
             "memory_format": torch.channels_last if cfg.channels_last else torch.contiguous_format,
             "flip": getattr(model, "eval_flip", False) if cfg.flip is None else cfg.flip}

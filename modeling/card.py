@@ -331,8 +331,9 @@ def preprocessing(pcfg: dict) -> str:
            "squash": f"resize both sides to {resize} px, the aspect ratio not kept",
            "border": f"resize the longer side to {resize} px, pad to at least {size} px with the mean color"}
     named = f", crop_mode {mode}" if mode != "center" else ""
+    padded = " padded with black" if mode != "border" and resize < size else ""  # crop_pct > 1: torchvision pads 0
     return (f"{how.get(mode, f'crop_mode {mode}')} ({pcfg.get('interpolation', 'bilinear')}), "
-            f"center-crop {size}x{size} (crop_pct {pcfg.get('crop_pct')}{named})")
+            f"center-crop {size}x{size}{padded} (crop_pct {pcfg.get('crop_pct')}{named})")
 
 
 def _install_line() -> str:

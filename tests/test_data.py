@@ -16,13 +16,21 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 import skimage.data
+import timm
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 import turbojpeg
+from accelerate import Accelerator
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from timm.models import get_pretrained_cfg
 
-from imagenet_trainer import demo_archives, ilsvrc
+import train
+import validate
+from imagenet_trainer import demo_archives, eval_suite, ilsvrc
+from imagenet_trainer.bad_samples import BadSamples
+from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing,
                                    random_resized_crop_params, sample_rng)
@@ -497,11 +505,91 @@ def test_evalset_matches_classic_resize_centercrop(ds, photos, interpolation):
         assert diff < 1.0, (name, diff)
 
 
+def _resized(height: int, width: int, side: int, crop_mode: str) -> tuple[int, int]:
+    """(height, width) px timm resizes an image to before its crop, with s = floor(size / crop_pct) = ``side``:
+    Resize(s) scales the shorter side to s, squash both, border (ResizeKeepRatio longest=1) the longer."""
+    short, long = sorted((height, width))
+    if crop_mode == "squash":
+        return side, side
+    pair = (side, int(side * long / short)) if crop_mode == "center" else (round(short * side / long), side)
+    return pair if height <= width else pair[::-1]
+
+
+@pytest.mark.parametrize("tag,crop_mode", [("volo_d5_512.sail_in1k", "center"), ("volo_d4_448.sail_in1k", "center"),
+                                           ("volo_d4_448.sail_in1k", "squash"), ("volo_d4_448.sail_in1k", "border")])
+def test_evalset_crop_pct_above_1_pads_as_timms_create_transform(ds, photos, tag, crop_mode):
+    """timm's volo_d4_448/volo_d5_448/volo_d5_512 weights have crop_pct 1.15: the image is resized to
+    floor(size / 1.15) px and CenterCrop pads it to the crop with black (CenterCropOrPad with the mean colour in
+    border mode), the smaller half top/left. Compared, normalised, with create_transform of the weights' own
+    pretrained_cfg on landscape, portrait, square, big and small photos: the same pixels and the same band of
+    padding, exactly the fill."""
+    data_cfg = {**resolve_data_config(pretrained_cfg=get_pretrained_cfg(tag).to_dict()), "crop_mode": crop_mode}
+    size, mean, std = data_cfg["input_size"][-1], torch.tensor(data_cfg["mean"]), torch.tensor(data_cfg["std"])
+    timms = create_transform(**data_cfg, is_training=False)
+    evalset = EvalSet(ds["validation"], size, data_cfg["crop_pct"], data_cfg["interpolation"], crop_mode=crop_mode,
+                      mean=data_cfg["mean"])
+    fill = (mean * 255).round().to(torch.uint8) if crop_mode == "border" else torch.zeros(3, dtype=torch.uint8)
+    for name in ["chelsea", "coffee", "astronaut", "retina", "hubble_small"]:  # landscape, portrait, square, ...
+        x, _ = evalset[_index(photos, name)]
+        image = _pil(photos[name])
+        ref = timms(image)
+        assert x.dtype == torch.uint8 and x.shape == ref.shape == (3, size, size)
+        ours = normalize(x[None], data_cfg["mean"], data_cfg["std"])[0]
+        grey_levels = (ours - ref).abs() * std.view(3, 1, 1) * 255
+        # squash scales coffee up one way and down the other: 4-5 grey levels off at crop_pct 1 as well
+        worst = 5 if crop_mode == "squash" else 2
+        assert grey_levels.mean() < 1.0 and grey_levels.max().round() <= worst, (name, grey_levels.max())  # float32
+        # the rows (cols) all of the fill colour: the padding, (crop - side) // 2 before and the rest after
+        # (torchvision's split), in both; these photos have no such rows of their own
+        ref_u8 = ((ref * std.view(3, 1, 1) + mean.view(3, 1, 1)) * 255).round().to(torch.uint8)
+        shape = _resized(image.height, image.width, math.floor(size / data_cfg["crop_pct"]), crop_mode)
+        for axis, side in zip((1, 0), shape):
+            pad = max(size - side, 0)
+            expected = torch.zeros(size, dtype=torch.bool)
+            expected[:pad // 2] = expected[size - (pad - pad // 2):] = True
+            for image_u8 in (x, ref_u8):
+                assert torch.equal((image_u8 == fill.view(3, 1, 1)).all(0).all(axis), expected), (name, axis)
+
+
+def test_train_names_the_models_eval_transform_not_the_batch_flags(ds):
+    """A bad crop_pct in the model's pretrained_cfg is the model's line; only the sampler's batching gets the
+    --batch_size/--grad_accum_steps hint."""
+    def loaders(crop_pct, *flags):
+        cfg = parse_config(train.TrainConfig, ["--model", "resnet10t", "--dataset", "unused", "--image_size", "32",
+                                               "--num_workers", "0", *flags])
+        data_cfg = {"crop_pct": crop_pct, "interpolation": "bicubic", "mean": MEAN}
+        bad = BadSamples({"train": ds["train"], "validation": ds["validation"]}, cfg.max_bad_samples)
+        return train.build_loaders(cfg, ds, data_cfg, Accelerator(cpu=True), bad)
+
+    assert loaders(1.15, "--batch_size", "4")[1].dataset.resize_size == 27  # volo_d5_512's crop_pct: floor(32 / 1.15)
+    with pytest.raises(SystemExit) as bad_crop:
+        loaders(-1.0, "--batch_size", "4")
+    assert str(bad_crop.value).startswith("error: --model resnet10t: its pretrained_cfg eval transform: crop_pct=-1.0")
+    assert "--batch_size" not in str(bad_crop.value) and "\n" not in str(bad_crop.value)
+    with pytest.raises(SystemExit, match=r"\(check --batch_size, --grad_accum_steps\)$"):
+        loaders(0.875, "--batch_size", "64")  # more than the 12 train images
+
+
+def test_validate_takes_the_models_crop_pct_above_1_and_refuses_one_below_0_in_one_line():
+    """validate.py's eval transform: volo_d5_512's crop_pct 1.15 is the model's own; a hand-edited config.json's
+    negative one is a line naming the model (timm's resolve_data_config already reads 0 as its default, 0.875)."""
+    cfg = parse_config(validate.ValidateConfig, ["--model", "local-dir:volo", "--dataset", "unused"])
+    model = timm.create_model("resnet10t", num_classes=3)
+    data_cfg = resolve_data_config(pretrained_cfg=get_pretrained_cfg("volo_d5_512.sail_in1k").to_dict())
+    assert eval_suite.eval_transform(cfg, data_cfg, model)["crop_pct"] == 1.15
+    with pytest.raises(SystemExit, match=r"^error: --model local-dir:volo: its pretrained_cfg crop_pct -1.0 is not > 0 "
+                                         r"\(0.875 typical\); correct its config.json or give --crop_pct$"):
+        eval_suite.eval_transform(cfg, {**data_cfg, "crop_pct": -1.0}, model)
+
+
 def test_bad_arguments_are_one_line_errors(ds):
     with pytest.raises(ValueError, match="auto_augment"):
         TrainSet(ds["train"], 224, 0, auto_augment="aa")
     with pytest.raises(ValueError, match="interpolation"):
         EvalSet(ds["validation"], 224, interpolation="lanczos")
+    for crop_pct in (0.0, -0.875, float("nan"), 225.0):  # above the image size: a 0 px resized side
+        with pytest.raises(ValueError, match=r"^crop_pct=\S+: must be > 0 [^\n]*$"):
+            EvalSet(ds["validation"], 224, crop_pct=crop_pct)
     with pytest.raises(ValueError, match="label"):
         EvalSet(ds["validation"].remove_columns("label"), 224)
     garbage = _split({"garbage": b"\xff\xd8 not a jpeg at all", "empty": b"x"})

@@ -47,3 +47,13 @@ def test_card_snippets_state_the_strides_and_embedding_width_the_export_gives(na
     with torch.no_grad():
         embedding = modeling.load_model(folder, num_classes=0)(torch.randn(1, 3, 96, 96))
     assert embedding.shape == (1, int(width.group(1)))
+
+
+@pytest.mark.parametrize("crop_pct, mode, padded", [(1.15, "center", True), (1.15, "squash", True),
+                                                    (1.15, "border", False), (0.875, "center", False)])
+def test_card_says_a_crop_larger_than_the_resized_image_is_padded(crop_pct, mode, padded):
+    """timm's volo_d5_512 (crop_pct 1.15) resizes to 445 px and centre-crops 512: 67 rows of black in every image."""
+    from modeling.card import preprocessing
+    words = preprocessing({"input_size": (3, 512, 512), "crop_pct": crop_pct, "crop_mode": mode,
+                           "interpolation": "bicubic"})
+    assert ("padded with black" in words) == padded, words

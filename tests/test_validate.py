@@ -321,6 +321,10 @@ def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
         assert message == f"error: --{flag} must be at least {low}, got {value}"
     assert error_of(final, preprocessed, "--num_workers", -2) == (
         "error: --num_workers must be >= 0, or -1 (the cores this process may use, less one), got -2")
+    assert error_of(final, preprocessed, "--crop_pct", 3) == (
+        "error: --crop_pct must be in (0, 2] (0 = the model's own), got 3.0")
+    # above 1 the resized image is smaller than the crop and padded, as timm evaluates volo_d5_512 (crop_pct 1.15)
+    assert evaluate(final, preprocessed, "--crop_pct", 1.15)["crop_pct"] == 1.15
 
     # a model for 10 classes on the 4-class dataset: export and checkpoint
     ten = modeling.create_model(TINY, num_classes=10)

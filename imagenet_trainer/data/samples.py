@@ -11,8 +11,8 @@ crop, label); ``TrainSet.sample`` adds which row stood in for one that does not 
   and cropped with the failed row's own random stream: the same choice on resume and on any process count. The
   main process records it (``bad_samples.py``).
 - ``EvalSet``: timm's eval transform, the classic Resize(shorter side to image_size / crop_pct) + CenterCrop or its
-  ``crop_mode`` squash / border; a row that does not decode comes back with label ``-(index + 1)``, left out of the
-  scores and reported (``metrics.evaluate``).
+  ``crop_mode`` squash / border (crop_pct > 1: padded, as timm pads); a row that does not decode comes back with
+  label ``-(index + 1)``, left out of the scores and reported (``metrics.evaluate``).
 """
 from __future__ import annotations
 
@@ -189,7 +189,9 @@ class EvalSet(torch.utils.data.Dataset):
       colour (``round(255 * mean)``, timm's fill), centre crop (timm's ``ResizeKeepRatio(longest=1)`` +
       ``CenterCropOrPad``).
 
-    Big photos decode at a DCT reduction first."""
+    crop_pct > 1 (timm's volo_d4_448, volo_d5_448, volo_d5_512: 1.15) makes s smaller than image_size: center and
+    squash then pad the resized image with black (0), as torchvision's ``CenterCrop`` does, before the crop; border
+    pads with its mean colour. Big photos decode at a DCT reduction first."""
 
     def __init__(self, split: datasets.Dataset, image_size: int, crop_pct: float = 0.875,
                  interpolation: str = "bilinear", crop_mode: str = "center", mean=(0.485, 0.456, 0.406)):
@@ -197,12 +199,15 @@ class EvalSet(torch.utils.data.Dataset):
             raise ValueError(f"interpolation={interpolation!r}: use one of {INTERPOLATIONS}")
         if crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode={crop_mode!r}: use one of timm's {', '.join(CROP_MODES)}")
-        if not 0 < crop_pct <= 1:
-            raise ValueError(f"crop_pct={crop_pct}: must be in (0, 1]")
+        if not 0 < crop_pct <= image_size:  # NaN included; above image_size the resized side would be 0 px
+            raise ValueError(f"crop_pct={crop_pct}: must be > 0 (the crop side over the resized side: 0.875 typical, "
+                             f"above 1 pads the crop) and at most the image size, {image_size}")
         self.rows = Rows(split)
         self.image_size, self.interpolation, self.crop_mode = image_size, interpolation, crop_mode
         self.resize_size = math.floor(image_size / crop_pct)
-        self.fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8)  # border mode's padding, 0..255
+        # the padding colour, 0..255: timm's CenterCropOrPad fill in border mode, CenterCrop's black otherwise
+        fill = [round(255 * m) for m in mean] if crop_mode == "border" else [0, 0, 0]
+        self.fill = torch.tensor(fill, dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -233,7 +238,7 @@ class EvalSet(torch.utils.data.Dataset):
         # Resizing the whole (reduced) image then cropping reproduces the classic pipeline exactly, borders included
         resized = resize_uint8(torch.from_numpy(pixels), (new_h, new_w), self.interpolation).permute(1, 2, 0)
         size = self.image_size
-        if new_h < size or new_w < size:  # border mode only: timm's CenterCropOrPad pads, the smaller half top/left
+        if new_h < size or new_w < size:  # border mode or crop_pct > 1: pad, the smaller half top/left (torchvision)
             pad_h, pad_w = max(size - new_h, 0), max(size - new_w, 0)
             canvas = self.fill.expand(new_h + pad_h, new_w + pad_w, 3).clone()
             canvas[pad_h // 2:pad_h // 2 + new_h, pad_w // 2:pad_w // 2 + new_w] = resized
