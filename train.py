@@ -55,6 +55,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.api import CheckpointException
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
@@ -583,22 +584,18 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
         set_aside_later(accelerator, ckpt_dir, 0)
         return None
-    if (other := checkpoints.setting_mismatch(path, cfg)) is not None:
-        raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
+    # the launch config first: a checkpoint of another one would be told to change flags this launch then refuses
+    # (a DDP checkpoint's EMA, which FSDP runs without)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    for other in (checkpoints.launch_mismatch(path, fsdp), checkpoints.setting_mismatch(path, cfg)):
+        if other is not None:
+            raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
     batching, samples = dict(state.batching), state.train_samples
     flags = [{k: group[k] for k in OPTIMIZER_FLAGS if k in group} for group in optimizer.param_groups]
     try:
         accelerator.load_state(str(path))
-    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as e:
-        if isinstance(e, SafetensorError) or "PytorchStreamReader" in str(e):  # a file that lost its end
-            then = (f"move it out of {ckpt_dir}, then --resume_from_checkpoint latest takes the one before"
-                    if cfg.resume_from_checkpoint == "latest" else
-                    "--resume_from_checkpoint latest takes the newest complete one")  # unsealed: found by the load
-            raise SystemExit(f"error: --resume_from_checkpoint {path} is damaged ({str(e).splitlines()[0][:200]}); "
-                             f"{then}") from None
-        raise SystemExit(f"error: --resume_from_checkpoint {path} does not fit this run "
-                         f"({str(e).splitlines()[0][:200]}); resume with the flags of {ckpt_dir.parent}/config.yaml"
-                         ) from None
+    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError, CheckpointException) as e:
+        raise SystemExit(load_failure(e, path, cfg.resume_from_checkpoint, ckpt_dir)) from None
     check_train_set(path, cfg.dataset, samples, state)
     if state.batching != batching:  # elastic: another process count with the same global micro-batches
         try:
@@ -626,6 +623,29 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)
     return path
+
+
+def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: Path) -> str:
+    """resume's one line for a load_state that failed on the checkpoint `path`: damaged, where a file lost its end
+    (safetensors' SafetensorError; torch.load's PytorchStreamReader error, or EOFError where an FSDP rank reads its
+    part past the end of a shard), else a checkpoint this run does not fit. Under FSDP `error` is
+    torch.distributed.checkpoint's CheckpointException, whose text is every rank's traceback: the ranks' own errors
+    are read instead (checkpoints.causes)."""
+    found = [e for e in checkpoints.causes(error) if not isinstance(e, CheckpointException)] or [error]
+    damaged = [e for e in found if isinstance(e, (SafetensorError, EOFError)) or "PytorchStreamReader" in str(e)]
+    if damaged:
+        then = (f"move it out of {ckpt_dir}, then --resume_from_checkpoint latest takes the one before"
+                if resume_from == "latest" else
+                "--resume_from_checkpoint latest takes the newest complete one")  # unsealed: found by the load
+        said = next((first_line(e) for e in damaged if str(e)), "a file ends before its data: EOFError")
+        return f"error: --resume_from_checkpoint {path} is damaged ({said}); {then}"
+    return (f"error: --resume_from_checkpoint {path} does not fit this run ({first_line(found[0])}); resume with the "
+            f"flags of {ckpt_dir.parent}/config.yaml")
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line for a one-line message (200 characters at most); its type where it has no text."""
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
 def forget_best_exported_elsewhere(accelerator: Accelerator, state: TrainState, ckpt_dir: Path) -> None:
@@ -939,7 +959,9 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
         if accelerator.is_main_process:       # own eval settings
             share_tree(tmp)  # safetensors writes model.safetensors 0600: teammates must read checkpoints too
             checkpoints.seal(tmp)  # the file sizes, last: a folder without them is an unfinished save
-    except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError, torch.save's RuntimeError: no errno)
+    # safetensors' SafetensorError, torch.save's RuntimeError: no errno; under FSDP torch.distributed.checkpoint's
+    # CheckpointException, no Exception, with each rank's error inside (checkpoints.is_disk_full reads them)
+    except (Exception, CheckpointException) as e:  # noqa: BLE001
         if not (checkpoints.is_disk_full(e) or checkpoints.nearly_full(ckpt_dir)):
             raise
         if accelerator.is_main_process:

@@ -283,16 +283,73 @@ def setting_mismatch(folder: Path, cfg) -> str | None:
             f"resume with the checkpoint's settings, or start a new --output_dir")
 
 
+# accelerate's save_state writes the model as FSDP_MODEL_NAME shards under FSDP (pytorch_model_fsdp_0/ for
+# SHARDED_STATE_DICT, pytorch_model_fsdp_0.bin for FULL_STATE_DICT), as one file otherwise (safe_serialization on,
+# off); load_state reads only the one its own launch writes (accelerate/utils/constants.py, accelerator.py)
+FSDP_MODEL, WHOLE_MODEL = "pytorch_model_fsdp", ("model.safetensors", "pytorch_model.bin")
+# run_info.json's distributed_type of a launch without FSDP: what it was, and the launch configs that give it
+WITHOUT_FSDP = {"DistributedType.MULTI_GPU": ("DDP", "accelerate_configs/multi_gpu.yaml or multi_node.yaml"),
+                "DistributedType.MULTI_CPU": ("DDP on CPUs", "accelerate_configs/cpu_ddp.yaml"),
+                "DistributedType.NO": ("one process", "accelerate_configs/single_gpu.yaml or cpu.yaml")}
+
+
+def saved_under_fsdp(folder: Path) -> bool | None:
+    """Whether the checkpoint ``folder`` holds its model as FSDP shards (True) or as one file (False); None when it
+    holds neither (load_state then names what it misses)."""
+    names = {p.name for p in Path(folder).iterdir()} if Path(folder).is_dir() else set()
+    if any(name.startswith(FSDP_MODEL) for name in names):
+        return True
+    return False if names & set(WHOLE_MODEL) else None
+
+
+def launch_mismatch(folder: Path, fsdp: bool) -> str | None:
+    """How the checkpoint ``folder``'s model files differ from what this launch (``fsdp``: under FSDP) loads, as
+    "was saved under/without FSDP (the launch config); resume with ..."; None when they agree or it holds neither."""
+    saved = saved_under_fsdp(folder)
+    if saved is None or saved == fsdp:
+        return None
+    if saved:
+        shards = min(p for p in Path(folder).iterdir() if p.name.startswith(FSDP_MODEL))
+        return (f"was saved under FSDP (accelerate_configs/fsdp.yaml: its model is in {shards.name}"
+                f"{'/' * shards.is_dir()}), this launch runs without FSDP; resume with that --config_file")
+    try:
+        info = json.loads((Path(folder) / UNLISTED[0]).read_text())
+        kind, configs = WITHOUT_FSDP[info["distributed_type"]]
+        how = f"{kind}, {info['num_processes']} process{'es' * (info['num_processes'] != 1)}: {configs}"
+    except (OSError, ValueError, TypeError, KeyError):  # no run_info.json, or one edited: the configs it may be
+        how = "DDP or one process: accelerate_configs/multi_gpu.yaml, single_gpu.yaml, cpu_ddp.yaml or cpu.yaml"
+    model = next(name for name in WHOLE_MODEL if (Path(folder) / name).exists())
+    return (f"was saved without FSDP ({how}; its model is one file, {model}), this launch runs FSDP "
+            "(accelerate_configs/fsdp.yaml), which reads sharded checkpoints only; resume with the --config_file it "
+            "was saved with")
+
+
+def causes(error: BaseException | None):
+    """``error``, then each rank's error a torch.distributed.checkpoint CheckpointException (the failure of
+    accelerate's save_state and load_state under FSDP) holds in ``.failures`` ({rank: (error, traceback summary)},
+    torch/distributed/checkpoint/api.py; a bare error taken too), and what each was raised from or while handling (a
+    clean-up that failed too); each once. The ranks' errors are pickled copies (gathered to every rank): without
+    their own causes."""
+    todo, seen = [error], set()
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        failures = getattr(error, "failures", None)
+        ranks = [f[0] if isinstance(f, tuple) else f for f in failures.values()] if isinstance(failures, dict) else []
+        todo.append(error.__cause__ or error.__context__)
+        todo.extend(reversed([e for e in ranks if isinstance(e, BaseException)]))  # the ranks' first, in rank order
+
+
 def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC, or a library's wrapping of it (safetensors' SafetensorError carries only the text)."""
+    """ENOSPC, or a library's wrapping of it (safetensors' SafetensorError carries only the text), in ``error`` or
+    any of its causes (a rank's, under FSDP)."""
     import errno  # noqa: PLC0415
 
-    while error is not None:  # or the error raised while handling it (a clean-up that failed too)
-        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) \
-                or "Disk quota exceeded" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e)
+               or "Disk quota exceeded" in str(e) for e in causes(error))
 
 
 def nearly_full(ckpt_dir: Path) -> bool:

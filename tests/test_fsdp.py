@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,10 +23,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 import yaml
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import modeling
+import train
+from imagenet_trainer import checkpoints
 from test_train import kill_at_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,12 +198,17 @@ def assert_resumed_like_straight(tmp_path: Path, out: Path, last_step: int, refe
     assert [r["val_top1"] for r in rows(out)] == [r["val_top1"] for r in reference]
 
 
-def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=(), processes=2):
-    """README's FSDP command, on 2 CPU processes: accelerate launch --config_file accelerate_configs/fsdp.yaml ..."""
-    return [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"),
+def fsdp_cmd(launcher, dataset, out, model, *extra, mixed_precision="bf16", launch=(), processes=2, config="fsdp.yaml"):
+    """README's FSDP command, on 2 CPU processes: accelerate launch --config_file accelerate_configs/fsdp.yaml ...
+    (`config`: another file of accelerate_configs/; the launcher leaves a launch without FSDP as it is)."""
+    return [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
             "--num_processes", str(processes), "--mixed_precision", mixed_precision, "--main_process_port", str(free_port()),
-            *launch,
-            str(launcher), str(ROOT / "train.py"), "--model", model, "--dataset", str(dataset),
+            *launch, str(launcher), *train_args(dataset, out, model, *extra)]
+
+
+def train_args(dataset, out, model, *extra):
+    """train.py and the flags every run here shares: tiny images and batches, no loader workers."""
+    return [str(ROOT / "train.py"), "--model", model, "--dataset", str(dataset),
             "--output_dir", str(out), "--image_size", "32", "--batch_size", "4", "--num_workers", "0",
             "--warmup_epochs", "0.5", "--log_every_steps", "1", *map(str, extra)]
 
@@ -211,6 +221,18 @@ def ok(cmd, **extra_env):
     proc = subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
+
+
+def refused(proc) -> str:
+    """The one line a refused launch ends with. Each rank says it (once or twice in all: torchrun stops the other
+    rank once one has exited), and two copies may interleave, one cut by the other: every piece starting "error: "
+    must begin the whole line. No traceback but the launcher's (torchrun's ChildFailedError)."""
+    pieces = ["error: " + piece.split("\n")[0] for piece in proc.stderr.split("error: ")[1:]]
+    line = max(pieces, key=len, default="")
+    assert proc.returncode != 0 and line and all(line.startswith(piece) for piece in pieces), proc.stderr[-3000:]
+    tracebacks = re.findall(r"Traceback \(most recent call last\):(.*\n.*)", proc.stderr)
+    assert all("bin/accelerate" in t for t in tracebacks), proc.stderr[-6000:]
+    return line
 
 
 def rows(run_dir):
@@ -284,17 +306,113 @@ def test_fsdp_bf16_kill_resume_export_validate(preprocessed, launcher, tmp_path,
     assert (val["top1"], val["top5"], val["n"]) == (best["val_top1"], best["val_top5"], best["val_n"])
 
 
-def test_fsdp_fp32(preprocessed, launcher, tmp_path):
+@pytest.fixture(scope="module")
+def fp32_run(preprocessed, launcher, tmp_path_factory) -> Path:
+    """One fp32 FSDP run of one step: run/ (its checkpoint: step_00000001) and the launcher's prepared.json."""
+    base = tmp_path_factory.mktemp("fp32")
+    ok(fsdp_cmd(launcher, preprocessed, base / "run", BN_MODEL, "--max_train_steps", "1", mixed_precision="no"),
+       FSDP_CPU_REPORT=str(base / "prepared.json"))
+    return base
+
+
+def test_fsdp_fp32(fp32_run):
     """Without mixed precision every parameter stays fp32 and contiguous, and a run trains and exports."""
-    report = tmp_path / "prepared.json"
-    ok(fsdp_cmd(launcher, preprocessed, tmp_path / "run", BN_MODEL, "--max_train_steps", "1", mixed_precision="no"),
-       FSDP_CPU_REPORT=str(report))
-    seen = json.loads(report.read_text())
+    seen = json.loads((fp32_run / "prepared.json").read_text())
     assert seen["sharded"] == seen["params"] and seen["non_contiguous"] == []
     assert {d for s in (*seen["norms"].values(), *seen["convs"].values()) for d in s["params"]} == {"torch.float32"}
-    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
-    info = json.loads((tmp_path / "run" / "run_info.json").read_text())  # timm's CUDA settings, recorded
+    assert (fp32_run / "run" / "final" / "model.safetensors").is_file()
+    info = json.loads((fp32_run / "run" / "run_info.json").read_text())  # timm's CUDA settings, recorded
     assert info["cudnn_benchmark"] is info["tf32_matmul"] is torch.cuda.is_available() and "tf32_cudnn" in info
+
+
+def test_a_ddp_checkpoint_resumed_under_fsdp_is_refused_in_one_line(preprocessed, launcher, tmp_path):
+    """A checkpoint's model files are those of its launch config: FSDP reads pytorch_model_fsdp_0/ only. A DDP one
+    is refused before the load (else: each rank's CheckpointException, "metadata is None"), naming the config it was
+    saved with, and before its EMA (told to resume with --ema_decay 0.9, a launch under FSDP would refuse the flag)."""
+    out = tmp_path / "run"
+    ok(fsdp_cmd(launcher, preprocessed, out, BN_MODEL, "--max_train_steps", "1", "--ema_decay", "0.9",
+                mixed_precision="no", config="cpu_ddp.yaml"))
+    (saved,) = checkpoints.step_folders(out / "checkpoints")
+    line = refused(subprocess.run(
+        fsdp_cmd(launcher, preprocessed, out, BN_MODEL, "--max_train_steps", "2", "--resume_from_checkpoint", "latest",
+                 mixed_precision="no"), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600))
+    assert line == (f"error: --resume_from_checkpoint {saved} was saved without FSDP (DDP on CPUs, 2 processes: "
+                    "accelerate_configs/cpu_ddp.yaml; its model is one file, model.safetensors), this launch runs FSDP "
+                    "(accelerate_configs/fsdp.yaml), which reads sharded checkpoints only; resume with the "
+                    "--config_file it was saved with")
+
+
+def test_an_fsdp_checkpoint_resumed_without_fsdp_or_damaged_is_refused_in_one_line(fp32_run, preprocessed, launcher,
+                                                                                   tmp_path):
+    """One process refuses FSDP's sharded checkpoint naming fsdp.yaml, not config.yaml's flags. A shard that lost its
+    end in a checkpoint without its file list (another tool's copy: nothing checks it before the load) fails the
+    load on every rank (torch.load's PytorchStreamReader error on one, EOFError on the other, in DCP's
+    CheckpointException): "is damaged", as a DDP checkpoint's model.safetensors would be."""
+    out = tmp_path / "run"
+    shutil.copytree(fp32_run / "run", out)
+    (saved,) = checkpoints.step_folders(out / "checkpoints")
+    again = ("--max_train_steps", "1", "--resume_from_checkpoint", str(saved))
+    line = refused(subprocess.run([sys.executable, *train_args(preprocessed, out, BN_MODEL, *again)], cwd=ROOT,
+                                  env=env(), capture_output=True, text=True, timeout=600))
+    assert line == (f"error: --resume_from_checkpoint {saved} was saved under FSDP (accelerate_configs/fsdp.yaml: its "
+                    "model is in pytorch_model_fsdp_0/), this launch runs without FSDP; resume with that "
+                    "--config_file")
+
+    (saved / checkpoints.FILE_LIST).unlink()
+    with open(saved / "pytorch_model_fsdp_0" / "__1_0.distcp", "r+b") as f:  # rank 1's shard
+        f.truncate(5000)
+    line = refused(subprocess.run(fsdp_cmd(launcher, preprocessed, out, BN_MODEL, *again, mixed_precision="no"),
+                                  cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600))
+    assert line.startswith(f"error: --resume_from_checkpoint {saved} is damaged (PytorchStreamReader failed ") and \
+        line.endswith("); --resume_from_checkpoint latest takes the newest complete one"), line
+
+
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full (a device whose writes fail ENOSPC)")
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process, without a process group
+def test_a_full_disk_at_a_sharded_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A full disk as torch.distributed.checkpoint meets it under FSDP: a shard's write fails with ENOSPC (here
+    from the kernel: the shard file is /dev/full) and DCP raises a CheckpointException, a BaseException, with each
+    rank's OSError in .failures, gathered to every rank as pickled copies. save_checkpoint, in one process whose
+    save_state writes such a shard (accelerate's save-state hook), ends in README's one line and removes the
+    unfinished save, as under DDP (tests/test_faults.py, a real full tmpfs)."""
+    from accelerate import Accelerator  # noqa: PLC0415
+
+    accelerator = Accelerator(cpu=True)
+    model = modeling.create_model(BN_MODEL, num_classes=4)
+    cfg = train.TrainConfig(model=BN_MODEL, dataset=str(tmp_path / "data"), output_dir=str(tmp_path / "run"))
+    state = train.TrainState({"num_processes": 1, "batch_size": 4, "grad_accum_steps": 1}, 8)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    state.step = 1
+    train.save_checkpoint(accelerator, model, state, None, cfg, ckpt_dir)
+    raised = []
+
+    def shards_on_a_full_disk(models, weights, output_dir):
+        shards = Path(output_dir) / "pytorch_model_fsdp_0"
+        shards.mkdir()
+        (shards / "__0_0.distcp").symlink_to("/dev/full")  # DCP's name for rank 0's first shard file
+        try:
+            dcp.save({"model": model.state_dict()}, checkpoint_id=shards)
+        except BaseException as e:
+            raised.append(e)
+            raise
+
+    hook = accelerator.register_save_state_pre_hook(shards_on_a_full_disk)
+    state.step = 2
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train.save_checkpoint(accelerator, model, state, None, cfg, ckpt_dir)
+    finally:
+        hook.remove()
+    (error,) = raised
+    assert not isinstance(error, Exception) and isinstance(next(iter(error.failures.values()))[0], OSError)
+    assert checkpoints.is_disk_full(error) and checkpoints.is_disk_full(pickle.loads(pickle.dumps(error)))
+    kept = ckpt_dir / "step_00000001"
+    line = str(stopped.value.code)
+    assert line.startswith(f"error: checkpoint step_00000002: no space left on {ckpt_dir} (") and \
+        line.endswith(f"; {kept} is intact: free space, then --resume_from_checkpoint latest"), line
+    assert checkpoints.step_folders(ckpt_dir) == [kept] and checkpoints.problem(kept, config=True) is None
+    assert not list(ckpt_dir.glob(".tmp_*")), "the unfinished save gives its space back"
+    assert Path("/dev/full").is_char_device()
 
 
 @pytest.mark.parametrize("model", [BN_MODEL, LN_MODEL])
