@@ -61,7 +61,7 @@ from accelerate.state import AcceleratorState
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
 from safetensors import SafetensorError
-from timm.data import resolve_data_config
+from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
@@ -230,7 +230,7 @@ def main(argv=None):
 
     # data and model
     ds, label_names = load_data(cfg.dataset, cfg.eval_split)
-    model = build_model(cfg, num_classes=len(label_names), print_fn=accelerator.print)
+    model = build_model(cfg, label_names, print_fn=accelerator.print)
     startup["data_and_model"] = time.monotonic()
     data_cfg = resolve_data_config(model=model)  # mean/std/crop_pct/interpolation the model was defined with
     mean, std = data_cfg["mean"], data_cfg["std"]  # 0..1 units; normalize() runs on the device, after the uint8 copy
@@ -431,10 +431,12 @@ def load_data(dataset: str, eval_split: str):
     return ds, label_names
 
 
-def build_model(cfg: TrainConfig, num_classes: int, print_fn=print) -> torch.nn.Module:
-    """--model with --pretrained/--drop_path/--drop_rate; a bad name or weights are a one-line error. Fine-tuning
-    weights made for another class count gets a new head, and ``print_fn`` states it (timm drops the old one
-    silently)."""
+def build_model(cfg: TrainConfig, label_names: list[str], print_fn=print) -> torch.nn.Module:
+    """--model with --pretrained/--drop_path/--drop_rate for the dataset's classes ``label_names``; a bad name or
+    weights are a one-line error. Fine-tuning weights made for another class count gets a new head, and ``print_fn``
+    states it (timm drops the old one silently); a head kept for as many classes that are not the dataset's (another
+    order, other classes) is stated too."""
+    num_classes = len(label_names)
     if cfg.model.startswith(("local-dir:", "hf-hub:")) and not cfg.pretrained:
         raise SystemExit(f"error: --model {cfg.model} names saved weights; add --pretrained to start from them "
                          "(or give the architecture name for a random init)")
@@ -458,7 +460,32 @@ def build_model(cfg: TrainConfig, num_classes: int, print_fn=print) -> torch.nn.
     if cfg.pretrained and weights_classes and weights_classes != num_classes:
         print_fn(f"--model {cfg.model}: new {num_classes}-class head (random init); the {weights_classes}-class head "
                  "of the pretrained weights is dropped")
+    elif cfg.pretrained and weights_classes and (note := kept_head_note(model, label_names)):
+        print_fn(f"--model {cfg.model}: {note}")
     return model
+
+
+def kept_head_note(model, label_names: list[str]) -> str | None:
+    """What a pretrained head kept for the dataset's class count starts from when its classes are not the dataset's,
+    compared by id (wnid) and by human name as validate.py compares them; None when they are, or are not recorded.
+    Class i of the data is trained from the head's row i whatever class that row learnt."""
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    ids, described = pcfg.get("label_names"), pcfg.get("label_descriptions")
+    if ids is None and (subset := infer_imagenet_subset(pcfg)):  # timm's ImageNet weights record no names
+        ids, described = ImageNetInfo(subset).label_names(), ImageNetInfo(subset).label_descriptions()
+    ids = list(ids.values()) if isinstance(ids, dict) else ids
+    if not ids or label_names == list(ids):
+        return None
+    if isinstance(described, dict):
+        described = [described.get(i, i) for i in ids]
+    if described and label_names == list(described):
+        return None
+    if set(label_names) in (set(ids), set(described or ())):
+        return (f"the pretrained head has the dataset's classes in another index order ({list(ids)[:3]}... against "
+                f"{label_names[:3]}...): kept, each class starts from another's weights; re-export it in the "
+                "dataset's order, or preprocess with the same class order")
+    return (f"the pretrained {len(ids)}-class head is kept, though its classes are not the dataset's "
+            f"({list(ids)[:3]}... against {label_names[:3]}...): each class starts from another's weights")
 
 
 def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator, bad: BadSamples):

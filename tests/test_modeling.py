@@ -457,7 +457,7 @@ def test_family_that_cannot_travel_is_refused_before_training(tmp_path, monkeypa
     import train  # train.py's model step, before any data is read: the same line, as an error
 
     with pytest.raises(SystemExit, match=f"error: --model mynet_two_small: twofile.py line \\d+ imports {named}"):
-        train.build_model(train.TrainConfig(model="mynet_two_small", dataset="unused"), num_classes=4)
+        train.build_model(train.TrainConfig(model="mynet_two_small", dataset="unused"), list("abcd"))
 
 
 def test_readme_three_line_variant_gets_the_family_cfg(scratch_registry):
@@ -1046,3 +1046,28 @@ def test_card_of_a_preprocess_dataset_names_ilsvrc_only_when_full(saved_tiny, tm
     assert card.data.datasets == (["ILSVRC/imagenet-1k"] if full else None)
     assert (folder / ".eval_results" / "imagenet-1k.yaml").exists() == full
     assert ("(the full ILSVRC-2012)" in card.text) == full and "1,281,167 train" in card.text
+
+
+def test_fine_tuning_a_head_for_as_many_other_classes_says_so(tmp_path):
+    """train.py --pretrained keeps a head whose class count is the dataset's (timm does, silently): where its classes
+    are another order of the dataset's, or other classes, class i starts from a row that learnt another class."""
+    import train
+
+    start = tmp_path / "start"
+    modeling.save_pretrained(modeling.create_model("blocknet_tiny", num_classes=4), start,
+                             label_names=["n01", "n02", "n03", "n04"], label_descriptions=["w", "x", "y", "z"])
+    cfg = train.TrainConfig(model=f"local-dir:{start}", dataset="unused", pretrained=True)
+
+    def said(label_names):
+        lines = []
+        train.build_model(cfg, label_names, print_fn=lines.append)
+        return lines
+
+    assert said(["n01", "n02", "n03", "n04"]) == said(["w", "x", "y", "z"]) == []  # by id or by human name
+    assert said(["n04", "n03", "n02", "n01"]) == [
+        f"--model local-dir:{start}: the pretrained head has the dataset's classes in another index order (['n01', "
+        "'n02', 'n03']... against ['n04', 'n03', 'n02']...): kept, each class starts from another's weights; "
+        "re-export it in the dataset's order, or preprocess with the same class order"]
+    assert said(["cat", "dog", "emu", "fox"]) == [
+        f"--model local-dir:{start}: the pretrained 4-class head is kept, though its classes are not the dataset's "
+        "(['n01', 'n02', 'n03']... against ['cat', 'dog', 'emu']...): each class starts from another's weights"]
