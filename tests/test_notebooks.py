@@ -78,6 +78,34 @@ def sorted_without_boxes(digits_dataset, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def border_export(trained_run, tmp_path_factory) -> Path:
+    """trained_run's export (with its run's config.yaml beside it) whose pretrained_cfg says crop_mode border,
+    crop_pct 1.0 and mean 0.5, as a timm config can (convnext_tiny.fb_in22k_ft_in1k_384 says squash): the eval
+    transform fits each digit (none is quite square) into the crop and pads it with mid grey, where a centre crop
+    cuts its longer side."""
+    run = tmp_path_factory.mktemp("border_run") / "run"
+    shutil.copytree(trained_run / "final", run / "final")
+    shutil.copy(trained_run / "config.yaml", run / "config.yaml")
+    config = json.loads((run / "final" / "config.json").read_text())
+    config["pretrained_cfg"].update(crop_mode="border", crop_pct=1.0, mean=[0.5, 0.5, 0.5])
+    (run / "final" / "config.json").write_text(json.dumps(config, indent=2))
+    return run / "final"
+
+
+def eval_crops(split, rows: list[int], data_cfg: dict, **transform):
+    """The uint8 crops of ``rows`` as validate.py's eval_loader makes them for a model of data config ``data_cfg``
+    (size, crop_pct, interpolation, crop_mode, and mean for border mode's padding), ``transform`` overriding those."""
+    import torch
+
+    from imagenet_trainer.data import EvalSet
+
+    settings = {"crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+                "crop_mode": data_cfg["crop_mode"], "mean": data_cfg["mean"], **transform}
+    evals = EvalSet(split, data_cfg["input_size"][-1], **settings)
+    return torch.stack([evals[i][0] for i in rows])
+
+
 def execute(name: str, monkeypatch, jupyter_home: Path, **inputs) -> nbformat.NotebookNode:
     """The executed notebook; a cell that raises fails the test with the cell's traceback (CellExecutionError)."""
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_home))  # the kernelspec lookup happens in this process
@@ -233,6 +261,10 @@ def test_training_curves(trained_run, monkeypatch, jupyter_home):
     assert (f"final: epoch {last['epoch']:g}, step {last['step']}: val top-1 {last['val_top1']:.2f}%, "
             f"top-5 {last['val_top5']:.2f}%") in summary
     assert f"final EMA: val top-1 {last['ema_val_top1']:.2f}%" in summary
+    # the loader's share after each epoch's first batch, which says whether it keeps up (README, Troubleshooting)
+    assert (f"throughput (last epoch, after its first batch): {last['images_per_sec_steady']:.0f} images/s, "
+            f"{100 * last['data_wait_steady_frac']:.0f}% of the time waiting for data (first batch included: "
+            f"{100 * last['data_wait_frac']:.0f}%; the first batch took {last['first_batch_s']:.1f} s)") in summary
 
 
 def test_training_curves_keep_the_last_history():
@@ -248,12 +280,15 @@ def test_training_curves_keep_the_last_history():
 
 def test_training_curves_of_a_resumed_run_given_its_export(trained_run, tmp_path, monkeypatch, jupyter_home):
     """metrics.jsonl still holding the rows of the branch a resume left, and IMAGENET_RUN naming the export
-    RUN/final: the curves and the best epoch are the last history's only."""
+    RUN/final: the curves and the best epoch are the last history's only. Its rows are those of a train.py that
+    recorded no steady figures (after each epoch's first batch): the whole epoch's stand in."""
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
     shutil.copy(trained_run / "config.yaml", run / "config.yaml")
     shutil.copy(trained_run / "final" / "config.json", run / "final" / "config.json")
-    first, second = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    steady = ("first_batch_s", "images_per_sec_steady", "data_wait_steady_frac")
+    first, second = [{k: v for k, v in json.loads(line).items() if k not in steady}
+                     for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     left = {**second, "val_top1": 99.5, "ema_val_top1": 99.5}  # the run the resume from epoch 1's checkpoint left
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (first, left, second)))
     nb = execute("03_training_curves", monkeypatch, jupyter_home, IMAGENET_RUN=run / "final")
@@ -267,6 +302,9 @@ def test_training_curves_of_a_resumed_run_given_its_export(trained_run, tmp_path
     assert (f"best: epoch {best['epoch']:g}: val top-1 {best['val_top1']:.2f}%, "
             f"EMA {best['ema_val_top1']:.2f}%") in summary
     assert "99.50" not in table + summary
+    assert (f"throughput (last epoch, first batch included): {second['images_per_sec']:.0f} images/s, "
+            f"{100 * second['data_wait_frac']:.0f}% of the time waiting for data") in summary
+    assert pngs(cell(nb, "plt.subplots(2, 2")) == 1
 
 
 def test_backbone_features(trained_run, digits_dataset, monkeypatch, jupyter_home):
@@ -307,6 +345,38 @@ def test_backbone_features(trained_run, digits_dataset, monkeypatch, jupyter_hom
     assert (int(n), int(dim), float(chance)) == (200, 128, 10.0)
     assert float(agreement) > 3 * float(chance)  # trained features group the digits well beyond chance
     assert pngs(neighbours) == 1
+
+
+def test_backbone_features_in_the_exports_crop_mode(border_export, digits_dataset, monkeypatch, jupyter_home):
+    """An export whose pretrained_cfg says crop_mode border: 04 predicts on the crops validate.py scores (the digit
+    fitted in and padded with the export's mean colour), not on centre crops."""
+    import torch
+    from timm.data import resolve_data_config
+
+    import modeling
+    from imagenet_trainer.data import normalize
+
+    nb = execute("04_backbone_features", monkeypatch, jupyter_home, IMAGENET_RUN=border_export)
+    assert "crop_pct 1.0, crop_mode border" in stdout(cell(nb, "eval_set = EvalSet("))
+    val = datasets.load_from_disk(str(digits_dataset))["validation"]
+    queries = sorted(np.random.default_rng(0).permutation(len(val))[:4].tolist())
+    printed = [re.findall(r"^  [1-5]\. (.+?) +([\d.]+)%$", block, re.M)
+               for block in stdout(cell(nb, "probs.topk")).split("ILSVRC2012_val_")[1:]]
+    model, names = modeling.load_model(border_export), modeling.label_info(border_export)[1]
+    data_cfg = resolve_data_config(model=model)
+
+    def percent(**transform):  # (query, class) -> probability in %
+        with torch.no_grad():
+            return 100 * model(normalize(eval_crops(val, queries, data_cfg, **transform), data_cfg["mean"],
+                                         data_cfg["std"])).softmax(1)
+
+    expected, centre = percent(), percent(crop_mode="center")
+    index = {name[:50]: c for c, name in enumerate(names)}  # as printed: cut at 50 characters
+    shown = [(k, index[name], float(p)) for k, block in enumerate(printed) for name, p in block]
+    assert len(shown) == 4 * 5
+    assert all(abs(expected[k, c] - p) <= 0.051 for k, c, p in shown)  # printed to 0.1%
+    # the two transforms predict visibly differently here, so the check above tells them apart
+    assert any(abs(centre[k, c] - p) > 0.2 for k, c, p in shown)
 
 
 def test_downstream(trained_run, digits_dataset, monkeypatch, jupyter_home):
@@ -355,6 +425,33 @@ def test_downstream_on_a_class_sorted_dataset_without_boxes(trained_run, sorted_
     assert float(top1) > 3 * float(chance)
 
 
+def test_downstream_embeds_in_the_exports_crop_mode(border_export, digits_dataset):
+    """05's linear probe reads the features of the crops validate.py scores for an export whose pretrained_cfg says
+    crop_mode border (the digit fitted in and padded with the export's mean colour), not of centre crops."""
+    import torch
+    from timm.data import resolve_data_config
+
+    import modeling
+    from imagenet_trainer.data import EvalSet, normalize
+
+    model = modeling.load_model(border_export)
+    data_cfg = resolve_data_config(model=model)
+    embed = notebook_function("05_downstream", "embed", EvalSet=EvalSet, normalize=normalize, np=np, torch=torch,
+                              data_cfg=data_cfg, model=model)
+    val = datasets.load_from_disk(str(digits_dataset))["validation"]
+    features, labels = embed(val, 50)
+    rows = np.sort(np.random.default_rng(0).permutation(len(val))[:50]).tolist()  # embed's draw
+
+    def pooled(**transform):
+        x = normalize(eval_crops(val, rows, data_cfg, **transform), data_cfg["mean"], data_cfg["std"])
+        with torch.no_grad():
+            return model.forward_head(model.forward_features(x), pre_logits=True).numpy()
+
+    assert labels.tolist() == val.select(rows)["label"]
+    assert np.allclose(features, pooled(), atol=1e-5)
+    assert not np.allclose(features, pooled(crop_mode="center"), atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["04_backbone_features", "05_downstream"])
 def test_the_dataset_a_run_was_trained_on(name, tmp_path):
     """Without IMAGENET_DATASET, 04 and 05 read the `dataset:` of the run's config.yaml; a relative one (as `make
@@ -389,7 +486,11 @@ def test_effective_robustness(tmp_path, monkeypatch, jupyter_home):
         rows = [{"dataset": kind, "name": kind, "kind": kind, "image_size": 224, "top1": top1, "top5": 95.0,
                  "split": "validation"} for kind, top1 in (("imagenet", imagenet), ("imagenet-real", imagenet + 7),
                                                            ("imagenet-r", shifted)) if top1 is not None]
-        (results / f"{model}.json").write_text(json.dumps({"model": f"runs/{model}/final", "results": rows}))
+        summary = {"model": f"runs/{model}/final", "results": rows}
+        if model == "convnext_tiny":  # --image_sizes 192,224: every set at each size in turn, its own (224) second
+            summary = {**summary, "results": [{**r, "image_size": 192, "top1": r["top1"] - 4} for r in rows] + rows,
+                       "image_size": 224}
+        (results / f"{model}.json").write_text(json.dumps(summary))
     # a scaled-down copy of ImageNet-R (and of ImageNet) is another test set, named by its folder: a panel of its own,
     # where one model gives no line
     small = [{"dataset": dataset, "name": dataset, "kind": kind, "image_size": 224, "top1": top1, "top5": 95.0,
@@ -412,6 +513,7 @@ def test_effective_robustness(tmp_path, monkeypatch, jupyter_home):
     assert [line.split(":")[:2] for line in lines[:-1]] == [["imagenet-r", f" {m}"] for m in
                                                             ("convnext_tiny", "resnet18", "resnet50")]
     assert lines[-1] == "imagenet-r-small: 1 model: need at least 2 models to fit the line"
+    assert lines[0].startswith("imagenet-r: convnext_tiny: top-1 47.00% at ImageNet 82.10%")  # its own size's
     assert pngs(cell(nb, "np.polyfit")) == 1
 
     (tmp_path / "empty").mkdir()  # nothing scored: said, and no empty figure
