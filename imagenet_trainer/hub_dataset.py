@@ -176,8 +176,26 @@ def is_finished(output_dir: Path, job: dict, small: dict[str, str]) -> bool:
     if not record.get("done") or record.get("job") != job or not output_dir.is_dir():
         return False
     present = {p.relative_to(output_dir).as_posix(): p.stat().st_size for p in output_dir.rglob("*") if p.is_file()}
-    return present == record.get("files") and all(
-        (output_dir / rel).read_text() == text for rel, text in small.items())
+    listed = record.get("files")
+    if not isinstance(listed, dict) or present.keys() != listed.keys() or any(
+            present[rel] != size for rel, size in listed.items() if rel not in small):
+        return False
+    return refresh_small(output_dir, small, record)
+
+
+def refresh_small(output_dir: Path, small: dict[str, str], record: dict) -> bool:
+    """The cards and JSON files of a finished export made anew where they differ from what the source gives now (an
+    edited source.json, a card written by another version), the shards kept: they are the hours of an ImageNet
+    export, these a few KB. True: ``output_dir`` is this job's finished export."""
+    changed = [rel for rel, text in small.items() if not (output_dir / rel).is_file()
+               or (output_dir / rel).read_text(errors="replace") != text]
+    for rel in changed:
+        atomic_write_text(output_dir / rel, small[rel])
+    if changed:
+        files = {**record["files"], **{rel: (output_dir / rel).stat().st_size for rel in changed}}
+        atomic_write_text(job_record(output_dir), json.dumps({**record, "files": files}, indent=1))
+        print(f"{output_dir}: wrote {', '.join(changed)} anew; its Parquet shards were already this export's")
+    return True
 
 
 def remove_stale(output_dir: Path) -> None:
@@ -263,13 +281,24 @@ def write_shard(part: datasets.Dataset, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def arrow_bytes(split: datasets.Dataset) -> int:
+    """The split's uncompressed Arrow bytes, what datasets' SplitInfo.num_bytes counts (its ArrowWriter sums each
+    written table's ``nbytes``); for a selection (an indices mapping), its rows' share of the table, as datasets'
+    ``push_to_hub`` estimates it."""
+    nbytes = split.data.nbytes
+    return nbytes if len(split) == len(split.data) else nbytes * len(split) // max(len(split.data), 1)
+
+
 def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict, data_files: list[dict]) -> str:
     """README.md: front matter that datasets and the Hub read (configs, features, splits), then the provenance, how
     to train on it, and the class table."""
     first = next(iter(ds.values()))
     names = first.features["label"].names
-    info = {"features": first.features._to_yaml_list(),
-            "splits": [{"name": n, "num_examples": len(s)} for n, s in ds.items()]}
+    # datasets reads the splits block only when each entry has name, num_bytes and num_examples; without all three
+    # it warns "Ignoring part of dataset_info" on every load
+    splits = [{"name": n, "num_bytes": arrow_bytes(s), "num_examples": len(s)} for n, s in ds.items()]
+    info = {"features": first.features._to_yaml_list(), "splits": splits,
+            "dataset_size": sum(s["num_bytes"] for s in splits)}
     pretty = source.get("name") or "image classification data"
     imagenet_images = source.get("layout") == "ilsvrc-kaggle" and not source.get("generated")  # a demo tree: none
     data = DatasetCardData(pretty_name=pretty, task_categories=["image-classification"], tags=["imagenet-trainer"],

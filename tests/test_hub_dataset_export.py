@@ -210,3 +210,47 @@ def test_a_push_of_a_new_export_deletes_the_old_shards_in_the_same_commit(prepro
         hub_dataset.push_dataset(bigger, "me/imagenet", token=hub.token)
         assert {p: d for p, d in repo.files.items() if p != ".gitattributes"} == {**new, "NOTES.md": b"notes\n"}
         assert len(repo.log) == commits + 1 and not hub.unhandled
+
+
+def test_datasets_reads_the_cards_split_info_without_a_warning(preprocessed, reference, tmp_path):
+    """The card's dataset_info names each split's rows and uncompressed Arrow bytes, which datasets reads (and checks
+    the rows against) on every load; a splits block without num_bytes is ignored with a warning each time
+    ("Ignoring part of dataset_info from the dataset card")."""
+    import logging
+
+    import datasets
+
+    logged, logger = [], logging.getLogger("datasets")  # datasets' root logger: it does not propagate to the root
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)  # whatever HF_DATASETS_VERBOSITY says
+    try:
+        builder = datasets.load_dataset_builder(str(reference), cache_dir=str(tmp_path / "cache"))
+        loaded = datasets.load_dataset(str(reference), cache_dir=str(tmp_path / "cache"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [m for m in logged if "dataset_info" in m], logged
+    original = datasets.load_from_disk(str(preprocessed))
+    assert {name: (s.num_examples, s.num_bytes) for name, s in (builder.info.splits or {}).items()} == {
+        name: (len(split), split.data.nbytes) for name, split in original.items()}
+    assert {name: len(split) for name, split in loaded.items()} == {name: len(s) for name, s in original.items()}
+
+
+def test_a_finished_export_whose_card_is_stale_gets_a_new_card_and_keeps_its_shards(preprocessed, tmp_path, capsys):
+    """A card or source.json that is not what this version writes (an export of an earlier version, a hand edit) is
+    written anew on a rerun; the shards, hours of an ImageNet export, are kept as they are."""
+    out = hub_dataset.export_parquet(preprocessed, tmp_path / "imagenet-parquet", shard_bytes=SHARD_BYTES)
+    written = files_of(out)
+    (out / "README.md").write_text("---\ncard of an earlier version\n---\n")
+    before = identities(out)
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    assert f"{out}: wrote README.md anew; its Parquet shards were already this export's" in capsys.readouterr().out
+    assert files_of(out) == written  # the card as a fresh export writes it
+    after = identities(out)
+    assert {rel for rel in before if before[rel] != after[rel]} == {"README.md"}
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    assert capsys.readouterr().out == ""  # nothing written: the record knows the new card's size
+    assert identities(out) == after

@@ -435,14 +435,17 @@ def test_hub_dataset_deletes_only_the_old_export_it_left_itself(kind, preprocess
     hub_dataset.main(args)  # done: nothing written
     assert "nothing to write" in capsys.readouterr().out
 
-    (out / "README.md").write_text("edited\n")  # no longer this export: the rerun replaces OUT, which needs .OUT.old
+    # a shard grown by a byte: no longer this export, the rerun replaces OUT, which needs .OUT.old
+    shard = next((out / "data").glob("train-*.parquet")).relative_to(out)
+    damaged = (out / shard).read_bytes() + b"x"
+    (out / shard).write_bytes(damaged)
     with pytest.raises(SystemExit) as e:
         hub_dataset.main(args)
     assert str(e.value.code) == (
         f"error: --output_dir {out}: an export replaces it by moving it to {old} first, which holds something else (a "
         "file, link or folder of yours?); move it away or rename it, then run again")
     assert snapshot(old) == theirs and snapshot(tmp_path / ".imagenet-parquet.tmp-mine") == their_tmp
-    assert (out / "README.md").read_text() == "edited\n" and not (tmp_path / ".imagenet-parquet.tmp").exists()
+    assert (out / shard).read_bytes() == damaged and not (tmp_path / ".imagenet-parquet.tmp").exists()
 
     # the user moves theirs away; the rerun is killed after the new export went in, before deleting the old one
     shutil.move(old, tmp_path / "moved")
@@ -450,7 +453,7 @@ def test_hub_dataset_deletes_only_the_old_export_it_left_itself(kind, preprocess
     with pytest.raises(SystemExit):
         hub_dataset.main(args)
     monkeypatch.undo()
-    assert (old / "README.md").read_text() == "edited\n" and (out / "README.md").read_text() != "edited\n"
+    assert (old / shard).read_bytes() == damaged and (out / shard).read_bytes() != damaged
     hub_dataset.main(args)
     assert f"removed {old} (0.0 GB): an earlier export, replaced" in capsys.readouterr().out
     assert not old.exists() and not (out / runinfo.REPLACED_NOTE).parent.exists()
