@@ -7,6 +7,7 @@ weights and the bad images found, once per --log_every_steps, and the signal fla
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -113,15 +114,26 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     if accelerator.is_main_process:
         # how long the stop took: what a grace time (--signal's lead, KillWait, the launcher's) must exceed
         after = stop_signals.seconds_since_first()
-        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, json.dumps(
-            {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": step, "checkpoint": str(checkpoint),
-             "seconds_after_signal": after, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, stop_record(signal_name, step, checkpoint, after))
         when = "" if after is None else f" {after} s after the signal"
         accelerator.print(f"{signal_name}: checkpoint {checkpoint} written{when}; exiting with status "
                           f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     raise SystemExit(STOPPED_STATUS)
+
+
+def stop_record(signal_name: str, step: int, checkpoint: Path, after: float | None) -> str:
+    """STOPPED_RECORD's text: one JSON line. slurm_job_id and slurm_restart_count (null outside SLURM; the count is 0
+    before the first requeue, where SLURM leaves SLURM_RESTART_COUNT unset) say which run of which job stopped:
+    slurm/train.sbatch requeues on a record of its own run only, not on one another job left in the same
+    --output_dir, nor on one an earlier run of its own job left (a requeue that then failed for another reason)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    restarts = os.environ.get("SLURM_RESTART_COUNT") or "0"
+    return json.dumps(
+        {"exit_status": STOPPED_STATUS, "signal": signal_name, "step": step, "checkpoint": str(checkpoint),
+         "seconds_after_signal": after, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+         "slurm_job_id": job, "slurm_restart_count": int(restarts) if job and restarts.isdigit() else None}) + "\n"
 
 
 def exit_bad_samples(accelerator: Accelerator, bad: BadSamples, step: int, ckpt_dir: Path) -> None:

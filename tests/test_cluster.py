@@ -22,6 +22,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from imagenet_trainer import stopping
+from imagenet_trainer.runinfo import atomic_write_text
+from imagenet_trainer.stop_signals import STOPPED_RECORD
+from test_readme import inline_spans
 from test_train import ACCELERATE, ROOT, ok, rows, run, train_cmd
 
 SBATCH = ROOT / "slurm" / "train.sbatch"
@@ -59,12 +63,16 @@ case "$1" in
 esac
 """
 # an `accelerate` that records how it was called on each node, whether it ignores SIGUSR1 (bit 10 of SigIgn), and
-# exits with FAKE_STATUS, leaving train.py's stop record first when FAKE_STOPPED is set
+# exits with FAKE_STATUS (train.py's stop record, which the script reads after it, is written by the test)
 FAKE_ACCELERATE = r"""#!/bin/bash
 ignored=$(( 0x$(awk '/^SigIgn/ {print $2}' /proc/$$/status) >> 9 & 1 ))
 echo "node=$SLURM_NODEID usr1_ignored=$ignored $*" >> "$STUB_LOG/accelerate"
-if [ -n "${FAKE_STOPPED:-}" ]; then echo '{"exit_status": 75}' > "$FAKE_STOPPED"; fi
 exit "${FAKE_STATUS:-0}"
+"""
+# a `torchrun` that records its arguments, then runs the real one
+RECORDING_TORCHRUN = f"""#!/bin/bash
+echo "$*" >> "$STUB_LOG/torchrun"
+exec {Path(sys.executable).parent / "torchrun"} "$@"
 """
 
 
@@ -80,7 +88,8 @@ def slurm(tmp_path):
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir()
     log.mkdir()
-    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("fake-accelerate", FAKE_ACCELERATE)):
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("fake-accelerate", FAKE_ACCELERATE),
+                       ("torchrun", RECORDING_TORCHRUN)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), "SLURM_JOB_ID": "4242",
@@ -96,6 +105,20 @@ def sbatch(env, *args, popen=False):
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def write_stop_record(out, monkeypatch, job, restarts=None):
+    """train.py's stop record in `out` as a run of SLURM job `job` writes it (restarts: its SLURM_RESTART_COUNT,
+    None: unset, as before the first requeue)."""
+    with monkeypatch.context() as m:
+        m.setenv("SLURM_JOB_ID", job)
+        if restarts is None:
+            m.delenv("SLURM_RESTART_COUNT", raising=False)
+        else:
+            m.setenv("SLURM_RESTART_COUNT", str(restarts))
+        text = stopping.stop_record("SIGUSR1", 2, out / "checkpoints" / "step_00000002", None)
+    atomic_write_text(out / STOPPED_RECORD, text)
+    return text
 
 
 def train_args(dataset, out, *extra):
@@ -163,7 +186,7 @@ def reference(preprocessed, tmp_path_factory):
     return out
 
 
-def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(slurm, tmp_path):
+def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(slurm, tmp_path, monkeypatch):
     env, log = slurm
     env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_JOB_NODELIST": "gpu-a,gpu-b", "SLURM_GPUS_ON_NODE": "4"}
     del env["GPUS_PER_NODE"], env["ACCELERATE_CONFIG"]
@@ -184,10 +207,11 @@ def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(
     # train.py's status 75 directly, or (through a launcher, which reports 1) its stop record: requeue
     for status, stopped in ((75, False), (1, True)):
         (log / "requeue").unlink(missing_ok=True)
-        fake = {"FAKE_STATUS": str(status), **({"FAKE_STOPPED": str(out / "stopped_on_signal.json")} if stopped else {})}
-        proc = ok(sbatch({**env, **fake}, "--output_dir", out))
+        if stopped:
+            write_stop_record(out, monkeypatch, "4242")
+        proc = ok(sbatch({**env, "FAKE_STATUS": str(status)}, "--output_dir", out))
         assert (log / "requeue").read_text().split() == ["4242"], proc.stdout
-    # any other failure is the job's status; a record left by an earlier launch does not requeue it
+    # any other failure is the job's status; a record that names no job does not requeue it
     (log / "requeue").unlink()
     (out / "stopped_on_signal.json").write_text("{}")
     proc = sbatch({**env, "FAKE_STATUS": "1"}, "--output_dir", out)
@@ -197,7 +221,8 @@ def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(
     assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_sbatch_reads_every_host_name_passes_the_jobs_cpus_and_takes_output_dir_from_the_config(slurm, tmp_path):
+def test_sbatch_reads_every_host_name_passes_the_jobs_cpus_and_takes_output_dir_from_the_config(slurm, tmp_path,
+                                                                                                monkeypatch):
     """100,000 node names (1.2 MB): a reader that stops after the first name (`| head -n 1`) leaves scontrol to die
     of SIGPIPE, which set -e and pipefail turn into a silent exit 141. srun gets the job's --cpus-per-task (Slurm
     22.05-23.02 srun would otherwise bind each node's training to one CPU). output_dir may come from --config's YAML:
@@ -209,8 +234,8 @@ def test_sbatch_reads_every_host_name_passes_the_jobs_cpus_and_takes_output_dir_
     out.mkdir()
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1, "output_dir": str(out)}))
-    stopped = {"FAKE_STATUS": "1", "FAKE_STOPPED": str(out / "stopped_on_signal.json")}
-    proc = ok(sbatch({**env, **stopped}, "--config", config))
+    write_stop_record(out, monkeypatch, "4242")
+    proc = ok(sbatch({**env, "FAKE_STATUS": "1"}, "--config", config))
     assert "rendezvous node-000001:" in proc.stdout
     assert (log / "srun_options").read_text().split() == ["--ntasks-per-node=1", "--kill-on-bad-exit=1",
                                                           "--cpus-per-task=64"]
@@ -221,6 +246,56 @@ def test_sbatch_reads_every_host_name_passes_the_jobs_cpus_and_takes_output_dir_
 
     proc = sbatch(env, "--config", tmp_path / "missing.yaml")
     assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sbatch_requeues_on_its_own_runs_stop_record_only(slurm, tmp_path, monkeypatch):
+    """A second job (5151) submitted on job 4242's --output_dir by mistake, its train.py refused (status 1), while 4242
+    stops: 4242's record requeues neither 5151 (whose requeue would resume 4242's run with 5151's flags) nor is
+    deleted by 5151's start, so 4242's script, reading it after its launchers' status 1, still requeues 4242. A
+    record an earlier run of the job left (restart 0, then restart 1 failed for another reason) requeues nothing."""
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "FAKE_STATUS": "1"}
+    out = tmp_path / "run"
+    out.mkdir()
+    record = write_stop_record(out, monkeypatch, "4242")
+    for other in ("5151", "424", "42420"):  # another job; ids that share digits with 4242
+        proc = sbatch({**env, "SLURM_JOB_ID": other}, "--output_dir", out)
+        assert proc.returncode == 1 and not (log / "requeue").exists(), proc.stdout
+        assert (out / STOPPED_RECORD).read_text() == record
+    proc = ok(sbatch(env, "--output_dir", out))
+    assert (log / "requeue").read_text().split() == ["4242"], proc.stdout
+
+    (log / "requeue").unlink()
+    for restarts in ("1", "10"):  # later runs of the same job, which failed for another reason
+        proc = sbatch({**env, "SLURM_RESTART_COUNT": restarts}, "--output_dir", out)
+        assert proc.returncode == 1 and not (log / "requeue").exists(), proc.stdout
+    write_stop_record(out, monkeypatch, "4242", restarts=1)  # restart 1's own stop
+    proc = ok(sbatch({**env, "SLURM_RESTART_COUNT": "1"}, "--output_dir", out))
+    assert (log / "requeue").read_text().split() == ["4242"], proc.stdout
+
+
+def test_readme_torchrun_route_rendezvouses_at_the_head_node_in_the_configs_precision(slurm, preprocessed, tmp_path):
+    """The README's torchrun lines as written (8 GPUs -> 1 process a node, the port a free one), on 2 stand-in
+    nodes: $HEAD reaches each node's single-quoted command, and the exported ACCELERATE_MIXED_PRECISION gives the
+    ranks multi_node.yaml's bf16, which torchrun alone (no accelerate config) would leave at "no"."""
+    env, log = slurm
+    env.pop("ACCELERATE_MIXED_PRECISION", None)
+    lines = []
+    for start in ("export ACCELERATE_MIXED_PRECISION=", "export HEAD=", "srun --ntasks-per-node=1 bash -c 'trap"):
+        found = [span for span in inline_spans() if span.startswith(start)]
+        assert len(found) == 1, f"README: one inline `{start}...` expected in the torchrun bullet, found {found}"
+        lines += found
+    out, port = tmp_path / "torchrun", free_port()
+    args = " ".join(train_args(preprocessed, out, "--max_train_steps", "2"))
+    assert "'" not in args and lines[2].count("--nproc_per_node 8") == lines[2].count(":29500") == 1
+    lines[2] = (lines[2].replace("--nproc_per_node 8", "--nproc_per_node 1").replace(":29500", f":{port}")
+                .replace("train.py ...'", f"train.py {args}'"))
+    ok(subprocess.run(["bash", "-euc", "\n".join(lines)], cwd=ROOT, env=env, capture_output=True, text=True,
+                      timeout=600))
+    calls = (log / "torchrun").read_text().splitlines()
+    assert len(calls) == 2 and all(f"--rdzv_endpoint 127.0.0.1:{port} " in c for c in calls), calls
+    info = json.loads((out / "run_info.json").read_text())
+    assert (info["mixed_precision"], info["num_processes"]) == ("bf16", 2)
 
 
 def test_sbatch_expands_no_bare_array_under_set_u():
@@ -283,6 +358,7 @@ def test_pre_timeout_signal_checkpoints_requeues_and_the_requeued_job_resumes_ex
     assert (log / "requeue").read_text().split() == ["4242"], output[-3000:]
     record = json.loads((out / "stopped_on_signal.json").read_text())
     assert record["exit_status"] == 75 and record["signal"] == "SIGUSR1"
+    assert (record["slurm_job_id"], record["slurm_restart_count"]) == ("4242", 0)  # which run of which job stopped
     assert record["seconds_after_signal"] is None  # the record is rank 0's, and the signal reached rank 1 alone
     stopped_at = record["step"]
     assert 2 <= stopped_at < LAST, "stopped too late to test anything"
@@ -381,7 +457,8 @@ def test_accelerate_launch_quiet_leaves_the_one_error_line(preprocessed, tmp_pat
 def test_one_process_stops_on_the_signal_at_the_next_step(preprocessed, tmp_path):
     """One process asks no other rank: the signal alone stops it at the next step boundary, checkpointed, status 75."""
     out = tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SLURM_JOB_ID": "777",
+           "SLURM_RESTART_COUNT": "3"}
     proc = subprocess.Popen(train_cmd(preprocessed, out, *COMMON), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     first = out / "checkpoints" / "step_00000002"
@@ -394,4 +471,5 @@ def test_one_process_stops_on_the_signal_at_the_next_step(preprocessed, tmp_path
     record = json.loads((out / "stopped_on_signal.json").read_text())
     assert 2 <= record["step"] < LAST, "stopped too late to test anything"
     assert 0 < record["seconds_after_signal"] < 60  # one step and one checkpoint
+    assert (record["slurm_job_id"], record["slurm_restart_count"]) == ("777", 3)  # what slurm/train.sbatch compares
     assert max(p.name for p in (out / "checkpoints").glob("step_*")) == f"step_{record['step']:08d}"
