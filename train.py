@@ -62,7 +62,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
 from safetensors import SafetensorError
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -341,6 +341,9 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
     if launched != accelerator.num_processes:
         raise SystemExit(f"error: the launcher started {launched} processes but Accelerate sees "
                          f"{accelerator.num_processes}; they would race on {run_dir}. Check `accelerate env`.")
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate 1.16 skips it there
+        raise SystemExit("error: mixed_precision fp16 has no CPU path (Accelerate would train in fp32, and the run be "
+                         "recorded and scored as fp16); launch with --mixed_precision bf16 or no on CPUs")
     fsdp = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
     if fsdp is not None and fsdp.fsdp_version != 2:
         raise SystemExit("error: FSDP1 (fsdp_version: 1) is not supported (its mixed precision has no fp32 norm "
@@ -544,7 +547,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
     peak_lr = cfg.lr * global_batch / 256
     try:
         optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
-                                        momentum=cfg.momentum)
+                                        momentum=cfg.momentum,
+                                        param_group_fn=functools.partial(decay_groups, weight_decay=cfg.weight_decay))
     except ValueError as e:
         raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -556,6 +560,16 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
                  f"{cfg.warmup_epochs:g}, which it does not shorten: the LR never leaves warmup (last step "
                  f"{lr_at(total_steps - 1):.3g}, peak {peak_lr:.3g})")
     return optimizer, lr_at
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """timm's param groups (biases, norm layers and the model's no_weight_decay() names undecayed), laid out as for a
+    decaying run whatever `weight_decay`: timm puts every parameter in one group at 0, two otherwise, and a
+    checkpoint's optimizer state loads only into its own group count, so a resume across --weight_decay 0 would be
+    refused where any other change of the value is applied (keep_launch_flags)."""
+    no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=no_decay)
+    return [{**group, "weight_decay": weight_decay if group["weight_decay"] else 0.0} for group in groups]
 
 
 def convert_norm_and_memory_format(model: torch.nn.Module, cfg: TrainConfig,

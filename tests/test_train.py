@@ -442,6 +442,35 @@ def test_bf16_mixed_precision_trains_and_exports_float32(preprocessed, tmp_path)
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
 
 
+def test_fp16_on_cpus_is_refused_before_anything_is_written(preprocessed, tmp_path):
+    """Accelerate skips fp16 on a CPU device and trains in fp32: the run would record fp16 (run_info.json, the card's
+    hardware line, which validate.py scores the export with). An fp16 accelerate config from a GPU box, on CPUs."""
+    out = tmp_path / "run"
+    proc = run(train_cmd(preprocessed, out, "--epochs", "1", launcher=("--cpu", "--mixed_precision", "fp16",
+                                                                      "--num_processes", "1", "-q")))
+    assert proc.returncode != 0
+    assert ("error: mixed_precision fp16 has no CPU path (Accelerate would train in fp32, and the run be recorded and "
+            "scored as fp16); launch with --mixed_precision bf16 or no on CPUs") in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+
+
+def test_weight_decay_zero_keeps_the_group_layout_a_resume_with_another_value_loads_into():
+    """timm puts every parameter in one group at --weight_decay 0 and two otherwise; a checkpoint's optimizer state
+    loads only into its own group count, so a resume across 0 was refused where any other change is applied."""
+    import modeling
+    import train
+
+    model = modeling.create_model(TINY, num_classes=4)
+    optimizers = {wd: train.build_optimizer(model, TrainConfig(model=TINY, dataset="unused", weight_decay=wd), 1, 10,
+                                            100)[0] for wd in (0.0, 5e-5)}
+    layouts = {wd: [(len(g["params"]), g["weight_decay"]) for g in o.param_groups] for wd, o in optimizers.items()}
+    ones = sum(p.ndim <= 1 for p in model.parameters())  # biases and norm layers: never decayed
+    assert layouts == {0.0: [(ones, 0.0), (len(list(model.parameters())) - ones, 0.0)],
+                       5e-5: [(ones, 0.0), (len(list(model.parameters())) - ones, 5e-5)]}
+    optimizers[5e-5].load_state_dict(optimizers[0.0].state_dict())  # either way round
+    optimizers[0.0].load_state_dict(optimizers[5e-5].state_dict())
+
+
 @pytest.mark.parametrize("auto_augment", ["ra", "ta"])
 def test_auto_augment_borders_are_the_mean_not_black(preprocessed, auto_augment):
     """RandAugment/TrivialAugment as torchvision's references and timm build them: rotations, shears and translations
