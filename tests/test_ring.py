@@ -134,3 +134,25 @@ def test_without_workers_it_collates_in_process():
     batch = RingCollate(ring)([Filled()[k] for k in keys])
     assert isinstance(batch, Batch)
     check(*batch, keys, batch.replaced)
+
+
+def test_a_refused_pin_clears_cudas_last_error_or_stops_in_one_line(monkeypatch):
+    """cudaHostRegister's refusal stays CUDA's last error, which torch raises after the next kernel launch as that
+    kernel's: the ring clears it through the runtime torch loaded, or stops before training in one line."""
+    from imagenet_trainer.data import ring as ring_module
+
+    # the runtime torch links is found and called (a CPU-only build of torch has none to call)
+    assert ring_module.clear_cuda_error() == (torch.version.cuda is not None)
+
+    class Refusing:  # no GPU here: what torch.cuda.cudart() answers on a host whose locked-memory limit is too low
+        @staticmethod
+        def cudaHostRegister(pointer, size, flags):
+            return 2  # cudaErrorMemoryAllocation
+
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: Refusing)
+    monkeypatch.setattr(ring_module, "clear_cuda_error", lambda: False)
+    ring = BatchRing(1, 1, (2, 8, 8, 3), context=multiprocessing.get_context("fork"))
+    with pytest.raises(SystemExit) as e:
+        ring.pin()
+    assert str(e.value).startswith("error: cannot pin the ") and "ulimit -l" in str(e.value)
+    assert "\n" not in str(e.value)

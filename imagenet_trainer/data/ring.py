@@ -14,6 +14,7 @@ mid-epoch, a persistent loader's reset) frees its own slot when it is collected,
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import multiprocessing
@@ -77,10 +78,34 @@ class BatchRing:
         cudart, pointer = torch.cuda.cudart(), self.memory.data_ptr()
         error = cudart.cudaHostRegister(pointer, self.memory.numel(), 0)
         if int(error) != 0:
+            # the refusal stays CUDA's "last error", which torch's check after the next kernel launch would raise as
+            # that kernel's (torch's binding does not clear it): cleared, or the run cannot go on without pinning
+            if not clear_cuda_error():
+                raise SystemExit(f"error: cannot pin the {self.memory.numel() / 2**20:.0f} MiB of DataLoader batch "
+                                 f"slots ({error}); raise the locked-memory limit (ulimit -l, the container's "
+                                 "memlock), or train with --num_workers 0")
             print(f"warning: cannot pin the {self.memory.numel() / 2**20:.0f} MiB of DataLoader batch slots "
                   f"({error}); batches are copied to the GPU from pageable memory (slower)", file=sys.stderr)
             return
         weakref.finalize(self, cudart.cudaHostUnregister, pointer)
+
+
+def clear_cuda_error() -> bool:
+    """cudaGetLastError of the CUDA runtime this process loaded (the libcudart torch links, found in /proc/self/maps;
+    dlopen of a loaded path returns that library, its state included), which returns the last error and resets it;
+    False where no runtime is found to call."""
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "/libcudart" in line), None)
+    except OSError:
+        return False
+    if path is None:
+        return False
+    try:
+        ctypes.CDLL(path).cudaGetLastError()
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 class RingBatch:
