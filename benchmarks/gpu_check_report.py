@@ -243,12 +243,13 @@ class Report:
             stage = json.loads(done.read_text())
             try:
                 stage.update(read()) if stage["status"] == 0 else None
-            except (OSError, KeyError, IndexError, ValueError, AttributeError) as e:  # ran, left no usable figures
+            except Exception as e:  # noqa: BLE001 (ran, left no usable figures: the other stages' still count)
                 stage.update(status="no figures", error=f"{type(e).__name__}: {e}")
             if "seconds_split" in stage:
                 stage["seconds_split"]["other"] = round(stage["seconds"] - sum(stage["seconds_split"].values()), 2)
-            if stage["status"] != 0:
-                stage["log_tail"] = log_tail((self.work / f"{name}.log").read_text())
+            if stage["status"] != 0:  # a log cut inside a progress bar's UTF-8 character still reads
+                log = self.work / f"{name}.log"
+                stage["log_tail"] = log_tail(log.read_text(errors="replace")) if log.is_file() else ""
             stages[name] = stage
         originals, goal_run = stages.get("originals", {}), stages.get("train_8cores", {})
         if originals.get("beside_train_8cores") and "per_epoch" in goal_run:

@@ -490,6 +490,22 @@ def test_gpu_check_log_tail_shows_the_error_not_the_launchers_traceback():
     assert shown.splitlines() == tail
 
 
+def test_gpu_check_report_reads_a_failed_stages_log_cut_inside_a_character(tmp_path):
+    """A stage killed while tqdm drew its bar leaves a log that ends inside a UTF-8 character ('\u2588' cut to two
+    bytes): the report still writes the JSON, that stage's tail with a replacement character, the others as they
+    are; every later report of the run reads the same log."""
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "machine.json").write_text('{"cpu_cores": 16}')
+    (tmp_path / "stages" / "throughput.json").write_text('{"status": 137, "seconds": 5, "started_s": 0}')
+    (tmp_path / "throughput.log").write_bytes("error: killed\ntrain:  50%|".encode() + "\u2588".encode()[:2])
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(REPORT), str(tmp_path), str(out), "0", "10", "256", "4000", "0.05", "8",
+                           "tree throughput"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stage = json.loads(out.read_text())["stages"]["throughput"]
+    assert stage["status"] == 137 and stage["log_tail"] == ["error: killed", "train:  50%|\ufffd"], stage
+
+
 def test_gpu_check_goal_rate_is_over_the_epochs():
     """The steady rate the goal is judged on: the epochs' images over their seconds. The mean of the epochs' rates
     weighs a fast epoch as much as a slow one: 6,400 images in 1 s and in 2 s are 4,267 img/s, not 4,800."""
