@@ -46,6 +46,9 @@ class BenchConfig:
 def bare_loop(cfg: BenchConfig, num_classes: int) -> float:
     """Images/s of the minimal loop on resident data."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # the backends train.py sets (set_backends): a ceiling it could reach, no lower
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
     model = modeling.create_model(cfg.model, num_classes=num_classes).to(device, memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
