@@ -47,6 +47,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import shutil
 import traceback
 from dataclasses import asdict, dataclass
@@ -549,6 +550,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
         optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
                                         momentum=cfg.momentum,
                                         param_group_fn=functools.partial(decay_groups, weight_decay=cfg.weight_decay))
+        model_order = [id(p) for p in model.parameters() if p.requires_grad]
+        optimizer.register_load_state_dict_pre_hook(functools.partial(split_one_group, model_order=model_order))
     except ValueError as e:
         raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -570,6 +573,29 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     no_decay = getattr(model, "no_weight_decay", lambda: set())()
     groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=no_decay)
     return [{**group, "weight_decay": weight_decay if group["weight_decay"] else 0.0} for group in groups]
+
+
+def split_one_group(optimizer, state_dict: dict, model_order: list[int]) -> dict | None:
+    """A checkpoint's optimizer state in one param group (what timm built for --weight_decay 0 before decay_groups)
+    laid out as `optimizer`'s groups, each parameter's state (momentum, ...) with it: that group held every trainable
+    parameter in the model's order (`model_order`: their ids), where the state dict numbers them. None (loaded as
+    it is) for any other layout. A load_state_dict pre-hook: accelerate's load_state calls load_state_dict."""
+    groups = state_dict["param_groups"]
+    mine = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    if len(groups) != 1 or len(optimizer.param_groups) == 1 or len(groups[0]["params"]) != len(model_order) or \
+            sorted(mine) != sorted(model_order):
+        return None
+    saved = dict(zip(model_order, groups[0]["params"]))  # a parameter's id -> its number in the checkpoint
+    settings = {k: v for k, v in groups[0].items() if k != "params"}
+    state, split, number = {}, [], 0
+    for group in optimizer.param_groups:
+        numbers = list(range(number, number + len(group["params"])))
+        state |= {n: state_dict["state"][saved[id(p)]] for n, p in zip(numbers, group["params"])
+                  if saved[id(p)] in state_dict["state"]}
+        split.append({**settings, "weight_decay": group["weight_decay"] and settings["weight_decay"],
+                      "params": numbers})
+        number += len(numbers)
+    return {**state_dict, "state": state, "param_groups": split}
 
 
 def convert_norm_and_memory_format(model: torch.nn.Module, cfg: TrainConfig,
@@ -666,6 +692,11 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     return path
 
 
+# what a checkpoint file that lost its end makes the readers say: torch.load's zip reader; pickle's (FSDP's .metadata,
+# whose reader raises a new error with only the text: "metadata is None; global metadata read failed: ...")
+CUT_FILE = ("PytorchStreamReader", "pickle data was truncated", "Ran out of input", "metadata is None")
+
+
 def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: Path) -> str:
     """resume's one line for a load_state that failed on the checkpoint `path`: damaged, where a file lost its end
     (safetensors' SafetensorError; torch.load's PytorchStreamReader error, or EOFError where an FSDP rank reads its
@@ -673,7 +704,8 @@ def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: P
     torch.distributed.checkpoint's CheckpointException, whose text is every rank's traceback: the ranks' own errors
     are read instead (checkpoints.causes)."""
     found = [e for e in checkpoints.causes(error) if not isinstance(e, CheckpointException)] or [error]
-    damaged = [e for e in found if isinstance(e, (SafetensorError, EOFError)) or "PytorchStreamReader" in str(e)]
+    damaged = [e for e in found if isinstance(e, (SafetensorError, EOFError, pickle.UnpicklingError))
+               or any(cut in str(e) for cut in CUT_FILE)]
     if damaged:
         then = (f"move it out of {ckpt_dir}, then --resume_from_checkpoint latest takes the one before"
                 if resume_from == "latest" else

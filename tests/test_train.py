@@ -490,3 +490,46 @@ def test_auto_augment_borders_are_the_mean_not_black(preprocessed, auto_augment)
             assert not (out == 0).any(), seed
         borders += bool(((out[0] == 124) & (out[1] == 116) & (out[2] == 104)).any())
     assert borders >= 5  # the geometric ops did run and filled with the mean
+
+
+def test_an_old_one_group_optimizer_state_loads_into_the_two_group_layout():
+    """A checkpoint saved when timm built one param group for --weight_decay 0 resumes into decay_groups' two (a run
+    in progress when the code was updated): each parameter gets its own momentum back, whatever this launch's decay."""
+    from timm.optim import create_optimizer_v2
+
+    import modeling
+    import train
+
+    model = modeling.create_model(TINY, num_classes=4)
+    old = create_optimizer_v2(model, opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9)
+    assert len(old.param_groups) == 1
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    old.step()
+    saved = old.state_dict()
+    for wd in (0.0, 5e-5):
+        new = train.build_optimizer(model, TrainConfig(model=TINY, dataset="unused", weight_decay=wd), 1, 10, 100)[0]
+        new.load_state_dict(saved)
+        assert [len(g["params"]) for g in new.param_groups] == [sum(p.ndim <= 1 for p in model.parameters()),
+                                                                 sum(p.ndim > 1 for p in model.parameters())]
+        for p in model.parameters():
+            assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+
+
+def test_an_fsdp_checkpoint_whose_metadata_lost_its_end_is_called_damaged(tmp_path):
+    """torch.distributed.checkpoint reads .metadata with pickle and raises a new error with only the text ("metadata
+    is None; global metadata read failed: ..."): a cut or empty one is damaged, not a checkpoint of other flags."""
+    import torch.distributed.checkpoint as dcp
+
+    import train
+
+    folder = tmp_path / "checkpoints" / "step_00000001"
+    dcp.save({"w": torch.randn(50, 50)}, checkpoint_id=folder)
+    for cut in (100, 0):
+        with open(folder / ".metadata", "r+b") as f:
+            f.truncate(cut)
+        with pytest.raises(BaseException) as e:
+            dcp.load({"w": torch.zeros(50, 50)}, checkpoint_id=folder)
+        said = train.load_failure(e.value, folder, "latest", folder.parent)
+        assert said.startswith(f"error: --resume_from_checkpoint {folder} is damaged ("), said
+        assert said.endswith(f"move it out of {folder.parent}, then --resume_from_checkpoint latest takes the one "
+                             "before") and "\n" not in said
