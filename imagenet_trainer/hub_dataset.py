@@ -67,6 +67,9 @@ class Stopped(KeyboardInterrupt):
     the finished ones are kept."""
 
 
+SMALL_FILES = (ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, "README.md")  # beside data/: what refresh_small may rewrite
+
+
 def work_folder(output_dir: Path) -> Path:
     """Where the export of ``output_dir`` is built: beside it (the same filesystem, so it moves into place by a
     rename), one fixed name, so a rerun finds the shards a cut run finished."""
@@ -177,24 +180,32 @@ def is_finished(output_dir: Path, job: dict, small: dict[str, str]) -> bool:
         return False
     present = {p.relative_to(output_dir).as_posix(): p.stat().st_size for p in output_dir.rglob("*") if p.is_file()}
     listed = record.get("files")
-    if not isinstance(listed, dict) or present.keys() != listed.keys() or any(
-            present[rel] != size for rel, size in listed.items() if rel not in small):
+    if not isinstance(listed, dict):
+        return False
+    shards = {rel: size for rel, size in present.items() if rel not in SMALL_FILES}
+    if shards != {rel: size for rel, size in listed.items() if rel not in SMALL_FILES}:
         return False
     return refresh_small(output_dir, small, record)
 
 
 def refresh_small(output_dir: Path, small: dict[str, str], record: dict) -> bool:
     """The cards and JSON files of a finished export made anew where they differ from what the source gives now (an
-    edited source.json, a card written by another version), the shards kept: they are the hours of an ImageNet
-    export, these a few KB. True: ``output_dir`` is this job's finished export."""
+    edited or added source.json, a card written by another version, a file deleted by hand), and those the source no
+    longer gives removed, the shards kept: they are the hours of an ImageNet export, these a few KB. True:
+    ``output_dir`` is this job's finished export."""
     changed = [rel for rel, text in small.items() if not (output_dir / rel).is_file()
                or (output_dir / rel).read_text(errors="replace") != text]
+    gone = [rel for rel in SMALL_FILES if rel not in small and (output_dir / rel).is_file()]
     for rel in changed:
         atomic_write_text(output_dir / rel, small[rel])
-    if changed:
-        files = {**record["files"], **{rel: (output_dir / rel).stat().st_size for rel in changed}}
+    for rel in gone:
+        (output_dir / rel).unlink()
+    if changed or gone:
+        files = {rel: size for rel, size in record["files"].items() if rel not in SMALL_FILES}
+        files |= {rel: (output_dir / rel).stat().st_size for rel in small}
         atomic_write_text(job_record(output_dir), json.dumps({**record, "files": files}, indent=1))
-        print(f"{output_dir}: wrote {', '.join(changed)} anew; its Parquet shards were already this export's")
+        said = [f"wrote {', '.join(changed)} anew"] * bool(changed) + [f"removed {', '.join(gone)}"] * bool(gone)
+        print(f"{output_dir}: {'; '.join(said)}; its Parquet shards were already this export's")
     return True
 
 

@@ -245,12 +245,14 @@ def test_a_finished_export_whose_card_is_stale_gets_a_new_card_and_keeps_its_sha
     out = hub_dataset.export_parquet(preprocessed, tmp_path / "imagenet-parquet", shard_bytes=SHARD_BYTES)
     written = files_of(out)
     (out / "README.md").write_text("---\ncard of an earlier version\n---\n")
+    (out / "class_descriptions.json").unlink()  # deleted by hand
     before = identities(out)
     hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
-    assert f"{out}: wrote README.md anew; its Parquet shards were already this export's" in capsys.readouterr().out
+    assert (f"{out}: wrote class_descriptions.json, README.md anew; its Parquet shards were already this export's"
+            in capsys.readouterr().out)
     assert files_of(out) == written  # the card as a fresh export writes it
     after = identities(out)
-    assert {rel for rel in before if before[rel] != after[rel]} == {"README.md"}
+    assert {rel for rel in after if before.get(rel) != after[rel]} == {"README.md", "class_descriptions.json"}
     hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
     assert capsys.readouterr().out == ""  # nothing written: the record knows the new card's size
     assert identities(out) == after
