@@ -30,7 +30,9 @@ preprocess_manifest.json (every file's size and SHA-256, and the inputs and sett
 
 Safety: OUT must be new, empty, or this script's own complete output (it has the manifest); anything else is
 refused, and nothing in OUT but the files of the manifest is ever replaced. The same command on a finished OUT
-reports it done; other inputs or settings need --overwrite, which still refuses while OUT holds files not its own.
+reports it done (file names, labels, settings and annotation folders compared, not the files' contents: a replaced
+image or an edited XML needs --overwrite); other inputs or settings need --overwrite, which still refuses while OUT
+holds files not its own.
 
 Choices:
 - Lossless by default: a file that already is an RGB JPEG (baseline or progressive) without EXIF rotation keeps its
@@ -92,6 +94,7 @@ import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.resource_tracker
 import pickle
+import re
 import shutil
 import threading
 import time
@@ -494,16 +497,32 @@ def start_or_resume(work: Path, job: dict) -> None:
             old = json.loads(job_file.read_text())
         except (OSError, ValueError):
             old = None
-        if old == job:
-            return
         if unrecorded_annotations(old, job):
             note_unrecorded(work, f"if they changed since its first shards, delete {work} to start over")
             atomic_write_text(job_file, json.dumps(job, indent=1))  # from now on they are recorded
+            old = job
+        if old == job:
+            clear_write_leftovers(work, job["files"])
             return
         print(f"{work}: left by a run with other inputs or settings; starting over")
         shutil.rmtree(work)
     (work / WORK).mkdir(parents=True)
     atomic_write_text(job_file, json.dumps(job, indent=1))
+
+
+# The temp file runinfo.atomic_write_bytes makes beside PATH (mkstemp, prefix ".NAME.", suffix ".tmp", 8 random
+# characters of CPython's tempfile._RandomNameSequence between): left by a kill before its rename
+WRITE_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def clear_write_leftovers(work: Path, splits) -> None:
+    """Remove the temp files of atomic writes a killed run left in ``work`` and its ``splits``' folders: the output
+    would keep them, a file its manifest does not list (``--verify`` fails, ``--overwrite`` refuses it)."""
+    for folder in (work, *(work / split for split in splits)):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if WRITE_LEFTOVER.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
 
 
 OWN_FILES = ("dataset_dict.json", "preprocess_report.json", ilsvrc.DESCRIPTIONS_FILE, "config.yaml", "run_info.json",
@@ -721,10 +740,14 @@ def clear_replaced(out: Path, swaps: bool) -> None:
 
 
 def already_done(out: Path) -> None:
-    """The line a finished output gets, once OUT/.work a run killed after its last rename left is gone; and one
+    """The lines a finished output gets, once OUT/.work a run killed after its last rename left is gone; and one
     about the files it skipped as unreadable (permissions, I/O errors), which may read now."""
     shutil.rmtree(out / WORK, ignore_errors=True)
-    print(f"{out}: already done (same inputs and settings, every file present); nothing to do")
+    print(f"{out}: already done (same file names, labels, settings and annotation folders, every file present); "
+          "nothing to do")
+    # a stat or a read of every input (1.3M files, minutes on NFS) would be the cost of noticing a replaced one
+    print(f"{out}: the input files' contents are not compared: after replacing an image or editing an annotation "
+          "under the same name, add --overwrite to rebuild it")
     skipped = json.loads((out / "preprocess_report.json").read_text())["skipped"]
     unread = [s for s in skipped if s["reason"].startswith("[Errno ")]  # an OSError's text; a decode's is not
     if unread:
@@ -1096,7 +1119,7 @@ def run(argv=None) -> None:
                      for split, s in splits.items()}}
     if listing.archives:  # the same paths from other archive files are other data
         job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
-    elif listing.layout == image_tree.ILSVRC:  # boxes unpacked (or changed) since are other inputs too
+    elif listing.layout == image_tree.ILSVRC:  # boxes unpacked since, or an edited CSV, are other inputs too
         job["annotations"] = annotation_sources(data_dir, splits)
     if check_output(out, job, cfg.overwrite):
         return already_done(out)

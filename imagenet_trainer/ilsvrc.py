@@ -193,12 +193,22 @@ def broken_link_warnings(broken, folder) -> list[str]:
             for why, names in sorted(by_why.items())]
 
 
-def list_images(folder) -> tuple[list[str], list[tuple[str, str]]]:
-    """(sorted names of the files in ``folder``, hidden files left out; its broken links, as ``scan`` gives them).
+def folder_warnings(folders, folder, read: str) -> list[str]:
+    """One warning for the folders ``list_images`` found among image files, named relative to ``folder``: a folder
+    named like an image, or a subfolder of images, is not read (``read``: where images are read, for the warning)."""
+    if not folders:
+        return []
+    return [f"{len(folders)} folders among the images of {folder} left out (images are read only as files directly "
+            f"in {read}), e.g. {folders[0]}"]
+
+
+def list_images(folder) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(sorted names of the files in ``folder``, hidden files left out; its broken links, as ``scan`` gives them; its
+    folders, which are not read: the caller warns, ``folder_warnings``).
     os.scandir, not datasets' imagefolder: the latter spends ~50 min resolving ImageNet's files (datasets #6359).
     File names must be UTF-8 (they are stored as Arrow strings) and stems unique (the stem is the image id); either
     failing is a ValueError naming the file."""
-    names, _, broken = scan(folder)
+    names, folders, broken = scan(folder)
     stems = {}
     for name in names:
         try:
@@ -209,26 +219,28 @@ def list_images(folder) -> tuple[list[str], list[tuple[str, str]]]:
         if stem in stems:
             raise ValueError(f"{Path(folder) / stems[stem]} and {name}: two files with one image id; remove one")
         stems[stem] = name
-    return names, broken
+    return names, broken, folders
 
 
-def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
+def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]],
+                                                 list[str]]:
     """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder or with no file in it], broken links as
-    ``scan`` gives them, named relative to ``train_dir``) for the per-class train folders (files in nested folders
-    are not read: that class counts as empty)."""
+    ``scan`` gives them, ["<wnid>/<folder>", ...], the folders inside class folders, which are not read: a class whose
+    files are all in them counts as empty) for the per-class train folders, named relative to ``train_dir``."""
     index = {w: i for i, w in enumerate(wnids)}
     _, folders, broken = scan(train_dir)
     unknown = [f for f in folders if f not in index]
     if unknown:
         raise ValueError(f"{Path(train_dir) / unknown[0]}: folder of unknown wnid {unknown[0]!r} "
                          f"(not in {SYNSET_MAPPING}; {len(unknown)} such folders)")
-    items = []
+    items, nested = [], []
     for wnid in folders:
-        names, links = list_images(Path(train_dir) / wnid)
+        names, links, inside = list_images(Path(train_dir) / wnid)
         items += [(f"{wnid}/{name}", index[wnid]) for name in names]
         broken += [(f"{wnid}/{name}", why) for name, why in links]
+        nested += [f"{wnid}/{name}" for name in inside]
     found = {rel.split("/", 1)[0] for rel, _ in items}
-    return items, [w for w in wnids if w not in found], broken
+    return items, [w for w in wnids if w not in found], broken, nested
 
 
 def orient_box(box, orientation: int, width: int, height: int) -> tuple:

@@ -86,8 +86,8 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
 def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
     """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``."""
     classes = {}
-    strays, nested, seen, links = [], 0, {}, []
-    loose, broken = ilsvrc.list_images(folder)
+    strays, nested, seen, links = [], [], {}, []
+    loose, broken, _ = ilsvrc.list_images(folder)
     for name in _subfolders(folder):
         try:
             name.encode("utf-8")
@@ -98,19 +98,18 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
             links.append(f"{name} -> {seen[real]}")
             continue
         seen[real] = name
-        files, bad = ilsvrc.list_images(folder / name)
+        files, bad, inside = ilsvrc.list_images(folder / name)
         broken += [(f"{name}/{file}", why) for file, why in bad]
+        nested += [f"{name}/{sub}" for sub in inside]
         classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
         strays += [f"{name}/{f}" for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
-        nested += len(_subfolders(folder / name))
     warnings = []
     if loose:
         warnings.append(f"{len(loose)} files directly in {folder} left out (images go in a class folder), "
                         f"e.g. {loose[0]}")
     if strays:
         warnings.append(f"{len(strays)} files without an image extension in {folder} left out, e.g. {strays[0]}")
-    if nested:
-        warnings.append(f"{nested} folders inside the class folders of {folder} not read (one level only)")
+    warnings += ilsvrc.folder_warnings(nested, folder, "a class folder")
     if links:
         warnings.append(f"{len(links)} folders in {folder} are the same folder as a class listed already, not "
                         f"listed twice: {', '.join(links[:3])}")
@@ -172,7 +171,7 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
     splits = {"train": Split(root, None, _items(classes, index, data_dir / root), {}, True)}
     for split, (folder, found) in held.items():
         if found is None:
-            files, broken = ilsvrc.list_images(data_dir / folder)
+            files, broken, _ = ilsvrc.list_images(data_dir / folder)  # no folders: they would be classes
             warnings += ilsvrc.broken_link_warnings(broken, data_dir / folder)
             splits[split] = Split(folder, None, [(f, -1) for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)],
                                   {})
@@ -205,8 +204,9 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
             warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
                                                                  f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
 
-    train, missing, broken = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
+    train, missing, broken, nested = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
     broken = [(f"{ilsvrc.SPLIT_DIRS['train']}/{name}", why) for name, why in broken]
+    nested = [f"{ilsvrc.SPLIT_DIRS['train']}/{name}" for name in nested]
     if missing:
         warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images (no folder, an "
                         f"empty one, or files only in subfolders), e.g. {missing[0]}")
@@ -215,8 +215,9 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
     val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
     index = {w: i for i, w in enumerate(wnids)}
     val, strays = [], []
-    val_files, links = ilsvrc.list_images(val_dir)
+    val_files, links, inside = ilsvrc.list_images(val_dir)
     broken += [(f"{ilsvrc.SPLIT_DIRS['validation']}/{name}", why) for name, why in links]
+    nested += [f"{ilsvrc.SPLIT_DIRS['validation']}/{name}" for name in inside]
     for name in val_files:
         stem, ext = os.path.splitext(name)
         if stem not in val_csv and ext.lower() not in ilsvrc.IMAGE_EXTENSIONS:
@@ -238,9 +239,11 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
         "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
     }
     test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
-    test_files, links = ilsvrc.list_images(test_dir) if test_dir.is_dir() else ([], [])
+    test_files, links, inside = ilsvrc.list_images(test_dir) if test_dir.is_dir() else ([], [], [])
     broken += [(f"{ilsvrc.SPLIT_DIRS['test']}/{name}", why) for name, why in links]
+    nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{name}" for name in inside]
     warnings += ilsvrc.broken_link_warnings(broken, data_dir)
+    warnings += ilsvrc.folder_warnings(nested, data_dir, "train/<wnid>/, val/ or test/")
     test = [(name, -1) for name in test_files]
     if test:
         splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})

@@ -897,10 +897,40 @@ def test_rerun_keeps_a_users_file_and_is_reported_done(clean_tree, finished):
     before = arrow_files(finished)
     proc = run_script("--data_dir", clean_tree, "--output_dir", finished, "--num_proc", "1")
     assert proc.returncode == 0, proc.stderr
-    assert f"{finished}: already done (same inputs and settings" in proc.stdout and "wrote" not in proc.stdout
+    assert f"{finished}: already done (same file names, labels, settings" in proc.stdout and "wrote" not in proc.stdout
     assert (finished / "notes.txt").read_text() == "x\n"
     assert arrow_files(finished) == before  # not one shard rewritten
     assert not (finished.parent / "pp.tmp").exists()
+
+
+def test_a_replaced_image_or_edited_box_is_not_noticed_and_the_rerun_says_so(clean_tree, tmp_path, capsys):
+    """Inputs are compared by file name and label (a read of 1.3M files would be the price of more): a picture
+    replaced under the same name, an XML box edited, leave the output as it was, and the rerun says that contents are
+    not compared and that --overwrite rebuilds it, which then stores the new picture and box."""
+    tree, out = tmp_path / "kaggle", tmp_path / "out"
+    shutil.copytree(clean_tree, tree)
+    args = ["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1"]
+    preprocess.main(args)
+    train_dir = tree / ilsvrc.SPLIT_DIRS["train"]
+    first, other = (sorted((train_dir / wnid).glob("*.JPEG"))[0] for wnid in manifest(clean_tree)["wnids"][:2])
+    shutil.copy(other, first)  # another class's picture under the first one's name
+    xml = sorted((tree / ilsvrc.ANNOTATION_DIRS["validation"]).glob("*.xml"))[0]
+    text = xml.read_text()
+    start = text.index("<xmin>") + len("<xmin>")
+    xml.write_text(text[:start] + "1" + text[text.index("<", start):])  # a box moved: xmin = 1
+    capsys.readouterr()
+    preprocess.main(args)
+    said = capsys.readouterr().out
+    assert (f"{out}: the input files' contents are not compared: after replacing an image or editing an annotation "
+            "under the same name, add --overwrite to rebuild it") in said
+    assert raw_rows(out)["train"][first.stem]["image"]["bytes"] != first.read_bytes()  # not noticed: kept as it was
+
+    preprocess.main([*args, "--overwrite"])
+    rows = raw_rows(out)
+    assert size_of(rows["train"][first.stem]["image"]["bytes"]) == size_of(other.read_bytes())
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(rows["train"][first.stem]["image"]["bytes"]))),
+                          np.asarray(Image.open(other)))
+    assert rows["validation"][xml.stem]["objects"][0]["bbox"][0] == 1.0
 
 
 def test_other_settings_need_overwrite_which_never_deletes_a_users_file(clean_tree, finished):
@@ -1074,6 +1104,45 @@ def test_a_kill_inside_an_overwrites_swap_leaves_nothing_after_the_next_run(kill
     assert output_manifest.read(finished)["job"]["quality"] == 80 and output_manifest.verify(finished)[0] == []
 
 
+# preprocess.py SIGKILLed in an atomic write of a path ending in $KILL_AT: its temp file (.NAME.XXXXXXXX.tmp) written,
+# not yet renamed
+KILLED_BEFORE_RENAME = """
+import os, signal, sys
+import preprocess
+
+rename = os.replace
+
+def replace(src, dst):
+    if str(dst).endswith(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst)
+
+os.replace = replace
+preprocess.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["train/state.json", "preprocess_report.json", MANIFEST_NAME])
+def test_a_kill_inside_an_atomic_write_leaves_no_temp_file_in_the_output(kill_at, clean_tree, tmp_path):
+    """Killed while assembling the output, between an atomic write's temp file and its rename: the resumed run
+    removes the temp file, so the output holds only its manifest's files (--verify passes, --overwrite is not
+    refused as if a file were the user's)."""
+    out, work = tmp_path / "out", tmp_path / "out.tmp"
+    args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RENAME, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "KILL_AT": f"/{kill_at}"})
+    assert killed.returncode == -9, killed.stderr
+    folder, name = (work / kill_at).parent, Path(kill_at).name
+    assert len(list(folder.glob(f".{name}.*.tmp"))) == 1  # what the kill left
+
+    rerun = run_script(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stdout and not work.exists()
+    assert output_manifest.verify(out)[0] == [] and not list(out.rglob("*.tmp"))
+    preprocess.main([*args, "--quality", "80", "--overwrite"])
+    assert output_manifest.read(out)["job"]["quality"] == 80
+
+
 def users_folder(old: Path, kind: str) -> None:
     """Something of a user's named .OUT.old: a folder only the names of its entries tell from an output cut short
     while it was deleted, an empty one, a link to a folder of theirs, a file."""
@@ -1183,6 +1252,40 @@ def test_broken_and_looping_links_are_warned_about_not_fatal(layout, clean_tree,
             in printed)
     dd = datasets.load_from_disk(str(tmp_path / "out"))
     assert sum(ds.num_rows for ds in dd.values()) == len([p for p in root.rglob("*.JPEG") if p.is_file()])
+
+
+@pytest.mark.parametrize("layout", ["ilsvrc", "own"])
+def test_folders_among_the_images_are_warned_about_and_reported(layout, clean_tree, tmp_path, capsys):
+    """A folder named like an image, in a class folder and in test/, and a subfolder of JPEGs in a class folder are
+    not read: one warning with their count and an example, printed and in preprocess_report.json."""
+    if layout == "ilsvrc":
+        root = tmp_path / "kaggle"
+        shutil.copytree(clean_tree, root)
+        rel, held = f"{ilsvrc.SPLIT_DIRS['train']}/{manifest(clean_tree)['wnids'][0]}", ilsvrc.SPLIT_DIRS["test"]
+    else:  # a user's test/ of folders is one of class folders: the folder goes in a validation class instead
+        root = class_tree(clean_tree, tmp_path / "photos", NAMES[:2], "train_val")
+        rel, held = "train/zebra", "validation/zebra"
+    (root / rel / "more").mkdir()
+    for i, image in enumerate(sorted((root / rel).glob("*.JPEG"))[:2]):
+        shutil.copy(image, root / rel / "more" / f"more_{i}.JPEG")
+    (root / rel / "x_99.JPEG").mkdir()
+    (root / held / "ILSVRC2012_test_00000099.JPEG").mkdir()
+    out = tmp_path / "out"
+    preprocess.main(["--data_dir", str(root), "--output_dir", str(out), "--num_proc", "1"])
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "folders among the images" in line]
+    report = json.loads((out / "preprocess_report.json").read_text())
+    if layout == "ilsvrc":
+        assert warnings == [f"warning: 3 folders among the images of {root} left out (images are read only as files "
+                            f"directly in train/<wnid>/, val/ or test/), e.g. {rel}/more"]
+    else:  # train/ and validation/ are listed apart
+        assert warnings == [f"warning: 2 folders among the images of {root / 'train'} left out (images are read only "
+                            "as files directly in a class folder), e.g. zebra/more",
+                            f"warning: 1 folders among the images of {root / 'validation'} left out (images are "
+                            "read only as files directly in a class folder), e.g. zebra/ILSVRC2012_test_00000099.JPEG"]
+    assert [w for w in report["warnings"] if "folders among the images" in w] == [w[len("warning: "):]
+                                                                                 for w in warnings]
+    dd = datasets.load_from_disk(str(out))
+    assert sum(ds.num_rows for ds in dd.values()) == len([p for p in root.rglob("*.JPEG") if p.is_file()]) - 2
 
 
 def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tmp_path):
