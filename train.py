@@ -47,7 +47,6 @@ import importlib.util
 import json
 import math
 import os
-import pickle
 import shutil
 import traceback
 from dataclasses import asdict, dataclass
@@ -551,7 +550,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
                                         momentum=cfg.momentum,
                                         param_group_fn=functools.partial(decay_groups, weight_decay=cfg.weight_decay))
         model_order = [id(p) for p in model.parameters() if p.requires_grad]
-        optimizer.register_load_state_dict_pre_hook(functools.partial(split_one_group, model_order=model_order))
+        # on the optimizer that loads: timm's Lookahead passes its state on to the one it wraps (and has no hooks)
+        loads = getattr(optimizer, "_base_optimizer", optimizer)
+        loads.register_load_state_dict_pre_hook(functools.partial(split_one_group, model_order=model_order))
     except ValueError as e:
         raise SystemExit(f"error: --optimizer {cfg.optimizer}: {e}") from None
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -695,6 +696,9 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
 # what a checkpoint file that lost its end makes the readers say: torch.load's zip reader; pickle's (FSDP's .metadata,
 # whose reader raises a new error with only the text: "metadata is None; global metadata read failed: ...")
 CUT_FILE = ("PytorchStreamReader", "pickle data was truncated", "Ran out of input", "metadata is None")
+# what torch.distributed.checkpoint says loading a one-group optimizer state into decay_groups' two (split_one_group,
+# a load_state_dict hook, is not on that path)
+ONE_GROUP_SHARDED = "Missing key in checkpoint state_dict: optimizer.param_groups.1."
 
 
 def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: Path) -> str:
@@ -704,14 +708,17 @@ def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: P
     torch.distributed.checkpoint's CheckpointException, whose text is every rank's traceback: the ranks' own errors
     are read instead (checkpoints.causes)."""
     found = [e for e in checkpoints.causes(error) if not isinstance(e, CheckpointException)] or [error]
-    damaged = [e for e in found if isinstance(e, (SafetensorError, EOFError, pickle.UnpicklingError))
-               or any(cut in str(e) for cut in CUT_FILE)]
+    damaged = [e for e in found if isinstance(e, (SafetensorError, EOFError)) or any(cut in str(e) for cut in CUT_FILE)]
     if damaged:
         then = (f"move it out of {ckpt_dir}, then --resume_from_checkpoint latest takes the one before"
                 if resume_from == "latest" else
                 "--resume_from_checkpoint latest takes the newest complete one")  # unsealed: found by the load
         said = next((first_line(e) for e in damaged if str(e)), "a file ends before its data: EOFError")
         return f"error: --resume_from_checkpoint {path} is damaged ({said}); {then}"
+    if any(ONE_GROUP_SHARDED in str(e) for e in found):
+        return (f"error: --resume_from_checkpoint {path} holds FSDP optimizer shards in one param group (--weight_decay "
+                "0 before this version made two at any value), which a sharded load cannot split; resume it with the "
+                "code that saved it (the git commit in its run_info.json)")
     return (f"error: --resume_from_checkpoint {path} does not fit this run ({first_line(found[0])}); resume with the "
             f"flags of {ckpt_dir.parent}/config.yaml")
 

@@ -249,7 +249,7 @@ class Report:
                 stage["seconds_split"]["other"] = round(stage["seconds"] - sum(stage["seconds_split"].values()), 2)
             if stage["status"] != 0:  # a log cut inside a progress bar's UTF-8 character still reads
                 log = self.work / f"{name}.log"
-                stage["log_tail"] = log_tail(log.read_text(errors="replace")) if log.is_file() else ""
+                stage["log_tail"] = log_tail(log.read_text(errors="replace")) if log.is_file() else []
             stages[name] = stage
         originals, goal_run = stages.get("originals", {}), stages.get("train_8cores", {})
         if originals.get("beside_train_8cores") and "per_epoch" in goal_run:

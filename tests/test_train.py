@@ -501,18 +501,67 @@ def test_an_old_one_group_optimizer_state_loads_into_the_two_group_layout():
     import train
 
     model = modeling.create_model(TINY, num_classes=4)
-    old = create_optimizer_v2(model, opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9)
-    assert len(old.param_groups) == 1
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
-    old.step()
-    saved = old.state_dict()
-    for wd in (0.0, 5e-5):
-        new = train.build_optimizer(model, TrainConfig(model=TINY, dataset="unused", weight_decay=wd), 1, 10, 100)[0]
-        new.load_state_dict(saved)
-        assert [len(g["params"]) for g in new.param_groups] == [sum(p.ndim <= 1 for p in model.parameters()),
-                                                                 sum(p.ndim > 1 for p in model.parameters())]
-        for p in model.parameters():
-            assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+    # timm's Lookahead wraps the optimizer that loads (and has no load hooks of its own)
+    for opt, key in (("sgd", "momentum_buffer"), ("lookahead_adamw", "exp_avg")):
+        old = create_optimizer_v2(model, opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9)
+        assert len(old.param_groups) == 1
+        model.zero_grad()
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        old.step()
+        saved = old.state_dict()
+        for wd in (0.0, 5e-5):
+            cfg = TrainConfig(model=TINY, dataset="unused", weight_decay=wd, optimizer=opt)
+            new = train.build_optimizer(model, cfg, 1, 10, 100)[0]
+            new.load_state_dict(saved)
+            assert [len(g["params"]) for g in new.param_groups] == [sum(p.ndim <= 1 for p in model.parameters()),
+                                                                     sum(p.ndim > 1 for p in model.parameters())]
+            states = [getattr(o, "_base_optimizer", o).state for o in (new, old)]  # Lookahead's: the wrapped one's
+            for p in model.parameters():
+                assert torch.equal(states[0][p][key], states[1][p][key]), opt
+
+
+ONE_GROUP_SHARDED = r"""
+import os, sys
+from pathlib import Path
+import torch, torch.distributed as dist, torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.fsdp import fully_shard
+from timm.optim import create_optimizer_v2
+import modeling, train
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[2])
+model = modeling.create_model("blocknet_tiny", num_classes=4)
+fully_shard(model)
+old = create_optimizer_v2(model, opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9)
+model(torch.randn(2, 3, 32, 32)).sum().backward()
+old.step()
+folder = Path(sys.argv[1])
+dcp.save({"optimizer": get_optimizer_state_dict(model, old)}, checkpoint_id=folder)
+new = train.build_optimizer(model, train.TrainConfig(model="blocknet_tiny", dataset="unused"), 1, 10, 100)[0]
+try:  # accelerate's load_fsdp_optimizer: a template of this launch's optimizer, filled from the shards
+    state = {"optimizer": get_optimizer_state_dict(model, new)}
+    dcp.load(state, checkpoint_id=folder)
+    set_optimizer_state_dict(model, new, state["optimizer"])
+except BaseException as e:
+    print(train.load_failure(e, folder, "latest", folder.parent))
+dist.destroy_process_group()
+"""
+
+
+def test_an_old_one_group_optimizer_state_in_fsdp_shards_is_refused_in_one_line(tmp_path):
+    """Under FSDP the optimizer loads through torch.distributed.checkpoint from a template of this launch's two
+    groups, where no load_state_dict hook can split the one saved: said as such, not "does not fit these flags"."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "checkpoints" / "step_00000001"
+    proc = run([sys.executable, "-c", ONE_GROUP_SHARDED, str(folder), str(port)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == (
+        f"error: --resume_from_checkpoint {folder} holds FSDP optimizer shards in one param group (--weight_decay 0 "
+        "before this version made two at any value), which a sharded load cannot split; resume it with the code that "
+        "saved it (the git commit in its run_info.json)"), proc.stdout + proc.stderr[-2000:]
 
 
 def test_an_fsdp_checkpoint_whose_metadata_lost_its_end_is_called_damaged(tmp_path):
@@ -533,3 +582,9 @@ def test_an_fsdp_checkpoint_whose_metadata_lost_its_end_is_called_damaged(tmp_pa
         assert said.startswith(f"error: --resume_from_checkpoint {folder} is damaged ("), said
         assert said.endswith(f"move it out of {folder.parent}, then --resume_from_checkpoint latest takes the one "
                              "before") and "\n" not in said
+    # a whole file that torch.load's weights_only refuses (a numpy scalar in it) is not damaged: every checkpoint of
+    # that run holds the same, and moving them out one by one helps nothing
+    import pickle
+    said = train.load_failure(pickle.UnpicklingError("Weights only load failed. This file can still be loaded"),
+                              folder, "latest", folder.parent)
+    assert said.startswith(f"error: --resume_from_checkpoint {folder} does not fit this run"), said
