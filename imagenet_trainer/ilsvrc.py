@@ -223,12 +223,13 @@ def list_images(folder) -> tuple[list[str], list[tuple[str, str]], list[str]]:
 
 
 def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]],
-                                                 list[str]]:
+                                                 list[str], list[str]]:
     """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder or with no file in it], broken links as
     ``scan`` gives them, ["<wnid>/<folder>", ...], the folders inside class folders, which are not read: a class whose
-    files are all in them counts as empty) for the per-class train folders, named relative to ``train_dir``."""
+    files are all in them counts as empty; [files directly in ``train_dir``], not read either: no class folder names
+    their label) for the per-class train folders, named relative to ``train_dir``."""
     index = {w: i for i, w in enumerate(wnids)}
-    _, folders, broken = scan(train_dir)
+    loose, folders, broken = scan(train_dir)
     unknown = [f for f in folders if f not in index]
     if unknown:
         raise ValueError(f"{Path(train_dir) / unknown[0]}: folder of unknown wnid {unknown[0]!r} "
@@ -240,7 +241,7 @@ def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str
         broken += [(f"{wnid}/{name}", why) for name, why in links]
         nested += [f"{wnid}/{name}" for name in inside]
     found = {rel.split("/", 1)[0] for rel, _ in items}
-    return items, [w for w in wnids if w not in found], broken, nested
+    return items, [w for w in wnids if w not in found], broken, nested, loose
 
 
 def orient_box(box, orientation: int, width: int, height: int) -> tuple:

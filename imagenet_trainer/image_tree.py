@@ -204,7 +204,11 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
             warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
                                                                  f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
 
-    train, missing, broken, nested = ilsvrc.list_train_images(data_dir / ilsvrc.SPLIT_DIRS["train"], wnids)
+    train_dir = data_dir / ilsvrc.SPLIT_DIRS["train"]
+    train, missing, broken, nested, loose = ilsvrc.list_train_images(train_dir, wnids)
+    if loose:
+        warnings.append(f"{len(loose)} files directly in {train_dir} left out (train images go in "
+                        f"{ilsvrc.SPLIT_DIRS['train']}/<wnid>/), e.g. {loose[0]}")
     broken = [(f"{ilsvrc.SPLIT_DIRS['train']}/{name}", why) for name, why in broken]
     nested = [f"{ilsvrc.SPLIT_DIRS['train']}/{name}" for name in nested]
     if missing:

@@ -1270,11 +1270,17 @@ def test_folders_among_the_images_are_warned_about_and_reported(layout, clean_tr
         shutil.copy(image, root / rel / "more" / f"more_{i}.JPEG")
     (root / rel / "x_99.JPEG").mkdir()
     (root / held / "ILSVRC2012_test_00000099.JPEG").mkdir()
+    if layout == "ilsvrc":  # an image directly in train/: no class folder names its label
+        shutil.copy(next(p for p in (root / rel).glob("*.JPEG") if p.is_file()), root / "ILSVRC/Data/CLS-LOC/train/loose_1.JPEG")
     out = tmp_path / "out"
     preprocess.main(["--data_dir", str(root), "--output_dir", str(out), "--num_proc", "1"])
-    warnings = [line for line in capsys.readouterr().out.splitlines() if "folders among the images" in line]
+    said = capsys.readouterr().out.splitlines()
+    warnings = [line for line in said if "folders among the images" in line]
     report = json.loads((out / "preprocess_report.json").read_text())
     if layout == "ilsvrc":
+        train = root / "ILSVRC/Data/CLS-LOC/train"
+        assert (f"warning: 1 files directly in {train} left out (train images go in ILSVRC/Data/CLS-LOC/train/<wnid>/), "
+                "e.g. loose_1.JPEG") in said
         assert warnings == [f"warning: 3 folders among the images of {root} left out (images are read only as files "
                             f"directly in train/<wnid>/, val/ or test/), e.g. {rel}/more"]
     else:  # train/ and validation/ are listed apart
@@ -1285,7 +1291,8 @@ def test_folders_among_the_images_are_warned_about_and_reported(layout, clean_tr
     assert [w for w in report["warnings"] if "folders among the images" in w] == [w[len("warning: "):]
                                                                                  for w in warnings]
     dd = datasets.load_from_disk(str(out))
-    assert sum(ds.num_rows for ds in dd.values()) == len([p for p in root.rglob("*.JPEG") if p.is_file()]) - 2
+    left_out = 2 + (layout == "ilsvrc")  # the two in more/, the loose one
+    assert sum(ds.num_rows for ds in dd.values()) == len([p for p in root.rglob("*.JPEG") if p.is_file()]) - left_out
 
 
 def test_empty_folders_are_fine_and_a_failed_start_blocks_nothing(clean_tree, tmp_path):
