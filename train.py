@@ -61,7 +61,7 @@ from accelerate.state import AcceleratorState
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list
 from safetensors import SafetensorError
-from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
@@ -470,25 +470,18 @@ def build_model(cfg: TrainConfig, label_names: list[str], print_fn=print) -> tor
 
 def kept_head_note(model, label_names: list[str]) -> str | None:
     """What a pretrained head kept for the dataset's class count starts from when its classes are not the dataset's,
-    compared by id (wnid) and by human name as validate.py compares them; None when they are, or are not recorded.
-    Class i of the data is trained from the head's row i whatever class that row learnt."""
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    ids, described = pcfg.get("label_names"), pcfg.get("label_descriptions")
-    if ids is None and (subset := infer_imagenet_subset(pcfg)):  # timm's ImageNet weights record no names
-        ids, described = ImageNetInfo(subset).label_names(), ImageNetInfo(subset).label_descriptions()
-    ids = list(ids.values()) if isinstance(ids, dict) else ids
-    if not ids or label_names == list(ids):
-        return None
-    if isinstance(described, dict):
-        described = [described.get(i, i) for i in ids]
-    if described and label_names == list(described):
-        return None
-    if set(label_names) in (set(ids), set(described or ())):
-        return (f"the pretrained head has the dataset's classes in another index order ({list(ids)[:3]}... against "
+    compared as validate.py compares them (modeling.class_order); None when they are, or are not recorded. Class i of
+    the data is trained from the head's row i whatever class that row learnt."""
+    ids, descriptions = modeling.pretrained_labels(getattr(model, "pretrained_cfg", None) or {})
+    order = modeling.class_order(ids, descriptions, label_names) if ids else "same"
+    if order == "reordered":
+        return (f"the pretrained head has the dataset's classes in another index order ({ids[:3]}... against "
                 f"{label_names[:3]}...): kept, each class starts from another's weights; re-export it in the "
                 "dataset's order, or preprocess with the same class order")
-    return (f"the pretrained {len(ids)}-class head is kept, though its classes are not the dataset's "
-            f"({list(ids)[:3]}... against {label_names[:3]}...): each class starts from another's weights")
+    if order == "other":
+        return (f"the pretrained {len(ids)}-class head is kept, though its classes are not the dataset's "
+                f"({ids[:3]}... against {label_names[:3]}...): each class starts from another's weights")
+    return None
 
 
 def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator, bad: BadSamples):

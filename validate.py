@@ -411,14 +411,13 @@ def check_model_classes(model_ref: str, label_names: list[str]) -> str | None:
     are human names, since Hub copies of ImageNet may name their ClassLabels by description."""
     if is_timm_name(model_ref):  # timm's ImageNet weights: their classes are its ImageNet subset's, if any
         pretrained_cfg = timm.models.get_pretrained_cfg(model_ref)
-        subset = timm.data.infer_imagenet_subset(pretrained_cfg.to_dict() if pretrained_cfg else {})
-        info = timm.data.ImageNetInfo(subset) if subset else None
-        ids, descriptions = (info.label_names(), info.label_descriptions()) if info else (None, None)
+        ids, descriptions = modeling.pretrained_labels(pretrained_cfg.to_dict() if pretrained_cfg else {})
     else:
         ids, descriptions = modeling.label_info(model_ref)
-    if ids is None or label_names in (ids, descriptions):
+    order = modeling.class_order(ids, descriptions, label_names) if ids is not None else "same"
+    if order == "same":
         return None
-    if set(label_names) in (set(ids), set(descriptions or ())):
+    if order == "reordered":
         raise ValueError(f"it has the dataset's classes in another index order (model: {ids[:3]}..., dataset: "
                          f"{label_names[:3]}...); re-export it or preprocess with the same class order")
     return (f"warning: --model's class names ({ids[:3]}...) are not the dataset's ({label_names[:3]}...); scoring "

@@ -445,14 +445,45 @@ def label_info(path_or_hub_id) -> tuple[list[str] | None, list[str] | None]:
     # ours keep ids in pretrained_cfg; plain timm exports keep them at the root
     names = pcfg.get("label_names") or config.get("label_names")
     descriptions = pcfg.get("label_descriptions") or config.get("label_descriptions")
+    names, described = ordered_labels(names, descriptions)
     if names is None:
         return None, None
-    names = list(names.values()) if isinstance(names, dict) else list(names)
-    described = [descriptions.get(n, n) for n in names] if descriptions else None
     head = head_labels(config) if saved_by_transformers(config) else None
     if head and head not in (names, display_names(names, described), timm_imagenet_names(names)):
         return head, None  # a fine-tune's head: its own labels
     return names, described
+
+
+def ordered_labels(names, descriptions) -> tuple[list[str] | None, list[str] | None]:
+    """(label ids, human names) in class-index order from a config's ``label_names`` (a list, or a dict by index)
+    and ``label_descriptions`` (a dict by id, or a list); (None, None) without ids."""
+    if names is None:
+        return None, None
+    names = list(names.values()) if isinstance(names, dict) else list(names)
+    if isinstance(descriptions, dict):
+        return names, [descriptions.get(n, n) for n in names]
+    return names, list(descriptions) if descriptions else None
+
+
+def pretrained_labels(pretrained_cfg: dict) -> tuple[list[str] | None, list[str] | None]:
+    """(label ids, human names) of a model's pretrained_cfg: its own, else those of the ImageNet subset its class
+    count names (timm's ImageNet weights record none); (None, None) when neither."""
+    ids, described = ordered_labels(pretrained_cfg.get("label_names"), pretrained_cfg.get("label_descriptions"))
+    if ids is None and (subset := infer_imagenet_subset(pretrained_cfg)):
+        info = ImageNetInfo(subset)
+        return info.label_names(), info.label_descriptions()
+    return ids, described
+
+
+def class_order(ids: list[str], descriptions: list[str] | None, label_names: list[str]) -> str:
+    """How a dataset's classes ``label_names`` stand to a model's (``ids``, ``descriptions``: class-index order):
+    "same", by id or by human name (Hub copies of ImageNet may name their ClassLabels by description); "reordered",
+    the same classes in another index order; else "other"."""
+    if label_names in (list(ids), list(descriptions or ())):
+        return "same"
+    if set(label_names) in (set(ids), set(descriptions or ())):
+        return "reordered"
+    return "other"
 
 
 def timm_imagenet_names(label_ids: list[str]) -> list[str] | None:
