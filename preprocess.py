@@ -94,7 +94,6 @@ import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.resource_tracker
 import pickle
-import re
 import shutil
 import threading
 import time
@@ -116,7 +115,7 @@ from imagenet_trainer.jpeg_markers import arithmetic, first_picture, header_segm
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import (REPLACED_NOTE, atomic_write_text, delete_replaced, is_replaced, mark_replaced,
-                                      replaced_folder, write_run_info)
+                                      remove_write_leftovers, replaced_folder, write_run_info)
 from imagenet_trainer.runlock import FolderLock, release_all
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
@@ -510,19 +509,12 @@ def start_or_resume(work: Path, job: dict) -> None:
     atomic_write_text(job_file, json.dumps(job, indent=1))
 
 
-# The temp file runinfo.atomic_write_bytes makes beside PATH (mkstemp, prefix ".NAME.", suffix ".tmp", 8 random
-# characters of CPython's tempfile._RandomNameSequence between): left by a kill before its rename
-WRITE_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-
-
 def clear_write_leftovers(work: Path, splits) -> None:
     """Remove the temp files of atomic writes a killed run left in ``work`` and its ``splits``' folders: the output
     would keep them, a file its manifest does not list (``--verify`` fails, ``--overwrite`` refuses it)."""
     for folder in (work, *(work / split for split in splits)):
         if folder.is_dir():
-            for entry in folder.iterdir():
-                if WRITE_LEFTOVER.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
-                    entry.unlink()
+            remove_write_leftovers(folder)
 
 
 OWN_FILES = ("dataset_dict.json", "preprocess_report.json", ilsvrc.DESCRIPTIONS_FILE, "config.yaml", "run_info.json",

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,11 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+# the temp file an atomic write makes beside PATH: mkstemp's ".PATH." prefix, ".tmp" suffix and 8 random characters
+# (tempfile._RandomNameSequence) between, which a kill before the rename leaves behind
+WRITE_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """``atomic_write_text`` of bytes (a file kept byte for byte, lines that are no UTF-8 included)."""
     path = Path(path)
@@ -39,6 +45,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_write_leftovers(folder: Path) -> None:
+    """Remove the temp files of atomic writes into ``folder`` that a kill cut before their rename."""
+    for entry in Path(folder).iterdir():
+        if WRITE_LEFTOVER.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
 
 
 def current_umask() -> int:
