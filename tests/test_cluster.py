@@ -36,21 +36,31 @@ COMMON = ("--batch_size", "4", "--epochs", "4", "--save_every_steps", "1", "--ke
 LAST = 8
 
 SRUN = r"""#!/bin/bash
-# srun --ntasks-per-node=1 on one machine: the command once per node, in parallel, each with its SLURM_NODEID;
-# the highest exit status, as srun returns it. Its own options are recorded apart, one call a line.
+# srun --ntasks-per-node=1 on one machine: the command once per node, in parallel, each with its SLURM_NODEID and
+# in a process group of its own; the highest exit status, as srun returns it. With --kill-on-bad-exit=1 a failed task
+# has the others' groups killed if they are still running STUB_KILL_WAIT s later, as srun does after its KillWait
+# (else a node left waiting on a dead peer's rendezvous holds the test until its timeout). Its own options are
+# recorded apart, one call a line.
 options=()
 while [[ "$1" == --* ]]; do options+=("$1"); shift; done
 printf '%s\n' "${options[*]}" >> "$STUB_LOG/srun_options"
 printf '%s\n' "$*" >> "$STUB_LOG/srun"
-pids=()
+declare -A running
 for ((node = 0; node < SLURM_NNODES; node++)); do
-    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 "$@" &
-    pids+=($!)
+    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 setsid "$@" &
+    running[$!]=1
 done
-status=0
-for pid in "${pids[@]}"; do
-    wait "$pid" || { code=$?; if ((code > status)); then status=$code; fi; }
+groups=("${!running[@]}") status=0 watchdog=
+while ((${#running[@]})); do
+    code=0; wait -n -p ended "${!running[@]}" || code=$?
+    unset "running[$ended]"
+    if ((code > status)); then status=$code; fi
+    if ((code != 0)) && [ -z "$watchdog" ] && [[ " ${options[*]} " == *" --kill-on-bad-exit=1 "* ]]; then
+        (sleep "${STUB_KILL_WAIT:-20}"; for pid in "${groups[@]}"; do kill -KILL -- "-$pid"; done) >/dev/null 2>&1 &
+        watchdog=$!
+    fi
 done
+[ -z "$watchdog" ] || kill "$watchdog" 2>/dev/null
 exit "$status"
 """
 # STUB_HOSTS=N: an allocation of N nodes, its names written through stdio's buffer as scontrol's C printf writes them
