@@ -576,6 +576,10 @@ def check_output(out: Path, job: dict | None, overwrite: bool) -> bool:
     if same and damaged is None and not overwrite:
         if unrecorded:
             note_unrecorded(out, "if they changed since, add --overwrite to rebuild it")
+            try:  # recorded from now on: the note once, and a later change of them is then told apart
+                atomic_write_text(out / manifest.MANIFEST, json.dumps(manifest.sealed({**m, "job": job}), indent=1))
+            except OSError:  # a read-only copy of the dataset: it stays usable, with the note at each run
+                pass
         return True
     if not overwrite:
         if m is None:

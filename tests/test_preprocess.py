@@ -1040,6 +1040,10 @@ def test_outputs_whose_job_does_not_record_the_annotations_are_kept_with_a_note(
             "LOC_val_solution.csv) it was made with; taken as made with the present ones: if they changed since, "
             "add --overwrite to rebuild it\n") in said and f"{finished}: already done" in said
     assert arrow_files(finished) == before
+    assert output_manifest.read(finished)["job"] == recorded["job"]  # recorded from now on: the note once
+    preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1"])
+    said = capsys.readouterr().out
+    assert f"{finished}: already done" in said and "does not say which annotations" not in said
 
     out, work = tmp_path / "out", tmp_path / "out.tmp"
     args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "2"]
