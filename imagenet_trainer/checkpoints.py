@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -116,9 +117,15 @@ def step_folder(ckpt_dir: Path, step: int) -> Path:
     return Path(ckpt_dir) / f"step_{step:08d}"
 
 
+STEP_NAME = re.compile(r"step_(\d+)")  # what step_folder names; .tmp_*/.old_* are saves in progress
+
+
 def step_folders(ckpt_dir: Path) -> list[Path]:
-    """The ``step_N`` folders, oldest first (.tmp_* folders are unfinished saves)."""
-    return sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir())
+    """The checkpoints train.py wrote there, oldest first, by step number (9 digits past step 99,999,999). A copy a
+    user made beside them (step_N.bak, step_N_keep) is none: latest never resumes from it, rotation never deletes it."""
+    found = [(int(m[1]), p) for p in Path(ckpt_dir).glob("step_*")
+             if (m := STEP_NAME.fullmatch(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
 
 
 # what train.py's save_checkpoint writes beside step_N: the save in progress (sealed last), and a step saved again
@@ -159,7 +166,7 @@ def set_aside_later_steps(ckpt_dir: Path, step: int, stamp: str) -> Path | None:
     was damaged. Left in place they would count as the newest: latest would go back to them (a rollback silently
     undone) and rotation would keep them in place of the checkpoints this run writes. Moved, not deleted: a rollback
     by mistake can be undone by moving them back."""
-    later = [p for p in step_folders(ckpt_dir) if int(p.name.split("_")[1]) > step]
+    later = [p for p in step_folders(ckpt_dir) if int(STEP_NAME.fullmatch(p.name)[1]) > step]
     if not later:
         return None
     folder = Path(ckpt_dir) / SET_ASIDE / stamp

@@ -198,6 +198,33 @@ def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_latest_resumes_from
     assert f"resumed from {previous}" in said
 
 
+def test_a_users_copy_of_a_checkpoint_beside_them_is_neither_resumed_from_nor_pruned(finished, preprocessed,
+                                                                                      tmp_path):
+    """cp -a step_N step_N.bak (or step_N_keep) inside checkpoints/: latest took the copy for the newest (the .bak
+    ended every resume, and every requeue, in a traceback), and rotation deleted it at the next save."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    ckpt_dir = out / "checkpoints"
+    newest = checkpoints.step_folders(ckpt_dir)[-1]
+    copies = [ckpt_dir / f"{newest.name}.bak", ckpt_dir / f"{newest.name}_keep"]
+    for copy in copies:
+        shutil.copytree(newest, copy)
+    assert checkpoints.step_folders(ckpt_dir)[-1] == newest
+    resumed = ok(run(train_cmd(preprocessed, out, "--epochs", "3", "--save_every_steps", "1", "--keep_last", "1",
+                               "--resume_from_checkpoint", "latest")))
+    assert f"resumed from {newest} at" in resumed.stdout + resumed.stderr
+    assert all(copy.is_dir() for copy in copies)
+    kept = [p.name for p in checkpoints.step_folders(ckpt_dir)]  # --keep_last 1, and the best step's
+    assert kept[-1] == f"step_{rows(out)[-1]['step']:08d}" and len(kept) <= 2, kept
+
+
+def test_checkpoints_sort_by_step_past_eight_digits(tmp_path):
+    for step in (99_999_999, 100_000_000, 7):
+        checkpoints.step_folder(tmp_path, step).mkdir()
+    assert [p.name for p in checkpoints.step_folders(tmp_path)] == ["step_00000007", "step_99999999",
+                                                                    "step_100000000"]
+
+
 def test_a_checkpoint_without_its_file_list_loads_and_a_damaged_one_is_named(finished, preprocessed, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
