@@ -19,7 +19,7 @@ import shutil
 import zlib
 from pathlib import Path
 
-from .runinfo import atomic_write_bytes, atomic_write_text
+from .runinfo import atomic_write_bytes, atomic_write_text, fsync_dir
 
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
 CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py notes a change
@@ -42,17 +42,6 @@ def fsync_tree(folder: Path) -> None:
         dirs.extend(Path(root) / d for d in subdirs)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         fsync_dir(d)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (a rename into it, a new file) durable. Some filesystems refuse fsync on a folder."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def seal(folder: Path) -> None:

@@ -45,6 +45,18 @@ def atomic_write_bytes(path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself survives a host crash, in the order the writes were made
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable. Some filesystems refuse fsync on a folder."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_write_leftovers(folder: Path) -> None:

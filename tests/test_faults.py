@@ -51,6 +51,17 @@ def truncate(path, keep: int) -> None:
 
 # -- checkpoints -------------------------------------------------------------------------------------------------------
 
+def test_an_atomic_write_syncs_its_data_then_the_rename(tmp_path, monkeypatch):
+    """A host crash (not a process kill) after an atomic write returns keeps it: the file's data is synced before the
+    rename, the folder after it, so writes made in order (metrics.jsonl's set-aside, then its rewrite) stay in order."""
+    from imagenet_trainer import runinfo
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd)))
+    runinfo.atomic_write_text(tmp_path / "run" / "metrics.jsonl", "{}\n")
+    assert len(synced) == 2 and re.fullmatch(runinfo.WRITE_LEFTOVER, Path(synced[0]).name), synced
+    assert synced[1] == str(tmp_path / "run")
+
+
 def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
     folder = tmp_path / "ckpt" / "step_00000002"
     (folder / "sub").mkdir(parents=True)
