@@ -243,8 +243,13 @@ def in_use(folder: Path) -> str | None:
     """Who holds ``folder``'s lock now (a live holder on any host whose filesystem has coherent flock), or None;
     takes nothing."""
     path = Path(folder) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # for writing, though nothing is written: NFS emulates flock with fcntl locks, whose exclusive kind fails
+        fd = os.open(path, os.O_RDWR)  # on a read-only descriptor (EBADF, read as "no flock": free)
+    except PermissionError:  # another user's lock file
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
     except OSError:
         return None
     try:  # a holder killed a moment ago (its record says it is gone) is waited for, as acquire does
