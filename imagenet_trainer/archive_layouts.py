@@ -14,6 +14,7 @@ import io
 import os
 import ast
 import json
+import posixpath
 import re
 import tarfile
 import zipfile
@@ -54,12 +55,13 @@ def detect(data_dir: Path) -> Found | None:
         return None  # an unpacked tree, read as files
     names = sorted(n for n in os.listdir(data_dir) if not hidden(n))  # ._ILSVRC2012_img_val.tar: macOS
     zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
-    if (data_dir / ilsvrc.SYNSET_MAPPING).exists() and len(zips) != 1:
-        return None  # a tree's LOC files, its ILSVRC/ missing (image_tree says so); beside Kaggle's zip: the zip
-    # image-net.org's files claim the folder unless Kaggle's zip is there and neither of their image tars is: a
-    # devkit kept beside the zip is not a set of image-net.org's missing its tars
+    # Kaggle's LOC files make the folder a tree only when no layout below claims it (the last line): one kept beside
+    # image-net.org's tars or the Hub's files does not make them Kaggle's tree
+    loc = (data_dir / ilsvrc.SYNSET_MAPPING).exists()
+    # image-net.org's files claim the folder with one of their image tars there; without, unless Kaggle's zip or
+    # LOC files are: a devkit kept beside them is not a set of image-net.org's missing its tars
     org = any(n.startswith(("ILSVRC2012_img_", "ILSVRC2012_devkit")) for n in names)
-    if org and (TRAIN_TAR in names or VAL_TAR in names or len(zips) != 1):
+    if org and (TRAIN_TAR in names or VAL_TAR in names or (len(zips) != 1 and not loc)):
         read = [n for n in (TRAIN_TAR, VAL_TAR, DEVKIT) if n in names]
         read += [n for n in names if n.startswith("ILSVRC2012_img_test") and n.endswith(".tar")]
         read += [n for n in BBOX_ARCHIVES if n in names]
@@ -86,7 +88,7 @@ def detect(data_dir: Path) -> Found | None:
         raise ValueError(f"{data_dir}: the Hub's older ILSVRC/imagenet-1k snapshot (data/*.tar.gz) without its "
                          f"{HUB_CLASSES}, the class list; put it beside data/ (hf download ILSVRC/imagenet-1k "
                          f"{HUB_CLASSES} --repo-type dataset --local-dir {data_dir})")
-    return None
+    return None  # a tree: with LOC files but no ILSVRC/, image_tree says it is missing
 
 
 def _kaggle_tgz(folder: Path, tgz: Path) -> Found:
@@ -150,13 +152,13 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
     the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second.
     ``texts``: the LOC files' text, read from ``texts_at`` (messages name it; the tar.gz by default)."""
     path = found.archives[0]
-    members, xml_boxes, errors = {}, {}, []
-    for m, data in archives.stream_tar(path):
+    members, xml_boxes, errors, links = {}, {}, [], []
+    for m, data in archives.stream_tar(path, links):
         rel = m.name[2:] if m.name.startswith("./") else m.name
         if rel.endswith(".xml") and rel.startswith(tuple(ilsvrc.ANNOTATION_DIRS.values())):
+            xml = data.read()  # not in the try below: a cut archive is its own error, not an unreadable XML file
             try:
-                xml_boxes[os.path.splitext(os.path.basename(rel))[0]] = ilsvrc.read_voc_xml(f"{path}/{rel}",
-                                                                                             data.read())
+                xml_boxes[os.path.splitext(os.path.basename(rel))[0]] = ilsvrc.read_voc_xml(f"{path}/{rel}", xml)
             except ValueError as e:
                 errors.append(str(e))
         elif rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION):
@@ -172,7 +174,7 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
     splits, warnings = kaggle_splits(path, members, wnids, val_csv, {"archives": found.archives, "members": members},
                                      xml_boxes)
     warnings += [f"{len(errors)} XML files in {path} unreadable, e.g. {errors[0]}"] if errors else []
-    return wnids, descriptions, splits, warnings
+    return wnids, descriptions, splits, warnings + archives.link_warnings(links, path)
 
 
 def _files_in(members, folder: str, depth: int) -> list[str]:
@@ -249,13 +251,19 @@ def read_devkit(path: str) -> tuple[list, list, dict, list]:
     for name, data in wanted.items():
         if data is None:
             raise ValueError(f"{path}: no data/{name} in it; is it ILSVRC2012_devkit_t12.tar.gz?")
+    try:  # a cut file is an OSError, MATLAB's v7.3 (HDF5) format NotImplementedError, an empty one MatReadError
+        meta = scipy.io.loadmat(io.BytesIO(wanted["meta.mat"]), squeeze_me=True)
+    except (OSError, ValueError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as e:
+        raise ValueError(f"{path}: its data/meta.mat does not read as the devkit's MATLAB v5 file "
+                         f"({type(e).__name__}: {e}); download it again") from None
     try:
-        synsets = scipy.io.loadmat(io.BytesIO(wanted["meta.mat"]), squeeze_me=True)["synsets"]
+        synsets = meta["synsets"]
         leaves = sorted((str(s["WNID"]), str(s["words"]), int(s["ILSVRC2012_ID"])) for s in synsets.ravel()
                         if int(s["num_children"]) == 0)
         truth = [int(t) for t in wanted["ILSVRC2012_validation_ground_truth.txt"].decode().split()]
     except (KeyError, ValueError, TypeError, IndexError) as e:
-        raise ValueError(f"{path}: data/meta.mat or the ground truth is not as the devkit has them ({e})") from None
+        raise ValueError(f"{path}: data/meta.mat or the ground truth is not as the devkit has them ({e}); download "
+                         "it again") from None
     return [w for w, _, _ in leaves], [d for _, d, _ in leaves], {i: w for w, _, i in leaves}, truth
 
 
@@ -286,25 +294,16 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
             raise ValueError(f"{folder}: no {name} ({what}); put image-net.org's file there (or a link to it)")
     wnids, descriptions, id_to_wnid, truth = read_devkit(paths[DEVKIT])
     index = {w: i for i, w in enumerate(wnids)}
-    members, warnings = {}, []
-    class_tars = {m.name: m for m in archives.tar_members(paths[TRAIN_TAR])}
-    unknown = sorted(n for n in class_tars if n.removesuffix(".tar") not in index)
-    missing = [w for w in wnids if f"{w}.tar" not in class_tars]
-    if unknown or missing:
-        raise ValueError(f"{paths[TRAIN_TAR]}: holds {len(class_tars)} class tars for the {len(wnids)} classes of "
-                         f"{DEVKIT}: " + (f"{len(missing)} missing, e.g. {missing[0]}.tar" if missing else
-                                          f"{len(unknown)} of no class, e.g. {unknown[0]}") + "; download it again")
-    train_index = found.archives.index(paths[TRAIN_TAR])
-    for wnid in wnids:
-        outer = class_tars[f"{wnid}.tar"]
-        for m in archives.tar_members(paths[TRAIN_TAR], outer.offset_data, outer.offset_data + outer.size):
-            members[f"{TRAIN_TAR}/{wnid}.tar/{os.path.basename(m.name)}"] = (train_index, m.offset_data, m.size, TAR,
-                                                                             None)
+    broken = {paths[TRAIN_TAR]: []}  # archive -> its links to no file, (name, why): warned of, as the tree's are
+    members = _class_tar_members(paths[TRAIN_TAR], found.archives.index(paths[TRAIN_TAR]), wnids,
+                                 broken[paths[TRAIN_TAR]])
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
-    warnings += no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
+    warnings = no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
     flat = {}
     for split, name in (("validation", VAL_TAR), *(("test", n) for n in paths if n.startswith("ILSVRC2012_img_test"))):
-        at, found_members = found.archives.index(paths[name]), archives.tar_members(paths[name])
+        broken[paths[name]] = []
+        found_members = archives.tar_members(paths[name], broken=broken[paths[name]])
+        at = found.archives.index(paths[name])
         flat[split] = (name, sorted(os.path.basename(m.name) for m in found_members))
         members.update({f"{name}/{os.path.basename(m.name)}": (at, m.offset_data, m.size, TAR, None)
                         for m in found_members})
@@ -329,7 +328,29 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
               "validation": Split(VAL_TAR, None, val, _boxes_of(boxes, val), False, source)}
     if "test" in flat:
         splits["test"] = Split(flat["test"][0], None, [(n, -1) for n in flat["test"][1]], {}, False, source)
+    warnings += [w for path, lost in broken.items() for w in ilsvrc.broken_link_warnings(lost, path)]
     return wnids, descriptions, splits, warnings
+
+
+def _class_tar_members(path: str, at: int, wnids: list[str], broken: list) -> dict:
+    """{"ILSVRC2012_img_train.tar/<wnid>.tar/<file>": location} of the train tar's per-class tars, each class's
+    tar required; links to no file added to ``broken`` as (<wnid>.tar/<name>, why). A class tar is keyed by its name
+    without a leading "./": a train tar re-packed with ``tar -C folder .`` names them ./<wnid>.tar."""
+    class_tars = {posixpath.normpath(m.name): m for m in archives.tar_members(path)}
+    known = set(wnids)
+    unknown = sorted(n for n in class_tars if n.removesuffix(".tar") not in known)
+    missing = [w for w in wnids if f"{w}.tar" not in class_tars]
+    if unknown or missing:
+        raise ValueError(f"{path}: holds {len(class_tars)} class tars for the {len(wnids)} classes of {DEVKIT}: "
+                         + (f"{len(missing)} missing, e.g. {missing[0]}.tar" if missing else
+                            f"{len(unknown)} of no class, e.g. {unknown[0]}") + "; download it again")
+    members = {}
+    for wnid in wnids:
+        outer, lost = class_tars[f"{wnid}.tar"], []
+        for m in archives.tar_members(path, outer.offset_data, outer.offset_data + outer.size, lost):
+            members[f"{TRAIN_TAR}/{wnid}.tar/{os.path.basename(m.name)}"] = (at, m.offset_data, m.size, TAR, None)
+        broken += [(f"{wnid}.tar/{name}", why) for name, why in lost]
+    return members
 
 
 def _boxes_of(boxes: dict, items: list) -> dict:
@@ -370,11 +391,19 @@ def read_wds_shard(path: str) -> list[tuple[int, str, tarfile.TarInfo]]:
 def list_webdataset(found: Found) -> tuple[list, list, dict, list]:
     all_wnids = ilsvrc.imagenet_wnids()  # .cls is the index in ImageNet-1k's sorted wnids
     samples = {split: [] for split in WDS_SPLITS}  # (wnid, file name, location of the image)
+    shard_of = {}  # (split, class folder in the tree or "", image id) -> the shard holding it
     for at, path in enumerate(found.archives):
         split = next(s for s, keys in WDS_SPLITS.items() if any(k in os.path.basename(path) for k in keys))
         for cls, name, m in read_wds_shard(path):
             if not 0 <= cls < len(all_wnids):
                 raise ValueError(f"{path}: {name}: class {cls} is not one of ImageNet's {len(all_wnids)}")
+            # as the tree refuses two files with one image id: a shard kept twice would give each image twice
+            key = (split, all_wnids[cls] if split == "train" else "", os.path.splitext(name)[0])
+            if key in shard_of:
+                raise ValueError(f"{shard_of[key]} and {path}: both hold {name} (two samples with one image id: a "
+                                 "shard kept under two names?); remove one" if shard_of[key] != path else
+                                 f"{path}: {name} twice (two samples with one image id); download it again")
+            shard_of[key] = path
             samples[split].append((all_wnids[cls], name, (at, m.offset_data, m.size, TAR, None)))
     if not samples["train"] or not samples["validation"]:
         raise ValueError(f"{found.root}: WebDataset shards of train and validation are both needed "
@@ -421,9 +450,10 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
     wnids = sorted(classes)
     index = {w: i for i, w in enumerate(wnids)}
     members, items = {}, {split: {} for split in HUB_SPLITS}  # items: {rel: label}, a name stored twice once
+    links = {path: [] for path in found.archives}
     for at, path in enumerate(found.archives):
         split = next(s for s, prefix in HUB_SPLITS.items() if os.path.basename(path).startswith(prefix))
-        for m, _ in archives.stream_tar(path):
+        for m, _ in archives.stream_tar(path, links[path]):
             stem, ext = os.path.splitext(os.path.basename(m.name))
             image, _, wnid = stem.rpartition("_")
             if split == "test":
@@ -435,8 +465,9 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
             members[rel] = (at, m.offset, m.size, STREAM, None)  # the last of a name stored twice, as tar x keeps
             items[split][rel] = label
     items = {split: list(found_items.items()) for split, found_items in items.items()}
-    return hub_listing(found, items, members, wnids, [classes[w] for w in wnids], HUB_CLASSES,
-                       {split: f"{HUB_SPLITS[split]}*.tar.gz" for split in items})
+    *listing, warnings = hub_listing(found, items, members, wnids, [classes[w] for w in wnids], HUB_CLASSES,
+                                     {split: f"{HUB_SPLITS[split]}*.tar.gz" for split in items})
+    return *listing, warnings + [w for path, met in links.items() for w in archives.link_warnings(met, path)]
 
 
 def hub_listing(found: Found, items: dict, members: dict, wnids: list[str], names: list[str], listed_in: str,

@@ -41,11 +41,13 @@ Library code: an incomplete or damaged set is a ValueError naming the file and w
 """
 from __future__ import annotations
 
+import copy
 import errno
 import gzip
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import struct
 import tarfile
@@ -225,25 +227,78 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
-def tar_members(path: Path, start: int = 0, end: int | None = None) -> list[tarfile.TarInfo]:
+def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list | None = None
+                ) -> list[tarfile.TarInfo]:
     """The regular files of the uncompressed tar in bytes [start, end) of ``path`` (the whole file by default; a
     per-class tar inside image-net.org's train tar otherwise), from the headers alone: tarfile seeks past the data.
     Offsets are those of ``path``. One member per name, the last, as ``tar x`` leaves a name stored twice (a tar
-    appended to); hidden files left out (``hidden``). A truncated tar is a ValueError naming ``path``."""
+    appended to); hidden files left out (``hidden``); a link read as the file it leads to (``_files_of``). A link
+    to no file of the tar is (name, why) added to ``broken``, for the caller to warn of, or without that list a
+    ValueError naming it. A truncated tar, or one with a damaged member header, is a ValueError naming ``path``."""
     end = os.path.getsize(path) if end is None else end
+    where = f"{path}" + (f" (the tar at byte {start})" if start else "")
     try:
         with open(path, "rb") as f:
             f.seek(start)  # tarfile counts offsets from where the file object stands
             with tarfile.open(fileobj=f, mode="r:") as tar:
                 members = tar.getmembers()
+                stop = tar.offset  # the header tarfile stopped at: the end-of-archive block, or one it cannot parse
+            block = os.pread(f.fileno(), tarfile.BLOCKSIZE, stop)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a complete tar ({type(e).__name__}: {e}); download it again") from None
+    # tarfile ends the listing without a word at a header it cannot parse (anywhere but at byte 0), so one damaged
+    # header would drop every member after it; a tar ends with zero blocks
+    if stop + tarfile.BLOCKSIZE <= end and block.strip(b"\0"):
+        raise ValueError(f"{where}: damaged, the member header at byte {stop} does not read (the members from there "
+                         "on would be lost); download it again")
     last = max((m.offset_data + -(-m.size // 512) * 512 for m in members), default=start)
     if last + 1024 > end:  # a tar ends with two zero blocks; tarfile stops quietly where the file stops
-        where = f"{path}" + (f" (the tar at byte {start})" if start else "")
         raise ValueError(f"{where}: truncated, it stops {'inside' if last > end else 'after'} its last member "
                          f"{members[-1].name if members else ''}; download it again")
-    return list({m.name: m for m in members if m.isfile() and not hidden(m.name)}.values())
+    files, lost = _files_of(members)
+    if lost and broken is None:
+        raise ValueError(f"{where}: {lost[0][0]} is a link to no file of the tar; re-pack it with tar --dereference "
+                         "--hard-dereference, which stores files, not links")
+    if lost:
+        broken.extend(lost)
+    return files
+
+
+MAX_LINKS = 40  # symbolic links followed in a row before giving up, as Linux does (MAXSYMLINKS)
+
+
+def _files_of(members: list) -> tuple[list, list]:
+    """(the files of a tar's ``members``, [(name, why)] of its broken links), one per name, the last, hidden ones
+    left out. A re-packed set may hold links (tar stores a file's second hard link as a link member), read as the
+    file ``tar x`` leaves there: a hard link as the file of its target's name stored before it, a symbolic link as
+    the file its target (relative to the link's folder) names at the end, through other links."""
+    final = {}  # name, "./a" as "a" (one file on disk) -> its last member, a hard link as its target's bytes
+    for m in members:
+        target = final.get(posixpath.normpath(m.linkname)) if m.islnk() else None
+        final[posixpath.normpath(m.name)] = _as_file(m, target) if target is not None and target.isfile() else m
+    files, broken = [], []
+    for name, m in final.items():
+        if hidden(m.name) or not (m.isfile() or m.islnk() or m.issym()):
+            continue
+        target, at, hops = m, name, 0
+        while target is not None and target.issym() and hops < MAX_LINKS:
+            at, hops = posixpath.normpath(posixpath.join(posixpath.dirname(at), target.linkname)), hops + 1
+            target = final.get(at)
+        if target is not None and target.isfile():
+            files.append(_as_file(m, target))
+        else:
+            broken.append((m.name, "too many levels of symbolic links" if target is not None and target.issym()
+                           else "their target is not a file in the tar"))
+    return files, broken
+
+
+def _as_file(link: tarfile.TarInfo, target: tarfile.TarInfo) -> tarfile.TarInfo:
+    """``link`` (its name, its header's offset) read as the regular file ``target`` is: its bytes' place and size."""
+    if link is target:
+        return link
+    m = copy.copy(link)
+    m.type, m.size, m.offset_data = tarfile.REGTYPE, target.size, target.offset_data
+    return m
 
 
 def archive_size(path: str) -> int:
@@ -259,10 +314,33 @@ def open_stream(path: str):
     return zipfile.ZipFile(outer).open(inner)
 
 
-def stream_tar(path: str):
+STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile, gzip.BadGzipFile)
+
+
+def _incomplete(path: str, e: Exception) -> ValueError:
+    return ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again")
+
+
+class _StreamedData:
+    """A member's file object as stream_tar yields it: its caller reads it outside the generator, so a cut inside
+    the member must fail there as a cut anywhere else does, in stream_tar's one line."""
+
+    def __init__(self, path: str, data):
+        self.path, self.data = path, data
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.data.read(size)
+        except STREAM_ERRORS as e:
+            raise _incomplete(self.path, e) from None
+
+
+def stream_tar(path: str, links: list | None = None):
     """(TarInfo, file object of its data) of each regular file of a compressed tar but hidden ones (``hidden``), in
-    one sequential read; a truncated or damaged archive is a ValueError naming ``path``. A name stored twice comes
-    twice: its listing keeps the last (TarInfo.offset tells them apart).
+    one sequential read; a truncated or damaged archive is a ValueError naming ``path``, raised by the file object
+    too. A name stored twice comes twice: its listing keeps the last (TarInfo.offset tells them apart). A link (a
+    re-packed set's) is not followed: its target's bytes went by before it, so it is (name, target) added to
+    ``links``, for the caller to warn of.
 
     A gzip stream is read by the gzip module, to its end: tarfile's own stream reader takes a cut at a member
     boundary for the end of the archive, so a truncated download would list fewer images without a word, while
@@ -276,14 +354,23 @@ def stream_tar(path: str):
             for m in tar:
                 last = m.name
                 if m.isfile() and not hidden(m.name):
-                    yield m, tar.extractfile(m)
+                    yield m, _StreamedData(path, tar.extractfile(m))
+                elif (m.islnk() or m.issym()) and not hidden(m.name) and links is not None:
+                    links.append((m.name, m.linkname))
             while gz and stream.read(1 << 20):  # past the tar's end marker: the rest of the gzip stream
                 pass
             if gz and stream.tell() < tar.offset + 2 * tarfile.BLOCKSIZE:  # tell(): uncompressed bytes, all read
                 raise ValueError(f"{path}: truncated, the tar in it stops after its member {last or '(none)'} "
                                  "without the end-of-archive blocks; download it again")
-    except (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path}: not a complete archive ({type(e).__name__}: {e}); download it again") from None
+    except STREAM_ERRORS as e:
+        raise _incomplete(path, e) from None
+
+
+def link_warnings(links: list, path: str) -> list[str]:
+    """The warning for the links ``stream_tar`` met in ``path``: left out, never silently."""
+    return [f"{len(links)} links in {path} left out (a compressed tar is read once, front to back: a link's target "
+            f"has gone by; re-pack it with tar --dereference --hard-dereference, which stores files, not links), "
+            f"e.g. {links[0][0]} -> {links[0][1]}"] if links else []
 
 
 # A shard reads its Parquet rows in place when that costs at most two row groups' rows more than it needs (the

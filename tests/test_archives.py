@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 import datasets
@@ -662,3 +664,156 @@ def test_macos_hidden_files_in_an_archive_are_left_out_as_the_tree_leaves_them(p
     beside = (folder / tar).with_name("._" + Path(tar).name)  # as macOS leaves one on a FAT or exFAT disk
     beside.write_bytes(b"\0\5\26\7")
     assert listed(folder) == listed(packaged[packaging])
+
+
+@pytest.mark.parametrize("tar", [archive_layouts.TRAIN_TAR, archive_layouts.VAL_TAR])
+def test_a_damaged_member_header_is_a_one_line_error(tar, packaged, tmp_path):
+    """tarfile ends a listing without a word at a header it cannot parse: one flipped bit in the third header of a
+    class tar (inside the train tar) or of the val tar would drop every image after it."""
+    folder = copy_set(packaged["image-net.org"], tmp_path / "org")
+    members = archives.tar_members(folder / tar)
+    if tar == archive_layouts.TRAIN_TAR:  # the first class tar's own members
+        outer = min(members, key=lambda m: m.offset)
+        members = archives.tar_members(folder / tar, outer.offset_data, outer.offset_data + outer.size)
+    header = sorted(m.offset for m in members)[2]
+    data = bytearray((folder / tar).read_bytes())
+    data[header + 10] ^= 0x20  # a letter of the member's name: the header's checksum no longer matches
+    (folder / tar).unlink()
+    (folder / tar).write_bytes(bytes(data))
+    message = error_of(folder, tmp_path / "out")
+    assert f"{folder / tar}" in message and "download it again" in message
+    assert f"damaged, the member header at byte {header} does not read" in message
+
+
+def test_a_webdataset_shard_kept_twice_is_refused_naming_both(packaged, tmp_path):
+    """A re-downloaded shard kept beside the first under another name: its images would come twice, where the tree
+    refuses two files with one image id."""
+    folder = copy_set(packaged["webdataset"], tmp_path / "wds")
+    shutil.copy(packaged["webdataset"] / "imagenet1k-train-0000.tar", folder / "imagenet1k-train-0000.copy.tar")
+    message = error_of(folder, tmp_path / "out")
+    assert (f"{folder / 'imagenet1k-train-0000.copy.tar'} and {folder / 'imagenet1k-train-0000.tar'}: both hold "
+            in message and "two samples with one image id" in message and message.endswith("remove one"))
+
+
+def test_a_loc_file_beside_another_layout_leaves_the_folder_that_layouts(packaged, ilsvrc_tree, tmp_path):
+    """A LOC_synset_mapping.txt kept beside image-net.org's tars or the Hub's or WebDataset's files (from another
+    download) does not make the folder a Kaggle tree missing LOC_val_solution.csv; Kaggle's tree, with its ILSVRC/,
+    stays a tree."""
+    for packaging in ("image-net.org", "hub-imagenet-1k", "hub-imagenet-1k-parquet", "webdataset"):
+        folder = copy_set(packaged[packaging], tmp_path / packaging)
+        (folder / ilsvrc.SYNSET_MAPPING).symlink_to(ilsvrc_tree / ilsvrc.SYNSET_MAPPING)
+        found = archives.detect(folder)
+        assert found is not None and found.packaging == packaging, packaging
+    assert listed(tmp_path / "image-net.org") == listed(packaged["image-net.org"])
+    assert archives.detect(ilsvrc_tree) is None
+
+
+def test_older_kaggle_release_cut_inside_an_annotation_is_a_one_line_error(packaged, tmp_path):
+    """The listing reads each XML file of the tar.gz as it streams by: a download cut inside one must fail as a cut
+    elsewhere does. One cut per XML file: where the stream stops inside its bytes."""
+    tgz = packaged["kaggle-tar-gz"] / archive_layouts.KAGGLE_TGZ_NAME
+    with tarfile.open(tgz) as tar:
+        spans = [(m.offset_data, m.offset_data + m.size) for m in tar.getmembers() if m.name.endswith(".xml")]
+    data, unzip, out, cuts = tgz.read_bytes(), zlib.decompressobj(31), 0, []  # 31: a gzip stream
+    for n in range(1, len(data) + 1):
+        out += len(unzip.decompress(data[n - 1:n]))
+        while spans and out > spans[0][0]:
+            cuts += [n] if out < spans[0][1] else []
+            spans.pop(0)
+    assert len(cuts) > 10
+    folder = copy_set(packaged["kaggle-tar-gz"], tmp_path / "cut")
+    (folder / tgz.name).unlink()
+    for n in cuts:
+        (folder / tgz.name).write_bytes(data[:n])
+        with pytest.raises(ValueError) as e:
+            archives.list_splits(archives.detect(folder))
+        assert str(e.value).startswith(f"{folder / tgz.name}: not a complete archive (") and "\n" not in str(e.value)
+        assert str(e.value).endswith("download it again")
+
+
+@pytest.mark.parametrize("change", ["cut in half", "MATLAB v7.3", "empty"])
+def test_a_devkit_whose_meta_mat_does_not_read_is_a_one_line_error(change, packaged, tmp_path):
+    v73 = b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 400  # HDF5
+    meta = {"cut in half": lambda b: b[:len(b) // 2], "MATLAB v7.3": lambda b: v73, "empty": lambda b: b""}[change]
+    folder = copy_set(packaged["image-net.org"], tmp_path / "org")
+    devkit = demo_archives.rewrite_tar(packaged["image-net.org"] / archive_layouts.DEVKIT,
+                                       folder / archive_layouts.DEVKIT,
+                                       lambda files: [(n, meta(d) if n.endswith("/meta.mat") else d) for n, d in files])
+    message = error_of(folder, tmp_path / "out")
+    assert message.startswith(f"error: {devkit}: its data/meta.mat does not read as the devkit's MATLAB v5 file (")
+    assert message.endswith("download it again")
+
+
+def test_links_in_a_re_packed_tar_are_read_as_the_files_they_lead_to(packaged, tmp_path):
+    """A class tar re-packed from a folder where images are links (a deduplicated copy: cp -al, rsync --link-dest):
+    tar stores a file's second hard link as a link member, a symbolic link as one. Each is read as the file tar x
+    leaves, with the image's bytes; a link to no file of the tar is warned of, as the tree warns of a broken link."""
+    org = copy_set(packaged["image-net.org"], tmp_path / "org")
+    train = org / archive_layouts.TRAIN_TAR
+    with tarfile.open(packaged["image-net.org"] / archive_layouts.TRAIN_TAR) as tar:
+        class_tars = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    unpacked = tmp_path / "class"
+    with tarfile.open(fileobj=io.BytesIO(class_tars[0][1])) as tar:
+        tar.extractall(unpacked, filter="data")
+    images = sorted(os.listdir(unpacked))
+    (unpacked / images[1]).unlink()
+    os.link(unpacked / images[0], unpacked / images[1])
+    (unpacked / images[2]).unlink()
+    (unpacked / images[2]).symlink_to(images[0])
+    (unpacked / "gone.JPEG").symlink_to("missing.JPEG")
+    repacked = io.BytesIO()
+    with tarfile.open(fileobj=repacked, mode="w") as tar:
+        for name in sorted(os.listdir(unpacked)):
+            tar.add(unpacked / name, name)
+    assert [m.type for m in tarfile.open(fileobj=io.BytesIO(repacked.getvalue())).getmembers()][1:4] == [
+        tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE]  # gone.JPEG first
+    demo_archives.rewrite_tar(packaged["image-net.org"] / train.name, train,
+                              lambda files: [(files[0][0], repacked.getvalue()), *files[1:]])
+
+    _, _, splits, warnings = archives.list_splits(archives.detect(org))
+    wnid = class_tars[0][0].removesuffix(".tar")
+    assert [rel for rel, _ in splits["train"].items if rel.startswith(wnid)] == [f"{wnid}.tar/{n}" for n in images]
+    read = archives.MemberReader(str(org), splits["train"].source)
+    for name in images[1:3]:
+        assert read(f"{archive_layouts.TRAIN_TAR}/{wnid}.tar/{name}") == (unpacked / images[0]).read_bytes()
+    assert (f"1 broken links (their target is not a file in the tar) in {train} left out, e.g. {wnid}.tar/gone.JPEG"
+            in warnings)
+
+
+def test_links_in_a_compressed_tar_are_warned_of(packaged, tmp_path):
+    """A compressed tar is read once, front to back: a link's target has gone by, so its links are left out, said
+    in one warning, never silently."""
+    hub = tmp_path / "hub"
+    shutil.copytree(packaged["hub-imagenet-1k"], hub)
+    val = hub / "data" / "val_images.tar.gz"
+    with tarfile.open(packaged["hub-imagenet-1k"] / "data" / val.name) as full, tarfile.open(val, "w:gz") as part:
+        members = full.getmembers()
+        for m in members:
+            part.addfile(m, full.extractfile(m))
+        for kind, name in ((tarfile.LNKTYPE, "copy_n01440764.JPEG"), (tarfile.SYMTYPE, "link_n01440764.JPEG")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, members[0].name
+            part.addfile(link)
+    *listing, warnings = listed(hub)
+    assert listing == list(listed(packaged["hub-imagenet-1k"])[:3])  # the images as before
+    assert [w for w in warnings if " links in " in w] == [
+        f"2 links in <set>/data/{val.name} left out (a compressed tar is read once, front to back: a link's target "
+        "has gone by; re-pack it with tar --dereference --hard-dereference, which stores files, not links), e.g. "
+        f"copy_n01440764.JPEG -> {members[0].name}"]
+
+
+def test_a_train_tar_re_packed_with_dot_slash_names_gives_the_same_listing(packaged, tmp_path):
+    """``tar cf ILSVRC2012_img_train.tar -C folder .`` names the class tars ./<wnid>.tar, after a ./ folder."""
+    folder = copy_set(packaged["image-net.org"], tmp_path / "org")
+    train = folder / archive_layouts.TRAIN_TAR
+    train.unlink()
+    with tarfile.open(packaged["image-net.org"] / train.name) as full, tarfile.open(train, "w") as dot:
+        here = tarfile.TarInfo(".")
+        here.type = tarfile.DIRTYPE
+        dot.addfile(here)
+        for m in full.getmembers():
+            data = full.extractfile(m)
+            m.name = "./" + m.name
+            dot.addfile(m, data)
+    assert tarfile.open(train).getnames()[:2] == [".", "./n01440764.tar"]
+    assert listed(folder) == listed(packaged["image-net.org"])
