@@ -119,6 +119,14 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     inner = [p for p in members if p.endswith((".tar.gz", ".tgz"))]
     if inner and not any(p.startswith(ilsvrc.SPLIT_DIRS["train"] + "/") for p in members):
         return list_kaggle_stream(found._replace(archives=[f"{path}{INSIDE}{prefix}{inner[0]}"]), texts)
+    # a re-zip (Windows' Explorer writes Deflate64 past 2 GB, 7-Zip may choose others) would otherwise list every
+    # image and skip each one at decoding, hours later; Kaggle's zip stores and deflates
+    odd = [i for i in infos if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or i.flag_bits & 1]
+    if odd:
+        how = "encrypted" if odd[0].flag_bits & 1 else f"compressed with zip method {odd[0].compress_type}"
+        raise ValueError(f"{path}: {len(odd)} members {how} (e.g. {odd[0].filename}), which this reader does not "
+                         "decode (stored and deflated members only, as in Kaggle's zip): unzip it and give that "
+                         "folder as --data_dir, or zip it again with deflate")
     late = [p for p, loc in members.items() if loc[1] + loc[2] > size]
     if late:
         raise ValueError(f"{path}: truncated ({len(late)} members lie past its end, e.g. {late[0]}); download it again")

@@ -294,6 +294,24 @@ def test_kaggles_zip_with_its_loc_files_unzipped_beside_it_is_read_as_the_zip(pa
     assert found is not None and found.packaging == archive_layouts.KAGGLE_ZIP
 
 
+def test_a_zip_with_members_it_cannot_decode_is_refused_before_any_work(packaged, tmp_path):
+    """A re-zipped set (7-Zip's bzip2, Explorer's Deflate64 past 2 GB): refused at the listing, not skipped image by
+    image at decoding."""
+    import zipfile
+    rezipped = tmp_path / "download" / "imagenet-object-localization-challenge.zip"
+    rezipped.parent.mkdir()
+    with zipfile.ZipFile(packaged["kaggle-zip"]) as src, zipfile.ZipFile(rezipped, "w") as dst:
+        for info in src.infolist():
+            method = zipfile.ZIP_BZIP2 if info.filename.endswith(".JPEG") else info.compress_type
+            dst.writestr(info.filename, src.read(info), compress_type=method)
+    jpegs = sum(n.endswith(".JPEG") for n in zipfile.ZipFile(rezipped).namelist())
+    with pytest.raises(SystemExit) as e:
+        run(rezipped.parent, tmp_path / "out")
+    assert str(e.value.code).startswith(f"error: {rezipped}: {jpegs} members compressed with zip method 12 (e.g. ")
+    assert "unzip it and give that folder as --data_dir" in str(e.value.code)
+    assert not (tmp_path / "out").exists()
+
+
 def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypatch, capsys):
     folder = packaged["image-net.org"]
     sums = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in archives.PUBLISHED_MD5}
