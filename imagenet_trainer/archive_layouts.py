@@ -105,6 +105,7 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir() and not hidden(i.filename)]
+            undecodable(path, infos)
             mapping = [i.filename for i in infos if os.path.basename(i.filename) == ilsvrc.SYNSET_MAPPING]
             prefix = min(mapping, key=len)[:-len(ilsvrc.SYNSET_MAPPING)] if mapping else ""
             texts = {n: zf.read(prefix + n).decode("utf-8-sig") for n in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION)
@@ -119,14 +120,6 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     inner = [p for p in members if p.endswith((".tar.gz", ".tgz"))]
     if inner and not any(p.startswith(ilsvrc.SPLIT_DIRS["train"] + "/") for p in members):
         return list_kaggle_stream(found._replace(archives=[f"{path}{INSIDE}{prefix}{inner[0]}"]), texts)
-    # a re-zip (Windows' Explorer writes Deflate64 past 2 GB, 7-Zip may choose others) would otherwise list every
-    # image and skip each one at decoding, hours later; Kaggle's zip stores and deflates
-    odd = [i for i in infos if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or i.flag_bits & 1]
-    if odd:
-        how = "encrypted" if odd[0].flag_bits & 1 else f"compressed with zip method {odd[0].compress_type}"
-        raise ValueError(f"{path}: {len(odd)} members {how} (e.g. {odd[0].filename}), which this reader does not "
-                         "decode (stored and deflated members only, as in Kaggle's zip): unzip it and give that "
-                         "folder as --data_dir, or zip it again with deflate")
     late = [p for p, loc in members.items() if loc[1] + loc[2] > size]
     if late:
         raise ValueError(f"{path}: truncated ({len(late)} members lie past its end, e.g. {late[0]}); download it again")
@@ -138,6 +131,27 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
     source = {"archives": found.archives, "members": members}
     return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source))
+
+
+# what reads a zip's members: zipfile, the small files and a tar.gz inside; the reader of each image and XML file
+# (archives.MemberReader), stored and deflated ones, as Kaggle's zip has them
+ZIPFILE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+READER_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+def undecodable(path: str, infos: list) -> None:
+    """A ValueError, before any read, for members of the zip at ``path`` that would not decode: a re-zip (Windows'
+    Explorer writes Deflate64 past 2 GB; 7-Zip may choose bzip2, or a password) would list every image, then skip
+    each one at decoding, hours later, or end in a traceback."""
+    def fails(i) -> bool:
+        small = os.path.basename(i.filename).endswith((".txt", ".csv", ".tar.gz", ".tgz"))
+        return bool(i.flag_bits & 1) or i.compress_type not in (ZIPFILE_METHODS if small else READER_METHODS)
+    odd = [i for i in infos if fails(i)]
+    if odd:
+        how = "encrypted" if odd[0].flag_bits & 1 else f"compressed with zip method {odd[0].compress_type}"
+        raise ValueError(f"{path}: {len(odd)} members {how} (e.g. {odd[0].filename}), which this reader does not "
+                         "decode (stored and deflated members, as in Kaggle's zip): unzip it and give that folder "
+                         "as --data_dir, or zip it again with deflate")
 
 
 def list_kaggle_tgz(found: Found) -> tuple[list, list, dict, list]:
@@ -261,7 +275,8 @@ def read_devkit(path: str) -> tuple[list, list, dict, list]:
             raise ValueError(f"{path}: no data/{name} in it; is it ILSVRC2012_devkit_t12.tar.gz?")
     try:  # a cut file is an OSError, MATLAB's v7.3 (HDF5) format NotImplementedError, an empty one MatReadError
         meta = scipy.io.loadmat(io.BytesIO(wanted["meta.mat"]), squeeze_me=True)
-    except (OSError, ValueError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as e:
+    except (OSError, ValueError, TypeError, IndexError, NotImplementedError, zlib.error,
+            scipy.io.matlab.MatReadError) as e:  # a cut header: IndexError; MATLAB v7's compressed data: zlib
         raise ValueError(f"{path}: its data/meta.mat does not read as the devkit's MATLAB v5 file "
                          f"({type(e).__name__}: {e}); download it again") from None
     try:

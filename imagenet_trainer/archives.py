@@ -41,6 +41,7 @@ Library code: an incomplete or damaged set is a ValueError naming the file and w
 """
 from __future__ import annotations
 
+import collections
 import copy
 import errno
 import gzip
@@ -243,14 +244,16 @@ def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list
             with tarfile.open(fileobj=f, mode="r:") as tar:
                 members = tar.getmembers()
                 stop = tar.offset  # the header tarfile stopped at: the end-of-archive block, or one it cannot parse
-            block = os.pread(f.fileno(), tarfile.BLOCKSIZE, stop)
+            rest = os.pread(f.fileno(), min(end - stop, MAX_END_PADDING + 1), stop) if stop < end else b""
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a complete tar ({type(e).__name__}: {e}); download it again") from None
-    # tarfile ends the listing without a word at a header it cannot parse (anywhere but at byte 0), so one damaged
-    # header would drop every member after it; a tar ends with zero blocks
-    if stop + tarfile.BLOCKSIZE <= end and block.strip(b"\0"):
-        raise ValueError(f"{where}: damaged, the member header at byte {stop} does not read (the members from there "
-                         "on would be lost); download it again")
+    damage = after_the_listing(rest, stop, end - stop)
+    if damage:
+        raise ValueError(f"{where}: damaged, {damage}; download it again")
+    sparse = [m.name for m in members if m.issparse()]
+    if sparse:  # tar -S stores a file without its holes: its bytes in the tar are not the file's
+        raise ValueError(f"{where}: {len(sparse)} sparse members (tar --sparse), e.g. {sparse[0]}, which this reader "
+                         "does not read; re-pack it without --sparse")
     last = max((m.offset_data + -(-m.size // 512) * 512 for m in members), default=start)
     if last + 1024 > end:  # a tar ends with two zero blocks; tarfile stops quietly where the file stops
         raise ValueError(f"{where}: truncated, it stops {'inside' if last > end else 'after'} its last member "
@@ -262,6 +265,28 @@ def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list
     if lost:
         broken.extend(lost)
     return files
+
+
+# bytes of zeros a tar may end with: two end-of-archive blocks, then up to a record of padding (tar -b 2048, the
+# largest blocking factor in use, makes 1 MiB records; GNU tar's default, 10 KiB)
+MAX_END_PADDING = 2 * tarfile.BLOCKSIZE + (1 << 20)
+
+
+def after_the_listing(rest: bytes, stop: int, length: int) -> str | None:
+    """What is wrong with the ``length`` bytes of a tar from byte ``stop``, where tarfile ended its listing
+    (``rest``: their first bytes), or None when they are its end: tarfile ends the listing without a word at a
+    header it cannot parse (anywhere but at byte 0) or at a zeroed one (a hole an unfinished torrent leaves reads as
+    zeros), so either would drop every member after it; a tar ends with zeros only."""
+    data = rest.lstrip(b"\0")
+    lost = "the members from there on would be lost"
+    if not data:
+        return None if length <= MAX_END_PADDING else (
+            f"{length:,} bytes from byte {stop} on, more than a tar ends with, begin with zeros where a member header "
+            f"should be (a hole in the download? {lost})")
+    if len(rest) - len(data) < tarfile.BLOCKSIZE:
+        return f"the member header at byte {stop} does not read ({lost})"
+    return (f"zeros at byte {stop} where a member header should be, then data at byte {stop + len(rest) - len(data)} "
+            f"(a hole in the download? {lost})")
 
 
 MAX_LINKS = 40  # symbolic links followed in a row before giving up, as Linux does (MAXSYMLINKS)
@@ -350,20 +375,46 @@ def stream_tar(path: str, links: list | None = None):
     last = ""
     try:
         with open_stream(path) as raw, (gzip.GzipFile(fileobj=raw) if gz else raw) as stream, \
-                tarfile.open(fileobj=stream, mode="r|" if gz else "r|*") as tar:
+                tarfile.open(fileobj=(kept := _LastReads(stream)), mode="r|" if gz else "r|*") as tar:
             for m in tar:
                 last = m.name
                 if m.isfile() and not hidden(m.name):
                     yield m, _StreamedData(path, tar.extractfile(m))
                 elif (m.islnk() or m.issym()) and not hidden(m.name) and links is not None:
                     links.append((m.name, m.linkname))
-            while gz and stream.read(1 << 20):  # past the tar's end marker: the rest of the gzip stream
-                pass
+            if gz:  # the rest of the gzip stream, past where tarfile stopped: zeros, if that was the tar's end
+                rest = kept.since(tar.offset)
+                while rest is not None and len(rest) <= MAX_END_PADDING and (more := stream.read(1 << 20)):
+                    rest += more
+                damage = rest is not None and after_the_listing(rest[:MAX_END_PADDING + 1], tar.offset, len(rest))
+                if damage:
+                    raise ValueError(f"{path}: damaged, the tar in it: {damage}; download it again")
+                while stream.read(1 << 20):  # to the gzip trailer, whose CRC-32 and length gzip checks
+                    pass
             if gz and stream.tell() < tar.offset + 2 * tarfile.BLOCKSIZE:  # tell(): uncompressed bytes, all read
                 raise ValueError(f"{path}: truncated, the tar in it stops after its member {last or '(none)'} "
                                  "without the end-of-archive blocks; download it again")
     except STREAM_ERRORS as e:
         raise _incomplete(path, e) from None
+
+
+class _LastReads:
+    """``stream`` read through, its last reads kept with their offsets: the header tarfile's stream reader stopped
+    at (it reads a record of 10 KiB at a time) is in them."""
+
+    def __init__(self, stream):
+        self.stream, self.at, self.reads = stream, 0, collections.deque(maxlen=4)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.reads.append((self.at, data))
+        self.at += len(data)
+        return data
+
+    def since(self, offset: int) -> bytes | None:
+        """The bytes read from ``offset`` on; None if they are no longer kept."""
+        start = self.reads[0][0] if self.reads else self.at
+        return b"".join(data for _, data in self.reads)[offset - start:] if start <= offset <= self.at else None
 
 
 def link_warnings(links: list, path: str) -> list[str]:

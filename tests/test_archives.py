@@ -312,6 +312,48 @@ def test_a_zip_with_members_it_cannot_decode_is_refused_before_any_work(packaged
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("how", ["deflate64", "encrypted"])
+def test_a_zip_whose_every_member_would_not_decode_is_refused_in_one_line(packaged, tmp_path, how):
+    """A whole re-zip (Explorer's Deflate64, zip -e): the LOC files too, which zipfile read first (a traceback), and
+    the older release's tar.gz inside the zip."""
+    import struct
+    import zipfile
+    for packaging in ("kaggle-zip", "kaggle-zip-of-tgz"):
+        rezipped = tmp_path / packaging / "imagenet-object-localization-challenge.zip"
+        rezipped.parent.mkdir()
+        with zipfile.ZipFile(packaged[packaging]) as src, zipfile.ZipFile(rezipped, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_STORED)
+        data = bytearray(rezipped.read_bytes())
+        # each local header (PK 3 4: flags at +6, method at +8) and central directory entry (PK 1 2: +8, +10)
+        for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            at = data.find(signature)
+            while at >= 0:
+                field = at + (flags if how == "encrypted" else flags + 2)
+                value = struct.unpack_from("<H", data, field)[0]
+                struct.pack_into("<H", data, field, value | 1 if how == "encrypted" else 9)
+                at = data.find(signature, at + 4)
+        rezipped.write_bytes(bytes(data))
+        with zipfile.ZipFile(rezipped) as zf:
+            count = sum(not i.is_dir() for i in zf.infolist())
+        message = error_of(rezipped.parent, tmp_path / f"out-{packaging}")
+        what = "encrypted" if how == "encrypted" else "compressed with zip method 9"
+        assert message.startswith(f"error: {rezipped}: {count} members {what} (e.g. "), message
+        assert "unzip it and give that folder as --data_dir" in message
+
+
+def test_a_zip_whose_small_files_are_bzip2_is_read(packaged, tmp_path):
+    """zipfile decodes bzip2, and reads the LOC files; only images and XML files go through the member reader."""
+    import zipfile
+    rezipped = tmp_path / "download" / "imagenet-object-localization-challenge.zip"
+    rezipped.parent.mkdir()
+    with zipfile.ZipFile(packaged["kaggle-zip"]) as src, zipfile.ZipFile(rezipped, "w") as dst:
+        for info in src.infolist():
+            method = zipfile.ZIP_BZIP2 if info.filename.endswith((".csv", ".txt")) else info.compress_type
+            dst.writestr(info.filename, src.read(info), compress_type=method)
+    assert listed(rezipped.parent) == listed(packaged["kaggle-zip"])
+
+
 def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypatch, capsys):
     folder = packaged["image-net.org"]
     sums = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in archives.PUBLISHED_MD5}
@@ -684,10 +726,12 @@ def test_macos_hidden_files_in_an_archive_are_left_out_as_the_tree_leaves_them(p
     assert listed(folder) == listed(packaged[packaging])
 
 
+@pytest.mark.parametrize("damage", ["flipped bit", "zeroed"])
 @pytest.mark.parametrize("tar", [archive_layouts.TRAIN_TAR, archive_layouts.VAL_TAR])
-def test_a_damaged_member_header_is_a_one_line_error(tar, packaged, tmp_path):
-    """tarfile ends a listing without a word at a header it cannot parse: one flipped bit in the third header of a
-    class tar (inside the train tar) or of the val tar would drop every image after it."""
+def test_a_damaged_member_header_is_a_one_line_error(tar, damage, packaged, tmp_path):
+    """tarfile ends a listing without a word at a header it cannot parse, or at a zeroed one (a hole an unfinished
+    torrent download leaves reads as zeros, like the end-of-archive block): either in the third header of a class
+    tar (inside the train tar) or of the val tar would drop every image after it."""
     folder = copy_set(packaged["image-net.org"], tmp_path / "org")
     members = archives.tar_members(folder / tar)
     if tar == archive_layouts.TRAIN_TAR:  # the first class tar's own members
@@ -695,12 +739,50 @@ def test_a_damaged_member_header_is_a_one_line_error(tar, packaged, tmp_path):
         members = archives.tar_members(folder / tar, outer.offset_data, outer.offset_data + outer.size)
     header = sorted(m.offset for m in members)[2]
     data = bytearray((folder / tar).read_bytes())
-    data[header + 10] ^= 0x20  # a letter of the member's name: the header's checksum no longer matches
+    if damage == "zeroed":
+        data[header:header + 512] = bytes(512)
+    else:
+        data[header + 10] ^= 0x20  # a letter of the member's name: the header's checksum no longer matches
     (folder / tar).unlink()
     (folder / tar).write_bytes(bytes(data))
     message = error_of(folder, tmp_path / "out")
     assert f"{folder / tar}" in message and "download it again" in message
-    assert f"damaged, the member header at byte {header} does not read" in message
+    assert (f"damaged, zeros at byte {header} where a member header should be, then data at byte {header + 512} "
+            if damage == "zeroed" else f"damaged, the member header at byte {header} does not read") in message
+
+
+def test_a_damaged_member_header_in_a_compressed_tar_is_a_one_line_error(packaged, tmp_path):
+    """The Hub's val_images.tar.gz whose tar had a bit flipped before it was compressed (gzip's CRC holds): tarfile's
+    stream reader stops there as at the tar's end."""
+    folder = tmp_path / "hub"
+    shutil.copytree(packaged["hub-imagenet-1k"], folder, symlinks=True)
+    val = folder / "data" / "val_images.tar.gz"
+    data = bytearray(gzip.decompress(val.read_bytes()))
+    header = sorted(m.offset for m in tarfile.open(fileobj=io.BytesIO(bytes(data))).getmembers())[2]
+    data[header + 10] ^= 0x20
+    val.unlink()
+    val.write_bytes(gzip.compress(bytes(data)))
+    message = error_of(folder, tmp_path / "out")
+    assert message == (f"error: {val}: damaged, the tar in it: the member header at byte {header} does not read (the "
+                       "members from there on would be lost); download it again")
+
+
+def test_a_sparse_member_is_refused_in_one_line(packaged, tmp_path):
+    """tar --sparse stores a file without its holes: read at its size from where its data starts, the bytes would be
+    the next members' (and a sparse last member looked like a truncated tar)."""
+    folder = copy_set(packaged["image-net.org"], tmp_path / "org")
+    unpacked = tmp_path / "val"
+    with tarfile.open(packaged["image-net.org"] / archive_layouts.VAL_TAR) as tar:
+        tar.extractall(unpacked, filter="data")
+    names = sorted(os.listdir(unpacked))
+    with open(unpacked / names[3], "r+b") as f:  # a hole after the JPEG's end: a file tar -S stores sparse
+        f.truncate(f.seek(0, os.SEEK_END) + 65536)
+    (folder / archive_layouts.VAL_TAR).unlink()
+    subprocess.run(["tar", "-S", "-cf", str(folder / archive_layouts.VAL_TAR), "-C", str(unpacked), *names],
+                   check=True)
+    message = error_of(folder, tmp_path / "out")
+    assert message == (f"error: {folder / archive_layouts.VAL_TAR}: 1 sparse members (tar --sparse), e.g. {names[3]}, "
+                       "which this reader does not read; re-pack it without --sparse")
 
 
 def test_a_webdataset_shard_kept_twice_is_refused_naming_both(packaged, tmp_path):
@@ -749,10 +831,21 @@ def test_older_kaggle_release_cut_inside_an_annotation_is_a_one_line_error(packa
         assert str(e.value).endswith("download it again")
 
 
-@pytest.mark.parametrize("change", ["cut in half", "MATLAB v7.3", "empty"])
+def compressed_and_damaged(meta_mat: bytes) -> bytes:
+    """``meta_mat`` saved as MATLAB saves by default (v7: compressed), then one byte of its compressed data changed."""
+    import scipy.io
+    saved = io.BytesIO()
+    scipy.io.savemat(saved, {"synsets": scipy.io.loadmat(io.BytesIO(meta_mat))["synsets"]}, do_compression=True)
+    data = bytearray(saved.getvalue())
+    data[200] ^= 0x55
+    return bytes(data)
+
+
+@pytest.mark.parametrize("change", ["cut in half", "cut in its header", "MATLAB v7.3", "empty", "compressed, damaged"])
 def test_a_devkit_whose_meta_mat_does_not_read_is_a_one_line_error(change, packaged, tmp_path):
     v73 = b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 400  # HDF5
-    meta = {"cut in half": lambda b: b[:len(b) // 2], "MATLAB v7.3": lambda b: v73, "empty": lambda b: b""}[change]
+    meta = {"cut in half": lambda b: b[:len(b) // 2], "cut in its header": lambda b: b[:100],
+            "MATLAB v7.3": lambda b: v73, "empty": lambda b: b"", "compressed, damaged": compressed_and_damaged}[change]
     folder = copy_set(packaged["image-net.org"], tmp_path / "org")
     devkit = demo_archives.rewrite_tar(packaged["image-net.org"] / archive_layouts.DEVKIT,
                                        folder / archive_layouts.DEVKIT,
