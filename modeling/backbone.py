@@ -22,6 +22,7 @@ ones, UperNet's ``backbone``. ``timm_backbone(export)`` does both for a bare ``T
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import timm
@@ -33,6 +34,7 @@ from timm.models._features_fx import FeatureGraphNet
 
 from ._registry import our_names
 from .hub import CONFIG_NAME, WEIGHTS_NAME, _resolve_folder, check_weights
+from .remote_code import PORTABLE_ARGS
 from .transformers_saved import exported_features
 
 # timm's generic feature extractors and the feature_cls that builds each: a family whose features_only default is
@@ -56,10 +58,26 @@ def export_folder(export) -> Path:
     return folder
 
 
+def saved_model_args(folder: Path) -> dict:
+    """The ``model_args`` of an export's config.json (timm's keyword arguments of the saved network)."""
+    return json.loads((folder / CONFIG_NAME).read_text()).get("model_args") or {}
+
+
 def timm_name(export) -> str:
-    """timm's name for an export folder or Hub id (``local-dir:ABSOLUTE_PATH``): what ``TimmBackboneConfig(
-    backbone=...)`` and ``DetrConfig(backbone=...)`` take."""
-    return f"local-dir:{export_folder(export)}"
+    """timm's name for an export folder or Hub id: what ``TimmBackboneConfig(backbone=...)`` and ``DetrConfig(
+    backbone=...)`` take. It is the export's architecture (``blocknet_tiny``), not its folder: a UperNet or DETR
+    saved with ``save_pretrained`` writes it into its config.json and reloads wherever timm knows the name
+    (``import modeling`` for our designs), the backbone's weights coming from its own checkpoint. The export's
+    ``model_args`` that change its feature maps are the config's to carry: ``num_channels`` and ``output_stride``,
+    which ``load_backbone_weights`` checks. An export built with others (a width, an activation: no config carries
+    them) is named ``local-dir:ABSOLUTE_PATH``, with a warning: a saved model built from it needs the folder there."""
+    folder = export_folder(export)
+    other = sorted(set(saved_model_args(folder)) - PORTABLE_ARGS)
+    if not other:
+        return str(json.loads((folder / CONFIG_NAME).read_text())["architecture"])
+    warnings.warn(f"{export} was built with model_args {', '.join(other)}, which no transformers config carries: "
+                  f"backbone= names its folder, and a model saved with it loads only where {folder} is", stacklevel=2)
+    return f"local-dir:{folder}"
 
 
 def feature_extractors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -153,7 +171,8 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
                 wrong = [str(e).split("\n")[1].strip()]
         if wrong:
             raise ValueError(f"{export} does not fit {type(model).__name__}.{path or 'self'} "
-                             f"({', '.join(wrong[:3])}): build the model with backbone='local-dir:{folder}'")
+                             f"({', '.join(wrong[:3])}): build the model with backbone={timm_name(export)!r}")
+        check_output_stride(folder, export, f"{type(model).__name__}.{path or 'self'}", module, reference)
         restore_norm_activations(module, reference)  # the same modules as the reference's: it fits
         loaded.append(path)
     if not loaded:
@@ -162,14 +181,44 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     return loaded
 
 
+def check_output_stride(folder: Path, export, where: str, module: torch.nn.Module,
+                        reference: torch.nn.Module) -> None:
+    """A one-line ValueError when the export was saved dilated (``output_stride`` in its model_args) and ``module``
+    (named ``where``) is not built at that stride: its name (``timm_name``) carries no model_args, the config does.
+    Another stride asked of an undilated export (DETR-DC5, DeepLab) is the user's choice and passes."""
+    stride = saved_model_args(folder).get("output_stride")
+    saved, built = reference.feature_info.reduction(), module.feature_info.reduction()
+    if stride and saved != built:
+        raise ValueError(f"{export} was saved with output_stride={stride} (maps at strides {saved}), {where} gives "
+                         f"strides {built}: build it with output_stride={stride} (TimmBackboneConfig(..., "
+                         f"output_stride={stride}))")
+
+
 def default_taps(name: str) -> tuple[int, ...]:
     """Every ``feature_info`` tap of timm model ``name`` after the stem's: the strides FPN-style necks take (4 to 32,
     C2-C5, for BlockNet, ResNet, ConvNeXt and AlexNet). A stem's tap is one at a stride under 4 (ResNet's act1,
     BlockNet's stem.2, EfficientNet's blocks.0: 2); a family without one (ConvNeXt's stages.0 and AlexNet's
     features.1 are at 4) keeps every tap, as timm's features_only does."""
-    with torch.device("meta"), our_names():  # shapes only: the taps' strides
-        strides = [tap["reduction"] for tap in timm.create_model(name).feature_info]
+    strides = tap_strides(name)
     return tuple(i for i, stride in enumerate(strides) if stride >= STEM_STRIDE) or tuple(range(len(strides)))
+
+
+def tap_strides(name: str) -> list[int]:
+    """The stride of each ``feature_info`` tap of timm model ``name``, in tap order."""
+    with torch.device("meta"), our_names():  # shapes only: the taps' strides
+        return [tap["reduction"] for tap in timm.create_model(name).feature_info]
+
+
+def chosen_taps(name: str, out_indices, export) -> tuple[int, ...]:
+    """``out_indices`` of timm model ``name`` (the export ``export``'s), ``default_taps`` when None; a one-line
+    ValueError for an index its ``feature_info`` lacks (timm's own is an IndexError from deep inside its build)."""
+    if out_indices is None:
+        return default_taps(name)
+    count = len(tap_strides(name))
+    if any(not -count <= i < count for i in out_indices):
+        raise ValueError(f"out_indices {list(out_indices)}: {export} has {count} feature maps, so out_indices are "
+                         f"0 to {count - 1} (or -{count} to -1, from the last)")
+    return tuple(out_indices)
 
 
 def image_channels(export) -> int:
@@ -199,9 +248,11 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
     from transformers import TimmBackbone, TimmBackboneConfig
 
     name = timm_name(export)
-    out_indices = default_taps(name) if out_indices is None else out_indices
+    out_indices = chosen_taps(name, out_indices, export)
+    if output_stride is None:  # the export's own: the name carries no model_args
+        output_stride = saved_model_args(export_folder(export)).get("output_stride")
     # TimmBackbone passes in_chans=num_channels (default 3) to timm, over the export's own model_args
-    config = TimmBackboneConfig(backbone=name, out_indices=tuple(out_indices), output_stride=output_stride,
+    config = TimmBackboneConfig(backbone=name, out_indices=out_indices, output_stride=output_stride,
                                 freeze_batch_norm_2d=freeze_batch_norm_2d, num_channels=image_channels(export))
     with our_names():
         try:
@@ -228,7 +279,7 @@ class TimmFPN(torch.nn.Module):
         super().__init__()
         folder = export_folder(export)
         check_weights(folder / WEIGHTS_NAME)
-        out_indices = default_taps(f"local-dir:{folder}") if out_indices is None else tuple(out_indices)
+        out_indices = chosen_taps(f"local-dir:{folder}", out_indices, export)
         with our_names():
             self.body = exported_features(str(folder), out_indices=out_indices)
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())

@@ -206,7 +206,8 @@ def _source_line(source: dict) -> str:
 def model_stats(model, config: dict) -> dict | None:
     """Params (M), GMACs and activations (M) of one image at the saved input size, counted the way timm's model
     cards count them (fvcore: a multiply-add per weight use in convolutions and linear layers; activations = their
-    output elements). Runs one forward pass on the CPU; None if the model cannot run on a random image."""
+    output elements). Runs one forward pass on the model's device, in its dtype; None if the model cannot run on a
+    blank image."""
     import torch
 
     macs, activations = [0], [0]
@@ -220,13 +221,14 @@ def model_stats(model, config: dict) -> dict | None:
         activations[0] += output.numel()
 
     size = config["pretrained_cfg"]["input_size"]
-    device = next(model.parameters()).device
+    like = next(model.parameters())  # a bfloat16 or float16 model takes an image of its own dtype, not float32
     was_training = model.training
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *size, device=device))  # eval: BatchNorm statistics stay as they are
+            # eval: BatchNorm statistics stay as they are
+            model.eval()(torch.zeros(1, *size, device=like.device, dtype=like.dtype))
     except Exception:  # an architecture that needs another input: the card leaves the stats out
         return None
     finally:

@@ -49,14 +49,14 @@ from huggingface_hub import (CommitOperationAdd, CommitOperationDelete, HfApi, M
                              set_client_factory)
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 from safetensors import SafetensorError, safe_open
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.layers.format import get_spatial_dim
 from timm.models import PretrainedCfg, get_model_args, get_model_input_config
 
 from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
-from imagenet_trainer.runinfo import atomic_write_text, replace_dir, share_tree
+from imagenet_trainer.runinfo import WRITE_LEFTOVER, atomic_write_text, replace_dir, share_tree
 
 from ._registry import our_names
 from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
@@ -285,11 +285,11 @@ def feature_map_size(model, input_size) -> tuple[int, int] | None:
     and is what a neck or head sized from ``pool_size`` needs."""
     import torch
 
-    device = next(model.parameters()).device
+    like = next(model.parameters())  # a bfloat16 or float16 model takes an image of its own dtype, not float32
     was_training = model.training
     try:
         with torch.no_grad():
-            out = model.eval().forward_features(torch.zeros(1, *input_size, device=device))
+            out = model.eval().forward_features(torch.zeros(1, *input_size, device=like.device, dtype=like.dtype))
     except Exception:  # an architecture that needs another input: unknown, as timm leaves it
         return None
     finally:
@@ -610,6 +610,7 @@ def stale_deletions(api: HfApi, repo_id: str, kept: set[str]) -> list[CommitOper
 def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = False,
                 commit_message: str = "Upload model trained with imagenet-trainer") -> str:
     """Upload a folder written by ``save_pretrained`` to ``repo_id`` (created if missing); returns the repo URL.
+    The files are those ``upload_folder`` would take, less bytecode and temp files a kill left (``upload_paths``).
 
     A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors,
     as in ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
@@ -630,12 +631,9 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     check_weights(folder / WEIGHTS_NAME)  # damaged weights are never published, nor their code refreshed
     refresh_before_upload(folder)
     card = (folder / CARD_NAME).read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
-    # upload_folder's file set (everything but .git/), with the filled-in card in place of the local one; no bytecode:
-    # importing the export's family file from the folder itself (as its card says to) leaves __pycache__/ there
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".pyc"
-                   and not {".git", "__pycache__"} & set(p.relative_to(folder).parts))
-    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
-                                     path_or_fileobj=card if p == folder / CARD_NAME else str(p)) for p in files]
+    operations = [CommitOperationAdd(path_in_repo=path,  # the filled-in card in place of the local one
+                                     path_or_fileobj=card if path == CARD_NAME else str(folder / path))
+                  for path in upload_paths(folder)]
     api = HfApi(token=token, library_name="timm", library_version=timm.__version__)
     try:
         with stall_limit(HUB_STALL_S):
@@ -651,6 +649,17 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
         # from None: the chained error's text is not ours to vet for secrets
         raise push_failed(e, f"{folder} to '{repo_id}'", token, "modeling.push_to_hub") from None
     return str(url)
+
+
+def upload_paths(folder: Path) -> list[str]:
+    """The files of ``folder`` a push uploads, as repo paths: what ``upload_folder`` takes (huggingface_hub's own
+    ignore patterns: .git/, and the .cache/huggingface/ that ``hf download --local-dir`` writes, which the Hub
+    refuses), less bytecode (importing the family file from the folder, as the card says to, leaves __pycache__/
+    there) and the temp files of atomic writes a kill cut short (a card update's ``.README.md.<8 chars>.tmp``)."""
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [path for path in filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS)
+            if not path.endswith(".pyc") and "__pycache__" not in path.split("/")
+            and not WRITE_LEFTOVER.fullmatch(path.rsplit("/", 1)[-1])]
 
 
 def push_failed(e: BaseException, what: str, token: str | None, retry: str) -> OSError:

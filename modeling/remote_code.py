@@ -54,6 +54,11 @@ _ALLOWED_TOP = {"torch", "timm"} | _STDLIB
 _PROJECT = _SUPPORT
 
 
+# an export's model_args that a transformers backbone config does without, so that it can name the architecture
+# rather than the export's folder: in_chans and output_stride it carries itself (num_channels=, output_stride=), the
+# classifier's pooling and the training-time dropout rates leave the feature maps of given weights as they are
+PORTABLE_ARGS = frozenset({"in_chans", "output_stride", "global_pool", "drop_rate", "drop_path_rate"})
+
 # the one-channel image processor's file and class (generated, as modeling_<family>.py is: never a family file)
 PROCESSOR_FILE = "modeling_one_channel.py"
 PROCESSOR_CLASS = "TimmWrapperOneChannelImageProcessor"
@@ -167,7 +172,8 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
     processor_import = (f"from .{Path(PROCESSOR_FILE).stem} import {PROCESSOR_CLASS}  # noqa: F401  a re-save "
                         f"(save_pretrained) keeps the image processor auto_map names\n") if one_channel else ""
     files[f"{wrapper}.py"] = WRAPPER.format(stem=stem, cls=cls.__name__, name=name, processor_import=processor_import,
-                                            features=inspect.getsource(exported_features))
+                                            features=inspect.getsource(exported_features),
+                                            portable=sorted(PORTABLE_ARGS))
     # every Auto class transformers maps timm_wrapper to: one left out falls back to transformers' own class, which
     # builds the network by name without importing the file that registers it
     return {**files, **processor_files}, {
@@ -256,6 +262,9 @@ PREFIX = "timm_model."  # TimmWrapperModel/ForImageClassification's attribute ho
 # what AutoBackbone.from_pretrained passes on by itself besides config and the Hub arguments taken below
 # (transformers/models/auto/auto_factory.py); proxies: huggingface_hub's downloads take none
 AUTO_KWARGS = {{"_from_auto", "trust_remote_code", "adapter_kwargs", "code_revision", "proxies"}}
+# model_args the backbone's config carries (num_channels, output_stride) or that leave its feature maps as they are:
+# with no others, the config names the architecture, which a saved UperNet/DETR resolves on any machine
+PORTABLE_ARGS = set({portable})
 
 
 def _register_quietly(fn):
@@ -356,11 +365,18 @@ class {cls}Backbone(TimmBackbone):
                 out_indices = tuple(i for i, tap in enumerate(info) if tap["reduction"] >= 4) or tuple(
                     range(len(taps)))
             out_indices = tuple(out_indices)
+            if any(not -len(taps) <= i < len(taps) for i in out_indices):  # timm's is an IndexError deep in its build
+                raise ValueError(f"out_indices {{list(out_indices)}}: this network has {{len(taps)}} feature maps, so "
+                                 f"out_indices are 0 to {{len(taps) - 1}} (or -{{len(taps)}} to -1, from the last)")
             exported = exported_features(folder, out_indices=out_indices)
+            args = saved.get("model_args") or {{}}
+            # the config names the architecture, not this folder: a model saved with this backbone inside writes it
+            # into its config.json and must reload once the folder is gone (its weights are in its own checkpoint)
+            backbone = saved["architecture"] if set(args) <= PORTABLE_ARGS else name
+            output_stride = args.get("output_stride") if output_stride is None else output_stride
             # TimmBackbone passes in_chans=num_channels (default 3)
-            channels = saved.get("model_args", {{}}).get("in_chans", 3)
-            model = cls(TimmBackboneConfig(backbone=name, out_indices=out_indices, output_stride=output_stride,
-                                           num_channels=channels))
+            model = cls(TimmBackboneConfig(backbone=backbone, out_indices=out_indices, output_stride=output_stride,
+                                           num_channels=args.get("in_chans", 3)))
             model._backbone.load_state_dict(exported.state_dict())
             if freeze_batch_norm_2d:  # after the load: a frozen BatchNorm keeps no num_batches_tracked to load into
                 model.config.freeze_batch_norm_2d = True

@@ -129,6 +129,108 @@ def test_upernet_and_detr_get_the_exports_backbone(export):
     assert upernet(pixel_values=X).logits.shape == (1, 3, 64, 64)
 
 
+def test_a_saved_upernet_or_detr_reloads_once_the_export_is_gone(export, tmp_path):
+    """README section 8's route, saved with transformers' save_pretrained: from_pretrained gives the same outputs
+    after the export folder moved (runs/ cleaned, the model copied to another machine). The config.json names the
+    architecture, which timm knows wherever `import modeling` runs, and the checkpoint holds every backbone weight."""
+    folder, model = export
+    copied = Path(shutil.copytree(folder, tmp_path / "export"))
+    name = modeling.timm_name(copied)
+    built = {transformers.UperNetForSemanticSegmentation: transformers.UperNetForSemanticSegmentation(
+        transformers.UperNetConfig(backbone_config=TimmBackboneConfig(backbone=name, out_indices=(1, 2, 3, 4)),
+                                   hidden_size=16, auxiliary_in_channels=model.feature_info[3]["num_chs"],
+                                   num_labels=3)), transformers.DetrForObjectDetection: small_detr(name)}
+    mask = {transformers.DetrForObjectDetection: {"pixel_mask": torch.ones(1, 64, 64, dtype=torch.long)}}
+    outputs = {}
+    for cls, downstream in built.items():
+        modeling.load_backbone_weights(downstream, copied)
+        with torch.no_grad():
+            outputs[cls] = downstream.eval()(pixel_values=X, **mask.get(cls, {})).logits
+        downstream.save_pretrained(tmp_path / cls.__name__)
+    shutil.move(copied, tmp_path / "moved")
+    for cls, logits in outputs.items():
+        config = json.loads((tmp_path / cls.__name__ / "config.json").read_text())
+        assert config["backbone_config"]["backbone"] == name, cls.__name__
+        with torch.no_grad():
+            again = cls.from_pretrained(tmp_path / cls.__name__).eval()(pixel_values=X, **mask.get(cls, {})).logits
+        assert torch.allclose(again, logits, rtol=0, atol=1e-6), cls.__name__  # float rounding: ~1e-8
+    assert name == model.pretrained_cfg["architecture"]
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
+def test_the_exports_own_backbone_class_names_the_architecture_in_its_config(tmp_path):
+    """auto_map's <Class>Backbone: a UperNet built on its config and saved reloads once the export moved."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("blocknet_tiny", num_classes=4))
+    folder = modeling.save_pretrained(model, tmp_path / "export", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    backbone = transformers.dynamic_module_utils.get_class_from_dynamic_module(
+        config.auto_map["AutoBackbone"], folder).from_pretrained(folder, out_indices=(1, 2, 3, 4))
+    upernet = transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+        backbone_config=backbone.config, hidden_size=16, auxiliary_in_channels=64, num_labels=3)).eval()
+    upernet.backbone.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        logits = upernet(pixel_values=X).logits
+        assert all(torch.equal(a, b) for a, b in zip(upernet.backbone(X).feature_maps, expected_maps(model)))
+    upernet.save_pretrained(tmp_path / "upernet")
+    shutil.move(folder, tmp_path / "moved")
+    with torch.no_grad():
+        again = transformers.UperNetForSemanticSegmentation.from_pretrained(tmp_path / "upernet").eval()(
+            pixel_values=X).logits
+    assert torch.allclose(again, logits, rtol=0, atol=1e-6)  # float rounding of another build: ~1e-8
+    assert backbone.config.backbone == "blocknet_tiny"
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
+def test_a_dilated_export_is_built_at_its_output_stride(tmp_path):
+    """An export saved with output_stride=8 (in its model_args): timm_backbone and the export's own AutoBackbone
+    class build it at 8, with its maps. A config names the architecture without model_args, so a UperNet built
+    without output_stride=8 is refused in one line saying so, and with it gets the export's maps."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("blocknet_tiny", num_classes=4, output_stride=8))
+    folder = modeling.save_pretrained(model, tmp_path / "os8", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    remote = transformers.dynamic_module_utils.get_class_from_dynamic_module(config.auto_map["AutoBackbone"], folder)
+
+    def upernet(**stride):
+        config = TimmBackboneConfig(backbone=modeling.timm_name(folder), out_indices=(1, 2, 3, 4), **stride)
+        return transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+            backbone_config=config, hidden_size=16, auxiliary_in_channels=64, num_labels=3)).eval()
+
+    with pytest.raises(ValueError, match=r"saved with output_stride=8 \(maps at strides \[4, 8, 8, 8\]\), "
+                                         r"UperNetForSemanticSegmentation.backbone._backbone gives strides "
+                                         r"\[4, 8, 16, 32\]: build it with output_stride=8") as e:
+        modeling.load_backbone_weights(upernet(), folder)
+    assert "\n" not in str(e.value)
+    dilated = upernet(output_stride=8)
+    modeling.load_backbone_weights(dilated, folder)
+    with torch.no_grad():
+        for route, maps in {"timm_backbone": modeling.timm_backbone(folder)(X).feature_maps,
+                            "auto_map AutoBackbone": remote.from_pretrained(folder)(X).feature_maps,
+                            "UperNet": dilated.backbone(X).feature_maps}.items():
+            assert all(torch.equal(a, b) for a, b in zip(maps, expected_maps(model))) and len(maps) == 4, route
+
+
+def test_an_export_with_model_args_no_config_carries_is_named_by_its_folder(tmp_path):
+    """A ResNet built with act_layer="silu" has the weights of timm's resnet18 and computes otherwise: its
+    architecture's name would load them without a word and give other maps. timm_name names its folder instead, and
+    warns that a model saved with it needs the folder there."""
+    torch.manual_seed(0)
+    model = trained_looking(modeling.create_model("resnet18", num_classes=4, act_layer="silu"))
+    folder = modeling.save_pretrained(model, tmp_path / "silu", label_names=LABELS,
+                                      pretrained_cfg={"input_size": (3, 64, 64)})
+    with pytest.warns(UserWarning, match=r"built with model_args act_layer, which no transformers config carries: "
+                                         r"backbone= names its folder") as record:
+        name = modeling.timm_name(folder)
+    assert name == f"local-dir:{folder.resolve()}" and "\n" not in str(record[0].message)
+    backbone = TimmBackbone(TimmBackboneConfig(backbone=name, out_indices=(1, 2, 3, 4)))
+    modeling.load_backbone_weights(backbone, folder)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(backbone.eval()(X).feature_maps, expected_maps(model)))
+
+
 def test_detr_dc5_dilates_the_last_stage(export):
     """DetrConfig(dilation=True) asks timm for output_stride=16: BlockNet takes it (DETR-DC5)."""
     folder, model = export
@@ -386,6 +488,44 @@ def test_default_taps_are_every_stage_after_the_stem(arch, tmp_path):
             got = maps()
             assert len(got) == 4 and all(torch.equal(a, b) for a, b in zip(got, expected)), route
         assert list(fpn(x)) == ["0", "1", "2", "3", "pool"]
+
+
+@pytest.mark.filterwarnings("ignore:Overwriting alexnet:UserWarning")  # the export's copy, imported here
+def test_out_indices_past_the_last_tap_are_refused_in_one_line(tmp_path):
+    """AlexNet has four feature_info taps (0-3): out_indices (2, 4) is a one-line ValueError naming out_indices and
+    the range through timm_backbone, TimmFPN and the export's own AutoBackbone class (timm's own is a bare
+    IndexError from deep inside its build); -1, the last tap, is taken."""
+    folder = modeling.save_pretrained(modeling.create_model("alexnet", num_classes=4), tmp_path / "alexnet",
+                                      label_names=LABELS, pretrained_cfg={"input_size": (3, 128, 128)})
+    config = json.loads((folder / "config.json").read_text())
+    remote = transformers.dynamic_module_utils.get_class_from_dynamic_module(config["auto_map"]["AutoBackbone"], folder)
+    routes = {"timm_backbone": lambda taps: modeling.timm_backbone(folder, out_indices=taps),
+              "TimmFPN": lambda taps: TimmFPN(folder, out_indices=taps),
+              "auto_map AutoBackbone": lambda taps: remote.from_pretrained(folder, out_indices=taps)}
+    for route, build in routes.items():
+        with pytest.raises(ValueError, match=r"^out_indices \[2, 4\]: .*has 4 feature maps, so out_indices are 0 to 3 "
+                                             r"\(or -4 to -1, from the last\)$") as e:
+            build((2, 4))
+        assert "\n" not in str(e.value), route
+        build((-1,))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_export_records_its_pool_size_and_stats(dtype, tmp_path):
+    """save_pretrained of a bfloat16 or float16 model measures pool_size and counts the card's Model stats with an
+    image of the model's dtype: config.json and the card say what the float32 export's say."""
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=4)
+    saved = {}
+    for kind, cast in {"float32": model, "half": copy.deepcopy(model).to(dtype)}.items():
+        folder = modeling.save_pretrained(cast, tmp_path / kind, label_names=LABELS,
+                                          pretrained_cfg={"input_size": (3, 64, 64)})
+        card = (folder / "README.md").read_text()
+        stats = re.search(r"^- \*\*Model stats:\*\*\n((?:  - .*\n)+)", card, flags=re.M)
+        pool_size = json.loads((folder / "config.json").read_text())["pretrained_cfg"].get("pool_size")
+        saved[kind] = (pool_size, stats and stats.group(1))
+    assert saved["float32"][0] == [2, 2] and "GMACs: " in saved["float32"][1]
+    assert saved["half"] == saved["float32"]
 
 
 def readme_backbone_blocks() -> list[str]:

@@ -21,8 +21,8 @@ from hub_server import LFS_MIN_BYTES, LocalHub, point_this_process_at
 from safetensors.torch import load_file
 from test_backbones import X
 from test_hub_loading import export, io_file  # noqa: F401  (fixtures)
-from test_hub_loading import (PROJECT_ROUTES, REPO, TRANSFORMERS_ROUTES, check_transformers_outputs, load, logits_of,
-                              same_maps)
+from test_hub_loading import (PROJECT_ROUTES, REPO, TRANSFORMERS_ROUTES, check_transformers_outputs, hub_env, load,
+                              logits_of, same_maps)
 from test_modeling import restored_registry
 
 import modeling
@@ -282,6 +282,29 @@ def test_a_model_pushed_over_another_deletes_its_eval_results_and_code_in_the_sa
         assert [summary for _, summary in repo.log][-2:] == ["user files", "B"] and not hub.unhandled
         modeling.push_to_hub(a, "me/tiny", token=hub.token, commit_message="A again")  # its own files come back
         assert {p: d for p, d in files_of(a).items() if p != "README.md"}.items() <= repo.files.items()
+
+
+def test_a_downloaded_copy_pushes_what_upload_folder_would(monkeypatch, tmp_path):
+    """`hf download REPO --local-dir DIR` leaves .cache/huggingface/ in DIR (the Hub takes no path under .cache/), and
+    a kill during an atomic write (validate.py --update_model_card's card, .eval_results/) leaves its temp file: the
+    push of DIR uploads neither, as upload_folder would not (huggingface_hub's DEFAULT_IGNORE_PATTERNS), and the
+    new repo holds the export's files."""
+    source = tiny_export(tmp_path / "source", 0, {"top1": 81.5, "top5": 95.0, "n": 100})
+    local = tmp_path / "downloaded"
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        modeling.push_to_hub(source, "me/source", token=hub.token)
+        subprocess.run([Path(sys.executable).with_name("hf"), "download", "me/source", "--local-dir", local],
+                       env=hub_env(hub, tmp_path / "cli"), check=True, capture_output=True, timeout=300)
+        assert any(path.startswith(".cache/huggingface/") for path in files_of(local))
+        (local / ".README.md.k2j4h6g8.tmp").write_text("---\nlibrary_name: timm\n")
+        (local / ".eval_results" / ".data.yaml.0a1b2c3d.tmp").write_text("[]\n")
+        modeling.push_to_hub(local, "me/copy", token=hub.token)
+        published = dict(hub.repo("me/copy").files)
+        assert not hub.unhandled
+    assert sorted(published) == sorted({".gitattributes", *files_of(source)})
+    assert {p: published[p] for p in files_of(source) if p != "README.md"} == \
+        {p: d for p, d in files_of(source).items() if p != "README.md"}  # the card: its repo id filled in
 
 
 def test_a_bad_token_or_a_silent_hub_is_refused_at_start_up_and_a_stalled_push_ends_in_one_line(monkeypatch,
