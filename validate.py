@@ -51,7 +51,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 import modeling
@@ -79,7 +78,7 @@ CARD_LINES = ("(Hardware line)", "(eval_flip row)")  # how recorded_settings nam
 class ValidateConfig:
     model: str  # RUN/final, RUN/checkpoints/step_N, a Hub model id (OWNER/NAME) or a timm name (resnet50.a1_in1k)
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
-    split: str = ""  # dataset split to evaluate; empty: a checkpoint's run's --eval_split, else validation
+    split: str = ""  # split to evaluate; empty: a checkpoint's run's --eval_split, else validation (ImageNet-C: all)
     batch_size: int = 256  # images per device per forward pass
     image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
     num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one
@@ -359,7 +358,10 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     # train.py evaluates at --eval_image_size when it is > 0 (FixRes: train small, test large), else at --image_size
     size = next((s for s in (run.get("eval_image_size"), run.get("image_size")) if isinstance(s, int) and s > 0),
                 model.pretrained_cfg["input_size"][-1])
-    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
+    # train.py scored at that size and the architecture's crop_pct: timm's test_* sizes of its own weights (which
+    # eval_suite.data_config prefers) are not what metrics.jsonl's val_* rows used
+    model.pretrained_cfg = {**{k: v for k, v in model.pretrained_cfg.items() if not k.startswith("test_")},
+                            "input_size": (3, size, size)}
     model.eval_flip = bool(run.get("eval_flip"))  # the run's --eval_flip: metrics.jsonl's numbers used it
     return model.eval()
 
@@ -422,6 +424,34 @@ def check_model_classes(model_ref: str, label_names: list[str]) -> str | None:
                          f"{label_names[:3]}...); re-export it or preprocess with the same class order")
     return (f"warning: --model's class names ({ids[:3]}...) are not the dataset's ({label_names[:3]}...); scoring "
             "by class index")
+
+
+def check_classes(model_ref: str, model: torch.nn.Module, label_names: list[str], data: str) -> str | None:
+    """``model``'s classes against those of ``data`` (``--dataset PATH``): a ValueError for another count or index
+    order, the warning (returned) for class names that cannot be compared (check_model_classes)."""
+    if model.num_classes != len(label_names):
+        raise ValueError(f"it predicts {model.num_classes} classes but {data} has {len(label_names)}")
+    local = Path(model_ref).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        return None  # a checkpoint has no labels of its own: its classes are its run's dataset's
+    return check_model_classes(model_ref, label_names)
+
+
+def check_set_classes(cfg, model: torch.nn.Module, targets: list, main_process: bool) -> None:
+    """The suite's sets after the first (which load_scored_model checked), each as --dataset is: a set in another
+    class order than the model's would score by index, near 0% and without a word. A one-line SystemExit naming
+    the set; each warning once per class list."""
+    checked = [targets[0].label_names]
+    for target in targets[1:]:
+        if target.label_names in checked:  # the sets in ImageNet-1k's sorted wnids: one check for them all
+            continue
+        checked.append(target.label_names)
+        try:
+            warning = check_classes(cfg.model, model, target.label_names, f"--eval_sets {target.path}")
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"error: --model {cfg.model} (scoring --eval_sets {target.path}): {e}") from None
+        if warning and main_process:
+            print(warning, file=sys.stderr)
 
 
 def check_export_config(folder: Path) -> list[str]:
@@ -491,13 +521,8 @@ def load_scored_model(cfg, label_names: list[str], flag: str, main_process: bool
                 raise
             raise ValueError(f"{folder / 'config.json'} does not build a timm model ({type(e).__name__}: {e}); give "
                              "a folder written by modeling.save_pretrained (train.py's RUN/final) or timm") from None
-        if model.num_classes != len(label_names):
-            raise ValueError(f"it predicts {model.num_classes} classes but {flag} "
-                             f"{cfg.dataset if flag == '--dataset' else cfg.eval_sets} has {len(label_names)}")
-        local = Path(cfg.model).expanduser()
-        warning = None  # a checkpoint has no labels of its own: its classes are its run's dataset's
-        if not local.is_dir() or (local / "config.json").is_file():
-            warning = check_model_classes(cfg.model, label_names)
+        warning = check_classes(cfg.model, model, label_names,
+                                f"{flag} {cfg.dataset if flag == '--dataset' else cfg.eval_sets}")
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --model {cfg.model}: {e}") from None
     except SafetensorError as e:  # a copy or download cut short, or bytes a disk damaged: the header does not read
@@ -638,11 +663,11 @@ def score(cfg: ValidateConfig):
                               flip=bool(recorded.flip) if cfg.flip is None else cfg.flip,
                               num_workers=loader_workers(cfg.num_workers, print_fn=accelerator.print))
     if eval_suite.wanted(cfg) or is_eval_set(cfg.dataset):
-        return score_suite(cfg, accelerator, card_folder, recorded, precision, flip_from)
+        return score_suite(cfg, accelerator, card_folder, recorded, precision, flip_from, split_from == "--split")
 
     ds, split, label_names = load_split(cfg, split_from)  # before the model, whose download may be long
     model = load_scored_model(cfg, label_names, "--dataset", accelerator.is_main_process)
-    data_cfg = resolve_data_config(model=model)
+    data_cfg = eval_suite.data_config(model)  # timm's test size and crop where its pretrained_cfg has them
     if cfg.crop_pct:
         data_cfg["crop_pct"] = cfg.crop_pct
     data_cfg["crop_mode"] = eval_suite.eval_transform(cfg, data_cfg, model)["crop_mode"]  # one line if unknown
@@ -710,20 +735,23 @@ def is_eval_set(dataset: str) -> bool:
 
 
 def score_suite(cfg: ValidateConfig, accelerator: Accelerator, card_folder: Path | None, recorded: Recorded,
-                precision: tuple[str, str], flip_from: str) -> dict:
+                precision: tuple[str, str], flip_from: str, split_given: bool = False) -> dict:
     """--eval_sets, --real_labels, --image_sizes, --benchmark_batch_sizes: every set and size in one run, into the
-    summary, <stem>_results.csv and the card (imagenet_trainer/eval_suite.py)."""
+    summary, <stem>_results.csv and the card (imagenet_trainer/eval_suite.py). ``split_given``: --split was given
+    (an ImageNet-C --dataset is then scored in that split alone)."""
     loaded = {}
 
-    def load(cfg, label_names, flag, main_process):  # every size is tried before the first split is scored
-        model = load_scored_model(cfg, label_names, flag, main_process)
-        own = model.pretrained_cfg["input_size"][-1]
+    def load(cfg, targets, main_process):  # every set's classes and every size are checked before any scoring
+        model = load_scored_model(cfg, targets[0].label_names, "--dataset" if cfg.dataset else "--eval_sets",
+                                  main_process)
+        check_set_classes(cfg, model, targets, main_process)
+        own = eval_suite.data_config(model)["input_size"][-1]
         sizes = eval_suite.int_list(cfg.image_sizes, "--image_sizes") or [cfg.image_size or own]
         check_input_sizes(model, sizes, "--image_sizes" if cfg.image_sizes else "--image_size", cfg.model)
         loaded["model"] = model
         return model
 
-    summary = eval_suite.run(cfg, accelerator, load)
+    summary = eval_suite.run(cfg, accelerator, load, split_given)
     accelerator.end_training()
     summary.update(flip_from=flip_from, mixed_precision=accelerator.mixed_precision, mixed_precision_from=precision[1])
     if not accelerator.is_main_process:
@@ -738,8 +766,10 @@ def score_suite(cfg: ValidateConfig, accelerator: Accelerator, card_folder: Path
               f"({summary['params_m']:.2f} M params, {summary['gmacs']:.3g} GMACs)")
     if cfg.output:
         model = accelerator.unwrap_model(loaded["model"])
-        summary["meta"] = describe(cfg, model, resolve_data_config(model=model), precision, flip_from, recorded,
+        summary["meta"] = describe(cfg, model, eval_suite.data_config(model), precision, flip_from, recorded,
                                    accelerator.num_processes)
+        if cfg.dataset:  # the split scored: ImageNet-C's "all" without --split, not the defaulted "validation"
+            summary["meta"]["split"] = summary["results"][0]["split"]
         out = Path(cfg.output)
         csv_path = out.with_name(out.stem + "_results.csv")
         # the CSV's model column names the run, not the folder: every export is a "final"

@@ -38,12 +38,15 @@ class Target(NamedTuple):
     splits: dict  # {split: datasets.Dataset}
     label_names: list
     source: dict  # source.json ({} for a Hub dataset)
+    whole_c: bool = False  # ImageNet-C scored in all its splits, as its mCE needs (not one --split of it)
 
 
 # results.csv's names of complete sets, which rows of other data must not take (timm's tables would be diffed against
 # a few images)
 TIMM_NAMES = {"imagenet", "imagenet-real", *(info.timm_name.format(variant=variant) for info in eval_sets.SETS.values()
                                             for variant in eval_sets.V2_VARIANTS)}
+# the names a part of a set is never shown under: timm's and the papers' (a folder named imagenet-sketch, ImageNet-R)
+PUBLISHED_NAMES = TIMM_NAMES | {info.title.lower() for info in eval_sets.SETS.values()}
 
 
 def wanted(cfg) -> bool:
@@ -63,9 +66,9 @@ def int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def load_target(path: str, flag: str, split: str | None) -> Target:
-    """A dataset to score: ``split`` of it, or (``None``) every split of an evaluation set (``validation``
-    elsewhere). Errors are one line naming ``flag``."""
+def load_target(path: str, flag: str, split: str | None, given: bool = False) -> Target:
+    """A dataset to score: its ``split`` (``None``: ``validation``), or every split of ImageNet-C unless the user
+    named one (``given``: --split), which is then scored alone. Errors are one line naming ``flag``."""
     from modeling.card import dataset_source, public  # modeling imports imagenet_trainer, not the other way round
 
     try:
@@ -77,10 +80,12 @@ def load_target(path: str, flag: str, split: str | None) -> Target:
     if flag == "--eval_sets" and not kind:
         raise SystemExit(f"error: --eval_sets {path}: not an evaluation set made by preprocess.py (its source.json "
                          "names none); score other data with --dataset")
-    names = [split] if split and not kind else list(ds) if kind == eval_sets.C else [split or "validation"]
+    # ImageNet-C's mCE needs every <corruption>_<severity> split; --split gaussian_noise_3 asks for one of them
+    names = list(ds) if kind == eval_sets.C and not given else [split or "validation"]
     missing = [s for s in names if s not in ds]
-    if missing:
-        raise SystemExit(f"error: {flag} {path}: no split {missing[0]!r}; it has {', '.join(ds)}")
+    if missing:  # ImageNet-C has 75 to 95 splits: a few of them name the pattern
+        have = ", ".join(ds) if len(ds) <= 8 else f"{', '.join(list(ds)[:5])}, ... ({len(ds)} splits)"
+        raise SystemExit(f"error: {flag} {path}: no split {missing[0]!r}; it has {have}")
     empty = [s for s in names if len(ds[s]) == 0]
     if empty:  # scored, it would print a top-1 of 0% over n=0 images
         raise SystemExit(f"error: {flag} {path}: split {empty[0]!r} has no images"
@@ -94,9 +99,10 @@ def load_target(path: str, flag: str, split: str | None) -> Target:
     timm_name = source.get("timm_name") if source.get("complete") else None
     if not kind and source.get("ilsvrc2012_full") and names == ["validation"]:
         timm_name = "imagenet"
-    if timm_name is None and name.lower() in TIMM_NAMES:  # a part of a set, in a folder named as the whole is
-        timm_name = f"{name} (subset)"
-    return Target(path, name, timm_name or name, kind, {s: ds[s] for s in names}, label_names, source)
+    if timm_name is None and name.lower() in PUBLISHED_NAMES:  # a part of a set, in a folder named as the whole is:
+        name = timm_name = f"{name} (subset)"  # so on the console, in the JSON, results.csv and the card (README §4)
+    return Target(path, name, timm_name or name, kind, {s: ds[s] for s in names}, label_names, source,
+                  whole_c=kind == eval_sets.C and not given)
 
 
 def real_scorer(cfg, target: Target | None) -> robustness.RealLabels | None:
@@ -267,7 +273,7 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
            **({"variant": target.source["variant"]} if target.source.get("variant") else {}),  # V2's three
            **{k: sum(r[k] for r in averaged.values()) / len(averaged) for k in ("top1", "top5", "loss")},
            **{k: sum(r.get(k, 0) for r in averaged.values()) for k in ("n", "left_out")}}
-    if target.kind != eval_sets.C:
+    if not target.whole_c:  # one --split of ImageNet-C has no mCE: a CE sums a corruption's 5 severities
         row["split"] = next(iter(by_split))
         rows = [row]
     else:
@@ -284,26 +290,23 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
     return rows
 
 
-def run(cfg, accelerator, load_model) -> dict:
-    """Score everything asked for; ``load_model(cfg, label_names, flag)`` is validate.py's checked loader."""
-    targets = ([load_target(cfg.dataset, "--dataset", cfg.split)] if cfg.dataset else []) + [
+def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
+    """Score everything asked for; ``load_model(cfg, targets, main_process)`` is validate.py's loader, which checks
+    --model's classes against every target's. ``split_given``: --split was on the command line (ImageNet-C: only
+    that split is scored)."""
+    targets = ([load_target(cfg.dataset, "--dataset", cfg.split, split_given)] if cfg.dataset else []) + [
         load_target(p.strip(), "--eval_sets", None) for p in cfg.eval_sets.split(",") if p.strip()]
     real_scorer(cfg, targets[0] if cfg.dataset else None)  # bad --real_labels fail before the model loads
     try:
         reference = reference_errors(cfg.mce_reference) if cfg.mce_reference else None
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    model = load_model(cfg, targets[0].label_names, "--dataset" if cfg.dataset else "--eval_sets",
-                       accelerator.is_main_process)
-    for t in targets[1:]:
-        if len(t.label_names) != model.num_classes:
-            raise SystemExit(f"error: --eval_sets {t.path}: it has {len(t.label_names)} classes, --model predicts "
-                             f"{model.num_classes}")
-    data_cfg = resolve_data_config(model=model)
+    model = load_model(cfg, targets, accelerator.is_main_process)
+    data_cfg = data_config(model)
     sizes = int_list(cfg.image_sizes, "--image_sizes") or [cfg.image_size or data_cfg["input_size"][-1]]
     headline = headline_size(sizes, data_cfg["input_size"][-1], accelerator.is_main_process)
     if reference:  # {size: errors}, each size's own; none without ImageNet-C to compare
-        has_c = any(t.kind == eval_sets.C for t in targets)
+        has_c = any(t.whole_c for t in targets)
         reference = reference_at(reference, sizes, cfg.mce_reference) if has_c else None
     transform = eval_transform(cfg, data_cfg, model)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
@@ -327,7 +330,7 @@ def run(cfg, accelerator, load_model) -> dict:
     summary = {"model": cfg.model, "results": rows, "params_m": round(params_m, 3), "gmacs": round(gmacs, 4),
                "image_size": headline, **{k: transform[k] for k in ("crop_pct", "crop_mode", "interpolation", "flip")},
                "num_processes": accelerator.num_processes}
-    c_row = next((r for r in rows if r["kind"] == eval_sets.C and r["image_size"] == headline), None)
+    c_row = next((r for r in rows if "errors" in r and r["image_size"] == headline), None)
     if c_row:  # what --mce_reference reads, at the size it was scored at
         summary["imagenet_c"] = {k: c_row.get(k) for k in ("image_size", "errors", "ce", "mce", "corruptions",
                                                            "relative_to_reference")}
@@ -341,6 +344,15 @@ def run(cfg, accelerator, load_model) -> dict:
                                                       accelerator.device, cfg.benchmark_steps, accelerator.autocast,
                                                       transform["memory_format"], train=cfg.benchmark_train)
     return summary
+
+
+def data_config(model) -> dict:
+    """The model's eval transform as timm's validate.py resolves it (use_test_size unless --use_train_size): a
+    pretrained_cfg's test_input_size and test_crop_pct over its input_size and crop_pct, so timm's weights are scored
+    at the size of timm's results tables (resnet50.a1_in1k: trained at 224 px crop 0.95, scored at 288 px crop 1.0).
+    This project's exports carry no test_* keys (modeling/hub.py drops them): their own size. --image_size and
+    --crop_pct are applied over this."""
+    return resolve_data_config(model=model, use_test_size=True)
 
 
 def eval_transform(cfg, data_cfg: dict, model) -> dict:
@@ -378,7 +390,7 @@ def reference_errors(path: str) -> dict:
     try:
         summary = json.loads(Path(path).expanduser().read_text())
         found = {r["image_size"]: r["errors"] for r in summary.get("results") or []
-                 if isinstance(r, dict) and r.get("kind") == eval_sets.C} or {
+                 if isinstance(r, dict) and r.get("kind") == eval_sets.C and "errors" in r} or {  # not one --split
             summary["imagenet_c"].get("image_size"): summary["imagenet_c"]["errors"]}
         return {size: {c: sum(e) / len(e) / 100.0 for c, e in errors.items()} for size, errors in found.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
@@ -443,6 +455,8 @@ def update_card(folder: Path, summary: dict, cfg) -> None:
             **{k: main[k] for k in ("top1", "top5", "n", "image_size", "split")},
             **{k: summary[k] for k in ("crop_pct", "crop_mode", "interpolation", "flip")}, "dataset": cfg.dataset,
             "dataset_id": cfg.hub_dataset_id or None})
-    update_card_sets(folder, [{**r, "mce": r.get("mce") if r.get("corruptions") == 15 else None,
+    # an mCE only of a complete copy (results.csv's timm name: a few images per split are no published mCE)
+    complete_c = eval_sets.SETS[eval_sets.C].timm_name
+    update_card_sets(folder, [{**r, "mce": r.get("mce") if r["dataset"] == complete_c else None,
                                "crop_mode": summary["crop_mode"], "interpolation": summary["interpolation"]}
                               for r in rows if r is not main])

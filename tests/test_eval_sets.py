@@ -296,7 +296,8 @@ def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in
     # a subset kept in a folder named imagenet, as preprocess.py records it: never timm's names
     (tmp_path / "in1k" / "source.json").write_text(json.dumps({"name": "imagenet", "ilsvrc2012_full": False}))
     subset = evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "real.json", "--image_size", 32)
-    assert [r["dataset"] for r in subset["results"]] == ["imagenet (subset)", "imagenet (ReaL labels)"]
+    assert [r["dataset"] for r in subset["results"]] == [r["name"] for r in subset["results"]] == [
+        "imagenet (subset)", "imagenet (subset) (ReaL labels)"]
     (tmp_path / "in1k" / "source.json").unlink()
     # without the suite's flags: the single-split summary, as before, with --crop_pct applied
     single = evaluate(in1k_model, tmp_path / "in1k", "--image_size", 32, "--crop_pct", 1.0)
@@ -730,3 +731,93 @@ def test_a_kept_split_is_scored_again_when_real_json_changes_in_place(in1k_model
         f"error: --real_labels: --dataset {tmp_path / 'no_ids'} has no image_id column, which matches each image to "
         "its real.json entry (ILSVRC2012_val_NNNNNNNN); give ILSVRC-2012's validation split as preprocess.py writes "
         "it")
+
+
+def test_a_split_of_imagenet_c_named_by_split_is_scored_alone(sets, in1k_model, tmp_path):
+    """--dataset IMAGENET-C --split fog_3: that split alone, the row and the JSON's meta naming it, no mCE (a CE sums
+    a corruption's 5 severities); a split it lacks is one line; without --split every split is scored, with the mCE."""
+    c = sets[eval_sets.C]
+    one = evaluate(in1k_model, c, "--split", "fog_3", "--image_size", 32, "--output", tmp_path / "one.json")
+    (row,) = one["results"]
+    assert (row["split"], row["n"], row["top1"], one["meta"]["split"]) == ("fog_3", 2, 50.0, "fog_3")
+    assert row.get("mce") is None and "errors" not in row and "imagenet_c" not in one
+    splits = list(datasets.load_from_disk(str(c)))
+    assert error_of(in1k_model, c, "--split", "fog_9") == (
+        f"error: --dataset {c}: no split 'fog_9'; it has {', '.join(splits[:5])}, ... (10 splits)")
+    every = evaluate(in1k_model, c, "--image_size", 32, "--output", tmp_path / "every.json")
+    assert (every["results"][0]["split"], every["meta"]["split"]) == ("all", "all")
+    assert (every["results"][0]["n"], every["imagenet_c"]["corruptions"]) == (20, 2)
+
+
+def test_each_set_beside_dataset_is_checked_for_the_models_class_order(sets, in1k_model, preprocessed, tmp_path):
+    """A model whose outputs are ImageNet-1k's classes in another index order (its label_names say which), scored on
+    --dataset in that same order: a set of --eval_sets in the sorted-wnid order is refused as --dataset would be,
+    not scored by class index (0%)."""
+    perm = list(range(500, 1000)) + list(range(500))  # output j is WNIDS[perm[j]]
+    model = modeling.load_model(str(in1k_model))
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(head.weight[perm])
+        head.bias.copy_(head.bias[perm])
+    folder = modeling.save_pretrained(model, tmp_path / "final", label_names=[WNIDS[p] for p in perm])
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    split = datasets.load_from_disk(str(val))["validation"]
+    index = {p: j for j, p in enumerate(perm)}
+    labels = [index[label] for label in split["label"]]
+    split = split.remove_columns("label").add_column("label", labels).cast_column(
+        "label", datasets.ClassLabel(names=[WNIDS[p] for p in perm]))
+    datasets.DatasetDict({"validation": split.flatten_indices()}).save_to_disk(str(tmp_path / "perm"))
+    # the same classifier on the same images, each in its own order: the same scores
+    assert (evaluate(folder, tmp_path / "perm", "--image_size", 32)["top1"]
+            == evaluate(in1k_model, val, "--image_size", 32)["top1"])
+    sketch = sets[eval_sets.SKETCH]
+    message = error_of(folder, tmp_path / "perm", "--eval_sets", sketch, "--image_size", 32)
+    assert message.startswith(f"error: --model {folder} (scoring --eval_sets {sketch}): it has the dataset's "
+                              "classes in another index order"), message
+
+
+def as_complete(folder: Path, out: Path, kind: str, images: int, **record) -> Path:
+    """``folder`` (a preprocess.py output of ``kind``) copied to ``out`` with the source.json preprocess.py writes
+    for a complete copy (eval_sets.source_fields with ``images`` in every split), listed in its manifest."""
+    shutil.copytree(folder, out)
+    source = json.loads((out / "source.json").read_text())
+    record = {k: source[k] for k in ("eval_set", "class_subset")} | record
+    counts = {split: images for split in source["counts"]}
+    (out / "source.json").write_text(json.dumps({**source, **eval_sets.source_fields(kind, record, counts, out)}))
+    sealed = json.loads((out / manifest.MANIFEST).read_text())
+    sealed["files"]["source.json"] = manifest.file_entry(out / "source.json")
+    (out / manifest.MANIFEST).write_text(json.dumps(manifest.sealed(sealed)))
+    return out
+
+
+def test_a_scaled_down_copy_is_named_as_a_subset_everywhere_and_has_no_mce_in_the_card(sets, in1k_model, tmp_path,
+                                                                                       capsys):
+    """Copies of ImageNet-R and of ImageNet-C (all 15 benchmark corruptions, one image a split) in folders named as
+    the sets: "(subset)" on the console, in the JSON, results.csv and the card's model-index and table, and no mCE
+    in the card; the complete copy is named ImageNet-C there, with its mCE."""
+    root = tmp_path / "c" / "imagenet-c"
+    for corruption in eval_sets.C_CORRUPTIONS:
+        for severity in eval_sets.C_SEVERITIES:  # the model answers class 1: right on every image
+            jpeg(root / corruption / severity / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG", 1)
+    c = preprocessed_set(root)
+    card = Path(shutil.copytree(in1k_model, tmp_path / "final"))
+    capsys.readouterr()
+    summary = evaluate(card, "", "--eval_sets", f"{sets[eval_sets.R]},{c}", "--image_size", 32, "--update_model_card",
+                       "--output", tmp_path / "r.json")
+    names = ["imagenet-r (subset)", "imagenet-c (subset)"]
+    assert [(r["name"], r["dataset"]) for r in summary["results"]] == list(zip(names, names))
+    assert summary["results"][1]["corruptions"] == 15 and summary["results"][1]["mce"] == 0.0
+    printed = capsys.readouterr().out
+    assert all(f"{name} [" in printed for name in names), printed
+    with open(tmp_path / "r_results.csv") as f:
+        assert [row["dataset"] for row in csv.DictReader(f)] == names
+    loaded = huggingface_hub.ModelCard.load(card / "README.md")
+    assert {(e.dataset_type, e.dataset_name) for e in loaded.data.eval_results} == {(n, n) for n in names}
+    assert not [e for e in loaded.data.eval_results if e.metric_name == "mCE (%)"]
+    assert "| imagenet-c (subset) | all | 100.00 | 100.00 | - |" in loaded.text
+    whole = as_complete(c, tmp_path / "whole" / "imagenet-c", eval_sets.C, 50_000)
+    evaluate(card, "", "--eval_sets", whole, "--image_size", 32, "--update_model_card")
+    loaded = huggingface_hub.ModelCard.load(card / "README.md")
+    assert [e.metric_value for e in loaded.data.eval_results
+            if (e.dataset_name, e.metric_name) == ("ImageNet-C", "mCE (%)")] == [0.0]
+    assert "| ImageNet-C | all | 100.00 | 100.00 | 0.00 |" in loaded.text

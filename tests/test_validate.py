@@ -537,14 +537,65 @@ def test_a_timm_tag_resolves_as_timm_does_from_the_offline_cache(preprocessed, t
     model = modeling.create_model(name, pretrained=True)  # what train.py --model NAME --pretrained calls
     assert torch.equal(model.state_dict()["fc.weight"], weights["fc.weight"])
 
-    # ILSVRC's 1000 classes, the fixture's 8 validation images (labels 0-3 are the first four wnids); cast on a copy:
-    # the cast writes a cache file beside the Arrow files it reads, which the shared fixture's manifest does not list
+    split = datasets.load_from_disk(str(in1k_copy(preprocessed, tmp_path)))["validation"]
+    summary = evaluate(name, tmp_path / "in1k")
+    assert summary["n"] == len(split) and summary["image_size"] == 160  # timm's cfg for the tag
+
+
+def in1k_copy(preprocessed: Path, tmp_path: Path) -> Path:
+    """tmp_path/in1k: ILSVRC's 1000 classes, the fixture's 8 validation images (labels 0-3 are the first four wnids);
+    cast on a copy: the cast writes a cache file beside the Arrow files it reads, which the shared fixture's manifest
+    does not list."""
+    from imagenet_trainer.ilsvrc import imagenet_wnids
+
     shutil.copytree(preprocessed, tmp_path / "copy")
     split = datasets.load_from_disk(str(tmp_path / "copy"))["validation"]
     split = split.cast_column("label", datasets.ClassLabel(names=imagenet_wnids()))
     datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "in1k"))
-    summary = evaluate(name, tmp_path / "in1k")
-    assert summary["n"] == len(split) and summary["image_size"] == 160  # timm's cfg for the tag
+    return tmp_path / "in1k"
+
+
+def test_timm_weights_are_scored_at_timms_test_size_and_exports_at_their_own(preprocessed, tmp_path, monkeypatch):
+    """timm's validate.py scores its weights at their pretrained_cfg's test_input_size and test_crop_pct (unless
+    --use_train_size), the numbers of its results tables: resnet10t.c3_in1k, trained at 176 px crop 0.875, is scored
+    at 224 px crop 0.95 by its timm name (single split and suite) and from a folder timm saved (a Hub copy);
+    --image_size and --crop_pct win. This project's export and a train.py checkpoint of the same architecture are
+    scored as train.py evaluated them, at its size and crop."""
+    import timm
+    from imagenet_trainer.ilsvrc import imagenet_wnids
+
+    name = "resnet10t.c3_in1k"
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)  # timm's pretrained_cfg of the tag, no download
+    assert (model.pretrained_cfg["test_input_size"], model.pretrained_cfg["test_crop_pct"]) == ((3, 224, 224), 0.95)
+    snapshot = tmp_path / "hub" / f"models--timm--{name}" / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, snapshot / "model.safetensors")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("c" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    in1k = in1k_copy(preprocessed, tmp_path)
+
+    def scored_at(ref, *extra) -> tuple:
+        summary = evaluate(ref, in1k, *extra, "--output", tmp_path / "s.json")
+        return summary["image_size"], summary["crop_pct"], summary["meta"]["crop_pct"]
+
+    assert scored_at(name) == (224, 0.95, 0.95)
+    assert scored_at(name, "--image_size", 200, "--crop_pct", 0.9) == (200, 0.9, 0.9)
+    suite = evaluate(name, in1k, "--image_sizes", "176,224", "--output", tmp_path / "suite.json")
+    assert suite["image_size"] == 224 and {r["crop_pct"] for r in suite["results"]} == {0.95}
+    assert suite["meta"]["crop_pct"] == 0.95
+    timm.models.save_for_hf(model, tmp_path / "timm_saved", safe_serialization=True)
+    assert json.loads((tmp_path / "timm_saved" / "config.json").read_text())["pretrained_cfg"]["test_crop_pct"] == 0.95
+    assert scored_at(tmp_path / "timm_saved") == (224, 0.95, 0.95)
+    ours = modeling.save_pretrained(model, tmp_path / "final", label_names=imagenet_wnids())
+    assert scored_at(ours) == (176, 0.875, 0.875)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": name, "image_size": 176}))
+    assert scored_at(ckpt) == (176, 0.875, 0.875)
 
 
 def test_a_damaged_or_foreign_export_is_one_line_naming_the_file(preprocessed, tmp_path, capsys):
