@@ -35,12 +35,19 @@ def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) ->
     if not workers or not os.path.isdir(shm):
         return
     batches = RING_SLOTS + PREFETCH_FACTOR
-    need, free = processes * workers * batches * batch_bytes, shutil.disk_usage(shm).free
+    # + IN_HAND: an evaluation's batch the process reads while the next one's memory is already taken
+    need = processes * (workers * batches + IN_HAND) * batch_bytes
+    free = shutil.disk_usage(shm).free
     if free < need:
-        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x {workers} "
+        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x ({workers} "
                          f"DataLoader workers x {batches} batches ({RING_SLOTS} train slots, {PREFETCH_FACTOR} eval) "
-                         f"of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.0f} MiB: give the container more "
-                         f"(docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / --batch_size")
+                         f"+ {IN_HAND} in hand) of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.0f} MiB: give "
+                         f"the container more (docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / "
+                         "--batch_size")
+
+
+IN_HAND = 2  # eval batches in the training process's hands beside the workers' prefetched ones: the one it reads and
+# the one freed after it (measured: a /dev/shm 1 MiB over workers x (slots + prefetch) batches failed at evaluation)
 
 
 def on_device(batches, device: torch.device):

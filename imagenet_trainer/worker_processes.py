@@ -40,8 +40,60 @@ def local_processes() -> int:
 
 
 def available_cores() -> int:
-    """The cores this process may run on: its affinity (taskset, SLURM's cpuset, a container's --cpus)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may run on: its affinity (taskset, SLURM's cpuset, docker --cpuset-cpus), capped by
+    its cgroup's CPU quota (docker --cpus, a Kubernetes CPU limit), which leaves the affinity at every core of the
+    host: 63 workers on a 64-core node with a limit of 8 CPUs would be throttled, and hold 8x the memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota()
+    return cores if quota is None else max(1, min(cores, int(quota)))  # whole CPUs, as Java's and automaxprocs do
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPUs this process's cgroups allow (quota / period), the smallest along its cgroup's path up to the root;
+    None without a quota, or off Linux. cgroup v2: ``cpu.max`` ("max 100000" or "50000 100000"); v1: the cpu
+    controller's ``cpu.cfs_quota_us`` (-1: none) and ``cpu.cfs_period_us``. A path that is not under ``root`` (a
+    v1 container shows the host's /docker/<id>, its own cgroup mounted as the root) is walked up to what is."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        controllers, path = fields[1:]
+        if controllers == "":  # v2's unified hierarchy
+            bases, read = [root], _v2_limit
+        elif "cpu" in controllers.split(","):
+            bases, read = [root / name for name in ("cpu,cpuacct", "cpu", "cpuacct,cpu")], _v1_limit
+        else:
+            continue
+        for base in bases:
+            folder = base / path.lstrip("/")
+            while True:
+                limits.append(read(folder))
+                if folder == base:
+                    break
+                folder = folder.parent
+    found = [limit for limit in limits if limit]
+    return min(found) if found else None
+
+
+def _v2_limit(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_limit(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def auto_workers() -> int:

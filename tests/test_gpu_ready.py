@@ -268,6 +268,39 @@ def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
     assert train.loader_workers(3, print_fn=said.append) == 3 and len(said) == 2  # an explicit count is kept, silently
 
 
+def cgroup_tree(root, own: str, files: dict) -> Path:
+    """A /sys/fs/cgroup tree with ``files`` ({path under root: text}) and the /proc/self/cgroup text ``own``."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root.parent / "self_cgroup").write_text(own)
+    return root.parent / "self_cgroup"
+
+
+def test_the_worker_default_keeps_to_a_containers_cpu_quota(tmp_path, monkeypatch):
+    """docker --cpus and a Kubernetes CPU limit set a CFS quota, not the affinity: every core of the host stays in
+    it, and the default was a worker per host core, throttled to the quota."""
+    from imagenet_trainer import worker_processes
+    v2 = tmp_path / "v2" / "fs"
+    own = cgroup_tree(v2, "0::/kubepods/pod1/c1\n", {"cpu.max": "max 100000\n",  # the host's root: none
+                                                     "kubepods/pod1/cpu.max": "250000 100000\n",
+                                                     "kubepods/pod1/c1/cpu.max": "max 100000\n"})
+    assert worker_processes.cpu_quota(v2, own) == 2.5  # a parent's limit holds for the cgroups under it
+    v1 = tmp_path / "v1" / "fs"  # a v1 container: the host's path in /proc/self/cgroup, its own cgroup the root
+    own = cgroup_tree(v1, "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n",
+                      {"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert worker_processes.cpu_quota(v1, own) == 0.5
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert worker_processes.cpu_quota(v1, own) is None
+    assert worker_processes.cpu_quota(tmp_path / "none", tmp_path / "no_such_file") is None  # not Linux
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(worker_processes, "cpu_quota", lambda: 0.5)
+    assert worker_processes.available_cores() == 1 and train.loader_workers(-1, print_fn=print) == 0
+    monkeypatch.setattr(worker_processes, "cpu_quota", lambda: cores + 8.0)  # above the affinity: the affinity
+    assert worker_processes.available_cores() == cores
+
+
 def test_the_early_server_start_reads_the_worker_count_the_script_will_use(monkeypatch, tmp_path, capsys):
     """train.py and validate.py start the workers' fork server with their first lines, before their config parser
     exists: when the command line gives workers, as the parser will (a flag over a recipe's key over the default)."""
@@ -340,8 +373,11 @@ def test_shared_memory_too_small_is_one_line(tmp_path):
     train.check_shm(1, batch, 1, shm=str(tmp_path))  # ~193 MiB fits
     # the eval workers' prefetched batches count beside the train workers' ring slots, which stay allocated
     free = shutil.disk_usage(tmp_path).free
-    with pytest.raises(SystemExit, match=r"x 10 batches \(6 train slots, 4 eval\)"):
+    with pytest.raises(SystemExit, match=r"x 10 batches \(6 train slots, 4 eval\) \+ 2 in hand\)"):
         train.check_shm(1, free // 8, 1, shm=str(tmp_path))  # the ring's 6 would fit, 6 + 4 do not
+    with pytest.raises(SystemExit):  # the workers' 10 batches fit, not the 2 the process holds beside them
+        train.check_shm(1, free // 11, 1, shm=str(tmp_path))
+    train.check_shm(1, free // 13, 1, shm=str(tmp_path))
 
 
 def test_save_every_minutes_checkpoints_inside_an_epoch(preprocessed, tmp_path):
