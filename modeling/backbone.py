@@ -125,6 +125,13 @@ def restore_norm_activations(module: torch.nn.Module, reference: torch.nn.Module
             continue
         own = dict(current.named_parameters(recurse=False))  # DETR's frozen norm holds buffers only
         layer = ref if own else freeze_batch_norm_2d(ref)
+        # the values are the current layer's (the export's after a load; a fine-tune's after from_pretrained): the
+        # reference gives the structure, its eps and its activation
+        held = current.state_dict()
+        with torch.no_grad():
+            for key, tensor in layer.state_dict().items():
+                if key in held and held[key].shape == tensor.shape:
+                    tensor.copy_(held[key])
         # the reference is float32 on the CPU and in eval mode: the layer joins a model that may be cast, moved or
         # training, and must run as the layer it replaces did
         like = next((t for t in (*own.values(), *current.buffers(recurse=False)) if t.is_floating_point()), None)
@@ -143,6 +150,25 @@ def restore_norm_activations(module: torch.nn.Module, reference: torch.nn.Module
 def first_conv_channels(module: torch.nn.Module) -> int | None:
     """The image channels the first convolution of a network takes (its stem's); None without one."""
     return next((m.in_channels for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+
+
+def reload_norm_activations(model: torch.nn.Module, backbone: str | None = None) -> list[str]:
+    """After ``from_pretrained`` of a DETR: put back the activations its build took out of the backbone's norm
+    layers again (``restore_norm_activations``), keeping every value the checkpoint loaded (a fine-tune's); returns
+    the module names replaced. No export is needed: the architecture (``backbone``, by default the one its config
+    names, ``timm_name``'s) gives the layers' structure. A family without activations in its norms (ResNet,
+    BlockNet) has none to put back."""
+    backbone = backbone or model.config.backbone_config.backbone
+    replaced = []
+    for path, module in feature_extractors(model):
+        cls = next((name for wrapper, name in WRAPPER_CLS if type(module) is wrapper), None)
+        kwargs = {"features_only": True, "out_indices": tuple(module.feature_info.out_indices)}
+        with our_names():
+            reference = timm.create_model(backbone, **kwargs)
+            if type(reference) is not type(module) and cls is not None:
+                reference = timm.create_model(backbone, feature_cls=cls, **kwargs)
+        replaced += [f"{path}.{name}" if path else name for name in restore_norm_activations(module, reference)]
+    return replaced
 
 
 def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
@@ -183,15 +209,17 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
 
 def check_output_stride(folder: Path, export, where: str, module: torch.nn.Module,
                         reference: torch.nn.Module) -> None:
-    """A one-line ValueError when the export was saved dilated (``output_stride`` in its model_args) and ``module``
-    (named ``where``) is not built at that stride: its name (``timm_name``) carries no model_args, the config does.
-    Another stride asked of an undilated export (DETR-DC5, DeepLab) is the user's choice and passes."""
+    """A one-line warning when the export was saved dilated (``output_stride`` in its model_args) and ``module``
+    (named ``where``) is built at other strides: its name (``timm_name``) carries no model_args, so a config without
+    ``output_stride`` builds it undilated. The weights fit any stride (DETR-DC5, DeepLab choose theirs): a choice,
+    not an error; the warning says how to get the export's own maps."""
     stride = saved_model_args(folder).get("output_stride")
     saved, built = reference.feature_info.reduction(), module.feature_info.reduction()
     if stride and saved != built:
-        raise ValueError(f"{export} was saved with output_stride={stride} (maps at strides {saved}), {where} gives "
-                         f"strides {built}: build it with output_stride={stride} (TimmBackboneConfig(..., "
-                         f"output_stride={stride}))")
+        warnings.warn(f"{export} was saved with output_stride={stride} (maps at strides {saved}), {where} gives "
+                      f"strides {built}; for the export's maps build it with output_stride={stride} "
+                      f"(TimmBackboneConfig(..., output_stride={stride}); DETR: DetrConfig(backbone_config="
+                      f"TimmBackboneConfig(backbone=..., output_stride={stride}, out_indices=...)))", stacklevel=3)
 
 
 def default_taps(name: str) -> tuple[int, ...]:
@@ -249,7 +277,8 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
 
     name = timm_name(export)
     out_indices = chosen_taps(name, out_indices, export)
-    if output_stride is None:  # the export's own: the name carries no model_args
+    explicit = output_stride is not None
+    if not explicit:  # the export's own: the name carries no model_args
         output_stride = saved_model_args(export_folder(export)).get("output_stride")
     # TimmBackbone passes in_chans=num_channels (default 3) to timm, over the export's own model_args
     config = TimmBackboneConfig(backbone=name, out_indices=out_indices, output_stride=output_stride,
@@ -262,7 +291,10 @@ def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_str
                 raise
             raise ValueError(f"{export}: timm cannot build its architecture with output_stride={output_stride} "
                              f"({_dilations(name)}); leave output_stride out") from None
-    load_backbone_weights(model, export)
+    with warnings.catch_warnings():
+        if explicit:  # the caller's own stride: no warning that it is not the export's
+            warnings.filterwarnings("ignore", message=".* was saved with output_stride=")
+        load_backbone_weights(model, export)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,31 @@ def test_a_saved_upernet_or_detr_reloads_once_the_export_is_gone(export, tmp_pat
     assert name == model.pretrained_cfg["architecture"]
 
 
+def test_a_reloaded_detr_gets_its_norm_activations_back_with_the_fine_tuned_values(tmp_path):
+    """DETR's build swaps timm's BatchNormAct2d (EfficientNet, MobileNetV3) for its frozen norm without the
+    activation, at from_pretrained as at the first build: load_backbone_weights put it back then;
+    reload_norm_activations puts it back after the reload, with no export, keeping the values the checkpoint holds
+    (a fine-tune's, here a changed norm)."""
+    folder, _ = saved_export("efficientnet_b0", tmp_path / "export")
+    name = modeling.timm_name(folder)
+    detr = small_detr(name)
+    modeling.load_backbone_weights(detr, folder)
+    norm = next(m for m in detr.model.backbone.modules() if type(m).__name__ == "FrozenBatchNormAct2d")
+    norm.running_mean += 0.5  # fine-tuned: the export's values no longer
+    mask = torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        logits = detr(pixel_values=X, pixel_mask=mask).logits
+    detr.save_pretrained(tmp_path / "detr")
+    shutil.move(folder, tmp_path / "moved")
+    again = transformers.DetrForObjectDetection.from_pretrained(tmp_path / "detr").eval()
+    with torch.no_grad():
+        assert not torch.allclose(again(pixel_values=X, pixel_mask=mask).logits, logits, atol=1e-3)  # SiLU dropped
+        replaced = modeling.reload_norm_activations(again)  # the architecture its config names
+        assert replaced and all(".bn" in r for r in replaced)
+        assert torch.allclose(again(pixel_values=X, pixel_mask=mask).logits, logits, rtol=0, atol=1e-6)
+    assert modeling.reload_norm_activations(again, name) == []  # put back once
+
+
 @pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
 def test_the_exports_own_backbone_class_names_the_architecture_in_its_config(tmp_path):
     """auto_map's <Class>Backbone: a UperNet built on its config and saved reloads once the export moved."""
@@ -185,8 +211,9 @@ def test_the_exports_own_backbone_class_names_the_architecture_in_its_config(tmp
 @pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
 def test_a_dilated_export_is_built_at_its_output_stride(tmp_path):
     """An export saved with output_stride=8 (in its model_args): timm_backbone and the export's own AutoBackbone
-    class build it at 8, with its maps. A config names the architecture without model_args, so a UperNet built
-    without output_stride=8 is refused in one line saying so, and with it gets the export's maps."""
+    class build it at 8, with its maps, or at a stride asked for. A config names the architecture without
+    model_args, so a UperNet built without output_stride=8 is warned of in one line (another stride is a choice:
+    the weights fit), and with it gets the export's maps."""
     torch.manual_seed(0)
     model = trained_looking(modeling.create_model("blocknet_tiny", num_classes=4, output_stride=8))
     folder = modeling.save_pretrained(model, tmp_path / "os8", label_names=LABELS,
@@ -199,13 +226,18 @@ def test_a_dilated_export_is_built_at_its_output_stride(tmp_path):
         return transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
             backbone_config=config, hidden_size=16, auxiliary_in_channels=64, num_labels=3)).eval()
 
-    with pytest.raises(ValueError, match=r"saved with output_stride=8 \(maps at strides \[4, 8, 8, 8\]\), "
+    with pytest.warns(UserWarning, match=r"saved with output_stride=8 \(maps at strides \[4, 8, 8, 8\]\), "
                                          r"UperNetForSemanticSegmentation.backbone._backbone gives strides "
-                                         r"\[4, 8, 16, 32\]: build it with output_stride=8") as e:
-        modeling.load_backbone_weights(upernet(), folder)
-    assert "\n" not in str(e.value)
+                                         r"\[4, 8, 16, 32\]; for the export's maps build it with output_stride=8") as w:
+        assert modeling.load_backbone_weights(upernet(), folder) == ["backbone._backbone"]
+    assert "\n" not in str(w[0].message)
     dilated = upernet(output_stride=8)
-    modeling.load_backbone_weights(dilated, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the export's stride: no warning
+        modeling.load_backbone_weights(dilated, folder)
+        strided = modeling.timm_backbone(folder, output_stride=16)  # asked for: built so, without a warning
+    with torch.no_grad():
+        assert [m.shape[-1] for m in strided(X).feature_maps] == [16, 8, 4, 4]  # 64 px input: strides 4, 8, 16, 16
     with torch.no_grad():
         for route, maps in {"timm_backbone": modeling.timm_backbone(folder)(X).feature_maps,
                             "auto_map AutoBackbone": remote.from_pretrained(folder)(X).feature_maps,
