@@ -48,6 +48,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -484,6 +485,13 @@ def kept_head_note(model, label_names: list[str]) -> str | None:
     return None
 
 
+LOADER_TIMEOUT_S = 300  # s the train loader waits for one batch before it takes its workers for hung (a read
+# blocked on NFS) and EpochTrainer restarts them: torch's DataLoader `timeout`. Generous, as the first batch after
+# the workers start can take a minute from cold storage. Not longer: with a timeout set, torch looks for a dead worker
+# only when that wait ends (the fork server, not this process, is the workers' parent: no SIGCHLD comes), so a
+# SIGKILLed worker costs up to these 300 s too, while the other ranks wait in a collective (NCCL's default: 600 s)
+
+
 def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator, bad: BadSamples):
     """(train loader over a ResumableSampler, eval loader). The train loader stays unprepared: its sampler already
     shards by rank and is positioned by the loop, which is what makes resume exact; it hands the rows it replaced
@@ -517,7 +525,9 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     ring = (BatchRing(workers, RING_SLOTS, (cfg.batch_size, cfg.image_size, cfg.image_size, 3), context=context)
             if workers else None)
     train_loader = RecordingLoader(train_set, batch_sampler=sampler, bad=bad,
-                                   **(loader_kw | ({"collate_fn": RingCollate(ring)} if ring else {})))
+                                   **(loader_kw | ({"collate_fn": RingCollate(ring)} if ring else {})),
+                                   timeout=LOADER_TIMEOUT_S if workers else 0)
+    train_loader.worker_restarts = 0  # EpochTrainer.restart_workers' count, over the launch's epochs
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
     return train_loader, eval_loader
 
@@ -842,6 +852,55 @@ class StepPlan:
     memory_format: torch.memory_format
 
 
+LOADER_RESTARTS = 3  # train DataLoader worker failures a launch recovers from in place (EpochTrainer.next_batch):
+# an OOM kill or a decoder crash is rare; more in one launch means that the cause repeats (too many workers for the
+# memory, an image that crashes its decoder, storage that stays blocked), which restarting again would only hide
+LOADER_FAILURES = ("DataLoader worker (pid", "DataLoader timed out after ")  # how torch's RuntimeErrors for a
+# worker that died, or workers that sent no batch within the loader's timeout, begin (torch/utils/data/dataloader.py)
+
+
+def loader_failure(error: RuntimeError, loader) -> str | None:
+    """What happened to `loader`'s workers, from torch's `error` and their exit statuses; None when `error` is not a
+    DataLoader worker's death or time-out."""
+    message = str(error)
+    if not message.startswith(LOADER_FAILURES):
+        return None
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])  # persistent_workers keep them there
+    dead = [f"DataLoader worker (pid {w.pid}) {ended(w.exitcode)}" for w in workers if w.exitcode]
+    if dead:
+        return ", ".join(dead)
+    if message.startswith("DataLoader timed out"):
+        return f"the DataLoader workers sent no batch in {loader.timeout} s (hung: a read blocked on storage?)"
+    return message
+
+
+def ended(exitcode: int) -> str:
+    """A process's end from its multiprocessing exitcode (-N: signal N)."""
+    if exitcode > 0:
+        return f"exited with status {exitcode}"
+    try:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"was killed by signal {-exitcode}"
+
+
+def shut_down_workers(loader) -> None:
+    """Drop `loader`'s iterator with its workers (persistent_workers keep it in torch's `_iterator`), so the next
+    iter() starts new ones. A worker left alive by torch's shutdown is SIGKILLed: a stopped or hung one does not act
+    on torch's SIGTERM (nor does any: the workers block the stop signals, worker_processes.worker_context)."""
+    iterator, loader._iterator = loader._iterator, None
+    if iterator is None:
+        return
+    workers = list(iterator._workers)
+    iterator._shutdown_workers()
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=10)  # s; one in uninterruptible sleep dies when its read returns
+    del iterator
+    gc.collect()  # the old iterator's unread ring batches give their slots back now, before BatchRing.reset
+
+
 class EpochTrainer:
     """Optimizer steps from `state`'s position to the end of its epoch. `train` runs until a reason to stop
     (Stopped) and can be called again to go on with the same loader iterator after a mid-epoch checkpoint; it
@@ -867,7 +926,8 @@ class EpochTrainer:
     def train(self, bar) -> Stopped:
         state, cfg = self.state, self.cfg
         t = time.perf_counter()
-        for x, y in self.batches:
+        while (batch := self.next_batch()) is not None:
+            x, y = batch
             waited = time.perf_counter() - t
             self.data_wait += waited
             if self.first_batch_s is None:
@@ -893,6 +953,39 @@ class EpochTrainer:
                     return Stopped.STOP_SIGNAL if stopping else Stopped.CHECKPOINT_DUE
             t = time.perf_counter()
         return Stopped.EPOCH_END
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next (images, labels) on the device; None at the epoch's end. A train DataLoader worker's death or
+        hang (torch's RuntimeError for it, nothing else) restarts the workers at this position: restart_workers."""
+        while True:
+            try:
+                return next(self.batches)
+            except StopIteration:
+                return None
+            except RuntimeError as error:
+                if (why := loader_failure(error, self.loader)) is None:
+                    raise
+            self.restart_workers(why)  # past the except: the error's frames hold the old iterator's batches
+
+    def restart_workers(self, why: str) -> None:
+        """New workers from `state`'s position on, as a resume starts them: the micro-batches trained so far (an
+        accumulation's included) are skipped, and the step's randomness comes from the position too, so the run
+        goes on as if nothing happened. The old workers are shut down and the ring's slots freed first. Past
+        LOADER_RESTARTS in this launch, a one-line exit naming `why`."""
+        loader, state, rank = self.loader, self.state, self.accelerator.process_index
+        loader.worker_restarts += 1
+        if loader.worker_restarts > LOADER_RESTARTS:
+            raise SystemExit(f"error: rank {rank}: {why} at step {state.step}, past the {LOADER_RESTARTS} restarts "
+                             "of the train DataLoader workers a launch makes: lower --num_workers if the kernel's OOM "
+                             "killer ended them (dmesg), then resume with --resume_from_checkpoint latest")
+        shut_down_workers(loader)
+        if isinstance(loader.collate_fn, RingCollate):
+            loader.collate_fn.ring.reset()
+        self.sampler.set_position(state.epoch, state.batch_in_epoch)
+        self.batches = on_device(loader, self.accelerator.device)
+        tqdm.write(f"warning: rank {rank}: {why} at step {state.step}; restarted the DataLoader workers "
+                   f"({loader.worker_restarts} of {LOADER_RESTARTS}) at the same batch: lower --num_workers if the "
+                   "kernel's OOM killer ended it (dmesg)", file=sys.stderr)
 
     def micro_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Forward and backward of one micro-batch; the optimizer steps at the end of an accumulation."""
@@ -970,6 +1063,12 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
                                                           cfg.eval_flip)
     except StoppedDuringEval:
         return None
+    except RuntimeError as error:  # not restarted as training's are: the ranks' per-batch gathers would pair wrongly
+        if (why := loader_failure(error, eval_loader)) is None:
+            raise
+        raise SystemExit(f"error: rank {accelerator.process_index}: evaluation at step {state.step} stopped: {why}; "
+                         "lower --num_workers if the kernel's OOM killer ended it (dmesg), then resume with "
+                         "--resume_from_checkpoint latest") from None
     row = {f"val_{k}": v for k, v in scores.items()}
     best_net, best = model, scores
     if ema_scores is not None:

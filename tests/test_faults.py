@@ -613,6 +613,102 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(preproces
     assert f"resumed from {out / 'checkpoints' / 'step_00000002'}" in resumed.stdout + resumed.stderr
 
 
+# train.py whose rank-0 sampler has a train DataLoader worker die at the given (epoch, micro-batch) positions, once
+# each: the batch's last sample index goes as a CrashAt, which unpickles in the worker as that index after making the
+# worker's next write into a ring slot SIGKILL it, the slot held (a decoder's segfault, the kernel's OOM killer); a
+# second first, so that the batches it made before reach the main process. Each epoch's end prints the ring's
+# fallbacks (batches that found their slot still held after data.ring.WAIT_S). The train loader's timeout (when
+# torch looks for a dead worker: train.LOADER_TIMEOUT_S) is 20 s here; the restart cap is RESTARTS.
+CRASHING_TRAIN = """
+import sys
+sys.path.insert(0, ROOT)
+import train
+
+KILL_IN_FILL = ("(setattr(__import__('imagenet_trainer.data.ring').data.ring, 'fill', lambda view, batch: ["
+                "__import__('time').sleep(1), __import__('os').kill(__import__('os').getpid(), 9)]), ")
+crashed = set()
+
+
+class CrashAt:
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return eval, (KILL_IN_FILL + repr(self.index) + ")[1]",)
+
+
+class CrashingSampler(train.ResumableSampler):
+    def __iter__(self):
+        epoch, b = self.epoch, self.start
+        for batch in super().__iter__():
+            if self.rank == 0 and (epoch, b) in CRASH_AT and (epoch, b) not in crashed:
+                crashed.add((epoch, b))
+                batch = [*batch[:-1], CrashAt(batch[-1])]
+            yield batch
+            b += 1
+
+
+def finish(self, finish=train.EpochTrainer.finish):
+    print("ring fallbacks:", int(self.loader.collate_fn.ring.fallbacks.sum()), flush=True)
+    return finish(self)
+
+
+train.ResumableSampler, train.EpochTrainer.finish = CrashingSampler, finish
+train.LOADER_TIMEOUT_S, train.LOADER_RESTARTS = 20, RESTARTS
+if __name__ == "__main__":
+    train.run_and_close(train.main, sys.argv[1:])
+    train.exit_now()
+"""
+WORKER_FLAGS = ("--epochs", "2", "--batch_size", "2", "--grad_accum_steps", "2", "--num_workers", "2")
+
+
+def crashing_cmd(tmp_path, cmd: list, crash_at=(), restarts: int = 3) -> list:
+    """``cmd`` (a train_cmd) with train.py replaced by CRASHING_TRAIN, a worker of rank 0 dying at ``crash_at``."""
+    script = tmp_path / f"crashing_train_{len(list(tmp_path.glob('crashing_train_*')))}.py"
+    script.write_text(f"ROOT, CRASH_AT, RESTARTS = {str(ROOT)!r}, {set(crash_at)!r}, {restarts}\n{CRASHING_TRAIN}")
+    return [str(script) if part == str(ROOT / "train.py") else part for part in cmd]
+
+
+def last_weights(out):
+    return load_file(checkpoints.step_folders(out / "checkpoints")[-1] / "model.safetensors")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_dead_train_worker_is_restarted_in_place_and_the_run_ends_as_an_uninterrupted_one(preprocessed, tmp_path,
+                                                                                           processes):
+    """A train DataLoader worker SIGKILLed mid-epoch, half-way through a gradient accumulation, holding a ring slot:
+    its rank says so in one line, starts new workers at the same micro-batch with every slot free, and the run ends
+    with weights bit-equal to an uninterrupted one's; on 2 processes the other rank waits meanwhile."""
+    launcher = ("python",) if processes == 1 else ("--multi_gpu", "--num_processes", "2", "--main_process_port")
+    crash_at = (0, 3) if processes == 1 else (0, 1)  # the 2nd micro-batch of an optimizer step of 2
+    runs = {}
+    for name, crashes in (("reference", ()), ("crashed", (crash_at,))):
+        cmd = train_cmd(preprocessed, tmp_path / name, *WORKER_FLAGS,
+                        launcher=launcher if processes == 1 else (*launcher, str(free_port())))
+        runs[name] = ok(run(crashing_cmd(tmp_path, cmd, crashes)))
+    said = [line for line in runs["crashed"].stderr.splitlines() if "DataLoader" in line]
+    assert len(said) == 1 and "Traceback" not in runs["crashed"].stderr, runs["crashed"].stderr[-3000:]
+    assert re.fullmatch(rf"warning: rank 0: DataLoader worker \(pid \d+\) was killed by SIGKILL at step "
+                        rf"{crash_at[1] // 2}; restarted the DataLoader workers \(1 of 3\) at the same batch: lower "
+                        r"--num_workers if the kernel's OOM killer ended it \(dmesg\)", said[0]), said
+    fallbacks = [line for line in runs["crashed"].stdout.splitlines() if line.startswith("ring fallbacks:")]
+    assert fallbacks and fallbacks[-1] == "ring fallbacks: 0", "the dead worker's slot was left held"
+    assert timeless(rows(tmp_path / "crashed")) == timeless(rows(tmp_path / "reference"))
+    reference, crashed = last_weights(tmp_path / "reference"), last_weights(tmp_path / "crashed")
+    assert reference.keys() == crashed.keys()
+    assert all(torch.equal(reference[k], crashed[k]) for k in reference), "not the uninterrupted run's weights"
+
+
+def test_train_worker_deaths_past_the_cap_end_in_one_line_naming_the_resume(preprocessed, tmp_path):
+    """A second worker death with the cap at 1 restart: a one-line error that names the cause and the resume."""
+    proc = run(crashing_cmd(tmp_path, train_cmd(preprocessed, tmp_path / "run", *WORKER_FLAGS), [(0, 3), (1, 3)],
+                            restarts=1))
+    assert proc.returncode == 1
+    assert "restarted the DataLoader workers (1 of 1)" in proc.stderr
+    assert re.fullmatch(r"error: rank 0: DataLoader worker \(pid \d+\) was killed by SIGKILL at step 6, .*"
+                        r"then resume with --resume_from_checkpoint latest", last_line(proc)), last_line(proc)
+
+
 def test_a_resume_names_the_flags_it_changes_and_refuses_another_seed_mid_epoch(finished, preprocessed, tmp_path):
     """The sampler's order comes from (seed, epoch): another --seed mid-epoch would read the rest of the epoch in
     another order, some images twice and others never. At an epoch's end it only changes what comes next."""

@@ -89,6 +89,16 @@ class BatchRing:
             return
         weakref.finalize(self, cudart.cudaHostUnregister, pointer)
 
+    def reset(self) -> None:
+        """Every slot free again, for the new workers of a DataLoader whose workers are all gone (one died or hung):
+        a slot a killed worker held, or one whose batch sat unread in the dropped iterator's queue, is given back by
+        no one. Safe only when no RingBatch of this ring is left unreleased (it would give its slot back again)."""
+        if self.pinned:
+            torch.cuda.synchronize()  # no copy out of a slot is still running
+        for free in self.free:
+            free.acquire(block=False)  # a BoundedSemaphore(1) at 0 or 1: taken if it was free, then up either way
+            free.release()
+
 
 def clear_cuda_error() -> bool:
     """cudaGetLastError of the CUDA runtime this process loaded (the libcudart torch links, found in /proc/self/maps;
