@@ -888,6 +888,7 @@ def shut_down_workers(loader) -> None:
     """Drop `loader`'s iterator with its workers (persistent_workers keep it in torch's `_iterator`), so the next
     iter() starts new ones. A worker left alive by torch's shutdown is SIGKILLed: a stopped or hung one does not act
     on torch's SIGTERM (nor does any: the workers block the stop signals, worker_processes.worker_context)."""
+    loader = getattr(loader, "base_dataloader", loader)  # accelerate's prepared loader wraps the DataLoader
     iterator, loader._iterator = loader._iterator, None
     if iterator is None:
         return
@@ -899,6 +900,17 @@ def shut_down_workers(loader) -> None:
             worker.join(timeout=10)  # s; one in uninterruptible sleep dies when its read returns
     del iterator
     gc.collect()  # the old iterator's unread ring batches give their slots back now, before BatchRing.reset
+
+
+def restart_dead_workers(loader, rank: int, step: int) -> None:
+    """Start `loader`'s persistent workers anew when one died since its last pass (the OOM killer picks idle
+    processes too): before an evaluation's first batch no rank has entered its gathers, so nothing pairs wrongly."""
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])
+    dead = [f"DataLoader worker (pid {w.pid}) {ended(w.exitcode)}" for w in workers if w.exitcode is not None]
+    if dead:
+        shut_down_workers(loader)
+        tqdm.write(f"warning: rank {rank}: eval {', '.join(dead)} since the last evaluation; started new eval "
+                   f"workers at step {step}", file=sys.stderr)
 
 
 class EpochTrainer:
@@ -1055,6 +1067,7 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
     """The epoch's val_ (and ema_val_) scores; the better net goes to final_dir when it beats the run's best so far
     (state.best_top1/best_step). With the seconds each took: eval_s, export_s (0 when the epoch is not the best).
     None when a stop signal came first (every rank asked at each batch): nothing is scored, exported or counted."""
+    restart_dead_workers(eval_loader, accelerator.process_index, state.step)
     eval_started = time.perf_counter()
     try:
         scores = eval_scores(accelerator, model, stop.until_signal(accelerator, eval_loader), plan, cfg.eval_flip)

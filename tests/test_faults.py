@@ -709,6 +709,47 @@ def test_train_worker_deaths_past_the_cap_end_in_one_line_naming_the_resume(prep
                         r"then resume with --resume_from_checkpoint latest", last_line(proc)), last_line(proc)
 
 
+# train.py whose second evaluation starts after one of its (persistent, idle) eval DataLoader workers was SIGKILLed
+EVAL_WORKER_KILLED = """
+import os, signal, sys
+sys.path.insert(0, ROOT)
+import train
+
+calls = []
+
+
+def evaluate_and_export(accelerator, model, ema, eval_loader, *args, evaluate=train.evaluate_and_export, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        worker = eval_loader._iterator._workers[0]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+    return evaluate(accelerator, model, ema, eval_loader, *args, **kwargs)
+
+
+train.evaluate_and_export = evaluate_and_export
+if __name__ == "__main__":
+    train.run_and_close(train.main, sys.argv[1:])
+    train.exit_now()
+"""
+
+
+def test_an_idle_eval_worker_killed_between_evaluations_is_replaced_before_the_next(preprocessed, tmp_path):
+    """The OOM killer may pick an eval worker while it idles through an epoch's training: the next evaluation, before
+    any rank's first gather, starts new workers and scores as an uninterrupted run does (it ended the run)."""
+    reference = ok(run(train_cmd(preprocessed, tmp_path / "reference", *WORKER_FLAGS)))
+    script = tmp_path / "eval_worker_killed.py"
+    script.write_text(f"ROOT = {str(ROOT)!r}\n{EVAL_WORKER_KILLED}")
+    cmd = [str(script) if part == str(ROOT / "train.py") else part
+           for part in train_cmd(preprocessed, tmp_path / "killed", *WORKER_FLAGS)]
+    killed = ok(run(cmd))
+    said = [line for line in killed.stderr.splitlines() if "DataLoader" in line]
+    assert len(said) == 1 and re.fullmatch(r"warning: rank 0: eval DataLoader worker \(pid \d+\) was killed by SIGKILL "
+                                           r"since the last evaluation; started new eval workers at step \d+", said[0])
+    assert "Traceback" not in killed.stderr and reference.returncode == 0
+    assert timeless(rows(tmp_path / "killed")) == timeless(rows(tmp_path / "reference"))
+
+
 def test_a_resume_names_the_flags_it_changes_and_refuses_another_seed_mid_epoch(finished, preprocessed, tmp_path):
     """The sampler's order comes from (seed, epoch): another --seed mid-epoch would read the rest of the epoch in
     another order, some images twice and others never. At an epoch's end it only changes what comes next."""
