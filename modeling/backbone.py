@@ -98,12 +98,18 @@ def feature_extractors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Modul
 def reference_features(folder: Path, module: torch.nn.Module) -> torch.nn.Module:
     """The export's ``features_only`` model built as ``module`` was (its class, its taps), holding every saved
     weight: the family's default for a family class, the named feature_cls for timm's generic wrappers."""
+    return features_like(module, lambda **kwargs: exported_features(str(folder), **kwargs))
+
+
+def features_like(module: torch.nn.Module, build) -> torch.nn.Module:
+    """``build(**kwargs)`` (a features_only model) with ``module``'s taps and feature class: the family's default for
+    a family class, the named feature_cls for timm's generic wrappers."""
     kwargs = {"out_indices": tuple(module.feature_info.out_indices)}
     cls = next((name for wrapper, name in WRAPPER_CLS if type(module) is wrapper), None)
     with our_names():
-        reference = exported_features(str(folder), **kwargs)
+        reference = build(**kwargs)
         if type(reference) is not type(module) and cls is not None:  # e.g. a FeatureListNet of EfficientNet
-            reference = exported_features(str(folder), feature_cls=cls, **kwargs)
+            reference = build(feature_cls=cls, **kwargs)
     return reference
 
 
@@ -161,12 +167,7 @@ def reload_norm_activations(model: torch.nn.Module, backbone: str | None = None)
     backbone = backbone or model.config.backbone_config.backbone
     replaced = []
     for path, module in feature_extractors(model):
-        cls = next((name for wrapper, name in WRAPPER_CLS if type(module) is wrapper), None)
-        kwargs = {"features_only": True, "out_indices": tuple(module.feature_info.out_indices)}
-        with our_names():
-            reference = timm.create_model(backbone, **kwargs)
-            if type(reference) is not type(module) and cls is not None:
-                reference = timm.create_model(backbone, feature_cls=cls, **kwargs)
+        reference = features_like(module, lambda **kwargs: timm.create_model(backbone, features_only=True, **kwargs))
         replaced += [f"{path}.{name}" if path else name for name in restore_norm_activations(module, reference)]
     return replaced
 
