@@ -865,8 +865,7 @@ def loader_failure(error: RuntimeError, loader) -> str | None:
     message = str(error)
     if not message.startswith(LOADER_FAILURES):
         return None
-    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])  # persistent_workers keep them there
-    dead = [f"DataLoader worker (pid {w.pid}) {ended(w.exitcode)}" for w in workers if w.exitcode]
+    dead = dead_workers(loader)
     if dead:
         return ", ".join(dead)
     if message.startswith("DataLoader timed out"):
@@ -874,9 +873,15 @@ def loader_failure(error: RuntimeError, loader) -> str | None:
     return message
 
 
+def dead_workers(loader) -> list[str]:
+    """One line for each of `loader`'s workers that has ended (persistent_workers keep them in its iterator)."""
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])
+    return [f"DataLoader worker (pid {w.pid}) {ended(w.exitcode)}" for w in workers if w.exitcode is not None]
+
+
 def ended(exitcode: int) -> str:
     """A process's end from its multiprocessing exitcode (-N: signal N)."""
-    if exitcode > 0:
+    if exitcode >= 0:
         return f"exited with status {exitcode}"
     try:
         return f"was killed by {signal.Signals(-exitcode).name}"
@@ -905,8 +910,7 @@ def shut_down_workers(loader) -> None:
 def restart_dead_workers(loader, rank: int, step: int) -> None:
     """Start `loader`'s persistent workers anew when one died since its last pass (the OOM killer picks idle
     processes too): before an evaluation's first batch no rank has entered its gathers, so nothing pairs wrongly."""
-    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])
-    dead = [f"DataLoader worker (pid {w.pid}) {ended(w.exitcode)}" for w in workers if w.exitcode is not None]
+    dead = dead_workers(loader)
     if dead:
         shut_down_workers(loader)
         tqdm.write(f"warning: rank {rank}: eval {', '.join(dead)} since the last evaluation; started new eval "
