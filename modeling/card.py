@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,21 @@ def public(value):
     prefix = "local-dir:" if value.startswith("local-dir:") else ""
     path = value.removeprefix(prefix)
     return prefix + (Path(path).expanduser().resolve().name or path) if is_local(path) else value
+
+
+# The card's load snippets name the repo in these forms only (``_usage``, ``package_import``): what a push to
+# another repo rewrites, and nothing else of the card (a dataset id of the same name stays)
+SNIPPET_FORMS = ('"hf-hub:{}"', 'model="{}"', 'from_pretrained("{}"', 'snapshot_download("{}"')
+
+
+def card_for_repo(text: str, repo_id: str) -> str:
+    """A saved card's text with ``repo_id`` in its load snippets: in place of OWNER/NAME, or of the repo id it was
+    saved with (a folder saved for one repo and pushed to another would tell its readers to load the first)."""
+    saved = re.search(r'timm\.create_model\("hf-hub:([^"@]+)"', text)
+    for old in {REPO_PLACEHOLDER, saved.group(1) if saved else REPO_PLACEHOLDER}:
+        for form in SNIPPET_FORMS:
+            text = text.replace(form.format(old), form.format(repo_id))
+    return text
 
 
 def is_repo_id(ref: str) -> bool:

@@ -59,7 +59,7 @@ from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.runinfo import WRITE_LEFTOVER, atomic_write_text, replace_dir, share_tree
 
 from ._registry import our_names
-from .card import (REPO_PLACEHOLDER, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
+from .card import (card_for_repo, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
                    model_index, model_stats, output_shapes, public, resolve_dataset, results_section)
 from .remote_code import PROCESSOR_FILE, NotBundleable, defining_module, remote_code_files
 from .transformers_saved import (head_labels, load_saved_weights, saved_by_transformers,
@@ -615,9 +615,10 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
     A failed upload raises a one-line OSError (it is network I/O; bad input and a missing token are ValueErrors,
     as in ``check_hub_ready``); the upload leaves the local folder as it was, so the push can be retried. Before it,
     the folder's remote code is brought up to date with the installed project (``modeling.refresh_code``; weights
-    and card untouched; an architecture file the installed one does not compute alike with is kept). A card saved without ``repo_id`` is uploaded with ``repo_id`` in its load snippets in place
-    of OWNER/NAME. Weights that are cut short or differ from their CRC-32 (``check_weights``) are a ValueError before
-    anything is uploaded, and so is ``private`` asked of a repo that exists and is public (``refuse_public``).
+    and card untouched; an architecture file the installed one does not compute alike with is kept). The card is
+    uploaded with ``repo_id`` in its load snippets in place of OWNER/NAME or of the repo id it was saved with
+    (``card_for_repo``). Weights that are cut short or differ from their CRC-32 (``check_weights``) are a ValueError
+    before anything is uploaded, and so is ``private`` asked of a repo that exists and is public (``refuse_public``).
     The same commit deletes the repo's ``.eval_results/`` files and top-level ``*.py`` the folder lacks (another
     model's scores and code, ``stale_deletions``). A stall of ``HUB_STALL_S`` seconds ends in the OSError.
     """
@@ -630,7 +631,7 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
         raise ValueError(f"{folder}: no {', '.join(missing)}; write it with modeling.save_pretrained first")
     check_weights(folder / WEIGHTS_NAME)  # damaged weights are never published, nor their code refreshed
     refresh_before_upload(folder)
-    card = (folder / CARD_NAME).read_text().replace(REPO_PLACEHOLDER, repo_id).encode()
+    card = card_for_repo((folder / CARD_NAME).read_text(), repo_id).encode()
     operations = [CommitOperationAdd(path_in_repo=path,  # the filled-in card in place of the local one
                                      path_or_fileobj=card if path == CARD_NAME else str(folder / path))
                   for path in upload_paths(folder)]

@@ -284,6 +284,26 @@ def test_a_model_pushed_over_another_deletes_its_eval_results_and_code_in_the_sa
         assert {p: d for p, d in files_of(a).items() if p != "README.md"}.items() <= repo.files.items()
 
 
+def test_a_card_saved_for_one_repo_and_pushed_to_another_names_the_repo_it_is_in(monkeypatch, tmp_path):
+    """train.py writes --hub_model_id into the card's load snippets; a push to another repo (the first refused, a
+    mirror) must not tell readers to load the first. A dataset id of the same name is the dataset's: it stays."""
+    torch.manual_seed(0)
+    model = modeling.create_model("blocknet_tiny", num_classes=4)
+    folder = modeling.save_pretrained(model, tmp_path / "m", label_names=ilsvrc.imagenet_wnids()[:4],
+                                      model_card={"repo_id": "me/first-try", "dataset": "me/first-try",
+                                                  "results": {"top1": 50.0, "top5": 100.0, "n": 8}})
+    saved = (folder / "README.md").read_text()
+    assert saved.count('"hf-hub:me/first-try"') == 3 and 'model="me/first-try"' in saved
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        modeling.push_to_hub(folder, "me/second-try", token=hub.token)
+        card = hub.repo("me/second-try").files["README.md"].decode()
+    assert card.count('"hf-hub:me/second-try"') == 3 and 'model="me/second-try"' in card
+    assert 'from_pretrained("me/second-try"' in card and '"hf-hub:me/first-try"' not in card
+    assert "- me/first-try" in card  # the front matter's datasets: the dataset's own id
+    assert (folder / "README.md").read_text() == saved  # the local card as it was
+
+
 def test_a_downloaded_copy_pushes_what_upload_folder_would(monkeypatch, tmp_path):
     """`hf download REPO --local-dir DIR` leaves .cache/huggingface/ in DIR (the Hub takes no path under .cache/), and
     a kill during an atomic write (validate.py --update_model_card's card, .eval_results/) leaves its temp file: the
