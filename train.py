@@ -464,16 +464,22 @@ def build_model(cfg: TrainConfig, label_names: list[str], print_fn=print) -> tor
     if cfg.pretrained and weights_classes and weights_classes != num_classes:
         print_fn(f"--model {cfg.model}: new {num_classes}-class head (random init); the {weights_classes}-class head "
                  "of the pretrained weights is dropped")
-    elif cfg.pretrained and weights_classes and (note := kept_head_note(model, label_names)):
+    elif cfg.pretrained and weights_classes and (note := kept_head_note(model, cfg.model, label_names)):
         print_fn(f"--model {cfg.model}: {note}")
     return model
 
 
-def kept_head_note(model, label_names: list[str]) -> str | None:
+def kept_head_note(model, model_ref: str, label_names: list[str]) -> str | None:
     """What a pretrained head kept for the dataset's class count starts from when its classes are not the dataset's,
     compared as validate.py compares them (modeling.class_order); None when they are, or are not recorded. Class i of
     the data is trained from the head's row i whatever class that row learnt."""
-    ids, descriptions = modeling.pretrained_labels(getattr(model, "pretrained_cfg", None) or {})
+    ids = descriptions = None
+    if model_ref.startswith(("local-dir:", "hf-hub:")):
+        # an export's own ids: for a class count timm takes for an ImageNet subset (1000, ...) the pretrained_cfg
+        # timm builds holds the config's root label_names, human names there (modeling.hub, label_info)
+        ids, descriptions = modeling.label_info(model_ref)
+    if ids is None:
+        ids, descriptions = modeling.pretrained_labels(getattr(model, "pretrained_cfg", None) or {})
     order = modeling.class_order(ids, descriptions, label_names) if ids else "same"
     if order == "reordered":
         return (f"the pretrained head has the dataset's classes in another index order ({ids[:3]}... against "

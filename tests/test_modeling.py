@@ -1071,3 +1071,11 @@ def test_fine_tuning_a_head_for_as_many_other_classes_says_so(tmp_path):
     assert said(["cat", "dog", "emu", "fox"]) == [
         f"--model local-dir:{start}: the pretrained 4-class head is kept, though its classes are not the dataset's "
         "(['n01', 'n02', 'n03']... against ['cat', 'dog', 'emu']...): each class starts from another's weights"]
+
+    # 1000 classes: timm takes the count for ImageNet-1k's and builds pretrained_cfg from the config's root
+    # label_names, which are human names there; the ids the export was saved with are what is compared
+    ids, names = [f"c{i:04d}" for i in range(1000)], [f"thing {i}" for i in range(1000)]
+    modeling.save_pretrained(modeling.create_model("blocknet_tiny", num_classes=1000), start, label_names=ids,
+                             label_descriptions=names)
+    assert said(ids) == said(names) == []
+    assert "another index order" in said(ids[::-1])[0]
