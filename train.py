@@ -176,6 +176,7 @@ class TrainConfig:
                     "cutmix_alpha")),
                 ("num_workers", self.num_workers >= -1, ">= 0, or -1 (the cores this process may use, less one)"),
                 ("lr", 0 < self.lr < math.inf, "a positive number"),
+                ("seed", -2**63 <= self.seed < 2**63, "an integer in [-2**63, 2**63) (torch.manual_seed's range)"),
                 ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                 ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),
@@ -572,6 +573,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
         print_fn(f"note: {ends} ends the run within the {warmup_steps} warmup steps of --warmup_epochs "
                  f"{cfg.warmup_epochs:g}, which it does not shorten: the LR never leaves warmup (last step "
                  f"{lr_at(total_steps - 1):.3g}, peak {peak_lr:.3g})")
+    if cfg.min_lr > peak_lr:  # the peak scales with the processes: a floor set for more of them can end above it
+        print_fn(f"note: --min_lr {cfg.min_lr:g} is above the peak LR {peak_lr:.3g} (--lr {cfg.lr:g} x global batch "
+                 f"{global_batch} / 256): the LR rises from the peak to --min_lr after warmup instead of decaying")
     return optimizer, lr_at
 
 

@@ -227,6 +227,7 @@ def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_lo
     (["--push_to_hub"], "--hub_model_id must be a Hub repo id USER/NAME"),
     (["--keep_last", "0"], "--keep_last must be at least 1"),
     (["--scale_min", "0"], "--scale_min must be in (0, 1] (a share of the image's area), got 0.0"),
+    (["--seed", str(2**64)], "--seed must be an integer in [-2**63, 2**63)"),  # else torch.manual_seed's traceback
 ])
 def test_flag_ranges_are_checked_before_anything_starts(argv, message):
     with pytest.raises(SystemExit) as err:
@@ -259,6 +260,25 @@ def test_a_run_that_ends_within_the_warmup_says_its_lr_never_leaves_it():
     said.clear()
     build_optimizer(model, cfg, num_processes=1, steps_per_epoch=2, total_steps=4, print_fn=said.append)
     assert said == []
+
+
+def test_a_min_lr_above_the_scaled_peak_is_stated():
+    """--min_lr is absolute, the peak is --lr x global batch / 256: a floor above the peak turns the cosine into a
+    rise after warmup, which the log says; a floor below it says nothing."""
+    import modeling  # noqa: PLC0415
+    from train import build_optimizer  # noqa: PLC0415
+
+    model = modeling.create_model(TINY, num_classes=4)
+    cfg = parse_config(TrainConfig, ["--dataset", "ds", "--lr", "0.1", "--batch_size", "64", "--min_lr", "0.05"])
+    said = []
+    _, lr_at = build_optimizer(model, cfg, num_processes=1, steps_per_epoch=10, total_steps=100,
+                               print_fn=said.append)
+    assert lr_at(99) > lr_at(10) and said == [
+        "note: --min_lr 0.05 is above the peak LR 0.025 (--lr 0.1 x global batch 64 / 256): the LR rises from the "
+        "peak to --min_lr after warmup instead of decaying"]
+    said.clear()
+    build_optimizer(model, cfg, num_processes=4, steps_per_epoch=10, total_steps=100, print_fn=said.append)
+    assert said == []  # peak 0.1 on 4 processes
 
 
 def test_pretrained_starts_from_the_saved_weights(preprocessed, tmp_path):
