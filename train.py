@@ -263,6 +263,8 @@ def main(argv=None):
     if state.step >= total_steps and not state.eval_pending:  # resumed at or past the end this launch's flags set
         accelerator.print(nothing_to_do(state, cfg, total_steps, run_dir))
         accelerator.end_training()
+        if accelerator.is_main_process and cfg.push_to_hub:  # the launch before ended in (or before) its push
+            report_end(accelerator, state, cfg, run_dir / "final")
         return
     start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None, startup=startup)
     accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))

@@ -389,7 +389,7 @@ def test_it_learns_digits(digits_dataset, tmp_path):
 @pytest.mark.parametrize("fail", [False, True])
 def test_push_at_the_end_to_a_local_hub(preprocessed, tmp_path, fail):
     """--push_to_hub uploads the final export over HTTP to tests/hub_server.py's local Hub; a refused commit ends
-    in one line naming the retry, the export kept."""
+    in one line naming the retry, the export kept, and the same command resumed from its last checkpoint pushes."""
     out = tmp_path / "run"
     cmd = train_cmd(preprocessed, out, "--epochs", "1", "--push_to_hub", "--hub_model_id", "me/tiny",
                     *(["--hub_private"] if fail else []))
@@ -409,11 +409,19 @@ def test_push_at_the_end_to_a_local_hub(preprocessed, tmp_path, fail):
         retry = proc.stderr.strip().splitlines()[-1]
         assert retry.endswith(f"modeling.push_to_hub('{final}', 'me/tiny', private=True)\"")
         assert hub.repo("me/tiny").files.keys() == {".gitattributes"}
+        # a requeue (slurm/train.sbatch adds --resume_from_checkpoint latest) of a run trained to its end but not
+        # pushed, its push cut short or refused: it trains nothing and pushes
+        with LocalHub() as hub:
+            env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN=hub.token)
+            proc = subprocess.run([*cmd, "--resume_from_checkpoint", "latest"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=600)
+        ok(proc)
+        assert "nothing to do" in proc.stdout and f"pushed to {hub.endpoint}/me/tiny" in proc.stdout
     else:
         ok(proc)
         assert f"pushed to {hub.endpoint}/me/tiny" in proc.stdout
-        assert {name: data for name, data in hub.repo("me/tiny").files.items() if name != ".gitattributes"} == \
-            {p.relative_to(final).as_posix(): p.read_bytes() for p in final.rglob("*") if p.is_file()}
+    assert {name: data for name, data in hub.repo("me/tiny").files.items() if name != ".gitattributes"} == \
+        {p.relative_to(final).as_posix(): p.read_bytes() for p in final.rglob("*") if p.is_file()}
 
 
 def test_refuses_when_launcher_and_accelerate_disagree(preprocessed, tmp_path):
