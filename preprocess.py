@@ -117,6 +117,7 @@ from imagenet_trainer.config import parse_config
 from imagenet_trainer.runinfo import (REPLACED_NOTE, atomic_write_text, delete_replaced, is_replaced, mark_replaced,
                                       remove_write_leftovers, replaced_folder, write_run_info)
 from imagenet_trainer.runlock import FolderLock, release_all
+from imagenet_trainer.worker_processes import available_cores
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
 FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
@@ -127,7 +128,7 @@ WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; re
 class PreprocessConfig:
     data_dir: str = ""  # required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or a class-per-folder image tree
     output_dir: str = ""  # required: where the DatasetDict goes; a new (built in <output_dir>.tmp) or empty folder
-    num_proc: int = 0  # worker processes; 0 = one per CPU core (decoding is CPU-bound)
+    num_proc: int = 0  # worker processes; 0 = one per core this process may use (affinity, cgroup CPU quota)
     shorter_side: int | None = None  # px; shrink so the shorter side is at most this and re-encode; None keeps size
     quality: int = 90  # JPEG quality (1-100; PIL advises <= 95) of re-encoded images (odd files, --shorter_side)
     restart_tile: int = 64  # px; lossless re-code into tiles <= this wide that decode alone (fast crops); 0 = as read
@@ -1086,6 +1087,8 @@ def run(argv=None) -> None:
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
     if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
         raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
+    if out == out.parent:  # OUT.tmp and OUT.lock go beside OUT, and a root has no beside
+        raise SystemExit(f"error: --output_dir {out} is a file system root; choose a folder below it")
     hold_output(out)
     finish_move(out)
     work = work_folder(out)
@@ -1129,7 +1132,7 @@ def run(argv=None) -> None:
     if kept:
         print(f"resuming {work}: {kept} of {len(shards)} shards already done")
 
-    num_proc = min(cfg.num_proc or os.cpu_count() or 1, max(1, len(pending)))
+    num_proc = min(cfg.num_proc or available_cores(), max(1, len(pending)))
     work_fn = functools.partial(process_shard, labels=ilsvrc.label_lookup(listing.names, listing.descriptions),
                                 shorter_side=cfg.shorter_side, quality=cfg.quality, restart_tile=cfg.restart_tile,
                                 schema=make_features(listing.names).arrow_schema)

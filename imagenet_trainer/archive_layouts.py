@@ -237,7 +237,11 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
         warnings.append(f"{len(strays)} non-image files in the val folder of {where} left out, e.g. {strays[0]}")
     if len(val_csv) > len(val):
         warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {where}")
-    test = [(name, -1) for name in _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)]
+    test_files = _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)
+    strays = [name for name in test_files if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
+    test = [(name, -1) for name in test_files if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+    if strays:
+        warnings.append(f"{len(strays)} non-image files in the test folder of {where} left out, e.g. {strays[0]}")
     splits = {"train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train,
                              _boxes_of(read_boxes["train"], train), False, source),
               "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val,

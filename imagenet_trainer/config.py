@@ -89,6 +89,25 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(f"error: {message} (see --help)")
 
 
+def _read_yaml(path: Path):
+    """The document of a --config file (empty: {}); a one-line SystemExit for a file that is missing, unreadable, not
+    UTF-8 or not valid YAML."""
+    if not path.is_file():
+        raise SystemExit(f"error: --config {path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise SystemExit(f"error: --config {path}: cannot read it ({e.strerror or e}); check its permissions") from None
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: --config {path}: not UTF-8 text (byte {e.start}: {e.object[e.start]:#04x}); save it "
+                         "as UTF-8") from None
+    except yaml.YAMLError as e:  # its str() spans lines: the problem, then a snippet with a caret
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise SystemExit(f"error: --config {path}: not valid YAML: {what}{at}; fix the file there") from None
+
+
 def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
     """Build ``cls`` from ``--config YAML`` and ``--field value`` flags (``--flag`` alone sets a bool to true)."""
     hints = typing.get_type_hints(cls)
@@ -111,9 +130,7 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     values: dict = {}
     if args.config:
         path = Path(args.config)
-        if not path.is_file():
-            raise SystemExit(f"error: --config {path}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _read_yaml(path)
         if not isinstance(loaded, dict):
             raise SystemExit(f"error: --config {path}: expected a mapping of keys to values")
         for key, value in loaded.items():

@@ -129,7 +129,8 @@ def read_voc_xml(path, data: bytes | None = None) -> list[tuple]:
     """
     try:
         root = ET.parse(path if data is None else io.BytesIO(data)).getroot()
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # expat's errors for a declared encoding it cannot use:
+        # LookupError (unknown: "ISO-8859-1x", or "rot13"), ValueError ("utf-32": multi-byte), UnicodeError ("idna")
         raise ValueError(f"{path}: not valid XML ({e})") from None
     boxes = []
     for obj in root.iter("object"):

@@ -248,7 +248,10 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
     nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{name}" for name in inside]
     warnings += ilsvrc.broken_link_warnings(broken, data_dir)
     warnings += ilsvrc.folder_warnings(nested, data_dir, "train/<wnid>/, val/ or test/")
-    test = [(name, -1) for name in test_files]
+    strays = [name for name in test_files if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
+    test = [(name, -1) for name in test_files if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+    if strays:
+        warnings.append(f"{len(strays)} non-image files in {test_dir} left out, e.g. {strays[0]}")
     if test:
         splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
     else:  # unlabelled anyway; people delete its 13 GB

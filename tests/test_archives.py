@@ -435,6 +435,42 @@ def test_unzipped_older_kaggle_release_is_found_and_refused_in_one_line_when_cut
     assert f"{tgz.name}: truncated" in message and "download it again" in message
 
 
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-tar-gz"])
+def test_a_kaggle_archive_with_an_undecodable_xml_and_a_readme_alone_in_test(packaging, tmp_path):
+    """As from the tree: an XML declaring an encoding expat cannot use is one unreadable annotation (its image kept,
+    without boxes), and test/ holding only a README.txt gives no test split."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=2, train_per_class=3, val_per_class=2, num_test=2)
+    xml = sorted((tree / ilsvrc.ANNOTATION_DIRS["train"]).glob("n*/*.xml"))[0]
+    xml.write_bytes(b'<?xml version="1.0" encoding="ISO-8859-1x"?>\n' + xml.read_bytes())
+    test_dir = tree / ilsvrc.SPLIT_DIRS["test"]
+    shutil.rmtree(test_dir)
+    test_dir.mkdir()
+    (test_dir / "README.txt").write_text("test images deleted to save 13 GB")
+    data_dir = (demo_archives.kaggle_zip(tree, tmp_path / "kaggle.zip") if packaging == "kaggle-zip" else
+                demo_archives.kaggle_unzipped_tgz(tree, tmp_path / "kaggle-2019"))
+    out = run(data_dir, tmp_path / "out")
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert any("non-image files in the test folder of" in w and "README.txt" in w for w in report["warnings"])
+    # the zip's XML is read with its image; the tar.gz's while listing, an unreadable one a warning then
+    unread = report["annotation_errors"] + [w for w in report["warnings"] if "XML files" in w]
+    assert len(unread) == 1 and unread[0].endswith(f"/{xml.relative_to(tree)}: not valid XML (unknown encoding: "
+                                                   "ISO-8859-1x)")
+    dd = datasets.load_from_disk(str(out))
+    assert set(dd) == {"train", "validation"}
+    assert dd["train"].filter(lambda r: r["image_id"] == xml.stem)[0]["objects"] == []
+
+
+def test_a_box_archive_with_an_undecodable_xml_keeps_the_others(tmp_path):
+    good = b"<annotation><object><name>n01440764</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax>" \
+           b"<ymax>4</ymax></bndbox></object></annotation>"
+    path = tmp_path / "ILSVRC2012_bbox_train_v2.tar.gz"
+    path.write_bytes(demo_archives._tar_bytes([("n01440764/a.xml", good), (
+        "n01440764/b.xml", b'<?xml version="1.0" encoding="ISO-8859-1x"?>\n' + good)], "w:gz"))
+    boxes, errors = archive_layouts.read_box_archive(str(path))
+    assert boxes == {"a": [("n01440764", 1.0, 2.0, 3.0, 4.0)]}
+    assert errors == [f"{path}/n01440764/b.xml: not valid XML (unknown encoding: ISO-8859-1x)"]
+
+
 @pytest.mark.parametrize("gone", [[ilsvrc.VAL_SOLUTION], [ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION]])
 def test_unzipped_older_kaggle_release_names_the_loc_file_to_put_beside_it(gone, packaged, tmp_path):
     folder = copy_set(packaged["kaggle-tar-gz"], tmp_path / "set")

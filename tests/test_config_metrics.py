@@ -84,6 +84,19 @@ def test_missing_config_file(tmp_path):
         parse_config(Cfg, ["--config", str(tmp_path / "missing.yaml")])
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"epochs: [16\n", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1; fix"),
+    (b"model: resnet\xe9\n", "not UTF-8 text (byte 13: 0xe9); save it as UTF-8"),  # a Latin-1 editor's file
+])
+def test_a_config_that_does_not_parse_is_one_line(tmp_path, content, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(content)
+    with pytest.raises(SystemExit) as err:
+        parse_config(Cfg, ["--config", str(recipe)])
+    text = str(err.value)
+    assert text.startswith(f"error: --config {recipe}: ") and message in text and "\n" not in text
+
+
 def test_topk_counts_and_confusions():
     logits = torch.tensor([[9., 1, 2, 3, 4, 5, 0],   # true 0: top-1 hit
                            [1., 9, 8, 0, 0, 0, 0],   # true 2: top-1 miss (pred 1), top-5 hit

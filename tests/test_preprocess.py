@@ -610,16 +610,20 @@ def test_work_dir_of_another_job_is_discarded(clean_tree, tmp_path, capsys):
     assert datasets.load_from_disk(str(out))["train"].num_rows == 6
 
 
-@pytest.mark.parametrize("how", ["deleted", "emptied"])
+@pytest.mark.parametrize("how", ["deleted", "emptied", "readme_only"])
 def test_test_split_is_optional(how, clean_tree, tmp_path, capsys):
     tree = tmp_path / "kaggle"
     shutil.copytree(clean_tree, tree)
     test_dir = tree / ilsvrc.SPLIT_DIRS["test"]
     shutil.rmtree(test_dir)
-    if how == "emptied":
+    if how != "deleted":
         test_dir.mkdir()
+    if how == "readme_only":  # what is left when the images are deleted and a note on why is kept
+        (test_dir / "README.txt").write_text("test images deleted to save 13 GB")
     preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
-    assert f"warning: {test_dir}: no images; the dataset has train and validation only" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"warning: {test_dir}: no images; the dataset has train and validation only" in printed
+    assert (f"warning: 1 non-image files in {test_dir} left out, e.g. README.txt" in printed) == (how == "readme_only")
     dd = datasets.load_from_disk(str(tmp_path / "out"))
     assert set(dd) == {"train", "validation"} and dd["train"].num_rows == 6 and dd["validation"].num_rows == 4
 
@@ -643,6 +647,45 @@ def test_output_that_cannot_be_created_is_a_one_line_error(clean_tree, tmp_path)
         preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "a_file" / "out"),
                          "--num_proc", "1"])
     assert str(e.value.code).startswith(f"error: --output_dir {tmp_path / 'a_file' / 'out'}: cannot create")
+
+
+def test_a_file_system_root_as_output_is_a_one_line_error(clean_tree):
+    with pytest.raises(SystemExit) as e:  # OUT.tmp and OUT.lock go beside OUT: a root has no name to add to
+        preprocess.main(["--data_dir", str(clean_tree), "--output_dir", "/", "--num_proc", "1"])
+    assert str(e.value.code) == "error: --output_dir / is a file system root; choose a folder below it"
+
+
+@pytest.mark.parametrize("encoding", ["ISO-8859-1x", "utf-32"])  # Python's LookupError, expat's ValueError
+def test_xml_declaring_an_encoding_expat_cannot_read_is_an_annotation_error(encoding, clean_tree, tmp_path):
+    """A declared encoding expat cannot use (a flipped byte, a tool's typo) is one more unreadable XML file, reported
+    with its path, its image kept without boxes, not an error that ends every rerun at the same shard."""
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    xml = sorted((tree / ilsvrc.ANNOTATION_DIRS["train"]).glob("n*/*.xml"))[0]
+    xml.write_bytes(f'<?xml version="1.0" encoding="{encoding}"?>\n'.encode() + xml.read_bytes())
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
+    (error,) = report["annotation_errors"]
+    assert error.startswith(f"{xml}: not valid XML (")
+    assert raw_rows(tmp_path / "out")["train"][xml.stem]["objects"] == []
+    assert manifest(tree)["xml_objects"][xml.stem]  # it had boxes
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs 2 cores to pin the run to 1 of them")
+def test_num_proc_0_uses_the_cores_this_process_may_run_on(clean_tree, tmp_path, monkeypatch):
+    """Pinned to one core (taskset -c 0, SLURM's --cpus-per-task=1): one worker, not one per core of the machine,
+    all taking turns on that core, each holding its own memory."""
+    used, convert = [], preprocess.convert
+    monkeypatch.setattr(preprocess, "convert", lambda *a: used.append(a[3]) or convert(*a))
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:  # 3 shards (train, validation, test): room for more workers than 1
+        preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "0"])
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert used == [1]
+    assert datasets.load_from_disk(str(tmp_path / "out"))["train"].num_rows == 6
 
 
 def test_strays_empty_classes_and_unreadable_xml_are_reported_not_fatal(clean_tree, tmp_path, capsys):
@@ -837,6 +880,10 @@ def test_voc_xml_ignores_filename_and_keeps_floats(tmp_path):
     path.write_text("<annotation><object>")
     with pytest.raises(ValueError, match=str(path)):
         ilsvrc.read_voc_xml(path)
+    for encoding in ("ISO-8859-1x", "rot13", "utf-32", "idna"):  # LookupError, LookupError, ValueError, UnicodeError
+        path.write_text(f'<?xml version="1.0" encoding="{encoding}"?><annotation/>')
+        with pytest.raises(ValueError, match=f"{path}: not valid XML"):
+            ilsvrc.read_voc_xml(path)
 
 
 def test_demo_grain_makes_imagenet_sized_files(tmp_path):
