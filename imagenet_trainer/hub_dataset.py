@@ -13,10 +13,12 @@ and no redistribution, so the repo is created private unless ``--public`` is giv
 
 The export resumes: shards are written into ``.OUT.tmp`` beside OUT, each under a ``.part`` name until it is
 complete, and a job record ``.OUT.export.json`` (which data, which shard size) lets a rerun of the same command keep
-the finished shards. SIGTERM (a scheduler's preemption) stops it after the shard being written. A rerun once OUT is
-complete writes nothing, so after a failed push the same command only pushes. An earlier OUT that an export replaces
-is moved aside as ``.OUT.old`` with runinfo's note in it (``runinfo.replace_dir(..., by=REPLACED_BY)``, as
-preprocess.py's --overwrite marks its own); a later run deletes a ``.OUT.old`` a kill left only with that note.
+the finished shards. SIGTERM (a scheduler's preemption) stops it after the shard being written, and a push at once.
+A rerun once OUT is complete writes nothing (a file of the user's in it stays), so after a failed push the same
+command only pushes. An earlier OUT that an export replaces is moved aside as ``.OUT.old`` with runinfo's note in it
+(``runinfo.replace_dir(..., by=REPLACED_BY)``, as preprocess.py's --overwrite marks its own); a later run deletes a
+``.OUT.old`` a kill left only with that note. An OUT this tool did not write, or holding a file of the user's, is
+never replaced: a one-line error.
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from imagenet_trainer import ilsvrc, stop_signals
 from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.manifest import MANIFEST, SOURCE_FILE
-from imagenet_trainer.runinfo import (ReplacedInTheWay, atomic_write_text, delete_replaced, is_replaced,
-                                      replace_dir, replaced_folder, share_tree)
+from imagenet_trainer.runinfo import (REPLACED_NOTE, ReplacedInTheWay, atomic_write_text, delete_replaced,
+                                      is_replaced, replace_dir, replaced_folder, share_tree)
 from imagenet_trainer.runlock import FolderLock
 
 SHARD_BYTES = 500 * 2**20  # Parquet shard size: the Hub's dataset viewer and datasets' streaming like ~500 MB files
@@ -63,8 +65,8 @@ class HubDatasetConfig:
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop signal (imagenet_trainer/stop_signals.py) ended the export between two shards; the message says where
-    the finished ones are kept."""
+    """A stop signal (imagenet_trainer/stop_signals.py) ended the export between two shards, or after its last one
+    before the push; the message says where the finished ones are kept."""
 
 
 SMALL_FILES = (ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, "README.md")  # beside data/: what refresh_small may rewrite
@@ -90,6 +92,7 @@ def export_parquet(dataset_dir, output_dir, shard_bytes: int = SHARD_BYTES) -> P
 def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
     """(``output_dir``, whether this call wrote it: False when it held this export already)."""
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
+    check_paths(dataset_dir, output_dir)
     signals_before = len(stop_signals.received)  # a signal that an earlier job in this process took is not ours
     ds = datasets.load_from_disk(str(dataset_dir))
     if not isinstance(ds, datasets.DatasetDict):
@@ -115,6 +118,7 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
         remove_stale(output_dir)
         if is_finished(output_dir, job, small):
             return output_dir, False
+        check_replaceable(output_dir)
         if output_dir.exists() and os.path.lexists(replaced_folder(output_dir)):  # the name the swap needs: refused
             raise ValueError(in_the_way(output_dir))                             # now, not after hours of export
         work = start_or_resume(output_dir, job, {rel for *_, rel in plan})
@@ -149,6 +153,58 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
     return output_dir, True
 
 
+def check_paths(dataset_dir: Path, output_dir: Path) -> None:
+    """One-line ValueErrors for an --output_dir that an export, which replaces it whole, must not take: a file (the
+    move into place would fail only after the whole export), the --dataset folder, a folder inside it or one that
+    holds it (replace_dir would delete the dataset with it)."""
+    if os.path.lexists(output_dir) and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file; choose a folder")
+    out, data = output_dir.resolve(), dataset_dir.resolve()
+    if out == data:
+        raise ValueError(f"--output_dir {output_dir} is the --dataset folder; choose another one")
+    if data in out.parents:
+        raise ValueError(f"--output_dir {output_dir} is inside --dataset {dataset_dir}; choose a folder outside it")
+    if out in data.parents:
+        raise ValueError(f"--output_dir {output_dir} holds --dataset {dataset_dir}, which an export there would "
+                         "delete; choose another one")
+
+
+def check_replaceable(output_dir: Path) -> None:
+    """One-line ValueErrors for an ``output_dir`` that holds what a new export would delete and cannot write again,
+    as preprocess.py refuses a foreign --output_dir: a folder this tool never wrote (no job record beside it:
+    preprocess.py's output, a folder of the user's) or a file of the user's in an earlier export. An empty folder
+    (mkdir, a mount point) has nothing to lose."""
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    record = job_record(output_dir)
+    if not record.is_file():
+        raise ValueError(f"--output_dir {output_dir} exists and is not an export of this tool (no {record.name} "
+                         "beside it); it writes only into a new or empty folder or its own earlier export: choose "
+                         "another one")
+    foreign = user_files(output_dir)
+    if foreign:
+        raise ValueError(f"--output_dir {output_dir}: {output_dir / foreign[0]} is not an export's file "
+                         f"({len(foreign)} such paths), and a new export replaces the folder whole; move them out, "
+                         "then run again")
+
+
+def is_export_path(rel: str, path: Path) -> bool:
+    """Whether ``path`` (``rel`` in OUT) is one an export writes: its cards, ``data/`` and the shards in it, or the
+    note replace_dir leaves in a folder it moves aside; a link never is."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return rel in ("data", Path(REPLACED_NOTE).parent.as_posix())
+    return (rel in EXPORT_FILES or rel == REPLACED_NOTE
+            or rel.startswith("data/") and "/" not in rel[5:] and rel.endswith(".parquet"))
+
+
+def user_files(output_dir: Path) -> list[str]:
+    """The paths in ``output_dir`` an export does not write (a LICENSE.md, notes), relative to it."""
+    return sorted(rel for path in output_dir.rglob("*")
+                  if not is_export_path(rel := path.relative_to(output_dir).as_posix(), path))
+
+
 def data_identity(dataset_dir: Path, ds: datasets.DatasetDict) -> dict:
     """What tells this dataset from another in the job record: the SHA-256 of preprocess.py's manifest (which holds
     every file's), else each split's fingerprint and Arrow files (name, bytes, mtime in ns)."""
@@ -178,7 +234,9 @@ def is_finished(output_dir: Path, job: dict, small: dict[str, str]) -> bool:
     record = read_record(output_dir)
     if not record.get("done") or record.get("job") != job or not output_dir.is_dir():
         return False
-    present = {p.relative_to(output_dir).as_posix(): p.stat().st_size for p in output_dir.rglob("*") if p.is_file()}
+    # a file of the user's (a LICENSE.md) is not the export's: kept as it is, and pushed with it
+    present = {rel: p.stat().st_size for p in output_dir.rglob("*")
+               if p.is_file() and is_export_path(rel := p.relative_to(output_dir).as_posix(), p)}
     listed = record.get("files")
     if not isinstance(listed, dict):
         return False
@@ -384,6 +442,28 @@ def push_dataset(folder, repo_id: str, private: bool = True, token: str | None =
     return str(url)
 
 
+def push_stopped(what: str, output_dir: Path) -> str:
+    return f"{what}: the export is complete in {output_dir}; run the same command to push it"
+
+
+def stop_while_pushing(output_dir: Path, signals_before: int) -> None:
+    """From here on a stop signal (a scheduler's SIGTERM) ends the process at once, in one line: the export is on
+    disk, and the upload, hours for ImageNet, keeps nothing a rerun would not send again. os._exit, not an
+    exception: huggingface_hub's upload threads would hold the exit until their files are sent. A signal that came
+    while the export finished stops it here, before the upload."""
+    def stop(signum, frame):
+        line = push_stopped(f"{signal.Signals(signum).name} during the push", output_dir)
+        os.write(2, f"\n{line}\n".encode())  # os.write: print is not safe in a handler
+        os._exit(1)  # the status of a stop during the export (Stopped)
+
+    sys.stdout.flush()  # os._exit drops what print has buffered
+    for sig in stop_signals.STOP_SIGNALS:
+        if sig != signal.SIGINT:  # Ctrl-C stays a KeyboardInterrupt: main says where the export is
+            signal.signal(sig, stop)
+    if len(stop_signals.received) > signals_before:
+        raise Stopped(push_stopped(f"{stop_signals.received[-1].name} before the push", output_dir))
+
+
 def main(argv=None) -> None:
     cfg = parse_config(HubDatasetConfig, argv, description=__doc__.split("\n")[0])
     output_dir = Path(cfg.output_dir)
@@ -392,6 +472,7 @@ def main(argv=None) -> None:
                 if threading.current_thread() is threading.main_thread() else {})
     if handlers:
         stop_signals.install()
+    signals_before, pushing = len(stop_signals.received), False
     try:
         if cfg.push_to_hub:  # before hours of export, not after
             from modeling.hub import check_hub_ready  # torch and timm load only on this path
@@ -401,10 +482,15 @@ def main(argv=None) -> None:
         print(f"wrote {folder}" if wrote else f"{folder}: already holds this export of {cfg.dataset} (same data and "
                                               f"shard size, every file present); nothing to write")
         if cfg.push_to_hub:
+            pushing = True
+            if handlers:
+                stop_while_pushing(folder, signals_before)
             print(f"pushed to {push_dataset(folder, cfg.push_to_hub, private=not cfg.public)}")
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}".splitlines()[0]) from None
     except KeyboardInterrupt as e:  # Stopped, or Ctrl-C
+        if pushing and not str(e):
+            raise SystemExit(push_stopped("interrupted during the push", output_dir)) from None
         raise SystemExit(str(e) or f"interrupted: finished shards are kept in {work_folder(output_dir)}; run the same "
                                    f"command to resume") from None
     finally:

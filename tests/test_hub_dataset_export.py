@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import huggingface_hub
@@ -256,3 +257,139 @@ def test_a_finished_export_whose_card_is_stale_gets_a_new_card_and_keeps_its_sha
     hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
     assert capsys.readouterr().out == ""  # nothing written: the record knows the new card's size
     assert identities(out) == after
+
+
+@pytest.mark.parametrize("where", ["the dataset", "inside the dataset", "holding the dataset", "a file",
+                                   "a folder of yours"])
+def test_an_output_dir_an_export_would_wrongly_replace_is_refused_before_any_work(preprocessed, tmp_path, where):
+    """An export replaces OUT whole (runinfo.replace_dir): the --dataset folder, a folder inside or around it and a
+    folder this tool never wrote are refused in one line, as preprocess.py refuses a foreign --output_dir, and so is
+    a file (the move into place would fail only after the whole export); nothing on disk changes."""
+    data = tmp_path / "data" / "imagenet"
+    shutil.copytree(preprocessed, data)
+    (tmp_path / "data" / "NOTES.txt").write_text("mine\n")
+    out = {"the dataset": data, "inside the dataset": data / "parquet", "holding the dataset": tmp_path / "data",
+           "a file": tmp_path / "out.txt", "a folder of yours": tmp_path / "mine"}[where]
+    if where == "a file":
+        out.write_text("mine\n")
+    elif where == "a folder of yours":
+        (out / "data").mkdir(parents=True)
+        (out / "data" / "thesis.parquet").write_bytes(b"3 years of work")
+    before = {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    with pytest.raises(SystemExit) as e:
+        hub_dataset.main(["--dataset", str(data), "--output_dir", str(out)])
+    assert str(e.value.code) == "error: " + {
+        "the dataset": f"--output_dir {out} is the --dataset folder; choose another one",
+        "inside the dataset": f"--output_dir {out} is inside --dataset {data}; choose a folder outside it",
+        "holding the dataset": f"--output_dir {out} holds --dataset {data}, which an export there would delete; "
+                               "choose another one",
+        "a file": f"--output_dir {out} is a file; choose a folder",
+        "a folder of yours": f"--output_dir {out} exists and is not an export of this tool (no .mine.export.json "
+                             "beside it); it writes only into a new or empty folder or its own earlier export: "
+                             "choose another one"}[where]
+    after = {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert after == before
+
+
+def test_a_file_of_yours_in_a_finished_export_stays_and_no_new_export_deletes_it(preprocessed, tmp_path, capsys):
+    """A rerun of a finished export writes nothing (README), a LICENSE.md added to it included; an export that must
+    replace OUT (a damaged shard) refuses in one line instead of deleting that file with the folder."""
+    out = tmp_path / "imagenet-parquet"
+    args = ["--dataset", str(preprocessed), "--output_dir", str(out)]
+    hub_dataset.main(args)
+    (out / "LICENSE.md").write_text("dataset license terms\n")
+    kept = identities(out)
+    capsys.readouterr()
+    hub_dataset.main(args)
+    assert capsys.readouterr().out == (f"{out}: already holds this export of {preprocessed} (same data and shard size, "
+                                       "every file present); nothing to write\n")
+    assert identities(out) == kept
+
+    shard = next((out / "data").glob("train-*.parquet"))
+    shard.write_bytes(shard.read_bytes() + b"x")
+    before = files_of(out)
+    with pytest.raises(SystemExit) as e:
+        hub_dataset.main(args)
+    assert str(e.value.code) == (f"error: --output_dir {out}: {out / 'LICENSE.md'} is not an export's file (1 such "
+                                 "paths), and a new export replaces the folder whole; move them out, then run again")
+    assert files_of(out) == before and not (tmp_path / ".imagenet-parquet.tmp").exists()
+
+
+# The CLI with a push to tests/hub_server.py's Hub, in a process of its own, and a SIGTERM from the kernel: half a
+# second into an upload that takes a minute (hours for ImageNet), or as the export finishes (after the move into
+# place, before the push).
+CUT_PUSH = r"""
+import os, signal, sys, threading, time
+import huggingface_hub
+from imagenet_trainer import hub_dataset
+if sys.argv[1] == "during":
+    upload_folder = huggingface_hub.HfApi.upload_folder
+    def slow_upload(self, *args, **kwargs):
+        print("upload started", time.time(), flush=True)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        time.sleep(60)
+        return upload_folder(self, *args, **kwargs)
+    huggingface_hub.HfApi.upload_folder = slow_upload
+else:
+    fsync_dir = hub_dataset.fsync_dir
+    def fsync_dir_then_sigterm(path):
+        fsync_dir(path)
+        os.kill(os.getpid(), signal.SIGTERM)
+    hub_dataset.fsync_dir = fsync_dir_then_sigterm
+hub_dataset.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_sigterm_at_the_push_stops_at_once_and_says_the_export_is_complete(preprocessed, tmp_path, when):
+    from hub_server import LocalHub
+
+    out = tmp_path / "imagenet-parquet"
+    with LocalHub() as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), HF_TOKEN=hub.token, OMP_NUM_THREADS="1",
+                   HF_HUB_DISABLE_XET="1", NO_PROXY="127.0.0.1")
+        proc = subprocess.run([sys.executable, "-c", CUT_PUSH, when, "--dataset", str(preprocessed), "--output_dir",
+                               str(out), "--push_to_hub", "me/imagenet"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        ended = time.time()
+        repo = hub.repo("me/imagenet", "dataset")
+        assert not [p for p in (repo.files if repo else ()) if p.endswith(".parquet")]
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"SIGTERM {when} the push: the export is complete in {out}; run the same command to push it"), proc.stderr
+    said = proc.stdout.splitlines()
+    assert said[0] == f"wrote {out}", said
+    if when == "during":  # at once, not once the minute's upload is done
+        assert ended - float(said[1].split()[-1]) < 30, said
+    record = json.loads((tmp_path / ".imagenet-parquet.export.json").read_text())
+    assert record["done"] and record["files"] == {rel: len(data) for rel, data in files_of(out).items()}
+
+
+def test_ctrl_c_during_the_push_says_the_export_is_complete_and_the_same_command_pushes(preprocessed, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """The work folder is gone once the export is in place: the message names OUT and the push; the rerun only
+    pushes, with a LICENSE.md of the user's in OUT."""
+    from hub_server import LocalHub, point_this_process_at
+
+    out = tmp_path / "imagenet-parquet"
+    command = ["--dataset", str(preprocessed), "--output_dir", str(out), "--push_to_hub", "me/imagenet"]
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "hf-home")
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        with monkeypatch.context() as m:
+            m.setattr(huggingface_hub.HfApi, "upload_folder", lambda *args, **kwargs: (_ for _ in ()).throw(
+                KeyboardInterrupt))  # what Ctrl-C raises in the main thread, here during the upload
+            with pytest.raises(SystemExit) as e:
+                hub_dataset.main(command)
+        assert str(e.value.code) == (f"interrupted during the push: the export is complete in {out}; run the same "
+                                     "command to push it")
+        assert not (tmp_path / ".imagenet-parquet.tmp").exists()
+        (out / "LICENSE.md").write_text("dataset license terms\n")
+        capsys.readouterr()
+        hub_dataset.main(command)
+        said = capsys.readouterr().out.splitlines()
+        assert said[0].endswith("nothing to write") and said[1].startswith("pushed to ") and len(said) == 2, said
+        repo = hub.repo("me/imagenet", "dataset")
+        assert {k: v for k, v in repo.files.items() if k != ".gitattributes"} == files_of(out)
+        assert "LICENSE.md" in repo.files and not hub.unhandled

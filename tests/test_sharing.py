@@ -381,6 +381,46 @@ def test_a_parquet_folder_exported_anew_is_not_read_from_a_stale_cache(tmp_path,
     assert first_image(other) == b"another folder of that name"
 
 
+def test_a_new_card_text_reuses_the_cached_copy_and_new_class_names_do_not(tmp_path, monkeypatch):
+    """A rerun of the export after source.json changed rewrites README.md, source.json and class_descriptions.json
+    only: the load reads the Arrow copy it made before (converting ImageNet again would take hours and another
+    ~150 GB beside the first). Other ClassLabel names in the card's dataset_info are other rows: a new copy."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imagenet_trainer.data import load_image_dataset
+    from imagenet_trainer.ilsvrc import class_descriptions
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(cache))
+    folder = tmp_path / "imagenet-parquet"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"image": [b"a", b"b"], "label": [0, 1]}), folder / "data" / "train-00000-of-00001.parquet")
+
+    def card(name: str, wnids: list[str], descriptions: list[str]) -> None:
+        labels = "".join(f"          '{i}': {w}\n" for i, w in enumerate(wnids))
+        (folder / "README.md").write_text(
+            f"---\npretty_name: {name}\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+            "    path: data/train-*.parquet\ndataset_info:\n  features:\n  - name: image\n    dtype: binary\n"
+            f"  - name: label\n    dtype:\n      class_label:\n        names:\n{labels}---\n\n# {name}\n")
+        (folder / "source.json").write_text(json.dumps({"name": name}))
+        (folder / "class_descriptions.json").write_text(json.dumps(descriptions))
+
+    def load() -> tuple[list[str], list[str], list[Path]]:
+        train = load_image_dataset(str(folder))["train"]
+        return train.features["label"].names, class_descriptions(train), sorted((cache / "local").iterdir())
+
+    card("kaggle", ["n01440764", "n01443537"], ["tench", "goldfish"])
+    names, described, copies = load()
+    assert names == ["n01440764", "n01443537"] and described == ["tench", "goldfish"] and len(copies) == 1
+    card("my ImageNet copy", ["n01440764", "n01443537"], ["tench fish", "goldfish"])
+    assert load() == (names, ["tench fish", "goldfish"], copies)
+    card("my ImageNet copy", ["n01484850", "n01491361"], ["great white shark", "tiger shark"])
+    names, described, now = load()
+    assert names == ["n01484850", "n01491361"] and len(now) == 2 and set(copies) < set(now)
+
+
 def test_an_export_into_a_new_folder_leaves_a_users_old_folder_beside_it(tmp_path):
     """runinfo.replace_dir moves FOLDER aside as .FOLDER.old only when it replaces it: an export into a new folder
     (train.py's final/, hub_dataset's) leaves a folder of the user's of that name alone."""

@@ -198,16 +198,38 @@ def _has_paths(split: datasets.Dataset) -> bool:
 
 
 def _local_cache_dir(folder: Path) -> Path:
-    """Where datasets keeps its Arrow copy of a local folder of Parquet/image files: keyed by the folder and every
-    file's size and mtime. datasets' own key ignores the files when the folder's README lists ``configs`` (the Hub
-    layout ``imagenet_trainer.hub_dataset`` writes): a folder exported anew, or another folder of the same name,
-    would silently load the first one's cached rows."""
+    """Where datasets keeps its Arrow copy of a local folder of Parquet/image files: keyed by the folder, every data
+    file's size and mtime, and what of the card defines the rows (``_card_key``). datasets' own key ignores the files
+    when the folder's README lists ``configs`` (the Hub layout ``imagenet_trainer.hub_dataset`` writes): a folder
+    exported anew, or another folder of the same name, would silently load the first one's cached rows. The card's
+    prose, source.json and class_descriptions.json (read afresh at each load) are not keyed: a rerun of the export
+    that rewrites only them would otherwise convert the whole dataset again, beside the first copy."""
+    from imagenet_trainer.ilsvrc import DESCRIPTIONS_FILE
+
     key = hashlib.sha256(str(folder.resolve()).encode())
+    cards = {"README.md", manifest.SOURCE_FILE, DESCRIPTIONS_FILE}
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
                                                                             p.relative_to(folder).parts)):
-        stat = f.stat()
-        key.update(f"{f.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        if f.relative_to(folder).as_posix() not in cards:
+            stat = f.stat()
+            key.update(f"{f.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    key.update(_card_key(folder / "README.md"))
     return Path(datasets.config.HF_DATASETS_CACHE) / "local" / key.hexdigest()[:16]
+
+
+def _card_key(readme: Path) -> bytes:
+    """What of a README.md datasets builds the rows from: its front matter's ``configs`` (data files, features) and
+    ``dataset_info`` (features, ClassLabel names), as ``load_dataset`` reads them (datasets/load.py); not its text,
+    pretty_name or license."""
+    from huggingface_hub import metadata_load
+
+    if not readme.is_file():
+        return b""
+    try:
+        card = metadata_load(readme) or {}
+    except Exception:  # YAML errors, a front matter that is no mapping: the whole file, as datasets fails on it
+        return readme.read_bytes()
+    return json.dumps([card.get("configs"), card.get("dataset_info")], sort_keys=True, default=str).encode()
 
 
 def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
