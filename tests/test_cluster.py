@@ -40,14 +40,16 @@ SRUN = r"""#!/bin/bash
 # in a process group of its own; the highest exit status, as srun returns it. With --kill-on-bad-exit=1 a failed task
 # has the others' groups killed if they are still running STUB_KILL_WAIT s later, as srun does after its KillWait
 # (else a node left waiting on a dead peer's rendezvous holds the test until its timeout). Its own options are
-# recorded apart, one call a line.
+# recorded apart, one call a line. STUB_GPUS_LIST="8 4": node i's SLURM_GPUS_ON_NODE, which slurmstepd sets per node.
+read -ra gpus_on_node <<< "${STUB_GPUS_LIST:-}"
 options=()
 while [[ "$1" == --* ]]; do options+=("$1"); shift; done
 printf '%s\n' "${options[*]}" >> "$STUB_LOG/srun_options"
 printf '%s\n' "$*" >> "$STUB_LOG/srun"
 declare -A running
 for ((node = 0; node < SLURM_NNODES; node++)); do
-    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 setsid "$@" &
+    SLURM_GPUS_ON_NODE=${gpus_on_node[$node]:-${SLURM_GPUS_ON_NODE:-}} SLURM_NODEID=$node SLURM_PROCID=$node \
+        SLURM_LOCALID=0 setsid "$@" &
     running[$!]=1
 done
 groups=("${!running[@]}") status=0 watchdog=
@@ -209,7 +211,8 @@ def test_sbatch_derives_the_topology_from_slurm_and_requeues_on_the_stop_status(
     assert calls == [f"node={n} usr1_ignored=1 launch --machine_rank {n} {tail}" for n in (0, 1)]
     assert not (log / "requeue").exists()
 
-    (log / "accelerate").unlink()  # a requeued job resumes; --output_dir=X is understood too
+    (log / "accelerate").unlink()  # a requeued job resumes its checkpoint; --output_dir=X is understood too
+    (out / "checkpoints" / "step_00000002").mkdir(parents=True)
     ok(sbatch({**env, "SLURM_RESTART_COUNT": "1"}, f"--output_dir={out}"))
     assert all(c.endswith(f"train.py --output_dir={out} --resume_from_checkpoint latest")
                for c in (log / "accelerate").read_text().splitlines())
@@ -306,6 +309,123 @@ def test_readme_torchrun_route_rendezvouses_at_the_head_node_in_the_configs_prec
     assert len(calls) == 2 and all(f"--rdzv_endpoint 127.0.0.1:{port} " in c for c in calls), calls
     info = json.loads((out / "run_info.json").read_text())
     assert (info["mixed_precision"], info["num_processes"]) == ("bf16", 2)
+
+
+def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_started_from(slurm, tmp_path):
+    """README's Resume: a run may start from another run's checkpoint in a new --output_dir. Requeued before its own
+    first checkpoint (a node failure), it must start from that checkpoint again: train.py takes the last of a repeated
+    flag, and an appended `--resume_from_checkpoint latest` finds nothing in the new folder and starts from scratch.
+    Once the run has a checkpoint of its own (not a copy a user made, step_N.bak), the requeue resumes it."""
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_RESTART_COUNT": "1", "PYTHON": sys.executable}
+    other, out = tmp_path / "other" / "checkpoints" / "step_00000040", tmp_path / "run"
+    submitted = f"train.py --resume_from_checkpoint {other} --output_dir {out}"
+    for own in (None, "step_00000040.bak", "step_00000002"):
+        if own:
+            (out / "checkpoints" / own).mkdir(parents=True)
+        (log / "accelerate").unlink(missing_ok=True)
+        ok(sbatch(env, "--resume_from_checkpoint", other, "--output_dir", out))
+        calls = (log / "accelerate").read_text().splitlines()
+        tail = submitted + (" --resume_from_checkpoint latest" if own == "step_00000002" else "")
+        assert len(calls) == 2 and all(c.endswith(tail) for c in calls), (own, calls)
+
+    config = tmp_path / "recipe.yaml"  # the run's checkpoints are looked for in the YAML's output_dir too
+    config.write_text(yaml.safe_dump({"output_dir": str(out)}))
+    (log / "accelerate").unlink()
+    ok(sbatch(env, "--config", config, "--resume_from_checkpoint", other))
+    assert all(c.endswith(f"--resume_from_checkpoint {other} --resume_from_checkpoint latest")
+               for c in (log / "accelerate").read_text().splitlines())
+
+
+def test_jobs_1000_ids_apart_on_one_head_node_rendezvous_on_different_ports(slurm, tmp_path):
+    """29500 + job id mod 1000 is 29742 for jobs 4242 and 5242: with both head nodes on one host, the second job's
+    rank 0 would fail with accelerate's "port in use". The script, which runs on the head node, takes the first port
+    from there that is free; MAIN_PROCESS_PORT is taken as given."""
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate"}
+
+    def rendezvous_port(job, **extra):
+        (log / "accelerate").unlink(missing_ok=True)
+        proc = ok(sbatch({**env, "SLURM_JOB_ID": job, **extra}, "--output_dir", tmp_path / job))
+        port = int(re.search(r"rendezvous 127\.0\.0\.1:(\d+)", proc.stdout)[1])
+        calls = (log / "accelerate").read_text().splitlines()
+        assert len(calls) == 2 and all(f"--main_process_port {port} " in c for c in calls), calls
+        return port
+
+    first = rendezvous_port("4242")
+    with socket.socket() as rank0:  # job 4242's rank 0, listening there
+        rank0.bind(("", first))
+        rank0.listen()
+        assert rendezvous_port("5242") != first
+        assert rendezvous_port("5242", MAIN_PROCESS_PORT=str(first)) == first
+
+
+def test_nodes_with_different_gpu_counts_are_refused_in_one_line(slurm, tmp_path):
+    """sbatch --nodes 2 --gpus 12 may give 8 + 4 GPUs, and every node starts as many processes as the batch node has
+    GPUs: the 4-GPU node would start 8. Its task stops before its launcher, naming both counts and the flag to use."""
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_JOB_NODELIST": "gpu-a,gpu-b", "SLURM_GPUS_ON_NODE": "8",
+           "STUB_GPUS_LIST": "8 4"}
+    del env["GPUS_PER_NODE"]
+    proc = sbatch(env, "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: node 1 has 4 GPUs and the first node 8, and every node starts the same number of processes: submit "
+        "with --gpus-per-node G (not --gpus) so that every node gets G")
+    assert [c.split()[0] for c in (log / "accelerate").read_text().splitlines()] == ["node=0"]
+    (log / "accelerate").unlink()
+    ok(sbatch({**env, "STUB_GPUS_LIST": "8 8"}, "--output_dir", tmp_path / "run"))
+    assert len((log / "accelerate").read_text().splitlines()) == 2
+
+
+# a train.py rank: "ready" into the file argv[1] names once it takes SIGUSR1, "usr1" and train.py's stop status on it
+RANK = """import pathlib, signal, sys, time
+marker = pathlib.Path(sys.argv[1])
+def stop(*_):
+    marker.write_text("usr1")
+    sys.exit(75)
+signal.signal(signal.SIGUSR1, stop)
+marker.write_text("ready")
+time.sleep(30)
+"""
+
+
+def command_lines():
+    """(pid, argv) of this machine's processes."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            yield int(proc.name), (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+
+
+def test_the_node_tasks_pass_the_signal_on_without_ps(slurm, tmp_path):
+    """Many containers lack procps: each node task finds its train.py processes without `ps` (none on PATH here), and
+    the signal SLURM sends the task alone (proctrack/pgid, as in test_faults) still stops them; the job requeues."""
+    env, log = slurm
+    tools = tmp_path / "tools"  # what the script, its node tasks and the stand-ins run, ps left out
+    tools.mkdir()
+    for name in ("bash", "cat", "tr", "grep", "setsid", "sleep"):
+        (tools / name).symlink_to(shutil.which(name))
+    (tmp_path / "train.py").write_text(RANK)
+    launcher = tmp_path / "bin" / "rank-launcher"  # `accelerate launch ...` of one rank a node
+    launcher.write_text(f'#!/bin/bash\n"{sys.executable}" "{tmp_path / "train.py"}" "$STUB_LOG/rank$SLURM_NODEID"\n')
+    launcher.chmod(0o755)
+    env = {**env, "PATH": f"{tmp_path / 'bin'}:{tools}", "ACCELERATE": "rank-launcher", "PYTHON": sys.executable}
+    assert shutil.which("ps", path=env["PATH"]) is None
+    out = tmp_path / "run"
+    job = sbatch(env, "--output_dir", out, popen=True)
+    markers = [log / f"rank{node}" for node in (0, 1)]
+    deadline = time.time() + 60
+    while not all(m.exists() for m in markers) and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    tasks = [pid for pid, argv in command_lines() if argv[:2] == [b"bash", b"-c"] and str(out).encode() in argv]
+    assert len(tasks) == 2, tasks
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR1)
+    output = job.communicate(timeout=120)[0]
+    assert [m.read_text() for m in markers] == ["usr1", "usr1"], output
+    assert job.returncode == 0 and (log / "requeue").read_text().split() == ["4242"], output
 
 
 def test_sbatch_expands_no_bare_array_under_set_u():
