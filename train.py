@@ -670,7 +670,8 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     # the launch config first: a checkpoint of another one would be told to change flags this launch then refuses
     # (a DDP checkpoint's EMA, which FSDP runs without)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
-    for other in (checkpoints.launch_mismatch(path, fsdp), checkpoints.setting_mismatch(path, cfg)):
+    state_dict_type = getattr(accelerator.state.fsdp_plugin.state_dict_type, "name", None) if fsdp else None
+    for other in (checkpoints.launch_mismatch(path, fsdp, state_dict_type), checkpoints.setting_mismatch(path, cfg)):
         if other is not None:
             raise SystemExit(f"error: --resume_from_checkpoint {path} {other}")
     batching, samples = dict(state.batching), state.train_samples

@@ -280,8 +280,8 @@ def setting_mismatch(folder: Path, cfg) -> str | None:
 
 
 # accelerate's save_state writes the model as FSDP_MODEL_NAME shards under FSDP (pytorch_model_fsdp_0/ for
-# SHARDED_STATE_DICT, pytorch_model_fsdp_0.bin for FULL_STATE_DICT), as one file otherwise (safe_serialization on,
-# off); load_state reads only the one its own launch writes (accelerate/utils/constants.py, accelerator.py)
+# SHARDED_STATE_DICT, pytorch_model_fsdp.bin for FULL_STATE_DICT), as one file otherwise (safe_serialization on,
+# off); load_state reads only the one its own launch writes (accelerate/utils/constants.py, fsdp_utils.py)
 FSDP_MODEL, WHOLE_MODEL = "pytorch_model_fsdp", ("model.safetensors", "pytorch_model.bin")
 # run_info.json's distributed_type of a launch without FSDP: what it was, and the launch configs that give it
 WITHOUT_FSDP = {"DistributedType.MULTI_GPU": ("DDP", "accelerate_configs/multi_gpu.yaml or multi_node.yaml"),
@@ -298,10 +298,25 @@ def saved_under_fsdp(folder: Path) -> bool | None:
     return False if names & set(WHOLE_MODEL) else None
 
 
-def launch_mismatch(folder: Path, fsdp: bool) -> str | None:
-    """How the checkpoint ``folder``'s model files differ from what this launch (``fsdp``: under FSDP) loads, as
-    "was saved under/without FSDP (the launch config); resume with ..."; None when they agree or it holds neither."""
+def fsdp_state_dict_type(folder: Path) -> str | None:
+    """accelerate's fsdp_state_dict_type an FSDP checkpoint ``folder`` was saved with, by its model's layout: a
+    folder of shards (SHARDED_STATE_DICT) or one gathered file (FULL_STATE_DICT); None for neither."""
+    models = [p for p in Path(folder).iterdir() if p.name.startswith(FSDP_MODEL)] if Path(folder).is_dir() else []
+    if any(p.is_dir() for p in models):
+        return "SHARDED_STATE_DICT"
+    return "FULL_STATE_DICT" if any(p.name.endswith(".bin") and "_rank" not in p.name for p in models) else None
+
+
+def launch_mismatch(folder: Path, fsdp: bool, state_dict_type: str | None = None) -> str | None:
+    """How the checkpoint ``folder``'s model files differ from what this launch (``fsdp``: under FSDP, with
+    ``state_dict_type``) loads, as "was saved under/without FSDP (the launch config); resume with ..."; None when
+    they agree or it holds neither."""
     saved = saved_under_fsdp(folder)
+    saved_type = fsdp_state_dict_type(folder) if saved else None
+    if saved and fsdp and state_dict_type and saved_type and saved_type != state_dict_type:
+        # load_state reads only its own launch's layout: else DCP's "metadata is None", which reads as damage
+        return (f"was saved with fsdp_state_dict_type {saved_type}, this launch has {state_dict_type}; resume "
+                f"with accelerate launch --fsdp_state_dict_type {saved_type} (or that value in its --config_file)")
     if saved is None or saved == fsdp:
         return None
     if saved:

@@ -367,6 +367,35 @@ def test_an_fsdp_checkpoint_resumed_without_fsdp_or_damaged_is_refused_in_one_li
         line.endswith("); --resume_from_checkpoint latest takes the newest complete one"), line
 
 
+def test_a_checkpoint_resumed_under_another_fsdp_state_dict_type_is_refused_in_one_line(fp32_run, preprocessed,
+                                                                                        launcher, tmp_path):
+    """accelerate's load_state reads only the layout its own fsdp_state_dict_type writes: a FULL_STATE_DICT
+    checkpoint (pytorch_model_fsdp.bin) under fsdp.yaml's SHARDED_STATE_DICT failed in DCP ("metadata is None"),
+    which read as damage and told the user to move every checkpoint of the run aside. Both directions are one line
+    naming the setting to resume with, before the load."""
+    full = tmp_path / "full"
+    ok(fsdp_cmd(launcher, preprocessed, full, BN_MODEL, "--max_train_steps", "1", mixed_precision="no",
+                launch=("--fsdp_state_dict_type", "FULL_STATE_DICT")))
+    (saved,) = checkpoints.step_folders(full / "checkpoints")
+    assert (saved / "pytorch_model_fsdp.bin").is_file()
+    again = ("--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    line = refused(subprocess.run(fsdp_cmd(launcher, preprocessed, full, BN_MODEL, *again, mixed_precision="no"),
+                                  cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600))
+    assert line == (f"error: --resume_from_checkpoint {saved} was saved with fsdp_state_dict_type FULL_STATE_DICT, "
+                    "this launch has SHARDED_STATE_DICT; resume with accelerate launch --fsdp_state_dict_type "
+                    "FULL_STATE_DICT (or that value in its --config_file)")
+    assert checkpoints.step_folders(full / "checkpoints") == [saved]  # nothing set aside
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(fp32_run / "run", sharded)
+    (saved,) = checkpoints.step_folders(sharded / "checkpoints")
+    line = refused(subprocess.run(fsdp_cmd(launcher, preprocessed, sharded, BN_MODEL, *again, mixed_precision="no",
+                                           launch=("--fsdp_state_dict_type", "FULL_STATE_DICT")),
+                                  cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600))
+    assert line.startswith(f"error: --resume_from_checkpoint {saved} was saved with fsdp_state_dict_type "
+                           "SHARDED_STATE_DICT, this launch has FULL_STATE_DICT"), line
+
+
 @pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full (a device whose writes fail ENOSPC)")
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process, without a process group
 def test_a_full_disk_at_a_sharded_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
