@@ -176,7 +176,7 @@ class TrainConfig:
                     "cutmix_alpha")),
                 ("num_workers", self.num_workers >= -1, ">= 0, or -1 (the cores this process may use, less one)"),
                 ("lr", 0 < self.lr < math.inf, "a positive number"),
-                ("seed", -2**63 <= self.seed < 2**63, "an integer in [-2**63, 2**63) (torch.manual_seed's range)"),
+                ("seed", -2**63 <= self.seed < 2**64, "an integer in [-2**63, 2**64) (torch.manual_seed's range)"),
                 ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                 ("random_erase", 0 <= self.random_erase <= 1, "a probability in [0, 1]"),

@@ -227,13 +227,14 @@ def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_lo
     (["--push_to_hub"], "--hub_model_id must be a Hub repo id USER/NAME"),
     (["--keep_last", "0"], "--keep_last must be at least 1"),
     (["--scale_min", "0"], "--scale_min must be in (0, 1] (a share of the image's area), got 0.0"),
-    (["--seed", str(2**64)], "--seed must be an integer in [-2**63, 2**63)"),  # else torch.manual_seed's traceback
+    (["--seed", str(2**64)], "--seed must be an integer in [-2**63, 2**64)"),  # else torch.manual_seed's traceback
 ])
 def test_flag_ranges_are_checked_before_anything_starts(argv, message):
     with pytest.raises(SystemExit) as err:
         parse_config(TrainConfig, ["--dataset", "ds", *argv])
     assert message in str(err.value.code) and "\n" not in str(err.value.code)
     assert parse_config(TrainConfig, ["--dataset", "ds", "--auto_augment", "none"]).auto_augment == ""
+    assert parse_config(TrainConfig, ["--dataset", "ds", "--seed", str(2**64 - 1)]).seed == 2**64 - 1  # getrandbits(64)
 
 
 def test_a_bad_auto_augment_names_the_flag_and_its_command_line_spellings():
