@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -171,21 +172,24 @@ def check_paths(dataset_dir: Path, output_dir: Path) -> None:
 
 def check_replaceable(output_dir: Path) -> None:
     """One-line ValueErrors for an ``output_dir`` that holds what a new export would delete and cannot write again,
-    as preprocess.py refuses a foreign --output_dir: a folder this tool never wrote (no job record beside it:
-    preprocess.py's output, a folder of the user's) or a file of the user's in an earlier export. An empty folder
-    (mkdir, a mount point) has nothing to lose."""
+    as preprocess.py refuses a foreign --output_dir: a folder that is not an export (preprocess.py's output, a
+    folder of the user's) or a file of the user's in an earlier export. Judged by what it holds, not by the job
+    record beside it, which a copy or move of the export leaves behind. An empty folder (mkdir, a mount point) has
+    nothing to lose."""
     if not output_dir.is_dir() or not any(output_dir.iterdir()):
         return
-    record = job_record(output_dir)
-    if not record.is_file():
-        raise ValueError(f"--output_dir {output_dir} exists and is not an export of this tool (no {record.name} "
-                         "beside it); it writes only into a new or empty folder or its own earlier export: choose "
-                         "another one")
     foreign = user_files(output_dir)
+    if foreign and not (output_dir / "README.md").is_file():
+        raise ValueError(f"--output_dir {output_dir} exists and is not an export of this tool (no README.md and "
+                         f"{foreign[0]}); it writes only into a new or empty folder or its own earlier export: "
+                         "choose another one")
     if foreign:
         raise ValueError(f"--output_dir {output_dir}: {output_dir / foreign[0]} is not an export's file "
                          f"({len(foreign)} such paths), and a new export replaces the folder whole; move them out, "
                          "then run again")
+
+
+SHARD_NAME = re.compile(r"data/[^/]+-\d{5}-of-\d{5}\.parquet")  # _export's plan: a thesis.parquet is not one
 
 
 def is_export_path(rel: str, path: Path) -> bool:
@@ -195,8 +199,7 @@ def is_export_path(rel: str, path: Path) -> bool:
         return False
     if path.is_dir():
         return rel in ("data", Path(REPLACED_NOTE).parent.as_posix())
-    return (rel in EXPORT_FILES or rel == REPLACED_NOTE
-            or rel.startswith("data/") and "/" not in rel[5:] and rel.endswith(".parquet"))
+    return rel in EXPORT_FILES or rel == REPLACED_NOTE or SHARD_NAME.fullmatch(rel) is not None
 
 
 def user_files(output_dir: Path) -> list[str]:

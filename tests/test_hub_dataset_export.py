@@ -284,11 +284,30 @@ def test_an_output_dir_an_export_would_wrongly_replace_is_refused_before_any_wor
         "holding the dataset": f"--output_dir {out} holds --dataset {data}, which an export there would delete; "
                                "choose another one",
         "a file": f"--output_dir {out} is a file; choose a folder",
-        "a folder of yours": f"--output_dir {out} exists and is not an export of this tool (no .mine.export.json "
-                             "beside it); it writes only into a new or empty folder or its own earlier export: "
-                             "choose another one"}[where]
+        "a folder of yours": f"--output_dir {out} exists and is not an export of this tool (no README.md and "
+                             "data/thesis.parquet); it writes only into a new or empty folder or its own earlier "
+                             "export: choose another one"}[where]
     after = {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert after == before
+
+
+def test_a_copied_export_without_its_job_record_is_written_again_in_place(preprocessed, tmp_path, capsys):
+    """The job record lies beside OUT (.OUT.export.json): `cp -r` of an export, or one written before the record
+    existed, leaves it behind. Such a folder holds only an export's files, so the same command writes it again;
+    a data/*.parquet that is no shard of an export's (thesis.parquet) is still the user's."""
+    out, copy = tmp_path / "a" / "export", tmp_path / "b" / "export"
+    hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", str(out)])
+    shutil.copytree(out, copy)
+    capsys.readouterr()
+    hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", str(copy)])
+    assert capsys.readouterr().out.startswith(f"wrote {copy}")
+    assert files_of(copy / "data") == files_of(out / "data")
+    (copy / "data" / "thesis.parquet").write_bytes(b"3 years of work")
+    job = tmp_path / "b" / ".export.export.json"
+    job.write_text(job.read_text().replace('"done": true', '"done": false'))  # as if the data had changed
+    with pytest.raises(SystemExit) as e:
+        hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", str(copy)])
+    assert f"{copy / 'data' / 'thesis.parquet'} is not an export's file" in str(e.value.code)
 
 
 def test_a_file_of_yours_in_a_finished_export_stays_and_no_new_export_deletes_it(preprocessed, tmp_path, capsys):
