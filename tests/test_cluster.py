@@ -329,6 +329,15 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
         tail = submitted + (" --resume_from_checkpoint latest" if own == "step_00000002" else "")
         assert len(calls) == 2 and all(c.endswith(tail) for c in calls), (own, calls)
 
+    # submitted without --resume_from_checkpoint: any requeue continues the run its folder holds (a first checkpoint
+    # cut short leaves .tmp_step_N and metrics.jsonl, which train.py continues only with the flag)
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoints" / ".tmp_step_00000500").mkdir(parents=True)
+    (log / "accelerate").unlink()
+    ok(sbatch(env, "--output_dir", fresh))
+    assert all(c.endswith(f"--output_dir {fresh} --resume_from_checkpoint latest")
+               for c in (log / "accelerate").read_text().splitlines())
+
     config = tmp_path / "recipe.yaml"  # the run's checkpoints are looked for in the YAML's output_dir too
     config.write_text(yaml.safe_dump({"output_dir": str(out)}))
     (log / "accelerate").unlink()
@@ -370,12 +379,15 @@ def test_nodes_with_different_gpu_counts_are_refused_in_one_line(slurm, tmp_path
     proc = sbatch(env, "--output_dir", tmp_path / "run")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: node 1 has 4 GPUs and the first node 8, and every node starts the same number of processes: submit "
-        "with --gpus-per-node G (not --gpus) so that every node gets G")
+        "error: node 1 has 4 GPUs, fewer than the 8 processes every node starts (GPUS_PER_NODE, else the GPU count "
+        "of the first node): submit with --gpus-per-node G (not --gpus) so that every node gets G")
     assert [c.split()[0] for c in (log / "accelerate").read_text().splitlines()] == ["node=0"]
-    (log / "accelerate").unlink()
-    ok(sbatch({**env, "STUB_GPUS_LIST": "8 8"}, "--output_dir", tmp_path / "run"))
-    assert len((log / "accelerate").read_text().splitlines()) == 2
+    for extra in ({"STUB_GPUS_LIST": "8 8"}, {"GPUS_PER_NODE": "4"}):  # GPUS_PER_NODE=4 fits both nodes
+        (log / "accelerate").unlink()
+        ok(sbatch({**env, **extra}, "--output_dir", tmp_path / "run"))
+        assert len((log / "accelerate").read_text().splitlines()) == 2, extra
+    proc = sbatch({**env, "SLURM_GPUS_ON_NODE": "", "GPUS_PER_NODE": "8"}, "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and "node 1 has 4 GPUs, fewer than the 8 processes" in proc.stderr
 
 
 # a train.py rank: "ready" into the file argv[1] names once it takes SIGUSR1, "usr1" and train.py's stop status on it
