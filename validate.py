@@ -121,6 +121,18 @@ def local_folder(ref: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+def hub_folder(ref: str) -> Path | None:
+    """The folder of a Hub export's config.json and model card in the Hugging Face cache (fetched, or with
+    HF_HUB_OFFLINE=1 read from it), so that it is scored with the settings its card records, as its local copy is;
+    None for a timm name, or a repo without both (the model's load names what is wrong)."""
+    if is_timm_name(ref) or Path(ref.removeprefix("local-dir:")).expanduser().exists():
+        return None
+    try:
+        return modeling.hub._resolve_folder(ref, ("config.json", "README.md"))
+    except ValueError:
+        return None
+
+
 def first_file(*paths: Path) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
@@ -128,7 +140,7 @@ def first_file(*paths: Path) -> Path | None:
 def recorded_settings(ref: str) -> Recorded:
     """A checkpoint's config.yaml and run_info.json (its own, else the run's, two levels up, as imagenet-trainer 0.1.0
     left them); an export's model card. Unreadable records count as none: loading the model names what is wrong."""
-    folder = local_folder(ref)
+    folder = local_folder(ref) or hub_folder(ref)
     if folder is None:
         return Recorded()
     found = Recorded()

@@ -394,6 +394,28 @@ def test_the_printed_summary_says_the_flip_and_precision_and_where_each_came_fro
     assert "every set scored with flip off (default), fp32 (default)" in capsys.readouterr().out.splitlines()
 
 
+def test_a_hub_copy_of_an_export_is_scored_with_the_flip_its_card_records(trained, preprocessed, tmp_path,
+                                                                         monkeypatch, capsys):
+    """README: an export is scored with the eval_flip and precision its model card records; its pushed copy, loaded
+    by Hub id (here from the Hugging Face cache with HF_HUB_OFFLINE=1), carries the same card, so the same
+    settings, not the defaults."""
+    sha = "1123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--me--flip"
+    shutil.copytree(trained / "final", repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    card = repo / "snapshots" / sha / "README.md"
+    card.write_text(card.read_text().replace("| eval_flip | False |", "| eval_flip | True |"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for ref in ("hf-hub:me/flip", "me/flip"):
+        capsys.readouterr()
+        evaluate(ref, preprocessed)
+        (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("validation: top-1 ")]
+        assert line.endswith("flip on (card), fp32 (card)"), (ref, line)
+
+
 def test_num_workers_defaults_to_the_cores_less_one_and_says_so(trained, preprocessed, capsys):
     """As train.py's: every core this process may use, less one (8 workers on a 2-core machine only contend)."""
     validate.main(["--model", str(trained / "final"), "--dataset", str(preprocessed), "--batch_size", "8"])
