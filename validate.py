@@ -410,7 +410,10 @@ def load_any(path_or_id: str) -> torch.nn.Module:
     if path.is_dir() and not (path / "config.json").is_file():
         return load_checkpoint(path)
     if not path.exists() and (path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1):
-        raise ValueError("no such folder (give RUN/final, RUN/checkpoints/step_N or a Hub id OWNER/NAME)")
+        step = re.fullmatch(r"step_(\d+)", path.name)  # the logs say step 217, the folder is step_00000217
+        padded = checkpoints.step_folder(path.parent, int(step[1])) if step else None
+        near = f"; {padded} exists" if padded and padded.is_dir() else ""
+        raise ValueError(f"no such folder (give RUN/final, RUN/checkpoints/step_N or a Hub id OWNER/NAME){near}")
     if not path.exists() and "/" not in path_or_id:  # no Hub id either: those are OWNER/NAME
         try:
             modeling.create_model(path_or_id)  # only for its message: the closest names timm and modeling know

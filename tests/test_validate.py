@@ -311,6 +311,9 @@ def test_update_model_card_names_the_hub_dataset_only_for_full_ilsvrc(trained, p
 def test_bad_input_is_a_one_line_error(trained, preprocessed, tmp_path):
     final, ckpt = trained / "final", only_checkpoint(trained)
     assert "no such folder" in error_of(tmp_path / "missing" / "final", preprocessed)
+    unpadded = ckpt.with_name(f"step_{int(ckpt.name.removeprefix('step_'))}")  # as the logs write the step
+    assert error_of(unpadded, preprocessed).endswith(f"no such folder (give RUN/final, RUN/checkpoints/step_N or a Hub "
+                                                     f"id OWNER/NAME); {ckpt} exists")
     assert "run folder" in error_of(trained, preprocessed)
     assert "--split test: 3 of 3 images have no label" in error_of(final, preprocessed, "--split", "test")
     assert "--split nope: the dataset has train, validation, test" in error_of(final, preprocessed, "--split", "nope")
