@@ -44,11 +44,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from huggingface_hub.utils import get_session
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -121,15 +123,30 @@ def local_folder(ref: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+HUB_PROBE_S = 3  # s: one request tells whether the Hub answers before a model card is fetched from it; an unreachable
+# Hub would otherwise cost huggingface_hub's five retries (~22 s) before every score of a model it already cached
+
+
 def hub_folder(ref: str) -> Path | None:
-    """The folder of a Hub export's config.json and model card in the Hugging Face cache (fetched, or with
-    HF_HUB_OFFLINE=1 read from it), so that it is scored with the settings its card records, as its local copy is;
-    None for a timm name, or a repo without both (the model's load names what is wrong)."""
-    if is_timm_name(ref) or Path(ref.removeprefix("local-dir:")).expanduser().exists():
+    """The folder of a Hub export's config.json and model card in the Hugging Face cache, so that it is scored with
+    the settings its card records, as its local copy is: the cached card, else one fetched from a Hub that answers
+    at once (not with HF_HUB_OFFLINE=1). None for a timm name, a local path, or a repo without both."""
+    repo_id, _, revision = ref.removeprefix("hf-hub:").partition("@")
+    if is_timm_name(ref) or "/" not in repo_id or Path(ref.removeprefix("local-dir:")).expanduser().exists():
         return None
     try:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, "README.md", revision=revision or None)
+    except ValueError:  # no repo id
+        return None
+    if isinstance(cached, str) and Path(cached).with_name("config.json").is_file():
+        return Path(cached).parent
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(huggingface_hub.hf_hub_url(repo_id, "README.md", revision=revision or None),
+                           timeout=HUB_PROBE_S)  # any answer, a 401 or 404 included, means the Hub is there
         return modeling.hub._resolve_folder(ref, ("config.json", "README.md"))
-    except ValueError:
+    except Exception:  # unreachable, or no such card: the model's load says what is wrong
         return None
 
 

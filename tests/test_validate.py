@@ -419,6 +419,31 @@ def test_a_hub_copy_of_an_export_is_scored_with_the_flip_its_card_records(traine
         assert line.endswith("flip on (card), fp32 (card)"), (ref, line)
 
 
+def test_a_cached_hub_export_without_its_card_scores_at_once_when_the_hub_is_out_of_reach(trained, preprocessed,
+                                                                                           tmp_path):
+    """timm.create_model("hf-hub:...") caches config.json and the weights, not the card. With the Hub out of reach
+    and HF_HUB_OFFLINE unset, the card is looked for with one request, not huggingface_hub's five retries (~22 s
+    before every score): the defaults, said as such."""
+    sha = "1123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "home" / "hub" / "models--me--cached"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(trained / "final" / name, repo / "snapshots" / sha / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "home"), HF_ENDPOINT=f"http://127.0.0.1:{port}", NO_PROXY="127.0.0.1",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "validate.py"), "--model", "me/cached", "--dataset",
+                           str(preprocessed), "--num_workers", "0"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "flip off (default), fp32 (default)" in proc.stdout and "Retrying" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_num_workers_defaults_to_the_cores_less_one_and_says_so(trained, preprocessed, capsys):
     """As train.py's: every core this process may use, less one (8 workers on a 2-core machine only contend)."""
     validate.main(["--model", str(trained / "final"), "--dataset", str(preprocessed), "--batch_size", "8"])
