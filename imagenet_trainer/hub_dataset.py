@@ -37,7 +37,7 @@ from pathlib import Path
 import datasets
 import pyarrow
 import pyarrow.parquet as pq
-from huggingface_hub import DatasetCardData, HfApi, get_token
+from huggingface_hub import DatasetCardData, HfApi, get_token, metadata_load
 
 from imagenet_trainer import ilsvrc, stop_signals
 from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
@@ -178,15 +178,25 @@ def check_replaceable(output_dir: Path) -> None:
     nothing to lose."""
     if not output_dir.is_dir() or not any(output_dir.iterdir()):
         return
+    if not job_record(output_dir).is_file() and not is_our_card(output_dir / "README.md"):
+        raise ValueError(f"--output_dir {output_dir} exists and is not an export of this tool (no card of its, "
+                         "README.md tagged imagenet-trainer); it writes only into a new or empty folder or its own "
+                         "earlier export: choose another one")
     foreign = user_files(output_dir)
-    if foreign and not (output_dir / "README.md").is_file():
-        raise ValueError(f"--output_dir {output_dir} exists and is not an export of this tool (no README.md and "
-                         f"{foreign[0]}); it writes only into a new or empty folder or its own earlier export: "
-                         "choose another one")
     if foreign:
         raise ValueError(f"--output_dir {output_dir}: {output_dir / foreign[0]} is not an export's file "
                          f"({len(foreign)} such paths), and a new export replaces the folder whole; move them out, "
                          "then run again")
+
+
+def is_our_card(readme: Path) -> bool:
+    """Whether ``readme`` is a card ``dataset_card`` wrote (its front matter's tags hold imagenet-trainer): what
+    tells an export copied without its job record from another dataset of the Hub's layout, or a user's notes."""
+    try:
+        tags = metadata_load(readme).get("tags") or []
+    except Exception:  # absent, unreadable, no front matter or no mapping there: not ours
+        return False
+    return isinstance(tags, list) and "imagenet-trainer" in tags
 
 
 SHARD_NAME = re.compile(r"data/[^/]+-\d{5}-of-\d{5}\.parquet")  # _export's plan: a thesis.parquet is not one

@@ -284,9 +284,9 @@ def test_an_output_dir_an_export_would_wrongly_replace_is_refused_before_any_wor
         "holding the dataset": f"--output_dir {out} holds --dataset {data}, which an export there would delete; "
                                "choose another one",
         "a file": f"--output_dir {out} is a file; choose a folder",
-        "a folder of yours": f"--output_dir {out} exists and is not an export of this tool (no README.md and "
-                             "data/thesis.parquet); it writes only into a new or empty folder or its own earlier "
-                             "export: choose another one"}[where]
+        "a folder of yours": f"--output_dir {out} exists and is not an export of this tool (no card of its, "
+                             "README.md tagged imagenet-trainer); it writes only into a new or empty folder or its "
+                             "own earlier export: choose another one"}[where]
     after = {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert after == before
 
@@ -308,6 +308,20 @@ def test_a_copied_export_without_its_job_record_is_written_again_in_place(prepro
     with pytest.raises(SystemExit) as e:
         hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", str(copy)])
     assert f"{copy / 'data' / 'thesis.parquet'} is not an export's file" in str(e.value.code)
+
+    # what only looks like an export, without the record: another dataset in the Hub's layout, or notes
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "train-00000-of-00001.parquet").write_bytes(b"another dataset")
+    (other / "README.md").write_text("---\nlicense: mit\ntags:\n- vision\n---\n# my dataset\n")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("# my project notes\n")
+    for folder in (other, notes):
+        before = files_of(folder)
+        with pytest.raises(SystemExit) as e:
+            hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", str(folder)])
+        assert "is not an export of this tool" in str(e.value.code) and files_of(folder) == before
 
 
 def test_a_file_of_yours_in_a_finished_export_stays_and_no_new_export_deletes_it(preprocessed, tmp_path, capsys):
