@@ -337,6 +337,16 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
     ok(sbatch(env, "--output_dir", fresh))
     assert all(c.endswith(f"--output_dir {fresh} --resume_from_checkpoint latest")
                for c in (log / "accelerate").read_text().splitlines())
+    (log / "accelerate").unlink()  # an empty one given (to override a YAML's) is none
+    ok(sbatch(env, "--output_dir", fresh, "--resume_from_checkpoint="))
+    assert all(c.endswith("--resume_from_checkpoint= --resume_from_checkpoint latest")
+               for c in (log / "accelerate").read_text().splitlines())
+
+    recipe = tmp_path / "from_other.yaml"  # the checkpoint to start from, named in the --config YAML
+    recipe.write_text(yaml.safe_dump({"output_dir": str(fresh), "resume_from_checkpoint": str(other)}))
+    (log / "accelerate").unlink()
+    ok(sbatch(env, "--config", recipe))
+    assert all(c.endswith(f"--config {recipe}") for c in (log / "accelerate").read_text().splitlines())
 
     config = tmp_path / "recipe.yaml"  # the run's checkpoints are looked for in the YAML's output_dir too
     config.write_text(yaml.safe_dump({"output_dir": str(out)}))
