@@ -46,6 +46,9 @@ _BN_COUNTER = "num_batches_tracked"
 # the stride (input pixels per map pixel) from which a feature_info tap is a stage's, not a stem's: FPN-style necks
 # take strides 4-32 (C2-C5; torchvision's resnet_fpn_backbone, timm's features_only of ConvNeXt and Swin)
 STEM_STRIDE = 4
+# anchor size (px, one side) per input pixel of a map's stride: FPN's anchors of 32-512 px on P2-P6, strides 4-64
+# (Lin et al., "Feature Pyramid Networks for Object Detection", 2017, section 4.1; torchvision's default)
+ANCHOR_PER_STRIDE = 8
 
 
 def export_folder(export) -> Path:
@@ -269,29 +272,40 @@ def _dilations(name: str) -> str:
     return f"it takes {' or '.join(built)}" if built else "no dilated stages: it takes neither 8 nor 16"
 
 
+def backbone_config(export, out_indices: tuple[int, ...] | None = None, output_stride: int | None = None,
+                    **config):
+    """transformers' ``TimmBackboneConfig`` of an export, what ``UperNetConfig(backbone_config=...)`` and
+    ``DetrConfig(backbone_config=...)`` take: its architecture (``timm_name``), the taps of its own ``feature_info``
+    (``out_indices``: default every tap after the stem's, as ``timm_backbone``'s; any count, any strides), its image
+    channels and its saved ``output_stride`` unless one is given; ``config``: more TimmBackboneConfig fields.
+    ``DetrConfig(backbone=...)`` asks every family for taps 1-4, which a family with fewer has not."""
+    from transformers import TimmBackboneConfig
+
+    name = timm_name(export)
+    if output_stride is None:  # the export's own: the name carries no model_args
+        output_stride = saved_model_args(export_folder(export)).get("output_stride")
+    # TimmBackbone passes in_chans=num_channels (default 3) to timm, over the export's own model_args
+    return TimmBackboneConfig(backbone=name, out_indices=chosen_taps(name, out_indices, export),
+                              output_stride=output_stride, num_channels=image_channels(export), **config)
+
+
 def timm_backbone(export, out_indices: tuple[int, ...] | None = None, output_stride: int | None = None,
                   freeze_batch_norm_2d: bool = False):
     """transformers' ``TimmBackbone`` of an export with its exact weights, in eval mode. ``out_indices``: the
     ``feature_info`` taps returned (default every tap after the stem's, the strides FPN-style necks take);
     ``output_stride`` 8 or 16: dilated last stages (DeepLab, DETR-DC5)."""
-    from transformers import TimmBackbone, TimmBackboneConfig
+    from transformers import TimmBackbone
 
-    name = timm_name(export)
-    out_indices = chosen_taps(name, out_indices, export)
     explicit = output_stride is not None
-    if not explicit:  # the export's own: the name carries no model_args
-        output_stride = saved_model_args(export_folder(export)).get("output_stride")
-    # TimmBackbone passes in_chans=num_channels (default 3) to timm, over the export's own model_args
-    config = TimmBackboneConfig(backbone=name, out_indices=out_indices, output_stride=output_stride,
-                                freeze_batch_norm_2d=freeze_batch_norm_2d, num_channels=image_channels(export))
+    config = backbone_config(export, out_indices, output_stride, freeze_batch_norm_2d=freeze_batch_norm_2d)
     with our_names():
         try:
             model = TimmBackbone(config)
         except AssertionError:  # timm's families assert what they cannot build (HRNet: output_stride == 32)
-            if output_stride is None:
+            if config.output_stride is None:
                 raise
-            raise ValueError(f"{export}: timm cannot build its architecture with output_stride={output_stride} "
-                             f"({_dilations(name)}); leave output_stride out") from None
+            raise ValueError(f"{export}: timm cannot build its architecture with output_stride={config.output_stride} "
+                             f"({_dilations(config.backbone)}); leave output_stride out") from None
     with warnings.catch_warnings():
         if explicit:  # the caller's own stride: no warning that it is not the export's
             warnings.filterwarnings("ignore", message=".* was saved with output_stride=")
@@ -303,7 +317,12 @@ class TimmFPN(torch.nn.Module):
     """An export's ``features_only`` maps through torchvision's ``FeaturePyramidNetwork``: the backbone torchvision's
     detectors (FasterRCNN, RetinaNet, MaskRCNN) take, an ordered dict of maps plus ``out_channels``. torchvision's own
     ``BackboneWithFPN`` reaches only a model's direct children (ResNet's ``layer1``), not BlockNet's ``stages.0``;
-    timm's ``feature_info`` knows every family's taps. ``out_indices``: as ``timm_backbone``'s."""
+    timm's ``feature_info`` knows every family's taps. ``out_indices``: as ``timm_backbone``'s.
+
+    The maps are named ``"0"`` to ``"N-1"`` (one per tap) plus ``"pool"`` (the last one's max-pooled by 2);
+    ``strides`` gives each name's stride. torchvision's default anchor generator and RoI pooler fit 4 taps at
+    strides 4-32 only: ``anchor_generator()`` and ``roi_pool()`` fit this family's (FasterRCNN's
+    ``rpn_anchor_generator`` and ``box_roi_pool``)."""
 
     def __init__(self, export, out_channels: int = 64, out_indices: tuple[int, ...] | None = None):
         from torchvision.ops import FeaturePyramidNetwork
@@ -312,11 +331,45 @@ class TimmFPN(torch.nn.Module):
         super().__init__()
         folder = export_folder(export)
         check_weights(folder / WEIGHTS_NAME)
-        out_indices = chosen_taps(f"local-dir:{folder}", out_indices, export)
+        self.export, self.architecture = export, json.loads((folder / CONFIG_NAME).read_text())["architecture"]
+        # the taps of the architecture, as backbone_config's: a stem's tap stays one in an export saved dilated
+        out_indices = chosen_taps(self.architecture, out_indices, export)
         with our_names():
             self.body = exported_features(str(folder), out_indices=out_indices)
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())
         self.out_channels = out_channels
+        reductions = self.body.feature_info.reduction()
+        self.strides = {**{str(i): r for i, r in enumerate(reductions)}, "pool": 2 * reductions[-1]}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.fpn({str(i): m for i, m in enumerate(self.body(x))})
+
+    def anchor_generator(self, aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)):
+        """torchvision's ``AnchorGenerator`` with one anchor size per map, ``ANCHOR_PER_STRIDE`` times its stride:
+        torchvision's default (32-512 px on strides 4-64) for 4 taps at 4-32."""
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+        sizes = tuple((ANCHOR_PER_STRIDE * stride,) for stride in self.strides.values())
+        return AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+
+    def roi_pool(self, output_size: int = 7, sampling_ratio: int = 2):
+        """torchvision's ``MultiScaleRoIAlign`` over the maps it can pool (``"pool"`` not among them, as in
+        torchvision's default): FasterRCNN's ``box_roi_pool`` (MaskRCNN's ``mask_roi_pool``: ``output_size=14``).
+        It sends a box to the map at stride 2**k, k counted up from its first map's (its scale read as a power of two
+        from the map's size): the maps it gets are the deepest at each stride, from the last tap down while each
+        stride is half the one above: all four at 4-32, the last of a family whose taps all sit at 16 (ViT-like)."""
+        from torchvision.ops import MultiScaleRoIAlign
+
+        taps = [(name, stride) for name, stride in self.strides.items() if name != "pool"]
+        last = taps[-1][1]
+        if last & (last - 1):  # not a power of two
+            raise ValueError(f"TimmFPN of {self.export} ({self.architecture}): its maps are at strides "
+                             f"{[s for _, s in taps]}, and torchvision's MultiScaleRoIAlign pools power-of-two "
+                             f"strides only: pass out_indices whose last tap is at one, or a box_roi_pool of your own")
+        chain = [taps[-1]]
+        for name, stride in reversed(taps[:-1]):
+            if stride * 2 == chain[-1][1]:
+                chain.append((name, stride))
+            elif stride != chain[-1][1]:  # a gap: a map past it would be pooled as the next stride's
+                break
+        return MultiScaleRoIAlign([name for name, _ in reversed(chain)], output_size, sampling_ratio)

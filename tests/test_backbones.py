@@ -5,6 +5,7 @@ model is a class of their own (EfficientNet, MobileNetV3, HRNet) through the sam
 transformers' pipelines. Also pins the transformers behaviour the README blames, so the README is rewritten when
 transformers changes it."""
 import copy
+import importlib
 import json
 import os
 import re
@@ -22,7 +23,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.layers import BatchNormAct2d
 from timm.layers import freeze_batch_norm_2d as freeze_norms
-from test_modeling import PHOTO, restored_registry
+from test_modeling import DOC_FAMILY, PHOTO, docstring_family_source, restored_registry
+from torchvision.models.detection import FasterRCNN
 from transformers import TimmBackbone, TimmBackboneConfig
 
 import modeling
@@ -58,10 +60,10 @@ def export(request, tmp_path_factory):
     return saved_export(request.param, tmp_path_factory.mktemp("export") / request.param)
 
 
-def saved_export(arch: str, folder):
+def saved_export(arch: str, folder, **model_args):
     """(folder, the model saved there): `arch` with 4 classes, trained-looking statistics, at 64 px."""
     torch.manual_seed(0)
-    model = trained_looking(modeling.create_model(arch, num_classes=4))
+    model = trained_looking(modeling.create_model(arch, num_classes=4, **model_args))
     folder = modeling.save_pretrained(model, folder, label_names=LABELS, pretrained_cfg={"input_size": (3, 64, 64)})
     return folder, model
 
@@ -593,6 +595,118 @@ def test_readme_backbone_routes_run_as_written(export, block):
             assert torch.allclose(detr_first, first, atol=1e-5)
 
 
+def template_export(tmp_path, monkeypatch, edit=lambda source: source, **model_args):
+    """(folder, the model saved there): section 6's template family (modeling/__init__.py's docstring: two taps, at
+    strides 2 and 4) registered from a family file outside the package, as a user's is; ``edit`` changes its source,
+    ``model_args`` its build."""
+    (tmp_path / "mynet_taps.py").write_text(edit(docstring_family_source()))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mynet_taps", raising=False)
+    importlib.import_module("mynet_taps")
+    return saved_export(DOC_FAMILY, tmp_path / "export", **model_args)
+
+
+@pytest.mark.parametrize("block", [1, 2], ids=["torchvision-detection", "transformers"])
+def test_readme_backbone_routes_run_for_a_family_with_two_taps(block, tmp_path, monkeypatch):
+    """README section 8's FasterRCNN, UperNet and DETR blocks as written, on an export of section 6's template: one
+    map by default (its tap at stride 4; the other is its stem's, at 2), where torchvision's default anchors (five
+    maps) and DetrConfig(backbone=...)'s taps (1-4) do not fit. Each runs in eval mode on a 64 px image, on the
+    export's maps."""
+    folder, model = template_export(tmp_path, monkeypatch)
+    namespace = {}
+    exec(compile(readme_backbone_blocks()[block].replace("runs/blocknet/final", str(folder)), f"README block {block}",
+                 "exec"), namespace)
+    mask = torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        expected = model.forward_intermediates(X, indices=[1], intermediates_only=True)[0]
+        if block == 1:
+            detector = namespace["detector"].eval()
+            assert detector.rpn.anchor_generator.sizes == ((32,), (64,))  # 8 x the strides of "0" and "pool"
+            assert list(detector.backbone(X)) == ["0", "pool"]
+            found = detector([X[0]])[0]
+            assert found["boxes"].shape == (len(found["scores"]), 4)
+            assert torch.equal(namespace["TimmFPN"](folder).body.eval()(X)[0], expected)
+        else:
+            assert torch.equal(namespace["backbone"](X).feature_maps[0], expected)
+            upernet, detr = namespace["upernet"].eval(), namespace["detr"].eval()
+            assert upernet.auxiliary_head is None and torch.equal(upernet.backbone(X).feature_maps[0], expected)
+            assert upernet(pixel_values=X).logits.shape == (1, 3, 64, 64)
+            assert torch.allclose(detr.model.backbone(X, mask)[0][0], expected, atol=1e-5)
+            assert detr(pixel_values=X, pixel_mask=mask).logits.shape == (1, 100, 4)  # 100 queries, 3 labels + none
+
+
+# (family, its model_args, out_indices, the maps' strides, the maps roi_pool() pools)
+OTHER_TAPS = {"template-both-taps": ("template", {}, (0, 1), [2, 4], ["0", "1"]),
+              "template-dilated": ("template", {"output_stride": 2}, None, [2], ["0"]),  # the stem's tap left out
+              "template-dilated-both-taps": ("template", {"output_stride": 2}, (0, 1), [2, 2], ["1"]),
+              "blocknet-three-taps": ("blocknet_tiny", {}, (2, 3, 4), [8, 16, 32], ["0", "1", "2"]),
+              "blocknet-gap": ("blocknet_tiny", {}, (1, 3), [4, 16], ["1"])}
+
+
+@pytest.mark.parametrize("family, model_args, out_indices, strides, pooled", OTHER_TAPS.values(), ids=OTHER_TAPS)
+def test_detectors_and_transformers_take_any_taps(family, model_args, out_indices, strides, pooled, tmp_path,
+                                                  monkeypatch):
+    """README section 8's FasterRCNN (TimmFPN's anchor_generator() and roi_pool()), UperNet and DETR
+    (modeling.backbone_config) with out_indices: 2 or 3 maps, equal strides (the template dilated: both at 2; by
+    default both routes take its stage's tap alone, as undilated) or a gap. FasterRCNN trains a step and detects in
+    eval mode, UperNet (its auxiliary head reads the third map) and DETR run on the export's maps. roi_pool() gives
+    torchvision's level mapper the maps it can tell apart, which it counts as strides doubling from the first: the
+    deepest per stride, from the last down to a gap."""
+    if family == "template":
+        folder, model = template_export(tmp_path, monkeypatch, **model_args)
+    else:
+        folder, model = saved_export(family, tmp_path / family, **model_args)
+    fpn = TimmFPN(folder, out_channels=16, out_indices=out_indices)
+    config = modeling.backbone_config(folder, out_indices=out_indices)
+    with torch.no_grad():
+        expected = model.forward_intermediates(X, indices=list(config.out_indices), intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(fpn.body.eval()(X), expected))
+    assert list(fpn.strides.values()) == [*strides, 2 * strides[-1]]
+    detector = FasterRCNN(fpn, num_classes=3, min_size=64, max_size=64,
+                          rpn_anchor_generator=fpn.anchor_generator(), box_roi_pool=fpn.roi_pool()).train()
+    assert detector.roi_heads.box_roi_pool.featmap_names == pooled
+    losses = detector([X[0]], [{"boxes": torch.tensor([[5.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}])
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in fpn.body.parameters())
+    upernet = transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+        backbone_config=config, use_auxiliary_head=len(config.out_indices) >= 3, hidden_size=16, num_labels=3))
+    detr = transformers.DetrForObjectDetection(transformers.DetrConfig(backbone_config=config, **SMALL_DETR))
+    assert modeling.load_backbone_weights(upernet, folder) == ["backbone._backbone"]
+    assert modeling.load_backbone_weights(detr, folder) == ["model.backbone.model"]
+    mask = torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        found = detector.eval()([X[0]])[0]
+        assert found["boxes"].shape == (len(found["scores"]), 4)
+        maps = upernet.eval().backbone(X).feature_maps
+        assert len(maps) == len(strides) and all(torch.equal(a, b) for a, b in zip(maps, expected))
+        assert upernet(pixel_values=X).logits.shape == (1, 3, 64, 64)
+        assert (upernet.auxiliary_head is not None) == (len(strides) >= 3)
+        assert torch.allclose(detr.eval().model.backbone(X, mask)[-1][0], expected[-1], atol=1e-5)
+        assert detr(pixel_values=X, pixel_mask=mask).logits.shape == (1, 4, 4)
+
+
+def test_roi_pool_of_a_stride_not_a_power_of_two_is_refused_in_one_line(tmp_path, monkeypatch):
+    """torchvision's MultiScaleRoIAlign reads each map's scale as a power of two: the template with a stride-3 stem
+    (maps at 3 and 6) is refused in one line naming the family and what to pass instead; its anchors take any
+    stride."""
+    def stride_3(source):
+        edited = source.replace("nn.Conv2d(in_chans, width, 3, 2, 1)", "nn.Conv2d(in_chans, width, 3, 3, 1)").replace(
+            "reduction=2, module=", "reduction=3, module=").replace("reduction=2 * s,", "reduction=3 * s,")
+        assert all(part in edited for part in ("3, 3, 1)", "reduction=3, module=", "reduction=3 * s,"))
+        return edited
+
+    folder, model = template_export(tmp_path, monkeypatch, edit=stride_3)
+    assert [tap["reduction"] for tap in model.feature_info] == [3, 6]
+    fpn = TimmFPN(folder)
+    assert fpn.strides == {"0": 6, "pool": 12} and fpn.anchor_generator().sizes == ((48,), (96,))
+    with pytest.raises(ValueError, match=rf"^TimmFPN of {re.escape(str(folder))} \({DOC_FAMILY}\): its maps are at "
+                                         r"strides \[6\], and torchvision's MultiScaleRoIAlign pools power-of-two "
+                                         r"strides only: pass out_indices whose last tap is at one, or a box_roi_pool "
+                                         r"of your own$") as e:
+        fpn.roi_pool()
+    assert "\n" not in str(e.value)
+
+
 # timm families whose features_only model is a class of their own, not timm's FeatureListNet: what TimmBackbone holds
 # for them, so what load_backbone_weights must know as a feature extractor
 OWN_FEATURE_CLASS = {"efficientnet_b0": "EfficientNetFeatures", "mobilenetv3_small_100": "MobileNetV3Features",
@@ -605,11 +719,14 @@ def family_export(request, tmp_path_factory):
     return saved_export(request.param, tmp_path_factory.mktemp("family") / request.param)
 
 
+# a DETR a CPU runs in milliseconds: one encoder and one decoder layer, 16-d, 4 queries
+SMALL_DETR = dict(encoder_layers=1, decoder_layers=1, d_model=16, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=4, num_labels=3)
+
+
 def small_detr(name: str, **config) -> transformers.DetrForObjectDetection:
     return transformers.DetrForObjectDetection(transformers.DetrConfig(
-        use_timm_backbone=True, backbone=name, use_pretrained_backbone=False, encoder_layers=1, decoder_layers=1,
-        d_model=16, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        num_queries=4, num_labels=3, **config)).eval()
+        use_timm_backbone=True, backbone=name, use_pretrained_backbone=False, **SMALL_DETR, **config)).eval()
 
 
 def test_families_with_their_own_feature_class_load_as_backbones(family_export, tmp_path):
