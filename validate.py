@@ -128,26 +128,26 @@ HUB_PROBE_S = 3  # s: one request tells whether the Hub answers before a model c
 
 
 def hub_folder(ref: str) -> Path | None:
-    """The folder of a Hub export's config.json and model card in the Hugging Face cache, so that it is scored with
-    the settings its card records, as its local copy is: the cached card, else one fetched from a Hub that answers
-    at once (not with HF_HUB_OFFLINE=1). None for a timm name, a local path, or a repo without both."""
+    """The folder of a Hub export's config.json and model card, so that it is scored with the settings its card
+    records, as its local copy is: fetched from a Hub that answers at once (the repo's current card: a re-pushed
+    model's, whose weights the load fetches too), else the card in the Hugging Face cache (HF_HUB_OFFLINE=1, or no
+    answer). None for a timm name, a local path, or a repo without both."""
     repo_id, _, revision = ref.removeprefix("hf-hub:").partition("@")
     if is_timm_name(ref) or "/" not in repo_id or Path(ref.removeprefix("local-dir:")).expanduser().exists():
         return None
     try:
+        if not huggingface_hub.constants.HF_HUB_OFFLINE:
+            try:  # any answer, a 401 or 404 included, means the Hub is there
+                get_session().head(huggingface_hub.hf_hub_url(repo_id, "README.md", revision=revision or None),
+                                   timeout=HUB_PROBE_S)
+            except Exception:  # unreachable: the cached card, as the model's load takes its cached files
+                pass
+            else:
+                return modeling.hub._resolve_folder(ref, ("config.json", "README.md"))
         cached = huggingface_hub.try_to_load_from_cache(repo_id, "README.md", revision=revision or None)
-    except ValueError:  # no repo id
+    except ValueError:  # no repo id, or no such card: the model's load says what is wrong
         return None
-    if isinstance(cached, str) and Path(cached).with_name("config.json").is_file():
-        return Path(cached).parent
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return None
-    try:
-        get_session().head(huggingface_hub.hf_hub_url(repo_id, "README.md", revision=revision or None),
-                           timeout=HUB_PROBE_S)  # any answer, a 401 or 404 included, means the Hub is there
-        return modeling.hub._resolve_folder(ref, ("config.json", "README.md"))
-    except Exception:  # unreachable, or no such card: the model's load says what is wrong
-        return None
+    return Path(cached).parent if isinstance(cached, str) and Path(cached).with_name("config.json").is_file() else None
 
 
 def first_file(*paths: Path) -> Path | None:

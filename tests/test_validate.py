@@ -419,6 +419,33 @@ def test_a_hub_copy_of_an_export_is_scored_with_the_flip_its_card_records(traine
         assert line.endswith("flip on (card), fp32 (card)"), (ref, line)
 
 
+def test_a_re_pushed_hub_export_is_scored_with_its_new_cards_settings(trained, tmp_path, monkeypatch):
+    """The model's load fetches the repo's current weights: the settings must come from the same commit's card, not
+    from a card an earlier score left in the cache."""
+    from hub_server import LocalHub, point_this_process_at
+
+    folder = tmp_path / "net"
+    shutil.copytree(trained / "final", folder)
+    read = ("import sys; sys.path.insert(0, sys.argv[1]); import validate; "
+            "print(validate.recorded_settings('me/net').flip)")
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), HF_TOKEN=hub.token,
+                   HF_HUB_DISABLE_XET="1", NO_PROXY="127.0.0.1")
+        flips = []
+        for flip in ("False", "True"):
+            card = folder / "README.md"
+            card.write_text(card.read_text().replace("| eval_flip | True |", f"| eval_flip | {flip} |")
+                            .replace("| eval_flip | False |", f"| eval_flip | {flip} |"))
+            modeling.push_to_hub(folder, "me/net", token=hub.token, commit_message=f"flip {flip}")
+            proc = subprocess.run([sys.executable, "-c", read, str(ROOT)], env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            flips.append(proc.stdout.split()[-1])
+    assert flips == ["False", "True"]
+
+
 def test_a_cached_hub_export_without_its_card_scores_at_once_when_the_hub_is_out_of_reach(trained, preprocessed,
                                                                                            tmp_path):
     """timm.create_model("hf-hub:...") caches config.json and the weights, not the card. With the Hub out of reach
