@@ -332,8 +332,9 @@ class TimmFPN(torch.nn.Module):
         folder = export_folder(export)
         check_weights(folder / WEIGHTS_NAME)
         self.export, self.architecture = export, json.loads((folder / CONFIG_NAME).read_text())["architecture"]
-        # the taps of the architecture, as backbone_config's: a stem's tap stays one in an export saved dilated
-        out_indices = chosen_taps(self.architecture, out_indices, export)
+        # the taps of timm_name, as backbone_config's: the architecture's for an export saved dilated (a stem's tap
+        # stays one), the export's own where other model_args change them (a ViT of another depth)
+        out_indices = chosen_taps(timm_name(export), out_indices, export)
         with our_names():
             self.body = exported_features(str(folder), out_indices=out_indices)
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, LastLevelMaxPool())

@@ -685,6 +685,19 @@ def test_detectors_and_transformers_take_any_taps(family, model_args, out_indice
         assert detr(pixel_values=X, pixel_mask=mask).logits.shape == (1, 4, 4)
 
 
+def test_timm_fpn_takes_the_taps_an_exports_model_args_give(tmp_path):
+    """A ViT saved with depth=4 has 4 taps, not the architecture's 12: TimmFPN's default taps and its range check
+    are the export's own, as timm_backbone's and backbone_config's are."""
+    folder, model = saved_export("vit_tiny_patch16_224", tmp_path / "vit", depth=4, img_size=64)
+    fpn = TimmFPN(folder).eval()
+    with torch.no_grad():
+        maps = fpn(X)
+    assert list(maps) == ["0", "1", "2", "3", "pool"] and list(fpn.strides.values()) == [16, 16, 16, 16, 32]
+    assert list(modeling.backbone_config(folder).out_indices) == [0, 1, 2, 3]
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(fpn.body(X), expected_maps(model, (0, 1, 2, 3))))
+
+
 def test_roi_pool_of_a_stride_not_a_power_of_two_is_refused_in_one_line(tmp_path, monkeypatch):
     """torchvision's MultiScaleRoIAlign reads each map's scale as a power of two: the template with a stride-3 stem
     (maps at 3 and 6) is refused in one line naming the family and what to pass instead; its anchors take any
