@@ -347,10 +347,17 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
     (log / "accelerate").unlink()
     ok(sbatch(env, "--config", recipe))
     assert all(c.endswith(f"--config {recipe}") for c in (log / "accelerate").read_text().splitlines())
+    # a $PYTHON without PyYAML cannot tell: the job ends in one line, not in a `latest` that starts from scratch
+    (tmp_path / "noyaml").mkdir()
+    (tmp_path / "noyaml" / "yaml.py").write_text("raise ImportError('No module named yaml')\n")
+    (log / "accelerate").unlink()
+    proc = sbatch({**env, "PYTHONPATH": str(tmp_path / "noyaml")}, "--config", recipe, "--output_dir", fresh)
+    assert proc.returncode == 2 and not (log / "accelerate").exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot read resume_from_checkpoint from --config {recipe} with $PYTHON"), proc.stderr
 
     config = tmp_path / "recipe.yaml"  # the run's checkpoints are looked for in the YAML's output_dir too
     config.write_text(yaml.safe_dump({"output_dir": str(out)}))
-    (log / "accelerate").unlink()
     ok(sbatch(env, "--config", config, "--resume_from_checkpoint", other))
     assert all(c.endswith(f"--resume_from_checkpoint {other} --resume_from_checkpoint latest")
                for c in (log / "accelerate").read_text().splitlines())
