@@ -431,6 +431,39 @@ def test_exif_orientation_applied_like_datasets_image(ds, photos):
     assert train[(0, _index(photos, "exif_rotated"))][0].shape == (3, 128, 128)
 
 
+@pytest.mark.parametrize("orientation,stored", [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+                                                (8, Image.Transpose.ROTATE_270), (2, Image.Transpose.FLIP_LEFT_RIGHT)])
+def test_exif_oriented_crops_at_reduced_scale_are_the_upright_files_crops(orientation, stored):
+    """The same key crops the same part of an EXIF-oriented file as of the same picture stored upright, at 1/4 and
+    1/8 DCT scale too. 505x329 px: on a mirrored axis the partial DCT block (505 % 8 = 1 px, 329 % 8 = 1 px) would
+    come first and shift the crop by 7 px at 1/8. Red and green are ramps along x and y (~0.5 and ~0.8 grey levels a
+    px), blue a wave of 60 px: a shift shows in all three. The oriented file's crop is torchvision's of the upright
+    picture; the upright file's differs from it by its box snapped to the DCT scale's grid (up to 4 px at 1/8)."""
+    y, x = np.mgrid[0:329, 0:505]
+    wave = 128 + 60 * np.sin(2 * np.pi * x / 60) * np.sin(2 * np.pi * y / 60)
+    upright = Image.fromarray(np.stack([x * 255 / 504, y * 255 / 328, wave], -1).round().astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    files = []
+    for image, extra in ((upright, {}), (upright.transpose(stored), {"exif": exif})):
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=100, subsampling=0, **extra)
+        files.append(buf.getvalue())
+    split = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in files], "label": [0, 0]},
+                                       features=FEATURES)
+    train = TrainSet(split, 32, seed=0, scale=(0.5, 1.0), hflip=0.0)
+    factors = set()
+    for epoch in range(6):
+        top, left, h, w = random_resized_crop_params(329, 505, (0.5, 1.0), (3 / 4, 4 / 3), sample_rng(0, epoch, 0))
+        factors.add(dct_factor(min(h, w), 32))
+        a, b = train._load(epoch, 0, 0)[0].float(), train._load(epoch, 1, 0)[0].float()  # the same random stream
+        ref = TF.pil_to_tensor(TF.resized_crop(upright, top, left, h, w, [32, 32])).float()
+        offset = (b - ref).mean((1, 2))  # grey levels; a shift of the box moves red (x) and green (y) by its slope
+        assert (b - ref).abs().mean() < 2.0 and offset[:2].abs().max() < 0.5, (epoch, offset)
+        assert (a - b).abs().mean() < 4.0, epoch  # the tolerance of the DCT-scaled crops against torchvision's
+    assert {4, 8} <= factors, "the keys must exercise the reduced-scale decodes"
+
+
 def test_exif_found_after_other_segments_like_pil():
     """PIL reads markers up to the image data: an Exif block after the quantisation tables still rotates."""
     data = _rotated_exif_jpeg(skimage.data.coffee())
@@ -503,6 +536,22 @@ def test_evalset_matches_classic_resize_centercrop(ds, photos, interpolation):
         assert x.dtype == torch.uint8 and x.shape == ref.shape == (3, 224, 224)
         diff = (x.float() - ref.float()).abs().mean().item()
         assert diff < 1.0, (name, diff)
+
+
+@pytest.mark.parametrize("crop_pct,interpolation,crop_mode", [(0.875, "bilinear", "center"),
+                                                              (0.95, "bicubic", "center"), (0.9, "bicubic", "border")])
+def test_evalset_matches_timm_on_a_camera_sized_sharp_photo(crop_pct, interpolation, crop_mode):
+    """A 2048x1365 px photo with film grain (short side >= 4x the resized one, where a DCT-reduced decode would
+    differ from the antialiased resize by 1-2 grey levels on average): the eval tensor is timm's create_transform's."""
+    big = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((2048, 1365), Image.Resampling.BICUBIC))
+    grain = np.random.default_rng(0).normal(0, 12, big.shape)
+    data = _jpeg(np.clip(big + grain, 0, 255).astype(np.uint8), quality=92)
+    split = datasets.Dataset.from_dict({"image": [{"bytes": data, "path": None}], "label": [0]}, features=FEATURES)
+    timms = create_transform(input_size=(3, 224, 224), crop_pct=crop_pct, interpolation=interpolation,
+                             crop_mode=crop_mode, mean=MEAN, std=STD, is_training=False)
+    x, _ = EvalSet(split, 224, crop_pct, interpolation, crop_mode=crop_mode, mean=MEAN)[0]
+    grey_levels = (normalize(x[None], MEAN, STD)[0] - timms(_pil(data))).abs() * torch.tensor(STD).view(3, 1, 1) * 255
+    assert grey_levels.mean() < 1.0 and grey_levels.max() < 2.0, (grey_levels.mean(), grey_levels.max())  # float32
 
 
 def _resized(height: int, width: int, side: int, crop_mode: str) -> tuple[int, int]:

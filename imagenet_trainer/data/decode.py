@@ -20,7 +20,8 @@ coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW u
   way). simplejpeg (libjpeg-turbo) decodes straight into a numpy array, faster than PIL, which also unpacks RGB from
   4-byte pixels. Images simplejpeg cannot take (PNG named .JPEG, CMYK/YCCK JPEGs, EXIF-rotated photos) go through
   PIL with the same scales, EXIF orientation applied as ``datasets.Image`` decoding does; lossless JPEGs (no DCT:
-  ``jpeg_markers.SOF_LOSSLESS``) go through PIL at full scale.
+  ``jpeg_markers.SOF_LOSSLESS``) and EXIF orientations that mirror an axis (``UNFLIPPED``) go through PIL at full
+  scale. Evaluation (``samples.EvalSet``) decodes every image at full scale.
 - ``resize_uint8`` copies the crop into the channels_last layout that torch's vectorised uint8 antialiased kernel
   needs (vision #7497; any other layout silently takes a slower kernel) and resizes once. No float tensor ever
   exists on the CPU: normalisation is the device's job (``device.normalize``).
@@ -41,6 +42,7 @@ from imagenet_trainer.jpeg_markers import (INDEX_ID, RST, SOF_HUFFMAN, frame_inf
 
 DCT_FACTORS = (8, 4, 2, 1)  # the scales libjpeg-turbo decodes with SIMD; 3/8, 5/8... exist but decode slower here
 EXIF_ORIENTATION = 0x0112
+UNFLIPPED = (1, 5)  # EXIF orientations that flip neither axis (5: transpose only; 2-4, 6-8 mirror one or both)
 
 
 class TileGrid(NamedTuple):
@@ -200,7 +202,12 @@ def decode_scaled(data: bytes, height: int, width: int, factor: int, fast_ok: bo
         except (ValueError, KeyError):
             pass  # PIL gives the verdict: it tolerates ImageNet's "corrupt data" warnings and refuses truncation
     image = Image.open(io.BytesIO(data))
-    if factor > 1 and not lossless(header_segments(data)):
+    segments = header_segments(data)
+    # A scaled pixel covers ``factor`` stored pixels from the stored origin, so on an axis that EXIF orientation
+    # flips the partial block at the far edge comes first and every pixel is shifted by (-size) % factor full-
+    # resolution px (up to 7 at 1/8), which ``_scales`` cannot express: those files decode at full scale (rare:
+    # preprocess.py stores them upright without EXIF; 4000x3000: ~130 ms instead of ~90 ms at 1/2, one core)
+    if factor > 1 and not lossless(segments) and exif_orientation(data, segments) in UNFLIPPED:
         image.draft("RGB", (image.width // factor, image.height // factor))  # DCT scaling; no-op for non-JPEG
     image.load()  # a broken file fails here; inside exif_transpose its error would be taken for a bad EXIF block
     try:
