@@ -257,8 +257,8 @@ def test_sbatch_reads_every_host_name_passes_the_jobs_cpus_and_takes_output_dir_
     ok(sbatch(env, f"--config={config}"))
     assert (log / "srun_options").read_text().splitlines()[-1] == "--ntasks-per-node=1 --kill-on-bad-exit=1"
 
-    proc = sbatch(env, "--config", tmp_path / "missing.yaml")
-    assert proc.returncode == 2 and "--output_dir" in proc.stderr.strip().splitlines()[-1]
+    proc = sbatch(env, "--config", tmp_path / "missing.yaml")  # the file named, not the output_dir it would hold
+    assert proc.returncode == 2 and "missing.yaml: no such file" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_sbatch_requeues_on_its_own_runs_stop_record_only(slurm, tmp_path, monkeypatch):
@@ -355,6 +355,9 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
     assert proc.returncode == 2 and not (log / "accelerate").exists()
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: cannot read resume_from_checkpoint from --config {recipe} with $PYTHON"), proc.stderr
+    proc = sbatch(env, "--config", tmp_path / "nope.yaml", "--output_dir", fresh)  # a typo: not PyYAML's fault
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: --config {tmp_path / 'nope.yaml'}: no such file"), proc.stderr
 
     config = tmp_path / "recipe.yaml"  # the run's checkpoints are looked for in the YAML's output_dir too
     config.write_text(yaml.safe_dump({"output_dir": str(out)}))
