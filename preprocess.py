@@ -1078,6 +1078,31 @@ def disk_full(work: Path) -> SystemExit:
                       "run the same command to resume")
 
 
+def job_of(cfg: PreprocessConfig, data_dir: Path, listing) -> dict:
+    """The job: everything the output depends on (files by name and label, not contents; num_proc does not count)."""
+    splits = listing.splits
+    job = {"format": FORMAT_VERSION, "data_dir": str(data_dir), "layout": listing.layout,
+           "shorter_side": cfg.shorter_side, "quality": cfg.quality, "restart_tile": cfg.restart_tile,
+           "shard_size": cfg.shard_size, "val_fraction": cfg.val_fraction,
+           "split_seed": cfg.split_seed if cfg.val_fraction is not None else None, "names": listing.names,
+           "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
+                     for split, s in splits.items()}}
+    if listing.archives:  # the same paths from other archive files are other data
+        job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
+    elif listing.layout == image_tree.ILSVRC:  # boxes unpacked since, or an edited CSV, are other inputs too
+        job["annotations"] = annotation_sources(data_dir, splits)
+    return job
+
+
+def check_output_place(data_dir: Path, out: Path) -> None:
+    """One-line errors for an --output_dir that cannot hold the output: inside --data_dir (a rerun would read the
+    output as images, a class "pp"), or a file system root (OUT.tmp and OUT.lock go beside OUT)."""
+    if out == data_dir or data_dir in out.parents:
+        raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
+    if out == out.parent:
+        raise SystemExit(f"error: --output_dir {out} is a file system root; choose a folder below it")
+
+
 def run(argv=None) -> None:
     cfg = parse_config(PreprocessConfig, argv, description=__doc__.split("\n\n")[0])
     if cfg.verify:
@@ -1085,10 +1110,7 @@ def run(argv=None) -> None:
     check_config(cfg)
     started = time.time()
     data_dir, out = Path(cfg.data_dir).expanduser().resolve(), Path(cfg.output_dir).expanduser().resolve()
-    if out == data_dir or data_dir in out.parents:  # a rerun would read the output as images (a class "pp")
-        raise SystemExit(f"error: --output_dir {out} is inside --data_dir {data_dir}; choose a folder outside it")
-    if out == out.parent:  # OUT.tmp and OUT.lock go beside OUT, and a root has no beside
-        raise SystemExit(f"error: --output_dir {out} is a file system root; choose a folder below it")
+    check_output_place(data_dir, out)
     hold_output(out)
     finish_move(out)
     work = work_folder(out)
@@ -1109,17 +1131,7 @@ def run(argv=None) -> None:
     print(f"{data_dir}: {len(listing.names)} classes; "
           + ", ".join(f"{len(s.items):,} {split} files" for split, s in splits.items()))
 
-    # the job: everything the output depends on (files by name and label, not contents; num_proc does not count)
-    job = {"format": FORMAT_VERSION, "data_dir": str(data_dir), "layout": listing.layout,
-           "shorter_side": cfg.shorter_side, "quality": cfg.quality, "restart_tile": cfg.restart_tile,
-           "shard_size": cfg.shard_size, "val_fraction": cfg.val_fraction,
-           "split_seed": cfg.split_seed if cfg.val_fraction is not None else None, "names": listing.names,
-           "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
-                     for split, s in splits.items()}}
-    if listing.archives:  # the same paths from other archive files are other data
-        job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
-    elif listing.layout == image_tree.ILSVRC:  # boxes unpacked since, or an edited CSV, are other inputs too
-        job["annotations"] = annotation_sources(data_dir, splits)
+    job = job_of(cfg, data_dir, listing)
     if check_output(out, job, cfg.overwrite):
         return already_done(out)
     try:
