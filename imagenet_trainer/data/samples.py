@@ -232,8 +232,8 @@ class EvalSet(torch.utils.data.Dataset):
             # 1, on photos of 1200x1050 to 2048x1365 px). A DCT reduction differs from the antialiased resize on
             # sharp detail and edges, and only slowly less as the resize after it grows: at 1/2 scale 0.4-0.7 grey
             # levels on average (max 14-19) with 5-8x left to resize, 1.05-2.19 with 2x. The cost falls only on
-            # photos whose short side is >= 4x the resized one (1024 px at 224 px; ImageNet's are ~500x375): one
-            # core, per image, 2048x1365 32 ms against 23 ms at 1/2, 4000x3000 156 ms against 94 ms
+            # photos whose short side is >= 4x the resized one (1024 px at 224 px; ImageNet's are ~500x375), which
+            # decode in ~1.4-1.7x the time of a 1/2-scale decode
             pixels, _, _ = decode_scaled(data, height, width, 1, fast_ok, fast_dct=False)
         except Exception:  # noqa: BLE001 (flipped bytes can break any parser on the way: EXIF, codec)
             # scored by no one: metrics.evaluate leaves it out and reports the row (bad_samples.py)
