@@ -496,9 +496,8 @@ def kept_head_note(model, model_ref: str, label_names: list[str]) -> str | None:
 
 LOADER_TIMEOUT_S = 300  # s the train loader waits for one batch before it takes its workers for hung (a read
 # blocked on NFS) and EpochTrainer restarts them: torch's DataLoader `timeout`. Generous, as the first batch after
-# the workers start can take a minute from cold storage. Not longer: with a timeout set, torch looks for a dead worker
-# only when that wait ends (the fork server, not this process, is the workers' parent: no SIGCHLD comes), so a
-# SIGKILLed worker costs up to these 300 s too, while the other ranks wait in a collective (NCCL's default: 600 s)
+# the workers start can take a minute from cold storage. Not longer: the other ranks wait in a collective meanwhile
+# (NCCL's default: 600 s). A dead worker is noticed within 5 s of a wait (loader_setup.WatchedLoader)
 
 
 def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator, bad: BadSamples):

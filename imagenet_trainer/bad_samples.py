@@ -22,10 +22,10 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
-import torch
 
 from .data.decode import decode_scaled, probe
 from .data.rows import Rows
+from .loader_setup import WatchedLoader
 from .runinfo import atomic_write_text
 
 RECORD = "bad_samples.json"  # in the run folder: every undecodable image met so far, with where it lives
@@ -188,8 +188,9 @@ def load_run_record(accelerator, splits: dict[str, datasets.Dataset], limit: int
     return bad
 
 
-class RecordingLoader(torch.utils.data.DataLoader):
-    """A DataLoader over ``TrainSet`` whose batches' replaced rows go to ``bad`` as they arrive."""
+class RecordingLoader(WatchedLoader):
+    """A DataLoader over ``TrainSet`` whose batches' replaced rows go to ``bad`` as they arrive (and whose wait for a
+    batch notices a dead worker in seconds: ``WatchedLoader``)."""
 
     def __init__(self, *args, bad: BadSamples, **kwargs):
         super().__init__(*args, **kwargs)

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from .data.ring import RingBatch, device_tensors, host_tensors
 from .worker_processes import auto_workers, available_cores, local_processes
@@ -16,6 +20,32 @@ PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready: covers a slow
 RING_SLOTS = PREFETCH_FACTOR + 2  # batch slots per train worker (data.ring): its prefetched batches, the one the
 # step uses and the one being copied out
 SHM = "/dev/shm"  # where worker processes hand batches to the main process (shared memory)
+
+
+class WatchedLoader(DataLoader):
+    """A DataLoader whose wait for a batch notices a dead worker within MP_STATUS_CHECK_INTERVAL (5 s), its
+    ``timeout`` kept for hung ones. torch's waits out the whole ``timeout`` first (its dead-worker check runs when a
+    wait ends, and no SIGCHLD reaches this process: the fork server is the workers' parent), so a worker the OOM killer
+    took cost a rank the full 300 s of train.py's LOADER_TIMEOUT_S while the other ranks sat in a collective."""
+
+    def _get_iterator(self):
+        if self.num_workers == 0 or self.timeout <= 0:  # torch's own loop already looks every 5 s
+            return super()._get_iterator()
+        self.check_worker_number_rationality()
+        return _WatchedIter(self)
+
+
+class _WatchedIter(_MultiProcessingDataLoaderIter):
+    def _get_data(self):
+        deadline = time.monotonic() + self._timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self._pin_memory and not self._pin_memory_thread.is_alive():
+                raise RuntimeError("Pin memory thread exited unexpectedly")
+            # raises torch's "DataLoader worker (pid(s) ...) exited unexpectedly" when a wait finds one dead
+            success, data = self._try_get_data(min(left, MP_STATUS_CHECK_INTERVAL))
+            if success:
+                return data
+        raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
 
 
 def loader_workers(requested: int, print_fn=print) -> int:

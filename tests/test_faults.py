@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import multiprocessing
 import os
 import re
 import resource
@@ -31,10 +32,12 @@ import train
 import validate
 from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
+from imagenet_trainer.loader_setup import WatchedLoader
 from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
 from imagenet_trainer.demo import make_ilsvrc_tree
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
 from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
+from failing_items import FailingItems
 from test_train import ROOT, TINY, ok, rows, run, train_cmd
 
 
@@ -617,8 +620,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(preproces
 # each: the batch's last sample index goes as a CrashAt, which unpickles in the worker as that index after making the
 # worker's next write into a ring slot SIGKILL it, the slot held (a decoder's segfault, the kernel's OOM killer); a
 # second first, so that the batches it made before reach the main process. Each epoch's end prints the ring's
-# fallbacks (batches that found their slot still held after data.ring.WAIT_S). The train loader's timeout (when
-# torch looks for a dead worker: train.LOADER_TIMEOUT_S) is 20 s here; the restart cap is RESTARTS.
+# fallbacks (batches that found their slot still held after data.ring.WAIT_S). The restart cap is RESTARTS.
 CRASHING_TRAIN = """
 import sys
 sys.path.insert(0, ROOT)
@@ -654,7 +656,7 @@ def finish(self, finish=train.EpochTrainer.finish):
 
 
 train.ResumableSampler, train.EpochTrainer.finish = CrashingSampler, finish
-train.LOADER_TIMEOUT_S, train.LOADER_RESTARTS = 20, RESTARTS
+train.LOADER_RESTARTS = RESTARTS
 if __name__ == "__main__":
     train.run_and_close(train.main, sys.argv[1:])
     train.exit_now()
@@ -845,6 +847,28 @@ def test_a_bad_row_is_replaced_by_the_same_row_in_every_epoch_worker_and_launch(
     with pytest.raises(SystemExit, match=r"error: 1 images do not decode, more than --max_bad_samples 0 .*"
                                          r"preprocess.py --verify"):
         strict.check()
+
+
+def test_the_train_loader_notices_a_dead_worker_in_seconds_and_a_hung_one_at_its_timeout():
+    """Workers from a fork server, as train.py's: their deaths send this process no SIGCHLD, and torch's loader with
+    a timeout looked for a dead one only when the whole timeout had run out."""
+    forkserver = multiprocessing.get_context("forkserver")
+    loader = WatchedLoader(FailingItems(die_at=3), batch_size=None, num_workers=1, timeout=90,
+                           multiprocessing_context=forkserver)
+    batches = iter(loader)
+    assert [next(batches) for _ in range(3)] == [0, 1, 2]
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly"):
+        next(batches)
+    assert time.monotonic() - started < loader.timeout / 2, "the dead worker was found only at the timeout"
+    del batches
+    hung = WatchedLoader(FailingItems(hang_at=1), batch_size=None, num_workers=1, timeout=10,
+                         multiprocessing_context=forkserver)
+    batches = iter(hung)
+    assert next(batches) == 0
+    with pytest.raises(RuntimeError, match="DataLoader timed out after 10 seconds"):
+        next(batches)
+    del batches  # torch's shutdown terminates the sleeping worker
 
 
 def test_flipped_bytes_in_a_train_and_a_validation_image_cost_one_image_each(preprocessed, tmp_path):
