@@ -20,6 +20,7 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
     import torch
     from torch import nn
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.layers import SelectAdaptivePool2d
     from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs
     from timm.models._features import feature_take_indices
 
@@ -31,14 +32,13 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
         def __init__(self, num_classes=1000, in_chans=3, width=32, drop_rate=0.0, global_pool="avg",
                      output_stride=32):
             super().__init__()
-            self.num_classes, self.num_features = num_classes, 2 * width
-            self.head_hidden_size, self.global_pool = 2 * width, global_pool
+            self.num_features = 2 * width
             # output_stride 2 (DeepLab-style): the stage's stride becomes a dilation, same weights
             s, d = (1, 2) if output_stride < 4 else (2, 1)
             self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU())
             self.stage = nn.Sequential(nn.Conv2d(width, 2 * width, 3, s, d, d), nn.BatchNorm2d(2 * width), nn.ReLU())
             self.head_drop = nn.Dropout(drop_rate)
-            self.fc = nn.Linear(2 * width, num_classes) if num_classes else nn.Identity()
+            self.reset_classifier(num_classes, global_pool)     # num_classes, global_pool, head_hidden_size, fc
             self.grad_checkpointing = False
             # where features_only=True taps the network: channels, stride from the input, module name (a layer
             # inside a Sequential, "stem.2", needs flatten_sequential=True below)
@@ -54,9 +54,14 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
             return self.fc
 
         def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-            self.num_classes = num_classes                  # global_pool "" (with 0 classes): the unpooled map
-            self.global_pool = self.global_pool if global_pool is None else global_pool
-            self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+            # timm's pools: "avg", "max", "avgmax", "catavgmax" (twice the width); "" passes the map through
+            pool = self.global_pool.pool_type if global_pool is None else global_pool
+            if not pool and num_classes:
+                raise ValueError("MyNet: global_pool='' (no pooling) needs num_classes=0: the classifier is a "
+                                 "Linear layer on pooled features")
+            self.global_pool = SelectAdaptivePool2d(pool_type=pool, flatten=bool(pool))  # flattening "" gives N, C*H*W
+            self.num_classes, self.head_hidden_size = num_classes, self.num_features * self.global_pool.feat_mult()
+            self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
 
         def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                                   norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
@@ -85,9 +90,7 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
             return self.stage(self.stem(x))
 
         def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-            if not self.global_pool:                        # feature map -> logits (or pooled features)
-                return x
-            x = self.head_drop(x.mean((2, 3)))
+            x = self.head_drop(self.global_pool(x))         # feature map -> pooled features -> logits
             return x if pre_logits else self.fc(x)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -269,6 +269,30 @@ def test_readme_example_backbone_works(tmp_path, monkeypatch, scratch_registry):
     assert check_advertised_maps(modeling.create_model(DOC_FAMILY, features_only=True)) == [2, 4]
 
 
+def test_readme_example_backbone_honours_global_pool(scratch_registry, tmp_path, monkeypatch):
+    """The docstring's backbone pools as global_pool asks (timm's pools), refuses a Linear classifier on an unpooled
+    map in one line, as BlockNet does, and keeps head_hidden_size the width of what its head gets after pruning."""
+    (tmp_path / "mynet_example.py").write_text(docstring_family_source())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mynet_example", raising=False)
+    import mynet_example  # noqa: F401
+
+    x = torch.randn(2, 3, 32, 32)
+    maxed = timm.create_model(DOC_FAMILY, num_classes=0, global_pool="max").eval()
+    with torch.no_grad():
+        assert torch.equal(maxed(x), maxed.forward_features(x).amax((2, 3)))
+    for refused in (lambda: maxed.reset_classifier(10, ""),
+                    lambda: timm.create_model(DOC_FAMILY, num_classes=10, global_pool="")):
+        with pytest.raises(ValueError, match=r"global_pool='' \(no pooling\) needs num_classes=0") as e:
+            refused()
+        assert "\n" not in str(e.value)
+    maxed.prune_intermediate_layers(indices=[0])  # the stem's map only: the 64-channel stage goes
+    assert maxed.head_hidden_size == maxed.num_features == 32
+    maxed.reset_classifier(0, "avg")
+    with torch.no_grad():
+        assert maxed(x).shape == (2, maxed.head_hidden_size) == (2, 32)
+
+
 def test_scratch_registry_restores_timm(tmp_path, monkeypatch):
     """A family registered inside restored_registry (what the scratch_registry fixture runs) is gone after it."""
     (tmp_path / "mynet_example.py").write_text(docstring_family_source())
