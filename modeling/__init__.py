@@ -130,12 +130,13 @@ tested by being registered.
 from ._registry import BLOCK_CLASSES, create_model, list_models, register
 from .hub import (check_hub_ready, class_order, is_repo_id, label_info, load_model, pretrained_labels, push_to_hub,
                   save_pretrained, update_model_card_results)
-from .backbone import backbone_config, load_backbone_weights, reload_norm_activations, timm_backbone, timm_name
+from .backbone import (backbone_config, load_backbone_weights, name_hidden_layers, reload_norm_activations,
+                       timm_backbone, timm_name)
 from .remote_code import check_exportable
 
 from . import alexnet, blocknet  # noqa: E402,F401  registers the families with timm
 
 __all__ = ["BLOCK_CLASSES", "create_model", "list_models", "register", "save_pretrained", "load_model", "label_info",
            "push_to_hub", "check_hub_ready", "is_repo_id", "update_model_card_results", "timm_backbone",
-           "backbone_config", "load_backbone_weights", "reload_norm_activations", "timm_name", "check_exportable",
-           "class_order", "pretrained_labels"]
+           "backbone_config", "load_backbone_weights", "name_hidden_layers", "reload_norm_activations", "timm_name",
+           "check_exportable", "class_order", "pretrained_labels"]

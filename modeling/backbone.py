@@ -172,7 +172,23 @@ def reload_norm_activations(model: torch.nn.Module, backbone: str | None = None)
     for path, module in feature_extractors(model):
         reference = features_like(module, lambda **kwargs: timm.create_model(backbone, features_only=True, **kwargs))
         replaced += [f"{path}.{name}" if path else name for name in restore_norm_activations(module, reference)]
+    name_hidden_layers(model)
     return replaced
+
+
+def name_hidden_layers(model: torch.nn.Module) -> None:
+    """Key every TimmBackbone's ``output_hidden_states`` layers inside ``model`` by the names its timm feature
+    extractor gave them. TimmBackbone keys them by ``feature_info``'s module names (``stages.0``), while timm's
+    FeatureListNet of a family built with ``flatten_sequential`` (BlockNet, AlexNet, ConvNeXt) names its layers
+    ``stages_0``: ``output_hidden_states=True`` raised an IndexError and left the backbone returning no maps."""
+    for module in model.modules():
+        built = getattr(getattr(module, "_backbone", None), "return_layers", None)
+        if not isinstance(built, dict) or not isinstance(getattr(module, "_all_layers", None), dict):
+            continue
+        names = dict(module._backbone.named_children())
+        module._all_layers, module._return_layers = (
+            {(k if k in names else k.replace(".", "_")): v for k, v in layers.items()}  # timm's _module_list
+            for layers in (module._all_layers, module._return_layers))
 
 
 def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
@@ -208,6 +224,7 @@ def load_backbone_weights(model: torch.nn.Module, export) -> list[str]:
     if not loaded:
         raise ValueError(f"{type(model).__name__} holds no timm backbone (build it with a TimmBackboneConfig, or "
                          f"DetrConfig(use_timm_backbone=True, backbone=...))")
+    name_hidden_layers(model)
     return loaded
 
 

@@ -321,6 +321,17 @@ class {cls}Backbone(TimmBackbone):
     # and refuses a class whose config_class has another name (transformers/models/auto/auto_factory.py, register)
     config_class = TimmWrapperConfig
 
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        # TimmBackbone keys output_hidden_states' layers by feature_info's module names ("stages.0"); timm's
+        # FeatureListNet of a family built with flatten_sequential names them "stages_0" (an IndexError otherwise)
+        built = getattr(self._backbone, "return_layers", None)
+        names = dict(self._backbone.named_children())
+        if isinstance(built, dict):
+            self._all_layers, self._return_layers = (
+                {{(k if k in names else k.replace(".", "_")): v for k, v in layers.items()}}
+                for layers in (self._all_layers, self._return_layers))
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, out_indices=None,
                         out_features=None, output_stride=None, freeze_batch_norm_2d=None, revision=None,

@@ -88,6 +88,14 @@ def test_timm_backbone_has_the_exports_weights_and_statistics(export):
         maps = backbone(X).feature_maps
     assert backbone.channels == [m.shape[1] for m in maps]
     assert all(torch.equal(a, b) for a, b in zip(maps, expected_maps(model)))
+    # every tap, the stem's too: transformers keys them by feature_info's "stages.0", BlockNet's FeatureListNet by
+    # "stages_0" (an IndexError, and every later call returned no maps)
+    with torch.no_grad():
+        hidden = backbone(X, output_hidden_states=True).hidden_states
+        again = backbone(X).feature_maps
+    assert len(hidden) == len(model.feature_info)
+    assert all(torch.equal(a, b) for a, b in zip(hidden, expected_maps(model, range(len(hidden)))))
+    assert again is not None and all(torch.equal(a, b) for a, b in zip(again, maps))
 
 
 def test_transformers_resets_the_statistics_it_loads(export):
@@ -208,6 +216,13 @@ def test_the_exports_own_backbone_class_names_the_architecture_in_its_config(tmp
             pixel_values=X).logits
     assert torch.allclose(again, logits, rtol=0, atol=1e-6)  # float rounding of another build: ~1e-8
     assert backbone.config.backbone == "blocknet_tiny"
+    with torch.no_grad():  # the export's class keys its hidden layers by BlockNet's FeatureListNet names
+        hidden = backbone(X, output_hidden_states=True).hidden_states
+    assert len(hidden) == len(model.feature_info) and torch.equal(hidden[-1], expected_maps(model)[-1])
+    reloaded = transformers.UperNetForSemanticSegmentation.from_pretrained(tmp_path / "upernet").eval()
+    modeling.name_hidden_layers(reloaded)  # transformers' own TimmBackbone, rebuilt by from_pretrained
+    with torch.no_grad():
+        assert reloaded(pixel_values=X, output_hidden_states=True).logits.shape == logits.shape
 
 
 @pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
