@@ -199,11 +199,21 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
     return wnids, descriptions, splits, warnings + archives.link_warnings(links, path)
 
 
-def _files_in(members, folder: str, depth: int) -> list[str]:
-    """Sorted paths below ``folder/`` (relative to it) with exactly ``depth`` parts, hidden files left out."""
-    start = folder + "/"
-    return sorted(rel for p in members if p.startswith(start) and (rel := p[len(start):]).count("/") == depth - 1
-                  and not hidden(rel))
+def _files_in(members, folder: str, depth: int) -> tuple[list[str], list[str], list[str]]:
+    """(paths below ``folder/``, relative to it, with exactly ``depth`` parts; those with fewer; the folders
+    ``depth`` parts down that hold files deeper still), each sorted, hidden files left out. The tree route reads
+    only the first; it warns of the others, as files directly in train/ and as folders among the images."""
+    start, files, fewer, folders = folder + "/", [], [], set()
+    for p in members:
+        rel = p[len(start):]
+        if not p.startswith(start) or hidden(rel):
+            continue
+        parts = rel.split("/")
+        if len(parts) > depth:
+            folders.add("/".join(parts[:depth]))
+        else:
+            (files if len(parts) == depth else fewer).append(rel)
+    return sorted(files), sorted(fewer), sorted(folders)
 
 
 def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict,
@@ -217,27 +227,25 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
     if xml_boxes is not None:
         annotation_dirs = {}
         read_boxes = {"train": xml_boxes, "validation": {**val_csv, **xml_boxes}}  # the XML first, as in the tree
-    train_files = _files_in(members, ilsvrc.SPLIT_DIRS["train"], 2)
-    unknown = sorted({rel.split("/")[0] for rel in train_files} - set(index))
+    train_dir = ilsvrc.SPLIT_DIRS["train"]
+    train_files, loose, nested = _files_in(members, train_dir, 2)
+    unknown = sorted({rel.split("/")[0] for rel in train_files + nested} - set(index))
     if unknown:
         raise ValueError(f"{where}: train folder of unknown wnid {unknown[0]!r} (not in {ilsvrc.SYNSET_MAPPING}; "
                          f"{len(unknown)} such folders)")
     train = [(rel, index[rel.split("/")[0]]) for rel in train_files]
+    if loose:  # the tree's words, the archive's path for the tree's
+        warnings.append(f"{len(loose)} files directly in {where}/{train_dir} left out (train images go in "
+                        f"{train_dir}/<wnid>/), e.g. {loose[0]}")
     warnings += no_train_images(wnids, train, ilsvrc.SYNSET_MAPPING, where)
-    val, strays = [], []
-    for name in _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1):
-        stem, ext = os.path.splitext(name)
-        if stem in val_csv:
-            val.append((name, index[val_csv[stem][0][0]]))  # the label is the first box's wnid
-        elif ext.lower() in ilsvrc.IMAGE_EXTENSIONS:
-            raise ValueError(f"{where}: {name} has no row in {ilsvrc.VAL_SOLUTION}, so no label")
-        else:
-            strays.append(name)
-    if strays:
-        warnings.append(f"{len(strays)} non-image files in the val folder of {where} left out, e.g. {strays[0]}")
-    if len(val_csv) > len(val):
-        warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {where}")
-    test_files = _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)
+    nested = [f"{train_dir}/{folder}" for folder in nested]
+    val_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1)
+    nested += [f"{ilsvrc.SPLIT_DIRS['validation']}/{folder}" for folder in inside]
+    val, val_warnings = _kaggle_val(where, val_files, val_csv, index)
+    warnings += val_warnings
+    test_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)
+    nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{folder}" for folder in inside]
+    warnings += ilsvrc.folder_warnings(nested, where, "train/<wnid>/, val/ or test/")
     strays = [name for name in test_files if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
     test = [(name, -1) for name in test_files if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
     if strays:
@@ -254,6 +262,26 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
         if not splits[split].items:
             raise ValueError(f"{where}: no {split} images in {splits[split].image_dir}/")
     return splits, warnings
+
+
+def _kaggle_val(where: str, names: list[str], val_csv: dict, index: dict) -> tuple[list, list[str]]:
+    """([(name, label)], warnings) of the files directly in Kaggle's val/: each labelled by its row of
+    LOC_val_solution.csv (``val_csv``), the first box's wnid. A file without a row is an error when named as an
+    image; any other (a readme) is left out with a warning, as the tree leaves it."""
+    val, strays = [], []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if stem in val_csv:
+            val.append((name, index[val_csv[stem][0][0]]))
+        elif ext.lower() in ilsvrc.IMAGE_EXTENSIONS:
+            raise ValueError(f"{where}: {name} has no row in {ilsvrc.VAL_SOLUTION}, so no label")
+        else:
+            strays.append(name)
+    warnings = [f"{len(strays)} non-image files in the val folder of {where} left out, e.g. {strays[0]}"] if strays \
+        else []
+    if len(val_csv) > len(val):
+        warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {where}")
+    return val, warnings
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,14 +362,11 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
         flat[split] = (name, sorted(os.path.basename(m.name) for m in found_members))
         members.update({f"{name}/{os.path.basename(m.name)}": (at, m.offset_data, m.size, TAR, None)
                         for m in found_members})
-    val = []
-    for name in flat["validation"][1]:
-        number = int(os.path.splitext(name)[0].rsplit("_", 1)[-1]) if name.startswith("ILSVRC2012_val_") else 0
-        if not 1 <= number <= len(truth):
-            raise ValueError(f"{paths[VAL_TAR]}: {name} has no line in {DEVKIT}'s ground truth, so no label")
-        val.append((name, index[id_to_wnid[truth[number - 1]]]))
-    if len(truth) > len(val):
-        warnings.append(f"{len(truth) - len(val)} lines of {DEVKIT}'s ground truth have no image in {VAL_TAR}")
+    val, val_warnings = _org_val(paths[VAL_TAR], flat["validation"][1], truth,
+                                 {i: index[w] for i, w in id_to_wnid.items()})
+    test_tar, test_names = flat.get("test", (None, []))
+    test, test_warnings = _org_test(folder, paths.get(test_tar), test_names)
+    warnings += val_warnings + test_warnings
     boxes = {}
     for name in BBOX_ARCHIVES:
         if name in paths:
@@ -353,10 +378,43 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     source = {"archives": found.archives, "members": members}
     splits = {"train": Split(TRAIN_TAR, None, train, _boxes_of(boxes, train), False, source),
               "validation": Split(VAL_TAR, None, val, _boxes_of(boxes, val), False, source)}
-    if "test" in flat:
-        splits["test"] = Split(flat["test"][0], None, [(n, -1) for n in flat["test"][1]], {}, False, source)
+    if test:
+        splits["test"] = Split(test_tar, None, test, {}, False, source)
     warnings += [w for path, lost in broken.items() for w in ilsvrc.broken_link_warnings(lost, path)]
     return wnids, descriptions, splits, warnings
+
+
+def _org_val(path: str, names: list[str], truth: list[int], label_of: dict) -> tuple[list, list[str]]:
+    """([(name, label)], warnings) of the val tar's file ``names``: ILSVRC2012_val_<N> is labelled by line N of the
+    devkit's ground truth (``truth``, ILSVRC2012_IDs; ``label_of``: ILSVRC2012_ID -> label). A file without a line
+    is an error when named as an image; any other (a readme) is left out with a warning, as the tree leaves it."""
+    val, strays = [], []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        number = re.fullmatch(r"ILSVRC2012_val_([0-9]+)", stem)
+        line = int(number[1]) if number else 0
+        if 1 <= line <= len(truth):
+            val.append((name, label_of[truth[line - 1]]))
+        elif ext.lower() in ilsvrc.IMAGE_EXTENSIONS:
+            raise ValueError(f"{path}: {name} has no line in {DEVKIT}'s ground truth, so no label")
+        else:
+            strays.append(name)
+    warnings = [f"{len(strays)} non-image files in {path} left out, e.g. {strays[0]}"] if strays else []
+    if len(truth) > len(val):
+        warnings.append(f"{len(truth) - len(val)} lines of {DEVKIT}'s ground truth have no image in {VAL_TAR}")
+    return val, warnings
+
+
+def _org_test(folder: Path, path: str | None, names: list[str]) -> tuple[list, list[str]]:
+    """([(name, -1)], warnings) of the test tar at ``path`` (None: not in ``folder``, a download of its own): its
+    image files; the others (a readme) left out, and no image at all said, in the tree's words for its test/."""
+    test = [(name, -1) for name in names if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+    strays = [name for name in names if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+    warnings = [f"{len(strays)} non-image files in {path} left out, e.g. {strays[0]}"] if strays else []
+    if not test:  # unlabelled anyway, so not an error
+        none = f"{path}: no test images" if path else f"{folder}: no test images (no ILSVRC2012_img_test*.tar)"
+        warnings.append(f"{none}; the dataset has train and validation only")
+    return test, warnings
 
 
 def _class_tar_members(path: str, at: int, wnids: list[str], broken: list) -> dict:

@@ -964,3 +964,70 @@ def test_a_train_tar_re_packed_with_dot_slash_names_gives_the_same_listing(packa
             dot.addfile(m, data)
     assert tarfile.open(train).getnames()[:2] == [".", "./n01440764.tar"]
     assert listed(folder) == listed(packaged["image-net.org"])
+
+
+TEST_TAR = "ILSVRC2012_img_test_v10102019.tar"  # image-net.org's test images, a download of their own
+
+
+def test_image_net_org_without_test_images_says_so_as_the_tree_does(packaged, tmp_path):
+    """The test tar left out (people skip its 13 GB), or holding no image: the dataset has train and validation
+    only, said in a warning, as the tree without test/ says it."""
+    gone = copy_set(packaged["image-net.org"], tmp_path / "gone")
+    (gone / TEST_TAR).unlink()
+    readme = copy_set(packaged["image-net.org"], tmp_path / "readme")
+    demo_archives.rewrite_tar(packaged["image-net.org"] / TEST_TAR, readme / TEST_TAR,
+                              lambda files: [("README.txt", b"test images deleted to save 13 GB\n")])
+    for folder, said in ((gone, f"{gone}: no test images (no ILSVRC2012_img_test*.tar)"),
+                         (readme, f"{readme / TEST_TAR}: no test images")):
+        _, _, splits, warnings = archives.list_splits(archives.detect(folder))
+        assert list(splits) == ["train", "validation"]
+        assert f"{said}; the dataset has train and validation only" in warnings, warnings
+
+
+def test_non_image_files_in_image_net_orgs_val_and_test_tars_are_left_out_with_a_warning(packaged, tmp_path):
+    """A README.txt in the val or test tar is neither a row nor an error, as in the tree's val/ and test/; an image
+    named past the devkit's ground truth still has no label, an error."""
+    folder = copy_set(packaged["image-net.org"], tmp_path / "org")
+    for tar in (archive_layouts.VAL_TAR, TEST_TAR):
+        demo_archives.rewrite_tar(packaged["image-net.org"] / tar, folder / tar,
+                                  lambda files: files + [("README.txt", b"ImageNet\n")])
+    *listing, warnings = listed(folder)
+    *full, full_warnings = listed(packaged["image-net.org"])
+    assert listing == full  # no README.txt row
+    assert [w for w in warnings if w not in full_warnings] == [
+        f"1 non-image files in <set>/{tar} left out, e.g. README.txt" for tar in (archive_layouts.VAL_TAR, TEST_TAR)]
+
+    past = copy_set(packaged["image-net.org"], tmp_path / "past")
+    val = past / archive_layouts.VAL_TAR
+    demo_archives.rewrite_tar(packaged["image-net.org"] / val.name, val,
+                              lambda files: files + [("ILSVRC2012_val_00000099.JPEG", files[0][1])])
+    assert error_of(past, tmp_path / "out") == (f"error: {val}: ILSVRC2012_val_00000099.JPEG has no line in "
+                                                f"{archive_layouts.DEVKIT}'s ground truth, so no label")
+
+
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-tar-gz"])
+def test_files_a_kaggle_archive_holds_outside_its_image_folders_are_warned_of_as_the_tree_warns(packaging,
+                                                                                                 tmp_path):
+    """A file directly in train/ (no class folder names its label) and folders inside train/<wnid>/ or val/ are
+    not read, by the tree or from the archive; both say so in the same words, the archive's path for the tree's."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=2, train_per_class=3, val_per_class=2, num_test=2)
+    train, val = tree / ilsvrc.SPLIT_DIRS["train"], tree / ilsvrc.SPLIT_DIRS["validation"]
+    first = sorted(train.iterdir())[0]
+    image = sorted(first.glob("*.JPEG"))[0]
+    for copy in (first / "extra" / "x_1.JPEG", train / "loose_1.JPEG", val / "more" / "ILSVRC2012_val_00000001.JPEG"):
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(image, copy)
+    if packaging == "kaggle-zip":
+        data_dir = where = demo_archives.kaggle_zip(tree, tmp_path / "kaggle.zip")
+    else:
+        data_dir = demo_archives.kaggle_unzipped_tgz(tree, tmp_path / "kaggle-2019")
+        where = data_dir / archive_layouts.KAGGLE_TGZ_NAME
+    _, _, splits, warnings = archives.list_splits(archives.detect(data_dir))
+    _, _, tree_splits, tree_warnings = image_tree.list_ilsvrc_splits(tree)
+    assert {s: x.items for s, x in splits.items()} == {s: x.items for s, x in tree_splits.items()}
+    left_out = [w.replace(str(where), "<set>") for w in warnings if " left out" in w]
+    assert left_out == [w.replace(str(tree), "<set>") for w in tree_warnings if " left out" in w] == [
+        f"1 files directly in <set>/{ilsvrc.SPLIT_DIRS['train']} left out (train images go in "
+        f"{ilsvrc.SPLIT_DIRS['train']}/<wnid>/), e.g. loose_1.JPEG",
+        "2 folders among the images of <set> left out (images are read only as files directly in train/<wnid>/, "
+        f"val/ or test/), e.g. {ilsvrc.SPLIT_DIRS['train']}/{first.name}/extra"]
