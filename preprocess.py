@@ -47,8 +47,8 @@ Choices:
   before; it is kept only where libjpeg-turbo decodes it to exactly the pixels of the untiled file (~3% more
   bytes on ImageNet-sized photos), else the untiled bytes are. Files under 24 KB stay untiled: they gain nothing.
   The report counts both ("untiled").
-- Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) and grayscale become RGB, the
-  PNG named .JPEG becomes a JPEG, and so does a lossless JPEG (not in ImageNet; in a user's own images it would be
+- Everything else is re-encoded as a JPEG at --quality: CMYK (22 train files, one val) becomes RGB, the PNG named
+  .JPEG becomes a JPEG, and so does a lossless JPEG (not in ImageNet; in a user's own images it would be
   several times the bytes, and it cannot be decoded at a reduced scale). EXIF orientation is applied here: the
   pixels are transposed, the image re-encoded and the tag dropped, so no stored image has an orientation other than
   1 and PIL, datasets.Image (which would apply the tag) and torchvision.io (which by default would not) all see the
@@ -138,7 +138,9 @@ class PreprocessConfig:
     overwrite: bool = False  # rebuild this script's own output in --output_dir (needed when inputs/settings changed)
     verify: str | None = None  # a preprocess.py output: check every file's SHA-256 against its manifest, exit 0/1
     verify_archives: bool = False  # MD5 of image-net.org's tars/devkit vs the published sums first: reads all again
-    eval_set: str = ""  # imagenet-v2|-sketch|-r|-a|-c: read --data_dir as that set; "" = known by its name/layout
+    # ImageNet-V2 in a folder not named imagenetv2-<variant>-format-val: imagenet-v2:matched-frequency (or
+    # :threshold0.7, :top-images), the variant its published name and timm's results are looked up by
+    eval_set: str = ""  # imagenet-v2[:variant]|-sketch|-r|-a|-c: read --data_dir as that set; "" = by its name/layout
     # detection reads a folder named train/ as the train split; a tree whose classes include "train" needs saying so
     layout: str = ""  # "" detects it; ilsvrc: Kaggle's tree; folders: --data_dir's folders are the classes
 
@@ -257,7 +259,10 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
     why = [reason for reason, applies in ((f"{img.format} file", not jpeg),
                                           # several times the bytes, and no decoding at a reduced scale
                                           ("lossless JPEG", jpeg and lossless(header_segments(data))),
-                                          (f"mode {img.mode}", img.mode != "RGB"),
+                                          # a grayscale JPEG is kept: data/decode.py gives Pillow's convert("RGB")
+                                          # of it (the grey level in R, G and B), what timm's and torchvision's
+                                          # evaluation of the raw file see; a re-encode moves them ~2 levels
+                                          (f"mode {img.mode}", img.mode != "RGB" and not (jpeg and img.mode == "L")),
                                           (f"EXIF orientation {orientation}", orientation != 1),
                                           ("resized", resize)) if applies]
     if not why:

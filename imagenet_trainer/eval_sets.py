@@ -15,6 +15,8 @@ the 200-class subset (``class_subset``: 1k indices) that scoring restricts the l
 
 The 200-class lists of R and A are timm's (``timm/data/_info/imagenet_{r,a}_synsets.txt``, copied from the papers'
 code). A set is recognised by ``--eval_set``, by its folder's distributed name, or (V2, C) by its folder layout.
+V2's three variants share one layout, so the variant comes from the folder's name or from ``--eval_set
+imagenet-v2:<variant>``; a V2 copy with neither is a warning, and is then not called by its published name.
 Class folders outside ImageNet-1k, or R/A folders that are not exactly the 200, are a ValueError naming the folder;
 V2, Sketch and C may miss classes (a scaled-down copy): that is a warning, and the set is then not called by its
 published name. Library code: bad input is a ``ValueError`` that names the folder and what to do.
@@ -81,12 +83,29 @@ def _c_root(data_dir: Path, folders: list[str]) -> dict[str, Path]:
     return found
 
 
+def parse_eval_set(eval_set: str) -> tuple[str, str | None]:
+    """--eval_set's value as (kind, V2's variant or None): ``imagenet-v2:top-images`` -> (imagenet-v2, top-images);
+    "" -> ("", None)."""
+    kind, colon, variant = eval_set.partition(":")
+    if kind and kind not in SETS:
+        raise ValueError(f"--eval_set {eval_set!r}: not one of {', '.join(SETS)} (ImageNet-V2's variant as "
+                         f"{V2}:{V2_VARIANTS[0]})")
+    if colon and (kind != V2 or variant not in V2_VARIANTS):
+        raise ValueError(f"--eval_set {eval_set!r}: only ImageNet-V2 names a variant, one of "
+                         + ", ".join(f"{V2}:{v}" for v in V2_VARIANTS))
+    return kind, variant or None
+
+
+def named_variant(data_dir: Path) -> str | None:
+    """The ImageNet-V2 variant ``data_dir``'s name names (the tarballs unpack to imagenetv2-<variant>-format-val)."""
+    name = data_dir.name.lower().replace("_", "-")
+    return next((v for v in V2_VARIANTS if v in name), None)
+
+
 def detect(data_dir: Path, eval_set: str) -> str | None:
     """Which evaluation set ``data_dir`` is (``eval_set`` if given), or None when it is none of them."""
     if eval_set:
-        if eval_set not in SETS:
-            raise ValueError(f"--eval_set {eval_set!r}: not one of {', '.join(SETS)}")
-        return eval_set
+        return parse_eval_set(eval_set)[0]
     folders = image_tree._subfolders(data_dir)
     if "train" in folders or "ILSVRC" in folders or (data_dir / ilsvrc.SYNSET_MAPPING).exists():
         return None  # a training tree (Kaggle's or class folders), whatever its folder is called
@@ -127,8 +146,29 @@ def _class_split(data_dir: Path, rel: str, index: dict[str, int], kind: str) -> 
     return Split(rel, None, items, {}, True), warnings
 
 
-def list_splits(data_dir: Path, kind: str) -> tuple[list[str], list[str], dict[str, Split], list[str], dict]:
-    """(the 1000 wnids, their descriptions, {split: Split}, warnings, what source.json records) of a set."""
+def _list_v2(data_dir: Path, folders: list[str], variant: str | None) -> tuple[Split, list[str], str | None]:
+    """ImageNet-V2's one split, its warnings and its variant (``variant``: --eval_set's, else the folder name's)."""
+    bad = [f for f in folders if not (f.isdigit() and 0 <= int(f) < 1000 and str(int(f)) == f)]
+    if bad:
+        raise ValueError(f"{data_dir / bad[0]}: ImageNet-V2's class folders are named by class index 0..999, "
+                         f"not {bad[0]!r} (for your own class tree add --val_fraction 0.1)")
+    named = named_variant(data_dir)
+    if variant and named and variant != named:
+        raise ValueError(f"--eval_set {V2}:{variant}: {data_dir}'s name says it is ImageNet-V2's {named} variant; "
+                         f"give --eval_set {V2}:{named}, or rename the folder")
+    split, warnings = _class_split(data_dir, "", {str(i): i for i in range(1000)}, V2)
+    warnings += _missing_warning(data_dir, SETS[V2].title, len(folders), 1000)
+    if not (variant or named):  # the three share 0..999/: only the name tells which published numbers compare
+        warnings.append(f"{data_dir}: its name names none of ImageNet-V2's variants, so it is scored as a subset, "
+                        f"not as ImageNet-V2; name the variant: --eval_set {V2}:{V2_VARIANTS[0]} (or "
+                        + ", ".join(f":{v}" for v in V2_VARIANTS[1:]) + ")")
+    return split, warnings, variant or named
+
+
+def list_splits(data_dir: Path, kind: str, variant: str | None = None
+                ) -> tuple[list[str], list[str], dict[str, Split], list[str], dict]:
+    """(the 1000 wnids, their descriptions, {split: Split}, warnings, what source.json records) of a set;
+    ``variant``: ImageNet-V2's, from --eval_set (None: read from the folder's name)."""
     wnids = ilsvrc.imagenet_wnids()
     lemmas = ilsvrc.imagenet_lemmas()
     index = {w: i for i, w in enumerate(wnids)}
@@ -136,13 +176,7 @@ def list_splits(data_dir: Path, kind: str) -> tuple[list[str], list[str], dict[s
     folders = image_tree._subfolders(data_dir)
     record = {"eval_set": kind, "class_subset": None, "variant": None}
     if kind == V2:
-        bad = [f for f in folders if not (f.isdigit() and 0 <= int(f) < 1000 and str(int(f)) == f)]
-        if bad:
-            raise ValueError(f"{data_dir / bad[0]}: ImageNet-V2's class folders are named by class index 0..999, "
-                             f"not {bad[0]!r} (for your own class tree add --val_fraction 0.1)")
-        split, warnings = _class_split(data_dir, "", {str(i): i for i in range(1000)}, kind)
-        warnings += _missing_warning(data_dir, title, len(folders), 1000)
-        record["variant"] = next((v for v in V2_VARIANTS if v in data_dir.name.lower()), None)
+        split, warnings, record["variant"] = _list_v2(data_dir, folders, variant)
         return wnids, [lemmas[w] for w in wnids], {"validation": split}, warnings, record
     if kind == C:
         return (wnids, [lemmas[w] for w in wnids], *_list_c(data_dir, folders, index), record)
@@ -195,13 +229,13 @@ def source_fields(kind: str, record: dict, counts: dict, data_dir: Path) -> dict
     """source.json's fields for an evaluation set: its published name only when the copy is whole."""
     info = SETS[kind]
     title = info.title + (f" {record['variant']}" if record.get("variant") else "")
+    # which of V2's three variants it is decides which published numbers compare, and timm's name of it
+    unnamed = kind == V2 and not record.get("variant")
     # ImageNet-C: every one of the 15 benchmark corruptions at its 5 severities (75 splits of the 19 distributed may
     # include the 4 extra ones, held out by the authors, and leave a benchmark one out)
-    whole = all(n == info.full_images for n in counts.values()) and (
+    whole = not unnamed and all(n == info.full_images for n in counts.values()) and (
         kind != C or {corruption_of(split) for split in counts} >= {(c, s) for c in C_CORRUPTIONS for s in range(1, 6)})
-    if kind == V2 and not record.get("variant"):
-        whole = False  # which of the three variants it is decides which published numbers compare
     return {**record, "name": title if whole else data_dir.resolve().name, "title": title, "complete": whole,
             "hub_id": info.hub_id if whole else None,
-            "timm_name": info.timm_name.format(variant=record.get("variant"))}
+            "timm_name": None if unnamed else info.timm_name.format(variant=record.get("variant"))}
 

@@ -155,6 +155,45 @@ def test_layout_errors_are_one_line(tmp_path):
     assert json.loads((tmp_path / "out" / "source.json").read_text())["eval_set"] == "imagenet-r"
 
 
+def test_imagenet_v2_in_a_renamed_folder_is_named_by_the_variant_given(tmp_path, monkeypatch, capsys):
+    """V2's three variants share the layout 0..999/, so a renamed copy is ImageNet-V2 <variant> only when --eval_set
+    imagenet-v2:<variant> names it; plain imagenet-v2 there warns and stays a subset, with no timm name."""
+    # the fixture's 4 images as the whole set: source.json's names are those of a complete copy
+    monkeypatch.setitem(eval_sets.SETS, eval_sets.V2, eval_sets.SETS[eval_sets.V2]._replace(full_images=4))
+    distributed = make_tree(tmp_path / "d", eval_sets.V2)
+    renamed = shutil.copytree(distributed, tmp_path / "v2-mf")
+
+    def source(root: Path, out: str, *flags) -> dict:
+        preprocess.main(["--data_dir", str(root), "--output_dir", str(tmp_path / out), "--num_proc", "1", *flags])
+        found = json.loads((tmp_path / out / "source.json").read_text())
+        return {k: found[k] for k in ("name", "complete", "variant", "timm_name", "hub_id")}
+
+    published = {"name": "ImageNet-V2 matched-frequency", "complete": True, "variant": "matched-frequency",
+                 "timm_name": "imagenetv2-matched-frequency", "hub_id": "vaishaal/ImageNetV2"}
+    assert source(renamed, "named", "--eval_set", "imagenet-v2:matched-frequency") == published
+    assert source(distributed, "plain-distributed", "--eval_set", "imagenet-v2") == published  # as before
+    capsys.readouterr()
+    assert source(renamed, "plain", "--eval_set", "imagenet-v2") == {
+        "name": "v2-mf", "complete": False, "variant": None, "timm_name": None, "hub_id": None}
+    assert (f"warning: {renamed}: its name names none of ImageNet-V2's variants, so it is scored as a subset, not as "
+            "ImageNet-V2; name the variant: --eval_set imagenet-v2:matched-frequency (or :threshold0.7, :top-images)"
+            ) in capsys.readouterr().out.splitlines()
+    # naming the variant afterwards changes what the output is: a rebuild, not the plain output kept as it is
+    with pytest.raises(SystemExit) as e:
+        source(renamed, "plain", "--eval_set", "imagenet-v2:top-images")
+    assert "(variant None -> top-images); add --overwrite" in str(e.value.code)
+    assert source(renamed, "plain", "--eval_set", "imagenet-v2:top-images", "--overwrite")["name"] == \
+        "ImageNet-V2 top-images"
+    # the distributed name already says the variant: the same one named again is the same job, another is refused
+    assert source(distributed, "plain-distributed", "--eval_set", "imagenet-v2:matched-frequency") == published
+    assert preprocess_error(distributed, "--eval_set", "imagenet-v2:threshold0.7") == (
+        f"error: --eval_set imagenet-v2:threshold0.7: {distributed}'s name says it is ImageNet-V2's matched-frequency "
+        "variant; give --eval_set imagenet-v2:matched-frequency, or rename the folder")
+    for wrong in ("imagenet-v2:matched", "imagenet-v2:", "imagenet-r:top-images"):
+        assert (f"--eval_set {wrong!r}: only ImageNet-V2 names a variant, one of imagenet-v2:matched-frequency, "
+                "imagenet-v2:threshold0.7, imagenet-v2:top-images") in preprocess_error(renamed, "--eval_set", wrong)
+
+
 def test_mce_against_hand_computed_values():
     """Errors equal to AlexNet's give CE 100 on each corruption; half of them on one corruption gives CE 50 there:
     mCE = (14 x 100 + 50) / 15."""
