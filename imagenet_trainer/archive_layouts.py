@@ -319,6 +319,10 @@ def read_devkit(path: str) -> tuple[list, list, dict, list]:
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise ValueError(f"{path}: data/meta.mat or the ground truth is not as the devkit has them ({e}); download "
                          "it again") from None
+    unknown = sorted(set(truth) - {i for _, _, i in leaves})
+    if unknown:
+        raise ValueError(f"{path}: its ground truth names ILSVRC2012_ID {unknown[0]}, which is no class of data/"
+                         f"meta.mat ({len(unknown)} such IDs); download it again")
     return [w for w, _, _ in leaves], [d for _, d, _ in leaves], {i: w for w, _, i in leaves}, truth
 
 
@@ -355,7 +359,12 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
     warnings = no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
     flat = {}
-    for split, name in (("validation", VAL_TAR), *(("test", n) for n in paths if n.startswith("ILSVRC2012_img_test"))):
+    # image-net.org has published two: ILSVRC2012_img_test.tar (2012) and _v10102019.tar (Kaggle's test/ too)
+    tests = sorted(n for n in paths if n.startswith("ILSVRC2012_img_test"))
+    if len(tests) > 1:
+        warnings.append(f"{len(tests)} test tars in {folder}: {tests[-1]} is the test split, {', '.join(tests[:-1])} "
+                        f"left out")
+    for split, name in (("validation", VAL_TAR), *(("test", n) for n in tests[-1:])):
         broken[paths[name]] = []
         found_members = archives.tar_members(paths[name], broken=broken[paths[name]])
         at = found.archives.index(paths[name])
