@@ -179,7 +179,7 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
         return Listing(image_tree.ILSVRC, *archives.list_splits(found), archives=found._asdict())
     kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None and not forced else None
     if kind:
-        *listed, record = eval_sets.list_splits(data_dir, kind)
+        *listed, record = eval_sets.list_splits(data_dir, kind, eval_sets.parse_eval_set(eval_set)[1])
         return Listing(kind, *listed, eval_set=record)
     layout = image_tree.ILSVRC if forced == "ilsvrc" else image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
@@ -1092,6 +1092,9 @@ def job_of(cfg: PreprocessConfig, data_dir: Path, listing) -> dict:
            "split_seed": cfg.split_seed if cfg.val_fraction is not None else None, "names": listing.names,
            "files": {split: hashlib.sha1("\n".join(f"{rel} {label}" for rel, label in s.items).encode()).hexdigest()
                      for split, s in splits.items()}}
+    variant = (listing.eval_set or {}).get("variant")
+    if variant and variant != eval_sets.named_variant(data_dir):  # from --eval_set: it decides source.json's name
+        job["variant"] = variant
     if listing.archives:  # the same paths from other archive files are other data
         job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
     elif listing.layout == image_tree.ILSVRC:  # boxes unpacked since, or an edited CSV, are other inputs too
