@@ -39,12 +39,14 @@ class _WatchedIter(_MultiProcessingDataLoaderIter):
     def _get_data(self):
         deadline = time.monotonic() + self._timeout
         while (left := deadline - time.monotonic()) > 0:
-            if self._pin_memory and not self._pin_memory_thread.is_alive():
-                raise RuntimeError("Pin memory thread exited unexpectedly")
             # raises torch's "DataLoader worker (pid(s) ...) exited unexpectedly" when a wait finds one dead
             success, data = self._try_get_data(min(left, MP_STATUS_CHECK_INTERVAL))
             if success:
                 return data
+            # after the workers' check: a worker's death can end the pin thread too (a batch it cannot unpickle),
+            # and the restart reads the worker's message
+            if self._pin_memory and not self._pin_memory_thread.is_alive():
+                raise RuntimeError("Pin memory thread exited unexpectedly")
         raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
 
 
