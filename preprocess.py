@@ -35,10 +35,11 @@ image or an edited XML needs --overwrite); other inputs or settings need --overw
 holds files not its own.
 
 Choices:
-- Lossless by default: a file that already is an RGB JPEG (baseline or progressive) without EXIF rotation keeps its
-  DCT coefficients, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data) shows it is whole;
-  an arithmetic-coded one is transcoded to Huffman coding first, and a multi-picture one keeps its first picture
-  (plain_jpeg).
+- Lossless by default: a file that already is an RGB or grayscale JPEG (baseline or progressive) without EXIF
+  rotation keeps its DCT coefficients, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data)
+  shows it is whole; an arithmetic-coded one is transcoded to Huffman coding first, and a multi-picture one keeps its
+  first picture (plain_jpeg). A grayscale one stays one channel: training and validate.py decode it to PIL's
+  ``convert("RGB")`` of the file, the pixels timm's and torchvision's evaluation of the raw files see.
 - Tiled for speed (--restart_tile PX, default 64; 0 stores such files byte for byte): every stored JPEG is re-coded
   losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone, as
   narrow as keeps ~100 coded bytes a tile (one 16 px MCU on ImageNet-sized photos), indexed in an APP9 segment

@@ -23,7 +23,8 @@ Layout written (all of it, as Kaggle's ``imagenet-object-localization-challenge`
 n01739381_1309, one of the 22 CMYK train files listed in cytsai/ilsvrc-cmyk-image-list, and the CMYK val file
 ILSVRC2012_val_00019877), ``grayscale``, ``png_named_jpeg`` (like n02105855_2933, the PNG that tensorflow/models
 research/inception/inception/data/build_imagenet_data.py converts), ``exif_orientation_6`` (stored rotated, with a
-pure-red rectangle painted over its box), which must all come out as RGB JPEGs; broken files that must be skipped:
+pure-red rectangle painted over its box), which must all come out as RGB JPEGs (``grayscale`` stays a grayscale
+JPEG, its bytes kept, that every reader decodes to RGB); broken files that must be skipped:
 ``truncated`` (train), ``empty`` (val), ``garbage`` (test); and box faults in the XML, the kinds tensorflow/models
 research/inception/inception/data/process_bounding_boxes.py works around: ``box_float``, ``box_past_edge`` (right
 edge 37 px past the image), ``box_inverted`` (a second object with xmin > xmax), ``box_filename_placeholder``

@@ -19,19 +19,20 @@ import psutil
 import pytest
 import skimage.data
 import torch
+import torchvision.transforms.functional as TF
 import turbojpeg
 from PIL import Image, ImageDraw, ImageOps
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 import preprocess
-from imagenet_trainer import ilsvrc, jpeg_markers, tile_writer
+from imagenet_trainer import bad_samples, ilsvrc, jpeg_markers, tile_writer
 from imagenet_trainer import manifest as output_manifest
 from imagenet_trainer.manifest import MANIFEST as MANIFEST_NAME
-from imagenet_trainer.data import decode
+from imagenet_trainer.data import EvalSet, TrainSet, decode, random_resized_crop_params, sample_rng
 from imagenet_trainer.demo import MANIFEST, ORIGINS, make_ilsvrc_tree
 
 ROOT = Path(__file__).resolve().parents[1]
-CONVERTED = ("cmyk", "grayscale", "png_named_jpeg", "exif_orientation_6", "val_cmyk")
+CONVERTED = ("cmyk", "png_named_jpeg", "exif_orientation_6", "val_cmyk")  # "grayscale" is kept as it is
 
 
 def manifest(tree: Path) -> dict:
@@ -105,20 +106,23 @@ def test_skip_report_lists_exactly_the_broken_files(preprocessed, ilsvrc_tree):
         assert m["planted"][kind]["stem"] not in rows[m["planted"][kind]["split"]]
 
 
-def test_every_image_is_an_upright_rgb_jpeg_for_every_reader(preprocessed):
+def test_every_image_is_an_upright_rgb_or_grayscale_jpeg_for_every_reader(preprocessed, ilsvrc_tree):
+    gray = manifest(ilsvrc_tree)["planted"]["grayscale"]["stem"]  # the only one-channel file
     dd = datasets.load_from_disk(str(preprocessed))
     for split, ds in dd.items():
         for i, row in enumerate(ds.cast_column("image", datasets.Image(decode=False))):
             data = row["image"]["bytes"]
             img = Image.open(io.BytesIO(data))
-            assert (img.format, img.mode) == ("JPEG", "RGB"), row["image_id"]
+            mode = "L" if row["image_id"] == gray else "RGB"
+            assert (img.format, img.mode) == ("JPEG", mode), row["image_id"]
             assert img.getexif().get(0x0112, 1) == 1, row["image_id"]
             tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             chw = decode_jpeg(tensor)
-            assert chw.shape == (3, img.height, img.width), row["image_id"]
+            assert chw.shape == (len(mode), img.height, img.width), row["image_id"]
             assert decode_image(tensor, mode=ImageReadMode.UNCHANGED).shape == chw.shape
             decoded = ds[i]["image"]  # datasets.Image, which applies EXIF orientation itself
-            assert decoded.mode == "RGB" and decoded.size == img.size
+            assert decoded.mode == mode and decoded.size == img.size
+    assert gray in dd[manifest(ilsvrc_tree)["planted"]["grayscale"]["split"]]["image_id"]
 
 
 def _plain(rows: dict, m: dict, tree: Path):
@@ -824,6 +828,101 @@ def test_a_multi_picture_jpeg_keeps_its_first_picture_losslessly(progressive):
     assert b"MPF\x00" not in enc.data and enc.data.endswith(b"\xff\xd9")
     tiled = preprocess.tile(enc.data, 64)
     assert tiled is not None and np.array_equal(np.asarray(Image.open(io.BytesIO(tiled))), np.asarray(stored))
+
+
+def _gray_jpeg(width: int, height: int, seed: int, **save) -> bytes:
+    """A grayscale (mode L, one-component) JPEG: a gradient under noise, so every DCT block has detail to lose."""
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(seed).normal(0, 25, (height, width))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(x * 150 / width + y * 80 / height + noise, 0, 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+GRAY = {"large": lambda: _gray_jpeg(600, 450, 0),  # ~140 KB: tiled by default, decoded at 1/2-1/8 by training
+        "large_progressive": lambda: _gray_jpeg(450, 600, 1, progressive=True),
+        "small": lambda: _gray_jpeg(64, 48, 2)}  # under TILE_MIN_BYTES: never tiled
+
+
+def _pil_rgb_at(data: bytes, factor: int) -> np.ndarray:
+    """PIL's convert("RGB") of a JPEG decoded at 1/factor DCT scale (draft: libjpeg's scaled IDCT)."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("L", (image.width // factor, image.height // factor))
+    return np.asarray(image.convert("RGB"))
+
+
+def _decodes_to_pils_rgb_at_every_scale(data: bytes, original: bytes) -> None:
+    """The stored bytes' header probe, the train decode at each DCT scale (1: EvalSet's) and the bad-sample check
+    give PIL's convert("RGB") of the original file at that scale."""
+    height, width, fast_ok = decode.probe(data)
+    assert (height, width, fast_ok) == (*Image.open(io.BytesIO(original)).size[::-1], True)
+    for factor in (1, 2, 4, 8):
+        pixels, _, _ = decode.decode_scaled(data, height, width, factor, fast_ok, fast_dct=False)
+        expected = _pil_rgb_at(original, factor)
+        assert expected.shape == (-(-height // factor), -(-width // factor), 3)
+        assert np.array_equal(pixels, expected), factor
+    assert bad_samples.decodes(data)
+
+
+def _gray_tree(root: Path, files: dict) -> Path:
+    for split in ("train", "val"):
+        for k, (name, data) in enumerate(files.items()):
+            (root / split / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+            (root / split / "ab"[k % 2] / f"{name}.JPEG").write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("restart_tile", [0, 64])
+def test_a_grayscale_jpeg_is_stored_as_it_is_and_every_reader_sees_pils_rgb_conversion(tmp_path, restart_tile):
+    """ImageNet, -Sketch, -R and -V2 hold grayscale JPEGs, which timm and torchvision evaluate as
+    Image.open(file).convert("RGB"). Stored as they are (a re-encode at --quality moves them ~1.7 grey levels on
+    average) or tiled losslessly, they decode to exactly those pixels in EvalSet (validate.py), in the train decode
+    at every DCT scale and in the bad-sample check; TrainSet's tiled crops are the untiled file's."""
+    files = {name: make() for name, make in GRAY.items()}
+    out = tmp_path / "out"
+    preprocess.main(["--data_dir", str(_gray_tree(tmp_path / "sketch", files)), "--output_dir", str(out),
+                     "--num_proc", "1", "--restart_tile", str(restart_tile)])
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert not any(report["reencoded"].values()), report["reencoded"]
+    png = {}  # each file's RGB conversion, stored losslessly: the same pipeline's input for the reference
+    for name, data in files.items():
+        Image.open(io.BytesIO(data)).convert("RGB").save(png.setdefault(name, io.BytesIO()), "PNG")
+    factors = set()
+    for split, ds in datasets.load_from_disk(str(out)).items():
+        names = [image_id.split("/")[1] for image_id in ds["image_id"]]
+        stored = [row["image"]["bytes"] for row in ds.cast_column("image", datasets.Image(decode=False))]
+        assert sorted(names) == sorted(files)
+        for name, data in zip(names, stored):
+            if restart_tile and len(files[name]) >= preprocess.TILE_MIN_BYTES:  # the same coefficients, in tiles
+                assert decode.tile_grid(data) is not None and np.array_equal(
+                    np.asarray(Image.open(io.BytesIO(data))), np.asarray(Image.open(io.BytesIO(files[name]))))
+            else:
+                assert data == files[name], (split, name)
+            _decodes_to_pils_rgb_at_every_scale(data, files[name])
+        features = datasets.Features({"image": datasets.Image(), "label": ds.features["label"]})
+        reference = datasets.Dataset.from_dict({"image": [{"bytes": png[n].getvalue(), "path": None} for n in names],
+                                                "label": ds["label"]}, features=features)
+        for crop_mode in ("center", "border"):
+            ours, theirs = EvalSet(ds, 224, crop_mode=crop_mode), EvalSet(reference, 224, crop_mode=crop_mode)
+            for i, name in enumerate(names):
+                (x, label), (ref, ref_label) = ours[i], theirs[i]
+                assert torch.equal(x, ref) and label == ref_label >= 0, (split, name, crop_mode)
+        untiled = datasets.Dataset.from_dict({"image": [{"bytes": files[n], "path": None} for n in names],
+                                              "label": ds["label"]}, features=features)
+        train, plain = TrainSet(ds, 64, seed=0), TrainSet(untiled, 64, seed=0)
+        for i, name in enumerate(names):
+            for epoch in range(4):
+                (x, _, replaced), (y, _, _) = train.sample((epoch, i)), plain.sample((epoch, i))
+                assert replaced is None and torch.equal(x, y) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+                top, left, h, w = random_resized_crop_params(*size_of(files[name])[::-1], (0.08, 1.0),
+                                                             (3 / 4, 4 / 3), rng := sample_rng(0, epoch, i))
+                factors.add(decode.dct_factor(min(h, w), 64))
+                full = Image.open(io.BytesIO(files[name])).convert("RGB")
+                ref = TF.pil_to_tensor(TF.resized_crop(full, top, left, h, w, [64, 64]))
+                ref = ref.flip(-1) if rng.random() < 0.5 else ref
+                assert (x.float() - ref.float()).abs().mean() < 4.0, (split, name, epoch)  # fast IDCT, DCT scale
+    assert {1, 2} <= factors, "the keys must exercise full-scale and DCT-scaled crops"
 
 
 def test_decompression_bomb_guard_is_its_own_skip_reason(monkeypatch):

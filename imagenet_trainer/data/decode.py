@@ -21,7 +21,9 @@ coordinates onto them (``decode_scaled``); ``resize_uint8`` then gives the CHW u
   4-byte pixels. Images simplejpeg cannot take (PNG named .JPEG, CMYK/YCCK JPEGs, EXIF-rotated photos) go through
   PIL with the same scales, EXIF orientation applied as ``datasets.Image`` decoding does; lossless JPEGs (no DCT:
   ``jpeg_markers.SOF_LOSSLESS``) and EXIF orientations that mirror an axis (``UNFLIPPED``) go through PIL at full
-  scale. Evaluation (``samples.EvalSet``) decodes every image at full scale.
+  scale. Evaluation (``samples.EvalSet``) decodes every image at full scale. Grayscale JPEGs (stored as they are)
+  come out as RGB on every path: libjpeg-turbo's grey-to-RGB conversion, like PIL's ``convert("RGB")``, copies the
+  grey level into each channel, so at full scale they are exactly ``Image.open(file).convert("RGB")``.
 - ``resize_uint8`` copies the crop into the channels_last layout that torch's vectorised uint8 antialiased kernel
   needs (vision #7497; any other layout silently takes a slower kernel) and resizes once. No float tensor ever
   exists on the CPU: normalisation is the device's job (``device.normalize``).
