@@ -359,12 +359,13 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
     warnings = no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
     flat = {}
-    # image-net.org has published two: ILSVRC2012_img_test.tar (2012) and _v10102019.tar (Kaggle's test/ too)
+    # image-net.org has published two: ILSVRC2012_img_test.tar (2012) and _v10102019.tar (Kaggle's test/ too); the
+    # job record holds every archive of the folder, so one left out here would tie the output to it
     tests = sorted(n for n in paths if n.startswith("ILSVRC2012_img_test"))
     if len(tests) > 1:
-        warnings.append(f"{len(tests)} test tars in {folder}: {tests[-1]} is the test split, {', '.join(tests[:-1])} "
-                        f"left out")
-    for split, name in (("validation", VAL_TAR), *(("test", n) for n in tests[-1:])):
+        raise ValueError(f"{folder}: {len(tests)} test tars ({', '.join(tests)}); move the one not to read out of it "
+                         f"({tests[-1]} is the newer)")
+    for split, name in (("validation", VAL_TAR), *(("test", n) for n in tests)):
         broken[paths[name]] = []
         found_members = archives.tar_members(paths[name], broken=broken[paths[name]])
         at = found.archives.index(paths[name])

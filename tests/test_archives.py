@@ -984,17 +984,15 @@ def test_image_net_org_without_test_images_says_so_as_the_tree_does(packaged, tm
         assert f"{said}; the dataset has train and validation only" in warnings, warnings
 
 
-def test_image_net_orgs_two_test_tars_give_one_test_split_the_newer(packaged, tmp_path):
+def test_image_net_orgs_two_test_tars_are_a_one_line_error_before_any_work(packaged, tmp_path):
     """image-net.org has published ILSVRC2012_img_test.tar (2012) and ILSVRC2012_img_test_v10102019.tar: both in the
-    folder, the newer is the test split and the other is named as left out (both were indexed, the last listed won)."""
+    folder, the user says which one (the members of both were indexed, the last listed won)."""
     folder = copy_set(packaged["image-net.org"], tmp_path / "org")
     demo_archives.rewrite_tar(packaged["image-net.org"] / TEST_TAR, folder / "ILSVRC2012_img_test.tar",
                               lambda files: [(f"old_{n}", d) for n, d in files])
-    _, _, splits, warnings = archives.list_splits(archives.detect(folder))
-    *_, full, _ = archives.list_splits(archives.detect(packaged["image-net.org"]))
-    assert splits["test"].items == full["test"].items and splits["test"].image_dir == TEST_TAR
-    assert not any("old_" in key for key in splits["test"].source["members"])
-    assert f"2 test tars in {folder}: {TEST_TAR} is the test split, ILSVRC2012_img_test.tar left out" in warnings
+    assert error_of(folder, tmp_path / "out") == (
+        f"error: {folder}: 2 test tars (ILSVRC2012_img_test.tar, {TEST_TAR}); move the one not to read out of it "
+        f"({TEST_TAR} is the newer)")
 
 
 def test_a_devkit_ground_truth_naming_no_class_is_a_one_line_error(packaged, tmp_path):
