@@ -122,6 +122,9 @@ from imagenet_trainer.worker_processes import available_cores
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
 FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
+ENCODER = 2  # how encode_image stores a file (2: a grayscale JPEG keeps its bytes), in OUT.tmp's job.json only: an
+# interrupted run resumes only with the encoder that wrote its shards (no split stored two ways), while a finished
+# output, whose job record has no encoder, stays the same job for a later preprocess.py
 WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
 
 
@@ -491,7 +494,8 @@ def note_unrecorded(where: Path, then: str) -> None:
 
 
 def start_or_resume(work: Path, job: dict) -> None:
-    """Keep OUT.tmp when it holds shards of this very job, else start it afresh."""
+    """Keep OUT.tmp when it holds shards of this very job, written by this ENCODER, else start it afresh."""
+    job = {**job, "encoder": ENCODER}
     job_file = work / WORK / "job.json"
     if work.is_dir() and not any(work.iterdir()):  # a start that failed before its first file: nothing to lose
         work.rmdir()
@@ -510,7 +514,10 @@ def start_or_resume(work: Path, job: dict) -> None:
         if old == job:
             clear_write_leftovers(work, job["files"])
             return
-        print(f"{work}: left by a run with other inputs or settings; starting over")
+        same_job = isinstance(old, dict) and {k: v for k, v in old.items() if k != "encoder"} == {
+            k: v for k, v in job.items() if k != "encoder"}
+        print(f"{work}: left by " + ("an older preprocess.py, which stores images otherwise" if same_job else
+                                     "a run with other inputs or settings") + "; starting over")
         shutil.rmtree(work)
     (work / WORK).mkdir(parents=True)
     atomic_write_text(job_file, json.dumps(job, indent=1))

@@ -1828,6 +1828,38 @@ def test_own_tree_run_interrupted_resumes_its_shards(clean_tree, tmp_path, monke
     assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 8, "validation": 2}
 
 
+def test_shards_of_an_older_encoder_are_not_resumed_and_a_finished_output_stays_done(clean_tree, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """An OUT.tmp interrupted under a preprocess.py that stored images otherwise (grayscale JPEGs re-encoded) starts
+    over rather than mixing two encodings in a split; a finished output of that version is still "already done"."""
+    tree = class_tree(clean_tree, tmp_path / "flat", NAMES[:2], "one_tree")
+    args = ["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", "--shard_size", "2",
+            "--val_fraction", "0.2"]
+    real, done = preprocess.process_shard, []
+
+    def stop_after_two(shard, **kw):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(real(shard, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(preprocess, "process_shard", stop_after_two)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main(args)
+    monkeypatch.setattr(preprocess, "process_shard", real)
+    monkeypatch.setattr(preprocess, "ENCODER", preprocess.ENCODER + 1)  # the next version
+    capsys.readouterr()
+    preprocess.main(args)
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'out.tmp'}: left by an older preprocess.py, which stores images otherwise; starting over" \
+        in printed and "already done" not in printed and "resuming" not in printed
+    monkeypatch.setattr(preprocess, "ENCODER", preprocess.ENCODER + 1)
+    preprocess.main(args)  # a finished output's record holds no encoder
+    assert f"{tmp_path / 'out'}: already done" in capsys.readouterr().out
+    assert {s: ds.num_rows for s, ds in datasets.load_from_disk(str(tmp_path / "out")).items()} == {
+        "train": 8, "validation": 2}
+
+
 def test_a_full_disk_while_assembling_is_the_one_line_of_the_shard_stage(clean_tree, tmp_path, monkeypatch):
     """The disk fills up after the last shard, as the manifest is written: the same one line as a full disk
     mid-shards (tests/test_faults.py), and the same command then only assembles."""
