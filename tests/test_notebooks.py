@@ -258,9 +258,9 @@ def test_training_curves(trained_run, monkeypatch, jupyter_home):
     assert pngs(cell(nb, "plt.subplots(2, 2")) == 1
     summary = stdout(cell(nb, "last = rows[-1]"))
     last = rows[-1]
-    assert (f"final: epoch {last['epoch']:g}, step {last['step']}: val top-1 {last['val_top1']:.2f}%, "
+    assert (f"last: epoch {last['epoch']:g}, step {last['step']}: val top-1 {last['val_top1']:.2f}%, "
             f"top-5 {last['val_top5']:.2f}%") in summary
-    assert f"final EMA: val top-1 {last['ema_val_top1']:.2f}%" in summary
+    assert f"last EMA: val top-1 {last['ema_val_top1']:.2f}%" in summary
     # the loader's share after each epoch's first batch, which says whether it keeps up (README, Troubleshooting)
     assert (f"throughput (last epoch, after its first batch): {last['images_per_sec_steady']:.0f} images/s, "
             f"{100 * last['data_wait_steady_frac']:.0f}% of the time waiting for data (first batch included: "
