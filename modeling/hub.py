@@ -334,6 +334,10 @@ def update_model_card_results(folder, results: dict) -> None:
         body = body.replace("## Training", section + "\n## Training", 1)
     else:
         body = body.rstrip("\n") + "\n\n" + section + "\n"
+    from .card_sets import SECTION, section as sets_section  # card_sets imports this module
+    table = re.search(rf"^{SECTION}\n.*?(?=^## |\Z)", body, flags=re.S | re.M)
+    if table:  # validate.py's suite wrote it from the model-index: rebuilt, so that it shows these results too
+        body = body[:table.start()] + sets_section(card.data.eval_results) + "\n" + body[table.end():]
     atomic_write_text(folder / CARD_NAME, f"---\n{card.data.to_yaml()}\n---\n{body}")
     if dataset_id:
         write_eval_results(folder, results, dataset_id)

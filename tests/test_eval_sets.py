@@ -460,6 +460,8 @@ def test_card_metadata_round_trip_merges_and_keeps_earlier_entries(sets, in1k_mo
                                                 "dataset_id": "ILSVRC/imagenet-1k"})
     card = huggingface_hub.ModelCard.load(folder / "README.md")
     assert len(card.data.eval_results) == len(found) and card.text.count("## Results by dataset") == 1
+    assert "| ILSVRC-2012 | validation | 71.00 | 91.00 | - |" in card.text  # the table follows the model-index
+    assert "| ImageNet-R | validation | 31.00 | 51.00 | - |" in card.text and "70.00" not in card.text
     # validate.py --eval_sets --update_model_card: ImageNet-R's row replaced by the measured one, the rest kept
     result = evaluate(folder, "", "--eval_sets", sets[eval_sets.R], "--update_model_card", "--image_size", 32)
     card = huggingface_hub.ModelCard.load(folder / "README.md")
