@@ -178,10 +178,10 @@ def model_index(results: dict, name: str, dataset_id: str | None) -> list[EvalRe
 
 
 def merge_model_index(old: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult] | None:
-    """``old`` with the entries for the same (dataset, split) as ``new`` replaced by ``new``: results on other
-    data (a Hub dataset's, say) still hold for these weights and stay."""
-    keys = {(e.dataset_type, e.dataset_split) for e in new}
-    kept = [e for e in old or [] if (e.dataset_type, e.dataset_split) not in keys]
+    """``old`` with the entries for the same (dataset, config, split) as ``new`` replaced by ``new``: results on
+    other data (a Hub dataset's, another ImageNet-V2 variant's: its config) still hold for these weights and stay."""
+    keys = {(e.dataset_type, e.dataset_config, e.dataset_split) for e in new}
+    kept = [e for e in old or [] if (e.dataset_type, e.dataset_config, e.dataset_split) not in keys]
     return (kept + new) or None
 
 

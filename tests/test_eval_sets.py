@@ -739,6 +739,13 @@ def test_imagenet_v2_variants_keep_their_own_card_entries(sets, in1k_model, tmp_
         ("ImageNet-V2 matched-frequency", "matched-frequency", "top-5 accuracy (%)"),
         ("ImageNet-V2 threshold0.7", "threshold0.7", "top-1 accuracy (%)"),
         ("ImageNet-V2 threshold0.7", "threshold0.7", "top-5 accuracy (%)")]
+    # a single-split update naming the Hub dataset (validate.py --hub_dataset_id) replaces no variant's entries
+    modeling.update_model_card_results(card, {"top1": 61.0, "top5": 81.0, "dataset_id": "vaishaal/ImageNetV2"})
+    loaded = huggingface_hub.ModelCard.load(card / "README.md")
+    assert sorted((e.dataset_config or "", e.metric_value) for e in loaded.data.eval_results) == [
+        ("", 61.0), ("", 81.0), ("matched-frequency", 25.0), ("matched-frequency", 25.0), ("threshold0.7", 25.0),
+        ("threshold0.7", 25.0)]
+    assert "| ImageNet-V2 threshold0.7 | validation | 25.00 | 25.00 | - |" in loaded.text
 
 
 def test_a_kept_split_is_scored_again_when_real_json_changes_in_place(in1k_model, preprocessed, tmp_path,
