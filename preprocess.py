@@ -125,6 +125,7 @@ FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tm
 ENCODER = 2  # how encode_image stores a file (2: a grayscale JPEG keeps its bytes), in OUT.tmp's job.json only: an
 # interrupted run resumes only with the encoder that wrote its shards (no split stored two ways), while a finished
 # output, whose job record has no encoder, stays the same job for a later preprocess.py
+VERSIONED = ("encoder", "annotations")  # job keys a work folder of an older preprocess.py lacks
 WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
 
 
@@ -483,7 +484,8 @@ def annotation_sources(data_dir: Path, splits: dict[str, Split]) -> dict:
 
 def unrecorded_annotations(old, new: dict) -> bool:
     """Whether job record ``old`` is ``new`` but for "annotations": written by a preprocess.py whose jobs did not
-    hold them. Such an output or work folder is kept, with a note (``note_unrecorded``), rather than refused."""
+    hold them. Such an output is kept, with a note (``note_unrecorded``), rather than refused (a work folder of
+    that version is started afresh: its encoder is older too, ``ENCODER``)."""
     return (isinstance(old, dict) and "annotations" in new and "annotations" not in old
             and old == {k: v for k, v in new.items() if k != "annotations"})
 
@@ -507,15 +509,12 @@ def start_or_resume(work: Path, job: dict) -> None:
             old = json.loads(job_file.read_text())
         except (OSError, ValueError):
             old = None
-        if unrecorded_annotations(old, job):
-            note_unrecorded(work, f"if they changed since its first shards, delete {work} to start over")
-            atomic_write_text(job_file, json.dumps(job, indent=1))  # from now on they are recorded
-            old = job
         if old == job:
             clear_write_leftovers(work, job["files"])
             return
-        same_job = isinstance(old, dict) and {k: v for k, v in old.items() if k != "encoder"} == {
-            k: v for k, v in job.items() if k != "encoder"}
+        # a record without the encoder is older still, from before the annotations were recorded too
+        same_job = isinstance(old, dict) and {k: v for k, v in old.items() if k not in VERSIONED} == {
+            k: v for k, v in job.items() if k not in VERSIONED}
         print(f"{work}: left by " + ("an older preprocess.py, which stores images otherwise" if same_job else
                                      "a run with other inputs or settings") + "; starting over")
         shutil.rmtree(work)

@@ -1171,8 +1171,9 @@ def test_annotations_unpacked_or_changed_since_are_other_inputs(clean_tree, tmp_
 
 def test_outputs_whose_job_does_not_record_the_annotations_are_kept_with_a_note(clean_tree, finished, tmp_path,
                                                                                   monkeypatch, capsys):
-    """A finished output, or an interrupted run's work folder, whose job record has no "annotations": taken as made
-    with the present ones (reported done, or resumed), with one line saying so; neither rebuilt."""
+    """A finished output whose job record has no "annotations": taken as made with the present ones (reported
+    done), with one line saying so, not rebuilt. An interrupted run's work folder of that version (no "encoder"
+    either) starts over, saying why: its shards were stored otherwise."""
     recorded = output_manifest.read(finished)
     old_job = {k: v for k, v in recorded["job"].items() if k != "annotations"}
     assert old_job != recorded["job"]
@@ -1198,12 +1199,14 @@ def test_outputs_whose_job_does_not_record_the_annotations_are_kept_with_a_note(
         preprocess.main(args)
     monkeypatch.undo()
     job_file = work / preprocess.WORK / "job.json"
-    job_file.write_text(json.dumps({k: v for k, v in json.loads(job_file.read_text()).items() if k != "annotations"}))
+    job_file.write_text(json.dumps({k: v for k, v in json.loads(job_file.read_text()).items()
+                                    if k not in ("annotations", "encoder")}))
     capsys.readouterr()
     preprocess.main(args)
     said = capsys.readouterr().out
-    assert f"{work}: its job record does not say which annotations" in said and "1 of 6 shards already done" in said
-    assert output_manifest.read(out)["job"] == recorded["job"] | {"shard_size": 2}  # recorded from now on
+    assert f"{work}: left by an older preprocess.py, which stores images otherwise; starting over" in said
+    assert "shards already done" not in said and "does not say which annotations" not in said
+    assert output_manifest.read(out)["job"] == recorded["job"] | {"shard_size": 2}
 
 
 # preprocess.py SIGKILLed inside --overwrite's swap ($KILL_AT): "noted" with the output it replaces marked, not yet
