@@ -351,6 +351,12 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
                        (DEVKIT, "the validation labels and the class list, data/meta.mat")):
         if name not in paths:
             raise ValueError(f"{folder}: no {name} ({what}); put image-net.org's file there (or a link to it)")
+    # image-net.org has published two: ILSVRC2012_img_test.tar (2012) and _v10102019.tar (Kaggle's test/ too); the
+    # job record holds every archive of the folder, so one left out here would tie the output to it
+    tests = sorted(n for n in paths if n.startswith("ILSVRC2012_img_test"))
+    if len(tests) > 1:
+        raise ValueError(f"{folder}: {len(tests)} test tars ({', '.join(tests)}); move the one not to read out of it "
+                         f"({tests[-1]} is the newer)")
     wnids, descriptions, id_to_wnid, truth = read_devkit(paths[DEVKIT])
     index = {w: i for i, w in enumerate(wnids)}
     broken = {paths[TRAIN_TAR]: []}  # archive -> its links to no file, (name, why): warned of, as the tree's are
@@ -359,12 +365,6 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
     warnings = no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
     flat = {}
-    # image-net.org has published two: ILSVRC2012_img_test.tar (2012) and _v10102019.tar (Kaggle's test/ too); the
-    # job record holds every archive of the folder, so one left out here would tie the output to it
-    tests = sorted(n for n in paths if n.startswith("ILSVRC2012_img_test"))
-    if len(tests) > 1:
-        raise ValueError(f"{folder}: {len(tests)} test tars ({', '.join(tests)}); move the one not to read out of it "
-                         f"({tests[-1]} is the newer)")
     for split, name in (("validation", VAL_TAR), *(("test", n) for n in tests)):
         broken[paths[name]] = []
         found_members = archives.tar_members(paths[name], broken=broken[paths[name]])
