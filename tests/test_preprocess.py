@@ -1112,12 +1112,12 @@ def test_an_output_without_manifest_needs_overwrite(clean_tree, finished):
     assert (finished / "preprocess_manifest.json").is_file()
 
 
-def stop_after_one_shard(monkeypatch) -> None:
-    """process_shard, as a Ctrl-C after the first shard finds it."""
+def stop_after_shards(monkeypatch, shards: int = 1) -> None:
+    """process_shard, as a Ctrl-C after the first ``shards`` shards finds it."""
     real, done = preprocess.process_shard, []
 
     def stop(shard, **kw):
-        if done:
+        if len(done) == shards:
             raise KeyboardInterrupt
         done.append(real(shard, **kw))
         return done[-1]
@@ -1139,7 +1139,7 @@ def test_annotations_unpacked_or_changed_since_are_other_inputs(clean_tree, tmp_
     out = tmp_path / "out"
     args = ["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "2"]
     annotations.rename(aside)
-    stop_after_one_shard(monkeypatch)
+    stop_after_shards(monkeypatch)
     with pytest.raises(SystemExit, match="run the same command to resume"):
         preprocess.main(args)
     monkeypatch.undo()
@@ -1194,7 +1194,7 @@ def test_outputs_whose_job_does_not_record_the_annotations_are_kept_with_a_note(
 
     out, work = tmp_path / "out", tmp_path / "out.tmp"
     args = ["--data_dir", str(clean_tree), "--output_dir", str(out), "--num_proc", "1", "--shard_size", "2"]
-    stop_after_one_shard(monkeypatch)
+    stop_after_shards(monkeypatch)
     with pytest.raises(SystemExit, match="run the same command to resume"):
         preprocess.main(args)
     monkeypatch.undo()
@@ -1809,22 +1809,20 @@ def test_ilsvrc2012_full_needs_all_classes_and_every_file(train_files, full):
     assert preprocess.source_info(few, Path("kaggle"), cfg, {})["ilsvrc2012_full"] is False
 
 
-def test_own_tree_run_interrupted_resumes_its_shards(clean_tree, tmp_path, monkeypatch, capsys):
+def interrupted_own_tree(clean_tree, tmp_path, monkeypatch) -> list[str]:
+    """The arguments of a run on a two-class tree of its own, Ctrl-C'd after 2 of its 5 shards (OUT.tmp kept)."""
     tree = class_tree(clean_tree, tmp_path / "flat", NAMES[:2], "one_tree")
     args = ["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", "--shard_size", "2",
             "--val_fraction", "0.2"]
-    real, done = preprocess.process_shard, []
-
-    def stop_after_two(shard, **kw):
-        if len(done) == 2:
-            raise KeyboardInterrupt
-        done.append(real(shard, **kw))
-        return done[-1]
-
-    monkeypatch.setattr(preprocess, "process_shard", stop_after_two)
+    stop_after_shards(monkeypatch, 2)
     with pytest.raises(SystemExit, match="run the same command to resume"):
         preprocess.main(args)
-    monkeypatch.setattr(preprocess, "process_shard", real)
+    monkeypatch.undo()
+    return args
+
+
+def test_own_tree_run_interrupted_resumes_its_shards(clean_tree, tmp_path, monkeypatch, capsys):
+    args = interrupted_own_tree(clean_tree, tmp_path, monkeypatch)
     preprocess.main(args)
     assert "2 of 5 shards already done" in capsys.readouterr().out
     dd = datasets.load_from_disk(str(tmp_path / "out"))
@@ -1835,21 +1833,7 @@ def test_shards_of_an_older_encoder_are_not_resumed_and_a_finished_output_stays_
                                                                                      monkeypatch, capsys):
     """An OUT.tmp interrupted under a preprocess.py that stored images otherwise (grayscale JPEGs re-encoded) starts
     over rather than mixing two encodings in a split; a finished output of that version is still "already done"."""
-    tree = class_tree(clean_tree, tmp_path / "flat", NAMES[:2], "one_tree")
-    args = ["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1", "--shard_size", "2",
-            "--val_fraction", "0.2"]
-    real, done = preprocess.process_shard, []
-
-    def stop_after_two(shard, **kw):
-        if len(done) == 2:
-            raise KeyboardInterrupt
-        done.append(real(shard, **kw))
-        return done[-1]
-
-    monkeypatch.setattr(preprocess, "process_shard", stop_after_two)
-    with pytest.raises(SystemExit, match="run the same command to resume"):
-        preprocess.main(args)
-    monkeypatch.setattr(preprocess, "process_shard", real)
+    args = interrupted_own_tree(clean_tree, tmp_path, monkeypatch)
     monkeypatch.setattr(preprocess, "ENCODER", preprocess.ENCODER + 1)  # the next version
     capsys.readouterr()
     preprocess.main(args)
