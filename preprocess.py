@@ -125,7 +125,7 @@ FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tm
 ENCODER = 2  # how encode_image stores a file (2: a grayscale JPEG keeps its bytes), in OUT.tmp's job.json only: an
 # interrupted run resumes only with the encoder that wrote its shards (no split stored two ways), while a finished
 # output, whose job record has no encoder, stays the same job for a later preprocess.py
-VERSIONED = ("encoder", "annotations")  # job keys a work folder of an older preprocess.py lacks
+VERSIONED = ("encoder", "annotations")  # job keys a work folder of an older preprocess.py may lack
 WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; removed once OUT is in place
 
 
@@ -495,6 +495,13 @@ def note_unrecorded(where: Path, then: str) -> None:
           f"with the present ones: {then}")
 
 
+def older_same_job(old: dict, job: dict) -> bool:
+    """Whether work-folder record ``old`` is ``job`` but for the encoder and the keys an older version's record
+    lacks (the encoder; before it, the annotations)."""
+    aside = {"encoder", *(k for k in VERSIONED if k not in old)}
+    return {k: v for k, v in old.items() if k not in aside} == {k: v for k, v in job.items() if k not in aside}
+
+
 def start_or_resume(work: Path, job: dict) -> None:
     """Keep OUT.tmp when it holds shards of this very job, written by this ENCODER, else start it afresh."""
     job = {**job, "encoder": ENCODER}
@@ -512,9 +519,7 @@ def start_or_resume(work: Path, job: dict) -> None:
         if old == job:
             clear_write_leftovers(work, job["files"])
             return
-        # a record without the encoder is older still, from before the annotations were recorded too
-        same_job = isinstance(old, dict) and {k: v for k, v in old.items() if k not in VERSIONED} == {
-            k: v for k, v in job.items() if k not in VERSIONED}
+        same_job = isinstance(old, dict) and old.get("encoder") != ENCODER and older_same_job(old, job)
         print(f"{work}: left by " + ("an older preprocess.py, which stores images otherwise" if same_job else
                                      "a run with other inputs or settings") + "; starting over")
         shutil.rmtree(work)
