@@ -651,7 +651,9 @@ class CrashingSampler(train.ResumableSampler):
 
 
 def finish(self, finish=train.EpochTrainer.finish):
-    print("ring fallbacks:", int(self.loader.collate_fn.ring.fallbacks.sum()), flush=True)
+    # one write: the ranks share stdout, and print writes its parts apart (two ranks' lines interleaved)
+    sys.stdout.write(f"ring fallbacks: {int(self.loader.collate_fn.ring.fallbacks.sum())}\\n")
+    sys.stdout.flush()
     return finish(self)
 
 
