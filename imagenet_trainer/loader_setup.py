@@ -26,7 +26,7 @@ class WatchedLoader(DataLoader):
     """A DataLoader whose wait for a batch notices a dead worker within MP_STATUS_CHECK_INTERVAL (5 s), its
     ``timeout`` kept for hung ones. torch's waits out the whole ``timeout`` first (its dead-worker check runs when a
     wait ends, and no SIGCHLD reaches this process: the fork server is the workers' parent), so a worker the OOM killer
-    took cost a rank the full 300 s of train.py's LOADER_TIMEOUT_S while the other ranks sat in a collective."""
+    takes would cost a rank the full 300 s of train.py's LOADER_TIMEOUT_S while the other ranks sit in a collective."""
 
     def _get_iterator(self):
         if self.num_workers == 0 or self.timeout <= 0:  # torch's own loop already looks every 5 s
