@@ -170,6 +170,9 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
     raises ValueError naming the path."""
     if eval_set and val_fraction is not None:
         raise ValueError(f"--eval_set {eval_set}: an evaluation set is scored whole; drop --val_fraction")
+    if eval_set and forced:
+        raise ValueError(f"--eval_set {eval_set} and --layout {forced} both say how to read {data_dir}: give one "
+                         "(--eval_set for an evaluation set, --layout for a training tree)")
     if forced == "folders":
         if val_fraction is None:
             raise ValueError(f"--layout folders: {data_dir}'s folders are the classes, so the validation images "

@@ -150,6 +150,9 @@ def test_layout_errors_are_one_line(tmp_path):
     assert "--val_fraction" in preprocess_error(mine)
     assert "not one of imagenet-v2" in preprocess_error(mine, "--eval_set", "imagenet-x")
     assert "drop --val_fraction" in preprocess_error(mine, "--eval_set", "imagenet-r", "--val_fraction", "0.1")
+    for layout in ("ilsvrc", "folders"):  # two answers to one question: neither is dropped silently
+        assert f"--layout {layout} both say how to read" in preprocess_error(mine, "--eval_set", "imagenet-r",
+                                                                             "--layout", layout)
     preprocess.main(["--data_dir", str(mine), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
                      "--eval_set", "imagenet-r"])
     assert json.loads((tmp_path / "out" / "source.json").read_text())["eval_set"] == "imagenet-r"
