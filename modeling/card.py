@@ -324,6 +324,7 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
         lines.append(_source_line(source))
     lines.append("")
     lines += _usage(arch, repo, k, remote_code, defined_in, shapes, channels=pcfg["input_size"][0],
+                    test_size=bool(pcfg.get("test_input_size") or pcfg.get("test_crop_pct")),
                     one_channel_processor=one_channel_processor)
     if results:
         lines += results_section(results, shown)
@@ -342,16 +343,18 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
 
 
 def preprocessing(pcfg: dict) -> str:
-    """The eval transform timm's ``create_transform`` builds from ``pcfg`` (``transforms_imagenet_eval``), in words."""
-    size, mode = pcfg["input_size"][-1], pcfg.get("crop_mode") or "center"
-    resize = int(size / pcfg.get("crop_pct", 1.0))  # timm's scale_size: floor(size / crop_pct)
+    """The eval transform timm's ``create_transform`` builds from ``pcfg`` (``transforms_imagenet_eval``), in words: at
+    its test_input_size and test_crop_pct where it has them, as validate.py and timm's own validate.py score it."""
+    size, mode = (pcfg.get("test_input_size") or pcfg["input_size"])[-1], pcfg.get("crop_mode") or "center"
+    crop_pct = pcfg.get("test_crop_pct") or pcfg.get("crop_pct", 1.0)
+    resize = int(size / crop_pct)  # timm's scale_size: floor(size / crop_pct)
     how = {"center": f"resize the shorter side to {resize} px",
            "squash": f"resize both sides to {resize} px, the aspect ratio not kept",
            "border": f"resize the longer side to {resize} px, pad to at least {size} px with the mean color"}
     named = f", crop_mode {mode}" if mode != "center" else ""
     padded = " padded with black" if mode != "border" and resize < size else ""  # crop_pct > 1: torchvision pads 0
     return (f"{how.get(mode, f'crop_mode {mode}')} ({pcfg.get('interpolation', 'bilinear')}), "
-            f"center-crop {size}x{size}{padded} (crop_pct {pcfg.get('crop_pct')}{named})")
+            f"center-crop {size}x{size}{padded} (crop_pct {crop_pct}{named})")
 
 
 def _install_line() -> str:
@@ -389,9 +392,11 @@ def package_import(repo: str, module: str, arch: str, siblings: list[str]) -> li
 
 
 def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None, shapes: dict, channels: int = 3,
-           one_channel_processor: bool = False) -> list[str]:
+           one_channel_processor: bool = False, test_size: bool = False) -> list[str]:
     """The card's code blocks; each one runs on its own (tests execute every one against the saved folder).
-    ``channels``: the network's image channels (1: photos are opened as grayscale)."""
+    ``channels``: the network's image channels (1: photos are opened as grayscale); ``test_size``: the pretrained_cfg
+    has a test_input_size or test_crop_pct, which classification is scored at."""
+    test_args = ", use_test_size=True" if test_size else ""
     at = f", strides {', '.join(map(str, shapes['strides']))} from the input" if shapes["strides"] else ""
     register = []
     lines = ["## Model usage", ""]
@@ -430,7 +435,7 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
     lines += ["### Image classification", "", "```python", "import timm", "import torch", "from PIL import Image",
               *register, "",
               f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()  # or "local-dir:PATH"',
-              "config = timm.data.resolve_data_config({}, model=model)  # the preprocessing below",
+              f"config = timm.data.resolve_data_config({{}}, model=model{test_args})  # the preprocessing below",
               "transform = timm.data.create_transform(**config)", *image, "with torch.no_grad():",
               "    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)",
               "ids = model.pretrained_cfg[\"label_names\"]  # class index -> id (wnid)",

@@ -668,6 +668,26 @@ def test_a_squash_export_scores_what_timms_create_transform_gives(squash_model, 
     assert "Evaluated at 64x64 px center crop (crop_pct 0.9, crop_mode squash, bilinear)." in text
 
 
+def test_the_cards_preprocessing_line_is_the_test_size_validate_py_scores_at(tmp_path):
+    """An export whose pretrained_cfg has a test_input_size and test_crop_pct (a model trained small, scored larger:
+    FixRes) is scored at them, and its card's Preprocessing line says so rather than the training size."""
+    torch.manual_seed(0)
+    model = modeling.create_model(TINY, num_classes=1000)
+    folder = modeling.save_pretrained(model, tmp_path / "final", label_names=WNIDS, pretrained_cfg={
+        "input_size": (3, 48, 48), "crop_pct": 0.875, "test_input_size": (3, 64, 64), "test_crop_pct": 1.0})
+    images = [jpeg_bytes(h, w, k) for k, (h, w) in enumerate(SHAPES)]
+    split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in images], "label": [0] * len(images)},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=WNIDS)}))
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "val"))
+    summary = evaluate(folder, tmp_path / "val", "--update_model_card", "--output", tmp_path / "one.json")
+    assert (summary["image_size"], summary["crop_pct"]) == (64, 1.0)
+    text = (folder / "README.md").read_text()
+    assert "- Evaluation: resize the shorter side to 64 px (bilinear), center-crop 64x64 (crop_pct 1.0)" in text
+    assert "config = timm.data.resolve_data_config({}, model=model, use_test_size=True)" in text
+    assert resolve_data_config({}, model=modeling.load_model(str(folder)), use_test_size=True)["input_size"][-1] == 64
+
+
 def test_a_sweep_records_the_models_own_size_and_the_reference_is_taken_at_each_size(sets, in1k_model, preprocessed,
                                                                                     tmp_path):
     """A sweep around the model's own eval size (64 px, listed second): the card's entries, its Evaluated-at line and
