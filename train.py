@@ -1252,7 +1252,8 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
     weights = accelerator.get_state_dict(net)  # collective under FSDP: every rank calls it
     full_disk = None
     if accelerator.is_main_process:
-        clean = modeling.create_model(cfg.model, num_classes=len(label_names))
+        # from the trained net itself, not cfg.model: a --model local-dir:/hf-hub: source may be gone or changed
+        clean = modeling.rebuild(accelerator.unwrap_model(net, keep_torch_compile=False), len(label_names))
         clean.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})  # --compile
         try:
             modeling.save_pretrained(

@@ -127,7 +127,7 @@ at any stride), a save/load round trip and the FSDP wrap (residual blocks are no
 the unpooled ``reset_classifier(0, "")``, output_stride, TorchScript, FX, grad checkpointing): a new family is
 tested by being registered.
 """
-from ._registry import BLOCK_CLASSES, create_model, list_models, register
+from ._registry import BLOCK_CLASSES, create_model, list_models, rebuild, register
 from .hub import (check_hub_ready, class_order, is_repo_id, label_info, load_model, pretrained_labels, push_to_hub,
                   save_pretrained, update_model_card_results)
 from .backbone import (backbone_config, load_backbone_weights, name_hidden_layers, reload_norm_activations,
@@ -136,7 +136,7 @@ from .remote_code import check_exportable
 
 from . import alexnet, blocknet  # noqa: E402,F401  registers the families with timm
 
-__all__ = ["BLOCK_CLASSES", "create_model", "list_models", "register", "save_pretrained", "load_model", "label_info",
-           "push_to_hub", "check_hub_ready", "is_repo_id", "update_model_card_results", "timm_backbone",
+__all__ = ["BLOCK_CLASSES", "create_model", "list_models", "rebuild", "register", "save_pretrained", "load_model",
+           "label_info", "push_to_hub", "check_hub_ready", "is_repo_id", "update_model_card_results", "timm_backbone",
            "backbone_config", "load_backbone_weights", "name_hidden_layers", "reload_norm_activations", "timm_name",
            "check_exportable", "class_order", "pretrained_labels"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import inspect
 import json
@@ -146,6 +147,19 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         raise ValueError(_weights_missing(name, e, kwargs)) from None
     declare_blocks(model)
     return model
+
+
+def rebuild(model, num_classes: int | None = None):
+    """A new network (fresh weights) of ``model``'s architecture, from what is in memory: its name, the arguments it
+    was built with (timm's get_model_args: what an export's config.json records and its loaders build from) and its
+    pretrained_cfg. It never reads ``model``'s source again: a local-dir: folder deleted or saved over during a run,
+    or an hf-hub: repo updated, cannot change (or fail) an export of the trained weights."""
+    from timm.models import PretrainedCfg, get_model_args
+
+    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in fields}
+    args = get_model_args(model, None if num_classes is None else {"num_classes": num_classes})
+    return create_model(pretrained_cfg["architecture"], pretrained_cfg=pretrained_cfg, **args)
 
 
 def _saved_folder(source: str | None, where: str) -> Path | None:

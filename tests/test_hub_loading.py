@@ -519,3 +519,23 @@ def test_a_hub_repo_of_transformers_saved_weights_is_fine_tuned_from_them(tmp_pa
         result = load(FINE_TUNE_FROM_HUB, [resaved / "model.safetensors"], tmp_path / "home", hub)
     backbone = [k for k in model.state_dict() if not k.startswith("fc.")]
     assert result == {"classes": 7, "tensors": len(backbone), "equal": len(backbone)}, result
+
+
+def test_rebuild_is_the_trained_architecture_whatever_became_of_its_source(tmp_path):
+    """train.py's export rebuilds the network from the trained one in memory: a local-dir: source saved over with
+    other architecture arguments (same weight shapes: nothing would fail) or deleted during the run changes nothing."""
+    source = modeling.save_pretrained(modeling.create_model("resnet18", num_classes=4), tmp_path / "base",
+                                      label_names=list("abcd"))
+    trained = modeling.create_model(f"local-dir:{source}", pretrained=True, num_classes=3, drop_path_rate=0.1)
+    other = modeling.create_model("resnet18", num_classes=4, global_pool="max")
+    modeling.save_pretrained(other, source, label_names=list("abcd"))  # replaces the folder whole
+    rebuilt = modeling.rebuild(trained, 3)
+    assert timm.models.get_model_args(rebuilt) == timm.models.get_model_args(trained)
+    assert (rebuilt.global_pool.pool_type, rebuilt.num_classes) == ("avg", 3)
+    shutil.rmtree(source)
+    rebuilt = modeling.rebuild(trained)
+    rebuilt.load_state_dict(trained.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt.eval()(x), trained.eval()(x))
+    ours = modeling.create_model("blocknet_tiny", num_classes=5, in_chans=1)
+    assert timm.models.get_model_args(modeling.rebuild(ours)) == timm.models.get_model_args(ours)
