@@ -105,6 +105,7 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir() and not hidden(i.filename)]
+            dirs = [i.filename for i in zf.infolist() if i.is_dir() and not hidden(i.filename)]
             undecodable(path, infos)
             mapping = [i.filename for i in infos if os.path.basename(i.filename) == ilsvrc.SYNSET_MAPPING]
             prefix = min(mapping, key=len)[:-len(ilsvrc.SYNSET_MAPPING)] if mapping else ""
@@ -130,7 +131,8 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     wnids, descriptions = ilsvrc.read_synset_mapping(f"{path}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
     val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
     source = {"archives": found.archives, "members": members}
-    return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source))
+    folders = [d[len(prefix):].rstrip("/") for d in dirs if d.startswith(prefix)]
+    return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source, folders=folders))
 
 
 # what reads a zip's members: zipfile, the small files and a tar.gz inside; the reader of each image and XML file
@@ -174,8 +176,8 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
     the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second.
     ``texts``: the LOC files' text, read from ``texts_at`` (messages name it; the tar.gz by default)."""
     path = found.archives[0]
-    members, xml_boxes, errors, links = {}, {}, [], []
-    for m, data in archives.stream_tar(path, links):
+    members, xml_boxes, errors, links, folders = {}, {}, [], [], []
+    for m, data in archives.stream_tar(path, links, folders):
         rel = m.name[2:] if m.name.startswith("./") else m.name
         if rel.endswith(".xml") and rel.startswith(tuple(ilsvrc.ANNOTATION_DIRS.values())):
             xml = data.read()  # not in the try below: a cut archive is its own error, not an unreadable XML file
@@ -194,15 +196,16 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
     wnids, descriptions = ilsvrc.read_synset_mapping(f"{at}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
     val_csv = ilsvrc.read_solution_csv(f"{at}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
     splits, warnings = kaggle_splits(path, members, wnids, val_csv, {"archives": found.archives, "members": members},
-                                     xml_boxes)
+                                     xml_boxes, [posixpath.normpath(f) for f in folders])
     warnings += [f"{len(errors)} XML files in {path} unreadable, e.g. {errors[0]}"] if errors else []
     return wnids, descriptions, splits, warnings + archives.link_warnings(links, path)
 
 
-def _files_in(members, folder: str, depth: int) -> tuple[list[str], list[str], list[str]]:
+def _files_in(members, folder: str, depth: int, dirs=()) -> tuple[list[str], list[str], list[str]]:
     """(paths below ``folder/``, relative to it, with exactly ``depth`` parts; those with fewer; the folders
-    ``depth`` parts down that hold files deeper still), each sorted, hidden files left out. The tree route reads
-    only the first; it warns of the others, as files directly in train/ and as folders among the images."""
+    ``depth`` parts down that hold files deeper still, or that ``dirs``, the archive's folder entries, name: an
+    empty folder), each sorted, hidden files left out. The tree route reads only the first; it warns of the others,
+    as files directly in train/ and as folders among the images."""
     start, files, fewer, folders = folder + "/", [], [], set()
     for p in members:
         rel = p[len(start):]
@@ -213,13 +216,16 @@ def _files_in(members, folder: str, depth: int) -> tuple[list[str], list[str], l
             folders.add("/".join(parts[:depth]))
         else:
             (files if len(parts) == depth else fewer).append(rel)
+    parts = [d[len(start):].split("/") for d in dirs if d.startswith(start) and not hidden(d[len(start):])]
+    folders.update("/".join(p[:depth]) for p in parts if len(p) >= depth)
     return sorted(files), sorted(fewer), sorted(folders)
 
 
 def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict,
-                  xml_boxes: dict | None = None) -> tuple[dict, list]:
+                  xml_boxes: dict | None = None, folders=()) -> tuple[dict, list]:
     """({split: Split}, warnings) from the paths of Kaggle's tree inside an archive, as the tree gives them. With
-    ``xml_boxes`` (stem -> boxes, read while listing) the XML files are not read again, per image."""
+    ``xml_boxes`` (stem -> boxes, read while listing) the XML files are not read again, per image. ``folders``: the
+    archive's folder entries, which alone show an empty folder, relative to the tree's root."""
     index = {w: i for i, w in enumerate(wnids)}
     warnings = []
     annotation_dirs = {s: d for s, d in ilsvrc.ANNOTATION_DIRS.items() if any(p.startswith(d + "/") for p in members)}
@@ -228,8 +234,10 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
         annotation_dirs = {}
         read_boxes = {"train": xml_boxes, "validation": {**val_csv, **xml_boxes}}  # the XML first, as in the tree
     train_dir = ilsvrc.SPLIT_DIRS["train"]
-    train_files, loose, nested = _files_in(members, train_dir, 2)
-    unknown = sorted({rel.split("/")[0] for rel in train_files + nested} - set(index))
+    train_files, loose, nested = _files_in(members, train_dir, 2, folders)
+    # class folders with no file in them too: the tree refuses a folder of an unknown wnid, empty or not
+    classes = {posixpath.basename(d) for d in folders if posixpath.dirname(d) == train_dir}
+    unknown = sorted(({rel.split("/")[0] for rel in train_files + nested} | classes) - set(index))
     if unknown:
         raise ValueError(f"{where}: train folder of unknown wnid {unknown[0]!r} (not in {ilsvrc.SYNSET_MAPPING}; "
                          f"{len(unknown)} such folders)")
@@ -239,11 +247,15 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
                         f"{train_dir}/<wnid>/), e.g. {loose[0]}")
     warnings += no_train_images(wnids, train, ilsvrc.SYNSET_MAPPING, where)
     nested = [f"{train_dir}/{folder}" for folder in nested]
-    val_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1)
+    val_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1, folders)
     nested += [f"{ilsvrc.SPLIT_DIRS['validation']}/{folder}" for folder in inside]
     val, val_warnings = _kaggle_val(where, val_files, val_csv, index)
+    if not val and inside:  # the tree refuses this layout in the same words (image_tree.list_ilsvrc_splits)
+        raise ValueError(f"{where}: no images in {ilsvrc.SPLIT_DIRS['validation']}/, only {len(inside)} subfolders "
+                         f"(e.g. {inside[0]}/); preprocess.py reads Kaggle's flat val/ with {ilsvrc.VAL_SOLUTION} "
+                         "(undo a valprep.sh-style sort into class folders: the images go directly in val/)")
     warnings += val_warnings
-    test_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1)
+    test_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["test"], 1, folders)
     nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{folder}" for folder in inside]
     warnings += ilsvrc.folder_warnings(nested, where, "train/<wnid>/, val/ or test/")
     strays = [name for name in test_files if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
@@ -367,11 +379,16 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     flat = {}
     for split, name in (("validation", VAL_TAR), *(("test", n) for n in tests)):
         broken[paths[name]] = []
-        found_members = archives.tar_members(paths[name], broken=broken[paths[name]])
+        top, read, nested = _flat_files(archives.tar_members(paths[name], broken=broken[paths[name]]))
         at = found.archives.index(paths[name])
-        flat[split] = (name, sorted(os.path.basename(m.name) for m in found_members))
-        members.update({f"{name}/{os.path.basename(m.name)}": (at, m.offset_data, m.size, TAR, None)
-                        for m in found_members})
+        flat[split] = (name, sorted(top))
+        members.update({f"{name}/{file}": (at, m.offset_data, m.size, TAR, None) for file, m in top.items()})
+        warnings += ilsvrc.folder_warnings(nested, paths[name], read)
+        if split == "validation" and nested and not any(f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS) for f in top):
+            raise ValueError(f"{paths[name]}: no images directly in {read}, only {len(nested)} folders (e.g. "
+                             f"{nested[0]}/); preprocess.py reads image-net.org's flat val tar with {DEVKIT}'s ground "
+                             f"truth (use the {VAL_TAR} downloaded, or undo a valprep.sh-style sort into class "
+                             "folders: pack the images with no folder)")
     val, val_warnings = _org_val(paths[VAL_TAR], flat["validation"][1], truth,
                                  {i: index[w] for i, w in id_to_wnid.items()})
     test_tar, test_names = flat.get("test", (None, []))
@@ -392,6 +409,23 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
         splits["test"] = Split(test_tar, None, test, {}, False, source)
     warnings += [w for path, lost in broken.items() for w in ilsvrc.broken_link_warnings(lost, path)]
     return wnids, descriptions, splits, warnings
+
+
+def _flat_files(members: list) -> tuple[dict, str, list[str]]:
+    """({file name: member} of a flat tar's files, where they are read: "the tar" or "its <folder>/ folder", [the
+    folders below that, which hold files]). As the tree reads a folder: only the files directly in it, the folders
+    among them left out (the caller warns, ilsvrc.folder_warnings), so a file stored twice, at the top and in a
+    folder, is read once. A tar holding one folder and nothing beside it is read as that folder:
+    ILSVRC2012_img_test_v10102019.tar holds test/<file>, and ``tar -cf ILSVRC2012_img_val.tar val`` packs val/<file>.
+    A folder named by a wnid is a class folder, never that one folder: valprep.sh's sort of a one-class subset."""
+    names = {posixpath.normpath(m.name).lstrip("/"): m for m in members}  # "./a" and "/a" as tar x writes "a"
+    tops = {n.split("/")[0] for n in names}
+    read, folder = "the tar", ""
+    if len(tops) == 1 and all("/" in n for n in names) and not ilsvrc.is_wnid(min(tops)):
+        read, folder = f"its {min(tops)}/ folder", f"{min(tops)}/"
+        names = {n[len(folder):]: m for n, m in names.items()}
+    nested = sorted({folder + n.split("/")[0] for n in names if "/" in n})  # named as in the tar
+    return {n: m for n, m in names.items() if "/" not in n}, read, nested
 
 
 def _org_val(path: str, names: list[str], truth: list[int], label_of: dict) -> tuple[list, list[str]]:

@@ -360,12 +360,12 @@ class _StreamedData:
             raise _incomplete(self.path, e) from None
 
 
-def stream_tar(path: str, links: list | None = None):
+def stream_tar(path: str, links: list | None = None, folders: list | None = None):
     """(TarInfo, file object of its data) of each regular file of a compressed tar but hidden ones (``hidden``), in
     one sequential read; a truncated or damaged archive is a ValueError naming ``path``, raised by the file object
     too. A name stored twice comes twice: its listing keeps the last (TarInfo.offset tells them apart). A link (a
     re-packed set's) is not followed: its target's bytes went by before it, so it is (name, target) added to
-    ``links``, for the caller to warn of.
+    ``links``, for the caller to warn of. A folder's name is added to ``folders``: only its entry shows an empty one.
 
     A gzip stream is read by the gzip module, to its end: tarfile's own stream reader takes a cut at a member
     boundary for the end of the archive, so a truncated download would list fewer images without a word, while
@@ -382,6 +382,8 @@ def stream_tar(path: str, links: list | None = None):
                     yield m, _StreamedData(path, tar.extractfile(m))
                 elif (m.islnk() or m.issym()) and not hidden(m.name) and links is not None:
                     links.append((m.name, m.linkname))
+                elif m.isdir() and not hidden(m.name) and folders is not None:
+                    folders.append(m.name)
             if gz:  # the rest of the gzip stream, past where tarfile stopped: zeros, if that was the tar's end
                 rest = kept.since(tar.offset)
                 while rest is not None and len(rest) <= MAX_END_PADDING and (more := stream.read(1 << 20)):

@@ -1,6 +1,7 @@
 """Package a demo tree (demo.make_ilsvrc_tree) the ways ImageNet is distributed, for tests and benchmarks.
 
 - ``kaggle_zip``: the tree in one zip, JPEGs stored and the text files deflated, as ``zip`` does by default.
+  An empty folder of the tree is a folder entry, as ``zip -r`` and ``tar`` keep it (here and in the tar.gz below).
 - ``imagenet_org``: ``ILSVRC2012_img_train.tar`` (one tar per class inside), ``ILSVRC2012_img_val.tar``,
   ``ILSVRC2012_img_test_v10102019.tar``, ``ILSVRC2012_devkit_t12.tar.gz`` whose ``data/meta.mat`` numbers the
   classes in reverse wnid order (as the real devkit's ILSVRC2012_IDs differ from the sorted order) and holds one
@@ -40,21 +41,32 @@ def _tree_files(tree: Path) -> list[str]:
     return sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+def _empty_folders(tree: Path) -> list[str]:
+    return sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_dir() and not any(p.iterdir()))
+
+
 def kaggle_zip(tree: Path, dest: Path) -> Path:
     with zipfile.ZipFile(dest, "w") as zf:
         for rel in _tree_files(tree):
             method = zipfile.ZIP_STORED if rel.endswith(".JPEG") else zipfile.ZIP_DEFLATED
             zf.write(tree / rel, rel, compress_type=method)
+        for rel in _empty_folders(tree):
+            zf.writestr(rel + "/", b"")  # a name ending in "/": a folder entry
     return dest
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
+    """A file, or with ``data`` None a folder."""
     info = tarfile.TarInfo(name)
+    if data is None:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        return
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
 
 
-def _tar_bytes(files: list[tuple[str, bytes]], mode: str = "w") -> bytes:
+def _tar_bytes(files: list[tuple[str, bytes | None]], mode: str = "w") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tar:
         for name, data in files:
@@ -140,7 +152,8 @@ def webdataset(tree: Path, dest: Path, shards: int = 2, seed: int = 0) -> Path:
 def _kaggle_2019_parts(tree: Path) -> tuple[list[str], bytes]:
     """(the LOC files, the tar.gz of ``ILSVRC/``) of Kaggle's older release."""
     files = _tree_files(tree)
-    inner = _tar_bytes([(rel, (tree / rel).read_bytes()) for rel in files if rel.startswith("ILSVRC/")], "w:gz")
+    inner = _tar_bytes([(rel, (tree / rel).read_bytes()) for rel in files if rel.startswith("ILSVRC/")]
+                       + [(rel, None) for rel in _empty_folders(tree) if rel.startswith("ILSVRC/")], "w:gz")
     return [rel for rel in files if not rel.startswith("ILSVRC/")], inner
 
 

@@ -1054,3 +1054,107 @@ def test_files_a_kaggle_archive_holds_outside_its_image_folders_are_warned_of_as
         f"{ilsvrc.SPLIT_DIRS['train']}/<wnid>/), e.g. loose_1.JPEG",
         "2 folders among the images of <set> left out (images are read only as files directly in train/<wnid>/, "
         f"val/ or test/), e.g. {ilsvrc.SPLIT_DIRS['train']}/{first.name}/extra"]
+
+
+def test_folders_in_image_net_orgs_val_and_test_tars_are_left_out_as_the_tree_leaves_them(packaged, tmp_path):
+    """A tar holding one folder and nothing beside it is read as that folder, without a word: image-net.org's
+    ILSVRC2012_img_test_v10102019.tar holds test/<file>, a val tar packed from an unpacked val/ holds val/<file>.
+    Files in a folder below that are not read, as the tree reads only the files directly in val/ or test/, and
+    said in the tree's words: an image stored twice, at the top and in a folder, gives one row."""
+    org = packaged["image-net.org"]
+    wrapped = copy_set(org, tmp_path / "wrapped")
+    for tar, folder in ((archive_layouts.VAL_TAR, "val"), (TEST_TAR, "test")):
+        demo_archives.rewrite_tar(org / tar, wrapped / tar, lambda files, f=folder: [(f"{f}/{n}", d) for n, d in files])
+    assert listed(wrapped) == listed(org)
+
+    nested = copy_set(org, tmp_path / "nested")
+    demo_archives.rewrite_tar(org / archive_layouts.VAL_TAR, nested / archive_layouts.VAL_TAR,
+                              lambda files: files + [(f"extra/{files[0][0]}", files[0][1])])
+    demo_archives.rewrite_tar(org / TEST_TAR, nested / TEST_TAR,
+                              lambda files: [(f"test/{n}", d) for n, d in files] + [("test/more/x.JPEG", files[0][1])])
+    *listing, warnings = listed(nested)
+    *full, full_warnings = listed(org)
+    assert listing == full
+    assert [w for w in warnings if w not in full_warnings] == [
+        f"1 folders among the images of <set>/{archive_layouts.VAL_TAR} left out (images are read only as files "
+        "directly in the tar), e.g. extra",
+        f"1 folders among the images of <set>/{TEST_TAR} left out (images are read only as files directly in its "
+        "test/ folder), e.g. test/more"]
+
+
+@pytest.mark.parametrize("folder", ["", "val/"])
+def test_an_image_net_org_val_tar_sorted_into_class_folders_is_refused_in_one_line(folder, packaged, ilsvrc_tree,
+                                                                                    tmp_path):
+    """valprep.sh's sort of the val images into class folders, packed again: the tree refuses its val/ so sorted
+    (its labels are the ground truth's, not the folders'), and so is this tar, saying what to do."""
+    m = json.loads((ilsvrc_tree / "demo_manifest.json").read_text())
+    sort = {f"{stem}.JPEG": m["wnids"][label] for stem, label in m["val_labels"].items()}
+    data_dir = copy_set(packaged["image-net.org"], tmp_path / "org")
+    val = demo_archives.rewrite_tar(packaged["image-net.org"] / archive_layouts.VAL_TAR,
+                                    data_dir / archive_layouts.VAL_TAR,
+                                    lambda files: [(f"{folder}{sort[n]}/{n}", d) for n, d in files])
+    read = "the tar" if not folder else f"its {folder} folder"
+    assert error_of(data_dir, tmp_path / "out") == (
+        f"error: {val}: no images directly in {read}, only 4 folders (e.g. {folder}{m['wnids'][0]}/); preprocess.py "
+        f"reads image-net.org's flat val tar with {archive_layouts.DEVKIT}'s ground truth (use the "
+        f"{archive_layouts.VAL_TAR} downloaded, or undo a valprep.sh-style sort into class folders: pack the images "
+        "with no folder)")
+
+
+def kaggle_archive(packaging: str, tree: Path, dest: Path) -> tuple[Path, Path]:
+    """(--data_dir, the archive messages name) of ``tree`` packed as Kaggle's zip or its older unzipped release."""
+    if packaging == "kaggle-zip":
+        return (zipped := demo_archives.kaggle_zip(tree, dest.with_suffix(".zip"))), zipped
+    folder = demo_archives.kaggle_unzipped_tgz(tree, dest)
+    return folder, folder / archive_layouts.KAGGLE_TGZ_NAME
+
+
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-tar-gz"])
+def test_empty_folders_in_a_kaggle_archive_are_warned_of_as_the_tree_warns(packaging, tmp_path):
+    """Only its folder entries show an archive's empty folders: one in train/<wnid>/, val/ or test/ is left out in
+    the tree's words, an emptied class folder is a class without train images, and an empty folder of no wnid in
+    train/ is refused, as the tree refuses it."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=2, train_per_class=3, val_per_class=2, num_test=2)
+    train = tree / ilsvrc.SPLIT_DIRS["train"]
+    first, second = sorted(train.iterdir())
+    for image in second.iterdir():
+        image.unlink()
+    for folder in (first / "extra", tree / ilsvrc.SPLIT_DIRS["validation"] / "more",
+                   tree / ilsvrc.SPLIT_DIRS["test"] / "other"):
+        folder.mkdir()
+    data_dir, where = kaggle_archive(packaging, tree, tmp_path / "set")
+    _, _, splits, warnings = archives.list_splits(archives.detect(data_dir))
+    _, _, tree_splits, tree_warnings = image_tree.list_ilsvrc_splits(tree)
+    assert {s: x.items for s, x in splits.items()} == {s: x.items for s, x in tree_splits.items()}
+    folders = [w.replace(str(where), "<set>") for w in warnings if "folders among" in w]
+    assert folders == [w.replace(str(tree), "<set>") for w in tree_warnings if "folders among" in w] == [
+        "3 folders among the images of <set> left out (images are read only as files directly in train/<wnid>/, "
+        f"val/ or test/), e.g. {ilsvrc.SPLIT_DIRS['train']}/{first.name}/extra"]
+    assert f"1 classes of {ilsvrc.SYNSET_MAPPING} have no train images in {where}, e.g. {second.name}" in warnings
+
+    (train / "n99999999").mkdir()
+    with pytest.raises(ValueError, match="folder of unknown wnid 'n99999999'"):
+        image_tree.list_ilsvrc_splits(tree)
+    data_dir, where = kaggle_archive(packaging, tree, tmp_path / "unknown")
+    assert error_of(data_dir, tmp_path / "out") == (f"error: {where}: train folder of unknown wnid 'n99999999' (not "
+                                                    f"in {ilsvrc.SYNSET_MAPPING}; 1 such folders)")
+
+
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-tar-gz"])
+def test_a_kaggle_archive_whose_val_is_sorted_into_class_folders_is_refused_as_the_tree_refuses_it(packaging,
+                                                                                                   tmp_path):
+    """A re-organised val/ (val/<wnid>/<image>, as valprep.sh sorts it) packed again: the tree refuses it (the labels
+    are LOC_val_solution.csv's), and so is the archive, naming the layout it found and what to do."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=2, train_per_class=3, val_per_class=2, num_test=2)
+    m = json.loads((tree / "demo_manifest.json").read_text())
+    val = tree / ilsvrc.SPLIT_DIRS["validation"]
+    for image in sorted(val.iterdir()):
+        (val / m["wnids"][m["val_labels"][image.stem]]).mkdir(exist_ok=True)
+        image.rename(val / m["wnids"][m["val_labels"][image.stem]] / image.name)
+    with pytest.raises(ValueError, match="no images, only subfolders"):
+        image_tree.list_ilsvrc_splits(tree)
+    data_dir, where = kaggle_archive(packaging, tree, tmp_path / "set")
+    assert error_of(data_dir, tmp_path / "out") == (
+        f"error: {where}: no images in {ilsvrc.SPLIT_DIRS['validation']}/, only 2 subfolders (e.g. {m['wnids'][0]}/); "
+        f"preprocess.py reads Kaggle's flat val/ with {ilsvrc.VAL_SOLUTION} (undo a valprep.sh-style sort into class "
+        "folders: the images go directly in val/)")
