@@ -1112,7 +1112,8 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
         export(accelerator, best_net, final_dir, cfg, *labels, data_cfg,
                results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                         "ema": best_net is not model},
-               epochs=state.step / steps_per_epoch, train_seconds=state.train_seconds)
+               epochs=state.step / steps_per_epoch, scheduled_epochs=plan.total_steps / steps_per_epoch,
+               train_seconds=state.train_seconds)
     return {**row, "export_s": time.perf_counter() - export_started}
 
 
@@ -1243,7 +1244,8 @@ def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples
 # -- outputs -----------------------------------------------------------------------------------------------------------
 
 def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
-           label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, train_seconds: float) -> None:
+           label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, scheduled_epochs: float,
+           train_seconds: float) -> None:
     """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final): written
     whole or not at all (modeling.save_pretrained); a full disk ends the run on every rank in one line, as does a
     run.lock another launch has taken, before the export."""
@@ -1264,7 +1266,7 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
                             "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
                                         "crop_mode": data_cfg.get("crop_mode") or "center",
                                         "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
-                            "epochs": epochs, "hardware": hardware(accelerator)})
+                            "epochs": epochs, "scheduled_epochs": scheduled_epochs, "hardware": hardware(accelerator)})
         except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError carries no errno)
             if not checkpoints.is_disk_full(e):
                 raise

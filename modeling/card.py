@@ -282,8 +282,9 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     push_to_hub fills in), description, dataset (as given to train.py: a Hub id or a local folder, shown by its
     ``source.json`` name or its last path component), dataset_id (a Hub dataset id: ``--hub_dataset_id``), recipe
     {field: value} (run plumbing such as output_dir or num_workers is left out), epochs (trained, for these
-    weights), train_time (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool),
-    image_size (px), crop_pct, interpolation, flip (bool)}, license (default apache-2.0), tags.
+    weights), scheduled_epochs (the run's schedule, where --max_train_steps cut the recipe's epochs), train_time
+    (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool), image_size (px), crop_pct,
+    interpolation, flip (bool)}, license (default apache-2.0), tags.
     ``stats``: {params, gmacs, activations} (M, G, M) at the image size; ``remote_code``: the folder carries the
     architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it;
     ``one_channel_processor``: the folder carries ``modeling.remote_code``'s image processor for a one-channel network.
@@ -493,15 +494,21 @@ def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined
 def _training(card: dict) -> list[str]:
     lines = ["## Training", ""]
     recipe = {k: v for k, v in (card.get("recipe") or {}).items() if k not in PLUMBING}
-    scheduled = (card.get("recipe") or {}).get("epochs")
+    given = card.get("recipe") or {}
+    scheduled = card.get("scheduled_epochs", given.get("epochs"))
+    numbers = isinstance(scheduled, (int, float)) and isinstance(given.get("epochs"), (int, float))
+    cut = f" (--max_train_steps {given.get('max_train_steps')} of --epochs {given.get('epochs')})" \
+        if numbers and scheduled < given["epochs"] else ""
     epochs = card.get("epochs")
     if epochs is not None:
         done = f"{epochs:g}" if isinstance(epochs, (int, float)) else str(epochs)
         if isinstance(scheduled, (int, float)) and isinstance(epochs, (int, float)) and epochs < scheduled:
-            done += f" of {scheduled:g} (these weights are from the epoch with the best validation top-1)"
+            done += f" of {scheduled:g}{cut} (these weights are from the epoch with the best validation top-1)"
+        elif cut:
+            done += cut
         lines.append(f"- **Epochs:** {done}")
     elif scheduled is not None:
-        lines.append(f"- **Epochs:** {scheduled}")
+        lines.append(f"- **Epochs:** {scheduled:g}{cut}" if numbers else f"- **Epochs:** {scheduled}")
     if card.get("train_time"):
         lines.append(f"- **Training time:** {_duration(float(card['train_time']))}")
     if card.get("hardware"):

@@ -1103,3 +1103,22 @@ def test_fine_tuning_a_head_for_as_many_other_classes_says_so(tmp_path):
                              label_descriptions=names)
     assert said(ids) == said(names) == []
     assert "another index order" in said(ids[::-1])[0]
+
+
+def test_the_cards_epochs_are_of_the_schedule_max_train_steps_cut(saved_tiny, tmp_path):
+    """train.py with --max_train_steps trains fewer epochs than --epochs: the card's Epochs line counts against the
+    schedule the run had, and says what cut it; a run that ended at its --epochs says neither."""
+    model, _ = saved_tiny
+    recipe = {"model": "blocknet_tiny", "epochs": 90, "max_train_steps": 9}
+
+    def epochs_line(**card) -> str:
+        folder = modeling.save_pretrained(model, tmp_path / "m", label_names=WNIDS, model_card={"recipe": recipe,
+                                                                                               **card})
+        return next(line for line in (folder / "README.md").read_text().splitlines() if "**Epochs:**" in line)
+
+    assert epochs_line(epochs=2.0, scheduled_epochs=3.0) == (
+        "- **Epochs:** 2 of 3 (--max_train_steps 9 of --epochs 90) (these weights are from the epoch with the best "
+        "validation top-1)")
+    assert epochs_line(epochs=3.0, scheduled_epochs=3.0) == "- **Epochs:** 3 (--max_train_steps 9 of --epochs 90)"
+    recipe = {"model": "blocknet_tiny", "epochs": 4, "max_train_steps": 0}
+    assert epochs_line(epochs=4.0, scheduled_epochs=4.0) == "- **Epochs:** 4"

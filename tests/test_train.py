@@ -200,6 +200,8 @@ def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_lo
     # the cap falls within --warmup_epochs 0.5, where the capped run's LR (its cosine fitted to the cap) is the
     # straight run's: the same steps, so the same losses
     ok(run(train_cmd(preprocessed, out, "--epochs", "1", "--max_train_steps", reference["step"] // 2)))
+    card = (out / "final" / "README.md").read_text()  # the Epochs line counts against the schedule the cap set
+    assert f"- **Epochs:** 0.5 (--max_train_steps {reference['step'] // 2} of --epochs 1)\n" in card
     ok(run(train_cmd(preprocessed, out, "--epochs", "1", "--resume_from_checkpoint", "latest")))
     cut, whole = rows(out)
     assert cut["step"] == reference["step"] // 2 and whole["step"] == reference["step"]
