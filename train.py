@@ -711,6 +711,7 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
 # what a checkpoint file that lost its end makes the readers say: torch.load's zip reader; pickle's (FSDP's .metadata,
 # whose reader raises a new error with only the text: "metadata is None; global metadata read failed: ...")
 CUT_FILE = ("PytorchStreamReader", "pickle data was truncated", "Ran out of input", "metadata is None")
+CUSTOM_COUNT = "Number of custom checkpoints"  # accelerate's load_state, where a custom_checkpoint_N.pkl is absent
 # what torch.distributed.checkpoint says loading a one-group optimizer state into decay_groups' two (split_one_group,
 # a load_state_dict hook, is not on that path)
 ONE_GROUP_SHARDED = "Missing key in checkpoint state_dict: optimizer.param_groups.1."
@@ -724,10 +725,14 @@ def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: P
     are read instead (checkpoints.causes)."""
     found = [e for e in checkpoints.causes(error) if not isinstance(e, CheckpointException)] or [error]
     damaged = [e for e in found if isinstance(e, (SafetensorError, EOFError)) or any(cut in str(e) for cut in CUT_FILE)]
-    if damaged:
+    # a file accelerate loads is absent (an unsealed folder: a copy cut short, or not a checkpoint at all)
+    missing = [e for e in found if isinstance(e, FileNotFoundError) or CUSTOM_COUNT in str(e)]
+    if damaged or missing:
         then = (f"move it out of {ckpt_dir}, then --resume_from_checkpoint latest takes the one before"
                 if resume_from == "latest" else
                 "--resume_from_checkpoint latest takes the newest complete one")  # unsealed: found by the load
+        if not damaged:
+            return f"error: --resume_from_checkpoint {path} is incomplete ({first_line(missing[0])}); {then}"
         said = next((first_line(e) for e in damaged if str(e)), "a file ends before its data: EOFError")
         return f"error: --resume_from_checkpoint {path} is damaged ({said}); {then}"
     if any(ONE_GROUP_SHARDED in str(e) for e in found):

@@ -88,16 +88,21 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
         files.pop(CONFIG, None)
     if only is not None:
         files = {only: files[only]} if only in files else {}
-    for name, saved in files.items():  # every size first: a truncated file is named without reading the others
-        path = folder / name
-        if not path.is_file():
-            return f"{path} is missing"
-        actual, size = path.stat().st_size, saved["bytes"]
-        if actual != size:
-            return f"{path} has {actual} bytes, {size} were saved ({'truncated' if actual < size else 'grown'})"
-    for name, saved in files.items():
-        if "crc32" in saved and crc32(folder / name) != saved["crc32"]:
-            return f"{folder / name} has the size it was saved with, but other bytes (its CRC-32 differs)"
+    path = folder
+    try:  # a read error (EIO from a failing disk, a stale NFS handle) is damage too: latest skips it as one
+        for name, saved in files.items():  # every size first: a truncated file is named without reading the others
+            path = folder / name
+            if not path.is_file():
+                return f"{path} is missing"
+            actual, size = path.stat().st_size, saved["bytes"]
+            if actual != size:
+                return f"{path} has {actual} bytes, {size} were saved ({'truncated' if actual < size else 'grown'})"
+        for name, saved in files.items():
+            path = folder / name
+            if "crc32" in saved and crc32(path) != saved["crc32"]:
+                return f"{path} has the size it was saved with, but other bytes (its CRC-32 differs)"
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
     return None
 
 

@@ -177,6 +177,47 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, pre
     assert steps_logged == sorted(set(steps_logged)), "an epoch's row twice: the damaged step's and this run's"
 
 
+def test_a_checkpoint_file_the_disk_cannot_read_is_skipped_as_damage(finished, tmp_path, monkeypatch):
+    """EIO from a failing sector (or a stale NFS handle) while the CRC check reads a file: latest skips that
+    checkpoint for the one before, as it skips a flipped bit, and a folder named is refused in one line."""
+    import errno
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    previous, newest = checkpoints.step_folders(out / "checkpoints")[-2:]
+    bad = newest / "optimizer.bin"
+    crc32 = checkpoints.crc32
+
+    def failing_read(path):  # the kernel's answer for a sector the disk cannot read
+        if Path(path) == bad:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return crc32(path)
+
+    monkeypatch.setattr(checkpoints, "crc32", failing_read)
+    unreadable = f"{bad} cannot be read (Input/output error)"
+    assert checkpoints.problem(newest) == unreadable
+    assert checkpoints.newest_complete(out / "checkpoints") == (previous, [f"skipped {newest.name}: {unreadable}"])
+    with pytest.raises(ValueError, match=re.escape(f"damaged checkpoint: {unreadable};")):
+        checkpoints.pick(str(newest), out / "checkpoints")
+
+
+def test_an_unsealed_checkpoint_missing_files_is_called_incomplete(finished, preprocessed, tmp_path):
+    """A copy of a run folder cut short inside its newest checkpoint (cp copies in directory order: the seal and
+    optimizer.bin may not have arrived): not 'does not fit this run, resume with the flags of config.yaml', which
+    sends the user after settings, but incomplete, with the way to the checkpoint before it."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    newest = checkpoints.step_folders(out / "checkpoints")[-1]
+    for name in (checkpoints.FILE_LIST, "optimizer.bin"):
+        (newest / name).unlink()
+    proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode != 0
+    line = last_line(proc)
+    assert line.startswith(f"error: --resume_from_checkpoint {newest} is incomplete (") and "optimizer.bin" in line
+    assert line.endswith(f"move it out of {out / 'checkpoints'}, then --resume_from_checkpoint latest takes the one "
+                         "before"), line
+
+
 def test_the_rows_past_a_resume_and_an_append_a_kill_cut_are_set_aside(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     kept = [json.dumps({"epoch": 1, "step": 10}), json.dumps({"epoch": 2, "step": 20})]
