@@ -283,8 +283,9 @@ def main(argv=None):
                     state.epoch_loss = trainer.loss_so_far()  # a resumed epoch's train_loss covers the whole epoch
                     trainer.checkpoint_s += save_checkpoint(accelerator, model, state, ema, cfg, ckpt_dir)
                     stop.saved()
+                    # or one that came during this save (seconds on a large model): stop on it, not a step later
                     exit_if_stopping(accelerator, stop, bad, state.step, ckpt_dir,
-                                     signal=stopped is Stopped.STOP_SIGNAL)
+                                     signal=stopped is Stopped.STOP_SIGNAL or stop.agreed(accelerator))
                 state.eval_pending = trainer.finish()
                 # the next epoch's loss so far; or this one's, cut by --max_train_steps and resumed by a later launch
                 state.epoch_loss = trainer.loss_so_far() if state.batch_in_epoch else (0.0, 0)

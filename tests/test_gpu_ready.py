@@ -257,6 +257,42 @@ def test_sigterm_during_evaluation_ends_it_at_the_next_batch_and_the_resume_eval
     assert not list((out / "checkpoints").glob(".*"))  # the step saved again replaced the earlier save, nothing left
 
 
+SIGNAL_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+from accelerate import Accelerator
+import train
+saved = Accelerator.save_state
+def save_state(self, output_dir=None, **kwargs):  # one rank is signalled as the step-2 checkpoint is written
+    out = saved(self, output_dir, **kwargs)
+    if str(output_dir).endswith("step_00000002") and self.process_index == self.num_processes - 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+Accelerator.save_state = save_state
+train.run_and_close(train.main, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stop_signal_during_a_periodic_checkpoint_stops_on_it(preprocessed, tmp_path, processes):
+    """A preemption's SIGTERM while a --save_every_steps checkpoint is written (seconds for a large model): the run
+    stops on that checkpoint, as soon as it is sealed, not a step and another whole checkpoint later, which a grace
+    time may not leave."""
+    out = tmp_path / "run"
+    cmd = train_cmd(preprocessed, out, "--epochs", 1, "--batch_size", 2, "--num_workers", 0, "--save_every_steps", 2,
+                    launcher=launch_flags(processes))
+    script = tmp_path / "signal_during_save.py"
+    script.write_text(SIGNAL_DURING_SAVE)
+    cmd[cmd.index(str(ROOT / "train.py"))] = str(script)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    stopped = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert (out / train.STOPPED_RECORD).is_file(), stopped.stderr[-3000:]
+    record = json.loads((out / train.STOPPED_RECORD).read_text())
+    assert record["exit_status"] == train.STOPPED_STATUS
+    assert (record["signal"], record["step"], Path(record["checkpoint"]).name) == ("SIGTERM", 2, "step_00000002")
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000002"]
+
+
 def test_worker_default_follows_the_cores_of_each_local_process(monkeypatch):
     said = []
     cores = len(os.sched_getaffinity(0))
