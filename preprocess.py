@@ -1151,6 +1151,8 @@ def run(argv=None) -> None:
                 print(line)
         except ValueError as e:
             raise SystemExit(f"error: --verify_archives: {e}") from None
+    elif cfg.verify_archives:  # said, not ignored: a user may believe the files were checked
+        print(f"note: --verify_archives: {data_dir} holds no archives (a folder of image files): nothing to verify")
     print(f"{data_dir}: {len(listing.names)} classes; "
           + ", ".join(f"{len(s.items):,} {split} files" for split, s in splits.items()))
 

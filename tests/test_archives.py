@@ -354,7 +354,7 @@ def test_a_zip_whose_small_files_are_bzip2_is_read(packaged, tmp_path):
     assert listed(rezipped.parent) == listed(packaged["kaggle-zip"])
 
 
-def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypatch, capsys):
+def test_verify_archives_checks_the_published_md5s(packaged, ilsvrc_tree, tmp_path, monkeypatch, capsys):
     folder = packaged["image-net.org"]
     sums = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in archives.PUBLISHED_MD5}
     monkeypatch.setattr(archives, "PUBLISHED_MD5", sums)
@@ -364,6 +364,9 @@ def test_verify_archives_checks_the_published_md5s(packaged, tmp_path, monkeypat
     monkeypatch.setattr(archives, "PUBLISHED_MD5", {**sums, "ILSVRC2012_img_val.tar": "0" * 32})
     message = error_of(folder, tmp_path / "bad", "--verify_archives")
     assert "ILSVRC2012_img_val.tar: MD5" in message and "published 000" in message
+    run(ilsvrc_tree, tmp_path / "tree", "--verify_archives")  # an unpacked tree: said, not silently ignored
+    assert (f"note: --verify_archives: {ilsvrc_tree} holds no archives (a folder of image files): nothing to verify"
+            in capsys.readouterr().out)
 
 
 # random access; a tar.gz streamed through the spool; Kaggle's tar.gz with its LOC files read beside it; Parquet rows
