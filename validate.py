@@ -576,6 +576,8 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
     for flag, low in (("batch_size", 1), ("image_size", 0), ("benchmark_steps", 1), ("max_bad_samples", 0)):
         if getattr(cfg, flag) < low:  # image_size 0: the model's own
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
+    for flag in ("image_sizes", "benchmark_batch_sizes"):  # read again where used (eval_suite.run)
+        eval_suite.int_list(getattr(cfg, flag), f"--{flag}")
     if cfg.num_workers < -1:
         raise SystemExit(f"error: --num_workers must be >= 0, or -1 (the cores this process may use, less one), "
                          f"got {cfg.num_workers}")

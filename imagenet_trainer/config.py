@@ -2,8 +2,8 @@
 
 Precedence: dataclass default < ``--config FILE.yaml`` < command-line flag. A field without a default is a required
 flag (declare the dataclass ``kw_only`` so it may stand among fields with defaults); given empty, it counts as
-missing. An unknown key, a bad type or a missing required value is a one-line ``SystemExit`` that names the
-flag/key and the file it came from.
+missing. An unknown key, a key given twice, a number YAML 1.1 misreads (``010`` octal, ``1:30`` base 60), a bad
+type or a missing required value is a one-line ``SystemExit`` that names the flag/key and the file it came from.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import io
+import re
 import textwrap
 import tokenize
 import types
@@ -89,13 +90,62 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(f"error: {message} (see --help)")
 
 
+# PyYAML reads YAML 1.1: a plain 010 is octal (8) and 1:30 base 60 (90), where YAML 1.2 and a reader see 10 and a
+# time; 09 is no octal number and stays the text '09' (int() then reads it as 9)
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+class _Refused(Exception):
+    """A --config document that PyYAML reads otherwise than its writer meant; str(): the one-line reason."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's reading less its silent surprises: a key given twice (the later value wins unseen: a recipe
+    copied with ``lr: 0.4`` added at the top keeps the recipe's own ``lr``) and YAML 1.1's octal and base-60 numbers.
+    A ``<<`` merge key still overrides what it merges (that is what it is for)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeConstructor's own error names it
+                continue
+            if first is not key_node:  # by node, not line: a flow mapping {lr: 1, lr: 2} has both on one line
+                at = first.start_mark.line + 1
+                where = f"lines {at} and {line}" if at != line else f"line {line}"
+                raise _Refused(f"key '{key}' is given twice ({where}); keep one")
+            self._check_number(key, line, value_node)
+        return super().construct_mapping(node, deep)
+
+    def _check_number(self, key, line: int, node) -> None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in _NUMBER_TAGS:
+            return
+        text = node.value
+        if ":" in text:
+            kind, plain = "the base-60 number", "the number plainly"
+        elif node.tag == _NUMBER_TAGS[0] and _OCTAL.fullmatch(text):
+            digits = text.lstrip("+-").replace("_", "").lstrip("0") or "0"
+            kind, plain = "the octal number", ("-" if text.startswith("-") else "") + digits
+        else:
+            return
+        raise _Refused(f"key '{key}' at line {line}: YAML 1.1 reads {text} as {kind} "
+                       f"{self.construct_object(node)}; write {plain}, or quote it if it is text")
+
+
 def _read_yaml(path: Path):
     """The document of a --config file (empty: {}); a one-line SystemExit for a file that is missing, unreadable, not
-    UTF-8 or not valid YAML."""
+    UTF-8, not valid YAML, or that gives a key twice or a number YAML 1.1 misreads (_StrictLoader)."""
     if not path.is_file():
         raise SystemExit(f"error: --config {path}: no such file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}  # a SafeLoader: no objects
+    except _Refused as e:
+        raise SystemExit(f"error: --config {path}: {e}") from None
     except OSError as e:
         raise SystemExit(f"error: --config {path}: cannot read it ({e.strerror or e}); check its permissions") from None
     except UnicodeDecodeError as e:

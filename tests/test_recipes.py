@@ -6,11 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+from accelerate.utils.imports import get_torch_accelerator_backend
+from accelerate.utils.launch import prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+from test_cluster import free_port
 
 import modeling
-from imagenet_trainer.config import parse_config
+from imagenet_trainer.config import _read_yaml, parse_config
 from train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +36,26 @@ def test_accelerate_config_loads(path):
     config = load_config_from_file(str(path))
     assert config.num_processes >= 1
     assert path.read_text().startswith("#"), "every launch config is commented"
+    # accelerate reads it with yaml.safe_load: no key given twice, no number YAML 1.1 reads as octal or base 60
+    assert _read_yaml(path)["distributed_type"] == config.distributed_type
+
+
+@pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("visible", ["2", ""])
+def test_launch_config_keeps_the_callers_visible_gpus(path, visible, monkeypatch):
+    """The GPUs a scheduler or user hands the launch (CUDA_VISIBLE_DEVICES=2; empty: none) are what train.py sees:
+    accelerate's own launch preparation, as `accelerate launch --config_file` runs it, builds the child's environment.
+    A gpu_ids list in the file replaces the variable (gpu_ids: '0' puts every job on the machine's GPU 0, whatever
+    GPU the scheduler gave it)."""
+    if get_torch_accelerator_backend(check_available=False)[0] != "cuda":
+        pytest.skip("accelerate sets CUDA_VISIBLE_DEVICES only under a CUDA build of torch")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    args = launch_command_parser().parse_args(["--config_file", str(path), "--main_process_port", str(free_port()),
+                                               str(ROOT / "train.py")])
+    args, _, _ = _validate_launch_command(args)
+    torchrun = (args.multi_gpu or args.use_fsdp) and not args.cpu  # accelerate's launch_command picks so
+    env = prepare_multi_gpu_env(args) if torchrun else prepare_simple_launcher_cmd_env(args)[1]
+    assert env["CUDA_VISIBLE_DEVICES"] == visible, (args.gpu_ids, env["CUDA_VISIBLE_DEVICES"])
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "convnext_tiny", "vgg16", "alexnet", "efficientnet_b0",

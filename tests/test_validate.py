@@ -375,6 +375,21 @@ def test_a_fixed_input_size_model_refuses_another_size_before_scoring(preprocess
     assert "@160px" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--image_sizes", "32,48", "--benchmark_batch_sizes", "0"), "--benchmark_batch_sizes values must be at least 1, "
+                                                                 "got '0'"),
+    (("--benchmark_batch_sizes", "1,x"), "--benchmark_batch_sizes takes whole numbers separated by commas (e.g. "
+                                         "160,224), got '1,x'"),
+    (("--image_sizes", "224,0"), "--image_sizes values must be at least 1, got '224,0'"),
+    (("--image_sizes", "224px"), "--image_sizes takes whole numbers separated by commas (e.g. 160,224), got '224px'"),
+])
+def test_a_bad_size_list_is_refused_before_anything_loads(tmp_path, capsys, args, message):
+    """With the other flags: neither --model nor --dataset exists here, so the line comes before anything is loaded
+    or scored (where the lists are used, it would come after every set at every size)."""
+    assert error_of(tmp_path / "run" / "final", tmp_path / "no_dataset", *args) == f"error: {message}"
+    assert not capsys.readouterr().out
+
+
 def test_the_printed_summary_says_the_flip_and_precision_and_where_each_came_from(trained, preprocessed, tmp_path,
                                                                                  capsys):
     """An export's card, a checkpoint's config.yaml and run_info.json, a flag, or nothing recorded: the one line a
