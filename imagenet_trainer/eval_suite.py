@@ -297,6 +297,9 @@ def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
     targets = ([load_target(cfg.dataset, "--dataset", cfg.split, split_given)] if cfg.dataset else []) + [
         load_target(p.strip(), "--eval_sets", None) for p in cfg.eval_sets.split(",") if p.strip()]
     real_scorer(cfg, targets[0] if cfg.dataset else None)  # bad --real_labels fail before the model loads
+    if cfg.mce_reference and not any(t.kind == eval_sets.C for t in targets):  # said, not silently unused
+        raise SystemExit(f"error: --mce_reference {cfg.mce_reference}: no ImageNet-C among --dataset and --eval_sets "
+                         "to compare it with; add the ImageNet-C output, or drop --mce_reference")
     try:
         reference = reference_errors(cfg.mce_reference) if cfg.mce_reference else None
     except ValueError as e:

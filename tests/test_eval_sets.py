@@ -505,6 +505,9 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
     assert "not an evaluation set made by preprocess.py" in error("", "--eval_sets", preprocessed)
     assert "--real_labels scores --dataset's" in error("", "--eval_sets", c, "--real_labels", tmp_path / "r.json")
     assert "--mce_reference" in error("", "--eval_sets", c, "--mce_reference", sets[eval_sets.R] / "source.json")
+    assert error("", "--eval_sets", sets[eval_sets.R], "--mce_reference", tmp_path / "ref.json") == (
+        f"error: --mce_reference {tmp_path / 'ref.json'}: no ImageNet-C among --dataset and --eval_sets to compare it "
+        "with; add the ImageNet-C output, or drop --mce_reference")
 
 
 def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch, jupyter_home):
