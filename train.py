@@ -86,6 +86,7 @@ from imagenet_trainer.runinfo import share_tree, write_run_info
 from imagenet_trainer.stop_signals import STOPPED_RECORD, STOPPED_STATUS  # noqa: F401 (train.STOPPED_STATUS)
 from imagenet_trainer.stopping import StopSignal, StoppedDuringEval, exit_bad_samples, exit_stopped
 from imagenet_trainer.worker_processes import worker_context
+from validate import check_input_sizes
 
 IMPORTED = time.monotonic()  # the imports' end: run_info.json's startup_split_s starts its set-up phases here
 
@@ -156,6 +157,10 @@ class TrainConfig:
             raise SystemExit(f'error: --auto_augment {self.auto_augment!r}: use "" (none), ra or ta')
         if self.model.startswith("local-dir:"):  # absolute: config.yaml's copies are read from other folders
             self.model = "local-dir:" + str(Path(self.model.removeprefix("local-dir:")).expanduser().resolve())
+        # bash leaves ~ as it is after --flag= and in a --config YAML; unexpanded it would be a folder named ~ here.
+        # os.path.expanduser leaves "latest" and any path without a leading ~ as given
+        self.output_dir = os.path.expanduser(self.output_dir)
+        self.resume_from_checkpoint = os.path.expanduser(self.resume_from_checkpoint)
         trackers = ("none", "all", *LOGGER_TYPE_TO_CLASS)
         for flag, ok, need in (
                 ("hub_model_id", modeling.is_repo_id(self.hub_model_id) if self.hub_model_id else not self.push_to_hub,
@@ -240,6 +245,7 @@ def main(argv=None):
     bad = load_run_record(accelerator, {"train": ds["train"], cfg.eval_split: ds[cfg.eval_split]}, cfg.max_bad_samples,
                           run_dir)  # rows repaired since an earlier launch count no more
     train_loader, eval_loader = build_loaders(cfg, ds, data_cfg, accelerator, bad)
+    check_model_sizes(model, cfg, train_loader.dataset)  # on the CPU model, before FSDP, compile and the first step
     steps_per_epoch, total_steps = count_steps(cfg, train_loader, accelerator.num_processes)
     startup["loaders"] = time.monotonic()
 
@@ -493,6 +499,24 @@ def kept_head_note(model, model_ref: str, label_names: list[str]) -> str | None:
         return (f"the pretrained {len(ids)}-class head is kept, though its classes are not the dataset's "
                 f"({ids[:3]}... against {label_names[:3]}...): each class starts from another's weights")
     return None
+
+
+def check_model_sizes(model: torch.nn.Module, cfg: TrainConfig, train_set: TrainSet) -> None:
+    """Refuse every crop side (px) the run would feed ``model`` that it cannot take (a ViT's other sizes, a side too
+    small for a CNN's pooling), before the first step: met in the loop, it is a traceback at a progressive-resizing
+    epoch or at the first evaluation, an epoch lost. One blank image's forward per side (validate.py's check), in
+    eval mode: a train-mode forward would move the BatchNorm statistics and fail on a 1x1 map at batch size 1."""
+    flags = {cfg.image_size: "--image_size"}  # each side once, under the first flag that asks for it
+    flags.setdefault(cfg.eval_image_size or cfg.image_size, "--eval_image_size")
+    for side in sorted({train_set.size_at(epoch) for epoch in range(cfg.epochs)}):  # the ramp's, from --min_image_size
+        flags.setdefault(side, "--min_image_size")
+    fixes = {"--image_size": "give --image_size {own}", "--eval_image_size": "give {own}, or leave {flag} out "
+             "(the --image_size)", "--min_image_size": "leave --min_image_size out, or raise it"}
+    was_training = model.training
+    model.eval()
+    for side, flag in flags.items():
+        check_input_sizes(model, [side], flag, cfg.model, fixes[flag])
+    model.train(was_training)
 
 
 LOADER_TIMEOUT_S = 300  # s the train loader waits for one batch before it takes its workers for hung (a read

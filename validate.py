@@ -288,20 +288,22 @@ def card_errors(folder: Path, output: str):
                          f"({getattr(e, 'strerror', None) or e}); {kept}") from None
 
 
-def check_input_sizes(model: torch.nn.Module, sizes: list[int], flag: str, ref: str) -> None:
+def check_input_sizes(model: torch.nn.Module, sizes: list[int], flag: str, ref: str, fix: str | None = None) -> None:
     """One forward of a blank image at each size other than the model's own, on the CPU before any scoring: a
-    fixed-input-size model (timm's ViTs, DeiT) refuses another size only when its first batch arrives."""
-    own = model.pretrained_cfg["input_size"][-1]
+    fixed-input-size model (timm's ViTs, DeiT) refuses another size only when its first batch arrives. ``fix``: what
+    the error tells the user to do (train.py's flags mean other things; default: give the model's own size, or
+    leave ``flag`` out)."""
+    channels, *_, own = timm.models.get_model_input_config(model)["input_size"]  # in_chans, as the network reads
     for size in sorted(set(sizes) - {own}):
         try:
             with torch.no_grad():
-                model(torch.zeros(1, 3, size, size))
+                model(torch.zeros(1, channels, size, size))
         except (AssertionError, RuntimeError, ValueError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             takes = (f"takes only {own} px input" if model.pretrained_cfg.get("fixed_input_size") else
                      f"cannot take {size} px input")
-            raise SystemExit(f"error: {flag} {size}: --model {ref} {takes} ({reason}); give {own}, or leave "
-                             f"{flag} out") from None
+            fix = (fix or "give {own}, or leave {flag} out").format(own=own, flag=flag)
+            raise SystemExit(f"error: {flag} {size}: --model {ref} {takes} ({reason}); {fix}") from None
 
 
 def results_name(ref: str) -> str:

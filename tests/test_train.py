@@ -619,3 +619,84 @@ def test_an_fsdp_checkpoint_whose_metadata_lost_its_end_is_called_damaged(tmp_pa
     said = train.load_failure(pickle.UnpicklingError("Weights only load failed. This file can still be loaded"),
                               folder, "latest", folder.parent)
     assert said.startswith(f"error: --resume_from_checkpoint {folder} does not fit this run"), said
+
+
+def test_sizes_the_model_cannot_take_are_refused_before_the_first_step(preprocessed, tmp_path):
+    """A ViT takes its own size only, a CNN no side its pooling shrinks to nothing: met in the loop, the first such
+    size was a traceback at the first evaluation (an epoch trained for nothing) or at a step. Each flag that asks for
+    one is named at start-up, --min_image_size for its progressive-resizing ramp (16 px in epoch 0, 32 in epoch 1)."""
+    vit, ramp = ("--model", "vit_tiny_patch16_224"), ("--min_image_size", "16", "--ramp_end_epoch", "2")
+    for i, (extra, said) in enumerate((((*vit, "--image_size", "224", "--eval_image_size", "256"),
+                         "error: --eval_image_size 256: --model vit_tiny_patch16_224 takes only 224 px input (Input "
+                         "height (256) doesn't match model (224).); give 224, or leave --eval_image_size out (the "
+                         "--image_size)"),
+                        ((*vit, "--image_size", "192"), "error: --image_size 192: --model vit_tiny_patch16_224 takes "
+                                                        "only 224 px input (Input height (192) doesn't match model "
+                                                        "(224).); give --image_size 224"),
+                        (("--model", "alexnet", "--image_size", "64", "--eval_image_size", "16"),
+                         "error: --eval_image_size 16: --model alexnet cannot take 16 px input ("),
+                        (("--model", "alexnet", "--image_size", "64", "--epochs", "2", *ramp),
+                         "error: --min_image_size 16: --model alexnet cannot take 16 px input ("))):
+        out = tmp_path / f"run{i}"
+        proc = run(train_cmd(preprocessed, out, "--epochs", "1", *extra))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(said), proc.stderr[-2000:]
+        assert not (out / "metrics.jsonl").exists() and not any((out / "checkpoints").glob("step_*"))
+
+
+def test_the_size_check_leaves_the_model_as_it_was(preprocessed):
+    """The check's forwards run in eval mode: a train-mode forward of a blank image would move the BatchNorm running
+    statistics the first step starts from, and a 1x1 map at batch size 1 fails in train mode (resnet10t at 32 px)."""
+    import datasets
+
+    import modeling
+    import train
+    from imagenet_trainer.data import TrainSet
+
+    cfg = parse_config(TrainConfig, ["--dataset", str(preprocessed), "--model", "resnet10t", "--image_size", "64",
+                                     "--eval_image_size", "96", "--min_image_size", "32", "--ramp_end_epoch", "2"])
+    model = modeling.create_model("resnet10t", num_classes=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_set = TrainSet(datasets.load_from_disk(str(preprocessed))["train"], 64, 0, progressive=(32, 0, 2))
+    assert {train_set.size_at(epoch) for epoch in range(cfg.epochs)} == {32, 64}  # a side other than the two flags
+    train.check_model_sizes(model, cfg, train_set)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_tilde_in_output_dir_or_resume_from_checkpoint_is_the_home_folder(tmp_path, monkeypatch):
+    """bash expands ~ only at a word's start: after --output_dir= and in a --config YAML, train.py gets it as it is
+    (and wrote into a folder named ~ in the working directory). "latest" stays "latest"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: ~/runs/a\nresume_from_checkpoint: ~/runs/b/checkpoints/step_00000004\n")
+    cfg = parse_config(TrainConfig, ["--dataset", "ds", "--config", str(config)])
+    assert cfg.output_dir == str(tmp_path / "runs" / "a")
+    assert cfg.resume_from_checkpoint == str(tmp_path / "runs" / "b" / "checkpoints" / "step_00000004")
+    cfg = parse_config(TrainConfig, ["--dataset", "ds", "--output_dir=~/c", "--resume_from_checkpoint=latest"])
+    assert (cfg.output_dir, cfg.resume_from_checkpoint) == (str(tmp_path / "c"), "latest")
+    cfg = parse_config(TrainConfig, ["--dataset", "ds", "--output_dir", "runs/d/"])  # no ~: as given
+    assert (cfg.output_dir, cfg.resume_from_checkpoint) == ("runs/d/", "")
+
+
+def test_sbatch_reads_the_stop_record_in_a_tilde_output_dir(tmp_path, monkeypatch):
+    """slurm/train.sbatch requeues on train.py's stop record in --output_dir: a ~ bash left as it is
+    (--output_dir=~/run, a --config YAML's output_dir) is the home folder there too, where train.py wrote it."""
+    from test_cluster import FAKE_ACCELERATE, SCONTROL, SRUN, sbatch, write_stop_record  # imports this module
+
+    bin_dir, log, home = tmp_path / "bin", tmp_path / "log", tmp_path / "home"
+    for folder in (bin_dir, log, home / "run"):
+        folder.mkdir(parents=True)
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("fake-accelerate", FAKE_ACCELERATE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), "SLURM_JOB_ID": "4242",
+           "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "127.0.0.1", "GPUS_PER_NODE": "1",
+           "ACCELERATE": "fake-accelerate", "FAKE_STATUS": "1", "PYTHON": sys.executable, "HOME": str(home)}
+    env.pop("SLURM_RESTART_COUNT", None)
+    write_stop_record(home / "run", monkeypatch, "4242")
+    config = tmp_path / "recipe.yaml"
+    config.write_text("output_dir: ~/run\n")
+    for args in (["--output_dir=~/run"], ["--config", config]):
+        (log / "requeue").unlink(missing_ok=True)
+        proc = ok(sbatch(env, *args))
+        assert (log / "requeue").read_text().split() == ["4242"], proc.stdout + proc.stderr
