@@ -541,7 +541,7 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     try:
         ramp = (cfg.min_image_size, cfg.ramp_start_epoch, cfg.ramp_end_epoch) if cfg.min_image_size else None
         train_set = TrainSet(ds["train"], cfg.image_size, cfg.seed, scale=(cfg.scale_min, 1.0), progressive=ramp,
-                             auto_augment=cfg.auto_augment or None)
+                             auto_augment=cfg.auto_augment or None, mean=tuple(data_cfg["mean"]))
         sampler = ResumableSampler(len(train_set), cfg.batch_size, cfg.seed, num_replicas=accelerator.num_processes,
                                    rank=accelerator.process_index, grad_accum_steps=cfg.grad_accum_steps)
     except ValueError as e:  # the flags TrainSet takes are checked by TrainConfig: this is the sampler's batching

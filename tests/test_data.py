@@ -940,3 +940,15 @@ def test_random_erasing_rectangles_and_determinism():
     some = random_erasing(x, 0.5, _generator(3))
     erased_images = (some != 0).flatten(1).any(1).sum().item()
     assert 2 <= erased_images <= 14
+
+
+def test_auto_augment_fills_uncovered_borders_with_the_models_mean(ds):
+    """A rotation/shear/translation leaves part of the crop uncovered: timm fills it with the model's mean (128 for
+    a ViT's 0.5, 124/116/104 for the ImageNet mean), not the ImageNet mean whatever the model."""
+    def corner_colours(train):
+        return {tuple(train[(e, i)][0][:, 0, 0].tolist()) for e in range(10) for i in range(len(train))}
+
+    vit = corner_colours(TrainSet(ds["train"], 64, seed=0, auto_augment="ta", mean=(0.5, 0.5, 0.5)))
+    imagenet = corner_colours(TrainSet(ds["train"], 64, seed=0, auto_augment="ta"))
+    assert (128, 128, 128) in vit and (128, 128, 128) not in imagenet
+    assert (124, 116, 104) in imagenet and (124, 116, 104) not in vit

@@ -58,7 +58,8 @@ class TrainSet(torch.utils.data.Dataset):
     never with global state, so exact resume and any number of workers give the same samples."""
 
     def __init__(self, split: datasets.Dataset, image_size: int, seed: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 hflip: float = 0.5, auto_augment: str | None = None, progressive: tuple[int, int, int] | None = None):
+                 hflip: float = 0.5, auto_augment: str | None = None, progressive: tuple[int, int, int] | None = None,
+                 mean: tuple = (0.485, 0.456, 0.406)):
         if auto_augment not in (None, "ra", "ta"):
             raise ValueError(f"auto_augment={auto_augment!r}: use None, 'ra' (RandAugment n=2 m=9) or 'ta' "
                              "(TrivialAugmentWide)")
@@ -73,10 +74,11 @@ class TrainSet(torch.utils.data.Dataset):
         # strength of timm's rand-m9 (ConvNeXt, DeiT); torchvision's default 31 bins would make m9 ~3x weaker.
         # timm's mstd0.5 (magnitude noise) and inc1 (increasing-severity ops) are not reproduced. Rotations, shears
         # and translations resample bilinear (torchvision's references; torchvision's default NEAREST leaves jagged
-        # edges) and fill the uncovered border with the ImageNet mean in 0..255 (timm's img_mean fill; the default
-        # black border is a strong artificial edge at magnitude 9: 27 degrees, ~30 % of the side).
+        # edges) and fill the uncovered border with the model's ``mean`` in 0..255 (timm's img_mean fill: 124, 116,
+        # 104 for the ImageNet mean, 128 for a ViT's 0.5; the default black border is a strong artificial edge at
+        # magnitude 9: 27 degrees, ~30 % of the side). One value (a one-channel model's) is every channel's.
         geometry = dict(interpolation=transforms.InterpolationMode.BILINEAR,
-                        fill=[round(255 * m) for m in (0.485, 0.456, 0.406)])  # timm IMAGENET_DEFAULT_MEAN
+                        fill=[round(255 * m) for m in (mean if len(mean) == 3 else mean[:1] * 3)])
         self.augment = {None: None,
                         "ra": transforms.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=11, **geometry),
                         "ta": transforms.TrivialAugmentWide(**geometry)}[auto_augment]
