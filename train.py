@@ -359,6 +359,13 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
     if fsdp is not None and fsdp.fsdp_version != 2:
         raise SystemExit("error: FSDP1 (fsdp_version: 1) is not supported (its mixed precision has no fp32 norm "
                          "layers here); set fsdp_version: 2 in the launch config, as accelerate_configs/fsdp.yaml does")
+    if fsdp is not None and fsdp.activation_checkpointing:  # accelerate wraps blocks with preserve_rng_state=False
+        raise SystemExit("error: fsdp_activation_checkpointing recomputes each block in training mode without its "
+                         "random state: BatchNorm statistics update twice a step and drop-path masks differ from the "
+                         "forward's (a different model, silently); set it false in the launch config")
+    if fsdp is not None and fsdp.cpu_ram_efficient_loading:
+        raise SystemExit("error: fsdp_cpu_ram_efficient_loading saves nothing here (every rank builds the whole model) "
+                         "and its reload misreads the fp32 norm layers' shards; set it false in the launch config")
     if cfg.ema_decay and fsdp is not None:
         raise SystemExit("error: --ema_decay is not supported under FSDP (the EMA copy would be a full replica per "
                          "rank); use DDP (accelerate_configs/multi_gpu.yaml) or --ema_decay 0")

@@ -470,6 +470,8 @@ def test_every_norm_layer_computes_in_fp32_whatever_the_group_hooks_cast(monkeyp
 
 @pytest.mark.parametrize("launch, extra, expected", [
     ((), ("--ema_decay", "0.9"), "error: --ema_decay is not supported under FSDP"),
+    (("--fsdp_activation_checkpointing", "true"), (), "error: fsdp_activation_checkpointing recomputes each block"),
+    (("--fsdp_cpu_ram_efficient_loading", "true"), (), "error: fsdp_cpu_ram_efficient_loading saves nothing here"),
     # (fsdp_version 1 is refused too, but accelerate's FSDP1 plugin cannot even be built without a GPU)
 ])
 def test_what_fsdp_cannot_do_is_refused_at_start_up(preprocessed, launcher, tmp_path, launch, extra, expected):
