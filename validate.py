@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import json
 import multiprocessing
+import pickle
 import re
 import shutil
 import tempfile
@@ -346,6 +347,24 @@ def describe(cfg: ValidateConfig, model: torch.nn.Module, data_cfg: dict, precis
             "git_sha": git_sha(), "versions": library_versions()}
 
 
+# a train.py checkpoint's weights: DDP's or one process's; FSDP's SHARDED_STATE_DICT (one shard file per rank);
+# FSDP's FULL_STATE_DICT (gathered on rank 0). Each holds the plain model's keys
+CHECKPOINT_WEIGHTS = ("model.safetensors", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
+
+
+def checkpoint_weights(path: Path) -> dict:
+    """The whole model state at ``path`` (one of CHECKPOINT_WEIGHTS), FSDP's shards gathered in this process."""
+    if path.name.endswith(".safetensors"):
+        return load_file(path)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:  # torch's one reader of shards outside a process group writes a file
+        dcp_to_torch_save(path, Path(tmp) / "model.pt")
+        return torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=True)["model"]
+
+
 def load_checkpoint(path: Path) -> torch.nn.Module:
     """The model of a train.py checkpoint (accelerate save_state folder): architecture and eval settings from the
     config.yaml train.py saves in it (imagenet-trainer 0.1.0's may lack it: then the run's, two levels up), class
@@ -355,18 +374,20 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     run_config = path / "config.yaml" if (path / "config.yaml").is_file() else path.parent.parent / "config.yaml"
     if (path / "checkpoints").is_dir():
         raise ValueError("this is a run folder: give RUN/final or RUN/checkpoints/step_N")
-    if not (path / "model.safetensors").is_file() or not run_config.is_file():
-        raise ValueError(f"neither an export folder (config.json) nor a train.py checkpoint (model.safetensors with "
-                         f"{run_config}); FSDP sharded checkpoints are not read, use the run's final export")
+    weights_at = next((path / name for name in CHECKPOINT_WEIGHTS if (path / name).exists()), None)
+    if weights_at is None or not run_config.is_file():
+        raise ValueError(f"neither an export folder (config.json) nor a train.py checkpoint (model.safetensors, or "
+                         f"FSDP's {' or '.join(CHECKPOINT_WEIGHTS[1:])}, with {run_config})")
     run = yaml.safe_load(run_config.read_text())
     if not isinstance(run, dict) or not run.get("model"):
         raise ValueError(f"{run_config} names no model; it is not the config.yaml train.py writes")
     if (damaged := checkpoints.problem(path)) is not None:
         raise ValueError(f"damaged checkpoint: {damaged}; give another step_N of the run")
     try:
-        saved = load_file(path / "model.safetensors")
-    except SafetensorError as e:
-        raise ValueError(f"{path / 'model.safetensors'} is damaged ({e}); give another step_N of the run") from None
+        saved = checkpoint_weights(weights_at)
+    except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{weights_at} is damaged ({reason}); give another step_N of the run") from None
     weights = {}
     for key, value in saved.items():
         for prefix in WRAPPER_PREFIXES:

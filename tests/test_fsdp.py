@@ -304,6 +304,29 @@ def test_fsdp_bf16_kill_resume_export_validate(preprocessed, launcher, tmp_path,
     best = max(rows(out), key=lambda r: r["val_top1"])  # the export is the first epoch with the best top-1
     assert card_results(out / "final") == (str(val["n"]), round(val["top1"], 2), round(val["top5"], 2))
     assert (val["top1"], val["top5"], val["n"]) == (best["val_top1"], best["val_top5"], best["val_n"])
+    # and on the sharded checkpoint of that epoch, gathered in one process: its metrics.jsonl row's numbers
+    step = out / "checkpoints" / f"step_{best['step']:08d}"
+    ok([ACCELERATE, "launch", "--cpu", "--num_processes", "1", str(ROOT / "validate.py"), "--model", str(step),
+        "--dataset", str(preprocessed), "--batch_size", "4", "--num_workers", "0", "--output", str(summary)])
+    val = json.loads(summary.read_text())
+    assert (val["top1"], val["top5"], val["n"]) == (best["val_top1"], best["val_top5"], best["val_n"])
+
+
+def test_validate_scores_a_full_state_dict_fsdp_checkpoint(preprocessed, launcher, tmp_path):
+    """FULL_STATE_DICT: rank 0 writes the whole model as pytorch_model_fsdp.bin; validate.py scores it as train.py
+    did (its metrics.jsonl row), in the run's precision."""
+    out = tmp_path / "run"
+    ok(fsdp_cmd(launcher, preprocessed, out, BN_MODEL, "--max_train_steps", "2", mixed_precision="no",
+                launch=("--fsdp_state_dict_type", "FULL_STATE_DICT")))
+    (row,) = rows(out)
+    step = out / "checkpoints" / f"step_{row['step']:08d}"
+    assert (step / "pytorch_model_fsdp.bin").is_file()
+    summary = tmp_path / "v.json"
+    ok([ACCELERATE, "launch", "--cpu", "--num_processes", "1", str(ROOT / "validate.py"), "--model", str(step),
+        "--dataset", str(preprocessed), "--batch_size", "4", "--num_workers", "0", "--output", str(summary)])
+    val = json.loads(summary.read_text())
+    assert (val["top1"], val["top5"], val["n"], val["loss"]) == pytest.approx(
+        (row["val_top1"], row["val_top5"], row["val_n"], row["val_loss"]), rel=1e-5)
 
 
 @pytest.fixture(scope="module")
