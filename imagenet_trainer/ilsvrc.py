@@ -203,12 +203,13 @@ def folder_warnings(folders, folder, read: str) -> list[str]:
             f"in {read}), e.g. {folders[0]}"]
 
 
-def list_images(folder) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+def list_images(folder, images_only: bool = False) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """(sorted names of the files in ``folder``, hidden files left out; its broken links, as ``scan`` gives them; its
     folders, which are not read: the caller warns, ``folder_warnings``).
     os.scandir, not datasets' imagefolder: the latter spends ~50 min resolving ImageNet's files (datasets #6359).
     File names must be UTF-8 (they are stored as Arrow strings) and stems unique (the stem is the image id); either
-    failing is a ValueError naming the file."""
+    failing is a ValueError naming the file. ``images_only``: the caller reads only the files with an image extension,
+    so only their stems must be unique (a phone's IMG_0001.AAE edit file beside IMG_0001.JPG is a stray, not a twin)."""
     names, folders, broken = scan(folder)
     stems = {}
     for name in names:
@@ -216,6 +217,8 @@ def list_images(folder) -> tuple[list[str], list[tuple[str, str]], list[str]]:
             name.encode("utf-8")
         except UnicodeEncodeError:  # repr: the undecodable byte shows as \udcXX, which print() cannot encode
             raise ValueError(f"{os.path.join(folder, name)!r}: the file name is not valid UTF-8; rename it") from None
+        if images_only and not name.lower().endswith(IMAGE_EXTENSIONS):
+            continue
         stem = os.path.splitext(name)[0]
         if stem in stems:
             raise ValueError(f"{Path(folder) / stems[stem]} and {name}: two files with one image id; remove one")

@@ -98,7 +98,7 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
             links.append(f"{name} -> {seen[real]}")
             continue
         seen[real] = name
-        files, bad, inside = ilsvrc.list_images(folder / name)
+        files, bad, inside = ilsvrc.list_images(folder / name, images_only=True)
         broken += [(f"{name}/{file}", why) for file, why in bad]
         nested += [f"{name}/{sub}" for sub in inside]
         classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
@@ -171,7 +171,7 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
     splits = {"train": Split(root, None, _items(classes, index, data_dir / root), {}, True)}
     for split, (folder, found) in held.items():
         if found is None:
-            files, broken, _ = ilsvrc.list_images(data_dir / folder)  # no folders: they would be classes
+            files, broken, _ = ilsvrc.list_images(data_dir / folder, images_only=True)  # no folders: classes
             warnings += ilsvrc.broken_link_warnings(broken, data_dir / folder)
             splits[split] = Split(folder, None, [(f, -1) for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)],
                                   {})
@@ -243,7 +243,7 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
         "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
     }
     test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
-    test_files, links, inside = ilsvrc.list_images(test_dir) if test_dir.is_dir() else ([], [], [])
+    test_files, links, inside = ilsvrc.list_images(test_dir, images_only=True) if test_dir.is_dir() else ([], [], [])
     broken += [(f"{ilsvrc.SPLIT_DIRS['test']}/{name}", why) for name, why in links]
     nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{name}" for name in inside]
     warnings += ilsvrc.broken_link_warnings(broken, data_dir)

@@ -1776,9 +1776,11 @@ def test_train_folder_alone_splits_with_val_fraction(clean_tree, tmp_path, capsy
     for split in ("validation", "test"):
         shutil.rmtree(tree / split)
     (tree / "train" / "zebra" / "notes.txt").write_text("not an image")
+    photo = sorted((tree / "train" / "zebra").glob("*.*[Gg]"))[0]  # a phone's edit file beside its photo: a stray
+    (photo.parent / f"{photo.stem}.AAE").write_text("<plist/>")
     preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
                      "--val_fraction", "0.5"])
-    assert "1 files without an image extension" in capsys.readouterr().out
+    assert "2 files without an image extension" in capsys.readouterr().out
     dd = datasets.load_from_disk(str(tmp_path / "out"))
     assert {s: ds.num_rows for s, ds in dd.items()} == {"train": 2, "validation": 4}  # 3 per class: 1.5 -> 2
     assert json.loads((tmp_path / "out" / "source.json").read_text())["layout"] == "class-folders-split"
