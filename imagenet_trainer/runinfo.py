@@ -118,16 +118,27 @@ def delete_replaced(old) -> None:
     run still knows to be its own."""
     old = Path(old)
     note = old / REPLACED_NOTE
-    for folder in (old, note.parent):
+    for folder in [f for f in (old, note.parent) if f.is_dir()]:  # an emptied one (emptied_replaced) has no note
         for entry in folder.iterdir():
             if entry not in (note.parent, note):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
-    note.unlink()
-    note.parent.rmdir()
+    note.unlink(missing_ok=True)
+    if note.parent.is_dir():
+        note.parent.rmdir()
     old.rmdir()
+
+
+def emptied_replaced(old) -> bool:
+    """Whether ``old`` (.NAME.old) holds nothing but an empty folder of the note, or nothing: what a kill between
+    delete_replaced's last steps leaves, its note deleted. Nothing in it can be lost, so it is a leftover too."""
+    old, work = Path(old), Path(old) / Path(REPLACED_NOTE).parent
+    if not old.is_dir() or old.is_symlink():
+        return False
+    entries = list(old.iterdir())
+    return entries == [] or (entries == [work] and not work.is_symlink() and work.is_dir() and not any(work.iterdir()))
 
 
 class ReplacedInTheWay(FileExistsError):

@@ -1211,7 +1211,7 @@ def test_outputs_whose_job_does_not_record_the_annotations_are_kept_with_a_note(
 
 # preprocess.py SIGKILLed inside --overwrite's swap ($KILL_AT): "noted" with the output it replaces marked, not yet
 # moved aside; "between" the two renames (that output moved aside, the new one not yet in); "deleting" midway through
-# deleting the output it replaced (after its first entry)
+# deleting the output it replaced (after its first entry); "emptied" with all of it deleted but its note's empty folder
 KILLED_IN_SWAP = """
 import os, shutil, signal, sys
 from pathlib import Path
@@ -1231,12 +1231,19 @@ def delete(path, *args, **kwargs):
     if Path(path).parent.name.endswith(".old") and os.environ["KILL_AT"] == "deleting":
         os.kill(os.getpid(), signal.SIGKILL)
 
-os.replace, shutil.rmtree = replace, delete
+remove_folder = os.rmdir
+
+def rmdir(path, *args, **kwargs):
+    if Path(path).parent.name.endswith(".old") and Path(path).name == ".work" and os.environ["KILL_AT"] == "emptied":
+        os.kill(os.getpid(), signal.SIGKILL)
+    remove_folder(path, *args, **kwargs)
+
+os.replace, shutil.rmtree, os.rmdir = replace, delete, rmdir
 preprocess.main(sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("kill_at", ["noted", "between", "deleting"])
+@pytest.mark.parametrize("kill_at", ["noted", "between", "deleting", "emptied"])
 def test_a_kill_inside_an_overwrites_swap_leaves_nothing_after_the_next_run(kill_at, clean_tree, finished):
     """--overwrite marks the output it replaces, moves it aside (.OUT.old, hidden, as large as the dataset), renames
     the new one into place, deletes the old one, then OUT/.work. Killed in between, the next run removes what is
@@ -1252,7 +1259,7 @@ def test_a_kill_inside_an_overwrites_swap_leaves_nothing_after_the_next_run(kill
     assert rerun.returncode == 0, rerun.stderr
     assert (f"removed {old} (0.0 GB): the output an --overwrite replaced, left by a run killed before deleting it"
             in rerun.stdout) == (kill_at != "noted")
-    assert (f"{finished}: already done" in rerun.stdout) == (kill_at == "deleting")
+    assert (f"{finished}: already done" in rerun.stdout) == (kill_at in ("deleting", "emptied"))
     assert sorted(os.listdir(finished.parent)) == [finished.name] and not (finished / preprocess.WORK).exists()
     assert output_manifest.read(finished)["job"]["quality"] == 80 and output_manifest.verify(finished)[0] == []
 
@@ -1493,6 +1500,9 @@ def test_a_kill_while_the_finished_dataset_moves_up_is_finished_by_the_next_run(
     preprocess.main(args)
     assert not (out / preprocess.INSIDE).exists() and output_manifest.verify(out)[0] == []
     assert datasets.load_from_disk(str(out))["train"].num_rows == 6
+    (out / preprocess.INSIDE).mkdir()  # a kill after the last entry moved, before the folder's removal
+    preprocess.main(args)
+    assert not (out / preprocess.INSIDE).exists() and output_manifest.verify(out)[0] == []
 
 
 def test_overwrite_of_an_output_on_its_own_mount_point_builds_inside_it(clean_tree, tmp_path, monkeypatch):
