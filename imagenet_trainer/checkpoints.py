@@ -12,6 +12,7 @@ there would refuse a sound checkpoint with a wrong setting, or fail the resume w
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -65,12 +66,16 @@ def crc32(path: Path) -> int:
     return crc
 
 
+DAMAGE_ERRNOS = {errno.EIO, errno.ENODATA}  # a read error of the medium: the bytes are lost, as a flipped bit's
+
+
 def problem(folder: Path, config: bool = False, only: str | None = None) -> str | None:
     """Why ``folder`` is not a complete checkpoint (naming the file), or None. A folder without FILE_LIST (saved by
     another tool) is taken as it is: nothing to check it against; a list of sizes without CRCs checks the sizes.
     ``config``: CONFIG too, where the list has it (a resume's check: it reads its settings from there); without it
     the state files alone (validate.py, which lets a reader edit a checkpoint's eval settings in CONFIG).
-    ``only``: that listed file alone (none when unlisted)."""
+    ``only``: that listed file alone (none when unlisted). A file that cannot be read for another reason than its
+    medium's (permissions, a stale NFS handle: DAMAGE_ERRNOS) is a ValueError: nothing to skip it for."""
     folder = Path(folder)
     listed = folder / FILE_LIST
     if not listed.is_file():
@@ -82,14 +87,18 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
         files = {name: saved if isinstance(saved, dict) else {"bytes": saved} for name, saved in files.items()}
         if not all(isinstance(saved.get("bytes"), int) for saved in files.values()):
             raise ValueError
-    except (ValueError, OSError, UnicodeDecodeError):
+    except OSError as e:
+        if e.errno not in DAMAGE_ERRNOS:
+            raise ValueError(unreadable_now(listed, e)) from None
+        return f"{listed} is damaged"
+    except (ValueError, UnicodeDecodeError):
         return f"{listed} is damaged"
     if not config:
         files.pop(CONFIG, None)
     if only is not None:
         files = {only: files[only]} if only in files else {}
     path = folder
-    try:  # a read error (EIO from a failing disk, a stale NFS handle) is damage too: latest skips it as one
+    try:  # EIO (a sector the disk cannot read) is damage too: latest skips it as one
         for name, saved in files.items():  # every size first: a truncated file is named without reading the others
             path = folder / name
             if not path.is_file():
@@ -102,8 +111,17 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
             if "crc32" in saved and crc32(path) != saved["crc32"]:
                 return f"{path} has the size it was saved with, but other bytes (its CRC-32 differs)"
     except OSError as e:
-        return f"{path} cannot be read ({e.strerror or e})"
+        if e.errno in DAMAGE_ERRNOS:
+            return f"{path} cannot be read ({e.strerror or e})"
+        # a passing fault or one of access (EACCES, ESTALE, ETIMEDOUT on NFS, EMFILE): skipping the checkpoint
+        # would set it aside and redo its steps, so the run stops instead, until the file reads again
+        raise ValueError(unreadable_now(path, e)) from None
     return None
+
+
+def unreadable_now(path: Path, error: OSError) -> str:
+    return (f"{path} cannot be read now ({error.strerror or error}); fix what keeps it from being read (its "
+            "permissions, the mount), then run again")
 
 
 def step_folder(ckpt_dir: Path, step: int) -> Path:

@@ -3,6 +3,7 @@ undecodable images, a second launch into a busy folder; each costs minutes, neve
 from __future__ import annotations
 
 import calendar
+import errno
 import json
 import multiprocessing
 import os
@@ -179,9 +180,8 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, pre
 
 def test_a_checkpoint_file_the_disk_cannot_read_is_skipped_as_damage(finished, tmp_path, monkeypatch):
     """EIO from a failing sector (or a stale NFS handle) while the CRC check reads a file: latest skips that
-    checkpoint for the one before, as it skips a flipped bit, and a folder named is refused in one line."""
-    import errno
-
+    checkpoint for the one before, as it skips a flipped bit, and a folder named is refused in one line. Any other
+    read error (permissions, NFS) stops the resume instead: skipping would set a sound checkpoint aside."""
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     previous, newest = checkpoints.step_folders(out / "checkpoints")[-2:]
@@ -199,6 +199,14 @@ def test_a_checkpoint_file_the_disk_cannot_read_is_skipped_as_damage(finished, t
     assert checkpoints.newest_complete(out / "checkpoints") == (previous, [f"skipped {newest.name}: {unreadable}"])
     with pytest.raises(ValueError, match=re.escape(f"damaged checkpoint: {unreadable};")):
         checkpoints.pick(str(newest), out / "checkpoints")
+
+    def refused(path):  # EACCES, a stale NFS handle: the file may read again, so latest must not set it aside
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(checkpoints, "crc32", refused)
+    with pytest.raises(ValueError, match=re.escape(f"{newest / 'config.yaml'} cannot be read now (Permission "
+                                                   "denied); fix what keeps it from being read")):
+        checkpoints.pick("latest", out / "checkpoints")
 
 
 def test_an_unsealed_checkpoint_missing_files_is_called_incomplete(finished, preprocessed, tmp_path):
@@ -638,14 +646,18 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(preproces
     out, flags = tmp_path / "run", ("--epochs", "1", "--batch_size", "4", "--save_every_steps", "2")  # 5 steps
     proc = train_faulting("""
         from imagenet_trainer import stop_signals
-        save = train.save_checkpoint
+        save, step, steps = train.save_checkpoint, train.EpochTrainer.micro_batch, []
+        def micro_batch(self, *args, **kwargs):
+            steps.append(1)
+            if len(steps) == 3:  # the first Ctrl-C, in the step after the first checkpoint (step 2)
+                os.kill(os.getpid(), signal.SIGINT)
+            return step(self, *args, **kwargs)
         def save_interrupted(*args, **kwargs):
             if stop_signals.received:  # the checkpoint the first Ctrl-C asked for: Ctrl-C again while it is written
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(120)
-            seconds = save(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, after the first checkpoint
-            return seconds
+            return save(*args, **kwargs)
+        train.EpochTrainer.micro_batch = micro_batch
         train.save_checkpoint = save_interrupted
     """, train_cmd(preprocessed, out, *flags), preexec_fn=interactive)
     assert proc.returncode == -signal.SIGINT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
