@@ -11,6 +11,7 @@ Hub layouts read_hub_classes and hub_descriptions), and LISTERS is the one table
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import ast
 import json
@@ -415,17 +416,25 @@ def _flat_files(members: list) -> tuple[dict, str, list[str]]:
     """({file name: member} of a flat tar's files, where they are read: "the tar" or "its <folder>/ folder", [the
     folders below that, which hold files]). As the tree reads a folder: only the files directly in it, the folders
     among them left out (the caller warns, ilsvrc.folder_warnings), so a file stored twice, at the top and in a
-    folder, is read once. A tar holding one folder and nothing beside it is read as that folder:
-    ILSVRC2012_img_test_v10102019.tar holds test/<file>, and ``tar -cf ILSVRC2012_img_val.tar val`` packs val/<file>.
-    A folder named by a wnid is a class folder, never that one folder: valprep.sh's sort of a one-class subset."""
+    folder, is read once. Where the tar is read: ``_wrapping_folder``."""
     names = {posixpath.normpath(m.name).lstrip("/"): m for m in members}  # "./a" and "/a" as tar x writes "a"
-    tops = {n.split("/")[0] for n in names}
-    read, folder = "the tar", ""
-    if len(tops) == 1 and all("/" in n for n in names) and not ilsvrc.is_wnid(min(tops)):
-        read, folder = f"its {min(tops)}/ folder", f"{min(tops)}/"
-        names = {n[len(folder):]: m for n, m in names.items()}
-    nested = sorted({folder + n.split("/")[0] for n in names if "/" in n})  # named as in the tar
-    return {n: m for n, m in names.items() if "/" not in n}, read, nested
+    folder = _wrapping_folder(names)
+    read, start = (f"its {folder}/ folder", f"{folder}/") if folder else ("the tar", "")
+    inside = {n[len(start):]: m for n, m in names.items() if n.startswith(start)}
+    nested = sorted({start + n.split("/")[0] for n in inside if "/" in n})  # named as in the tar
+    return {n: m for n, m in inside.items() if "/" not in n}, read, nested
+
+
+def _wrapping_folder(names) -> str:
+    """The folder below the tar's top that holds all its images ("" where one is at the top): a tar of a folder
+    (``tar -cf ILSVRC2012_img_val.tar val``; ILSVRC2012_img_test_v10102019.tar's test/; a copy's CLS-LOC/val/), files
+    beside it (a README.txt) being no images. Never a class folder nor one below it: valprep.sh's sort into
+    <wnid>/ folders stays a sort, which the val tar's caller refuses."""
+    images = [n for n in names if n.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+    if not images or any("/" not in n for n in images):
+        return ""
+    common = posixpath.commonpath([posixpath.dirname(n) for n in images]).split("/")
+    return "/".join(itertools.takewhile(lambda part: not ilsvrc.is_wnid(part), common))
 
 
 def _org_val(path: str, names: list[str], truth: list[int], label_of: dict) -> tuple[list, list[str]]:

@@ -1060,15 +1060,19 @@ def test_files_a_kaggle_archive_holds_outside_its_image_folders_are_warned_of_as
 
 
 def test_folders_in_image_net_orgs_val_and_test_tars_are_left_out_as_the_tree_leaves_them(packaged, tmp_path):
-    """A tar holding one folder and nothing beside it is read as that folder, without a word: image-net.org's
-    ILSVRC2012_img_test_v10102019.tar holds test/<file>, a val tar packed from an unpacked val/ holds val/<file>.
-    Files in a folder below that are not read, as the tree reads only the files directly in val/ or test/, and
-    said in the tree's words: an image stored twice, at the top and in a folder, gives one row."""
+    """A tar whose images are all in one folder is read as that folder, without a word: image-net.org's
+    ILSVRC2012_img_test_v10102019.tar holds test/<file>, a val tar packed from an unpacked val/ holds val/<file>, a
+    copy's may hold CLS-LOC/val/<file>, a README.txt beside it. Files in a folder below that are not read, as the
+    tree reads only the files directly in val/ or test/, and said in the tree's words: an image stored twice, at the
+    top and in a folder, gives one row."""
     org = packaged["image-net.org"]
-    wrapped = copy_set(org, tmp_path / "wrapped")
-    for tar, folder in ((archive_layouts.VAL_TAR, "val"), (TEST_TAR, "test")):
-        demo_archives.rewrite_tar(org / tar, wrapped / tar, lambda files, f=folder: [(f"{f}/{n}", d) for n, d in files])
-    assert listed(wrapped) == listed(org)
+    for name, val, test, beside in (("wrapped", "val/", "test/", []), ("deeper", "CLS-LOC/val/", "test/",
+                                                                          [("README.txt", b"notes")])):
+        wrapped = copy_set(org, tmp_path / name)
+        for tar, folder in ((archive_layouts.VAL_TAR, val), (TEST_TAR, test)):
+            demo_archives.rewrite_tar(org / tar, wrapped / tar,
+                                      lambda files, f=folder: [(f"{f}{n}", d) for n, d in files] + beside)
+        assert listed(wrapped) == listed(org), name
 
     nested = copy_set(org, tmp_path / "nested")
     demo_archives.rewrite_tar(org / archive_layouts.VAL_TAR, nested / archive_layouts.VAL_TAR,
