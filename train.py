@@ -363,9 +363,11 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
         raise SystemExit("error: fsdp_activation_checkpointing recomputes each block in training mode without its "
                          "random state: BatchNorm statistics update twice a step and drop-path masks differ from the "
                          "forward's (a different model, silently); set it false in the launch config")
-    if fsdp is not None and fsdp.cpu_ram_efficient_loading:
-        raise SystemExit("error: fsdp_cpu_ram_efficient_loading saves nothing here (every rank builds the whole model) "
-                         "and its reload misreads the fp32 norm layers' shards; set it false in the launch config")
+    if fsdp is not None and fsdp.cpu_ram_efficient_loading:  # accelerate launch's default for --use_fsdp
+        fsdp.cpu_ram_efficient_loading = False
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+        accelerator.print("note: fsdp_cpu_ram_efficient_loading off: every rank builds the whole model here, so it "
+                          "saves nothing, and its reload would misread the fp32 norm layers' shards")
     if cfg.ema_decay and fsdp is not None:
         raise SystemExit("error: --ema_decay is not supported under FSDP (the EMA copy would be a full replica per "
                          "rank); use DDP (accelerate_configs/multi_gpu.yaml) or --ema_decay 0")

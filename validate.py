@@ -42,6 +42,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from accelerate.state import AcceleratorState
 from huggingface_hub.utils import get_session
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 import modeling
@@ -358,11 +360,17 @@ def checkpoint_weights(path: Path) -> dict:
         return load_file(path)
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415 (FSDP checkpoints only)
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata  # noqa: PLC0415
 
-    with tempfile.TemporaryDirectory() as tmp:  # torch's one reader of shards outside a process group writes a file
-        dcp_to_torch_save(path, Path(tmp) / "model.pt")
-        return torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=True)["model"]
+    # the shards are read into tensors of the sizes their metadata gives, in memory (no file of the whole model)
+    stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    weights = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in stored.items()
+               if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(weights, checkpoint_id=path, no_dist=True)
+    return {key.removeprefix("model."): value for key, value in weights.items()}
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
@@ -385,8 +393,10 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
         raise ValueError(f"damaged checkpoint: {damaged}; give another step_N of the run")
     try:
         saved = checkpoint_weights(weights_at)
-    except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError, CheckpointException) as e:
+        # torch.distributed.checkpoint's CheckpointException (a BaseException) holds the reader's own error
+        cause = next((c for c in checkpoints.causes(e) if not isinstance(c, CheckpointException)), e)
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ValueError(f"{weights_at} is damaged ({reason}); give another step_N of the run") from None
     weights = {}
     for key, value in saved.items():
