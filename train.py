@@ -1341,8 +1341,12 @@ def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) ->
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint (imagenet_trainer/checkpoints.py checks its files' sizes)."""
-    return checkpoints.newest_complete(ckpt_dir)[0]
+    """The newest complete checkpoint (imagenet_trainer/checkpoints.py checks its files' sizes); None also where one
+    cannot be read now (the message it is named in has other news)."""
+    try:
+        return checkpoints.newest_complete(ckpt_dir)[0]
+    except ValueError:
+        return None
 
 
 def hardware(accelerator: Accelerator) -> str:

@@ -63,9 +63,12 @@ class StopSignal:
             bad.share(accelerator)
         loss = total_loss / accelerator.num_processes / max(1, loss_count)
         if nonfinite:
-            last_good = checkpoints.newest_complete(ckpt_dir)[0]
-            then = (f"then --resume_from_checkpoint {last_good}" if last_good else
-                    "then run again (no checkpoint was saved yet)")
+            try:
+                last_good = checkpoints.newest_complete(ckpt_dir)[0]
+                then = (f"then --resume_from_checkpoint {last_good}" if last_good else
+                        "then run again (no checkpoint was saved yet)")
+            except ValueError as e:  # a checkpoint that cannot be read now: the NaN is still the news
+                last_good, then = f"unknown: {e}", "then --resume_from_checkpoint latest"
             raise SystemExit(f"error: loss is {loss} at step {step} ({int(nonfinite)} non-finite values in the loss "
                              f"and weights); stopping. Last good checkpoint: {last_good or 'none'}. "
                              f"Lower --lr, raise --warmup_epochs or set --clip_grad, {then}.")

@@ -1413,3 +1413,33 @@ def test_layout_folders_reads_a_class_named_train_as_a_class(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_a_nan_stop_says_so_when_the_last_checkpoint_cannot_be_read_now(tmp_path, monkeypatch):
+    """The NaN guard names the last good checkpoint; one whose file cannot be read now (EACCES, a stale NFS handle)
+    must not turn its one line into a traceback about the file."""
+    import errno
+
+    from accelerate import Accelerator
+
+    from imagenet_trainer.stopping import StopSignal
+
+    step = tmp_path / "checkpoints" / "step_00000004"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"x" * 64)
+    checkpoints.seal(step)
+
+    def refused(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(checkpoints, "crc32", refused)
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    stop = StopSignal(save_every_minutes=0)
+    with pytest.raises(SystemExit) as e:
+        stop.check(Accelerator(cpu=True), model, torch.tensor(float("nan")), 1, 5, tmp_path / "checkpoints",
+                   BadSamples({}, 0))
+    said = str(e.value.code)
+    assert said.startswith("error: loss is nan at step 5") and "\n" not in said, said
+    assert f"Last good checkpoint: unknown: {step / 'model.safetensors'} cannot be read now (Permission denied)" in said
