@@ -132,13 +132,13 @@ def delete_replaced(old) -> None:
 
 
 def emptied_replaced(old) -> bool:
-    """Whether ``old`` (.NAME.old) holds nothing but an empty folder of the note, or nothing: what a kill between
-    delete_replaced's last steps leaves, its note deleted. Nothing in it can be lost, so it is a leftover too."""
+    """Whether ``old`` (.NAME.old) holds nothing but the note's folder, empty: what a kill between delete_replaced's
+    last steps leaves, its note deleted. Nothing in it can be lost, so it is a leftover too. An empty ``old`` is not:
+    it may be a user's folder of that name (a kill in the one step before its rmdir leaves it too, refused)."""
     old, work = Path(old), Path(old) / Path(REPLACED_NOTE).parent
     if not old.is_dir() or old.is_symlink():
         return False
-    entries = list(old.iterdir())
-    return entries == [] or (entries == [work] and not work.is_symlink() and work.is_dir() and not any(work.iterdir()))
+    return list(old.iterdir()) == [work] and not work.is_symlink() and work.is_dir() and not any(work.iterdir())
 
 
 class ReplacedInTheWay(FileExistsError):
@@ -158,7 +158,7 @@ def replace_dir(tmp_dir, final_dir, by: str | None = None) -> None:
         old = replaced_folder(final_dir)
         if by is None:
             shutil.rmtree(old, ignore_errors=True)
-        elif is_replaced(old, final_dir, by):
+        elif is_replaced(old, final_dir, by) or emptied_replaced(old):  # (emptied: a kill at delete_replaced's end)
             delete_replaced(old)
         elif os.path.lexists(old):
             raise ReplacedInTheWay(f"{final_dir} is replaced by moving it to {old} first, which holds something else "

@@ -91,6 +91,10 @@ def test_sigterm_keeps_whole_shards_and_the_rerun_resumes_to_an_uninterrupted_ru
     hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
     assert f"removed {older} (0.0 GB): an earlier export, replaced" in capsys.readouterr().out
     assert not older.exists() and files_of(out) == files_of(reference)
+    # killed at the very end of that deletion: only the note's emptied folder is left, which no run may refuse
+    (older / runinfo.REPLACED_NOTE).parent.mkdir(parents=True)
+    hub_dataset.export_parquet(preprocessed, out, shard_bytes=SHARD_BYTES)
+    assert not older.exists() and files_of(out) == files_of(reference)
 
 
 def test_a_damaged_shard_is_written_again_and_another_jobs_work_folder_is_started_over(preprocessed, reference,
