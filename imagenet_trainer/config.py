@@ -130,8 +130,6 @@ class _StrictLoader(yaml.SafeLoader):
             kind, plain = "the base-60 number", "the number plainly"
         elif node.tag == _NUMBER_TAGS[0] and _OCTAL.fullmatch(text):
             digits = text.lstrip("+-").replace("_", "").lstrip("0") or "0"
-            if int(digits, 8) == int(digits):  # 00, 07: the octal and the decimal reading agree
-                return
             kind, plain = "the octal number", ("-" if text.startswith("-") else "") + digits
         else:
             return

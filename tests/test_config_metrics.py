@@ -125,8 +125,10 @@ def test_plain_numbers_quoted_text_and_merge_keys_still_load(tmp_path):
     assert parse_config(Cfg, ["--config", str(recipe)]) == Cfg(model="010", epochs=16, lr=0.25)
     recipe.write_text("epochs: 09\nlr: 0.010\n")
     assert parse_config(Cfg, ["--config", str(recipe)]) == Cfg(epochs=9, lr=0.01)
-    recipe.write_text("epochs: 07\nlr: 0.010\n")  # octal 7 is 7: nothing misread
-    assert parse_config(Cfg, ["--config", str(recipe)]) == Cfg(epochs=7, lr=0.01)
+    # 07 reads as 7 either way, but as a number: a text field (output_dir: 07) would lose its zero, so it is refused
+    recipe.write_text("model: 07\n")
+    with pytest.raises(SystemExit, match="YAML 1.1 reads 07 as the octal number 7; write 7, or quote it if it is text"):
+        parse_config(Cfg, ["--config", str(recipe)])
 
 
 def test_topk_counts_and_confusions():
