@@ -1207,10 +1207,13 @@ def save_checkpoint(accelerator: Accelerator, model, state: TrainState, ema, cfg
             raise
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back
-        intact = latest_checkpoint(ckpt_dir)
-        then = (f"{intact} is intact: free space, then --resume_from_checkpoint latest" if intact else
-                "no checkpoint was saved yet: free space, then run again (--resume_from_checkpoint latest then starts "
-                "from scratch)")
+        try:
+            intact = checkpoints.newest_complete(ckpt_dir)[0]
+            then = (f"{intact} is intact: free space, then --resume_from_checkpoint latest" if intact else
+                    "no checkpoint was saved yet: free space, then run again (--resume_from_checkpoint latest then "
+                    "starts from scratch)")
+        except ValueError as e:  # one that cannot be read now: said, not taken for none
+            then = f"free space; the last checkpoint: {e}"
         raise SystemExit(f"error: checkpoint {final.name}: no space left on {ckpt_dir} "
                          f"({checkpoints.free_space(ckpt_dir)}); {then}") from None
     if accelerator.is_main_process:
@@ -1338,15 +1341,6 @@ def push(folder: Path, repo_id: str, private: bool, accelerator: Accelerator) ->
         raise SystemExit(f"error: push to {repo_id} failed: {e}\n{folder} is kept; retry "
                          f"with: python -c \"import modeling; modeling.push_to_hub('{folder}', "
                          f"'{repo_id}'{private_flag})\"") from None
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint (imagenet_trainer/checkpoints.py checks its files' sizes); None also where one
-    cannot be read now (the message it is named in has other news)."""
-    try:
-        return checkpoints.newest_complete(ckpt_dir)[0]
-    except ValueError:
-        return None
 
 
 def hardware(accelerator: Accelerator) -> str:

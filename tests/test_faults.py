@@ -1443,3 +1443,36 @@ def test_a_nan_stop_says_so_when_the_last_checkpoint_cannot_be_read_now(tmp_path
     said = str(e.value.code)
     assert said.startswith("error: loss is nan at step 5") and "\n" not in said, said
     assert f"Last good checkpoint: unknown: {step / 'model.safetensors'} cannot be read now (Permission denied)" in said
+
+
+def test_a_full_disk_with_a_checkpoint_that_cannot_be_read_now_does_not_say_none_was_saved(tmp_path, monkeypatch):
+    """The full disk's line names the checkpoint to resume from; one that cannot be read now (EACCES) is said as
+    such, not taken for none (which would send the user to start over)."""
+    import errno
+    import types
+
+    from accelerate import Accelerator
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    step = checkpoints.step_folder(ckpt_dir, 4)
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"x" * 64)
+    checkpoints.seal(step)
+
+    def refused(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoints, "crc32", refused)
+    monkeypatch.setattr(train, "still_held", lambda *args, **kwargs: None)
+    accelerator = Accelerator(cpu=True)
+    monkeypatch.setattr(accelerator, "save_state", full)
+    with pytest.raises(SystemExit) as e:
+        train.save_checkpoint(accelerator, torch.nn.Linear(2, 2), types.SimpleNamespace(step=8), None, None, ckpt_dir)
+    said = str(e.value.code)
+    assert said.startswith(f"error: checkpoint step_00000008: no space left on {ckpt_dir}") and "\n" not in said
+    assert said.endswith(f"; free space; the last checkpoint: {step / 'model.safetensors'} cannot be read now "
+                         "(Permission denied); fix what keeps it from being read (its permissions, the mount), then "
+                         "run again"), said
