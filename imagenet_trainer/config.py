@@ -103,7 +103,15 @@ class _Refused(Exception):
 class _StrictLoader(yaml.SafeLoader):
     """yaml.safe_load's reading less its silent surprises: a key given twice (the later value wins unseen: a recipe
     copied with ``lr: 0.4`` added at the top keeps the recipe's own ``lr``) and YAML 1.1's octal and base-60 numbers.
-    A ``<<`` merge key still overrides what it merges (that is what it is for)."""
+    A ``<<`` merge key still overrides what it merges (that is what it is for). ``texts``: the written text of each
+    top-level value YAML reads as a number, a bool or a date, for a text field to take as written (``output_dir:
+    2024_01_05`` is the int 20240105 to YAML, ``yes`` True)."""
+
+    texts: dict
+
+    def construct_document(self, node):
+        self.texts, self._root = {}, node
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -111,6 +119,9 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if node is self._root and isinstance(value_node, yaml.ScalarNode) and value_node.style is None \
+                    and value_node.tag not in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:null"):
+                self.texts[key] = value_node.value
             try:
                 first = seen.setdefault(key, key_node)
             except TypeError:  # an unhashable key: SafeConstructor's own error names it
@@ -137,13 +148,18 @@ class _StrictLoader(yaml.SafeLoader):
                        f"{self.construct_object(node)}; write {plain}, or quote it if it is text")
 
 
-def _read_yaml(path: Path):
-    """The document of a --config file (empty: {}); a one-line SystemExit for a file that is missing, unreadable, not
-    UTF-8, not valid YAML, or that gives a key twice or a number YAML 1.1 misreads (_StrictLoader)."""
+def _read_yaml(path: Path) -> tuple:
+    """(the document of a --config file (empty: {}), the written text of its top-level values YAML reads as other
+    than text: _StrictLoader.texts); a one-line SystemExit for a file that is missing, unreadable, not UTF-8, not
+    valid YAML, or that gives a key twice or a number YAML 1.1 misreads (_StrictLoader)."""
     if not path.is_file():
         raise SystemExit(f"error: --config {path}: no such file")
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}  # a SafeLoader: no objects
+        loader = _StrictLoader(path.read_text(encoding="utf-8"))  # a SafeLoader: no objects
+        try:
+            return loader.get_single_data() or {}, getattr(loader, "texts", {})
+        finally:
+            loader.dispose()
     except _Refused as e:
         raise SystemExit(f"error: --config {path}: {e}") from None
     except OSError as e:
@@ -180,13 +196,15 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     values: dict = {}
     if args.config:
         path = Path(args.config)
-        loaded = _read_yaml(path)
+        loaded, texts = _read_yaml(path)
         if not isinstance(loaded, dict):
             raise SystemExit(f"error: --config {path}: expected a mapping of keys to values")
         for key, value in loaded.items():
             if key not in fields:
                 raise SystemExit(f"error: --config {path}: unknown key '{key}' "
                                  f"(known: {', '.join(sorted(fields))})")
+            if key in texts and _base_type(hints[key])[0] is str:  # a text field takes what was written
+                value = texts[key]
             values[key] = _convert(value, hints[key], f"key '{key}' in {path}")
     for key, value in vars(args).items():
         if key != "config":

@@ -125,6 +125,13 @@ def test_plain_numbers_quoted_text_and_merge_keys_still_load(tmp_path):
     assert parse_config(Cfg, ["--config", str(recipe)]) == Cfg(model="010", epochs=16, lr=0.25)
     recipe.write_text("epochs: 09\nlr: 0.010\n")
     assert parse_config(Cfg, ["--config", str(recipe)]) == Cfg(epochs=9, lr=0.01)
+    # a text field takes what was written, where YAML reads a number, a bool or a date (a run folder named
+    # 2024_01_05 would be 20240105, one named yes True); the other fields' values are YAML's
+    recipe.write_text("model: 2024_01_05\nepochs: 1_000\n")
+    assert parse_config(Cfg, ["--config", str(recipe)]) == Cfg(model="2024_01_05", epochs=1000)
+    for written in ("yes", "1.10", "0x10", "2024-01-05"):
+        recipe.write_text(f"model: {written}\n")
+        assert parse_config(Cfg, ["--config", str(recipe)]).model == written
     # 07 reads as 7 either way, but as a number: a text field (output_dir: 07) would lose its zero, so it is refused
     recipe.write_text("model: 07\n")
     with pytest.raises(SystemExit, match="YAML 1.1 reads 07 as the octal number 7; write 7, or quote it if it is text"):
