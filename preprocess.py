@@ -115,8 +115,8 @@ from imagenet_trainer import archives, checkpoints, demo, eval_sets, ilsvrc, ima
 from imagenet_trainer.jpeg_markers import arithmetic, first_picture, header_segments, lossless
 from imagenet_trainer.image_tree import Split
 from imagenet_trainer.config import parse_config
-from imagenet_trainer.runinfo import (REPLACED_NOTE, atomic_write_text, delete_replaced, emptied_replaced, is_replaced,
-                                      mark_replaced, remove_write_leftovers, replaced_folder, write_run_info)
+from imagenet_trainer.runinfo import (REPLACED_NOTE, atomic_write_text, delete_replaced, is_replaced, mark_replaced,
+                                      remove_write_leftovers, replaced_folder, write_run_info)
 from imagenet_trainer.runlock import FolderLock, release_all
 from imagenet_trainer.worker_processes import available_cores
 
@@ -745,7 +745,7 @@ def clear_replaced(out: Path, swaps: bool) -> None:
     dataset): removed, in one line. Anything else of that name is left alone, and refused now, before any work,
     when this run's swap will need the name (``swaps``)."""
     old = replaced_folder(out)
-    if is_replaced(old, out, REPLACED_BY) or emptied_replaced(old):
+    if is_replaced(old, out, REPLACED_BY):
         size = sum(p.stat().st_size for p in old.rglob("*") if p.is_file() and not p.is_symlink())
         try:
             delete_replaced(old)

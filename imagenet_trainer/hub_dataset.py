@@ -44,7 +44,7 @@ from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.manifest import MANIFEST, SOURCE_FILE
 from imagenet_trainer.runinfo import (REPLACED_NOTE, ReplacedInTheWay, atomic_write_text, delete_replaced,
-                                      emptied_replaced, is_replaced, replace_dir, replaced_folder, share_tree)
+                                      is_replaced, replace_dir, replaced_folder, share_tree)
 from imagenet_trainer.runlock import FolderLock
 
 SHARD_BYTES = 500 * 2**20  # Parquet shard size: the Hub's dataset viewer and datasets' streaming like ~500 MB files
@@ -287,7 +287,7 @@ def remove_stale(output_dir: Path) -> None:
     ``replace_dir`` marks the folder it replaces with, a ``.OUT.tmp-*`` folder holding nothing but an export's files;
     a user's folder, link or file of either name is left as it is."""
     older = replaced_folder(output_dir)
-    if is_replaced(older, output_dir, REPLACED_BY) or emptied_replaced(older):  # (emptied: killed at its end)
+    if is_replaced(older, output_dir, REPLACED_BY):
         size = folder_bytes(older)
         delete_replaced(older)
         print(f"removed {older} ({size / 1e9:.1f} GB): an earlier export, replaced")

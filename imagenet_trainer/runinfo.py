@@ -103,12 +103,13 @@ def mark_replaced(final_dir, by: str) -> None:
 
 
 def is_replaced(old, final_dir, by: str) -> bool:
-    """Whether ``old`` (a real folder, not a link to one) holds ``by``'s note for ``final_dir``."""
+    """Whether ``old`` (a real folder, not a link to one) holds ``by``'s note for ``final_dir``, or is what a kill at
+    the end of delete_replaced leaves of such a folder (_emptied)."""
     old = Path(old)
     note = old / REPLACED_NOTE
     try:
         return (old.is_dir() and not old.is_symlink() and not note.parent.is_symlink() and note.is_file()
-                and not note.is_symlink() and note.read_text() == replaced_note(final_dir, by))
+                and not note.is_symlink() and note.read_text() == replaced_note(final_dir, by)) or _emptied(old)
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -118,7 +119,7 @@ def delete_replaced(old) -> None:
     run still knows to be its own."""
     old = Path(old)
     note = old / REPLACED_NOTE
-    for folder in [f for f in (old, note.parent) if f.is_dir()]:  # an emptied one (emptied_replaced) has no note
+    for folder in [f for f in (old, note.parent) if f.is_dir()]:  # an emptied one (_emptied) has no note
         for entry in folder.iterdir():
             if entry not in (note.parent, note):
                 if entry.is_dir() and not entry.is_symlink():
@@ -131,11 +132,11 @@ def delete_replaced(old) -> None:
     old.rmdir()
 
 
-def emptied_replaced(old) -> bool:
+def _emptied(old: Path) -> bool:
     """Whether ``old`` (.NAME.old) holds nothing but the note's folder, empty: what a kill between delete_replaced's
     last steps leaves, its note deleted. Nothing in it can be lost, so it is a leftover too. An empty ``old`` is not:
     it may be a user's folder of that name (a kill in the one step before its rmdir leaves it too, refused)."""
-    old, work = Path(old), Path(old) / Path(REPLACED_NOTE).parent
+    work = old / Path(REPLACED_NOTE).parent
     if not old.is_dir() or old.is_symlink():
         return False
     return list(old.iterdir()) == [work] and not work.is_symlink() and work.is_dir() and not any(work.iterdir())
@@ -158,7 +159,7 @@ def replace_dir(tmp_dir, final_dir, by: str | None = None) -> None:
         old = replaced_folder(final_dir)
         if by is None:
             shutil.rmtree(old, ignore_errors=True)
-        elif is_replaced(old, final_dir, by) or emptied_replaced(old):  # (emptied: a kill at delete_replaced's end)
+        elif is_replaced(old, final_dir, by):
             delete_replaced(old)
         elif os.path.lexists(old):
             raise ReplacedInTheWay(f"{final_dir} is replaced by moving it to {old} first, which holds something else "
