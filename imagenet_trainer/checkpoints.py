@@ -88,9 +88,7 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
         if not all(isinstance(saved.get("bytes"), int) for saved in files.values()):
             raise ValueError
     except OSError as e:
-        if e.errno not in DAMAGE_ERRNOS:
-            raise ValueError(unreadable_now(listed, e)) from None
-        return f"{listed} is damaged"
+        return unreadable(listed, e)
     except (ValueError, UnicodeDecodeError):
         return f"{listed} is damaged"
     if not config:
@@ -98,7 +96,7 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
     if only is not None:
         files = {only: files[only]} if only in files else {}
     path = folder
-    try:  # EIO (a sector the disk cannot read) is damage too: latest skips it as one
+    try:
         for name, saved in files.items():  # every size first: a truncated file is named without reading the others
             path = folder / name
             if not path.is_file():
@@ -111,17 +109,19 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
             if "crc32" in saved and crc32(path) != saved["crc32"]:
                 return f"{path} has the size it was saved with, but other bytes (its CRC-32 differs)"
     except OSError as e:
-        if e.errno in DAMAGE_ERRNOS:
-            return f"{path} cannot be read ({e.strerror or e})"
-        # a passing fault or one of access (EACCES, ESTALE, ETIMEDOUT on NFS, EMFILE): skipping the checkpoint
-        # would set it aside and redo its steps, so the run stops instead, until the file reads again
-        raise ValueError(unreadable_now(path, e)) from None
+        return unreadable(path, e)
     return None
 
 
-def unreadable_now(path: Path, error: OSError) -> str:
-    return (f"{path} cannot be read now ({error.strerror or error}); fix what keeps it from being read (its "
-            "permissions, the mount), then run again")
+def unreadable(path: Path, error: OSError) -> str:
+    """problem's answer for a file of a checkpoint that did not read: damage where its medium lost the bytes (EIO, a
+    sector the disk cannot read: latest skips it as a flipped bit); a ValueError for a passing fault or one of access
+    (EACCES, ESTALE, ETIMEDOUT on NFS, EMFILE), where skipping would set a sound checkpoint aside and redo its steps,
+    so the run stops instead, until the file reads again."""
+    if error.errno in DAMAGE_ERRNOS:
+        return f"{path} cannot be read ({error.strerror or error})"
+    raise ValueError(f"{path} cannot be read now ({error.strerror or error}); fix what keeps it from being read (its "
+                     "permissions, the mount), then run again") from None
 
 
 def step_folder(ckpt_dir: Path, step: int) -> Path:
