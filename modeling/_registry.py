@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import inspect
 import json
@@ -154,10 +153,11 @@ def rebuild(model, num_classes: int | None = None):
     was built with (timm's get_model_args: what an export's config.json records and its loaders build from) and its
     pretrained_cfg. It never reads ``model``'s source again: a local-dir: folder deleted or saved over during a run,
     or an hf-hub: repo updated, cannot change (or fail) an export of the trained weights."""
-    from timm.models import PretrainedCfg, get_model_args
+    from timm.models import get_model_args
 
-    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
-    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in fields}
+    from .hub import _CFG_FIELDS  # modeling.hub imports this module
+
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in _CFG_FIELDS}
     args = get_model_args(model, None if num_classes is None else {"num_classes": num_classes})
     return create_model(pretrained_cfg["architecture"], pretrained_cfg=pretrained_cfg, **args)
 
