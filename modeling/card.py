@@ -493,8 +493,8 @@ def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined
 
 def _training(card: dict) -> list[str]:
     lines = ["## Training", ""]
-    recipe = {k: v for k, v in (card.get("recipe") or {}).items() if k not in PLUMBING}
     given = card.get("recipe") or {}
+    recipe = {k: v for k, v in given.items() if k not in PLUMBING}
     scheduled = card.get("scheduled_epochs", given.get("epochs"))
     numbers = isinstance(scheduled, (int, float)) and isinstance(given.get("epochs"), (int, float))
     cut = f" (--max_train_steps {given.get('max_train_steps')} of --epochs {given.get('epochs')})" \
