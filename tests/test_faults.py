@@ -5,7 +5,6 @@ from __future__ import annotations
 import calendar
 import errno
 import json
-import multiprocessing
 import os
 import re
 import resource
@@ -35,6 +34,7 @@ from imagenet_trainer import checkpoints
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.loader_setup import WatchedLoader
 from imagenet_trainer.runlock import LOCK_FILE, FolderLock, in_use
+from imagenet_trainer.worker_processes import worker_context
 from imagenet_trainer.demo import make_ilsvrc_tree
 from imagenet_trainer.data import ResumableSampler, TrainSet, collate, replacement_row
 from test_cluster import free_port, sbatch, slurm, train_args  # noqa: F401 (slurm: a fixture)
@@ -906,8 +906,9 @@ def test_a_bad_row_is_replaced_by_the_same_row_in_every_epoch_worker_and_launch(
 
 def test_the_train_loader_notices_a_dead_worker_in_seconds_and_a_hung_one_at_its_timeout():
     """Workers from a fork server, as train.py's: their deaths send this process no SIGCHLD, and torch's loader with
-    a timeout looked for a dead one only when the whole timeout had run out."""
-    forkserver = multiprocessing.get_context("forkserver")
+    a timeout looked for a dead one only when the whole timeout had run out. The server is train.py's (worker_context):
+    one process has one server, and a plain one started here would serve later tests' loaders without its mask."""
+    forkserver = worker_context()
     loader = WatchedLoader(FailingItems(die_at=3), batch_size=None, num_workers=1, timeout=90,
                            multiprocessing_context=forkserver)
     batches = iter(loader)
