@@ -148,7 +148,7 @@ class _StrictLoader(yaml.SafeLoader):
                        f"{self.construct_object(node)}; write {plain}, or quote it if it is text")
 
 
-def _read_yaml(path: Path) -> tuple:
+def read_yaml(path: Path) -> tuple:
     """(the document of a --config file (empty: {}), the written text of its top-level values YAML reads as other
     than text: _StrictLoader.texts); a one-line SystemExit for a file that is missing, unreadable, not UTF-8, not
     valid YAML, or that gives a key twice or a number YAML 1.1 misreads (_StrictLoader)."""
@@ -196,7 +196,7 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     values: dict = {}
     if args.config:
         path = Path(args.config)
-        loaded, texts = _read_yaml(path)
+        loaded, texts = read_yaml(path)
         if not isinstance(loaded, dict):
             raise SystemExit(f"error: --config {path}: expected a mapping of keys to values")
         for key, value in loaded.items():

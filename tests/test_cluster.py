@@ -366,6 +366,33 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
                for c in (log / "accelerate").read_text().splitlines())
 
 
+def test_the_script_reads_the_yaml_output_dir_as_train_py_does(slurm, tmp_path):
+    """`output_dir: 2024_06_01` is the folder 2024_06_01 to train.py (a text field as written), the number 20240601 to
+    yaml.safe_load: a requeue looked for the run's checkpoints in ./20240601 and started again from the YAML's
+    resume_from_checkpoint (another run's), losing the run's own progress. The job runs in a checkout of its own here
+    (the relative folder is the checkout's)."""
+    env, log = slurm
+    env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_RESTART_COUNT": "1", "PYTHON": sys.executable}
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("imagenet_trainer", "accelerate_configs", "train.py"):
+        (checkout / name).symlink_to(ROOT / name)
+    (checkout / "2024_06_01" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    other = tmp_path / "other" / "checkpoints" / "step_00000040"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: 2024_06_01\nresume_from_checkpoint: {other}\n")
+    ok(subprocess.run(["bash", str(SBATCH), "--config", str(recipe)], cwd=checkout, env=env, capture_output=True,
+                      text=True, timeout=600))
+    calls = (log / "accelerate").read_text().splitlines()
+    assert len(calls) == 2 and all(c.endswith(f"--config {recipe} --resume_from_checkpoint latest") for c in calls), \
+        calls
+    recipe.write_text("output_dir: a\noutput_dir: b\n")  # what train.py refuses ends the job in its own line
+    proc = subprocess.run(["bash", str(SBATCH), "--config", str(recipe)], cwd=checkout, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --config {recipe}: key 'output_dir' is given twice (lines 1 and 2); keep one"], proc.stderr
+
+
 def test_jobs_1000_ids_apart_on_one_head_node_rendezvous_on_different_ports(slurm, tmp_path):
     """29500 + job id mod 1000 is 29742 for jobs 4242 and 5242: with both head nodes on one host, the second job's
     rank 0 would fail with accelerate's "port in use". The script, which runs on the head node, takes the first port

@@ -14,7 +14,7 @@ from accelerate.utils.launch import prepare_multi_gpu_env, prepare_simple_launch
 from test_cluster import free_port
 
 import modeling
-from imagenet_trainer.config import _read_yaml, parse_config
+from imagenet_trainer.config import read_yaml, parse_config
 from train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def test_accelerate_config_loads(path):
     assert config.num_processes >= 1
     assert path.read_text().startswith("#"), "every launch config is commented"
     # accelerate reads it with yaml.safe_load: no key given twice, no number YAML 1.1 reads as octal or base 60
-    assert _read_yaml(path)[0]["distributed_type"] == config.distributed_type
+    assert read_yaml(path)[0]["distributed_type"] == config.distributed_type
 
 
 @pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=lambda p: p.stem)
