@@ -32,6 +32,7 @@ Adding a backbone takes one file, ``modeling/mynet.py``, plus one import line at
         def __init__(self, num_classes=1000, in_chans=3, width=32, drop_rate=0.0, global_pool="avg",
                      output_stride=32):
             super().__init__()
+            self.in_chans = in_chans                        # what timm's data config and our exports read it from
             self.num_features = 2 * width
             # output_stride 2 (DeepLab-style): the stage's stride becomes a dilation, same weights
             s, d = (1, 2) if output_stride < 4 else (2, 1)

@@ -231,6 +231,28 @@ def _check_model(model) -> str:
     return cfg["architecture"]
 
 
+def _input_channels(model, arch: str) -> int:
+    """The image channels the network reads, as timm reads them (its in_chans, else its cfg's input_size); refused
+    where it has no in_chans and its first conv reads another number: a family that does not keep in_chans would
+    export a one-channel net with a three-channel input_size and mean/std, and no one-channel processor. (With
+    in_chans kept, the first conv may read more: TResNet's follows a space-to-depth of the image.)"""
+    channels = get_model_input_config(model)["input_size"][0]
+    if hasattr(model, "in_chans") or "in_chans" in getattr(model, "_traits", {}):
+        return channels
+    name = model.pretrained_cfg.get("first_conv")
+    try:
+        conv = model.get_submodule(name) if isinstance(name, str) else None
+    except AttributeError:  # a pruned or wrapped network: nothing to compare
+        conv = None
+    weight = getattr(conv, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 4 and getattr(conv, "groups", 1) == 1 \
+            and weight.shape[1] != channels:
+        raise ValueError(f"{arch}: its first conv ({name}) reads {weight.shape[1]} channels, but it has no in_chans "
+                         f"attribute, so timm takes it for {channels} (its cfg's input_size): keep self.in_chans = "
+                         f"in_chans in the family's __init__")
+    return channels
+
+
 def display_names(label_names: list[str], label_descriptions: list[str] | None) -> list[str]:
     """Human names for ``id2label``: the description, plus the id where a description is not unique."""
     names = label_descriptions or label_names
@@ -244,7 +266,7 @@ def hub_config(model, label_names: list[str], label_descriptions: list[str] | No
     arch = _check_model(model)
     cfg = {k: model.pretrained_cfg[k] for k in _ARCH_KEYS if model.pretrained_cfg.get(k) is not None}
     cfg.update(pretrained_cfg or {})
-    channels = get_model_input_config(model)["input_size"][0]  # of the network's first conv (in_chans)
+    channels = _input_channels(model, arch)
     if cfg.get("input_size"):  # as timm's save_config_for_hf
         cfg["input_size"] = (channels, *cfg["input_size"][1:])
     for key in ("mean", "std"):  # one per channel, their mean where the counts differ, as timm's exporter reduces

@@ -293,6 +293,32 @@ def test_readme_example_backbone_honours_global_pool(scratch_registry, tmp_path,
         assert maxed(x).shape == (2, maxed.head_hidden_size) == (2, 32)
 
 
+def test_a_family_that_does_not_keep_in_chans_is_not_exported_as_three_channel(tmp_path, monkeypatch,
+                                                                                scratch_registry):
+    """timm reads the channel count from in_chans, else the cfg's 3: a one-channel network of a family without it
+    exported a three-channel input_size and mean/std, and transformers' pipeline fed it RGB. The export says which
+    line is missing; the docstring's family keeps it and exports one channel."""
+    source = docstring_family_source()
+    (tmp_path / "mynet_example.py").write_text(source)
+    (tmp_path / "mynet_forgot.py").write_text(source.replace("self.in_chans = in_chans", "pass").replace(
+        DOC_FAMILY, "mynet_forgot"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("mynet_example", "mynet_forgot"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    import mynet_example  # noqa: F401
+    import mynet_forgot  # noqa: F401
+
+    gray = modeling.create_model(DOC_FAMILY, num_classes=2, in_chans=1)
+    modeling.save_pretrained(gray, tmp_path / "gray", label_names=["a", "b"])
+    cfg = json.loads((tmp_path / "gray" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"][0] == len(cfg["mean"]) == len(cfg["std"]) == 1
+    with pytest.raises(ValueError, match=r"^mynet_forgot: its first conv \(stem\.0\) reads 1 channels, but it has "
+                                         r"no in_chans attribute, so timm takes it for 3 .* keep self\.in_chans") as e:
+        modeling.save_pretrained(modeling.create_model("mynet_forgot", num_classes=2, in_chans=1), tmp_path / "bad",
+                                 label_names=["a", "b"])
+    assert "\n" not in str(e.value) and not (tmp_path / "bad" / "config.json").exists()
+
+
 def test_scratch_registry_restores_timm(tmp_path, monkeypatch):
     """A family registered inside restored_registry (what the scratch_registry fixture runs) is gone after it."""
     (tmp_path / "mynet_example.py").write_text(docstring_family_source())
@@ -364,9 +390,9 @@ def test_a_users_families_pass_the_registry_suite_as_written(tmp_path):
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     ran = re.findall(r"(\d+) passed", proc.stdout)
-    # forward/backward, features_only, save/load, FSDP wrap and timm's contract (7) for each of the three, plus the
+    # forward/backward, features_only, save/load, FSDP wrap and timm's contract (8) for each of the three, plus the
     # registry test
-    assert ran and int(ran[0]) >= 3 * (4 + 7) + 1, proc.stdout[-2000:]
+    assert ran and int(ran[0]) >= 3 * (4 + 8) + 1, proc.stdout[-2000:]
     assert " skipped" not in proc.stdout.splitlines()[-1]
 
 

@@ -1,6 +1,7 @@
 """timm's model contract, checked for every registered family the way timm's tests/test_models.py checks its own:
-the default cfg and the head (pooled, unpooled), forward_intermediates and prune_intermediate_layers, features_only
-through hooks, the getter and FX, output_stride by dilation, TorchScript, FX then TorchScript, grad checkpointing.
+the default cfg and the head (pooled, unpooled), in_chans, forward_intermediates and prune_intermediate_layers,
+features_only through hooks, the getter and FX, output_stride by dilation, TorchScript, FX then TorchScript, grad
+checkpointing.
 
 Parametrized over ``modeling.list_models()``, so a user's family is held to it by being registered (README section
 6; tests/test_modeling.py runs this file on the README's template family and a three-stage BlockNet variant), with
@@ -52,6 +53,16 @@ def test_default_cfg_and_head(name):
         assert torch.equal(unpooled, model.forward_features(x))
         headless = build(name, num_classes=0, global_pool="")
         assert tuple(headless(x).shape) == tuple(unpooled.shape)
+
+
+def test_in_chans_is_what_timm_reads(name):
+    """timm takes a network's channel count from its in_chans attribute, else its cfg's 3 (get_model_input_config):
+    a family that does not keep it builds a one-channel network that timm's data config, validate.py and the export
+    (input_size, mean/std, the one-channel processor) take for a three-channel one."""
+    model = build(name, in_chans=1)
+    assert timm.models.get_model_input_config(model)["input_size"][0] == 1, \
+        f"{name}(in_chans=1) does not say so: keep self.in_chans = in_chans in its __init__"
+    assert model(image(batch=1)[:, :1]).shape == (1, model.num_classes)
 
 
 def test_forward_intermediates_and_pruning(name):
