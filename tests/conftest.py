@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +33,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # preprocess.py and train.py are top-level scripts
 
 import preprocess  # noqa: E402
+from imagenet_trainer import stop_signals  # noqa: E402
 from imagenet_trainer.demo import make_ilsvrc_tree  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _stop_signals_restored():
+    """A test that runs train.py's stop handling in this process (StopSignal installs its handlers) leaves the
+    handlers and the signals it received to the tests after it: a later Ctrl-C or SIGTERM (a CI cancel) to this
+    pytest process would be remembered, not acted on, and a later StopSignal would see an old stop."""
+    handlers = {sig: signal.getsignal(sig) for sig in stop_signals.STOP_SIGNALS}
+    yield
+    for sig, handler in handlers.items():
+        if handler is not None:  # None: installed outside Python, which cannot be put back
+            signal.signal(sig, handler)
+    stop_signals.received.clear()
+    stop_signals.received_at.clear()
 
 
 @pytest.fixture(scope="session")

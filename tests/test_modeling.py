@@ -624,7 +624,7 @@ def test_pool_size_is_the_feature_map_at_the_exported_input_size(name, kwargs, s
 
 @pytest.mark.parametrize("in_chans", [1, 2])
 @pytest.mark.filterwarnings("ignore:Overwriting blocknet_:UserWarning")  # the export's copy, imported here
-def test_mean_and_std_of_an_export_fit_its_channels(in_chans, tmp_path):
+def test_mean_and_std_of_an_export_fit_its_channels(in_chans, tmp_path, scratch_registry):
     """An export for in_chans != 3 writes one mean and std value per channel, as timm's exporter reduces them
     (resolve_input_data_config: their mean): transformers' image processor asserts that count, so
     AutoImageProcessor reads the folder, and a grayscale photo through it gives the export's logits."""
