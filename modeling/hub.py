@@ -533,14 +533,16 @@ def _hub_offline() -> bool:
 def check_hub_ready(repo_id: str, token: str | None = None, *, private: bool = False,
                     repo_type: str = "model") -> None:
     """Raise a one-line ValueError now, before hours of training, if a later push to ``repo_id`` cannot work: a bad
-    repo id, HF_HUB_OFFLINE=1, no token, a token the Hub refuses (401), a Hub that gives no answer within
-    ``HUB_CHECK_S`` seconds, or (``private``) a repo that exists and is public. A Hub that cannot be reached otherwise
-    (no DNS, refused, rate limited) is a warning: it may be back when training ends."""
+    repo id, HF_HUB_OFFLINE=1, no token, a token the Hub refuses (401), a read-only token, a namespace that is
+    neither the token's user nor one of their organizations, a Hub that gives no answer within ``HUB_CHECK_S``
+    seconds, or (``private``) a repo that exists and is public. A Hub that cannot be reached otherwise (no DNS,
+    refused, rate limited) is a warning: it may be back when training ends. (A fine-grained token's scopes are not
+    read: the push says what they lack.)"""
     _check_push_args(repo_id, token)
     api = HfApi(token=token)
     try:
         with stall_limit(HUB_CHECK_S):
-            api.whoami()
+            who = api.whoami()
             if private:
                 refuse_public(api, repo_id, repo_type, HUB_CHECK_S)
     except NotPrivate:
@@ -556,6 +558,24 @@ def check_hub_ready(repo_id: str, token: str | None = None, *, private: bool = F
                              f"from this machine or do not ask for a push") from None
         warnings.warn(f"could not check the Hugging Face token for '{repo_id}' ({type(e).__name__}: "
                       f"{_masked(_first_line(e), token)}); the push at the end may fail", stacklevel=2)
+        return
+    _check_write_access(repo_id, who)
+
+
+def _check_write_access(repo_id: str, who: dict) -> None:
+    """What the Hub's whoami says of the token that rules a push to ``repo_id`` out: a read token (role "read") can
+    write nowhere, and a repo is created only in the user's own namespace or one of their organizations'."""
+    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise ValueError(f"cannot push to '{repo_id}': the Hugging Face token is read-only; create one with write "
+                         f"access (huggingface.co/settings/tokens) and run `hf auth login --force` or set HF_TOKEN")
+    owner, orgs = repo_id.partition("/")[0] if "/" in repo_id else None, who.get("orgs")
+    members = {who.get("name"), *(o.get("name") for o in orgs if isinstance(o, dict))} if isinstance(orgs, list) \
+        else None  # no list: nothing to tell from
+    if owner and members and who.get("name") and owner not in members:
+        raise ValueError(f"cannot push to '{repo_id}': the Hugging Face token is {who['name']}'s, who is not a member "
+                         f"of '{owner}'; push under {who['name']}/ or one of their organizations, or use a token "
+                         f"of '{owner}'")
 
 
 def _check_push_args(repo_id: str, token: str | None) -> None:

@@ -22,7 +22,9 @@ start with ``/datasets``:
   ``X-Linked-Size`` and ``X-Repo-Commit``: the client stops at a redirect off the Hub's origin, reads the metadata
   from it and downloads from ``Location`` without credentials. The storage host here is a second server on another
   port (another origin). No ``X-Xet-*`` headers, so the client takes the plain HTTP download path.
-* ``GET /api/whoami-v2``: the token's user (``{"type": "user", "name": "me"}``); 401 without a token.
+* ``GET /api/whoami-v2``: the token's user, their organizations and the token's role (``{"type": "user", "name":
+  "me", "orgs": [...], "auth": {"accessToken": {"role": "write"}}}``: ``hub.orgs``, ``hub.role``); 401 without a
+  token. A "read" token's writes answer 403, as the Hub's do.
 * ``GET /api/agent-harnesses``: a registry huggingface_hub reads to fill in its User-Agent header; served empty.
 * The write side (create, preupload, LFS batch and storage ``PUT``, commit): see tests/hub_write.py.
 * Errors carry the Hub's ``X-Error-Code`` header (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``), from
@@ -196,6 +198,7 @@ class LocalHub:
         self.blobs = {hashlib.sha256(data).hexdigest(): data for repo in self.repos.values()
                       for data in repo.files.values()}
         self.token, self.refuse = token, {}
+        self.role, self.orgs = "write", ()  # the token's role, the organizations its user belongs to
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -244,11 +247,15 @@ class LocalHub:
             return error(401, None, "Invalid credentials in Authorization header")
         parts = request.parts
         if request.method in ("POST", "PUT"):
+            if self.role == "read":
+                return error(403, None, "You don't have the rights to write to this repository with a read token")
             return hub_write.hub_answer(self, request)
         if parts[0] == "api" and parts[1:2] in (["models"], ["datasets"]) and len(parts) >= 4:
             return self._api(request, parts[1][:-1], "/".join(parts[2:4]), parts[4:])
         if parts == ["api", "whoami-v2"]:  # the token's owner; a wrong token was refused above
-            return answer_json({"type": "user", "name": "me"}) if request.authorization else \
+            return answer_json({"type": "user", "name": "me", "orgs": [{"type": "org", "name": o} for o in self.orgs],
+                                "auth": {"type": "access_token", "accessToken": {"role": self.role}}}) \
+                if request.authorization else \
                 error(401, None, "Invalid credentials in Authorization header")
         if parts == ["api", "agent-harnesses"]:  # what huggingface_hub tags its User-Agent from, once a day; empty
             return answer_json({"standardEnvVars": [], "harnesses": {}})

@@ -327,6 +327,32 @@ def test_a_downloaded_copy_pushes_what_upload_folder_would(monkeypatch, tmp_path
         {p: d for p, d in files_of(source).items() if p != "README.md"}  # the card: its repo id filled in
 
 
+def test_a_read_only_token_or_a_namespace_not_the_users_is_refused_at_start_up(monkeypatch, tmp_path):
+    """The Hub's whoami names the token's role and its user's organizations: a read token, or a repo under another
+    user or an organization the user is not in, fails only at the push (403) once training or a dataset export has
+    run for hours; check_hub_ready says so before, in one line."""
+    with LocalHub() as hub:
+        point_this_process_at(hub, monkeypatch, tmp_path / "home")
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        hub.role = "read"
+        for repo_type in ("model", "dataset"):
+            with pytest.raises(ValueError) as e:
+                modeling.check_hub_ready("me/tiny", repo_type=repo_type)
+            assert str(e.value).startswith("cannot push to 'me/tiny': the Hugging Face token is read-only; ")
+            assert "\n" not in str(e.value) and hub.token not in str(e.value)
+        with pytest.raises(Exception, match="403"):  # what the push would have met
+            modeling.push_to_hub(tiny_export(tmp_path / "m", 0), "me/tiny")
+        hub.role, hub.orgs = "write", ("lab",)
+        modeling.check_hub_ready("me/tiny")
+        modeling.check_hub_ready("lab/tiny", private=True)
+        with pytest.raises(ValueError) as e:
+            modeling.check_hub_ready("facebook/tiny")
+        assert str(e.value) == ("cannot push to 'facebook/tiny': the Hugging Face token is me's, who is not a member "
+                                "of 'facebook'; push under me/ or one of their organizations, or use a token of "
+                                "'facebook'")
+        assert not hub.unhandled
+
+
 def test_a_bad_token_or_a_silent_hub_is_refused_at_start_up_and_a_stalled_push_ends_in_one_line(monkeypatch,
                                                                                                tmp_path):
     """check_hub_ready asks the Hub who the token is: a 401 is one line before training; a Hub behind a firewall
