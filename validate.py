@@ -336,7 +336,7 @@ def describe(cfg: ValidateConfig, model: torch.nn.Module, data_cfg: dict, precis
     return {"model": cfg.model, "model_name": results_name(cfg.model),
             "model_path": str(folder.resolve()) if folder else None,
             "weights_sha256": eval_suite.weights_digest(model), "weights": weights,
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 6),
             "dataset": cfg.dataset, "dataset_path": str(dataset.resolve()) if dataset and dataset.exists() else None,
             "split": cfg.split, "eval_sets": cfg.eval_sets or None,
             "crop_pct": cfg.crop_pct or data_cfg["crop_pct"], "crop_mode": data_cfg.get("crop_mode", "center"),

@@ -330,7 +330,7 @@ def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
     if parts.taken and accelerator.is_main_process:
         print(f"{parts.taken} split(s) not scored again: their scores were kept in {parts.folder} by an earlier run "
               "of this command")
-    summary = {"model": cfg.model, "results": rows, "params_m": round(params_m, 3), "gmacs": round(gmacs, 4),
+    summary = {"model": cfg.model, "results": rows, "params_m": round(params_m, 6), "gmacs": round(gmacs, 4),
                "image_size": headline, **{k: transform[k] for k in ("crop_pct", "crop_mode", "interpolation", "flip")},
                "num_processes": accelerator.num_processes}
     c_row = next((r for r in rows if "errors" in r and r["image_size"] == headline), None)
@@ -429,7 +429,9 @@ def format_row(row: dict) -> str:
 
 def results_csv(summary: dict) -> str:
     """results.csv: timm's results columns (diff against its tables), one row per set and image size; the diffs
-    are to the ImageNet row at the same size when there is one."""
+    are to the ImageNet row at the same size when there is one, as timm's tables diff ReaL, V2 and Sketch. R and A
+    have none: timm diffs them to ImageNet's val restricted to their 200 classes (its -r-clean, -a-clean tables),
+    which is not scored here, and a diff to the 1000-class row would not line up with its tables."""
     from modeling.card import public
 
     out = io.StringIO()
@@ -437,7 +439,7 @@ def results_csv(summary: dict) -> str:
     writer.writeheader()
     base = {r["image_size"]: r for r in summary["results"] if r["kind"] == "imagenet"}
     for r in summary["results"]:
-        baseline = base.get(r["image_size"]) if r["kind"] != "imagenet" else None
+        baseline = base.get(r["image_size"]) if r["kind"] not in ("imagenet", eval_sets.R, eval_sets.A) else None
         writer.writerow(robustness.results_row(r["dataset"], public(summary["model"]), r, summary["params_m"],
                                                r["image_size"], r["crop_pct"], summary["interpolation"], baseline))
     return out.getvalue()

@@ -213,6 +213,25 @@ def test_mce_against_hand_computed_values():
     assert robustness.mean_corruption_error(errors, {"jpeg_compression": 0.6})["mce"] == pytest.approx(50.0)
 
 
+def test_results_csv_diffs_as_timms_tables_and_rounds_the_parameters_once():
+    """timm's tables diff ReaL, V2 and Sketch to ImageNet at the same size, R and A to ImageNet's val restricted to
+    their 200 classes (-r-clean, -a-clean), which the suite does not score: their diffs stay empty rather than
+    taken against the 1000-class row. param_count is timm's round(n / 1e6, 2): regnetx_002's 2,684,792 is 2.68
+    (rounded to 3 places first, 2.685, it became 2.69)."""
+    def row(kind, top1, size=224):
+        return {"dataset": kind, "kind": kind, "top1": top1, "top5": top1 + 10, "image_size": size, "crop_pct": 0.875}
+
+    rows = [row("imagenet", 70.0), row(eval_sets.V2, 58.5), row(eval_sets.R, 30.0), row(eval_sets.A, 5.0),
+            row(eval_sets.SKETCH, 20.0, size=256)]
+    summary = {"model": "/runs/r50/final", "results": rows, "params_m": round(2_684_792 / 1e6, 6),
+               "interpolation": "bicubic"}
+    table = {r["dataset"]: r for r in csv.DictReader(io.StringIO(eval_suite.results_csv(summary)))}
+    assert (table[eval_sets.V2]["top1_diff"], table[eval_sets.V2]["top5_diff"]) == ("-11.5", "-11.5")
+    for kind in (eval_sets.R, eval_sets.A, eval_sets.SKETCH, "imagenet"):  # Sketch: no ImageNet row at 256
+        assert table[kind]["top1_diff"] == table[kind]["top5_diff"] == "", kind
+    assert {r["param_count"] for r in table.values()} == {"2.68"}
+
+
 def test_eval_sets_scores_like_the_papers(sets, in1k_model, tmp_path):
     out = tmp_path / "res" / "r.json"
     summary = evaluate(in1k_model, "", "--eval_sets", ",".join(str(sets[k]) for k in eval_sets.SETS), "--output",
@@ -489,6 +508,8 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
     model = modeling.load_model(str(in1k_model))
     stats = modeling.card.model_stats(model, {"pretrained_cfg": {"input_size": (3, 32, 32)}})
     assert masked["params_m"] == pytest.approx(stats["params"], rel=1e-3)
+    assert masked["params_m"] == round(sum(p.numel() for p in model.parameters()) / 1e6, 6)  # unrounded: results.csv
+    # rounds it once, as timm does
     assert masked["gmacs"] == pytest.approx(stats["gmacs"], rel=0.05)
     assert [r["batch_size"] for r in masked["throughput"]] == [1, 2]
     assert all(r["infer_samples_per_sec"] > 0 and r["img_size"] == 32 for r in masked["throughput"])
