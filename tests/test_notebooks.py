@@ -286,6 +286,10 @@ def test_training_curves_of_a_resumed_run_given_its_export(trained_run, tmp_path
     (run / "final").mkdir(parents=True)
     shutil.copy(trained_run / "config.yaml", run / "config.yaml")
     shutil.copy(trained_run / "final" / "config.json", run / "final" / "config.json")
+    launched = yaml.safe_load((run / "config.yaml").read_text())
+    for when, epochs in (("20261201-090000Z", launched["epochs"] + 1), ("20261201-100000Z", launched["epochs"] + 3)):
+        (run / "resumes" / when).mkdir(parents=True)  # resumes that extended the run: the newest one's plan counts
+        (run / "resumes" / when / "config.yaml").write_text(yaml.safe_dump({**launched, "epochs": epochs}))
     steady = ("first_batch_s", "images_per_sec_steady", "data_wait_steady_frac")
     first, second = [{k: v for k, v in json.loads(line).items() if k not in steady}
                      for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
@@ -295,6 +299,7 @@ def test_training_curves_of_a_resumed_run_given_its_export(trained_run, tmp_path
     assert stdout(cell(nb, 'print(f"run: {RUN}")')).splitlines()[-1] == f"run: {run}"
     table = stdout(cell(nb, "rows = last_history("))
     assert "dropped 1 of 3 rows, superseded by a resume from an earlier checkpoint" in table
+    assert f": 2 rows, {launched['epochs'] + 3} epochs planned" in table
     assert [line.split()[:2] for line in table.splitlines()[-2:]] == [[f"{r['epoch']:g}", str(r["step"])]
                                                                       for r in (first, second)]
     summary = stdout(cell(nb, "last = rows[-1]"))
