@@ -59,15 +59,12 @@ def detect(data_dir: Path) -> Found | None:
     # Kaggle's LOC files make the folder a tree only when no layout below claims it (the last line): one kept beside
     # image-net.org's tars or the Hub's files does not make them Kaggle's tree
     loc = (data_dir / ilsvrc.SYNSET_MAPPING).exists()
-    # image-net.org's files claim the folder with one of their image tars there; without, unless Kaggle's zip or
-    # LOC files are: a devkit kept beside them is not a set of image-net.org's missing its tars
+    # image-net.org's files claim the folder with one of their image tars there; without, unless another layout
+    # (Kaggle's zip or LOC files, the Hub's files, WebDataset shards) does: a devkit kept beside them is not a set of
+    # image-net.org's missing its tars (the last of the checks below)
     org = any(n.startswith(("ILSVRC2012_img_", "ILSVRC2012_devkit")) for n in names)
-    if org and (TRAIN_TAR in names or VAL_TAR in names or (len(zips) != 1 and not loc)):
-        read = [n for n in (TRAIN_TAR, VAL_TAR, DEVKIT) if n in names]
-        read += [n for n in names if n.startswith("ILSVRC2012_img_test") and n.endswith(".tar")]
-        read += [n for n in BBOX_ARCHIVES if n in names]
-        return Found(IMAGENET_ORG, [str(data_dir / n) for n in read], str(data_dir),
-                     "image-net.org's archives, read in place: " + ", ".join(read))
+    if org and (TRAIN_TAR in names or VAL_TAR in names):
+        return _imagenet_org(data_dir, names)
     hub = sorted(p for p in data_dir.glob("data/*.tar.gz") if p.name.startswith(tuple(HUB_SPLITS.values())))
     if hub and (data_dir / HUB_CLASSES).is_file():
         return Found(HUB, [str(p) for p in hub], str(data_dir), "a snapshot of the Hub's ILSVRC/imagenet-1k, read "
@@ -89,7 +86,17 @@ def detect(data_dir: Path) -> Found | None:
         raise ValueError(f"{data_dir}: the Hub's older ILSVRC/imagenet-1k snapshot (data/*.tar.gz) without its "
                          f"{HUB_CLASSES}, the class list; put it beside data/ (hf download ILSVRC/imagenet-1k "
                          f"{HUB_CLASSES} --repo-type dataset --local-dir {data_dir})")
+    if org and not loc:  # image-net.org's set without its image tars: the route names what is missing
+        return _imagenet_org(data_dir, names)
     return None  # a tree: with LOC files but no ILSVRC/, image_tree says it is missing
+
+
+def _imagenet_org(data_dir: Path, names: list[str]) -> Found:
+    read = [n for n in (TRAIN_TAR, VAL_TAR, DEVKIT) if n in names]
+    read += [n for n in names if n.startswith("ILSVRC2012_img_test") and n.endswith(".tar")]
+    read += [n for n in BBOX_ARCHIVES if n in names]
+    return Found(IMAGENET_ORG, [str(data_dir / n) for n in read], str(data_dir),
+                 "image-net.org's archives, read in place: " + ", ".join(read))
 
 
 def _kaggle_tgz(folder: Path, tgz: Path) -> Found:

@@ -708,6 +708,26 @@ def test_kaggles_zip_with_image_net_orgs_devkit_beside_it_is_read_as_the_zip(pac
     assert archives.detect(folder).packaging == archive_layouts.IMAGENET_ORG
 
 
+@pytest.mark.parametrize("kind,packaging", [("webdataset", archive_layouts.WEBDATASET),
+                                             ("hub-imagenet-1k-parquet", archive_layouts.HUB_PARQUET),
+                                             ("hub-imagenet-1k", archive_layouts.HUB)])
+def test_other_sets_with_image_net_orgs_devkit_beside_them_are_read_as_themselves(kind, packaging, packaged,
+                                                                                   tmp_path):
+    """A devkit (or the test tar) kept beside WebDataset shards or the Hub's files is not image-net.org's set
+    missing its image tars: it was refused for the 138 GB train tar the folder does not need."""
+    folder = tmp_path / "download"
+    folder.mkdir()
+    for entry in packaged[kind].iterdir():
+        (folder / entry.name).symlink_to(entry)
+    (folder / archive_layouts.DEVKIT).symlink_to(packaged["image-net.org"] / archive_layouts.DEVKIT)
+    assert archives.detect(folder).packaging == packaging
+    # the devkit alone: image-net.org's set, whose lister names the tars it lacks
+    alone = tmp_path / "devkit-only"
+    alone.mkdir()
+    (alone / archive_layouts.DEVKIT).symlink_to(packaged["image-net.org"] / archive_layouts.DEVKIT)
+    assert archives.detect(alone).packaging == archive_layouts.IMAGENET_ORG
+
+
 def test_the_hubs_older_snapshot_without_classes_py_names_it(packaged, tmp_path):
     hub = copy_set(packaged["hub-imagenet-1k"], tmp_path / "hub")
     (hub / archive_layouts.HUB_CLASSES).unlink()
