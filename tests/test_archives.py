@@ -474,6 +474,21 @@ def test_a_box_archive_with_an_undecodable_xml_keeps_the_others(tmp_path):
     assert errors == [f"{path}/n01440764/b.xml: not valid XML (unknown encoding: ISO-8859-1x)"]
 
 
+def test_a_box_archive_with_a_damaged_member_header_is_one_line_not_fewer_boxes(tmp_path):
+    """tarfile ends its listing at a member header that does not read, without a word: the boxes of every file
+    after it were lost. The archive is refused in one line, as a damaged image archive is."""
+    xml = b"<annotation><object><name>n01440764</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax>" \
+          b"<ymax>4</ymax></bndbox></object></annotation>"
+    tar = bytearray(demo_archives._tar_bytes([(f"n01440764/{i}.xml", xml) for i in "abc"], "w"))
+    tar[1024:1034] = b"garbage!!!"  # the second member's header: each XML fits one 512-byte block after its own
+    path = tmp_path / "ILSVRC2012_bbox_train_v2.tar.gz"
+    path.write_bytes(gzip.compress(bytes(tar)))
+    with pytest.raises(ValueError) as e:
+        archive_layouts.read_box_archive(str(path))
+    assert str(e.value).startswith(f"{path}: damaged, the tar in it: the member header at byte 1024 does not read")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("gone", [[ilsvrc.VAL_SOLUTION], [ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION]])
 def test_unzipped_older_kaggle_release_names_the_loc_file_to_put_beside_it(gone, packaged, tmp_path):
     folder = copy_set(packaged["kaggle-tar-gz"], tmp_path / "set")
