@@ -542,10 +542,10 @@ def check_hub_ready(repo_id: str, token: str | None = None, *, private: bool = F
     api = HfApi(token=token)
     try:
         with stall_limit(HUB_CHECK_S):
-            who = api.whoami()
+            _check_write_access(repo_id, api.whoami())
             if private:
                 refuse_public(api, repo_id, repo_type, HUB_CHECK_S)
-    except NotPrivate:
+    except (NotPrivate, NoWriteAccess):
         raise
     except Exception as e:  # HTTP, network and auth errors come from several libraries
         if getattr(getattr(e, "response", None), "status_code", None) == 401:
@@ -558,8 +558,10 @@ def check_hub_ready(repo_id: str, token: str | None = None, *, private: bool = F
                              f"from this machine or do not ask for a push") from None
         warnings.warn(f"could not check the Hugging Face token for '{repo_id}' ({type(e).__name__}: "
                       f"{_masked(_first_line(e), token)}); the push at the end may fail", stacklevel=2)
-        return
-    _check_write_access(repo_id, who)
+
+
+class NoWriteAccess(ValueError):
+    """A push the token cannot make: read-only, or a namespace its user is not in."""
 
 
 def _check_write_access(repo_id: str, who: dict) -> None:
@@ -567,15 +569,17 @@ def _check_write_access(repo_id: str, who: dict) -> None:
     write nowhere, and a repo is created only in the user's own namespace or one of their organizations'."""
     role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise ValueError(f"cannot push to '{repo_id}': the Hugging Face token is read-only; create one with write "
-                         f"access (huggingface.co/settings/tokens) and run `hf auth login --force` or set HF_TOKEN")
+        raise NoWriteAccess(f"cannot push to '{repo_id}': the Hugging Face token is read-only; create one with "
+                            f"write access (huggingface.co/settings/tokens) and run `hf auth login --force` or set "
+                            f"HF_TOKEN")
     owner, orgs = repo_id.partition("/")[0] if "/" in repo_id else None, who.get("orgs")
-    members = {who.get("name"), *(o.get("name") for o in orgs if isinstance(o, dict))} if isinstance(orgs, list) \
-        else None  # no list: nothing to tell from
-    if owner and members and who.get("name") and owner not in members:
-        raise ValueError(f"cannot push to '{repo_id}': the Hugging Face token is {who['name']}'s, who is not a member "
-                         f"of '{owner}'; push under {who['name']}/ or one of their organizations, or use a token "
-                         f"of '{owner}'")
+    if not (owner and who.get("name") and isinstance(orgs, list)):  # nothing to tell from
+        return
+    members = {str(n).casefold() for n in (who["name"], *(o.get("name") for o in orgs if isinstance(o, dict)))}
+    if owner.casefold() not in members:  # the Hub's names ignore case
+        raise NoWriteAccess(f"cannot push to '{repo_id}': the Hugging Face token is {who['name']}'s, who is not a "
+                            f"member of '{owner}'; push under {who['name']}/ or one of their organizations, or use a "
+                            f"token of '{owner}'")
 
 
 def _check_push_args(repo_id: str, token: str | None) -> None:

@@ -391,6 +391,15 @@ def test_the_script_reads_the_yaml_output_dir_as_train_py_does(slurm, tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: --config {recipe}: key 'output_dir' is given twice (lines 1 and 2); keep one"], proc.stderr
+    elsewhere = tmp_path / "elsewhere"  # submitted from another folder: that is what to fix, not PyYAML
+    elsewhere.mkdir()
+    (log / "accelerate").unlink()
+    proc = subprocess.run(["bash", str(SBATCH), "--config", str(recipe)], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: cannot read output_dir from --config {recipe}: the job runs in {elsewhere}, not the repository root; "
+        "submit from the repository root"], proc.stderr
+    assert not (log / "accelerate").exists()
 
 
 def test_jobs_1000_ids_apart_on_one_head_node_rendezvous_on_different_ports(slurm, tmp_path):

@@ -345,6 +345,7 @@ def test_a_read_only_token_or_a_namespace_not_the_users_is_refused_at_start_up(m
         hub.role, hub.orgs = "write", ("lab",)
         modeling.check_hub_ready("me/tiny")
         modeling.check_hub_ready("lab/tiny", private=True)
+        modeling.check_hub_ready("Lab/tiny")  # the Hub's names ignore case
         with pytest.raises(ValueError) as e:
             modeling.check_hub_ready("facebook/tiny")
         assert str(e.value) == ("cannot push to 'facebook/tiny': the Hugging Face token is me's, who is not a member "
