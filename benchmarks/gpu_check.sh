@@ -105,6 +105,10 @@ if [ -n "${PYTHON:-}" ]; then  # a path, or a command on the PATH
     fail "PYTHON=$PYTHON is not an executable file or a command (give the interpreter of this project's venv)"
 elif [ -x "$ROOT/.venv/bin/python" ]; then
   PY="$ROOT/.venv/bin/python"
+elif [ -L "$ROOT/.venv/bin/python" ] || [ -e "$ROOT/.venv/bin/python" ]; then
+  # a venv copied from another machine links to an interpreter that is not here: say so, not run another Python
+  fail "$ROOT/.venv/bin/python does not run here (it links to $(readlink "$ROOT/.venv/bin/python" || echo '?'),"\
+" missing on this machine): make the venv here (make install) or give PYTHON= an interpreter with requirements.txt"
 else
   PY="$(command -v python3)" || fail "no $ROOT/.venv/bin/python and no python3 on the PATH: set PYTHON="
 fi
@@ -200,6 +204,11 @@ if [ -n "${PYTHONPATH:-}" ]; then  # the caller's relative entries, as the calle
 fi
 cd "$ROOT" || fail "cannot enter $ROOT"  # python -m finds this project's package from any directory
 mkdir -p "$WORK/stages" "$(dirname "$OUT")"
+# one Inductor cache for this run, whatever the environment names (a process that has imported Inductor exports its
+# default, /tmp/torchinductor_<user>, to its children): train_8cores compiles cold, as on a fresh machine, and
+# train_recipe (the same graphs: model, batch, sizes, bf16) loads what it compiled instead of compiling again. Set
+# before the machine check, whose imports would create the default one
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 # the machine, described once (the report written after every stage then needs no torch import: ~2 s each), and the
 # check that there is a GPU
 "$PY" - "$WORK/machine.json" "$CPU" 2> "$WORK/machine.err" <<'PYEOF'
@@ -207,10 +216,20 @@ import json, os, platform, sys
 
 try:
     import torch
+    import accelerate, datasets, timm, transformers  # what every stage imports: missing, each would fail in seconds
 except ImportError as e:
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(3)
-if sys.argv[2] == "0" and not torch.cuda.is_available():
+import warnings
+
+with warnings.catch_warnings(record=True) as said:  # torch's reason, e.g. a driver too old for its CUDA
+    warnings.simplefilter("always")
+    cuda = torch.cuda.is_available()
+if sys.argv[2] == "0" and not cuda:  # why, in one line
+    why = [f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else
+           f"torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no GPU"]
+    why += [" ".join(str(w.message).split())[:300] for w in said]
+    print("; ".join(why), file=sys.stderr)
     sys.exit(4)
 cpuinfo = open("/proc/cpuinfo").read().splitlines() if os.path.exists("/proc/cpuinfo") else []
 machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -224,15 +243,13 @@ with open(sys.argv[1], "w") as f:
 PYEOF
 case $? in
   0) ;;
-  3) fail "$PY cannot import torch ($(tail -n 1 "$WORK/machine.err")): give PYTHON= this project's venv interpreter" ;;
-  4) fail "no CUDA GPU visible to $PY; run on a GPU machine, or add --cpu for the dry run" ;;
+  3) fail "$PY cannot import what the stages need ($(tail -n 1 "$WORK/machine.err")): give PYTHON= this project's"\
+" venv interpreter (make install)" ;;
+  4) fail "no CUDA GPU visible to $PY ($(tail -n 1 "$WORK/machine.err")); run on a GPU machine, or add --cpu for"\
+" the dry run" ;;
   *) fail "$PY could not describe the machine: $(tail -n 1 "$WORK/machine.err")" ;;
 esac
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-# one Inductor cache for this run, whatever the environment names (a process that has imported Inductor exports its
-# default, /tmp/torchinductor_<user>, to its children): train_8cores compiles cold, as on a fresh machine, and
-# train_recipe (the same graphs: model, batch, sizes, bf16) loads what it compiled instead of compiling again
-export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 COUNT_CORES=("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")  # the cores this process may run on
 CORES="$("${COUNT_CORES[@]}")"
 # the goal train_8cores answers (BENCHMARKS.md, "GPU check"): img/s of one GPU, the share of time it waits on data,

@@ -305,9 +305,28 @@ def test_gpu_check_without_a_gpu_says_how_to_dry_run(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--out", str(out)], capture_output=True,
                           text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.returncode == 2 and not out.exists()
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: no CUDA GPU visible to ")
+    line = proc.stderr.strip().splitlines()[-1]
+    python = ROOT / ".venv" / "bin" / "python"
+    assert line.startswith(f"error: no CUDA GPU visible to {python} (torch {torch.__version__}")
+    assert (" is built without CUDA" if torch.version.cuda is None else " sees no GPU") in line  # why, not only that
     assert proc.stderr.strip().endswith("add --cpu for the dry run")
     assert [p.name for p in tmp_path.iterdir()] == []  # its work folder is gone
+
+
+def test_gpu_check_with_a_venv_copied_from_another_machine_says_so(tmp_path):
+    """A venv carried to the GPU machine links to an interpreter that is not there: one line saying so, not a run
+    on whatever python3 the machine has (another torch, or none, reported as a missing import)."""
+    root = tmp_path / "checkout"
+    (root / "benchmarks").mkdir(parents=True)
+    shutil.copy(GPU_CHECK, root / "benchmarks")
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "python").symlink_to("/nonexistent/pyenv/bin/python3")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--cpu", "--out",
+                           str(tmp_path / "g.json")], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"error: {root}/.venv/bin/python does not run here (it links to /nonexistent/pyenv/bin/python3, missing on "
+        "this machine): make the venv here (make install) or give PYTHON= an interpreter with requirements.txt"]
 
 
 def test_gpu_check_refuses_what_it_cannot_run_in_one_line(tmp_path):
@@ -333,7 +352,8 @@ def test_gpu_check_refuses_what_it_cannot_run_in_one_line(tmp_path):
             (["--cpu", "--stages", "tree,validate"], sys.executable,
              "error: --stages: validate needs train_recipe in the same run"),
             (["--cpu", "--stages", "throughput"], str(typo), f"error: PYTHON={typo} is not an executable file"),
-            (["--cpu", "--stages", "throughput"], str(no_torch), f"error: {no_torch} cannot import torch")):
+            (["--cpu", "--stages", "throughput"], str(no_torch),
+             f"error: {no_torch} cannot import what the stages need (ModuleNotFoundError: No module named 'torch')")):
         out = [] if "--out" in args else ["--out", str(tmp_path / "gpu_check.json")]  # never the repository's
         bad = subprocess.run(["bash", str(GPU_CHECK), *out, *args], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "PYTHON": python, "TMPDIR": str(tmp_path)})
