@@ -149,15 +149,15 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path) -> tuple:
-    """(the document of a --config file (empty: {}), the written text of its top-level values YAML reads as other
+    """(the mapping of a --config file (empty: {}), the written text of its top-level values YAML reads as other
     than text: _StrictLoader.texts); a one-line SystemExit for a file that is missing, unreadable, not UTF-8, not
-    valid YAML, or that gives a key twice or a number YAML 1.1 misreads (_StrictLoader)."""
+    valid YAML, not a mapping, or that gives a key twice or a number YAML 1.1 misreads (_StrictLoader)."""
     if not path.is_file():
         raise SystemExit(f"error: --config {path}: no such file")
     try:
         loader = _StrictLoader(path.read_text(encoding="utf-8"))  # a SafeLoader: no objects
         try:
-            return loader.get_single_data() or {}, getattr(loader, "texts", {})
+            doc, texts = loader.get_single_data() or {}, getattr(loader, "texts", {})
         finally:
             loader.dispose()
     except _Refused as e:
@@ -172,6 +172,9 @@ def read_yaml(path: Path) -> tuple:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(e, "problem", None) or " ".join(str(e).split())
         raise SystemExit(f"error: --config {path}: not valid YAML: {what}{at}; fix the file there") from None
+    if not isinstance(doc, dict):
+        raise SystemExit(f"error: --config {path}: expected a mapping of keys to values")
+    return doc, texts
 
 
 def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
@@ -197,8 +200,6 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     if args.config:
         path = Path(args.config)
         loaded, texts = read_yaml(path)
-        if not isinstance(loaded, dict):
-            raise SystemExit(f"error: --config {path}: expected a mapping of keys to values")
         for key, value in loaded.items():
             if key not in fields:
                 raise SystemExit(f"error: --config {path}: unknown key '{key}' "
