@@ -112,11 +112,12 @@ def slurm(tmp_path):
     return env, log
 
 
-def sbatch(env, *args, popen=False):
+def sbatch(env, *args, popen=False, cwd=ROOT):
+    """The script as sbatch runs it, in the folder the job was submitted from (`cwd`)."""
     cmd = ["bash", str(SBATCH), *map(str, args)]
     if popen:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def write_stop_record(out, monkeypatch, job, restarts=None):
@@ -368,9 +369,9 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
 
 def test_the_script_reads_the_yaml_output_dir_as_train_py_does(slurm, tmp_path):
     """`output_dir: 2024_06_01` is the folder 2024_06_01 to train.py (a text field as written), the number 20240601 to
-    yaml.safe_load: a requeue looked for the run's checkpoints in ./20240601 and started again from the YAML's
-    resume_from_checkpoint (another run's), losing the run's own progress. The job runs in a checkout of its own here
-    (the relative folder is the checkout's)."""
+    yaml.safe_load: read so, a requeue would look for the run's checkpoints in ./20240601 and start again from the
+    YAML's resume_from_checkpoint (another run's), losing the run's own progress. The job runs in a checkout of its
+    own here (the relative folder is the checkout's)."""
     env, log = slurm
     env = {**env, "ACCELERATE": "fake-accelerate", "SLURM_RESTART_COUNT": "1", "PYTHON": sys.executable}
     checkout = tmp_path / "checkout"
@@ -381,21 +382,18 @@ def test_the_script_reads_the_yaml_output_dir_as_train_py_does(slurm, tmp_path):
     other = tmp_path / "other" / "checkpoints" / "step_00000040"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"output_dir: 2024_06_01\nresume_from_checkpoint: {other}\n")
-    ok(subprocess.run(["bash", str(SBATCH), "--config", str(recipe)], cwd=checkout, env=env, capture_output=True,
-                      text=True, timeout=600))
+    ok(sbatch(env, "--config", recipe, cwd=checkout))
     calls = (log / "accelerate").read_text().splitlines()
     assert len(calls) == 2 and all(c.endswith(f"--config {recipe} --resume_from_checkpoint latest") for c in calls), \
         calls
     recipe.write_text("output_dir: a\noutput_dir: b\n")  # what train.py refuses ends the job in its own line
-    proc = subprocess.run(["bash", str(SBATCH), "--config", str(recipe)], cwd=checkout, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = sbatch(env, "--config", recipe, cwd=checkout)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: --config {recipe}: key 'output_dir' is given twice (lines 1 and 2); keep one"], proc.stderr
     elsewhere = tmp_path / "elsewhere"  # submitted from another folder: that is what to fix, not PyYAML
     elsewhere.mkdir()
     (log / "accelerate").unlink()
-    proc = subprocess.run(["bash", str(SBATCH), "--config", str(recipe)], cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = sbatch(env, "--config", recipe, cwd=elsewhere)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: cannot read output_dir from --config {recipe}: the job runs in {elsewhere}, not the repository root; "
         "submit from the repository root"], proc.stderr
