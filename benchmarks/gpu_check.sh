@@ -232,7 +232,7 @@ if sys.argv[2] == "0" and not cuda:  # why, in one line
     print("; ".join(why), file=sys.stderr)
     sys.exit(4)
 cpuinfo = open("/proc/cpuinfo").read().splitlines() if os.path.exists("/proc/cpuinfo") else []
-machine = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+machine = {"gpu": torch.cuda.get_device_name() if cuda else None,
            "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(), "torch": torch.__version__,
            "cuda": torch.version.cuda,
            "cpu_model": next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
