@@ -348,8 +348,8 @@ def read_devkit(path: str) -> tuple[list, list, dict, list]:
 
 def read_box_archive(path: str) -> tuple[dict, list]:
     """({image stem: [(name, xmin, ymin, xmax, ymax)]}, unreadable XML messages) from a tar.gz of VOC XML files.
-    Read as the image archives are (archives.stream_tar): a damaged member header ends tarfile's own listing there
-    without a word, and every box after it was lost; here it is a one-line ValueError naming the archive."""
+    Read as the image archives are (archives.stream_tar): tarfile's own listing ends at a damaged member header
+    without a word, which would lose every box after it; here it is a one-line ValueError naming the archive."""
     boxes, errors = {}, []
     for m, data in archives.stream_tar(path):
         if m.name.endswith(".xml"):

@@ -475,8 +475,8 @@ def test_a_box_archive_with_an_undecodable_xml_keeps_the_others(tmp_path):
 
 
 def test_a_box_archive_with_a_damaged_member_header_is_one_line_not_fewer_boxes(tmp_path):
-    """tarfile ends its listing at a member header that does not read, without a word: the boxes of every file
-    after it were lost. The archive is refused in one line, as a damaged image archive is."""
+    """tarfile ends its listing at a member header that does not read, without a word, which would lose the boxes
+    of every file after it. The archive is refused in one line, as a damaged image archive is."""
     xml = b"<annotation><object><name>n01440764</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax>" \
           b"<ymax>4</ymax></bndbox></object></annotation>"
     tar = bytearray(demo_archives._tar_bytes([(f"n01440764/{i}.xml", xml) for i in "abc"], "w"))
@@ -729,7 +729,7 @@ def test_kaggles_zip_with_image_net_orgs_devkit_beside_it_is_read_as_the_zip(pac
 def test_other_sets_with_image_net_orgs_devkit_beside_them_are_read_as_themselves(kind, packaging, packaged,
                                                                                    tmp_path):
     """A devkit (or the test tar) kept beside WebDataset shards or the Hub's files is not image-net.org's set
-    missing its image tars: it was refused for the 138 GB train tar the folder does not need."""
+    missing its image tars: the folder must not be refused for the 138 GB train tar it does not need."""
     folder = tmp_path / "download"
     folder.mkdir()
     for entry in packaged[kind].iterdir():

@@ -217,7 +217,7 @@ def test_results_csv_diffs_as_timms_tables_and_rounds_the_parameters_once():
     """timm's tables diff ReaL, V2 and Sketch to ImageNet at the same size, R and A to ImageNet's val restricted to
     their 200 classes (-r-clean, -a-clean), which the suite does not score: their diffs stay empty rather than
     taken against the 1000-class row. param_count is timm's round(n / 1e6, 2): regnetx_002's 2,684,792 is 2.68
-    (rounded to 3 places first, 2.685, it became 2.69)."""
+    (rounded to 3 places first, 2.685, it would become 2.69)."""
     def row(kind, top1, size=224):
         return {"dataset": kind, "kind": kind, "top1": top1, "top5": top1 + 10, "image_size": size, "crop_pct": 0.875}
 

@@ -296,8 +296,8 @@ def test_readme_example_backbone_honours_global_pool(scratch_registry, tmp_path,
 def test_a_family_that_does_not_keep_in_chans_is_not_exported_as_three_channel(tmp_path, monkeypatch,
                                                                                 scratch_registry):
     """timm reads the channel count from in_chans, else the cfg's 3: a one-channel network of a family without it
-    exported a three-channel input_size and mean/std, and transformers' pipeline fed it RGB. The export says which
-    line is missing; the docstring's family keeps it and exports one channel."""
+    would export a three-channel input_size and mean/std, and transformers' pipeline would feed it RGB. The export
+    says which line is missing; the docstring's family keeps it and exports one channel."""
     source = docstring_family_source()
     (tmp_path / "mynet_example.py").write_text(source)
     (tmp_path / "mynet_forgot.py").write_text(source.replace("self.in_chans = in_chans", "pass").replace(
