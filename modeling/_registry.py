@@ -231,10 +231,11 @@ def _url_timeout(active: bool):
         socket.setdefaulttimeout(before)
 
 
-def _offline() -> bool:
-    from .hub import _hub_offline  # modeling.hub imports this module
+def _offline() -> str | None:
+    """The variable that makes the Hub offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), or None."""
+    from .hub import _offline_var  # modeling.hub imports this module
 
-    return _hub_offline()
+    return _offline_var()
 
 
 def _url_weights(name: str, kwargs: dict) -> tuple[str, Path] | None:
@@ -263,14 +264,14 @@ def _weights_missing(name: str, error: BaseException | None, kwargs: dict | None
         url, path = url_file
         torch_home = os.environ.get("TORCH_HOME", "unset")
         where = f"{path} (torch.hub's cache, $TORCH_HOME/hub/checkpoints; TORCH_HOME={torch_home})"
-        why = (f"HF_HUB_OFFLINE=1 is set and there is no copy at {where}; download that file on a connected "
+        why = (f"{offline}=1 is set and there is no copy at {where}; download that file on a connected "
                f"machine and put it there" if offline else
                f"saving it to {where} failed ({reason}); download the file by hand and put it there")
         return (f"timm's pretrained weights for '{name}' are not available: they come from {url}, not from a Hugging "
                 f"Face Hub repo; {why}")
     cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None) or "(no Hub id)"
-    why = (f"HF_HUB_OFFLINE=1 is set and the local Hub cache ({constants.HF_HUB_CACHE}) has no copy of Hub repo "
+    why = (f"{offline}=1 is set and the local Hub cache ({constants.HF_HUB_CACHE}) has no copy of Hub repo "
            f"'{repo}' (model.safetensors); fetch it once online, e.g. python -c \"import timm; "
            f"timm.create_model('{name}', pretrained=True)\", or copy the cache over" if offline else
            f"fetching Hub repo '{repo}' failed ({reason})")
@@ -284,7 +285,7 @@ def _hub_repo_missing(name: str, pretrained: bool) -> str:
 
     repo = name.removeprefix("hf-hub:").partition("@")[0]
     files = "config.json, model.safetensors" if pretrained else "config.json"
-    return (f"HF_HUB_OFFLINE=1 is set and Hub repo '{repo}' ({files}) is not in the Hugging Face cache "
+    return (f"{_offline()}=1 is set and Hub repo '{repo}' ({files}) is not in the Hugging Face cache "
             f"{constants.HF_HUB_CACHE}: load it once online (the same HF_HOME), or point HF_HOME at a cache that "
             f"holds it")
 

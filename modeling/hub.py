@@ -414,7 +414,7 @@ def _resolve_folder(ref: str, filenames: tuple[str, ...]) -> Path:
         paths = [hf_hub_download(repo_id, name, revision=revision or None) for name in filenames]
     except Exception as e:  # no such repo or file, network errors: all one message
         if isinstance(e, LocalEntryNotFoundError) and _hub_offline():  # online, it means the Hub was out of reach
-            raise ValueError(f"'{ref}' is no local folder, and with HF_HUB_OFFLINE=1 set Hub repo '{repo_id}' "
+            raise ValueError(f"'{ref}' is no local folder, and with {_offline_var()}=1 set Hub repo '{repo_id}' "
                              f"({', '.join(filenames)}) is not in the Hugging Face cache {hf_constants.HF_HUB_CACHE}: "
                              f"load it once online, or point HF_HOME at a cache that holds it") from e
         raise ValueError(f"'{ref}' is no local folder, and fetching {', '.join(filenames)} of Hub repo '{repo_id}' "
@@ -524,10 +524,17 @@ def timm_imagenet_names(label_ids: list[str]) -> list[str] | None:
 
 
 def _hub_offline() -> bool:
-    # the environment now (it may have changed since import) or huggingface_hub's copy from import time, which is
-    # what its HTTP calls obey
-    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return now.upper() in _TRUE or hf_constants.HF_HUB_OFFLINE
+    return _offline_var() is not None
+
+
+def _offline_var() -> str | None:
+    """The variable that makes the Hub offline, for messages to name what the user set: the environment now (it may
+    have changed since import), else huggingface_hub's copy from import time, which is what its HTTP calls obey
+    (HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE where that is unset)."""
+    var = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    if os.environ.get(var, "").upper() in _TRUE:
+        return var
+    return "HF_HUB_OFFLINE" if hf_constants.HF_HUB_OFFLINE else None
 
 
 def check_hub_ready(repo_id: str, token: str | None = None, *, private: bool = False,
@@ -589,7 +596,8 @@ def _check_push_args(repo_id: str, token: str | None) -> None:
     except HFValidationError:
         raise ValueError(f"'{repo_id}' is not a valid Hub repo id (OWNER/NAME, letters, digits, -_.)") from None
     if _hub_offline():
-        raise ValueError(f"cannot push to '{repo_id}': HF_HUB_OFFLINE=1 is set; unset it or do not ask for a push")
+        raise ValueError(f"cannot push to '{repo_id}': {_offline_var()}=1 is set; unset it or do not ask for a "
+                         "push")
     if not (token or get_token()):
         raise ValueError(f"cannot push to '{repo_id}': no Hugging Face token; run `hf auth login` or set HF_TOKEN")
 

@@ -305,9 +305,11 @@ def connection_spy(monkeypatch):
             server.shutdown()
 
 
-def offline(monkeypatch, hf_cache: Path) -> None:
-    """HF_HUB_OFFLINE=1 as huggingface_hub read it at import, and an empty Hugging Face cache at ``hf_cache``."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def offline(monkeypatch, hf_cache: Path, var: str = "HF_HUB_OFFLINE") -> None:
+    """``var``=1 (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, the other unset) as huggingface_hub read it at import, and
+    an empty Hugging Face cache at ``hf_cache``."""
+    monkeypatch.delenv("HF_HUB_OFFLINE" if var == "TRANSFORMERS_OFFLINE" else "TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv(var, "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache))
 
@@ -369,18 +371,20 @@ def test_timm_weights_at_a_url_behind_a_silent_firewall_end_in_one_line_not_a_ha
     assert not cache.exists() or not any(cache.iterdir())
 
 
-@pytest.mark.parametrize("pretrained", [True, False])
+@pytest.mark.parametrize("pretrained, var", [(True, "HF_HUB_OFFLINE"), (False, "HF_HUB_OFFLINE"),
+                                             (False, "TRANSFORMERS_OFFLINE")])
 def test_an_hf_hub_name_offline_and_not_cached_is_one_line_naming_the_repo_and_cache(tmp_path, monkeypatch,
-                                                                                    pretrained):
+                                                                                    pretrained, var):
     """create_model("hf-hub:OWNER/NAME") (train.py --model): timm reads config.json from the Hub, with --pretrained
-    the weights too; offline without a cached copy, the line says offline mode is on and names the repo, the files
-    and the cache folder, as modeling.load_model (validate.py) does."""
-    offline(monkeypatch, tmp_path / "hf")
+    the weights too; offline without a cached copy, the line names the variable that turned offline mode on (the
+    one the user set: huggingface_hub obeys TRANSFORMERS_OFFLINE too), the repo, the files and the cache folder, as
+    modeling.load_model (validate.py) does."""
+    offline(monkeypatch, tmp_path / "hf", var)
     with pytest.raises(ValueError) as e:
         modeling.create_model("hf-hub:me/absent@v1", pretrained=pretrained)
     message = str(e.value)
     files = "config.json, model.safetensors" if pretrained else "config.json"
-    assert message == (f"HF_HUB_OFFLINE=1 is set and Hub repo 'me/absent' ({files}) is not in the Hugging Face cache "
+    assert message == (f"{var}=1 is set and Hub repo 'me/absent' ({files}) is not in the Hugging Face cache "
                        f"{tmp_path / 'hf'}: load it once online (the same HF_HOME), or point HF_HOME at a cache that "
                        f"holds it"), message
 
