@@ -25,9 +25,10 @@ from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.data import EvalSet, check_labels, collate, load_image_dataset
 from imagenet_trainer.data.samples import CROP_MODES
 from imagenet_trainer.ilsvrc import imagenet_wnids
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, check_shm
 from imagenet_trainer.metrics import evaluate
 from imagenet_trainer.runinfo import atomic_write_text
-from imagenet_trainer.worker_processes import worker_context
+from imagenet_trainer.worker_processes import local_processes, worker_context
 
 
 class Target(NamedTuple):
@@ -131,8 +132,10 @@ def eval_loader(accelerator, split, image_size: int, crop_pct: float, interpolat
     ``crop_mode``, ``mean`` the padding colour of its border mode)."""
     eval_set = EvalSet(split, image_size, crop_pct=crop_pct, interpolation=interpolation, crop_mode=crop_mode,
                        mean=mean)
+    check_shm(num_workers, image_size ** 2 * 3 * batch_size, local_processes(), ring_slots=0)  # uint8 batches
     loader = torch.utils.data.DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
+                                         prefetch_factor=PREFETCH_FACTOR if num_workers else None,
                                          multiprocessing_context=worker_context() if num_workers else None)
     return accelerator.prepare_data_loader(loader)
 

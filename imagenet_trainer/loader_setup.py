@@ -1,4 +1,4 @@
-"""The host side of train.py's DataLoaders: how many worker processes (loader_workers), whether /dev/shm holds
+"""The host side of train.py's (and validate.py's) DataLoaders: how many worker processes (loader_workers), whether /dev/shm holds
 their batches (check_shm), and the batches' copy to the device, overlapped with the step (on_device). How the workers
 start: worker_processes.worker_context.
 """
@@ -60,19 +60,21 @@ def loader_workers(requested: int, print_fn=print) -> int:
     return workers
 
 
-def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM) -> None:
+def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM, ring_slots: int = RING_SLOTS) -> None:
     """Refuse to start when `shm` cannot hold what the workers of this machine's processes keep there: each train
-    worker's ring slots (allocated for the whole run) and, during evaluation, each eval worker's prefetched batches
-    (Docker gives containers 64 MB by default: the workers would die with a bus error mid-epoch)."""
+    worker's ``ring_slots`` (allocated for the whole run; 0 for an evaluation alone, validate.py) and, during
+    evaluation, each eval worker's prefetched batches (Docker gives containers 64 MB by default: the workers would die
+    with a bus error mid-epoch)."""
     if not workers or not os.path.isdir(shm):
         return
-    batches = RING_SLOTS + PREFETCH_FACTOR
+    batches = ring_slots + PREFETCH_FACTOR
     # + IN_HAND: an evaluation's batch the process reads while the next one's memory is already taken
     need = processes * (workers * batches + IN_HAND) * batch_bytes
     free = shutil.disk_usage(shm).free
     if free < need:
+        held = f"{ring_slots} train slots, {PREFETCH_FACTOR} eval" if ring_slots else "prefetched"
         raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x ({workers} "
-                         f"DataLoader workers x {batches} batches ({RING_SLOTS} train slots, {PREFETCH_FACTOR} eval) "
+                         f"DataLoader workers x {batches} batches ({held}) "
                          f"+ {IN_HAND} in hand) of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.0f} MiB: give "
                          f"the container more (docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / "
                          "--batch_size")

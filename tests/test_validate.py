@@ -493,6 +493,14 @@ def test_num_workers_defaults_to_the_cores_less_one_and_says_so(trained, preproc
             "each for the process itself") in capsys.readouterr().out
 
 
+def test_shared_memory_too_small_for_the_workers_is_one_line_before_scoring(trained, preprocessed):
+    """As train.py's check: the workers' prefetched batches must fit /dev/shm (Docker's 64 MB default would end in a
+    bus error mid-scoring); validate.py holds no train ring, so only the eval batches count."""
+    message = error_of(trained / "final", preprocessed, "--num_workers", "1", "--batch_size", 10**7)
+    assert message.startswith("error: /dev/shm has ") and "x 4 batches (prefetched) + 2 in hand)" in message, message
+    assert "--shm-size=" in message and "--num_workers" in message
+
+
 def test_suite_results_name_the_run_and_the_help_names_every_output(trained, preprocessed, tmp_path, capsys):
     """results.csv rows concatenated across runs stay apart: the model column is the run's name, not "final"."""
     out = tmp_path / "suite.json"
