@@ -873,6 +873,16 @@ def test_normalize_matches_torchvision_and_keeps_channels_last():
         normalize(x, [123.7, 116.3, 103.5], [58.4, 57.1, 57.4])
 
 
+def test_a_one_channel_network_gets_pils_luminance_of_each_image():
+    """One mean and std value (in_chans=1): each RGB image becomes PIL's convert("L") of it, to the grey level, as
+    timm's validate.py feeds a one-channel network; three keep the RGB batch."""
+    x = torch.randint(0, 256, (3, 3, 9, 11), dtype=torch.uint8)
+    luma = [np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).convert("L")) for image in x]
+    expected = (torch.from_numpy(np.stack(luma))[:, None].float() / 255 - 0.5) / 0.25
+    assert torch.allclose(normalize(x, [0.5], [0.25]), expected, atol=1e-5)
+    assert normalize(x, MEAN, STD).shape == (3, 3, 9, 11)
+
+
 def _generator(seed):
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -112,6 +112,24 @@ def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocesse
     assert evaluate(flipped_ckpt, preprocessed, "--flip", "false")["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
+def test_a_one_channel_network_trains_and_scores_on_each_images_luminance(preprocessed, tmp_path):
+    """An in_chans=1 export (README: ours or timm's) fine-tuned with train.py --pretrained and scored by validate.py:
+    the RGB batches become PIL's "L" of each image on the device, as timm's validate.py feeds such a network (its
+    first conv met 3 channels at the first step, after the whole set-up); validate.py reproduces the logged score."""
+    labels = datasets.load_from_disk(str(preprocessed))["train"].features["label"].names
+    gray = modeling.save_pretrained(modeling.create_model(TINY, num_classes=len(labels), in_chans=1),
+                                    tmp_path / "gray", label_names=labels)
+    out = tmp_path / "run"
+    ok(run([sys.executable, str(ROOT / "train.py"), "--model", f"local-dir:{gray}", "--pretrained", "--dataset",
+            str(preprocessed), "--output_dir", str(out), "--image_size", "32", "--batch_size", "8",
+            "--max_train_steps", "2", "--epochs", "1", "--num_workers", "0", "--warmup_epochs", "0"]))
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert json.loads((out / "final" / "config.json").read_text())["pretrained_cfg"]["input_size"][0] == 1
+    for model in (only_checkpoint(out), out / "final"):
+        scored = evaluate(model, preprocessed)
+        assert scored["n"] == logged["val_n"] and scored["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+
+
 def test_a_squash_architecture_is_evaluated_by_train_and_validate_alike(preprocessed, tmp_path):
     """tf_efficientnetv2_b3's pretrained_cfg says crop_mode squash (both sides resized, as timm's create_transform
     does for it): train.py evaluates with it, so validate.py on the checkpoint and on the export gives metrics.jsonl's

@@ -1,7 +1,8 @@
 """Stage 6 of the input pipeline, on the accelerator: uint8 batch -> the network's input and the loss's targets.
 
 In: a ``batch`` (uint8 NCHW, int64 labels) on the device, and a CPU ``torch.Generator`` seeded with
-``sampling.micro_batch_seed``. Out: the normalised float batch (``normalize``), with random erasing
+``sampling.micro_batch_seed``. Out: the normalised float batch (``normalize``; the luminance for a one-channel
+network), with random erasing
 (``random_erasing``) and then batch mixup/CutMix (``mixup_cutmix``) in timm's order, and soft targets: one-hot
 labels mixed with the same weights, each row summing to 1. Label smoothing is the loss's job: train.py passes
 these targets to ``F.cross_entropy(..., label_smoothing=...)``, which smooths soft targets the same way
@@ -32,9 +33,25 @@ def _floats(values) -> tuple[float, ...]:
 
 def normalize(x_uint8: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(x - mean) / std of a uint8 NCHW batch, computed in float32 on x's device (cast to ``dtype`` after, e.g. the
-    autocast dtype); the memory format of x (channels_last included) is kept. mean/std in 0..1 units (timm)."""
-    m, s = _stats(_floats(mean), _floats(std), x_uint8.device)
+    autocast dtype); the memory format of x (channels_last included) is kept. mean/std in 0..1 units (timm). One
+    mean and std value (a network that reads one channel, timm's in_chans=1): the RGB batch becomes its luminance
+    first (``luminance``), as timm's validate.py feeds such a network (input_img_mode "L")."""
+    mean, std = _floats(mean), _floats(std)
+    if len(mean) == 1 and x_uint8.shape[1] == 3:
+        x_uint8 = luminance(x_uint8)
+    m, s = _stats(mean, std, x_uint8.device)
     return (x_uint8.float() - m).div_(s).to(dtype)
+
+
+_LUMA = (19595, 38470, 7471)  # PIL's convert("L"): ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B in 16-bit fixed point
+
+
+def luminance(x_uint8: torch.Tensor) -> torch.Tensor:
+    """The uint8 N1HW luminance of a uint8 N3HW RGB batch, equal to PIL's ``convert("L")`` of each image (rounded
+    as PIL rounds), on x's device and in its memory format."""
+    weights = torch.tensor(_LUMA, dtype=torch.int32, device=x_uint8.device).view(1, 3, 1, 1)
+    luma = (x_uint8.to(torch.int32) * weights).sum(1, keepdim=True).add_(1 << 15).bitwise_right_shift_(16)
+    return luma.to(torch.uint8)
 
 
 def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
