@@ -114,7 +114,7 @@ class TrainConfig:
     image_size: int = 224  # train crop side in px (RandomResizedCrop output); the last size when progressive
     min_image_size: int = 0  # progressive resizing (FFCV): px of the first epochs, ramped to image_size; 0 disables
     ramp_start_epoch: int = 0  # progressive resizing: the epoch (0-based) the ramp leaves min_image_size
-    ramp_end_epoch: int = 0  # progressive resizing: the epoch image_size is reached (FFCV rn18 88 ep: 65 -> 76)
+    ramp_end_epoch: int = 0  # progressive resizing: the first epoch (0-based) at image_size (FFCV rn18 88 ep: 65 -> 76)
     eval_image_size: int = 0  # eval crop px (0: image_size); train below it, test at it: FixRes (Touvron 2019)
     eval_flip: bool = False  # eval on the mean logits of each image and its mirror (FFCV's lr_tta); 2x eval compute
     scale_min: float = 0.08  # RandomResizedCrop's lower area bound (Szegedy et al. 2015; torchvision, timm, FFCV)
@@ -170,11 +170,17 @@ class TrainConfig:
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
+                # each image is mixed with its mirror in the batch: an odd batch's middle one would pair with itself
+                # (timm's Mixup asserts an even batch)
+                ("batch_size", not (self.mixup_alpha or self.cutmix_alpha) or self.batch_size % 2 == 0,
+                 "even with --mixup_alpha or --cutmix_alpha (each image is mixed with its mirror in the batch)"),
                 ("max_bad_samples", self.max_bad_samples >= 0, ">= 0 (0: stop at the first undecodable image)"),
                 ("min_image_size", self.min_image_size <= self.image_size, "at most --image_size (0: no ramp)"),
-                ("ramp_end_epoch", not self.min_image_size or self.ramp_start_epoch <= self.ramp_end_epoch
-                 <= self.epochs and self.ramp_end_epoch >= 1,
-                 "in [max(1, --ramp_start_epoch), --epochs] with --min_image_size (the epoch --image_size is reached)"),
+                # after the ramp's start (FFCV asserts end_ramp > start_ramp: at start == end the end epoch would
+                # still train at --min_image_size) and an epoch that runs (epochs count from 0)
+                ("ramp_end_epoch", not self.min_image_size or self.ramp_start_epoch < self.ramp_end_epoch
+                 < self.epochs, "in [--ramp_start_epoch + 1, --epochs - 1] with --min_image_size (the epoch, from "
+                 "0, --image_size is first trained at)"),
                 *((f, 0 <= getattr(self, f) < math.inf, "a finite number >= 0 (0: off)") for f in (
                     "max_train_steps", "save_every_steps", "save_every_minutes", "min_image_size", "ramp_start_epoch",
                     "eval_image_size", "weight_decay", "clip_grad", "min_lr", "warmup_epochs", "mixup_alpha",

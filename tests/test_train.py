@@ -221,13 +221,18 @@ def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_lo
     (["--report_to", "foo.bar"], "--report_to must be one of none, all, "),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--dataset", ""], "--dataset is required (preprocess.py output folder"),
-    (["--min_image_size", "16"], "--ramp_end_epoch must be in [max(1, --ramp_start_epoch), --epochs]"),
+    (["--min_image_size", "16"], "--ramp_end_epoch must be in [--ramp_start_epoch + 1, --epochs - 1]"),
     (["--min_image_size", "16", "--ramp_end_epoch", "80", "--epochs", "16"], "--ramp_end_epoch must be in"),
+    # --image_size never trained (epoch 2 of epochs 0-1), or first a ramp-end epoch late
+    (["--min_image_size", "16", "--ramp_end_epoch", "2", "--epochs", "2"], "--ramp_end_epoch must be in"),
+    (["--min_image_size", "16", "--ramp_start_epoch", "1", "--ramp_end_epoch", "1", "--epochs", "4"],
+     "--ramp_end_epoch must be in"),
     (["--report_to", "comet_ml"], "--report_to must be a tracker whose package is installed"),
     (["--drop_rate", "1"], "--drop_rate must be in [0, 1) or none"),
     (["--epochs", "two"], "--epochs must be an int, got 'two'"),
     (["--push_to_hub"], "--hub_model_id must be a Hub repo id USER/NAME"),
     (["--keep_last", "0"], "--keep_last must be at least 1"),
+    (["--batch_size", "7", "--cutmix_alpha", "1"], "--batch_size must be even with --mixup_alpha or --cutmix_alpha"),
     (["--scale_min", "0"], "--scale_min must be in (0, 1] (a share of the image's area), got 0.0"),
     (["--seed", str(2**64)], "--seed must be an integer in [-2**63, 2**64)"),  # else torch.manual_seed's traceback
 ])
@@ -624,8 +629,8 @@ def test_an_fsdp_checkpoint_whose_metadata_lost_its_end_is_called_damaged(tmp_pa
 def test_sizes_the_model_cannot_take_are_refused_before_the_first_step(preprocessed, tmp_path):
     """A ViT takes its own size only, a CNN no side its pooling shrinks to nothing: met in the loop, the first such
     size was a traceback at the first evaluation (an epoch trained for nothing) or at a step. Each flag that asks for
-    one is named at start-up, --min_image_size for its progressive-resizing ramp (16 px in epoch 0, 32 in epoch 1)."""
-    vit, ramp = ("--model", "vit_tiny_patch16_224"), ("--min_image_size", "16", "--ramp_end_epoch", "2")
+    one is named at start-up, --min_image_size for its progressive-resizing ramp (16 px in epoch 0, 64 in epoch 1)."""
+    vit, ramp = ("--model", "vit_tiny_patch16_224"), ("--min_image_size", "16", "--ramp_end_epoch", "1")
     for i, (extra, said) in enumerate((((*vit, "--image_size", "224", "--eval_image_size", "256"),
                          "error: --eval_image_size 256: --model vit_tiny_patch16_224 takes only 224 px input (Input "
                          "height (256) doesn't match model (224).); give 224, or leave --eval_image_size out (the "
