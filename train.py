@@ -98,7 +98,7 @@ class TrainConfig:
     eval_split: str = "validation"  # the split evaluated each epoch (e.g. test, for datasets with only train/test)
     output_dir: str = ""  # run folder; empty means runs/<model>
     # schedule
-    epochs: int = 90  # full passes over train; the cosine schedule spans epochs * steps_per_epoch
+    epochs: int = 90  # full passes over train; warmup then cosine decay span epochs * steps_per_epoch steps
     max_train_steps: int = 0  # optimizer steps; > 0 stops early (smoke tests), the cosine fitted to it, not the warmup
     batch_size: int = 128  # images per device per micro-batch
     grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch * accum * processes)
