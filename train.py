@@ -362,6 +362,16 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
         raise SystemExit("error: mixed_precision fp16 has no CPU path (Accelerate would train in fp32, and the run be "
                          "recorded and scored as fp16); launch with --mixed_precision bf16 or no on CPUs")
     fsdp = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+    if fsdp is None and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        accelerator.print("note: the launch config asks for FSDP; Accelerate runs it as DDP without a GPU (checkpoints "
+                          "are DDP's, which a later FSDP launch does not resume)")
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()  # what accelerate launch passes on
+    if fsdp is not None and fsdp.fsdp_version == 2 and strategy not in ("FULL_SHARD", "1"):
+        raise SystemExit(f"error: fsdp_sharding_strategy {strategy} is FSDP1's setting, which FSDP2 ignores (the run "
+                         "would be FULL_SHARD); remove it from the launch config: for SHARD_GRAD_OP set "
+                         "fsdp_reshard_after_forward: false, for HYBRID_SHARD add --use_parallelism_config "
+                         "--parallelism_config_dp_replicate_size NODES --parallelism_config_dp_shard_size GPUS_PER_NODE "
+                         "to the launch, for NO_SHARD use DDP (accelerate_configs/multi_gpu.yaml)")
     if fsdp is not None and fsdp.fsdp_version != 2:
         raise SystemExit("error: FSDP1 (fsdp_version: 1) is not supported (its mixed precision has no fp32 norm "
                          "layers here); set fsdp_version: 2 in the launch config, as accelerate_configs/fsdp.yaml does")

@@ -9,11 +9,25 @@ meshes cannot share one root.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import torch
 from accelerate.utils import DistributedType
 
-NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
+# timm's norm layers that subclass none of torch's (its BatchNormAct2d, LayerNorm2d, GroupNorm1 ... do): RMS/simple
+# norms, EvoNorm (Liu et al. 2020), FRN (Singh & Krishnan 2020), ConvNeXt-V2's GRN; a name this timm lacks is skipped
+_TIMM_NORMS = {
+    "timm.layers.norm": ("RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d",
+                         "SimpleNormFp32", "SimpleNorm2dFp32"),
+    "timm.layers.norm_act": ("RmsNormAct", "RmsNormAct2d", "RmsNormActFp32", "RmsNormAct2dFp32"),
+    "timm.layers.evo_norm": ("EvoNorm2dB0", "EvoNorm2dB1", "EvoNorm2dB2", "EvoNorm2dS0", "EvoNorm2dS0a", "EvoNorm2dS1",
+                             "EvoNorm2dS1a", "EvoNorm2dS2", "EvoNorm2dS2a"),
+    "timm.layers.filter_response_norm": ("FilterResponseNormAct2d", "FilterResponseNormTlu2d"),
+    "timm.layers.grn": ("GlobalResponseNorm",),
+}
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm,
+               *(cls for module, names in _TIMM_NORMS.items() for name in names
+                 if (cls := getattr(importlib.import_module(module), name, None)) is not None))
 
 
 def fsdp_mesh(accelerator):

@@ -501,9 +501,29 @@ def test_every_norm_layer_computes_in_fp32_whatever_the_group_hooks_cast(monkeyp
     assert seen == [("in", torch.float32), ("out", torch.bfloat16)] * len(norms)
 
 
+@pytest.mark.parametrize("name, norm", [("convnextv2_atto", None), ("resnet10t", "EvoNorm2dS0"),
+                                        ("resnet10t", "FilterResponseNormTlu2d"), ("resnet10t", "RmsNorm2d")])
+def test_timms_own_norm_layers_join_the_fp32_norm_unit(name, norm):
+    """timm's norm layers that subclass none of torch's (ConvNeXt-V2's GlobalResponseNorm, EvoNorm, FRN, RmsNorm2d)
+    are norm layers too: left out, FSDP would gather and compute them in bf16 (the README says every norm layer
+    computes in fp32). Every module of a norm class with parameters of its own is found."""
+    import timm.layers  # noqa: PLC0415
+
+    from imagenet_trainer.fsdp import norm_layers  # noqa: PLC0415
+
+    net = modeling.create_model(name, num_classes=4, **({"norm_layer": getattr(timm.layers, norm)} if norm else {}))
+    normed = [m for m in net.modules() if "Norm" in type(m).__name__ and "Mlp" not in type(m).__name__
+              and any(True for _ in m.parameters(recurse=False))]
+    found = norm_layers(net)
+    assert len(normed) > 4 and all(any(m is n for n in found) for m in normed), \
+        {type(m).__name__ for m in normed if not any(m is n for n in found)}
+
+
 @pytest.mark.parametrize("launch, extra, expected", [
     ((), ("--ema_decay", "0.9"), "error: --ema_decay is not supported under FSDP"),
     (("--fsdp_activation_checkpointing", "true"), (), "error: fsdp_activation_checkpointing recomputes each block"),
+    # FSDP1's key, which accelerate's FSDP2 plugin drops: the run would be FULL_SHARD across nodes, silently
+    (("--fsdp_sharding_strategy", "HYBRID_SHARD"), (), "error: fsdp_sharding_strategy HYBRID_SHARD is FSDP1's"),
     # (fsdp_version 1 is refused too, but accelerate's FSDP1 plugin cannot even be built without a GPU)
 ])
 def test_what_fsdp_cannot_do_is_refused_at_start_up(preprocessed, launcher, tmp_path, launch, extra, expected):
@@ -513,6 +533,17 @@ def test_what_fsdp_cannot_do_is_refused_at_start_up(preprocessed, launcher, tmp_
     assert proc.returncode != 0 and 'train.py", line' not in proc.stderr, proc.stderr[-3000:]
     assert expected in proc.stderr, proc.stderr[-3000:]  # (the two ranks' lines may interleave)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_fsdp_config_without_a_gpu_says_it_runs_as_ddp(preprocessed, tmp_path):
+    """README's FSDP command on a machine without a GPU, with no test launcher: Accelerate sets up CPU DDP, whose
+    checkpoints an FSDP launch later refuses, so the run says so."""
+    cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"), "--num_processes",
+           "1", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+           *train_args(preprocessed, tmp_path / "run", BN_MODEL, "--max_train_steps", 1, "--epochs", 1)]
+    proc = ok(cmd)
+    assert "note: the launch config asks for FSDP; Accelerate runs it as DDP without a GPU" in proc.stdout, \
+        proc.stdout[-2000:]
 
 
 def test_cpu_ram_efficient_loading_which_accelerate_launch_turns_on_is_turned_off(preprocessed, launcher, tmp_path):
