@@ -79,6 +79,15 @@ def work_folder(output_dir: Path) -> Path:
     return output_dir.with_name(f".{output_dir.name}.tmp")
 
 
+def in_folder(folder: Path) -> bool:
+    """Whether this process runs in ``folder`` (absolute) or below it."""
+    try:
+        here = Path(os.getcwd())
+    except FileNotFoundError:  # in a deleted folder
+        return False
+    return here == folder or folder in here.parents
+
+
 def job_record(output_dir: Path) -> Path:
     """The job record: beside OUT, not in it, because OUT is uploaded as it is."""
     return output_dir.with_name(f".{output_dir.name}.export.json")
@@ -94,8 +103,14 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
     """(``output_dir``, whether this call wrote it: False when it held this export already)."""
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     check_paths(dataset_dir, output_dir)
+    # absolute: "." (the folder the user is in) has no name to put the work folder, lock and job record beside
+    output_dir = Path(os.path.abspath(output_dir))
     signals_before = len(stop_signals.received)  # a signal that an earlier job in this process took is not ours
-    ds = datasets.load_from_disk(str(dataset_dir))
+    from imagenet_trainer.data.sources import load_saved  # torch loads with imagenet_trainer.data: here only
+
+    # checked against preprocess.py's manifest first, as train.py loads it: a truncated Arrow file would otherwise
+    # export short, with a card that agrees, or fail naming no file
+    ds = load_saved(dataset_dir)
     if not isinstance(ds, datasets.DatasetDict):
         raise ValueError(f"{dataset_dir}: a single Dataset, not preprocess.py's DatasetDict of splits")
     descriptions = ilsvrc.class_descriptions(ds)
@@ -161,6 +176,8 @@ def check_paths(dataset_dir: Path, output_dir: Path) -> None:
     if os.path.lexists(output_dir) and not output_dir.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file; choose a folder")
     out, data = output_dir.resolve(), dataset_dir.resolve()
+    if not Path(os.path.abspath(output_dir)).name:
+        raise ValueError(f"--output_dir {output_dir} is the filesystem's root; choose a folder in it")
     if out == data:
         raise ValueError(f"--output_dir {output_dir} is the --dataset folder; choose another one")
     if data in out.parents:
@@ -479,7 +496,7 @@ def stop_while_pushing(output_dir: Path, signals_before: int) -> None:
 
 def main(argv=None) -> None:
     cfg = parse_config(HubDatasetConfig, argv, description=__doc__.split("\n")[0])
-    output_dir = Path(cfg.output_dir)
+    output_dir = Path(os.path.abspath(cfg.output_dir))  # "." included: the messages name the folder itself
     # a scheduler's SIGTERM stops the export between two shards, whose files are then whole
     handlers = ({sig: signal.getsignal(sig) for sig in stop_signals.STOP_SIGNALS}
                 if threading.current_thread() is threading.main_thread() else {})
@@ -491,9 +508,12 @@ def main(argv=None) -> None:
             from modeling.hub import check_hub_ready  # torch and timm load only on this path
 
             check_hub_ready(cfg.push_to_hub, private=not cfg.public, repo_type="dataset")
-        folder, wrote = _export(cfg.dataset, output_dir, SHARD_BYTES)
+        ran_in = in_folder(output_dir)
+        folder, wrote = _export(cfg.dataset, cfg.output_dir, SHARD_BYTES)
         print(f"wrote {folder}" if wrote else f"{folder}: already holds this export of {cfg.dataset} (same data and "
                                               f"shard size, every file present); nothing to write")
+        if wrote and ran_in:  # the shell is left in the folder moved aside and deleted: it shows nothing
+            print(f"the folder this command ran in was replaced by the export: `cd {folder}` to see it")
         if cfg.push_to_hub:
             pushing = True
             if handlers:

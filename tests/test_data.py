@@ -5,9 +5,13 @@ torchvision's own transforms on the same bytes; speed lives in benchmarks/loader
 import io
 import json
 import math
+import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -262,6 +266,34 @@ def test_offline_hub_id_is_read_from_the_hub_cache_or_names_both_caches(hub_imag
         "HF_HUB_OFFLINE=1 is set and Hub dataset someone/elsewhere is in neither datasets' cache (HF_DATASETS_CACHE="
         f"{tmp_path / 'datasets'}) nor the Hub cache (HF_HUB_CACHE={tmp_path / 'hub'}): on a connected machine run "
         "`hf download someone/elsewhere --repo-type dataset` (with the same HF_HOME), or give --dataset the folder")
+
+
+def test_offline_hub_id_downloaded_with_some_splits_loads_the_splits_it_has(hub_imagenet, tmp_path, monkeypatch):
+    """`hf download OWNER/NAME --repo-type dataset --include "data/validation-*"` on a connected machine (here
+    tests/hub_server.py's Hub) caches the repo's file list with the files: offline, huggingface_hub calls that
+    snapshot incomplete (IncompleteSnapshotError), and the id loads the split it has, as the folder itself does."""
+    import huggingface_hub.constants as hf_constants
+    from hub_server import LocalHub
+
+    home = tmp_path / "hf-home"
+    with LocalHub(datasets={"someone/imagenet-1k": hub_imagenet}) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", NO_PROXY="127.0.0.1")
+        proc = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", "someone/imagenet-1k",
+                               "--repo-type", "dataset", "--include", "data/validation-*"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and not hub.unhandled, proc.stderr[-3000:]
+    snapshot = next((home / "hub" / "datasets--someone--imagenet-1k" / "snapshots").iterdir())
+    assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.*")) == [
+        "data/validation-00000-of-00001.parquet"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for module in (datasets.config, hf_constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    ds = load_image_dataset("someone/imagenet-1k")
+    assert list(ds) == ["validation"] and check_labels(ds["validation"]) == ilsvrc.imagenet_wnids()
+    assert ds["validation"][0]["image_id"] == "ILSVRC2012_val_00000001"
 
 
 def test_load_rejects_missing_label_column(tmp_path, photos):

@@ -12,7 +12,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from imagenet_trainer import hub_dataset, runinfo
+from imagenet_trainer import hub_dataset, ilsvrc, runinfo
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_BYTES = 20_000  # the fixture's 36 images in many shards (each a few images)
@@ -430,3 +430,72 @@ def test_ctrl_c_during_the_push_says_the_export_is_complete_and_the_same_command
         repo = hub.repo("me/imagenet", "dataset")
         assert {k: v for k, v in repo.files.items() if k != ".gitattributes"} == files_of(out)
         assert "LICENSE.md" in repo.files and not hub.unhandled
+
+
+def test_a_partial_copy_of_an_export_names_the_missing_shard_and_scores_the_splits_it_has(preprocessed, reference,
+                                                                                        tmp_path, monkeypatch):
+    """A copy missing one shard is one line naming it and the size of its set (datasets would say only that the
+    split sizes differ from the card's); the validation shards alone with the cards, what `hf download
+    you/imagenet-1k --repo-type dataset --include "data/validation-*" --include "*.json" --include README.md`
+    leaves, is a dataset validate.py scores: the same labels, names and human names as the preprocess.py output."""
+    import datasets
+
+    import validate
+    from imagenet_trainer.data import load_image_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "imagenet-parquet"
+    shutil.copytree(reference, copy)
+    train = sorted((copy / "data").glob("train-*.parquet"))
+    train[1].unlink()
+    with pytest.raises(ValueError) as e:
+        load_image_dataset(str(copy))
+    assert str(e.value) == (f"{copy}: data/{train[1].name} is missing (the set has {len(train)} train files); "
+                            "download it")
+
+    for shard in (copy / "data").iterdir():
+        if not shard.name.startswith("validation-"):
+            shard.unlink()
+    ds, split, names = validate.load_split(validate.ValidateConfig(model="unused", dataset=str(copy),
+                                                                   split="validation"), "--split")
+    original = datasets.load_from_disk(str(preprocessed))
+    assert list(ds) == ["validation"] and names == original["validation"].features["label"].names
+    assert split["label"] == original["validation"]["label"]
+    assert ilsvrc.class_descriptions(ds) == ilsvrc.class_descriptions(original)
+
+
+def test_a_truncated_arrow_file_is_refused_in_one_line_naming_it_before_any_export(preprocessed, tmp_path):
+    """Cut just after its schema, an Arrow file reads as a short one (no rows): the export would write fewer images
+    with a card that agrees. It is checked against preprocess.py's manifest first, as train.py checks it."""
+    import pyarrow as pa
+
+    data, out = tmp_path / "imagenet", tmp_path / "imagenet-parquet"
+    shutil.copytree(preprocessed, data)
+    arrow = sorted((data / "train").glob("*.arrow"))[-1]
+    with pa.OSFile(str(arrow)) as f:
+        pa.ipc.read_message(f)  # the schema
+        schema_end = f.tell()
+    size = arrow.stat().st_size
+    os.truncate(arrow, schema_end)
+    with pytest.raises(SystemExit) as e:
+        hub_dataset.main(["--dataset", str(data), "--output_dir", str(out)])
+    assert str(e.value.code) == (f"error: {arrow} has {schema_end:,} bytes, preprocess_manifest.json says {size:,} "
+                                 f"(a truncated or interrupted copy?); copy it again, then check with: preprocess.py "
+                                 f"--verify {data}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenet"]
+
+
+def test_the_folder_the_command_runs_in_is_an_output_dir(preprocessed, tmp_path, monkeypatch, capsys):
+    """`--output_dir .` in an empty folder (mkdir, cd): the work folder, lock and job record go beside it, as for any
+    other name, and the line after the export says the shell's folder was replaced."""
+    here = tmp_path / "imagenet-parquet"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", "."])
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {here}", f"the folder this command ran in was replaced by the export: `cd {here}` to see it"]
+    assert (here / "README.md").is_file() and list((here / "data").glob("validation-*.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".imagenet-parquet.export.json", "imagenet-parquet"]
+    monkeypatch.chdir(here)
+    hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", "."])
+    assert capsys.readouterr().out.endswith("; nothing to write\n")

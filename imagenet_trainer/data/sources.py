@@ -33,15 +33,15 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
     HF_HUB_OFFLINE=1 a Hub id not in datasets' cache is read from the Hub cache (``hf download``)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        ds = _load_saved(path)
+        ds = load_saved(path)
         if not isinstance(ds, datasets.DatasetDict):
             raise ValueError(f"{path_or_id} holds a single Dataset, not the DatasetDict of splits preprocess.py "
                              "writes; rerun preprocess.py")
     elif path.is_dir():
         scripts = sorted(p.name for p in path.glob("*.py") if p.name != archive_layouts.HUB_CLASSES)
+        data_files = _splits_in_use(path)  # outside the try: its ValueError names the missing shard
         try:
-            ds = datasets.load_dataset(str(path), data_files=_splits_in_use(path),
-                                       cache_dir=str(_local_cache_dir(path)))
+            ds = datasets.load_dataset(str(path), data_files=data_files, cache_dir=str(_local_cache_dir(path)))
         except Exception as e:  # datasets raises RuntimeError/FileNotFoundError/EmptyDatasetError here
             if scripts:
                 raise ValueError(f"{path_or_id} is a loading-script dataset ({', '.join(scripts)}); "
@@ -82,9 +82,12 @@ def _cached_snapshot(repo: str) -> str:
     for an offline run whose datasets cache lacks it; a one-line ValueError naming both caches when neither has it."""
     from huggingface_hub import constants as hf_constants
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError
 
     try:
         return snapshot_download(repo, repo_type="dataset", local_files_only=True)
+    except IncompleteSnapshotError as e:  # `hf download REPO --include "data/validation-*"`: some of the repo's
+        return e.snapshot_path            # files; the folder loads the splits it has, as when given as a path
     except Exception:  # not in the cache (LocalEntryNotFoundError), or a damaged cache entry
         flag = next((v for v in OFFLINE_VARS if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")),
                     OFFLINE_VARS[0])
@@ -96,26 +99,51 @@ def _cached_snapshot(repo: str) -> str:
 
 
 def _splits_in_use(folder: Path) -> dict | None:
-    """data_files of the splits train.py and validate.py can use, for a folder in the Hub's ImageNet-1k layout:
-    whichever of train and validation it holds, never its test split, whose labels are all -1 (datasets would
-    convert it to Arrow too, 13 GB) and which `hf download --include` often leaves out (the card's ``configs`` list
-    all three, so datasets alone fails on a snapshot without one); None, which lets datasets find the files, for
-    any other folder."""
+    """data_files of the splits train.py and validate.py can use, for a folder in the Hub's Parquet layout
+    (``data/<split>-NNNNN-of-NNNNN.parquet``, as the Hub, datasets' push_to_hub and imagenet_trainer.hub_dataset
+    write it): for the Hub's ImageNet-1k, whichever of train and validation it holds, never its test split, whose
+    labels are all -1 (datasets would convert it to Arrow too, 13 GB); for another dataset, the splits it holds when
+    its card's ``configs`` name one it lacks. `hf download --include "data/validation-*"` leaves the others out, and
+    datasets alone fails on a card listing files that are not there. None, which lets datasets find the files, for
+    any other folder. A ValueError naming the missing file when a split's numbered set is incomplete (a cut download
+    or copy), where datasets would name none."""
     files = archive_layouts.hub_parquet_files(folder)
+    archive_layouts.check_parquet_set(folder, files)
     listed = sum(map(len, files.values()))
     if not files.keys() & {"train", "validation"} or \
             listed != sum(p.is_file() for p in (folder / "data").rglob("*")):
         return None  # not only the three splits' files: datasets decides what the folder holds
+    if _is_hub_imagenet(folder, files):
+        return {split: [str(f) for f in found] for split, found in files.items() if split != "test"}
+    if not _card_splits(folder) - files.keys():
+        return None  # every split the card names is there: the card's own data_files, as datasets reads them
+    return {split: [str(f) for f in found] for split, found in files.items()}
+
+
+def _is_hub_imagenet(folder: Path, files: dict[str, list[Path]]) -> bool:
+    """Whether the labelled splits' Parquet files are labelled by the Hub's ImageNet-1k names (or its classes.py's)."""
     import pyarrow.parquet as pq
 
     try:
         names = archive_layouts.parquet_label_names(pq.read_schema(next(f for s, fs in files.items() if s != "test"
                                                                          for f in fs)))
     except Exception:  # not readable as Parquet: datasets says what is wrong
-        return None
-    if names is None or archive_layouts.hub_imagenet_wnids(names, _classes_of(folder)) is None:
-        return None
-    return {split: [str(f) for f in found] for split, found in files.items() if split != "test"}
+        return False
+    return names is not None and archive_layouts.hub_imagenet_wnids(names, _classes_of(folder)) is not None
+
+
+def _card_splits(folder: Path) -> set[str]:
+    """The splits the ``configs`` of the folder's README.md name (``data_files: [{split, path}]``, as the Hub's
+    cards list them); none without such a card."""
+    from huggingface_hub import metadata_load
+
+    try:
+        configs = (metadata_load(folder / "README.md") or {}).get("configs")
+    except Exception:  # no card, YAML errors, a front matter that is no mapping: datasets reads no configs either
+        return set()
+    entries = [e for c in configs if isinstance(c, dict) and isinstance(c.get("data_files"), list)
+               for e in c["data_files"]] if isinstance(configs, list) else []
+    return {e["split"] for e in entries if isinstance(e, dict) and isinstance(e.get("split"), str)}
 
 
 def _classes_of(folder_or_repo) -> dict | None:
@@ -256,7 +284,7 @@ def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
             split.info.description = json.dumps({DESCRIPTIONS_KEY: names})
 
 
-def _load_saved(path: Path) -> datasets.DatasetDict | datasets.Dataset:
+def load_saved(path: Path) -> datasets.DatasetDict | datasets.Dataset:
     """``load_from_disk`` of a checked folder; a damaged Arrow file is a ValueError naming it, not pyarrow's
     traceback (which names no file)."""
     listed = manifest.read(path)
