@@ -24,8 +24,9 @@ CLS-LOC/test holds images: it has no labels, and people delete it) and columns
 
 and beside it class_descriptions.json (the human names of LOC_synset_mapping.txt in label order, also kept in
 DatasetInfo.description; they are not unique, "crane" twice, so they cannot be ClassLabel names; read them with
-``imagenet_trainer.ilsvrc.class_descriptions``), preprocess_report.json (skipped files with reasons, re-encodes,
-box fixes), source.json (where the data came from, for model cards), config.yaml, run_info.json and, written last,
+``imagenet_trainer.ilsvrc.class_descriptions``), preprocess_report.json (skipped files with reasons, each input
+file or folder left out and each file re-encoded, with why, box fixes), source.json (where the data came from, for
+model cards), config.yaml, run_info.json and, written last,
 preprocess_manifest.json (every file's size and SHA-256, and the inputs and settings that made it).
 
 Safety: OUT must be new, empty, or this script's own complete output (it has the manifest); anything else is
@@ -148,6 +149,9 @@ class PreprocessConfig:
     eval_set: str = ""  # imagenet-v2[:variant]|-sketch|-r|-a|-c: read --data_dir as that set; "" = by its name/layout
     # detection reads a folder named train/ as the train split; a tree whose classes include "train" needs saying so
     layout: str = ""  # "" detects it; ilsvrc: Kaggle's tree; folders: --data_dir's folders are the classes
+    # PIL.Image.MAX_IMAGE_PIXELS, Pillow's decompression-bomb guard, set in every process that decodes (a wrapper's
+    # setting reaches no spawned worker); the default is Pillow's own, 1024**3 // 4 // 3 (~0.25 GB of 8-bit RGB)
+    max_image_pixels: int = 89_478_485  # px (w x h); images over 2x this are skipped, over 1x warned of; 0 = no limit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,6 +166,7 @@ class Listing(NamedTuple):
     warnings: list
     archives: dict | None = None  # read from archives, not a tree: what was found (archives.Found._asdict())
     eval_set: dict | None = None  # what source.json records about an evaluation set (eval_sets.list_splits)
+    left_out: list | None = None  # a folder tree's files and folders not read: [{path, reason}] (image_tree)
 
 
 def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "",
@@ -177,9 +182,10 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
         if val_fraction is None:
             raise ValueError(f"--layout folders: {data_dir}'s folders are the classes, so the validation images "
                              "come from them too: add --val_fraction 0.1")
+        left_out = []
         names, splits, warnings = image_tree.list_splits(data_dir, image_tree.CLASS_FOLDERS_SPLIT, val_fraction,
-                                                         split_seed, one_tree=True)
-        return Listing(image_tree.CLASS_FOLDERS_SPLIT, names, list(names), splits, warnings)
+                                                         split_seed, one_tree=True, left_out=left_out)
+        return Listing(image_tree.CLASS_FOLDERS_SPLIT, names, list(names), splits, warnings, left_out=left_out)
     found = None if eval_set or forced else archives.detect(data_dir)
     if found is not None:
         if val_fraction is not None:
@@ -194,9 +200,11 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} is Kaggle's ILSVRC tree, which has its own validation "
                              "split; drop --val_fraction")
-        return Listing(layout, *image_tree.list_ilsvrc_splits(data_dir))
-    names, splits, warnings = image_tree.list_splits(data_dir, layout, val_fraction, split_seed)
-    return Listing(layout, names, list(names), splits, warnings)
+        left_out = []
+        return Listing(layout, *image_tree.list_ilsvrc_splits(data_dir, left_out), left_out=left_out)
+    left_out = []
+    names, splits, warnings = image_tree.list_splits(data_dir, layout, val_fraction, split_seed, left_out=left_out)
+    return Listing(layout, names, list(names), splits, warnings, left_out=left_out)
 
 
 def make_features(wnids: list[str]) -> datasets.Features:
@@ -254,7 +262,7 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
         raise BadImage("not an image (no known format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"refused by Pillow's decompression-bomb guard ({e}); if the image is genuine, run with a "
-                       "larger PIL.Image.MAX_IMAGE_PIXELS") from None
+                       "larger --max_image_pixels (0 = no limit)") from None
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error... on bad data
         raise BadImage(f"does not decode: {type(e).__name__}: {e}") from None
     try:
@@ -370,11 +378,22 @@ class Shard(NamedTuple):
     source: dict | None = None  # where this shard's paths lie inside archives; None: files under data_dir
 
 
+@contextlib.contextmanager
+def pixel_limit(max_image_pixels: int):
+    """PIL.Image.MAX_IMAGE_PIXELS is --max_image_pixels inside (0: None, Pillow's "no limit"), as it was after: with
+    --num_proc 1 this process is the caller's, whose own setting must neither leak in nor be changed."""
+    before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_image_pixels or None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality: int, restart_tile: int,
-                  schema: pa.Schema) -> dict:
+                  schema: pa.Schema, max_image_pixels: int) -> dict:
     summary = {"split": shard.split, "index": shard.index, "files": len(shard.items), "rows": 0, "skipped": [],
-               "tiled": 0, "untiled": Counter(), "reencoded": Counter(), "boxes": Counter(), "annotation_errors": [],
-               "bytes_in": 0, "bytes_out": 0}
+               "tiled": 0, "untiled": Counter(), "reencoded": Counter(), "reencoded_files": [], "boxes": Counter(),
+               "annotation_errors": [], "bytes_in": 0, "bytes_out": 0}
     tmp = shard.path + ".tmp"
     rows = []
     read = archives.MemberReader(shard.data_dir, shard.source)
@@ -385,7 +404,8 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
             image_id = os.path.splitext(rel)[0] if shard.ids_with_folder else stem
             try:
                 data = read(src)
-                enc = encode_image(data, shorter_side, quality)
+                with pixel_limit(max_image_pixels):
+                    enc = encode_image(data, shorter_side, quality)
             except (BadImage, OSError) as e:
                 summary["skipped"].append({"path": src, "reason": str(e)})
                 continue
@@ -413,6 +433,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
             summary["bytes_out"] += len(enc.data)
             if enc.why:
                 summary["reencoded"][enc.why] += 1
+                summary["reencoded_files"].append({"path": src, "reason": enc.why})
             rows.append({"image": {"bytes": enc.data, "path": os.path.basename(rel)}, "label": label,
                          "image_id": image_id, "objects": fix_boxes(raw_boxes, labels, enc, summary["boxes"])})
             if len(rows) == BATCH_ROWS:
@@ -448,6 +469,8 @@ def check_config(cfg: PreprocessConfig) -> None:
         raise SystemExit(f"error: --quality must be 1-100, got {cfg.quality}")
     if cfg.layout not in ("", "ilsvrc", "folders"):
         raise SystemExit(f"error: --layout must be ilsvrc or folders (or empty: detected), got {cfg.layout!r}")
+    if cfg.max_image_pixels < 0:
+        raise SystemExit(f"error: --max_image_pixels must be >= 0 (0 = no limit), got {cfg.max_image_pixels}")
     if cfg.shard_size < 1:
         raise SystemExit(f"error: --shard_size must be >= 1, got {cfg.shard_size}")
     if cfg.restart_tile < 0:
@@ -457,6 +480,17 @@ def check_config(cfg: PreprocessConfig) -> None:
             tile_writer.turbojpeg_library()  # fail now, not in every worker
         except RuntimeError as e:
             raise SystemExit(f"error: --restart_tile {cfg.restart_tile}: {e}") from None
+
+
+def shard_done(shard: Shard) -> bool:
+    """Whether ``shard`` is written, with a report that names its re-encoded files (one an older preprocess.py
+    wrote is done again: the same rows, and the output's report then names every re-encoded file)."""
+    if not os.path.exists(shard.path):
+        return False
+    try:
+        return "reencoded_files" in json.loads(Path(shard.report).read_text())
+    except (OSError, ValueError):  # written before its Arrow file: absent or damaged only if changed since
+        return False
 
 
 def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size: int) -> list[Shard]:
@@ -571,7 +605,9 @@ def job_changes(old: dict, new: dict) -> str:
     """What differs between two jobs, for the refusal: 'quality 90 -> 75, the files in --data_dir'."""
     said = {"files": "the files in --data_dir", "names": "the classes", "data_dir": "--data_dir",
             "annotations": f"the annotations in {ANNOTATIONS}"}
-    return ", ".join(said.get(k) or f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted({*old, *new})
+    unset = {"max_image_pixels": PreprocessConfig.max_image_pixels}  # what a job without the key was made with
+    return ", ".join(said.get(k) or f"{k} {old.get(k, unset.get(k))} -> {new.get(k, unset.get(k))}"
+                     for k in sorted({*old, *new})
                      if old.get(k) != new.get(k) and (k != "annotations" or k in old))  # unrecorded: unknown
 
 
@@ -846,7 +882,7 @@ def print_summary(report: dict, out: Path, kept: int) -> None:
         per_split = ", ".join(f"{n} {split} ({left.get(split, 'those images have no boxes')})"
                               for split, n in report["unread_annotations"].items() if n)
         print(f"  {len(report['annotation_errors'])} annotation files could not be read: {per_split}")
-    if skipped or report["annotation_errors"]:
+    if skipped or report["annotation_errors"] or report["left_out"]:  # the warnings give a count and one name
         print(f"  details: {out / 'preprocess_report.json'}")
     for w in report["warnings"]:
         print(f"warning: {w}")
@@ -890,6 +926,9 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         "config": asdict(cfg), "seconds": round(time.time() - started, 3), "warnings": warnings,
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
         "skipped": [dict(split=r["split"], **s) for r in reports for s in r["skipped"]],
+        # files and folders of the input not read (the warnings count them), then each file stored re-encoded
+        "left_out": sorted(listing.left_out or [], key=lambda e: e["path"]),
+        "reencoded_files": [dict(split=r["split"], **e) for r in reports for e in r["reencoded_files"]],
         **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())
                  for split in splits} for key in ("untiled", "reencoded", "boxes")},
         "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},
@@ -1112,6 +1151,8 @@ def job_of(cfg: PreprocessConfig, data_dir: Path, listing) -> dict:
     variant = (listing.eval_set or {}).get("variant")
     if variant and variant != eval_sets.named_variant(data_dir):  # from --eval_set: it decides source.json's name
         job["variant"] = variant
+    if cfg.max_image_pixels != PreprocessConfig.max_image_pixels:  # absent at the default: outputs made before
+        job["max_image_pixels"] = cfg.max_image_pixels  # the flag existed had Pillow's, and stay the same job
     if listing.archives:  # the same paths from other archive files are other data
         job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
     elif listing.layout == image_tree.ILSVRC:  # boxes unpacked since, or an edited CSV, are other inputs too
@@ -1166,7 +1207,7 @@ def run(argv=None) -> None:
     except OSError as e:
         raise SystemExit(f"error: --output_dir {out}: cannot create {work} ({e.strerror or e})") from None
     shards = plan_shards(data_dir, splits, work, cfg.shard_size)
-    pending = [s for s in shards if not os.path.exists(s.path)]
+    pending = [s for s in shards if not shard_done(s)]
     total, kept = sum(len(s.items) for s in shards), len(shards) - len(pending)
     if kept:
         print(f"resuming {work}: {kept} of {len(shards)} shards already done")
@@ -1174,7 +1215,7 @@ def run(argv=None) -> None:
     num_proc = min(cfg.num_proc or available_cores(), max(1, len(pending)))
     work_fn = functools.partial(process_shard, labels=ilsvrc.label_lookup(listing.names, listing.descriptions),
                                 shorter_side=cfg.shorter_side, quality=cfg.quality, restart_tile=cfg.restart_tile,
-                                schema=make_features(listing.names).arrow_schema)
+                                schema=make_features(listing.names).arrow_schema, max_image_pixels=cfg.max_image_pixels)
     bar = tqdm(total=total, initial=total - sum(len(s.items) for s in pending), unit="img", desc="preprocess",
                smoothing=0.05)
     try:

@@ -163,6 +163,9 @@ def label_lookup(wnids, descriptions) -> dict[str, int]:
     return lookup
 
 
+GONE = "their target is gone"  # scan's reason for a link to nothing, said of several in broken_link_warnings
+
+
 def scan(folder) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """(files, folders, broken links) directly in ``folder``, each sorted by name, hidden entries left out. A broken
     link, (name, why), is a link whose target is gone or cannot be reached (a loop of links): neither a file nor a
@@ -180,7 +183,7 @@ def scan(folder) -> tuple[list[str], list[str], list[tuple[str, str]]]:
                 elif e.is_dir():
                     folders.append(e.name)
             except OSError as err:
-                why = "their target is gone" if isinstance(err, FileNotFoundError) else (err.strerror or str(err))
+                why = GONE if isinstance(err, FileNotFoundError) else (err.strerror or str(err))
                 broken.append((e.name, why[0].lower() + why[1:]))
     return sorted(files), sorted(folders), sorted(broken)
 
@@ -192,6 +195,17 @@ def broken_link_warnings(broken, folder) -> list[str]:
         by_why.setdefault(why, []).append(name)
     return [f"{len(names)} broken links ({why}) in {folder} left out, e.g. {names[0]}"
             for why, names in sorted(by_why.items())]
+
+
+def broken_links_left_out(broken) -> list[dict]:
+    """preprocess_report.json's ``left_out`` entries of the broken links ``scan`` found, one per link."""
+    return [{"path": name, "reason": "a broken link: " + ("its target is gone" if why == GONE else why)}
+            for name, why in broken]
+
+
+def left_out(paths, reason: str) -> list[dict]:
+    """preprocess_report.json's ``left_out`` entries of ``paths``, all for one ``reason``."""
+    return [{"path": path, "reason": reason} for path in paths]
 
 
 def folder_warnings(folders, folder, read: str) -> list[str]:
@@ -227,25 +241,32 @@ def list_images(folder, images_only: bool = False) -> tuple[list[str], list[tupl
 
 
 def list_train_images(train_dir, wnids) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]],
-                                                 list[str], list[str]]:
+                                                 list[str], list[str], list[tuple[str, str]]]:
     """([("<wnid>/<file>", label), ...] sorted, [wnids without a folder or with no file in it], broken links as
     ``scan`` gives them, ["<wnid>/<folder>", ...], the folders inside class folders, which are not read: a class whose
     files are all in them counts as empty; [files directly in ``train_dir``], not read either: no class folder names
-    their label) for the per-class train folders, named relative to ``train_dir``."""
+    their label; [(wnid, the wnid listed already), ...], class folders that are a folder listed already (a link),
+    not read: the same images under a second label) for the per-class train folders, named relative to
+    ``train_dir``. The folders are read in sorted order, so of two names for one folder the first is read."""
     index = {w: i for i, w in enumerate(wnids)}
     loose, folders, broken = scan(train_dir)
     unknown = [f for f in folders if f not in index]
     if unknown:
         raise ValueError(f"{Path(train_dir) / unknown[0]}: folder of unknown wnid {unknown[0]!r} "
                          f"(not in {SYNSET_MAPPING}; {len(unknown)} such folders)")
-    items, nested = [], []
+    items, nested, seen, linked = [], [], {}, []
     for wnid in folders:
+        real = os.path.realpath(Path(train_dir) / wnid)
+        if real in seen:  # as image_tree.list_classes: stored twice, every image would have two labels
+            linked.append((wnid, seen[real]))
+            continue
+        seen[real] = wnid
         names, links, inside = list_images(Path(train_dir) / wnid)
         items += [(f"{wnid}/{name}", index[wnid]) for name in names]
         broken += [(f"{wnid}/{name}", why) for name, why in links]
         nested += [f"{wnid}/{name}" for name in inside]
     found = {rel.split("/", 1)[0] for rel, _ in items}
-    return items, [w for w in wnids if w not in found], broken, nested, loose
+    return items, [w for w in wnids if w not in found], broken, nested, loose, linked
 
 
 def orient_box(box, orientation: int, width: int, height: int) -> tuple:

@@ -58,12 +58,26 @@ def _has_images(folder: Path) -> bool:
     return any(name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS) for name in ilsvrc.scan(folder)[0])
 
 
+def kaggle_root_above(data_dir: Path) -> Path | None:
+    """The folder Kaggle's zip unzips to, where ``data_dir`` is its ILSVRC/, ILSVRC/Data or ILSVRC/Data/CLS-LOC (the
+    folder timm's and torchvision's guides read, beside the CSV that labels its val/): the root holds
+    LOC_synset_mapping.txt, or the path ends in ILSVRC/Data/CLS-LOC; else None."""
+    for root in list(data_dir.parents)[:3]:
+        if (root / ilsvrc.SYNSET_MAPPING).is_file() and root / "ILSVRC" in (data_dir, *data_dir.parents):
+            return root
+    return data_dir.parents[2] if data_dir.parts[-3:] == ("ILSVRC", "Data", "CLS-LOC") else None
+
+
 def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
     """Which of the accepted layouts ``data_dir`` is; a ValueError naming them when it is none."""
     if not data_dir.is_dir():
         raise ValueError(f"--data_dir {data_dir}: no such folder")
     if (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
         return ILSVRC
+    root = kaggle_root_above(data_dir)
+    if root is not None:  # CLS-LOC/ looks like a tree of train/ and val/, but its val/ is labelled by a CSV above
+        raise ValueError(f"--data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole (val labels "
+                         f"from {ilsvrc.VAL_SOLUTION}, boxes from ILSVRC/Annotations): pass --data_dir {root}")
     folders = _subfolders(data_dir)
     if "train" in folders:
         held_out = [f for f in (*VAL_NAMES, "test") if f in folders]
@@ -83,8 +97,11 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
     raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; it takes {ACCEPTED}")
 
 
-def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``."""
+def list_classes(folder: Path, left_out: list | None = None, where: str = ""
+                 ) -> tuple[dict[str, list[str]], list[str]]:
+    """({class: [image file names, sorted]}, warnings) for ``folder/<class>/<file>``. ``left_out``: a list that gets
+    preprocess_report.json's entry of each file and folder not read, its path under ``where`` (``folder`` relative
+    to --data_dir)."""
     classes = {}
     strays, nested, seen, links = [], [], {}, []
     loose, broken, _ = ilsvrc.list_images(folder)
@@ -95,7 +112,7 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
             raise ValueError(f"{str(folder / name)!r}: the folder name is not valid UTF-8; rename it") from None
         real = os.path.realpath(folder / name)
         if real in seen:  # a link to a class folder listed already: the same images under a second label
-            links.append(f"{name} -> {seen[real]}")
+            links.append((name, seen[real]))
             continue
         seen[real] = name
         files, bad, inside = ilsvrc.list_images(folder / name, images_only=True)
@@ -110,10 +127,40 @@ def list_classes(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
     if strays:
         warnings.append(f"{len(strays)} files without an image extension in {folder} left out, e.g. {strays[0]}")
     warnings += ilsvrc.folder_warnings(nested, folder, "a class folder")
-    if links:
-        warnings.append(f"{len(links)} folders in {folder} are the same folder as a class listed already, not "
-                        f"listed twice: {', '.join(links[:3])}")
+    warnings += linked_warnings(links, folder)
+    collect(left_out, where, ilsvrc.left_out(loose, OUTSIDE_CLASSES) + ilsvrc.left_out(strays, NOT_IMAGE)
+            + ilsvrc.left_out(nested, folder_reason("a class folder")) + linked_left_out(links)
+            + ilsvrc.broken_links_left_out(broken))
     return classes, warnings + ilsvrc.broken_link_warnings(broken, folder)
+
+
+OUTSIDE_CLASSES = "outside the class folders: no folder names its label"
+NOT_IMAGE = "no image file extension"
+
+
+def folder_reason(read: str) -> str:
+    return f"a folder among the images (images are read only as files directly in {read})"
+
+
+def collect(left_out: list | None, where: str, entries: list[dict]) -> None:
+    """``entries`` (paths relative to the folder at ``where``, itself relative to --data_dir) into ``left_out``
+    with paths relative to --data_dir, as preprocess_report.json names files; nothing where it is None."""
+    if left_out is not None:
+        left_out += [{**e, "path": f"{where}/{e['path']}" if where else e["path"]} for e in entries]
+
+
+def linked_warnings(links, folder) -> list[str]:
+    """One warning for the class folders of ``folder`` that are a folder listed already (a link): (name, that
+    folder's name) each; read once, under the first name."""
+    if not links:
+        return []
+    return [f"{len(links)} folders in {folder} are the same folder as a class listed already, not listed twice: "
+            + ", ".join(f"{name} -> {first}" for name, first in links[:3])]
+
+
+def linked_left_out(links) -> list[dict]:
+    return [{"path": name, "reason": f"the same folder as {first}, listed already: its images would be stored "
+             "twice, under two labels"} for name, first in links]
 
 
 def stratified_split(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
@@ -138,12 +185,13 @@ def _items(classes: dict[str, list[str]], index: dict[str, int], folder: Path) -
     return [(f"{c}/{f}", index[c]) for c in classes for f in classes[c]]
 
 
-def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int, one_tree: bool = False
-                ) -> tuple[list[str], dict[str, Split], list[str]]:
+def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: int, one_tree: bool = False,
+                left_out: list | None = None) -> tuple[list[str], dict[str, Split], list[str]]:
     """(class names, {split: Split}, warnings) of a ``class-folders`` or ``class-folders-split`` tree;
-    ``one_tree`` (--layout folders): data_dir's folders are the classes, a ``train`` among them too."""
+    ``one_tree`` (--layout folders): data_dir's folders are the classes, a ``train`` among them too. ``left_out``:
+    a list that gets preprocess_report.json's entry of each file and folder not read."""
     root = "train" if (data_dir / "train").is_dir() and not one_tree else ""
-    classes, warnings = list_classes(data_dir / root)
+    classes, warnings = list_classes(data_dir / root, left_out, root)
     names = sorted(classes)
     if not names:
         raise ValueError(f"{data_dir / root}: no class folders (expected <class>/<image> in it)")
@@ -165,14 +213,18 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
             if split == "validation" and _has_images(data_dir / folder):
                 raise ValueError(f"{data_dir / folder}: images outside class folders have no label; move them into "
                                  f"{data_dir / folder}/<class>/")
-            found, more = list_classes(data_dir / folder)
+            found, more = list_classes(data_dir / folder, left_out, folder)
             held[split] = (folder, found)
             warnings += more
     splits = {"train": Split(root, None, _items(classes, index, data_dir / root), {}, True)}
     for split, (folder, found) in held.items():
         if found is None:
             files, broken, _ = ilsvrc.list_images(data_dir / folder, images_only=True)  # no folders: classes
+            strays = [f for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
+            if strays:
+                warnings.append(f"{len(strays)} non-image files in {data_dir / folder} left out, e.g. {strays[0]}")
             warnings += ilsvrc.broken_link_warnings(broken, data_dir / folder)
+            collect(left_out, folder, ilsvrc.left_out(strays, NOT_IMAGE) + ilsvrc.broken_links_left_out(broken))
             splits[split] = Split(folder, None, [(f, -1) for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)],
                                   {})
         elif layout == CLASS_FOLDERS_SPLIT:
@@ -188,8 +240,10 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
     return names, splits, warnings
 
 
-def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
-    """(wnids, descriptions, {split: Split}, warnings) of Kaggle's tree."""
+def list_ilsvrc_splits(data_dir: Path, left_out: list | None = None
+                       ) -> tuple[list[str], list[str], dict[str, Split], list[str]]:
+    """(wnids, descriptions, {split: Split}, warnings) of Kaggle's tree. ``left_out``: a list that gets
+    preprocess_report.json's entry of each file and folder not read."""
     hint = "is --data_dir the folder Kaggle's imagenet-object-localization-challenge zip unzips to?"
     for rel in (ilsvrc.SYNSET_MAPPING, ilsvrc.VAL_SOLUTION, *(ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation"))):
         if not (data_dir / rel).exists():
@@ -204,17 +258,53 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
             warnings.append(f"{data_dir / rel}: not found, " + ("train images get no boxes" if split == "train" else
                                                                  f"{split} boxes come from {ilsvrc.VAL_SOLUTION} only"))
 
-    train_dir = data_dir / ilsvrc.SPLIT_DIRS["train"]
-    train, missing, broken, nested, loose = ilsvrc.list_train_images(train_dir, wnids)
+    train_dir, train_rel = data_dir / ilsvrc.SPLIT_DIRS["train"], ilsvrc.SPLIT_DIRS["train"]
+    train, missing, broken, nested, loose, linked = ilsvrc.list_train_images(train_dir, wnids)
     if loose:
         warnings.append(f"{len(loose)} files directly in {train_dir} left out (train images go in "
-                        f"{ilsvrc.SPLIT_DIRS['train']}/<wnid>/), e.g. {loose[0]}")
-    broken = [(f"{ilsvrc.SPLIT_DIRS['train']}/{name}", why) for name, why in broken]
-    nested = [f"{ilsvrc.SPLIT_DIRS['train']}/{name}" for name in nested]
+                        f"{train_rel}/<wnid>/), e.g. {loose[0]}")
+    warnings += linked_warnings(linked, train_dir)
+    collect(left_out, train_rel, ilsvrc.left_out(loose, OUTSIDE_CLASSES) + linked_left_out(linked))
+    broken = [(f"{train_rel}/{name}", why) for name, why in broken]
+    nested = [f"{train_rel}/{name}" for name in nested]
     if missing:
         warnings.append(f"{len(missing)} classes of {ilsvrc.SYNSET_MAPPING} have no train images (no folder, an "
                         f"empty one, or files only in subfolders), e.g. {missing[0]}")
 
+    val, val_csv, strays = _ilsvrc_val(data_dir, wnids, broken, nested, warnings)
+    collect(left_out, ilsvrc.SPLIT_DIRS["validation"],
+            ilsvrc.left_out(strays, f"{NOT_IMAGE} and no row in {ilsvrc.VAL_SOLUTION}"))
+    splits = {
+        "train": Split(train_rel, annotation_dirs.get("train"), train, {}),
+        "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
+    }
+    test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
+    test_files, links, inside = ilsvrc.list_images(test_dir, images_only=True) if test_dir.is_dir() else ([], [], [])
+    broken += [(f"{ilsvrc.SPLIT_DIRS['test']}/{name}", why) for name, why in links]
+    nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{name}" for name in inside]
+    warnings += ilsvrc.broken_link_warnings(broken, data_dir)
+    read = "train/<wnid>/, val/ or test/"
+    warnings += ilsvrc.folder_warnings(nested, data_dir, read)
+    strays = [name for name in test_files if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
+    test = [(name, -1) for name in test_files if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+    collect(left_out, "", ilsvrc.broken_links_left_out(broken) + ilsvrc.left_out(nested, folder_reason(read)))
+    collect(left_out, ilsvrc.SPLIT_DIRS["test"], ilsvrc.left_out(strays, NOT_IMAGE))
+    if strays:
+        warnings.append(f"{len(strays)} non-image files in {test_dir} left out, e.g. {strays[0]}")
+    if test:
+        splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
+    else:  # unlabelled anyway; people delete its 13 GB
+        warnings.append(f"{test_dir}: no images; the dataset has train and validation only")
+    for split, s in splits.items():
+        if not s.items:
+            raise ValueError(f"{data_dir / s.image_dir}: no images, the {split} split would be empty")
+    return wnids, descriptions, splits, warnings
+
+
+def _ilsvrc_val(data_dir: Path, wnids: list[str], broken: list, nested: list, warnings: list
+                ) -> tuple[list[tuple[str, int]], dict, list[str]]:
+    """(val files with their labels, LOC_val_solution.csv's boxes, the non-image files left out) of Kaggle's flat
+    val/; its broken links and folders added to ``broken`` and ``nested``, its warnings to ``warnings``."""
     val_dir = data_dir / ilsvrc.SPLIT_DIRS["validation"]
     val_csv = ilsvrc.read_solution_csv(data_dir / ilsvrc.VAL_SOLUTION, wnids)
     index = {w: i for i, w in enumerate(wnids)}
@@ -237,26 +327,4 @@ def list_ilsvrc_splits(data_dir: Path) -> tuple[list[str], list[str], dict[str, 
                          f"{ilsvrc.VAL_SOLUTION} (undo a valprep.sh-style sort into class folders)")
     if len(val_csv) > len(val):
         warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {val_dir}")
-
-    splits = {
-        "train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train, {}),
-        "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val, val_csv),
-    }
-    test_dir = data_dir / ilsvrc.SPLIT_DIRS["test"]
-    test_files, links, inside = ilsvrc.list_images(test_dir, images_only=True) if test_dir.is_dir() else ([], [], [])
-    broken += [(f"{ilsvrc.SPLIT_DIRS['test']}/{name}", why) for name, why in links]
-    nested += [f"{ilsvrc.SPLIT_DIRS['test']}/{name}" for name in inside]
-    warnings += ilsvrc.broken_link_warnings(broken, data_dir)
-    warnings += ilsvrc.folder_warnings(nested, data_dir, "train/<wnid>/, val/ or test/")
-    strays = [name for name in test_files if not name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]  # a README.txt
-    test = [(name, -1) for name in test_files if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
-    if strays:
-        warnings.append(f"{len(strays)} non-image files in {test_dir} left out, e.g. {strays[0]}")
-    if test:
-        splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
-    else:  # unlabelled anyway; people delete its 13 GB
-        warnings.append(f"{test_dir}: no images; the dataset has train and validation only")
-    for split, s in splits.items():
-        if not s.items:
-            raise ValueError(f"{data_dir / s.image_dir}: no images, the {split} split would be empty")
-    return wnids, descriptions, splits, warnings
+    return val, val_csv, strays

@@ -929,7 +929,7 @@ def test_decompression_bomb_guard_is_its_own_skip_reason(monkeypatch):
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, "JPEG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(preprocess.BadImage, match="decompression-bomb guard"):
+    with pytest.raises(preprocess.BadImage, match="decompression-bomb guard.*larger --max_image_pixels"):
         preprocess.encode_image(buf.getvalue(), None, 90)
 
 
@@ -1412,6 +1412,10 @@ def test_broken_and_looping_links_are_warned_about_not_fatal(layout, clean_tree,
             in printed)
     dd = datasets.load_from_disk(str(tmp_path / "out"))
     assert sum(ds.num_rows for ds in dd.values()) == len([p for p in root.rglob("*.JPEG") if p.is_file()])
+    report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
+    assert report["left_out"] == [{"path": f"{rel}/gone.JPEG", "reason": "a broken link: its target is gone"},
+                                  {"path": f"{rel}/loop.JPEG", "reason": "a broken link: too many levels of "
+                                                                         "symbolic links"}]
 
 
 @pytest.mark.parametrize("layout", ["ilsvrc", "own"])
@@ -1884,3 +1888,146 @@ def test_a_full_disk_while_assembling_is_the_one_line_of_the_shard_stage(clean_t
     preprocess.main(args)
     assert {p.name: p.stat().st_ino for p in out.glob("*/*.arrow")} == before  # no shard made again
     assert output_manifest.verify(out)[0] == []
+
+
+# ---- Kaggle's tree: a linked class folder, the report's file lists, --data_dir one level too deep ----
+
+def test_a_link_to_a_class_folder_of_kaggles_tree_is_read_once_with_a_warning(clean_tree, tmp_path, capsys):
+    """`ln -s n01440764 train/n01443537`: the same folder under two wnids would store each image twice, under two
+    labels; it is read once, under the first name, with the warning a class-per-folder tree gets."""
+    tree = tmp_path / "kaggle"
+    shutil.copytree(clean_tree, tree)
+    train_dir = tree / ilsvrc.SPLIT_DIRS["train"]
+    first, second = manifest(clean_tree)["wnids"]
+    shutil.rmtree(train_dir / second)
+    (train_dir / second).symlink_to(first)
+    out = tmp_path / "out"
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1"])
+    assert (f"warning: 1 folders in {train_dir} are the same folder as a class listed already, not listed twice: "
+            f"{second} -> {first}") in capsys.readouterr().out.splitlines()
+    train = datasets.load_from_disk(str(out))["train"]
+    assert len(set(train["image_id"])) == train.num_rows == 3 and set(train["label"]) == {0}
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert {"path": f"{ilsvrc.SPLIT_DIRS['train']}/{second}", "reason": f"the same folder as {first}, listed "
+            "already: its images would be stored twice, under two labels"} in report["left_out"]
+
+
+def quirky_tree(ilsvrc_tree: Path, root: Path) -> tuple[Path, list[dict]]:
+    """The faults tree (CMYK, a PNG named .JPEG...) with 3 broken links, 2 non-image files in val/, a file directly
+    in train/ and a folder in test/; returns (the tree, the left_out entries its report must hold)."""
+    tree = root / "kaggle"
+    shutil.copytree(ilsvrc_tree, tree, symlinks=True)
+    train, val, test = (ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation", "test"))
+    wnid = manifest(ilsvrc_tree)["wnids"][1]
+    shutil.copy(next((tree / train / wnid).glob("*.JPEG")), tree / train / "loose.JPEG")
+    (tree / train / wnid / "gone_1.JPEG").symlink_to(root / "nowhere_1.JPEG")
+    (tree / train / wnid / "gone_2.JPEG").symlink_to(root / "nowhere_2.JPEG")
+    (tree / val / "loop.JPEG").symlink_to(tree / val / "loop.JPEG")
+    (tree / val / "readme.txt").write_text("not an image")
+    (tree / val / "notes.md").write_text("nor this")
+    (tree / test / "more").mkdir()
+    stray = f"no image file extension and no row in {ilsvrc.VAL_SOLUTION}"
+    return tree, sorted([
+        {"path": f"{train}/{wnid}/gone_1.JPEG", "reason": "a broken link: its target is gone"},
+        {"path": f"{train}/{wnid}/gone_2.JPEG", "reason": "a broken link: its target is gone"},
+        {"path": f"{val}/loop.JPEG", "reason": "a broken link: too many levels of symbolic links"},
+        {"path": f"{val}/notes.md", "reason": stray}, {"path": f"{val}/readme.txt", "reason": stray},
+        {"path": f"{train}/loose.JPEG", "reason": "outside the class folders: no folder names its label"},
+        {"path": f"{test}/more", "reason": "a folder among the images (images are read only as files directly in "
+                                           "train/<wnid>/, val/ or test/)"}], key=lambda e: e["path"])
+
+
+def test_the_report_names_each_file_left_out_or_re_encoded_alike_after_a_resume(ilsvrc_tree, tmp_path,
+                                                                                monkeypatch, capsys):
+    """The warnings give a count and one name; preprocess_report.json lists every file left out and every file
+    stored re-encoded (which of ImageNet's 22 CMYK files were converted), the same whether the run was resumed and
+    whatever --num_proc; a shard finished by an older preprocess.py, whose report has no such list, is done again."""
+    tree, left_out = quirky_tree(ilsvrc_tree, tmp_path)
+    args = ["--data_dir", str(tree), "--shard_size", "5"]
+    preprocess.main([*args, "--output_dir", str(tmp_path / "whole"), "--num_proc", "2"])
+    printed = capsys.readouterr().out
+    assert f"warning: 2 non-image files in {tree / ilsvrc.SPLIT_DIRS['validation']} left out, e.g. notes.md" \
+        in printed.splitlines()
+    stop_after_shards(monkeypatch, 2)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
+    monkeypatch.undo()
+    older = tmp_path / "resumed.tmp" / preprocess.WORK / "train-00000.json"  # as a preprocess.py before the lists
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "reencoded_files"}))
+    preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
+    assert "1 of 8 shards already done" in capsys.readouterr().out  # that shard is done again, to be named
+
+    whole, resumed = (json.loads((tmp_path / name / "preprocess_report.json").read_text())
+                      for name in ("whole", "resumed"))
+    assert whole["left_out"] == left_out
+    m = manifest(ilsvrc_tree)
+    reasons = {"cmyk": "mode CMYK", "val_cmyk": "mode CMYK", "png_named_jpeg": "PNG file",
+               "exif_orientation_6": "EXIF orientation 6"}
+    assert sorted(whole["reencoded_files"], key=lambda e: e["path"]) == sorted(
+        ({"split": m["planted"][kind]["split"], "path": m["planted"][kind]["path"], "reason": reason}
+         for kind, reason in reasons.items()), key=lambda e: e["path"])
+    assert {split: sum(c.values()) for split, c in whole["reencoded"].items()} == {
+        split: sum(e["split"] == split for e in whole["reencoded_files"]) for split in whole["reencoded"]}
+    for report in (whole, resumed):
+        del report["seconds"], report["config"]["num_proc"], report["config"]["output_dir"]
+    assert resumed == whole
+
+
+@pytest.mark.parametrize("where", ["ILSVRC/Data/CLS-LOC", "ILSVRC", "copy"])
+def test_data_dir_inside_kaggles_tree_is_refused_naming_its_root(where, clean_tree, tmp_path):
+    """--data_dir .../ILSVRC/Data/CLS-LOC, where timm's and torchvision's guides point: its val/ is flat (the labels
+    are in LOC_val_solution.csv, above it), so the error names the root to pass, not a sort of val/ by hand. "copy":
+    CLS-LOC alone, copied to a path that still ends in ILSVRC/Data/CLS-LOC."""
+    root = clean_tree
+    if where == "copy":
+        root = tmp_path / "mine"
+        shutil.copytree(clean_tree / "ILSVRC/Data/CLS-LOC", root / "ILSVRC/Data/CLS-LOC")
+    data_dir = root / ("ILSVRC/Data/CLS-LOC" if where == "copy" else where)
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    assert e.value.code == (f"error: --data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole (val "
+                            f"labels from LOC_val_solution.csv, boxes from ILSVRC/Annotations): pass --data_dir {root}")
+
+
+def big_and_small_tree(root: Path) -> Path:
+    """train/ and val/ of two classes of 30x30 JPEGs (900 px) and one 64x64 (4,096 px) in train/a/."""
+    for rel in ("train/a/small_0", "train/a/small_1", "train/b/small_2", "train/b/small_3", "val/a/small_4",
+                "val/b/small_5", "train/a/big"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        size = (64, 64) if rel.endswith("big") else (30, 30)
+        Image.new("RGB", size, (len(rel) * 9, 80, 160)).save(root / f"{rel}.jpg", quality=90)
+    return root
+
+
+def test_max_image_pixels_is_the_bomb_guard_of_every_process(tmp_path, capsys):
+    """--max_image_pixels sets PIL.Image.MAX_IMAGE_PIXELS in each worker and in the main process alike (a wrapper's
+    setting reaches no spawned worker): Pillow refuses a decode over twice it, and the skip names the flag. A changed
+    value is another job, as any setting; the caller's own setting is left as it was."""
+    tree = big_and_small_tree(tmp_path / "photos")
+    assert preprocess.PreprocessConfig.max_image_pixels == Image.MAX_IMAGE_PIXELS  # Pillow's own default
+    before = Image.MAX_IMAGE_PIXELS
+    for num_proc in (1, 2):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / f"tiny{num_proc}"),
+                         "--num_proc", str(num_proc), "--max_image_pixels", "1000"])
+        assert Image.MAX_IMAGE_PIXELS == before
+        report = json.loads((tmp_path / f"tiny{num_proc}" / "preprocess_report.json").read_text())
+        assert [s["path"] for s in report["skipped"]] == ["train/a/big.jpg"]
+        assert "decompression-bomb guard" in report["skipped"][0]["reason"]
+        assert report["skipped"][0]["reason"].endswith("run with a larger --max_image_pixels (0 = no limit)")
+        assert report["config"]["max_image_pixels"] == 1000
+    one, two = (datasets.load_from_disk(str(tmp_path / f"tiny{n}")) for n in (1, 2))
+    for split in ("train", "validation"):
+        assert one[split].num_rows == (4 if split == "train" else 2)
+        assert one[split].data.table.equals(two[split].data.table), split
+    with pytest.raises(SystemExit, match=r"other inputs or settings \(max_image_pixels 1000 -> 5000\); add "):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "tiny2"), "--num_proc", "2",
+                         "--max_image_pixels", "5000"])
+    for limit in ("5000", "0"):
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / f"limit{limit}"), "--num_proc", "2",
+                         "--max_image_pixels", limit])
+        assert "a/big" in datasets.load_from_disk(str(tmp_path / f"limit{limit}"))["train"]["image_id"]
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "default"), "--num_proc", "1"])
+    capsys.readouterr()
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "default"), "--num_proc", "1",
+                     "--max_image_pixels", str(Image.MAX_IMAGE_PIXELS)])  # the default, said: the same job
+    assert "already done" in capsys.readouterr().out
