@@ -574,6 +574,7 @@ def build_loaders(cfg: TrainConfig, ds, data_cfg: dict, accelerator: Accelerator
     workers = loader_workers(cfg.num_workers, print_fn=accelerator.print)
     largest = max(cfg.image_size, eval_size) ** 2 * 3 * cfg.batch_size  # bytes of a uint8 batch
     check_shm(workers, largest, local_processes())
+    accelerator.wait_for_everyone()  # every rank checks before any makes its ring: one that checked later saw less free
     context = worker_context() if workers else None
     loader_kw = dict(num_workers=workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                      persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers else None,

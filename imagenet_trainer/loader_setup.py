@@ -73,9 +73,9 @@ def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM, ri
     free = shutil.disk_usage(shm).free
     if free < need:
         held = f"{ring_slots} train slots, {PREFETCH_FACTOR} eval" if ring_slots else "prefetched"
-        raise SystemExit(f"error: {shm} has {free / 2**20:.0f} MiB free; {processes} process(es) x ({workers} "
+        raise SystemExit(f"error: {shm} has {free / 2**20:.1f} MiB free; {processes} process(es) x ({workers} "
                          f"DataLoader workers x {batches} batches ({held}) "
-                         f"+ {IN_HAND} in hand) of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.0f} MiB: give "
+                         f"+ {IN_HAND} in hand) of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.1f} MiB: give "
                          f"the container more (docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / "
                          "--batch_size")
 

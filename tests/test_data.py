@@ -915,6 +915,20 @@ def test_a_one_channel_network_gets_pils_luminance_of_each_image():
     assert normalize(x, MEAN, STD).shape == (3, 3, 9, 11)
 
 
+def test_the_one_channel_path_builds_no_tensor_from_host_values_per_batch(monkeypatch):
+    """On CUDA a tensor built from Python values is a blocking copy, the host waiting for the GPU: after the first
+    batch (whose mean/std are cached per device) the luminance path builds none, as the RGB path."""
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    for mean, std in (([0.5], [0.25]), (MEAN, STD)):
+        normalize(x, mean, std)
+        built, tensor = [], torch.tensor
+        monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: built.append(args) or tensor(*args, **kwargs))
+        for _ in range(3):
+            normalize(x, mean, std)
+        monkeypatch.setattr(torch, "tensor", tensor)
+        assert built == [], (mean, built)
+
+
 def _generator(seed):
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -49,9 +49,10 @@ _LUMA = (19595, 38470, 7471)  # PIL's convert("L"): ITU-R 601-2 luma 0.299 R + 0
 def luminance(x_uint8: torch.Tensor) -> torch.Tensor:
     """The uint8 N1HW luminance of a uint8 N3HW RGB batch, equal to PIL's ``convert("L")`` of each image (rounded
     as PIL rounds), on x's device and in its memory format."""
-    weights = torch.tensor(_LUMA, dtype=torch.int32, device=x_uint8.device).view(1, 3, 1, 1)
-    luma = (x_uint8.to(torch.int32) * weights).sum(1, keepdim=True).add_(1 << 15).bitwise_right_shift_(16)
-    return luma.to(torch.uint8)
+    x = x_uint8.to(torch.int32)
+    # Python scalars, not a weights tensor: building one on CUDA each call would be a blocking copy, a host sync a step
+    luma = x[:, 0:1] * _LUMA[0] + x[:, 1:2] * _LUMA[1] + x[:, 2:3] * _LUMA[2]
+    return luma.add_(1 << 15).bitwise_right_shift_(16).to(torch.uint8)
 
 
 def _numpy_rng(generator: torch.Generator) -> np.random.Generator:

@@ -195,7 +195,8 @@ def device_tensors(batch, device: torch.device, stream) -> tuple[torch.Tensor, .
     if not isinstance(batch, RingBatch):
         return tuple(t.to(device, non_blocking=True) for t in batch)
     batch.ring.pin()
-    labels = torch.tensor(batch.labels, dtype=torch.int64)
+    # pinned: a copy from pageable memory may wait for the stream to drain first (CUDA's cudaMemcpyAsync notes)
+    labels = torch.tensor(batch.labels, dtype=torch.int64).pin_memory()
     out = batch.images().to(device, non_blocking=True), labels.to(device, non_blocking=True)
     batch.event = torch.cuda.Event()
     batch.event.record(stream)
