@@ -40,6 +40,7 @@ if __name__ == "__main__":  # before the heavy imports: a stop signal in the fir
     stop_signals.install(ctrl_c=True)
     worker_processes.start_early(sys.argv[1:])
 
+import contextlib
 import enum
 import functools
 import gc
@@ -1265,16 +1266,37 @@ def count_bad_samples(accelerator: Accelerator, row: dict, bad: BadSamples, eval
 
 
 def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
-    """One row to the trackers, run_dir/metrics.jsonl and the console."""
+    """One row to the trackers, run_dir/metrics.jsonl and the console. A disk that cannot take the row (full right
+    after the checkpoint that holds it) ends every rank in one line: the resume appends the row from there."""
     accelerator.log(row, step=row["step"])
+    refusal = None
     if accelerator.is_main_process:
-        append_row(run_dir, row)
-        bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        try:
+            append_row(run_dir, row)
+        except OSError as e:
+            refusal = (f"error: {run_dir / 'metrics.jsonl'}: cannot append the row of step {row['step']} "
+                       f"({e.strerror or e}; {checkpoints.free_space(run_dir)}); its checkpoint holds it: free space, "
+                       "then --resume_from_checkpoint latest, which appends it")
+        else:
+            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    refuse_together(accelerator, refusal)
 
 
 def append_row(run_dir: Path, row: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """One JSON line at the end of run_dir/metrics.jsonl, or none: a write cut short (a full disk) is taken back, so
+    the row a resume appends starts a line of its own."""
+    fd = os.open(run_dir / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size, left = os.fstat(fd).st_size, (json.dumps(row) + "\n").encode()
+        try:
+            while left:  # a write may take part of the line, the next then fails
+                left = left[os.write(fd, left):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def log_saved_row(accelerator: Accelerator, row: dict | None, run_dir: Path) -> None:

@@ -117,10 +117,17 @@ def exit_stopped(accelerator: Accelerator, step: int, ckpt_dir: Path, signal_nam
     if accelerator.is_main_process:
         # how long the stop took: what a grace time (--signal's lead, KillWait, the launcher's) must exceed
         after = stop_signals.seconds_since_first()
-        atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, stop_record(signal_name, step, checkpoint, after))
         when = "" if after is None else f" {after} s after the signal"
-        accelerator.print(f"{signal_name}: checkpoint {checkpoint} written{when}; exiting with status "
-                          f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
+        try:
+            atomic_write_text(ckpt_dir.parent / STOPPED_RECORD, stop_record(signal_name, step, checkpoint, after))
+        except OSError as e:  # a disk full right after the checkpoint: the checkpoint is whole, the stop goes on
+            accelerator.print(f"{signal_name}: checkpoint {checkpoint} written{when}, but not "
+                              f"{ckpt_dir.parent / STOPPED_RECORD} ({e.strerror or e}; "
+                              f"{checkpoints.free_space(ckpt_dir)}), which tells slurm/train.sbatch to requeue: free "
+                              "space, then --resume_from_checkpoint latest")
+        else:
+            accelerator.print(f"{signal_name}: checkpoint {checkpoint} written{when}; exiting with status "
+                              f"{STOPPED_STATUS}. Continue with --resume_from_checkpoint latest")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     raise SystemExit(STOPPED_STATUS)

@@ -617,6 +617,56 @@ def interactive() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def test_a_full_disk_at_an_epochs_row_is_one_line_and_the_resume_appends_the_row(finished, preprocessed, tmp_path):
+    """The disk fills between the epoch's checkpoint and its metrics.jsonl row (here the file is /dev/full): one
+    line, not a traceback, and the resume appends the row the checkpoint holds."""
+    out, flags = tmp_path / "run", ("--epochs", "2", "--save_every_steps", "1", "--keep_last", "10")  # `finished`'s
+    full = train_faulting("""
+        log_epoch = train.log_epoch
+        def onto_a_full_disk(accelerator, row, run_dir, bar):
+            if not (run_dir / "metrics.jsonl").exists():
+                (run_dir / "metrics.jsonl").symlink_to("/dev/full")
+            log_epoch(accelerator, row, run_dir, bar)
+        train.log_epoch = onto_a_full_disk
+    """, train_cmd(preprocessed, out, *flags))
+    step = rows(finished)[0]["step"]
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert full.stderr.strip().splitlines()[-1].startswith(
+        f"error: {out / 'metrics.jsonl'}: cannot append the row of step {step} (No space left on device; "), \
+        full.stderr[-2000:]
+    (out / "metrics.jsonl").unlink()
+    said = ok(run(train_cmd(preprocessed, out, *flags, "--resume_from_checkpoint", "latest")))
+    assert f"appended the row of step {step} from its checkpoint" in said.stdout + said.stderr
+    assert timeless(rows(out)) == timeless(rows(finished))
+
+
+def test_a_stop_whose_record_cannot_be_written_still_exits_75_in_one_line(preprocessed, tmp_path):
+    """A disk full right after the stop's checkpoint (here the record's name is taken by a folder): the checkpoint is
+    whole, so the stop still ends with STOPPED_STATUS and one line saying the record is missing, not a traceback
+    with status 1."""
+    out = tmp_path / "run"
+    proc = train_faulting(f"""
+        from imagenet_trainer import stopping
+        exit_stopped = stopping.exit_stopped
+        def record_blocked(accelerator, step, ckpt_dir, signal_name):
+            (ckpt_dir.parent / "{train.STOPPED_RECORD}" / "taken").mkdir(parents=True)
+            exit_stopped(accelerator, step, ckpt_dir, signal_name)
+        train.exit_stopped = record_blocked
+        save = train.save_checkpoint
+        def stopped_after_one(*args, **kwargs):
+            seconds = save(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return seconds
+        train.save_checkpoint = stopped_after_one
+    """, train_cmd(preprocessed, out, "--epochs", "3", "--save_every_steps", "2"))
+    assert proc.returncode == train.STOPPED_STATUS and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.match(rf"SIGTERM: checkpoint \S+ written [0-9.]+ s after the signal, but not "
+                    rf"{re.escape(str(out / train.STOPPED_RECORD))} \(", last), last
+    ckpt = Path(last.split()[2])
+    assert checkpoints.problem(ckpt) is None
+
+
 def test_ctrl_c_checkpoints_and_exits_75_like_sigterm(preprocessed, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -112,6 +112,19 @@ def test_checkpoint_is_scored_with_the_settings_saved_in_it(trained, preprocesse
     assert evaluate(flipped_ckpt, preprocessed, "--flip", "false")["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
+def test_a_checkpoint_config_that_does_not_read_as_yaml_is_one_line(trained, preprocessed, tmp_path):
+    """An edit's typo (or a damaged byte) in a checkpoint's config.yaml, which validate.py takes edited: one line
+    naming the file and the line, not yaml's traceback."""
+    ckpt = tmp_path / "step"
+    shutil.copytree(only_checkpoint(trained), ckpt)
+    text = (ckpt / "config.yaml").read_text()
+    (ckpt / "config.yaml").write_text(text.replace("model:", "model;", 1))
+    message = error_of(ckpt, preprocessed)
+    line = 1 + text[:text.index("model:")].count("\n")
+    assert f"{ckpt / 'config.yaml'} does not read as YAML at line " in message, message
+    assert abs(int(message.split(" at line ")[1].split()[0]) - line) <= 1, message
+
+
 def test_a_one_channel_network_trains_and_scores_on_each_images_luminance(preprocessed, tmp_path):
     """An in_chans=1 export (README: ours or timm's) fine-tuned with train.py --pretrained and scored by validate.py:
     the RGB batches become PIL's "L" of each image on the device, as timm's validate.py feeds such a network (its
