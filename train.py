@@ -220,6 +220,8 @@ class TrainState:
         # resume evaluates it first
         self.last_row = None  # the last epoch's metrics row, as logged: saved with its checkpoint before the append,
         # so a launch that ends between the two leaves the row to the resume (log_saved_row)
+        self.recipe_changes = []  # [{"step", "flags": ["--lr 1.6 -> 0.8", ...]}]: each resume that changed flags,
+        # for the model card (its table gives the last launch's flags)
 
     def state_dict(self):
         return dict(vars(self))
@@ -371,8 +373,8 @@ def check_launch(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, ckpt
         raise SystemExit(f"error: fsdp_sharding_strategy {strategy} is FSDP1's setting, which FSDP2 ignores (the run "
                          "would be FULL_SHARD); remove it from the launch config: for SHARD_GRAD_OP set "
                          "fsdp_reshard_after_forward: false, for HYBRID_SHARD add --use_parallelism_config "
-                         "--parallelism_config_dp_replicate_size NODES --parallelism_config_dp_shard_size GPUS_PER_NODE "
-                         "to the launch, for NO_SHARD use DDP (accelerate_configs/multi_gpu.yaml)")
+                         "--parallelism_config_dp_replicate_size NODES --parallelism_config_dp_shard_size "
+                         "GPUS_PER_NODE to the launch, for NO_SHARD use DDP (accelerate_configs/multi_gpu.yaml)")
     if fsdp is not None and fsdp.fsdp_version != 2:
         raise SystemExit("error: FSDP1 (fsdp_version: 1) is not supported (its mixed precision has no fp32 norm "
                          "layers here); set fsdp_version: 2 in the launch config, as accelerate_configs/fsdp.yaml does")
@@ -748,12 +750,14 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     accelerator.step = state.step * batching["grad_accum_steps"]
     pending = ", first the evaluation a stop signal cut short there" if state.eval_pending else ""
     accelerator.print(f"resumed from {path} at epoch {state.epoch}, step {state.step}{pending}")
-    if changed := keep_launch_flags(optimizer, flags):
+    if optimizer_changed := keep_launch_flags(optimizer, flags):
         accelerator.print(f"the checkpoint was saved with other optimizer settings; this launch's apply: "
-                          f"{', '.join(changed)}")
+                          f"{', '.join(optimizer_changed)}")
     if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
         accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
+    if optimizer_changed or changed:
+        state.recipe_changes.append({"step": state.step, "flags": [*optimizer_changed, *changed]})
     forget_best_exported_elsewhere(accelerator, state, ckpt_dir)
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)
@@ -1170,7 +1174,7 @@ def evaluate_and_export(accelerator: Accelerator, model, ema, eval_loader, plan:
                results={"top1": best["top1"], "top5": best["top5"], "split": cfg.eval_split, "n": best["n"],
                         "ema": best_net is not model},
                epochs=state.step / steps_per_epoch, scheduled_epochs=plan.total_steps / steps_per_epoch,
-               train_seconds=state.train_seconds)
+               train_seconds=state.train_seconds, recipe_changes=state.recipe_changes)
     return {**row, "export_s": time.perf_counter() - export_started}
 
 
@@ -1326,7 +1330,7 @@ def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples
 
 def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label_names: list[str],
            label_descriptions: list[str], data_cfg: dict, results: dict, epochs: float, scheduled_epochs: float,
-           train_seconds: float) -> None:
+           train_seconds: float, recipe_changes: list[dict]) -> None:
     """`net`'s weights in the Hub format modeling/ defines, with its model card, at out_dir (run_dir/final): written
     whole or not at all (modeling.save_pretrained); a full disk ends the run on every rank in one line, as does a
     run.lock another launch has taken, before the export."""
@@ -1347,7 +1351,8 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
                             "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
                                         "crop_mode": data_cfg.get("crop_mode") or "center",
                                         "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},
-                            "epochs": epochs, "scheduled_epochs": scheduled_epochs, "hardware": hardware(accelerator)})
+                            "epochs": epochs, "scheduled_epochs": scheduled_epochs, "hardware": hardware(accelerator),
+                            "recipe_changes": recipe_changes})
         except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError carries no errno)
             if not checkpoints.is_disk_full(e):
                 raise

@@ -281,7 +281,8 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
     push_to_hub fills in), description, dataset (as given to train.py: a Hub id or a local folder, shown by its
     ``source.json`` name or its last path component), dataset_id (a Hub dataset id: ``--hub_dataset_id``), recipe
-    {field: value} (run plumbing such as output_dir or num_workers is left out), epochs (trained, for these
+    {field: value} (run plumbing such as output_dir or num_workers is left out), recipe_changes [{step, flags:
+    ["--lr 1.6 -> 0.8", ...]}] (resumes that changed flags; the recipe is the last launch's), epochs (trained, for these
     weights), scheduled_epochs (the run's schedule, where --max_train_steps cut the recipe's epochs), train_time
     (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool), image_size (px), crop_pct,
     interpolation, flip (bool)}, license (default apache-2.0), tags.
@@ -516,6 +517,12 @@ def _training(card: dict) -> list[str]:
     if recipe:
         lines += ["", "| hyper-parameter | value |", "|---|---|"]
         lines += [f"| {cell(k)} | {cell(public(v))} |" for k, v in recipe.items()]
+    changes = [(c["step"], shown) for c in card.get("recipe_changes") or []
+               if (shown := [f for f in c["flags"] if f.split()[0].removeprefix("--") not in PLUMBING])]
+    if changes:  # the table holds the last launch's flags: a run resumed with others trained with both
+        lines += ["", "Resumed with other flags (the table gives the last launch's): "
+                  + "; ".join(f"at step {step}, {', '.join(f'`{f}`' for f in flags)}" for step, flags in changes)
+                  + "."]
     if len(lines) == 2:
         lines.append("No recipe was recorded.")
     return lines + [""]

@@ -76,8 +76,8 @@ EVAL_RESULTS_DIR = ".eval_results"  # huggingface_hub 2.x eval-results format, b
 _ARCH_KEYS = ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
               "pool_size", "first_conv", "classifier")
 _CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
-_CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "epochs", "scheduled_epochs",
-              "train_time", "hardware", "results", "license", "tags"}
+_CARD_KEYS = {"model_name", "repo_id", "description", "dataset", "dataset_id", "recipe", "recipe_changes", "epochs",
+              "scheduled_epochs", "train_time", "hardware", "results", "license", "tags"}
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub accepts as "true" in HF_HUB_OFFLINE
 # seconds without a byte before a Hub call gives up: the start-up check (whoami) and each connect, read or write
 # of an upload (a stall, not the whole transfer: 100 MB of weights take what they take)

@@ -333,6 +333,20 @@ def test_a_resume_with_nothing_left_to_do_says_so_and_claims_no_export_it_lacks(
     assert len(rows(out)) == 2 and not (out / "resumes").exists(), "nothing trained, nothing recorded"
 
 
+def test_the_card_of_a_run_resumed_with_other_flags_says_so(finished, preprocessed, tmp_path):
+    """The card's recipe table gives the last launch's flags; a run resumed with others trained with both, so the
+    card says at which step which flags changed (from the checkpoint's state: a later resume keeps the entry), and
+    leaves out plumbing such as --num_workers."""
+    step = rows(finished)[0]["step"]
+    out = tmp_path / "new"  # resumed into a new folder: its first evaluation exports there
+    ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--label_smoothing", "0.2", "--num_workers", "1",
+                     "--resume_from_checkpoint", checkpoints.step_folder(finished / "checkpoints", step))))
+    card = (out / "final" / "README.md").read_text()
+    assert ("Resumed with other flags (the table gives the last launch's): at step "
+            f"{step}, `--label_smoothing 0.1 -> 0.2`.") in card, card
+    assert "| label_smoothing | 0.2 |" in card
+
+
 def test_a_checkpoint_resumed_into_a_new_output_dir_exports_there(finished, preprocessed, tmp_path):
     """A checkpoint copied elsewhere and resumed into a new --output_dir carries the best score of a model exported
     into the old folder: forgotten, in one line, so that this run's first evaluation exports into its own final/ (the
