@@ -22,6 +22,9 @@ from pathlib import Path
 
 from .runinfo import atomic_write_bytes, atomic_write_text, fsync_dir
 
+# the model weights of an accelerate save_state folder: DDP/one process (safetensors, or pickled without safe
+# serialization), FSDP's sharded folder or full state dict
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
 CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py notes a change
 # (a reader may edit a checkpoint's eval settings there), a resume does (problem's config=True)
@@ -78,8 +81,9 @@ def problem(folder: Path, config: bool = False, only: str | None = None) -> str 
     medium's (permissions, a stale NFS handle: DAMAGE_ERRNOS) is a ValueError: nothing to skip it for."""
     folder = Path(folder)
     listed = folder / FILE_LIST
-    if not listed.is_file():
-        return None
+    if not listed.is_file():  # nothing to check it against, but a folder without weights is no checkpoint at all
+        held = [name for name in WEIGHTS if (folder / name).exists()]
+        return None if held else f"{folder} holds no model weights (none of {', '.join(WEIGHTS)})"
     try:
         files = json.loads(listed.read_text())
         if not isinstance(files, dict):
@@ -253,6 +257,10 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     path = Path(resume_from)
     if not path.is_dir():
         raise ValueError(f"{path}: no such checkpoint folder")
+    if (path / "config.json").is_file() and not (path / FILE_LIST).is_file():  # modeling.save_pretrained's
+        raise ValueError(f"{path} is an export (weights and card, no optimizer or position), not a checkpoint: resume "
+                         "from its run's checkpoints/step_N (or latest), or start a new run from it with --model "
+                         f"local-dir:{path} --pretrained")
     why = problem(path, config=True)
     if why is not None:
         raise ValueError(f"{path}: damaged checkpoint: {why}; --resume_from_checkpoint latest takes the newest "

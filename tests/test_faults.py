@@ -144,6 +144,32 @@ def finished(preprocessed, tmp_path_factory):
     return out
 
 
+def test_an_empty_step_folder_is_skipped_by_latest(finished, preprocessed, tmp_path):
+    """A step folder with nothing in it (made by hand, or a copy that never ran) has no file list to check, but no
+    weights either: latest says so and takes the newest checkpoint before it, as for a damaged one."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    newest = checkpoints.step_folders(out / "checkpoints")[-1]
+    empty = checkpoints.step_folder(out / "checkpoints", int(newest.name.split("_")[1]) + 1)
+    empty.mkdir()
+    assert checkpoints.problem(empty) == f"{empty} holds no model weights (none of {', '.join(checkpoints.WEIGHTS)})"
+    assert checkpoints.newest_complete(out / "checkpoints")[0] == newest
+    said = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))
+    said = said.stdout + said.stderr
+    assert f"skipped {empty.name}: {empty} holds no model weights" in said and f"resumed from {newest}" in said, \
+        said[-3000:]
+
+
+def test_an_export_given_as_the_checkpoint_to_resume_says_what_it_is(finished, preprocessed, tmp_path):
+    """RUN/final holds weights and a card, not an optimizer or a position: one line saying so and what to give."""
+    proc = run(train_cmd(preprocessed, tmp_path / "run", "--epochs", "2", "--resume_from_checkpoint",
+                         finished / "final"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = last_line(proc)
+    assert f"{finished / 'final'} is an export (weights and card, no optimizer or position), not a checkpoint" in line
+    assert f"--model local-dir:{finished / 'final'} --pretrained" in line, line
+
+
 def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, preprocessed, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
