@@ -247,17 +247,11 @@ def test_offline_hub_id_is_read_from_the_hub_cache_or_names_both_caches(hub_imag
     (datasets--OWNER--NAME/snapshots/<commit>/, refs/main), not datasets' own: offline, --dataset ILSVRC/imagenet-1k
     reads that snapshot. A repo in neither cache is one line naming the flag, the repo, both caches and the command
     that fetches it."""
-    import huggingface_hub.constants as hf_constants
-
     repo, commit = tmp_path / "hub" / "datasets--ILSVRC--imagenet-1k", "0d2e41ea6f66f65da49f86a668d06efa094374dd"
     shutil.copytree(hub_imagenet, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for module in (datasets.config, hf_constants):
-        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    offline_with_caches(monkeypatch, tmp_path / "hub", tmp_path / "datasets")
     ds = load_image_dataset("ILSVRC/imagenet-1k")
     assert list(ds) == ["train", "validation"] and check_labels(ds["validation"]) == ilsvrc.imagenet_wnids()
     with pytest.raises(ValueError) as e:
@@ -268,11 +262,21 @@ def test_offline_hub_id_is_read_from_the_hub_cache_or_names_both_caches(hub_imag
         "`hf download someone/elsewhere --repo-type dataset` (with the same HF_HOME), or give --dataset the folder")
 
 
+def offline_with_caches(monkeypatch, hub_cache: Path, datasets_cache: Path) -> None:
+    """HF_HUB_OFFLINE=1, as datasets and huggingface_hub read it at import, with these cache folders."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for module in (datasets.config, hf_constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(datasets_cache))
+
+
 def test_offline_hub_id_downloaded_with_some_splits_loads_the_splits_it_has(hub_imagenet, tmp_path, monkeypatch):
     """`hf download OWNER/NAME --repo-type dataset --include "data/validation-*"` on a connected machine (here
     tests/hub_server.py's Hub) caches the repo's file list with the files: offline, huggingface_hub calls that
     snapshot incomplete (IncompleteSnapshotError), and the id loads the split it has, as the folder itself does."""
-    import huggingface_hub.constants as hf_constants
     from hub_server import LocalHub
 
     home = tmp_path / "hf-home"
@@ -286,11 +290,7 @@ def test_offline_hub_id_downloaded_with_some_splits_loads_the_splits_it_has(hub_
     snapshot = next((home / "hub" / "datasets--someone--imagenet-1k" / "snapshots").iterdir())
     assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.*")) == [
         "data/validation-00000-of-00001.parquet"]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for module in (datasets.config, hf_constants):
-        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    offline_with_caches(monkeypatch, home / "hub", tmp_path / "datasets")
     ds = load_image_dataset("someone/imagenet-1k")
     assert list(ds) == ["validation"] and check_labels(ds["validation"]) == ilsvrc.imagenet_wnids()
     assert ds["validation"][0]["image_id"] == "ILSVRC2012_val_00000001"
