@@ -926,8 +926,9 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         "config": asdict(cfg), "seconds": round(time.time() - started, 3), "warnings": warnings,
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
         "skipped": [dict(split=r["split"], **s) for r in reports for s in r["skipped"]],
-        # files and folders of the input not read (the warnings count them), then each file stored re-encoded
-        "left_out": sorted(listing.left_out or [], key=lambda e: e["path"]),
+        # files and folders of the input not read (the warnings count them; null: not listed on this route, an
+        # archive's or evaluation set's, whose warnings name them), then each file stored re-encoded
+        "left_out": None if listing.left_out is None else sorted(listing.left_out, key=lambda e: e["path"]),
         "reencoded_files": [dict(split=r["split"], **e) for r in reports for e in r["reencoded_files"]],
         **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())
                  for split in splits} for key in ("untiled", "reencoded", "boxes")},

@@ -496,7 +496,11 @@ def stop_while_pushing(output_dir: Path, signals_before: int) -> None:
 
 def main(argv=None) -> None:
     cfg = parse_config(HubDatasetConfig, argv, description=__doc__.split("\n")[0])
-    output_dir = Path(os.path.abspath(cfg.output_dir))  # "." included: the messages name the folder itself
+    try:
+        output_dir = Path(os.path.abspath(cfg.output_dir))  # "." included: the messages name the folder itself
+    except FileNotFoundError:  # a relative path from a folder that is gone: the one an earlier export replaced
+        raise SystemExit(f"error: --output_dir {cfg.output_dir}: the folder this command runs in no longer exists "
+                         "(replaced by an export?): cd into it again") from None
     # a scheduler's SIGTERM stops the export between two shards, whose files are then whole
     handlers = ({sig: signal.getsignal(sig) for sig in stop_signals.STOP_SIGNALS}
                 if threading.current_thread() is threading.main_thread() else {})

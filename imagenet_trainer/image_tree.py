@@ -59,13 +59,27 @@ def _has_images(folder: Path) -> bool:
 
 
 def kaggle_root_above(data_dir: Path) -> Path | None:
-    """The folder Kaggle's zip unzips to, where ``data_dir`` is its ILSVRC/, ILSVRC/Data or ILSVRC/Data/CLS-LOC (the
-    folder timm's and torchvision's guides read, beside the CSV that labels its val/): the root holds
-    LOC_synset_mapping.txt, or the path ends in ILSVRC/Data/CLS-LOC; else None."""
+    """The folder Kaggle's zip unzips to (it holds LOC_synset_mapping.txt), where ``data_dir`` is its ILSVRC/,
+    ILSVRC/Data or ILSVRC/Data/CLS-LOC (the folder timm's and torchvision's guides read); else None."""
     for root in list(data_dir.parents)[:3]:
         if (root / ilsvrc.SYNSET_MAPPING).is_file() and root / "ILSVRC" in (data_dir, *data_dir.parents):
             return root
-    return data_dir.parents[2] if data_dir.parts[-3:] == ("ILSVRC", "Data", "CLS-LOC") else None
+    return None
+
+
+def check_not_inside_kaggle(data_dir: Path) -> None:
+    """A ValueError naming what to pass when ``data_dir`` is part of Kaggle's tree that cannot be read alone: its
+    ILSVRC/ or ILSVRC/Data, or its CLS-LOC with val/ as Kaggle ships it, flat (labelled by LOC_val_solution.csv
+    above). A CLS-LOC whose val/ was sorted into class folders (valprep.sh) is a tree of class folders: read."""
+    flat_val = (data_dir / "val").is_dir() and _has_images(data_dir / "val")
+    root = kaggle_root_above(data_dir)
+    if root is not None and (flat_val or not (data_dir / "train").is_dir()):
+        raise ValueError(f"--data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole (val labels "
+                         f"from {ilsvrc.VAL_SOLUTION}, boxes from ILSVRC/Annotations): pass --data_dir {root}")
+    if root is None and flat_val and data_dir.parts[-3:] == ("ILSVRC", "Data", "CLS-LOC"):
+        raise ValueError(f"--data_dir {data_dir} is Kaggle's ILSVRC/Data/CLS-LOC, whose flat val/ is labelled by "
+                         f"{ilsvrc.VAL_SOLUTION} beside ILSVRC/, not found above it: pass --data_dir the folder "
+                         f"that holds {ilsvrc.SYNSET_MAPPING}, {ilsvrc.VAL_SOLUTION} and ILSVRC/")
 
 
 def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
@@ -74,10 +88,7 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
         raise ValueError(f"--data_dir {data_dir}: no such folder")
     if (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
         return ILSVRC
-    root = kaggle_root_above(data_dir)
-    if root is not None:  # CLS-LOC/ looks like a tree of train/ and val/, but its val/ is labelled by a CSV above
-        raise ValueError(f"--data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole (val labels "
-                         f"from {ilsvrc.VAL_SOLUTION}, boxes from ILSVRC/Annotations): pass --data_dir {root}")
+    check_not_inside_kaggle(data_dir)  # CLS-LOC/ looks like a tree of train/ and val/; Kaggle's val/ is not one
     folders = _subfolders(data_dir)
     if "train" in folders:
         held_out = [f for f in (*VAL_NAMES, "test") if f in folders]

@@ -462,6 +462,12 @@ def test_a_partial_copy_of_an_export_names_the_missing_shard_and_scores_the_spli
     assert list(ds) == ["validation"] and names == original["validation"].features["label"].names
     assert split["label"] == original["validation"]["label"]
     assert ilsvrc.class_descriptions(ds) == ilsvrc.class_descriptions(original)
+    # an older push_to_hub's card lists the splits in dataset_info alone, which datasets expects too
+    card = huggingface_hub.metadata_load(copy / "README.md")
+    del card["configs"]
+    assert {s["name"] for s in card["dataset_info"]["splits"]} >= {"train", "validation"}
+    huggingface_hub.metadata_save(copy / "README.md", card)
+    assert list(load_image_dataset(str(copy))) == ["validation"]
 
 
 def test_a_truncated_arrow_file_is_refused_in_one_line_naming_it_before_any_export(preprocessed, tmp_path):
@@ -496,6 +502,10 @@ def test_the_folder_the_command_runs_in_is_an_output_dir(preprocessed, tmp_path,
         f"wrote {here}", f"the folder this command ran in was replaced by the export: `cd {here}` to see it"]
     assert (here / "README.md").is_file() and list((here / "data").glob("validation-*.parquet"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".imagenet-parquet.export.json", "imagenet-parquet"]
+    with pytest.raises(SystemExit) as e:  # the same command again, from the shell left in the replaced folder
+        hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", "."])
+    assert str(e.value.code) == ("error: --output_dir .: the folder this command runs in no longer exists (replaced "
+                                 "by an export?): cd into it again")
     monkeypatch.chdir(here)
     hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", "."])
     assert capsys.readouterr().out.endswith("; nothing to write\n")

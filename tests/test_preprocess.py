@@ -1985,8 +1985,30 @@ def test_data_dir_inside_kaggles_tree_is_refused_naming_its_root(where, clean_tr
     data_dir = root / ("ILSVRC/Data/CLS-LOC" if where == "copy" else where)
     with pytest.raises(SystemExit) as e:
         preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
-    assert e.value.code == (f"error: --data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole (val "
-                            f"labels from LOC_val_solution.csv, boxes from ILSVRC/Annotations): pass --data_dir {root}")
+    if where == "copy":  # no root above to name
+        assert e.value.code == (f"error: --data_dir {data_dir} is Kaggle's ILSVRC/Data/CLS-LOC, whose flat val/ is "
+                                "labelled by LOC_val_solution.csv beside ILSVRC/, not found above it: pass --data_dir "
+                                "the folder that holds LOC_synset_mapping.txt, LOC_val_solution.csv and ILSVRC/")
+    else:
+        assert e.value.code == (f"error: --data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole "
+                                f"(val labels from LOC_val_solution.csv, boxes from ILSVRC/Annotations): pass "
+                                f"--data_dir {root}")
+
+
+def test_kaggles_cls_loc_with_val_sorted_into_class_folders_is_a_tree_of_class_folders(clean_tree, tmp_path):
+    """valprep.sh sorts CLS-LOC/val into val/<wnid>/, as timm's and torchvision's ImageFolder guides have it: that
+    CLS-LOC is train/ and val/ of class folders, read as such (not refused as part of Kaggle's tree)."""
+    root = tmp_path / "sorted"
+    shutil.copytree(clean_tree, root)
+    cls_loc = root / "ILSVRC/Data/CLS-LOC"
+    shutil.rmtree(cls_loc / "test")
+    for line in (root / "LOC_val_solution.csv").read_text().splitlines()[1:]:
+        image_id, boxes = line.split(",", 1)
+        (cls_loc / "val" / boxes.split()[0]).mkdir(exist_ok=True)
+        (cls_loc / "val" / f"{image_id}.JPEG").rename(cls_loc / "val" / boxes.split()[0] / f"{image_id}.JPEG")
+    preprocess.main(["--data_dir", str(cls_loc), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    assert sorted(ds) == ["train", "validation"] and ds["validation"].num_rows == len(list(cls_loc.glob("val/*/*")))
 
 
 def big_and_small_tree(root: Path) -> Path:

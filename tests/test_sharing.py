@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import modeling
-from imagenet_trainer import manifest, runinfo
+from imagenet_trainer import runinfo
 from test_modeling import import_two_file_family, scratch_registry  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,10 +201,6 @@ def parquet_copy(preprocessed, tmp_path_factory) -> Path:
     (data / "source.json").write_text(json.dumps({
         "layout": "ilsvrc-kaggle", "name": "ILSVRC-2012", "ilsvrc2012_full": False, "num_classes": 4,
         "counts": {"train": 24, "validation": 8}, "val_fraction": None, "split_seed": None}))
-    # and in the manifest, as preprocess.py would have recorded it (the export checks every file against it)
-    listed = manifest.read(data)
-    listed["files"][manifest.SOURCE_FILE] = manifest.file_entry(data / manifest.SOURCE_FILE)
-    (data / manifest.MANIFEST).write_text(json.dumps(manifest.sealed(listed)))
     return export_parquet(data, base / "imagenet-parquet", shard_bytes=20_000)  # several shards per split
 
 

@@ -133,17 +133,22 @@ def _is_hub_imagenet(folder: Path, files: dict[str, list[Path]]) -> bool:
 
 
 def _card_splits(folder: Path) -> set[str]:
-    """The splits the ``configs`` of the folder's README.md name (``data_files: [{split, path}]``, as the Hub's
-    cards list them); none without such a card."""
+    """The splits the folder's README.md names, each of which datasets expects: its ``configs`` (``data_files:
+    [{split, path}]``, as the Hub's cards list them) and its ``dataset_info`` (``splits: [{name, ...}]``, all an
+    older push_to_hub's card has); none without such a card."""
     from huggingface_hub import metadata_load
 
     try:
-        configs = (metadata_load(folder / "README.md") or {}).get("configs")
+        card = metadata_load(folder / "README.md") or {}
     except Exception:  # no card, YAML errors, a front matter that is no mapping: datasets reads no configs either
         return set()
+    configs, infos = card.get("configs"), card.get("dataset_info")
     entries = [e for c in configs if isinstance(c, dict) and isinstance(c.get("data_files"), list)
                for e in c["data_files"]] if isinstance(configs, list) else []
-    return {e["split"] for e in entries if isinstance(e, dict) and isinstance(e.get("split"), str)}
+    infos = infos if isinstance(infos, list) else [infos]  # one mapping, or one per config
+    listed = [e for i in infos if isinstance(i, dict) and isinstance(i.get("splits"), list) for e in i["splits"]]
+    return ({e["split"] for e in entries if isinstance(e, dict) and isinstance(e.get("split"), str)}
+            | {e["name"] for e in listed if isinstance(e, dict) and isinstance(e.get("name"), str)})
 
 
 def _classes_of(folder_or_repo) -> dict | None:
@@ -286,9 +291,11 @@ def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
 
 def load_saved(path: Path) -> datasets.DatasetDict | datasets.Dataset:
     """``load_from_disk`` of a checked folder; a damaged Arrow file is a ValueError naming it, not pyarrow's
-    traceback (which names no file)."""
+    traceback (which names no file). source.json is left out of the check: it describes the data for cards, and a
+    user may edit it (a name for the card; hub_dataset writes an edited one anew); --verify checks it."""
     listed = manifest.read(path)
-    if listed is not None and (problem := manifest.check_sizes(path, listed["files"])):
+    files = {rel: entry for rel, entry in (listed or {}).get("files", {}).items() if rel != manifest.SOURCE_FILE}
+    if listed is not None and (problem := manifest.check_sizes(path, files)):
         raise ValueError(problem)
     try:
         return datasets.load_from_disk(str(path))
