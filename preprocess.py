@@ -483,14 +483,8 @@ def check_config(cfg: PreprocessConfig) -> None:
 
 
 def shard_done(shard: Shard) -> bool:
-    """Whether ``shard`` is written, with a report that names its re-encoded files (one an older preprocess.py
-    wrote is done again: the same rows, and the output's report then names every re-encoded file)."""
-    if not os.path.exists(shard.path):
-        return False
-    try:
-        return "reencoded_files" in json.loads(Path(shard.report).read_text())
-    except (OSError, ValueError):  # written before its Arrow file: absent or damaged only if changed since
-        return False
+    """Whether ``shard`` is written: its Arrow file is renamed into place after its report."""
+    return os.path.exists(shard.path)
 
 
 def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size: int) -> list[Shard]:
@@ -919,6 +913,9 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
                          f"delete {work} and run again")
 
     warnings = list(listing.warnings)
+    if older := sum("reencoded_files" not in r for r in reports):  # kept: redoing them could cost hours
+        warnings.append(f"{older} shards were written by an earlier preprocess.py: their re-encoded files are counted "
+                        "in reencoded, not named in reencoded_files")
     if is_ilsvrc and len(names) == 1000:
         warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
                      for split, full in ilsvrc.FULL_COUNTS.items() if split in counts and counts[split] != full]
@@ -929,7 +926,7 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         # files and folders of the input not read (the warnings count them; null: not listed on this route, an
         # archive's or evaluation set's, whose warnings name them), then each file stored re-encoded
         "left_out": None if listing.left_out is None else sorted(listing.left_out, key=lambda e: e["path"]),
-        "reencoded_files": [dict(split=r["split"], **e) for r in reports for e in r["reencoded_files"]],
+        "reencoded_files": [dict(split=r["split"], **e) for r in reports for e in r.get("reencoded_files", [])],
         **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())
                  for split in splits} for key in ("untiled", "reencoded", "boxes")},
         "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},

@@ -1941,7 +1941,8 @@ def test_the_report_names_each_file_left_out_or_re_encoded_alike_after_a_resume(
                                                                                 monkeypatch, capsys):
     """The warnings give a count and one name; preprocess_report.json lists every file left out and every file
     stored re-encoded (which of ImageNet's 22 CMYK files were converted), the same whether the run was resumed and
-    whatever --num_proc; a shard finished by an older preprocess.py, whose report has no such list, is done again."""
+    whatever --num_proc; a shard finished by an older preprocess.py, whose report has no such list, is kept (its
+    re-encodes counted, not named) and said."""
     tree, left_out = quirky_tree(ilsvrc_tree, tmp_path)
     args = ["--data_dir", str(tree), "--shard_size", "5"]
     preprocess.main([*args, "--output_dir", str(tmp_path / "whole"), "--num_proc", "2"])
@@ -1953,9 +1954,11 @@ def test_the_report_names_each_file_left_out_or_re_encoded_alike_after_a_resume(
         preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
     monkeypatch.undo()
     older = tmp_path / "resumed.tmp" / preprocess.WORK / "train-00000.json"  # as a preprocess.py before the lists
+    older_files = json.loads(older.read_text())["reencoded_files"]
+    assert older_files, "the older shard re-encoded files, which its report then no longer names"
     older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "reencoded_files"}))
     preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
-    assert "1 of 8 shards already done" in capsys.readouterr().out  # that shard is done again, to be named
+    assert "2 of 8 shards already done" in capsys.readouterr().out  # the older one too: hours of work on ImageNet
 
     whole, resumed = (json.loads((tmp_path / name / "preprocess_report.json").read_text())
                       for name in ("whole", "resumed"))
@@ -1970,7 +1973,12 @@ def test_the_report_names_each_file_left_out_or_re_encoded_alike_after_a_resume(
         split: sum(e["split"] == split for e in whole["reencoded_files"]) for split in whole["reencoded"]}
     for report in (whole, resumed):
         del report["seconds"], report["config"]["num_proc"], report["config"]["output_dir"]
-    assert resumed == whole
+    assert resumed.pop("warnings") == [*whole.pop("warnings"), "1 shards were written by an earlier preprocess.py: "
+                                       "their re-encoded files are counted in reencoded, not named in reencoded_files"]
+    # the older shard's re-encodes are counted in both, named only in the whole run's report
+    assert [e for e in whole["reencoded_files"] if e not in resumed["reencoded_files"]] == [
+        {"split": "train", **e} for e in older_files]
+    assert {**resumed, "reencoded_files": whole["reencoded_files"]} == whole
 
 
 @pytest.mark.parametrize("where", ["ILSVRC/Data/CLS-LOC", "ILSVRC", "copy"])
