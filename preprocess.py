@@ -482,11 +482,6 @@ def check_config(cfg: PreprocessConfig) -> None:
             raise SystemExit(f"error: --restart_tile {cfg.restart_tile}: {e}") from None
 
 
-def shard_done(shard: Shard) -> bool:
-    """Whether ``shard`` is written: its Arrow file is renamed into place after its report."""
-    return os.path.exists(shard.path)
-
-
 def plan_shards(data_dir: Path, splits: dict[str, Split], work: Path, shard_size: int) -> list[Shard]:
     shards = []
     for split, s in splits.items():
@@ -1205,7 +1200,7 @@ def run(argv=None) -> None:
     except OSError as e:
         raise SystemExit(f"error: --output_dir {out}: cannot create {work} ({e.strerror or e})") from None
     shards = plan_shards(data_dir, splits, work, cfg.shard_size)
-    pending = [s for s in shards if not shard_done(s)]
+    pending = [s for s in shards if not os.path.exists(s.path)]  # renamed into place after its report
     total, kept = sum(len(s.items) for s in shards), len(shards) - len(pending)
     if kept:
         print(f"resuming {work}: {kept} of {len(shards)} shards already done")
