@@ -171,10 +171,8 @@ class TrainConfig:
                 *((f, getattr(self, f) >= 1, "at least 1") for f in ("epochs", "batch_size", "grad_accum_steps",
                                                                        "image_size", "log_every_steps")),
                 ("keep_last", self.keep_last >= 1, "at least 1 (the checkpoint to resume from)"),
-                # each image is mixed with its mirror in the batch: an odd batch's middle one would pair with itself
-                # (timm's Mixup asserts an even batch)
-                ("batch_size", not (self.mixup_alpha or self.cutmix_alpha) or self.batch_size % 2 == 0,
-                 "even with --mixup_alpha or --cutmix_alpha (each image is mixed with its mirror in the batch)"),
+                # (a resume is checked once it knows whether a checkpoint was found: resume, odd_mixing_batch)
+                ("batch_size", not odd_mixing_batch(self) or self.resume_from_checkpoint, ODD_BATCH),
                 ("max_bad_samples", self.max_bad_samples >= 0, ">= 0 (0: stop at the first undecodable image)"),
                 ("min_image_size", self.min_image_size <= self.image_size, "at most --image_size (0: no ramp)"),
                 # after the ramp's start (FFCV asserts end_ramp > start_ramp: at start == end the end epoch would
@@ -702,6 +700,15 @@ def cosine_lr(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int,
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+ODD_BATCH = "even with --mixup_alpha or --cutmix_alpha (each image is mixed with its mirror in the batch)"
+
+
+def odd_mixing_batch(cfg: TrainConfig) -> bool:
+    """An odd --batch_size with mixup or cutmix on: the middle image would pair with itself (timm's Mixup asserts an
+    even batch)."""
+    return bool(cfg.mixup_alpha or cfg.cutmix_alpha) and cfg.batch_size % 2 == 1
+
+
 def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
     """Load --resume_from_checkpoint into everything registered with `accelerator`; the checkpoint's folder, or
     None when "latest" finds nothing saved yet (a preempted job can be requeued with the same command). The
@@ -717,9 +724,14 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     if error is not None:
         raise SystemExit(f"error: --resume_from_checkpoint {error}")
     if path is None:
+        if odd_mixing_batch(cfg):  # a fresh run after all
+            raise SystemExit(f"error: --batch_size must be {ODD_BATCH}, got {cfg.batch_size}")
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
         set_aside_later(accelerator, ckpt_dir, 0)
         return None
+    if odd_mixing_batch(cfg):  # a run begun before the check: it goes on with the batch it was saved with
+        accelerator.print(f"warning: --batch_size {cfg.batch_size} is odd: the middle image of each batch is mixed with "
+                          "itself (--mixup_alpha/--cutmix_alpha); a new run needs an even one")
     # the launch config first: a checkpoint of another one would be told to change flags this launch then refuses
     # (a DDP checkpoint's EMA, which FSDP runs without)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
@@ -1275,45 +1287,49 @@ def log_epoch(accelerator: Accelerator, row: dict, run_dir: Path, bar) -> None:
     accelerator.log(row, step=row["step"])
     refusal = None
     if accelerator.is_main_process:
-        try:
-            append_row(run_dir, row)
-        except OSError as e:
-            refusal = (f"error: {run_dir / 'metrics.jsonl'}: cannot append the row of step {row['step']} "
-                       f"({e.strerror or e}; {checkpoints.free_space(run_dir)}); its checkpoint holds it: free space, "
-                       "then --resume_from_checkpoint latest, which appends it")
-        else:
+        if (refusal := append_row(run_dir, row)) is None:
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     refuse_together(accelerator, refusal)
 
 
-def append_row(run_dir: Path, row: dict) -> None:
-    """One JSON line at the end of run_dir/metrics.jsonl, or none: a write cut short (a full disk) is taken back, so
-    the row a resume appends starts a line of its own."""
-    fd = os.open(run_dir / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def append_row(run_dir: Path, row: dict) -> str | None:
+    """One JSON line at the end of run_dir/metrics.jsonl, or none and the one-line error saying why (a full disk):
+    a write cut short is taken back, so the row a resume appends from the checkpoint starts a line of its own."""
+    try:
+        fd = os.open(run_dir / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        return cannot_append(run_dir, row, e)
     try:
         size, left = os.fstat(fd).st_size, (json.dumps(row) + "\n").encode()
-        try:
-            while left:  # a write may take part of the line, the next then fails
-                left = left[os.write(fd, left):]
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise
+        while left:  # a write may take part of the line, the next then fails
+            left = left[os.write(fd, left):]
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        return cannot_append(run_dir, row, e)
     finally:
         os.close(fd)
+    return None
+
+
+def cannot_append(run_dir: Path, row: dict, error: OSError) -> str:
+    return (f"error: {run_dir / 'metrics.jsonl'}: cannot append the row of step {row['step']} "
+            f"({error.strerror or error}; {checkpoints.free_space(run_dir)}); its checkpoint holds it: free space, "
+            "then --resume_from_checkpoint latest, which appends it")
 
 
 def log_saved_row(accelerator: Accelerator, row: dict | None, run_dir: Path) -> None:
     """The epoch row a resumed checkpoint carries (TrainState.last_row), appended to run_dir/metrics.jsonl when that
     lacks its step: the launch that saved it ended before the append. Not sent to --report_to's trackers, which this
     launch has not started yet (and may never: nothing left to do)."""
-    metrics_file = run_dir / "metrics.jsonl"
-    if not accelerator.is_main_process or row is None or metrics_file.is_file() and any(
-            logged.get("step") == row["step"] for logged in checkpoints.rows_of(metrics_file)):
-        return
-    append_row(run_dir, row)
-    accelerator.print(f"{metrics_file}: appended the row of step {row['step']} from its checkpoint (the launch that "
-                      "saved it ended before writing it; its checkpoint_s lacks that save, trackers do not get it)")
+    metrics_file, refusal = run_dir / "metrics.jsonl", None
+    if accelerator.is_main_process and row is not None and not (metrics_file.is_file() and any(
+            logged.get("step") == row["step"] for logged in checkpoints.rows_of(metrics_file))):
+        if (refusal := append_row(run_dir, row)) is None:
+            accelerator.print(f"{metrics_file}: appended the row of step {row['step']} from its checkpoint (the launch "
+                              "that saved it ended before writing it; its checkpoint_s lacks that save, trackers do "
+                              "not get it)")
+    refuse_together(accelerator, refusal)  # every rank, or a rank left waiting in the next collective
 
 
 def exit_if_stopping(accelerator: Accelerator, stop: StopSignal, bad: BadSamples, step: int, ckpt_dir: Path,

@@ -388,11 +388,12 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
                          f"FSDP's {' or '.join(CHECKPOINT_WEIGHTS[1:])}, with {run_config})")
     try:
         run = yaml.safe_load(run_config.read_text())
-    except yaml.YAMLError as e:  # an edit's typo, or a damaged byte
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # an edit's typo, or a damaged byte
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
-        raise ValueError(f"{run_config} does not read as YAML{at} ({getattr(e, 'problem', None) or e}): fix the edit, "
-                         "or copy the run's own config.yaml there") from None
+        why = getattr(e, "problem", None) or (e.reason if isinstance(e, UnicodeDecodeError) else e)
+        raise ValueError(f"{run_config} does not read as YAML{at} ({why}): fix the edit, or copy the run's own "
+                         "config.yaml there") from None
     if not isinstance(run, dict) or not run.get("model"):
         raise ValueError(f"{run_config} names no model; it is not the config.yaml train.py writes")
     if (damaged := checkpoints.problem(path)) is not None:

@@ -257,6 +257,9 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     path = Path(resume_from)
     if not path.is_dir():
         raise ValueError(f"{path}: no such checkpoint folder")
+    if (path / "checkpoints").is_dir() or path.name == "checkpoints":
+        raise ValueError(f"{path} is a run folder or its checkpoints/, not one checkpoint: give latest (with "
+                         "--output_dir the run folder) or one checkpoints/step_N")
     if (path / "config.json").is_file() and not (path / FILE_LIST).is_file():  # modeling.save_pretrained's
         raise ValueError(f"{path} is an export (weights and card, no optimizer or position), not a checkpoint: resume "
                          "from its run's checkpoints/step_N (or latest), or start a new run from it with --model "

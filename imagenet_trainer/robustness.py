@@ -125,11 +125,18 @@ def mean_corruption_error(errors: dict[str, list[float]], reference: dict[str, f
     return {"ce": ce, "mce": sum(ce.values()) / len(ce) if ce else None, "corruptions": len(ce)}
 
 
+def channels(model: torch.nn.Module) -> int:
+    """The image channels ``model`` reads, as timm's data config gives them (1 for an in_chans=1 network)."""
+    from timm.data import resolve_model_data_config
+
+    return resolve_model_data_config(model)["input_size"][0]
+
+
 def gmacs(model: torch.nn.Module, image_size: int, device) -> float:
     """Multiply-adds (G) of one image, from torch.utils.flop_counter (FLOPs / 2, as timm's benchmark.py reports)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    x = torch.zeros(1, channels(model), image_size, image_size, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops() / 2 / 1e9
@@ -145,7 +152,8 @@ def throughput(model: torch.nn.Module, image_size: int, batch_sizes: list[int], 
     optimizer = torch.optim.SGD(trainee.parameters(), lr=1e-4) if train else None
     rows = []
     for batch_size in batch_sizes:
-        x = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+        x = torch.randn(batch_size, channels(model), image_size, image_size,
+                        device=device).contiguous(memory_format=memory_format)
         row = {"batch_size": batch_size, "img_size": image_size}
         with torch.no_grad():
             seconds = _timed(lambda: model(x), steps, device, autocast)

@@ -518,7 +518,8 @@ def _training(card: dict) -> list[str]:
         lines += ["", "| hyper-parameter | value |", "|---|---|"]
         lines += [f"| {cell(k)} | {cell(public(v))} |" for k, v in recipe.items()]
     changes = [(c["step"], shown) for c in card.get("recipe_changes") or []
-               if (shown := [f for f in c["flags"] if f.split()[0].removeprefix("--") not in PLUMBING])]
+               # --epochs is plumbing in the table (the Epochs line gives it), not as a change: the cosine restarts
+               if (shown := [f for f in c["flags"] if f.split()[0].removeprefix("--") not in PLUMBING - {"epochs"}])]
     if changes:  # the table holds the last launch's flags: a run resumed with others trained with both
         lines += ["", "Resumed with other flags (the table gives the last launch's): "
                   + "; ".join(f"at step {step}, {', '.join(f'`{f}`' for f in flags)}" for step, flags in changes)

@@ -160,14 +160,19 @@ def test_an_empty_step_folder_is_skipped_by_latest(finished, preprocessed, tmp_p
         said[-3000:]
 
 
-def test_an_export_given_as_the_checkpoint_to_resume_says_what_it_is(finished, preprocessed, tmp_path):
-    """RUN/final holds weights and a card, not an optimizer or a position: one line saying so and what to give."""
+def test_an_export_or_a_run_given_as_the_checkpoint_to_resume_says_what_it_is(finished, preprocessed, tmp_path):
+    """RUN/final holds weights and a card, not an optimizer or a position, and RUN or RUN/checkpoints many
+    checkpoints: one line saying which it is and what to give."""
     proc = run(train_cmd(preprocessed, tmp_path / "run", "--epochs", "2", "--resume_from_checkpoint",
                          finished / "final"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     line = last_line(proc)
     assert f"{finished / 'final'} is an export (weights and card, no optimizer or position), not a checkpoint" in line
     assert f"--model local-dir:{finished / 'final'} --pretrained" in line, line
+    for folder in (finished, finished / "checkpoints"):  # the run, not one of its checkpoints
+        proc = run(train_cmd(preprocessed, tmp_path / "run", "--epochs", "2", "--resume_from_checkpoint", folder))
+        assert last_line(proc).endswith(f"{folder} is a run folder or its checkpoints/, not one checkpoint: give "
+                                        "latest (with --output_dir the run folder) or one checkpoints/step_N")
 
 
 def test_truncated_newest_checkpoint_resumes_from_the_previous_one(finished, preprocessed, tmp_path):
@@ -365,11 +370,12 @@ def test_the_card_of_a_run_resumed_with_other_flags_says_so(finished, preprocess
     leaves out plumbing such as --num_workers."""
     step = rows(finished)[0]["step"]
     out = tmp_path / "new"  # resumed into a new folder: its first evaluation exports there
-    ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--label_smoothing", "0.2", "--num_workers", "1",
+    ok(run(train_cmd(preprocessed, out, "--epochs", "3", "--label_smoothing", "0.2", "--num_workers", "1",
                      "--resume_from_checkpoint", checkpoints.step_folder(finished / "checkpoints", step))))
     card = (out / "final" / "README.md").read_text()
+    # --epochs is plumbing in the table (the Epochs line gives it) but a change of schedule: said
     assert ("Resumed with other flags (the table gives the last launch's): at step "
-            f"{step}, `--label_smoothing 0.1 -> 0.2`.") in card, card
+            f"{step}, `--epochs 2 -> 3`, `--label_smoothing 0.1 -> 0.2`.") in card, card
     assert "| label_smoothing | 0.2 |" in card
 
 
@@ -674,6 +680,9 @@ def test_a_full_disk_at_an_epochs_row_is_one_line_and_the_resume_appends_the_row
     assert full.stderr.strip().splitlines()[-1].startswith(
         f"error: {out / 'metrics.jsonl'}: cannot append the row of step {step} (No space left on device; "), \
         full.stderr[-2000:]
+    again = run(train_cmd(preprocessed, out, *flags, "--resume_from_checkpoint", "latest"))  # the disk still full
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert last_line(again).startswith(f"error: {out / 'metrics.jsonl'}: cannot append the row of step {step} (")
     (out / "metrics.jsonl").unlink()
     said = ok(run(train_cmd(preprocessed, out, *flags, "--resume_from_checkpoint", "latest")))
     assert f"appended the row of step {step} from its checkpoint" in said.stdout + said.stderr

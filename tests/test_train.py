@@ -193,6 +193,22 @@ def test_a_rollback_resume_applies_its_own_optimizer_flags_and_sets_the_later_ch
     assert yaml.safe_load((second / "config.yaml").read_text())["weight_decay"] == 0.05
 
 
+def test_an_odd_batch_with_mixup_is_refused_for_a_new_run_and_warned_of_for_a_saved_one(preprocessed, tmp_path):
+    """An odd --batch_size with mixup/cutmix is refused when the run starts (the middle image would pair with itself),
+    under `--resume_from_checkpoint latest` too when nothing was saved yet; a run saved with one (begun before the
+    check, here without mixup) goes on with it, warned, since a resume cannot change the batch."""
+    out, odd = tmp_path / "run", ("--batch_size", "7", "--epochs", "2")
+    fresh = run(train_cmd(preprocessed, out, *odd, "--mixup_alpha", "0.2", "--resume_from_checkpoint", "latest"))
+    assert fresh.returncode == 1 and "Traceback" not in fresh.stderr, fresh.stderr[-3000:]
+    assert fresh.stderr.strip().splitlines()[-1] == ("error: --batch_size must be even with --mixup_alpha or "
+                                                     "--cutmix_alpha (each image is mixed with its mirror in the "
+                                                     "batch), got 7")
+    shutil.rmtree(out, ignore_errors=True)  # whatever the refused start left
+    ok(run(train_cmd(preprocessed, out, *odd, "--max_train_steps", "2")))
+    resumed = ok(run(train_cmd(preprocessed, out, *odd, "--mixup_alpha", "0.2", "--resume_from_checkpoint", "latest")))
+    assert "warning: --batch_size 7 is odd: the middle image of each batch is mixed with itself" in resumed.stdout
+
+
 def test_an_epoch_cut_by_max_train_steps_and_resumed_reports_the_whole_epochs_loss(preprocessed, tmp_path):
     ok(run(train_cmd(preprocessed, tmp_path / "straight", "--epochs", "1")))
     (reference,) = rows(tmp_path / "straight")

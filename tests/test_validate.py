@@ -123,6 +123,8 @@ def test_a_checkpoint_config_that_does_not_read_as_yaml_is_one_line(trained, pre
     line = 1 + text[:text.index("model:")].count("\n")
     assert f"{ckpt / 'config.yaml'} does not read as YAML at line " in message, message
     assert abs(int(message.split(" at line ")[1].split()[0]) - line) <= 1, message
+    (ckpt / "config.yaml").write_bytes(text.encode().replace(b"model:", b"m\xe9del:", 1))  # not UTF-8
+    assert f"{ckpt / 'config.yaml'} does not read as YAML (invalid continuation byte)" in error_of(ckpt, preprocessed)
 
 
 def test_a_one_channel_network_trains_and_scores_on_each_images_luminance(preprocessed, tmp_path):
@@ -141,6 +143,10 @@ def test_a_one_channel_network_trains_and_scores_on_each_images_luminance(prepro
     for model in (only_checkpoint(out), out / "final"):
         scored = evaluate(model, preprocessed)
         assert scored["n"] == logged["val_n"] and scored["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+    # the suite's GMACs and throughput feed it one channel too
+    suite = evaluate(out / "final", preprocessed, "--image_sizes", "32", "--benchmark_batch_sizes", "2",
+                     "--benchmark_steps", "1")
+    assert suite["gmacs"] > 0 and suite["throughput"][0]["infer_samples_per_sec"] > 0, suite
 
 
 def test_a_squash_architecture_is_evaluated_by_train_and_validate_alike(preprocessed, tmp_path):
