@@ -349,9 +349,7 @@ def describe(cfg: ValidateConfig, model: torch.nn.Module, data_cfg: dict, precis
             "git_sha": git_sha(), "versions": library_versions()}
 
 
-# a train.py checkpoint's weights: DDP's or one process's; FSDP's SHARDED_STATE_DICT (one shard file per rank);
-# FSDP's FULL_STATE_DICT (gathered on rank 0). Each holds the plain model's keys
-CHECKPOINT_WEIGHTS = ("model.safetensors", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
+CHECKPOINT_WEIGHTS = checkpoints.SAVED_WEIGHTS  # a train.py checkpoint's weights, each with the plain model's keys
 
 
 def checkpoint_weights(path: Path) -> dict:

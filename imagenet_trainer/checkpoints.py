@@ -22,9 +22,10 @@ from pathlib import Path
 
 from .runinfo import atomic_write_bytes, atomic_write_text, fsync_dir
 
-# the model weights of an accelerate save_state folder: DDP/one process (safetensors, or pickled without safe
-# serialization), FSDP's sharded folder or full state dict
-WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
+# the model weights of train.py's checkpoints (validate.py reads these): DDP's or one process's; FSDP's
+# SHARDED_STATE_DICT (one shard file per rank); FSDP's FULL_STATE_DICT (gathered on rank 0)
+SAVED_WEIGHTS = ("model.safetensors", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
+WEIGHTS = (*SAVED_WEIGHTS, "pytorch_model.bin")  # and accelerate's without safe serialization
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
 CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py notes a change
 # (a reader may edit a checkpoint's eval settings there), a resume does (problem's config=True)
