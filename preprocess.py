@@ -178,11 +178,11 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
     if eval_set and forced:
         raise ValueError(f"--eval_set {eval_set} and --layout {forced} both say how to read {data_dir}: give one "
                          "(--eval_set for an evaluation set, --layout for a training tree)")
+    left_out = []  # a folder tree's files and folders not read, filled by its listing
     if forced == "folders":
         if val_fraction is None:
             raise ValueError(f"--layout folders: {data_dir}'s folders are the classes, so the validation images "
                              "come from them too: add --val_fraction 0.1")
-        left_out = []
         names, splits, warnings = image_tree.list_splits(data_dir, image_tree.CLASS_FOLDERS_SPLIT, val_fraction,
                                                          split_seed, one_tree=True, left_out=left_out)
         return Listing(image_tree.CLASS_FOLDERS_SPLIT, names, list(names), splits, warnings, left_out=left_out)
@@ -200,9 +200,7 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} is Kaggle's ILSVRC tree, which has its own validation "
                              "split; drop --val_fraction")
-        left_out = []
         return Listing(layout, *image_tree.list_ilsvrc_splits(data_dir, left_out), left_out=left_out)
-    left_out = []
     names, splits, warnings = image_tree.list_splits(data_dir, layout, val_fraction, split_seed, left_out=left_out)
     return Listing(layout, names, list(names), splits, warnings, left_out=left_out)
 
@@ -1144,8 +1142,9 @@ def job_of(cfg: PreprocessConfig, data_dir: Path, listing) -> dict:
     variant = (listing.eval_set or {}).get("variant")
     if variant and variant != eval_sets.named_variant(data_dir):  # from --eval_set: it decides source.json's name
         job["variant"] = variant
-    if cfg.max_image_pixels != PreprocessConfig.max_image_pixels:  # absent at the default: outputs made before
-        job["max_image_pixels"] = cfg.max_image_pixels  # the flag existed had Pillow's, and stay the same job
+    # recorded only off Pillow's default, which a job record without the key was made with: those stay this job
+    if cfg.max_image_pixels != PreprocessConfig.max_image_pixels:
+        job["max_image_pixels"] = cfg.max_image_pixels
     if listing.archives:  # the same paths from other archive files are other data
         job["archives"] = {p: archives.archive_size(p) for p in listing.archives["archives"]}
     elif listing.layout == image_tree.ILSVRC:  # boxes unpacked since, or an edited CSV, are other inputs too

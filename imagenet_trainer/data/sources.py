@@ -294,9 +294,10 @@ def load_saved(path: Path) -> datasets.DatasetDict | datasets.Dataset:
     traceback (which names no file). source.json is left out of the check: it describes the data for cards, and a
     user may edit it (a name for the card; hub_dataset writes an edited one anew); --verify checks it."""
     listed = manifest.read(path)
-    files = {rel: entry for rel, entry in (listed or {}).get("files", {}).items() if rel != manifest.SOURCE_FILE}
-    if listed is not None and (problem := manifest.check_sizes(path, files)):
-        raise ValueError(problem)
+    if listed is not None:
+        files = {rel: entry for rel, entry in listed["files"].items() if rel != manifest.SOURCE_FILE}
+        if problem := manifest.check_sizes(path, files):
+            raise ValueError(problem)
     try:
         return datasets.load_from_disk(str(path))
     except (OSError, pa.ArrowException, ValueError, KeyError) as e:  # no manifest to name it: find the damaged file
