@@ -729,9 +729,9 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         accelerator.print(f"no checkpoint in {ckpt_dir} yet: starting from scratch")
         set_aside_later(accelerator, ckpt_dir, 0)
         return None
-    if odd_mixing_batch(cfg):  # a run begun before the check: it goes on with the batch it was saved with
-        accelerator.print(f"warning: --batch_size {cfg.batch_size} is odd: the middle image of each batch is mixed with "
-                          "itself (--mixup_alpha/--cutmix_alpha); a new run needs an even one")
+    if odd_mixing_batch(cfg):  # a saved run keeps its batch (a resume cannot change it): warned, not refused
+        accelerator.print(f"warning: --batch_size {cfg.batch_size} is odd: the middle image of each batch is mixed "
+                          "with itself (--mixup_alpha/--cutmix_alpha); a new run needs an even one")
     # the launch config first: a checkpoint of another one would be told to change flags this launch then refuses
     # (a DDP checkpoint's EMA, which FSDP runs without)
     fsdp = accelerator.distributed_type == DistributedType.FSDP

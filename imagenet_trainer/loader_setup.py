@@ -1,6 +1,6 @@
-"""The host side of train.py's (and validate.py's) DataLoaders: how many worker processes (loader_workers), whether /dev/shm holds
-their batches (check_shm), and the batches' copy to the device, overlapped with the step (on_device). How the workers
-start: worker_processes.worker_context.
+"""The host side of train.py's (and validate.py's) DataLoaders: how many worker processes (loader_workers), whether
+/dev/shm holds their batches (check_shm), and the batches' copy to the device, overlapped with the step
+(on_device). How the workers start: worker_processes.worker_context.
 """
 from __future__ import annotations
 
