@@ -7,6 +7,8 @@
 #                                                   # benchmarks/results/gpu_check_cpu.json, so that a dry run never
 #                                                   # replaces the GPU figures of gpu_check.json)
 #   bash benchmarks/gpu_check.sh --stages tree,train_recipe,workers   # some stages only (tree: with originals)
+#   bash benchmarks/gpu_check.sh --stage_limit_s 300   # each stage's time limit, s (default 240 on a GPU, about twice
+#                                                   # the longest stage an H100 ran; 600 with --cpu; 0: none)
 #   PYTHON=/opt/env/bin/python bash benchmarks/gpu_check.sh   # another interpreter (default: .venv's, else python3)
 #   bash benchmarks/gpu_check.sh --help             # this text
 #
@@ -15,6 +17,9 @@
 # --stages without them is refused. A stop signal (SIGTERM, SIGINT, SIGHUP: a time limit's, Ctrl-C) stops the stage
 # running, and waits for its processes (train.py holding the GPU among them), before the work folder is removed;
 # the stage is recorded as stopped (its signal's status). Under an outer `timeout`, give it `-k 30` or more.
+# A stage that outlasts --stage_limit_s is stopped the same way (SIGTERM to its processes, SIGKILL 20 s later: a
+# train.py saves a checkpoint first) and recorded with `time_limit_s`; the next stages still run: one stage that
+# hangs does not cost the run.
 #
 # Stages, each timed and recorded on its own, most telling first: a stage that fails is reported with the end of
 # its log and the others still run; the JSON (its `pending`: the stages not reached yet) and F_logs.tar.gz (every
@@ -58,19 +63,25 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ALL_STAGES=(tree throughput train_8cores originals train_recipe workers validate fsdp train_eager)
-USAGE="use --cpu, --out FILE.json, --stages A,B of: ${ALL_STAGES[*]}; --help"
+USAGE="use --cpu, --out FILE.json, --stage_limit_s S, --stages A,B of: ${ALL_STAGES[*]}; --help"
 fail() { echo "error: $*" >&2; exit 2; }  # one line, status 2: what to change before running again
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 OUT=""
 CPU=0
+STAGE_LIMIT_S=""
 STAGES=("${ALL_STAGES[@]}")
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1 ;;
-    --out|--stages)
+    --out|--stages|--stage_limit_s)
       # a missing value, or the next flag taken for one, would fail later and less clearly
       [ $# -ge 2 ] && [ -n "$2" ] && [[ "$2" != -* ]] || fail "$1 needs a value ($USAGE)"
-      if [ "$1" = --out ]; then OUT="$2"; else IFS=, read -r -a STAGES <<< "$2"; fi
+      case "$1" in
+        --out) OUT="$2" ;;
+        --stages) IFS=, read -r -a STAGES <<< "$2" ;;
+        *) [[ "$2" =~ ^[0-9]+$ ]] || fail "--stage_limit_s needs whole seconds (0: no limit), not $2"
+           STAGE_LIMIT_S=$((10#$2)) ;;
+      esac
       shift ;;
     -h|--help) sed -n '2,/^set -uo pipefail$/{/^set -uo/d; s/^# \{0,1\}//; p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) fail "unknown argument $1 ($USAGE)" ;;
@@ -83,6 +94,9 @@ for name in "${STAGES[@]}"; do
   [[ " ${ALL_STAGES[*]} " == *" $name "* ]] || fail "--stages: unknown stage $name (stages: ${ALL_STAGES[*]})"
 done
 asked() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
+# s: about twice the longest stage one H100 ran (train_8cores, 126 s with its cold compile); the dry run's compiles
+# on a loaded 2-core CPU take longer
+[ -n "$STAGE_LIMIT_S" ] || STAGE_LIMIT_S=$([ "$CPU" = 1 ] && echo 600 || echo 240)
 for name in "${STAGES[@]}"; do
   case "$name" in
     tree|throughput) ;;
@@ -302,13 +316,19 @@ run_stage() {
     echo "failing on purpose: GPU_CHECK_FAIL_STAGE=$name" > "$WORK/$name.log"; status=1
   else
     echo "$started" > "$WORK/stages/$name.running"  # a stop signal records the stage it cut (stop_stages)
-    "$2" > "$WORK/$name.log" 2>&1 < /dev/null &  # in the background: a stop signal interrupts `wait` at once
+    # in the background: a stop signal interrupts `wait` at once; its commands run within its time left (pinned)
+    STAGE_DEADLINE=$((STAGE_LIMIT_S > 0 ? started + STAGE_LIMIT_S : 0)) "$2" > "$WORK/$name.log" 2>&1 < /dev/null &
     wait $! || status=$?
     rm -f "$WORK/stages/$name.running"
   fi
+  local limited=""  # a stage cut at its limit fails whatever status its last command left (often its `return 1`)
+  if [ "$status" != 0 ] && [ "$STAGE_LIMIT_S" -gt 0 ] && [ $((SECONDS - started)) -ge "$STAGE_LIMIT_S" ]; then
+    status=124; limited=", \"time_limit_s\": $STAGE_LIMIT_S"
+    echo "stage $name stopped at its time limit, --stage_limit_s $STAGE_LIMIT_S" >> "$WORK/$name.log"
+  fi
   # written whole (temp file, rename): a stage running beside another reads every finished stage's file;
   # started_s: seconds into the run, which shows the stages that ran side by side
-  echo "{\"status\": $status, \"seconds\": $((SECONDS - started)), \"started_s\": $((started - START))}" \
+  echo "{\"status\": $status, \"seconds\": $((SECONDS - started)), \"started_s\": $((started - START))$limited}" \
     > "$WORK/stages/.$name.tmp"
   mv "$WORK/stages/.$name.tmp" "$WORK/stages/$name.json"
   logs
@@ -387,8 +407,17 @@ fx_graphs() {  # the graphs in Inductor's FX graph cache: one more for each grap
   find "$TORCHINDUCTOR_CACHE_DIR/fxgraph" -type f 2> /dev/null | wc -l
 }
 
-pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned where taskset is missing)
-  if command -v taskset > /dev/null; then taskset -c "$@"; else shift; "$@"; fi
+pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned where taskset is missing), within the
+  # stage's time left (STAGE_DEADLINE, in $SECONDS; 0 or unset: none). `timeout` signals its whole process group,
+  # which holds accelerate's launcher and train.py
+  local cpus="$1" limit=() left; shift
+  if [ "${STAGE_DEADLINE:-0}" -gt 0 ] && command -v timeout > /dev/null; then
+    left=$((STAGE_DEADLINE - SECONDS))
+    [ "$left" -gt 0 ] || { echo "the stage's time limit is spent: $1 not started" >&2; return 124; }
+    limit=(timeout -k 20 "$left")
+  fi
+  if command -v taskset > /dev/null; then ${limit[@]+"${limit[@]}"} taskset -c "$cpus" "$@"
+  else ${limit[@]+"${limit[@]}"} "$@"; fi
 }
 first_cores() {  # first_cores N: the first N cores this script may use (all, where fewer), as a taskset list
   "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])))" "$1"

@@ -268,6 +268,32 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
         assert [Path(n).name for n in logs.getnames()] == ["tree.log"]
 
 
+def cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return b""
+
+
+def test_gpu_check_stage_past_its_time_limit_is_stopped_and_recorded(tmp_path):
+    """--stage_limit_s: a stage that outlasts it (throughput's three bare-loop launches, a second each with its
+    imports) has its processes ended and is recorded as cut at the limit, and the run goes on to its end, so one
+    stage that hangs on a GPU machine does not cost the stages after it."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(GPU_CHECK), "--cpu", "--stages", "throughput", "--stage_limit_s", "2",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(tmp_path), "PYTHON": sys.executable})
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a stage failed
+    report = json.loads(out.read_text())
+    stage = report["stages"]["throughput"]
+    assert stage["status"] == 124 and stage["time_limit_s"] == 2 and stage["seconds"] <= 2 + 25, stage
+    assert "--stage_limit_s 2" in stage["log_tail"][-1] and report["pending"] == []
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and str(tmp_path).encode() in cmdline(pid)], \
+        "a stage's process outlived its time limit"
+    bad = subprocess.run(["bash", str(GPU_CHECK), "--cpu", "--stage_limit_s", "2m"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--stage_limit_s" in bad.stderr, bad.stderr
+
+
 def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
     """On a GPU machine with fewer cores than the sweep's largest point needs (8 workers + the main process), that
     point takes the cores less one rather than being left out (a workers stage without figures), and the cores left
