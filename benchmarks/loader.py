@@ -86,7 +86,7 @@ from imagenet_trainer.data import decode  # noqa: E402
 from imagenet_trainer import jpeg_markers  # noqa: E402
 from imagenet_trainer.data import EvalSet, Rows, TrainSet, collate, load_image_dataset  # noqa: E402
 from imagenet_trainer.data.ring import BatchRing, RingBatch, RingCollate  # noqa: E402
-from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS  # noqa: E402
+from imagenet_trainer.loader_setup import PREFETCH_FACTOR, RING_SLOTS, SHM, shm_need  # noqa: E402
 from imagenet_trainer.worker_processes import worker_context  # noqa: E402
 from imagenet_trainer.runinfo import atomic_write_text  # noqa: E402
 
@@ -404,6 +404,7 @@ def main(argv=None) -> None:
     check_flags(cfg)
     torch.set_num_threads(1)
     splits = load_splits(cfg)
+    check_shm_room(cfg, splits)
     if not cfg.data_dir:
         return self_test(splits, cfg)
     folder, picked, rows = pick_files(cfg, splits)
@@ -445,6 +446,26 @@ def check_flags(cfg: LoaderBenchConfig) -> None:
     if cfg.profile and cfg.data_dir:
         raise SystemExit("error: --profile is for the self-test: leave out --data_dir (a one-core comparison with "
                          "--peers profiles ours at each train size)")
+
+
+def check_shm_room(cfg: LoaderBenchConfig, splits: dict, shm: str = SHM) -> None:
+    """Refuse to start when ``shm`` cannot hold what the workers of every loader keep there at once (each loader's
+    workers persist through the whole run): a container's 64 MB default would end the run in a bus error."""
+    if not cfg.num_workers or not os.path.isdir(shm):
+        return
+    pixels = cfg.batch_size * 3  # uint8 values per px: ours' batches; torchvision's are float32 (4 bytes a value)
+    need = 0
+    for _ in splits:  # ours: each train size through the ring, eval without (data.ring)
+        need += sum(shm_need(cfg.num_workers, pixels * s * s, RING_SLOTS) for s in train_sizes(cfg))
+        need += 0 if cfg.train_only else shm_need(cfg.num_workers, pixels * cfg.image_size ** 2, 0)
+    if cfg.data_dir:  # the baseline's train sizes and eval, on the full-size files only
+        need += sum(shm_need(cfg.num_workers, 4 * pixels * s * s, 0) for s in [*train_sizes(cfg), cfg.image_size])
+    free = shutil.disk_usage(shm).free
+    if free < need:
+        raise SystemExit(f"error: {shm} has {free / 2**20:.1f} MiB free; the loaders' {cfg.num_workers} workers "
+                         f"each need {need / 2**20:.1f} MiB there at --batch_size {cfg.batch_size}: give the "
+                         f"container more (docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / "
+                         "--batch_size")
 
 
 def load_splits(cfg: LoaderBenchConfig) -> dict:

@@ -68,8 +68,7 @@ def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM, ri
     if not workers or not os.path.isdir(shm):
         return
     batches = ring_slots + PREFETCH_FACTOR
-    # + IN_HAND: an evaluation's batch the process reads while the next one's memory is already taken
-    need = processes * (workers * batches + IN_HAND) * batch_bytes
+    need = processes * shm_need(workers, batch_bytes, ring_slots)
     free = shutil.disk_usage(shm).free
     if free < need:
         held = f"{ring_slots} train slots, {PREFETCH_FACTOR} eval" if ring_slots else "prefetched"
@@ -78,6 +77,12 @@ def check_shm(workers: int, batch_bytes: int, processes: int, shm: str = SHM, ri
                          f"+ {IN_HAND} in hand) of {batch_bytes / 2**20:.1f} MiB need {need / 2**20:.1f} MiB: give "
                          f"the container more (docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / "
                          "--batch_size")
+
+
+def shm_need(workers: int, batch_bytes: int, ring_slots: int) -> int:
+    """Bytes of shared memory one process's loader holds with ``workers``: each worker's ring slots (train) and
+    prefetched batches, + IN_HAND: a batch the process reads while the next one's memory is already taken."""
+    return (workers * (ring_slots + PREFETCH_FACTOR) + IN_HAND) * batch_bytes if workers else 0
 
 
 IN_HAND = 2  # eval batches in the training process's hands beside the workers' prefetched ones: the one it reads and

@@ -97,6 +97,31 @@ def test_loader_benchmark_errors_are_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --profile is for the self-test")
 
 
+def test_loader_benchmark_checks_shared_memory_before_its_workers_start(preprocessed, tmp_path):
+    """Every loader's workers persist through the run: /dev/shm must hold their batches at once, or the run ends in
+    a bus error mid-pass (a container's 64 MB default). A batch no /dev/shm holds is refused in one line, before any
+    pass, and the need counts every loader: ours' ring slots per train size, torchvision's float32 batches."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm on this system")
+    batch = shutil.disk_usage("/dev/shm").free // (64 * 64 * 3) + 1  # one batch of 64 px images is more than it has
+    proc = loader("--dataset", preprocessed, "--num_workers", "1", "--batch_size", batch, "--train_only")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "pass 1/1" not in proc.stdout
+    error = proc.stderr.strip().splitlines()[-1]
+    spec = module(ROOT / "benchmarks" / "loader.py")
+    pf = spec.PREFETCH_FACTOR
+    ring = spec.RING_SLOTS + pf  # a train worker's ring slots and prefetched batches
+    assert error.startswith("error: /dev/shm has ") and "--shm-size=" in error and "lower --num_workers" in error
+    assert f"need {(ring + 2) * batch * 64 * 64 * 3 / 2**20:.1f} MiB" in error, error  # + 2 in the process's hands
+    batch = shutil.disk_usage(tmp_path).free // (48 * 48 * 3) + 1
+    cfg = spec.LoaderBenchConfig(dataset="x", data_dir="tree", num_workers=2, batch_size=batch, image_size=64,
+                                 peers="dali", peer_size=48)  # the comparison: train at 64 and 48 px, eval at 64
+    values = lambda side: batch * side * side * 3  # noqa: E731 (a batch's values)
+    held = [(ring, values(64)), (ring, values(48)), (pf, values(64)),  # ours
+            (pf, 4 * values(64)), (pf, 4 * values(48)), (pf, 4 * values(64))]  # torchvision's, 4 bytes a value
+    with pytest.raises(SystemExit, match=f"need {sum((2 * k + 2) * v for k, v in held) / 2**20:.1f} MiB"):
+        spec.check_shm_room(cfg, {"": None}, shm=str(tmp_path))
+
+
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh --cpu: every stage runs (tiny, no GPU figure) and reports in the shape BENCHMARKS.md
     describes; a stage that fails is reported with its log and the others still report."""
