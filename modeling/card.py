@@ -458,12 +458,14 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
               "with torch.no_grad():", "    embedding = model(transform(image).unsqueeze(0))",
               f"print(embedding.shape)  # (1, {shapes['embedding']}): the features the classifier reads "
               "(head_hidden_size)", "```", ""]
-    return lines + _transformers_usage(arch, repo, k, remote_code, defined_in, register, one_channel_processor)
+    return lines + _transformers_usage(arch, repo, k, remote_code, defined_in, register, one_channel_processor,
+                                       test_size)
 
 
 def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None,
-                       register: list[str], one_channel_processor: bool) -> list[str]:
-    """The card's transformers section: ``register``, the lines that register a family timm does not ship."""
+                       register: list[str], one_channel_processor: bool, test_size: bool = False) -> list[str]:
+    """The card's transformers section: ``register``, the lines that register a family timm does not ship;
+    ``test_size``: the pretrained_cfg has a test size, which transformers' image processor does not read."""
     lines = ["### transformers", ""]
     trust = ", trust_remote_code=True" if remote_code or one_channel_processor else ""
     if remote_code:
@@ -484,12 +486,25 @@ def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined
                   + ("" if defined_in else " The file also holds transformers' `TimmWrapperForImageClassification` "
                      "and `TimmWrapperModel`, unchanged, which `auto_map` names: the `save_pretrained` of a model "
                      "loaded with `trust_remote_code=True` then copies the file along."), ""]
-    lines += ["```python", *(register if defined_in and not remote_code else []),
-              "from transformers import AutoModelForImageClassification, pipeline", "",
-              f'classifier = pipeline("image-classification", model="{repo}"{trust})',
-              f'print(classifier("photo.jpg", top_k={k}))  # human class names',
-              f'model = AutoModelForImageClassification.from_pretrained("{repo}"{trust})', "```", ""]
-    return lines
+    own = register if defined_in and not remote_code else []
+    if not test_size:
+        return lines + ["```python", *own, "from transformers import AutoModelForImageClassification, pipeline", "",
+                        f'classifier = pipeline("image-classification", model="{repo}"{trust})',
+                        f'print(classifier("photo.jpg", top_k={k}))  # human class names',
+                        f'model = AutoModelForImageClassification.from_pretrained("{repo}"{trust})', "```", ""]
+    lines += ["transformers' image processor (`TimmWrapperImageProcessor`) preprocesses at the pretrained_cfg's "
+              "`input_size` and `crop_pct`, the training size; validate.py, and timm's own, score this model at its "
+              "`test_input_size` / `test_crop_pct`. Give the processor that preprocessing, as timm's `use_test_size` "
+              "does:", ""]
+    return lines + ["```python", "import timm", *own,
+                    "from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline", "",
+                    f'model = AutoModelForImageClassification.from_pretrained("{repo}"{trust})',
+                    f'processor = AutoImageProcessor.from_pretrained("{repo}"{trust})',
+                    "config = timm.data.resolve_data_config({}, pretrained_cfg=model.config.pretrained_cfg, "
+                    "use_test_size=True)",
+                    "processor.val_transforms = timm.data.create_transform(**config)  # what it preprocesses with",
+                    'classifier = pipeline("image-classification", model=model, image_processor=processor)',
+                    f'print(classifier("photo.jpg", top_k={k}))  # human class names', "```", ""]
 
 
 def _training(card: dict) -> list[str]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -710,6 +713,44 @@ def test_the_cards_preprocessing_line_is_the_test_size_validate_py_scores_at(tmp
     assert "- Evaluation: resize the shorter side to 64 px (bilinear), center-crop 64x64 (crop_pct 1.0)" in text
     assert "config = timm.data.resolve_data_config({}, model=model, use_test_size=True)" in text
     assert resolve_data_config({}, model=modeling.load_model(str(folder)), use_test_size=True)["input_size"][-1] == 64
+
+
+# the card's transformers block (its last python block) run as printed, on the saved folder and a photo
+TRANSFORMERS_BLOCK = r"""
+import contextlib, io, json, re, sys, timm, torch
+from PIL import Image
+folder, photo = sys.argv[1:]
+card = open(f"{folder}/README.md").read().replace('"OWNER/NAME"', repr(folder)).replace('"photo.jpg"', repr(photo))
+namespace = {"__name__": "__main__"}
+with contextlib.redirect_stdout(io.StringIO()):
+    exec(re.findall(r"```python\n(.*?)```", card, flags=re.S)[-1], namespace)
+pixels = namespace["processor"](Image.open(photo), return_tensors="pt")["pixel_values"]
+model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+timm_test = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model, use_test_size=True))
+print("RESULT " + json.dumps({"shape": list(pixels.shape),
+                              "as_timm": bool(torch.equal(pixels[0], timm_test(Image.open(photo).convert("RGB")))),
+                              "top": len(namespace["classifier"](photo, top_k=5))}))
+"""
+
+
+def test_the_cards_transformers_block_preprocesses_at_the_test_size(tmp_path):
+    """transformers' TimmWrapperImageProcessor reads input_size and crop_pct only: for an export with a
+    test_input_size, the card's transformers block gives its processor timm's use_test_size preprocessing, so the
+    pipeline sees what validate.py scored (64 px, crop_pct 1.0), not the training size (48 px)."""
+    torch.manual_seed(0)
+    folder = modeling.save_pretrained(modeling.create_model(TINY, num_classes=1000), tmp_path / "final",
+                                      label_names=WNIDS, pretrained_cfg={"input_size": (3, 48, 48), "crop_pct": 0.875,
+                                                                         "test_input_size": (3, 64, 64),
+                                                                         "test_crop_pct": 1.0})
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(photo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-c", TRANSFORMERS_BLOCK, str(folder), str(photo)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result == {"shape": [1, 3, 64, 64], "as_timm": True, "top": 5}
 
 
 def test_a_sweep_records_the_models_own_size_and_the_reference_is_taken_at_each_size(sets, in1k_model, preprocessed,
