@@ -230,8 +230,11 @@ import json, os, platform, sys
 
 try:
     import torch
-    import accelerate, datasets, timm, transformers  # what every stage imports: missing, each would fail in seconds
-except ImportError as e:
+    # what every stage imports: missing, each would fail in seconds
+    import accelerate, datasets, pyarrow, simplejpeg, timm, transformers, yaml
+    from imagenet_trainer.tile_writer import turbojpeg_library
+    turbojpeg_library()  # preprocess.py's lossless tiling (the turbojpeg wheel's libturbojpeg, or the system's)
+except (ImportError, RuntimeError) as e:  # RuntimeError: no TurboJPEG 3 library
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(3)
 import warnings
@@ -536,6 +539,7 @@ run_beside() {  # run_beside NAME SIDE...: stage NAME, and beside it the SIDE st
   wait "${pids[@]}"
   report  # every stage's figures, whichever finished last
 }
+report  # the machine and every stage pending, before any stage: a run killed in its first stage still says which
 for name in "${STAGES[@]}"; do
   if [[ " $BESIDE_TREE $BESIDE_8CORES ${BESIDE_WORKERS[*]} " == *" $name "* ]]; then
     continue  # runs beside tree, train_8cores or workers

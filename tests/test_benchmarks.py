@@ -413,6 +413,36 @@ def test_gpu_check_refuses_what_it_cannot_run_in_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["python_without_torch"]  # no JSON, no work folder left
 
 
+def test_gpu_check_machine_check_imports_the_data_path_and_reports_before_the_first_stage(tmp_path):
+    """An interpreter without the JPEG codec preprocess.py and the loader run on is refused in one line before any
+    stage (not every stage failing on it); and the JSON (the machine, every stage pending) is written before the
+    first stage, so a run killed during it still says which machine it ran on."""
+    broken = tmp_path / "shadow"
+    broken.mkdir()
+    (broken / "simplejpeg.py").write_text("raise ImportError('simplejpeg built for another CPU')\n")
+    out = tmp_path / "gpu_check.json"
+    bad = subprocess.run(["bash", str(GPU_CHECK), "--cpu", "--stages", "tree", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(broken)})
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "cannot import what the stages need (ImportError: simplejpeg built for another CPU)" in bad.stderr
+    proc = subprocess.Popen(["bash", str(GPU_CHECK), "--cpu", "--out", str(out), "--stages", "tree"], cwd=ROOT,
+                            start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path), "PYTHON": sys.executable},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "no JSON before the first stage"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_cores"] >= 1 and report["stages"] == {}
+    assert report["pending"] == ["tree", "originals"]
+
+
 # the throughput stage's bare loop (benchmarks/train_loop.py), stood in for: "quick" writes a result at once; "hang"
 # starts a child and waits, and a SIGTERM takes it a second to act on (train.py checkpoints first), after which it
 # notes whether the stage's work folder was still there
