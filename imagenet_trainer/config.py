@@ -42,13 +42,15 @@ def _convert(value, tp, where: str):
         if base is bool:
             if isinstance(value, bool):
                 return value
+            if type(value) is int and value in (0, 1):  # YAML's 1 and 0, as the flags' "1" and "0"
+                return bool(value)
             if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
                 return True
             if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
                 return False
             raise ValueError
         if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, (bool, float)):  # YAML's 2.0 is refused as the flag's "2.0" is: a count is exact
                 raise ValueError
             return int(value)
         if base is float:

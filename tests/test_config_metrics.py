@@ -28,12 +28,18 @@ def test_precedence_default_yaml_cli(tmp_path):
     assert parse_config(Cfg, ["--ema"]).ema is True
     assert parse_config(Cfg, ["--ema", "false"]).ema is False
     assert parse_config(Cfg, ["--hub_model_id", "none"]).hub_model_id is None
+    for written, meant in (("1", True), ("0", False)):  # YAML's 1 and 0 read as the flag's "1" and "0" do
+        recipe.write_text(f"ema: {written}\n")
+        assert parse_config(Cfg, ["--config", str(recipe)]).ema is parse_config(Cfg, ["--ema", written]).ema is meant
 
 
 @pytest.mark.parametrize("yaml_text, argv, message", [
     ("learning_rate: 0.1\n", [], "unknown key 'learning_rate'"),
     ("epochs: ten\n", [], "key 'epochs'"),
     ("epochs: 1.5\n", [], "key 'epochs'"),
+    ("epochs: 2.0\n", [], "must be an int, got 2.0"),  # as the flag --epochs 2.0 is refused
+    ("", ["--epochs", "2.0"], "--epochs must be an int, got '2.0'"),
+    ("ema: 2\n", [], "key 'ema' in"),
     ("", ["--lr", "fast"], "--lr must be a float"),
     ("", ["--ema", "maybe"], "--ema must be a bool"),
     ("", ["--nope", "1"], "unrecognized arguments: --nope"),
