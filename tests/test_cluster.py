@@ -356,6 +356,16 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
     assert proc.returncode == 2 and not (log / "accelerate").exists()
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: cannot read resume_from_checkpoint from --config {recipe} with $PYTHON"), proc.stderr
+    # a system python3 too old for the project (3.6 on CentOS 7): its `python -c CODE ARGS...` as 3.6 runs it
+    old = tmp_path / "python3.6"
+    old.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" -c "import sys; sys.version_info = (3, 6, 15, '
+                   f"'final', 0); exec(sys.argv.pop(1))\" \"${{@:2}}\"\n")
+    old.chmod(0o755)
+    proc = sbatch({**env, "PYTHON": str(old)}, "--config", recipe, "--output_dir", fresh)
+    assert proc.returncode == 2 and not (log / "accelerate").exists() and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "it is Python 3.6, this project needs 3.10 or newer; activate its venv before sbatch or set PYTHON to its "
+        "interpreter"), proc.stderr
     proc = sbatch(env, "--config", tmp_path / "nope.yaml", "--output_dir", fresh)  # a typo: not PyYAML's fault
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         f"error: --config {tmp_path / 'nope.yaml'}: no such file"), proc.stderr
