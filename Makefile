@@ -9,6 +9,8 @@ DEMO ?= demo_run
 .PHONY: demo test install
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
+	@# pip's resolver would fail on 3.10 naming a numpy pin, not the interpreter
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: $(PYTHON) is Python %d.%d; this project needs 3.11 or newer: make install PYTHON=python3.11" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

@@ -137,6 +137,8 @@ def count_cuda_warnings(probe: Probe) -> None:
 
 def main(argv: list[str]) -> None:
     at = script_at(argv)
+    if at is None and {"-h", "--help"} & set(argv):
+        parse_config(ProbeConfig, ["--help"], description=__doc__.split("\n")[0])  # prints, exits 0
     if at is None:
         raise SystemExit("error: name the training script after the probe's flags: "
                          "sync_probe.py --out_dir DIR train.py [flags]")

@@ -432,6 +432,12 @@ def test_save_every_minutes_checkpoints_inside_an_epoch(preprocessed, tmp_path):
     assert steps_saved(timed) == list(range(1, epoch_end[0] + 1))
 
 
+def test_sync_probe_help_prints_its_flags():
+    """README's Troubleshooting names sync_probe.py: its --help (no training script after it) is help, status 0."""
+    proc = subprocess.run([sys.executable, str(PROBE), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--out_dir" in proc.stdout and "--compile_backend" in proc.stdout, proc.stderr
+
+
 def test_sync_probe_counts_each_cuda_sync_warning_with_its_line():
     """CUDA's sync flags arrive as warnings: every one is counted while training (not once per source line, as the
     default filter would show them), with the line of this project that made it; other warnings print as before."""

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,3 +221,17 @@ def test_zip_table_is_benchmarks_measurement_extrapolated():
         [zip_s, zip_mb, zip_s * scale / 3600, zip_mb * disk_scale / 1000], rel=0.02, abs=0.51)
     assert [float(x) for x in row_tree.groups()] == pytest.approx(
         [unzip_s, tree_s - unzip_s, tree_mb, tree_s * scale / 3600, tree_mb * disk_scale / 1000], rel=0.02, abs=0.51)
+
+
+def test_make_install_refuses_a_python_older_than_the_project_in_one_line(tmp_path):
+    """Python 3.10 (Ubuntu 22.04's python3) passes `python -m venv` and then fails deep in pip on a numpy pin, or
+    later in preprocess.py (hashlib.file_digest is 3.11's): `make install` says which Python it needs first."""
+    old = tmp_path / "python3"  # `python -c CODE` as Python 3.10 runs it
+    old.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" -c "import sys; sys.version_info = (3, 10, 13, '
+                   f"'final', 0); exec(sys.argv.pop(1))\" \"${{@:2}}\"\n")
+    old.chmod(0o755)
+    proc = subprocess.run(["make", "-C", str(ROOT), "install", f"PYTHON={old}", f"VENV={tmp_path / 'venv'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "venv").exists()
+    assert f"error: {old} is Python 3.10; this project needs 3.11 or newer" in proc.stderr, proc.stderr
+    assert 'requires-python = ">=3.11"' in (ROOT / "pyproject.toml").read_text()
