@@ -40,6 +40,15 @@ HUB_CLASSES = "classes.py"  # IMAGENET2012_CLASSES = OrderedDict({"n01440764": "
 HUB_RENAMED = {"n03126707": ("crane2", "crane")}
 HUB_NAME_WNID = re.compile(r"_(n\d{8})$")  # the Hub names a file <original stem>_<wnid>.JPEG (test: <stem>.JPEG)
 WDS_SPLITS = {"train": ("-train-",), "validation": ("-validation-", "-val-")}  # in shard names: timm's naming
+KAGGLE_ZIP_KEY = "imagenet-object-localization"  # in the name of Kaggle's zip, found in a folder
+# the names detect() recognises, for the message of a folder of archives it does not (``unrecognised``)
+RECOGNISED = (f"Kaggle's {KAGGLE_ZIP_KEY}-challenge.zip (or any .zip given as --data_dir itself), its older "
+              f"{KAGGLE_TGZ_NAME} with {ilsvrc.SYNSET_MAPPING} and {ilsvrc.VAL_SOLUTION} beside it, image-net.org's "
+              f"{TRAIN_TAR} and {VAL_TAR} with {DEVKIT}, the folder of a snapshot of the Hub's ILSVRC/imagenet-1k "
+              f"(data/{{{','.join(PARQUET_SPLITS)}}}-NNNNN-of-NNNNN.parquet, or {HUB_CLASSES} with "
+              f"data/{{{','.join(HUB_SPLITS.values())}}}*.tar.gz), WebDataset shards named "
+              + " or ".join(f"*{keys[0]}*.tar" for keys in WDS_SPLITS.values()))
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".parquet")
 
 
 def detect(data_dir: Path) -> Found | None:
@@ -55,7 +64,7 @@ def detect(data_dir: Path) -> Found | None:
     if not data_dir.is_dir() or (data_dir / "ILSVRC").exists():
         return None  # an unpacked tree, read as files
     names = sorted(n for n in os.listdir(data_dir) if not hidden(n))  # ._ILSVRC2012_img_val.tar: macOS
-    zips = [n for n in names if n.endswith(".zip") and "imagenet-object-localization" in n]
+    zips = [n for n in names if n.endswith(".zip") and KAGGLE_ZIP_KEY in n]
     # Kaggle's LOC files make the folder a tree only when no layout below claims it (the last line): one kept beside
     # image-net.org's tars or the Hub's files does not make them Kaggle's tree
     loc = (data_dir / ilsvrc.SYNSET_MAPPING).exists()
@@ -89,6 +98,25 @@ def detect(data_dir: Path) -> Found | None:
     if org and not loc:  # image-net.org's set without its image tars: the route names what is missing
         return _imagenet_org(data_dir, names)
     return None  # a tree: with LOC files but no ILSVRC/, image_tree says it is missing
+
+
+def unrecognised(data_dir: Path) -> str | None:
+    """What to do, for the error of a folder no layout claims that holds archives (``ARCHIVE_SUFFIXES``): where it is
+    the data/ folder of a snapshot of the Hub's ILSVRC/imagenet-1k, pass the snapshot; else the archive names this
+    reader recognises (a download renamed, imagenet.zip); None for a folder without archives."""
+    if not data_dir.is_dir():
+        return None
+    names = sorted(n for n in os.listdir(data_dir) if not hidden(n) and n.lower().endswith(ARCHIVE_SUFFIXES))
+    if not names:
+        return None
+    hub_tars = [n for n in names if n.startswith(tuple(HUB_SPLITS.values())) and n.endswith(".tar.gz")]
+    if data_dir.name == "data" and (hub_parquet_files(data_dir.parent) or hub_tars):
+        return (f"it is the data/ folder of a snapshot of the Hub's ILSVRC/imagenet-1k: pass the folder above it, "
+                f"--data_dir {data_dir.parent}")
+    zips = [n for n in names if n.lower().endswith(".zip")]
+    instead = f" (Kaggle's zip renamed? pass the zip itself: --data_dir {data_dir / zips[0]})" if zips else ""
+    return (f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}, under no archive name this reader "
+            f"recognises{instead}; it recognises {RECOGNISED}")
 
 
 def _imagenet_org(data_dir: Path, names: list[str]) -> Found:
@@ -489,7 +517,7 @@ def _class_tar_members(path: str, at: int, wnids: list[str], broken: list) -> di
     members = {}
     for wnid in wnids:
         outer, lost = class_tars[f"{wnid}.tar"], []
-        for m in archives.tar_members(path, outer.offset_data, outer.offset_data + outer.size, lost):
+        for m in archives.tar_members(path, outer.offset_data, outer.offset_data + outer.size, lost, outer.name):
             members[f"{TRAIN_TAR}/{wnid}.tar/{os.path.basename(m.name)}"] = (at, m.offset_data, m.size, TAR, None)
         broken += [(f"{wnid}.tar/{name}", why) for name, why in lost]
     return members

@@ -46,6 +46,7 @@ import copy
 import errno
 import gzip
 import hashlib
+import heapq
 import json
 import os
 import posixpath
@@ -228,25 +229,30 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
-def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list | None = None
-                ) -> list[tarfile.TarInfo]:
+def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list | None = None,
+                inner: str | None = None) -> list[tarfile.TarInfo]:
     """The regular files of the uncompressed tar in bytes [start, end) of ``path`` (the whole file by default; a
-    per-class tar inside image-net.org's train tar otherwise), from the headers alone: tarfile seeks past the data.
-    Offsets are those of ``path``. One member per name, the last, as ``tar x`` leaves a name stored twice (a tar
-    appended to); hidden files left out (``hidden``); a link read as the file it leads to (``_files_of``). A link
-    to no file of the tar is (name, why) added to ``broken``, for the caller to warn of, or without that list a
-    ValueError naming it. A truncated tar, or one with a damaged member header, is a ValueError naming ``path``."""
+    per-class tar inside image-net.org's train tar otherwise, ``inner`` its name there, for messages), from the
+    headers alone: tarfile seeks past the data, and reads nothing past ``end``. Offsets are those of ``path``. One
+    member per name, the last, as ``tar x`` leaves a name stored twice (a tar appended to); hidden files left out
+    (``hidden``); a link read as the file it leads to (``_files_of``). A link to no file of the tar is (name, why)
+    added to ``broken``, for the caller to warn of, or without that list a ValueError naming it. A truncated tar, or
+    one with a damaged member header, is a ValueError naming ``path`` (and ``inner``)."""
     end = os.path.getsize(path) if end is None else end
-    where = f"{path}" + (f" (the tar at byte {start})" if start else "")
+    where = f"{inner} in {path}" if inner else f"{path}" + (f" (the tar at byte {start})" if start else "")
     try:
         with open(path, "rb") as f:
             f.seek(start)  # tarfile counts offsets from where the file object stands
-            with tarfile.open(fileobj=f, mode="r:") as tar:
+            # bounded: a class tar cut short would otherwise be read on into the next one's header and data
+            with tarfile.open(fileobj=_Bounded(f, end), mode="r:") as tar:
                 members = tar.getmembers()
                 stop = tar.offset  # the header tarfile stopped at: the end-of-archive block, or one it cannot parse
             rest = os.pread(f.fileno(), min(end - stop, MAX_END_PADDING + 1), stop) if stop < end else b""
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a complete tar ({type(e).__name__}: {e}); download it again") from None
+        raise ValueError(f"{where}: not a complete tar ({type(e).__name__}: {e}); download it again") from None
+    if not members and end - start < 2 * tarfile.BLOCKSIZE:  # even a tar of no file has its two end blocks
+        size = "empty (0 bytes)" if end == start else f"{end - start} bytes"
+        raise ValueError(f"{where}: {size}, not a tar; download it again")
     damage = after_the_listing(rest, stop, end - stop)
     if damage:
         raise ValueError(f"{where}: damaged, {damage}; download it again")
@@ -265,6 +271,23 @@ def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list
     if lost:
         broken.extend(lost)
     return files
+
+
+class _Bounded:
+    """A file object that ends at byte ``end``: tarfile reads the tar inside [its position, ``end``) alone."""
+
+    def __init__(self, f, end: int):
+        self.f, self.end = f, end
+
+    def read(self, size: int = -1) -> bytes:
+        room = max(self.end - self.f.tell(), 0)
+        return self.f.read(room if size is None or size < 0 else min(size, room))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
 
 
 # bytes of zeros a tar may end with: two end-of-archive blocks, then up to a record of padding (tar -b 2048, the
@@ -475,8 +498,9 @@ def spool(shards, folder: Path, in_flight: int, stop: threading.Event | None = N
     deletes the file when the shard is done (``release``). Other shards pass through first. At most ``in_flight``
     full spool files wait for workers; the spool also holds the members of shards not complete yet, so it stays
     small when the archive is in the listing's sorted order, as tars of a folder are, and grows towards the split's
-    size when an archive's order is shuffled. A row of a Parquet row group that does not read stays located in its
-    file, where the worker meets the same error and reports the image.
+    size when an archive's order is shuffled (``spool_peak``, checked against the folder's free space before the
+    first byte). A row of a Parquet row group that does not read stays located in its file, where the worker meets
+    the same error and reports the image.
 
     The spool survives a kill: each spool file has an index beside it (``.idx``, a JSON line per member, written
     after its bytes), and after each archive is read whole, ``progress.json`` records the archives done and every
@@ -495,13 +519,14 @@ def spool(shards, folder: Path, in_flight: int, stop: threading.Event | None = N
         if resumed is None:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        kept = sum(os.path.getsize(_spool_file(folder, s)) for s in streamed
-                   if resumed and _spool_file(folder, s).exists())
-        need, free = spool_bytes(streamed) - kept, checkpoints.free_bytes(folder)
-        if need > free:
-            raise SystemExit(f"error: the spool in {folder} needs about {need / 1e9:.1f} GB (the images of the "
-                             f"shards read from compressed or shuffled archives), {free / 1e9:.1f} GB is free: free "
-                             "space or give --output_dir on a larger disk")
+        kept = [os.path.getsize(_spool_file(folder, s)) if resumed and _spool_file(folder, s).exists() else 0
+                for s in streamed]
+        need = spool_peak(streamed, in_flight, resumed, kept) - sum(kept)
+        if need > checkpoints.free_bytes(folder):
+            raise SystemExit(f"error: the spool in {folder} needs about {_amount(need)} more at its peak (the images "
+                             "of the shards read from compressed or shuffled archives, each held until its shard is "
+                             f"done), {checkpoints.free_space(folder)}: free space or give --output_dir on a larger "
+                             "disk")
     return _spool(shards, streamed, folder, in_flight, job, resumed, stop or threading.Event())
 
 
@@ -587,28 +612,74 @@ def _resume(folder: Path, streamed, job: dict):
 
 
 def spool_bytes(streamed) -> int:
-    """Bytes the spool files of ``streamed`` shards will hold: a tar member's size; a Parquet row's share of its row
+    """Bytes the spool files of ``streamed`` shards will hold in all (``_member_bytes``)."""
+    return round(sum(sum(sizes.values()) for sizes in _member_bytes(streamed)))
+
+
+def spool_peak(streamed, in_flight: int, resumed=None, kept: list | None = None) -> int:
+    """The most bytes the spool files of ``streamed`` shards hold at once while ``_spool`` reads the archives (those
+    ``resumed`` has not done) in order: the members read so far of shards not complete yet, plus the ``in_flight``
+    largest complete shards, whose files wait for a worker or are in one until it deletes them (``room``; the worst
+    case, slow workers). A few shards' worth when an archive is in the listing's sorted order, up to the split's
+    size when shuffled. ``kept``: the bytes of each shard's spool file a killed run left, there from the start."""
+    done, located = resumed or (set(), {})
+    sizes = _member_bytes(streamed)
+    held = list(kept or [0] * len(streamed))
+    left = [len(s.source["members"]) - len(located.get(i, {})) for i, s in enumerate(streamed)]
+    order = sorted((loc[0], loc[1], i, sizes[i][path]) for i, s in enumerate(streamed)  # as _spool reads them
+                   for path, loc in s.source["members"].items() if loc[0] not in done)
+    partial = sum(b for b, n in zip(held, left) if n)
+    top, top_sum = [], 0  # a min-heap of the in_flight largest complete shards' bytes, and their sum
+
+    def complete(size) -> None:
+        nonlocal top_sum
+        if len(top) < in_flight:
+            heapq.heappush(top, size)
+            top_sum += size
+        elif top and size > top[0]:
+            top_sum += size - heapq.heapreplace(top, size)
+
+    for i, n in enumerate(left):
+        if n == 0:
+            complete(held[i])
+    peak = partial + top_sum
+    for _, _, i, size in order:
+        held[i] += size
+        partial += size
+        peak = max(peak, partial + top_sum)  # a completing shard counts here, before it waits for room()
+        left[i] -= 1
+        if left[i] == 0:
+            partial -= held[i]
+            complete(held[i])
+    return round(peak)
+
+
+def _member_bytes(streamed) -> list[dict]:
+    """[{path: bytes in the spool}] of each of ``streamed``: a tar member's size; a Parquet row's share of its row
     group's image column (uncompressed), the listing keeping no per-row size."""
-    total, rows_in = 0, Counter()
-    for s in streamed:
-        for at, name, size, method, _ in s.source["members"].values():
-            if method == PARQUET:
-                rows_in[(at, name[0])] += 1
-            else:
-                total += size
+    rows = {(loc[0], loc[1][0]) for s in streamed for loc in s.source["members"].values() if loc[3] == PARQUET}
     paths = streamed[0].source["archives"] if streamed else []
-    for at in sorted({at for at, _ in rows_in}):
+    per_row = {}  # (archive, row group) -> bytes of one row
+    for at in sorted({at for at, _ in rows}):
         try:
             meta = pq.ParquetFile(paths[at]).metadata
         except (pa.ArrowException, OSError):
             continue  # the spool meets the same error and leaves the rows in place
-        for (a, group), n in rows_in.items():
+        for a, group in rows:
             if a == at and group < meta.num_row_groups:
                 rg = meta.row_group(group)
                 col = next((rg.column(i) for i in range(rg.num_columns)
                             if rg.column(i).path_in_schema == "image.bytes"), None)
-                total += col.total_uncompressed_size * n // max(rg.num_rows, 1) if col is not None else 0
-    return total
+                per_row[(a, group)] = col.total_uncompressed_size / max(rg.num_rows, 1) if col is not None else 0
+    return [{path: per_row.get((at, name[0]), 0) if method == PARQUET else size
+             for path, (at, name, size, method, _) in s.source["members"].items()} for s in streamed]
+
+
+def _amount(size: float) -> str:
+    """Bytes for a message, in the units of checkpoints.free_space: GB, MB below 1 GB, kB below 0.1 MB."""
+    if size >= 1e9:
+        return f"{size / 1e9:.1f} GB"
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
 
 
 def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, resumed, stop: threading.Event):

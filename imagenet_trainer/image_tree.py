@@ -105,7 +105,10 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
             raise ValueError(f"{data_dir}: one class-per-folder tree without train/ and val/; add --val_fraction "
                              "0.1 to hold out a seeded, stratified 10% of each class for validation")
         return CLASS_FOLDERS_SPLIT
-    raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; it takes {ACCEPTED}")
+    from imagenet_trainer import archive_layouts  # it imports this module
+
+    hint = archive_layouts.unrecognised(data_dir)  # a download renamed, or a part of one: say what to pass
+    raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; " + (hint or f"it takes {ACCEPTED}"))
 
 
 def list_classes(folder: Path, left_out: list | None = None, where: str = ""

@@ -386,9 +386,55 @@ def test_the_spool_refuses_in_one_line_when_its_disk_lacks_the_room(packaging, p
     monkeypatch.setattr(archives.checkpoints, "free_bytes", lambda folder: need - 1)
     with pytest.raises(SystemExit) as e:  # a fresh spool: the one above is kept and would need nothing more
         archives.spool(shards, tmp_path / "fresh", 100)
-    assert str(e.value) == (f"error: the spool in {tmp_path / 'fresh'} needs about {need / 1e9:.1f} GB (the images "
-                            f"of the shards read from compressed or shuffled archives), {(need - 1) / 1e9:.1f} GB is "
-                            "free: free space or give --output_dir on a larger disk")
+    assert archives.spool_peak(streamed, 100) == need  # 100 shards in flight: every one may be held at once
+    assert str(e.value) == (f"error: the spool in {tmp_path / 'fresh'} needs about {need / 1e6:.1f} MB more at its "
+                            "peak (the images of the shards read from compressed or shuffled archives, each held "
+                            f"until its shard is done), {(need - 1) / 1e6:.1f} MB free: free space or give "
+                            "--output_dir on a larger disk")
+
+
+def spool_peak_of(folder: Path, shard_size: int, in_flight: int, tmp_path: Path) -> tuple[int, int]:
+    """(what the spool of preprocess.py --shard_size on ``folder`` holds at most at once, by spool_peak; in all)."""
+    listing = preprocess.list_splits(folder, None, 0)
+    streamed = [s for s in preprocess.plan_shards(folder, listing.splits, tmp_path / "plan", shard_size)
+                if archives._spooled_read(s)]
+    return archives.spool_peak(streamed, in_flight), archives.spool_bytes(streamed)
+
+
+def test_the_spool_asks_for_its_peak_a_few_shards_when_sorted_the_split_when_shuffled(tmp_path, monkeypatch):
+    """Kaggle's older tar.gz holds each class folder's files together, so the spool holds a few shards at once, not
+    the split (about 160 GB of ImageNet's): a disk with room for that peak, not for the split, runs; a shuffled
+    Parquet train split grows the spool towards its whole size and is refused in one line before any image is read,
+    its amounts in units that read (not "0.0 GB")."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=40, val_per_class=2, num_test=4)
+    sorted_tgz = demo_archives.kaggle_unzipped_tgz(tree, tmp_path / "tgz")
+    peak, total = spool_peak_of(sorted_tgz, 2, 4, tmp_path)  # --num_proc 2: 4 shards in flight
+    assert 0 < peak < total / 3
+    free = {"bytes": peak}
+    monkeypatch.setattr(archives.checkpoints, "free_bytes", lambda folder: free["bytes"])
+    real, held = archives._members_of, []
+
+    def members_of(path, wanted):  # the spool files on disk as each member is read
+        for member in real(path, wanted):
+            held.append(sum(p.stat().st_size for p in (tmp_path / "out.tmp").rglob("spool/*.bin")
+                            if p.exists()))
+            yield member
+    monkeypatch.setattr(archives, "_members_of", members_of)
+    run(sorted_tgz, tmp_path / "out", "--num_proc", "2", "--shard_size", "2", "--shorter_side", "64")
+    assert datasets.load_from_disk(str(tmp_path / "out"))["train"].num_rows == 120
+    assert 0 < max(held) <= peak, (max(held), peak)  # what the check asked for covered what the spool held
+
+    shuffled = demo_archives.hub_parquet(tree, tmp_path / "parquet")
+    peak, total = spool_peak_of(shuffled, 10, 2, tmp_path)  # --num_proc 1: 2 in flight
+    assert 0.75 * total < peak <= total
+    free["bytes"] = peak - 1
+    with pytest.raises(SystemExit) as e:
+        run(shuffled, tmp_path / "refused", "--shard_size", "10", "--shorter_side", "64")
+    message = str(e.value.code)
+    assert message.startswith(f"error: the spool in {tmp_path / 'refused.tmp'}") and "\n" not in message
+    assert f"needs about {peak / 1e6:.1f} MB more at its peak" in message
+    assert f"{(peak - 1) / 1e6:.1f} MB free: free space or give --output_dir on a larger disk" in message
+    assert not list((tmp_path / "refused.tmp").rglob("*.arrow"))
 
 
 @pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz", "hub_parquet"])
@@ -752,6 +798,33 @@ def test_the_hubs_older_snapshot_without_classes_py_names_it(packaged, tmp_path)
         f"--local-dir {hub})")
 
 
+def test_a_folder_of_archives_under_other_names_says_which_names_are_read(packaged, tmp_path):
+    """Kaggle's zip renamed imagenet.zip in its folder is no layout: the one line names the file, what to pass and
+    the archive names this reader recognises, not only the image trees it takes."""
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "imagenet.zip").symlink_to(packaged["kaggle-zip"])
+    message = error_of(folder, tmp_path / "out")
+    assert message.startswith(f"error: --data_dir {folder}: not a layout preprocess.py reads; it holds imagenet.zip, "
+                              "under no archive name this reader recognises")
+    assert f"pass the zip itself: --data_dir {folder / 'imagenet.zip'}" in message
+    assert archive_layouts.RECOGNISED in message
+    for name in (archive_layouts.KAGGLE_TGZ_NAME, archive_layouts.TRAIN_TAR, archive_layouts.DEVKIT, "parquet"):
+        assert name in message
+    assert archives.detect(folder / "imagenet.zip").packaging == "kaggle-zip"  # what it says to pass is read
+
+
+@pytest.mark.parametrize("packaging", ["hub-imagenet-1k-parquet", "hub-imagenet-1k"])
+def test_the_data_folder_of_a_hub_snapshot_names_the_snapshot_to_pass(packaging, packaged, tmp_path):
+    snapshot = tmp_path / "imagenet-1k"
+    shutil.copytree(packaged[packaging], snapshot)
+    message = error_of(snapshot / "data", tmp_path / "out")
+    assert message == (f"error: --data_dir {snapshot / 'data'}: not a layout preprocess.py reads; it is the data/ "
+                       "folder of a snapshot of the Hub's ILSVRC/imagenet-1k: pass the folder above it, --data_dir "
+                       f"{snapshot}")
+    assert archives.detect(snapshot).packaging == packaging
+
+
 def test_webdataset_filenames_with_a_class_folder_give_the_same_listing(packaged, tmp_path):
     """Some derivative shards' json ``filename`` is n01440764/ILSVRC2012_val_...JPEG: its base name is the file
     name, so paths are the tree's (not wnid/wnid/file) and val rows stay in file-name order."""
@@ -823,6 +896,33 @@ def test_a_damaged_member_header_is_a_one_line_error(tar, damage, packaged, tmp_
     assert f"{folder / tar}" in message and "download it again" in message
     assert (f"damaged, zeros at byte {header} where a member header should be, then data at byte {header + 512} "
             if damage == "zeroed" else f"damaged, the member header at byte {header} does not read") in message
+
+
+@pytest.mark.parametrize("damage", ["flipped bit", "emptied"])
+def test_a_damaged_class_tar_is_named_in_its_one_line_error(damage, packaged, tmp_path):
+    """A class tar inside image-net.org's train tar is named in the error, not "the tar at byte N"; an emptied one
+    (0 bytes) is read up to its own end, not on into the next class tar's header, which would be named instead."""
+    folder = copy_set(packaged["image-net.org"], tmp_path / "org")
+    train = folder / archive_layouts.TRAIN_TAR
+    first, following = sorted(archives.tar_members(train), key=lambda m: m.offset)[:2]
+    train.unlink()
+    if damage == "emptied":
+        with tarfile.open(packaged["image-net.org"] / archive_layouts.TRAIN_TAR) as full, \
+                tarfile.open(train, "w") as part:
+            for m in full.getmembers():
+                part.addfile(tarfile.TarInfo(m.name) if m.name == first.name else m,
+                             None if m.name == first.name else full.extractfile(m))
+        expected = f"{first.name} in {train}: empty (0 bytes), not a tar; download it again"
+    else:
+        inner = archives.tar_members(packaged["image-net.org"] / archive_layouts.TRAIN_TAR, first.offset_data,
+                                     first.offset_data + first.size)
+        header = sorted(m.offset for m in inner)[1]
+        data = bytearray((packaged["image-net.org"] / archive_layouts.TRAIN_TAR).read_bytes())
+        data[header + 10] ^= 0x20  # a letter of the member's name: the header's checksum no longer matches
+        train.write_bytes(bytes(data))
+        expected = f"{first.name} in {train}: damaged, the member header at byte {header} does not read"
+    message = error_of(folder, tmp_path / "out")
+    assert expected in message and following.name not in message
 
 
 def test_a_damaged_member_header_in_a_compressed_tar_is_a_one_line_error(packaged, tmp_path):
