@@ -4,15 +4,19 @@ or (``--compare zip``) Kaggle's zip read in place vs ``unzip`` then preprocess.p
 preprocess.py on the Kaggle tree of the same images.
 
     python benchmarks/preprocess.py --images 2000 --num_proc 2 --output benchmarks/results/preprocess.json
-    python benchmarks/preprocess.py --compare zip --images 2000 --num_proc 2 --output benchmarks/results/preprocess_zip.json
+    python benchmarks/preprocess.py --compare zip --images 2000 --num_proc 2 \
+        --output benchmarks/results/preprocess_zip.json
     python benchmarks/preprocess.py --compare parquet --images 2000 --num_proc 2 \
         --output benchmarks/results/preprocess_parquet.json
 
 Both run as fresh subprocesses of the same Python (imports and start-up included, caches cold: the baseline gets
 an empty cache_dir). The baseline only sees the train folder (imagefolder cannot read Kaggle's flat val + CSV), so
 each method's images/s counts the images it stored. Peak RSS is the largest single process (os.wait4's ru_maxrss,
-which covers waited-for workers). Disk is what each leaves: the baseline's save_to_disk folder plus the Arrow cache
-load_dataset writes first. Prints a table and writes the numbers as JSON.
+which covers waited-for workers) of the measured command alone: a small launcher interpreter starts it and reports
+its rusage, since Linux starts a child's ru_maxrss at its parent's peak (kept across exec), and this process holds
+~1 GB building the Parquet files of 10,000 images; the launcher's own ~10 MB is the floor. Disk is what each leaves:
+the baseline's save_to_disk folder plus the Arrow cache load_dataset writes first. Prints a table and writes the
+numbers as JSON.
 """
 from __future__ import annotations
 
@@ -57,8 +61,7 @@ class BenchConfig:
     restart_tile: int = 64  # passed to preprocess.py: px width of the tiles (0: files stored as read)
     work_dir: str | None = None  # where the tree and outputs go; None: a temp folder, deleted afterwards
     output: str = "benchmarks/results/preprocess.json"  # the JSON written
-    compare: str = "imagefolder"  # "imagefolder": vs load_dataset + save_to_disk; "zip": the zip in place vs unzip;
-    # "parquet": the Hub's Parquet layout vs the Kaggle tree
+    compare: str = "imagefolder"  # imagefolder (vs load_dataset), zip (in place vs unzip) or parquet (the Hub's)
     rows_per_group: int = 100  # --compare parquet: rows per Parquet row group (the Hub's: ~2,000 images, 220 MB)
 
 
@@ -66,19 +69,35 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+# Started by run(): its interpreter is a fresh exec (its own small memory), so the command it starts from there
+# begins its ru_maxrss at ~10 MB, not at the benchmark's peak. Writes "seconds ru_maxrss_kB exit_code" to fd argv[1].
+LAUNCHER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+seconds = time.perf_counter() - start
+os.write(int(sys.argv[1]), f"{seconds} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}".encode())
+"""
+
+
 def run(cmd: list[str]) -> tuple[float, int, str]:
-    """(seconds, peak RSS bytes, stdout): Popen + os.wait4 so the rusage is this child's alone."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    """(seconds, peak RSS bytes, stdout) of ``cmd`` alone, through LAUNCHER: the rusage is this child's own."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as pipe, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(write_end), *cmd], cwd=ROOT, stdout=out,
+                                    stderr=err, text=True, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        report = pipe.read().split()
+        proc.wait()
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"error: {' '.join(cmd[:3])} exited {proc.returncode}:\n{err.read()[-2000:]}")
-        return seconds, usage.ru_maxrss * 1024, out.read()
+        code = int(report[2]) if len(report) == 3 else proc.returncode
+        if code != 0 or len(report) != 3:
+            raise SystemExit(f"error: {' '.join(cmd[:3])} exited {code}:\n{err.read()[-2000:]}")
+        return float(report[0]), int(report[1]) * 1024, out.read()
 
 
 def run_watching_disk(cmd: list[str], folders: list[Path]) -> tuple[float, int, int]:
@@ -136,8 +155,9 @@ def parquet_vs_tree(tree: Path, work: Path, cfg: BenchConfig) -> dict:
     for name, source in (("in_place", packed), ("tree", tree)):
         out = work / f"from_{name}"
         shutil.rmtree(out, ignore_errors=True)
-        sec, rss, disk = run_watching_disk([sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(source),
-                                            "--output_dir", str(out), *settings], [out, out.with_name(out.name + ".tmp")])
+        cmd = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(source), "--output_dir", str(out),
+               *settings]
+        sec, rss, disk = run_watching_disk(cmd, [out, out.with_name(out.name + ".tmp")])
         report = json.loads((out / "preprocess_report.json").read_text())
         measured[name] = {"seconds": sec, "peak_rss": rss, "peak_disk": disk, "bytes": du(out),
                           "images": sum(report["counts"].values())}
@@ -155,12 +175,13 @@ def print_parquet_table(r: dict) -> None:
 
 
 def print_zip_table(r: dict) -> None:
-    print(f"{'':<28}{'images':>8}{'seconds':>9}{'img/s':>8}{'peak disk MB':>14}  (besides the {r['zip_bytes'] / 1e6:.1f}"
-          " MB zip)")
+    print(f"{'':<28}{'images':>8}{'seconds':>9}{'img/s':>8}{'peak disk MB':>14}"
+          f"  (besides the {r['zip_bytes'] / 1e6:.1f} MB zip)")
     for name, m in (("zip read in place", r["in_place"]), ("unzip + preprocess.py", r["unzip_then_preprocess"])):
         print(f"{name:<28}{r['images']:>8}{m['seconds']:>9.1f}{r['images'] / m['seconds']:>8.0f}"
               f"{m['peak_disk'] / 1e6:>14.1f}")
-    print(f"{'ratio in place / unzip':<28}{'':>8}{r['ratio']['seconds']:>8.2f}x{'':>8}{r['ratio']['peak_disk']:>13.2f}x")
+    print(f"{'ratio in place / unzip':<28}{'':>8}{r['ratio']['seconds']:>8.2f}x{'':>8}"
+          f"{r['ratio']['peak_disk']:>13.2f}x")
 
 
 def machine() -> str:
@@ -186,7 +207,8 @@ def main(argv=None) -> None:
         if cfg.compare in ("zip", "parquet"):
             result = (zip_vs_unzip if cfg.compare == "zip" else parquet_vs_tree)(tree, work, cfg)
             (print_zip_table if cfg.compare == "zip" else print_parquet_table)(result)
-            result.update(config=asdict(cfg), machine=machine(), versions=library_versions())
+            result.update(config=asdict(cfg), machine=machine(), versions=library_versions(),
+                          load_average=os.getloadavg())  # 1/5/15-min, at the end: others' jobs slow the seconds
             atomic_write_text(cfg.output, json.dumps(result, indent=1))
             print(f"machine: {machine()}; num_proc={cfg.num_proc}\nwrote {cfg.output}")
             return

@@ -711,6 +711,24 @@ def test_preprocess_benchmark_hub_parquet_against_the_tree(tmp_path):
     assert "Hub Parquet read in place" in proc.stdout and "ratio Parquet / tree" in proc.stdout
 
 
+def test_preprocess_benchmark_peak_rss_is_the_measured_commands_own(monkeypatch):
+    """Linux starts a child's ru_maxrss at its parent's peak (kept across exec), and the benchmark grows to ~1 GB
+    making its inputs: run()'s figure must be the command's own peak, not the benchmark's."""
+    spec = importlib.util.spec_from_file_location("bench_preprocess", ROOT / "benchmarks" / "preprocess.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its own name: "preprocess" is the root script's
+    spec.loader.exec_module(bench)
+    held = b"\x01" * (400 << 20)  # written, so resident: this process's peak is at least 400 MB
+    _, idle, stdout = bench.run([sys.executable, "-c", "print('ok')"])
+    _, grown, _ = bench.run([sys.executable, "-c", "b = b'x' * (150 << 20)"])
+    assert stdout == "ok\n"
+    assert idle < 100 << 20 < len(held), idle  # an interpreter alone: ~10 MB
+    assert 150 << 20 < grown < 250 << 20, grown  # its own 150 MB, not this process's 400
+    with pytest.raises(SystemExit, match="exited 3"):
+        bench.run([sys.executable, "-c", "import sys; sys.exit(3)"])
+    del held
+
+
 def test_ring_benchmark_reports_both_hand_offs():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ring.py"), "--batch_size", "4", "--image_size",
                            "16", "--passes", "1", "--batches", "3"], cwd=ROOT, capture_output=True, text=True,
