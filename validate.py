@@ -83,9 +83,9 @@ CARD_LINES = ("(Hardware line)", "(eval_flip row)")  # how recorded_settings nam
 class ValidateConfig:
     model: str  # RUN/final, RUN/checkpoints/step_N, a Hub model id (OWNER/NAME) or a timm name (resnet50.a1_in1k)
     dataset: str = ""  # preprocess.py output folder or Hub dataset id
-    split: str = ""  # split to evaluate; empty: a checkpoint's run's --eval_split, else validation (ImageNet-C: all)
+    split: str = ""  # --dataset's split; empty: a checkpoint's run's --eval_split, else validation (ImageNet-C: all)
     batch_size: int = 256  # images per device per forward pass
-    image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's eval size)
+    image_size: int = 0  # eval crop side in px; 0 uses the model's (a checkpoint's: the run's); not with --image_sizes
     num_workers: int = -1  # DataLoader processes per device; -1: every core this process may use, less one
     # (train.py's rule: loader_workers). JPEG decoding is the CPU cost
     channels_last: bool = True  # NHWC: faster convolutions on GPUs
@@ -611,11 +611,20 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
     returns --model's export folder when the results go into its card."""
     if not cfg.dataset and not cfg.eval_sets:
         raise SystemExit("error: --dataset is required (or --eval_sets)")
+    if cfg.split and not cfg.dataset:  # a checkpoint's recorded --eval_split is not cfg.split yet: only the flag's
+        raise SystemExit(f"error: --split {cfg.split} picks a split of --dataset, and there is no --dataset: "
+                         "--eval_sets scores every split of its sets (ImageNet-C: all); drop --split, or give the set "
+                         "as --dataset to score that split alone")
     for flag, low in (("batch_size", 1), ("image_size", 0), ("benchmark_steps", 1), ("max_bad_samples", 0)):
         if getattr(cfg, flag) < low:  # image_size 0: the model's own
             raise SystemExit(f"error: --{flag} must be at least {low}, got {getattr(cfg, flag)}")
     for flag in ("image_sizes", "benchmark_batch_sizes"):  # read again where used (eval_suite.run)
         eval_suite.int_list(getattr(cfg, flag), f"--{flag}")
+    if cfg.image_size and cfg.image_sizes:  # --image_sizes would win, silently
+        sizes = eval_suite.int_list(cfg.image_sizes, "--image_sizes")
+        both = ",".join(map(str, dict.fromkeys([*sizes, cfg.image_size])))
+        raise SystemExit(f"error: --image_size {cfg.image_size} and --image_sizes {cfg.image_sizes} both set the eval "
+                         f"size; give one of them (--image_sizes {both} scores every size)")
     if cfg.num_workers < -1:
         raise SystemExit(f"error: --num_workers must be >= 0, or -1 (the cores this process may use, less one), "
                          f"got {cfg.num_workers}")
@@ -649,8 +658,9 @@ def load_split(cfg: ValidateConfig, split_from: str):
     --eval_split where --split came from it (``split_from``)."""
     try:
         ds = load_image_dataset(cfg.dataset)
-    except ValueError as e:
-        raise SystemExit(f"error: --dataset {cfg.dataset}: {e}") from None
+    except ValueError as e:  # an unpacked set that was not preprocessed: said so, not its missing label column
+        raise SystemExit(eval_suite.image_tree_line(cfg.dataset, "--dataset") or f"error: --dataset {cfg.dataset}: {e}"
+                         ) from None
     came = f" (the run's --eval_split, {split_from})" if split_from not in ("--split", "the default") else ""
     if cfg.split not in ds:
         others = [s for s in ds if s != "train"]

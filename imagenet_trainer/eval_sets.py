@@ -102,6 +102,18 @@ def named_variant(data_dir: Path) -> str | None:
     return next((v for v in V2_VARIANTS if v in name), None)
 
 
+def distributed_kind(folder_name: str) -> str | None:
+    """The set a folder of this name is as its authors' archive unpacks it, or None."""
+    name = folder_name.lower().replace("_", "-")
+    return V2 if name.startswith(("imagenetv2", "imagenet-v2")) else DISTRIBUTED_NAMES.get(name)
+
+
+def _set_inside(data_dir: Path, folders: list[str]) -> str | None:
+    """The set ``data_dir``'s one subfolder is, named as its archive unpacks (imagenet-r/imagenet-r/), or None;
+    a training tree in it (sketch/train/) is none."""
+    return detect(data_dir / folders[0], "") if len(folders) == 1 and distributed_kind(folders[0]) else None
+
+
 def detect(data_dir: Path, eval_set: str) -> str | None:
     """Which evaluation set ``data_dir`` is (``eval_set`` if given), or None when it is none of them."""
     if eval_set:
@@ -109,11 +121,9 @@ def detect(data_dir: Path, eval_set: str) -> str | None:
     folders = image_tree._subfolders(data_dir)
     if "train" in folders or "ILSVRC" in folders or (data_dir / ilsvrc.SYNSET_MAPPING).exists():
         return None  # a training tree (Kaggle's or class folders), whatever its folder is called
-    name = data_dir.name.lower().replace("_", "-")
-    if name.startswith(("imagenetv2", "imagenet-v2")):
-        return V2
-    if name in DISTRIBUTED_NAMES:
-        return DISTRIBUTED_NAMES[name]
+    # a folder named as a set, or holding only one (its archive unpacked one level too deep: list_splits says so)
+    if kind := distributed_kind(data_dir.name) or _set_inside(data_dir, folders):
+        return kind
     if _c_root(data_dir, folders):
         return C
     if len(folders) == 1000 and all(f.isdigit() for f in folders):
@@ -174,6 +184,9 @@ def list_splits(data_dir: Path, kind: str, variant: str | None = None
     index = {w: i for i, w in enumerate(wnids)}
     title = SETS[kind].title
     folders = image_tree._subfolders(data_dir)
+    if inside := _set_inside(data_dir, folders):  # no set's classes or corruptions are named so
+        raise ValueError(f"{data_dir}: its one folder, {folders[0]}, is {SETS[inside].title} itself (its archive "
+                         f"unpacked one level too deep); pass --data_dir {data_dir / folders[0]}")
     record = {"eval_set": kind, "class_subset": None, "variant": None}
     if kind == V2:
         split, warnings, record["variant"] = _list_v2(data_dir, folders, variant)
@@ -209,7 +222,8 @@ def _list_c(data_dir: Path, folders: list[str], index: dict[str, int]) -> tuple[
         root = roots[corruption]
         severities = image_tree._subfolders(root)
         if severities != list(C_SEVERITIES):
-            raise ValueError(f"{root}: expected the severity folders 1 2 3 4 5, found {' '.join(severities) or 'none'}")
+            raise ValueError(f"{root}: expected the severity folders 1 2 3 4 5, found {' '.join(severities) or 'none'}"
+                             + _severity_fix(root, severities))
         for severity in severities:
             wnid_folders = image_tree._subfolders(root / severity)
             _check_wnids(root / severity, wnid_folders, set(index))
@@ -223,6 +237,16 @@ def _list_c(data_dir: Path, folders: list[str], index: dict[str, int]) -> tuple[
                         "mCE needs all 15")
     warnings += _missing_warning(data_dir, "ImageNet-C", len(classes), 1000)
     return splits, warnings
+
+
+def _severity_fix(root: Path, severities: list[str]) -> str:
+    """What to do about a corruption folder whose severity folders are not 1..5: the end of its error line."""
+    stray = [s for s in severities if s not in C_SEVERITIES]
+    if stray:
+        return f"; {root / stray[0]} is none of them: move it out"
+    missing = [s for s in C_SEVERITIES if s not in severities]
+    return (f"; {root / missing[0]} is missing ({len(missing)} of 5), so this copy is incomplete: unpack every "
+            f"severity of {root.name} from its tarball, or move {root} out to score the other corruptions")
 
 
 def source_fields(kind: str, record: dict, counts: dict, data_dir: Path) -> dict:

@@ -72,10 +72,12 @@ def load_target(path: str, flag: str, split: str | None, given: bool = False) ->
     named one (``given``: --split), which is then scored alone. Errors are one line naming ``flag``."""
     from modeling.card import dataset_source, public  # modeling imports imagenet_trainer, not the other way round
 
+    if flag == "--eval_sets" and (unread := image_tree_line(path, flag)):  # its kind and classes are preprocess.py's
+        raise SystemExit(unread)
     try:
         ds = load_image_dataset(path)
     except ValueError as e:
-        raise SystemExit(f"error: {flag} {path}: {e}") from None
+        raise SystemExit(image_tree_line(path, flag) or f"error: {flag} {path}: {e}") from None
     source = dataset_source(path)
     kind = source.get("eval_set")
     if flag == "--eval_sets" and not kind:
@@ -106,11 +108,29 @@ def load_target(path: str, flag: str, split: str | None, given: bool = False) ->
                   whole_c=kind == eval_sets.C and not given)
 
 
+def image_tree_line(path: str, flag: str) -> str | None:
+    """The error line for a local folder with no preprocess.py output in it (an evaluation set unpacked from its
+    tarballs, a folder of JPEGs), else None. A preprocess.py output or a Hub clone's Parquet/Arrow files are data;
+    only the top levels are looked at (a raw ImageNet-C is 3.75 million files)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return None
+    if any(p.suffix in (".parquet", ".arrow") for level in ("", "*/", "*/*/") for p in folder.glob(f"{level}*")):
+        return None
+    return (f"error: {flag} {path}: no preprocess.py output there (no dataset_dict.json): run preprocess.py "
+            f"--data_dir {path} --output_dir OUT on it first (--eval_set NAME for a renamed set), then give OUT as "
+            f"{flag}")
+
+
 def real_scorer(cfg, target: Target | None) -> robustness.RealLabels | None:
     if not cfg.real_labels:
         return None
-    if target is None or target.kind:
+    if target is None:
         raise SystemExit("error: --real_labels scores --dataset's ILSVRC-2012 validation split; give --dataset")
+    if target.kind:  # an evaluation set given as --dataset: the flag is there, its data is another set
+        title = target.source.get("title") or eval_sets.SETS[target.kind].title
+        raise SystemExit(f"error: --real_labels: --dataset {target.path} is {title}; ReaL relabels ILSVRC-2012's "
+                         "validation split: give that as --dataset")
     if target.label_names != imagenet_wnids():
         raise SystemExit(f"error: --real_labels: --dataset {target.path} does not have ImageNet-1k's 1000 classes "
                          "(ReaL's labels are 1k indices)")
@@ -252,7 +272,8 @@ def split_label(target: Target, split: str) -> str:
 def score_target(accelerator, model, target: Target, size: int, transform: dict, cfg, real,
                  reference: dict | None, parts: SplitParts, bad: BadSamples) -> list[dict]:
     """The rows of one set at one size: one per set (C: the mean over its 15 benchmark corruptions' splits, with its
-    mCE, and relative to ``reference``'s errors when given), plus ReaL's when ``real`` is a scorer. A split ``parts``
+    mCE, every corruption's errors and counts, and relative to ``reference``'s errors when given), plus ReaL's when
+    ``real`` is a scorer. A split ``parts``
     kept is not scored again. Each split's undecodable images go to ``bad``, which stops the run past the limit."""
     if target.kind == eval_sets.C:  # its images are 224 px centre crops already: the authors resize no further
         transform = {**transform, "crop_pct": 1.0}
@@ -281,7 +302,8 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
         rows = [row]
     else:
         errors = robustness.corruption_errors({s: r["top1"] for s, r in by_split.items()})
-        row.update(split="all", errors=errors, **robustness.mean_corruption_error(errors))
+        row.update(split="all", errors=errors, counts=corruption_counts(by_split),
+                   **robustness.mean_corruption_error(errors))
         if reference:
             row["relative_to_reference"] = robustness.mean_corruption_error(errors, reference)
         rows = [row]
@@ -291,6 +313,17 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
                      "kind": "imagenet-real", "image_size": size, "crop_pct": transform["crop_pct"],
                      "split": row["split"], **real.compute()})
     return rows
+
+
+def corruption_counts(by_split: dict) -> dict:
+    """{corruption: {"n": [...], "left_out": [...]} at severity 1..5}: every corruption's images scored and left out,
+    the extra ones' too (the row's n and left_out count the 15 benchmark corruptions', as its top-1 does)."""
+    counts: dict[str, dict[int, dict]] = {}
+    for split, scores in by_split.items():
+        corruption, severity = eval_sets.corruption_of(split)
+        counts.setdefault(corruption, {})[severity] = scores
+    return {c: {k: [by_severity[s].get(k, 0) for s in sorted(by_severity)] for k in ("n", "left_out")}
+            for c, by_severity in counts.items()}
 
 
 def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
@@ -338,8 +371,8 @@ def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
                "num_processes": accelerator.num_processes}
     c_row = next((r for r in rows if "errors" in r and r["image_size"] == headline), None)
     if c_row:  # what --mce_reference reads, at the size it was scored at
-        summary["imagenet_c"] = {k: c_row.get(k) for k in ("image_size", "errors", "ce", "mce", "corruptions",
-                                                           "relative_to_reference")}
+        summary["imagenet_c"] = {k: c_row.get(k) for k in ("image_size", "errors", "counts", "ce", "mce",
+                                                           "corruptions", "relative_to_reference")}
     if len(sizes) > 1:
         first = rows[0]["dataset"]
         best = max((r for r in rows if r["dataset"] == first), key=lambda r: r["top1"])
@@ -426,6 +459,9 @@ def reference_at(by_size: dict, sizes: list[int], path: str) -> dict:
 def format_row(row: dict) -> str:
     extra = f"  mCE {row['mce']:.2f} ({row['corruptions']} corruptions)" if row.get("mce") is not None else ""
     left_out = f"  ({row['left_out']} left out: they do not decode)" if row.get("left_out") else ""
+    held_out = sum(sum(c["left_out"]) for c in row.get("counts", {}).values()) - row.get("left_out", 0)
+    if held_out:  # ImageNet-C's extra corruptions: in its errors, not in the row's n and top-1
+        left_out += f"  ({held_out} left out of the extra corruptions' errors: they do not decode)"
     return (f"{row['name']} [{row['split']}] @{row['image_size']}px: top-1 {row['top1']:.2f}%  "
             f"top-5 {row['top5']:.2f}%  n={row['n']}{extra}{left_out}")
 

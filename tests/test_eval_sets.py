@@ -161,6 +161,28 @@ def test_layout_errors_are_one_line(tmp_path):
     assert json.loads((tmp_path / "out" / "source.json").read_text())["eval_set"] == "imagenet-r"
 
 
+def test_a_set_unpacked_one_level_too_deep_says_pass_data_dir_the_inner_folder(tmp_path):
+    """imagenet-r/imagenet-r/<wnid>/, imagenet-c/imagenet-c/noise/..., or a set inside a folder of another name."""
+    for kind, outer in ((eval_sets.R, "imagenet-r"), (eval_sets.C, "imagenet-c"), (eval_sets.R, "downloads")):
+        inner = make_tree(tmp_path / kind / outer, kind).resolve()
+        assert preprocess_error(inner.parent) == (
+            f"error: {inner.parent}: its one folder, {inner.name}, is {eval_sets.SETS[kind].title} itself (its archive "
+            f"unpacked one level too deep); pass --data_dir {inner}")
+
+
+def test_imagenet_c_severity_folders_missing_or_stray_say_unpack_every_severity_or_move_it_out(tmp_path):
+    c = make_tree(tmp_path / "c3", eval_sets.C, severities="123").resolve()
+    noise = c / "noise" / "gaussian_noise"
+    assert preprocess_error(c) == (
+        f"error: {noise}: expected the severity folders 1 2 3 4 5, found 1 2 3; {noise / '4'} is missing (2 of 5), so "
+        f"this copy is incomplete: unpack every severity of gaussian_noise from its tarball, or move {noise} out to "
+        "score the other corruptions")
+    c = make_tree(tmp_path / "c6", eval_sets.C).resolve()
+    jpeg(c / "fog" / "6" / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG", 1)
+    assert preprocess_error(c) == (f"error: {c / 'fog'}: expected the severity folders 1 2 3 4 5, found 1 2 3 4 5 6; "
+                                   f"{c / 'fog' / '6'} is none of them: move it out")
+
+
 def test_imagenet_v2_in_a_renamed_folder_is_named_by_the_variant_given(tmp_path, monkeypatch, capsys):
     """V2's three variants share the layout 0..999/, so a renamed copy is ImageNet-V2 <variant> only when --eval_set
     imagenet-v2:<variant> names it; plain imagenet-v2 there warns and stays a subset, with no timm name."""
@@ -371,12 +393,16 @@ def test_real_labels_skip_empty_lists_and_accept_any_of_several(preprocessed, in
         evaluate(in1k_model, tmp_path / "in1k", "--real_labels", tmp_path / "bad.json")
 
 
-def damaged_copy(folder: Path, out: Path, rows: set[int]) -> Path:
-    """``folder`` (a preprocess.py output) with the images of ``rows`` in every split replaced by bytes that do not
-    decode, as a flipped block on a disk would leave them; its source.json kept."""
+def damaged_copy(folder: Path, out: Path, rows: set[int], prefix: str = "") -> Path:
+    """``folder`` (a preprocess.py output) with the images of ``rows`` in every split (whose name starts with
+    ``prefix``) replaced by bytes that do not decode, as a flipped block on a disk would leave them; its source.json
+    kept."""
     ds = datasets.load_from_disk(str(folder))
     damaged = {}
     for name, split in ds.items():
+        if not name.startswith(prefix):
+            damaged[name] = split
+            continue
         raw = split.cast_column("image", datasets.Image(decode=False))
         damaged[name] = raw.map(lambda ex, i: {"image": {"bytes": b"\xff\xd8 not a JPEG" if i in rows
                                                          else ex["image"]["bytes"], "path": ex["image"]["path"]}},
@@ -428,6 +454,26 @@ def test_imagenet_c_top1_and_completeness_count_the_15_benchmark_corruptions_onl
     assert not eval_sets.source_fields(eval_sets.C, {}, counts, tmp_path)["complete"]
     counts = {f"{c}_{s}": 50_000 for c in eval_sets.C_CORRUPTIONS for s in range(1, 6)}
     assert eval_sets.source_fields(eval_sets.C, {}, counts, tmp_path)["complete"]
+
+
+def test_imagenet_c_extra_corruptions_undecodable_images_are_counted_in_the_rows_counts(in1k_model, tmp_path, capsys):
+    """5 images of extra/speckle_noise that do not decode: the row's n and left_out stay the 15 benchmark corruptions'
+    (as its top-1), and `counts` gives every corruption's n and left_out per severity, the console line says them."""
+    root = make_tree(tmp_path, eval_sets.C)
+    for severity in "12345":
+        for i in (1, 4):
+            jpeg(root / "extra" / "speckle_noise" / severity / WNIDS[i] / f"ILSVRC2012_val_{i:08d}.JPEG", i)
+    c = damaged_copy(preprocessed_set(root), tmp_path / "damaged", {0}, prefix="speckle_noise")
+    capsys.readouterr()
+    summary = evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32)
+    (row,) = summary["results"]
+    assert (row["n"], row["left_out"], row["top1"]) == (20, 0, 50.0)
+    assert row["counts"] == {"gaussian_noise": {"n": [2] * 5, "left_out": [0] * 5},
+                             "fog": {"n": [2] * 5, "left_out": [0] * 5},
+                             "speckle_noise": {"n": [1] * 5, "left_out": [1] * 5}}
+    assert summary["imagenet_c"]["counts"] == row["counts"] and len(row["errors"]["speckle_noise"]) == 5
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if " [all] @32px: " in x]
+    assert line.endswith("(2 corruptions)  (5 left out of the extra corruptions' errors: they do not decode)"), line
 
 
 def test_two_processes_give_the_same_numbers(sets, in1k_model, preprocessed, tmp_path):
@@ -532,6 +578,40 @@ def test_reference_run_sweep_throughput_and_bad_flags(sets, in1k_model, preproce
     assert error("", "--eval_sets", sets[eval_sets.R], "--mce_reference", tmp_path / "ref.json") == (
         f"error: --mce_reference {tmp_path / 'ref.json'}: no ImageNet-C among --dataset and --eval_sets to compare it "
         "with; add the ImageNet-C output, or drop --mce_reference")
+
+
+def test_real_labels_with_an_evaluation_set_as_dataset_says_give_ilsvrc_2012_val_as_dataset(sets, in1k_model, tmp_path):
+    """--dataset was given: the line says what it is (not that it is missing) and which data ReaL relabels."""
+    (tmp_path / "real.json").write_text(json.dumps([[1]]))
+    for kind, title in ((eval_sets.R, "ImageNet-R"), (eval_sets.V2, "ImageNet-V2 matched-frequency")):
+        assert error_of(in1k_model, sets[kind], "--real_labels", tmp_path / "real.json") == (
+            f"error: --real_labels: --dataset {sets[kind]} is {title}; ReaL relabels ILSVRC-2012's validation split: "
+            "give that as --dataset")
+
+
+@pytest.mark.parametrize("kind, args, message", [
+    (eval_sets.C, ("--split", "gaussian_noise_3", "--image_size", 32),
+     "--split gaussian_noise_3 picks a split of --dataset, and there is no --dataset: --eval_sets scores every split "
+     "of its sets (ImageNet-C: all); drop --split, or give the set as --dataset to score that split alone"),
+    (eval_sets.R, ("--image_size", 48, "--image_sizes", 32),
+     "--image_size 48 and --image_sizes 32 both set the eval size; give one of them (--image_sizes 32,48 scores every "
+     "size)"),
+])
+def test_split_without_dataset_and_image_size_with_image_sizes_are_refused_naming_both_flags(sets, in1k_model, kind,
+                                                                                            args, message):
+    """Each was ignored silently (every split of ImageNet-C scored; --image_sizes' sizes alone): now one line each."""
+    assert error_of(in1k_model, "", "--eval_sets", sets[kind], *args) == f"error: {message}"
+
+
+def test_an_unpacked_set_given_to_eval_sets_or_dataset_says_run_preprocess_py_on_it_first(in1k_model, tmp_path):
+    """A folder of JPEGs (ImageNet-R, ImageNet-C as unpacked) where preprocess.py's output goes: one line that says so,
+    not 'not an evaluation set' (R) nor a missing label column (C)."""
+    r, c = make_tree(tmp_path, eval_sets.R), make_tree(tmp_path, eval_sets.C)
+    for flag, raw, args in (("--eval_sets", r, ("", "--eval_sets", r)), ("--eval_sets", c, ("", "--eval_sets", c)),
+                            ("--dataset", c, (c,))):
+        assert error_of(in1k_model, *args) == (
+            f"error: {flag} {raw}: no preprocess.py output there (no dataset_dict.json): run preprocess.py --data_dir "
+            f"{raw} --output_dir OUT on it first (--eval_set NAME for a renamed set), then give OUT as {flag}")
 
 
 def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch, jupyter_home):
