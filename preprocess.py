@@ -1,4 +1,5 @@
-"""Turn ILSVRC-2012 as Kaggle ships it, or any class-per-folder image tree, into a memory-mapped DatasetDict.
+"""Turn ILSVRC-2012 as Kaggle, image-net.org, the Hub or WebDataset ship it, an ImageNet evaluation set, or any
+class-per-folder image tree, into a memory-mapped DatasetDict.
 
     python preprocess.py --data_dir ~/imagenet-object-localization-challenge --output_dir ~/data/imagenet \
         [--num_proc 16] [--shorter_side 256] [--quality 90] [--restart_tile 64] [--shard_size 1000]
@@ -101,7 +102,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -132,7 +133,11 @@ WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; re
 
 @dataclass
 class PreprocessConfig:
-    data_dir: str = ""  # required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or a class-per-folder image tree
+    data_dir: str = field(default="", metadata={"help": (  # naming every input takes more than a comment line
+        "required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or its .zip; a folder of image-net.org's tars and "
+        "devkit; a snapshot of the Hub's ILSVRC/imagenet-1k (data/*.parquet, or data/*.tar.gz with classes.py); "
+        "a folder of WebDataset shards (*-train-*.tar, *-validation-*.tar); ImageNet-V2, -Sketch, -R, -A or -C "
+        "as their authors ship them; or a class-per-folder image tree")})
     output_dir: str = ""  # required: where the DatasetDict goes; a new (built in <output_dir>.tmp) or empty folder
     num_proc: int = 0  # worker processes; 0 = one per core this process may use (affinity, cgroup CPU quota)
     shorter_side: int | None = None  # px; shrink so the shorter side is at most this and re-encode; None keeps size
@@ -166,19 +171,28 @@ class Listing(NamedTuple):
     warnings: list
     archives: dict | None = None  # read from archives, not a tree: what was found (archives.Found._asdict())
     eval_set: dict | None = None  # what source.json records about an evaluation set (eval_sets.list_splits)
-    left_out: list | None = None  # a folder tree's files and folders not read: [{path, reason}] (image_tree)
+    left_out: list | None = None  # files, folders, archive members not read: [{path, reason}]; None: an eval set
 
 
 def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "",
                 forced: str = "") -> Listing:
     """What to store, from any accepted layout (``eval_set``: --eval_set; ``forced``: --layout). Bad or missing input
-    raises ValueError naming the path."""
+    raises ValueError naming the path. The hidden files and folders left out get one warning: a few per class are
+    usual (.DS_Store), each listed in the report."""
+    listing = list_layout(data_dir, val_fraction, split_seed, eval_set, forced)
+    return listing._replace(warnings=listing.warnings + image_tree.hidden_warnings(listing.left_out, data_dir))
+
+
+def list_layout(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str, forced: str) -> Listing:
+    """``list_splits`` but for its warning of hidden files."""
     if eval_set and val_fraction is not None:
         raise ValueError(f"--eval_set {eval_set}: an evaluation set is scored whole; drop --val_fraction")
     if eval_set and forced:
         raise ValueError(f"--eval_set {eval_set} and --layout {forced} both say how to read {data_dir}: give one "
                          "(--eval_set for an evaluation set, --layout for a training tree)")
-    left_out = []  # a folder tree's files and folders not read, filled by its listing
+    if not data_dir.exists():  # said here for every route: --layout's would name a file inside it, or none
+        raise ValueError(f"--data_dir {data_dir}: no such file or folder")
+    left_out = []  # the files, folders or archive members not read, filled by the listing
     if forced == "folders":
         if val_fraction is None:
             raise ValueError(f"--layout folders: {data_dir}'s folders are the classes, so the validation images "
@@ -190,7 +204,8 @@ def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eva
     if found is not None:
         if val_fraction is not None:
             raise ValueError(f"--val_fraction: {data_dir} holds ImageNet's own validation split; drop --val_fraction")
-        return Listing(image_tree.ILSVRC, *archives.list_splits(found), archives=found._asdict())
+        return Listing(image_tree.ILSVRC, *archives.list_splits(found, left_out), archives=found._asdict(),
+                       left_out=left_out)
     kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None and not forced else None
     if kind:
         *listed, record = eval_sets.list_splits(data_dir, kind, eval_sets.parse_eval_set(eval_set)[1])
@@ -916,8 +931,8 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         "config": asdict(cfg), "seconds": round(time.time() - started, 3), "warnings": warnings,
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
         "skipped": [dict(split=r["split"], **s) for r in reports for s in r["skipped"]],
-        # files and folders of the input not read (the warnings count them; null: not listed on this route, an
-        # archive's or evaluation set's, whose warnings name them), then each file stored re-encoded
+        # files, folders and archive members of the input not read (the warnings count them; null: not listed for
+        # an evaluation set, whose warnings name them), then each file stored re-encoded
         "left_out": None if listing.left_out is None else sorted(listing.left_out, key=lambda e: e["path"]),
         "reencoded_files": [dict(split=r["split"], **e) for r in reports for e in r.get("reencoded_files", [])],
         **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())

@@ -2,9 +2,12 @@
 
 Each lister returns what image_tree.list_ilsvrc_splits returns for the unpacked tree, ``(wnids, descriptions,
 {split: Split}, warnings)``, with the tree's relative paths, labels (sorted-wnid order), image ids and boxes, and
-``Split.source`` locating every path in the archives. Reads headers, CSVs, XML and Parquet's path and label columns
-only; decodes no image. The Hub's ImageNet-1k is recognised by its label names here (``hub_imagenet_wnids``), for
-preprocess.py and for data/sources.py, which reads that Parquet as it is.
+``Split.source`` locating every path in the archives; and, as it does, adds to a ``left_out`` list the report's entry
+of each member not read (its path as ``skipped`` names it: the tree's path inside Kaggle's archives, else the
+archive's path under --data_dir, then the member's: ILSVRC2012_img_train.tar/n01440764.tar/x.txt). Reads headers,
+CSVs, XML and Parquet's path and label columns only; decodes no image. The Hub's ImageNet-1k is recognised by its
+label names here (``hub_imagenet_wnids``), for preprocess.py and for data/sources.py, which reads that Parquet as it
+is.
 One module over 400 lines: the packagings share their helpers (kaggle_splits, _boxes_of, no_train_images; the two
 Hub layouts read_hub_classes and hub_descriptions), and LISTERS is the one table archives.list_splits dispatches on.
 """
@@ -22,9 +25,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from imagenet_trainer import archives, ilsvrc
+from imagenet_trainer import archives, ilsvrc, image_tree
 from imagenet_trainer.archives import INSIDE, PARQUET, STREAM, TAR, Found
-from imagenet_trainer.image_tree import Split, hidden
+from imagenet_trainer.image_tree import HIDDEN, NOT_IMAGE, OUTSIDE_CLASSES, Split, hidden
 
 KAGGLE_ZIP, IMAGENET_ORG, WEBDATASET, HUB = "kaggle-zip", "image-net.org", "webdataset", "hub-imagenet-1k"
 HUB_PARQUET = "hub-imagenet-1k-parquet"  # the same repo as the Hub holds it now: data/<split>-NNNNN-of-NNNNN.parquet
@@ -136,12 +139,13 @@ def _kaggle_tgz(folder: Path, tgz: Path) -> Found:
 # Kaggle's zip: the tree's paths, found in the central directory.
 # ---------------------------------------------------------------------------------------------------------------
 
-def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
+def list_kaggle_zip(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
     path = found.archives[0]
     try:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir() and not hidden(i.filename)]
             dirs = [i.filename for i in zf.infolist() if i.is_dir() and not hidden(i.filename)]
+            dotted = [i.filename for i in zf.infolist() if hidden(i.filename)]
             undecodable(path, infos)
             mapping = [i.filename for i in infos if os.path.basename(i.filename) == ilsvrc.SYNSET_MAPPING]
             prefix = min(mapping, key=len)[:-len(ilsvrc.SYNSET_MAPPING)] if mapping else ""
@@ -156,7 +160,8 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
                for i in infos if i.filename.startswith(prefix)}
     inner = [p for p in members if p.endswith((".tar.gz", ".tgz"))]
     if inner and not any(p.startswith(ilsvrc.SPLIT_DIRS["train"] + "/") for p in members):
-        return list_kaggle_stream(found._replace(archives=[f"{path}{INSIDE}{prefix}{inner[0]}"]), texts)
+        return list_kaggle_stream(found._replace(archives=[f"{path}{INSIDE}{prefix}{inner[0]}"]), texts,
+                                  left_out=left_out)
     late = [p for p, loc in members.items() if loc[1] + loc[2] > size]
     if late:
         raise ValueError(f"{path}: truncated ({len(late)} members lie past its end, e.g. {late[0]}); download it again")
@@ -168,7 +173,9 @@ def list_kaggle_zip(found: Found) -> tuple[list, list, dict, list]:
     val_csv = ilsvrc.read_solution_csv(f"{path}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
     source = {"archives": found.archives, "members": members}
     folders = [d[len(prefix):].rstrip("/") for d in dirs if d.startswith(prefix)]
-    return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source, folders=folders))
+    dotted = [d[len(prefix):] for d in dotted if d.startswith(prefix)]
+    return (wnids, descriptions, *kaggle_splits(path, members, wnids, val_csv, source, folders=folders,
+                                                dotted=dotted, left_out=left_out))
 
 
 # what reads a zip's members: zipfile, the small files and a tar.gz inside; the reader of each image and XML file
@@ -192,7 +199,7 @@ def undecodable(path: str, infos: list) -> None:
                          "as --data_dir, or zip it again with deflate")
 
 
-def list_kaggle_tgz(found: Found) -> tuple[list, list, dict, list]:
+def list_kaggle_tgz(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
     """Kaggle's older zip unzipped: the LOC files read from the folder, the tar.gz as from inside the zip. As for
     the unpacked tree, both LOC files are needed (the labels are the CSV's, not the XML's); checked before the
     tar.gz is read, since reading it takes as long as gunzipping it."""
@@ -204,16 +211,18 @@ def list_kaggle_tgz(found: Found) -> tuple[list, list, dict, list]:
         raise ValueError(f"{folder}: no {' or '.join(missing)} beside {KAGGLE_TGZ_NAME} "
                          f"({' and '.join(wanted[n] for n in missing)}); put {them} there from Kaggle's zip "
                          f"(unzip imagenet-object-localization-challenge.zip {' '.join(missing)})")
-    return list_kaggle_stream(found, {n: ilsvrc.read_text(folder / n) for n in wanted}, texts_at=str(folder))
+    return list_kaggle_stream(found, {n: ilsvrc.read_text(folder / n) for n in wanted}, texts_at=str(folder),
+                              left_out=left_out)
 
 
-def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -> tuple[list, list, dict, list]:
+def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None, left_out: list | None = None
+                       ) -> tuple[list, list, dict, list]:
     """Kaggle's older zip: the LOC files beside ``imagenet_object_localization_patched2019.tar.gz``, which holds
     the ILSVRC tree; listed in one read of the tar.gz (the XML files parsed on the way), processed in a second.
     ``texts``: the LOC files' text, read from ``texts_at`` (messages name it; the tar.gz by default)."""
     path = found.archives[0]
-    members, xml_boxes, errors, links, folders = {}, {}, [], [], []
-    for m, data in archives.stream_tar(path, links, folders):
+    members, xml_boxes, errors, links, folders, dotted = {}, {}, [], [], [], []
+    for m, data in archives.stream_tar(path, links, folders, dotted):
         rel = m.name[2:] if m.name.startswith("./") else m.name
         if rel.endswith(".xml") and rel.startswith(tuple(ilsvrc.ANNOTATION_DIRS.values())):
             xml = data.read()  # not in the try below: a cut archive is its own error, not an unreadable XML file
@@ -232,7 +241,8 @@ def list_kaggle_stream(found: Found, texts: dict, texts_at: str | None = None) -
     wnids, descriptions = ilsvrc.read_synset_mapping(f"{at}/{ilsvrc.SYNSET_MAPPING}", texts[ilsvrc.SYNSET_MAPPING])
     val_csv = ilsvrc.read_solution_csv(f"{at}/{ilsvrc.VAL_SOLUTION}", wnids, texts[ilsvrc.VAL_SOLUTION])
     splits, warnings = kaggle_splits(path, members, wnids, val_csv, {"archives": found.archives, "members": members},
-                                     xml_boxes, [posixpath.normpath(f) for f in folders])
+                                     xml_boxes, [posixpath.normpath(f) for f in folders], dotted, left_out)
+    image_tree.collect(left_out, "", archives.links_left_out(links))
     warnings += [f"{len(errors)} XML files in {path} unreadable, e.g. {errors[0]}"] if errors else []
     return wnids, descriptions, splits, warnings + archives.link_warnings(links, path)
 
@@ -257,11 +267,21 @@ def _files_in(members, folder: str, depth: int, dirs=()) -> tuple[list[str], lis
     return sorted(files), sorted(fewer), sorted(folders)
 
 
+def _hidden_in(names, folder: str, left: list[str]) -> list[str]:
+    """The hidden entries (archives.hidden_tops) of member ``names`` below ``folder/``, but those inside one of the
+    folders ``left`` out already, whose entry stands for all they hold (the tree's route lists them so)."""
+    start = folder + "/" if folder else ""
+    tops = archives.hidden_tops(n[len(start):] for n in map(archives.member_path, names) if n.startswith(start))
+    return [start + top for top in tops if not any((start + top).startswith(f + "/") for f in left)]
+
+
 def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source: dict,
-                  xml_boxes: dict | None = None, folders=()) -> tuple[dict, list]:
+                  xml_boxes: dict | None = None, folders=(), dotted=(), left_out: list | None = None
+                  ) -> tuple[dict, list]:
     """({split: Split}, warnings) from the paths of Kaggle's tree inside an archive, as the tree gives them. With
     ``xml_boxes`` (stem -> boxes, read while listing) the XML files are not read again, per image. ``folders``: the
-    archive's folder entries, which alone show an empty folder, relative to the tree's root."""
+    archive's folder entries, which alone show an empty folder, and ``dotted``: its hidden members' names, both
+    relative to the tree's root. ``left_out`` gets the tree's entries (image_tree.list_ilsvrc_splits)."""
     index = {w: i for i, w in enumerate(wnids)}
     warnings = []
     annotation_dirs = {s: d for s, d in ilsvrc.ANNOTATION_DIRS.items() if any(p.startswith(d + "/") for p in members)}
@@ -285,7 +305,7 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
     nested = [f"{train_dir}/{folder}" for folder in nested]
     val_files, _, inside = _files_in(members, ilsvrc.SPLIT_DIRS["validation"], 1, folders)
     nested += [f"{ilsvrc.SPLIT_DIRS['validation']}/{folder}" for folder in inside]
-    val, val_warnings = _kaggle_val(where, val_files, val_csv, index)
+    val, val_warnings, val_strays = _kaggle_val(where, val_files, val_csv, index)
     if not val and inside:  # the tree refuses this layout in the same words (image_tree.list_ilsvrc_splits)
         raise ValueError(f"{where}: no images in {ilsvrc.SPLIT_DIRS['validation']}/, only {len(inside)} subfolders "
                          f"(e.g. {inside[0]}/); preprocess.py reads Kaggle's flat val/ with {ilsvrc.VAL_SOLUTION} "
@@ -298,6 +318,7 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
     test = [(name, -1) for name in test_files if name.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
     if strays:
         warnings.append(f"{len(strays)} non-image files in the test folder of {where} left out, e.g. {strays[0]}")
+    image_tree.collect(left_out, "", _kaggle_left_out(loose, nested, val_strays, strays, dotted))
     splits = {"train": Split(ilsvrc.SPLIT_DIRS["train"], annotation_dirs.get("train"), train,
                              _boxes_of(read_boxes["train"], train), False, source),
               "validation": Split(ilsvrc.SPLIT_DIRS["validation"], annotation_dirs.get("validation"), val,
@@ -312,9 +333,22 @@ def kaggle_splits(where: str, members: dict, wnids: list, val_csv: dict, source:
     return splits, warnings
 
 
-def _kaggle_val(where: str, names: list[str], val_csv: dict, index: dict) -> tuple[list, list[str]]:
-    """([(name, label)], warnings) of the files directly in Kaggle's val/: each labelled by its row of
-    LOC_val_solution.csv (``val_csv``), the first box's wnid. A file without a row is an error when named as an
+def _kaggle_left_out(loose: list, nested: list, val_strays: list, test_strays: list, dotted) -> list[dict]:
+    """The left_out entries image_tree.list_ilsvrc_splits gives the same tree, from what ``kaggle_splits`` found:
+    files directly in train/, folders among the images, non-image files in val/ and test/, hidden members
+    (``dotted``) in the folders read."""
+    dirs = ilsvrc.SPLIT_DIRS
+    dots = [h for split in ("train", "validation", "test") for h in _hidden_in(dotted, dirs[split], nested)]
+    return (ilsvrc.left_out([f"{dirs['train']}/{f}" for f in loose], OUTSIDE_CLASSES)
+            + ilsvrc.left_out(nested, image_tree.folder_reason("train/<wnid>/, val/ or test/"))
+            + ilsvrc.left_out([f"{dirs['validation']}/{f}" for f in val_strays],
+                              f"{NOT_IMAGE} and no row in {ilsvrc.VAL_SOLUTION}")
+            + ilsvrc.left_out([f"{dirs['test']}/{f}" for f in test_strays], NOT_IMAGE) + ilsvrc.left_out(dots, HIDDEN))
+
+
+def _kaggle_val(where: str, names: list[str], val_csv: dict, index: dict) -> tuple[list, list[str], list[str]]:
+    """([(name, label)], warnings, the names left out) of the files directly in Kaggle's val/: each labelled by its
+    row of LOC_val_solution.csv (``val_csv``), the first box's wnid. A file without a row is an error when named as an
     image; any other (a readme) is left out with a warning, as the tree leaves it."""
     val, strays = [], []
     for name in names:
@@ -329,7 +363,7 @@ def _kaggle_val(where: str, names: list[str], val_csv: dict, index: dict) -> tup
         else []
     if len(val_csv) > len(val):
         warnings.append(f"{len(val_csv) - len(val)} rows of {ilsvrc.VAL_SOLUTION} have no image in {where}")
-    return val, warnings
+    return val, warnings, strays
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,7 +423,7 @@ def read_box_archive(path: str) -> tuple[dict, list]:
     return boxes, errors
 
 
-def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
+def list_imagenet_org(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
     folder = Path(found.root)
     paths = {os.path.basename(p): p for p in found.archives}
     for name, what in ((TRAIN_TAR, "the train images"), (VAL_TAR, "the validation images"),
@@ -405,16 +439,19 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     wnids, descriptions, id_to_wnid, truth = read_devkit(paths[DEVKIT])
     index = {w: i for i, w in enumerate(wnids)}
     broken = {paths[TRAIN_TAR]: []}  # archive -> its links to no file, (name, why): warned of, as the tree's are
+    off = []  # the left_out entries but the val and test tars' non-image files
     members = _class_tar_members(paths[TRAIN_TAR], found.archives.index(paths[TRAIN_TAR]), wnids,
-                                 broken[paths[TRAIN_TAR]])
+                                 broken[paths[TRAIN_TAR]], off)
     train = sorted((p[len(TRAIN_TAR) + 1:], index[p[len(TRAIN_TAR) + 1:].split(".")[0]]) for p in members)
     warnings = no_train_images(wnids, train, DEVKIT, paths[TRAIN_TAR])
     flat = {}
     for split, name in (("validation", VAL_TAR), *(("test", n) for n in tests)):
-        broken[paths[name]] = []
-        top, read, nested = _flat_files(archives.tar_members(paths[name], broken=broken[paths[name]]))
+        broken[paths[name]], dotted = [], []
+        top, read, nested, start, beside = _flat_files(archives.tar_members(paths[name], broken=broken[paths[name]],
+                                                                            dotted=dotted))
         at = found.archives.index(paths[name])
-        flat[split] = (name, sorted(top))
+        flat[split] = (name, sorted(top), start)
+        off += _flat_left_out(name, read, nested, start, beside, dotted)
         members.update({f"{name}/{file}": (at, m.offset_data, m.size, TAR, None) for file, m in top.items()})
         warnings += ilsvrc.folder_warnings(nested, paths[name], read)
         if split == "validation" and nested and not any(f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS) for f in top):
@@ -424,8 +461,12 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
                              "folders: pack the images with no folder)")
     val, val_warnings = _org_val(paths[VAL_TAR], flat["validation"][1], truth,
                                  {i: index[w] for i, w in id_to_wnid.items()})
-    test_tar, test_names = flat.get("test", (None, []))
+    test_tar, test_names, _ = flat.get("test", (None, [], ""))
     test, test_warnings = _org_test(folder, paths.get(test_tar), test_names)
+    for (name, names, start), (split, items) in zip(flat.values(), (("validation", val), ("test", test))):
+        taken = {rel for rel, _ in items}  # _org_val and _org_test read each image or refuse it: these are no images
+        off += ilsvrc.left_out([f"{name}/{start}{n}" for n in names if n not in taken], NOT_IMAGE + (
+            f" and no line in {DEVKIT}'s ground truth" if split == "validation" else ""))
     warnings += val_warnings + test_warnings
     boxes = {}
     for name in BBOX_ARCHIVES:
@@ -441,20 +482,35 @@ def list_imagenet_org(found: Found) -> tuple[list, list, dict, list]:
     if test:
         splits["test"] = Split(test_tar, None, test, {}, False, source)
     warnings += [w for path, lost in broken.items() for w in ilsvrc.broken_link_warnings(lost, path)]
+    image_tree.collect(left_out, "", off + [
+        {"path": f"{os.path.basename(path)}/{archives.member_path(name)}",
+         "reason": "a broken link: " + why.replace("their target", "its target")}
+        for path, lost in broken.items() for name, why in lost])
     return wnids, descriptions, splits, warnings
 
 
-def _flat_files(members: list) -> tuple[dict, str, list[str]]:
+def _flat_left_out(name: str, read: str, nested: list, start: str, beside: list, dotted: list) -> list[dict]:
+    """The left_out entries of image-net.org's val or test tar ``name`` from what ``_flat_files`` found: the folders
+    among its images, files beside the folder that holds them, its hidden members (``dotted``)."""
+    tops = _hidden_in(dotted, "", nested)
+    return (ilsvrc.left_out([f"{name}/{n}" for n in nested], image_tree.folder_reason(read))
+            + ilsvrc.left_out([f"{name}/{n}" for n in beside], f"beside its {start} folder, which holds its images")
+            + ilsvrc.left_out([f"{name}/{h}" for h in tops], HIDDEN))
+
+
+def _flat_files(members: list) -> tuple[dict, str, list[str], str, list[str]]:
     """({file name: member} of a flat tar's files, where they are read: "the tar" or "its <folder>/ folder", [the
-    folders below that, which hold files]). As the tree reads a folder: only the files directly in it, the folders
-    among them left out (the caller warns, ilsvrc.folder_warnings), so a file stored twice, at the top and in a
-    folder, is read once. Where the tar is read: ``_wrapping_folder``."""
+    folders below that, which hold files], the prefix of the names read: "" or "<folder>/", [files outside that
+    folder: not read]). As the tree reads a folder: only the files directly in it, the folders among them left out
+    (the caller warns, ilsvrc.folder_warnings), so a file stored twice, at the top and in a folder, is read once.
+    Where the tar is read: ``_wrapping_folder``."""
     names = {posixpath.normpath(m.name).lstrip("/"): m for m in members}  # "./a" and "/a" as tar x writes "a"
     folder = _wrapping_folder(names)
     read, start = (f"its {folder}/ folder", f"{folder}/") if folder else ("the tar", "")
     inside = {n[len(start):]: m for n, m in names.items() if n.startswith(start)}
     nested = sorted({start + n.split("/")[0] for n in inside if "/" in n})  # named as in the tar
-    return {n: m for n, m in inside.items() if "/" not in n}, read, nested
+    beside = sorted(n for n in names if not n.startswith(start))
+    return {n: m for n, m in inside.items() if "/" not in n}, read, nested, start, beside
 
 
 def _wrapping_folder(names) -> str:
@@ -502,11 +558,14 @@ def _org_test(folder: Path, path: str | None, names: list[str]) -> tuple[list, l
     return test, warnings
 
 
-def _class_tar_members(path: str, at: int, wnids: list[str], broken: list) -> dict:
+def _class_tar_members(path: str, at: int, wnids: list[str], broken: list, left_out: list) -> dict:
     """{"ILSVRC2012_img_train.tar/<wnid>.tar/<file>": location} of the train tar's per-class tars, each class's
-    tar required; links to no file added to ``broken`` as (<wnid>.tar/<name>, why). A class tar is keyed by its name
-    without a leading "./": a train tar re-packed with ``tar -C folder .`` names them ./<wnid>.tar."""
-    class_tars = {posixpath.normpath(m.name): m for m in archives.tar_members(path)}
+    tar required; links to no file added to ``broken`` as (<wnid>.tar/<name>, why), the left_out entries of hidden
+    members, the train tar's and the class tars', to ``left_out``. A class tar is keyed by its name without a leading
+    "./": a train tar re-packed with ``tar -C folder .`` names them ./<wnid>.tar."""
+    dotted = []
+    class_tars = {posixpath.normpath(m.name): m for m in archives.tar_members(path, dotted=dotted)}
+    hidden_names = archives.hidden_tops(dotted)
     known = set(wnids)
     unknown = sorted(n for n in class_tars if n.removesuffix(".tar") not in known)
     missing = [w for w in wnids if f"{w}.tar" not in class_tars]
@@ -516,10 +575,13 @@ def _class_tar_members(path: str, at: int, wnids: list[str], broken: list) -> di
                             f"{len(unknown)} of no class, e.g. {unknown[0]}") + "; download it again")
     members = {}
     for wnid in wnids:
-        outer, lost = class_tars[f"{wnid}.tar"], []
-        for m in archives.tar_members(path, outer.offset_data, outer.offset_data + outer.size, lost, outer.name):
+        outer, lost, dotted = class_tars[f"{wnid}.tar"], [], []
+        for m in archives.tar_members(path, outer.offset_data, outer.offset_data + outer.size, lost, outer.name,
+                                      dotted):
             members[f"{TRAIN_TAR}/{wnid}.tar/{os.path.basename(m.name)}"] = (at, m.offset_data, m.size, TAR, None)
         broken += [(f"{wnid}.tar/{name}", why) for name, why in lost]
+        hidden_names += [f"{wnid}.tar/{h}" for h in archives.hidden_tops(dotted)]
+    left_out += ilsvrc.left_out([f"{TRAIN_TAR}/{h}" for h in hidden_names], HIDDEN)
     return members
 
 
@@ -532,10 +594,11 @@ def _boxes_of(boxes: dict, items: list) -> dict:
 # WebDataset shards (timm/imagenet-1k-wds): <key>.jpg + <key>.cls (+ <key>.json with the original file name).
 # ---------------------------------------------------------------------------------------------------------------
 
-def read_wds_shard(path: str) -> list[tuple[int, str, tarfile.TarInfo]]:
-    """[(class index, original file name, image member)] of one shard, in its order."""
+def read_wds_shard(path: str, dotted: list | None = None) -> list[tuple[int, str, tarfile.TarInfo]]:
+    """[(class index, original file name, image member)] of one shard, in its order; the names of its hidden members
+    (a Mac's ._* files, not samples) added to ``dotted``."""
     by_key = {}
-    for m in archives.tar_members(path):
+    for m in archives.tar_members(path, dotted=dotted):
         key, _, ext = os.path.basename(m.name).partition(".")  # WebDataset: the key ends at the first dot
         by_key.setdefault(os.path.join(os.path.dirname(m.name), key), {})[ext] = m
     samples = []
@@ -558,13 +621,14 @@ def read_wds_shard(path: str) -> list[tuple[int, str, tarfile.TarInfo]]:
     return samples
 
 
-def list_webdataset(found: Found) -> tuple[list, list, dict, list]:
+def list_webdataset(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
     all_wnids = ilsvrc.imagenet_wnids()  # .cls is the index in ImageNet-1k's sorted wnids
     samples = {split: [] for split in WDS_SPLITS}  # (wnid, file name, location of the image)
     shard_of = {}  # (split, class folder in the tree or "", image id) -> the shard holding it
     for at, path in enumerate(found.archives):
         split = next(s for s, keys in WDS_SPLITS.items() if any(k in os.path.basename(path) for k in keys))
-        for cls, name, m in read_wds_shard(path):
+        dotted = []
+        for cls, name, m in read_wds_shard(path, dotted):
             if not 0 <= cls < len(all_wnids):
                 raise ValueError(f"{path}: {name}: class {cls} is not one of ImageNet's {len(all_wnids)}")
             # as the tree refuses two files with one image id: a shard kept twice would give each image twice
@@ -575,6 +639,8 @@ def list_webdataset(found: Found) -> tuple[list, list, dict, list]:
                                  f"{path}: {name} twice (two samples with one image id); download it again")
             shard_of[key] = path
             samples[split].append((all_wnids[cls], name, (at, m.offset_data, m.size, TAR, None)))
+        image_tree.collect(left_out, os.path.relpath(path, found.root),
+                           ilsvrc.left_out(archives.hidden_tops(dotted), HIDDEN))
     if not samples["train"] or not samples["validation"]:
         raise ValueError(f"{found.root}: WebDataset shards of train and validation are both needed "
                          f"(names with {WDS_SPLITS['train'][0]} and {WDS_SPLITS['validation'][0]})")
@@ -615,7 +681,7 @@ def read_hub_classes(path: Path) -> dict[str, str]:
     return classes
 
 
-def list_hub(found: Found) -> tuple[list, list, dict, list]:
+def list_hub(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
     classes = read_hub_classes(Path(found.root) / HUB_CLASSES)
     wnids = sorted(classes)
     index = {w: i for i, w in enumerate(wnids)}
@@ -623,7 +689,8 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
     links = {path: [] for path in found.archives}
     for at, path in enumerate(found.archives):
         split = next(s for s, prefix in HUB_SPLITS.items() if os.path.basename(path).startswith(prefix))
-        for m, _ in archives.stream_tar(path, links[path]):
+        dotted = []
+        for m, _ in archives.stream_tar(path, links[path], None, dotted):
             stem, ext = os.path.splitext(os.path.basename(m.name))
             image, _, wnid = stem.rpartition("_")
             if split == "test":
@@ -634,6 +701,9 @@ def list_hub(found: Found) -> tuple[list, list, dict, list]:
                 raise ValueError(f"{path}: {m.name} does not end in the wnid of a class of {HUB_CLASSES}")
             members[rel] = (at, m.offset, m.size, STREAM, None)  # the last of a name stored twice, as tar x keeps
             items[split][rel] = label
+        within = os.path.relpath(path, found.root)
+        image_tree.collect(left_out, within, ilsvrc.left_out(archives.hidden_tops(dotted), HIDDEN)
+                           + archives.links_left_out(links[path]))
     items = {split: list(found_items.items()) for split, found_items in items.items()}
     *listing, warnings = hub_listing(found, items, members, wnids, [classes[w] for w in wnids], HUB_CLASSES,
                                      {split: f"{HUB_SPLITS[split]}*.tar.gz" for split in items})
@@ -765,9 +835,10 @@ def _open_parquet(path: str):
                          ) from None
 
 
-def list_hub_parquet(found: Found) -> tuple[list, list, dict, list]:
+def list_hub_parquet(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
     """Every row's file name and label, read from the files' path and label columns (not the image bytes); each
-    image located by (file, row group, row). The label is the Hub's index, in sorted-wnid order."""
+    image located by (file, row group, row). The label is the Hub's index, in sorted-wnid order. Every row is read:
+    nothing goes to ``left_out``."""
     import pyarrow as pa
 
     root = Path(found.root)

@@ -95,11 +95,12 @@ def detect(data_dir: Path) -> Found | None:
     return archive_layouts.detect(data_dir)
 
 
-def list_splits(found: Found) -> tuple[list, list, dict, list]:
-    """(wnids, descriptions, {split: Split}, warnings), as image_tree.list_ilsvrc_splits gives for a tree."""
+def list_splits(found: Found, left_out: list | None = None) -> tuple[list, list, dict, list]:
+    """(wnids, descriptions, {split: Split}, warnings), as image_tree.list_ilsvrc_splits gives for a tree, and as it
+    does, ``left_out`` gets preprocess_report.json's entry of each member not read."""
     from imagenet_trainer import archive_layouts
 
-    return archive_layouts.LISTERS[found.packaging](found)
+    return archive_layouts.LISTERS[found.packaging](found, left_out)
 
 
 def dataset_name(data_dir: Path) -> str:
@@ -230,14 +231,15 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
 
 
 def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list | None = None,
-                inner: str | None = None) -> list[tarfile.TarInfo]:
+                inner: str | None = None, dotted: list | None = None) -> list[tarfile.TarInfo]:
     """The regular files of the uncompressed tar in bytes [start, end) of ``path`` (the whole file by default; a
     per-class tar inside image-net.org's train tar otherwise, ``inner`` its name there, for messages), from the
     headers alone: tarfile seeks past the data, and reads nothing past ``end``. Offsets are those of ``path``. One
     member per name, the last, as ``tar x`` leaves a name stored twice (a tar appended to); hidden files left out
-    (``hidden``); a link read as the file it leads to (``_files_of``). A link to no file of the tar is (name, why)
-    added to ``broken``, for the caller to warn of, or without that list a ValueError naming it. A truncated tar, or
-    one with a damaged member header, is a ValueError naming ``path`` (and ``inner``)."""
+    (``hidden``), every hidden member's name added to ``dotted`` (``hidden_tops`` says which to report); a link read
+    as the file it leads to (``_files_of``). A link to no file of the tar is (name, why) added to ``broken``, for the
+    caller to warn of, or without that list a ValueError naming it. A truncated tar, or one with a damaged member
+    header, is a ValueError naming ``path`` (and ``inner``)."""
     end = os.path.getsize(path) if end is None else end
     where = f"{inner} in {path}" if inner else f"{path}" + (f" (the tar at byte {start})" if start else "")
     try:
@@ -265,6 +267,8 @@ def tar_members(path: Path, start: int = 0, end: int | None = None, broken: list
         raise ValueError(f"{where}: truncated, it stops {'inside' if last > end else 'after'} its last member "
                          f"{members[-1].name if members else ''}; download it again")
     files, lost = _files_of(members)
+    if dotted is not None:
+        dotted += [m.name for m in members if hidden(m.name)]
     if lost and broken is None:
         raise ValueError(f"{where}: {lost[0][0]} is a link to no file of the tar; re-pack it with tar --dereference "
                          "--hard-dereference, which stores files, not links")
@@ -383,12 +387,13 @@ class _StreamedData:
             raise _incomplete(self.path, e) from None
 
 
-def stream_tar(path: str, links: list | None = None, folders: list | None = None):
-    """(TarInfo, file object of its data) of each regular file of a compressed tar but hidden ones (``hidden``), in
-    one sequential read; a truncated or damaged archive is a ValueError naming ``path``, raised by the file object
-    too. A name stored twice comes twice: its listing keeps the last (TarInfo.offset tells them apart). A link (a
-    re-packed set's) is not followed: its target's bytes went by before it, so it is (name, target) added to
-    ``links``, for the caller to warn of. A folder's name is added to ``folders``: only its entry shows an empty one.
+def stream_tar(path: str, links: list | None = None, folders: list | None = None, dotted: list | None = None):
+    """(TarInfo, file object of its data) of each regular file of a compressed tar but hidden ones (``hidden``: every
+    hidden member's name is added to ``dotted``), in one sequential read; a truncated or damaged archive is a
+    ValueError naming ``path``, raised by the file object too. A name stored twice comes twice: its listing keeps
+    the last (TarInfo.offset tells them apart). A link (a re-packed set's) is not followed: its target's bytes went
+    by before it, so it is (name, target) added to ``links``, for the caller to warn of. A folder's name is added to
+    ``folders``: only its entry shows an empty one.
 
     A gzip stream is read by the gzip module, to its end: tarfile's own stream reader takes a cut at a member
     boundary for the end of the archive, so a truncated download would list fewer images without a word, while
@@ -407,6 +412,8 @@ def stream_tar(path: str, links: list | None = None, folders: list | None = None
                     links.append((m.name, m.linkname))
                 elif m.isdir() and not hidden(m.name) and folders is not None:
                     folders.append(m.name)
+                elif hidden(m.name) and dotted is not None:
+                    dotted.append(m.name)
             if gz:  # the rest of the gzip stream, past where tarfile stopped: zeros, if that was the tar's end
                 rest = kept.since(tar.offset)
                 while rest is not None and len(rest) <= MAX_END_PADDING and (more := stream.read(1 << 20)):
@@ -440,6 +447,29 @@ class _LastReads:
         """The bytes read from ``offset`` on; None if they are no longer kept."""
         start = self.reads[0][0] if self.reads else self.at
         return b"".join(data for _, data in self.reads)[offset - start:] if start <= offset <= self.at else None
+
+
+def links_left_out(links: list, within: str = "") -> list[dict]:
+    """preprocess_report.json's ``left_out`` entries of the links ``stream_tar`` met, named ``within`` + member."""
+    return [{"path": within + member_path(name), "reason": f"a link to {target}: a compressed tar is read once, "
+             "front to back, and its target has gone by"} for name, target in links]
+
+
+def member_path(name: str) -> str:
+    """An archive member's name as ``tar x`` writes the file: "./a" and "/a" as "a"."""
+    return posixpath.normpath(name).lstrip("/")
+
+
+def hidden_tops(names) -> list[str]:
+    """Of archive member ``names``, the hidden ones (``hidden``) as the tree route lists them: each name up to its
+    first hidden part, so a hidden folder comes once, not its files; sorted, each once."""
+    tops = set()
+    for name in names:
+        parts = member_path(name).split("/")
+        first = next((i for i, part in enumerate(parts) if part.startswith(".") and part not in (".", "..")), None)
+        if first is not None:
+            tops.add("/".join(parts[:first + 1]))
+    return sorted(tops)
 
 
 def link_warnings(links: list, path: str) -> list[str]:

@@ -12,7 +12,8 @@ Two class-folder layouts, told apart by the top-level folders:
 
 Label names are the sorted class-folder names of the training images (torchvision's ImageFolder numbers them the
 same way). Only files directly in a class folder are read, with an image file extension; others are counted and
-reported. Library code: bad input is a ``ValueError`` that names the folder and what to do.
+reported, hidden ones (``.DS_Store``, ``._*``) too. Library code: bad input is a ``ValueError`` that names the folder
+and what to do.
 """
 from __future__ import annotations
 
@@ -50,6 +51,23 @@ def hidden(path: str) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in path.split("/"))
 
 
+HIDDEN = 'hidden: its name starts with "." (macOS\'s .DS_Store and ._* files, Jupyter\'s .ipynb_checkpoints/)'
+
+
+def hidden_in(folder) -> list[str]:
+    """The names in ``folder`` that ilsvrc.scan passes over, those starting with ".", sorted: a hidden folder is one
+    name, its contents unread. A second listing of the folder, made only where a report collects ``left_out``."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.name.startswith("."))
+
+
+def hidden_warnings(left_out: list | None, where) -> list[str]:
+    """One line for the hidden entries in ``left_out`` (a few per class is usual: each is listed in the report)."""
+    found = [e["path"] for e in left_out or () if e["reason"] == HIDDEN]
+    return [f"{len(found)} hidden files and folders (names starting with \".\": .DS_Store, ._*, .ipynb_checkpoints) "
+            f"in {where} left out, e.g. {min(found)}"] if found else []
+
+
 def _subfolders(folder: Path) -> list[str]:
     return ilsvrc.scan(folder)[1]
 
@@ -85,7 +103,8 @@ def check_not_inside_kaggle(data_dir: Path) -> None:
 def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
     """Which of the accepted layouts ``data_dir`` is; a ValueError naming them when it is none."""
     if not data_dir.is_dir():
-        raise ValueError(f"--data_dir {data_dir}: no such folder")
+        raise ValueError(f"--data_dir {data_dir}: " + ("a file, where a folder is needed" if data_dir.exists() else
+                                                       "no such file or folder"))
     if (data_dir / ilsvrc.SYNSET_MAPPING).exists() or (data_dir / "ILSVRC").exists():
         return ILSVRC
     check_not_inside_kaggle(data_dir)  # CLS-LOC/ looks like a tree of train/ and val/; Kaggle's val/ is not one
@@ -119,6 +138,7 @@ def list_classes(folder: Path, left_out: list | None = None, where: str = ""
     classes = {}
     strays, nested, seen, links = [], [], {}, []
     loose, broken, _ = ilsvrc.list_images(folder)
+    dotted = hidden_in(folder) if left_out is not None else []
     for name in _subfolders(folder):
         try:
             name.encode("utf-8")
@@ -134,6 +154,7 @@ def list_classes(folder: Path, left_out: list | None = None, where: str = ""
         nested += [f"{name}/{sub}" for sub in inside]
         classes[name] = [f for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
         strays += [f"{name}/{f}" for f in files if not f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)]
+        dotted += [f"{name}/{f}" for f in hidden_in(folder / name)] if left_out is not None else []
     warnings = []
     if loose:
         warnings.append(f"{len(loose)} files directly in {folder} left out (images go in a class folder), "
@@ -144,7 +165,7 @@ def list_classes(folder: Path, left_out: list | None = None, where: str = ""
     warnings += linked_warnings(links, folder)
     collect(left_out, where, ilsvrc.left_out(loose, OUTSIDE_CLASSES) + ilsvrc.left_out(strays, NOT_IMAGE)
             + ilsvrc.left_out(nested, folder_reason("a class folder")) + linked_left_out(links)
-            + ilsvrc.broken_links_left_out(broken))
+            + ilsvrc.broken_links_left_out(broken) + ilsvrc.left_out(dotted, HIDDEN))
     return classes, warnings + ilsvrc.broken_link_warnings(broken, folder)
 
 
@@ -161,6 +182,13 @@ def collect(left_out: list | None, where: str, entries: list[dict]) -> None:
     with paths relative to --data_dir, as preprocess_report.json names files; nothing where it is None."""
     if left_out is not None:
         left_out += [{**e, "path": f"{where}/{e['path']}" if where else e["path"]} for e in entries]
+
+
+def collect_hidden(left_out: list | None, data_dir: Path, folders) -> None:
+    """The hidden entries (``hidden_in``) of each of ``folders``, relative to ``data_dir``, into ``left_out``."""
+    if left_out is not None:
+        collect(left_out, "", [{"path": f"{rel}/{name}", "reason": HIDDEN} for rel in folders
+                               for name in hidden_in(data_dir / rel)])
 
 
 def linked_warnings(links, folder) -> list[str]:
@@ -239,6 +267,7 @@ def list_splits(data_dir: Path, layout: str, val_fraction: float | None, seed: i
                 warnings.append(f"{len(strays)} non-image files in {data_dir / folder} left out, e.g. {strays[0]}")
             warnings += ilsvrc.broken_link_warnings(broken, data_dir / folder)
             collect(left_out, folder, ilsvrc.left_out(strays, NOT_IMAGE) + ilsvrc.broken_links_left_out(broken))
+            collect_hidden(left_out, data_dir, [folder])
             splits[split] = Split(folder, None, [(f, -1) for f in files if f.lower().endswith(ilsvrc.IMAGE_EXTENSIONS)],
                                   {})
         elif layout == CLASS_FOLDERS_SPLIT:
@@ -305,6 +334,9 @@ def list_ilsvrc_splits(data_dir: Path, left_out: list | None = None
     collect(left_out, ilsvrc.SPLIT_DIRS["test"], ilsvrc.left_out(strays, NOT_IMAGE))
     if strays:
         warnings.append(f"{len(strays)} non-image files in {test_dir} left out, e.g. {strays[0]}")
+    unlinked = [w for w in _subfolders(train_dir) if w not in dict(linked)]  # a link's files are its target's
+    folders = [train_rel, *(f"{train_rel}/{w}" for w in unlinked), ilsvrc.SPLIT_DIRS["validation"]]
+    collect_hidden(left_out, data_dir, folders + ([ilsvrc.SPLIT_DIRS["test"]] if test_dir.is_dir() else []))
     if test:
         splits["test"] = Split(ilsvrc.SPLIT_DIRS["test"], None, test, {})
     else:  # unlabelled anyway; people delete its 13 GB

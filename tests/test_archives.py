@@ -28,7 +28,7 @@ import pytest
 import preprocess
 from imagenet_trainer import archive_layouts, archives, demo_archives, ilsvrc, image_tree
 from imagenet_trainer.demo import make_ilsvrc_tree
-from test_preprocess import kill_after_shards
+from test_preprocess import HIDDEN, kill_after_shards, plant_hidden, stop_after_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -871,6 +871,124 @@ def test_macos_hidden_files_in_an_archive_are_left_out_as_the_tree_leaves_them(p
     beside = (folder / tar).with_name("._" + Path(tar).name)  # as macOS leaves one on a FAT or exFAT disk
     beside.write_bytes(b"\0\5\26\7")
     assert listed(folder) == listed(packaged[packaging])
+
+
+def left_out(out: Path) -> list | None:
+    return json.loads((out / "preprocess_report.json").read_text())["left_out"]
+
+
+@pytest.mark.parametrize("packaging", ["kaggle-zip", "kaggle-tar-gz"])
+def test_kaggles_archives_report_each_member_left_out_as_the_tree_reports_it(packaging, tmp_path, monkeypatch):
+    """preprocess_report.json's left_out, null when read from an archive, lists what the tree's lists, by the tree's
+    paths: a file directly in train/, a folder among the images, non-image files in val/ and test/, a Mac's and
+    Jupyter's hidden files; the same for any --num_proc and after a resume (the tar.gz's spool too)."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=2, train_per_class=3, val_per_class=2, num_test=2)
+    train, val, test = (ilsvrc.SPLIT_DIRS[s] for s in ("train", "validation", "test"))
+    wnid = sorted(os.listdir(tree / train))[0]
+    image = sorted((tree / train / wnid).iterdir())[0]
+    shutil.copy(image, tree / train / "loose_1.JPEG")
+    (tree / train / wnid / "extra").mkdir()
+    shutil.copy(image, tree / train / wnid / "extra" / "x_1.JPEG")
+    (tree / val / "readme.txt").write_text("notes")
+    (tree / test / "notes.md").write_text("notes")
+    expected = sorted(plant_hidden(tree, [train, f"{train}/{wnid}", val, test], image) + [
+        {"path": f"{train}/loose_1.JPEG", "reason": "outside the class folders: no folder names its label"},
+        {"path": f"{train}/{wnid}/extra", "reason": "a folder among the images (images are read only as files "
+                                                    "directly in train/<wnid>/, val/ or test/)"},
+        {"path": f"{val}/readme.txt", "reason": f"no image file extension and no row in {ilsvrc.VAL_SOLUTION}"},
+        {"path": f"{test}/notes.md", "reason": "no image file extension"}], key=lambda e: e["path"])
+    data_dir = (demo_archives.kaggle_zip(tree, tmp_path / "kaggle.zip") if packaging == "kaggle-zip"
+                else demo_archives.kaggle_unzipped_tgz(tree, tmp_path / "kaggle-2019"))
+    assert left_out(run(tree, tmp_path / "tree")) == expected
+    args = ["--data_dir", str(data_dir), "--shard_size", "2"]
+    preprocess.main([*args, "--output_dir", str(tmp_path / "whole"), "--num_proc", "2"])
+    stop_after_shards(monkeypatch, 2)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
+    monkeypatch.undo()
+    preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
+    assert left_out(tmp_path / "whole") == left_out(tmp_path / "resumed") == expected
+
+
+def tar_bytes(files: list, links=(), mode: str = "w") -> bytes:
+    """A tar of ``files`` [(name, bytes)] and symbolic ``links`` [(name, target)]."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def write_tar(dest: Path, files: list, links=(), mode: str = "w") -> None:
+    """``tar_bytes`` at ``dest``, in place of the link there (``copy_set``)."""
+    dest.unlink(missing_ok=True)
+    dest.write_bytes(tar_bytes(files, links, mode))
+
+
+def tar_files(tar: Path | bytes) -> list:
+    """[(name, bytes)] of the regular files of a tar file, or of a tar's bytes."""
+    with tarfile.open(tar) if isinstance(tar, Path) else tarfile.open(fileobj=io.BytesIO(tar)) as opened:
+        return [(m.name, opened.extractfile(m).read()) for m in opened.getmembers() if m.isfile()]
+
+
+def test_image_net_orgs_tars_report_each_member_left_out_by_its_archive_path(packaged, tmp_path, capsys):
+    """Each member not read is named "<tar>/<member>", as the report's skipped files are, with its reason: hidden
+    members of the train tar and its class tars, the val tar's README, folder, hidden files and broken link, the test
+    tar's README beside its test/ folder; the hidden ones counted in one line on the console."""
+    org = packaged["image-net.org"]
+    folder = copy_set(org, tmp_path / "org")
+    train, val = archive_layouts.TRAIN_TAR, archive_layouts.VAL_TAR
+    class_tars = tar_files(org / train)
+    first = class_tars[0][0]
+    inner = [(n, tar_bytes([*tar_files(d), (".DS_Store", b"x")])) for n, d in class_tars]
+    write_tar(folder / train, inner + [(f"._{first}", b"\0\5\26\7")])
+    images = tar_files(org / val)
+    write_tar(folder / val, images + [(f"._{images[0][0]}", b"\0\5"), (".DS_Store", b"x"), ("README.txt", b"r"),
+                                      ("more/x.JPEG", images[0][1]), ("more/.DS_Store", b"x"),
+                                      (".ipynb_checkpoints/a.JPEG", images[0][1])], [("gone.JPEG", "nowhere.JPEG")])
+    write_tar(folder / TEST_TAR, [(f"test/{n}", d) for n, d in tar_files(org / TEST_TAR)]
+              + [("README.txt", b"r"), ("._test", b"\0")])
+    out = run(folder, tmp_path / "out", "--num_proc", "2")
+    hidden = [f"{train}/._{first}", *(f"{train}/{n}/.DS_Store" for n, _ in class_tars), f"{val}/.DS_Store",
+              f"{val}/._{images[0][0]}", f"{val}/.ipynb_checkpoints", f"{TEST_TAR}/._test"]
+    assert left_out(out) == sorted([{"path": p, "reason": HIDDEN} for p in hidden] + [
+        {"path": f"{val}/README.txt", "reason": "no image file extension and no line in "
+                                                f"{archive_layouts.DEVKIT}'s ground truth"},
+        {"path": f"{val}/more", "reason": "a folder among the images (images are read only as files directly in the "
+                                          "tar)"},
+        {"path": f"{val}/gone.JPEG", "reason": "a broken link: its target is not a file in the tar"},
+        {"path": f"{TEST_TAR}/README.txt", "reason": "beside its test/ folder, which holds its images"}],
+        key=lambda e: e["path"])
+    assert [line for line in capsys.readouterr().out.splitlines() if "hidden files" in line] == [
+        f'warning: {len(hidden)} hidden files and folders (names starting with ".": .DS_Store, ._*, '
+        f".ipynb_checkpoints) in {folder} left out, e.g. {min(hidden)}"]
+
+
+@pytest.mark.parametrize("packaging", ["webdataset", "hub-imagenet-1k", "hub-imagenet-1k-parquet"])
+def test_webdataset_and_hub_sets_report_each_member_left_out(packaging, packaged, tmp_path):
+    """A shard or tar.gz re-tarred on a Mac: each hidden member named "<archive>/<member>" in left_out, and a link in
+    the Hub's tar.gz (its target gone by in the one front-to-back read) with why; the Parquet snapshot's rows are
+    all read, so its left_out is empty, not null."""
+    folder = tmp_path / "set"
+    shutil.copytree(packaged[packaging], folder, symlinks=True)
+    tar = {"webdataset": "imagenet1k-validation-0000.tar", "hub-imagenet-1k": "data/val_images.tar.gz"}.get(packaging)
+    expected = []
+    if tar:
+        files = tar_files(packaged[packaging] / tar)
+        links = [("link.JPEG", files[0][0])] if packaging == "hub-imagenet-1k" else []
+        write_tar(folder / tar, apple_double(files), links, "w:gz" if tar.endswith(".gz") else "w")
+        expected = sorted([{"path": f"{tar}/{p}", "reason": HIDDEN} for p in (
+            ".DS_Store", *(f"{d}._{n}" for n, _ in files for d in ("", "__MACOSX/")))] + [
+            {"path": f"{tar}/link.JPEG", "reason": f"a link to {files[0][0]}: a compressed tar is read once, front to "
+                                                   "back, and its target has gone by"} for _ in links],
+            key=lambda e: e["path"])
+    assert left_out(run(folder, tmp_path / "out")) == expected
 
 
 @pytest.mark.parametrize("damage", ["flipped bit", "zeroed"])

@@ -1336,7 +1336,7 @@ def test_a_users_thing_named_like_the_replaced_output_is_never_deleted(kind, cle
     users_folder(old, kind)
     before, output = snapshot(old), arrow_files(finished)
     args = ["--data_dir", str(clean_tree), "--output_dir", str(finished), "--num_proc", "1"]
-    with pytest.raises(SystemExit, match="no such folder"):
+    with pytest.raises(SystemExit, match="no such file or folder"):
         preprocess.main(["--data_dir", str(tmp_path / "does_not_exist"), "--output_dir", str(finished)])
     preprocess.main(args)  # found done: no swap
     preprocess.main(["--data_dir", str(clean_tree), "--output_dir", str(tmp_path / "new"), "--num_proc", "1",
@@ -1979,6 +1979,85 @@ def test_the_report_names_each_file_left_out_or_re_encoded_alike_after_a_resume(
     assert [e for e in whole["reencoded_files"] if e not in resumed["reencoded_files"]] == [
         {"split": "train", **e} for e in older_files]
     assert {**resumed, "reencoded_files": whole["reencoded_files"]} == whole
+
+
+HIDDEN = 'hidden: its name starts with "." (macOS\'s .DS_Store and ._* files, Jupyter\'s .ipynb_checkpoints/)'
+
+
+def plant_hidden(root: Path, folders: list[str], image: Path) -> list[dict]:
+    """What a Mac and Jupyter leave in each of ``folders`` (relative to ``root``): a .DS_Store, the AppleDouble file
+    of an image (._<name>.JPEG, an image's name but no image), a .ipynb_checkpoints/ holding a copy of ``image``;
+    returns their left_out entries, sorted as the report sorts them."""
+    entries = []
+    for rel in folders:
+        (root / rel / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (root / rel / f"._{image.name}").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
+        (root / rel / ".ipynb_checkpoints").mkdir()
+        shutil.copy(image, root / rel / ".ipynb_checkpoints" / image.name)
+        entries += [{"path": f"{rel}/{name}", "reason": HIDDEN} for name in (".DS_Store", f"._{image.name}",
+                                                                              ".ipynb_checkpoints")]
+    return sorted(entries, key=lambda e: e["path"])
+
+
+@pytest.mark.parametrize("layout", ["ilsvrc", "own"])
+def test_hidden_files_are_listed_in_the_report_and_counted_in_one_line(layout, clean_tree, tmp_path, monkeypatch,
+                                                                       capsys):
+    """.DS_Store, AppleDouble ._* files and .ipynb_checkpoints/ in the folders read are still not read, and each is
+    now in preprocess_report.json's left_out with its reason, the same after a resume and for any --num_proc; the
+    console gives them one line with their count (a few per class folder are usual), not a line each."""
+    if layout == "ilsvrc":
+        root = tmp_path / "kaggle"
+        shutil.copytree(clean_tree, root)
+        train = ilsvrc.SPLIT_DIRS["train"]
+        folders = [train, *(f"{train}/{w}" for w in manifest(clean_tree)["wnids"]),
+                   ilsvrc.SPLIT_DIRS["validation"], ilsvrc.SPLIT_DIRS["test"]]
+    else:
+        root = class_tree(clean_tree, tmp_path / "photos", NAMES[:2], "train_val")
+        folders = [f"{split}{name}" for split in ("train/", "validation/") for name in ("", *NAMES[:2])] + ["test"]
+        folders = [f.rstrip("/") for f in folders]
+    files = {split: len(s.items) for split, s in preprocess.list_splits(root, None, 0).splits.items()}
+    left_out = plant_hidden(root, folders, next(clean_tree.rglob("*.JPEG")))
+    args = ["--data_dir", str(root), "--shard_size", "2"]
+    preprocess.main([*args, "--output_dir", str(tmp_path / "whole"), "--num_proc", "2"])
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if "hidden files" in line] == [
+        f'warning: {len(left_out)} hidden files and folders (names starting with ".": .DS_Store, ._*, '
+        f".ipynb_checkpoints) in {root} left out, e.g. {left_out[0]['path']}"]
+    stop_after_shards(monkeypatch, 2)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
+    monkeypatch.undo()
+    preprocess.main([*args, "--output_dir", str(tmp_path / "resumed"), "--num_proc", "1"])
+    assert "2 of 6 shards already done" in capsys.readouterr().out
+    whole, resumed = (json.loads((tmp_path / name / "preprocess_report.json").read_text())
+                      for name in ("whole", "resumed"))
+    assert whole["left_out"] == resumed["left_out"] == left_out
+    assert whole["files"] == resumed["files"] == files and not whole["skipped"]  # none of them was read
+
+
+def test_help_names_every_input_data_dir_takes():
+    """--data_dir reads Kaggle's zip (README's first command passes it), image-net.org's tars, the Hub's snapshots,
+    WebDataset shards and the robustness sets as well as Kaggle's folder and a class-per-folder tree: --help names
+    them all."""
+    proc = run_script("--help", env={**os.environ, "COLUMNS": "1000"})  # one line per flag: no words cut at a "-"
+    assert proc.returncode == 0, proc.stderr
+    help_text = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("--data_dir "))
+    for named in ("Kaggle's ILSVRC folder", "its .zip", "image-net.org's tars and devkit", "ILSVRC/imagenet-1k",
+                  "data/*.parquet", "data/*.tar.gz", "WebDataset shards", "ImageNet-V2, -Sketch, -R, -A or -C",
+                  "class-per-folder image tree"):
+        assert named in help_text, named
+
+
+@pytest.mark.parametrize("flags", [[], ["--layout", "folders", "--val_fraction", "0.1"], ["--layout", "ilsvrc"],
+                                   ["--eval_set", "imagenet-r"]])
+def test_a_mistyped_data_dir_is_no_such_file_or_folder_on_every_route(flags, tmp_path):
+    """--data_dir /tmp/nonexistent.zip: a mistyped path may be meant as a file (Kaggle's zip) or a folder, so the one
+    line says neither is there, whichever route --layout or --eval_set picks, before any work."""
+    missing = tmp_path / "nonexistent.zip"
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(missing), "--output_dir", str(tmp_path / "out"), *flags])
+    assert e.value.code == f"error: --data_dir {missing}: no such file or folder"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
 @pytest.mark.parametrize("where", ["ILSVRC/Data/CLS-LOC", "ILSVRC", "copy"])
