@@ -2,9 +2,11 @@
 ImageNet-C's mCE and a throughput benchmark, into one summary, a results.csv in timm's columns and the model card.
 
 Each set is a preprocess.py output; what it is (ImageNet-R, -C, ...) comes from its ``source.json``
-(imagenet_trainer/eval_sets.py), which also gives R/A's 200-class mask. The numbers are the same on 1 or N
-processes: every split goes through metrics.evaluate, whose gather drops the padding of the last batch. Each
-split's scores are kept as soon as it is done (SplitParts), so a run that ends early is continued, not redone.
+(imagenet_trainer/eval_sets.py), which also gives R/A's 200-class mask. With R or A beside ILSVRC-2012's validation
+split (--dataset), that split's one pass also scores its images of the 200 classes under the same mask (timm's
+imagenet-r-clean and imagenet-a-clean tables). The numbers are the same on 1 or N processes: every split goes
+through metrics.evaluate, whose gather drops the padding of the last batch. Each split's scores are kept as soon
+as it is done (SplitParts), so a run that ends early is continued, not redone.
 """
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ class Target(NamedTuple):
 
 # results.csv's names of complete sets, which rows of other data must not take (timm's tables would be diffed against
 # a few images)
-TIMM_NAMES = {"imagenet", "imagenet-real", *(info.timm_name.format(variant=variant) for info in eval_sets.SETS.values()
-                                            for variant in eval_sets.V2_VARIANTS)}
+TIMM_NAMES = {"imagenet", "imagenet-real", "imagenet-r-clean", "imagenet-a-clean",
+              *(info.timm_name.format(variant=variant) for info in eval_sets.SETS.values()
+                for variant in eval_sets.V2_VARIANTS)}
 # the names a part of a set is never shown under: timm's and the papers' (a folder named imagenet-sketch, ImageNet-R)
 PUBLISHED_NAMES = TIMM_NAMES | {info.title.lower() for info in eval_sets.SETS.values()}
 
@@ -120,6 +123,25 @@ def image_tree_line(path: str, flag: str) -> str | None:
     return (f"error: {flag} {path}: no preprocess.py output there (no dataset_dict.json): run preprocess.py "
             f"--data_dir {path} --output_dir OUT on it first (--eval_set NAME for a renamed set), then give OUT as "
             f"{flag}")
+
+
+def clean_kind(kind: str) -> str:
+    """The kind, and timm's name, of the -clean row of R or A: ``imagenet-r-clean``."""
+    return f"{eval_sets.SETS[kind].timm_name}-clean"
+
+
+def clean_subsets(cfg, targets: list[Target], main_process: bool) -> dict[str, list[int]]:
+    """{R or A: its 200 classes (1k indices, class_subset)} for the -clean rows of --dataset: each of the two among
+    --eval_sets, when --dataset is ImageNet-1k data (its 1000 wnids; not an evaluation set); else {}."""
+    if not cfg.dataset or targets[0].kind:
+        return {}
+    found = {t.kind: t.source["class_subset"] for t in targets[1:] if t.kind in (eval_sets.R, eval_sets.A)}
+    if found and targets[0].label_names != imagenet_wnids():  # the masks are 1k indices
+        if main_process:
+            print(f"note: no {' or '.join(map(clean_kind, found))} row: --dataset {targets[0].path} does not have "
+                  "ImageNet-1k's 1000 wnids as its classes, which the 200-class masks index")
+        return {}
+    return found
 
 
 def real_scorer(cfg, target: Target | None) -> robustness.RealLabels | None:
@@ -223,10 +245,13 @@ class SplitParts:
                 "crop_pct": transform["crop_pct"], "subset": target.source.get("class_subset")}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
-    def get(self, key: str, real) -> dict | None:
-        """The kept scores of ``key`` (ReaL's counts after that split restored into ``real``), or None."""
+    def get(self, key: str, real, clean=()) -> dict | None:
+        """The kept scores of ``key`` (ReaL's counts after that split restored into ``real``), or None; None too when
+        they lack a -clean score of ``clean`` (R, A: kept by a run without that set), so the split is scored again."""
         part = self.kept.get(key)
         if part is None or (real is not None) != (part["real"] is not None):
+            return None
+        if not set(clean) <= set(part["scores"].get("clean") or {}):
             return None
         if real is not None:
             real.restore(part["real"])
@@ -270,21 +295,21 @@ def split_label(target: Target, split: str) -> str:
 
 
 def score_target(accelerator, model, target: Target, size: int, transform: dict, cfg, real,
-                 reference: dict | None, parts: SplitParts, bad: BadSamples) -> list[dict]:
+                 reference: dict | None, parts: SplitParts, bad: BadSamples, clean: dict | None = None) -> list[dict]:
     """The rows of one set at one size: one per set (C: the mean over its 15 benchmark corruptions' splits, with its
     mCE, every corruption's errors and counts, and relative to ``reference``'s errors when given), plus ReaL's when
-    ``real`` is a scorer. A split ``parts``
+    ``real`` is a scorer and a -clean row per entry of ``clean`` (clean_subsets). A split ``parts``
     kept is not scored again. Each split's undecodable images go to ``bad``, which stops the run past the limit."""
     if target.kind == eval_sets.C:  # its images are 224 px centre crops already: the authors resize no further
         transform = {**transform, "crop_pct": 1.0}
+    clean = clean or {}
     by_split = {}
     for s, ds in target.splits.items():
         key = parts.key(target, s, ds, size, transform)
-        by_split[s] = parts.get(key, real)
+        by_split[s] = parts.get(key, real, clean)
         if by_split[s] is None:
-            by_split[s] = parts.put(key, score_split(accelerator, model, ds, size, transform, cfg,
-                                                     target.source.get("class_subset"),
-                                                     real.update if real else None), real)
+            by_split[s] = parts.put(key, score_with_clean(accelerator, model, target, ds, size, transform, cfg, real,
+                                                          clean), real)
         bad.add_left_out(split_label(target, s), by_split[s].get("left_out_rows", []),
                          warn=accelerator.is_main_process)
         bad.check()
@@ -312,6 +337,53 @@ def score_target(accelerator, model, target: Target, size: int, transform: dict,
         rows.append({"dataset": "imagenet-real" if target.timm_name == "imagenet" else name, "name": name,
                      "kind": "imagenet-real", "image_size": size, "crop_pct": transform["crop_pct"],
                      "split": row["split"], **real.compute()})
+    if clean:  # --dataset's one split
+        rows += clean_rows(target, size, transform, row["split"], by_split[row["split"]]["clean"], clean,
+                           accelerator.is_main_process)
+    return rows
+
+
+def score_with_clean(accelerator, model, target: Target, ds, size: int, transform: dict, cfg, real,
+                     clean: dict) -> dict:
+    """score_split of ``ds``, ReaL's counts into ``real``, and under ``scores["clean"]`` the -clean scores of each of
+    ``clean``'s class subsets, counted from the logits of the same pass (a kept split carries them)."""
+    counters = {kind: robustness.SubsetScores(subset, len(target.label_names), accelerator.device)
+                for kind, subset in clean.items()}
+    hooks = [h for h in (real.update if real else None, *(c.update for c in counters.values())) if h]
+    scores = score_split(accelerator, model, ds, size, transform, cfg, target.source.get("class_subset"),
+                         on_each(hooks))
+    if counters:  # the images of each subset that do not decode, by their rows' labels
+        labels = ds.with_format("arrow")["label"]
+        lost = [labels[row].as_py() for row in scores["left_out_rows"]]
+        scores["clean"] = {kind: c.compute(sum(label in set(clean[kind]) for label in lost))
+                           for kind, c in counters.items()}
+    return scores
+
+
+def on_each(hooks: list):
+    """metrics.evaluate's ``on_logits`` calling each of ``hooks`` (None for none)."""
+    if len(hooks) <= 1:
+        return hooks[0] if hooks else None
+    return lambda logits, labels: [hook(logits, labels) for hook in hooks]
+
+
+def clean_rows(target: Target, size: int, transform: dict, split: str, scores: dict, wanted: dict,
+               main_process: bool) -> list[dict]:
+    """The -clean rows of ``target`` (ILSVRC-2012's val) from its split's ``scores``: timm's name only for the
+    complete validation split (as the ImageNet row), else the copy's name, with its split when not validation, and
+    its ``n`` (a subset's images of the 200 classes); none for a subset without an image of those classes."""
+    rows = []
+    for kind in wanted:
+        title = eval_sets.SETS[kind].title
+        name = f"{target.name}{'' if split == 'validation' else f' {split}'} ({title}'s 200 classes)"
+        if not scores[kind]["n"]:  # a score over n=0 is no score
+            if main_process:
+                print(f"note: no {clean_kind(kind)} row at {size} px: no image of --dataset {target.path} {split} is "
+                      f"of {title}'s 200 classes" + (" (they do not decode)" if scores[kind]["left_out"] else ""))
+            continue
+        rows.append({"dataset": clean_kind(kind) if target.timm_name == "imagenet" else name, "name": name,
+                     "kind": clean_kind(kind), "image_size": size, "crop_pct": transform["crop_pct"],
+                     "split": split, **scores[kind]})
     return rows
 
 
@@ -351,15 +423,17 @@ def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = robustness.gmacs(model.eval(), sizes[0], "cpu")
     parts = SplitParts(cfg.output, accelerator, model, transform, cfg.real_labels)
+    clean = clean_subsets(cfg, targets, accelerator.is_main_process)
     bad = bad_samples(targets, cfg.max_bad_samples)
     model = accelerator.prepare_model(model.to(memory_format=transform["memory_format"]).eval(),
                                       evaluation_mode=True)
     rows = []
     for size in sizes:
         for t in targets:
-            real = real_scorer(cfg, t) if t is targets[0] and cfg.dataset else None  # fresh counts per size
+            val = t is targets[0] and cfg.dataset
+            real = real_scorer(cfg, t) if val else None  # fresh counts per size
             new = score_target(accelerator, model, t, size, transform, cfg, real,
-                               reference[size] if reference else None, parts, bad)
+                               reference[size] if reference else None, parts, bad, clean if val else None)
             if accelerator.is_main_process:
                 print("\n".join(map(format_row, new)))
             rows += new
@@ -468,17 +542,19 @@ def format_row(row: dict) -> str:
 
 def results_csv(summary: dict) -> str:
     """results.csv: timm's results columns (diff against its tables), one row per set and image size; the diffs
-    are to the ImageNet row at the same size when there is one, as timm's tables diff ReaL, V2 and Sketch. R and A
-    have none: timm diffs them to ImageNet's val restricted to their 200 classes (its -r-clean, -a-clean tables),
-    which is not scored here, and a diff to the 1000-class row would not line up with its tables."""
+    are to the ImageNet row at the same size when there is one, as timm's tables diff ReaL, V2 and Sketch; R's and
+    A's to their -clean row at that size (ImageNet's val on their 200 classes), as timm's do, and none without one:
+    a diff to the 1000-class row would not line up with its tables."""
     from modeling.card import public
 
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=robustness.RESULTS_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    base = {r["image_size"]: r for r in summary["results"] if r["kind"] == "imagenet"}
+    base = {(r["kind"], r["image_size"]): r for r in summary["results"]}
     for r in summary["results"]:
-        baseline = base.get(r["image_size"]) if r["kind"] not in ("imagenet", eval_sets.R, eval_sets.A) else None
+        against = clean_kind(r["kind"]) if r["kind"] in (eval_sets.R, eval_sets.A) else "imagenet"
+        own = r["kind"] == "imagenet" or r["kind"].endswith("-clean")  # a baseline: no diff
+        baseline = None if own else base.get((against, r["image_size"]))
         writer.writerow(robustness.results_row(r["dataset"], public(summary["model"]), r, summary["params_m"],
                                                r["image_size"], r["crop_pct"], summary["interpolation"], baseline))
     return out.getvalue()

@@ -3,6 +3,9 @@ plus timm's results columns and benchmark numbers (throughput, params, GMACs).
 
 - ImageNet-R / -A (Hendrycks et al. 2021): the logits are restricted to the set's 200 classes and the labels
   renumbered 0..199, as both papers' code does (``output[:, indices_in_1k]``); top-1/top-5 are over the 200.
+- ImageNet-R / -A "clean" (timm's ``results-imagenet-{r,a}-clean.csv``; Hendrycks et al. 2021's ImageNet-200): the
+  ILSVRC-2012 validation images of the set's 200 classes, scored with the same mask and renumbering: the
+  in-distribution figure R and A are compared with.
 - ReaL (Beyer et al. 2020, "Are we done with ImageNet?"): ``real.json`` holds one list of 1k labels per validation
   image, in file-name order (entry i is ``ILSVRC2012_val_{i+1:08d}``); a prediction is right when it is in the list;
   images with an empty list are left out (timm's ``RealLabelsImagenet`` does the same).
@@ -51,6 +54,38 @@ def subset_labels(batches, indices: list[int], num_classes: int, device):
     lookup[torch.tensor(indices, device=device)] = torch.arange(len(indices), device=device)
     for x, y in batches:
         yield x, torch.where(y < 0, y, lookup[y.clamp(min=0)])
+
+
+class SubsetScores:
+    """Top-1/top-5 (%), n and mean loss of the images of a 1000-class split whose label is in ``indices`` (R/A's 200
+    classes), their logits restricted to those classes and the labels renumbered as ClassSubset and subset_labels do:
+    the -clean rows, counted from the logits of the split's own pass. ``update`` is metrics.evaluate's
+    ``on_logits`` (gathered batches, padding dropped); an image that does not decode (label < 0) is not counted here:
+    ``compute`` is told how many of the subset's images were left out. Counts stay on the device (one sync at the
+    end), sums in float32 as metrics.evaluate's."""
+
+    def __init__(self, indices: list[int], num_classes: int, device):
+        self.indices = torch.tensor(indices, device=device)
+        self.lookup = torch.full((num_classes,), -1, dtype=torch.long, device=device)
+        self.lookup[self.indices] = torch.arange(len(indices), device=device)
+        self.correct = torch.zeros(2, dtype=torch.long, device=device)  # top-1, top-5
+        self.n = torch.zeros((), dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        renumbered = torch.where(labels < 0, -1, self.lookup[labels.clamp(min=0)])
+        keep = renumbered >= 0
+        masked, y = logits[keep][:, self.indices], renumbered[keep]
+        hit = masked.topk(min(5, masked.shape[1]), dim=1).indices == y[:, None]
+        self.correct[0] += hit[:, :1].any(dim=1).sum()
+        self.correct[1] += hit.any(dim=1).sum()
+        self.n += y.numel()
+        self.loss_sum += torch.nn.functional.cross_entropy(masked, y, reduction="sum")
+
+    def compute(self, left_out: int) -> dict:
+        n = int(self.n)
+        top1, top5 = (100.0 * c / max(1, n) for c in self.correct.tolist())
+        return {"top1": top1, "top5": top5, "n": n, "loss": self.loss_sum.item() / max(1, n), "left_out": left_out}
 
 
 def read_real_labels(path: str) -> list[list[int]]:

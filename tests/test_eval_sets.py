@@ -240,7 +240,7 @@ def test_mce_against_hand_computed_values():
 
 def test_results_csv_diffs_as_timms_tables_and_rounds_the_parameters_once():
     """timm's tables diff ReaL, V2 and Sketch to ImageNet at the same size, R and A to ImageNet's val restricted to
-    their 200 classes (-r-clean, -a-clean), which the suite does not score: their diffs stay empty rather than
+    their 200 classes (-r-clean, -a-clean), of which this summary has no row: their diffs stay empty rather than
     taken against the 1000-class row. param_count is timm's round(n / 1e6, 2): regnetx_002's 2,684,792 is 2.68
     (rounded to 3 places first, 2.685, it would become 2.69)."""
     def row(kind, top1, size=224):
@@ -489,11 +489,137 @@ def test_two_processes_give_the_same_numbers(sets, in1k_model, preprocessed, tmp
             str(ROOT / "validate.py"), *args, "--output", str(tmp_path / "two.json")]))
     two = json.loads((tmp_path / "two.json").read_text())
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
-    assert [r["kind"] for r in two["results"]] == ["imagenet", "imagenet-real", eval_sets.R, eval_sets.C]
+    assert [r["kind"] for r in two["results"]] == ["imagenet", "imagenet-real", "imagenet-r-clean", eval_sets.R,
+                                                   eval_sets.C]
     for a, b in zip(one["results"], two["results"]):
         assert {k: a[k] for k in ("top1", "top5", "n")} == {k: b[k] for k in ("top1", "top5", "n")}, a["kind"]
     assert two["imagenet_c"]["errors"] == one["imagenet_c"]["errors"]
     assert (tmp_path / "two_results.csv").read_text() == (tmp_path / "one_results.csv").read_text()
+
+
+def clean_val(preprocessed: Path, folder: Path) -> tuple[Path, datasets.Dataset, int]:
+    """The fixture's 7 validation images relabelled so that 2 are of ImageNet-R's classes only, 2 of both R's and A's,
+    1 of A's only and 2 of neither, in a validation and a train split, one image of both not decoding; (the folder,
+    the split as it decodes, the damaged row)."""
+    split = datasets.load_from_disk(str(imagenet_val(preprocessed, folder.with_name(folder.name + "-1k"))))[
+        "validation"]
+    r, a = (set(WNIDS.index(w) for w in eval_sets.subset_wnids(kind)) for kind in (eval_sets.R, eval_sets.A))
+    mapping = {0: 0, 1: min(r - a), 2: min(r & a), 3: min(a - r)}  # 0: in neither
+    assert 0 not in r | a and sorted(split["label"]) == [0, 0, 1, 1, 2, 2, 3]
+    labels = [mapping[label] for label in split["label"]]
+    split = split.remove_columns("label").add_column("label", labels).cast_column(
+        "label", datasets.ClassLabel(names=WNIDS)).flatten_indices(keep_in_memory=True)
+    datasets.DatasetDict({"validation": split, "train": split}).save_to_disk(str(folder.with_name("whole")))
+    damaged = labels.index(mapping[2])
+    return damaged_copy(folder.with_name("whole"), folder, {damaged}), split, damaged
+
+
+def clean_scores(model: Path, split: datasets.Dataset, kind: str, damaged: int) -> dict:
+    """top1, top5, n, left_out of ``split``'s images of ``kind``'s 200 classes, their logits masked by hand."""
+    subset = [WNIDS.index(w) for w in eval_sets.subset_wnids(kind)]
+    rows = [k for k, label in enumerate(split["label"]) if label in subset and k != damaged]
+    masked = logits_of(model, split, 32)[rows][:, subset]
+    target = torch.tensor([subset.index(split[k]["label"]) for k in rows])
+    top = masked.topk(5).indices == target[:, None]
+    return {"top1": pytest.approx(100 * top[:, 0].double().mean().item()),
+            "top5": pytest.approx(100 * top.any(1).double().mean().item()), "n": len(rows),
+            "left_out": int(split[damaged]["label"] in subset)}
+
+
+def test_clean_rows_score_the_val_images_of_r_and_a_classes_under_their_mask(sets, in1k_model, preprocessed, tmp_path,
+                                                                              capsys):
+    """ImageNet val beside R and A: one -clean row each (timm's imagenet-r-clean, imagenet-a-clean), equal to the
+    model's logits masked by hand on the val images of the set's 200 classes; timm's names only for the complete
+    ILSVRC-2012 validation split; R's and A's diffs in results.csv to them; none without R/A, or without val."""
+    val, split, damaged = clean_val(preprocessed, tmp_path / "val")
+    r, a, c = (str(sets[k]) for k in (eval_sets.R, eval_sets.A, eval_sets.C))
+    card = Path(shutil.copytree(in1k_model, tmp_path / "final"))
+    out = tmp_path / "r.json"
+    summary = evaluate(card, val, "--eval_sets", f"{r},{a}", "--image_size", 32, "--output", out,
+                       "--update_model_card", batch_size=3)
+    printed = capsys.readouterr().out
+    assert [row["kind"] for row in summary["results"]] == ["imagenet", "imagenet-r-clean", "imagenet-a-clean",
+                                                           eval_sets.R, eval_sets.A]
+    rows = {row["kind"]: row for row in summary["results"]}
+    for kind in (eval_sets.R, eval_sets.A):
+        clean = rows[f"{kind}-clean"]
+        assert {k: clean[k] for k in ("top1", "top5", "n", "left_out")} == clean_scores(in1k_model, split, kind,
+                                                                                          damaged), kind
+        title = eval_sets.SETS[kind].title
+        assert clean["name"] == clean["dataset"] == f"val ({title}'s 200 classes)" and clean["split"] == "validation"
+        assert f"val ({title}'s 200 classes) [validation] @32px: top-1 {clean['top1']:.2f}%" in printed, printed
+    assert (rows["imagenet-r-clean"]["n"], rows["imagenet-r-clean"]["left_out"]) == (3, 1)
+    assert rows["imagenet-r-clean"]["top1"] == pytest.approx(200 / 3)  # class 1 first: the 2 of its images right
+    with open(tmp_path / "r_results.csv") as f:
+        table = {row["dataset"]: row for row in csv.DictReader(f)}
+    for kind in (eval_sets.R, eval_sets.A):
+        shifted, clean = rows[kind], rows[f"{kind}-clean"]
+        assert float(table[shifted["dataset"]]["top1_diff"]) == round(shifted["top1"] - clean["top1"], 3)
+        assert table[clean["dataset"]]["top1_diff"] == ""
+    assert "| val (ImageNet-A's 200 classes) | validation |" in (card / "README.md").read_text()
+    # the complete ILSVRC-2012 val: timm's names; another split of it is named by its split, never by timm's names
+    (val / "source.json").write_text(json.dumps({"name": "ILSVRC-2012", "ilsvrc2012_full": True}))
+    full = evaluate(in1k_model, val, "--eval_sets", f"{r},{a}", "--image_size", 32, batch_size=3)["results"]
+    assert [row["dataset"] for row in full[:3]] == ["imagenet", "imagenet-r-clean", "imagenet-a-clean"]
+    assert [row["top1"] for row in full[1:3]] == [rows["imagenet-r-clean"]["top1"], rows["imagenet-a-clean"]["top1"]]
+    train = evaluate(in1k_model, val, "--split", "train", "--eval_sets", r, "--image_size", 32)["results"]
+    assert (train[1]["dataset"], train[1]["name"], train[1]["split"]) == (
+        ("ILSVRC-2012 train (ImageNet-R's 200 classes)",) * 2 + ("train",))
+    assert (train[1]["n"], train[1]["left_out"]) == (3, 1)
+    # no -clean row without R or A, without --dataset, or with an evaluation set as --dataset
+    def kinds(*args) -> list[str]:
+        return [row["kind"] for row in evaluate(in1k_model, *args, "--image_size", 32)["results"]]
+
+    assert kinds(val, "--eval_sets", c) == ["imagenet", eval_sets.C]
+    assert kinds("", "--eval_sets", f"{r},{a}") == [eval_sets.R, eval_sets.A]
+    assert kinds(r, "--eval_sets", a) == [eval_sets.R, eval_sets.A]
+    # a val without an image of A's classes: no row over n=0, a note
+    in1k = imagenet_val(preprocessed, tmp_path / "in1k")
+    capsys.readouterr()
+    assert kinds(in1k, "--eval_sets", f"{r},{a}") == ["imagenet", "imagenet-r-clean", eval_sets.R, eval_sets.A]
+    assert (f"note: no imagenet-a-clean row at 32 px: no image of --dataset {in1k} validation is of ImageNet-A's 200 "
+            "classes") in capsys.readouterr().out
+
+
+def test_clean_rows_are_the_same_on_two_processes_and_after_a_resume(sets, in1k_model, preprocessed, tmp_path,
+                                                                     monkeypatch):
+    """Batches of 3 of 7 images on 2 processes (a padded tail); a run ended after the val split keeps its -clean
+    scores with it, and a kept val split without them (a run without R and A) is scored again."""
+    val, _, _ = clean_val(preprocessed, tmp_path / "val")
+    sets_arg = f"{sets[eval_sets.R]},{sets[eval_sets.A]}"
+    args = ["--model", str(in1k_model), "--dataset", str(val), "--eval_sets", sets_arg, "--image_size", "32",
+            "--batch_size", "3", "--num_workers", "0"]
+    one = evaluate(in1k_model, val, *args[4:-4], "--output", tmp_path / "one.json", batch_size=3)["results"]
+    ok(run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+            str(ROOT / "validate.py"), *args, "--output", str(tmp_path / "two.json")]))
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["num_processes"] == 2 and [r["kind"] for r in two["results"]] == [r["kind"] for r in one]
+    for a, b in zip(one, two["results"]):
+        assert {k: a[k] for k in ("top1", "top5", "n", "left_out")} == {k: b[k] for k in ("top1", "top5", "n",
+                                                                                       "left_out")}, a["kind"]
+    assert (tmp_path / "two_results.csv").read_text() == (tmp_path / "one_results.csv").read_text()
+
+    scored, end_after, score_split = [], [None], eval_suite.score_split
+
+    def counted(*a, **kw):
+        if len(scored) == end_after[0]:
+            raise KeyboardInterrupt
+        scored.append(a[2])
+        return score_split(*a, **kw)
+
+    def suite(eval_sets_arg, ends_after=None):
+        scored.clear()
+        end_after[0] = ends_after
+        return evaluate(in1k_model, val, "--eval_sets", eval_sets_arg, "--image_size", 32, "--output",
+                        tmp_path / "r.json", batch_size=3)
+
+    monkeypatch.setattr(eval_suite, "score_split", counted)
+    with pytest.raises(KeyboardInterrupt):
+        suite(sets_arg, ends_after=1)  # the val split kept, with its -clean scores
+    assert suite(sets_arg)["results"] == one and len(scored) == 2  # R and A only
+    with pytest.raises(KeyboardInterrupt):
+        suite(str(sets[eval_sets.C]), ends_after=1)  # the val split kept without them
+    assert suite(sets_arg)["results"] == one and len(scored) == 3
 
 
 def test_card_metadata_round_trip_merges_and_keeps_earlier_entries(sets, in1k_model, tmp_path):
@@ -644,6 +770,7 @@ def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch
         above = s[eval_sets.R] - 100 / (1 + np.exp(-(slope * xi + intercept)))
         assert f"imagenet-r (subset): {m}: top-1 {s[eval_sets.R]:.2f}% at ImageNet {s['imagenet']:.2f}%, effective " \
                f"robustness {above:+.2f} points" in stdout(code[1])
+    assert "200 classes" not in stdout(code[1])  # the -clean rows are ImageNet's images: no panel of their own
     stored = nbformat.read(ROOT / "notebooks" / "06_effective_robustness.ipynb", as_version=4)
     assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")
     assert 'os.environ.get("IMAGENET_RESULTS"' in [c for c in stored.cells if c.cell_type == "code"][0].source
