@@ -67,7 +67,7 @@ def detect(data_dir: Path) -> Found | None:
     if not data_dir.is_dir() or (data_dir / "ILSVRC").exists():
         return None  # an unpacked tree, read as files
     names = sorted(n for n in os.listdir(data_dir) if not hidden(n))  # ._ILSVRC2012_img_val.tar: macOS
-    zips = [n for n in names if n.endswith(".zip") and KAGGLE_ZIP_KEY in n]
+    zips = [n for n in names if _kaggle_zip_name(n)]
     # Kaggle's LOC files make the folder a tree only when no layout below claims it (the last line): one kept beside
     # image-net.org's tars or the Hub's files does not make them Kaggle's tree
     loc = (data_dir / ilsvrc.SYNSET_MAPPING).exists()
@@ -90,6 +90,9 @@ def detect(data_dir: Path) -> Found | None:
                      + classes)
     if len(zips) == 1:
         return Found(KAGGLE_ZIP, [str(data_dir / zips[0])], str(data_dir), f"Kaggle's zip, read in place: {zips[0]}")
+    if zips:  # a download kept twice: "... (1).zip" beside the first
+        raise ValueError(f"{data_dir}: {len(zips)} of Kaggle's zips, {', '.join(zips)}; pass one, --data_dir "
+                         f"{data_dir / min(zips, key=len)}")
     shards = [n for n in names if n.endswith(".tar") and any(k in n for ks in WDS_SPLITS.values() for k in ks)]
     if shards:
         return Found(WEBDATASET, [str(data_dir / n) for n in shards], str(data_dir),
@@ -103,10 +106,23 @@ def detect(data_dir: Path) -> Found | None:
     return None  # a tree: with LOC files but no ILSVRC/, image_tree says it is missing
 
 
+def _kaggle_zip_name(name: str) -> bool:
+    """Whether ``name`` is Kaggle's zip's, in any case (...-challenge.ZIP), or a second download's ("... (1).zip")."""
+    return name.lower().endswith(".zip") and KAGGLE_ZIP_KEY in name.lower()
+
+
+def _read_in_a_set(name: str) -> bool:
+    """Whether ``name`` is that of an archive ``detect`` reads only with others or in a place of its own: a box
+    archive of image-net.org's, a file of the Hub's snapshots outside its data/."""
+    return name in BBOX_ARCHIVES or (name.startswith(tuple(HUB_SPLITS.values())) and name.endswith(".tar.gz")) or \
+        bool(re.fullmatch(rf"({'|'.join(PARQUET_SPLITS)})-.*\.parquet", name))
+
+
 def unrecognised(data_dir: Path) -> str | None:
     """What to do, for the error of a folder no layout claims that holds archives (``ARCHIVE_SUFFIXES``): where it is
     the data/ folder of a snapshot of the Hub's ILSVRC/imagenet-1k, pass the snapshot; else the archive names this
-    reader recognises (a download renamed, imagenet.zip); None for a folder without archives."""
+    reader recognises (a download renamed, imagenet.zip; or a recognised name without the rest of its set); None for
+    a folder without archives."""
     if not data_dir.is_dir():
         return None
     names = sorted(n for n in os.listdir(data_dir) if not hidden(n) and n.lower().endswith(ARCHIVE_SUFFIXES))
@@ -116,10 +132,13 @@ def unrecognised(data_dir: Path) -> str | None:
     if data_dir.name == "data" and (hub_parquet_files(data_dir.parent) or hub_tars):
         return (f"it is the data/ folder of a snapshot of the Hub's ILSVRC/imagenet-1k: pass the folder above it, "
                 f"--data_dir {data_dir.parent}")
+    held = f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+    if any(_read_in_a_set(n) for n in names):
+        return (f"{held}, named as this reader's archives are, but not in a layout it reads (a file missing, or out "
+                f"of place); it recognises {RECOGNISED}")
     zips = [n for n in names if n.lower().endswith(".zip")]
     instead = f" (Kaggle's zip renamed? pass the zip itself: --data_dir {data_dir / zips[0]})" if zips else ""
-    return (f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}, under no archive name this reader "
-            f"recognises{instead}; it recognises {RECOGNISED}")
+    return f"{held}, under no archive name this reader recognises{instead}; it recognises {RECOGNISED}"
 
 
 def _imagenet_org(data_dir: Path, names: list[str]) -> Found:

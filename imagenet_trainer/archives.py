@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagenet_trainer import checkpoints
@@ -549,8 +550,8 @@ def spool(shards, folder: Path, in_flight: int, stop: threading.Event | None = N
         if resumed is None:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        kept = [os.path.getsize(_spool_file(folder, s)) if resumed and _spool_file(folder, s).exists() else 0
-                for s in streamed]
+        kept = [sum(os.path.getsize(f) for f in (_spool_file(folder, s), _index_file(_spool_file(folder, s)))
+                    if resumed and f.exists()) for s in streamed]
         need = spool_peak(streamed, in_flight, resumed, kept) - sum(kept)
         if need > checkpoints.free_bytes(folder):
             raise SystemExit(f"error: the spool in {folder} needs about {_amount(need)} more at its peak (the images "
@@ -642,67 +643,132 @@ def _resume(folder: Path, streamed, job: dict):
 
 
 def spool_bytes(streamed) -> int:
-    """Bytes the spool files of ``streamed`` shards will hold in all (``_member_bytes``)."""
-    return round(sum(sum(sizes.values()) for sizes in _member_bytes(streamed)))
+    """At most the bytes the spool and index files of ``streamed`` shards will hold in all (``_member_bounds``)."""
+    bounds = _member_bounds(streamed, [0] * len(streamed))
+    groups = {group: size for shard in bounds for group, size, _ in shard.values() if group is not None}
+    return sum(groups.values()) + sum(line + (size if group is None else 0)
+                                      for shard in bounds for group, size, line in shard.values())
 
 
 def spool_peak(streamed, in_flight: int, resumed=None, kept: list | None = None) -> int:
-    """The most bytes the spool files of ``streamed`` shards hold at once while ``_spool`` reads the archives (those
-    ``resumed`` has not done) in order: the members read so far of shards not complete yet, plus the ``in_flight``
-    largest complete shards, whose files wait for a worker or are in one until it deletes them (``room``; the worst
-    case, slow workers). A few shards' worth when an archive is in the listing's sorted order, up to the split's
-    size when shuffled. ``kept``: the bytes of each shard's spool file a killed run left, there from the start."""
+    """At most the bytes the spool and index files of ``streamed`` shards hold at once while ``_spool`` reads the
+    archives (those ``resumed`` has not done) in order: the members read so far of shards not complete yet, plus the
+    ``in_flight`` largest complete shards, whose files wait for a worker or are in one until it deletes them
+    (``room``; the worst case, slow workers), and never more than all read so far. A few shards' worth when an
+    archive is in the listing's sorted order, up to the split's size when shuffled. ``kept``: the bytes of each
+    shard's spool and index files a killed run left, there from the start.
+
+    A Parquet row whose row group is spooled whole counts as that group (``_member_bounds``: its size is not known
+    before it is read): so does a shard's every row there, and the shards not complete yet hold each group they have
+    rows in once."""
     done, located = resumed or (set(), {})
-    sizes = _member_bytes(streamed)
-    held = list(kept or [0] * len(streamed))
+    bounds = _member_bounds(streamed, kept or [0] * len(streamed))
+    own = list(kept or [0] * len(streamed))  # bytes of each shard's own: kept files, index lines, tar members
+    bound = list(own)  # each shard's bytes at most: its own, and each row group it has rows in
     left = [len(s.source["members"]) - len(located.get(i, {})) for i, s in enumerate(streamed)]
-    order = sorted((loc[0], loc[1], i, sizes[i][path]) for i, s in enumerate(streamed)  # as _spool reads them
+    order = sorted((loc[0], loc[1], i, path) for i, s in enumerate(streamed)  # as _spool reads them
                    for path, loc in s.source["members"].items() if loc[0] not in done)
-    partial = sum(b for b, n in zip(held, left) if n)
+    groups_of = [[] for _ in streamed]  # the row groups each shard has rows in, so far
+    holders, sizes = Counter(), {}  # row group -> shards not complete yet with rows there; -> its bytes at most
+    read = sum(own)  # all the spool holds or held, at most
+    owned = sum(b for b, n in zip(own, left) if n)  # own bytes of the shards not complete yet
+    pooled = 0  # bytes of the row groups they hold rows in
     top, top_sum = [], 0  # a min-heap of the in_flight largest complete shards' bytes, and their sum
 
-    def complete(size) -> None:
-        nonlocal top_sum
+    def complete(i) -> None:
+        nonlocal top_sum, pooled
+        for group in groups_of[i]:
+            holders[group] -= 1
+            pooled -= sizes[group] if not holders[group] else 0
         if len(top) < in_flight:
-            heapq.heappush(top, size)
-            top_sum += size
-        elif top and size > top[0]:
-            top_sum += size - heapq.heapreplace(top, size)
+            heapq.heappush(top, bound[i])
+            top_sum += bound[i]
+        elif top and bound[i] > top[0]:
+            top_sum += bound[i] - heapq.heapreplace(top, bound[i])
 
     for i, n in enumerate(left):
         if n == 0:
-            complete(held[i])
-    peak = partial + top_sum
-    for _, _, i, size in order:
-        held[i] += size
-        partial += size
-        peak = max(peak, partial + top_sum)  # a completing shard counts here, before it waits for room()
+            complete(i)
+    peak = min(read, owned + top_sum)
+    for _, _, i, path in order:
+        group, size, line = bounds[i][path]
+        mine = line + (size if group is None else 0)
+        own[i], bound[i], owned, read = own[i] + mine, bound[i] + mine, owned + mine, read + mine
+        if group is not None and group not in sizes:
+            sizes[group], read = size, read + size
+        if group is not None and group not in groups_of[i][-1:]:  # a group's rows come together
+            groups_of[i].append(group)
+            bound[i] += size
+            holders[group] += 1
+            pooled += size if holders[group] == 1 else 0
+        peak = max(peak, min(read, owned + pooled + top_sum))  # a completing shard counts here, before room()
         left[i] -= 1
         if left[i] == 0:
-            partial -= held[i]
-            complete(held[i])
+            owned -= own[i]
+            complete(i)
     return round(peak)
 
 
-def _member_bytes(streamed) -> list[dict]:
-    """[{path: bytes in the spool}] of each of ``streamed``: a tar member's size; a Parquet row's share of its row
-    group's image column (uncompressed), the listing keeping no per-row size."""
-    rows = {(loc[0], loc[1][0]) for s in streamed for loc in s.source["members"].values() if loc[3] == PARQUET}
+def _member_bounds(streamed, kept: list) -> list[dict]:
+    """[{path: (row group or None, bytes at most, bytes of its index line at most)}] of each of ``streamed``: a tar
+    member's size; a Parquet row's size where its row group is shared with shards read in place, else its (archive,
+    row group) and that group's bytes (``_row_group_bounds``). The index line as ``_spool`` writes it, offset and
+    size as long as the shard's ``kept`` bytes and members at most."""
+    whole, rows = _row_group_bounds(streamed)
+    bounds = []
+    for s, before in zip(streamed, kept):
+        sizes = {}
+        for path, (at, name, size, method, _) in s.source["members"].items():
+            if method != PARQUET:
+                sizes[path] = (None, size)
+            elif (at, name[0]) in rows:
+                sizes[path] = (None, rows[(at, name[0])].get(name[1], 0))
+            else:
+                sizes[path] = ((at, name[0]), whole.get((at, name[0]), 0))
+        digits = max(len("null"), len(str(round(before + sum(size for _, size in sizes.values())))))
+        # [path, offset, size] and a newline: the path's JSON and 7 characters
+        bounds.append({path: (group, size, len(json.dumps(path)) + 2 * digits + 7)
+                       for path, (group, size) in sizes.items()})
+    return bounds
+
+
+def _row_group_bounds(streamed) -> tuple[dict, dict]:
+    """({(archive, row group): its image column's bytes uncompressed} for the row groups whose rows are all spooled,
+    {(archive, row group): {row: its image's bytes}} for those shared with shards read in place), from the Parquet
+    files' metadata and, for shared groups, their image bytes read once more: the listing keeps no per-row size, and
+    a spooled row may be most of its group (an image far larger than the others). A column chunk holds its images,
+    their lengths and page headers, at least the images' bytes (but for an image repeated in a dictionary page)."""
+    spooled = Counter((loc[0], loc[1][0]) for s in streamed for loc in s.source["members"].values()
+                      if loc[3] == PARQUET)
+    in_group = {(loc[0], loc[1][0]): loc[2] for s in streamed for loc in s.source["members"].values()
+                if loc[3] == PARQUET}  # the row group's rows, as listed
     paths = streamed[0].source["archives"] if streamed else []
-    per_row = {}  # (archive, row group) -> bytes of one row
-    for at in sorted({at for at, _ in rows}):
+    whole, rows = {}, {}
+    for at in sorted({at for at, _ in spooled}):
         try:
-            meta = pq.ParquetFile(paths[at]).metadata
+            opened = open_parquet(paths[at])
         except (pa.ArrowException, OSError):
             continue  # the spool meets the same error and leaves the rows in place
-        for a, group in rows:
-            if a == at and group < meta.num_row_groups:
-                rg = meta.row_group(group)
-                col = next((rg.column(i) for i in range(rg.num_columns)
-                            if rg.column(i).path_in_schema == "image.bytes"), None)
-                per_row[(a, group)] = col.total_uncompressed_size / max(rg.num_rows, 1) if col is not None else 0
-    return [{path: per_row.get((at, name[0]), 0) if method == PARQUET else size
-             for path, (at, name, size, method, _) in s.source["members"].items()} for s in streamed]
+        for key in sorted(k for k in spooled if k[0] == at and k[1] < opened.metadata.num_row_groups):
+            rg = opened.metadata.row_group(key[1])
+            col = next((rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema == "image.bytes"),
+                       None)
+            try:
+                if spooled[key] < in_group[key]:
+                    rows[key] = dict(enumerate(_image_sizes(opened, key[1])))
+                else:
+                    whole[key] = col.total_uncompressed_size if col is not None else 0
+            except (pa.ArrowException, OSError):
+                continue  # as above, for this row group
+    return whole, rows
+
+
+def _image_sizes(opened: pq.ParquetFile, group: int) -> list[int]:
+    """The bytes of each row's ``image.bytes`` in one row group, read 64 rows at a time as ``parquet_rows`` does."""
+    sizes = []
+    for batch in opened.iter_batches(batch_size=64, row_groups=[group], columns=["image.bytes"]):
+        sizes += pc.binary_length(batch.column(0).field("bytes")).fill_null(0).to_pylist()
+    return sizes
 
 
 def _amount(size: float) -> str:

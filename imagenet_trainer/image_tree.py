@@ -127,7 +127,13 @@ def detect_layout(data_dir: Path, val_fraction: float | None) -> str:
     from imagenet_trainer import archive_layouts  # it imports this module
 
     hint = archive_layouts.unrecognised(data_dir)  # a download renamed, or a part of one: say what to pass
-    raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; " + (hint or f"it takes {ACCEPTED}"))
+    if hint and not folders:
+        raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; {hint}")
+    # folders beside the archives may be a tree one level too deep: the trees taken are named too
+    more = ", ..." if len(folders) > 3 else ""
+    shown = f" (its folders, {', '.join(folders[:3])}{more}, hold no image files directly)" if folders else ""
+    raise ValueError(f"--data_dir {data_dir}: not a layout preprocess.py reads; it takes {ACCEPTED}{shown}"
+                     + (f"; {hint}" if hint else ""))
 
 
 def list_classes(folder: Path, left_out: list | None = None, where: str = ""

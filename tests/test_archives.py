@@ -18,10 +18,12 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -401,6 +403,61 @@ def spool_peak_of(folder: Path, shard_size: int, in_flight: int, tmp_path: Path)
     return archives.spool_peak(streamed, in_flight), archives.spool_bytes(streamed)
 
 
+def one_scattered_shard(tree: Path, dest: Path, shard_size: int, pad: int) -> Path:
+    """The Hub's Parquet layout with its train split in one file whose row groups each hold 7 rows in the listing's
+    order (shards read in place) and 1 row of train shard 0, padded by ``pad`` bytes: shard 0 is spooled, and its
+    rows are the large ones of their groups, far above a group's average."""
+    folder = demo_archives.hub_parquet(tree, dest)
+    files = sorted((folder / "data").glob("train-*.parquet"))
+    table = pa.concat_tables(pq.read_table(p) for p in files)
+    rows = sorted(table.to_pylist(), key=lambda row: listed_path(row["image"]["path"]))
+    first, rest = rows[:shard_size], rows[shard_size:]
+    assert len(rest) == 7 * shard_size
+    for row in first:
+        row["image"]["bytes"] += b"\0" * pad  # after the JPEG's end: decoders stop before it
+    ordered = [row for k in range(shard_size) for row in [*rest[7 * k:7 * k + 7], first[k]]]
+    for p in files:
+        p.unlink()
+    pq.write_table(pa.Table.from_pylist(ordered, schema=table.schema), folder / "data" / "train-00000-of-00001.parquet",
+                   row_group_size=8)
+    return folder
+
+
+def listed_path(name: str) -> str:
+    """A train row's path in the listing: <wnid>/<image id><ext>."""
+    image_id, ext, wnid = archive_layouts.hub_image_id(name)
+    return f"{wnid}/{image_id}{ext}"
+
+
+def watch_spool(monkeypatch, work: Path) -> list:
+    """The bytes of the spool and index files in ``work`` before and after each member the spool copies, and as each
+    shard's files are complete."""
+    real, held = archives._members_of, []
+
+    def on_disk() -> int:
+        total = 0
+        for p in work.rglob("spool/*"):
+            try:
+                total += p.stat().st_size if p.suffix in (".bin", ".idx") else 0
+            except FileNotFoundError:  # its shard done meanwhile: a worker deleted it
+                pass
+        return total
+
+    def members_of(path, wanted):
+        for member in real(path, wanted):
+            held.append(on_disk())
+            yield member
+            held.append(on_disk())  # the member written
+
+    def spooled(*args):  # a shard's last member written, before a worker may delete its files
+        held.append(on_disk())
+        return real_spooled(*args)
+    real_spooled = archives._spooled
+    monkeypatch.setattr(archives, "_members_of", members_of)
+    monkeypatch.setattr(archives, "_spooled", spooled)
+    return held
+
+
 def test_the_spool_asks_for_its_peak_a_few_shards_when_sorted_the_split_when_shuffled(tmp_path, monkeypatch):
     """Kaggle's older tar.gz holds each class folder's files together, so the spool holds a few shards at once, not
     the split (about 160 GB of ImageNet's): a disk with room for that peak, not for the split, runs; a shuffled
@@ -412,14 +469,7 @@ def test_the_spool_asks_for_its_peak_a_few_shards_when_sorted_the_split_when_shu
     assert 0 < peak < total / 3
     free = {"bytes": peak}
     monkeypatch.setattr(archives.checkpoints, "free_bytes", lambda folder: free["bytes"])
-    real, held = archives._members_of, []
-
-    def members_of(path, wanted):  # the spool files on disk as each member is read
-        for member in real(path, wanted):
-            held.append(sum(p.stat().st_size for p in (tmp_path / "out.tmp").rglob("spool/*.bin")
-                            if p.exists()))
-            yield member
-    monkeypatch.setattr(archives, "_members_of", members_of)
+    held = watch_spool(monkeypatch, tmp_path / "out.tmp")
     run(sorted_tgz, tmp_path / "out", "--num_proc", "2", "--shard_size", "2", "--shorter_side", "64")
     assert datasets.load_from_disk(str(tmp_path / "out"))["train"].num_rows == 120
     assert 0 < max(held) <= peak, (max(held), peak)  # what the check asked for covered what the spool held
@@ -435,6 +485,38 @@ def test_the_spool_asks_for_its_peak_a_few_shards_when_sorted_the_split_when_shu
     assert f"needs about {peak / 1e6:.1f} MB more at its peak" in message
     assert f"{(peak - 1) / 1e6:.1f} MB free: free space or give --output_dir on a larger disk" in message
     assert not list((tmp_path / "refused.tmp").rglob("*.arrow"))
+
+
+def test_the_spools_peak_bounds_parquet_rows_larger_than_their_groups_average(tmp_path, monkeypatch):
+    """A Parquet row's size is not known before it is read: a spooled shard whose rows are the large ones of row
+    groups it shares with shards read in place would hold several times its groups' average. The free-space check
+    asks for a bound, so what the spool held never exceeds it."""
+    tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=2, train_per_class=20, val_per_class=2, num_test=4)
+    folder = one_scattered_shard(tree, tmp_path / "parquet", 5, 400_000)
+    listing = preprocess.list_splits(folder, None, 0)
+    shards = preprocess.plan_shards(folder, listing.splits, tmp_path / "plan", 5)
+    assert [(s.split, s.index) for s in shards if archives._spooled_read(s)] == [("train", 0)]
+    peak, total = spool_peak_of(folder, 5, 2, tmp_path)  # --num_proc 1: 2 in flight
+    held = watch_spool(monkeypatch, tmp_path / "out.tmp")
+    run(folder, tmp_path / "out", "--shorter_side", "64")
+    assert datasets.load_from_disk(str(tmp_path / "out"))["train"].num_rows == 40
+    assert 5 * 400_000 < max(held) <= peak <= total, (max(held), peak, total)
+
+
+def test_the_spools_peak_counts_its_index_files(packaged, tmp_path):
+    """Each spooled member has a line in its shard's .idx file beside the spool file (about 100 bytes: 100 MB for
+    ImageNet's shuffled train split): the need asked for covers both."""
+    folder = packaged["hub-imagenet-1k"]
+    listing = preprocess.list_splits(folder, None, 0)
+    shards = preprocess.plan_shards(folder, listing.splits, tmp_path / "plan", 5)
+    streamed = [s for s in shards if archives._spooled_read(s)]
+    need = archives.spool_peak(streamed, 100)  # every shard may be held at once: none is released below
+    assert archives.spool_bytes(streamed) == need
+    ready = list(archives.spool(shards, tmp_path / "spool", 100))
+    files = list((tmp_path / "spool").glob("*.idx"))
+    assert len(files) == len(streamed) and all(s.source["members"] for s in ready)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "spool").iterdir() if p.suffix in (".bin", ".idx"))
+    assert on_disk <= need < on_disk + 20 * sum(len(s.source["members"]) for s in streamed), (on_disk, need)
 
 
 @pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz", "hub_parquet"])
@@ -812,6 +894,53 @@ def test_a_folder_of_archives_under_other_names_says_which_names_are_read(packag
     for name in (archive_layouts.KAGGLE_TGZ_NAME, archive_layouts.TRAIN_TAR, archive_layouts.DEVKIT, "parquet"):
         assert name in message
     assert archives.detect(folder / "imagenet.zip").packaging == "kaggle-zip"  # what it says to pass is read
+
+
+def test_kaggles_zip_downloaded_twice_or_named_in_capitals_is_named_as_kaggles(packaged, tmp_path):
+    """A second download kept beside the first ("... (1).zip") is two of Kaggle's zips, not archives under names
+    this reader does not recognise: the one line says to pass one. Its name in capitals (.ZIP) is read as Kaggle's
+    zip; a file of the Hub's snapshot out of its place is named as a recognised one missing its set."""
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    for name in ("imagenet-object-localization-challenge.zip", "imagenet-object-localization-challenge (1).zip"):
+        (twice / name).symlink_to(packaged["kaggle-zip"])
+    assert error_of(twice, tmp_path / "out") == (
+        f"error: {twice}: 2 of Kaggle's zips, imagenet-object-localization-challenge (1).zip, "
+        "imagenet-object-localization-challenge.zip; pass one, --data_dir "
+        f"{twice / 'imagenet-object-localization-challenge.zip'}")
+
+    capitals = tmp_path / "capitals"
+    capitals.mkdir()
+    (capitals / "imagenet-object-localization-challenge.ZIP").symlink_to(packaged["kaggle-zip"])
+    assert archives.detect(capitals).packaging == "kaggle-zip"
+    listed, zipped = (preprocess.list_splits(d, None, 0).splits for d in (capitals, packaged["kaggle-zip"]))
+    assert {k: s.items for k, s in listed.items()} == {k: s.items for k, s in zipped.items()}
+
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    parquet = next((packaged["hub-imagenet-1k-parquet"] / "data").glob("train-*.parquet"))
+    (loose / parquet.name).symlink_to(parquet)
+    message = error_of(loose, tmp_path / "out")
+    assert f"it holds {parquet.name}, named as this reader's archives are, but not in a layout it reads" in message
+    assert "no archive name" not in message and archive_layouts.RECOGNISED in message
+
+
+def test_a_tree_one_level_too_deep_beside_a_zip_names_the_trees_taken_and_the_zip(ilsvrc_tree, tmp_path):
+    """A class tree one folder too deep with a stray zip beside it: the one line names the trees preprocess.py
+    takes and the folder that holds none, as well as the zip, so that a non-ImageNet zip is not all it points to."""
+    folder = tmp_path / "download"
+    images = sorted((ilsvrc_tree / ilsvrc.SPLIT_DIRS["train"]).glob("*/*.JPEG"))[:2]
+    for split in ("train", "val"):
+        for image in images:
+            (folder / "mydata" / split / image.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, folder / "mydata" / split / image.parent.name)
+    with zipfile.ZipFile(folder / "photos.zip", "w") as zf:
+        for image in images:
+            zf.write(image, image.name)
+    message = error_of(folder, tmp_path / "out")
+    assert message.startswith(f"error: --data_dir {folder}: not a layout preprocess.py reads; it takes "
+                              f"{image_tree.ACCEPTED} (its folders, mydata, hold no image files directly); it holds "
+                              "photos.zip, under no archive name this reader recognises")
 
 
 @pytest.mark.parametrize("packaging", ["hub-imagenet-1k-parquet", "hub-imagenet-1k"])
