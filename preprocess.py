@@ -171,7 +171,7 @@ class Listing(NamedTuple):
     warnings: list
     archives: dict | None = None  # read from archives, not a tree: what was found (archives.Found._asdict())
     eval_set: dict | None = None  # what source.json records about an evaluation set (eval_sets.list_splits)
-    left_out: list | None = None  # files, folders, archive members not read: [{path, reason}]; None: an eval set
+    left_out: list | None = None  # files, folders, archive members not read: [{path, reason}]
 
 
 def list_splits(data_dir: Path, val_fraction: float | None, split_seed: int, eval_set: str = "",
@@ -208,8 +208,9 @@ def list_layout(data_dir: Path, val_fraction: float | None, split_seed: int, eva
                        left_out=left_out)
     kind = eval_sets.detect(data_dir, eval_set) if data_dir.is_dir() and val_fraction is None and not forced else None
     if kind:
-        *listed, record = eval_sets.list_splits(data_dir, kind, eval_sets.parse_eval_set(eval_set)[1])
-        return Listing(kind, *listed, eval_set=record)
+        *listed, record = eval_sets.list_splits(data_dir, kind, eval_sets.parse_eval_set(eval_set)[1],
+                                                left_out=left_out)
+        return Listing(kind, *listed, eval_set=record, left_out=left_out)
     layout = image_tree.ILSVRC if forced == "ilsvrc" else image_tree.detect_layout(data_dir, val_fraction)
     if layout == image_tree.ILSVRC:
         if val_fraction is not None:

@@ -656,6 +656,8 @@ def check_flags(cfg: ValidateConfig) -> Path | None:
 def load_split(cfg: ValidateConfig, split_from: str):
     """(--dataset, its --split, the split's class names); each failure one line naming the flag, and the run's
     --eval_split where --split came from it (``split_from``)."""
+    if unpacked := eval_suite.unpacked_set_line(cfg.dataset, "--dataset"):  # datasets would read it as a train split
+        raise SystemExit(unpacked)
     try:
         ds = load_image_dataset(cfg.dataset)
     except ValueError as e:  # an unpacked set that was not preprocessed: said so, not its missing label column

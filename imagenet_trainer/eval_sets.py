@@ -23,6 +23,7 @@ published name. Library code: bad input is a ``ValueError`` that names the folde
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -108,10 +109,18 @@ def distributed_kind(folder_name: str) -> str | None:
     return V2 if name.startswith(("imagenetv2", "imagenet-v2")) else DISTRIBUTED_NAMES.get(name)
 
 
+def sets_inside(data_dir: Path, folders: list[str] | None = None) -> list[str]:
+    """The subfolders of ``data_dir`` (``folders``: its subfolders, listed already) that are each a set, named as its
+    archive unpacks (imagenet-r/, imagenetv2-top-images-format-val/); a training tree in one (sketch/train/) is none."""
+    folders = image_tree._subfolders(data_dir) if folders is None else folders
+    return [f for f in folders if distributed_kind(f) and detect(data_dir / f, "")]
+
+
 def _set_inside(data_dir: Path, folders: list[str]) -> str | None:
-    """The set ``data_dir``'s one subfolder is, named as its archive unpacks (imagenet-r/imagenet-r/), or None;
-    a training tree in it (sketch/train/) is none."""
-    return detect(data_dir / folders[0], "") if len(folders) == 1 and distributed_kind(folders[0]) else None
+    """The set ``data_dir``'s one subfolder is (imagenet-r/imagenet-r/: its archive unpacked one level too deep), or
+    None."""
+    inside = sets_inside(data_dir, folders) if len(folders) == 1 else []
+    return detect(data_dir / inside[0], "") if inside else None
 
 
 def detect(data_dir: Path, eval_set: str) -> str | None:
@@ -124,6 +133,9 @@ def detect(data_dir: Path, eval_set: str) -> str | None:
     # a folder named as a set, or holding only one (its archive unpacked one level too deep: list_splits says so)
     if kind := distributed_kind(data_dir.name) or _set_inside(data_dir, folders):
         return kind
+    # sets side by side (downloads/imagenet-r/, downloads/imagenet-a/): read as a set, so that list_splits names them
+    if len(inside := sets_inside(data_dir, folders)) > 1:
+        return detect(data_dir / inside[0], "")
     if _c_root(data_dir, folders):
         return C
     if len(folders) == 1000 and all(f.isdigit() for f in folders):
@@ -144,9 +156,11 @@ def _missing_warning(folder: Path, title: str, found: int, expected: int) -> lis
             if found < expected else [])
 
 
-def _class_split(data_dir: Path, rel: str, index: dict[str, int], kind: str) -> tuple[Split, list[str]]:
-    """One split of ``<class>/<image>`` folders, labelled through ``index`` (folder name -> 1k label)."""
-    classes, warnings = image_tree.list_classes(data_dir / rel if rel else data_dir)
+def _class_split(data_dir: Path, rel: str, index: dict[str, int], kind: str, left_out: list | None = None
+                 ) -> tuple[Split, list[str]]:
+    """One split of ``<class>/<image>`` folders, labelled through ``index`` (folder name -> 1k label); ``left_out``: a
+    list that gets preprocess_report.json's entry of each file and folder not read, its path under ``data_dir``."""
+    classes, warnings = image_tree.list_classes(data_dir / rel if rel else data_dir, left_out, rel)
     items = [(f"{c}/{f}", index[c]) for c in classes for f in classes[c]]
     empty = [c for c in classes if not classes[c]]
     if empty:
@@ -156,7 +170,8 @@ def _class_split(data_dir: Path, rel: str, index: dict[str, int], kind: str) -> 
     return Split(rel, None, items, {}, True), warnings
 
 
-def _list_v2(data_dir: Path, folders: list[str], variant: str | None) -> tuple[Split, list[str], str | None]:
+def _list_v2(data_dir: Path, folders: list[str], variant: str | None, left_out: list | None = None
+             ) -> tuple[Split, list[str], str | None]:
     """ImageNet-V2's one split, its warnings and its variant (``variant``: --eval_set's, else the folder name's)."""
     bad = [f for f in folders if not (f.isdigit() and 0 <= int(f) < 1000 and str(int(f)) == f)]
     if bad:
@@ -166,7 +181,7 @@ def _list_v2(data_dir: Path, folders: list[str], variant: str | None) -> tuple[S
     if variant and named and variant != named:
         raise ValueError(f"--eval_set {V2}:{variant}: {data_dir}'s name says it is ImageNet-V2's {named} variant; "
                          f"give --eval_set {V2}:{named}, or rename the folder")
-    split, warnings = _class_split(data_dir, "", {str(i): i for i in range(1000)}, V2)
+    split, warnings = _class_split(data_dir, "", {str(i): i for i in range(1000)}, V2, left_out)
     warnings += _missing_warning(data_dir, SETS[V2].title, len(folders), 1000)
     if not (variant or named):  # the three share 0..999/: only the name tells which published numbers compare
         warnings.append(f"{data_dir}: its name names none of ImageNet-V2's variants, so it is scored as a subset, "
@@ -175,24 +190,28 @@ def _list_v2(data_dir: Path, folders: list[str], variant: str | None) -> tuple[S
     return split, warnings, variant or named
 
 
-def list_splits(data_dir: Path, kind: str, variant: str | None = None
+def list_splits(data_dir: Path, kind: str, variant: str | None = None, left_out: list | None = None
                 ) -> tuple[list[str], list[str], dict[str, Split], list[str], dict]:
     """(the 1000 wnids, their descriptions, {split: Split}, warnings, what source.json records) of a set;
-    ``variant``: ImageNet-V2's, from --eval_set (None: read from the folder's name)."""
+    ``variant``: ImageNet-V2's, from --eval_set (None: read from the folder's name). ``left_out``: a list that gets
+    preprocess_report.json's entry of each file and folder not read (hidden ones, non-image files, ...)."""
     wnids = ilsvrc.imagenet_wnids()
     lemmas = ilsvrc.imagenet_lemmas()
     index = {w: i for i, w in enumerate(wnids)}
     title = SETS[kind].title
     folders = image_tree._subfolders(data_dir)
+    if len(several := sets_inside(data_dir, folders)) > 1:  # imagenetv2/ with its three variants: one run each
+        raise ValueError(f"{data_dir}: holds {len(several)} evaluation sets, {', '.join(several)}; pass one of them "
+                         f"as --data_dir (--data_dir {data_dir / several[0]}), one preprocess.py run per set")
     if inside := _set_inside(data_dir, folders):  # no set's classes or corruptions are named so
         raise ValueError(f"{data_dir}: its one folder, {folders[0]}, is {SETS[inside].title} itself (its archive "
                          f"unpacked one level too deep); pass --data_dir {data_dir / folders[0]}")
     record = {"eval_set": kind, "class_subset": None, "variant": None}
     if kind == V2:
-        split, warnings, record["variant"] = _list_v2(data_dir, folders, variant)
+        split, warnings, record["variant"] = _list_v2(data_dir, folders, variant, left_out)
         return wnids, [lemmas[w] for w in wnids], {"validation": split}, warnings, record
     if kind == C:
-        return (wnids, [lemmas[w] for w in wnids], *_list_c(data_dir, folders, index), record)
+        return (wnids, [lemmas[w] for w in wnids], *_list_c(data_dir, folders, index, left_out), record)
     _check_wnids(data_dir, folders, set(index))
     warnings = []
     if kind in (R, A):
@@ -206,11 +225,12 @@ def list_splits(data_dir: Path, kind: str, variant: str | None = None
         record["class_subset"] = [index[w] for w in expected]
     else:
         warnings += _missing_warning(data_dir, title, len(folders), 1000)
-    split, more = _class_split(data_dir, "", index, kind)
+    split, more = _class_split(data_dir, "", index, kind, left_out)
     return wnids, [lemmas[w] for w in wnids], {"validation": split}, warnings + more, record
 
 
-def _list_c(data_dir: Path, folders: list[str], index: dict[str, int]) -> tuple[dict[str, Split], list[str]]:
+def _list_c(data_dir: Path, folders: list[str], index: dict[str, int], left_out: list | None = None
+            ) -> tuple[dict[str, Split], list[str]]:
     roots = _c_root(data_dir, folders)
     strays = [f for f in folders if f not in roots and f not in C_CATEGORIES]
     if not roots or strays:
@@ -223,25 +243,53 @@ def _list_c(data_dir: Path, folders: list[str], index: dict[str, int]) -> tuple[
         severities = image_tree._subfolders(root)
         if severities != list(C_SEVERITIES):
             raise ValueError(f"{root}: expected the severity folders 1 2 3 4 5, found {' '.join(severities) or 'none'}"
-                             + _severity_fix(root, severities))
+                             + _severity_fix(root, severities, set(index)))
         for severity in severities:
             wnid_folders = image_tree._subfolders(root / severity)
             _check_wnids(root / severity, wnid_folders, set(index))
             classes.update(wnid_folders)
             rel = str((root / severity).relative_to(data_dir))
-            splits[split_of(corruption, severity)], more = _class_split(data_dir, rel, index, C)
+            splits[split_of(corruption, severity)], more = _class_split(data_dir, rel, index, C, left_out)
             warnings += more
     missing = [c for c in C_CORRUPTIONS if c not in roots]
     if missing:
         warnings.append(f"{data_dir}: {len(missing)} of ImageNet-C's 15 corruptions missing (e.g. {missing[0]}); "
                         "mCE needs all 15")
     warnings += _missing_warning(data_dir, "ImageNet-C", len(classes), 1000)
-    return splits, warnings
+    uppers = ["", *(f for f in folders if f in C_CATEGORIES), *(str(r.relative_to(data_dir)) for r in roots.values())]
+    return splits, warnings + _files_above_classes(data_dir, uppers, left_out)
 
 
-def _severity_fix(root: Path, severities: list[str]) -> str:
-    """What to do about a corruption folder whose severity folders are not 1..5: the end of its error line."""
+def _files_above_classes(data_dir: Path, folders: list[str], left_out: list | None) -> list[str]:
+    """The files in ImageNet-C's ``folders`` above its class folders (imagenet-c/README.txt, noise/.DS_Store): not
+    read, into ``left_out`` when it is a list; their warning (the hidden ones' is preprocess.py's)."""
+    found, links = [], []
+    for rel in folders:
+        files, _, broken = ilsvrc.scan(data_dir / rel)
+        hidden = image_tree.hidden_in(data_dir / rel) if left_out is not None else []
+        image_tree.collect(left_out, rel, ilsvrc.left_out(files, image_tree.OUTSIDE_CLASSES)
+                           + ilsvrc.broken_links_left_out(broken) + ilsvrc.left_out(hidden, image_tree.HIDDEN))
+        found += [f"{rel}/{f}" if rel else f for f in files]
+        links += [(f"{rel}/{name}" if rel else name, why) for name, why in broken]
+    return ([f"{len(found)} files above ImageNet-C's class folders in {data_dir} left out (images go in "
+             f"<corruption>/<1-5>/<wnid>/), e.g. {found[0]}"] if found else []) + ilsvrc.broken_link_warnings(
+        links, data_dir)
+
+
+def _severity_fix(root: Path, severities: list[str], wnids: set[str]) -> str:
+    """What to do about a corruption folder whose severity folders are not 1..5: the end of its error line. Class
+    folders in it (a copy of one severity) and severity_3-like names are the level misplaced or misnamed: moving them
+    out would empty the corruption."""
     stray = [s for s in severities if s not in C_SEVERITIES]
+    classes = [s for s in stray if s in wnids]
+    if classes:
+        return (f"; {root / classes[0]} is an ImageNet-1k class folder ({len(classes)} such): the severity folder "
+                f"above them is missing; move them into {root}/N, N their severity (1..5)")
+    named = {s: m[1] for s in stray if (m := re.fullmatch(r"\D*([1-5])", s))}
+    if named and not set(severities) & set(C_SEVERITIES):
+        first = min(named, key=named.get)
+        return (f"; {', '.join(sorted(named, key=named.get))} look like severity folders: rename each to its "
+                f"severity alone ({root / first} -> {root / named[first]})")
     if stray:
         return f"; {root / stray[0]} is none of them: move it out"
     missing = [s for s in C_SEVERITIES if s not in severities]

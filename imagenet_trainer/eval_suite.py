@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -75,7 +76,8 @@ def load_target(path: str, flag: str, split: str | None, given: bool = False) ->
     named one (``given``: --split), which is then scored alone. Errors are one line naming ``flag``."""
     from modeling.card import dataset_source, public  # modeling imports imagenet_trainer, not the other way round
 
-    if flag == "--eval_sets" and (unread := image_tree_line(path, flag)):  # its kind and classes are preprocess.py's
+    # its kind and classes are preprocess.py's (--dataset: only a set's folder, a user's class tree loads as it is)
+    if unread := (image_tree_line(path, flag) if flag == "--eval_sets" else unpacked_set_line(path, flag)):
         raise SystemExit(unread)
     try:
         ds = load_image_dataset(path)
@@ -120,9 +122,24 @@ def image_tree_line(path: str, flag: str) -> str | None:
         return None
     if any(p.suffix in (".parquet", ".arrow") for level in ("", "*/", "*/*/") for p in folder.glob(f"{level}*")):
         return None
-    return (f"error: {flag} {path}: no preprocess.py output there (no dataset_dict.json): run preprocess.py "
-            f"--data_dir {path} --output_dir OUT on it first (--eval_set NAME for a renamed set), then give OUT as "
-            f"{flag}")
+    inside = eval_sets.sets_inside(folder)  # downloads/imagenet-r/: preprocess.py reads the set's own folder
+    run = f"run preprocess.py --data_dir {folder / inside[0] if inside else path} --output_dir OUT on it first"
+    if len(inside) > 1:
+        run = (f"it holds {len(inside)} evaluation sets, {', '.join(inside)}: run preprocess.py --data_dir "
+               f"{folder / inside[0]} --output_dir OUT on each first")
+    return (f"error: {flag} {path}: no preprocess.py output there (no dataset_dict.json): {run} (--eval_set NAME "
+            f"for a renamed set), then give OUT as {flag}")
+
+
+def unpacked_set_line(path: str, flag: str) -> str | None:
+    """``image_tree_line`` for a local folder that is, or holds, an evaluation set as its archive unpacks (told as
+    preprocess.py tells it), else None: datasets' imagefolder would read its class folders as one train split (no
+    --split validation, or another class count), never saying what to run. A user's class tree loads as before."""
+    folder = Path(os.path.abspath(Path(path).expanduser()))  # "." and a trailing "/": the folder's own name
+    try:
+        return line if (line := image_tree_line(path, flag)) and eval_sets.detect(folder, "") else None
+    except OSError:  # unreadable: the loader says so
+        return None
 
 
 def clean_kind(kind: str) -> str:

@@ -25,9 +25,11 @@ from timm.data.transforms_factory import transforms_imagenet_eval
 
 import modeling
 import preprocess
+import validate
 from imagenet_trainer import eval_sets, eval_suite, manifest, robustness
 from imagenet_trainer.data import EvalSet, collate, normalize
 from imagenet_trainer.ilsvrc import imagenet_wnids
+from imagenet_trainer.image_tree import HIDDEN, NOT_IMAGE, OUTSIDE_CLASSES
 from modeling.card_sets import update_card_sets
 from test_notebooks import execute, jupyter_home, pngs, stdout  # noqa: F401  (jupyter_home: a fixture)
 from test_validate import ACCELERATE, ROOT, TINY, error_of, evaluate, free_port, ok, run
@@ -181,6 +183,76 @@ def test_imagenet_c_severity_folders_missing_or_stray_say_unpack_every_severity_
     jpeg(c / "fog" / "6" / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG", 1)
     assert preprocess_error(c) == (f"error: {c / 'fog'}: expected the severity folders 1 2 3 4 5, found 1 2 3 4 5 6; "
                                    f"{c / 'fog' / '6'} is none of them: move it out")
+
+
+@pytest.mark.parametrize("copy", ["one severity", "severity_N"])
+def test_imagenet_c_class_folders_without_a_severity_or_severity_n_folders_say_where_they_go(copy, tmp_path):
+    """A one-severity copy (fog/<wnid>/) or fog/severity_1..5/: the folders are the corruption's data, so the line
+    says the level is missing or misnamed, not to move them out (which would empty the corruption)."""
+    c = make_tree(tmp_path, eval_sets.C).resolve()
+    fog = c / "fog"
+    if copy == "one severity":
+        for severity in "2345":
+            shutil.rmtree(fog / severity)
+        for wnid in (fog / "1").iterdir():
+            wnid.rename(fog / wnid.name)
+        (fog / "1").rmdir()
+        assert preprocess_error(c) == (
+            f"error: {fog}: expected the severity folders 1 2 3 4 5, found {WNIDS[1]} {WNIDS[4]}; {fog / WNIDS[1]} is "
+            f"an ImageNet-1k class folder (2 such): the severity folder above them is missing; move them into {fog}/N, "
+            "N their severity (1..5)")
+        return
+    for severity in "12345":
+        (fog / severity).rename(fog / f"severity_{severity}")
+    names = [f"severity_{s}" for s in "12345"]
+    assert preprocess_error(c) == (
+        f"error: {fog}: expected the severity folders 1 2 3 4 5, found {' '.join(names)}; {', '.join(names)} look like "
+        f"severity folders: rename each to its severity alone ({fog / 'severity_1'} -> {fog / '1'})")
+
+
+def test_a_folder_of_several_sets_lists_them_and_says_pass_one_as_data_dir(tmp_path):
+    """imagenetv2/ holding the three V2 variants (not 'class folders are named by class index'), downloads/ holding
+    imagenet-r/ and imagenet-a/ (not the generic layout line): each set is one preprocess.py run."""
+    v2 = tmp_path / "imagenetv2"
+    v2.mkdir()
+    for variant in eval_sets.V2_VARIANTS:
+        make_tree(tmp_path / variant, eval_sets.V2).rename(v2 / f"imagenetv2-{variant}-format-val")
+    variants = [f"imagenetv2-{v}-format-val" for v in eval_sets.V2_VARIANTS]
+    assert preprocess_error(v2) == (
+        f"error: {v2}: holds 3 evaluation sets, {', '.join(variants)}; pass one of them as --data_dir (--data_dir "
+        f"{v2 / variants[0]}), one preprocess.py run per set")
+    downloads = tmp_path / "downloads"
+    make_tree(downloads, eval_sets.R), make_tree(downloads, eval_sets.A)
+    assert preprocess_error(downloads) == (
+        f"error: {downloads}: holds 2 evaluation sets, imagenet-a, imagenet-r; pass one of them as --data_dir "
+        f"(--data_dir {downloads / 'imagenet-a'}), one preprocess.py run per set")
+    assert preprocess_error(v2, "--eval_set", "imagenet-v2").startswith(f"error: {v2}: holds 3 evaluation sets")
+
+
+def test_an_evaluation_sets_report_lists_its_hidden_and_non_image_files_on_any_num_proc(tmp_path, capsys):
+    """preprocess_report.json's left_out on the evaluation-set route, as on the tree and archive routes (it was null):
+    hidden files and non-image files in the class folders, the severity folders and the levels above them."""
+    c = make_tree(tmp_path / "c", eval_sets.C)
+    r = make_tree(tmp_path / "r", eval_sets.R)
+    wnid = eval_sets.subset_wnids(eval_sets.R)[0]
+    planted = {c: [f"noise/gaussian_noise/3/{WNIDS[1]}/.DS_Store", f"fog/1/{WNIDS[4]}/notes.txt",
+                   "noise/gaussian_noise/2/._x.JPEG", "noise/.DS_Store", "README.txt"],
+               r: [f"{wnid}/.DS_Store", f"{wnid}/readme.txt", ".DS_Store"]}
+    reasons = {".DS_Store": HIDDEN, "._x.JPEG": HIDDEN, "notes.txt": NOT_IMAGE, "readme.txt": NOT_IMAGE,
+               "README.txt": OUTSIDE_CLASSES}
+    for root, paths in planted.items():
+        for path in paths:
+            (root / path).write_bytes(b"\0\0\0\1Bud1")
+        expected = sorted(({"path": path, "reason": reasons[path.rsplit("/", 1)[-1]]} for path in paths),
+                          key=lambda e: e["path"])
+        for num_proc in ("1", "2"):
+            out = tmp_path / f"{root.parent.name}-{num_proc}"
+            preprocess.main(["--data_dir", str(root), "--output_dir", str(out), "--num_proc", num_proc])
+            assert json.loads((out / "preprocess_report.json").read_text())["left_out"] == expected, num_proc
+            hidden = [e["path"] for e in expected if e["reason"] == HIDDEN]
+            assert (f'warning: {len(hidden)} hidden files and folders (names starting with ".": .DS_Store, ._*, '
+                    f".ipynb_checkpoints) in {root} left out, e.g. {min(hidden)}") in capsys.readouterr().out
+    assert sum(len(s) for s in datasets.load_from_disk(str(tmp_path / "c-2")).values()) == 20  # every image still
 
 
 def test_imagenet_v2_in_a_renamed_folder_is_named_by_the_variant_given(tmp_path, monkeypatch, capsys):
@@ -740,13 +812,49 @@ def test_an_unpacked_set_given_to_eval_sets_or_dataset_says_run_preprocess_py_on
             f"{raw} --output_dir OUT on it first (--eval_set NAME for a renamed set), then give OUT as {flag}")
 
 
+def test_an_unpacked_set_as_dataset_says_run_preprocess_py_on_it_first_not_that_it_has_a_train_split(in1k_model,
+                                                                                                       tmp_path):
+    """ImageNet-R, -A, -Sketch and -V2 unpacked are plain <class>/<image> trees, which datasets' imagefolder reads as
+    one train split: --dataset on one said 'the dataset has train' (a class count with --split train), in the
+    single-split run and the suite alike. A user's own class tree still loads as before."""
+    line = ("error: --dataset {given}: no preprocess.py output there (no dataset_dict.json): run preprocess.py "
+            "--data_dir {data_dir} --output_dir OUT on it first (--eval_set NAME for a renamed set), then give OUT as "
+            "--dataset")
+    for kind in (eval_sets.R, eval_sets.A, eval_sets.SKETCH, eval_sets.V2):
+        raw = make_tree(tmp_path / kind, kind)
+        for given, args in ((raw, ()), (f"{raw}/", ()), (raw, ("--split", "train")), (raw, ("--image_sizes", 32))):
+            assert error_of(in1k_model, given, *args) == line.format(given=given, data_dir=given), (kind, args)
+    downloads = tmp_path / "downloads"
+    make_tree(downloads, eval_sets.R)
+    assert error_of(in1k_model, downloads) == line.format(given=downloads, data_dir=downloads / eval_sets.R)
+    make_tree(downloads, eval_sets.A)
+    assert error_of(in1k_model, downloads) == (
+        f"error: --dataset {downloads}: no preprocess.py output there (no dataset_dict.json): it holds 2 evaluation "
+        f"sets, imagenet-a, imagenet-r: run preprocess.py --data_dir {downloads / 'imagenet-a'} --output_dir OUT on "
+        "each first (--eval_set NAME for a renamed set), then give OUT as --dataset")
+    for mine, train in ((tmp_path / "sketch", "train/"), (tmp_path / "photos", "")):  # a training tree; a class tree
+        for split in ((train, "val/") if train else ("",)):
+            for name in ("cat", "dog"):
+                jpeg(mine / split / name / f"{name}.jpg", len(name))
+        assert eval_suite.unpacked_set_line(str(mine), "--dataset") is None
+        cfg = validate.ValidateConfig(model=str(in1k_model), dataset=str(mine), split="train")
+        ds, split, names = validate.load_split(cfg, "--split")
+        assert (sorted(ds), names, len(split)) == (["train", "validation"] if train else ["train"], ["cat", "dog"], 2)
+
+
 def test_effective_robustness_notebook(sets, preprocessed, tmp_path, monkeypatch, jupyter_home):
-    """Three models (each answering one class first: one of 2 validation images, 1 of them, none) scored on
-    ImageNet's val and ImageNet-R by validate.py; the notebook plots R against ImageNet in logit space and prints
-    each model's distance above the line fitted to them."""
+    """Three models (each answering one of R's classes first: one with validation images, two without) scored on
+    ImageNet's val and ImageNet-R by validate.py; the notebook plots R against its -clean row (ImageNet's images of
+    R's 200 classes, as Taori et al. place R) in logit space and prints each model's distance above the line fitted
+    to them; files without -clean rows fall back to the 1000-class top-1, and the notebook says so."""
     val = imagenet_val(preprocessed, tmp_path / "in1k")
     counts = np.bincount(datasets.load_from_disk(str(val))["validation"]["label"], minlength=1000)
-    classes = (int(np.flatnonzero(counts == 2)[0]), int(np.flatnonzero(counts == 1)[0]), 999)
+    # three of R's 200 classes, one with val images (the val holds 2 or none of each): two -clean accuracies
+    subset = json.loads((Path(sets[eval_sets.R]) / "source.json").read_text())["class_subset"]
+    in_r = np.zeros(1000, dtype=bool)
+    in_r[subset] = True
+    with_images, without = np.flatnonzero((counts > 0) & in_r), np.flatnonzero((counts == 0) & in_r)
+    classes = (int(with_images[0]), int(without[0]), int(without[1]))
     results = tmp_path / "results"
     for k in classes:
         torch.manual_seed(k)
