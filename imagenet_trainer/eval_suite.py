@@ -550,7 +550,8 @@ def reference_at(by_size: dict, sizes: list[int], path: str) -> dict:
 def format_row(row: dict) -> str:
     extra = f"  mCE {row['mce']:.2f} ({row['corruptions']} corruptions)" if row.get("mce") is not None else ""
     left_out = f"  ({row['left_out']} left out: they do not decode)" if row.get("left_out") else ""
-    held_out = sum(sum(c["left_out"]) for c in row.get("counts", {}).values()) - row.get("left_out", 0)
+    held_out = (sum(sum(c["left_out"]) for c in row["counts"].values()) - row.get("left_out", 0)
+                if "counts" in row else 0)  # ImageNet-C's rows alone have counts
     if held_out:  # ImageNet-C's extra corruptions: in its errors, not in the row's n and top-1
         left_out += f"  ({held_out} left out of the extra corruptions' errors: they do not decode)"
     return (f"{row['name']} [{row['split']}] @{row['image_size']}px: top-1 {row['top1']:.2f}%  "

@@ -232,10 +232,17 @@ def _synchronize(device) -> None:
 
 def results_row(dataset: str, model: str, scores: dict, params_m: float, image_size: int, crop_pct: float,
                 interpolation: str, baseline: dict | None) -> dict:
-    """One row of results.csv in timm's columns; the diffs are to ``baseline`` (ImageNet at the same size)."""
+    """One row of results.csv in timm's columns and number formats (its results/generate_csv_results.py: 3 places,
+    the diffs signed, "+0.500"); the diffs are to ``baseline`` (ImageNet at the same size)."""
     top1, top5 = scores.get("top1"), scores.get("top5")
-    return {"dataset": dataset, "model": model, "top1": round(top1, 3), "top1_err": round(100 - top1, 3),
-            "top5": round(top5, 3), "top5_err": round(100 - top5, 3), "param_count": round(params_m, 2),
+    return {"dataset": dataset, "model": model, "top1": f"{top1:.3f}", "top1_err": f"{100 - top1:.3f}",
+            "top5": f"{top5:.3f}", "top5_err": f"{100 - top5:.3f}", "param_count": round(params_m, 2),
             "img_size": image_size, "crop_pct": crop_pct, "interpolation": interpolation,
-            "top1_diff": round(top1 - baseline["top1"], 3) if baseline else None,
-            "top5_diff": round(top5 - baseline["top5"], 3) if baseline else None}
+            "top1_diff": _signed(top1 - baseline["top1"]) if baseline else None,
+            "top5_diff": _signed(top5 - baseline["top5"]) if baseline else None}
+
+
+def _signed(diff: float) -> str:
+    """timm's diff format: "+0.500", "-11.500"; a diff that rounds to 0 is "+0.000", as timm writes it."""
+    rounded = round(diff, 3)
+    return f"+{rounded:.3f}" if rounded >= 0 else f"-{abs(rounded):.3f}"

@@ -310,6 +310,14 @@ def test_mce_against_hand_computed_values():
     assert robustness.mean_corruption_error(errors, {"jpeg_compression": 0.6})["mce"] == pytest.approx(50.0)
 
 
+def test_console_line_of_a_row_without_corruptions_counts_only_its_own_left_out():
+    """A val, R or -clean row with an undecodable image says so once; the extra corruptions' note is ImageNet-C's."""
+    line = eval_suite.format_row({"name": "val (ImageNet-R's 200 classes)", "split": "validation", "image_size": 32,
+                                  "top1": 66.67, "top5": 66.67, "n": 3, "left_out": 1})
+    assert line == ("val (ImageNet-R's 200 classes) [validation] @32px: top-1 66.67%  top-5 66.67%  n=3  "
+                    "(1 left out: they do not decode)")
+
+
 def test_results_csv_diffs_as_timms_tables_and_rounds_the_parameters_once():
     """timm's tables diff ReaL, V2 and Sketch to ImageNet at the same size, R and A to ImageNet's val restricted to
     their 200 classes (-r-clean, -a-clean), of which this summary has no row: their diffs stay empty rather than
@@ -323,7 +331,12 @@ def test_results_csv_diffs_as_timms_tables_and_rounds_the_parameters_once():
     summary = {"model": "/runs/r50/final", "results": rows, "params_m": round(2_684_792 / 1e6, 6),
                "interpolation": "bicubic"}
     table = {r["dataset"]: r for r in csv.DictReader(io.StringIO(eval_suite.results_csv(summary)))}
-    assert (table[eval_sets.V2]["top1_diff"], table[eval_sets.V2]["top5_diff"]) == ("-11.5", "-11.5")
+    assert (table[eval_sets.V2]["top1_diff"], table[eval_sets.V2]["top5_diff"]) == ("-11.500", "-11.500")
+    assert (table[eval_sets.V2]["top1"], table["imagenet"]["top5_err"]) == ("58.500", "20.000")  # timm's 3 places
+    rows.append({**row("imagenet-r-clean", 29.5), "dataset": "imagenet-r-clean"})
+    diffs = {r["dataset"]: r["top1_diff"] for r in csv.DictReader(io.StringIO(eval_suite.results_csv(summary)))}
+    assert diffs[eval_sets.R] == "+0.500"  # signed, as timm's tables write it
+    rows.pop()
     for kind in (eval_sets.R, eval_sets.A, eval_sets.SKETCH, "imagenet"):  # Sketch: no ImageNet row at 256
         assert table[kind]["top1_diff"] == table[kind]["top5_diff"] == "", kind
     assert {r["param_count"] for r in table.values()} == {"2.68"}
