@@ -17,9 +17,10 @@
 # --stages without them is refused. A stop signal (SIGTERM, SIGINT, SIGHUP: a time limit's, Ctrl-C) stops the stage
 # running, and waits for its processes (train.py holding the GPU among them), before the work folder is removed;
 # the stage is recorded as stopped (its signal's status). Under an outer `timeout`, give it `-k 30` or more.
-# A stage that outlasts --stage_limit_s is stopped the same way (SIGTERM to its processes, SIGKILL 20 s later: a
-# train.py saves a checkpoint first) and recorded with `time_limit_s`; the next stages still run: one stage that
-# hangs does not cost the run.
+# A stage that outlasts --stage_limit_s is stopped as a signal stops it (SIGTERM to each of its processes, found by
+# an environment marker even in a session of their own, as torchrun starts its ranks; SIGKILL to what is left 20 s
+# later; accelerate's one-process launcher gives train.py 5 s) and recorded with status 124 and `time_limit_s`; the
+# next stages still run: one stage that hangs does not cost the run.
 #
 # Stages, each timed and recorded on its own, most telling first: a stage that fails is reported with the end of
 # its log and the others still run; the JSON (its `pending`: the stages not reached yet) and F_logs.tar.gz (every
@@ -166,12 +167,13 @@ stop_stages() {
   logs; report > /dev/null 2>&1
   exit "$status"
 }
-descendants() {  # descendants PID: the processes under PID at any depth, less this lookup's own (/proc, else ps: a
-  # container image may have no ps)
-  "$PY" - "$1" "$WORK" <<'PYEOF'
+descendants() {  # descendants PID [STAGE]: the processes under PID at any depth, less this lookup's own (/proc, else
+  # ps: a container image may have no ps); with STAGE, the processes of that stage instead, wherever they are (/proc)
+  "$PY" - "$1" "$WORK" ${2:+"$2"} <<'PYEOF'
 import os, subprocess, sys
 
 marker = f"GPU_CHECK_WORK={sys.argv[2]}".encode()
+stage = f"GPU_CHECK_STAGE={sys.argv[3]}".encode() if len(sys.argv) > 3 else None
 
 parents = {}
 if os.path.isdir("/proc/self"):
@@ -180,8 +182,11 @@ if os.path.isdir("/proc/self"):
             with open(f"/proc/{entry}/stat") as f:
                 parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/environ", "rb") as f:  # reparented: still this run's
-                if marker in f.read().split(b"\0") and int(entry) not in (os.getpid(), int(sys.argv[1])):
-                    parents[int(entry)] = int(sys.argv[1])
+                environ = f.read().split(b"\0")
+            if marker in environ and int(entry) not in (os.getpid(), int(sys.argv[1])):
+                parents[int(entry)] = int(sys.argv[1])
+                if stage in environ:
+                    print(entry)
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile
 else:
@@ -189,6 +194,8 @@ else:
             .splitlines():
         pid, parent = map(int, line.split())
         parents[pid] = parent
+if stage is not None:
+    sys.exit()
 under, frontier = set(), {int(sys.argv[1])}
 while frontier:
     frontier = {pid for pid, parent in parents.items() if parent in frontier and pid != os.getpid()} - under
@@ -313,22 +320,29 @@ START=$SECONDS
 
 # run_stage NAME FUNCTION: runs it with its output in $WORK/NAME.log, records status and seconds, rewrites the report
 run_stage() {
-  local name="$1" started=$SECONDS status=0
+  local name="$1" started=$SECONDS status=0 limited=""
   echo "== $name ($((SECONDS - START)) s)" >&2
   if [ "${GPU_CHECK_FAIL_STAGE:-}" = "$name" ]; then
     echo "failing on purpose: GPU_CHECK_FAIL_STAGE=$name" > "$WORK/$name.log"; status=1
   else
     echo "$started" > "$WORK/stages/$name.running"  # a stop signal records the stage it cut (stop_stages)
-    # in the background: a stop signal interrupts `wait` at once; its commands run within its time left (pinned)
-    STAGE_DEADLINE=$((STAGE_LIMIT_S > 0 ? started + STAGE_LIMIT_S : 0)) "$2" > "$WORK/$name.log" 2>&1 < /dev/null &
-    wait $! || status=$?
+    # in the background, its processes marked (end_stage): a stop signal interrupts `wait` at once, and the polling
+    # of the time limit within a second
+    ( export GPU_CHECK_STAGE="$name"; "$2" ) > "$WORK/$name.log" 2>&1 < /dev/null &
+    local pid=$!
+    while [ "$STAGE_LIMIT_S" -gt 0 ] && alive "$pid" && [ $((SECONDS - started)) -lt "$STAGE_LIMIT_S" ]; do
+      sleep 1
+    done
+    if [ "$STAGE_LIMIT_S" -gt 0 ] && alive "$pid"; then
+      limited=", \"time_limit_s\": $STAGE_LIMIT_S"
+      echo "stage $name stopped at its time limit, --stage_limit_s $STAGE_LIMIT_S" >> "$WORK/$name.log"
+      end_stage "$name"
+    fi
+    wait "$pid" || status=$?
+    end_stage "$name"  # what outlived it (a rank in a session of its own), as on the GPU the next stages need it
     rm -f "$WORK/stages/$name.running"
   fi
-  local limited=""  # a stage cut at its limit fails whatever status its last command left (often its `return 1`)
-  if [ "$status" != 0 ] && [ "$STAGE_LIMIT_S" -gt 0 ] && [ $((SECONDS - started)) -ge "$STAGE_LIMIT_S" ]; then
-    status=124; limited=", \"time_limit_s\": $STAGE_LIMIT_S"
-    echo "stage $name stopped at its time limit, --stage_limit_s $STAGE_LIMIT_S" >> "$WORK/$name.log"
-  fi
+  [ -z "$limited" ] || status=124  # whatever status its cut processes left
   # written whole (temp file, rename): a stage running beside another reads every finished stage's file;
   # started_s: seconds into the run, which shows the stages that ran side by side
   echo "{\"status\": $status, \"seconds\": $((SECONDS - started)), \"started_s\": $((started - START))$limited}" \
@@ -340,6 +354,19 @@ run_stage() {
     echo "   $name failed (status $status); the end of its log:" >&2
     "${REPORT[@]}" --tail "$WORK/$name.log" >&2 || tail -n 15 "$WORK/$name.log" >&2
   fi
+}
+STAGE_GRACE_S=20  # s from SIGTERM to SIGKILL for a stage cut at its limit: a train.py's checkpoint
+end_stage() {  # end_stage NAME: every process of stage NAME still running, SIGTERM, then SIGKILL after STAGE_GRACE_S
+  local pids sig waited
+  for sig in TERM KILL; do
+    mapfile -t pids < <(descendants "$$" "$1")
+    [ ${#pids[@]} -gt 0 ] || return 0
+    kill "-$sig" "${pids[@]}" 2> /dev/null
+    for ((waited = 0; waited < STAGE_GRACE_S * 10; waited++)); do
+      alive "${pids[@]}" || break
+      sleep 0.1
+    done
+  done
 }
 logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a log still being written, kept as read)
   local tmp="$LOGS.$BASHPID.tmp"
@@ -410,17 +437,8 @@ fx_graphs() {  # the graphs in Inductor's FX graph cache: one more for each grap
   find "$TORCHINDUCTOR_CACHE_DIR/fxgraph" -type f 2> /dev/null | wc -l
 }
 
-pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned where taskset is missing), within the
-  # stage's time left (STAGE_DEADLINE, in $SECONDS; 0 or unset: none). `timeout` signals its whole process group,
-  # which holds accelerate's launcher and train.py
-  local cpus="$1" limit=() left; shift
-  if [ "${STAGE_DEADLINE:-0}" -gt 0 ] && command -v timeout > /dev/null; then
-    left=$((STAGE_DEADLINE - SECONDS))
-    [ "$left" -gt 0 ] || { echo "the stage's time limit is spent: $1 not started" >&2; return 124; }
-    limit=(timeout -k 20 "$left")
-  fi
-  if command -v taskset > /dev/null; then ${limit[@]+"${limit[@]}"} taskset -c "$cpus" "$@"
-  else ${limit[@]+"${limit[@]}"} "$@"; fi
+pinned() {  # pinned CPUS COMMAND...: run COMMAND on those cores only (unpinned where taskset is missing)
+  if command -v taskset > /dev/null; then taskset -c "$@"; else shift; "$@"; fi
 }
 first_cores() {  # first_cores N: the first N cores this script may use (all, where fewer), as a taskset list
   "$PY" -c "import os, sys; print(','.join(map(str, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])))" "$1"

@@ -462,8 +462,8 @@ def check_shm_room(cfg: LoaderBenchConfig, splits: dict, shm: str = SHM) -> None
         need += sum(shm_need(cfg.num_workers, 4 * pixels * s * s, 0) for s in [*train_sizes(cfg), cfg.image_size])
     free = shutil.disk_usage(shm).free
     if free < need:
-        raise SystemExit(f"error: {shm} has {free / 2**20:.1f} MiB free; the loaders' {cfg.num_workers} workers "
-                         f"each need {need / 2**20:.1f} MiB there at --batch_size {cfg.batch_size}: give the "
+        raise SystemExit(f"error: {shm} has {free / 2**20:.1f} MiB free; the loaders ({cfg.num_workers} workers "
+                         f"each) need {need / 2**20:.1f} MiB there in all at --batch_size {cfg.batch_size}: give the "
                          f"container more (docker run --shm-size={need // 2**30 + 1}g) or lower --num_workers / "
                          "--batch_size")
 

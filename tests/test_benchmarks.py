@@ -319,6 +319,45 @@ def test_gpu_check_stage_past_its_time_limit_is_stopped_and_recorded(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--stage_limit_s" in bad.stderr, bad.stderr
 
 
+def test_gpu_check_stage_cut_at_its_limit_ends_a_rank_in_a_session_of_its_own(tmp_path):
+    """torchrun starts each rank in a session of its own: a stage cut at its limit must still end a rank that
+    ignores SIGTERM (SIGKILL after the grace time), or it would hold the GPU through the next stages; and a SIGKILL
+    to the script's process group (an outer `timeout -s KILL`) ends the stage's processes with it."""
+    python = stand_in_python(tmp_path, "stuck")
+    proc = subprocess.run(["bash", str(GPU_CHECK), "--cpu", "--stages", "throughput", "--stage_limit_s", "3",
+                           "--out", str(tmp_path / "gpu_check.json")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": str(python), "TMPDIR": str(tmp_path)})
+    pids = [int(pid) for pid in (tmp_path / "stand_in_pids").read_text().split()]  # the stage, its stuck child
+    try:
+        assert not [pid for pid in pids if running(pid)], proc.stderr
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    stage = json.loads((tmp_path / "gpu_check.json").read_text())["stages"]["throughput"]
+    assert proc.returncode == 1 and stage["status"] == 124 and stage["time_limit_s"] == 3, (stage, proc.stderr)
+
+    (tmp_path / "stand_in_pids").unlink()
+    proc = subprocess.Popen(["bash", str(GPU_CHECK), "--cpu", "--stages", "throughput", "--out",
+                             str(tmp_path / "gpu_check.json")], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHON": str(stand_in_python(tmp_path,
+                                                                                                       "hang"))})
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "stand_in_pids").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the stage never started"
+            time.sleep(0.1)
+        pids = [int(pid) for pid in (tmp_path / "stand_in_pids").read_text().split()]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)
+        assert not [pid for pid in pids if running(pid)], "a stage's process outlived a SIGKILL to the group"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_gpu_check_worker_sweep_fits_a_machine_with_fewer_cores():
     """On a GPU machine with fewer cores than the sweep's largest point needs (8 workers + the main process), that
     point takes the cores less one rather than being left out (a workers stage without figures), and the cores left
@@ -456,7 +495,10 @@ if mode == "quick":
     config = {"model": "stand_in", "image_size": 32, "compile": False, "batch_size": 8, "bf16": False}
     out.write_text(json.dumps({"config": config, "bare_img_s": 1.0}))
     sys.exit(0)
-child = subprocess.Popen(["sleep", "300"])
+# "stuck": a child in a session of its own that ignores SIGTERM, as a torchrun rank hung in a collective
+child = subprocess.Popen(["sleep", "300"]) if mode == "hang" else subprocess.Popen(
+    [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"],
+    start_new_session=True)
 
 
 def stop(signum, frame):

@@ -364,7 +364,7 @@ def test_a_requeue_before_the_runs_first_checkpoint_keeps_the_checkpoint_it_star
     proc = sbatch({**env, "PYTHON": str(old)}, "--config", recipe, "--output_dir", fresh)
     assert proc.returncode == 2 and not (log / "accelerate").exists() and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith(
-        "it is Python 3.6, this project needs 3.10 or newer; activate its venv before sbatch or set PYTHON to its "
+        "it is Python 3.6, this project needs 3.11 or newer; activate its venv before sbatch or set PYTHON to its "
         "interpreter"), proc.stderr
     proc = sbatch(env, "--config", tmp_path / "nope.yaml", "--output_dir", fresh)  # a typo: not PyYAML's fault
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
