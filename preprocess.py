@@ -134,7 +134,8 @@ WORK = ".work"  # inside OUT.tmp: job.json and one report per finished shard; re
 @dataclass
 class PreprocessConfig:
     data_dir: str = field(default="", metadata={"help": (  # naming every input takes more than a comment line
-        "required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or its .zip; a folder of image-net.org's tars and "
+        "required: Kaggle's ILSVRC folder (ILSVRC/, LOC_*.csv) or its .zip (or its older release: a folder of "
+        "imagenet_object_localization_patched2019.tar.gz with the LOC files); a folder of image-net.org's tars and "
         "devkit; a snapshot of the Hub's ILSVRC/imagenet-1k (data/*.parquet, or data/*.tar.gz with classes.py); "
         "a folder of WebDataset shards (*-train-*.tar, *-validation-*.tar); ImageNet-V2, -Sketch, -R, -A or -C "
         "as their authors ship them; or a class-per-folder image tree")})
@@ -192,6 +193,9 @@ def list_layout(data_dir: Path, val_fraction: float | None, split_seed: int, eva
                          "(--eval_set for an evaluation set, --layout for a training tree)")
     if not data_dir.exists():  # said here for every route: --layout's would name a file inside it, or none
         raise ValueError(f"--data_dir {data_dir}: no such file or folder")
+    if forced and not data_dir.is_dir():
+        zipped = "; drop --layout: Kaggle's zip is read without it" if data_dir.suffix.lower() == ".zip" else ""
+        raise ValueError(f"--layout {forced}: --data_dir {data_dir} is a file; --layout reads a folder{zipped}")
     left_out = []  # the files, folders or archive members not read, filled by the listing
     if forced == "folders":
         if val_fraction is None:

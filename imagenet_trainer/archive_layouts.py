@@ -60,8 +60,13 @@ def detect(data_dir: Path) -> Found | None:
             return _kaggle_tgz(data_dir.parent, data_dir)
         if data_dir.suffix.lower() == ".zip":
             return Found(KAGGLE_ZIP, [str(data_dir)], str(data_dir), f"Kaggle's zip, read in place: {data_dir.name}")
-        raise ValueError(f"--data_dir {data_dir}: a file preprocess.py does not read; it takes Kaggle's .zip, a "
-                         "folder of image-net.org's tars, a folder of WebDataset shards, or an image tree")
+        hub = data_dir.parent.name == "data" and data_dir.name.lower().endswith((".parquet", ".tar.gz")) and \
+            (hub_parquet_files(data_dir.parent.parent) or data_dir.name.startswith(tuple(HUB_SPLITS.values())))
+        if hub:  # one file of a Hub snapshot: the snapshot is read whole, from its folder
+            raise ValueError(f"--data_dir {data_dir}: a file of a snapshot of the Hub's ILSVRC/imagenet-1k, which is "
+                             f"read whole: pass its folder, --data_dir {data_dir.parent.parent}")
+        raise ValueError(f"--data_dir {data_dir}: a file preprocess.py does not read; it takes a folder of image "
+                         f"files (an image tree) or of archives, or an archive: it recognises {RECOGNISED}")
     if data_dir.is_dir() and (data_dir / KAGGLE_TGZ_NAME).is_file() and not (data_dir / "ILSVRC").exists():
         return _kaggle_tgz(data_dir, data_dir / KAGGLE_TGZ_NAME)
     if not data_dir.is_dir() or (data_dir / "ILSVRC").exists():

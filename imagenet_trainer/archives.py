@@ -201,10 +201,11 @@ def open_parquet(path: str) -> pq.ParquetFile:
 
 def parquet_rows(path: str, group: int, rows, opened: pq.ParquetFile | None = None):
     """(row, its ``image.bytes`` or None) for each of ``rows`` (sorted) of one row group of a Parquet file
-    (``opened``: the file already open), read in batches of 64 rows of which only the wanted ones become Python
-    bytes: memory stays near one batch, not the row group held as Python objects (about 5x its size: 1.1 GB for a
-    220 MB group). A row past the group's end gives None. A damaged or truncated file is an OSError naming the row
-    group, raised where the read fails."""
+    (``opened``: the file already open), handed out in batches of 64 rows of which only the wanted ones become Python
+    bytes, so the row group is never held as Python objects (about 5x its size: 1.1 GB for a 220 MB group). Memory
+    is bounded by a data page, not a batch: pyarrow decodes a page whole, and its writer makes one per 1024 values
+    (up to a whole row group of images). A row past the group's end gives None. A damaged or truncated file is an
+    OSError naming the row group, raised where the read fails."""
     rows, at, start = list(rows), 0, 0
     try:
         batches = (opened or open_parquet(path)).iter_batches(batch_size=64, row_groups=[group],
@@ -753,21 +754,25 @@ def _row_group_bounds(streamed) -> tuple[dict, dict]:
             rg = opened.metadata.row_group(key[1])
             col = next((rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema == "image.bytes"),
                        None)
-            try:
-                if spooled[key] < in_group[key]:
+            whole[key] = col.total_uncompressed_size if col is not None else 0
+            if spooled[key] < in_group[key]:
+                try:
                     rows[key] = dict(enumerate(_image_sizes(opened, key[1])))
-                else:
-                    whole[key] = col.total_uncompressed_size if col is not None else 0
-            except (pa.ArrowException, OSError):
-                continue  # as above, for this row group
+                except (pa.ArrowException, OSError):
+                    pass  # the spool meets a read error and leaves the rows in place; else ``whole``, never 0
     return whole, rows
 
 
 def _image_sizes(opened: pq.ParquetFile, group: int) -> list[int]:
-    """The bytes of each row's ``image.bytes`` in one row group, read 64 rows at a time as ``parquet_rows`` does."""
+    """The bytes of each row's ``image.bytes`` in one row group, read as ``parquet_rows`` reads it (in 64-row batches,
+    memory bounded by a data page: up to the whole group). A dictionary-typed column (dictionary<binary>, a valid
+    layout) is decoded to binary first: pyarrow's binary_length does not take it."""
     sizes = []
     for batch in opened.iter_batches(batch_size=64, row_groups=[group], columns=["image.bytes"]):
-        sizes += pc.binary_length(batch.column(0).field("bytes")).fill_null(0).to_pylist()
+        images = batch.column(0).field("bytes")
+        if pa.types.is_dictionary(images.type):
+            images = images.cast(images.type.value_type)
+        sizes += pc.binary_length(images).fill_null(0).to_pylist()
     return sizes
 
 

@@ -10,10 +10,11 @@ Two class-folder layouts, told apart by the top-level folders:
 - ``class-folders-split``: ``<class>/<image>`` (or ``train/<class>/<image>`` alone) with ``--val_fraction F``: a
   seeded, stratified split, so every class with two or more images has at least one in each split.
 
-Label names are the sorted class-folder names of the training images (torchvision's ImageFolder numbers them the
-same way). Only files directly in a class folder are read, with an image file extension; others are counted and
-reported, hidden ones (``.DS_Store``, ``._*``) too. Library code: bad input is a ``ValueError`` that names the folder
-and what to do.
+Label names are the sorted class-folder names of the training images, hidden folders left out (torchvision's
+ImageFolder numbers them the same way only where there are none: it keeps a hidden folder, ``.ipynb_checkpoints``
+becomes its class 0). Only files directly in a class folder are read, with an image file extension; others are
+counted and reported, hidden ones (``.DS_Store``, ``._*``) too. Library code: bad input is a ``ValueError`` that
+names the folder and what to do.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import types
 import zipfile
 import zlib
 from pathlib import Path
@@ -519,6 +520,37 @@ def test_the_spools_peak_counts_its_index_files(packaged, tmp_path):
     assert on_disk <= need < on_disk + 20 * sum(len(s.source["members"]) for s in streamed), (on_disk, need)
 
 
+def spooled_rows_of(path: Path, rows) -> list:
+    """One spooled shard holding ``rows`` of row group 0 of the Parquet file at ``path`` (the rest read in place)."""
+    group = pq.ParquetFile(path).metadata.row_group(0).num_rows
+    members = {f"train/{row}.JPEG": (0, (0, row), group, archives.PARQUET, None) for row in rows}
+    return [types.SimpleNamespace(source={"archives": [str(path)], "members": members})]
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_the_spools_peak_reads_the_sizes_of_a_dictionary_typed_image_column(dictionary, tmp_path):
+    """A dictionary<binary> image column (a valid layout, read end to end) has its rows' sizes read as a binary one's:
+    pyarrow's binary_length does not take it, and the rows once counted 0 bytes in the free-space check."""
+    images = pa.array([b"a" * 1000, b"b" * 5000, b"c" * 1000, None, b"d" * 300], pa.binary())
+    column = images.dictionary_encode() if dictionary else images
+    table = pa.table({"image": pa.StructArray.from_arrays([column], ["bytes"]), "label": pa.array(range(5))})
+    pq.write_table(table, tmp_path / "train-00000-of-00001.parquet", row_group_size=5)
+    streamed = spooled_rows_of(tmp_path / "train-00000-of-00001.parquet", [0, 1])
+    assert 6000 < archives.spool_peak(streamed, 2) < 6200  # rows 0 and 1, and their index lines
+
+
+def test_the_spools_peak_counts_a_row_group_whole_when_its_sizes_do_not_read(tmp_path, monkeypatch):
+    """Where the rows' sizes cannot be read, their row group's image column counts whole: never 0 bytes."""
+    images = pa.array([b"a" * 1000, b"b" * 5000, b"c" * 1000, None, b"d" * 300], pa.binary())
+    pq.write_table(pa.table({"image": pa.StructArray.from_arrays([images], ["bytes"])}), tmp_path / "t.parquet",
+                   row_group_size=5, compression="none")
+
+    def unreadable(*_):
+        raise pa.ArrowNotImplementedError("no kernel for this type")
+    monkeypatch.setattr(archives, "_image_sizes", unreadable)
+    assert archives.spool_peak(spooled_rows_of(tmp_path / "t.parquet", [0, 1]), 2) > 7300  # all 7300 bytes
+
+
 @pytest.mark.parametrize("packaging", ["kaggle_zip", "hub", "kaggle_unzipped_tgz", "hub_parquet"])
 def test_sigkilled_run_from_archives_resumes_and_gives_the_same_dataset(packaging, tmp_path):
     tree = make_ilsvrc_tree(tmp_path / "kaggle", num_classes=3, train_per_class=30, val_per_class=2, num_test=4)
@@ -952,6 +984,27 @@ def test_the_data_folder_of_a_hub_snapshot_names_the_snapshot_to_pass(packaging,
                        "folder of a snapshot of the Hub's ILSVRC/imagenet-1k: pass the folder above it, --data_dir "
                        f"{snapshot}")
     assert archives.detect(snapshot).packaging == packaging
+
+
+@pytest.mark.parametrize("packaging", ["hub-imagenet-1k-parquet", "hub-imagenet-1k"])
+def test_a_file_of_a_hub_snapshot_names_the_snapshot_to_pass(packaging, packaged, tmp_path):
+    """data/train-00000-of-00002.parquet or data/val_images.tar.gz given as --data_dir: the snapshot is read whole."""
+    snapshot = tmp_path / "imagenet-1k"
+    shutil.copytree(packaged[packaging], snapshot)
+    one = min((snapshot / "data").iterdir())
+    message = error_of(one, tmp_path / "out")
+    assert message == (f"error: --data_dir {one}: a file of a snapshot of the Hub's ILSVRC/imagenet-1k, which is "
+                       f"read whole: pass its folder, --data_dir {snapshot}")
+
+
+def test_a_file_preprocess_does_not_read_names_what_it_recognises(tmp_path):
+    """A file outside any set (a Parquet file not in a snapshot's data/, notes) ends with the archives it reads."""
+    for name in ("train-00000-of-00001.parquet", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+        message = error_of(tmp_path / name, tmp_path / "out")
+        assert message == (f"error: --data_dir {tmp_path / name}: a file preprocess.py does not read; it takes a "
+                           f"folder of image files (an image tree) or of archives, or an archive: it recognises "
+                           f"{archive_layouts.RECOGNISED}")
 
 
 def test_webdataset_filenames_with_a_class_folder_give_the_same_listing(packaged, tmp_path):

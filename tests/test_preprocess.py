@@ -2044,7 +2044,7 @@ def test_help_names_every_input_data_dir_takes():
     help_text = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("--data_dir "))
     for named in ("Kaggle's ILSVRC folder", "its .zip", "image-net.org's tars and devkit", "ILSVRC/imagenet-1k",
                   "data/*.parquet", "data/*.tar.gz", "WebDataset shards", "ImageNet-V2, -Sketch, -R, -A or -C",
-                  "class-per-folder image tree"):
+                  "class-per-folder image tree", "imagenet_object_localization_patched2019.tar.gz"):
         assert named in help_text, named
 
 
@@ -2057,6 +2057,20 @@ def test_a_mistyped_data_dir_is_no_such_file_or_folder_on_every_route(flags, tmp
     with pytest.raises(SystemExit) as e:
         preprocess.main(["--data_dir", str(missing), "--output_dir", str(tmp_path / "out"), *flags])
     assert e.value.code == f"error: --data_dir {missing}: no such file or folder"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+@pytest.mark.parametrize("flags", [["--layout", "folders", "--val_fraction", "0.1"], ["--layout", "ilsvrc"]])
+@pytest.mark.parametrize("name", ["notes.txt", "X.ZIP"])
+def test_a_forced_layout_on_a_file_says_it_reads_a_folder(name, flags, tmp_path):
+    """--layout reads a folder: a file given with it (notes, Kaggle's zip) is one line saying so, not a path
+    inside the file or an OS error; the zip's says it is read without --layout."""
+    given = tmp_path / name
+    given.write_bytes(b"x")
+    with pytest.raises(SystemExit) as e:
+        preprocess.main(["--data_dir", str(given), "--output_dir", str(tmp_path / "out"), *flags])
+    zipped = "; drop --layout: Kaggle's zip is read without it" if name == "X.ZIP" else ""
+    assert e.value.code == f"error: --layout {flags[1]}: --data_dir {given} is a file; --layout reads a folder{zipped}"
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
