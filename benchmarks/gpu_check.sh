@@ -140,20 +140,10 @@ export GPU_CHECK_WORK="$WORK"  # every stage process inherits it: found after it
 # in `wait` (run_stage), which a trapped signal interrupts at once.
 STOP_GRACE_S=5
 stop_stages() {
-  local sig="$1" pids=() more=() sig_now waited
+  local sig="$1"
   trap '' TERM INT HUP  # one stop at a time
   echo "== stopped by SIG$sig: ending the stages running, then removing $WORK" >&2
-  for sig_now in TERM KILL; do
-    mapfile -t more < <(descendants "$$")
-    # and the first round's: a process whose parent has ended is no longer found under this script
-    pids+=(${more[@]+"${more[@]}"})
-    [ ${#pids[@]} -gt 0 ] || break
-    kill "-$sig_now" "${pids[@]}" 2> /dev/null
-    for ((waited = 0; waited < STOP_GRACE_S * 10; waited++)); do
-      alive "${pids[@]}" || break
-      sleep 0.1
-    done
-  done
+  ending "$STOP_GRACE_S" descendants "$$"
   # the stages it cut, with the signal's status, and their logs so far: the JSON tells them from those not reached
   local marker name status=$((128 + $(kill -l "$sig")))
   [ -n "${START:-}" ] || exit "$status"  # stopped before any stage started: nothing to record
@@ -166,6 +156,21 @@ stop_stages() {
   done
   logs; report > /dev/null 2>&1
   exit "$status"
+}
+ending() {  # ending GRACE_S LOOKUP...: SIGTERM to the processes LOOKUP prints, then SIGKILL to those still running
+  # GRACE_S later and to any LOOKUP finds then (the first round's kept: a process whose parent has ended is no longer
+  # found under it)
+  local grace="$1" pids=() more=() sig waited; shift
+  for sig in TERM KILL; do
+    mapfile -t more < <("$@")
+    pids+=(${more[@]+"${more[@]}"})
+    [ ${#pids[@]} -gt 0 ] || return 0
+    kill "-$sig" "${pids[@]}" 2> /dev/null
+    for ((waited = 0; waited < grace * 10; waited++)); do
+      alive "${pids[@]}" || break
+      sleep 0.1
+    done
+  done
 }
 descendants() {  # descendants PID [STAGE]: the processes under PID at any depth, less this lookup's own (/proc, else
   # ps: a container image may have no ps); with STAGE, the processes of that stage instead, wherever they are (/proc)
@@ -239,8 +244,13 @@ try:
     import torch
     # what every stage imports: missing, each would fail in seconds
     import accelerate, datasets, pyarrow, simplejpeg, timm, transformers, yaml
-    from imagenet_trainer.tile_writer import turbojpeg_library
-    turbojpeg_library()  # preprocess.py's lossless tiling (the turbojpeg wheel's libturbojpeg, or the system's)
+    try:  # preprocess.py's lossless tiling (the turbojpeg wheel's libturbojpeg, or the system's)
+        from imagenet_trainer.tile_writer import turbojpeg_library
+    except ModuleNotFoundError as e:  # the script copied without the package: its stages say so themselves
+        if e.name != "imagenet_trainer":
+            raise
+    else:
+        turbojpeg_library()
 except (ImportError, RuntimeError) as e:  # RuntimeError: no TurboJPEG 3 library
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(3)
@@ -356,18 +366,7 @@ run_stage() {
   fi
 }
 STAGE_GRACE_S=20  # s from SIGTERM to SIGKILL for a stage cut at its limit: a train.py's checkpoint
-end_stage() {  # end_stage NAME: every process of stage NAME still running, SIGTERM, then SIGKILL after STAGE_GRACE_S
-  local pids sig waited
-  for sig in TERM KILL; do
-    mapfile -t pids < <(descendants "$$" "$1")
-    [ ${#pids[@]} -gt 0 ] || return 0
-    kill "-$sig" "${pids[@]}" 2> /dev/null
-    for ((waited = 0; waited < STAGE_GRACE_S * 10; waited++)); do
-      alive "${pids[@]}" || break
-      sleep 0.1
-    done
-  done
-}
+end_stage() { ending "$STAGE_GRACE_S" descendants "$$" "$1"; }  # end_stage NAME: every process of stage NAME left
 logs() {  # every stage's log so far, to $LOGS (atomically; tar's status 1: a log still being written, kept as read)
   local tmp="$LOGS.$BASHPID.tmp"
   tar -czf "$tmp" -C "$WORK" $(cd "$WORK" && ls ./*.log) 2> /dev/null
