@@ -518,7 +518,9 @@ def test_effective_robustness(tmp_path, monkeypatch, jupyter_home):
     assert [line.split(":")[:2] for line in lines[:-1]] == [["imagenet-r", f" {m}"] for m in
                                                             ("convnext_tiny", "resnet18", "resnet50")]
     assert lines[-1] == "imagenet-r-small: 1 model: need at least 2 models to fit the line"
-    assert lines[0].startswith("imagenet-r: convnext_tiny: top-1 47.00% at ImageNet 82.10%")  # its own size's
+    # its own size's; placed against the 1000-class row, named by its dataset: these files have no -clean rows
+    assert lines[0].startswith("imagenet-r: convnext_tiny: top-1 47.00% at imagenet 82.10%")
+    assert "resnet18.json: imagenet-r placed against the 1000-class ImageNet top-1" in listing
     assert pngs(cell(nb, "np.polyfit")) == 1
 
     (tmp_path / "empty").mkdir()  # nothing scored: said, and no empty figure
