@@ -555,10 +555,10 @@ def spool(shards, folder: Path, in_flight: int, stop: threading.Event | None = N
                     if resumed and f.exists()) for s in streamed]
         need = spool_peak(streamed, in_flight, resumed, kept) - sum(kept)
         if need > checkpoints.free_bytes(folder):
-            raise SystemExit(f"error: the spool in {folder} needs about {_amount(need)} more at its peak (the images "
-                             "of the shards read from compressed or shuffled archives, each held until its shard is "
-                             f"done), {checkpoints.free_space(folder)}: free space or give --output_dir on a larger "
-                             "disk")
+            raise SystemExit(f"error: the spool in {folder} needs about {checkpoints.amount(need)} more at its peak "
+                             "(the images of the shards read from compressed or shuffled archives, each held until "
+                             f"its shard is done), {checkpoints.free_space(folder)}: free space or give --output_dir "
+                             "on a larger disk")
     return _spool(shards, streamed, folder, in_flight, job, resumed, stop or threading.Event())
 
 
@@ -774,13 +774,6 @@ def _image_sizes(opened: pq.ParquetFile, group: int) -> list[int]:
             images = images.cast(images.type.value_type)
         sizes += pc.binary_length(images).fill_null(0).to_pylist()
     return sizes
-
-
-def _amount(size: float) -> str:
-    """Bytes for a message, in the units of checkpoints.free_space: GB, MB below 1 GB, kB below 0.1 MB."""
-    if size >= 1e9:
-        return f"{size / 1e9:.1f} GB"
-    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
 
 
 def _spool(shards, streamed, folder: Path, in_flight: int, job: dict | None, resumed, stop: threading.Event):

@@ -420,9 +420,13 @@ def free_bytes(folder: Path) -> int:
 
 
 def free_space(folder: Path) -> str:
-    """free_bytes for a message: "12.3 GB free", or in MB below 1 GB (a nearly full disk reads "0.0 GB" otherwise),
-    kB below 0.1 MB."""
-    free = free_bytes(folder)
-    if free >= 1e9:
-        return f"{free / 1e9:.1f} GB free"
-    return f"{free / 1e6:.1f} MB free" if free >= 1e5 else f"{free / 1e3:.0f} kB free"
+    """free_bytes for a message: "12.3 GB free" (``amount``)."""
+    return f"{amount(free_bytes(folder))} free"
+
+
+def amount(size: float) -> str:
+    """Bytes for a message: "12.3 GB", or in MB below 1 GB (a nearly full disk reads "0.0 GB" otherwise), kB below
+    0.1 MB."""
+    if size >= 1e9:
+        return f"{size / 1e9:.1f} GB"
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"

@@ -372,8 +372,8 @@ def score_with_clean(accelerator, model, target: Target, ds, size: int, transfor
     if counters:  # the images of each subset that do not decode, by their rows' labels
         labels = ds.with_format("arrow")["label"]
         lost = [labels[row].as_py() for row in scores["left_out_rows"]]
-        scores["clean"] = {kind: c.compute(sum(label in set(clean[kind]) for label in lost))
-                           for kind, c in counters.items()}
+        scores["clean"] = {kind: c.compute(sum(label in classes for label in lost))
+                           for kind, c in counters.items() for classes in [set(clean[kind])]}
     return scores
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from imagenet_trainer.eval_sets import C_CORRUPTIONS, corruption_of
+from imagenet_trainer.metrics import TopK
 
 # AlexNet's top-1 error on each corruption, averaged over severities 1-5 (fractions), in C_CORRUPTIONS order: the
 # normaliser of mCE, as published with ImageNet-C (Hendrycks & Dietterich 2019, ICLR; github.com/hendrycks/robustness)
@@ -50,10 +51,16 @@ def subset_labels(batches, indices: list[int], num_classes: int, device):
     """(x, y) batches with y renumbered to its position in ``indices`` (every label must be in it). A negative label,
     an image that does not decode (``-(row + 1)``: metrics.evaluate leaves it out and reports its row), stays as it
     is: as an index it would read the table from its end."""
-    lookup = torch.full((num_classes,), -1, dtype=torch.long, device=device)
-    lookup[torch.tensor(indices, device=device)] = torch.arange(len(indices), device=device)
+    lookup = subset_lookup(indices, num_classes, device)
     for x, y in batches:
         yield x, torch.where(y < 0, y, lookup[y.clamp(min=0)])
+
+
+def subset_lookup(indices: list[int], num_classes: int, device) -> torch.Tensor:
+    """A 1k label's position in ``indices`` (the renumbered label), -1 for a class outside them."""
+    lookup = torch.full((num_classes,), -1, dtype=torch.long, device=device)
+    lookup[torch.tensor(indices, device=device)] = torch.arange(len(indices), device=device)
+    return lookup
 
 
 class SubsetScores:
@@ -61,31 +68,24 @@ class SubsetScores:
     classes), their logits restricted to those classes and the labels renumbered as ClassSubset and subset_labels do:
     the -clean rows, counted from the logits of the split's own pass. ``update`` is metrics.evaluate's
     ``on_logits`` (gathered batches, padding dropped); an image that does not decode (label < 0) is not counted here:
-    ``compute`` is told how many of the subset's images were left out. Counts stay on the device (one sync at the
-    end), sums in float32 as metrics.evaluate's."""
+    ``compute`` is told how many of the subset's images were left out. Counted by metrics.TopK, as every split's
+    top-k is; the loss sum stays float32 on the device, as metrics.evaluate's."""
 
     def __init__(self, indices: list[int], num_classes: int, device):
         self.indices = torch.tensor(indices, device=device)
-        self.lookup = torch.full((num_classes,), -1, dtype=torch.long, device=device)
-        self.lookup[self.indices] = torch.arange(len(indices), device=device)
-        self.correct = torch.zeros(2, dtype=torch.long, device=device)  # top-1, top-5
-        self.n = torch.zeros((), dtype=torch.long, device=device)
+        self.lookup = subset_lookup(indices, num_classes, device)
+        self.topk = TopK()
         self.loss_sum = torch.zeros((), device=device)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         renumbered = torch.where(labels < 0, -1, self.lookup[labels.clamp(min=0)])
         keep = renumbered >= 0
         masked, y = logits[keep][:, self.indices], renumbered[keep]
-        hit = masked.topk(min(5, masked.shape[1]), dim=1).indices == y[:, None]
-        self.correct[0] += hit[:, :1].any(dim=1).sum()
-        self.correct[1] += hit.any(dim=1).sum()
-        self.n += y.numel()
+        self.topk.update(masked, y)
         self.loss_sum += torch.nn.functional.cross_entropy(masked, y, reduction="sum")
 
     def compute(self, left_out: int) -> dict:
-        n = int(self.n)
-        top1, top5 = (100.0 * c / max(1, n) for c in self.correct.tolist())
-        return {"top1": top1, "top5": top5, "n": n, "loss": self.loss_sum.item() / max(1, n), "left_out": left_out}
+        return {**self.topk.compute(), "loss": self.loss_sum.item() / max(1, self.topk.n), "left_out": left_out}
 
 
 def read_real_labels(path: str) -> list[list[int]]:
@@ -233,7 +233,8 @@ def _synchronize(device) -> None:
 def results_row(dataset: str, model: str, scores: dict, params_m: float, image_size: int, crop_pct: float,
                 interpolation: str, baseline: dict | None) -> dict:
     """One row of results.csv in timm's columns and number formats (its results/generate_csv_results.py: 3 places,
-    the diffs signed, "+0.500"); the diffs are to ``baseline`` (ImageNet at the same size)."""
+    the diffs signed, "+0.500"); the diffs are to ``baseline`` (ImageNet, or for R and A their -clean row, at the
+    same size)."""
     top1, top5 = scores.get("top1"), scores.get("top5")
     return {"dataset": dataset, "model": model, "top1": f"{top1:.3f}", "top1_err": f"{100 - top1:.3f}",
             "top5": f"{top5:.3f}", "top5_err": f"{100 - top5:.3f}", "param_count": round(params_m, 2),
