@@ -269,6 +269,19 @@ def test_gpu_check_fsdp_stage_separates_a_step_from_a_launch(tmp_path):
         assert computing == pytest.approx(fsdp["one_time_s"] + launch["steps"] * fsdp["step_s"], abs=0.03), fsdp
 
 
+def killed_when(proc: subprocess.Popen, ready, timeout_s: float, never: str) -> None:
+    """SIGKILL to ``proc``'s process group (a scheduler's at a time limit) once ``ready()``; ``never`` if it ends or
+    ``timeout_s`` pass first."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, never
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
     """A run stopped at a time limit (SIGKILL to its process group, as a job scheduler's) leaves the JSON and the logs
     of every stage it finished, and names the stages it did not reach (killed as the originals' preprocess starts,
@@ -279,14 +292,8 @@ def test_gpu_check_killed_mid_run_keeps_what_it_finished(tmp_path):
                             env={**os.environ, "TMPDIR": str(tmp_path),  # its work folder, left by the kill
                                  "PYTHON": sys.executable},  # this suite's interpreter, .venv or not
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out.is_file() and "tree" in json.loads(out.read_text())["stages"]):
-            assert proc.poll() is None and time.monotonic() < deadline, "the tree stage never reported"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    killed_when(proc, lambda: out.is_file() and "tree" in json.loads(out.read_text())["stages"], 300,
+                "the tree stage never reported")
     report = json.loads(out.read_text())
     assert report["stages"]["tree"]["status"] == 0 and report["pending"] == ["originals"]
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as logs:
@@ -469,14 +476,7 @@ def test_gpu_check_machine_check_imports_the_data_path_and_reports_before_the_fi
                             start_new_session=True,
                             env={**os.environ, "TMPDIR": str(tmp_path), "PYTHON": sys.executable},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not out.is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, "no JSON before the first stage"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    killed_when(proc, out.is_file, 120, "no JSON before the first stage")
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_cores"] >= 1 and report["stages"] == {}
     assert report["pending"] == ["tree", "originals"]
