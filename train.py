@@ -1,17 +1,18 @@
 """Train a backbone on ImageNet-1k (or any image-classification dataset) with one Accelerate loop.
 
-    accelerate launch train.py --model convnext_tiny --dataset OUT --output_dir runs/cnt [--config recipes/convnext_tiny.yaml]
+    accelerate launch train.py --model convnext_tiny --dataset OUT --output_dir runs/cnt \
+        [--config recipes/convnext_tiny.yaml]
 
-Device, DDP/FSDP, nodes and mixed precision come from `accelerate config` / `accelerate_configs/*.yaml`; this file has no
-branches for them. Read top to bottom, it is the recipe: config -> Accelerator -> data -> model -> optimizer/schedule ->
-prepare -> loop -> eval/checkpoint -> export/push.
+Device, DDP/FSDP, nodes and mixed precision come from `accelerate config` / `accelerate_configs/*.yaml`; this file has
+no branches for them. Read top to bottom, it is the recipe: config -> Accelerator -> data -> model ->
+optimizer/schedule -> prepare -> loop -> eval/checkpoint -> export/push.
 
-Exact resume: the training stream is a pure function of position. The sampler's permutation comes from (seed, epoch), each
-sample's augmentation from (seed, epoch, index), and the step's own randomness (mixup/cutmix, erasing, drop-path) from
-(seed, epoch, global micro-batch). Resuming sets the sampler to the saved (epoch, batch) and never reads the skipped
-samples, which is what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and what makes resume take
-seconds. Nothing is keyed by rank, so a checkpoint of N processes resumes on M with the same global micro-batches
-(processes x --grad_accum_steps kept): the same steps from the same samples with the same augmentations.
+Exact resume: the training stream is a pure function of position. The sampler's permutation comes from (seed, epoch),
+each sample's augmentation from (seed, epoch, index), and the step's own randomness (mixup/cutmix, erasing, drop-path)
+from (seed, epoch, global micro-batch). Resuming sets the sampler to the saved (epoch, batch) and never reads the
+skipped samples, which is what accelerate's `skip_first_batches` gets wrong (accelerate #1451, #2016) and what makes
+resume take seconds. Nothing is keyed by rank, so a checkpoint of N processes resumes on M with the same global
+micro-batches (processes x --grad_accum_steps kept): the same steps from the same samples with the same augmentations.
 
 Pre-emption: SIGUSR1 (slurm/train.sbatch has SLURM send it before the time limit) or SIGTERM (preemption, spot
 reclaims) to any rank makes all ranks checkpoint at the same optimizer step and exit with STOPPED_STATUS (75),
@@ -804,9 +805,9 @@ def load_failure(error: BaseException, path: Path, resume_from: str, ckpt_dir: P
         said = next((first_line(e) for e in damaged if str(e)), "a file ends before its data: EOFError")
         return f"error: --resume_from_checkpoint {path} is damaged ({said}); {then}"
     if any(ONE_GROUP_SHARDED in str(e) for e in found):
-        return (f"error: --resume_from_checkpoint {path} holds FSDP optimizer shards in one param group (--weight_decay "
-                "0 before this version made two at any value), which a sharded load cannot split; resume it with the "
-                "code that saved it (the git commit in its run_info.json)")
+        return (f"error: --resume_from_checkpoint {path} holds FSDP optimizer shards in one param group "
+                "(--weight_decay 0 before this version made two at any value), which a sharded load cannot split; "
+                "resume it with the code that saved it (the git commit in its run_info.json)")
     return (f"error: --resume_from_checkpoint {path} does not fit this run ({first_line(found[0])}); resume with the "
             f"flags of {ckpt_dir.parent}/config.yaml")
 

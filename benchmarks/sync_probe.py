@@ -60,7 +60,8 @@ HOST_READS = ("item", "tolist", "cpu", "__bool__")
 COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "barrier")
 # the single-tensor gather and reduce-scatter (FSDP2's): torch 2.13+ calls *_single, which its deprecated *_tensor
 # names call in turn, torch 2.11 has the *_tensor ones only; the first that exists is counted, each call once
-TENSOR_COLLECTIVES = (("all_gather_single", "all_gather_into_tensor"), ("reduce_scatter_single", "reduce_scatter_tensor"))
+TENSOR_COLLECTIVES = (("all_gather_single", "all_gather_into_tensor"),
+                      ("reduce_scatter_single", "reduce_scatter_tensor"))
 
 
 @dataclass(kw_only=True)

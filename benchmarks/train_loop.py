@@ -1,6 +1,7 @@
 """Loop overhead: train.py's compute time per step vs a bare PyTorch loop, same model, batch, size and device (the CPU).
 
-    python benchmarks/train_loop.py [--model resnet18] [--batch_size 32] [--image_size 112] [--steps 30] [--output F.json]
+    python benchmarks/train_loop.py [--model resnet18] [--batch_size 32] [--image_size 112] [--steps 30] \
+        [--output F.json]
 
 train.py runs for real (accelerate launch, its own data path, one process, no DataLoader workers so the time spent
 producing batches is measured in-thread and excluded via its own `data_wait_frac`). The bare loop is the nanoGPT-style

@@ -417,7 +417,8 @@ def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict
                                                          else ""),
                   f"- **Layout converted:** {layout}", *([f"- **Images:** {source['generated']}"]
                                                           if source.get("generated") else []),
-                  f"- **Counts at conversion:** " + ", ".join(f"{n:,} {k}" for k, n in source.get("counts", {}).items())]
+                  "- **Counts at conversion:** "
+                  + ", ".join(f"{n:,} {k}" for k, n in source.get("counts", {}).items())]
         if source.get("val_fraction"):
             lines.append(f"- **Validation split:** {source['val_fraction']:.0%} of each class, seed "
                          f"{source.get('split_seed')}")

@@ -203,8 +203,8 @@ def git_sha() -> str | None:
 def git_install_url(root: Path | None = None) -> str | None:
     """``git+URL@SHA`` of the code in ``root`` (default: this checkout), for the model card's pip line: the exact
     code that made the weights. None without a remote ``origin``, with uncommitted changes or a commit no remote
-    branch contains (that code is nowhere to install from) or for a local-path remote. Credentials in the URL (``https://user:token@host/...``) are dropped:
-    a card is public."""
+    branch contains (that code is nowhere to install from) or for a local-path remote. Credentials in the URL
+    (``https://user:token@host/...``) are dropped: a card is public."""
     root = root or CHECKOUT
     sha, url = git(root, "rev-parse", "HEAD"), git(root, "remote", "get-url", "origin")
     if not sha or not url or git(root, "status", "--porcelain", "--untracked-files=no") != "":

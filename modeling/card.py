@@ -40,12 +40,14 @@ _CITATIONS = {
              "  year = {2019},\n  publisher = {GitHub},\n  howpublished = {\\url{https://github.com/huggingface/"
              "pytorch-image-models}}\n}"),
     "goyal": ("goyal2017", "@article{goyal2017accurate,\n  title = {Accurate, Large Minibatch SGD: Training ImageNet"
-              " in 1 Hour},\n  author = {Goyal, Priya and others},\n  journal = {arXiv:1706.02677},\n  year = {2017}\n}"),
+              " in 1 Hour},\n  author = {Goyal, Priya and others},\n  journal = {arXiv:1706.02677},\n"
+              "  year = {2017}\n}"),
     "label_smoothing": ("szegedy2016", "@inproceedings{szegedy2016rethinking,\n  title = {Rethinking the Inception"
                         " Architecture for Computer Vision},\n  author = {Szegedy, Christian and others},\n"
                         "  booktitle = {CVPR},\n  year = {2016}\n}"),
     "mixup_alpha": ("zhang2018", "@inproceedings{zhang2018mixup,\n  title = {mixup: Beyond Empirical Risk "
-                    "Minimization},\n  author = {Zhang, Hongyi and others},\n  booktitle = {ICLR},\n  year = {2018}\n}"),
+                    "Minimization},\n  author = {Zhang, Hongyi and others},\n  booktitle = {ICLR},\n"
+                    "  year = {2018}\n}"),
     "cutmix_alpha": ("yun2019", "@inproceedings{yun2019cutmix,\n  title = {CutMix: Regularization Strategy to Train"
                      " Strong Classifiers with Localizable Features},\n  author = {Yun, Sangdoo and others},\n"
                      "  booktitle = {ICCV},\n  year = {2019}\n}"),
@@ -445,7 +447,8 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
               f"top = probabilities.topk({k})  # {k}: at most the number of classes",
               "for p, i in zip(top.values[0].tolist(), top.indices[0].tolist()):",
               "    print(f\"{names.get(ids[i], ids[i])}: {p:.1%}\")", "```", "",
-              "### Feature maps", "", "```python", "import timm", "import torch", "from PIL import Image", *register, "",
+              "### Feature maps", "", "```python", "import timm", "import torch", "from PIL import Image",
+              *register, "",
               f'model = timm.create_model("hf-hub:{repo}", pretrained=True, features_only=True).eval()',
               "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))", *image,
               "with torch.no_grad():", "    for feature_map in model(transform(image).unsqueeze(0)):",

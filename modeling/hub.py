@@ -438,8 +438,9 @@ def load_model(path_or_hub_id, num_classes: int | None = None):
         hint = (f"; the export carries its source ({', '.join(bundled)}): load it with transformers' "
                 f"AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)" if bundled else "")
         raise ValueError(f"architecture '{arch}' of {path_or_hub_id} is not registered with timm: install the package "
-                         f"that defines it (imagenet-trainer: pip install git+<its repository url>, or pip install -e . "
-                         f"in a checkout) and import it (import modeling; a family file of your own: import it too)"
+                         f"that defines it (imagenet-trainer: pip install git+<its repository url>, or "
+                         f"pip install -e . in a checkout) and import it (import modeling; a family file of your own: "
+                         f"import it too)"
                          f"{hint}")
     # before anything else reads the file: a cut one would fail deep inside timm, a damaged one load as other weights
     check_weights(folder / WEIGHTS_NAME)
