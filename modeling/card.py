@@ -277,7 +277,7 @@ def output_shapes(model, config: dict) -> dict:
 
 
 def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None, remote_code: bool = False,
-              defined_in: str | None = None, one_channel_processor: bool = False) -> str:
+              defined_in: str | None = None, one_channel_processor: bool = False, script: bool = False) -> str:
     """README.md for a saved folder: front matter (library, license, datasets, model-index) and a body.
 
     ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
@@ -289,7 +289,8 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool), image_size (px), crop_pct,
     interpolation, flip (bool)}, license (default apache-2.0), tags.
     ``stats``: {params, gmacs, activations} (M, G, M) at the image size; ``remote_code``: the folder carries the
-    architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it;
+    architecture's file for transformers' trust_remote_code load; ``defined_in``: the file that defines it
+    (``family_file``), ``script``: one that ran as ``__main__``;
     ``one_channel_processor``: the folder carries ``modeling.remote_code``'s image processor for a one-channel network.
     ``shapes``: ``output_shapes``, for the snippets' comments.
     """
@@ -315,7 +316,7 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
              card.get("description") or f"A `{arch}` image classifier{trained_on} with imagenet-trainer.", "",
              "## Model details", "",
              "- **Model type:** image classification / feature backbone",
-             f"- **Architecture:** `{arch}`" + (f", defined in `{defined_in}`" if defined_in else "")]
+             f"- **Architecture:** `{arch}`" + (f", defined in {_where(defined_in, script)}" if defined_in else "")]
     if stats:
         lines += ["- **Model stats:**", f"  - Params (M): {stats['params']:.2f}", f"  - GMACs: {stats['gmacs']:.3g}",
                   f"  - Activations (M): {stats['activations']:.3g}", f"  - Image size: {size} x {size}"]
@@ -329,7 +330,7 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     lines.append("")
     lines += _usage(arch, repo, k, remote_code, defined_in, shapes, channels=pcfg["input_size"][0],
                     test_size=bool(pcfg.get("test_input_size") or pcfg.get("test_crop_pct")),
-                    one_channel_processor=one_channel_processor)
+                    one_channel_processor=one_channel_processor, script=script)
     if results:
         lines += results_section(results, shown)
     lines += _training(card)
@@ -368,6 +369,32 @@ def _install_line() -> str:
     return f"pip install '{url}'" if url else INSTALL
 
 
+NO_FILE = "__main__"  # family_file's name for code run as __main__ that no file holds
+
+
+def family_file(module) -> tuple[str, bool]:
+    """(the file a card names as defining a family, whether it ran as a script) for the family's ``module``: its
+    path under its import root ("modeling/blocknet.py", "usernet.py"); for ``__main__``, the script's own file name,
+    which a copy is saved as and which imports it ("train_mine.py"; a ``python -m`` module's path), else ``NO_FILE``
+    (a notebook, ``python -c``)."""
+    if module.__name__ != "__main__":
+        return module.__name__.replace(".", "/") + ".py", False
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.name != "__main__":  # python -m pkg.mod: importable as pkg.mod
+        return spec.name.replace(".", "/") + ".py", True
+    try:
+        path = inspect.getsourcefile(module)
+    except TypeError:  # no __file__
+        path = None
+    return (Path(path).name if path else NO_FILE), True
+
+
+def _where(defined_in: str, script: bool) -> str:
+    if defined_in == NO_FILE:
+        return f"code run as `{NO_FILE}` that no file holds (a notebook, `python -c`)"
+    return f"the script `{defined_in}`" if script else f"`{defined_in}`"
+
+
 def carried_files(defined_in: str | None) -> list[str]:
     """The family files an export of the architecture defined in ``defined_in`` carries: that file first, then the
     modules of its folder it imports (``modeling.remote_code.standalone_sources``); [] for none."""
@@ -396,44 +423,14 @@ def package_import(repo: str, module: str, arch: str, siblings: list[str]) -> li
 
 
 def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None, shapes: dict, channels: int = 3,
-           one_channel_processor: bool = False, test_size: bool = False) -> list[str]:
+           one_channel_processor: bool = False, test_size: bool = False, script: bool = False) -> list[str]:
     """The card's code blocks; each one runs on its own (tests execute every one against the saved folder).
     ``channels``: the network's image channels (1: photos are opened as grayscale); ``test_size``: the pretrained_cfg
     has a test_input_size or test_crop_pct, which classification is scored at."""
     test_args = ", use_test_size=True" if test_size else ""
     at = f", strides {', '.join(map(str, shapes['strides']))} from the input" if shapes["strides"] else ""
-    register = []
-    lines = ["## Model usage", ""]
-    carried = carried_files(defined_in) if remote_code else []
-    siblings = carried[1:]  # more than one file: the copy imports its neighbours and is imported as a package
-    if defined_in and defined_in.startswith("modeling/"):
-        stem = Path(defined_in).stem
-        lines += [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
-                  "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
-                  "```bash", _install_line(), "```", ""]
-        if remote_code and siblings:
-            lines += [f"Or, without the package: this repository holds a copy of `{stem}.py` and of the modules it "
-                      f"imports ({', '.join(f'`{name}`' for name in siblings)}; torch and timm only). Import it as a "
-                      f"module of the repository's folder: put the folder's parent on your Python path and run "
-                      f'`importlib.import_module(f"{{folder.name}}.{stem}")` instead.', ""]
-        elif remote_code:
-            lines += [f"Or, without the package: this repository holds a copy of `{stem}.py` (torch and timm only); "
-                      f"put it on your Python path and `import {stem}` instead.", ""]
-        else:
-            lines.append("")
-        register = ["import modeling  # registers " + arch + " with timm"]
-    elif defined_in and siblings:  # a family of several files outside the package: the copy, imported as a package
-        module = Path(defined_in).stem
-        lines += [f"`{arch}` is not one of timm's architectures: it is defined in `{defined_in}`, which this "
-                  f"repository holds a copy of, with the modules it imports ({', '.join(siblings)}). For timm, import "
-                  f"it as a module of the repository's folder, as below (it registers the name with timm).", ""]
-        register = package_import(repo, module, arch, siblings)
-    elif defined_in:  # a family module outside the package: the copy in this repository is the one to import
-        module = Path(defined_in).stem
-        lines += [f"`{arch}` is not one of timm's architectures: it is defined in `{defined_in}`, which this "
-                  f"repository holds a copy of. For timm, put that file on your Python path and import it (it "
-                  f"registers the name with timm).", ""]
-        register = [f"import {module}  # registers {arch} with timm"]
+    intro, register = _registration(arch, repo, remote_code, defined_in, script) if defined_in else ([], [])
+    lines = ["## Model usage", "", *intro]
     image = [f'image = Image.open("photo.jpg").convert("{"L" if channels == 1 else "RGB"}")'
              + ("  # one channel: what the network reads" if channels == 1 else "")]
     lines += ["### Image classification", "", "```python", "import timm", "import torch", "from PIL import Image",
@@ -465,6 +462,62 @@ def _usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | No
                                        test_size)
 
 
+def _registration(arch: str, repo: str, remote_code: bool, defined_in: str,
+                  script: bool) -> tuple[list[str], list[str]]:
+    """(the card's words on where ``arch``, which timm does not ship, is defined, the lines that register it with
+    timm): the copy in this repository when ``remote_code`` (the export carries the family's files), else the
+    module the user must get and import."""
+    carried = carried_files(defined_in) if remote_code else []
+    siblings = carried[1:]  # more than one file: the copy imports its neighbours and is imported as a package
+    if defined_in.startswith("modeling/"):
+        stem = Path(defined_in).stem
+        lines = [f"`{arch}` is not one of timm's architectures: it is defined in imagenet-trainer's `{defined_in}`. "
+                 "For timm, install that package once and `import modeling` (it registers the name with timm):", "",
+                 "```bash", _install_line(), "```", ""]
+        if remote_code and siblings:
+            lines += [f"Or, without the package: this repository holds a copy of `{stem}.py` and of the modules it "
+                      f"imports ({', '.join(f'`{name}`' for name in siblings)}; torch and timm only). Import it as a "
+                      f"module of the repository's folder: put the folder's parent on your Python path and run "
+                      f'`importlib.import_module(f"{{folder.name}}.{stem}")` instead.', ""]
+        elif remote_code:
+            lines += [f"Or, without the package: this repository holds a copy of `{stem}.py` (torch and timm only); "
+                      f"put it on your Python path and `import {stem}` instead.", ""]
+        else:
+            lines.append("")
+        return lines, ["import modeling  # registers " + arch + " with timm"]
+    module = Path(defined_in).stem
+    if siblings:  # a family of several files outside the package: the copy, imported as a package
+        return [f"`{arch}` is not one of timm's architectures: it is defined in {_where(defined_in, script)}, which "
+                f"this repository holds a copy of, with the modules it imports ({', '.join(siblings)}). For timm, "
+                f"import it as a module of the repository's folder, as below (it registers the name with timm).",
+                ""], package_import(repo, module, arch, siblings)
+    if remote_code:  # a family module outside the package: the copy in this repository is the one to import
+        return [f"`{arch}` is not one of timm's architectures: it is defined in {_where(defined_in, script)}, which "
+                f"this repository holds a copy of. For timm, put that file on your Python path and import it (it "
+                f"registers the name with timm).", ""], [f"import {module}  # registers {arch} with timm"]
+    return _not_carried(arch, defined_in, script)
+
+
+def _not_carried(arch: str, defined_in: str, script: bool) -> tuple[list[str], list[str]]:
+    """``_registration`` for a family whose code the export does not carry (it imports more than torch and timm:
+    this package's ``modeling``, say): the user gets the file and imports it under its own module name."""
+    why = "no file to copy" if defined_in == NO_FILE else "it imports more than torch and timm"
+    head = (f"`{arch}` is not one of timm's architectures: it is defined in {_where(defined_in, script)}, and this "
+            f"repository does NOT include that code ({why}).")
+    install = ["```bash", _install_line(), "```", ""]
+    needs = "install what it imports: imagenet-trainer, where it imports `modeling`:"
+    if defined_in == NO_FILE:
+        return [f"{head} For timm, move the family into a module file, put its folder on your Python path and "
+                f"import it where the code below says (importing it registers the name with timm); {needs}", "",
+                *install], [f"# import the module you moved {arch}'s family into here: it registers it with timm"]
+    module = defined_in.removesuffix(".py").replace("/", ".")
+    ran = (" Importing a script runs its top level: keep its training steps under "
+           "`if __name__ == \"__main__\":`." if script else "")
+    return [f"{head} For timm, get `{defined_in}` from its author, put the folder it is imported from on your Python "
+            f"path and `import {module}` (it registers the name with timm).{ran} Also {needs}", "", *install], [
+        f"import {module}  # registers {arch} with timm"]
+
+
 def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined_in: str | None,
                        register: list[str], one_channel_processor: bool, test_size: bool = False) -> list[str]:
     """The card's transformers section: ``register``, the lines that register a family timm does not ship;
@@ -479,7 +532,9 @@ def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined
                   "the BatchNorm statistics). Read them before you run them; nothing else of imagenet-trainer is "
                   "needed.", ""]
     elif defined_in:
-        lines += [f"transformers needs `{arch}` registered first, as above (`import modeling`).", ""]
+        line = register[-1].split("  # ")[0]  # the import alone; a comment line (no file to import) is not named
+        lines += [f"transformers needs `{arch}` registered first, as above"
+                  + ("." if line.startswith("#") else f" (`{line}`)."), ""]
     if one_channel_processor:
         lines += ["The network reads one image channel (grayscale), and transformers' pipelines open every image as "
                   "RGB: with `trust_remote_code=True` transformers takes the image processor `config.json`'s "

@@ -59,8 +59,9 @@ from imagenet_trainer.checkpoints import fsync_dir, fsync_tree
 from imagenet_trainer.runinfo import WRITE_LEFTOVER, atomic_write_text, replace_dir, share_tree
 
 from ._registry import our_names
-from .card import (card_for_repo, card_text, check_results, eval_result_entries, is_repo_id, merge_model_index,
-                   model_index, model_stats, output_shapes, public, resolve_dataset, results_section)
+from .card import (card_for_repo, card_text, check_results, eval_result_entries, family_file, is_repo_id,
+                   merge_model_index, model_index, model_stats, output_shapes, public, resolve_dataset,
+                   results_section)
 from .remote_code import PROCESSOR_FILE, NotBundleable, defining_module, remote_code_files
 from .transformers_saved import (head_labels, load_saved_weights, saved_by_transformers,
                                  saved_headless, saved_keys, wrapper_saved_state)
@@ -143,11 +144,11 @@ def save_pretrained(model, folder, *, label_names: list[str], label_descriptions
         for name, text in code.items():
             (tmp / name).write_text(text)
         module = defining_module(model)
-        defined_in = module and (module.__name__.replace(".", "/") + ".py")
+        defined_in, script = family_file(module) if module else (None, False)
         family_code = any(not name.startswith("modeling_") for name in code)  # beside the generated files
         (tmp / CARD_NAME).write_text(card_text(config, card, stats=model_stats(model, config), defined_in=defined_in,
                                                remote_code=family_code, one_channel_processor=PROCESSOR_FILE in code,
-                                               shapes=output_shapes(model, config)))
+                                               shapes=output_shapes(model, config), script=script))
         entries = eval_result_entries(results, dataset_id) if dataset_id else []
         if entries:
             (tmp / EVAL_RESULTS_DIR).mkdir()

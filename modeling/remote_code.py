@@ -148,7 +148,10 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
             "AutoModelForImageClassification": f"{processor}.TimmWrapperForImageClassification",
             "AutoModel": f"{processor}.TimmWrapperModel", **processor_map}
     cls = type(model)
-    path = inspect.getsourcefile(module)
+    try:
+        path = inspect.getsourcefile(module)
+    except TypeError:  # no __file__: a family defined in a notebook or python -c
+        path = None
     if not path:
         raise NotBundleable(f"module {module.__name__} has no source file to copy")
     stem = Path(path).stem
