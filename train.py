@@ -76,6 +76,7 @@ from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing)
 from imagenet_trainer.data.ring import BatchRing, RingCollate
+from imagenet_trainer.data.samples import UnreplaceableRow
 from imagenet_trainer.fsdp import prepare_fsdp
 from imagenet_trainer.ilsvrc import class_descriptions
 from imagenet_trainer.loader_setup import (PREFETCH_FACTOR, RING_SLOTS, check_shm, loader_workers, local_processes,
@@ -1058,12 +1059,17 @@ class EpochTrainer:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The next (images, labels) on the device; None at the epoch's end. A train DataLoader worker's death or
-        hang (torch's RuntimeError for it, nothing else) restarts the workers at this position: restart_workers."""
+        hang (torch's RuntimeError for it, nothing else) restarts the workers at this position: restart_workers.
+        A row that no other row could stand in for (a dataset that mostly does not decode) ends the run in one
+        line, the row recorded in bad_samples.json."""
         while True:
             try:
                 return next(self.batches)
             except StopIteration:
                 return None
+            except UnreplaceableRow as error:  # from a worker too: torch rebuilds it in this process
+                shut_down_workers(self.loader)  # now: the exit would wait forever for workers that block SIGTERM
+                raise SystemExit(self.loader.bad.unreplaceable(*error.row_and_reason())) from None
             except RuntimeError as error:
                 if (why := loader_failure(error, self.loader)) is None:
                     raise

@@ -107,10 +107,12 @@ class BadSamples:
             self.write()
         return list(new.values())
 
-    def write(self) -> None:
-        """RECORD anew (main process), atomically: a kill never leaves half a list."""
+    def write(self, entries=None) -> None:
+        """RECORD anew with ``entries`` (by default every rank's shared finds; main process), atomically: a kill
+        never leaves half a list."""
         if self.folder is not None:
-            atomic_write_text(self.folder / RECORD, json.dumps(sorted(self.shared.values(), key=lambda e: (
+            entries = self.shared.values() if entries is None else entries
+            atomic_write_text(self.folder / RECORD, json.dumps(sorted(entries, key=lambda e: (
                 e["split"], e["row"])), indent=1) + "\n")
 
     def repaired(self) -> list[tuple[str, int]]:
@@ -118,7 +120,7 @@ class BadSamples:
         the data was repaired since. Decodes only the recorded rows."""
         rows = {name: Rows(split) for name, split in self.splits.items()}
         return [(name, row) for name, row in sorted(self.shared)
-                if name in rows and row < len(rows[name]) and decodes(rows[name][row][0])]
+                if name in rows and row < len(rows[name]) and row_decodes(rows[name], row)]
 
     def forget(self, keys: list[tuple[str, int]], write: bool) -> None:
         """Rows that decode again count no more; ``write``: one line each and RECORD rewritten (main process)."""
@@ -148,6 +150,18 @@ class BadSamples:
                 f"(e.g. {self.line(next(iter(found.values())))}){where}. The dataset is damaged: "
                 f"`python preprocess.py --verify DATASET` names every bad file; {remedy}")
 
+    def unreplaceable(self, row: int | None, reason: str) -> str:
+        """The one line that stops training at a train ``row`` that does not decode and whose stand-ins do not
+        either (``reason``: ``data.UnreplaceableRow``'s message). RECORD gets the row and every find this process
+        knows of first, from whichever rank meets it: the others may wait in a collective and never share."""
+        if row is not None:
+            self.add("train", row, reason, warn=False)
+        self.write(self.seen.values())
+        where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
+        which = "train" if row is None else f"train row {row} (image_id {self.seen['train', row]['image_id']})"
+        return (f"error: {which}: {reason.removeprefix(f'row {row}: ')}{where}. The dataset is damaged: `python "
+                "preprocess.py --verify DATASET` names every bad file; copy them again or rerun preprocess.py")
+
     @staticmethod
     def line(entry: dict) -> str:
         fate = (f"replaced by row {entry['replaced_by']}" if "replaced_by" in entry else "left out of the scores")
@@ -173,6 +187,15 @@ def decodes(data) -> bool:
     except Exception:  # noqa: BLE001 (flipped bytes can break any parser on the way: EXIF, codec)
         return False
     return True
+
+
+def row_decodes(rows: Rows, row: int) -> bool:
+    """``decodes`` of a row's image; False for one that cannot be read (a null image, a referenced file gone)."""
+    try:
+        data = rows[row][0]
+    except ValueError:
+        return False
+    return decodes(data)
 
 
 def load_run_record(accelerator, splits: dict[str, datasets.Dataset], limit: int, folder: Path) -> BadSamples:

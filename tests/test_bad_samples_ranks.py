@@ -3,16 +3,20 @@ real train.py runs (1 process; 2 gloo processes stopped at a checkpoint and resu
 bad_samples.json and by the images the replaced rows stood in for."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 
 import datasets
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from imagenet_trainer.data import ResumableSampler, TrainSet, replacement_row
 from test_cluster import free_port
-from test_faults import break_image
+from test_faults import break_image, last_line
 from test_train import ok, rows, run, train_cmd
 
 
@@ -54,3 +58,34 @@ def test_replacements_agree_across_process_counts_and_a_resume(preprocessed, tmp
         image, label, replaced = TrainSet(split, 32, seed=0).sample((1, row))
         assert replaced[:2] == (row, other) and label == split[other]["label"]
         assert torch.equal(image, TrainSet(split, 32, seed=0)._load(1, other, row)[0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_train_split_that_mostly_does_not_decode_ends_the_run_in_one_line_and_records_the_row(tmp_path, workers):
+    """No stand-in decodes either: one error line (no worker traceback) naming the row, the stand-ins and the
+    check that finds every bad file, and the row in bad_samples.json."""
+    names = datasets.ClassLabel(names=["a", "b"])
+    features = datasets.Features({"image": datasets.Image(), "label": names})
+
+    def jpeg(seed: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 48, 3), np.uint8)).save(out, "JPEG")
+        return out.getvalue()
+
+    train = {"image": [{"bytes": b"\xff\xd8garbage%d" % i, "path": None} for i in range(16)],
+             "label": [i % 2 for i in range(16)]}
+    val = {"image": [{"bytes": jpeg(i), "path": None} for i in range(4)], "label": [0, 1, 0, 1]}
+    data = tmp_path / "data"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(train, features=features),
+                          "validation": datasets.Dataset.from_dict(val, features=features)}).save_to_disk(str(data))
+    out = tmp_path / "run"
+    proc = run(train_cmd(data, out, "--epochs", "1", "--max_bad_samples", "10", "--num_workers", workers))
+    assert proc.returncode != 0
+    line = last_line(proc)  # and no "Traceback" in stderr
+    found = re.match(r"error: train row (\d+) \(image_id None\): the image does not decode \(.*; and 8 rows "
+                     r"tried in its place do not decode either; listed in (\S+)\. The dataset is damaged: `python "
+                     r"preprocess\.py --verify DATASET` names every bad file", line)
+    assert found and found[2] == str(out / "bad_samples.json"), line
+    record = json.loads((out / "bad_samples.json").read_text())
+    assert [(e["split"], e["row"]) for e in record] == [("train", int(found[1]))]
+    assert "8 rows tried in its place" in record[0]["error"] and "replaced_by" not in record[0]

@@ -37,7 +37,7 @@ from imagenet_trainer.bad_samples import BadSamples
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing,
-                                   random_resized_crop_params, sample_rng)
+                                   random_resized_crop_params, replacement_row, sample_rng)
 from imagenet_trainer.data.decode import dct_factor, exif_orientation, resize_uint8
 from imagenet_trainer.robustness import RealLabels
 
@@ -529,6 +529,61 @@ def test_broken_pixels_are_an_error_not_a_blank_or_grey_image(photos, kind):
     with pytest.raises(ValueError, match="row 0: the image does not decode"):  # and no other row to take its place
         TrainSet(split, 64, seed=0)[(0, 0)]
     assert EvalSet(split, 64)[0][1] == -1, "left out of evaluation (metrics.evaluate), not scored as an image"
+
+
+def test_a_split_that_mostly_does_not_decode_names_the_replacements_that_failed_too():
+    """Past REPLACEMENT_TRIES stand-ins that fail too, one line names the row and them, also as the main process
+    gets it from a DataLoader worker (torch rebuilds the error there from the worker's formatted traceback)."""
+    garbage = {"image": [{"bytes": b"\xff\xd8garbage", "path": None}] * 12, "label": [0] * 12}
+    train = TrainSet(datasets.Dataset.from_dict(garbage, features=FEATURES), 32, seed=0)
+    with pytest.raises(ValueError, match=r"^row 3: the image does not decode .*; and 8 rows tried in its place do "
+                                         r"not decode either$"):
+        train.sample((0, 3))
+    loader = torch.utils.data.DataLoader(train, sampler=[(0, 3)], batch_size=None, num_workers=1)
+    with pytest.raises(ValueError, match="Caught UnreplaceableRow in DataLoader worker") as caught:
+        next(iter(loader))
+    row, line = caught.value.row_and_reason()
+    assert row == 3 and line.startswith("row 3: the image does not decode (") and "\n" not in line
+    assert line.endswith("; and 8 rows tried in its place do not decode either"), line
+
+
+def _image_file_rows(tmp_path, photos) -> datasets.Dataset:
+    """Rows that only reference their image files (an unembedded image folder): 4 photos, one file each."""
+    images = []
+    for i, data in enumerate(list(photos.values())[:4]):
+        (tmp_path / f"{i}.JPEG").write_bytes(data)
+        images.append({"bytes": None, "path": str(tmp_path / f"{i}.JPEG")})
+    return datasets.Dataset.from_dict({"image": images, "label": [i % len(WNIDS) for i in range(len(images))]},
+                                      features=FEATURES)
+
+
+def test_an_eval_row_that_cannot_be_read_is_left_out_like_one_that_does_not_decode(tmp_path, photos):
+    """A referenced file gone (moved, deleted mid-run, a stale NFS handle) is left out of evaluation and
+    reported, not the end of it, with a null image struct's row (below); training replaces the same rows."""
+    split = _image_file_rows(tmp_path, photos)
+    (tmp_path / "1.JPEG").unlink()
+    evalset = EvalSet(split, 32)
+    assert evalset[1][1] == -2 and evalset[1][0].shape == (3, 32, 32)
+    assert evalset[0][1] == 0 and evalset[2][1] == 2, "the other rows are read as before"
+    with pytest.raises(ValueError, match=r"row 1: the image file .*1\.JPEG cannot be read \(No such file"):
+        Rows(split)[1]
+    assert TrainSet(split, 32, seed=0).sample((0, 1))[2][:2] == (1, replacement_row(0, 1, 1, len(split)))
+    with pytest.raises(IndexError):  # past the end is still the end, not a left-out row
+        evalset[len(split)]
+
+
+def test_an_eval_row_with_a_null_image_is_left_out(photos):
+    null = datasets.Dataset.from_dict({"image": [{"bytes": photos["chelsea"], "path": None}, None],
+                                       "label": [1, 2]}, features=FEATURES)
+    assert EvalSet(null, 32)[1][1] == -2 and EvalSet(null, 32)[0][1] == 1
+
+
+def test_the_resume_recheck_counts_a_recorded_row_that_cannot_be_read_as_still_broken(tmp_path, photos):
+    split = _image_file_rows(tmp_path, photos)
+    (tmp_path / "1.JPEG").unlink()
+    bad = BadSamples({"validation": split}, 5)
+    bad.shared = {("validation", 1): {}, ("validation", 2): {}}  # a record from before: row 2 was repaired since
+    assert bad.repaired() == [("validation", 2)]
 
 
 def test_a_plain_binary_image_column_reads_like_an_image_column(ds, photos):

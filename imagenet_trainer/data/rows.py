@@ -68,7 +68,10 @@ class Rows:
             path = paths[k][i].as_py() if paths[k] is not None else None
             if not path:
                 raise ValueError(f"row {index}: the image has neither bytes nor a path")
-            image = Path(path).read_bytes()
+            try:
+                image = Path(path).read_bytes()
+            except OSError as e:  # deleted or moved since the split was made, a stale NFS handle, no permission
+                raise ValueError(f"row {index}: the image file {path} cannot be read ({e.strerror or e})") from None
         j = bisect.bisect_right(label_starts, row) - 1
         return image, int(labels[j][row - label_starts[j]])
 

@@ -7,18 +7,20 @@ crop, label); ``TrainSet.sample`` adds which row stood in for one that does not 
   part decoded: ``decode``) + horizontal flip [+ RandAugment / TrivialAugment]. Every random draw comes from the
   sample's own stream, ``sampling.sample_rng(seed, epoch, index)``, so a resumed run and any number of workers or
   processes see exactly the samples an uninterrupted run would.
-- A row that does not decode is replaced by another row (``replacement_row``), chosen by a hash of (seed, row, try)
-  and cropped with the failed row's own random stream: the same choice on resume and on any process count. The
-  main process records it (``bad_samples.py``).
+- A row that does not decode (or cannot be read) is replaced by another row (``replacement_row``), chosen by a
+  hash of (seed, row, try) and cropped with the failed row's own random stream: the same choice on resume and on
+  any process count. The main process records it (``bad_samples.py``).
 - ``EvalSet``: timm's eval transform, the classic Resize(shorter side to image_size / crop_pct) + CenterCrop or its
-  ``crop_mode`` squash / border (crop_pct > 1: padded, as timm pads); a row that does not decode comes back with
-  label ``-(index + 1)``, left out of the scores and reported (``metrics.evaluate``).
+  ``crop_mode`` squash / border (crop_pct > 1: padded, as timm pads); a row that does not decode (or whose image
+  is null or its file unreadable) comes back with label ``-(index + 1)``, left out of the scores and reported
+  (``metrics.evaluate``).
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import random
+import re
 
 import datasets
 import torch
@@ -113,21 +115,25 @@ class TrainSet(torch.utils.data.Dataset):
     def sample(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple | None]:
         """(image, label, None), or, when the row does not decode, another row's (image, label) with (row,
         replacement row, error): the replacement is ``replacement_row`` of (seed, row, try), with the row's own
-        random stream, so resume and any process count make the same choice. A ValueError when
-        REPLACEMENT_TRIES rows in a row fail (a dataset that mostly does not decode)."""
+        random stream, so resume and any process count make the same choice. UnreplaceableRow when the
+        REPLACEMENT_TRIES rows tried fail too (a dataset that mostly does not decode)."""
         epoch, index = key
         try:
             return (*self._load(epoch, index, index), None)
         except Exception as e:  # noqa: BLE001 (flipped bytes can break any parser on the way: tiles, EXIF, codec)
             error = e
-        for attempt in range(1, REPLACEMENT_TRIES + 1):
+        tries = REPLACEMENT_TRIES if len(self) > 1 else 0  # a one-row split has no other row
+        for attempt in range(1, tries + 1):
             other = replacement_row(self.seed, index, attempt, len(self))
             try:
                 return (*self._load(epoch, other, index), (index, other, str(error)))
             except Exception:  # noqa: BLE001
                 continue
-        raise ValueError(f"{error}; and {REPLACEMENT_TRIES} rows tried in its place do not decode either") \
-            if not isinstance(error, ValueError) else error
+        # one line: a DataLoader worker's copy of the error ends with it (UnreplaceableRow.row_and_reason)
+        reason = " ".join(str(error).split()).removeprefix(f"row {index}: ")
+        raise UnreplaceableRow(f"row {index}: {reason}; and " + (
+            f"{tries} rows tried in its place do not decode either" if tries else "the split has no other row to "
+            "take its place")) from None
 
     def _load(self, epoch: int, index: int, stream: int) -> tuple[torch.Tensor, int]:
         """Row ``index``'s crop, drawn from the random stream of row ``stream`` (itself, unless replacing it)."""
@@ -163,6 +169,19 @@ class TrainSet(torch.utils.data.Dataset):
 
 
 REPLACEMENT_TRIES = 8  # rows tried in place of one that does not decode before the batch fails
+
+
+class UnreplaceableRow(ValueError):
+    """A train row that does not decode, nor do the rows tried in its place: a dataset that mostly does not
+    decode. The message is one line, "row N: why; and ...". Raised in a DataLoader worker, it reaches the main
+    process rebuilt by torch from the worker's formatted traceback, whose last line is the message."""
+
+    def row_and_reason(self) -> tuple[int | None, str]:
+        """(the row, or None where the message does not name it; the one-line message), direct or via a worker."""
+        line = (str(self).strip().splitlines() or [""])[-1]
+        line = line.split(f"{type(self).__name__}: ", 1)[-1]  # a worker's traceback names the class first
+        found = re.match(r"row (\d+): ", line)
+        return (int(found[1]) if found else None), line
 
 
 def replacement_row(seed: int, row: int, attempt: int, num_rows: int) -> int:
@@ -226,8 +245,10 @@ class EvalSet(torch.utils.data.Dataset):
         return (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        data, label = self.rows[index]
+        if not 0 <= index < len(self):  # an IndexError, not a left-out row: the end of a sequence
+            raise IndexError(f"row {index} is outside 0..{len(self) - 1}")
         try:
+            data, label = self.rows[index]  # a null image, or a referenced file gone or unreadable: left out too
             height, width, fast_ok = probe(data)
             new_h, new_w = self.resized_shape(height, width)
             # Full scale: the same pixels as timm's create_transform up to rounding (mean 0.002-0.014 grey levels, max
