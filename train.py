@@ -234,7 +234,8 @@ class TrainState:
 
 
 def main(argv=None):
-    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])  # ranges: TrainConfig.__post_init__
+    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0],  # ranges: TrainConfig.__post_init__
+                       accelerate_script="train.py")
     stop = StopSignal(cfg.save_every_minutes)
     run_dir = Path(cfg.output_dir or f"runs/{cfg.model}")
     ckpt_dir = run_dir / "checkpoints"
@@ -770,8 +771,12 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
         accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
-    if optimizer_changed or changed:
-        state.recipe_changes.append({"step": state.step, "flags": [*optimizer_changed, *changed]})
+    if launched := checkpoints.launch_changes(path, {"mixed_precision": accelerator.mixed_precision, "num_processes":
+                                                     accelerator.num_processes, "device": accelerator.device.type}):
+        accelerator.print(f"accelerate launch settings that differ from the checkpoint's run_info.json, this "
+                          f"launch's apply: {', '.join(launched)}")
+    if optimizer_changed or changed or launched:
+        state.recipe_changes.append({"step": state.step, "flags": [*optimizer_changed, *changed, *launched]})
     forget_best_exported_elsewhere(accelerator, state, ckpt_dir)
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)

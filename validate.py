@@ -565,7 +565,8 @@ def check_export_config(folder: Path) -> list[str]:
 def edited_config_note(folder: Path) -> str | None:
     """A note when a checkpoint's config.yaml is not the one sealed with it (size or CRC-32 in checkpoint_files.json):
     its eval settings are read as they are now, which an edit means and a damaged byte does not (the state files are
-    checked in full by ``load_checkpoint``; a resume refuses such a config.yaml)."""
+    checked in full by ``load_checkpoint``; a resume reads the flags from the run folder's unchanged copy:
+    checkpoints.config_source)."""
     config = folder / checkpoints.CONFIG
     if not config.is_file() or checkpoints.problem(folder, config=True, only=checkpoints.CONFIG) is None:
         return None

@@ -7,8 +7,9 @@ before the files' data, so a crash can leave ``step_N`` in place with truncated 
 rename's parent, and delete older checkpoints only after that. A file can also change without changing size (a
 flipped bit on a disk or in a copy, a tool that rewrote it): neither safetensors nor torch.load would notice every
 such change, so each file's CRC-32 is listed beside its size and checked before a resume. That includes the
-launch's config.yaml, which the resume reads the saved settings from (its seed, model, optimizer, EMA): a changed byte
-there would refuse a sound checkpoint with a wrong setting, or fail the resume with a traceback.
+launch's config.yaml, which the resume reads the saved settings from (its seed, model, optimizer, EMA) but which a
+reader may edit (its eval settings, for validate.py): a changed one does not make the checkpoint incomplete, the
+resume reads the settings from the run folder's copy with the saved bytes instead (config_source).
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from .runinfo import atomic_write_bytes, atomic_write_text, fsync_dir
 SAVED_WEIGHTS = ("model.safetensors", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
 WEIGHTS = (*SAVED_WEIGHTS, "pytorch_model.bin")  # and accelerate's without safe serialization
 FILE_LIST = "checkpoint_files.json"  # {relative path: {"bytes": size, "crc32": CRC-32}} of the state files, last
-CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; validate.py notes a change
-# (a reader may edit a checkpoint's eval settings there), a resume does (problem's config=True)
-UNLISTED = ("run_info.json",)  # where and how the launch ran: no resume reads it, and readers may edit it
+CONFIG = "config.yaml"  # the launch's resolved flags: listed, as a resume reads them; a reader may edit a
+# checkpoint's eval settings there: validate.py and a resume note a change (config_source), neither refuses it
+UNLISTED = ("run_info.json",)  # where and how the launch ran: a resume reads it for its messages only (readers may
+# edit it)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -76,8 +78,8 @@ DAMAGE_ERRNOS = {errno.EIO, errno.ENODATA}  # a read error of the medium: the by
 def problem(folder: Path, config: bool = False, only: str | None = None) -> str | None:
     """Why ``folder`` is not a complete checkpoint (naming the file), or None. A folder without FILE_LIST (saved by
     another tool) is taken as it is: nothing to check it against; a list of sizes without CRCs checks the sizes.
-    ``config``: CONFIG too, where the list has it (a resume's check: it reads its settings from there); without it
-    the state files alone (validate.py, which lets a reader edit a checkpoint's eval settings in CONFIG).
+    ``config``: CONFIG too, where the list has it (whether it is the one saved: config_source); without it the
+    state files alone, what a complete checkpoint needs (a reader may edit its eval settings in CONFIG).
     ``only``: that listed file alone (none when unlisted). A file that cannot be read for another reason than its
     medium's (permissions, a stale NFS handle: DAMAGE_ERRNOS) is a ValueError: nothing to skip it for."""
     folder = Path(folder)
@@ -161,7 +163,7 @@ def clean_leftovers(ckpt_dir: Path) -> str | None:
         for path in sorted(ckpt_dir.glob(f"{prefix}step_*")):
             final = ckpt_dir / path.name.removeprefix(prefix)
             why = (None if prefix == EARLIER else "never sealed" if not (path / FILE_LIST).is_file()
-                   else problem(path, config=True))  # an EARLIER folder was a step_N: latest checks it
+                   else problem(path))  # an EARLIER folder was a step_N: latest checks it
             if why is None and not final.exists():
                 os.replace(path, final)
                 done.append(f"moved {path.name} to {final.name} ("
@@ -234,10 +236,12 @@ def rows_of(metrics: Path) -> list[dict]:
 
 
 def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
-    """(newest complete checkpoint, its config.yaml included, or None; one line per newer one skipped and why)."""
+    """(newest complete checkpoint, or None; one line per newer one skipped and why). Complete: its state files as
+    saved; a config.yaml changed since (an edit of its eval settings, or damage) is no reason to redo a checkpoint
+    interval: config_source reads the saved flags elsewhere."""
     skipped = []
     for path in reversed(step_folders(ckpt_dir)):
-        why = problem(path, config=True)
+        why = problem(path)
         if why is None:
             return path, skipped
         skipped.append(f"skipped {path.name}: {why}")
@@ -246,7 +250,8 @@ def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
 
 def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: "latest" is the newest complete one (each newer one
-    skipped is said, with why; None when nothing was saved yet), a folder must be complete. ValueError otherwise."""
+    skipped is said, with why; None when nothing was saved yet), a folder must be complete. ValueError otherwise.
+    A config.yaml changed since the save is said in a note (config_source)."""
     if resume_from == "latest":
         path, skipped = newest_complete(ckpt_dir)
         for line in skipped:
@@ -254,6 +259,8 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
         if path is None and skipped:
             raise ValueError(f"latest: no complete checkpoint in {ckpt_dir} ({'; '.join(skipped)}); resume from a "
                              "copy or start a new --output_dir")
+        if path is not None and (note := config_source(path)[1]):
+            print_fn(note)
         return path
     path = Path(resume_from)
     if not path.is_dir():
@@ -265,21 +272,53 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
         raise ValueError(f"{path} is an export (weights and card, no optimizer or position), not a checkpoint: resume "
                          "from its run's checkpoints/step_N (or latest), or start a new run from it with --model "
                          f"local-dir:{path} --pretrained")
-    why = problem(path, config=True)
+    why = problem(path)
     if why is not None:
         raise ValueError(f"{path}: damaged checkpoint: {why}; --resume_from_checkpoint latest takes the newest "
                          "complete one")
+    if note := config_source(path)[1]:
+        print_fn(note)
     return path
 
 
+def config_source(folder: Path) -> tuple[Path, str | None]:
+    """(the config.yaml that holds the flags of the launch that saved the checkpoint ``folder``, a note when that
+    is not ``folder``'s own). Its own, unless it differs from the size or CRC-32 sealed with it: then the run
+    folder's copy with those bytes (record_launch wrote the same text to RUN/config.yaml or RUN/resumes/<time>/);
+    its own as it is now where no copy has them (a checkpoint copied out of its run, or every copy changed).
+    The resume compares flags to know what the state was trained with (the seed's sample order, the model and
+    optimizer the state fits, the recipe changes the card lists): an edit of the eval settings changed none of
+    that, so the saved bytes are the truth; the edited text is the only record left where they are gone."""
+    folder = Path(folder)
+    own = folder / CONFIG
+    changed = problem(folder, config=True, only=CONFIG)
+    if changed is None:
+        return own, None
+    try:
+        saved = json.loads((folder / FILE_LIST).read_text())[CONFIG]
+        size, crc = saved["bytes"], saved.get("crc32")
+    except (OSError, ValueError, KeyError, TypeError):  # a listing problem() named: the state check refuses it
+        return own, None
+    run_dir = folder.parent.parent  # RUN/checkpoints/step_N
+    said = f"note: {changed}: changed after the save; the state files are as saved, so {folder.name} is resumed from"
+    for copy in (run_dir / CONFIG, *sorted((run_dir / "resumes").glob(f"*/{CONFIG}"))):
+        try:
+            if copy.stat().st_size == size and crc in (None, crc32(copy)):
+                return copy, f"{said}, with the flags it was saved with, from {copy} (the same bytes)"
+        except OSError:  # absent or unreadable: another copy may do
+            continue
+    return own, f"{said}, with the flags its config.yaml holds now (no copy of the saved one in {run_dir})"
+
+
 def saved_config(folder: Path) -> dict | None:
-    """The flags of the launch that saved the checkpoint ``folder`` (its config.yaml), or None when it has none or
-    it does not read as YAML (an unlisted one with changed bytes: a sealed one is checked before)."""
+    """The flags of the launch that saved the checkpoint ``folder`` (its config.yaml, or the run folder's copy of
+    the saved one where it was changed since: config_source), or None when it has none or it does not read as YAML
+    (an unlisted one with changed bytes)."""
     import yaml  # noqa: PLC0415 (only resumes read it)
 
     try:
-        saved = yaml.safe_load((Path(folder) / CONFIG).read_text())
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError
+        saved = yaml.safe_load(config_source(folder)[0].read_text())
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError, or problem's unreadable file
         return None
     return saved if isinstance(saved, dict) else None
 
@@ -290,6 +329,22 @@ def changed_flags(folder: Path, cfg, skip: set[str]) -> list[str]:
     saved = saved_config(folder) or {}
     return [f"--{k} {saved[k]} -> {v}" for k, v in vars(cfg).items() if k in saved and k not in skip
             and saved[k] != v]
+
+
+def launch_changes(folder: Path, launch: dict) -> list[str]:
+    """How ``launch`` (this launch's mixed_precision, num_processes and device type, as run_info.json's keys)
+    differs from the launch that saved the checkpoint ``folder`` (its run_info.json), as "mixed_precision bf16 ->
+    no"; none for a key it lacks, or where it has none that reads (an older checkpoint, an edit). Not flags of
+    train.py but accelerate launch's, and a resume under others trains on with them: said, and on the card."""
+    try:
+        saved = json.loads((Path(folder) / UNLISTED[0]).read_text())
+    except (OSError, ValueError):  # ValueError: no JSON, or no UTF-8
+        return []
+    if not isinstance(saved, dict):
+        return []
+    if "device" in saved:  # "cuda:0" there: the type is the launch's choice, the index each rank's own
+        saved["device"] = str(saved["device"]).split(":")[0]
+    return [f"{k} {saved[k]} -> {v}" for k, v in launch.items() if k in saved and str(saved[k]) != str(v)]
 
 
 def setting_mismatch(folder: Path, cfg) -> str | None:

@@ -92,6 +92,44 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(f"error: {message} (see --help)")
 
 
+# accelerate launch's options where it has no parser to read them from (another layout of accelerate.commands)
+_LAUNCH_FALLBACK = {"cpu": False, "multi_gpu": False, "mixed_precision": True, "num_processes": True,
+                    "num_machines": True, "machine_rank": True, "main_process_ip": True, "main_process_port": True,
+                    "gpu_ids": True, "config_file": True, "use_fsdp": False, "dynamo_backend": True}
+# launch options of DeepSpeed's that a script sets with a flag of its own: {launch option: the script's field}
+_OWN_SPELLING = {"gradient_accumulation_steps": "grad_accum_steps", "gradient_clipping": "clip_grad"}
+LAUNCH_HELP = ("Device, mixed precision and distribution (processes, machines, DDP, FSDP) are not flags of {script}: "
+               "accelerate launch sets them (accelerate launch --mixed_precision bf16 --num_processes 8 {script} ..., "
+               "or its --config_file: accelerate_configs/*.yaml).")
+
+
+def launch_options() -> dict[str, bool]:
+    """{accelerate launch option, as a field name: whether it takes a value}, read from accelerate's own parser
+    (its names follow accelerate's version); _LAUNCH_FALLBACK where that does not import."""
+    try:
+        from accelerate.commands.launch import launch_command_parser  # noqa: PLC0415 (an error's path only)
+
+        actions = launch_command_parser()._actions
+    except Exception:  # noqa: BLE001 (any version's failure: the hint is a courtesy, the error stands)
+        return dict(_LAUNCH_FALLBACK)
+    return {s.removeprefix("--").replace("-", "_"): a.nargs != 0 for a in actions for s in a.option_strings
+            if s.startswith("--") and s != "--help"}
+
+
+def launch_option_error(name: str, value, script: str, fields, where: str) -> str | None:
+    """The one line for accelerate launch's option ``name`` (a field name) given to ``script`` (``where``: the
+    flag, or the --config key), with ``value`` (None: none given); None when it is no launch option, or a field."""
+    options = launch_options()
+    if name in fields or name not in options:
+        return None
+    if _OWN_SPELLING.get(name) in fields:
+        return f"error: {where} is accelerate launch's DeepSpeed setting; {script}'s own is --{_OWN_SPELLING[name]}"
+    given = f"--{name}" + (f" {value if value is not None else name.upper()}" if options[name] else "")
+    alternative = "" if name == "config_file" else " (or set it in accelerate_configs/*.yaml)"
+    return (f"error: {where} is an accelerate launch option: accelerate launch {given} {script} ..."
+            f"{alternative}")
+
+
 # PyYAML reads YAML 1.1: a plain 010 is octal (8) and 1:30 base 60 (90), where YAML 1.2 and a reader see 10 and a
 # time; 09 is no octal number and stays the text '09' (int() then reads it as 9)
 _OCTAL = re.compile(r"[-+]?0[0-7_]+")
@@ -179,13 +217,17 @@ def read_yaml(path: Path) -> tuple:
     return doc, texts
 
 
-def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
-    """Build ``cls`` from ``--config YAML`` and ``--field value`` flags (``--flag`` alone sets a bool to true)."""
+def parse_config(cls, argv: list[str] | None = None, description: str | None = None,
+                 accelerate_script: str | None = None):
+    """Build ``cls`` from ``--config YAML`` and ``--field value`` flags (``--flag`` alone sets a bool to true).
+    ``accelerate_script``: the name of a script accelerate launch runs (train.py): accelerate launch's options given
+    to it, as flags or --config keys, are refused with how to give them to the launcher, and --help says so."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     comments = field_comments(cls)
     parser = _Parser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     epilog=LAUNCH_HELP.format(script=accelerate_script) if accelerate_script else None,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of overrides (a recipe); flags override it")
     for name, f in fields.items():
         base, _ = _base_type(hints[name])
@@ -197,14 +239,24 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
         else:
             parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=base.__name__.upper(),
                                 help=f"{help_text} (default: {default})")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        for at, token in enumerate(unknown if accelerate_script else []):
+            flag, _, value = token.partition("=")
+            following = unknown[at + 1] if at + 1 < len(unknown) and not unknown[at + 1].startswith("-") else None
+            if flag.startswith("--") and (refused := launch_option_error(
+                    flag[2:].replace("-", "_"), value or following, accelerate_script, fields, flag)):
+                raise SystemExit(refused)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # argparse's own words
     values: dict = {}
     if args.config:
         path = Path(args.config)
         loaded, texts = read_yaml(path)
         for key, value in loaded.items():
             if key not in fields:
-                raise SystemExit(f"error: --config {path}: unknown key '{key}' "
+                hint = accelerate_script and launch_option_error(  # the value as written: YAML 1.1 reads no as False
+                    str(key), texts.get(key, value), accelerate_script, fields, f"--config {path}: key '{key}'")
+                raise SystemExit(hint or f"error: --config {path}: unknown key '{key}' "
                                  f"(known: {', '.join(sorted(fields))})")
             if key in texts and _base_type(hints[key])[0] is str:  # a text field takes what was written
                 value = texts[key]

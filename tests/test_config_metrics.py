@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -52,6 +54,32 @@ def test_errors_are_one_line(tmp_path, yaml_text, argv, message):
         parse_config(Cfg, ["--config", str(recipe), *argv])
     text = str(err.value)
     assert message in text and "\n" not in text
+
+
+@dataclass
+class Scored:
+    mixed_precision: str = ""  # a script's own field (validate.py's) of an accelerate launch option's name
+
+
+def test_accelerate_launch_options_are_named_for_a_launched_script_only(tmp_path, monkeypatch):
+    """A script accelerate launch runs (accelerate_script) names accelerate launch's options given to it, as flags or
+    --config keys, with how to give them to the launcher; read from accelerate's own parser, or a short list where
+    that does not import. A field of that name is the script's own; other scripts keep argparse's words."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("mixed_precision: bf16\n")
+    hint = "is an accelerate launch option: accelerate launch --mixed_precision bf16 x.py ..."
+    for argv in (["--mixed_precision", "bf16"], ["--config", str(recipe)]):
+        with pytest.raises(SystemExit, match=re.escape(hint)):
+            parse_config(Cfg, argv, accelerate_script="x.py")
+        with pytest.raises(SystemExit, match="unrecognized arguments: --mixed_precision bf16|unknown key"):
+            parse_config(Cfg, argv)
+        assert parse_config(Scored, argv, accelerate_script="x.py") == Scored("bf16")
+    with pytest.raises(SystemExit, match=re.escape("unrecognized arguments: --bf16 (see --help)")):
+        parse_config(Cfg, ["--bf16"], accelerate_script="x.py")
+    monkeypatch.setitem(sys.modules, "accelerate.commands.launch", None)  # its import fails
+    with pytest.raises(SystemExit, match=re.escape("--num_processes is an accelerate launch option: accelerate launch "
+                                                   "--num_processes 2 x.py ...")):
+        parse_config(Cfg, ["--num_processes", "2"], accelerate_script="x.py")
 
 
 @dataclass

@@ -103,9 +103,10 @@ def test_sealed_folder_names_a_truncated_or_missing_file(tmp_path):
 
 
 def test_a_checkpoints_config_yaml_is_listed_and_a_resume_checks_it(tmp_path):
-    """config.yaml (the settings a resume reads) is sealed with the state files, run_info.json is not. A resume
-    (latest, or the folder named) takes a changed or cut config.yaml as damage; validate.py's check (problem's
-    default) leaves it to the reader, who may edit a checkpoint's eval settings there."""
+    """config.yaml (the settings a resume reads) is sealed with the state files, run_info.json is not. A changed or
+    cut config.yaml (a reader may edit a checkpoint's eval settings there) leaves the checkpoint complete: a resume
+    (latest, or the folder named) notes it and reads the saved flags from the run folder's copy with the sealed
+    bytes, or from the changed file where there is none."""
     folder = tmp_path / "ckpt" / "step_00000002"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"x" * 100)
@@ -125,9 +126,23 @@ def test_a_checkpoints_config_yaml_is_listed_and_a_resume_checks_it(tmp_path):
         f.write(bytes([ord("s") ^ 0x10]))
     damaged = f"{folder / 'config.yaml'} has the size it was saved with, but other bytes (its CRC-32 differs)"
     assert checkpoints.problem(folder) is None and checkpoints.problem(folder, config=True) == damaged
-    assert checkpoints.newest_complete(tmp_path / "ckpt") == (older, [f"skipped {folder.name}: {damaged}"])
-    with pytest.raises(ValueError, match=re.escape(f"damaged checkpoint: {damaged};")):
-        checkpoints.pick(str(folder), tmp_path / "ckpt")
+    assert checkpoints.newest_complete(tmp_path / "ckpt") == (folder, [])
+    for resume_from in ("latest", str(folder)):
+        said = []
+        assert checkpoints.pick(resume_from, tmp_path / "ckpt", print_fn=said.append) == folder
+        assert said == [f"note: {damaged}: changed after the save; the state files are as saved, so {folder.name} is "
+                        f"resumed from, with the flags its config.yaml holds now (no copy of the saved one in "
+                        f"{tmp_path})"], said
+    assert checkpoints.saved_config(folder)["optimizer"] == "cgd"  # the only record left
+    (tmp_path / "resumes" / "20240101-000000Z").mkdir(parents=True)  # the launch's own copy, as record_launch writes
+    (tmp_path / "config.yaml").write_bytes(config.replace(b"seed: 0", b"seed: 1"))  # another launch's
+    (tmp_path / "resumes" / "20240101-000000Z" / "config.yaml").write_bytes(config)
+    assert checkpoints.config_source(folder) == (
+        tmp_path / "resumes" / "20240101-000000Z" / "config.yaml",
+        f"note: {damaged}: changed after the save; the state files are as saved, so {folder.name} is resumed from, "
+        f"with the flags it was saved with, from {tmp_path / 'resumes' / '20240101-000000Z' / 'config.yaml'} (the same "
+        "bytes)")
+    assert checkpoints.saved_config(folder) == {"model": "blocknet_tiny", "optimizer": "sgd", "seed": 0}
     truncate(folder / "config.yaml", 10)
     assert checkpoints.problem(folder, config=True) == (f"{folder / 'config.yaml'} has 10 bytes, {len(config)} were "
                                                         "saved (truncated)")
@@ -235,8 +250,8 @@ def test_a_checkpoint_file_the_disk_cannot_read_is_skipped_as_damage(finished, t
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
     monkeypatch.setattr(checkpoints, "crc32", refused)
-    with pytest.raises(ValueError, match=re.escape(f"{newest / 'config.yaml'} cannot be read now (Permission "
-                                                   "denied); fix what keeps it from being read")):
+    with pytest.raises(ValueError, match=re.escape(f"{newest}/") + r"[\w.]+ " + re.escape(
+            "cannot be read now (Permission denied); fix what keeps it from being read")):  # its first file read
         checkpoints.pick("latest", out / "checkpoints")
 
 
@@ -269,14 +284,12 @@ def test_the_rows_past_a_resume_and_an_append_a_kill_cut_are_set_aside(tmp_path)
     assert not (tmp_path / "again").exists()
 
 
-@pytest.mark.parametrize("name, at", [("model.safetensors", None), ("optimizer.bin", None),
-                                      ("config.yaml", b"optimizer: sgd")])
+@pytest.mark.parametrize("name, at", [("model.safetensors", None), ("optimizer.bin", None)])
 def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_latest_resumes_from_the_previous(finished, preprocessed,
                                                                                                 tmp_path, name, at):
     """A file of the size it was saved with but other bytes (a bit flipped on a disk or in a copy): in a weight it
-    would load without an error (wrong weights), in the optimizer's zip it fails the load, in config.yaml it reads as
-    another setting (--optimizer cgd: the resume refused a sound checkpoint). Its CRC-32 names it before the load,
-    and latest goes on from the checkpoint before it."""
+    would load without an error (wrong weights), in the optimizer's zip it fails the load. Its CRC-32 names it before
+    the load, and latest goes on from the checkpoint before it. (In config.yaml: test_a_changed_config_yaml_...)"""
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     previous, newest = checkpoints.step_folders(out / "checkpoints")[-2:]
@@ -290,6 +303,37 @@ def test_a_flipped_bit_in_the_newest_checkpoint_is_found_and_latest_resumes_from
     said = resumed.stdout + resumed.stderr
     assert f"skipped {newest.name}: {path} has the size it was saved with, but other bytes" in said, said[-3000:]
     assert f"resumed from {previous}" in said
+
+
+@pytest.mark.parametrize("edit", ["eval_image_size", "flipped bit"])
+def test_a_changed_config_yaml_in_the_newest_checkpoint_is_resumed_from_with_the_saved_flags(finished, preprocessed,
+                                                                                               tmp_path, edit):
+    """A checkpoint's config.yaml edited (its eval settings, for validate.py, as the README invites) or with a
+    flipped bit (optimizer: sgd read as cgd) leaves its state files as saved: latest resumed from the checkpoint
+    before it, retraining an interval, and set the changed one aside. It resumes from it, says so in one note, and
+    compares the flags with the run folder's copy of the saved config.yaml: no eval_image_size change reported, no
+    refusal over an optimizer it was not saved with."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    newest = checkpoints.step_folders(out / "checkpoints")[-1]
+    config = newest / "config.yaml"
+    if edit == "eval_image_size":
+        config.write_text(config.read_text().replace("\neval_image_size: 0\n", "\neval_image_size: 40\n"))
+    else:
+        text = config.read_bytes()
+        at = text.index(b"\noptimizer: sgd") + len(b"\noptimizer: ")
+        config.write_bytes(text[:at] + bytes([text[at] ^ 0x10]) + text[at + 1:])
+    assert checkpoints.problem(newest, config=True, only="config.yaml") is not None  # the change is seen
+    resumed = ok(run(train_cmd(preprocessed, out, "--epochs", "3", "--save_every_steps", "1", "--keep_last", "10",
+                               "--resume_from_checkpoint", "latest")))
+    said = resumed.stdout + resumed.stderr
+    assert f"resumed from {newest} at epoch 2" in said and "skipped" not in said, said[-3000:]
+    assert (f"note: {config} ") in said and (f": changed after the save; the state files are as saved, so "
+                                             f"{newest.name} is resumed from, with the flags it was saved with, from "
+                                             f"{out / 'config.yaml'} (the same bytes)") in said, said[-3000:]
+    assert "flags that differ from the checkpoint's config.yaml, this launch's apply: --epochs 2 -> 3\n" in said
+    assert not (out / "checkpoints" / checkpoints.SET_ASIDE).exists()
+    assert [r["epoch"] for r in rows(out)] == [1, 2, 3]
 
 
 def test_a_users_copy_of_a_checkpoint_beside_them_is_neither_resumed_from_nor_pruned(finished, preprocessed,

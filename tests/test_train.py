@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from imagenet_trainer import checkpoints
 from imagenet_trainer.config import parse_config
+import train
 from train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +143,36 @@ def test_cli_errors_are_one_line(preprocessed, tmp_path):
     (tmp_path / "used" / "checkpoints").mkdir(parents=True)  # a fresh run never mixes into an earlier one
     proc = run(train_cmd(preprocessed, tmp_path / "used"))
     assert proc.returncode != 0 and "--resume_from_checkpoint latest" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_accelerate_launch_options_given_to_train_py_say_where_they_go(tmp_path, capsys):
+    """--mixed_precision (or --num_processes, --multi_gpu, --config_file...) given to train.py, or a recipe key
+    mixed_precision, failed with argparse's bare "unrecognized arguments" or "unknown key" and 50 names: the line
+    says they are accelerate launch's, and how to give them; --help says where device, precision and distribution
+    are set. A flag of neither keeps argparse's words."""
+    proc = run([sys.executable, str(ROOT / "train.py"), "--dataset", str(tmp_path / "ds"), "--mixed_precision", "bf16"])
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --mixed_precision is an accelerate launch option: accelerate launch --mixed_precision bf16 train.py "
+        "... (or set it in accelerate_configs/*.yaml)"), proc.stderr[-2000:]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 1\nmixed_precision: bf16\n")
+    with pytest.raises(SystemExit, match=re.escape(f"error: --config {recipe}: key 'mixed_precision' is an accelerate "
+                                                   "launch option: accelerate launch --mixed_precision bf16 train.py")):
+        train.main(["--dataset", "ds", "--config", str(recipe)])
+    for argv, said in ((["--multi_gpu", "--epochs", "2"], "--multi_gpu is an accelerate launch option: accelerate "
+                        "launch --multi_gpu train.py ..."),
+                       (["--num-processes=2"], "accelerate launch --num_processes 2 train.py"),
+                       (["--config_file", "accelerate_configs/cpu.yaml"], "accelerate launch --config_file "
+                        "accelerate_configs/cpu.yaml train.py ..."),
+                       (["--gradient_accumulation_steps", "4"], "train.py's own is --grad_accum_steps"),
+                       (["--learning_rate", "0.1"], "unrecognized arguments: --learning_rate 0.1 (see --help)")):
+        with pytest.raises(SystemExit, match=re.escape(said)):
+            train.main(["--dataset", "ds", *argv])
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "are not flags of train.py: accelerate launch sets them" in help_text, help_text
 
 
 def test_resume_refuses_another_batch_layout(preprocessed, tmp_path):
@@ -492,6 +524,22 @@ def test_bf16_mixed_precision_trains_and_exports_float32(preprocessed, tmp_path)
     assert all(torch.isfinite(torch.tensor(last[k])) for k in ("train_loss", "val_loss", "ema_val_top1"))
     weights = load_file(out / "final" / "model.safetensors")
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_a_resume_under_another_mixed_precision_says_so_and_the_card_lists_it(preprocessed, tmp_path):
+    """Precision, process count and device are accelerate launch's, not train.py's flags: a run saved under bf16 and
+    resumed under fp32 trained with both, which the resume said nothing of and the card's Hardware line (the last
+    launch's) hid. The resume names the change, and the card's "Resumed with other flags" line lists it."""
+    out = tmp_path / "run"
+    ok(run(train_cmd(preprocessed, out, "--epochs", "1",
+                     launcher=("--cpu", "--mixed_precision", "bf16", "--num_processes", "1"))))
+    step = rows(out)[-1]["step"]
+    proc = ok(run(train_cmd(preprocessed, out, "--epochs", "2", "--resume_from_checkpoint", "latest")))  # fp32
+    assert ("accelerate launch settings that differ from the checkpoint's run_info.json, this launch's apply: "
+            "mixed_precision bf16 -> no") in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    card = (out / "final" / "README.md").read_text()
+    assert (f"Resumed with other flags (the table gives the last launch's): at step {step}, `--epochs 1 -> 2`, "
+            "`mixed_precision bf16 -> no`.") in card, card
 
 
 def test_fp16_on_cpus_is_refused_before_anything_is_written(preprocessed, tmp_path):
