@@ -376,7 +376,7 @@ def family_file(module) -> tuple[str, bool]:
     """(the file a card names as defining a family, whether it ran as a script) for the family's ``module``: its
     path under its import root ("modeling/blocknet.py", "usernet.py"); for ``__main__``, the script's own file name,
     which a copy is saved as and which imports it ("train_mine.py"; a ``python -m`` module's path), else ``NO_FILE``
-    (a notebook, ``python -c``)."""
+    (a notebook, ``python -c``, ``python -`` reading stdin)."""
     if module.__name__ != "__main__":
         return module.__name__.replace(".", "/") + ".py", False
     spec = getattr(module, "__spec__", None)
@@ -386,12 +386,13 @@ def family_file(module) -> tuple[str, bool]:
         path = inspect.getsourcefile(module)
     except TypeError:  # no __file__
         path = None
-    return (Path(path).name if path else NO_FILE), True
+    # python - (stdin) and IPython name a source no file holds: "<stdin>", "<ipython-input-...>"
+    return (Path(path).name if path and Path(path).is_file() else NO_FILE), True
 
 
 def _where(defined_in: str, script: bool) -> str:
     if defined_in == NO_FILE:
-        return f"code run as `{NO_FILE}` that no file holds (a notebook, `python -c`)"
+        return f"code run as `{NO_FILE}` that no file holds (a notebook, `python -c`, `python -` from stdin)"
     return f"the script `{defined_in}`" if script else f"`{defined_in}`"
 
 

@@ -152,7 +152,8 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
         path = inspect.getsourcefile(module)
     except TypeError:  # no __file__: a family defined in a notebook or python -c
         path = None
-    if not path:
+    # python - (stdin) and IPython name a source no file holds: "<stdin>", "<ipython-input-...>"
+    if not path or not Path(path).is_file():
         raise NotBundleable(f"module {module.__name__} has no source file to copy")
     stem = Path(path).stem
     wrapper = f"modeling_{stem}"

@@ -163,19 +163,19 @@ def test_card_of_a_family_whose_file_imports_project_code_names_that_module(tmp_
     run_card_blocks(folder, [tmp_path, ROOT], tmp_path)
 
 
-@pytest.mark.parametrize("how", ["script", "python -c"])
+@pytest.mark.parametrize("how", ["script", "python -c", "stdin"])
 def test_card_of_a_family_defined_in_a_script_names_the_script_not_main(how, tmp_path):
     """A family defined in the script that exports it runs as ``__main__``: the card names the script's file and
-    imports it by its stem (its blocks then run); code no file holds (``python -c``, a notebook) is named as such,
-    with nothing to import."""
+    imports it by its stem (its blocks then run); code no file holds (``python -c``, ``python -`` reading stdin, whose
+    source file is the non-existent "<stdin>", a notebook) is named as such, with nothing to import."""
     source = (BLOCKNET_USER_FAMILY + SAVE_AS_SCRIPT).replace("NAME", "scriptnet_honest")
     script = tmp_path / "scriptnet_honest.py"
     script.write_text(source)
     folder = tmp_path / "export"
-    command = [str(script)] if how == "script" else ["-c", source]
+    command = {"script": [str(script)], "python -c": ["-c", source], "stdin": ["-"]}[how]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, *command, str(folder)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, input=source if how == "stdin" else None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the export carries no code for transformers' trust_remote_code load" in proc.stderr
     card = check_card_without_the_family_code(folder, "scriptnet_honest" if how == "script" else None)
