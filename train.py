@@ -1074,7 +1074,7 @@ class EpochTrainer:
                 return None
             except UnreplaceableRow as error:  # from a worker too: torch rebuilds it in this process
                 shut_down_workers(self.loader)  # now: the exit would wait forever for workers that block SIGTERM
-                raise SystemExit(self.loader.bad.unreplaceable(*error.row_and_reason())) from None
+                raise SystemExit(self.loader.bad.unreplaceable(error)) from None
             except RuntimeError as error:
                 if (why := loader_failure(error, self.loader)) is None:
                     raise

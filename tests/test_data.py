@@ -3,6 +3,7 @@
 The fast path (header-only crop sampling, DCT-scaled decoding, crop-then-resize in uint8) is checked against
 torchvision's own transforms on the same bytes; speed lives in benchmarks/loader.py."""
 import io
+import itertools
 import json
 import math
 import os
@@ -33,11 +34,12 @@ from timm.models import get_pretrained_cfg
 import train
 import validate
 from imagenet_trainer import demo_archives, eval_suite, ilsvrc
-from imagenet_trainer.bad_samples import BadSamples
+from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
                                    load_image_dataset, micro_batch_seed, mixup_cutmix, normalize, random_erasing,
                                    random_resized_crop_params, replacement_row, sample_rng)
+from imagenet_trainer.data.samples import UnreplaceableRow
 from imagenet_trainer.data.decode import dct_factor, exif_orientation, resize_uint8
 from imagenet_trainer.robustness import RealLabels
 
@@ -545,6 +547,49 @@ def test_a_split_that_mostly_does_not_decode_names_the_replacements_that_failed_
     row, line = caught.value.row_and_reason()
     assert row == 3 and line.startswith("row 3: the image does not decode (") and "\n" not in line
     assert line.endswith("; and 8 rows tried in its place do not decode either"), line
+
+
+def test_an_unreplaceable_row_brings_the_rows_its_batch_replaced_and_says_what_cannot_be_read(tmp_path, photos):
+    """Through a DataLoader worker, the batch that ends at a row no stand-in can be read for never arrives: the
+    error carries the rows it replaced before, and the one line and the record have them all, each file named."""
+    n, stopper = 12, 3
+    missing = {0, stopper, *(replacement_row(0, stopper, a, n) for a in range(1, 9))}
+    stand_in = next(other for a in range(1, 9) if (other := replacement_row(0, 0, a, n)) not in missing)
+    images = []
+    for i, data in zip(range(n), itertools.cycle(photos.values())):
+        if i not in missing:
+            (tmp_path / f"{i}.JPEG").write_bytes(data)
+        images.append({"bytes": None, "path": str(tmp_path / f"{i}.JPEG")})
+    split = datasets.Dataset.from_dict({"image": images, "label": [0] * n}, features=FEATURES)
+    bad = BadSamples({"train": split}, limit=10, folder=tmp_path)
+    loader = RecordingLoader(TrainSet(split, 32, seed=0), batch_sampler=[[(0, 0), (0, stopper)]], collate_fn=collate,
+                             num_workers=1, bad=bad)
+    with pytest.raises(UnreplaceableRow) as caught:
+        next(iter(loader))
+    line = bad.unreplaceable(caught.value)
+    assert line.startswith(f"error: train row {stopper} ({tmp_path / f'{stopper}.JPEG'}): the image file cannot be "
+                           "read (No such file or directory); and 8 rows tried in its place cannot be read either; "
+                           f"listed in {tmp_path / 'bad_samples.json'}. The dataset is damaged: check or restore "
+                           "the image files"), line
+    record = {e["row"]: e for e in json.loads((tmp_path / "bad_samples.json").read_text())}
+    assert sorted(record) == [0, stopper] and record[0]["replaced_by"] == stand_in
+    assert [record[r]["image_file"] for r in (0, stopper)] == [str(tmp_path / f"{r}.JPEG") for r in (0, stopper)]
+    said = BadSamples.line(record[0])
+    assert said == f"train row 0 ({tmp_path / '0.JPEG'}) cannot be read: replaced by row {stand_in}", said
+
+
+def test_a_train_row_no_row_could_stand_in_for_is_never_said_to_be_scored():
+    """The record's entry for a train row whose stand-ins failed too (no replaced_by) is a train row's, not an
+    evaluated row left out; an evaluated split named train (validate.py --split train) still is one."""
+    entry = {"split": "train", "row": 9, "image_id": None, "arrow_file": "x",
+             "error": "row 9: the image does not decode (x); and 8 rows tried in its place do not decode either"}
+    said = BadSamples.line(entry), BadSamples.repaired_line(entry)
+    assert not any("scored" in line or "image_id None" in line for line in said), said
+    assert said[0] == "train row 9 (x) does not decode: no row could stand in for it, and the run stopped"
+    assert said[1] == "train row 9 decodes now: no longer counted; it is sampled itself again"
+    evaluated = {**entry, "error": "does not decode"}
+    assert BadSamples.line(evaluated).endswith("left out of the scores")
+    assert BadSamples.repaired_line(evaluated).endswith("it is scored again")
 
 
 def _image_file_rows(tmp_path, photos) -> datasets.Dataset:

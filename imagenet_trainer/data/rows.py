@@ -54,9 +54,28 @@ class Rows:
                         None if indices is None else indices.column(0).to_numpy())
         return self._arrays
 
-    def __getitem__(self, index: int) -> tuple[memoryview | bytes, int]:
-        data, paths, starts, labels, label_starts, indices = self._arrays or self._build()
+    def _locate(self, index: int) -> tuple[int, int, int]:
+        """(physical row, its chunk of the image column, its place in that chunk) of row ``index``."""
+        _, _, starts, _, _, indices = self._arrays or self._build()
         if not 0 <= index < len(self.split):
+            raise IndexError(f"row {index} is outside 0..{len(self.split) - 1}")
+        row = index if indices is None else int(indices[index])
+        k = bisect.bisect_right(starts, row) - 1
+        return row, k, row - starts[k]
+
+    def image_file(self, index: int) -> str | None:
+        """The file row ``index``'s image is read from (a row that only references one, e.g. an unembedded image
+        folder's); None where the table holds the bytes, or neither bytes nor a path."""
+        data, paths, *_ = self._arrays or self._build()
+        _, k, i = self._locate(index)
+        valid = data[k][2]
+        if (valid is None or valid[i]) or paths[k] is None:
+            return None
+        return paths[k][i].as_py() or None
+
+    def __getitem__(self, index: int) -> tuple[memoryview | bytes, int]:
+        data, _, starts, labels, label_starts, indices = self._arrays or self._build()
+        if not 0 <= index < len(self.split):  # _locate's lines, inline: this runs for every sample
             raise IndexError(f"row {index} is outside 0..{len(self.split) - 1}")
         row = index if indices is None else int(indices[index])
         k = bisect.bisect_right(starts, row) - 1
@@ -65,15 +84,20 @@ class Rows:
         if valid is None or valid[i]:
             image = buffer[offsets[i]:offsets[i + 1]]
         else:  # rows that only reference a file (e.g. an unembedded imagefolder copy)
-            path = paths[k][i].as_py() if paths[k] is not None else None
+            path = self.image_file(index)
             if not path:
-                raise ValueError(f"row {index}: the image has neither bytes nor a path")
+                raise UnreadableRow(f"row {index}: the image cannot be read: it has neither bytes nor a path")
             try:
                 image = Path(path).read_bytes()
             except OSError as e:  # deleted or moved since the split was made, a stale NFS handle, no permission
-                raise ValueError(f"row {index}: the image file {path} cannot be read ({e.strerror or e})") from None
+                raise UnreadableRow(f"row {index}: the image file {path} cannot be read ({e.strerror or e})") from None
         j = bisect.bisect_right(label_starts, row) - 1
         return image, int(labels[j][row - label_starts[j]])
+
+
+class UnreadableRow(ValueError):
+    """A row whose image cannot be read at all (a null image, a referenced file gone or unreadable), as against
+    one read whose bytes do not decode."""
 
 
 def _binary_parts(chunk: pa.Array) -> tuple[np.ndarray, memoryview, np.ndarray | None]:

@@ -18,6 +18,7 @@ crop, label); ``TrainSet.sample`` adds which row stood in for one that does not 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import re
@@ -28,7 +29,7 @@ from torchvision import transforms
 
 from imagenet_trainer.data.decode import (decode_scaled, dct_factor, header_segments, probe, region, tile_grid,
                                           resize_uint8)
-from imagenet_trainer.data.rows import Rows
+from imagenet_trainer.data.rows import Rows, UnreadableRow
 from imagenet_trainer.data.sampling import sample_rng
 
 def random_resized_crop_params(height: int, width: int, scale, ratio, rng: random.Random):
@@ -109,8 +110,15 @@ class TrainSet(torch.utils.data.Dataset):
         return image, label
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int, tuple | None]]:
-        """What a DataLoader worker fetches for a batch: ``sample`` of each key, replacements included."""
-        return [self.sample(key) for key in keys]
+        """What a DataLoader worker fetches for a batch: ``sample`` of each key, replacements included. An
+        UnreplaceableRow carries the rows the batch replaced before it: the batch never reaches the main process."""
+        samples = []
+        for key in keys:
+            try:
+                samples.append(self.sample(key))
+            except UnreplaceableRow as error:
+                raise error.carrying([s[2] for s in samples if s[2] is not None]) from None
+        return samples
 
     def sample(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple | None]:
         """(image, label, None), or, when the row does not decode, another row's (image, label) with (row,
@@ -121,19 +129,19 @@ class TrainSet(torch.utils.data.Dataset):
         try:
             return (*self._load(epoch, index, index), None)
         except Exception as e:  # noqa: BLE001 (flipped bytes can break any parser on the way: tiles, EXIF, codec)
-            error = e
+            error = one_line(e)
         tries = REPLACEMENT_TRIES if len(self) > 1 else 0  # a one-row split has no other row
+        failures = set()
         for attempt in range(1, tries + 1):
             other = replacement_row(self.seed, index, attempt, len(self))
             try:
-                return (*self._load(epoch, other, index), (index, other, str(error)))
-            except Exception:  # noqa: BLE001
-                continue
+                return (*self._load(epoch, other, index), (index, other, error))
+            except Exception as e:  # noqa: BLE001
+                failures.add("cannot be read" if isinstance(e, UnreadableRow) else "do not decode")
         # one line: a DataLoader worker's copy of the error ends with it (UnreplaceableRow.row_and_reason)
-        reason = " ".join(str(error).split()).removeprefix(f"row {index}: ")
-        raise UnreplaceableRow(f"row {index}: {reason}; and " + (
-            f"{tries} rows tried in its place do not decode either" if tries else "the split has no other row to "
-            "take its place")) from None
+        raise UnreplaceableRow(f"row {index}: {error.removeprefix(f'row {index}: ')}; and " + (
+            f"{tries} rows tried in its place {' or '.join(sorted(failures))} either" if tries else "the split has "
+            "no other row to take its place")) from None
 
     def _load(self, epoch: int, index: int, stream: int) -> tuple[torch.Tensor, int]:
         """Row ``index``'s crop, drawn from the random stream of row ``stream`` (itself, unless replacing it)."""
@@ -150,7 +158,7 @@ class TrainSet(torch.utils.data.Dataset):
                 data, height, width, oy, ox = region(data, tiles, top, left, h, w)
             pixels, sy, sx = decode_scaled(data, height, width, dct_factor(min(h, w), size), fast_ok, fast_dct=True)
         except OSError as e:  # PIL's UnidentifiedImageError / truncated file
-            raise ValueError(f"row {index}: the image does not decode ({e}); rerun preprocess.py") from None
+            raise ValueError(f"row {index}: the image does not decode ({one_line(e)})") from None
         # Rounded in the whole image's decoded pixels, then shifted to the part's (tile origins are whole decoded
         # pixels): rounding after the shift would round halves to even differently, a one-pixel-off crop
         dy, dx = round(oy * sy), round(ox * sx)
@@ -171,10 +179,26 @@ class TrainSet(torch.utils.data.Dataset):
 REPLACEMENT_TRIES = 8  # rows tried in place of one that does not decode before the batch fails
 
 
+def one_line(error: Exception) -> str:
+    """An error's message on one line, without the object reprs decoders put in it ("cannot identify image file
+    <_io.BytesIO object at 0x7f...>": an address says nothing about the image)."""
+    return " ".join(OBJECT_REPR.sub("", str(error)).split())
+
+
+OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 class UnreplaceableRow(ValueError):
-    """A train row that does not decode, nor do the rows tried in its place: a dataset that mostly does not
-    decode. The message is one line, "row N: why; and ...". Raised in a DataLoader worker, it reaches the main
-    process rebuilt by torch from the worker's formatted traceback, whose last line is the message."""
+    """A train row that does not decode (or cannot be read), nor do the rows tried in its place: a dataset that
+    mostly does not decode. The message's last line is "row N: why; and ..."; a line before it lists the rows its
+    batch replaced before it, as JSON after CARRIED (``carrying``). Raised in a DataLoader worker, it reaches the
+    main process rebuilt by torch from the worker's formatted traceback, which ends with the message."""
+
+    CARRIED = "rows replaced before it: "
+
+    def carrying(self, replaced: list[tuple[int, int, str]]) -> UnreplaceableRow:
+        """This error with ``replaced``, the batch's [(row, replacement row, error)] before it (none: itself)."""
+        return UnreplaceableRow(f"{self.CARRIED}{json.dumps(replaced)}\n{self}") if replaced else self
 
     def row_and_reason(self) -> tuple[int | None, str]:
         """(the row, or None where the message does not name it; the one-line message), direct or via a worker."""
@@ -182,6 +206,17 @@ class UnreplaceableRow(ValueError):
         line = line.split(f"{type(self).__name__}: ", 1)[-1]  # a worker's traceback names the class first
         found = re.match(r"row (\d+): ", line)
         return (int(found[1]) if found else None), line
+
+    def replaced(self) -> list[tuple[int, int, str]]:
+        """The [(row, replacement row, error)] ``carrying`` added, direct or via a worker."""
+        for line in reversed(str(self).splitlines()):
+            _, carried, listed = line.partition(self.CARRIED)
+            if carried:
+                try:
+                    return [(int(row), int(other), str(error)) for row, other, error in json.loads(listed)]
+                except (ValueError, TypeError):
+                    return []
+        return []
 
 
 def replacement_row(seed: int, row: int, attempt: int, num_rows: int) -> int:
