@@ -201,22 +201,23 @@ class BadSamples:
         """Whether the finds shared so far pass the limit: the same answer on every rank between two ``share``s."""
         return len(self.shared) > self.limit
 
-    def error(self, found: dict[tuple[str, int], dict], remedy: str | None = None) -> str:
+    def error(self, found: dict[tuple[str, int], dict], then: str | None = None) -> str:
         """The one line that stops a run or a validation with ``found`` (more than the limit) undecodable images,
-        ending with ``remedy`` (by default: how to mend the files)."""
+        ending with how to mend the files and ``then`` what to run."""
         where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
         example = next(iter(found.values()))
         return (f"error: {len(found)} images do not decode, more than --max_bad_samples {self.limit} "
-                f"(e.g. {self.line(example)}){where}. {self.damaged(example['split'], remedy)}")
+                f"(e.g. {self.line(example)}){where}. {self.damaged(example['split'], then)}")
 
-    def damaged(self, split_name: str, remedy: str | None = None) -> str:
-        """What to do about a damaged dataset: a preprocess.py output's --verify names every bad file (then
-        ``remedy``); other data (an image folder, a Hub dataset) has no manifest to check against."""
+    def damaged(self, split_name: str, then: str | None = None) -> str:
+        """What to do about a damaged dataset, then ``then``: a preprocess.py output's --verify names every bad file
+        to copy again; other data (an image folder, a Hub dataset) has no manifest to check against."""
+        then = f", then {then}" if then else ""
         folder = preprocess_output(self.splits.get(split_name))
         if folder is None:
-            return "The dataset is damaged: check or restore the image files" + (f"; {remedy}" if remedy else "")
-        return (f"The dataset is damaged: `python preprocess.py --verify {folder}` names every bad file; "
-                f"{remedy or 'copy them again or rerun preprocess.py'}")
+            return f"The dataset is damaged: check or restore the image files{then}"
+        return (f"The dataset is damaged: `python preprocess.py --verify {folder}` names every bad file; copy them "
+                f"again or rerun preprocess.py{then}")
 
     def unreplaceable(self, error: UnreplaceableRow) -> str:
         """The one line that stops training at a train row that does not decode and whose stand-ins do not either.

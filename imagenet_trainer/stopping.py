@@ -154,7 +154,7 @@ def exit_bad_samples(accelerator: Accelerator, bad: BadSamples, step: int, ckpt_
     checkpoint = checkpoints.step_folder(ckpt_dir, step)  # the one just written
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    raise SystemExit(bad.error(bad.shared, remedy=(
-        "copy them again or rerun preprocess.py, then --resume_from_checkpoint latest counts only the rows still "
+    raise SystemExit(bad.error(bad.shared, then=(
+        "--resume_from_checkpoint latest counts only the rows still "
         f"broken; or resume as they are with --max_bad_samples {len(bad.shared)}. Either continues from checkpoint "
         f"{checkpoint}")))
