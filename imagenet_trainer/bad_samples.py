@@ -24,6 +24,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -78,6 +79,9 @@ def preprocess_output(split: datasets.Dataset | None) -> Path | None:
     return None
 
 
+LOCK_WAIT_S = 10  # s: a rank's read-and-write of RECORD takes milliseconds; longer means a lock held elsewhere
+
+
 def read_record(path: Path) -> dict[tuple[str, int], dict] | None:
     """RECORD's entries by (split, row): {} when there is none, None when it is damaged."""
     if not path.is_file():
@@ -93,15 +97,25 @@ def record_lock(folder: Path):
     """An exclusive flock on ``folder`` itself, for reading RECORD and writing it anew: two ranks that each meet
     an unreplaceable row write at once. The folder, not a file of its own: a run folder holds only run_folder's
     RUN_FILES. Best effort: where the filesystem refuses a folder's flock (NFS takes it as a write lock, which a
-    folder cannot hold) it goes on unlocked."""
+    folder cannot hold) it goes on unlocked, and so after LOCK_WAIT_S where another process holds it (a wrapper's
+    `flock $OUT accelerate launch ...` holds it for the whole run)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         yield
         return
     try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # held elsewhere: another rank's write takes milliseconds
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            except OSError:  # refused by the filesystem
+                break
         yield
     finally:
         os.close(fd)  # and the flock with it
@@ -207,17 +221,24 @@ class BadSamples:
         where = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
         example = next(iter(found.values()))
         return (f"error: {len(found)} images do not decode, more than --max_bad_samples {self.limit} "
-                f"(e.g. {self.line(example)}){where}. {self.damaged(example['split'], then)}")
+                f"(e.g. {self.line(example)}){where}. {self.damaged(example, then)}")
 
-    def damaged(self, split_name: str, then: str | None = None) -> str:
-        """What to do about a damaged dataset, then ``then``: a preprocess.py output's --verify names every bad file
-        to copy again; other data (an image folder, a Hub dataset) has no manifest to check against."""
+    def damaged(self, entry: dict | None, then: str | None = None) -> str:
+        """What to do about a damaged dataset whose row ``entry`` (RECORD's) does not decode, then ``then``: a
+        preprocess.py output's --verify names every bad file to copy again; rows that reference image files (an
+        image folder) want those files restored; other Arrow files (a Hub dataset or Parquet folder in datasets'
+        cache, a save_to_disk copy) are copied or downloaded again; data in memory is built again."""
         then = f", then {then}" if then else ""
-        folder = preprocess_output(self.splits.get(split_name))
-        if folder is None:
+        folder = preprocess_output(self.splits.get(entry["split"])) if entry else None
+        if folder is not None:
+            return (f"The dataset is damaged: `python preprocess.py --verify {folder}` names every bad file; copy "
+                    f"them again or rerun preprocess.py{then}")
+        if entry and entry.get("image_file"):
             return f"The dataset is damaged: check or restore the image files{then}"
-        return (f"The dataset is damaged: `python preprocess.py --verify {folder}` names every bad file; copy them "
-                f"again or rerun preprocess.py{then}")
+        if entry and entry.get("arrow_file"):
+            return (f"The dataset is damaged: copy {Path(entry['arrow_file']).parent} again (a copy in datasets' "
+                    f"cache: delete it and load the dataset again, which downloads or converts it anew){then}")
+        return f"The dataset is damaged: build it again{then}"
 
     def unreplaceable(self, error: UnreplaceableRow) -> str:
         """The one line that stops training at a train row that does not decode and whose stand-ins do not either.
@@ -229,13 +250,13 @@ class BadSamples:
             self.add("train", row, reason, warn=False)
         self.write(self.seen.values())
         listed = f"; listed in {self.folder / RECORD}" if self.folder is not None else ""
-        which = "train"
+        which, entry = "train", None
         if row is not None:
             entry = self.seen["train", row]
             which = f"train row {row}{self.where(entry)}"
             if entry.get("image_file"):  # named once, before the colon
                 reason = reason.replace(f"the image file {entry['image_file']} ", "the image file ", 1)
-        return f"error: {which}: {reason.removeprefix(f'row {row}: ')}{listed}. {self.damaged('train')}"
+        return f"error: {which}: {reason.removeprefix(f'row {row}: ')}{listed}. {self.damaged(entry)}"
 
     @staticmethod
     def where(entry: dict, arrow: bool = True) -> str:

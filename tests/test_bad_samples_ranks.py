@@ -90,8 +90,10 @@ def test_a_train_split_that_mostly_does_not_decode_ends_the_run_in_one_line_and_
     line = last_line(proc)  # and no "Traceback" in stderr
     found = re.match(r"error: train row (\d+) \((\S+)\): the image does not decode \(cannot identify image file\); "
                      r"and 8 rows tried in its place do not decode either; listed in (\S+)\. The dataset is damaged: "
-                     r"check or restore the image files$", line)
+                     r"copy (\S+) again \(a copy in datasets' cache: delete it and load the dataset again, which "
+                     r"downloads or converts it anew\)$", line)
     assert found and found[3] == str(out / "bad_samples.json"), line
+    assert found[4] == str(data / "train"), line  # a save_to_disk copy: no image files to restore
     assert found[2] == str(next((data / "train").glob("*.arrow"))), line
     record = json.loads((out / "bad_samples.json").read_text())
     assert [(e["split"], e["row"]) for e in record] == [("train", int(found[1]))]

@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -33,7 +34,7 @@ from timm.models import get_pretrained_cfg
 
 import train
 import validate
-from imagenet_trainer import demo_archives, eval_suite, ilsvrc
+from imagenet_trainer import bad_samples, demo_archives, eval_suite, ilsvrc
 from imagenet_trainer.bad_samples import BadSamples, RecordingLoader
 from imagenet_trainer.config import parse_config
 from imagenet_trainer.data import (EvalSet, ResumableSampler, Rows, TrainSet, check_labels, collate, elastic_position,
@@ -590,6 +591,44 @@ def test_a_train_row_no_row_could_stand_in_for_is_never_said_to_be_scored():
     evaluated = {**entry, "error": "does not decode"}
     assert BadSamples.line(evaluated).endswith("left out of the scores")
     assert BadSamples.repaired_line(evaluated).endswith("it is scored again")
+
+
+def test_the_remedy_for_a_damaged_dataset_fits_where_its_rows_live(tmp_path, photos):
+    """Image files are restored; an Arrow copy without image files (a Parquet folder or Hub dataset in datasets'
+    cache) is copied or loaded again, never told to restore image files it has none of."""
+    folder = tmp_path / "parquet"
+    (folder / "validation").mkdir(parents=True)
+    split = datasets.Dataset.from_dict({"image": [{"bytes": data, "path": None} for data in photos.values()][:3],
+                                        "label": [0, 1, 2]}, features=FEATURES)
+    split.to_parquet(str(folder / "validation" / "0.parquet"))
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))["validation"]
+    for data, remedy in ((loaded, "copy "), (split, "build it again"),
+                         (_image_file_rows(tmp_path, photos), "check or restore the image files")):
+        bad = BadSamples({"validation": data}, 0)
+        bad.add("validation", 1, "does not decode", warn=False)
+        line = bad.error(bad.seen)
+        assert line.split("The dataset is damaged: ")[1].startswith(remedy), line
+        assert ("image files" in line) == (remedy == "check or restore the image files"), line
+    assert str(Path(loaded.cache_files[0]["filename"]).parent) in BadSamples({"validation": loaded}, 0).damaged(
+        {"split": "validation", "arrow_file": loaded.cache_files[0]["filename"]})
+
+
+def test_a_record_write_goes_on_while_another_process_holds_the_run_folders_lock(tmp_path):
+    """A wrapper's `flock $OUT accelerate launch ...` holds the folder's lock for the whole run: the record is
+    written after LOCK_WAIT_S anyway, not never."""
+    holder = subprocess.Popen(["flock", str(tmp_path), "sleep", "120"])
+    try:
+        time.sleep(1)  # the holder has the lock
+        split = datasets.Dataset.from_dict({"image": [{"bytes": b"x", "path": None}], "label": [0]},
+                                           features=FEATURES)
+        bad = BadSamples({"validation": split}, 5, tmp_path)
+        bad.add("validation", 0, "does not decode", warn=False)
+        started = time.monotonic()
+        bad.write(bad.seen.values())
+        assert time.monotonic() - started < bad_samples.LOCK_WAIT_S + 5
+        assert [e["row"] for e in json.loads((tmp_path / bad_samples.RECORD).read_text())] == [0]
+    finally:
+        holder.kill()
 
 
 def _image_file_rows(tmp_path, photos) -> datasets.Dataset:
