@@ -749,6 +749,7 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     except (RuntimeError, KeyError, ValueError, OSError, SafetensorError, CheckpointException) as e:
         raise SystemExit(load_failure(e, path, cfg.resume_from_checkpoint, ckpt_dir)) from None
     check_train_set(path, cfg.dataset, samples, state)
+    elastic = []  # the card's one entry for the process count and the accumulation that keeps the global batch
     if state.batching != batching:  # elastic: another process count with the same global micro-batches
         try:
             state.batch_in_epoch = elastic_position(state.batch_in_epoch, state.batching, batching)
@@ -759,6 +760,8 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
         accelerator.print(f"saved on {state.batching['num_processes']} processes, resumed on "
                           f"{batching['num_processes']} with --grad_accum_steps {batching['grad_accum_steps']}: the "
                           "same global batches")
+        elastic = [f"num_processes {state.batching['num_processes']} -> {batching['num_processes']} (grad_accum_steps "
+                   f"{state.batching['grad_accum_steps']} -> {batching['grad_accum_steps']}, the same global batch)"]
         state.batching = batching
     check_seed(path, cfg.seed, state)
     # accelerate's micro-batch count decides which micro-batch ends an accumulation: in this launch's units
@@ -771,12 +774,15 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
         accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
-    if launched := checkpoints.launch_changes(path, {"mixed_precision": accelerator.mixed_precision, "num_processes":
-                                                     accelerator.num_processes, "device": accelerator.device.type}):
+    launched = [c for c in checkpoints.launch_changes(path, {"mixed_precision": accelerator.mixed_precision,
+                                                             "num_processes": accelerator.num_processes,
+                                                             "device": accelerator.device.type})
+                if not (elastic and c.startswith("num_processes "))]  # said above, with its accumulation
+    if launched:
         accelerator.print(f"accelerate launch settings that differ from the checkpoint's run_info.json, this "
                           f"launch's apply: {', '.join(launched)}")
-    if optimizer_changed or changed or launched:
-        state.recipe_changes.append({"step": state.step, "flags": [*optimizer_changed, *changed, *launched]})
+    if optimizer_changed or changed or elastic or launched:
+        state.recipe_changes.append({"step": state.step, "flags": [*optimizer_changed, *changed, *elastic, *launched]})
     forget_best_exported_elsewhere(accelerator, state, ckpt_dir)
     accelerator.wait_for_everyone()  # every rank has picked its checkpoint (reading the folders) before any moves
     set_aside_later(accelerator, ckpt_dir, state.step, state.best_top1)

@@ -9,7 +9,8 @@ flipped bit on a disk or in a copy, a tool that rewrote it): neither safetensors
 such change, so each file's CRC-32 is listed beside its size and checked before a resume. That includes the
 launch's config.yaml, which the resume reads the saved settings from (its seed, model, optimizer, EMA) but which a
 reader may edit (its eval settings, for validate.py): a changed one does not make the checkpoint incomplete, the
-resume reads the settings from the run folder's copy with the saved bytes instead (config_source).
+resume reads the settings from the run folder's copy with the saved bytes instead (config_source), and stops, keeping
+the checkpoint, where no copy has them.
 """
 from __future__ import annotations
 
@@ -251,7 +252,8 @@ def newest_complete(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
 def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint`` names: "latest" is the newest complete one (each newer one
     skipped is said, with why; None when nothing was saved yet), a folder must be complete. ValueError otherwise.
-    A config.yaml changed since the save is said in a note (config_source)."""
+    A config.yaml changed since the save is said in a note, or refused where no copy has the saved bytes
+    (config_source); that checkpoint stays: nothing newer is set aside, nothing older resumed from in its place."""
     if resume_from == "latest":
         path, skipped = newest_complete(ckpt_dir)
         for line in skipped:
@@ -259,8 +261,11 @@ def pick(resume_from: str, ckpt_dir: Path, print_fn=print) -> Path | None:
         if path is None and skipped:
             raise ValueError(f"latest: no complete checkpoint in {ckpt_dir} ({'; '.join(skipped)}); resume from a "
                              "copy or start a new --output_dir")
-        if path is not None and (note := config_source(path)[1]):
-            print_fn(note)
+        try:
+            if path is not None and (note := config_source(path)[1]):
+                print_fn(note)
+        except ValueError as e:
+            raise ValueError(f"latest: {e}") from None
         return path
     path = Path(resume_from)
     if not path.is_dir():
@@ -285,10 +290,10 @@ def config_source(folder: Path) -> tuple[Path, str | None]:
     """(the config.yaml that holds the flags of the launch that saved the checkpoint ``folder``, a note when that
     is not ``folder``'s own). Its own, unless it differs from the size or CRC-32 sealed with it: then the run
     folder's copy with those bytes (record_launch wrote the same text to RUN/config.yaml or RUN/resumes/<time>/);
-    its own as it is now where no copy has them (a checkpoint copied out of its run, or every copy changed).
-    The resume compares flags to know what the state was trained with (the seed's sample order, the model and
-    optimizer the state fits, the recipe changes the card lists): an edit of the eval settings changed none of
-    that, so the saved bytes are the truth; the edited text is the only record left where they are gone."""
+    a ValueError naming the file and how to put the saved one back where no copy has them (a checkpoint copied out
+    of its run with an edit, or every copy changed). The resume compares flags to know what the state was trained
+    with (the seed's sample order, the model and optimizer the state fits, the recipe changes the card lists): the
+    changed text may say another seed or optimizer than the state's, and nothing tells an eval edit from damage."""
     folder = Path(folder)
     own = folder / CONFIG
     changed = problem(folder, config=True, only=CONFIG)
@@ -307,18 +312,22 @@ def config_source(folder: Path) -> tuple[Path, str | None]:
                 return copy, f"{said}, with the flags it was saved with, from {copy} (the same bytes)"
         except OSError:  # absent or unreadable: another copy may do
             continue
-    return own, f"{said}, with the flags its config.yaml holds now (no copy of the saved one in {run_dir})"
+    put = run_dir / CONFIG if not (run_dir / CONFIG).exists() else own  # never over another launch's record
+    raise ValueError(f"{changed}, and {run_dir} holds no copy of the saved one (config.yaml, resumes/*/config.yaml) "
+                     f"to read the flags it was saved with from; put it back: undo the edit, or copy the config.yaml "
+                     f"of the run that saved it (the same bytes) to {put}")
 
 
 def saved_config(folder: Path) -> dict | None:
     """The flags of the launch that saved the checkpoint ``folder`` (its config.yaml, or the run folder's copy of
-    the saved one where it was changed since: config_source), or None when it has none or it does not read as YAML
-    (an unlisted one with changed bytes)."""
+    the saved one where it was changed since: config_source), or None when it has none, when no copy has the saved
+    bytes (pick refuses that checkpoint first), or when it does not read as YAML (an unlisted one with changed
+    bytes)."""
     import yaml  # noqa: PLC0415 (only resumes read it)
 
     try:
         saved = yaml.safe_load(config_source(folder)[0].read_text())
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError, or problem's unreadable file
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: no UTF-8, an unreadable file, no saved copy
         return None
     return saved if isinstance(saved, dict) else None
 

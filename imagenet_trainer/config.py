@@ -98,6 +98,8 @@ _LAUNCH_FALLBACK = {"cpu": False, "multi_gpu": False, "mixed_precision": True, "
                     "gpu_ids": True, "config_file": True, "use_fsdp": False, "dynamo_backend": True}
 # launch options of DeepSpeed's that a script sets with a flag of its own: {launch option: the script's field}
 _OWN_SPELLING = {"gradient_accumulation_steps": "grad_accum_steps", "gradient_clipping": "clip_grad"}
+_FALSE = {"false", "no", "off", "0"}  # a no-value option's value, as written, that means "not set"
+ACCELERATE_KEYS = ("compute_environment", "distributed_type")  # top-level keys of every accelerate config file
 LAUNCH_HELP = ("Device, mixed precision and distribution (processes, machines, DDP, FSDP) are not flags of {script}: "
                "accelerate launch sets them (accelerate launch --mixed_precision bf16 --num_processes 8 {script} ..., "
                "or its --config_file: accelerate_configs/*.yaml).")
@@ -124,10 +126,39 @@ def launch_option_error(name: str, value, script: str, fields, where: str) -> st
         return None
     if _OWN_SPELLING.get(name) in fields:
         return f"error: {where} is accelerate launch's DeepSpeed setting; {script}'s own is --{_OWN_SPELLING[name]}"
+    if name == "config_file" and value is not None and is_recipe(Path(str(value)), fields):
+        return (f"error: {where}: {value} is a recipe of {script}'s (its keys are its flags), which it reads with "
+                f"--config: {script} --config {value} ... (accelerate launch's --config_file takes "
+                "accelerate_configs/*.yaml)")
+    if not options[name] and value is not None and str(value).strip().lower() in _FALSE:  # the advice would set it
+        return (f"error: {where} set to {value} is accelerate launch's default (it runs without --{name}): remove "
+                "it")
     given = f"--{name}" + (f" {value if value is not None else name.upper()}" if options[name] else "")
     alternative = "" if name == "config_file" else " (or set it in accelerate_configs/*.yaml)"
     return (f"error: {where} is an accelerate launch option: accelerate launch {given} {script} ..."
             f"{alternative}")
+
+
+def is_recipe(path: Path, fields) -> bool:
+    """Whether ``path`` reads as a recipe of the script with these ``fields`` (under recipes/, or a mapping of its
+    field names alone) rather than an accelerate config, for the hint of a --config_file given to the script."""
+    if "recipes" in path.parts:
+        return True
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: no UTF-8; a file that does not read: no hint
+        return False
+    return isinstance(doc, dict) and bool(doc) and set(map(str, doc)) <= set(fields)
+
+
+def accelerate_config_error(path: Path, doc: dict, script: str | None, fields) -> str | None:
+    """The one line for an accelerate config (what ``accelerate config`` writes: ACCELERATE_KEYS) given to ``script``
+    as its recipe (--config), or None."""
+    keys = [k for k in ACCELERATE_KEYS if k in doc and k not in fields]
+    if not script or not keys:
+        return None
+    return (f"error: --config {path} is an accelerate config (it has {keys[0]}), not a recipe of {script}'s: "
+            f"accelerate launch --config_file {path} {script} ...")
 
 
 # PyYAML reads YAML 1.1: a plain 010 is octal (8) and 1:30 base 60 (90), where YAML 1.2 and a reader see 10 and a
@@ -252,6 +283,8 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     if args.config:
         path = Path(args.config)
         loaded, texts = read_yaml(path)
+        if refused := accelerate_config_error(path, loaded, accelerate_script, fields):
+            raise SystemExit(refused)
         for key, value in loaded.items():
             if key not in fields:
                 hint = accelerate_script and launch_option_error(  # the value as written: YAML 1.1 reads no as False

@@ -603,8 +603,15 @@ def test_two_process_checkpoint_resumes_on_one_process_with_the_same_global_batc
     cmd = train_cmd(preprocessed, out, *COMMON, "--grad_accum_steps", "2", "--resume_from_checkpoint", "latest")
     cmd[cmd.index(str(ROOT / "train.py"))] = str(script)
     proc = ok(run(cmd))
-    assert f"at epoch 1, step {resume_at}" in proc.stdout + proc.stderr
-    assert "saved on 2 processes, resumed on 1 with --grad_accum_steps 2" in proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr
+    assert f"at epoch 1, step {resume_at}" in said
+    # one line for the process count and the accumulation that keeps the global batch; the card lists them together
+    # (its table has the last launch's 1 process x grad_accum_steps 2, which the first steps did not train with)
+    assert said.count("saved on 2 processes, resumed on 1 with --grad_accum_steps 2") == 1, said[-3000:]
+    assert "num_processes 2 -> 1" not in said, said[-3000:]
+    card = (out / "final" / "README.md").read_text()
+    assert (f"Resumed with other flags (the table gives the last launch's): at step {resume_at}, `num_processes 2 -> "
+            "1 (grad_accum_steps 1 -> 2, the same global batch)`.") in card, card
 
     # rank r's i-th micro-batch is the run's micro-batch 2 i + r; the resumed process's i-th is 2 * resume_at + i
     ranks = [trace(reference.parent / "trace", r) for r in (0, 1)]

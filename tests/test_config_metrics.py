@@ -82,6 +82,40 @@ def test_accelerate_launch_options_are_named_for_a_launched_script_only(tmp_path
         parse_config(Cfg, ["--num_processes", "2"], accelerate_script="x.py")
 
 
+def test_a_recipe_and_an_accelerate_config_given_to_each_others_flag_are_named(tmp_path):
+    """train.py --config_file RECIPE was told to give it to accelerate launch (which then wants a distributed_type),
+    and --config ACCELERATE_CONFIG listed every field as the known keys: each is named for what it is."""
+    recipe, launch = tmp_path / "recipes" / "demo.yaml", tmp_path / "cpu_ddp.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("epochs: 16\n")
+    launch.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n")
+    for given in (recipe, tmp_path / "r.yaml"):  # under recipes/, or a mapping of the script's fields
+        given.write_text("epochs: 16\nlr: 0.5\n")
+        with pytest.raises(SystemExit) as err:
+            parse_config(Cfg, ["--config_file", str(given)], accelerate_script="x.py")
+        assert f"x.py --config {given} ..." in str(err.value) and "accelerate launch --config_file" not in str(
+            err.value), err.value
+    with pytest.raises(SystemExit) as err:
+        parse_config(Cfg, ["--config", str(launch)], accelerate_script="x.py")
+    assert str(err.value) == (f"error: --config {launch} is an accelerate config (it has compute_environment), not a "
+                              f"recipe of x.py's: accelerate launch --config_file {launch} x.py ...")
+    with pytest.raises(SystemExit, match=re.escape(f"accelerate launch --config_file {launch} x.py ...")):
+        parse_config(Cfg, ["--config_file", str(launch)], accelerate_script="x.py")
+
+
+@pytest.mark.parametrize("argv, recipe", [([], "cpu: false\n"), ([], "multi_gpu: off\n"), (["--multi_gpu=false"], ""),
+                                          (["--cpu", "no"], "")])
+def test_a_launch_switch_set_false_is_told_to_go_not_to_be_set(tmp_path, argv, recipe):
+    """A no-value accelerate launch option set false (a recipe's cpu: false, --multi_gpu=false) was told to pass
+    accelerate launch --cpu, the opposite: it is the launcher's default, and goes."""
+    (tmp_path / "r.yaml").write_text(recipe)
+    with pytest.raises(SystemExit) as err:
+        parse_config(Cfg, ["--config", str(tmp_path / "r.yaml"), *argv], accelerate_script="x.py")
+    text = str(err.value)
+    assert "accelerate launch --cpu" not in text and "accelerate launch --multi_gpu" not in text, text
+    assert "is accelerate launch's default" in text and text.endswith("remove it"), text
+
+
 @dataclass
 class WithMethod:
     size: int = 3

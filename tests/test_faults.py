@@ -106,7 +106,7 @@ def test_a_checkpoints_config_yaml_is_listed_and_a_resume_checks_it(tmp_path):
     """config.yaml (the settings a resume reads) is sealed with the state files, run_info.json is not. A changed or
     cut config.yaml (a reader may edit a checkpoint's eval settings there) leaves the checkpoint complete: a resume
     (latest, or the folder named) notes it and reads the saved flags from the run folder's copy with the sealed
-    bytes, or from the changed file where there is none."""
+    bytes, and stops, naming the file, where there is none (the changed text is no record of the saved flags)."""
     folder = tmp_path / "ckpt" / "step_00000002"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"x" * 100)
@@ -128,12 +128,13 @@ def test_a_checkpoints_config_yaml_is_listed_and_a_resume_checks_it(tmp_path):
     assert checkpoints.problem(folder) is None and checkpoints.problem(folder, config=True) == damaged
     assert checkpoints.newest_complete(tmp_path / "ckpt") == (folder, [])
     for resume_from in ("latest", str(folder)):
-        said = []
-        assert checkpoints.pick(resume_from, tmp_path / "ckpt", print_fn=said.append) == folder
-        assert said == [f"note: {damaged}: changed after the save; the state files are as saved, so {folder.name} is "
-                        f"resumed from, with the flags its config.yaml holds now (no copy of the saved one in "
-                        f"{tmp_path})"], said
-    assert checkpoints.saved_config(folder)["optimizer"] == "cgd"  # the only record left
+        with pytest.raises(ValueError) as e:
+            checkpoints.pick(resume_from, tmp_path / "ckpt", print_fn=print)
+        assert str(e.value) == ("latest: " if resume_from == "latest" else "") + (
+            f"{damaged}, and {tmp_path} holds no copy of the saved one (config.yaml, resumes/*/config.yaml) to read "
+            "the flags it was saved with from; put it back: undo the edit, or copy the config.yaml of the run that "
+            f"saved it (the same bytes) to {tmp_path / 'config.yaml'}")
+    assert checkpoints.saved_config(folder) is None  # never the changed text: cgd is no setting it was saved with
     (tmp_path / "resumes" / "20240101-000000Z").mkdir(parents=True)  # the launch's own copy, as record_launch writes
     (tmp_path / "config.yaml").write_bytes(config.replace(b"seed: 0", b"seed: 1"))  # another launch's
     (tmp_path / "resumes" / "20240101-000000Z" / "config.yaml").write_bytes(config)
@@ -334,6 +335,34 @@ def test_a_changed_config_yaml_in_the_newest_checkpoint_is_resumed_from_with_the
     assert "flags that differ from the checkpoint's config.yaml, this launch's apply: --epochs 2 -> 3\n" in said
     assert not (out / "checkpoints" / checkpoints.SET_ASIDE).exists()
     assert [r["epoch"] for r in rows(out)] == [1, 2, 3]
+
+
+def test_a_checkpoint_copied_alone_with_a_changed_config_yaml_stops_and_is_kept(finished, preprocessed, tmp_path):
+    """A mid-epoch checkpoint copied alone into a new --output_dir, with seed 0 -> 1 in its config.yaml (a flipped
+    bit, or an edit) and no copy of the saved config.yaml beside it: the resume took the changed text as the saved
+    flags, told --seed 0 to resume with --seed 1 and then resumed with --seed 1 (another sample order). It stops in
+    one line naming the file, keeps the checkpoint (neither set aside nor passed over for an older one), and
+    resumes once the run's config.yaml, with the saved bytes, is beside it."""
+    out = tmp_path / "copied"
+    mid = out / "checkpoints" / "step_00000001"  # inside the first epoch
+    shutil.copytree(checkpoints.step_folder(finished / "checkpoints", 1), mid)
+    config = mid / "config.yaml"
+    assert "\nseed: 0\n" in config.read_text()
+    config.write_text(config.read_text().replace("\nseed: 0\n", "\nseed: 1\n"))
+    for seed, resume_from in ((1, "latest"), (0, "latest"), (1, mid)):
+        proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", seed, "--resume_from_checkpoint",
+                             resume_from))
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and "resumed from" not in said and "resume with --seed 1" not in said, said[-3000:]
+        assert last_line(proc).startswith(f"error: --resume_from_checkpoint {'latest: ' * (resume_from == 'latest')}"
+                                          f"{config} has the size it was saved with, but other bytes"), said[-3000:]
+        assert f"copy the config.yaml of the run that saved it (the same bytes) to {out / 'config.yaml'}" in said
+        assert checkpoints.step_folders(out / "checkpoints") == [mid], "the checkpoint stays where it is"
+        assert not (out / "checkpoints" / checkpoints.SET_ASIDE).exists()
+    shutil.copy(finished / "config.yaml", out / "config.yaml")  # as the line says
+    proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "1", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 1 and "with the flags it was saved with, from" in proc.stdout, proc.stdout[-3000:]
+    assert last_line(proc).endswith("resume with --seed 0, or from an epoch-end checkpoint"), proc.stderr[-3000:]
 
 
 def test_a_users_copy_of_a_checkpoint_beside_them_is_neither_resumed_from_nor_pruned(finished, preprocessed,
