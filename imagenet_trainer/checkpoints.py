@@ -312,10 +312,11 @@ def config_source(folder: Path) -> tuple[Path, str | None]:
                 return copy, f"{said}, with the flags it was saved with, from {copy} (the same bytes)"
         except OSError:  # absent or unreadable: another copy may do
             continue
-    put = run_dir / CONFIG if not (run_dir / CONFIG).exists() else own  # never over another launch's record
+    which = f"{size} bytes" + (f", CRC-32 {crc:08x}" if isinstance(crc, int) else "")
     raise ValueError(f"{changed}, and {run_dir} holds no copy of the saved one (config.yaml, resumes/*/config.yaml) "
-                     f"to read the flags it was saved with from; put it back: undo the edit, or copy the config.yaml "
-                     f"of the run that saved it (the same bytes) to {put}")
+                     f"to read the flags it was saved with from; put it back: undo the edit, or copy over {own} the "
+                     f"config.yaml of the launch that saved it, the one of {which} (the run folder's config.yaml, "
+                     "or resumes/<time>/config.yaml where a resume saved it)")
 
 
 def saved_config(folder: Path) -> dict | None:

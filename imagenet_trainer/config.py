@@ -140,15 +140,17 @@ def launch_option_error(name: str, value, script: str, fields, where: str) -> st
 
 
 def is_recipe(path: Path, fields) -> bool:
-    """Whether ``path`` reads as a recipe of the script with these ``fields`` (under recipes/, or a mapping of its
-    field names alone) rather than an accelerate config, for the hint of a --config_file given to the script."""
-    if "recipes" in path.parts:
-        return True
+    """Whether ``path`` reads as a recipe of the script with these ``fields`` rather than an accelerate config, for
+    the hint of a --config_file given to the script: a mapping without ACCELERATE_KEYS with any of its field names
+    (a typo or a launcher key beside them is still a recipe: --config names it); a file under recipes/ where it
+    does not read."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: no UTF-8; a file that does not read: no hint
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: no UTF-8
+        return "recipes" in path.parts
+    if not isinstance(doc, dict) or any(k in doc for k in ACCELERATE_KEYS):
         return False
-    return isinstance(doc, dict) and bool(doc) and set(map(str, doc)) <= set(fields)
+    return "recipes" in path.parts or any(str(k) in fields for k in doc)
 
 
 def accelerate_config_error(path: Path, doc: dict, script: str | None, fields) -> str | None:

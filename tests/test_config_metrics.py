@@ -101,6 +101,16 @@ def test_a_recipe_and_an_accelerate_config_given_to_each_others_flag_are_named(t
                               f"recipe of x.py's: accelerate launch --config_file {launch} x.py ...")
     with pytest.raises(SystemExit, match=re.escape(f"accelerate launch --config_file {launch} x.py ...")):
         parse_config(Cfg, ["--config_file", str(launch)], accelerate_script="x.py")
+    # a recipe with a typo or a launcher key is still a recipe; an accelerate config under recipes/ is none
+    for given, text in ((tmp_path / "typo.yaml", "epochs: 16\nlrr: 1\n"),
+                        (tmp_path / "mp.yaml", "mixed_precision: bf16\nepochs: 3\n")):
+        given.write_text(text)
+        with pytest.raises(SystemExit) as err:
+            parse_config(Cfg, ["--config_file", str(given)], accelerate_script="x.py")
+        assert f"x.py --config {given} ..." in str(err.value), err.value
+    recipe.write_text(launch.read_text())
+    with pytest.raises(SystemExit, match=re.escape(f"accelerate launch --config_file {recipe} x.py ...")):
+        parse_config(Cfg, ["--config_file", str(recipe)], accelerate_script="x.py")
 
 
 @pytest.mark.parametrize("argv, recipe", [([], "cpu: false\n"), ([], "multi_gpu: off\n"), (["--multi_gpu=false"], ""),

@@ -132,8 +132,10 @@ def test_a_checkpoints_config_yaml_is_listed_and_a_resume_checks_it(tmp_path):
             checkpoints.pick(resume_from, tmp_path / "ckpt", print_fn=print)
         assert str(e.value) == ("latest: " if resume_from == "latest" else "") + (
             f"{damaged}, and {tmp_path} holds no copy of the saved one (config.yaml, resumes/*/config.yaml) to read "
-            "the flags it was saved with from; put it back: undo the edit, or copy the config.yaml of the run that "
-            f"saved it (the same bytes) to {tmp_path / 'config.yaml'}")
+            f"the flags it was saved with from; put it back: undo the edit, or copy over {folder / 'config.yaml'} "
+            f"the config.yaml of the launch that saved it, the one of {len(config)} bytes, CRC-32 "
+            f"{zlib.crc32(config):08x} (the run folder's config.yaml, or resumes/<time>/config.yaml where a resume "
+            "saved it)")
     assert checkpoints.saved_config(folder) is None  # never the changed text: cgd is no setting it was saved with
     (tmp_path / "resumes" / "20240101-000000Z").mkdir(parents=True)  # the launch's own copy, as record_launch writes
     (tmp_path / "config.yaml").write_bytes(config.replace(b"seed: 0", b"seed: 1"))  # another launch's
@@ -356,12 +358,14 @@ def test_a_checkpoint_copied_alone_with_a_changed_config_yaml_stops_and_is_kept(
         assert proc.returncode == 1 and "resumed from" not in said and "resume with --seed 1" not in said, said[-3000:]
         assert last_line(proc).startswith(f"error: --resume_from_checkpoint {'latest: ' * (resume_from == 'latest')}"
                                           f"{config} has the size it was saved with, but other bytes"), said[-3000:]
-        assert f"copy the config.yaml of the run that saved it (the same bytes) to {out / 'config.yaml'}" in said
+        saved = (finished / "config.yaml").read_bytes()  # a first launch saved step 1: the run's config.yaml
+        assert (f"copy over {config} the config.yaml of the launch that saved it, the one of {len(saved)} bytes, "
+                f"CRC-32 {zlib.crc32(saved):08x} (the run folder's config.yaml, or resumes/<time>/config.yaml") in said
         assert checkpoints.step_folders(out / "checkpoints") == [mid], "the checkpoint stays where it is"
         assert not (out / "checkpoints" / checkpoints.SET_ASIDE).exists()
-    shutil.copy(finished / "config.yaml", out / "config.yaml")  # as the line says
+    shutil.copy(finished / "config.yaml", config)  # as the line says
     proc = run(train_cmd(preprocessed, out, "--epochs", "2", "--seed", "1", "--resume_from_checkpoint", "latest"))
-    assert proc.returncode == 1 and "with the flags it was saved with, from" in proc.stdout, proc.stdout[-3000:]
+    assert proc.returncode == 1 and "changed after the save" not in proc.stdout, proc.stdout[-3000:]
     assert last_line(proc).endswith("resume with --seed 0, or from an epoch-end checkpoint"), proc.stderr[-3000:]
 
 
