@@ -38,10 +38,11 @@ holds files not its own.
 
 Choices:
 - Lossless by default: a file that already is an RGB or grayscale JPEG (baseline or progressive) without EXIF
-  rotation keeps its DCT coefficients, after a full decode (PIL ``load()``; ``draft()`` would skip most of the data)
-  shows it is whole; an arithmetic-coded one is transcoded to Huffman coding first, and a multi-picture one keeps its
-  first picture (plain_jpeg). A grayscale one stays one channel: training and validate.py decode it to PIL's
-  ``convert("RGB")`` of the file, the pixels timm's and torchvision's evaluation of the raw files see.
+  rotation keeps its DCT coefficients, after a full decode (libjpeg-turbo's, which fails on any warning; Pillow's
+  ``draft()`` would skip most of the data) shows it is whole; an arithmetic-coded one is transcoded to Huffman coding
+  first, and a multi-picture one keeps its first picture (plain_jpeg). A grayscale one stays one channel: training
+  and validate.py decode it to PIL's ``convert("RGB")`` of the file, the pixels timm's and torchvision's evaluation
+  of the raw files see.
 - Tiled for speed (--restart_tile PX, default 64; 0 stores such files byte for byte): every stored JPEG is re-coded
   losslessly with restart markers so that it splits into tiles of at most PX x 16 pixels that decode alone, as
   narrow as keeps ~100 coded bytes a tile (one 16 px MCU on ImageNet-sized photos), indexed in an APP9 segment
@@ -60,7 +61,9 @@ Choices:
 - --shorter_side PX (low-resolution storage, as FFCV stores its datasets): shrink so the shorter side is PX,
   never enlarge, re-encode.
 - A file that does not fully decode (truncated, empty, not an image) is skipped, never a crash, and listed with the
-  reason in preprocess_report.json.
+  reason in preprocess_report.json; so is a JPEG whose coded data ends early, which Pillow decodes without a word
+  (libjpeg fills in the rest: a download cut short, or zero-filled). JPEGs with other libjpeg warnings are stored
+  and named (decode_warnings), as are images over --max_image_pixels but under twice it (large_images).
 - Labels: train from the folder, val from LOC_val_solution.csv (the first wnid of PredictionString). The train list
   is the folder listing (os.scandir, not datasets' imagefolder, which spends ~50 min resolving ImageNet's files,
   datasets #6359): LOC_train_solution.csv only covers the ~545k images with boxes and is not read. Boxes come from
@@ -101,6 +104,7 @@ import shutil
 import threading
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,7 +128,8 @@ from imagenet_trainer.worker_processes import available_cores
 
 BATCH_ROWS = 100  # images per Arrow record batch: what a worker holds in memory (~11 MB of ImageNet JPEGs)
 FORMAT_VERSION = 3  # bump when shards or their reports change, so an old OUT.tmp is rebuilt rather than resumed
-ENCODER = 2  # how encode_image stores a file (2: a grayscale JPEG keeps its bytes), in OUT.tmp's job.json only: an
+ENCODER = 3  # how encode_image stores a file (2: a grayscale JPEG keeps its bytes; 3: a JPEG whose data ends early
+# is skipped, whole_jpeg; its shard reports name decode warnings and large images), in OUT.tmp's job.json only: an
 # interrupted run resumes only with the encoder that wrote its shards (no split stored two ways), while a finished
 # output, whose job record has no encoder, stays the same job for a later preprocess.py
 VERSIONED = ("encoder", "annotations")  # job keys a work folder of an older preprocess.py may lack
@@ -157,7 +162,7 @@ class PreprocessConfig:
     layout: str = ""  # "" detects it; ilsvrc: Kaggle's tree; folders: --data_dir's folders are the classes
     # PIL.Image.MAX_IMAGE_PIXELS, Pillow's decompression-bomb guard, set in every process that decodes (a wrapper's
     # setting reaches no spawned worker); the default is Pillow's own, 1024**3 // 4 // 3 (~0.25 GB of 8-bit RGB)
-    max_image_pixels: int = 89_478_485  # px (w x h); images over 2x this are skipped, over 1x warned of; 0 = no limit
+    max_image_pixels: int = 89_478_485  # px (w x h); images over 2x this are skipped, over 1x reported; 0 = no limit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,6 +208,11 @@ def list_layout(data_dir: Path, val_fraction: float | None, split_seed: int, eva
                              "come from them too: add --val_fraction 0.1")
         names, splits, warnings = image_tree.list_splits(data_dir, image_tree.CLASS_FOLDERS_SPLIT, val_fraction,
                                                          split_seed, one_tree=True, left_out=left_out)
+        if root := image_tree.kaggle_root_above(data_dir):  # refused without --layout: say what the user gives up
+            warnings.append(f"--layout folders: --data_dir {data_dir} is inside Kaggle's ILSVRC tree, read as one "
+                            f"class-per-folder tree: its labelled val ({ilsvrc.VAL_SOLUTION}), boxes "
+                            f"(ILSVRC/Annotations) and class descriptions ({ilsvrc.SYNSET_MAPPING}) are not used, "
+                            f"validation is --val_fraction of these images; --data_dir {root} reads them")
         return Listing(image_tree.CLASS_FOLDERS_SPLIT, names, list(names), splits, warnings, left_out=left_out)
     found = None if eval_set or forced else archives.detect(data_dir)
     if found is not None:
@@ -249,6 +259,8 @@ class Encoded(NamedTuple):
     stored_size: tuple  # (w, h) of the input's pixels before any rotation
     size: tuple  # (w, h) of the output
     why: str | None  # why it was re-encoded; None when the input's DCT coefficients are stored unchanged
+    warning: str | None = None  # libjpeg-turbo's warning on the input JPEG, which Pillow's decode keeps to itself
+    large: int | None = None  # w x h of an image over --max_image_pixels (under twice it: Pillow's warning), else None
 
 
 JPEG_FORMATS = ("JPEG", "MPO")  # Pillow's names; MPO: a multi-picture JPEG whose first picture plain_jpeg missed
@@ -269,13 +281,11 @@ def plain_jpeg(data: bytes) -> bytes:
     return data
 
 
-def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded:
-    if not data:
-        raise BadImage("empty file")
-    data = plain_jpeg(data)
+@contextlib.contextmanager
+def pillow_verdict():
+    """Pillow's exceptions on a file it cannot open or decode, as the BadImage that says why."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # a full decode: a truncated or corrupt file fails here
+        yield
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (no known format)") from None
     except Image.DecompressionBombError as e:
@@ -283,6 +293,33 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
                        "larger --max_image_pixels (0 = no limit)") from None
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error... on bad data
         raise BadImage(f"does not decode: {type(e).__name__}: {e}") from None
+
+
+def opened(data: bytes) -> tuple[Image.Image, int | None]:
+    """(``data`` opened by Pillow, its header read; w x h where it is over PIL.Image.MAX_IMAGE_PIXELS but under twice
+    it, Pillow's DecompressionBombWarning, else None). The warning is taken here: Pillow's own names no file, and
+    Python shows it once a process."""
+    with pillow_verdict(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    large = None
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            large = img.width * img.height
+        else:  # anyone else's, as if not caught
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return img, large
+
+
+def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded:
+    if not data:
+        raise BadImage("empty file")
+    data = plain_jpeg(data)
+    img, large = opened(data)
+    jpeg = img.format in JPEG_FORMATS
+    if not jpeg:
+        with pillow_verdict():
+            img.load()  # a full decode: a truncated or corrupt file fails here
     try:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)  # Pillow also reads XMP's tiff:Orientation
     except Exception:  # a corrupt EXIF block: re-encoding drops it
@@ -299,8 +336,9 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
                                           (f"mode {img.mode}", img.mode != "RGB" and not (jpeg and img.mode == "L")),
                                           (f"EXIF orientation {orientation}", orientation != 1),
                                           ("resized", resize)) if applies]
+    warning = whole_jpeg(img, data, pixels=bool(why)) if jpeg else None  # a JPEG's full decode
     if not why:
-        return Encoded(data, 1, stored_size, stored_size, None)
+        return Encoded(data, 1, stored_size, stored_size, None, warning, large)
     applied = orientation if orientation in range(2, 9) else 1  # others are not rotations; the tag just goes
     icc = img.info.get("icc_profile") if img.mode == "RGB" else None  # a CMYK/gray profile is wrong for RGB
     try:
@@ -320,7 +358,7 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
         img.save(buf, "JPEG", quality=quality, icc_profile=icc)  # no exif= : the orientation tag is gone
     except Exception as e:  # e.g. a mode Pillow cannot turn into RGB
         raise BadImage(f"cannot convert to an RGB JPEG: {type(e).__name__}: {e}") from None
-    return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why))
+    return Encoded(buf.getvalue(), applied, stored_size, img.size, ", ".join(why), warning, large)
 
 
 # Below this the tile bookkeeping costs about what skipping the tiles outside the crop saves
@@ -338,6 +376,40 @@ def tile(data: bytes, tile_px: int) -> bytes | None:
     except ValueError:  # e.g. a libjpeg warning on the original: keep it as it is
         return None
     return tiled if same else None
+
+
+# libjpeg's JWRN_JPEG_EOF and JWRN_HIT_MARKER (jerror.h): the coded data stops before the last block (a download cut
+# short, or one whose pre-allocated file kept its zeros) and the decoder fills in the rest, grey or made of the zeros
+PREMATURE_END = ("Premature end of JPEG file", "Corrupt JPEG data: premature end of data segment")
+DECODE_AS = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}  # simplejpeg's output for a JPEG colour space; else RGB
+
+
+def libjpeg_warning(jpeg: bytes) -> str | None:
+    """What libjpeg-turbo says on a full decode of ``jpeg`` (Pillow's decoder keeps libjpeg's warnings to itself):
+    one of PREMATURE_END, or a warning that leaves the picture whole, such as extraneous bytes before a marker; None
+    where it says nothing. ~0.6 ms for a 500x375 photo, 2/3 of Pillow's decode."""
+    try:
+        space = simplejpeg.decode_jpeg_header(jpeg)[2]
+        simplejpeg.decode_jpeg(jpeg, colorspace=DECODE_AS.get(space, "RGB"))  # strict: a warning raises
+    except ValueError as e:
+        return str(e) or "ValueError"
+    return None
+
+
+def whole_jpeg(img: Image.Image, data: bytes, pixels: bool) -> str | None:
+    """A full decode of JPEG ``img``, opened from ``data``: a BadImage where it is not whole, PREMATURE_END included,
+    which Pillow's decode lets through; else libjpeg-turbo's warning, None where it gives none. Where the pixels are
+    not needed (the file is stored as it is), libjpeg-turbo's strict decode alone judges a file that draws no
+    warning, in place of Pillow's (~2/3 of its time); Pillow decodes the rest, its reason standing where it fails."""
+    warning = libjpeg_warning(data)
+    if warning is None and not pixels:
+        return None
+    with pillow_verdict():
+        img.load()
+    if warning in PREMATURE_END:
+        raise BadImage(f"the JPEG data ends early, part of the picture is missing (libjpeg-turbo: {warning}); a "
+                       "download cut short or zero-filled: download the file again")
+    return warning
 
 
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel of 16/32-bit ints or floats
@@ -411,7 +483,7 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
                   schema: pa.Schema, max_image_pixels: int) -> dict:
     summary = {"split": shard.split, "index": shard.index, "files": len(shard.items), "rows": 0, "skipped": [],
                "tiled": 0, "untiled": Counter(), "reencoded": Counter(), "reencoded_files": [], "boxes": Counter(),
-               "annotation_errors": [], "bytes_in": 0, "bytes_out": 0}
+               "annotation_errors": [], "decode_warnings": [], "large_images": [], "bytes_in": 0, "bytes_out": 0}
     tmp = shard.path + ".tmp"
     rows = []
     read = archives.MemberReader(shard.data_dir, shard.source)
@@ -447,6 +519,10 @@ def process_shard(shard: Shard, labels: dict, shorter_side: int | None, quality:
                 else:
                     enc = enc._replace(data=tiled)
                     summary["tiled"] += 1
+            if enc.warning:
+                summary["decode_warnings"].append({"path": src, "warning": enc.warning})
+            if enc.large:
+                summary["large_images"].append({"path": src, "pixels": enc.large})
             summary["bytes_in"] += len(data)
             summary["bytes_out"] += len(enc.data)
             if enc.why:
@@ -932,6 +1008,9 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
     if is_ilsvrc and len(names) == 1000:
         warnings += [f"{split}: {counts[split]:,} images, full ILSVRC-2012 has {full:,}"
                      for split, full in ilsvrc.FULL_COUNTS.items() if split in counts and counts[split] != full]
+    named = {key: [dict(split=r["split"], **e) for r in reports for e in r[key]]
+             for key in ("decode_warnings", "large_images")}
+    warnings += stored_warnings(named, cfg.max_image_pixels)
     report = {
         "config": asdict(cfg), "seconds": round(time.time() - started, 3), "warnings": warnings,
         "counts": counts, "files": {split: len(s.items) for split, s in splits.items()},
@@ -940,6 +1019,8 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
         # an evaluation set, whose warnings name them), then each file stored re-encoded
         "left_out": None if listing.left_out is None else sorted(listing.left_out, key=lambda e: e["path"]),
         "reencoded_files": [dict(split=r["split"], **e) for r in reports for e in r.get("reencoded_files", [])],
+        # stored files a decoder had a word about: libjpeg-turbo's warning, Pillow's decompression-bomb warning
+        **named,
         **{key: {split: sum((Counter(r[key]) for r in reports if r["split"] == split), Counter())
                  for split in splits} for key in ("untiled", "reencoded", "boxes")},
         "tiled": {split: sum(r["tiled"] for r in reports if r["split"] == split) for split in splits},
@@ -960,6 +1041,20 @@ def assemble(work: Path, shards: list[Shard], listing: Listing, data_dir: Path, 
     atomic_write_text(work / manifest.MANIFEST, json.dumps(manifest.sealed(
         {"format": manifest.FORMAT, "job": job, "files": dict(sorted(files.items()))}), indent=1))
     return report
+
+
+def stored_warnings(named: dict, max_image_pixels: int) -> list[str]:
+    """One line for the files of each of the report's ``decode_warnings`` and ``large_images`` (``named``)."""
+    lines = []
+    if found := named["decode_warnings"]:
+        lines.append(f"{len(found)} stored JPEG files draw a warning from libjpeg-turbo's decoder (Pillow's shows "
+                     f"none; files whose data ends early are skipped), e.g. {found[0]['path']}: "
+                     f"{found[0]['warning']}; all in preprocess_report.json's decode_warnings")
+    if found := named["large_images"]:
+        lines.append(f"{len(found)} images are over --max_image_pixels {max_image_pixels:,} px but under twice it, "
+                     f"so stored (Pillow's decompression-bomb warning), e.g. {found[0]['path']} "
+                     f"({found[0]['pixels']:,} px); all in preprocess_report.json's large_images")
+    return lines
 
 
 def main(argv=None) -> None:

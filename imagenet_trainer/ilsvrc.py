@@ -29,7 +29,10 @@ SYNSET_MAPPING = "LOC_synset_mapping.txt"
 TRAIN_SOLUTION = "LOC_train_solution.csv"
 VAL_SOLUTION = "LOC_val_solution.csv"
 FULL_COUNTS = {"train": 1_281_167, "validation": 50_000, "test": 100_000}  # ILSVRC-2012, 1000 classes
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # val: else a stray file
+# Files read as images (others are strays, left out and reported): torchvision ImageFolder's IMG_EXTENSIONS (its
+# .ppm and .pgm: GTSRB ships .ppm) and the rest Pillow decodes of those formats; all but JPEGs are re-encoded
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+                    ".pnm")
 DESCRIPTIONS_FILE = "class_descriptions.json"  # written by preprocess.py beside the DatasetDict
 DESCRIPTIONS_KEY = "class_descriptions"  # key in DatasetInfo.description (a JSON object) holding the same list
 

@@ -78,9 +78,10 @@ def _has_images(folder: Path) -> bool:
 
 
 def kaggle_root_above(data_dir: Path) -> Path | None:
-    """The folder Kaggle's zip unzips to (it holds LOC_synset_mapping.txt), where ``data_dir`` is its ILSVRC/,
-    ILSVRC/Data or ILSVRC/Data/CLS-LOC (the folder timm's and torchvision's guides read); else None."""
-    for root in list(data_dir.parents)[:3]:
+    """The folder Kaggle's zip unzips to (it holds LOC_synset_mapping.txt), where ``data_dir`` is its ILSVRC/ or a
+    folder inside it: ILSVRC/Data/CLS-LOC (the folder timm's and torchvision's guides read), its train/ (a tree of
+    class folders, whose val/ beside it would be lost) or val/; else None."""
+    for root in data_dir.parents:
         if (root / ilsvrc.SYNSET_MAPPING).is_file() and root / "ILSVRC" in (data_dir, *data_dir.parents):
             return root
     return None

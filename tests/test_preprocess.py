@@ -2074,18 +2074,24 @@ def test_a_forced_layout_on_a_file_says_it_reads_a_folder(name, flags, tmp_path)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
-@pytest.mark.parametrize("where", ["ILSVRC/Data/CLS-LOC", "ILSVRC", "copy"])
-def test_data_dir_inside_kaggles_tree_is_refused_naming_its_root(where, clean_tree, tmp_path):
+@pytest.mark.parametrize("split", [[], ["--val_fraction", "0.1"]])
+@pytest.mark.parametrize("where", ["ILSVRC/Data/CLS-LOC", "ILSVRC", "copy", "ILSVRC/Data/CLS-LOC/train",
+                                   "ILSVRC/Data/CLS-LOC/val"])
+def test_data_dir_inside_kaggles_tree_is_refused_naming_its_root(where, split, clean_tree, tmp_path):
     """--data_dir .../ILSVRC/Data/CLS-LOC, where timm's and torchvision's guides point: its val/ is flat (the labels
     are in LOC_val_solution.csv, above it), so the error names the root to pass, not a sort of val/ by hand. "copy":
-    CLS-LOC alone, copied to a path that still ends in ILSVRC/Data/CLS-LOC."""
+    CLS-LOC alone, copied to a path that still ends in ILSVRC/Data/CLS-LOC. Its train/ alone, a tree of class
+    folders, is refused too, with --val_fraction as well: that would swap the labelled val for a share of train,
+    without boxes or names; nothing is written."""
     root = clean_tree
     if where == "copy":
         root = tmp_path / "mine"
         shutil.copytree(clean_tree / "ILSVRC/Data/CLS-LOC", root / "ILSVRC/Data/CLS-LOC")
     data_dir = root / ("ILSVRC/Data/CLS-LOC" if where == "copy" else where)
     with pytest.raises(SystemExit) as e:
-        preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+        preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), "--num_proc", "1",
+                         *split])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
     if where == "copy":  # no root above to name
         assert e.value.code == (f"error: --data_dir {data_dir} is Kaggle's ILSVRC/Data/CLS-LOC, whose flat val/ is "
                                 "labelled by LOC_val_solution.csv beside ILSVRC/, not found above it: pass --data_dir "
@@ -2094,6 +2100,21 @@ def test_data_dir_inside_kaggles_tree_is_refused_naming_its_root(where, clean_tr
         assert e.value.code == (f"error: --data_dir {data_dir} is inside Kaggle's ILSVRC tree, which is read whole "
                                 f"(val labels from LOC_val_solution.csv, boxes from ILSVRC/Annotations): pass "
                                 f"--data_dir {root}")
+
+
+def test_layout_folders_on_kaggles_train_is_read_saying_what_it_leaves(clean_tree, tmp_path, capsys):
+    """--layout folders insists on reading Kaggle's CLS-LOC/train as one tree of class folders: it is read, and the
+    warning (printed and in the report) says the labelled val, boxes and names are not used, and what to pass."""
+    data_dir, out = clean_tree / "ILSVRC/Data/CLS-LOC/train", tmp_path / "out"
+    preprocess.main(["--data_dir", str(data_dir), "--output_dir", str(out), "--num_proc", "1", "--layout", "folders",
+                     "--val_fraction", "0.5"])
+    line = (f"--layout folders: --data_dir {data_dir} is inside Kaggle's ILSVRC tree, read as one class-per-folder "
+            "tree: its labelled val (LOC_val_solution.csv), boxes (ILSVRC/Annotations) and class descriptions "
+            "(LOC_synset_mapping.txt) are not used, validation is --val_fraction of these images; --data_dir "
+            f"{clean_tree} reads them")
+    assert f"warning: {line}" in capsys.readouterr().out
+    assert line in json.loads((out / "preprocess_report.json").read_text())["warnings"]
+    assert datasets.load_from_disk(str(out))["validation"].num_rows == 4  # half of each class's 3, rounded up
 
 
 def test_kaggles_cls_loc_with_val_sorted_into_class_folders_is_a_tree_of_class_folders(clean_tree, tmp_path):
@@ -2110,6 +2131,118 @@ def test_kaggles_cls_loc_with_val_sorted_into_class_folders_is_a_tree_of_class_f
     preprocess.main(["--data_dir", str(cls_loc), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
     ds = datasets.load_from_disk(str(tmp_path / "out"))
     assert sorted(ds) == ["train", "validation"] and ds["validation"].num_rows == len(list(cls_loc.glob("val/*/*")))
+
+
+def test_a_tree_of_ppm_and_pgm_files_is_read_as_torchvisions_imagefolder_reads_it(tmp_path):
+    """GTSRB-style <class>/*.ppm (and .pgm, grayscale): image files for torchvision's ImageFolder, so images here
+    too, re-encoded as JPEGs, none left out as "no image file extension"."""
+    import torchvision.datasets
+
+    photo = skimage.data.astronaut()
+    tree = tmp_path / "signs"
+    for c, name in enumerate(("00000", "00001", "00002")):
+        (tree / name).mkdir(parents=True)
+        for i in range(4):
+            crop = Image.fromarray(photo[40 * c + 8 * i:][:48, 16 * i:][:, :40])
+            crop.save(tree / name / f"{i:05d}_{c}.ppm")
+        crop.convert("L").save(tree / name / f"gray_{c}.pgm")
+    out = tmp_path / "out"
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", "1", "--val_fraction", "0.2"])
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert report["left_out"] == [] and report["skipped"] == []
+    dd = datasets.load_from_disk(str(out))
+    assert sum(ds.num_rows for ds in dd.values()) == len(torchvision.datasets.ImageFolder(str(tree))) == 15
+    assert Counter(e["reason"] for e in report["reencoded_files"]) == {"PPM file": 12, "PPM file, mode L": 3}
+    assert {Image.open(io.BytesIO(row["image"]["bytes"])).format for rows in raw_rows(out).values()
+            for row in rows.values()} == {"JPEG"}
+
+
+def half_jpegs(photo: np.ndarray) -> dict:
+    """name -> JPEG bytes: whole ones, the two ways a download ends early (its second half zero-filled, as a
+    pre-allocated file keeps it; or cut with an EOI marker after it), and two with stray bytes before a marker (a
+    libjpeg warning that leaves the picture whole), one large enough to be tiled, one small."""
+    def jpeg(a, **kw) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", **kw)
+        return buf.getvalue()
+
+    good = jpeg(photo, quality=95)  # baseline: the zeros decode as coefficients, so Pillow reads to the end
+    n = len(good)
+    small = jpeg(photo[::8, ::8], quality=90)
+    extra = {name: data[:data.index(b"\xff\xdb")] + b"\x00\x00" + data[data.index(b"\xff\xdb"):]
+             for name, data in (("extra_bytes_big", good), ("extra_bytes_small", small))}
+    return {"whole_big": good, "whole_small": small, "zero_filled": good[:n // 2] + b"\0" * (n - n // 2),
+            "cut_at_eoi": good[:n // 2] + b"\xff\xd9", **extra}
+
+
+@pytest.mark.parametrize("how", [["--restart_tile", "64"], ["--restart_tile", "0"], ["--shorter_side", "48"]])
+def test_a_jpeg_whose_data_ends_early_is_skipped_and_other_libjpeg_warnings_are_named(how, tmp_path, monkeypatch):
+    """Pillow decodes a JPEG whose second half is missing without a word (libjpeg fills the rest in): it is skipped
+    with the reason, stored as it is (tiled or not) or re-encoded. A file with stray bytes before a marker (a libjpeg
+    warning, the picture whole) is stored and named in decode_warnings. An interrupted run, resumed, gives the same
+    report."""
+    files = half_jpegs(skimage.data.astronaut())
+    for name in ("zero_filled", "cut_at_eoi", "extra_bytes_big", "extra_bytes_small"):
+        Image.open(io.BytesIO(files[name])).load()  # what lets them through: Pillow's decode raises nothing
+    tree = tmp_path / "photos"
+    for cls in ("a", "b"):
+        (tree / cls).mkdir(parents=True)
+        for name, data in files.items():
+            (tree / cls / f"{name}.jpg").write_bytes(data)
+    args = ["--data_dir", str(tree), "--num_proc", "1", "--val_fraction", "0.2", *how, "--shard_size", "3"]
+    preprocess.main([*args, "--output_dir", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
+    ended = {f"{c}/{n}.jpg" for c in "ab" for n in ("zero_filled", "cut_at_eoi")}
+    assert {s["path"] for s in report["skipped"]} == ended
+    assert all(s["reason"].startswith("the JPEG data ends early, part of the picture is missing (libjpeg-turbo: ")
+               for s in report["skipped"])
+    stored = {i for ds in datasets.load_from_disk(str(tmp_path / "out")).values() for i in ds["image_id"]}
+    assert stored == {f"{c}/{n}" for c in "ab" for n in ("whole_big", "whole_small", "extra_bytes_big",
+                                                          "extra_bytes_small")}
+    assert {(e["path"], e["warning"]) for e in report["decode_warnings"]} == {
+        (f"{c}/extra_bytes_{size}.jpg", "Corrupt JPEG data: 2 extraneous bytes before marker 0xdb")
+        for c in "ab" for size in ("big", "small")}
+    assert any(w.startswith("4 stored JPEG files draw a warning from libjpeg-turbo's decoder") for w in
+               report["warnings"])
+    if how == ["--restart_tile", "64"]:
+        assert sum(report["tiled"].values()) == 2  # the whole big ones; files with a warning stay untiled
+    if how[0] == "--shorter_side":
+        assert len(report["reencoded_files"]) == 8  # every file stored: decoded by Pillow too, then resized
+
+    stop_after_shards(monkeypatch, 1)
+    with pytest.raises(SystemExit, match="run the same command to resume"):
+        preprocess.main([*args, "--output_dir", str(tmp_path / "resumed")])
+    monkeypatch.undo()
+    preprocess.main([*args, "--output_dir", str(tmp_path / "resumed")])
+    again = json.loads((tmp_path / "resumed" / "preprocess_report.json").read_text())
+    for key in ("skipped", "decode_warnings", "large_images", "counts", "tiled", "untiled", "reencoded_files",
+                "warnings"):
+        assert again[key] == report[key], key
+
+
+def test_images_between_once_and_twice_max_image_pixels_are_named_in_the_report(tmp_path, capsys):
+    """Pillow's decompression-bomb warning names no file and shows once a process: each image over
+    --max_image_pixels (and under twice it, so stored) is named in the report with its pixel count, and one warning
+    line counts them, with one worker process or several."""
+    tree = tmp_path / "photos"
+    big = set()
+    for cls in ("a", "b"):
+        (tree / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (30, 30), (40 * i, 80, 160)).save(tree / cls / f"small_{i}.jpg", quality=90)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (40 * i, 160, 80)).save(tree / cls / f"big_{i}.jpg", quality=90)
+            big.add(f"{cls}/big_{i}.jpg")
+    for num_proc in ("1", "2"):
+        out = tmp_path / f"out{num_proc}"
+        preprocess.main(["--data_dir", str(tree), "--output_dir", str(out), "--num_proc", num_proc, "--val_fraction",
+                         "0.2", "--max_image_pixels", "1000", "--shard_size", "4"])
+        report = json.loads((out / "preprocess_report.json").read_text())
+        assert {e["path"]: e["pixels"] for e in report["large_images"]} == dict.fromkeys(big, 1600), num_proc
+        assert report["skipped"] == [] and sum(report["counts"].values()) == 14
+        line = next(w for w in report["warnings"] if "--max_image_pixels" in w)
+        assert line.startswith("4 images are over --max_image_pixels 1,000 px but under twice it, so stored")
+        assert f"warning: {line}" in capsys.readouterr().out
 
 
 def big_and_small_tree(root: Path) -> Path:
