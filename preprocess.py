@@ -384,15 +384,21 @@ PREMATURE_END = ("Premature end of JPEG file", "Corrupt JPEG data: premature end
 DECODE_AS = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}  # simplejpeg's output for a JPEG colour space; else RGB
 
 
+NO_VERDICT = ""  # libjpeg_warning where simplejpeg cannot judge the file: Pillow's decode alone does, nothing named
+
+
 def libjpeg_warning(jpeg: bytes) -> str | None:
     """What libjpeg-turbo says on a full decode of ``jpeg`` (Pillow's decoder keeps libjpeg's warnings to itself):
-    one of PREMATURE_END, or a warning that leaves the picture whole, such as extraneous bytes before a marker; None
-    where it says nothing. ~0.6 ms for a 500x375 photo, 2/3 of Pillow's decode."""
+    one of PREMATURE_END, or another warning, such as extraneous bytes before a marker (the first warning only: a
+    strict decode stops there); None where it says nothing; NO_VERDICT where simplejpeg cannot read the file's
+    header (1.9 names no 4:4:1 subsampling: a KeyError). About Pillow's decode time."""
     try:
-        space = simplejpeg.decode_jpeg_header(jpeg)[2]
+        space = simplejpeg.decode_jpeg_header(jpeg)[2]  # a warning in the header (stray bytes) raises here too
         simplejpeg.decode_jpeg(jpeg, colorspace=DECODE_AS.get(space, "RGB"))  # strict: a warning raises
     except ValueError as e:
         return str(e) or "ValueError"
+    except KeyError:
+        return NO_VERDICT
     return None
 
 
@@ -1048,7 +1054,8 @@ def stored_warnings(named: dict, max_image_pixels: int) -> list[str]:
     lines = []
     if found := named["decode_warnings"]:
         lines.append(f"{len(found)} stored JPEG files draw a warning from libjpeg-turbo's decoder (Pillow's shows "
-                     f"none; files whose data ends early are skipped), e.g. {found[0]['path']}: "
+                     f"none; files whose data ends early are skipped, a gap of zeros before a marker is not), "
+                     f"e.g. {found[0]['path']}: "
                      f"{found[0]['warning']}; all in preprocess_report.json's decode_warnings")
     if found := named["large_images"]:
         lines.append(f"{len(found)} images are over --max_image_pixels {max_image_pixels:,} px but under twice it, "

@@ -2220,6 +2220,29 @@ def test_a_jpeg_whose_data_ends_early_is_skipped_and_other_libjpeg_warnings_are_
         assert again[key] == report[key], key
 
 
+def test_a_jpeg_simplejpeg_cannot_name_is_judged_by_pillow_and_stored(tmp_path):
+    """simplejpeg 1.9 raises KeyError on a subsampling it has no name for (4:4:1, libjpeg-turbo's -sample 1x4): the
+    strict check has no verdict there, so Pillow's decode judges the file, which is stored as it is (the KeyError
+    ended the whole run)."""
+    rgb = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    odd = turbojpeg.compress(rgb, 90, turbojpeg.SAMP.Y441)
+    enc = preprocess.encode_image(odd, None, 90)
+    assert enc.data == odd and enc.why is None and not enc.warning
+    tree = tmp_path / "tree"
+    for cls in ("a", "b"):
+        (tree / cls).mkdir(parents=True)
+        for i in range(3):
+            (tree / cls / f"x{i}.jpg").write_bytes(turbojpeg.compress(rgb, 90, turbojpeg.SAMP.Y420))
+    (tree / "b" / "odd.jpg").write_bytes(odd)
+    preprocess.main(["--data_dir", str(tree), "--output_dir", str(tmp_path / "out"), "--val_fraction", "0.3",
+                     "--num_proc", "1", "--restart_tile", "0"])
+    report = json.loads((tmp_path / "out" / "preprocess_report.json").read_text())
+    assert report["skipped"] == [] and report["decode_warnings"] == []
+    rows = [r for ds in datasets.load_from_disk(str(tmp_path / "out")).values()
+            for r in ds.cast_column("image", datasets.Image(decode=False))]
+    assert [r["image"]["bytes"] for r in rows if r["image_id"] == "b/odd"] == [odd]
+
+
 def test_images_between_once_and_twice_max_image_pixels_are_named_in_the_report(tmp_path, capsys):
     """Pillow's decompression-bomb warning names no file and shows once a process: each image over
     --max_image_pixels (and under twice it, so stored) is named in the report with its pixel count, and one warning
