@@ -288,6 +288,41 @@ def test_sbatch_requeues_on_its_own_runs_stop_record_only(slurm, tmp_path, monke
     assert (log / "requeue").read_text().split() == ["4242"], proc.stdout
 
 
+# an `accelerate` standing in for a launcher whose ranks checkpoint on SLURM's SIGTERM: its node's stop record
+# (FAKE_RECORD, copied to FAKE_OUT) appears FAKE_SLEEP s in, then the launcher reports 1, as accelerate launch does
+STOPPING_ACCELERATE = r"""#!/bin/bash
+echo "node=$SLURM_NODEID" >> "$STUB_LOG/accelerate"
+sleep "$FAKE_SLEEP"
+cp "$FAKE_RECORD" "$FAKE_OUT/stopped_on_signal.json.$SLURM_NODEID" && mv "$FAKE_OUT/stopped_on_signal.json.$SLURM_NODEID" \
+    "$FAKE_OUT/stopped_on_signal.json"
+exit 1
+"""
+
+
+def test_sbatch_outlives_slurms_sigterm_and_requeues_on_its_runs_stop_record(slurm, tmp_path, monkeypatch):
+    """Preemption with GraceTime, scancel and the hard limit send SIGTERM to the batch shell too: it died at once
+    (143), before the requeue its run's stop record asks for, while train.py still checkpointed. It now waits for
+    srun and requeues."""
+    env, log = slurm
+    out = tmp_path / "run"
+    out.mkdir()
+    record = tmp_path / "record.json"
+    record.write_text(write_stop_record(out, monkeypatch, "4242"))
+    (out / STOPPED_RECORD).unlink()
+    fake = tmp_path / "bin" / "stopping-accelerate"
+    fake.write_text(STOPPING_ACCELERATE)
+    fake.chmod(0o755)
+    env = {**env, "ACCELERATE": "stopping-accelerate", "FAKE_SLEEP": "3", "FAKE_RECORD": str(record),
+           "FAKE_OUT": str(out)}
+    proc = sbatch(env, "--output_dir", out, popen=True)
+    deadline = time.monotonic() + 60
+    while not (log / "accelerate").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    said = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and (log / "requeue").read_text().split() == ["4242"], said
+
+
 def test_readme_torchrun_route_rendezvouses_at_the_head_node_in_the_configs_precision(slurm, preprocessed, tmp_path):
     """The README's torchrun lines as written (8 GPUs -> 1 process a node, the port a free one), on 2 stand-in
     nodes: $HEAD reaches each node's single-quoted command, and the exported ACCELERATE_MIXED_PRECISION gives the
