@@ -382,12 +382,10 @@ def family_file(module) -> tuple[str, bool]:
     spec = getattr(module, "__spec__", None)
     if spec is not None and spec.name != "__main__":  # python -m pkg.mod: importable as pkg.mod
         return spec.name.replace(".", "/") + ".py", True
-    try:
-        path = inspect.getsourcefile(module)
-    except TypeError:  # no __file__
-        path = None
-    # python - (stdin) and IPython name a source no file holds: "<stdin>", "<ipython-input-...>"
-    return (Path(path).name if path and Path(path).is_file() else NO_FILE), True
+    from .remote_code import source_file  # noqa: PLC0415 (as carried_files: the registry it imports)
+
+    path = source_file(module)
+    return (path.name if path is not None else NO_FILE), True
 
 
 def _where(defined_in: str, script: bool) -> str:

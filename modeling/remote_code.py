@@ -130,6 +130,16 @@ def reads_one_channel(model) -> bool:
     return get_model_input_config(model)["input_size"][0] == 1
 
 
+def source_file(module) -> Path | None:
+    """The file ``module``'s source is in; None where no file holds it (a notebook, ``python -c``)."""
+    try:
+        path = inspect.getsourcefile(module)
+    except TypeError:  # no __file__
+        return None
+    # python - (stdin) and IPython name a source no file holds: "<stdin>", "<ipython-input-...>"
+    return Path(path) if path and Path(path).is_file() else None
+
+
 def remote_code_files(model) -> tuple[dict[str, str], dict]:
     """({file name: text}, auto_map) for an architecture timm does not ship, plus the one-channel image processor
     for a network that reads one channel (any architecture); ({}, {}) for a three-channel one timm ships. Raises
@@ -148,14 +158,10 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
             "AutoModelForImageClassification": f"{processor}.TimmWrapperForImageClassification",
             "AutoModel": f"{processor}.TimmWrapperModel", **processor_map}
     cls = type(model)
-    try:
-        path = inspect.getsourcefile(module)
-    except TypeError:  # no __file__: a family defined in a notebook or python -c
-        path = None
-    # python - (stdin) and IPython name a source no file holds: "<stdin>", "<ipython-input-...>"
-    if not path or not Path(path).is_file():
+    path = source_file(module)
+    if path is None:
         raise NotBundleable(f"module {module.__name__} has no source file to copy")
-    stem = Path(path).stem
+    stem = path.stem
     wrapper = f"modeling_{stem}"
     if stem.startswith("modeling_"):
         raise NotBundleable(f"{stem}.py: a family file named modeling_* would collide with the wrapper file")
@@ -163,9 +169,9 @@ def remote_code_files(model) -> tuple[dict[str, str], dict]:
         raise NotBundleable(f"{stem}.py: its wrapper would be {PROCESSOR_FILE}, the one-channel image processor's "
                             f"file: rename the family file")
     name = "TimmWrapperForImageClassification"  # pipeline() checks the class name: transformers' own, no warning
-    sources = standalone_sources(Path(path))
+    sources = standalone_sources(path)
     class_file = inspect.getsourcefile(cls) or ""
-    if Path(class_file).name not in sources or Path(class_file).parent != Path(path).parent:
+    if Path(class_file).name not in sources or Path(class_file).parent != path.parent:
         raise NotBundleable(f"{cls.__name__} is defined in {cls.__module__}, its variant in {module.__name__}, which "
                             f"does not import it as `from .module import {cls.__name__}`: put the class next to its "
                             f"registered variants")
