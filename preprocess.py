@@ -326,7 +326,6 @@ def encode_image(data: bytes, shorter_side: int | None, quality: int) -> Encoded
         orientation = None
     stored_size = img.size
     resize = shorter_side is not None and min(stored_size) > shorter_side
-    jpeg = img.format in JPEG_FORMATS
     why = [reason for reason, applies in ((f"{img.format} file", not jpeg),
                                           # several times the bytes, and no decoding at a reduced scale
                                           ("lossless JPEG", jpeg and lossless(header_segments(data))),
@@ -390,8 +389,8 @@ NO_VERDICT = ""  # libjpeg_warning where simplejpeg cannot judge the file: Pillo
 def libjpeg_warning(jpeg: bytes) -> str | None:
     """What libjpeg-turbo says on a full decode of ``jpeg`` (Pillow's decoder keeps libjpeg's warnings to itself):
     one of PREMATURE_END, or another warning, such as extraneous bytes before a marker (the first warning only: a
-    strict decode stops there); None where it says nothing; NO_VERDICT where simplejpeg cannot read the file's
-    header (1.9 names no 4:4:1 subsampling: a KeyError). About Pillow's decode time."""
+    strict decode stops there); None where it says nothing; NO_VERDICT where simplejpeg cannot name the file's
+    subsampling (1.9 has no name for 4:4:1: a KeyError)."""
     try:
         space = simplejpeg.decode_jpeg_header(jpeg)[2]  # a warning in the header (stray bytes) raises here too
         simplejpeg.decode_jpeg(jpeg, colorspace=DECODE_AS.get(space, "RGB"))  # strict: a warning raises
@@ -406,7 +405,8 @@ def whole_jpeg(img: Image.Image, data: bytes, pixels: bool) -> str | None:
     """A full decode of JPEG ``img``, opened from ``data``: a BadImage where it is not whole, PREMATURE_END included,
     which Pillow's decode lets through; else libjpeg-turbo's warning, None where it gives none. Where the pixels are
     not needed (the file is stored as it is), libjpeg-turbo's strict decode alone judges a file that draws no
-    warning, in place of Pillow's (~2/3 of its time); Pillow decodes the rest, its reason standing where it fails."""
+    warning, in place of Pillow's, so it is decoded once; Pillow decodes the rest, its reason standing where it
+    fails."""
     warning = libjpeg_warning(data)
     if warning is None and not pixels:
         return None

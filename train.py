@@ -774,10 +774,11 @@ def resume(accelerator: Accelerator, state: TrainState, optimizer, cfg: TrainCon
     if changed := checkpoints.changed_flags(path, cfg, skip=RESUME_CHECKED):
         accelerator.print(f"flags that differ from the checkpoint's config.yaml, this launch's apply: "
                           f"{', '.join(changed)}")
-    launched = [c for c in checkpoints.launch_changes(path, {"mixed_precision": accelerator.mixed_precision,
-                                                             "num_processes": accelerator.num_processes,
-                                                             "device": accelerator.device.type})
-                if not (elastic and c.startswith("num_processes "))]  # said above, with its accumulation
+    launch = {"mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes,
+              "device": accelerator.device.type}
+    if elastic:  # said above, with its accumulation
+        del launch["num_processes"]
+    launched = checkpoints.launch_changes(path, launch)
     if launched:
         accelerator.print(f"accelerate launch settings that differ from the checkpoint's run_info.json, this "
                           f"launch's apply: {', '.join(launched)}")
