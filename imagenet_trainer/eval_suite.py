@@ -105,6 +105,8 @@ def load_target(path: str, flag: str, split: str | None, given: bool = False) ->
         raise SystemExit(f"error: {flag} {path}: {e}") from None
     name = source.get("name") or public(path)
     timm_name = source.get("timm_name") if source.get("complete") else None
+    if kind == eval_sets.C and given and timm_name:  # one split of the whole set is none of its published numbers
+        name, timm_name = f"{name} {names[0]}", None  # "ImageNet-C fog_3" in the JSON, results.csv and the card
     if not kind and source.get("ilsvrc2012_full") and names == ["validation"]:
         timm_name = "imagenet"
     if timm_name is None and name.lower() in PUBLISHED_NAMES:  # a part of a set, in a folder named as the whole is:
@@ -268,6 +270,9 @@ class SplitParts:
         part = self.kept.get(key)
         if part is None or (real is not None) != (part["real"] is not None):
             return None
+        # ReaL's counts of another shape (kept without its left_out): the split is scored again
+        if real is not None and (not isinstance(part["real"], list) or len(part["real"]) != len(real.counts())):
+            return None
         if not set(clean) <= set(part["scores"].get("clean") or {}):
             return None
         if real is not None:
@@ -422,20 +427,13 @@ def run(cfg, accelerator, load_model, split_given: bool = False) -> dict:
     targets = ([load_target(cfg.dataset, "--dataset", cfg.split, split_given)] if cfg.dataset else []) + [
         load_target(p.strip(), "--eval_sets", None) for p in cfg.eval_sets.split(",") if p.strip()]
     real_scorer(cfg, targets[0] if cfg.dataset else None)  # bad --real_labels fail before the model loads
-    if cfg.mce_reference and not any(t.kind == eval_sets.C for t in targets):  # said, not silently unused
-        raise SystemExit(f"error: --mce_reference {cfg.mce_reference}: no ImageNet-C among --dataset and --eval_sets "
-                         "to compare it with; add the ImageNet-C output, or drop --mce_reference")
-    try:
-        reference = reference_errors(cfg.mce_reference) if cfg.mce_reference else None
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    reference = read_reference(cfg, targets)
     model = load_model(cfg, targets, accelerator.is_main_process)
     data_cfg = data_config(model)
     sizes = int_list(cfg.image_sizes, "--image_sizes") or [cfg.image_size or data_cfg["input_size"][-1]]
     headline = headline_size(sizes, data_cfg["input_size"][-1], accelerator.is_main_process)
-    if reference:  # {size: errors}, each size's own; none without ImageNet-C to compare
-        has_c = any(t.whole_c for t in targets)
-        reference = reference_at(reference, sizes, cfg.mce_reference) if has_c else None
+    if reference:  # {size: errors}, each size's own
+        reference = reference_at(reference, sizes, cfg.mce_reference)
     transform = eval_transform(cfg, data_cfg, model)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = robustness.gmacs(model.eval(), sizes[0], "cpu")
@@ -511,6 +509,25 @@ def headline_size(sizes: list[int], own: int, main_process: bool) -> int:
         print(f"note: the model's own eval size, {own} px, is not in --image_sizes: the card and the imagenet_c block "
               f"give the scores at {sizes[0]} px, the first size")
     return sizes[0]
+
+
+def read_reference(cfg, targets: list[Target]) -> dict | None:
+    """--mce_reference's errors (reference_errors), None without the flag. The flag with no ImageNet-C scored in all
+    its splits is one line, said, not silently unused: one --split of it has no mCE to compare."""
+    if not cfg.mce_reference:
+        return None
+    if not any(t.whole_c for t in targets):
+        one = next((t for t in targets if t.kind == eval_sets.C), None)
+        if one:
+            raise SystemExit(f"error: --mce_reference {cfg.mce_reference}: --dataset {one.path} --split {cfg.split} "
+                             "scores one split of ImageNet-C, and an mCE needs every corruption at its 5 severities; "
+                             "drop --split or --mce_reference")
+        raise SystemExit(f"error: --mce_reference {cfg.mce_reference}: no ImageNet-C among --dataset and --eval_sets "
+                         "to compare it with; add the ImageNet-C output, or drop --mce_reference")
+    try:
+        return reference_errors(cfg.mce_reference)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def reference_errors(path: str) -> dict:

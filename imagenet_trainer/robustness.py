@@ -113,32 +113,36 @@ class RealLabels:
                 raise ValueError(f"--real_labels: image {image_id!r} has no entry in real.json ({len(real)} entries, "
                                  "one per ILSVRC2012_val_NNNNNNNN); give ILSVRC-2012's validation split")
             self.sets.append(set(real[int(number) - 1]))
-        self.position, self.correct, self.n = 0, [0, 0], 0
+        self.position, self.correct, self.n, self.left_out = 0, [0, 0], 0, 0
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """A gathered batch, whole: a row that does not decode (label < 0) takes its place and is left out, as in
-        metrics.evaluate's own scores."""
+        metrics.evaluate's own scores, and counted in ``left_out`` when ReaL scores that image (it has labels)."""
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices.tolist()
         for predicted, label in zip(top, labels.tolist()):
             labels_here = self.sets[self.position]
             self.position += 1
-            if labels_here and label >= 0:  # an empty list: no label fits (ReaL leaves the image out)
+            # an empty list: no label fits, so ReaL leaves the image out decoded or not, and its n + left_out is the
+            # number of images with labels, as another row's n + left_out is its split's
+            if labels_here and label < 0:
+                self.left_out += 1
+            elif labels_here:
                 self.n += 1
                 self.correct[0] += predicted[0] in labels_here
                 self.correct[1] += any(p in labels_here for p in predicted)
 
     def counts(self) -> list:
         """What ``update`` has counted so far, as JSON: the suite keeps it with a scored split (eval_suite)."""
-        return [self.position, self.correct, self.n]
+        return [self.position, self.correct, self.n, self.left_out]
 
     def restore(self, counts: list) -> None:
-        self.position, self.correct, self.n = counts
+        self.position, self.correct, self.n, self.left_out = counts
 
     def compute(self) -> dict:
         if self.position != len(self.sets):
             raise RuntimeError(f"ReaL: scored {self.position} images of {len(self.sets)}")
         return {"top1": 100.0 * self.correct[0] / max(1, self.n), "top5": 100.0 * self.correct[1] / max(1, self.n),
-                "n": self.n}
+                "n": self.n, "left_out": self.left_out}
 
 
 def corruption_errors(top1_by_split: dict[str, float]) -> dict[str, list[float]]:

@@ -1298,3 +1298,115 @@ def test_a_scaled_down_copy_is_named_as_a_subset_everywhere_and_has_no_mce_in_th
     assert [e.metric_value for e in loaded.data.eval_results
             if (e.dataset_name, e.metric_name) == ("ImageNet-C", "mCE (%)")] == [0.0]
     assert "| ImageNet-C | all | 100.00 | 100.00 | 0.00 |" in loaded.text
+
+
+def test_one_split_of_the_complete_imagenet_c_is_named_after_it_not_as_the_set(in1k_model, tmp_path, capsys):
+    """--dataset of a complete ImageNet-C with --split fog_3: one split is none of the set's published numbers, so
+    the row is named after it on the console, in the JSON, results.csv and the card's model-index and table, never
+    ImageNet-C / imagenet-c."""
+    root = tmp_path / "c" / "imagenet-c"
+    for corruption in eval_sets.C_CORRUPTIONS:
+        for severity in eval_sets.C_SEVERITIES:  # the model answers class 1: right on every image
+            jpeg(root / corruption / severity / WNIDS[1] / "ILSVRC2012_val_00000001.JPEG", 1)
+    whole = as_complete(preprocessed_set(root), tmp_path / "whole" / "imagenet-c", eval_sets.C, 50_000)
+    assert json.loads((whole / "source.json").read_text())["name"] == "ImageNet-C"
+    card = Path(shutil.copytree(in1k_model, tmp_path / "final"))
+    capsys.readouterr()
+    summary = evaluate(card, whole, "--split", "fog_3", "--image_size", 32, "--output", tmp_path / "one.json",
+                       "--update_model_card")
+    (row,) = summary["results"]
+    assert (row["name"], row["dataset"], row["split"], row["n"]) == ("ImageNet-C fog_3", "ImageNet-C fog_3", "fog_3", 1)
+    assert "ImageNet-C fog_3 [fog_3] @32px: top-1 100.00%" in capsys.readouterr().out
+    with open(tmp_path / "one_results.csv") as f:
+        assert [r["dataset"] for r in csv.DictReader(f)] == ["ImageNet-C fog_3"]
+    loaded = huggingface_hub.ModelCard.load(card / "README.md")
+    assert {(e.dataset_type, e.dataset_name, e.dataset_split) for e in loaded.data.eval_results} == {
+        ("ImageNet-C fog_3", "ImageNet-C fog_3", "fog_3")}
+    assert "| ImageNet-C fog_3 | fog_3 | 100.00 | 100.00 | - |" in loaded.text
+
+
+def test_mce_reference_with_one_split_of_imagenet_c_is_refused_in_one_line(sets, in1k_model, tmp_path):
+    """One --split of ImageNet-C has no mCE to compare with a reference run's: the flag is refused, not unused; the
+    same reference with every split scored gives the relative mCE."""
+    c = sets[eval_sets.C]
+    evaluate(in1k_model, "", "--eval_sets", c, "--image_size", 32, "--output", tmp_path / "ref.json")
+    assert error_of(in1k_model, c, "--split", "fog_3", "--image_size", 32, "--mce_reference",
+                    tmp_path / "ref.json") == (
+        f"error: --mce_reference {tmp_path / 'ref.json'}: --dataset {c} --split fog_3 scores one split of ImageNet-C, "
+        "and an mCE needs every corruption at its 5 severities; drop --split or --mce_reference")
+    every = evaluate(in1k_model, c, "--image_size", 32, "--mce_reference", tmp_path / "ref.json")
+    assert every["imagenet_c"]["relative_to_reference"]["mce"] == pytest.approx(100.0)
+
+
+def test_real_row_counts_its_undecodable_images_in_left_out(preprocessed, in1k_model, tmp_path, monkeypatch, capsys):
+    """An image with ReaL labels that does not decode is in the ReaL row's left_out and its console line, as in every
+    other row's; one with an empty list is out of ReaL's scores decoded or not. A run kept after its first size gives
+    the same counts; a kept ReaL count without left_out is scored again."""
+    val = damaged_copy(imagenet_val(preprocessed, tmp_path / "in1k"), tmp_path / "val", {0, 1})
+    ids = datasets.load_from_disk(str(val))["validation"]["image_id"]
+    numbers = [int(i.rsplit("_", 1)[1]) for i in ids]
+    real = [[] for _ in range(max(numbers))]
+    for k, number in enumerate(numbers):
+        real[number - 1] = [] if k in (1, 2) else [1]  # row 1: damaged, no label; row 2: decoded, no label
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    args = ["--real_labels", tmp_path / "real.json", "--image_sizes", "32,40"]
+    capsys.readouterr()
+    fresh = evaluate(in1k_model, val, *args, "--output", tmp_path / "fresh.json")["results"]
+    plain, real_row = fresh[:2]
+    assert (plain["n"], plain["left_out"]) == (len(ids) - 2, 2)
+    assert (real_row["kind"], real_row["n"], real_row["left_out"]) == ("imagenet-real", len(ids) - 3, 1)
+    assert real_row["top1"] == 100.0  # the model answers class 1, every labelled image's label
+    assert (f"{real_row['name']} [validation] @32px: top-1 100.00%  top-5 100.00%  n={len(ids) - 3}  "
+            "(1 left out: they do not decode)") in capsys.readouterr().out.splitlines()
+    with open(tmp_path / "fresh_results.csv") as f:
+        assert [r["dataset"] for r in csv.DictReader(f)][:2] == [plain["dataset"], real_row["dataset"]]
+    score_split, scored, end_after = eval_suite.score_split, [], [1]
+
+    def counted(*a, **kw):
+        if len(scored) == end_after[0]:
+            raise KeyboardInterrupt  # the run ends here, the 32 px split kept with ReaL's counts
+        scored.append(a[2])
+        return score_split(*a, **kw)
+
+    def suite(ends_after: int | None) -> dict:
+        scored.clear()
+        end_after[0] = ends_after
+        return evaluate(in1k_model, val, *args, "--output", tmp_path / "r.json")
+
+    monkeypatch.setattr(eval_suite, "score_split", counted)
+    for short in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            suite(ends_after=1)
+        (part,) = eval_suite.parts_folder(str(tmp_path / "r.json")).glob("*.json")
+        kept = json.loads(part.read_text())
+        assert kept["real"][3] == 1  # its left_out
+        if short:  # a count kept without left_out: not one to restore, so that split is scored again
+            part.write_text(json.dumps({**kept, "real": kept["real"][:3]}))
+        assert suite(ends_after=None)["results"] == fresh
+        assert len(scored) == (2 if short else 1)  # the kept 32 px split taken, or scored again
+
+
+def test_effective_robustness_notebook_says_what_to_run_for_each_cause_of_no_clean_row(sets, preprocessed,
+                                                                                      in1k_model, tmp_path,
+                                                                                      monkeypatch, capsys,
+                                                                                      jupyter_home):
+    """A --dataset with no image of ImageNet-A's 200 classes: validate.py writes no imagenet-a-clean row (a note says
+    so), and scoring the same data again gives none either: the notebook's fallback line says what to do for it, as
+    well as for a file scored before -clean rows were written."""
+    val = imagenet_val(preprocessed, tmp_path / "in1k")
+    results = tmp_path / "results"
+    capsys.readouterr()
+    summary = evaluate(in1k_model, val, "--eval_sets", sets[eval_sets.A], "--image_size", 32, "--output",
+                       results / "model.json")
+    assert [r["kind"] for r in summary["results"]] == ["imagenet", eval_sets.A]
+    note = f"note: no imagenet-a-clean row at 32 px: no image of --dataset {val} validation is of ImageNet-A's 200"
+    assert note in capsys.readouterr().out
+    nb = execute("06_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
+    listing = stdout([c for c in nb.cells if c.cell_type == "code"][0])
+    line = next(s for s in listing.splitlines() if "placed against the 1000-class ImageNet top-1" in s)
+    said = line.split("ImageNet top-1: ", 1)[1]
+    assert said.startswith("the file has no imagenet-a-clean row.")
+    assert "If validate.py printed 'note: no imagenet-a-clean row' for it, its --dataset has no image of the set's " \
+           "200 classes" in said and note.startswith("note: no imagenet-a-clean row")
+    assert "score it again with ILSVRC-2012's validation split as --dataset" in said
+    assert said.endswith("otherwise it was scored before validate.py made -clean rows: score it again as it was")
