@@ -264,6 +264,7 @@ def main(argv=None):
     model = prepare_fsdp(model, accelerator)  # a no-op unless the launch config asks for FSDP
     optimizer, lr_at = build_optimizer(model, cfg, accelerator.num_processes, steps_per_epoch, total_steps,
                                        print_fn=accelerator.print)
+    accelerator.print(scaling_line(cfg, accelerator.num_processes))
 
     # prepare, compile, EMA, resume
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
@@ -283,7 +284,8 @@ def main(argv=None):
             report_end(accelerator, state, cfg, run_dir / "final")
         return
     start_records(accelerator, cfg, run_dir, resumed=resumed_from is not None, startup=startup)
-    accelerator.init_trackers("imagenet-trainer", config=asdict(cfg))
+    # the flags as given, and what the optimizer took from them: a tracker's --lr is per 256 images, not the LR
+    accelerator.init_trackers("imagenet-trainer", config={**asdict(cfg), **scaled(cfg, accelerator.num_processes)})
 
     # the loop: an epoch (or the part of it left), checkpoints when due; then evaluate, export the best, checkpoint, log
     model.train()
@@ -609,8 +611,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
                     total_steps: int, print_fn=print):
     """(--optimizer over `model`'s parameters, the LR of each optimizer step): --lr scaled to the global batch.
     ``print_fn`` says so when the run ends within the warmup, which --max_train_steps does not shorten."""
-    global_batch = cfg.batch_size * cfg.grad_accum_steps * num_processes
-    peak_lr = cfg.lr * global_batch / 256
+    global_batch, peak_lr = (scaled(cfg, num_processes)[k] for k in ("global_batch", "peak_lr"))
     try:
         optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=peak_lr, weight_decay=cfg.weight_decay,
                                         momentum=cfg.momentum,
@@ -633,6 +634,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, num_processes: int
         print_fn(f"note: --min_lr {cfg.min_lr:g} is above the peak LR {peak_lr:.3g} (--lr {cfg.lr:g} x global batch "
                  f"{global_batch} / 256): the LR rises from the peak to --min_lr after warmup instead of decaying")
     return optimizer, lr_at
+
+
+def scaled(cfg: TrainConfig, num_processes: int) -> dict:
+    """{"global_batch": images per optimizer step, "peak_lr": the optimizer's LR at the end of warmup}: --batch_size
+    is per device and --lr per 256 images of the global batch (Goyal et al. 2017), neither what a trainer with an
+    absolute LR and one batch size takes."""
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * num_processes
+    return {"global_batch": global_batch, "peak_lr": cfg.lr * global_batch / 256}
+
+
+def scaling_line(cfg: TrainConfig, num_processes: int) -> str:
+    """The start-up line: the global batch and peak LR this launch trains with, from the per-device and per-256
+    flags."""
+    got = scaled(cfg, num_processes)
+    return (f"global batch {got['global_batch']} = {cfg.batch_size} x {cfg.grad_accum_steps} accumulation x "
+            f"{num_processes} process{'es' if num_processes > 1 else ''}; peak lr {got['peak_lr']:.6g} ({cfg.lr:g} per "
+            "256 images)")
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -1382,7 +1400,9 @@ def export(accelerator: Accelerator, net, out_dir: Path, cfg: TrainConfig, label
                 clean, out_dir, label_names=label_names, label_descriptions=label_descriptions,
                 pretrained_cfg={**data_cfg, "input_size": (3, eval_size, eval_size)},
                 model_card={"dataset": cfg.dataset, "dataset_id": cfg.hub_dataset_id or None,
-                            "repo_id": cfg.hub_model_id, "recipe": asdict(cfg), "train_time": train_seconds,
+                            "repo_id": cfg.hub_model_id, "train_time": train_seconds,
+                            # with this launch's global batch and peak LR: an elastic resume keeps the global batch
+                            "recipe": {**asdict(cfg), **scaled(cfg, accelerator.num_processes)},
                             "results": {**results, "image_size": eval_size, "crop_pct": data_cfg["crop_pct"],
                                         "crop_mode": data_cfg.get("crop_mode") or "center",
                                         "interpolation": data_cfg["interpolation"], "flip": cfg.eval_flip},

@@ -283,7 +283,8 @@ def card_text(config: dict, card: dict, shapes: dict, stats: dict | None = None,
     ``card`` keys (all optional): model_name, repo_id (Hub id, used in the load snippets; default OWNER/NAME, which
     push_to_hub fills in), description, dataset (as given to train.py: a Hub id or a local folder, shown by its
     ``source.json`` name or its last path component), dataset_id (a Hub dataset id: ``--hub_dataset_id``), recipe
-    {field: value} (run plumbing such as output_dir or num_workers is left out), recipe_changes [{step, flags:
+    {field: value} (run plumbing such as output_dir or num_workers is left out; global_batch and peak_lr, the images
+    per optimizer step and the absolute LR after warmup, head its table), recipe_changes [{step, flags:
     ["--lr 1.6 -> 0.8", ...]}] (resumes that changed flags; the recipe is the last launch's), epochs (trained, for these
     weights), scheduled_epochs (the run's schedule, where --max_train_steps cut the recipe's epochs), train_time
     (seconds), hardware, results {top1, top5 (%), split, n (images), ema (bool), image_size (px), crop_pct,
@@ -564,10 +565,18 @@ def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined
                     f'print(classifier("photo.jpg", top_k={k}))  # human class names', "```", ""]
 
 
+# the rows train.py adds to its flags: what the optimizer used, which head the table
+RECIPE_LABELS = {"global_batch": "global batch (images per optimizer step: batch_size x grad_accum_steps x processes)",
+                 "peak_lr": "peak lr (absolute, after warmup: lr x global batch / 256)"}
+
+
 def _training(card: dict) -> list[str]:
     lines = ["## Training", ""]
     given = card.get("recipe") or {}
     recipe = {k: v for k, v in given.items() if k not in PLUMBING}
+    recipe = {**{k: recipe.pop(k) for k in ("global_batch", "peak_lr") if k in recipe}, **recipe}
+    if isinstance(recipe.get("peak_lr"), float):
+        recipe["peak_lr"] = f"{recipe['peak_lr']:.6g}"  # --lr x batch / 256 in floats: 0.30000000000000004
     scheduled = card.get("scheduled_epochs", given.get("epochs"))
     numbers = isinstance(scheduled, (int, float)) and isinstance(given.get("epochs"), (int, float))
     cut = f" (--max_train_steps {given.get('max_train_steps')} of --epochs {given.get('epochs')})" \
@@ -586,9 +595,14 @@ def _training(card: dict) -> list[str]:
         lines.append(f"- **Training time:** {_duration(float(card['train_time']))}")
     if card.get("hardware"):
         lines.append(f"- **Hardware:** {card['hardware']}")
+    if "lr" in recipe or "batch_size" in recipe:  # not the absolute LR and batch another trainer's flags take
+        lines += ["", "`lr` is per 256 images of the global batch and `batch_size` images per device (train.py's "
+                  "flags)" + ("; the global batch and peak lr rows are what the optimizer trained with, which a "
+                              "trainer with an absolute LR (timm's or torchvision's train.py `--lr`) takes."
+                              if "peak_lr" in recipe else ".")]
     if recipe:
         lines += ["", "| hyper-parameter | value |", "|---|---|"]
-        lines += [f"| {cell(k)} | {cell(public(v))} |" for k, v in recipe.items()]
+        lines += [f"| {cell(RECIPE_LABELS.get(k, k))} | {cell(public(v))} |" for k, v in recipe.items()]
     changes = [(c["step"], shown) for c in card.get("recipe_changes") or []
                # --epochs is plumbing in the table (the Epochs line gives it), not as a change: the cosine restarts
                if (shown := [f for f in c["flags"] if f.split()[0].removeprefix("--") not in PLUMBING - {"epochs"}])]

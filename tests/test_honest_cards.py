@@ -184,3 +184,30 @@ def test_card_of_a_family_defined_in_a_script_names_the_script_not_main(how, tmp
         run_card_blocks(folder, [tmp_path, ROOT], tmp_path)
     else:
         assert "code run as `__main__` that no file holds" in card
+
+
+def test_card_gives_the_global_batch_and_peak_lr_the_optimizer_trained_with(tmp_path):
+    """recipes/resnet18.yaml on 8 processes: its --lr 0.125 is per 256 images and --batch_size 128 per device, and the
+    optimizer peaked at 0.5 with 1024 images a step, the numbers a trainer that takes an absolute --lr needs. The card
+    heads its table with those and says what the flags' units are; a float product shows as the number it is."""
+    import dataclasses  # noqa: PLC0415
+
+    import train  # noqa: PLC0415
+    from imagenet_trainer.config import parse_config  # noqa: PLC0415
+
+    cfg = parse_config(train.TrainConfig, ["--config", str(ROOT / "recipes" / "resnet18.yaml"), "--dataset", "x"])
+    model = modeling.create_model("blocknet_tiny", num_classes=4)
+    cards = []
+    for run, processes in ((cfg, 8), (dataclasses.replace(cfg, lr=0.1), 6)):  # 0.1 x 768 / 256: 0.30000000000000004
+        recipe = {**dataclasses.asdict(run), **train.scaled(run, processes)}  # as train.py's export gives it
+        folder = modeling.save_pretrained(model, tmp_path / f"final{processes}", model_card={"recipe": recipe},
+                                          label_names=[f"n{i:08d}" for i in range(4)])
+        cards.append((folder / "README.md").read_text())
+    table = cards[0][cards[0].index("| hyper-parameter | value |"):].splitlines()
+    assert table[2:4] == [
+        "| global batch (images per optimizer step: batch_size x grad_accum_steps x processes) | 1024 |",
+        "| peak lr (absolute, after warmup: lr x global batch / 256) | 0.5 |"], table[:6]
+    assert "| lr | 0.125 |" in table and "| batch_size | 128 |" in table
+    assert ("`lr` is per 256 images of the global batch and `batch_size` images per device (train.py's flags); the "
+            "global batch and peak lr rows are what the optimizer trained with") in cards[0]
+    assert "| peak lr (absolute, after warmup: lr x global batch / 256) | 0.3 |" in cards[1]

@@ -111,6 +111,9 @@ def test_few_steps_end_to_end(preprocessed, tmp_path):
     assert all(v >= 0 for v in split.values()) and split["imports"] > 0
     assert sum(split.values()) == pytest.approx(info["startup_s"], abs=0.04)
     assert list(out.glob("**/events.out.tfevents.*")), "no tensorboard events"
+    # the tracker's config: the flags, and the global batch and absolute peak LR the optimizer took from them
+    tracked = yaml.safe_load(next(out.glob("imagenet-trainer/*/hparams.yml")).read_text())
+    assert tracked["lr"] == 0.1 and tracked["global_batch"] == 8 and tracked["peak_lr"] == pytest.approx(0.1 * 8 / 256)
     # keep-last-1 plus the best checkpoint; no unfinished temp folders
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert len(ckpts) in (1, 2) and not any(n.startswith(".tmp") for n in ckpts)
@@ -422,8 +425,15 @@ def test_kill_and_resume_is_bitwise_exact(preprocessed, tmp_path):
 def test_two_process_ddp_on_cpu(preprocessed, tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
     ok(run(train_cmd(preprocessed, single, "--epochs", "1")))
-    ok(run(train_cmd(preprocessed, double, "--epochs", "1", "--ema_decay", "0.9",
-                     launcher=("--multi_gpu", "--num_processes", "2", "--main_process_port", "29517"))))
+    proc = ok(run(train_cmd(preprocessed, double, "--epochs", "1", "--ema_decay", "0.9",
+                            launcher=("--multi_gpu", "--num_processes", "2", "--main_process_port", "29517"))))
+    # --batch_size is per process and --lr per 256 images: the log and the card give what the optimizer trained with
+    assert proc.stdout.count("global batch 16 = 8 x 1 accumulation x 2 processes; peak lr 0.00625 (0.1 per 256 "
+                             "images)") == 1, proc.stdout[-3000:]
+    card = (double / "final" / "README.md").read_text()
+    for row in ("| global batch (images per optimizer step: batch_size x grad_accum_steps x processes) | 16 |",
+                "| peak lr (absolute, after warmup: lr x global batch / 256) | 0.00625 |", "| batch_size | 8 |"):
+        assert row in card, card[card.find("## Training"):]
     assert "ema_val_top1" in rows(double)[-1]
     info = json.loads((double / "run_info.json").read_text())
     assert info["num_processes"] == 2 and "MULTI_CPU" in info["distributed_type"]
