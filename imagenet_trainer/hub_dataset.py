@@ -4,12 +4,13 @@
     python -m imagenet_trainer.hub_dataset --dataset OUT --output_dir OUT-parquet --push_to_hub you/imagenet-1k
 
 The folder it writes is what the Hub repo holds (``data/<split>-NNNNN-of-NNNNN.parquet``, ``README.md`` with the
-``configs``/``dataset_info`` front matter, ``class_descriptions.json``, ``source.json``), so ``train.py --dataset
-OUT-parquet`` and, once pushed, ``train.py --dataset you/imagenet-1k`` on another machine train with the same
-labels (ClassLabel names = wnids, in the same order) and the same human names. Parquet keeps the ClassLabel names
-in its schema but not ``DatasetInfo.description``, where preprocess.py keeps the human names: they travel in
-``class_descriptions.json``, which ``load_image_dataset`` reads back. ImageNet's terms of access allow research use
-and no redistribution, so the repo is created private unless ``--public`` is given.
+``configs``/``dataset_info`` front matter, ``class_descriptions.json``, ``source.json``,
+``preprocess_report.json``), so ``train.py --dataset OUT-parquet`` and, once pushed, ``train.py --dataset
+you/imagenet-1k`` on another machine train with the same labels (ClassLabel names = wnids, in the same order) and
+the same human names. Parquet keeps the ClassLabel names in its schema but not ``DatasetInfo.description``, where
+preprocess.py keeps the human names: they travel in ``class_descriptions.json``, which ``load_image_dataset`` reads
+back. ImageNet's terms of access allow research use and no redistribution, so the repo is created private unless
+``--public`` is given.
 
 The export resumes: shards are written into ``.OUT.tmp`` beside OUT, each under a ``.part`` name until it is
 complete, and a job record ``.OUT.export.json`` (which data, which shard size) lets a rerun of the same command keep
@@ -31,6 +32,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +56,8 @@ JOB_FORMAT = 1  # of the job record
 REPLACED_BY = "imagenet_trainer.hub_dataset"
 # what an export writes into the repo (patterns as upload_folder's delete_patterns reads them): a push deletes
 # those of them the pushed folder lacks; a user's other files stay
-HUB_FILES = ("data/*.parquet", "README.md", ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE)
+REPORT = "preprocess_report.json"  # preprocess.py's: settings, skipped files with reasons; carried into the repo
+HUB_FILES = ("data/*.parquet", "README.md", ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, REPORT)
 
 
 @dataclass(kw_only=True)  # kw_only: required fields stand among fields with defaults
@@ -70,7 +73,8 @@ class Stopped(KeyboardInterrupt):
     before the push; the message says where the finished ones are kept."""
 
 
-SMALL_FILES = (ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, "README.md")  # beside data/: what refresh_small may rewrite
+# beside data/: what refresh_small may rewrite
+SMALL_FILES = (ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, REPORT, "README.md")
 
 
 def work_folder(output_dir: Path) -> Path:
@@ -116,6 +120,7 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
     descriptions = ilsvrc.class_descriptions(ds)
     source_path = dataset_dir / SOURCE_FILE
     source = json.loads(source_path.read_text()) if source_path.is_file() else {}
+    report_text, report = read_report(dataset_dir)
     job = {"format": JOB_FORMAT, "data": data_identity(dataset_dir, ds), "shard_bytes": shard_bytes,
            # the Parquet bytes a shard holds depend on the writers' versions too
            "datasets": datasets.__version__, "pyarrow": pyarrow.__version__}
@@ -124,7 +129,8 @@ def _export(dataset_dir, output_dir, shard_bytes: int) -> tuple[Path, bool]:
     data_files = [{"split": name, "path": f"data/{name}-*.parquet"} for name in ds]
     small = {ilsvrc.DESCRIPTIONS_FILE: json.dumps(descriptions, indent=1) + "\n",
              **({SOURCE_FILE: json.dumps(source, indent=2) + "\n"} if source else {}),
-             "README.md": dataset_card(ds, descriptions, source, data_files)}
+             **({REPORT: report_text} if report_text else {}),
+             "README.md": dataset_card(ds, descriptions, source, data_files, report)}
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # one run per OUT: two would write the same shards' .part files
     lock = FolderLock(output_dir, "--output_dir", path=output_dir.with_name(f".{output_dir.name}.lock")).acquire()
@@ -315,7 +321,7 @@ def remove_stale(output_dir: Path) -> None:
             print(f"removed {stale} ({size / 1e9:.1f} GB): the work folder of an export that never finished")
 
 
-EXPORT_FILES = {ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, "README.md"}
+EXPORT_FILES = {ilsvrc.DESCRIPTIONS_FILE, SOURCE_FILE, REPORT, "README.md"}
 
 
 def is_export_work(folder: Path) -> bool:
@@ -388,9 +394,119 @@ def arrow_bytes(split: datasets.Dataset) -> int:
     return nbytes if len(split) == len(split.data) else nbytes * len(split) // max(len(split.data), 1)
 
 
-def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict, data_files: list[dict]) -> str:
-    """README.md: front matter that datasets and the Hub read (configs, features, splits), then the provenance, how
-    to train on it, and the class table."""
+def read_report(dataset_dir: Path) -> tuple[str, dict]:
+    """preprocess.py's report beside the dataset, as the text the repo gets (``shared_report``) and parsed; ("", {})
+    without one (a dataset saved by other means, or by an older preprocess.py)."""
+    try:
+        report = json.loads((dataset_dir / REPORT).read_text())
+    except (OSError, ValueError):  # none, or not JSON: the card says only what source.json says
+        return "", {}
+    return (shared_report(report), report) if isinstance(report, dict) else ("", {})
+
+
+# the report's parts that stay on this machine: where the data and the output were (a home folder's name, a
+# cluster's mounts), how the run was launched, and the list of every re-encoded file (1.28 M entries, ~100 MB of
+# JSON for a --shorter_side copy of ImageNet; its counts per split stay)
+LOCAL_ONLY = ("reencoded_files",)
+LOCAL_CONFIG = ("data_dir", "output_dir", "num_proc", "overwrite", "verify")
+
+
+def shared_report(report: dict) -> str:
+    """The report as the repo holds it: the settings that made the data and every file left out, with their paths
+    relative to the data folder as preprocess.py writes them; the local folders named only as <data_dir> and
+    <output_dir> wherever a message holds them."""
+    config = report.get("config") if isinstance(report.get("config"), dict) else {}
+    shared = {k: v for k, v in report.items() if k not in LOCAL_ONLY}
+    shared["config"] = {k: v for k, v in config.items() if k not in LOCAL_CONFIG}
+    text = json.dumps(shared, indent=1)
+    # absolute ones only: a relative name ("data") would be replaced inside words and paths it is no folder of
+    local = [(p, k) for k in ("data_dir", "output_dir") if isinstance(v := config.get(k), str)
+             for p in {v, os.path.expanduser(v)} if os.path.isabs(p) and p.strip("/")]
+    for path, key in sorted(local, key=lambda pair: -len(pair[0])):  # the longer first: one may hold the other
+        text = text.replace(json.dumps(path)[1:-1], f"<{key}>")
+    return text + "\n"
+
+
+# what archives.detect found (source.json's "packaging"): ImageNet read in place, each giving Kaggle's tree's rows
+PACKAGINGS = {"kaggle-zip": "Kaggle's imagenet-object-localization-challenge zip",
+              "kaggle-tar-gz": "Kaggle's older ILSVRC-2012 release (imagenet_object_localization_patched2019.tar.gz)",
+              "image-net.org": "image-net.org's ILSVRC-2012 tars and devkit",
+              "hub-imagenet-1k": "a snapshot of the Hub's ILSVRC/imagenet-1k (its tar.gz shards and classes.py)",
+              "hub-imagenet-1k-parquet": "a snapshot of the Hub's ILSVRC/imagenet-1k (its Parquet files)",
+              "webdataset": "WebDataset shards of ILSVRC-2012"}
+LAYOUTS = {"ilsvrc-kaggle": "Kaggle's ILSVRC-2012 tree (imagenet-object-localization-challenge)",
+           "class-folders": "one folder per class",
+           "class-folders-split": "one folder per class, validation split carved from train"}
+SHOWN_ARCHIVES = 6  # archive names the card lists; a Hub or WebDataset snapshot has hundreds
+
+
+def layout_name(source: dict) -> str:
+    """What preprocess.py read: the packaging and its archives when it read archives in place, else the tree."""
+    packaging = source.get("packaging")
+    if not packaging:
+        return LAYOUTS.get(source.get("layout"), source.get("layout"))
+    archives = [str(a) for a in source.get("archives") or []]
+    listed = ", ".join(archives[:SHOWN_ARCHIVES]) + (f", ... ({len(archives)} archives)"
+                                                     if len(archives) > SHOWN_ARCHIVES else "")
+    return f"{PACKAGINGS.get(packaging, packaging)}, read in place" + (f" ({listed})" if listed else "")
+
+
+def is_imagenet_images(names: list[str], source: dict) -> bool:
+    """Whether the images are ImageNet's, whose terms forbid redistributing them: every class is an ImageNet-1k wnid
+    (Kaggle's tree, an ImageFolder copy, a subset), unless they are a demo tree's generated images or an evaluation
+    set (ImageNet-V2, -R, ...: other collections, under their own terms)."""
+    if source.get("generated") or source.get("eval_set") or not names:
+        return False
+    try:
+        known = set(ilsvrc.imagenet_wnids())
+    except (ValueError, OSError):  # timm's synset list absent: wnid-shaped names have to do
+        return all(ilsvrc.is_wnid(n) for n in names)
+    return set(names) <= known
+
+
+def columns_line(features: datasets.Features, source: dict) -> str:
+    cols = ["`image` (the encoded JPEG)", "`label` (ClassLabel; names are the class ids, human names are in "
+            "`class_descriptions.json` and the table below)"]
+    if "image_id" in features:
+        layout = str(source.get("layout"))
+        cols.append("`image_id` (" + ("the source file's name without its extension: n01440764_10026, "
+                                      "ILSVRC2012_val_00000001" if layout == "ilsvrc-kaggle" else
+                                      "the source file as <class folder>/<name without extension>"
+                                      if layout.startswith("class-folders") else "the source file of the row") + ")")
+    if "objects" in features:
+        cols.append("`objects` (bounding boxes: a list of {`bbox`: [xmin, ymin, xmax, ymax] in pixels of the stored "
+                    "image, `label`}; empty where the source has none)")
+    return "Columns: " + ", ".join(cols) + "."
+
+
+def storage_lines(source: dict, report: dict) -> list[str]:
+    """The card's lines on what was stored: the --shorter_side/--quality preprocess.py ran with and the files it
+    skipped, per split, from its report; none without one."""
+    cfg = report.get("config")
+    if not isinstance(cfg, dict):
+        return []
+    reencoded = sum(sum(c.values()) for c in (report.get("reencoded") or {}).values() if isinstance(c, dict))
+    if cfg.get("shorter_side"):
+        stored = (f"downscaled: shorter side at most {cfg['shorter_side']} px, re-encoded as JPEG at quality "
+                  f"{cfg.get('quality')} (not the original files)")
+    else:
+        stored = ("the original files (their JPEG data kept losslessly" + (", re-coded with restart markers for fast "
+                  "crops" if cfg.get("restart_tile") else "") + ")" + (f"; {reencoded:,} files that were not plain "
+                  f"JPEGs re-encoded at quality {cfg.get('quality')}" if reencoded else ""))
+    skipped = Counter(e.get("split") for e in report.get("skipped") or [] if isinstance(e, dict))
+    order = [*source.get("counts", {}), *sorted(set(map(str, skipped)) - set(source.get("counts", {})))]
+    per_split = ", ".join(f"{skipped[split]:,} {split}" for split in order)  # 0 where a split lost none
+    return [f"- **Storage:** {stored}",
+            f"- **Skipped at conversion:** {per_split} files that did not decode (listed with reasons in {REPORT})"
+            if skipped else "- **Skipped at conversion:** none"]
+
+
+def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict, data_files: list[dict],
+                 report: dict | None = None) -> str:
+    """README.md: front matter that datasets and the Hub read (configs, features, splits), then the provenance
+    (``source``: source.json; ``report``: preprocess_report.json, for the storage settings and skipped files), how to
+    train on it, and the class table."""
+    report = report or {}
     first = next(iter(ds.values()))
     names = first.features["label"].names
     # datasets reads the splits block only when each entry has name, num_bytes and num_examples; without all three
@@ -399,34 +515,30 @@ def dataset_card(ds: datasets.DatasetDict, descriptions: list[str], source: dict
     info = {"features": first.features._to_yaml_list(), "splits": splits,
             "dataset_size": sum(s["num_bytes"] for s in splits)}
     pretty = source.get("name") or "image classification data"
-    imagenet_images = source.get("layout") == "ilsvrc-kaggle" and not source.get("generated")  # a demo tree: none
+    imagenet_images = is_imagenet_images(names, source)
     data = DatasetCardData(pretty_name=pretty, task_categories=["image-classification"], tags=["imagenet-trainer"],
                            license="other" if imagenet_images else None,
                            configs=[{"config_name": "default", "data_files": data_files}], dataset_info=info)
     counts = ", ".join(f"{len(s):,} {n}" for n, s in ds.items())
     lines = ["---", data.to_yaml(), "---", "", f"# {pretty}", "",
-             f"{len(names)} classes; {counts} images. Columns: `image` (the encoded JPEG), `label` (ClassLabel; "
-             "names are the class ids, human names are in `class_descriptions.json` and the table below).", "",
-             "## Source", ""]
+             f"{len(names)} classes; {counts} images. {columns_line(first.features, source)}", "", "## Source", ""]
     if source:
-        layout = {"ilsvrc-kaggle": "Kaggle's ILSVRC-2012 tree (imagenet-object-localization-challenge)",
-                  "class-folders": "one folder per class", "class-folders-split":
-                  "one folder per class, validation split carved from train"}.get(source.get("layout"),
-                                                                                  source.get("layout"))
-        lines += [f"- **Data:** {source.get('name')}" + (" (the full ILSVRC-2012)" if source.get("ilsvrc2012_full")
-                                                         else ""),
-                  f"- **Layout converted:** {layout}", *([f"- **Images:** {source['generated']}"]
-                                                          if source.get("generated") else []),
+        skipped = len(report.get("skipped") or [])
+        full = (" (the full ILSVRC-2012" + (f" download, less {skipped:,} files that did not decode)" if skipped
+                                           else ")")) if source.get("ilsvrc2012_full") else ""
+        lines += [f"- **Data:** {source.get('name')}{full}", f"- **Layout converted:** {layout_name(source)}",
+                  *([f"- **Images:** {source['generated']}"] if source.get("generated") else []),
                   "- **Counts at conversion:** "
-                  + ", ".join(f"{n:,} {k}" for k, n in source.get("counts", {}).items())]
+                  + ", ".join(f"{n:,} {k}" for k, n in source.get("counts", {}).items()),
+                  *storage_lines(source, report)]
         if source.get("val_fraction"):
             lines.append(f"- **Validation split:** {source['val_fraction']:.0%} of each class, seed "
                          f"{source.get('split_seed')}")
-        if imagenet_images:
-            lines += ["", "ImageNet's terms of access (image-net.org) allow non-commercial research use and forbid "
-                      "redistributing the images: keep this repository private to those who accepted them."]
     else:
         lines.append("Converted with imagenet-trainer's preprocess.py (no source.json was recorded).")
+    if imagenet_images:
+        lines += ["", "ImageNet's terms of access (image-net.org) allow non-commercial research use and forbid "
+                  "redistributing the images: keep this repository private to those who accepted them."]
     lines += ["", "## Use", "", "```bash", "accelerate launch train.py --dataset OWNER/NAME --model resnet50 ...",
               "```", "", "```python", "from imagenet_trainer.data import load_image_dataset",
               "from imagenet_trainer.ilsvrc import class_descriptions",

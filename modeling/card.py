@@ -211,8 +211,12 @@ def _duration(seconds: float) -> str:
 
 def _source_line(source: dict) -> str:
     counts = ", ".join(f"{n:,} {split}" for split, n in (source.get("counts") or {}).items())
+    from imagenet_trainer.hub_dataset import PACKAGINGS  # here: datasets and pyarrow load with it
+
     how = {"ilsvrc-kaggle": "Kaggle's ILSVRC-2012 tree", "class-folders": "class folders",
            "class-folders-split": "class folders, validation split carved from train"}.get(source.get("layout"), "")
+    # ImageNet read from its archives in place is listed in Kaggle's tree's layout: name what was read
+    how = PACKAGINGS.get(source.get("packaging"), source.get("packaging")) or how
     how = source.get("generated") or how  # a demo tree has ILSVRC's layout, not its images
     split = (f"; {source['val_fraction']:.0%} of each class held out with seed {source.get('split_seed')}"
              if source.get("val_fraction") else "")

@@ -299,6 +299,89 @@ def test_offline_hub_id_downloaded_with_some_splits_loads_the_splits_it_has(hub_
     assert ds["validation"][0]["image_id"] == "ILSVRC2012_val_00000001"
 
 
+# load_image_dataset(Hub id) in a fresh interpreter (huggingface_hub fixes its URL template at import): the rows per
+# split, or the one-line error
+HUB_LOAD = r"""
+import json, sys
+from imagenet_trainer.data import load_image_dataset
+try:
+    ds = load_image_dataset(sys.argv[1])
+except ValueError as e:
+    print("ERROR", e)
+    sys.exit(1)
+print("ROWS", json.dumps({name: len(split) for name, split in ds.items()}))
+"""
+
+
+def _parquet_repo(folder: Path, photos: dict[str, bytes]) -> dict[str, bytes]:
+    """A Hub dataset repo's files ({path: bytes}) holding ``photos`` as its train and validation splits."""
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "validation"):
+        _split(photos).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _load_by_hub_id(hub, repo: str, home: Path, cwd: Path, token: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", NO_PROXY="127.0.0.1",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    if token:
+        env["HF_TOKEN"] = token
+    return subprocess.run([sys.executable, "-c", HUB_LOAD, repo], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_hub_id_the_hub_refuses_is_one_line_not_an_older_cached_copy(photos, tmp_path):
+    """datasets.load_dataset falls back to its cached copy on any Hub error: a run with an expired token, after the
+    repo got a new commit, would train on the old rows with only a log line. Online, the Hub is asked first: a
+    refused token is one line, and the commit loaded is printed; with the Hub out of reach the cached copy loads,
+    in one line naming its revision and HF_HUB_OFFLINE=1."""
+    from hub_server import LocalHub
+
+    v1 = _parquet_repo(tmp_path / "v1", dict(list(photos.items())[:3]))
+    v2 = _parquet_repo(tmp_path / "v2", dict(list(photos.items())[:2]))
+    home = tmp_path / "hf-home"
+    with LocalHub(datasets={"me/mini": tmp_path / "v1"}) as hub:
+        repo = hub.repo("me/mini", "dataset")
+        repo.private, first = True, repo.commit
+        loaded = _load_by_hub_id(hub, "me/mini", home, tmp_path, hub.token)
+        assert loaded.returncode == 0 and 'ROWS {"train": 3' in loaded.stdout, loaded.stderr[-3000:]
+        repo.add_commit(v2, {p for p in v2 if p.endswith(".parquet")}, "fewer rows")
+        proc = _load_by_hub_id(hub, "me/mini", home, tmp_path, "hf_expiredtoken")
+        assert proc.returncode == 1 and "ROWS" not in proc.stdout, proc.stdout + proc.stderr[-3000:]
+        assert proc.stdout == ("ERROR me/mini: the Hub refuses the token in use (HTTP 401: invalid or expired); if it "
+                               "is private or gated: `hf auth login` (or set HF_TOKEN) with an account that has "
+                               "access\n")
+        assert not hub.unhandled
+    assert f"Hub dataset me/mini at revision {first}\n" in loaded.stdout
+    proc = _load_by_hub_id(hub, "me/mini", home, tmp_path, hub.token)  # the Hub's port closed: out of reach
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == (
+        f"Hub dataset me/mini: the Hub is out of reach (ConnectError); loaded datasets' cached copy, revision {first}, "
+        "which may be older than the Hub's; HF_HUB_OFFLINE=1 makes this deliberate")
+    assert 'ROWS {"train": 3' in proc.stdout
+
+
+def test_a_private_hub_id_without_a_token_says_to_log_in(photos, tmp_path):
+    """A private repo (or one that does not exist) loaded without a token: one line saying how to get access, with
+    "no such local folder" only where the id could be a path (its owner part is a folder here)."""
+    from hub_server import LocalHub
+
+    _parquet_repo(tmp_path / "repo", dict(list(photos.items())[:2]))
+    (tmp_path / "run").mkdir()
+    with LocalHub(datasets={"me/mini": tmp_path / "repo"}) as hub:
+        hub.repo("me/mini", "dataset").private = True
+        proc = _load_by_hub_id(hub, "me/mini", tmp_path / "hf-home", tmp_path / "run", None)
+        hint = "; if it is private or gated: `hf auth login` (or set HF_TOKEN) with an account that has access\n"
+        assert proc.returncode == 1 and proc.stdout == (
+            "ERROR me/mini: no Hub dataset of that id without a token (HTTP 401)" + hint), proc.stderr[-3000:]
+        (tmp_path / "run" / "me").mkdir()  # me/mini could be a mistyped path now
+        proc = _load_by_hub_id(hub, "me/mini", tmp_path / "hf-home", tmp_path / "run", None)
+        assert proc.returncode == 1 and proc.stdout == (
+            "ERROR me/mini: no such local folder, and no Hub dataset of that id without a token (HTTP 401)" + hint)
+        assert not hub.unhandled
+
+
 def test_load_rejects_missing_label_column(tmp_path, photos):
     path = tmp_path / "nolabel"
     datasets.DatasetDict({"train": _split(photos).remove_columns("label")}).save_to_disk(str(path))

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import huggingface_hub
 import pytest
 
@@ -509,3 +510,89 @@ def test_the_folder_the_command_runs_in_is_an_output_dir(preprocessed, tmp_path,
     monkeypatch.chdir(here)
     hub_dataset.main(["--dataset", str(preprocessed), "--output_dir", "."])
     assert capsys.readouterr().out.endswith("; nothing to write\n")
+
+
+def card_line(card: str, field: str) -> str:
+    """The card's ``- **field:** ...`` line (Source section); "" without one."""
+    return next((line for line in card.splitlines() if line.startswith(f"- **{field}:** ")), "")
+
+
+def test_the_card_names_the_archives_imagenet_was_read_from(ilsvrc_tree, tmp_path):
+    """preprocess.py reads image-net.org's tars in place and records Kaggle's tree's layout for the rows they give;
+    the card names the packaging and the archives read, not Kaggle's tree."""
+    import preprocess
+    from imagenet_trainer import demo_archives
+
+    tars = demo_archives.imagenet_org(ilsvrc_tree, tmp_path / "image-net.org")
+    preprocess.main(["--data_dir", str(tars), "--output_dir", str(tmp_path / "imagenet"), "--num_proc", "1"])
+    assert json.loads((tmp_path / "imagenet" / "source.json").read_text())["packaging"] == "image-net.org"
+    card = (hub_dataset.export_parquet(tmp_path / "imagenet", tmp_path / "parquet") / "README.md").read_text()
+    assert card_line(card, "Layout converted") == (
+        "- **Layout converted:** image-net.org's ILSVRC-2012 tars and devkit, read in place (ILSVRC2012_img_train.tar, "
+        "ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz, ILSVRC2012_img_test_v10102019.tar, "
+        "ILSVRC2012_bbox_train_v2.tar.gz, ILSVRC2012_bbox_val_v3.tgz)")
+
+
+def test_the_card_states_how_the_images_were_stored_and_the_files_skipped(preprocessed, reference, ilsvrc_tree,
+                                                                          tmp_path):
+    """A 64 px, quality 50 copy and the lossless one get different cards; both count the files preprocess.py skipped
+    (the fixture's truncated, empty and non-image files), whose report goes into the repo; the columns image_id and
+    objects are described; a full download with skipped files says how many."""
+    import preprocess
+
+    small = tmp_path / "imagenet64"
+    preprocess.main(["--data_dir", str(ilsvrc_tree), "--output_dir", str(small), "--num_proc", "1",
+                     "--shorter_side", "64", "--quality", "50"])
+    small_card = (hub_dataset.export_parquet(small, tmp_path / "parquet64") / "README.md").read_text()
+    card = (reference / "README.md").read_text()
+    assert card_line(small_card, "Storage") == ("- **Storage:** downscaled: shorter side at most 64 px, re-encoded as "
+                                                "JPEG at quality 50 (not the original files)")
+    assert card_line(card, "Storage") == (
+        "- **Storage:** the original files (their JPEG data kept losslessly, re-coded with restart markers for fast "
+        "crops); 4 files that were not plain JPEGs re-encoded at quality 90")
+    for text in (card, small_card):
+        assert card_line(text, "Skipped at conversion") == (
+            "- **Skipped at conversion:** 1 train, 1 validation, 1 test files that did not decode (listed with "
+            "reasons in preprocess_report.json)")
+        assert "`image_id` (the source file's name without its extension" in text
+        assert "`objects` (bounding boxes: a list of {`bbox`: [xmin, ymin, xmax, ymax] in pixels of the stored " \
+               "image, `label`}" in text
+    # the repo's copy: the settings and every skipped file, and no local folder nor the list of re-encoded files
+    local = json.loads((preprocessed / "preprocess_report.json").read_text())
+    shared_text = (reference / "preprocess_report.json").read_text()
+    shared = json.loads(shared_text)
+    assert shared["skipped"] == local["skipped"] and shared["reencoded"] == local["reencoded"]
+    assert shared["config"]["quality"] == 90 and "data_dir" not in shared["config"] and "reencoded_files" not in shared
+    assert local["reencoded_files"] and str(preprocessed) in json.dumps(local)
+    assert str(preprocessed) not in shared_text and str(ilsvrc_tree) not in shared_text
+
+    ds = datasets.load_from_disk(str(preprocessed))
+    source = json.loads((preprocessed / "source.json").read_text())
+    report = json.loads((preprocessed / "preprocess_report.json").read_text())
+    full = hub_dataset.dataset_card(ds, ilsvrc.class_descriptions(ds), {**source, "name": "ILSVRC-2012",
+                                                                       "ilsvrc2012_full": True}, [], report)
+    assert card_line(full, "Data") == ("- **Data:** ILSVRC-2012 (the full ILSVRC-2012 download, less 3 files that "
+                                       "did not decode)")
+
+
+@pytest.mark.parametrize("classes, imagenet", [(["n01440764", "n01443537"], True), (["cat", "dog"], False)])
+def test_imagenet_images_in_imagefolder_layout_get_imagenets_terms_in_the_card(tmp_path, classes, imagenet):
+    """torchvision's ImageFolder layout (train/<wnid>/, val/<wnid>/) of ImageNet's images is marked as ImageNet's
+    (license: other, its terms' paragraph) as Kaggle's tree is; class folders of other names are not."""
+    import numpy as np
+    import preprocess
+    import skimage.data
+    from PIL import Image
+
+    photo = skimage.data.astronaut()
+    for split in ("train", "val"):
+        for k, name in enumerate(classes):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(2):
+                crop = np.ascontiguousarray(photo[64 * i:64 * i + 96, 96 * k:96 * k + 128])
+                Image.fromarray(crop).save(tmp_path / "tree" / split / name / f"{name}_{i}.JPEG", quality=90)
+    preprocess.main(["--data_dir", str(tmp_path / "tree"), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    card = (hub_dataset.export_parquet(tmp_path / "out", tmp_path / "parquet") / "README.md").read_text()
+    assert ("license: other" in card) == imagenet
+    assert ("ImageNet's terms of access (image-net.org) allow non-commercial research use and forbid redistributing "
+            "the images" in card) == imagenet

@@ -10,6 +10,7 @@ the human names as descriptions, an ``image_id`` per row. Next stage: ``rows``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
     """A preprocess.py output folder (``load_from_disk``) or a Parquet-backed Hub dataset id / local clone with
     ``image`` and ``label`` columns. A split named ``val`` is renamed ``validation``. Errors are one-line
     ValueErrors; a preprocess.py output is first checked against its manifest (file sizes, no reading). With
-    HF_HUB_OFFLINE=1 a Hub id not in datasets' cache is read from the Hub cache (``hf download``)."""
+    HF_HUB_OFFLINE=1 a Hub id not in datasets' cache is read from the Hub cache (``hf download``); online, the Hub is
+    asked first (``_hub_revision``), so that a refused token is an error, not datasets' cached copy."""
     path = Path(path_or_id).expanduser()
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         ds = load_saved(path)
@@ -53,17 +55,7 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
     elif path.exists() or path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
         raise ValueError(f"{path_or_id}: no such folder (give preprocess.py's --output_dir or a Hub dataset id)")
     else:
-        try:
-            ds = datasets.load_dataset(path_or_id)
-        except Exception as e:  # offline, not found, gated, script-based: all end in the same one-liner
-            if "scripts are no longer supported" in str(e):
-                raise ValueError(f"Hub dataset {path_or_id} is script-based; {SCRIPT_HINT}") from None
-            if datasets.config.HF_HUB_OFFLINE:
-                return load_image_dataset(_cached_snapshot(path_or_id))
-            raise ValueError(f"{path_or_id}: no such local folder, and the Hub dataset could not be loaded "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        _attach_descriptions(ds, path_or_id)
-        _as_imagenet(ds, lambda: _classes_of(path_or_id))
+        ds = _load_hub(path_or_id)
     if "val" in ds and "validation" not in ds:
         ds["validation"] = ds.pop("val")
     for name, split in ds.items():
@@ -72,6 +64,123 @@ def load_image_dataset(path_or_id: str) -> datasets.DatasetDict:
             raise ValueError(f"{path_or_id}: split '{name}' lacks the column(s) {sorted(missing)} "
                              f"(has {split.column_names}); an image-classification dataset needs image and label")
     return ds
+
+
+def _load_hub(repo: str) -> datasets.DatasetDict:
+    """Hub dataset ``repo`` through datasets' cache. datasets falls back to a cached copy on any Hub error, a refused
+    token or a repo made private since included, and says so only in a log line: online, the Hub is asked first, a
+    refusal is a one-line ValueError, and the revision it serves is the one loaded (printed); a Hub out of reach
+    loads the cached copy offline, saying which revision. Offline, datasets' cache, else the Hub cache."""
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    revision, unreachable = (None, "") if offline else _hub_revision(repo)
+    with _offline_while(bool(unreachable)):  # asked once: datasets would retry each file for ~20 s
+        try:
+            ds = datasets.load_dataset(repo, revision=revision)
+        except Exception as e:  # not found, gated, not cached, script-based: each a one-liner
+            if "scripts are no longer supported" in str(e):
+                raise ValueError(f"Hub dataset {repo} is script-based; {SCRIPT_HINT}") from None
+            if offline:
+                return load_image_dataset(_cached_snapshot(repo))
+            if unreachable:
+                raise ValueError(f"Hub dataset {repo}: the Hub is out of reach ({unreachable}) and datasets' cache "
+                                 f"(HF_DATASETS_CACHE={datasets.config.HF_DATASETS_CACHE}) has no copy; retry once "
+                                 "it is reachable, or set HF_HUB_OFFLINE=1 to read a copy `hf download` left"
+                                 ) from None
+            raise ValueError(_hub_failure(repo, e)) from None
+        loaded = _cached_revision(ds)
+        if unreachable or revision and loaded not in (revision, None):  # a download failed: a cached copy
+            why = f"the Hub is out of reach ({unreachable})" if unreachable else (
+                f"the Hub serves revision {revision}, but a download failed")
+            print(f"Hub dataset {repo}: {why}; loaded datasets' cached copy, revision {loaded or 'unknown'}, which "
+                  "may be older than the Hub's; HF_HUB_OFFLINE=1 makes this deliberate")
+            revision = loaded  # the cards of the rows loaded, from the Hub cache
+        elif revision:
+            print(f"Hub dataset {repo} at revision {revision}")
+        _attach_descriptions(ds, repo, revision)
+        _as_imagenet(ds, lambda: _classes_of(repo, revision))
+    return ds
+
+
+@contextlib.contextmanager
+def _offline_while(offline: bool):
+    """datasets and huggingface_hub offline (as HF_HUB_OFFLINE=1 makes them at import) inside the block, when
+    ``offline``; as they were after it."""
+    from huggingface_hub import constants as hf_constants
+
+    before = datasets.config.HF_HUB_OFFLINE, hf_constants.HF_HUB_OFFLINE
+    if offline:
+        datasets.config.HF_HUB_OFFLINE = hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hf_constants.HF_HUB_OFFLINE = before
+
+
+def _hub_revision(repo: str) -> tuple[str | None, str]:
+    """(the commit the Hub serves for ``repo`` to the token in use, ""), or (None, why the Hub could not be asked:
+    no connection, a time-out, a server error). A refusal (not found, private, gated, a token it refuses) is a
+    one-line ValueError saying what to do."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.errors import HFValidationError
+
+    try:  # HF_HUB_ETAG_TIMEOUT (s): behind a firewall that drops packets, no answer ever comes
+        return HfApi().dataset_info(repo, timeout=hf_constants.HF_HUB_ETAG_TIMEOUT).sha, ""
+    except HFValidationError as e:  # "me/im net": no request made
+        raise ValueError(f"{repo}: no such local folder, and not a valid Hub dataset id "
+                         f"({str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # HTTP errors (huggingface_hub's), connection errors (httpx's, OSError)
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if _refused(e):
+            raise ValueError(_hub_failure(repo, e)) from None
+        if status is not None and status < 500 and status != 429:  # a request the Hub will never answer otherwise
+            raise ValueError(f"Hub dataset {repo}: the Hub answers HTTP {status} ({type(e).__name__})") from None
+        return None, f"{type(e).__name__}" + (f": HTTP {status}" if status else "")
+
+
+def _refused(e: Exception) -> bool:
+    """Whether the Hub refused the repo to this token (or to no token): not found, private, gated, disabled."""
+    from huggingface_hub.errors import DisabledRepoError, RepositoryNotFoundError
+
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    return (isinstance(e, (RepositoryNotFoundError, DisabledRepoError, datasets.exceptions.DatasetNotFoundError))
+            or status in (401, 403, 404))
+
+
+def _hub_failure(repo: str, e: Exception) -> str:
+    """The one line for a Hub dataset that did not load; a refusal says how to get access."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import GatedRepoError
+
+    # an owner part that is a local folder, or no owner part at all: a mistyped path, not a Hub id, may be meant
+    folder = "no such local folder, and " if "/" not in repo or Path(repo).parent.is_dir() else ""
+    first = str(e).splitlines()[0] if str(e) else ""
+    if not _refused(e):
+        return f"{repo}: {folder}the Hub dataset could not be loaded ({type(e).__name__}: {first})"
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    # the Hub's code for a repo it hides: absent, or private to this caller; a 401 without it refuses the token
+    hidden = getattr(response, "headers", {}).get("X-Error-Code") == "RepoNotFound"
+    if isinstance(e, GatedRepoError) or "is a gated dataset" in first:
+        what = "the Hub dataset is gated, and this account has not been granted access"
+    elif status == 401 and get_token() and not hidden:
+        what = "the Hub refuses the token in use (HTTP 401: invalid or expired)"
+    else:
+        what = f"no Hub dataset of that id {'for the token in use' if get_token() else 'without a token'}" + (
+            f" (HTTP {status})" if status else f" ({type(e).__name__})")
+    return (f"{repo}: {folder}{what}; if it is private or gated: `hf auth login` (or set HF_TOKEN) with an account "
+            "that has access")
+
+
+def _cached_revision(ds: datasets.DatasetDict) -> str | None:
+    """The Hub commit of the copy datasets loaded from its cache: the folder its Arrow files are in
+    (<cache>/<owner>___<name>/<config>/<version>/<commit>/)."""
+    for split in ds.values():
+        for f in split.cache_files:
+            name = Path(f["filename"]).parent.name
+            if len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+                return name
+    return None
 
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")  # each makes datasets offline
@@ -151,8 +260,9 @@ def _card_splits(folder: Path) -> set[str]:
             | {e["name"] for e in listed if isinstance(e, dict) and isinstance(e.get("name"), str)})
 
 
-def _classes_of(folder_or_repo) -> dict | None:
-    """classes.py's {wnid: name} of a folder or Hub dataset repo in the Hub's ImageNet-1k layout; None without one."""
+def _classes_of(folder_or_repo, revision: str | None = None) -> dict | None:
+    """classes.py's {wnid: name} of a folder or Hub dataset repo (at ``revision``, a commit, when given) in the Hub's
+    ImageNet-1k layout; None without one."""
     if isinstance(folder_or_repo, Path):
         path = folder_or_repo / archive_layouts.HUB_CLASSES
     else:
@@ -162,7 +272,8 @@ def _classes_of(folder_or_repo) -> dict | None:
             # HF_DATASETS_OFFLINE=1 makes datasets offline but not huggingface_hub: without local_files_only an
             # air-gapped node would wait for a connection timeout here
             path = Path(hf_hub_download(folder_or_repo, archive_layouts.HUB_CLASSES, repo_type="dataset",
-                                        local_files_only=bool(datasets.config.HF_HUB_OFFLINE)))
+                                        local_files_only=bool(datasets.config.HF_HUB_OFFLINE),
+                                        **({"revision": revision} if revision else {})))
         except Exception:  # no such file, or not cached offline: timm's list decides
             return None
     try:
@@ -265,7 +376,7 @@ def _card_key(readme: Path) -> bytes:
     return json.dumps([card.get("configs"), card.get("dataset_info")], sort_keys=True, default=str).encode()
 
 
-def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
+def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo, revision: str | None = None) -> None:
     """Human names from the ``class_descriptions.json`` beside Parquet files (a local folder or a Hub dataset repo
     written by imagenet_trainer.hub_dataset) into each split's DatasetInfo, where ``ilsvrc.class_descriptions``
     finds them: Parquet keeps the ClassLabel names (wnids), not the description preprocess.py keeps them in."""
@@ -277,7 +388,8 @@ def _attach_descriptions(ds: datasets.DatasetDict, folder_or_repo) -> None:
         from huggingface_hub import hf_hub_download  # here: local datasets need no Hub client
 
         try:  # from the Hub, or with HF_HUB_OFFLINE=1 from its cache
-            path = Path(hf_hub_download(folder_or_repo, DESCRIPTIONS_FILE, repo_type="dataset"))
+            path = Path(hf_hub_download(folder_or_repo, DESCRIPTIONS_FILE, repo_type="dataset",
+                                        **({"revision": revision} if revision else {})))
         except Exception:  # no such file (another tool's repo), not cached: ClassLabel names or timm's lemmas
             return
     if not path.is_file():
