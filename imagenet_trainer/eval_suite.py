@@ -105,8 +105,10 @@ def load_target(path: str, flag: str, split: str | None, given: bool = False) ->
         raise SystemExit(f"error: {flag} {path}: {e}") from None
     name = source.get("name") or public(path)
     timm_name = source.get("timm_name") if source.get("complete") else None
-    if kind == eval_sets.C and given and timm_name:  # one split of the whole set is none of its published numbers
-        name, timm_name = f"{name} {names[0]}", None  # "ImageNet-C fog_3" in the JSON, results.csv and the card
+    if kind == eval_sets.C and given:  # one split is none of the set's published numbers, nor the copy's mean
+        part = " (subset)" if not timm_name and name.lower() in PUBLISHED_NAMES else ""
+        # "ImageNet-C fog_3", "imagenet-c fog_3 (subset)" in the JSON, results.csv and the card
+        name, timm_name = f"{name} {names[0]}{part}", None
     if not kind and source.get("ilsvrc2012_full") and names == ["validation"]:
         timm_name = "imagenet"
     if timm_name is None and name.lower() in PUBLISHED_NAMES:  # a part of a set, in a folder named as the whole is:

@@ -1325,6 +1325,18 @@ def test_one_split_of_the_complete_imagenet_c_is_named_after_it_not_as_the_set(i
     assert "| ImageNet-C fog_3 | fog_3 | 100.00 | 100.00 | - |" in loaded.text
 
 
+def test_one_split_of_a_scaled_down_imagenet_c_is_named_after_it_and_as_a_subset(sets, in1k_model, tmp_path):
+    """A scaled-down ImageNet-C's one --split beside the whole copy (--eval_sets): two rows, two names, in the JSON
+    and in results.csv, which has no split column: the split's, and the copy's mean over its splits."""
+    c = sets[eval_sets.C]
+    summary = evaluate(in1k_model, c, "--split", "fog_3", "--eval_sets", c, "--image_size", 32, "--output",
+                       tmp_path / "b.json")
+    assert [(r["name"], r["dataset"]) for r in summary["results"]] == [
+        ("imagenet-c fog_3 (subset)", "imagenet-c fog_3 (subset)"), ("imagenet-c (subset)", "imagenet-c (subset)")]
+    with open(tmp_path / "b_results.csv") as f:
+        assert [r["dataset"] for r in csv.DictReader(f)] == ["imagenet-c fog_3 (subset)", "imagenet-c (subset)"]
+
+
 def test_mce_reference_with_one_split_of_imagenet_c_is_refused_in_one_line(sets, in1k_model, tmp_path):
     """One --split of ImageNet-C has no mCE to compare with a reference run's: the flag is refused, not unused; the
     same reference with every split scored gives the relative mCE."""
@@ -1401,8 +1413,12 @@ def test_effective_robustness_notebook_says_what_to_run_for_each_cause_of_no_cle
     assert [r["kind"] for r in summary["results"]] == ["imagenet", eval_sets.A]
     note = f"note: no imagenet-a-clean row at 32 px: no image of --dataset {val} validation is of ImageNet-A's 200"
     assert note in capsys.readouterr().out
+    # a file with no ImageNet row is not plotted at all: it is listed with the flag it lacks, not as placed
+    evaluate(in1k_model, "", "--eval_sets", sets[eval_sets.R], "--image_size", 32, "--output", results / "r_only.json")
     nb = execute("06_effective_robustness", monkeypatch, jupyter_home, IMAGENET_RESULTS=results)
     listing = stdout([c for c in nb.cells if c.cell_type == "code"][0])
+    assert "r_only.json: scored without --dataset, so not on the plot" in listing
+    assert not [s for s in listing.splitlines() if "r_only.json" in s and "placed against" in s], listing
     line = next(s for s in listing.splitlines() if "placed against the 1000-class ImageNet top-1" in s)
     said = line.split("ImageNet top-1: ", 1)[1]
     assert said.startswith("the file has no imagenet-a-clean row.")
