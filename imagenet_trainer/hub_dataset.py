@@ -424,7 +424,12 @@ def shared_report(report: dict) -> str:
              for p in {v, os.path.expanduser(v)} if os.path.isabs(p) and p.strip("/")]
     for path, key in sorted(local, key=lambda pair: -len(pair[0])):  # the longer first: one may hold the other
         text = text.replace(json.dumps(path)[1:-1], f"<{key}>")
-    return text + "\n"
+    # what is left: the messages name the folders resolved (a relative --data_dir, a link) and their parents (the
+    # Kaggle root above a CLS-LOC/train given alone); paths in the data folder are relative
+    return LOCAL_PATH.sub("<local folder>", text) + "\n"
+
+
+LOCAL_PATH = re.compile(r"(?<![\w.<>/~-])~?/[^\s\"',;:()\[\]]+")  # /home/me/x, ~/data: an absolute path in text
 
 
 # what archives.detect found (source.json's "packaging"): ImageNet read in place, each giving Kaggle's tree's rows

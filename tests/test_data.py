@@ -362,6 +362,42 @@ def test_a_hub_id_the_hub_refuses_is_one_line_not_an_older_cached_copy(photos, t
     assert 'ROWS {"train": 3' in proc.stdout
 
 
+# HUB_LOAD in each process of a 2-process gloo group (as accelerate's launch forms one before train.py loads data)
+HUB_LOAD_RANKS = r"""
+import sys
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=int(sys.argv[3]), world_size=2)
+""" + HUB_LOAD.replace("sys.exit(1)", "dist.destroy_process_group(); sys.exit(1)") + "dist.destroy_process_group()\n"
+
+
+def test_the_ranks_of_a_job_load_the_revision_rank_0_was_given(photos, tmp_path):
+    """Each rank asking the Hub on its own loads whatever the Hub serves at that moment: a push during start-up
+    trains the ranks on different data. Rank 0 asks once and every rank loads its answer, said in one line; a
+    refusal is every rank's one-line error."""
+    from hub_server import LocalHub
+
+    _parquet_repo(tmp_path / "repo", dict(list(photos.items())[:3]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
+    with LocalHub(datasets={"me/mini": tmp_path / "repo"}) as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_XET="1",
+                   NO_PROXY="127.0.0.1", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        for token, case in ((hub.token, "ok"), ("hf_expiredtoken", "refused")):
+            hub.requests.clear()
+            procs = [subprocess.Popen([sys.executable, "-c", HUB_LOAD_RANKS, "me/mini", str(tmp_path / f"pg-{case}"),
+                                       str(rank)], env={**env, "HF_TOKEN": token}, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+            outs = [p.communicate(timeout=300) for p in procs]
+            asked = [r for r in hub.requests if r == ("GET", "/api/datasets/me/mini")]
+            assert len(asked) == 1, (hub.requests, [o[1][-2000:] for o in outs])
+            if case == "ok":
+                assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+                said = [line for out, _ in outs for line in out.splitlines() if "at revision" in line]
+                assert said == [f"Hub dataset me/mini at revision {hub.repo('me/mini', 'dataset').commit}"]
+            else:
+                assert [p.returncode for p in procs] == [1, 1]
+                assert all(out.startswith("ERROR me/mini: the Hub refuses the token in use") for out, _ in outs)
+
+
 def test_a_private_hub_id_without_a_token_says_to_log_in(photos, tmp_path):
     """A private repo (or one that does not exist) loaded without a token: one line saying how to get access, with
     "no such local folder" only where the id could be a path (its owner part is a folder here)."""

@@ -596,3 +596,30 @@ def test_imagenet_images_in_imagefolder_layout_get_imagenets_terms_in_the_card(t
     assert ("license: other" in card) == imagenet
     assert ("ImageNet's terms of access (image-net.org) allow non-commercial research use and forbid redistributing "
             "the images" in card) == imagenet
+
+
+def test_the_repos_report_names_no_local_folder(tmp_path, monkeypatch):
+    """preprocess.py's warnings name the data folder resolved (here given relative) and the report's config the
+    folders as typed: the repo's copy of the report has neither, and keeps the warnings and the settings."""
+    import numpy as np
+    import preprocess
+    import skimage.data
+    from PIL import Image
+
+    photo = skimage.data.astronaut()
+    for k, name in enumerate(("n01440764", "n01443537")):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for i in range(4):
+            crop = np.ascontiguousarray(photo[32 * i:32 * i + 96, 96 * k:96 * k + 128])
+            Image.fromarray(crop).save(tmp_path / "tree" / name / f"{name}_{i}.JPEG", quality=90)
+    (tmp_path / "tree" / "README.txt").write_text("not an image")
+    monkeypatch.chdir(tmp_path)
+    preprocess.main(["--data_dir", "tree", "--output_dir", "out", "--num_proc", "1", "--val_fraction", "0.25"])
+    local = (tmp_path / "out" / "preprocess_report.json").read_text()
+    assert str(tmp_path / "tree") in local  # a warning names the stray file's folder, resolved
+    shared = (hub_dataset.export_parquet(tmp_path / "out", tmp_path / "parquet") / "preprocess_report.json")
+    text = shared.read_text()
+    assert str(tmp_path) not in text and "/tmp" not in text, text
+    report = json.loads(text)
+    assert [w for w in report["warnings"] if "README.txt" in w and "<local folder>" in w], report["warnings"]
+    assert report["config"]["val_fraction"] == 0.25

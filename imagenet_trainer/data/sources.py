@@ -72,7 +72,8 @@ def _load_hub(repo: str) -> datasets.DatasetDict:
     refusal is a one-line ValueError, and the revision it serves is the one loaded (printed); a Hub out of reach
     loads the cached copy offline, saying which revision. Offline, datasets' cache, else the Hub cache."""
     offline = bool(datasets.config.HF_HUB_OFFLINE)
-    revision, unreachable = (None, "") if offline else _hub_revision(repo)
+    revision, unreachable = (None, "") if offline else _one_answer(_hub_revision, repo)
+    speaks = _rank() == 0  # one line for the job, not one per process
     with _offline_while(bool(unreachable)):  # asked once: datasets would retry each file for ~20 s
         try:
             ds = datasets.load_dataset(repo, revision=revision)
@@ -92,13 +93,40 @@ def _load_hub(repo: str) -> datasets.DatasetDict:
             why = f"the Hub is out of reach ({unreachable})" if unreachable else (
                 f"the Hub serves revision {revision}, but a download failed")
             print(f"Hub dataset {repo}: {why}; loaded datasets' cached copy, revision {loaded or 'unknown'}, which "
-                  "may be older than the Hub's; HF_HUB_OFFLINE=1 makes this deliberate")
+                  "may be older than the Hub's; HF_HUB_OFFLINE=1 makes this deliberate", flush=True)
             revision = loaded  # the cards of the rows loaded, from the Hub cache
-        elif revision:
+        elif revision and speaks:
             print(f"Hub dataset {repo} at revision {revision}")
         _attach_descriptions(ds, repo, revision)
         _as_imagenet(ds, lambda: _classes_of(repo, revision))
     return ds
+
+
+def _rank() -> int:
+    """This process's rank in the job's process group; 0 outside one."""
+    import torch.distributed as dist  # here: reading Arrow and Parquet files alone needs no torch
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _one_answer(ask, repo: str):
+    """``ask(repo)`` on rank 0 only, its answer (or its one-line ValueError) given to every rank of the job's process
+    group: ranks that each asked the Hub could load different revisions when a push lands during start-up."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return ask(repo)
+    answer = [None]
+    if dist.get_rank() == 0:
+        try:
+            answer[0] = ("ok", ask(repo))
+        except ValueError as e:  # said by every rank, as each would have said it
+            answer[0] = ("error", str(e))
+    dist.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise ValueError(value)
+    return value
 
 
 @contextlib.contextmanager
