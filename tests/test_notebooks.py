@@ -25,7 +25,11 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
+from imagenet_trainer import demo_archives, ilsvrc
+from imagenet_trainer.data import load_image_dataset
+from imagenet_trainer.demo import make_folder_tree
 from imagenet_trainer.ilsvrc import class_descriptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +80,28 @@ def sorted_without_boxes(digits_dataset, tmp_path_factory) -> Path:
     datasets.DatasetDict({name: split.map(lambda _: {"objects": []}, features=split.features, keep_in_memory=True)
                           for name, split in splits.items()}).save_to_disk(str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def train_and_test(digits_dataset, tmp_path_factory) -> Path:
+    """The digits with a labelled test split and no validation split (class folders train/ and test/ load so),
+    image and label columns only: what a run with --eval_split test trains on."""
+    ds = datasets.load_from_disk(str(digits_dataset))
+    out = tmp_path_factory.mktemp("train_and_test") / "dataset"
+    splits = datasets.DatasetDict({"train": ds["train"], "test": ds["validation"]})
+    splits.select_columns(["image", "label"]).save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_split_run(trained_run, train_and_test, tmp_path_factory) -> Path:
+    """trained_run's export beside a config.yaml that says it trained on train_and_test with --eval_split test."""
+    run = tmp_path_factory.mktemp("test_split_run") / "run"
+    shutil.copytree(trained_run / "final", run / "final")
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    config.update(dataset=str(train_and_test), eval_split="test", output_dir=str(run))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +237,38 @@ def test_inspect_dataset_counts_the_boxes_of_every_row():
     assert box_counts(rows.remove_columns("objects")).tolist() == [0] * 6003  # a Hub copy has no objects column
 
 
+def test_inspect_dataset_counts_a_labelled_test_split(train_and_test, monkeypatch, jupyter_home):
+    """A test split with labels (class folders train/ and test/) is counted per class like train; only a split
+    without any label (ILSVRC's test split: -1 in every row) is left out."""
+    nb = execute("01_inspect_dataset", monkeypatch, jupyter_home, IMAGENET_DATASET=train_and_test)
+    histogram = stdout(cell(nb, "images per class"))
+    for split, rows in datasets.load_from_disk(str(train_and_test)).items():
+        counts = np.bincount(rows["label"])
+        assert f"{split}: {counts.min()}-{counts.max()} images per class" in histogram
+    assert "test: 20-20 images per class" in histogram
+
+
+def test_inspect_and_augment_datasets_preprocess_did_not_write(ilsvrc_tree, tmp_path, monkeypatch, jupyter_home):
+    """Datasets load_image_dataset reads besides preprocess.py outputs: 01 on a folder of class folders (images read
+    from their files), 02 on a local Hub Parquet snapshot. The class names come from the loaded splits."""
+    folders = make_folder_tree(tmp_path / "folders", num_classes=3, train_per_class=4, val_per_class=2)
+    nb = execute("01_inspect_dataset", monkeypatch, jupyter_home, IMAGENET_DATASET=folders)
+    listing = stdout(cell(nb, "class_descriptions("))
+    lemmas = ilsvrc.imagenet_lemmas()
+    assert all(f"  {wnid}  {lemmas[wnid]}" in listing for wnid in ilsvrc.imagenet_wnids()[:3])
+    assert "train: 4-4 images per class" in stdout(cell(nb, "images per class"))
+    sizes = stdout(cell(nb, "def header_sizes"))
+    assert "(12 headers read)" in sizes and "(6 headers read)" in sizes
+
+    hub = demo_archives.hub_parquet(ilsvrc_tree, tmp_path / "hub")
+    nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=hub)
+    manifest = json.loads((ilsvrc_tree / "demo_manifest.json").read_text())
+    first = list(load_image_dataset(str(hub))["train"]["label"]).index(0)  # its train rows are shuffled
+    assert first > 0
+    assert stdout(cell(nb, "class_descriptions(")).startswith(f"index {first}: {manifest['descriptions'][0]}, ")
+    assert "same key, same pixels: True" in stdout(cell(nb, "same key"))
+
+
 def test_augmentations(preprocessed, monkeypatch, jupyter_home):
     nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=preprocessed)
     assert "crops at ImageNet's defaults, no run's: 128 px, scale_min 0.08" in stdout(cell(nb, "IMAGENET_RUN"))
@@ -247,6 +305,53 @@ def test_augmentations_of_a_run_are_the_crops_it_trained_on(trained_run, digits_
     assert (f"crops as {trained_run} trains them (its config.yaml): 32 px, scale_min 0.8"
             in stdout(cell(nb, "IMAGENET_RUN")))
     assert "crop shape (3, 32, 32) torch.uint8; same key, same pixels: True" in stdout(cell(nb, "same key"))
+
+
+def test_augmentations_of_a_progressive_resizing_run(trained_run, digits_dataset, tmp_path, monkeypatch,
+                                                     jupyter_home):
+    """A run with progressive resizing (--min_image_size), its own --seed and --eval_image_size, whose export's
+    pretrained_cfg says crop_pct 0.8 bicubic: each epoch's crop is at the side train.py trains it at, and the eval
+    crop is the one train.py scores. 02 reads config.yaml and RUN/final/config.json of a run, nothing else."""
+    from imagenet_trainer.data import TrainSet
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    config = {**yaml.safe_load((trained_run / "config.yaml").read_text()), "image_size": 64, "min_image_size": 32,
+              "ramp_start_epoch": 2, "ramp_end_epoch": 5, "eval_image_size": 48, "epochs": 8, "seed": 5}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    export = json.loads((trained_run / "final" / "config.json").read_text())
+    export["pretrained_cfg"].update(input_size=[3, 48, 48], crop_pct=0.8, interpolation="bicubic")
+    (run / "final" / "config.json").write_text(json.dumps(export))
+    nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=digits_dataset, IMAGENET_RUN=run)
+    assert (f"crops as {run} trains them (its config.yaml): 64 px (from 32 px, ramped over epochs 2-5), scale_min "
+            f"{config['scale_min']}, seed 5; evaluated at 48 px") in stdout(cell(nb, "IMAGENET_RUN"))
+    train = datasets.load_from_disk(str(digits_dataset))["train"]
+    ramp = TrainSet(train, 64, 5, scale=(config["scale_min"], 1.0), progressive=(32, 2, 5))  # train.py's
+    sides = [ramp.size_at(epoch) for epoch in range(8)]
+    assert sides == [32] * 4 + [64] * 4  # epochs 0-6 show both sides
+    crops = stdout(cell(nb, "same key, same pixels"))
+    assert f"crop side (px) at epochs 0-6: {', '.join(map(str, sides[:7]))}\n" in crops
+    assert "crop shape (3, 32, 32) torch.uint8; same key, same pixels: True" in crops
+    assert "progressive resizing over the run's 8 epochs: epochs 0-3 32 px, epochs 4-7 64 px" in crops
+    eval_crop = stdout(cell(nb, "eval_set = EvalSet"))
+    assert (f"eval transform ({run / 'final' / 'config.json'}): 48 px, crop_pct 0.8, bicubic, crop_mode center"
+            in eval_crop)
+    assert "resize shorter side to 60 px, centre crop (3, 48, 48)" in eval_crop  # floor(48 / 0.8)
+    assert pngs(cell(nb, "eval_set = EvalSet")) == 1
+
+
+def test_augmentations_before_a_runs_first_export(tmp_path):
+    """A run without final/ yet: the eval transform of its architecture, as train.py resolves it from the model."""
+    from timm.data import resolve_data_config
+
+    import modeling
+
+    run_data_config = notebook_function("02_augmentations", "run_data_config", json=json, modeling=modeling,
+                                        resolve_data_config=resolve_data_config)
+    data_cfg, source = run_data_config(tmp_path, {"model": "resnet18"})
+    assert data_cfg == resolve_data_config(model=modeling.create_model("resnet18"))
+    assert (data_cfg["crop_pct"], data_cfg["interpolation"], source) == (
+        0.95, "bicubic", "--model resnet18 (no export yet)")
 
 
 def test_training_curves(trained_run, monkeypatch, jupyter_home):
@@ -455,6 +560,66 @@ def test_downstream_embeds_in_the_exports_crop_mode(border_export, digits_datase
     assert labels.tolist() == val.select(rows)["label"]
     assert np.allclose(features, pooled(), atol=1e-5)
     assert not np.allclose(features, pooled(crop_mode="center"), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["04_backbone_features", "05_downstream"])
+def test_features_of_a_run_scored_on_its_test_split(name, test_split_run, train_and_test, monkeypatch,
+                                                    jupyter_home):
+    """A run trained with --eval_split test on a dataset without a validation split: 04 predicts on and 05 scores
+    its probe on the test split."""
+    nb = execute(name, monkeypatch, jupyter_home, IMAGENET_RUN=test_split_run)
+    test = datasets.load_from_disk(str(train_and_test))["test"]
+    if name == "04_backbone_features":
+        queries = sorted(np.random.default_rng(0).permutation(len(test))[:4].tolist())
+        predictions = stdout(cell(nb, "probs.topk"))
+        assert f"test rows {queries} (drawn at random, seed 0)" in predictions
+        assert re.findall(r"^(row \d+) \(true: ", predictions, re.M) == [f"row {i}" for i in queries]  # no image_id
+        assert f"{len(test)} images, 128-d features" in stdout(cell(nb, "fill_diagonal_"))
+    else:
+        probe = stdout(cell(nb, "LogisticRegression"))
+        assert f"linear probe: 1000 train images of 10 classes / {len(test)} test images" in probe
+        assert re.search(r"test top-1 [\d.]+% \(chance 10.0%\)", probe)
+
+
+@pytest.mark.parametrize("name", ["04_backbone_features", "05_downstream"])
+def test_features_stop_on_a_dataset_without_the_runs_eval_split(name, test_split_run, sorted_without_boxes,
+                                                                monkeypatch, jupyter_home):
+    """The run scored --eval_split test; a dataset without that split stops in one line that names the split and
+    IMAGENET_DATASET, not a KeyError (nor the validation split in its place)."""
+    with pytest.raises(CellExecutionError) as failed:
+        execute(name, monkeypatch, jupyter_home, IMAGENET_RUN=test_split_run, IMAGENET_DATASET=sorted_without_boxes)
+    assert failed.value.ename == "ValueError"
+    assert failed.value.evalue.startswith(f"{sorted_without_boxes} has no split 'test' (")
+    assert failed.value.evalue.endswith("set IMAGENET_DATASET to the dataset the run was trained on")
+
+
+def test_backbone_features_name_imagenet_run_when_it_holds_no_export(trained_run, tmp_path, monkeypatch,
+                                                                     jupyter_home):
+    """A run still in its first epoch (config.yaml, no final/ yet) and a Hub model id: one line that names
+    IMAGENET_RUN (not IMAGENET_DATASET) and says that a Hub model is read from the folder it was downloaded to."""
+    first_epoch = tmp_path / "run"
+    first_epoch.mkdir()
+    shutil.copy(trained_run / "config.yaml", first_epoch / "config.yaml")
+    for run in (first_epoch, "timm/resnet18.a1_in1k"):
+        with pytest.raises(CellExecutionError) as failed:
+            execute("04_backbone_features", monkeypatch, jupyter_home, IMAGENET_RUN=run)
+        assert failed.value.ename == "FileNotFoundError"
+        message = failed.value.evalue
+        assert message.startswith(f"{Path(run) / 'final'} holds no export (config.json): set IMAGENET_RUN to ")
+        assert "hf download OWNER/NAME --local-dir DIR" in message and "IMAGENET_DATASET" not in message
+
+
+@pytest.mark.parametrize("name", ["01_inspect_dataset", "02_augmentations", "04_backbone_features", "05_downstream"])
+def test_a_dataset_that_does_not_load_names_imagenet_dataset(name, trained_run, tmp_path, monkeypatch,
+                                                             jupyter_home):
+    """load_image_dataset's one-line error, and which variable to set."""
+    missing = tmp_path / "no_dataset"
+    run = {"IMAGENET_RUN": trained_run} if name[:2] in ("04", "05") else {}
+    with pytest.raises(CellExecutionError) as failed:
+        execute(name, monkeypatch, jupyter_home, IMAGENET_DATASET=missing, **run)
+    assert failed.value.ename == "ValueError"
+    assert failed.value.evalue.startswith(f"{missing}: no such folder")
+    assert failed.value.evalue.endswith("; set IMAGENET_DATASET to a preprocess.py output (or a Hub dataset id)")
 
 
 @pytest.mark.parametrize("name", ["04_backbone_features", "05_downstream"])
