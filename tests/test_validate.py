@@ -875,7 +875,9 @@ def test_ctrl_c_or_sigterm_mid_evaluation_is_one_line_and_leaves_no_worker(train
         proc = subprocess.Popen([sys.executable, "-c", script, str(ROOT / "validate.py"), "--model",
                                  str(trained / "final"), "--dataset", str(preprocessed), "--batch_size", "2",
                                  "--num_workers", "2", "--output", str(out)], cwd=ROOT, env=env, stdout=stdout,
-                                stderr=stderr, start_new_session=True)
+                                stderr=stderr, start_new_session=True,
+                                # Ctrl-C as from a terminal: a shell's background job (`cmd &`) inherits it ignored
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert proc.wait(timeout=300) == status, (tmp_path / "stderr").read_text()[-3000:]
             for _ in range(100):  # the fork server and the workers end a moment after the process
