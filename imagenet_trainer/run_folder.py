@@ -26,6 +26,14 @@ RUN_FILES = {"config.yaml", "run_info.json", "metrics.jsonl", "checkpoints", EXP
 RUN_FILES |= {BAD_SAMPLES_RECORD, LOCK_FILE}
 
 
+def launch_config(run_dir: Path) -> Path:
+    """The config.yaml of run_dir's last launch (train.py's record_launch): resumes/<UTC time>/config.yaml of the
+    newest resume (the names sort in time), else the first launch's config.yaml; what a resume changed (--image_size,
+    --eval_split, --lr) is in that one only."""
+    resumes = sorted((run_dir / "resumes").glob("*/config.yaml"))
+    return resumes[-1] if resumes else run_dir / "config.yaml"
+
+
 def hold_output_dir(accelerator: Accelerator, run_dir: Path) -> None:
     """One run per folder, fresh or resumed, from its first second: the main process locks run_dir for its lifetime
     (imagenet_trainer/runlock.py), once check_output_dir has found it new, empty or a run's, then cleans up after an

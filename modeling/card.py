@@ -571,7 +571,7 @@ def _transformers_usage(arch: str, repo: str, k: int, remote_code: bool, defined
 
 # the rows train.py adds to its flags: what the optimizer used, which head the table
 RECIPE_LABELS = {"global_batch": "global batch (images per optimizer step: batch_size x grad_accum_steps x processes)",
-                 "peak_lr": "peak lr (absolute, after warmup: lr x global batch / 256)"}
+                 "peak_lr": "peak lr (absolute, the schedule's at the end of warmup: lr x global batch / 256)"}
 
 
 def _training(card: dict) -> list[str]:
@@ -601,8 +601,9 @@ def _training(card: dict) -> list[str]:
         lines.append(f"- **Hardware:** {card['hardware']}")
     if "lr" in recipe or "batch_size" in recipe:  # not the absolute LR and batch another trainer's flags take
         lines += ["", "`lr` is per 256 images of the global batch and `batch_size` images per device (train.py's "
-                  "flags)" + ("; the global batch and peak lr rows are what the optimizer trained with, which a "
-                              "trainer with an absolute LR (timm's or torchvision's train.py `--lr`) takes."
+                  "flags)" + ("; the global batch is what each optimizer step took and the peak lr what its schedule "
+                              "rose to (a run cut short in warmup stops below it), the numbers a trainer with an "
+                              "absolute LR (timm's or torchvision's train.py `--lr`) takes."
                               if "peak_lr" in recipe else ".")]
     if recipe:
         lines += ["", "| hyper-parameter | value |", "|---|---|"]

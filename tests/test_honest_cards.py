@@ -206,8 +206,9 @@ def test_card_gives_the_global_batch_and_peak_lr_the_optimizer_trained_with(tmp_
     table = cards[0][cards[0].index("| hyper-parameter | value |"):].splitlines()
     assert table[2:4] == [
         "| global batch (images per optimizer step: batch_size x grad_accum_steps x processes) | 1024 |",
-        "| peak lr (absolute, after warmup: lr x global batch / 256) | 0.5 |"], table[:6]
+        "| peak lr (absolute, the schedule's at the end of warmup: lr x global batch / 256) | 0.5 |"], table[:6]
     assert "| lr | 0.125 |" in table and "| batch_size | 128 |" in table
     assert ("`lr` is per 256 images of the global batch and `batch_size` images per device (train.py's flags); the "
-            "global batch and peak lr rows are what the optimizer trained with") in cards[0]
-    assert "| peak lr (absolute, after warmup: lr x global batch / 256) | 0.3 |" in cards[1]
+            "global batch is what each optimizer step took and the peak lr what its schedule rose to (a run cut short "
+            "in warmup stops below it)") in cards[0]
+    assert "| peak lr (absolute, the schedule's at the end of warmup: lr x global batch / 256) | 0.3 |" in cards[1]

@@ -95,12 +95,15 @@ def train_and_test(digits_dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_split_run(trained_run, train_and_test, tmp_path_factory) -> Path:
-    """trained_run's export beside a config.yaml that says it trained on train_and_test with --eval_split test."""
+    """trained_run's export in a run that trained on train_and_test and was resumed with --eval_split test (its first
+    launch's config.yaml says validation, the resume's resumes/<time>/config.yaml test: the last launch's counts)."""
     run = tmp_path_factory.mktemp("test_split_run") / "run"
     shutil.copytree(trained_run / "final", run / "final")
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    config.update(dataset=str(train_and_test), eval_split="test", output_dir=str(run))
+    config.update(dataset=str(train_and_test), eval_split="validation", output_dir=str(run))
     (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "resumes" / "20261208T010203Z").mkdir(parents=True)
+    (run / "resumes" / "20261208T010203Z" / "config.yaml").write_text(yaml.safe_dump({**config, "eval_split": "test"}))
     return run
 
 
@@ -316,14 +319,19 @@ def test_augmentations_of_a_progressive_resizing_run(trained_run, digits_dataset
 
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
-    config = {**yaml.safe_load((trained_run / "config.yaml").read_text()), "image_size": 64, "min_image_size": 32,
-              "ramp_start_epoch": 2, "ramp_end_epoch": 5, "eval_image_size": 48, "epochs": 8, "seed": 5}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    first = yaml.safe_load((trained_run / "config.yaml").read_text())
+    config = {**first, "image_size": 64, "min_image_size": 32, "ramp_start_epoch": 2, "ramp_end_epoch": 5,
+              "eval_image_size": 48, "epochs": 8, "seed": 5}
+    # the ramp came with a resume: its config.yaml is the last launch's, the first launch's trained at 32 px
+    (run / "config.yaml").write_text(yaml.safe_dump(first))
+    (run / "resumes" / "20261208T010203Z").mkdir(parents=True)
+    (run / "resumes" / "20261208T010203Z" / "config.yaml").write_text(yaml.safe_dump(config))
     export = json.loads((trained_run / "final" / "config.json").read_text())
     export["pretrained_cfg"].update(input_size=[3, 48, 48], crop_pct=0.8, interpolation="bicubic")
     (run / "final" / "config.json").write_text(json.dumps(export))
     nb = execute("02_augmentations", monkeypatch, jupyter_home, IMAGENET_DATASET=digits_dataset, IMAGENET_RUN=run)
-    assert (f"crops as {run} trains them (its config.yaml): 64 px (from 32 px, ramped over epochs 2-5), scale_min "
+    assert (f"crops as {run} trains them (its resumes/20261208T010203Z/config.yaml): 64 px (from 32 px, ramped over "
+            "epochs 2-5), scale_min "
             f"{config['scale_min']}, seed 5; evaluated at 48 px") in stdout(cell(nb, "IMAGENET_RUN"))
     train = datasets.load_from_disk(str(digits_dataset))["train"]
     ramp = TrainSet(train, 64, 5, scale=(config["scale_min"], 1.0), progressive=(32, 2, 5))  # train.py's

@@ -432,7 +432,8 @@ def test_two_process_ddp_on_cpu(preprocessed, tmp_path):
                              "images)") == 1, proc.stdout[-3000:]
     card = (double / "final" / "README.md").read_text()
     for row in ("| global batch (images per optimizer step: batch_size x grad_accum_steps x processes) | 16 |",
-                "| peak lr (absolute, after warmup: lr x global batch / 256) | 0.00625 |", "| batch_size | 8 |"):
+                "| peak lr (absolute, the schedule's at the end of warmup: lr x global batch / 256) | 0.00625 |",
+                "| batch_size | 8 |"):
         assert row in card, card[card.find("## Training"):]
     assert "ema_val_top1" in rows(double)[-1]
     info = json.loads((double / "run_info.json").read_text())
